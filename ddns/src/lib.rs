@@ -1,0 +1,1 @@
+//! fpn-ddns (being built).

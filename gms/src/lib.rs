@@ -1,0 +1,1 @@
+//! fpn-gms (being built).

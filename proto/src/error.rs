@@ -1,0 +1,149 @@
+//! The one error type of fpn-proto.
+//!
+//! Every decoder and every cryptographic check returns one of these variants,
+//! never a panic. Variants say what failed; none carries key material or
+//! payload bytes, so an error can always be logged.
+
+use std::net::IpAddr;
+
+/// Everything that can fail in fpn-proto.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- generic codec errors (wire.rs, credential.rs, ge.rs) ----
+    /// The input ended before a field that had to be there.
+    #[error("truncated input: {what} needs {needed} bytes, {available} available")]
+    Truncated {
+        /// The field or structure being read.
+        what: &'static str,
+        /// Bytes the field needs.
+        needed: usize,
+        /// Bytes that were left.
+        available: usize,
+    },
+    /// Bytes were left over after a complete structure.
+    #[error("{what}: {extra} trailing bytes after the end")]
+    TrailingBytes {
+        /// The structure that was decoded.
+        what: &'static str,
+        /// Number of bytes left over.
+        extra: usize,
+    },
+    /// A field holds a value outside its allowed set.
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// The field name.
+        field: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A structure announces a format version this code does not speak.
+    #[error("unsupported {what} version {version}")]
+    UnsupportedVersion {
+        /// The versioned structure.
+        what: &'static str,
+        /// The version found on the wire.
+        version: u8,
+    },
+    /// A length or count exceeds the limit the format allows.
+    #[error("{what} too large: {len} exceeds the limit of {max}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The announced or actual size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    // ---- identity and credentials (keys.rs, credential.rs) ----
+    /// A signature did not verify.
+    #[error("bad signature on {0}")]
+    BadSignature(&'static str),
+    /// A MAC (group proof, handshake MAC) did not verify.
+    #[error("bad MAC on {0}")]
+    BadMac(&'static str),
+    /// A key could not be loaded (malformed PKCS#8, wrong length, ...).
+    #[error("invalid key material: {0}")]
+    InvalidKey(&'static str),
+    /// A credential is outside its validity period.
+    #[error("credential of GE {ge} is not valid at {now} (valid {not_before}..{not_after})")]
+    CredentialExpired {
+        /// The GE the credential names.
+        ge: u32,
+        /// The time of the check, unix seconds.
+        now: u64,
+        /// Start of validity, unix seconds.
+        not_before: u64,
+        /// End of validity, unix seconds.
+        not_after: u64,
+    },
+    /// A credential or GE has been revoked.
+    #[error("GE {0} is revoked")]
+    Revoked(u32),
+
+    // ---- packets (packet/) ----
+    /// The IP version nibble is neither 4 nor 6.
+    #[error("unsupported IP version {0}")]
+    IpVersion(u8),
+    /// A packet header is malformed in a way the message describes.
+    #[error("malformed packet: {0}")]
+    MalformedPacket(&'static str),
+    /// The packet carries a transport protocol the operation does not handle.
+    #[error("unsupported transport protocol {0}")]
+    UnsupportedProtocol(u8),
+    /// The caller's buffer has no room for what the operation must add.
+    #[error("buffer too small: need {needed} bytes, capacity {capacity}")]
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        capacity: usize,
+    },
+
+    // ---- PCCOM (pccom/) ----
+    /// Authentication of a protected packet failed (wrong key, altered bytes).
+    #[error("packet authentication failed")]
+    PacketAuth,
+    /// The packet counter was seen before or is older than the replay window.
+    #[error("replayed or too old packet (counter {counter})")]
+    Replay {
+        /// The counter carried by the packet.
+        counter: u64,
+    },
+    /// The send counter of a flow direction is exhausted; the flow must rekey.
+    #[error("packet counter exhausted: the flow must be renegotiated")]
+    CounterExhausted,
+
+    // ---- DPRP (dprp/) ----
+    /// A DPRP message type byte is unknown.
+    #[error("unknown DPRP message type {0}")]
+    UnknownMessage(u8),
+    /// A DPRP message does not fit the negotiation's state.
+    #[error("unexpected DPRP message: {0}")]
+    UnexpectedMessage(&'static str),
+    /// A DPRP message belongs to no negotiation this machine knows.
+    #[error("unknown negotiation")]
+    UnknownNegotiation,
+    /// The peer named a group this GE holds no key for.
+    #[error("unknown group {0}")]
+    UnknownGroup(u32),
+    /// The peer used a key version this GE does not hold (expired or not yet received).
+    #[error("unknown key version {version} of group {group}")]
+    UnknownKeyVersion {
+        /// The group.
+        group: u32,
+        /// The key version.
+        version: u32,
+    },
+    /// The address does not belong to a GE this machine knows.
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidField`].
+    pub const fn invalid(field: &'static str, reason: &'static str) -> Self {
+        Self::InvalidField { field, reason }
+    }
+}

@@ -1,0 +1,362 @@
+//! Key material and the derivations built on it.
+//!
+//! - [`GroupKey`]: a group's 256-bit key with its [`KeyVersion`]; zeroized on
+//!   drop, never printed.
+//! - [`NodeKey`]: a GE's Ed25519 signing key (the key of its certificate).
+//! - [`TrafficKey`]/[`FlowKeys`]: per-flow, per-direction AEAD keys.
+//! - HKDF-SHA256 derivations with fixed, versioned labels.
+//!
+//! Every derivation label starts with `fpn v1 ` so keys of one purpose can
+//! never be mistaken for keys of another.
+
+use std::fmt;
+
+use ring::{hkdf, hmac, signature};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::{Error, Result};
+
+/// Length of group keys and traffic keys, in bytes.
+pub const KEY_LEN: usize = 32;
+/// Length of an Ed25519 public key.
+pub const PUBLIC_KEY_LEN: usize = 32;
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Length of a MAC (HMAC-SHA256, untruncated).
+pub const MAC_LEN: usize = 32;
+
+/// Version of a group key. Incremented by the GMS on every rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyVersion(pub u32);
+
+impl fmt::Display for KeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// A group key: 256 secret bits.
+///
+/// Zeroized on drop. `Debug` prints no key bytes. Compare with
+/// [`GroupKey::ct_eq`] (constant time), never by exposing the bytes.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct GroupKey([u8; KEY_LEN]);
+
+impl GroupKey {
+    /// Wraps key bytes (from the GMS's random source or from the key store).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a key from a slice, which must be exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+        let arr: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| Error::InvalidKey("a group key is 32 bytes"))?;
+        Ok(Self(arr))
+    }
+
+    /// The raw bytes, for the key store and the GMS push only.
+    ///
+    /// Named loudly so every use stands out in review.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// Constant-time equality.
+    pub fn ct_eq(&self, other: &GroupKey) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// The key that proves possession of this group key: HMAC-SHA256 keyed with
+    /// HKDF(GK, "fpn v1 group proof"). The group key itself never signs or
+    /// leaves the GE.
+    pub fn proof_key(&self) -> hmac::Key {
+        let bytes = expand(&self.0, &[], b"fpn v1 group proof");
+        hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref())
+    }
+
+    /// A short public fingerprint of the key (first 8 bytes of
+    /// HKDF(GK, "fpn v1 key id")), for logs and for spotting two nodes that
+    /// disagree about a version. Reveals nothing usable about the key.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let bytes = expand(&self.0, &[], b"fpn v1 key id");
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&bytes[..8]);
+        out
+    }
+}
+
+impl fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GroupKey(<redacted>)")
+    }
+}
+
+/// Computes a group proof: HMAC over `transcript` under the group's proof key.
+pub fn group_proof(gk: &GroupKey, transcript: &[u8]) -> [u8; MAC_LEN] {
+    let tag = hmac::sign(&gk.proof_key(), transcript);
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Verifies a group proof in constant time.
+pub fn verify_group_proof(gk: &GroupKey, transcript: &[u8], proof: &[u8]) -> Result<()> {
+    hmac::verify(&gk.proof_key(), transcript, proof).map_err(|_| Error::BadMac("group proof"))
+}
+
+/// Which end of a negotiation a GE played. Decides which derived key sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sent the DDE.
+    Initiator,
+    /// Answered with RGI.
+    Responder,
+}
+
+/// One direction's AEAD key of one flow. Zeroized on drop, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct TrafficKey([u8; KEY_LEN]);
+
+impl TrafficKey {
+    /// Wraps key bytes (tests and benchmarks; real keys come from [`derive_flow_keys`]).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes, for building the AEAD only.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TrafficKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TrafficKey(<redacted>)")
+    }
+}
+
+/// The two traffic keys of a flow, seen from one end.
+#[derive(Debug, Clone)]
+pub struct FlowKeys {
+    /// Key for packets this GE sends.
+    pub tx: TrafficKey,
+    /// Key for packets this GE receives.
+    pub rx: TrafficKey,
+}
+
+/// Derives a flow's traffic keys.
+///
+/// `PRK = HKDF-Extract(salt = transcript_hash, IKM = GK || X25519 shared secret)`;
+/// the initiator-to-responder key expands with `"fpn v1 traffic i2r"`, the other
+/// with `"fpn v1 traffic r2i"`. The group key makes only members able to derive
+/// them; the ephemeral shares make them unique per negotiation and keep
+/// recorded traffic sealed after a group key is stolen; the transcript binds
+/// them to everything both ends saw.
+pub fn derive_flow_keys(
+    gk: &GroupKey,
+    dh_shared: &[u8; 32],
+    transcript_hash: &[u8; 32],
+    role: Role,
+) -> FlowKeys {
+    let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    ikm[..KEY_LEN].copy_from_slice(&gk.0);
+    ikm[KEY_LEN..].copy_from_slice(dh_shared);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
+    let i2r = TrafficKey(expand_prk(&prk, b"fpn v1 traffic i2r"));
+    let r2i = TrafficKey(expand_prk(&prk, b"fpn v1 traffic r2i"));
+    match role {
+        Role::Initiator => FlowKeys { tx: i2r, rx: r2i },
+        Role::Responder => FlowKeys { tx: r2i, rx: i2r },
+    }
+}
+
+/// Derives a 32-byte handshake key (for MACs over later DPRP messages) from the
+/// same inputs as the traffic keys, under its own label.
+pub fn derive_handshake_key(
+    gk: &GroupKey,
+    dh_shared: &[u8; 32],
+    transcript_hash: &[u8; 32],
+) -> hmac::Key {
+    let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    ikm[..KEY_LEN].copy_from_slice(&gk.0);
+    ikm[KEY_LEN..].copy_from_slice(dh_shared);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
+    let k = Zeroizing::new(expand_prk(&prk, b"fpn v1 handshake"));
+    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn expand(ikm: &[u8], salt: &[u8], label: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    Zeroizing::new(expand_prk(&prk, label))
+}
+
+fn expand_prk(prk: &hkdf::Prk, label: &[u8]) -> [u8; KEY_LEN] {
+    let mut out = [0u8; KEY_LEN];
+    // Expanding 32 bytes from SHA-256 cannot exceed HKDF's 255 * 32 limit.
+    prk.expand(&[label], Len(KEY_LEN))
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32-byte HKDF output is always within the limit");
+    out
+}
+
+/// A GE's Ed25519 signing key (the key its certificate and credential name).
+pub struct NodeKey {
+    pair: signature::Ed25519KeyPair,
+}
+
+impl NodeKey {
+    /// Loads a key from PKCS#8 (v1 or v2) DER, as rcgen writes it.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
+        let pair = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| Error::InvalidKey("not an Ed25519 PKCS#8 key"))?;
+        Ok(Self { pair })
+    }
+
+    /// Derives a key from a 32-byte seed (tests, the simulation and benchmarks).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .expect("any 32 bytes are an Ed25519 seed");
+        Self { pair }
+    }
+
+    /// The public half.
+    pub fn public(&self) -> [u8; PUBLIC_KEY_LEN] {
+        let mut out = [0u8; PUBLIC_KEY_LEN];
+        out.copy_from_slice(signature::KeyPair::public_key(&self.pair).as_ref());
+        out
+    }
+
+    /// Signs `msg` (Ed25519 is deterministic: no randomness needed).
+    pub fn sign(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let mut out = [0u8; SIGNATURE_LEN];
+        out.copy_from_slice(self.pair.sign(msg).as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeKey")
+            .field("public", &HexShort(&self.public()))
+            .finish()
+    }
+}
+
+/// Verifies an Ed25519 signature by `public` over `msg`.
+pub fn verify_signature(
+    public: &[u8; PUBLIC_KEY_LEN],
+    msg: &[u8],
+    sig: &[u8],
+    what: &'static str,
+) -> Result<()> {
+    signature::UnparsedPublicKey::new(&signature::ED25519, public)
+        .verify(msg, sig)
+        .map_err(|_| Error::BadSignature(what))
+}
+
+/// Prints the first bytes of a public value in hex, for `Debug` output.
+pub(crate) struct HexShort<'a>(pub &'a [u8]);
+
+impl fmt::Debug for HexShort<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.iter().take(8) {
+            write!(f, "{b:02x}")?;
+        }
+        if self.0.len() > 8 {
+            f.write_str("..")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        let gk = GroupKey::from_bytes([0xab; 32]);
+        let s = format!("{gk:?}");
+        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+        let tk = TrafficKey::from_bytes([0xcd; 32]);
+        assert!(!format!("{tk:?}").contains("cd"));
+    }
+
+    #[test]
+    fn flow_keys_pair_up_and_differ_by_direction() {
+        let gk = GroupKey::from_bytes([1; 32]);
+        let i = derive_flow_keys(&gk, &[2; 32], &[3; 32], Role::Initiator);
+        let r = derive_flow_keys(&gk, &[2; 32], &[3; 32], Role::Responder);
+        assert_eq!(i.tx.expose_secret(), r.rx.expose_secret());
+        assert_eq!(i.rx.expose_secret(), r.tx.expose_secret());
+        assert_ne!(i.tx.expose_secret(), i.rx.expose_secret());
+    }
+
+    #[test]
+    fn every_input_changes_the_keys() {
+        let base = derive_flow_keys(
+            &GroupKey::from_bytes([1; 32]),
+            &[2; 32],
+            &[3; 32],
+            Role::Initiator,
+        );
+        let other_gk = derive_flow_keys(
+            &GroupKey::from_bytes([9; 32]),
+            &[2; 32],
+            &[3; 32],
+            Role::Initiator,
+        );
+        let other_dh = derive_flow_keys(
+            &GroupKey::from_bytes([1; 32]),
+            &[9; 32],
+            &[3; 32],
+            Role::Initiator,
+        );
+        let other_th = derive_flow_keys(
+            &GroupKey::from_bytes([1; 32]),
+            &[2; 32],
+            &[9; 32],
+            Role::Initiator,
+        );
+        for o in [other_gk, other_dh, other_th] {
+            assert_ne!(base.tx.expose_secret(), o.tx.expose_secret());
+        }
+    }
+
+    #[test]
+    fn group_proof_verifies_only_with_the_same_key() {
+        let gk = GroupKey::from_bytes([5; 32]);
+        let proof = group_proof(&gk, b"transcript");
+        verify_group_proof(&gk, b"transcript", &proof).unwrap();
+        assert!(verify_group_proof(&GroupKey::from_bytes([6; 32]), b"transcript", &proof).is_err());
+        assert!(verify_group_proof(&gk, b"transcripT", &proof).is_err());
+        assert!(verify_group_proof(&gk, b"transcript", &proof[..31]).is_err());
+    }
+
+    #[test]
+    fn signatures_verify_and_bind_the_message() {
+        let k = NodeKey::from_seed(&[7; 32]);
+        let sig = k.sign(b"hello");
+        verify_signature(&k.public(), b"hello", &sig, "test").unwrap();
+        assert!(verify_signature(&k.public(), b"hellO", &sig, "test").is_err());
+        let other = NodeKey::from_seed(&[8; 32]);
+        assert!(verify_signature(&other.public(), b"hello", &sig, "test").is_err());
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(GroupKey::from_bytes([1; 32]).ct_eq(&GroupKey::from_bytes([1; 32])));
+        assert!(!GroupKey::from_bytes([1; 32]).ct_eq(&GroupKey::from_bytes([2; 32])));
+    }
+}

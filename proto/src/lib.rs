@@ -1,0 +1,26 @@
+//! fpn-proto: the wire formats and protocol state machines of fpn.
+//!
+//! Everything here is sans-IO: no sockets, no files, no tasks, no clock and no
+//! randomness source. Time is passed in as an argument (`now`), randomness as a
+//! seed, packets as caller-owned buffers. The node, the GMS and the tests drive
+//! the same code; the [`sim`] module drives it on a simulated network.
+//!
+//! What lives here:
+//! - [`ge`]: GE identity and policy types (GE id, kind, mode, groups, GE info).
+//! - [`keys`]: group keys, key versions, node signing keys and the HKDF
+//!   derivations every other part uses.
+//! - [`credential`]: the compact, CA-signed GE credential carried in DPRP.
+//! - [`flow`]: the flow identifier (CID).
+//! - [`wire`]: bounds-checked reader/writer helpers for the binary codecs.
+
+pub mod credential;
+pub mod error;
+pub mod flow;
+pub mod ge;
+pub mod keys;
+pub mod wire;
+
+pub use error::Error;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs (Debian, as root) what building, testing and the demo need, and fails
+# loudly when something cannot be had. Sourced by scripts/test.sh and
+# scripts/demo.sh; safe to run again (it only installs what is missing).
+set -euo pipefail
+
+fpn_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# command -> Debian package that provides it
+FPN_APT_NEEDS=(
+  "ip:iproute2"
+  "nft:nftables"
+  "iperf3:iperf3"
+  "dig:bind9-dnsutils"
+  "nsupdate:bind9-dnsutils"
+  "tcpdump:tcpdump"
+  "ping:iputils-ping"
+  "pkill:procps"
+  "gcc:gcc"
+)
+
+fpn_ensure_deps() {
+  local missing=() entry cmd pkg
+  for entry in "${FPN_APT_NEEDS[@]}"; do
+    cmd=${entry%%:*}; pkg=${entry##*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    # sort -u: two commands may come from one package
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    [ "$(id -u)" = 0 ] || fpn_die "missing packages ${missing[*]}; run as root so they can be installed"
+    command -v apt-get >/dev/null 2>&1 || fpn_die "missing packages ${missing[*]} and no apt-get to install them"
+    echo "==> installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || fpn_die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || fpn_die "apt-get install ${missing[*]} failed"
+    for entry in "${FPN_APT_NEEDS[@]}"; do
+      cmd=${entry%%:*}
+      command -v "$cmd" >/dev/null 2>&1 || fpn_die "$cmd still missing after installing its package"
+    done
+  fi
+
+  # Rust: the stable toolchain must already be there (rustup); Debian's own cargo
+  # is too old for edition 2024.
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+  command -v cargo >/dev/null 2>&1 \
+    || fpn_die "cargo not found: install the stable Rust toolchain with rustup (https://rustup.rs)"
+  local rustv
+  rustv=$(rustc --version | awk '{print $2}')
+  case "$rustv" in
+    1.[0-8][0-9].*) fpn_die "rustc $rustv is too old: fpn needs 1.89 or newer (rustup update stable)";;
+  esac
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest"
+    cargo install cargo-nextest --locked || fpn_die "cargo install cargo-nextest failed"
+  fi
+}

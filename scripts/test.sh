@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole fpn test suite: unit, property, simulation, integration and
+# (as root) network-namespace tests. Installs what it needs first.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -p fpn-proto    # extra arguments go to `cargo nextest run`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+fpn_ensure_deps
+
+if [ "$(id -u)" != 0 ]; then
+  echo "error: the suite includes network-namespace tests and must run as root" >&2
+  exit 1
+fi
+
+echo "==> building"
+cargo build --workspace --all-targets --locked
+echo "==> cargo nextest run"
+cargo nextest run --workspace --locked --no-fail-fast "$@"
+echo "==> doc tests"
+cargo test --workspace --doc --locked "$@"
