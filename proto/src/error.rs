@@ -101,6 +101,14 @@ pub enum Error {
         capacity: usize,
     },
 
+    /// The packet is an IP fragment. A non-first fragment has no transport
+    /// header; fpn handles whole datagrams only (reassemble first).
+    #[error("IP fragment (first: {first}): reassemble before processing")]
+    Fragment {
+        /// True for the first fragment (offset 0, more fragments follow).
+        first: bool,
+    },
+
     // ---- PCCOM (pccom/) ----
     /// Authentication of a protected packet failed (wrong key, altered bytes).
     #[error("packet authentication failed")]
@@ -114,6 +122,18 @@ pub enum Error {
     /// The send counter of a flow direction is exhausted; the flow must rekey.
     #[error("packet counter exhausted: the flow must be renegotiated")]
     CounterExhausted,
+
+    // ---- PIT (pit.rs) ----
+    /// The PIT holds its maximum number of entries.
+    #[error("PIT full: {capacity} entries")]
+    PitFull {
+        /// The configured maximum.
+        capacity: usize,
+    },
+    /// A PCCOM operation was asked of a PIT entry whose action is not protect
+    /// (or that is still tentative).
+    #[error("flow has no traffic keys")]
+    NotProtected,
 
     // ---- DPRP (dprp/) ----
     /// A DPRP message type byte is unknown.

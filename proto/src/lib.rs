@@ -13,6 +13,12 @@
 //! - [`flow`]: the flow identifier (CID).
 //! - [`action`]: what a GE does with a flow (protect, relay, pass, drop).
 //! - [`wire`]: bounds-checked reader/writer helpers for the binary codecs.
+//! - [`packet`]: checked in-place views over IPv4/IPv6 TCP, UDP and ICMP
+//!   packets: header access, rewrites with checksum updates, MSS clamping.
+//! - [`pccom`]: PCCOM packet protection (AES-256-GCM over the L4 payload,
+//!   counter + tag trailer, replay window) and its AEAD backends.
+//! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
+//!   state, counters; aging and renegotiation after key rotation.
 
 pub mod action;
 pub mod credential;
@@ -20,6 +26,9 @@ pub mod error;
 pub mod flow;
 pub mod ge;
 pub mod keys;
+pub mod packet;
+pub mod pccom;
+pub mod pit;
 pub mod wire;
 
 pub use error::Error;

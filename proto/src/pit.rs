@@ -1,0 +1,628 @@
+//! The PIT (Process Information Table): flow id -> what this GE does with the
+//! flow's packets, and for protected flows the cipher state.
+//!
+//! **Keys and lookups.** An entry is keyed by the [`FlowId`] of the flow's
+//! first packet as this GE saw it (source = the side that started the flow,
+//! which is the side that sent the DDE). Packets of the reply direction carry
+//! the reversed five-tuple; [`Pit::lookup`] and [`Pit::handle_packet`] try the
+//! id as given, then reversed, and report which matched as a [`Direction`].
+//! So the caller always passes the packet's own [`FlowId`]
+//! ([`crate::packet::Packet::flow_id`]), inbound or outbound. Inserting a flow
+//! replaces an entry stored under either orientation, so a renegotiation
+//! started by the other end replaces the old entry cleanly.
+//!
+//! **What to call.** The DPRP machine calls [`Pit::insert`] (tentative on
+//! MPIT, then [`Pit::confirm`] on CDN, or directly active); the packet path
+//! calls [`Pit::handle_packet`] for every packet and acts on the
+//! [`Disposition`]; the key store calls [`Pit::on_key_rotation`] and
+//! [`Pit::on_key_erased`]; a timer calls [`Pit::expire`] (at
+//! [`Pit::next_expiry`], or once a second). After each of these, drain
+//! [`Pit::poll_event`]: it names the flows to renegotiate.
+//!
+//! **Rekeying.** When an entry with traffic keys is replaced by one with new
+//! keys, the old receive state stays for [`PitConfig::rekey_grace`] so
+//! packets already in flight under the old keys still open. Which key a
+//! packet uses is chosen by its counter (new keys count from zero, old ones
+//! are far along), so no packet is decrypted twice.
+//!
+//! Sans-IO: time is an argument. The table is a `HashMap` (keyed hashing:
+//! flow ids come from the network); everything it returns in bulk is sorted,
+//! so outputs do not depend on hash order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::action::Action;
+use crate::flow::FlowId;
+use crate::ge::{GeId, GroupId};
+use crate::keys::{FlowKeys, KeyVersion};
+use crate::pccom::{FlowCrypto, PacketAead, RingAesGcm};
+use crate::{Error, Result};
+
+/// PIT limits and timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PitConfig {
+    /// The most entries; [`Pit::insert`] of a new flow beyond it fails with
+    /// [`Error::PitFull`].
+    pub max_entries: usize,
+    /// An entry unused for this long ages out.
+    pub idle_timeout: Duration,
+    /// How long a replaced entry's receive keys still open packets.
+    pub rekey_grace: Duration,
+}
+
+impl Default for PitConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 65_536,
+            idle_timeout: Duration::from_secs(300),
+            rekey_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where a packet comes from, relative to this GE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// From a host this GE protects (its own stack, or a terminal behind a
+    /// gateway): protected flows are protected.
+    Local,
+    /// From the network: protected flows are unprotected.
+    Remote,
+}
+
+/// Which orientation of an entry's key a packet's flow id matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The packet travels like the flow's first packet.
+    Forward,
+    /// The packet travels the other way (a reply).
+    Reverse,
+}
+
+/// Whether an entry may carry packets yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryState {
+    /// Created from MPIT, waiting for CDN: hold the flow's packets.
+    Tentative,
+    /// Final: apply the action.
+    Active,
+}
+
+/// What the packet path does with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// No entry: hold the packet and start a negotiation.
+    Unknown,
+    /// The entry is tentative: hold the packet.
+    Hold,
+    /// Send the first `len` bytes of the buffer on (protected, unprotected or
+    /// unchanged, as the action says).
+    Forward {
+        /// Length of the packet now in the buffer.
+        len: usize,
+    },
+    /// Policy drop.
+    Drop,
+}
+
+/// Why a flow must be negotiated again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RenegotiateReason {
+    /// Its group key was rotated to a newer version.
+    KeyRotation,
+    /// Its send counter reached the rekey limit.
+    PacketLimit,
+}
+
+/// Something the owner of the PIT must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PitEvent {
+    /// Run DPRP again for this flow; the current entry keeps working until
+    /// the new one replaces it (or its key version is erased).
+    Renegotiate {
+        /// The flow, as keyed in the PIT.
+        flow: FlowId,
+        /// Why.
+        reason: RenegotiateReason,
+    },
+}
+
+/// Packet and byte counters of one entry (bytes are plain packet lengths).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets forwarded that came from the local side.
+    pub packets_local: u64,
+    /// Bytes of those packets.
+    pub bytes_local: u64,
+    /// Packets forwarded that came from the network.
+    pub packets_remote: u64,
+    /// Bytes of those packets.
+    pub bytes_remote: u64,
+    /// Packets refused: failed authentication, replays, malformed, policy drops.
+    pub rejected: u64,
+}
+
+/// The description of an entry to insert; see the constructors.
+#[derive(Debug)]
+pub struct NewEntry {
+    action: Action,
+    peer: Option<GeId>,
+    key_version: Option<KeyVersion>,
+    keys: Option<FlowKeys>,
+    tentative: bool,
+}
+
+impl NewEntry {
+    /// Protect the flow in `group` with key `version`, talking to `peer`,
+    /// under the traffic keys the negotiation derived.
+    pub fn protect(group: GroupId, version: KeyVersion, peer: GeId, keys: FlowKeys) -> Self {
+        Self {
+            action: Action::Protect(group),
+            peer: Some(peer),
+            key_version: Some(version),
+            keys: Some(keys),
+            tentative: false,
+        }
+    }
+
+    /// Forward a protected flow between two other GEs without decrypting it.
+    pub fn relay() -> Self {
+        Self::plain(Action::Relay)
+    }
+
+    /// Forward a plain flow unchanged.
+    pub fn pass() -> Self {
+        Self::plain(Action::Pass)
+    }
+
+    /// Drop the flow.
+    pub fn drop_flow() -> Self {
+        Self::plain(Action::Drop)
+    }
+
+    fn plain(action: Action) -> Self {
+        Self {
+            action,
+            peer: None,
+            key_version: None,
+            keys: None,
+            tentative: false,
+        }
+    }
+
+    /// Names the peer GE (for relay/pass/drop entries, informational).
+    pub fn with_peer(mut self, peer: GeId) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Inserts the entry as tentative (MPIT seen, CDN pending).
+    pub fn tentative(mut self) -> Self {
+        self.tentative = true;
+        self
+    }
+}
+
+/// Receive state kept for a while after its entry was replaced.
+struct Previous<A: PacketAead> {
+    crypto: FlowCrypto<A>,
+    group: GroupId,
+    version: KeyVersion,
+    until: Instant,
+}
+
+/// One PIT entry.
+pub struct PitEntry<A: PacketAead = RingAesGcm> {
+    action: Action,
+    peer: Option<GeId>,
+    key_version: Option<KeyVersion>,
+    crypto: Option<FlowCrypto<A>>,
+    previous: Option<Previous<A>>,
+    state: EntryState,
+    renegotiate: Option<RenegotiateReason>,
+    created: Instant,
+    last_used: Instant,
+    stats: FlowStats,
+}
+
+impl<A: PacketAead> PitEntry<A> {
+    /// The action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The peer GE, if known.
+    pub fn peer(&self) -> Option<GeId> {
+        self.peer
+    }
+
+    /// The group key version the traffic keys came from (protected flows).
+    pub fn key_version(&self) -> Option<KeyVersion> {
+        self.key_version
+    }
+
+    /// Tentative or active.
+    pub fn state(&self) -> EntryState {
+        self.state
+    }
+
+    /// Set once the flow must be renegotiated (it keeps working meanwhile).
+    pub fn renegotiate(&self) -> Option<RenegotiateReason> {
+        self.renegotiate
+    }
+
+    /// When the entry was inserted.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When a packet last passed (or the entry was inserted).
+    pub fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// The cipher state (protected flows).
+    pub fn crypto(&self) -> Option<&FlowCrypto<A>> {
+        self.crypto.as_ref()
+    }
+
+    /// Opens with the current keys or, for a counter that looks like the old
+    /// keys' sequence, with the replaced entry's receive state.
+    fn unprotect(&mut self, buf: &mut [u8], now: Instant) -> Result<usize> {
+        let current = self.crypto.as_mut().ok_or(Error::NotProtected)?;
+        if let Some(prev) = self.previous.as_mut().filter(|p| now < p.until) {
+            let counter = peek_counter(buf);
+            if closer_to_previous(counter, current, &prev.crypto) {
+                return prev.crypto.unprotect(buf);
+            }
+        }
+        current.unprotect(buf)
+    }
+}
+
+impl<A: PacketAead> std::fmt::Debug for PitEntry<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PitEntry")
+            .field("action", &self.action)
+            .field("peer", &self.peer)
+            .field("key_version", &self.key_version)
+            .field("state", &self.state)
+            .field("renegotiate", &self.renegotiate)
+            .field("crypto", &self.crypto)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The table. `A` is the PCCOM backend (ring by default).
+pub struct Pit<A: PacketAead = RingAesGcm> {
+    config: PitConfig,
+    entries: HashMap<FlowId, PitEntry<A>>,
+    events: VecDeque<PitEvent>,
+}
+
+impl Pit<RingAesGcm> {
+    /// An empty table with the default backend.
+    pub fn new(config: PitConfig) -> Self {
+        Self::with_backend(config)
+    }
+}
+
+impl<A: PacketAead> Pit<A> {
+    /// An empty table with backend `A`.
+    pub fn with_backend(config: PitConfig) -> Self {
+        Self {
+            config,
+            entries: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> PitConfig {
+        self.config
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Inserts or replaces the entry for `flow` (stored under either
+    /// orientation). A new flow beyond [`PitConfig::max_entries`] fails with
+    /// [`Error::PitFull`]. A protect entry needs its traffic keys; other
+    /// actions must come without keys ([`Error::InvalidField`]).
+    pub fn insert(&mut self, flow: FlowId, new: NewEntry, now: Instant) -> Result<()> {
+        let protect = matches!(new.action, Action::Protect(_));
+        if protect != new.keys.is_some() || protect != new.key_version.is_some() {
+            return Err(Error::invalid(
+                "PIT entry",
+                "traffic keys and key version go with the protect action, and only with it",
+            ));
+        }
+        let old = self
+            .entries
+            .remove(&flow)
+            .or_else(|| self.entries.remove(&flow.reversed()));
+        if old.is_none() && self.entries.len() >= self.config.max_entries {
+            return Err(Error::PitFull {
+                capacity: self.config.max_entries,
+            });
+        }
+        let previous = old.and_then(|o| match (o.action, o.key_version, o.crypto) {
+            (Action::Protect(group), Some(version), Some(crypto)) if protect => Some(Previous {
+                crypto,
+                group,
+                version,
+                until: now + self.config.rekey_grace,
+            }),
+            _ => None,
+        });
+        let entry = PitEntry {
+            action: new.action,
+            peer: new.peer,
+            key_version: new.key_version,
+            crypto: new.keys.as_ref().map(FlowCrypto::with_backend),
+            previous,
+            state: if new.tentative {
+                EntryState::Tentative
+            } else {
+                EntryState::Active
+            },
+            renegotiate: None,
+            created: now,
+            last_used: now,
+            stats: FlowStats::default(),
+        };
+        self.entries.insert(flow, entry);
+        Ok(())
+    }
+
+    /// Makes a tentative entry active (CDN received). False if there is no
+    /// entry for the flow.
+    pub fn confirm(&mut self, flow: &FlowId) -> bool {
+        match self.lookup_mut(flow) {
+            Some((_, e)) => {
+                e.state = EntryState::Active;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the entry for `flow` (either orientation).
+    pub fn remove(&mut self, flow: &FlowId) -> Option<PitEntry<A>> {
+        self.entries
+            .remove(flow)
+            .or_else(|| self.entries.remove(&flow.reversed()))
+    }
+
+    /// The entry a packet with flow id `flow` belongs to.
+    pub fn lookup(&self, flow: &FlowId) -> Option<(Direction, &PitEntry<A>)> {
+        if let Some(e) = self.entries.get(flow) {
+            return Some((Direction::Forward, e));
+        }
+        self.entries
+            .get(&flow.reversed())
+            .map(|e| (Direction::Reverse, e))
+    }
+
+    /// Like [`Pit::lookup`], writable.
+    pub fn lookup_mut(&mut self, flow: &FlowId) -> Option<(Direction, &mut PitEntry<A>)> {
+        let (dir, key) = if self.entries.contains_key(flow) {
+            (Direction::Forward, *flow)
+        } else {
+            (Direction::Reverse, flow.reversed())
+        };
+        self.entries.get_mut(&key).map(|e| (dir, e))
+    }
+
+    /// Applies the flow's entry to one packet: `buf[..len]` holds the packet
+    /// (the rest is room for the PCCOM trailer), `flow` is its flow id.
+    /// Protected flows are protected ([`Origin::Local`]) or unprotected
+    /// ([`Origin::Remote`]) in place. Errors (authentication, replay,
+    /// malformed packet, counter exhausted) mean: drop the packet; they are
+    /// counted and do not refresh the entry.
+    pub fn handle_packet(
+        &mut self,
+        flow: &FlowId,
+        origin: Origin,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<Disposition> {
+        let Some((dir, entry)) = self.lookup_mut(flow) else {
+            return Ok(Disposition::Unknown);
+        };
+        if entry.state == EntryState::Tentative {
+            return Ok(Disposition::Hold);
+        }
+        let result = match (entry.action, origin) {
+            (Action::Drop, _) => {
+                entry.stats.rejected += 1;
+                return Ok(Disposition::Drop);
+            }
+            (Action::Pass | Action::Relay, _) => Ok((len, len)),
+            (Action::Protect(_), Origin::Local) => match entry.crypto.as_mut() {
+                Some(c) => c.protect(buf, len).map(|n| (len, n)),
+                None => Err(Error::NotProtected),
+            },
+            (Action::Protect(_), Origin::Remote) => {
+                entry.unprotect(&mut buf[..len], now).map(|n| (n, n))
+            }
+        };
+        let (plain_len, out_len) = match result {
+            Ok(lens) => lens,
+            Err(e) => {
+                entry.stats.rejected += 1;
+                tracing::trace!(%flow, error = %e, "packet refused");
+                return Err(e);
+            }
+        };
+        entry.last_used = now;
+        let s = &mut entry.stats;
+        match origin {
+            Origin::Local => {
+                s.packets_local += 1;
+                s.bytes_local += plain_len as u64;
+            }
+            Origin::Remote => {
+                s.packets_remote += 1;
+                s.bytes_remote += plain_len as u64;
+            }
+        }
+        let over_limit = entry.crypto.as_ref().is_some_and(|c| c.should_rekey());
+        if over_limit && entry.renegotiate.is_none() {
+            entry.renegotiate = Some(RenegotiateReason::PacketLimit);
+            let key = match dir {
+                Direction::Forward => *flow,
+                Direction::Reverse => flow.reversed(),
+            };
+            tracing::debug!(flow = %key, "send counter at rekey limit");
+            self.events.push_back(PitEvent::Renegotiate {
+                flow: key,
+                reason: RenegotiateReason::PacketLimit,
+            });
+        }
+        Ok(Disposition::Forward { len: out_len })
+    }
+
+    /// A new key `version` of `group` arrived: every protected entry of that
+    /// group on an older version must be renegotiated. Queues one
+    /// [`PitEvent::Renegotiate`] per such entry (in flow order) and returns
+    /// how many there were. The entries keep working on the old version.
+    pub fn on_key_rotation(&mut self, group: GroupId, version: KeyVersion) -> usize {
+        let mut flows: Vec<FlowId> = self
+            .entries
+            .iter_mut()
+            .filter(|(_, e)| {
+                e.action == Action::Protect(group)
+                    && e.key_version.is_some_and(|v| v < version)
+                    && e.renegotiate != Some(RenegotiateReason::KeyRotation)
+            })
+            .map(|(f, e)| {
+                e.renegotiate = Some(RenegotiateReason::KeyRotation);
+                *f
+            })
+            .collect();
+        flows.sort_unstable();
+        for &flow in &flows {
+            self.events.push_back(PitEvent::Renegotiate {
+                flow,
+                reason: RenegotiateReason::KeyRotation,
+            });
+        }
+        flows.len()
+    }
+
+    /// Key `version` of `group` (and every older one) was erased: drops the
+    /// entries whose traffic keys came from it, and old receive states kept
+    /// from it. Returns the dropped flows, sorted.
+    pub fn on_key_erased(&mut self, group: GroupId, version: KeyVersion) -> Vec<FlowId> {
+        let mut dropped = Vec::new();
+        self.entries.retain(|flow, e| {
+            if let Some(p) = &e.previous
+                && p.group == group
+                && p.version <= version
+            {
+                e.previous = None;
+            }
+            let erased =
+                e.action == Action::Protect(group) && e.key_version.is_some_and(|v| v <= version);
+            if erased {
+                dropped.push(*flow);
+            }
+            !erased
+        });
+        dropped.sort_unstable();
+        dropped
+    }
+
+    /// Removes the entries idle for [`PitConfig::idle_timeout`] or longer and
+    /// forgets old receive states past their grace. Returns the removed flows, sorted.
+    pub fn expire(&mut self, now: Instant) -> Vec<FlowId> {
+        let idle = self.config.idle_timeout;
+        let mut gone = Vec::new();
+        self.entries.retain(|flow, e| {
+            if e.previous.as_ref().is_some_and(|p| now >= p.until) {
+                e.previous = None;
+            }
+            let keep = now.saturating_duration_since(e.last_used) < idle;
+            if !keep {
+                gone.push(*flow);
+            }
+            keep
+        });
+        gone.sort_unstable();
+        gone
+    }
+
+    /// When [`Pit::expire`] has something to do next. Scans the table.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .flat_map(|e| {
+                let aged = e.last_used + self.config.idle_timeout;
+                [Some(aged), e.previous.as_ref().map(|p| p.until)]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// The next thing to act on, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<PitEvent> {
+        self.events.pop_front()
+    }
+
+    /// All entries, in no particular order (sort before showing).
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowId, &PitEntry<A>)> {
+        self.entries.iter()
+    }
+}
+
+impl<A: PacketAead> std::fmt::Debug for Pit<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pit")
+            .field("entries", &self.entries.len())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The PCCOM counter of a protected packet, if it parses; used only to pick
+/// a key, so any failure simply picks the current one.
+fn peek_counter(buf: &[u8]) -> Option<u64> {
+    let pkt = crate::packet::Packet::parse(buf).ok()?;
+    let p = pkt.payload();
+    let at = p.len().checked_sub(crate::pccom::TRAILER_LEN)?;
+    let mut c = [0u8; crate::pccom::COUNTER_LEN];
+    c.copy_from_slice(p.get(at..at + crate::pccom::COUNTER_LEN)?);
+    Some(u64::from_be_bytes(c))
+}
+
+/// True when `counter` is nearer the old keys' receive sequence than the new
+/// ones'. New keys count from zero, so before they have seen anything their
+/// position is 0.
+fn closer_to_previous<A: PacketAead>(
+    counter: Option<u64>,
+    current: &FlowCrypto<A>,
+    previous: &FlowCrypto<A>,
+) -> bool {
+    let Some(c) = counter else { return false };
+    let Some(old) = previous.replay_window().highest() else {
+        return false;
+    };
+    let new = current.replay_window().highest().unwrap_or(0);
+    old.abs_diff(c) < new.abs_diff(c)
+}
