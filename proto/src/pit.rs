@@ -36,7 +36,7 @@ use crate::action::Action;
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
 use crate::keys::{FlowKeys, KeyVersion};
-use crate::pccom::{FlowCrypto, PacketAead, RingAesGcm};
+use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
 use crate::{Error, Result};
 
 /// PIT limits and timers.
@@ -49,6 +49,8 @@ pub struct PitConfig {
     pub idle_timeout: Duration,
     /// How long a replaced entry's receive keys still open packets.
     pub rekey_grace: Duration,
+    /// Packet limits of every flow's cipher state.
+    pub limits: Limits,
 }
 
 impl Default for PitConfig {
@@ -57,6 +59,7 @@ impl Default for PitConfig {
             max_entries: 65_536,
             idle_timeout: Duration::from_secs(300),
             rekey_grace: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 }
@@ -340,16 +343,11 @@ impl<A: PacketAead> Pit<A> {
 
     /// Inserts or replaces the entry for `flow` (stored under either
     /// orientation). A new flow beyond [`PitConfig::max_entries`] fails with
-    /// [`Error::PitFull`]. A protect entry needs its traffic keys; other
-    /// actions must come without keys ([`Error::InvalidField`]).
+    /// [`Error::PitFull`].
     pub fn insert(&mut self, flow: FlowId, new: NewEntry, now: Instant) -> Result<()> {
-        let protect = matches!(new.action, Action::Protect(_));
-        if protect != new.keys.is_some() || protect != new.key_version.is_some() {
-            return Err(Error::invalid(
-                "PIT entry",
-                "traffic keys and key version go with the protect action, and only with it",
-            ));
-        }
+        // The NewEntry constructors give keys and a version to protect
+        // entries, and only to them.
+        let protect = new.keys.is_some();
         let old = self
             .entries
             .remove(&flow)
@@ -372,7 +370,10 @@ impl<A: PacketAead> Pit<A> {
             action: new.action,
             peer: new.peer,
             key_version: new.key_version,
-            crypto: new.keys.as_ref().map(FlowCrypto::with_backend),
+            crypto: new
+                .keys
+                .as_ref()
+                .map(|k| FlowCrypto::with_backend(k).with_limits(self.config.limits)),
             previous,
             state: if new.tentative {
                 EntryState::Tentative
@@ -457,9 +458,13 @@ impl<A: PacketAead> Pit<A> {
                 Some(c) => c.protect(buf, len).map(|n| (len, n)),
                 None => Err(Error::NotProtected),
             },
-            (Action::Protect(_), Origin::Remote) => {
-                entry.unprotect(&mut buf[..len], now).map(|n| (n, n))
-            }
+            (Action::Protect(_), Origin::Remote) => match buf.get_mut(..len) {
+                Some(packet) => entry.unprotect(packet, now).map(|n| (n, n)),
+                None => Err(Error::BufferTooSmall {
+                    needed: len,
+                    capacity: buf.len(),
+                }),
+            },
         };
         let (plain_len, out_len) = match result {
             Ok(lens) => lens,

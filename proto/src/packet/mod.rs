@@ -402,7 +402,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         }
         // The MSS value may sit at an odd offset within the header (after a
         // single NOP); the incremental update must then see it byte-swapped.
-        let (o, n) = if (at - self.layout.l4) % 2 == 0 {
+        let (o, n) = if (at - self.layout.l4).is_multiple_of(2) {
             (old, new)
         } else {
             (old.swap_bytes(), new.swap_bytes())

@@ -117,7 +117,10 @@ impl<A: PacketAead> FlowCrypto<A> {
         let reject_after = limits.reject_after.min(REJECT_AFTER_PACKETS);
         self.limits = Limits {
             reject_after,
-            rekey_after: limits.rekey_after.min(reject_after),
+            rekey_after: limits
+                .rekey_after
+                .min(REKEY_AFTER_PACKETS)
+                .min(reject_after),
         };
         self
     }

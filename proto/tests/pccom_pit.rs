@@ -1,0 +1,391 @@
+//! The PIT: lookups in both directions, the packet path through PCCOM,
+//! tentative entries, capacity, idle aging, renegotiation after key rotation
+//! or at the packet limit, erased key versions, and rekeying with in-flight
+//! packets.
+
+mod packet_util;
+
+use std::time::{Duration, Instant};
+
+use fpn_proto::Error;
+use fpn_proto::action::Action;
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::{GeId, GroupId};
+use fpn_proto::keys::{FlowKeys, GroupKey, KeyVersion, Role, derive_flow_keys};
+use fpn_proto::packet::Packet;
+use fpn_proto::pccom::{Limits, TRAILER_LEN};
+use fpn_proto::pit::{
+    Direction, Disposition, EntryState, NewEntry, Origin, Pit, PitConfig, PitEvent,
+    RenegotiateReason,
+};
+use packet_util::*;
+
+const G1: GroupId = GroupId(1);
+const G2: GroupId = GroupId(2);
+const V1: KeyVersion = KeyVersion(1);
+const V2: KeyVersion = KeyVersion(2);
+
+fn keys(seed: u8) -> (FlowKeys, FlowKeys) {
+    let gk = GroupKey::from_bytes([seed; 32]);
+    (
+        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Initiator),
+        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Responder),
+    )
+}
+
+fn flow_of(pkt: &[u8]) -> FlowId {
+    Packet::parse(pkt).unwrap().flow_id()
+}
+
+/// A flow id with the given source port (distinct flows for table tests).
+fn flow(port: u16) -> FlowId {
+    FlowId {
+        src: V4_SRC.into(),
+        dst: V4_DST.into(),
+        protocol: 17,
+        src_port: port,
+        dst_port: 53,
+    }
+}
+
+/// Runs one packet through `pit`; returns the disposition and the resulting bytes.
+fn run(
+    pit: &mut Pit,
+    origin: Origin,
+    pkt: &[u8],
+    now: Instant,
+) -> (Result<Disposition, Error>, Vec<u8>) {
+    let (mut buf, len) = with_room(pkt, TRAILER_LEN);
+    let f = flow_of(pkt);
+    let d = pit.handle_packet(&f, origin, &mut buf, len, now);
+    if let Ok(Disposition::Forward { len }) = d {
+        buf.truncate(len);
+    }
+    (d, buf)
+}
+
+/// GE `a` (initiator of the flow of `ipv4_udp`) and GE `b`, with a protected entry each.
+fn protected_pair(config: PitConfig, now: Instant) -> (Pit, Pit, FlowId) {
+    let (ka, kb) = keys(9);
+    let f = flow_of(&ipv4_udp(1));
+    let mut a = Pit::new(config);
+    let mut b = Pit::new(config);
+    a.insert(f, NewEntry::protect(G1, V1, GeId(2), ka), now)
+        .unwrap();
+    b.insert(f, NewEntry::protect(G1, V1, GeId(1), kb), now)
+        .unwrap();
+    (a, b, f)
+}
+
+#[test]
+fn lookups_match_both_directions() {
+    let now = Instant::now();
+    let mut pit = Pit::new(PitConfig::default());
+    let f = flow(1000);
+    pit.insert(f, NewEntry::pass().with_peer(GeId(4)), now)
+        .unwrap();
+    let (dir, e) = pit.lookup(&f).unwrap();
+    assert_eq!(
+        (dir, e.action(), e.peer()),
+        (Direction::Forward, Action::Pass, Some(GeId(4)))
+    );
+    assert_eq!(pit.lookup(&f.reversed()).unwrap().0, Direction::Reverse);
+    assert!(pit.lookup(&flow(1001)).is_none());
+    let mut buf = ipv4_udp(5);
+    let len = buf.len();
+    assert_eq!(
+        pit.handle_packet(&flow(1001), Origin::Local, &mut buf, len, now),
+        Ok(Disposition::Unknown)
+    );
+    // Removing by the reversed id finds it too.
+    assert!(pit.remove(&f.reversed()).is_some());
+    assert!(pit.is_empty());
+}
+
+#[test]
+fn a_protected_flow_crosses_between_two_pits() {
+    let now = Instant::now();
+    let (mut a, mut b, f) = protected_pair(PitConfig::default(), now);
+    let plain = ipv4_udp(200);
+    let (d, wire) = run(&mut a, Origin::Local, &plain, now);
+    assert_eq!(
+        d,
+        Ok(Disposition::Forward {
+            len: plain.len() + TRAILER_LEN
+        })
+    );
+    assert_valid(&wire);
+    let (d, back) = run(&mut b, Origin::Remote, &wire, now);
+    assert_eq!(d, Ok(Disposition::Forward { len: plain.len() }));
+    assert_eq!(back, plain);
+
+    // The reply: b protects, a unprotects; both find the entry reversed.
+    let mut reply = plain.clone();
+    {
+        let mut p = Packet::parse(&mut reply[..]).unwrap();
+        p.set_src(V4_DST.into()).unwrap();
+        p.set_dst(V4_SRC.into()).unwrap();
+        p.set_src_port(53).unwrap();
+        p.set_dst_port(40000).unwrap();
+    }
+    assert_eq!(flow_of(&reply), f.reversed());
+    let (_, wire) = run(&mut b, Origin::Local, &reply, now);
+    let (d, back) = run(&mut a, Origin::Remote, &wire, now);
+    assert_eq!(d, Ok(Disposition::Forward { len: reply.len() }));
+    assert_eq!(back, reply);
+
+    let s = a.lookup(&f).unwrap().1.stats();
+    assert_eq!((s.packets_local, s.packets_remote), (1, 1));
+    assert_eq!(s.bytes_local, plain.len() as u64);
+
+    // A replay is refused, counted, and reported.
+    let (_, w) = run(&mut a, Origin::Local, &plain, now);
+    assert!(run(&mut b, Origin::Remote, &w, now).0.is_ok());
+    let (d, _) = run(&mut b, Origin::Remote, &w, now);
+    assert!(matches!(d, Err(Error::Replay { .. })));
+    assert_eq!(b.lookup(&f).unwrap().1.stats().rejected, 1);
+}
+
+#[test]
+fn tentative_entries_hold_until_confirmed() {
+    let now = Instant::now();
+    let (ka, _) = keys(1);
+    let mut pit = Pit::new(PitConfig::default());
+    let plain = ipv4_udp(10);
+    let f = flow_of(&plain);
+    pit.insert(f, NewEntry::protect(G1, V1, GeId(2), ka).tentative(), now)
+        .unwrap();
+    assert_eq!(pit.lookup(&f).unwrap().1.state(), EntryState::Tentative);
+    let (d, out) = run(&mut pit, Origin::Local, &plain, now);
+    assert_eq!(d, Ok(Disposition::Hold));
+    assert_eq!(
+        &out[..plain.len()],
+        &plain[..],
+        "held packets are untouched"
+    );
+    assert!(pit.confirm(&f.reversed()));
+    assert!(!pit.confirm(&flow(1)));
+    let (d, _) = run(&mut pit, Origin::Local, &plain, now);
+    assert_eq!(
+        d,
+        Ok(Disposition::Forward {
+            len: plain.len() + TRAILER_LEN
+        })
+    );
+}
+
+#[test]
+fn drop_pass_and_relay_do_what_they_say() {
+    let now = Instant::now();
+    let plain = ipv4_tcp(30);
+    let f = flow_of(&plain);
+    for (entry, want) in [
+        (NewEntry::drop_flow(), Disposition::Drop),
+        (NewEntry::pass(), Disposition::Forward { len: plain.len() }),
+        (NewEntry::relay(), Disposition::Forward { len: plain.len() }),
+    ] {
+        let mut pit = Pit::new(PitConfig::default());
+        pit.insert(f, entry, now).unwrap();
+        for origin in [Origin::Local, Origin::Remote] {
+            let (d, out) = run(&mut pit, origin, &plain, now);
+            assert_eq!(d, Ok(want));
+            assert_eq!(&out[..plain.len()], &plain[..], "unchanged");
+        }
+    }
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_but_allows_replacement() {
+    let now = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 2,
+        ..PitConfig::default()
+    });
+    pit.insert(flow(1), NewEntry::pass(), now).unwrap();
+    pit.insert(flow(2), NewEntry::pass(), now).unwrap();
+    assert_eq!(
+        pit.insert(flow(3), NewEntry::pass(), now),
+        Err(Error::PitFull { capacity: 2 })
+    );
+    // Replacing, in either orientation, is not a new flow.
+    pit.insert(flow(2).reversed(), NewEntry::drop_flow(), now)
+        .unwrap();
+    assert_eq!(pit.len(), 2);
+    assert_eq!(pit.lookup(&flow(2)).unwrap().1.action(), Action::Drop);
+    assert_eq!(pit.lookup(&flow(2)).unwrap().0, Direction::Reverse);
+}
+
+#[test]
+fn idle_entries_age_out_and_failures_do_not_refresh_them() {
+    let t0 = Instant::now();
+    let cfg = PitConfig {
+        idle_timeout: Duration::from_secs(300),
+        ..PitConfig::default()
+    };
+    let (mut a, mut b, f) = protected_pair(cfg, t0);
+    for p in [5, 7, 6] {
+        b.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    let plain = ipv4_udp(10);
+    // One good packet at t0+100 refreshes b's entry for f.
+    let (_, wire) = run(&mut a, Origin::Local, &plain, t0 + Duration::from_secs(100));
+    let (d, _) = run(&mut b, Origin::Remote, &wire, t0 + Duration::from_secs(100));
+    assert!(d.is_ok());
+    // A forged one at t0+350 does not.
+    let mut forged = wire.clone();
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    forged[n - TRAILER_LEN + 7] ^= 0x40; // a fresh counter, so it is not just a replay
+    let (d, _) = run(
+        &mut b,
+        Origin::Remote,
+        &forged,
+        t0 + Duration::from_secs(350),
+    );
+    assert_eq!(d, Err(Error::PacketAuth));
+
+    assert_eq!(b.next_expiry(), Some(t0 + Duration::from_secs(300)));
+    assert!(b.expire(t0 + Duration::from_secs(299)).is_empty());
+    // The three idle pass entries go, sorted; f stays until t0+400.
+    assert_eq!(
+        b.expire(t0 + Duration::from_secs(300)),
+        vec![flow(5), flow(6), flow(7)]
+    );
+    assert_eq!(b.next_expiry(), Some(t0 + Duration::from_secs(400)));
+    assert!(b.expire(t0 + Duration::from_secs(399)).is_empty());
+    assert_eq!(b.expire(t0 + Duration::from_secs(400)), vec![f]);
+    assert!(b.is_empty());
+    assert_eq!(b.next_expiry(), None);
+}
+
+#[test]
+fn key_rotation_queues_renegotiation_and_erasure_drops_entries() {
+    let now = Instant::now();
+    let mut pit = Pit::new(PitConfig::default());
+    let (k, _) = keys(2);
+    pit.insert(flow(1), NewEntry::protect(G1, V1, GeId(7), k.clone()), now)
+        .unwrap();
+    pit.insert(flow(2), NewEntry::protect(G1, V2, GeId(7), k.clone()), now)
+        .unwrap();
+    pit.insert(flow(3), NewEntry::protect(G2, V1, GeId(8), k.clone()), now)
+        .unwrap();
+    pit.insert(flow(4), NewEntry::protect(G1, V1, GeId(9), k), now)
+        .unwrap();
+    pit.insert(flow(5), NewEntry::pass(), now).unwrap();
+
+    assert_eq!(pit.on_key_rotation(G1, V2), 2);
+    let reneg = |flow| PitEvent::Renegotiate {
+        flow,
+        reason: RenegotiateReason::KeyRotation,
+    };
+    assert_eq!(pit.poll_event(), Some(reneg(flow(1))));
+    assert_eq!(pit.poll_event(), Some(reneg(flow(4))));
+    assert_eq!(pit.poll_event(), None);
+    assert_eq!(
+        pit.lookup(&flow(1)).unwrap().1.renegotiate(),
+        Some(RenegotiateReason::KeyRotation)
+    );
+    assert_eq!(pit.lookup(&flow(2)).unwrap().1.renegotiate(), None);
+    // Told twice, asks once.
+    assert_eq!(pit.on_key_rotation(G1, V2), 0);
+    assert_eq!(pit.poll_event(), None);
+
+    // Marked entries keep working until their version is erased.
+    let plain = {
+        let mut p = ipv4_udp(10);
+        Packet::parse(&mut p[..]).unwrap().set_src_port(1).unwrap();
+        p
+    };
+    let (d, _) = run(&mut pit, Origin::Local, &plain, now);
+    assert_eq!(
+        d,
+        Ok(Disposition::Forward {
+            len: plain.len() + TRAILER_LEN
+        })
+    );
+
+    assert_eq!(pit.on_key_erased(G1, V1), vec![flow(1), flow(4)]);
+    assert!(pit.lookup(&flow(1)).is_none());
+    assert!(pit.lookup(&flow(2)).is_some() && pit.lookup(&flow(3)).is_some());
+    assert_eq!(pit.len(), 3);
+}
+
+#[test]
+fn the_packet_limit_queues_one_renegotiation_then_sending_stops() {
+    let now = Instant::now();
+    let cfg = PitConfig {
+        limits: Limits {
+            rekey_after: 3,
+            reject_after: 5,
+        },
+        ..PitConfig::default()
+    };
+    let (mut a, _, f) = protected_pair(cfg, now);
+    let plain = ipv4_udp(10);
+    for i in 0..5 {
+        let (d, _) = run(&mut a, Origin::Local, &plain, now);
+        assert!(d.is_ok(), "packet {i}");
+        let ev = a.poll_event();
+        if i == 2 {
+            assert_eq!(
+                ev,
+                Some(PitEvent::Renegotiate {
+                    flow: f,
+                    reason: RenegotiateReason::PacketLimit
+                })
+            );
+        } else {
+            assert_eq!(ev, None, "packet {i}");
+        }
+    }
+    let (d, _) = run(&mut a, Origin::Local, &plain, now);
+    assert_eq!(d, Err(Error::CounterExhausted));
+}
+
+#[test]
+fn in_flight_packets_under_replaced_keys_open_during_the_grace_period() {
+    let t0 = Instant::now();
+    let cfg = PitConfig {
+        rekey_grace: Duration::from_secs(10),
+        ..PitConfig::default()
+    };
+    let (mut a, mut b, f) = protected_pair(cfg, t0);
+    let plain = ipv4_udp(40);
+    for _ in 0..20 {
+        let (_, w) = run(&mut a, Origin::Local, &plain, t0);
+        assert!(run(&mut b, Origin::Remote, &w, t0).0.is_ok());
+    }
+    // Two packets leave under the old keys but arrive after the rekey.
+    let late: Vec<Vec<u8>> = (0..2)
+        .map(|_| run(&mut a, Origin::Local, &plain, t0).1)
+        .collect();
+
+    // Renegotiated (by b this time: b keys the flow the other way round).
+    let (ka, kb) = keys(10);
+    a.insert(f, NewEntry::protect(G1, V2, GeId(2), ka), t0)
+        .unwrap();
+    b.insert(f.reversed(), NewEntry::protect(G1, V2, GeId(1), kb), t0)
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    let (_, w) = run(&mut a, Origin::Local, &plain, t0);
+    assert_eq!(
+        run(&mut b, Origin::Remote, &w, t0).1,
+        plain,
+        "new keys work"
+    );
+
+    let t1 = t0 + Duration::from_secs(1);
+    let (d, out) = run(&mut b, Origin::Remote, &late[0], t1);
+    assert_eq!(d, Ok(Disposition::Forward { len: plain.len() }));
+    assert_eq!(out, plain);
+    // After the grace period the old keys are gone.
+    assert_eq!(b.next_expiry(), Some(t0 + Duration::from_secs(10)));
+    b.expire(t0 + Duration::from_secs(10));
+    let (d, _) = run(
+        &mut b,
+        Origin::Remote,
+        &late[1],
+        t0 + Duration::from_secs(11),
+    );
+    assert_eq!(d, Err(Error::PacketAuth));
+}
