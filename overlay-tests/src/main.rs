@@ -1,0 +1,428 @@
+//! `fpn-lab`: build, use and remove network-namespace labs from a shell.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fpn_lab::{Lab, LabOptions, LabState, Topology, naming, state};
+
+/// Network-namespace labs for fpn: hosts, links, switches, routers and NATs
+/// from a TOML topology (see docs/LAB.md and configs/lab/).
+///
+/// Needs root. Labs live until `fpn-lab down`; their state is in
+/// /run/fpn-lab (FPN_LAB_STATE_DIR), their namespaces are named
+/// fpnlab-ID-HOST (prefix from FPN_LAB_PREFIX).
+#[derive(Parser, Debug)]
+#[command(name = "fpn-lab", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  fpn-lab up configs/lab/nat-home.toml        # prints the lab id and names
+  fpn-lab exec laptop -- ping -c1 198.18.1.10  # run in a host of the only lab
+  fpn-lab spawn vps -- iperf3 -s               # background, logged, killed on down
+  fpn-lab roam laptop homelan cafelan          # move the laptop to the cafe
+  fpn-lab down                                 # remove the only lab
+  fpn-lab down --all                           # remove every lab, also crashed ones";
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build the topology in FILE, start its services, print the lab id and
+    /// the mapping from topology names to namespaces and interfaces.
+    Up {
+        /// Topology file (TOML).
+        file: PathBuf,
+        /// Print the lab state as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Use this lab id instead of a random one (a-z, 0-9, up to 12).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Run a command in a host (stdin, stdout and exit status are the command's).
+    Exec {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Host name from the topology.
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Start a background command in a host; it is logged and killed on `down`.
+    Spawn {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Name for the log file (default: the program name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name from the topology.
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove a lab: kill its processes, delete its namespaces and state.
+    Down {
+        /// Lab id (default: the only running lab).
+        id: Option<String>,
+        /// Remove every lab with this prefix, including namespaces left by
+        /// crashed runs that have no state file.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// List running labs (and namespaces that belong to no known lab).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a host's addresses on a link.
+    Addr {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Host name.
+        host: String,
+        /// Link name.
+        link: String,
+        /// Print only the first address, without prefix length.
+        #[arg(long, short = '1')]
+        first: bool,
+    },
+    /// Attach a host to a switch (with the topology's addresses and gateway).
+    Attach {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Host name.
+        host: String,
+        /// Switch (link) name.
+        link: String,
+    },
+    /// Detach a host from a switch.
+    Detach {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Host name.
+        host: String,
+        /// Switch (link) name.
+        link: String,
+    },
+    /// Move a host from one switch to another (detach, then attach).
+    Roam {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Host name.
+        host: String,
+        /// Switch it leaves.
+        from: String,
+        /// Switch it joins.
+        to: String,
+    },
+    /// Check a topology file without building it (no root needed).
+    Check {
+        /// Topology file (TOML).
+        file: PathBuf,
+    },
+    /// A TCP/UDP echo that tells clients the address it sees them from.
+    #[command(subcommand)]
+    Echo(EchoCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum EchoCmd {
+    /// Serve on the given addresses until killed.
+    Serve {
+        /// TCP address to listen on, e.g. 0.0.0.0:7000 (repeatable).
+        #[arg(long)]
+        tcp: Vec<SocketAddr>,
+        /// UDP address to listen on (repeatable).
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+    },
+    /// Ask a server which address it sees; prints it (ADDRESS:PORT).
+    Whoami {
+        /// Server address.
+        server: SocketAddr,
+        /// Use UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fpn-lab: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause that the
+/// message before it already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = state::state_dir();
+    match cli.cmd {
+        Cmd::Up { file, json, id } => {
+            let opts = LabOptions {
+                id,
+                persistent: true,
+                ..LabOptions::default()
+            };
+            let lab = opts.up_file(&file)?;
+            let st = lab.persist()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_lab(&st);
+            }
+        }
+        Cmd::Exec { lab, host, cmd } => {
+            let st = LabState::resolve(&dir, lab.as_deref())?;
+            let ns = st.netns(&host)?;
+            let ip = fpn_lab::find_tool("ip")?;
+            let err = std::process::Command::new(ip)
+                .args(["netns", "exec", ns])
+                .args(&cmd)
+                .env("FPN_LAB_ID", &st.id)
+                .env("FPN_LAB_HOST", &host)
+                .exec();
+            bail!("running {:?} in {host}: {err}", cmd.join(" "));
+        }
+        Cmd::Spawn {
+            lab,
+            name,
+            host,
+            cmd,
+        } => {
+            let lab = Lab::open_in(&dir, lab.as_deref())?;
+            let mut c = lab.command(&host, &cmd);
+            if let Some(n) = &name {
+                c = c.name(n);
+            }
+            let p = c.spawn()?;
+            println!("pid {} log {}", p.pid(), p.log_path().display());
+            p.release();
+        }
+        Cmd::Down { id, all } => {
+            if all {
+                let prefix = naming::prefix_from_env()?;
+                let removed = state::down_all(&dir, &prefix)?;
+                println!("removed {} namespaces", removed.len());
+            } else {
+                let st = LabState::resolve(&dir, id.as_deref())?;
+                state::down(&dir, &st.id)?;
+                println!("lab {} removed", st.id);
+            }
+        }
+        Cmd::List { json } => list(&dir, json)?,
+        Cmd::Addr {
+            lab,
+            host,
+            link,
+            first,
+        } => {
+            let st = LabState::resolve(&dir, lab.as_deref())?;
+            let addrs = &st.end(&host, &link)?.addrs;
+            if addrs.is_empty() {
+                bail!("host {host} has no address on {link}");
+            }
+            if first {
+                println!("{}", addrs[0].addr());
+            } else {
+                for a in addrs {
+                    println!("{a}");
+                }
+            }
+        }
+        Cmd::Attach { lab, host, link } => {
+            Lab::open_in(&dir, lab.as_deref())?.attach(&host, &link)?
+        }
+        Cmd::Detach { lab, host, link } => {
+            Lab::open_in(&dir, lab.as_deref())?.detach(&host, &link)?
+        }
+        Cmd::Roam {
+            lab,
+            host,
+            from,
+            to,
+        } => {
+            let lab = Lab::open_in(&dir, lab.as_deref())?;
+            lab.roam(&host, &from, &to)?;
+            let now = lab.addrs(&host, &to)?;
+            let shown: Vec<String> = now.iter().map(|a| a.to_string()).collect();
+            println!("{host} now on {to}: {}", shown.join(", "));
+        }
+        Cmd::Check { file } => {
+            let t = Topology::from_file(&file)?;
+            println!(
+                "{}: ok, {} hosts, {} links ({} switches)",
+                file.display(),
+                t.hosts.len(),
+                t.links.len(),
+                t.links.iter().filter(|l| l.is_switch()).count()
+            );
+        }
+        Cmd::Echo(e) => echo(e)?,
+    }
+    Ok(())
+}
+
+fn print_lab(st: &LabState) {
+    let desc = st.topology.description.as_deref().unwrap_or("");
+    let src = st
+        .source
+        .as_ref()
+        .map(|p| format!(" ({})", p.display()))
+        .unwrap_or_default();
+    println!("lab {} up: {desc}{src}", st.id);
+    println!("  {:<10} {:<28} interfaces", "host", "namespace");
+    for (host, ns) in &st.hosts {
+        let ifaces: Vec<String> = st
+            .ends
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|(link, e)| {
+                let addrs: Vec<String> = e.addrs.iter().map(|a| a.to_string()).collect();
+                let state = if e.attached { "" } else { ", detached" };
+                let addrs = if addrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", addrs.join(" "))
+                };
+                format!("{}{addrs} ({link}{state})", e.ifname)
+            })
+            .collect();
+        println!("  {host:<10} {ns:<28} {}", ifaces.join(", "));
+    }
+    for (link, ns) in &st.switches {
+        println!("  {:<10} {ns:<28} switch {link}", format!("[{link}]"));
+    }
+    println!("logs: {}", st.log_dir.display());
+    println!(
+        "run: fpn-lab exec --lab {} HOST -- CMD    remove: fpn-lab down {}",
+        st.id, st.id
+    );
+}
+
+fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let labs = LabState::list(dir);
+    let prefix = naming::prefix_from_env()?;
+    let known: Vec<String> = labs.iter().flat_map(|l| l.namespaces()).collect();
+    let orphans: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|ns| naming::parse_netns(&prefix, ns).is_some() && !known.contains(ns))
+        .collect();
+    if json {
+        let v = serde_json::json!({ "labs": labs, "orphan_namespaces": orphans });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if labs.is_empty() && orphans.is_empty() {
+        println!("no labs");
+    }
+    for l in &labs {
+        let owner = match l.owner_pid {
+            None => "fpn-lab up".to_string(),
+            Some(p) if l.owner_alive() => format!("process {p}"),
+            Some(p) => format!("process {p} (dead: remove with fpn-lab down {})", l.id),
+        };
+        let src = l
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!("{}  {} hosts  {}  owner: {owner}", l.id, l.hosts.len(), src);
+    }
+    for ns in &orphans {
+        println!("orphan namespace {ns} (remove with fpn-lab down --all)");
+    }
+    Ok(())
+}
+
+fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
+    match cmd {
+        EchoCmd::Serve { tcp, udp } => {
+            if tcp.is_empty() && udp.is_empty() {
+                bail!("give at least one --tcp or --udp address");
+            }
+            let mut threads = Vec::new();
+            for a in tcp {
+                let l =
+                    std::net::TcpListener::bind(a).with_context(|| format!("binding TCP {a}"))?;
+                println!("echo: tcp {a}");
+                threads.push(std::thread::spawn(move || fpn_lab::echo::serve_tcp(l)));
+            }
+            for a in udp {
+                let s = std::net::UdpSocket::bind(a).with_context(|| format!("binding UDP {a}"))?;
+                println!("echo: udp {a}");
+                threads.push(std::thread::spawn(move || fpn_lab::echo::serve_udp(s)));
+            }
+            for t in threads {
+                match t.join() {
+                    Ok(r) => r?,
+                    Err(_) => bail!("an echo thread panicked"),
+                }
+            }
+        }
+        EchoCmd::Whoami {
+            server,
+            udp,
+            timeout,
+        } => {
+            if !(timeout > 0.0 && timeout <= 600.0) {
+                bail!("--timeout must be in (0, 600] seconds");
+            }
+            let t = Duration::from_secs_f64(timeout);
+            let seen = if udp {
+                fpn_lab::echo::whoami_udp(server, t)?
+            } else {
+                fpn_lab::echo::whoami_tcp(server, t)?
+            };
+            println!("{seen}");
+        }
+    }
+    Ok(())
+}
