@@ -1,0 +1,352 @@
+//! The admin protocol: JSON lines over the unix socket in the data directory.
+//!
+//! The client writes one [`AdminRequest`] as a JSON object on one line; the
+//! server answers with one [`AdminResponse`] line and closes. The socket is
+//! 0600 in a 0700 directory: whoever can use it owns the network. Listing
+//! views are plain structs so `--json` prints exactly what the server sent.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Longest request or response line accepted.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// One admin command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminRequest {
+    /// Server status.
+    Status,
+    /// `group add NUM --name NAME`.
+    GroupAdd {
+        /// Group number.
+        num: u32,
+        /// Group name.
+        name: String,
+    },
+    /// `group list`.
+    GroupList,
+    /// `group remove NUM`.
+    GroupRemove {
+        /// Group number.
+        num: u32,
+    },
+    /// `ge add NAME --kind K --mode M [--group N]...`.
+    GeAdd {
+        /// GE name.
+        name: String,
+        /// `ges`, `gen` or `gea`.
+        kind: String,
+        /// `op` or `cl`.
+        mode: String,
+        /// Group numbers.
+        #[serde(default)]
+        groups: Vec<u32>,
+    },
+    /// `ge list`.
+    GeList,
+    /// `ge show NAME`.
+    GeShow {
+        /// GE name.
+        name: String,
+    },
+    /// `ge set NAME ...`.
+    GeSet {
+        /// GE name.
+        name: String,
+        /// New kind.
+        #[serde(default)]
+        kind: Option<String>,
+        /// New mode.
+        #[serde(default)]
+        mode: Option<String>,
+        /// Replaces the group set.
+        #[serde(default)]
+        groups: Option<Vec<u32>>,
+        /// Groups to join.
+        #[serde(default)]
+        add_groups: Vec<u32>,
+        /// Groups to leave.
+        #[serde(default)]
+        remove_groups: Vec<u32>,
+    },
+    /// `ge remove NAME`.
+    GeRemove {
+        /// GE name.
+        name: String,
+    },
+    /// `ge revoke NAME`.
+    GeRevoke {
+        /// GE name.
+        name: String,
+    },
+    /// `token create NAME [--ttl D]`.
+    TokenCreate {
+        /// GE name.
+        name: String,
+        /// Lifetime in seconds; the config's default when absent.
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+    },
+    /// `rotate [--group N]`.
+    Rotate {
+        /// One group, or all when absent.
+        #[serde(default)]
+        group: Option<u32>,
+    },
+    /// `keys`.
+    Keys,
+    /// `audit`.
+    Audit {
+        /// Entries after this sequence number.
+        #[serde(default)]
+        after: Option<u64>,
+        /// At most this many.
+        #[serde(default = "default_audit_limit")]
+        limit: usize,
+    },
+}
+
+fn default_audit_limit() -> usize {
+    100
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminResponse {
+    /// True when the change was made (and flushed) or the listing is valid.
+    pub ok: bool,
+    /// One line saying what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The result (a view below).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl AdminResponse {
+    /// A success carrying `data`.
+    pub fn ok<T: Serialize>(data: &T) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// A failure.
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// The data as a view, or the error.
+    pub fn into_result<T: for<'de> Deserialize<'de>>(self) -> Result<T> {
+        if !self.ok {
+            return Err(Error::Admin(
+                self.error.unwrap_or_else(|| "request failed".into()),
+            ));
+        }
+        serde_json::from_value(self.data)
+            .map_err(|e| Error::Protocol(format!("unexpected admin answer: {e}")))
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The zone.
+    pub zone: String,
+    /// The QUIC address bound.
+    pub listen: Option<SocketAddr>,
+    /// The address that goes into tokens.
+    pub public_addr: Option<String>,
+    /// SHA-256 of the CA certificate, hex.
+    pub ca_fingerprint: String,
+    /// Number of GEs.
+    pub ges: usize,
+    /// Number of groups.
+    pub groups: usize,
+    /// GEs with a live session.
+    pub online: usize,
+    /// The rotation schedule.
+    pub rotation_schedule: String,
+    /// Next scheduled rotation, unix seconds.
+    pub next_rotation: Option<u64>,
+    /// Grace period of previous key versions, seconds.
+    pub grace_secs: u64,
+    /// Store schema version.
+    pub schema: u32,
+}
+
+/// One group in `group list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// Number.
+    pub num: u32,
+    /// Name.
+    pub name: String,
+    /// Names of the active member GEs.
+    pub members: Vec<String>,
+    /// Current key version.
+    pub key_version: u32,
+}
+
+/// One GE in `ge list` / `ge show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeView {
+    /// GE id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// `ges`, `gen`, `gea`.
+    pub kind: String,
+    /// `op`, `cl`.
+    pub mode: String,
+    /// Group numbers.
+    pub groups: Vec<u32>,
+    /// Overlay address.
+    pub overlay: Ipv4Addr,
+    /// `<name>.<zone>`.
+    pub fqdn: String,
+    /// `added`, `enrolled` or `revoked`.
+    pub state: String,
+    /// True while it has a session.
+    pub online: bool,
+    /// Address its session comes from.
+    pub seen: Option<SocketAddr>,
+    /// Addresses it reports.
+    pub reported: Vec<SocketAddr>,
+    /// Certificate serial, once enrolled.
+    pub cert_serial: Option<u64>,
+    /// Certificate fingerprint (SHA-256, hex), once enrolled.
+    pub cert_fingerprint: Option<String>,
+    /// Certificate end of validity, unix seconds.
+    pub cert_not_after: Option<u64>,
+    /// Credential serial, once enrolled.
+    pub credential_serial: Option<u64>,
+}
+
+/// `token create`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// The token text (shown once; the GMS keeps only a hash of its secret).
+    pub token: String,
+    /// The GE it enrolls.
+    pub ge: String,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+}
+
+/// One key version in `keys` (never the key bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyVersionView {
+    /// Version.
+    pub version: u32,
+    /// `current` or `previous`.
+    pub state: String,
+    /// Seconds since it was created.
+    pub age_secs: u64,
+    /// Seconds until it is erased (previous versions only).
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One group in `keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysView {
+    /// Group number.
+    pub group: u32,
+    /// Group name.
+    pub name: String,
+    /// Valid versions, newest first.
+    pub versions: Vec<KeyVersionView>,
+}
+
+/// `rotate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotatedView {
+    /// Group number.
+    pub group: u32,
+    /// Its new current version.
+    pub version: u32,
+}
+
+/// A change that returns nothing but what was changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneView {
+    /// What was done, for the operator.
+    pub done: String,
+    /// Groups rotated as a consequence.
+    #[serde(default)]
+    pub rotated: Vec<RotatedView>,
+}
+
+/// One audit log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    /// Sequence number.
+    pub seq: u64,
+    /// Time, unix seconds.
+    pub at: u64,
+    /// The action.
+    pub action: String,
+}
+
+/// Sends one request to the server behind `socket` and waits for its answer.
+pub fn request(socket: &Path, req: &AdminRequest, timeout: Duration) -> Result<AdminResponse> {
+    let stream = UnixStream::connect(socket).map_err(|source| Error::NotRunning {
+        path: socket.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(&stream).take(MAX_LINE as u64);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(|e| {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            Error::Timeout("the GMS did not answer the admin request")
+        } else {
+            Error::Net(e)
+        }
+    })?;
+    if answer.is_empty() {
+        return Err(Error::Protocol("the GMS closed the admin connection without answering".into()));
+    }
+    serde_json::from_str(&answer).map_err(|e| Error::Protocol(format!("bad admin answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let r = AdminRequest::GeAdd {
+            name: "nas".into(),
+            kind: "gea".into(),
+            mode: "cl".into(),
+            groups: vec![2, 3],
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            j,
+            r#"{"cmd":"ge_add","name":"nas","kind":"gea","mode":"cl","groups":[2,3]}"#
+        );
+        assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), r);
+        assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"group_remove","num":1,"x":1}"#).is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! The node side of the GMS protocol: enrollment, sessions, key cache.
+//!
+//! ```no_run
+//! # async fn f(token: &str, dir: &std::path::Path) -> fpn_gms::Result<()> {
+//! use fpn_gms::client::{self, Session, SessionConfig};
+//! let endpoint = client::endpoint("0.0.0.0:0".parse().unwrap())?;
+//! let id = client::enroll(token, &endpoint).await?;   // once
+//! id.save(dir)?;
+//! let id = client::Identity::load(dir)?;               // every start
+//! let mut s = Session::start(id, endpoint, SessionConfig::with_cache(dir.join("keys")))?;
+//! while let Some(ev) = s.next_event().await { /* keys, info, revocations ... */ }
+//! # Ok(()) }
+//! ```
+//!
+//! Many sessions may share one [`quinn::Endpoint`] (one UDP socket), which
+//! is how the fan-out benchmark runs thousands of them.
+
+mod cache;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use fpn_proto::credential::{Credential, UnverifiedCredential};
+use fpn_proto::keys::NodeKey;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use cache::{CachedKey, KeyCache};
+pub use session::{Event, NodeState, Session, SessionConfig};
+
+use crate::ca::{SERVER_NAME, fingerprint, generate_node_key};
+use crate::framing::{read_frame, write_frame};
+use crate::token::Token;
+use crate::wire::{ClientMsg, EnrollRequest, ServerMsg, close, enroll_transcript};
+use crate::{Error, Result, fsutil, tls};
+
+/// How long enrollment may take end to end.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client endpoint bound to `bind` (e.g. `0.0.0.0:0`).
+pub fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint> {
+    Ok(quinn::Endpoint::client(bind)?)
+}
+
+/// What enrollment gives a node; saved in its state directory.
+#[derive(Clone)]
+pub struct Identity {
+    /// `host:port` of the GMS.
+    pub gms_addr: String,
+    /// The network's zone.
+    pub zone: String,
+    /// The CA's Ed25519 key (verifies credentials).
+    pub ca_public: [u8; 32],
+    /// The CA certificate, DER.
+    pub ca_cert: Vec<u8>,
+    /// The node's certificate, DER.
+    pub cert: Vec<u8>,
+    /// The node's current credential (binary form).
+    pub credential: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("gms_addr", &self.gms_addr)
+            .field("zone", &self.zone)
+            .field("cert", &hex::encode(&fingerprint(&self.cert)[..8]))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `identity.json`: the non-secret part of an [`Identity`].
+#[derive(Serialize, Deserialize)]
+struct IdentityFile {
+    gms_addr: String,
+    zone: String,
+    ca_public: String,
+}
+
+impl Identity {
+    /// The node's signing key (the key its certificate and credential name).
+    pub fn node_key(&self) -> Result<NodeKey> {
+        Ok(NodeKey::from_pkcs8(&self.key)?)
+    }
+
+    /// The node's private key, PKCS#8 DER (for its own TLS configurations).
+    pub fn key_pkcs8(&self) -> &Zeroizing<Vec<u8>> {
+        &self.key
+    }
+
+    /// The node's credential, verified with the CA key at `now`.
+    pub fn verified_credential(&self, now: u64) -> Result<Credential> {
+        Ok(UnverifiedCredential::decode(&self.credential)?.verify(&self.ca_public, now)?)
+    }
+
+    /// Writes the identity into `dir` (created 0700): `node.key` (0600),
+    /// `node.crt`, `ca.crt`, `credential`, `identity.json`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        fsutil::create_private_dir(dir)?;
+        fsutil::write_atomic(&dir.join("node.key"), &self.key, 0o600)?;
+        fsutil::write_atomic(&dir.join("node.crt"), &self.cert, 0o644)?;
+        fsutil::write_atomic(&dir.join("ca.crt"), &self.ca_cert, 0o644)?;
+        fsutil::write_atomic(&dir.join("credential"), &self.credential, 0o644)?;
+        let meta = IdentityFile {
+            gms_addr: self.gms_addr.clone(),
+            zone: self.zone.clone(),
+            ca_public: hex::encode(self.ca_public),
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Config(e.to_string()))?;
+        fsutil::write_atomic(&dir.join("identity.json"), &json, 0o644)
+    }
+
+    /// Reads an identity written by [`Identity::save`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let meta: IdentityFile = serde_json::from_slice(&fsutil::read(&dir.join("identity.json"))?)
+            .map_err(|e| Error::Config(format!("identity.json: {e}")))?;
+        let ca_public = hex::decode(&meta.ca_public)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| Error::Config("identity.json: bad ca_public".into()))?;
+        let id = Self {
+            gms_addr: meta.gms_addr,
+            zone: meta.zone,
+            ca_public,
+            ca_cert: fsutil::read(&dir.join("ca.crt"))?,
+            cert: fsutil::read(&dir.join("node.crt"))?,
+            credential: fsutil::read(&dir.join("credential"))?,
+            key: Zeroizing::new(fsutil::read(&dir.join("node.key"))?),
+        };
+        id.node_key()?;
+        Ok(id)
+    }
+}
+
+/// Resolves `host:port` (the first address wins).
+pub async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| Error::Config(format!("resolving {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("{addr} resolves to no address")))
+}
+
+/// Enrolls with `token`: generates the node key, pins the CA from the token,
+/// proves the token and the key, and returns the certificate, credential and
+/// CA the GMS issued. The token is spent whether or not the caller saves the result.
+pub async fn enroll(token: &str, endpoint: &quinn::Endpoint) -> Result<Identity> {
+    tokio::time::timeout(ENROLL_TIMEOUT, enroll_inner(token, endpoint))
+        .await
+        .map_err(|_| Error::Timeout("enrollment"))?
+}
+
+async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identity> {
+    let t = Token::parse(token)?;
+    let addr = resolve(&t.gms_addr).await?;
+    let (key_der, public) = generate_node_key()?;
+    let proof = NodeKey::from_pkcs8(&key_der)?.sign(&enroll_transcript(&t.id, &public));
+    let cfg = tls::enroll_client_config(t.ca_fingerprint)?;
+    let conn = endpoint.connect_with(cfg, addr, SERVER_NAME)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let req = ClientMsg::Enroll(EnrollRequest {
+        token_id: t.id,
+        secret: t.secret.clone(),
+        node_key: public,
+        proof,
+    });
+    write_frame(&mut send, &req.encode()?).await?;
+    send.finish()?;
+    let answer = read_frame(&mut recv).await;
+    conn.close(close::NORMAL.into(), b"enrolled");
+    let (ty, body) = answer?.ok_or_else(|| Error::Protocol("the GMS sent no answer".into()))?;
+    match ServerMsg::decode(ty, &body)? {
+        ServerMsg::Enrolled(e) => {
+            if fingerprint(&e.ca_cert) != t.ca_fingerprint {
+                return Err(Error::Protocol("the GMS sent a CA other than the pinned one".into()));
+            }
+            let cred = UnverifiedCredential::decode(&e.credential)?
+                .verify(&e.ca_public, crate::now_unix())?;
+            if cred.node_key != public {
+                return Err(Error::Protocol("the credential names another key".into()));
+            }
+            Ok(Identity {
+                gms_addr: t.gms_addr.clone(),
+                zone: e.zone,
+                ca_public: e.ca_public,
+                ca_cert: e.ca_cert,
+                cert: e.cert,
+                credential: e.credential,
+                key: key_der,
+            })
+        }
+        ServerMsg::Refused { code, reason } => Err(Error::Refused {
+            code: code as u16,
+            reason,
+        }),
+        other => Err(Error::Protocol(format!("unexpected answer to enrollment: {other:?}"))),
+    }
+}

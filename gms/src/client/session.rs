@@ -1,0 +1,543 @@
+//! A node's session with the GMS: connect, receive state and pushes, reconnect.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fpn_proto::credential::{Credential, UnverifiedCredential};
+use fpn_proto::ge::{GeId, GeInfo, GroupId};
+use fpn_proto::keys::{GroupKey, KeyVersion};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Identity, KeyCache, resolve};
+use crate::ca::SERVER_NAME;
+use crate::framing::{read_frame, write_frame};
+use crate::wire::{ClientMsg, DirectoryEntry, GroupKeys, ServerMsg, close};
+use crate::{Error, Result, now_unix, tls};
+
+/// Events kept for a slow reader; beyond this, events are dropped (the
+/// state in [`NodeState`] stays authoritative).
+const EVENT_QUEUE: usize = 1024;
+
+/// How a session behaves.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Addresses the node reports for itself (its local addresses).
+    pub reported: Vec<SocketAddr>,
+    /// Where the key cache lives on disk (0600); `None` keeps keys in memory only.
+    pub key_cache: Option<PathBuf>,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Connect and first-answer timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            reported: Vec::new(),
+            key_cache: None,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Defaults with a key cache file.
+    pub fn with_cache(path: PathBuf) -> Self {
+        Self {
+            key_cache: Some(path),
+            ..Self::default()
+        }
+    }
+}
+
+/// What happened, for a node that reacts (the state is in [`NodeState`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session is up and the full state was received.
+    Connected,
+    /// A group's valid key versions changed (newest first).
+    Keys {
+        /// The group.
+        group: GroupId,
+        /// Valid versions, newest first; empty when the group was left.
+        versions: Vec<KeyVersion>,
+    },
+    /// The node's GE info changed (new credential).
+    InfoChanged(GeInfo),
+    /// Serials were revoked.
+    Revoked {
+        /// The GE they belonged to.
+        ge: GeId,
+        /// The serials.
+        serials: Vec<u64>,
+    },
+    /// A GE this node asked about changed.
+    DirectoryChanged {
+        /// Its name.
+        name: String,
+        /// Its new entry, `None` when gone.
+        entry: Option<DirectoryEntry>,
+    },
+    /// The session dropped; a reconnect follows.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The GMS refused or revoked this node: no more reconnects.
+    Terminated {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the node knows, updated by the session task.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// Valid group keys.
+    pub keys: KeyCache,
+    /// The current credential.
+    pub credential: Option<Credential>,
+    /// Revoked serials.
+    pub revoked: BTreeSet<u64>,
+    /// True while a session is up.
+    pub connected: bool,
+    /// Set when the GMS ended this node for good.
+    pub terminated: Option<String>,
+    /// Sessions established so far.
+    pub sessions: u64,
+}
+
+struct Shared {
+    state: Mutex<NodeState>,
+    changed: watch::Sender<u64>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.events.try_send(ev);
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+enum Command {
+    Query(String, oneshot::Sender<Option<DirectoryEntry>>),
+    Report(Vec<SocketAddr>, oneshot::Sender<()>),
+}
+
+enum Pending {
+    Query(oneshot::Sender<Option<DirectoryEntry>>),
+    Report(oneshot::Sender<()>),
+}
+
+/// A running session (a task that reconnects until stopped or terminated).
+pub struct Session {
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<Event>,
+    cmds: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Starts the session task on `endpoint`. Keys from the on-disk cache
+    /// are available at once, before the first connect.
+    pub fn start(identity: Identity, endpoint: quinn::Endpoint, cfg: SessionConfig) -> Result<Self> {
+        let client_cfg =
+            tls::session_client_config(&identity.ca_cert, &identity.cert, identity.key_pkcs8())?;
+        let mut state = NodeState::default();
+        if let Some(p) = &cfg.key_cache {
+            state.keys = KeyCache::load(p)?;
+            state.keys.prune(now_unix());
+        }
+        state.credential = identity.verified_credential(now_unix()).ok();
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            events: ev_tx,
+        });
+        let name = identity
+            .verified_credential(now_unix())
+            .map(|c| c.info.name)
+            .unwrap_or_default();
+        let task = tokio::spawn(
+            run(identity, endpoint, client_cfg, cfg, shared.clone(), cmd_rx)
+                .instrument(info_span!("gms-session", ge = %name)),
+        );
+        Ok(Self {
+            shared,
+            events: ev_rx,
+            cmds: cmd_tx,
+            task,
+        })
+    }
+
+    /// The next event; `None` once the session task ended.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Runs `f` on the current state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&NodeState) -> T) -> T {
+        f(&self.shared.lock())
+    }
+
+    /// The key of `group` at `version`, if still valid now.
+    pub fn key(&self, group: GroupId, version: KeyVersion) -> Option<GroupKey> {
+        self.with_state(|s| s.keys.key(group, version, now_unix()).cloned())
+    }
+
+    /// The current version of `group` and its key.
+    pub fn current_key(&self, group: GroupId) -> Option<(KeyVersion, GroupKey)> {
+        self.with_state(|s| s.keys.current(group).map(|(v, k)| (v, k.clone())))
+    }
+
+    /// The valid versions of `group`, newest first.
+    pub fn key_versions(&self, group: GroupId) -> Vec<KeyVersion> {
+        self.with_state(|s| s.keys.versions(group))
+    }
+
+    /// The node's GE info from its current credential.
+    pub fn info(&self) -> Option<GeInfo> {
+        self.with_state(|s| s.credential.as_ref().map(|c| c.info.clone()))
+    }
+
+    /// Waits until `pred` holds on the state, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&NodeState) -> bool,
+    ) -> Result<()> {
+        let mut rx = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if pred(&self.shared.lock()) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(Error::Timeout("waiting for the session state")),
+                Ok(Err(_)) => return Err(Error::Terminated("session task ended".into())),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Asks the GMS where GE `name` can be reached (and subscribes to its changes).
+    pub async fn query(&self, name: &str) -> Result<Option<DirectoryEntry>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::Query(name.to_owned(), tx))
+            .await
+            .map_err(|_| Error::Terminated("session task ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Stream("not connected to the GMS".into()))
+    }
+
+    /// Tells the GMS the node's addresses changed.
+    pub async fn report_addresses(&self, addrs: Vec<SocketAddr>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::Report(addrs, tx))
+            .await
+            .map_err(|_| Error::Terminated("session task ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Stream("not connected to the GMS".into()))
+    }
+}
+
+async fn run(
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+    client_cfg: quinn::ClientConfig,
+    mut cfg: SessionConfig,
+    shared: Arc<Shared>,
+    mut cmds: mpsc::Receiver<Command>,
+) {
+    let mut backoff = cfg.backoff_min;
+    loop {
+        let before = shared.lock().sessions;
+        let r = connect_once(&identity, &endpoint, &client_cfg, &mut cfg, &shared, &mut cmds).await;
+        let was_up = shared.lock().sessions > before;
+        {
+            let mut s = shared.lock();
+            s.connected = false;
+        }
+        let reason = match r {
+            Ok(()) => return,
+            Err(Error::Terminated(reason)) => {
+                warn!(%reason, "the GMS ended this node's session for good");
+                shared.lock().terminated = Some(reason.clone());
+                shared.emit(Event::Terminated { reason });
+                return;
+            }
+            Err(e) => e.to_string(),
+        };
+        debug!(%reason, "session down");
+        shared.emit(Event::Disconnected { reason });
+        if was_up {
+            backoff = cfg.backoff_min;
+        }
+        // Jitter (50-100 %) keeps a fleet from reconnecting in lockstep after a GMS restart.
+        let jitter = crate::random::<1>().map_or(255, |b| b[0]);
+        let wait = backoff.mul_f64(0.5 + f64::from(jitter) / 510.0);
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                c = cmds.recv() => match c {
+                    // Requests while disconnected fail at once (their reply channel drops).
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+/// One connection: returns when it ends. `Err(Terminated)` means do not retry.
+async fn connect_once(
+    identity: &Identity,
+    endpoint: &quinn::Endpoint,
+    client_cfg: &quinn::ClientConfig,
+    cfg: &mut SessionConfig,
+    shared: &Arc<Shared>,
+    cmds: &mut mpsc::Receiver<Command>,
+) -> Result<()> {
+    let addr = resolve(&identity.gms_addr).await?;
+    let conn = tokio::time::timeout(
+        cfg.connect_timeout,
+        endpoint.connect_with(client_cfg.clone(), addr, SERVER_NAME)?,
+    )
+    .await
+    .map_err(|_| Error::Timeout("connecting to the GMS"))?
+    .map_err(classify)?;
+    let r = session_loop(&conn, identity, cfg, shared, cmds).await;
+    let r = match r {
+        // The connection's own close reason says more than the stream error.
+        Err(e) => Err(conn.close_reason().map_or(e, classify)),
+        Ok(()) => Ok(()),
+    };
+    conn.close(close::NORMAL.into(), b"bye");
+    r
+}
+
+async fn session_loop(
+    conn: &quinn::Connection,
+    identity: &Identity,
+    cfg: &mut SessionConfig,
+    shared: &Arc<Shared>,
+    cmds: &mut mpsc::Receiver<Command>,
+) -> Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
+    let hello = ClientMsg::Hello {
+        reported: cfg.reported.clone(),
+    };
+    write_frame(&mut send, &hello.encode()?).await?;
+    let (ty, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut recv))
+        .await
+        .map_err(|_| Error::Timeout("session start"))??
+        .ok_or_else(|| Error::Protocol("the GMS closed the session stream".into()))?;
+    let ServerMsg::SessionInit(init) = ServerMsg::decode(ty, &body)? else {
+        return Err(Error::Protocol("the session did not start with SessionInit".into()));
+    };
+    let cred = verify_credential(identity, &init.credential)?;
+    let groups: BTreeSet<GroupId> = cred.info.groups.clone();
+    let mut changed_groups: Vec<(GroupId, Vec<KeyVersion>)> = Vec::new();
+    {
+        let mut s = shared.lock();
+        s.keys.retain_groups(&groups);
+        for gk in init.groups {
+            let g = gk.group;
+            s.keys.apply(gk);
+            changed_groups.push((g, s.keys.versions(g)));
+        }
+        s.credential = Some(cred);
+        s.revoked = init.revoked.into_iter().collect();
+        s.connected = true;
+        s.sessions += 1;
+    }
+    save_cache(cfg, shared);
+    info!("connected to the GMS");
+    shared.emit(Event::Connected);
+    for (group, versions) in changed_groups {
+        shared.emit(Event::Keys { group, versions });
+    }
+
+    // Frames are read by their own task so a read is never cut by select!.
+    let (msg_tx, mut msgs) = mpsc::channel::<Result<ServerMsg>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = match read_frame(&mut recv).await {
+                Ok(Some((ty, body))) => ServerMsg::decode(ty, &body),
+                Ok(None) => Err(Error::Stream("the GMS closed the session stream".into())),
+                Err(e) => Err(e),
+            };
+            let stop = r.is_err();
+            if msg_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let r = loop {
+        tokio::select! {
+            m = msgs.recv() => {
+                let Some(m) = m else { break Err(Error::Stream("reader ended".into())) };
+                match m.and_then(|m| handle_push(m, identity, cfg, shared, &mut pending)) {
+                    Ok(()) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            c = cmds.recv() => {
+                let Some(c) = c else { break Ok(()) };
+                let (frame, p) = match c {
+                    Command::Query(name, tx) => (ClientMsg::DirectoryQuery(name), Pending::Query(tx)),
+                    Command::Report(addrs, tx) => {
+                        cfg.reported = addrs.clone();
+                        (ClientMsg::ReportAddresses(addrs), Pending::Report(tx))
+                    }
+                };
+                match frame.encode() {
+                    Ok(f) => {
+                        if let Err(e) = write_frame(&mut send, &f).await {
+                            break Err(e);
+                        }
+                        pending.push_back(p);
+                    }
+                    // A bad request (e.g. a name too long) fails alone: its reply drops.
+                    Err(e) => debug!(error = %e, "request not sent"),
+                }
+            }
+        }
+    };
+    reader.abort();
+    r
+}
+
+fn handle_push(
+    m: ServerMsg,
+    identity: &Identity,
+    cfg: &SessionConfig,
+    shared: &Arc<Shared>,
+    pending: &mut VecDeque<Pending>,
+) -> Result<()> {
+    match m {
+        ServerMsg::GroupKeys(gk) => apply_keys(gk, cfg, shared),
+        ServerMsg::GeInfo(c) => {
+            let cred = verify_credential(identity, &c)?;
+            let info = cred.info.clone();
+            {
+                let mut s = shared.lock();
+                s.keys.retain_groups(&info.groups);
+                s.credential = Some(cred);
+            }
+            save_cache(cfg, shared);
+            shared.emit(Event::InfoChanged(info));
+        }
+        ServerMsg::Revoked { ge, serials } => {
+            shared.lock().revoked.extend(serials.iter().copied());
+            shared.emit(Event::Revoked { ge, serials });
+        }
+        ServerMsg::DirectoryChanged { name, entry } => {
+            shared.emit(Event::DirectoryChanged { name, entry });
+        }
+        ServerMsg::DirectoryAnswer(entry) => match pending.pop_front() {
+            Some(Pending::Query(tx)) => {
+                let _ = tx.send(entry);
+            }
+            _ => return Err(Error::Protocol("unexpected directory answer".into())),
+        },
+        ServerMsg::Ack => match pending.pop_front() {
+            Some(Pending::Report(tx)) => {
+                let _ = tx.send(());
+            }
+            _ => return Err(Error::Protocol("unexpected acknowledgement".into())),
+        },
+        ServerMsg::Enrolled(_) | ServerMsg::Refused { .. } | ServerMsg::SessionInit(_) => {
+            return Err(Error::Protocol("unexpected message inside a session".into()));
+        }
+    }
+    Ok(())
+}
+
+fn apply_keys(gk: GroupKeys, cfg: &SessionConfig, shared: &Arc<Shared>) {
+    let group = gk.group;
+    let versions = {
+        let mut s = shared.lock();
+        s.keys.apply(gk);
+        s.keys.versions(group)
+    };
+    debug!(%group, ?versions, "group keys updated");
+    save_cache(cfg, shared);
+    shared.emit(Event::Keys { group, versions });
+}
+
+fn save_cache(cfg: &SessionConfig, shared: &Arc<Shared>) {
+    if let Some(p) = &cfg.key_cache {
+        let bytes = shared.lock().keys.clone();
+        if let Err(e) = bytes.save(p) {
+            warn!(error = %e, "saving the key cache");
+        }
+    }
+}
+
+fn verify_credential(identity: &Identity, bytes: &[u8]) -> Result<Credential> {
+    let c = UnverifiedCredential::decode(bytes)?.verify(&identity.ca_public, now_unix())?;
+    let own = identity.node_key()?.public();
+    if c.node_key != own {
+        return Err(Error::Protocol("the GMS sent a credential for another key".into()));
+    }
+    Ok(c)
+}
+
+/// Turns a connection error into `Terminated` when retrying cannot help.
+fn classify(e: quinn::ConnectionError) -> Error {
+    match &e {
+        quinn::ConnectionError::ApplicationClosed(ac) => {
+            let code = ac.error_code.into_inner();
+            let reason = String::from_utf8_lossy(&ac.reason).into_owned();
+            if code == u64::from(close::REFUSED) || code == u64::from(close::REVOKED) {
+                return Error::Terminated(reason);
+            }
+            Error::Connection(e)
+        }
+        quinn::ConnectionError::ConnectionClosed(cc) => {
+            let code = u64::from(cc.error_code);
+            // 0x100-0x1ff: a TLS alert; the GMS refused our certificate.
+            if (0x100..0x200).contains(&code) {
+                return Error::Terminated(format!("the GMS refused the TLS handshake: {cc}"));
+            }
+            Error::Connection(e)
+        }
+        _ => Error::Connection(e),
+    }
+}

@@ -1,0 +1,272 @@
+//! The server configuration: `gms.toml` in the data directory.
+//!
+//! `fpn-gms init` writes it; the operator may edit it while the server is
+//! stopped. Every field has a default except the zone.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::as_str;
+use crate::schedule::{HumanDuration, Schedule};
+use crate::{Error, Result};
+
+/// File name of the configuration inside the data directory.
+pub const CONFIG_FILE: &str = "gms.toml";
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
+
+/// The files of a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Names the data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `gms.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    /// The sled database directory.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    /// The CA private key (PKCS#8 DER, 0600).
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+
+    /// The CA certificate (DER).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+
+    /// The QUIC server's private key (PKCS#8 DER, 0600).
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+
+    /// The QUIC server's certificate (DER), signed by the CA.
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+
+    /// The admin unix socket (0600).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
+}
+
+/// The contents of `gms.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The DNS zone of the network, e.g. `home.fpn.`.
+    pub zone: String,
+    /// Where the QUIC server listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `host:port` that nodes use to reach the GMS (goes into tokens). When
+    /// unset, the listen address is used; it must then not be a wildcard.
+    #[serde(default)]
+    pub public_addr: Option<String>,
+    /// The range overlay addresses are assigned from.
+    #[serde(default, with = "as_str")]
+    pub overlay_range: OverlayRange,
+    /// When all groups rotate on their own.
+    #[serde(default, with = "as_str")]
+    pub rotation_schedule: Schedule,
+    /// How long the previous key version stays valid after a rotation.
+    #[serde(default = "default_grace", with = "as_str")]
+    pub grace: HumanDuration,
+    /// Validity of issued certificates and credentials, in days.
+    #[serde(default = "default_validity")]
+    pub cert_validity_days: u32,
+    /// Lifetime of an enrollment token when `token create` names none.
+    #[serde(default = "default_token_ttl", with = "as_str")]
+    pub token_ttl: HumanDuration,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4433)))
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_validity() -> u32 {
+    365
+}
+fn default_token_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+impl Config {
+    /// A configuration with defaults for `zone`.
+    pub fn new(zone: &str) -> Result<Self> {
+        let c = Self {
+            zone: normalize_zone(zone)?,
+            listen: default_listen(),
+            public_addr: None,
+            overlay_range: OverlayRange::default(),
+            rotation_schedule: Schedule::default(),
+            grace: default_grace(),
+            cert_validity_days: default_validity(),
+            token_ttl: default_token_ttl(),
+        };
+        Ok(c)
+    }
+
+    /// Reads and checks `gms.toml`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
+        let mut c: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        c.zone = normalize_zone(&c.zone)?;
+        if c.cert_validity_days == 0 {
+            return Err(Error::Config("cert_validity_days must be at least 1".into()));
+        }
+        Ok(c)
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The zone without its trailing dot, for certificate names.
+    pub fn zone_name(&self) -> &str {
+        self.zone.trim_end_matches('.')
+    }
+}
+
+/// Lower-cases the zone and makes it absolute (trailing dot); checks its labels.
+pub fn normalize_zone(zone: &str) -> Result<String> {
+    let z = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+    if z.is_empty() || z.len() > 200 {
+        return Err(Error::Config(format!("zone {zone:?}: must be a DNS name like home.fpn.")));
+    }
+    for label in z.split('.') {
+        fpn_proto::ge::validate_name(label)
+            .map_err(|_| Error::Config(format!("zone {zone:?}: label {label:?} is not a DNS label")))?;
+    }
+    Ok(format!("{z}."))
+}
+
+/// An IPv4 prefix overlay addresses are taken from, e.g. `100.64.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayRange {
+    base: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Default for OverlayRange {
+    fn default() -> Self {
+        Self {
+            base: Ipv4Addr::new(100, 64, 0, 0),
+            prefix: 16,
+        }
+    }
+}
+
+impl OverlayRange {
+    /// A range; the prefix must be 8 to 30 and `base` must have no host bits.
+    pub fn new(base: Ipv4Addr, prefix: u8) -> Result<Self> {
+        if !(8..=30).contains(&prefix) {
+            return Err(Error::Config(format!(
+                "overlay range prefix /{prefix}: must be between /8 and /30"
+            )));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(base) & !mask != 0 {
+            return Err(Error::Config(format!(
+                "overlay range {base}/{prefix} has host bits set"
+            )));
+        }
+        Ok(Self { base, prefix })
+    }
+
+    /// Number of usable host indexes (1..=hosts): network and broadcast excluded.
+    pub fn hosts(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 2
+    }
+
+    /// The address of host `index` (1-based). `None` outside the range.
+    pub fn host(&self, index: u32) -> Option<Ipv4Addr> {
+        (index >= 1 && index <= self.hosts()).then(|| Ipv4Addr::from(u32::from(self.base) + index))
+    }
+
+    /// The index of `addr`, if it is a host of the range.
+    pub fn index_of(&self, addr: Ipv4Addr) -> Option<u32> {
+        let i = u32::from(addr).checked_sub(u32::from(self.base))?;
+        (i >= 1 && i <= self.hosts()).then_some(i)
+    }
+}
+
+impl fmt::Display for OverlayRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl FromStr for OverlayRange {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("overlay range {s:?}: expected a.b.c.d/len"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        Self::new(a.parse().map_err(|_| bad())?, p.parse().map_err(|_| bad())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml_with_defaults() {
+        let c = Config::new("Home.FPN").unwrap();
+        assert_eq!(c.zone, "home.fpn.");
+        let back: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let minimal: Config = toml::from_str("zone = \"x.fpn.\"").unwrap();
+        assert_eq!(minimal.grace.0, Duration::from_secs(600));
+        assert_eq!(minimal.rotation_schedule, Schedule::default());
+        assert!(toml::from_str::<Config>("zone = \"x.\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn zones_are_checked() {
+        for bad in ["", ".", "a..b", "a_b.fpn", "-a.fpn"] {
+            assert!(normalize_zone(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlay_range_hosts() {
+        let r: OverlayRange = "100.64.0.0/30".parse().unwrap();
+        assert_eq!(r.hosts(), 2);
+        assert_eq!(r.host(0), None);
+        assert_eq!(r.host(1), Some(Ipv4Addr::new(100, 64, 0, 1)));
+        assert_eq!(r.host(3), None);
+        assert_eq!(r.index_of(Ipv4Addr::new(100, 64, 0, 2)), Some(2));
+        assert_eq!(r.index_of(Ipv4Addr::new(100, 64, 0, 3)), None);
+        assert!("100.64.0.1/16".parse::<OverlayRange>().is_err());
+        assert!("100.64.0.0/31".parse::<OverlayRange>().is_err());
+        assert_eq!(r.to_string(), "100.64.0.0/30");
+    }
+}

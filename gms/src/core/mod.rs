@@ -1,0 +1,441 @@
+//! The GMS's request handling, without sockets or clocks.
+//!
+//! [`Core`] owns the store, the CA and an in-memory view of every record.
+//! Each input is a method (`handle_admin`, `handle_enroll`, `open_session`,
+//! `handle_request`, `handle_timeout`) that takes `now` (unix seconds) and
+//! returns the answer plus [`Output`]s: frames to push to sessions, sessions
+//! to close, directory events for the DDNS hook. The QUIC and unix-socket
+//! shells in [`crate::server`] feed it and carry out the outputs; tests call
+//! it directly.
+//!
+//! Every change goes through [`Core::transact`]: memory and a store batch are
+//! updated together, the batch is committed (flushed) before anything is
+//! answered or pushed, and if the commit fails the memory view is reloaded
+//! from the store, so memory never holds an unacknowledged change.
+
+mod admin;
+mod keys;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use fpn_proto::ge::{GeId, GeKind};
+use fpn_proto::keys::KeyVersion;
+use tracing::error;
+
+use crate::admin::RotatedView;
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::model::{
+    AuditEntry, CertRecord, Counters, GeRecord, GroupRecord, KeyRecord, META_COUNTERS,
+    META_SCHEMA, RevocationRecord, SCHEMA_VERSION, TokenRecord, from_json, to_json,
+};
+use crate::store::{Batch, Store, Tree};
+use crate::wire::ServerMsg;
+use crate::{Error, Result};
+
+pub use session::Refusal;
+
+/// A side effect for the shell to carry out, in order.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Push `frame` to the live sessions of these GEs (offline ones are skipped).
+    Send {
+        /// Recipients.
+        to: Vec<GeId>,
+        /// One encoded [`ServerMsg`] frame, shared by all recipients.
+        frame: Arc<[u8]>,
+    },
+    /// Push `frame` to every live session.
+    Broadcast {
+        /// One encoded [`ServerMsg`] frame.
+        frame: Arc<[u8]>,
+    },
+    /// Close the live sessions of `ge` with a QUIC application close code.
+    Close {
+        /// The GE.
+        ge: GeId,
+        /// A [`crate::wire::close`] code.
+        code: u32,
+        /// Reason sent to the node.
+        reason: String,
+    },
+    /// A GE's directory data changed: hand it to the [`crate::server::DirectoryHook`].
+    Directory(DirectoryEvent),
+}
+
+/// What the DDNS integration learns about GEs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryEvent {
+    /// A GE was added, or its info or addresses changed.
+    Updated(DirectoryRecord),
+    /// A GE was removed or revoked: its records must go.
+    Removed {
+        /// Its name (a label under the zone).
+        name: String,
+    },
+}
+
+/// A GE as the DNS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryRecord {
+    /// Name (a label under the zone).
+    pub name: String,
+    /// GE id.
+    pub id: GeId,
+    /// Kind.
+    pub kind: GeKind,
+    /// Overlay address.
+    pub overlay: Ipv4Addr,
+    /// Address its session comes from (the A/AAAA record), if it was ever seen.
+    pub seen: Option<SocketAddr>,
+    /// Addresses it reports (LIP records).
+    pub reported: Vec<SocketAddr>,
+}
+
+/// Live session data of a GE (memory only; rebuilt as nodes reconnect).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Presence {
+    /// Id of the session that set it.
+    session: u64,
+    online: bool,
+    seen: Option<SocketAddr>,
+    reported: Vec<SocketAddr>,
+}
+
+/// Current and previous versions of a group's key.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupKeyState {
+    current: KeyRecord,
+    previous: Option<KeyRecord>,
+}
+
+/// The in-memory view of the store.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    ges: BTreeMap<String, GeRecord>,
+    ids: HashMap<u32, String>,
+    overlays: HashSet<Ipv4Addr>,
+    groups: BTreeMap<u32, GroupRecord>,
+    keys: BTreeMap<u32, GroupKeyState>,
+    certs: HashMap<[u8; 32], CertRecord>,
+    tokens: HashMap<[u8; 16], TokenRecord>,
+    revocations: BTreeMap<u64, RevocationRecord>,
+    counters: Counters,
+}
+
+/// Pending effects of one transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Tx {
+    batch: Batch,
+    out: Vec<Output>,
+    /// Memory was changed: a failed commit must reload it.
+    dirty: bool,
+    rotated: Vec<RotatedView>,
+}
+
+/// The GMS state machine.
+pub struct Core {
+    cfg: Config,
+    store: Box<dyn Store>,
+    ca: Ca,
+    st: State,
+    listen: Option<SocketAddr>,
+    presence: HashMap<u32, Presence>,
+    /// GE -> GEs that asked the directory about it.
+    watchers: HashMap<u32, BTreeSet<u32>>,
+    next_session: u64,
+    next_rotation: Option<u64>,
+    /// Set after a timer transaction failed: not before this time again.
+    timer_retry: Option<u64>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("zone", &self.cfg.zone)
+            .field("ges", &self.st.ges.len())
+            .field("groups", &self.st.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the schema version and counters into an empty store (`fpn-gms init`).
+pub fn init_store(store: &dyn Store, zone: &str, now: u64) -> Result<()> {
+    if store.get(Tree::Meta, META_SCHEMA)?.is_some() {
+        return Err(Error::Config("the data directory is already initialized".into()));
+    }
+    let mut b = Batch::new();
+    b.put(Tree::Meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+    b.put(Tree::Meta, META_COUNTERS, to_json(&Counters::default()));
+    b.audit(to_json(&AuditEntry {
+        at: now,
+        action: format!("init zone={zone}"),
+    }));
+    store.commit(b)
+}
+
+/// Refuses a store without a schema version or with a newer one.
+pub fn check_schema(store: &dyn Store) -> Result<u32> {
+    let v = store.get(Tree::Meta, META_SCHEMA)?.ok_or_else(|| {
+        Error::Store("the store has no schema version: not an fpn-gms data directory (run `fpn-gms init`)".into())
+    })?;
+    let v: [u8; 4] = v.as_slice().try_into().map_err(|_| Error::Corrupt {
+        tree: "meta",
+        reason: "schema version is not 4 bytes".into(),
+    })?;
+    let v = u32::from_be_bytes(v);
+    if v > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found: v,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Version 1 is the first layout; older versions do not exist yet, so
+    // there is nothing to migrate.
+    Ok(v)
+}
+
+impl Core {
+    /// Loads the state from `store` (which must pass [`check_schema`]).
+    pub fn new(cfg: Config, store: Box<dyn Store>, ca: Ca, now: u64) -> Result<Self> {
+        check_schema(store.as_ref())?;
+        let st = State::load(store.as_ref())?;
+        let next_rotation = cfg.rotation_schedule.next_after(now);
+        Ok(Self {
+            cfg,
+            store,
+            ca,
+            st,
+            listen: None,
+            presence: HashMap::new(),
+            watchers: HashMap::new(),
+            next_session: 1,
+            next_rotation,
+            timer_retry: None,
+        })
+    }
+
+    /// Records the address the QUIC endpoint actually bound (used in tokens
+    /// when no public address is configured).
+    pub fn set_listen_addr(&mut self, addr: SocketAddr) {
+        self.listen = Some(addr);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Runs `f` as one transaction: commit on success, reload memory on failure.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut Tx) -> Result<T>,
+    ) -> Result<(T, Tx)> {
+        let mut tx = Tx::default();
+        let r = f(self, &mut tx).and_then(|v| {
+            self.store.commit(std::mem::take(&mut tx.batch))?;
+            Ok(v)
+        });
+        match r {
+            Ok(v) => Ok((v, tx)),
+            Err(e) => {
+                if tx.dirty {
+                    match State::load(self.store.as_ref()) {
+                        Ok(st) => self.st = st,
+                        Err(le) => error!(error = %le, "reloading the state after a failed change"),
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    // ---- record writes: memory and batch together ----
+
+    fn put_ge(&mut self, tx: &mut Tx, rec: GeRecord) {
+        tx.batch.put(Tree::Ges, rec.name.as_bytes(), to_json(&rec));
+        self.st.ids.insert(rec.id, rec.name.clone());
+        self.st.overlays.insert(rec.overlay);
+        self.st.ges.insert(rec.name.clone(), rec);
+        tx.dirty = true;
+    }
+
+    fn delete_ge(&mut self, tx: &mut Tx, name: &str) {
+        tx.batch.delete(Tree::Ges, name.as_bytes());
+        if let Some(rec) = self.st.ges.remove(name) {
+            self.st.ids.remove(&rec.id);
+            self.st.overlays.remove(&rec.overlay);
+        }
+        tx.dirty = true;
+    }
+
+    fn put_group(&mut self, tx: &mut Tx, rec: GroupRecord) {
+        tx.batch.put(Tree::Groups, rec.num.to_be_bytes(), to_json(&rec));
+        self.st.groups.insert(rec.num, rec);
+        tx.dirty = true;
+    }
+
+    fn delete_group(&mut self, tx: &mut Tx, num: u32) {
+        tx.batch.delete(Tree::Groups, num.to_be_bytes());
+        self.st.groups.remove(&num);
+        if let Some(ks) = self.st.keys.remove(&num) {
+            for k in std::iter::once(&ks.current).chain(ks.previous.as_ref()) {
+                tx.batch
+                    .delete(Tree::Keys, KeyRecord::tree_key(fpn_proto::ge::GroupId(num), k.version));
+            }
+        }
+        tx.dirty = true;
+    }
+
+    fn set_keys(&mut self, tx: &mut Tx, group: u32, ks: GroupKeyState, erase: &[KeyVersion]) {
+        let g = fpn_proto::ge::GroupId(group);
+        for v in erase {
+            tx.batch.delete(Tree::Keys, KeyRecord::tree_key(g, *v));
+        }
+        for k in std::iter::once(&ks.current).chain(ks.previous.as_ref()) {
+            tx.batch
+                .put(Tree::Keys, KeyRecord::tree_key(g, k.version), k.encode());
+        }
+        self.st.keys.insert(group, ks);
+        tx.dirty = true;
+    }
+
+    fn put_cert(&mut self, tx: &mut Tx, fp: [u8; 32], rec: CertRecord) {
+        tx.batch.put(Tree::Certs, fp.to_vec(), to_json(&rec));
+        self.st.certs.insert(fp, rec);
+        tx.dirty = true;
+    }
+
+    fn put_token(&mut self, tx: &mut Tx, id: [u8; 16], rec: TokenRecord) {
+        tx.batch.put(Tree::Tokens, id.to_vec(), to_json(&rec));
+        self.st.tokens.insert(id, rec);
+        tx.dirty = true;
+    }
+
+    fn delete_token(&mut self, tx: &mut Tx, id: [u8; 16]) {
+        tx.batch.delete(Tree::Tokens, id.to_vec());
+        self.st.tokens.remove(&id);
+        tx.dirty = true;
+    }
+
+    fn put_revocation(&mut self, tx: &mut Tx, rec: RevocationRecord) {
+        tx.batch
+            .put(Tree::Revocations, rec.serial.to_be_bytes(), to_json(&rec));
+        self.st.revocations.insert(rec.serial, rec);
+        tx.dirty = true;
+    }
+
+    fn delete_revocation(&mut self, tx: &mut Tx, serial: u64) {
+        tx.batch.delete(Tree::Revocations, serial.to_be_bytes());
+        self.st.revocations.remove(&serial);
+        tx.dirty = true;
+    }
+
+    /// Takes the next serial (certificates and credentials share the counter).
+    fn next_serial(&mut self, tx: &mut Tx) -> u64 {
+        let s = self.st.counters.next_serial;
+        self.st.counters.next_serial += 1;
+        self.write_counters(tx);
+        s
+    }
+
+    fn write_counters(&mut self, tx: &mut Tx) {
+        tx.batch
+            .put(Tree::Meta, META_COUNTERS, to_json(&self.st.counters));
+        tx.dirty = true;
+    }
+
+    fn audit(&mut self, tx: &mut Tx, now: u64, action: String) {
+        tx.batch.audit(to_json(&AuditEntry { at: now, action }));
+    }
+
+    // ---- lookups ----
+
+    fn ge_by_id(&self, id: u32) -> Option<&GeRecord> {
+        self.st.ids.get(&id).and_then(|n| self.st.ges.get(n))
+    }
+
+    /// Active GEs that are members of `group`.
+    fn members(&self, group: u32) -> Vec<GeId> {
+        self.st
+            .ges
+            .values()
+            .filter(|g| g.is_active() && g.groups.contains(&group))
+            .map(|g| GeId(g.id))
+            .collect()
+    }
+
+    /// Number of GEs with a live session.
+    pub fn online(&self) -> usize {
+        self.presence.values().filter(|p| p.online).count()
+    }
+}
+
+/// Encodes a push once for all its recipients.
+fn frame(msg: &ServerMsg) -> Result<Arc<[u8]>> {
+    Ok(Arc::from(msg.encode()?))
+}
+
+impl State {
+    fn load(store: &dyn Store) -> Result<Self> {
+        let mut st = State::default();
+        if let Some(c) = store.get(Tree::Meta, META_COUNTERS)? {
+            st.counters = from_json("meta", &c)?;
+        }
+        for (_, v) in store.scan(Tree::Ges)? {
+            let rec: GeRecord = from_json("ges", &v)?;
+            st.ids.insert(rec.id, rec.name.clone());
+            st.overlays.insert(rec.overlay);
+            st.ges.insert(rec.name.clone(), rec);
+        }
+        for (_, v) in store.scan(Tree::Groups)? {
+            let rec: GroupRecord = from_json("groups", &v)?;
+            st.groups.insert(rec.num, rec);
+        }
+        let mut versions: BTreeMap<u32, Vec<KeyRecord>> = BTreeMap::new();
+        for (k, v) in store.scan(Tree::Keys)? {
+            let (g, ver) = KeyRecord::parse_tree_key(&k)?;
+            versions.entry(g.0).or_default().push(KeyRecord::decode(ver, &v)?);
+        }
+        for (g, mut vs) in versions {
+            // Scan order is by version; the newest is current.
+            let Some(current) = vs.pop() else { continue };
+            st.keys.insert(
+                g,
+                GroupKeyState {
+                    current,
+                    previous: vs.pop(),
+                },
+            );
+        }
+        for (k, v) in store.scan(Tree::Certs)? {
+            let fp: [u8; 32] = k.as_slice().try_into().map_err(|_| Error::Corrupt {
+                tree: "certs",
+                reason: "fingerprint is not 32 bytes".into(),
+            })?;
+            st.certs.insert(fp, from_json("certs", &v)?);
+        }
+        for (k, v) in store.scan(Tree::Tokens)? {
+            let id: [u8; 16] = k.as_slice().try_into().map_err(|_| Error::Corrupt {
+                tree: "tokens",
+                reason: "token id is not 16 bytes".into(),
+            })?;
+            st.tokens.insert(id, from_json("tokens", &v)?);
+        }
+        for (_, v) in store.scan(Tree::Revocations)? {
+            let rec: RevocationRecord = from_json("revocations", &v)?;
+            st.revocations.insert(rec.serial, rec);
+        }
+        Ok(st)
+    }
+}

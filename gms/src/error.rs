@@ -1,0 +1,142 @@
+//! The one error type of fpn-gms.
+//!
+//! Variants say what failed and never carry key material, token secrets or
+//! payload bytes, so an error can always be logged or shown to an operator.
+
+use std::path::PathBuf;
+
+/// Everything that can fail in fpn-gms.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "creating", ...).
+        what: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A network or socket operation failed (no single file involved).
+    #[error("{0}")]
+    Net(#[from] std::io::Error),
+    /// The embedded database failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The store was written by a newer fpn-gms.
+    #[error(
+        "the store in this data directory has schema version {found}, but this fpn-gms supports \
+         up to {supported}; it was written by a newer fpn-gms: run that version or upgrade"
+    )]
+    SchemaTooNew {
+        /// Version found in the store.
+        found: u32,
+        /// Highest version this build reads.
+        supported: u32,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {tree}: {reason}")]
+    Corrupt {
+        /// The tree holding the record.
+        tree: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The configuration file or a command-line value is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// A certificate could not be created or parsed.
+    #[error("certificate: {0}")]
+    Cert(String),
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A protocol codec or credential check in fpn-proto failed.
+    #[error("{0}")]
+    Proto(#[from] fpn_proto::Error),
+    /// A control-protocol frame or message is malformed.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// An enrollment token could not be parsed.
+    #[error("invalid enrollment token: {0}")]
+    TokenFormat(&'static str),
+    /// An admin request was refused (unknown name, duplicate, ...). The text is for the operator.
+    #[error("{0}")]
+    Admin(String),
+    /// The GMS refused the request; `code` is a [`crate::wire::RefusalCode`] value.
+    #[error("refused by the GMS: {reason}")]
+    Refused {
+        /// Machine-readable refusal code.
+        code: u16,
+        /// The GMS's explanation.
+        reason: String,
+    },
+    /// The QUIC connection could not be established.
+    #[error("connecting to the GMS: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The QUIC connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer closed or reset a stream, or a stream write failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// An operation did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The admin socket is not there: the server is not running.
+    #[error("cannot reach the GMS admin socket {path}: {source} (is `fpn-gms serve` running?)")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The session was ended for good (revoked, removed, refused): do not retry.
+    #[error("session ended: {0}")]
+    Terminated(String),
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `path`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { what, path, source }
+    }
+
+    /// Builds an [`Error::Admin`].
+    pub fn admin(msg: impl Into<String>) -> Self {
+        Self::Admin(msg.into())
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+impl From<rcgen::Error> for Error {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Cert(e.to_string())
+    }
+}
+
+impl From<quinn::WriteError> for Error {
+    fn from(e: quinn::WriteError) -> Self {
+        Self::Stream(e.to_string())
+    }
+}
+
+impl From<quinn::ReadExactError> for Error {
+    fn from(e: quinn::ReadExactError) -> Self {
+        Self::Stream(e.to_string())
+    }
+}
+
+impl From<quinn::ClosedStream> for Error {
+    fn from(e: quinn::ClosedStream) -> Self {
+        Self::Stream(e.to_string())
+    }
+}

@@ -1,0 +1,303 @@
+//! `fpn-gms`: run the Group Management Server and administer it.
+
+mod cli_output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fpn_gms::admin::{self, AdminRequest};
+use fpn_gms::config::{DataDir, OverlayRange};
+use fpn_gms::schedule::{Schedule, parse_duration};
+use fpn_gms::server::{self, InitOptions, NoDirectoryHook};
+
+/// How long the CLI waits for the server's answer (a change includes a disk flush).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// fpn Group Management Server.
+#[derive(Debug, Parser)]
+#[command(name = "fpn-gms", version, about)]
+struct Cli {
+    /// The data directory (config, CA, store, admin socket).
+    #[arg(long, global = true, env = "FPN_GMS_DATA")]
+    data: Option<PathBuf>,
+    /// Print the server's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a data directory: config, CA (key 0600), server certificate, store.
+    Init {
+        /// The network's DNS zone, e.g. home.fpn.
+        #[arg(long)]
+        zone: String,
+        /// QUIC listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// host:port nodes use to reach this GMS (goes into tokens).
+        #[arg(long)]
+        public_addr: Option<String>,
+        /// Overlay address range, e.g. 100.64.0.0/16.
+        #[arg(long)]
+        overlay_range: Option<OverlayRange>,
+        /// daily@HH:MM (local time), every:DURATION or off.
+        #[arg(long)]
+        rotation_schedule: Option<Schedule>,
+        /// How long a previous key version stays valid after a rotation, e.g. 10m.
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+    },
+    /// Run the server.
+    Serve,
+    /// Show the server's status.
+    Status,
+    /// Groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// GEs (nodes).
+    #[command(subcommand)]
+    Ge(GeCmd),
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Rotate one group's key, or all.
+    Rotate {
+        /// The group; all groups when absent.
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Key versions and ages (key bytes are never printed).
+    Keys,
+    /// The audit log of admin actions.
+    Audit {
+        /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Add a group (its first key is created at once).
+    Add {
+        /// Group number (lower numbers win when GEs share several).
+        num: u32,
+        /// Group name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List groups.
+    List,
+    /// Remove a group without members.
+    Remove {
+        /// Group number.
+        num: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GeCmd {
+    /// Add a GE.
+    Add {
+        /// Name (one DNS label).
+        name: String,
+        /// ges, gen or gea.
+        #[arg(long)]
+        kind: String,
+        /// op or cl.
+        #[arg(long)]
+        mode: String,
+        /// Group membership (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<u32>,
+    },
+    /// List GEs.
+    List,
+    /// Show one GE.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Change a GE's kind, mode or groups.
+    Set {
+        /// Name.
+        name: String,
+        /// New kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// New mode.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Replace the groups with these (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<u32>,
+        /// Leave every group.
+        #[arg(long, conflicts_with = "groups")]
+        no_groups: bool,
+        /// Join a group (repeatable).
+        #[arg(long = "add-group")]
+        add_groups: Vec<u32>,
+        /// Leave a group (repeatable); the group's key rotates at once.
+        #[arg(long = "remove-group")]
+        remove_groups: Vec<u32>,
+    },
+    /// Remove a GE (revokes it first).
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// Revoke a GE: close its sessions, refuse it, rotate its groups, tell every node.
+    Revoke {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Create a one-time enrollment token for a GE.
+    Create {
+        /// GE name.
+        name: String,
+        /// Lifetime, e.g. 1h (default from gms.toml).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the whole cause chain joined.
+            eprintln!("fpn-gms: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = cli.data.clone();
+    let need_data = || data.clone().context("--data DIR (or FPN_GMS_DATA) is required");
+    let req = match cli.cmd {
+        Cmd::Init {
+            zone,
+            listen,
+            public_addr,
+            overlay_range,
+            rotation_schedule,
+            grace,
+        } => {
+            let dir = need_data()?;
+            let fp = server::init(&InitOptions {
+                data: dir.clone(),
+                zone,
+                listen,
+                public_addr,
+                overlay_range,
+                rotation_schedule,
+                grace,
+            })?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "data": dir, "ca_fingerprint": fp }));
+            } else {
+                println!("initialized {}; CA fingerprint {fp}", dir.display());
+            }
+            return Ok(());
+        }
+        Cmd::Serve => return serve(DataDir::new(need_data()?)),
+        Cmd::Status => AdminRequest::Status,
+        Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd { num, name },
+        Cmd::Group(GroupCmd::List) => AdminRequest::GroupList,
+        Cmd::Group(GroupCmd::Remove { num }) => AdminRequest::GroupRemove { num },
+        Cmd::Ge(GeCmd::Add {
+            name,
+            kind,
+            mode,
+            groups,
+        }) => AdminRequest::GeAdd {
+            name,
+            kind,
+            mode,
+            groups,
+        },
+        Cmd::Ge(GeCmd::List) => AdminRequest::GeList,
+        Cmd::Ge(GeCmd::Show { name }) => AdminRequest::GeShow { name },
+        Cmd::Ge(GeCmd::Set {
+            name,
+            kind,
+            mode,
+            groups,
+            no_groups,
+            add_groups,
+            remove_groups,
+        }) => AdminRequest::GeSet {
+            name,
+            kind,
+            mode,
+            groups: (no_groups || !groups.is_empty()).then_some(groups),
+            add_groups,
+            remove_groups,
+        },
+        Cmd::Ge(GeCmd::Remove { name }) => AdminRequest::GeRemove { name },
+        Cmd::Ge(GeCmd::Revoke { name }) => AdminRequest::GeRevoke { name },
+        Cmd::Token(TokenCmd::Create { name, ttl }) => AdminRequest::TokenCreate {
+            name,
+            ttl_secs: ttl.map(|d| d.as_secs()),
+        },
+        Cmd::Rotate { group } => AdminRequest::Rotate { group },
+        Cmd::Keys => AdminRequest::Keys,
+        Cmd::Audit { after, limit } => AdminRequest::Audit { after, limit },
+    };
+    let dir = DataDir::new(need_data()?);
+    let resp = admin::request(&dir.admin_socket(), &req, ADMIN_TIMEOUT)?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        return Ok(());
+    }
+    cli_output::print(&req, resp)
+}
+
+fn serve(data: DataDir) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        server::serve(data, Arc::new(NoDirectoryHook), shutdown).await
+    })?;
+    Ok(())
+}

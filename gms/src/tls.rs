@@ -1,0 +1,223 @@
+//! rustls and quinn configurations for the GMS and its clients.
+//!
+//! - The server presents `server.crt` (SAN `fpn-gms`) followed by the CA
+//!   certificate, and asks for a client certificate without requiring one:
+//!   a connection without one may only enroll; one with a certificate must
+//!   chain to the CA (rustls checks that) and is then admitted by
+//!   fingerprint ([`crate::core::Core::authorize`]), which refuses revoked
+//!   and superseded certificates.
+//! - An enrolling node has only the CA fingerprint from its token: its
+//!   verifier finds the CA certificate in the chain the server sent, checks
+//!   its SHA-256 against the pin, and verifies the server certificate
+//!   against that CA.
+//! - An enrolled node trusts exactly its CA and presents its certificate.
+//!
+//! Every config is built with the ring provider explicitly (see
+//! DEPENDENCIES.md: the process-default provider panics with two in the tree).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::ca::{SERVER_NAME, fingerprint};
+use crate::{Error, Result};
+
+/// ALPN of the control protocol.
+pub const ALPN: &[u8] = b"fpn-gms/1";
+/// A session with no traffic at all for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nodes send keep-alives this often, well inside the idle timeout and common NAT timeouts.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(|e| Error::Cert(format!("CA certificate: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+fn transport(server: bool) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+    ));
+    if server {
+        // One stream per connection is all the protocol uses (enrollment or
+        // session); a second gives room to refuse a misbehaving client cleanly.
+        t.max_concurrent_bidi_streams(2u32.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        // Small windows: control messages are small, and memory per node counts.
+        t.stream_receive_window((256u32 * 1024 + 1024).into());
+        t.receive_window((512u32 * 1024).into());
+        t.send_window(512 * 1024);
+        t.datagram_receive_buffer_size(None);
+    } else {
+        t.keep_alive_interval(Some(KEEP_ALIVE));
+        t.max_concurrent_bidi_streams(0u32.into());
+        t.max_concurrent_uni_streams(0u32.into());
+    }
+    t
+}
+
+/// The QUIC server configuration of the GMS.
+pub fn server_config(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    key_der: &Zeroizing<Vec<u8>>,
+) -> Result<quinn::ServerConfig> {
+    let prov = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, prov.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Cert(format!("client verifier: {e}")))?;
+    let chain = vec![
+        CertificateDer::from(cert_der.to_vec()),
+        CertificateDer::from(ca_der.to_vec()),
+    ];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(prov)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    sc.transport_config(Arc::new(transport(true)));
+    Ok(sc)
+}
+
+/// The client configuration for enrollment: no client certificate, CA pinned by fingerprint.
+pub fn enroll_client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig> {
+    let prov = provider();
+    let verifier = Arc::new(PinnedCa {
+        pin: ca_fingerprint,
+        provider: prov.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(prov)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    client_config(tls)
+}
+
+/// The client configuration of an enrolled node: its CA as the only root, its certificate.
+pub fn session_client_config(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    key_der: &Zeroizing<Vec<u8>>,
+) -> Result<quinn::ClientConfig> {
+    let prov = provider();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(prov)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_der)?)
+        .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    client_config(tls)
+}
+
+fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+    cc.transport_config(Arc::new(transport(false)));
+    Ok(cc)
+}
+
+/// The name clients put in their ClientHello and check in the server certificate.
+pub fn server_name() -> &'static str {
+    SERVER_NAME
+}
+
+/// SHA-256 of the certificate the peer of `conn` presented, if any.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(|c| fingerprint(c))
+}
+
+/// Accepts a server whose chain carries the pinned CA and whose certificate that CA signed.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| bool::from(fingerprint(c).ct_eq(&self.pin)))
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the fingerprint in the enrollment token".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA certificate: {e}")))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

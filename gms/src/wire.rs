@@ -1,0 +1,742 @@
+//! The control protocol between nodes and the GMS (carried on QUIC streams).
+//!
+//! Every message is one frame:
+//!
+//! ```text
+//! version u8 (=1) | type u8 | length u32 | body [length]      (big-endian)
+//! ```
+//!
+//! A body is at most [`MAX_BODY`] bytes; a receiver refuses a larger length
+//! before reading it, and refuses unknown versions, unknown types, truncated
+//! or over-long bodies and out-of-range counts with a typed error. Client
+//! messages have types below 0x80, server messages 0x80 and above. The field
+//! layouts are documented on each type and in docs/GMS.md.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use fpn_proto::credential;
+use fpn_proto::ge::{GeId, GroupId, MAX_GROUPS, MAX_NAME_LEN};
+use fpn_proto::keys::{GroupKey, KeyVersion};
+use fpn_proto::wire::{Reader, Writer};
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// Version byte of every frame.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes of the frame header.
+pub const HEADER_LEN: usize = 6;
+/// Largest body a frame may carry.
+pub const MAX_BODY: usize = 256 * 1024;
+/// Most addresses a node may report.
+pub const MAX_ADDRS: usize = 16;
+/// Most key versions per group in one message (current and previous, with room).
+pub const MAX_KEYS_PER_GROUP: usize = 4;
+/// Most revoked serials in one message.
+pub const MAX_REVOKED: usize = 30_000;
+/// Largest certificate carried.
+pub const MAX_CERT: usize = 8 * 1024;
+/// Longest refusal reason.
+pub const MAX_REASON: usize = 255;
+
+/// QUIC application close codes the GMS uses.
+pub mod close {
+    /// Normal end of a connection (enrollment done, client leaving).
+    pub const NORMAL: u32 = 0;
+    /// The certificate is unknown, revoked or superseded: do not retry.
+    pub const REFUSED: u32 = 1;
+    /// A malformed or oversized message was received.
+    pub const PROTOCOL: u32 = 2;
+    /// A newer session of the same GE replaced this one.
+    pub const SUPERSEDED: u32 = 3;
+    /// The GE was revoked or removed while connected: do not retry.
+    pub const REVOKED: u32 = 4;
+    /// The node did not read its pushes fast enough; reconnecting gets full state.
+    pub const SLOW: u32 = 5;
+    /// The GMS is shutting down.
+    pub const SHUTDOWN: u32 = 6;
+    /// The peer took too long.
+    pub const TIMEOUT: u32 = 7;
+}
+
+/// Why the GMS refused a request (the `code` of [`ServerMsg::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum RefusalCode {
+    /// The token id is unknown or the secret does not match.
+    InvalidToken = 1,
+    /// The token was used before.
+    TokenUsed = 2,
+    /// The token expired.
+    TokenExpired = 3,
+    /// The node's proof of possession of its key did not verify.
+    BadProof = 4,
+    /// The GE does not exist (any more).
+    UnknownGe = 5,
+    /// The GE is revoked.
+    Revoked = 6,
+    /// The request was malformed.
+    Protocol = 7,
+    /// The GMS failed internally (store error); retry later.
+    Internal = 8,
+}
+
+impl RefusalCode {
+    /// The code for a wire value (unknown values map to `Internal`).
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::InvalidToken,
+            2 => Self::TokenUsed,
+            3 => Self::TokenExpired,
+            4 => Self::BadProof,
+            5 => Self::UnknownGe,
+            6 => Self::Revoked,
+            7 => Self::Protocol,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// Enrollment: the node proves the token and its key.
+///
+/// `token id [16] | secret [32] | node key [32] | proof [64]`, where proof is
+/// the node key's Ed25519 signature over [`enroll_transcript`].
+#[derive(Clone)]
+pub struct EnrollRequest {
+    /// The token's id.
+    pub token_id: [u8; 16],
+    /// The token's secret.
+    pub secret: Zeroizing<[u8; 32]>,
+    /// The node's Ed25519 public key.
+    pub node_key: [u8; 32],
+    /// Proof of possession of the node key.
+    pub proof: [u8; 64],
+}
+
+impl fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token_id", &hex::encode(self.token_id))
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the node key signs at enrollment: binds the key to this token.
+pub fn enroll_transcript(token_id: &[u8; 16], node_key: &[u8; 32]) -> Vec<u8> {
+    let mut t = b"fpn v1 enroll\0".to_vec();
+    t.extend_from_slice(token_id);
+    t.extend_from_slice(node_key);
+    t
+}
+
+/// Messages a node sends.
+#[derive(Debug, Clone)]
+pub enum ClientMsg {
+    /// 0x01: enroll with a token (on a connection without client certificate).
+    Enroll(EnrollRequest),
+    /// 0x02: opens a session: `n u8 | n x address` (the node's local addresses).
+    Hello {
+        /// Addresses the node reports for itself.
+        reported: Vec<SocketAddr>,
+    },
+    /// 0x03: the node's addresses changed: `n u8 | n x address`.
+    ReportAddresses(Vec<SocketAddr>),
+    /// 0x04: where is GE `name`: `len u8 | name`.
+    DirectoryQuery(String),
+}
+
+/// Enrollment result: `zone | CA public key [32] | CA cert | cert | credential`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The network's zone.
+    pub zone: String,
+    /// The CA's Ed25519 public key (verifies credentials).
+    pub ca_public: [u8; 32],
+    /// The CA certificate, DER.
+    pub ca_cert: Vec<u8>,
+    /// The node's certificate, DER.
+    pub cert: Vec<u8>,
+    /// The node's credential (binary form; holds its GE info).
+    pub credential: Vec<u8>,
+}
+
+/// All valid versions of one group's key: `group u32 | n u8 | n x (version u32 | expires u64 (0 = current) | key [32])`.
+///
+/// A node replaces everything it holds for the group with this set.
+#[derive(Debug, Clone)]
+pub struct GroupKeys {
+    /// The group.
+    pub group: GroupId,
+    /// The valid versions, newest first.
+    pub keys: Vec<WireKey>,
+}
+
+/// One key version on the wire.
+#[derive(Debug, Clone)]
+pub struct WireKey {
+    /// The version.
+    pub version: KeyVersion,
+    /// `None` for the current version, else the end of its grace (unix seconds).
+    pub expires_at: Option<u64>,
+    /// The key.
+    pub key: GroupKey,
+}
+
+/// Session start: `server time u64 | credential | n u8 | n x GroupKeys | m u16 | m x serial u64`.
+#[derive(Debug, Clone)]
+pub struct SessionInit {
+    /// The GMS's clock, unix seconds (nodes can spot skew).
+    pub server_time: u64,
+    /// The node's current credential (holds its GE info).
+    pub credential: Vec<u8>,
+    /// Keys of each of its groups.
+    pub groups: Vec<GroupKeys>,
+    /// Revoked certificate and credential serials.
+    pub revoked: Vec<u64>,
+}
+
+/// Where a GE can be reached: `credential | online u8 | seen (0 | 1 address) | n u8 | n x address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    /// The GE's credential (its info, verifiable with the CA key); empty when not enrolled.
+    pub credential: Vec<u8>,
+    /// True while it has a session.
+    pub online: bool,
+    /// The address the GMS sees its session come from.
+    pub seen: Option<SocketAddr>,
+    /// The addresses it reports.
+    pub reported: Vec<SocketAddr>,
+}
+
+/// Messages the GMS sends.
+#[derive(Debug, Clone)]
+pub enum ServerMsg {
+    /// 0x81: enrollment succeeded.
+    Enrolled(Enrolled),
+    /// 0x82: `code u16 | reason len u8 + UTF-8`.
+    Refused {
+        /// Machine-readable reason.
+        code: RefusalCode,
+        /// Text for the operator.
+        reason: String,
+    },
+    /// 0x83: session start.
+    SessionInit(SessionInit),
+    /// 0x84: a group's valid keys changed (rotation, grace end, joined the group).
+    GroupKeys(GroupKeys),
+    /// 0x85: the node's GE info changed: its new credential (`len u16 + bytes`).
+    GeInfo(Vec<u8>),
+    /// 0x86: serials revoked: `ge u32 | n u16 | n x serial u64`.
+    Revoked {
+        /// The GE they belonged to.
+        ge: GeId,
+        /// The serials.
+        serials: Vec<u64>,
+    },
+    /// 0x87: a GE the node asked about changed: `name | present u8 | entry`.
+    DirectoryChanged {
+        /// The GE's name.
+        name: String,
+        /// Its new entry; `None` when it was removed or revoked.
+        entry: Option<DirectoryEntry>,
+    },
+    /// 0x88: answer to a directory query: `present u8 | entry`.
+    DirectoryAnswer(Option<DirectoryEntry>),
+    /// 0x89: a report was recorded.
+    Ack,
+}
+
+/// Checks a frame header; returns the message type and body length.
+pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize)> {
+    if h[0] != FRAME_VERSION {
+        return Err(Error::Protocol(format!(
+            "unsupported frame version {}",
+            h[0]
+        )));
+    }
+    let len = u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize;
+    if len > MAX_BODY {
+        return Err(Error::Protocol(format!(
+            "frame of {len} bytes exceeds the limit of {MAX_BODY}"
+        )));
+    }
+    Ok((h[1], len))
+}
+
+fn frame(ty: u8, body: &[u8]) -> Result<Vec<u8>> {
+    if body.len() > MAX_BODY {
+        return Err(Error::Protocol(format!(
+            "message of {} bytes exceeds the limit of {MAX_BODY}",
+            body.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(FRAME_VERSION);
+    out.push(ty);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+impl ClientMsg {
+    /// The whole frame.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut b = Zeroizing::new(Vec::new());
+        let mut w = Writer::new(&mut b);
+        let ty = match self {
+            Self::Enroll(e) => {
+                w.bytes(&e.token_id);
+                w.bytes(e.secret.as_ref());
+                w.bytes(&e.node_key);
+                w.bytes(&e.proof);
+                0x01
+            }
+            Self::Hello { reported } => {
+                put_addrs(&mut w, reported)?;
+                0x02
+            }
+            Self::ReportAddresses(a) => {
+                put_addrs(&mut w, a)?;
+                0x03
+            }
+            Self::DirectoryQuery(name) => {
+                w.short_bytes(name.as_bytes(), MAX_NAME_LEN, "GE name")?;
+                0x04
+            }
+        };
+        frame(ty, &b)
+    }
+
+    /// Decodes a body of type `ty`.
+    pub fn decode(ty: u8, body: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(body);
+        let m = match ty {
+            0x01 => Self::Enroll(EnrollRequest {
+                token_id: r.array("token id")?,
+                secret: Zeroizing::new(r.array("token secret")?),
+                node_key: r.array("node key")?,
+                proof: r.array("proof")?,
+            }),
+            0x02 => Self::Hello {
+                reported: get_addrs(&mut r)?,
+            },
+            0x03 => Self::ReportAddresses(get_addrs(&mut r)?),
+            0x04 => Self::DirectoryQuery(get_str(&mut r, MAX_NAME_LEN, "GE name")?),
+            t => return Err(Error::Protocol(format!("unknown client message type {t:#04x}"))),
+        };
+        r.finish("client message")?;
+        Ok(m)
+    }
+}
+
+impl ServerMsg {
+    /// The whole frame.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut b = Zeroizing::new(Vec::new());
+        let mut w = Writer::new(&mut b);
+        let ty = match self {
+            Self::Enrolled(e) => {
+                w.short_bytes(e.zone.as_bytes(), 255, "zone")?;
+                w.bytes(&e.ca_public);
+                w.long_bytes(&e.ca_cert, MAX_CERT, "CA certificate")?;
+                w.long_bytes(&e.cert, MAX_CERT, "certificate")?;
+                w.long_bytes(&e.credential, credential::MAX_LEN, "credential")?;
+                0x81
+            }
+            Self::Refused { code, reason } => {
+                w.u16(*code as u16);
+                put_str(&mut w, reason, MAX_REASON);
+                0x82
+            }
+            Self::SessionInit(s) => {
+                w.u64(s.server_time);
+                w.long_bytes(&s.credential, credential::MAX_LEN, "credential")?;
+                put_count(&mut w, s.groups.len(), MAX_GROUPS, "group count")?;
+                for g in &s.groups {
+                    put_group_keys(&mut w, g)?;
+                }
+                put_serials(&mut w, &s.revoked)?;
+                0x83
+            }
+            Self::GroupKeys(g) => {
+                put_group_keys(&mut w, g)?;
+                0x84
+            }
+            Self::GeInfo(c) => {
+                w.long_bytes(c, credential::MAX_LEN, "credential")?;
+                0x85
+            }
+            Self::Revoked { ge, serials } => {
+                w.u32(ge.0);
+                put_serials(&mut w, serials)?;
+                0x86
+            }
+            Self::DirectoryChanged { name, entry } => {
+                w.short_bytes(name.as_bytes(), MAX_NAME_LEN, "GE name")?;
+                put_entry(&mut w, entry.as_ref())?;
+                0x87
+            }
+            Self::DirectoryAnswer(entry) => {
+                put_entry(&mut w, entry.as_ref())?;
+                0x88
+            }
+            Self::Ack => 0x89,
+        };
+        frame(ty, &b)
+    }
+
+    /// Decodes a body of type `ty`.
+    pub fn decode(ty: u8, body: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(body);
+        let m = match ty {
+            0x81 => Self::Enrolled(Enrolled {
+                zone: get_str(&mut r, 255, "zone")?,
+                ca_public: r.array("CA public key")?,
+                ca_cert: r.long_bytes(MAX_CERT, "CA certificate")?.to_vec(),
+                cert: r.long_bytes(MAX_CERT, "certificate")?.to_vec(),
+                credential: r.long_bytes(credential::MAX_LEN, "credential")?.to_vec(),
+            }),
+            0x82 => Self::Refused {
+                code: RefusalCode::from_u16(r.u16("refusal code")?),
+                reason: get_str(&mut r, MAX_REASON, "reason")?,
+            },
+            0x83 => {
+                let server_time = r.u64("server time")?;
+                let credential = r.long_bytes(credential::MAX_LEN, "credential")?.to_vec();
+                let n = get_count(&mut r, MAX_GROUPS, "group count")?;
+                let groups = (0..n)
+                    .map(|_| get_group_keys(&mut r))
+                    .collect::<Result<Vec<_>>>()?;
+                let revoked = get_serials(&mut r)?;
+                Self::SessionInit(SessionInit {
+                    server_time,
+                    credential,
+                    groups,
+                    revoked,
+                })
+            }
+            0x84 => Self::GroupKeys(get_group_keys(&mut r)?),
+            0x85 => Self::GeInfo(r.long_bytes(credential::MAX_LEN, "credential")?.to_vec()),
+            0x86 => Self::Revoked {
+                ge: GeId(r.u32("GE id")?),
+                serials: get_serials(&mut r)?,
+            },
+            0x87 => Self::DirectoryChanged {
+                name: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
+                entry: get_entry(&mut r)?,
+            },
+            0x88 => Self::DirectoryAnswer(get_entry(&mut r)?),
+            0x89 => Self::Ack,
+            t => return Err(Error::Protocol(format!("unknown server message type {t:#04x}"))),
+        };
+        r.finish("server message")?;
+        Ok(m)
+    }
+}
+
+fn put_count(w: &mut Writer<'_>, n: usize, max: usize, what: &'static str) -> Result<()> {
+    if n > max || n > usize::from(u8::MAX) {
+        return Err(fpn_proto::Error::TooLarge { what, len: n, max }.into());
+    }
+    w.u8(n as u8);
+    Ok(())
+}
+
+fn get_count(r: &mut Reader<'_>, max: usize, what: &'static str) -> Result<usize> {
+    let n = usize::from(r.u8(what)?);
+    if n > max {
+        return Err(fpn_proto::Error::TooLarge { what, len: n, max }.into());
+    }
+    Ok(n)
+}
+
+fn put_str(w: &mut Writer<'_>, s: &str, max: usize) {
+    // Truncate on a character boundary rather than fail: reasons are text for people.
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let _ = w.short_bytes(&s.as_bytes()[..end], max, "text");
+}
+
+fn get_str(r: &mut Reader<'_>, max: usize, what: &'static str) -> Result<String> {
+    let b = r.short_bytes(max, what)?;
+    Ok(std::str::from_utf8(b)
+        .map_err(|_| fpn_proto::Error::invalid(what, "not UTF-8"))?
+        .to_owned())
+}
+
+fn put_addrs(w: &mut Writer<'_>, addrs: &[SocketAddr]) -> Result<()> {
+    put_count(w, addrs.len(), MAX_ADDRS, "address count")?;
+    for a in addrs {
+        put_addr(w, a);
+    }
+    Ok(())
+}
+
+fn put_addr(w: &mut Writer<'_>, a: &SocketAddr) {
+    w.ip_addr(a.ip());
+    w.u16(a.port());
+}
+
+fn get_addr(r: &mut Reader<'_>) -> Result<SocketAddr> {
+    let ip = r.ip_addr("address")?;
+    Ok(SocketAddr::new(ip, r.u16("port")?))
+}
+
+fn get_addrs(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>> {
+    let n = get_count(r, MAX_ADDRS, "address count")?;
+    (0..n).map(|_| get_addr(r)).collect()
+}
+
+fn put_group_keys(w: &mut Writer<'_>, g: &GroupKeys) -> Result<()> {
+    w.u32(g.group.0);
+    put_count(w, g.keys.len(), MAX_KEYS_PER_GROUP, "key count")?;
+    for k in &g.keys {
+        w.u32(k.version.0);
+        w.u64(k.expires_at.unwrap_or(0));
+        w.bytes(k.key.expose_secret());
+    }
+    Ok(())
+}
+
+fn get_group_keys(r: &mut Reader<'_>) -> Result<GroupKeys> {
+    let group = GroupId(r.u32("group")?);
+    let n = get_count(r, MAX_KEYS_PER_GROUP, "key count")?;
+    let keys = (0..n)
+        .map(|_| {
+            let version = KeyVersion(r.u32("key version")?);
+            let exp = r.u64("key expiry")?;
+            let key = GroupKey::from_bytes(r.array("group key")?);
+            Ok(WireKey {
+                version,
+                expires_at: (exp != 0).then_some(exp),
+                key,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupKeys { group, keys })
+}
+
+fn put_serials(w: &mut Writer<'_>, s: &[u64]) -> Result<()> {
+    if s.len() > MAX_REVOKED {
+        return Err(fpn_proto::Error::TooLarge {
+            what: "revocation list",
+            len: s.len(),
+            max: MAX_REVOKED,
+        }
+        .into());
+    }
+    w.u16(s.len() as u16);
+    for x in s {
+        w.u64(*x);
+    }
+    Ok(())
+}
+
+fn get_serials(r: &mut Reader<'_>) -> Result<Vec<u64>> {
+    let n = usize::from(r.u16("revocation count")?);
+    if n > MAX_REVOKED {
+        return Err(fpn_proto::Error::TooLarge {
+            what: "revocation list",
+            len: n,
+            max: MAX_REVOKED,
+        }
+        .into());
+    }
+    // Check the length once so a lying count cannot make us allocate.
+    if r.remaining() < n * 8 {
+        return Err(fpn_proto::Error::Truncated {
+            what: "revocation list",
+            needed: n * 8,
+            available: r.remaining(),
+        }
+        .into());
+    }
+    (0..n).map(|_| Ok(r.u64("serial")?)).collect()
+}
+
+fn put_entry(w: &mut Writer<'_>, e: Option<&DirectoryEntry>) -> Result<()> {
+    let Some(e) = e else {
+        w.u8(0);
+        return Ok(());
+    };
+    w.u8(1);
+    w.long_bytes(&e.credential, credential::MAX_LEN, "credential")?;
+    w.u8(u8::from(e.online));
+    match &e.seen {
+        Some(a) => {
+            w.u8(1);
+            put_addr(w, a);
+        }
+        None => w.u8(0),
+    }
+    put_addrs(w, &e.reported)
+}
+
+fn get_entry(r: &mut Reader<'_>) -> Result<Option<DirectoryEntry>> {
+    match r.u8("entry present")? {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(fpn_proto::Error::invalid("entry present", "must be 0 or 1").into()),
+    }
+    let credential = r.long_bytes(credential::MAX_LEN, "credential")?.to_vec();
+    let online = match r.u8("online")? {
+        0 => false,
+        1 => true,
+        _ => return Err(fpn_proto::Error::invalid("online", "must be 0 or 1").into()),
+    };
+    let seen = match r.u8("seen present")? {
+        0 => None,
+        1 => Some(get_addr(r)?),
+        _ => return Err(fpn_proto::Error::invalid("seen present", "must be 0 or 1").into()),
+    };
+    Ok(Some(DirectoryEntry {
+        credential,
+        online,
+        seen,
+        reported: get_addrs(r)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(frame: &[u8]) -> (u8, &[u8]) {
+        let h: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let (ty, len) = parse_header(&h).unwrap();
+        assert_eq!(len, frame.len() - HEADER_LEN);
+        (ty, &frame[HEADER_LEN..])
+    }
+
+    fn server_samples() -> Vec<ServerMsg> {
+        let entry = DirectoryEntry {
+            credential: vec![1; 100],
+            online: true,
+            seen: Some("198.18.0.5:4000".parse().unwrap()),
+            reported: vec!["192.168.1.2:4433".parse().unwrap(), "[fd00::1]:1".parse().unwrap()],
+        };
+        let gk = GroupKeys {
+            group: GroupId(2),
+            keys: vec![
+                WireKey {
+                    version: KeyVersion(3),
+                    expires_at: None,
+                    key: GroupKey::from_bytes([9; 32]),
+                },
+                WireKey {
+                    version: KeyVersion(2),
+                    expires_at: Some(1000),
+                    key: GroupKey::from_bytes([8; 32]),
+                },
+            ],
+        };
+        vec![
+            ServerMsg::Enrolled(Enrolled {
+                zone: "home.fpn.".into(),
+                ca_public: [4; 32],
+                ca_cert: vec![5; 300],
+                cert: vec![6; 400],
+                credential: vec![7; 150],
+            }),
+            ServerMsg::Refused {
+                code: RefusalCode::TokenUsed,
+                reason: "enrollment token already used".into(),
+            },
+            ServerMsg::SessionInit(SessionInit {
+                server_time: 77,
+                credential: vec![7; 150],
+                groups: vec![gk.clone()],
+                revoked: vec![1, 2, 3],
+            }),
+            ServerMsg::GroupKeys(gk),
+            ServerMsg::GeInfo(vec![3; 150]),
+            ServerMsg::Revoked {
+                ge: GeId(4),
+                serials: vec![10, 11],
+            },
+            ServerMsg::DirectoryChanged {
+                name: "nas".into(),
+                entry: Some(entry.clone()),
+            },
+            ServerMsg::DirectoryChanged {
+                name: "nas".into(),
+                entry: None,
+            },
+            ServerMsg::DirectoryAnswer(Some(entry)),
+            ServerMsg::DirectoryAnswer(None),
+            ServerMsg::Ack,
+        ]
+    }
+
+    #[test]
+    fn server_messages_round_trip_and_truncations_fail() {
+        for m in server_samples() {
+            let f = m.encode().unwrap();
+            let (ty, body) = split(&f);
+            let back = ServerMsg::decode(ty, body).unwrap();
+            assert_eq!(back.encode().unwrap(), f, "{m:?}");
+            for len in 0..body.len() {
+                assert!(ServerMsg::decode(ty, &body[..len]).is_err(), "{m:?} at {len}");
+            }
+            let mut long = body.to_vec();
+            long.push(0);
+            assert!(ServerMsg::decode(ty, &long).is_err());
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip_and_truncations_fail() {
+        let msgs = [
+            ClientMsg::Enroll(EnrollRequest {
+                token_id: [1; 16],
+                secret: Zeroizing::new([2; 32]),
+                node_key: [3; 32],
+                proof: [4; 64],
+            }),
+            ClientMsg::Hello {
+                reported: vec!["10.0.0.1:4433".parse().unwrap()],
+            },
+            ClientMsg::ReportAddresses(vec![]),
+            ClientMsg::DirectoryQuery("laptop".into()),
+        ];
+        for m in msgs {
+            let f = m.encode().unwrap();
+            let (ty, body) = split(&f);
+            let back = ClientMsg::decode(ty, body).unwrap();
+            assert_eq!(back.encode().unwrap(), f);
+            for len in 0..body.len() {
+                assert!(ClientMsg::decode(ty, &body[..len]).is_err());
+            }
+        }
+        let dbg = format!(
+            "{:?}",
+            ClientMsg::Enroll(EnrollRequest {
+                token_id: [1; 16],
+                secret: Zeroizing::new([0xee; 32]),
+                node_key: [3; 32],
+                proof: [4; 64],
+            })
+        );
+        assert!(!dbg.contains("238") && !dbg.contains("eeee"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_headers_and_counts_are_refused() {
+        assert!(parse_header(&[2, 1, 0, 0, 0, 0]).is_err());
+        let big = (MAX_BODY as u32 + 1).to_be_bytes();
+        assert!(parse_header(&[1, 1, big[0], big[1], big[2], big[3]]).is_err());
+        assert!(ClientMsg::decode(0x7f, &[]).is_err());
+        assert!(ServerMsg::decode(0x01, &[]).is_err());
+        // 17 addresses is one too many.
+        assert!(ClientMsg::decode(0x02, &[17]).is_err());
+        // A revocation count that the body cannot hold.
+        assert!(ServerMsg::decode(0x86, &[0, 0, 0, 1, 0xff, 0xff]).is_err());
+        // Names are bounded.
+        let long = ClientMsg::DirectoryQuery("x".repeat(64));
+        assert!(long.encode().is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Enrollment, key delivery, rotation and the grace period against the real server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fpn_gms::admin::AdminRequest;
+use fpn_gms::client::Event;
+use fpn_proto::ge::GroupId;
+use fpn_proto::keys::KeyVersion;
+
+const G1: GroupId = GroupId(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_enroll_receive_keys_and_follow_a_rotation() {
+    let gms = Gms::start_new(&["--grace", "4s"]);
+    gms.ok(&["group", "add", "1", "--name", "home"]);
+    gms.ok(&["ge", "add", "laptop", "--kind", "ges", "--mode", "op", "--group", "1"]);
+    gms.ok(&["ge", "add", "nas", "--kind", "gea", "--mode", "cl", "--group", "1"]);
+
+    let a = enroll(&gms, "laptop").await;
+    let b = enroll(&gms, "nas").await;
+    let info = a.verified_credential(fpn_gms::now_unix()).unwrap().info;
+    assert_eq!(info.name, "laptop");
+    assert_eq!(info.groups, [G1].into());
+
+    let sa = connect(a, None).await;
+    let sb = connect(b, None).await;
+    let (va, ka) = sa.current_key(G1).unwrap();
+    let (vb, kb) = sb.current_key(G1).unwrap();
+    assert_eq!((va, vb), (KeyVersion(1), KeyVersion(1)));
+    assert!(ka.ct_eq(&kb), "both members hold the same group key");
+
+    // A rotation reaches both within a second.
+    let t0 = Instant::now();
+    gms.admin(AdminRequest::Rotate { group: Some(1) });
+    for s in [&sa, &sb] {
+        let left = Duration::from_secs(1).saturating_sub(t0.elapsed());
+        s.wait_for(left, |st| st.keys.current(G1).is_some_and(|(v, _)| v == KeyVersion(2)))
+            .await
+            .expect("new version within a second");
+    }
+    let (_, k2a) = sa.current_key(G1).unwrap();
+    assert!(k2a.ct_eq(&sb.current_key(G1).unwrap().1));
+    assert!(!k2a.ct_eq(&ka));
+
+    // The old version is still valid during the grace period...
+    assert!(sa.key(G1, KeyVersion(1)).unwrap().ct_eq(&ka));
+    assert!(sb.key(G1, KeyVersion(1)).is_some());
+    let keys = gms.admin(AdminRequest::Keys);
+    assert_eq!(keys[0]["versions"][1]["state"], "previous");
+    // ...and erased from nodes and store when it ends.
+    for s in [&sa, &sb] {
+        s.wait_for(WAIT, |st| st.keys.versions(G1) == vec![KeyVersion(2)])
+            .await
+            .expect("previous version erased after the grace");
+    }
+    let keys = gms.admin(AdminRequest::Keys);
+    assert_eq!(keys[0]["versions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_cache_is_private_and_serves_keys_while_the_gms_is_down() {
+    let mut gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "7", "--name", "office"]);
+    gms.ok(&["ge", "add", "pc", "--kind", "ges", "--mode", "op", "--group", "7"]);
+    let id = enroll(&gms, "pc").await;
+    let state = gms.tmp.path().join("node");
+    id.save(&state).unwrap();
+    assert_eq!(fpn_gms::fsutil::mode_of(&state.join("node.key")).unwrap(), 0o600);
+    let cache = state.join("keys");
+    let s = connect(fpn_gms::client::Identity::load(&state).unwrap(), Some(&cache)).await;
+    let (v, k) = s.current_key(GroupId(7)).unwrap();
+    drop(s);
+    assert_eq!(fpn_gms::fsutil::mode_of(&cache).unwrap(), 0o600);
+    assert_eq!(fpn_gms::fsutil::mode_of(&gms.data.join("ca.key")).unwrap(), 0o600);
+    assert_eq!(fpn_gms::fsutil::mode_of(&gms.data.join("admin.sock")).unwrap(), 0o600);
+
+    // With the GMS gone, a restarted node still has its keys from the cache.
+    gms.kill();
+    let id = fpn_gms::client::Identity::load(&state).unwrap();
+    let s = fpn_gms::client::Session::start(
+        id,
+        endpoint(),
+        fpn_gms::client::SessionConfig::with_cache(cache.clone()),
+    )
+    .unwrap();
+    let (v2, k2) = s.current_key(GroupId(7)).unwrap();
+    assert_eq!(v2, v);
+    assert!(k2.ct_eq(&k));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "1", "--name", "g"]);
+    gms.ok(&["ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1"]);
+    gms.ok(&["ge", "add", "b", "--kind", "gen", "--mode", "cl", "--group", "1"]);
+    let a = enroll(&gms, "a").await;
+    let b = enroll(&gms, "b").await;
+    let mut sa = connect(a, None).await;
+    let sb = connect(b, None).await;
+    let reported: std::net::SocketAddr = "192.168.1.20:4433".parse().unwrap();
+    sb.report_addresses(vec![reported]).await.unwrap();
+
+    let e = sa.query("b").await.unwrap().expect("b is known");
+    assert!(e.online);
+    assert_eq!(e.seen.unwrap().ip().to_string(), "127.0.0.1");
+    assert_eq!(e.reported, vec![reported]);
+    let cred = fpn_proto::credential::UnverifiedCredential::decode(&e.credential).unwrap();
+    assert_eq!(cred.claimed_ge(), fpn_proto::ge::GeId(2));
+    assert!(sa.query("nobody").await.unwrap().is_none());
+
+    // a asked about b, so a hears when b's addresses change.
+    let moved: std::net::SocketAddr = "10.1.2.3:4433".parse().unwrap();
+    sb.report_addresses(vec![moved]).await.unwrap();
+    let ev = next_matching(&mut sa, |e| matches!(e, Event::DirectoryChanged { .. })).await;
+    let Event::DirectoryChanged { name, entry } = ev else { unreachable!() };
+    assert_eq!(name, "b");
+    assert_eq!(entry.unwrap().reported, vec![moved]);
+    let show = gms.json(&["ge", "show", "b"]);
+    assert_eq!(show["reported"][0], "10.1.2.3:4433");
+    assert_eq!(show["online"], true);
+}
