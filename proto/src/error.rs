@@ -156,6 +156,17 @@ pub enum Error {
         /// The key version.
         version: u32,
     },
+    /// A negotiation was answered by another GE than the directory names.
+    #[error("expected GE {expected} to answer, GE {found} did")]
+    UnexpectedPeer {
+        /// The GE the directory names for the destination.
+        expected: u32,
+        /// The GE that answered.
+        found: u32,
+    },
+    /// A bounded table is full; the input was dropped.
+    #[error("{0} table is full")]
+    TableFull(&'static str),
     /// The address does not belong to a GE this machine knows.
     #[error("no route to {0}")]
     NoRoute(IpAddr),

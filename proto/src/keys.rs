@@ -211,8 +211,14 @@ fn expand_prk(prk: &hkdf::Prk, label: &[u8]) -> [u8; KEY_LEN] {
 }
 
 /// A GE's Ed25519 signing key (the key its certificate and credential name).
+///
+/// It also holds the same secret scalar as an X25519 static key (the
+/// birational map of RFC 7748 / libsodium's `ed25519_sk_to_curve25519`), so
+/// two GEs that know each other's certified node keys share a static secret
+/// ([`NodeKey::static_agreement`]) without a second certificate.
 pub struct NodeKey {
     pair: signature::Ed25519KeyPair,
+    dh: x25519_dalek::StaticSecret,
 }
 
 impl NodeKey {
@@ -220,21 +226,56 @@ impl NodeKey {
     pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
         let pair = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|_| Error::InvalidKey("not an Ed25519 PKCS#8 key"))?;
-        Ok(Self { pair })
+        let seed = Zeroizing::new(
+            pkcs8_ed25519_seed(der).ok_or(Error::InvalidKey("unexpected Ed25519 PKCS#8 layout"))?,
+        );
+        let key = Self::from_seed(&seed);
+        // The seed was cut out of the DER by position: prove it is the key ring parsed.
+        if key.public() != Self::public_of(&pair) {
+            return Err(Error::InvalidKey(
+                "PKCS#8 seed does not match its public key",
+            ));
+        }
+        Ok(key)
     }
 
     /// Derives a key from a 32-byte seed (tests, the simulation and benchmarks).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed)
             .expect("any 32 bytes are an Ed25519 seed");
-        Self { pair }
+        // RFC 8032: the secret scalar is the (clamped) first half of SHA-512(seed);
+        // X25519 clamps the same way, so this is the node key's scalar.
+        let h = ring::digest::digest(&ring::digest::SHA512, seed);
+        let mut scalar = Zeroizing::new([0u8; 32]);
+        scalar.copy_from_slice(&h.as_ref()[..32]);
+        let dh = x25519_dalek::StaticSecret::from(*scalar);
+        Self { pair, dh }
+    }
+
+    /// X25519 between this node's key and another GE's Ed25519 node key (from
+    /// its verified credential). Both sides get the same 32 bytes; nobody
+    /// without one of the two secret keys can compute them.
+    pub fn static_agreement(&self, peer: &[u8; PUBLIC_KEY_LEN]) -> Result<Zeroizing<[u8; 32]>> {
+        let point = curve25519_dalek::edwards::CompressedEdwardsY(*peer)
+            .decompress()
+            .ok_or(Error::InvalidKey("node key is not a curve point"))?;
+        let peer = x25519_dalek::PublicKey::from(point.to_montgomery().to_bytes());
+        let shared = self.dh.diffie_hellman(&peer);
+        if !shared.was_contributory() {
+            return Err(Error::InvalidKey("node key of low order"));
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
+
+    fn public_of(pair: &signature::Ed25519KeyPair) -> [u8; PUBLIC_KEY_LEN] {
+        let mut out = [0u8; PUBLIC_KEY_LEN];
+        out.copy_from_slice(signature::KeyPair::public_key(pair).as_ref());
+        out
     }
 
     /// The public half.
     pub fn public(&self) -> [u8; PUBLIC_KEY_LEN] {
-        let mut out = [0u8; PUBLIC_KEY_LEN];
-        out.copy_from_slice(signature::KeyPair::public_key(&self.pair).as_ref());
-        out
+        Self::public_of(&self.pair)
     }
 
     /// Signs `msg` (Ed25519 is deterministic: no randomness needed).
@@ -251,6 +292,21 @@ impl fmt::Debug for NodeKey {
             .field("public", &HexShort(&self.public()))
             .finish()
     }
+}
+
+/// The seed of an RFC 8410 Ed25519 PKCS#8 document (v1 or v2, which ring
+/// accepts): `30 L 02 01 0v 30 05 06 03 2b 65 70 04 22 04 20 <seed>`.
+fn pkcs8_ed25519_seed(der: &[u8]) -> Option<[u8; 32]> {
+    const PREFIX: [u8; 11] = [
+        0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    let ok = der.len() >= 48
+        && der[0] == 0x30
+        && der[1] < 0x80
+        && der[2..4] == [0x02, 0x01]
+        && der[4] <= 1
+        && der[5..16] == PREFIX;
+    ok.then(|| der[16..48].try_into().expect("32 bytes"))
 }
 
 /// Verifies an Ed25519 signature by `public` over `msg`.
@@ -352,6 +408,25 @@ mod tests {
         assert!(verify_signature(&k.public(), b"hellO", &sig, "test").is_err());
         let other = NodeKey::from_seed(&[8; 32]);
         assert!(verify_signature(&other.public(), b"hello", &sig, "test").is_err());
+    }
+
+    #[test]
+    fn static_agreement_is_symmetric_and_pkcs8_matches_seed() {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let a = NodeKey::from_pkcs8(doc.as_ref()).unwrap();
+        let b = NodeKey::from_seed(&[4; 32]);
+        let c = NodeKey::from_seed(&[5; 32]);
+        let ab = a.static_agreement(&b.public()).unwrap();
+        assert_eq!(*ab, *b.static_agreement(&a.public()).unwrap());
+        assert_ne!(*ab, *c.static_agreement(&a.public()).unwrap());
+        // The identity point (all zero but y = 1) is of low order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(b.static_agreement(&identity).is_err());
+        let mut bad = doc.as_ref().to_vec();
+        bad[5] ^= 1;
+        assert!(NodeKey::from_pkcs8(&bad).is_err());
     }
 
     #[test]

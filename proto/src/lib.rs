@@ -12,6 +12,12 @@
 //! - [`credential`]: the compact, CA-signed GE credential carried in DPRP.
 //! - [`flow`]: the flow identifier (CID).
 //! - [`action`]: what a GE does with a flow (protect, relay, pass, drop).
+//! - [`decision`]: the decision rules, a pure function from a flow's path to
+//!   each GE's action.
+//! - [`dprp`]: the per-flow negotiation (DDE, RGI, MPIT, CDN): codec and
+//!   sans-IO state machines, one [`dprp::Endpoint`] per GE.
+//! - [`sim`]: an in-memory network of GEs with a virtual clock, loss,
+//!   duplication and reordering, driving the real DPRP machines.
 //! - [`wire`]: bounds-checked reader/writer helpers for the binary codecs.
 //! - [`packet`]: checked in-place views over IPv4/IPv6 TCP, UDP and ICMP
 //!   packets: header access, rewrites with checksum updates, MSS clamping.
@@ -22,6 +28,8 @@
 
 pub mod action;
 pub mod credential;
+pub mod decision;
+pub mod dprp;
 pub mod error;
 pub mod flow;
 pub mod ge;
@@ -29,6 +37,7 @@ pub mod keys;
 pub mod packet;
 pub mod pccom;
 pub mod pit;
+pub mod sim;
 pub mod wire;
 
 pub use error::Error;

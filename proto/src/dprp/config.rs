@@ -1,0 +1,252 @@
+//! Configuration of a DPRP [`Endpoint`](super::Endpoint): identity, what the
+//! GE protects, timers, limits, and the group keyring.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::credential::Credential;
+use crate::ge::GroupId;
+use crate::keys::{GroupKey, KeyVersion, NodeKey, PUBLIC_KEY_LEN};
+use crate::{Error, Result};
+
+/// Everything an endpoint needs that does not change per negotiation.
+#[derive(Debug)]
+pub struct Config {
+    /// This GE's node key (its credential names the public half).
+    pub node_key: NodeKey,
+    /// This GE's credential, issued by the GMS CA.
+    pub credential: Credential,
+    /// The GMS CA's Ed25519 public key; every peer credential must verify under it.
+    pub ca_public: [u8; PUBLIC_KEY_LEN],
+    /// The addresses this GE is the end GE for: its own address (GES), or the
+    /// subnet of terminals behind it (GEN/GEA). A DDE to one of them is
+    /// answered; a gateway passes every other DDE on.
+    pub protected: Vec<Prefix>,
+    /// Retransmission and expiry timers.
+    pub timing: Timing,
+    /// Table and queue bounds.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A configuration with default timing and limits.
+    pub fn new(
+        node_key: NodeKey,
+        credential: Credential,
+        ca_public: [u8; PUBLIC_KEY_LEN],
+        protected: Vec<Prefix>,
+    ) -> Self {
+        Self {
+            node_key,
+            credential,
+            ca_public,
+            protected,
+            timing: Timing::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Retransmission and expiry timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// First retransmission of a DDE or MPIT without an answer.
+    pub initial_rto: Duration,
+    /// The backoff doubles up to this.
+    pub max_rto: Duration,
+    /// A negotiation that has not finished by then fails with `Timeout`.
+    pub negotiation_timeout: Duration,
+    /// How long a finished negotiation is kept to answer retransmissions.
+    pub linger: Duration,
+    /// How long a failed flow stays a negative entry (its packets are dropped at once).
+    pub negative_ttl: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            initial_rto: Duration::from_millis(250),
+            max_rto: Duration::from_secs(2),
+            negotiation_timeout: Duration::from_secs(6),
+            linger: Duration::from_secs(6),
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Table and queue bounds. Every table an outsider can fill has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Negotiations of all kinds (initiator, responder, gateway) at once.
+    pub max_negotiations: usize,
+    /// Packets held per flow while its negotiation runs.
+    pub hold_per_flow: usize,
+    /// Bytes held over all flows.
+    pub hold_total_bytes: usize,
+    /// Verified peer credentials and pair keys kept.
+    pub peer_cache: usize,
+    /// Negative entries kept.
+    pub max_negative: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_negotiations: 4096,
+            hold_per_flow: 32,
+            hold_total_bytes: 4 << 20,
+            peer_cache: 1024,
+            max_negative: 4096,
+        }
+    }
+}
+
+/// An address prefix (`addr/len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    /// A prefix; `len` must not exceed the address width.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(Error::invalid("prefix length", "longer than the address"));
+        }
+        Ok(Self { addr, len })
+    }
+
+    /// The prefix holding exactly one address.
+    pub fn host(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, len }
+    }
+
+    /// True when `ip` lies in the prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+            IpAddr::V6(v) => (u128::from(v), 128u32),
+        };
+        let ((net, w1), (ip, w2)) = (bits(self.addr), bits(ip));
+        if w1 != w2 {
+            return false;
+        }
+        let len = u32::from(self.len);
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        net & mask == ip & mask
+    }
+}
+
+/// The group keys a GE holds: the current and the previous version of each
+/// group (the previous one stays valid through a rotation's grace period).
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    groups: BTreeMap<GroupId, Versions>,
+}
+
+#[derive(Debug, Clone)]
+struct Versions {
+    current: (KeyVersion, GroupKey),
+    previous: Option<(KeyVersion, GroupKey)>,
+}
+
+impl Keyring {
+    /// Adds a key version. A newer version becomes current and the old
+    /// current becomes previous; an older one can only fill the previous slot.
+    pub fn insert(&mut self, group: GroupId, version: KeyVersion, key: GroupKey) {
+        match self.groups.get_mut(&group) {
+            None => {
+                self.groups.insert(
+                    group,
+                    Versions {
+                        current: (version, key),
+                        previous: None,
+                    },
+                );
+            }
+            Some(v) if version > v.current.0 => {
+                let old = std::mem::replace(&mut v.current, (version, key));
+                v.previous = Some(old);
+            }
+            Some(v) if version == v.current.0 => v.current.1 = key,
+            Some(v) => {
+                if v.previous.as_ref().is_none_or(|p| version >= p.0) {
+                    v.previous = Some((version, key));
+                }
+            }
+        }
+    }
+
+    /// Forgets a group (the GE left it).
+    pub fn remove(&mut self, group: GroupId) {
+        self.groups.remove(&group);
+    }
+
+    /// Forgets the previous version of a group (its grace period ended).
+    pub fn retire_previous(&mut self, group: GroupId) {
+        if let Some(v) = self.groups.get_mut(&group) {
+            v.previous = None;
+        }
+    }
+
+    /// The key of `group` at `version`, if held.
+    pub fn get(&self, group: GroupId, version: KeyVersion) -> Option<&GroupKey> {
+        let v = self.groups.get(&group)?;
+        if v.current.0 == version {
+            return Some(&v.current.1);
+        }
+        v.previous.as_ref().filter(|p| p.0 == version).map(|p| &p.1)
+    }
+
+    /// The current version of `group`, if held.
+    pub fn current(&self, group: GroupId) -> Option<KeyVersion> {
+        self.groups.get(&group).map(|v| v.current.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_by_family_and_mask() {
+        let p = Prefix::new("192.168.1.0".parse().unwrap(), 24).unwrap();
+        assert!(p.contains("192.168.1.77".parse().unwrap()));
+        assert!(!p.contains("192.168.2.1".parse().unwrap()));
+        assert!(!p.contains("::1".parse().unwrap()));
+        let h = Prefix::host("fd00::5".parse().unwrap());
+        assert!(h.contains("fd00::5".parse().unwrap()));
+        assert!(!h.contains("fd00::6".parse().unwrap()));
+        assert!(Prefix::new("10.0.0.0".parse().unwrap(), 33).is_err());
+        let all = Prefix::new("0.0.0.0".parse().unwrap(), 0).unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn keyring_keeps_current_and_previous() {
+        let mut k = Keyring::default();
+        let g = GroupId(1);
+        k.insert(g, KeyVersion(1), GroupKey::from_bytes([1; 32]));
+        k.insert(g, KeyVersion(2), GroupKey::from_bytes([2; 32]));
+        assert_eq!(k.current(g), Some(KeyVersion(2)));
+        assert!(k.get(g, KeyVersion(1)).is_some());
+        k.insert(g, KeyVersion(3), GroupKey::from_bytes([3; 32]));
+        assert!(k.get(g, KeyVersion(1)).is_none());
+        assert!(k.get(g, KeyVersion(2)).is_some());
+        // An older version than the previous one does not displace it.
+        k.insert(g, KeyVersion(1), GroupKey::from_bytes([1; 32]));
+        assert!(k.get(g, KeyVersion(2)).is_some());
+        k.retire_previous(g);
+        assert!(k.get(g, KeyVersion(2)).is_none());
+        k.remove(g);
+        assert_eq!(k.current(g), None);
+    }
+}

@@ -1,0 +1,646 @@
+//! [`Endpoint`]: all DPRP negotiations of one GE, the packets held for them,
+//! and the negative entries of flows whose negotiation failed.
+//!
+//! After every `handle_*` call, drain [`Endpoint::poll_transmit`] and
+//! [`Endpoint::poll_event`], then wake the endpoint at
+//! [`Endpoint::poll_timeout`] with [`Endpoint::handle_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use ring::hkdf;
+
+use crate::credential::Credential;
+use crate::dprp::config::{Config, Keyring, Prefix};
+use crate::dprp::gateway::Transit;
+use crate::dprp::initiator::{Initiator, Outcome, Start};
+use crate::dprp::msg::{CredentialBytes, Dde, Message, NegotiationId};
+use crate::dprp::peers::{CacheStats, Peers};
+use crate::dprp::responder::{Responder, own_claims};
+use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
+use crate::flow::FlowId;
+use crate::ge::{GeId, GroupId};
+use crate::keys::{GroupKey, KeyVersion};
+use crate::{Error, Result};
+
+/// What happened to a packet given to [`Endpoint::handle_packet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Held until the flow's negotiation ends (then released or dropped).
+    Held,
+    /// Dropped at once.
+    Dropped(DropCause),
+    /// Both ends of the flow are behind this GE: no negotiation is needed.
+    Local,
+}
+
+/// Why a packet was dropped without being held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropCause {
+    /// The flow failed recently (a negative entry) for this reason.
+    Negative(FailReason),
+    /// The flow's hold queue, or the hold budget of all flows, is full.
+    QueueFull,
+    /// The negotiation table is full.
+    Busy,
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Negotiations this GE started.
+    pub started: u64,
+    /// Entries installed (any position).
+    pub established: u64,
+    /// Negotiations this GE started that failed.
+    pub failed: u64,
+    /// Packets dropped because a hold queue was full.
+    pub hold_overflow: u64,
+    /// Packets dropped because of a negative entry.
+    pub negative_drops: u64,
+    /// Packets or DDEs dropped because the negotiation table was full.
+    pub busy_drops: u64,
+    /// Held packets dropped when their negotiation failed.
+    pub failed_drops: u64,
+    /// Credential and pair-key cache counters.
+    pub cache: CacheStats,
+}
+
+/// Everything a machine may touch besides itself.
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a Config,
+    pub(crate) own_bytes: &'a CredentialBytes,
+    pub(crate) keys: &'a Keyring,
+    pub(crate) peers: &'a mut Peers,
+    pub(crate) unix_now: u64,
+    pub(crate) out: &'a mut VecDeque<Transmit>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn send(&mut self, dst: SocketAddr, payload: Vec<u8>) {
+        self.out.push_back(Transmit { dst, payload });
+    }
+
+    pub(crate) fn own(&self) -> &Credential {
+        &self.cfg.credential
+    }
+
+    /// Verifies a peer credential (cached) against the CA, validity and revocations.
+    pub(crate) fn verify(&mut self, bytes: &CredentialBytes) -> Result<Credential> {
+        self.peers.verify(bytes, &self.cfg.ca_public, self.unix_now)
+    }
+}
+
+enum Machine {
+    Initiator(Box<Initiator>),
+    Responder(Box<Responder>),
+    Transit(Box<Transit>),
+}
+
+impl Machine {
+    fn next_timeout(&self) -> Option<(Instant, Timer)> {
+        match self {
+            Self::Initiator(m) => m.next_timeout(),
+            Self::Responder(m) => m.next_timeout(),
+            Self::Transit(m) => m.next_timeout(),
+        }
+    }
+
+    fn is_finished(&self, now: Instant) -> bool {
+        match self {
+            Self::Initiator(m) => m.is_finished(now),
+            Self::Responder(m) => m.is_finished(now),
+            Self::Transit(m) => m.is_finished(now),
+        }
+    }
+}
+
+/// Deterministic randomness from the seed: HKDF-expand with a counter.
+struct Rng {
+    prk: hkdf::Prk,
+    counter: u64,
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl Rng {
+    fn fill(&mut self, out: &mut [u8]) {
+        let c = self.counter.to_be_bytes();
+        self.counter += 1;
+        self.prk
+            .expand(&[b"fpn v1 dprp rng", &c], Len(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .expect("requests stay far below the HKDF output limit");
+    }
+}
+
+/// The DPRP manager of one GE. See the [module docs](crate::dprp).
+pub struct Endpoint {
+    cfg: Config,
+    own_bytes: CredentialBytes,
+    keys: Keyring,
+    peers: Peers,
+    directory: Vec<(Prefix, GeId)>,
+    clock: (Instant, u64),
+    rng: Rng,
+    machines: BTreeMap<NegotiationId, Machine>,
+    flows: BTreeMap<FlowId, NegotiationId>,
+    held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
+    held_bytes: usize,
+    negative: BTreeMap<FlowId, (FailReason, Instant)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Endpoint {
+    /// Creates the endpoint. `seed` must be fresh random bytes on every start
+    /// (ephemeral keys, nonces and negotiation ids come from it); `unix_now`
+    /// is the wall-clock time at `now`, for credential validity.
+    pub fn new(cfg: Config, seed: [u8; 32], unix_now: u64, now: Instant) -> Result<Self> {
+        if cfg.credential.node_key != cfg.node_key.public() {
+            return Err(Error::InvalidKey("the credential names another node key"));
+        }
+        let own_bytes = CredentialBytes::from_credential(&cfg.credential)?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
+        let peers = Peers::new(cfg.limits.peer_cache);
+        Ok(Self {
+            cfg,
+            own_bytes,
+            keys: Keyring::default(),
+            peers,
+            directory: Vec::new(),
+            clock: (now, unix_now),
+            rng: Rng { prk, counter: 0 },
+            machines: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            negative: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// This GE's id.
+    pub fn ge(&self) -> GeId {
+        self.cfg.credential.info.id
+    }
+
+    /// Adds a group key version (see [`Keyring::insert`]).
+    pub fn set_group_key(&mut self, group: GroupId, version: KeyVersion, key: GroupKey) {
+        self.keys.insert(group, version, key);
+    }
+
+    /// Forgets a group's keys.
+    pub fn remove_group(&mut self, group: GroupId) {
+        self.keys.remove(group);
+    }
+
+    /// Forgets a group's previous key version (end of the rotation grace period).
+    pub fn retire_previous_key(&mut self, group: GroupId) {
+        self.keys.retire_previous(group);
+    }
+
+    /// Refuses a GE from now on (its credential is revoked).
+    pub fn revoke_ge(&mut self, ge: GeId) {
+        self.peers.revoke_ge(ge);
+    }
+
+    /// Refuses a credential serial from now on.
+    pub fn revoke_serial(&mut self, serial: u64) {
+        self.peers.revoke_serial(serial);
+    }
+
+    /// Sets which GE protects which addresses (from the GMS directory). A
+    /// negotiation for a destination covered here fails unless that GE answers.
+    pub fn set_directory(&mut self, entries: Vec<(Prefix, GeId)>) {
+        self.directory = entries;
+    }
+
+    /// Re-anchors wall-clock time (after an NTP step or a suspend).
+    pub fn handle_wall_clock(&mut self, unix_now: u64, now: Instant) {
+        self.clock = (now, unix_now);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            cache: self.peers.stats,
+            ..self.stats
+        }
+    }
+
+    /// Negotiations in progress or lingering.
+    pub fn negotiations(&self) -> usize {
+        self.machines.len()
+    }
+
+    /// Packets held over all flows.
+    pub fn held_packets(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
+    }
+
+    /// The first packet (or a later one) of a flow without a PIT entry: holds
+    /// it and starts a negotiation unless one is running.
+    pub fn handle_packet(
+        &mut self,
+        flow: FlowId,
+        packet: Vec<u8>,
+        now: Instant,
+    ) -> Result<Verdict> {
+        if let Some(cause) = self.check_negative(&flow, now) {
+            return Ok(Verdict::Dropped(cause));
+        }
+        if !self.protects(flow.src) {
+            return Err(Error::invalid("flow source", "not protected by this GE"));
+        }
+        if self.protects(flow.dst) {
+            return Ok(Verdict::Local);
+        }
+        let running = self.flows.contains_key(&flow) || self.flows.contains_key(&flow.reversed());
+        if !running {
+            match self.begin(flow, Vec::new(), now) {
+                Ok(_) => {}
+                Err(Error::TableFull(_)) => return Ok(Verdict::Dropped(DropCause::Busy)),
+                Err(e) => return Err(e),
+            }
+        } else if !self.flows.contains_key(&flow) {
+            // The reverse direction is being negotiated: attach to it.
+            let id = self.flows[&flow.reversed()];
+            self.flows.insert(flow, id);
+        }
+        Ok(self.hold(flow, packet))
+    }
+
+    /// Starts a negotiation without a packet (e.g. to carry a binding update
+    /// or NAT-f option). Fails if one is running for the flow.
+    pub fn initiate(
+        &mut self,
+        flow: FlowId,
+        options: Vec<DprpOption>,
+        now: Instant,
+    ) -> Result<NegotiationId> {
+        if self.flows.contains_key(&flow) {
+            return Err(Error::UnexpectedMessage(
+                "a negotiation for this flow is running",
+            ));
+        }
+        if !self.protects(flow.src) {
+            return Err(Error::invalid("flow source", "not protected by this GE"));
+        }
+        self.negative.remove(&flow);
+        self.begin(flow, options, now)
+    }
+
+    /// A DPRP datagram from the underlay address `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<()> {
+        let msg = Message::decode(datagram)?;
+        let id = msg.id();
+        let unix_now = self.unix_now(now);
+        if let Message::Dde(dde) = msg {
+            return self.on_dde(from, dde, datagram, now);
+        }
+        let Some(machine) = self.machines.get_mut(&id) else {
+            return Err(Error::UnknownNegotiation);
+        };
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            own_bytes: &self.own_bytes,
+            keys: &self.keys,
+            peers: &mut self.peers,
+            unix_now,
+            out: &mut self.transmits,
+        };
+        let outcome = match (machine, msg) {
+            (Machine::Initiator(m), Message::Rgi(r)) => {
+                m.handle_rgi(&mut ctx, from, r, datagram, now)?
+            }
+            (Machine::Initiator(m), Message::Cdn(c)) => m.handle_cdn(&mut ctx, c, now)?,
+            (Machine::Initiator(m), Message::Nak(n)) => m.handle_nak(&mut ctx, n, now)?,
+            (Machine::Responder(m), Message::Mpit(p)) => m
+                .handle_mpit(&mut ctx, from, p, datagram, now)?
+                .map(Outcome::Established),
+            (Machine::Transit(m), Message::Rgi(r)) => {
+                m.handle_rgi(&mut ctx, from, r, datagram)?;
+                None
+            }
+            (Machine::Transit(m), Message::Mpit(p)) => {
+                m.handle_mpit(&mut ctx, p, datagram)?;
+                None
+            }
+            (Machine::Transit(m), Message::Cdn(c)) => m
+                .handle_cdn(&mut ctx, c, datagram, now)?
+                .map(Outcome::Established),
+            (Machine::Transit(m), Message::Nak(_)) => {
+                m.handle_nak(&mut ctx, datagram);
+                None
+            }
+            _ => {
+                return Err(Error::UnexpectedMessage(
+                    "message type does not fit this GE's part",
+                ));
+            }
+        };
+        if let Some(o) = outcome {
+            self.apply(id, o, now);
+        }
+        Ok(())
+    }
+
+    /// Wakes the endpoint: retransmissions, deadlines, expiries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let unix_now = self.unix_now(now);
+        let due: Vec<NegotiationId> = self
+            .machines
+            .iter()
+            .filter(|(_, m)| m.next_timeout().is_some_and(|(t, _)| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let mut outcome = None;
+            if let Some(Machine::Initiator(m)) = self.machines.get_mut(&id) {
+                let mut ctx = Ctx {
+                    cfg: &self.cfg,
+                    own_bytes: &self.own_bytes,
+                    keys: &self.keys,
+                    peers: &mut self.peers,
+                    unix_now,
+                    out: &mut self.transmits,
+                };
+                outcome = m.handle_timeout(&mut ctx, now);
+            }
+            if let Some(o) = outcome {
+                self.apply(id, o, now);
+            }
+            if self.machines.get(&id).is_some_and(|m| m.is_finished(now)) {
+                self.remove(id, now);
+            }
+        }
+        self.negative.retain(|_, (_, exp)| *exp > now);
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Endpoint::handle_timeout`] next, and for which timer.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        let machines = self.machines.values().filter_map(Machine::next_timeout);
+        let negatives = self
+            .negative
+            .values()
+            .map(|(_, t)| (*t, Timer::NegativeExpiry));
+        machines.chain(negatives).min()
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    fn protects(&self, ip: IpAddr) -> bool {
+        self.cfg.protected.iter().any(|p| p.contains(ip))
+    }
+
+    fn check_negative(&mut self, flow: &FlowId, now: Instant) -> Option<DropCause> {
+        match self.negative.get(flow) {
+            Some((reason, exp)) if *exp > now => {
+                self.stats.negative_drops += 1;
+                Some(DropCause::Negative(reason.clone()))
+            }
+            Some(_) => {
+                self.negative.remove(flow);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn begin(
+        &mut self,
+        flow: FlowId,
+        options: Vec<DprpOption>,
+        now: Instant,
+    ) -> Result<NegotiationId> {
+        if self.machines.len() >= self.cfg.limits.max_negotiations {
+            self.stats.busy_drops += 1;
+            return Err(Error::TableFull("negotiations"));
+        }
+        let mut r = [0u8; 56];
+        let id = loop {
+            self.rng.fill(&mut r);
+            let id = NegotiationId(u64::from_be_bytes(r[48..].try_into().expect("8 bytes")));
+            if !self.machines.contains_key(&id) {
+                break id;
+            }
+        };
+        let expected_peer = self
+            .directory
+            .iter()
+            .filter(|(p, _)| p.contains(flow.dst))
+            .max_by_key(|(p, _)| *p)
+            .map(|(_, ge)| *ge);
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            own_bytes: &self.own_bytes,
+            keys: &self.keys,
+            peers: &mut self.peers,
+            unix_now: self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs(),
+            out: &mut self.transmits,
+        };
+        let start = Start {
+            id,
+            flow,
+            options,
+            secret: r[..32].try_into().expect("32 bytes"),
+            nonce: r[32..48].try_into().expect("16 bytes"),
+            claims: own_claims(&ctx),
+            expected_peer,
+        };
+        r.fill(0);
+        let m = Initiator::start(&mut ctx, start, now)?;
+        tracing::debug!(%id, %flow, "negotiation started");
+        self.machines.insert(id, Machine::Initiator(Box::new(m)));
+        self.flows.insert(flow, id);
+        self.stats.started += 1;
+        Ok(id)
+    }
+
+    fn hold(&mut self, flow: FlowId, packet: Vec<u8>) -> Verdict {
+        let q = self.held.entry(flow).or_default();
+        if q.len() >= self.cfg.limits.hold_per_flow
+            || self.held_bytes + packet.len() > self.cfg.limits.hold_total_bytes
+        {
+            self.stats.hold_overflow += 1;
+            return Verdict::Dropped(DropCause::QueueFull);
+        }
+        self.held_bytes += packet.len();
+        q.push_back(packet);
+        Verdict::Held
+    }
+
+    fn take_held(&mut self, flow: &FlowId) -> Vec<Vec<u8>> {
+        let q: Vec<Vec<u8>> = self.held.remove(flow).map(Vec::from).unwrap_or_default();
+        self.held_bytes -= q.iter().map(Vec::len).sum::<usize>();
+        q
+    }
+
+    fn on_dde(&mut self, from: SocketAddr, dde: Dde, raw: &[u8], now: Instant) -> Result<()> {
+        let unix_now = self.unix_now(now);
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            own_bytes: &self.own_bytes,
+            keys: &self.keys,
+            peers: &mut self.peers,
+            unix_now,
+            out: &mut self.transmits,
+        };
+        match self.machines.get(&dde.id) {
+            Some(Machine::Responder(m)) => return m.handle_dde_again(&mut ctx, from, raw),
+            Some(Machine::Transit(m)) => return m.handle_dde_again(&mut ctx, raw),
+            Some(Machine::Initiator(_)) => {
+                return Err(Error::invalid("DDE", "loops back to its initiator"));
+            }
+            None => {}
+        }
+        if self.machines.len() >= self.cfg.limits.max_negotiations {
+            self.stats.busy_drops += 1;
+            return Err(Error::TableFull("negotiations"));
+        }
+        let is_end = self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
+        if !is_end {
+            if !ctx.own().info.kind.is_gateway() {
+                return Err(Error::invalid("DDE", "destination is not behind this GE"));
+            }
+            let m = Transit::start(&mut ctx, from, dde, raw, now)?;
+            self.machines.insert(m.id, Machine::Transit(Box::new(m)));
+            return Ok(());
+        }
+        // Simultaneous open: both ends started a negotiation for the same
+        // connection. The lower GE id keeps its own; the other answers.
+        let mine = [dde.flow, dde.flow.reversed()]
+            .into_iter()
+            .find_map(|f| self.flows.get(&f).map(|id| (f, *id)))
+            .filter(|(_, id)| matches!(self.machines.get(id), Some(Machine::Initiator(_))));
+        if let Some((_, own_id)) = mine {
+            let theirs = ctx.verify(&dde.credential)?.info.id;
+            if ctx.own().info.id < theirs {
+                return Err(Error::UnexpectedMessage(
+                    "simultaneous open: this GE's negotiation wins",
+                ));
+            }
+            tracing::debug!(id = %own_id, "simultaneous open: yielding to the peer's negotiation");
+            self.machines.remove(&own_id);
+        }
+        let mut secret = [0u8; 32];
+        self.rng.fill(&mut secret);
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            own_bytes: &self.own_bytes,
+            keys: &self.keys,
+            peers: &mut self.peers,
+            unix_now,
+            out: &mut self.transmits,
+        };
+        let (id, flow) = (dde.id, dde.flow);
+        let m = Responder::start(&mut ctx, from, dde, raw, secret, now);
+        secret.fill(0);
+        let m = m?;
+        self.machines.insert(id, Machine::Responder(Box::new(m)));
+        for f in [flow, flow.reversed()] {
+            if self.held.contains_key(&f) || self.flows.contains_key(&f) {
+                self.flows.insert(f, id);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, id: NegotiationId, outcome: Outcome, now: Instant) {
+        let flows: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, n)| **n == id)
+            .map(|(f, _)| *f)
+            .collect();
+        match outcome {
+            Outcome::Established(e) => {
+                self.stats.established += 1;
+                let flow = e.flow;
+                self.events.push_back(Event::Established(e));
+                for f in [flow, flow.reversed()] {
+                    if flows.contains(&f) {
+                        self.flows.remove(&f);
+                        let packets = self.take_held(&f);
+                        if !packets.is_empty() {
+                            self.events.push_back(Event::Release { flow: f, packets });
+                        }
+                    }
+                }
+            }
+            Outcome::Failed(reason) => self.fail_flows(&flows, reason, now),
+        }
+    }
+
+    fn fail_flows(&mut self, flows: &[FlowId], reason: FailReason, now: Instant) {
+        for f in flows {
+            self.flows.remove(f);
+            let dropped = self.take_held(f).len();
+            self.stats.failed += 1;
+            self.stats.failed_drops += dropped as u64;
+            tracing::debug!(flow = %f, %reason, dropped, "negotiation failed");
+            if self.negative.len() >= self.cfg.limits.max_negative
+                && let Some(oldest) = self
+                    .negative
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(f, _)| *f)
+            {
+                self.negative.remove(&oldest);
+            }
+            self.negative
+                .insert(*f, (reason.clone(), now + self.cfg.timing.negative_ttl));
+            self.events.push_back(Event::Failed {
+                flow: *f,
+                reason: reason.clone(),
+                dropped_packets: dropped,
+            });
+        }
+    }
+
+    fn remove(&mut self, id: NegotiationId, now: Instant) {
+        self.machines.remove(&id);
+        // Flows still attached to a finished negotiation never got an entry
+        // (e.g. a responder whose MPIT never came): their packets are dropped.
+        let orphans: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, n)| **n == id)
+            .map(|(f, _)| *f)
+            .collect();
+        if !orphans.is_empty() {
+            self.fail_flows(&orphans, FailReason::Timeout, now);
+        }
+    }
+}

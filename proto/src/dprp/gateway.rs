@@ -1,0 +1,305 @@
+//! The on-path gateway's machine (a GEN/GEA between the two ends).
+//!
+//! On a DDE in transit it appends its GE id and passes the DDE on to the
+//! flow's destination; on the RGI coming back it appends its credential and a
+//! signature over the transcript so far and returns it to the previous hop;
+//! it checks the initiator's signed MPIT (its own action must fit its mode)
+//! and the responder's signed CDN, and installs its entry on the CDN.
+//! Retransmissions in either direction are answered from the cached copies,
+//! so a lossy path costs no new signatures.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::action::Action;
+use crate::dprp::endpoint::Ctx;
+use crate::dprp::initiator::digest;
+use crate::dprp::msg::{
+    Cdn, CdnStatus, CredentialBytes, Dde, GatewayHop, MAX_HOPS, Message, Mpit, NegotiationId,
+    RefuseCode, Rgi,
+};
+use crate::dprp::responder::nak;
+use crate::dprp::transcript::{self as tr, Hash};
+use crate::dprp::{DPRP_PORT, DprpOption, Established, Position, Timer};
+use crate::flow::FlowId;
+use crate::ge::{GeId, Mode};
+use crate::{Error, Result};
+
+pub(crate) struct Transit {
+    pub(crate) flow: FlowId,
+    pub(crate) id: NegotiationId,
+    index: usize,
+    h0: Hash,
+    dde_digest: Hash,
+    initiator: CredentialBytes,
+    initiator_options: Vec<DprpOption>,
+    prev_hop: SocketAddr,
+    forwarded_dde: Vec<u8>,
+    back: Option<Back>,
+    forth: Option<Forth>,
+    done: Option<(Hash, Vec<u8>)>,
+    deadline: Instant,
+}
+
+/// What the gateway learned from the RGI.
+struct Back {
+    rgi_digest: Hash,
+    rgi_out: Vec<u8>,
+    next_hop: SocketAddr,
+    c_r: Hash,
+    auth_r: Vec<u8>,
+    responder: CredentialBytes,
+}
+
+/// What the gateway learned from the MPIT (its tentative entry).
+struct Forth {
+    mpit_digest: Hash,
+    mpit: Vec<u8>,
+    th_m: Hash,
+    mpit_auth: Vec<u8>,
+    action: Action,
+    initiator: GeId,
+}
+
+impl Transit {
+    /// Takes a DDE in transit: appends this GE and passes it on.
+    pub(crate) fn start(
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        dde: Dde,
+        raw: &[u8],
+        now: Instant,
+    ) -> Result<Self> {
+        let me = ctx.own().info.id;
+        if dde.hops.contains(&me) {
+            return Err(Error::invalid(
+                "DDE hops",
+                "loop: this gateway is already on the path",
+            ));
+        }
+        let h0 = tr::dde_hash(&dde.core()?);
+        if dde.hops.len() >= MAX_HOPS {
+            let bytes = nak(ctx, dde.id, &h0, RefuseCode::HopLimit)?;
+            ctx.send(from, bytes);
+            return Err(Error::TooLarge {
+                what: "DDE hops",
+                len: dde.hops.len() + 1,
+                max: MAX_HOPS,
+            });
+        }
+        let index = dde.hops.len();
+        let (id, flow, initiator, initiator_options) = (
+            dde.id,
+            dde.flow,
+            dde.credential.clone(),
+            dde.options.clone(),
+        );
+        let mut fwd = dde;
+        fwd.hops.push(me);
+        let bytes = Message::Dde(fwd).encode()?;
+        ctx.send(SocketAddr::new(flow.dst, DPRP_PORT), bytes.clone());
+        tracing::debug!(%id, %flow, index, "DDE passed on");
+        Ok(Self {
+            flow,
+            id,
+            index,
+            h0,
+            dde_digest: digest(raw),
+            initiator,
+            initiator_options,
+            prev_hop: from,
+            forwarded_dde: bytes,
+            back: None,
+            forth: None,
+            done: None,
+            deadline: now + ctx.cfg.timing.negotiation_timeout,
+        })
+    }
+
+    /// The next instant this machine must be woken at.
+    pub(crate) fn next_timeout(&self) -> Option<(Instant, Timer)> {
+        let timer = if self.done.is_some() {
+            Timer::Linger
+        } else {
+            Timer::Deadline
+        };
+        Some((self.deadline, timer))
+    }
+
+    /// True once the machine can be forgotten.
+    pub(crate) fn is_finished(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// The same DDE again: pass it on again.
+    pub(crate) fn handle_dde_again(&self, ctx: &mut Ctx<'_>, raw: &[u8]) -> Result<()> {
+        if digest(raw) != self.dde_digest {
+            return Err(Error::UnexpectedMessage(
+                "a different DDE with a known negotiation id",
+            ));
+        }
+        ctx.send(
+            SocketAddr::new(self.flow.dst, DPRP_PORT),
+            self.forwarded_dde.clone(),
+        );
+        Ok(())
+    }
+
+    /// The RGI on its way back: append this gateway's hop.
+    pub(crate) fn handle_rgi(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        mut rgi: Rgi,
+        raw: &[u8],
+    ) -> Result<()> {
+        let rgi_digest = digest(raw);
+        if let Some(b) = &self.back {
+            if b.rgi_digest != rgi_digest {
+                return Err(Error::UnexpectedMessage("a second, different RGI"));
+            }
+            ctx.send(self.prev_hop, b.rgi_out.clone());
+            return Ok(());
+        }
+        let me = ctx.own().info.id;
+        if rgi.echo.get(self.index) != Some(&me)
+            || rgi.hops.len() + self.index + 1 != rgi.echo.len()
+        {
+            return Err(Error::invalid(
+                "RGI",
+                "path does not place this gateway where the DDE did",
+            ));
+        }
+        let c_r = tr::responder_hash(&self.h0, &rgi.core()?);
+        let proof = rgi.proof.map(|p| p.to_vec()).unwrap_or_default();
+        let auth_r = [&proof[..], &rgi.tag[..]].concat();
+        let (mut prev, mut prev_auth) = (c_r, auth_r.clone());
+        for hop in &rgi.hops {
+            prev = tr::hop_hash(&prev, &prev_auth, hop.credential.as_bytes());
+            prev_auth = hop.signature.to_vec();
+        }
+        let mine = tr::hop_hash(&prev, &prev_auth, ctx.own_bytes.as_bytes());
+        let signature = ctx.cfg.node_key.sign(&tr::to_be_signed(tr::HOP_SIG, &mine));
+        let responder = rgi.responder.credential.clone();
+        rgi.hops.push(GatewayHop {
+            credential: ctx.own_bytes.clone(),
+            signature,
+        });
+        let out = Message::Rgi(rgi).encode()?;
+        ctx.send(self.prev_hop, out.clone());
+        self.back = Some(Back {
+            rgi_digest,
+            rgi_out: out,
+            next_hop: from,
+            c_r,
+            auth_r,
+            responder,
+        });
+        Ok(())
+    }
+
+    /// The initiator's MPIT: check its signature and this GE's action, pass it on.
+    pub(crate) fn handle_mpit(&mut self, ctx: &mut Ctx<'_>, mpit: Mpit, raw: &[u8]) -> Result<()> {
+        let Some(back) = &self.back else {
+            return Err(Error::UnexpectedMessage("MPIT before the RGI"));
+        };
+        let mpit_digest = digest(raw);
+        if let Some(f) = &self.forth {
+            if f.mpit_digest != mpit_digest {
+                return Err(Error::UnexpectedMessage("a second, different MPIT"));
+            }
+            ctx.send(back.next_hop, f.mpit.clone());
+            return Ok(());
+        }
+        let core = mpit.core()?;
+        let th_m = tr::mpit_hash(&back.c_r, &back.auth_r, &core);
+        let initiator = ctx.verify(&self.initiator)?;
+        let sig = mpit.signature.ok_or(Error::invalid(
+            "MPIT signature",
+            "missing with gateways on the path",
+        ))?;
+        initiator.verify_node_signature(&tr::to_be_signed(tr::MPIT_SIG, &th_m), &sig, "MPIT")?;
+        let me = ctx.own();
+        let entry = mpit
+            .decisions
+            .get(1 + self.index)
+            .filter(|d| d.ge == me.info.id)
+            .ok_or(Error::invalid(
+                "MPIT",
+                "does not name this gateway at its place",
+            ))?;
+        match (entry.action, me.info.mode) {
+            (Action::Protect(_), _) => {
+                return Err(Error::invalid("MPIT action", "a gateway never protects"));
+            }
+            (Action::Pass, Mode::Closed) => {
+                return Err(Error::invalid(
+                    "MPIT action",
+                    "plain traffic through a closed GE",
+                ));
+            }
+            _ => {}
+        }
+        ctx.send(back.next_hop, raw.to_vec());
+        self.forth = Some(Forth {
+            mpit_digest,
+            mpit: raw.to_vec(),
+            th_m,
+            mpit_auth: raw[core.len()..].to_vec(),
+            action: entry.action,
+            initiator: initiator.info.id,
+        });
+        Ok(())
+    }
+
+    /// The responder's CDN: check its signature, install the entry, pass it back.
+    pub(crate) fn handle_cdn(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        cdn: Cdn,
+        raw: &[u8],
+        now: Instant,
+    ) -> Result<Option<Established>> {
+        let (Some(back), Some(forth)) = (&self.back, &self.forth) else {
+            return Err(Error::UnexpectedMessage("CDN before the MPIT"));
+        };
+        let cdn_digest = digest(raw);
+        if let Some((d, bytes)) = &self.done {
+            if *d != cdn_digest {
+                return Err(Error::UnexpectedMessage("a second, different CDN"));
+            }
+            ctx.send(self.prev_hop, bytes.clone());
+            return Ok(None);
+        }
+        let th_c = tr::cdn_hash(&forth.th_m, &forth.mpit_auth, &cdn.core()?);
+        let responder = ctx.verify(&back.responder)?;
+        let sig = cdn.signature.ok_or(Error::invalid(
+            "CDN signature",
+            "missing with gateways on the path",
+        ))?;
+        responder.verify_node_signature(&tr::to_be_signed(tr::CDN_SIG, &th_c), &sig, "CDN")?;
+        ctx.send(self.prev_hop, raw.to_vec());
+        self.done = Some((cdn_digest, raw.to_vec()));
+        self.deadline = now + ctx.cfg.timing.linger;
+        Ok(match cdn.status {
+            CdnStatus::Confirmed => Some(Established {
+                flow: self.flow,
+                position: Position::Gateway,
+                action: forth.action,
+                peer: forth.initiator,
+                key_version: None,
+                keys: None,
+                peer_options: std::mem::take(&mut self.initiator_options),
+            }),
+            CdnStatus::Refused(code) => {
+                tracing::debug!(id = %self.id, ?code, "negotiation refused by the responder");
+                None
+            }
+        })
+    }
+
+    /// A NAK from further on: pass it back toward the initiator (which checks it).
+    pub(crate) fn handle_nak(&self, ctx: &mut Ctx<'_>, raw: &[u8]) {
+        ctx.send(self.prev_hop, raw.to_vec());
+    }
+}

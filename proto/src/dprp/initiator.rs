@@ -1,0 +1,439 @@
+//! The initiator's machine: sends the DDE, checks the RGI, decides, sends the
+//! MPIT, and finishes on the CDN.
+//!
+//! States: `AwaitRgi` (DDE retransmitted with backoff) -> `AwaitCdn` (MPIT
+//! retransmitted) -> `Done` (kept until the linger time to absorb duplicates).
+//! When the decision drops the flow the machine reports the failure at once
+//! (the application fails fast) and goes to `Closing`, where it still sends
+//! the signed MPIT so the GEs on the path learn the decision.
+//!
+//! Unauthenticated garbage (a bad tag or signature) is returned as an error
+//! and changes nothing: the genuine answer may still come. An authenticated
+//! answer that fails a check (a forged group proof, a key version this GE
+//! lacks) ends the negotiation with `FailReason::Rejected`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ring::digest;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::action::Action;
+use crate::credential::Credential;
+use crate::decision::decide;
+use crate::dprp::endpoint::Ctx;
+use crate::dprp::msg::{
+    Cdn, CdnStatus, Claim, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
+};
+use crate::dprp::transcript::{self as tr, Hash, PairKey};
+use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer, effective};
+use crate::flow::FlowId;
+use crate::ge::{GeId, GeInfo};
+use crate::keys::{self, Role};
+use crate::{Error, Result};
+
+/// What a machine reports to its endpoint (at most once per negotiation).
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Established(Established),
+    Failed(FailReason),
+}
+
+/// The inputs of a new negotiation.
+pub(crate) struct Start {
+    pub(crate) id: NegotiationId,
+    pub(crate) flow: FlowId,
+    pub(crate) options: Vec<DprpOption>,
+    pub(crate) secret: [u8; 32],
+    pub(crate) nonce: [u8; 16],
+    pub(crate) claims: Vec<Claim>,
+    pub(crate) expected_peer: Option<GeId>,
+}
+
+pub(crate) struct Initiator {
+    pub(crate) flow: FlowId,
+    id: NegotiationId,
+    expected_peer: Option<GeId>,
+    eph: StaticSecret,
+    h0: Hash,
+    claims: Vec<Claim>,
+    dde: Vec<u8>,
+    dst: SocketAddr,
+    state: State,
+    rto: Duration,
+    retransmit_at: Option<Instant>,
+    deadline: Instant,
+    reported: bool,
+}
+
+enum State {
+    AwaitRgi,
+    AwaitCdn(Box<Pending>),
+    Closing(Box<Pending>),
+    Done,
+}
+
+/// What the initiator keeps between its MPIT and the CDN.
+struct Pending {
+    rgi_digest: Hash,
+    mpit: Vec<u8>,
+    next_hop: SocketAddr,
+    pair: PairKey,
+    th_m: Hash,
+    mpit_auth: Vec<u8>,
+    responder: GeId,
+    entry: Established,
+}
+
+pub(crate) fn digest(bytes: &[u8]) -> Hash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
+}
+
+impl Initiator {
+    /// Builds and sends the DDE.
+    pub(crate) fn start(ctx: &mut Ctx<'_>, s: Start, now: Instant) -> Result<Self> {
+        let eph = StaticSecret::from(s.secret);
+        let dde = Dde {
+            id: s.id,
+            flow: s.flow,
+            nonce: s.nonce,
+            share: PublicKey::from(&eph).to_bytes(),
+            credential: ctx.own_bytes.clone(),
+            claims: s.claims.clone(),
+            options: s.options,
+            hops: Vec::new(),
+        };
+        let h0 = tr::dde_hash(&dde.core()?);
+        let bytes = Message::Dde(dde).encode()?;
+        let dst = SocketAddr::new(s.flow.dst, DPRP_PORT);
+        ctx.send(dst, bytes.clone());
+        let t = ctx.cfg.timing;
+        Ok(Self {
+            flow: s.flow,
+            id: s.id,
+            expected_peer: s.expected_peer,
+            eph,
+            h0,
+            claims: s.claims,
+            dde: bytes,
+            dst,
+            state: State::AwaitRgi,
+            rto: t.initial_rto,
+            retransmit_at: Some(now + t.initial_rto),
+            deadline: now + t.negotiation_timeout,
+            reported: false,
+        })
+    }
+
+    /// The next instant this machine must be woken at.
+    pub(crate) fn next_timeout(&self) -> Option<(Instant, Timer)> {
+        match (&self.state, self.retransmit_at) {
+            (State::Done, _) => Some((self.deadline, Timer::Linger)),
+            (_, Some(r)) if r < self.deadline => Some((r, Timer::Retransmit)),
+            _ => Some((self.deadline, Timer::Deadline)),
+        }
+    }
+
+    /// True once the machine can be forgotten.
+    pub(crate) fn is_finished(&self, now: Instant) -> bool {
+        matches!(self.state, State::Done) && now >= self.deadline
+    }
+
+    /// Retransmits, or fails the negotiation at its deadline.
+    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>, now: Instant) -> Option<Outcome> {
+        if matches!(self.state, State::Done) {
+            return None;
+        }
+        if now >= self.deadline {
+            tracing::debug!(id = %self.id, flow = %self.flow, "negotiation timed out");
+            self.state = State::Done;
+            return self.report(Outcome::Failed(FailReason::Timeout));
+        }
+        if self.retransmit_at.is_some_and(|r| now >= r) {
+            let (dst, bytes) = match &self.state {
+                State::AwaitRgi => (self.dst, self.dde.clone()),
+                State::AwaitCdn(p) | State::Closing(p) => (p.next_hop, p.mpit.clone()),
+                State::Done => unreachable!("handled above"),
+            };
+            tracing::trace!(id = %self.id, rto = ?self.rto, "retransmit");
+            ctx.send(dst, bytes);
+            self.rto = (self.rto * 2).min(ctx.cfg.timing.max_rto);
+            self.retransmit_at = Some(now + self.rto);
+        }
+        None
+    }
+
+    fn report(&mut self, o: Outcome) -> Option<Outcome> {
+        if std::mem::replace(&mut self.reported, true) {
+            None
+        } else {
+            Some(o)
+        }
+    }
+
+    fn finish(&mut self, ctx: &Ctx<'_>, now: Instant) {
+        self.state = State::Done;
+        self.retransmit_at = None;
+        self.deadline = now + ctx.cfg.timing.linger;
+    }
+
+    /// An RGI from `from`, the next GE toward the responder.
+    pub(crate) fn handle_rgi(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        rgi: Rgi,
+        raw: &[u8],
+        now: Instant,
+    ) -> Result<Option<Outcome>> {
+        let rgi_digest = digest(raw);
+        match &self.state {
+            State::AwaitRgi => {}
+            State::AwaitCdn(p) | State::Closing(p) if p.rgi_digest == rgi_digest => {
+                return Ok(None);
+            }
+            State::Done => return Ok(None),
+            _ => return Err(Error::UnexpectedMessage("a second, different RGI")),
+        }
+        // Cheap structural checks first, then signatures and MACs.
+        if rgi.hops.len() != rgi.echo.len() {
+            return Err(Error::invalid(
+                "RGI hops",
+                "do not match the echoed DDE path",
+            ));
+        }
+        let responder = ctx.verify(&rgi.responder.credential)?;
+        if responder.info.id == ctx.own().info.id {
+            return Err(Error::invalid("RGI responder", "is this GE"));
+        }
+        let mut gateways = Vec::with_capacity(rgi.hops.len());
+        for (i, hop) in rgi.hops.iter().enumerate() {
+            let c = ctx.verify(&hop.credential)?;
+            if c.info.id != rgi.echo[rgi.echo.len() - 1 - i] {
+                return Err(Error::invalid("RGI hop", "GE differs from the DDE path"));
+            }
+            gateways.push(c);
+        }
+        let c_r = tr::responder_hash(&self.h0, &rgi.core()?);
+        let proof = rgi.proof.map(|p| p.to_vec()).unwrap_or_default();
+        let pair = ctx.peers.pair_key(&ctx.cfg.node_key, &responder.node_key)?;
+        pair.verify(tr::RGI_TAG, &c_r, &proof, &rgi.tag, "RGI tag")?;
+        let auth_r = [&proof[..], &rgi.tag[..]].concat();
+        let (mut prev, mut prev_auth) = (c_r, auth_r.clone());
+        for (hop, c) in rgi.hops.iter().zip(&gateways) {
+            let h = tr::hop_hash(&prev, &prev_auth, hop.credential.as_bytes());
+            c.verify_node_signature(
+                &tr::to_be_signed(tr::HOP_SIG, &h),
+                &hop.signature,
+                "RGI hop",
+            )?;
+            (prev, prev_auth) = (h, hop.signature.to_vec());
+        }
+        // The RGI is authentic: from here a failed check ends the negotiation.
+        let checked = Checked {
+            rgi: &rgi,
+            responder: &responder,
+            gateways: &gateways,
+            c_r,
+            auth_r,
+            pair,
+            from,
+            rgi_digest,
+        };
+        match self.conclude(ctx, checked, now) {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                tracing::debug!(id = %self.id, error = %e, "authentic RGI rejected");
+                self.finish(ctx, now);
+                Ok(self.report(Outcome::Failed(FailReason::Rejected(e))))
+            }
+        }
+    }
+
+    fn conclude(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        c: Checked<'_>,
+        now: Instant,
+    ) -> Result<Option<Outcome>> {
+        if let Some(expected) = self.expected_peer
+            && expected != c.responder.info.id
+        {
+            return Err(Error::UnexpectedPeer {
+                expected: expected.0,
+                found: c.responder.info.id.0,
+            });
+        }
+        let own = effective(&ctx.own().info, &self.claims);
+        let theirs = effective(&c.responder.info, &c.rgi.responder.claims);
+        let mut path: Vec<&GeInfo> = vec![&own];
+        path.extend(c.gateways.iter().rev().map(|g| &g.info));
+        path.push(&theirs);
+        let decision = decide(&path)?;
+        let chosen = c.rgi.responder.chosen;
+        if decision.group != chosen.map(|x| x.group) {
+            return Err(Error::invalid(
+                "RGI chosen group",
+                "is not the lowest shared group",
+            ));
+        }
+        let mut secret = None;
+        if let (Some(ch), Some(proof)) = (chosen, c.rgi.proof) {
+            let gk = ctx
+                .keys
+                .get(ch.group, ch.version)
+                .ok_or(Error::UnknownKeyVersion {
+                    group: ch.group.0,
+                    version: ch.version.0,
+                })?;
+            keys::verify_group_proof(gk, &c.c_r, &proof)?;
+            let shared = self
+                .eph
+                .diffie_hellman(&PublicKey::from(c.rgi.responder.share));
+            if !shared.was_contributory() {
+                return Err(Error::InvalidKey("ephemeral share of low order"));
+            }
+            secret = Some((gk, shared, ch.version));
+        }
+        let decisions = path
+            .iter()
+            .zip(&decision.actions)
+            .map(|(ge, a)| HopDecision {
+                ge: ge.id,
+                action: *a,
+                key_version: matches!(a, Action::Protect(_))
+                    .then(|| chosen.map(|x| x.version))
+                    .flatten(),
+            })
+            .collect();
+        let mut mpit = Mpit {
+            id: self.id,
+            decisions,
+            options: Vec::new(),
+            tag: [0; 32],
+            proof: None,
+            signature: None,
+        };
+        let core = mpit.core()?;
+        let th_m = tr::mpit_hash(&c.c_r, &c.auth_r, &core);
+        mpit.tag = c.pair.tag(tr::MPIT_TAG, &th_m, &[]);
+        mpit.proof = secret.as_ref().map(|(gk, ..)| keys::group_proof(gk, &th_m));
+        if !c.gateways.is_empty() {
+            let tbs = tr::to_be_signed(tr::MPIT_SIG, &th_m);
+            mpit.signature = Some(ctx.cfg.node_key.sign(&tbs));
+        }
+        let bytes = Message::Mpit(mpit).encode()?;
+        let mpit_auth = bytes[core.len()..].to_vec();
+        let (key_version, flow_keys) = match secret {
+            Some((gk, shared, v)) => (
+                Some(v),
+                Some(keys::derive_flow_keys(
+                    gk,
+                    shared.as_bytes(),
+                    &th_m,
+                    Role::Initiator,
+                )),
+            ),
+            None => (None, None),
+        };
+        ctx.send(c.from, bytes.clone());
+        self.rto = ctx.cfg.timing.initial_rto;
+        self.retransmit_at = Some(now + self.rto);
+        let pending = Box::new(Pending {
+            rgi_digest: c.rgi_digest,
+            mpit: bytes,
+            next_hop: c.from,
+            pair: c.pair,
+            th_m,
+            mpit_auth,
+            responder: c.responder.info.id,
+            entry: Established {
+                flow: self.flow,
+                position: Position::Initiator,
+                action: decision.actions[0],
+                peer: c.responder.info.id,
+                key_version,
+                keys: flow_keys,
+                peer_options: c.rgi.responder.options.clone(),
+            },
+        });
+        tracing::debug!(id = %self.id, actions = ?decision.actions, "decided, MPIT sent");
+        if let Some(by) = decision.dropped_by(&path) {
+            self.state = State::Closing(pending);
+            return Ok(self.report(Outcome::Failed(FailReason::Dropped { by })));
+        }
+        self.state = State::AwaitCdn(pending);
+        Ok(None)
+    }
+
+    /// The responder's CDN.
+    pub(crate) fn handle_cdn(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        cdn: Cdn,
+        now: Instant,
+    ) -> Result<Option<Outcome>> {
+        let p = match &self.state {
+            State::AwaitCdn(p) | State::Closing(p) => p,
+            State::Done => return Ok(None),
+            State::AwaitRgi => return Err(Error::UnexpectedMessage("CDN before the RGI")),
+        };
+        let th_c = tr::cdn_hash(&p.th_m, &p.mpit_auth, &cdn.core()?);
+        p.pair
+            .verify(tr::CDN_TAG, &th_c, &[], &cdn.tag, "CDN tag")?;
+        let closing = matches!(self.state, State::Closing(_));
+        let (State::AwaitCdn(p) | State::Closing(p)) =
+            std::mem::replace(&mut self.state, State::Done)
+        else {
+            unreachable!("matched above")
+        };
+        self.finish(ctx, now);
+        if closing {
+            return Ok(None);
+        }
+        Ok(match cdn.status {
+            CdnStatus::Confirmed => {
+                tracing::debug!(id = %self.id, action = %p.entry.action, "established");
+                self.report(Outcome::Established(p.entry))
+            }
+            CdnStatus::Refused(code) => self.report(Outcome::Failed(FailReason::Refused {
+                by: p.responder,
+                code,
+            })),
+        })
+    }
+
+    /// A signed refusal from a GE on the path.
+    pub(crate) fn handle_nak(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        nak: Nak,
+        now: Instant,
+    ) -> Result<Option<Outcome>> {
+        if !matches!(self.state, State::AwaitRgi) {
+            return Err(Error::UnexpectedMessage("NAK after the RGI"));
+        }
+        let refuser: Credential = ctx.verify(&nak.credential)?;
+        let tbs = [tr::NAK_SIG, &self.h0[..], &nak.core()?].concat();
+        refuser.verify_node_signature(&tbs, &nak.signature, "NAK")?;
+        self.finish(ctx, now);
+        Ok(self.report(Outcome::Failed(FailReason::Refused {
+            by: refuser.info.id,
+            code: nak.code,
+        })))
+    }
+}
+
+/// An RGI whose authenticators verified, with what the checks produced.
+struct Checked<'a> {
+    rgi: &'a Rgi,
+    responder: &'a Credential,
+    gateways: &'a [Credential],
+    c_r: Hash,
+    auth_r: Vec<u8>,
+    pair: PairKey,
+    from: SocketAddr,
+    rgi_digest: Hash,
+}

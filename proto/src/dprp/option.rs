@@ -1,0 +1,201 @@
+//! DPRP options: typed TLVs carried by every DPRP message.
+//!
+//! Wire form of one option: `kind u8 | len u8 | value [len]`; a list is a
+//! count byte (at most [`MAX_OPTIONS`]) followed by the options in the order
+//! the sender chose (order is kept, so re-encoding gives the same bytes).
+//!
+//! | kind | option | value |
+//! | --- | --- | --- |
+//! | 1 | Mobile PPC binding update | old address, old port u16, new address, new port u16 |
+//! | 2 | NAT-f | LIP address, reserved port u16 |
+//! | 3..=255 | unknown (kept, ignored) | opaque |
+//!
+//! Addresses are a family byte (4 or 6) and the address bytes. Kind 0 is
+//! reserved and refused.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::wire::{Reader, Writer};
+use crate::{Error, Result};
+
+/// The most options one message may carry.
+pub const MAX_OPTIONS: usize = 16;
+
+const KIND_BINDING_UPDATE: u8 = 1;
+const KIND_NAT_F: u8 = 2;
+
+/// One DPRP option.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DprpOption {
+    /// Mobile PPC binding update: the sender's underlay address changed from
+    /// `old` to `new`; the receiver rewrites the flow's underlay addresses (CIT).
+    BindingUpdate {
+        /// The address and port the peer knew.
+        old: SocketAddr,
+        /// The address and port to use from now on.
+        new: SocketAddr,
+    },
+    /// NAT-f: the private (LIP) address of the host behind the receiving
+    /// gateway, and the port the gateway reserved on its public address.
+    NatF {
+        /// The host's local (private) address.
+        lip: IpAddr,
+        /// The port reserved on the gateway's public address.
+        reserved_port: u16,
+    },
+    /// An option this version does not know; carried unchanged and ignored.
+    Unknown {
+        /// The kind byte (3 or more).
+        kind: u8,
+        /// The value bytes.
+        value: Vec<u8>,
+    },
+}
+
+impl DprpOption {
+    fn encode(&self, w: &mut Writer<'_>) -> Result<()> {
+        let mut value = Vec::with_capacity(40);
+        let mut v = Writer::new(&mut value);
+        let kind = match self {
+            Self::BindingUpdate { old, new } => {
+                v.ip_addr(old.ip());
+                v.u16(old.port());
+                v.ip_addr(new.ip());
+                v.u16(new.port());
+                KIND_BINDING_UPDATE
+            }
+            Self::NatF { lip, reserved_port } => {
+                v.ip_addr(*lip);
+                v.u16(*reserved_port);
+                KIND_NAT_F
+            }
+            Self::Unknown { kind, value: bytes } => {
+                if *kind <= KIND_NAT_F {
+                    return Err(Error::invalid(
+                        "option kind",
+                        "unknown options must use kind 3 or more",
+                    ));
+                }
+                v.bytes(bytes);
+                *kind
+            }
+        };
+        w.u8(kind);
+        w.short_bytes(&value, usize::from(u8::MAX), "option value")
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self> {
+        let kind = r.u8("option kind")?;
+        let value = r.short_bytes(usize::from(u8::MAX), "option value")?;
+        let mut v = Reader::new(value);
+        let opt = match kind {
+            0 => return Err(Error::invalid("option kind", "0 is reserved")),
+            KIND_BINDING_UPDATE => {
+                let old_ip = v.ip_addr("binding update old address")?;
+                let old_port = v.u16("binding update old port")?;
+                let new_ip = v.ip_addr("binding update new address")?;
+                let new_port = v.u16("binding update new port")?;
+                Self::BindingUpdate {
+                    old: SocketAddr::new(old_ip, old_port),
+                    new: SocketAddr::new(new_ip, new_port),
+                }
+            }
+            KIND_NAT_F => Self::NatF {
+                lip: v.ip_addr("NAT-f LIP")?,
+                reserved_port: v.u16("NAT-f reserved port")?,
+            },
+            kind => {
+                return Ok(Self::Unknown {
+                    kind,
+                    value: value.to_vec(),
+                });
+            }
+        };
+        v.finish("option value")?;
+        Ok(opt)
+    }
+}
+
+/// Appends a count byte and the options.
+pub(crate) fn encode_options(w: &mut Writer<'_>, options: &[DprpOption]) -> Result<()> {
+    if options.len() > MAX_OPTIONS {
+        return Err(Error::TooLarge {
+            what: "option list",
+            len: options.len(),
+            max: MAX_OPTIONS,
+        });
+    }
+    w.u8(options.len() as u8);
+    options.iter().try_for_each(|o| o.encode(w))
+}
+
+/// Reads a list written by [`encode_options`].
+pub(crate) fn decode_options(r: &mut Reader<'_>) -> Result<Vec<DprpOption>> {
+    let n = usize::from(r.u8("option count")?);
+    if n > MAX_OPTIONS {
+        return Err(Error::TooLarge {
+            what: "option list",
+            len: n,
+            max: MAX_OPTIONS,
+        });
+    }
+    (0..n).map(|_| DprpOption::decode(r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(opts: &[DprpOption]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_options(&mut Writer::new(&mut v), opts).unwrap();
+        let mut r = Reader::new(&v);
+        assert_eq!(decode_options(&mut r).unwrap(), opts);
+        r.finish("options").unwrap();
+        v
+    }
+
+    #[test]
+    fn typed_options_round_trip() {
+        let v = round_trip(&[
+            DprpOption::BindingUpdate {
+                old: "198.18.0.5:4500".parse().unwrap(),
+                new: "[2001:db8::5]:4501".parse().unwrap(),
+            },
+            DprpOption::NatF {
+                lip: "192.168.1.10".parse().unwrap(),
+                reserved_port: 40001,
+            },
+            DprpOption::Unknown {
+                kind: 200,
+                value: vec![1, 2, 3],
+            },
+        ]);
+        // count, then BU: kind 1, len 1+4+2+1+16+2 = 26
+        assert_eq!(&v[..3], &[3, 1, 26]);
+    }
+
+    #[test]
+    fn malformed_options_are_errors() {
+        // NAT-f with a trailing byte inside its value.
+        let bad = [1, KIND_NAT_F, 8, 4, 192, 168, 1, 10, 0, 80, 0];
+        assert!(matches!(
+            decode_options(&mut Reader::new(&bad)),
+            Err(Error::TrailingBytes { .. })
+        ));
+        // Reserved kind 0, too many options, value longer than the input.
+        assert!(decode_options(&mut Reader::new(&[1, 0, 0])).is_err());
+        assert!(matches!(
+            decode_options(&mut Reader::new(&[17])),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(decode_options(&mut Reader::new(&[1, 9, 5, 1])).is_err());
+        // Unknown options may not pose as known kinds.
+        let mut v = Vec::new();
+        let opt = DprpOption::Unknown {
+            kind: KIND_NAT_F,
+            value: vec![],
+        };
+        assert!(encode_options(&mut Writer::new(&mut v), &[opt]).is_err());
+    }
+}

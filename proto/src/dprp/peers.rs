@@ -1,0 +1,145 @@
+//! Verified peer credentials and pair keys, cached, and the revocation lists.
+//!
+//! A known peer costs no CA signature check and no static X25519 on its next
+//! negotiation: the credential is cached by its exact bytes (so a re-issued
+//! credential is checked again) and the pair key by the peer's node key. The
+//! validity period and the revocation lists are checked on every use.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::credential::Credential;
+use crate::dprp::msg::CredentialBytes;
+use crate::dprp::transcript::PairKey;
+use crate::ge::GeId;
+use crate::keys::{NodeKey, PUBLIC_KEY_LEN};
+use crate::{Error, Result};
+
+/// Cache counters, for stats and for the benchmark's cold/warm split.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Credentials found verified in the cache.
+    pub credential_hits: u64,
+    /// Credentials whose CA signature had to be checked.
+    pub credential_misses: u64,
+    /// Pair keys found in the cache.
+    pub pair_hits: u64,
+    /// Pair keys computed (one static X25519 each).
+    pub pair_misses: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Peers {
+    cap: usize,
+    creds: BTreeMap<CredentialBytes, Credential>,
+    cred_order: VecDeque<CredentialBytes>,
+    pairs: BTreeMap<[u8; PUBLIC_KEY_LEN], PairKey>,
+    pair_order: VecDeque<[u8; PUBLIC_KEY_LEN]>,
+    revoked_ges: BTreeSet<GeId>,
+    revoked_serials: BTreeSet<u64>,
+    pub(crate) stats: CacheStats,
+}
+
+impl Peers {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            creds: BTreeMap::new(),
+            cred_order: VecDeque::new(),
+            pairs: BTreeMap::new(),
+            pair_order: VecDeque::new(),
+            revoked_ges: BTreeSet::new(),
+            revoked_serials: BTreeSet::new(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Verifies a credential (CA signature, validity at `unix_now`, revocation).
+    pub(crate) fn verify(
+        &mut self,
+        bytes: &CredentialBytes,
+        ca: &[u8; PUBLIC_KEY_LEN],
+        unix_now: u64,
+    ) -> Result<Credential> {
+        if let Some(c) = self.creds.get(bytes) {
+            self.stats.credential_hits += 1;
+            let c = c.clone();
+            self.check(&c, unix_now)?;
+            return Ok(c);
+        }
+        self.stats.credential_misses += 1;
+        let c = bytes.parse()?.verify(ca, unix_now)?;
+        self.check(&c, unix_now)?;
+        if self.creds.len() >= self.cap
+            && let Some(old) = self.cred_order.pop_front()
+        {
+            self.creds.remove(&old);
+        }
+        self.creds.insert(bytes.clone(), c.clone());
+        self.cred_order.push_back(bytes.clone());
+        Ok(c)
+    }
+
+    fn check(&self, c: &Credential, now: u64) -> Result<()> {
+        if self.revoked_ges.contains(&c.info.id) || self.revoked_serials.contains(&c.serial) {
+            return Err(Error::Revoked(c.info.id.0));
+        }
+        if now < c.not_before || now > c.not_after {
+            return Err(Error::CredentialExpired {
+                ge: c.info.id.0,
+                now,
+                not_before: c.not_before,
+                not_after: c.not_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// The pair key with the GE whose (verified) node key is `peer`.
+    pub(crate) fn pair_key(
+        &mut self,
+        node: &NodeKey,
+        peer: &[u8; PUBLIC_KEY_LEN],
+    ) -> Result<PairKey> {
+        if let Some(k) = self.pairs.get(peer) {
+            self.stats.pair_hits += 1;
+            return Ok(k.clone());
+        }
+        self.stats.pair_misses += 1;
+        let k = PairKey::derive(node, peer)?;
+        if self.pairs.len() >= self.cap
+            && let Some(old) = self.pair_order.pop_front()
+        {
+            self.pairs.remove(&old);
+        }
+        self.pairs.insert(*peer, k.clone());
+        self.pair_order.push_back(*peer);
+        Ok(k)
+    }
+
+    /// Refuses a GE from now on, and forgets what was cached about it.
+    pub(crate) fn revoke_ge(&mut self, ge: GeId) {
+        self.revoked_ges.insert(ge);
+        self.purge(|c| c.info.id == ge);
+    }
+
+    /// Refuses a credential serial from now on.
+    pub(crate) fn revoke_serial(&mut self, serial: u64) {
+        self.revoked_serials.insert(serial);
+        self.purge(|c| c.serial == serial);
+    }
+
+    fn purge(&mut self, hit: impl Fn(&Credential) -> bool) {
+        let gone: Vec<(CredentialBytes, [u8; PUBLIC_KEY_LEN])> = self
+            .creds
+            .iter()
+            .filter(|(_, c)| hit(c))
+            .map(|(b, c)| (b.clone(), c.node_key))
+            .collect();
+        for (bytes, node_key) in gone {
+            self.creds.remove(&bytes);
+            self.cred_order.retain(|b| *b != bytes);
+            self.pairs.remove(&node_key);
+            self.pair_order.retain(|k| *k != node_key);
+        }
+    }
+}

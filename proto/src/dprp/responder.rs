@@ -1,0 +1,350 @@
+//! The responder's machine: answers a DDE with an RGI, checks the MPIT
+//! against the decision rules, derives the traffic keys, confirms with a CDN.
+//!
+//! States: `AwaitMpit` (a duplicate DDE gets the same RGI again, no new
+//! crypto) -> `Confirmed` (a duplicate MPIT gets the same CDN again), kept
+//! until the linger time. The responder never retransmits on its own: the
+//! initiator drives retries. The X25519 agreement waits for an authentic
+//! MPIT, so a flood of DDEs costs one key generation each, not two.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::action::Action;
+use crate::credential::Credential;
+use crate::dprp::endpoint::Ctx;
+use crate::dprp::initiator::digest;
+use crate::dprp::msg::{
+    Cdn, CdnStatus, Claim, Dde, Message, Mpit, Nak, NegotiationId, RefuseCode, ResponderPart, Rgi,
+};
+use crate::dprp::transcript::{self as tr, Hash, PairKey};
+use crate::dprp::{DprpOption, Established, Position, Timer, effective};
+use crate::flow::FlowId;
+use crate::ge::{GeId, GeInfo, Mode};
+use crate::keys::{self, FlowKeys, KeyVersion, Role};
+use crate::{Error, Result};
+
+pub(crate) struct Responder {
+    pub(crate) flow: FlowId,
+    id: NegotiationId,
+    initiator: GeId,
+    initiator_mode: Mode,
+    initiator_share: [u8; 32],
+    initiator_options: Vec<DprpOption>,
+    eph: StaticSecret,
+    dde_digest: Hash,
+    echo: Vec<GeId>,
+    chosen: Option<Claim>,
+    own_mode: Mode,
+    c_r: Hash,
+    auth_r: Vec<u8>,
+    pair: PairKey,
+    rgi: Vec<u8>,
+    state: State,
+    deadline: Instant,
+}
+
+enum State {
+    AwaitMpit,
+    Confirmed { mpit_digest: Hash, cdn: Vec<u8> },
+}
+
+/// The claims this GE makes: each group of its credential it holds a current key for.
+pub(crate) fn own_claims(ctx: &Ctx<'_>) -> Vec<Claim> {
+    ctx.own()
+        .info
+        .groups
+        .iter()
+        .filter_map(|g| {
+            ctx.keys
+                .current(*g)
+                .map(|version| Claim { group: *g, version })
+        })
+        .collect()
+}
+
+/// Builds a signed NAK for the DDE whose core hashes to `h0`.
+pub(crate) fn nak(
+    ctx: &Ctx<'_>,
+    id: NegotiationId,
+    h0: &Hash,
+    code: RefuseCode,
+) -> Result<Vec<u8>> {
+    let mut nak = Nak {
+        id,
+        code,
+        credential: ctx.own_bytes.clone(),
+        signature: [0; 64],
+    };
+    let tbs = [tr::NAK_SIG, &h0[..], &nak.core()?].concat();
+    nak.signature = ctx.cfg.node_key.sign(&tbs);
+    Message::Nak(nak).encode()
+}
+
+impl Responder {
+    /// Answers a new DDE (already decoded; `raw` is the datagram) with an RGI.
+    pub(crate) fn start(
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        dde: Dde,
+        raw: &[u8],
+        secret: [u8; 32],
+        now: Instant,
+    ) -> Result<Self> {
+        let h0 = tr::dde_hash(&dde.core()?);
+        let initiator: Credential = match ctx.verify(&dde.credential) {
+            Ok(c) => c,
+            Err(e @ (Error::CredentialExpired { .. } | Error::Revoked(_))) => {
+                // A genuine but unusable credential: tell the initiator so it
+                // fails fast. Forged credentials get no answer at all.
+                let bytes = nak(ctx, dde.id, &h0, RefuseCode::CredentialRejected)?;
+                ctx.send(from, bytes);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let own = ctx.own();
+        if initiator.info.id == own.info.id || dde.hops.contains(&own.info.id) {
+            return Err(Error::invalid("DDE", "loops back to this GE"));
+        }
+        let claims = own_claims(ctx);
+        let theirs = effective(&initiator.info, &dde.claims);
+        let mine: GeInfo = effective(&own.info, &claims);
+        let chosen = theirs.lowest_shared_group(&mine).map(|group| {
+            let current = ctx.keys.current(group).expect("claimed groups have a key");
+            let offered = dde
+                .claims
+                .iter()
+                .find(|c| c.group == group)
+                .map_or(current, |c| c.version);
+            // The newest version both hold: the initiator's if this GE still
+            // has it and it is not newer than ours, else ours.
+            let version = if offered <= current && ctx.keys.get(group, offered).is_some() {
+                offered
+            } else {
+                current
+            };
+            Claim { group, version }
+        });
+        let eph = StaticSecret::from(secret);
+        let mut rgi = Rgi {
+            id: dde.id,
+            echo: dde.hops.clone(),
+            responder: ResponderPart {
+                credential: ctx.own_bytes.clone(),
+                share: PublicKey::from(&eph).to_bytes(),
+                claims,
+                chosen,
+                options: Vec::new(),
+            },
+            proof: chosen.map(|_| [0; 32]),
+            tag: [0; 32],
+            hops: Vec::new(),
+        };
+        let c_r = tr::responder_hash(&h0, &rgi.core()?);
+        if let Some(c) = chosen {
+            let gk = ctx
+                .keys
+                .get(c.group, c.version)
+                .expect("chosen from held keys");
+            rgi.proof = Some(keys::group_proof(gk, &c_r));
+        }
+        let proof = rgi.proof.map(|p| p.to_vec()).unwrap_or_default();
+        let pair = ctx.peers.pair_key(&ctx.cfg.node_key, &initiator.node_key)?;
+        rgi.tag = pair.tag(tr::RGI_TAG, &c_r, &proof);
+        let auth_r = [&proof[..], &rgi.tag[..]].concat();
+        let bytes = Message::Rgi(rgi).encode()?;
+        ctx.send(from, bytes.clone());
+        tracing::debug!(id = %dde.id, initiator = %initiator.info.id, ?chosen, "RGI sent");
+        Ok(Self {
+            flow: dde.flow,
+            id: dde.id,
+            initiator: initiator.info.id,
+            initiator_mode: initiator.info.mode,
+            initiator_share: dde.share,
+            initiator_options: dde.options,
+            eph,
+            dde_digest: digest(raw),
+            echo: dde.hops,
+            chosen,
+            own_mode: ctx.own().info.mode,
+            c_r,
+            auth_r,
+            pair,
+            rgi: bytes,
+            state: State::AwaitMpit,
+            deadline: now + ctx.cfg.timing.negotiation_timeout,
+        })
+    }
+
+    /// The next instant this machine must be woken at.
+    pub(crate) fn next_timeout(&self) -> Option<(Instant, Timer)> {
+        Some(match self.state {
+            State::AwaitMpit => (self.deadline, Timer::Deadline),
+            State::Confirmed { .. } => (self.deadline, Timer::Linger),
+        })
+    }
+
+    /// True once the machine can be forgotten.
+    pub(crate) fn is_finished(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// The same DDE again (a retransmission): the same RGI again.
+    pub(crate) fn handle_dde_again(
+        &self,
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        raw: &[u8],
+    ) -> Result<()> {
+        if digest(raw) != self.dde_digest {
+            return Err(Error::UnexpectedMessage(
+                "a different DDE with a known negotiation id",
+            ));
+        }
+        ctx.send(from, self.rgi.clone());
+        Ok(())
+    }
+
+    /// The initiator's MPIT. Returns the entry when this GE confirms it.
+    pub(crate) fn handle_mpit(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: SocketAddr,
+        mpit: Mpit,
+        raw: &[u8],
+        now: Instant,
+    ) -> Result<Option<Established>> {
+        let mpit_digest = digest(raw);
+        if let State::Confirmed {
+            mpit_digest: d,
+            cdn,
+        } = &self.state
+        {
+            if *d != mpit_digest {
+                return Err(Error::UnexpectedMessage("a second, different MPIT"));
+            }
+            ctx.send(from, cdn.clone());
+            return Ok(None);
+        }
+        let core = mpit.core()?;
+        let th_m = tr::mpit_hash(&self.c_r, &self.auth_r, &core);
+        self.pair
+            .verify(tr::MPIT_TAG, &th_m, &[], &mpit.tag, "MPIT tag")?;
+        // Authentic: answer with a CDN either way.
+        let mpit_auth = &raw[core.len()..];
+        let verdict = self.check(ctx, &mpit, &th_m);
+        let status = match &verdict {
+            Ok(_) => CdnStatus::Confirmed,
+            Err(code) => CdnStatus::Refused(*code),
+        };
+        let mut cdn = Cdn {
+            id: self.id,
+            status,
+            options: Vec::new(),
+            tag: [0; 32],
+            signature: None,
+        };
+        let th_c = tr::cdn_hash(&th_m, mpit_auth, &cdn.core()?);
+        cdn.tag = self.pair.tag(tr::CDN_TAG, &th_c, &[]);
+        if !self.echo.is_empty() {
+            let tbs = tr::to_be_signed(tr::CDN_SIG, &th_c);
+            cdn.signature = Some(ctx.cfg.node_key.sign(&tbs));
+        }
+        let bytes = Message::Cdn(cdn).encode()?;
+        ctx.send(from, bytes.clone());
+        self.state = State::Confirmed {
+            mpit_digest,
+            cdn: bytes,
+        };
+        self.deadline = now + ctx.cfg.timing.linger;
+        match verdict {
+            Ok((action, key_version, keys)) => {
+                tracing::debug!(id = %self.id, %action, "confirmed");
+                Ok(Some(Established {
+                    flow: self.flow,
+                    position: Position::Responder,
+                    action,
+                    peer: self.initiator,
+                    key_version,
+                    keys,
+                    peer_options: std::mem::take(&mut self.initiator_options),
+                }))
+            }
+            Err(code) => {
+                tracing::debug!(id = %self.id, ?code, "MPIT refused");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks an authentic MPIT against the rules; on success gives this GE's
+    /// action, key version and traffic keys.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        ctx: &Ctx<'_>,
+        mpit: &Mpit,
+        th_m: &Hash,
+    ) -> Result<(Action, Option<KeyVersion>, Option<FlowKeys>), RefuseCode> {
+        let own_id = ctx.own().info.id;
+        let ids = mpit.decisions.iter().map(|d| d.ge);
+        let expected = std::iter::once(self.initiator)
+            .chain(self.echo.iter().copied())
+            .chain(std::iter::once(own_id));
+        // Gateways can only check a signature, so one must be there iff they are.
+        if !ids.eq(expected) || mpit.signature.is_some() == self.echo.is_empty() {
+            return Err(RefuseCode::DecisionMismatch);
+        }
+        let last = mpit.decisions.len() - 1;
+        match self.chosen {
+            Some(c) => {
+                let rules_hold = mpit.decisions.iter().enumerate().all(|(i, d)| {
+                    if i == 0 || i == last {
+                        d.action == Action::Protect(c.group) && d.key_version == Some(c.version)
+                    } else {
+                        d.action == Action::Relay
+                    }
+                });
+                if !rules_hold {
+                    return Err(RefuseCode::DecisionMismatch);
+                }
+                let gk = ctx
+                    .keys
+                    .get(c.group, c.version)
+                    .ok_or(RefuseCode::KeyUnavailable)?;
+                let proof = mpit.proof.ok_or(RefuseCode::BadProof)?;
+                keys::verify_group_proof(gk, th_m, &proof).map_err(|_| RefuseCode::BadProof)?;
+                let shared = self
+                    .eph
+                    .diffie_hellman(&PublicKey::from(self.initiator_share));
+                if !shared.was_contributory() {
+                    return Err(RefuseCode::BadProof);
+                }
+                let k = keys::derive_flow_keys(gk, shared.as_bytes(), th_m, Role::Responder);
+                Ok((Action::Protect(c.group), Some(c.version), Some(k)))
+            }
+            None => {
+                // Without a shared group each end's action follows its own mode;
+                // the gateways' modes are the initiator's to judge (it holds
+                // their signed credentials), and no GE is asked to protect.
+                let by_mode = |m: Mode| match m {
+                    Mode::Open => Action::Pass,
+                    Mode::Closed => Action::Drop,
+                };
+                let ok = mpit.decisions[0].action == by_mode(self.initiator_mode)
+                    && mpit.decisions[last].action == by_mode(self.own_mode)
+                    && mpit.proof.is_none()
+                    && mpit.decisions.iter().all(|d| {
+                        !matches!(d.action, Action::Protect(_)) && d.action != Action::Relay
+                    });
+                if !ok {
+                    return Err(RefuseCode::DecisionMismatch);
+                }
+                Ok((by_mode(self.own_mode), None, None))
+            }
+        }
+    }
+}
