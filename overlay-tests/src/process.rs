@@ -121,23 +121,22 @@ pub(crate) fn exec(
     let stderr = reader(child.stderr.take());
 
     let deadline = Instant::now() + timeout;
-    let status = wait_until(&mut child, deadline)
-        .map_err(|e| Error::io(format!("waiting for `{shown}`"), e))?;
-    // The leader is gone (or timed out): end whatever it left in its group so
-    // nothing keeps our pipes open or outlives the call.
+    let exited = wait_exit(pid, deadline);
+    // Until we reap the leader its pid (and so its process group id) cannot
+    // be reused, so this kill reaches only what the command left in its
+    // group (or the command itself, after a timeout). Then reap.
     sys::kill_group(pid, libc::SIGKILL);
-    let status = match status {
-        Some(s) => s,
-        None => {
-            let _ = child.wait();
-            let err = collect(stderr, Duration::from_millis(500));
-            return Err(Error::Timeout {
-                command: shown,
-                after: timeout,
-                stderr: err,
-            });
-        }
-    };
+    let status = child
+        .wait()
+        .map_err(|e| Error::io(format!("waiting for `{shown}`"), e))?;
+    if !exited {
+        let err = collect(stderr, Duration::from_millis(500));
+        return Err(Error::Timeout {
+            command: shown,
+            after: timeout,
+            stderr: err,
+        });
+    }
     let grace = Duration::from_secs(1);
     Ok(Output {
         status,
@@ -167,16 +166,17 @@ fn collect(rx: mpsc::Receiver<Vec<u8>>, grace: Duration) -> String {
         .unwrap_or_default()
 }
 
-/// Polls `child` until it exits or `deadline` passes (then `Ok(None)`).
-fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+/// Polls until child `pid` has exited, without reaping it; false when
+/// `deadline` passed first.
+fn wait_exit(pid: i32, deadline: Instant) -> bool {
     let mut pause = Duration::from_millis(1);
     loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(Some(s));
+        if sys::exited_unreaped(pid) {
+            return true;
         }
         let now = Instant::now();
         if now >= deadline {
-            return Ok(None);
+            return false;
         }
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -278,20 +278,31 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace` (at once when `grace` is zero);
-    /// then the rest of the group.
+    /// Signals the process group, only while the leader is not reaped (so
+    /// its pid cannot have been reused) and not released. False otherwise.
+    pub(crate) fn signal_group(&self, sig: i32) -> bool {
+        let st = self.lock();
+        // Holding the lock: nobody reaps the leader between check and kill.
+        st.child.is_some() && st.status.is_none() && sys::kill_group(self.pid, sig)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace` (at once when `grace` is zero) to
+    /// the process group; then reaps the leader. A process that already
+    /// ended and was reaped is left alone (lab teardown kills whatever it
+    /// left behind in its namespace).
     pub(crate) fn terminate(&self, grace: Duration) -> Option<ExitStatus> {
-        // A released process is not ours to stop.
-        self.lock().child.as_ref()?;
-        if !grace.is_zero() && self.status().is_none() {
-            sys::kill_group(self.pid, libc::SIGTERM);
+        {
+            let st = self.lock();
+            st.child.as_ref()?; // released: not ours to stop
+            if st.status.is_some() {
+                return st.status;
+            }
         }
-        let status = self.wait_for(grace).or_else(|| {
-            sys::kill_group(self.pid, libc::SIGKILL);
-            self.wait_for(Duration::from_secs(5))
-        });
-        sys::kill_group(self.pid, libc::SIGKILL);
-        status
+        if !grace.is_zero() && self.signal_group(libc::SIGTERM) {
+            wait_exit(self.pid, Instant::now() + grace);
+        }
+        self.signal_group(libc::SIGKILL);
+        self.wait_for(Duration::from_secs(5))
     }
 
     /// Gives the process up: it keeps running after every guard is gone.
@@ -396,9 +407,7 @@ impl Process {
 
     /// Sends a signal (e.g. `libc::SIGHUP`) to its process group.
     pub fn signal(&self, sig: i32) {
-        if self.inner.status().is_none() {
-            sys::kill_group(self.inner.pid, sig);
-        }
+        self.inner.signal_group(sig);
     }
 
     /// Stops it gracefully: SIGTERM, SIGKILL after 2 s. Returns how it ended.
@@ -467,13 +476,10 @@ impl Registry {
         let procs = std::mem::take(&mut *self.procs.lock().unwrap_or_else(|e| e.into_inner()));
         let live: Vec<_> = procs
             .into_iter()
-            .filter(|p| p.lock().child.is_some() && p.status().is_none())
+            .filter(|p| p.signal_group(libc::SIGTERM))
             .collect();
-        for p in &live {
-            sys::kill_group(p.pid, libc::SIGTERM);
-        }
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline && live.iter().any(|p| p.status().is_none()) {
+        while Instant::now() < deadline && live.iter().any(|p| !sys::exited_unreaped(p.pid)) {
             std::thread::sleep(Duration::from_millis(10));
         }
         for p in &live {

@@ -209,6 +209,20 @@ pub(crate) fn kill_pid(pid: i32, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// True when our child `pid` has exited (or is already reaped), without
+/// reaping it: while it is a zombie its pid and process group id stay ours.
+pub(crate) fn exited_unreaped(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: waitid writes only into `info`, which outlives the call.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // ECHILD: not our child (any more), so it is not running as ours.
+    // SAFETY: si_pid is valid to read after waitid (zero if no child changed
+    // state).
+    rc != 0 || unsafe { info.si_pid() } != 0
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -84,6 +84,47 @@ fn the_laptop_roams_from_home_to_the_cafe_and_back() {
 }
 
 #[test]
+fn a_lab_is_shared_between_threads_while_a_host_roams() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Lab>();
+    need(&["nft"]);
+    let lab = Lab::up(config_path("nat-home.toml")).unwrap();
+    let echo = lab
+        .command("vps", [BIN, "echo", "serve", "--tcp", "0.0.0.0:7000"])
+        .spawn()
+        .unwrap();
+    echo.wait_for_log("tcp 0.0.0.0:7000", T).unwrap();
+    let vps = SocketAddr::new(lab.addr("vps", "pub-vps").unwrap(), 7000);
+    let cafe = lab.addr("cafe", "pub-cafe").unwrap();
+    let roamed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // One thread keeps asking the VPS from the laptop (bounded: 200 tries)
+        // while the main thread moves the laptop.
+        let asker = s.spawn(|| {
+            for _ in 0..200 {
+                let seen = lab
+                    .run_in("laptop", move || fpn_lab::echo::whoami_tcp(vps, T))
+                    .unwrap();
+                if let Ok(seen) = seen
+                    && seen.ip() == cafe
+                {
+                    return roamed.load(std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        roamed.store(true, std::sync::atomic::Ordering::SeqCst);
+        lab.roam("laptop", "homelan", "cafelan").unwrap();
+        assert!(
+            asker.join().unwrap(),
+            "the asker never saw the cafe's address after the move"
+        );
+    });
+}
+
+#[test]
 fn roaming_is_visible_to_other_processes_through_the_state_file() {
     need(&["nft"]);
     let lab = Lab::up(config_path("nat-home.toml")).unwrap();
