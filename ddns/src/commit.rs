@@ -1,0 +1,169 @@
+//! The commit thread: the zone's only writer.
+//!
+//! It takes every update and API change from one bounded queue, in batches:
+//! all jobs waiting when it wakes are evaluated in one transaction, written
+//! to sled in one atomic batch and made durable by one flush (group
+//! commit), then published to the zone, and only then answered. While one
+//! flush runs, the next batch gathers in the queue, so the flush cost is
+//! shared by every update in flight.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, info_span};
+
+use crate::Error;
+use crate::answer::{PendingUpdate, update_response};
+use crate::server::Shared;
+use crate::store::Store;
+use crate::wire::Rcode;
+use crate::zone::{ApiChange, Txn};
+
+/// Most jobs in one commit.
+pub const MAX_BATCH: usize = 1024;
+/// Capacity of the job queue; beyond it updates are answered SERVFAIL.
+pub const QUEUE: usize = 4096;
+
+/// Work for the commit thread.
+pub enum Job {
+    /// An authenticated RFC 2136 update.
+    Update {
+        /// The update.
+        pending: PendingUpdate,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// A change from the embedding API.
+    Api {
+        /// The change.
+        change: ApiChange,
+        /// Receives the zone serial after the commit.
+        reply: oneshot::Sender<Result<u32, Error>>,
+    },
+}
+
+/// Where the answer to an update goes.
+pub enum ReplyTo {
+    /// A UDP datagram to `peer` from the socket the request came in on.
+    Udp {
+        /// The server socket.
+        socket: Arc<UdpSocket>,
+        /// The client.
+        peer: SocketAddr,
+    },
+    /// A channel (TCP connections wait on it).
+    Channel(oneshot::Sender<Vec<u8>>),
+}
+
+impl ReplyTo {
+    fn send(self, bytes: Vec<u8>) {
+        match self {
+            Self::Udp { socket, peer } => {
+                if let Err(e) = socket.send_to(&bytes, peer) {
+                    debug!(%peer, error = %e, "sending an update answer failed");
+                }
+            }
+            Self::Channel(tx) => {
+                let _ = tx.send(bytes); // the connection may be gone
+            }
+        }
+    }
+}
+
+/// Runs until every sender of `jobs` is gone.
+pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(&shared, &mut store, batch);
+    }
+    debug!("commit thread finished");
+}
+
+fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) {
+    let _span = info_span!("commit", jobs = batch.len()).entered();
+    let now = crate::unix_now();
+    let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
+    let mut txn = Txn::new(&zone);
+    let results: Vec<Result<(), Rejected>> = batch
+        .iter()
+        .map(|job| match job {
+            Job::Update { pending, .. } => {
+                let r = txn.update(&pending.msg, pending.key.policy());
+                match &r {
+                    Ok(()) => debug!(key = %pending.key.name(), "update accepted"),
+                    Err((rcode, reason)) => {
+                        info!(key = %pending.key.name(), %rcode, reason, "update rejected")
+                    }
+                }
+                r.map_err(|(rc, _)| Rejected::Update(rc))
+            }
+            Job::Api { change, .. } => txn.api(change).map_err(Rejected::Api),
+        })
+        .collect();
+    let changes = txn.finish();
+    let serial_before = zone.serial();
+    drop(zone);
+
+    let committed: Result<u32, String> = match changes {
+        Ok(None) => Ok(serial_before),
+        Ok(Some(cs)) => match store.write(&cs).and_then(|()| store.flush()) {
+            Ok(()) => {
+                let mut zone = shared.zone.write().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = zone.apply(&cs) {
+                    // Checked while merging; reaching this is a bug, and the
+                    // stored data stays right for the next start.
+                    error!(error = %e, "publishing a durable change failed");
+                }
+                drop(zone);
+                info!(serial = cs.serial, names = cs.nodes.len(), "zone changed");
+                shared.serial_changed(cs.serial);
+                Ok(cs.serial)
+            }
+            Err(e) => {
+                error!(error = %e, "commit failed: updates answered SERVFAIL");
+                Err(e.to_string())
+            }
+        },
+        Err(e) => {
+            error!(error = %e, "preparing the commit failed");
+            Err(e.to_string())
+        }
+    };
+
+    for (job, result) in batch.into_iter().zip(results) {
+        match job {
+            Job::Update { pending, reply } => {
+                let rcode = match (&result, &committed) {
+                    (Err(Rejected::Update(rc)), _) => *rc,
+                    (Err(Rejected::Api(_)), _) => Rcode::SERVFAIL,
+                    (Ok(()), Ok(_)) => Rcode::NOERROR,
+                    (Ok(()), Err(_)) => Rcode::SERVFAIL,
+                };
+                reply.send(update_response(&pending, rcode, now));
+            }
+            Job::Api { reply, .. } => {
+                let r = match (result, &committed) {
+                    (Err(Rejected::Api(e)), _) => Err(e),
+                    (Err(Rejected::Update(rc)), _) => Err(Error::Commit(rc.to_string())),
+                    (Ok(()), Ok(serial)) => Ok(*serial),
+                    (Ok(()), Err(e)) => Err(Error::Commit(e.clone())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// Why a job of a batch was not applied.
+enum Rejected {
+    Update(Rcode),
+    Api(Error),
+}

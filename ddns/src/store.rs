@@ -1,0 +1,338 @@
+//! Persistence of the zone in sled.
+//!
+//! One tree, three key spaces, so a whole commit is one atomic
+//! `apply_batch`: `n` + name key → the name's records; `j` + sequence →
+//! an IXFR journal entry; `m…` → metadata (the zone's name). A commit is
+//! durable after [`Store::flush`], which the commit thread calls once per
+//! batch of updates (group commit) before any of them is answered.
+//!
+//! Record encoding (format 1): owner name (wire, case kept), record count,
+//! then per record type, TTL, RDLENGTH, RDATA (names uncompressed).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, Restrict};
+use tracing::debug;
+
+use crate::Error;
+use crate::answer::name_wire_case;
+use crate::zone::node::rdata_bytes;
+use crate::zone::{ChangeSet, Diff, NameKey, NodeData, RrSet, key_of, type_allowed};
+
+const FORMAT: u8 = 1;
+const ORIGIN_KEY: &[u8] = b"m/origin";
+/// Journal entries kept for IXFR; older clients get a full transfer.
+pub const JOURNAL_MAX: u64 = 1000;
+
+/// The zone's database (owned by the commit thread).
+pub struct Store {
+    db: sled::Db,
+    next_seq: u64,
+}
+
+/// Read access to the IXFR journal, for transfer handlers.
+#[derive(Clone)]
+pub struct JournalReader {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` for zone `origin`.
+    pub fn open(dir: &Path, origin: &Name) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir)?;
+        // Flushed explicitly after every commit; no background flusher.
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let want = key_of(origin);
+        match db.get(ORIGIN_KEY)? {
+            Some(stored) if stored.as_ref() != want.as_ref() => {
+                let stored = Name::from_bytes(&stored)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(Error::ZoneMismatch {
+                    stored,
+                    configured: origin.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                db.insert(ORIGIN_KEY, want.as_ref())?;
+            }
+        }
+        let next_seq = match db.scan_prefix(b"j").next_back() {
+            Some(entry) => seq_of(&entry?.0)? + 1,
+            None => 0,
+        };
+        Ok(Self { db, next_seq })
+    }
+
+    /// A handle for reading the journal from other threads.
+    pub fn journal_reader(&self) -> JournalReader {
+        JournalReader {
+            db: self.db.clone(),
+        }
+    }
+
+    /// All stored names. Empty for a new database.
+    pub fn load(&self) -> Result<Vec<NodeData>, Error> {
+        let mut nodes = Vec::new();
+        for entry in self.db.scan_prefix(b"n") {
+            let (_, value) = entry?;
+            nodes.push(decode_node(&value)?);
+        }
+        Ok(nodes)
+    }
+
+    /// Writes the initial zone (a new database).
+    pub fn init(&mut self, nodes: &[NodeData]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for n in nodes {
+            batch.insert(node_key(&key_of(&n.name)), encode_node(n)?);
+        }
+        self.db.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Writes a change set and its journal entry, atomically. Not durable
+    /// until [`Store::flush`].
+    pub fn write(&mut self, cs: &ChangeSet) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for (key, node) in &cs.nodes {
+            match node {
+                Some(n) => batch.insert(node_key(key), encode_node(n)?),
+                None => batch.remove(node_key(key)),
+            }
+        }
+        let seq = self.next_seq;
+        batch.insert(journal_key(seq).to_vec(), encode_diff(cs)?);
+        if let Some(old) = seq.checked_sub(JOURNAL_MAX) {
+            batch.remove(journal_key(old).to_vec());
+        }
+        self.db.apply_batch(batch)?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsync).
+    pub fn flush(&self) -> Result<(), Error> {
+        let bytes = self.db.flush()?;
+        debug!(bytes, "zone flushed");
+        Ok(())
+    }
+}
+
+impl JournalReader {
+    /// The diffs that lead from serial `from` to the newest version, oldest
+    /// first; `None` when the journal does not reach back to `from`.
+    pub fn diffs_since(&self, from: u32) -> Result<Option<Vec<Diff>>, Error> {
+        let mut out = Vec::new();
+        let mut found = false;
+        for entry in self.db.scan_prefix(b"j") {
+            let (_, value) = entry?;
+            let old = value
+                .get(1..5)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            if !found && old == Some(from) {
+                found = true;
+            }
+            if found {
+                out.push(decode_diff(&value)?);
+            }
+        }
+        Ok(found.then_some(out))
+    }
+}
+
+fn node_key(key: &NameKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(b'n');
+    k.extend_from_slice(key);
+    k
+}
+
+fn journal_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'j';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, Error> {
+    let b: [u8; 8] = key
+        .get(1..9)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("bad journal key".into()))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// Encodes a name's records.
+pub fn encode_node(n: &NodeData) -> Result<Vec<u8>, Error> {
+    let mut out = vec![FORMAT];
+    out.extend_from_slice(&name_wire_case(&n.name));
+    out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+    for (t, set) in &n.rrsets {
+        for rd in &set.rdatas {
+            put_rdata(&mut out, *t, set.ttl, rd)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a name's records; errors on anything malformed.
+pub fn decode_node(b: &[u8]) -> Result<NodeData, Error> {
+    let mut d = start(b)?;
+    let name = Name::read(&mut d)?;
+    let count = d.read_u32()?.unverified(/* bounded by the data: each record reads from it */);
+    let mut node = NodeData::new(name);
+    for _ in 0..count {
+        let (t, ttl, rd) = read_rdata(&mut d)?;
+        let set = node.rrsets.entry(t).or_insert_with(|| RrSet {
+            ttl,
+            rdatas: Vec::new(),
+        });
+        set.rdatas.push(rd);
+    }
+    finish(&d)?;
+    Ok(node)
+}
+
+fn encode_diff(cs: &ChangeSet) -> Result<Vec<u8>, Error> {
+    let d = &cs.diff;
+    let mut out = vec![FORMAT];
+    out.extend_from_slice(&cs.old_serial.to_be_bytes());
+    out.extend_from_slice(&cs.serial.to_be_bytes());
+    let (Some(old), Some(new)) = (&d.old_soa, &d.new_soa) else {
+        return Err(Error::Corrupt("change set without SOA".into()));
+    };
+    put_records(&mut out, std::slice::from_ref(old))?;
+    put_records(&mut out, &d.removed)?;
+    put_records(&mut out, std::slice::from_ref(new))?;
+    put_records(&mut out, &d.added)?;
+    Ok(out)
+}
+
+fn decode_diff(b: &[u8]) -> Result<Diff, Error> {
+    let mut d = start(b)?;
+    d.read_u32()?.unverified(/* serials are informational here */);
+    d.read_u32()?.unverified(/* idem */);
+    let old_soa = read_records(&mut d)?.into_iter().next();
+    let removed = read_records(&mut d)?;
+    let new_soa = read_records(&mut d)?.into_iter().next();
+    let added = read_records(&mut d)?;
+    finish(&d)?;
+    Ok(Diff {
+        old_soa,
+        removed,
+        new_soa,
+        added,
+    })
+}
+
+fn start(b: &[u8]) -> Result<BinDecoder<'_>, Error> {
+    if b.first() != Some(&FORMAT) {
+        return Err(Error::Corrupt("unknown record format".into()));
+    }
+    let mut d = BinDecoder::new(b);
+    d.read_u8()?.unverified(/* the format byte, checked above */);
+    Ok(d)
+}
+
+fn finish(d: &BinDecoder<'_>) -> Result<(), Error> {
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Corrupt("trailing bytes in stored record".into()))
+    }
+}
+
+fn put_rdata(out: &mut Vec<u8>, t: u16, ttl: u32, rd: &RData) -> Result<(), Error> {
+    let rdata = rdata_bytes(rd)?;
+    out.extend_from_slice(&t.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(&rdata);
+    Ok(())
+}
+
+fn read_rdata(d: &mut BinDecoder<'_>) -> Result<(u16, u32, RData), Error> {
+    let t = d.read_u16()?.unverified(/* any type number; RData::read validates */);
+    let ttl = d.read_u32()?.unverified(/* any TTL */);
+    let len = d.read_u16()?.unverified(/* Restrict below bounds the read */);
+    if len == 0 {
+        return Err(Error::Corrupt("stored record without data".into()));
+    }
+    let rd = RData::read(d, RecordType::from(t), Restrict::new(len))?;
+    Ok((t, ttl, rd))
+}
+
+fn put_records(out: &mut Vec<u8>, records: &[Record]) -> Result<(), Error> {
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&name_wire_case(&r.name));
+        put_rdata(out, u16::from(r.record_type()), r.ttl, &r.data)?;
+    }
+    Ok(())
+}
+
+fn read_records(d: &mut BinDecoder<'_>) -> Result<Vec<Record>, Error> {
+    let n = d.read_u32()?.unverified(/* bounded by the data */);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let name = Name::read(d)?;
+        let (_, ttl, rd) = read_rdata(d)?;
+        out.push(Record::from_rdata(name, ttl, rd));
+    }
+    Ok(out)
+}
+
+/// Reads a zone file (RFC 1035 master format) into nodes, for seeding a
+/// new database. Only types the zone serves are accepted; LIP records
+/// cannot be written in zone files the parser knows, add them by UPDATE.
+pub fn import_zone_file(path: &Path, origin: &Name) -> Result<Vec<NodeData>, Error> {
+    let bad = |reason: String| Error::ZoneFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let parser = hickory_proto::serialize::txt::Parser::new(
+        text,
+        Some(path.to_owned()),
+        Some(origin.clone()),
+    );
+    let (parsed_origin, sets) = parser.parse().map_err(|e| bad(e.to_string()))?;
+    if key_of(&parsed_origin) != key_of(origin) {
+        return Err(bad(format!(
+            "zone file is for {parsed_origin}, not {origin}"
+        )));
+    }
+    let origin_key = key_of(origin);
+    let mut nodes: BTreeMap<NameKey, NodeData> = BTreeMap::new();
+    for set in sets.into_values() {
+        let t = u16::from(set.record_type());
+        let name = set.name().clone();
+        let key = key_of(&name);
+        if !crate::wire::in_zone(&key, &origin_key) {
+            return Err(bad(format!("{name} is outside the zone")));
+        }
+        if !type_allowed(t, key == origin_key) || name.is_wildcard() {
+            return Err(bad(format!(
+                "{name} {}: type or name not served by fpn-ddns",
+                set.record_type()
+            )));
+        }
+        let rdatas: Vec<RData> = set
+            .records_without_rrsigs()
+            .map(|r| r.data.clone())
+            .collect();
+        let node = nodes.entry(key).or_insert_with(|| NodeData::new(name));
+        node.rrsets.insert(
+            t,
+            RrSet {
+                ttl: set.ttl(),
+                rdatas,
+            },
+        );
+    }
+    Ok(nodes.into_values().collect())
+}

@@ -1,0 +1,1 @@
+//! Zone logic, called directly.
