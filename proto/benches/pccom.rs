@@ -10,6 +10,7 @@
 //! seal, trailer, length fields, checksum, then replay check, open, window,
 //! lengths, checksum). Throughput is payload bytes per iteration, one
 //! iteration being a round trip (both directions' work on one packet).
+//! `checksum/<bytes>` times the Internet checksum alone.
 
 // criterion_group! generates an undocumented public fn.
 #![allow(missing_docs)]
@@ -20,6 +21,7 @@ use std::net::Ipv6Addr;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use fpn_proto::keys::{FlowKeys, TrafficKey};
+use fpn_proto::packet::checksum::checksum;
 use fpn_proto::pccom::{FlowCrypto, PacketAead, RingAesGcm, RustCryptoAesGcm, TRAILER_LEN};
 
 const SIZES: [usize; 4] = [64, 512, 1400, 8900];
@@ -99,9 +101,24 @@ fn bench_backend<A: PacketAead>(c: &mut Criterion) {
     g.finish();
 }
 
+/// The Internet checksum alone: PCCOM runs it once per direction over the
+/// whole transport segment, so it is most of the framing cost.
+fn bench_checksum(c: &mut Criterion) {
+    let mut g = c.benchmark_group("checksum");
+    for size in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let data = vec![0xa5u8; size];
+        g.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter(|| checksum(black_box(&data)))
+        });
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     bench_backend::<RingAesGcm>(c);
     bench_backend::<RustCryptoAesGcm>(c);
+    bench_checksum(c);
 }
 
 criterion_group!(pccom, benches);
