@@ -316,14 +316,19 @@ pub fn request(socket: &Path, req: &AdminRequest, timeout: Duration) -> Result<A
     let mut reader = BufReader::new(&stream).take(MAX_LINE as u64);
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             Error::Timeout("the GMS did not answer the admin request")
         } else {
             Error::Net(e)
         }
     })?;
     if answer.is_empty() {
-        return Err(Error::Protocol("the GMS closed the admin connection without answering".into()));
+        return Err(Error::Protocol(
+            "the GMS closed the admin connection without answering".into(),
+        ));
     }
     serde_json::from_str(&answer).map_err(|e| Error::Protocol(format!("bad admin answer: {e}")))
 }
@@ -347,6 +352,9 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), r);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"nope"}"#).is_err());
-        assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"group_remove","num":1,"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<AdminRequest>(r#"{"cmd":"group_remove","num":1,"x":1}"#)
+                .is_err()
+        );
     }
 }

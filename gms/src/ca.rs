@@ -242,7 +242,6 @@ fn dn(cn: &str) -> DistinguishedName {
     d
 }
 
-
 /// The proleptic Gregorian date (year, month, day) of a unix time
 /// (H. Hinnant's `civil_from_days`).
 fn civil_from_unix(unix: u64) -> (i32, u8, u8) {
@@ -298,7 +297,9 @@ mod tests {
             groups: Default::default(),
             overlay: std::net::Ipv4Addr::new(100, 64, 0, 4),
         };
-        let cred = ca.issue_credential(10, info, public, now, now + 10).unwrap();
+        let cred = ca
+            .issue_credential(10, info, public, now, now + 10)
+            .unwrap();
         UnverifiedCredential::decode(&cred.encode().unwrap())
             .unwrap()
             .verify(&ca.public_key(), now + 1)

@@ -16,14 +16,23 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             println!("CA fingerprint  {}", s.ca_fingerprint);
             println!("GEs             {} ({} online)", s.ges, s.online);
             println!("groups          {}", s.groups);
-            println!("rotation        {} (grace {}s)", s.rotation_schedule, s.grace_secs);
+            println!(
+                "rotation        {} (grace {}s)",
+                s.rotation_schedule, s.grace_secs
+            );
             println!("next rotation   {}", opt(s.next_rotation));
         }
         AdminRequest::GroupList => {
             let gs: Vec<GroupView> = resp.into_result()?;
             println!("{:>5}  {:<16} {:>5}  MEMBERS", "GROUP", "NAME", "KEY");
             for g in gs {
-                println!("{:>5}  {:<16} {:>5}  {}", g.num, g.name, format!("v{}", g.key_version), g.members.join(","));
+                println!(
+                    "{:>5}  {:<16} {:>5}  {}",
+                    g.num,
+                    g.name,
+                    format!("v{}", g.key_version),
+                    g.members.join(",")
+                );
             }
         }
         AdminRequest::GeList => {
@@ -58,7 +67,11 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             println!("kind, mode    {}, {}", g.kind, g.mode);
             println!("groups        {}", groups(&g.groups));
             println!("overlay       {}", g.overlay);
-            println!("state         {}{}", g.state, if g.online { ", online" } else { "" });
+            println!(
+                "state         {}{}",
+                g.state,
+                if g.online { ", online" } else { "" }
+            );
             if let Some(s) = g.seen {
                 println!("seen at       {s}");
             }
@@ -74,7 +87,10 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         AdminRequest::TokenCreate { .. } => {
             let t: TokenView = resp.into_result()?;
             println!("{}", t.token);
-            eprintln!("one-time token for {}; expires at {} (unix); run: fpn-node enroll TOKEN", t.ge, t.expires_at);
+            eprintln!(
+                "one-time token for {}; expires at {} (unix); run: fpn-node enroll TOKEN",
+                t.ge, t.expires_at
+            );
         }
         AdminRequest::Rotate { .. } => {
             let r: Vec<RotatedView> = resp.into_result()?;
@@ -82,7 +98,10 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         }
         AdminRequest::Keys => {
             let ks: Vec<KeysView> = resp.into_result()?;
-            println!("{:>5}  {:<16} {:>7}  {:<8} {:>8}  EXPIRES IN", "GROUP", "NAME", "VERSION", "STATE", "AGE");
+            println!(
+                "{:>5}  {:<16} {:>7}  {:<8} {:>8}  EXPIRES IN",
+                "GROUP", "NAME", "VERSION", "STATE", "AGE"
+            );
             for k in ks {
                 for v in k.versions {
                     println!(

@@ -104,7 +104,9 @@ pub struct Config {
 }
 
 fn default_listen() -> SocketAddr {
-    DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4433)))
+    DEFAULT_LISTEN
+        .parse()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4433)))
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
@@ -139,7 +141,9 @@ impl Config {
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         c.zone = normalize_zone(&c.zone)?;
         if c.cert_validity_days == 0 {
-            return Err(Error::Config("cert_validity_days must be at least 1".into()));
+            return Err(Error::Config(
+                "cert_validity_days must be at least 1".into(),
+            ));
         }
         Ok(c)
     }
@@ -159,11 +163,14 @@ impl Config {
 pub fn normalize_zone(zone: &str) -> Result<String> {
     let z = zone.trim().trim_end_matches('.').to_ascii_lowercase();
     if z.is_empty() || z.len() > 200 {
-        return Err(Error::Config(format!("zone {zone:?}: must be a DNS name like home.fpn.")));
+        return Err(Error::Config(format!(
+            "zone {zone:?}: must be a DNS name like home.fpn."
+        )));
     }
     for label in z.split('.') {
-        fpn_proto::ge::validate_name(label)
-            .map_err(|_| Error::Config(format!("zone {zone:?}: label {label:?} is not a DNS label")))?;
+        fpn_proto::ge::validate_name(label).map_err(|_| {
+            Error::Config(format!("zone {zone:?}: label {label:?} is not a DNS label"))
+        })?;
     }
     Ok(format!("{z}."))
 }

@@ -49,11 +49,15 @@ mod tests {
         let f = ClientMsg::DirectoryQuery("nas".into()).encode().unwrap();
         write_frame(&mut a, &f).await.unwrap();
         let (ty, body) = read_frame(&mut b).await.unwrap().unwrap();
-        assert!(matches!(ClientMsg::decode(ty, &body), Ok(ClientMsg::DirectoryQuery(n)) if n == "nas"));
+        assert!(
+            matches!(ClientMsg::decode(ty, &body), Ok(ClientMsg::DirectoryQuery(n)) if n == "nas")
+        );
 
         // Oversized announcement: refused from the header alone.
         let len = (MAX_BODY as u32 + 1).to_be_bytes();
-        write_frame(&mut a, &[1, 4, len[0], len[1], len[2], len[3]]).await.unwrap();
+        write_frame(&mut a, &[1, 4, len[0], len[1], len[2], len[3]])
+            .await
+            .unwrap();
         assert!(matches!(read_frame(&mut b).await, Err(Error::Protocol(_))));
 
         // A stream that ends inside a frame.

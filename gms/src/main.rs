@@ -189,7 +189,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data = cli.data.clone();
-    let need_data = || data.clone().context("--data DIR (or FPN_GMS_DATA) is required");
+    let need_data = || {
+        data.clone()
+            .context("--data DIR (or FPN_GMS_DATA) is required")
+    };
     let req = match cli.cmd {
         Cmd::Init {
             zone,
@@ -210,7 +213,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 grace,
             })?;
             if cli.json {
-                println!("{}", serde_json::json!({ "data": dir, "ca_fingerprint": fp }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "data": dir, "ca_fingerprint": fp })
+                );
             } else {
                 println!("initialized {}; CA fingerprint {fp}", dir.display());
             }

@@ -340,7 +340,10 @@ mod tests {
             enrollment: None,
         };
         let j = String::from_utf8(to_json(&r)).unwrap();
-        assert!(j.contains("\"kind\":\"gea\"") && j.contains("\"mode\":\"cl\""), "{j}");
+        assert!(
+            j.contains("\"kind\":\"gea\"") && j.contains("\"mode\":\"cl\""),
+            "{j}"
+        );
         assert_eq!(from_json::<GeRecord>("ges", j.as_bytes()).unwrap(), r);
     }
 }

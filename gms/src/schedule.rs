@@ -114,7 +114,11 @@ impl FromStr for Schedule {
 
 /// Parses `90s`, `10m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, Error> {
-    let bad = || Error::Config(format!("duration {s:?}: expected a number and s, m, h or d"));
+    let bad = || {
+        Error::Config(format!(
+            "duration {s:?}: expected a number and s, m, h or d"
+        ))
+    };
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -207,7 +211,14 @@ mod tests {
         for s in ["daily@03:00", "daily@23:59", "every:30s", "every:6h", "off"] {
             assert_eq!(s.parse::<Schedule>().unwrap().to_string(), s);
         }
-        for bad in ["daily@24:00", "daily@3", "daily@03:60", "every:0s", "hourly", "every:5x"] {
+        for bad in [
+            "daily@24:00",
+            "daily@3",
+            "daily@03:60",
+            "every:0s",
+            "hourly",
+            "every:5x",
+        ] {
             assert!(bad.parse::<Schedule>().is_err(), "{bad}");
         }
         assert_eq!(

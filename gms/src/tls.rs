@@ -53,7 +53,8 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
 fn transport(server: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
     ));
     if server {
         // One stream per connection is all the protocol uses (enrollment or
@@ -181,9 +182,10 @@ impl ServerCertVerifier for PinnedCa {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA certificate: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 

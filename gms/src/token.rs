@@ -109,7 +109,8 @@ impl Token {
         let ca_fingerprint = r.array("fingerprint").map_err(bad)?;
         let id = r.array("id").map_err(bad)?;
         let secret = Zeroizing::new(r.array("secret").map_err(bad)?);
-        r.finish("token").map_err(|_| Error::TokenFormat("it has trailing bytes"))?;
+        r.finish("token")
+            .map_err(|_| Error::TokenFormat("it has trailing bytes"))?;
         Ok(Self {
             gms_addr,
             ca_fingerprint,
@@ -163,7 +164,9 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        let text = Token::generate("gms.example:4433", [3; 32]).unwrap().encode();
+        let text = Token::generate("gms.example:4433", [3; 32])
+            .unwrap()
+            .encode();
         assert!(Token::parse("fpn2:abc").is_err());
         assert!(Token::parse("fpn1:!!!").is_err());
         assert!(Token::parse(&text[..text.len() - 4]).is_err());

@@ -324,7 +324,11 @@ impl ClientMsg {
             },
             0x03 => Self::ReportAddresses(get_addrs(&mut r)?),
             0x04 => Self::DirectoryQuery(get_str(&mut r, MAX_NAME_LEN, "GE name")?),
-            t => return Err(Error::Protocol(format!("unknown client message type {t:#04x}"))),
+            t => {
+                return Err(Error::Protocol(format!(
+                    "unknown client message type {t:#04x}"
+                )));
+            }
         };
         r.finish("client message")?;
         Ok(m)
@@ -429,7 +433,11 @@ impl ServerMsg {
             },
             0x88 => Self::DirectoryAnswer(get_entry(&mut r)?),
             0x89 => Self::Ack,
-            t => return Err(Error::Protocol(format!("unknown server message type {t:#04x}"))),
+            t => {
+                return Err(Error::Protocol(format!(
+                    "unknown server message type {t:#04x}"
+                )));
+            }
         };
         r.finish("server message")?;
         Ok(m)
@@ -617,7 +625,10 @@ mod tests {
             credential: vec![1; 100],
             online: true,
             seen: Some("198.18.0.5:4000".parse().unwrap()),
-            reported: vec!["192.168.1.2:4433".parse().unwrap(), "[fd00::1]:1".parse().unwrap()],
+            reported: vec![
+                "192.168.1.2:4433".parse().unwrap(),
+                "[fd00::1]:1".parse().unwrap(),
+            ],
         };
         let gk = GroupKeys {
             group: GroupId(2),
@@ -680,7 +691,10 @@ mod tests {
             let back = ServerMsg::decode(ty, body).unwrap();
             assert_eq!(back.encode().unwrap(), f, "{m:?}");
             for len in 0..body.len() {
-                assert!(ServerMsg::decode(ty, &body[..len]).is_err(), "{m:?} at {len}");
+                assert!(
+                    ServerMsg::decode(ty, &body[..len]).is_err(),
+                    "{m:?} at {len}"
+                );
             }
             let mut long = body.to_vec();
             long.push(0);

@@ -16,8 +16,12 @@ const G1: GroupId = GroupId(1);
 async fn two_clients_enroll_receive_keys_and_follow_a_rotation() {
     let gms = Gms::start_new(&["--grace", "4s"]);
     gms.ok(&["group", "add", "1", "--name", "home"]);
-    gms.ok(&["ge", "add", "laptop", "--kind", "ges", "--mode", "op", "--group", "1"]);
-    gms.ok(&["ge", "add", "nas", "--kind", "gea", "--mode", "cl", "--group", "1"]);
+    gms.ok(&[
+        "ge", "add", "laptop", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    gms.ok(&[
+        "ge", "add", "nas", "--kind", "gea", "--mode", "cl", "--group", "1",
+    ]);
 
     let a = enroll(&gms, "laptop").await;
     let b = enroll(&gms, "nas").await;
@@ -37,9 +41,11 @@ async fn two_clients_enroll_receive_keys_and_follow_a_rotation() {
     gms.admin(AdminRequest::Rotate { group: Some(1) });
     for s in [&sa, &sb] {
         let left = Duration::from_secs(1).saturating_sub(t0.elapsed());
-        s.wait_for(left, |st| st.keys.current(G1).is_some_and(|(v, _)| v == KeyVersion(2)))
-            .await
-            .expect("new version within a second");
+        s.wait_for(left, |st| {
+            st.keys.current(G1).is_some_and(|(v, _)| v == KeyVersion(2))
+        })
+        .await
+        .expect("new version within a second");
     }
     let (_, k2a) = sa.current_key(G1).unwrap();
     assert!(k2a.ct_eq(&sb.current_key(G1).unwrap().1));
@@ -64,18 +70,33 @@ async fn two_clients_enroll_receive_keys_and_follow_a_rotation() {
 async fn key_cache_is_private_and_serves_keys_while_the_gms_is_down() {
     let mut gms = Gms::start_new(&[]);
     gms.ok(&["group", "add", "7", "--name", "office"]);
-    gms.ok(&["ge", "add", "pc", "--kind", "ges", "--mode", "op", "--group", "7"]);
+    gms.ok(&[
+        "ge", "add", "pc", "--kind", "ges", "--mode", "op", "--group", "7",
+    ]);
     let id = enroll(&gms, "pc").await;
     let state = gms.tmp.path().join("node");
     id.save(&state).unwrap();
-    assert_eq!(fpn_gms::fsutil::mode_of(&state.join("node.key")).unwrap(), 0o600);
+    assert_eq!(
+        fpn_gms::fsutil::mode_of(&state.join("node.key")).unwrap(),
+        0o600
+    );
     let cache = state.join("keys");
-    let s = connect(fpn_gms::client::Identity::load(&state).unwrap(), Some(&cache)).await;
+    let s = connect(
+        fpn_gms::client::Identity::load(&state).unwrap(),
+        Some(&cache),
+    )
+    .await;
     let (v, k) = s.current_key(GroupId(7)).unwrap();
     drop(s);
     assert_eq!(fpn_gms::fsutil::mode_of(&cache).unwrap(), 0o600);
-    assert_eq!(fpn_gms::fsutil::mode_of(&gms.data.join("ca.key")).unwrap(), 0o600);
-    assert_eq!(fpn_gms::fsutil::mode_of(&gms.data.join("admin.sock")).unwrap(), 0o600);
+    assert_eq!(
+        fpn_gms::fsutil::mode_of(&gms.data.join("ca.key")).unwrap(),
+        0o600
+    );
+    assert_eq!(
+        fpn_gms::fsutil::mode_of(&gms.data.join("admin.sock")).unwrap(),
+        0o600
+    );
 
     // With the GMS gone, a restarted node still has its keys from the cache.
     gms.kill();
@@ -95,8 +116,12 @@ async fn key_cache_is_private_and_serves_keys_while_the_gms_is_down() {
 async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     let gms = Gms::start_new(&[]);
     gms.ok(&["group", "add", "1", "--name", "g"]);
-    gms.ok(&["ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1"]);
-    gms.ok(&["ge", "add", "b", "--kind", "gen", "--mode", "cl", "--group", "1"]);
+    gms.ok(&[
+        "ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    gms.ok(&[
+        "ge", "add", "b", "--kind", "gen", "--mode", "cl", "--group", "1",
+    ]);
     let a = enroll(&gms, "a").await;
     let b = enroll(&gms, "b").await;
     let mut sa = connect(a, None).await;
@@ -116,7 +141,9 @@ async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     let moved: std::net::SocketAddr = "10.1.2.3:4433".parse().unwrap();
     sb.report_addresses(vec![moved]).await.unwrap();
     let ev = next_matching(&mut sa, |e| matches!(e, Event::DirectoryChanged { .. })).await;
-    let Event::DirectoryChanged { name, entry } = ev else { unreachable!() };
+    let Event::DirectoryChanged { name, entry } = ev else {
+        unreachable!()
+    };
     assert_eq!(name, "b");
     assert_eq!(entry.unwrap().reported, vec![moved]);
     let show = gms.json(&["ge", "show", "b"]);

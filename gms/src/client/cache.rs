@@ -45,13 +45,19 @@ impl KeyCache {
         let mut keys: Vec<CachedKey> = gk
             .keys
             .into_iter()
-            .map(|WireKey { version, expires_at, key }| CachedKey {
-                version,
-                expires_at,
-                key,
-            })
+            .map(
+                |WireKey {
+                     version,
+                     expires_at,
+                     key,
+                 }| CachedKey {
+                    version,
+                    expires_at,
+                    key,
+                },
+            )
             .collect();
-        keys.sort_by(|a, b| b.version.cmp(&a.version));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.version));
         if keys.is_empty() {
             self.groups.remove(&gk.group);
         } else {
@@ -158,7 +164,7 @@ impl KeyCache {
         }
         r.finish("key cache")?;
         for keys in c.groups.values_mut() {
-            keys.sort_by(|a, b| b.version.cmp(&a.version));
+            keys.sort_by_key(|k| std::cmp::Reverse(k.version));
         }
         Ok(c)
     }
@@ -222,11 +228,20 @@ mod tests {
         assert_eq!(fsutil::mode_of(&p).unwrap(), 0o600);
         let back = KeyCache::load(&p).unwrap();
         assert_eq!(back.versions(GroupId(3)), c.versions(GroupId(3)));
-        assert!(back.key(GroupId(3), KeyVersion(6), 999).unwrap().ct_eq(&GroupKey::from_bytes([6; 32])));
+        assert!(
+            back.key(GroupId(3), KeyVersion(6), 999)
+                .unwrap()
+                .ct_eq(&GroupKey::from_bytes([6; 32]))
+        );
         let bytes = c.encode();
         for len in 0..bytes.len() {
             assert!(KeyCache::decode(&bytes[..len]).is_err());
         }
-        assert!(KeyCache::load(&dir.path().join("missing")).unwrap().current(GroupId(3)).is_none());
+        assert!(
+            KeyCache::load(&dir.path().join("missing"))
+                .unwrap()
+                .current(GroupId(3))
+                .is_none()
+        );
     }
 }

@@ -175,7 +175,9 @@ async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identit
     match ServerMsg::decode(ty, &body)? {
         ServerMsg::Enrolled(e) => {
             if fingerprint(&e.ca_cert) != t.ca_fingerprint {
-                return Err(Error::Protocol("the GMS sent a CA other than the pinned one".into()));
+                return Err(Error::Protocol(
+                    "the GMS sent a CA other than the pinned one".into(),
+                ));
             }
             let cred = UnverifiedCredential::decode(&e.credential)?
                 .verify(&e.ca_public, crate::now_unix())?;
@@ -196,6 +198,8 @@ async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identit
             code: code as u16,
             reason,
         }),
-        other => Err(Error::Protocol(format!("unexpected answer to enrollment: {other:?}"))),
+        other => Err(Error::Protocol(format!(
+            "unexpected answer to enrollment: {other:?}"
+        ))),
     }
 }

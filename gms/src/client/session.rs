@@ -167,7 +167,11 @@ impl Drop for Session {
 impl Session {
     /// Starts the session task on `endpoint`. Keys from the on-disk cache
     /// are available at once, before the first connect.
-    pub fn start(identity: Identity, endpoint: quinn::Endpoint, cfg: SessionConfig) -> Result<Self> {
+    pub fn start(
+        identity: Identity,
+        endpoint: quinn::Endpoint,
+        cfg: SessionConfig,
+    ) -> Result<Self> {
         let client_cfg =
             tls::session_client_config(&identity.ca_cert, &identity.cert, identity.key_pkcs8())?;
         let mut state = NodeState::default();
@@ -202,6 +206,11 @@ impl Session {
     /// The next event; `None` once the session task ended.
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
+    }
+
+    /// The next event if one is queued, without waiting.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
     }
 
     /// Runs `f` on the current state.
@@ -283,7 +292,15 @@ async fn run(
     let mut backoff = cfg.backoff_min;
     loop {
         let before = shared.lock().sessions;
-        let r = connect_once(&identity, &endpoint, &client_cfg, &mut cfg, &shared, &mut cmds).await;
+        let r = connect_once(
+            &identity,
+            &endpoint,
+            &client_cfg,
+            &mut cfg,
+            &shared,
+            &mut cmds,
+        )
+        .await;
         let was_up = shared.lock().sessions > before;
         {
             let mut s = shared.lock();
@@ -367,7 +384,9 @@ async fn session_loop(
         .map_err(|_| Error::Timeout("session start"))??
         .ok_or_else(|| Error::Protocol("the GMS closed the session stream".into()))?;
     let ServerMsg::SessionInit(init) = ServerMsg::decode(ty, &body)? else {
-        return Err(Error::Protocol("the session did not start with SessionInit".into()));
+        return Err(Error::Protocol(
+            "the session did not start with SessionInit".into(),
+        ));
     };
     let cred = verify_credential(identity, &init.credential)?;
     let groups: BTreeSet<GroupId> = cred.info.groups.clone();
@@ -483,7 +502,9 @@ fn handle_push(
             _ => return Err(Error::Protocol("unexpected acknowledgement".into())),
         },
         ServerMsg::Enrolled(_) | ServerMsg::Refused { .. } | ServerMsg::SessionInit(_) => {
-            return Err(Error::Protocol("unexpected message inside a session".into()));
+            return Err(Error::Protocol(
+                "unexpected message inside a session".into(),
+            ));
         }
     }
     Ok(())
@@ -514,7 +535,9 @@ fn verify_credential(identity: &Identity, bytes: &[u8]) -> Result<Credential> {
     let c = UnverifiedCredential::decode(bytes)?.verify(&identity.ca_public, now_unix())?;
     let own = identity.node_key()?.public();
     if c.node_key != own {
-        return Err(Error::Protocol("the GMS sent a credential for another key".into()));
+        return Err(Error::Protocol(
+            "the GMS sent a credential for another key".into(),
+        ));
     }
     Ok(c)
 }

@@ -9,8 +9,8 @@ use tracing::info;
 use super::keys::RotationCause;
 use super::{Core, DirectoryEvent, Output, Tx, frame};
 use crate::admin::{
-    AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, KeyVersionView,
-    KeysView, StatusView, TokenView,
+    AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, KeyVersionView, KeysView,
+    StatusView, TokenView,
 };
 use crate::model::{
     AuditEntry, CertStatus, GeRecord, GroupRecord, RevocationRecord, RevokedItem, SCHEMA_VERSION,
@@ -79,7 +79,12 @@ impl Core {
         }
     }
 
-    fn group_add(&mut self, num: u32, name: String, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
+    fn group_add(
+        &mut self,
+        num: u32,
+        name: String,
+        now: u64,
+    ) -> Result<(AdminResponse, Vec<Output>)> {
         if num == 0 {
             return Err(Error::admin("group numbers start at 1"));
         }
@@ -88,7 +93,10 @@ impl Core {
             return Err(Error::admin(format!("group {num} already exists")));
         }
         if let Some(g) = self.st.groups.values().find(|g| g.name == name) {
-            return Err(Error::admin(format!("group name {name:?} is taken by group {}", g.num)));
+            return Err(Error::admin(format!(
+                "group name {name:?} is taken by group {}",
+                g.num
+            )));
         }
         if self.st.groups.len() >= MAX_GROUPS_TOTAL {
             return Err(Error::admin(format!("at most {MAX_GROUPS_TOTAL} groups")));
@@ -129,13 +137,12 @@ impl Core {
         }
         let ((), tx) = self.transact(|c, tx| {
             // Revoked GEs keep their record for the audit trail; drop the group from it.
-            let stale: Vec<GeRecord> = c
-                .st
-                .ges
-                .values()
-                .filter(|g| g.groups.contains(&num))
-                .cloned()
-                .collect();
+            let stale: Vec<GeRecord> =
+                c.st.ges
+                    .values()
+                    .filter(|g| g.groups.contains(&num))
+                    .cloned()
+                    .collect();
             for mut g in stale {
                 g.groups.remove(&num);
                 c.put_ge(tx, g);
@@ -191,7 +198,9 @@ impl Core {
                     join(&groups)
                 ),
             );
-            tx.out.push(Output::Directory(DirectoryEvent::Updated(c.directory_record(&rec))));
+            tx.out.push(Output::Directory(DirectoryEvent::Updated(
+                c.directory_record(&rec),
+            )));
             c.put_ge(tx, rec);
             Ok(())
         })?;
@@ -200,7 +209,12 @@ impl Core {
         Ok((AdminResponse::ok(&view), tx.out))
     }
 
-    fn ge_set(&mut self, name: &str, ch: GeChange, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
+    fn ge_set(
+        &mut self,
+        name: &str,
+        ch: GeChange,
+        now: u64,
+    ) -> Result<(AdminResponse, Vec<Output>)> {
         let old = self
             .st
             .ges
@@ -208,7 +222,9 @@ impl Core {
             .cloned()
             .ok_or_else(|| Error::admin(format!("no GE named {name}")))?;
         if !old.is_active() {
-            return Err(Error::admin(format!("GE {name} is revoked; remove it and add it again")));
+            return Err(Error::admin(format!(
+                "GE {name} is revoked; remove it and add it again"
+            )));
         }
         let mut new = old.clone();
         if let Some(k) = &ch.kind {
@@ -253,7 +269,9 @@ impl Core {
                     join(&new.groups)
                 ),
             );
-            tx.out.push(Output::Directory(DirectoryEvent::Updated(c.directory_record(&new))));
+            tx.out.push(Output::Directory(DirectoryEvent::Updated(
+                c.directory_record(&new),
+            )));
             c.put_ge(tx, new);
             // The membership above is already updated: a leaver is no
             // member of the rotations below and never sees the new version.
@@ -276,7 +294,10 @@ impl Core {
         let view = self.ge_view(name)?;
         let mut resp = AdminResponse::ok(&view);
         if let Some(o) = resp.data.as_object_mut() {
-            o.insert("rotated".into(), serde_json::to_value(&tx.rotated).unwrap_or_default());
+            o.insert(
+                "rotated".into(),
+                serde_json::to_value(&tx.rotated).unwrap_or_default(),
+            );
         }
         Ok((resp, tx.out))
     }
@@ -289,9 +310,13 @@ impl Core {
         let node_key = decode_key(&en.node_key)?;
         let serial = self.next_serial(tx);
         let not_after = now + u64::from(self.cfg.cert_validity_days) * 86_400;
-        let cred = self
-            .ca
-            .issue_credential(serial, rec.info(), node_key, now.saturating_sub(300), not_after)?;
+        let cred = self.ca.issue_credential(
+            serial,
+            rec.info(),
+            node_key,
+            now.saturating_sub(300),
+            not_after,
+        )?;
         let bytes = cred.encode()?;
         let old_serial = en.credential_serial;
         self.put_revocation(
@@ -325,7 +350,12 @@ impl Core {
     /// `ge remove` and `ge revoke`: the certificate and credential are
     /// revoked, live sessions closed, every group of the GE rotated, and
     /// every node told. `remove` also deletes the record.
-    fn ge_retire(&mut self, name: &str, how: Retire, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
+    fn ge_retire(
+        &mut self,
+        name: &str,
+        how: Retire,
+        now: u64,
+    ) -> Result<(AdminResponse, Vec<Output>)> {
         let rec = self
             .st
             .ges
@@ -341,40 +371,37 @@ impl Core {
         };
         let ((), tx) = self.transact(|c, tx| {
             let mut serials = Vec::new();
-            if let Some(en) = &rec.enrollment {
-                if rec.is_active() {
-                    let fp = decode_fp(&en.cert_fingerprint)?;
-                    if let Some(mut cert) = c.st.certs.get(&fp).cloned() {
-                        cert.status = CertStatus::Revoked;
-                        c.put_cert(tx, fp, cert);
-                    }
-                    for (serial, item) in [
-                        (en.cert_serial, RevokedItem::Certificate),
-                        (en.credential_serial, RevokedItem::Credential),
-                    ] {
-                        c.put_revocation(
-                            tx,
-                            RevocationRecord {
-                                serial,
-                                item,
-                                ge_id: rec.id,
-                                ge_name: rec.name.clone(),
-                                reason: verb.into(),
-                                at: now,
-                                not_after: en.cert_not_after,
-                            },
-                        );
-                        serials.push(serial);
-                    }
+            if let Some(en) = rec.enrollment.as_ref().filter(|_| rec.is_active()) {
+                let fp = decode_fp(&en.cert_fingerprint)?;
+                if let Some(mut cert) = c.st.certs.get(&fp).cloned() {
+                    cert.status = CertStatus::Revoked;
+                    c.put_cert(tx, fp, cert);
+                }
+                for (serial, item) in [
+                    (en.cert_serial, RevokedItem::Certificate),
+                    (en.credential_serial, RevokedItem::Credential),
+                ] {
+                    c.put_revocation(
+                        tx,
+                        RevocationRecord {
+                            serial,
+                            item,
+                            ge_id: rec.id,
+                            ge_name: rec.name.clone(),
+                            reason: verb.into(),
+                            at: now,
+                            not_after: en.cert_not_after,
+                        },
+                    );
+                    serials.push(serial);
                 }
             }
-            let tokens: Vec<[u8; 16]> = c
-                .st
-                .tokens
-                .iter()
-                .filter(|(_, t)| t.ge_id == rec.id)
-                .map(|(id, _)| *id)
-                .collect();
+            let tokens: Vec<[u8; 16]> =
+                c.st.tokens
+                    .iter()
+                    .filter(|(_, t)| t.ge_id == rec.id)
+                    .map(|(id, _)| *id)
+                    .collect();
             for id in tokens {
                 c.delete_token(tx, id);
             }
@@ -386,7 +413,19 @@ impl Core {
                     c.put_ge(tx, r);
                 }
             }
-            c.audit(tx, now, format!("ge {} {name} id={}", if how == Retire::Remove { "remove" } else { "revoke" }, rec.id));
+            c.audit(
+                tx,
+                now,
+                format!(
+                    "ge {} {name} id={}",
+                    if how == Retire::Remove {
+                        "remove"
+                    } else {
+                        "revoke"
+                    },
+                    rec.id
+                ),
+            );
             tx.out.push(Output::Close {
                 ge: GeId(rec.id),
                 code: close::REVOKED,
@@ -417,7 +456,12 @@ impl Core {
         Ok(done(format!("GE {name} {verb}"), tx))
     }
 
-    fn token_create(&mut self, name: &str, ttl: Option<u64>, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
+    fn token_create(
+        &mut self,
+        name: &str,
+        ttl: Option<u64>,
+        now: u64,
+    ) -> Result<(AdminResponse, Vec<Output>)> {
         let rec = self
             .st
             .ges
@@ -429,7 +473,10 @@ impl Core {
         }
         let ttl = ttl.unwrap_or(self.cfg.token_ttl.0.as_secs());
         if ttl > MAX_TOKEN_TTL {
-            return Err(Error::admin(format!("token lifetime is at most {}d", MAX_TOKEN_TTL / 86_400)));
+            return Err(Error::admin(format!(
+                "token lifetime is at most {}d",
+                MAX_TOKEN_TTL / 86_400
+            )));
         }
         let addr = self.public_addr()?;
         let token = Token::generate(&addr, self.ca.fingerprint())?;
@@ -450,7 +497,10 @@ impl Core {
             c.audit(
                 tx,
                 now,
-                format!("token create {name} id={} ttl={ttl}s", hex::encode(token.id)),
+                format!(
+                    "token create {name} id={} ttl={ttl}s",
+                    hex::encode(token.id)
+                ),
             );
             Ok(())
         })?;
@@ -562,7 +612,12 @@ impl Core {
             .iter()
             .map(|(g, ks)| KeysView {
                 group: *g,
-                name: self.st.groups.get(g).map(|r| r.name.clone()).unwrap_or_default(),
+                name: self
+                    .st
+                    .groups
+                    .get(g)
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default(),
                 versions: std::iter::once((&ks.current, "current"))
                     .chain(ks.previous.as_ref().map(|p| (p, "previous")))
                     .map(|(k, state)| KeyVersionView {
@@ -611,7 +666,9 @@ impl Core {
         let mut out = BTreeSet::new();
         for g in gs {
             if !self.st.groups.contains_key(&g) {
-                return Err(Error::admin(format!("no group {g} (add it with: group add {g} --name NAME)")));
+                return Err(Error::admin(format!(
+                    "no group {g} (add it with: group add {g} --name NAME)"
+                )));
             }
             out.insert(g);
         }
@@ -632,11 +689,9 @@ impl Core {
         let start = self.st.counters.next_overlay.max(1);
         for i in 0..hosts {
             let idx = (start - 1 + i) % hosts + 1;
-            if let Some(a) = range.host(idx) {
-                if !self.st.overlays.contains(&a) {
-                    self.st.counters.next_overlay = idx % hosts + 1;
-                    return Ok(a);
-                }
+            if let Some(a) = range.host(idx).filter(|a| !self.st.overlays.contains(a)) {
+                self.st.counters.next_overlay = idx % hosts + 1;
+                return Ok(a);
             }
         }
         Err(Error::admin(format!("the overlay range {range} is full")))
@@ -678,7 +733,9 @@ fn join(groups: &BTreeSet<u32>) -> String {
 
 fn check_label(what: &str, s: &str, max: usize) -> Result<()> {
     if s.is_empty() || s.len() > max || s.chars().any(|c| c.is_control() || c == '\n') {
-        return Err(Error::admin(format!("{what} must be 1 to {max} printable characters")));
+        return Err(Error::admin(format!(
+            "{what} must be 1 to {max} printable characters"
+        )));
     }
     Ok(())
 }

@@ -68,13 +68,12 @@ impl Core {
             .get(&group)
             .cloned()
             .ok_or_else(|| Error::admin(format!("group {group} has no key")))?;
-        let version = KeyVersion(
-            old.current
-                .version
-                .0
-                .checked_add(1)
-                .ok_or_else(|| Error::admin(format!("group {group}: key versions exhausted")))?,
-        );
+        let version =
+            KeyVersion(
+                old.current.version.0.checked_add(1).ok_or_else(|| {
+                    Error::admin(format!("group {group}: key versions exhausted"))
+                })?,
+            );
         let mut erase = Vec::new();
         if let Some(p) = &old.previous {
             erase.push(p.version);
@@ -102,9 +101,18 @@ impl Core {
         self.audit(
             tx,
             now,
-            format!("rotate group {group} to v{} ({})", version.0, cause.as_str()),
+            format!(
+                "rotate group {group} to v{} ({})",
+                version.0,
+                cause.as_str()
+            ),
         );
-        info!(group, version = version.0, cause = cause.as_str(), "group key rotated");
+        info!(
+            group,
+            version = version.0,
+            cause = cause.as_str(),
+            "group key rotated"
+        );
         tx.rotated.push(RotatedView {
             group,
             version: version.0,
@@ -149,7 +157,10 @@ impl Core {
             .values()
             .filter_map(|k| k.previous.as_ref().and_then(|p| p.expires_at))
             .min();
-        let t = [grace_end, self.next_rotation].into_iter().flatten().min()?;
+        let t = [grace_end, self.next_rotation]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some(match self.timer_retry {
             Some(r) => t.max(r),
             None => t,
@@ -186,7 +197,11 @@ impl Core {
                     };
                     c.set_keys(tx, *g, ks, &[p.version]);
                     c.push_group_keys(tx, *g)?;
-                    info!(group = *g, version = p.version.0, "previous key version erased after its grace");
+                    info!(
+                        group = *g,
+                        version = p.version.0,
+                        "previous key version erased after its grace"
+                    );
                 }
                 Ok(())
             });

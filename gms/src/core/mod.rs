@@ -31,8 +31,8 @@ use crate::admin::RotatedView;
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::model::{
-    AuditEntry, CertRecord, Counters, GeRecord, GroupRecord, KeyRecord, META_COUNTERS,
-    META_SCHEMA, RevocationRecord, SCHEMA_VERSION, TokenRecord, from_json, to_json,
+    AuditEntry, CertRecord, Counters, GeRecord, GroupRecord, KeyRecord, META_COUNTERS, META_SCHEMA,
+    RevocationRecord, SCHEMA_VERSION, TokenRecord, from_json, to_json,
 };
 use crate::store::{Batch, Store, Tree};
 use crate::wire::ServerMsg;
@@ -167,10 +167,16 @@ impl std::fmt::Debug for Core {
 /// Writes the schema version and counters into an empty store (`fpn-gms init`).
 pub fn init_store(store: &dyn Store, zone: &str, now: u64) -> Result<()> {
     if store.get(Tree::Meta, META_SCHEMA)?.is_some() {
-        return Err(Error::Config("the data directory is already initialized".into()));
+        return Err(Error::Config(
+            "the data directory is already initialized".into(),
+        ));
     }
     let mut b = Batch::new();
-    b.put(Tree::Meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+    b.put(
+        Tree::Meta,
+        META_SCHEMA,
+        SCHEMA_VERSION.to_be_bytes().to_vec(),
+    );
     b.put(Tree::Meta, META_COUNTERS, to_json(&Counters::default()));
     b.audit(to_json(&AuditEntry {
         at: now,
@@ -182,7 +188,10 @@ pub fn init_store(store: &dyn Store, zone: &str, now: u64) -> Result<()> {
 /// Refuses a store without a schema version or with a newer one.
 pub fn check_schema(store: &dyn Store) -> Result<u32> {
     let v = store.get(Tree::Meta, META_SCHEMA)?.ok_or_else(|| {
-        Error::Store("the store has no schema version: not an fpn-gms data directory (run `fpn-gms init`)".into())
+        Error::Store(
+            "the store has no schema version: not an fpn-gms data directory (run `fpn-gms init`)"
+                .into(),
+        )
     })?;
     let v: [u8; 4] = v.as_slice().try_into().map_err(|_| Error::Corrupt {
         tree: "meta",
@@ -280,7 +289,8 @@ impl Core {
     }
 
     fn put_group(&mut self, tx: &mut Tx, rec: GroupRecord) {
-        tx.batch.put(Tree::Groups, rec.num.to_be_bytes(), to_json(&rec));
+        tx.batch
+            .put(Tree::Groups, rec.num.to_be_bytes(), to_json(&rec));
         self.st.groups.insert(rec.num, rec);
         tx.dirty = true;
     }
@@ -290,8 +300,10 @@ impl Core {
         self.st.groups.remove(&num);
         if let Some(ks) = self.st.keys.remove(&num) {
             for k in std::iter::once(&ks.current).chain(ks.previous.as_ref()) {
-                tx.batch
-                    .delete(Tree::Keys, KeyRecord::tree_key(fpn_proto::ge::GroupId(num), k.version));
+                tx.batch.delete(
+                    Tree::Keys,
+                    KeyRecord::tree_key(fpn_proto::ge::GroupId(num), k.version),
+                );
             }
         }
         tx.dirty = true;
@@ -405,7 +417,10 @@ impl State {
         let mut versions: BTreeMap<u32, Vec<KeyRecord>> = BTreeMap::new();
         for (k, v) in store.scan(Tree::Keys)? {
             let (g, ver) = KeyRecord::parse_tree_key(&k)?;
-            versions.entry(g.0).or_default().push(KeyRecord::decode(ver, &v)?);
+            versions
+                .entry(g.0)
+                .or_default()
+                .push(KeyRecord::decode(ver, &v)?);
         }
         for (g, mut vs) in versions {
             // Scan order is by version; the newest is current.

@@ -12,8 +12,8 @@ use crate::ca::{NodeCertRequest, fingerprint};
 use crate::model::{CertRecord, CertStatus, Enrollment, GeRecord, RevocationRecord, RevokedItem};
 use crate::token::secret_matches;
 use crate::wire::{
-    ClientMsg, DirectoryEntry, EnrollRequest, Enrolled, RefusalCode, ServerMsg, SessionInit,
-    close, enroll_transcript,
+    ClientMsg, DirectoryEntry, EnrollRequest, Enrolled, RefusalCode, ServerMsg, SessionInit, close,
+    enroll_transcript,
 };
 use crate::{Error, Result};
 
@@ -67,11 +67,20 @@ impl Core {
         }
     }
 
-    fn enroll(&mut self, req: &EnrollRequest, now: u64) -> std::result::Result<(ServerMsg, Vec<Output>), Refusal> {
+    fn enroll(
+        &mut self,
+        req: &EnrollRequest,
+        now: u64,
+    ) -> std::result::Result<(ServerMsg, Vec<Output>), Refusal> {
         use RefusalCode as C;
         // Unknown id and wrong secret get the same answer: a prober learns nothing.
         let invalid = || Refusal::new(C::InvalidToken, "invalid enrollment token");
-        let tok = self.st.tokens.get(&req.token_id).cloned().ok_or_else(invalid)?;
+        let tok = self
+            .st
+            .tokens
+            .get(&req.token_id)
+            .cloned()
+            .ok_or_else(invalid)?;
         if !secret_matches(&req.secret, &tok.secret_sha256) {
             return Err(invalid());
         }
@@ -106,7 +115,10 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "enrollment failed");
-                Err(Refusal::new(C::Internal, "the GMS could not complete the enrollment; try again"))
+                Err(Refusal::new(
+                    C::Internal,
+                    "the GMS could not complete the enrollment; try again",
+                ))
             }
         }
     }
@@ -236,12 +248,18 @@ impl Core {
         match cert.status {
             CertStatus::Active => {}
             CertStatus::Superseded => {
-                return Err(Refusal::new(C::Revoked, "certificate superseded by a newer enrollment"));
+                return Err(Refusal::new(
+                    C::Revoked,
+                    "certificate superseded by a newer enrollment",
+                ));
             }
             CertStatus::Revoked => return Err(Refusal::new(C::Revoked, "certificate revoked")),
         }
         if now > cert.not_after {
-            return Err(Refusal::new(C::Revoked, "certificate expired; enroll again"));
+            return Err(Refusal::new(
+                C::Revoked,
+                "certificate expired; enroll again",
+            ));
         }
         let rec = self
             .ge_by_id(cert.ge_id)
@@ -271,7 +289,11 @@ impl Core {
             .as_ref()
             .and_then(|e| hex::decode(&e.credential).ok())
             .ok_or_else(|| Refusal::new(RefusalCode::UnknownGe, "GE not enrolled"))?;
-        let groups = rec.groups.iter().filter_map(|g| self.group_keys(*g)).collect();
+        let groups = rec
+            .groups
+            .iter()
+            .filter_map(|g| self.group_keys(*g))
+            .collect();
         let revoked = self
             .st
             .revocations
@@ -289,7 +311,8 @@ impl Core {
             seen: Some(seen),
             reported,
         };
-        let changed = before.is_none_or(|b| !b.online || b.seen != p.seen || b.reported != p.reported);
+        let changed =
+            before.is_none_or(|b| !b.online || b.seen != p.seen || b.reported != p.reported);
         self.presence.insert(ge.0, p);
         let mut out = Vec::new();
         if changed {
@@ -335,10 +358,8 @@ impl Core {
                     }
                     _ => false,
                 };
-                if changed {
-                    if let Some(rec) = self.ge_by_id(ge.0).cloned() {
-                        self.presence_changed(&rec, &mut out);
-                    }
+                if let Some(rec) = self.ge_by_id(ge.0).filter(|_| changed).cloned() {
+                    self.presence_changed(&rec, &mut out);
                 }
                 Ok((ServerMsg::Ack, out))
             }
@@ -385,7 +406,9 @@ impl Core {
     }
 
     fn presence_changed(&self, rec: &GeRecord, out: &mut Vec<Output>) {
-        out.push(Output::Directory(DirectoryEvent::Updated(self.directory_record(rec))));
+        out.push(Output::Directory(DirectoryEvent::Updated(
+            self.directory_record(rec),
+        )));
         match self.watcher_output(rec.id, &rec.name) {
             Ok(Some(o)) => out.push(o),
             Ok(None) => {}

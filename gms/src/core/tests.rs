@@ -1,1 +1,427 @@
+//! The core driven directly, without QUIC (STYLE.md §2).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fpn_proto::ge::GeId;
+use fpn_proto::keys::NodeKey;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::admin::AdminRequest;
+use crate::schedule::{HumanDuration, Schedule};
+use crate::store::SledStore;
+use crate::token::Token;
+use crate::wire::{EnrollRequest, RefusalCode, close, enroll_transcript};
+
+const T0: u64 = 1_800_000_000;
+
+/// A store whose commits can be made to fail.
+struct Flaky {
+    inner: SledStore,
+    fail: Arc<AtomicBool>,
+}
+
+impl Store for Flaky {
+    fn get(&self, t: Tree, k: &[u8]) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.inner.get(t, k)
+    }
+    fn scan(&self, t: Tree) -> Result<Vec<crate::store::Entry>> {
+        self.inner.scan(t)
+    }
+    fn commit(&self, b: Batch) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::Store("disk full (test)".into()));
+        }
+        self.inner.commit(b)
+    }
+    fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.inner.audit_log(after, limit)
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    core: Core,
+    fail: Arc<AtomicBool>,
+}
+
+fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = SledStore::open(dir.path()).unwrap();
+    init_store(&inner, "t.fpn.", T0).unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut cfg = Config::new("t.fpn").unwrap();
+    cfg.rotation_schedule = Schedule::Off;
+    cfg.grace = HumanDuration(Duration::from_secs(60));
+    edit(&mut cfg);
+    let store = Flaky {
+        inner,
+        fail: fail.clone(),
+    };
+    let mut core = Core::new(cfg, Box::new(store), Ca::generate(T0).unwrap(), T0).unwrap();
+    core.set_listen_addr("198.18.0.1:4433".parse().unwrap());
+    Fixture {
+        _dir: dir,
+        core,
+        fail,
+    }
+}
+
+fn admin(c: &mut Core, req: AdminRequest) -> (serde_json::Value, Vec<Output>) {
+    let (r, out) = c.handle_admin(req.clone(), T0);
+    assert!(r.ok, "{req:?}: {:?}", r.error);
+    (r.data, out)
+}
+
+fn admin_err(c: &mut Core, req: AdminRequest) -> String {
+    let (r, out) = c.handle_admin(req, T0);
+    assert!(!r.ok && out.is_empty());
+    r.error.unwrap()
+}
+
+fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
+    admin(
+        c,
+        AdminRequest::GeAdd {
+            name: name.into(),
+            kind: "ges".into(),
+            mode: "op".into(),
+            groups: groups.to_vec(),
+        },
+    );
+}
+
+fn group_add(c: &mut Core, num: u32) {
+    admin(
+        c,
+        AdminRequest::GroupAdd {
+            num,
+            name: format!("g{num}"),
+        },
+    );
+}
+
+fn token(c: &mut Core, name: &str, ttl: u64) -> Token {
+    let (d, _) = admin(
+        c,
+        AdminRequest::TokenCreate {
+            name: name.into(),
+            ttl_secs: Some(ttl),
+        },
+    );
+    Token::parse(d["token"].as_str().unwrap()).unwrap()
+}
+
+fn enroll_req(t: &Token, seed: u8) -> EnrollRequest {
+    let k = NodeKey::from_seed(&[seed; 32]);
+    let public = k.public();
+    EnrollRequest {
+        token_id: t.id,
+        secret: t.secret.clone(),
+        node_key: public,
+        proof: k.sign(&enroll_transcript(&t.id, &public)),
+    }
+}
+
+/// Enrolls `name` and returns the fingerprint of its certificate.
+fn enroll(c: &mut Core, name: &str, seed: u8) -> [u8; 32] {
+    let t = token(c, name, 600);
+    match c.handle_enroll(&enroll_req(&t, seed), T0).0 {
+        ServerMsg::Enrolled(e) => crate::ca::fingerprint(&e.cert),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// GEs that an output list sends a `GroupKeys` push for `group` to.
+fn key_push_recipients(out: &[Output], group: u32) -> Vec<GeId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame } => {
+                let (ty, body) = (frame[1], &frame[crate::wire::HEADER_LEN..]);
+                match ServerMsg::decode(ty, body) {
+                    Ok(ServerMsg::GroupKeys(gk)) if gk.group.0 == group => Some(to.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn overlay_addresses_are_unique_and_not_reused_until_the_range_wraps() {
+    let mut f = fixture(|c| c.overlay_range = "100.64.0.0/29".parse().unwrap());
+    let c = &mut f.core;
+    for n in ["a", "b", "c"] {
+        ge_add(c, n, &[]);
+    }
+    let ip = |c: &Core, n: &str| c.st.ges[n].overlay.to_string();
+    assert_eq!(
+        (ip(c, "a"), ip(c, "b"), ip(c, "c")),
+        (
+            "100.64.0.1".into(),
+            "100.64.0.2".into(),
+            "100.64.0.3".into()
+        )
+    );
+    admin(c, AdminRequest::GeRemove { name: "b".into() });
+    ge_add(c, "d", &[]);
+    // b's address is not handed out while the range has unused ones.
+    assert_eq!(ip(c, "d"), "100.64.0.4");
+    for n in ["e", "f"] {
+        ge_add(c, n, &[]);
+    }
+    // The range wrapped: the freed address is the only one left.
+    ge_add(c, "g", &[]);
+    assert_eq!(ip(c, "g"), "100.64.0.2");
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GeAdd {
+                name: "h".into(),
+                kind: "ges".into(),
+                mode: "op".into(),
+                groups: vec![],
+            }
+        )
+        .contains("full")
+    );
+}
+
+#[test]
+fn enrollment_tokens_work_once_and_refuse_forgeries() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    let t = token(c, "a", 600);
+    let refusal = |m: ServerMsg| match m {
+        ServerMsg::Refused { code, .. } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    let mut forged = enroll_req(&t, 1);
+    forged.secret = Zeroizing::new([0; 32]);
+    assert_eq!(
+        refusal(c.handle_enroll(&forged, T0).0),
+        RefusalCode::InvalidToken
+    );
+    let mut unknown = enroll_req(&t, 1);
+    unknown.token_id[0] ^= 1;
+    assert_eq!(
+        refusal(c.handle_enroll(&unknown, T0).0),
+        RefusalCode::InvalidToken
+    );
+    let mut bad_proof = enroll_req(&t, 1);
+    bad_proof.proof[0] ^= 1;
+    assert_eq!(
+        refusal(c.handle_enroll(&bad_proof, T0).0),
+        RefusalCode::BadProof
+    );
+
+    assert!(matches!(
+        c.handle_enroll(&enroll_req(&t, 1), T0).0,
+        ServerMsg::Enrolled(_)
+    ));
+    assert_eq!(
+        refusal(c.handle_enroll(&enroll_req(&t, 2), T0).0),
+        RefusalCode::TokenUsed
+    );
+
+    let t2 = token(c, "a", 10);
+    assert_eq!(
+        refusal(c.handle_enroll(&enroll_req(&t2, 3), T0 + 10).0),
+        RefusalCode::TokenExpired
+    );
+}
+
+#[test]
+fn a_leaving_member_is_not_sent_the_new_key() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    group_add(c, 2);
+    ge_add(c, "a", &[1, 2]);
+    ge_add(c, "b", &[1]);
+    let (d, out) = admin(
+        c,
+        AdminRequest::GeSet {
+            name: "a".into(),
+            kind: None,
+            mode: None,
+            groups: None,
+            add_groups: vec![],
+            remove_groups: vec![1],
+        },
+    );
+    assert_eq!(d["rotated"][0]["group"], 1);
+    let to = key_push_recipients(&out, 1);
+    assert_eq!(to, vec![GeId(2)], "only b gets group 1's new key");
+    assert_eq!(c.st.keys[&1].current.version.0, 2);
+    assert_eq!(c.st.keys[&2].current.version.0, 1, "group 2 is untouched");
+}
+
+#[test]
+fn revocation_refuses_the_certificate_rotates_and_tells_everyone() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    ge_add(c, "a", &[1]);
+    ge_add(c, "b", &[1]);
+    let fa = enroll(c, "a", 1);
+    let fb = enroll(c, "b", 2);
+    assert_eq!(c.authorize(&fb, T0), Ok(GeId(2)));
+    let (_, out) = admin(c, AdminRequest::GeRevoke { name: "b".into() });
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Close {
+            ge: GeId(2),
+            code: close::REVOKED,
+            ..
+        }
+    )));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast { .. })));
+    assert_eq!(key_push_recipients(&out, 1), vec![GeId(1)]);
+    assert!(matches!(
+        c.authorize(&fb, T0),
+        Err(Refusal {
+            code: crate::wire::RefusalCode::Revoked,
+            ..
+        })
+    ));
+    assert_eq!(c.authorize(&fa, T0), Ok(GeId(1)));
+    assert!(
+        c.open_session(GeId(2), "127.0.0.1:1".parse().unwrap(), vec![], T0)
+            .is_err()
+    );
+    // A foreign fingerprint is unknown.
+    assert!(c.authorize(&[9; 32], T0).is_err());
+}
+
+#[test]
+fn re_enrollment_supersedes_the_old_certificate() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    let old = enroll(c, "a", 1);
+    let new = enroll(c, "a", 2);
+    assert!(c.authorize(&old, T0).is_err());
+    assert_eq!(c.authorize(&new, T0), Ok(GeId(1)));
+}
+
+#[test]
+fn a_failed_commit_leaves_no_trace_in_memory() {
+    let mut f = fixture(|_| {});
+    group_add(&mut f.core, 1);
+    f.fail.store(true, Ordering::SeqCst);
+    let e = admin_err(
+        &mut f.core,
+        AdminRequest::GeAdd {
+            name: "a".into(),
+            kind: "ges".into(),
+            mode: "op".into(),
+            groups: vec![1],
+        },
+    );
+    assert!(e.contains("disk full"), "{e}");
+    assert!(admin_err(&mut f.core, AdminRequest::Rotate { group: Some(1) }).contains("disk full"));
+    f.fail.store(false, Ordering::SeqCst);
+    assert!(f.core.st.ges.is_empty());
+    assert_eq!(f.core.st.counters.next_ge_id, 1);
+    assert_eq!(f.core.st.keys[&1].current.version.0, 1);
+    // And the same name still works once the disk does.
+    ge_add(&mut f.core, "a", &[1]);
+}
+
+#[test]
+fn grace_ends_and_schedules_fire_from_handle_timeout() {
+    let mut f = fixture(|c| c.rotation_schedule = Schedule::Every(Duration::from_secs(3600)));
+    let c = &mut f.core;
+    group_add(c, 1);
+    ge_add(c, "a", &[1]);
+    assert_eq!(c.poll_timeout(), Some(T0 + 3600));
+    admin(c, AdminRequest::Rotate { group: Some(1) });
+    assert_eq!(c.poll_timeout(), Some(T0 + 60), "the grace end comes first");
+    assert!(c.handle_timeout(T0 + 59).is_empty());
+    let out = c.handle_timeout(T0 + 60);
+    assert_eq!(key_push_recipients(&out, 1), vec![GeId(1)]);
+    assert!(c.st.keys[&1].previous.is_none());
+    let out = c.handle_timeout(T0 + 3600);
+    assert_eq!(key_push_recipients(&out, 1), vec![GeId(1)]);
+    assert_eq!(c.st.keys[&1].current.version.0, 3);
+    assert_eq!(c.poll_timeout(), Some(T0 + 3660));
+}
+
+#[test]
+fn a_store_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let mut b = Batch::new();
+    b.put(
+        Tree::Meta,
+        META_SCHEMA,
+        (SCHEMA_VERSION + 1).to_be_bytes().to_vec(),
+    );
+    s.commit(b).unwrap();
+    let e = Core::new(
+        Config::new("t.fpn").unwrap(),
+        Box::new(s),
+        Ca::generate(T0).unwrap(),
+        T0,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::SchemaTooNew {
+            found: 2,
+            supported: 1
+        }
+    ));
+    assert!(e.to_string().contains("newer fpn-gms"));
+}
+
+#[test]
+fn admin_errors_are_clear_and_change_nothing() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GroupAdd {
+                num: 1,
+                name: "x".into()
+            }
+        )
+        .contains("already exists")
+    );
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GeAdd {
+                name: "Bad_Name".into(),
+                kind: "ges".into(),
+                mode: "op".into(),
+                groups: vec![],
+            }
+        )
+        .contains("GE name")
+    );
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GeAdd {
+                name: "a".into(),
+                kind: "ges".into(),
+                mode: "op".into(),
+                groups: vec![9],
+            }
+        )
+        .contains("no group 9")
+    );
+    ge_add(c, "a", &[1]);
+    assert!(admin_err(c, AdminRequest::GroupRemove { num: 1 }).contains("still has members: a"));
+    assert!(admin_err(c, AdminRequest::GeShow { name: "zz".into() }).contains("no GE named zz"));
+}

@@ -82,7 +82,9 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     }
     if let Some(p) = &opts.public_addr {
         if !p.contains(':') {
-            return Err(Error::Config(format!("public address {p:?}: expected host:port")));
+            return Err(Error::Config(format!(
+                "public address {p:?}: expected host:port"
+            )));
         }
         cfg.public_addr = Some(p.clone());
     }
@@ -157,8 +159,8 @@ pub async fn serve(
     // The store lock above proves no other server runs here: a socket file
     // left behind is stale.
     let _ = std::fs::remove_file(&sock_path);
-    let admin = tokio::net::UnixListener::bind(&sock_path)
-        .map_err(Error::io("binding", &sock_path))?;
+    let admin =
+        tokio::net::UnixListener::bind(&sock_path).map_err(Error::io("binding", &sock_path))?;
     std::fs::set_permissions(
         &sock_path,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),

@@ -101,7 +101,10 @@ async fn session(conn: quinn::Connection, fp: [u8; 32], shared: Arc<Shared>) {
         }
     };
     let span = info_span!("session", %ge);
-    match run_session(&conn, ge, &shared).instrument(span.clone()).await {
+    match run_session(&conn, ge, &shared)
+        .instrument(span.clone())
+        .await
+    {
         Ok(()) => {}
         Err(e @ (Error::Protocol(_) | Error::Proto(_))) => {
             let _g = span.enter();
@@ -155,7 +158,8 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
         // Requests are read by their own task, so a frame is never cut by a
         // cancelled read; answers join the push queue and keep their order.
         let reader = tokio::spawn(
-            read_requests(conn.clone(), recv, ge, tx, shared.clone()).instrument(tracing::Span::current()),
+            read_requests(conn.clone(), recv, ge, tx, shared.clone())
+                .instrument(tracing::Span::current()),
         );
         let r = loop {
             tokio::select! {

@@ -118,13 +118,16 @@ impl Batch {
     }
 }
 
+/// One record as read: key and value (zeroized when dropped).
+pub type Entry = (Vec<u8>, Zeroizing<Vec<u8>>);
+
 /// Storage backend of the GMS.
 pub trait Store: Send + 'static {
     /// Reads one value.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>>;
 
     /// Reads a whole tree in key order.
-    fn scan(&self, tree: Tree) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>>;
+    fn scan(&self, tree: Tree) -> Result<Vec<Entry>>;
 
     /// Applies `batch` atomically and durably (see the module doc).
     fn commit(&self, batch: Batch) -> Result<()>;

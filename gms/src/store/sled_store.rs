@@ -6,7 +6,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use zeroize::Zeroizing;
 
-use super::{Batch, Store, Tree};
+use super::{Batch, Entry, Store, Tree};
 use crate::{Error, Result};
 
 /// sled's page cache; the GMS's working set is small and the server keeps
@@ -39,12 +39,9 @@ impl SledStore {
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    Error::Store(format!(
-                        "{} is in use by another fpn-gms process",
-                        dir.display()
-                    ))
-                }
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => Error::Store(
+                    format!("{} is in use by another fpn-gms process", dir.display()),
+                ),
                 other => Error::Store(format!("opening {}: {other}", dir.display())),
             })?;
         let trees = Tree::ALL
@@ -69,7 +66,7 @@ impl Store for SledStore {
             .map(|v| Zeroizing::new(v.to_vec())))
     }
 
-    fn scan(&self, tree: Tree) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>> {
+    fn scan(&self, tree: Tree) -> Result<Vec<Entry>> {
         self.tree(tree)
             .iter()
             .map(|kv| {

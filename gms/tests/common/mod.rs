@@ -40,7 +40,11 @@ impl Gms {
         ];
         args.extend_from_slice(extra);
         let out = Command::new(BIN).args(&args).output().unwrap();
-        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self {
             tmp,
             data,
@@ -75,15 +79,17 @@ impl Gms {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(r) = self.try_admin(&AdminRequest::Status) {
-                if r.ok {
-                    return;
-                }
+            if self.try_admin(&AdminRequest::Status).is_ok_and(|r| r.ok) {
+                return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("serve exited with {st}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "server did not come up: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -191,7 +197,10 @@ pub async fn connect(id: Identity, cache: Option<&Path>) -> Session {
         ..SessionConfig::default()
     };
     let mut s = Session::start(id, endpoint(), cfg).unwrap();
-    let ev = next_matching(&mut s, |e| matches!(e, Event::Connected | Event::Terminated { .. })).await;
+    let ev = next_matching(&mut s, |e| {
+        matches!(e, Event::Connected | Event::Terminated { .. })
+    })
+    .await;
     assert_eq!(ev, Event::Connected);
     s
 }
