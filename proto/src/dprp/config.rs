@@ -58,6 +58,8 @@ pub struct Timing {
     /// A negotiation that has not finished by then fails with `Timeout`.
     pub negotiation_timeout: Duration,
     /// How long a finished negotiation is kept to answer retransmissions.
+    /// Keep it at least `negotiation_timeout`, so the other ends' retries
+    /// always find it.
     pub linger: Duration,
     /// How long a failed flow stays a negative entry (its packets are dropped at once).
     pub negative_ttl: Duration,
@@ -67,9 +69,9 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             initial_rto: Duration::from_millis(250),
-            max_rto: Duration::from_secs(2),
-            negotiation_timeout: Duration::from_secs(6),
-            linger: Duration::from_secs(6),
+            max_rto: Duration::from_secs(1),
+            negotiation_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(10),
             negative_ttl: Duration::from_secs(10),
         }
     }

@@ -517,14 +517,19 @@ impl Endpoint {
             unix_now,
             out: &mut self.transmits,
         };
-        match self.machines.get(&dde.id) {
-            Some(Machine::Responder(m)) => return m.handle_dde_again(&mut ctx, from, raw),
-            Some(Machine::Transit(m)) => return m.handle_dde_again(&mut ctx, raw),
+        let handled = match self.machines.get(&dde.id) {
+            Some(Machine::Responder(m)) => m.handle_dde_again(&mut ctx, from, raw)?,
+            Some(Machine::Transit(m)) => m.handle_dde_again(&mut ctx, raw)?,
             Some(Machine::Initiator(_)) => {
                 return Err(Error::invalid("DDE", "loops back to its initiator"));
             }
-            None => {}
+            None => false,
+        };
+        if handled {
+            return Ok(());
         }
+        // Unknown, or a different DDE replacing unauthenticated state.
+        self.machines.remove(&dde.id);
         if self.machines.len() >= self.cfg.limits.max_negotiations {
             self.stats.busy_drops += 1;
             return Err(Error::TableFull("negotiations"));

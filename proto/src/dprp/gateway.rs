@@ -37,7 +37,7 @@ pub(crate) struct Transit {
     forwarded_dde: Vec<u8>,
     back: Option<Back>,
     forth: Option<Forth>,
-    done: Option<(Hash, Vec<u8>)>,
+    done: Option<Done>,
     deadline: Instant,
 }
 
@@ -51,12 +51,18 @@ struct Back {
     responder: CredentialBytes,
 }
 
+/// The CDN the gateway confirmed its entry on.
+struct Done {
+    digest: Hash,
+    cdn: Vec<u8>,
+    th_c: Hash,
+}
+
 /// What the gateway learned from the MPIT (its tentative entry).
 struct Forth {
     mpit_digest: Hash,
     mpit: Vec<u8>,
     th_m: Hash,
-    mpit_auth: Vec<u8>,
     action: Action,
     initiator: GeId,
 }
@@ -131,18 +137,21 @@ impl Transit {
         now >= self.deadline
     }
 
-    /// The same DDE again: pass it on again.
-    pub(crate) fn handle_dde_again(&self, ctx: &mut Ctx<'_>, raw: &[u8]) -> Result<()> {
-        if digest(raw) != self.dde_digest {
+    /// The same negotiation id in another DDE: `Ok(true)` when it was the
+    /// same DDE (passed on again), `Ok(false)` when the caller should start
+    /// over with it (nothing authenticated the first one yet).
+    pub(crate) fn handle_dde_again(&self, ctx: &mut Ctx<'_>, raw: &[u8]) -> Result<bool> {
+        if digest(raw) == self.dde_digest {
+            let dst = SocketAddr::new(self.flow.dst, DPRP_PORT);
+            ctx.send(dst, self.forwarded_dde.clone());
+            return Ok(true);
+        }
+        if self.forth.is_some() {
             return Err(Error::UnexpectedMessage(
-                "a different DDE with a known negotiation id",
+                "a different DDE for an authenticated negotiation",
             ));
         }
-        ctx.send(
-            SocketAddr::new(self.flow.dst, DPRP_PORT),
-            self.forwarded_dde.clone(),
-        );
-        Ok(())
+        Ok(false)
     }
 
     /// The RGI on its way back: append this gateway's hop.
@@ -155,11 +164,15 @@ impl Transit {
     ) -> Result<()> {
         let rgi_digest = digest(raw);
         if let Some(b) = &self.back {
-            if b.rgi_digest != rgi_digest {
+            if b.rgi_digest == rgi_digest {
+                ctx.send(self.prev_hop, b.rgi_out.clone());
+                return Ok(());
+            }
+            // A different RGI: take it while no MPIT has authenticated the
+            // first (which may have been mangled on the way).
+            if self.forth.is_some() {
                 return Err(Error::UnexpectedMessage("a second, different RGI"));
             }
-            ctx.send(self.prev_hop, b.rgi_out.clone());
-            return Ok(());
         }
         let me = ctx.own().info.id;
         if rgi.echo.get(self.index) != Some(&me)
@@ -204,15 +217,17 @@ impl Transit {
             return Err(Error::UnexpectedMessage("MPIT before the RGI"));
         };
         let mpit_digest = digest(raw);
-        if let Some(f) = &self.forth {
-            if f.mpit_digest != mpit_digest {
-                return Err(Error::UnexpectedMessage("a second, different MPIT"));
-            }
+        if let Some(f) = &self.forth
+            && f.mpit_digest == mpit_digest
+        {
             ctx.send(back.next_hop, f.mpit.clone());
             return Ok(());
         }
         let core = mpit.core()?;
         let th_m = tr::mpit_hash(&back.c_r, &back.auth_r, &core);
+        if self.forth.as_ref().is_some_and(|f| f.th_m != th_m) {
+            return Err(Error::UnexpectedMessage("a second, different MPIT"));
+        }
         let initiator = ctx.verify(&self.initiator)?;
         let sig = mpit.signature.ok_or(Error::invalid(
             "MPIT signature",
@@ -241,11 +256,13 @@ impl Transit {
             _ => {}
         }
         ctx.send(back.next_hop, raw.to_vec());
+        // A second copy of the same signed decision may differ in its tag or
+        // proof (which only the responder can check, e.g. one was mangled on
+        // the way): pass on and keep the latest.
         self.forth = Some(Forth {
             mpit_digest,
             mpit: raw.to_vec(),
             th_m,
-            mpit_auth: raw[core.len()..].to_vec(),
             action: entry.action,
             initiator: initiator.info.id,
         });
@@ -264,14 +281,16 @@ impl Transit {
             return Err(Error::UnexpectedMessage("CDN before the MPIT"));
         };
         let cdn_digest = digest(raw);
-        if let Some((d, bytes)) = &self.done {
-            if *d != cdn_digest {
-                return Err(Error::UnexpectedMessage("a second, different CDN"));
-            }
-            ctx.send(self.prev_hop, bytes.clone());
+        if let Some(d) = &self.done
+            && d.digest == cdn_digest
+        {
+            ctx.send(self.prev_hop, d.cdn.clone());
             return Ok(None);
         }
-        let th_c = tr::cdn_hash(&forth.th_m, &forth.mpit_auth, &cdn.core()?);
+        let th_c = tr::cdn_hash(&forth.th_m, &cdn.core()?);
+        if self.done.as_ref().is_some_and(|d| d.th_c != th_c) {
+            return Err(Error::UnexpectedMessage("a second, different CDN"));
+        }
         let responder = ctx.verify(&back.responder)?;
         let sig = cdn.signature.ok_or(Error::invalid(
             "CDN signature",
@@ -279,7 +298,17 @@ impl Transit {
         ))?;
         responder.verify_node_signature(&tr::to_be_signed(tr::CDN_SIG, &th_c), &sig, "CDN")?;
         ctx.send(self.prev_hop, raw.to_vec());
-        self.done = Some((cdn_digest, raw.to_vec()));
+        // Another copy of the same signed confirmation (its tag, which only
+        // the initiator can check, differs): passed on above, nothing new.
+        let again = self.done.is_some();
+        self.done = Some(Done {
+            digest: cdn_digest,
+            cdn: raw.to_vec(),
+            th_c,
+        });
+        if again {
+            return Ok(None);
+        }
         self.deadline = now + ctx.cfg.timing.linger;
         Ok(match cdn.status {
             CdnStatus::Confirmed => Some(Established {

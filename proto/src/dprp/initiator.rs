@@ -80,9 +80,16 @@ struct Pending {
     next_hop: SocketAddr,
     pair: PairKey,
     th_m: Hash,
-    mpit_auth: Vec<u8>,
     responder: GeId,
     entry: Established,
+}
+
+/// What the MPIT tag covers after the transcript hash: proof and signature, if present.
+pub(crate) fn mpit_extra(m: &Mpit) -> Vec<u8> {
+    let mut v = Vec::with_capacity(96);
+    v.extend(m.proof.iter().flatten());
+    v.extend(m.signature.iter().flatten());
+    v
 }
 
 pub(crate) fn digest(bytes: &[u8]) -> Hash {
@@ -318,14 +325,15 @@ impl Initiator {
         };
         let core = mpit.core()?;
         let th_m = tr::mpit_hash(&c.c_r, &c.auth_r, &core);
-        mpit.tag = c.pair.tag(tr::MPIT_TAG, &th_m, &[]);
         mpit.proof = secret.as_ref().map(|(gk, ..)| keys::group_proof(gk, &th_m));
         if !c.gateways.is_empty() {
             let tbs = tr::to_be_signed(tr::MPIT_SIG, &th_m);
             mpit.signature = Some(ctx.cfg.node_key.sign(&tbs));
         }
+        // The tag covers the proof and signature too: a mangled proof must
+        // look like garbage (ignored), not like the initiator's own failure.
+        mpit.tag = c.pair.tag(tr::MPIT_TAG, &th_m, &mpit_extra(&mpit));
         let bytes = Message::Mpit(mpit).encode()?;
-        let mpit_auth = bytes[core.len()..].to_vec();
         let (key_version, flow_keys) = match secret {
             Some((gk, shared, v)) => (
                 Some(v),
@@ -347,7 +355,6 @@ impl Initiator {
             next_hop: c.from,
             pair: c.pair,
             th_m,
-            mpit_auth,
             responder: c.responder.info.id,
             entry: Established {
                 flow: self.flow,
@@ -380,9 +387,10 @@ impl Initiator {
             State::Done => return Ok(None),
             State::AwaitRgi => return Err(Error::UnexpectedMessage("CDN before the RGI")),
         };
-        let th_c = tr::cdn_hash(&p.th_m, &p.mpit_auth, &cdn.core()?);
+        let th_c = tr::cdn_hash(&p.th_m, &cdn.core()?);
+        let extra: Vec<u8> = cdn.signature.iter().flatten().copied().collect();
         p.pair
-            .verify(tr::CDN_TAG, &th_c, &[], &cdn.tag, "CDN tag")?;
+            .verify(tr::CDN_TAG, &th_c, &extra, &cdn.tag, "CDN tag")?;
         let closing = matches!(self.state, State::Closing(_));
         let (State::AwaitCdn(p) | State::Closing(p)) =
             std::mem::replace(&mut self.state, State::Done)

@@ -15,7 +15,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::action::Action;
 use crate::credential::Credential;
 use crate::dprp::endpoint::Ctx;
-use crate::dprp::initiator::digest;
+use crate::dprp::initiator::{digest, mpit_extra};
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Dde, Message, Mpit, Nak, NegotiationId, RefuseCode, ResponderPart, Rgi,
 };
@@ -192,20 +192,27 @@ impl Responder {
         now >= self.deadline
     }
 
-    /// The same DDE again (a retransmission): the same RGI again.
+    /// The same negotiation id in another DDE. The same bytes (a
+    /// retransmission) get the same RGI again: `Ok(true)`. Other bytes while
+    /// no MPIT has authenticated the negotiation: `Ok(false)`, the caller
+    /// starts over with the new DDE (the first one may have been mangled on
+    /// the way; a DDE carries no authenticator of its own).
     pub(crate) fn handle_dde_again(
         &self,
         ctx: &mut Ctx<'_>,
         from: SocketAddr,
         raw: &[u8],
-    ) -> Result<()> {
-        if digest(raw) != self.dde_digest {
-            return Err(Error::UnexpectedMessage(
-                "a different DDE with a known negotiation id",
-            ));
+    ) -> Result<bool> {
+        if digest(raw) == self.dde_digest {
+            ctx.send(from, self.rgi.clone());
+            return Ok(true);
         }
-        ctx.send(from, self.rgi.clone());
-        Ok(())
+        match self.state {
+            State::AwaitMpit => Ok(false),
+            State::Confirmed { .. } => Err(Error::UnexpectedMessage(
+                "a different DDE for a confirmed negotiation",
+            )),
+        }
     }
 
     /// The initiator's MPIT. Returns the entry when this GE confirms it.
@@ -231,10 +238,10 @@ impl Responder {
         }
         let core = mpit.core()?;
         let th_m = tr::mpit_hash(&self.c_r, &self.auth_r, &core);
+        let extra = mpit_extra(&mpit);
         self.pair
-            .verify(tr::MPIT_TAG, &th_m, &[], &mpit.tag, "MPIT tag")?;
+            .verify(tr::MPIT_TAG, &th_m, &extra, &mpit.tag, "MPIT tag")?;
         // Authentic: answer with a CDN either way.
-        let mpit_auth = &raw[core.len()..];
         let verdict = self.check(ctx, &mpit, &th_m);
         let status = match &verdict {
             Ok(_) => CdnStatus::Confirmed,
@@ -247,12 +254,13 @@ impl Responder {
             tag: [0; 32],
             signature: None,
         };
-        let th_c = tr::cdn_hash(&th_m, mpit_auth, &cdn.core()?);
-        cdn.tag = self.pair.tag(tr::CDN_TAG, &th_c, &[]);
+        let th_c = tr::cdn_hash(&th_m, &cdn.core()?);
         if !self.echo.is_empty() {
             let tbs = tr::to_be_signed(tr::CDN_SIG, &th_c);
             cdn.signature = Some(ctx.cfg.node_key.sign(&tbs));
         }
+        let extra: Vec<u8> = cdn.signature.iter().flatten().copied().collect();
+        cdn.tag = self.pair.tag(tr::CDN_TAG, &th_c, &extra);
         let bytes = Message::Cdn(cdn).encode()?;
         ctx.send(from, bytes.clone());
         self.state = State::Confirmed {

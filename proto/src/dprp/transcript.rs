@@ -8,11 +8,14 @@
 //! C_R = H("fpn v1 dprp rgi"  | H0 | RGI core)             RGI core = header, echo, responder part
 //! C_k = H("fpn v1 dprp hop"  | C_{k-1} | A_{k-1} | credential_k)   gateway k (k = 1.. from the responder)
 //! T_M = H("fpn v1 dprp mpit" | C_R | A_R | MPIT core)     traffic keys use T_M
-//! T_C = H("fpn v1 dprp cdn"  | T_M | MPIT auth | CDN core)
+//! T_C = H("fpn v1 dprp cdn"  | T_M | CDN core)
 //! ```
 //!
-//! `A_R` is the responder's proof and tag, `A_k` gateway k's signature, and
-//! "MPIT auth" everything the MPIT carries after its core. The ends MAC with
+//! `A_R` is the responder's proof and tag, `A_k` gateway k's signature. A
+//! message's authenticators are not hashed into the next step (T_C does not
+//! cover the MPIT's tag): what a hash binds is the authenticated content, so
+//! a copy whose authenticator was mangled on the way cannot split the
+//! transcript of the GEs that saw it from the others'. The ends MAC with
 //! a [`PairKey`]; gateways, and ends talking to gateways, sign with their
 //! node keys (labels below), because a gateway cannot check a pairwise MAC.
 
@@ -73,8 +76,8 @@ pub fn mpit_hash(c_r: &Hash, responder_auth: &[u8], mpit_core: &[u8]) -> Hash {
 }
 
 /// `T_C`: what the CDN's authenticators cover.
-pub fn cdn_hash(t_m: &Hash, mpit_auth: &[u8], cdn_core: &[u8]) -> Hash {
-    hash(b"fpn v1 dprp cdn\0", &[t_m, mpit_auth, cdn_core])
+pub fn cdn_hash(t_m: &Hash, cdn_core: &[u8]) -> Hash {
+    hash(b"fpn v1 dprp cdn\0", &[t_m, cdn_core])
 }
 
 /// The message a node signature covers: a context label and a transcript hash.

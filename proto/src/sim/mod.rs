@@ -132,6 +132,36 @@ struct InFlight {
     hop: usize,
 }
 
+/// One datagram a GE sent, as it went onto the wire (after tampering).
+#[derive(Clone)]
+pub struct Sent {
+    /// Virtual time of sending.
+    pub at: Instant,
+    /// The sending GE.
+    pub from: NodeId,
+    /// Underlay destination.
+    pub dst: SocketAddr,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("from", &self.from)
+            .field("dst", &self.dst)
+            .field("type", &dprp::msg::peek(&self.payload).map(|(t, _)| t).ok())
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// A hook that may rewrite every datagram a GE sends (tests of corruption).
+pub type Tamper = Box<dyn FnMut(NodeId, &mut Vec<u8>)>;
+
+/// The most datagrams [`Sim::wire`] keeps.
+pub const WIRE_LOG_LIMIT: usize = 100_000;
+
 /// Datagram counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetStats {
@@ -158,6 +188,8 @@ pub struct Sim {
     nodes: Vec<Node>,
     in_flight: BTreeMap<(Instant, u64), InFlight>,
     seq: u64,
+    wire: Vec<Sent>,
+    tamper: Option<Tamper>,
     /// Datagram counters.
     pub stats: NetStats,
 }
@@ -179,6 +211,8 @@ impl Sim {
             nodes: Vec::new(),
             in_flight: BTreeMap::new(),
             seq: 0,
+            wire: Vec::new(),
+            tamper: None,
             stats: NetStats::default(),
         }
     }
@@ -196,6 +230,16 @@ impl Sim {
     /// Virtual time elapsed since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
+    }
+
+    /// Every datagram the GEs sent so far (up to [`WIRE_LOG_LIMIT`]).
+    pub fn wire(&self) -> &[Sent] {
+        &self.wire
+    }
+
+    /// Lets `f` rewrite every datagram from now on, before it is logged and sent.
+    pub fn set_tamper(&mut self, f: impl FnMut(NodeId, &mut Vec<u8>) + 'static) {
+        self.tamper = Some(Box::new(f));
     }
 
     /// Changes the link model from now on.
@@ -478,8 +522,21 @@ impl Sim {
             let Role::Ge(ep) = &mut self.nodes[node.0].role else {
                 return;
             };
-            let Some(t) = ep.poll_transmit() else { break };
+            let Some(mut t) = ep.poll_transmit() else {
+                break;
+            };
             self.stats.sent += 1;
+            if let Some(f) = &mut self.tamper {
+                f(node, &mut t.payload);
+            }
+            if self.wire.len() < WIRE_LOG_LIMIT {
+                self.wire.push(Sent {
+                    at: now,
+                    from: node,
+                    dst: t.dst,
+                    payload: t.payload.clone(),
+                });
+            }
             let to = node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip());
             let Some(to) = to.filter(|to| *to != node) else {
                 self.stats.undeliverable += 1;
