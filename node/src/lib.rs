@@ -4,3 +4,4 @@
 //! protocol logic (PCCOM, DPRP, PIT, decision rules) lives in fpn-proto.
 
 pub mod dns;
+pub mod error;
