@@ -429,3 +429,6 @@ pub fn name_wire_case(name: &Name) -> Vec<u8> {
     out.push(0);
     out
 }
+
+#[cfg(test)]
+mod tests;
