@@ -15,6 +15,7 @@
 //! Every config is built with the ring provider explicitly (see
 //! DEPENDENCIES.md: the process-default provider panics with two in the tree).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +139,36 @@ fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
     cc.transport_config(Arc::new(transport(false)));
     Ok(cc)
+}
+
+/// Socket buffer size asked for on QUIC sockets. A rotation sends one
+/// packet to every node at once (and gets an ACK back from each): with the
+/// kernel's default 208 KiB receive buffer, thousands of nodes overflow it,
+/// the drops become QUIC retransmissions and the fan-out tail grows by
+/// seconds. The kernel caps this at `net.core.rmem_max`/`wmem_max`.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A QUIC endpoint on a UDP socket bound to `bind` with large buffers;
+/// a server when `server` is given.
+pub fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        // Accept IPv4-mapped peers too when bound to [::].
+        let _ = sock.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, only with more loss under bursts.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    sock.bind(&bind.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| Error::Config("a QUIC endpoint needs a tokio runtime".into()))?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        sock.into(),
+        runtime,
+    )?)
 }
 
 /// The name clients put in their ClientHello and check in the server certificate.

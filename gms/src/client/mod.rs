@@ -41,7 +41,7 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A client endpoint bound to `bind` (e.g. `0.0.0.0:0`).
 pub fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint> {
-    Ok(quinn::Endpoint::client(bind)?)
+    tls::endpoint(bind, None)
 }
 
 /// What enrollment gives a node; saved in its state directory.

@@ -150,7 +150,7 @@ pub async fn serve(
     let listen = cfg.listen;
     let mut core = Core::new(cfg, Box::new(store), ca, now_unix())?;
     let sc = tls::server_config(core.ca().cert_der(), &server_cert, &server_key)?;
-    let endpoint = quinn::Endpoint::server(sc, listen)
+    let endpoint = tls::endpoint(listen, Some(sc))
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let local = endpoint.local_addr()?;
     core.set_listen_addr(local);
