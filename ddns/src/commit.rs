@@ -167,3 +167,78 @@ enum Rejected {
     Update(Rcode),
     Api(Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::rr::Name;
+    use hickory_proto::rr::rdata::SOA;
+
+    use super::*;
+    use crate::zone::Zone;
+
+    fn n(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    /// One batch of many jobs: one serial, every job answered, durable.
+    #[test]
+    fn a_batch_commits_once_and_answers_every_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = n("home.fpn.");
+        let soa = SOA::new(
+            n("ns1.home.fpn."),
+            n("h.home.fpn."),
+            50,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        let zone = Zone::new_empty(&origin, soa, 3600, &[n("ns1.home.fpn.")]).unwrap();
+        let mut store = Store::open(dir.path(), &origin).unwrap();
+        let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
+        store.init(&seed).unwrap();
+        let shared = Shared::new(zone, Default::default(), store.journal_reader());
+        let mut rxs = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..10u8 {
+            let (tx, rx) = oneshot::channel();
+            let name = if i == 9 {
+                n("x.other.")
+            } else {
+                n(&format!("h{i}.home.fpn."))
+            };
+            let change = ApiChange::SetGe {
+                name,
+                ttl: 60,
+                a: Some([198, 18, 0, i].into()),
+                aaaa: None,
+                lips: vec![],
+            };
+            batch.push(Job::Api { change, reply: tx });
+            rxs.push(rx);
+        }
+        commit(&shared, &mut store, batch);
+        let results: Vec<_> = rxs
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        for r in &results[..9] {
+            assert_eq!(r.as_ref().unwrap(), &51, "one serial for the whole batch");
+        }
+        assert!(
+            matches!(results[9], Err(Error::Name { .. })),
+            "a bad job fails alone"
+        );
+        assert_eq!(shared.zone.read().unwrap().serial(), 51);
+        drop(shared);
+        let reopened = Store::open(dir.path(), &origin);
+        drop(store);
+        assert!(reopened.is_err(), "still open: the store is locked");
+        let store = Store::open(dir.path(), &origin).unwrap();
+        let zone = Zone::from_nodes(&origin, store.load().unwrap()).unwrap();
+        assert_eq!((zone.serial(), zone.len()), (51, 10));
+    }
+}

@@ -39,6 +39,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state around a loaded zone.
+    pub(crate) fn new(zone: Zone, keys: KeyRing, journal: JournalReader) -> Self {
+        let (serial_tx, _) = watch::channel(zone.serial());
+        Self {
+            zone: RwLock::new(zone),
+            keys,
+            journal,
+            serial_tx,
+        }
+    }
+
     /// Tells the NOTIFY sender about a new serial.
     pub(crate) fn serial_changed(&self, serial: u32) {
         self.serial_tx.send_replace(serial);
@@ -103,13 +114,11 @@ impl Ddns {
         }
         let zone = Zone::from_nodes(&origin, nodes)?;
         info!(zone = %origin, serial = zone.serial(), names = zone.len(), keys = config.keys.len(), "zone loaded");
-        let (serial_tx, _) = watch::channel(zone.serial());
-        let shared = Arc::new(Shared {
-            zone: RwLock::new(zone),
-            keys: config.keys.clone(),
-            journal: store.journal_reader(),
-            serial_tx,
-        });
+        let shared = Arc::new(Shared::new(
+            zone,
+            config.keys.clone(),
+            store.journal_reader(),
+        ));
         let (jobs, rx) = std::sync::mpsc::sync_channel(commit::QUEUE);
         let for_thread = shared.clone();
         let committer = std::thread::Builder::new()
