@@ -257,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_configs_gms_is_valid() {
+        let text = include_str!("../../configs/gms/gms.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c.zone, "home.fpn.");
+        assert_eq!(c.public_addr.as_deref(), Some("198.18.0.10:4433"));
+        assert_eq!(c.rotation_schedule, Schedule::default());
+        assert_eq!(c.grace.0, Duration::from_secs(600));
+        assert_eq!(c.overlay_range, OverlayRange::default());
+    }
+
+    #[test]
     fn zones_are_checked() {
         for bad in ["", ".", "a..b", "a_b.fpn", "-a.fpn"] {
             assert!(normalize_zone(bad).is_err(), "{bad}");

@@ -51,12 +51,16 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-fn transport(server: bool) -> quinn::TransportConfig {
+/// Transport settings. Clients send keep-alives every `keep_alive` and give
+/// up on a silent GMS after three of them (the server allows 30 s).
+fn transport(server: bool, keep_alive: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
-            .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
-    ));
+    let idle = if server {
+        IDLE_TIMEOUT
+    } else {
+        (keep_alive * 3).clamp(Duration::from_secs(1), IDLE_TIMEOUT)
+    };
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     if server {
         // One stream per connection is all the protocol uses (enrollment or
         // session); a second gives room to refuse a misbehaving client cleanly.
@@ -68,7 +72,7 @@ fn transport(server: bool) -> quinn::TransportConfig {
         t.send_window(512 * 1024);
         t.datagram_receive_buffer_size(None);
     } else {
-        t.keep_alive_interval(Some(KEEP_ALIVE));
+        t.keep_alive_interval(Some(keep_alive));
         t.max_concurrent_bidi_streams(0u32.into());
         t.max_concurrent_uni_streams(0u32.into());
     }
@@ -98,7 +102,7 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.transport_config(Arc::new(transport(true)));
+    sc.transport_config(Arc::new(transport(true, KEEP_ALIVE)));
     Ok(sc)
 }
 
@@ -115,14 +119,16 @@ pub fn enroll_client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientCon
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    client_config(tls)
+    client_config(tls, KEEP_ALIVE)
 }
 
-/// The client configuration of an enrolled node: its CA as the only root, its certificate.
+/// The client configuration of an enrolled node: its CA as the only root,
+/// its certificate, keep-alives every `keep_alive`.
 pub fn session_client_config(
     ca_der: &[u8],
     cert_der: &[u8],
     key_der: &Zeroizing<Vec<u8>>,
+    keep_alive: Duration,
 ) -> Result<quinn::ClientConfig> {
     let prov = provider();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
@@ -131,13 +137,13 @@ pub fn session_client_config(
         .with_root_certificates(roots(ca_der)?)
         .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    client_config(tls)
+    client_config(tls, keep_alive)
 }
 
-fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+fn client_config(tls: rustls::ClientConfig, keep_alive: Duration) -> Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-    cc.transport_config(Arc::new(transport(false)));
+    cc.transport_config(Arc::new(transport(false, keep_alive)));
     Ok(cc)
 }
 

@@ -162,9 +162,13 @@ async fn malformed_and_oversized_messages_close_only_their_connection() {
     }
 
     // With a valid certificate: hello, then garbage on the session stream.
-    let cfg =
-        fpn_gms::tls::session_client_config(&bad_id.ca_cert, &bad_id.cert, bad_id.key_pkcs8())
-            .unwrap();
+    let cfg = fpn_gms::tls::session_client_config(
+        &bad_id.ca_cert,
+        &bad_id.cert,
+        bad_id.key_pkcs8(),
+        fpn_gms::tls::KEEP_ALIVE,
+    )
+    .unwrap();
     let conn = ep
         .connect_with(cfg.clone(), addr, "fpn-gms")
         .unwrap()

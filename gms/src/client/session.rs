@@ -36,6 +36,8 @@ pub struct SessionConfig {
     pub backoff_max: Duration,
     /// Connect and first-answer timeout.
     pub connect_timeout: Duration,
+    /// Keep-alive interval; a GMS silent for three intervals counts as gone.
+    pub keep_alive: Duration,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +48,7 @@ impl Default for SessionConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            keep_alive: tls::KEEP_ALIVE,
         }
     }
 }
@@ -172,8 +175,12 @@ impl Session {
         endpoint: quinn::Endpoint,
         cfg: SessionConfig,
     ) -> Result<Self> {
-        let client_cfg =
-            tls::session_client_config(&identity.ca_cert, &identity.cert, identity.key_pkcs8())?;
+        let client_cfg = tls::session_client_config(
+            &identity.ca_cert,
+            &identity.cert,
+            identity.key_pkcs8(),
+            cfg.keep_alive,
+        )?;
         let mut state = NodeState::default();
         if let Some(p) = &cfg.key_cache {
             state.keys = KeyCache::load(p)?;

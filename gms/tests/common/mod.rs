@@ -35,9 +35,10 @@ impl Gms {
             data.to_str().unwrap(),
             "--zone",
             "test.fpn.",
-            "--listen",
-            "127.0.0.1:0",
         ];
+        if !extra.contains(&"--listen") {
+            args.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(
