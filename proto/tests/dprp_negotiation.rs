@@ -700,3 +700,67 @@ fn the_negotiation_table_is_bounded() {
     );
     assert_eq!(sim.endpoint(a).negotiations(), 3);
 }
+
+#[test]
+fn a_member_cannot_answer_in_another_members_name() {
+    // c is a member of group 1 with a valid credential and the group key. It
+    // rewrites b's RGI on the way: b's credential stays (a checks whose node
+    // key the answer is bound to), but without b's node key c can only tag
+    // with its own pair key. a refuses every such answer.
+    use fpn_proto::dprp::Message;
+    use fpn_proto::dprp::transcript::{self as tr, PairKey};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut sim = Sim::new(20, LinkConfig::default());
+    let (a, b) = pair(&mut sim, (Mode::Open, &[1]), (Mode::Open, &[1]));
+    sim.add_ge(GeSpec::host(3, "c", Mode::Open, &[1], "198.18.0.3"));
+    let (a_public, c_key) = (
+        fpn_proto::sim::node_key(1).public(),
+        fpn_proto::sim::node_key(3),
+    );
+    let h0 = Rc::new(Cell::new(None));
+    let seen = h0.clone();
+    sim.set_tamper(move |from, bytes| match Message::decode(bytes) {
+        Ok(Message::Dde(d)) => seen.set(Some(tr::dde_hash(&d.core().unwrap()))),
+        Ok(Message::Rgi(mut r)) if from == b => {
+            let c_r = tr::responder_hash(&seen.get().unwrap(), &r.core().unwrap());
+            let proof = r.proof.map(|p| p.to_vec()).unwrap_or_default();
+            r.tag = PairKey::derive(&c_key, &a_public)
+                .unwrap()
+                .tag(tr::RGI_TAG, &c_r, &proof);
+            *bytes = Message::Rgi(r).encode().unwrap();
+        }
+        _ => {}
+    });
+    sim.send_udp(a, ip("198.18.0.2"), 1, 2, b"for b only");
+    sim.drive();
+    assert!(h0.get().is_some());
+    assert_eq!(failures(&sim, a), [(FailReason::Timeout, 1)]);
+    assert!(sim.established(a).is_none());
+    let errors = sim.errors(a);
+    assert!(
+        !errors.is_empty() && errors.iter().all(|(_, e)| *e == Error::BadMac("RGI tag")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn debug_output_shows_no_keys_and_no_payloads() {
+    let mut sim = Sim::new(21, LinkConfig::default());
+    let (a, _b) = pair(&mut sim, (Mode::Open, &[1]), (Mode::Open, &[1]));
+    sim.send_udp(a, ip("198.18.0.2"), 1, 2, &[0xab; 64]);
+    sim.drive();
+    let e = sim.established(a).unwrap();
+    let keys = e.keys.as_ref().unwrap();
+    let dump = format!("{:?} {:#?}", sim.events(a), sim.events(a));
+    for k in [keys.tx.expose_secret(), keys.rx.expose_secret()] {
+        let hex: String = k[..6].iter().map(|x| format!("{x:02x}")).collect();
+        let dec = format!("{}, {}, {}", k[0], k[1], k[2]);
+        assert!(!dump.contains(&hex) && !dump.contains(&dec), "{dump}");
+    }
+    // The held packet (64 x 0xab) shows as a count and a length only.
+    assert!(
+        dump.contains("redacted") && !dump.contains("171, 171") && dump.contains("bytes: 64"),
+        "{dump}"
+    );
+}

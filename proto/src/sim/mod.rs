@@ -48,6 +48,14 @@ pub const MAX_STEPS: usize = 200_000;
 /// The most virtual time [`Sim::drive`] runs.
 pub const MAX_VIRTUAL_TIME: Duration = Duration::from_secs(600);
 
+/// The node key the simulation gives GE `id` (deterministic, so tests can
+/// play a GE that tries to sign or MAC in another's place).
+pub fn node_key(id: u32) -> NodeKey {
+    let mut seed = [0x5e; 32];
+    seed[..4].copy_from_slice(&id.to_be_bytes());
+    NodeKey::from_seed(&seed)
+}
+
 /// How to build one GE.
 #[derive(Debug, Clone)]
 pub struct GeSpec {
@@ -277,13 +285,7 @@ impl Sim {
 
     /// Adds a GE, letting `tune` adjust its configuration first.
     pub fn add_ge_with(&mut self, spec: GeSpec, tune: impl FnOnce(&mut Config)) -> NodeId {
-        let node_key = NodeKey::from_seed(
-            &[spec.id.to_be_bytes(), [0x5e; 4]]
-                .concat()
-                .repeat(4)
-                .try_into()
-                .expect("32"),
-        );
+        let node_key = node_key(spec.id);
         let info = GeInfo {
             id: GeId(spec.id),
             name: spec.name.clone(),
