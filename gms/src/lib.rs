@@ -28,6 +28,7 @@ pub mod model;
 pub mod schedule;
 pub mod server;
 pub mod store;
+mod task;
 pub mod tls;
 pub mod token;
 pub mod wire;

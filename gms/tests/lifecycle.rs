@@ -70,6 +70,20 @@ async fn a_node_reconnects_after_a_gms_restart_and_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_session_closes_its_connection() {
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["ge", "add", "a", "--kind", "ges", "--mode", "op"]);
+    let s = connect(enroll(&gms, "a").await, None).await;
+    assert_eq!(gms.json(&["status"])["online"], 1);
+    drop(s);
+    let t = std::time::Instant::now();
+    while gms.json(&["status"])["online"] != 0 {
+        assert!(t.elapsed() < WAIT, "the dropped session is still online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_rotate_on_the_configured_schedule() {
     let gms = Gms::start_new(&["--rotation-schedule", "every:1s", "--grace", "1h"]);
     gms.ok(&["group", "add", "1", "--name", "one"]);

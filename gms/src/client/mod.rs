@@ -144,6 +144,26 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::Config(format!("{addr} resolves to no address")))
 }
 
+/// Verifies a credential that the GMS itself just sent over an
+/// authenticated channel. The CA signature must hold. Its validity period is
+/// the GMS's business: when the node's clock puts "now" outside it, the
+/// credential is still taken (with a warning), since refusing it would only
+/// lock out a node with a wrong clock (after burning its token).
+pub fn verify_from_gms(bytes: &[u8], ca_public: &[u8; 32]) -> Result<Credential> {
+    let u = UnverifiedCredential::decode(bytes)?;
+    match u.clone().verify(ca_public, crate::now_unix()) {
+        // verify() checks the signature before the validity period, so
+        // this error means the signature is good.
+        Err(fpn_proto::Error::CredentialExpired { not_before, .. }) => {
+            tracing::warn!(
+                "the credential from the GMS is not valid by this node's clock; check the clock"
+            );
+            Ok(u.verify(ca_public, not_before)?)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Enrolls with `token`: generates the node key, pins the CA from the token,
 /// proves the token and the key, and returns the certificate, credential and
 /// CA the GMS issued. The token is spent whether or not the caller saves the result.
@@ -179,8 +199,7 @@ async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identit
                     "the GMS sent a CA other than the pinned one".into(),
                 ));
             }
-            let cred = UnverifiedCredential::decode(&e.credential)?
-                .verify(&e.ca_public, crate::now_unix())?;
+            let cred = verify_from_gms(&e.credential, &e.ca_public)?;
             if cred.node_key != public {
                 return Err(Error::Protocol("the credential names another key".into()));
             }
@@ -201,5 +220,39 @@ async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identit
         other => Err(Error::Protocol(format!(
             "unexpected answer to enrollment: {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
+
+    fn info() -> GeInfo {
+        GeInfo {
+            id: GeId(1),
+            name: "a".into(),
+            kind: GeKind::Ges,
+            mode: Mode::Open,
+            groups: Default::default(),
+            overlay: std::net::Ipv4Addr::new(100, 64, 0, 1),
+        }
+    }
+
+    #[test]
+    fn a_credential_from_the_gms_survives_a_skewed_clock_but_not_a_foreign_ca() {
+        let now = crate::now_unix();
+        let ca = crate::ca::Ca::generate(now).unwrap();
+        // Issued by a GMS whose clock is a day ahead of ours.
+        let ahead = ca
+            .issue_credential(1, info(), [7; 32], now + 86_400, now + 2 * 86_400)
+            .unwrap();
+        let c = verify_from_gms(&ahead.encode().unwrap(), &ca.public_key()).unwrap();
+        assert_eq!(c.serial, 1);
+        let other = crate::ca::Ca::generate(now).unwrap();
+        assert!(verify_from_gms(&ahead.encode().unwrap(), &other.public_key()).is_err());
+        let mut bytes = ahead.encode().unwrap();
+        bytes[10] ^= 1;
+        assert!(verify_from_gms(&bytes, &ca.public_key()).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fpn_proto::credential::{Credential, UnverifiedCredential};
+use fpn_proto::credential::Credential;
 use fpn_proto::ge::{GeId, GeInfo, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Identity, KeyCache, resolve};
 use crate::ca::SERVER_NAME;
 use crate::framing::{read_frame, write_frame};
+use crate::task::AbortOnDrop;
 use crate::wire::{ClientMsg, DirectoryEntry, GroupKeys, ServerMsg, close};
 use crate::{Error, Result, now_unix, tls};
 
@@ -395,6 +396,15 @@ async fn session_loop(
             "the session did not start with SessionInit".into(),
         ));
     };
+    // The GMS's clock decides the validity of what it just issued; a node
+    // whose clock is off still accepts its own fresh credential.
+    let offset = i128::from(init.server_time) - i128::from(now_unix());
+    if offset.abs() > 300 {
+        warn!(
+            offset_secs = offset as i64,
+            "this node's clock differs from the GMS's"
+        );
+    }
     let cred = verify_credential(identity, &init.credential)?;
     let groups: BTreeSet<GroupId> = cred.info.groups.clone();
     let mut changed_groups: Vec<(GroupId, Vec<KeyVersion>)> = Vec::new();
@@ -420,7 +430,7 @@ async fn session_loop(
 
     // Frames are read by their own task so a read is never cut by select!.
     let (msg_tx, mut msgs) = mpsc::channel::<Result<ServerMsg>>(64);
-    let reader = tokio::spawn(async move {
+    let _reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             let r = match read_frame(&mut recv).await {
                 Ok(Some((ty, body))) => ServerMsg::decode(ty, &body),
@@ -432,9 +442,9 @@ async fn session_loop(
                 break;
             }
         }
-    });
+    }));
     let mut pending: VecDeque<Pending> = VecDeque::new();
-    let r = loop {
+    loop {
         tokio::select! {
             m = msgs.recv() => {
                 let Some(m) = m else { break Err(Error::Stream("reader ended".into())) };
@@ -464,9 +474,7 @@ async fn session_loop(
                 }
             }
         }
-    };
-    reader.abort();
-    r
+    }
 }
 
 fn handle_push(
@@ -538,8 +546,11 @@ fn save_cache(cfg: &SessionConfig, shared: &Arc<Shared>) {
     }
 }
 
+/// Verifies a credential the GMS sent over this authenticated session: the
+/// CA signature must hold; validity is judged by the GMS (see
+/// [`super::verify_from_gms`]), so a skewed node clock does not lock it out.
 fn verify_credential(identity: &Identity, bytes: &[u8]) -> Result<Credential> {
-    let c = UnverifiedCredential::decode(bytes)?.verify(&identity.ca_public, now_unix())?;
+    let c = super::verify_from_gms(bytes, &identity.ca_public)?;
     let own = identity.node_key()?.public();
     if c.node_key != own {
         return Err(Error::Protocol(

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use fpn_proto::ge::GeId;
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+
+use crate::task::AbortOnDrop;
 
 use super::sessions::{PUSH_QUEUE, SessionHandle};
 use super::{Shared, with_core};
@@ -21,8 +23,9 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
         let s = shared.clone();
+        // Addresses only at debug level (STYLE.md §4).
         tokio::spawn(
-            async move { connection(incoming, s).await }.instrument(info_span!("conn", %remote)),
+            async move { connection(incoming, s).await }.instrument(debug_span!("conn", %remote)),
         );
     }
 }
@@ -157,11 +160,11 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
         write_frame(&mut send, &init.encode()?).await?;
         // Requests are read by their own task, so a frame is never cut by a
         // cancelled read; answers join the push queue and keep their order.
-        let reader = tokio::spawn(
+        let _reader = AbortOnDrop(tokio::spawn(
             read_requests(conn.clone(), recv, ge, tx, shared.clone())
                 .instrument(tracing::Span::current()),
-        );
-        let r = loop {
+        ));
+        loop {
             tokio::select! {
                 f = rx.recv() => match f {
                     Some(frame) => {
@@ -179,9 +182,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                 }
                 r = conn.closed() => break Err(r.into()),
             }
-        };
-        reader.abort();
-        r
+        }
     }
     .await;
     let mut g = shared.lock();
