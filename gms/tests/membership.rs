@@ -139,3 +139,36 @@ async fn a_revoked_ge_is_disconnected_refused_and_everyone_is_told() {
     // And revoked GEs get no new tokens.
     assert!(!gms.cli(&["token", "create", "b"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_group_delivers_its_key_at_once() {
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "1", "--name", "one"]);
+    gms.ok(&[
+        "ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    let mut sa = connect(enroll(&gms, "a").await, None).await;
+    gms.ok(&["group", "add", "4", "--name", "four"]);
+    gms.ok(&["ge", "set", "a", "--add-group", "4"]);
+    let ev = next_matching(
+        &mut sa,
+        |e| matches!(e, Event::Keys { group, .. } if *group == GroupId(4)),
+    )
+    .await;
+    assert_eq!(
+        ev,
+        Event::Keys {
+            group: GroupId(4),
+            versions: vec![KeyVersion(1)]
+        }
+    );
+    sa.wait_for(WAIT, |st| {
+        st.credential
+            .as_ref()
+            .is_some_and(|c| c.info.groups.contains(&GroupId(4)))
+    })
+    .await
+    .unwrap();
+    // Joining rotates nothing: the members of group 4 keep their key.
+    assert_eq!(gms.json(&["group", "list"])[1]["key_version"], 1);
+}
