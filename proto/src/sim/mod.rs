@@ -427,6 +427,10 @@ impl Sim {
     }
 
     fn run_until(&mut self, limit: Instant) -> bool {
+        // Pick up what tests queued by calling an endpoint directly.
+        for i in 0..self.nodes.len() {
+            self.flush(NodeId(i));
+        }
         for _ in 0..MAX_STEPS {
             let next_packet = self.in_flight.keys().next().map(|(t, _)| *t);
             let next_timer = (0..self.nodes.len())
