@@ -679,6 +679,12 @@ fn packets_of_flows_this_ge_does_not_stand_in_for_are_refused() {
             .unwrap(),
         Verdict::Held
     );
+    let local = flow("192.168.1.5", "192.168.1.7");
+    assert!(ep.initiate(local, vec![], now).is_err());
+    assert!(
+        ep.initiate(flow("203.0.113.9", "198.18.0.2"), vec![], now)
+            .is_err()
+    );
 }
 
 #[test]

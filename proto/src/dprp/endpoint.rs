@@ -257,6 +257,7 @@ impl Endpoint {
         packet: Vec<u8>,
         now: Instant,
     ) -> Result<Verdict> {
+        let _span = tracing::debug_span!("flow", %flow).entered();
         if let Some(cause) = self.check_negative(&flow, now) {
             return Ok(Verdict::Dropped(cause));
         }
@@ -297,6 +298,12 @@ impl Endpoint {
         if !self.protects(flow.src) {
             return Err(Error::invalid("flow source", "not protected by this GE"));
         }
+        if self.protects(flow.dst) {
+            return Err(Error::invalid(
+                "flow destination",
+                "behind this GE: nothing to negotiate",
+            ));
+        }
         self.negative.remove(&flow);
         self.begin(flow, options, now)
     }
@@ -310,6 +317,7 @@ impl Endpoint {
     ) -> Result<()> {
         let msg = Message::decode(datagram)?;
         let id = msg.id();
+        let _span = tracing::debug_span!("dprp", %id, kind = ?msg.kind()).entered();
         let unix_now = self.unix_now(now);
         if let Message::Dde(dde) = msg {
             return self.on_dde(from, dde, datagram, now);
