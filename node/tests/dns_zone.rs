@@ -173,6 +173,20 @@ async fn binding_a_taken_address_is_a_typed_error() {
     cfg.upstream_rounds = 0;
     let err = fpn_node::dns::DnsStub::bind(cfg).await.unwrap_err();
     assert!(matches!(err, Error::DnsConfig { .. }), "{err}");
+    // Never on a wildcard address: that would be an open resolver.
+    let mut cfg = config(&table(), vec![]);
+    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    let err = fpn_node::dns::DnsStub::bind(cfg).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DnsConfig {
+                setting: "listen",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(
         fpn_node::dns::DnsConfig::new(stub.addr, "bad..zone", NameTable::new()),
         Err(Error::DnsName { .. })

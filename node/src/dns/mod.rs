@@ -62,7 +62,7 @@ use zone::Zone;
 #[derive(Clone, Debug)]
 pub struct DnsConfig {
     /// Where to listen, UDP and TCP: the overlay address, port 53. Port 0
-    /// picks a free port (tests).
+    /// picks a free port (tests). Wildcard addresses are refused.
     pub listen: SocketAddr,
     /// The names of the zone.
     pub table: NameTable,
@@ -114,6 +114,11 @@ impl DnsConfig {
 
     fn check(&self) -> Result<()> {
         let bad = |setting, reason| Err(Error::DnsConfig { setting, reason });
+        if self.listen.ip().is_unspecified() {
+            // On a wildcard address the stub would answer (and forward for)
+            // anyone who reaches the host: an open resolver.
+            return bad("listen", "must be the overlay address, not a wildcard");
+        }
         if self.ttl > i32::MAX as u32 {
             return bad("ttl", "above 2^31 - 1 (RFC 2181)");
         }

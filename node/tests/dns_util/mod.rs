@@ -173,8 +173,39 @@ pub enum Listen {
     TcpOnly,
 }
 
-/// Starts an upstream for `example.test.`.
+/// Starts an upstream for `example.test.` on 127.0.0.1, port chosen by the OS.
 pub async fn upstream(listen: Listen) -> Upstream {
+    let mut server = Server::new(example_test().await);
+    let addr = match listen {
+        Listen::Both => {
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            let tcp = TcpListener::bind(addr).await.expect("TCP on the UDP port");
+            server.register_socket(udp);
+            server.register_listener(tcp, Duration::from_secs(5), 64);
+            addr
+        }
+        Listen::TcpOnly => {
+            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            server.register_listener(tcp, Duration::from_secs(5), 64);
+            addr
+        }
+    };
+    Upstream { addr, server }
+}
+
+/// Starts an upstream for `example.test.` on `addr`, UDP and TCP.
+pub async fn upstream_at(addr: SocketAddr) -> Upstream {
+    let mut server = Server::new(example_test().await);
+    server.register_socket(UdpSocket::bind(addr).await.expect("upstream UDP"));
+    let tcp = TcpListener::bind(addr).await.expect("upstream TCP");
+    server.register_listener(tcp, Duration::from_secs(5), 64);
+    Upstream { addr, server }
+}
+
+/// The catalog of the upstream: the zone `example.test.`.
+async fn example_test() -> Catalog {
     let origin = Name::from_ascii("example.test.").unwrap();
     let zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
         origin.clone(),
@@ -210,22 +241,5 @@ pub async fn upstream(listen: Listen) -> Upstream {
     }
     let mut catalog = Catalog::new();
     catalog.upsert(origin.into(), vec![Arc::new(zone) as Arc<dyn ZoneHandler>]);
-    let mut server = Server::new(catalog);
-    let addr = match listen {
-        Listen::Both => {
-            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            let addr = udp.local_addr().unwrap();
-            let tcp = TcpListener::bind(addr).await.expect("TCP on the UDP port");
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 64);
-            addr
-        }
-        Listen::TcpOnly => {
-            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            let addr = tcp.local_addr().unwrap();
-            server.register_listener(tcp, Duration::from_secs(5), 64);
-            addr
-        }
-    };
-    Upstream { addr, server }
+    catalog
 }
