@@ -754,3 +754,39 @@ mod tests {
         assert!(long.encode().is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Peer bytes never panic: every decoder returns a value or an error.
+        #[test]
+        fn decoders_never_panic(ty in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = ClientMsg::decode(ty, &body);
+            let _ = ServerMsg::decode(ty, &body);
+            let _ = crate::client::KeyCache::decode(&body);
+            let _ = crate::token::Token::parse(&String::from_utf8_lossy(&body));
+            if body.len() >= HEADER_LEN {
+                let h: [u8; HEADER_LEN] = body[..HEADER_LEN].try_into().unwrap();
+                let _ = parse_header(&h);
+            }
+        }
+
+        /// A decoded message encodes back to the same frame (one canonical form).
+        #[test]
+        fn decoded_messages_are_canonical(ty in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = ClientMsg::decode(ty, &body) {
+                prop_assert_eq!(&m.encode().unwrap()[HEADER_LEN..], &body[..]);
+            }
+            // Refusal codes a newer GMS may add decode as Internal (the
+            // reason text still reaches the operator), so 0x82 is exempt.
+            if let Some(m) = ServerMsg::decode(ty, &body).ok().filter(|_| ty != 0x82) {
+                prop_assert_eq!(&m.encode().unwrap()[HEADER_LEN..], &body[..]);
+            }
+        }
+    }
+}
