@@ -73,7 +73,12 @@ impl ReplyTo {
 }
 
 /// Runs until every sender of `jobs` is gone.
+///
+/// After a storage error it refuses every later change (fail-stop): what
+/// reached the disk is unknown, and serving on would let the zone in memory
+/// and the one on disk drift apart. A restart reloads from disk.
 pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
+    let mut failed = false;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -82,12 +87,34 @@ pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit(&shared, &mut store, batch);
+        if failed {
+            refuse(batch);
+        } else {
+            failed = !commit(&shared, &mut store, batch);
+        }
     }
     debug!("commit thread finished");
 }
 
-fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) {
+/// Answers a batch without touching the zone (after a storage failure).
+fn refuse(batch: Vec<Job>) {
+    let now = crate::unix_now();
+    for job in batch {
+        match job {
+            Job::Update { pending, reply } => {
+                reply.send(update_response(&pending, Rcode::SERVFAIL, now))
+            }
+            Job::Api { reply, .. } => {
+                let _ = reply.send(Err(Error::Commit(
+                    "storage failed earlier; restart the server".into(),
+                )));
+            }
+        }
+    }
+}
+
+/// Commits one batch; `false` when storage failed.
+fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
     let _span = info_span!("commit", jobs = batch.len()).entered();
     let now = crate::unix_now();
     let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
@@ -128,7 +155,7 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) {
                 Ok(cs.serial)
             }
             Err(e) => {
-                error!(error = %e, "commit failed: updates answered SERVFAIL");
+                error!(error = %e, "storage failed: updates answered SERVFAIL, further updates refused until restart");
                 Err(e.to_string())
             }
         },
@@ -138,6 +165,7 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) {
         }
     };
 
+    let stored = committed.is_ok();
     for (job, result) in batch.into_iter().zip(results) {
         match job {
             Job::Update { pending, reply } => {
@@ -160,6 +188,7 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) {
             }
         }
     }
+    stored
 }
 
 /// Why a job of a batch was not applied.
@@ -240,5 +269,60 @@ mod tests {
         let store = Store::open(dir.path(), &origin).unwrap();
         let zone = Zone::from_nodes(&origin, store.load().unwrap()).unwrap();
         assert_eq!((zone.serial(), zone.len()), (51, 10));
+    }
+
+    /// A failed flush answers SERVFAIL / an error, publishes nothing, and
+    /// every later change is refused until a restart.
+    #[test]
+    fn a_storage_failure_stops_further_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = n("home.fpn.");
+        let soa = SOA::new(
+            n("ns1.home.fpn."),
+            n("h.home.fpn."),
+            50,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        let zone = Zone::new_empty(&origin, soa, 3600, &[n("ns1.home.fpn.")]).unwrap();
+        let mut store = Store::open(dir.path(), &origin).unwrap();
+        let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
+        store.init(&seed).unwrap();
+        store.break_sync_for_test();
+        let shared = Arc::new(Shared::new(
+            zone,
+            Default::default(),
+            store.journal_reader(),
+        ));
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::spawn(move || run(shared, store, rx))
+        };
+        let set = |i: u8| {
+            let (reply, done) = oneshot::channel();
+            let name = n(&format!("h{i}.home.fpn."));
+            let change = ApiChange::SetGe {
+                name,
+                ttl: 60,
+                a: Some([198, 18, 0, i].into()),
+                aaaa: None,
+                lips: vec![],
+            };
+            tx.send(Job::Api { change, reply }).unwrap();
+            done.blocking_recv().unwrap()
+        };
+        assert!(matches!(set(1), Err(Error::Commit(_))));
+        let second = set(2);
+        assert!(
+            matches!(&second, Err(Error::Commit(m)) if m.contains("restart")),
+            "{second:?}"
+        );
+        assert_eq!(shared.zone.read().unwrap().serial(), 50);
+        assert_eq!(shared.zone.read().unwrap().len(), 1);
+        drop(tx);
+        thread.join().unwrap();
     }
 }

@@ -57,6 +57,10 @@ pub mod wire;
 pub mod xfr;
 pub mod zone;
 
+/// The DNS types of the API (names, record data), re-exported so users
+/// need no version-matched dependency of their own.
+pub use hickory_proto;
+
 pub use config::{DdnsConfig, FileConfig, NotifyTarget, SoaConfig};
 pub use error::Error;
 pub use keys::{Algorithm, KeyPolicy, KeyRing, TsigKey};

@@ -130,6 +130,23 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Makes every later flush fail (the sync goes to a pipe, which
+    /// `fdatasync` rejects), to test what happens when the disk fails.
+    pub(crate) fn break_sync_for_test(&mut self) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two new descriptors; we own the read end
+        // from here on and close the write end.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            libc::close(fds[1]);
+            self.log = std::fs::File::from_raw_fd(fds[0]);
+        }
+    }
+}
+
 impl JournalReader {
     /// The diffs that lead from serial `from` to the newest version, oldest
     /// first; `None` when the journal does not reach back to `from`.

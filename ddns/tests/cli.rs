@@ -242,11 +242,7 @@ fn ixfr_sends_the_changes_since_a_serial() {
         .collect();
     // current SOA; old SOA, new SOA, A + LIP added; old SOA, A deleted,
     // new SOA; current SOA
-    assert_eq!(
-        records.len(),
-        1 + 4 + 3 + 1,
-        "{out}"
-    );
+    assert_eq!(records.len(), 1 + 4 + 3 + 1, "{out}");
     assert!(records[1].contains(&format!(" {before} ")), "{out}");
     // an up-to-date client gets the SOA alone
     let out = srv.dig(&[

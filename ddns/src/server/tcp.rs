@@ -51,7 +51,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, jobs: SyncS
         let span = debug_span!("tcp", %peer);
         conns.spawn(
             async move {
-                if let Err(e) = connection(stream, peer, &shared, &jobs).await {
+                if let Err(e) = connection(stream, peer, shared, &jobs).await {
                     debug!(error = %e, "connection ended");
                 }
                 drop(permit);
@@ -64,7 +64,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, jobs: SyncS
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: Arc<Shared>,
     jobs: &SyncSender<Job>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -111,7 +111,12 @@ async fn connection(
                 send(&mut stream, &answer).await?;
             }
             Outcome::Transfer(req) => {
-                for m in transfer_messages(shared, &req)? {
+                // Encoding a large zone takes a while: not on the runtime.
+                let shared = shared.clone();
+                let msgs = tokio::task::spawn_blocking(move || transfer_messages(&shared, &req))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                for m in msgs {
                     send(&mut stream, &m).await?;
                 }
             }
