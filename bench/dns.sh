@@ -4,6 +4,7 @@
 #   bench/dns.sh                   # fpn, bind, knot; 1 round
 #   REPEAT=3 bench/dns.sh          # 3 interleaved rounds, then median [min..max]
 #   bench/dns.sh fpn knot          # a subset
+#   bench/dns.sh interop           # BIND and Knot as secondaries: NOTIFY, AXFR/IXFR with TSIG
 #
 # Every server runs in the foreground on 127.0.0.1 (UDP+TCP, its own port), from a fresh
 # copy of the same zone (bench.fpn.: SOA, NS, ns1, name0..name999 A, TXT on every 10th
@@ -129,22 +130,41 @@ EOF
 start_knot() {
   mkdir -p "$1/db"
   cat >"$1/knot.conf" <<EOF
-server: { rundir: "$1", pidfile: "$1/knot.pid", listen: 127.0.0.1@$2, udp-workers: $THREADS, tcp-workers: $THREADS, background-workers: 1 }
-log: [ { target: stderr, any: info } ]
-database: { storage: "$1/db" }
-key: [ { id: $KEY, algorithm: hmac-sha256, secret: $SECRET } ]
-acl: [ { id: ddns, key: $KEY, action: update } ]
-zone: [ { domain: $ORIGIN, file: "$1/zone", storage: "$1", acl: ddns } ]
+server:
+    rundir: "$1"
+    pidfile: "$1/knot.pid"
+    listen: 127.0.0.1@$2
+    udp-workers: $THREADS
+    tcp-workers: $THREADS
+    background-workers: 1
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "$1/db"
+key:
+  - id: $KEY
+    algorithm: hmac-sha256
+    secret: $SECRET
+acl:
+  - id: ddns
+    key: $KEY
+    action: update
+zone:
+  - domain: $ORIGIN
+    file: "$1/zone"
+    storage: "$1"
+    acl: ddns
 EOF
   knotd -c "$1/knot.conf" >"$1/server.log" 2>&1 &
   SERVER_PID=$!
 }
 
-wait_ready() {  # port
-  local deadline=$(( $(now_us) + 20000000 ))
+wait_ready() {  # port [zone]
+  local deadline=$(( $(now_us) + 20000000 )) zone=${2:-$ORIGIN}
   while [ "$(now_us)" -lt "$deadline" ]; do
     kill -0 "$SERVER_PID" 2>/dev/null || return 1
-    dig +norec +time=1 +tries=1 @127.0.0.1 -p "$1" "$ORIGIN" SOA 2>/dev/null | grep -q 'flags:.* aa' && return 0
+    dig +norec +time=1 +tries=1 @127.0.0.1 -p "$1" "$zone" SOA 2>/dev/null | grep -q 'flags:.* aa' && return 0
     sleep 0.05
   done
   return 1
@@ -219,7 +239,91 @@ measure() {  # round mode -> appends a TSV line
     "$u_avg" "$u_p99" "$rate" "$b_avg" "$per" "$fs" "$(cut -d' ' -f1 /proc/loadavg)" >>"$WORK/results.tsv"
 }
 
+# ------------------------------------------------------------------ interop
+# bench/dns.sh interop: BIND and Knot as secondaries of fpn-ddns. fpn-ddns NOTIFYs them
+# (signed), they transfer with TSIG (AXFR first, then IXFR), and must then serve a LIP
+# record and a later change. Prints PASS/FAIL per secondary.
+interop() {
+  local d="$WORK/interop" fpn_port=$FPN_PORT sec_port=$BIND_PORT ok=0 sec
+  mkdir -p "$d"
+  "$FPN_BIN" tsig-keygen admin-key >"$d/admin.key"; "$FPN_BIN" tsig-keygen xfer-key >"$d/xfer.key"
+  local xsecret; xsecret=$(sed -n 's/.*secret "\(.*\)".*/\1/p' "$d/xfer.key")
+  for sec in bind knot; do
+    rm -rf "$d/db" "$d/$sec"; mkdir -p "$d/$sec/db"
+    printf 'zone = "home.fpn."\n[[key]]\nfile = "admin.key"\nupdate = ["@"]\n[[key]]\nfile = "xfer.key"\ntransfer = true\n[[notify]]\naddress = "127.0.0.1:%s"\nkey = "xfer-key"\n' \
+      "$sec_port" >"$d/ddns.toml"
+    "$FPN_BIN" serve --config "$d/ddns.toml" --listen "127.0.0.1:$fpn_port" --data "$d/db" >"$d/fpn.out" 2>"$d/fpn.log" &
+    local fpn_pid=$!
+    SERVER_PID=$fpn_pid; wait_ready "$fpn_port" home.fpn. || { log "fpn-ddns did not start"; stop_server; return 1; }
+    if [ $sec = bind ]; then
+      cat >"$d/bind/named.conf" <<EOF
+include "$d/xfer.key";
+options { directory "$d/bind"; pid-file "$d/bind/named.pid"; session-keyfile "$d/bind/s.key";
+  listen-on port $sec_port { 127.0.0.1; }; listen-on-v6 { none; }; recursion no; dnssec-validation no; notify no; };
+controls { };
+server 127.0.0.1 { keys { xfer-key; }; };
+zone "home.fpn" { type secondary; primaries port $fpn_port { 127.0.0.1; }; file "$d/bind/zone.bak"; };
+EOF
+      named -g -4 -c "$d/bind/named.conf" >"$d/bind/log" 2>&1 &
+    else
+      cat >"$d/knot/knot.conf" <<EOF
+server:
+    rundir: "$d/knot"
+    listen: 127.0.0.1@$sec_port
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "$d/knot/db"
+key:
+  - id: xfer-key.
+    algorithm: hmac-sha256
+    secret: $xsecret
+remote:
+  - id: primary
+    address: 127.0.0.1@$fpn_port
+    key: xfer-key.
+acl:
+  - id: from_primary
+    address: 127.0.0.1
+    key: xfer-key.
+    action: notify
+zone:
+  - domain: home.fpn.
+    master: primary
+    acl: from_primary
+    storage: "$d/knot"
+EOF
+      knotd -c "$d/knot/knot.conf" >"$d/knot/log" 2>&1 &
+    fi
+    SERVER_PID=$!
+    sleep 1
+    printf 'server 127.0.0.1 %s\nzone home.fpn.\nupdate add nas.home.fpn. 60 A 198.18.0.7\nupdate add nas.home.fpn. 60 TYPE65300 \\# 4 c0a8010a\nsend\n' \
+      "$fpn_port" | nsupdate -k "$d/admin.key"
+    sleep 2
+    printf 'server 127.0.0.1 %s\nzone home.fpn.\nupdate add pc.home.fpn. 60 A 198.18.0.8\nsend\n' "$fpn_port" | nsupdate -k "$d/admin.key"
+    local lip="" pc="" i
+    for i in $(seq 50); do
+      lip=$(dig +short +norec @127.0.0.1 -p "$sec_port" nas.home.fpn. TYPE65300)
+      pc=$(dig +short +norec @127.0.0.1 -p "$sec_port" pc.home.fpn. A)
+      [ "$lip" = '\# 4 C0A8010A' ] && [ "$pc" = 198.18.0.8 ] && break
+      sleep 0.2
+    done
+    stop_server; SERVER_PID=$fpn_pid; stop_server
+    if [ "$lip" = '\# 4 C0A8010A' ] && [ "$pc" = 198.18.0.8 ]; then
+      echo "interop $sec secondary: PASS ($(grep -ciE 'transfer completed|XFR, incoming.*finished' "$d/$sec/log") transfers)"
+    else
+      echo "interop $sec secondary: FAIL (lip=$lip pc=$pc; see $d/$sec/log)"; ok=1
+    fi
+  done
+  return $ok
+}
+
 # ------------------------------------------------------------------ main
+if [ "${1:-}" = interop ]; then
+  rm -rf "$WORK"; mkdir -p "$WORK"
+  interop; exit $?
+fi
 MODES=${*:-fpn bind knot}
 make_inputs
 : >"$WORK/results.tsv"

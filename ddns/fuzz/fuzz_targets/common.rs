@@ -14,7 +14,15 @@ fn n(s: &str) -> Name {
 
 /// home.fpn. with a GE that has A and LIP records, and a subdomain.
 pub fn zone() -> Zone {
-    let soa = SOA::new(n("ns1.home.fpn."), n("hostmaster.home.fpn."), 7, 3600, 600, 86400, 60);
+    let soa = SOA::new(
+        n("ns1.home.fpn."),
+        n("hostmaster.home.fpn."),
+        7,
+        3600,
+        600,
+        86400,
+        60,
+    );
     let mut z = Zone::new_empty(&n("home.fpn."), soa, 3600, &[n("ns1.home.fpn.")]).expect("zone");
     let mut txn = Txn::new(&z);
     for name in ["nas.home.fpn.", "pc.lan.home.fpn."] {
@@ -35,8 +43,21 @@ pub fn zone() -> Zone {
 /// One key with full rights, one scoped to lan.home.fpn.
 pub fn keys() -> KeyRing {
     let mut k = KeyRing::default();
-    k.insert(TsigKey::new(n("admin."), Algorithm::HmacSha256, SECRET.to_vec(), KeyPolicy::admin(&n("home.fpn."))));
-    let scoped = KeyPolicy { update: vec![n("lan.home.fpn.")], transfer: false };
-    k.insert(TsigKey::new(n("lan."), Algorithm::HmacSha256, SECRET.to_vec(), scoped));
+    k.insert(TsigKey::new(
+        n("admin."),
+        Algorithm::HmacSha256,
+        SECRET.to_vec(),
+        KeyPolicy::admin(&n("home.fpn.")),
+    ));
+    let scoped = KeyPolicy {
+        update: vec![n("lan.home.fpn.")],
+        transfer: false,
+    };
+    k.insert(TsigKey::new(
+        n("lan."),
+        Algorithm::HmacSha256,
+        SECRET.to_vec(),
+        scoped,
+    ));
     k
 }

@@ -20,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
     let (zone, keys) = STATE.get_or_init(|| (common::zone(), common::keys()));
     let mut out = Vec::new();
     for tcp in [false, true] {
-        let ctx = Ctx { zone, keys, now: common::NOW, tcp };
+        let ctx = Ctx {
+            zone,
+            keys,
+            now: common::NOW,
+            tcp,
+        };
         match handle(&ctx, data, &mut out) {
             Outcome::Reply => {
                 assert!(out.len() >= 12);

@@ -8,8 +8,8 @@
 
 use fpn_ddns::answer::{Ctx, Outcome, TransferRequest, handle};
 use fpn_ddns::keys::TsigKey;
-use fpn_ddns::{store, tsig, xfr};
 use fpn_ddns::zone::{Txn, serial_gt};
+use fpn_ddns::{store, tsig, xfr};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -17,19 +17,31 @@ mod common;
 
 fuzz_target!(|data: &[u8]| {
     // First byte: which key signs; the rest: the message.
-    let Some((&which, msg)) = data.split_first() else { return };
+    let Some((&which, msg)) = data.split_first() else {
+        return;
+    };
     if msg.len() < 12 {
         return;
     }
     let mut zone = common::zone();
     let keys = common::keys();
-    let key: &TsigKey = keys.iter().find(|k| (which & 1 == 0) == (k.name().to_ascii() == "admin.")).expect("key");
+    let key: &TsigKey = keys
+        .iter()
+        .find(|k| (which & 1 == 0) == (k.name().to_ascii() == "admin."))
+        .expect("key");
     let mut signed = msg.to_vec();
     signed[2] = (signed[2] & 0x87) | (5 << 3); // opcode UPDATE, QR clear
     let mac = tsig::sign_request(&mut signed, key, common::NOW);
-    let ctx = Ctx { zone: &zone, keys: &keys, now: common::NOW, tcp: which & 2 != 0 };
+    let ctx = Ctx {
+        zone: &zone,
+        keys: &keys,
+        now: common::NOW,
+        tcp: which & 2 != 0,
+    };
     let mut out = Vec::new();
-    let Outcome::Update(p) = handle(&ctx, &signed, &mut out) else { return };
+    let Outcome::Update(p) = handle(&ctx, &signed, &mut out) else {
+        return;
+    };
     let before = zone.serial();
     let mut txn = Txn::new(&zone);
     let ok = txn.update(&p.msg, p.key.policy()).is_ok();
