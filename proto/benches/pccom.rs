@@ -12,7 +12,12 @@
 //! seal, trailer, length fields, checksum, then replay check, open, window,
 //! lengths, checksum). Throughput is payload bytes per iteration, one
 //! iteration being a round trip (both directions' work on one packet).
-//! `checksum/<bytes>` times the Internet checksum alone.
+//! `checksum/<bytes>` times the Internet checksum alone; `framing/<kind>/<bytes>`
+//! the PCCOM round trip with a do-nothing cipher (everything but AES-GCM).
+//!
+//! After the criterion benchmarks, an A/B-interleaved report prints the
+//! framing overhead (PCCOM round trip over raw round trip) at 1400 and 8900
+//! bytes; `cargo bench -p fpn-proto --bench pccom -- overhead` runs only that.
 //!
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time: the development machine is shared, and CPU time does not
@@ -28,7 +33,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use etherparse::PacketBuilder;
 use fpn_proto::keys::{FlowKeys, TrafficKey};
 use fpn_proto::packet::checksum::checksum;
@@ -64,71 +69,165 @@ fn ipv6_tcp(payload: usize) -> Vec<u8> {
     out
 }
 
+/// One raw AES-256-GCM round trip (seal then open) of `size` bytes placed at
+/// `offset` in its buffer, with the 8-byte AAD PCCOM uses.
+struct RawRound<A> {
+    aead: A,
+    store: Vec<u8>,
+    offset: usize,
+    counter: u64,
+}
+
+impl<A: PacketAead> RawRound<A> {
+    fn new(size: usize, offset: usize) -> Self {
+        Self {
+            aead: A::new(&keys().0.tx),
+            store: vec![0xa5; offset + size],
+            offset,
+            counter: 0,
+        }
+    }
+
+    #[inline]
+    fn run(&mut self) {
+        self.counter += 1;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
+        let aad = [1u8, 17, 0, 0, 0, 0, 0, 0];
+        let data = &mut self.store[self.offset..];
+        let mut tag = [0u8; 16];
+        self.aead
+            .seal_in_place(&nonce, &aad, data, &mut tag)
+            .unwrap();
+        self.aead.open_in_place(&nonce, &aad, data, &tag).unwrap();
+        black_box(data);
+    }
+}
+
+/// One PCCOM round trip: protect at one end, unprotect at the other.
+struct PccomRound<A: PacketAead> {
+    sender: FlowCrypto<A>,
+    receiver: FlowCrypto<A>,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl<A: PacketAead> PccomRound<A> {
+    fn new(packet: &[u8]) -> Self {
+        let (ka, kb) = keys();
+        let mut buf = packet.to_vec();
+        buf.resize(packet.len() + TRAILER_LEN, 0);
+        Self {
+            sender: FlowCrypto::with_backend(&ka),
+            receiver: FlowCrypto::with_backend(&kb),
+            buf,
+            len: packet.len(),
+        }
+    }
+
+    #[inline]
+    fn run(&mut self) {
+        let n = self.sender.protect(&mut self.buf, self.len).unwrap();
+        let m = self.receiver.unprotect(&mut self.buf[..n]).unwrap();
+        debug_assert_eq!(m, self.len);
+        black_box(m);
+    }
+}
+
+fn kinds(size: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let mut kinds = vec![("ipv4-udp", ipv4_udp(size))];
+    if size == 1400 {
+        kinds.push(("ipv6-tcp", ipv6_tcp(size)));
+    }
+    kinds
+}
+
 fn bench_backend<A: PacketAead>(c: &mut Criterion<Clock>) {
     let mut g = c.benchmark_group("pccom");
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
-
-        // Raw AEAD: seal then open the same bytes, fresh nonce each time.
-        let (ka, _) = keys();
-        let aead = A::new(&ka.tx);
-        let aad = [1u8, 17, 0, 0, 0, 0, 0, 0];
-        let mut data = vec![0xa5u8; size];
-        let mut counter = 0u64;
+        let mut raw = RawRound::<A>::new(size, 0);
         g.bench_function(BenchmarkId::new(format!("{}/raw", A::NAME), size), |b| {
-            b.iter(|| {
-                counter += 1;
-                let mut nonce = [0u8; 12];
-                nonce[4..].copy_from_slice(&counter.to_be_bytes());
-                let tag = aead.seal_in_place(&nonce, &aad, &mut data).unwrap();
-                aead.open_in_place(&nonce, &aad, &mut data, &tag).unwrap();
-                black_box(&data);
-            })
+            b.iter(|| raw.run())
         });
-
         if size == 1400 {
-            // The same seal + open with the payload where an IPv4/UDP packet
-            // puts it (offset 28): unaligned for the AES-GCM code, as in PCCOM.
-            // Separates the cost of working in place from the framing itself.
-            let mut store = vec![0xa5u8; 28 + size];
+            // The payload where an IPv4/UDP packet carries it: unaligned for
+            // the AES-GCM code, as in PCCOM. Separates the cost of working in
+            // place from the framing itself.
+            let mut raw = RawRound::<A>::new(size, 28);
             g.bench_function(
                 BenchmarkId::new(format!("{}/raw-offset28", A::NAME), size),
-                |b| {
-                    b.iter(|| {
-                        counter += 1;
-                        let mut nonce = [0u8; 12];
-                        nonce[4..].copy_from_slice(&counter.to_be_bytes());
-                        let data = &mut store[28..];
-                        let tag = aead.seal_in_place(&nonce, &aad, data).unwrap();
-                        aead.open_in_place(&nonce, &aad, data, &tag).unwrap();
-                        black_box(&data);
-                    })
-                },
+                |b| b.iter(|| raw.run()),
             );
         }
-        let mut kinds: Vec<(&str, Vec<u8>)> = vec![("ipv4-udp", ipv4_udp(size))];
-        if size == 1400 {
-            kinds.push(("ipv6-tcp", ipv6_tcp(size)));
-        }
-        for (kind, packet) in kinds {
-            let (ka, kb) = keys();
-            let mut sender = FlowCrypto::<A>::with_backend(&ka);
-            let mut receiver = FlowCrypto::<A>::with_backend(&kb);
-            let len = packet.len();
-            let mut buf = packet.clone();
-            buf.resize(len + TRAILER_LEN, 0);
+        for (kind, packet) in kinds(size) {
+            let mut round = PccomRound::<A>::new(&packet);
             g.bench_function(BenchmarkId::new(format!("{}/{kind}", A::NAME), size), |b| {
-                b.iter(|| {
-                    let n = sender.protect(&mut buf, len).unwrap();
-                    let m = receiver.unprotect(&mut buf[..n]).unwrap();
-                    debug_assert_eq!(m, len);
-                    black_box(m);
-                })
+                b.iter(|| round.run())
             });
-            assert_eq!(&buf[..len], &packet[..], "round trip restores the packet");
+            assert_eq!(
+                &round.buf[..round.len],
+                &packet[..],
+                "round trip restores the packet"
+            );
         }
     }
     g.finish();
+}
+
+/// Framing overhead measured A/B interleaved: short blocks of raw round
+/// trips, raw round trips at the packet's payload offset, and PCCOM round
+/// trips alternate, each block timed in thread CPU time, so load that comes
+/// and goes on a shared machine hits all three alike. Prints, per kind, the
+/// fastest block of each (the least disturbed) and the overhead from those,
+/// and the median and 10th/90th percentile of the per-round overheads.
+fn overhead_report<A: PacketAead>() {
+    const ROUNDS: usize = 801;
+    let clock = Clock::from_env();
+    for size in [1400, 8900] {
+        let block = 250_000 / size; // about 0.25 ms per block
+        for (kind, packet) in kinds(size) {
+            let mut raw = RawRound::<A>::new(size, 0);
+            let mut raw_off = RawRound::<A>::new(size, packet.len() - size);
+            let mut pccom = PccomRound::<A>::new(&packet);
+            let time = |f: &mut dyn FnMut()| {
+                let t = clock.now();
+                for _ in 0..block {
+                    f();
+                }
+                (clock.now() - t).as_nanos() as f64 / block as f64
+            };
+            let (mut r, mut o, mut p) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                r.push(time(&mut || raw.run()));
+                o.push(time(&mut || raw_off.run()));
+                p.push(time(&mut || pccom.run()));
+            }
+            let mut over: Vec<f64> = p
+                .iter()
+                .zip(&r)
+                .map(|(p, r)| 100.0 * (p / r - 1.0))
+                .collect();
+            let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let (rm, om, pm) = (min(&r), min(&o), min(&p));
+            println!(
+                "overhead {}/{kind}/{size}: fastest blocks: raw {rm:.0} ns, raw at payload \
+                 offset {om:.0} ns, pccom {pm:.0} ns: {:+.1}% over raw ({:+.1}% over raw at \
+                 offset); per round: median {:+.1}%, p10 {:+.1}%, p90 {:+.1}%",
+                A::NAME,
+                100.0 * (pm / rm - 1.0),
+                100.0 * (pm / om - 1.0),
+                percentile(&mut over, 50),
+                percentile(&mut over, 10),
+                percentile(&mut over, 90),
+            );
+        }
+    }
+}
+
+fn percentile(v: &mut [f64], p: usize) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) * p / 100]
 }
 
 /// The Internet checksum alone: PCCOM runs it once per direction over the
@@ -145,10 +244,59 @@ fn bench_checksum(c: &mut Criterion<Clock>) {
     g.finish();
 }
 
+/// An AEAD that does nothing: measures the PCCOM framing alone (parse, MSS,
+/// lengths, AAD, trailer, replay window, both checksums). A measuring
+/// instrument for this benchmark only; it never leaves this file.
+struct NoCipher;
+
+impl PacketAead for NoCipher {
+    const NAME: &'static str = "no-cipher";
+
+    fn new(_: &TrafficKey) -> Self {
+        Self
+    }
+
+    fn seal_in_place(
+        &self,
+        _: &[u8; 12],
+        _: &[u8],
+        data: &mut [u8],
+        tag: &mut [u8; 16],
+    ) -> fpn_proto::Result<()> {
+        black_box(data);
+        *tag = [0; 16];
+        Ok(())
+    }
+
+    fn open_in_place(
+        &self,
+        _: &[u8; 12],
+        _: &[u8],
+        data: &mut [u8],
+        _: &[u8; 16],
+    ) -> fpn_proto::Result<()> {
+        black_box(data);
+        Ok(())
+    }
+}
+
+fn bench_framing(c: &mut Criterion<Clock>) {
+    let mut g = c.benchmark_group("framing");
+    for size in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        for (kind, packet) in kinds(size) {
+            let mut round = PccomRound::<NoCipher>::new(&packet);
+            g.bench_function(BenchmarkId::new(kind, size), |b| b.iter(|| round.run()));
+        }
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion<Clock>) {
     bench_backend::<RingAesGcm>(c);
     bench_backend::<RustCryptoAesGcm>(c);
     bench_checksum(c);
+    bench_framing(c);
 }
 
 /// Thread CPU time (default) or wall time.
@@ -216,4 +364,16 @@ criterion_group! {
     config = Criterion::default().with_measurement(Clock::from_env());
     targets = benches
 }
-criterion_main!(pccom);
+
+fn main() {
+    pccom();
+    Criterion::default().configure_from_args().final_summary();
+    // The interleaved overhead report runs with the full benchmark, or alone
+    // with the filter `overhead` (which matches no criterion benchmark).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filtered = args.iter().any(|a| !a.starts_with('-'));
+    if !filtered || args.iter().any(|a| a == "overhead") {
+        overhead_report::<RingAesGcm>();
+        overhead_report::<RustCryptoAesGcm>();
+    }
+}

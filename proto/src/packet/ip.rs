@@ -48,6 +48,7 @@ pub(crate) struct Layout {
 
 /// Checks the IP header of `buf[..len]` and returns (version, protocol,
 /// transport offset, packet end). Fragments and unknown protocols are refused.
+#[inline]
 pub(crate) fn parse_ip(buf: &[u8]) -> Result<(IpVersion, u8, usize, usize)> {
     let first = *buf.first().ok_or(Error::Truncated {
         what: "IP header",
@@ -61,6 +62,7 @@ pub(crate) fn parse_ip(buf: &[u8]) -> Result<(IpVersion, u8, usize, usize)> {
     }
 }
 
+#[inline]
 fn parse_v4(buf: &[u8]) -> Result<(IpVersion, u8, usize, usize)> {
     need(buf, IPV4_MIN_HEADER_LEN, "IPv4 header")?;
     let ihl = usize::from(buf[0] & 0x0f) * 4;
@@ -87,6 +89,7 @@ fn parse_v4(buf: &[u8]) -> Result<(IpVersion, u8, usize, usize)> {
     }
 }
 
+#[inline]
 fn parse_v6(buf: &[u8]) -> Result<(IpVersion, u8, usize, usize)> {
     need(buf, IPV6_HEADER_LEN, "IPv6 header")?;
     let end = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([buf[4], buf[5]]));

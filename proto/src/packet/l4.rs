@@ -24,6 +24,7 @@ pub mod icmp_type {
 /// Checks a UDP header at the start of `dgram`, which runs to the end of the
 /// IP packet. The UDP length must equal that span: a shorter UDP length would
 /// leave bytes PCCOM could neither encrypt nor drop safely.
+#[inline]
 pub(crate) fn check_udp(dgram: &[u8]) -> Result<usize> {
     need(dgram, UDP_HEADER_LEN, "UDP header")?;
     let len = usize::from(u16::from_be_bytes([dgram[4], dgram[5]]));
@@ -36,6 +37,7 @@ pub(crate) fn check_udp(dgram: &[u8]) -> Result<usize> {
 }
 
 /// Checks an ICMP/ICMPv6 header at the start of `msg`.
+#[inline]
 pub(crate) fn check_icmp(msg: &[u8]) -> Result<usize> {
     need(msg, ICMP_HEADER_LEN, "ICMP header")?;
     Ok(ICMP_HEADER_LEN)

@@ -59,6 +59,7 @@ pub struct Packet<T> {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks the packet at the start of `buf`. The packet ends where its IP
     /// header says; any bytes after that are spare room.
+    #[inline(always)]
     pub fn parse(buf: T) -> Result<Self> {
         let len = buf.as_ref().len();
         Self::parse_prefix(buf, len)
@@ -66,6 +67,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Like [`Packet::parse`], but only the first `len` bytes of `buf` hold
     /// data (for instance the bytes a read returned); the rest is room.
+    #[inline(always)]
     pub fn parse_prefix(buf: T, len: usize) -> Result<Self> {
         let bytes = buf.as_ref();
         let data = bytes.get(..len).ok_or(Error::BufferTooSmall {
@@ -224,6 +226,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Computes the transport checksum from scratch (the value
     /// [`Packet::fill_l4_checksum`] writes).
+    #[inline]
     pub fn compute_l4_checksum(&self) -> u16 {
         let l4 = &self.bytes()[self.layout.l4..self.layout.end];
         // One pass over the whole segment, then take the stored checksum
@@ -363,6 +366,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// Recomputes and writes the transport checksum.
+    #[inline]
     pub fn fill_l4_checksum(&mut self) {
         let c = self.compute_l4_checksum();
         let at = self.layout.l4 + checksum_offset(self.layout.protocol);
@@ -417,6 +421,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// and fixes the length fields: IPv4 total length and header checksum,
     /// IPv6 payload length, UDP length. The transport checksum is not updated:
     /// call [`Packet::fill_l4_checksum`] once the payload is final.
+    #[inline]
     pub fn set_payload_len(&mut self, len: usize) -> Result<()> {
         let end = self.layout.payload + len;
         let capacity = self.bytes().len();
@@ -492,6 +497,7 @@ impl<T: AsRef<[u8]>> fmt::Debug for Packet<T> {
 }
 
 /// Checks IP and transport headers of `data` (exactly the valid bytes).
+#[inline(always)]
 fn check(data: &[u8]) -> Result<Layout> {
     let (version, protocol, l4, end) = ip::parse_ip(data)?;
     let seg = &data[l4..end];

@@ -31,6 +31,7 @@ const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
 
 /// Checks a TCP header at the start of `seg` (header + payload) and returns its length.
+#[inline]
 pub(crate) fn check(seg: &[u8]) -> Result<usize> {
     need(seg, TCP_MIN_HEADER_LEN, "TCP header")?;
     let len = usize::from(seg[12] >> 4) * 4;

@@ -37,13 +37,15 @@ pub trait PacketAead: Sized + Send + Sync {
     /// Expands a traffic key.
     fn new(key: &TrafficKey) -> Self;
 
-    /// Encrypts `data` in place and returns the tag.
+    /// Encrypts `data` in place and writes the tag to `tag` (straight into
+    /// the packet's trailer: no copy through the return value).
     fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         data: &mut [u8],
-    ) -> Result<[u8; TAG_LEN]>;
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<()>;
 
     /// Verifies `tag` and decrypts `data` in place. On failure returns
     /// [`Error::PacketAuth`]; `data` is then unspecified and must be dropped.
@@ -74,14 +76,14 @@ impl PacketAead for RingAesGcm {
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         data: &mut [u8],
-    ) -> Result<[u8; TAG_LEN]> {
-        let tag = self
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<()> {
+        let t = self
             .0
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), data)
             .map_err(|_| too_large(data.len()))?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        tag.copy_from_slice(t.as_ref());
+        Ok(())
     }
 
     #[inline]
@@ -121,13 +123,15 @@ impl PacketAead for RustCryptoAesGcm {
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         data: &mut [u8],
-    ) -> Result<[u8; TAG_LEN]> {
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<()> {
         let len = data.len();
-        let tag = self
+        let t = self
             .0
             .encrypt_inout_detached(&Array::from(*nonce), aad, data.into())
             .map_err(|_| too_large(len))?;
-        Ok(tag.into())
+        tag.copy_from_slice(&t);
+        Ok(())
     }
 
     #[inline]
@@ -197,7 +201,8 @@ mod tests {
     ) {
         let a = A::new(key);
         let mut buf = pt.to_vec();
-        let t = a.seal_in_place(nonce, aad, &mut buf).unwrap();
+        let mut t = [0u8; TAG_LEN];
+        a.seal_in_place(nonce, aad, &mut buf, &mut t).unwrap();
         assert_eq!(buf, ct, "{}", A::NAME);
         assert_eq!(&t[..], tag, "{}", A::NAME);
         a.open_in_place(nonce, aad, &mut buf, &t).unwrap();

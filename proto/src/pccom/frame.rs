@@ -90,9 +90,11 @@ pub(crate) fn seal<A: PacketAead>(
     let aad = aad(&pkt);
     let payload = pkt.payload_mut();
     let (body, trailer) = payload.split_at_mut(plain_len);
-    let tag = aead.seal_in_place(&nonce(counter), &aad, body)?;
-    trailer[..COUNTER_LEN].copy_from_slice(&counter.to_be_bytes());
-    trailer[COUNTER_LEN..].copy_from_slice(&tag);
+    let (counter_field, tag) = trailer.split_at_mut(COUNTER_LEN);
+    counter_field.copy_from_slice(&counter.to_be_bytes());
+    let tag = <&mut [u8; TAG_LEN]>::try_from(tag)
+        .map_err(|_| Error::MalformedPacket("PCCOM trailer length"))?;
+    aead.seal_in_place(&nonce(counter), &aad, body, tag)?;
     pkt.fill_l4_checksum();
     Ok(pkt.len())
 }
@@ -113,22 +115,17 @@ pub(crate) fn open<A: PacketAead>(
             available: wire_len,
         });
     };
-    let (counter, tag) = {
-        let trailer = &pkt.payload()[plain_len..];
-        let mut c = [0u8; COUNTER_LEN];
-        c.copy_from_slice(&trailer[..COUNTER_LEN]);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&trailer[COUNTER_LEN..]);
-        (u64::from_be_bytes(c), t)
-    };
-    window.check(counter)?;
     let aad = aad(&pkt);
-    aead.open_in_place(
-        &nonce(counter),
-        &aad,
-        &mut pkt.payload_mut()[..plain_len],
-        &tag,
-    )?;
+    let (body, trailer) = pkt.payload_mut().split_at_mut(plain_len);
+    // The trailer is exactly TRAILER_LEN bytes: these conversions cannot fail.
+    let (counter, tag) = trailer
+        .split_first_chunk::<COUNTER_LEN>()
+        .ok_or(Error::MalformedPacket("PCCOM trailer length"))?;
+    let counter = u64::from_be_bytes(*counter);
+    let tag = <&[u8; TAG_LEN]>::try_from(tag)
+        .map_err(|_| Error::MalformedPacket("PCCOM trailer length"))?;
+    window.check(counter)?;
+    aead.open_in_place(&nonce(counter), &aad, body, tag)?;
     window.update(counter);
     pkt.set_payload_len(plain_len)?;
     pkt.fill_l4_checksum();
