@@ -45,6 +45,10 @@ pub struct PendingUpdate {
     pub request_mac: Vec<u8>,
     /// The zone section, re-encoded, echoed in the response.
     pub zone_section: Vec<u8>,
+    /// Until when (unix seconds) the signature is acceptable: the request's
+    /// signing time plus its fudge. The commit thread remembers the MAC
+    /// until then, so a captured update cannot be replayed.
+    pub valid_until: u64,
 }
 
 /// An authorized AXFR or IXFR request.
@@ -355,6 +359,7 @@ fn update(parsed: &Message, reply: Reply<'_>, out: &mut Vec<u8>) -> Outcome {
         key: key.clone(),
         request_mac: rec.mac.clone(),
         zone_section: reply.question.to_vec(),
+        valid_until: rec.time.saturating_add(u64::from(rec.fudge)),
     })
 }
 

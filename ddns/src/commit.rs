@@ -79,6 +79,7 @@ impl ReplyTo {
 /// and the one on disk drift apart. A restart reloads from disk.
 pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
     let mut failed = false;
+    let mut replays = ReplayCache::default();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -90,7 +91,7 @@ pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
         if failed {
             refuse(batch);
         } else {
-            failed = !commit(&shared, &mut store, batch);
+            failed = !commit(&shared, &mut store, &mut replays, batch);
         }
     }
     debug!("commit thread finished");
@@ -114,7 +115,7 @@ fn refuse(batch: Vec<Job>) {
 }
 
 /// Commits one batch; `false` when storage failed.
-fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
+fn commit(shared: &Shared, store: &mut Store, replays: &mut ReplayCache, batch: Vec<Job>) -> bool {
     let _span = info_span!("commit", jobs = batch.len()).entered();
     let now = crate::unix_now();
     let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
@@ -123,6 +124,12 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
         .iter()
         .map(|job| match job {
             Job::Update { pending, .. } => {
+                if let Some(rcode) = replays.get(&pending.request_mac) {
+                    // A retransmission, or a replay: answer as the first
+                    // time, apply nothing again.
+                    info!(key = %pending.key.name(), %rcode, "update seen before: not applied again");
+                    return if rcode == Rcode::NOERROR { Ok(()) } else { Err(Rejected::Update(rcode)) };
+                }
                 let r = txn.update(&pending.msg, pending.key.policy());
                 match &r {
                     Ok(()) => debug!(key = %pending.key.name(), "update accepted"),
@@ -141,24 +148,32 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
 
     let committed: Result<u32, String> = match changes {
         Ok(None) => Ok(serial_before),
-        Ok(Some(cs)) => match store.write(&cs).and_then(|()| store.flush()) {
-            Ok(()) => {
-                let mut zone = shared.zone.write().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = zone.apply(&cs) {
-                    // Checked while merging; reaching this is a bug, and the
-                    // stored data stays right for the next start.
-                    error!(error = %e, "publishing a durable change failed");
+        Ok(Some(cs)) => {
+            match timed(|| store.write(&cs)).and_then(|w| Ok((w, timed(|| store.flush())?))) {
+                Ok((write_us, sync_us)) => {
+                    let mut zone = shared.zone.write().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = zone.apply(&cs) {
+                        // Checked while merging; reaching this is a bug, and the
+                        // stored data stays right for the next start.
+                        error!(error = %e, "publishing a durable change failed");
+                    }
+                    drop(zone);
+                    info!(
+                        serial = cs.serial,
+                        names = cs.nodes.len(),
+                        write_us,
+                        sync_us,
+                        "zone changed"
+                    );
+                    shared.serial_changed(cs.serial);
+                    Ok(cs.serial)
                 }
-                drop(zone);
-                info!(serial = cs.serial, names = cs.nodes.len(), "zone changed");
-                shared.serial_changed(cs.serial);
-                Ok(cs.serial)
+                Err(e) => {
+                    error!(error = %e, "storage failed: updates answered SERVFAIL, further updates refused until restart");
+                    Err(e.to_string())
+                }
             }
-            Err(e) => {
-                error!(error = %e, "storage failed: updates answered SERVFAIL, further updates refused until restart");
-                Err(e.to_string())
-            }
-        },
+        }
         Err(e) => {
             error!(error = %e, "preparing the commit failed");
             Err(e.to_string())
@@ -175,6 +190,9 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
                     (Ok(()), Ok(_)) => Rcode::NOERROR,
                     (Ok(()), Err(_)) => Rcode::SERVFAIL,
                 };
+                if rcode != Rcode::SERVFAIL {
+                    replays.insert(&pending, rcode, now);
+                }
                 reply.send(update_response(&pending, rcode, now));
             }
             Job::Api { reply, .. } => {
@@ -189,6 +207,46 @@ fn commit(shared: &Shared, store: &mut Store, batch: Vec<Job>) -> bool {
         }
     }
     stored
+}
+
+/// Runs a storage step and returns how long it took, in microseconds.
+fn timed(f: impl FnOnce() -> Result<(), Error>) -> Result<u64, Error> {
+    let t = std::time::Instant::now();
+    f()?;
+    Ok(t.elapsed().as_micros() as u64)
+}
+
+/// Most remembered update signatures; beyond it the oldest are forgotten.
+const REPLAY_MAX: usize = 100_000;
+
+/// The MACs of recent updates with the RCODE they got, kept while their
+/// signatures are still within the fudge window: a retransmitted update gets
+/// the same answer, a replayed one changes nothing.
+#[derive(Default)]
+struct ReplayCache {
+    seen: std::collections::HashMap<Vec<u8>, Rcode>,
+    expiry: std::collections::VecDeque<(u64, Vec<u8>)>,
+}
+
+impl ReplayCache {
+    fn get(&self, mac: &[u8]) -> Option<Rcode> {
+        self.seen.get(mac).copied()
+    }
+
+    fn insert(&mut self, p: &PendingUpdate, rcode: Rcode, now: u64) {
+        while let Some((until, _)) = self.expiry.front() {
+            if *until >= now && self.expiry.len() < REPLAY_MAX {
+                break;
+            }
+            if let Some((_, mac)) = self.expiry.pop_front() {
+                self.seen.remove(&mac);
+            }
+        }
+        if self.seen.insert(p.request_mac.clone(), rcode).is_none() {
+            self.expiry
+                .push_back((p.valid_until, p.request_mac.clone()));
+        }
+    }
 }
 
 /// Why a job of a batch was not applied.
@@ -249,7 +307,7 @@ mod tests {
             batch.push(Job::Api { change, reply: tx });
             rxs.push(rx);
         }
-        commit(&shared, &mut store, batch);
+        commit(&shared, &mut store, &mut ReplayCache::default(), batch);
         let results: Vec<_> = rxs
             .into_iter()
             .map(|rx| rx.blocking_recv().unwrap())
@@ -324,5 +382,111 @@ mod tests {
         assert_eq!(shared.zone.read().unwrap().len(), 1);
         drop(tx);
         thread.join().unwrap();
+    }
+
+    /// The same signed update twice: the second time it is answered as the
+    /// first but not applied, so it cannot undo a later change.
+    #[test]
+    fn a_replayed_update_is_answered_but_not_applied_again() {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+        use hickory_proto::rr::{DNSClass, RData, Record, RecordType, TSigner};
+
+        use crate::answer::{Ctx, Outcome, handle};
+        use crate::keys::{Algorithm, KeyPolicy, KeyRing, TsigKey};
+
+        let dir = tempfile::tempdir().unwrap();
+        let origin = n("home.fpn.");
+        let soa = SOA::new(
+            n("ns1.home.fpn."),
+            n("h.home.fpn."),
+            50,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        let zone = Zone::new_empty(&origin, soa, 3600, &[n("ns1.home.fpn.")]).unwrap();
+        let mut store = Store::open(dir.path(), &origin).unwrap();
+        let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
+        store.init(&seed).unwrap();
+        let mut keys = KeyRing::default();
+        keys.insert(TsigKey::new(
+            n("k."),
+            Algorithm::HmacSha256,
+            vec![3; 32],
+            KeyPolicy::admin(&origin),
+        ));
+        let shared = Shared::new(zone, keys.clone(), store.journal_reader());
+        let now = crate::unix_now();
+        let signed = |rr: Record, id: u16| {
+            let mut m = Message::new(id, MessageType::Query, OpCode::Update);
+            m.add_query(Query::query(n("home.fpn."), RecordType::SOA));
+            m.add_authority(rr);
+            let signer =
+                TSigner::new(vec![3; 32], TsigAlgorithm::HmacSha256, n("k."), 300).unwrap();
+            m.finalize(&signer, now).unwrap();
+            m.to_vec().unwrap()
+        };
+        let a = Record::from_rdata(n("x.home.fpn."), 60, RData::A(std::net::Ipv4Addr::new(198, 18, 0, 1).into()));
+        let mut del = Record::update0(n("x.home.fpn."), 0, RecordType::A);
+        del.dns_class = DNSClass::ANY;
+        let (add, remove) = (signed(a, 1), signed(del, 2));
+        let mut replays = ReplayCache::default();
+        let mut run_one = |bytes: &[u8]| {
+            let outcome = {
+                let z = shared.zone.read().unwrap();
+                handle(
+                    &Ctx {
+                        zone: &z,
+                        keys: &keys,
+                        now,
+                        tcp: true,
+                    },
+                    bytes,
+                    &mut Vec::new(),
+                )
+            };
+            let Outcome::Update(pending) = outcome else {
+                panic!("not an update: {outcome:?}")
+            };
+            let (tx, rx) = oneshot::channel();
+            commit(
+                &shared,
+                &mut store,
+                &mut replays,
+                vec![Job::Update {
+                    pending,
+                    reply: ReplyTo::Channel(tx),
+                }],
+            );
+            let answer = Message::from_vec(&rx.blocking_recv().unwrap()).unwrap();
+            (
+                answer.metadata.response_code,
+                shared.zone.read().unwrap().serial(),
+            )
+        };
+        let has_x = |s: &Shared| {
+            s.zone
+                .read()
+                .unwrap()
+                .node(&crate::zone::key_of(&n("x.home.fpn.")))
+                .is_some()
+        };
+        assert_eq!(
+            run_one(&add),
+            (hickory_proto::op::ResponseCode::NoError, 51)
+        );
+        assert!(has_x(&shared));
+        assert_eq!(
+            run_one(&remove),
+            (hickory_proto::op::ResponseCode::NoError, 52)
+        );
+        assert_eq!(
+            run_one(&add),
+            (hickory_proto::op::ResponseCode::NoError, 52),
+            "same answer, nothing applied"
+        );
+        assert!(!has_x(&shared), "the replay did not undo the deletion");
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::SOA;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record};
 
 pub use node::{Encoded, Node};
 pub use update::{ApiChange, Txn, UpdateOutcome};
@@ -57,14 +57,10 @@ impl NodeData {
 
     /// All records of the node, in type order.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        self.rrsets.iter().flat_map(move |(t, set)| {
-            set.rdatas.iter().map(move |rd| {
-                let mut r = Record::from_rdata(self.name.clone(), set.ttl, rd.clone());
-                // Update0 never reaches a zone; keep the type exact anyway.
-                debug_assert_eq!(u16::from(r.record_type()), *t);
-                r.ttl = set.ttl;
-                r
-            })
+        self.rrsets.values().flat_map(move |set| {
+            set.rdatas
+                .iter()
+                .map(move |rd| Record::from_rdata(self.name.clone(), set.ttl, rd.clone()))
         })
     }
 
@@ -354,11 +350,6 @@ pub fn type_allowed(t: u16, at_apex: bool) -> bool {
         15 | 12 | 13 | 33 | 44 | 52 | 257 | 35 => true,
         _ => false,
     }
-}
-
-/// The record type of a number.
-pub fn record_type(t: u16) -> RecordType {
-    RecordType::from(t)
 }
 
 fn placeholder_soa() -> SOA {
