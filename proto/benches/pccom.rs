@@ -16,8 +16,9 @@
 //! the PCCOM round trip with a do-nothing cipher (everything but AES-GCM).
 //!
 //! After the criterion benchmarks, an A/B-interleaved report prints the
-//! framing overhead (PCCOM round trip over raw round trip) at 1400 and 8900
-//! bytes; `cargo bench -p fpn-proto --bench pccom -- overhead` runs only that.
+//! framing overhead (PCCOM round trip over raw round trip) for every size as
+//! Markdown table rows; `cargo bench -p fpn-proto --bench pccom -- overhead`
+//! runs only that.
 //!
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time: the development machine is shared, and CPU time does not
@@ -178,14 +179,16 @@ fn bench_backend<A: PacketAead>(c: &mut Criterion<Clock>) {
 /// Framing overhead measured A/B interleaved: short blocks of raw round
 /// trips, raw round trips at the packet's payload offset, and PCCOM round
 /// trips alternate, each block timed in thread CPU time, so load that comes
-/// and goes on a shared machine hits all three alike. Prints, per kind, the
-/// fastest block of each (the least disturbed) and the overhead from those,
-/// and the median and 10th/90th percentile of the per-round overheads.
+/// and goes on a shared machine hits all three alike (criterion's groups run
+/// one after the other, minutes apart). Prints one Markdown table row per
+/// backend, kind and size: median time per round trip of each, payload
+/// throughput, and the median and 10th/90th percentile of the per-round
+/// overhead.
 fn overhead_report<A: PacketAead>() {
-    const ROUNDS: usize = 801;
+    const ROUNDS: usize = 401;
     let clock = Clock::from_env();
-    for size in [1400, 8900] {
-        let block = 250_000 / size; // about 0.25 ms per block
+    for size in SIZES {
+        let block = 250_000 / size + 1; // a fraction of a millisecond per block
         for (kind, packet) in kinds(size) {
             let mut raw = RawRound::<A>::new(size, 0);
             let mut raw_off = RawRound::<A>::new(size, packet.len() - size);
@@ -208,18 +211,27 @@ fn overhead_report<A: PacketAead>() {
                 .zip(&r)
                 .map(|(p, r)| 100.0 * (p / r - 1.0))
                 .collect();
-            let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-            let (rm, om, pm) = (min(&r), min(&o), min(&p));
+            let mut over_off: Vec<f64> = p
+                .iter()
+                .zip(&o)
+                .map(|(p, o)| 100.0 * (p / o - 1.0))
+                .collect();
+            let (rm, om, pm) = (
+                percentile(&mut r, 50),
+                percentile(&mut o, 50),
+                percentile(&mut p, 50),
+            );
+            let gbps = |ns: f64| size as f64 * 8.0 / ns;
             println!(
-                "overhead {}/{kind}/{size}: fastest blocks: raw {rm:.0} ns, raw at payload \
-                 offset {om:.0} ns, pccom {pm:.0} ns: {:+.1}% over raw ({:+.1}% over raw at \
-                 offset); per round: median {:+.1}%, p10 {:+.1}%, p90 {:+.1}%",
+                "overhead | {} | {kind} | {size} | {rm:.0} ns ({:.1} Gbit/s) | {om:.0} ns | \
+                 {pm:.0} ns ({:.1} Gbit/s) | {:+.1}% ({:+.1}% .. {:+.1}%) | {:+.1}% |",
                 A::NAME,
-                100.0 * (pm / rm - 1.0),
-                100.0 * (pm / om - 1.0),
+                gbps(rm),
+                gbps(pm),
                 percentile(&mut over, 50),
                 percentile(&mut over, 10),
                 percentile(&mut over, 90),
+                percentile(&mut over_off, 50),
             );
         }
     }

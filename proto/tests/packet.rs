@@ -114,6 +114,25 @@ fn address_and_port_rewrites_keep_checksums_valid() {
 }
 
 #[test]
+fn an_all_zero_icmp_message_gets_checksum_ffff() {
+    // Found by the packet_parse fuzzer: an ICMPv4 message whose bytes are all
+    // zero sums to exactly 0, so its checksum must be 0xffff; 0x0000 would
+    // not verify (there is no pseudo-header to make the sum non-zero).
+    for len in [0, 11, 64] {
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ipv4(V4_SRC, V4_DST, 64)
+            .icmpv4_echo_reply(0, 0)
+            .write(&mut pkt, &vec![0; len])
+            .unwrap();
+        let mut p = Packet::parse(&mut pkt[..]).unwrap();
+        p.fill_l4_checksum();
+        assert_eq!(p.l4_checksum(), 0xffff, "len {len}");
+        assert!(p.l4_checksum_ok());
+        assert_valid(&pkt);
+    }
+}
+
+#[test]
 fn zero_udp_checksum_over_ipv4_stays_zero_on_rewrite() {
     let mut pkt = ipv4_udp(10);
     pkt[26..28].copy_from_slice(&[0, 0]);

@@ -81,6 +81,22 @@ fn round_trip_for_ipv4_and_ipv6_tcp_udp_icmp() {
 }
 
 #[test]
+fn an_all_zero_icmp_message_round_trips_with_a_valid_checksum() {
+    // Found by the pccom_unprotect fuzzer: the restored all-zero message needs
+    // checksum 0xffff, which only an exact sum yields.
+    let (mut a, mut b) = pair();
+    let mut plain = Vec::new();
+    etherparse::PacketBuilder::ipv4(V4_SRC, V4_DST, 64)
+        .icmpv4_echo_reply(0, 0)
+        .write(&mut plain, &[0; 14])
+        .unwrap();
+    let mut w = protect(&mut a, &plain);
+    let n = b.unprotect(&mut w).unwrap();
+    assert_eq!(&w[..n], &plain[..]);
+    assert_valid(&w[..n]);
+}
+
+#[test]
 fn both_backends_interoperate() {
     let (i, r) = keys();
     let mut ring_tx = FlowCrypto::<RingAesGcm>::with_backend(&i);

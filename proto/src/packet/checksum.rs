@@ -41,14 +41,6 @@ impl Sum {
         self.add_u16((v >> 16) as u16).add_u16(v as u16)
     }
 
-    /// Removes a 16-bit value added before (one's-complement subtraction:
-    /// adding the complement). Lets a caller sum a whole header once and
-    /// take its checksum field back out.
-    #[inline]
-    pub fn sub_u16(self, v: u16) -> Self {
-        self.add_u16(!v)
-    }
-
     /// Adds bytes. `data` must start at an even offset of the checksummed
     /// region (an odd length is padded with a zero byte, which is only right
     /// for the last piece).

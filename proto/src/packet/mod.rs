@@ -229,12 +229,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn compute_l4_checksum(&self) -> u16 {
         let l4 = &self.bytes()[self.layout.l4..self.layout.end];
-        // One pass over the whole segment, then take the stored checksum
-        // field back out: cheaper than summing around it.
+        let at = checksum_offset(self.layout.protocol);
+        // Sum around the checksum field rather than subtracting it afterwards:
+        // an all-zero ICMPv4 message sums to exactly zero, and only the exact
+        // sum tells that its checksum must be 0xffff (0x0000 would not verify).
         let sum = self
             .pseudo_header_sum()
-            .add_bytes(l4)
-            .sub_u16(self.l4_checksum());
+            .add_bytes(&l4[..at])
+            .add_bytes(&l4[at + 2..]);
         let c = sum.finish();
         // UDP sends a computed zero as all ones: zero means "no checksum".
         if c == 0 && self.layout.protocol == protocol::UDP {
