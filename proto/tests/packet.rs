@@ -130,6 +130,17 @@ fn an_all_zero_icmp_message_gets_checksum_ffff() {
         assert!(p.l4_checksum_ok());
         assert_valid(&pkt);
     }
+    // The same message reached by an incremental update (identifier 7 -> 0).
+    let mut pkt = Vec::new();
+    etherparse::PacketBuilder::ipv4(V4_SRC, V4_DST, 64)
+        .icmpv4_echo_reply(7, 0)
+        .write(&mut pkt, &[0; 8])
+        .unwrap();
+    let mut p = Packet::parse(&mut pkt[..]).unwrap();
+    p.set_src_port(0).unwrap();
+    assert_eq!(p.l4_checksum(), 0xffff);
+    assert!(p.l4_checksum_ok());
+    assert_valid(&pkt);
 }
 
 #[test]

@@ -461,17 +461,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// Applies `f` to the transport checksum field. A UDP checksum of zero
-    /// over IPv4 ("not computed") stays zero; a UDP result of zero is written
-    /// as all ones.
+    /// over IPv4 ("not computed") stays zero. A result of zero is written as
+    /// all ones for UDP (zero means "none") and for ICMPv4: without a
+    /// pseudo-header an ICMPv4 message can sum to exactly zero, and then only
+    /// 0xffff verifies (0xffff is valid whenever 0 is, RFC 1624 §3).
     fn update_l4_checksum(&mut self, f: impl FnOnce(u16) -> u16) {
         let at = self.layout.l4 + checksum_offset(self.layout.protocol);
         let old = self.read_u16(at);
+        let v4 = self.layout.version == IpVersion::V4;
         let udp = self.layout.protocol == protocol::UDP;
-        if udp && old == 0 && self.layout.version == IpVersion::V4 {
+        if udp && old == 0 && v4 {
             return;
         }
         let new = f(old);
-        self.write_u16(at, if udp && new == 0 { 0xffff } else { new });
+        let icmp4 = v4 && self.layout.protocol == protocol::ICMP;
+        self.write_u16(at, if (udp || icmp4) && new == 0 { 0xffff } else { new });
     }
 }
 
