@@ -179,7 +179,9 @@ fn slow(ctx: &Ctx<'_>, msg: &[u8], out: &mut Vec<u8>) -> Outcome {
         Some(rec) => match tsig::verify_request(ctx.keys, msg, &rec, ctx.now) {
             Ok(key) => Some((key, rec)),
             Err(f) => {
-                info!(key = %rec.key_name, reason = f.reason(), opcode = op, "TSIG check failed");
+                if let Some(suppressed) = refusal_log_allowed(ctx.now) {
+                    info!(key = %rec.key_name, reason = f.reason(), opcode = op, suppressed, "TSIG check failed");
+                }
                 tsig_failure(out, id, op, &question, &rec, &f, ctx.now);
                 return Outcome::Reply;
             }
@@ -298,7 +300,12 @@ fn transfer(
 ) -> Outcome {
     let what = if qtype == rtype::AXFR { "AXFR" } else { "IXFR" };
     let Some((key, rec)) = reply.auth else {
-        info!(what, "zone transfer refused: request not signed");
+        if let Some(suppressed) = refusal_log_allowed(reply.now) {
+            info!(
+                what,
+                suppressed, "zone transfer refused: request not signed"
+            );
+        }
         reply.simple(out, Rcode::REFUSED);
         return Outcome::Reply;
     };
@@ -345,7 +352,9 @@ fn transfer(
 
 fn update(parsed: &Message, reply: Reply<'_>, out: &mut Vec<u8>) -> Outcome {
     let Some((key, rec)) = reply.auth else {
-        info!("update refused: request not signed");
+        if let Some(suppressed) = refusal_log_allowed(reply.now) {
+            info!(suppressed, "update refused: request not signed");
+        }
         reply.simple(out, Rcode::REFUSED);
         return Outcome::Reply;
     };
@@ -361,6 +370,61 @@ fn update(parsed: &Message, reply: Reply<'_>, out: &mut Vec<u8>) -> Outcome {
         zone_section: reply.question.to_vec(),
         valid_until: rec.time.saturating_add(u64::from(rec.fudge)),
     })
+}
+
+/// Refusals of unauthenticated requests logged per second at most; anyone
+/// can send those, and a flood must not turn into a flood of log lines.
+const REFUSAL_LOGS_PER_SECOND: u64 = 20;
+
+static REFUSALS: LogLimiter = LogLimiter::new(REFUSAL_LOGS_PER_SECOND);
+
+/// Whether a refusal may be logged now; if so, how many were suppressed
+/// since the last one that was.
+fn refusal_log_allowed(now: u64) -> Option<u64> {
+    REFUSALS.allow(now)
+}
+
+/// A per-second budget of log lines, shared by all threads without a lock.
+pub struct LogLimiter {
+    /// The current second (upper 48 bits) and lines logged in it (lower 16).
+    window: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+    per_second: u64,
+}
+
+impl LogLimiter {
+    /// A limiter allowing `per_second` lines per second.
+    pub const fn new(per_second: u64) -> Self {
+        Self {
+            window: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            per_second,
+        }
+    }
+
+    /// `Some(suppressed since the last allowed line)` if a line may be
+    /// logged at `now` (unix seconds), else `None`.
+    pub fn allow(&self, now: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now & 0xffff_ffff_ffff;
+        let cur = self.window.load(Relaxed);
+        let (sec, n) = (cur >> 16, cur & 0xffff);
+        let next = if sec == now {
+            (sec << 16) | (n + 1)
+        } else {
+            (now << 16) | 1
+        };
+        if next & 0xffff > self.per_second
+            || self
+                .window
+                .compare_exchange(cur, next, Relaxed, Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
+    }
 }
 
 /// The response to an update, signed with the request's key.

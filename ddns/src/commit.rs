@@ -428,7 +428,11 @@ mod tests {
             m.finalize(&signer, now).unwrap();
             m.to_vec().unwrap()
         };
-        let a = Record::from_rdata(n("x.home.fpn."), 60, RData::A(std::net::Ipv4Addr::new(198, 18, 0, 1).into()));
+        let a = Record::from_rdata(
+            n("x.home.fpn."),
+            60,
+            RData::A(std::net::Ipv4Addr::new(198, 18, 0, 1).into()),
+        );
         let mut del = Record::update0(n("x.home.fpn."), 0, RecordType::A);
         del.dns_class = DNSClass::ANY;
         let (add, remove) = (signed(a, 1), signed(del, 2));

@@ -436,6 +436,18 @@ fn a_large_transfer_spans_several_signed_messages() {
     );
 }
 
+#[test]
+fn refusal_logs_are_rate_limited() {
+    let l = LogLimiter::new(3);
+    let first: Vec<_> = (0..5).map(|_| l.allow(100)).collect();
+    assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+    assert_eq!(
+        l.allow(101),
+        Some(2),
+        "the next second reports what was suppressed"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
 
