@@ -157,6 +157,32 @@ pub struct NewEntry {
 }
 
 impl NewEntry {
+    /// An entry from the parts a negotiation reports (for instance the fields
+    /// of `dprp::Established`). Traffic keys and a key version go with
+    /// [`Action::Protect`] and only with it; anything else is
+    /// [`Error::InvalidField`].
+    pub fn from_parts(
+        action: Action,
+        peer: GeId,
+        key_version: Option<KeyVersion>,
+        keys: Option<FlowKeys>,
+    ) -> Result<Self> {
+        match (action, key_version, keys) {
+            (Action::Protect(group), Some(version), Some(keys)) => {
+                Ok(Self::protect(group, version, peer, keys))
+            }
+            (Action::Protect(_), _, _) => Err(Error::invalid(
+                "PIT entry",
+                "a protect entry needs traffic keys and a key version",
+            )),
+            (action, None, None) => Ok(Self::plain(action).with_peer(peer)),
+            _ => Err(Error::invalid(
+                "PIT entry",
+                "only a protect entry carries traffic keys",
+            )),
+        }
+    }
+
     /// Protect the flow in `group` with key `version`, talking to `peer`,
     /// under the traffic keys the negotiation derived.
     pub fn protect(group: GroupId, version: KeyVersion, peer: GeId, keys: FlowKeys) -> Self {

@@ -195,6 +195,32 @@ fn drop_pass_and_relay_do_what_they_say() {
 }
 
 #[test]
+fn entries_from_negotiation_parts_must_be_consistent() {
+    let now = Instant::now();
+    let (k, _) = keys(3);
+    let mut pit = Pit::new(PitConfig::default());
+    let e = NewEntry::from_parts(Action::Protect(G1), GeId(5), Some(V2), Some(k.clone())).unwrap();
+    pit.insert(flow(1), e, now).unwrap();
+    let (_, got) = pit.lookup(&flow(1)).unwrap();
+    assert_eq!(
+        (got.action(), got.peer(), got.key_version()),
+        (Action::Protect(G1), Some(GeId(5)), Some(V2))
+    );
+    assert!(got.crypto().is_some());
+    let e = NewEntry::from_parts(Action::Relay, GeId(6), None, None).unwrap();
+    pit.insert(flow(2), e, now).unwrap();
+    assert!(pit.lookup(&flow(2)).unwrap().1.crypto().is_none());
+    for bad in [
+        NewEntry::from_parts(Action::Protect(G1), GeId(5), None, Some(k.clone())),
+        NewEntry::from_parts(Action::Protect(G1), GeId(5), Some(V1), None),
+        NewEntry::from_parts(Action::Pass, GeId(5), None, Some(k.clone())),
+        NewEntry::from_parts(Action::Drop, GeId(5), Some(V1), None),
+    ] {
+        assert!(matches!(bad, Err(Error::InvalidField { .. })));
+    }
+}
+
+#[test]
 fn a_full_table_refuses_new_flows_but_allows_replacement() {
     let now = Instant::now();
     let mut pit = Pit::new(PitConfig {

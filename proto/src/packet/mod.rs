@@ -475,7 +475,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         }
         let new = f(old);
         let icmp4 = v4 && self.layout.protocol == protocol::ICMP;
-        self.write_u16(at, if (udp || icmp4) && new == 0 { 0xffff } else { new });
+        self.write_u16(
+            at,
+            if (udp || icmp4) && new == 0 {
+                0xffff
+            } else {
+                new
+            },
+        );
     }
 }
 
