@@ -46,7 +46,12 @@ impl Sum {
     /// for the last piece).
     #[inline]
     pub fn add_bytes(mut self, data: &[u8]) -> Self {
-        self.ne += sum_ne(data);
+        // Headers and pseudo-headers stay inline; payloads take the vector loop.
+        self.ne += if data.len() < 64 {
+            sum_ne_small(data)
+        } else {
+            sum_ne(data)
+        };
         self
     }
 
@@ -63,13 +68,10 @@ impl Sum {
     }
 }
 
-/// Sums `data` as native-endian 32-bit words; the tail is padded with zeros.
-#[inline]
+/// Sums `data` (64 bytes or more) as native-endian 32-bit words; the tail is
+/// padded with zeros.
+#[inline(never)]
 fn sum_ne(data: &[u8]) -> u64 {
-    if data.len() < 64 {
-        // Headers and pseudo-headers: the lane setup would cost more than it saves.
-        return sum_ne_small(data);
-    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
