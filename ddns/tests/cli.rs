@@ -191,6 +191,10 @@ fn axfr_needs_a_key_with_the_transfer_permission() {
         "the transfer is signed:\n{out}"
     );
     assert!(!out.contains("Transfer failed"), "{out}");
+    assert!(
+        !out.contains("verify"),
+        "dig checked the TSIG signature:\n{out}"
+    );
 
     // without a key, and with keys lacking the permission
     for key in [
@@ -214,6 +218,44 @@ fn axfr_needs_a_key_with_the_transfer_permission() {
             "{out}"
         );
     }
+}
+
+/// A zone seeded from a zone file, large enough for a transfer of many
+/// messages: dig verifies the chained TSIG signatures of every message.
+#[test]
+fn a_large_axfr_spans_signed_messages_that_dig_verifies() {
+    let s = Setup::new();
+    let mut zone = String::from(
+        "$ORIGIN home.fpn.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\n",
+    );
+    for i in 0..3000 {
+        zone.push_str(&format!(
+            "host{i} IN A 198.18.{}.{}\nhost{i} IN TXT \"ge={i}\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    std::fs::write(s.path("seed.zone"), zone).expect("write zone");
+    let seed = s.path("seed.zone");
+    let srv = s.start(&["--zone-file", seed.to_str().unwrap_or_default()]);
+    assert_eq!(srv.short("host2999.home.fpn.", "A"), ["198.18.11.183"]);
+    let xfer = s.path("xfer.key");
+    let out = srv.dig(&["-k", xfer.to_str().unwrap_or_default(), ZONE, "AXFR"]);
+    assert!(
+        !out.contains("verify") && !out.contains("failed"),
+        "{}",
+        &out[out.len().saturating_sub(2000)..]
+    );
+    let size = out
+        .lines()
+        .find(|l| l.starts_with(";; XFR size:"))
+        .unwrap_or_else(|| panic!("no XFR summary"));
+    // 2 SOA + NS + 6000 records, over more than one message
+    assert!(
+        size.starts_with(";; XFR size: 6003 records (messages "),
+        "{size}"
+    );
+    assert!(!size.contains("(messages 1,"), "{size}");
 }
 
 #[test]
