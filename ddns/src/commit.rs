@@ -77,16 +77,30 @@ impl ReplyTo {
 /// After a storage error it refuses every later change (fail-stop): what
 /// reached the disk is unknown, and serving on would let the zone in memory
 /// and the one on disk drift apart. A restart reloads from disk.
-pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
+pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Msg>) {
     let mut failed = false;
     let mut replays = ReplayCache::default();
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = jobs.recv() else { break };
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Job(job) => batch.push(job),
+                Msg::Stop => {
+                    stop = true;
+                    break;
+                }
             }
+            next = if batch.len() < MAX_BATCH {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if batch.is_empty() {
+            continue;
         }
         if failed {
             refuse(batch);
@@ -95,6 +109,17 @@ pub fn run(shared: Arc<Shared>, mut store: Store, jobs: Receiver<Job>) {
         }
     }
     debug!("commit thread finished");
+}
+
+/// What goes through the commit queue.
+// Nearly every message is a Job: boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Msg {
+    /// A change to commit.
+    Job(Job),
+    /// Commit what came before, then end the thread (senders may remain:
+    /// connections still being torn down get SERVFAIL).
+    Stop,
 }
 
 /// Answers a batch without touching the zone (after a storage failure).
@@ -369,7 +394,7 @@ mod tests {
                 aaaa: None,
                 lips: vec![],
             };
-            tx.send(Job::Api { change, reply }).unwrap();
+            tx.send(Msg::Job(Job::Api { change, reply })).unwrap();
             done.blocking_recv().unwrap()
         };
         assert!(matches!(set(1), Err(Error::Commit(_))));

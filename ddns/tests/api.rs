@@ -139,3 +139,23 @@ async fn concurrent_api_changes_all_commit() {
     let s1 = ddns.serial();
     assert!(s1 > s0 && s1 <= s0 + 200, "one serial per commit");
 }
+
+/// Shutting down with a TCP client still connected: `close` returns (the
+/// commit thread gets an explicit stop; it does not wait for every sender).
+#[tokio::test]
+async fn close_returns_with_a_client_still_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddns = Ddns::open(config(dir.path())).unwrap();
+    let server = ddns
+        .serve(Sockets::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap())
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::task::yield_now().await;
+    server.shutdown().await;
+    let closed = tokio::task::spawn_blocking(move || ddns.close());
+    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+        .await
+        .expect("close hung")
+        .unwrap();
+}

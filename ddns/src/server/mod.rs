@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::commit::{self, Job};
+use crate::commit::{self, Job, Msg};
 use crate::config::{DdnsConfig, resolve_name};
 use crate::keys::KeyRing;
 use crate::store::{self, JournalReader, Store};
@@ -73,7 +73,7 @@ impl Shared {
 /// ```
 pub struct Ddns {
     shared: Arc<Shared>,
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Msg>>,
     committer: Option<std::thread::JoinHandle<()>>,
     config: DdnsConfig,
 }
@@ -194,7 +194,7 @@ impl Ddns {
     pub async fn apply(&self, change: ApiChange) -> Result<u32, Error> {
         let jobs = self.jobs.as_ref().ok_or(Error::Closed)?;
         let (tx, rx) = oneshot::channel();
-        let mut job = Job::Api { change, reply: tx };
+        let mut job = Msg::Job(Job::Api { change, reply: tx });
         // The queue is bounded; wait for room rather than fail.
         loop {
             match jobs.try_send(job) {
@@ -269,7 +269,10 @@ impl Ddns {
     /// Stops the commit thread after it has answered every queued job.
     /// Servers started from this handle should be shut down first.
     pub fn close(mut self) {
-        self.jobs.take();
+        if let Some(jobs) = self.jobs.take() {
+            // An explicit stop: tasks being torn down may still hold senders.
+            let _ = jobs.send(Msg::Stop);
+        }
         if let Some(t) = self.committer.take()
             && t.join().is_err()
         {

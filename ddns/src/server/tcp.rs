@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use super::Shared;
 use crate::answer::{self, Ctx, Outcome, TransferRequest, update_response};
-use crate::commit::{Job, ReplyTo};
+use crate::commit::{Job, Msg, ReplyTo};
 use crate::wire::Rcode;
 use crate::xfr;
 
@@ -30,7 +30,7 @@ const WRITE: Duration = Duration::from_secs(30);
 
 /// Accepts connections until the task is aborted (which also aborts every
 /// connection it started).
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, jobs: SyncSender<Job>) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, jobs: SyncSender<Msg>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -65,7 +65,7 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    jobs: &SyncSender<Job>,
+    jobs: &SyncSender<Msg>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut msg = Vec::with_capacity(512);
@@ -101,7 +101,7 @@ async fn connection(
                     pending,
                     reply: ReplyTo::Channel(tx),
                 };
-                let answer = match jobs.try_send(job) {
+                let answer = match jobs.try_send(Msg::Job(job)) {
                     Ok(()) => rx.await.unwrap_or(fallback),
                     Err(_) => {
                         debug!(%peer, "update queue full");

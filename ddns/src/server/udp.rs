@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use crate::answer::{self, Ctx, Outcome, update_response};
-use crate::commit::{Job, ReplyTo};
+use crate::commit::{Job, Msg, ReplyTo};
 use crate::wire::Rcode;
 
 /// Datagrams per batch.
@@ -33,7 +33,7 @@ pub fn spawn(
     index: usize,
     socket: Arc<UdpSocket>,
     shared: Arc<Shared>,
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Msg>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     socket.set_read_timeout(Some(STOP_POLL))?;
@@ -42,7 +42,7 @@ pub fn spawn(
         .spawn(move || worker(&socket, &shared, &jobs, &stop))
 }
 
-fn worker(socket: &Arc<UdpSocket>, shared: &Shared, jobs: &SyncSender<Job>, stop: &AtomicBool) {
+fn worker(socket: &Arc<UdpSocket>, shared: &Shared, jobs: &SyncSender<Msg>, stop: &AtomicBool) {
     let mut batch = batch::Batch::new();
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.recv(socket) {
@@ -88,7 +88,7 @@ fn worker(socket: &Arc<UdpSocket>, shared: &Shared, jobs: &SyncSender<Job>, stop
                                 peer,
                             },
                         };
-                        match jobs.try_send(job) {
+                        match jobs.try_send(Msg::Job(job)) {
                             Ok(()) => false,
                             Err(_) => {
                                 debug!("update queue full");
