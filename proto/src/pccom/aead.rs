@@ -1,9 +1,9 @@
 //! The AEAD behind PCCOM: one small trait and its two AES-256-GCM backends.
 //!
-//! [`RingAesGcm`] (ring, assembly AES-NI/CLMUL or ARMv8 code) is the default:
-//! measured about 2.7x faster than [`RustCryptoAesGcm`] (RustCrypto `aes-gcm`
-//! on the `aes` crate, runtime AES-NI detection) on this project's machines;
-//! docs/BENCHMARKS.md has the numbers. Both are kept so the benchmark can
+//! [`RingAesGcm`] (ring, assembly AES-NI/VAES/CLMUL or ARMv8 code) is the
+//! default: 2.6x faster than [`RustCryptoAesGcm`] (RustCrypto `aes-gcm` on the
+//! `aes` crate, runtime AES-NI detection) at 1400 bytes on the project's
+//! machine; docs/BENCHMARKS.md has the numbers. Both are kept so the benchmark can
 //! compare them in one run and so a platform where ring is unavailable has a
 //! pure-Rust fallback.
 //!
