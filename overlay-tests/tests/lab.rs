@@ -78,7 +78,13 @@ fn drop_kills_processes_and_removes_namespaces() {
     std::mem::forget(leaked);
     lab.spawn("bob", ["sleep", "300"]).unwrap().release();
     let bob_ns = lab.netns("bob").unwrap();
-    let escaped = pids_in(&bob_ns);
+    // `ip netns exec` enters the namespace after spawn returns: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut escaped = pids_in(&bob_ns);
+    while escaped.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        escaped = pids_in(&bob_ns);
+    }
     assert_eq!(escaped.len(), 1, "the released sleep runs in bob");
     let log_dir = lab.log_dir();
     drop(lab);
