@@ -39,6 +39,7 @@ mod lab;
 pub mod naming;
 mod pcap;
 mod process;
+mod resolv;
 pub mod state;
 mod sys;
 pub mod topology;

@@ -215,6 +215,10 @@ pub(crate) fn teardown(ip: &Path, namespaces: &[String], grace: Duration) -> Vec
             errors.push(e);
         }
     }
+    // `ip netns delete` leaves /etc/netns/NS alone.
+    for ns in namespaces {
+        crate::resolv::remove(ns);
+    }
     errors
 }
 

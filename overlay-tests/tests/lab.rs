@@ -362,3 +362,68 @@ fn links_get_rate_limits_and_delay_where_the_kernel_can() {
         Err(e) => panic!("unexpected error: {e}"),
     }
 }
+
+#[test]
+fn hosts_get_their_own_resolv_conf() {
+    need(&[]);
+    let text = r#"
+[hosts.alice]
+resolv_conf = "nameserver 198.18.0.2\nsearch home.fpn\n"
+[hosts.bob]
+[[links]]
+name = "ab"
+ends = [{ host = "alice", addr = "198.18.0.1/24" }, { host = "bob", addr = "198.18.0.2/24" }]
+"#;
+    let lab = Lab::from_toml(text).unwrap();
+    let alice_ns = lab.netns("alice").unwrap();
+    let file = std::path::Path::new("/etc/netns")
+        .join(&alice_ns)
+        .join("resolv.conf");
+    let machine = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let cat = |host: &str| lab.exec_ok(host, ["cat", "/etc/resolv.conf"]).unwrap();
+    assert_eq!(cat("alice"), "nameserver 198.18.0.2\nsearch home.fpn\n");
+    assert_eq!(
+        cat("bob"),
+        machine,
+        "a host without resolv_conf uses the machine's"
+    );
+
+    // A process that is running keeps its file; new ones see the new one.
+    let sleeper = lab
+        .spawn("alice", ["sh", "-c", "echo started; sleep 30"])
+        .unwrap();
+    sleeper
+        .wait_for_log("started", Duration::from_secs(5))
+        .unwrap();
+    lab.set_resolv_conf("bob", "nameserver 100.64.0.3").unwrap();
+    lab.set_resolv_conf("alice", "nameserver 100.64.0.2\n")
+        .unwrap();
+    assert_eq!(cat("alice"), "nameserver 100.64.0.2\n");
+    assert_eq!(cat("bob"), "nameserver 100.64.0.3\n");
+    let old = lab
+        .exec_ok(
+            "alice",
+            [
+                "nsenter",
+                "-t",
+                &sleeper.pid().to_string(),
+                "-m",
+                "cat",
+                "/etc/resolv.conf",
+            ],
+        )
+        .unwrap();
+    assert_eq!(old, "nameserver 198.18.0.2\nsearch home.fpn\n");
+    assert!(
+        lab.set_resolv_conf("alice", "nameserver 1.2.3.4\0")
+            .is_err(),
+        "NUL refused"
+    );
+    lab.clear_resolv_conf("bob").unwrap();
+    assert_eq!(cat("bob"), machine);
+
+    drop(sleeper);
+    lab.down().unwrap();
+    assert!(!file.exists(), "teardown removes /etc/netns/NS");
+    assert!(!file.parent().unwrap().exists());
+}

@@ -475,6 +475,9 @@ impl Lab {
         let topo = &st.topology;
         for (name, ns) in &st.hosts {
             let host = &topo.hosts[name];
+            if let Some(text) = &host.resolv_conf {
+                crate::resolv::write(ns, text)?;
+            }
             let sysctls = build::base_sysctls(topo.host_has_ipv6(name), host.forward);
             build::write_sysctls(ns, sysctls)?;
             self.tools.link_up(ns, "lo", true)?;

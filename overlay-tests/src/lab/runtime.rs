@@ -15,6 +15,22 @@ use crate::topology::RouteTarget;
 use crate::{Capture, Cidr, Error};
 
 impl Lab {
+    /// Replaces `host`'s resolv.conf (`/etc/netns/NS/resolv.conf`, see the
+    /// topology key `resolv_conf`): commands started from now on resolve
+    /// names with `text`; processes already running keep the file they had.
+    pub fn set_resolv_conf(&self, host: &str, text: &str) -> Result<(), Error> {
+        let ns = self.netns(host)?;
+        crate::resolv::write(&ns, text)?;
+        tracing::debug!(%host, "resolv.conf replaced");
+        Ok(())
+    }
+
+    /// Removes `host`'s own resolv.conf: new commands use the machine's again.
+    pub fn clear_resolv_conf(&self, host: &str) -> Result<(), Error> {
+        crate::resolv::remove(&self.netns(host)?);
+        Ok(())
+    }
+
     /// Attaches `host` to switch `link` with the addresses (and default
     /// route, if the end has a `gateway`) the topology gives that end.
     pub fn attach(&self, host: &str, link: &str) -> Result<(), Error> {

@@ -65,6 +65,11 @@ pub struct Host {
     /// Background commands started after `run`, logged, stopped on teardown.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The host's own /etc/resolv.conf (written to /etc/netns/NS/, which
+    /// `ip netns exec` mounts over /etc/resolv.conf for the host's commands).
+    /// None: the host uses the machine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<String>,
 }
 
 /// A sysctl value as written in TOML: `1`, `true` or `"4096 87380 6291456"`.

@@ -106,6 +106,10 @@ fn bad_topologies_are_refused_with_a_reason() {
         ("[hosts.averyveryverylonghost]", "host name"),
         ("[hosts.lo]", "reserved"),
         (
+            "[hosts.a]\nresolv_conf = \"nameserver 1.2.3.4\\u0000\"",
+            "resolv_conf contains a NUL",
+        ),
+        (
             "[hosts.a]\n[[links]]\nname = \"l\"\nends = [{ host = \"zz\" }]",
             "unknown host `zz`",
         ),

@@ -225,6 +225,11 @@ fn check_host(t: &Topology, name: &str, host: &Host) -> Result<(), Error> {
         }
     }
 
+    if let Some(text) = &host.resolv_conf {
+        crate::resolv::check(text)
+            .map_err(|why| Error::topo(format!("host `{name}`: resolv_conf {why}")))?;
+    }
+
     if let Some(nat) = &host.nat {
         if t.end(name, &nat.out).is_none() {
             return Err(Error::topo(format!(
