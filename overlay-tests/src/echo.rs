@@ -121,6 +121,93 @@ pub fn whoami_udp(server: SocketAddr, timeout: Duration) -> Result<SocketAddr, E
     Err(Error::io(ctx(), last))
 }
 
+/// Sends `message` to a TCP echo server and reads it back: one full round
+/// trip of application bytes, e.g. a marker a capture must (not) see.
+/// Returns the client address the server saw.
+pub fn send_tcp(
+    server: SocketAddr,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<SocketAddr, Error> {
+    let ctx = || format!("echo over TCP to {server}");
+    let seen = {
+        let mut s =
+            TcpStream::connect_timeout(&server, timeout).map_err(|e| Error::io(ctx(), e))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| Error::io(ctx(), e))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 64 {
+            let n = s.read(&mut byte).map_err(|e| Error::io(ctx(), e))?;
+            if n == 0 || byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        let seen = parse_addr(&line).ok_or_else(|| Error::io(ctx(), invalid("no address line")))?;
+        s.write_all(message).map_err(|e| Error::io(ctx(), e))?;
+        let mut back = vec![0u8; message.len()];
+        s.read_exact(&mut back).map_err(|e| Error::io(ctx(), e))?;
+        if back != message {
+            return Err(Error::io(
+                ctx(),
+                invalid("the echo differs from what was sent"),
+            ));
+        }
+        seen
+    };
+    Ok(seen)
+}
+
+/// Sends `message` in one UDP datagram and waits for its echo (up to three
+/// tries within `timeout`; `tries` = 1 sends exactly one datagram).
+/// Returns the client address the server saw.
+pub fn send_udp(
+    server: SocketAddr,
+    message: &[u8],
+    tries: u32,
+    timeout: Duration,
+) -> Result<SocketAddr, Error> {
+    let ctx = || format!("echo over UDP to {server}");
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse()
+    } else {
+        "[::]:0".parse()
+    }
+    .expect("literal");
+    let s = UdpSocket::bind(bind).map_err(|e| Error::io(ctx(), e))?;
+    s.connect(server).map_err(|e| Error::io(ctx(), e))?;
+    let tries = tries.clamp(1, 10);
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65_536];
+    let mut last = invalid("no reply");
+    for _ in 0..tries {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some((left / tries).max(Duration::from_millis(10))))
+            .map_err(|e| Error::io(ctx(), e))?;
+        s.send(message).map_err(|e| Error::io(ctx(), e))?;
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                let mut parts = buf[..n].splitn(2, |&b| b == b'\n');
+                let line = parts.next().unwrap_or_default();
+                let rest = parts.next().unwrap_or_default();
+                if rest != message {
+                    return Err(Error::io(
+                        ctx(),
+                        invalid("the echo differs from what was sent"),
+                    ));
+                }
+                return parse_addr(line).ok_or_else(|| Error::io(ctx(), invalid("bad reply")));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::io(ctx(), last))
+}
+
 fn parse_addr(line: &[u8]) -> Option<SocketAddr> {
     std::str::from_utf8(line).ok()?.trim().parse().ok()
 }
@@ -155,6 +242,10 @@ mod tests {
         std::thread::spawn(move || serve_udp(u));
         let seen = whoami_udp(uaddr, Duration::from_secs(5)).unwrap();
         assert_eq!(seen.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+
+        let t = Duration::from_secs(5);
+        assert_eq!(send_tcp(addr, b"MARKER", t).unwrap().ip(), seen.ip());
+        assert_eq!(send_udp(uaddr, b"MARKER", 1, t).unwrap().ip(), seen.ip());
     }
 
     #[test]

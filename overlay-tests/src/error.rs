@@ -108,6 +108,9 @@ pub enum Error {
         /// How long it waited.
         after: Duration,
     },
+    /// An fpn binary run by [`crate::overlay`] answered something unexpected.
+    #[error("overlay: {0}")]
+    Overlay(String),
     /// A host name is not part of the lab.
     #[error("no host `{0}` in this lab")]
     UnknownHost(String),

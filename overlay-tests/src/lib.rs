@@ -37,6 +37,7 @@ pub mod echo;
 mod error;
 mod lab;
 pub mod naming;
+pub mod overlay;
 mod pcap;
 mod process;
 mod resolv;

@@ -152,6 +152,25 @@ enum EchoCmd {
         #[arg(long)]
         udp: Vec<SocketAddr>,
     },
+    /// Send a message and check that it comes back; prints the server's
+    /// address (resolved), then the client address the server saw. The
+    /// server may be a name (HOST:PORT), resolved with the host's resolv.conf.
+    Send {
+        /// Server, ADDRESS:PORT or NAME:PORT.
+        server: String,
+        /// The bytes to send (e.g. a marker a capture looks for).
+        #[arg(long)]
+        message: String,
+        /// Use UDP (one datagram per try) instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// UDP: datagrams to send before giving up (1 = exactly one).
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
     /// Ask a server which address it sees; prints it (ADDRESS:PORT).
     Whoami {
         /// Server address.
@@ -406,6 +425,28 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
                     Err(_) => bail!("an echo thread panicked"),
                 }
             }
+        }
+        EchoCmd::Send {
+            server,
+            message,
+            udp,
+            tries,
+            timeout,
+        } => {
+            if !(timeout > 0.0 && timeout <= 600.0) {
+                bail!("--timeout must be in (0, 600] seconds");
+            }
+            let t = Duration::from_secs_f64(timeout);
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&server)
+                .with_context(|| format!("resolving {server}"))?
+                .find(SocketAddr::is_ipv4)
+                .with_context(|| format!("{server} has no IPv4 address"))?;
+            let seen = if udp {
+                fpn_lab::echo::send_udp(addr, message.as_bytes(), tries, t)?
+            } else {
+                fpn_lab::echo::send_tcp(addr, message.as_bytes(), t)?
+            };
+            println!("{addr} {seen}");
         }
         EchoCmd::Whoami {
             server,

@@ -23,7 +23,12 @@ ends = [{ host = "a", addr = "198.18.0.1/24" }, { host = "b", addr = "198.18.0.2
 
 #[test]
 fn example_topologies_parse() {
-    for name in ["two-hosts.toml", "routed.toml", "nat-home.toml"] {
+    for name in [
+        "two-hosts.toml",
+        "routed.toml",
+        "nat-home.toml",
+        "overlay.toml",
+    ] {
         let t = Topology::from_file(crate::config_path(name)).unwrap_or_else(|e| panic!("{e}"));
         assert!(!t.hosts.is_empty(), "{name}");
     }

@@ -41,3 +41,115 @@ pub fn pids_in(ns: &str) -> Vec<u32> {
         .filter_map(|p| p.parse().ok())
         .collect()
 }
+
+/// Tools the overlay acceptance tests run inside the lab.
+pub const OVERLAY_TOOLS: &[&str] = &["tcpdump", "iperf3", "dig", "ping"];
+
+/// configs/lab/overlay.toml with a GMS and the nodes of `spec`, all up and
+/// ready. Fails the test (with the daemons' logs) when it cannot start.
+pub fn overlay(spec: &fpn_lab::overlay::Spec) -> fpn_lab::overlay::Overlay {
+    need(OVERLAY_TOOLS);
+    let lab = fpn_lab::Lab::up(fpn_lab::config_path("overlay.toml")).expect("overlay lab");
+    fpn_lab::overlay::Overlay::start(lab, spec).unwrap_or_else(|e| panic!("overlay start: {e}"))
+}
+
+/// The fpn-lab binary (runs `echo serve`/`echo send` inside hosts).
+pub fn lab_bin() -> String {
+    BIN.to_string()
+}
+
+/// Starts `fpn-lab echo serve` on TCP and UDP `port` in `host`.
+pub fn echo_server(lab: &fpn_lab::Lab, host: &str, port: u16) -> fpn_lab::Process {
+    let addr = format!("0.0.0.0:{port}");
+    let p = lab
+        .command(host, [BIN, "echo", "serve", "--tcp", &addr, "--udp", &addr])
+        .name(&format!("echo-{port}"))
+        .spawn()
+        .unwrap();
+    p.wait_for_log("echo: udp", std::time::Duration::from_secs(5))
+        .unwrap();
+    p
+}
+
+/// Starts `iperf3 -s` in `host` and waits until it listens.
+pub fn iperf_server(lab: &fpn_lab::Lab, host: &str) -> fpn_lab::Process {
+    let p = lab
+        .command(host, ["iperf3", "-s"])
+        .name("iperf3-server")
+        .spawn()
+        .unwrap();
+    p.wait_for_log("Server listening", std::time::Duration::from_secs(5))
+        .unwrap();
+    p
+}
+
+/// `fpn-lab echo send TARGET --message M [--udp]` from `host`: true when
+/// the message came back. `target` may be a name (resolved by the host's
+/// resolv.conf, i.e. the node's DNS stub).
+pub fn echo_send(
+    lab: &fpn_lab::Lab,
+    host: &str,
+    target: &str,
+    message: &str,
+    udp: bool,
+) -> fpn_lab::Output {
+    let mut argv = vec![BIN, "echo", "send", target, "--message", message];
+    if udp {
+        argv.push("--udp");
+    }
+    lab.exec(host, argv).unwrap()
+}
+
+/// Runs iperf3 as a client for `secs` seconds (JSON output) and returns the
+/// parsed report; panics with its output when it fails.
+pub fn iperf_client(lab: &fpn_lab::Lab, host: &str, target: &str, secs: u32) -> serde_json::Value {
+    let out = lab
+        .command(
+            host,
+            ["iperf3", "-c", target, "-t", &secs.to_string(), "-J"],
+        )
+        .timeout(std::time::Duration::from_secs(u64::from(secs) + 30))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(
+        out.success() && v.get("error").is_none(),
+        "iperf3 -c {target} from {host} failed ({}): {}\n{}",
+        out.status,
+        v.get("error").map(|e| e.to_string()).unwrap_or_default(),
+        out.stderr
+    );
+    v
+}
+
+/// IPv4 packets of a capture as (src, dst, protocol, total length).
+pub fn ipv4_headers(
+    pcap: &fpn_lab::Pcap,
+) -> Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, u8, usize)> {
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter(|ip| ip.len() >= 20 && ip[0] >> 4 == 4)
+        .map(|ip| {
+            let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            let len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            (src, dst, ip[9], len)
+        })
+        .collect()
+}
+
+/// Packets and IP bytes of UDP between `x` and `y` (either direction).
+pub fn udp_between(
+    pcap: &fpn_lab::Pcap,
+    x: std::net::IpAddr,
+    y: std::net::IpAddr,
+) -> (usize, usize) {
+    ipv4_headers(pcap)
+        .into_iter()
+        .filter(|&(s, d, proto, _)| {
+            let (s, d) = (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d));
+            proto == 17 && ((s == x && d == y) || (s == y && d == x))
+        })
+        .fold((0, 0), |(n, b), (_, _, _, len)| (n + 1, b + len))
+}
