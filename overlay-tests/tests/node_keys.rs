@@ -1,0 +1,250 @@
+//! Issue 4 acceptance, keys: a rotation during a running iperf3 drops no
+//! connection; a revoked node loses its flows within 2 seconds; with the GMS
+//! killed, existing and new flows between enrolled nodes keep working.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{echo_send, iperf_client, iperf_server, overlay};
+use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use serde_json::Value;
+
+/// The issue's bound for cutting off a revoked node.
+const REVOKE_BOUND: Duration = Duration::from_secs(2);
+
+fn three_nodes() -> Spec {
+    Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+            NodeSpec::new("c", Mode::Op, &[1]),
+        ],
+    )
+}
+
+/// Key versions of group 1 in `node`'s status.
+fn versions(ov: &Overlay, node: &str) -> Vec<u64> {
+    let st = ov.status(node).unwrap();
+    st["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["group"] == 1)
+        .flat_map(|g| g["versions"].as_array().cloned().unwrap_or_default())
+        // a bare number, or an object with its version
+        .filter_map(|v| v.as_u64().or_else(|| v["version"].as_u64()))
+        .collect()
+}
+
+/// Waits (bounded) until every node in `nodes` has key version `v` of group 1.
+fn wait_for_version(ov: &Overlay, nodes: &[&str], v: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in nodes {
+        loop {
+            let have = versions(ov, n);
+            if have.contains(&v) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} never got key version {v} (has {have:?})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The newest key version of group 1 at the GMS.
+fn gms_version(ov: &Overlay) -> u64 {
+    let keys = ov.gms_json(&["keys"]).unwrap();
+    keys.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["group"] == 1)
+        .flat_map(|k| k["versions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v["version"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("no key of group 1 in {keys}"))
+}
+
+/// iperf3 intervals with nothing moved (a stalled or dropped connection).
+fn empty_intervals(report: &Value) -> usize {
+    report["intervals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) <= 0.0)
+        .count()
+}
+
+/// Sends a UDP probe from `host` to `to` every 100 ms for `total`; returns
+/// when each answer came (the echo server answers every datagram).
+fn probe(
+    ov: &Overlay,
+    host: &str,
+    to: SocketAddr,
+    total: Duration,
+) -> std::thread::JoinHandle<Vec<Instant>> {
+    let t = ov
+        .lab()
+        .thread_in(host, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let end = Instant::now() + total;
+            let mut answers = Vec::new();
+            let mut buf = [0u8; 512];
+            while Instant::now() < end {
+                // A send may fail (ICMP unreachable) once the flow is cut.
+                let _ = s.send_to(b"probe", to);
+                let sent = Instant::now();
+                while sent.elapsed() < Duration::from_millis(100) {
+                    if s.recv_from(&mut buf).is_ok() {
+                        answers.push(Instant::now());
+                    }
+                }
+            }
+            answers
+        })
+        .unwrap();
+    std::thread::spawn(move || t.join())
+}
+
+#[test]
+fn a_rotation_under_iperf3_drops_nothing_and_a_revoked_node_is_cut_off_within_2s() {
+    let ov = overlay(&three_nodes());
+    let lab = ov.lab();
+    let _iperf = iperf_server(lab, "b");
+    let v0 = gms_version(&ov);
+    wait_for_version(&ov, &["a", "b"], v0);
+
+    // Two rotations while a 10 s transfer runs.
+    let report = std::thread::scope(|s| {
+        let transfer = s.spawn(|| iperf_client(lab, "a", "b.home.fpn", 10));
+        for (i, at) in [2u64, 5].into_iter().enumerate() {
+            std::thread::sleep(Duration::from_secs(if i == 0 { at } else { 3 }));
+            ov.gms_admin(&["rotate", "--group", "1"]).unwrap();
+            wait_for_version(&ov, &["a", "b"], v0 + 1 + i as u64);
+        }
+        transfer.join().unwrap()
+    });
+    assert_eq!(gms_version(&ov), v0 + 2);
+    let received = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(received > 1_000_000.0, "only {received} bytes moved");
+    assert_eq!(
+        empty_intervals(&report),
+        0,
+        "the transfer stalled: {}",
+        report["intervals"]
+    );
+    let p = ov.ping("a", "b", 1).unwrap();
+    assert!(
+        p.ok && p.action() == "encrypt",
+        "a -> b after rotation: {:?}",
+        p.output
+    );
+
+    // Revocation: b is cut off while a probes it, within 2 s.
+    let _echo = common::echo_server(lab, "b", 7003);
+    let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7003);
+    let probes = probe(&ov, "a", to, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(2));
+    let revoked_at = Instant::now();
+    ov.gms_admin(&["ge", "revoke", "b"]).unwrap();
+    let answers = probes.join().unwrap();
+    assert!(
+        answers.iter().any(|t| *t < revoked_at),
+        "no answer from b before the revocation"
+    );
+    let late: Vec<Duration> = answers
+        .iter()
+        .filter(|t| **t > revoked_at + REVOKE_BOUND)
+        .map(|t| *t - revoked_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "b still answered after the revocation: {late:?}"
+    );
+
+    // New flows to and from b fail; a and c still talk (new key).
+    let p = ov.ping("a", "b", 1).unwrap();
+    assert!(!p.ok, "a -> b after revocation: {}", p.json);
+    let p = ov.ping("a", "c", 1).unwrap();
+    assert!(
+        p.ok && p.action() == "encrypt",
+        "a -> c after revocation: {:?}",
+        p.output
+    );
+    let out = echo_send(
+        lab,
+        "b",
+        &format!("{}:7003", ov.overlay_addr("a").unwrap()),
+        "x",
+        true,
+    );
+    assert!(!out.success(), "b (revoked) still reaches a");
+}
+
+#[test]
+fn with_the_gms_killed_existing_and_new_flows_keep_working() {
+    let ov = overlay(&three_nodes());
+    let lab = ov.lab();
+    let _iperf = iperf_server(lab, "b");
+    let _echo: Vec<_> = ["b", "c"]
+        .iter()
+        .map(|h| common::echo_server(lab, h, 7004))
+        .collect();
+    let p = ov.ping("a", "b", 1).unwrap();
+    assert!(p.ok, "a -> b: {:?}", p.output);
+
+    // An existing flow: a transfer running when the GMS dies.
+    let report = std::thread::scope(|s| {
+        let transfer = s.spawn(|| iperf_client(lab, "a", "b.home.fpn", 6));
+        std::thread::sleep(Duration::from_secs(2));
+        ov.kill_gms();
+        transfer.join().unwrap()
+    });
+    assert_eq!(
+        empty_intervals(&report),
+        0,
+        "the transfer stalled: {}",
+        report["intervals"]
+    );
+    let gms = ov.status("a").unwrap();
+    assert_eq!(
+        gms["gms"]["connected"], false,
+        "a thinks the GMS is up: {gms}"
+    );
+
+    // New flows: new ports to b, and c which a never talked to, by name.
+    for udp in [false, true] {
+        let out = echo_send(lab, "a", "b.home.fpn:7004", "after the GMS died", udp);
+        assert!(out.success(), "a -> b new flow (udp={udp}): {}", out.stderr);
+    }
+    let p = ov.ping("a", "c", 2).unwrap();
+    assert!(
+        p.ok && p.action() == "encrypt",
+        "a -> c, first contact without GMS: {:?}",
+        p.output
+    );
+    let out = echo_send(lab, "c", "b.home.fpn:7004", "c to b", false);
+    assert!(out.success(), "c -> b new flow: {}", out.stderr);
+
+    // The GMS comes back and the nodes reconnect.
+    ov.start_gms().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in ["a", "b", "c"] {
+        while ov.status(n).unwrap()["gms"]["connected"] != true {
+            assert!(
+                Instant::now() < deadline,
+                "{n} did not reconnect to the GMS"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
