@@ -74,10 +74,19 @@ impl Spec {
             .args(&self.argv);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: the closure runs in the child between fork and exec and
-        // only calls setsid, which is async-signal-safe.
+        // only calls setsid, sigemptyset and sigprocmask, which are
+        // async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // A caller that blocks SIGINT/SIGTERM to handle them on a
+                // thread of its own (fpn-demo) must not pass that mask on:
+                // a daemon with SIGTERM blocked would not stop when asked.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -61,6 +61,8 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     let _echo = common::echo_server(lab, "b", 7001);
     let _iperf = iperf_server(lab, "b");
     // Everything on b's public link, from before the first overlay packet.
+    // Full packets, so the marker search sees every byte; the 10 s transfer
+    // runs after it (its gigabytes would not help the search).
     let cap = lab.capture("inet", "pub-b", "ip").unwrap();
 
     // ping by name (the system's ping, resolving through the stub)
@@ -79,10 +81,11 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     assert_eq!(p.carrier(), "quic", "{}", p.json);
     assert_eq!(p.rtts().len(), 3, "{}", p.json);
 
-    // TCP and UDP by name, carrying the marker
+    // TCP (the marker 400 times, ~15 kB) and UDP (once) by name, echoed back.
     let target = format!("{b}:7001");
-    for udp in [false, true] {
-        let out = echo_send(lab, "a", &target, MARKER, udp);
+    let long = MARKER.repeat(400);
+    for (udp, msg) in [(false, long.as_str()), (true, MARKER)] {
+        let out = echo_send(lab, "a", &target, msg, udp);
         assert!(out.success(), "echo udp={udp} to {target}: {}", out.stderr);
         let mut words = out.stdout.split_whitespace();
         let server: std::net::SocketAddr = words.next().unwrap().parse().unwrap();
@@ -99,33 +102,19 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
         );
     }
 
-    // TCP for 10 s
-    let report = iperf_client(lab, "a", &b, 10);
-    let received = report["end"]["sum_received"]["bytes"]
-        .as_f64()
-        .unwrap_or(0.0);
-    assert!(received > 1_000_000.0, "iperf3 moved only {received} bytes");
-
-    let flows = ov.flows_with("a", "b").unwrap();
-    assert!(
-        flows
-            .iter()
-            .any(|f| f["action"] == "encrypt" && f["carrier"] == "quic"),
-        "a's status shows no encrypted QUIC flow to b: {flows:?}"
-    );
-
-    // What crossed b's link: the transfer, as UDP between the public
-    // addresses, and not one byte of the marker.
+    // What crossed b's link: the marker's bytes, both ways, as UDP between
+    // the public addresses, and not one copy of the marker itself.
+    let carried = 2 * long.len();
     let pcap = cap
         .wait_for(Duration::from_secs(5), |p| {
-            udp_between(p, a_pub, b_pub).1 as f64 >= received
+            udp_between(p, a_pub, b_pub).1 >= carried
         })
         .unwrap_or_else(|e| {
-            panic!("the capture never saw the transfer between {a_pub} and {b_pub}: {e}")
+            panic!("the capture never saw the echo between {a_pub} and {b_pub}: {e}")
         });
     let (packets, bytes) = udp_between(&pcap, a_pub, b_pub);
     assert!(
-        packets > 1000 && bytes as f64 >= received,
+        packets >= 10 && bytes >= carried,
         "{packets} packets, {bytes} bytes"
     );
     assert!(
@@ -145,4 +134,33 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     cap.wait_for(Duration::from_secs(5), |p| p.contains(MARKER.as_bytes()))
         .expect("the capture sees a plaintext marker");
     drop(cap);
+
+    // TCP for 10 s, by name.
+    let before = flow_bytes(&ov);
+    let report = iperf_client(lab, "a", &b, 10);
+    let received = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(received > 1_000_000.0, "iperf3 moved only {received} bytes");
+    let flows = ov.flows_with("a", "b").unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["action"] == "encrypt" && f["carrier"] == "quic" && f["proto"] == "tcp"),
+        "a's status shows no encrypted TCP flow to b over QUIC: {flows:?}"
+    );
+    let moved = flow_bytes(&ov) - before;
+    assert!(
+        moved >= received,
+        "a's flows to b count {moved} bytes, iperf3 moved {received}"
+    );
+}
+
+/// Bytes a's status counts in its flows with b (out and in).
+fn flow_bytes(ov: &Overlay) -> f64 {
+    ov.flows_with("a", "b")
+        .unwrap()
+        .iter()
+        .map(|f| f["bytes_out"].as_f64().unwrap_or(0.0) + f["bytes_in"].as_f64().unwrap_or(0.0))
+        .sum()
 }
