@@ -134,7 +134,8 @@ pub struct Overlay {
     gms_addr: SocketAddr,
     gms_host: String,
     gms_bin: PathBuf,
-    node_bin: PathBuf,
+    /// Looked up at first use, so a GMS-only overlay needs no fpn-node.
+    node_bin: Mutex<Option<PathBuf>>,
     lab: Lab,
 }
 
@@ -207,7 +208,6 @@ impl Overlay {
     /// Starts the GMS and defines groups and GEs, but enrolls no node.
     pub fn prepare(lab: Lab, spec: &Spec) -> Result<Overlay, Error> {
         let gms_bin = crate::workspace_binary("fpn-gms")?;
-        let node_bin = crate::workspace_binary("fpn-node")?;
         let gms_ip = lab.addr(&spec.gms_host, &spec.gms_link)?;
         let gms_addr = SocketAddr::new(gms_ip, GMS_PORT);
         let base = lab.log_dir();
@@ -230,7 +230,7 @@ impl Overlay {
             gms_addr,
             gms_host: spec.gms_host.clone(),
             gms_bin,
-            node_bin,
+            node_bin: Mutex::new(None),
             lab,
         };
         let addr = gms_addr.to_string();
@@ -378,7 +378,7 @@ impl Overlay {
     /// Runs `fpn-node ARGS... --state DIR` in node `name`'s host.
     pub fn node_cli<S: AsRef<str>>(&self, name: &str, args: &[S]) -> Result<Output, Error> {
         let node = self.node(name)?;
-        let mut argv = vec![self.node_bin.to_string_lossy().into_owned()];
+        let mut argv = vec![self.node_bin()?.to_string_lossy().into_owned()];
         argv.extend(args.iter().map(|a| a.as_ref().to_string()));
         argv.push("--state".into());
         argv.push(node.state_dir.to_string_lossy().into_owned());
@@ -419,16 +419,12 @@ impl Overlay {
             None => self.lab.clear_resolv_conf(&host)?,
         }
         let state = node.state_dir.to_string_lossy().into_owned();
+        let bin = self.node_bin()?;
         let p = self
             .lab
             .command(
                 &host,
-                [
-                    self.node_bin.to_string_lossy().as_ref(),
-                    "up",
-                    "--state",
-                    &state,
-                ],
+                [bin.to_string_lossy().as_ref(), "up", "--state", &state],
             )
             .name(&format!("fpn-node-{name}"))
             .env(
@@ -563,6 +559,14 @@ impl Overlay {
     /// The public (underlay) address of node `name`'s host on `link`.
     pub fn underlay(&self, name: &str, link: &str) -> Result<IpAddr, Error> {
         self.lab.addr(self.host_of(name)?, link)
+    }
+
+    fn node_bin(&self) -> Result<PathBuf, Error> {
+        let mut bin = lock(&self.node_bin);
+        if bin.is_none() {
+            *bin = Some(crate::workspace_binary("fpn-node")?);
+        }
+        Ok(bin.clone().unwrap_or_default())
     }
 
     fn node(&self, name: &str) -> Result<&Node, Error> {
