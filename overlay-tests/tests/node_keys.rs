@@ -215,11 +215,8 @@ fn with_the_gms_killed_existing_and_new_flows_keep_working() {
         "the transfer stalled: {}",
         report["intervals"]
     );
-    let gms = ov.status("a").unwrap();
-    assert_eq!(
-        gms["gms"]["connected"], false,
-        "a thinks the GMS is up: {gms}"
-    );
+    // (No check of `gms.connected` here: a SIGKILLed GMS sends no close, so
+    // a node notices only after its QUIC idle timeout.)
 
     // New flows: new ports to b, and c which a never talked to, by name.
     for udp in [false, true] {
@@ -235,9 +232,10 @@ fn with_the_gms_killed_existing_and_new_flows_keep_working() {
     let out = echo_send(lab, "c", "b.home.fpn:7004", "c to b", false);
     assert!(out.success(), "c -> b new flow: {}", out.stderr);
 
-    // The GMS comes back and the nodes reconnect.
+    // The GMS comes back and the nodes reconnect (after noticing the old
+    // session is dead, with backoff).
     ov.start_gms().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(45);
     for n in ["a", "b", "c"] {
         while ov.status(n).unwrap()["gms"]["connected"] != true {
             assert!(
