@@ -227,13 +227,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&req).unwrap(), json);
             assert_eq!(serde_json::from_str::<Request>(json).unwrap(), req);
         }
-        for bad in [
-            r#"{"cmd":"reboot"}"#,
-            r#"{"cmd":"ping"}"#,
-            "[]",
-            "",
-            r#"{"cmd":"down","x":1}"#,
-        ] {
+        for bad in [r#"{"cmd":"reboot"}"#, r#"{"cmd":"ping"}"#, "[]", ""] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
     }
