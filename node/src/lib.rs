@@ -3,5 +3,6 @@
 //! It owns the TUN device, the sockets, the GMS session and the clock; the
 //! protocol logic (PCCOM, DPRP, PIT, decision rules) lives in fpn-proto.
 
+pub mod carrier;
 pub mod dns;
 pub mod error;
