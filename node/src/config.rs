@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub directory_ttl_secs: u64,
     /// Seconds a PIT entry may stay idle before it ages out.
     pub flow_idle_secs: u64,
+    /// UDP payload size the QUIC carrier uses from its first packet. 1452
+    /// (a 1500-byte link, IPv6 headers) lets a full TUN packet plus the
+    /// PCCOM trailer fit one DATAGRAM frame at once; 1200 is the safe
+    /// minimum for paths with a smaller MTU (then lower `mtu` too).
+    pub quic_initial_mtu: u16,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +55,7 @@ impl Default for NodeConfig {
             log: "info".into(),
             directory_ttl_secs: 300,
             flow_idle_secs: 300,
+            quic_initial_mtu: 1452,
         }
     }
 }
@@ -90,6 +96,9 @@ impl NodeConfig {
         }
         if !(8..=30).contains(&self.overlay_prefix) {
             return bad("overlay_prefix must be between 8 and 30");
+        }
+        if !(1200..=9000).contains(&self.quic_initial_mtu) {
+            return bad("quic_initial_mtu must be between 1200 and 9000");
         }
         if self.directory_ttl_secs == 0 || self.flow_idle_secs == 0 {
             return bad("directory_ttl_secs and flow_idle_secs must be positive");

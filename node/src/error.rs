@@ -115,6 +115,58 @@ pub enum Error {
     /// The GMS ended this node for good (revoked or refused).
     #[error("this node was revoked or refused by the GMS: {0}")]
     Terminated(String),
+    // --- carriers (node/src/carrier/) ---
+    /// The carrier could not open its UDP socket.
+    #[error("carrier cannot bind {addr}: {source}")]
+    CarrierBind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The node's identity cannot be used for the carrier's TLS (bad
+    /// certificate, key or CA, or no GE id in the certificate).
+    #[error("carrier TLS set-up: {0}")]
+    CarrierTls(String),
+    /// A carrier setting is out of range.
+    #[error("invalid carrier setting {setting}: {reason}")]
+    CarrierConfig {
+        /// The setting.
+        setting: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A frame is larger than the peer's connection can carry in one
+    /// datagram; it was dropped (and counted). `max` is the largest payload
+    /// that fits right now (it grows when path-MTU discovery succeeds).
+    #[error("frame of {size} bytes for {peer} does not fit a datagram (max {max})")]
+    CarrierTooLarge {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+        /// The payload length.
+        size: usize,
+        /// The largest payload that fits.
+        max: usize,
+    },
+    /// The frame was dropped (and counted): the peer's queue is full while
+    /// its connection is being set up, or a recent attempt failed and the
+    /// carrier waits before the next one.
+    #[error("frame for {peer} dropped: {reason}")]
+    CarrierDropped {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The peer is revoked (or is this node itself): nothing is sent to it.
+    #[error("{peer} is refused by the carrier")]
+    CarrierRefused {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+    },
+    /// The carrier is closed.
+    #[error("the carrier is closed")]
+    CarrierClosed,
 }
 
 /// The node's result type.

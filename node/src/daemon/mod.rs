@@ -87,10 +87,13 @@ async fn run(
     )?);
     info!(tun = %cfg.tun_name, overlay = %me.overlay, mtu = cfg.mtu, "TUN up");
 
-    let (carrier, inbound) = QuicCarrier::bind(QuicCarrierConfig {
-        listen: cfg.listen,
-        state_dir: state.root().to_owned(),
-    })?;
+    let mut ccfg = QuicCarrierConfig::new(identity.clone());
+    ccfg.listen = cfg.listen;
+    // From the first packet on, a full TUN packet plus the PCCOM trailer
+    // must fit one DATAGRAM frame (see config::DEFAULT_MTU).
+    ccfg.initial_mtu = cfg.quic_initial_mtu;
+    ccfg.mtu_upper_bound = ccfg.mtu_upper_bound.max(cfg.quic_initial_mtu);
+    let (carrier, inbound) = QuicCarrier::bind(ccfg)?;
     let carrier = Arc::new(carrier);
     let port = carrier.local_addr().port();
     let reported = local_addresses(port, &cfg.tun_name);

@@ -690,7 +690,7 @@ impl Engine {
                     overlay: overlay.map(|o| o.to_string()),
                     carrier: self.carrier_name(ge).into(),
                     addr: st
-                        .map(|s| s.remote)
+                        .and_then(|s| s.addr)
                         .or_else(|| self.targets.get(&ge).and_then(|t| t.addrs.first().copied()))
                         .map(|a| a.to_string()),
                     rtt_ms: st.and_then(|s| s.rtt).map(|d| d.as_secs_f64() * 1e3),
