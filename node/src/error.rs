@@ -63,6 +63,110 @@ pub enum Error {
         /// The command's error output (trimmed, at most a few hundred bytes).
         stderr: String,
     },
+
+    // --- daemon (config, state directory, GMS, TUN, engine, control) ---
+    /// The configuration file or a command-line value is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Another daemon already runs on this state directory.
+    #[error("another fpn-node already runs on {0} (lock held)")]
+    AlreadyRunning(PathBuf),
+    /// No daemon answers on the state directory's control socket.
+    #[error("no fpn-node daemon runs on {path} ({source})")]
+    NotRunning {
+        /// The control socket.
+        path: PathBuf,
+        /// Why connecting failed.
+        source: std::io::Error,
+    },
+    /// The state directory has no identity: run `fpn-node enroll` first.
+    #[error("no identity in {path}: run `fpn-node enroll TOKEN --state {path}` first ({reason})")]
+    NotEnrolled {
+        /// The state directory.
+        path: PathBuf,
+        /// What was missing or wrong.
+        reason: String,
+    },
+    /// The GMS client library failed.
+    #[error("GMS: {0}")]
+    Gms(#[from] fpn_gms::Error),
+    /// A protocol machine refused something.
+    #[error("protocol: {0}")]
+    Proto(#[from] fpn_proto::Error),
+    /// The TUN device could not be set up.
+    #[error("TUN device {name}: {reason}")]
+    Tun {
+        /// The interface name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A control-socket request or answer was malformed or refused.
+    #[error("control: {0}")]
+    Control(String),
+    /// The GMS ended this node for good (revoked or refused).
+    #[error("this node was revoked or refused by the GMS: {0}")]
+    Terminated(String),
+    // --- carriers (node/src/carrier/) ---
+    /// The carrier could not open its UDP socket.
+    #[error("carrier cannot bind {addr}: {source}")]
+    CarrierBind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The node's identity cannot be used for the carrier's TLS (bad
+    /// certificate, key or CA, or no GE id in the certificate).
+    #[error("carrier TLS set-up: {0}")]
+    CarrierTls(String),
+    /// A carrier setting is out of range.
+    #[error("invalid carrier setting {setting}: {reason}")]
+    CarrierConfig {
+        /// The setting.
+        setting: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A frame is larger than the peer's connection can carry in one
+    /// datagram; it was dropped (and counted). `max` is the largest payload
+    /// that fits right now (it grows when path-MTU discovery succeeds).
+    #[error("frame of {size} bytes for {peer} does not fit a datagram (max {max})")]
+    CarrierTooLarge {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+        /// The payload length.
+        size: usize,
+        /// The largest payload that fits.
+        max: usize,
+    },
+    /// The frame was dropped (and counted): the peer's queue is full while
+    /// its connection is being set up, or a recent attempt failed and the
+    /// carrier waits before the next one.
+    #[error("frame for {peer} dropped: {reason}")]
+    CarrierDropped {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The peer is revoked (or is this node itself): nothing is sent to it.
+    #[error("{peer} is refused by the carrier")]
+    CarrierRefused {
+        /// The peer.
+        peer: fpn_proto::ge::GeId,
+    },
+    /// The carrier is closed.
+    #[error("the carrier is closed")]
+    CarrierClosed,
 }
 
 /// The node's result type.

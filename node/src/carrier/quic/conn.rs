@@ -1,0 +1,429 @@
+//! Connections: the endpoint, connecting and accepting, keeping one
+//! connection per peer, and the tasks that read from a connection.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fpn_proto::ge::GeId;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::auth::{PeerCert, SERVER_NAME, peer_of};
+use super::peer::{Counters, Link, Peer, Up};
+use super::{Congestion, Inner, QuicCarrierConfig, close};
+use crate::carrier::{FrameKind, Inbound, PeerTarget, frame};
+use crate::error::{Error, Result};
+
+/// Socket buffers asked for (the kernel caps them at rmem_max/wmem_max).
+/// At a gigabit a default 208 KiB buffer holds under 2 ms of packets.
+const UDP_BUFFER: usize = 8 << 20;
+/// Datagrams taken from a connection per wake-up before yielding.
+const BATCH: usize = 64;
+/// How long a peer may take to deliver one control frame on a stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The transport settings every connection uses, both directions.
+pub(super) fn transport(cfg: &QuicCarrierConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(cfg.idle_timeout).ok());
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    // Frames travel in datagrams; streams carry only control frames too
+    // large for one, one frame per unidirectional stream.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(32u32.into());
+    t.datagram_receive_buffer_size(Some(cfg.datagram_receive_buffer));
+    t.datagram_send_buffer_size(cfg.datagram_send_buffer);
+    t.initial_mtu(cfg.initial_mtu);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(cfg.mtu_upper_bound);
+    t.mtu_discovery_config(Some(mtu));
+    match cfg.congestion {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
+    t
+}
+
+/// A QUIC endpoint on a UDP socket with large buffers, serving `server`.
+pub(super) fn endpoint(listen: SocketAddr, server: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| Error::CarrierBind {
+        addr: listen,
+        source,
+    };
+    let sock = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(bind)?;
+    if listen.is_ipv6() {
+        // Bound to [::], IPv4 peers arrive as mapped addresses.
+        let _ = sock.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, with more loss in bursts.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    sock.bind(&listen.into()).map_err(bind)?;
+    let runtime = quinn::default_runtime().ok_or(Error::CarrierConfig {
+        setting: "runtime",
+        reason: "the QUIC carrier needs a tokio runtime",
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        sock.into(),
+        runtime,
+    )
+    .map_err(bind)
+}
+
+/// Accepts peers until the endpoint closes.
+pub(super) async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let from = incoming.remote_address();
+        let inner2 = inner.clone();
+        let span = info_span!("quic_accept", %from);
+        inner.runtime.spawn(
+            async move {
+                let conn = match tokio::time::timeout(inner2.connect_timeout, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return debug!(error = %e, "incoming handshake failed"),
+                    Err(_) => return debug!("incoming handshake timed out"),
+                };
+                let Some(cert) = peer_of(&conn) else {
+                    // The verifier required a certificate with a GE id; this is unreachable
+                    // unless quinn hands over a connection without one.
+                    conn.close(close::REVOKED.into(), b"no identity");
+                    return warn!("peer without identity after the handshake");
+                };
+                inner2.install(conn, cert.ge, cert);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Connects to `target`, trying its addresses in order, and installs the
+/// connection; on failure drops what was queued and backs off.
+pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget) {
+    let span = info_span!("quic_peer", peer = %target.ge);
+    async move {
+        for &addr in &target.addrs {
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match connect_one(&inner, target.ge, addr).await {
+                Ok(conn) => match peer_of(&conn) {
+                    Some(cert) => return inner.install(conn, inner.local, cert),
+                    None => conn.close(close::REVOKED.into(), b"no identity"),
+                },
+                Err(e) => debug!(%addr, error = %e, "connection attempt failed"),
+            }
+        }
+        inner.connect_failed(target.ge);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn connect_one(inner: &Inner, ge: GeId, addr: SocketAddr) -> Result<quinn::Connection> {
+    let mut cc = quinn::ClientConfig::new(inner.tls.client_crypto(ge)?);
+    cc.transport_config(inner.transport.clone());
+    let connecting = inner
+        .endpoint
+        .connect_with(cc, addr, SERVER_NAME)
+        .map_err(|e| Error::CarrierTls(format!("connect to {addr}: {e}")))?;
+    match tokio::time::timeout(inner.connect_timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(Error::CarrierTls(format!("{addr}: {e}"))),
+        Err(_) => Err(Error::CarrierTls(format!("{addr}: handshake timed out"))),
+    }
+}
+
+impl Inner {
+    /// Makes `conn` (opened by `initiator`) the peer's connection, unless a
+    /// connection that wins is already up; sends what was queued.
+    fn install(self: &Arc<Self>, conn: quinn::Connection, initiator: GeId, cert: PeerCert) {
+        let ge = cert.ge;
+        let mut peers = self.lock();
+        if self.closed.load(Ordering::Acquire) || self.tls.trust().is_refused(&cert) {
+            // Closed, or revoked while the handshake ran.
+            conn.close(close::REVOKED.into(), b"refused");
+            return;
+        }
+        let peer = peers.entry(ge).or_insert_with(Peer::new);
+        let span = info_span!("quic_peer", peer = %ge);
+        if let Link::Up(old) = &peer.link {
+            // Both sides apply the same rule, so both keep the same
+            // connection: the one opened by the lower GE id. Between two
+            // connections opened by the same side, the newer wins (the
+            // peer restarted or its address changed).
+            if old.initiator < initiator {
+                debug!(peer = %ge, %initiator, "duplicate connection, keeping the other");
+                // The peer may have sent on it before it learnt which one
+                // wins: read it for a grace period, never send on it.
+                self.spawn_readers(conn.clone(), cert, peer.counters.clone(), span);
+                self.runtime.spawn(retire(conn));
+                return;
+            }
+            self.runtime.spawn(retire(old.conn.clone()));
+        }
+        let remote = conn.remote_address();
+        info!(peer = %ge, %initiator, rtt = ?conn.rtt(), "peer up");
+        peer.addr = Some(remote);
+        peer.retry_at = None;
+        Counters::add(&peer.counters.connections, 1);
+        peer.link = Link::Up(Up {
+            conn: conn.clone(),
+            initiator,
+            serial: cert.serial,
+        });
+        while let Some((kind, f)) = peer.queue.pop_front() {
+            // Each failure is counted in transmit_frame; the rest still go.
+            let _ = self.transmit_frame(ge, peer, &conn, kind, f);
+        }
+        let counters = peer.counters.clone();
+        drop(peers);
+        self.spawn_readers(conn, cert, counters, span);
+    }
+
+    fn spawn_readers(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        cert: PeerCert,
+        counters: Arc<Counters>,
+        span: tracing::Span,
+    ) {
+        self.runtime.spawn(
+            read_datagrams(self.clone(), conn.clone(), cert, counters.clone())
+                .instrument(span.clone()),
+        );
+        self.runtime
+            .spawn(read_streams(self.clone(), conn, cert, counters).instrument(span));
+    }
+
+    /// Every address failed: drop what waited and back off.
+    fn connect_failed(&self, ge: GeId) {
+        let mut peers = self.lock();
+        let Some(peer) = peers.get_mut(&ge) else {
+            return;
+        };
+        if matches!(peer.link, Link::Connecting) {
+            info!(peer = %ge, dropped = peer.queue.len(), "peer unreachable");
+            peer.link = Link::Idle;
+            peer.drop_queue();
+            peer.retry_at = Some(Instant::now() + self.retry_after);
+        }
+    }
+
+    /// A connection ended; the peer goes idle if it was its connection.
+    /// When the peer refused us (our certificate failed its checks, or it
+    /// revoked us), new attempts wait like after a failed connect.
+    fn connection_gone(&self, ge: GeId, conn: &quinn::Connection) {
+        let mut peers = self.lock();
+        if let Some(peer) = peers.get_mut(&ge)
+            && let Link::Up(up) = &peer.link
+            && up.conn.stable_id() == conn.stable_id()
+        {
+            peer.link = Link::Idle;
+            let reason = conn.close_reason();
+            if reason.as_ref().is_some_and(refused) {
+                peer.retry_at = Some(Instant::now() + self.retry_after);
+                info!(peer = %ge, ?reason, "refused by peer");
+            } else {
+                info!(peer = %ge, ?reason, "peer down");
+            }
+        }
+    }
+
+    /// Hands received frames to the engine. Returns the close code when
+    /// the connection must end: the engine is gone, or the peer was revoked
+    /// meanwhile (its frames are then dropped).
+    async fn deliver(
+        &self,
+        cert: PeerCert,
+        from: SocketAddr,
+        counters: &Counters,
+        frames: &mut Vec<Bytes>,
+    ) -> Option<u32> {
+        if self.tls.trust().is_refused(&cert) {
+            frames.clear();
+            return Some(close::REVOKED);
+        }
+        let ge = cert.ge;
+        for f in frames.drain(..) {
+            let Some(kind) = frame::parse(&f) else {
+                Counters::add(&counters.drops_malformed, 1);
+                continue;
+            };
+            let payload = f.slice(frame::OVERHEAD..);
+            Counters::add(&counters.frames_in, 1);
+            Counters::add(&counters.bytes_in, payload.len() as u64);
+            let inbound = Inbound {
+                peer: ge,
+                from,
+                kind,
+                payload,
+            };
+            // A slow engine stalls this reader; quinn then drops the oldest
+            // datagrams of this connection, not anything else.
+            if self.inbound.send(inbound).await.is_err() {
+                // Returning drops the rest of the batch with the drain.
+                return Some(close::SHUTDOWN);
+            }
+        }
+        None
+    }
+}
+
+/// How long the losing connection of a simultaneous connect is still read.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Closes a connection that lost to another one, after a grace period in
+/// which frames the peer sent on it still arrive.
+async fn retire(conn: quinn::Connection) {
+    tokio::select! {
+        _ = tokio::time::sleep(DUPLICATE_GRACE) => conn.close(close::DUPLICATE.into(), b"duplicate"),
+        _ = conn.closed() => {}
+    }
+}
+
+/// True if the peer closed the connection because it does not accept us:
+/// a TLS alert (our certificate failed its checks; with TLS 1.3 the client
+/// learns this only after its side of the handshake completed) or a revocation.
+fn refused(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            (0x100..0x200).contains(&u64::from(c.error_code))
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code == close::REVOKED.into(),
+        _ => false,
+    }
+}
+
+/// Reads datagrams until the connection ends, taking every datagram that
+/// is ready per wake-up.
+async fn read_datagrams(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    cert: PeerCert,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        match conn.read_datagram().await {
+            Ok(d) => batch.push(d),
+            Err(e) => {
+                debug!(error = %e, "connection ended");
+                break;
+            }
+        }
+        while batch.len() < BATCH {
+            match ready_datagram(&conn) {
+                Some(d) => batch.push(d),
+                None => break,
+            }
+        }
+        // The source address may change (migration); read it per batch.
+        if let Some(code) = inner
+            .deliver(cert, conn.remote_address(), &counters, &mut batch)
+            .await
+        {
+            conn.close(code.into(), b"closing");
+            break;
+        }
+    }
+    inner.connection_gone(cert.ge, &conn);
+}
+
+/// A datagram that is already received, without waiting.
+fn ready_datagram(conn: &quinn::Connection) -> Option<Bytes> {
+    let mut fut = pin!(conn.read_datagram());
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(d)) => Some(d),
+        _ => None,
+    }
+}
+
+/// Reads control frames that came on unidirectional streams.
+async fn read_streams(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    cert: PeerCert,
+    counters: Arc<Counters>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let (inner, counters, from) = (inner.clone(), counters.clone(), conn.remote_address());
+        inner.runtime.clone().spawn(
+            async move {
+                let read = recv.read_to_end(frame::MAX_STREAM_FRAME);
+                let mut frames = match tokio::time::timeout(STREAM_TIMEOUT, read).await {
+                    Ok(Ok(f)) if frame::parse(&f) == Some(FrameKind::Control) => {
+                        vec![Bytes::from(f)]
+                    }
+                    _ => {
+                        // Too long, cut off, too slow, or not a control frame.
+                        Counters::add(&counters.drops_malformed, 1);
+                        return;
+                    }
+                };
+                inner.deliver(cert, from, &counters, &mut frames).await;
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Sends one control frame on its own unidirectional stream.
+pub(super) async fn send_stream(
+    conn: quinn::Connection,
+    f: Bytes,
+    timeout: Duration,
+    _slot: StreamSlot,
+    ge: GeId,
+) {
+    let send = async {
+        let mut s = conn.open_uni().await?;
+        s.write_chunk(f).await?;
+        s.finish()?;
+        // Waits until the peer has the whole frame, so the slot stays taken meanwhile.
+        let _ = s.stopped().await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(peer = %ge, error = %e, "control frame on a stream failed"),
+        Err(_) => debug!(peer = %ge, "control frame on a stream timed out"),
+    }
+}
+
+/// One of a bounded number of control streams in flight; released on drop.
+#[derive(Debug)]
+pub(super) struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    /// Takes a slot if fewer than `max` are taken.
+    pub(super) fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

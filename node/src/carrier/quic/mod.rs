@@ -1,0 +1,467 @@
+//! The QUIC carrier: frames in QUIC DATAGRAM frames, one mutually
+//! authenticated connection per peer.
+//!
+//! - **Identity.** Both ends present the node certificate the GMS issued
+//!   and verify the other's chain to the network's CA ([`auth`]). The peer's
+//!   GE id is read from its certificate; an outgoing connection must reach
+//!   exactly the GE it was opened for.
+//! - **One connection per peer**, used in both directions. When both sides
+//!   connect at once, each side keeps the connection opened by the lower GE
+//!   id and closes the other, so both keep the same one.
+//! - **Frames.** One frame per DATAGRAM, behind a kind byte ([`frame`]). A
+//!   data frame that does not fit the connection's current datagram size is
+//!   dropped and counted ([`Error::CarrierTooLarge`] tells the size that
+//!   fits); a control frame that does not fit goes on its own
+//!   unidirectional stream.
+//! - **Never blocking.** [`Carrier::send`] takes a short lock, hands the
+//!   frame to quinn (which drops the oldest datagrams when its send buffer is
+//!   full) or queues it, bounded, while the connection is being set up.
+//! - **Revocation.** Revoked GEs and serials are refused in the handshake,
+//!   and their live connections are closed at once.
+//!
+//! [`frame`]: super::frame
+
+mod auth;
+mod conn;
+mod peer;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fpn_proto::ge::GeId;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::{Carrier, CarrierKind, FrameKind, Inbound, PeerStats, PeerTarget, frame};
+use crate::error::{Error, Result};
+use auth::Tls;
+use peer::{Counters, Link, Peer};
+
+/// The UDP port the carrier listens on by default.
+pub const DEFAULT_PORT: u16 = 7718;
+/// ALPN of node-to-node QUIC.
+pub const ALPN: &[u8] = b"fpn-node/1";
+
+/// Application close codes.
+mod close {
+    /// The carrier is shutting down.
+    pub const SHUTDOWN: u32 = 0;
+    /// Both sides connected at once; this connection lost.
+    pub const DUPLICATE: u32 = 1;
+    /// The peer was revoked.
+    pub const REVOKED: u32 = 2;
+}
+
+/// Congestion controllers the carrier can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC, quinn's default: backs off on loss.
+    Cubic,
+    /// BBR (quinn's implementation is marked experimental): paces at the
+    /// measured bottleneck rate instead of filling buffers.
+    Bbr,
+}
+
+/// Settings of a [`QuicCarrier`]. [`QuicCarrierConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct QuicCarrierConfig {
+    /// Where to listen (UDP). Default `0.0.0.0:7718`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The node's identity from enrollment (node.crt, node.key, ca.crt).
+    pub identity: fpn_gms::client::Identity,
+    /// A connection with no traffic (keep-alives included) for this long is
+    /// dead. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval of a connection; keeps NAT mappings open. Default 10 s.
+    pub keep_alive: Duration,
+    /// How long one connection attempt (one address) may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// After every address of a peer failed, frames for it are dropped for
+    /// this long before the next attempt. Default 1 s.
+    pub retry_after: Duration,
+    /// Frames held per peer while its connection is set up. Default 256.
+    pub queue_len: usize,
+    /// Capacity of the [`Inbound`] channel. Default 4096.
+    pub inbound_capacity: usize,
+    /// UDP payload size used from the first packet (at least 1200). Default 1200.
+    pub initial_mtu: u16,
+    /// Largest UDP payload path-MTU discovery tries. Default 1452 (fits a
+    /// 1500-byte link with IPv6 headers); 1472 suits IPv4-only 1500-byte links.
+    pub mtu_upper_bound: u16,
+    /// Received datagrams quinn buffers per connection before dropping the
+    /// oldest, in bytes. Default 4 MiB.
+    pub datagram_receive_buffer: usize,
+    /// Datagrams quinn buffers per connection before dropping the oldest, in
+    /// bytes. Default 1 MiB.
+    pub datagram_send_buffer: usize,
+    /// The congestion controller. Default [`Congestion::Cubic`].
+    pub congestion: Congestion,
+}
+
+impl QuicCarrierConfig {
+    /// The defaults, listening on `0.0.0.0:7718`.
+    pub fn new(identity: fpn_gms::client::Identity) -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
+            identity,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+            queue_len: 256,
+            inbound_capacity: 4096,
+            initial_mtu: 1200,
+            mtu_upper_bound: 1452,
+            datagram_receive_buffer: 4 << 20,
+            datagram_send_buffer: 1 << 20,
+            congestion: Congestion::Cubic,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |setting, reason| Err(Error::CarrierConfig { setting, reason });
+        if self.initial_mtu < 1200 {
+            return bad("initial_mtu", "must be at least 1200");
+        }
+        if self.mtu_upper_bound < self.initial_mtu {
+            return bad("mtu_upper_bound", "must be at least initial_mtu");
+        }
+        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            return bad("keep_alive", "must be above zero and below idle_timeout");
+        }
+        if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
+            return bad("idle_timeout", "too long");
+        }
+        if self.queue_len == 0 || self.inbound_capacity == 0 {
+            return bad("queue_len/inbound_capacity", "must be above zero");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be above zero");
+        }
+        Ok(())
+    }
+}
+
+/// The QUIC carrier. Dropping it closes every connection; [`QuicCarrier::close`]
+/// does so gracefully.
+#[derive(Debug)]
+pub struct QuicCarrier {
+    inner: Arc<Inner>,
+}
+
+impl QuicCarrier {
+    /// Binds the UDP socket and starts accepting peers. Received frames
+    /// arrive on the returned channel. Must be called inside a tokio runtime.
+    pub fn bind(cfg: QuicCarrierConfig) -> Result<(Self, mpsc::Receiver<Inbound>)> {
+        cfg.check()?;
+        let tls = Tls::new(&cfg.identity, ALPN)?;
+        let transport = Arc::new(conn::transport(&cfg));
+        let mut server = quinn::ServerConfig::with_crypto(tls.server_crypto()?);
+        server.transport_config(transport.clone());
+        // Bounds the handshakes held at once; each costs memory and a signature.
+        server.max_incoming(4096);
+        let endpoint = conn::endpoint(cfg.listen, server)?;
+        let (tx, rx) = mpsc::channel(cfg.inbound_capacity);
+        let inner = Arc::new(Inner {
+            endpoint,
+            local: tls.local(),
+            tls,
+            transport,
+            runtime: tokio::runtime::Handle::current(),
+            connect_timeout: cfg.connect_timeout,
+            retry_after: cfg.retry_after,
+            queue_len: cfg.queue_len,
+            peers: Mutex::default(),
+            inbound: tx,
+            closed: AtomicBool::new(false),
+            control_streams: Arc::default(),
+        });
+        inner.runtime.spawn(conn::accept_loop(inner.clone()));
+        Ok((Self { inner }, rx))
+    }
+
+    /// The address the carrier listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        // The socket is bound for the endpoint's life, so this only fails
+        // after close; the configured address is then as good an answer.
+        self.inner
+            .endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    }
+
+    /// This node's GE id, from its certificate.
+    pub fn local_ge(&self) -> GeId {
+        self.inner.local
+    }
+
+    /// Refuses `ge` from now on and closes its connection at once; frames
+    /// queued for it are dropped.
+    pub fn revoke_ge(&self, ge: GeId) {
+        self.inner.tls.trust().revoke_ge(ge);
+        self.inner.cut(|g, _| g == ge);
+    }
+
+    /// Refuses certificates with these serials from now on and closes the
+    /// connections that were opened with them.
+    pub fn revoke_serials(&self, serials: &[u64]) {
+        self.inner.tls.trust().revoke_serials(serials);
+        self.inner.cut(|_, serial| serials.contains(&serial));
+    }
+
+    /// Closes every connection, tells the peers, and waits (bounded) until
+    /// they have been told.
+    pub async fn close(&self) {
+        self.inner.shut();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for QuicCarrier {
+    fn drop(&mut self) {
+        // The accept loop and the connection tasks hold the shared state;
+        // closing the endpoint ends them.
+        self.inner.shut();
+    }
+}
+
+impl Carrier for QuicCarrier {
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Quic
+    }
+
+    fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        self.inner.send(to, kind, payload)
+    }
+
+    fn peers(&self) -> Vec<PeerStats> {
+        self.inner
+            .lock()
+            .iter()
+            .map(|(ge, p)| p.stats(*ge))
+            .collect()
+    }
+}
+
+/// Control frames in flight on streams at most (each is a task).
+const MAX_CONTROL_STREAMS: usize = 64;
+
+/// State shared by the carrier and its tasks.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    endpoint: quinn::Endpoint,
+    local: GeId,
+    tls: Tls,
+    transport: Arc<quinn::TransportConfig>,
+    runtime: tokio::runtime::Handle,
+    connect_timeout: Duration,
+    retry_after: Duration,
+    queue_len: usize,
+    peers: Mutex<BTreeMap<GeId, Peer>>,
+    inbound: mpsc::Sender<Inbound>,
+    closed: AtomicBool,
+    control_streams: Arc<AtomicUsize>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<GeId, Peer>> {
+        // A poisoned lock means a panic elsewhere; the table itself is consistent.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shut(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
+        for p in self.lock().values_mut() {
+            p.drop_queue();
+            p.link = Link::Idle;
+        }
+    }
+
+    /// Closes the connections `f(ge, serial)` selects and drops their queues.
+    fn cut(&self, f: impl Fn(GeId, u64) -> bool) {
+        let refused = |ge| self.tls.trust().refused_ge(ge);
+        for (ge, p) in self.lock().iter_mut() {
+            let hit = match &p.link {
+                Link::Up(up) => f(*ge, up.serial),
+                _ => refused(*ge),
+            };
+            if hit {
+                if let Link::Up(up) = &p.link {
+                    up.conn.close(close::REVOKED.into(), b"revoked");
+                    tracing::info!(peer = %ge, "peer revoked, connection closed");
+                }
+                p.link = Link::Idle;
+                p.drop_queue();
+            }
+        }
+    }
+
+    fn send(self: &Arc<Self>, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::CarrierClosed);
+        }
+        if self.tls.trust().refused_ge(to.ge) {
+            return Err(Error::CarrierRefused { peer: to.ge });
+        }
+        let mut peers = self.lock();
+        let peer = peers.entry(to.ge).or_insert_with(Peer::new);
+        if let Link::Up(up) = &peer.link {
+            let conn = up.conn.clone();
+            match self.transmit(to.ge, peer, &conn, kind, payload) {
+                Err(Error::CarrierDropped {
+                    reason: LOST_REASON,
+                    ..
+                }) => {
+                    // The reader task will notice too; reconnecting now
+                    // keeps this frame.
+                    peer.link = Link::Idle;
+                }
+                r => return r,
+            }
+        }
+        let dropped = |peer: &mut Peer, reason| {
+            Counters::add(&peer.counters.drops_unreachable, 1);
+            Err(Error::CarrierDropped {
+                peer: to.ge,
+                reason,
+            })
+        };
+        if matches!(peer.link, Link::Idle) {
+            if peer.retry_at.is_some_and(|t| Instant::now() < t) {
+                return dropped(peer, "the last connection attempt failed; retrying later");
+            }
+            if to.addrs.is_empty() {
+                return dropped(peer, "no address to connect to");
+            }
+            peer.link = Link::Connecting;
+            self.runtime.spawn(conn::connect(self.clone(), to.clone()));
+        }
+        if peer.queue.len() >= self.queue_len {
+            return dropped(peer, "queue full while connecting");
+        }
+        let f = peer.encode(kind, payload);
+        peer.queue.push_back((kind, f));
+        Ok(())
+    }
+
+    /// Sends one frame on `conn`; counts it or its drop.
+    fn transmit(
+        &self,
+        ge: GeId,
+        peer: &mut Peer,
+        conn: &quinn::Connection,
+        kind: FrameKind,
+        payload: &[u8],
+    ) -> Result<()> {
+        let f = peer.encode(kind, payload);
+        self.transmit_frame(ge, peer, conn, kind, f)
+    }
+
+    /// Sends one encoded frame (kind byte included) on `conn`.
+    fn transmit_frame(
+        &self,
+        ge: GeId,
+        peer: &mut Peer,
+        conn: &quinn::Connection,
+        kind: FrameKind,
+        f: bytes::Bytes,
+    ) -> Result<()> {
+        let c = &peer.counters;
+        let len = (f.len() - frame::OVERHEAD) as u64;
+        let max = conn.max_datagram_size().unwrap_or(0);
+        if f.len() > max {
+            if kind == FrameKind::Control {
+                return self.send_on_stream(ge, peer, conn, f);
+            }
+            Counters::add(&c.drops_too_large, 1);
+            let max = max.saturating_sub(frame::OVERHEAD);
+            debug!(peer = %ge, size = len, max, "frame does not fit a datagram, dropped");
+            return Err(Error::CarrierTooLarge {
+                peer: ge,
+                size: len as usize,
+                max,
+            });
+        }
+        match conn.send_datagram(f) {
+            Ok(()) => {
+                Counters::add(&c.frames_out, 1);
+                Counters::add(&c.bytes_out, len);
+                Ok(())
+            }
+            Err(quinn::SendDatagramError::TooLarge) => {
+                // The path MTU shrank between the check and the send.
+                Counters::add(&c.drops_too_large, 1);
+                let max = conn
+                    .max_datagram_size()
+                    .unwrap_or(0)
+                    .saturating_sub(frame::OVERHEAD);
+                Err(Error::CarrierTooLarge {
+                    peer: ge,
+                    size: len as usize,
+                    max,
+                })
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                Counters::add(&c.drops_unreachable, 1);
+                Err(Error::CarrierDropped {
+                    peer: ge,
+                    reason: LOST_REASON,
+                })
+            }
+            Err(e) => {
+                Counters::add(&c.drops_unreachable, 1);
+                debug!(peer = %ge, error = %e, "datagram refused");
+                Err(Error::CarrierDropped {
+                    peer: ge,
+                    reason: "the peer does not accept datagrams",
+                })
+            }
+        }
+    }
+
+    /// A control frame too large for a datagram: its own unidirectional stream.
+    fn send_on_stream(
+        &self,
+        ge: GeId,
+        peer: &Peer,
+        conn: &quinn::Connection,
+        f: bytes::Bytes,
+    ) -> Result<()> {
+        let c = peer.counters.clone();
+        if f.len() > frame::MAX_STREAM_FRAME {
+            Counters::add(&c.drops_too_large, 1);
+            return Err(Error::CarrierTooLarge {
+                peer: ge,
+                size: f.len() - frame::OVERHEAD,
+                max: frame::MAX_STREAM_FRAME - frame::OVERHEAD,
+            });
+        }
+        let Some(slot) = conn::StreamSlot::take(&self.control_streams, MAX_CONTROL_STREAMS) else {
+            Counters::add(&c.drops_unreachable, 1);
+            return Err(Error::CarrierDropped {
+                peer: ge,
+                reason: "too many control frames in flight",
+            });
+        };
+        let len = (f.len() - frame::OVERHEAD) as u64;
+        Counters::add(&c.frames_out, 1);
+        Counters::add(&c.bytes_out, len);
+        self.runtime.spawn(conn::send_stream(
+            conn.clone(),
+            f,
+            self.connect_timeout,
+            slot,
+            ge,
+        ));
+        Ok(())
+    }
+}
+
+/// The reason of a drop on a connection that was just lost.
+const LOST_REASON: &str = "the connection was lost";

@@ -1,0 +1,158 @@
+//! One entry of the carrier's peer table: the link state, the queue while
+//! connecting, the send buffer and the counters.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fpn_proto::ge::GeId;
+
+use super::super::{CarrierKind, FrameKind, PeerState, PeerStats, frame};
+
+/// Bytes the send buffer allocates at a time. Frames are cut from it and
+/// handed to quinn; once quinn has sent them the block is reused, so the
+/// send path does not allocate per packet.
+const SEND_BLOCK: usize = 256 * 1024;
+
+/// Counters of one peer. Atomics, because the connection's reader tasks
+/// count without taking the table's lock.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub drops_too_large: AtomicU64,
+    pub drops_unreachable: AtomicU64,
+    pub drops_malformed: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+}
+
+/// The connection in use with a peer.
+#[derive(Debug)]
+pub(crate) struct Up {
+    pub conn: quinn::Connection,
+    /// Who opened it.
+    pub initiator: GeId,
+    /// The serial of the certificate the peer presented.
+    pub serial: u64,
+}
+
+/// The state of the link to a peer.
+#[derive(Debug)]
+pub(crate) enum Link {
+    Idle,
+    Connecting,
+    Up(Up),
+}
+
+/// One peer.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub link: Link,
+    /// Address of the current (or last tried) connection.
+    pub addr: Option<SocketAddr>,
+    /// Encoded frames waiting for the connection being set up.
+    pub queue: VecDeque<(FrameKind, Bytes)>,
+    pub counters: Arc<Counters>,
+    /// After a failed attempt, no new one before this.
+    pub retry_at: Option<Instant>,
+    send_buf: BytesMut,
+}
+
+impl Peer {
+    pub(crate) fn new() -> Self {
+        Self {
+            link: Link::Idle,
+            addr: None,
+            queue: VecDeque::new(),
+            counters: Arc::default(),
+            retry_at: None,
+            send_buf: BytesMut::new(),
+        }
+    }
+
+    /// The frame for `payload`: kind byte and payload, cut from the send buffer.
+    pub(crate) fn encode(&mut self, kind: FrameKind, payload: &[u8]) -> Bytes {
+        let need = frame::OVERHEAD + payload.len();
+        if self.send_buf.capacity() < need {
+            // Reclaims the block when quinn has released every frame cut
+            // from it; otherwise starts a new one.
+            self.send_buf.reserve(need.max(SEND_BLOCK));
+        }
+        self.send_buf.put_u8(frame::kind_byte(kind));
+        self.send_buf.extend_from_slice(payload);
+        self.send_buf.split().freeze()
+    }
+
+    /// Drops everything queued, counting it as unreachable.
+    pub(crate) fn drop_queue(&mut self) {
+        let n = self.queue.len() as u64;
+        self.queue.clear();
+        Counters::add(&self.counters.drops_unreachable, n);
+    }
+
+    /// The peer's public view.
+    pub(crate) fn stats(&self, ge: GeId) -> PeerStats {
+        let c = &self.counters;
+        let (state, rtt, max_payload, initiator) = match &self.link {
+            Link::Idle => (PeerState::Idle, None, None, None),
+            Link::Connecting => (PeerState::Connecting, None, None, None),
+            Link::Up(up) => (
+                PeerState::Up,
+                Some(up.conn.rtt()),
+                up.conn
+                    .max_datagram_size()
+                    .map(|m| m.saturating_sub(frame::OVERHEAD)),
+                Some(up.initiator),
+            ),
+        };
+        PeerStats {
+            ge,
+            carrier: CarrierKind::Quic,
+            state,
+            addr: self.addr,
+            rtt,
+            max_payload,
+            initiator,
+            frames_out: c.frames_out.load(Relaxed),
+            bytes_out: c.bytes_out.load(Relaxed),
+            frames_in: c.frames_in.load(Relaxed),
+            bytes_in: c.bytes_in.load(Relaxed),
+            drops_too_large: c.drops_too_large.load(Relaxed),
+            drops_unreachable: c.drops_unreachable.load(Relaxed),
+            drops_malformed: c.drops_malformed.load(Relaxed),
+            connections: c.connections.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_the_kind_byte_and_reuse_the_send_block() {
+        let mut p = Peer::new();
+        let a = p.encode(FrameKind::Data, &[1, 2, 3]);
+        assert_eq!(&a[..], &[frame::kind_byte(FrameKind::Data), 1, 2, 3]);
+        let b = p.encode(FrameKind::Control, &[]);
+        assert_eq!(&b[..], &[frame::kind_byte(FrameKind::Control)]);
+        // Both came from one block: the second starts where the first ended.
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+        drop((a, b));
+        let big = vec![7u8; SEND_BLOCK];
+        let c = p.encode(FrameKind::Data, &big);
+        assert_eq!(c.len(), SEND_BLOCK + 1);
+        assert_eq!(&c[1..], &big[..]);
+    }
+}

@@ -1,0 +1,429 @@
+//! The QUIC carrier between real carriers on loopback, with identities
+//! issued by the GMS's own CA code (the certificates enrollment hands out).
+
+use std::path::Path;
+use std::time::Duration;
+
+use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
+use fpn_gms::client::Identity;
+use fpn_node::carrier::{
+    Carrier, FrameKind, Inbound, PeerState, PeerStats, PeerTarget, QuicCarrier, QuicCarrierConfig,
+};
+use fpn_node::error::Error;
+use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
+use tokio::sync::mpsc::Receiver;
+
+/// Generous bound for anything that should take milliseconds on loopback.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A CA and the identities it issued.
+struct Network {
+    ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+impl Network {
+    fn new() -> Self {
+        Self {
+            ca: Ca::generate(fpn_gms::now_unix()).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Issues GE `id` (certificate serial `serial`) and loads it the way the node does.
+    fn identity(&self, id: u32, serial: u64) -> Identity {
+        let now = fpn_gms::now_unix();
+        let (key, public) = generate_node_key().unwrap();
+        let name = format!("ge{id}");
+        let cert = self
+            .ca
+            .issue_node_cert(&NodeCertRequest {
+                node_key: &public,
+                ge_id: id,
+                name: &name,
+                zone: "home.fpn.",
+                serial,
+                not_before: now,
+                not_after: now + 86_400,
+            })
+            .unwrap();
+        let info = GeInfo {
+            id: GeId(id),
+            name: name.clone(),
+            kind: GeKind::Ges,
+            mode: Mode::Open,
+            groups: Default::default(),
+            overlay: std::net::Ipv4Addr::new(100, 64, 0, id as u8),
+        };
+        let cred = self
+            .ca
+            .issue_credential(serial + 1000, info, public, now, now + 86_400)
+            .unwrap();
+        let dir = self.dir.path().join(format!("{name}-{serial}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir, "node.key", &key);
+        write(&dir, "node.crt", &cert);
+        write(&dir, "ca.crt", self.ca.cert_der());
+        write(&dir, "credential", &cred.encode().unwrap());
+        let hex: String = self
+            .ca
+            .public_key()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let json =
+            format!(r#"{{"gms_addr":"127.0.0.1:1","zone":"home.fpn.","ca_public":"{hex}"}}"#);
+        write(&dir, "identity.json", json.as_bytes());
+        Identity::load(&dir).unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn carrier(id: Identity) -> (QuicCarrier, Receiver<Inbound>) {
+    let mut cfg = QuicCarrierConfig::new(id);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.connect_timeout = Duration::from_secs(3);
+    QuicCarrier::bind(cfg).unwrap()
+}
+
+fn target(c: &QuicCarrier) -> PeerTarget {
+    PeerTarget {
+        ge: c.local_ge(),
+        addrs: vec![c.local_addr()],
+    }
+}
+
+async fn recv(rx: &mut Receiver<Inbound>) -> Inbound {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("no frame in time")
+        .expect("channel closed")
+}
+
+/// Waits until the carrier's view of `ge` satisfies `f`.
+async fn until(c: &QuicCarrier, ge: GeId, f: impl Fn(&PeerStats) -> bool) -> PeerStats {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(p) = c.peers().into_iter().find(|p| p.ge == ge)
+            && f(&p)
+        {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "peer {ge} never got there: {:?}",
+            c.peers()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Nothing arrives for a while.
+async fn silent(rx: &mut Receiver<Inbound>) {
+    if let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        panic!("unexpected frame {f:?}");
+    }
+}
+
+#[tokio::test]
+async fn frames_flow_both_ways_on_one_connection_and_name_the_sender() {
+    let net = Network::new();
+    let (a, mut arx) = carrier(net.identity(1, 11));
+    let (b, mut brx) = carrier(net.identity(2, 12));
+    assert_eq!((a.local_ge(), b.local_ge()), (GeId(1), GeId(2)));
+
+    // Sent before any connection exists: queued, then delivered.
+    a.send(&target(&b), FrameKind::Data, b"ping").unwrap();
+    let f = recv(&mut brx).await;
+    assert_eq!(
+        (f.peer, f.kind, &f.payload[..]),
+        (GeId(1), FrameKind::Data, &b"ping"[..])
+    );
+    assert_eq!(f.from, a.local_addr());
+
+    // The answer reuses the connection a opened, whatever address b is given.
+    let back = PeerTarget {
+        ge: GeId(1),
+        addrs: vec![],
+    };
+    b.send(&back, FrameKind::Control, b"pong").unwrap();
+    let f = recv(&mut arx).await;
+    assert_eq!(
+        (f.peer, f.kind, &f.payload[..]),
+        (GeId(2), FrameKind::Control, &b"pong"[..])
+    );
+
+    // A control frame larger than any datagram goes on a stream.
+    let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    a.send(&target(&b), FrameKind::Control, &big).unwrap();
+    let f = recv(&mut brx).await;
+    assert_eq!((f.kind, &f.payload[..]), (FrameKind::Control, &big[..]));
+
+    // A burst arrives in order of sending as far as it arrives, and is counted.
+    for i in 0..200u32 {
+        a.send(&target(&b), FrameKind::Data, &i.to_be_bytes())
+            .unwrap();
+    }
+    let mut got = 0;
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(2), brx.recv()).await {
+        assert_eq!(f.payload.len(), 4);
+        got += 1;
+        if got == 200 {
+            break;
+        }
+    }
+    assert!(got > 150, "only {got} of 200 datagrams arrived on loopback");
+
+    let pa = until(&a, GeId(2), |p| p.state == PeerState::Up).await;
+    let pb = until(&b, GeId(1), |p| p.state == PeerState::Up).await;
+    assert_eq!((pa.connections, pb.connections), (1, 1));
+    assert_eq!((pa.initiator, pb.initiator), (Some(GeId(1)), Some(GeId(1))));
+    assert_eq!(pa.frames_out, 202);
+    assert_eq!(pa.bytes_out, 4 + 5000 + 800);
+    assert_eq!(pb.frames_in, 2 + got);
+    assert_eq!(pa.frames_in, 1);
+    assert!(pa.rtt.is_some() && pa.max_payload.unwrap() >= 1100);
+    assert_eq!(pa.drops(), 0);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_foreign_ca_is_refused_both_ways() {
+    let net = Network::new();
+    let other = Network::new();
+    let (a, mut arx) = carrier(net.identity(1, 11));
+    // Same GE id and name as a member would have, wrong CA.
+    let (m, mut mrx) = carrier(other.identity(2, 12));
+
+    m.send(&target(&a), FrameKind::Data, b"let me in").unwrap();
+    silent(&mut arx).await;
+    let p = until(&m, GeId(1), |p| {
+        p.state == PeerState::Idle && p.drops_unreachable == 1
+    })
+    .await;
+    assert_eq!(p.connections, 0);
+    assert!(!a.peers().iter().any(|p| p.state == PeerState::Up));
+
+    // Nor does a accept m as a server.
+    a.send(&target(&m), FrameKind::Data, b"hello?").unwrap();
+    silent(&mut mrx).await;
+    until(&a, GeId(2), |p| {
+        p.state == PeerState::Idle && p.drops_unreachable == 1
+    })
+    .await;
+    // During the back-off frames are dropped at once, with a typed error.
+    assert!(matches!(
+        a.send(&target(&m), FrameKind::Data, b"again"),
+        Err(Error::CarrierDropped { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_address_answering_with_another_ge_is_refused() {
+    let net = Network::new();
+    let (a, _arx) = carrier(net.identity(1, 11));
+    let (b, mut brx) = carrier(net.identity(2, 12));
+    // a believes GE 3 lives at b's address.
+    let wrong = PeerTarget {
+        ge: GeId(3),
+        addrs: vec![b.local_addr()],
+    };
+    a.send(&wrong, FrameKind::Data, b"for 3").unwrap();
+    until(&a, GeId(3), |p| {
+        p.state == PeerState::Idle && p.drops_unreachable == 1
+    })
+    .await;
+    silent(&mut brx).await;
+    assert!(matches!(
+        a.send(&target(&a), FrameKind::Data, b"self"),
+        Err(Error::CarrierRefused { peer: GeId(1) })
+    ));
+}
+
+/// `c` tried `ge` and was turned away: its link is idle after an attempt
+/// (a failed connect, or a connection the peer closed at once: with TLS 1.3
+/// the client finishes its handshake before the server checks its
+/// certificate), and it now backs off with a typed drop.
+async fn turned_away(c: &QuicCarrier, to: &PeerTarget, connections: u64) {
+    until(c, to.ge, |p| {
+        p.state == PeerState::Idle && (p.drops_unreachable >= 1 || p.connections > connections)
+    })
+    .await;
+    assert!(matches!(
+        c.send(to, FrameKind::Data, b"again"),
+        Err(Error::CarrierDropped { .. })
+    ));
+}
+
+/// Waits out the back-off after a refusal (1 s by default).
+async fn back_off() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+#[tokio::test]
+async fn a_revoked_serial_is_cut_off_and_refused() {
+    let net = Network::new();
+    let (a, mut arx) = carrier(net.identity(1, 11));
+    let (b, mut brx) = carrier(net.identity(2, 12));
+    b.send(&target(&a), FrameKind::Data, b"hi").unwrap();
+    recv(&mut arx).await;
+    until(&b, GeId(1), |p| p.state == PeerState::Up).await;
+
+    a.revoke_serials(&[12]);
+    // a closed the connection at once; b sees it go down.
+    assert_eq!(a.peers()[0].state, PeerState::Idle);
+    until(&b, GeId(1), |p| p.state != PeerState::Up).await;
+    back_off().await;
+    // b's new attempt is refused in the handshake; nothing reaches a.
+    b.send(&target(&a), FrameKind::Data, b"still me").unwrap();
+    turned_away(&b, &target(&a), 1).await;
+    silent(&mut arx).await;
+    // a does not accept b as a server either.
+    a.send(&target(&b), FrameKind::Data, b"to b").unwrap();
+    turned_away(&a, &target(&b), 1).await;
+    silent(&mut brx).await;
+
+    // The same GE with a new certificate (re-enrolled) is welcome again.
+    let (b2, _b2rx) = carrier(net.identity(2, 13));
+    b2.send(&target(&a), FrameKind::Data, b"new me").unwrap();
+    let f = recv(&mut arx).await;
+    assert_eq!((f.peer, &f.payload[..]), (GeId(2), &b"new me"[..]));
+}
+
+#[tokio::test]
+async fn a_revoked_ge_is_cut_off_and_refused() {
+    let net = Network::new();
+    let (a, mut arx) = carrier(net.identity(1, 11));
+    let (b, _brx) = carrier(net.identity(2, 12));
+    b.send(&target(&a), FrameKind::Data, b"hi").unwrap();
+    recv(&mut arx).await;
+    until(&a, GeId(2), |p| p.state == PeerState::Up).await;
+
+    a.revoke_ge(GeId(2));
+    until(&b, GeId(1), |p| p.state != PeerState::Up).await;
+    assert!(matches!(
+        a.send(&target(&b), FrameKind::Data, b"x"),
+        Err(Error::CarrierRefused { peer: GeId(2) })
+    ));
+    back_off().await;
+    b.send(&target(&a), FrameKind::Data, b"still me").unwrap();
+    turned_away(&b, &target(&a), 1).await;
+    silent(&mut arx).await;
+    // Even with a fresh certificate: the GE itself is refused.
+    let (b2, _b2rx) = carrier(net.identity(2, 13));
+    b2.send(&target(&a), FrameKind::Data, b"new me").unwrap();
+    turned_away(&b2, &target(&a), 0).await;
+    silent(&mut arx).await;
+}
+
+#[tokio::test]
+async fn an_oversized_data_frame_is_a_typed_and_counted_drop() {
+    let net = Network::new();
+    let (a, _arx) = carrier(net.identity(1, 11));
+    let (b, mut brx) = carrier(net.identity(2, 12));
+    a.send(&target(&b), FrameKind::Data, b"hi").unwrap();
+    recv(&mut brx).await;
+    let max = until(&a, GeId(2), |p| p.state == PeerState::Up)
+        .await
+        .max_payload
+        .unwrap();
+
+    let err = a
+        .send(&target(&b), FrameKind::Data, &vec![0u8; 1500])
+        .unwrap_err();
+    match err {
+        Error::CarrierTooLarge { peer, size, max: m } => {
+            assert_eq!((peer, size), (GeId(2), 1500));
+            assert!(m < 1500 && m >= max, "max {m}, was {max}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert_eq!(a.peers()[0].drops_too_large, 1);
+    // A frame of exactly the reported size goes through.
+    let max = a.peers()[0].max_payload.unwrap();
+    a.send(&target(&b), FrameKind::Data, &vec![7u8; max])
+        .unwrap();
+    let f = recv(&mut brx).await;
+    assert_eq!(f.payload.len(), max);
+    assert_eq!(a.peers()[0].drops(), 1);
+}
+
+#[tokio::test]
+async fn simultaneous_connects_end_with_one_working_connection() {
+    let net = Network::new();
+    for round in 0..5u64 {
+        let (a, mut arx) = carrier(net.identity(1, 100 + round));
+        let (b, mut brx) = carrier(net.identity(2, 200 + round));
+        // Both start connecting before either connection exists.
+        a.send(&target(&b), FrameKind::Data, b"from a").unwrap();
+        b.send(&target(&a), FrameKind::Data, b"from b").unwrap();
+        assert_eq!(&recv(&mut brx).await.payload[..], b"from a");
+        assert_eq!(&recv(&mut arx).await.payload[..], b"from b");
+        // Both settle on the connection GE 1 opened.
+        let one = |p: &PeerStats| p.state == PeerState::Up && p.initiator == Some(GeId(1));
+        until(&a, GeId(2), one).await;
+        until(&b, GeId(1), one).await;
+        // Let a losing connection's close arrive, then check it still works.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pa = until(&a, GeId(2), one).await;
+        let pb = until(&b, GeId(1), one).await;
+        assert_eq!(pa.addr, Some(b.local_addr()), "round {round}");
+        assert_eq!(pb.addr, Some(a.local_addr()), "round {round}");
+        a.send(&target(&b), FrameKind::Data, b"again a").unwrap();
+        b.send(&target(&a), FrameKind::Data, b"again b").unwrap();
+        assert_eq!(&recv(&mut brx).await.payload[..], b"again a");
+        assert_eq!(&recv(&mut arx).await.payload[..], b"again b");
+        a.close().await;
+        b.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_closed_carrier_refuses_to_send_and_peers_see_it_go() {
+    let net = Network::new();
+    let (a, _arx) = carrier(net.identity(1, 11));
+    let (b, mut brx) = carrier(net.identity(2, 12));
+    a.send(&target(&b), FrameKind::Data, b"hi").unwrap();
+    recv(&mut brx).await;
+    a.close().await;
+    assert!(matches!(
+        a.send(&target(&b), FrameKind::Data, b"x"),
+        Err(Error::CarrierClosed)
+    ));
+    until(&b, GeId(1), |p| p.state == PeerState::Idle).await;
+}
+
+#[test]
+fn bad_settings_are_typed_errors() {
+    let net = Network::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _g = rt.enter();
+    let mut cfg = QuicCarrierConfig::new(net.identity(1, 1));
+    cfg.initial_mtu = 1000;
+    assert!(matches!(
+        QuicCarrier::bind(cfg),
+        Err(Error::CarrierConfig {
+            setting: "initial_mtu",
+            ..
+        })
+    ));
+    let mut cfg = QuicCarrierConfig::new(net.identity(1, 1));
+    cfg.keep_alive = cfg.idle_timeout;
+    assert!(QuicCarrier::bind(cfg).is_err());
+    // A port that is taken.
+    let (a, _rx) = {
+        let mut cfg = QuicCarrierConfig::new(net.identity(1, 1));
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        QuicCarrier::bind(cfg).unwrap()
+    };
+    let mut cfg = QuicCarrierConfig::new(net.identity(2, 2));
+    cfg.listen = a.local_addr();
+    assert!(matches!(
+        QuicCarrier::bind(cfg),
+        Err(Error::CarrierBind { .. })
+    ));
+}
