@@ -28,7 +28,8 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     let b_pub = ov.underlay("b", "pub-b").unwrap();
     let b = Overlay::fqdn("b");
 
-    // Names: the GMS's DDNS has b, and a's stub (a's resolv.conf) answers it.
+    // Names: the GMS's DDNS has b's public address (where its session comes
+    // from); a's stub (a's resolv.conf) answers b's overlay address.
     let gms_ip = ov.gms_addr().ip().to_string();
     let ddns = lab
         .exec_ok(
@@ -44,11 +45,7 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
             ],
         )
         .unwrap();
-    assert_eq!(
-        ddns.trim(),
-        b_overlay.to_string(),
-        "GMS DDNS answer for {b}"
-    );
+    assert_eq!(ddns.trim(), b_pub.to_string(), "GMS DDNS answer for {b}");
     let stub = lab
         .exec_ok("a", ["dig", "+short", "+time=2", "+tries=2", &b, "A"])
         .unwrap();

@@ -131,18 +131,19 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
             "A",
         ],
     )?;
+    let nas_pub = ov.underlay("nas", "pub-b")?;
     say(&format!(
-        "    $ dig @{gms_ip} nas.home.fpn    (the GMS's DNS server)  ->  {}",
+        "    $ dig @{gms_ip} nas.home.fpn    the GMS's DNS: where the NAS is on the internet  ->  {}",
         ddns.trim()
     ));
     ensure!(
-        ddns.trim() == nas_ip.to_string(),
-        "the GMS's DNS answered {ddns:?}, not {nas_ip}"
+        ddns.trim() == nas_pub.to_string(),
+        "the GMS's DNS answered {ddns:?}, not {nas_pub}"
     );
     let stub = lab.exec_ok("a", ["dig", "+short", "+time=2", "nas.home.fpn", "A"])?;
     let laptop_ip = ov.overlay_addr("laptop")?;
     say(&format!(
-        "    $ dig nas.home.fpn    on the laptop, through its fpn-node DNS stub at {laptop_ip}  ->  {}",
+        "    $ dig nas.home.fpn    on the laptop, its fpn-node DNS stub ({laptop_ip}): the NAS's overlay address  ->  {}",
         stub.trim()
     ));
     ensure!(
