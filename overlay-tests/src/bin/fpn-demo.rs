@@ -116,7 +116,7 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     let nas_ip = ov.overlay_addr("nas")?;
     let _echo = echo_server(lab, "b", 7001)?;
     let _echo_laptop = echo_server(lab, "a", 7001)?;
-    let _iperf = spawn_ready(lab, "b", &["iperf3", "-s"], "Server listening")?;
+    let _iperf = spawn_ready(lab, "b", &["iperf3", "-s", "--forceflush"], "Server listening")?;
 
     step(3, "Name resolution");
     let gms_ip = ov.gms_addr().ip();

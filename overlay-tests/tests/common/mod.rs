@@ -74,7 +74,7 @@ pub fn echo_server(lab: &fpn_lab::Lab, host: &str, port: u16) -> fpn_lab::Proces
 /// Starts `iperf3 -s` in `host` and waits until it listens.
 pub fn iperf_server(lab: &fpn_lab::Lab, host: &str) -> fpn_lab::Process {
     let p = lab
-        .command(host, ["iperf3", "-s"])
+        .command(host, ["iperf3", "-s", "--forceflush"])
         .name("iperf3-server")
         .spawn()
         .unwrap();
