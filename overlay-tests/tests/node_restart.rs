@@ -5,10 +5,15 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 use common::{echo_send, overlay};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use serde_json::Value;
+
+/// How long flows to a crashed and restarted node may take to come back
+/// (generous: a peer may have to time out its connection to the dead process).
+const CRASH_RECOVERY: Duration = Duration::from_secs(60);
 
 /// What identifies node `name`: its GE id and overlay address (its status)
 /// and its certificate serial (the GMS's record).
@@ -120,10 +125,25 @@ fn a_restarted_node_keeps_its_identity_and_its_flows_come_back() {
         );
     }
 
-    // A crash: SIGKILL, then up again.
+    // A crash: SIGKILL, then up again. b's carrier still holds a connection
+    // to the dead process (nothing closed it), so its flows may need that
+    // connection to time out: wait for them, boundedly.
     ov.kill("a").unwrap();
     ov.up("a").unwrap();
+    let crashed = Instant::now();
     assert_eq!(identity(&ov, "a"), before, "identity changed after a crash");
+    loop {
+        let out = echo_send(lab, "b", "a.home.fpn:7005", "after crash", true);
+        if out.success() {
+            break;
+        }
+        assert!(
+            crashed.elapsed() < CRASH_RECOVERY,
+            "b -> a not back {CRASH_RECOVERY:?} after a's crash and restart: {}",
+            out.stderr
+        );
+    }
+    eprintln!("b -> a back {:?} after a's restart", crashed.elapsed());
     let p = ov.ping("b", "a", 2).unwrap();
     assert!(
         p.ok && p.action() == "encrypt",
