@@ -192,7 +192,8 @@ impl Overlay {
     /// The last `lines` lines of the GMS's and every node's log, labelled.
     pub fn log_tails(&self, lines: usize) -> String {
         let tail = |log: String| {
-            let v: Vec<&str> = log.lines().collect();
+            let log = strip_ansi(&log);
+            let v: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
             v[v.len().saturating_sub(lines)..].join("\n")
         };
         let mut out = format!("--- fpn-gms log ---\n{}\n", tail(self.gms_log()));
@@ -584,6 +585,26 @@ fn overlay_of(v: &Value) -> Option<Ipv4Addr> {
         .find_map(|s| s.split('/').next()?.parse().ok())
 }
 
+/// `text` without ANSI colour sequences (ESC [ ... letter), which a daemon
+/// may write even into a log file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn parse_json(text: &str, what: &str) -> Result<Value, Error> {
     serde_json::from_str(text.trim())
         .map_err(|e| Error::Overlay(format!("{what} printed no JSON ({e}): {}", text.trim())))
@@ -591,4 +612,23 @@ fn parse_json(text: &str, what: &str) -> Result<Value, Error> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_stripped_and_addresses_found() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m node ready"),
+            "2026  INFO node ready"
+        );
+        assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+        let v: Value = serde_json::json!({"name": "a", "overlay": "100.64.0.1"});
+        assert_eq!(overlay_of(&v), Some(Ipv4Addr::new(100, 64, 0, 1)));
+        let v: Value = serde_json::json!({"overlay_addr": "100.64.0.9/16"});
+        assert_eq!(overlay_of(&v), Some(Ipv4Addr::new(100, 64, 0, 9)));
+        assert_eq!(overlay_of(&serde_json::json!({"overlay": 5})), None);
+    }
 }

@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,10 @@ use clap::Parser;
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use fpn_lab::{Lab, LabOptions};
 use serde_json::Value;
+
+/// Set once Ctrl-C or SIGTERM arrived: the lab is being removed under the
+/// steps' feet, so their failures are not worth reporting.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// A plaintext the demo sends through the overlay and looks for on the wire.
 const MARKER: &str = "fpn-demo: this sentence must never be readable on the wire";
@@ -45,6 +50,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                // The signal thread is removing the lab and exits for us;
+                // what failed here failed because of that.
+                loop {
+                    std::thread::park();
+                }
+            }
             eprintln!("\nfpn-demo: FAILED: {e:#}");
             ExitCode::FAILURE
         }
@@ -52,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    let lab_id = cleanup_on_signal()?;
+    let lab_id = cleanup_on_signal(cli.keep_logs)?;
     fpn_lab::preflight(&["tcpdump", "iperf3", "dig", "ping"])?;
     let secs: u32 = if cli.quick { 3 } else { 10 };
 
@@ -99,7 +111,7 @@ fn run(cli: &Cli) -> Result<()> {
     );
     let ov = Overlay::start(lab, &spec)?;
     let result = steps(&ov, secs);
-    if result.is_err() {
+    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
         eprintln!("\nWhat the daemons logged last:\n{}", ov.log_tails(20));
     }
     result
@@ -116,7 +128,12 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     let nas_ip = ov.overlay_addr("nas")?;
     let _echo = echo_server(lab, "b", 7001)?;
     let _echo_laptop = echo_server(lab, "a", 7001)?;
-    let _iperf = spawn_ready(lab, "b", &["iperf3", "-s", "--forceflush"], "Server listening")?;
+    let _iperf = spawn_ready(
+        lab,
+        "b",
+        &["iperf3", "-s", "--forceflush"],
+        "Server listening",
+    )?;
 
     step(3, "Name resolution");
     let gms_ip = ov.gms_addr().ip();
@@ -428,7 +445,7 @@ fn group_version(ov: &Overlay) -> Result<u64> {
 /// blocked in every thread (the lab unblocks them for its children) and one
 /// thread waits for them and tears down the lab whose id is in the returned
 /// slot, from its state file. Call before any other thread starts.
-fn cleanup_on_signal() -> Result<Arc<Mutex<Option<String>>>> {
+fn cleanup_on_signal(keep_logs: bool) -> Result<Arc<Mutex<Option<String>>>> {
     let slot: Arc<Mutex<Option<String>>> = Arc::default();
     let state_dir = fpn_lab::state::state_dir();
     // SAFETY: plain libc signal-set calls on a local, zeroed sigset_t.
@@ -448,10 +465,16 @@ fn cleanup_on_signal() -> Result<Arc<Mutex<Option<String>>>> {
         // SAFETY: `set` is a valid, initialised signal set.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
             eprintln!("\nfpn-demo: interrupted; removing the lab");
+            INTERRUPTED.store(true, Ordering::SeqCst);
             let id = id.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some(id) = id {
+                let logs = fpn_lab::LabState::load(&state_dir, &id).map(|st| st.log_dir);
                 let _ = fpn_lab::state::down(&state_dir, &id);
+                if let (Ok(dir), false) = (logs, keep_logs) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
+            eprintln!("fpn-demo: lab removed");
             std::process::exit(130);
         }
     });
