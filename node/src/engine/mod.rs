@@ -646,11 +646,17 @@ impl Engine {
     }
 
     fn write_tun(tun: &tun::AsyncDevice, counters: &mut Counters, packet: &[u8]) {
-        // A TUN write never waits in practice; if the queue is full the
-        // packet is dropped (counted) rather than stalling every flow.
-        match tun.send(packet).now_or_never() {
-            Some(Ok(_)) => counters.tun_out += 1,
-            _ => counters.tun_write_drops += 1,
+        // A direct write on the non-blocking descriptor: a TUN write hands
+        // the packet to the kernel stack and does not wait; should it ever
+        // refuse (EAGAIN), the packet is dropped (counted) rather than
+        // stalling every flow. The async wrapper is not used here: its
+        // cached write readiness would make it drop packets the kernel takes.
+        match std::ops::Deref::deref(tun).send(packet) {
+            Ok(_) => counters.tun_out += 1,
+            Err(e) => {
+                counters.tun_write_drops += 1;
+                trace!(error = %e, "TUN write");
+            }
         }
     }
 
