@@ -59,6 +59,10 @@ const PENDING_PEERS: usize = 256;
 const MAX_QUOTES: usize = 4096;
 /// Most underlay addresses remembered as belonging to a GE.
 const MAX_FROM: usize = 4096;
+/// Most refused flows remembered for `status`.
+const MAX_REFUSED: usize = 1024;
+/// How long a refused flow stays in `status`.
+const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 
 /// What the daemon tells the engine.
 #[derive(Debug)]
@@ -159,6 +163,7 @@ pub struct Engine {
     choice: HashMap<GeId, CarrierChoice>,
     pending: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
     quotes: HashMap<FlowId, Vec<u8>>,
+    refused: HashMap<FlowId, (Option<GeId>, Instant)>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -193,6 +198,7 @@ impl Engine {
             choice: HashMap::new(),
             pending: HashMap::new(),
             quotes: HashMap::new(),
+            refused: HashMap::new(),
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -324,6 +330,8 @@ impl Engine {
         if self.from.len() > MAX_FROM {
             self.from.clear();
         }
+        self.refused
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN);
         self.drain_pit(now);
     }
 
@@ -360,6 +368,10 @@ impl Engine {
                 let _ = tx.send(self.snapshot());
             }
             Command::FlowInfo(flow, tx) => {
+                if self.refused.contains_key(&flow) {
+                    let _ = tx.send(Some(("refuse".into(), String::new())));
+                    return;
+                }
                 let info = self.pit.lookup(&flow).map(|(_, e)| {
                     let carrier = e
                         .peer()
@@ -532,6 +544,7 @@ impl Engine {
             dprp::Event::Established(e) => {
                 let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
                 self.quotes.remove(&e.flow);
+                self.refused.remove(&e.flow);
                 let action = e.action;
                 let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
                 match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
@@ -576,6 +589,13 @@ impl Engine {
             } => {
                 self.counters.refused_flows += 1;
                 info!(%flow, %reason, dropped_packets, "flow refused");
+                if self.refused.len() < MAX_REFUSED {
+                    let by = match &reason {
+                        FailReason::Dropped { by } | FailReason::Refused { by, .. } => Some(*by),
+                        _ => None,
+                    };
+                    self.refused.insert(flow, (by, now));
+                }
                 if let Some(q) = self.quotes.remove(&flow) {
                     self.write_unreachable(&q, unreachable_for(&reason));
                 }
@@ -646,11 +666,17 @@ impl Engine {
     }
 
     fn write_tun(tun: &tun::AsyncDevice, counters: &mut Counters, packet: &[u8]) {
-        // A TUN write never waits in practice; if the queue is full the
-        // packet is dropped (counted) rather than stalling every flow.
-        match tun.send(packet).now_or_never() {
-            Some(Ok(_)) => counters.tun_out += 1,
-            _ => counters.tun_write_drops += 1,
+        // A direct write on the non-blocking descriptor: a TUN write hands
+        // the packet to the kernel stack and does not wait; should it ever
+        // refuse (EAGAIN), the packet is dropped (counted) rather than
+        // stalling every flow. The async wrapper is not used here: its
+        // cached write readiness would make it drop packets the kernel takes.
+        match std::ops::Deref::deref(tun).send(packet) {
+            Ok(_) => counters.tun_out += 1,
+            Err(e) => {
+                counters.tun_write_drops += 1;
+                trace!(error = %e, "TUN write");
+            }
         }
     }
 
@@ -697,14 +723,12 @@ impl Engine {
                 }
             })
             .collect();
-        let own = IpAddr::V4(self.cfg.overlay);
         let mut flows: Vec<FlowStatus> = self
             .pit
             .iter()
             .map(|(f, e)| {
                 let s = e.stats();
                 // Counters are kept per origin: local = sent to the peer.
-                let _ = own;
                 FlowStatus {
                     proto: proto_name(f.protocol),
                     src: f.src.to_string(),
@@ -725,6 +749,17 @@ impl Engine {
                 }
             })
             .collect();
+        flows.extend(self.refused.iter().map(|(f, (by, _))| FlowStatus {
+            proto: proto_name(f.protocol),
+            src: f.src.to_string(),
+            dst: f.dst.to_string(),
+            sport: f.src_port,
+            dport: f.dst_port,
+            action: "refuse".into(),
+            carrier: String::new(),
+            peer: by.map(|g| g.0),
+            ..FlowStatus::default()
+        }));
         flows.sort_by(|a, b| {
             (&a.src, &a.dst, a.sport, a.dport).cmp(&(&b.src, &b.dst, b.sport, b.dport))
         });
