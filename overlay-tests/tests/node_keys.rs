@@ -70,6 +70,16 @@ fn gms_version(ov: &Overlay) -> u64 {
         .unwrap_or_else(|| panic!("no key of group 1 in {keys}"))
 }
 
+/// kB moved in each second of an iperf3 report (for failure messages).
+fn per_second(report: &Value) -> Vec<u64> {
+    report["intervals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) as u64 / 1000)
+        .collect()
+}
+
 /// iperf3 intervals with nothing moved (a stalled or dropped connection).
 fn empty_intervals(report: &Value) -> usize {
     report["intervals"]
@@ -139,8 +149,8 @@ fn a_rotation_under_iperf3_drops_nothing() {
     assert_eq!(
         empty_intervals(&report),
         0,
-        "the transfer stalled: {}",
-        report["intervals"]
+        "the transfer stalled (kB per second: {:?})",
+        per_second(&report)
     );
     let p = ov.ping("a", "b", 1).unwrap();
     assert!(
@@ -220,8 +230,8 @@ fn with_the_gms_killed_existing_and_new_flows_keep_working() {
     assert_eq!(
         empty_intervals(&report),
         0,
-        "the transfer stalled: {}",
-        report["intervals"]
+        "the transfer stalled (kB per second: {:?})",
+        per_second(&report)
     );
     // (No check of `gms.connected` here: a SIGKILLed GMS sends no close, so
     // a node notices only after its QUIC idle timeout.)
