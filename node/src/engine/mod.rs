@@ -26,7 +26,7 @@
 
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
 use fpn_proto::packet::Packet;
 use fpn_proto::pccom::TRAILER_LEN;
-use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent};
+use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent, RenegotiateReason};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -61,6 +61,13 @@ const MAX_QUOTES: usize = 4096;
 const MAX_FROM: usize = 4096;
 /// Most refused flows remembered for `status`.
 const MAX_REFUSED: usize = 1024;
+/// Most flows waiting to be renegotiated.
+const MAX_RENEGOTIATE: usize = 65_536;
+/// Pause before a flow is renegotiated after a key rotation (the other
+/// end's GMS push may arrive a little later than ours).
+const RENEGOTIATE_DELAY: Duration = Duration::from_millis(1500);
+/// Pause before a failed renegotiation is tried again.
+const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
 /// How long a refused flow stays in `status`.
 const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 
@@ -164,6 +171,8 @@ pub struct Engine {
     pending: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
     quotes: HashMap<FlowId, Vec<u8>>,
     refused: HashMap<FlowId, (Option<GeId>, Instant)>,
+    renegotiate: VecDeque<(Instant, FlowId)>,
+    renegotiating: HashSet<FlowId>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -199,6 +208,8 @@ impl Engine {
             pending: HashMap::new(),
             quotes: HashMap::new(),
             refused: HashMap::new(),
+            renegotiate: VecDeque::new(),
+            renegotiating: HashSet::new(),
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -332,6 +343,7 @@ impl Engine {
         }
         self.refused
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN);
+        self.due_renegotiations(now);
         self.drain_pit(now);
     }
 
@@ -525,18 +537,51 @@ impl Engine {
         while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
             any = true;
             let own = IpAddr::V4(self.cfg.overlay);
-            let oriented = if flow.src == own {
-                flow
-            } else {
-                flow.reversed()
-            };
-            debug!(%flow, ?reason, "renegotiating");
-            if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
-                debug!(%flow, error = %e, "renegotiation not started");
+            // One end renegotiates, never both: two crossing negotiations
+            // could leave each end with the other's keys. After a rotation it
+            // is the end that started the flow, a moment later, so the
+            // other end has received the new key version too.
+            match reason {
+                RenegotiateReason::KeyRotation if flow.src != own => {
+                    debug!(%flow, "key rotated: the flow's initiator renegotiates");
+                }
+                RenegotiateReason::KeyRotation => {
+                    let at = now + RENEGOTIATE_DELAY;
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((at, flow));
+                    }
+                }
+                RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
             }
-            self.dprp_dirty = true;
         }
         any
+    }
+
+    fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let oriented = if flow.src == own {
+            flow
+        } else {
+            flow.reversed()
+        };
+        if self.pit.lookup(&flow).is_none() {
+            return;
+        }
+        debug!(%flow, "renegotiating");
+        self.renegotiating.insert(oriented);
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            self.renegotiating.remove(&oriented);
+            debug!(%flow, error = %e, "renegotiation not started");
+        }
+        self.dprp_dirty = true;
+    }
+
+    fn due_renegotiations(&mut self, now: Instant) {
+        while self.renegotiate.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, flow)) = self.renegotiate.pop_front() {
+                self.start_renegotiation(flow, now);
+            }
+        }
     }
 
     fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
@@ -545,6 +590,7 @@ impl Engine {
                 let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
                 self.quotes.remove(&e.flow);
                 self.refused.remove(&e.flow);
+                self.renegotiating.remove(&e.flow);
                 let action = e.action;
                 let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
                 match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
@@ -587,6 +633,15 @@ impl Engine {
                 reason,
                 dropped_packets,
             } => {
+                if self.renegotiating.remove(&flow) && self.pit.lookup(&flow).is_some() {
+                    // The flow keeps its current entry (its key version is
+                    // still valid); try again later.
+                    info!(%flow, %reason, "renegotiation failed; the flow keeps its keys for now");
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((now + RENEGOTIATE_RETRY, flow));
+                    }
+                    return;
+                }
                 self.counters.refused_flows += 1;
                 info!(%flow, %reason, dropped_packets, "flow refused");
                 if self.refused.len() < MAX_REFUSED {
