@@ -146,6 +146,7 @@ struct Counters {
     pending_drops: u64,
     dprp_errors: u64,
     revoked_flows: u64,
+    too_big: u64,
 }
 
 /// The per-peer choice of carrier. Only QUIC exists now; the native
@@ -706,6 +707,20 @@ impl Engine {
                     self.counters.data_out += 1;
                 }
             }
+            Err(crate::error::Error::CarrierTooLarge { max, .. }) if kind == FrameKind::Data => {
+                // Path-MTU feedback to the sender (TCP lowers its segment
+                // size); the header quoted is the plain one, PCCOM leaves it.
+                self.counters.too_big += 1;
+                let mtu = max
+                    .saturating_sub(TRAILER_LEN)
+                    .clamp(576, usize::from(u16::MAX)) as u16;
+                if let Some(n) =
+                    icmp::unreachable(payload, Unreachable::TooBig(mtu), &mut self.icmp_buf)
+                {
+                    self.counters.icmp_sent += 1;
+                    Self::write_tun(&self.tun, &mut self.counters, &self.icmp_buf[..n]);
+                }
+            }
             Err(e) => {
                 self.counters.send_errors += 1;
                 trace!(%ge, error = %e, "carrier send");
@@ -843,6 +858,7 @@ impl Engine {
             ("pending_drops", c.pending_drops),
             ("dprp_errors", c.dprp_errors),
             ("revoked_flows", c.revoked_flows),
+            ("too_big", c.too_big),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
