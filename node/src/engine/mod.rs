@@ -147,6 +147,7 @@ struct Counters {
     dprp_errors: u64,
     revoked_flows: u64,
     too_big: u64,
+    wrong_owner: u64,
 }
 
 /// The per-peer choice of carrier. Only QUIC exists now; the native
@@ -593,6 +594,28 @@ impl Engine {
                 self.refused.remove(&e.flow);
                 self.renegotiating.remove(&e.flow);
                 let action = e.action;
+                // DPRP proves who the peer is, not that it owns the flow's
+                // remote address: check that against the directory, so one
+                // member cannot negotiate flows in another member's name.
+                let own = IpAddr::V4(self.cfg.overlay);
+                let remote = if e.flow.src == own {
+                    e.flow.dst
+                } else {
+                    e.flow.src
+                };
+                if let IpAddr::V4(r) = remote {
+                    match self.peers.get(&r) {
+                        Some(owner) if owner.ge() != e.peer => {
+                            warn!(peer = %e.peer, owner = owner.ge, "a peer negotiated a flow for an address it does not own; refused");
+                            self.counters.wrong_owner += 1;
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let _ = self.dir_requests.try_send(r);
+                        }
+                    }
+                }
                 let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
                 match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
                     Ok(()) => {
@@ -859,6 +882,7 @@ impl Engine {
             ("dprp_errors", c.dprp_errors),
             ("revoked_flows", c.revoked_flows),
             ("too_big", c.too_big),
+            ("wrong_owner", c.wrong_owner),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
