@@ -68,6 +68,10 @@ const MAX_RENEGOTIATE: usize = 65_536;
 const RENEGOTIATE_DELAY: Duration = Duration::from_millis(1500);
 /// Pause before a failed renegotiation is tried again.
 const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
+/// Least time between two negotiations started for packets of an unknown flow.
+const HEAL_GAP: Duration = Duration::from_secs(2);
+/// Most unknown flows remembered for that.
+const MAX_HEALING: usize = 1024;
 /// How long a refused flow stays in `status`.
 const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 
@@ -175,6 +179,7 @@ pub struct Engine {
     refused: HashMap<FlowId, (Option<GeId>, Instant)>,
     renegotiate: VecDeque<(Instant, FlowId)>,
     renegotiating: HashSet<FlowId>,
+    healing: HashMap<FlowId, Instant>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -212,6 +217,7 @@ impl Engine {
             refused: HashMap::new(),
             renegotiate: VecDeque::new(),
             renegotiating: HashSet::new(),
+            healing: HashMap::new(),
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -306,6 +312,7 @@ impl Engine {
         match self.pit.lookup(&flow).map(|(_, e)| e.peer()) {
             None => {
                 self.counters.data_in_no_flow += 1;
+                self.heal(flow, frame.peer, now);
                 return;
             }
             Some(p) if p != Some(frame.peer) => {
@@ -345,6 +352,8 @@ impl Engine {
         }
         self.refused
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN);
+        self.healing
+            .retain(|_, t| now.saturating_duration_since(*t) < HEAL_GAP);
         self.due_renegotiations(now);
         self.drain_pit(now);
     }
@@ -578,6 +587,40 @@ impl Engine {
         self.dprp_dirty = true;
     }
 
+    /// A peer sends packets of a flow this node has no entry for (this
+    /// node restarted, or aged the flow out while the peer kept it): start
+    /// a negotiation for it from this side, which replaces the peer's stale
+    /// entry. Only for flows to this node from the address the sending GE
+    /// owns, and at most once per [`HEAL_GAP`] per flow.
+    fn heal(&mut self, flow: FlowId, from: GeId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let IpAddr::V4(src) = flow.src else { return };
+        if flow.dst != own || self.peers.get(&src).is_none_or(|r| r.ge() != from) {
+            return;
+        }
+        let oriented = flow.reversed();
+        if self
+            .healing
+            .get(&oriented)
+            .is_some_and(|t| now.saturating_duration_since(*t) < HEAL_GAP)
+        {
+            return;
+        }
+        if self.healing.len() >= MAX_HEALING {
+            self.healing
+                .retain(|_, t| now.saturating_duration_since(*t) < HEAL_GAP);
+            if self.healing.len() >= MAX_HEALING {
+                return;
+            }
+        }
+        self.healing.insert(oriented, now);
+        debug!(%flow, peer = %from, "packets for an unknown flow: negotiating it again");
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            debug!(%flow, error = %e, "no negotiation for the unknown flow");
+        }
+        self.dprp_dirty = true;
+    }
+
     fn due_renegotiations(&mut self, now: Instant) {
         while self.renegotiate.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, flow)) = self.renegotiate.pop_front() {
@@ -657,6 +700,10 @@ impl Engine {
                 reason,
                 dropped_packets,
             } => {
+                if self.healing.contains_key(&flow) && self.pit.lookup(&flow).is_none() {
+                    debug!(%flow, %reason, "re-negotiating an unknown flow failed");
+                    return;
+                }
                 if self.renegotiating.remove(&flow) && self.pit.lookup(&flow).is_some() {
                     // The flow keeps its current entry (its key version is
                     // still valid); try again later.
