@@ -26,7 +26,7 @@
 
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
 use fpn_proto::packet::Packet;
 use fpn_proto::pccom::TRAILER_LEN;
-use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent};
+use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent, RenegotiateReason};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -61,6 +61,17 @@ const MAX_QUOTES: usize = 4096;
 const MAX_FROM: usize = 4096;
 /// Most refused flows remembered for `status`.
 const MAX_REFUSED: usize = 1024;
+/// Most flows waiting to be renegotiated.
+const MAX_RENEGOTIATE: usize = 65_536;
+/// Pause before a flow is renegotiated after a key rotation (the other
+/// end's GMS push may arrive a little later than ours).
+const RENEGOTIATE_DELAY: Duration = Duration::from_millis(1500);
+/// Pause before a failed renegotiation is tried again.
+const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
+/// Least time between two negotiations started for packets of an unknown flow.
+const HEAL_GAP: Duration = Duration::from_secs(2);
+/// Most unknown flows remembered for that.
+const MAX_HEALING: usize = 1024;
 /// How long a refused flow stays in `status`.
 const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 
@@ -139,6 +150,8 @@ struct Counters {
     pending_drops: u64,
     dprp_errors: u64,
     revoked_flows: u64,
+    too_big: u64,
+    wrong_owner: u64,
 }
 
 /// The per-peer choice of carrier. Only QUIC exists now; the native
@@ -164,6 +177,9 @@ pub struct Engine {
     pending: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
     quotes: HashMap<FlowId, Vec<u8>>,
     refused: HashMap<FlowId, (Option<GeId>, Instant)>,
+    renegotiate: VecDeque<(Instant, FlowId)>,
+    renegotiating: HashSet<FlowId>,
+    healing: HashMap<FlowId, Instant>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -199,6 +215,9 @@ impl Engine {
             pending: HashMap::new(),
             quotes: HashMap::new(),
             refused: HashMap::new(),
+            renegotiate: VecDeque::new(),
+            renegotiating: HashSet::new(),
+            healing: HashMap::new(),
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -293,6 +312,7 @@ impl Engine {
         match self.pit.lookup(&flow).map(|(_, e)| e.peer()) {
             None => {
                 self.counters.data_in_no_flow += 1;
+                self.heal(flow, frame.peer, now);
                 return;
             }
             Some(p) if p != Some(frame.peer) => {
@@ -332,6 +352,9 @@ impl Engine {
         }
         self.refused
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN);
+        self.healing
+            .retain(|_, t| now.saturating_duration_since(*t) < HEAL_GAP);
+        self.due_renegotiations(now);
         self.drain_pit(now);
     }
 
@@ -525,18 +548,85 @@ impl Engine {
         while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
             any = true;
             let own = IpAddr::V4(self.cfg.overlay);
-            let oriented = if flow.src == own {
-                flow
-            } else {
-                flow.reversed()
-            };
-            debug!(%flow, ?reason, "renegotiating");
-            if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
-                debug!(%flow, error = %e, "renegotiation not started");
+            // One end renegotiates, never both: two crossing negotiations
+            // could leave each end with the other's keys. After a rotation it
+            // is the end that started the flow, a moment later, so the
+            // other end has received the new key version too.
+            match reason {
+                RenegotiateReason::KeyRotation if flow.src != own => {
+                    debug!(%flow, "key rotated: the flow's initiator renegotiates");
+                }
+                RenegotiateReason::KeyRotation => {
+                    let at = now + RENEGOTIATE_DELAY;
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((at, flow));
+                    }
+                }
+                RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
             }
-            self.dprp_dirty = true;
         }
         any
+    }
+
+    fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let oriented = if flow.src == own {
+            flow
+        } else {
+            flow.reversed()
+        };
+        if self.pit.lookup(&flow).is_none() {
+            return;
+        }
+        debug!(%flow, "renegotiating");
+        self.renegotiating.insert(oriented);
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            self.renegotiating.remove(&oriented);
+            debug!(%flow, error = %e, "renegotiation not started");
+        }
+        self.dprp_dirty = true;
+    }
+
+    /// A peer sends packets of a flow this node has no entry for (this
+    /// node restarted, or aged the flow out while the peer kept it): start
+    /// a negotiation for it from this side, which replaces the peer's stale
+    /// entry. Only for flows to this node from the address the sending GE
+    /// owns, and at most once per [`HEAL_GAP`] per flow.
+    fn heal(&mut self, flow: FlowId, from: GeId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let IpAddr::V4(src) = flow.src else { return };
+        if flow.dst != own || self.peers.get(&src).is_none_or(|r| r.ge() != from) {
+            return;
+        }
+        let oriented = flow.reversed();
+        if self
+            .healing
+            .get(&oriented)
+            .is_some_and(|t| now.saturating_duration_since(*t) < HEAL_GAP)
+        {
+            return;
+        }
+        if self.healing.len() >= MAX_HEALING {
+            self.healing
+                .retain(|_, t| now.saturating_duration_since(*t) < HEAL_GAP);
+            if self.healing.len() >= MAX_HEALING {
+                return;
+            }
+        }
+        self.healing.insert(oriented, now);
+        debug!(%flow, peer = %from, "packets for an unknown flow: negotiating it again");
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            debug!(%flow, error = %e, "no negotiation for the unknown flow");
+        }
+        self.dprp_dirty = true;
+    }
+
+    fn due_renegotiations(&mut self, now: Instant) {
+        while self.renegotiate.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, flow)) = self.renegotiate.pop_front() {
+                self.start_renegotiation(flow, now);
+            }
+        }
     }
 
     fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
@@ -545,7 +635,30 @@ impl Engine {
                 let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
                 self.quotes.remove(&e.flow);
                 self.refused.remove(&e.flow);
+                self.renegotiating.remove(&e.flow);
                 let action = e.action;
+                // DPRP proves who the peer is, not that it owns the flow's
+                // remote address: check that against the directory, so one
+                // member cannot negotiate flows in another member's name.
+                let own = IpAddr::V4(self.cfg.overlay);
+                let remote = if e.flow.src == own {
+                    e.flow.dst
+                } else {
+                    e.flow.src
+                };
+                if let IpAddr::V4(r) = remote {
+                    match self.peers.get(&r) {
+                        Some(owner) if owner.ge() != e.peer => {
+                            warn!(peer = %e.peer, owner = owner.ge, "a peer negotiated a flow for an address it does not own; refused");
+                            self.counters.wrong_owner += 1;
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let _ = self.dir_requests.try_send(r);
+                        }
+                    }
+                }
                 let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
                 match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
                     Ok(()) => {
@@ -587,6 +700,19 @@ impl Engine {
                 reason,
                 dropped_packets,
             } => {
+                if self.healing.contains_key(&flow) && self.pit.lookup(&flow).is_none() {
+                    debug!(%flow, %reason, "re-negotiating an unknown flow failed");
+                    return;
+                }
+                if self.renegotiating.remove(&flow) && self.pit.lookup(&flow).is_some() {
+                    // The flow keeps its current entry (its key version is
+                    // still valid); try again later.
+                    info!(%flow, %reason, "renegotiation failed; the flow keeps its keys for now");
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((now + RENEGOTIATE_RETRY, flow));
+                    }
+                    return;
+                }
                 self.counters.refused_flows += 1;
                 info!(%flow, %reason, dropped_packets, "flow refused");
                 if self.refused.len() < MAX_REFUSED {
@@ -649,6 +775,20 @@ impl Engine {
             Ok(()) => {
                 if kind == FrameKind::Data {
                     self.counters.data_out += 1;
+                }
+            }
+            Err(crate::error::Error::CarrierTooLarge { max, .. }) if kind == FrameKind::Data => {
+                // Path-MTU feedback to the sender (TCP lowers its segment
+                // size); the header quoted is the plain one, PCCOM leaves it.
+                self.counters.too_big += 1;
+                let mtu = max
+                    .saturating_sub(TRAILER_LEN)
+                    .clamp(576, usize::from(u16::MAX)) as u16;
+                if let Some(n) =
+                    icmp::unreachable(payload, Unreachable::TooBig(mtu), &mut self.icmp_buf)
+                {
+                    self.counters.icmp_sent += 1;
+                    Self::write_tun(&self.tun, &mut self.counters, &self.icmp_buf[..n]);
                 }
             }
             Err(e) => {
@@ -788,6 +928,8 @@ impl Engine {
             ("pending_drops", c.pending_drops),
             ("dprp_errors", c.dprp_errors),
             ("revoked_flows", c.revoked_flows),
+            ("too_big", c.too_big),
+            ("wrong_owner", c.wrong_owner),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
