@@ -129,6 +129,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "127.0.0.1:0",
         ])
         .args(["--rotation-schedule", "off", "--grace", "10m"])
+        // The in-process DNS runs as in production, on a port of its own.
+        .args(["--dns-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .status()?;
     if !st.success() {

@@ -169,6 +169,9 @@ pub struct StatusView {
     pub zone: String,
     /// The QUIC address bound.
     pub listen: Option<SocketAddr>,
+    /// Where the in-process DNS answers (empty when it is off).
+    #[serde(default)]
+    pub dns: Vec<SocketAddr>,
     /// The address that goes into tokens.
     pub public_addr: Option<String>,
     /// SHA-256 of the CA certificate, hex.

@@ -12,6 +12,12 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             let s: StatusView = resp.into_result()?;
             println!("zone            {}", s.zone);
             println!("listen          {}", opt(s.listen));
+            if s.dns.is_empty() {
+                println!("dns             off");
+            } else {
+                let a: Vec<String> = s.dns.iter().map(ToString::to_string).collect();
+                println!("dns             {} (udp+tcp)", a.join(", "));
+            }
             println!("public address  {}", opt(s.public_addr));
             println!("CA fingerprint  {}", s.ca_fingerprint);
             println!("GEs             {} ({} online)", s.ges, s.online);

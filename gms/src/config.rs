@@ -67,6 +67,11 @@ impl DataDir {
         self.root.join("server.crt")
     }
 
+    /// The DDNS zone database (sled) of the in-process DNS.
+    pub fn dns_db(&self) -> PathBuf {
+        self.root.join("dns")
+    }
+
     /// The admin unix socket (0600).
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
@@ -101,6 +106,47 @@ pub struct Config {
     /// Lifetime of an enrollment token when `token create` names none.
     #[serde(default = "default_token_ttl", with = "as_str")]
     pub token_ttl: HumanDuration,
+    /// The DDNS that `serve` runs in-process.
+    #[serde(default)]
+    pub dns: DnsSettings,
+}
+
+/// The `[dns]` section: the zone's DNS server inside `fpn-gms serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// Run the DDNS in-process (default true).
+    pub enabled: bool,
+    /// Addresses to answer on, UDP and TCP. Empty: the QUIC listen IP, port 53.
+    pub listen: Vec<SocketAddr>,
+    /// An fpn-ddns TOML file (TSIG keys with scopes, NOTIFY targets, SOA),
+    /// relative to the data directory. Its `zone`, `listen` and `data` are
+    /// ignored: the GMS sets those.
+    pub config: Option<PathBuf>,
+    /// UDP worker threads (default 2).
+    pub udp_threads: Option<usize>,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Vec::new(),
+            config: None,
+            udp_threads: None,
+        }
+    }
+}
+
+impl DnsSettings {
+    /// Where the DNS answers for a GMS listening on `quic`.
+    pub fn listen_addrs(&self, quic: SocketAddr) -> Vec<SocketAddr> {
+        if self.listen.is_empty() {
+            vec![SocketAddr::new(quic.ip(), 53)]
+        } else {
+            self.listen.clone()
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -130,6 +176,7 @@ impl Config {
             grace: default_grace(),
             cert_validity_days: default_validity(),
             token_ttl: default_token_ttl(),
+            dns: DnsSettings::default(),
         };
         Ok(c)
     }

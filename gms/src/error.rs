@@ -22,6 +22,9 @@ pub enum Error {
     /// A network or socket operation failed (no single file involved).
     #[error("{0}")]
     Net(#[from] std::io::Error),
+    /// The in-process DNS failed.
+    #[error("dns: {0}")]
+    Dns(#[from] fpn_ddns::Error),
     /// The embedded database failed.
     #[error("store: {0}")]
     Store(String),

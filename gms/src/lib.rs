@@ -21,6 +21,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod error;
 pub mod framing;
 pub mod fsutil;

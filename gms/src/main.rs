@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use fpn_gms::admin::{self, AdminRequest};
+use fpn_gms::config::Config;
 use fpn_gms::config::{DataDir, OverlayRange};
+use fpn_gms::dns::InProcessDns;
 use fpn_gms::schedule::{Schedule, parse_duration};
 use fpn_gms::server::{self, InitOptions, NoDirectoryHook};
 
@@ -53,9 +55,23 @@ enum Cmd {
         /// How long a previous key version stays valid after a rotation, e.g. 10m.
         #[arg(long, value_parser = parse_duration)]
         grace: Option<Duration>,
+        /// Where the in-process DNS answers, UDP and TCP (repeatable; default:
+        /// the listen IP, port 53).
+        #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
+        dns_listen: Vec<std::net::SocketAddr>,
+        /// Do not run the DNS for the zone inside `serve`.
+        #[arg(long, conflicts_with = "dns_listen")]
+        no_dns: bool,
     },
-    /// Run the server.
-    Serve,
+    /// Run the server (and, unless turned off, the zone's DNS in-process).
+    Serve {
+        /// Where the DNS answers this time (overrides `[dns] listen`; repeatable).
+        #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
+        dns_listen: Vec<std::net::SocketAddr>,
+        /// Run without the DNS this time.
+        #[arg(long, conflicts_with = "dns_listen")]
+        no_dns: bool,
+    },
     /// Show the server's status.
     Status,
     /// Groups.
@@ -201,8 +217,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             overlay_range,
             rotation_schedule,
             grace,
+            dns_listen,
+            no_dns,
         } => {
             let dir = need_data()?;
+            let dns = fpn_gms::config::DnsSettings {
+                enabled: !no_dns,
+                listen: dns_listen,
+                ..Default::default()
+            };
             let fp = server::init(&InitOptions {
                 data: dir.clone(),
                 zone,
@@ -211,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 overlay_range,
                 rotation_schedule,
                 grace,
+                dns: Some(dns),
             })?;
             if cli.json {
                 println!(
@@ -222,7 +246,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Cmd::Serve => return serve(DataDir::new(need_data()?)),
+        Cmd::Serve { dns_listen, no_dns } => {
+            return serve(DataDir::new(need_data()?), &dns_listen, no_dns);
+        }
         Cmd::Status => AdminRequest::Status,
         Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd { num, name },
         Cmd::Group(GroupCmd::List) => AdminRequest::GroupList,
@@ -278,7 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     cli_output::print(&req, resp)
 }
 
-fn serve(data: DataDir) -> anyhow::Result<()> {
+fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -303,7 +329,20 @@ fn serve(data: DataDir) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        server::serve(data, Arc::new(NoDirectoryHook), shutdown).await
+        let mut cfg = Config::load(&data.config())?;
+        if no_dns {
+            cfg.dns.enabled = false;
+        }
+        let dns = InProcessDns::start(&data, &cfg, dns_listen)?;
+        let hook: Arc<dyn server::DirectoryHook> = match &dns {
+            Some(d) => d.hook(),
+            None => Arc::new(NoDirectoryHook),
+        };
+        let result = server::serve(data, hook, shutdown).await;
+        if let Some(d) = dns {
+            d.shutdown().await;
+        }
+        result
     })?;
     Ok(())
 }

@@ -534,6 +534,7 @@ impl Core {
         StatusView {
             zone: self.cfg.zone.clone(),
             listen: self.listen,
+            dns: self.dns.clone(),
             public_addr: self.public_addr().ok(),
             ca_fingerprint: hex::encode(self.ca.fingerprint()),
             ges: self.st.ges.len(),

@@ -145,6 +145,8 @@ pub struct Core {
     ca: Ca,
     st: State,
     listen: Option<SocketAddr>,
+    /// Where the in-process DNS answers.
+    dns: Vec<SocketAddr>,
     presence: HashMap<u32, Presence>,
     /// GE -> GEs that asked the directory about it.
     watchers: HashMap<u32, BTreeSet<u32>>,
@@ -221,6 +223,7 @@ impl Core {
             ca,
             st,
             listen: None,
+            dns: Vec::new(),
             presence: HashMap::new(),
             watchers: HashMap::new(),
             next_session: 1,
@@ -233,6 +236,11 @@ impl Core {
     /// when no public address is configured).
     pub fn set_listen_addr(&mut self, addr: SocketAddr) {
         self.listen = Some(addr);
+    }
+
+    /// Records where the in-process DNS answers (for `status`).
+    pub fn set_dns_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.dns = addrs;
     }
 
     /// The configuration.

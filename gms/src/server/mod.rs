@@ -37,6 +37,11 @@ pub use sessions::Sessions;
 pub trait DirectoryHook: Send + Sync + 'static {
     /// A GE was added, changed, seen at a new address, or removed.
     fn on_change(&self, event: &DirectoryEvent);
+
+    /// Where the hook's DNS answers (shown by `fpn-gms status`).
+    fn dns_addrs(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
 }
 
 /// The hook used when no DNS is wired in: it drops the events.
@@ -64,6 +69,8 @@ pub struct InitOptions {
     pub rotation_schedule: Option<Schedule>,
     /// Grace of previous key versions.
     pub grace: Option<Duration>,
+    /// The in-process DNS (`None`: defaults, on).
+    pub dns: Option<crate::config::DnsSettings>,
 }
 
 /// Creates a data directory: config, CA, server certificate, store.
@@ -96,6 +103,9 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     }
     if let Some(g) = opts.grace {
         cfg.grace = HumanDuration(g);
+    }
+    if let Some(d) = &opts.dns {
+        cfg.dns = d.clone();
     }
     fsutil::create_private_dir(dir.root())?;
     let now = now_unix();
@@ -154,6 +164,7 @@ pub async fn serve(
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let local = endpoint.local_addr()?;
     core.set_listen_addr(local);
+    core.set_dns_addrs(hook.dns_addrs());
 
     let sock_path = data.admin_socket();
     // The store lock above proves no other server runs here: a socket file

@@ -39,6 +39,10 @@ impl Gms {
         if !extra.contains(&"--listen") {
             args.extend_from_slice(&["--listen", "127.0.0.1:0"]);
         }
+        // Port 53 is shared by every test: each server's DNS gets its own port.
+        if !extra.contains(&"--dns-listen") && !extra.contains(&"--no-dns") {
+            args.extend_from_slice(&["--dns-listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(
