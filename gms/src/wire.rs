@@ -39,6 +39,8 @@ pub const MAX_REVOKED: usize = 30_000;
 pub const MAX_CERT: usize = 8 * 1024;
 /// Longest refusal reason.
 pub const MAX_REASON: usize = 255;
+/// Most GEs in one directory listing page (a page stays far below [`MAX_BODY`]).
+pub const MAX_LISTING: usize = 1024;
 
 /// QUIC application close codes the GMS uses.
 pub mod close {
@@ -145,6 +147,24 @@ pub enum ClientMsg {
     ReportAddresses(Vec<SocketAddr>),
     /// 0x04: where is GE `name`: `len u8 | name`.
     DirectoryQuery(String),
+    /// 0x05: list the enrolled GEs whose names sort after `after`
+    /// (empty: from the start): `len u8 | after`. Answered with
+    /// [`ServerMsg::DirectoryListing`]; lets a node fill its DNS stub.
+    DirectoryList {
+        /// The last name of the previous page.
+        after: String,
+    },
+}
+
+/// One GE in a directory listing: `name | ge u32 | overlay [4]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedGe {
+    /// The GE's name (a label of the zone).
+    pub name: String,
+    /// Its id.
+    pub ge: GeId,
+    /// Its overlay address.
+    pub overlay: std::net::Ipv4Addr,
 }
 
 /// Enrollment result: `zone | CA public key [32] | CA cert | cert | credential`.
@@ -246,6 +266,14 @@ pub enum ServerMsg {
     DirectoryAnswer(Option<DirectoryEntry>),
     /// 0x89: a report was recorded.
     Ack,
+    /// 0x8a: a page of the directory: `more u8 | n u16 | n x listed GE`
+    /// (sorted by name; `more` = 1 when another page follows).
+    DirectoryListing {
+        /// The GEs of this page.
+        entries: Vec<ListedGe>,
+        /// True when names after the last one remain.
+        more: bool,
+    },
 }
 
 /// Checks a frame header; returns the message type and body length.
@@ -305,6 +333,10 @@ impl ClientMsg {
                 w.short_bytes(name.as_bytes(), MAX_NAME_LEN, "GE name")?;
                 0x04
             }
+            Self::DirectoryList { after } => {
+                w.short_bytes(after.as_bytes(), MAX_NAME_LEN, "GE name")?;
+                0x05
+            }
         };
         frame(ty, &b)
     }
@@ -324,6 +356,9 @@ impl ClientMsg {
             },
             0x03 => Self::ReportAddresses(get_addrs(&mut r)?),
             0x04 => Self::DirectoryQuery(get_str(&mut r, MAX_NAME_LEN, "GE name")?),
+            0x05 => Self::DirectoryList {
+                after: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
+            },
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown client message type {t:#04x}"
@@ -387,6 +422,24 @@ impl ServerMsg {
                 0x88
             }
             Self::Ack => 0x89,
+            Self::DirectoryListing { entries, more } => {
+                if entries.len() > MAX_LISTING {
+                    return Err(fpn_proto::Error::TooLarge {
+                        what: "directory listing",
+                        len: entries.len(),
+                        max: MAX_LISTING,
+                    }
+                    .into());
+                }
+                w.u8(u8::from(*more));
+                w.u16(entries.len() as u16);
+                for e in entries {
+                    w.short_bytes(e.name.as_bytes(), MAX_NAME_LEN, "GE name")?;
+                    w.u32(e.ge.0);
+                    w.bytes(&e.overlay.octets());
+                }
+                0x8a
+            }
         };
         frame(ty, &b)
     }
@@ -433,6 +486,32 @@ impl ServerMsg {
             },
             0x88 => Self::DirectoryAnswer(get_entry(&mut r)?),
             0x89 => Self::Ack,
+            0x8a => {
+                let more = match r.u8("more")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(fpn_proto::Error::invalid("more", "must be 0 or 1").into()),
+                };
+                let n = usize::from(r.u16("listing count")?);
+                if n > MAX_LISTING {
+                    return Err(fpn_proto::Error::TooLarge {
+                        what: "directory listing",
+                        len: n,
+                        max: MAX_LISTING,
+                    }
+                    .into());
+                }
+                let entries = (0..n)
+                    .map(|_| {
+                        Ok(ListedGe {
+                            name: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
+                            ge: GeId(r.u32("GE id")?),
+                            overlay: std::net::Ipv4Addr::from(r.array::<4>("overlay")?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Self::DirectoryListing { entries, more }
+            }
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown server message type {t:#04x}"
@@ -680,6 +759,25 @@ mod tests {
             ServerMsg::DirectoryAnswer(Some(entry)),
             ServerMsg::DirectoryAnswer(None),
             ServerMsg::Ack,
+            ServerMsg::DirectoryListing {
+                entries: vec![
+                    ListedGe {
+                        name: "a".into(),
+                        ge: GeId(1),
+                        overlay: "100.64.0.1".parse().unwrap(),
+                    },
+                    ListedGe {
+                        name: "nas".into(),
+                        ge: GeId(9),
+                        overlay: "100.64.0.9".parse().unwrap(),
+                    },
+                ],
+                more: true,
+            },
+            ServerMsg::DirectoryListing {
+                entries: vec![],
+                more: false,
+            },
         ]
     }
 
@@ -716,6 +814,10 @@ mod tests {
             },
             ClientMsg::ReportAddresses(vec![]),
             ClientMsg::DirectoryQuery("laptop".into()),
+            ClientMsg::DirectoryList {
+                after: "laptop".into(),
+            },
+            ClientMsg::DirectoryList { after: "".into() },
         ];
         for m in msgs {
             let f = m.encode().unwrap();

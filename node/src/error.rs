@@ -64,6 +64,57 @@ pub enum Error {
         stderr: String,
     },
 
+    // --- daemon (config, state directory, GMS, TUN, engine, control) ---
+    /// The configuration file or a command-line value is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Another daemon already runs on this state directory.
+    #[error("another fpn-node already runs on {0} (lock held)")]
+    AlreadyRunning(PathBuf),
+    /// No daemon answers on the state directory's control socket.
+    #[error("no fpn-node daemon runs on {path} ({source})")]
+    NotRunning {
+        /// The control socket.
+        path: PathBuf,
+        /// Why connecting failed.
+        source: std::io::Error,
+    },
+    /// The state directory has no identity: run `fpn-node enroll` first.
+    #[error("no identity in {path}: run `fpn-node enroll TOKEN --state {path}` first ({reason})")]
+    NotEnrolled {
+        /// The state directory.
+        path: PathBuf,
+        /// What was missing or wrong.
+        reason: String,
+    },
+    /// The GMS client library failed.
+    #[error("GMS: {0}")]
+    Gms(#[from] fpn_gms::Error),
+    /// A protocol machine refused something.
+    #[error("protocol: {0}")]
+    Proto(#[from] fpn_proto::Error),
+    /// The TUN device could not be set up.
+    #[error("TUN device {name}: {reason}")]
+    Tun {
+        /// The interface name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A control-socket request or answer was malformed or refused.
+    #[error("control: {0}")]
+    Control(String),
+    /// The GMS ended this node for good (revoked or refused).
+    #[error("this node was revoked or refused by the GMS: {0}")]
+    Terminated(String),
     // --- carriers (node/src/carrier/) ---
     /// The carrier could not open its UDP socket.
     #[error("carrier cannot bind {addr}: {source}")]

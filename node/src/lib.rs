@@ -2,7 +2,17 @@
 //!
 //! It owns the TUN device, the sockets, the GMS session and the clock; the
 //! protocol logic (PCCOM, DPRP, PIT, decision rules) lives in fpn-proto.
+//! docs/NODE.md tells how to run it.
 
 pub mod carrier;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod directory;
 pub mod dns;
+pub mod engine;
 pub mod error;
+pub mod gms;
+pub mod icmp;
+pub mod state;
+pub mod status;

@@ -17,7 +17,7 @@ use super::{Identity, KeyCache, resolve};
 use crate::ca::SERVER_NAME;
 use crate::framing::{read_frame, write_frame};
 use crate::task::AbortOnDrop;
-use crate::wire::{ClientMsg, DirectoryEntry, GroupKeys, ServerMsg, close};
+use crate::wire::{ClientMsg, DirectoryEntry, GroupKeys, ListedGe, ServerMsg, close};
 use crate::{Error, Result, now_unix, tls};
 
 /// Events kept for a slow reader; beyond this, events are dropped (the
@@ -138,14 +138,19 @@ impl Shared {
     }
 }
 
+/// One page of a directory listing: the GEs and whether more follow.
+type Page = (Vec<ListedGe>, bool);
+
 enum Command {
     Query(String, oneshot::Sender<Option<DirectoryEntry>>),
     Report(Vec<SocketAddr>, oneshot::Sender<()>),
+    List(String, oneshot::Sender<Page>),
 }
 
 enum Pending {
     Query(oneshot::Sender<Option<DirectoryEntry>>),
     Report(oneshot::Sender<()>),
+    List(oneshot::Sender<Page>),
 }
 
 /// A running session (a task that reconnects until stopped or terminated).
@@ -275,6 +280,28 @@ impl Session {
             .map_err(|_| Error::Terminated("session task ended".into()))?;
         rx.await
             .map_err(|_| Error::Stream("not connected to the GMS".into()))
+    }
+
+    /// Lists every enrolled GE (name, id, overlay address), page by page,
+    /// sorted by name. Does not subscribe to changes: list again to refresh.
+    pub async fn list_directory(&self) -> Result<Vec<ListedGe>> {
+        let mut all: Vec<ListedGe> = Vec::new();
+        loop {
+            let after = all.last().map(|e| e.name.clone()).unwrap_or_default();
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Command::List(after, tx))
+                .await
+                .map_err(|_| Error::Terminated("session task ended".into()))?;
+            let (page, more) = rx
+                .await
+                .map_err(|_| Error::Stream("not connected to the GMS".into()))?;
+            let progressed = !page.is_empty();
+            all.extend(page);
+            if !more || !progressed {
+                return Ok(all);
+            }
+        }
     }
 
     /// Tells the GMS the node's addresses changed.
@@ -461,6 +488,9 @@ async fn session_loop(
                         cfg.reported = addrs.clone();
                         (ClientMsg::ReportAddresses(addrs), Pending::Report(tx))
                     }
+                    Command::List(after, tx) => {
+                        (ClientMsg::DirectoryList { after }, Pending::List(tx))
+                    }
                 };
                 match frame.encode() {
                     Ok(f) => {
@@ -509,6 +539,12 @@ fn handle_push(
                 let _ = tx.send(entry);
             }
             _ => return Err(Error::Protocol("unexpected directory answer".into())),
+        },
+        ServerMsg::DirectoryListing { entries, more } => match pending.pop_front() {
+            Some(Pending::List(tx)) => {
+                let _ = tx.send((entries, more));
+            }
+            _ => return Err(Error::Protocol("unexpected directory listing".into())),
         },
         ServerMsg::Ack => match pending.pop_front() {
             Some(Pending::Report(tx)) => {

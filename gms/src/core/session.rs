@@ -371,6 +371,27 @@ impl Core {
                 }
                 Ok((ServerMsg::DirectoryAnswer(answer), Vec::new()))
             }
+            ClientMsg::DirectoryList { after } => {
+                use std::ops::Bound;
+                let mut entries = Vec::new();
+                let mut more = false;
+                let range = self
+                    .st
+                    .ges
+                    .range::<String, _>((Bound::Excluded(&after), Bound::Unbounded));
+                for (name, rec) in range.filter(|(_, r)| r.is_active()) {
+                    if entries.len() == crate::wire::MAX_LISTING {
+                        more = true;
+                        break;
+                    }
+                    entries.push(crate::wire::ListedGe {
+                        name: name.clone(),
+                        ge: GeId(rec.id),
+                        overlay: rec.overlay,
+                    });
+                }
+                Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))
+            }
             ClientMsg::Enroll(_) | ClientMsg::Hello { .. } => Err(Error::Protocol(
                 "enrollment or hello inside an established session".into(),
             )),

@@ -13,7 +13,7 @@ use crate::admin::AdminRequest;
 use crate::schedule::{HumanDuration, Schedule};
 use crate::store::SledStore;
 use crate::token::Token;
-use crate::wire::{EnrollRequest, RefusalCode, close, enroll_transcript};
+use crate::wire::{ClientMsg, EnrollRequest, RefusalCode, close, enroll_transcript};
 
 const T0: u64 = 1_800_000_000;
 
@@ -424,4 +424,38 @@ fn admin_errors_are_clear_and_change_nothing() {
     ge_add(c, "a", &[1]);
     assert!(admin_err(c, AdminRequest::GroupRemove { num: 1 }).contains("still has members: a"));
     assert!(admin_err(c, AdminRequest::GeShow { name: "zz".into() }).contains("no GE named zz"));
+}
+
+#[test]
+fn the_directory_lists_active_ges_in_pages_by_name() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    for n in ["c", "a", "b"] {
+        ge_add(c, n, &[1]);
+    }
+    let list = |c: &mut Core, after: &str| match c
+        .handle_request(
+            GeId(1),
+            ClientMsg::DirectoryList {
+                after: after.into(),
+            },
+        )
+        .unwrap()
+        .0
+    {
+        ServerMsg::DirectoryListing { entries, more } => (
+            entries.into_iter().map(|e| e.name).collect::<Vec<_>>(),
+            more,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        list(c, ""),
+        (vec!["a".into(), "b".into(), "c".into()], false)
+    );
+    assert_eq!(list(c, "a"), (vec!["b".into(), "c".into()], false));
+    admin(c, AdminRequest::GeRevoke { name: "b".into() });
+    assert_eq!(list(c, ""), (vec!["a".into(), "c".into()], false));
+    assert_eq!(list(c, "c"), (vec![], false));
 }

@@ -1,0 +1,136 @@
+//! The node's configuration file (TOML); every key has a default, so the
+//! file is optional. configs/node/node.toml documents each key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default TUN MTU. A protected packet is the plain packet plus PCCOM's
+/// 24-byte trailer; on the QUIC carrier it rides in a DATAGRAM frame that
+/// holds about 1414 bytes on a 1500-byte link (UDP payload 1452 minus QUIC
+/// overhead). 1380 + 24 = 1404 fits with room to spare.
+pub const DEFAULT_MTU: u16 = 1380;
+/// Default UDP port of the QUIC carrier.
+pub const DEFAULT_PORT: u16 = 7718;
+
+/// Settings of `fpn-node up`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of the TUN interface.
+    pub tun_name: String,
+    /// MTU of the TUN interface.
+    pub mtu: u16,
+    /// Prefix length of the overlay range routed into the TUN (the GMS's
+    /// `overlay_range` must lie inside `overlay address / overlay_prefix`).
+    pub overlay_prefix: u8,
+    /// Where the QUIC carrier listens (UDP).
+    pub listen: SocketAddr,
+    /// Run the DNS stub on the overlay address, port 53.
+    pub dns: bool,
+    /// Default log filter when RUST_LOG is unset (e.g. "info", "fpn_node=debug").
+    pub log: String,
+    /// Seconds a peer's directory entry is trusted before it is asked again.
+    pub directory_ttl_secs: u64,
+    /// Seconds a PIT entry may stay idle before it ages out.
+    pub flow_idle_secs: u64,
+    /// UDP payload size the QUIC carrier uses from its first packet. 1452
+    /// (a 1500-byte link, IPv6 headers) lets a full TUN packet plus the
+    /// PCCOM trailer fit one DATAGRAM frame at once; 1200 is the safe
+    /// minimum for paths with a smaller MTU (then lower `mtu` too).
+    pub quic_initial_mtu: u16,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            tun_name: "fpn0".into(),
+            mtu: DEFAULT_MTU,
+            overlay_prefix: 10,
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            dns: true,
+            log: "info".into(),
+            directory_ttl_secs: 300,
+            flow_idle_secs: 300,
+            quic_initial_mtu: 1452,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses and checks a configuration text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Reads `path`; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if self.tun_name.is_empty()
+            || self.tun_name.len() > 15
+            || !self
+                .tun_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("tun_name must be 1-15 of a-z A-Z 0-9 - _");
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return bad("mtu must be between 576 and 9000");
+        }
+        if !(8..=30).contains(&self.overlay_prefix) {
+            return bad("overlay_prefix must be between 8 and 30");
+        }
+        if !(1200..=9000).contains(&self.quic_initial_mtu) {
+            return bad("quic_initial_mtu must be between 1200 and 9000");
+        }
+        if self.directory_ttl_secs == 0 || self.flow_idle_secs == 0 {
+            return bad("directory_ttl_secs and flow_idle_secs must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../configs/node/node.toml");
+        assert_eq!(NodeConfig::parse(text).unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        for bad in [
+            "mtu = 100",
+            "tun_name = \"a-very-long-interface-name\"",
+            "tun_name = \"bad name\"",
+            "overlay_prefix = 31",
+            "listen = \"nope\"",
+            "colour = \"blue\"",
+            "flow_idle_secs = 0",
+        ] {
+            assert!(NodeConfig::parse(bad).is_err(), "{bad}");
+        }
+        let c = NodeConfig::parse("tun_name = \"fpn7\"\nmtu = 1280\ndns = false").unwrap();
+        assert_eq!((c.tun_name.as_str(), c.mtu, c.dns), ("fpn7", 1280, false));
+    }
+}

@@ -1,0 +1,382 @@
+//! `fpn-node up`: wires the pieces together and runs until told to stop.
+//!
+//! Start-up order: lock the state directory, load the identity, create the
+//! TUN, bind the carrier, start the GMS session (keys from the cache are
+//! usable at once), build the DPRP endpoint and the PIT, start the engine,
+//! the GMS task, the DNS stub and the control socket, then log `node ready`.
+//! Shutdown (SIGTERM, SIGINT, `fpn-node down`, or the GMS revoking the
+//! node) reverses it; the TUN disappears when its device is dropped.
+
+mod addrs;
+mod ping;
+mod tun;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fpn_gms::client::{self, Identity, Session, SessionConfig};
+use fpn_proto::dprp::{self, Endpoint, Prefix};
+use fpn_proto::flow::FlowId;
+use fpn_proto::pit::{Pit, PitConfig};
+use ring::rand::SecureRandom;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use addrs::local_addresses;
+
+use crate::carrier::{QuicCarrier, QuicCarrierConfig};
+use crate::config::NodeConfig;
+use crate::control::{Call, ControlServer, MAX_PING_COUNT, Request, Response};
+use crate::directory::Directory;
+use crate::dns::{DnsConfig, DnsStub, NameTable};
+use crate::engine::{self, Command, Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::gms::{GmsTask, Shared};
+use crate::state::StateDir;
+use crate::status::{GmsStatus, GroupStatus, PingReport, Status};
+
+/// Enrolls with `token` and saves the identity in `state`.
+pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
+    let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let id = client::enroll(token.trim(), &endpoint).await?;
+    state.save_identity(&id)?;
+    endpoint.close(0u32.into(), b"enrolled");
+    Ok(id)
+}
+
+/// What identifies this node.
+#[derive(Debug, Clone)]
+struct Me {
+    name: String,
+    ge: fpn_proto::ge::GeId,
+    overlay: Ipv4Addr,
+    zone: String,
+}
+
+/// Runs the daemon until it is stopped. `Err(Error::Terminated)` when the
+/// GMS revoked this node (its keys are erased first).
+pub async fn up(state: StateDir, cfg: NodeConfig) -> Result<()> {
+    let _lock = state.lock()?;
+    let identity = state.load_identity()?;
+    let cred = client::verify_from_gms(&identity.credential, &identity.ca_public)?;
+    let me = Me {
+        name: cred.info.name.clone(),
+        ge: cred.info.id,
+        overlay: cred.info.overlay,
+        zone: identity.zone.clone(),
+    };
+    let span = info_span!("node", name = %me.name, ge = %me.ge);
+    run(state, cfg, identity, cred, me).instrument(span).await
+}
+
+async fn run(
+    state: StateDir,
+    cfg: NodeConfig,
+    identity: Identity,
+    cred: fpn_proto::credential::Credential,
+    me: Me,
+) -> Result<()> {
+    let dev = Arc::new(tun::create(
+        &cfg.tun_name,
+        me.overlay,
+        cfg.overlay_prefix,
+        cfg.mtu,
+    )?);
+    info!(tun = %cfg.tun_name, overlay = %me.overlay, mtu = cfg.mtu, "TUN up");
+
+    let mut ccfg = QuicCarrierConfig::new(identity.clone());
+    ccfg.listen = cfg.listen;
+    // From the first packet on, a full TUN packet plus the PCCOM trailer
+    // must fit one DATAGRAM frame (see config::DEFAULT_MTU).
+    ccfg.initial_mtu = cfg.quic_initial_mtu;
+    ccfg.mtu_upper_bound = ccfg.mtu_upper_bound.max(cfg.quic_initial_mtu);
+    let (carrier, inbound) = QuicCarrier::bind(ccfg)?;
+    let carrier = Arc::new(carrier);
+    let port = carrier.local_addr().port();
+    let reported = local_addresses(port, &cfg.tun_name);
+    info!(listen = %carrier.local_addr(), reported = ?reported, "carrier bound");
+
+    let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let mut scfg = SessionConfig::with_cache(state.key_cache());
+    scfg.reported = reported;
+    let session = Session::start(identity.clone(), endpoint, scfg)?;
+
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| Error::Config("no system randomness".into()))?;
+    let dcfg = dprp::Config::new(
+        identity.node_key()?,
+        cred,
+        identity.ca_public,
+        vec![Prefix::host(IpAddr::V4(me.overlay))],
+    );
+    let dprp = Endpoint::new(dcfg, seed, fpn_gms::now_unix(), Instant::now())?;
+    let pit = Pit::new(PitConfig {
+        idle_timeout: Duration::from_secs(cfg.flow_idle_secs),
+        ..PitConfig::default()
+    });
+
+    let (dir_tx, dir_rx) = mpsc::channel(256);
+    let (eng_tx, eng_rx) = mpsc::channel(1024);
+    let net_len = cfg.overlay_prefix;
+    let net = Ipv4Addr::from(u32::from(me.overlay) & (u32::MAX << (32 - u32::from(net_len))));
+    let engine = Engine::new(
+        EngineConfig {
+            overlay: me.overlay,
+            mtu: cfg.mtu,
+            overlay_net: (net, net_len),
+        },
+        dprp,
+        pit,
+        carrier.clone(),
+        dev.clone(),
+        dir_tx,
+    );
+    let dir = Directory::load(&state.peer_cache()).unwrap_or_else(|e| {
+        warn!(error = %e, "peer cache unreadable; starting empty");
+        Directory::default()
+    });
+    for r in dir.iter() {
+        let _ = eng_tx.try_send(Command::Peer(r.clone()));
+    }
+    let engine_task =
+        tokio::spawn(engine::run(engine, eng_rx, inbound).instrument(info_span!("engine")));
+
+    let names = NameTable::new();
+    let shared = Shared::new(dir);
+    let gms = GmsTask {
+        session,
+        ca_public: identity.ca_public,
+        own_ge: me.ge,
+        own: (me.name.clone(), me.overlay),
+        engine: eng_tx.clone(),
+        carrier: carrier.clone(),
+        names: names.clone(),
+        shared: shared.clone(),
+        cache_path: state.peer_cache(),
+        requests: dir_rx,
+        ttl: cfg.directory_ttl_secs,
+        default_port: crate::config::DEFAULT_PORT,
+    };
+    let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
+
+    let dns_task = if cfg.dns {
+        let dcfg = DnsConfig::new(SocketAddr::new(IpAddr::V4(me.overlay), 53), &me.zone, names)?;
+        let stub = DnsStub::bind(dcfg).await?;
+        info!(listen = %stub.local_addr(), zone = %me.zone, "DNS stub up");
+        Some(tokio::spawn(stub.run()))
+    } else {
+        None
+    };
+
+    let control = ControlServer::bind(&state.control_socket())?;
+    let (call_tx, mut calls) = mpsc::channel::<Call>(32);
+    let control_task = tokio::spawn(control.serve(call_tx));
+
+    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Io {
+        what: "installing the SIGTERM handler".into(),
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::Io {
+        what: "installing the SIGINT handler".into(),
+        source,
+    })?;
+    info!(
+        name = %me.name,
+        overlay = %me.overlay,
+        zone = %me.zone,
+        "node ready"
+    );
+
+    let ctx = Ctx {
+        me: me.clone(),
+        engine: eng_tx.clone(),
+        shared: shared.clone(),
+    };
+    let outcome: Result<()> = loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
+            _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()); }
+            r = &mut gms_task => {
+                match r {
+                    Ok(Err(Error::Terminated(reason))) => {
+                        error!(%reason, "this node was revoked by the GMS: erasing its keys and stopping");
+                        let _ = eng_tx.send(Command::EraseKeys).await;
+                        let _ = std::fs::remove_file(state.key_cache());
+                        break Err(Error::Terminated(reason));
+                    }
+                    Ok(Err(e)) => break Err(e),
+                    Ok(Ok(())) => break Err(Error::Control("the GMS session task ended".into())),
+                    Err(e) => break Err(Error::Control(format!("the GMS session task failed: {e}"))),
+                }
+            }
+            c = calls.recv() => {
+                let Some(c) = c else { continue };
+                if c.request == Request::Down {
+                    info!("stop requested over the control socket");
+                    let _ = c.reply.send(Response { ok: true, ..Response::default() });
+                    break Ok(());
+                }
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let resp = ctx.answer(c.request).await;
+                    let _ = c.reply.send(resp);
+                });
+            }
+        }
+    };
+
+    control_task.abort();
+    if let Some(t) = dns_task {
+        t.abort();
+    }
+    gms_task.abort();
+    drop(eng_tx);
+    drop(ctx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    carrier.close().await;
+    drop(dev);
+    info!("stopped; TUN removed");
+    outcome
+}
+
+/// What control requests need.
+#[derive(Clone)]
+struct Ctx {
+    me: Me,
+    engine: mpsc::Sender<Command>,
+    shared: Shared,
+}
+
+impl Ctx {
+    async fn answer(&self, req: Request) -> Response {
+        match req {
+            Request::Status => match self.status().await {
+                Ok(s) => Response {
+                    ok: true,
+                    status: Some(s),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
+            Request::Ping { name, count } => match self.ping(&name, count).await {
+                Ok(p) => Response {
+                    ok: true,
+                    ping: Some(p),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
+            Request::Down => Response::error("handled by the daemon loop"),
+        }
+    }
+
+    async fn status(&self) -> Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.engine
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| Error::Control("the engine stopped".into()))?;
+        let snap = rx
+            .await
+            .map_err(|_| Error::Control("the engine stopped".into()))?;
+        let view = self.shared.view().clone();
+        Ok(Status {
+            name: self.me.name.clone(),
+            ge: self.me.ge.0,
+            overlay: self.me.overlay.to_string(),
+            gms: GmsStatus {
+                connected: view.connected,
+            },
+            groups: view
+                .groups
+                .iter()
+                .map(|(g, v)| GroupStatus {
+                    group: g.0,
+                    versions: v.iter().map(|v| v.0).collect(),
+                })
+                .collect(),
+            peers: snap.peers,
+            flows: snap.flows,
+            counters: snap.counters,
+        })
+    }
+
+    /// Resolves `name` (short, FQDN, or an address) to an overlay address.
+    fn resolve(&self, name: &str) -> Result<(String, Ipv4Addr)> {
+        if let Ok(ip) = name.parse::<Ipv4Addr>() {
+            return Ok((name.to_owned(), ip));
+        }
+        let zone = self.me.zone.trim_end_matches('.');
+        let short = name.trim_end_matches('.');
+        let short = short
+            .strip_suffix(zone)
+            .and_then(|s| s.strip_suffix('.'))
+            .unwrap_or(short);
+        let fqdn = format!("{short}.{zone}");
+        if short == self.me.name {
+            return Ok((fqdn, self.me.overlay));
+        }
+        self.shared
+            .dir()
+            .by_name(short)
+            .map(|r| (fqdn.clone(), r.overlay))
+            .ok_or_else(|| Error::Control(format!("{fqdn}: no such GE in the directory")))
+    }
+
+    async fn ping(&self, name: &str, count: u32) -> Result<PingReport> {
+        if count == 0 || count > MAX_PING_COUNT {
+            return Err(Error::Control(format!(
+                "count must be between 1 and {MAX_PING_COUNT}"
+            )));
+        }
+        let (fqdn, dst) = self.resolve(name)?;
+        let mut idb = [0u8; 2];
+        ring::rand::SystemRandom::new()
+            .fill(&mut idb)
+            .map_err(|_| Error::Config("no system randomness".into()))?;
+        let id = u16::from_be_bytes(idb);
+        let src = self.me.overlay;
+        let outcome = tokio::task::spawn_blocking(move || ping::ping(src, dst, id, count))
+            .await
+            .map_err(|e| Error::Control(format!("ping task: {e}")))??;
+        let flow = FlowId {
+            src: IpAddr::V4(src),
+            dst: IpAddr::V4(dst),
+            protocol: fpn_proto::flow::protocol::ICMP,
+            src_port: id,
+            dst_port: id,
+        };
+        let (tx, rx) = oneshot::channel();
+        let _ = self.engine.send(Command::FlowInfo(flow, tx)).await;
+        let info = rx.await.ok().flatten();
+        let (action, carrier) = match (outcome.unreachable_code, info) {
+            (Some(13), _) => ("refuse".to_owned(), String::new()),
+            (Some(_), _) => ("unreachable".to_owned(), String::new()),
+            (None, Some((a, c))) => (a, c),
+            (None, None) if dst == self.me.overlay => ("local".to_owned(), String::new()),
+            (None, None) => ("unreachable".to_owned(), String::new()),
+        };
+        Ok(PingReport {
+            name: fqdn,
+            address: dst.to_string(),
+            action,
+            carrier,
+            rtt_ms: outcome
+                .rtts
+                .iter()
+                .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+                .collect(),
+            sent: outcome.sent,
+        })
+    }
+}
+
+/// Where the daemon of a state directory listens.
+pub fn control_path(state: &StateDir) -> PathBuf {
+    state.control_socket()
+}

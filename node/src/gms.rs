@@ -1,0 +1,367 @@
+//! The daemon's GMS side: drives the client [`Session`], passes keys and
+//! revocations to the engine and the carrier, and keeps the peer
+//! [`Directory`] (and so the DNS stub's names) in step with the GMS.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fpn_gms::client::{Event, Session};
+use fpn_proto::ge::{GeId, GroupId};
+use fpn_proto::keys::KeyVersion;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::carrier::QuicCarrier;
+use crate::directory::{Directory, PeerRecord, record_from_entry};
+use crate::dns::{NameTable, Target};
+use crate::engine::Command;
+use crate::error::{Error, Result};
+
+/// How often the full directory listing is refreshed while connected.
+const LIST_EVERY: Duration = Duration::from_secs(30);
+/// Least time between two listings triggered by unknown addresses.
+const LIST_MIN_GAP: Duration = Duration::from_secs(1);
+/// How long one directory request to the GMS may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What `status` shows of the GMS side.
+#[derive(Debug, Default, Clone)]
+pub struct GmsView {
+    /// True while a session is up.
+    pub connected: bool,
+    /// Groups and their valid key versions, newest first.
+    pub groups: BTreeMap<GroupId, Vec<KeyVersion>>,
+}
+
+/// State shared with the daemon (status, ping).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    view: Arc<Mutex<GmsView>>,
+    dir: Arc<Mutex<Directory>>,
+}
+
+impl Shared {
+    /// Shared state seeded with a directory (from the disk cache).
+    pub fn new(dir: Directory) -> Self {
+        Self {
+            view: Arc::default(),
+            dir: Arc::new(Mutex::new(dir)),
+        }
+    }
+
+    /// The GMS view.
+    pub fn view(&self) -> MutexGuard<'_, GmsView> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> MutexGuard<'_, Directory> {
+        self.dir.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Everything the GMS task needs.
+pub struct GmsTask {
+    /// The session (started by the daemon).
+    pub session: Session,
+    /// The network CA's key (directory credentials are verified with it).
+    pub ca_public: [u8; 32],
+    /// This node's GE id.
+    pub own_ge: GeId,
+    /// This node's name and overlay address (always in the name table).
+    pub own: (String, Ipv4Addr),
+    /// The engine's command channel.
+    pub engine: mpsc::Sender<Command>,
+    /// The carrier (revocations cut its connections).
+    pub carrier: Arc<QuicCarrier>,
+    /// The DNS stub's names.
+    pub names: NameTable,
+    /// Shared with the daemon.
+    pub shared: Shared,
+    /// Where the directory is cached.
+    pub cache_path: PathBuf,
+    /// Overlay addresses the engine needs an owner for.
+    pub requests: mpsc::Receiver<Ipv4Addr>,
+    /// Seconds a directory record is trusted.
+    pub ttl: u64,
+    /// Carrier port assumed for a peer that reported none.
+    pub default_port: u16,
+}
+
+impl GmsTask {
+    /// Runs until the session ends. `Err(Error::Terminated)` when the GMS
+    /// revoked or refused this node.
+    pub async fn run(mut self) -> Result<()> {
+        self.publish_names();
+        self.send_initial_keys().await;
+        let mut refresh = tokio::time::interval(LIST_EVERY);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_list = tokio::time::Instant::now() - LIST_EVERY;
+        loop {
+            enum Wake {
+                Ev(Option<Event>),
+                Need(Option<Ipv4Addr>),
+                Refresh,
+            }
+            let wake = tokio::select! {
+                ev = self.session.next_event() => Wake::Ev(ev),
+                r = self.requests.recv() => Wake::Need(r),
+                _ = refresh.tick() => Wake::Refresh,
+            };
+            match wake {
+                Wake::Ev(None) => return Ok(()),
+                Wake::Ev(Some(ev)) => self.on_event(ev, &mut last_list).await?,
+                Wake::Need(None) => return Ok(()),
+                Wake::Need(Some(ip)) => self.resolve_addr(ip, &mut last_list).await,
+                Wake::Refresh => {
+                    if self.shared.view().connected {
+                        self.list(&mut last_list).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_initial_keys(&mut self) {
+        // Keys from the on-disk cache: the node works before (or without) a GMS.
+        let groups: Vec<GroupId> = self.session.with_state(|s| s.keys.groups().collect());
+        for g in groups {
+            let versions = self.session.key_versions(g);
+            self.push_keys(g, versions).await;
+        }
+    }
+
+    async fn push_keys(&mut self, group: GroupId, versions: Vec<KeyVersion>) {
+        let keys: Vec<_> = versions
+            .iter()
+            .filter_map(|v| self.session.key(group, *v).map(|k| (*v, k)))
+            .collect();
+        {
+            let mut view = self.shared.view();
+            if keys.is_empty() {
+                view.groups.remove(&group);
+            } else {
+                view.groups
+                    .insert(group, keys.iter().map(|(v, _)| *v).collect());
+            }
+        }
+        let _ = self.engine.send(Command::Keys { group, keys }).await;
+    }
+
+    async fn on_event(&mut self, ev: Event, last_list: &mut tokio::time::Instant) -> Result<()> {
+        match ev {
+            Event::Connected => {
+                self.shared.view().connected = true;
+                info!("GMS session up");
+                self.list(last_list).await;
+                // Re-subscribe to the peers this node talks to.
+                let names: Vec<String> = self
+                    .shared
+                    .dir()
+                    .iter()
+                    .filter(|r| r.fetched > 0)
+                    .map(|r| r.name.clone())
+                    .collect();
+                for n in names {
+                    self.query(&n).await;
+                }
+            }
+            Event::Keys { group, versions } => self.push_keys(group, versions).await,
+            Event::InfoChanged(info) => {
+                info!(groups = ?info.groups, mode = ?info.mode, "this node's GE info changed");
+                let left: Vec<GroupId> = self
+                    .shared
+                    .view()
+                    .groups
+                    .keys()
+                    .filter(|g| !info.groups.contains(g))
+                    .copied()
+                    .collect();
+                for g in left {
+                    self.push_keys(g, Vec::new()).await;
+                }
+            }
+            Event::Revoked { ge, serials } => {
+                info!(%ge, serials = serials.len(), "credentials revoked");
+                self.carrier.revoke_serials(&serials);
+                let _ = self.engine.send(Command::Revoked { ge, serials }).await;
+                if ge == self.own_ge {
+                    return Ok(());
+                }
+                // Revoked for good, or re-enrolled (a new certificate)?
+                let name = self.shared.dir().by_ge(ge).map(|r| r.name.clone());
+                if let Some(name) = name {
+                    self.query(&name).await;
+                }
+            }
+            Event::DirectoryChanged { name, entry } => match entry {
+                Some(e) => self.store_entry(&e).await,
+                None => self.gone(&name).await,
+            },
+            Event::Disconnected { reason } => {
+                let was = std::mem::take(&mut self.shared.view().connected);
+                if was {
+                    warn!(%reason, "GMS session lost; working from cached keys and directory");
+                }
+            }
+            Event::Terminated { reason } => {
+                self.shared.view().connected = false;
+                return Err(Error::Terminated(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes the full listing (names and overlay addresses).
+    async fn list(&mut self, last_list: &mut tokio::time::Instant) {
+        *last_list = tokio::time::Instant::now();
+        let listed = match tokio::time::timeout(QUERY_TIMEOUT, self.session.list_directory()).await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                debug!(error = %e, "directory listing failed");
+                return;
+            }
+            Err(_) => {
+                debug!("directory listing timed out");
+                return;
+            }
+        };
+        let names: BTreeSet<String> = listed
+            .iter()
+            .filter(|l| l.ge != self.own_ge)
+            .map(|l| l.name.clone())
+            .collect();
+        let (gone, updates) = {
+            let mut dir = self.shared.dir();
+            let gone = dir.retain_names(&names);
+            let mut updates = Vec::new();
+            for l in listed.into_iter().filter(|l| l.ge != self.own_ge) {
+                let rec = PeerRecord {
+                    name: l.name,
+                    ge: l.ge.0,
+                    overlay: l.overlay,
+                    addrs: Vec::new(),
+                    fetched: 0,
+                };
+                let changed = dir
+                    .by_name(&rec.name)
+                    .is_none_or(|old| old.ge != rec.ge || old.overlay != rec.overlay);
+                if let Some(stored) = dir.upsert(rec).filter(|_| changed) {
+                    updates.push(stored.clone());
+                }
+            }
+            (gone, updates)
+        };
+        for r in gone {
+            let _ = self.engine.send(Command::PeerGone(r.ge())).await;
+            self.carrier.revoke_ge(r.ge());
+        }
+        for r in updates {
+            let _ = self.engine.send(Command::Peer(r)).await;
+        }
+        self.publish_names();
+        self.save();
+    }
+
+    /// The engine needs the owner of `ip` (and its carrier addresses).
+    async fn resolve_addr(&mut self, ip: Ipv4Addr, last_list: &mut tokio::time::Instant) {
+        let now = fpn_gms::now_unix();
+        let known = self.shared.dir().by_overlay(ip).cloned();
+        let rec = match known {
+            Some(r) => r,
+            None => {
+                if last_list.elapsed() < LIST_MIN_GAP {
+                    return;
+                }
+                self.list(last_list).await;
+                match self.shared.dir().by_overlay(ip).cloned() {
+                    Some(r) => r,
+                    None => {
+                        debug!(%ip, "no GE owns this overlay address");
+                        return;
+                    }
+                }
+            }
+        };
+        if rec.is_stale(now, self.ttl) && self.query(&rec.name).await {
+            return;
+        }
+        // Cached record (GMS down or fresh enough): hand it over as it is.
+        let _ = self.engine.send(Command::Peer(rec)).await;
+    }
+
+    /// Asks the GMS about `name` (subscribing to its changes). True when
+    /// the GMS answered.
+    async fn query(&mut self, name: &str) -> bool {
+        match tokio::time::timeout(QUERY_TIMEOUT, self.session.query(name)).await {
+            Ok(Ok(Some(e))) => {
+                self.store_entry(&e).await;
+                true
+            }
+            Ok(Ok(None)) => {
+                self.gone(name).await;
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(name, error = %e, "directory query failed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn store_entry(&mut self, e: &fpn_gms::wire::DirectoryEntry) {
+        let rec =
+            match record_from_entry(e, &self.ca_public, fpn_gms::now_unix(), self.default_port) {
+                Ok(r) => r,
+                Err(err) => {
+                    warn!(error = %err, "directory entry with a bad credential ignored");
+                    return;
+                }
+            };
+        if rec.ge() == self.own_ge {
+            return;
+        }
+        debug!(name = %rec.name, ge = rec.ge, addrs = ?rec.addrs, "peer directory entry");
+        let stored = self.shared.dir().upsert(rec).cloned();
+        if let Some(r) = stored {
+            let _ = self.engine.send(Command::Peer(r)).await;
+        }
+        self.publish_names();
+        self.save();
+    }
+
+    async fn gone(&mut self, name: &str) {
+        let removed = self.shared.dir().remove(name);
+        if let Some(r) = removed {
+            info!(name, ge = r.ge, "peer gone from the directory");
+            let _ = self.engine.send(Command::PeerGone(r.ge())).await;
+            self.carrier.revoke_ge(r.ge());
+            self.publish_names();
+            self.save();
+        }
+    }
+
+    fn publish_names(&self) {
+        let mut entries: Vec<(String, Target)> = self
+            .shared
+            .dir()
+            .iter()
+            .map(|r| (r.name.clone(), Target::peer(r.overlay)))
+            .collect();
+        entries.push((self.own.0.clone(), Target::peer(self.own.1)));
+        if let Err(e) = self.names.replace_all(entries) {
+            warn!(error = %e, "name table not updated");
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.shared.dir().save(&self.cache_path) {
+            warn!(error = %e, "saving the peer cache");
+        }
+    }
+}

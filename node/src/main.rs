@@ -1,0 +1,274 @@
+//! `fpn-node`: enroll, run, inspect and stop an fpn node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fpn_node::config::NodeConfig;
+use fpn_node::control::{self, Request};
+use fpn_node::state::StateDir;
+use fpn_node::status::{PingReport, Status};
+
+/// fpn node daemon and its control commands.
+#[derive(Parser)]
+#[command(name = "fpn-node", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrolls with a token from `fpn-gms token create` and saves the identity.
+    Enroll {
+        /// The enrollment token.
+        token: String,
+        /// State directory (created 0700).
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs the node in the foreground until SIGTERM/SIGINT or `fpn-node down`.
+    Up {
+        /// State directory (from `enroll`).
+        #[arg(long)]
+        state: PathBuf,
+        /// Configuration file (TOML; see configs/node/node.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Shows the running node's state.
+    Status {
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pings a peer by name through the overlay.
+    Ping {
+        /// Short name, FQDN or overlay address.
+        name: String,
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+        /// Echo requests to send.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops the running node.
+    Down {
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match &cli.cmd {
+        Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
+            Ok(c) => c.log,
+            Err(e) => {
+                eprintln!("fpn-node: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => "warn".into(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fpn-node: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fpn-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Enroll { token, state, json } => {
+            let id = fpn_node::daemon::enroll(&token, &StateDir::new(&state)).await?;
+            let cred = fpn_gms::client::verify_from_gms(&id.credential, &id.ca_public)?;
+            if json {
+                let v = serde_json::json!({
+                    "name": cred.info.name,
+                    "ge": cred.info.id.0,
+                    "overlay": cred.info.overlay.to_string(),
+                    "zone": id.zone,
+                    "state": state.display().to_string(),
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "enrolled {} (GE {}) overlay {} zone {}; identity in {}",
+                    cred.info.name,
+                    cred.info.id,
+                    cred.info.overlay,
+                    id.zone,
+                    state.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Up { state, config } => {
+            let cfg = NodeConfig::load(config.as_deref())?;
+            match fpn_node::daemon::up(StateDir::new(state), cfg).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e @ fpn_node::error::Error::Terminated(_)) => {
+                    eprintln!("fpn-node: {e}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Cmd::Status { state, json } => {
+            let r = ask(&state, &Request::Status, CONTROL_TIMEOUT).await?;
+            let s = r.status.context("the daemon sent no status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ping {
+            name,
+            state,
+            count,
+            json,
+        } => {
+            // Each echo may wait a few seconds; the first one negotiates.
+            let timeout = Duration::from_secs(10 + 3 * u64::from(count));
+            let r = ask(&state, &Request::Ping { name, count }, timeout).await?;
+            let p = r.ping.context("the daemon sent no ping report")?;
+            if json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                print_ping(&p);
+            }
+            Ok(if p.reachable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Down { state } => {
+            ask(&state, &Request::Down, CONTROL_TIMEOUT).await?;
+            // Wait until the daemon has let go of its socket (TUN removed).
+            let sock = StateDir::new(&state).control_socket();
+            for _ in 0..100 {
+                if !sock.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn ask(
+    state: &std::path::Path,
+    req: &Request,
+    timeout: Duration,
+) -> anyhow::Result<control::Response> {
+    let path = StateDir::new(state).control_socket();
+    let r = control::request(&path, req, timeout).await?;
+    if !r.ok {
+        bail!("{}", r.error.unwrap_or_else(|| "request failed".into()));
+    }
+    Ok(r)
+}
+
+fn print_status(s: &Status) {
+    println!("{} (GE {}) overlay {}", s.name, s.ge, s.overlay);
+    println!(
+        "GMS: {}",
+        if s.gms.connected {
+            "connected"
+        } else {
+            "not connected (cached keys)"
+        }
+    );
+    for g in &s.groups {
+        println!("group {}: key versions {:?}", g.group, g.versions);
+    }
+    println!("peers:");
+    for p in &s.peers {
+        println!(
+            "  {:<16} GE {:<5} {:<6} {:<24} rtt {}",
+            p.name,
+            p.ge,
+            p.carrier,
+            p.addr.as_deref().unwrap_or("-"),
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+        );
+    }
+    println!("flows:");
+    for f in &s.flows {
+        println!(
+            "  {:<5} {}:{} -> {}:{} {:<8} {:<5} out {} pkts/{} B in {} pkts/{} B",
+            f.proto,
+            f.src,
+            f.sport,
+            f.dst,
+            f.dport,
+            f.action,
+            f.carrier,
+            f.packets_out,
+            f.bytes_out,
+            f.packets_in,
+            f.bytes_in
+        );
+    }
+    let nonzero: Vec<String> = s
+        .counters
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("counters: {}", nonzero.join(" "));
+}
+
+fn print_ping(p: &PingReport) {
+    let rtts: Vec<String> = p.rtt_ms.iter().map(|r| format!("{r:.3} ms")).collect();
+    println!(
+        "{} ({}): action {}, carrier {}, {}/{} answered{}{}",
+        p.name,
+        p.address,
+        p.action,
+        if p.carrier.is_empty() {
+            "-"
+        } else {
+            &p.carrier
+        },
+        p.rtt_ms.len(),
+        p.sent,
+        if rtts.is_empty() { "" } else { ", rtt " },
+        rtts.join(" ")
+    );
+}
