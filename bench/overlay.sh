@@ -15,7 +15,9 @@
 # also after a failure or Ctrl-C.
 #
 # Measured per mode, A -> B through the tunnel:
-#   tcp1, tcp4  iperf3 TCP, $DURATION s, 1 and 4 streams: receiver Gbit/s
+#   tcp1, tcp4  iperf3 TCP, $DURATION s, 1 and 4 streams: receiver Gbit/s, the
+#               sender's retransmissions, and the CPU both tunnel daemons used
+#               meanwhile (cores: CPU seconds per second of the run)
 #   ping        ping -c $PINGS -i 0.2 on the warm tunnel: average RTT, ms
 #   cold        the first ping to a peer never contacted since the daemons
 #               came up: its RTT as ping reports it (ms), i.e. including
@@ -106,6 +108,7 @@ UA=198.18.0.1
 UB=198.18.0.2
 WORK=$(mktemp -d -t overlay-bench.XXXXXX)
 PIDS=()                             # processes this script started (ended by PID)
+DAEMONS=()                          # the tunnel daemons of the current mode (CPU accounting)
 
 inA() { ip netns exec "$NSA" "$@"; }
 inB() { ip netns exec "$NSB" "$@"; }
@@ -175,8 +178,23 @@ underlay() {
 spawn() { # spawn NS LOG CMD...: runs CMD in NS in the background, remembers its PID
     local ns=$1 logf=$2
     shift 2
+    # ip netns exec and env exec the command, so $! is the command's own PID.
     ip netns exec "$ns" "$@" >"$logf" 2>&1 &
     PIDS+=($!)
+}
+
+daemon() { # like spawn, for a tunnel daemon whose CPU time is reported
+    spawn "$@"
+    DAEMONS+=("${PIDS[-1]}")
+}
+
+daemon_ticks() { # user+system clock ticks of the tunnel daemons so far
+    local pid t=0
+    for pid in "${DAEMONS[@]}"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        t=$((t + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo $t
 }
 
 # ------------------------------------------------------------------ tunnels
@@ -194,8 +212,8 @@ wireguard_up() {
     (umask 077 && wg genkey >"$d/a.key" && wg genkey >"$d/b.key")
     ka=$(wg pubkey <"$d/a.key")
     kb=$(wg pubkey <"$d/b.key")
-    spawn "$NSA" "$d/a.log" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${ID}wa"
-    spawn "$NSB" "$d/b.log" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${ID}wb"
+    daemon "$NSA" "$d/a.log" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${ID}wa"
+    daemon "$NSB" "$d/b.log" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${ID}wb"
     wait_for 10 test -S "/var/run/wireguard/${ID}wa.sock" || die "wireguard-go A did not start"
     wait_for 10 test -S "/var/run/wireguard/${ID}wb.sock" || die "wireguard-go B did not start"
     inA wg set "${ID}wa" private-key "$d/a.key" listen-port 51820 \
@@ -248,8 +266,8 @@ nebula_up() {
         -out-crt "$d/b.crt" -out-key "$d/b.key"
     nebula_conf a "$UA" "${ID}na" true >"$d/a.yml"
     nebula_conf b "$UB" "${ID}nb" false >"$d/b.yml"
-    spawn "$NSA" "$d/a.log" nebula -config "$d/a.yml"
-    spawn "$NSB" "$d/b.log" nebula -config "$d/b.yml"
+    daemon "$NSA" "$d/a.log" nebula -config "$d/a.yml"
+    daemon "$NSB" "$d/b.log" nebula -config "$d/b.yml"
     wait_for 10 has_addr "$NSA" "${ID}na" 100.64.0.1 || die "nebula A did not come up"
     wait_for 10 has_addr "$NSB" "${ID}nb" 100.64.0.2 || die "nebula B did not come up"
     DST=100.64.0.2
@@ -283,7 +301,7 @@ listen = "0.0.0.0:7718"
 dns = false
 log = "info"
 EOF
-        spawn "$ns" "$d/$n.log" "$BIN/fpn-node" up --state "$d/$n" --config "$d/$n.toml"
+        daemon "$ns" "$d/$n.log" "$BIN/fpn-node" up --state "$d/$n" --config "$d/$n.toml"
     done
     for n in a b; do
         wait_for 20 grep -q "node ready" "$d/$n.log" || die "fpn-node $n not ready: $(tail -5 "$d/$n.log")"
@@ -328,8 +346,14 @@ print(f"{statistics.median(ok):.3f} {max(ok):.3f} {len(v) - len(ok)}" if ok else
 '
 IPERF_RATE='
 import json, sys
-j = json.load(sys.stdin)
-print("%.3f" % (j["end"]["sum_received"]["bits_per_second"] / 1e9))
+j = json.load(sys.stdin)["end"]
+print("%.3f %d" % (j["sum_received"]["bits_per_second"] / 1e9, j["sum_sent"].get("retransmits", 0)))
+'
+
+ACTIONS='
+import collections, json, sys
+c = collections.Counter(f["action"] for f in json.load(sys.stdin)["flows"])
+print(",".join("%s=%d" % kv for kv in sorted(c.items())) or "none")
 '
 
 cold_ping() { # RTT of the first ping (up to 10 s for the tunnel to deliver it)
@@ -344,14 +368,19 @@ warm_ping() {
     awk -F/ '/^rtt|^round-trip/ { print $5 }' <<<"$out"
 }
 
-iperf() { # iperf STREAMS -> Gbit/s at the receiver
-    local f="$WORK/iperf-$MODE-$1.json"
+iperf() { # iperf STREAMS -> "Gbit/s-at-the-receiver retransmits daemon-cores"
+    local f="$WORK/iperf-$MODE-$1.json" t0 t1 d0 d1
+    d0=$(daemon_ticks)
+    t0=$EPOCHREALTIME
     if timeout $((DURATION + 30)) ip netns exec "$NSA" iperf3 -c "$DST" -p 5201 -t "$DURATION" -P "$1" \
         -J --connect-timeout 5000 >"$f" 2>&1; then
-        python3 -c "$IPERF_RATE" <"$f"
+        t1=$EPOCHREALTIME
+        d1=$(daemon_ticks)
+        echo "$(python3 -c "$IPERF_RATE" <"$f") $(awk -v d=$((d1 - d0)) -v hz="$(getconf CLK_TCK)" \
+            -v t0="$t0" -v t1="$t1" -v n=${#DAEMONS[@]} 'BEGIN { if (n == 0) print "NA"; else printf "%.2f", d / hz / (t1 - t0) }')"
     else
         log "  iperf3 -P $1 failed (see $f)"
-        echo NA
+        echo NA NA NA
     fi
 }
 
@@ -376,13 +405,34 @@ measure() {
     flows=$(inA python3 -c "$NEW_FLOWS" "$DST" 7799 "$FLOWS")
     echo "$flows" >"$WORK/flows-$MODE.json"
     read -r R[$MODE.flow1] R[$MODE.flow1max] R[$MODE.flowlost] < <(python3 -c "$STATS" <<<"$flows")
-    R[$MODE.tcp1]=$(iperf 1)
+    read -r R[$MODE.tcp1] R[$MODE.retr1] R[$MODE.cpu1] < <(iperf 1)
     sleep 1
-    R[$MODE.tcp4]=$(iperf 4)
-    log "   tcp1 ${R[$MODE.tcp1]} tcp4 ${R[$MODE.tcp4]} Gbit/s, ping ${R[$MODE.ping]} ms," \
+    read -r R[$MODE.tcp4] R[$MODE.retr4] R[$MODE.cpu4] < <(iperf 4)
+    log "   tcp1 ${R[$MODE.tcp1]} tcp4 ${R[$MODE.tcp4]} Gbit/s (retransmits ${R[$MODE.retr1]}/${R[$MODE.retr4]}," \
+        "daemon cores ${R[$MODE.cpu1]}/${R[$MODE.cpu4]}), ping ${R[$MODE.ping]} ms," \
         "cold ${R[$MODE.cold]} ms, new flow ${R[$MODE.flow1]} (max ${R[$MODE.flow1max]}," \
         "lost ${R[$MODE.flowlost]}) ms"
+    diagnostics >"$WORK/diag-$MODE.txt" 2>&1 || true
+    R[$MODE.actions]=-
+    if [ "$MODE" = fpn ]; then
+        # What the flows above were: proves the numbers are for protected traffic.
+        "$BIN/fpn-node" status --state "$WORK/fpn/b" --json >"$WORK/fpn-status-b.json" 2>&1 || true
+        "$BIN/fpn-node" status --state "$WORK/fpn/a" --json >"$WORK/fpn-status.json" 2>&1 &&
+            R[$MODE.actions]=$(python3 -c "$ACTIONS" <"$WORK/fpn-status.json") ||
+            log "   fpn-node status failed: $(cat "$WORK/fpn-status.json")"
+        log "   fpn flows at A by action: ${R[$MODE.actions]}"
+    fi
+    DAEMONS=()
     teardown
+}
+
+diagnostics() { # kernel drop counters of both namespaces, for reading after a run
+    local ns
+    for ns in "$NSA" "$NSB"; do
+        echo "== $ns"
+        ip netns exec "$ns" nstat -asz 2>/dev/null | grep -E 'Udp(InErrors|RcvbufErrors|SndbufErrors)|TcpRetransSegs' || true
+        ip -n "$ns" -s link
+    done
 }
 
 # ------------------------------------------------------------------ report
@@ -402,50 +452,58 @@ versions() {
 }
 
 report() {
-    local m base=raw
+    local m b=raw
     case $FORMAT in
         json)
-            printf '{"date":"%s","cpus":%s,"duration_s":%s,"pings":%s,"flows":%s,"tun_mtu":%s,"modes":[' \
-                "$(date -u +%FT%TZ)" "$(nproc)" "$DURATION" "$PINGS" "$FLOWS" "$TUN_MTU"
-            local first=1
+            printf '{"date":"%s","cpus":%s,"load_before":"%s","duration_s":%s,"pings":%s,"flows":%s,"tun_mtu":%s,"modes":[' \
+                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$DURATION" "$PINGS" "$FLOWS" "$TUN_MTU"
+            local sep=
             for m in "${MODES[@]}"; do
-                [ $first = 1 ] || printf ','
-                first=0
-                printf '{"mode":"%s","tcp1_gbps":%s,"tcp4_gbps":%s,"ping_avg_ms":%s,"cold_first_ms":%s,' \
-                    "$m" "$(num "${R[$m.tcp1]}")" "$(num "${R[$m.tcp4]}")" "$(num "${R[$m.ping]}")" \
-                    "$(num "${R[$m.cold]}")"
-                printf '"new_flow_first_ms":%s,"new_flow_first_max_ms":%s,"new_flows_lost":%s}' \
-                    "$(num "${R[$m.flow1]}")" "$(num "${R[$m.flow1max]}")" "$(num "${R[$m.flowlost]}")"
+                printf '%s{"mode":"%s"' "$sep" "$m"
+                sep=,
+                local k
+                for k in tcp1:tcp1_gbps retr1:tcp1_retransmits cpu1:tcp1_daemon_cores \
+                    tcp4:tcp4_gbps retr4:tcp4_retransmits cpu4:tcp4_daemon_cores ping:ping_avg_ms \
+                    cold:cold_first_ping_ms flow1:new_flow_first_ms flow1max:new_flow_first_max_ms \
+                    flowlost:new_flows_lost; do
+                    printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
+                done
+                printf ',"fpn_flow_actions":"%s"}' "${R[$m.actions]}"
             done
             printf ']}\n'
             ;;
         markdown)
-            echo "| mode | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping avg ms | first ping, cold ms | new flow, first packet ms (median / max) |"
-            echo "| --- | --- | --- | --- | --- | --- |"
+            echo "| mode | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | retransmits 1/4 | daemon cores 1/4 | ping avg ms | first ping, cold ms | new flow, first packet ms (median / max) |"
+            echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
             for m in "${MODES[@]}"; do
-                printf '| %s | %s (%s) | %s (%s) | %s (%s) | %s | %s / %s%s |\n' "$m" \
-                    "${R[$m.tcp1]}" "$(ratio "${R[$m.tcp1]}" "${R[$base.tcp1]:-NA}")" \
-                    "${R[$m.tcp4]}" "$(ratio "${R[$m.tcp4]}" "${R[$base.tcp4]:-NA}")" \
-                    "${R[$m.ping]}" "$(ratio "${R[$m.ping]}" "${R[$base.ping]:-NA}")" \
-                    "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" \
-                    "$([ "${R[$m.flowlost]}" = 0 ] || echo ", ${R[$m.flowlost]} of $FLOWS lost")"
+                printf '| %s | %s (%s) | %s (%s) | %s / %s | %s / %s | %s (%s) | %s | %s / %s%s |\n' "$m" \
+                    "${R[$m.tcp1]}" "$(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}")" \
+                    "${R[$m.tcp4]}" "$(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}")" \
+                    "${R[$m.retr1]}" "${R[$m.retr4]}" "${R[$m.cpu1]}" "${R[$m.cpu4]}" \
+                    "${R[$m.ping]}" "$(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}")" \
+                    "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")"
             done
             ;;
         table)
             versions
-            printf '\n%-13s %16s %16s %16s %10s %22s\n' mode "tcp1 Gbit/s" "tcp4 Gbit/s" "ping avg ms" "cold ms" "new flow med/max ms"
+            printf '\n%-13s %16s %16s %13s %11s %16s %9s %20s\n' mode "tcp1 Gbit/s" "tcp4 Gbit/s" \
+                "retr 1/4" "cores 1/4" "ping avg ms" "cold ms" "new flow med/max ms"
             for m in "${MODES[@]}"; do
-                printf '%-13s %7s %8s %7s %8s %7s %8s %10s %14s %s\n' "$m" \
-                    "${R[$m.tcp1]}" "($(ratio "${R[$m.tcp1]}" "${R[$base.tcp1]:-NA}"))" \
-                    "${R[$m.tcp4]}" "($(ratio "${R[$m.tcp4]}" "${R[$base.tcp4]:-NA}"))" \
-                    "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$base.ping]:-NA}"))" \
-                    "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" \
-                    "$([ "${R[$m.flowlost]}" = 0 ] || echo "(${R[$m.flowlost]} of $FLOWS lost)")"
+                printf '%-13s %7s %8s %7s %8s %13s %11s %7s %8s %9s %20s%s\n' "$m" \
+                    "${R[$m.tcp1]}" "($(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}"))" \
+                    "${R[$m.tcp4]}" "($(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}"))" \
+                    "${R[$m.retr1]}/${R[$m.retr4]}" "${R[$m.cpu1]}/${R[$m.cpu4]}" \
+                    "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}"))" \
+                    "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" "$(lost "$m")"
             done
-            echo "(ratios against raw veth in parentheses; see the head of bench/overlay.sh for what each column is)"
+            echo "(ratios against raw veth in parentheses; cores = CPU of both tunnel daemons during the"
+            echo " iperf3 run; see the head of bench/overlay.sh for what each column is)"
+            [ -z "${R[fpn.actions]:-}" ] || echo "fpn flows at A by action: ${R[fpn.actions]}"
             ;;
     esac
 }
+
+lost() { [ "${R[$1.flowlost]}" = 0 ] || echo " (${R[$1.flowlost]} of $FLOWS new flows lost)"; }
 
 num() { [ "$1" = NA ] && echo null || echo "$1"; }
 
