@@ -39,8 +39,9 @@ pub const MAX_REVOKED: usize = 30_000;
 pub const MAX_CERT: usize = 8 * 1024;
 /// Longest refusal reason.
 pub const MAX_REASON: usize = 255;
-/// Most GEs in one directory listing page (a page stays far below [`MAX_BODY`]).
-pub const MAX_LISTING: usize = 1024;
+/// Most GEs in one directory listing page (a page with every GE at
+/// [`MAX_ADDRS`] addresses stays below [`MAX_BODY`]).
+pub const MAX_LISTING: usize = 512;
 
 /// QUIC application close codes the GMS uses.
 pub mod close {
@@ -156,7 +157,8 @@ pub enum ClientMsg {
     },
 }
 
-/// One GE in a directory listing: `name | ge u32 | overlay [4]`.
+/// One GE in a directory listing:
+/// `name | ge u32 | overlay [4] | online u8 | seen (0, or 1 + address) | reported addrs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedGe {
     /// The GE's name (a label of the zone).
@@ -165,6 +167,12 @@ pub struct ListedGe {
     pub ge: GeId,
     /// Its overlay address.
     pub overlay: std::net::Ipv4Addr,
+    /// True while it has a session.
+    pub online: bool,
+    /// The address the GMS sees its session come from.
+    pub seen: Option<SocketAddr>,
+    /// The addresses it reports.
+    pub reported: Vec<SocketAddr>,
 }
 
 /// Enrollment result: `zone | CA public key [32] | CA cert | cert | credential`.
@@ -437,6 +445,15 @@ impl ServerMsg {
                     w.short_bytes(e.name.as_bytes(), MAX_NAME_LEN, "GE name")?;
                     w.u32(e.ge.0);
                     w.bytes(&e.overlay.octets());
+                    w.u8(u8::from(e.online));
+                    match &e.seen {
+                        Some(a) => {
+                            w.u8(1);
+                            put_addr(&mut w, a);
+                        }
+                        None => w.u8(0),
+                    }
+                    put_addrs(&mut w, &e.reported)?;
                 }
                 0x8a
             }
@@ -487,11 +504,7 @@ impl ServerMsg {
             0x88 => Self::DirectoryAnswer(get_entry(&mut r)?),
             0x89 => Self::Ack,
             0x8a => {
-                let more = match r.u8("more")? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(fpn_proto::Error::invalid("more", "must be 0 or 1").into()),
-                };
+                let more = get_flag(&mut r, "more")?;
                 let n = usize::from(r.u16("listing count")?);
                 if n > MAX_LISTING {
                     return Err(fpn_proto::Error::TooLarge {
@@ -507,6 +520,12 @@ impl ServerMsg {
                             name: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
                             ge: GeId(r.u32("GE id")?),
                             overlay: std::net::Ipv4Addr::from(r.array::<4>("overlay")?),
+                            online: get_flag(&mut r, "online")?,
+                            seen: match get_flag(&mut r, "seen present")? {
+                                true => Some(get_addr(&mut r)?),
+                                false => None,
+                            },
+                            reported: get_addrs(&mut r)?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -520,6 +539,14 @@ impl ServerMsg {
         };
         r.finish("server message")?;
         Ok(m)
+    }
+}
+
+fn get_flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool> {
+    match r.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(fpn_proto::Error::invalid(what, "must be 0 or 1").into()),
     }
 }
 
@@ -765,11 +792,17 @@ mod tests {
                         name: "a".into(),
                         ge: GeId(1),
                         overlay: "100.64.0.1".parse().unwrap(),
+                        online: true,
+                        seen: Some("198.18.0.5:4000".parse().unwrap()),
+                        reported: vec!["198.18.0.5:7718".parse().unwrap()],
                     },
                     ListedGe {
                         name: "nas".into(),
                         ge: GeId(9),
                         overlay: "100.64.0.9".parse().unwrap(),
+                        online: false,
+                        seen: None,
+                        reported: vec![],
                     },
                 ],
                 more: true,

@@ -58,21 +58,32 @@ pub fn record_from_entry(
     let cred = UnverifiedCredential::decode(&entry.credential)
         .and_then(|u| u.verify(ca_public, now))
         .map_err(Error::Proto)?;
-    let mut addrs: Vec<SocketAddr> = entry.reported.iter().copied().take(8).collect();
+    Ok(PeerRecord {
+        name: cred.info.name.clone(),
+        ge: cred.info.id.0,
+        overlay: cred.info.overlay,
+        addrs: carrier_addrs(&entry.reported, entry.seen, default_port),
+        fetched: now,
+    })
+}
+
+/// A peer's carrier addresses: those it reported, then the address the GMS
+/// sees it at (the public side of its NAT, say) on the carrier port of its
+/// first reported address (or `default_port`).
+pub fn carrier_addrs(
+    reported: &[SocketAddr],
+    seen: Option<SocketAddr>,
+    default_port: u16,
+) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = reported.iter().copied().take(8).collect();
     let port = addrs.first().map_or(default_port, SocketAddr::port);
-    if let Some(seen) = entry.seen {
+    if let Some(seen) = seen {
         let a = SocketAddr::new(seen.ip(), port);
         if !addrs.contains(&a) {
             addrs.push(a);
         }
     }
-    Ok(PeerRecord {
-        name: cred.info.name.clone(),
-        ge: cred.info.id.0,
-        overlay: cred.info.overlay,
-        addrs,
-        fetched: now,
-    })
+    addrs
 }
 
 /// Peers by name, with lookups by overlay address and GE id.
@@ -196,6 +207,21 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             fetched: 100,
         }
+    }
+
+    #[test]
+    fn carrier_addresses_put_reported_first_and_add_the_seen_address() {
+        let r: Vec<SocketAddr> = vec!["10.0.0.2:7719".parse().unwrap()];
+        let seen = Some("198.18.0.9:40000".parse().unwrap());
+        assert_eq!(
+            carrier_addrs(&r, seen, 7718),
+            vec![r[0], "198.18.0.9:7719".parse().unwrap()]
+        );
+        assert_eq!(
+            carrier_addrs(&[], seen, 7718),
+            vec!["198.18.0.9:7718".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(carrier_addrs(&[], None, 7718).is_empty());
     }
 
     #[test]

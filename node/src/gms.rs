@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::carrier::QuicCarrier;
-use crate::directory::{Directory, PeerRecord, record_from_entry};
+use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
 use crate::dns::{NameTable, Target};
 use crate::engine::Command;
 use crate::error::{Error, Result};
@@ -235,22 +235,26 @@ impl GmsTask {
             .filter(|l| l.ge != self.own_ge)
             .map(|l| l.name.clone())
             .collect();
+        let now = fpn_gms::now_unix();
         let (gone, updates) = {
             let mut dir = self.shared.dir();
             let gone = dir.retain_names(&names);
             let mut updates = Vec::new();
             for l in listed.into_iter().filter(|l| l.ge != self.own_ge) {
+                let addrs = carrier_addrs(&l.reported, l.seen, self.default_port);
                 let rec = PeerRecord {
                     name: l.name,
                     ge: l.ge.0,
                     overlay: l.overlay,
-                    addrs: Vec::new(),
-                    fetched: 0,
+                    fetched: if addrs.is_empty() { 0 } else { now },
+                    addrs,
                 };
-                let changed = dir
-                    .by_name(&rec.name)
-                    .is_none_or(|old| old.ge != rec.ge || old.overlay != rec.overlay);
-                if let Some(stored) = dir.upsert(rec).filter(|_| changed) {
+                let old = dir.by_name(&rec.name).cloned();
+                if let Some(stored) = dir.upsert(rec)
+                    && old.as_ref().is_none_or(|o| {
+                        o.ge != stored.ge || o.overlay != stored.overlay || o.addrs != stored.addrs
+                    })
+                {
                     updates.push(stored.clone());
                 }
             }

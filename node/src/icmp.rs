@@ -21,6 +21,9 @@ pub const V6_ADDRESS_UNREACHABLE: u8 = 3;
 /// of L4 header for IPv4, as RFC 792 asks; a little more is harmless).
 pub const QUOTE_LEN: usize = 68;
 
+/// ICMPv4 code 4: fragmentation needed and DF set (path MTU discovery).
+pub const V4_FRAG_NEEDED: u8 = 4;
+
 /// Why a flow is reported unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreachable {
@@ -28,6 +31,9 @@ pub enum Unreachable {
     Prohibited,
     /// No answer from the destination.
     NoAnswer,
+    /// The packet is too big for the carrier: the sender should use at most
+    /// this MTU (IPv4 packets with DF only; others get no answer).
+    TooBig(u16),
 }
 
 /// Writes into `out` an ICMP "destination unreachable" answering `packet`
@@ -36,9 +42,12 @@ pub enum Unreachable {
 /// `None` when `packet` is not an IP packet worth answering (too short, or
 /// itself an ICMP error). `out` must hold at least 48 + [`QUOTE_LEN`] bytes.
 pub fn unreachable(packet: &[u8], why: Unreachable, out: &mut [u8]) -> Option<usize> {
-    match packet.first()? >> 4 {
-        4 => unreachable_v4(packet, why, out),
-        6 => unreachable_v6(packet, why, out),
+    match (packet.first()? >> 4, why) {
+        // Only a DF packet asks for path-MTU feedback.
+        (4, Unreachable::TooBig(_)) if packet.get(6).is_none_or(|f| f & 0x40 == 0) => None,
+        (4, _) => unreachable_v4(packet, why, out),
+        (6, Unreachable::TooBig(_)) => None,
+        (6, _) => unreachable_v6(packet, why, out),
         _ => None,
     }
 }
@@ -70,6 +79,10 @@ fn unreachable_v4(packet: &[u8], why: Unreachable, out: &mut [u8]) -> Option<usi
     out[21] = match why {
         Unreachable::Prohibited => V4_ADMIN_PROHIBITED,
         Unreachable::NoAnswer => V4_HOST_UNREACHABLE,
+        Unreachable::TooBig(mtu) => {
+            out[26..28].copy_from_slice(&mtu.to_be_bytes());
+            V4_FRAG_NEEDED
+        }
     };
     out[28..].copy_from_slice(quote);
     let c = checksum(&[&out[20..]]);
@@ -98,7 +111,7 @@ fn unreachable_v6(packet: &[u8], why: Unreachable, out: &mut [u8]) -> Option<usi
     out[24..40].copy_from_slice(src);
     out[40] = V6_UNREACHABLE;
     out[41] = match why {
-        Unreachable::Prohibited => V6_ADMIN_PROHIBITED,
+        Unreachable::Prohibited | Unreachable::TooBig(_) => V6_ADMIN_PROHIBITED,
         Unreachable::NoAnswer => V6_ADDRESS_UNREACHABLE,
     };
     out[48..].copy_from_slice(quote);
@@ -227,6 +240,19 @@ mod tests {
         assert_eq!(&out[28..n], &udp_v4()[..28]);
         let n = unreachable(&udp_v4(), Unreachable::NoAnswer, &mut out).unwrap();
         assert_eq!((out[20], out[21], n), (3, 1, 56));
+    }
+
+    #[test]
+    fn a_too_big_df_packet_gets_frag_needed_with_the_mtu() {
+        let mut out = [0u8; 128];
+        let mut df = udp_v4();
+        // A packet without DF may be fragmented: no answer.
+        assert_eq!(unreachable(&df, Unreachable::TooBig(1200), &mut out), None);
+        df[6] = 0x40;
+        let n = unreachable(&df, Unreachable::TooBig(1200), &mut out).unwrap();
+        assert_eq!((out[20], out[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1200);
+        assert!(Packet::parse(&out[..n]).unwrap().l4_checksum_ok());
     }
 
     #[test]

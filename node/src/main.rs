@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -178,10 +179,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Down { state } => {
             ask(&state, &Request::Down, CONTROL_TIMEOUT).await?;
-            // Wait until the daemon has let go of its socket (TUN removed).
-            let sock = StateDir::new(&state).control_socket();
-            for _ in 0..100 {
-                if !sock.exists() {
+            // Wait until the daemon has exited (it holds the lock to the end,
+            // after the TUN is gone), so `up` may follow at once.
+            let dir = StateDir::new(&state);
+            for _ in 0..200 {
+                if dir.lock().is_ok() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -384,10 +384,14 @@ impl Core {
                         more = true;
                         break;
                     }
+                    let p = self.presence.get(&rec.id);
                     entries.push(crate::wire::ListedGe {
                         name: name.clone(),
                         ge: GeId(rec.id),
                         overlay: rec.overlay,
+                        online: p.is_some_and(|p| p.online),
+                        seen: p.and_then(|p| p.seen),
+                        reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
                     });
                 }
                 Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))

@@ -59,7 +59,17 @@ struct Me {
 /// Runs the daemon until it is stopped. `Err(Error::Terminated)` when the
 /// GMS revoked this node (its keys are erased first).
 pub async fn up(state: StateDir, cfg: NodeConfig) -> Result<()> {
-    let _lock = state.lock()?;
+    // A daemon that was just told to stop may still be closing: give it a moment.
+    let mut tries = 0;
+    let _lock = loop {
+        match state.lock() {
+            Err(Error::AlreadyRunning(_)) if tries < 30 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => break r?,
+        }
+    };
     let identity = state.load_identity()?;
     let cred = client::verify_from_gms(&identity.credential, &identity.ca_public)?;
     let me = Me {

@@ -26,7 +26,7 @@
 
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
 use fpn_proto::packet::Packet;
 use fpn_proto::pccom::TRAILER_LEN;
-use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent};
+use fpn_proto::pit::{Disposition, NewEntry, Origin, Pit, PitEvent, RenegotiateReason};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -59,6 +59,17 @@ const PENDING_PEERS: usize = 256;
 const MAX_QUOTES: usize = 4096;
 /// Most underlay addresses remembered as belonging to a GE.
 const MAX_FROM: usize = 4096;
+/// Most refused flows remembered for `status`.
+const MAX_REFUSED: usize = 1024;
+/// Most flows waiting to be renegotiated.
+const MAX_RENEGOTIATE: usize = 65_536;
+/// Pause before a flow is renegotiated after a key rotation (the other
+/// end's GMS push may arrive a little later than ours).
+const RENEGOTIATE_DELAY: Duration = Duration::from_millis(1500);
+/// Pause before a failed renegotiation is tried again.
+const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
+/// How long a refused flow stays in `status`.
+const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 
 /// What the daemon tells the engine.
 #[derive(Debug)]
@@ -135,6 +146,8 @@ struct Counters {
     pending_drops: u64,
     dprp_errors: u64,
     revoked_flows: u64,
+    too_big: u64,
+    wrong_owner: u64,
 }
 
 /// The per-peer choice of carrier. Only QUIC exists now; the native
@@ -159,6 +172,9 @@ pub struct Engine {
     choice: HashMap<GeId, CarrierChoice>,
     pending: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
     quotes: HashMap<FlowId, Vec<u8>>,
+    refused: HashMap<FlowId, (Option<GeId>, Instant)>,
+    renegotiate: VecDeque<(Instant, FlowId)>,
+    renegotiating: HashSet<FlowId>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -193,6 +209,9 @@ impl Engine {
             choice: HashMap::new(),
             pending: HashMap::new(),
             quotes: HashMap::new(),
+            refused: HashMap::new(),
+            renegotiate: VecDeque::new(),
+            renegotiating: HashSet::new(),
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -324,6 +343,9 @@ impl Engine {
         if self.from.len() > MAX_FROM {
             self.from.clear();
         }
+        self.refused
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN);
+        self.due_renegotiations(now);
         self.drain_pit(now);
     }
 
@@ -360,6 +382,10 @@ impl Engine {
                 let _ = tx.send(self.snapshot());
             }
             Command::FlowInfo(flow, tx) => {
+                if self.refused.contains_key(&flow) {
+                    let _ = tx.send(Some(("refuse".into(), String::new())));
+                    return;
+                }
                 let info = self.pit.lookup(&flow).map(|(_, e)| {
                     let carrier = e
                         .peer()
@@ -513,18 +539,51 @@ impl Engine {
         while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
             any = true;
             let own = IpAddr::V4(self.cfg.overlay);
-            let oriented = if flow.src == own {
-                flow
-            } else {
-                flow.reversed()
-            };
-            debug!(%flow, ?reason, "renegotiating");
-            if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
-                debug!(%flow, error = %e, "renegotiation not started");
+            // One end renegotiates, never both: two crossing negotiations
+            // could leave each end with the other's keys. After a rotation it
+            // is the end that started the flow, a moment later, so the
+            // other end has received the new key version too.
+            match reason {
+                RenegotiateReason::KeyRotation if flow.src != own => {
+                    debug!(%flow, "key rotated: the flow's initiator renegotiates");
+                }
+                RenegotiateReason::KeyRotation => {
+                    let at = now + RENEGOTIATE_DELAY;
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((at, flow));
+                    }
+                }
+                RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
             }
-            self.dprp_dirty = true;
         }
         any
+    }
+
+    fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let oriented = if flow.src == own {
+            flow
+        } else {
+            flow.reversed()
+        };
+        if self.pit.lookup(&flow).is_none() {
+            return;
+        }
+        debug!(%flow, "renegotiating");
+        self.renegotiating.insert(oriented);
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            self.renegotiating.remove(&oriented);
+            debug!(%flow, error = %e, "renegotiation not started");
+        }
+        self.dprp_dirty = true;
+    }
+
+    fn due_renegotiations(&mut self, now: Instant) {
+        while self.renegotiate.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, flow)) = self.renegotiate.pop_front() {
+                self.start_renegotiation(flow, now);
+            }
+        }
     }
 
     fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
@@ -532,7 +591,31 @@ impl Engine {
             dprp::Event::Established(e) => {
                 let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
                 self.quotes.remove(&e.flow);
+                self.refused.remove(&e.flow);
+                self.renegotiating.remove(&e.flow);
                 let action = e.action;
+                // DPRP proves who the peer is, not that it owns the flow's
+                // remote address: check that against the directory, so one
+                // member cannot negotiate flows in another member's name.
+                let own = IpAddr::V4(self.cfg.overlay);
+                let remote = if e.flow.src == own {
+                    e.flow.dst
+                } else {
+                    e.flow.src
+                };
+                if let IpAddr::V4(r) = remote {
+                    match self.peers.get(&r) {
+                        Some(owner) if owner.ge() != e.peer => {
+                            warn!(peer = %e.peer, owner = owner.ge, "a peer negotiated a flow for an address it does not own; refused");
+                            self.counters.wrong_owner += 1;
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let _ = self.dir_requests.try_send(r);
+                        }
+                    }
+                }
                 let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
                 match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
                     Ok(()) => {
@@ -574,8 +657,24 @@ impl Engine {
                 reason,
                 dropped_packets,
             } => {
+                if self.renegotiating.remove(&flow) && self.pit.lookup(&flow).is_some() {
+                    // The flow keeps its current entry (its key version is
+                    // still valid); try again later.
+                    info!(%flow, %reason, "renegotiation failed; the flow keeps its keys for now");
+                    if self.renegotiate.len() < MAX_RENEGOTIATE {
+                        self.renegotiate.push_back((now + RENEGOTIATE_RETRY, flow));
+                    }
+                    return;
+                }
                 self.counters.refused_flows += 1;
                 info!(%flow, %reason, dropped_packets, "flow refused");
+                if self.refused.len() < MAX_REFUSED {
+                    let by = match &reason {
+                        FailReason::Dropped { by } | FailReason::Refused { by, .. } => Some(*by),
+                        _ => None,
+                    };
+                    self.refused.insert(flow, (by, now));
+                }
                 if let Some(q) = self.quotes.remove(&flow) {
                     self.write_unreachable(&q, unreachable_for(&reason));
                 }
@@ -631,6 +730,20 @@ impl Engine {
                     self.counters.data_out += 1;
                 }
             }
+            Err(crate::error::Error::CarrierTooLarge { max, .. }) if kind == FrameKind::Data => {
+                // Path-MTU feedback to the sender (TCP lowers its segment
+                // size); the header quoted is the plain one, PCCOM leaves it.
+                self.counters.too_big += 1;
+                let mtu = max
+                    .saturating_sub(TRAILER_LEN)
+                    .clamp(576, usize::from(u16::MAX)) as u16;
+                if let Some(n) =
+                    icmp::unreachable(payload, Unreachable::TooBig(mtu), &mut self.icmp_buf)
+                {
+                    self.counters.icmp_sent += 1;
+                    Self::write_tun(&self.tun, &mut self.counters, &self.icmp_buf[..n]);
+                }
+            }
             Err(e) => {
                 self.counters.send_errors += 1;
                 trace!(%ge, error = %e, "carrier send");
@@ -646,11 +759,17 @@ impl Engine {
     }
 
     fn write_tun(tun: &tun::AsyncDevice, counters: &mut Counters, packet: &[u8]) {
-        // A TUN write never waits in practice; if the queue is full the
-        // packet is dropped (counted) rather than stalling every flow.
-        match tun.send(packet).now_or_never() {
-            Some(Ok(_)) => counters.tun_out += 1,
-            _ => counters.tun_write_drops += 1,
+        // A direct write on the non-blocking descriptor: a TUN write hands
+        // the packet to the kernel stack and does not wait; should it ever
+        // refuse (EAGAIN), the packet is dropped (counted) rather than
+        // stalling every flow. The async wrapper is not used here: its
+        // cached write readiness would make it drop packets the kernel takes.
+        match std::ops::Deref::deref(tun).send(packet) {
+            Ok(_) => counters.tun_out += 1,
+            Err(e) => {
+                counters.tun_write_drops += 1;
+                trace!(error = %e, "TUN write");
+            }
         }
     }
 
@@ -697,14 +816,12 @@ impl Engine {
                 }
             })
             .collect();
-        let own = IpAddr::V4(self.cfg.overlay);
         let mut flows: Vec<FlowStatus> = self
             .pit
             .iter()
             .map(|(f, e)| {
                 let s = e.stats();
                 // Counters are kept per origin: local = sent to the peer.
-                let _ = own;
                 FlowStatus {
                     proto: proto_name(f.protocol),
                     src: f.src.to_string(),
@@ -725,6 +842,17 @@ impl Engine {
                 }
             })
             .collect();
+        flows.extend(self.refused.iter().map(|(f, (by, _))| FlowStatus {
+            proto: proto_name(f.protocol),
+            src: f.src.to_string(),
+            dst: f.dst.to_string(),
+            sport: f.src_port,
+            dport: f.dst_port,
+            action: "refuse".into(),
+            carrier: String::new(),
+            peer: by.map(|g| g.0),
+            ..FlowStatus::default()
+        }));
         flows.sort_by(|a, b| {
             (&a.src, &a.dst, a.sport, a.dport).cmp(&(&b.src, &b.dst, b.sport, b.dport))
         });
@@ -753,6 +881,8 @@ impl Engine {
             ("pending_drops", c.pending_drops),
             ("dprp_errors", c.dprp_errors),
             ("revoked_flows", c.revoked_flows),
+            ("too_big", c.too_big),
+            ("wrong_owner", c.wrong_owner),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
