@@ -33,8 +33,12 @@
 #               (DPRP) before its first packet is released; WireGuard and
 #               nebula have no per-flow state, so theirs is a plain RTT.
 #
+# With REPEAT=n the modes run n times, interleaved (raw, wg, nebula, fpn,
+# raw, ...), and the report shows medians (new-flow max: the max; lost
+# flows: the sum) with [min..max] of the throughputs and ping.
+#
 # Environment: DURATION=10 (iperf3 seconds; QUICK=1 sets 3), PINGS=20,
-# FLOWS=10, TUN_MTU=1380, FPN_BIN=<dir with release fpn-gms and fpn-node>
+# FLOWS=10, REPEAT=1, TUN_MTU=1380, FPN_BIN=<dir with release fpn-gms and fpn-node>
 # (default: built here with cargo into $CARGO_TARGET_DIR or ./target),
 # KEEP=1 keeps the work directory (logs) after the run.
 # Installs iperf3, wireguard-go, wireguard-tools and nebula with apt-get
@@ -59,6 +63,7 @@ DURATION=${DURATION:-10}
 [ "${QUICK:-0}" = 1 ] && DURATION=3
 PINGS=${PINGS:-20}
 FLOWS=${FLOWS:-10}
+REPEAT=${REPEAT:-1}
 TUN_MTU=${TUN_MTU:-1380}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -208,6 +213,7 @@ raw_up() {
 
 wireguard_up() {
     local d="$WORK/wg" ka kb
+    rm -rf "$d"
     mkdir -p "$d"
     (umask 077 && wg genkey >"$d/a.key" && wg genkey >"$d/b.key")
     ka=$(wg pubkey <"$d/a.key")
@@ -258,6 +264,7 @@ EOF
 
 nebula_up() {
     local d="$WORK/nebula"
+    rm -rf "$d"
     mkdir -p "$d"
     nebula-cert ca -name overlay-bench -out-crt "$d/ca.crt" -out-key "$d/ca.key"
     nebula-cert sign -ca-crt "$d/ca.crt" -ca-key "$d/ca.key" -name a -ip 100.64.0.1/24 \
@@ -281,6 +288,7 @@ json_field() { # json_field FIELD < json
 
 fpn_up() {
     local d="$WORK/fpn" gms n ns tok
+    rm -rf "$d"
     mkdir -p "$d"
     gms=(env FPN_GMS_DATA="$d/gms" "$BIN/fpn-gms")
     "${gms[@]}" init --zone bench.fpn. --listen "$UA:7700" --public-addr "$UA:7700" >"$d/init.log" 2>&1 ||
@@ -384,7 +392,29 @@ iperf() { # iperf STREAMS -> "Gbit/s-at-the-receiver retransmits daemon-cores"
     fi
 }
 
-declare -A R # R[mode.metric]
+declare -A R   # R[mode.metric]: this round's value, then the aggregate over rounds
+declare -A RNG # RNG[mode.metric]: "min..max" over rounds
+METRICS="tcp1 retr1 cpu1 tcp4 retr4 cpu4 ping cold flow1 flow1max flowlost"
+AGGREGATE='
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+names = sys.argv[2].split()
+for mode in dict.fromkeys(r[1] for r in rows):
+    for i, name in enumerate(names):
+        vals = []
+        for r in rows:
+            if r[1] == mode:
+                try:
+                    vals.append(float(r[2 + i]))
+                except ValueError:
+                    pass
+        if not vals:
+            print(mode, name, "NA", "NA", "NA")
+            continue
+        agg = sum(vals) if name == "flowlost" else max(vals) if name == "flow1max" else statistics.median(vals)
+        g = lambda v: ("%d" % v) if name.startswith("retr") or name == "flowlost" else ("%.3g" % v if v < 100 else "%.0f" % v)
+        print(mode, name, g(agg), g(min(vals)), g(max(vals)))
+'
 
 measure() {
     MODE=$1
@@ -413,6 +443,9 @@ measure() {
         "cold ${R[$MODE.cold]} ms, new flow ${R[$MODE.flow1]} (max ${R[$MODE.flow1max]}," \
         "lost ${R[$MODE.flowlost]}) ms"
     diagnostics >"$WORK/diag-$MODE.txt" 2>&1 || true
+    local k line="$ROUND $MODE"
+    for k in $METRICS; do line="$line ${R[$MODE.$k]}"; done
+    echo "$line" >>"$WORK/rounds.txt"
     R[$MODE.actions]=-
     if [ "$MODE" = fpn ]; then
         # What the flows above were: proves the numbers are for protected traffic.
@@ -448,15 +481,15 @@ versions() {
     echo "wireguard-go: $(wireguard-go --version 2>&1 | head -1)"
     echo "nebula: $(nebula -version 2>&1 | head -1)"
     echo "fpn: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "settings: DURATION=${DURATION}s PINGS=$PINGS FLOWS=$FLOWS TUN_MTU=$TUN_MTU"
+    echo "settings: DURATION=${DURATION}s PINGS=$PINGS FLOWS=$FLOWS REPEAT=$REPEAT TUN_MTU=$TUN_MTU"
 }
 
 report() {
     local m b=raw
     case $FORMAT in
         json)
-            printf '{"date":"%s","cpus":%s,"load_before":"%s","duration_s":%s,"pings":%s,"flows":%s,"tun_mtu":%s,"modes":[' \
-                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$DURATION" "$PINGS" "$FLOWS" "$TUN_MTU"
+            printf '{"date":"%s","cpus":%s,"load_before":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"modes":[' \
+                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" "$TUN_MTU"
             local sep=
             for m in "${MODES[@]}"; do
                 printf '%s{"mode":"%s"' "$sep" "$m"
@@ -468,6 +501,9 @@ report() {
                     flowlost:new_flows_lost; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
+                for k in tcp1 tcp4 ping; do
+                    printf ',"%s_range":[%s]' "$k" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.$k]}")"
+                done
                 printf ',"fpn_flow_actions":"%s"}' "${R[$m.actions]}"
             done
             printf ']}\n'
@@ -476,9 +512,9 @@ report() {
             echo "| mode | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | retransmits 1/4 | daemon cores 1/4 | ping avg ms | first ping, cold ms | new flow, first packet ms (median / max) |"
             echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
             for m in "${MODES[@]}"; do
-                printf '| %s | %s (%s) | %s (%s) | %s / %s | %s / %s | %s (%s) | %s | %s / %s%s |\n' "$m" \
-                    "${R[$m.tcp1]}" "$(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}")" \
-                    "${R[$m.tcp4]}" "$(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}")" \
+                printf '| %s | %s (%s)%s | %s (%s)%s | %s / %s | %s / %s | %s (%s) | %s | %s / %s%s |\n' "$m" \
+                    "${R[$m.tcp1]}" "$(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}")" "$(range "$m" tcp1)" \
+                    "${R[$m.tcp4]}" "$(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}")" "$(range "$m" tcp4)" \
                     "${R[$m.retr1]}" "${R[$m.retr4]}" "${R[$m.cpu1]}" "${R[$m.cpu4]}" \
                     "${R[$m.ping]}" "$(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}")" \
                     "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")"
@@ -496,6 +532,12 @@ report() {
                     "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}"))" \
                     "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" "$(lost "$m")"
             done
+            if [ "$REPEAT" != 1 ]; then
+                echo "(medians of $REPEAT rounds; ranges below)"
+                for m in "${MODES[@]}"; do
+                    printf '%-13s tcp1 [%s]  tcp4 [%s]  ping [%s]\n' "$m" "${RNG[$m.tcp1]}" "${RNG[$m.tcp4]}" "${RNG[$m.ping]}"
+                done
+            fi
             echo "(ratios against raw veth in parentheses; cores = CPU of both tunnel daemons during the"
             echo " iperf3 run; see the head of bench/overlay.sh for what each column is)"
             [ -z "${R[fpn.actions]:-}" ] || echo "fpn flows at A by action: ${R[fpn.actions]}"
@@ -503,7 +545,9 @@ report() {
     esac
 }
 
-lost() { [ "${R[$1.flowlost]}" = 0 ] || echo " (${R[$1.flowlost]} of $FLOWS new flows lost)"; }
+range() { [ "$REPEAT" = 1 ] || echo " [${RNG[$1.$2]}]"; }
+
+lost() { [ "${R[$1.flowlost]}" = 0 ] || echo " (${R[$1.flowlost]} of $((FLOWS * REPEAT)) new flows lost)"; }
 
 num() { [ "$1" = NA ] && echo null || echo "$1"; }
 
@@ -511,5 +555,12 @@ num() { [ "$1" = NA ] && echo null || echo "$1"; }
 ensure_tools
 for m in "${MODES[@]}"; do [ "$m" = fpn ] && fpn_binaries; done
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-for m in "${MODES[@]}"; do measure "$m"; done
+for ROUND in $(seq "$REPEAT"); do
+    [ "$REPEAT" = 1 ] || log "--- round $ROUND of $REPEAT"
+    for m in "${MODES[@]}"; do measure "$m"; done
+done
+while read -r m k v lo hi; do
+    R[$m.$k]=$v
+    RNG[$m.$k]="$lo..$hi"
+done < <(python3 -c "$AGGREGATE" "$WORK/rounds.txt" "$METRICS")
 report
