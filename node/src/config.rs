@@ -31,6 +31,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Run the DNS stub on the overlay address, port 53.
     pub dns: bool,
+    /// When systemd-resolved runs, send the zone's names to the stub
+    /// through it (`resolvectl dns/domain/default-route` on the TUN,
+    /// reverted on exit).
+    pub split_dns: bool,
     /// Default log filter when RUST_LOG is unset (e.g. "info", "fpn_node=debug").
     pub log: String,
     /// Seconds a peer's directory entry is trusted before it is asked again.
@@ -52,6 +56,7 @@ impl Default for NodeConfig {
             overlay_prefix: 10,
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             dns: true,
+            split_dns: true,
             log: "info".into(),
             directory_ttl_secs: 300,
             flow_idle_secs: 300,

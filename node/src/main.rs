@@ -74,6 +74,15 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Up { .. }) {
+        // A one-shot command piped into `head` ends quietly, like other
+        // Unix tools, instead of failing on a closed stdout. (Not the
+        // daemon: a closed log pipe must not kill it.)
+        // SAFETY: restoring the default disposition of a signal; no handler runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let log = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
             Ok(c) => c.log,

@@ -283,7 +283,7 @@ impl Session {
     }
 
     /// Lists every enrolled GE (name, id, overlay address), page by page,
-    /// sorted by name. Does not subscribe to changes: list again to refresh.
+    /// sorted by name. Subscribes to the listed GEs' changes ([`Event::DirectoryChanged`]).
     pub async fn list_directory(&self) -> Result<Vec<ListedGe>> {
         let mut all: Vec<ListedGe> = Vec::new();
         loop {

@@ -374,6 +374,7 @@ impl Core {
             ClientMsg::DirectoryList { after } => {
                 use std::ops::Bound;
                 let mut entries = Vec::new();
+                let mut watch = Vec::new();
                 let mut more = false;
                 let range = self
                     .st
@@ -384,6 +385,10 @@ impl Core {
                         more = true;
                         break;
                     }
+                    // The lister hears of this GE's address changes from now on.
+                    if rec.id != ge.0 {
+                        watch.push(rec.id);
+                    }
                     let p = self.presence.get(&rec.id);
                     entries.push(crate::wire::ListedGe {
                         name: name.clone(),
@@ -393,6 +398,9 @@ impl Core {
                         seen: p.and_then(|p| p.seen),
                         reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
                     });
+                }
+                for id in watch {
+                    self.watchers.entry(id).or_default().insert(ge.0);
                 }
                 Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))
             }

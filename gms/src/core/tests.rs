@@ -436,7 +436,7 @@ fn the_directory_lists_active_ges_in_pages_by_name() {
     }
     let list = |c: &mut Core, after: &str| match c
         .handle_request(
-            GeId(1),
+            GeId(2),
             ClientMsg::DirectoryList {
                 after: after.into(),
             },
@@ -458,4 +458,15 @@ fn the_directory_lists_active_ges_in_pages_by_name() {
     admin(c, AdminRequest::GeRevoke { name: "b".into() });
     assert_eq!(list(c, ""), (vec!["a".into(), "c".into()], false));
     assert_eq!(list(c, "c"), (vec![], false));
+    // Listing subscribed the lister (GE 2, "a") to the others' changes:
+    // c's session start (new addresses) is pushed to it.
+    enroll(c, "c", 3);
+    let id_c = GeId(c.st.ges["c"].id);
+    let (_, _, out) = c
+        .open_session(id_c, "198.18.0.3:5000".parse().unwrap(), vec![], T0)
+        .unwrap();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Send { to, .. } if to.contains(&GeId(2))
+    )));
 }

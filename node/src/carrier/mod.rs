@@ -25,7 +25,7 @@ use fpn_proto::ge::GeId;
 
 use crate::error::Result;
 
-pub use quic::{ALPN, DEFAULT_PORT, QuicCarrier, QuicCarrierConfig};
+pub use quic::{ALPN, Congestion, DEFAULT_PORT, QuicCarrier, QuicCarrierConfig};
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -31,7 +31,7 @@ use crate::carrier::{QuicCarrier, QuicCarrierConfig};
 use crate::config::NodeConfig;
 use crate::control::{Call, ControlServer, MAX_PING_COUNT, Request, Response};
 use crate::directory::Directory;
-use crate::dns::{DnsConfig, DnsStub, NameTable};
+use crate::dns::{DnsConfig, DnsStub, NameTable, resolved};
 use crate::engine::{self, Command, Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
@@ -174,11 +174,17 @@ async fn run(
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
 
+    let mut split_dns = None;
     let dns_task = if cfg.dns {
         let dcfg = DnsConfig::new(SocketAddr::new(IpAddr::V4(me.overlay), 53), &me.zone, names)?;
         let stub = DnsStub::bind(dcfg).await?;
         info!(listen = %stub.local_addr(), zone = %me.zone, "DNS stub up");
-        Some(tokio::spawn(stub.run()))
+        let local = stub.local_addr();
+        let task = tokio::spawn(stub.run());
+        if cfg.split_dns {
+            split_dns = split_dns_set_up(&cfg.tun_name, local, &me.zone);
+        }
+        Some(task)
     } else {
         None
     };
@@ -241,6 +247,12 @@ async fn run(
     };
 
     control_task.abort();
+    if let Some(sd) = split_dns {
+        let ifname = sd.ifname().to_owned();
+        if let Err(e) = sd.revert(&resolved::SystemRunner) {
+            warn!(error = %e, ifname, "reverting the systemd-resolved set-up");
+        }
+    }
     if let Some(t) = dns_task {
         t.abort();
     }
@@ -252,6 +264,29 @@ async fn run(
     drop(dev);
     info!("stopped; TUN removed");
     outcome
+}
+
+/// Sends the zone to the stub through systemd-resolved when it runs; logs
+/// what to do instead when it does not.
+fn split_dns_set_up(ifname: &str, stub: SocketAddr, zone: &str) -> Option<resolved::SplitDns> {
+    let probe = resolved::ResolvedProbe::default();
+    match resolved::set_up(&probe, &resolved::SystemRunner, ifname, stub, zone) {
+        Ok(resolved::SplitDnsOutcome::Configured(sd)) => {
+            info!(
+                ifname,
+                zone, "systemd-resolved sends the zone to the DNS stub"
+            );
+            Some(sd)
+        }
+        Ok(resolved::SplitDnsOutcome::NotPresent(why)) => {
+            info!("{}", why.advice(zone, stub));
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "systemd-resolved split DNS not set up");
+            None
+        }
+    }
 }
 
 /// What control requests need.

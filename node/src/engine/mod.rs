@@ -180,6 +180,7 @@ pub struct Engine {
     renegotiate: VecDeque<(Instant, FlowId)>,
     renegotiating: HashSet<FlowId>,
     healing: HashMap<FlowId, Instant>,
+    reject_logged: Option<Instant>,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
     net_buf: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -218,6 +219,7 @@ impl Engine {
             renegotiate: VecDeque::new(),
             renegotiating: HashSet::new(),
             healing: HashMap::new(),
+            reject_logged: None,
             versions: BTreeMap::new(),
             net_buf: vec![0; buf.max(2048)],
             icmp_buf: vec![0; 256],
@@ -329,7 +331,14 @@ impl Engine {
             Ok(_) => self.counters.policy_drops += 1,
             Err(e) => {
                 self.counters.data_in_rejected += 1;
-                trace!(%flow, error = %e, "inbound packet refused");
+                // At most one line a second: a flood must not flood the log.
+                if self
+                    .reject_logged
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.reject_logged = Some(now);
+                    debug!(%flow, peer = %frame.peer, error = %e, rejected = self.counters.data_in_rejected, "inbound packet refused");
+                }
             }
         }
         self.drain_pit(now);

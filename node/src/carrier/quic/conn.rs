@@ -235,6 +235,7 @@ impl Inner {
             && up.conn.stable_id() == conn.stable_id()
         {
             peer.link = Link::Idle;
+            log_stats(ge, conn, &peer.counters);
             let reason = conn.close_reason();
             if reason.as_ref().is_some_and(refused) {
                 peer.retry_at = Some(Instant::now() + self.retry_after);
@@ -283,6 +284,27 @@ impl Inner {
         }
         None
     }
+}
+
+/// Logs (DEBUG) what quinn saw on a connection next to the carrier's own
+/// counters: frames handed over vs. datagrams quinn sent shows drops in the
+/// send buffer, datagrams quinn received vs. frames delivered shows drops
+/// in the receive buffer (a slow engine); lost packets and congestion
+/// events show the path's own losses.
+pub(super) fn log_stats(ge: GeId, conn: &quinn::Connection, c: &Counters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = conn.stats();
+    debug!(
+        peer = %ge,
+        frames_out = c.frames_out.load(Relaxed),
+        frames_in = c.frames_in.load(Relaxed),
+        quic_datagrams_out = st.frame_tx.datagram,
+        quic_datagrams_in = st.frame_rx.datagram,
+        lost_packets = st.path.lost_packets,
+        congestion_events = st.path.congestion_events,
+        cwnd = st.path.cwnd,
+        "connection stats"
+    );
 }
 
 /// How long the losing connection of a simultaneous connect is still read.

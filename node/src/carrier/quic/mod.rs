@@ -276,6 +276,11 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        for (ge, p) in self.lock().iter() {
+            if let Link::Up(up) = &p.link {
+                conn::log_stats(*ge, &up.conn, &p.counters);
+            }
+        }
         self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
         for p in self.lock().values_mut() {
             p.drop_queue();
