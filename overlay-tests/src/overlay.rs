@@ -36,6 +36,15 @@ pub const GMS_PORT: u16 = 4433;
 /// How long `fpn-node up` may take to log `node ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The configuration every lab node runs with: the defaults, except that
+/// it never touches systemd-resolved. resolved runs in the machine's network
+/// namespace, not the lab host's: `resolvectl dns fpn0 ...` from inside a
+/// lab host would hand an interface index of the lab's namespace to the
+/// machine's resolver, i.e. change (or break) the DNS of the machine running
+/// the tests or the demo. The lab points each host's resolv.conf at its stub
+/// instead.
+pub const NODE_CONFIG: &str = "# written by fpn_lab::overlay\nsplit_dns = false\n";
+
 /// How long fpn-gms may take to log that it serves.
 const GMS_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -420,12 +429,23 @@ impl Overlay {
             None => self.lab.clear_resolv_conf(&host)?,
         }
         let state = node.state_dir.to_string_lossy().into_owned();
+        let config = self.lab.log_dir().join(format!("node-{name}.toml"));
+        std::fs::write(&config, NODE_CONFIG)
+            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
+        let config = config.to_string_lossy().into_owned();
         let bin = self.node_bin()?;
         let p = self
             .lab
             .command(
                 &host,
-                [bin.to_string_lossy().as_ref(), "up", "--state", &state],
+                [
+                    bin.to_string_lossy().as_ref(),
+                    "up",
+                    "--state",
+                    &state,
+                    "--config",
+                    &config,
+                ],
             )
             .name(&format!("fpn-node-{name}"))
             .env(
