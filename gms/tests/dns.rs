@@ -145,7 +145,7 @@ fn no_dns_turns_it_off_and_a_taken_port_is_a_clear_error() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let tcp = std::net::TcpListener::bind(taken.local_addr().unwrap()).ok();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut other = Gms::init(&["--dns-listen", &addr]);
+    let other = Gms::init(&["--dns-listen", &addr]);
     let out = Command::new(BIN)
         .args(["serve", "--data", other.data.to_str().unwrap()])
         .output()
@@ -157,6 +157,22 @@ fn no_dns_turns_it_off_and_a_taken_port_is_a_clear_error() {
         err.contains("cannot serve DNS on") && err.contains("--no-dns"),
         "{err}"
     );
-    // Once the address is free again it starts.
-    other.start();
+    // `serve --no-dns` runs this data directory anyway.
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--no-dns", "--data", other.data.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !other
+        .try_admin(&fpn_gms::admin::AdminRequest::Status)
+        .is_ok_and(|r| r.ok)
+    {
+        assert!(serve.try_wait().unwrap().is_none(), "serve --no-dns exited");
+        assert!(Instant::now() < deadline, "serve --no-dns did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(other.json(&["status"])["dns"], serde_json::json!([]));
+    let _ = serve.kill();
+    let _ = serve.wait();
 }

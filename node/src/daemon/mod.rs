@@ -153,8 +153,9 @@ async fn run(
     for r in dir.iter() {
         let _ = eng_tx.try_send(Command::Peer(r.clone()));
     }
-    let engine_task =
-        tokio::spawn(engine::run(engine, eng_rx, inbound).instrument(info_span!("engine")));
+    let engine_task = tokio::spawn(
+        engine::run(engine, dev.clone(), eng_rx, inbound).instrument(info_span!("engine")),
+    );
 
     let names = NameTable::new();
     let shared = Shared::new(dir);

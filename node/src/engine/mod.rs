@@ -154,6 +154,23 @@ struct Counters {
     wrong_owner: u64,
 }
 
+/// Where the engine writes packets for this host: the TUN device. A trait
+/// so the dispatch logic can be unit-tested without one.
+pub trait TunWriter: Send + Sync {
+    /// Writes one IP packet; never waits.
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TunWriter for tun::AsyncDevice {
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
+        // A direct write on the non-blocking descriptor: a TUN write hands
+        // the packet to the kernel stack and does not wait. The async
+        // wrapper is not used here: its cached write readiness would make
+        // it refuse packets the kernel takes.
+        std::ops::Deref::deref(self).send(packet)
+    }
+}
+
 /// The per-peer choice of carrier. Only QUIC exists now; the native
 /// carrier (a later issue) will add probing and switch `current` per peer.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +184,7 @@ pub struct Engine {
     dprp: Endpoint,
     pit: Pit,
     carrier: Arc<dyn Carrier>,
-    tun: Arc<tun::AsyncDevice>,
+    tun: Arc<dyn TunWriter>,
     dir_requests: mpsc::Sender<Ipv4Addr>,
     peers: HashMap<Ipv4Addr, PeerRecord>,
     targets: HashMap<GeId, PeerTarget>,
@@ -197,7 +214,7 @@ impl Engine {
         dprp: Endpoint,
         pit: Pit,
         carrier: Arc<dyn Carrier>,
-        tun: Arc<tun::AsyncDevice>,
+        tun: Arc<dyn TunWriter>,
         dir_requests: mpsc::Sender<Ipv4Addr>,
     ) -> Self {
         let buf = usize::from(cfg.mtu) + TRAILER_LEN + 64;
@@ -315,6 +332,7 @@ impl Engine {
             None => {
                 self.counters.data_in_no_flow += 1;
                 self.heal(flow, frame.peer, now);
+                self.drain(now);
                 return;
             }
             Some(p) if p != Some(frame.peer) => {
@@ -364,7 +382,7 @@ impl Engine {
         self.healing
             .retain(|_, t| now.saturating_duration_since(*t) < HEAL_GAP);
         self.due_renegotiations(now);
-        self.drain_pit(now);
+        self.drain(now);
     }
 
     /// When DPRP wants [`Engine::handle_timeout`] next (recomputed only
@@ -814,13 +832,10 @@ impl Engine {
         }
     }
 
-    fn write_tun(tun: &tun::AsyncDevice, counters: &mut Counters, packet: &[u8]) {
-        // A direct write on the non-blocking descriptor: a TUN write hands
-        // the packet to the kernel stack and does not wait; should it ever
-        // refuse (EAGAIN), the packet is dropped (counted) rather than
-        // stalling every flow. The async wrapper is not used here: its
-        // cached write readiness would make it drop packets the kernel takes.
-        match std::ops::Deref::deref(tun).send(packet) {
+    fn write_tun(tun: &Arc<dyn TunWriter>, counters: &mut Counters, packet: &[u8]) {
+        // Should the kernel ever refuse (EAGAIN), the packet is dropped
+        // (counted) rather than stalling every flow.
+        match tun.write_packet(packet) {
             Ok(_) => counters.tun_out += 1,
             Err(e) => {
                 counters.tun_write_drops += 1;
@@ -977,10 +992,10 @@ fn in_net(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
 /// in batches, wakes DPRP at its deadline and ages the PIT every second.
 pub async fn run(
     mut engine: Engine,
+    tun: Arc<tun::AsyncDevice>,
     mut commands: mpsc::Receiver<Command>,
     mut inbound: mpsc::Receiver<Inbound>,
 ) {
-    let tun = engine.tun.clone();
     let mut buf = vec![0u8; engine.buffer_len()];
     let mut frames: Vec<Inbound> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -1045,6 +1060,9 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod dispatch_tests;
 
 #[cfg(test)]
 mod tests {

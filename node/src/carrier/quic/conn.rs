@@ -189,7 +189,7 @@ impl Inner {
         });
         while let Some((kind, f)) = peer.queue.pop_front() {
             // Each failure is counted in transmit_frame; the rest still go.
-            let _ = self.transmit_frame(ge, peer, &conn, kind, f);
+            let _ = self.transmit_frame(ge, &peer.counters, &conn, kind, f);
         }
         let counters = peer.counters.clone();
         drop(peers);

@@ -316,16 +316,22 @@ impl Inner {
         }
         let mut peers = self.lock();
         let peer = peers.entry(to.ge).or_insert_with(Peer::new);
-        if let Link::Up(up) = &peer.link {
-            let conn = up.conn.clone();
-            match self.transmit(to.ge, peer, &conn, kind, payload) {
+        let Peer {
+            link,
+            send_buf,
+            counters,
+            ..
+        } = &mut *peer;
+        if let Link::Up(up) = link {
+            let f = send_buf.encode(kind, payload);
+            match self.transmit_frame(to.ge, counters, &up.conn, kind, f) {
                 Err(Error::CarrierDropped {
                     reason: LOST_REASON,
                     ..
                 }) => {
                     // The reader task will notice too; reconnecting now
                     // keeps this frame.
-                    peer.link = Link::Idle;
+                    *link = Link::Idle;
                 }
                 r => return r,
             }
@@ -355,34 +361,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Sends one frame on `conn`; counts it or its drop.
-    fn transmit(
-        &self,
-        ge: GeId,
-        peer: &mut Peer,
-        conn: &quinn::Connection,
-        kind: FrameKind,
-        payload: &[u8],
-    ) -> Result<()> {
-        let f = peer.encode(kind, payload);
-        self.transmit_frame(ge, peer, conn, kind, f)
-    }
-
-    /// Sends one encoded frame (kind byte included) on `conn`.
+    /// Sends one encoded frame (kind byte included) on `conn`; counts it or its drop.
     fn transmit_frame(
         &self,
         ge: GeId,
-        peer: &mut Peer,
+        c: &Arc<Counters>,
         conn: &quinn::Connection,
         kind: FrameKind,
         f: bytes::Bytes,
     ) -> Result<()> {
-        let c = &peer.counters;
         let len = (f.len() - frame::OVERHEAD) as u64;
         let max = conn.max_datagram_size().unwrap_or(0);
         if f.len() > max {
             if kind == FrameKind::Control {
-                return self.send_on_stream(ge, peer, conn, f);
+                return self.send_on_stream(ge, c, conn, f);
             }
             Counters::add(&c.drops_too_large, 1);
             let max = max.saturating_sub(frame::OVERHEAD);
@@ -434,11 +426,10 @@ impl Inner {
     fn send_on_stream(
         &self,
         ge: GeId,
-        peer: &Peer,
+        c: &Arc<Counters>,
         conn: &quinn::Connection,
         f: bytes::Bytes,
     ) -> Result<()> {
-        let c = peer.counters.clone();
         if f.len() > frame::MAX_STREAM_FRAME {
             Counters::add(&c.drops_too_large, 1);
             return Err(Error::CarrierTooLarge {

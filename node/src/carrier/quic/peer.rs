@@ -12,9 +12,7 @@ use fpn_proto::ge::GeId;
 
 use super::super::{CarrierKind, FrameKind, PeerState, PeerStats, frame};
 
-/// Bytes the send buffer allocates at a time. Frames are cut from it and
-/// handed to quinn; once quinn has sent them the block is reused, so the
-/// send path does not allocate per packet.
+/// Bytes the send buffer allocates at a time.
 const SEND_BLOCK: usize = 256 * 1024;
 
 /// Counters of one peer. Atomics, because the connection's reader tasks
@@ -66,7 +64,28 @@ pub(crate) struct Peer {
     pub counters: Arc<Counters>,
     /// After a failed attempt, no new one before this.
     pub retry_at: Option<Instant>,
-    send_buf: BytesMut,
+    pub send_buf: SendBuf,
+}
+
+/// Where outgoing frames are built. Frames are cut from one block and
+/// handed to quinn; once quinn has sent them the block is reused, so the
+/// send path does not allocate per packet.
+#[derive(Debug, Default)]
+pub(crate) struct SendBuf(BytesMut);
+
+impl SendBuf {
+    /// The frame for `payload`: kind byte and payload.
+    pub(crate) fn encode(&mut self, kind: FrameKind, payload: &[u8]) -> Bytes {
+        let need = frame::OVERHEAD + payload.len();
+        if self.0.capacity() < need {
+            // Reclaims the block when quinn has released every frame cut
+            // from it; otherwise starts a new one.
+            self.0.reserve(need.max(SEND_BLOCK));
+        }
+        self.0.put_u8(frame::kind_byte(kind));
+        self.0.extend_from_slice(payload);
+        self.0.split().freeze()
+    }
 }
 
 impl Peer {
@@ -77,21 +96,13 @@ impl Peer {
             queue: VecDeque::new(),
             counters: Arc::default(),
             retry_at: None,
-            send_buf: BytesMut::new(),
+            send_buf: SendBuf::default(),
         }
     }
 
-    /// The frame for `payload`: kind byte and payload, cut from the send buffer.
+    /// The frame for `payload`, cut from the peer's send buffer.
     pub(crate) fn encode(&mut self, kind: FrameKind, payload: &[u8]) -> Bytes {
-        let need = frame::OVERHEAD + payload.len();
-        if self.send_buf.capacity() < need {
-            // Reclaims the block when quinn has released every frame cut
-            // from it; otherwise starts a new one.
-            self.send_buf.reserve(need.max(SEND_BLOCK));
-        }
-        self.send_buf.put_u8(frame::kind_byte(kind));
-        self.send_buf.extend_from_slice(payload);
-        self.send_buf.split().freeze()
+        self.send_buf.encode(kind, payload)
     }
 
     /// Drops everything queued, counting it as unreachable.
