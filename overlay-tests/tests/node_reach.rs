@@ -146,6 +146,36 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
             .any(|f| f["action"] == "encrypt" && f["carrier"] == "quic" && f["proto"] == "tcp"),
         "a's status shows no encrypted TCP flow to b over QUIC: {flows:?}"
     );
+    // UDP for 3 s at 20 Mbit/s, by name: it arrives (a generous loss bound;
+    // the rate is far below what the overlay carries).
+    let out = lab
+        .command(
+            "a",
+            ["iperf3", "-c", &b, "-u", "-b", "20M", "-t", "3", "-J"],
+        )
+        .timeout(Duration::from_secs(40))
+        .output()
+        .unwrap();
+    let udp: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    assert!(out.success(), "iperf3 -u: {} {}", udp["error"], out.stderr);
+    let sum = &udp["end"]["sum"];
+    let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);
+    assert!(
+        sum["packets"].as_u64().unwrap_or(0) > 1000,
+        "iperf3 -u: {sum}"
+    );
+    assert!(
+        lost < 10.0,
+        "iperf3 -u lost {lost}% of its datagrams: {sum}"
+    );
+    assert!(
+        ov.flows_with("a", "b")
+            .unwrap()
+            .iter()
+            .any(|f| f["proto"] == "udp" && f["dport"] == 5201 && f["action"] == "encrypt"),
+        "no encrypted UDP flow to b:5201"
+    );
+
     let moved = flow_bytes(&ov) - before;
     assert!(
         moved >= received,
