@@ -582,8 +582,9 @@ async fn a_crashed_and_restarted_peer_that_connected_to_us_is_reached_again_at_o
     let net = Network::new();
     let (a, mut arx) = local_carrier(net.identity(1, 11));
     let dir = net.identity_dir(2, 12);
-    // b opens the connection: a, its server, has no reset token for b's
-    // connection id, so a must notice on its own that b is gone.
+    // b opens the connection: a, its server, resets with the token b
+    // handed out after the handshake (quinn switches to that connection
+    // id at once).
     let mut b = ChildCarrier::start(&dir, 0, Some(a.local_addr()));
     assert_eq!(&recv(&mut arx).await.payload[..], b"hello again");
     let to = PeerTarget {
@@ -634,4 +635,41 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
     assert_eq!((p.state, p.connections), (PeerState::Up, 2));
     let took = until_echo(&a, &mut arx, &to).await;
     assert!(took < Duration::from_secs(1), "echo after {took:?}");
+}
+
+#[tokio::test]
+async fn a_connection_whose_data_gets_no_answer_is_given_up_long_before_the_idle_timeout() {
+    let net = Network::new();
+    let (a, mut arx) = local_carrier(net.identity(1, 11));
+    let dir = net.identity_dir(2, 12);
+    let mut b = ChildCarrier::start(&dir, 0, None);
+    let to = PeerTarget {
+        ge: GeId(2),
+        addrs: vec![b.addr()],
+    };
+    until_echo(&a, &mut arx, &to).await;
+    // b is gone for good: nothing resets the connection.
+    b.kill();
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u32;
+    while a.peers()[0].state == PeerState::Up {
+        assert!(
+            start.elapsed() < HEAL,
+            "still up after {:?}",
+            start.elapsed()
+        );
+        let _ = a.send(&to, FrameKind::Data, &sent.to_be_bytes());
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a gave up the connection to the dead b after {:?}",
+        start.elapsed()
+    );
+    // The next frame tries a new connection (and fails: nobody listens).
+    a.send(&to, FrameKind::Data, b"anyone?").unwrap();
+    until(&a, GeId(2), |p| {
+        p.connections == 1 && p.state == PeerState::Idle && p.drops_unreachable >= 1
+    })
+    .await;
 }

@@ -333,15 +333,16 @@ const WATCH_TICK: Duration = Duration::from_millis(250);
 /// trips, if longer) means the peer is gone.
 const UNANSWERED_AFTER: Duration = Duration::from_secs(3);
 
-/// Closes `conn` when data sent on it gets no answer at all: a peer that
-/// crashed and restarted cannot always reset the old connection (a
-/// connection's initiator hands out no reset token for the connection id it
-/// chose during the handshake), and waiting for the idle timeout would cut
-/// the peer off for that long. Every data packet elicits an ACK within a
-/// round trip and the ACK delay, so seconds of silence after sending mean
-/// the path or the peer is gone; closing lets the next frame reconnect.
-/// Only data counts as a question: keep-alives and path-MTU probes (which
-/// may be lost by design) are left to the idle timeout.
+/// Closes `conn` when data sent on it gets no answer at all. A peer that
+/// restarted on the same port resets its old connections at once (see
+/// `restart`); this covers the rest: a peer that is gone, came back on
+/// another address, or whose resets do not get through. Without it such a
+/// connection would swallow frames until the idle timeout. Every data
+/// packet elicits an ACK within a round trip and the ACK delay, so seconds
+/// of silence after sending mean the path or the peer is gone; closing lets
+/// the next frame reconnect. Only data counts as a question: keep-alives
+/// and path-MTU probes (which may be lost by design) are left to the idle
+/// timeout.
 async fn watch(conn: quinn::Connection) {
     let mut tick = tokio::time::interval(WATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
