@@ -7,7 +7,14 @@
 //!   exactly the GE it was opened for.
 //! - **One connection per peer**, used in both directions. When both sides
 //!   connect at once, each side keeps the connection opened by the lower GE
-//!   id and closes the other, so both keep the same one.
+//!   id and closes the other, so both keep the same one. A peer's new
+//!   connection later than that replaces ours: it only connects when it
+//!   holds none with us (it restarted, or gave ours up).
+//! - **Dead connections go fast.** A peer that crashed and came back on the
+//!   same port resets its old connections with its first answer (the reset
+//!   keys derive from the node key, [`restart`]); a connection whose data
+//!   gets no answer at all for 3 s is closed. Either way the next frame
+//!   opens a new connection, without the back-off of a failed connect.
 //! - **Frames.** One frame per DATAGRAM, behind a kind byte ([`frame`]). A
 //!   data frame that does not fit the connection's current datagram size is
 //!   dropped and counted ([`Error::CarrierTooLarge`] tells the size that
