@@ -1,7 +1,9 @@
 //! The QUIC carrier between real carriers on loopback, with identities
 //! issued by the GMS's own CA code (the certificates enrollment hands out).
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
@@ -32,6 +34,11 @@ impl Network {
 
     /// Issues GE `id` (certificate serial `serial`) and loads it the way the node does.
     fn identity(&self, id: u32, serial: u64) -> Identity {
+        Identity::load(&self.identity_dir(id, serial)).unwrap()
+    }
+
+    /// Issues GE `id` (certificate serial `serial`) into a directory of its own.
+    fn identity_dir(&self, id: u32, serial: u64) -> std::path::PathBuf {
         let now = fpn_gms::now_unix();
         let (key, public) = generate_node_key().unwrap();
         let name = format!("ge{id}");
@@ -74,7 +81,7 @@ impl Network {
         let json =
             format!(r#"{{"gms_addr":"127.0.0.1:1","zone":"home.fpn.","ca_public":"{hex}"}}"#);
         write(&dir, "identity.json", json.as_bytes());
-        Identity::load(&dir).unwrap()
+        dir
     }
 }
 
@@ -426,4 +433,243 @@ fn bad_settings_are_typed_errors() {
         QuicCarrier::bind(cfg),
         Err(Error::CarrierBind { .. })
     ));
+}
+
+/// Environment variable that turns [`restart_child`] into a carrier: the
+/// identity directory, the port (0: any), and optionally the address of GE 1
+/// to greet, separated by spaces.
+const CHILD_ENV: &str = "FPN_CARRIER_TEST_CHILD";
+/// How long a child carrier lives at most.
+const CHILD_LIFE: Duration = Duration::from_secs(60);
+
+/// A carrier in another process of this test binary: it can be killed
+/// (SIGKILL, no CONNECTION_CLOSE) and started again on the same port.
+struct ChildCarrier {
+    child: Child,
+    port: u16,
+}
+
+impl ChildCarrier {
+    /// Starts the child and waits until it listens.
+    fn start(dir: &Path, port: u16, greet: Option<std::net::SocketAddr>) -> Self {
+        let mut arg = format!("{} {port}", dir.display());
+        if let Some(a) = greet {
+            arg.push_str(&format!(" {a}"));
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "restart_child", "--nocapture"])
+            .env(CHILD_ENV, arg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        // The harness prints its own lines; the child's is "port N".
+        let port = BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("port ").and_then(|p| p.parse().ok()))
+            .expect("the child carrier did not start");
+        Self { child, port }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// SIGKILL: the process ends without closing anything.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildCarrier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test: the carrier process the restart tests start, kill and start
+/// again. It echoes every frame back to its sender.
+#[tokio::test]
+#[ignore = "helper process of the restart tests"]
+async fn restart_child() {
+    let Ok(arg) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = arg.split(' ');
+    let dir = parts.next().unwrap();
+    let port: u16 = parts.next().unwrap().parse().unwrap();
+    let greet: Option<std::net::SocketAddr> = parts.next().map(|a| a.parse().unwrap());
+    let mut cfg = QuicCarrierConfig::new(Identity::load(Path::new(dir)).unwrap());
+    cfg.listen = ([127, 0, 0, 1], port).into();
+    cfg.connect_timeout = Duration::from_secs(1);
+    let (c, mut rx) = QuicCarrier::bind(cfg).unwrap();
+    println!("port {}", c.local_addr().port());
+    if let Some(addr) = greet {
+        let to = PeerTarget {
+            ge: GeId(1),
+            addrs: vec![addr],
+        };
+        c.send(&to, FrameKind::Data, b"hello again").unwrap();
+    }
+    let end = tokio::time::Instant::now() + CHILD_LIFE;
+    while let Ok(Some(f)) = tokio::time::timeout_at(end, rx.recv()).await {
+        let to = PeerTarget {
+            ge: f.peer,
+            addrs: vec![f.from],
+        };
+        let _ = c.send(&to, f.kind, &f.payload);
+    }
+}
+
+/// Sends to `to` every 100 ms until a frame comes back (the child echoes);
+/// returns how long that took.
+async fn until_echo(a: &QuicCarrier, rx: &mut Receiver<Inbound>, to: &PeerTarget) -> Duration {
+    let start = tokio::time::Instant::now();
+    for i in 0..100u32 {
+        // Drops while the connection heals are expected.
+        let _ = a.send(to, FrameKind::Data, &i.to_be_bytes());
+        if let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            assert_eq!(f.peer, to.ge);
+            return start.elapsed();
+        }
+    }
+    panic!("no echo from {} within 10 s", to.ge);
+}
+
+fn local_carrier(id: Identity) -> (QuicCarrier, Receiver<Inbound>) {
+    let mut cfg = QuicCarrierConfig::new(id);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.connect_timeout = Duration::from_secs(1);
+    QuicCarrier::bind(cfg).unwrap()
+}
+
+/// Far below the 30 s idle timeout a dead connection would otherwise last.
+const HEAL: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_crashed_and_restarted_peer_we_connected_to_is_reached_again_at_once() {
+    let net = Network::new();
+    let (a, mut arx) = local_carrier(net.identity(1, 11));
+    let dir = net.identity_dir(2, 12);
+    let mut b = ChildCarrier::start(&dir, 0, None);
+    let to = PeerTarget {
+        ge: GeId(2),
+        addrs: vec![b.addr()],
+    };
+    // a opens the connection: b's stateless reset token is what a holds.
+    until_echo(&a, &mut arx, &to).await;
+    assert_eq!(
+        until(&a, GeId(2), |p| p.state == PeerState::Up)
+            .await
+            .connections,
+        1
+    );
+
+    b.kill();
+    let _b = ChildCarrier::start(&dir, b.port, None);
+    let took = until_echo(&a, &mut arx, &to).await;
+    eprintln!("a -> restarted b: echo after {took:?}");
+    assert!(took < HEAL, "healed only after {took:?}");
+    let p = until(&a, GeId(2), |p| p.state == PeerState::Up).await;
+    assert_eq!((p.connections, p.initiator), (2, Some(GeId(1))));
+}
+
+#[tokio::test]
+async fn a_crashed_and_restarted_peer_that_connected_to_us_is_reached_again_at_once() {
+    let net = Network::new();
+    let (a, mut arx) = local_carrier(net.identity(1, 11));
+    let dir = net.identity_dir(2, 12);
+    // b opens the connection: a, its server, resets with the token b
+    // handed out after the handshake (quinn switches to that connection
+    // id at once).
+    let mut b = ChildCarrier::start(&dir, 0, Some(a.local_addr()));
+    assert_eq!(&recv(&mut arx).await.payload[..], b"hello again");
+    let to = PeerTarget {
+        ge: GeId(2),
+        addrs: vec![b.addr()],
+    };
+    until_echo(&a, &mut arx, &to).await;
+    assert_eq!(
+        until(&a, GeId(2), |p| p.state == PeerState::Up)
+            .await
+            .initiator,
+        Some(GeId(2))
+    );
+
+    b.kill();
+    let _b = ChildCarrier::start(&dir, b.port, None);
+    let took = until_echo(&a, &mut arx, &to).await;
+    eprintln!("a -> restarted b (b had connected): echo after {took:?}");
+    assert!(took < HEAL, "healed only after {took:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
+    let net = Network::new();
+    let (a, mut arx) = local_carrier(net.identity(1, 11));
+    let dir = net.identity_dir(2, 12);
+    let mut b = ChildCarrier::start(&dir, 0, None);
+    let to = PeerTarget {
+        ge: GeId(2),
+        addrs: vec![b.addr()],
+    };
+    until_echo(&a, &mut arx, &to).await;
+    // a's connection (a has the lower id) is older than a simultaneous
+    // open could make it (twice the connect timeout of 1 s, and 1 s).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        until(&a, GeId(2), |p| p.state == PeerState::Up)
+            .await
+            .initiator,
+        Some(GeId(1))
+    );
+
+    b.kill();
+    let _b = ChildCarrier::start(&dir, b.port, Some(a.local_addr()));
+    assert_eq!(&recv(&mut arx).await.payload[..], b"hello again");
+    // a takes b's new connection at once, rather than its own dead one.
+    let p = until(&a, GeId(2), |p| p.initiator == Some(GeId(2))).await;
+    assert_eq!((p.state, p.connections), (PeerState::Up, 2));
+    let took = until_echo(&a, &mut arx, &to).await;
+    assert!(took < Duration::from_secs(1), "echo after {took:?}");
+}
+
+#[tokio::test]
+async fn a_connection_whose_data_gets_no_answer_is_given_up_long_before_the_idle_timeout() {
+    let net = Network::new();
+    let (a, mut arx) = local_carrier(net.identity(1, 11));
+    let dir = net.identity_dir(2, 12);
+    let mut b = ChildCarrier::start(&dir, 0, None);
+    let to = PeerTarget {
+        ge: GeId(2),
+        addrs: vec![b.addr()],
+    };
+    until_echo(&a, &mut arx, &to).await;
+    // b is gone for good: nothing resets the connection.
+    b.kill();
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u32;
+    while a.peers()[0].state == PeerState::Up {
+        assert!(
+            start.elapsed() < HEAL,
+            "still up after {:?}",
+            start.elapsed()
+        );
+        let _ = a.send(&to, FrameKind::Data, &sent.to_be_bytes());
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a gave up the connection to the dead b after {:?}",
+        start.elapsed()
+    );
+    // The next frame tries a new connection (and fails: nobody listens).
+    a.send(&to, FrameKind::Data, b"anyone?").unwrap();
+    until(&a, GeId(2), |p| {
+        p.connections == 1 && p.state == PeerState::Idle && p.drops_unreachable >= 1
+    })
+    .await;
 }

@@ -53,7 +53,11 @@ pub(super) fn transport(cfg: &QuicCarrierConfig) -> quinn::TransportConfig {
 }
 
 /// A QUIC endpoint on a UDP socket with large buffers, serving `server`.
-pub(super) fn endpoint(listen: SocketAddr, server: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+pub(super) fn endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+    config: quinn::EndpointConfig,
+) -> Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |source| Error::CarrierBind {
         addr: listen,
@@ -77,13 +81,7 @@ pub(super) fn endpoint(listen: SocketAddr, server: quinn::ServerConfig) -> Resul
         setting: "runtime",
         reason: "the QUIC carrier needs a tokio runtime",
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        sock.into(),
-        runtime,
-    )
-    .map_err(bind)
+    quinn::Endpoint::new(config, Some(server), sock.into(), runtime).map_err(bind)
 }
 
 /// Accepts peers until the endpoint closes.
@@ -163,17 +161,24 @@ impl Inner {
         let peer = peers.entry(ge).or_insert_with(Peer::new);
         let span = info_span!("quic_peer", peer = %ge);
         if let Link::Up(old) = &peer.link {
-            // Both sides apply the same rule, so both keep the same
-            // connection: the one opened by the lower GE id. Between two
-            // connections opened by the same side, the newer wins (the
-            // peer restarted or its address changed).
-            if old.initiator < initiator {
+            // A peer only opens a connection when it holds none with us. So
+            // a new one means our old one is dead for the peer (it crashed
+            // and restarted, or gave the connection up), unless both sides
+            // opened theirs at once: then both connections come up within
+            // a few connect timeouts of each other, and both sides keep
+            // the one opened by the lower GE id, so both keep the same one.
+            let simultaneous =
+                old.initiator != initiator && old.since.elapsed() < self.simultaneous_window;
+            if simultaneous && old.initiator < initiator {
                 debug!(peer = %ge, %initiator, "duplicate connection, keeping the other");
                 // The peer may have sent on it before it learnt which one
                 // wins: read it for a grace period, never send on it.
                 self.spawn_readers(conn.clone(), cert, peer.counters.clone(), span);
                 self.runtime.spawn(retire(conn));
                 return;
+            }
+            if !simultaneous {
+                info!(peer = %ge, %initiator, "new connection from a peer that lost the old one");
             }
             self.runtime.spawn(retire(old.conn.clone()));
         }
@@ -186,7 +191,10 @@ impl Inner {
             conn: conn.clone(),
             initiator,
             serial: cert.serial,
+            since: Instant::now(),
         });
+        self.runtime
+            .spawn(watch(conn.clone()).instrument(span.clone()));
         while let Some((kind, f)) = peer.queue.pop_front() {
             // Each failure is counted in transmit_frame; the rest still go.
             let _ = self.transmit_frame(ge, &peer.counters, &conn, kind, f);
@@ -316,6 +324,53 @@ async fn retire(conn: quinn::Connection) {
     tokio::select! {
         _ = tokio::time::sleep(DUPLICATE_GRACE) => conn.close(close::DUPLICATE.into(), b"duplicate"),
         _ = conn.closed() => {}
+    }
+}
+
+/// How often [`watch`] looks at a connection.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+/// Data sent without any packet coming back for this long (or eight round
+/// trips, if longer) means the peer is gone.
+const UNANSWERED_AFTER: Duration = Duration::from_secs(3);
+
+/// Closes `conn` when data sent on it gets no answer at all. A peer that
+/// restarted on the same port resets its old connections at once (see
+/// `restart`); this covers the rest: a peer that is gone, came back on
+/// another address, or whose resets do not get through. Without it such a
+/// connection would swallow frames until the idle timeout. Every data
+/// packet elicits an ACK within a round trip and the ACK delay, so seconds
+/// of silence after sending mean the path or the peer is gone; closing lets
+/// the next frame reconnect. Only data counts as a question: keep-alives
+/// and path-MTU probes (which may be lost by design) are left to the idle
+/// timeout.
+async fn watch(conn: quinn::Connection) {
+    let mut tick = tokio::time::interval(WATCH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut rx_seen, mut tx_answered) = (0, 0);
+    let mut unanswered_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tick.tick() => {}
+        }
+        let st = conn.stats();
+        let (rx, tx) = (
+            st.udp_rx.datagrams,
+            st.frame_tx.datagram + st.frame_tx.stream,
+        );
+        if rx != rx_seen {
+            (rx_seen, tx_answered, unanswered_since) = (rx, tx, None);
+            continue;
+        }
+        if tx == tx_answered {
+            continue;
+        }
+        let since = *unanswered_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= UNANSWERED_AFTER.max(conn.rtt() * 8) {
+            info!(silent = ?since.elapsed(), "peer does not answer, closing the connection");
+            conn.close(close::UNANSWERED.into(), b"unanswered");
+            return;
+        }
     }
 }
 

@@ -7,7 +7,14 @@
 //!   exactly the GE it was opened for.
 //! - **One connection per peer**, used in both directions. When both sides
 //!   connect at once, each side keeps the connection opened by the lower GE
-//!   id and closes the other, so both keep the same one.
+//!   id and closes the other, so both keep the same one. A peer's new
+//!   connection later than that replaces ours: it only connects when it
+//!   holds none with us (it restarted, or gave ours up).
+//! - **Dead connections go fast.** A peer that crashed and came back on the
+//!   same port resets its old connections with its first answer (the reset
+//!   keys derive from the node key, [`restart`]); a connection whose data
+//!   gets no answer at all for 3 s is closed. Either way the next frame
+//!   opens a new connection, without the back-off of a failed connect.
 //! - **Frames.** One frame per DATAGRAM, behind a kind byte ([`frame`]). A
 //!   data frame that does not fit the connection's current datagram size is
 //!   dropped and counted ([`Error::CarrierTooLarge`] tells the size that
@@ -24,6 +31,7 @@
 mod auth;
 mod conn;
 mod peer;
+mod restart;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,6 +61,8 @@ mod close {
     pub const DUPLICATE: u32 = 1;
     /// The peer was revoked.
     pub const REVOKED: u32 = 2;
+    /// The peer stopped acknowledging what we sent.
+    pub const UNANSWERED: u32 = 3;
 }
 
 /// Congestion controllers the carrier can use.
@@ -163,7 +173,11 @@ impl QuicCarrier {
         server.transport_config(transport.clone());
         // Bounds the handshakes held at once; each costs memory and a signature.
         server.max_incoming(4096);
-        let endpoint = conn::endpoint(cfg.listen, server)?;
+        let endpoint = conn::endpoint(
+            cfg.listen,
+            server,
+            restart::endpoint_config(cfg.identity.key_pkcs8()),
+        )?;
         let (tx, rx) = mpsc::channel(cfg.inbound_capacity);
         let inner = Arc::new(Inner {
             endpoint,
@@ -172,6 +186,7 @@ impl QuicCarrier {
             transport,
             runtime: tokio::runtime::Handle::current(),
             connect_timeout: cfg.connect_timeout,
+            simultaneous_window: cfg.connect_timeout * 2 + Duration::from_secs(1),
             retry_after: cfg.retry_after,
             queue_len: cfg.queue_len,
             peers: Mutex::default(),
@@ -258,6 +273,9 @@ pub(crate) struct Inner {
     transport: Arc<quinn::TransportConfig>,
     runtime: tokio::runtime::Handle,
     connect_timeout: Duration,
+    /// Two connections between the same pair set up within this window
+    /// of each other are a simultaneous open; see [`Inner::install`].
+    simultaneous_window: Duration,
     retry_after: Duration,
     queue_len: usize,
     peers: Mutex<BTreeMap<GeId, Peer>>,

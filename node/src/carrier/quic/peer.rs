@@ -43,6 +43,8 @@ pub(crate) struct Up {
     pub initiator: GeId,
     /// The serial of the certificate the peer presented.
     pub serial: u64,
+    /// When it became the peer's connection.
+    pub since: Instant,
 }
 
 /// The state of the link to a peer.
