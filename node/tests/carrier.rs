@@ -435,14 +435,7 @@ fn bad_settings_are_typed_errors() {
     ));
 }
 
-/// Environment variable that turns [`restart_child`] into a carrier: the
-/// identity directory, the port (0: any), and optionally the address of GE 1
-/// to greet, separated by spaces.
-const CHILD_ENV: &str = "FPN_CARRIER_TEST_CHILD";
-/// How long a child carrier lives at most.
-const CHILD_LIFE: Duration = Duration::from_secs(60);
-
-/// A carrier in another process of this test binary: it can be killed
+/// A carrier in another process (`examples/carrier_echo.rs`): it can be killed
 /// (SIGKILL, no CONNECTION_CLOSE) and started again on the same port.
 struct ChildCarrier {
     child: Child,
@@ -452,18 +445,13 @@ struct ChildCarrier {
 impl ChildCarrier {
     /// Starts the child and waits until it listens.
     fn start(dir: &Path, port: u16, greet: Option<std::net::SocketAddr>) -> Self {
-        let mut arg = format!("{} {port}", dir.display());
+        let mut cmd = Command::new(echo_binary());
+        cmd.arg(dir).arg(port.to_string());
         if let Some(a) = greet {
-            arg.push_str(&format!(" {a}"));
+            cmd.arg(a.to_string());
         }
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "restart_child", "--nocapture"])
-            .env(CHILD_ENV, arg)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let out = child.stdout.take().unwrap();
-        // The harness prints its own lines; the child's is "port N".
         let port = BufReader::new(out)
             .lines()
             .map_while(|l| l.ok())
@@ -490,38 +478,23 @@ impl Drop for ChildCarrier {
     }
 }
 
-/// Not a test: the carrier process the restart tests start, kill and start
-/// again. It echoes every frame back to its sender.
-#[tokio::test]
-#[ignore = "helper process of the restart tests"]
-async fn restart_child() {
-    let Ok(arg) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut parts = arg.split(' ');
-    let dir = parts.next().unwrap();
-    let port: u16 = parts.next().unwrap().parse().unwrap();
-    let greet: Option<std::net::SocketAddr> = parts.next().map(|a| a.parse().unwrap());
-    let mut cfg = QuicCarrierConfig::new(Identity::load(Path::new(dir)).unwrap());
-    cfg.listen = ([127, 0, 0, 1], port).into();
-    cfg.connect_timeout = Duration::from_secs(1);
-    let (c, mut rx) = QuicCarrier::bind(cfg).unwrap();
-    println!("port {}", c.local_addr().port());
-    if let Some(addr) = greet {
-        let to = PeerTarget {
-            ge: GeId(1),
-            addrs: vec![addr],
-        };
-        c.send(&to, FrameKind::Data, b"hello again").unwrap();
-    }
-    let end = tokio::time::Instant::now() + CHILD_LIFE;
-    while let Ok(Some(f)) = tokio::time::timeout_at(end, rx.recv()).await {
-        let to = PeerTarget {
-            ge: f.peer,
-            addrs: vec![f.from],
-        };
-        let _ = c.send(&to, f.kind, &f.payload);
-    }
+/// The echo carrier example, built by cargo next to this test binary
+/// (`cargo test` and `cargo build --all-targets` build examples).
+fn echo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/carrier-HASH -> target/<profile>/examples/
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("carrier_echo");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p fpn-node --examples`",
+        path.display()
+    );
+    path
 }
 
 /// Sends to `to` every 100 ms until a frame comes back (the child echoes);
