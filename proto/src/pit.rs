@@ -41,6 +41,9 @@ use crate::keys::{FlowKeys, KeyVersion};
 use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
 use crate::{Error, Result};
 
+/// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
+const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
+
 /// PIT limits and timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PitConfig {
@@ -419,6 +422,12 @@ impl<A: PacketAead> Pit<A> {
             }),
             _ => None,
         });
+        if previous.is_some() {
+            // The packet path copies packets here during the grace; size it
+            // now (once) so that path never allocates.
+            self.scratch
+                .reserve(MAX_PACKET.saturating_sub(self.scratch.len()));
+        }
         let entry = PitEntry {
             action: new.action,
             peer: new.peer,
@@ -495,10 +504,10 @@ impl<A: PacketAead> Pit<A> {
         len: usize,
         now: Instant,
     ) -> Result<Disposition> {
-        let (dir, key) = if self.entries.contains_key(flow) {
-            (Direction::Forward, *flow)
+        let key = if self.entries.contains_key(flow) {
+            *flow
         } else {
-            (Direction::Reverse, flow.reversed())
+            flow.reversed()
         };
         let Some(entry) = self.entries.get_mut(&key) else {
             return Ok(Disposition::Unknown);
