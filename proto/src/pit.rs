@@ -21,9 +21,11 @@
 //!
 //! **Rekeying.** When an entry with traffic keys is replaced by one with new
 //! keys, the old receive state stays for [`PitConfig::rekey_grace`] so
-//! packets already in flight under the old keys still open. Which key a
-//! packet uses is chosen by its counter (new keys count from zero, old ones
-//! are far along), so no packet is decrypted twice.
+//! packets already in flight under the old keys still open. The packet's
+//! counter picks which key to try first (new keys count from zero, old ones
+//! are usually far along); when that one refuses it, the other is tried on
+//! the original bytes, because a busy flow's new counters soon reach the old
+//! ones. Each key keeps its own replay window, so no packet opens twice.
 //!
 //! Sans-IO: time is an argument. The table is a `HashMap` (keyed hashing:
 //! flow ids come from the network); everything it returns in bulk is sorted,
@@ -38,6 +40,9 @@ use crate::ge::{GeId, GroupId};
 use crate::keys::{FlowKeys, KeyVersion};
 use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
 use crate::{Error, Result};
+
+/// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
+const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
 
 /// PIT limits and timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,17 +306,38 @@ impl<A: PacketAead> PitEntry<A> {
         self.crypto.as_ref()
     }
 
-    /// Opens with the current keys or, for a counter that looks like the old
-    /// keys' sequence, with the replaced entry's receive state.
-    fn unprotect(&mut self, buf: &mut [u8], now: Instant) -> Result<usize> {
+    /// Opens with the current keys or, during the grace, with the replaced
+    /// entry's receive state. The counter only says which to try first: the
+    /// new keys count from zero and soon reach the counters the old ones had
+    /// used, so for a busy flow a counter cannot tell the two apart. If the
+    /// first choice refuses the packet, the other one gets the untouched
+    /// bytes (kept in `scratch`, which grows once and is reused). Each key
+    /// has its own replay window, so no packet opens twice.
+    fn unprotect(&mut self, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) -> Result<usize> {
         let current = self.crypto.as_mut().ok_or(Error::NotProtected)?;
-        if let Some(prev) = self.previous.as_mut().filter(|p| now < p.until) {
-            let counter = peek_counter(buf);
-            if closer_to_previous(counter, current, &prev.crypto) {
-                return prev.crypto.unprotect(buf);
+        let Some(prev) = self.previous.as_mut().filter(|p| now < p.until) else {
+            return current.unprotect(buf);
+        };
+        let previous_first = closer_to_previous(peek_counter(buf), current, &prev.crypto);
+        let (first, second) = if previous_first {
+            (&mut prev.crypto, current)
+        } else {
+            (current, &mut prev.crypto)
+        };
+        scratch.clear();
+        scratch.extend_from_slice(buf);
+        match first.unprotect(buf) {
+            Ok(n) => Ok(n),
+            Err(first_err) => {
+                // A failed open may have overwritten the bytes in place.
+                buf.copy_from_slice(scratch);
+                second.unprotect(buf).map_err(|e| {
+                    // Report what the current keys said: that is the state
+                    // the packet should have matched.
+                    if previous_first { e } else { first_err }
+                })
             }
         }
-        current.unprotect(buf)
     }
 }
 
@@ -333,6 +359,9 @@ pub struct Pit<A: PacketAead = RingAesGcm> {
     config: PitConfig,
     entries: HashMap<FlowId, PitEntry<A>>,
     events: VecDeque<PitEvent>,
+    /// A copy of a packet being opened during a rekey grace, so a second key
+    /// can be tried on the original bytes.
+    scratch: Vec<u8>,
 }
 
 impl Pit<RingAesGcm> {
@@ -349,6 +378,7 @@ impl<A: PacketAead> Pit<A> {
             config,
             entries: HashMap::new(),
             events: VecDeque::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -392,6 +422,12 @@ impl<A: PacketAead> Pit<A> {
             }),
             _ => None,
         });
+        if previous.is_some() {
+            // The packet path copies packets here during the grace; size it
+            // now (once) so that path never allocates.
+            self.scratch
+                .reserve(MAX_PACKET.saturating_sub(self.scratch.len()));
+        }
         let entry = PitEntry {
             action: new.action,
             peer: new.peer,
@@ -468,9 +504,15 @@ impl<A: PacketAead> Pit<A> {
         len: usize,
         now: Instant,
     ) -> Result<Disposition> {
-        let Some((dir, entry)) = self.lookup_mut(flow) else {
+        let key = if self.entries.contains_key(flow) {
+            *flow
+        } else {
+            flow.reversed()
+        };
+        let Some(entry) = self.entries.get_mut(&key) else {
             return Ok(Disposition::Unknown);
         };
+        let scratch = &mut self.scratch;
         if entry.state == EntryState::Tentative {
             return Ok(Disposition::Hold);
         }
@@ -485,7 +527,7 @@ impl<A: PacketAead> Pit<A> {
                 None => Err(Error::NotProtected),
             },
             (Action::Protect(_), Origin::Remote) => match buf.get_mut(..len) {
-                Some(packet) => entry.unprotect(packet, now).map(|n| (n, n)),
+                Some(packet) => entry.unprotect(packet, scratch, now).map(|n| (n, n)),
                 None => Err(Error::BufferTooSmall {
                     needed: len,
                     capacity: buf.len(),
@@ -515,10 +557,6 @@ impl<A: PacketAead> Pit<A> {
         let over_limit = entry.crypto.as_ref().is_some_and(|c| c.should_rekey());
         if over_limit && entry.renegotiate.is_none() {
             entry.renegotiate = Some(RenegotiateReason::PacketLimit);
-            let key = match dir {
-                Direction::Forward => *flow,
-                Direction::Reverse => flow.reversed(),
-            };
             tracing::debug!(flow = %key, "send counter at rekey limit");
             self.events.push_back(PitEvent::Renegotiate {
                 flow: key,

@@ -129,4 +129,35 @@ fn protect_unprotect_and_the_pit_path_do_not_allocate() {
         }
     });
     assert_eq!(n, 0, "the PIT packet path allocated");
+
+    // Rekeyed: during the grace the receiver may try both keys (the new
+    // counters pass the old ones' 200 here), still without allocating.
+    let ki2 = derive_flow_keys(&gk, &[7; 32], &[6; 32], Role::Initiator);
+    let kr2 = derive_flow_keys(&gk, &[7; 32], &[6; 32], Role::Responder);
+    for p in &packets {
+        let f = Packet::parse(&p[..]).unwrap().flow_id();
+        let a = NewEntry::protect(GroupId(1), KeyVersion(2), GeId(2), ki2.clone());
+        pa.insert(f, a, now).unwrap();
+        let b = NewEntry::protect(GroupId(1), KeyVersion(2), GeId(1), kr2.clone());
+        pb.insert(f, b, now).unwrap();
+    }
+    let n = allocations(|| {
+        for _ in 0..400 {
+            for (buf, len) in bufs.iter_mut() {
+                let f = Packet::parse(&buf[..*len]).unwrap().flow_id();
+                let Ok(Disposition::Forward { len: m }) =
+                    pa.handle_packet(&f, Origin::Local, buf, *len, now)
+                else {
+                    panic!("protect")
+                };
+                let Ok(Disposition::Forward { len: k }) =
+                    pb.handle_packet(&f, Origin::Remote, buf, m, now)
+                else {
+                    panic!("unprotect after the rekey")
+                };
+                *len = k;
+            }
+        }
+    });
+    assert_eq!(n, 0, "the PIT packet path allocated during a rekey grace");
 }

@@ -415,3 +415,54 @@ fn in_flight_packets_under_replaced_keys_open_during_the_grace_period() {
     );
     assert_eq!(d, Err(Error::PacketAuth));
 }
+
+/// F7: after a rekey the new keys count from zero and soon reach the counters
+/// the old keys had used. Picking the receive state by counter alone then
+/// sent new-key packets to the old state, which refused them (first as a
+/// replay, then as forgeries) for the whole grace period, stalling the flow.
+/// Every packet must open, whichever key it was sealed with.
+#[test]
+fn new_key_packets_open_when_their_counters_reach_the_old_keys_ones() {
+    let t0 = Instant::now();
+    let (mut a, mut b, f) = protected_pair(PitConfig::default(), t0);
+    let plain = ipv4_udp(40);
+    // A busy flow: the old keys are far along.
+    for _ in 0..300 {
+        let (_, w) = run(&mut a, Origin::Local, &plain, t0);
+        assert!(run(&mut b, Origin::Remote, &w, t0).0.is_ok());
+    }
+    let late: Vec<Vec<u8>> = (0..3)
+        .map(|_| run(&mut a, Origin::Local, &plain, t0).1)
+        .collect();
+
+    let (ka, kb) = keys(10);
+    a.insert(f, NewEntry::protect(G1, V2, GeId(2), ka), t0)
+        .unwrap();
+    b.insert(f, NewEntry::protect(G1, V2, GeId(1), kb), t0)
+        .unwrap();
+    let t1 = t0 + Duration::from_secs(1);
+    // New-key counters run past the old keys' highest (300); late old-key
+    // packets arrive in between.
+    for i in 0..700 {
+        let (_, w) = run(&mut a, Origin::Local, &plain, t1);
+        let (d, out) = run(&mut b, Origin::Remote, &w, t1);
+        assert_eq!(
+            d,
+            Ok(Disposition::Forward { len: plain.len() }),
+            "new-key packet {i}"
+        );
+        assert_eq!(out, plain);
+        if let Some(old) = [100, 301, 450].iter().position(|&at| at == i) {
+            let (d, out) = run(&mut b, Origin::Remote, &late[old], t1);
+            assert_eq!(
+                d,
+                Ok(Disposition::Forward { len: plain.len() }),
+                "late packet {old}"
+            );
+            assert_eq!(out, plain);
+        }
+    }
+    // Replays still fail under either key.
+    assert!(run(&mut b, Origin::Remote, &late[0], t1).0.is_err());
+    assert_eq!(b.iter().next().unwrap().1.stats().rejected, 1);
+}
