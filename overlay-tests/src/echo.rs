@@ -71,6 +71,17 @@ pub fn serve_udp(socket: UdpSocket) -> Result<(), Error> {
 /// Connects to a TCP echo server and returns the client address it saw.
 pub fn whoami_tcp(server: SocketAddr, timeout: Duration) -> Result<SocketAddr, Error> {
     let ctx = || format!("whoami over TCP to {server}");
+    let (_, seen) = connect_tcp(server, timeout, &ctx)?;
+    Ok(seen)
+}
+
+/// Connects to a TCP echo server and reads the client address line it
+/// greets with.
+fn connect_tcp(
+    server: SocketAddr,
+    timeout: Duration,
+    ctx: &dyn Fn() -> String,
+) -> Result<(TcpStream, SocketAddr), Error> {
     let mut s = TcpStream::connect_timeout(&server, timeout).map_err(|e| Error::io(ctx(), e))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| Error::io(ctx(), e))?;
@@ -84,7 +95,8 @@ pub fn whoami_tcp(server: SocketAddr, timeout: Duration) -> Result<SocketAddr, E
         }
         line.push(byte[0]);
     }
-    parse_addr(&line).ok_or_else(|| Error::io(ctx(), invalid("no address line")))
+    let seen = parse_addr(&line).ok_or_else(|| Error::io(ctx(), invalid("no address line")))?;
+    Ok((s, seen))
 }
 
 /// Asks a UDP echo server which client address it sees (three tries within
@@ -130,32 +142,16 @@ pub fn send_tcp(
     timeout: Duration,
 ) -> Result<SocketAddr, Error> {
     let ctx = || format!("echo over TCP to {server}");
-    let seen = {
-        let mut s =
-            TcpStream::connect_timeout(&server, timeout).map_err(|e| Error::io(ctx(), e))?;
-        s.set_read_timeout(Some(timeout))
-            .map_err(|e| Error::io(ctx(), e))?;
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while line.len() < 64 {
-            let n = s.read(&mut byte).map_err(|e| Error::io(ctx(), e))?;
-            if n == 0 || byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-        let seen = parse_addr(&line).ok_or_else(|| Error::io(ctx(), invalid("no address line")))?;
-        s.write_all(message).map_err(|e| Error::io(ctx(), e))?;
-        let mut back = vec![0u8; message.len()];
-        s.read_exact(&mut back).map_err(|e| Error::io(ctx(), e))?;
-        if back != message {
-            return Err(Error::io(
-                ctx(),
-                invalid("the echo differs from what was sent"),
-            ));
-        }
-        seen
-    };
+    let (mut s, seen) = connect_tcp(server, timeout, &ctx)?;
+    s.write_all(message).map_err(|e| Error::io(ctx(), e))?;
+    let mut back = vec![0u8; message.len()];
+    s.read_exact(&mut back).map_err(|e| Error::io(ctx(), e))?;
+    if back != message {
+        return Err(Error::io(
+            ctx(),
+            invalid("the echo differs from what was sent"),
+        ));
+    }
     Ok(seen)
 }
 

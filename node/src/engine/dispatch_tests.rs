@@ -130,6 +130,14 @@ fn introduce(nodes: &mut [&mut Node], now: Instant) {
     }
 }
 
+/// Two open nodes sharing group 1 that know where the other is.
+fn open_pair(ca: &Ca, now: Instant) -> (Node, Node) {
+    let mut a = node(ca, 1, Mode::Open, &[1], now);
+    let mut b = node(ca, 2, Mode::Open, &[1], now);
+    introduce(&mut [&mut a, &mut b], now);
+    (a, b)
+}
+
 /// Delivers captured frames between nodes until none are left; returns
 /// the data frames seen on the way (the "wire").
 fn pump(nodes: &mut [&mut Node], now: Instant) -> Vec<Vec<u8>> {
@@ -209,9 +217,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn the_first_packet_is_held_negotiated_and_delivered_encrypted() {
     let ca = Ca::generate(T0).unwrap();
     let now = Instant::now();
-    let mut a = node(&ca, 1, Mode::Open, &[1], now);
-    let mut b = node(&ca, 2, Mode::Open, &[1], now);
-    introduce(&mut [&mut a, &mut b], now);
+    let (mut a, mut b) = open_pair(&ca, now);
     let pkt = udp(a.overlay, b.overlay, 4000, 5000, b"MARKER-first-packet");
     send(&mut a, &pkt, now);
     assert_eq!(counter(&a, "held"), 1);
@@ -290,9 +296,7 @@ fn open_nodes_without_a_shared_group_talk_in_plain() {
 fn packets_from_a_ge_other_than_the_flows_peer_are_dropped() {
     let ca = Ca::generate(T0).unwrap();
     let now = Instant::now();
-    let mut a = node(&ca, 1, Mode::Open, &[1], now);
-    let mut b = node(&ca, 2, Mode::Open, &[1], now);
-    introduce(&mut [&mut a, &mut b], now);
+    let (mut a, mut b) = open_pair(&ca, now);
     send_udp(&mut a, b.overlay, 4000, 5000, b"x", now);
     let wire = pump(&mut [&mut a, &mut b], now);
     // The same protected bytes, replayed by another authenticated GE.
@@ -311,9 +315,7 @@ fn packets_from_a_ge_other_than_the_flows_peer_are_dropped() {
 fn after_a_rotation_only_the_initiator_renegotiates_and_traffic_goes_on() {
     let ca = Ca::generate(T0).unwrap();
     let now = Instant::now();
-    let mut a = node(&ca, 1, Mode::Open, &[1], now);
-    let mut b = node(&ca, 2, Mode::Open, &[1], now);
-    introduce(&mut [&mut a, &mut b], now);
+    let (mut a, mut b) = open_pair(&ca, now);
     send_udp(&mut a, b.overlay, 4000, 5000, b"one", now);
     pump(&mut [&mut a, &mut b], now);
     let keys = || Command::Keys {
@@ -352,9 +354,7 @@ fn after_a_rotation_only_the_initiator_renegotiates_and_traffic_goes_on() {
 fn a_revoked_peer_loses_its_flows_at_once() {
     let ca = Ca::generate(T0).unwrap();
     let now = Instant::now();
-    let mut a = node(&ca, 1, Mode::Open, &[1], now);
-    let mut b = node(&ca, 2, Mode::Open, &[1], now);
-    introduce(&mut [&mut a, &mut b], now);
+    let (mut a, mut b) = open_pair(&ca, now);
     send_udp(&mut a, b.overlay, 4000, 5000, b"x", now);
     pump(&mut [&mut a, &mut b], now);
     a.engine.handle_command(
@@ -375,9 +375,7 @@ fn a_revoked_peer_loses_its_flows_at_once() {
 fn packets_of_a_flow_this_node_forgot_make_it_negotiate_again() {
     let ca = Ca::generate(T0).unwrap();
     let now = Instant::now();
-    let mut a = node(&ca, 1, Mode::Open, &[1], now);
-    let mut b = node(&ca, 2, Mode::Open, &[1], now);
-    introduce(&mut [&mut a, &mut b], now);
+    let (mut a, mut b) = open_pair(&ca, now);
     send_udp(&mut b, a.overlay, 5000, 4000, b"x", now);
     pump(&mut [&mut a, &mut b], now);
     // a restarts: a fresh engine, same identity, no flows.
