@@ -7,60 +7,16 @@
 //! `cargo bench -p fpn-node --bench carrier_throughput` (env: `SECS`,
 //! default 3; `SIZE`, default 1300 bytes).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
-use fpn_gms::client::Identity;
 use fpn_node::carrier::{
     Carrier, Congestion, FrameKind, PeerState, PeerTarget, QuicCarrier, QuicCarrierConfig,
 };
-use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
 
-fn identity(ca: &Ca, dir: &Path, id: u32) -> Identity {
-    let now = fpn_gms::now_unix();
-    let (key, public) = generate_node_key().unwrap();
-    let name = format!("ge{id}");
-    let cert = ca
-        .issue_node_cert(&NodeCertRequest {
-            node_key: &public,
-            ge_id: id,
-            name: &name,
-            zone: "bench.fpn.",
-            serial: u64::from(id),
-            not_before: now,
-            not_after: now + 86_400,
-        })
-        .unwrap();
-    let info = GeInfo {
-        id: GeId(id),
-        name: name.clone(),
-        kind: GeKind::Ges,
-        mode: Mode::Open,
-        groups: Default::default(),
-        overlay: std::net::Ipv4Addr::new(100, 64, 0, id as u8),
-    };
-    let cred = ca
-        .issue_credential(u64::from(id) + 100, info, public, now, now + 86_400)
-        .unwrap();
-    let dir = dir.join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let hex: String = ca.public_key().iter().map(|b| format!("{b:02x}")).collect();
-    for (file, bytes) in [
-        ("node.key", key.to_vec()),
-        ("node.crt", cert),
-        ("ca.crt", ca.cert_der().to_vec()),
-        ("credential", cred.encode().unwrap()),
-        (
-            "identity.json",
-            format!(r#"{{"gms_addr":"127.0.0.1:1","zone":"bench.fpn.","ca_public":"{hex}"}}"#)
-                .into_bytes(),
-        ),
-    ] {
-        std::fs::write(dir.join(file), bytes).unwrap();
-    }
-    Identity::load(&dir).unwrap()
-}
+#[path = "../tests/support/carrier_net.rs"]
+#[allow(dead_code)]
+mod carrier_net;
+use carrier_net::Network;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -70,10 +26,9 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 async fn run(congestion: Congestion, secs: u64, size: usize) {
-    let ca = Ca::generate(fpn_gms::now_unix()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let net = Network::new();
     let cfg = |id| {
-        let mut c = QuicCarrierConfig::new(identity(&ca, dir.path(), id));
+        let mut c = QuicCarrierConfig::new(net.identity(id, u64::from(id)));
         c.listen = "127.0.0.1:0".parse().unwrap();
         c.congestion = congestion;
         c.initial_mtu = 1452;

@@ -6,88 +6,20 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
 use fpn_gms::client::Identity;
 use fpn_node::carrier::{
     Carrier, FrameKind, Inbound, PeerState, PeerStats, PeerTarget, QuicCarrier, QuicCarrierConfig,
 };
 use fpn_node::error::Error;
-use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
+use fpn_proto::ge::GeId;
 use tokio::sync::mpsc::Receiver;
+
+#[path = "support/carrier_net.rs"]
+mod carrier_net;
+use carrier_net::Network;
 
 /// Generous bound for anything that should take milliseconds on loopback.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A CA and the identities it issued.
-struct Network {
-    ca: Ca,
-    dir: tempfile::TempDir,
-}
-
-impl Network {
-    fn new() -> Self {
-        Self {
-            ca: Ca::generate(fpn_gms::now_unix()).unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Issues GE `id` (certificate serial `serial`) and loads it the way the node does.
-    fn identity(&self, id: u32, serial: u64) -> Identity {
-        Identity::load(&self.identity_dir(id, serial)).unwrap()
-    }
-
-    /// Issues GE `id` (certificate serial `serial`) into a directory of its own.
-    fn identity_dir(&self, id: u32, serial: u64) -> std::path::PathBuf {
-        let now = fpn_gms::now_unix();
-        let (key, public) = generate_node_key().unwrap();
-        let name = format!("ge{id}");
-        let cert = self
-            .ca
-            .issue_node_cert(&NodeCertRequest {
-                node_key: &public,
-                ge_id: id,
-                name: &name,
-                zone: "home.fpn.",
-                serial,
-                not_before: now,
-                not_after: now + 86_400,
-            })
-            .unwrap();
-        let info = GeInfo {
-            id: GeId(id),
-            name: name.clone(),
-            kind: GeKind::Ges,
-            mode: Mode::Open,
-            groups: Default::default(),
-            overlay: std::net::Ipv4Addr::new(100, 64, 0, id as u8),
-        };
-        let cred = self
-            .ca
-            .issue_credential(serial + 1000, info, public, now, now + 86_400)
-            .unwrap();
-        let dir = self.dir.path().join(format!("{name}-{serial}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, "node.key", &key);
-        write(&dir, "node.crt", &cert);
-        write(&dir, "ca.crt", self.ca.cert_der());
-        write(&dir, "credential", &cred.encode().unwrap());
-        let hex: String = self
-            .ca
-            .public_key()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let json =
-            format!(r#"{{"gms_addr":"127.0.0.1:1","zone":"home.fpn.","ca_public":"{hex}"}}"#);
-        write(&dir, "identity.json", json.as_bytes());
-        dir
-    }
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::write(dir.join(name), bytes).unwrap();
-}
 
 fn carrier(id: Identity) -> (QuicCarrier, Receiver<Inbound>) {
     let mut cfg = QuicCarrierConfig::new(id);

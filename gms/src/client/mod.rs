@@ -81,6 +81,31 @@ struct IdentityFile {
 }
 
 impl Identity {
+    /// An identity from its parts, as enrollment would give it (for tools
+    /// and tests that issue certificates with [`crate::ca::Ca`] directly).
+    /// `key` is the node's PKCS#8 private key; it must parse.
+    pub fn from_parts(
+        gms_addr: String,
+        zone: String,
+        ca_public: [u8; 32],
+        ca_cert: Vec<u8>,
+        cert: Vec<u8>,
+        credential: Vec<u8>,
+        key: Zeroizing<Vec<u8>>,
+    ) -> Result<Self> {
+        let id = Self {
+            gms_addr,
+            zone,
+            ca_public,
+            ca_cert,
+            cert,
+            credential,
+            key,
+        };
+        id.node_key()?;
+        Ok(id)
+    }
+
     /// The node's signing key (the key its certificate and credential name).
     pub fn node_key(&self) -> Result<NodeKey> {
         Ok(NodeKey::from_pkcs8(&self.key)?)

@@ -1,0 +1,72 @@
+//! A CA and node identities it issues, for the carrier tests and benchmark
+//! (included with `#[path]`; not a test target of its own).
+
+use std::path::PathBuf;
+
+use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
+use fpn_gms::client::Identity;
+use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
+
+/// A CA and the identities it issued.
+pub struct Network {
+    pub ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+impl Network {
+    pub fn new() -> Self {
+        Self {
+            ca: Ca::generate(fpn_gms::now_unix()).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Issues GE `id` (certificate serial `serial`) and loads it the way the node does.
+    pub fn identity(&self, id: u32, serial: u64) -> Identity {
+        Identity::load(&self.identity_dir(id, serial)).unwrap()
+    }
+
+    /// Issues GE `id` (certificate serial `serial`) into a state directory of its own.
+    pub fn identity_dir(&self, id: u32, serial: u64) -> PathBuf {
+        let now = fpn_gms::now_unix();
+        let (key, public) = generate_node_key().unwrap();
+        let name = format!("ge{id}");
+        let cert = self
+            .ca
+            .issue_node_cert(&NodeCertRequest {
+                node_key: &public,
+                ge_id: id,
+                name: &name,
+                zone: "home.fpn.",
+                serial,
+                not_before: now,
+                not_after: now + 86_400,
+            })
+            .unwrap();
+        let info = GeInfo {
+            id: GeId(id),
+            name: name.clone(),
+            kind: GeKind::Ges,
+            mode: Mode::Open,
+            groups: Default::default(),
+            overlay: std::net::Ipv4Addr::new(100, 64, 0, id as u8),
+        };
+        let cred = self
+            .ca
+            .issue_credential(serial + 1000, info, public, now, now + 86_400)
+            .unwrap();
+        let identity = Identity::from_parts(
+            "127.0.0.1:1".into(),
+            "home.fpn.".into(),
+            self.ca.public_key(),
+            self.ca.cert_der().to_vec(),
+            cert,
+            cred.encode().unwrap(),
+            key,
+        )
+        .unwrap();
+        let dir = self.dir.path().join(format!("{name}-{serial}"));
+        identity.save(&dir).unwrap();
+        dir
+    }
+}
