@@ -170,6 +170,14 @@ pub enum Error {
     /// The address does not belong to a GE this machine knows.
     #[error("no route to {0}")]
     NoRoute(IpAddr),
+    /// Two flows would share one five-tuple on the wire.
+    #[error("wire five-tuple {wire} is already used by flow {owner}")]
+    TranslationConflict {
+        /// The wire five-tuple asked for.
+        wire: crate::flow::FlowId,
+        /// The overlay flow that has it.
+        owner: crate::flow::FlowId,
+    },
 }
 
 impl Error {

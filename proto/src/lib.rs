@@ -25,6 +25,8 @@
 //!   counter + tag trailer, replay window) and its AEAD backends.
 //! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
 //!   state, counters; aging and renegotiation after key rotation.
+//! - [`xlat`]: the translation table (overlay <-> wire addresses and ports
+//!   per flow) shared by the native carrier, Mobile PPC and NAT-f.
 
 pub mod action;
 pub mod credential;
@@ -39,6 +41,7 @@ pub mod pccom;
 pub mod pit;
 pub mod sim;
 pub mod wire;
+pub mod xlat;
 
 pub use error::Error;
 
