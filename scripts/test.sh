@@ -16,6 +16,13 @@ fi
 
 echo "==> building"
 cargo build --workspace --all-targets --locked
+# The fuzz targets live outside the workspace (cargo-fuzz layout); fuzzing
+# needs nightly, but building them does not, so a decoder change that breaks
+# a target fails here instead of at the next fuzzing session.
+echo "==> fuzz targets build"
+for dir in proto/fuzz ddns/fuzz; do
+  CARGO_TARGET_DIR="$PWD/target" cargo check --manifest-path "$dir/Cargo.toml" --all-targets --locked
+done
 echo "==> cargo nextest run"
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 echo "==> doc tests"
