@@ -123,9 +123,53 @@ fn probe(
     std::thread::spawn(move || t.join())
 }
 
+/// The key versions of `node`'s encrypted flows with `peer_overlay`, as its
+/// status shows them (one per flow and direction).
+fn flow_versions(ov: &Overlay, node: &str, peer_overlay: &str) -> Vec<u64> {
+    let st = ov.status(node).unwrap();
+    st["flows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| {
+            f["action"] == "encrypt" && (f["src"] == peer_overlay || f["dst"] == peer_overlay)
+        })
+        .map(|f| f["key_version"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Waits (bounded) until every encrypted flow between a and b, at both
+/// ends, uses key version `v`.
+fn wait_for_flows_on(ov: &Overlay, v: u64) {
+    let a_ip = ov.overlay_addr("a").unwrap().to_string();
+    let b_ip = ov.overlay_addr("b").unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    loop {
+        let on_a = flow_versions(ov, "a", &b_ip);
+        let on_b = flow_versions(ov, "b", &a_ip);
+        let moved = |f: &[u64]| !f.is_empty() && f.iter().all(|x| *x == v);
+        if moved(&on_a) && moved(&on_b) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flows not renegotiated to v{v} after the rotation: a {on_a:?}, b {on_b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The grace the rotation test gives the previous key version: short, so
+/// the test sees it go.
+const TEST_GRACE: Duration = Duration::from_secs(8);
+
 #[test]
 fn a_rotation_under_iperf3_drops_nothing() {
-    let ov = overlay(&three_nodes());
+    let mut spec = three_nodes();
+    spec.gms_init_args
+        .extend(["--grace".to_string(), format!("{}s", TEST_GRACE.as_secs())]);
+    let ov = overlay(&spec);
     let lab = ov.lab();
     let _iperf = iperf_server(lab, "b");
     let v0 = gms_version(&ov);
@@ -137,7 +181,11 @@ fn a_rotation_under_iperf3_drops_nothing() {
         for (i, at) in [2u64, 5].into_iter().enumerate() {
             std::thread::sleep(Duration::from_secs(if i == 0 { at } else { 3 }));
             ov.gms_admin(&["rotate", "--group", "1"]).unwrap();
-            wait_for_version(&ov, &["a", "b"], v0 + 1 + i as u64);
+            let v = v0 + 1 + i as u64;
+            wait_for_version(&ov, &["a", "b"], v);
+            // The previous version is still valid (grace), so only the
+            // renegotiation after a rotation can move the running flows.
+            wait_for_flows_on(&ov, v);
         }
         transfer.join().unwrap()
     });
@@ -152,6 +200,37 @@ fn a_rotation_under_iperf3_drops_nothing() {
         "the transfer stalled (kB per second: {:?})",
         per_second(&report)
     );
+    // Every live flow moved to the newest key, at both ends: a transfer
+    // that kept running on the old keys would pass the checks above.
+    let (a_ip, b_ip) = (
+        ov.overlay_addr("a").unwrap().to_string(),
+        ov.overlay_addr("b").unwrap().to_string(),
+    );
+    for (node, peer) in [("a", &b_ip), ("b", &a_ip)] {
+        let v = flow_versions(&ov, node, peer);
+        assert!(!v.is_empty(), "{node} shows no encrypted flow with {peer}");
+        assert!(
+            v.iter().all(|x| *x == v0 + 2),
+            "{node}'s flows with {peer} are not all on v{}: {v:?}",
+            v0 + 2
+        );
+    }
+    // After the grace the previous version is gone from both nodes.
+    let deadline = Instant::now() + TEST_GRACE + Duration::from_secs(10);
+    for n in ["a", "b"] {
+        loop {
+            let have = versions(&ov, n);
+            if have == [v0 + 2] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} still holds {have:?} after the grace (expected only v{})",
+                v0 + 2
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     let p = ov.ping("a", "b", 1).unwrap();
     assert!(
         p.ok && p.action() == "encrypt",

@@ -304,6 +304,12 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
             / 1e6
     ));
     ensure!(stalls == 0, "the transfer stalled during the rotation");
+    // The old version stays valid for the grace, so flows still on it would
+    // pass everything above: show that they moved.
+    let moved = flows_on_version(ov, "laptop", &nas_ip.to_string(), v1)?;
+    say(&format!(
+        "    the laptop's {moved} encrypted flows with the NAS were renegotiated and use version {v1}"
+    ));
 
     step(7, "The GMS goes down; traffic does not");
     let report = std::thread::scope(|s| -> Result<Value> {
@@ -354,6 +360,31 @@ fn node(name: &str, host: &str, mode: Mode, groups: &[u32]) -> NodeSpec {
         host: host.into(),
         mode,
         groups: groups.to_vec(),
+    }
+}
+
+/// Waits (bounded) until every encrypted flow of `node` with `peer` uses key
+/// version `v`; returns how many there are.
+fn flows_on_version(ov: &Overlay, node: &str, peer: &str, v: u64) -> Result<usize> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = ov.status(node)?;
+        let versions: Vec<u64> = st["flows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| f["action"] == "encrypt" && (f["src"] == peer || f["dst"] == peer))
+            .map(|f| f["key_version"].as_u64().unwrap_or(0))
+            .collect();
+        if !versions.is_empty() && versions.iter().all(|x| *x == v) {
+            return Ok(versions.len());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{node}'s flows with {peer} did not move to key version {v}: {versions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
