@@ -1,6 +1,9 @@
 //! Issue 4 acceptance, keys: a rotation during a running iperf3 drops no
-//! connection; a revoked node loses its flows within 2 seconds; with the GMS
-//! killed, existing and new flows between enrolled nodes keep working.
+//! connection and moves every live flow to the new key version (the old one
+//! goes after the grace); a revoked node loses its flows within 2 seconds,
+//! also when it never hears of its revocation (its peers cut it off); with
+//! the GMS killed, existing and new flows between enrolled nodes keep
+//! working.
 
 mod common;
 
@@ -285,6 +288,73 @@ fn a_revoked_node_is_cut_off_within_2s() {
         true,
     );
     assert!(!out.success(), "b (revoked) still reaches a");
+}
+
+/// The revoked node never hears of its revocation (its GMS traffic is
+/// dropped), so it does not exit and keeps sending: its peers alone must
+/// cut it off, within the same bound.
+#[test]
+fn a_revoked_node_that_never_hears_of_it_is_cut_off_by_its_peers() {
+    let ov = overlay(&three_nodes());
+    let lab = ov.lab();
+    let _echo = common::echo_server(lab, "a", 7005);
+    let _echo_b = common::echo_server(lab, "b", 7005);
+    let _echo_c = common::echo_server(lab, "c", 7005);
+    let c_echo = format!("{}:7005", ov.overlay_addr("c").unwrap());
+    let out = echo_send(lab, "b", &c_echo, "before", true);
+    assert!(
+        out.success(),
+        "b -> c before the revocation: {}",
+        out.stderr
+    );
+    let to_a = SocketAddr::new(ov.overlay_addr("a").unwrap().into(), 7005);
+    let to_b = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7005);
+    // Both directions: a probing b (a's flow) and b probing a (b's flow).
+    let from_a = probe(&ov, "a", to_b, Duration::from_secs(7));
+    let from_b = probe(&ov, "b", to_a, Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // b's GMS traffic disappears, both ways, before the revocation.
+    let gms = ov.gms_addr().ip().to_string();
+    for cmd in [
+        "add table inet fpntest_blk".to_string(),
+        "add chain inet fpntest_blk o { type filter hook output priority 0; }".into(),
+        "add chain inet fpntest_blk i { type filter hook input priority 0; }".into(),
+        format!("add rule inet fpntest_blk o ip daddr {gms} drop"),
+        format!("add rule inet fpntest_blk i ip saddr {gms} drop"),
+    ] {
+        let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        lab.exec_ok("b", argv).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let revoked_at = Instant::now();
+    ov.gms_admin(&["ge", "revoke", "b"]).unwrap();
+    let (answers_a, answers_b) = (from_a.join().unwrap(), from_b.join().unwrap());
+
+    for (who, answers) in [("a -> b", &answers_a), ("b -> a", &answers_b)] {
+        assert!(
+            answers.iter().any(|t| *t < revoked_at),
+            "{who}: no answer before the revocation"
+        );
+        let late: Vec<Duration> = answers
+            .iter()
+            .filter(|t| **t > revoked_at + REVOKE_BOUND)
+            .map(|t| *t - revoked_at)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{who}: answers after the revocation: {late:?}"
+        );
+    }
+    // b really did not hear of it: its daemon still runs and still holds keys.
+    let st = ov.status("b").expect("b's daemon still answers");
+    assert!(
+        st["groups"].as_array().is_some_and(|g| !g.is_empty()),
+        "b erased its keys, so it did hear of the revocation: {st}"
+    );
+    // New flows from b fail too.
+    let out = echo_send(lab, "b", &c_echo, "after", true);
+    assert!(!out.success(), "b (revoked, unaware) reaches c");
 }
 
 #[test]
