@@ -174,6 +174,40 @@ fn flipping_a_covered_header_field_fails() {
             );
         }
     }
+    // TCP URG, and the urgent pointer of a segment with URG set (a forged
+    // URG would make the receiver pull a byte out of the stream).
+    let mut w = wire.clone();
+    w[20 + 13] ^= 0x20;
+    assert_eq!(b.unprotect(&mut w), Err(Error::PacketAuth), "URG set");
+    let mut urgent = ipv4_tcp(20);
+    urgent[20 + 13] |= 0x20;
+    urgent[20 + 18..20 + 20].copy_from_slice(&[0, 5]);
+    let uw = protect(&mut a, &urgent);
+    for (at, x) in [(20 + 13, 0x20), (20 + 18, 1), (20 + 19, 1)] {
+        let mut w = uw.clone();
+        w[at] ^= x;
+        assert_eq!(
+            b.unprotect(&mut w),
+            Err(Error::PacketAuth),
+            "urgent segment, byte {at}"
+        );
+    }
+    // ICMP bytes 4-7 of a non-echo message: the MTU of a "fragmentation
+    // needed" (type 3 code 4), which would shrink the receiver's path MTU.
+    let mut ptb = ipv4_ping(5, 6, 20);
+    ptb[20] = 3;
+    ptb[21] = 4;
+    ptb[20 + 6..20 + 8].copy_from_slice(&1400u16.to_be_bytes());
+    let pw = protect(&mut a, &ptb);
+    for at in 20 + 4..20 + 8 {
+        let mut w = pw.clone();
+        w[at] ^= 0x01;
+        assert_eq!(
+            b.unprotect(&mut w),
+            Err(Error::PacketAuth),
+            "ICMP too-big byte {at}"
+        );
+    }
     // The transport protocol: a UDP packet relabelled as TCP does not parse as
     // the same thing and never authenticates.
     let wire = protect(&mut a, &ipv4_udp(60));

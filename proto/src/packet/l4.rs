@@ -118,6 +118,12 @@ impl IcmpHeader<'_> {
         self.is_echo()
             .then(|| u16::from_be_bytes([self.bytes[6], self.bytes[7]]))
     }
+
+    /// Bytes 4-7, the "rest of header": echo identifier and sequence, the
+    /// next-hop MTU of a "packet too big", a parameter-problem pointer.
+    pub fn rest_of_header(&self) -> [u8; 4] {
+        [self.bytes[4], self.bytes[5], self.bytes[6], self.bytes[7]]
+    }
 }
 
 impl std::fmt::Debug for IcmpHeader<'_> {

@@ -15,40 +15,55 @@ use crate::{Error, Result};
 
 /// Version byte at the start of the associated data. A future frame format
 /// changes it, so a packet can never verify under the wrong interpretation.
-const AAD_VERSION: u8 = 1;
+/// Version 2 added TCP URG with the urgent pointer and ICMP bytes 4-7 of
+/// non-echo messages.
+const AAD_VERSION: u8 = 2;
 /// Length of the associated data.
 pub(crate) const AAD_LEN: usize = 8;
-/// TCP flags bound by the AAD. PSH, URG, ECE and CWR are left out: ECN
-/// bleaching middleboxes clear ECE/CWR and normalisers clear URG/PSH, and
-/// none of them changes what the receiver does with authenticated data the
-/// way SYN, FIN, RST and ACK do.
-const TCP_BOUND_FLAGS: u8 = tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK;
+/// TCP flags bound by the AAD. PSH, ECE and CWR are left out: ECN bleaching
+/// middleboxes clear ECE/CWR and normalisers clear PSH, and none of them
+/// changes what the receiver does with authenticated data. URG is bound
+/// although some normalisers clear it: a forged URG makes the receiving
+/// stack pull a byte out of the stream (out-of-band data), an integrity
+/// break; a path that strips URG breaks only the rare flows that use it.
+const TCP_BOUND_FLAGS: u8 =
+    tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK | tcp_flags::URG;
 
 /// The associated data of a packet:
 /// `version (1) | protocol (1) | transport fields (6)`, where the transport
-/// fields are TCP: the bound flags, then zeros; UDP: zeros; ICMP: type, code,
-/// then the echo sequence number for echo messages, then zeros.
+/// fields are TCP: the bound flags, then the urgent pointer when URG is set
+/// (else zeros), then zeros; UDP: zeros; ICMP: type, code, then for echo
+/// messages the sequence number and two zeros, for every other message
+/// bytes 4-7 (a "packet too big" MTU, a parameter-problem pointer).
 ///
 /// Not covered, because NATs and middleboxes rewrite them or because something
 /// else already binds them: addresses and ports (NAT; the per-flow key binds
 /// the flow), IP version (NAT64), TTL/hop limit, IPv4 ID and flags, DSCP/ECN,
 /// IPv6 flow label, IPv4 options and IPv6 extension headers, checksums, the
 /// lengths (GCM authenticates the ciphertext length), TCP sequence and
-/// acknowledgment numbers (firewalls randomise them), window, urgent pointer
-/// and options (MSS clamping), the ICMP echo identifier (NAT rewrites it like
-/// a port), the counter (it is the nonce).
+/// acknowledgment numbers (firewalls randomise them), window, the urgent
+/// pointer without URG (meaningless, normalisers zero it) and options (MSS
+/// clamping), the ICMP echo identifier (NAT rewrites it like a port), the
+/// counter (it is the nonce).
 pub(crate) fn aad<T: AsRef<[u8]>>(pkt: &Packet<T>) -> [u8; AAD_LEN] {
     let mut a = [0u8; AAD_LEN];
     a[0] = AAD_VERSION;
     a[1] = pkt.protocol();
     match pkt.transport() {
-        Transport::Tcp(t) => a[2] = t.flags() & TCP_BOUND_FLAGS,
+        Transport::Tcp(t) => {
+            let flags = t.flags() & TCP_BOUND_FLAGS;
+            a[2] = flags;
+            if flags & tcp_flags::URG != 0 {
+                a[3..5].copy_from_slice(&t.urgent().to_be_bytes());
+            }
+        }
         Transport::Udp(_) => {}
         Transport::Icmp(i) => {
             a[2] = i.icmp_type();
             a[3] = i.code();
-            if let Some(seq) = i.echo_seq() {
-                a[4..6].copy_from_slice(&seq.to_be_bytes());
+            match i.echo_seq() {
+                Some(seq) => a[4..6].copy_from_slice(&seq.to_be_bytes()),
+                None => a[4..8].copy_from_slice(&i.rest_of_header()),
             }
         }
     }
