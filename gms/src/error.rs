@@ -99,6 +99,9 @@ pub enum Error {
     /// The session was ended for good (revoked, removed, refused): do not retry.
     #[error("session ended: {0}")]
     Terminated(String),
+    /// The GMS client library failed in a way with no counterpart above.
+    #[error("{0}")]
+    Client(fpn_gms_client::Error),
 }
 
 impl Error {
@@ -111,6 +114,32 @@ impl Error {
     /// Builds an [`Error::Admin`].
     pub fn admin(msg: impl Into<String>) -> Self {
         Self::Admin(msg.into())
+    }
+}
+
+/// The variants both crates share map one to one, so a caller matching on
+/// [`Error::Protocol`] (say) sees the same variant whether the failure came
+/// from the shared wire code or from the GMS's own.
+impl From<fpn_gms_client::Error> for Error {
+    fn from(e: fpn_gms_client::Error) -> Self {
+        use fpn_gms_client::Error as C;
+        match e {
+            C::Io { what, path, source } => Self::Io { what, path, source },
+            C::Net(e) => Self::Net(e),
+            C::Config(s) => Self::Config(s),
+            C::Cert(s) => Self::Cert(s),
+            C::Tls(e) => Self::Tls(e),
+            C::Proto(e) => Self::Proto(e),
+            C::Protocol(s) => Self::Protocol(s),
+            C::TokenFormat(s) => Self::TokenFormat(s),
+            C::Refused { code, reason } => Self::Refused { code, reason },
+            C::Connect(e) => Self::Connect(e),
+            C::Connection(e) => Self::Connection(e),
+            C::Stream(s) => Self::Stream(s),
+            C::Timeout(s) => Self::Timeout(s),
+            C::Terminated(s) => Self::Terminated(s),
+            other => Self::Client(other),
+        }
     }
 }
 
