@@ -172,3 +172,33 @@ impl From<quinn::ClosedStream> for Error {
         Self::Stream(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_keep_their_variant_in_the_gms() {
+        // The server closes a connection with a protocol error code only for
+        // `Protocol`/`Proto`: a malformed frame from the shared wire code must
+        // still be one after `?`.
+        let e: Error = fpn_gms_client::Error::Protocol("bad frame".into()).into();
+        assert!(
+            matches!(e, Error::Protocol(ref s) if s == "bad frame"),
+            "{e:?}"
+        );
+        let e: Error = fpn_gms_client::Error::Timeout("hello").into();
+        assert!(matches!(e, Error::Timeout("hello")), "{e:?}");
+        let e: Error = fpn_gms_client::Error::Refused {
+            code: 2,
+            reason: "used".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Refused { code: 2, .. }), "{e:?}");
+        let e: Error = fpn_gms_client::Error::Random.into();
+        assert!(
+            matches!(e, Error::Client(fpn_gms_client::Error::Random)),
+            "{e:?}"
+        );
+    }
+}
