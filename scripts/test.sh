@@ -14,6 +14,17 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+echo "==> fpn-node links no server code"
+# The node links the GMS client only (fpn-gms-client), never the GMS itself
+# nor what only the server needs: sled, rcgen, the DNS server.
+node_tree=$(cargo tree -p fpn-node -e normal --locked)
+server_deps=$(grep -E 'sled|rcgen|fpn-ddns|fpn-gms ' <<<"$node_tree" || true)
+if [ -n "$server_deps" ]; then
+  echo "error: fpn-node's normal dependencies include server crates:" >&2
+  echo "$server_deps" >&2
+  exit 1
+fi
+
 echo "==> building"
 cargo build --workspace --all-targets --locked
 # The fuzz targets live outside the workspace (cargo-fuzz layout); fuzzing

@@ -19,10 +19,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
 };
-use ring::digest;
 use zeroize::Zeroizing;
 
 use crate::config::DataDir;
+pub use fpn_gms_client::ca::{SERVER_NAME, fingerprint, generate_node_key};
+
 use crate::{Error, Result, fsutil};
 
 /// Sets a certificate time: midnight UTC of the day holding `unix`.
@@ -35,21 +36,10 @@ macro_rules! set_date {
     }};
 }
 
-/// The name in the GMS server certificate; clients always connect with it,
-/// whatever address they dial (the CA is pinned, the name is not a locator).
-pub const SERVER_NAME: &str = "fpn-gms";
 /// Common name of the CA certificate.
 pub const CA_COMMON_NAME: &str = "fpn GMS CA";
 /// Validity of the CA and the server certificate, in days.
 const CA_VALIDITY_DAYS: u64 = 20 * 365;
-
-/// SHA-256 of a certificate's DER: how the GMS and tokens name certificates.
-pub fn fingerprint(der: &[u8]) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
 
 /// The CA: its key and certificate.
 pub struct Ca {
@@ -100,7 +90,7 @@ impl Ca {
     /// Writes `ca.key` (0600, never overwritten) and `ca.crt`.
     pub fn save(&self, dir: &DataDir) -> Result<()> {
         fsutil::write_new(&dir.ca_key(), &self.key_der, 0o600)?;
-        fsutil::write_new(&dir.ca_cert(), &self.cert_der, 0o644)
+        Ok(fsutil::write_new(&dir.ca_cert(), &self.cert_der, 0o644)?)
     }
 
     /// Loads the CA of a data directory.
@@ -210,14 +200,6 @@ pub struct NodeCertRequest<'a> {
     pub not_before: u64,
     /// End of validity, unix seconds (rounded down to the day).
     pub not_after: u64,
-}
-
-/// A node's freshly generated key pair: `(PKCS#8 DER, raw public key)`.
-pub fn generate_node_key() -> Result<(Zeroizing<Vec<u8>>, [u8; 32])> {
-    let key = KeyPair::generate_for(&PKCS_ED25519)?;
-    let der = Zeroizing::new(key.serialize_der());
-    let public = NodeKey::from_pkcs8(&der)?.public();
-    Ok((der, public))
 }
 
 /// The CA's parameters. The issuer of every certificate is rebuilt from

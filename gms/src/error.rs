@@ -99,6 +99,9 @@ pub enum Error {
     /// The session was ended for good (revoked, removed, refused): do not retry.
     #[error("session ended: {0}")]
     Terminated(String),
+    /// The GMS client library failed in a way with no counterpart above.
+    #[error("{0}")]
+    Client(fpn_gms_client::Error),
 }
 
 impl Error {
@@ -111,6 +114,32 @@ impl Error {
     /// Builds an [`Error::Admin`].
     pub fn admin(msg: impl Into<String>) -> Self {
         Self::Admin(msg.into())
+    }
+}
+
+/// The variants both crates share map one to one, so a caller matching on
+/// [`Error::Protocol`] (say) sees the same variant whether the failure came
+/// from the shared wire code or from the GMS's own.
+impl From<fpn_gms_client::Error> for Error {
+    fn from(e: fpn_gms_client::Error) -> Self {
+        use fpn_gms_client::Error as C;
+        match e {
+            C::Io { what, path, source } => Self::Io { what, path, source },
+            C::Net(e) => Self::Net(e),
+            C::Config(s) => Self::Config(s),
+            C::Cert(s) => Self::Cert(s),
+            C::Tls(e) => Self::Tls(e),
+            C::Proto(e) => Self::Proto(e),
+            C::Protocol(s) => Self::Protocol(s),
+            C::TokenFormat(s) => Self::TokenFormat(s),
+            C::Refused { code, reason } => Self::Refused { code, reason },
+            C::Connect(e) => Self::Connect(e),
+            C::Connection(e) => Self::Connection(e),
+            C::Stream(s) => Self::Stream(s),
+            C::Timeout(s) => Self::Timeout(s),
+            C::Terminated(s) => Self::Terminated(s),
+            other => Self::Client(other),
+        }
     }
 }
 
@@ -141,5 +170,35 @@ impl From<quinn::ReadExactError> for Error {
 impl From<quinn::ClosedStream> for Error {
     fn from(e: quinn::ClosedStream) -> Self {
         Self::Stream(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_keep_their_variant_in_the_gms() {
+        // The server closes a connection with a protocol error code only for
+        // `Protocol`/`Proto`: a malformed frame from the shared wire code must
+        // still be one after `?`.
+        let e: Error = fpn_gms_client::Error::Protocol("bad frame".into()).into();
+        assert!(
+            matches!(e, Error::Protocol(ref s) if s == "bad frame"),
+            "{e:?}"
+        );
+        let e: Error = fpn_gms_client::Error::Timeout("hello").into();
+        assert!(matches!(e, Error::Timeout("hello")), "{e:?}");
+        let e: Error = fpn_gms_client::Error::Refused {
+            code: 2,
+            reason: "used".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Refused { code: 2, .. }), "{e:?}");
+        let e: Error = fpn_gms_client::Error::Random.into();
+        assert!(
+            matches!(e, Error::Client(fpn_gms_client::Error::Random)),
+            "{e:?}"
+        );
     }
 }

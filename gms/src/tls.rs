@@ -1,83 +1,29 @@
-//! rustls and quinn configurations for the GMS and its clients.
+//! rustls and quinn configurations of the GMS server.
 //!
-//! - The server presents `server.crt` (SAN `fpn-gms`) followed by the CA
-//!   certificate, and asks for a client certificate without requiring one:
-//!   a connection without one may only enroll; one with a certificate must
-//!   chain to the CA (rustls checks that) and is then admitted by
-//!   fingerprint ([`crate::core::Core::authorize`]), which refuses revoked
-//!   and superseded certificates.
-//! - An enrolling node has only the CA fingerprint from its token: its
-//!   verifier finds the CA certificate in the chain the server sent, checks
-//!   its SHA-256 against the pin, and verifies the server certificate
-//!   against that CA.
-//! - An enrolled node trusts exactly its CA and presents its certificate.
+//! The server presents `server.crt` (SAN `fpn-gms`) followed by the CA
+//! certificate, and asks for a client certificate without requiring one: a
+//! connection without one may only enroll; one with a certificate must chain
+//! to the CA (rustls checks that) and is then admitted by fingerprint
+//! ([`crate::core::Core::authorize`]), which refuses revoked and superseded
+//! certificates.
 //!
-//! Every config is built with the ring provider explicitly (see
-//! DEPENDENCIES.md: the process-default provider panics with two in the tree).
+//! The client side (enrollment with a pinned CA, enrolled sessions) and the
+//! shared socket helper live in [`fpn_gms_client::tls`], re-exported here.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::ca::{SERVER_NAME, fingerprint};
+pub use fpn_gms_client::tls::{
+    ALPN, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider, roots,
+    server_name, session_client_config,
+};
+
+use crate::ca::fingerprint;
 use crate::{Error, Result};
-
-/// ALPN of the control protocol.
-pub const ALPN: &[u8] = b"fpn-gms/1";
-/// A session with no traffic at all for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Nodes send keep-alives this often, well inside the idle timeout and common NAT timeouts.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| Error::Cert(format!("CA certificate: {e}")))?;
-    Ok(Arc::new(roots))
-}
-
-/// Transport settings. Clients send keep-alives every `keep_alive` and give
-/// up on a silent GMS after three of them (the server allows 30 s).
-fn transport(server: bool, keep_alive: Duration) -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    let idle = if server {
-        IDLE_TIMEOUT
-    } else {
-        (keep_alive * 3).clamp(Duration::from_secs(1), IDLE_TIMEOUT)
-    };
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
-    if server {
-        // One stream per connection is all the protocol uses (enrollment or
-        // session); a second gives room to refuse a misbehaving client cleanly.
-        t.max_concurrent_bidi_streams(2u32.into());
-        t.max_concurrent_uni_streams(0u32.into());
-        // Small windows: control messages are small, and memory per node counts.
-        t.stream_receive_window((256u32 * 1024 + 1024).into());
-        t.receive_window((512u32 * 1024).into());
-        t.send_window(512 * 1024);
-        t.datagram_receive_buffer_size(None);
-    } else {
-        t.keep_alive_interval(Some(keep_alive));
-        t.max_concurrent_bidi_streams(0u32.into());
-        t.max_concurrent_uni_streams(0u32.into());
-    }
-    t
-}
 
 /// The QUIC server configuration of the GMS.
 pub fn server_config(
@@ -102,84 +48,8 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.transport_config(Arc::new(transport(true, KEEP_ALIVE)));
+    sc.transport_config(Arc::new(transport()));
     Ok(sc)
-}
-
-/// The client configuration for enrollment: no client certificate, CA pinned by fingerprint.
-pub fn enroll_client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig> {
-    let prov = provider();
-    let verifier = Arc::new(PinnedCa {
-        pin: ca_fingerprint,
-        provider: prov.clone(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(prov)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    client_config(tls, KEEP_ALIVE)
-}
-
-/// The client configuration of an enrolled node: its CA as the only root,
-/// its certificate, keep-alives every `keep_alive`.
-pub fn session_client_config(
-    ca_der: &[u8],
-    cert_der: &[u8],
-    key_der: &Zeroizing<Vec<u8>>,
-    keep_alive: Duration,
-) -> Result<quinn::ClientConfig> {
-    let prov = provider();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
-    let mut tls = rustls::ClientConfig::builder_with_provider(prov)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca_der)?)
-        .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    client_config(tls, keep_alive)
-}
-
-fn client_config(tls: rustls::ClientConfig, keep_alive: Duration) -> Result<quinn::ClientConfig> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
-    let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-    cc.transport_config(Arc::new(transport(false, keep_alive)));
-    Ok(cc)
-}
-
-/// Socket buffer size asked for on QUIC sockets. A rotation sends one
-/// packet to every node at once (and gets an ACK back from each): with the
-/// kernel's default 208 KiB receive buffer, thousands of nodes overflow it,
-/// the drops become QUIC retransmissions and the fan-out tail grows by
-/// seconds. The kernel caps this at `net.core.rmem_max`/`wmem_max`.
-pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
-
-/// A QUIC endpoint on a UDP socket bound to `bind` with large buffers;
-/// a server when `server` is given.
-pub fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    if bind.is_ipv6() {
-        // Accept IPv4-mapped peers too when bound to [::].
-        let _ = sock.set_only_v6(false);
-    }
-    // Best effort: a smaller buffer still works, only with more loss under bursts.
-    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
-    let _ = sock.set_send_buffer_size(UDP_BUFFER);
-    sock.bind(&bind.into())?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| Error::Config("a QUIC endpoint needs a tokio runtime".into()))?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        sock.into(),
-        runtime,
-    )?)
-}
-
-/// The name clients put in their ClientHello and check in the server certificate.
-pub fn server_name() -> &'static str {
-    SERVER_NAME
 }
 
 /// SHA-256 of the certificate the peer of `conn` presented, if any.
@@ -191,72 +61,18 @@ pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
     chain.first().map(|c| fingerprint(c))
 }
 
-/// Accepts a server whose chain carries the pinned CA and whose certificate that CA signed.
-#[derive(Debug)]
-struct PinnedCa {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| bool::from(fingerprint(c).ct_eq(&self.pin)))
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server's CA does not match the fingerprint in the enrollment token".into(),
-                )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|e| rustls::Error::General(format!("pinned CA certificate: {e}")))?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// Server transport settings.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    // One stream per connection is all the protocol uses (enrollment or
+    // session); a second gives room to refuse a misbehaving client cleanly.
+    t.max_concurrent_bidi_streams(2u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // Small windows: control messages are small, and memory per node counts.
+    t.stream_receive_window((256u32 * 1024 + 1024).into());
+    t.receive_window((512u32 * 1024).into());
+    t.send_window(512 * 1024);
+    t.datagram_receive_buffer_size(None);
+    t
 }

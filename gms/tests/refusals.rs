@@ -3,14 +3,14 @@
 mod common;
 
 use common::*;
-use fpn_gms::Error;
+use fpn_gms::client::Error;
 use fpn_gms::client::{self, Event, Session, SessionConfig};
 use fpn_gms::token::Token;
 use fpn_gms::wire::{ClientMsg, close};
 use fpn_proto::ge::GroupId;
 use fpn_proto::keys::KeyVersion;
 
-fn refusal(r: fpn_gms::Result<client::Identity>) -> (u16, String) {
+fn refusal(r: client::Result<client::Identity>) -> (u16, String) {
     match r {
         Err(Error::Refused { code, reason }) => (code, reason),
         other => panic!("expected a refusal, got {other:?}"),

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fpn_gms::client::Identity;
+use fpn_gms_client::Identity;
 use fpn_node::carrier::{Carrier, FrameKind, PeerTarget, QuicCarrier, QuicCarrierConfig};
 use fpn_proto::ge::GeId;
 

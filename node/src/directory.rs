@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use fpn_gms::wire::DirectoryEntry;
+use fpn_gms_client::wire::DirectoryEntry;
 use fpn_proto::credential::UnverifiedCredential;
 use fpn_proto::ge::GeId;
 use serde::{Deserialize, Serialize};
@@ -186,7 +186,7 @@ impl Directory {
     pub fn save(&self, path: &Path) -> Result<()> {
         let list: Vec<&PeerRecord> = self.by_name.values().collect();
         let json = serde_json::to_vec_pretty(&list).map_err(|e| Error::Config(e.to_string()))?;
-        fpn_gms::fsutil::write_atomic(path, &json, 0o600).map_err(Error::Gms)
+        fpn_gms_client::fsutil::write_atomic(path, &json, 0o600).map_err(Error::Gms)
     }
 }
 

@@ -97,7 +97,7 @@ pub enum Error {
     },
     /// The GMS client library failed.
     #[error("GMS: {0}")]
-    Gms(#[from] fpn_gms::Error),
+    Gms(#[from] fpn_gms_client::Error),
     /// A protocol machine refused something.
     #[error("protocol: {0}")]
     Proto(#[from] fpn_proto::Error),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fpn_gms::client::{Event, Session};
+use fpn_gms_client::{Event, Session};
 use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::KeyVersion;
 use tokio::sync::mpsc;
@@ -235,7 +235,7 @@ impl GmsTask {
             .filter(|l| l.ge != self.own_ge)
             .map(|l| l.name.clone())
             .collect();
-        let now = fpn_gms::now_unix();
+        let now = fpn_gms_client::now_unix();
         let (gone, updates) = {
             let mut dir = self.shared.dir();
             let gone = dir.retain_names(&names);
@@ -273,7 +273,7 @@ impl GmsTask {
 
     /// The engine needs the owner of `ip` (and its carrier addresses).
     async fn resolve_addr(&mut self, ip: Ipv4Addr, last_list: &mut tokio::time::Instant) {
-        let now = fpn_gms::now_unix();
+        let now = fpn_gms_client::now_unix();
         let known = self.shared.dir().by_overlay(ip).cloned();
         let rec = match known {
             Some(r) => r,
@@ -318,15 +318,19 @@ impl GmsTask {
         }
     }
 
-    async fn store_entry(&mut self, e: &fpn_gms::wire::DirectoryEntry) {
-        let rec =
-            match record_from_entry(e, &self.ca_public, fpn_gms::now_unix(), self.default_port) {
-                Ok(r) => r,
-                Err(err) => {
-                    warn!(error = %err, "directory entry with a bad credential ignored");
-                    return;
-                }
-            };
+    async fn store_entry(&mut self, e: &fpn_gms_client::wire::DirectoryEntry) {
+        let rec = match record_from_entry(
+            e,
+            &self.ca_public,
+            fpn_gms_client::now_unix(),
+            self.default_port,
+        ) {
+            Ok(r) => r,
+            Err(err) => {
+                warn!(error = %err, "directory entry with a bad credential ignored");
+                return;
+            }
+        };
         if rec.ge() == self.own_ge {
             return;
         }

@@ -139,7 +139,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Enroll { token, state, json } => {
             let id = fpn_node::daemon::enroll(&token, &StateDir::new(&state)).await?;
-            let cred = fpn_gms::client::verify_from_gms(&id.credential, &id.ca_public)?;
+            let cred = fpn_gms_client::verify_from_gms(&id.credential, &id.ca_public)?;
             if json {
                 let v = serde_json::json!({
                     "name": cred.info.name,

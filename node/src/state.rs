@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use fpn_gms::client::Identity;
+use fpn_gms_client::Identity;
 
 use crate::error::{Error, Result};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fpn_gms::client::Identity;
+use fpn_gms_client::Identity;
 use fpn_node::carrier::{
     Carrier, FrameKind, Inbound, PeerState, PeerStats, PeerTarget, QuicCarrier, QuicCarrierConfig,
 };

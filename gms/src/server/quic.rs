@@ -169,7 +169,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                 f = rx.recv() => match f {
                     Some(frame) => {
                         if let Err(e) = write_frame(&mut send, &frame).await {
-                            break Err(e);
+                            break Err(e.into());
                         }
                     }
                     None => break Ok(()),

@@ -52,7 +52,7 @@ pub fn local_addresses(port: u16, skip: &str) -> Vec<SocketAddr> {
     unsafe { libc::freeifaddrs(head) };
     out.sort_by_key(|a| a.is_ipv6());
     out.dedup();
-    out.truncate(fpn_gms::wire::MAX_ADDRS);
+    out.truncate(fpn_gms_client::wire::MAX_ADDRS);
     out
 }
 

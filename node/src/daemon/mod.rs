@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fpn_gms::client::{self, Identity, Session, SessionConfig};
+use fpn_gms_client::{self as client, Identity, Session, SessionConfig};
 use fpn_proto::dprp::{self, Endpoint, Prefix};
 use fpn_proto::flow::FlowId;
 use fpn_proto::pit::{Pit, PitConfig};
@@ -124,7 +124,7 @@ async fn run(
         identity.ca_public,
         vec![Prefix::host(IpAddr::V4(me.overlay))],
     );
-    let dprp = Endpoint::new(dcfg, seed, fpn_gms::now_unix(), Instant::now())?;
+    let dprp = Endpoint::new(dcfg, seed, fpn_gms_client::now_unix(), Instant::now())?;
     let pit = Pit::new(PitConfig {
         idle_timeout: Duration::from_secs(cfg.flow_idle_secs),
         ..PitConfig::default()

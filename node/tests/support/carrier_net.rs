@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
-use fpn_gms::client::Identity;
+use fpn_gms_client::Identity;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, Mode};
 
 /// A CA and the identities it issued.
@@ -16,7 +16,7 @@ pub struct Network {
 impl Network {
     pub fn new() -> Self {
         Self {
-            ca: Ca::generate(fpn_gms::now_unix()).unwrap(),
+            ca: Ca::generate(fpn_gms_client::now_unix()).unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -28,7 +28,7 @@ impl Network {
 
     /// Issues GE `id` (certificate serial `serial`) into a state directory of its own.
     pub fn identity_dir(&self, id: u32, serial: u64) -> PathBuf {
-        let now = fpn_gms::now_unix();
+        let now = fpn_gms_client::now_unix();
         let (key, public) = generate_node_key().unwrap();
         let name = format!("ge{id}");
         let cert = self

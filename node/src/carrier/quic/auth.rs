@@ -143,7 +143,7 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Takes the node's identity; fails if its certificate carries no GE id.
-    pub(crate) fn new(id: &fpn_gms::client::Identity, alpn: &[u8]) -> Result<Self> {
+    pub(crate) fn new(id: &fpn_gms_client::Identity, alpn: &[u8]) -> Result<Self> {
         let cert = CertificateDer::from(id.cert.clone());
         let local = parse_cert(&cert)
             .map_err(|r| Error::CarrierTls(format!("own certificate: {r}")))?

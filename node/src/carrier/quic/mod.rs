@@ -81,7 +81,7 @@ pub struct QuicCarrierConfig {
     /// Where to listen (UDP). Default `0.0.0.0:7718`; port 0 picks a free port.
     pub listen: SocketAddr,
     /// The node's identity from enrollment (node.crt, node.key, ca.crt).
-    pub identity: fpn_gms::client::Identity,
+    pub identity: fpn_gms_client::Identity,
     /// A connection with no traffic (keep-alives included) for this long is
     /// dead. Default 30 s.
     pub idle_timeout: Duration,
@@ -113,7 +113,7 @@ pub struct QuicCarrierConfig {
 
 impl QuicCarrierConfig {
     /// The defaults, listening on `0.0.0.0:7718`.
-    pub fn new(identity: fpn_gms::client::Identity) -> Self {
+    pub fn new(identity: fpn_gms_client::Identity) -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
             identity,

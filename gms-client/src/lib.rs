@@ -1,8 +1,21 @@
-//! The node side of the GMS protocol: enrollment, sessions, key cache.
+//! fpn-gms-client: the node side of the GMS protocol.
+//!
+//! Everything a node needs to talk to its GMS, and nothing of the server:
+//!
+//! - [`enroll`]: spends a one-time [`token`], pins the GMS's CA from it,
+//!   generates the node key and returns the [`Identity`] the GMS issued.
+//! - [`Session`]: the long-lived mutual-TLS QUIC session with reconnect; it
+//!   delivers group keys, GE info, revocations and directory changes as
+//!   [`Event`]s and keeps the on-disk [`KeyCache`].
+//! - [`wire`]/[`framing`]: the node<->GMS control protocol, both directions
+//!   (the GMS decodes with the same code).
+//! - [`tls`]: the client TLS/QUIC configurations and the shared socket helper;
+//!   [`ca`]: certificate fingerprints and node key generation.
+//! - [`fsutil`]: atomic 0600 writes for the state directory.
 //!
 //! ```no_run
-//! # async fn f(token: &str, dir: &std::path::Path) -> fpn_gms::Result<()> {
-//! use fpn_gms::client::{self, Session, SessionConfig};
+//! # async fn f(token: &str, dir: &std::path::Path) -> fpn_gms_client::Result<()> {
+//! use fpn_gms_client::{self as client, Session, SessionConfig};
 //! let endpoint = client::endpoint("0.0.0.0:0".parse().unwrap())?;
 //! let id = client::enroll(token, &endpoint).await?;   // once
 //! id.save(dir)?;
@@ -14,9 +27,22 @@
 //!
 //! Many sessions may share one [`quinn::Endpoint`] (one UDP socket), which
 //! is how the fan-out benchmark runs thousands of them.
+//!
+//! What it never does: issue certificates, credentials or keys for anyone
+//! but the node itself (no CA, no rcgen), store anything but the node's own
+//! state files, serve the control protocol, or log key bytes, token secrets
+//! or the node's private key. It links neither sled nor the DNS server.
 
+pub mod ca;
 mod cache;
+pub mod error;
+pub mod framing;
+pub mod fsutil;
 mod session;
+pub mod task;
+pub mod tls;
+pub mod token;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,11 +56,32 @@ use zeroize::Zeroizing;
 pub use cache::{CachedKey, KeyCache};
 pub use session::{Event, NodeState, Session, SessionConfig};
 
+pub use error::Error;
+
 use crate::ca::{SERVER_NAME, fingerprint, generate_node_key};
 use crate::framing::{read_frame, write_frame};
 use crate::token::Token;
 use crate::wire::{ClientMsg, EnrollRequest, ServerMsg, close, enroll_transcript};
-use crate::{Error, Result, fsutil, tls};
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `N` bytes from the operating system's CSPRNG.
+pub fn random<const N: usize>() -> Result<[u8; N]> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| Error::Random)?;
+    Ok(out)
+}
+
+/// The current time, unix seconds.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// How long enrollment may take end to end.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -82,7 +129,7 @@ struct IdentityFile {
 
 impl Identity {
     /// An identity from its parts, as enrollment would give it (for tools
-    /// and tests that issue certificates with [`crate::ca::Ca`] directly).
+    /// and tests that issue certificates with `fpn_gms::ca::Ca` directly).
     /// `key` is the node's PKCS#8 private key; it must parse.
     pub fn from_parts(
         gms_addr: String,
@@ -267,17 +314,17 @@ mod tests {
     #[test]
     fn a_credential_from_the_gms_survives_a_skewed_clock_but_not_a_foreign_ca() {
         let now = crate::now_unix();
-        let ca = crate::ca::Ca::generate(now).unwrap();
+        // The CA signs credentials with an Ed25519 key like a node's.
+        let ca = NodeKey::from_pkcs8(&generate_node_key().unwrap().0).unwrap();
         // Issued by a GMS whose clock is a day ahead of ours.
-        let ahead = ca
-            .issue_credential(1, info(), [7; 32], now + 86_400, now + 2 * 86_400)
-            .unwrap();
-        let c = verify_from_gms(&ahead.encode().unwrap(), &ca.public_key()).unwrap();
+        let ahead =
+            Credential::issue(&ca, 1, info(), [7; 32], now + 86_400, now + 2 * 86_400).unwrap();
+        let c = verify_from_gms(&ahead.encode().unwrap(), &ca.public()).unwrap();
         assert_eq!(c.serial, 1);
-        let other = crate::ca::Ca::generate(now).unwrap();
-        assert!(verify_from_gms(&ahead.encode().unwrap(), &other.public_key()).is_err());
+        let other = NodeKey::from_pkcs8(&generate_node_key().unwrap().0).unwrap();
+        assert!(verify_from_gms(&ahead.encode().unwrap(), &other.public()).is_err());
         let mut bytes = ahead.encode().unwrap();
         bytes[10] ^= 1;
-        assert!(verify_from_gms(&bytes, &ca.public_key()).is_err());
+        assert!(verify_from_gms(&bytes, &ca.public()).is_err());
     }
 }

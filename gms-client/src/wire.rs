@@ -903,7 +903,7 @@ mod props {
         fn decoders_never_panic(ty in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = ClientMsg::decode(ty, &body);
             let _ = ServerMsg::decode(ty, &body);
-            let _ = crate::client::KeyCache::decode(&body);
+            let _ = crate::KeyCache::decode(&body);
             let _ = crate::token::Token::parse(&String::from_utf8_lossy(&body));
             if body.len() >= HEADER_LEN {
                 let h: [u8; HEADER_LEN] = body[..HEADER_LEN].try_into().unwrap();

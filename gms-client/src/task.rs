@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 
 /// Aborts the task on drop.
 #[derive(Debug)]
-pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
+pub struct AbortOnDrop<T>(pub JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
