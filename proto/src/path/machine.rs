@@ -733,7 +733,7 @@ impl PathMachine {
             let open = self.slots.iter().flatten().any(|s| {
                 s.round == round && matches!(s.state, SlotState::Pending | SlotState::Answered)
             });
-            if !open && round == self.round {
+            if !open {
                 self.round_lost(now);
             }
         }
