@@ -1,30 +1,4 @@
-//! [`PathMachine`]: which carrier one peer's packets take, native or QUIC.
-//!
-//! Rules (docs/DESIGN-NOTES.md note 11 has the reasons):
-//! - Start in `Probing` (carrier QUIC): one probe to every candidate address
-//!   per round; the first authenticated answer switches to native and fixes
-//!   that candidate. `fail_after` rounds without an answer fall back to QUIC.
-//! - In `Native`, probe the chosen address every `keepalive_interval` when
-//!   idle, and every [`PathConfig::active_interval`] while native data is
-//!   being sent or after a loss, so a dead path is noticed within
-//!   `detect_budget` even for one-way traffic. A round counts as lost when no
-//!   answer came within `probe_timeout`; an answer also fails its *data
-//!   check* when at least `min_data_packets` native packets were sent before
-//!   the probe since the last checked answer and the peer took in none of
-//!   them (the answer carries the peer's count): a firewall that lets UDP
-//!   probes through but drops the raw packets, or a middlebox stripping the
-//!   trailer. `fail_after` consecutive lost rounds or failed checks fall back.
-//! - In `Fallback` (carrier QUIC), retry native with one round after a delay
-//!   that doubles from `retry_initial` up to `retry_max`; the first answer
-//!   switches back. The delay resets after native held for `stable_after`.
-//! - `Force::Quic` never probes (and answers no probes: native data would
-//!   not be taken in); `Force::Native` always reports native but still
-//!   probes and shows failures in its reason.
-//!
-//! Drive it like every core here: after each `handle_*` drain
-//! [`PathMachine::poll_transmit`] (send each payload as a UDP datagram from
-//! port 7717 on the underlay) and [`PathMachine::poll_event`], then re-arm
-//! one timer at [`PathMachine::poll_timeout`].
+//! [`PathMachine`], the per-peer path state machine.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -32,262 +6,44 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::probe::{self, ProbeKey, ProbeKind, ProbeRepr, ProbeView};
+use super::{
+    Force, MAX_CANDIDATES, PathConfig, PathEvent, PathKind, PathStats, PathStatus, Reason, Timer,
+    Transmit, Unavailable,
+};
 use crate::ge::GeId;
 use crate::pccom::ReplayWindow;
 use crate::{Error, Result};
 
-/// The most candidate addresses a peer may have.
-pub const MAX_CANDIDATES: usize = 8;
 /// Outstanding-probe table size (a power of two; slots by `seq % SLOTS`).
 const SLOTS: usize = 32;
 
-/// Which carrier to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Force {
-    /// Native when probes show it works, QUIC otherwise.
-    #[default]
-    Auto,
-    /// Always native (probes still run and report failures).
-    Native,
-    /// Always QUIC; never probes.
-    Quic,
-}
-
-/// Timers and thresholds of a [`PathMachine`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathConfig {
-    /// A probe without an answer after this long is lost.
-    pub probe_timeout: Duration,
-    /// Consecutive lost rounds (or failed data checks) that fail native.
-    pub fail_after: u32,
-    /// The longest a dead native path may go unnoticed while data is sent
-    /// natively; sets [`PathConfig::active_interval`].
-    pub detect_budget: Duration,
-    /// Probe interval on an idle native path (holds NAT bindings).
-    pub keepalive_interval: Duration,
-    /// First delay before retrying native after a fallback.
-    pub retry_initial: Duration,
-    /// The longest delay between native retries.
-    pub retry_max: Duration,
-    /// Native held this long resets the retry delay to `retry_initial`.
-    pub stable_after: Duration,
-    /// Native packets sent between two answers before an answer saying the
-    /// peer took none in counts as a failed data check.
-    pub min_data_packets: u64,
-    /// Force one carrier.
-    pub force: Force,
-}
-
-impl Default for PathConfig {
-    fn default() -> Self {
-        Self {
-            probe_timeout: Duration::from_secs(1),
-            fail_after: 3,
-            detect_budget: Duration::from_millis(2500),
-            keepalive_interval: Duration::from_secs(15),
-            retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(25),
-            stable_after: Duration::from_secs(60),
-            min_data_packets: 4,
-            force: Force::Auto,
-        }
-    }
-}
-
-impl PathConfig {
-    /// The probe interval while data flows natively or after a loss:
-    /// `(detect_budget - probe_timeout) / fail_after`, at least 50 ms. The
-    /// last good probe can go out just before the path dies, so detection
-    /// takes at most `fail_after` intervals plus one timeout.
-    pub fn active_interval(&self) -> Duration {
-        let spare = self.detect_budget.saturating_sub(self.probe_timeout);
-        (spare / self.fail_after.max(1)).max(Duration::from_millis(50))
-    }
-}
-
-/// The carrier in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PathKind {
-    /// Raw IP packets between the underlay addresses.
-    Native,
-    /// QUIC DATAGRAM frames on the connection between the two GEs.
-    Quic,
-}
-
-impl fmt::Display for PathKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Native => "native",
-            Self::Quic => "quic",
-        })
-    }
-}
-
-/// Why native cannot be used at all (reported by the node).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Unavailable {
-    /// The node lacks the rights to open a raw socket.
-    NoRawSocket,
-    /// The node could not install its interception rules.
-    NoInterception,
-}
-
-/// Why the path is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Native answered.
-    Answered,
-    /// Native is being probed for the first time.
-    Probing,
-    /// This many consecutive probe rounds got no answer.
-    ProbeFailed {
-        /// Rounds lost in a row.
-        lost: u32,
-    },
-    /// Probes got through but the peer took in none of the native data.
-    DataNotDelivered {
-        /// Consecutive failed checks.
-        checks: u32,
-    },
-    /// The configuration forces the carrier.
-    Forced,
-    /// Native cannot work on this node.
-    Unavailable(Unavailable),
-    /// The peer has no underlay address to probe.
-    NoCandidates,
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Answered => f.write_str("native answered"),
-            Self::Probing => f.write_str("probing native"),
-            Self::ProbeFailed { lost } => write!(f, "native probe failed {lost}x"),
-            Self::DataNotDelivered { checks } => write!(f, "native data not delivered {checks}x"),
-            Self::Forced => f.write_str("forced"),
-            Self::Unavailable(Unavailable::NoRawSocket) => f.write_str("no raw socket"),
-            Self::Unavailable(Unavailable::NoInterception) => f.write_str("no interception"),
-            Self::NoCandidates => f.write_str("no native address"),
-        }
-    }
-}
-
-/// What `status` and `ping` show for a peer: `native`, `native (forced)`,
-/// `quic (native probe failed 3x)`, `quic (forced)`, `quic (no raw socket)`,
-/// `native (forced; native probe failed 3x)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathStatus {
-    /// The carrier in use.
-    pub path: PathKind,
-    /// Why.
-    pub reason: Reason,
-    /// The configured force.
-    pub force: Force,
-}
-
-impl fmt::Display for PathStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.path, self.reason, self.force) {
-            (PathKind::Native, Reason::Answered, _) => f.write_str("native"),
-            (path, Reason::Forced, _) => write!(f, "{path} (forced)"),
-            (PathKind::Native, r, Force::Native) => write!(f, "native (forced; {r})"),
-            (path, r, _) => write!(f, "{path} ({r})"),
-        }
-    }
-}
-
-/// Something the node should know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathEvent {
-    /// Packets to this peer now take `to`.
-    Switched {
-        /// The previous carrier.
-        from: PathKind,
-        /// The new carrier.
-        to: PathKind,
-        /// Why.
-        reason: Reason,
-    },
-    /// The reason changed without a switch (a forced native path failing or
-    /// healing, QUIC after probing for a different reason).
-    Reason {
-        /// The carrier (unchanged).
-        path: PathKind,
-        /// The new reason.
-        reason: Reason,
-    },
-}
-
-/// Which timer [`PathMachine::poll_timeout`] names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Timer {
-    /// An outstanding probe reaches its timeout.
-    ProbeLost,
-    /// The next probe round (first probing, native keepalive or active probe).
-    NextProbe,
-    /// The next native retry after a fallback.
-    Retry,
-}
-
-/// A probe or answer to send: one UDP datagram from port 7717 to `dst`.
-/// The bytes live inline, so producing one allocates nothing.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Underlay destination.
-    pub dst: SocketAddr,
-    /// Probe or answer.
-    pub kind: ProbeKind,
-    len: usize,
-    buf: [u8; probe::MAX_LEN],
-}
-
-impl Transmit {
-    /// The datagram.
-    pub fn payload(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl fmt::Debug for Transmit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transmit")
-            .field("dst", &self.dst)
-            .field("kind", &self.kind)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-/// Counters for `status --json` and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PathStats {
-    /// Probes sent.
-    pub probes_sent: u64,
-    /// Probes answered in time.
-    pub probes_answered: u64,
-    /// Probes that timed out.
-    pub probes_lost: u64,
-    /// Answers that came after their probe timed out (ignored).
-    pub answers_late: u64,
-    /// Authenticated answers from another address than the one probed.
-    pub answers_from_other_address: u64,
-    /// Answers whose data check failed.
-    pub data_checks_failed: u64,
-    /// The peer's probes this machine answered.
-    pub answers_sent: u64,
-    /// Carrier switches.
-    pub switches: u64,
-    /// Replayed probes and answers, and answers to no outstanding probe.
-    pub replays_refused: u64,
-    /// Datagrams whose tag did not verify.
-    pub bad_tags: u64,
-    /// Datagrams naming another GE pair, or of the wrong kind.
-    pub misdirected: u64,
-    /// Structurally malformed datagrams.
-    pub malformed: u64,
-}
-
-/// The path state machine of one peer. See the module documentation.
+/// The path state machine of one peer: which carrier its packets take.
+///
+/// Rules (docs/DESIGN-NOTES.md note 11 has the reasons):
+/// - Start in `Probing` (carrier QUIC): one probe to every candidate address
+///   per round; the first authenticated answer switches to native and fixes
+///   that candidate. `fail_after` rounds without an answer fall back to QUIC.
+/// - In `Native`, probe the chosen address every `keepalive_interval` when
+///   idle, and every [`PathConfig::active_interval`] while native data is
+///   being sent or after a loss, so a dead path is noticed within
+///   `detect_budget` even for one-way traffic. A round counts as lost when no
+///   answer came within `probe_timeout`; an answer also fails its *data
+///   check* when at least `min_data_packets` native packets were sent before
+///   the probe since the last checked answer and the peer took in none of
+///   them (the answer carries the peer's count): a firewall that lets UDP
+///   probes through but drops the raw packets, or a middlebox stripping the
+///   trailer. `fail_after` consecutive lost rounds or failed checks fall back.
+/// - In `Fallback` (carrier QUIC), retry native with one round after a delay
+///   that doubles from `retry_initial` up to `retry_max`; the first answer
+///   switches back. The delay resets after native held for `stable_after`.
+/// - `Force::Quic` never probes (and answers no probes: native data would
+///   not be taken in); `Force::Native` always reports native but still
+///   probes and shows failures in its reason.
+///
+/// Drive it like every core here: after each `handle_*` drain
+/// [`PathMachine::poll_transmit`] (send each payload as a UDP datagram from
+/// port 7717 on the underlay) and [`PathMachine::poll_event`], then re-arm
+/// one timer at [`PathMachine::poll_timeout`].
 pub struct PathMachine {
     cfg: PathConfig,
     local: GeId,
@@ -314,6 +70,8 @@ pub struct PathMachine {
     tx_native: u64,
     rx_native: u64,
     last_native_send: Option<Instant>,
+    last_native_receive: Option<Instant>,
+    last_peer_probe: Option<Instant>,
     check: DataCheck,
     rtt: Option<Duration>,
     reflexive: Option<SocketAddr>,
@@ -372,6 +130,8 @@ impl PathMachine {
             tx_native: 0,
             rx_native: 0,
             last_native_send: None,
+            last_native_receive: None,
+            last_peer_probe: None,
             check: DataCheck::default(),
             rtt: None,
             reflexive: None,
@@ -438,6 +198,16 @@ impl PathMachine {
         self.rtt
     }
 
+    /// When the last authenticated native data packet from the peer arrived.
+    pub fn last_native_receive(&self) -> Option<Instant> {
+        self.last_native_receive
+    }
+
+    /// When the peer's last probe was answered.
+    pub fn last_peer_probe(&self) -> Option<Instant> {
+        self.last_peer_probe
+    }
+
     /// Counters.
     pub fn stats(&self) -> PathStats {
         self.stats
@@ -502,7 +272,7 @@ impl PathMachine {
         };
         self.queue(answer, from)?;
         self.stats.answers_sent += 1;
-        let _ = now;
+        self.last_peer_probe = Some(now);
         Ok(())
     }
 
@@ -552,14 +322,21 @@ impl PathMachine {
         if from != slot.dst {
             self.stats.answers_from_other_address += 1;
         }
-        let data_ok = self.data_check(&slot, repr.rx_native);
         match self.phase {
             Phase::Probing | Phase::Fallback => {
+                // The data check starts from here: nothing was sent natively
+                // before this answer that the peer's count must show.
+                self.check = DataCheck {
+                    any: true,
+                    seq: slot.seq,
+                    tx: slot.tx_at_send,
+                    rx: repr.rx_native,
+                };
                 self.active = Some(slot.dst);
                 self.native_up(now);
             }
             Phase::Native if Some(slot.dst) == self.active => {
-                if data_ok {
+                if self.data_check(&slot, repr.rx_native) {
                     self.losses = 0;
                 } else {
                     self.stats.data_checks_failed += 1;
@@ -581,7 +358,7 @@ impl PathMachine {
     /// path. Counted, and reported to the peer in answers to its probes.
     pub fn handle_native_data_received(&mut self, now: Instant) {
         self.rx_native += 1;
-        let _ = now;
+        self.last_native_receive = Some(now);
     }
 
     /// A packet to this peer went out on the native path. While this keeps
@@ -594,14 +371,14 @@ impl PathMachine {
     /// Native cannot work on this node (e.g. no raw-socket rights): QUIC
     /// until [`PathMachine::handle_native_available`]. Forced native stays
     /// native and shows the reason.
-    pub fn handle_native_unavailable(&mut self, why: Unavailable, now: Instant) {
+    pub fn handle_native_unavailable(&mut self, why: Unavailable, _now: Instant) {
         if self.phase == Phase::Off {
             return;
         }
         self.abandon_outstanding();
         self.phase = Phase::Unavailable;
         self.due = None;
-        self.set_path(PathKind::Quic, Reason::Unavailable(why), now);
+        self.set_path(PathKind::Quic, Reason::Unavailable(why));
     }
 
     /// Native can work again: probing restarts.
@@ -772,7 +549,7 @@ impl PathMachine {
             Force::Native => Reason::Forced,
             _ => Reason::Answered,
         };
-        self.set_path(PathKind::Native, reason, now);
+        self.set_path(PathKind::Native, reason);
     }
 
     /// Native failed: QUIC (unless forced native), retry after the backoff.
@@ -788,7 +565,7 @@ impl PathMachine {
         self.phase = Phase::Fallback;
         self.due = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(self.cfg.retry_max);
-        self.set_path(PathKind::Quic, reason, now);
+        self.set_path(PathKind::Quic, reason);
     }
 
     /// Back to first probing (new candidates, native available again).
@@ -803,17 +580,17 @@ impl PathMachine {
         if self.candidates.is_empty() {
             self.phase = Phase::NoCandidates;
             self.due = None;
-            self.set_path(PathKind::Quic, Reason::NoCandidates, now);
+            self.set_path(PathKind::Quic, Reason::NoCandidates);
             return;
         }
         self.phase = Phase::Probing;
         self.due = None;
-        self.set_path(PathKind::Quic, Reason::Probing, now);
+        self.set_path(PathKind::Quic, Reason::Probing);
         self.send_round(now);
     }
 
     /// Records the path; a forced native path stays native whatever happens.
-    fn set_path(&mut self, path: PathKind, reason: Reason, now: Instant) {
+    fn set_path(&mut self, path: PathKind, reason: Reason) {
         let path = if self.cfg.force == Force::Native {
             PathKind::Native
         } else {
@@ -837,7 +614,6 @@ impl PathMachine {
         }
         self.current = path;
         self.reason = reason;
-        let _ = now;
     }
 
     /// Marks outstanding probes as lost without counting them, so their late
