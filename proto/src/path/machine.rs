@@ -397,8 +397,11 @@ impl PathMachine {
                 self.send_round(now);
             }
             Phase::Fallback if self.due.is_some_and(|d| d <= now) => {
-                self.due = Some(now + self.backoff);
+                // The delay doubles with every retry, whether it fails
+                // (the next one waits longer) or succeeds (the next
+                // fallback does).
                 self.backoff = (self.backoff * 2).min(self.cfg.retry_max);
+                self.due = Some(now + self.backoff);
                 self.send_round(now);
             }
             Phase::Native if self.native_probe_due() <= now => self.send_round(now),
@@ -564,7 +567,6 @@ impl PathMachine {
         self.abandon_outstanding();
         self.phase = Phase::Fallback;
         self.due = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(self.cfg.retry_max);
         self.set_path(PathKind::Quic, reason);
     }
 

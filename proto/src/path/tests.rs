@@ -446,6 +446,36 @@ fn flapping_does_not_switch_faster_than_the_backoff() {
     assert!(down.len() <= 15, "{} fallbacks", down.len());
 }
 
+/// Native fails each time right after it comes back, and heals as soon as
+/// A is on QUIC: every stay on QUIC is exactly one retry delay, doubling
+/// from 1 s to the 25 s cap; native held for `stable_after` resets it.
+#[test]
+fn retry_delay_doubles_to_its_cap_and_resets_after_a_stable_period() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(1.0));
+    let mut stays = Vec::new();
+    for round in 0..9 {
+        if round == 8 {
+            // Stable for longer than `stable_after`.
+            net.run_for(Duration::from_secs(61));
+        }
+        net.block_probes = true;
+        net.block_data = true;
+        while net.a.current() == PathKind::Native {
+            net.run_for(Duration::from_millis(10));
+        }
+        let down = net.now;
+        net.block_probes = false;
+        net.block_data = false;
+        while net.a.current() == PathKind::Quic {
+            net.run_for(Duration::from_millis(10));
+        }
+        stays.push((net.now - down).as_secs_f64().round() as u64);
+    }
+    assert_eq!(stays, [1, 2, 4, 8, 16, 25, 25, 25, 1]);
+}
+
 #[test]
 fn forced_quic_never_probes_and_answers_no_probes() {
     let mut net = Net::new(forced(Force::Quic), auto());
