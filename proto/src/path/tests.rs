@@ -476,6 +476,36 @@ fn retry_delay_doubles_to_its_cap_and_resets_after_a_stable_period() {
     assert_eq!(stays, [1, 2, 4, 8, 16, 25, 25, 25, 1]);
 }
 
+/// Probes still outstanding when native fails are abandoned: their answers
+/// arriving late cannot switch straight back (only a retry can).
+#[test]
+fn late_answer_after_fallback_does_not_switch_back() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(5.0));
+    net.block_probes = true;
+    net.block_data = true;
+    while net.a.current() == PathKind::Native {
+        net.run_for(Duration::from_millis(10));
+    }
+    let (_, _, last) = net
+        .wire
+        .iter()
+        .rev()
+        .find(|(s, _, b)| *s == Side::A && b[1] == probe::TYPE_PROBE)
+        .cloned()
+        .unwrap();
+    let now = net.now;
+    net.b.handle_probe(&last, addr_a(), now).unwrap();
+    let answer = net.b.poll_transmit().unwrap();
+    net.a
+        .handle_probe_answer(answer.payload(), addr_b(), now)
+        .unwrap();
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.a.stats().answers_late, 1);
+    assert_eq!(net.a.poll_timeout().unwrap().1, Timer::Retry);
+}
+
 #[test]
 fn forced_quic_never_probes_and_answers_no_probes() {
     let mut net = Net::new(forced(Force::Quic), auto());
