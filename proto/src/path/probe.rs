@@ -583,4 +583,35 @@ mod tests {
     fn key_debug_hides_the_key() {
         assert_eq!(format!("{:?}", key()), "ProbeKey(..)");
     }
+
+    proptest::proptest! {
+        /// The fuzz target's invariants on random bytes and on corrupted
+        /// valid datagrams: no panic, canonical re-encoding, own tag verifies.
+        #[test]
+        fn arbitrary_bytes_parse_canonically_or_fail(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            flips in proptest::collection::vec((0usize..MAX_LEN, proptest::prelude::any::<u8>()), 0..4),
+            which in 0u8..3,
+        ) {
+            let mut data = match which {
+                0 => raw,
+                1 => encode(&probe()),
+                _ => encode(&answer()),
+            };
+            for (at, x) in flips {
+                if let Some(b) = data.get_mut(at) {
+                    *b ^= x;
+                }
+            }
+            if let Ok(view) = ProbeView::new_checked(&data) {
+                let repr = ProbeRepr::parse_unauthenticated(&view);
+                proptest::prop_assert_eq!(repr.buffer_len(), data.len());
+                let mut buf = [0u8; MAX_LEN];
+                let n = repr.emit(&key(), &mut buf).unwrap();
+                proptest::prop_assert_eq!(&buf[..n - TAG_LEN], &data[..data.len() - TAG_LEN]);
+                let signed = ProbeView::new_checked(&buf[..n]).unwrap();
+                proptest::prop_assert_eq!(ProbeRepr::parse(&signed, &key()).unwrap(), repr);
+            }
+        }
+    }
 }
