@@ -579,6 +579,44 @@ mod tests {
         }
     }
 
+    /// The examples in docs/PROTOCOL.md ("Path probes"), key 32 x 0x03.
+    #[test]
+    fn protocol_md_examples() {
+        let key = ProbeKey::new(&[3; 32]);
+        let probe = ProbeRepr {
+            kind: ProbeKind::Probe,
+            sender: GeId(1),
+            receiver: GeId(2),
+            seq: 1_800_000_000 << 24,
+            timestamp: 2_000_000,
+            rx_native: 0,
+            to: "198.18.0.2:7717".parse().unwrap(),
+            observed: None,
+        };
+        let answer = ProbeRepr {
+            kind: ProbeKind::Answer,
+            sender: GeId(2),
+            receiver: GeId(1),
+            rx_native: 42,
+            to: "198.18.0.1:7717".parse().unwrap(),
+            observed: Some("198.18.0.1:7717".parse().unwrap()),
+            ..probe
+        };
+        let mut buf = [0u8; MAX_LEN];
+        let n = probe.emit(&key, &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "01100000000100000002006b49d20000000000000000001e848000000000000000000\
+             4c61200021e2500f1977d84ba3844501d186ec51623c01c"
+        );
+        let n = answer.emit(&key, &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "01110000000200000001006b49d20000000000000000001e84800000000000000\
+             02a04c61200011e2504c61200011e25d1a77484994642ef5ff40982c4ddc82c"
+        );
+    }
+
     #[test]
     fn key_debug_hides_the_key() {
         assert_eq!(format!("{:?}", key()), "ProbeKey(..)");
