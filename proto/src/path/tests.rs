@@ -108,10 +108,6 @@ impl Net {
         self.start + Duration::from_secs_f64(secs)
     }
 
-    fn since_start(&self, t: Instant) -> f64 {
-        (t - self.start).as_secs_f64()
-    }
-
     fn machine(&mut self, side: Side) -> &mut PathMachine {
         match side {
             Side::A => &mut self.a,
