@@ -14,6 +14,8 @@ use crate::ge::GeId;
 use crate::pccom::ReplayWindow;
 use crate::{Error, Result};
 
+/// The most datagrams waiting in [`PathMachine::poll_transmit`].
+const MAX_QUEUED: usize = 64;
 /// Outstanding-probe table size (a power of two; slots by `seq % SLOTS`).
 const SLOTS: usize = 32;
 
@@ -136,7 +138,7 @@ impl PathMachine {
             rtt: None,
             reflexive: None,
             answer_source: None,
-            transmits: VecDeque::with_capacity(2 * MAX_CANDIDATES),
+            transmits: VecDeque::with_capacity(MAX_QUEUED),
             events: VecDeque::with_capacity(4),
             stats: PathStats::default(),
             cfg,
@@ -672,6 +674,12 @@ impl PathMachine {
     }
 
     fn queue(&mut self, repr: ProbeRepr, dst: SocketAddr) -> Result<()> {
+        // A shell that stops draining (or a peer probing far faster than a
+        // machine does) must not grow the queue without bound.
+        if self.transmits.len() >= MAX_QUEUED {
+            self.stats.transmits_dropped += 1;
+            return Err(Error::TableFull("path transmit queue"));
+        }
         let mut t = Transmit {
             dst,
             kind: repr.kind,

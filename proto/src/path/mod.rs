@@ -205,4 +205,6 @@ pub struct PathStats {
     pub misdirected: u64,
     /// Structurally malformed datagrams.
     pub malformed: u64,
+    /// Datagrams not queued because the transmit queue was full.
+    pub transmits_dropped: u64,
 }

@@ -580,6 +580,33 @@ fn replayed_answer_and_probe_are_refused_and_counted() {
     );
 }
 
+/// Answers pile up only to a bound when nobody drains them.
+#[test]
+fn transmit_queue_is_bounded() {
+    let mut net = Net::new(auto(), auto());
+    net.drain();
+    let key = ProbeKey::new(&KEY);
+    let mut buf = [0u8; probe::MAX_LEN];
+    let now = net.now;
+    for seq in 0..100 {
+        let p = ProbeRepr {
+            kind: ProbeKind::Probe,
+            sender: GeId(1),
+            receiver: GeId(2),
+            seq,
+            timestamp: 0,
+            rx_native: 0,
+            to: addr_b(),
+            observed: None,
+        };
+        let n = p.emit(&key, &mut buf).unwrap();
+        let r = net.b.handle_probe(&buf[..n], addr_a(), now);
+        assert_eq!(r.is_ok(), seq < 64, "seq {seq}: {r:?}");
+    }
+    assert_eq!(net.b.stats().transmits_dropped, 36);
+    assert_eq!(std::iter::from_fn(|| net.b.poll_transmit()).count(), 64);
+}
+
 #[test]
 fn answer_to_no_outstanding_probe_is_refused() {
     let mut net = Net::new(auto(), auto());
