@@ -178,6 +178,32 @@ pub enum Error {
         /// The overlay flow that has it.
         owner: crate::flow::FlowId,
     },
+
+    // ---- path probes (path/) ----
+    /// A path probe or answer names other GEs than the two this machine
+    /// serves (misdirected, or a probe reflected back at its sender).
+    #[error("path probe from GE {sender} to GE {receiver} is not for this peer pair")]
+    ProbePeerMismatch {
+        /// The sender GE the message names.
+        sender: u32,
+        /// The receiver GE the message names.
+        receiver: u32,
+    },
+    /// A path probe was seen before or is too old (its sequence number is
+    /// outside the replay window), or a probe answer answers a probe that
+    /// was already answered.
+    #[error("replayed path probe or answer (sequence {seq})")]
+    ProbeReplay {
+        /// The sequence number carried.
+        seq: u64,
+    },
+    /// A probe answer answers no probe this machine has outstanding (never
+    /// sent, or so old that it left the table).
+    #[error("probe answer for unknown probe (sequence {seq})")]
+    UnsolicitedAnswer {
+        /// The sequence number carried.
+        seq: u64,
+    },
 }
 
 impl Error {

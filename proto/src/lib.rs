@@ -23,6 +23,8 @@
 //!   packets: header access, rewrites with checksum updates, MSS clamping.
 //! - [`pccom`]: PCCOM packet protection (AES-256-GCM over the L4 payload,
 //!   counter + tag trailer, replay window) and its AEAD backends.
+//! - [`path`]: per-peer path selection (native or QUIC): the authenticated
+//!   probe format and the sans-IO machine that probes, watches and switches.
 //! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
 //!   state, counters; aging and renegotiation after key rotation.
 //! - [`xlat`]: the translation table (overlay <-> wire addresses and ports
@@ -37,6 +39,7 @@ pub mod flow;
 pub mod ge;
 pub mod keys;
 pub mod packet;
+pub mod path;
 pub mod pccom;
 pub mod pit;
 pub mod sim;

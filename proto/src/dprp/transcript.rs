@@ -92,6 +92,9 @@ pub fn to_be_signed(context: &[u8], th: &Hash) -> Vec<u8> {
 #[derive(Clone)]
 pub struct PairKey(hmac::Key);
 
+/// The label [`PairKey::probe_key`] signs.
+const PROBE_KEY_LABEL: &[u8] = b"fpn v1 path probe key";
+
 impl std::fmt::Debug for PairKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PairKey(<redacted>)")
@@ -115,6 +118,16 @@ impl PairKey {
             .expand(&info, hmac::HMAC_SHA256)
             .map_err(|_| Error::InvalidKey("pair key expansion"))?;
         Ok(Self(hmac::Key::from(okm)))
+    }
+
+    /// The path-probe key of this GE pair (`path::PathMachine::new`):
+    /// `HMAC(pair key, "fpn v1 path probe key")`. Both ends get the same
+    /// bytes; no DPRP tag is ever computed over that label, so the probe key
+    /// and the DPRP tags stay independent.
+    pub fn probe_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(hmac::sign(&self.0, PROBE_KEY_LABEL).as_ref());
+        out
     }
 
     /// The tag over `label | th | extra`.
@@ -160,6 +173,12 @@ mod tests {
         assert!(ca.verify(RGI_TAG, &th, b"x", &tag, "t").is_err());
         assert!(ba.verify(MPIT_TAG, &th, b"x", &tag, "t").is_err());
         assert!(format!("{ab:?}").contains("redacted"));
+        assert_eq!(*ab.probe_key(), *ba.probe_key());
+        assert_ne!(*ab.probe_key(), *ca.probe_key());
+        assert_ne!(
+            ab.probe_key()[..],
+            ab.tag(PROBE_KEY_LABEL, &[0; 32], b"")[..]
+        );
     }
 
     #[test]

@@ -1,0 +1,761 @@
+//! [`PathMachine`], the per-peer path state machine.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::probe::{self, ProbeKey, ProbeKind, ProbeRepr, ProbeView};
+use super::{
+    Force, MAX_CANDIDATES, PathConfig, PathEvent, PathKind, PathStats, PathStatus, Reason, Timer,
+    Transmit, Unavailable,
+};
+use crate::ge::GeId;
+use crate::pccom::ReplayWindow;
+use crate::{Error, Result};
+
+/// The most datagrams waiting in [`PathMachine::poll_transmit`].
+const MAX_QUEUED: usize = 64;
+/// Outstanding-probe table size (a power of two; slots by `seq % SLOTS`).
+const SLOTS: usize = 32;
+
+/// The path state machine of one peer: which carrier its packets take.
+///
+/// Rules (docs/DESIGN-NOTES.md note 11 has the reasons):
+/// - Start in `Probing` (carrier QUIC): one probe to every candidate address
+///   per round; the first authenticated answer switches to native and fixes
+///   that candidate. `fail_after` rounds without an answer fall back to QUIC.
+/// - In `Native`, probe the chosen address every `keepalive_interval` when
+///   idle, and every [`PathConfig::active_interval`] while native data is
+///   being sent or after a loss, so a dead path is noticed within
+///   `detect_budget` even for one-way traffic. A round counts as lost when no
+///   answer came within `probe_timeout`; an answer also fails its *data
+///   check* when at least `min_data_packets` native packets were sent before
+///   the probe since the last checked answer and the peer took in none of
+///   them (the answer carries the peer's count): a firewall that lets UDP
+///   probes through but drops the raw packets, or a middlebox stripping the
+///   trailer. `fail_after` consecutive lost rounds or failed checks fall back.
+/// - In `Fallback` (carrier QUIC), retry native with one round after a delay
+///   that doubles from `retry_initial` up to `retry_max`; the first answer
+///   switches back. The delay resets after native held for `stable_after`.
+/// - `Force::Quic` never probes (and answers no probes: native data would
+///   not be taken in); `Force::Native` always reports native but still
+///   probes and shows failures in its reason.
+///
+/// Drive it like every core here: after each `handle_*` drain
+/// [`PathMachine::poll_transmit`] (send each payload as a UDP datagram from
+/// port 7717 on the underlay) and [`PathMachine::poll_event`], then re-arm
+/// one timer at [`PathMachine::poll_timeout`].
+pub struct PathMachine {
+    cfg: PathConfig,
+    local: GeId,
+    peer: GeId,
+    key: ProbeKey,
+    epoch: Instant,
+    phase: Phase,
+    current: PathKind,
+    reason: Reason,
+    candidates: Vec<SocketAddr>,
+    /// The candidate native packets go to.
+    active: Option<SocketAddr>,
+    /// Consecutive lost rounds or failed data checks.
+    losses: u32,
+    /// Probing: next round; Fallback: next retry.
+    due: Option<Instant>,
+    backoff: Duration,
+    native_since: Option<Instant>,
+    last_round_at: Instant,
+    round: u64,
+    next_seq: u64,
+    slots: [Option<Slot>; SLOTS],
+    peer_probes: ReplayWindow,
+    tx_native: u64,
+    rx_native: u64,
+    last_native_send: Option<Instant>,
+    last_native_receive: Option<Instant>,
+    last_peer_probe: Option<Instant>,
+    check: DataCheck,
+    rtt: Option<Duration>,
+    reflexive: Option<SocketAddr>,
+    answer_source: Option<SocketAddr>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<PathEvent>,
+    stats: PathStats,
+}
+
+impl fmt::Debug for PathMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathMachine")
+            .field("peer", &self.peer)
+            .field("status", &self.status().to_string())
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PathMachine {
+    /// A machine for the path from `local` to `peer`. `probe_key` is the
+    /// per-peer probe key; `candidates` the peer's underlay addresses with
+    /// the probe port (7717); `unix_now` wall-clock seconds, which start the
+    /// probe sequence so a restarted node's probes pass the peer's replay
+    /// window. Probes to every candidate are queued at once (unless forced
+    /// to QUIC): drain [`PathMachine::poll_transmit`].
+    pub fn new(
+        cfg: PathConfig,
+        local: GeId,
+        peer: GeId,
+        probe_key: &[u8; 32],
+        candidates: Vec<SocketAddr>,
+        unix_now: u64,
+        now: Instant,
+    ) -> Self {
+        let backoff = cfg.retry_initial;
+        let mut m = Self {
+            local,
+            peer,
+            key: ProbeKey::new(probe_key),
+            epoch: now,
+            phase: Phase::Probing,
+            current: PathKind::Quic,
+            reason: Reason::Probing,
+            candidates: Vec::with_capacity(MAX_CANDIDATES),
+            active: None,
+            losses: 0,
+            due: None,
+            backoff,
+            native_since: None,
+            last_round_at: now,
+            round: 0,
+            next_seq: (unix_now & ((1 << 39) - 1)) << 24,
+            slots: [None; SLOTS],
+            peer_probes: ReplayWindow::new(),
+            tx_native: 0,
+            rx_native: 0,
+            last_native_send: None,
+            last_native_receive: None,
+            last_peer_probe: None,
+            check: DataCheck::default(),
+            rtt: None,
+            reflexive: None,
+            answer_source: None,
+            transmits: VecDeque::with_capacity(MAX_QUEUED),
+            events: VecDeque::with_capacity(4),
+            stats: PathStats::default(),
+            cfg,
+        };
+        match m.cfg.force {
+            Force::Quic => {
+                m.phase = Phase::Off;
+                m.reason = Reason::Forced;
+            }
+            Force::Native => {
+                m.current = PathKind::Native;
+                m.reason = Reason::Forced;
+            }
+            Force::Auto => {}
+        }
+        m.set_candidates_inner(candidates);
+        m.restart(now);
+        m.events.clear();
+        m
+    }
+
+    /// The carrier to use for this peer's packets now.
+    pub fn current(&self) -> PathKind {
+        self.current
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// Carrier, reason and force, with the status text as `Display`.
+    pub fn status(&self) -> PathStatus {
+        PathStatus {
+            path: self.current,
+            reason: self.reason,
+            force: self.cfg.force,
+        }
+    }
+
+    /// Where native packets go (the candidate that answered first).
+    pub fn native_addr(&self) -> Option<SocketAddr> {
+        self.active
+    }
+
+    /// This node's address as the peer saw the last answered probe come
+    /// from (the reflexive address, for NAT traversal).
+    pub fn reflexive_addr(&self) -> Option<SocketAddr> {
+        self.reflexive
+    }
+
+    /// The source address of the last accepted answer.
+    pub fn answer_source(&self) -> Option<SocketAddr> {
+        self.answer_source
+    }
+
+    /// The round-trip time of the last answered probe.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// When the last authenticated native data packet from the peer arrived.
+    pub fn last_native_receive(&self) -> Option<Instant> {
+        self.last_native_receive
+    }
+
+    /// When the peer's last probe was answered.
+    pub fn last_peer_probe(&self) -> Option<Instant> {
+        self.last_peer_probe
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PathStats {
+        self.stats
+    }
+
+    /// The peer's candidate addresses.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+
+    /// Replaces the candidate addresses (duplicates dropped, at most
+    /// [`MAX_CANDIDATES`]). If the address in use is gone, probing restarts
+    /// (on QUIC, unless forced native).
+    pub fn set_candidates(&mut self, candidates: Vec<SocketAddr>, now: Instant) {
+        self.set_candidates_inner(candidates);
+        let gone = self.active.is_some_and(|a| !self.candidates.contains(&a));
+        let empty = self.candidates.is_empty();
+        match self.phase {
+            Phase::Native | Phase::Fallback | Phase::Probing if gone || empty => self.restart(now),
+            Phase::NoCandidates if !empty => self.restart(now),
+            _ => {}
+        }
+    }
+
+    /// A datagram on the probe port with [`probe::is_probe`] true: dispatches
+    /// on its type to [`PathMachine::handle_probe`] or
+    /// [`PathMachine::handle_probe_answer`].
+    pub fn handle_datagram(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
+        match bytes.get(1) {
+            Some(&probe::TYPE_ANSWER) => self.handle_probe_answer(bytes, from, now),
+            _ => self.handle_probe(bytes, from, now),
+        }
+    }
+
+    /// The peer's probe arrived from `from`: queues the answer to `from`,
+    /// unless native is forced off or unavailable here (native data would
+    /// not be taken in, so the peer must not switch to it). Refused probes
+    /// (malformed, bad tag, other GEs, replayed) change nothing but a counter.
+    pub fn handle_probe(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
+        let repr = self.authenticate(bytes, ProbeKind::Probe)?;
+        if let Err(e) = self.peer_probes.check(repr.seq) {
+            self.stats.replays_refused += 1;
+            tracing::trace!(peer = %self.peer, seq = repr.seq, "replayed probe refused");
+            return Err(match e {
+                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
+                other => other,
+            });
+        }
+        self.peer_probes.update(repr.seq);
+        if matches!(self.phase, Phase::Off | Phase::Unavailable) {
+            return Ok(());
+        }
+        let answer = ProbeRepr {
+            kind: ProbeKind::Answer,
+            sender: self.local,
+            receiver: self.peer,
+            seq: repr.seq,
+            timestamp: repr.timestamp,
+            rx_native: self.rx_native,
+            to: from,
+            observed: Some(from),
+        };
+        self.queue(answer, from)?;
+        self.stats.answers_sent += 1;
+        self.last_peer_probe = Some(now);
+        Ok(())
+    }
+
+    /// An answer to one of this machine's probes arrived from `from`.
+    ///
+    /// Accepted once, only for a probe still outstanding. An answer from
+    /// another address than the one probed is accepted (the tag proves the
+    /// peer sent it; its NAT or routing picked the source) and counted in
+    /// `answers_from_other_address`: native packets keep going to the probed
+    /// address, which the probe proved reachable, and
+    /// [`PathMachine::answer_source`] keeps the source for NAT traversal.
+    pub fn handle_probe_answer(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Result<()> {
+        let repr = self.authenticate(bytes, ProbeKind::Answer)?;
+        let i = slot_index(repr.seq);
+        let Some(slot) = self.slots[i].filter(|s| s.seq == repr.seq) else {
+            self.stats.replays_refused += 1;
+            return Err(Error::UnsolicitedAnswer { seq: repr.seq });
+        };
+        if slot.timestamp != repr.timestamp {
+            self.stats.misdirected += 1;
+            return Err(Error::invalid("path probe timestamp", "not the probe's"));
+        }
+        match slot.state {
+            SlotState::Answered => {
+                self.stats.replays_refused += 1;
+                return Err(Error::ProbeReplay { seq: repr.seq });
+            }
+            SlotState::Lost => {
+                self.set_state(i, SlotState::Answered);
+                self.stats.answers_late += 1;
+                return Ok(());
+            }
+            SlotState::Pending => {}
+        }
+        self.set_state(i, SlotState::Answered);
+        self.stats.probes_answered += 1;
+        self.rtt = Some(Duration::from_micros(
+            self.micros(now).saturating_sub(repr.timestamp),
+        ));
+        self.reflexive = repr.observed;
+        self.answer_source = Some(from);
+        if from != slot.dst {
+            self.stats.answers_from_other_address += 1;
+        }
+        match self.phase {
+            Phase::Probing | Phase::Fallback => {
+                // The data check starts from here: nothing was sent natively
+                // before this answer that the peer's count must show.
+                self.check = DataCheck {
+                    any: true,
+                    seq: slot.seq,
+                    tx: slot.tx_at_send,
+                    rx: repr.rx_native,
+                };
+                self.active = Some(slot.dst);
+                self.native_up(now);
+            }
+            Phase::Native if Some(slot.dst) == self.active => {
+                if self.data_check(&slot, repr.rx_native) {
+                    self.losses = 0;
+                } else {
+                    self.stats.data_checks_failed += 1;
+                    self.losses += 1;
+                    let reason = Reason::DataNotDelivered {
+                        checks: self.losses,
+                    };
+                    if self.losses >= self.cfg.fail_after {
+                        self.native_down(reason, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An authenticated PCCOM packet from this peer arrived on the native
+    /// path. Counted, and reported to the peer in answers to its probes.
+    pub fn handle_native_data_received(&mut self, now: Instant) {
+        self.rx_native += 1;
+        self.last_native_receive = Some(now);
+    }
+
+    /// A packet to this peer went out on the native path. While this keeps
+    /// happening the machine probes every active interval.
+    pub fn handle_native_data_sent(&mut self, now: Instant) {
+        self.tx_native += 1;
+        self.last_native_send = Some(now);
+    }
+
+    /// Native cannot work on this node (e.g. no raw-socket rights): QUIC
+    /// until [`PathMachine::handle_native_available`]. Forced native stays
+    /// native and shows the reason.
+    pub fn handle_native_unavailable(&mut self, why: Unavailable, _now: Instant) {
+        if self.phase == Phase::Off {
+            return;
+        }
+        self.abandon_outstanding();
+        self.phase = Phase::Unavailable;
+        self.due = None;
+        self.set_path(PathKind::Quic, Reason::Unavailable(why));
+    }
+
+    /// Native can work again: probing restarts.
+    pub fn handle_native_available(&mut self, now: Instant) {
+        if self.phase == Phase::Unavailable {
+            self.restart(now);
+        }
+    }
+
+    /// Runs whatever is due at `now`: lost probes, the next round, a retry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_probes(now);
+        match self.phase {
+            Phase::Probing if self.due.is_some_and(|d| d <= now) => {
+                self.due = None;
+                self.send_round(now);
+            }
+            Phase::Fallback if self.due.is_some_and(|d| d <= now) => {
+                // The delay doubles with every retry, whether it fails
+                // (the next one waits longer) or succeeds (the next
+                // fallback does).
+                self.backoff = (self.backoff * 2).min(self.cfg.retry_max);
+                self.due = Some(now + self.backoff);
+                self.send_round(now);
+            }
+            Phase::Native if self.native_probe_due() <= now => self.send_round(now),
+            _ => {}
+        }
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<PathEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`PathMachine::handle_timeout`] next, and why.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        let lost = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.state == SlotState::Pending)
+            .map(|s| (s.sent_at + self.cfg.probe_timeout, Timer::ProbeLost))
+            .min_by_key(|(t, _)| *t);
+        let next = match self.phase {
+            Phase::Probing => self.due.map(|d| (d, Timer::NextProbe)),
+            Phase::Fallback => self.due.map(|d| (d, Timer::Retry)),
+            Phase::Native => Some((self.native_probe_due(), Timer::NextProbe)),
+            Phase::Off | Phase::Unavailable | Phase::NoCandidates => None,
+        };
+        match (lost, next) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- helpers ----
+
+    fn authenticate(&mut self, bytes: &[u8], want: ProbeKind) -> Result<ProbeRepr> {
+        let view = ProbeView::new_checked(bytes).inspect_err(|_| self.stats.malformed += 1)?;
+        if view.kind() != want || view.sender() != self.peer || view.receiver() != self.local {
+            self.stats.misdirected += 1;
+            if view.kind() != want {
+                return Err(Error::invalid(
+                    "path probe type",
+                    "probe where an answer was expected or the reverse",
+                ));
+            }
+            return Err(Error::ProbePeerMismatch {
+                sender: view.sender().0,
+                receiver: view.receiver().0,
+            });
+        }
+        ProbeRepr::parse(&view, &self.key).inspect_err(|_| self.stats.bad_tags += 1)
+    }
+
+    /// Checks the peer's count of native data it took in against what was
+    /// sent before this probe since the last checked answer.
+    fn data_check(&mut self, slot: &Slot, rx: u64) -> bool {
+        if slot.seq <= self.check.seq && self.check.any {
+            return true;
+        }
+        let sent = slot.tx_at_send.saturating_sub(self.check.tx);
+        // A count below the last one: the peer restarted.
+        let delivered = rx.checked_sub(self.check.rx).unwrap_or(rx);
+        self.check = DataCheck {
+            any: true,
+            seq: slot.seq,
+            tx: slot.tx_at_send,
+            rx,
+        };
+        sent < self.cfg.min_data_packets || delivered > 0
+    }
+
+    fn native_probe_due(&self) -> Instant {
+        let fast = self.last_round_at + self.cfg.active_interval();
+        let sending = self
+            .last_native_send
+            .is_some_and(|s| s + self.cfg.detect_budget > fast);
+        if self.losses > 0 || sending {
+            fast
+        } else {
+            self.last_round_at + self.cfg.keepalive_interval
+        }
+    }
+
+    fn expire_probes(&mut self, now: Instant) {
+        loop {
+            let Some((i, round)) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|s| (i, s)))
+                .filter(|(_, s)| {
+                    s.state == SlotState::Pending && s.sent_at + self.cfg.probe_timeout <= now
+                })
+                .min_by_key(|(_, s)| s.seq)
+                .map(|(i, s)| (i, s.round))
+            else {
+                return;
+            };
+            self.set_state(i, SlotState::Lost);
+            self.stats.probes_lost += 1;
+            let open = self.slots.iter().flatten().any(|s| {
+                s.round == round && matches!(s.state, SlotState::Pending | SlotState::Answered)
+            });
+            if !open {
+                self.round_lost(now);
+            }
+        }
+    }
+
+    fn round_lost(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Probing => {
+                self.losses += 1;
+                if self.losses >= self.cfg.fail_after {
+                    let reason = Reason::ProbeFailed { lost: self.losses };
+                    self.native_down(reason, now);
+                } else {
+                    self.send_round(now);
+                }
+            }
+            Phase::Native => {
+                self.losses += 1;
+                if self.losses >= self.cfg.fail_after {
+                    let reason = Reason::ProbeFailed { lost: self.losses };
+                    self.native_down(reason, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An answer arrived while probing or retrying.
+    fn native_up(&mut self, now: Instant) {
+        self.phase = Phase::Native;
+        self.losses = 0;
+        self.due = None;
+        self.native_since = Some(now);
+        self.last_round_at = now;
+        let reason = match self.cfg.force {
+            Force::Native => Reason::Forced,
+            _ => Reason::Answered,
+        };
+        self.set_path(PathKind::Native, reason);
+    }
+
+    /// Native failed: QUIC (unless forced native), retry after the backoff.
+    fn native_down(&mut self, reason: Reason, now: Instant) {
+        if self
+            .native_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.stable_after)
+        {
+            self.backoff = self.cfg.retry_initial;
+        }
+        self.native_since = None;
+        self.abandon_outstanding();
+        self.phase = Phase::Fallback;
+        self.due = Some(now + self.backoff);
+        self.set_path(PathKind::Quic, reason);
+    }
+
+    /// Back to first probing (new candidates, native available again).
+    fn restart(&mut self, now: Instant) {
+        self.abandon_outstanding();
+        self.active = None;
+        self.losses = 0;
+        self.native_since = None;
+        if self.phase == Phase::Off {
+            return;
+        }
+        if self.candidates.is_empty() {
+            self.phase = Phase::NoCandidates;
+            self.due = None;
+            self.set_path(PathKind::Quic, Reason::NoCandidates);
+            return;
+        }
+        self.phase = Phase::Probing;
+        self.due = None;
+        self.set_path(PathKind::Quic, Reason::Probing);
+        self.send_round(now);
+    }
+
+    /// Records the path; a forced native path stays native whatever happens.
+    fn set_path(&mut self, path: PathKind, reason: Reason) {
+        let path = if self.cfg.force == Force::Native {
+            PathKind::Native
+        } else {
+            path
+        };
+        let reason = match (self.cfg.force, reason) {
+            (Force::Native, Reason::Answered | Reason::Probing) => Reason::Forced,
+            _ => reason,
+        };
+        if path != self.current {
+            self.stats.switches += 1;
+            tracing::debug!(peer = %self.peer, from = %self.current, to = %path, %reason, "path switched");
+            self.events.push_back(PathEvent::Switched {
+                from: self.current,
+                to: path,
+                reason,
+            });
+        } else if reason != self.reason {
+            tracing::debug!(peer = %self.peer, %path, %reason, "path reason changed");
+            self.events.push_back(PathEvent::Reason { path, reason });
+        }
+        self.current = path;
+        self.reason = reason;
+    }
+
+    /// Marks outstanding probes as lost without counting them, so their late
+    /// answers cannot switch the path.
+    fn abandon_outstanding(&mut self) {
+        for s in self.slots.iter_mut().flatten() {
+            if s.state == SlotState::Pending {
+                s.state = SlotState::Lost;
+            }
+        }
+    }
+
+    /// Sends one round: to the address in use when native, else to every
+    /// candidate.
+    fn send_round(&mut self, now: Instant) {
+        self.round += 1;
+        self.last_round_at = now;
+        let n = match (self.phase, self.active) {
+            (Phase::Native, Some(_)) => 1,
+            _ => self.candidates.len(),
+        };
+        for k in 0..n {
+            let dst = match (self.phase, self.active) {
+                (Phase::Native, Some(a)) => a,
+                _ => self.candidates[k],
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let timestamp = self.micros(now);
+            let repr = ProbeRepr {
+                kind: ProbeKind::Probe,
+                sender: self.local,
+                receiver: self.peer,
+                seq,
+                timestamp,
+                rx_native: 0,
+                to: dst,
+                observed: None,
+            };
+            if self.queue(repr, dst).is_err() {
+                continue;
+            }
+            self.stats.probes_sent += 1;
+            self.slots[slot_index(seq)] = Some(Slot {
+                state: SlotState::Pending,
+                seq,
+                round: self.round,
+                dst,
+                sent_at: now,
+                timestamp,
+                tx_at_send: self.tx_native,
+            });
+        }
+    }
+
+    fn queue(&mut self, repr: ProbeRepr, dst: SocketAddr) -> Result<()> {
+        // A shell that stops draining (or a peer probing far faster than a
+        // machine does) must not grow the queue without bound.
+        if self.transmits.len() >= MAX_QUEUED {
+            self.stats.transmits_dropped += 1;
+            return Err(Error::TableFull("path transmit queue"));
+        }
+        let mut t = Transmit {
+            dst,
+            kind: repr.kind,
+            len: 0,
+            buf: [0; probe::MAX_LEN],
+        };
+        t.len = repr.emit(&self.key, &mut t.buf)?;
+        self.transmits.push_back(t);
+        Ok(())
+    }
+
+    fn set_candidates_inner(&mut self, candidates: Vec<SocketAddr>) {
+        self.candidates.clear();
+        for c in candidates {
+            if self.candidates.len() < MAX_CANDIDATES && !self.candidates.contains(&c) {
+                self.candidates.push(c);
+            }
+        }
+    }
+
+    fn set_state(&mut self, i: usize, state: SlotState) {
+        if let Some(s) = &mut self.slots[i] {
+            s.state = state;
+        }
+    }
+
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// First probing (or again after new candidates): QUIC meanwhile.
+    Probing,
+    /// Native answered.
+    Native,
+    /// Native failed; retrying after a backoff.
+    Fallback,
+    /// Forced QUIC: no probes.
+    Off,
+    /// The node reported native cannot work.
+    Unavailable,
+    /// No candidate address.
+    NoCandidates,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Pending,
+    Answered,
+    Lost,
+}
+
+/// One outstanding (or recently settled) probe.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    seq: u64,
+    round: u64,
+    dst: SocketAddr,
+    sent_at: Instant,
+    timestamp: u64,
+    /// Native packets sent before this probe.
+    tx_at_send: u64,
+}
+
+/// The last checked answer: the data check compares against it.
+#[derive(Debug, Clone, Copy, Default)]
+struct DataCheck {
+    any: bool,
+    seq: u64,
+    tx: u64,
+    rx: u64,
+}
+
+fn slot_index(seq: u64) -> usize {
+    (seq % SLOTS as u64) as usize
+}

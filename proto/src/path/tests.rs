@@ -1,0 +1,833 @@
+//! Two path machines on a fake network with a virtual clock.
+//!
+//! `Net` carries probes (UDP) and native data packets between GE 1 (`a`) and
+//! GE 2 (`b`) with a one-way latency, optional jitter and loss, and two
+//! firewall switches: one dropping probes, one dropping native data.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::Error;
+use crate::ge::GeId;
+
+const KEY: [u8; 32] = [3; 32];
+const LATENCY: Duration = Duration::from_millis(10);
+const UNIX: u64 = 1_800_000_000;
+
+fn addr_a() -> SocketAddr {
+    "198.18.0.1:7717".parse().unwrap()
+}
+fn addr_b() -> SocketAddr {
+    "198.18.0.2:7717".parse().unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    A,
+    B,
+}
+
+enum Packet {
+    Probe(Vec<u8>),
+    Data,
+}
+
+struct InFlight {
+    at: Instant,
+    to: Side,
+    from: SocketAddr,
+    packet: Packet,
+}
+
+struct Net {
+    start: Instant,
+    now: Instant,
+    a: PathMachine,
+    b: PathMachine,
+    flight: Vec<InFlight>,
+    block_probes: bool,
+    block_data: bool,
+    /// Native data packets per side every `data_every` while its path is native.
+    send_a: bool,
+    send_b: bool,
+    data_every: Duration,
+    next_data: Instant,
+    loss_percent: u64,
+    jitter: Duration,
+    rng: u64,
+    events: Vec<(Instant, Side, PathEvent)>,
+    /// Probes and answers each side put on the wire.
+    sent: Vec<(Instant, Side, ProbeKind)>,
+    /// The raw datagrams, for replay tests.
+    wire: Vec<(Side, SocketAddr, Vec<u8>)>,
+    errors: Vec<(Side, Error)>,
+}
+
+impl Net {
+    fn new(cfg_a: PathConfig, cfg_b: PathConfig) -> Self {
+        Self::with(cfg_a, cfg_b, vec![addr_b()], KEY)
+    }
+
+    fn with(
+        cfg_a: PathConfig,
+        cfg_b: PathConfig,
+        cand_a: Vec<SocketAddr>,
+        key_b: [u8; 32],
+    ) -> Self {
+        let start = Instant::now();
+        let a = PathMachine::new(cfg_a, GeId(1), GeId(2), &KEY, cand_a, UNIX, start);
+        let b = PathMachine::new(cfg_b, GeId(2), GeId(1), &key_b, vec![addr_a()], UNIX, start);
+        let mut net = Self {
+            start,
+            now: start,
+            a,
+            b,
+            flight: Vec::new(),
+            block_probes: false,
+            block_data: false,
+            send_a: false,
+            send_b: false,
+            data_every: Duration::from_millis(10),
+            next_data: start,
+            loss_percent: 0,
+            jitter: Duration::ZERO,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            events: Vec::new(),
+            sent: Vec::new(),
+            wire: Vec::new(),
+            errors: Vec::new(),
+        };
+        net.drain();
+        net
+    }
+
+    fn t(&self, secs: f64) -> Instant {
+        self.start + Duration::from_secs_f64(secs)
+    }
+
+    fn machine(&mut self, side: Side) -> &mut PathMachine {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn delivery(&mut self) -> Option<Instant> {
+        if self.loss_percent > 0 && self.random() % 100 < self.loss_percent {
+            return None;
+        }
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(self.random() % self.jitter.as_micros() as u64)
+        };
+        Some(self.now + LATENCY + jitter)
+    }
+
+    /// Drains both machines' outputs at `now`.
+    fn drain(&mut self) {
+        for side in [Side::A, Side::B] {
+            let (from, to) = match side {
+                Side::A => (addr_a(), Side::B),
+                Side::B => (addr_b(), Side::A),
+            };
+            while let Some(t) = self.machine(side).poll_transmit() {
+                self.sent.push((self.now, side, t.kind));
+                self.wire.push((side, t.dst, t.payload().to_vec()));
+                let reaches = t.dst == addr_a() || t.dst == addr_b();
+                if self.block_probes || !reaches {
+                    continue;
+                }
+                if let Some(at) = self.delivery() {
+                    self.flight.push(InFlight {
+                        at,
+                        to,
+                        from,
+                        packet: Packet::Probe(t.payload().to_vec()),
+                    });
+                }
+            }
+            while let Some(e) = self.machine(side).poll_event() {
+                self.events.push((self.now, side, e));
+            }
+        }
+    }
+
+    fn send_data(&mut self) {
+        for (side, on, to, from) in [
+            (Side::A, self.send_a, Side::B, addr_a()),
+            (Side::B, self.send_b, Side::A, addr_b()),
+        ] {
+            if !on || self.machine(side).current() != PathKind::Native {
+                continue;
+            }
+            let now = self.now;
+            self.machine(side).handle_native_data_sent(now);
+            if self.block_data {
+                continue;
+            }
+            if let Some(at) = self.delivery() {
+                self.flight.push(InFlight {
+                    at,
+                    to,
+                    from,
+                    packet: Packet::Data,
+                });
+            }
+        }
+    }
+
+    /// Runs until `until` (virtual time).
+    fn run_until(&mut self, until: Instant) {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(
+                steps < 2_000_000,
+                "no progress at {:?}: a {:?} b {:?} {:?} {:?}",
+                self.now - self.start,
+                self.a.poll_timeout().map(|(t, k)| (t - self.start, k)),
+                self.b.poll_timeout().map(|(t, k)| (t - self.start, k)),
+                self.a,
+                self.b
+            );
+            let mut next = until + Duration::from_nanos(1);
+            for side in [Side::A, Side::B] {
+                if let Some((t, _)) = self.machine(side).poll_timeout() {
+                    next = next.min(t);
+                }
+            }
+            if let Some(f) = self.flight.iter().map(|f| f.at).min() {
+                next = next.min(f);
+            }
+            if self.send_a || self.send_b {
+                next = next.min(self.next_data);
+            }
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            // Deliveries first, in arrival order.
+            let mut due: Vec<InFlight> = Vec::new();
+            let mut i = 0;
+            while i < self.flight.len() {
+                if self.flight[i].at <= now {
+                    due.push(self.flight.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            due.sort_by_key(|f| f.at);
+            for f in due {
+                match f.packet {
+                    Packet::Probe(bytes) => {
+                        if let Err(e) = self.machine(f.to).handle_datagram(&bytes, f.from, now) {
+                            self.errors.push((f.to, e));
+                        }
+                    }
+                    Packet::Data => self.machine(f.to).handle_native_data_received(now),
+                }
+            }
+            if (self.send_a || self.send_b) && self.next_data <= now {
+                self.send_data();
+                self.next_data = now + self.data_every;
+            }
+            for side in [Side::A, Side::B] {
+                if self
+                    .machine(side)
+                    .poll_timeout()
+                    .is_some_and(|(t, _)| t <= now)
+                {
+                    self.machine(side).handle_timeout(now);
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    fn switches(&self, side: Side, to: PathKind) -> Vec<Instant> {
+        self.events
+            .iter()
+            .filter_map(|(t, s, e)| match e {
+                PathEvent::Switched { to: k, .. } if *s == side && *k == to => Some(*t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn probes_sent(&self, side: Side) -> usize {
+        self.sent
+            .iter()
+            .filter(|(_, s, k)| *s == side && *k == ProbeKind::Probe)
+            .count()
+    }
+}
+
+fn auto() -> PathConfig {
+    PathConfig::default()
+}
+
+fn forced(force: Force) -> PathConfig {
+    PathConfig {
+        force,
+        ..PathConfig::default()
+    }
+}
+
+#[test]
+fn native_answers_switches_to_native_within_one_rtt() {
+    let mut net = Net::new(auto(), auto());
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.a.status().to_string(), "quic (probing native)");
+    net.run_for(2 * LATENCY);
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(net.a.status().to_string(), "native");
+    assert_eq!(net.b.current(), PathKind::Native);
+    let at = net.switches(Side::A, PathKind::Native)[0];
+    assert!(at - net.start <= 2 * LATENCY);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    assert_eq!(net.a.reflexive_addr(), Some(addr_a()));
+    assert_eq!(net.a.rtt(), Some(2 * LATENCY));
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+/// Blocks every native packet (probes and data) at several points of the
+/// probe cycle while A sends a one-way transfer: A is on QUIC within 3 s.
+#[test]
+fn native_blocked_mid_transfer_falls_back_within_3s() {
+    for offset_ms in (0..600).step_by(37) {
+        let mut net = Net::new(auto(), auto());
+        net.send_a = true;
+        net.run_until(net.t(10.0));
+        assert_eq!(net.a.current(), PathKind::Native);
+        let block = net.t(10.0) + Duration::from_millis(offset_ms);
+        net.run_until(block);
+        net.block_probes = true;
+        net.block_data = true;
+        net.run_until(block + Duration::from_secs(3));
+        assert_eq!(
+            net.a.current(),
+            PathKind::Quic,
+            "offset {offset_ms} ms {:?} {:?} {:?}",
+            net.a.stats(),
+            net.a.poll_timeout().map(|(t, k)| (t - net.start, k)),
+            net.now - net.start
+        );
+        assert_eq!(net.a.status().to_string(), "quic (native probe failed 3x)");
+        let fell = net.switches(Side::A, PathKind::Quic)[0];
+        assert!(
+            fell - block <= Duration::from_secs(3),
+            "offset {offset_ms}: {:?}",
+            fell - block
+        );
+        assert!(net.a.stats().probes_lost >= 3);
+    }
+}
+
+/// Probes (UDP) pass but the raw data packets are dropped: the peer's
+/// count in the answers shows it, and A falls back within 3 s.
+#[test]
+fn data_dropped_but_probes_pass_falls_back_within_3s() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(5.0));
+    assert_eq!(net.a.current(), PathKind::Native);
+    net.block_data = true;
+    net.run_until(net.t(8.0));
+    let fell = net
+        .events
+        .iter()
+        .find(|(_, s, e)| {
+            *s == Side::A
+                && matches!(
+                    e,
+                    PathEvent::Switched {
+                        to: PathKind::Quic,
+                        ..
+                    }
+                )
+        })
+        .unwrap();
+    assert!(fell.0 - net.t(5.0) <= Duration::from_secs(3));
+    assert_eq!(
+        fell.2,
+        PathEvent::Switched {
+            from: PathKind::Native,
+            to: PathKind::Quic,
+            reason: Reason::DataNotDelivered { checks: 3 }
+        }
+    );
+    assert!(net.a.stats().data_checks_failed >= 3);
+    // Probes alone cannot show the data would pass, so each retry goes back
+    // to native and fails again, but only as often as the backoff allows.
+    net.run_until(net.t(120.0));
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(
+        net.a.status().to_string(),
+        "quic (native data not delivered 3x)"
+    );
+    assert!(net.switches(Side::A, PathKind::Quic).len() <= 9);
+}
+
+/// A long block (the retry delay reaches its cap), lifted at several
+/// points: native again within 30 s.
+#[test]
+fn block_lifted_returns_to_native_within_30s() {
+    for lift_s in [130.0, 131.3, 137.7, 142.1, 149.9] {
+        let mut net = Net::new(auto(), auto());
+        net.send_a = true;
+        net.send_b = true;
+        net.run_until(net.t(5.0));
+        net.block_probes = true;
+        net.block_data = true;
+        net.run_until(net.t(lift_s));
+        assert_eq!(net.a.current(), PathKind::Quic);
+        net.block_probes = false;
+        net.block_data = false;
+        let lift = net.now;
+        net.run_until(lift + Duration::from_secs(30));
+        assert_eq!(net.a.current(), PathKind::Native, "lift at {lift_s}");
+        assert_eq!(net.b.current(), PathKind::Native, "lift at {lift_s}");
+        let back = *net.switches(Side::A, PathKind::Native).last().unwrap();
+        assert!(
+            back > lift && back - lift <= Duration::from_secs(26),
+            "lift {lift_s}"
+        );
+        assert_eq!(net.a.status().to_string(), "native");
+    }
+}
+
+/// The path flaps every 2 s: each stay on QUIC lasts at least the retry
+/// delay, which doubles up to its cap, so switches slow down instead of
+/// following the flapping.
+#[test]
+fn flapping_does_not_switch_faster_than_the_backoff() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    let mut t = 2.0;
+    while t < 300.0 {
+        net.run_until(net.t(t));
+        net.block_probes = !net.block_probes;
+        net.block_data = net.block_probes;
+        t += 2.0;
+    }
+    let down = net.switches(Side::A, PathKind::Quic);
+    let up = net.switches(Side::A, PathKind::Native);
+    assert!(down.len() >= 4, "{} fallbacks", down.len());
+    let cfg = auto();
+    for (k, d) in down.iter().enumerate() {
+        let Some(u) = up.iter().find(|u| *u > d) else {
+            continue;
+        };
+        let min = (cfg.retry_initial * 2u32.pow(k as u32)).min(cfg.retry_max);
+        assert!(*u - *d >= min, "stay {k} on quic {:?} < {:?}", *u - *d, min);
+    }
+    // 300 s of flapping every 2 s: far fewer than the 75 flaps.
+    assert!(down.len() <= 15, "{} fallbacks", down.len());
+}
+
+/// Native fails each time right after it comes back, and heals as soon as
+/// A is on QUIC: every stay on QUIC is exactly one retry delay, doubling
+/// from 1 s to the 25 s cap; native held for `stable_after` resets it.
+#[test]
+fn retry_delay_doubles_to_its_cap_and_resets_after_a_stable_period() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(1.0));
+    let mut stays = Vec::new();
+    for round in 0..9 {
+        if round == 8 {
+            // Stable for longer than `stable_after`.
+            net.run_for(Duration::from_secs(61));
+        }
+        net.block_probes = true;
+        net.block_data = true;
+        while net.a.current() == PathKind::Native {
+            net.run_for(Duration::from_millis(10));
+        }
+        let down = net.now;
+        net.block_probes = false;
+        net.block_data = false;
+        while net.a.current() == PathKind::Quic {
+            net.run_for(Duration::from_millis(10));
+        }
+        stays.push((net.now - down).as_secs_f64().round() as u64);
+    }
+    assert_eq!(stays, [1, 2, 4, 8, 16, 25, 25, 25, 1]);
+}
+
+/// Probes still outstanding when native fails are abandoned: their answers
+/// arriving late cannot switch straight back (only a retry can).
+#[test]
+fn late_answer_after_fallback_does_not_switch_back() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(5.0));
+    net.block_probes = true;
+    net.block_data = true;
+    while net.a.current() == PathKind::Native {
+        net.run_for(Duration::from_millis(10));
+    }
+    let (_, _, last) = net
+        .wire
+        .iter()
+        .rev()
+        .find(|(s, _, b)| *s == Side::A && b[1] == probe::TYPE_PROBE)
+        .cloned()
+        .unwrap();
+    let now = net.now;
+    net.b.handle_probe(&last, addr_a(), now).unwrap();
+    let answer = net.b.poll_transmit().unwrap();
+    net.a
+        .handle_probe_answer(answer.payload(), addr_b(), now)
+        .unwrap();
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.a.stats().answers_late, 1);
+    assert_eq!(net.a.poll_timeout().unwrap().1, Timer::Retry);
+}
+
+#[test]
+fn forced_quic_never_probes_and_answers_no_probes() {
+    let mut net = Net::new(forced(Force::Quic), auto());
+    net.run_until(net.t(60.0));
+    assert_eq!(net.probes_sent(Side::A), 0);
+    assert!(net.sent.iter().all(|(_, s, _)| *s == Side::B));
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.a.status().to_string(), "quic (forced)");
+    assert_eq!(net.a.poll_timeout(), None);
+    // B's probes go unanswered: B stays on QUIC.
+    assert_eq!(net.b.current(), PathKind::Quic);
+    assert_eq!(net.b.status().to_string(), "quic (native probe failed 3x)");
+    assert!(net.events.iter().all(|(_, s, _)| *s == Side::B));
+}
+
+#[test]
+fn forced_native_never_falls_back_but_reports_the_failure() {
+    let mut net = Net::new(forced(Force::Native), auto());
+    assert_eq!(net.a.status().to_string(), "native (forced)");
+    net.send_a = true;
+    net.run_until(net.t(5.0));
+    net.block_probes = true;
+    net.block_data = true;
+    net.run_until(net.t(20.0));
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(
+        net.a.status().to_string(),
+        "native (forced; native probe failed 3x)"
+    );
+    assert!(net.switches(Side::A, PathKind::Quic).is_empty());
+    assert!(net.events.iter().any(|(_, s, e)| *s == Side::A
+        && *e
+            == PathEvent::Reason {
+                path: PathKind::Native,
+                reason: Reason::ProbeFailed { lost: 3 }
+            }));
+    net.block_probes = false;
+    net.block_data = false;
+    net.run_until(net.t(60.0));
+    assert_eq!(net.a.status().to_string(), "native (forced)");
+}
+
+#[test]
+fn replayed_answer_and_probe_are_refused_and_counted() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.a.current(), PathKind::Native);
+    let (_, _, answer) = net
+        .wire
+        .iter()
+        .find(|(s, _, b)| *s == Side::B && b[1] == probe::TYPE_ANSWER)
+        .cloned()
+        .unwrap();
+    let (_, _, probe_b) = net
+        .wire
+        .iter()
+        .find(|(s, _, b)| *s == Side::A && b[1] == probe::TYPE_PROBE)
+        .cloned()
+        .unwrap();
+    let before = (net.a.status(), net.a.stats().probes_answered);
+    let now = net.now;
+    assert!(matches!(
+        net.a.handle_probe_answer(&answer, addr_b(), now),
+        Err(Error::ProbeReplay { .. })
+    ));
+    assert_eq!(net.a.stats().replays_refused, 1);
+    assert_eq!((net.a.status(), net.a.stats().probes_answered), before);
+    assert!(matches!(
+        net.b.handle_probe(&probe_b, addr_a(), now),
+        Err(Error::ProbeReplay { .. })
+    ));
+    assert_eq!(net.b.stats().replays_refused, 1);
+    assert!(
+        net.b.poll_transmit().is_none(),
+        "a replayed probe got an answer"
+    );
+}
+
+/// Answers pile up only to a bound when nobody drains them.
+#[test]
+fn transmit_queue_is_bounded() {
+    let mut net = Net::new(auto(), auto());
+    net.drain();
+    let key = ProbeKey::new(&KEY);
+    let mut buf = [0u8; probe::MAX_LEN];
+    let now = net.now;
+    for seq in 0..100 {
+        let p = ProbeRepr {
+            kind: ProbeKind::Probe,
+            sender: GeId(1),
+            receiver: GeId(2),
+            seq,
+            timestamp: 0,
+            rx_native: 0,
+            to: addr_b(),
+            observed: None,
+        };
+        let n = p.emit(&key, &mut buf).unwrap();
+        let r = net.b.handle_probe(&buf[..n], addr_a(), now);
+        assert_eq!(r.is_ok(), seq < 64, "seq {seq}: {r:?}");
+    }
+    assert_eq!(net.b.stats().transmits_dropped, 36);
+    assert_eq!(std::iter::from_fn(|| net.b.poll_transmit()).count(), 64);
+}
+
+#[test]
+fn answer_to_no_outstanding_probe_is_refused() {
+    let mut net = Net::new(auto(), auto());
+    let key = ProbeKey::new(&KEY);
+    let forged = ProbeRepr {
+        kind: ProbeKind::Answer,
+        sender: GeId(2),
+        receiver: GeId(1),
+        seq: 12345,
+        timestamp: 0,
+        rx_native: 0,
+        to: addr_a(),
+        observed: Some(addr_a()),
+    };
+    let mut buf = [0u8; probe::MAX_LEN];
+    let n = forged.emit(&key, &mut buf).unwrap();
+    let now = net.now;
+    assert_eq!(
+        net.a.handle_probe_answer(&buf[..n], addr_b(), now),
+        Err(Error::UnsolicitedAnswer { seq: 12345 })
+    );
+    assert_eq!(net.a.stats().replays_refused, 1);
+    assert_eq!(net.a.current(), PathKind::Quic);
+}
+
+#[test]
+fn wrong_key_is_refused_and_counted() {
+    let mut net = Net::with(auto(), auto(), vec![addr_b()], [4; 32]);
+    net.run_until(net.t(10.0));
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.b.current(), PathKind::Quic);
+    assert!(net.b.stats().bad_tags >= 3);
+    assert_eq!(net.a.stats().probes_answered, 0);
+    assert!(
+        net.errors
+            .iter()
+            .all(|(_, e)| *e == Error::BadMac("path probe"))
+    );
+}
+
+#[test]
+fn reflected_and_misdirected_datagrams_are_refused() {
+    let mut net = Net::new(auto(), auto());
+    let (_, _, own) = net.wire[0].clone();
+    let now = net.now;
+    // A's own probe sent back to it.
+    assert_eq!(
+        net.a.handle_probe(&own, addr_b(), now),
+        Err(Error::ProbePeerMismatch {
+            sender: 1,
+            receiver: 2
+        })
+    );
+    // A probe handed in as an answer.
+    assert!(matches!(
+        net.b.handle_probe_answer(&own, addr_a(), now),
+        Err(Error::InvalidField { .. })
+    ));
+    assert_eq!(
+        net.a
+            .handle_datagram(&own[..10], addr_b(), now)
+            .unwrap_err(),
+        Error::Truncated {
+            what: "path probe header",
+            needed: 35,
+            available: 10
+        }
+    );
+    assert_eq!(net.a.stats().misdirected, 1);
+    assert_eq!(net.b.stats().misdirected, 1);
+    assert_eq!(net.a.stats().malformed, 1);
+}
+
+/// Documented rule: an authenticated answer from another address than the
+/// one probed is accepted; native keeps the probed address.
+#[test]
+fn answer_from_unexpected_address_is_accepted_and_counted() {
+    let mut net = Net::new(auto(), auto());
+    let probe_a = net.wire[0].2.clone();
+    let now = net.now;
+    net.b.handle_probe(&probe_a, addr_a(), now).unwrap();
+    let answer = net.b.poll_transmit().unwrap();
+    let other: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    net.a
+        .handle_probe_answer(answer.payload(), other, now)
+        .unwrap();
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    assert_eq!(net.a.answer_source(), Some(other));
+    assert_eq!(net.a.stats().answers_from_other_address, 1);
+}
+
+#[test]
+fn first_answering_candidate_is_kept() {
+    let dead: SocketAddr = "192.0.2.7:7717".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::2]:7717".parse().unwrap();
+    let mut net = Net::with(auto(), auto(), vec![dead, v6, addr_b(), dead], KEY);
+    assert_eq!(net.a.candidates(), &[dead, v6, addr_b()]);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    // Steady state probes the chosen address only.
+    let before = net.wire.len();
+    net.run_until(net.t(60.0));
+    assert!(
+        net.wire[before..]
+            .iter()
+            .filter(|(s, _, _)| *s == Side::A)
+            .all(|(_, d, _)| *d == addr_b())
+    );
+    // The chosen address disappears: probing restarts on QUIC.
+    let now = net.now;
+    net.a.set_candidates(vec![dead], now);
+    assert_eq!(net.a.current(), PathKind::Quic);
+    net.a.set_candidates(vec![], now);
+    assert_eq!(net.a.status().to_string(), "quic (no native address)");
+    assert_eq!(net.a.poll_timeout(), None);
+}
+
+#[test]
+fn no_raw_socket_means_quic_until_available() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(Duration::from_millis(100));
+    let now = net.now;
+    net.a
+        .handle_native_unavailable(Unavailable::NoRawSocket, now);
+    assert_eq!(net.a.status().to_string(), "quic (no raw socket)");
+    assert_eq!(net.a.poll_timeout(), None);
+    net.drain();
+    let sent = net.probes_sent(Side::A);
+    net.run_until(net.t(30.0));
+    assert_eq!(net.probes_sent(Side::A), sent);
+    // B's probes are not answered either: B falls back.
+    assert_eq!(net.b.current(), PathKind::Quic);
+    let now = net.now;
+    net.a.handle_native_available(now);
+    net.drain();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.a.current(), PathKind::Native);
+}
+
+#[test]
+fn idle_native_path_sends_keepalives_only() {
+    let mut net = Net::new(auto(), auto());
+    net.run_until(net.t(1.0));
+    let before = net.probes_sent(Side::A);
+    net.run_until(net.t(61.0));
+    // 60 s at one probe every 15 s.
+    assert_eq!(net.probes_sent(Side::A) - before, 4);
+    assert_eq!(net.a.poll_timeout().unwrap().1, Timer::NextProbe);
+    // Sending natively speeds probing up to the active interval.
+    net.send_a = true;
+    let before = net.probes_sent(Side::A);
+    net.run_until(net.t(71.0));
+    let active = net.probes_sent(Side::A) - before;
+    assert!((18..=21).contains(&active), "{active} probes in 10 s");
+}
+
+#[test]
+fn active_interval_fits_the_detect_budget() {
+    let cfg = auto();
+    assert_eq!(cfg.active_interval(), Duration::from_millis(500));
+    assert!(cfg.active_interval() * cfg.fail_after + cfg.probe_timeout <= Duration::from_secs(3));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random loss, jitter (reordering), blocks and forces: nothing panics,
+    /// the status is consistent at every checkpoint, and after the network
+    /// heals both ends of an auto pair end on native.
+    #[test]
+    fn random_schedules_end_in_a_defined_state(
+        seed in 1u64..,
+        loss in 0u64..60,
+        jitter_ms in 0u64..400,
+        blocks in proptest::collection::vec((0u64..100, 0u64..30, 0u8..3), 0..6),
+        force_a in 0u8..3,
+        send in 0u8..4,
+    ) {
+        let force = [Force::Auto, Force::Native, Force::Quic][force_a as usize];
+        let mut net = Net::new(forced(force), auto());
+        net.rng = seed;
+        net.loss_percent = loss;
+        net.jitter = Duration::from_millis(jitter_ms);
+        net.send_a = send & 1 != 0;
+        net.send_b = send & 2 != 0;
+        let mut blocks = blocks;
+        blocks.sort();
+        for (start, len, what) in blocks {
+            net.run_until(net.t(start as f64).max(net.now));
+            check(&net.a);
+            check(&net.b);
+            net.block_probes = what != 1;
+            net.block_data = what != 0;
+            net.run_for(Duration::from_secs(len));
+            net.block_probes = false;
+            net.block_data = false;
+        }
+        net.loss_percent = 0;
+        net.run_for(Duration::from_secs(40));
+        check(&net.a);
+        check(&net.b);
+        match force {
+            Force::Quic => prop_assert_eq!(net.b.current(), PathKind::Quic),
+            _ => {
+                prop_assert_eq!(net.a.current(), PathKind::Native);
+                prop_assert_eq!(net.b.current(), PathKind::Native);
+                prop_assert_eq!(net.b.status().to_string(), "native");
+            }
+        }
+    }
+}
+
+/// Invariants of one machine's status.
+fn check(m: &PathMachine) {
+    let s = m.status();
+    match s.force {
+        Force::Native => assert_eq!(s.path, PathKind::Native),
+        Force::Quic => assert_eq!(s.to_string(), "quic (forced)"),
+        Force::Auto => assert_eq!(s.path == PathKind::Native, s.reason == Reason::Answered),
+    }
+    assert!(m.poll_timeout().is_some() || s.force == Force::Quic || s.path == PathKind::Quic);
+}
