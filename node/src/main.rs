@@ -22,9 +22,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Enrolls with a token from `fpn-gms token create` and saves the identity.
+    ///
+    /// The token is a secret until it is spent: prefer `--token-file FILE`
+    /// or standard input (`--token-file -`, or no token at all with stdin
+    /// not a terminal) over the command line, where `ps` and the shell's
+    /// history see it.
     Enroll {
-        /// The enrollment token.
-        token: String,
+        /// The enrollment token (visible to other users in `ps`; see --token-file).
+        #[arg(conflicts_with = "token_file")]
+        token: Option<String>,
+        /// Read the token from FILE (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// State directory (created 0700).
         #[arg(long)]
         state: PathBuf,
@@ -135,9 +144,61 @@ fn one_line(e: &anyhow::Error) -> String {
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest token text read from a file or stdin (a token is about 120 bytes).
+const MAX_TOKEN_TEXT: u64 = 4096;
+
+/// The enrollment token: from the command line, from a file, or from
+/// standard input (`-`, or nothing given and stdin is not a terminal).
+fn read_token(
+    arg: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::{IsTerminal, Read};
+    let mut text = zeroize::Zeroizing::new(String::new());
+    let from = match (arg, file) {
+        (Some(t), _) => {
+            *text = t;
+            return Ok(text);
+        }
+        (None, Some(p)) if p != std::path::Path::new("-") => {
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_TOKEN_TEXT).read_to_string(&mut text))
+                .map_err(|e| anyhow::anyhow!("reading the token from {}: {e}", p.display()))?;
+            p.display().to_string()
+        }
+        (None, Some(_)) => {
+            std::io::stdin()
+                .take(MAX_TOKEN_TEXT)
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading the token from standard input: {e}"))?;
+            "standard input".to_owned()
+        }
+        (None, None) if !std::io::stdin().is_terminal() => {
+            std::io::stdin()
+                .take(MAX_TOKEN_TEXT)
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading the token from standard input: {e}"))?;
+            "standard input".to_owned()
+        }
+        (None, None) => anyhow::bail!(
+            "no enrollment token: give --token-file FILE, pipe it on standard input, or pass it as an argument"
+        ),
+    };
+    if text.trim().is_empty() {
+        anyhow::bail!("no enrollment token in {from}");
+    }
+    Ok(text)
+}
+
 async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Enroll { token, state, json } => {
+        Cmd::Enroll {
+            token,
+            token_file,
+            state,
+            json,
+        } => {
+            let token = read_token(token, token_file.as_deref())?;
             let id = fpn_node::daemon::enroll(&token, &StateDir::new(&state)).await?;
             let cred = fpn_gms_client::verify_from_gms(&id.credential, &id.ca_public)?;
             if json {

@@ -1,5 +1,6 @@
 //! The fpn-node binary without a network: its errors are typed, clear and
-//! fast (no daemon, no identity, bad token, bad config), never a hang.
+//! fast (no daemon, no identity, bad token, bad config), never a hang; the
+//! enrollment token can come from a file or standard input.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -58,6 +59,68 @@ fn a_malformed_token_is_refused_and_writes_nothing() {
     assert!(!stderr(&out).is_empty());
     assert!(!state.join("node.key").exists());
     assert!(took < Duration::from_secs(20));
+}
+
+/// Runs fpn-node with `stdin` as its standard input.
+fn fpn_node_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fpn-node"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fpn-node");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The token can stay off the command line (where `ps` shows it): it is
+/// read from a file or from standard input, and reaches the token parser
+/// (whose complaint about the prefix proves the text arrived).
+#[test]
+fn the_token_is_read_from_a_file_or_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("st");
+    let state = state.to_str().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "  xyz1:not-a-token\n").unwrap();
+    let (out, _) = fpn_node(&[
+        "enroll",
+        "--token-file",
+        file.to_str().unwrap(),
+        "--state",
+        state,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fpn1:"), "{}", stderr(&out));
+
+    for args in [
+        vec!["enroll", "--token-file", "-", "--state", state],
+        vec!["enroll", "--state", state],
+    ] {
+        let out = fpn_node_stdin(&args, b"xyz1:not-a-token\n");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains("fpn1:"), "{args:?}: {}", stderr(&out));
+        let out = fpn_node_stdin(&args, b"  \n");
+        assert!(
+            stderr(&out).contains("no enrollment token in standard input"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    let (out, _) = fpn_node(&["enroll", "--token-file", "/nonexistent/t", "--state", state]);
+    assert!(
+        stderr(&out).contains("reading the token from /nonexistent/t"),
+        "{}",
+        stderr(&out)
+    );
+    // An argument and a file at once is a usage error.
+    let (out, _) = fpn_node(&["enroll", "x", "--token-file", "-", "--state", state]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!dir.path().join("st").join("node.key").exists());
 }
 
 #[test]

@@ -398,11 +398,26 @@ impl Overlay {
             .output()
     }
 
-    /// Creates a token and runs `fpn-node enroll TOKEN --json`; remembers
-    /// the overlay address it prints.
+    /// Creates a token and runs `fpn-node enroll --token-file FILE --json`
+    /// (a 0600 file next to the state directory, as an operator would keep
+    /// it off the command line); remembers the overlay address it prints.
     pub fn enroll(&self, name: &str) -> Result<Value, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let token = self.token(name)?;
-        let out = self.node_cli(name, &["enroll", &token, "--json"])?;
+        let node = self.node(name)?;
+        let file = node.state_dir.with_extension("token");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
+            .map_err(|e| Error::Overlay(format!("writing {}: {e}", file.display())))?;
+        let file_arg = file.to_string_lossy().into_owned();
+        let out = self.node_cli(name, &["enroll", "--token-file", &file_arg, "--json"]);
+        let _ = std::fs::remove_file(&file);
+        let out = out?;
         if !out.success() {
             return Err(Error::Overlay(format!(
                 "fpn-node enroll for {name} failed ({}): {}",
