@@ -23,6 +23,7 @@
 //!   packets: header access, rewrites with checksum updates, MSS clamping.
 //! - [`pccom`]: PCCOM packet protection (AES-256-GCM over the L4 payload,
 //!   counter + tag trailer, replay window) and its AEAD backends.
+//! - [`prefix`]: address prefixes (what a gateway protects, what a credential names).
 //! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
 //!   state, counters; aging and renegotiation after key rotation.
 
@@ -37,6 +38,7 @@ pub mod keys;
 pub mod packet;
 pub mod pccom;
 pub mod pit;
+pub mod prefix;
 pub mod sim;
 pub mod wire;
 
