@@ -367,6 +367,18 @@ mod tests {
             r#"{"cmd":"ge_add","name":"nas","kind":"gea","mode":"cl","groups":[2,3]}"#
         );
         assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), r);
+        // Without --protect the request is what an older server expects;
+        // with it, the prefixes travel as strings.
+        let g = AdminRequest::GeAdd {
+            name: "gw".into(),
+            kind: "gen".into(),
+            mode: "cl".into(),
+            groups: vec![],
+            protect: vec!["192.168.1.0/24".into()],
+        };
+        let j = serde_json::to_string(&g).unwrap();
+        assert!(j.ends_with(r#""protect":["192.168.1.0/24"]}"#), "{j}");
+        assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), g);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"nope"}"#).is_err());
         assert!(
             serde_json::from_str::<AdminRequest>(r#"{"cmd":"group_remove","num":1,"x":1}"#)
