@@ -174,6 +174,21 @@ impl Endpoint {
             return Err(Error::InvalidKey("the credential names another node key"));
         }
         let own_bytes = CredentialBytes::from_credential(&cfg.credential)?;
+        // The peers judge this GE's flows by its credential, not by this
+        // configuration: say so once, rather than have every flow from an
+        // uncovered address refused with no hint why.
+        for p in &cfg.protected {
+            let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
+            let covered = *p == overlay
+                || cfg
+                    .credential
+                    .prefixes
+                    .iter()
+                    .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
+            if !covered {
+                tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
+            }
+        }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
         let peers = Peers::new(cfg.limits.peer_cache);
         Ok(Self {
