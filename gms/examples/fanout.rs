@@ -174,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 kind: "ges".into(),
                 mode: "op".into(),
                 groups: vec![GROUP.0],
+                protect: Vec::new(),
             },
         )?;
         let tok = ask(

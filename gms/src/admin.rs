@@ -38,7 +38,7 @@ pub enum AdminRequest {
         /// Group number.
         num: u32,
     },
-    /// `ge add NAME --kind K --mode M [--group N]...`.
+    /// `ge add NAME --kind K --mode M [--group N]... [--protect PREFIX]...`.
     GeAdd {
         /// GE name.
         name: String,
@@ -49,6 +49,11 @@ pub enum AdminRequest {
         /// Group numbers.
         #[serde(default)]
         groups: Vec<u32>,
+        /// Prefixes a gateway protects (`192.168.1.0/24`); its credential
+        /// names them. Left out of the request when empty, so a newer CLI
+        /// still talks to an older server.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        protect: Vec<String>,
     },
     /// `ge list`.
     GeList,
@@ -76,6 +81,10 @@ pub enum AdminRequest {
         /// Groups to leave.
         #[serde(default)]
         remove_groups: Vec<u32>,
+        /// Replaces the protected prefixes (empty: none); the credential is
+        /// re-issued.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protect: Option<Vec<String>>,
     },
     /// `ge remove NAME`.
     GeRemove {
@@ -220,6 +229,9 @@ pub struct GeView {
     pub groups: Vec<u32>,
     /// Overlay address.
     pub overlay: Ipv4Addr,
+    /// Prefixes a gateway protects (named in its credential).
+    #[serde(default)]
+    pub protect: Vec<String>,
     /// `<name>.<zone>`.
     pub fqdn: String,
     /// `added`, `enrolled` or `revoked`.
@@ -347,6 +359,7 @@ mod tests {
             kind: "gea".into(),
             mode: "cl".into(),
             groups: vec![2, 3],
+            protect: Vec::new(),
         };
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(
@@ -354,6 +367,18 @@ mod tests {
             r#"{"cmd":"ge_add","name":"nas","kind":"gea","mode":"cl","groups":[2,3]}"#
         );
         assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), r);
+        // Without --protect the request is what an older server expects;
+        // with it, the prefixes travel as strings.
+        let g = AdminRequest::GeAdd {
+            name: "gw".into(),
+            kind: "gen".into(),
+            mode: "cl".into(),
+            groups: vec![],
+            protect: vec!["192.168.1.0/24".into()],
+        };
+        let j = serde_json::to_string(&g).unwrap();
+        assert!(j.ends_with(r#""protect":["192.168.1.0/24"]}"#), "{j}");
+        assert_eq!(serde_json::from_str::<AdminRequest>(&j).unwrap(), g);
         assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"nope"}"#).is_err());
         assert!(
             serde_json::from_str::<AdminRequest>(r#"{"cmd":"group_remove","num":1,"x":1}"#)

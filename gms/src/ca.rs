@@ -15,6 +15,7 @@
 use fpn_proto::credential::Credential;
 use fpn_proto::ge::GeInfo;
 use fpn_proto::keys::NodeKey;
+use fpn_proto::prefix::Prefix;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
@@ -163,7 +164,8 @@ impl Ca {
         Ok(cert.der().to_vec())
     }
 
-    /// Issues a GE's compact credential (same node key, same CA key).
+    /// Issues a GE's compact credential (same node key, same CA key),
+    /// naming no prefix: the GE speaks for its overlay address only.
     pub fn issue_credential(
         &self,
         serial: u64,
@@ -172,10 +174,32 @@ impl Ca {
         not_before: u64,
         not_after: u64,
     ) -> Result<Credential> {
-        Ok(Credential::issue(
+        self.issue_credential_with_prefixes(
+            serial,
+            info,
+            Vec::new(),
+            node_key,
+            not_before,
+            not_after,
+        )
+    }
+
+    /// Issues a GE's compact credential naming `prefixes`, the hosts a
+    /// gateway protects, so the GE may speak for them in DPRP.
+    pub fn issue_credential_with_prefixes(
+        &self,
+        serial: u64,
+        info: GeInfo,
+        prefixes: Vec<Prefix>,
+        node_key: [u8; 32],
+        not_before: u64,
+        not_after: u64,
+    ) -> Result<Credential> {
+        Ok(Credential::issue_with_prefixes(
             &self.signer,
             serial,
             info,
+            prefixes,
             node_key,
             not_before,
             not_after,

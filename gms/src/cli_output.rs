@@ -44,12 +44,12 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         AdminRequest::GeList => {
             let ges: Vec<GeView> = resp.into_result()?;
             println!(
-                "{:<20} {:>5} {:<4} {:<3} {:<12} {:<15} {:<9} ONLINE",
-                "NAME", "ID", "KIND", "MODE", "GROUPS", "OVERLAY", "STATE"
+                "{:<20} {:>5} {:<4} {:<3} {:<12} {:<15} {:<9} {:<6} PROTECTS",
+                "NAME", "ID", "KIND", "MODE", "GROUPS", "OVERLAY", "STATE", "ONLINE"
             );
             for g in ges {
                 println!(
-                    "{:<20} {:>5} {:<4} {:<4} {:<12} {:<15} {:<9} {}",
+                    "{:<20} {:>5} {:<4} {:<4} {:<12} {:<15} {:<9} {:<6} {}",
                     g.name,
                     g.id,
                     g.kind,
@@ -57,7 +57,12 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                     groups(&g.groups),
                     g.overlay,
                     g.state,
-                    if g.online { "yes" } else { "no" }
+                    if g.online { "yes" } else { "no" },
+                    if g.protect.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        g.protect.join(",")
+                    }
                 );
             }
         }
@@ -73,6 +78,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             println!("kind, mode    {}, {}", g.kind, g.mode);
             println!("groups        {}", groups(&g.groups));
             println!("overlay       {}", g.overlay);
+            if !g.protect.is_empty() {
+                println!("protects      {}", g.protect.join(", "));
+            }
             println!(
                 "state         {}{}",
                 g.state,

@@ -136,6 +136,11 @@ enum GeCmd {
         /// Group membership (repeat for several).
         #[arg(long = "group")]
         groups: Vec<u32>,
+        /// A prefix the gateway protects, e.g. 192.168.1.0/24 (gen and gea
+        /// only; repeat for several, IPv4 or IPv6). Its credential names them,
+        /// so it may speak for the hosts there.
+        #[arg(long = "protect", value_name = "PREFIX")]
+        protect: Vec<String>,
     },
     /// List GEs.
     List,
@@ -144,7 +149,7 @@ enum GeCmd {
         /// Name.
         name: String,
     },
-    /// Change a GE's kind, mode or groups.
+    /// Change a GE's kind, mode, groups or protected prefixes.
     Set {
         /// Name.
         name: String,
@@ -166,6 +171,13 @@ enum GeCmd {
         /// Leave a group (repeatable); the group's key rotates at once.
         #[arg(long = "remove-group")]
         remove_groups: Vec<u32>,
+        /// Replace the protected prefixes with these (repeat for several);
+        /// the credential is re-issued.
+        #[arg(long = "protect", value_name = "PREFIX")]
+        protect: Vec<String>,
+        /// Protect no prefix any more.
+        #[arg(long, conflicts_with = "protect")]
+        no_protect: bool,
     },
     /// Remove a GE (revokes it first).
     Remove {
@@ -258,11 +270,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kind,
             mode,
             groups,
+            protect,
         }) => AdminRequest::GeAdd {
             name,
             kind,
             mode,
             groups,
+            protect,
         },
         Cmd::Ge(GeCmd::List) => AdminRequest::GeList,
         Cmd::Ge(GeCmd::Show { name }) => AdminRequest::GeShow { name },
@@ -274,6 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_groups,
             add_groups,
             remove_groups,
+            protect,
+            no_protect,
         }) => AdminRequest::GeSet {
             name,
             kind,
@@ -281,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             groups: (no_groups || !groups.is_empty()).then_some(groups),
             add_groups,
             remove_groups,
+            protect: (no_protect || !protect.is_empty()).then_some(protect),
         },
         Cmd::Ge(GeCmd::Remove { name }) => AdminRequest::GeRemove { name },
         Cmd::Ge(GeCmd::Revoke { name }) => AdminRequest::GeRevoke { name },

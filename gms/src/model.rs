@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KEY_LEN, KeyVersion};
+use fpn_proto::prefix::Prefix;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -40,6 +41,11 @@ pub struct GeRecord {
     pub groups: BTreeSet<u32>,
     /// Assigned overlay address.
     pub overlay: Ipv4Addr,
+    /// The prefixes a gateway (GEN, GEA) protects: its credential names
+    /// them, so it may speak for the hosts there in DPRP. Empty for a GES.
+    /// Records written before this field existed load with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "prefix_list")]
+    pub protect: Vec<Prefix>,
     /// Creation time, unix seconds.
     pub created_at: u64,
     /// Set when the GE was revoked; a revoked GE gets no keys and no session.
@@ -303,6 +309,30 @@ pub mod as_str {
     }
 }
 
+/// Serde for a prefix list as strings (`["192.168.1.0/24"]`), parsed strictly.
+pub mod prefix_list {
+    use super::*;
+
+    /// Serializes each prefix with `Display`.
+    pub fn serialize<S: serde::Serializer>(
+        v: &[Prefix],
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(ToString::to_string))
+    }
+
+    /// Deserializes each prefix with `FromStr`.
+    pub fn deserialize<'de, D>(d: D) -> std::result::Result<Vec<Prefix>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +365,7 @@ mod tests {
             mode: Mode::Closed,
             groups: [2, 3].into(),
             overlay: Ipv4Addr::new(100, 64, 0, 1),
+            protect: Vec::new(),
             created_at: 0,
             revoked_at: None,
             enrollment: None,
@@ -344,6 +375,22 @@ mod tests {
             j.contains("\"kind\":\"gea\"") && j.contains("\"mode\":\"cl\""),
             "{j}"
         );
+        // No prefix, no field: the record reads as before prefixes existed.
+        assert!(!j.contains("protect"), "{j}");
         assert_eq!(from_json::<GeRecord>("ges", j.as_bytes()).unwrap(), r);
+        let mut g = r.clone();
+        g.protect = vec![
+            "192.168.1.0/24".parse().unwrap(),
+            "fd00::/64".parse().unwrap(),
+        ];
+        let j = String::from_utf8(to_json(&g)).unwrap();
+        assert!(
+            j.contains("\"protect\":[\"192.168.1.0/24\",\"fd00::/64\"]"),
+            "{j}"
+        );
+        assert_eq!(from_json::<GeRecord>("ges", j.as_bytes()).unwrap(), g);
+        // A stored prefix that no longer parses is a corrupt record, not a panic.
+        let bad = j.replace("192.168.1.0/24", "192.168.1.1/24");
+        assert!(from_json::<GeRecord>("ges", bad.as_bytes()).is_err());
     }
 }

@@ -49,6 +49,7 @@ fn writer(socket: PathBuf, base: u32, acked: Arc<Mutex<Acked>>, reached: mpsc::S
                     kind: "ges".into(),
                     mode: "op".into(),
                     groups: vec![i - 1],
+                    protect: Vec::new(),
                 },
                 1,
             ),

@@ -172,6 +172,7 @@ async fn the_directory_hook_hears_about_additions_addresses_and_removals() {
             kind: "gen".into(),
             mode: "cl".into(),
             groups: vec![],
+            protect: Vec::new(),
         },
     )
     .await;

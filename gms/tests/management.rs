@@ -66,10 +66,10 @@ fn ge<'a>(ges: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn the_example_network_takes_30_items_and_a_new_member_8() {
+fn the_example_network_takes_32_items_and_a_new_member_8() {
     let network = block("example-network");
     let total: usize = network.iter().map(|c| items(c)).sum();
-    assert_eq!(total, 30, "docs/MANAGEMENT.md says 30 items at the GMS");
+    assert_eq!(total, 32, "docs/MANAGEMENT.md says 32 items at the GMS");
     let new_member = block("new-member");
     assert_eq!(new_member.iter().map(|c| items(c)).sum::<usize>(), 8);
 
@@ -96,6 +96,14 @@ fn the_example_network_takes_30_items_and_a_new_member_8() {
         );
         assert_eq!(g["groups"], serde_json::json!(groups), "{name}");
     }
+    assert_eq!(
+        ge(&ges, "gen")["protect"],
+        serde_json::json!(["192.168.1.0/24"])
+    );
+    assert_eq!(
+        ge(&ges, "gea")["protect"],
+        serde_json::json!(["192.168.5.10/32"])
+    );
     assert_eq!(gms.json(&["group", "list"]).as_array().unwrap().len(), 3);
     // Every GE got a distinct overlay address without being asked.
     let mut overlays: Vec<&str> = ges

@@ -5,26 +5,57 @@
 //! CA key. DPRP carries the credential per hop because it is a fifth of the
 //! size of the certificate and needs no X.509 parser on the packet path.
 //!
+//! A credential also says which addresses the GE may speak for
+//! ([`Credential::covers`]): its overlay address, and for a gateway (GEN, GEA)
+//! the prefixes of the hosts it protects. DPRP checks both ends of a flow
+//! against it, so a member cannot negotiate a flow under an address it does
+//! not own.
+//!
 //! Binary form (all integers big-endian):
 //!
 //! ```text
-//! version u8 (=1) | serial u64 | not_before u64 | not_after u64 |
-//! node_key [32] | GE info (see GeInfo::encode) | ca_signature [64]
+//! version u8 (1 | 2) | serial u64 | not_before u64 | not_after u64 |
+//! node_key [32] | GE info (see GeInfo::encode) |
+//! [version 2 only: n u8 (1..=16) | n x prefix (see Prefix::encode)] |
+//! ca_signature [64]
 //! ```
 //!
+//! Version 1 is a credential without prefixes; version 2 one with at least
+//! one (a gateway's). A credential is encoded as version 1 whenever it names
+//! no prefix, so every credential a GMS issued before prefixes existed, and
+//! every GES credential, keeps its exact bytes and still verifies; a node
+//! that only knows version 1 refuses a gateway's version 2 cleanly
+//! (`UnsupportedVersion`). The prefixes are strictly ascending and canonical
+//! (host bits zero, no `/0`), and a GES credential names none.
+//!
 //! The CA signs `"fpn v1 credential\0"` followed by every byte before the
-//! signature. A decoded credential is an [`UnverifiedCredential`] until
+//! signature (the version byte included, so one version cannot pass for the
+//! other). A decoded credential is an [`UnverifiedCredential`] until
 //! [`UnverifiedCredential::verify`] checks signature and validity period.
 
+use std::net::IpAddr;
+
+use crate::error::PrefixError;
 use crate::ge::GeInfo;
 use crate::keys::{self, NodeKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::prefix::{self, Prefix};
 use crate::wire::{Reader, Writer};
 use crate::{Error, Result};
 
-const VERSION: u8 = 1;
+/// The format without prefixes.
+const VERSION_PLAIN: u8 = 1;
+/// The format with a gateway's prefixes.
+const VERSION_PREFIXES: u8 = 2;
 const CONTEXT: &[u8] = b"fpn v1 credential\0";
-/// Upper bound of an encoded credential (name and group list at their limits).
-pub const MAX_LEN: usize = 1 + 8 * 3 + 32 + (4 + 1 + 1 + 4 + 1 + 63 + 1 + 64 * 4) + 64;
+/// The most prefixes one gateway credential may name.
+pub const MAX_PREFIXES: usize = 16;
+/// Upper bound of an encoded credential (name, group and prefix lists at their limits).
+pub const MAX_LEN: usize = 1
+    + 8 * 3
+    + 32
+    + (4 + 1 + 1 + 4 + 1 + 63 + 1 + 64 * 4)
+    + (1 + MAX_PREFIXES * prefix::MAX_ENCODED_LEN)
+    + 64;
 
 /// A verified credential.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,6 +70,10 @@ pub struct Credential {
     pub node_key: [u8; PUBLIC_KEY_LEN],
     /// The GE's info as the GMS defined it.
     pub info: GeInfo,
+    /// The prefixes this GE may speak for besides its overlay address: the
+    /// hosts a gateway protects. Canonical, strictly ascending, at most
+    /// [`MAX_PREFIXES`]; empty for a GES.
+    pub prefixes: Vec<Prefix>,
     signature: [u8; SIGNATURE_LEN],
 }
 
@@ -47,7 +82,8 @@ pub struct Credential {
 pub struct UnverifiedCredential(Credential);
 
 impl Credential {
-    /// Issues a credential: the GMS signs `info` and `node_key` with its CA key.
+    /// Issues a credential: the GMS signs `info` and `node_key` with its CA
+    /// key. It names no prefix: the GE speaks for its overlay address only.
     pub fn issue(
         ca: &NodeKey,
         serial: u64,
@@ -56,12 +92,39 @@ impl Credential {
         not_before: u64,
         not_after: u64,
     ) -> Result<Self> {
+        Self::issue_with_prefixes(
+            ca,
+            serial,
+            info,
+            Vec::new(),
+            node_key,
+            not_before,
+            not_after,
+        )
+    }
+
+    /// Issues a credential that also names the prefixes a gateway protects.
+    /// They are sorted and deduplicated here; each must be canonical
+    /// ([`Prefix::network`]), at most [`MAX_PREFIXES`], and only a gateway
+    /// kind may name any ([`PrefixError::NotAGateway`]).
+    pub fn issue_with_prefixes(
+        ca: &NodeKey,
+        serial: u64,
+        info: GeInfo,
+        mut prefixes: Vec<Prefix>,
+        node_key: [u8; PUBLIC_KEY_LEN],
+        not_before: u64,
+        not_after: u64,
+    ) -> Result<Self> {
+        prefixes.sort_unstable();
+        prefixes.dedup();
         let mut c = Self {
             serial,
             not_before,
             not_after,
             node_key,
             info,
+            prefixes,
             signature: [0; SIGNATURE_LEN],
         };
         let tbs = c.to_be_signed()?;
@@ -83,16 +146,37 @@ impl Credential {
         Ok(())
     }
 
+    /// True when this GE may speak for `addr`: its overlay address, or an
+    /// address inside a prefix the credential names. A flow's end must be
+    /// covered by the credential of the GE that stands for it.
+    pub fn covers(&self, addr: IpAddr) -> bool {
+        addr == IpAddr::V4(self.info.overlay) || self.prefixes.iter().any(|p| p.contains(addr))
+    }
+
     fn to_be_signed(&self) -> Result<Vec<u8>> {
+        check_prefixes(&self.info, &self.prefixes)?;
         let mut out = Vec::with_capacity(CONTEXT.len() + 160);
         out.extend_from_slice(CONTEXT);
         let mut w = Writer::new(&mut out);
-        w.u8(VERSION);
+        // Version 1 when there is nothing of version 2 to say: old
+        // credentials keep their bytes and old nodes read GES credentials.
+        let version = if self.prefixes.is_empty() {
+            VERSION_PLAIN
+        } else {
+            VERSION_PREFIXES
+        };
+        w.u8(version);
         w.u64(self.serial);
         w.u64(self.not_before);
         w.u64(self.not_after);
         w.bytes(&self.node_key);
         self.info.encode(&mut w)?;
+        if version == VERSION_PREFIXES {
+            w.u8(self.prefixes.len() as u8);
+            for p in &self.prefixes {
+                p.encode(&mut w);
+            }
+        }
         Ok(out)
     }
 
@@ -114,7 +198,7 @@ impl UnverifiedCredential {
     /// Decodes from a reader, leaving what follows.
     pub fn decode_from(r: &mut Reader<'_>) -> Result<Self> {
         let version = r.u8("credential version")?;
-        if version != VERSION {
+        if version != VERSION_PLAIN && version != VERSION_PREFIXES {
             return Err(Error::UnsupportedVersion {
                 what: "credential",
                 version,
@@ -125,6 +209,29 @@ impl UnverifiedCredential {
         let not_after = r.u64("credential not_after")?;
         let node_key = r.array("credential node key")?;
         let info = GeInfo::decode(r)?;
+        let mut prefixes = Vec::new();
+        if version == VERSION_PREFIXES {
+            let n = usize::from(r.u8("prefix count")?);
+            // Version 2 with no prefix would be a second encoding of a
+            // version 1 credential.
+            if n == 0 {
+                return Err(Error::invalid(
+                    "prefix count",
+                    "zero in a version 2 credential",
+                ));
+            }
+            if n > MAX_PREFIXES {
+                return Err(PrefixError::TooMany {
+                    len: n,
+                    max: MAX_PREFIXES,
+                }
+                .into());
+            }
+            for _ in 0..n {
+                prefixes.push(Prefix::decode(r)?);
+            }
+            check_prefixes(&info, &prefixes)?;
+        }
         let signature = r.array("credential signature")?;
         Ok(Self(Credential {
             serial,
@@ -132,8 +239,14 @@ impl UnverifiedCredential {
             not_after,
             node_key,
             info,
+            prefixes,
             signature,
         }))
+    }
+
+    /// The binary form again (canonical: the bytes it was decoded from).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        self.0.encode()
     }
 
     /// The GE id it claims, for lookups before verification (e.g. a cache).
@@ -158,10 +271,19 @@ impl UnverifiedCredential {
     }
 }
 
+/// The rules a credential's prefix list obeys (issuing and decoding alike).
+fn check_prefixes(info: &GeInfo, prefixes: &[Prefix]) -> Result<(), PrefixError> {
+    if !prefixes.is_empty() && !info.kind.is_gateway() {
+        return Err(PrefixError::NotAGateway);
+    }
+    prefix::validate_list(prefixes, MAX_PREFIXES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ge::{GeId, GeKind, GroupId, Mode};
+    use crate::prefix::Prefix;
     use std::net::Ipv4Addr;
 
     fn info() -> GeInfo {
@@ -233,5 +355,193 @@ mod tests {
             u.verify(&other.public(), 1500),
             Err(Error::BadSignature("credential"))
         );
+    }
+
+    fn gateway() -> (NodeKey, Credential) {
+        let ca = NodeKey::from_seed(&[1; 32]);
+        let node = NodeKey::from_seed(&[2; 32]);
+        let mut i = info();
+        i.kind = GeKind::Gen;
+        let prefixes = vec![
+            "fd00:1::/48".parse().unwrap(),
+            "192.168.1.0/24".parse().unwrap(),
+        ];
+        let c = Credential::issue_with_prefixes(&ca, 43, i, prefixes, node.public(), 1000, 2000)
+            .unwrap();
+        (ca, c)
+    }
+
+    /// The bytes of a version 2 credential up to (not including) the prefix count.
+    fn v2_head(c: &Credential) -> Vec<u8> {
+        let bytes = c.encode().unwrap();
+        let tail = 1 + c.prefixes.len() * 6 + 12 + 64; // count, one v4 and one v6 prefix, signature
+        bytes[..bytes.len() - tail].to_vec()
+    }
+
+    #[test]
+    fn gateway_prefixes_round_trip_sorted_and_covered() {
+        let (ca, c) = gateway();
+        // Sorted at issue: IPv4 before IPv6.
+        assert_eq!(c.prefixes[0].to_string(), "192.168.1.0/24");
+        let bytes = c.encode().unwrap();
+        assert_eq!(bytes[0], 2);
+        assert!(bytes.len() <= MAX_LEN);
+        let v = UnverifiedCredential::decode(&bytes)
+            .unwrap()
+            .verify(&ca.public(), 1500)
+            .unwrap();
+        assert_eq!(v, c);
+        assert!(v.covers("100.64.0.3".parse().unwrap()));
+        assert!(v.covers("192.168.1.10".parse().unwrap()));
+        assert!(v.covers("fd00:1::99".parse().unwrap()));
+        assert!(!v.covers("192.168.2.10".parse().unwrap()));
+        assert!(!v.covers("100.64.0.4".parse().unwrap()));
+        assert!(!v.covers("203.0.113.5".parse().unwrap()));
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let ok = UnverifiedCredential::decode(&b).and_then(|u| u.verify(&ca.public(), 1500));
+            assert!(ok.is_err(), "bit {i} flipped and still verified");
+        }
+        for len in 0..bytes.len() {
+            assert!(UnverifiedCredential::decode(&bytes[..len]).is_err());
+        }
+        let u = UnverifiedCredential::decode(&bytes).unwrap();
+        assert_eq!(u.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn every_decodable_mutation_has_one_encoding() {
+        // The fuzz target's property, on stable: every byte of a gateway
+        // credential set to a handful of values; whatever decodes re-encodes
+        // to the same bytes.
+        let (_, c) = gateway();
+        let bytes = c.encode().unwrap();
+        let mut decoded = 0;
+        for i in 0..bytes.len() {
+            for v in [0u8, 1, 2, 4, 6, 0x10, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                if let Ok(u) = UnverifiedCredential::decode(&b) {
+                    assert_eq!(u.encode().unwrap(), b, "byte {i} = {v}");
+                    decoded += 1;
+                }
+            }
+        }
+        assert!(decoded > bytes.len());
+    }
+
+    #[test]
+    fn a_credential_without_prefixes_is_version_1_and_covers_its_overlay_only() {
+        let (_, c) = issued();
+        let bytes = c.encode().unwrap();
+        assert_eq!(bytes[0], 1);
+        // The version 1 layout, byte for byte: nothing between GE info and signature.
+        let mut info_bytes = Vec::new();
+        info().encode(&mut Writer::new(&mut info_bytes)).unwrap();
+        assert_eq!(bytes.len(), 1 + 24 + 32 + info_bytes.len() + 64);
+        assert!(c.covers("100.64.0.3".parse().unwrap()));
+        assert!(!c.covers("100.64.0.4".parse().unwrap()));
+        assert!(!c.covers("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn prefixes_are_refused_at_issue_when_malformed_or_not_a_gateway() {
+        let ca = NodeKey::from_seed(&[1; 32]);
+        let issue = |kind, prefixes: Vec<Prefix>| {
+            let mut i = info();
+            i.kind = kind;
+            Credential::issue_with_prefixes(&ca, 1, i, prefixes, [7; 32], 0, 1)
+        };
+        let lan: Prefix = "192.168.1.0/24".parse().unwrap();
+        assert_eq!(
+            issue(GeKind::Ges, vec![lan]).unwrap_err(),
+            Error::Prefix(PrefixError::NotAGateway)
+        );
+        assert!(issue(GeKind::Gea, vec![lan]).is_ok());
+        let lax = Prefix::new("192.168.1.1".parse().unwrap(), 24).unwrap();
+        assert_eq!(
+            issue(GeKind::Gen, vec![lax]).unwrap_err(),
+            Error::Prefix(PrefixError::HostBits)
+        );
+        let all = Prefix::new("0.0.0.0".parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            issue(GeKind::Gen, vec![all]).unwrap_err(),
+            Error::Prefix(PrefixError::Everything)
+        );
+        let many: Vec<Prefix> = (0..=MAX_PREFIXES as u8)
+            .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+            .collect();
+        assert_eq!(
+            issue(GeKind::Gen, many).unwrap_err(),
+            Error::Prefix(PrefixError::TooMany {
+                len: MAX_PREFIXES + 1,
+                max: MAX_PREFIXES
+            })
+        );
+        // Duplicates are folded, not refused.
+        assert_eq!(issue(GeKind::Gen, vec![lan, lan]).unwrap().prefixes, [lan]);
+    }
+
+    #[test]
+    fn malformed_prefix_lists_are_refused_at_decode() {
+        let (_, c) = gateway();
+        let head = v2_head(&c);
+        let decode = |body: &[u8]| {
+            let mut b = head.clone();
+            b.extend_from_slice(body);
+            b.extend_from_slice(&[0; 64]);
+            UnverifiedCredential::decode(&b)
+        };
+        let v4 = [4, 24, 192, 168, 1, 0];
+        let v4b = [4, 8, 10, 0, 0, 0];
+        assert!(decode(&[&[2u8][..], &v4b, &v4].concat()).is_ok());
+        assert!(matches!(
+            decode(&[0]),
+            Err(Error::InvalidField {
+                field: "prefix count",
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(&[&[2u8][..], &v4, &v4b].concat()).unwrap_err(),
+            Error::Prefix(PrefixError::NotAscending)
+        );
+        assert_eq!(
+            decode(&[&[2u8][..], &v4, &v4].concat()).unwrap_err(),
+            Error::Prefix(PrefixError::NotAscending)
+        );
+        assert_eq!(
+            decode(&[17]).unwrap_err(),
+            Error::Prefix(PrefixError::TooMany { len: 17, max: 16 })
+        );
+        assert_eq!(
+            decode(&[1, 4, 24, 192, 168, 1, 1]).unwrap_err(),
+            Error::Prefix(PrefixError::HostBits)
+        );
+        assert_eq!(
+            decode(&[1, 9, 24, 192, 168, 1, 0]).unwrap_err(),
+            Error::Prefix(PrefixError::Family(9))
+        );
+        assert_eq!(
+            decode(&[1, 4, 0, 0, 0, 0, 0]).unwrap_err(),
+            Error::Prefix(PrefixError::Everything)
+        );
+        // A GES in a version 2 credential: kind code is byte 1+24+32+4.
+        let mut ges = head.clone();
+        ges[1 + 24 + 32 + 4] = GeKind::Ges.code();
+        ges.extend_from_slice(&[1, 4, 24, 192, 168, 1, 0]);
+        ges.extend_from_slice(&[0; 64]);
+        assert_eq!(
+            UnverifiedCredential::decode(&ges).unwrap_err(),
+            Error::Prefix(PrefixError::NotAGateway)
+        );
+        // A version this code does not know.
+        let mut v3 = c.encode().unwrap();
+        v3[0] = 3;
+        assert!(matches!(
+            UnverifiedCredential::decode(&v3),
+            Err(Error::UnsupportedVersion { version: 3, .. })
+        ));
     }
 }

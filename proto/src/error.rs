@@ -81,6 +81,18 @@ pub enum Error {
     /// A credential or GE has been revoked.
     #[error("GE {0} is revoked")]
     Revoked(u32),
+    /// A prefix (in a credential, or given for one) is malformed.
+    #[error("bad prefix: {0}")]
+    Prefix(#[from] PrefixError),
+    /// A GE's verified credential does not cover an address it spoke for:
+    /// neither its overlay address nor a prefix its credential names.
+    #[error("GE {ge} does not own {addr}: its credential does not cover it")]
+    NotOwner {
+        /// The GE.
+        ge: u32,
+        /// The address it claimed (a flow's source or destination).
+        addr: IpAddr,
+    },
 
     // ---- packets (packet/) ----
     /// The IP version nibble is neither 4 nor 6.
@@ -204,6 +216,46 @@ pub enum Error {
         /// The sequence number carried.
         seq: u64,
     },
+}
+
+/// Why a prefix was refused (a small error of its own: the GMS matches it
+/// to explain an operator's mistake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrefixError {
+    /// Not of the form `ADDRESS/LENGTH`.
+    #[error("not of the form ADDRESS/LENGTH")]
+    Syntax,
+    /// The address family code is neither 4 nor 6.
+    #[error("unknown address family {0}")]
+    Family(u8),
+    /// The length exceeds the address width (32 or 128).
+    #[error("length {len} exceeds the address width")]
+    TooLong {
+        /// The length found.
+        len: u8,
+    },
+    /// A `/0` prefix: it would let a gateway speak for every address.
+    #[error("a /0 prefix would cover every address")]
+    Everything,
+    /// Bits below the prefix length are set (write the network address).
+    #[error("host bits are set below the prefix length")]
+    HostBits,
+    /// The list is not strictly ascending (unsorted or duplicated).
+    #[error("prefixes must be sorted and unique")]
+    NotAscending,
+    /// More prefixes than a credential may name.
+    #[error("{len} prefixes exceed the limit of {max}")]
+    TooMany {
+        /// The number given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A GES speaks only for its own overlay address; only a gateway (GEN,
+    /// GEA) may name prefixes.
+    #[error("only a gateway (GEN or GEA) may name protected prefixes")]
+    NotAGateway,
 }
 
 impl Error {

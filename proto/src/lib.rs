@@ -25,6 +25,7 @@
 //!   counter + tag trailer, replay window) and its AEAD backends.
 //! - [`path`]: per-peer path selection (native or QUIC): the authenticated
 //!   probe format and the sans-IO machine that probes, watches and switches.
+//! - [`prefix`]: address prefixes (what a gateway protects, what a credential names).
 //! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
 //!   state, counters; aging and renegotiation after key rotation.
 //! - [`xlat`]: the translation table (overlay <-> wire addresses and ports
@@ -42,6 +43,7 @@ pub mod packet;
 pub mod path;
 pub mod pccom;
 pub mod pit;
+pub mod prefix;
 pub mod sim;
 pub mod wire;
 pub mod xlat;

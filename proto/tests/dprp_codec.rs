@@ -340,3 +340,25 @@ proptest! {
 thread_local! {
     static SAMPLES: Vec<Vec<u8>> = samples();
 }
+
+#[test]
+fn refusal_codes_round_trip_and_unknown_ones_are_typed_errors() {
+    let all = [
+        RefuseCode::CredentialRejected,
+        RefuseCode::DecisionMismatch,
+        RefuseCode::KeyUnavailable,
+        RefuseCode::BadProof,
+        RefuseCode::HopLimit,
+        RefuseCode::NotOwner,
+    ];
+    for (i, c) in all.into_iter().enumerate() {
+        assert_eq!(c.code() as usize, i + 1);
+        assert_eq!(RefuseCode::from_code(c.code()).unwrap(), c);
+    }
+    for bad in [0u8, 7, 255] {
+        assert!(matches!(
+            RefuseCode::from_code(bad),
+            Err(Error::InvalidField { .. })
+        ));
+    }
+}

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use fpn_proto::credential::MAX_PREFIXES;
 use fpn_proto::ge::{GeId, GeKind, Mode, validate_name};
+use fpn_proto::prefix::Prefix;
 use tracing::info;
 
 use super::keys::RotationCause;
@@ -49,7 +51,8 @@ impl Core {
                 kind,
                 mode,
                 groups,
-            } => self.ge_add(name, &kind, &mode, groups, now),
+                protect,
+            } => self.ge_add(name, &kind, &mode, groups, &protect, now),
             AdminRequest::GeSet {
                 name,
                 kind,
@@ -57,6 +60,7 @@ impl Core {
                 groups,
                 add_groups,
                 remove_groups,
+                protect,
             } => self.ge_set(
                 &name,
                 GeChange {
@@ -65,6 +69,7 @@ impl Core {
                     groups,
                     add_groups,
                     remove_groups,
+                    protect,
                 },
                 now,
             ),
@@ -161,6 +166,7 @@ impl Core {
         kind: &str,
         mode: &str,
         groups: Vec<u32>,
+        protect: &[String],
         now: u64,
     ) -> Result<(AdminResponse, Vec<Output>)> {
         validate_name(&name).map_err(|e| Error::admin(format!("GE name {name:?}: {e}")))?;
@@ -170,6 +176,7 @@ impl Core {
             return Err(Error::admin(format!("GE {name} already exists")));
         }
         let groups = self.check_groups(groups.into_iter())?;
+        let protect = self.check_protect(&name, kind, protect)?;
         let ((), tx) = self.transact(|c, tx| {
             let id = c.st.counters.next_ge_id;
             let next_id = id
@@ -186,6 +193,7 @@ impl Core {
                 mode,
                 groups: groups.clone(),
                 overlay,
+                protect: protect.clone(),
                 created_at: now,
                 revoked_at: None,
                 enrollment: None,
@@ -194,8 +202,9 @@ impl Core {
                 tx,
                 now,
                 format!(
-                    "ge add {name} id={id} kind={kind} mode={mode} groups={} overlay={overlay}",
-                    join(&groups)
+                    "ge add {name} id={id} kind={kind} mode={mode} groups={} overlay={overlay}{}",
+                    join(&groups),
+                    protect_note(&protect)
                 ),
             );
             tx.out.push(Output::Directory(DirectoryEvent::Updated(
@@ -236,6 +245,18 @@ impl Core {
         if let Some(gs) = ch.groups {
             new.groups = self.check_groups(gs.into_iter())?;
         }
+        if let Some(ps) = &ch.protect {
+            new.protect = self.check_protect(name, new.kind, ps)?;
+        } else if !new.kind.is_gateway() && !new.protect.is_empty() {
+            return Err(Error::admin(format!(
+                "GE {name} protects {}: a ges protects none (add --no-protect)",
+                new.protect
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         new.groups
             .extend(self.check_groups(ch.add_groups.into_iter())?);
         for g in &ch.remove_groups {
@@ -263,10 +284,11 @@ impl Core {
                 tx,
                 now,
                 format!(
-                    "ge set {name} kind={} mode={} groups={}",
+                    "ge set {name} kind={} mode={} groups={}{}",
                     new.kind,
                     new.mode,
-                    join(&new.groups)
+                    join(&new.groups),
+                    protect_note(&new.protect)
                 ),
             );
             tx.out.push(Output::Directory(DirectoryEvent::Updated(
@@ -310,9 +332,10 @@ impl Core {
         let node_key = decode_key(&en.node_key)?;
         let serial = self.next_serial(tx);
         let not_after = now + u64::from(self.cfg.cert_validity_days) * 86_400;
-        let cred = self.ca.issue_credential(
+        let cred = self.ca.issue_credential_with_prefixes(
             serial,
             rec.info(),
+            rec.protect.clone(),
             node_key,
             now.saturating_sub(300),
             not_after,
@@ -588,6 +611,7 @@ impl Core {
             mode: r.mode.to_string(),
             groups: r.groups.iter().copied().collect(),
             overlay: r.overlay,
+            protect: r.protect.iter().map(ToString::to_string).collect(),
             fqdn: format!("{}.{}", r.name, self.cfg.zone),
             state: if !r.is_active() {
                 "revoked"
@@ -682,6 +706,63 @@ impl Core {
         Ok(out)
     }
 
+    /// Parses and checks the prefixes `--protect` gives GE `name` of `kind`:
+    /// only a gateway protects any; each is a canonical network prefix (no
+    /// host bits, not /0); at most a credential's worth; none overlaps the
+    /// overlay range (a gateway must not speak for GEs' overlay addresses)
+    /// or a prefix another GE protects (an address has one owner, which
+    /// both DPRP ends and the nodes' directory rely on).
+    fn check_protect(&self, name: &str, kind: GeKind, given: &[String]) -> Result<Vec<Prefix>> {
+        if given.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !kind.is_gateway() {
+            return Err(Error::admin(format!(
+                "--protect is for gateways (kind gen or gea); a {kind} speaks for its overlay address only"
+            )));
+        }
+        let mut out = Vec::with_capacity(given.len());
+        for s in given {
+            let p: Prefix = s
+                .parse()
+                .map_err(|e| Error::admin(format!("--protect {s:?}: {e}")))?;
+            out.push(p);
+        }
+        out.sort_unstable();
+        out.dedup();
+        if out.len() > MAX_PREFIXES {
+            return Err(Error::admin(format!(
+                "a gateway can protect at most {MAX_PREFIXES} prefixes, {} given",
+                out.len()
+            )));
+        }
+        let range = self.cfg.overlay_range;
+        let overlay: Prefix = range
+            .to_string()
+            .parse()
+            .map_err(|e| Error::admin(format!("overlay range {range}: {e}")))?;
+        for p in &out {
+            if p.overlaps(&overlay) {
+                return Err(Error::admin(format!(
+                    "--protect {p} overlaps the overlay range {range}: GEs' overlay addresses are their own"
+                )));
+            }
+            let other = self
+                .st
+                .ges
+                .values()
+                .filter(|r| r.name != name && r.is_active())
+                .find_map(|r| r.protect.iter().find(|q| q.overlaps(p)).map(|q| (r, q)));
+            if let Some((r, q)) = other {
+                return Err(Error::admin(format!(
+                    "--protect {p} overlaps {q}, which GE {} protects: an address has one owner",
+                    r.name
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     /// The next free overlay address, continuing after the last one given,
     /// so addresses of removed GEs come back only after the range wrapped.
     fn allocate_overlay(&mut self) -> Result<Ipv4Addr> {
@@ -706,6 +787,7 @@ struct GeChange {
     groups: Option<Vec<u32>>,
     add_groups: Vec<u32>,
     remove_groups: Vec<u32>,
+    protect: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -722,6 +804,15 @@ fn done(what: String, tx: Tx) -> (AdminResponse, Vec<Output>) {
         }),
         tx.out,
     )
+}
+
+/// ` protect=a,b` for the audit log, or nothing for a GE without prefixes.
+fn protect_note(protect: &[Prefix]) -> String {
+    if protect.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = protect.iter().map(ToString::to_string).collect();
+    format!(" protect={}", list.join(","))
 }
 
 fn join(groups: &BTreeSet<u32>) -> String {

@@ -146,9 +146,10 @@ impl Core {
             not_after,
         })?;
         let fp = fingerprint(&cert);
-        let cred = self.ca.issue_credential(
+        let cred = self.ca.issue_credential_with_prefixes(
             cred_serial,
             rec.info(),
+            rec.protect.clone(),
             req.node_key,
             now.saturating_sub(300),
             not_after,

@@ -89,6 +89,7 @@ fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
             kind: "ges".into(),
             mode: "op".into(),
             groups: groups.to_vec(),
+            protect: Vec::new(),
         },
     );
 }
@@ -185,6 +186,7 @@ fn overlay_addresses_are_unique_and_not_reused_until_the_range_wraps() {
                 kind: "ges".into(),
                 mode: "op".into(),
                 groups: vec![],
+                protect: Vec::new(),
             }
         )
         .contains("full")
@@ -254,6 +256,7 @@ fn a_leaving_member_is_not_sent_the_new_key() {
             groups: None,
             add_groups: vec![],
             remove_groups: vec![1],
+            protect: None,
         },
     );
     assert_eq!(d["rotated"][0]["group"], 1);
@@ -323,6 +326,7 @@ fn a_failed_commit_leaves_no_trace_in_memory() {
             kind: "ges".into(),
             mode: "op".into(),
             groups: vec![1],
+            protect: Vec::new(),
         },
     );
     assert!(e.contains("disk full"), "{e}");
@@ -405,6 +409,7 @@ fn admin_errors_are_clear_and_change_nothing() {
                 kind: "ges".into(),
                 mode: "op".into(),
                 groups: vec![],
+                protect: Vec::new(),
             }
         )
         .contains("GE name")
@@ -417,6 +422,7 @@ fn admin_errors_are_clear_and_change_nothing() {
                 kind: "ges".into(),
                 mode: "op".into(),
                 groups: vec![9],
+                protect: Vec::new(),
             }
         )
         .contains("no group 9")

@@ -17,7 +17,7 @@ use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
 use crate::dprp::msg::{CredentialBytes, Dde, Message, NegotiationId};
 use crate::dprp::peers::{CacheStats, Peers};
-use crate::dprp::responder::{Responder, own_claims};
+use crate::dprp::responder::{Responder, check_initiator, own_claims};
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
@@ -63,6 +63,11 @@ pub struct Stats {
     pub busy_drops: u64,
     /// Held packets dropped when their negotiation failed.
     pub failed_drops: u64,
+    /// Negotiations this GE refused because a GE spoke for an address its
+    /// credential does not cover: DDEs whose source is not the initiator's
+    /// (as responder), RGIs from a GE that does not own the destination (as
+    /// initiator), MPITs for such a flow (as gateway).
+    pub not_owner: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
 }
@@ -169,6 +174,21 @@ impl Endpoint {
             return Err(Error::InvalidKey("the credential names another node key"));
         }
         let own_bytes = CredentialBytes::from_credential(&cfg.credential)?;
+        // The peers judge this GE's flows by its credential, not by this
+        // configuration: say so once, rather than have every flow from an
+        // uncovered address refused with no hint why.
+        for p in &cfg.protected {
+            let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
+            let covered = *p == overlay
+                || cfg
+                    .credential
+                    .prefixes
+                    .iter()
+                    .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
+            if !covered {
+                tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
+            }
+        }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
         let peers = Peers::new(cfg.limits.peer_cache);
         Ok(Self {
@@ -347,7 +367,12 @@ impl Endpoint {
                 None
             }
             (Machine::Transit(m), Message::Mpit(p)) => {
-                m.handle_mpit(&mut ctx, p, datagram)?;
+                if let Err(e) = m.handle_mpit(&mut ctx, p, datagram) {
+                    if matches!(e, Error::NotOwner { .. }) {
+                        self.stats.not_owner += 1;
+                    }
+                    return Err(e);
+                }
                 None
             }
             (Machine::Transit(m), Message::Cdn(c)) => m
@@ -551,6 +576,18 @@ impl Endpoint {
             self.machines.insert(m.id, Machine::Transit(Box::new(m)));
             return Ok(());
         }
+        // The source must be the initiator's before the DDE may touch any
+        // state: a forged one must not even cancel this GE's own negotiation
+        // in a simultaneous open.
+        let initiator = match check_initiator(&mut ctx, from, &dde) {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, Error::NotOwner { .. }) {
+                    self.stats.not_owner += 1;
+                }
+                return Err(e);
+            }
+        };
         // Simultaneous open: both ends started a negotiation for the same
         // connection. The lower GE id keeps its own; the other answers.
         let mine = [dde.flow, dde.flow.reversed()]
@@ -558,8 +595,7 @@ impl Endpoint {
             .find_map(|f| self.flows.get(&f).map(|id| (f, *id)))
             .filter(|(_, id)| matches!(self.machines.get(id), Some(Machine::Initiator(_))));
         if let Some((_, own_id)) = mine {
-            let theirs = ctx.verify(&dde.credential)?.info.id;
-            if ctx.own().info.id < theirs {
+            if ctx.own().info.id < initiator.info.id {
                 return Err(Error::UnexpectedMessage(
                     "simultaneous open: this GE's negotiation wins",
                 ));
@@ -578,7 +614,7 @@ impl Endpoint {
             out: &mut self.transmits,
         };
         let (id, flow) = (dde.id, dde.flow);
-        let m = Responder::start(&mut ctx, from, dde, raw, secret, now);
+        let m = Responder::start(&mut ctx, from, dde, initiator, raw, secret, now);
         secret.fill(0);
         let m = m?;
         self.machines.insert(id, Machine::Responder(Box::new(m)));
@@ -612,7 +648,12 @@ impl Endpoint {
                     }
                 }
             }
-            Outcome::Failed(reason) => self.fail_flows(&flows, reason, now),
+            Outcome::Failed(reason) => {
+                if matches!(reason, FailReason::Rejected(Error::NotOwner { .. })) {
+                    self.stats.not_owner += 1;
+                }
+                self.fail_flows(&flows, reason, now);
+            }
         }
     }
 

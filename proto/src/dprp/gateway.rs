@@ -4,7 +4,9 @@
 //! flow's destination; on the RGI coming back it appends its credential and a
 //! signature over the transcript so far and returns it to the previous hop;
 //! it checks the initiator's signed MPIT (its own action must fit its mode)
-//! and the responder's signed CDN, and installs its entry on the CDN.
+//! and the responder's signed CDN, and installs its entry on the CDN. On
+//! the MPIT it also checks that each end's credential covers its end of the
+//! flow (the same check both ends make), and passes nothing on if not.
 //! Retransmissions in either direction are answered from the cached copies,
 //! so a lossy path costs no new signatures.
 
@@ -38,6 +40,9 @@ pub(crate) struct Transit {
     back: Option<Back>,
     forth: Option<Forth>,
     done: Option<Done>,
+    /// An authentic MPIT named an end that does not own its address: its
+    /// retransmissions are dropped without a second check (or count).
+    refused: bool,
     deadline: Instant,
 }
 
@@ -118,6 +123,7 @@ impl Transit {
             back: None,
             forth: None,
             done: None,
+            refused: false,
             deadline: now + ctx.cfg.timing.negotiation_timeout,
         })
     }
@@ -216,6 +222,9 @@ impl Transit {
         let Some(back) = &self.back else {
             return Err(Error::UnexpectedMessage("MPIT before the RGI"));
         };
+        if self.refused {
+            return Err(Error::UnexpectedMessage("MPIT of a refused flow"));
+        }
         let mpit_digest = digest(raw);
         if let Some(f) = &self.forth
             && f.mpit_digest == mpit_digest
@@ -234,6 +243,20 @@ impl Transit {
             "missing with gateways on the path",
         ))?;
         initiator.verify_node_signature(&tr::to_be_signed(tr::MPIT_SIG, &th_m), &sig, "MPIT")?;
+        // Both ends checked each other's ownership; a gateway checks it again
+        // on the authentic decision, so two colluding ends that forge a flow
+        // between them get no entry (and no relay) here either.
+        let responder = ctx.verify(&back.responder)?;
+        for (ge, addr) in [(&initiator, self.flow.src), (&responder, self.flow.dst)] {
+            if !ge.covers(addr) {
+                tracing::debug!(id = %self.id, ge = %ge.info.id, %addr, "MPIT refused: an end does not own its address");
+                self.refused = true;
+                return Err(Error::NotOwner {
+                    ge: ge.info.id.0,
+                    addr,
+                });
+            }
+        }
         let me = ctx.own();
         let entry = mpit
             .decisions
@@ -330,5 +353,67 @@ impl Transit {
     /// A NAK from further on: pass it back toward the initiator (which checks it).
     pub(crate) fn handle_nak(&self, ctx: &mut Ctx<'_>, raw: &[u8]) {
         ctx.send(self.prev_hop, raw.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use crate::Error;
+    use crate::dprp::{Config, Event, Prefix};
+    use crate::flow::{FlowId, protocol};
+    use crate::ge::{GeKind, Mode};
+    use crate::sim::{GeSpec, LinkConfig, Sim};
+
+    #[test]
+    fn a_gateway_refuses_a_flow_two_colluding_ends_forged() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let victim = ip("100.64.0.3");
+        let mut sim = Sim::new(9, LinkConfig::default());
+        let gw = sim.add_ge(GeSpec::gateway(
+            10,
+            "gw",
+            GeKind::Gen,
+            Mode::Closed,
+            &[1],
+            "198.18.0.10",
+            "10.0.0.100/32".parse().unwrap(),
+        ));
+        // Both ends skip their checks: the forger claims the victim's
+        // address, its accomplice behind the gateway accepts it.
+        let forger = sim.add_ge_with(
+            GeSpec::host(1, "mallory", Mode::Open, &[1], "100.64.0.1"),
+            |c: &mut Config| {
+                c.protected.push(Prefix::host(victim));
+                c.lax_ownership = true;
+            },
+        );
+        let accomplice = sim.add_ge_with(
+            GeSpec::host(2, "trudy", Mode::Open, &[1], "10.0.0.2").behind(gw),
+            |c: &mut Config| c.lax_ownership = true,
+        );
+        let _ = sim.add_ge(GeSpec::host(3, "victim", Mode::Open, &[1], "100.64.0.3"));
+        let flow = FlowId {
+            src: victim,
+            dst: ip("10.0.0.2"),
+            protocol: protocol::UDP,
+            src_port: 1,
+            dst_port: 2,
+        };
+        sim.send_packet(forger, flow, b"forged".to_vec());
+        sim.drive();
+        let installed = |sim: &Sim, n| {
+            sim.events(n)
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Established(_)))
+        };
+        assert!(!installed(&sim, gw), "the gateway relays a forged flow");
+        assert!(!installed(&sim, accomplice));
+        assert_eq!(sim.endpoint(gw).stats().not_owner, 1);
+        assert!(sim.errors(gw).iter().any(|(_, e)| matches!(
+            e,
+            Error::NotOwner { ge: 1, addr } if *addr == victim
+        )));
     }
 }

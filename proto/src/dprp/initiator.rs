@@ -265,6 +265,15 @@ impl Initiator {
         c: Checked<'_>,
         now: Instant,
     ) -> Result<Option<Outcome>> {
+        // The answering end GE must own the destination: its overlay address
+        // or a prefix its credential names. Otherwise any member on the path
+        // could answer for an address and take the flow.
+        if ctx.cfg.checks_ownership() && !c.responder.covers(self.flow.dst) {
+            return Err(Error::NotOwner {
+                ge: c.responder.info.id.0,
+                addr: self.flow.dst,
+            });
+        }
         if let Some(expected) = self.expected_peer
             && expected != c.responder.info.id
         {

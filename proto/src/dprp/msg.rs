@@ -259,6 +259,10 @@ pub enum RefuseCode {
     BadProof,
     /// The path is longer than [`MAX_HOPS`] gateways, or loops.
     HopLimit,
+    /// The flow's source is not covered by the initiator's credential (its
+    /// overlay address or a prefix it names): the initiator spoke for an
+    /// address it does not own.
+    NotOwner,
 }
 
 impl RefuseCode {
@@ -270,6 +274,7 @@ impl RefuseCode {
             Self::KeyUnavailable => 3,
             Self::BadProof => 4,
             Self::HopLimit => 5,
+            Self::NotOwner => 6,
         }
     }
 
@@ -281,6 +286,7 @@ impl RefuseCode {
             3 => Self::KeyUnavailable,
             4 => Self::BadProof,
             5 => Self::HopLimit,
+            6 => Self::NotOwner,
             _ => return Err(Error::invalid("refusal code", "unknown")),
         })
     }

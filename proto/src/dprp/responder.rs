@@ -83,28 +83,66 @@ pub(crate) fn nak(
     Message::Nak(nak).encode()
 }
 
+/// Verifies the credential of a DDE this GE is the end GE for, and that it
+/// covers the flow's source: the initiator is the end GE in front of the
+/// source (the GES itself, or the gateway whose prefix holds the terminal),
+/// so the source must be its overlay address or lie in a prefix its
+/// credential names. Gateways between the ends add only their ids to a DDE
+/// and speak for no end, so nothing else can vouch for the source.
+///
+/// A genuine credential that fails (expired, revoked, or not covering the
+/// source) gets a signed NAK so the initiator fails fast; a forged one gets
+/// no answer at all.
+pub(crate) fn check_initiator(
+    ctx: &mut Ctx<'_>,
+    from: SocketAddr,
+    dde: &Dde,
+) -> Result<Credential> {
+    let refuse = |ctx: &mut Ctx<'_>, code| -> Result<()> {
+        let h0 = tr::dde_hash(&dde.core()?);
+        let bytes = nak(ctx, dde.id, &h0, code)?;
+        ctx.send(from, bytes);
+        Ok(())
+    };
+    let initiator = match ctx.verify(&dde.credential) {
+        Ok(c) => c,
+        Err(e @ (Error::CredentialExpired { .. } | Error::Revoked(_))) => {
+            refuse(ctx, RefuseCode::CredentialRejected)?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if ctx.cfg.checks_ownership() && !initiator.covers(dde.flow.src) {
+        // Addresses at DEBUG only; no key material is involved.
+        tracing::debug!(
+            id = %dde.id,
+            initiator = %initiator.info.id,
+            src = %dde.flow.src,
+            "DDE refused: the flow's source is not the initiator's"
+        );
+        refuse(ctx, RefuseCode::NotOwner)?;
+        return Err(Error::NotOwner {
+            ge: initiator.info.id.0,
+            addr: dde.flow.src,
+        });
+    }
+    Ok(initiator)
+}
+
 impl Responder {
-    /// Answers a new DDE (already decoded; `raw` is the datagram) with an RGI.
+    /// Answers a new DDE (already decoded; `raw` is the datagram) with an
+    /// RGI. `initiator` is the DDE's credential as [`check_initiator`]
+    /// verified it.
     pub(crate) fn start(
         ctx: &mut Ctx<'_>,
         from: SocketAddr,
         dde: Dde,
+        initiator: Credential,
         raw: &[u8],
         secret: [u8; 32],
         now: Instant,
     ) -> Result<Self> {
         let h0 = tr::dde_hash(&dde.core()?);
-        let initiator: Credential = match ctx.verify(&dde.credential) {
-            Ok(c) => c,
-            Err(e @ (Error::CredentialExpired { .. } | Error::Revoked(_))) => {
-                // A genuine but unusable credential: tell the initiator so it
-                // fails fast. Forged credentials get no answer at all.
-                let bytes = nak(ctx, dde.id, &h0, RefuseCode::CredentialRejected)?;
-                ctx.send(from, bytes);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
         let own = ctx.own();
         if initiator.info.id == own.info.id || dde.hops.contains(&own.info.id) {
             return Err(Error::invalid("DDE", "loops back to this GE"));

@@ -74,6 +74,8 @@ pub struct GeSpec {
     /// The gateway this GE sits behind, if any.
     pub behind: Option<NodeId>,
     /// Addresses it is the end GE for, besides its own (a GEN's terminals).
+    /// A gateway's credential names them too, so they must be canonical
+    /// network prefixes ([`Prefix::network`]).
     pub protects: Vec<Prefix>,
 }
 
@@ -266,16 +268,45 @@ impl Sim {
 
     /// Issues a credential with the simulation's CA (validity: a year around the start).
     pub fn issue(&self, info: GeInfo, node_key: &NodeKey) -> Credential {
+        self.issue_with_prefixes(info, Vec::new(), node_key)
+    }
+
+    /// Issues a credential that also names `prefixes` (a gateway's LAN).
+    pub fn issue_with_prefixes(
+        &self,
+        info: GeInfo,
+        prefixes: Vec<Prefix>,
+        node_key: &NodeKey,
+    ) -> Credential {
         let year = 365 * 24 * 3600;
-        Credential::issue(
+        Credential::issue_with_prefixes(
             &self.ca,
             u64::from(info.id.0),
             info,
+            prefixes,
             node_key.public(),
             START_UNIX - year,
             START_UNIX + year,
         )
-        .expect("valid GE info")
+        .expect("valid GE info and prefixes")
+    }
+
+    /// The GE info [`Sim::add_ge`] gives `spec`. Its overlay address is its
+    /// underlay address when that is IPv4 (flows in the simulation run
+    /// between underlay addresses, so that is the address the GE speaks for),
+    /// else `100.64.x.y` from its id.
+    pub fn info_of(spec: &GeSpec) -> GeInfo {
+        GeInfo {
+            id: GeId(spec.id),
+            name: spec.name.clone(),
+            kind: spec.kind,
+            mode: spec.mode,
+            groups: spec.groups.iter().map(|g| GroupId(*g)).collect(),
+            overlay: match spec.addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::new(100, 64, (spec.id >> 8) as u8, spec.id as u8),
+            },
+        }
     }
 
     /// Adds a GE with its endpoint (default timing and limits).
@@ -286,15 +317,14 @@ impl Sim {
     /// Adds a GE, letting `tune` adjust its configuration first.
     pub fn add_ge_with(&mut self, spec: GeSpec, tune: impl FnOnce(&mut Config)) -> NodeId {
         let node_key = node_key(spec.id);
-        let info = GeInfo {
-            id: GeId(spec.id),
-            name: spec.name.clone(),
-            kind: spec.kind,
-            mode: spec.mode,
-            groups: spec.groups.iter().map(|g| GroupId(*g)).collect(),
-            overlay: Ipv4Addr::new(100, 64, (spec.id >> 8) as u8, spec.id as u8),
+        // A gateway's credential names the subnets it protects, as the GMS
+        // issues it; a GES speaks for its own address only.
+        let prefixes = if spec.kind.is_gateway() {
+            spec.protects.clone()
+        } else {
+            Vec::new()
         };
-        let credential = self.issue(info, &node_key);
+        let credential = self.issue_with_prefixes(Self::info_of(&spec), prefixes, &node_key);
         let mut protected = vec![Prefix::host(spec.addr)];
         protected.extend(spec.protects.iter().copied());
         let mut cfg = Config::new(node_key, credential, self.ca.public(), protected);
