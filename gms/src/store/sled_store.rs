@@ -290,4 +290,25 @@ mod tests {
         assert_eq!(log[1].1, b"{\"x\":2}");
         assert_eq!(s.audit_log(Some(log[0].0), 10).unwrap().len(), 1);
     }
+
+    #[test]
+    fn commits_become_durable_in_one_sync_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let sync = s.syncer();
+        for i in 0..10u8 {
+            let mut b = Batch::new();
+            b.put(Tree::Ges, vec![i], vec![i]);
+            s.commit(b).unwrap();
+        }
+        // An empty batch is no commit.
+        s.commit(Batch::new()).unwrap();
+        assert_eq!(sync.committed(), CommitSeq(10));
+        assert_eq!(sync.synced(), CommitSeq(0), "commit alone does not sync");
+        sync.sync_through(CommitSeq(3)).unwrap();
+        assert_eq!(s.sync_rounds(), 1);
+        assert_eq!(sync.synced(), CommitSeq(10), "one round covers every commit before it");
+        sync.sync_all().unwrap();
+        assert_eq!(s.sync_rounds(), 1, "nothing new to sync");
+    }
 }
