@@ -26,7 +26,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let changes: u64 = args.first().map_or(Ok(200), |a| a.parse())?;
     let writers: u64 = args.get(1).map_or(Ok(16), |a| a.parse())?;
-    let base = args.get(2).map_or_else(|| ".".into(), std::path::PathBuf::from);
+    let base = args
+        .get(2)
+        .map_or_else(|| ".".into(), std::path::PathBuf::from);
     let tmp = tempfile::tempdir_in(base)?;
 
     let store = Arc::new(SledStore::open(tmp.path())?);

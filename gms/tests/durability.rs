@@ -51,12 +51,20 @@ impl Traced {
     fn start(gms: &Gms) -> Self {
         match Command::new("strace").arg("-V").output() {
             Ok(o) if o.status.success() => {}
-            _ => panic!("strace is needed by this test: run scripts/deps.sh (apt-get install strace)"),
+            _ => panic!(
+                "strace is needed by this test: run scripts/deps.sh (apt-get install strace)"
+            ),
         }
         let trace = gms.tmp.path().join("strace.txt");
         let log = std::fs::File::create(gms.tmp.path().join("serve-traced.log")).unwrap();
         let strace = Command::new("strace")
-            .args(["-f", "-ttt", "-y", "-e", "trace=fsync,fdatasync,sync_file_range"])
+            .args([
+                "-f",
+                "-ttt",
+                "-y",
+                "-e",
+                "trace=fsync,fdatasync,sync_file_range",
+            ])
             .arg("-o")
             .arg(&trace)
             .args([BIN, "serve", "--data"])
@@ -90,11 +98,9 @@ impl Traced {
     /// Stops the server (SIGTERM to the traced process) and returns the
     /// times of the syncs of sled's log file.
     fn stop(mut self) -> Vec<f64> {
-        let children = std::fs::read_to_string(format!(
-            "/proc/{0}/task/{0}/children",
-            self.strace.id()
-        ))
-        .unwrap();
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.strace.id()))
+                .unwrap();
         for pid in children.split_whitespace() {
             // SAFETY: kill(2) with a pid this test started (strace's child).
             unsafe { libc::kill(pid.parse().unwrap(), libc::SIGTERM) };
@@ -115,8 +121,11 @@ fn log_syncs(trace: &str) -> Vec<f64> {
     let mut unfinished = std::collections::HashMap::new();
     let mut out = Vec::new();
     for line in trace.lines() {
-        let mut f = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (f.next(), f.next(), f.next()) else {
+        // "PID TIME CALL": strace pads the pid to a fixed width.
+        let Some((pid, line)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = line.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };
@@ -127,15 +136,28 @@ fn log_syncs(trace: &str) -> Vec<f64> {
             } else if rest.ends_with("= 0") {
                 out.push(ts);
             }
-        } else if rest.starts_with("<... fsync resumed>") || rest.starts_with("<... fdatasync resumed>") {
-            if let Some(entered) = unfinished.remove(pid) {
-                if rest.ends_with("= 0") {
-                    out.push(entered);
-                }
-            }
+        } else if (rest.starts_with("<... fsync resumed>")
+            || rest.starts_with("<... fdatasync resumed>"))
+            && let Some(entered) = unfinished.remove(pid)
+            && rest.ends_with("= 0")
+        {
+            out.push(entered);
         }
     }
     out
+}
+
+#[test]
+fn the_trace_parser_reads_padded_pids_and_resumed_calls() {
+    let trace = "\
+2386  1796339156.003316 fsync(9</d/gms/db/db>) = 0
+2396  1796339156.008874 fdatasync(9</d/gms/db/db> <unfinished ...>
+2386  1796339156.013088 fsync(12</d/gms/db/conf>) = 0
+2396  1796339156.013004 <... fdatasync resumed>) = 0
+12345 1796339157.000001 sync_file_range(9</d/gms/db/db>, 0, 12, 7) = 0
+12345 1796339157.000002 fdatasync(9</d/gms/db/db>) = -1 EIO (Input/output error)
+";
+    assert_eq!(log_syncs(trace), vec![1796339156.003316, 1796339156.008874]);
 }
 
 /// How many syncs fall in `[from, to]`.
@@ -151,7 +173,15 @@ fn every_acknowledged_ge_add_is_preceded_by_a_sync_of_the_log() {
     for i in 0..SEQUENTIAL {
         // The real CLI, as an operator runs it.
         let sent = now();
-        let out = gms.ok(&["ge", "add", &format!("seq{i}"), "--kind", "ges", "--mode", "op"]);
+        let out = gms.ok(&[
+            "ge",
+            "add",
+            &format!("seq{i}"),
+            "--kind",
+            "ges",
+            "--mode",
+            "op",
+        ]);
         let acked = now();
         assert!(!out.is_empty());
         windows.push((sent, acked));
@@ -262,16 +292,21 @@ fn a_crash_between_write_and_sync_loses_no_acknowledged_change() {
         "serve ended with {st}, not by the failpoint: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("aborting after write, before sync"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("aborting after write, before sync")
+    );
 
     // The store opens cleanly; every acknowledged change is there; the
     // unacknowledged one may or may not be.
     gms.start();
     let names = ge_names(&gms);
     for i in 0..ACKED {
-        assert!(names.contains(&format!("fp{i}")), "acknowledged fp{i} lost: {names:?}");
+        assert!(
+            names.contains(&format!("fp{i}")),
+            "acknowledged fp{i} lost: {names:?}"
+        );
     }
     let expected = ACKED as usize + usize::from(names.iter().any(|n| n == "doomed"));
     assert_eq!(names.len(), expected, "{names:?}");

@@ -324,7 +324,7 @@ pub(crate) async fn with_core<T: Send + 'static>(
     f: impl FnOnce(&mut Core) -> (T, Vec<Output>) + Send + 'static,
 ) -> Result<T> {
     let s = shared.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let (v, seq) = {
             let mut g = s.lock();
             let (v, out) = f(&mut g.core);
@@ -337,6 +337,5 @@ pub(crate) async fn with_core<T: Send + 'static>(
     .map_err(|e| {
         warn!(error = %e, "core task failed");
         Error::Store("internal error".into())
-    })?;
-    r
+    })?
 }

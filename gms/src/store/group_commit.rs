@@ -159,7 +159,10 @@ impl Failpoint {
     pub fn after_write(self, round: u64) {
         let Self::AfterWriteBeforeSync { round: at } = self;
         if at == round {
-            eprintln!("{}: aborting after write, before sync (round {round})", Self::ENV);
+            eprintln!(
+                "{}: aborting after write, before sync (round {round})",
+                Self::ENV
+            );
             std::process::abort();
         }
     }

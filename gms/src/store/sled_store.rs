@@ -307,7 +307,11 @@ mod tests {
         assert_eq!(sync.synced(), CommitSeq(0), "commit alone does not sync");
         sync.sync_through(CommitSeq(3)).unwrap();
         assert_eq!(s.sync_rounds(), 1);
-        assert_eq!(sync.synced(), CommitSeq(10), "one round covers every commit before it");
+        assert_eq!(
+            sync.synced(),
+            CommitSeq(10),
+            "one round covers every commit before it"
+        );
         sync.sync_all().unwrap();
         assert_eq!(s.sync_rounds(), 1, "nothing new to sync");
     }
