@@ -339,3 +339,86 @@ pub(crate) async fn with_core<T: Send + 'static>(
         Error::Store("internal error".into())
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::AdminRequest;
+    use crate::core::DirectoryEvent;
+
+    /// Records what reaches the DNS hook.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl DirectoryHook for Recorder {
+        fn on_change(&self, event: &DirectoryEvent) {
+            let name = match event {
+                DirectoryEvent::Updated(r) => r.name.clone(),
+                DirectoryEvent::Removed { name } => format!("-{name}"),
+            };
+            self.0.lock().unwrap().push(name);
+        }
+    }
+
+    fn ge_add(name: &str) -> AdminRequest {
+        AdminRequest::GeAdd {
+            name: name.into(),
+            kind: "ges".into(),
+            mode: "op".into(),
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn outputs_wait_for_the_sync_of_their_change_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_unix();
+        let store = SledStore::open(dir.path()).unwrap();
+        core::init_store(&store, "t.fpn.", now).unwrap();
+        store.syncer().sync_all().unwrap();
+        let syncer = store.syncer();
+        let cfg = Config::new("t.fpn").unwrap();
+        let core = Core::new(cfg, Box::new(store), Ca::generate(now).unwrap(), now).unwrap();
+        let hook = Arc::new(Recorder::default());
+        let shared = Shared {
+            inner: Mutex::new(Inner {
+                core,
+                sessions: Sessions::default(),
+                held: VecDeque::new(),
+            }),
+            timer: Notify::new(),
+            hook: hook.clone(),
+            syncer,
+        };
+        let seen = || hook.0.lock().unwrap().clone();
+
+        let mut seqs = Vec::new();
+        for name in ["a", "b"] {
+            let mut g = shared.lock();
+            let (r, out) = g.core.handle_admin(ge_add(name), now);
+            assert!(r.ok, "{:?}", r.error);
+            seqs.push(shared.stage(&mut g, out));
+        }
+        assert!(
+            seen().is_empty(),
+            "a change's output went out before its sync"
+        );
+        assert!(!shared.is_durable(seqs[0]));
+
+        // Waiting for the first change syncs both (one round) and carries
+        // out both outputs, in order.
+        shared.settle(seqs[0]).unwrap();
+        assert!(shared.is_durable(seqs[1]));
+        assert_eq!(seen(), ["a", "b"]);
+
+        // A later change is held again until its own sync.
+        let mut g = shared.lock();
+        let (r, out) = g.core.handle_admin(ge_add("c"), now);
+        assert!(r.ok);
+        let seq = shared.stage(&mut g, out);
+        assert_eq!(seen(), ["a", "b"]);
+        drop(g);
+        shared.settle(seq).unwrap();
+        assert_eq!(seen(), ["a", "b", "c"]);
+    }
+}
