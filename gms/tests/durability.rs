@@ -232,6 +232,49 @@ fn concurrent_ge_adds_share_syncs_and_each_waits_for_one() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_and_a_rotation_push_come_after_a_sync() {
+    let gms = Gms::init(&["--no-dns"]);
+    let traced = Traced::start(&gms);
+    gms.ok(&["group", "add", "1", "--name", "home"]);
+    gms.ok(&[
+        "ge", "add", "laptop", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    let token = gms.token("laptop");
+    // Enrollment marks the token used and stores the certificate: the node
+    // gets its identity only once that is durable.
+    let t0 = now();
+    let id = fpn_gms::client::enroll(&token, &endpoint()).await.unwrap();
+    let t1 = now();
+    let session = connect(id, None).await;
+    // A rotation's new key reaches the node only once it is durable.
+    let t2 = now();
+    let socket = gms.socket();
+    let rotate = std::thread::spawn(move || {
+        admin::request(&socket, &AdminRequest::Rotate { group: Some(1) }, WAIT).unwrap()
+    });
+    session
+        .wait_for(WAIT, |st| {
+            st.keys
+                .current(fpn_proto::ge::GroupId(1))
+                .is_some_and(|(v, _)| v == fpn_proto::keys::KeyVersion(2))
+        })
+        .await
+        .expect("the rotated key arrives");
+    let t3 = now();
+    assert!(rotate.join().unwrap().ok);
+    drop(session);
+    let syncs = traced.stop();
+    assert!(
+        syncs_between(&syncs, t0, t1) >= 1,
+        "enrollment answered without a sync"
+    );
+    assert!(
+        syncs_between(&syncs, t2, t3) >= 1,
+        "the rotated key was pushed without a sync"
+    );
+}
+
 /// Starts `serve` with the failpoint armed for sync round `round`.
 fn start_with_failpoint(gms: &Gms, round: u32) -> (Child, PathBuf) {
     let log = gms.tmp.path().join("serve-failpoint.log");
