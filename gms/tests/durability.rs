@@ -98,19 +98,45 @@ impl Traced {
     /// Stops the server (SIGTERM to the traced process) and returns the
     /// times of the syncs of sled's log file.
     fn stop(mut self) -> Vec<f64> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.strace.id()))
-                .unwrap();
-        for pid in children.split_whitespace() {
-            // SAFETY: kill(2) with a pid this test started (strace's child).
-            unsafe { libc::kill(pid.parse().unwrap(), libc::SIGTERM) };
-        }
+        self.signal_server(libc::SIGTERM);
         let deadline = Instant::now() + WAIT;
         while self.strace.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "traced server did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
         log_syncs(&std::fs::read_to_string(&self.trace).unwrap())
+    }
+
+    /// Signals the server, strace's child (gone once strace exited).
+    fn signal_server(&self, sig: libc::c_int) {
+        let pid = self.strace.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            if let Ok(child) = child.parse::<libc::pid_t>() {
+                // SAFETY: kill(2) on the process this test started under strace.
+                unsafe { libc::kill(child, sig) };
+            }
+        }
+    }
+}
+
+impl Drop for Traced {
+    /// A failed test leaves no server or strace behind.
+    fn drop(&mut self) {
+        self.signal_server(libc::SIGKILL);
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
+    }
+}
+
+/// A child process killed when the test ends, whichever way.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -276,7 +302,7 @@ async fn enrollment_and_a_rotation_push_come_after_a_sync() {
 }
 
 /// Starts `serve` with the failpoint armed for sync round `round`.
-fn start_with_failpoint(gms: &Gms, round: u32) -> (Child, PathBuf) {
+fn start_with_failpoint(gms: &Gms, round: u32) -> (KillOnDrop, PathBuf) {
     let log = gms.tmp.path().join("serve-failpoint.log");
     let child = Command::new(BIN)
         .args(["serve", "--data"])
@@ -289,6 +315,7 @@ fn start_with_failpoint(gms: &Gms, round: u32) -> (Child, PathBuf) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let child = KillOnDrop(child);
     let deadline = Instant::now() + WAIT;
     while !admin::request(&gms.socket(), &AdminRequest::Status, WAIT).is_ok_and(|r| r.ok) {
         assert!(Instant::now() < deadline, "server did not come up");
@@ -328,7 +355,7 @@ fn a_crash_between_write_and_sync_loses_no_acknowledged_change() {
         !doomed.as_ref().is_ok_and(|r| r.ok),
         "a change was acknowledged although its sync never ran: {doomed:?}"
     );
-    let st = wait_exit(&mut child);
+    let st = wait_exit(&mut child.0);
     assert_eq!(
         st.signal(),
         Some(libc::SIGABRT),
