@@ -17,6 +17,7 @@ FPN_APT_NEEDS=(
   "ping:iputils-ping"
   "pkill:procps"
   "gcc:gcc"
+  "strace:strace"
 )
 
 fpn_ensure_deps() {

@@ -130,7 +130,7 @@ fn default_audit_limit() -> usize {
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminResponse {
-    /// True when the change was made (and flushed) or the listing is valid.
+    /// True when the change was made (and synced to disk) or the listing is valid.
     pub ok: bool,
     /// One line saying what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -28,6 +28,13 @@ pub enum Error {
     /// The embedded database failed.
     #[error("store: {0}")]
     Store(String),
+    /// A sync of the store failed: changes since the last good sync may be
+    /// lost, and the server refuses further changes until it is restarted.
+    #[error(
+        "the store could not be synced to disk ({0}); changes since the last sync may be lost: \
+         no change is accepted until fpn-gms is restarted"
+    )]
+    NotDurable(String),
     /// The store was written by a newer fpn-gms.
     #[error(
         "the store in this data directory has schema version {found}, but this fpn-gms supports \

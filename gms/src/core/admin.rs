@@ -30,8 +30,9 @@ const MAX_GROUP_NAME: usize = 64;
 const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
 impl Core {
-    /// Handles one admin request. A change is committed and flushed before
-    /// this returns its `ok` answer; the outputs must then be carried out.
+    /// Handles one admin request. A change is committed before this returns
+    /// its `ok` answer; the shell syncs the store, then answers and carries
+    /// out the outputs.
     pub fn handle_admin(&mut self, req: AdminRequest, now: u64) -> (AdminResponse, Vec<Output>) {
         let r = match req {
             AdminRequest::Status => Ok((AdminResponse::ok(&self.status()), Vec::new())),

@@ -9,9 +9,11 @@
 //! it directly.
 //!
 //! Every change goes through [`Core::transact`]: memory and a store batch are
-//! updated together, the batch is committed (flushed) before anything is
-//! answered or pushed, and if the commit fails the memory view is reloaded
-//! from the store, so memory never holds an unacknowledged change.
+//! updated together, the batch is committed, and if the commit fails the
+//! memory view is reloaded from the store, so memory never holds a change
+//! the store refused. The shell makes the commits durable (one sync for all
+//! changes that arrive together, [`crate::store::Syncer`]) before it sends
+//! any answer or carries out any output produced after them.
 
 mod admin;
 mod keys;

@@ -36,6 +36,9 @@ impl Store for Flaky {
         }
         self.inner.commit(b)
     }
+    fn syncer(&self) -> Arc<dyn crate::store::Syncer> {
+        self.inner.syncer()
+    }
     fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         self.inner.audit_log(after, limit)
     }

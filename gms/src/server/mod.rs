@@ -2,14 +2,24 @@
 //!
 //! One mutex guards the core and the session registry together, so a push
 //! produced by a change can never slip between a session's `SessionInit`
-//! and its registration. Store commits (which flush) run on the blocking
-//! pool. Outputs are carried out under the same lock, in order, and never
-//! block: pushes go into bounded per-session queues.
+//! and its registration. Core calls that may commit run on the blocking
+//! pool.
+//!
+//! Durability (group commit): a change is applied under the lock; its
+//! outputs are held, in order, behind the commit they depend on; the lock is
+//! released; then the caller waits until that commit is synced
+//! ([`crate::store::Syncer`]: one flush + fsync covers every change applied
+//! before it started, so changes that arrive together share one) and only
+//! then answers. Held outputs are carried out, in order, by whoever sees
+//! them durable first. Answers that only read wait for the commits they
+//! could have seen. Outputs never block: pushes go into bounded per-session
+//! queues.
 
 mod admin_socket;
 mod quic;
 mod sessions;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +32,7 @@ use crate::ca::Ca;
 use crate::config::{Config, DataDir, OverlayRange};
 use crate::core::{self, Core, DirectoryEvent, Output};
 use crate::schedule::{HumanDuration, Schedule};
-use crate::store::SledStore;
+use crate::store::{CommitSeq, SledStore, Store, Syncer};
 use crate::{Error, Result, fsutil, now_unix, tls, wire};
 
 pub use sessions::Sessions;
@@ -116,6 +126,7 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     fsutil::write_new(&dir.server_cert(), &cert, 0o644)?;
     let store = SledStore::open(&dir.db())?;
     core::init_store(&store, &cfg.zone, now)?;
+    store.syncer().sync_all()?;
     fsutil::write_new(&dir.config(), cfg.to_toml()?.as_bytes(), 0o600)?;
     Ok(hex::encode(ca.fingerprint()))
 }
@@ -126,11 +137,15 @@ pub(crate) struct Shared {
     /// Wakes the timer task after a change that may move its deadline.
     timer: Notify,
     hook: Arc<dyn DirectoryHook>,
+    /// Makes the core's commits durable, without the lock.
+    syncer: Arc<dyn Syncer>,
 }
 
 pub(crate) struct Inner {
     pub(crate) core: Core,
     pub(crate) sessions: Sessions,
+    /// Outputs waiting for their commit to be durable, in order.
+    held: VecDeque<(CommitSeq, Vec<Output>)>,
 }
 
 impl Shared {
@@ -140,9 +155,64 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Carries out outputs (caller holds the lock).
-    pub(crate) fn deliver(&self, inner: &mut Inner, out: Vec<Output>) {
-        inner.sessions.deliver(out, self.hook.as_ref());
+    /// Takes the outputs of a core call (caller holds the lock, right after
+    /// the call): they are carried out once every commit so far is durable,
+    /// after all outputs before them. Returns the commit that the call's
+    /// answer must wait for (see [`Shared::settle`]).
+    pub(crate) fn stage(&self, inner: &mut Inner, out: Vec<Output>) -> CommitSeq {
+        let seq = self.syncer.committed();
+        if !out.is_empty() {
+            inner.held.push_back((seq, out));
+        }
+        self.release(inner);
+        seq
+    }
+
+    /// The latest commit (read under the lock: what the core has seen).
+    pub(crate) fn committed(&self) -> CommitSeq {
+        self.syncer.committed()
+    }
+
+    /// True when `seq` is already durable (no need to [`Shared::settle`]).
+    pub(crate) fn is_durable(&self, seq: CommitSeq) -> bool {
+        self.syncer.synced() >= seq
+    }
+
+    /// Blocks until commit `seq` is durable (sharing the sync with every
+    /// other waiter), then carries out the outputs that became durable.
+    /// Call without the lock, on the blocking pool.
+    pub(crate) fn settle(&self, seq: CommitSeq) -> Result<()> {
+        if !self.is_durable(seq) {
+            self.syncer.sync_through(seq)?;
+        }
+        let mut g = self.lock();
+        self.release(&mut g);
+        Ok(())
+    }
+
+    /// Carries out the held outputs that are durable, in order.
+    fn release(&self, inner: &mut Inner) {
+        let synced = self.syncer.synced();
+        while inner.held.front().is_some_and(|(s, _)| *s <= synced) {
+            if let Some((_, out)) = inner.held.pop_front() {
+                inner.sessions.deliver(out, self.hook.as_ref());
+            }
+        }
+    }
+
+    /// [`Shared::settle`] from async code: only goes to the blocking pool
+    /// when a sync is needed.
+    pub(crate) async fn settled(self: &Arc<Self>, seq: CommitSeq) -> Result<()> {
+        if self.is_durable(seq) {
+            return Ok(());
+        }
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || s.settle(seq))
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "sync task failed");
+                Error::Store("internal error".into())
+            })?
     }
 }
 
@@ -154,6 +224,7 @@ pub async fn serve(
 ) -> Result<()> {
     let cfg = Config::load(&data.config())?;
     let store = SledStore::open(&data.db())?;
+    let syncer = store.syncer();
     let ca = Ca::load(&data)?;
     let server_cert = fsutil::read(&data.server_cert())?;
     let server_key = zeroize::Zeroizing::new(fsutil::read(&data.server_key())?);
@@ -182,9 +253,11 @@ pub async fn serve(
         inner: Mutex::new(Inner {
             core,
             sessions: Sessions::default(),
+            held: VecDeque::new(),
         }),
         timer: Notify::new(),
         hook,
+        syncer,
     });
     info!(%local, admin = %sock_path.display(), "GMS serving");
 
@@ -219,13 +292,19 @@ async fn timer_loop(shared: Arc<Shared>) {
         }
         let s = shared.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let mut g = s.lock();
-            let out = g.core.handle_timeout(now_unix());
-            s.deliver(&mut g, out);
+            let seq = {
+                let mut g = s.lock();
+                let out = g.core.handle_timeout(now_unix());
+                s.stage(&mut g, out)
+            };
+            // A rotation's keys are pushed only once they are durable.
+            s.settle(seq)
         })
         .await;
-        if let Err(e) = r {
-            error!(error = %e, "timer task failed");
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "timer change not durable"),
+            Err(e) => error!(error = %e, "timer task failed"),
         }
     }
 }
@@ -237,24 +316,109 @@ fn until_unix(t: u64) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Runs `f` on the core on the blocking pool (it may commit and flush), then
-/// carries out its outputs and wakes the timer.
+/// Runs `f` on the core on the blocking pool (it may commit), waits until
+/// every commit it could depend on is durable, carries out its outputs and
+/// wakes the timer. The answer is returned only when it is safe to send.
 pub(crate) async fn with_core<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&mut Core) -> (T, Vec<Output>) + Send + 'static,
 ) -> Result<T> {
     let s = shared.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let mut g = s.lock();
-        let (v, out) = f(&mut g.core);
-        s.deliver(&mut g, out);
-        v
+    tokio::task::spawn_blocking(move || {
+        let (v, seq) = {
+            let mut g = s.lock();
+            let (v, out) = f(&mut g.core);
+            (v, s.stage(&mut g, out))
+        };
+        s.timer.notify_one();
+        s.settle(seq).map(|()| v)
     })
     .await
     .map_err(|e| {
         warn!(error = %e, "core task failed");
         Error::Store("internal error".into())
-    })?;
-    shared.timer.notify_one();
-    Ok(r)
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::AdminRequest;
+    use crate::core::DirectoryEvent;
+
+    /// Records what reaches the DNS hook.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl DirectoryHook for Recorder {
+        fn on_change(&self, event: &DirectoryEvent) {
+            let name = match event {
+                DirectoryEvent::Updated(r) => r.name.clone(),
+                DirectoryEvent::Removed { name } => format!("-{name}"),
+            };
+            self.0.lock().unwrap().push(name);
+        }
+    }
+
+    fn ge_add(name: &str) -> AdminRequest {
+        AdminRequest::GeAdd {
+            name: name.into(),
+            kind: "ges".into(),
+            mode: "op".into(),
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn outputs_wait_for_the_sync_of_their_change_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_unix();
+        let store = SledStore::open(dir.path()).unwrap();
+        core::init_store(&store, "t.fpn.", now).unwrap();
+        store.syncer().sync_all().unwrap();
+        let syncer = store.syncer();
+        let cfg = Config::new("t.fpn").unwrap();
+        let core = Core::new(cfg, Box::new(store), Ca::generate(now).unwrap(), now).unwrap();
+        let hook = Arc::new(Recorder::default());
+        let shared = Shared {
+            inner: Mutex::new(Inner {
+                core,
+                sessions: Sessions::default(),
+                held: VecDeque::new(),
+            }),
+            timer: Notify::new(),
+            hook: hook.clone(),
+            syncer,
+        };
+        let seen = || hook.0.lock().unwrap().clone();
+
+        let mut seqs = Vec::new();
+        for name in ["a", "b"] {
+            let mut g = shared.lock();
+            let (r, out) = g.core.handle_admin(ge_add(name), now);
+            assert!(r.ok, "{:?}", r.error);
+            seqs.push(shared.stage(&mut g, out));
+        }
+        assert!(
+            seen().is_empty(),
+            "a change's output went out before its sync"
+        );
+        assert!(!shared.is_durable(seqs[0]));
+
+        // Waiting for the first change syncs both (one round) and carries
+        // out both outputs, in order.
+        shared.settle(seqs[0]).unwrap();
+        assert!(shared.is_durable(seqs[1]));
+        assert_eq!(seen(), ["a", "b"]);
+
+        // A later change is held again until its own sync.
+        let mut g = shared.lock();
+        let (r, out) = g.core.handle_admin(ge_add("c"), now);
+        assert!(r.ok);
+        let seq = shared.stage(&mut g, out);
+        assert_eq!(seen(), ["a", "b"]);
+        drop(g);
+        shared.settle(seq).unwrap();
+        assert_eq!(seen(), ["a", "b", "c"]);
+    }
 }

@@ -133,7 +133,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
     };
     let seen: SocketAddr = conn.remote_address();
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(PUSH_QUEUE);
-    let (sid, init) = {
+    let (sid, init, seq) = {
         let mut g = shared.lock();
         match g.core.open_session(ge, seen, reported, now_unix()) {
             Ok((sid, init, out)) => {
@@ -145,8 +145,8 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                         conn: conn.clone(),
                     },
                 );
-                shared.deliver(&mut g, out);
-                (sid, init)
+                let seq = shared.stage(&mut g, out);
+                (sid, init, seq)
             }
             Err(r) => {
                 info!(reason = %r.reason, "session refused");
@@ -157,6 +157,8 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
     };
     info!("session up");
     let result = async {
+        // The init may show changes not yet durable: send it once they are.
+        shared.settled(seq).await?;
         write_frame(&mut send, &init.encode()?).await?;
         // Requests are read by their own task, so a frame is never cut by a
         // cancelled read; answers join the push queue and keep their order.
@@ -188,7 +190,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
     let mut g = shared.lock();
     g.sessions.remove(ge, sid);
     let out = g.core.close_session(ge, sid);
-    shared.deliver(&mut g, out);
+    shared.stage(&mut g, out);
     drop(g);
     info!("session down");
     result
@@ -218,17 +220,19 @@ async fn serve_requests(
 ) -> Result<()> {
     while let Some((ty, body)) = read_frame(&mut recv).await? {
         let msg = ClientMsg::decode(ty, &body)?;
-        let (answer, out) = {
+        let (answer, out, seq) = {
             let mut g = shared.lock();
             let (answer, out) = g.core.handle_request(ge, msg)?;
-            (answer, out)
+            (answer, out, shared.committed())
         };
+        // The answer may show changes not yet durable.
+        shared.settled(seq).await?;
         let frame: Arc<[u8]> = Arc::from(answer.encode()?);
         if tx.send(frame).await.is_err() {
             break;
         }
         let mut g = shared.lock();
-        shared.deliver(&mut g, out);
+        shared.stage(&mut g, out);
     }
     Ok(())
 }

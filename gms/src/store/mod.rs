@@ -6,13 +6,26 @@
 //! replicated backend (PostgreSQL: one table per tree, one SQL transaction per
 //! batch) can be added for operators who outgrow one server.
 //!
-//! The contract every backend keeps: when [`Store::commit`] returns `Ok`, the
-//! whole batch (all trees and the audit entries) is on stable storage and
-//! survives a crash; when it returns `Err`, nothing of it is visible.
+//! The contract every backend keeps, in two steps so that many changes can
+//! share one sync (group commit):
+//!
+//! - when [`Store::commit`] returns `Ok`, the whole batch (all trees and the
+//!   audit entries) is applied atomically and visible to reads, and has a
+//!   [`CommitSeq`]; when it returns `Err`, nothing of it is visible;
+//! - when [`Syncer::sync_through`] returns `Ok` for a sequence number, every
+//!   batch up to it is on stable storage (written and fsynced) and survives a
+//!   crash or power loss. Commits waiting together share one sync.
+//!
+//! The shell, not the core, decides when to sync: it answers and pushes only
+//! after the commits an answer or push depends on are durable.
 
+mod group_commit;
 mod sled_store;
 
+pub use group_commit::{Failpoint, GroupCommit};
 pub use sled_store::SledStore;
+
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
@@ -129,10 +142,41 @@ pub trait Store: Send + 'static {
     /// Reads a whole tree in key order.
     fn scan(&self, tree: Tree) -> Result<Vec<Entry>>;
 
-    /// Applies `batch` atomically and durably (see the module doc).
+    /// Applies `batch` atomically (see the module doc); it is durable once
+    /// [`Syncer::sync_through`] returns for a sequence number at or after it.
     fn commit(&self, batch: Batch) -> Result<()>;
+
+    /// The handle that makes commits durable; it can be used from any
+    /// thread, without the store, while other commits go on.
+    fn syncer(&self) -> Arc<dyn Syncer>;
 
     /// Reads the audit log: `(sequence, entry)` in append order, at most
     /// `limit` entries with a sequence greater than `after`.
     fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+}
+
+/// The place of a commit in a store's history: commit `n` is the `n`-th
+/// successful [`Store::commit`] since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitSeq(pub u64);
+
+/// Makes a store's commits durable.
+pub trait Syncer: Send + Sync + 'static {
+    /// The sequence number of the latest commit.
+    fn committed(&self) -> CommitSeq;
+
+    /// The highest sequence number known to be on stable storage.
+    fn synced(&self) -> CommitSeq;
+
+    /// Returns once every commit up to `seq` is on stable storage. Callers
+    /// that arrive while a sync runs wait for it or for the next one, which
+    /// covers all of them at once. After a failed sync every later call
+    /// fails with [`crate::Error::NotDurable`]: what was written since the
+    /// last good sync is in an unknown state until the process restarts.
+    fn sync_through(&self, seq: CommitSeq) -> Result<()>;
+
+    /// Makes every commit so far durable.
+    fn sync_all(&self) -> Result<()> {
+        self.sync_through(self.committed())
+    }
 }
