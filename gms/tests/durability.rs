@@ -36,6 +36,7 @@ fn ge_add(name: &str) -> AdminRequest {
         kind: "ges".into(),
         mode: "op".into(),
         groups: vec![],
+        protect: vec![],
     }
 }
 

@@ -366,6 +366,7 @@ mod tests {
             kind: "ges".into(),
             mode: "op".into(),
             groups: vec![],
+            protect: vec![],
         }
     }
 
