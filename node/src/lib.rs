@@ -5,12 +5,14 @@
 //! docs/NODE.md tells how to run it.
 
 pub mod carrier;
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod core;
 pub mod daemon;
 pub mod directory;
 pub mod dns;
-pub mod engine;
+pub mod driver;
 pub mod error;
 pub mod gms;
 pub mod icmp;
