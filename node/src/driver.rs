@@ -220,8 +220,13 @@ impl Driver {
                     ..
                 } => {
                     if let Err(e) = self.carrier.send(&target, kind, &payload) {
-                        self.core
-                            .handle_send_error(target.ge, kind, &payload, SendError::from(&e), now);
+                        self.core.handle_send_error(
+                            target.ge,
+                            kind,
+                            &payload,
+                            SendError::from(&e),
+                            now,
+                        );
                     }
                 }
                 Output::Tun(p) => {

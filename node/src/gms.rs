@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::carrier::QuicCarrier;
-use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
 use crate::core::Command;
+use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
 use crate::error::{Error, Result};
 
 /// How often the full directory listing is refreshed while connected.

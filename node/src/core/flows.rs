@@ -55,10 +55,13 @@ impl Flows {
         self.quotes.remove(flow)
     }
 
-    /// A negotiation of `flow` ended well: nothing of it is pending.
+    /// A negotiation of `flow` ended well: nothing of it is pending. A
+    /// refusal of either direction is over (a flow refused as responder
+    /// may come back negotiated from this side).
     pub fn established(&mut self, flow: &FlowId) {
         self.quotes.remove(flow);
         self.refused.remove(flow);
+        self.refused.remove(&flow.reversed());
         self.renegotiating.remove(flow);
     }
 
@@ -159,7 +162,10 @@ mod tests {
         f.refuse(flow(1), None, t0, &mut timers);
         // Refused again later: the first deadline must not forget it.
         f.refuse(flow(1), None, t0 + HEAL_GAP, &mut timers);
-        assert_eq!(timers.pop_due(t0 + REFUSED_SHOWN), Some(Timer::ForgetRefused(flow(1))));
+        assert_eq!(
+            timers.pop_due(t0 + REFUSED_SHOWN),
+            Some(Timer::ForgetRefused(flow(1)))
+        );
         f.forget_refused(&flow(1), t0 + REFUSED_SHOWN);
         assert!(f.is_refused(&flow(1)));
         f.forget_refused(&flow(1), t0 + HEAL_GAP + REFUSED_SHOWN);

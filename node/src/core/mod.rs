@@ -34,11 +34,12 @@ mod flows;
 mod keys;
 mod output;
 mod peers;
+pub mod sim;
 mod snapshot;
 mod timers;
 
 #[cfg(test)]
-mod sim;
+mod sim_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -383,7 +384,13 @@ impl NodeCore {
     }
 
     /// An inbound data frame: `Some(n)` when `buf[..n]` is for the TUN.
-    fn handle_data(&mut self, peer: GeId, buf: &mut [u8], len: usize, now: Instant) -> Option<usize> {
+    fn handle_data(
+        &mut self,
+        peer: GeId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<usize> {
         self.counters.data_in += 1;
         if self.erased {
             return None;
@@ -577,8 +584,11 @@ impl NodeCore {
                     debug!(%flow, "key rotated: the flow's initiator renegotiates");
                 }
                 RenegotiateReason::KeyRotation => {
-                    self.flows
-                        .schedule_renegotiation(flow, now + RENEGOTIATE_DELAY, &mut self.timers);
+                    self.flows.schedule_renegotiation(
+                        flow,
+                        now + RENEGOTIATE_DELAY,
+                        &mut self.timers,
+                    );
                 }
                 RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
             }
@@ -705,7 +715,8 @@ impl NodeCore {
             None => {
                 debug!(peer = %e.peer, "the flow's remote address has no known owner yet; refused, asking the directory");
                 self.counters.unknown_owner += 1;
-                self.flows.refuse(e.flow, Some(e.peer), now, &mut self.timers);
+                self.flows
+                    .refuse(e.flow, Some(e.peer), now, &mut self.timers);
                 self.push_output(Output::DirectoryLookup(r));
                 return;
             }

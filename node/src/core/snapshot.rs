@@ -86,7 +86,10 @@ impl NodeCore {
                     sport: f.src_port,
                     dport: f.dst_port,
                     action: action_name(e.action()).into(),
-                    carrier: e.peer().map(|p| self.path_name(p).into()).unwrap_or_default(),
+                    carrier: e
+                        .peer()
+                        .map(|p| self.path_name(p).into())
+                        .unwrap_or_default(),
                     peer: e.peer().map(|p| p.0),
                     key_version: e.key_version().map(|v| v.0),
                     packets_out: s.packets_local,

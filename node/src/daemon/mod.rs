@@ -29,12 +29,12 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use addrs::local_addresses;
 
 use crate::carrier::{QuicCarrier, QuicCarrierConfig};
+use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::control::{Call, ControlServer, MAX_PING_COUNT, Request, Response};
+use crate::core::{Command, CoreConfig, NodeCore};
 use crate::directory::Directory;
 use crate::dns::{DnsConfig, DnsStub, NameTable, resolved};
-use crate::clock::Clock;
-use crate::core::{Command, CoreConfig, NodeCore};
 use crate::driver::{Driver, Query};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
