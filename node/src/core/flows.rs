@@ -4,6 +4,7 @@
 //! is bounded, and each entry that expires has a deadline in [`Timers`].
 
 use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use fpn_proto::flow::FlowId;
@@ -20,6 +21,8 @@ const MAX_REFUSED: usize = 1024;
 const MAX_RENEGOTIATE: usize = 65_536;
 /// Most unknown flows remembered for healing.
 const MAX_HEALING: usize = 1024;
+/// Most flows remembered as refused for an unknown owner.
+const MAX_AWAITING_OWNER: usize = 1024;
 /// How long a refused flow stays in `status`.
 pub const REFUSED_SHOWN: Duration = Duration::from_secs(60);
 /// Least time between two negotiations started for packets of an unknown flow.
@@ -38,6 +41,8 @@ pub struct Flows {
     renegotiation_due: HashSet<FlowId>,
     renegotiating: HashSet<FlowId>,
     healing: HashSet<FlowId>,
+    awaiting_owner: HashMap<Ipv4Addr, Vec<(FlowId, GeId)>>,
+    awaiting: usize,
 }
 
 impl Flows {
@@ -130,6 +135,27 @@ impl Flows {
     /// True while a healing negotiation of `flow` is recent.
     pub fn is_healing(&self, flow: &FlowId) -> bool {
         self.healing.contains(flow)
+    }
+
+    /// `flow`, negotiated by `peer`, was refused because nobody is known to
+    /// own its remote address `remote` yet: remembered (bounded) so that the
+    /// flow can be negotiated from this side once the directory answered.
+    pub fn await_owner(&mut self, remote: Ipv4Addr, flow: FlowId, peer: GeId) {
+        if self.awaiting >= MAX_AWAITING_OWNER {
+            return;
+        }
+        let list = self.awaiting_owner.entry(remote).or_default();
+        if !list.contains(&(flow, peer)) {
+            list.push((flow, peer));
+            self.awaiting += 1;
+        }
+    }
+
+    /// The flows refused while `remote` had no known owner.
+    pub fn owner_known(&mut self, remote: Ipv4Addr) -> Vec<(FlowId, GeId)> {
+        let list = self.awaiting_owner.remove(&remote).unwrap_or_default();
+        self.awaiting -= list.len();
+        list
     }
 
     /// The healing gap of `flow` is over.

@@ -295,7 +295,7 @@ impl NodeCore {
                 }
                 info!(%ge, flows = n, "peer left the directory: refused from now on");
             }
-            Command::Peer(rec) => self.set_peer(&rec),
+            Command::Peer(rec) => self.set_peer(&rec, now),
             Command::EraseKeys => {
                 let groups: Vec<GroupId> = self.versions.keys().copied().collect();
                 for g in groups {
@@ -461,7 +461,7 @@ impl NodeCore {
         debug!(%group, versions = ?new.iter().map(|v| v.0).collect::<Vec<_>>(), "group keys");
     }
 
-    fn set_peer(&mut self, rec: &crate::directory::PeerRecord) {
+    fn set_peer(&mut self, rec: &crate::directory::PeerRecord, now: Instant) {
         let ge = rec.ge();
         let change = self.peers.upsert(rec);
         self.peers_changed = true;
@@ -474,6 +474,14 @@ impl NodeCore {
         if let Some(waiting) = self.pending.remove(&rec.overlay) {
             for msg in waiting {
                 self.send_control(ge, msg);
+            }
+        }
+        // Flows refused while this address had no known owner: negotiate
+        // them from this side now (healing), instead of waiting for the
+        // other end's next packet.
+        for (flow, peer) in self.flows.owner_known(rec.overlay) {
+            if peer == ge {
+                self.heal(flow, peer, now);
             }
         }
     }

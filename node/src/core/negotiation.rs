@@ -219,6 +219,7 @@ impl NodeCore {
                 self.counters.unknown_owner += 1;
                 self.flows
                     .refuse(e.flow, Some(e.peer), now, &mut self.timers);
+                self.flows.await_owner(r, e.flow, e.peer);
                 self.push_output(Output::DirectoryLookup(r));
                 return;
             }

@@ -10,7 +10,7 @@
 //! generator. A node can move to another underlay address
 //! ([`CoreSim::move_node`]); frames to the old one are then lost until the
 //! directory tells its peers ([`CoreSim::announce`]). Directory lookups the
-//! cores ask for are answered after [`DIRECTORY_DELAY`] when
+//! cores ask for are answered after [`CoreSim::directory_delay`] when
 //! [`CoreSim::directory_answers`] is on (the GMS task's part).
 //!
 //! Time is virtual: [`CoreSim::drive`] jumps to the next frame arrival or
@@ -34,7 +34,7 @@ use super::{Command, CoreConfig, DataOut, NodeCore, Output, Timer};
 use crate::carrier::{FrameKind, PeerTarget};
 use crate::directory::PeerRecord;
 
-/// How long the simulated directory takes to answer a lookup.
+/// How long the simulated directory takes to answer a lookup, by default.
 pub const DIRECTORY_DELAY: Duration = Duration::from_millis(20);
 /// [`CoreSim::drive`] keeps running DPRP deadlines this close (retransmissions).
 const DPRP_HORIZON: Duration = Duration::from_secs(2);
@@ -114,6 +114,8 @@ pub struct CoreSim {
     pub stats: NetStats,
     /// When on, directory lookups are answered (default on).
     pub directory_answers: bool,
+    /// How long the directory takes to answer ([`DIRECTORY_DELAY`]).
+    pub directory_delay: Duration,
     ca: NodeKey,
     now: Instant,
     link: LinkConfig,
@@ -133,6 +135,7 @@ impl CoreSim {
             nodes: Vec::new(),
             stats: NetStats::default(),
             directory_answers: true,
+            directory_delay: DIRECTORY_DELAY,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
             now: Instant::now(),
@@ -445,7 +448,7 @@ impl CoreSim {
                 Output::DirectoryLookup(ip) => {
                     self.nodes[i].lookups.push(ip);
                     if self.directory_answers {
-                        let at = self.now + DIRECTORY_DELAY;
+                        let at = self.now + self.directory_delay;
                         self.seq += 1;
                         self.queue
                             .insert((at, self.seq), Event::DirectoryAnswer { to: i, ip });
