@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
 use fpn_proto::flow::FlowId;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -82,7 +83,9 @@ impl Driver {
     /// Runs until the command channel closes.
     pub async fn run(mut self) {
         let mut buf = vec![0u8; self.core.buffer_len()];
-        let mut rbuf = vec![0u8; self.core.buffer_len()];
+        // Frames from peers land here: packets, and DPRP messages, which
+        // may be longer than any packet.
+        let mut rbuf = vec![0u8; self.core.buffer_len().max(MAX_MESSAGE_LEN)];
         let mut frames: Vec<Inbound> = Vec::with_capacity(BATCH);
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(far());

@@ -199,8 +199,10 @@ impl NodeCore {
     }
 
     /// A frame from peer `peer` (authenticated by the carrier), received
-    /// from underlay address `from`: `buf[..len]` holds it. Then drain
-    /// [`NodeCore::poll_output`].
+    /// from underlay address `from`: `buf[..len]` holds it (for a packet,
+    /// `buf` needs no room beyond it; a DPRP message may be up to
+    /// `fpn_proto::dprp::msg::MAX_MESSAGE_LEN` long). A data frame is
+    /// unprotected in place. Then drain [`NodeCore::poll_output`].
     pub fn handle_carrier_frame<'a>(
         &'a mut self,
         peer: GeId,

@@ -330,7 +330,7 @@ impl NodeCore {
         if self.outputs.len() < MAX_OUTPUTS {
             self.outputs.push_back(o);
         } else {
-            self.counters.send_errors += 1;
+            self.counters.output_drops += 1;
         }
     }
 }

@@ -144,7 +144,7 @@ impl CoreSim {
             queue: BTreeMap::new(),
             seq: 0,
             wire: Vec::new(),
-            buf: vec![0; 4096],
+            buf: vec![0; fpn_proto::dprp::msg::MAX_MESSAGE_LEN],
         }
     }
 

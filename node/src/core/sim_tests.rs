@@ -422,3 +422,38 @@ fn idle_flows_age_out_by_deadline_without_a_tick() {
     // Nothing left to wake up for.
     assert_eq!(sim.nodes[a].core.poll_timeout(), None);
 }
+
+#[test]
+fn a_frame_too_large_for_the_carrier_comes_back_as_fragmentation_needed() {
+    let (mut sim, a, b) = established_pair(15);
+    let pkt = udp_packet(
+        sim.nodes[a].overlay,
+        sim.nodes[b].overlay,
+        4000,
+        5000,
+        &[7; 1300],
+    );
+    let (ge, now) = (sim.nodes[b].ge, sim.now());
+    let core = &mut sim.nodes[a].core;
+    core.handle_send_error(
+        ge,
+        FrameKind::Data,
+        &pkt,
+        super::SendError::TooLarge { max: 1300 },
+        now,
+    );
+    let Some(super::Output::Tun(icmp)) = core.poll_output() else {
+        panic!("no ICMP error");
+    };
+    // Type 3 code 4 with the usable MTU (the carrier's room less the PCCOM
+    // trailer), quoting the packet's header.
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), 1300 - 24);
+    assert_eq!(&icmp[28..48], &pkt[..20]);
+    assert_eq!(core.poll_output(), None);
+    // Any other failure is only counted.
+    core.handle_send_error(ge, FrameKind::Data, &pkt, super::SendError::Dropped, now);
+    assert_eq!(core.poll_output(), None);
+    assert_eq!(sim.counter(a, "too_big"), 1);
+    assert_eq!(sim.counter(a, "send_errors"), 1);
+}

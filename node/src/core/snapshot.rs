@@ -48,6 +48,7 @@ pub(super) struct Counters {
     pub wrong_owner: u64,
     pub unknown_owner: u64,
     pub flows_unbound: u64,
+    pub output_drops: u64,
 }
 
 impl NodeCore {
@@ -162,6 +163,7 @@ impl NodeCore {
             ("wrong_owner", c.wrong_owner),
             ("unknown_owner", c.unknown_owner),
             ("flows_unbound", c.flows_unbound),
+            ("output_drops", c.output_drops),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
