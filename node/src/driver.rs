@@ -254,10 +254,9 @@ impl Driver {
         };
         let mut entries: Vec<(String, Target)> = self
             .core
-            .peers()
-            .iter()
-            .filter(|p| !p.name.is_empty())
-            .filter_map(|p| p.overlay.map(|o| (p.name.clone(), Target::peer(o))))
+            .peer_names()
+            .into_iter()
+            .map(|(name, o)| (name, Target::peer(o)))
             .collect();
         entries.push((own.clone(), Target::peer(*overlay)));
         if let Err(e) = names.replace_all(entries) {

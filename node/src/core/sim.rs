@@ -63,6 +63,8 @@ pub struct SimNode {
     pub tun: Vec<Vec<u8>>,
     /// Overlay addresses it asked the directory about, in order.
     pub lookups: Vec<Ipv4Addr>,
+    /// How often it said its peer table changed ([`Output::PeersChanged`]).
+    pub peers_changed: u64,
     spec: (Mode, Vec<u32>),
     span: tracing::Span,
 }
@@ -174,6 +176,7 @@ impl CoreSim {
             underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
             tun: Vec::new(),
             lookups: Vec::new(),
+            peers_changed: 0,
             spec: (mode, groups.to_vec()),
             span: tracing::info_span!("node", name = %name),
             name,
@@ -260,6 +263,7 @@ impl CoreSim {
         let _e = span.enter();
         self.nodes[i].core.handle_command(cmd, now);
         self.flush(i);
+        self.check_invariants();
     }
 
     /// Node `i`'s host sends a UDP packet to node `to`.
@@ -408,6 +412,50 @@ impl CoreSim {
                 self.flush(i);
             }
         }
+        self.check_invariants();
+    }
+
+    /// What must hold after every step, on every node: each PIT entry's
+    /// peer owns the flow's remote address in the node's peer table
+    /// (identity binding), and no deadline is left in the past.
+    ///
+    /// # Panics
+    ///
+    /// When one does not hold (this is a test harness).
+    pub fn check_invariants(&self) {
+        for n in &self.nodes {
+            for (flow, entry) in n.core.pit().iter() {
+                let remote = if flow.src == IpAddr::V4(n.overlay) {
+                    flow.dst
+                } else {
+                    flow.src
+                };
+                let IpAddr::V4(r) = remote else {
+                    panic!("{}: an IPv6 flow {flow}", n.name);
+                };
+                assert_eq!(
+                    n.core.peers().owner(r),
+                    entry.peer(),
+                    "{}: flow {flow} is bound to a GE that does not own {r}",
+                    n.name
+                );
+            }
+            if let Some((t, timer)) = n.core.poll_timeout() {
+                assert!(t > self.now, "{}: {timer:?} overdue", n.name);
+            }
+        }
+    }
+
+    /// A digest of every data frame sent so far (to compare two runs).
+    pub fn wire_digest(&self) -> u64 {
+        // FNV-1a: stable across runs and platforms.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in &self.wire {
+            for b in (f.from as u64).to_le_bytes().iter().chain(&f.payload) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
     }
 
     fn deliver(
@@ -454,7 +502,7 @@ impl CoreSim {
                             .insert((at, self.seq), Event::DirectoryAnswer { to: i, ip });
                     }
                 }
-                Output::PeersChanged => {}
+                Output::PeersChanged => self.nodes[i].peers_changed += 1,
             }
         }
     }

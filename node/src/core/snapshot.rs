@@ -133,6 +133,19 @@ impl NodeCore {
         })
     }
 
+    /// The names of the peer table with their overlay addresses, by name:
+    /// what the DNS stub answers for the zone (besides this node's own).
+    pub fn peer_names(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        let mut names: Vec<(String, std::net::Ipv4Addr)> = self
+            .peers
+            .iter()
+            .filter(|p| !p.name.is_empty())
+            .filter_map(|p| p.overlay.map(|o| (p.name.clone(), o)))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Every counter by name.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let c = self.counters;
