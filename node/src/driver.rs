@@ -81,11 +81,30 @@ pub struct Driver {
 
 impl Driver {
     /// Runs until the command channel closes.
-    pub async fn run(mut self) {
-        let mut buf = vec![0u8; self.core.buffer_len()];
+    pub async fn run(self) {
+        let Driver {
+            core,
+            clock,
+            carrier,
+            tun,
+            mut commands,
+            mut queries,
+            mut inbound,
+            dir_requests,
+            names,
+        } = self;
+        let mut shell = Shell {
+            core,
+            clock,
+            carrier,
+            tun: tun.clone(),
+            dir_requests,
+            names,
+        };
+        let mut buf = vec![0u8; shell.core.buffer_len()];
         // Frames from peers land here: packets, and DPRP messages, which
         // may be longer than any packet.
-        let mut rbuf = vec![0u8; self.core.buffer_len().max(MAX_MESSAGE_LEN)];
+        let mut rbuf = vec![0u8; shell.core.buffer_len().max(MAX_MESSAGE_LEN)];
         let mut frames: Vec<Inbound> = Vec::with_capacity(BATCH);
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(far());
@@ -93,13 +112,12 @@ impl Driver {
         let mut inbound_open = true;
         let mut queries_open = true;
         let mut tun_ok = true;
-        let tun = self.tun.clone();
         loop {
             // The core's deadlines are on the suspend-counting clock; the
             // tokio timer is not, so sleep for the difference.
-            let at = match self.core.poll_timeout() {
+            let at = match shell.core.poll_timeout() {
                 Some((t, _)) => {
-                    tokio::time::Instant::now() + t.saturating_duration_since(self.clock.now())
+                    tokio::time::Instant::now() + t.saturating_duration_since(shell.clock.now())
                 }
                 None => far(),
             };
@@ -112,24 +130,24 @@ impl Driver {
                 Timer,
             }
             let wake = tokio::select! {
-                c = self.commands.recv() => Wake::Cmd(c),
-                q = self.queries.recv(), if queries_open => Wake::Query(q),
+                c = commands.recv() => Wake::Cmd(c),
+                q = queries.recv(), if queries_open => Wake::Query(q),
                 r = tun.recv(&mut buf), if tun_ok => Wake::Tun(r),
-                n = self.inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
+                n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
                 () = &mut sleep => Wake::Timer,
             };
-            let now = self.clock.now();
+            let now = shell.clock.now();
             match wake {
                 Wake::Cmd(None) => break,
-                Wake::Cmd(Some(c)) => self.core.handle_command(c, now),
+                Wake::Cmd(Some(c)) => shell.core.handle_command(c, now),
                 Wake::Query(None) => queries_open = false,
-                Wake::Query(Some(q)) => self.answer(q),
+                Wake::Query(Some(q)) => shell.answer(q),
                 Wake::Tun(Ok(n)) => {
-                    self.tun_packet(&mut buf, n, now);
+                    shell.tun_packet(&mut buf, n, now);
                     // Drain what is already queued, without waiting.
                     for _ in 1..BATCH {
                         match tun.recv(&mut buf).now_or_never() {
-                            Some(Ok(n)) => self.tun_packet(&mut buf, n, now),
+                            Some(Ok(n)) => shell.tun_packet(&mut buf, n, now),
                             _ => break,
                         }
                     }
@@ -141,16 +159,29 @@ impl Driver {
                 Wake::Frames(0) => inbound_open = false,
                 Wake::Frames(_) => {
                     for f in frames.drain(..) {
-                        self.frame(&f, &mut rbuf, now);
+                        shell.frame(&f, &mut rbuf, now);
                     }
                 }
                 Wake::Timer => {}
             }
-            self.drive_timer();
-            self.drain_outputs();
+            shell.drive_timer();
+            shell.drain_outputs();
         }
     }
+}
 
+/// What the driver does between waits, without the receivers: feeds the
+/// core and carries out its outputs (testable without a TUN or tokio).
+struct Shell {
+    core: NodeCore,
+    clock: Clock,
+    carrier: Arc<dyn Carrier>,
+    tun: Arc<dyn TunWriter>,
+    dir_requests: mpsc::Sender<Ipv4Addr>,
+    names: Option<(NameTable, String, Ipv4Addr)>,
+}
+
+impl Shell {
     /// Runs the core's timers that are due by the clock.
     fn drive_timer(&mut self) {
         let now = self.clock.now();
@@ -274,5 +305,163 @@ fn write_tun(tun: &dyn TunWriter, packet: &[u8]) -> bool {
             trace!(error = %e, "TUN write");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use fpn_proto::ge::{GeId, Mode};
+
+    use super::*;
+    use crate::carrier::{CarrierKind, PeerStats, PeerTarget};
+    use crate::core::sim::{CoreSim, LinkConfig, udp_packet};
+    use crate::directory::PeerRecord;
+
+    /// A carrier that refuses every frame as too large for `max`, or takes it.
+    struct FakeCarrier {
+        max: Option<usize>,
+        sent: Mutex<Vec<(GeId, FrameKind, usize)>>,
+    }
+
+    impl Carrier for FakeCarrier {
+        fn kind(&self) -> CarrierKind {
+            CarrierKind::Quic
+        }
+        fn send(
+            &self,
+            to: &PeerTarget,
+            kind: FrameKind,
+            payload: &[u8],
+        ) -> crate::error::Result<()> {
+            if let Some(max) = self.max {
+                return Err(crate::error::Error::CarrierTooLarge {
+                    peer: to.ge,
+                    size: payload.len(),
+                    max,
+                });
+            }
+            self.sent.lock().unwrap().push((to.ge, kind, payload.len()));
+            Ok(())
+        }
+        fn peers(&self) -> Vec<PeerStats> {
+            Vec::new()
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeTun(Mutex<Vec<Vec<u8>>>);
+
+    impl TunWriter for FakeTun {
+        fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(packet.to_vec());
+            Ok(packet.len())
+        }
+    }
+
+    /// A shell around node 1's core with an established flow 4000 -> 5000
+    /// to node 2, and the node 2 overlay address.
+    fn shell(
+        max: Option<usize>,
+    ) -> (
+        Shell,
+        Arc<FakeTun>,
+        mpsc::Receiver<Ipv4Addr>,
+        Ipv4Addr,
+        Instant,
+    ) {
+        let mut sim = CoreSim::new(1, LinkConfig::default());
+        let a = sim.add_node(1, Mode::Open, &[1]);
+        let b = sim.add_node(2, Mode::Open, &[1]);
+        sim.introduce_all();
+        sim.send_udp(a, b, 4000, 5000, b"x");
+        sim.drive();
+        let (peer, now) = (sim.nodes[b].overlay, sim.now());
+        let node = sim.nodes.swap_remove(a);
+        let tun = Arc::new(FakeTun::default());
+        let (tx, rx) = mpsc::channel(4);
+        let shell = Shell {
+            core: node.core,
+            clock: Clock::new(),
+            carrier: Arc::new(FakeCarrier {
+                max,
+                sent: Mutex::default(),
+            }),
+            tun: tun.clone(),
+            dir_requests: tx,
+            names: Some((NameTable::new(), "n1".into(), node.overlay)),
+        };
+        (shell, tun, rx, peer, now)
+    }
+
+    #[test]
+    fn a_carrier_too_large_error_becomes_fragmentation_needed_in_the_tun() {
+        let (mut shell, tun, _rx, peer, now) = shell(Some(1000));
+        let pkt = udp_packet(Ipv4Addr::new(100, 64, 0, 1), peer, 4000, 5000, &[1; 1200]);
+        let mut buf = vec![0u8; shell.core.buffer_len()];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        shell.tun_packet(&mut buf, pkt.len(), now);
+        shell.drain_outputs();
+        let written = tun.0.lock().unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!((written[0][20], written[0][21]), (3, 4));
+        assert_eq!(
+            u16::from_be_bytes([written[0][26], written[0][27]]),
+            1000 - 24
+        );
+    }
+
+    #[test]
+    fn queries_names_and_directory_lookups_are_carried_out() {
+        let (mut shell, _tun, mut rx, peer, now) = shell(None);
+        // Names are published from the core's peer table at its change.
+        shell.core.handle_command(
+            Command::Peer(PeerRecord {
+                name: "n3".into(),
+                ge: 3,
+                overlay: Ipv4Addr::new(100, 64, 0, 3),
+                addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
+                fetched: 1,
+            }),
+            now,
+        );
+        shell.drain_outputs();
+        let names = &shell.names.as_ref().unwrap().0;
+        assert_eq!(
+            names.get("n3"),
+            Some(Target::peer(Ipv4Addr::new(100, 64, 0, 3)))
+        );
+        assert_eq!(names.get("n2"), Some(Target::peer(peer)));
+        assert_eq!(
+            names.get("n1"),
+            Some(Target::peer(Ipv4Addr::new(100, 64, 0, 1)))
+        );
+        // `ping`'s questions.
+        let (tx, mut answer) = oneshot::channel();
+        shell.answer(Query::Resolve("n2".into(), tx));
+        assert_eq!(answer.try_recv().unwrap(), Some(peer));
+        let (tx, mut answer) = oneshot::channel();
+        let flow = FlowId {
+            src: Ipv4Addr::new(100, 64, 0, 1).into(),
+            dst: peer.into(),
+            protocol: 17,
+            src_port: 4000,
+            dst_port: 5000,
+        };
+        shell.answer(Query::FlowInfo(flow, tx));
+        assert_eq!(
+            answer.try_recv().unwrap(),
+            Some(("encrypt".to_owned(), "quic".to_owned()))
+        );
+        // A packet to an address nobody is known to own: the directory is asked.
+        let unknown = Ipv4Addr::new(100, 64, 0, 77);
+        let pkt = udp_packet(Ipv4Addr::new(100, 64, 0, 1), unknown, 4000, 5000, b"?");
+        let mut buf = vec![0u8; shell.core.buffer_len()];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        shell.tun_packet(&mut buf, pkt.len(), now);
+        shell.drain_outputs();
+        assert_eq!(rx.try_recv().unwrap(), unknown);
     }
 }
