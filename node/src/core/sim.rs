@@ -114,6 +114,9 @@ pub struct CoreSim {
     pub nodes: Vec<SimNode>,
     /// Network counters.
     pub stats: NetStats,
+    /// Frames to GEs that are no node of the simulation (a test playing a
+    /// peer by hand takes them from here), up to a limit.
+    pub stray: Vec<(GeId, FrameKind, Vec<u8>)>,
     /// When on, directory lookups are answered (default on).
     pub directory_answers: bool,
     /// How long the directory takes to answer ([`DIRECTORY_DELAY`]).
@@ -136,6 +139,7 @@ impl CoreSim {
         Self {
             nodes: Vec::new(),
             stats: NetStats::default(),
+            stray: Vec::new(),
             directory_answers: true,
             directory_delay: DIRECTORY_DELAY,
             ca,
@@ -524,6 +528,9 @@ impl CoreSim {
                 .map(|i| (i, *a))
         }) else {
             self.stats.undeliverable += 1;
+            if !self.nodes.iter().any(|n| n.ge == target.ge) && self.stray.len() < WIRE_LOG_LIMIT {
+                self.stray.push((target.ge, kind, payload));
+            }
             return;
         };
         let delays = self.dice.hop(&self.link);
@@ -546,6 +553,26 @@ impl CoreSim {
                 },
             );
         }
+    }
+
+    /// A credential from the simulation's CA (a year around the start),
+    /// for a peer a test plays by hand.
+    pub fn issue(&self, info: GeInfo, node_key: &NodeKey) -> Credential {
+        let year = 365 * 24 * 3600;
+        Credential::issue(
+            &self.ca,
+            u64::from(info.id.0),
+            info,
+            node_key.public(),
+            START_UNIX - year,
+            START_UNIX + year,
+        )
+        .expect("valid GE info")
+    }
+
+    /// The CA's public key.
+    pub fn ca_public(&self) -> [u8; 32] {
+        self.ca.public()
     }
 
     fn make_core(&mut self, id: u32, mode: Mode, groups: &[u32]) -> NodeCore {
