@@ -37,7 +37,6 @@ pub enum Command {
 
 /// What became of a data packet: returned by the hot-path inputs, borrowing
 /// the caller's buffer, so nothing is copied or allocated per packet.
-#[derive(Debug)]
 pub enum DataOut<'a> {
     /// Send `frame` (a protected or plain packet) to the peer on `path`.
     Send {
@@ -53,6 +52,26 @@ pub enum DataOut<'a> {
     /// Nothing to do with the packet (dropped, held, or consumed); look at
     /// [`NodeCore::poll_output`](super::NodeCore::poll_output) for the rest.
     Nothing,
+}
+
+impl std::fmt::Debug for DataOut<'_> {
+    // Never packet bytes: lengths only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Send {
+                target,
+                path,
+                frame,
+            } => f
+                .debug_struct("Send")
+                .field("peer", &target.ge)
+                .field("path", path)
+                .field("len", &frame.len())
+                .finish(),
+            Self::Tun(p) => f.debug_struct("Tun").field("len", &p.len()).finish(),
+            Self::Nothing => f.write_str("Nothing"),
+        }
+    }
 }
 
 /// Everything the core wants done besides the data path, drained with
@@ -123,5 +142,37 @@ impl From<&crate::error::Error> for SendError {
             crate::error::Error::CarrierTooLarge { max, .. } => Self::TooLarge { max: *max },
             _ => Self::Dropped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_lengths_and_no_payload_or_key_bytes() {
+        let o = Output::Send {
+            target: PeerTarget {
+                ge: GeId(2),
+                addrs: Vec::new(),
+            },
+            path: CarrierKind::Quic,
+            kind: FrameKind::Data,
+            payload: vec![0xab; 40],
+        };
+        let frame = [0xab; 12];
+        let d = DataOut::Tun(&frame);
+        let s = format!("{o:?} {:?} {d:?}", Output::Tun(vec![0xab; 28]));
+        assert!(
+            s.contains("len: 40") && s.contains("len: 28") && s.contains("len: 12"),
+            "{s}"
+        );
+        assert!(!s.contains("171"), "{s}");
+        let c = Command::Keys {
+            group: GroupId(1),
+            keys: vec![(KeyVersion(1), GroupKey::from_bytes([0xab; 32]))],
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("171") && s.contains("redacted"), "{s}");
     }
 }
