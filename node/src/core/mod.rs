@@ -213,7 +213,10 @@ impl NodeCore {
         now: Instant,
     ) -> DataOut<'a> {
         if len > buf.len() {
-            self.counters.data_in_rejected += 1;
+            match kind {
+                FrameKind::Control => self.counters.control_errors += 1,
+                FrameKind::Data => self.counters.data_in_rejected += 1,
+            }
             return DataOut::Nothing;
         }
         match kind {

@@ -593,3 +593,47 @@ fn a_peer_negotiating_for_an_address_another_ge_owns_is_refused() {
     assert!(sim.counter(a, "wrong_owner") + sim.counter(a, "control_errors") >= 1);
     assert!(sim.nodes[a].tun.is_empty());
 }
+
+mod robustness {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the TUN or a peer hands an established core, it never
+        /// panics: the bytes are refused and counted, or handled.
+        #[test]
+        fn arbitrary_bytes_into_every_input_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1600),
+            keep_header in any::<bool>(),
+            short_buf in any::<bool>(),
+        ) {
+            let (mut sim, a, b) = established_pair(17);
+            let mut bytes = bytes;
+            if keep_header && bytes.len() >= 28 {
+                // Valid-looking addresses: the bytes reach the PIT and PCCOM.
+                let real = udp_packet(sim.nodes[a].overlay, sim.nodes[b].overlay, 4000, 5000, b"");
+                bytes[..20].copy_from_slice(&real[..20]);
+            }
+            let now = sim.now();
+            let (peer, from) = (sim.nodes[b].ge, sim.nodes[b].underlay);
+            let core = &mut sim.nodes[a].core;
+            let room = if short_buf { bytes.len() } else { core.buffer_len().max(bytes.len()) };
+            for kind in [FrameKind::Data, FrameKind::Control] {
+                let mut buf = vec![0u8; room];
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                let _ = core.handle_carrier_frame(peer, from, kind, &mut buf, bytes.len(), now);
+            }
+            let mut buf = vec![0u8; room];
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            let _ = core.handle_tun_packet(&mut buf, bytes.len(), now);
+            // A length beyond the buffer is refused, not sliced.
+            let _ = core.handle_tun_packet(&mut buf, room + 1, now);
+            let _ = core.handle_carrier_frame(peer, from, FrameKind::Data, &mut buf, room + 1, now);
+            while core.poll_output().is_some() {}
+            core.handle_timeout(now + Duration::from_secs(1));
+        }
+    }
+}
