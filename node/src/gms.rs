@@ -73,7 +73,7 @@ pub struct GmsTask {
     pub ca_public: [u8; 32],
     /// This node's GE id.
     pub own_ge: GeId,
-    /// The engine's command channel.
+    /// The node core's command channel (read by its driver).
     pub engine: mpsc::Sender<Command>,
     /// The carrier (revocations cut its connections).
     pub carrier: Arc<QuicCarrier>,

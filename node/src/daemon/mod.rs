@@ -3,8 +3,8 @@
 //! Start-up order: lock the state directory, load the identity, create the
 //! TUN, bind the carrier, start the GMS session (keys from the cache are
 //! usable at once), build the DPRP endpoint and the PIT, start the node
-//! core's driver,
-//! the GMS task, the DNS stub and the control socket, then log `node ready`.
+//! core's driver, the GMS task, the DNS stub and the control socket, then
+//! log `node ready`.
 //! Shutdown (SIGTERM, SIGINT, `fpn-node down`, or the GMS revoking the
 //! node) reverses it; the TUN disappears when its device is dropped.
 
