@@ -1,6 +1,9 @@
 //! The daemon's GMS side: drives the client [`Session`], passes keys and
-//! revocations to the engine and the carrier, and keeps the peer
-//! [`Directory`] (and so the DNS stub's names) in step with the GMS.
+//! revocations to the node core and the carrier, and keeps the peer
+//! [`Directory`] (the on-disk cache `peers.json`, and what to fetch) in step
+//! with the GMS. Every change goes to the core as a command: the core's
+//! peer table is what the node routes by, and the DNS stub's names and
+//! `ping`'s resolution are published from it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -15,9 +18,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::carrier::QuicCarrier;
+use crate::core::Command;
 use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
-use crate::dns::{NameTable, Target};
-use crate::engine::Command;
 use crate::error::{Error, Result};
 
 /// How often the full directory listing is refreshed while connected.
@@ -71,14 +73,10 @@ pub struct GmsTask {
     pub ca_public: [u8; 32],
     /// This node's GE id.
     pub own_ge: GeId,
-    /// This node's name and overlay address (always in the name table).
-    pub own: (String, Ipv4Addr),
-    /// The engine's command channel.
+    /// The node core's command channel (read by its driver).
     pub engine: mpsc::Sender<Command>,
     /// The carrier (revocations cut its connections).
     pub carrier: Arc<QuicCarrier>,
-    /// The DNS stub's names.
-    pub names: NameTable,
     /// Shared with the daemon.
     pub shared: Shared,
     /// Where the directory is cached.
@@ -95,7 +93,6 @@ impl GmsTask {
     /// Runs until the session ends. `Err(Error::Terminated)` when the GMS
     /// revoked or refused this node.
     pub async fn run(mut self) -> Result<()> {
-        self.publish_names();
         self.send_initial_keys().await;
         let mut refresh = tokio::time::interval(LIST_EVERY);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,7 +264,6 @@ impl GmsTask {
         for r in updates {
             let _ = self.engine.send(Command::Peer(r)).await;
         }
-        self.publish_names();
         self.save();
     }
 
@@ -339,7 +335,6 @@ impl GmsTask {
         if let Some(r) = stored {
             let _ = self.engine.send(Command::Peer(r)).await;
         }
-        self.publish_names();
         self.save();
     }
 
@@ -349,21 +344,7 @@ impl GmsTask {
             info!(name, ge = r.ge, "peer gone from the directory");
             let _ = self.engine.send(Command::PeerGone(r.ge())).await;
             self.carrier.revoke_ge(r.ge());
-            self.publish_names();
             self.save();
-        }
-    }
-
-    fn publish_names(&self) {
-        let mut entries: Vec<(String, Target)> = self
-            .shared
-            .dir()
-            .iter()
-            .map(|r| (r.name.clone(), Target::peer(r.overlay)))
-            .collect();
-        entries.push((self.own.0.clone(), Target::peer(self.own.1)));
-        if let Err(e) = self.names.replace_all(entries) {
-            warn!(error = %e, "name table not updated");
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! Start-up order: lock the state directory, load the identity, create the
 //! TUN, bind the carrier, start the GMS session (keys from the cache are
-//! usable at once), build the DPRP endpoint and the PIT, start the engine,
-//! the GMS task, the DNS stub and the control socket, then log `node ready`.
+//! usable at once), build the DPRP endpoint and the PIT, start the node
+//! core's driver, the GMS task, the DNS stub and the control socket, then
+//! log `node ready`.
 //! Shutdown (SIGTERM, SIGINT, `fpn-node down`, or the GMS revoking the
 //! node) reverses it; the TUN disappears when its device is dropped.
 
@@ -14,7 +15,7 @@ mod tun;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fpn_gms_client::{self as client, Identity, Session, SessionConfig};
 use fpn_proto::dprp::{self, Endpoint, Prefix};
@@ -28,11 +29,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use addrs::local_addresses;
 
 use crate::carrier::{QuicCarrier, QuicCarrierConfig};
+use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::control::{Call, ControlServer, MAX_PING_COUNT, Request, Response};
+use crate::core::{Command, CoreConfig, NodeCore};
 use crate::directory::Directory;
 use crate::dns::{DnsConfig, DnsStub, NameTable, resolved};
-use crate::engine::{self, Command, Engine, EngineConfig};
+use crate::driver::{Driver, Query};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
 use crate::state::StateDir;
@@ -124,7 +127,8 @@ async fn run(
         identity.ca_public,
         vec![Prefix::host(IpAddr::V4(me.overlay))],
     );
-    let dprp = Endpoint::new(dcfg, seed, fpn_gms_client::now_unix(), Instant::now())?;
+    let clock = Clock::new();
+    let dprp = Endpoint::new(dcfg, seed, fpn_gms_client::now_unix(), clock.now())?;
     let pit = Pit::new(PitConfig {
         idle_timeout: Duration::from_secs(cfg.flow_idle_secs),
         ..PitConfig::default()
@@ -132,19 +136,17 @@ async fn run(
 
     let (dir_tx, dir_rx) = mpsc::channel(256);
     let (eng_tx, eng_rx) = mpsc::channel(1024);
+    let (query_tx, query_rx) = mpsc::channel(32);
     let net_len = cfg.overlay_prefix;
     let net = Ipv4Addr::from(u32::from(me.overlay) & (u32::MAX << (32 - u32::from(net_len))));
-    let engine = Engine::new(
-        EngineConfig {
+    let core = NodeCore::new(
+        CoreConfig {
             overlay: me.overlay,
             mtu: cfg.mtu,
             overlay_net: (net, net_len),
         },
         dprp,
         pit,
-        carrier.clone(),
-        dev.clone(),
-        dir_tx,
     );
     let dir = Directory::load(&state.peer_cache()).unwrap_or_else(|e| {
         warn!(error = %e, "peer cache unreadable; starting empty");
@@ -153,20 +155,32 @@ async fn run(
     for r in dir.iter() {
         let _ = eng_tx.try_send(Command::Peer(r.clone()));
     }
-    let engine_task = tokio::spawn(
-        engine::run(engine, dev.clone(), eng_rx, inbound).instrument(info_span!("engine")),
-    );
-
     let names = NameTable::new();
+    // The DNS stub's names are published by the driver from the core's
+    // peer table; until the first change, this node's own name is there.
+    if let Err(e) = names.insert(&me.name, crate::dns::Target::peer(me.overlay)) {
+        warn!(error = %e, "own name not in the name table");
+    }
+    let driver = Driver {
+        core,
+        clock,
+        carrier: carrier.clone(),
+        tun: dev.clone(),
+        commands: eng_rx,
+        queries: query_rx,
+        inbound,
+        dir_requests: dir_tx,
+        names: Some((names.clone(), me.name.clone(), me.overlay)),
+    };
+    let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
+
     let shared = Shared::new(dir);
     let gms = GmsTask {
         session,
         ca_public: identity.ca_public,
         own_ge: me.ge,
-        own: (me.name.clone(), me.overlay),
         engine: eng_tx.clone(),
         carrier: carrier.clone(),
-        names: names.clone(),
         shared: shared.clone(),
         cache_path: state.peer_cache(),
         requests: dir_rx,
@@ -211,7 +225,7 @@ async fn run(
 
     let ctx = Ctx {
         me: me.clone(),
-        engine: eng_tx.clone(),
+        queries: query_tx,
         shared: shared.clone(),
     };
     let outcome: Result<()> = loop {
@@ -294,7 +308,7 @@ fn split_dns_set_up(ifname: &str, stub: SocketAddr, zone: &str) -> Option<resolv
 #[derive(Clone)]
 struct Ctx {
     me: Me,
-    engine: mpsc::Sender<Command>,
+    queries: mpsc::Sender<Query>,
     shared: Shared,
 }
 
@@ -323,8 +337,8 @@ impl Ctx {
 
     async fn status(&self) -> Result<Status> {
         let (tx, rx) = oneshot::channel();
-        self.engine
-            .send(Command::Snapshot(tx))
+        self.queries
+            .send(Query::Snapshot(tx))
             .await
             .map_err(|_| Error::Control("the engine stopped".into()))?;
         let snap = rx
@@ -352,8 +366,9 @@ impl Ctx {
         })
     }
 
-    /// Resolves `name` (short, FQDN, or an address) to an overlay address.
-    fn resolve(&self, name: &str) -> Result<(String, Ipv4Addr)> {
+    /// Resolves `name` (short, FQDN, or an address) to an overlay address,
+    /// from the core's peer table.
+    async fn resolve(&self, name: &str) -> Result<(String, Ipv4Addr)> {
         if let Ok(ip) = name.parse::<Ipv4Addr>() {
             return Ok((name.to_owned(), ip));
         }
@@ -367,10 +382,15 @@ impl Ctx {
         if short == self.me.name {
             return Ok((fqdn, self.me.overlay));
         }
-        self.shared
-            .dir()
-            .by_name(short)
-            .map(|r| (fqdn.clone(), r.overlay))
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Resolve(short.to_owned(), tx))
+            .await
+            .map_err(|_| Error::Control("the engine stopped".into()))?;
+        rx.await
+            .ok()
+            .flatten()
+            .map(|ip| (fqdn.clone(), ip))
             .ok_or_else(|| Error::Control(format!("{fqdn}: no such GE in the directory")))
     }
 
@@ -380,7 +400,7 @@ impl Ctx {
                 "count must be between 1 and {MAX_PING_COUNT}"
             )));
         }
-        let (fqdn, dst) = self.resolve(name)?;
+        let (fqdn, dst) = self.resolve(name).await?;
         let mut idb = [0u8; 2];
         ring::rand::SystemRandom::new()
             .fill(&mut idb)
@@ -398,7 +418,7 @@ impl Ctx {
             dst_port: id,
         };
         let (tx, rx) = oneshot::channel();
-        let _ = self.engine.send(Command::FlowInfo(flow, tx)).await;
+        let _ = self.queries.send(Query::FlowInfo(flow, tx)).await;
         let info = rx.await.ok().flatten();
         let (action, carrier) = match (outcome.unreachable_code, info) {
             (Some(13), _) => ("refuse".to_owned(), String::new()),

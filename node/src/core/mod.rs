@@ -1,0 +1,533 @@
+//! The node core: a sans-IO state machine that owns the DPRP [`Endpoint`],
+//! the [`Pit`] (with each flow's PCCOM cipher state), the one
+//! [`PeerTable`] and the flow tables around the PIT.
+//!
+//! Inputs, each with `now` last: [`NodeCore::handle_tun_packet`] (a packet
+//! this host sent), [`NodeCore::handle_carrier_frame`] (a frame from a peer),
+//! [`NodeCore::handle_command`] (keys, revocations, directory records),
+//! [`NodeCore::handle_send_error`] (the carrier could not send a frame) and
+//! [`NodeCore::handle_timeout`]. The data path comes back at once as a
+//! [`DataOut`] borrowing the caller's buffer; everything else is queued as
+//! [`Output`] values: after each input, drain [`NodeCore::poll_output`] and
+//! sleep until [`NodeCore::poll_timeout`]. `status` and `ping` are pure
+//! queries ([`NodeCore::snapshot`], [`NodeCore::flow_info`]).
+//!
+//! ```text
+//! TUN -> Pit(Local) -> Forward: DataOut::Send to the flow's peer
+//!                   -> Unknown: Endpoint::handle_packet (held, DDE sent)
+//! carrier Control   -> Endpoint::handle_datagram
+//! carrier Data      -> Pit(Remote) -> DataOut::Tun
+//! Endpoint events   -> Established: Pit insert if the peer owns the address;
+//!                      Release: Output::Send; Failed: ICMP as Output::Tun
+//! ```
+//!
+//! DPRP addresses: a DDE goes to `flow.dst:7717`, an overlay address, which
+//! the core maps to the GE owning it (peer table); answers go back to the
+//! underlay address a message came from, which the core maps to the GE
+//! the carrier authenticated. So DPRP never needs to know about carriers.
+//!
+//! What the core never does: read a clock, touch a socket, the TUN, a
+//! channel or a task, or allocate on the data path of an established flow
+//! (only the first packet of a new flow is copied: DPRP holds it).
+
+mod flows;
+mod keys;
+mod negotiation;
+mod output;
+mod peers;
+pub mod sim;
+mod snapshot;
+mod timers;
+
+#[cfg(test)]
+mod sim_tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fpn_proto::dprp::Endpoint;
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::{GeId, GroupId};
+use fpn_proto::keys::{GroupKey, KeyVersion};
+use fpn_proto::packet::Packet;
+use fpn_proto::pccom::TRAILER_LEN;
+use fpn_proto::pit::{Disposition, Origin, Pit};
+use tracing::{debug, info, trace};
+
+use crate::carrier::FrameKind;
+use crate::icmp::Unreachable;
+
+use flows::Flows;
+use snapshot::Counters;
+use timers::Timers;
+
+pub use keys::KeyChange;
+pub use output::{Command, DataOut, Output, SendError};
+pub use peers::{OwnerChange, PathState, Peer, PeerTable};
+pub use snapshot::Snapshot;
+pub use timers::Timer;
+
+/// Most DPRP messages waiting for a peer's directory answer, per address.
+const PENDING_PER_PEER: usize = 8;
+/// Most addresses with DPRP messages waiting for the directory.
+const PENDING_PEERS: usize = 256;
+/// Most outputs queued; beyond it new ones are dropped (counted), so a
+/// driver that stops draining cannot make the core grow without bound.
+const MAX_OUTPUTS: usize = 16_384;
+
+/// Fixed settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This node's overlay address.
+    pub overlay: Ipv4Addr,
+    /// TUN MTU (sizes the packet buffers).
+    pub mtu: u16,
+    /// The overlay range (destinations in it are asked of the directory).
+    pub overlay_net: (Ipv4Addr, u8),
+}
+
+/// The node's packet and flow state machine. See the module docs.
+pub struct NodeCore {
+    cfg: CoreConfig,
+    dprp: Endpoint,
+    pit: Pit,
+    peers: PeerTable,
+    flows: Flows,
+    timers: Timers,
+    pending: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
+    outputs: VecDeque<Output>,
+    peers_changed: bool,
+    versions: BTreeMap<GroupId, Vec<KeyVersion>>,
+    scratch: Vec<u8>,
+    icmp_buf: Vec<u8>,
+    counters: Counters,
+    erased: bool,
+    dprp_touched: bool,
+    dprp_deadline: Option<Instant>,
+    reject_logged: Option<Instant>,
+}
+
+impl NodeCore {
+    /// A core around its DPRP endpoint and PIT.
+    pub fn new(cfg: CoreConfig, dprp: Endpoint, pit: Pit) -> Self {
+        let buf = (usize::from(cfg.mtu) + TRAILER_LEN + 64).max(2048);
+        let mut core = Self {
+            cfg,
+            dprp,
+            pit,
+            peers: PeerTable::default(),
+            flows: Flows::default(),
+            timers: Timers::default(),
+            pending: HashMap::new(),
+            outputs: VecDeque::with_capacity(64),
+            peers_changed: false,
+            versions: BTreeMap::new(),
+            scratch: vec![0; buf],
+            icmp_buf: vec![0; 256],
+            counters: Counters::default(),
+            erased: false,
+            dprp_touched: true,
+            dprp_deadline: None,
+            reject_logged: None,
+        };
+        core.refresh_dprp_deadline();
+        core
+    }
+
+    /// Size of a buffer that holds any TUN packet plus the PCCOM trailer:
+    /// give the hot-path inputs buffers at least this long.
+    pub fn buffer_len(&self) -> usize {
+        self.scratch.len()
+    }
+
+    /// The peer table (read-only: changes come in as [`Command::Peer`]).
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// A packet this host sent into the TUN: `buf[..len]` holds it, the rest
+    /// of `buf` is room for the PCCOM trailer. Then drain
+    /// [`NodeCore::poll_output`].
+    pub fn handle_tun_packet<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> DataOut<'a> {
+        self.counters.tun_in += 1;
+        if self.erased || len > buf.len() {
+            return DataOut::Nothing;
+        }
+        let Ok(pkt) = Packet::parse(&buf[..len]) else {
+            self.counters.tun_malformed += 1;
+            return DataOut::Nothing;
+        };
+        let flow = pkt.flow_id();
+        if flow.src != IpAddr::V4(self.cfg.overlay) {
+            // IPv6 router solicitations and other stray traffic of the
+            // interface itself: nothing of ours.
+            trace!(%flow, "TUN packet not from the overlay address");
+            return DataOut::Nothing;
+        }
+        let mut send = None;
+        match self.pit.handle_packet(&flow, Origin::Local, buf, len, now) {
+            Ok(Disposition::Forward { len: n }) => {
+                match self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
+                    Some(ge) => send = Some((ge, n)),
+                    None => self.counters.no_route += 1,
+                }
+            }
+            Ok(Disposition::Unknown | Disposition::Hold) => {
+                self.negotiate(flow, &buf[..len], now);
+            }
+            Ok(Disposition::Drop) => {
+                self.counters.policy_drops += 1;
+                self.queue_unreachable(&buf[..len], Unreachable::Prohibited);
+            }
+            Err(e) => {
+                self.counters.dprp_errors += 1;
+                trace!(%flow, error = %e, "outbound packet refused");
+            }
+        }
+        self.drain(now);
+        let buf: &'a [u8] = buf;
+        match send {
+            Some((ge, n)) => self.data_to(ge, &buf[..n]),
+            None => DataOut::Nothing,
+        }
+    }
+
+    /// A frame from peer `peer` (authenticated by the carrier), received
+    /// from underlay address `from`: `buf[..len]` holds it (for a packet,
+    /// `buf` needs no room beyond it; a DPRP message may be up to
+    /// `fpn_proto::dprp::msg::MAX_MESSAGE_LEN` long). A data frame is
+    /// unprotected in place. Then drain [`NodeCore::poll_output`].
+    pub fn handle_carrier_frame<'a>(
+        &'a mut self,
+        peer: GeId,
+        from: SocketAddr,
+        kind: FrameKind,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> DataOut<'a> {
+        if len > buf.len() {
+            match kind {
+                FrameKind::Control => self.counters.control_errors += 1,
+                FrameKind::Data => self.counters.data_in_rejected += 1,
+            }
+            return DataOut::Nothing;
+        }
+        match kind {
+            FrameKind::Control => {
+                self.counters.control_in += 1;
+                self.peers.learn_from(peer, from);
+                let _span = tracing::debug_span!("peer", ge = %peer).entered();
+                if let Err(e) = self.dprp.handle_datagram(from, &buf[..len], now) {
+                    self.counters.control_errors += 1;
+                    debug!(error = %e, "DPRP message refused");
+                }
+                self.dprp_touched = true;
+                self.drain(now);
+                DataOut::Nothing
+            }
+            FrameKind::Data => {
+                let n = self.handle_data(peer, buf, len, now);
+                self.drain(now);
+                let buf: &'a [u8] = buf;
+                match n {
+                    Some(n) => {
+                        self.counters.tun_out += 1;
+                        DataOut::Tun(&buf[..n])
+                    }
+                    None => DataOut::Nothing,
+                }
+            }
+        }
+    }
+
+    /// The carrier did not send `frame` (of `kind`, to `peer`): a data
+    /// frame too large for the path is answered with ICMP "fragmentation
+    /// needed" into the TUN (the header quoted is the plain one: PCCOM
+    /// leaves it as it is).
+    pub fn handle_send_error(
+        &mut self,
+        peer: GeId,
+        kind: FrameKind,
+        frame: &[u8],
+        error: SendError,
+        _now: Instant,
+    ) {
+        match error {
+            SendError::TooLarge { max } if kind == FrameKind::Data => {
+                self.counters.too_big += 1;
+                let mtu = max
+                    .saturating_sub(TRAILER_LEN)
+                    .clamp(576, usize::from(u16::MAX)) as u16;
+                self.queue_unreachable(frame, Unreachable::TooBig(mtu));
+            }
+            _ => {
+                self.counters.send_errors += 1;
+                trace!(%peer, ?kind, ?error, "carrier send");
+            }
+        }
+    }
+
+    /// The TUN refused a packet the core handed out (counted; the packet is
+    /// dropped rather than stalling every flow).
+    pub fn handle_tun_write_error(&mut self) {
+        self.counters.tun_write_drops += 1;
+    }
+
+    /// A command from the daemon. Then drain [`NodeCore::poll_output`].
+    pub fn handle_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Keys { group, keys } => self.set_keys(group, keys),
+            Command::Revoked { ge, serials } => {
+                for s in &serials {
+                    self.dprp.revoke_serial(*s);
+                }
+                let n = self.drop_flows_of(ge);
+                info!(%ge, flows = n, "peer credential revoked: its flows are dropped");
+            }
+            Command::PeerGone(ge) => {
+                self.dprp.revoke_ge(ge);
+                let n = self.drop_flows_of(ge);
+                if self.peers.remove(ge).is_some() {
+                    self.dprp.set_directory(self.peers.directory());
+                    self.peers_changed = true;
+                }
+                info!(%ge, flows = n, "peer left the directory: refused from now on");
+            }
+            Command::Peer(rec) => self.set_peer(&rec, now),
+            Command::EraseKeys => {
+                let groups: Vec<GroupId> = self.versions.keys().copied().collect();
+                for g in groups {
+                    self.set_keys(g, Vec::new());
+                }
+                let flows: Vec<FlowId> = self.pit.iter().map(|(f, _)| *f).collect();
+                for f in flows {
+                    self.pit.remove(&f);
+                }
+                self.erased = true;
+            }
+        }
+        self.dprp_touched = true;
+        self.drain(now);
+    }
+
+    /// Deadlines that passed at `now`: DPRP's, PIT ageing, renegotiations,
+    /// and the bounds of the flow tables. Then drain [`NodeCore::poll_output`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.dprp_deadline.is_some_and(|t| t <= now) {
+            self.dprp.handle_timeout(now);
+            self.dprp_touched = true;
+        }
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Dprp => {}
+                Timer::PitAgeing => {
+                    for flow in self.pit.expire(now) {
+                        debug!(%flow, "flow aged out");
+                    }
+                    self.schedule_pit_ageing(now);
+                }
+                Timer::Renegotiate(flow) => {
+                    self.flows.renegotiation_due(&flow);
+                    self.start_renegotiation(flow, now);
+                }
+                Timer::ForgetRefused(flow) => self.flows.forget_refused(&flow, now),
+                Timer::ForgetHealing(flow) => self.flows.forget_healing(&flow),
+            }
+        }
+        self.drain(now);
+    }
+
+    /// The next output to act on.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(o) = self.outputs.pop_front() {
+            return Some(o);
+        }
+        if std::mem::take(&mut self.peers_changed) {
+            return Some(Output::PeersChanged);
+        }
+        None
+    }
+
+    /// When to call [`NodeCore::handle_timeout`] next, and for which timer.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        let dprp = self.dprp_deadline.map(|t| (t, Timer::Dprp));
+        match (dprp, self.timers.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The PIT (for tests and benchmarks that look at entries).
+    pub fn pit(&self) -> &Pit {
+        &self.pit
+    }
+
+    fn data_to<'a>(&'a mut self, ge: GeId, frame: &'a [u8]) -> DataOut<'a> {
+        match self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) {
+            Some(p) => {
+                self.counters.data_out += 1;
+                DataOut::Send {
+                    target: &p.target,
+                    path: p.path.current,
+                    frame,
+                }
+            }
+            None => {
+                self.counters.no_route += 1;
+                DataOut::Nothing
+            }
+        }
+    }
+
+    /// An inbound data frame: `Some(n)` when `buf[..n]` is for the TUN.
+    fn handle_data(
+        &mut self,
+        peer: GeId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<usize> {
+        self.counters.data_in += 1;
+        if self.erased {
+            return None;
+        }
+        let Ok(pkt) = Packet::parse(&buf[..len]) else {
+            self.counters.data_in_rejected += 1;
+            return None;
+        };
+        let flow = pkt.flow_id();
+        // A packet is only taken from the GE the flow was negotiated with:
+        // another authenticated peer cannot inject into someone else's flow.
+        match self.pit.lookup(&flow).map(|(_, e)| e.peer()) {
+            None => {
+                self.counters.data_in_no_flow += 1;
+                self.heal(flow, peer, now);
+                return None;
+            }
+            Some(p) if p != Some(peer) => {
+                self.counters.data_in_wrong_peer += 1;
+                return None;
+            }
+            Some(_) => {}
+        }
+        match self.pit.handle_packet(&flow, Origin::Remote, buf, len, now) {
+            Ok(Disposition::Forward { len: n }) => Some(n),
+            Ok(_) => {
+                self.counters.policy_drops += 1;
+                None
+            }
+            Err(e) => {
+                self.counters.data_in_rejected += 1;
+                // At most one line a second: a flood must not flood the log.
+                if self
+                    .reject_logged
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.reject_logged = Some(now);
+                    debug!(%flow, %peer, error = %e, rejected = self.counters.data_in_rejected, "inbound packet refused");
+                }
+                None
+            }
+        }
+    }
+
+    fn set_keys(&mut self, group: GroupId, keys: Vec<(KeyVersion, GroupKey)>) {
+        let old = self.versions.remove(&group).unwrap_or_default();
+        let new: Vec<KeyVersion> = keys.iter().map(|(v, _)| *v).collect();
+        let change = KeyChange::between(&old, &new);
+        if new.is_empty() {
+            self.dprp.remove_group(group);
+        } else {
+            for (v, k) in keys.into_iter().rev() {
+                self.dprp.set_group_key(group, v, k);
+            }
+            if new.len() == 1 {
+                self.dprp.retire_previous_key(group);
+            }
+            self.versions.insert(group, new.clone());
+        }
+        if let Some(v) = change.rotated_to {
+            let n = self.pit.on_key_rotation(group, v);
+            info!(%group, version = v.0, flows = n, "group key rotated: renegotiating its flows");
+        }
+        if let Some(v) = change.erased_up_to {
+            let gone = self.pit.on_key_erased(group, v);
+            debug!(%group, version = v.0, flows = gone.len(), "group key versions erased");
+        }
+        debug!(%group, versions = ?new.iter().map(|v| v.0).collect::<Vec<_>>(), "group keys");
+    }
+
+    fn set_peer(&mut self, rec: &crate::directory::PeerRecord, now: Instant) {
+        let ge = rec.ge();
+        let change = self.peers.upsert(rec);
+        self.peers_changed = true;
+        if change.directory_changed || change.previous_owner.is_some() {
+            self.dprp.set_directory(self.peers.directory());
+        }
+        if change.old_overlay.is_some() || change.previous_owner.is_some() {
+            self.unbind_flows();
+        }
+        if let Some(waiting) = self.pending.remove(&rec.overlay) {
+            for msg in waiting {
+                self.send_control(ge, msg);
+            }
+        }
+        // Flows refused while this address had no known owner: negotiate
+        // them from this side now (healing), instead of waiting for the
+        // other end's next packet.
+        for (flow, peer) in self.flows.owner_known(rec.overlay) {
+            if peer == ge {
+                self.heal(flow, peer, now);
+            }
+        }
+    }
+
+    /// Removes every flow whose remote address is no longer owned (per the
+    /// peer table) by the GE it was negotiated with: an address that moved
+    /// to another GE must not keep carrying the old owner's traffic.
+    fn unbind_flows(&mut self) -> usize {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let stale: Vec<FlowId> = self
+            .pit
+            .iter()
+            .filter(|(f, e)| {
+                let remote = if f.src == own { f.dst } else { f.src };
+                let owner = match remote {
+                    IpAddr::V4(r) => self.peers.owner(r),
+                    IpAddr::V6(_) => None,
+                };
+                e.peer().is_some() && owner != e.peer()
+            })
+            .map(|(f, _)| *f)
+            .collect();
+        for f in &stale {
+            self.pit.remove(f);
+            info!(flow = %f, "the flow's remote address changed owner: flow removed");
+        }
+        self.counters.flows_unbound += stale.len() as u64;
+        stale.len()
+    }
+
+    fn drop_flows_of(&mut self, ge: GeId) -> usize {
+        let flows: Vec<FlowId> = self
+            .pit
+            .iter()
+            .filter(|(_, e)| e.peer() == Some(ge))
+            .map(|(f, _)| *f)
+            .collect();
+        for f in &flows {
+            self.pit.remove(f);
+        }
+        self.counters.revoked_flows += flows.len() as u64;
+        flows.len()
+    }
+}

@@ -1,0 +1,377 @@
+//! The core's side of negotiations: packets that start one, DPRP's
+//! transmits routed to peers by the peer table, DPRP's events turned into
+//! PIT entries, released packets and ICMP errors, renegotiation and healing.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use fpn_proto::dprp::{self, DropCause, FailReason, Verdict};
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
+use fpn_proto::pccom::TRAILER_LEN;
+use fpn_proto::pit::{Disposition, NewEntry, Origin, PitEvent, RenegotiateReason};
+use tracing::{debug, info, trace, warn};
+
+use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
+use super::timers::{PIT_AGE_GRANULARITY, Timer};
+use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
+use crate::carrier::{FrameKind, PeerTarget};
+use crate::icmp::{self, Unreachable};
+use crate::status::action_name;
+
+impl NodeCore {
+    pub(super) fn negotiate(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
+        let _span = tracing::debug_span!("flow", %flow).entered();
+        self.dprp_touched = true;
+        match self.dprp.handle_packet(flow, packet.to_vec(), now) {
+            Ok(Verdict::Held) => {
+                self.counters.held += 1;
+                self.flows.keep_quote(flow, packet);
+            }
+            Ok(Verdict::Dropped(DropCause::Negative(reason))) => {
+                self.queue_unreachable(packet, unreachable_for(&reason));
+            }
+            Ok(Verdict::Dropped(cause)) => {
+                self.counters.policy_drops += 1;
+                trace!(?cause, "packet dropped by DPRP");
+            }
+            Ok(Verdict::Local) => {}
+            Err(e) => {
+                self.counters.dprp_errors += 1;
+                debug!(error = %e, "cannot negotiate");
+            }
+        }
+    }
+
+    /// Drains DPRP's and the PIT's outputs into the core's.
+    pub(super) fn drain(&mut self, now: Instant) {
+        // Bounded: each round only handles what the previous one produced.
+        for _ in 0..16 {
+            let mut progress = false;
+            while let Some(t) = self.dprp.poll_transmit() {
+                progress = true;
+                self.route_transmit(t);
+            }
+            while let Some(ev) = self.dprp.poll_event() {
+                progress = true;
+                self.on_dprp_event(ev, now);
+            }
+            progress |= self.drain_pit(now);
+            if !progress {
+                break;
+            }
+        }
+        self.refresh_dprp_deadline();
+    }
+
+    pub(super) fn refresh_dprp_deadline(&mut self) {
+        // DPRP's poll_timeout looks at every negotiation: only ask it again
+        // after DPRP was touched, never on the steady data path.
+        if std::mem::take(&mut self.dprp_touched) {
+            self.dprp_deadline = self.dprp.poll_timeout().map(|(t, _)| t);
+        }
+    }
+
+    pub(super) fn drain_pit(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
+            any = true;
+            let own = IpAddr::V4(self.cfg.overlay);
+            // One end renegotiates, never both: two crossing negotiations
+            // could leave each end with the other's keys. After a rotation it
+            // is the end that started the flow, a moment later, so the
+            // other end has received the new key version too.
+            match reason {
+                RenegotiateReason::KeyRotation if flow.src != own => {
+                    debug!(%flow, "key rotated: the flow's initiator renegotiates");
+                }
+                RenegotiateReason::KeyRotation => {
+                    self.flows.schedule_renegotiation(
+                        flow,
+                        now + RENEGOTIATE_DELAY,
+                        &mut self.timers,
+                    );
+                }
+                RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
+            }
+        }
+        any
+    }
+
+    pub(super) fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let oriented = if flow.src == own {
+            flow
+        } else {
+            flow.reversed()
+        };
+        if self.pit.lookup(&flow).is_none() {
+            return;
+        }
+        debug!(%flow, "renegotiating");
+        self.flows.renegotiating(oriented);
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            self.flows.renegotiation_ended(&oriented);
+            debug!(%flow, error = %e, "renegotiation not started");
+        }
+        self.dprp_touched = true;
+    }
+
+    /// A peer sends packets of a flow this node has no entry for (this
+    /// node restarted, or aged the flow out while the peer kept it): start
+    /// a negotiation for it from this side, which replaces the peer's stale
+    /// entry. Only for flows to this node from the address the sending GE
+    /// owns, and at most once per [`HEAL_GAP`] per flow.
+    pub(super) fn heal(&mut self, flow: FlowId, from: GeId, now: Instant) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let IpAddr::V4(src) = flow.src else { return };
+        if flow.dst != own || self.peers.owner(src) != Some(from) {
+            return;
+        }
+        let oriented = flow.reversed();
+        if !self.flows.may_heal(oriented, now, &mut self.timers) {
+            return;
+        }
+        debug!(%flow, peer = %from, gap = ?HEAL_GAP, "packets for an unknown flow: negotiating it again");
+        if let Err(e) = self.dprp.initiate(oriented, Vec::new(), now) {
+            debug!(%flow, error = %e, "no negotiation for the unknown flow");
+        }
+        self.dprp_touched = true;
+    }
+
+    pub(super) fn schedule_pit_ageing(&mut self, now: Instant) {
+        if let Some(next) = self.pit.next_expiry() {
+            let at = next.max(now + PIT_AGE_GRANULARITY);
+            self.timers.schedule(at, Timer::PitAgeing);
+        }
+    }
+
+    pub(super) fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
+        match ev {
+            dprp::Event::Established(e) => self.on_established(e, now),
+            dprp::Event::Release { flow, packets } => {
+                for p in packets {
+                    self.release(flow, &p, now);
+                }
+            }
+            dprp::Event::Failed {
+                flow,
+                reason,
+                dropped_packets,
+            } => {
+                if self.flows.is_healing(&flow) && self.pit.lookup(&flow).is_none() {
+                    debug!(%flow, %reason, "re-negotiating an unknown flow failed");
+                    return;
+                }
+                if self.flows.renegotiation_ended(&flow) && self.pit.lookup(&flow).is_some() {
+                    // The flow keeps its current entry (its key version is
+                    // still valid); try again later.
+                    info!(%flow, %reason, "renegotiation failed; the flow keeps its keys for now");
+                    self.flows.schedule_renegotiation(
+                        flow,
+                        now + RENEGOTIATE_RETRY,
+                        &mut self.timers,
+                    );
+                    return;
+                }
+                self.counters.refused_flows += 1;
+                info!(%flow, %reason, dropped_packets, "flow refused");
+                let by = match &reason {
+                    FailReason::Dropped { by } | FailReason::Refused { by, .. } => Some(*by),
+                    _ => None,
+                };
+                self.flows.refuse(flow, by, now, &mut self.timers);
+                if let Some(q) = self.flows.take_quote(&flow) {
+                    self.queue_unreachable(&q, unreachable_for(&reason));
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_established(&mut self, e: dprp::Established, now: Instant) {
+        let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
+        self.flows.established(&e.flow);
+        let action = e.action;
+        // DPRP proves who the peer is, not that it owns the flow's remote
+        // address: check that against the peer table, so one member cannot
+        // negotiate flows in another member's name. An owner not known yet
+        // fails closed: the directory is asked, and the initiator's retry
+        // (or this node's healing) succeeds once it answered.
+        let own = IpAddr::V4(self.cfg.overlay);
+        let remote = if e.flow.src == own {
+            e.flow.dst
+        } else {
+            e.flow.src
+        };
+        let IpAddr::V4(r) = remote else {
+            self.counters.unknown_owner += 1;
+            return;
+        };
+        match self.peers.owner(r) {
+            Some(owner) if owner != e.peer => {
+                warn!(peer = %e.peer, %owner, "a peer negotiated a flow for an address it does not own; refused");
+                self.counters.wrong_owner += 1;
+                return;
+            }
+            Some(_) => {}
+            None => {
+                debug!(peer = %e.peer, "the flow's remote address has no known owner yet; refused, asking the directory");
+                self.counters.unknown_owner += 1;
+                self.flows
+                    .refuse(e.flow, Some(e.peer), now, &mut self.timers);
+                self.flows.await_owner(r, e.flow, e.peer);
+                self.push_output(Output::DirectoryLookup(r));
+                return;
+            }
+        }
+        let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
+        match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
+            Ok(()) => {
+                if let Some(p) = self.peers.get_mut(e.peer) {
+                    p.had_flow = true;
+                }
+                let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
+                self.timers.schedule(now + idle, Timer::PitAgeing);
+                debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
+            }
+            Err(err) => warn!(error = %err, "cannot install the flow"),
+        }
+    }
+
+    /// A held packet of a flow that is now established.
+    pub(super) fn release(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
+        if packet.len() + TRAILER_LEN > self.scratch.len() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf[..packet.len()].copy_from_slice(packet);
+        match self
+            .pit
+            .handle_packet(&flow, Origin::Local, &mut buf, packet.len(), now)
+        {
+            Ok(Disposition::Forward { len }) => {
+                if let Some(ge) = self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
+                    self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                }
+            }
+            Ok(Disposition::Drop) => self.queue_unreachable(packet, Unreachable::Prohibited),
+            _ => self.counters.policy_drops += 1,
+        }
+        self.scratch = buf;
+    }
+
+    pub(super) fn route_transmit(&mut self, t: dprp::Transmit) {
+        self.counters.control_out += 1;
+        // Answers go back to whoever sent the message (a GE the carrier authenticated).
+        if let Some(ge) = self.peers.by_from(t.dst) {
+            self.send_control(ge, t.payload);
+            return;
+        }
+        let IpAddr::V4(ip) = t.dst.ip() else {
+            self.counters.no_route += 1;
+            return;
+        };
+        if let Some(ge) = self.peers.owner(ip)
+            && self.peers.target(ge).is_some()
+        {
+            self.send_control(ge, t.payload);
+            return;
+        }
+        if !in_net(ip, self.cfg.overlay_net) {
+            self.counters.no_route += 1;
+            return;
+        }
+        // Unknown owner or no address yet: ask the directory, keep the
+        // message for its answer (DPRP retransmits anyway).
+        if self.pending.len() >= PENDING_PEERS && !self.pending.contains_key(&ip) {
+            self.counters.pending_drops += 1;
+            return;
+        }
+        let q = self.pending.entry(ip).or_default();
+        if q.len() < PENDING_PER_PEER {
+            q.push(t.payload);
+        } else {
+            self.counters.pending_drops += 1;
+        }
+        self.push_output(Output::DirectoryLookup(ip));
+    }
+
+    pub(super) fn send_control(&mut self, ge: GeId, payload: Vec<u8>) {
+        self.send_frame(ge, FrameKind::Control, payload);
+    }
+
+    pub(super) fn send_frame(&mut self, ge: GeId, kind: FrameKind, payload: Vec<u8>) {
+        let Some(p) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
+            self.counters.no_route += 1;
+            return;
+        };
+        let out = Output::Send {
+            target: PeerTarget::clone(&p.target),
+            path: p.path.current,
+            kind,
+            payload,
+        };
+        if kind == FrameKind::Data {
+            self.counters.data_out += 1;
+        }
+        self.push_output(out);
+    }
+
+    pub(super) fn queue_unreachable(&mut self, packet: &[u8], why: Unreachable) {
+        if let Some(n) = icmp::unreachable(packet, why, &mut self.icmp_buf) {
+            self.counters.icmp_sent += 1;
+            self.counters.tun_out += 1;
+            let p = self.icmp_buf[..n].to_vec();
+            self.push_output(Output::Tun(p));
+        }
+    }
+
+    pub(super) fn push_output(&mut self, o: Output) {
+        if self.outputs.len() < MAX_OUTPUTS {
+            self.outputs.push_back(o);
+        } else {
+            self.counters.output_drops += 1;
+        }
+    }
+}
+
+pub(super) fn unreachable_for(reason: &FailReason) -> Unreachable {
+    match reason {
+        FailReason::Timeout => Unreachable::NoAnswer,
+        _ => Unreachable::Prohibited,
+    }
+}
+
+pub(super) fn in_net(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_membership() {
+        let net = (Ipv4Addr::new(100, 64, 0, 0), 10);
+        assert!(in_net(Ipv4Addr::new(100, 127, 1, 1), net));
+        assert!(!in_net(Ipv4Addr::new(100, 128, 0, 1), net));
+        assert!(in_net(
+            Ipv4Addr::new(1, 2, 3, 4),
+            (Ipv4Addr::UNSPECIFIED, 0)
+        ));
+    }
+
+    #[test]
+    fn timeouts_answer_host_unreachable_and_policy_answers_prohibited() {
+        assert_eq!(unreachable_for(&FailReason::Timeout), Unreachable::NoAnswer);
+        assert_eq!(
+            unreachable_for(&FailReason::Dropped { by: GeId(3) }),
+            Unreachable::Prohibited
+        );
+    }
+}

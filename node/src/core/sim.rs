@@ -1,0 +1,701 @@
+//! A deterministic simulation of several [`NodeCore`]s with real DPRP
+//! endpoints, PITs, PCCOM and CA-signed credentials, on a simulated
+//! network, next to fpn-proto's simulator ([`fpn_proto::sim`]), whose
+//! [`LinkConfig`] and deterministic node keys it reuses.
+//!
+//! The network carries each core's frames (the [`DataOut::Send`] of the
+//! data path and the [`Output::Send`] of everything else) to the node whose
+//! underlay address and GE the frame's [`PeerTarget`] names, with the link's
+//! latency, jitter, loss, duplication and reordering drawn from one seeded
+//! generator. A node can move to another underlay address
+//! ([`CoreSim::move_node`]); frames to the old one are then lost until the
+//! directory tells its peers ([`CoreSim::announce`]). Directory lookups the
+//! cores ask for are answered after [`CoreSim::directory_delay`] when
+//! [`CoreSim::directory_answers`] is on (the GMS task's part).
+//!
+//! Time is virtual: [`CoreSim::drive`] jumps to the next frame arrival or
+//! core deadline while anything is in flight; [`CoreSim::run_for`] runs
+//! every deadline up to a point. No clock is read after [`CoreSim::new`].
+//! Each node runs in its own tracing span (`node{name=..}`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fpn_proto::credential::Credential;
+use fpn_proto::dprp::{Config, Endpoint, Prefix};
+use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
+use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
+use fpn_proto::pit::{Pit, PitConfig};
+pub use fpn_proto::sim::LinkConfig;
+use fpn_proto::sim::{START_UNIX, node_key};
+
+use super::{Command, CoreConfig, DataOut, NodeCore, Output, Timer};
+use crate::carrier::{FrameKind, PeerTarget};
+use crate::directory::PeerRecord;
+
+/// How long the simulated directory takes to answer a lookup, by default.
+pub const DIRECTORY_DELAY: Duration = Duration::from_millis(20);
+/// [`CoreSim::drive`] keeps running DPRP deadlines this close (retransmissions).
+const DPRP_HORIZON: Duration = Duration::from_secs(2);
+/// The most steps one drive takes before giving up.
+const MAX_STEPS: usize = 200_000;
+/// Most data frames kept in [`CoreSim::wire`].
+const WIRE_LOG_LIMIT: usize = 100_000;
+/// The carrier port every node listens on.
+const PORT: u16 = 7718;
+/// The TUN MTU of every node.
+pub const MTU: u16 = 1380;
+
+/// One simulated node.
+pub struct SimNode {
+    /// Its core.
+    pub core: NodeCore,
+    /// GE id.
+    pub ge: GeId,
+    /// Name.
+    pub name: String,
+    /// Overlay address.
+    pub overlay: Ipv4Addr,
+    /// Current underlay address.
+    pub underlay: SocketAddr,
+    /// Packets written into its TUN, in order.
+    pub tun: Vec<Vec<u8>>,
+    /// Overlay addresses it asked the directory about, in order.
+    pub lookups: Vec<Ipv4Addr>,
+    /// How often it said its peer table changed ([`Output::PeersChanged`]).
+    pub peers_changed: u64,
+    spec: (Mode, Vec<u32>),
+    span: tracing::Span,
+}
+
+/// A data frame seen on the wire.
+#[derive(Clone)]
+pub struct WireFrame {
+    /// Sending node.
+    pub from: usize,
+    /// The frame.
+    pub payload: Vec<u8>,
+}
+
+/// Frame counters of the network.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames handed to the network.
+    pub sent: u64,
+    /// Frames delivered.
+    pub delivered: u64,
+    /// Frames lost by the link.
+    pub lost: u64,
+    /// Extra copies made by the link.
+    pub duplicated: u64,
+    /// Frames whose target address had no node of that GE (moved away).
+    pub undeliverable: u64,
+}
+
+enum Event {
+    Frame {
+        to: usize,
+        addr: SocketAddr,
+        from_ge: GeId,
+        from: SocketAddr,
+        kind: FrameKind,
+        payload: Vec<u8>,
+    },
+    DirectoryAnswer {
+        to: usize,
+        ip: Ipv4Addr,
+    },
+}
+
+/// The simulated network of node cores.
+pub struct CoreSim {
+    /// The nodes, by index.
+    pub nodes: Vec<SimNode>,
+    /// Network counters.
+    pub stats: NetStats,
+    /// Frames to GEs that are no node of the simulation (a test playing a
+    /// peer by hand takes them from here), up to a limit.
+    pub stray: Vec<(GeId, FrameKind, Vec<u8>)>,
+    /// When on, directory lookups are answered (default on).
+    pub directory_answers: bool,
+    /// How long the directory takes to answer ([`DIRECTORY_DELAY`]).
+    pub directory_delay: Duration,
+    ca: NodeKey,
+    now: Instant,
+    link: LinkConfig,
+    dice: Dice,
+    queue: BTreeMap<(Instant, u64), Event>,
+    seq: u64,
+    wire: Vec<WireFrame>,
+    buf: Vec<u8>,
+}
+
+impl CoreSim {
+    /// An empty network; `seed` drives every random choice.
+    pub fn new(seed: u64, link: LinkConfig) -> Self {
+        let mut dice = Dice(seed);
+        let ca = NodeKey::from_seed(&dice.bytes32());
+        Self {
+            nodes: Vec::new(),
+            stats: NetStats::default(),
+            stray: Vec::new(),
+            directory_answers: true,
+            directory_delay: DIRECTORY_DELAY,
+            ca,
+            // The only clock read: an arbitrary origin for virtual time.
+            now: Instant::now(),
+            link,
+            dice,
+            queue: BTreeMap::new(),
+            seq: 0,
+            wire: Vec::new(),
+            buf: vec![0; fpn_proto::dprp::msg::MAX_MESSAGE_LEN],
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Changes the link model from now on.
+    pub fn set_link(&mut self, link: LinkConfig) {
+        self.link = link;
+    }
+
+    /// Data frames sent so far (up to a limit).
+    pub fn wire(&self) -> &[WireFrame] {
+        &self.wire
+    }
+
+    /// Adds node `id` (overlay 100.64.0.id, underlay 198.18.0.id) with
+    /// version 1 of each group's key. It knows no peer yet.
+    pub fn add_node(&mut self, id: u32, mode: Mode, groups: &[u32]) -> usize {
+        let name = format!("n{id}");
+        let node = SimNode {
+            core: self.make_core(id, mode, groups),
+            ge: GeId(id),
+            overlay: overlay_of(id),
+            underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
+            tun: Vec::new(),
+            lookups: Vec::new(),
+            peers_changed: 0,
+            spec: (mode, groups.to_vec()),
+            span: tracing::info_span!("node", name = %name),
+            name,
+        };
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        for g in groups {
+            self.command(
+                i,
+                Command::Keys {
+                    group: GroupId(*g),
+                    keys: vec![(KeyVersion(1), group_key(*g, 1))],
+                },
+            );
+        }
+        i
+    }
+
+    /// The node restarts: a fresh core with the same identity, no flows,
+    /// no peers (introduce them again).
+    pub fn restart(&mut self, i: usize) {
+        let (mode, groups) = self.nodes[i].spec.clone();
+        let id = self.nodes[i].ge.0;
+        self.nodes[i].core = self.make_core(id, mode, &groups);
+        for g in groups {
+            self.command(
+                i,
+                Command::Keys {
+                    group: GroupId(g),
+                    keys: vec![(KeyVersion(1), group_key(g, 1))],
+                },
+            );
+        }
+    }
+
+    /// The directory record of node `i` as the GMS would give it.
+    pub fn record(&self, i: usize) -> PeerRecord {
+        let n = &self.nodes[i];
+        PeerRecord {
+            name: n.name.clone(),
+            ge: n.ge.0,
+            overlay: n.overlay,
+            addrs: vec![n.underlay],
+            fetched: START_UNIX,
+        }
+    }
+
+    /// Tells node `to` where node `about` is.
+    pub fn introduce(&mut self, to: usize, about: usize) {
+        let rec = self.record(about);
+        self.command(to, Command::Peer(rec));
+    }
+
+    /// Tells every node about every other one.
+    pub fn introduce_all(&mut self) {
+        for to in 0..self.nodes.len() {
+            for about in 0..self.nodes.len() {
+                if to != about {
+                    self.introduce(to, about);
+                }
+            }
+        }
+    }
+
+    /// The directory pushes node `i`'s record to every other node.
+    pub fn announce(&mut self, i: usize) {
+        for to in 0..self.nodes.len() {
+            if to != i {
+                self.introduce(to, i);
+            }
+        }
+    }
+
+    /// Node `i` moves to another underlay address (frames in flight to the
+    /// old one are lost; its peers still dial the old one until told).
+    pub fn move_node(&mut self, i: usize, addr: SocketAddr) {
+        self.nodes[i].underlay = addr;
+    }
+
+    /// A command for node `i`.
+    pub fn command(&mut self, i: usize, cmd: Command) {
+        let now = self.now;
+        let span = self.nodes[i].span.clone();
+        let _e = span.enter();
+        self.nodes[i].core.handle_command(cmd, now);
+        self.flush(i);
+        self.check_invariants();
+    }
+
+    /// Node `i`'s host sends a UDP packet to node `to`.
+    pub fn send_udp(&mut self, i: usize, to: usize, sport: u16, dport: u16, payload: &[u8]) {
+        let p = udp_packet(
+            self.nodes[i].overlay,
+            self.nodes[to].overlay,
+            sport,
+            dport,
+            payload,
+        );
+        self.send_packet(i, &p);
+    }
+
+    /// Node `i`'s host sends `packet` into its TUN.
+    pub fn send_packet(&mut self, i: usize, packet: &[u8]) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf[..packet.len()].copy_from_slice(packet);
+        let span = self.nodes[i].span.clone();
+        let _e = span.enter();
+        let node = &mut self.nodes[i];
+        let sent = match node.core.handle_tun_packet(&mut buf, packet.len(), now) {
+            DataOut::Send { target, frame, .. } => Some((target.clone(), frame.to_vec())),
+            DataOut::Tun(p) => {
+                node.tun.push(p.to_vec());
+                None
+            }
+            DataOut::Nothing => None,
+        };
+        self.buf = buf;
+        if let Some((target, frame)) = sent {
+            self.transmit(i, &target, FrameKind::Data, frame);
+        }
+        self.flush(i);
+    }
+
+    /// Hands node `i` a frame as if the carrier received it from `from_ge`
+    /// at `from` (a forged or replayed frame).
+    pub fn inject(
+        &mut self,
+        i: usize,
+        from_ge: GeId,
+        from: SocketAddr,
+        kind: FrameKind,
+        payload: &[u8],
+    ) {
+        self.deliver(i, from_ge, from, kind, payload);
+    }
+
+    /// A counter of node `i`.
+    pub fn counter(&self, i: usize, name: &str) -> u64 {
+        self.nodes[i]
+            .core
+            .counters()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Runs while frames or directory answers are in flight, or a node has
+    /// a DPRP deadline (retransmission) close ahead; later deadlines (PIT
+    /// ageing, renegotiations, expiries) wait for [`CoreSim::run_for`].
+    pub fn drive(&mut self) {
+        for _ in 0..MAX_STEPS {
+            let next_event = self.queue.keys().next().map(|(t, _)| *t);
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.core.poll_timeout())
+                .filter(|(t, timer)| *timer == Timer::Dprp && *t <= self.now + DPRP_HORIZON)
+                .map(|(t, _)| t)
+                .min();
+            let Some(at) = [next_event, next_timer].into_iter().flatten().min() else {
+                return;
+            };
+            self.step(at);
+        }
+        panic!("the simulation did not settle in {MAX_STEPS} steps");
+    }
+
+    /// Runs every frame and deadline up to `now + d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..MAX_STEPS {
+            let next_event = self.queue.keys().next().map(|(t, _)| *t);
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.core.poll_timeout())
+                .map(|(t, _)| t)
+                .min();
+            match [next_event, next_timer].into_iter().flatten().min() {
+                Some(at) if at <= end => self.step(at),
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+        panic!("the simulation did not reach its end in {MAX_STEPS} steps");
+    }
+
+    fn step(&mut self, at: Instant) {
+        self.now = self.now.max(at);
+        let now = self.now;
+        let due: Vec<(Instant, u64)> = self
+            .queue
+            .range(..=(now, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            match self.queue.remove(&k) {
+                Some(Event::Frame {
+                    to,
+                    addr,
+                    from_ge,
+                    from,
+                    kind,
+                    payload,
+                }) => {
+                    if self.nodes[to].underlay != addr {
+                        self.stats.undeliverable += 1;
+                        continue;
+                    }
+                    self.stats.delivered += 1;
+                    self.deliver(to, from_ge, from, kind, &payload);
+                }
+                Some(Event::DirectoryAnswer { to, ip }) => {
+                    if let Some(owner) = self.nodes.iter().position(|n| n.overlay == ip) {
+                        self.introduce(to, owner);
+                    }
+                }
+                None => {}
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i]
+                .core
+                .poll_timeout()
+                .is_some_and(|(t, _)| t <= now)
+            {
+                let span = self.nodes[i].span.clone();
+                let _e = span.enter();
+                self.nodes[i].core.handle_timeout(now);
+                self.flush(i);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// What must hold after every step, on every node: each PIT entry's
+    /// peer owns the flow's remote address in the node's peer table
+    /// (identity binding), and no deadline is left in the past.
+    ///
+    /// # Panics
+    ///
+    /// When one does not hold (this is a test harness).
+    pub fn check_invariants(&self) {
+        for n in &self.nodes {
+            for (flow, entry) in n.core.pit().iter() {
+                let remote = if flow.src == IpAddr::V4(n.overlay) {
+                    flow.dst
+                } else {
+                    flow.src
+                };
+                let IpAddr::V4(r) = remote else {
+                    panic!("{}: an IPv6 flow {flow}", n.name);
+                };
+                assert_eq!(
+                    n.core.peers().owner(r),
+                    entry.peer(),
+                    "{}: flow {flow} is bound to a GE that does not own {r}",
+                    n.name
+                );
+            }
+            if let Some((t, timer)) = n.core.poll_timeout() {
+                assert!(t > self.now, "{}: {timer:?} overdue", n.name);
+            }
+        }
+    }
+
+    /// A digest of every data frame sent so far (to compare two runs).
+    pub fn wire_digest(&self) -> u64 {
+        // FNV-1a: stable across runs and platforms.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in &self.wire {
+            for b in (f.from as u64).to_le_bytes().iter().chain(&f.payload) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    fn deliver(
+        &mut self,
+        i: usize,
+        from_ge: GeId,
+        from: SocketAddr,
+        kind: FrameKind,
+        payload: &[u8],
+    ) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf[..payload.len()].copy_from_slice(payload);
+        let span = self.nodes[i].span.clone();
+        let _e = span.enter();
+        let node = &mut self.nodes[i];
+        if let DataOut::Tun(p) =
+            node.core
+                .handle_carrier_frame(from_ge, from, kind, &mut buf, payload.len(), now)
+        {
+            node.tun.push(p.to_vec());
+        }
+        self.buf = buf;
+        self.flush(i);
+    }
+
+    /// Carries out everything node `i` queued.
+    fn flush(&mut self, i: usize) {
+        while let Some(o) = self.nodes[i].core.poll_output() {
+            match o {
+                Output::Send {
+                    target,
+                    kind,
+                    payload,
+                    ..
+                } => self.transmit(i, &target, kind, payload),
+                Output::Tun(p) => self.nodes[i].tun.push(p),
+                Output::DirectoryLookup(ip) => {
+                    self.nodes[i].lookups.push(ip);
+                    if self.directory_answers {
+                        let at = self.now + self.directory_delay;
+                        self.seq += 1;
+                        self.queue
+                            .insert((at, self.seq), Event::DirectoryAnswer { to: i, ip });
+                    }
+                }
+                Output::PeersChanged => self.nodes[i].peers_changed += 1,
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, target: &PeerTarget, kind: FrameKind, payload: Vec<u8>) {
+        self.stats.sent += 1;
+        if kind == FrameKind::Data && self.wire.len() < WIRE_LOG_LIMIT {
+            self.wire.push(WireFrame {
+                from,
+                payload: payload.clone(),
+            });
+        }
+        // The carrier dials the target's addresses in order and only
+        // accepts the GE it names (certificates).
+        let Some((to, addr)) = target.addrs.iter().find_map(|a| {
+            self.nodes
+                .iter()
+                .position(|n| n.ge == target.ge && n.underlay == *a)
+                .map(|i| (i, *a))
+        }) else {
+            self.stats.undeliverable += 1;
+            if !self.nodes.iter().any(|n| n.ge == target.ge) && self.stray.len() < WIRE_LOG_LIMIT {
+                self.stray.push((target.ge, kind, payload));
+            }
+            return;
+        };
+        let delays = self.dice.hop(&self.link);
+        if delays.is_empty() {
+            self.stats.lost += 1;
+        }
+        self.stats.duplicated += delays.len().saturating_sub(1) as u64;
+        let (from_ge, from_addr) = (self.nodes[from].ge, self.nodes[from].underlay);
+        for d in delays {
+            self.seq += 1;
+            self.queue.insert(
+                (self.now + d, self.seq),
+                Event::Frame {
+                    to,
+                    addr,
+                    from_ge,
+                    from: from_addr,
+                    kind,
+                    payload: payload.clone(),
+                },
+            );
+        }
+    }
+
+    /// A credential from the simulation's CA (a year around the start),
+    /// for a peer a test plays by hand.
+    pub fn issue(&self, info: GeInfo, node_key: &NodeKey) -> Credential {
+        let year = 365 * 24 * 3600;
+        Credential::issue(
+            &self.ca,
+            u64::from(info.id.0),
+            info,
+            node_key.public(),
+            START_UNIX - year,
+            START_UNIX + year,
+        )
+        .expect("valid GE info")
+    }
+
+    /// The CA's public key.
+    pub fn ca_public(&self) -> [u8; 32] {
+        self.ca.public()
+    }
+
+    fn make_core(&mut self, id: u32, mode: Mode, groups: &[u32]) -> NodeCore {
+        let key = node_key(id);
+        let overlay = overlay_of(id);
+        let info = GeInfo {
+            id: GeId(id),
+            name: format!("n{id}"),
+            kind: GeKind::Ges,
+            mode,
+            groups: groups.iter().map(|g| GroupId(*g)).collect(),
+            overlay,
+        };
+        let year = 365 * 24 * 3600;
+        let cred = Credential::issue(
+            &self.ca,
+            u64::from(id),
+            info,
+            key.public(),
+            START_UNIX - year,
+            START_UNIX + year,
+        )
+        .expect("valid GE info");
+        let cfg = Config::new(
+            key,
+            cred,
+            self.ca.public(),
+            vec![Prefix::host(IpAddr::V4(overlay))],
+        );
+        let dprp = Endpoint::new(cfg, self.dice.bytes32(), START_UNIX, self.now)
+            .expect("a valid endpoint");
+        NodeCore::new(
+            CoreConfig {
+                overlay,
+                mtu: MTU,
+                overlay_net: (Ipv4Addr::new(100, 64, 0, 0), 10),
+            },
+            dprp,
+            Pit::new(PitConfig::default()),
+        )
+    }
+}
+
+/// Node `id`'s overlay address.
+pub fn overlay_of(id: u32) -> Ipv4Addr {
+    Ipv4Addr::new(100, 64, 0, id as u8)
+}
+
+/// Version `v` of group `g`'s key, as every member gets it.
+pub fn group_key(g: u32, v: u32) -> GroupKey {
+    let mut k = [g as u8; 32];
+    k[31] = v as u8;
+    GroupKey::from_bytes(k)
+}
+
+/// An IPv4/UDP packet (checksum 0: PCCOM fills it in).
+pub fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 28 + payload.len()];
+    let total = p.len() as u16;
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..26].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let mut sum: u32 = 0;
+    for c in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
+/// SplitMix64, as in fpn-proto's simulator: small, seeded network dice.
+struct Dice(u64);
+
+impl Dice {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn bytes32(&mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out
+    }
+
+    /// The delays at which one frame arrives (none if lost).
+    fn hop(&mut self, link: &LinkConfig) -> Vec<Duration> {
+        if self.chance(link.loss) {
+            return Vec::new();
+        }
+        let copies = if self.chance(link.duplicate) { 2 } else { 1 };
+        (0..copies)
+            .map(|_| {
+                let jitter = match link.jitter.as_nanos() as u64 {
+                    0 => 0,
+                    j => self.next_u64() % (j + 1),
+                };
+                let mut d = link.latency + Duration::from_nanos(jitter);
+                if self.chance(link.reorder) {
+                    d += link.latency * 2 + link.jitter;
+                }
+                d
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! `status` and `ping` as pure queries of the core: nothing here changes
+//! state, and the carrier's per-peer numbers come in as an argument.
+
+use std::collections::BTreeMap;
+
+use fpn_proto::flow::FlowId;
+
+use super::NodeCore;
+use crate::carrier::PeerStats;
+use crate::status::{FlowStatus, PeerStatus, action_name, proto_name};
+
+/// The core's part of `status`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+    /// Flows.
+    pub flows: Vec<FlowStatus>,
+    /// Counters.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The core's counters (exported in `status`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Counters {
+    pub tun_in: u64,
+    pub tun_out: u64,
+    pub tun_write_drops: u64,
+    pub tun_malformed: u64,
+    pub data_out: u64,
+    pub data_in: u64,
+    pub data_in_no_flow: u64,
+    pub data_in_wrong_peer: u64,
+    pub data_in_rejected: u64,
+    pub control_in: u64,
+    pub control_out: u64,
+    pub control_errors: u64,
+    pub send_errors: u64,
+    pub no_route: u64,
+    pub held: u64,
+    pub refused_flows: u64,
+    pub icmp_sent: u64,
+    pub policy_drops: u64,
+    pub pending_drops: u64,
+    pub dprp_errors: u64,
+    pub revoked_flows: u64,
+    pub too_big: u64,
+    pub wrong_owner: u64,
+    pub unknown_owner: u64,
+    pub flows_unbound: u64,
+    pub output_drops: u64,
+}
+
+impl NodeCore {
+    /// The core's state for `status`; `carrier` is what the carrier reports
+    /// per peer (underlay address in use, RTT).
+    pub fn snapshot(&self, carrier: &[PeerStats]) -> Snapshot {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| !p.target.addrs.is_empty() || p.had_flow)
+            .map(|p| {
+                let st = carrier.iter().find(|s| s.ge == p.ge);
+                PeerStatus {
+                    name: p.name.clone(),
+                    ge: p.ge.0,
+                    overlay: p.overlay.map(|o| o.to_string()),
+                    carrier: p.path.current.as_str().into(),
+                    addr: st
+                        .and_then(|s| s.addr)
+                        .or_else(|| p.target.addrs.first().copied())
+                        .map(|a| a.to_string()),
+                    rtt_ms: st.and_then(|s| s.rtt).map(|d| d.as_secs_f64() * 1e3),
+                }
+            })
+            .collect();
+        let mut flows: Vec<FlowStatus> = self
+            .pit
+            .iter()
+            .map(|(f, e)| {
+                let s = e.stats();
+                // Counters are kept per origin: local = sent to the peer.
+                FlowStatus {
+                    proto: proto_name(f.protocol),
+                    src: f.src.to_string(),
+                    dst: f.dst.to_string(),
+                    sport: f.src_port,
+                    dport: f.dst_port,
+                    action: action_name(e.action()).into(),
+                    carrier: e
+                        .peer()
+                        .map(|p| self.path_name(p).into())
+                        .unwrap_or_default(),
+                    peer: e.peer().map(|p| p.0),
+                    key_version: e.key_version().map(|v| v.0),
+                    packets_out: s.packets_local,
+                    packets_in: s.packets_remote,
+                    bytes_out: s.bytes_local,
+                    bytes_in: s.bytes_remote,
+                }
+            })
+            .collect();
+        flows.extend(self.flows.refused().map(|(f, by)| FlowStatus {
+            proto: proto_name(f.protocol),
+            src: f.src.to_string(),
+            dst: f.dst.to_string(),
+            sport: f.src_port,
+            dport: f.dst_port,
+            action: "refuse".into(),
+            carrier: String::new(),
+            peer: by.map(|g| g.0),
+            ..FlowStatus::default()
+        }));
+        flows.sort_by(|a, b| {
+            (&a.src, &a.dst, a.sport, a.dport).cmp(&(&b.src, &b.dst, b.sport, b.dport))
+        });
+        Snapshot {
+            peers,
+            flows,
+            counters: self.counters(),
+        }
+    }
+
+    /// The action and path of a flow (for `ping`): `("refuse", "")` for a
+    /// flow refused lately, `None` for an unknown one.
+    pub fn flow_info(&self, flow: &FlowId) -> Option<(String, String)> {
+        if self.flows.is_refused(flow) {
+            return Some(("refuse".into(), String::new()));
+        }
+        self.pit.lookup(flow).map(|(_, e)| {
+            let path = e.peer().map(|p| self.path_name(p)).unwrap_or_default();
+            (action_name(e.action()).to_owned(), path.to_owned())
+        })
+    }
+
+    /// The names of the peer table with their overlay addresses, by name:
+    /// what the DNS stub answers for the zone (besides this node's own).
+    pub fn peer_names(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        let mut names: Vec<(String, std::net::Ipv4Addr)> = self
+            .peers
+            .iter()
+            .filter(|p| !p.name.is_empty())
+            .filter_map(|p| p.overlay.map(|o| (p.name.clone(), o)))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every counter by name.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let c = self.counters;
+        let d = self.dprp.stats();
+        [
+            ("tun_in", c.tun_in),
+            ("tun_out", c.tun_out),
+            ("tun_write_drops", c.tun_write_drops),
+            ("tun_malformed", c.tun_malformed),
+            ("data_out", c.data_out),
+            ("data_in", c.data_in),
+            ("data_in_no_flow", c.data_in_no_flow),
+            ("data_in_wrong_peer", c.data_in_wrong_peer),
+            ("data_in_rejected", c.data_in_rejected),
+            ("control_in", c.control_in),
+            ("control_out", c.control_out),
+            ("control_errors", c.control_errors),
+            ("send_errors", c.send_errors),
+            ("no_route", c.no_route),
+            ("held", c.held),
+            ("refused_flows", c.refused_flows),
+            ("icmp_sent", c.icmp_sent),
+            ("policy_drops", c.policy_drops),
+            ("pending_drops", c.pending_drops),
+            ("dprp_errors", c.dprp_errors),
+            ("revoked_flows", c.revoked_flows),
+            ("too_big", c.too_big),
+            ("wrong_owner", c.wrong_owner),
+            ("unknown_owner", c.unknown_owner),
+            ("flows_unbound", c.flows_unbound),
+            ("output_drops", c.output_drops),
+            ("dprp_started", d.started),
+            ("dprp_established", d.established),
+            ("dprp_failed", d.failed),
+            ("dprp_negative_drops", d.negative_drops),
+            ("dprp_hold_overflow", d.hold_overflow),
+            ("pit_entries", self.pit.len() as u64),
+            ("negotiations", self.dprp.negotiations() as u64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn path_name(&self, ge: fpn_proto::ge::GeId) -> &'static str {
+        self.peers
+            .get(ge)
+            .map_or(crate::carrier::CarrierKind::Quic, |p| p.path.current)
+            .as_str()
+    }
+}

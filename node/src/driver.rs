@@ -1,0 +1,467 @@
+//! The tokio driver of the [`NodeCore`]: owns the TUN, the carrier and the
+//! channels, feeds the core its inputs with the time of a [`Clock`] that
+//! counts through suspend, carries out every [`Output`], and sleeps until
+//! the core's next deadline.
+//!
+//! Per wake-up it handles at most [`BATCH`] packets from one source before
+//! the others get a turn, then checks the core's deadline against the clock
+//! (not only the sleep future: a timer may be due after a long batch, or
+//! after the machine slept), as quinn's `drive_timer` does.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
+use fpn_proto::flow::FlowId;
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{trace, warn};
+
+use crate::carrier::{Carrier, FrameKind, Inbound};
+use crate::clock::Clock;
+use crate::core::{Command, DataOut, NodeCore, Output, SendError, Snapshot};
+use crate::dns::{NameTable, Target};
+
+/// Packets handled per wake-up from one source before the others get a turn.
+pub const BATCH: usize = 64;
+
+/// Questions the daemon asks the core (answered from the core's state by
+/// its pure query methods).
+#[derive(Debug)]
+pub enum Query {
+    /// The core's state for `status`.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// The action and path of a flow (for `ping`).
+    FlowInfo(FlowId, oneshot::Sender<Option<(String, String)>>),
+    /// The overlay address of the peer named so (for `ping`).
+    Resolve(String, oneshot::Sender<Option<Ipv4Addr>>),
+}
+
+/// Where the driver writes packets for this host: the TUN device. A trait
+/// so the driver can be tested without one.
+pub trait TunWriter: Send + Sync {
+    /// Writes one IP packet; never waits.
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TunWriter for tun::AsyncDevice {
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
+        // A direct write on the non-blocking descriptor: a TUN write hands
+        // the packet to the kernel stack and does not wait. The async
+        // wrapper is not used here: its cached write readiness would make
+        // it refuse packets the kernel takes.
+        std::ops::Deref::deref(self).send(packet)
+    }
+}
+
+/// What the driver runs on.
+pub struct Driver {
+    /// The core.
+    pub core: NodeCore,
+    /// The clock (counts through suspend).
+    pub clock: Clock,
+    /// The carrier frames go out on.
+    pub carrier: Arc<dyn Carrier>,
+    /// The TUN device.
+    pub tun: Arc<tun::AsyncDevice>,
+    /// Commands from the daemon and the GMS task; the driver stops when
+    /// every sender is gone.
+    pub commands: mpsc::Receiver<Command>,
+    /// Queries from the control socket.
+    pub queries: mpsc::Receiver<Query>,
+    /// Frames from the carrier.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Overlay addresses whose owner the core needs (to the GMS task).
+    pub dir_requests: mpsc::Sender<Ipv4Addr>,
+    /// The DNS stub's names, published from the core's peer table, with
+    /// this node's own name and address.
+    pub names: Option<(NameTable, String, Ipv4Addr)>,
+}
+
+impl Driver {
+    /// Runs until the command channel closes.
+    pub async fn run(self) {
+        let Driver {
+            core,
+            clock,
+            carrier,
+            tun,
+            mut commands,
+            mut queries,
+            mut inbound,
+            dir_requests,
+            names,
+        } = self;
+        let mut shell = Shell {
+            core,
+            clock,
+            carrier,
+            tun: tun.clone(),
+            dir_requests,
+            names,
+        };
+        let mut buf = vec![0u8; shell.core.buffer_len()];
+        // Frames from peers land here: packets, and DPRP messages, which
+        // may be longer than any packet.
+        let mut rbuf = vec![0u8; shell.core.buffer_len().max(MAX_MESSAGE_LEN)];
+        let mut frames: Vec<Inbound> = Vec::with_capacity(BATCH);
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        let mut inbound_open = true;
+        let mut queries_open = true;
+        let mut tun_ok = true;
+        loop {
+            // The core's deadlines are on the suspend-counting clock; the
+            // tokio timer is not, so sleep for the difference.
+            let at = match shell.core.poll_timeout() {
+                Some((t, _)) => {
+                    tokio::time::Instant::now() + t.saturating_duration_since(shell.clock.now())
+                }
+                None => far(),
+            };
+            sleep.as_mut().reset(at);
+            enum Wake {
+                Cmd(Option<Command>),
+                Query(Option<Query>),
+                Tun(std::io::Result<usize>),
+                Frames(usize),
+                Timer,
+            }
+            let wake = tokio::select! {
+                c = commands.recv() => Wake::Cmd(c),
+                q = queries.recv(), if queries_open => Wake::Query(q),
+                r = tun.recv(&mut buf), if tun_ok => Wake::Tun(r),
+                n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
+                () = &mut sleep => Wake::Timer,
+            };
+            let now = shell.clock.now();
+            match wake {
+                Wake::Cmd(None) => break,
+                Wake::Cmd(Some(c)) => shell.core.handle_command(c, now),
+                Wake::Query(None) => queries_open = false,
+                Wake::Query(Some(q)) => shell.answer(q),
+                Wake::Tun(Ok(n)) => {
+                    shell.tun_packet(&mut buf, n, now);
+                    // Drain what is already queued, without waiting.
+                    for _ in 1..BATCH {
+                        match tun.recv(&mut buf).now_or_never() {
+                            Some(Ok(n)) => shell.tun_packet(&mut buf, n, now),
+                            _ => break,
+                        }
+                    }
+                }
+                Wake::Tun(Err(e)) => {
+                    warn!(error = %e, "TUN read failed; no more local packets");
+                    tun_ok = false;
+                }
+                Wake::Frames(0) => inbound_open = false,
+                Wake::Frames(_) => {
+                    for f in frames.drain(..) {
+                        shell.frame(&f, &mut rbuf, now);
+                    }
+                }
+                Wake::Timer => {}
+            }
+            shell.drive_timer();
+            shell.drain_outputs();
+        }
+    }
+}
+
+/// What the driver does between waits, without the receivers: feeds the
+/// core and carries out its outputs (testable without a TUN or tokio).
+struct Shell {
+    core: NodeCore,
+    clock: Clock,
+    carrier: Arc<dyn Carrier>,
+    tun: Arc<dyn TunWriter>,
+    dir_requests: mpsc::Sender<Ipv4Addr>,
+    names: Option<(NameTable, String, Ipv4Addr)>,
+}
+
+impl Shell {
+    /// Runs the core's timers that are due by the clock.
+    fn drive_timer(&mut self) {
+        let now = self.clock.now();
+        if self.core.poll_timeout().is_some_and(|(t, _)| t <= now) {
+            self.core.handle_timeout(now);
+        }
+    }
+
+    fn answer(&self, q: Query) {
+        match q {
+            Query::Snapshot(tx) => {
+                let _ = tx.send(self.core.snapshot(&self.carrier.peers()));
+            }
+            Query::FlowInfo(flow, tx) => {
+                let _ = tx.send(self.core.flow_info(&flow));
+            }
+            Query::Resolve(name, tx) => {
+                let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
+            }
+        }
+    }
+
+    fn tun_packet(&mut self, buf: &mut [u8], n: usize, now: Instant) {
+        let out = self.core.handle_tun_packet(buf, n, now);
+        let failed = match out {
+            DataOut::Send { target, frame, .. } => self
+                .carrier
+                .send(target, FrameKind::Data, frame)
+                .err()
+                .map(|e| (target.ge, frame.len(), SendError::from(&e))),
+            // Packets from this host that go back to it: only ICMP errors,
+            // which come as outputs. Nothing else is written here.
+            DataOut::Tun(p) => {
+                write_tun(&*self.tun, p);
+                None
+            }
+            DataOut::Nothing => None,
+        };
+        if let Some((ge, len, err)) = failed {
+            self.core
+                .handle_send_error(ge, FrameKind::Data, &buf[..len], err, now);
+        }
+    }
+
+    fn frame(&mut self, f: &Inbound, rbuf: &mut [u8], now: Instant) {
+        let len = f.payload.len();
+        // An oversized frame is not copied; the core counts it as rejected.
+        if let Some(dst) = rbuf.get_mut(..len) {
+            dst.copy_from_slice(&f.payload);
+        }
+        let out = self
+            .core
+            .handle_carrier_frame(f.peer, f.from, f.kind, rbuf, len, now);
+        if let DataOut::Tun(p) = out
+            && !write_tun(&*self.tun, p)
+        {
+            self.core.handle_tun_write_error();
+        }
+    }
+
+    /// Carries out everything the core queued.
+    fn drain_outputs(&mut self) {
+        let now = self.clock.now();
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Send {
+                    target,
+                    kind,
+                    payload,
+                    ..
+                } => {
+                    if let Err(e) = self.carrier.send(&target, kind, &payload) {
+                        self.core.handle_send_error(
+                            target.ge,
+                            kind,
+                            &payload,
+                            SendError::from(&e),
+                            now,
+                        );
+                    }
+                }
+                Output::Tun(p) => {
+                    if !write_tun(&*self.tun, &p) {
+                        self.core.handle_tun_write_error();
+                    }
+                }
+                Output::DirectoryLookup(ip) => {
+                    // A full channel means the GMS task is busy with lookups:
+                    // DPRP retransmits, and the next one asks again.
+                    let _ = self.dir_requests.try_send(ip);
+                }
+                Output::PeersChanged => self.publish_names(),
+            }
+        }
+    }
+
+    /// The DNS stub's names: this node and every peer of the peer table.
+    fn publish_names(&self) {
+        let Some((names, own, overlay)) = &self.names else {
+            return;
+        };
+        let mut entries: Vec<(String, Target)> = self
+            .core
+            .peer_names()
+            .into_iter()
+            .map(|(name, o)| (name, Target::peer(o)))
+            .collect();
+        entries.push((own.clone(), Target::peer(*overlay)));
+        if let Err(e) = names.replace_all(entries) {
+            warn!(error = %e, "name table not updated");
+        }
+    }
+}
+
+/// Writes one packet into the TUN; false when the kernel refused it (the
+/// packet is dropped rather than stalling every flow).
+fn write_tun(tun: &dyn TunWriter, packet: &[u8]) -> bool {
+    match tun.write_packet(packet) {
+        Ok(_) => true,
+        Err(e) => {
+            trace!(error = %e, "TUN write");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use fpn_proto::ge::{GeId, Mode};
+
+    use super::*;
+    use crate::carrier::{CarrierKind, PeerStats, PeerTarget};
+    use crate::core::sim::{CoreSim, LinkConfig, udp_packet};
+    use crate::directory::PeerRecord;
+
+    /// A carrier that refuses every frame as too large for `max`, or takes it.
+    struct FakeCarrier {
+        max: Option<usize>,
+        sent: Mutex<Vec<(GeId, FrameKind, usize)>>,
+    }
+
+    impl Carrier for FakeCarrier {
+        fn kind(&self) -> CarrierKind {
+            CarrierKind::Quic
+        }
+        fn send(
+            &self,
+            to: &PeerTarget,
+            kind: FrameKind,
+            payload: &[u8],
+        ) -> crate::error::Result<()> {
+            if let Some(max) = self.max {
+                return Err(crate::error::Error::CarrierTooLarge {
+                    peer: to.ge,
+                    size: payload.len(),
+                    max,
+                });
+            }
+            self.sent.lock().unwrap().push((to.ge, kind, payload.len()));
+            Ok(())
+        }
+        fn peers(&self) -> Vec<PeerStats> {
+            Vec::new()
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeTun(Mutex<Vec<Vec<u8>>>);
+
+    impl TunWriter for FakeTun {
+        fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(packet.to_vec());
+            Ok(packet.len())
+        }
+    }
+
+    /// A shell around node 1's core with an established flow 4000 -> 5000
+    /// to node 2, and the node 2 overlay address.
+    fn shell(
+        max: Option<usize>,
+    ) -> (
+        Shell,
+        Arc<FakeTun>,
+        mpsc::Receiver<Ipv4Addr>,
+        Ipv4Addr,
+        Instant,
+    ) {
+        let mut sim = CoreSim::new(1, LinkConfig::default());
+        let a = sim.add_node(1, Mode::Open, &[1]);
+        let b = sim.add_node(2, Mode::Open, &[1]);
+        sim.introduce_all();
+        sim.send_udp(a, b, 4000, 5000, b"x");
+        sim.drive();
+        let (peer, now) = (sim.nodes[b].overlay, sim.now());
+        let node = sim.nodes.swap_remove(a);
+        let tun = Arc::new(FakeTun::default());
+        let (tx, rx) = mpsc::channel(4);
+        let shell = Shell {
+            core: node.core,
+            clock: Clock::new(),
+            carrier: Arc::new(FakeCarrier {
+                max,
+                sent: Mutex::default(),
+            }),
+            tun: tun.clone(),
+            dir_requests: tx,
+            names: Some((NameTable::new(), "n1".into(), node.overlay)),
+        };
+        (shell, tun, rx, peer, now)
+    }
+
+    #[test]
+    fn a_carrier_too_large_error_becomes_fragmentation_needed_in_the_tun() {
+        let (mut shell, tun, _rx, peer, now) = shell(Some(1000));
+        let pkt = udp_packet(Ipv4Addr::new(100, 64, 0, 1), peer, 4000, 5000, &[1; 1200]);
+        let mut buf = vec![0u8; shell.core.buffer_len()];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        shell.tun_packet(&mut buf, pkt.len(), now);
+        shell.drain_outputs();
+        let written = tun.0.lock().unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!((written[0][20], written[0][21]), (3, 4));
+        assert_eq!(
+            u16::from_be_bytes([written[0][26], written[0][27]]),
+            1000 - 24
+        );
+    }
+
+    #[test]
+    fn queries_names_and_directory_lookups_are_carried_out() {
+        let (mut shell, _tun, mut rx, peer, now) = shell(None);
+        // Names are published from the core's peer table at its change.
+        shell.core.handle_command(
+            Command::Peer(PeerRecord {
+                name: "n3".into(),
+                ge: 3,
+                overlay: Ipv4Addr::new(100, 64, 0, 3),
+                addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
+                fetched: 1,
+            }),
+            now,
+        );
+        shell.drain_outputs();
+        let names = &shell.names.as_ref().unwrap().0;
+        assert_eq!(
+            names.get("n3"),
+            Some(Target::peer(Ipv4Addr::new(100, 64, 0, 3)))
+        );
+        assert_eq!(names.get("n2"), Some(Target::peer(peer)));
+        assert_eq!(
+            names.get("n1"),
+            Some(Target::peer(Ipv4Addr::new(100, 64, 0, 1)))
+        );
+        // `ping`'s questions.
+        let (tx, mut answer) = oneshot::channel();
+        shell.answer(Query::Resolve("n2".into(), tx));
+        assert_eq!(answer.try_recv().unwrap(), Some(peer));
+        let (tx, mut answer) = oneshot::channel();
+        let flow = FlowId {
+            src: Ipv4Addr::new(100, 64, 0, 1).into(),
+            dst: peer.into(),
+            protocol: 17,
+            src_port: 4000,
+            dst_port: 5000,
+        };
+        shell.answer(Query::FlowInfo(flow, tx));
+        assert_eq!(
+            answer.try_recv().unwrap(),
+            Some(("encrypt".to_owned(), "quic".to_owned()))
+        );
+        // A packet to an address nobody is known to own: the directory is asked.
+        let unknown = Ipv4Addr::new(100, 64, 0, 77);
+        let pkt = udp_packet(Ipv4Addr::new(100, 64, 0, 1), unknown, 4000, 5000, b"?");
+        let mut buf = vec![0u8; shell.core.buffer_len()];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        shell.tun_packet(&mut buf, pkt.len(), now);
+        shell.drain_outputs();
+        assert_eq!(rx.try_recv().unwrap(), unknown);
+    }
+}
