@@ -14,5 +14,6 @@ pub mod engine;
 pub mod error;
 pub mod gms;
 pub mod icmp;
+pub mod native;
 pub mod state;
 pub mod status;
