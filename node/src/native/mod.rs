@@ -52,8 +52,9 @@ pub use send::{RawSender, SEND_BATCH};
 /// like native packets.
 pub const DPRP_PORT: u16 = 7717;
 
-/// How the receive thread takes packets from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the receive thread takes packets from the kernel. The default is
+/// [`PacketRing`](Self::PacketRing) (docs/DESIGN-NOTES.md note 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RxMechanism {
     /// An nftables `queue` rule on the set (no `bypass`: with nobody
     /// listening the packets are dropped, never passed to the stack); the
@@ -64,6 +65,7 @@ pub enum RxMechanism {
     },
     /// An AF_PACKET TPACKET_V3 ring with a BPF filter (TCP/UDP towards the
     /// local addresses) and an nftables `drop` rule on the set.
+    #[default]
     PacketRing,
 }
 
@@ -505,5 +507,37 @@ impl Outbox {
         c.bytes.fetch_add(bytes, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_come_from_the_tun_name() {
+        assert_eq!(table_name("fpn0"), "fpn_fpn0");
+        assert_eq!(table_name("tun-a.1"), "fpn_tun_a_1");
+    }
+
+    #[test]
+    fn native_io_moves_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<NativeIo>();
+        is_send::<NativeRx>();
+        is_send::<RawSender>();
+    }
+
+    #[test]
+    fn batches_yield_their_packets_in_order() {
+        let mut b = RxBatch::default();
+        b.push(b"one");
+        b.push(b"");
+        b.push(b"three");
+        let v: Vec<&[u8]> = b.iter().collect();
+        assert_eq!(v, [&b"one"[..], b"", b"three"]);
+        assert_eq!(b.len(), 3);
+        b.clear();
+        assert!(b.is_empty());
     }
 }

@@ -342,17 +342,17 @@ fn filter(local: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
         libc::BPF_RET | libc::BPF_K,
     );
     let mut p = vec![
-        op(ld_b.into(), 0, 0, 9),
-        op(jeq.into(), 1, 0, 6),
-        op(jeq.into(), 0, n + 2, 17),
-        op(ld_w.into(), 0, 0, 16),
+        op(ld_b, 0, 0, 9),
+        op(jeq, 1, 0, 6),
+        op(jeq, 0, n + 2, 17),
+        op(ld_w, 0, 0, 16),
     ];
     for (i, a) in local.iter().enumerate() {
         let jf = usize::from(i + 1 == n);
-        p.push(op(jeq.into(), n - 1 - i, jf, u32::from(*a)));
+        p.push(op(jeq, n - 1 - i, jf, u32::from(*a)));
     }
-    p.push(op(ret.into(), 0, 0, 0x0004_0000));
-    p.push(op(ret.into(), 0, 0, 0));
+    p.push(op(ret, 0, 0, 0x0004_0000));
+    p.push(op(ret, 0, 0, 0));
     p
 }
 
