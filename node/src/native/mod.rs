@@ -25,6 +25,30 @@
 //! native (the node core does, through [`NativeIo::add_flow`]), translate
 //! addresses, or touch tables other than its own.
 //!
+//! ```no_run
+//! # fn main() -> fpn_node::error::Result<()> {
+//! use fpn_node::native::{FiveTuple, L4Proto, NativeConfig, NativeIo, RxMechanism};
+//! let local = "198.18.0.2".parse().unwrap();
+//! let mut io = NativeIo::open(NativeConfig::new("fpn0", vec![local], RxMechanism::default()))?;
+//! let mut rx = io.take_receiver().expect("first call");
+//! // The core decided that this flow goes native (as received: peer -> us).
+//! let flow = FiveTuple {
+//!     src: "198.18.0.1".parse().unwrap(), dst: local,
+//!     proto: L4Proto::Tcp, src_port: 40000, dst_port: 443,
+//! };
+//! io.add_flow(flow)?; // milliseconds: from a blocking task, not the packet path
+//! let packets: Vec<Vec<u8>> = Vec::new(); // PCCOM packets, underlay addresses
+//! let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+//! io.send_batch(&refs)?;
+//! if let Some(batch) = rx.blocking_recv() {     // or rx.recv().await in tokio
+//!     for packet in batch.iter() { let _ = packet; /* open with PCCOM */ }
+//!     rx.recycle(batch);
+//! }
+//! io.remove_flow(flow)?;
+//! io.close() // or drop: the table is deleted
+//! # }
+//! ```
+//!
 //! The table outlives a killed process. [`NativeIo::open`] replaces a stale
 //! one of the same name, [`NativeIo::close`] and `Drop` delete it, and
 //! [`cleanup`] deletes it by name (for `fpn-node down` after a crash).
@@ -280,7 +304,14 @@ impl NativeIo {
                     nft::RxVerdict::Queue(queue),
                 )?;
                 let sh = shared.clone();
-                let thread = spawn("fpn-native-nfq", move || rx_nfq::run(q, queue, &sh, outbox))?;
+                let thread =
+                    match spawn("fpn-native-nfq", move || rx_nfq::run(q, queue, &sh, outbox)) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let _ = table.delete();
+                            return Err(e);
+                        }
+                    };
                 (table, Worker { thread, wake: None })
             }
             RxMechanism::PacketRing => {
@@ -300,7 +331,13 @@ impl NativeIo {
                     nft::RxVerdict::Drop,
                 )?;
                 let sh = shared.clone();
-                let thread = spawn("fpn-native-ring", move || ring.run(&sh, outbox))?;
+                let thread = match spawn("fpn-native-ring", move || ring.run(&sh, outbox)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = table.delete();
+                        return Err(e);
+                    }
+                };
                 (
                     table,
                     Worker {

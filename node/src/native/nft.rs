@@ -35,26 +35,34 @@ pub(crate) struct Table {
     ns: Netns,
 }
 
-/// The network namespace a table lives in. Every `nft`/`iptables` run for
-/// the table enters it first, whichever thread (and namespace) the call
-/// comes from.
+/// The network namespace a table lives in. An `nft`/`iptables` run for the
+/// table started from a thread in another namespace enters it first (that
+/// takes CAP_SYS_ADMIN; from the same namespace nothing is entered, so
+/// CAP_NET_ADMIN is enough).
 #[derive(Debug)]
-pub(crate) struct Netns(OwnedFd);
+pub(crate) struct Netns {
+    fd: OwnedFd,
+    id: (u64, u64),
+}
 
 impl Netns {
     /// The calling thread's network namespace.
     pub(crate) fn current() -> Result<Self> {
-        std::fs::File::open("/proc/thread-self/ns/net")
-            .map(|f| Self(f.into()))
-            .map_err(|source| Error::NativeSocket {
-                what: "open /proc/thread-self/ns/net",
-                source,
-            })
+        let file = std::fs::File::open(NS_PATH).map_err(ns_err)?;
+        let id = ns_id(&file.metadata().map_err(ns_err)?);
+        Ok(Self {
+            fd: file.into(),
+            id,
+        })
     }
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let fd = self.0.as_raw_fd();
+        let here = std::fs::metadata(NS_PATH).map(|m| ns_id(&m)).ok();
+        if here == Some(self.id) {
+            return cmd;
+        }
+        let fd = self.fd.as_raw_fd();
         // SAFETY: setns(2) is a plain system call, safe between fork and
         // exec; it touches no memory of the parent.
         unsafe {
@@ -67,6 +75,20 @@ impl Netns {
             });
         }
         cmd
+    }
+}
+
+const NS_PATH: &str = "/proc/thread-self/ns/net";
+
+fn ns_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn ns_err(source: std::io::Error) -> Error {
+    Error::NativeSocket {
+        what: "open /proc/thread-self/ns/net",
+        source,
     }
 }
 
@@ -97,7 +119,7 @@ impl Table {
                     let Error::NativeNft { stderr, .. } = &native else {
                         return Err(native);
                     };
-                    if !stderr.contains("queue") {
+                    if !(stderr.contains("queue") && stderr.contains("No such file")) {
                         return Err(native);
                     }
                     run(&ns, &script(&format!("meta mark set {COMPAT_MARK:#x}")))?;
