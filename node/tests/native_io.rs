@@ -401,3 +401,82 @@ fn batched_send_sends_every_packet() {
         "nothing of a refused batch"
     );
 }
+
+/// The bench example (`examples/native_rx_bench.rs`), built by cargo next
+/// to this test binary (`cargo test` and `cargo build --all-targets` build
+/// examples).
+fn bench_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("native_rx_bench");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p fpn-node --examples`",
+        path.display()
+    );
+    path
+}
+
+/// A node killed with SIGKILL leaves its table: its flows stay blackholed
+/// (fail-closed: the kernel never answers them), and the next `open` of the
+/// same table replaces it with an empty one that works.
+#[test]
+fn a_table_left_by_a_killed_process_is_replaced() {
+    use std::io::BufRead;
+    for (mech, arg) in [
+        (RxMechanism::Nfqueue { queue: 3 }, "nfq"),
+        (RxMechanism::PacketRing, "ring"),
+    ] {
+        let p = Pair::new();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &p.b])
+            .arg(bench_binary())
+            .args(["rx", "--mech", arg, "--proto", "udp", "--flows", "1"])
+            .args(["--src", "198.18.0.1", "--dst", "198.18.0.2"])
+            .args(["--sport", "40000", "--dport", "5555", "--expect", "1000"])
+            .args(["--secs", "30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the bench receiver");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "READY", "{mech:?}");
+        child.kill().unwrap(); // SIGKILL: no Drop runs
+        child.wait().unwrap();
+        assert!(tables(&p.b).contains("fpn_fpnbench"), "{mech:?}");
+
+        // The dead node's flow is blackholed, not handed to the stack.
+        let f = flow(L4Proto::Udp, A, 40000, 5555);
+        let unr0 = Pair::snmp(&p.b, "Icmp", "OutDestUnreachs");
+        send_from(&p.a, f, 0, 5, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+            unr0,
+            "{mech:?}"
+        );
+
+        // Reopened: a fresh, empty table; the stack gets the flow back
+        // until the flow is registered again.
+        let mut cfg = NativeConfig::new("fpnbench", vec![B], mech);
+        cfg.table = "fpn_fpnbench".into();
+        let (io, mut rx) = open_in(&p.b, cfg);
+        send_from(&p.a, f, 10, 2, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs") > unr0,
+            "{mech:?}"
+        );
+        io.add_flow(f).unwrap();
+        send_from(&p.a, f, 20, 5, 200);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        assert_eq!(got.len(), 5, "{mech:?}");
+        drop(io);
+        assert!(!tables(&p.b).contains("fpn_fpnbench"), "{mech:?}");
+    }
+}
