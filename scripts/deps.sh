@@ -10,6 +10,7 @@ fpn_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 FPN_APT_NEEDS=(
   "ip:iproute2"
   "nft:nftables"
+  "iptables:iptables"
   "iperf3:iperf3"
   "dig:bind9-dnsutils"
   "nsupdate:bind9-dnsutils"

@@ -167,6 +167,46 @@ pub enum Error {
     /// The carrier is closed.
     #[error("the carrier is closed")]
     CarrierClosed,
+
+    // --- native carrier I/O (node/src/native/) ---
+    /// A native I/O setting is out of range.
+    #[error("invalid native I/O setting {setting}: {reason}")]
+    NativeConfig {
+        /// The setting.
+        setting: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A socket or ring operation of the native I/O layer failed.
+    #[error("native I/O: {what}: {source}")]
+    NativeSocket {
+        /// What was being done.
+        what: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The `nft` (or, for the compat NFQUEUE rule, `iptables`) binary could
+    /// not be run.
+    #[error("cannot run nft/iptables: {source}")]
+    NativeNftSpawn {
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// nftables (or iptables) refused a change to the node's table.
+    #[error("nftables refused the change ({status}): {stderr}")]
+    NativeNft {
+        /// The exit status, as printed by the OS.
+        status: String,
+        /// The tool's error output (trimmed, at most 400 bytes).
+        stderr: String,
+    },
+    /// A packet handed to the raw sender (or the packet builder) is not a
+    /// sendable IPv4 packet; nothing of its batch was sent.
+    #[error("native packet refused: {reason}")]
+    NativePacket {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// The node's result type.

@@ -20,5 +20,6 @@ pub mod driver;
 pub mod error;
 pub mod gms;
 pub mod icmp;
+pub mod native;
 pub mod state;
 pub mod status;

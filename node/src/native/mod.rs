@@ -1,0 +1,580 @@
+//! The native carrier's I/O layer: protected packets as the plain IPv4
+//! packets they are, out through a raw socket and in by stealing them from
+//! the kernel's own TCP/UDP stack.
+//!
+//! [`NativeIo`] owns three things:
+//! - a [`RawSender`]: whole IPv4 packets (underlay addresses, the flow's
+//!   protocol and ports, valid L4 checksum) out, many per `sendmmsg`;
+//! - the node's nftables table `inet fpn_<tun>` with the set of native
+//!   flows: a packet whose 5-tuple is in the set (and a DPRP packet, UDP to
+//!   port 7717 of a local address) never reaches the kernel's sockets, so the
+//!   kernel sends no RST and no ICMP port unreachable, and the host's own
+//!   servers on the same ports keep serving everybody else;
+//! - a receive thread that copies those packets out and hands them to the
+//!   driver in batches ([`NativeRx`], usable from tokio or blocking code).
+//!
+//! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
+//! packet; the thread copies it and gives the verdict DROP) and an
+//! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
+//! TCP/UDP towards the node's addresses, the thread keeps only registered
+//! flows, and the rule drops the packet in prerouting after the tap has
+//! copied it). docs/DESIGN-NOTES.md note 11 compares them; the default is
+//! the ring.
+//!
+//! What this module never does: look into payloads, decide which flows are
+//! native (the node core does, through [`NativeIo::add_flow`]), translate
+//! addresses, or touch tables other than its own.
+//!
+//! ```no_run
+//! # fn main() -> fpn_node::error::Result<()> {
+//! use fpn_node::native::{FiveTuple, L4Proto, NativeConfig, NativeIo, RxMechanism};
+//! let local = "198.18.0.2".parse().unwrap();
+//! let mut io = NativeIo::open(NativeConfig::new("fpn0", vec![local], RxMechanism::default()))?;
+//! let mut rx = io.take_receiver().expect("first call");
+//! // The core decided that this flow goes native (as received: peer -> us).
+//! let flow = FiveTuple {
+//!     src: "198.18.0.1".parse().unwrap(), dst: local,
+//!     proto: L4Proto::Tcp, src_port: 40000, dst_port: 443,
+//! };
+//! io.add_flow(flow)?; // milliseconds: from a blocking task, not the packet path
+//! let packets: Vec<Vec<u8>> = Vec::new(); // PCCOM packets, underlay addresses
+//! let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+//! io.send_batch(&refs)?;
+//! if let Some(batch) = rx.blocking_recv() {     // or rx.recv().await in tokio
+//!     for packet in batch.iter() { let _ = packet; /* open with PCCOM */ }
+//!     rx.recycle(batch);
+//! }
+//! io.remove_flow(flow)?;
+//! io.close() // or drop: the table is deleted
+//! # }
+//! ```
+//!
+//! The table outlives a killed process. [`NativeIo::open`] replaces a stale
+//! one of the same name, [`NativeIo::close`] and `Drop` delete it, and
+//! [`cleanup`] deletes it by name (for `fpn-node down` after a crash).
+
+mod nft;
+pub mod packet;
+mod rx_nfq;
+mod rx_ring;
+mod send;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+pub use nft::FLOW_SET;
+pub use packet::{FiveTuple, L4Proto};
+pub use send::{RawSender, SEND_BATCH};
+
+/// DPRP's UDP port: DDE probes to it, towards a local address, are taken
+/// like native packets.
+pub const DPRP_PORT: u16 = 7717;
+
+/// How the receive thread takes packets from the kernel. The default is
+/// [`PacketRing`](Self::PacketRing) (docs/DESIGN-NOTES.md note 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RxMechanism {
+    /// An nftables `queue` rule on the set (no `bypass`: with nobody
+    /// listening the packets are dropped, never passed to the stack); the
+    /// thread copies each packet and gives the verdict DROP.
+    Nfqueue {
+        /// The queue number (unique per node on the host).
+        queue: u16,
+    },
+    /// An AF_PACKET TPACKET_V3 ring with a BPF filter (TCP/UDP towards the
+    /// local addresses) and an nftables `drop` rule on the set.
+    #[default]
+    PacketRing,
+}
+
+/// Everything [`NativeIo::open`] needs.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// The nftables table (family `inet`); see [`table_name`].
+    pub table: String,
+    /// This node's underlay addresses: native packets and DPRP probes
+    /// arrive addressed to them.
+    pub local_addrs: Vec<Ipv4Addr>,
+    /// The receive mechanism.
+    pub mechanism: RxMechanism,
+    /// DPRP's port, or `None` to leave DPRP to an ordinary socket.
+    pub dprp_port: Option<u16>,
+    /// Most packets in one [`RxBatch`].
+    pub max_batch: usize,
+    /// Batches waiting for the driver before the thread stops reading
+    /// (then the kernel's queue or ring absorbs, then drops).
+    pub channel_batches: usize,
+    /// NFQUEUE: the kernel queue's length in packets.
+    pub queue_len: u32,
+    /// PacketRing: the ring's size in MiB (1 MiB blocks).
+    pub ring_mib: u32,
+}
+
+impl NativeConfig {
+    /// The defaults for the node whose TUN device is `tun`.
+    pub fn new(tun: &str, local_addrs: Vec<Ipv4Addr>, mechanism: RxMechanism) -> Self {
+        Self {
+            table: table_name(tun),
+            local_addrs,
+            mechanism,
+            dprp_port: Some(DPRP_PORT),
+            max_batch: 64,
+            channel_batches: 256,
+            queue_len: 4096,
+            ring_mib: 16,
+        }
+    }
+}
+
+/// The node's table name for its TUN device: `fpn_` and the name with every
+/// character other than a letter, digit or `_` replaced by `_`.
+pub fn table_name(tun: &str) -> String {
+    let mut s = String::from("fpn_");
+    s.extend(tun.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    s
+}
+
+/// Deletes the node's table `table` (and, for the compat NFQUEUE path, its
+/// iptables rule) in the calling thread's network namespace, if a crashed
+/// node left it. Returns whether there was one.
+pub fn cleanup(table: &str) -> Result<bool> {
+    nft::delete(table)
+}
+
+/// Received packets, in one buffer.
+#[derive(Default)]
+pub struct RxBatch {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl std::fmt::Debug for RxBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxBatch")
+            .field("packets", &self.ends.len())
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl RxBatch {
+    /// The number of packets.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no packet.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The packets (whole IPv4 packets, header included), in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(a, &b)| &self.data[a..b])
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        self.data.extend_from_slice(packet);
+        self.ends.push(self.data.len());
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+}
+
+/// The driver's end of the receive thread.
+#[derive(Debug)]
+pub struct NativeRx {
+    rx: tokio::sync::mpsc::Receiver<RxBatch>,
+    pool: std::sync::mpsc::SyncSender<RxBatch>,
+}
+
+impl NativeRx {
+    /// The next batch; `None` once the thread has stopped.
+    pub async fn recv(&mut self) -> Option<RxBatch> {
+        self.rx.recv().await
+    }
+
+    /// The next batch, blocking (not inside an async runtime).
+    pub fn blocking_recv(&mut self) -> Option<RxBatch> {
+        self.rx.blocking_recv()
+    }
+
+    /// The next batch if one waits (or `Err` says why not).
+    pub fn try_recv(&mut self) -> Result<RxBatch, tokio::sync::mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Gives a batch's buffers back to the thread, so steady-state receiving
+    /// allocates nothing. Optional.
+    pub fn recycle(&self, batch: RxBatch) {
+        let _ = self.pool.try_send(batch);
+    }
+}
+
+/// Counters of the receive thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxStats {
+    /// Packets handed to the driver.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Batches handed to the driver.
+    pub batches: u64,
+    /// PacketRing: packets the BPF filter let through that belong to no
+    /// registered flow (the host's own traffic, copied for nothing).
+    pub ignored: u64,
+    /// PacketRing: packets the kernel dropped because the ring was full.
+    pub ring_drops: u64,
+    /// Receive errors the thread survived.
+    pub errors: u64,
+}
+
+/// The native carrier's I/O: the raw sender, the node's table and the
+/// receive thread. Dropping it deletes the table.
+#[derive(Debug)]
+pub struct NativeIo {
+    table: Option<nft::Table>,
+    sender: RawSender,
+    rx: Option<NativeRx>,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    thread: JoinHandle<()>,
+    /// Wakes a thread blocked in poll(2) (PacketRing).
+    wake: Option<std::os::fd::OwnedFd>,
+}
+
+impl NativeIo {
+    /// Opens the raw sender and the receiver, then replaces any table named
+    /// `cfg.table` (left by a killed node) with a fresh, empty one, and
+    /// starts the receive thread. Everything lives in the calling thread's
+    /// network namespace. Needs CAP_NET_ADMIN and CAP_NET_RAW, and the `nft`
+    /// binary.
+    pub fn open(cfg: NativeConfig) -> Result<Self> {
+        if cfg.max_batch == 0 || cfg.channel_batches == 0 {
+            return Err(Error::NativeConfig {
+                setting: "max_batch/channel_batches",
+                reason: "must be at least 1",
+            });
+        }
+        let sender = RawSender::open()?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            flows: RwLock::new(HashSet::new()),
+            dprp_port: cfg.dprp_port,
+            counters: Counters::default(),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(cfg.channel_batches);
+        let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel(cfg.channel_batches);
+        let outbox = Outbox {
+            tx,
+            pool: pool_rx,
+            cur: RxBatch::default(),
+            max_batch: cfg.max_batch,
+        };
+        // The receiver exists before the rule that feeds it, so no packet
+        // is queued to nobody or dropped unseen.
+        let (table, worker) = match cfg.mechanism {
+            RxMechanism::Nfqueue { queue } => {
+                let q = rx_nfq::open(queue, cfg.queue_len)?;
+                let table = nft::Table::create(
+                    nft::Netns::current()?,
+                    &cfg.table,
+                    &cfg.local_addrs,
+                    cfg.dprp_port,
+                    nft::RxVerdict::Queue(queue),
+                )?;
+                let sh = shared.clone();
+                let thread =
+                    match spawn("fpn-native-nfq", move || rx_nfq::run(q, queue, &sh, outbox)) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let _ = table.delete();
+                            return Err(e);
+                        }
+                    };
+                (table, Worker { thread, wake: None })
+            }
+            RxMechanism::PacketRing => {
+                if cfg.local_addrs.is_empty() {
+                    return Err(Error::NativeConfig {
+                        setting: "local_addrs",
+                        reason: "the packet ring needs at least one local address",
+                    });
+                }
+                let ring = rx_ring::Ring::open(&cfg.local_addrs, cfg.ring_mib)?;
+                let wake = ring.waker()?;
+                let table = nft::Table::create(
+                    nft::Netns::current()?,
+                    &cfg.table,
+                    &cfg.local_addrs,
+                    cfg.dprp_port,
+                    nft::RxVerdict::Drop,
+                )?;
+                let sh = shared.clone();
+                let thread = match spawn("fpn-native-ring", move || ring.run(&sh, outbox)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = table.delete();
+                        return Err(e);
+                    }
+                };
+                (
+                    table,
+                    Worker {
+                        thread,
+                        wake: Some(wake),
+                    },
+                )
+            }
+        };
+        tracing::debug!(table = table.name(), ?cfg.mechanism, "native I/O open");
+        Ok(Self {
+            table: Some(table),
+            sender,
+            rx: Some(NativeRx { rx, pool: pool_tx }),
+            shared,
+            worker: Some(worker),
+        })
+    }
+
+    /// The receiving end, once (`None` after the first call).
+    pub fn take_receiver(&mut self) -> Option<NativeRx> {
+        self.rx.take()
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        self.table.as_ref().map_or("", |t| t.name())
+    }
+
+    /// Starts taking the packets of `flow` (as received: `src` the peer,
+    /// `dst` this node) away from the kernel's stack. One `nft` transaction:
+    /// milliseconds, so never call it on the packet path (a blocking task or
+    /// a thread of its own); [`add_flows`](Self::add_flows) batches.
+    pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.add_flows(&[flow])
+    }
+
+    /// [`add_flow`](Self::add_flow) for many flows in one transaction.
+    pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        // The thread accepts them first: once the kernel drops them they
+        // must already be wanted.
+        {
+            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+            set.extend(flows.iter().copied());
+        }
+        self.nft_table()?.add_flows(flows)
+    }
+
+    /// Gives the packets of `flow` back to the kernel's stack. Removing an
+    /// unknown flow is not an error.
+    pub fn remove_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.remove_flows(&[flow])
+    }
+
+    /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
+    pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        let r = self.nft_table()?.remove_flows(flows);
+        let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+        for f in flows {
+            set.remove(f);
+        }
+        r
+    }
+
+    /// Sends whole IPv4 packets; see [`RawSender::send_batch`].
+    pub fn send_batch(&mut self, packets: &[&[u8]]) -> Result<usize> {
+        self.sender.send_batch(packets)
+    }
+
+    /// The receive thread's counters.
+    pub fn stats(&self) -> RxStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Deletes the table (the kernel's stack gets every flow back), then
+    /// stops the receive thread.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn nft_table(&self) -> Result<&nft::Table> {
+        self.table.as_ref().ok_or(Error::CarrierClosed)
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let r = match self.table.take() {
+            Some(t) => t.delete().map(|_| ()),
+            None => Ok(()),
+        };
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(w) = self.worker.take() {
+            if let Some(fd) = &w.wake {
+                rx_ring::wake(fd);
+            }
+            let _ = w.thread.join();
+        }
+        r
+    }
+}
+
+impl Drop for NativeIo {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "native I/O: cannot delete the node's table");
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|source| Error::NativeSocket {
+            what: "spawn the receive thread",
+            source,
+        })
+}
+
+/// What the driver side and the receive thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    stop: AtomicBool,
+    /// The registered flows (PacketRing filters on them).
+    flows: RwLock<HashSet<FiveTuple>>,
+    dprp_port: Option<u16>,
+    counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    batches: AtomicU64,
+    ignored: AtomicU64,
+    ring_drops: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RxStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RxStats {
+            packets: l(&self.packets),
+            bytes: l(&self.bytes),
+            batches: l(&self.batches),
+            ignored: l(&self.ignored),
+            ring_drops: l(&self.ring_drops),
+            errors: l(&self.errors),
+        }
+    }
+}
+
+/// The thread's side of the channel: fills a batch, hands it over when full
+/// or when the kernel has nothing more right now.
+pub(crate) struct Outbox {
+    tx: tokio::sync::mpsc::Sender<RxBatch>,
+    pool: std::sync::mpsc::Receiver<RxBatch>,
+    cur: RxBatch,
+    max_batch: usize,
+}
+
+impl Outbox {
+    /// Adds a packet; hands the batch over when full. False once the driver
+    /// is gone or the node stops.
+    pub(crate) fn push(&mut self, shared: &Shared, packet: &[u8]) -> bool {
+        self.cur.push(packet);
+        if self.cur.len() >= self.max_batch {
+            return self.flush(shared);
+        }
+        true
+    }
+
+    /// Hands over what is gathered. Waits (bounded by `stop`) while the
+    /// driver is behind: the kernel's queue or ring absorbs meanwhile.
+    pub(crate) fn flush(&mut self, shared: &Shared) -> bool {
+        if self.cur.is_empty() {
+            return true;
+        }
+        let mut next = self.pool.try_recv().unwrap_or_default();
+        next.clear();
+        let mut batch = std::mem::replace(&mut self.cur, next);
+        let (n, bytes) = (batch.len() as u64, batch.data.len() as u64);
+        loop {
+            match self.tx.try_send(batch) {
+                Ok(()) => break,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(b)) => {
+                    if shared.stopped() {
+                        return false;
+                    }
+                    batch = b;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        let c = &shared.counters;
+        c.packets.fetch_add(n, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_come_from_the_tun_name() {
+        assert_eq!(table_name("fpn0"), "fpn_fpn0");
+        assert_eq!(table_name("tun-a.1"), "fpn_tun_a_1");
+    }
+
+    #[test]
+    fn native_io_moves_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<NativeIo>();
+        is_send::<NativeRx>();
+        is_send::<RawSender>();
+    }
+
+    #[test]
+    fn batches_yield_their_packets_in_order() {
+        let mut b = RxBatch::default();
+        b.push(b"one");
+        b.push(b"");
+        b.push(b"three");
+        let v: Vec<&[u8]> = b.iter().collect();
+        assert_eq!(v, [&b"one"[..], b"", b"three"]);
+        assert_eq!(b.len(), 3);
+        b.clear();
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,418 @@
+//! The node's own nftables table: created at start (replacing a stale one a
+//! killed node left behind), one set of native flows, deleted on close.
+//!
+//! Talks to the kernel through the `nft` binary (`nft -f -`, one atomic
+//! transaction per call). A call costs a process start; docs/DESIGN-NOTES.md
+//! note 11 has the numbers. It is never on the packet path.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use super::packet::FiveTuple;
+use crate::error::{Error, Result};
+
+/// The name of the set of native flows in the node's table.
+pub const FLOW_SET: &str = "native_flows";
+
+/// What the prerouting rule does with a packet of a registered flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RxVerdict {
+    /// `queue num N` without `bypass`: fail closed when nobody listens.
+    Queue(u16),
+    /// `drop`: an AF_PACKET tap has copied the packet already.
+    Drop,
+}
+
+/// The node's table. Dropping it does not delete it; [`NativeIo`] does.
+///
+/// [`NativeIo`]: super::NativeIo
+#[derive(Debug)]
+pub(crate) struct Table {
+    name: String,
+    ns: Netns,
+}
+
+/// The network namespace a table lives in. An `nft`/`iptables` run for the
+/// table started from a thread in another namespace enters it first (that
+/// takes CAP_SYS_ADMIN; from the same namespace nothing is entered, so
+/// CAP_NET_ADMIN is enough).
+#[derive(Debug)]
+pub(crate) struct Netns {
+    fd: OwnedFd,
+    id: (u64, u64),
+}
+
+impl Netns {
+    /// The calling thread's network namespace.
+    pub(crate) fn current() -> Result<Self> {
+        let file = std::fs::File::open(NS_PATH).map_err(ns_err)?;
+        let id = ns_id(&file.metadata().map_err(ns_err)?);
+        Ok(Self {
+            fd: file.into(),
+            id,
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let here = std::fs::metadata(NS_PATH).map(|m| ns_id(&m)).ok();
+        if here == Some(self.id) {
+            return cmd;
+        }
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: setns(2) is a plain system call, safe between fork and
+        // exec; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        cmd
+    }
+}
+
+const NS_PATH: &str = "/proc/thread-self/ns/net";
+
+fn ns_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn ns_err(source: std::io::Error) -> Error {
+    Error::NativeSocket {
+        what: "open /proc/thread-self/ns/net",
+        source,
+    }
+}
+
+impl Table {
+    /// Replaces any table of this name (a stale one from a killed node)
+    /// with a fresh one, in one transaction.
+    ///
+    /// For [`RxVerdict::Queue`] on a kernel without nftables' `queue`
+    /// expression (CONFIG_NFT_QUEUE unset, as on some minimal kernels), the
+    /// rule marks the packet instead and one iptables rule in `raw
+    /// PREROUTING` (the xtables NFQUEUE target, tagged with a comment naming
+    /// the table) queues marked packets; [`delete`] removes it too.
+    pub(crate) fn create(
+        ns: Netns,
+        name: &str,
+        local: &[Ipv4Addr],
+        dprp_port: Option<u16>,
+        verdict: RxVerdict,
+    ) -> Result<Self> {
+        check_name(name)?;
+        delete_compat_rules(&ns, name)?;
+        let script = |v: &str| ruleset(name, local, dprp_port, v);
+        match verdict {
+            RxVerdict::Drop => run(&ns, &script("drop"))?,
+            RxVerdict::Queue(n) => {
+                if let Err(native) = run(&ns, &script(&format!("queue num {n}"))) {
+                    // Without nft_queue the kernel answers ENOENT for the rule.
+                    let Error::NativeNft { stderr, .. } = &native else {
+                        return Err(native);
+                    };
+                    if !(stderr.contains("queue") && stderr.contains("No such file")) {
+                        return Err(native);
+                    }
+                    run(&ns, &script(&format!("meta mark set {COMPAT_MARK:#x}")))?;
+                    let mut args: Vec<String> =
+                        ["-t", "raw", "-I", "PREROUTING"].map(String::from).to_vec();
+                    args.extend(compat_rule(name, n));
+                    if let Err(e) = iptables(&ns, &args) {
+                        let _ = run(&ns, &format!("delete table inet {name}\n"));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            ns,
+        })
+    }
+
+    /// The table's name (family `inet`).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds flows to the set, in one transaction. Adding a present flow is
+    /// not an error.
+    pub(crate) fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        self.elements("add", flows)
+    }
+
+    /// Removes flows from the set, in one transaction. Removing an absent
+    /// flow is not an error.
+    pub(crate) fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        // "delete element" fails on an absent element; "destroy" (nft 1.0.8)
+        // is not in every distribution yet. Add then delete is idempotent.
+        if flows.is_empty() {
+            return Ok(());
+        }
+        let els = join(flows);
+        run(
+            &self.ns,
+            &format!(
+                "add element inet {n} {FLOW_SET} {{ {els} }}\ndelete element inet {n} {FLOW_SET} {{ {els} }}\n",
+                n = self.name
+            ),
+        )
+    }
+
+    /// Deletes the table (and any compat rule). Returns whether it existed.
+    pub(crate) fn delete(self) -> Result<bool> {
+        delete_in(&self.ns, &self.name)
+    }
+
+    fn elements(&self, verb: &str, flows: &[FiveTuple]) -> Result<()> {
+        if flows.is_empty() {
+            return Ok(());
+        }
+        run(
+            &self.ns,
+            &format!(
+                "{verb} element inet {} {FLOW_SET} {{ {} }}\n",
+                self.name,
+                join(flows)
+            ),
+        )
+    }
+}
+
+/// Deletes the table `name` (family `inet`) if it exists. Returns whether
+/// there was one.
+/// (In the calling thread's network namespace.)
+pub(crate) fn delete(name: &str) -> Result<bool> {
+    delete_in(&Netns::current()?, name)
+}
+
+fn delete_in(ns: &Netns, name: &str) -> Result<bool> {
+    check_name(name)?;
+    delete_compat_rules(ns, name)?;
+    if !exists(ns, name)? {
+        return Ok(false);
+    }
+    run(ns, &format!("delete table inet {name}\n"))?;
+    Ok(true)
+}
+
+/// Whether the table `name` (family `inet`) exists.
+pub(crate) fn exists(ns: &Netns, name: &str) -> Result<bool> {
+    check_name(name)?;
+    let out = ns
+        .command("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+        .map_err(|source| Error::NativeNftSpawn { source })?;
+    if !out.status.success() {
+        return Err(nft_failed(&out));
+    }
+    let want = format!("table inet {name}");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == want))
+}
+
+/// A table name must be a plain nftables identifier (it goes into a script).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphabetic()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::NativeConfig {
+            setting: "table",
+            reason: "must be letters, digits and '_', starting with a letter, at most 64",
+        })
+    }
+}
+
+/// The mark the compat NFQUEUE path puts on packets to queue.
+const COMPAT_MARK: u32 = 0x0f9e_0000;
+
+/// The whole table as one nft script: replace any old one, then define.
+fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str) -> String {
+    let mut s = String::new();
+    // "add" then "delete" makes the delete succeed whether or not a stale
+    // table exists; all of it is one atomic batch.
+    s.push_str(&format!(
+        "add table inet {name}\ndelete table inet {name}\n"
+    ));
+    s.push_str(&format!("table inet {name} {{\n"));
+    s.push_str(&format!(
+        "  set {FLOW_SET} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service; }}\n"
+    ));
+    if !local.is_empty() {
+        let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
+        s.push_str(&format!(
+            "  set local_addrs {{ type ipv4_addr; elements = {{ {} }}; }}\n",
+            addrs.join(", ")
+        ));
+    }
+    // priority raw - 10: before conntrack (-200) and before iptables' raw
+    // table (-300), so stolen packets leave no connection-tracking entry
+    // and never meet the host's firewall.
+    s.push_str("  chain rx {\n    type filter hook prerouting priority raw - 10; policy accept;\n");
+    s.push_str(&format!(
+        "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
+    ));
+    if let (Some(port), false) = (dprp_port, local.is_empty()) {
+        s.push_str(&format!(
+            "    ip daddr @local_addrs udp dport {port} counter {verdict}\n"
+        ));
+    }
+    s.push_str("  }\n");
+    // Our raw-socket sends of a native flow are not tracked either: the
+    // kernel has no socket for them and would only keep useless state.
+    s.push_str("  chain tx {\n    type filter hook output priority raw; policy accept;\n");
+    s.push_str(&format!(
+        "    ip daddr . ip saddr . meta l4proto . th dport . th sport @{FLOW_SET} notrack\n"
+    ));
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// The iptables rule (after `-t raw -I/-D PREROUTING`) of the compat path.
+fn compat_rule(name: &str, queue: u16) -> Vec<String> {
+    [
+        "-m",
+        "mark",
+        "--mark",
+        &format!("{COMPAT_MARK:#x}/0xffff0000"),
+        "-m",
+        "comment",
+        "--comment",
+        &format!("fpn:{name}"),
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Deletes every compat iptables rule tagged with this table's name.
+/// Without an iptables binary there can be none: not an error.
+fn delete_compat_rules(ns: &Netns, name: &str) -> Result<()> {
+    let out = match ns
+        .command("iptables")
+        .args(["-t", "raw", "-S", "PREROUTING"])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(Error::NativeNftSpawn { source }),
+    };
+    if !out.status.success() {
+        // No raw table support at all: nothing of ours can be there.
+        return Ok(());
+    }
+    let tag = format!("\"fpn:{name}\"");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(spec) = line.strip_prefix("-A PREROUTING ") else {
+            continue;
+        };
+        if !spec
+            .split_whitespace()
+            .any(|w| w == tag || w == &tag[1..tag.len() - 1])
+        {
+            continue;
+        }
+        let mut args = vec![
+            "-t".to_owned(),
+            "raw".into(),
+            "-D".into(),
+            "PREROUTING".into(),
+        ];
+        args.extend(
+            spec.split_whitespace()
+                .map(|w| w.trim_matches('"').to_owned()),
+        );
+        iptables(ns, &args)?;
+    }
+    Ok(())
+}
+
+fn iptables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Result<()> {
+    let out = ns
+        .command("iptables")
+        .args(args)
+        .output()
+        .map_err(|source| Error::NativeNftSpawn { source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(nft_failed(&out))
+    }
+}
+
+fn join(flows: &[FiveTuple]) -> String {
+    let els: Vec<String> = flows.iter().map(FiveTuple::nft_element).collect();
+    els.join(", ")
+}
+
+/// Runs an nft script as one transaction.
+fn run(ns: &Netns, script: &str) -> Result<()> {
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::NativeNftSpawn { source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|source| Error::NativeNftSpawn { source })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| Error::NativeNftSpawn { source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(nft_failed(&out))
+    }
+}
+
+fn nft_failed(out: &std::process::Output) -> Error {
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if stderr.len() > 400 {
+        let mut cut = 400;
+        while !stderr.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        stderr.truncate(cut);
+    }
+    Error::NativeNft {
+        status: out.status.to_string(),
+        stderr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_checked_before_reaching_a_script() {
+        assert!(check_name("fpn_tun0").is_ok());
+        for bad in ["", "0abc", "a b", "a;delete table", "x{", &"a".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

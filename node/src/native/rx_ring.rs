@@ -1,0 +1,420 @@
+//! Receive mechanism (b): an AF_PACKET socket with a TPACKET_V3 mmap ring.
+//!
+//! The tap sees every IPv4 packet the host receives, before netfilter; a
+//! classic-BPF filter in the kernel narrows it to TCP and UDP towards the
+//! node's addresses, and this thread keeps the packets of registered flows
+//! (and DPRP probes). The node's table drops those same packets in
+//! prerouting, so the copy here is the only one.
+//!
+//! Caveat: a tap sees packets after GRO. On a NIC with GRO on, consecutive
+//! TCP-shaped native packets of one flow can arrive here merged into one
+//! large packet (NFQUEUE segments them again before queueing).
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use super::packet::{FiveTuple, L4Proto};
+use super::{Outbox, Shared};
+use crate::error::{Error, Result};
+
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TPACKET_V3: libc::c_int = 2;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const BLOCK_SIZE: u32 = 1 << 20;
+const FRAME_SIZE: u32 = 2048;
+/// A block is handed over when full or after this many ms.
+const RETIRE_TOV_MS: u32 = 1;
+
+#[repr(C)]
+struct TpacketReq3 {
+    tp_block_size: u32,
+    tp_block_nr: u32,
+    tp_frame_size: u32,
+    tp_frame_nr: u32,
+    tp_retire_blk_tov: u32,
+    tp_sizeof_priv: u32,
+    tp_feature_req_word: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TpacketStatsV3 {
+    tp_packets: u32,
+    tp_drops: u32,
+    tp_freeze_q_cnt: u32,
+}
+
+// Offsets in struct tpacket_block_desc (version, offset_to_priv, then
+// tpacket_hdr_v1) and struct tpacket3_hdr, from linux/if_packet.h.
+const BLK_STATUS: usize = 8;
+const BLK_NUM_PKTS: usize = 12;
+const BLK_FIRST: usize = 16;
+const PKT_NEXT: usize = 0;
+const PKT_SNAPLEN: usize = 12;
+const PKT_NET: usize = 26;
+
+/// The socket and its mapped ring.
+pub(crate) struct Ring {
+    fd: OwnedFd,
+    map: *mut u8,
+    blocks: usize,
+    wake: OwnedFd,
+}
+
+// SAFETY: the mapping belongs to this struct alone and is only touched by
+// the thread that owns it.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Opens the tap: socket, filter, ring, then bind (so no packet
+    /// arrives before the filter is in place).
+    pub(crate) fn open(local: &[Ipv4Addr], ring_mib: u32) -> Result<Self> {
+        let err = |what| move |source| Error::NativeSocket { what, source };
+        if local.len() > 200 {
+            return Err(Error::NativeConfig {
+                setting: "local_addrs",
+                reason: "the packet filter takes at most 200 addresses",
+            });
+        }
+        let blocks = ring_mib.clamp(1, 1024);
+        // SAFETY: plain socket(2); the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) };
+        if raw < 0 {
+            return Err(err("open the AF_PACKET socket")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: raw is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt(&fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
+            .map_err(err("select TPACKET_V3"))?;
+        // Outgoing packets (our own raw sends) are of no interest.
+        let _ = setsockopt(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
+        let prog = filter(local);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+            .map_err(err("attach the BPF filter"))?;
+        let req = TpacketReq3 {
+            tp_block_size: BLOCK_SIZE,
+            tp_block_nr: blocks,
+            tp_frame_size: FRAME_SIZE,
+            tp_frame_nr: BLOCK_SIZE / FRAME_SIZE * blocks,
+            tp_retire_blk_tov: RETIRE_TOV_MS,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(&fd, SOL_PACKET, PACKET_RX_RING, &req).map_err(err("set up the RX ring"))?;
+        let len = BLOCK_SIZE as usize * blocks as usize;
+        // SAFETY: maps the ring the kernel just allocated for this socket.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_LOCKED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        let map = if map == libc::MAP_FAILED {
+            // MAP_LOCKED can fail under RLIMIT_MEMLOCK; the ring works unlocked.
+            // SAFETY: as above.
+            let m = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return Err(err("map the RX ring")(std::io::Error::last_os_error()));
+            }
+            m
+        } else {
+            map
+        };
+        // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        sll.sll_ifindex = 0;
+        // SAFETY: sll is a valid sockaddr_ll of the given length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(err("bind the AF_PACKET socket")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: an eventfd for shutdown; checked below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(err("create an eventfd")(std::io::Error::last_os_error()));
+        }
+        let ring = Self {
+            fd,
+            map: map.cast(),
+            blocks: blocks as usize,
+            // SAFETY: efd is a fresh descriptor we own.
+            wake: unsafe { OwnedFd::from_raw_fd(efd) },
+        };
+        Ok(ring)
+    }
+
+    /// A descriptor whose write wakes the thread ([`wake`]).
+    pub(crate) fn waker(&self) -> Result<OwnedFd> {
+        self.wake.try_clone().map_err(|source| Error::NativeSocket {
+            what: "duplicate the eventfd",
+            source,
+        })
+    }
+
+    /// The thread: until stopped or the driver is gone.
+    pub(crate) fn run(self, shared: &Shared, mut out: Outbox) {
+        let mut idx = 0;
+        'outer: while !shared.stopped() {
+            let block = self.block(idx);
+            // SAFETY: block points at a block header inside the mapping.
+            let status = unsafe { read_u32(block, BLK_STATUS) };
+            if status & TP_STATUS_USER == 0 {
+                if !out.flush(shared) {
+                    break;
+                }
+                self.count_drops(shared);
+                self.poll();
+                continue;
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            // SAFETY: the kernel handed this block to us (TP_STATUS_USER);
+            // offsets inside it come from the kernel and stay in the block.
+            let (n, mut at) = unsafe {
+                (
+                    read_u32(block, BLK_NUM_PKTS),
+                    read_u32(block, BLK_FIRST) as usize,
+                )
+            };
+            let mut alive = true;
+            for _ in 0..n {
+                if at + PKT_NET + 2 > BLOCK_SIZE as usize {
+                    break;
+                }
+                // SAFETY: at is inside the block (checked above).
+                let (next, snap, net) = unsafe {
+                    (
+                        read_u32(block, at + PKT_NEXT) as usize,
+                        read_u32(block, at + PKT_SNAPLEN) as usize,
+                        usize::from(read_u16(block, at + PKT_NET)),
+                    )
+                };
+                if at + net + snap <= BLOCK_SIZE as usize {
+                    // SAFETY: the range lies inside the block.
+                    let pkt = unsafe { std::slice::from_raw_parts(block.add(at + net), snap) };
+                    // The lock is taken per packet, never across a push
+                    // that may wait for the driver (which may be adding a
+                    // flow at that moment).
+                    if wanted(pkt, shared) {
+                        if alive && !out.push(shared, pkt) {
+                            alive = false;
+                        }
+                    } else {
+                        shared.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                at += next;
+            }
+            std::sync::atomic::fence(Ordering::Release);
+            // SAFETY: gives the block back to the kernel.
+            unsafe { write_u32(block, BLK_STATUS, TP_STATUS_KERNEL) };
+            idx = (idx + 1) % self.blocks;
+            if !alive {
+                break 'outer;
+            }
+        }
+        let _ = out.flush(shared);
+        self.count_drops(shared);
+    }
+
+    fn block(&self, idx: usize) -> *mut u8 {
+        // SAFETY: idx < blocks, so the offset is inside the mapping.
+        unsafe { self.map.add(idx * BLOCK_SIZE as usize) }
+    }
+
+    fn poll(&self) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLERR,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: fds is a valid array of two pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+    }
+
+    fn count_drops(&self, shared: &Shared) {
+        let mut st = TpacketStatsV3::default();
+        let mut len = std::mem::size_of::<TpacketStatsV3>() as libc::socklen_t;
+        // SAFETY: st is a valid tpacket_stats_v3 buffer of len bytes. The
+        // kernel resets its counters on each read, so they add up here.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_STATISTICS,
+                (&raw mut st).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 && st.tp_drops > 0 {
+            shared
+                .counters
+                .ring_drops
+                .fetch_add(u64::from(st.tp_drops), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in open.
+        unsafe { libc::munmap(self.map.cast(), BLOCK_SIZE as usize * self.blocks) };
+    }
+}
+
+/// Wakes the thread blocked in poll.
+pub(crate) fn wake(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes to an eventfd.
+    unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+}
+
+/// Whether the tap keeps this packet: a registered flow or a DPRP probe.
+fn wanted(pkt: &[u8], shared: &Shared) -> bool {
+    let Some(ft) = FiveTuple::parse(pkt) else {
+        return false;
+    };
+    if ft.proto == L4Proto::Udp && Some(ft.dst_port) == shared.dprp_port {
+        return true;
+    }
+    let flows = shared.flows.read().unwrap_or_else(|e| e.into_inner());
+    flows.contains(&ft)
+}
+
+/// The classic-BPF program: IPv4 TCP or UDP towards one of `local` (the
+/// packet starts at the IP header on a SOCK_DGRAM packet socket).
+fn filter(local: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
+    let n = local.len();
+    let op = |code: u32, jt: usize, jf: usize, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: jt as u8,
+        jf: jf as u8,
+        k,
+    };
+    let (ld_b, ld_w, jeq, ret) = (
+        libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        libc::BPF_RET | libc::BPF_K,
+    );
+    let mut p = vec![
+        op(ld_b, 0, 0, 9),
+        op(jeq, 1, 0, 6),
+        op(jeq, 0, n + 2, 17),
+        op(ld_w, 0, 0, 16),
+    ];
+    for (i, a) in local.iter().enumerate() {
+        let jf = usize::from(i + 1 == n);
+        p.push(op(jeq, n - 1 - i, jf, u32::from(*a)));
+    }
+    p.push(op(ret, 0, 0, 0x0004_0000));
+    p.push(op(ret, 0, 0, 0));
+    p
+}
+
+fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> std::io::Result<()> {
+    // SAFETY: v is a valid T of size_of::<T>() bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// # Safety
+/// `base + off .. +4` must lie inside the mapping.
+unsafe fn read_u32(base: *const u8, off: usize) -> u32 {
+    // SAFETY: by the caller; volatile because the kernel writes the ring.
+    unsafe { std::ptr::read_volatile(base.add(off).cast::<u32>()) }
+}
+
+/// # Safety
+/// `base + off .. +2` must lie inside the mapping.
+unsafe fn read_u16(base: *const u8, off: usize) -> u16 {
+    // SAFETY: by the caller.
+    unsafe { std::ptr::read_volatile(base.add(off).cast::<u16>()) }
+}
+
+/// # Safety
+/// `base + off .. +4` must lie inside the mapping.
+unsafe fn write_u32(base: *mut u8, off: usize, v: u32) {
+    // SAFETY: by the caller.
+    unsafe { std::ptr::write_volatile(base.add(off).cast::<u32>(), v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_jumps_stay_inside_the_program() {
+        for n in 1..=5 {
+            let local: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
+            let p = filter(&local);
+            for (i, ins) in p.iter().enumerate() {
+                if u32::from(ins.code) & 0x07 == libc::BPF_JMP {
+                    assert!(i + 1 + (ins.jt as usize) < p.len());
+                    assert!(i + 1 + (ins.jf as usize) < p.len());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The native carrier's I/O layer in real network namespaces: two
+//! namespaces joined by a veth pair on 198.18.0.0/24, the raw sender in one,
+//! [`NativeIo`] in the other, the kernel's answers read from its counters.
+//!
+//! Needs root (ip netns, raw sockets, nft); fails, never skips, without it.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fpn_node::native::packet::{build_packet, l4_checksum_ok, packet_seq};
+use fpn_node::native::{
+    FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RxMechanism, cleanup,
+};
+
+const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const A2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Two namespaces, `a` (198.18.0.1 and .3) and `b` (198.18.0.2), joined by
+/// a veth pair; both removed on drop, also after a failed assertion.
+struct Pair {
+    a: String,
+    b: String,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("fpnnat{}x{n}", std::process::id());
+        let p = Self {
+            a: format!("{id}a"),
+            b: format!("{id}b"),
+        };
+        ip(&["netns", "add", &p.a]);
+        ip(&["netns", "add", &p.b]);
+        ip(&[
+            "-n", &p.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &p.b,
+        ]);
+        ip(&["-n", &p.a, "addr", "add", "198.18.0.1/24", "dev", "va"]);
+        ip(&["-n", &p.a, "addr", "add", "198.18.0.3/24", "dev", "va"]);
+        ip(&["-n", &p.b, "addr", "add", "198.18.0.2/24", "dev", "vb"]);
+        for (ns, dev) in [(&p.a, "va"), (&p.b, "vb")] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        // Resolve the neighbours first: packets sent to an unresolved
+        // neighbour wait in a short queue (unres_qlen) and a large first
+        // batch would overflow it.
+        exec(&p.a, &["ping", "-c", "1", "-W", "5", "-q", "198.18.0.2"]);
+        p
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` (setns changes only the
+    /// calling thread; sockets, threads and commands started there stay).
+    fn run<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open the netns");
+        std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// A counter of /proc/net/snmp in `ns`, e.g. ("Tcp", "OutRsts").
+    fn snmp(ns: &str, group: &str, field: &str) -> u64 {
+        let out = exec(ns, &["cat", "/proc/net/snmp"]);
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{group}:")))
+            .collect();
+        let names: Vec<&str> = lines[0].split_whitespace().collect();
+        let vals: Vec<&str> = lines[1].split_whitespace().collect();
+        let i = names
+            .iter()
+            .position(|n| *n == field)
+            .expect("counter exists");
+        vals[i].parse().expect("a number")
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {} (these tests need root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn exec(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("run ip netns exec");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flow(proto: L4Proto, src: Ipv4Addr, src_port: u16, dst_port: u16) -> FiveTuple {
+    FiveTuple {
+        src,
+        dst: B,
+        proto,
+        src_port,
+        dst_port,
+    }
+}
+
+/// Sends `count` packets of `flow` from namespace `ns`, sequence numbers
+/// from `first`, in one batch.
+fn send_from(ns: &str, flow: FiveTuple, first: u64, count: usize, len: usize) -> usize {
+    Pair::run(ns, move || {
+        let mut bufs = vec![vec![0u8; len]; count];
+        for (i, b) in bufs.iter_mut().enumerate() {
+            build_packet(b, flow, len, first + i as u64, 0x5a).unwrap();
+        }
+        let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        RawSender::open().unwrap().send_batch(&refs).unwrap()
+    })
+}
+
+/// Everything the receiver gets within `wait` after the first packet (or
+/// `wait` if none comes).
+fn drain(rx: &mut NativeRx, wait: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        match rx.try_recv() {
+            Ok(b) => {
+                got.extend(b.iter().map(<[u8]>::to_vec));
+                rx.recycle(b);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    got
+}
+
+/// Opens NativeIo in `ns` (on a thread that stays there) and hands back
+/// the I/O and its receiver through a channel-owned thread.
+fn open_in(ns: &str, cfg: NativeConfig) -> (NativeIo, NativeRx) {
+    Pair::run(ns, move || {
+        let mut io = NativeIo::open(cfg).expect("open native I/O");
+        let rx = io.take_receiver().unwrap();
+        (io, rx)
+    })
+}
+
+fn mechanisms() -> [RxMechanism; 2] {
+    [RxMechanism::Nfqueue { queue: 7 }, RxMechanism::PacketRing]
+}
+
+fn steal_then_give_back(mech: RxMechanism) {
+    let p = Pair::new();
+    let cfg = NativeConfig::new("fpn0", vec![B], mech);
+    let (io, mut rx) = open_in(&p.b, cfg);
+    // Nothing listens on these ports in b: if the kernel saw the packets it
+    // would answer UDP with ICMP port unreachable and TCP with RST.
+    let udp = flow(L4Proto::Udp, A, 40000, 5555);
+    let tcp = flow(L4Proto::Tcp, A, 40001, 5556);
+    io.add_flows(&[udp, tcp]).unwrap();
+    let (rst0, unr0) = (
+        Pair::snmp(&p.b, "Tcp", "OutRsts"),
+        Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+    );
+
+    assert_eq!(send_from(&p.a, udp, 0, 10, 1400), 10);
+    assert_eq!(send_from(&p.a, tcp, 100, 10, 1400), 10);
+    let got = drain(&mut rx, Duration::from_millis(600));
+    let mut seqs: Vec<u64> = got.iter().filter_map(|p| packet_seq(p)).collect();
+    seqs.sort_unstable();
+    let want: Vec<u64> = (0..10).chain(100..110).collect();
+    assert_eq!(seqs, want, "{mech:?}: every packet once");
+    assert!(got.iter().all(|p| p.len() == 1400 && l4_checksum_ok(p)));
+    assert_eq!(Pair::snmp(&p.b, "Tcp", "OutRsts"), rst0, "{mech:?}: no RST");
+    assert_eq!(
+        Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+        unr0,
+        "{mech:?}: no ICMP"
+    );
+
+    // Given back: the kernel sees them again (and answers), we do not.
+    io.remove_flows(&[udp, tcp]).unwrap();
+    send_from(&p.a, udp, 20, 3, 200);
+    send_from(&p.a, tcp, 120, 3, 200);
+    let got = drain(&mut rx, Duration::from_millis(400));
+    assert!(
+        got.is_empty(),
+        "{mech:?}: {} packets after remove",
+        got.len()
+    );
+    assert!(
+        Pair::snmp(&p.b, "Tcp", "OutRsts") >= rst0 + 3,
+        "{mech:?}: RSTs"
+    );
+    assert!(
+        Pair::snmp(&p.b, "Icmp", "OutDestUnreachs") > unr0,
+        "{mech:?}: ICMP"
+    );
+    drop(io);
+}
+
+#[test]
+fn nfqueue_steals_a_registered_flow_and_gives_it_back() {
+    steal_then_give_back(RxMechanism::Nfqueue { queue: 7 });
+}
+
+#[test]
+fn packet_ring_steals_a_registered_flow_and_gives_it_back() {
+    steal_then_give_back(RxMechanism::PacketRing);
+}
+
+#[test]
+fn dprp_probes_to_a_local_address_are_taken() {
+    for mech in mechanisms() {
+        let p = Pair::new();
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let unr0 = Pair::snmp(&p.b, "Icmp", "OutDestUnreachs");
+        let dde = flow(L4Proto::Udp, A, 40999, fpn_node::native::DPRP_PORT);
+        send_from(&p.a, dde, 0, 3, 120);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        assert_eq!(got.len(), 3, "{mech:?}");
+        assert_eq!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+            unr0,
+            "{mech:?}"
+        );
+        drop(io);
+    }
+}
+
+/// The host's own TCP server on the port of a stolen flow keeps serving a
+/// client from another address (and from another port of the same address).
+#[test]
+fn host_tcp_server_on_the_same_port_keeps_serving() {
+    for mech in mechanisms() {
+        let p = Pair::new();
+        let listener = Pair::run(&p.b, || TcpListener::bind((B, 8080)).unwrap());
+        listener.set_nonblocking(false).unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(b"olleh").unwrap();
+            }
+        });
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let native = flow(L4Proto::Tcp, A, 40001, 8080);
+        io.add_flow(native).unwrap();
+        let rst0 = Pair::snmp(&p.b, "Tcp", "OutRsts");
+
+        // Native packets for the registered 5-tuple to port 8080: stolen.
+        assert_eq!(send_from(&p.a, native, 0, 20, 1400), 20);
+        // Real clients of the server: another address, and the same
+        // address from another port.
+        for src in [A2, A] {
+            let reply = Pair::run(&p.a, move || {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                sock.bind(&SocketAddr::from((src, 0)).into()).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                sock.connect_timeout(&SocketAddr::from((B, 8080)).into(), Duration::from_secs(5))
+                    .unwrap();
+                let mut s: TcpStream = sock.into();
+                s.write_all(b"hello").unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).unwrap();
+                buf
+            });
+            assert_eq!(&reply, b"olleh", "{mech:?} from {src}");
+        }
+        server.join().unwrap();
+        let got = drain(&mut rx, Duration::from_millis(400));
+        assert_eq!(got.len(), 20, "{mech:?}: the native packets, and only them");
+        assert!(got.iter().all(|p| FiveTuple::parse(p) == Some(native)));
+        assert_eq!(Pair::snmp(&p.b, "Tcp", "OutRsts"), rst0, "{mech:?}: no RST");
+        if mech == RxMechanism::PacketRing {
+            // The tap saw the real clients' packets and left them alone.
+            assert!(io.stats().ignored > 0, "{:?}", io.stats());
+        }
+        drop(io);
+    }
+}
+
+fn tables(ns: &str) -> String {
+    exec(ns, &["nft", "list", "tables"])
+}
+
+/// A table a killed node left behind is replaced at open; Drop deletes it;
+/// `cleanup` deletes one by name.
+#[test]
+fn stale_table_is_replaced_and_drop_and_cleanup_remove_it() {
+    for mech in mechanisms() {
+        let p = Pair::new();
+        exec(&p.b, &["nft", "add", "table", "inet", "fpn_fpn0"]);
+        exec(
+            &p.b,
+            &["nft", "add", "chain", "inet", "fpn_fpn0", "leftover"],
+        );
+        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let listing = exec(&p.b, &["nft", "list", "table", "inet", "fpn_fpn0"]);
+        assert!(!listing.contains("leftover"), "{listing}");
+        assert!(listing.contains("set native_flows"), "{listing}");
+        assert_eq!(io.table(), "fpn_fpn0");
+        drop(io);
+        assert!(
+            !tables(&p.b).contains("fpn_fpn0"),
+            "{mech:?}: {}",
+            tables(&p.b)
+        );
+        if matches!(mech, RxMechanism::Nfqueue { .. }) {
+            // The compat NFQUEUE rule (if this kernel needed one) is gone too.
+            let raw = Command::new("ip")
+                .args(["netns", "exec", &p.b, "iptables", "-t", "raw", "-S"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            assert!(!raw.contains("fpn:"), "{raw}");
+        }
+
+        // A crash leaves the table: `cleanup` removes it, once.
+        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        std::mem::forget(io);
+        assert!(tables(&p.b).contains("fpn_fpn0"));
+        assert!(Pair::run(&p.b, || cleanup("fpn_fpn0")).unwrap());
+        assert!(!tables(&p.b).contains("fpn_fpn0"), "{}", tables(&p.b));
+        assert!(!Pair::run(&p.b, || cleanup("fpn_fpn0")).unwrap());
+    }
+}
+
+/// Every packet of a batch larger than one sendmmsg goes out, with a valid
+/// checksum: the receiving kernel's UDP socket takes every one.
+#[test]
+fn batched_send_sends_every_packet() {
+    let p = Pair::new();
+    let sock = Pair::run(&p.b, || UdpSocket::bind((B, 6000)).unwrap());
+    // Room for the whole burst (the default buffer holds ~160 small ones).
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt with a valid int on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let f = flow(L4Proto::Udp, A, 41000, 6000);
+    let n = 200;
+    assert!(n > fpn_node::native::SEND_BATCH);
+    assert_eq!(send_from(&p.a, f, 0, n, 300), n);
+    let mut seen = vec![false; n];
+    let mut buf = [0u8; 2048];
+    for _ in 0..n {
+        let (len, from) = sock.recv_from(&mut buf).expect("every datagram arrives");
+        assert_eq!(from, SocketAddr::from((A, 41000)));
+        assert_eq!(len, 300 - 28);
+        let seq = u64::from_be_bytes(buf[..8].try_into().unwrap()) as usize;
+        assert!(!seen[seq], "duplicate {seq}");
+        seen[seq] = true;
+    }
+    assert!(seen.iter().all(|s| *s));
+
+    // A batch with one malformed packet sends nothing.
+    let sent = Pair::run(&p.a, move || {
+        let mut good = vec![0u8; 100];
+        build_packet(&mut good, f, 100, 999, 0).unwrap();
+        let bad = [0x60u8; 40];
+        RawSender::open()
+            .unwrap()
+            .send_batch(&[&good, &bad])
+            .is_err()
+    });
+    assert!(sent);
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "nothing of a refused batch"
+    );
+}
+
+/// The bench example (`examples/native_rx_bench.rs`), built by cargo next
+/// to this test binary (`cargo test` and `cargo build --all-targets` build
+/// examples).
+fn bench_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("native_rx_bench");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p fpn-node --examples`",
+        path.display()
+    );
+    path
+}
+
+/// A node killed with SIGKILL leaves its table: its flows stay blackholed
+/// (fail-closed: the kernel never answers them), and the next `open` of the
+/// same table replaces it with an empty one that works.
+#[test]
+fn a_table_left_by_a_killed_process_is_replaced() {
+    use std::io::BufRead;
+    for (mech, arg) in [
+        (RxMechanism::Nfqueue { queue: 3 }, "nfq"),
+        (RxMechanism::PacketRing, "ring"),
+    ] {
+        let p = Pair::new();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &p.b])
+            .arg(bench_binary())
+            .args(["rx", "--mech", arg, "--proto", "udp", "--flows", "1"])
+            .args(["--src", "198.18.0.1", "--dst", "198.18.0.2"])
+            .args(["--sport", "40000", "--dport", "5555", "--expect", "1000"])
+            .args(["--secs", "30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the bench receiver");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "READY", "{mech:?}");
+        child.kill().unwrap(); // SIGKILL: no Drop runs
+        child.wait().unwrap();
+        assert!(tables(&p.b).contains("fpn_fpnbench"), "{mech:?}");
+
+        // The dead node's flow is blackholed, not handed to the stack.
+        let f = flow(L4Proto::Udp, A, 40000, 5555);
+        let unr0 = Pair::snmp(&p.b, "Icmp", "OutDestUnreachs");
+        send_from(&p.a, f, 0, 5, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+            unr0,
+            "{mech:?}"
+        );
+
+        // Reopened: a fresh, empty table; the stack gets the flow back
+        // until the flow is registered again.
+        let mut cfg = NativeConfig::new("fpnbench", vec![B], mech);
+        cfg.table = "fpn_fpnbench".into();
+        let (io, mut rx) = open_in(&p.b, cfg);
+        send_from(&p.a, f, 10, 2, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs") > unr0,
+            "{mech:?}"
+        );
+        io.add_flow(f).unwrap();
+        send_from(&p.a, f, 20, 5, 200);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        assert_eq!(got.len(), 5, "{mech:?}");
+        drop(io);
+        assert!(!tables(&p.b).contains("fpn_fpnbench"), "{mech:?}");
+    }
+}
