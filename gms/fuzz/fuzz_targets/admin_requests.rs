@@ -7,23 +7,41 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fpn_gms::admin::AdminRequest;
 use fpn_gms::ca::Ca;
 use fpn_gms::config::Config;
 use fpn_gms::core::{Core, init_store};
 use fpn_gms::schedule::Schedule;
-use fpn_gms::store::{Batch, Entry, Store, Tree};
+use fpn_gms::store::{Batch, CommitSeq, Entry, Store, Syncer, Tree};
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
 
 const T0: u64 = 1_800_000_000;
 
-/// Trees and an audit log in memory; commits apply a whole batch at once.
+/// Trees and an audit log in memory; commits apply a whole batch at once
+/// and are "durable" at once (memory is all a fuzz run has).
 #[derive(Default)]
 struct MemStore {
     trees: Mutex<(BTreeMap<(Tree, Vec<u8>), Vec<u8>>, Vec<Vec<u8>>)>,
+    commits: Arc<Commits>,
+}
+
+#[derive(Default)]
+struct Commits(AtomicU64);
+
+impl Syncer for Commits {
+    fn committed(&self) -> CommitSeq {
+        CommitSeq(self.0.load(Ordering::SeqCst))
+    }
+    fn synced(&self) -> CommitSeq {
+        self.committed()
+    }
+    fn sync_through(&self, _seq: CommitSeq) -> fpn_gms::Result<()> {
+        Ok(())
+    }
 }
 
 impl Store for MemStore {
@@ -52,7 +70,11 @@ impl Store for MemStore {
             }
         }
         t.1.extend(batch.audit);
+        self.commits.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    fn syncer(&self) -> Arc<dyn Syncer> {
+        self.commits.clone()
     }
     fn audit_log(&self, after: Option<u64>, limit: usize) -> fpn_gms::Result<Vec<(u64, Vec<u8>)>> {
         let t = self.trees.lock().unwrap();
