@@ -16,3 +16,4 @@ pub mod gms;
 pub mod icmp;
 pub mod state;
 pub mod status;
+pub mod tun;
