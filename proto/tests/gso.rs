@@ -294,3 +294,151 @@ proptest! {
         }
     }
 }
+
+// ---- coalescing (packet::gro) ----
+
+use fpn_proto::packet::gro::{Offer, TcpCoalescer};
+
+/// The segments of a super-packet, each as its own Vec.
+fn segments_of(pkt: &[u8], hdr: &VnetRepr) -> Vec<Vec<u8>> {
+    let segs = Segments::new(hdr, pkt).unwrap();
+    let mut bufs = SegmentBuffers::new(segs.count(), segs.max_segment_len(), 0);
+    segs.write_all(&mut bufs).unwrap();
+    bufs.iter().map(<[u8]>::to_vec).collect()
+}
+
+/// Coalesces `segs` in order; returns the super-packets written, with headers.
+fn coalesce_all(segs: &[Vec<u8>]) -> Vec<(VnetRepr, Vec<u8>)> {
+    let mut co = TcpCoalescer::new();
+    let mut out = Vec::new();
+    for s in segs {
+        if co.offer(s) == Offer::Rejected {
+            if let Some((h, p)) = co.pending() {
+                out.push((h, p.to_vec()));
+            }
+            co.clear();
+            if co.offer(s) == Offer::Rejected {
+                out.push((VnetRepr::NONE, s.clone()));
+            }
+        }
+    }
+    if let Some((h, p)) = co.pending() {
+        out.push((h, p.to_vec()));
+    }
+    out
+}
+
+/// Checks a coalesced super-packet: valid once its partial checksum is
+/// completed, and splitting it again gives exactly `expect`.
+fn check_super(hdr: &VnetRepr, pkt: &[u8], expect: &[Vec<u8>]) {
+    let mut whole = pkt.to_vec();
+    let none = VnetRepr {
+        gso: GsoKind::None,
+        gso_size: 0,
+        ..*hdr
+    };
+    complete_checksum(&none, &mut whole).unwrap();
+    assert_valid(&whole);
+    assert_eq!(
+        segments_of(pkt, hdr),
+        expect,
+        "re-segmenting gives the segments back"
+    );
+}
+
+#[test]
+fn gro_merges_a_split_super_packet_back() {
+    for v6 in [false, true] {
+        let (p, h) = super_packet(v6, true, 10_000, 1400, 8);
+        let segs = segments_of(&p, &h);
+        let out = coalesce_all(&segs);
+        assert_eq!(out.len(), 1);
+        let (hdr, sup) = &out[0];
+        assert_eq!(hdr.gso, if v6 { GsoKind::TcpV6 } else { GsoKind::TcpV4 });
+        assert_eq!(hdr.gso_size, 1400);
+        check_super(hdr, sup, &segs);
+    }
+}
+
+#[test]
+fn gro_refuses_what_linux_would_not_merge() {
+    let (p, h) = super_packet(false, true, 5600, 1400, 0);
+    let segs = segments_of(&p, &h);
+    // A gap in the sequence.
+    let gap = [segs[0].clone(), segs[2].clone()];
+    assert_eq!(coalesce_all(&gap).len(), 2);
+    // Another flow in between.
+    let (q, hq) = super_packet(true, true, 1400, 1400, 0);
+    let other = segments_of(&q, &hq);
+    let mixed = [segs[0].clone(), other[0].clone(), segs[1].clone()];
+    assert_eq!(coalesce_all(&mixed).len(), 3);
+    // FIN, SYN and CWR segments stand alone; so does a UDP datagram.
+    let (f, hf) = super_packet(false, true, 2800, 1400, 1);
+    let fin = segments_of(&f, &hf);
+    let out = coalesce_all(&fin);
+    assert_eq!(out.len(), 2, "the FIN segment is not merged");
+    assert_eq!(out[1].0, VnetRepr::NONE);
+    let (u, hu) = super_packet(false, false, 2800, 1400, 0);
+    assert_eq!(coalesce_all(&segments_of(&u, &hu)).len(), 2);
+    // Nothing follows a PSH or a short segment; a larger one never follows.
+    let mut pushed = segs[0].clone();
+    pushed[20 + 13] |= 8;
+    fpn_proto::packet::Packet::parse(&mut pushed[..])
+        .unwrap()
+        .fill_l4_checksum();
+    assert_eq!(
+        coalesce_all(&[pushed, segs[1].clone()]).len(),
+        2,
+        "PSH ends a group"
+    );
+    let (s, hs) = super_packet(false, true, 2000, 1000, 0);
+    let mut short = segments_of(&s, &hs);
+    short.truncate(1); // 1000 bytes, then 1400-byte ones of another super-packet
+    let (l, hl) = super_packet(false, true, 2800, 1400, 0);
+    let mut long = segments_of(&l, &hl);
+    // Re-number the long ones to follow the short one.
+    for (i, seg) in long.iter_mut().enumerate() {
+        let seq = 0xffff_f000u32.wrapping_add(1000 + 1400 * i as u32);
+        seg[24..28].copy_from_slice(&seq.to_be_bytes());
+        seg[4..6].copy_from_slice(&short[0][4..6]);
+        fpn_proto::packet::Packet::parse(&mut seg[..])
+            .unwrap()
+            .fill_l4_checksum();
+    }
+    short.extend(long);
+    assert_eq!(
+        coalesce_all(&short).len(),
+        2,
+        "a larger segment never follows a smaller one"
+    );
+    // A bad checksum is never merged (the kernel would recompute it).
+    let mut bad = segs.clone();
+    let last = bad[1].len() - 1;
+    bad[1][last] ^= 1;
+    assert_eq!(coalesce_all(&bad).len(), 3);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Segment, coalesce, segment again: the same packets.
+    #[test]
+    fn gro_roundtrips_through_gso(
+        v6 in any::<bool>(),
+        len in 1usize..30_000,
+        mss in 200u16..3000,
+        psh in any::<bool>(),
+    ) {
+        let (p, h) = super_packet(v6, true, len, mss, if psh { 8 } else { 0 });
+        let segs = segments_of(&p, &h);
+        let out = coalesce_all(&segs);
+        prop_assert_eq!(out.len(), 1);
+        let (hdr, sup) = &out[0];
+        if segs.len() == 1 {
+            prop_assert_eq!(*hdr, VnetRepr::NONE);
+            prop_assert_eq!(sup, &segs[0]);
+        } else {
+            check_super(hdr, sup, &segs);
+        }
+    }
+}
