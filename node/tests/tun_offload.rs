@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use fpn_node::tun::{Offloads, SegmentBuffers, Tun, TunConfig};
+use fpn_proto::packet::gro::{Offer, TcpCoalescer};
+use fpn_proto::packet::vnet::GsoKind;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -207,6 +209,34 @@ fn tun_offload_tcp_stream_arrives_as_tso_super_packets() {
             .unwrap();
         tx.write(&synack).await.expect("write the SYN-ACK");
         let mut stream = connect.await.unwrap().expect("the handshake completes");
+
+        // The write side: three in-order segments from the peer, coalesced
+        // into one GSO super-packet and written at once; the socket reads
+        // them as one stream.
+        let sent: Vec<u8> = (0..4200u32).map(|i| (i * 3) as u8).collect();
+        let mut co = TcpCoalescer::new();
+        for (i, chunk) in sent.chunks(1400).enumerate() {
+            let mut seg = Vec::new();
+            let mut b = PacketBuilder::ipv4(PEER.octets(), LOCAL.octets(), 64)
+                .tcp(80, sport, server_isn + 1 + 1400 * i as u32, 65535)
+                .ack(syn_seq.wrapping_add(1));
+            if i == 2 {
+                b = b.psh();
+            }
+            b.write(&mut seg, chunk).unwrap();
+            assert_eq!(co.offer(&seg), Offer::Absorbed);
+        }
+        let (hdr, sup) = co.pending().unwrap();
+        assert_eq!(hdr.gso, GsoKind::TcpV4);
+        tx.write_gso(&hdr, sup)
+            .await
+            .expect("write the super-packet");
+        let mut got = vec![0; sent.len()];
+        {
+            use tokio::io::AsyncReadExt;
+            stream.read_exact(&mut got).await.unwrap();
+        }
+        assert_eq!(got, sent, "the kernel took the super-packet");
 
         let msg: Vec<u8> = (0..60_000u32).map(|i| (i * 13) as u8).collect();
         let writer = {

@@ -84,11 +84,11 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("copy", mss), |b| {
                 b.iter(|| {
                     bufs.clear();
-                    for chunk in black_box(&pkt[60..]).chunks(usize::from(mss)) {
+                    for chunk in black_box(&pkt[40..]).chunks(usize::from(mss)) {
                         bufs.push_with(|slot| {
-                            slot[..60].copy_from_slice(&pkt[..60]);
-                            slot[60..60 + chunk.len()].copy_from_slice(chunk);
-                            Ok(60 + chunk.len())
+                            slot[..40].copy_from_slice(&pkt[..40]);
+                            slot[40..40 + chunk.len()].copy_from_slice(chunk);
+                            Ok(40 + chunk.len())
                         })
                         .unwrap();
                     }
