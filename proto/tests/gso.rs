@@ -284,6 +284,10 @@ proptest! {
     /// Arbitrary bytes after an arbitrary header never panic.
     #[test]
     fn gso_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut co = TcpCoalescer::new();
+        let _ = co.offer(&bytes);
+        let _ = co.offer(&bytes);
+        let _ = co.pending();
         if let Ok(h) = VnetRepr::parse_bytes(&bytes)
             && let Ok(segs) = Segments::new(&h, &bytes[VNET_HDR_LEN..])
         {
@@ -441,4 +445,17 @@ proptest! {
             check_super(hdr, sup, &segs);
         }
     }
+}
+
+#[test]
+fn gro_refuses_an_ipv6_packet_longer_than_a_super_packet() {
+    // 40 + 65 535: valid IPv6, but one byte more than any super-packet.
+    let mut big = Vec::new();
+    PacketBuilder::ipv6(v6_src(), v6_dst(), 64)
+        .tcp(1, 2, 3, 4)
+        .ack(5)
+        .write(&mut big, &vec![1; 65_535 - 20])
+        .unwrap();
+    assert_eq!(big.len(), 65_575);
+    assert_eq!(TcpCoalescer::new().offer(&big), Offer::Rejected);
 }

@@ -212,6 +212,10 @@ struct Candidate {
 /// A TCP segment with payload, plain headers, only ACK (and PSH), and a
 /// valid checksum; `None` otherwise.
 fn candidate(pkt: &[u8]) -> Option<Candidate> {
+    // An IPv6 packet can be 40 bytes longer than the largest super-packet.
+    if pkt.len() > MAX_SUPER {
+        return None;
+    }
     let p = Packet::parse(pkt).ok()?;
     if p.protocol() != protocol::TCP || p.len() != pkt.len() || p.payload().is_empty() {
         return None;
