@@ -122,6 +122,23 @@ fn validate(bufs: &SegmentBuffers) -> (Vec<u8>, Vec<u32>) {
     (data, seqs)
 }
 
+/// A UDP socket on the TUN's address that sends with UDP_SEGMENT `gso`.
+fn udp_segment_socket(gso: libc::c_int) -> UdpSocket {
+    let sock = UdpSocket::bind((LOCAL, 0)).unwrap();
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            std::ptr::from_ref(&gso).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT");
+    sock
+}
+
 #[test]
 fn tun_offload_udp_segment_is_one_read() {
     let ns = Netns::new();
@@ -133,19 +150,7 @@ fn tun_offload_udp_segment_is_one_read() {
             tun.offloads()
         );
         let (mut rx, _tx) = tun.into_queues().pop().unwrap();
-        let sock = UdpSocket::bind((LOCAL, 0)).unwrap();
-        let gso: libc::c_int = 1000;
-        // SAFETY: setsockopt with a valid int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                SOL_UDP,
-                UDP_SEGMENT,
-                std::ptr::from_ref(&gso).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT");
+        let sock = udp_segment_socket(1000);
         let msg: Vec<u8> = (0..7500u32).map(|i| (i * 7) as u8).collect();
         sock.send_to(&msg, SocketAddr::from((PEER, 9999))).unwrap();
 
@@ -162,6 +167,36 @@ fn tun_offload_udp_segment_is_one_read() {
         for pkt in bufs.iter().take(7) {
             assert_eq!(pkt.len(), 20 + 8 + 1000);
         }
+    });
+}
+
+#[test]
+fn tun_offload_without_uso_the_kernel_segments() {
+    let ns = Netns::new();
+    ns.run(async || {
+        let mut cfg = config(1);
+        cfg.offloads = Offloads::TSO;
+        let tun = Tun::open(&cfg).expect("open the TUN");
+        assert_eq!(tun.offloads(), Offloads::TSO);
+        assert_eq!(tun.offloads().to_string(), "csum,tso4,tso6,tso_ecn");
+        let (mut rx, _tx) = tun.into_queues().pop().unwrap();
+        let sock = udp_segment_socket(1000);
+        let msg: Vec<u8> = (0..7500u32).map(|i| (i * 7) as u8).collect();
+        sock.send_to(&msg, SocketAddr::from((PEER, 9999))).unwrap();
+        let mut bufs = SegmentBuffers::new(64, 1500, 24);
+        let mut reads = 0;
+        // Bounded: at most one read per datagram is expected.
+        for _ in 0..16 {
+            if bufs.len() >= 8 {
+                break;
+            }
+            let stats = rx.read_batch(&mut bufs).await.unwrap();
+            assert_eq!((stats.gso_reads, stats.dropped), (0, 0), "{stats:?}");
+            reads += stats.reads;
+        }
+        assert_eq!((reads, bufs.len()), (8, 8), "one read per datagram");
+        let (data, _) = validate(&bufs);
+        assert_eq!(data, msg);
     });
 }
 

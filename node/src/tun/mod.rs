@@ -27,9 +27,9 @@ pub use fpn_proto::packet::gso::SegmentBuffers;
 
 use std::net::Ipv4Addr;
 
-/// Largest read from an offloading TUN: a 64 KB super-packet (IP lengths
-/// are 16 bits) plus its virtio header.
-pub const MAX_READ: usize = 65_535 + fpn_proto::packet::vnet::VNET_HDR_LEN;
+/// Largest read from an offloading TUN: the largest IP packet (an IPv6
+/// header plus a 65 535-byte payload) plus its virtio header.
+pub const MAX_READ: usize = 40 + 65_535 + fpn_proto::packet::vnet::VNET_HDR_LEN;
 
 /// How to create the TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
