@@ -69,7 +69,7 @@ fn round(ns: &str, offloads: Offloads, secs: u64) -> Round {
             cfg.offloads = offloads;
             let tun = Tun::open(&cfg).expect("open the TUN");
             assert_eq!(tun.offloads(), offloads, "granted");
-            let (mut rx, _tx) = tun.into_queues().pop().unwrap();
+            let (mut rx, _tx) = tun.into_queues().unwrap().pop().unwrap();
             let stop = Arc::new(AtomicBool::new(false));
             let sender = {
                 let stop = stop.clone();

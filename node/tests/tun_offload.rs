@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
-use fpn_node::tun::{Offloads, SegmentBuffers, Tun, TunConfig};
+use fpn_node::tun::{Offloads, SegmentBuffers, Tun, TunConfig, TunQueue};
 use fpn_proto::packet::gro::{Offer, TcpCoalescer};
 use fpn_proto::packet::vnet::GsoKind;
 
@@ -149,7 +149,7 @@ fn tun_offload_udp_segment_is_one_read() {
             "USO granted: {}",
             tun.offloads()
         );
-        let (mut rx, _tx) = tun.into_queues().pop().unwrap();
+        let (mut rx, _tx) = tun.into_queues().unwrap().pop().unwrap();
         let sock = udp_segment_socket(1000);
         let msg: Vec<u8> = (0..7500u32).map(|i| (i * 7) as u8).collect();
         sock.send_to(&msg, SocketAddr::from((PEER, 9999))).unwrap();
@@ -179,7 +179,7 @@ fn tun_offload_without_uso_the_kernel_segments() {
         let tun = Tun::open(&cfg).expect("open the TUN");
         assert_eq!(tun.offloads(), Offloads::TSO);
         assert_eq!(tun.offloads().to_string(), "csum,tso4,tso6,tso_ecn");
-        let (mut rx, _tx) = tun.into_queues().pop().unwrap();
+        let (mut rx, _tx) = tun.into_queues().unwrap().pop().unwrap();
         let sock = udp_segment_socket(1000);
         let msg: Vec<u8> = (0..7500u32).map(|i| (i * 7) as u8).collect();
         sock.send_to(&msg, SocketAddr::from((PEER, 9999))).unwrap();
@@ -210,7 +210,7 @@ fn tun_offload_tcp_stream_arrives_as_tso_super_packets() {
             "{}",
             tun.offloads()
         );
-        let (mut rx, tx) = tun.into_queues().pop().unwrap();
+        let (mut rx, tx) = tun.into_queues().unwrap().pop().unwrap();
         let mut bufs = SegmentBuffers::new(128, 1500, 24);
 
         let connect = tokio::spawn(tokio::net::TcpStream::connect((PEER, 80)));
@@ -320,34 +320,28 @@ fn tun_offload_two_queues_both_receive_flows() {
     ns.run(async || {
         let tun = Tun::open(&config(2)).expect("open the TUN");
         assert_eq!(tun.queues(), 2);
-        let mut queues = tun.into_queues();
         let flows = 32;
         for i in 0..flows {
             let sock = UdpSocket::bind((LOCAL, 0)).unwrap();
             sock.send_to(&[i as u8; 100], SocketAddr::from((PEER, 9000 + i)))
                 .unwrap();
         }
-        let mut per_queue = Vec::new();
-        for (rx, _) in &mut queues {
-            let mut bufs = SegmentBuffers::new(64, 1500, 0);
-            let mut n = 0;
-            // Bounded: each queue is drained until it stays quiet for 200 ms.
-            for _ in 0..flows {
-                bufs.clear();
-                match tokio::time::timeout(Duration::from_millis(200), rx.read_batch(&mut bufs))
-                    .await
-                {
-                    Ok(stats) => {
-                        let stats = stats.unwrap();
-                        validate(&bufs);
-                        n += bufs.iter().filter(|p| p.len() == 128 && p[9] == 17).count();
-                        assert_eq!(stats.dropped, 0);
-                    }
-                    Err(_) => break,
-                }
-            }
-            per_queue.push(n);
-        }
+        // Each queue on a thread and runtime of its own, as the node runs
+        // one core per queue.
+        let threads: Vec<_> = tun
+            .into_queue_fds()
+            .into_iter()
+            .map(|q| {
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(drain(q, flows as usize))
+                })
+            })
+            .collect();
+        let per_queue: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(
             per_queue.iter().sum::<usize>(),
             flows as usize,
@@ -358,4 +352,24 @@ fn tun_offload_two_queues_both_receive_flows() {
             "both queues got flows: {per_queue:?}"
         );
     });
+}
+
+/// Reads the queue until it stays quiet for 200 ms (at most `max` batches);
+/// returns how many of the test's 128-byte UDP packets it saw.
+async fn drain(q: TunQueue, max: usize) -> usize {
+    let (mut rx, _tx) = q.register().expect("register the queue");
+    let mut bufs = SegmentBuffers::new(64, 1500, 0);
+    let mut n = 0;
+    for _ in 0..max {
+        bufs.clear();
+        let Ok(stats) =
+            tokio::time::timeout(Duration::from_millis(200), rx.read_batch(&mut bufs)).await
+        else {
+            break;
+        };
+        assert_eq!(stats.unwrap().dropped, 0);
+        validate(&bufs);
+        n += bufs.iter().filter(|p| p.len() == 128 && p[9] == 17).count();
+    }
+    n
 }

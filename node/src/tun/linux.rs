@@ -47,15 +47,15 @@ pub struct Tun {
     name: Arc<str>,
     offloads: Offloads,
     ifindex: u32,
-    queues: Vec<Arc<AsyncFd<OwnedFd>>>,
+    fds: Vec<OwnedFd>,
 }
 
 impl Tun {
     /// Creates (or attaches to) the TUN `cfg.name` with `IFF_VNET_HDR` and
     /// `cfg.queues` queues, turns on as many of `cfg.offloads` as the kernel
     /// accepts (all, else without USO, else checksum only, else none), sets
-    /// the address and MTU and brings it up. Must run inside a tokio runtime;
-    /// needs CAP_NET_ADMIN. The interface goes away when every queue is closed.
+    /// the address and MTU and brings it up. Needs CAP_NET_ADMIN. The
+    /// interface goes away when every queue is closed.
     pub fn open(cfg: &TunConfig) -> Result<Self> {
         let name = cfg.name.as_str();
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
@@ -108,23 +108,11 @@ impl Tun {
             source,
         })?;
         debug!(%offloads, queues = cfg.queues, ifindex, "TUN open");
-        let mut queues = Vec::with_capacity(fds.len());
-        for fd in fds {
-            // SAFETY: an OwnedFd keeps its descriptor open, and refers to the
-            // same file, until it is dropped, which happens only when the
-            // AsyncFd that owns it is dropped (tokio's I/O-safety condition).
-            let afd = unsafe { AsyncFd::register(fd) }.map_err(|e| Error::TunIo {
-                name: name.to_owned(),
-                op: "register with tokio",
-                source: e.into_parts().1,
-            })?;
-            queues.push(Arc::new(afd));
-        }
         Ok(Self {
             name: name.into(),
             offloads,
             ifindex,
-            queues,
+            fds,
         })
     }
 
@@ -145,30 +133,64 @@ impl Tun {
 
     /// The number of queues.
     pub fn queues(&self) -> usize {
-        self.queues.len()
+        self.fds.len()
     }
 
-    /// A reader and a writer per queue, to move onto a task or core each.
-    /// The reader owns a 64 KB scratch buffer for one super-packet.
-    pub fn into_queues(self) -> Vec<(TunReader, TunWriter)> {
+    /// The queues, not yet tied to a runtime: move each to the thread (and
+    /// runtime) that will drive it, then [`TunQueue::register`] it there.
+    /// This is how each queue gets a core of its own.
+    pub fn into_queue_fds(self) -> Vec<TunQueue> {
         let name = self.name;
-        self.queues
+        self.fds
             .into_iter()
-            .map(|fd| {
-                (
-                    TunReader {
-                        fd: fd.clone(),
-                        name: name.clone(),
-                        scratch: vec![0; MAX_READ].into_boxed_slice(),
-                        pending: None,
-                    },
-                    TunWriter {
-                        fd,
-                        name: name.clone(),
-                    },
-                )
+            .map(|fd| TunQueue {
+                fd,
+                name: name.clone(),
             })
             .collect()
+    }
+
+    /// A reader and a writer per queue, all registered with the current
+    /// tokio runtime (a multi-thread runtime spreads them over its workers).
+    pub fn into_queues(self) -> Result<Vec<(TunReader, TunWriter)>> {
+        self.into_queue_fds()
+            .into_iter()
+            .map(TunQueue::register)
+            .collect()
+    }
+}
+
+/// One queue of a TUN, not yet registered with a runtime.
+#[derive(Debug)]
+pub struct TunQueue {
+    fd: OwnedFd,
+    name: Arc<str>,
+}
+
+impl TunQueue {
+    /// Registers the queue with the current tokio runtime and splits it
+    /// into its reader (which owns a 64 KB scratch buffer for one
+    /// super-packet) and writer.
+    pub fn register(self) -> Result<(TunReader, TunWriter)> {
+        let name = self.name;
+        // SAFETY: an OwnedFd keeps its descriptor open, and refers to the
+        // same file, until it is dropped, which happens only when the
+        // AsyncFd that owns it is dropped (tokio's I/O-safety condition).
+        let fd = unsafe { AsyncFd::register(self.fd) }.map_err(|e| Error::TunIo {
+            name: name.to_string(),
+            op: "register with tokio",
+            source: e.into_parts().1,
+        })?;
+        let fd = Arc::new(fd);
+        Ok((
+            TunReader {
+                fd: fd.clone(),
+                name: name.clone(),
+                scratch: vec![0; MAX_READ].into_boxed_slice(),
+                pending: None,
+            },
+            TunWriter { fd, name },
+        ))
     }
 }
 

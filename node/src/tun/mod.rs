@@ -8,7 +8,9 @@
 //! [`fpn_proto::packet::gso::Segments`] into a [`SegmentBuffers`] arena the
 //! caller allocates once, with tail room per packet for the PCCOM trailer.
 //! With several queues the kernel spreads flows over them (by flow hash), so
-//! each queue can have a core of its own.
+//! each queue can have a core of its own: [`Tun::into_queue_fds`] hands out
+//! the queues unregistered, and [`TunQueue::register`] ties one to the
+//! runtime of the thread that will drive it.
 //!
 //! Writes carry a virtio header too: [`TunWriter::write`] prepends an empty
 //! one (the packet's checksums must be complete), [`TunWriter::write_gso`]
@@ -21,7 +23,7 @@
 mod linux;
 
 #[cfg(target_os = "linux")]
-pub use linux::{Tun, TunReader, TunWriter};
+pub use linux::{Tun, TunQueue, TunReader, TunWriter};
 
 pub use fpn_proto::packet::gso::SegmentBuffers;
 
