@@ -224,6 +224,11 @@ impl TunReader {
     /// super-packet with more segments than `out` has room for waits for the
     /// next call; one that can never fit (more segments than `out` has
     /// slots, or segments longer than a slot) is dropped.
+    ///
+    /// Cancel-safe in the sense that matters: every read is segmented into
+    /// `out` before the next await, so when the future is dropped (a
+    /// timeout) the packets already read are in `out` (`out.len()` counts
+    /// them; only the returned stats are lost).
     pub async fn read_batch(&mut self, out: &mut SegmentBuffers) -> Result<ReadStats> {
         let mut stats = ReadStats::default();
         if let Some(n) = self.pending.take()
