@@ -207,6 +207,26 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+
+    // --- TUN device with offloads (node/src/tun/) ---
+    /// A system call on the TUN device (open, ioctl, read, write) failed.
+    #[error("TUN {name}: {op}: {source}")]
+    TunIo {
+        /// The interface name.
+        name: String,
+        /// The operation, e.g. "TUNSETIFF".
+        op: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A TUN setting is out of range.
+    #[error("invalid TUN setting {setting}: {reason}")]
+    TunConfig {
+        /// The setting.
+        setting: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
 }
 
 /// The node's result type.

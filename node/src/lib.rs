@@ -23,3 +23,4 @@ pub mod icmp;
 pub mod native;
 pub mod state;
 pub mod status;
+pub mod tun;

@@ -20,9 +20,12 @@
 //! they form one flow per address pair.
 
 pub mod checksum;
+pub mod gro;
+pub mod gso;
 mod ip;
 mod l4;
 mod tcp;
+pub mod vnet;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -1,0 +1,468 @@
+//! Linux: `/dev/net/tun` opened by hand (the `tun` crate has neither an
+//! offload API nor working multi-queue), configured with ioctls.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use fpn_proto::packet::gso::{SegmentBuffers, Segments};
+use fpn_proto::packet::vnet::{VNET_HDR_LEN, VnetRepr};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, trace};
+
+use super::{MAX_READ, Offloads, ReadStats, TunConfig};
+use crate::error::{Error, Result};
+
+const TUNSETIFF: u64 = 0x4004_54ca;
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const IFF_TUN: i16 = 0x0001;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_VNET_HDR: i16 = 0x4000;
+
+/// `struct ifreq`: the name, then a 24-byte union of which each ioctl here
+/// uses a prefix (flags as i16, MTU/index as i32, a `sockaddr_in`).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> Self {
+        let mut r = Self {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; 24],
+        };
+        r.name[..name.len()].copy_from_slice(name.as_bytes());
+        r
+    }
+}
+
+/// An open TUN device: one file descriptor per queue.
+#[derive(Debug)]
+pub struct Tun {
+    name: Arc<str>,
+    offloads: Offloads,
+    ifindex: u32,
+    fds: Vec<OwnedFd>,
+}
+
+impl Tun {
+    /// Creates (or attaches to) the TUN `cfg.name` with `IFF_VNET_HDR` and
+    /// `cfg.queues` queues, turns on as many of `cfg.offloads` as the kernel
+    /// accepts (all, else without USO, else checksum only, else none), sets
+    /// the address and MTU and brings it up. Needs CAP_NET_ADMIN. The
+    /// interface goes away when every queue is closed.
+    pub fn open(cfg: &TunConfig) -> Result<Self> {
+        let name = cfg.name.as_str();
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
+            return Err(Error::TunConfig {
+                setting: "name",
+                reason: "1 to 15 bytes, no '/'",
+            });
+        }
+        if cfg.queues == 0 || cfg.queues > 256 {
+            return Err(Error::TunConfig {
+                setting: "queues",
+                reason: "1 to 256",
+            });
+        }
+        let io_err = |op: &'static str| {
+            let source = io::Error::last_os_error();
+            Error::TunIo {
+                name: name.to_owned(),
+                op,
+                source,
+            }
+        };
+        let mut flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
+        if cfg.queues > 1 {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        let mut fds = Vec::with_capacity(cfg.queues);
+        for _ in 0..cfg.queues {
+            // SAFETY: a plain open(2) of a NUL-terminated path.
+            let fd = unsafe {
+                libc::open(
+                    c"/dev/net/tun".as_ptr(),
+                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io_err("open /dev/net/tun"));
+            }
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut req = IfReq::new(name);
+            req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+            ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req).map_err(|_| io_err("TUNSETIFF"))?;
+            fds.push(fd);
+        }
+        let offloads = set_offloads(&fds, cfg.offloads).map_err(|_| io_err("TUNSETOFFLOAD"))?;
+        let ifindex = configure(name, cfg).map_err(|(op, source)| Error::TunIo {
+            name: name.to_owned(),
+            op,
+            source,
+        })?;
+        debug!(%offloads, queues = cfg.queues, ifindex, "TUN open");
+        Ok(Self {
+            name: name.into(),
+            offloads,
+            ifindex,
+            fds,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The offloads the kernel granted.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The number of queues.
+    pub fn queues(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// The queues, not yet tied to a runtime: move each to the thread (and
+    /// runtime) that will drive it, then [`TunQueue::register`] it there.
+    /// This is how each queue gets a core of its own.
+    pub fn into_queue_fds(self) -> Vec<TunQueue> {
+        let name = self.name;
+        self.fds
+            .into_iter()
+            .map(|fd| TunQueue {
+                fd,
+                name: name.clone(),
+            })
+            .collect()
+    }
+
+    /// A reader and a writer per queue, all registered with the current
+    /// tokio runtime (a multi-thread runtime spreads them over its workers).
+    pub fn into_queues(self) -> Result<Vec<(TunReader, TunWriter)>> {
+        self.into_queue_fds()
+            .into_iter()
+            .map(TunQueue::register)
+            .collect()
+    }
+}
+
+/// One queue of a TUN, not yet registered with a runtime.
+#[derive(Debug)]
+pub struct TunQueue {
+    fd: OwnedFd,
+    name: Arc<str>,
+}
+
+impl TunQueue {
+    /// Registers the queue with the current tokio runtime and splits it
+    /// into its reader (which owns a 64 KB scratch buffer for one
+    /// super-packet) and writer.
+    pub fn register(self) -> Result<(TunReader, TunWriter)> {
+        let name = self.name;
+        // SAFETY: an OwnedFd keeps its descriptor open, and refers to the
+        // same file, until it is dropped, which happens only when the
+        // AsyncFd that owns it is dropped (tokio's I/O-safety condition).
+        let fd = unsafe { AsyncFd::register(self.fd) }.map_err(|e| Error::TunIo {
+            name: name.to_string(),
+            op: "register with tokio",
+            source: e.into_parts().1,
+        })?;
+        let fd = Arc::new(fd);
+        Ok((
+            TunReader {
+                fd: fd.clone(),
+                name: name.clone(),
+                scratch: vec![0; MAX_READ].into_boxed_slice(),
+                pending: None,
+            },
+            TunWriter { fd, name },
+        ))
+    }
+}
+
+/// The read half of one TUN queue.
+pub struct TunReader {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    name: Arc<str>,
+    scratch: Box<[u8]>,
+    /// Length of a read in `scratch` whose segments did not fit the last batch.
+    pending: Option<usize>,
+}
+
+impl std::fmt::Debug for TunReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunReader")
+            .field("name", &self.name)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl TunReader {
+    /// Waits for at least one packet, then reads what is ready without
+    /// waiting again, until `out` is full or the queue is empty. Each read
+    /// is split into segments of its `gso_size` (or copied as it is, its
+    /// checksum completed if partial) and appended to `out`; the caller
+    /// clears `out` between batches. Nothing is allocated.
+    ///
+    /// A read with a malformed virtio header or packet is dropped and
+    /// counted in [`ReadStats`]; only an error of the device is an `Err`. A
+    /// super-packet with more segments than `out` has room for waits for the
+    /// next call; one that can never fit (more segments than `out` has
+    /// slots, or segments longer than a slot) is dropped.
+    ///
+    /// Cancel-safe in the sense that matters: every read is segmented into
+    /// `out` before the next await, so when the future is dropped (a
+    /// timeout) the packets already read are in `out` (`out.len()` counts
+    /// them; only the returned stats are lost).
+    pub async fn read_batch(&mut self, out: &mut SegmentBuffers) -> Result<ReadStats> {
+        let mut stats = ReadStats::default();
+        if let Some(n) = self.pending.take()
+            && !self.take(n, out, &mut stats)
+        {
+            self.pending = Some(n);
+            return Ok(stats);
+        }
+        // Bounded: each read either fills `out` or is dropped, and drops
+        // count against the same budget.
+        while stats.reads < out.capacity() && out.len() < out.capacity() {
+            let r = {
+                let mut guard = self.fd.readable().await.map_err(|e| self.err("poll", e))?;
+                let scratch = &mut self.scratch;
+                guard.try_io(|fd| sys_read(fd.as_raw_fd(), scratch))
+            };
+            match r {
+                Ok(Ok(n)) => {
+                    stats.reads += 1;
+                    if !self.take(n, out, &mut stats) {
+                        self.pending = Some(n);
+                        break;
+                    }
+                }
+                Ok(Err(e)) => return Err(self.err("read", e)),
+                // Not ready any more (readiness is cleared): return what we have.
+                Err(_would_block) if stats.reads > 0 => break,
+                Err(_would_block) => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Segments the read of `n` bytes in scratch into `out`. False when it
+    /// must wait for room.
+    fn take(&mut self, n: usize, out: &mut SegmentBuffers, stats: &mut ReadStats) -> bool {
+        let buf = &self.scratch[..n];
+        let segs = VnetRepr::parse_bytes(buf).and_then(|h| Segments::new(&h, &buf[VNET_HDR_LEN..]));
+        let r = match segs {
+            Ok(s) if s.count() > out.capacity() - out.len() && !out.is_empty() => return false,
+            Ok(s) => {
+                stats.gso_reads += usize::from(s.is_gso());
+                s.write_all(out)
+            }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(k) => stats.packets += k,
+            Err(e) => {
+                trace!(error = %e, "dropped a TUN read");
+                stats.dropped += 1;
+                stats.last_error = Some(e);
+            }
+        }
+        true
+    }
+
+    fn err(&self, op: &'static str, source: io::Error) -> Error {
+        Error::TunIo {
+            name: self.name.to_string(),
+            op,
+            source,
+        }
+    }
+}
+
+/// The write half of one TUN queue; clones share the queue.
+#[derive(Debug, Clone)]
+pub struct TunWriter {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    name: Arc<str>,
+}
+
+impl TunWriter {
+    /// Writes one packet whose checksums are complete (an empty virtio
+    /// header goes in front, by `writev`: no copy).
+    pub async fn write(&self, packet: &[u8]) -> Result<()> {
+        self.write_gso(&VnetRepr::NONE, packet).await
+    }
+
+    /// Writes a packet with the virtio header `hdr`: a super-packet with
+    /// `gso` set and `NEEDS_CSUM` (the kernel segments it where needed), or
+    /// a packet with a partial checksum.
+    pub async fn write_gso(&self, hdr: &VnetRepr, packet: &[u8]) -> Result<()> {
+        let mut h = [0u8; VNET_HDR_LEN];
+        hdr.emit_bytes(&mut h)?;
+        let total = VNET_HDR_LEN + packet.len();
+        let n = self
+            .fd
+            .async_io(Interest::WRITABLE, |fd| {
+                sys_writev(fd.as_raw_fd(), &h, packet)
+            })
+            .await
+            .map_err(|e| self.err("write", e))?;
+        if n != total {
+            return Err(self.err(
+                "write",
+                io::Error::new(io::ErrorKind::WriteZero, "short write"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn err(&self, op: &'static str, source: io::Error) -> Error {
+        Error::TunIo {
+            name: self.name.to_string(),
+            op,
+            source,
+        }
+    }
+}
+
+/// Asks for `want`, then for less while the kernel says EINVAL (older
+/// kernels do not know USO). Returns what was granted.
+fn set_offloads(fds: &[OwnedFd], want: Offloads) -> io::Result<Offloads> {
+    let tries = [
+        want,
+        want.intersection(Offloads::TSO),
+        want.intersection(Offloads::CSUM),
+        Offloads::NONE,
+    ];
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    for o in tries {
+        let mut ok = true;
+        for fd in fds {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value.
+            let rc = unsafe {
+                libc::ioctl(
+                    fd.as_raw_fd(),
+                    TUNSETOFFLOAD as _,
+                    libc::c_ulong::from(o.bits()),
+                )
+            };
+            if rc < 0 {
+                last = io::Error::last_os_error();
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            return Ok(o);
+        }
+        if last.raw_os_error() != Some(libc::EINVAL) {
+            return Err(last);
+        }
+    }
+    Err(last)
+}
+
+/// Address, MTU, up; returns the interface index.
+fn configure(name: &str, cfg: &TunConfig) -> std::result::Result<u32, (&'static str, io::Error)> {
+    // SAFETY: a plain socket(2) call.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(("socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `s` was just opened and is owned by nobody else.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let s = s.as_raw_fd();
+    let mut req = IfReq::new(name);
+    req.data[..4].copy_from_slice(&i32::from(cfg.mtu).to_ne_bytes());
+    ioctl(s, libc::SIOCSIFMTU as _, &mut req).map_err(|e| ("SIOCSIFMTU", e))?;
+    if let Some((addr, prefix)) = cfg.address {
+        if prefix > 32 {
+            return Err(("address", io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+        for (op, req_no, a) in [
+            ("SIOCSIFADDR", libc::SIOCSIFADDR, addr),
+            ("SIOCSIFNETMASK", libc::SIOCSIFNETMASK, mask),
+        ] {
+            let mut req = IfReq::new(name);
+            // struct sockaddr_in: family (host order), port, address.
+            req.data[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            req.data[4..8].copy_from_slice(&a.octets());
+            ioctl(s, req_no as _, &mut req).map_err(|e| (op, e))?;
+        }
+    }
+    // Before the link goes up, so that not even the first report goes out.
+    if cfg.disable_ipv6 {
+        // Best effort: without IPv6 the kernel sends no router solicitations
+        // or MLD reports into the TUN. Fails harmlessly where IPv6 is off.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1");
+    }
+    let mut req = IfReq::new(name);
+    ioctl(s, libc::SIOCGIFFLAGS as _, &mut req).map_err(|e| ("SIOCGIFFLAGS", e))?;
+    let flags =
+        i16::from_ne_bytes([req.data[0], req.data[1]]) | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl(s, libc::SIOCSIFFLAGS as _, &mut req).map_err(|e| ("SIOCSIFFLAGS", e))?;
+    let mut req = IfReq::new(name);
+    ioctl(s, libc::SIOCGIFINDEX as _, &mut req).map_err(|e| ("SIOCGIFINDEX", e))?;
+    let ifindex = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]) as u32;
+    Ok(ifindex)
+}
+
+fn ioctl(fd: RawFd, req: u64, ifr: &mut IfReq) -> io::Result<()> {
+    // SAFETY: every request used here reads or writes at most a `struct
+    // ifreq`, which `IfReq` is (name plus a 24-byte union), and `ifr` is a
+    // valid exclusive reference for the call.
+    let rc = unsafe { libc::ioctl(fd, req as _, std::ptr::from_mut(ifr)) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sys_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn sys_writev(fd: RawFd, hdr: &[u8], packet: &[u8]) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr().cast_mut().cast(),
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at live slices; writev only reads them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
