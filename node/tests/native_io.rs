@@ -176,7 +176,12 @@ fn steal_then_give_back(mech: RxMechanism) {
     // would answer UDP with ICMP port unreachable and TCP with RST.
     let udp = flow(L4Proto::Udp, A, 40000, 5555);
     let tcp = flow(L4Proto::Tcp, A, 40001, 5556);
-    io.add_flows(&[udp, tcp]).unwrap();
+    // From another thread, as the core's blocking task would.
+    let fc = io.flows().unwrap();
+    std::thread::spawn(move || fc.add_flows(&[udp, tcp]))
+        .join()
+        .unwrap()
+        .unwrap();
     let (rst0, unr0) = (
         Pair::snmp(&p.b, "Tcp", "OutRsts"),
         Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
@@ -215,7 +220,12 @@ fn steal_then_give_back(mech: RxMechanism) {
         Pair::snmp(&p.b, "Icmp", "OutDestUnreachs") > unr0,
         "{mech:?}: ICMP"
     );
+    let fc = io.flows().unwrap();
     drop(io);
+    assert!(matches!(
+        fc.add_flow(udp),
+        Err(fpn_node::error::Error::NativeClosed)
+    ));
 }
 
 #[test]

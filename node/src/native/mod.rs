@@ -13,6 +13,11 @@
 //! - a receive thread that copies those packets out and hands them to the
 //!   driver in batches ([`NativeRx`], usable from tokio or blocking code).
 //!
+//! The driver owns the `NativeIo` (sending takes `&mut self`; more senders
+//! for more workers are [`RawSender::open`]), takes the [`NativeRx`] once,
+//! and hands a [`FlowControl`] (from [`NativeIo::flows`]) to a blocking task
+//! that adds and removes flows as the core decides.
+//!
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
 //! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
@@ -245,11 +250,62 @@ pub struct RxStats {
     pub errors: u64,
 }
 
+/// Changes the set of native flows of one [`NativeIo`]; cheap to clone,
+/// usable from any thread. Every call is one `nft` transaction: about 2 ms
+/// to add and 16 ms to remove here (docs/DESIGN-NOTES.md note 11), so call
+/// it from a blocking task, never on the packet path, and batch.
+#[derive(Debug, Clone)]
+pub struct FlowControl {
+    table: Arc<nft::Table>,
+    shared: Arc<Shared>,
+}
+
+impl FlowControl {
+    /// Starts taking the packets of `flow` (as received: `src` the peer,
+    /// `dst` this node) away from the kernel's stack.
+    pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.add_flows(&[flow])
+    }
+
+    /// [`add_flow`](Self::add_flow) for many flows in one transaction.
+    pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        if self.shared.stopped() {
+            return Err(Error::NativeClosed);
+        }
+        // The thread accepts them first: once the kernel drops them they
+        // must already be wanted.
+        {
+            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+            set.extend(flows.iter().copied());
+        }
+        self.table.add_flows(flows)
+    }
+
+    /// Gives the packets of `flow` back to the kernel's stack. Removing an
+    /// unknown flow is not an error.
+    pub fn remove_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.remove_flows(&[flow])
+    }
+
+    /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
+    pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        if self.shared.stopped() {
+            return Err(Error::NativeClosed);
+        }
+        let r = self.table.remove_flows(flows);
+        let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+        for f in flows {
+            set.remove(f);
+        }
+        r
+    }
+}
+
 /// The native carrier's I/O: the raw sender, the node's table and the
 /// receive thread. Dropping it deletes the table.
 #[derive(Debug)]
 pub struct NativeIo {
-    table: Option<nft::Table>,
+    table: Option<Arc<nft::Table>>,
     sender: RawSender,
     rx: Option<NativeRx>,
     shared: Arc<Shared>,
@@ -349,7 +405,7 @@ impl NativeIo {
         };
         tracing::debug!(table = table.name(), ?cfg.mechanism, "native I/O open");
         Ok(Self {
-            table: Some(table),
+            table: Some(Arc::new(table)),
             sender,
             rx: Some(NativeRx { rx, pool: pool_tx }),
             shared,
@@ -367,39 +423,33 @@ impl NativeIo {
         self.table.as_ref().map_or("", |t| t.name())
     }
 
-    /// Starts taking the packets of `flow` (as received: `src` the peer,
-    /// `dst` this node) away from the kernel's stack. One `nft` transaction:
-    /// milliseconds, so never call it on the packet path (a blocking task or
-    /// a thread of its own); [`add_flows`](Self::add_flows) batches.
+    /// A handle that changes the flow set, for another thread or task
+    /// (the driver sends on `&mut self` while a blocking task adds flows).
+    pub fn flows(&self) -> Result<FlowControl> {
+        Ok(FlowControl {
+            table: self.table.clone().ok_or(Error::NativeClosed)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// [`FlowControl::add_flow`] through this I/O.
     pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
-        self.add_flows(&[flow])
+        self.flows()?.add_flows(&[flow])
     }
 
-    /// [`add_flow`](Self::add_flow) for many flows in one transaction.
+    /// [`FlowControl::add_flows`] through this I/O.
     pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        // The thread accepts them first: once the kernel drops them they
-        // must already be wanted.
-        {
-            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-            set.extend(flows.iter().copied());
-        }
-        self.nft_table()?.add_flows(flows)
+        self.flows()?.add_flows(flows)
     }
 
-    /// Gives the packets of `flow` back to the kernel's stack. Removing an
-    /// unknown flow is not an error.
+    /// [`FlowControl::remove_flow`] through this I/O.
     pub fn remove_flow(&self, flow: FiveTuple) -> Result<()> {
-        self.remove_flows(&[flow])
+        self.flows()?.remove_flows(&[flow])
     }
 
-    /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
+    /// [`FlowControl::remove_flows`] through this I/O.
     pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        let r = self.nft_table()?.remove_flows(flows);
-        let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-        for f in flows {
-            set.remove(f);
-        }
-        r
+        self.flows()?.remove_flows(flows)
     }
 
     /// Sends whole IPv4 packets; see [`RawSender::send_batch`].
@@ -418,16 +468,13 @@ impl NativeIo {
         self.shutdown()
     }
 
-    fn nft_table(&self) -> Result<&nft::Table> {
-        self.table.as_ref().ok_or(Error::CarrierClosed)
-    }
-
     fn shutdown(&mut self) -> Result<()> {
+        // Flow handles refuse from here on.
+        self.shared.stop.store(true, Ordering::Release);
         let r = match self.table.take() {
             Some(t) => t.delete().map(|_| ()),
             None => Ok(()),
         };
-        self.shared.stop.store(true, Ordering::Release);
         if let Some(w) = self.worker.take() {
             if let Some(fd) = &w.wake {
                 rx_ring::wake(fd);
@@ -560,7 +607,9 @@ mod tests {
     #[test]
     fn native_io_moves_between_threads() {
         fn is_send<T: Send>() {}
+        fn is_send_sync<T: Send + Sync>() {}
         is_send::<NativeIo>();
+        is_send_sync::<FlowControl>();
         is_send::<NativeRx>();
         is_send::<RawSender>();
     }

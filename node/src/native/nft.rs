@@ -169,7 +169,7 @@ impl Table {
     }
 
     /// Deletes the table (and any compat rule). Returns whether it existed.
-    pub(crate) fn delete(self) -> Result<bool> {
+    pub(crate) fn delete(&self) -> Result<bool> {
         delete_in(&self.ns, &self.name)
     }
 
