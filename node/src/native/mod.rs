@@ -310,6 +310,8 @@ pub struct NativeIo {
     rx: Option<NativeRx>,
     shared: Arc<Shared>,
     worker: Option<Worker>,
+    /// Whether the table has the `local_addrs` set (opened with addresses).
+    has_local: bool,
 }
 
 #[derive(Debug)]
@@ -317,6 +319,8 @@ struct Worker {
     thread: JoinHandle<()>,
     /// Wakes a thread blocked in poll(2) (PacketRing).
     wake: Option<std::os::fd::OwnedFd>,
+    /// The AF_PACKET socket, for filter changes (PacketRing).
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl NativeIo {
@@ -368,7 +372,14 @@ impl NativeIo {
                             return Err(e);
                         }
                     };
-                (table, Worker { thread, wake: None })
+                (
+                    table,
+                    Worker {
+                        thread,
+                        wake: None,
+                        socket: None,
+                    },
+                )
             }
             RxMechanism::PacketRing => {
                 if cfg.local_addrs.is_empty() {
@@ -379,6 +390,7 @@ impl NativeIo {
                 }
                 let ring = rx_ring::Ring::open(&cfg.local_addrs, cfg.ring_mib)?;
                 let wake = ring.waker()?;
+                let socket = ring.socket()?;
                 let table = nft::Table::create(
                     nft::Netns::current()?,
                     &cfg.table,
@@ -399,6 +411,7 @@ impl NativeIo {
                     Worker {
                         thread,
                         wake: Some(wake),
+                        socket: Some(socket),
                     },
                 )
             }
@@ -410,6 +423,7 @@ impl NativeIo {
             rx: Some(NativeRx { rx, pool: pool_tx }),
             shared,
             worker: Some(worker),
+            has_local: !cfg.local_addrs.is_empty(),
         })
     }
 
@@ -450,6 +464,21 @@ impl NativeIo {
     /// [`FlowControl::remove_flows`] through this I/O.
     pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
         self.flows()?.remove_flows(flows)
+    }
+
+    /// The node's underlay addresses changed (Mobile PPC): native packets
+    /// and DPRP probes now arrive for `local`. Replaces the ring's BPF
+    /// filter and the table's address set; registered flows are kept (the
+    /// core re-registers the ones whose addresses changed).
+    pub fn set_local_addrs(&self, local: &[Ipv4Addr]) -> Result<()> {
+        let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
+        if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
+            rx_ring::set_filter(fd, local)?;
+        }
+        if self.has_local {
+            table.set_local(local)?;
+        }
+        Ok(())
     }
 
     /// Sends whole IPv4 packets; see [`RawSender::send_batch`].

@@ -168,6 +168,21 @@ impl Table {
         )
     }
 
+    /// Replaces the set of local addresses (DPRP probes to them are taken).
+    /// Only for a table created with at least one address.
+    pub(crate) fn set_local(&self, local: &[Ipv4Addr]) -> Result<()> {
+        let mut script = format!("flush set inet {} local_addrs\n", self.name);
+        if !local.is_empty() {
+            let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
+            script.push_str(&format!(
+                "add element inet {} local_addrs {{ {} }}\n",
+                self.name,
+                addrs.join(", ")
+            ));
+        }
+        run(&self.ns, &script)
+    }
+
     /// Deletes the table (and any compat rule). Returns whether it existed.
     pub(crate) fn delete(&self) -> Result<bool> {
         delete_in(&self.ns, &self.name)
