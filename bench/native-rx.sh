@@ -134,6 +134,7 @@ if cs:
     print(f"  remove one flow: {med([c['remove_ms'] for c in cs])}")
     print(f"  add one flow with {cs[0]['bulk']} present: {med([c['add_ms_with_bulk_present'] for c in cs])}")
     print(f"  add {cs[0]['bulk']} flows in one call: {med([c['bulk_ms'] for c in cs])}")
+    print(f"  remove {cs[0]['bulk']} flows in one call: {med([c['bulk_remove_ms'] for c in cs])}")
 print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
 sys.exit(0 if ok else 1)
 EOF

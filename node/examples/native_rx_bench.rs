@@ -307,9 +307,12 @@ fn nftcost(singles: u32, bulk: u32) -> Result<()> {
         io.add_flow(f(200_000 + i))?;
         add_full.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let t = Instant::now();
+    io.remove_flows(&many)?;
+    let bulk_remove_ms = t.elapsed().as_secs_f64() * 1e3;
     io.close()?;
     println!(
-        "{{\"add_ms\":{:.3},\"remove_ms\":{:.3},\"bulk\":{bulk},\"bulk_ms\":{bulk_ms:.3},\"add_ms_with_bulk_present\":{:.3}}}",
+        "{{\"add_ms\":{:.3},\"remove_ms\":{:.3},\"bulk\":{bulk},\"bulk_ms\":{bulk_ms:.3},\"bulk_remove_ms\":{bulk_remove_ms:.3},\"add_ms_with_bulk_present\":{:.3}}}",
         median(&mut add),
         median(&mut rm),
         median(&mut add_full)

@@ -200,6 +200,9 @@ pub enum Error {
         /// The tool's error output (trimmed, at most 400 bytes).
         stderr: String,
     },
+    /// The native I/O was closed: its table is gone, flows cannot change.
+    #[error("the native I/O is closed")]
+    NativeClosed,
     /// A packet handed to the raw sender (or the packet builder) is not a
     /// sendable IPv4 packet; nothing of its batch was sent.
     #[error("native packet refused: {reason}")]

@@ -176,7 +176,12 @@ fn steal_then_give_back(mech: RxMechanism) {
     // would answer UDP with ICMP port unreachable and TCP with RST.
     let udp = flow(L4Proto::Udp, A, 40000, 5555);
     let tcp = flow(L4Proto::Tcp, A, 40001, 5556);
-    io.add_flows(&[udp, tcp]).unwrap();
+    // From another thread, as the core's blocking task would.
+    let fc = io.flows().unwrap();
+    std::thread::spawn(move || fc.add_flows(&[udp, tcp]))
+        .join()
+        .unwrap()
+        .unwrap();
     let (rst0, unr0) = (
         Pair::snmp(&p.b, "Tcp", "OutRsts"),
         Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
@@ -215,7 +220,12 @@ fn steal_then_give_back(mech: RxMechanism) {
         Pair::snmp(&p.b, "Icmp", "OutDestUnreachs") > unr0,
         "{mech:?}: ICMP"
     );
+    let fc = io.flows().unwrap();
     drop(io);
+    assert!(matches!(
+        fc.add_flow(udp),
+        Err(fpn_node::error::Error::NativeClosed)
+    ));
 }
 
 #[test]
@@ -478,5 +488,56 @@ fn a_table_left_by_a_killed_process_is_replaced() {
         assert_eq!(got.len(), 5, "{mech:?}");
         drop(io);
         assert!(!tables(&p.b).contains("fpn_fpnbench"), "{mech:?}");
+    }
+}
+
+/// A new underlay address (Mobile PPC): after `set_local_addrs` native
+/// packets and DPRP probes to it are taken; before, the ring's filter and
+/// the table's address set leave them out.
+#[test]
+fn a_new_local_address_is_taken_after_set_local_addrs() {
+    const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+    for mech in mechanisms() {
+        let p = Pair::new();
+        ip(&["-n", &p.b, "addr", "add", "198.18.0.4/24", "dev", "vb"]);
+        exec(&p.a, &["ping", "-c", "1", "-W", "5", "-q", "198.18.0.4"]);
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let native = FiveTuple {
+            dst: B4,
+            ..flow(L4Proto::Udp, A, 40000, 5555)
+        };
+        let dde = FiveTuple {
+            dst: B4,
+            ..flow(L4Proto::Udp, A, 40999, fpn_node::native::DPRP_PORT)
+        };
+        io.add_flow(native).unwrap();
+
+        let unr0 = Pair::snmp(&p.b, "Icmp", "OutDestUnreachs");
+        send_from(&p.a, native, 0, 3, 200);
+        send_from(&p.a, dde, 10, 1, 200);
+        let got = drain(&mut rx, Duration::from_millis(300));
+        let want_before = if mech == RxMechanism::PacketRing {
+            0
+        } else {
+            3
+        };
+        assert_eq!(got.len(), want_before, "{mech:?}: before");
+        assert_eq!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+            unr0 + 1,
+            "{mech:?}: the probe reached the kernel"
+        );
+
+        io.set_local_addrs(&[B, B4]).unwrap();
+        send_from(&p.a, native, 20, 3, 200);
+        send_from(&p.a, dde, 30, 1, 200);
+        let got = drain(&mut rx, Duration::from_millis(300));
+        assert_eq!(got.len(), 4, "{mech:?}: after");
+        assert_eq!(
+            Pair::snmp(&p.b, "Icmp", "OutDestUnreachs"),
+            unr0 + 1,
+            "{mech:?}"
+        );
+        drop(io);
     }
 }

@@ -13,12 +13,17 @@
 //! - a receive thread that copies those packets out and hands them to the
 //!   driver in batches ([`NativeRx`], usable from tokio or blocking code).
 //!
+//! The driver owns the `NativeIo` (sending takes `&mut self`; more senders
+//! for more workers are [`RawSender::open`]), takes the [`NativeRx`] once,
+//! and hands a [`FlowControl`] (from [`NativeIo::flows`]) to a blocking task
+//! that adds and removes flows as the core decides.
+//!
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
 //! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
 //! TCP/UDP towards the node's addresses, the thread keeps only registered
 //! flows, and the rule drops the packet in prerouting after the tap has
-//! copied it). docs/DESIGN-NOTES.md note 11 compares them; the default is
+//! copied it). docs/DESIGN-NOTES.md note 15 compares them; the default is
 //! the ring.
 //!
 //! What this module never does: look into payloads, decide which flows are
@@ -77,7 +82,7 @@ pub use send::{RawSender, SEND_BATCH};
 pub const DPRP_PORT: u16 = 7717;
 
 /// How the receive thread takes packets from the kernel. The default is
-/// [`PacketRing`](Self::PacketRing) (docs/DESIGN-NOTES.md note 11).
+/// [`PacketRing`](Self::PacketRing) (docs/DESIGN-NOTES.md note 15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RxMechanism {
     /// An nftables `queue` rule on the set (no `bypass`: with nobody
@@ -245,15 +250,68 @@ pub struct RxStats {
     pub errors: u64,
 }
 
+/// Changes the set of native flows of one [`NativeIo`]; cheap to clone,
+/// usable from any thread. Every call is one `nft` transaction: about 2 ms
+/// to add and 16 ms to remove here (docs/DESIGN-NOTES.md note 15), so call
+/// it from a blocking task, never on the packet path, and batch.
+#[derive(Debug, Clone)]
+pub struct FlowControl {
+    table: Arc<nft::Table>,
+    shared: Arc<Shared>,
+}
+
+impl FlowControl {
+    /// Starts taking the packets of `flow` (as received: `src` the peer,
+    /// `dst` this node) away from the kernel's stack.
+    pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.add_flows(&[flow])
+    }
+
+    /// [`add_flow`](Self::add_flow) for many flows in one transaction.
+    pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        if self.shared.stopped() {
+            return Err(Error::NativeClosed);
+        }
+        // The thread accepts them first: once the kernel drops them they
+        // must already be wanted.
+        {
+            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+            set.extend(flows.iter().copied());
+        }
+        self.table.add_flows(flows)
+    }
+
+    /// Gives the packets of `flow` back to the kernel's stack. Removing an
+    /// unknown flow is not an error.
+    pub fn remove_flow(&self, flow: FiveTuple) -> Result<()> {
+        self.remove_flows(&[flow])
+    }
+
+    /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
+    pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        if self.shared.stopped() {
+            return Err(Error::NativeClosed);
+        }
+        let r = self.table.remove_flows(flows);
+        let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+        for f in flows {
+            set.remove(f);
+        }
+        r
+    }
+}
+
 /// The native carrier's I/O: the raw sender, the node's table and the
 /// receive thread. Dropping it deletes the table.
 #[derive(Debug)]
 pub struct NativeIo {
-    table: Option<nft::Table>,
+    table: Option<Arc<nft::Table>>,
     sender: RawSender,
     rx: Option<NativeRx>,
     shared: Arc<Shared>,
     worker: Option<Worker>,
+    /// Whether the table has the `local_addrs` set (opened with addresses).
+    has_local: bool,
 }
 
 #[derive(Debug)]
@@ -261,6 +319,8 @@ struct Worker {
     thread: JoinHandle<()>,
     /// Wakes a thread blocked in poll(2) (PacketRing).
     wake: Option<std::os::fd::OwnedFd>,
+    /// The AF_PACKET socket, for filter changes (PacketRing).
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl NativeIo {
@@ -312,7 +372,14 @@ impl NativeIo {
                             return Err(e);
                         }
                     };
-                (table, Worker { thread, wake: None })
+                (
+                    table,
+                    Worker {
+                        thread,
+                        wake: None,
+                        socket: None,
+                    },
+                )
             }
             RxMechanism::PacketRing => {
                 if cfg.local_addrs.is_empty() {
@@ -323,6 +390,7 @@ impl NativeIo {
                 }
                 let ring = rx_ring::Ring::open(&cfg.local_addrs, cfg.ring_mib)?;
                 let wake = ring.waker()?;
+                let socket = ring.socket()?;
                 let table = nft::Table::create(
                     nft::Netns::current()?,
                     &cfg.table,
@@ -343,17 +411,19 @@ impl NativeIo {
                     Worker {
                         thread,
                         wake: Some(wake),
+                        socket: Some(socket),
                     },
                 )
             }
         };
         tracing::debug!(table = table.name(), ?cfg.mechanism, "native I/O open");
         Ok(Self {
-            table: Some(table),
+            table: Some(Arc::new(table)),
             sender,
             rx: Some(NativeRx { rx, pool: pool_tx }),
             shared,
             worker: Some(worker),
+            has_local: !cfg.local_addrs.is_empty(),
         })
     }
 
@@ -367,39 +437,48 @@ impl NativeIo {
         self.table.as_ref().map_or("", |t| t.name())
     }
 
-    /// Starts taking the packets of `flow` (as received: `src` the peer,
-    /// `dst` this node) away from the kernel's stack. One `nft` transaction:
-    /// milliseconds, so never call it on the packet path (a blocking task or
-    /// a thread of its own); [`add_flows`](Self::add_flows) batches.
+    /// A handle that changes the flow set, for another thread or task
+    /// (the driver sends on `&mut self` while a blocking task adds flows).
+    pub fn flows(&self) -> Result<FlowControl> {
+        Ok(FlowControl {
+            table: self.table.clone().ok_or(Error::NativeClosed)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// [`FlowControl::add_flow`] through this I/O.
     pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
-        self.add_flows(&[flow])
+        self.flows()?.add_flows(&[flow])
     }
 
-    /// [`add_flow`](Self::add_flow) for many flows in one transaction.
+    /// [`FlowControl::add_flows`] through this I/O.
     pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        // The thread accepts them first: once the kernel drops them they
-        // must already be wanted.
-        {
-            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-            set.extend(flows.iter().copied());
-        }
-        self.nft_table()?.add_flows(flows)
+        self.flows()?.add_flows(flows)
     }
 
-    /// Gives the packets of `flow` back to the kernel's stack. Removing an
-    /// unknown flow is not an error.
+    /// [`FlowControl::remove_flow`] through this I/O.
     pub fn remove_flow(&self, flow: FiveTuple) -> Result<()> {
-        self.remove_flows(&[flow])
+        self.flows()?.remove_flows(&[flow])
     }
 
-    /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
+    /// [`FlowControl::remove_flows`] through this I/O.
     pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        let r = self.nft_table()?.remove_flows(flows);
-        let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-        for f in flows {
-            set.remove(f);
+        self.flows()?.remove_flows(flows)
+    }
+
+    /// The node's underlay addresses changed (Mobile PPC): native packets
+    /// and DPRP probes now arrive for `local`. Replaces the ring's BPF
+    /// filter and the table's address set; registered flows are kept (the
+    /// core re-registers the ones whose addresses changed).
+    pub fn set_local_addrs(&self, local: &[Ipv4Addr]) -> Result<()> {
+        let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
+        if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
+            rx_ring::set_filter(fd, local)?;
         }
-        r
+        if self.has_local {
+            table.set_local(local)?;
+        }
+        Ok(())
     }
 
     /// Sends whole IPv4 packets; see [`RawSender::send_batch`].
@@ -418,16 +497,13 @@ impl NativeIo {
         self.shutdown()
     }
 
-    fn nft_table(&self) -> Result<&nft::Table> {
-        self.table.as_ref().ok_or(Error::CarrierClosed)
-    }
-
     fn shutdown(&mut self) -> Result<()> {
+        // Flow handles refuse from here on.
+        self.shared.stop.store(true, Ordering::Release);
         let r = match self.table.take() {
             Some(t) => t.delete().map(|_| ()),
             None => Ok(()),
         };
-        self.shared.stop.store(true, Ordering::Release);
         if let Some(w) = self.worker.take() {
             if let Some(fd) = &w.wake {
                 rx_ring::wake(fd);
@@ -560,7 +636,9 @@ mod tests {
     #[test]
     fn native_io_moves_between_threads() {
         fn is_send<T: Send>() {}
+        fn is_send_sync<T: Send + Sync>() {}
         is_send::<NativeIo>();
+        is_send_sync::<FlowControl>();
         is_send::<NativeRx>();
         is_send::<RawSender>();
     }

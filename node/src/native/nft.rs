@@ -3,7 +3,7 @@
 //!
 //! Talks to the kernel through the `nft` binary (`nft -f -`, one atomic
 //! transaction per call). A call costs a process start; docs/DESIGN-NOTES.md
-//! note 11 has the numbers. It is never on the packet path.
+//! note 15 has the numbers. It is never on the packet path.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -168,8 +168,23 @@ impl Table {
         )
     }
 
+    /// Replaces the set of local addresses (DPRP probes to them are taken).
+    /// Only for a table created with at least one address.
+    pub(crate) fn set_local(&self, local: &[Ipv4Addr]) -> Result<()> {
+        let mut script = format!("flush set inet {} local_addrs\n", self.name);
+        if !local.is_empty() {
+            let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
+            script.push_str(&format!(
+                "add element inet {} local_addrs {{ {} }}\n",
+                self.name,
+                addrs.join(", ")
+            ));
+        }
+        run(&self.ns, &script)
+    }
+
     /// Deletes the table (and any compat rule). Returns whether it existed.
-    pub(crate) fn delete(self) -> Result<bool> {
+    pub(crate) fn delete(&self) -> Result<bool> {
         delete_in(&self.ns, &self.name)
     }
 

@@ -178,6 +178,15 @@ impl Ring {
         Ok(ring)
     }
 
+    /// A second descriptor of the socket, to change its filter later
+    /// ([`set_filter`]) while the thread owns the ring.
+    pub(crate) fn socket(&self) -> Result<OwnedFd> {
+        self.fd.try_clone().map_err(|source| Error::NativeSocket {
+            what: "duplicate the AF_PACKET socket",
+            source,
+        })
+    }
+
     /// A descriptor whose write wakes the thread ([`wake`]).
     pub(crate) fn waker(&self) -> Result<OwnedFd> {
         self.wake.try_clone().map_err(|source| Error::NativeSocket {
@@ -304,6 +313,28 @@ impl Drop for Ring {
         // SAFETY: unmaps exactly the mapping made in open.
         unsafe { libc::munmap(self.map.cast(), BLOCK_SIZE as usize * self.blocks) };
     }
+}
+
+/// Replaces the socket's BPF filter (atomically, in the kernel) with one
+/// for `local`.
+pub(crate) fn set_filter(fd: &OwnedFd, local: &[Ipv4Addr]) -> Result<()> {
+    if local.is_empty() || local.len() > 200 {
+        return Err(Error::NativeConfig {
+            setting: "local_addrs",
+            reason: "the packet filter takes 1 to 200 addresses",
+        });
+    }
+    let prog = filter(local);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog).map_err(|source| {
+        Error::NativeSocket {
+            what: "attach the BPF filter",
+            source,
+        }
+    })
 }
 
 /// Wakes the thread blocked in poll.
