@@ -29,6 +29,10 @@ pub const FRAME_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 6;
 /// Largest body a frame may carry.
 pub const MAX_BODY: usize = 256 * 1024;
+/// Largest body an enrollment stream may carry: the enrollment request
+/// (token id 16, secret 32, node key 32, proof 64 bytes). The stream is
+/// unauthenticated, so the server reads no more than that.
+pub const MAX_ENROLL_BODY: usize = 16 + 32 + 32 + 64;
 /// Most addresses a node may report.
 pub const MAX_ADDRS: usize = 16;
 /// Most key versions per group in one message (current and previous, with room).
@@ -718,6 +722,19 @@ fn get_entry(r: &mut Reader<'_>) -> Result<Option<DirectoryEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_enrollment_request_is_exactly_the_enrollment_stream_bound() {
+        let f = ClientMsg::Enroll(EnrollRequest {
+            token_id: [1; 16],
+            secret: Zeroizing::new([2; 32]),
+            node_key: [3; 32],
+            proof: [4; 64],
+        })
+        .encode()
+        .unwrap();
+        assert_eq!(f.len() - HEADER_LEN, MAX_ENROLL_BODY);
+    }
 
     fn split(frame: &[u8]) -> (u8, &[u8]) {
         let h: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();

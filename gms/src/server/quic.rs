@@ -12,8 +12,8 @@ use crate::task::AbortOnDrop;
 
 use super::sessions::{PUSH_QUEUE, SessionHandle};
 use super::{Shared, with_core};
-use crate::framing::{read_frame, write_frame};
-use crate::wire::{ClientMsg, ServerMsg, close};
+use crate::framing::{read_frame, read_frame_limited, write_frame};
+use crate::wire::{ClientMsg, MAX_ENROLL_BODY, ServerMsg, close};
 use crate::{Error, Result, now_unix, tls};
 
 /// Handshake, first stream and first message must each arrive within this.
@@ -62,10 +62,14 @@ async fn enrollment(conn: &quinn::Connection, shared: &Arc<Shared>) {
         let (mut send, mut recv) = tokio::time::timeout(STEP_TIMEOUT, conn.accept_bi())
             .await
             .map_err(|_| Error::Timeout("enrollment stream"))??;
-        let (ty, body) = tokio::time::timeout(STEP_TIMEOUT, read_frame(&mut recv))
-            .await
-            .map_err(|_| Error::Timeout("enrollment request"))??
-            .ok_or_else(|| Error::Protocol("stream closed before the enrollment request".into()))?;
+        // Unauthenticated: read no more than an enrollment request can be.
+        let (ty, body) =
+            tokio::time::timeout(STEP_TIMEOUT, read_frame_limited(&mut recv, MAX_ENROLL_BODY))
+                .await
+                .map_err(|_| Error::Timeout("enrollment request"))??
+                .ok_or_else(|| {
+                    Error::Protocol("stream closed before the enrollment request".into())
+                })?;
         let ClientMsg::Enroll(req) = ClientMsg::decode(ty, &body)? else {
             return Err(Error::Protocol(
                 "a connection without a client certificate may only enroll".into(),
