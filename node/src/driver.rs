@@ -274,6 +274,13 @@ impl Shell {
                     let _ = self.dir_requests.try_send(ip);
                 }
                 Output::PeersChanged => self.publish_names(),
+                // The native carrier's outputs: carried out once native
+                // I/O is wired in; until then peers stay on QUIC (probes
+                // go unanswered, no translation is installed).
+                Output::SendNative(_)
+                | Output::FindLocalAddress(_)
+                | Output::NativeFlowAdded(_)
+                | Output::NativeFlowRemoved(_) => {}
             }
         }
     }
@@ -424,6 +431,7 @@ mod tests {
                 overlay: Ipv4Addr::new(100, 64, 0, 3),
                 addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
                 fetched: 1,
+                key: None,
             }),
             now,
         );

@@ -51,8 +51,12 @@ pub struct PeerStatus {
     pub ge: u32,
     /// Overlay address, when known.
     pub overlay: Option<String>,
-    /// The carrier chosen for it ("quic").
+    /// The carrier its packets take now: "native" or "quic".
     pub carrier: String,
+    /// The path machine's status with the reason: "native",
+    /// "quic (native probe failed 3x)", "quic (forced)", ...
+    #[serde(default)]
+    pub path: String,
     /// The underlay address in use (carrier connection) or first known.
     pub addr: Option<String>,
     /// Round-trip time of the carrier connection.

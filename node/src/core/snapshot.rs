@@ -49,6 +49,11 @@ pub(super) struct Counters {
     pub unknown_owner: u64,
     pub flows_unbound: u64,
     pub output_drops: u64,
+    pub native_out: u64,
+    pub native_in: u64,
+    pub native_in_unknown: u64,
+    pub native_in_wrong_source: u64,
+    pub native_in_rejected: u64,
 }
 
 impl NodeCore {
@@ -66,6 +71,7 @@ impl NodeCore {
                     ge: p.ge.0,
                     overlay: p.overlay.map(|o| o.to_string()),
                     carrier: p.path.current.as_str().into(),
+                    path: p.path.text(),
                     addr: st
                         .and_then(|s| s.addr)
                         .or_else(|| p.target.addrs.first().copied())
@@ -150,6 +156,7 @@ impl NodeCore {
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let c = self.counters;
         let d = self.dprp.stats();
+        let (probes_sent, probes_answered) = self.probe_stats();
         [
             ("tun_in", c.tun_in),
             ("tun_out", c.tun_out),
@@ -177,6 +184,13 @@ impl NodeCore {
             ("unknown_owner", c.unknown_owner),
             ("flows_unbound", c.flows_unbound),
             ("output_drops", c.output_drops),
+            ("native_out", c.native_out),
+            ("native_in", c.native_in),
+            ("native_in_unknown", c.native_in_unknown),
+            ("native_in_wrong_source", c.native_in_wrong_source),
+            ("native_in_rejected", c.native_in_rejected),
+            ("probes_sent", probes_sent),
+            ("probes_answered", probes_answered),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),

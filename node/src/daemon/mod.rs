@@ -144,6 +144,11 @@ async fn run(
             overlay: me.overlay,
             mtu: cfg.mtu,
             overlay_net: (net, net_len),
+            path: fpn_proto::path::PathConfig {
+                force: cfg.carrier.force(),
+                ..fpn_proto::path::PathConfig::default()
+            },
+            unix_start: fpn_gms_client::now_unix(),
         },
         dprp,
         pit,
