@@ -43,6 +43,9 @@ mod timers;
 #[cfg(test)]
 mod sim_tests;
 
+#[cfg(test)]
+mod native_tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -270,6 +270,10 @@ impl NodeCore {
                 m.handle_native_unavailable(why, now);
             }
             debug!(peer = %ge, status = %m.status(), "path machine started");
+            if let Some(p) = self.peers.get_mut(ge) {
+                p.path.current = carrier_of(m.current());
+                p.path.status = Some(m.status());
+            }
             self.paths.machines.insert(ge, m);
         }
         self.drain_path(ge, now);
