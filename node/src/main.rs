@@ -309,12 +309,13 @@ fn print_status(s: &Status) {
     println!("peers:");
     for p in &s.peers {
         println!(
-            "  {:<16} GE {:<5} {:<6} {:<24} rtt {}",
+            "  {:<16} GE {:<5} {:<6} {:<24} rtt {:<10} path {}",
             p.name,
             p.ge,
             p.carrier,
             p.addr.as_deref().unwrap_or("-"),
-            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms")),
+            p.path
         );
     }
     println!("flows:");
@@ -346,7 +347,7 @@ fn print_status(s: &Status) {
 fn print_ping(p: &PingReport) {
     let rtts: Vec<String> = p.rtt_ms.iter().map(|r| format!("{r:.3} ms")).collect();
     println!(
-        "{} ({}): action {}, carrier {}, {}/{} answered{}{}",
+        "{} ({}): action {}, carrier {}, path {}, {}/{} answered{}{}",
         p.name,
         p.address,
         p.action,
@@ -355,6 +356,7 @@ fn print_ping(p: &PingReport) {
         } else {
             &p.carrier
         },
+        if p.path.is_empty() { "-" } else { &p.path },
         p.rtt_ms.len(),
         p.sent,
         if rtts.is_empty() { "" } else { ", rtt " },

@@ -103,8 +103,13 @@ pub struct PingReport {
     pub address: String,
     /// "encrypt", "plain", "refuse", or "unreachable".
     pub action: String,
-    /// The carrier the flow used ("quic"), empty when none.
+    /// The carrier the flow used ("native" or "quic"), empty when none.
+    /// ICMP flows always take QUIC (the nft set steers TCP and UDP only).
     pub carrier: String,
+    /// The peer's path status ("native", "quic (native probe failed 3x)",
+    /// ...), empty when the peer is unknown.
+    #[serde(default)]
+    pub path: String,
     /// Round-trip times of the answered echoes, milliseconds.
     pub rtt_ms: Vec<f64>,
     /// Echo requests sent.

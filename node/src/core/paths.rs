@@ -147,6 +147,34 @@ impl NodeCore {
         self.paths.machines.get(&ge).map(PathMachine::status)
     }
 
+    /// The carrier a flow (PIT key) of `ge` takes now: native when the
+    /// peer's path is native and the flow has a translation.
+    pub(super) fn flow_carrier(&self, flow: &FlowId, ge: GeId) -> CarrierKind {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let overlay = if flow.src == own {
+            *flow
+        } else {
+            flow.reversed()
+        };
+        let native = self
+            .peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == CarrierKind::Native)
+            && self.xlat.get(&overlay).is_some();
+        if native {
+            CarrierKind::Native
+        } else {
+            CarrierKind::Quic
+        }
+    }
+
+    /// The carrier and path status text of the peer owning overlay address
+    /// `ip` (for `ping`).
+    pub fn peer_path(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+        let p = self.peers.get(self.peers.owner(ip)?)?;
+        Some((p.path.current.as_str().to_owned(), p.path.text()))
+    }
+
     /// An inbound native data packet: `Some(n)` when `buf[..n]` is for the TUN.
     fn native_data(
         &mut self,
@@ -424,7 +452,9 @@ impl NodeCore {
             // plain packet would cross the underlay unprotected.
             return;
         }
-        if self.paths.unavailable.is_some() {
+        // The nft set steers TCP and UDP five-tuples only; an ICMP packet
+        // sent natively would be answered by the peer's kernel itself.
+        if self.paths.unavailable.is_some() || !matches!(flow.protocol, 6 | UDP) {
             return;
         }
         let Some(remote) = self.native_remote(ge) else {

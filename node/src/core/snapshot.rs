@@ -95,7 +95,7 @@ impl NodeCore {
                     action: action_name(e.action()).into(),
                     carrier: e
                         .peer()
-                        .map(|p| self.path_name(p).into())
+                        .map(|p| self.flow_carrier(f, p).as_str().into())
                         .unwrap_or_default(),
                     peer: e.peer().map(|p| p.0),
                     key_version: e.key_version().map(|v| v.0),
@@ -134,7 +134,10 @@ impl NodeCore {
             return Some(("refuse".into(), String::new()));
         }
         self.pit.lookup(flow).map(|(_, e)| {
-            let path = e.peer().map(|p| self.path_name(p)).unwrap_or_default();
+            let path = e
+                .peer()
+                .map(|p| self.flow_carrier(flow, p).as_str())
+                .unwrap_or_default();
             (action_name(e.action()).to_owned(), path.to_owned())
         })
     }
@@ -202,12 +205,5 @@ impl NodeCore {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
-    }
-
-    fn path_name(&self, ge: fpn_proto::ge::GeId) -> &'static str {
-        self.peers
-            .get(ge)
-            .map_or(crate::carrier::CarrierKind::Quic, |p| p.path.current)
-            .as_str()
     }
 }
