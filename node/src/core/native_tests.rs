@@ -60,9 +60,12 @@ fn two_nodes_go_native_after_probes_and_carry_a_flow_natively() {
         assert!(sim.counter(i, "probes_sent") >= 1);
         assert!(sim.counter(i, "probes_answered") >= 1);
     }
-    // The first packet is held while DPRP runs (over QUIC), then the flow
-    // goes natively both ways.
+    // The first packet is held while DPRP runs (over QUIC); once the new
+    // translation's grace passed (the peer's nft rule is in), the flow goes
+    // natively both ways.
     exchange(&mut sim, a, b, b"MARKER-0");
+    assert_eq!(sim.counter(a, "native_out"), 0);
+    sim.run_for(super::paths::NATIVE_GRACE);
     for k in 1..=5u8 {
         exchange(&mut sim, a, b, format!("MARKER-{k}").as_bytes());
     }
@@ -177,6 +180,7 @@ fn unknown_forged_and_replayed_native_packets_are_dropped_and_counted() {
     let (mut sim, a, b) = pair(4, Force::Auto);
     sim.run_for(Duration::from_millis(500));
     exchange(&mut sim, a, b, b"one");
+    sim.run_for(super::paths::NATIVE_GRACE);
     exchange(&mut sim, a, b, b"two");
     let tun_b = sim.nodes[b].tun.len();
     let (ua, ub) = match (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip()) {

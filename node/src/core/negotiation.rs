@@ -230,7 +230,7 @@ impl NodeCore {
                 if let Some(p) = self.peers.get_mut(e.peer) {
                     p.had_flow = true;
                 }
-                self.install_translation(e.flow, e.peer);
+                self.install_translation(e.flow, e.peer, now);
                 let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::GeId;
@@ -43,6 +43,12 @@ pub const PROBE_PORT: u16 = 7717;
 const MAX_HELD_PROBES: usize = 64;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
+/// How long a new translation's packets still leave on QUIC: the peer
+/// installs its side (and its nft rule, milliseconds later) when the flow is
+/// established there, and a native packet that comes before the rule goes
+/// to the peer's kernel (a lost SYN-ACK, a RST). Native packets *in* are
+/// accepted at once.
+pub const NATIVE_GRACE: Duration = Duration::from_millis(300);
 
 /// The native-carrier state of the core.
 #[derive(Default)]
@@ -64,6 +70,8 @@ pub(super) struct Paths {
     pub deadline: Option<Instant>,
     /// Why native cannot work on this node, when it cannot.
     pub unavailable: Option<Unavailable>,
+    /// Overlay flows with a new translation -> when they may leave natively.
+    pub grace: HashMap<FlowId, Instant>,
 }
 
 impl NodeCore {
@@ -78,7 +86,7 @@ impl NodeCore {
         }
         let peers: Vec<GeId> = self.paths.machines.keys().copied().collect();
         for ge in peers {
-            self.install_peer_translations(ge);
+            self.install_peer_translations(ge, now);
         }
         self.drain_paths(now);
     }
@@ -250,7 +258,7 @@ impl NodeCore {
             Ok(()) => {
                 if is_probe && self.paths.probe_sources.get(&ge) != Some(&from.ip()) {
                     self.paths.probe_sources.insert(ge, from.ip());
-                    self.install_peer_translations(ge);
+                    self.install_peer_translations(ge, now);
                 }
             }
             Err(e) => trace!(peer = %ge, error = %e, "probe refused"),
@@ -376,7 +384,7 @@ impl NodeCore {
         }
     }
 
-    fn on_path_event(&mut self, ge: GeId, ev: PathEvent, status: PathStatus, _now: Instant) {
+    fn on_path_event(&mut self, ge: GeId, ev: PathEvent, status: PathStatus, now: Instant) {
         let _span = tracing::debug_span!("peer", %ge).entered();
         if let Some(p) = self.peers.get_mut(ge) {
             p.path.current = carrier_of(status.path);
@@ -386,7 +394,7 @@ impl NodeCore {
             PathEvent::Switched { from, to, reason } => {
                 info!(%from, %to, %reason, "path switched");
                 if to == PathKind::Native {
-                    self.install_peer_translations(ge);
+                    self.install_peer_translations(ge, now);
                 }
             }
             PathEvent::Reason { path, reason } => debug!(%path, %reason, "path reason"),
@@ -428,7 +436,7 @@ impl NodeCore {
     }
 
     /// Installs (or moves) the translation of every protected flow of `ge`.
-    pub(super) fn install_peer_translations(&mut self, ge: GeId) {
+    pub(super) fn install_peer_translations(&mut self, ge: GeId, now: Instant) {
         let flows: Vec<FlowId> = self
             .pit
             .iter()
@@ -436,13 +444,13 @@ impl NodeCore {
             .map(|(f, _)| *f)
             .collect();
         for f in flows {
-            self.install_translation(f, ge);
+            self.install_translation(f, ge, now);
         }
     }
 
     /// Installs the translation of one flow (PIT key `flow`) with `ge` when
     /// both addresses of its wire side are known.
-    pub(super) fn install_translation(&mut self, flow: FlowId, ge: GeId) {
+    pub(super) fn install_translation(&mut self, flow: FlowId, ge: GeId, now: Instant) {
         if !self
             .pit
             .lookup(&flow)
@@ -486,6 +494,7 @@ impl NodeCore {
                 let mut key = inbound;
                 key.src = unspecified(inbound.src);
                 self.paths.sources.insert(key, inbound.src);
+                self.paths.grace.insert(overlay, now + NATIVE_GRACE);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
                 self.push_output(Output::NativeFlowAdded(inbound));
             }
@@ -501,6 +510,7 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
+        self.paths.grace.remove(&overlay);
         if let Some(t) = self.xlat.remove(&overlay) {
             let inbound = t.wire.reversed();
             let mut key = inbound;
@@ -524,6 +534,16 @@ impl NodeCore {
         let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
             return false;
         };
+        if !self.paths.grace.is_empty() {
+            let overlay = pkt.flow_id();
+            match self.paths.grace.get(&overlay) {
+                Some(t) if now < *t => return false,
+                Some(_) => {
+                    self.paths.grace.remove(&overlay);
+                }
+                None => {}
+            }
+        }
         if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
             return false;
         }
