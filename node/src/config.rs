@@ -161,10 +161,18 @@ mod tests {
             "listen = \"nope\"",
             "colour = \"blue\"",
             "flow_idle_secs = 0",
+            "carrier = \"udp\"",
         ] {
             assert!(NodeConfig::parse(bad).is_err(), "{bad}");
         }
         let c = NodeConfig::parse("tun_name = \"fpn7\"\nmtu = 1280\ndns = false").unwrap();
         assert_eq!((c.tun_name.as_str(), c.mtu, c.dns), ("fpn7", 1280, false));
+        for (text, force) in [
+            ("carrier = \"auto\"", fpn_proto::path::Force::Auto),
+            ("carrier = \"native\"", fpn_proto::path::Force::Native),
+            ("carrier = \"quic\"", fpn_proto::path::Force::Quic),
+        ] {
+            assert_eq!(NodeConfig::parse(text).unwrap().carrier.force(), force);
+        }
     }
 }
