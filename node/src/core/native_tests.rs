@@ -219,3 +219,47 @@ fn unknown_forged_and_replayed_native_packets_are_dropped_and_counted() {
     assert_eq!(sim.counter(b, "native_in_rejected"), 2);
     assert_eq!(sim.nodes[b].tun.len(), tun_b);
 }
+
+#[test]
+fn without_native_rights_every_peer_stays_on_quic_and_nothing_is_probed() {
+    let (mut sim, a, b) = pair(5, Force::Auto);
+    for i in [a, b] {
+        let now = sim.now();
+        sim.nodes[i]
+            .core
+            .handle_native_unavailable(fpn_proto::path::Unavailable::NoRawSocket, now);
+    }
+    let sent = (sim.counter(a, "probes_sent"), sim.counter(b, "probes_sent"));
+    sim.run_for(Duration::from_secs(5));
+    exchange(&mut sim, a, b, b"q");
+    sim.run_for(Duration::from_millis(400));
+    exchange(&mut sim, a, b, b"q2");
+    for i in [a, b] {
+        assert_eq!(
+            carrier(&sim, i),
+            ("quic".into(), "quic (no raw socket)".into())
+        );
+        assert_eq!(sim.counter(i, "native_out"), 0);
+    }
+    // The probes of the first round may have gone out before; none after.
+    assert_eq!(
+        (sim.counter(a, "probes_sent"), sim.counter(b, "probes_sent")),
+        sent
+    );
+    assert_eq!(sim.nodes[b].tun.len(), 2);
+}
+
+#[test]
+fn carrier_native_sends_natively_once_the_flow_is_translated() {
+    let (mut sim, a, b) = pair(6, Force::Native);
+    sim.run_for(Duration::from_millis(500));
+    exchange(&mut sim, a, b, b"n");
+    sim.run_for(Duration::from_millis(400));
+    exchange(&mut sim, a, b, b"n2");
+    assert_eq!(
+        carrier(&sim, a),
+        ("native".into(), "native (forced)".into())
+    );
+    assert!(sim.counter(a, "native_out") >= 1);
+    assert_eq!(sim.nodes[b].tun.len(), 2);
+}

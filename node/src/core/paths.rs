@@ -426,13 +426,18 @@ impl NodeCore {
     }
 
     /// The peer's native address as this node knows it now.
+    /// Forced native with no answer yet: the first candidate (the
+    /// configuration asked for native whatever the probes say).
     fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
-        self.paths
-            .machines
-            .get(&ge)
-            .and_then(PathMachine::native_addr)
+        let m = self.paths.machines.get(&ge)?;
+        m.native_addr()
             .map(|a| a.ip())
             .or_else(|| self.paths.probe_sources.get(&ge).copied())
+            .or_else(|| {
+                (self.cfg.path.force == path::Force::Native)
+                    .then(|| m.candidates().first().map(|a| a.ip()))
+                    .flatten()
+            })
     }
 
     /// Installs (or moves) the translation of every protected flow of `ge`.
