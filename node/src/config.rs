@@ -46,6 +46,34 @@ pub struct NodeConfig {
     /// PCCOM trailer fit one DATAGRAM frame at once; 1200 is the safe
     /// minimum for paths with a smaller MTU (then lower `mtu` too).
     pub quic_initial_mtu: u16,
+    /// Which carrier data packets take: `auto` (native when probes get
+    /// through, QUIC otherwise), `native` (always native) or `quic` (never
+    /// probes native).
+    pub carrier: CarrierChoice,
+}
+
+/// The `carrier` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CarrierChoice {
+    /// Per peer, by the path machine.
+    #[default]
+    Auto,
+    /// Native always (failures show in `status`).
+    Native,
+    /// QUIC always; native is never probed.
+    Quic,
+}
+
+impl CarrierChoice {
+    /// The path machine's force.
+    pub fn force(self) -> fpn_proto::path::Force {
+        match self {
+            Self::Auto => fpn_proto::path::Force::Auto,
+            Self::Native => fpn_proto::path::Force::Native,
+            Self::Quic => fpn_proto::path::Force::Quic,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -61,6 +89,7 @@ impl Default for NodeConfig {
             directory_ttl_secs: 300,
             flow_idle_secs: 300,
             quic_initial_mtu: 1452,
+            carrier: CarrierChoice::Auto,
         }
     }
 }
@@ -132,10 +161,18 @@ mod tests {
             "listen = \"nope\"",
             "colour = \"blue\"",
             "flow_idle_secs = 0",
+            "carrier = \"udp\"",
         ] {
             assert!(NodeConfig::parse(bad).is_err(), "{bad}");
         }
         let c = NodeConfig::parse("tun_name = \"fpn7\"\nmtu = 1280\ndns = false").unwrap();
         assert_eq!((c.tun_name.as_str(), c.mtu, c.dns), ("fpn7", 1280, false));
+        for (text, force) in [
+            ("carrier = \"auto\"", fpn_proto::path::Force::Auto),
+            ("carrier = \"native\"", fpn_proto::path::Force::Native),
+            ("carrier = \"quic\"", fpn_proto::path::Force::Quic),
+        ] {
+            assert_eq!(NodeConfig::parse(text).unwrap().carrier.force(), force);
+        }
     }
 }

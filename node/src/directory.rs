@@ -30,6 +30,10 @@ pub struct PeerRecord {
     pub addrs: Vec<SocketAddr>,
     /// Unix time the addresses were learned (0: never).
     pub fetched: u64,
+    /// The peer's certified node key (from its verified credential; `None`
+    /// in a listing). The path machine's probe key is derived from it.
+    #[serde(default)]
+    pub key: Option<[u8; 32]>,
 }
 
 impl PeerRecord {
@@ -64,6 +68,7 @@ pub fn record_from_entry(
         overlay: cred.info.overlay,
         addrs: carrier_addrs(&entry.reported, entry.seen, default_port),
         fetched: now,
+        key: Some(cred.node_key),
     })
 }
 
@@ -102,6 +107,12 @@ impl Directory {
         {
             rec.addrs = old.addrs.clone();
             rec.fetched = old.fetched;
+        }
+        if let Some(old) = self.by_name.get(&rec.name)
+            && old.ge == rec.ge
+            && rec.key.is_none()
+        {
+            rec.key = old.key;
         }
         // An overlay address belongs to one GE: a newer record wins.
         self.by_name
@@ -206,6 +217,7 @@ mod tests {
             overlay: Ipv4Addr::new(100, 64, 0, last),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             fetched: 100,
+            key: None,
         }
     }
 
@@ -232,6 +244,7 @@ mod tests {
         // A listing without addresses keeps the known ones.
         d.upsert(PeerRecord {
             fetched: 0,
+            key: None,
             ..rec("a", 1, 1, &[])
         });
         assert_eq!(d.by_name("a").unwrap().addrs.len(), 1);

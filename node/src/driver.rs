@@ -18,10 +18,12 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{trace, warn};
 
-use crate::carrier::{Carrier, FrameKind, Inbound};
+use crate::carrier::{Carrier, CarrierKind, FrameKind, Inbound};
 use crate::clock::Clock;
 use crate::core::{Command, DataOut, NodeCore, Output, SendError, Snapshot};
 use crate::dns::{NameTable, Target};
+use crate::native::{NativeRx, RxBatch};
+use crate::native_link::{FlowOp, NativeLink, five_tuple, local_address_toward};
 
 /// Packets handled per wake-up from one source before the others get a turn.
 pub const BATCH: usize = 64;
@@ -34,6 +36,8 @@ pub enum Query {
     Snapshot(oneshot::Sender<Snapshot>),
     /// The action and path of a flow (for `ping`).
     FlowInfo(FlowId, oneshot::Sender<Option<(String, String)>>),
+    /// The carrier and path status of the peer owning an overlay address.
+    PeerPath(Ipv4Addr, oneshot::Sender<Option<(String, String)>>),
     /// The overlay address of the peer named so (for `ping`).
     Resolve(String, oneshot::Sender<Option<Ipv4Addr>>),
 }
@@ -77,6 +81,28 @@ pub struct Driver {
     /// The DNS stub's names, published from the core's peer table, with
     /// this node's own name and address.
     pub names: Option<(NameTable, String, Ipv4Addr)>,
+    /// The native carrier, when it could be opened.
+    pub native: Option<NativeParts>,
+    /// Why native cannot work on this node (told to the core at start).
+    pub native_unavailable: Option<fpn_proto::path::Unavailable>,
+}
+
+/// The driver's parts of the native carrier (see [`crate::native_link`]).
+#[derive(Debug)]
+pub struct NativeParts {
+    /// The raw sender.
+    pub link: NativeLink,
+    /// Packets the receive thread took in.
+    pub rx: NativeRx,
+    /// Changes of the nft set, to the thread that owns the table.
+    pub flow_ops: std::sync::mpsc::Sender<Vec<FlowOp>>,
+}
+
+async fn recv_native(rx: &mut Option<NativeRx>) -> Option<RxBatch> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -92,7 +118,13 @@ impl Driver {
             mut inbound,
             dir_requests,
             names,
+            native,
+            native_unavailable,
         } = self;
+        let (link, mut native_rx, flow_ops) = match native {
+            Some(n) => (Some(n.link), Some(n.rx), Some(n.flow_ops)),
+            None => (None, None, None),
+        };
         let mut shell = Shell {
             core,
             clock,
@@ -100,7 +132,14 @@ impl Driver {
             tun: tun.clone(),
             dir_requests,
             names,
+            native: link,
+            flow_ops,
+            pending_ops: Vec::new(),
         };
+        if let Some(why) = native_unavailable {
+            let now = shell.clock.now();
+            shell.core.handle_native_unavailable(why, now);
+        }
         let mut buf = vec![0u8; shell.core.buffer_len()];
         // Frames from peers land here: packets, and DPRP messages, which
         // may be longer than any packet.
@@ -127,6 +166,7 @@ impl Driver {
                 Query(Option<Query>),
                 Tun(std::io::Result<usize>),
                 Frames(usize),
+                Native(Option<RxBatch>),
                 Timer,
             }
             let wake = tokio::select! {
@@ -134,6 +174,7 @@ impl Driver {
                 q = queries.recv(), if queries_open => Wake::Query(q),
                 r = tun.recv(&mut buf), if tun_ok => Wake::Tun(r),
                 n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
+                b = recv_native(&mut native_rx) => Wake::Native(b),
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
@@ -162,8 +203,35 @@ impl Driver {
                         shell.frame(&f, &mut rbuf, now);
                     }
                 }
+                Wake::Native(None) => {
+                    warn!(
+                        "the native receive thread stopped; native packets are no longer taken in"
+                    );
+                    native_rx = None;
+                }
+                Wake::Native(Some(batch)) => {
+                    // This batch and up to four more that already wait;
+                    // the rest gets its turn after the other sources.
+                    let mut next = Some(batch);
+                    for _ in 0..4 {
+                        let Some(b) = next.take() else { break };
+                        for p in b.iter() {
+                            shell.native_packet(p, &mut rbuf, now);
+                        }
+                        if let Some(rx) = native_rx.as_mut() {
+                            rx.recycle(b);
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if let Some(b) = next {
+                        for p in b.iter() {
+                            shell.native_packet(p, &mut rbuf, now);
+                        }
+                    }
+                }
                 Wake::Timer => {}
             }
+            shell.flush_native();
             shell.drive_timer();
             shell.drain_outputs();
         }
@@ -179,9 +247,41 @@ struct Shell {
     tun: Arc<dyn TunWriter>,
     dir_requests: mpsc::Sender<Ipv4Addr>,
     names: Option<(NameTable, String, Ipv4Addr)>,
+    native: Option<NativeLink>,
+    flow_ops: Option<std::sync::mpsc::Sender<Vec<FlowOp>>>,
+    pending_ops: Vec<FlowOp>,
 }
 
 impl Shell {
+    /// A packet the native receive path took in.
+    fn native_packet(&mut self, p: &[u8], rbuf: &mut [u8], now: Instant) {
+        let Some(dst) = rbuf.get_mut(..p.len()) else {
+            return;
+        };
+        dst.copy_from_slice(p);
+        if let DataOut::Tun(t) = self.core.handle_native_packet(rbuf, p.len(), now)
+            && !write_tun(&*self.tun, t)
+        {
+            self.core.handle_tun_write_error();
+        }
+    }
+
+    /// Sends the native packets of this wake-up, and hands the nft set
+    /// changes to the table's thread.
+    fn flush_native(&mut self) {
+        if let Some(link) = self.native.as_mut() {
+            let refused = link.flush();
+            if refused > 0 {
+                trace!(refused, "native packets refused by the kernel");
+            }
+        }
+        if !self.pending_ops.is_empty()
+            && let Some(ops) = &self.flow_ops
+        {
+            let _ = ops.send(std::mem::take(&mut self.pending_ops));
+        }
+    }
+
     /// Runs the core's timers that are due by the clock.
     fn drive_timer(&mut self) {
         let now = self.clock.now();
@@ -198,6 +298,9 @@ impl Shell {
             Query::FlowInfo(flow, tx) => {
                 let _ = tx.send(self.core.flow_info(&flow));
             }
+            Query::PeerPath(ip, tx) => {
+                let _ = tx.send(self.core.peer_path(ip));
+            }
             Query::Resolve(name, tx) => {
                 let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
             }
@@ -207,6 +310,16 @@ impl Shell {
     fn tun_packet(&mut self, buf: &mut [u8], n: usize, now: Instant) {
         let out = self.core.handle_tun_packet(buf, n, now);
         let failed = match out {
+            DataOut::Send {
+                path: CarrierKind::Native,
+                frame,
+                ..
+            } => {
+                if let Some(link) = self.native.as_mut() {
+                    link.queue(frame);
+                }
+                None
+            }
             DataOut::Send { target, frame, .. } => self
                 .carrier
                 .send(target, FrameKind::Data, frame)
@@ -274,8 +387,32 @@ impl Shell {
                     let _ = self.dir_requests.try_send(ip);
                 }
                 Output::PeersChanged => self.publish_names(),
+                Output::SendNative(p) => {
+                    if let Some(link) = self.native.as_mut() {
+                        link.send_now(&p);
+                    }
+                }
+                Output::FindLocalAddress(remote) => {
+                    // Without a native link there is nothing to send from.
+                    if self.native.is_some()
+                        && let Some(local) = local_address_toward(remote)
+                    {
+                        self.core.handle_local_address(remote, local, now);
+                    }
+                }
+                Output::NativeFlowAdded(w) => {
+                    if let Some(f) = five_tuple(&w) {
+                        self.pending_ops.push(FlowOp::Add(f));
+                    }
+                }
+                Output::NativeFlowRemoved(w) => {
+                    if let Some(f) = five_tuple(&w) {
+                        self.pending_ops.push(FlowOp::Remove(f));
+                    }
+                }
             }
         }
+        self.flush_native();
     }
 
     /// The DNS stub's names: this node and every peer of the peer table.
@@ -392,6 +529,9 @@ mod tests {
             tun: tun.clone(),
             dir_requests: tx,
             names: Some((NameTable::new(), "n1".into(), node.overlay)),
+            native: None,
+            flow_ops: None,
+            pending_ops: Vec::new(),
         };
         (shell, tun, rx, peer, now)
     }
@@ -424,6 +564,7 @@ mod tests {
                 overlay: Ipv4Addr::new(100, 64, 0, 3),
                 addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
                 fetched: 1,
+                key: None,
             }),
             now,
         );

@@ -245,6 +245,7 @@ impl GmsTask {
                     overlay: l.overlay,
                     fetched: if addrs.is_empty() { 0 } else { now },
                     addrs,
+                    key: None,
                 };
                 let old = dir.by_name(&rec.name).cloned();
                 if let Some(stored) = dir.upsert(rec)

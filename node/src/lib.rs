@@ -21,6 +21,7 @@ pub mod error;
 pub mod gms;
 pub mod icmp;
 pub mod native;
+pub mod native_link;
 pub mod state;
 pub mod status;
 pub mod tun;

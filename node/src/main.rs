@@ -73,11 +73,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stops the running node.
+    /// Stops the running node. When none runs (it crashed), deletes the
+    /// native carrier's nftables table it may have left, so its flows are
+    /// not blackholed.
     Down {
         /// State directory of the running node.
         #[arg(long)]
         state: PathBuf,
+        /// The node's configuration file (for its TUN name; the default
+        /// `fpn0` without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -264,8 +270,17 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Down { state } => {
-            ask(&state, &Request::Down, CONTROL_TIMEOUT).await?;
+        Cmd::Down { state, config } => {
+            if let Err(e) = ask(&state, &Request::Down, CONTROL_TIMEOUT).await {
+                // No daemon answers: a crashed one may have left its table.
+                let cfg = NodeConfig::load(config.as_deref())?;
+                let table = fpn_node::native::table_name(&cfg.tun_name);
+                if fpn_node::native::cleanup(&table).unwrap_or(false) {
+                    eprintln!("no node running; deleted its stale nftables table {table}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(e);
+            }
             // Wait until the daemon has exited (it holds the lock to the end,
             // after the TUN is gone), so `up` may follow at once.
             let dir = StateDir::new(&state);
@@ -309,12 +324,13 @@ fn print_status(s: &Status) {
     println!("peers:");
     for p in &s.peers {
         println!(
-            "  {:<16} GE {:<5} {:<6} {:<24} rtt {}",
+            "  {:<16} GE {:<5} {:<6} {:<24} rtt {:<10} path {}",
             p.name,
             p.ge,
             p.carrier,
             p.addr.as_deref().unwrap_or("-"),
-            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms")),
+            p.path
         );
     }
     println!("flows:");
@@ -346,7 +362,7 @@ fn print_status(s: &Status) {
 fn print_ping(p: &PingReport) {
     let rtts: Vec<String> = p.rtt_ms.iter().map(|r| format!("{r:.3} ms")).collect();
     println!(
-        "{} ({}): action {}, carrier {}, {}/{} answered{}{}",
+        "{} ({}): action {}, carrier {}, path {}, {}/{} answered{}{}",
         p.name,
         p.address,
         p.action,
@@ -355,6 +371,7 @@ fn print_ping(p: &PingReport) {
         } else {
             &p.carrier
         },
+        if p.path.is_empty() { "-" } else { &p.path },
         p.rtt_ms.len(),
         p.sent,
         if rtts.is_empty() { "" } else { ", rtt " },

@@ -51,8 +51,12 @@ pub struct PeerStatus {
     pub ge: u32,
     /// Overlay address, when known.
     pub overlay: Option<String>,
-    /// The carrier chosen for it ("quic").
+    /// The carrier its packets take now: "native" or "quic".
     pub carrier: String,
+    /// The path machine's status with the reason: "native",
+    /// "quic (native probe failed 3x)", "quic (forced)", ...
+    #[serde(default)]
+    pub path: String,
     /// The underlay address in use (carrier connection) or first known.
     pub addr: Option<String>,
     /// Round-trip time of the carrier connection.
@@ -99,8 +103,13 @@ pub struct PingReport {
     pub address: String,
     /// "encrypt", "plain", "refuse", or "unreachable".
     pub action: String,
-    /// The carrier the flow used ("quic"), empty when none.
+    /// The carrier the flow used ("native" or "quic"), empty when none.
+    /// ICMP flows always take QUIC (the nft set steers TCP and UDP only).
     pub carrier: String,
+    /// The peer's path status ("native", "quic (native probe failed 3x)",
+    /// ...), empty when the peer is unknown.
+    #[serde(default)]
+    pub path: String,
     /// Round-trip times of the answered echoes, milliseconds.
     pub rtt_ms: Vec<f64>,
     /// Echo requests sent.

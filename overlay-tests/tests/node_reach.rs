@@ -8,7 +8,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{echo_send, iperf_client, iperf_server, overlay, udp_between};
+use common::{echo_send, iperf_client, iperf_server, l4_between, overlay};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 
 const MARKER: &str = "fpn-acceptance-plaintext-marker-5b1e";
@@ -75,7 +75,10 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     let p = ov.ping("a", "b", 3).unwrap();
     assert!(p.ok, "fpn-node ping b: {:?}", p.output);
     assert_eq!(p.action(), "encrypt", "{}", p.json);
+    // ICMP always takes QUIC (the native carrier steers TCP and UDP only);
+    // the peer itself is on the native path.
     assert_eq!(p.carrier(), "quic", "{}", p.json);
+    assert_eq!(p.json["path"], "native", "{}", p.json);
     assert_eq!(p.rtts().len(), 3, "{}", p.json);
 
     // TCP (the marker 400 times, ~15 kB) and UDP (once) by name, echoed back.
@@ -99,17 +102,18 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
         );
     }
 
-    // What crossed b's link: the marker's bytes, both ways, as UDP between
-    // the public addresses, and not one copy of the marker itself.
+    // What crossed b's link: the marker's bytes, both ways, between the
+    // public addresses (natively: TCP and UDP with the application's ports),
+    // and not one copy of the marker itself.
     let carried = 2 * long.len();
     let pcap = cap
         .wait_for(Duration::from_secs(5), |p| {
-            udp_between(p, a_pub, b_pub).1 >= carried
+            l4_between(p, a_pub, b_pub).1 >= carried
         })
         .unwrap_or_else(|e| {
             panic!("the capture never saw the echo between {a_pub} and {b_pub}: {e}")
         });
-    let (packets, bytes) = udp_between(&pcap, a_pub, b_pub);
+    let (packets, bytes) = l4_between(&pcap, a_pub, b_pub);
     assert!(
         packets >= 10 && bytes >= carried,
         "{packets} packets, {bytes} bytes"
@@ -143,8 +147,8 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     assert!(
         flows
             .iter()
-            .any(|f| f["action"] == "encrypt" && f["carrier"] == "quic" && f["proto"] == "tcp"),
-        "a's status shows no encrypted TCP flow to b over QUIC: {flows:?}"
+            .any(|f| f["action"] == "encrypt" && f["carrier"] == "native" && f["proto"] == "tcp"),
+        "a's status shows no encrypted TCP flow to b on the native path: {flows:?}"
     );
     // UDP for 3 s at 20 Mbit/s, by name: it arrives (a generous loss bound;
     // the rate is far below what the overlay carries).

@@ -34,6 +34,7 @@ mod flows;
 mod keys;
 mod negotiation;
 mod output;
+mod paths;
 mod peers;
 pub mod sim;
 mod snapshot;
@@ -41,6 +42,9 @@ mod timers;
 
 #[cfg(test)]
 mod sim_tests;
+
+#[cfg(test)]
+mod native_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -51,11 +55,13 @@ use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
 use fpn_proto::packet::Packet;
+use fpn_proto::path::PathConfig;
 use fpn_proto::pccom::TRAILER_LEN;
 use fpn_proto::pit::{Disposition, Origin, Pit};
+use fpn_proto::xlat::XlatTable;
 use tracing::{debug, info, trace};
 
-use crate::carrier::FrameKind;
+use crate::carrier::{CarrierKind, FrameKind};
 use crate::icmp::Unreachable;
 
 use flows::Flows;
@@ -64,6 +70,7 @@ use timers::Timers;
 
 pub use keys::KeyChange;
 pub use output::{Command, DataOut, Output, SendError};
+pub use paths::{PROBE_PORT, udp_v4};
 pub use peers::{OwnerChange, PathState, Peer, PeerTable};
 pub use snapshot::Snapshot;
 pub use timers::Timer;
@@ -85,6 +92,12 @@ pub struct CoreConfig {
     pub mtu: u16,
     /// The overlay range (destinations in it are asked of the directory).
     pub overlay_net: (Ipv4Addr, u8),
+    /// Path selection settings of every peer (`carrier` in the config is
+    /// its `force`).
+    pub path: PathConfig,
+    /// Wall-clock seconds at the first input (starts the path machines'
+    /// probe sequence numbers, so a restarted node's probes are fresh).
+    pub unix_start: u64,
 }
 
 /// The node's packet and flow state machine. See the module docs.
@@ -106,6 +119,9 @@ pub struct NodeCore {
     dprp_touched: bool,
     dprp_deadline: Option<Instant>,
     reject_logged: Option<Instant>,
+    xlat: XlatTable,
+    paths: paths::Paths,
+    epoch: Option<Instant>,
 }
 
 impl NodeCore {
@@ -130,6 +146,9 @@ impl NodeCore {
             dprp_touched: true,
             dprp_deadline: None,
             reject_logged: None,
+            xlat: XlatTable::default(),
+            paths: paths::Paths::default(),
+            epoch: None,
         };
         core.refresh_dprp_deadline();
         core
@@ -191,9 +210,13 @@ impl NodeCore {
             }
         }
         self.drain(now);
+        let path = match send {
+            Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
+            _ => CarrierKind::Quic,
+        };
         let buf: &'a [u8] = buf;
         match send {
-            Some((ge, n)) => self.data_to(ge, &buf[..n]),
+            Some((ge, n)) => self.data_to(ge, path, &buf[..n]),
             None => DataOut::Nothing,
         }
     }
@@ -294,6 +317,7 @@ impl NodeCore {
             Command::PeerGone(ge) => {
                 self.dprp.revoke_ge(ge);
                 let n = self.drop_flows_of(ge);
+                self.remove_machine(ge);
                 if self.peers.remove(ge).is_some() {
                     self.dprp.set_directory(self.peers.directory());
                     self.peers_changed = true;
@@ -309,6 +333,7 @@ impl NodeCore {
                 let flows: Vec<FlowId> = self.pit.iter().map(|(f, _)| *f).collect();
                 for f in flows {
                     self.pit.remove(&f);
+                    self.flow_ended(&f);
                 }
                 self.erased = true;
             }
@@ -330,6 +355,7 @@ impl NodeCore {
                 Timer::PitAgeing => {
                     for flow in self.pit.expire(now) {
                         debug!(%flow, "flow aged out");
+                        self.flow_ended(&flow);
                     }
                     self.schedule_pit_ageing(now);
                 }
@@ -339,8 +365,10 @@ impl NodeCore {
                 }
                 Timer::ForgetRefused(flow) => self.flows.forget_refused(&flow, now),
                 Timer::ForgetHealing(flow) => self.flows.forget_healing(&flow),
+                Timer::Path => {}
             }
         }
+        self.handle_path_timeout(now);
         self.drain(now);
     }
 
@@ -360,10 +388,8 @@ impl NodeCore {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         let dprp = self.dprp_deadline.map(|t| (t, Timer::Dprp));
-        match (dprp, self.timers.next()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let path = self.paths.deadline.map(|t| (t, Timer::Path));
+        [dprp, self.timers.next(), path].into_iter().flatten().min()
     }
 
     /// The PIT (for tests and benchmarks that look at entries).
@@ -371,13 +397,13 @@ impl NodeCore {
         &self.pit
     }
 
-    fn data_to<'a>(&'a mut self, ge: GeId, frame: &'a [u8]) -> DataOut<'a> {
+    fn data_to<'a>(&'a mut self, ge: GeId, path: CarrierKind, frame: &'a [u8]) -> DataOut<'a> {
         match self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) {
             Some(p) => {
                 self.counters.data_out += 1;
                 DataOut::Send {
                     target: &p.target,
-                    path: p.path.current,
+                    path,
                     frame,
                 }
             }
@@ -461,6 +487,9 @@ impl NodeCore {
         }
         if let Some(v) = change.erased_up_to {
             let gone = self.pit.on_key_erased(group, v);
+            for f in &gone {
+                self.flow_ended(f);
+            }
             debug!(%group, version = v.0, flows = gone.len(), "group key versions erased");
         }
         debug!(%group, versions = ?new.iter().map(|v| v.0).collect::<Vec<_>>(), "group keys");
@@ -469,6 +498,7 @@ impl NodeCore {
     fn set_peer(&mut self, rec: &crate::directory::PeerRecord, now: Instant) {
         let ge = rec.ge();
         let change = self.peers.upsert(rec);
+        self.update_machine(ge, now);
         self.peers_changed = true;
         if change.directory_changed || change.previous_owner.is_some() {
             self.dprp.set_directory(self.peers.directory());
@@ -511,6 +541,7 @@ impl NodeCore {
             .collect();
         for f in &stale {
             self.pit.remove(f);
+            self.flow_ended(f);
             info!(flow = %f, "the flow's remote address changed owner: flow removed");
         }
         self.counters.flows_unbound += stale.len() as u64;
@@ -526,6 +557,7 @@ impl NodeCore {
             .collect();
         for f in &flows {
             self.pit.remove(f);
+            self.flow_ended(f);
         }
         self.counters.revoked_flows += flows.len() as u64;
         flows.len()

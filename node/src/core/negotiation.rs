@@ -15,7 +15,7 @@ use tracing::{debug, info, trace, warn};
 use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
 use super::timers::{PIT_AGE_GRANULARITY, Timer};
 use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
-use crate::carrier::{FrameKind, PeerTarget};
+use crate::carrier::{CarrierKind, FrameKind, PeerTarget};
 use crate::icmp::{self, Unreachable};
 use crate::status::action_name;
 
@@ -230,6 +230,7 @@ impl NodeCore {
                 if let Some(p) = self.peers.get_mut(e.peer) {
                     p.had_flow = true;
                 }
+                self.install_translation(e.flow, e.peer, now);
                 let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
@@ -305,9 +306,11 @@ impl NodeCore {
             self.counters.no_route += 1;
             return;
         };
+        // Control messages and released first packets take QUIC: they are
+        // not on the data path, and QUIC is always there.
         let out = Output::Send {
             target: PeerTarget::clone(&p.target),
-            path: p.path.current,
+            path: CarrierKind::Quic,
             kind,
             payload,
         };

@@ -1,7 +1,9 @@
 //! The core's inputs and outputs as values: [`Command`] in, [`DataOut`]
 //! (borrowed, the data path) and [`Output`] (owned, everything else) out.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use fpn_proto::flow::FlowId;
 
 use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::{GroupKey, KeyVersion};
@@ -98,6 +100,18 @@ pub enum Output {
     /// The peer table changed (names, addresses, owners): views published
     /// from it (DNS names, `ping` resolution) should be refreshed.
     PeersChanged,
+    /// Send a raw IPv4 packet on the native path as it is (a path probe
+    /// or answer, addressed from this node's underlay address).
+    SendNative(Vec<u8>),
+    /// Which source address does the host use toward this underlay
+    /// address? Answer with
+    /// [`NodeCore::handle_local_address`](super::NodeCore::handle_local_address).
+    FindLocalAddress(IpAddr),
+    /// Steer inbound packets of this wire five-tuple (source = the peer's
+    /// underlay address) to [`NodeCore::handle_native_packet`](super::NodeCore::handle_native_packet).
+    NativeFlowAdded(FlowId),
+    /// Stop steering this wire five-tuple (its flow ended).
+    NativeFlowRemoved(FlowId),
 }
 
 impl std::fmt::Debug for Output {
@@ -119,6 +133,10 @@ impl std::fmt::Debug for Output {
             Self::Tun(p) => f.debug_struct("Tun").field("len", &p.len()).finish(),
             Self::DirectoryLookup(ip) => f.debug_tuple("DirectoryLookup").field(ip).finish(),
             Self::PeersChanged => f.write_str("PeersChanged"),
+            Self::SendNative(p) => f.debug_struct("SendNative").field("len", &p.len()).finish(),
+            Self::FindLocalAddress(ip) => f.debug_tuple("FindLocalAddress").field(ip).finish(),
+            Self::NativeFlowAdded(w) => f.debug_tuple("NativeFlowAdded").field(w).finish(),
+            Self::NativeFlowRemoved(w) => f.debug_tuple("NativeFlowRemoved").field(w).finish(),
         }
     }
 }

@@ -25,21 +25,33 @@ const SEEN_PER_PEER: usize = 4;
 /// Most peers (a bound on what the directory can make the core store).
 const MAX_PEERS: usize = crate::directory::MAX_PEERS;
 
-/// How frames reach one peer. Only QUIC exists now: `current` never changes.
-///
-/// This is where the per-peer path machine (`fpn_proto::path`, being
-/// written) plugs in: it will own probing and switching between the native
-/// path and QUIC, be fed from the core's inputs, and set `current`.
+/// How frames reach one peer: set from the peer's path machine
+/// (`fpn_proto::path::PathMachine`, kept by the core) after each of its
+/// events. QUIC until the machine says otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathState {
     /// The path data frames to this peer take now.
     pub current: CarrierKind,
+    /// The machine's status (`native`, `quic (native probe failed 3x)`);
+    /// `None` while the peer has no machine (no certified key known).
+    pub status: Option<fpn_proto::path::PathStatus>,
 }
 
 impl Default for PathState {
     fn default() -> Self {
         Self {
             current: CarrierKind::Quic,
+            status: None,
+        }
+    }
+}
+
+impl PathState {
+    /// The text `status` and `ping` show.
+    pub fn text(&self) -> String {
+        match self.status {
+            Some(s) => s.to_string(),
+            None => self.current.as_str().to_owned(),
         }
     }
 }
@@ -62,6 +74,8 @@ pub struct Peer {
     pub path: PathState,
     /// True once a flow with it was installed (shown in `status` then).
     pub had_flow: bool,
+    /// Its certified node key (from the directory), for the probe key.
+    pub key: Option<[u8; 32]>,
 }
 
 /// What an update changed in who owns which address.
@@ -111,6 +125,7 @@ impl PeerTable {
             seen_from: Vec::new(),
             path: PathState::default(),
             had_flow: false,
+            key: None,
         });
         if peer.overlay != Some(rec.overlay) {
             change.directory_changed = true;
@@ -121,6 +136,9 @@ impl PeerTable {
         }
         peer.overlay = Some(rec.overlay);
         peer.name.clone_from(&rec.name);
+        if rec.key.is_some() {
+            peer.key = rec.key;
+        }
         if !rec.addrs.is_empty() {
             peer.target.addrs.clone_from(&rec.addrs);
         }
@@ -164,6 +182,7 @@ impl PeerTable {
             seen_from: Vec::new(),
             path: PathState::default(),
             had_flow: false,
+            key: None,
         });
         if peer.seen_from.first() != Some(&from) {
             peer.seen_from.retain(|a| *a != from);
@@ -243,6 +262,7 @@ mod tests {
             overlay: Ipv4Addr::new(100, 64, 0, last),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             fetched: 1,
+            key: None,
         }
     }
 

@@ -24,14 +24,17 @@ use std::time::{Duration, Instant};
 
 use fpn_proto::credential::Credential;
 use fpn_proto::dprp::{Config, Endpoint, Prefix};
+use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
+use fpn_proto::packet::Packet;
+use fpn_proto::path::PathConfig;
 use fpn_proto::pit::{Pit, PitConfig};
 pub use fpn_proto::sim::LinkConfig;
 use fpn_proto::sim::{START_UNIX, node_key};
 
 use super::{Command, CoreConfig, DataOut, NodeCore, Output, Timer};
-use crate::carrier::{FrameKind, PeerTarget};
+use crate::carrier::{CarrierKind, FrameKind, PeerTarget};
 use crate::directory::PeerRecord;
 
 /// How long the simulated directory takes to answer a lookup, by default.
@@ -65,6 +68,8 @@ pub struct SimNode {
     pub lookups: Vec<Ipv4Addr>,
     /// How often it said its peer table changed ([`Output::PeersChanged`]).
     pub peers_changed: u64,
+    /// Inbound wire five-tuples it asked to intercept (the nft set).
+    pub intercepted: std::collections::BTreeSet<FlowId>,
     spec: (Mode, Vec<u32>),
     span: tracing::Span,
 }
@@ -74,6 +79,8 @@ pub struct SimNode {
 pub struct WireFrame {
     /// Sending node.
     pub from: usize,
+    /// True for a raw IP packet on the native path (else a QUIC frame).
+    pub native: bool,
     /// The frame.
     pub payload: Vec<u8>,
 }
@@ -106,6 +113,9 @@ enum Event {
         to: usize,
         ip: Ipv4Addr,
     },
+    Native {
+        packet: Vec<u8>,
+    },
 }
 
 /// The simulated network of node cores.
@@ -121,6 +131,14 @@ pub struct CoreSim {
     pub directory_answers: bool,
     /// How long the directory takes to answer ([`DIRECTORY_DELAY`]).
     pub directory_delay: Duration,
+    /// When on, native packets (raw IP, probes included) are lost, as behind
+    /// a firewall that only lets the QUIC carrier through.
+    pub native_blocked: bool,
+    /// Path settings of nodes made from now on (`force` = the `carrier` key).
+    pub path: PathConfig,
+    /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
+    /// no node.
+    pub native_lost: u64,
     ca: NodeKey,
     now: Instant,
     link: LinkConfig,
@@ -142,6 +160,14 @@ impl CoreSim {
             stray: Vec::new(),
             directory_answers: true,
             directory_delay: DIRECTORY_DELAY,
+            native_blocked: false,
+            // The scenarios of sim_tests.rs are about DPRP, the PIT and the
+            // QUIC carrier: QUIC unless a test asks for path selection.
+            path: PathConfig {
+                force: fpn_proto::path::Force::Quic,
+                ..PathConfig::default()
+            },
+            native_lost: 0,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
             now: Instant::now(),
@@ -181,6 +207,7 @@ impl CoreSim {
             tun: Vec::new(),
             lookups: Vec::new(),
             peers_changed: 0,
+            intercepted: std::collections::BTreeSet::new(),
             spec: (mode, groups.to_vec()),
             span: tracing::info_span!("node", name = %name),
             name,
@@ -225,6 +252,7 @@ impl CoreSim {
             overlay: n.overlay,
             addrs: vec![n.underlay],
             fetched: START_UNIX,
+            key: Some(node_key(n.ge.0).public()),
         }
     }
 
@@ -291,7 +319,11 @@ impl CoreSim {
         let _e = span.enter();
         let node = &mut self.nodes[i];
         let sent = match node.core.handle_tun_packet(&mut buf, packet.len(), now) {
-            DataOut::Send { target, frame, .. } => Some((target.clone(), frame.to_vec())),
+            DataOut::Send {
+                target,
+                frame,
+                path,
+            } => Some((target.clone(), frame.to_vec(), path)),
             DataOut::Tun(p) => {
                 node.tun.push(p.to_vec());
                 None
@@ -299,8 +331,15 @@ impl CoreSim {
             DataOut::Nothing => None,
         };
         self.buf = buf;
-        if let Some((target, frame)) = sent {
-            self.transmit(i, &target, FrameKind::Data, frame);
+        match sent {
+            Some((_, frame, CarrierKind::Native)) => {
+                self.log_wire(i, true, &frame);
+                self.transmit_native(frame);
+            }
+            Some((target, frame, CarrierKind::Quic)) => {
+                self.transmit(i, &target, FrameKind::Data, frame);
+            }
+            None => {}
         }
         self.flush(i);
     }
@@ -316,6 +355,12 @@ impl CoreSim {
         payload: &[u8],
     ) {
         self.deliver(i, from_ge, from, kind, payload);
+    }
+
+    /// Hands node `i` a raw packet as if its native receive path took it in
+    /// (a forged, replayed or stray packet).
+    pub fn inject_native(&mut self, i: usize, packet: &[u8]) {
+        self.deliver_native(i, packet);
     }
 
     /// A counter of node `i`.
@@ -396,6 +441,7 @@ impl CoreSim {
                     self.stats.delivered += 1;
                     self.deliver(to, from_ge, from, kind, &payload);
                 }
+                Some(Event::Native { packet }) => self.route_native(&packet),
                 Some(Event::DirectoryAnswer { to, ip }) => {
                     if let Some(owner) = self.nodes.iter().position(|n| n.overlay == ip) {
                         self.introduce(to, owner);
@@ -507,17 +553,100 @@ impl CoreSim {
                     }
                 }
                 Output::PeersChanged => self.nodes[i].peers_changed += 1,
+                Output::SendNative(p) => self.transmit_native(p),
+                Output::FindLocalAddress(remote) => {
+                    // One underlay interface per node: the source is its address.
+                    let local = self.nodes[i].underlay.ip();
+                    let now = self.now;
+                    self.nodes[i].core.handle_local_address(remote, local, now);
+                }
+                Output::NativeFlowAdded(w) => {
+                    self.nodes[i].intercepted.insert(w);
+                }
+                Output::NativeFlowRemoved(w) => {
+                    self.nodes[i].intercepted.remove(&w);
+                }
             }
         }
     }
 
-    fn transmit(&mut self, from: usize, target: &PeerTarget, kind: FrameKind, payload: Vec<u8>) {
-        self.stats.sent += 1;
-        if kind == FrameKind::Data && self.wire.len() < WIRE_LOG_LIMIT {
+    fn log_wire(&mut self, from: usize, native: bool, payload: &[u8]) {
+        if self.wire.len() < WIRE_LOG_LIMIT {
             self.wire.push(WireFrame {
                 from,
-                payload: payload.clone(),
+                native,
+                payload: payload.to_vec(),
             });
+        }
+    }
+
+    /// Puts a raw IP packet on the network, toward the node whose underlay
+    /// address is its destination.
+    fn transmit_native(&mut self, packet: Vec<u8>) {
+        self.stats.sent += 1;
+        if self.native_blocked {
+            self.native_lost += 1;
+            return;
+        }
+        let delays = self.dice.hop(&self.link);
+        if delays.is_empty() {
+            self.stats.lost += 1;
+        }
+        for d in delays {
+            self.seq += 1;
+            self.queue.insert(
+                (self.now + d, self.seq),
+                Event::Native {
+                    packet: packet.clone(),
+                },
+            );
+        }
+    }
+
+    /// A native packet arrives at its destination's node, if it is still
+    /// there and would be intercepted (UDP to the probe port, or a five-tuple
+    /// of its nft set).
+    fn route_native(&mut self, packet: &[u8]) {
+        if self.native_blocked {
+            self.native_lost += 1;
+            return;
+        }
+        let Ok(p) = Packet::parse(packet) else {
+            self.native_lost += 1;
+            return;
+        };
+        let flow = p.flow_id();
+        let Some(to) = self.nodes.iter().position(|n| n.underlay.ip() == flow.dst) else {
+            self.native_lost += 1;
+            return;
+        };
+        let probe = flow.protocol == 17 && flow.dst_port == super::PROBE_PORT;
+        if !probe && !self.nodes[to].intercepted.contains(&flow) {
+            self.native_lost += 1;
+            return;
+        }
+        self.stats.delivered += 1;
+        self.deliver_native(to, packet);
+    }
+
+    fn deliver_native(&mut self, i: usize, packet: &[u8]) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf[..packet.len()].copy_from_slice(packet);
+        let span = self.nodes[i].span.clone();
+        let _e = span.enter();
+        let node = &mut self.nodes[i];
+        if let DataOut::Tun(p) = node.core.handle_native_packet(&mut buf, packet.len(), now) {
+            node.tun.push(p.to_vec());
+        }
+        self.buf = buf;
+        self.flush(i);
+    }
+
+    fn transmit(&mut self, from: usize, target: &PeerTarget, kind: FrameKind, payload: Vec<u8>) {
+        self.stats.sent += 1;
+        if kind == FrameKind::Data {
+            self.log_wire(from, false, &payload);
         }
         // The carrier dials the target's addresses in order and only
         // accepts the GE it names (certificates).
@@ -609,6 +738,8 @@ impl CoreSim {
                 overlay,
                 mtu: MTU,
                 overlay_net: (Ipv4Addr::new(100, 64, 0, 0), 10),
+                path: self.path.clone(),
+                unix_start: START_UNIX,
             },
             dprp,
             Pit::new(PitConfig::default()),

@@ -49,6 +49,11 @@ pub(super) struct Counters {
     pub unknown_owner: u64,
     pub flows_unbound: u64,
     pub output_drops: u64,
+    pub native_out: u64,
+    pub native_in: u64,
+    pub native_in_unknown: u64,
+    pub native_in_wrong_source: u64,
+    pub native_in_rejected: u64,
 }
 
 impl NodeCore {
@@ -66,6 +71,7 @@ impl NodeCore {
                     ge: p.ge.0,
                     overlay: p.overlay.map(|o| o.to_string()),
                     carrier: p.path.current.as_str().into(),
+                    path: p.path.text(),
                     addr: st
                         .and_then(|s| s.addr)
                         .or_else(|| p.target.addrs.first().copied())
@@ -89,7 +95,7 @@ impl NodeCore {
                     action: action_name(e.action()).into(),
                     carrier: e
                         .peer()
-                        .map(|p| self.path_name(p).into())
+                        .map(|p| self.flow_carrier(f, p).as_str().into())
                         .unwrap_or_default(),
                     peer: e.peer().map(|p| p.0),
                     key_version: e.key_version().map(|v| v.0),
@@ -128,7 +134,10 @@ impl NodeCore {
             return Some(("refuse".into(), String::new()));
         }
         self.pit.lookup(flow).map(|(_, e)| {
-            let path = e.peer().map(|p| self.path_name(p)).unwrap_or_default();
+            let path = e
+                .peer()
+                .map(|p| self.flow_carrier(flow, p).as_str())
+                .unwrap_or_default();
             (action_name(e.action()).to_owned(), path.to_owned())
         })
     }
@@ -150,6 +159,7 @@ impl NodeCore {
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let c = self.counters;
         let d = self.dprp.stats();
+        let (probes_sent, probes_answered) = self.probe_stats();
         [
             ("tun_in", c.tun_in),
             ("tun_out", c.tun_out),
@@ -177,6 +187,13 @@ impl NodeCore {
             ("unknown_owner", c.unknown_owner),
             ("flows_unbound", c.flows_unbound),
             ("output_drops", c.output_drops),
+            ("native_out", c.native_out),
+            ("native_in", c.native_in),
+            ("native_in_unknown", c.native_in_unknown),
+            ("native_in_wrong_source", c.native_in_wrong_source),
+            ("native_in_rejected", c.native_in_rejected),
+            ("probes_sent", probes_sent),
+            ("probes_answered", probes_answered),
             ("dprp_started", d.started),
             ("dprp_established", d.established),
             ("dprp_failed", d.failed),
@@ -188,12 +205,5 @@ impl NodeCore {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
-    }
-
-    fn path_name(&self, ge: fpn_proto::ge::GeId) -> &'static str {
-        self.peers
-            .get(ge)
-            .map_or(crate::carrier::CarrierKind::Quic, |p| p.path.current)
-            .as_str()
     }
 }

@@ -28,6 +28,11 @@ pub enum Timer {
     ForgetRefused(FlowId),
     /// Allow another healing negotiation for an unknown flow.
     ForgetHealing(FlowId),
+    /// A path machine's probe, probe timeout or retry (kept by the
+    /// machines; [`NodeCore::poll_timeout`] names the earliest).
+    ///
+    /// [`NodeCore::poll_timeout`]: super::NodeCore::poll_timeout
+    Path,
 }
 
 /// Deadlines in order. The PIT's ageing deadline is kept once (the earliest

@@ -134,6 +134,10 @@ async fn run(
         ..PitConfig::default()
     });
 
+    // The native carrier: its table is named after the TUN, so opening it
+    // replaces one a killed node left (the crash recovery).
+    let (native, native_unavailable, flow_ctl) = open_native(&cfg);
+
     let (dir_tx, dir_rx) = mpsc::channel(256);
     let (eng_tx, eng_rx) = mpsc::channel(1024);
     let (query_tx, query_rx) = mpsc::channel(32);
@@ -144,6 +148,11 @@ async fn run(
             overlay: me.overlay,
             mtu: cfg.mtu,
             overlay_net: (net, net_len),
+            path: fpn_proto::path::PathConfig {
+                force: cfg.carrier.force(),
+                ..fpn_proto::path::PathConfig::default()
+            },
+            unix_start: fpn_gms_client::now_unix(),
         },
         dprp,
         pit,
@@ -171,6 +180,8 @@ async fn run(
         inbound,
         dir_requests: dir_tx,
         names: Some((names.clone(), me.name.clone(), me.overlay)),
+        native,
+        native_unavailable,
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
@@ -275,10 +286,58 @@ async fn run(
     drop(eng_tx);
     drop(ctx);
     let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    if let Some(ctl) = flow_ctl {
+        // The driver's handle is gone with it: the thread deletes the table.
+        let table = ctl.table().to_owned();
+        let closing = tokio::task::spawn_blocking(move || ctl.close());
+        if tokio::time::timeout(Duration::from_secs(3), closing)
+            .await
+            .is_err()
+        {
+            warn!(%table, "the native table was not deleted in time; the next start replaces it");
+        }
+    }
     carrier.close().await;
     drop(dev);
     info!("stopped; TUN removed");
     outcome
+}
+
+/// Opens the native carrier unless `carrier = "quic"`; when the host does
+/// not allow it (no CAP_NET_RAW/CAP_NET_ADMIN, no nft), says so once and
+/// returns why, and every peer stays on QUIC.
+fn open_native(
+    cfg: &NodeConfig,
+) -> (
+    Option<crate::driver::NativeParts>,
+    Option<fpn_proto::path::Unavailable>,
+    Option<crate::native_link::FlowCtl>,
+) {
+    if cfg.carrier == crate::config::CarrierChoice::Quic {
+        return (None, None, None);
+    }
+    let local: Vec<Ipv4Addr> = local_addresses(0, &cfg.tun_name)
+        .into_iter()
+        .filter_map(|a| match a.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    match crate::native_link::open(&cfg.tun_name, local) {
+        Ok((link, rx, ctl)) => {
+            info!(table = ctl.table(), "native carrier open");
+            let flow_ops = ctl.sender().expect("a fresh FlowCtl has its sender");
+            (
+                Some(crate::driver::NativeParts { link, rx, flow_ops }),
+                None,
+                Some(ctl),
+            )
+        }
+        Err((why, e)) => {
+            warn!(error = %e, reason = ?why, "native carrier unavailable: every peer stays on QUIC");
+            (None, Some(why), None)
+        }
+    }
 }
 
 /// Sends the zone to the stub through systemd-resolved when it runs; logs
@@ -427,11 +486,15 @@ impl Ctx {
             (None, None) if dst == self.me.overlay => ("local".to_owned(), String::new()),
             (None, None) => ("unreachable".to_owned(), String::new()),
         };
+        let (tx, rx) = oneshot::channel();
+        let _ = self.queries.send(Query::PeerPath(dst, tx)).await;
+        let path = rx.await.ok().flatten().map(|(_, p)| p).unwrap_or_default();
         Ok(PingReport {
             name: fqdn,
             address: dst.to_string(),
             action,
             carrier,
+            path,
             rtt_ms: outcome
                 .rtts
                 .iter()

@@ -140,6 +140,23 @@ pub fn ipv4_headers(
 }
 
 /// Packets and IP bytes of UDP between `x` and `y` (either direction).
+/// TCP and UDP packets (count, bytes) between `x` and `y`, either way: the
+/// native carrier keeps each flow's own protocol on the wire.
+#[allow(dead_code)]
+pub fn l4_between(
+    pcap: &fpn_lab::Pcap,
+    x: std::net::IpAddr,
+    y: std::net::IpAddr,
+) -> (usize, usize) {
+    ipv4_headers(pcap)
+        .into_iter()
+        .filter(|&(s, d, proto, _)| {
+            let (s, d) = (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d));
+            matches!(proto, 6 | 17) && ((s == x && d == y) || (s == y && d == x))
+        })
+        .fold((0, 0), |(n, b), (_, _, _, len)| (n + 1, b + len))
+}
+
 pub fn udp_between(
     pcap: &fpn_lab::Pcap,
     x: std::net::IpAddr,

@@ -246,6 +246,18 @@ impl Endpoint {
         self.directory = entries;
     }
 
+    /// The path-probe key shared with the GE whose certified node key is
+    /// `peer_node_key` ([`crate::dprp::transcript::PairKey::probe_key`]),
+    /// from the pair-key cache DPRP keeps anyway. The node gives it to that
+    /// peer's `path::PathMachine`; only the two GEs can compute it.
+    pub fn probe_key(
+        &mut self,
+        peer_node_key: &[u8; crate::keys::PUBLIC_KEY_LEN],
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        let pair = self.peers.pair_key(&self.cfg.node_key, peer_node_key)?;
+        Ok(pair.probe_key())
+    }
+
     /// Re-anchors wall-clock time (after an NTP step or a suspend).
     pub fn handle_wall_clock(&mut self, unix_now: u64, now: Instant) {
         self.clock = (now, unix_now);

@@ -1,0 +1,265 @@
+//! The native carrier and path selection in the simulator: two cores probe
+//! each other on the underlay, carry a flow's packets as raw IP packets with
+//! the underlay addresses and the application's ports, fall back to QUIC
+//! when native packets stop getting through and come back when they do.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use fpn_proto::ge::Mode;
+use fpn_proto::packet::Packet;
+use fpn_proto::path::{Force, PathConfig};
+
+use super::sim::{CoreSim, LinkConfig, udp_packet};
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Two open nodes sharing group 1, with path selection set to `force`.
+fn pair(seed: u64, force: Force) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, LinkConfig::default());
+    sim.path = PathConfig {
+        force,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    (sim, a, b)
+}
+
+fn carrier(sim: &CoreSim, i: usize) -> (String, String) {
+    let p = &sim.nodes[i].core.snapshot(&[]).peers[0];
+    (p.carrier.clone(), p.path.clone())
+}
+
+fn native_frames(sim: &CoreSim) -> usize {
+    sim.wire().iter().filter(|f| f.native).count()
+}
+
+/// Sends one packet a -> b (ports 4000 -> 5000) and one back, and runs
+/// 100 ms of virtual time.
+fn exchange(sim: &mut CoreSim, a: usize, b: usize, marker: &[u8]) {
+    sim.send_udp(a, b, 4000, 5000, marker);
+    sim.run_for(Duration::from_millis(50));
+    sim.send_udp(b, a, 5000, 4000, marker);
+    sim.run_for(Duration::from_millis(50));
+}
+
+#[test]
+fn two_nodes_go_native_after_probes_and_carry_a_flow_natively() {
+    let (mut sim, a, b) = pair(1, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    for i in [a, b] {
+        assert_eq!(
+            carrier(&sim, i),
+            ("native".into(), "native".into()),
+            "node {i}"
+        );
+        assert!(sim.counter(i, "probes_sent") >= 1);
+        assert!(sim.counter(i, "probes_answered") >= 1);
+    }
+    // The first packet is held while DPRP runs (over QUIC); once the new
+    // translation's grace passed (the peer's nft rule is in), the flow goes
+    // natively both ways.
+    exchange(&mut sim, a, b, b"MARKER-0");
+    assert_eq!(sim.counter(a, "native_out"), 0);
+    sim.run_for(super::paths::NATIVE_GRACE);
+    for k in 1..=5u8 {
+        exchange(&mut sim, a, b, format!("MARKER-{k}").as_bytes());
+    }
+    assert_eq!(sim.nodes[b].tun.len(), 6);
+    assert_eq!(sim.nodes[a].tun.len(), 6);
+    assert!(
+        sim.counter(a, "native_out") >= 5,
+        "{}",
+        sim.counter(a, "native_out")
+    );
+    assert!(sim.counter(b, "native_in") >= 5);
+    // On the wire: the underlay addresses, the application's ports, no
+    // plaintext.
+    let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
+    let natives: Vec<_> = sim.wire().iter().filter(|f| f.native).collect();
+    assert!(natives.len() >= 10);
+    for f in natives {
+        let p = Packet::parse(&f.payload[..]).expect("an IP packet");
+        let w = p.flow_id();
+        let (src, dst, sport, dport) = if f.from == a {
+            (ua, ub, 4000, 5000)
+        } else {
+            (ub, ua, 5000, 4000)
+        };
+        assert_eq!(
+            (w.src, w.dst, w.src_port, w.dst_port),
+            (src, dst, sport, dport)
+        );
+        assert!(!contains(&f.payload, b"MARKER"));
+    }
+    // What came out of b's TUN is the application's packet, overlay
+    // addresses and all.
+    let last = sim.nodes[b].tun.last().unwrap();
+    let p = Packet::parse(&last[..]).unwrap().flow_id();
+    assert_eq!(
+        (p.src, p.dst),
+        (
+            IpAddr::V4(sim.nodes[a].overlay),
+            IpAddr::V4(sim.nodes[b].overlay)
+        )
+    );
+    assert!(contains(last, b"MARKER-5"));
+    let f = &sim.nodes[a].core.snapshot(&[]).flows[0];
+    assert_eq!(f.carrier, "native");
+    assert_eq!(sim.nodes[b].intercepted.len(), 1);
+}
+
+#[test]
+fn blocked_native_falls_back_to_quic_within_3s_and_comes_back_within_30s() {
+    let (mut sim, a, b) = pair(2, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    exchange(&mut sim, a, b, b"first");
+    assert_eq!(carrier(&sim, a).0, "native");
+    // The firewall starts dropping native packets mid-flow; the flow keeps
+    // sending every 100 ms.
+    sim.native_blocked = true;
+    let blocked_at = sim.now();
+    let mut fell_back = None;
+    let mut delivered_before = sim.nodes[b].tun.len();
+    for _ in 0..40 {
+        exchange(&mut sim, a, b, b"during");
+        if fell_back.is_none() && carrier(&sim, a).0 == "quic" {
+            fell_back = Some(sim.now() - blocked_at);
+        }
+    }
+    let fell_back = fell_back.expect("fell back to QUIC");
+    assert!(fell_back <= Duration::from_secs(3), "{fell_back:?}");
+    assert!(
+        carrier(&sim, a).1.starts_with("quic ("),
+        "{:?}",
+        carrier(&sim, a)
+    );
+    // The flow kept delivering over QUIC once the path switched.
+    let after = sim.nodes[b].tun.len() - delivered_before;
+    assert!(after >= 40 - 31, "{after}");
+    // Unblocked: native again within 30 s, and the flow goes on.
+    sim.native_blocked = false;
+    let healed_at = sim.now();
+    let mut back = None;
+    for _ in 0..300 {
+        exchange(&mut sim, a, b, b"after");
+        if carrier(&sim, a).0 == "native" && carrier(&sim, b).0 == "native" {
+            back = Some(sim.now() - healed_at);
+            break;
+        }
+    }
+    let back = back.expect("native again");
+    assert!(back <= Duration::from_secs(30), "{back:?}");
+    delivered_before = sim.nodes[b].tun.len();
+    let out = sim.counter(a, "native_out");
+    exchange(&mut sim, a, b, b"native-again");
+    assert_eq!(sim.nodes[b].tun.len(), delivered_before + 1);
+    assert_eq!(sim.counter(a, "native_out"), out + 1);
+}
+
+#[test]
+fn carrier_quic_never_probes_and_keeps_flows_on_quic() {
+    let (mut sim, a, b) = pair(3, Force::Quic);
+    sim.run_for(Duration::from_secs(5));
+    exchange(&mut sim, a, b, b"q");
+    for i in [a, b] {
+        assert_eq!(carrier(&sim, i), ("quic".into(), "quic (forced)".into()));
+        assert_eq!(sim.counter(i, "probes_sent"), 0);
+        assert_eq!(sim.counter(i, "native_out"), 0);
+    }
+    assert_eq!(native_frames(&sim), 0);
+    assert_eq!(sim.nodes[b].tun.len(), 1);
+}
+
+#[test]
+fn unknown_forged_and_replayed_native_packets_are_dropped_and_counted() {
+    let (mut sim, a, b) = pair(4, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    exchange(&mut sim, a, b, b"one");
+    sim.run_for(super::paths::NATIVE_GRACE);
+    exchange(&mut sim, a, b, b"two");
+    let tun_b = sim.nodes[b].tun.len();
+    let (ua, ub) = match (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip()) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => (x, y),
+        _ => unreachable!(),
+    };
+    // An unknown five-tuple (other ports) never reaches the TUN.
+    let stray = udp_packet(ua, ub, 4001, 5000, b"stray");
+    sim.inject_native(b, &stray);
+    assert_eq!(sim.counter(b, "native_in_unknown"), 1);
+    // The flow's ports from another source.
+    let spoofed = udp_packet(
+        std::net::Ipv4Addr::new(198, 18, 0, 99),
+        ub,
+        4000,
+        5000,
+        b"x",
+    );
+    sim.inject_native(b, &spoofed);
+    assert_eq!(sim.counter(b, "native_in_wrong_source"), 1);
+    // A replay of a native packet a sent, and a forgery of it.
+    let last = sim
+        .wire()
+        .iter()
+        .rev()
+        .find(|f| f.native && f.from == a)
+        .expect("a native packet")
+        .payload
+        .clone();
+    sim.inject_native(b, &last);
+    let mut forged = last.clone();
+    let n = forged.len();
+    // One bit of the tag.
+    forged[n - 1] ^= 1;
+    sim.inject_native(b, &forged);
+    assert_eq!(sim.counter(b, "native_in_rejected"), 2);
+    assert_eq!(sim.nodes[b].tun.len(), tun_b);
+}
+
+#[test]
+fn without_native_rights_every_peer_stays_on_quic_and_nothing_is_probed() {
+    let (mut sim, a, b) = pair(5, Force::Auto);
+    for i in [a, b] {
+        let now = sim.now();
+        sim.nodes[i]
+            .core
+            .handle_native_unavailable(fpn_proto::path::Unavailable::NoRawSocket, now);
+    }
+    let sent = (sim.counter(a, "probes_sent"), sim.counter(b, "probes_sent"));
+    sim.run_for(Duration::from_secs(5));
+    exchange(&mut sim, a, b, b"q");
+    sim.run_for(Duration::from_millis(400));
+    exchange(&mut sim, a, b, b"q2");
+    for i in [a, b] {
+        assert_eq!(
+            carrier(&sim, i),
+            ("quic".into(), "quic (no raw socket)".into())
+        );
+        assert_eq!(sim.counter(i, "native_out"), 0);
+    }
+    // The probes of the first round may have gone out before; none after.
+    assert_eq!(
+        (sim.counter(a, "probes_sent"), sim.counter(b, "probes_sent")),
+        sent
+    );
+    assert_eq!(sim.nodes[b].tun.len(), 2);
+}
+
+#[test]
+fn carrier_native_sends_natively_once_the_flow_is_translated() {
+    let (mut sim, a, b) = pair(6, Force::Native);
+    sim.run_for(Duration::from_millis(500));
+    exchange(&mut sim, a, b, b"n");
+    sim.run_for(Duration::from_millis(400));
+    exchange(&mut sim, a, b, b"n2");
+    assert_eq!(
+        carrier(&sim, a),
+        ("native".into(), "native (forced)".into())
+    );
+    assert!(sim.counter(a, "native_out") >= 1);
+    assert_eq!(sim.nodes[b].tun.len(), 2);
+}

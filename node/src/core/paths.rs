@@ -1,0 +1,612 @@
+//! The native carrier inside the core: one [`PathMachine`] per peer that has
+//! a certified key, and the one [`XlatTable`] (overlay <-> wire five-tuple
+//! of each flow).
+//!
+//! How the pieces meet (docs/DESIGN-NOTES.md note 16 has the reasons):
+//! - A machine is made when the directory gives a peer's key; its candidates
+//!   are the peer's underlay addresses on [`PROBE_PORT`]. Its probes leave
+//!   as raw IPv4/UDP packets ([`Output::SendNative`]) from this node's
+//!   underlay address toward the candidate, which the driver finds for the
+//!   core ([`Output::FindLocalAddress`], answered with
+//!   [`NodeCore::handle_local_address`]); until then they wait here.
+//! - A flow gets its translation as soon as both ends of its wire side are
+//!   known: this node's local address toward the peer, and the peer's native
+//!   address (the candidate that answered, or the address its authenticated
+//!   probes came from). Whether the flow's packets *leave* natively is the
+//!   machine's choice per packet; inbound native packets of a translated
+//!   flow are accepted whatever the machine says, so a switch in either
+//!   direction never breaks a flow.
+//! - Each translation's inbound wire five-tuple is announced
+//!   ([`Output::NativeFlowAdded`]/[`Output::NativeFlowRemoved`]) so the
+//!   driver can steer exactly those packets to the node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
+use fpn_proto::packet::Packet;
+use fpn_proto::path::{
+    self, PathEvent, PathKind, PathMachine, PathStatus, ProbeView, Transmit, Unavailable,
+};
+use fpn_proto::pit::{Disposition, Origin};
+use fpn_proto::xlat::Translation;
+use tracing::{debug, info, trace};
+
+use super::{DataOut, NodeCore, Output};
+use crate::carrier::CarrierKind;
+
+/// The UDP port of path probes (and DPRP) on the underlay.
+pub const PROBE_PORT: u16 = 7717;
+/// Most probes waiting for a local address.
+const MAX_HELD_PROBES: usize = 64;
+/// IP protocol number of UDP.
+const UDP: u8 = 17;
+/// How long a new translation's packets still leave on QUIC: the peer
+/// installs its side (and its nft rule, milliseconds later) when the flow is
+/// established there, and a native packet that comes before the rule goes
+/// to the peer's kernel (a lost SYN-ACK, a RST). Native packets *in* are
+/// accepted at once.
+pub const NATIVE_GRACE: Duration = Duration::from_millis(300);
+
+/// The native-carrier state of the core.
+#[derive(Default)]
+pub(super) struct Paths {
+    /// One machine per peer with a certified key.
+    pub machines: BTreeMap<GeId, PathMachine>,
+    /// Per peer, the address its authenticated probes came from.
+    pub probe_sources: BTreeMap<GeId, IpAddr>,
+    /// This node's address toward each remote underlay address.
+    pub locals: BTreeMap<IpAddr, IpAddr>,
+    /// Remote addresses the driver was asked about.
+    pub asked: BTreeSet<IpAddr>,
+    /// Probes waiting for their local address.
+    pub held: Vec<Transmit>,
+    /// Inbound wire five-tuples with the source zeroed -> the expected
+    /// source: tells a packet from the wrong source from an unknown flow.
+    pub sources: HashMap<FlowId, IpAddr>,
+    /// Earliest machine deadline (may be early, never late).
+    pub deadline: Option<Instant>,
+    /// Why native cannot work on this node, when it cannot.
+    pub unavailable: Option<Unavailable>,
+    /// Overlay flows with a new translation -> when they may leave natively.
+    pub grace: HashMap<FlowId, Instant>,
+}
+
+impl NodeCore {
+    /// The host uses `local` as its source address toward `remote` (the
+    /// answer to [`Output::FindLocalAddress`]). Then drain
+    /// [`NodeCore::poll_output`].
+    pub fn handle_local_address(&mut self, remote: IpAddr, local: IpAddr, now: Instant) {
+        self.paths.asked.remove(&remote);
+        self.paths.locals.insert(remote, local);
+        for t in std::mem::take(&mut self.paths.held) {
+            self.route_probe(t);
+        }
+        let peers: Vec<GeId> = self.paths.machines.keys().copied().collect();
+        for ge in peers {
+            self.install_peer_translations(ge, now);
+        }
+        self.drain_paths(now);
+    }
+
+    /// Native cannot work on this node (no raw socket, no nftables): every
+    /// peer stays on QUIC and answers no probes.
+    pub fn handle_native_unavailable(&mut self, why: Unavailable, now: Instant) {
+        self.paths.unavailable = Some(why);
+        for m in self.paths.machines.values_mut() {
+            m.handle_native_unavailable(why, now);
+        }
+        self.drain_paths(now);
+    }
+
+    /// A packet the native receive path took in: `buf[..len]` holds a raw
+    /// IPv4 packet addressed to this node's underlay address. Probes and
+    /// answers (UDP to [`PROBE_PORT`]) go to the sender's machine; a PCCOM
+    /// packet of a translated flow is translated back to its overlay
+    /// five-tuple, unprotected in place and returned for the TUN. Anything
+    /// else is dropped and counted, never delivered. Then drain
+    /// [`NodeCore::poll_output`].
+    pub fn handle_native_packet<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> DataOut<'a> {
+        if self.erased || len > buf.len() {
+            return DataOut::Nothing;
+        }
+        let Ok(pkt) = Packet::parse(&buf[..len]) else {
+            self.counters.native_in_unknown += 1;
+            return DataOut::Nothing;
+        };
+        let wire = pkt.flow_id();
+        if wire.protocol == UDP && wire.dst_port == PROBE_PORT {
+            let from = SocketAddr::new(wire.src, wire.src_port);
+            let payload = pkt.payload();
+            if path::is_probe(payload) {
+                self.handle_probe_datagram(payload, from, now);
+            } else {
+                // DPRP messages are authenticated by DPRP itself.
+                if let Err(e) = self.dprp.handle_datagram(from, payload, now) {
+                    self.counters.control_errors += 1;
+                    trace!(error = %e, "native DPRP datagram refused");
+                }
+                self.dprp_touched = true;
+                self.drain(now);
+            }
+            return DataOut::Nothing;
+        }
+        let n = self.native_data(wire, buf, len, now);
+        match n {
+            Some(n) => {
+                self.counters.native_in += 1;
+                self.counters.tun_out += 1;
+                let buf: &'a [u8] = buf;
+                DataOut::Tun(&buf[..n])
+            }
+            None => DataOut::Nothing,
+        }
+    }
+
+    /// The carrier shown for `ge` with its reason (`status`, `ping`).
+    pub fn path_status(&self, ge: GeId) -> Option<PathStatus> {
+        self.paths.machines.get(&ge).map(PathMachine::status)
+    }
+
+    /// The carrier a flow (PIT key) of `ge` takes now: native when the
+    /// peer's path is native and the flow has a translation.
+    pub(super) fn flow_carrier(&self, flow: &FlowId, ge: GeId) -> CarrierKind {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let overlay = if flow.src == own {
+            *flow
+        } else {
+            flow.reversed()
+        };
+        let native = self
+            .peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == CarrierKind::Native)
+            && self.xlat.get(&overlay).is_some();
+        if native {
+            CarrierKind::Native
+        } else {
+            CarrierKind::Quic
+        }
+    }
+
+    /// The carrier and path status text of the peer owning overlay address
+    /// `ip` (for `ping`).
+    pub fn peer_path(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+        let p = self.peers.get(self.peers.owner(ip)?)?;
+        Some((p.path.current.as_str().to_owned(), p.path.text()))
+    }
+
+    /// An inbound native data packet: `Some(n)` when `buf[..n]` is for the TUN.
+    fn native_data(
+        &mut self,
+        wire: FlowId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<usize> {
+        let Some(t) = self.xlat.by_inbound_wire(&wire).copied() else {
+            let mut key = wire;
+            key.src = unspecified(wire.src);
+            if self.paths.sources.contains_key(&key) {
+                self.counters.native_in_wrong_source += 1;
+            } else {
+                self.counters.native_in_unknown += 1;
+            }
+            trace!(%wire, "native packet of no translated flow dropped");
+            return None;
+        };
+        // The lookup is by the exact five-tuple, so the source is the
+        // translation's peer address; checked again in case the table's
+        // key and entry ever disagree.
+        if wire.src != t.wire.dst {
+            self.counters.native_in_wrong_source += 1;
+            return None;
+        }
+        let overlay = {
+            let Ok(mut pkt) = Packet::parse(&mut buf[..len]) else {
+                self.counters.native_in_rejected += 1;
+                return None;
+            };
+            if !matches!(self.xlat.translate_inbound(&mut pkt), Ok(Some(_))) {
+                self.counters.native_in_rejected += 1;
+                return None;
+            }
+            pkt.flow_id()
+        };
+        // Only the GE the flow was negotiated with may feed it.
+        if self.pit.lookup(&overlay).and_then(|(_, e)| e.peer()) != Some(t.peer) {
+            self.counters.native_in_rejected += 1;
+            return None;
+        }
+        match self
+            .pit
+            .handle_packet(&overlay, Origin::Remote, buf, len, now)
+        {
+            Ok(Disposition::Forward { len: n }) => {
+                if let Some(m) = self.paths.machines.get_mut(&t.peer) {
+                    m.handle_native_data_received(now);
+                }
+                Some(n)
+            }
+            Ok(_) | Err(_) => {
+                self.counters.native_in_rejected += 1;
+                trace!(flow = %overlay, "native packet refused");
+                None
+            }
+        }
+    }
+
+    fn handle_probe_datagram(&mut self, payload: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(view) = ProbeView::new_checked(payload) else {
+            self.counters.native_in_unknown += 1;
+            return;
+        };
+        let ge = view.sender();
+        let Some(m) = self.paths.machines.get_mut(&ge) else {
+            self.counters.native_in_unknown += 1;
+            return;
+        };
+        let is_probe = view.kind() == path::ProbeKind::Probe;
+        match m.handle_datagram(payload, from, now) {
+            Ok(()) => {
+                if is_probe && self.paths.probe_sources.get(&ge) != Some(&from.ip()) {
+                    self.paths.probe_sources.insert(ge, from.ip());
+                    self.install_peer_translations(ge, now);
+                }
+            }
+            Err(e) => trace!(peer = %ge, error = %e, "probe refused"),
+        }
+        self.drain_path(ge, now);
+    }
+
+    /// Makes or updates the machine of a peer after a directory record.
+    pub(super) fn update_machine(&mut self, ge: GeId, now: Instant) {
+        let Some(p) = self.peers.get(ge) else { return };
+        let mut candidates: Vec<SocketAddr> = Vec::new();
+        for a in &p.target.addrs {
+            let c = SocketAddr::new(a.ip(), PROBE_PORT);
+            if !candidates.contains(&c) {
+                candidates.push(c);
+            }
+        }
+        if let Some(m) = self.paths.machines.get_mut(&ge) {
+            if m.candidates() != candidates.as_slice() {
+                m.set_candidates(candidates, now);
+            }
+        } else {
+            let Some(key) = p.key else { return };
+            let probe_key = match self.dprp.probe_key(&key) {
+                Ok(k) => k,
+                Err(e) => {
+                    debug!(peer = %ge, error = %e, "no probe key for the peer: QUIC only");
+                    return;
+                }
+            };
+            let unix_now = self.cfg.unix_start
+                + now
+                    .saturating_duration_since(*self.epoch.get_or_insert(now))
+                    .as_secs();
+            let mut m = PathMachine::new(
+                self.cfg.path.clone(),
+                self.dprp.ge(),
+                ge,
+                &probe_key,
+                candidates,
+                unix_now,
+                now,
+            );
+            if let Some(why) = self.paths.unavailable {
+                m.handle_native_unavailable(why, now);
+            }
+            debug!(peer = %ge, status = %m.status(), "path machine started");
+            if let Some(p) = self.peers.get_mut(ge) {
+                p.path.current = carrier_of(m.current());
+                p.path.status = Some(m.status());
+            }
+            self.paths.machines.insert(ge, m);
+        }
+        self.drain_path(ge, now);
+    }
+
+    /// Forgets a peer's machine and translations (it left the directory).
+    pub(super) fn remove_machine(&mut self, ge: GeId) {
+        self.paths.machines.remove(&ge);
+        self.paths.probe_sources.remove(&ge);
+        let flows: Vec<FlowId> = self.xlat.flows_of(ge).copied().collect();
+        for f in &flows {
+            self.flow_ended(f);
+        }
+    }
+
+    /// Runs machines whose deadline passed.
+    pub(super) fn handle_path_timeout(&mut self, now: Instant) {
+        if self.paths.deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let due: Vec<GeId> = self
+            .paths
+            .machines
+            .iter()
+            .filter(|(_, m)| m.poll_timeout().is_some_and(|(t, _)| t <= now))
+            .map(|(g, _)| *g)
+            .collect();
+        for ge in due {
+            if let Some(m) = self.paths.machines.get_mut(&ge) {
+                m.handle_timeout(now);
+            }
+        }
+        self.drain_paths(now);
+    }
+
+    /// Drains every machine and recomputes the earliest deadline.
+    pub(super) fn drain_paths(&mut self, now: Instant) {
+        let ges: Vec<GeId> = self.paths.machines.keys().copied().collect();
+        for ge in ges {
+            self.drain_path(ge, now);
+        }
+        self.paths.deadline = self
+            .paths
+            .machines
+            .values()
+            .filter_map(|m| m.poll_timeout().map(|(t, _)| t))
+            .min();
+    }
+
+    /// Drains one machine's transmits and events.
+    pub(super) fn drain_path(&mut self, ge: GeId, now: Instant) {
+        loop {
+            let Some(m) = self.paths.machines.get_mut(&ge) else {
+                return;
+            };
+            if let Some(t) = m.poll_transmit() {
+                self.route_probe(t);
+                continue;
+            }
+            let Some(ev) = m.poll_event() else { break };
+            let status = m.status();
+            self.on_path_event(ge, ev, status, now);
+        }
+        self.merge_path_deadline(ge);
+    }
+
+    /// Moves the earliest deadline earlier if `ge`'s machine needs it (the
+    /// data path's cheap update; [`NodeCore::drain_paths`] recomputes).
+    pub(super) fn merge_path_deadline(&mut self, ge: GeId) {
+        if let Some((t, _)) = self.paths.machines.get(&ge).and_then(|m| m.poll_timeout()) {
+            self.paths.deadline = Some(self.paths.deadline.map_or(t, |d| d.min(t)));
+        }
+    }
+
+    fn on_path_event(&mut self, ge: GeId, ev: PathEvent, status: PathStatus, now: Instant) {
+        let _span = tracing::debug_span!("peer", %ge).entered();
+        if let Some(p) = self.peers.get_mut(ge) {
+            p.path.current = carrier_of(status.path);
+            p.path.status = Some(status);
+        }
+        match ev {
+            PathEvent::Switched { from, to, reason } => {
+                info!(%from, %to, %reason, "path switched");
+                if to == PathKind::Native {
+                    self.install_peer_translations(ge, now);
+                }
+            }
+            PathEvent::Reason { path, reason } => debug!(%path, %reason, "path reason"),
+        }
+        self.peers_changed = true;
+    }
+
+    /// Sends a probe as a raw IPv4/UDP packet, or holds it until the local
+    /// address toward its destination is known.
+    fn route_probe(&mut self, t: Transmit) {
+        let dst = t.dst.ip();
+        let Some(local) = self.paths.locals.get(&dst).copied() else {
+            if self.paths.asked.insert(dst) {
+                self.push_output(Output::FindLocalAddress(dst));
+            }
+            if self.paths.held.len() < MAX_HELD_PROBES {
+                self.paths.held.push(t);
+            }
+            return;
+        };
+        match (local, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let p = udp_v4(s, d, PROBE_PORT, t.dst.port(), t.payload());
+                self.push_output(Output::SendNative(p));
+            }
+            // IPv6 underlay is the IPv6 issue's.
+            _ => trace!(%dst, "no native probe over IPv6"),
+        }
+    }
+
+    /// The peer's native address as this node knows it now.
+    /// Forced native with no answer yet: the first candidate (the
+    /// configuration asked for native whatever the probes say).
+    fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
+        let m = self.paths.machines.get(&ge)?;
+        m.native_addr()
+            .map(|a| a.ip())
+            .or_else(|| self.paths.probe_sources.get(&ge).copied())
+            .or_else(|| {
+                (self.cfg.path.force == path::Force::Native)
+                    .then(|| m.candidates().first().map(|a| a.ip()))
+                    .flatten()
+            })
+    }
+
+    /// Installs (or moves) the translation of every protected flow of `ge`.
+    pub(super) fn install_peer_translations(&mut self, ge: GeId, now: Instant) {
+        let flows: Vec<FlowId> = self
+            .pit
+            .iter()
+            .filter(|(_, e)| e.peer() == Some(ge))
+            .map(|(f, _)| *f)
+            .collect();
+        for f in flows {
+            self.install_translation(f, ge, now);
+        }
+    }
+
+    /// Installs the translation of one flow (PIT key `flow`) with `ge` when
+    /// both addresses of its wire side are known.
+    pub(super) fn install_translation(&mut self, flow: FlowId, ge: GeId, now: Instant) {
+        if !self
+            .pit
+            .lookup(&flow)
+            .is_some_and(|(_, e)| matches!(e.action(), fpn_proto::action::Action::Protect(_)))
+        {
+            // Plain and relayed flows keep to QUIC: on the native path a
+            // plain packet would cross the underlay unprotected.
+            return;
+        }
+        // The nft set steers TCP and UDP five-tuples only; an ICMP packet
+        // sent natively would be answered by the peer's kernel itself.
+        if self.paths.unavailable.is_some() || !matches!(flow.protocol, 6 | UDP) {
+            return;
+        }
+        let Some(remote) = self.native_remote(ge) else {
+            return;
+        };
+        let Some(local) = self.paths.locals.get(&remote).copied() else {
+            if self.paths.asked.insert(remote) {
+                self.push_output(Output::FindLocalAddress(remote));
+            }
+            return;
+        };
+        let own = IpAddr::V4(self.cfg.overlay);
+        let overlay = if flow.src == own {
+            flow
+        } else {
+            flow.reversed()
+        };
+        let t = Translation::addresses(overlay, local, remote, ge);
+        if let Some(old) = self.xlat.get(&overlay).copied() {
+            if old == t {
+                return;
+            }
+            self.xlat.remove(&overlay);
+            self.push_output(Output::NativeFlowRemoved(old.wire.reversed()));
+        }
+        match self.xlat.insert(t) {
+            Ok(()) => {
+                let inbound = t.wire.reversed();
+                let mut key = inbound;
+                key.src = unspecified(inbound.src);
+                self.paths.sources.insert(key, inbound.src);
+                self.paths.grace.insert(overlay, now + NATIVE_GRACE);
+                debug!(flow = %overlay, peer = %ge, "native translation installed");
+                self.push_output(Output::NativeFlowAdded(inbound));
+            }
+            Err(e) => debug!(flow = %overlay, error = %e, "no native translation"),
+        }
+    }
+
+    /// The flow (PIT key) ended: its translation and interception go.
+    pub(super) fn flow_ended(&mut self, flow: &FlowId) {
+        let own = IpAddr::V4(self.cfg.overlay);
+        let overlay = if flow.src == own {
+            *flow
+        } else {
+            flow.reversed()
+        };
+        self.paths.grace.remove(&overlay);
+        if let Some(t) = self.xlat.remove(&overlay) {
+            let inbound = t.wire.reversed();
+            let mut key = inbound;
+            key.src = unspecified(inbound.src);
+            self.paths.sources.remove(&key);
+            self.push_output(Output::NativeFlowRemoved(inbound));
+        }
+    }
+
+    /// Outbound: if `ge`'s path is native and the flow in `buf[..n]` has a
+    /// translation, rewrites it to its wire five-tuple in place and returns
+    /// true (the caller sends it natively).
+    pub(super) fn try_native(&mut self, ge: GeId, buf: &mut [u8], n: usize, now: Instant) -> bool {
+        if !self
+            .peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == CarrierKind::Native)
+        {
+            return false;
+        }
+        let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
+            return false;
+        };
+        if !self.paths.grace.is_empty() {
+            let overlay = pkt.flow_id();
+            match self.paths.grace.get(&overlay) {
+                Some(t) if now < *t => return false,
+                Some(_) => {
+                    self.paths.grace.remove(&overlay);
+                }
+                None => {}
+            }
+        }
+        if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
+            return false;
+        }
+        if let Some(m) = self.paths.machines.get_mut(&ge) {
+            m.handle_native_data_sent(now);
+        }
+        self.merge_path_deadline(ge);
+        self.counters.native_out += 1;
+        true
+    }
+
+    /// Probe counters summed over the machines.
+    pub(super) fn probe_stats(&self) -> (u64, u64) {
+        self.paths.machines.values().fold((0, 0), |(s, a), m| {
+            let st = m.stats();
+            (s + st.probes_sent, a + st.probes_answered)
+        })
+    }
+}
+
+/// The core's carrier kind for a path kind.
+fn carrier_of(k: PathKind) -> CarrierKind {
+    match k {
+        PathKind::Native => CarrierKind::Native,
+        PathKind::Quic => CarrierKind::Quic,
+    }
+}
+
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// An IPv4/UDP datagram from `src:sport` to `dst:dport` (UDP checksum 0,
+/// which IPv4 allows; the probe's own tag protects its bytes).
+pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 28 + payload.len()];
+    let total = p.len() as u16;
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = UDP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..26].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let mut sum: u32 = 0;
+    for c in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}

@@ -1,0 +1,262 @@
+//! The driver's side of the native carrier: what the node core's native
+//! outputs turn into on a real host.
+//!
+//! - [`NativeLink`]: the raw sender of the driver. Native data packets of
+//!   one wake-up are copied into a reused batch and leave in one
+//!   `sendmmsg` ([`NativeLink::flush`]); probes leave at once.
+//! - [`FlowCtl`]: the [`NativeIo`] (its nftables table and receive thread)
+//!   lives on a thread of its own that applies the core's
+//!   `NativeFlowAdded`/`NativeFlowRemoved` in batches: an `nft` transaction
+//!   takes milliseconds and must never stall the packet path. Closing it
+//!   deletes the table.
+//! - [`local_address_toward`]: the answer to `Output::FindLocalAddress`,
+//!   from the kernel's route lookup (a connected UDP socket's source).
+//!
+//! What this module never does: decide which flows or peers go native (the
+//! core does), or look into packets.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use fpn_proto::flow::FlowId;
+use fpn_proto::path::Unavailable;
+use tracing::{debug, warn};
+
+use crate::error::Result;
+use crate::native::{FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RxMechanism};
+
+/// Most native packets batched before a send.
+pub const MAX_BATCH: usize = crate::native::SEND_BATCH;
+
+/// A change of the nft set of native flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowOp {
+    /// Steer this inbound five-tuple to the node.
+    Add(FiveTuple),
+    /// Give it back to the kernel's stack.
+    Remove(FiveTuple),
+}
+
+/// Opens the native carrier for the node whose TUN is `tun` and whose
+/// underlay addresses are `local`: the raw sender, the table (a stale one
+/// left by a killed node is replaced) and the receive thread. `Err` says
+/// why native cannot work here; the node then stays on QUIC.
+pub fn open(
+    tun: &str,
+    local: Vec<Ipv4Addr>,
+) -> std::result::Result<(NativeLink, NativeRx, FlowCtl), (Unavailable, crate::error::Error)> {
+    let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
+    let mut io = NativeIo::open(NativeConfig::new(tun, local, RxMechanism::default()))
+        .map_err(|e| (Unavailable::NoInterception, e))?;
+    let rx = io
+        .take_receiver()
+        .expect("the receiver of a fresh NativeIo is there");
+    let ctl = FlowCtl::start(io).map_err(|e| (Unavailable::NoInterception, e))?;
+    Ok((NativeLink::new(sender), rx, ctl))
+}
+
+/// The raw sender with its batch.
+pub struct NativeLink {
+    sender: RawSender,
+    bufs: Vec<Vec<u8>>,
+    n: usize,
+}
+
+impl std::fmt::Debug for NativeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeLink")
+            .field("queued", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NativeLink {
+    /// A link around a raw sender.
+    pub fn new(sender: RawSender) -> Self {
+        Self {
+            sender,
+            bufs: (0..MAX_BATCH).map(|_| Vec::with_capacity(2048)).collect(),
+            n: 0,
+        }
+    }
+
+    /// Queues a native packet (copied into a reused buffer: no allocation
+    /// once the buffers grew to the MTU); sends the batch when it is full.
+    pub fn queue(&mut self, packet: &[u8]) {
+        if self.n == MAX_BATCH {
+            self.flush();
+        }
+        let b = &mut self.bufs[self.n];
+        b.clear();
+        b.extend_from_slice(packet);
+        self.n += 1;
+    }
+
+    /// Sends a packet now (probes).
+    pub fn send_now(&mut self, packet: &[u8]) {
+        if let Err(e) = self.sender.send_batch(&[packet]) {
+            debug!(error = %e, "native probe not sent");
+        }
+    }
+
+    /// Sends what is queued. Returns how many packets the kernel refused.
+    pub fn flush(&mut self) -> usize {
+        if self.n == 0 {
+            return 0;
+        }
+        let mut refs: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+        for (r, b) in refs.iter_mut().zip(&self.bufs[..self.n]) {
+            *r = b.as_slice();
+        }
+        let n = self.n;
+        self.n = 0;
+        match self.sender.send_batch(&refs[..n]) {
+            Ok(sent) => n - sent,
+            Err(e) => {
+                debug!(error = %e, packets = n, "native batch not sent");
+                n
+            }
+        }
+    }
+}
+
+/// The thread that owns the [`NativeIo`] and applies [`FlowOp`]s.
+#[derive(Debug)]
+pub struct FlowCtl {
+    ops: Option<mpsc::Sender<Vec<FlowOp>>>,
+    thread: Option<JoinHandle<()>>,
+    table: String,
+}
+
+impl FlowCtl {
+    fn start(io: NativeIo) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Vec<FlowOp>>();
+        let table = io.table().to_owned();
+        let thread = std::thread::Builder::new()
+            .name("fpn-native-nft".into())
+            .spawn(move || run_flow_ops(io, &rx))
+            .map_err(|source| crate::error::Error::Io {
+                what: "starting the native flow thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            ops: Some(tx),
+            thread: Some(thread),
+            table,
+        })
+    }
+
+    /// A handle the driver sends batches of changes to.
+    pub fn sender(&self) -> Option<mpsc::Sender<Vec<FlowOp>>> {
+        self.ops.clone()
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Deletes the table (after the changes sent so far) and waits for the
+    /// thread. Every sender must be gone for the thread to see the end; the
+    /// driver's goes when the driver stops.
+    pub fn close(mut self) {
+        self.ops = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_flow_ops(io: NativeIo, rx: &mpsc::Receiver<Vec<FlowOp>>) {
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
+    while let Ok(first) = rx.recv() {
+        // Everything waiting goes in one transaction per kind.
+        add.clear();
+        remove.clear();
+        for op in first.into_iter().chain(rx.try_iter().flatten()) {
+            match op {
+                FlowOp::Add(f) => {
+                    remove.retain(|r| *r != f);
+                    add.push(f);
+                }
+                FlowOp::Remove(f) => {
+                    add.retain(|a| *a != f);
+                    remove.push(f);
+                }
+            }
+        }
+        if !remove.is_empty()
+            && let Err(e) = io.remove_flows(&remove)
+        {
+            warn!(error = %e, flows = remove.len(), "native flows not removed from the nft set");
+        }
+        if !add.is_empty()
+            && let Err(e) = io.add_flows(&add)
+        {
+            warn!(error = %e, flows = add.len(), "native flows not added to the nft set");
+        }
+        debug!(
+            added = add.len(),
+            removed = remove.len(),
+            "native flow set updated"
+        );
+    }
+    let table = io.table().to_owned();
+    match io.close() {
+        Ok(()) => debug!(%table, "native table deleted"),
+        Err(e) => warn!(%table, error = %e, "native table not deleted"),
+    }
+}
+
+/// The five-tuple the nft set holds for a core's inbound wire flow (IPv4
+/// TCP/UDP only).
+pub fn five_tuple(w: &FlowId) -> Option<FiveTuple> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (w.src, w.dst) else {
+        return None;
+    };
+    Some(FiveTuple {
+        src,
+        dst,
+        proto: L4Proto::from_number(w.protocol)?,
+        src_port: w.src_port,
+        dst_port: w.dst_port,
+    })
+}
+
+/// The source address the host uses toward `remote` (a connected UDP
+/// socket: the kernel's route lookup, nothing sent).
+pub fn local_address_toward(remote: IpAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = match remote {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(SocketAddr::new(remote, crate::core::PROBE_PORT))
+        .ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_tuples_of_ipv4_tcp_and_udp_only() {
+        let f = FlowId {
+            src: "198.18.0.1".parse().unwrap(),
+            dst: "198.18.0.2".parse().unwrap(),
+            protocol: 6,
+            src_port: 1,
+            dst_port: 2,
+        };
+        let t = five_tuple(&f).unwrap();
+        assert_eq!((t.proto, t.src_port, t.dst_port), (L4Proto::Tcp, 1, 2));
+        assert!(five_tuple(&FlowId { protocol: 1, ..f }).is_none());
+        assert_eq!(
+            local_address_toward("127.0.0.1".parse().unwrap()),
+            Some("127.0.0.1".parse().unwrap())
+        );
+    }
+}
