@@ -2,7 +2,7 @@
 //! a certified key, and the one [`XlatTable`] (overlay <-> wire five-tuple
 //! of each flow).
 //!
-//! How the pieces meet (docs/DESIGN-NOTES.md note 16 has the reasons):
+//! How the pieces meet (docs/DESIGN-NOTES.md note 17 has the reasons):
 //! - A machine is made when the directory gives a peer's key; its candidates
 //!   are the peer's underlay addresses on [`PROBE_PORT`]. Its probes leave
 //!   as raw IPv4/UDP packets ([`Output::SendNative`]) from this node's
