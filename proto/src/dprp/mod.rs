@@ -29,6 +29,7 @@
 //!
 //! [`keys::derive_flow_keys`]: crate::keys::derive_flow_keys
 
+mod budget;
 mod config;
 mod endpoint;
 mod gateway;
@@ -42,8 +43,9 @@ pub mod transcript;
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use budget::Rate;
 pub use config::{Config, Keyring, Limits, Prefix, Timing};
-pub use endpoint::{DropCause, Endpoint, Stats, Verdict};
+pub use endpoint::{DropCause, Endpoint, Occupancy, Stats, Verdict};
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
 pub use option::DprpOption;
 pub use peers::CacheStats;
