@@ -8,9 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fpn_proto::Error;
-use fpn_proto::dprp::msg::CredentialBytes;
+use fpn_proto::dprp::msg::{COOKIE_LEN, Cookie, CredentialBytes};
 use fpn_proto::dprp::{
-    Config, DPRP_PORT, DropCause, Endpoint, Limits, Message, NegotiationId, Prefix, Rate, Verdict,
+    Config, DPRP_PORT, DprpOption, DropCause, Endpoint, Limits, Message, MessageType,
+    NegotiationId, Prefix, Rate, Verdict,
 };
 use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::Mode;
@@ -443,4 +444,149 @@ proptest! {
             prop_assert_eq!(ep.negotiations(), o.initiated + o.responding);
         }
     }
+}
+
+fn wire_types(sim: &Sim) -> Vec<(NodeId, MessageType)> {
+    sim.wire()
+        .iter()
+        .map(|s| (s.from, fpn_proto::dprp::msg::peek(&s.payload).unwrap().0))
+        .collect()
+}
+
+#[test]
+fn under_load_a_direct_dde_needs_a_cookie_before_any_public_key_work() {
+    let mut sim = Sim::new(7, LinkConfig::default());
+    // Threshold 0: the victim is "under load" from the start.
+    let victim = sim.add_ge_with(
+        GeSpec::host(2, "victim", Mode::Open, &[1], "198.18.0.2"),
+        |c| c.limits.cookie_threshold = 0,
+    );
+    let honest = sim.add_ge(GeSpec::host(3, "honest", Mode::Open, &[1], "198.18.0.3"));
+    // A flood from spoofed sources: each DDE gets a COOKIE and leaves nothing.
+    let template = flood_template(&sim, 66, "198.18.0.66", sim.addr(victim));
+    let now = sim.now();
+    for i in 0..300u64 {
+        let from = SocketAddr::new(IpAddr::from([203, 0, 113, (i % 250) as u8]), 4000);
+        let ep = sim.endpoint(victim);
+        ep.handle_datagram(from, &variant(&template, i, None), now)
+            .unwrap();
+        let t = ep.poll_transmit().expect("a COOKIE");
+        assert_eq!((t.dst, t.payload.len()), (from, 42));
+        assert!(matches!(
+            Message::decode(&t.payload),
+            Ok(Message::Cookie(_))
+        ));
+    }
+    let s = sim.endpoint(victim).stats();
+    assert_eq!(s.cookies_sent, 300);
+    assert_eq!((s.credential_verifications, s.cache.pair_misses), (0, 0));
+    assert_eq!(sim.endpoint(victim).negotiations(), 0);
+    // A cookie made for one source is refused from another (answered anew).
+    let (a, b) = (
+        SocketAddr::new(ip("203.0.113.1"), 4000),
+        SocketAddr::new(ip("203.0.113.2"), 4000),
+    );
+    let ep = sim.endpoint(victim);
+    ep.handle_datagram(a, &variant(&template, 999, None), now)
+        .unwrap();
+    let Ok(Message::Cookie(c)) = Message::decode(&ep.poll_transmit().unwrap().payload) else {
+        panic!("a COOKIE")
+    };
+    let Message::Dde(mut dde) = Message::decode(&variant(&template, 999, None)).unwrap() else {
+        panic!("a DDE")
+    };
+    dde.options.push(DprpOption::Cookie(c.cookie));
+    let echoed = Message::Dde(dde).encode().unwrap();
+    ep.handle_datagram(b, &echoed, now).unwrap();
+    assert!(matches!(
+        Message::decode(&ep.poll_transmit().unwrap().payload),
+        Ok(Message::Cookie(_))
+    ));
+    assert_eq!(ep.stats().cookie_refusals, 1);
+    assert_eq!(ep.negotiations(), 0);
+    while ep.poll_transmit().is_some() {}
+    // An honest peer echoes the cookie and gets through in one more round trip.
+    sim.send_udp(honest, sim.addr(victim), 5, 6, b"x");
+    sim.drive();
+    assert!(sim.established(honest).is_some() && sim.established(victim).is_some());
+    assert!(
+        sim.established(victim).unwrap().peer_options.is_empty(),
+        "the cookie is not a flow option"
+    );
+    assert_eq!(
+        wire_types(&sim),
+        [
+            (honest, MessageType::Dde),
+            (victim, MessageType::Cookie),
+            (honest, MessageType::Dde),
+            (victim, MessageType::Rgi),
+            (honest, MessageType::Mpit),
+            (victim, MessageType::Cdn)
+        ]
+    );
+}
+
+#[test]
+fn below_the_threshold_no_cookie_is_asked() {
+    let mut sim = Sim::new(8, LinkConfig::default());
+    let victim = sim.add_ge_with(
+        GeSpec::host(2, "victim", Mode::Open, &[1], "198.18.0.2"),
+        |c| c.limits.cookie_threshold = 2,
+    );
+    let template = flood_template(&sim, 66, "198.18.0.66", sim.addr(victim));
+    let now = sim.now();
+    let kinds: Vec<MessageType> = (0..4u64)
+        .map(|i| {
+            let ep = sim.endpoint(victim);
+            ep.handle_datagram(mallory_addr(), &variant(&template, i, None), now)
+                .unwrap();
+            fpn_proto::dprp::msg::peek(&ep.poll_transmit().unwrap().payload)
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            MessageType::Rgi,
+            MessageType::Rgi,
+            MessageType::Cookie,
+            MessageType::Cookie
+        ]
+    );
+}
+
+#[test]
+fn the_cookie_message_and_option_are_canonical_and_typed() {
+    let m = Message::Cookie(Cookie {
+        id: NegotiationId(0x0102_0304_0506_0708),
+        cookie: [7; COOKIE_LEN],
+        binder: [9; COOKIE_LEN],
+    });
+    let bytes = m.encode().unwrap();
+    assert_eq!(bytes.len(), 10 + 2 * COOKIE_LEN);
+    assert_eq!(Message::decode(&bytes).unwrap(), m);
+    for n in 0..bytes.len() {
+        assert!(Message::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        Message::decode(&long),
+        Err(Error::TrailingBytes { .. })
+    ));
+    // Option kind 3 is the cookie, 16 bytes exactly; kind 3 cannot pose as unknown.
+    let sim = Sim::new(9, LinkConfig::default());
+    let template = flood_template(&sim, 66, "198.18.0.66", ip("198.18.0.2"));
+    let Message::Dde(mut dde) = Message::decode(&template).unwrap() else {
+        panic!("a DDE")
+    };
+    dde.options.push(DprpOption::Cookie([5; COOKIE_LEN]));
+    let with = Message::Dde(dde.clone()).encode().unwrap();
+    assert_eq!(Message::decode(&with).unwrap(), Message::Dde(dde.clone()));
+    dde.options = vec![DprpOption::Unknown {
+        kind: 3,
+        value: vec![5; COOKIE_LEN],
+    }];
+    assert!(Message::Dde(dde).encode().is_err());
 }

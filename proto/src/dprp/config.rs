@@ -98,7 +98,8 @@ impl Default for Timing {
 ///
 /// A DDE that starts a new negotiation meets, in this order and before any
 /// signature or X25519 work: the budget of its source address
-/// ([`Self::dde_per_source`]), the negative credential cache, the budget of
+/// ([`Self::dde_per_source`]), under load a valid cookie
+/// ([`Self::cookie_threshold`]), the negative credential cache, the budget of
 /// the GE its credential claims ([`Self::dde_per_ge`]), and the responder
 /// capacity ([`Self::max_responding`], [`Self::max_negotiations`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +132,12 @@ pub struct Limits {
     pub bad_credentials: usize,
     /// How long a failed credential is remembered. Zero disables the cache.
     pub bad_credential_ttl: Duration,
+    /// Peers' negotiations at which this GE, as end GE, answers a direct DDE
+    /// (no gateway hops) with a stateless COOKIE unless it echoes a valid
+    /// one: from here on a DDE costs no signature or X25519 work before its
+    /// initiator proved it receives at its source address. Keep it below
+    /// [`Self::max_responding`]; `usize::MAX` disables cookies.
+    pub cookie_threshold: usize,
     /// Packets held per flow while its negotiation runs.
     pub hold_per_flow: usize,
     /// Bytes held over all flows.
@@ -162,6 +169,7 @@ impl Default for Limits {
             budget_entries: 4096,
             bad_credentials: 4096,
             bad_credential_ttl: Duration::from_secs(60),
+            cookie_threshold: 1536,
             hold_per_flow: 32,
             hold_total_bytes: 4 << 20,
             peer_cache: 1024,

@@ -14,9 +14,10 @@ use ring::hkdf;
 use crate::credential::Credential;
 use crate::dprp::budget::Buckets;
 use crate::dprp::config::{Config, Keyring, Prefix};
+use crate::dprp::cookie::{self, CookieJar};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
-use crate::dprp::msg::{CredentialBytes, Dde, Message, NegotiationId};
+use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId};
 use crate::dprp::peers::{CacheStats, Peers};
 use crate::dprp::responder::{Responder, check_initiator, own_claims};
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
@@ -84,6 +85,10 @@ pub struct Stats {
     pub credential_cache_refusals: u64,
     /// CA signature checks of peer credentials (Ed25519 verifications).
     pub credential_verifications: u64,
+    /// COOKIEs sent: direct DDEs answered statelessly under load.
+    pub cookies_sent: u64,
+    /// DDEs whose echoed cookie was wrong or stale (answered with a fresh one).
+    pub cookie_refusals: u64,
     /// Held packets dropped when their negotiation failed.
     pub failed_drops: u64,
     /// Negotiations this GE refused because a GE spoke for an address its
@@ -209,6 +214,8 @@ pub struct Endpoint {
     by_source: Buckets<IpAddr>,
     by_ge: Buckets<GeId>,
     by_destination: Buckets<Destination>,
+    /// Drawn on first use, so an endpoint never under load draws nothing.
+    cookies: Option<CookieJar>,
     flows: BTreeMap<FlowId, NegotiationId>,
     held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
     held_bytes: usize,
@@ -258,6 +265,7 @@ impl Endpoint {
             by_source: Buckets::new(l.dde_per_source, l.budget_entries),
             by_ge: Buckets::new(l.dde_per_ge, l.budget_entries),
             by_destination: Buckets::new(l.initiate_per_destination, l.budget_entries),
+            cookies: None,
             flows: BTreeMap::new(),
             held: BTreeMap::new(),
             held_bytes: 0,
@@ -437,6 +445,10 @@ impl Endpoint {
             }
             (Machine::Initiator(m), Message::Cdn(c)) => m.handle_cdn(&mut ctx, c, now)?,
             (Machine::Initiator(m), Message::Nak(n)) => m.handle_nak(&mut ctx, n, now)?,
+            (Machine::Initiator(m), Message::Cookie(c)) => {
+                m.handle_cookie(&mut ctx, c)?;
+                None
+            }
             (Machine::Responder(m), Message::Mpit(p)) => m
                 .handle_mpit(&mut ctx, from, p, datagram, now)?
                 .map(Outcome::Established),
@@ -656,6 +668,10 @@ impl Endpoint {
             self.stats.rate_limited += 1;
             return Err(Error::RateLimited("DDEs from this source"));
         }
+        let is_end = self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
+        if is_end && dde.hops.is_empty() && !self.admit(from, &dde, now)? {
+            return Ok(());
+        }
         if self.peers.is_known_bad(&dde.credential, unix_now) {
             return Err(Error::KnownBadCredential);
         }
@@ -683,7 +699,6 @@ impl Endpoint {
             unix_now,
             out: &mut self.transmits,
         };
-        let is_end = self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
         if !is_end {
             if !ctx.own().info.kind.is_gateway() {
                 return Err(Error::invalid("DDE", "destination is not behind this GE"));
@@ -797,6 +812,49 @@ impl Endpoint {
                 dropped_packets: dropped,
             });
         }
+    }
+
+    /// Under load, a direct DDE goes further only with a valid cookie; without
+    /// one it is answered with a COOKIE (a MAC, no state) and `Ok(false)`.
+    fn admit(&mut self, from: SocketAddr, dde: &Dde, now: Instant) -> Result<bool> {
+        if self.machines.len() - self.initiated < self.cfg.limits.cookie_threshold {
+            return Ok(true);
+        }
+        let jar = match &mut self.cookies {
+            Some(jar) => jar,
+            None => {
+                let mut s = [0u8; 32];
+                self.rng.fill(&mut s);
+                self.cookies.insert(CookieJar::new(s, now))
+            }
+        };
+        if jar.is_due(now) {
+            let mut s = [0u8; 32];
+            self.rng.fill(&mut s);
+            jar.rotate(s, now);
+        }
+        let echoed = dde.options.iter().find_map(|o| match o {
+            DprpOption::Cookie(c) => Some(c),
+            _ => None,
+        });
+        match echoed {
+            Some(c) if jar.check(from, dde.id, c) => return Ok(true),
+            Some(_) => self.stats.cookie_refusals += 1,
+            None => {}
+        }
+        let c = jar.make(from, dde.id);
+        let reply = Cookie {
+            id: dde.id,
+            cookie: c,
+            binder: cookie::binder(&dde.nonce, dde.id, &c),
+        };
+        self.transmits.push_back(Transmit {
+            dst: from,
+            payload: Message::Cookie(reply).encode()?,
+        });
+        self.stats.cookies_sent += 1;
+        tracing::trace!(id = %dde.id, "under load: COOKIE sent");
+        Ok(false)
     }
 
     /// Adds a machine to the table, keeping the initiator count.

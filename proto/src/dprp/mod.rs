@@ -31,6 +31,7 @@
 
 mod budget;
 mod config;
+mod cookie;
 mod endpoint;
 mod gateway;
 mod initiator;
