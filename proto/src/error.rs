@@ -179,6 +179,14 @@ pub enum Error {
     /// A bounded table is full; the input was dropped.
     #[error("{0} table is full")]
     TableFull(&'static str),
+    /// A budget (token bucket) is spent; the input was dropped before any
+    /// cryptographic work.
+    #[error("rate limited: {0}")]
+    RateLimited(&'static str),
+    /// The credential failed verification recently and is remembered as
+    /// bad; it was refused without checking its signature again.
+    #[error("credential refused: it failed verification recently")]
+    KnownBadCredential,
     /// The address does not belong to a GE this machine knows.
     #[error("no route to {0}")]
     NoRoute(IpAddr),

@@ -2,6 +2,9 @@
 //! re-encodes to exactly the same bytes (the codec is canonical, which the
 //! transcript hashes rely on). The same bytes are then handed to a DPRP
 //! endpoint as a datagram, which must refuse or answer them without panicking.
+//! A second endpoint is under load (cookie threshold 0), so DDEs take the
+//! COOKIE path, and has a negotiation of its own running, whose id a COOKIE
+//! in the input is given, so the initiator's cookie handling is reached too.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -9,7 +12,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use fpn_proto::credential::Credential;
-use fpn_proto::dprp::{Config, Endpoint, Message, Prefix, msg};
+use fpn_proto::dprp::{Config, Endpoint, Message, MessageType, Prefix, msg};
+use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
 use fpn_proto::sim::{LinkConfig, Sim};
@@ -25,7 +29,7 @@ fn sim_ca() -> [u8; 32] {
 }
 
 /// A gateway GE (so DDEs in transit are taken too) protecting 198.18.0.2.
-fn endpoint(now: Instant) -> Endpoint {
+fn endpoint(now: Instant, cookie_threshold: usize) -> Endpoint {
     let ca = NodeKey::from_seed(&[0xca; 32]);
     let key = NodeKey::from_seed(&[2; 32]);
     let info = GeInfo {
@@ -38,13 +42,9 @@ fn endpoint(now: Instant) -> Endpoint {
     };
     let cred = Credential::issue(&ca, 2, info, key.public(), 0, u64::MAX).unwrap();
     let protected = vec![Prefix::host([198, 18, 0, 2].into())];
-    let mut ep = Endpoint::new(
-        Config::new(key, cred, sim_ca(), protected),
-        [9; 32],
-        UNIX,
-        now,
-    )
-    .unwrap();
+    let mut cfg = Config::new(key, cred, sim_ca(), protected);
+    cfg.limits.cookie_threshold = cookie_threshold;
+    let mut ep = Endpoint::new(cfg, [9; 32], UNIX, now).unwrap();
     ep.set_group_key(GroupId(1), KeyVersion(1), GroupKey::from_bytes([1; 32]));
     ep
 }
@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(peeked.unwrap(), (m.kind(), m.id()));
     }
     let now = Instant::now();
-    let mut ep = endpoint(now);
+    let mut ep = endpoint(now, usize::MAX);
     let from: SocketAddr = "198.18.0.9:7717".parse().unwrap();
     let _ = ep.handle_datagram(from, data, now);
     // A second copy exercises the duplicate paths.
@@ -65,4 +65,26 @@ fuzz_target!(|data: &[u8]| {
     while ep.poll_event().is_some() {}
     ep.handle_timeout(now + std::time::Duration::from_secs(60));
     assert_eq!(ep.negotiations(), 0);
+
+    // Under load, with a negotiation of its own to take a COOKIE.
+    let mut loaded = endpoint(now, 0);
+    let flow = FlowId {
+        src: [198, 18, 0, 2].into(),
+        dst: [198, 18, 0, 9].into(),
+        protocol: protocol::UDP,
+        src_port: 1,
+        dst_port: 2,
+    };
+    let own = loaded.initiate(flow, Vec::new(), now).unwrap();
+    let mut data = data.to_vec();
+    if msg::peek(&data).is_ok_and(|(t, _)| t == MessageType::Cookie) {
+        data[2..10].copy_from_slice(&own.0.to_be_bytes());
+    }
+    let _ = loaded.handle_datagram(from, &data, now);
+    let _ = loaded.handle_datagram(from, &data, now);
+    while loaded.poll_transmit().is_some() {}
+    while loaded.poll_event().is_some() {}
+    loaded.handle_timeout(now + std::time::Duration::from_secs(60));
+    loaded.handle_timeout(now + std::time::Duration::from_secs(120));
+    assert_eq!(loaded.negotiations(), 0);
 });

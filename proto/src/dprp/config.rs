@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::credential::Credential;
+use crate::dprp::budget::Rate;
 use crate::ge::GroupId;
 use crate::keys::{GroupKey, KeyVersion, NodeKey, PUBLIC_KEY_LEN};
 pub use crate::prefix::Prefix;
@@ -92,11 +93,51 @@ impl Default for Timing {
     }
 }
 
-/// Table and queue bounds. Every table an outsider can fill has one.
+/// Table and queue bounds, and the rates peers may make this GE work at.
+/// Every table an outsider can fill has a bound.
+///
+/// A DDE that starts a new negotiation meets, in this order and before any
+/// signature or X25519 work: the budget of its source address
+/// ([`Self::dde_per_source`]), under load a valid cookie
+/// ([`Self::cookie_threshold`]), the negative credential cache, the budget of
+/// the GE its credential claims ([`Self::dde_per_ge`]), and the responder
+/// capacity ([`Self::max_responding`], [`Self::max_negotiations`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Negotiations of all kinds (initiator, responder, gateway) at once.
+    /// Negotiations of all kinds at once: a peer's DDE is refused once the
+    /// total reaches it. It also caps this GE's own negotiations, but those
+    /// never count peers' ones ([`Self::max_initiated`]), so a flood of DDEs
+    /// cannot stop this GE from starting its flows.
     pub max_negotiations: usize,
+    /// Negotiations this GE started (initiator) at once.
+    pub max_initiated: usize,
+    /// Negotiations peers started (responder and gateway) at once.
+    pub max_responding: usize,
+    /// New negotiations one underlay source address may start here (DDEs,
+    /// as responder or gateway). A gateway's address carries the DDEs of
+    /// every GE behind it, so this is set above [`Self::dde_per_ge`].
+    pub dde_per_source: Rate,
+    /// New negotiations one claimed GE id (from the DDE's credential,
+    /// before it is verified) may start here.
+    pub dde_per_ge: Rate,
+    /// New negotiations this GE may start towards one destination GE (or
+    /// one destination address the directory does not name): bounds what
+    /// first packets and re-negotiations of one peer's flows can start.
+    pub initiate_per_destination: Rate,
+    /// Token buckets kept per budget (sources, GE ids, destinations); the
+    /// oldest is forgotten first.
+    pub budget_entries: usize,
+    /// Credentials remembered as failed verification (by a hash of their
+    /// bytes), so a repeated one costs a lookup, not an Ed25519 check.
+    pub bad_credentials: usize,
+    /// How long a failed credential is remembered. Zero disables the cache.
+    pub bad_credential_ttl: Duration,
+    /// Peers' negotiations at which this GE, as end GE, answers a direct DDE
+    /// (no gateway hops) with a stateless COOKIE unless it echoes a valid
+    /// one: from here on a DDE costs no signature or X25519 work before its
+    /// initiator proved it receives at its source address. Keep it below
+    /// [`Self::max_responding`]; `usize::MAX` disables cookies.
+    pub cookie_threshold: usize,
     /// Packets held per flow while its negotiation runs.
     pub hold_per_flow: usize,
     /// Bytes held over all flows.
@@ -111,6 +152,24 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_negotiations: 4096,
+            max_initiated: 1024,
+            max_responding: 3072,
+            dde_per_source: Rate {
+                per_second: 100,
+                burst: 200,
+            },
+            dde_per_ge: Rate {
+                per_second: 50,
+                burst: 100,
+            },
+            initiate_per_destination: Rate {
+                per_second: 100,
+                burst: 200,
+            },
+            budget_entries: 4096,
+            bad_credentials: 4096,
+            bad_credential_ttl: Duration::from_secs(60),
+            cookie_threshold: 1536,
             hold_per_flow: 32,
             hold_total_bytes: 4 << 20,
             peer_cache: 1024,

@@ -12,10 +12,12 @@ use std::time::Instant;
 use ring::hkdf;
 
 use crate::credential::Credential;
+use crate::dprp::budget::Buckets;
 use crate::dprp::config::{Config, Keyring, Prefix};
+use crate::dprp::cookie::{self, CookieJar};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
-use crate::dprp::msg::{CredentialBytes, Dde, Message, NegotiationId};
+use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId};
 use crate::dprp::peers::{CacheStats, Peers};
 use crate::dprp::responder::{Responder, check_initiator, own_claims};
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
@@ -42,8 +44,12 @@ pub enum DropCause {
     Negative(FailReason),
     /// The flow's hold queue, or the hold budget of all flows, is full.
     QueueFull,
-    /// The negotiation table is full.
+    /// The table of this GE's own negotiations is full
+    /// ([`Limits::max_initiated`](crate::dprp::Limits::max_initiated)).
     Busy,
+    /// The budget of negotiations towards the flow's destination is spent
+    /// ([`Limits::initiate_per_destination`](crate::dprp::Limits::initiate_per_destination)).
+    RateLimited,
 }
 
 /// Counters, for metrics.
@@ -59,8 +65,30 @@ pub struct Stats {
     pub hold_overflow: u64,
     /// Packets dropped because of a negative entry.
     pub negative_drops: u64,
-    /// Packets or DDEs dropped because the negotiation table was full.
+    /// Packets or DDEs dropped because the negotiation table was full
+    /// (`initiator_busy + responder_busy`).
     pub busy_drops: u64,
+    /// Negotiations this GE did not start because its own (initiator)
+    /// capacity was full.
+    pub initiator_busy: u64,
+    /// DDEs refused because the capacity for peers' negotiations
+    /// (responder and gateway) was full.
+    pub responder_busy: u64,
+    /// DDEs dropped because their source address or claimed GE had spent
+    /// its budget, before any signature or X25519 work.
+    pub rate_limited: u64,
+    /// Negotiations this GE did not start because the budget for their
+    /// destination was spent.
+    pub initiate_rate_limited: u64,
+    /// Credentials refused from the negative cache (failed verification
+    /// recently), each without a signature check.
+    pub credential_cache_refusals: u64,
+    /// CA signature checks of peer credentials (Ed25519 verifications).
+    pub credential_verifications: u64,
+    /// COOKIEs sent: direct DDEs answered statelessly under load.
+    pub cookies_sent: u64,
+    /// DDEs whose echoed cookie was wrong or stale (answered with a fresh one).
+    pub cookie_refusals: u64,
     /// Held packets dropped when their negotiation failed.
     pub failed_drops: u64,
     /// Negotiations this GE refused because a GE spoke for an address its
@@ -70,6 +98,31 @@ pub struct Stats {
     pub not_owner: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
+}
+
+/// How full the endpoint's bounded tables are, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Negotiations this GE started, in progress or lingering.
+    pub initiated: usize,
+    /// Peers' negotiations (responder and gateway), in progress or lingering.
+    pub responding: usize,
+    /// Token buckets of DDE sources.
+    pub source_buckets: usize,
+    /// Token buckets of claimed GE ids.
+    pub ge_buckets: usize,
+    /// Token buckets of destinations this GE negotiates with.
+    pub destination_buckets: usize,
+    /// Credentials remembered as failed.
+    pub bad_credentials: usize,
+}
+
+/// The key of an initiator budget: the GE the directory names for the
+/// destination, else the destination address itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Destination {
+    Ge(GeId),
+    Addr(IpAddr),
 }
 
 /// Everything a machine may touch besides itself.
@@ -156,6 +209,13 @@ pub struct Endpoint {
     clock: (Instant, u64),
     rng: Rng,
     machines: BTreeMap<NegotiationId, Machine>,
+    /// How many of `machines` are initiators (the rest are peers').
+    initiated: usize,
+    by_source: Buckets<IpAddr>,
+    by_ge: Buckets<GeId>,
+    by_destination: Buckets<Destination>,
+    /// Drawn on first use, so an endpoint never under load draws nothing.
+    cookies: Option<CookieJar>,
     flows: BTreeMap<FlowId, NegotiationId>,
     held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
     held_bytes: usize,
@@ -190,7 +250,8 @@ impl Endpoint {
             }
         }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
-        let peers = Peers::new(cfg.limits.peer_cache);
+        let l = cfg.limits;
+        let peers = Peers::new(l.peer_cache, l.bad_credentials, l.bad_credential_ttl);
         Ok(Self {
             cfg,
             own_bytes,
@@ -200,6 +261,11 @@ impl Endpoint {
             clock: (now, unix_now),
             rng: Rng { prk, counter: 0 },
             machines: BTreeMap::new(),
+            initiated: 0,
+            by_source: Buckets::new(l.dde_per_source, l.budget_entries),
+            by_ge: Buckets::new(l.dde_per_ge, l.budget_entries),
+            by_destination: Buckets::new(l.initiate_per_destination, l.budget_entries),
+            cookies: None,
             flows: BTreeMap::new(),
             held: BTreeMap::new(),
             held_bytes: 0,
@@ -261,13 +327,30 @@ impl Endpoint {
     /// Re-anchors wall-clock time (after an NTP step or a suspend).
     pub fn handle_wall_clock(&mut self, unix_now: u64, now: Instant) {
         self.clock = (now, unix_now);
+        // Failures judged on the old clock (expired, not yet valid) may not
+        // hold on the new one.
+        self.peers.clear_bad();
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {
             cache: self.peers.stats,
+            credential_cache_refusals: self.peers.known_bad_hits,
+            credential_verifications: self.peers.verifications,
             ..self.stats
+        }
+    }
+
+    /// How full the bounded tables are.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            initiated: self.initiated,
+            responding: self.machines.len() - self.initiated,
+            source_buckets: self.by_source.len(),
+            ge_buckets: self.by_ge.len(),
+            destination_buckets: self.by_destination.len(),
+            bad_credentials: self.peers.bad_len(),
         }
     }
 
@@ -304,6 +387,9 @@ impl Endpoint {
             match self.begin(flow, Vec::new(), now) {
                 Ok(_) => {}
                 Err(Error::TableFull(_)) => return Ok(Verdict::Dropped(DropCause::Busy)),
+                Err(Error::RateLimited(_)) => {
+                    return Ok(Verdict::Dropped(DropCause::RateLimited));
+                }
                 Err(e) => return Err(e),
             }
         } else if !self.flows.contains_key(&flow) {
@@ -371,6 +457,10 @@ impl Endpoint {
             }
             (Machine::Initiator(m), Message::Cdn(c)) => m.handle_cdn(&mut ctx, c, now)?,
             (Machine::Initiator(m), Message::Nak(n)) => m.handle_nak(&mut ctx, n, now)?,
+            (Machine::Initiator(m), Message::Cookie(c)) => {
+                m.handle_cookie(&mut ctx, c)?;
+                None
+            }
             (Machine::Responder(m), Message::Mpit(p)) => m
                 .handle_mpit(&mut ctx, from, p, datagram, now)?
                 .map(Outcome::Established),
@@ -489,9 +579,24 @@ impl Endpoint {
         options: Vec<DprpOption>,
         now: Instant,
     ) -> Result<NegotiationId> {
-        if self.machines.len() >= self.cfg.limits.max_negotiations {
+        // Only this GE's own negotiations count here: peers' DDEs, however
+        // many, cannot stop it from starting its flows.
+        let l = &self.cfg.limits;
+        if self.initiated >= l.max_initiated.min(l.max_negotiations) {
             self.stats.busy_drops += 1;
-            return Err(Error::TableFull("negotiations"));
+            self.stats.initiator_busy += 1;
+            return Err(Error::TableFull("initiated negotiations"));
+        }
+        let expected_peer = self
+            .directory
+            .iter()
+            .filter(|(p, _)| p.contains(flow.dst))
+            .max_by_key(|(p, _)| *p)
+            .map(|(_, ge)| *ge);
+        let dest = expected_peer.map_or(Destination::Addr(flow.dst), Destination::Ge);
+        if !self.by_destination.take(dest, now) {
+            self.stats.initiate_rate_limited += 1;
+            return Err(Error::RateLimited("negotiations to this destination"));
         }
         let mut r = [0u8; 56];
         let id = loop {
@@ -501,12 +606,6 @@ impl Endpoint {
                 break id;
             }
         };
-        let expected_peer = self
-            .directory
-            .iter()
-            .filter(|(p, _)| p.contains(flow.dst))
-            .max_by_key(|(p, _)| *p)
-            .map(|(_, ge)| *ge);
         let mut ctx = Ctx {
             cfg: &self.cfg,
             own_bytes: &self.own_bytes,
@@ -527,7 +626,7 @@ impl Endpoint {
         r.fill(0);
         let m = Initiator::start(&mut ctx, start, now)?;
         tracing::debug!(%id, %flow, "negotiation started");
-        self.machines.insert(id, Machine::Initiator(Box::new(m)));
+        self.insert_machine(id, Machine::Initiator(Box::new(m)));
         self.flows.insert(flow, id);
         self.stats.started += 1;
         Ok(id)
@@ -573,19 +672,51 @@ impl Endpoint {
         if handled {
             return Ok(());
         }
-        // Unknown, or a different DDE replacing unauthenticated state.
-        self.machines.remove(&dde.id);
-        if self.machines.len() >= self.cfg.limits.max_negotiations {
-            self.stats.busy_drops += 1;
-            return Err(Error::TableFull("negotiations"));
+        // Unknown, or a different DDE replacing unauthenticated state: a new
+        // negotiation. The cheap refusals come first, cheapest first, so a
+        // flood is dropped before any signature or X25519 work (and before
+        // it can displace the state it would replace).
+        if !self.by_source.take(from.ip(), now) {
+            self.stats.rate_limited += 1;
+            return Err(Error::RateLimited("DDEs from this source"));
         }
         let is_end = self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
+        if is_end && dde.hops.is_empty() && !self.admit(from, &dde, now)? {
+            return Ok(());
+        }
+        if self.peers.is_known_bad(&dde.credential, unix_now) {
+            return Err(Error::KnownBadCredential);
+        }
+        // The claimed id is unverified, but a forger who claims another GE's
+        // id only spends that GE's budget here, never more than its source's.
+        let claimed = dde.credential.parse()?.claimed_ge();
+        if !self.by_ge.take(claimed, now) {
+            self.stats.rate_limited += 1;
+            return Err(Error::RateLimited("DDEs from this GE"));
+        }
+        self.remove_machine(dde.id);
+        let l = &self.cfg.limits;
+        if self.machines.len() - self.initiated >= l.max_responding
+            || self.machines.len() >= l.max_negotiations
+        {
+            self.stats.busy_drops += 1;
+            self.stats.responder_busy += 1;
+            return Err(Error::TableFull("responder negotiations"));
+        }
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            own_bytes: &self.own_bytes,
+            keys: &self.keys,
+            peers: &mut self.peers,
+            unix_now,
+            out: &mut self.transmits,
+        };
         if !is_end {
             if !ctx.own().info.kind.is_gateway() {
                 return Err(Error::invalid("DDE", "destination is not behind this GE"));
             }
             let m = Transit::start(&mut ctx, from, dde, raw, now)?;
-            self.machines.insert(m.id, Machine::Transit(Box::new(m)));
+            self.insert_machine(m.id, Machine::Transit(Box::new(m)));
             return Ok(());
         }
         // The source must be the initiator's before the DDE may touch any
@@ -613,7 +744,7 @@ impl Endpoint {
                 ));
             }
             tracing::debug!(id = %own_id, "simultaneous open: yielding to the peer's negotiation");
-            self.machines.remove(&own_id);
+            self.remove_machine(own_id);
         }
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
@@ -629,7 +760,7 @@ impl Endpoint {
         let m = Responder::start(&mut ctx, from, dde, initiator, raw, secret, now);
         secret.fill(0);
         let m = m?;
-        self.machines.insert(id, Machine::Responder(Box::new(m)));
+        self.insert_machine(id, Machine::Responder(Box::new(m)));
         for f in [flow, flow.reversed()] {
             if self.held.contains_key(&f) || self.flows.contains_key(&f) {
                 self.flows.insert(f, id);
@@ -695,8 +826,74 @@ impl Endpoint {
         }
     }
 
+    /// Under load, a direct DDE goes further only with a valid cookie; without
+    /// one it is answered with a COOKIE (a MAC, no state) and `Ok(false)`.
+    fn admit(&mut self, from: SocketAddr, dde: &Dde, now: Instant) -> Result<bool> {
+        if self.machines.len() - self.initiated < self.cfg.limits.cookie_threshold {
+            return Ok(true);
+        }
+        let jar = match &mut self.cookies {
+            Some(jar) => jar,
+            None => {
+                let mut s = [0u8; 32];
+                self.rng.fill(&mut s);
+                self.cookies.insert(CookieJar::new(s, now))
+            }
+        };
+        if jar.is_due(now) {
+            let mut s = [0u8; 32];
+            self.rng.fill(&mut s);
+            jar.rotate(s, now);
+        }
+        let echoed = dde.options.iter().find_map(|o| match o {
+            DprpOption::Cookie(c) => Some(c),
+            _ => None,
+        });
+        match echoed {
+            Some(c) if jar.check(from, dde.id, c) => return Ok(true),
+            Some(_) => self.stats.cookie_refusals += 1,
+            None => {}
+        }
+        let c = jar.make(from, dde.id);
+        let reply = Cookie {
+            id: dde.id,
+            cookie: c,
+            binder: cookie::binder(&dde.nonce, dde.id, &c),
+        };
+        self.transmits.push_back(Transmit {
+            dst: from,
+            payload: Message::Cookie(reply).encode()?,
+        });
+        self.stats.cookies_sent += 1;
+        tracing::trace!(id = %dde.id, "under load: COOKIE sent");
+        Ok(false)
+    }
+
+    /// Adds a machine to the table, keeping the initiator count.
+    fn insert_machine(&mut self, id: NegotiationId, m: Machine) {
+        if let Some(old) = self.machines.insert(id, m) {
+            self.forget(&old);
+        }
+        if matches!(self.machines.get(&id), Some(Machine::Initiator(_))) {
+            self.initiated += 1;
+        }
+    }
+
+    /// Removes a machine from the table, keeping the initiator count.
+    fn remove_machine(&mut self, id: NegotiationId) -> Option<Machine> {
+        let m = self.machines.remove(&id)?;
+        self.forget(&m);
+        Some(m)
+    }
+
+    fn forget(&mut self, m: &Machine) {
+        if matches!(m, Machine::Initiator(_)) {
+            self.initiated -= 1;
+        }
+    }
+
     fn remove(&mut self, id: NegotiationId, now: Instant) {
-        self.machines.remove(&id);
+        self.remove_machine(id);
         // Flows still attached to a finished negotiation never got an entry
         // (e.g. a responder whose MPIT never came): their packets are dropped.
         let orphans: Vec<FlowId> = self

@@ -103,7 +103,7 @@ impl Transit {
             dde.id,
             dde.flow,
             dde.credential.clone(),
-            dde.options.clone(),
+            crate::dprp::responder::without_cookie(dde.options.clone()),
         );
         let mut fwd = dde;
         fwd.hops.push(me);

@@ -21,9 +21,10 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::action::Action;
 use crate::credential::Credential;
 use crate::decision::decide;
+use crate::dprp::cookie;
 use crate::dprp::endpoint::Ctx;
 use crate::dprp::msg::{
-    Cdn, CdnStatus, Claim, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
+    Cdn, CdnStatus, Claim, Cookie, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
 };
 use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer, effective};
@@ -184,6 +185,29 @@ impl Initiator {
         self.state = State::Done;
         self.retransmit_at = None;
         self.deadline = now + ctx.cfg.timing.linger;
+    }
+
+    /// A COOKIE from a loaded responder: the DDE goes again at once, with
+    /// the cookie as an option (so the transcript covers it). Only while no
+    /// RGI came, and only if the binder shows the sender saw the DDE.
+    pub(crate) fn handle_cookie(&mut self, ctx: &mut Ctx<'_>, c: Cookie) -> Result<()> {
+        if !matches!(self.state, State::AwaitRgi) {
+            return Err(Error::UnexpectedMessage("COOKIE after the RGI"));
+        }
+        let Message::Dde(mut dde) = Message::decode(&self.dde)? else {
+            unreachable!("the initiator keeps its DDE");
+        };
+        if !cookie::same(&cookie::binder(&dde.nonce, c.id, &c.cookie), &c.binder) {
+            return Err(Error::BadMac("COOKIE binder"));
+        }
+        dde.options.retain(|o| !matches!(o, DprpOption::Cookie(_)));
+        dde.options.push(DprpOption::Cookie(c.cookie));
+        let h0 = tr::dde_hash(&dde.core()?);
+        let bytes = Message::Dde(dde).encode()?;
+        (self.h0, self.dde) = (h0, bytes);
+        tracing::debug!(id = %self.id, "COOKIE: DDE sent again with it");
+        ctx.send(self.dst, self.dde.clone());
+        Ok(())
     }
 
     /// An RGI from `from`, the next GE toward the responder.

@@ -29,7 +29,9 @@
 //!
 //! [`keys::derive_flow_keys`]: crate::keys::derive_flow_keys
 
+mod budget;
 mod config;
+mod cookie;
 mod endpoint;
 mod gateway;
 mod initiator;
@@ -42,8 +44,9 @@ pub mod transcript;
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use budget::Rate;
 pub use config::{Config, Keyring, Limits, Prefix, Timing};
-pub use endpoint::{DropCause, Endpoint, Stats, Verdict};
+pub use endpoint::{DropCause, Endpoint, Occupancy, Stats, Verdict};
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
 pub use option::DprpOption;
 pub use peers::CacheStats;

@@ -63,6 +63,10 @@ pub enum MessageType {
     Cdn,
     /// Any GE -> initiator: a signed refusal to continue.
     Nak,
+    /// Responder -> initiator, direct path only: under load, a stateless
+    /// cookie the initiator must echo in its DDE before the responder does
+    /// any signature or X25519 work.
+    Cookie,
 }
 
 impl MessageType {
@@ -74,6 +78,7 @@ impl MessageType {
             Self::Mpit => 3,
             Self::Cdn => 4,
             Self::Nak => 5,
+            Self::Cookie => 6,
         }
     }
 
@@ -85,6 +90,7 @@ impl MessageType {
             3 => Self::Mpit,
             4 => Self::Cdn,
             5 => Self::Nak,
+            6 => Self::Cookie,
             other => return Err(Error::UnknownMessage(other)),
         })
     }
@@ -96,6 +102,7 @@ impl MessageType {
             Self::Mpit => "MPIT",
             Self::Cdn => "CDN",
             Self::Nak => "NAK",
+            Self::Cookie => "COOKIE",
         }
     }
 }
@@ -329,6 +336,23 @@ pub struct Nak {
     pub signature: [u8; SIGNATURE_LEN],
 }
 
+/// Length of a cookie and of its binder.
+pub const COOKIE_LEN: usize = 16;
+
+/// COOKIE: a loaded responder asks the initiator to prove it receives at its
+/// source address before any public-key work is spent on its DDE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cookie {
+    /// The negotiation (the DDE's id).
+    pub id: NegotiationId,
+    /// A MAC over the DDE's source address and id under the responder's
+    /// rotating secret; the initiator echoes it in a DDE option.
+    pub cookie: [u8; COOKIE_LEN],
+    /// A MAC over the id and the cookie keyed by the DDE's nonce: only who
+    /// saw the DDE can make a cookie its initiator accepts.
+    pub binder: [u8; COOKIE_LEN],
+}
+
 /// Any DPRP message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -342,6 +366,8 @@ pub enum Message {
     Cdn(Cdn),
     /// See [`Nak`].
     Nak(Nak),
+    /// See [`Cookie`].
+    Cookie(Cookie),
 }
 
 impl Message {
@@ -362,6 +388,11 @@ impl Message {
             MessageType::Mpit => Self::Mpit(Mpit::decode_body(id, &mut r)?),
             MessageType::Cdn => Self::Cdn(Cdn::decode_body(id, &mut r)?),
             MessageType::Nak => Self::Nak(Nak::decode_body(id, &mut r)?),
+            MessageType::Cookie => Self::Cookie(Cookie {
+                id,
+                cookie: r.array("COOKIE cookie")?,
+                binder: r.array("COOKIE binder")?,
+            }),
         };
         r.finish(kind.name())?;
         Ok(msg)
@@ -407,6 +438,12 @@ impl Message {
                 m.encode_core(&mut out)?;
                 Writer::new(&mut out).bytes(&m.signature);
             }
+            Self::Cookie(m) => {
+                let mut w = Writer::new(&mut out);
+                write_header(&mut w, MessageType::Cookie, m.id);
+                w.bytes(&m.cookie);
+                w.bytes(&m.binder);
+            }
         }
         if out.len() > MAX_MESSAGE_LEN {
             return Err(Error::TooLarge {
@@ -426,6 +463,7 @@ impl Message {
             Self::Mpit(m) => m.id,
             Self::Cdn(m) => m.id,
             Self::Nak(m) => m.id,
+            Self::Cookie(m) => m.id,
         }
     }
 
@@ -437,6 +475,7 @@ impl Message {
             Self::Mpit(_) => MessageType::Mpit,
             Self::Cdn(_) => MessageType::Cdn,
             Self::Nak(_) => MessageType::Nak,
+            Self::Cookie(_) => MessageType::Cookie,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! | --- | --- | --- |
 //! | 1 | Mobile PPC binding update | old address, old port u16, new address, new port u16 |
 //! | 2 | NAT-f | LIP address, reserved port u16 |
-//! | 3..=255 | unknown (kept, ignored) | opaque |
+//! | 3 | Cookie (DDE only: the echo of a COOKIE) | cookie [16] |
+//! | 4..=255 | unknown (kept, ignored) | opaque |
 //!
 //! Addresses are a family byte (4 or 6) and the address bytes. Kind 0 is
 //! reserved and refused.
@@ -23,6 +24,7 @@ pub const MAX_OPTIONS: usize = 16;
 
 const KIND_BINDING_UPDATE: u8 = 1;
 const KIND_NAT_F: u8 = 2;
+const KIND_COOKIE: u8 = 3;
 
 /// One DPRP option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,9 +45,12 @@ pub enum DprpOption {
         /// The port reserved on the gateway's public address.
         reserved_port: u16,
     },
+    /// The cookie a loaded responder sent in a COOKIE message, echoed in
+    /// the retried DDE. Older nodes carry it as an unknown option.
+    Cookie([u8; crate::dprp::msg::COOKIE_LEN]),
     /// An option this version does not know; carried unchanged and ignored.
     Unknown {
-        /// The kind byte (3 or more).
+        /// The kind byte (4 or more).
         kind: u8,
         /// The value bytes.
         value: Vec<u8>,
@@ -69,11 +74,15 @@ impl DprpOption {
                 v.u16(*reserved_port);
                 KIND_NAT_F
             }
+            Self::Cookie(c) => {
+                v.bytes(c);
+                KIND_COOKIE
+            }
             Self::Unknown { kind, value: bytes } => {
-                if *kind <= KIND_NAT_F {
+                if *kind <= KIND_COOKIE {
                     return Err(Error::invalid(
                         "option kind",
-                        "unknown options must use kind 3 or more",
+                        "unknown options must use kind 4 or more",
                     ));
                 }
                 v.bytes(bytes);
@@ -104,6 +113,7 @@ impl DprpOption {
                 lip: v.ip_addr("NAT-f LIP")?,
                 reserved_port: v.u16("NAT-f reserved port")?,
             },
+            KIND_COOKIE => Self::Cookie(v.array("cookie")?),
             kind => {
                 return Ok(Self::Unknown {
                     kind,

@@ -6,8 +6,10 @@
 //! validity period and the revocation lists are checked on every use.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use crate::credential::Credential;
+use crate::dprp::budget::BadCredentials;
 use crate::dprp::msg::CredentialBytes;
 use crate::dprp::transcript::PairKey;
 use crate::ge::GeId;
@@ -36,11 +38,16 @@ pub(crate) struct Peers {
     pair_order: VecDeque<[u8; PUBLIC_KEY_LEN]>,
     revoked_ges: BTreeSet<GeId>,
     revoked_serials: BTreeSet<u64>,
+    bad: BadCredentials,
     pub(crate) stats: CacheStats,
+    /// CA signature checks of credentials (each an Ed25519 verification).
+    pub(crate) verifications: u64,
+    /// Credentials refused from the negative cache.
+    pub(crate) known_bad_hits: u64,
 }
 
 impl Peers {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize, bad_cap: usize, bad_ttl: Duration) -> Self {
         Self {
             cap: cap.max(1),
             creds: BTreeMap::new(),
@@ -49,11 +56,45 @@ impl Peers {
             pair_order: VecDeque::new(),
             revoked_ges: BTreeSet::new(),
             revoked_serials: BTreeSet::new(),
+            bad: BadCredentials::new(bad_cap, bad_ttl),
             stats: CacheStats::default(),
+            verifications: 0,
+            known_bad_hits: 0,
         }
     }
 
+    /// True (and counted) when `bytes` failed verification recently: the
+    /// check costs one hash, and lets a flood of one bad credential be
+    /// refused before anything else is spent on it.
+    pub(crate) fn is_known_bad(&mut self, bytes: &CredentialBytes, unix_now: u64) -> bool {
+        let bad = self
+            .bad
+            .get(&BadCredentials::key(bytes.as_bytes()), unix_now)
+            .is_some();
+        if bad {
+            self.known_bad_hits += 1;
+        }
+        bad
+    }
+
+    /// Forgets the failed credentials (the wall clock moved, so a
+    /// credential refused as not yet valid may be valid now).
+    pub(crate) fn clear_bad(&mut self) {
+        self.bad.clear();
+    }
+
+    /// Failed credentials remembered.
+    pub(crate) fn bad_len(&self) -> usize {
+        self.bad.len()
+    }
+
     /// Verifies a credential (CA signature, validity at `unix_now`, revocation).
+    ///
+    /// A credential that fails is remembered by a hash of its bytes and
+    /// refused with the same error for a while without a second signature
+    /// check. Only failures are remembered: success still
+    /// goes through the positive cache, which checks validity and the
+    /// revocation lists on every use, so neither can be bypassed.
     pub(crate) fn verify(
         &mut self,
         bytes: &CredentialBytes,
@@ -66,9 +107,25 @@ impl Peers {
             self.check(&c, unix_now)?;
             return Ok(c);
         }
+        let key = BadCredentials::key(bytes.as_bytes());
+        if let Some(e) = self.bad.get(&key, unix_now) {
+            self.known_bad_hits += 1;
+            return Err(e.clone());
+        }
         self.stats.credential_misses += 1;
-        let c = bytes.parse()?.verify(ca, unix_now)?;
-        self.check(&c, unix_now)?;
+        let checked = bytes.parse().and_then(|u| {
+            self.verifications += 1;
+            let c = u.verify(ca, unix_now)?;
+            self.check(&c, unix_now)?;
+            Ok(c)
+        });
+        let c = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                self.bad.insert(key, e.clone(), unix_now);
+                return Err(e);
+            }
+        };
         if self.creds.len() >= self.cap
             && let Some(old) = self.cred_order.pop_front()
         {

@@ -129,6 +129,12 @@ pub(crate) fn check_initiator(
     Ok(initiator)
 }
 
+/// The options of a DDE without the cookie echo.
+pub(crate) fn without_cookie(mut options: Vec<DprpOption>) -> Vec<DprpOption> {
+    options.retain(|o| !matches!(o, DprpOption::Cookie(_)));
+    options
+}
+
 impl Responder {
     /// Answers a new DDE (already decoded; `raw` is the datagram) with an
     /// RGI. `initiator` is the DDE's credential as [`check_initiator`]
@@ -202,7 +208,8 @@ impl Responder {
             initiator: initiator.info.id,
             initiator_mode: initiator.info.mode,
             initiator_share: dde.share,
-            initiator_options: dde.options,
+            // The cookie was for this GE's admission, not for the flow.
+            initiator_options: without_cookie(dde.options),
             eph,
             dde_digest: digest(raw),
             echo: dde.hops,
