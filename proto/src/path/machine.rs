@@ -331,8 +331,8 @@ impl PathMachine {
                 self.check = DataCheck {
                     any: true,
                     seq: slot.seq,
-                    tx: slot.tx_at_send,
                     rx: repr.rx_native,
+                    delivered_tx: slot.tx_at_send,
                 };
                 self.active = Some(slot.dst);
                 self.native_up(now);
@@ -467,20 +467,31 @@ impl PathMachine {
 
     /// Checks the peer's count of native data it took in against what was
     /// sent before this probe since the last checked answer.
+    /// True unless the answer shows the peer took in nothing of at least
+    /// `min_data_packets` native packets sent since its last delivery. The
+    /// count runs from the last delivery, not from the last answer: a TCP
+    /// sender whose segments are dropped backs off to one retransmission
+    /// per timeout, fewer than `min_data_packets` between two answers, and
+    /// a per-answer count would never see the stall.
     fn data_check(&mut self, slot: &Slot, rx: u64) -> bool {
         if slot.seq <= self.check.seq && self.check.any {
             return true;
         }
-        let sent = slot.tx_at_send.saturating_sub(self.check.tx);
         // A count below the last one: the peer restarted.
         let delivered = rx.checked_sub(self.check.rx).unwrap_or(rx);
+        let delivered_tx = if delivered > 0 {
+            slot.tx_at_send
+        } else {
+            self.check.delivered_tx
+        };
+        let undelivered = slot.tx_at_send.saturating_sub(delivered_tx);
         self.check = DataCheck {
             any: true,
             seq: slot.seq,
-            tx: slot.tx_at_send,
             rx,
+            delivered_tx,
         };
-        sent < self.cfg.min_data_packets || delivered > 0
+        delivered > 0 || undelivered < self.cfg.min_data_packets
     }
 
     fn native_probe_due(&self) -> Instant {
@@ -752,8 +763,10 @@ struct Slot {
 struct DataCheck {
     any: bool,
     seq: u64,
-    tx: u64,
     rx: u64,
+    /// The send count when the peer last reported a delivery (or when the
+    /// path came up): packets sent since then are all undelivered so far.
+    delivered_tx: u64,
 }
 
 fn slot_index(seq: u64) -> usize {
