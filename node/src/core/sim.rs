@@ -761,28 +761,7 @@ pub fn group_key(g: u32, v: u32) -> GroupKey {
 
 /// An IPv4/UDP packet (checksum 0: PCCOM fills it in).
 pub fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 28 + payload.len()];
-    let total = p.len() as u16;
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dport.to_be_bytes());
-    p[24..26].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    let mut sum: u32 = 0;
-    for c in p[..20].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p
+    super::udp_v4(src, dst, sport, dport, payload)
 }
 
 /// SplitMix64, as in fpn-proto's simulator: small, seeded network dice.
