@@ -119,15 +119,48 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     let ping = lab.exec("a", ["ping", "-c", "3", "-W", "2", &b]).unwrap();
     assert!(ping.success(), "ping {b}: {}{}", ping.stdout, ping.stderr);
     // Short flows start on QUIC (a new translation waits 300 ms for the
-    // peer's nftables rule, docs/NODE.md), so the echo proves no plaintext
-    // whatever the carrier; the transfer below proves the native packets.
+    // peer's nftables rule, docs/NODE.md), and QUIC's own TLS would hide a
+    // plaintext marker whatever PCCOM does. So the marker goes on a UDP flow
+    // held open past that grace: its packets are native (checked below),
+    // where a marker sent without PCCOM would be on the wire as it is.
+    let to = std::net::SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7001);
+    let echoed = lab
+        .thread_in("a", move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = s.send_to(b"warm-up", to);
+            let _ = s.recv_from(&mut buf);
+            std::thread::sleep(Duration::from_millis(800));
+            let mut answers = 0;
+            for _ in 0..5 {
+                let _ = s.send_to(MARKER.as_bytes(), to);
+                if s.recv_from(&mut buf)
+                    .is_ok_and(|(n, _)| buf[..n].ends_with(MARKER.as_bytes()))
+                {
+                    answers += 1;
+                }
+            }
+            (answers, s.local_addr().unwrap().port())
+        })
+        .unwrap()
+        .join();
+    let (answers, sport) = echoed;
     let pcap = cap
-        .wait_for(Duration::from_secs(5), |p| p.len() >= 10)
-        .expect("the capture sees the echo");
+        .wait_for(Duration::from_secs(5), |p| {
+            l4(p).iter().any(|&(s, d, pr, sp, dp)| {
+                s == a_pub && d == b_pub && pr == 17 && sp == sport && dp == 7001
+            })
+        })
+        .unwrap_or_else(|e| {
+            panic!("the marker flow never went native ({a_pub}:{sport} -> {b_pub}:7001): {e}")
+        });
     assert!(
         !pcap.contains(MARKER.as_bytes()),
         "plaintext marker on the wire"
     );
+    assert!(answers >= 3, "only {answers} of 5 marker echoes came back");
     // Control: the marker sent outside the overlay shows on this capture.
     let out = echo_send(lab, "a", &format!("{b_pub}:7001"), MARKER, true);
     assert!(out.success(), "{}", out.stderr);
