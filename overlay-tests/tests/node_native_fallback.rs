@@ -108,3 +108,81 @@ fn a_flow_survives_native_blocked_and_native_comes_back() {
     );
     assert_eq!(st["counters"]["native_in_rejected"], 0, "{st}");
 }
+
+/// Issue 8's acceptance, the hard case: the firewall drops only the raw TCP
+/// between the two machines (both ways), so the UDP probes still pass and
+/// only the data check can see that native is dead. A 45 s TCP transfer by
+/// name must move to QUIC within 3 s, come back to native within 30 s of
+/// the rule's removal, and survive both switches with at most 4 empty
+/// seconds.
+#[test]
+fn a_tcp_transfer_survives_a_firewall_dropping_only_native_tcp() {
+    let ov = overlay(&Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+        ],
+    ));
+    let lab = ov.lab();
+    let a_pub = ov.underlay("a", "pub-a").unwrap();
+    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    let b = Overlay::fqdn("b");
+    let _iperf = iperf_server(lab, "b");
+    let _ = lab.exec("a", ["ping", "-c", "1", "-W", "2", &b]);
+    wait_for(&ov, "a", "native", Duration::from_secs(10));
+    wait_for(&ov, "b", "native", Duration::from_secs(10));
+
+    let (out, fell, back) = std::thread::scope(|sc| {
+        let client = sc.spawn(|| {
+            lab.command("a", ["iperf3", "-c", &b, "-t", "45", "-i", "1", "-J"])
+                .timeout(Duration::from_secs(90))
+                .output()
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let st = ov.status("a").unwrap();
+        assert!(
+            st["counters"]["native_out"].as_u64().unwrap_or(0) > 1000,
+            "not native before the rule: {st}"
+        );
+        let set = format!("{{ {a_pub}, {b_pub} }}");
+        for cmd in [
+            "add table inet fpntcp".to_owned(),
+            "add chain inet fpntcp blk { type filter hook forward priority -10; }".to_owned(),
+            format!("add rule inet fpntcp blk ip saddr {set} ip daddr {set} meta l4proto tcp drop"),
+        ] {
+            lab.exec_ok("inet", ["nft", &cmd]).unwrap();
+        }
+        let fell = wait_for(&ov, "a", "quic", Duration::from_secs(10));
+        let (_, why) = peer_path(&ov, "a");
+        assert!(why.starts_with("quic ("), "{why}");
+        std::thread::sleep(Duration::from_secs(8).saturating_sub(fell));
+        lab.exec_ok("inet", ["nft", "delete", "table", "inet", "fpntcp"])
+            .unwrap();
+        let back = wait_for(&ov, "a", "native", Duration::from_secs(30));
+        (client.join().unwrap(), fell, back)
+    });
+    eprintln!("fell back after {fell:?}, native again after {back:?}");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let per_second: Vec<u64> = r["intervals"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!("bytes per second: {per_second:?}");
+    assert!(out.success(), "iperf3: {} {}", r["error"], out.stderr);
+    assert!(fell <= Duration::from_secs(3), "fallback took {fell:?}");
+    let empty = per_second.iter().filter(|b| **b == 0).count();
+    assert!(empty <= 4, "{empty} empty seconds: {per_second:?}");
+    let tail = &per_second[per_second.len().saturating_sub(5)..];
+    assert!(
+        tail.iter().all(|b| *b > 0),
+        "stalled at the end: {per_second:?}"
+    );
+    let st = ov.status("a").unwrap();
+    assert_eq!(st["peers"][0]["carrier"], "native", "{st}");
+}

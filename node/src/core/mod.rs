@@ -212,7 +212,11 @@ impl NodeCore {
         self.drain(now);
         let path = match send {
             Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
-            _ => CarrierKind::Quic,
+            Some((ge, n)) => {
+                self.send_trial_copy(ge, &buf[..n], now);
+                CarrierKind::Quic
+            }
+            None => CarrierKind::Quic,
         };
         let buf: &'a [u8] = buf;
         match send {
@@ -247,6 +251,10 @@ impl NodeCore {
                 self.counters.control_in += 1;
                 self.peers.learn_from(peer, from);
                 let _span = tracing::debug_span!("peer", ge = %peer).entered();
+                if fpn_proto::path::is_probe(&buf[..len]) {
+                    self.handle_carrier_path_message(peer, &buf[..len], now);
+                    return DataOut::Nothing;
+                }
                 if let Err(e) = self.dprp.handle_datagram(from, &buf[..len], now) {
                     self.counters.control_errors += 1;
                     debug!(error = %e, "DPRP message refused");
@@ -449,6 +457,12 @@ impl NodeCore {
             Ok(Disposition::Forward { len: n }) => Some(n),
             Ok(_) => {
                 self.counters.policy_drops += 1;
+                None
+            }
+            // A duplicate: the native twin of a trial copy got here first
+            // (or a replay, which the window cannot tell from one).
+            Err(fpn_proto::Error::Replay { .. }) => {
+                self.counters.data_in_replayed += 1;
                 None
             }
             Err(e) => {

@@ -235,6 +235,20 @@ impl NodeCore {
                 }
                 Some(n)
             }
+            Err(fpn_proto::Error::Replay { .. }) => {
+                // During the peer's trial of native (docs/DESIGN-NOTES.md
+                // note 19) the same packet comes on both carriers and the
+                // QUIC copy may win: the native one still got through, which
+                // is what the peer's data check asks. Never delivered;
+                // counted apart from forgeries (an attacker's replay lands
+                // here too: the window cannot tell the two apart).
+                if let Some(m) = self.paths.machines.get_mut(&t.peer) {
+                    m.handle_native_data_received(now);
+                }
+                self.counters.native_in_replayed += 1;
+                trace!(flow = %overlay, "native duplicate refused");
+                None
+            }
             Ok(_) | Err(_) => {
                 self.counters.native_in_rejected += 1;
                 trace!(flow = %overlay, "native packet refused");
@@ -249,6 +263,12 @@ impl NodeCore {
             return;
         };
         let ge = view.sender();
+        if view.kind() == path::ProbeKind::Notice {
+            // Notices come over QUIC, whose peer authentication says who
+            // sent them; on the native path nobody vouches for the source.
+            self.counters.native_in_unknown += 1;
+            return;
+        }
         let Some(m) = self.paths.machines.get_mut(&ge) else {
             self.counters.native_in_unknown += 1;
             return;
@@ -366,7 +386,11 @@ impl NodeCore {
                 return;
             };
             if let Some(t) = m.poll_transmit() {
-                self.route_probe(t);
+                if t.kind == path::ProbeKind::Notice {
+                    self.send_notice(ge, &t);
+                } else {
+                    self.route_probe(t);
+                }
                 continue;
             }
             let Some(ev) = m.poll_event() else { break };
@@ -400,6 +424,46 @@ impl NodeCore {
             PathEvent::Reason { path, reason } => debug!(%path, %reason, "path reason"),
         }
         self.peers_changed = true;
+    }
+
+    /// A fallback notice goes to the peer as a control frame on the QUIC
+    /// carrier: the native path just failed, so it is no way to say so.
+    fn send_notice(&mut self, ge: GeId, t: &Transmit) {
+        let Some(p) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
+            return;
+        };
+        let target = p.target.clone();
+        self.push_output(Output::Send {
+            target,
+            path: CarrierKind::Quic,
+            kind: crate::carrier::FrameKind::Control,
+            payload: t.payload().to_vec(),
+        });
+    }
+
+    /// A path message on the QUIC carrier from `peer` (control frame with
+    /// [`path::is_probe`] true): only notices are taken there; probes and
+    /// answers belong on the native path, where they measure it.
+    pub(super) fn handle_carrier_path_message(&mut self, peer: GeId, payload: &[u8], now: Instant) {
+        let Ok(view) = ProbeView::new_checked(payload) else {
+            self.counters.control_errors += 1;
+            return;
+        };
+        if view.kind() != path::ProbeKind::Notice || view.sender() != peer {
+            self.counters.control_errors += 1;
+            return;
+        }
+        let Some(m) = self.paths.machines.get_mut(&peer) else {
+            return;
+        };
+        match m.handle_notice(payload, now) {
+            Ok(()) => debug!(%peer, status = %m.status(), "peer's native path failed"),
+            Err(e) => {
+                self.counters.control_errors += 1;
+                trace!(%peer, error = %e, "notice refused");
+            }
+        }
+        self.drain_path(peer, now);
     }
 
     /// Sends a probe as a raw IPv4/UDP packet, or holds it until the local
@@ -558,6 +622,42 @@ impl NodeCore {
         self.merge_path_deadline(ge);
         self.counters.native_out += 1;
         true
+    }
+
+    /// The packet in `frame` (PIT key `flow`'s, protected) leaves on QUIC to
+    /// `ge`: while `ge`'s machine runs a trial, a native copy goes too (a
+    /// bounded number per probe round), so the trial sees whether native
+    /// data gets through without a flow ever depending on it.
+    pub(super) fn send_trial_copy(&mut self, ge: GeId, frame: &[u8], now: Instant) {
+        let Some(m) = self.paths.machines.get_mut(&ge) else {
+            return;
+        };
+        if !m.in_trial() {
+            return;
+        }
+        let Ok(pkt) = Packet::parse(frame) else {
+            return;
+        };
+        let overlay = pkt.flow_id();
+        if self.xlat.get(&overlay).is_none()
+            || self.paths.grace.get(&overlay).is_some_and(|t| now < *t)
+            || !m.take_trial_copy()
+        {
+            return;
+        }
+        let mut copy = frame.to_vec();
+        let translated = Packet::parse(&mut copy[..])
+            .ok()
+            .is_some_and(|mut p| matches!(self.xlat.translate_outbound(&mut p), Ok(Some(_))));
+        if !translated {
+            return;
+        }
+        if let Some(m) = self.paths.machines.get_mut(&ge) {
+            m.handle_native_data_sent(now);
+        }
+        self.merge_path_deadline(ge);
+        self.counters.native_trial_copies += 1;
+        self.push_output(Output::SendNative(copy));
     }
 
     /// Probe counters summed over the machines.

@@ -134,6 +134,9 @@ pub struct CoreSim {
     /// When on, native packets (raw IP, probes included) are lost, as behind
     /// a firewall that only lets the QUIC carrier through.
     pub native_blocked: bool,
+    /// When on, native data packets are lost but probes (UDP to the probe
+    /// port) pass: a firewall that drops only the raw TCP/UDP of flows.
+    pub native_data_blocked: bool,
     /// Path settings of nodes made from now on (`force` = the `carrier` key).
     pub path: PathConfig,
     /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
@@ -161,6 +164,7 @@ impl CoreSim {
             directory_answers: true,
             directory_delay: DIRECTORY_DELAY,
             native_blocked: false,
+            native_data_blocked: false,
             // The scenarios of sim_tests.rs are about DPRP, the PIT and the
             // QUIC carrier: QUIC unless a test asks for path selection.
             path: PathConfig {
@@ -621,6 +625,10 @@ impl CoreSim {
             return;
         };
         let probe = flow.protocol == 17 && flow.dst_port == super::PROBE_PORT;
+        if !probe && self.native_data_blocked {
+            self.native_lost += 1;
+            return;
+        }
         if !probe && !self.nodes[to].intercepted.contains(&flow) {
             self.native_lost += 1;
             return;

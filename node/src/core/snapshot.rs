@@ -54,6 +54,9 @@ pub(super) struct Counters {
     pub native_in_unknown: u64,
     pub native_in_wrong_source: u64,
     pub native_in_rejected: u64,
+    pub native_trial_copies: u64,
+    pub native_in_replayed: u64,
+    pub data_in_replayed: u64,
 }
 
 impl NodeCore {
@@ -192,6 +195,9 @@ impl NodeCore {
             ("native_in_unknown", c.native_in_unknown),
             ("native_in_wrong_source", c.native_in_wrong_source),
             ("native_in_rejected", c.native_in_rejected),
+            ("native_trial_copies", c.native_trial_copies),
+            ("native_in_replayed", c.native_in_replayed),
+            ("data_in_replayed", c.data_in_replayed),
             ("probes_sent", probes_sent),
             ("probes_answered", probes_answered),
             ("dprp_started", d.started),

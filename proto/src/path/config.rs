@@ -32,8 +32,8 @@ pub struct PathConfig {
     pub retry_max: Duration,
     /// Native held this long resets the retry delay to `retry_initial`.
     pub stable_after: Duration,
-    /// Native packets sent between two answers before an answer saying the
-    /// peer took none in counts as a failed data check.
+    /// Native packets sent since the peer's last delivery, none of them
+    /// taken in, that make an answer a failed data check.
     pub min_data_packets: u64,
     /// Force one carrier.
     pub force: Force,

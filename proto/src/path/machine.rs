@@ -18,6 +18,10 @@ use crate::{Error, Result};
 const MAX_QUEUED: usize = 64;
 /// Outstanding-probe table size (a power of two; slots by `seq % SLOTS`).
 const SLOTS: usize = 32;
+/// Native copies of QUIC-carried packets a trial sends per probe round:
+/// enough for the peer's count to show whether native data gets through,
+/// few enough that a trial costs little bandwidth.
+pub const TRIAL_COPIES: u32 = 64;
 
 /// The path state machine of one peer: which carrier its packets take.
 ///
@@ -36,8 +40,18 @@ const SLOTS: usize = 32;
 ///   probes through but drops the raw packets, or a middlebox stripping the
 ///   trailer. `fail_after` consecutive lost rounds or failed checks fall back.
 /// - In `Fallback` (carrier QUIC), retry native with one round after a delay
-///   that doubles from `retry_initial` up to `retry_max`; the first answer
-///   switches back. The delay resets after native held for `stable_after`.
+///   that doubles from `retry_initial` up to `retry_max`. An answer starts a
+///   *trial*, not a switch: probes passing proved nothing the last time
+///   (a firewall may pass the UDP probes and drop the raw packets). During
+///   the trial the carrier stays QUIC and the node also sends up to
+///   [`TRIAL_COPIES`] native copies of its packets per round
+///   ([`PathMachine::take_trial_copy`]); the first answer showing the peer
+///   took native data in switches to native, one showing it took none of
+///   `min_data_packets` copies (or a lost round, or `fail_after` rounds
+///   without a verdict) ends the trial and the backoff goes on. A trial
+///   with nothing to send goes on, probing at the keepalive interval,
+///   until there is data to test. A flow never waits on a path being
+///   tested. The delay resets after native held for `stable_after`.
 /// - `Force::Quic` never probes (and answers no probes: native data would
 ///   not be taken in); `Force::Native` always reports native but still
 ///   probes and shows failures in its reason.
@@ -66,6 +80,12 @@ pub struct PathMachine {
     native_since: Option<Instant>,
     last_round_at: Instant,
     round: u64,
+    /// The native send count when the running trial started.
+    trial_tx: u64,
+    /// Answered rounds of the running trial without a verdict.
+    trial_rounds: u32,
+    /// Native copies the running trial may still send this round.
+    trial_copies: u32,
     next_seq: u64,
     slots: [Option<Slot>; SLOTS],
     peer_probes: ReplayWindow,
@@ -126,6 +146,9 @@ impl PathMachine {
             native_since: None,
             last_round_at: now,
             round: 0,
+            trial_tx: 0,
+            trial_rounds: 0,
+            trial_copies: 0,
             next_seq: (unix_now & ((1 << 39) - 1)) << 24,
             slots: [None; SLOTS],
             peer_probes: ReplayWindow::new(),
@@ -179,6 +202,24 @@ impl PathMachine {
         }
     }
 
+    /// True while a trial runs: the carrier is QUIC, and the node should
+    /// also send native copies of its packets (see
+    /// [`PathMachine::take_trial_copy`]).
+    pub fn in_trial(&self) -> bool {
+        self.phase == Phase::Trial
+    }
+
+    /// During a trial: true (and one copy fewer left this round) when the
+    /// node should send a native copy of the packet it is sending on QUIC,
+    /// then call [`PathMachine::handle_native_data_sent`] for it.
+    pub fn take_trial_copy(&mut self) -> bool {
+        if self.phase != Phase::Trial || self.trial_copies == 0 {
+            return false;
+        }
+        self.trial_copies -= 1;
+        true
+    }
+
     /// Where native packets go (the candidate that answered first).
     pub fn native_addr(&self) -> Option<SocketAddr> {
         self.active
@@ -228,7 +269,9 @@ impl PathMachine {
         let gone = self.active.is_some_and(|a| !self.candidates.contains(&a));
         let empty = self.candidates.is_empty();
         match self.phase {
-            Phase::Native | Phase::Fallback | Phase::Probing if gone || empty => self.restart(now),
+            Phase::Native | Phase::Trial | Phase::Fallback | Phase::Probing if gone || empty => {
+                self.restart(now);
+            }
             Phase::NoCandidates if !empty => self.restart(now),
             _ => {}
         }
@@ -240,6 +283,7 @@ impl PathMachine {
     pub fn handle_datagram(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
         match bytes.get(1) {
             Some(&probe::TYPE_ANSWER) => self.handle_probe_answer(bytes, from, now),
+            Some(&probe::TYPE_NOTICE) => self.handle_notice(bytes, now),
             _ => self.handle_probe(bytes, from, now),
         }
     }
@@ -275,6 +319,29 @@ impl PathMachine {
         self.queue(answer, from)?;
         self.stats.answers_sent += 1;
         self.last_peer_probe = Some(now);
+        Ok(())
+    }
+
+    /// The peer's fallback notice (it came over QUIC): its native path to
+    /// this node failed, so this node's own is suspect too (a firewall that
+    /// drops one kind of raw packet usually drops it both ways, and this end
+    /// may send too little for its data check to notice soon). A native
+    /// path falls back, to come back through a trial like any other;
+    /// otherwise nothing changes. Refused notices change only a counter.
+    pub fn handle_notice(&mut self, bytes: &[u8], now: Instant) -> Result<()> {
+        let repr = self.authenticate(bytes, ProbeKind::Notice)?;
+        if let Err(e) = self.peer_probes.check(repr.seq) {
+            self.stats.replays_refused += 1;
+            return Err(match e {
+                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
+                other => other,
+            });
+        }
+        self.peer_probes.update(repr.seq);
+        self.stats.notices_received += 1;
+        if self.phase == Phase::Native {
+            self.native_down_quietly(Reason::PeerFellBack, now);
+        }
         Ok(())
     }
 
@@ -332,23 +399,53 @@ impl PathMachine {
                     any: true,
                     seq: slot.seq,
                     rx: repr.rx_native,
+                    tx: slot.tx_at_send,
                     delivered_tx: slot.tx_at_send,
                 };
                 self.active = Some(slot.dst);
-                self.native_up(now);
+                if self.phase == Phase::Probing {
+                    self.native_up(now);
+                } else {
+                    self.start_trial(now);
+                }
             }
             Phase::Native if Some(slot.dst) == self.active => {
-                if self.data_check(&slot, repr.rx_native) {
-                    self.losses = 0;
-                } else {
-                    self.stats.data_checks_failed += 1;
-                    self.losses += 1;
-                    let reason = Reason::DataNotDelivered {
-                        checks: self.losses,
-                    };
-                    if self.losses >= self.cfg.fail_after {
-                        self.native_down(reason, now);
+                match self.data_check(&slot, repr.rx_native) {
+                    Some(Verdict::Delivered | Verdict::Unknown) => self.losses = 0,
+                    Some(Verdict::Stalled) => {
+                        self.stats.data_checks_failed += 1;
+                        self.losses += 1;
+                        let reason = Reason::DataNotDelivered {
+                            checks: self.losses,
+                        };
+                        if self.losses >= self.cfg.fail_after {
+                            self.native_down(reason, now);
+                        }
                     }
+                    None => {}
+                }
+            }
+            Phase::Trial if Some(slot.dst) == self.active => {
+                match self.data_check(&slot, repr.rx_native) {
+                    Some(Verdict::Delivered) => self.native_up(now),
+                    Some(Verdict::Stalled) => {
+                        self.stats.data_checks_failed += 1;
+                        self.trial_failed(Reason::DataNotDelivered { checks: 1 }, now);
+                    }
+                    // Nothing sent during the trial yet: it goes on (with
+                    // keepalive probes) until there is data to test. An
+                    // idle end that switched on probes alone would put the
+                    // next packets on a path that failed before: the lab
+                    // saw exactly that for the side that sends only ACKs.
+                    Some(Verdict::Unknown) if slot.tx_at_send == self.trial_tx => {}
+                    Some(Verdict::Unknown) => {
+                        self.trial_rounds += 1;
+                        if self.trial_rounds >= self.cfg.fail_after {
+                            let checks = self.trial_rounds;
+                            self.trial_failed(Reason::DataNotDelivered { checks }, now);
+                        }
+                    }
+                    None => {}
                 }
             }
             _ => {}
@@ -407,6 +504,7 @@ impl PathMachine {
                 self.send_round(now);
             }
             Phase::Native if self.native_probe_due() <= now => self.send_round(now),
+            Phase::Trial if self.native_probe_due() <= now => self.send_round(now),
             _ => {}
         }
     }
@@ -437,6 +535,7 @@ impl PathMachine {
             Phase::Probing => self.due.map(|d| (d, Timer::NextProbe)),
             Phase::Fallback => self.due.map(|d| (d, Timer::Retry)),
             Phase::Native => Some((self.native_probe_due(), Timer::NextProbe)),
+            Phase::Trial => Some((self.native_probe_due(), Timer::NextProbe)),
             Phase::Off | Phase::Unavailable | Phase::NoCandidates => None,
         };
         match (lost, next) {
@@ -465,22 +564,35 @@ impl PathMachine {
         ProbeRepr::parse(&view, &self.key).inspect_err(|_| self.stats.bad_tags += 1)
     }
 
-    /// Checks the peer's count of native data it took in against what was
-    /// sent before this probe since the last checked answer.
-    /// True unless the answer shows the peer took in nothing of at least
-    /// `min_data_packets` native packets sent since its last delivery. The
-    /// count runs from the last delivery, not from the last answer: a TCP
-    /// sender whose segments are dropped backs off to one retransmission
-    /// per timeout, fewer than `min_data_packets` between two answers, and
-    /// a per-answer count would never see the stall.
-    fn data_check(&mut self, slot: &Slot, rx: u64) -> bool {
-        if slot.seq <= self.check.seq && self.check.any {
-            return true;
+    /// Checks the peer's count of native data it took in (`rx`, from the
+    /// answer to `slot`) against what this machine sent before the probe;
+    /// `None` for an answer older than the last checked one.
+    ///
+    /// The verdict is `Stalled` when the peer took in nothing since the last
+    /// check and at least `min_data_packets` packets sent since its last
+    /// delivery are unaccounted for. Which packets the last delivery covered
+    /// is estimated as the earlier estimate plus the packets delivered since,
+    /// but never below the count at the previous check's probe (what was
+    /// sent before it arrived or is lost for good; without that floor old
+    /// losses would pile up) nor above the count at this probe. The count
+    /// runs from the last delivery, not per answer: a TCP sender whose
+    /// segments are dropped backs off to one retransmission per timeout,
+    /// fewer than `min_data_packets` between two answers, and a per-answer
+    /// count would never see the stall; and the estimate, not the count at
+    /// the probe that last showed a delivery, because the window a TCP
+    /// sender sends just after the path dies would otherwise look delivered.
+    fn data_check(&mut self, slot: &Slot, rx: u64) -> Option<Verdict> {
+        if self.check.any && slot.seq <= self.check.seq {
+            return None;
         }
         // A count below the last one: the peer restarted.
         let delivered = rx.checked_sub(self.check.rx).unwrap_or(rx);
         let delivered_tx = if delivered > 0 {
-            slot.tx_at_send
+            self.check
+                .delivered_tx
+                .saturating_add(delivered)
+                .max(self.check.tx)
+                .min(slot.tx_at_send)
         } else {
             self.check.delivered_tx
         };
@@ -489,9 +601,16 @@ impl PathMachine {
             any: true,
             seq: slot.seq,
             rx,
+            tx: slot.tx_at_send,
             delivered_tx,
         };
-        delivered > 0 || undelivered < self.cfg.min_data_packets
+        Some(if delivered > 0 {
+            Verdict::Delivered
+        } else if undelivered >= self.cfg.min_data_packets {
+            Verdict::Stalled
+        } else {
+            Verdict::Unknown
+        })
     }
 
     fn native_probe_due(&self) -> Instant {
@@ -550,6 +669,7 @@ impl PathMachine {
                     self.native_down(reason, now);
                 }
             }
+            Phase::Trial => self.trial_failed(Reason::ProbeFailed { lost: 1 }, now),
             _ => {}
         }
     }
@@ -568,8 +688,60 @@ impl PathMachine {
         self.set_path(PathKind::Native, reason);
     }
 
-    /// Native failed: QUIC (unless forced native), retry after the backoff.
+    /// A retry's probe was answered: test native with copies of the data
+    /// while QUIC keeps carrying it.
+    fn start_trial(&mut self, now: Instant) {
+        self.phase = Phase::Trial;
+        self.losses = 0;
+        self.due = None;
+        self.last_round_at = now;
+        self.trial_tx = self.tx_native;
+        self.trial_rounds = 0;
+        self.trial_copies = TRIAL_COPIES;
+        self.stats.trials += 1;
+        self.set_path(PathKind::Quic, Reason::Trying);
+    }
+
+    /// The trial showed native does not carry data: back to waiting for the
+    /// next retry (the backoff already doubled when this one started).
+    fn trial_failed(&mut self, reason: Reason, now: Instant) {
+        self.stats.trials_failed += 1;
+        self.abandon_outstanding();
+        self.phase = Phase::Fallback;
+        self.due = Some(now + self.backoff);
+        self.set_path(PathKind::Quic, reason);
+    }
+
+    /// Native failed: QUIC (unless forced native), retry after the backoff,
+    /// and a notice to the peer (queued as a transmit of kind
+    /// [`ProbeKind::Notice`], for the QUIC carrier).
     fn native_down(&mut self, reason: Reason, now: Instant) {
+        let was_native = self.phase == Phase::Native;
+        self.native_down_quietly(reason, now);
+        if was_native && self.cfg.force == Force::Auto {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let to = self.active.or(self.candidates.first().copied());
+            if let Some(to) = to {
+                let notice = ProbeRepr {
+                    kind: ProbeKind::Notice,
+                    sender: self.local,
+                    receiver: self.peer,
+                    seq,
+                    timestamp: self.micros(now),
+                    rx_native: 0,
+                    to,
+                    observed: None,
+                };
+                if self.queue(notice, to).is_ok() {
+                    self.stats.notices_sent += 1;
+                }
+            }
+        }
+    }
+
+    /// [`PathMachine::native_down`] without the notice.
+    fn native_down_quietly(&mut self, reason: Reason, now: Instant) {
         if self
             .native_since
             .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.stable_after)
@@ -646,15 +818,20 @@ impl PathMachine {
     fn send_round(&mut self, now: Instant) {
         self.round += 1;
         self.last_round_at = now;
-        let n = match (self.phase, self.active) {
-            (Phase::Native, Some(_)) => 1,
-            _ => self.candidates.len(),
+        let one = match self.phase {
+            Phase::Native | Phase::Trial => self.active,
+            _ => None,
+        };
+        if self.phase == Phase::Trial {
+            self.trial_copies = TRIAL_COPIES;
+        }
+        let n = if one.is_some() {
+            1
+        } else {
+            self.candidates.len()
         };
         for k in 0..n {
-            let dst = match (self.phase, self.active) {
-                (Phase::Native, Some(a)) => a,
-                _ => self.candidates[k],
-            };
+            let dst = one.unwrap_or(self.candidates[k]);
             let seq = self.next_seq;
             self.next_seq += 1;
             let timestamp = self.micros(now);
@@ -730,6 +907,8 @@ enum Phase {
     Native,
     /// Native failed; retrying after a backoff.
     Fallback,
+    /// A retry was answered: QUIC carries the data, native copies test it.
+    Trial,
     /// Forced QUIC: no probes.
     Off,
     /// The node reported native cannot work.
@@ -764,9 +943,23 @@ struct DataCheck {
     any: bool,
     seq: u64,
     rx: u64,
-    /// The send count when the peer last reported a delivery (or when the
-    /// path came up): packets sent since then are all undelivered so far.
+    /// The send count when its probe left.
+    tx: u64,
+    /// How many of the packets sent the peer's deliveries account for (an
+    /// estimate, see `data_check`): packets sent after them are all
+    /// undelivered so far.
     delivered_tx: u64,
+}
+
+/// What an answer's count says about the native data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The peer took in native data since the last check.
+    Delivered,
+    /// It took in none, and enough was sent that it should have.
+    Stalled,
+    /// Too little was sent to tell.
+    Unknown,
 }
 
 fn slot_index(seq: u64) -> usize {

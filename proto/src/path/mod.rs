@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use config::{Force, PathConfig};
-pub use machine::PathMachine;
+pub use machine::{PathMachine, TRIAL_COPIES};
 pub use probe::{ProbeKey, ProbeKind, ProbeRepr, ProbeView, is_probe};
 
 /// The most candidate addresses a peer may have.
@@ -75,6 +75,11 @@ pub enum Reason {
     Unavailable(Unavailable),
     /// The peer has no underlay address to probe.
     NoCandidates,
+    /// A retry's probe was answered; native copies of the data test the
+    /// path while QUIC carries it.
+    Trying,
+    /// The peer's native path to this node failed (its notice said so).
+    PeerFellBack,
 }
 
 impl fmt::Display for Reason {
@@ -88,6 +93,8 @@ impl fmt::Display for Reason {
             Self::Unavailable(Unavailable::NoRawSocket) => f.write_str("no raw socket"),
             Self::Unavailable(Unavailable::NoInterception) => f.write_str("no interception"),
             Self::NoCandidates => f.write_str("no native address"),
+            Self::Trying => f.write_str("trying native"),
+            Self::PeerFellBack => f.write_str("peer's native path failed"),
         }
     }
 }
@@ -197,6 +204,14 @@ pub struct PathStats {
     pub answers_sent: u64,
     /// Carrier switches.
     pub switches: u64,
+    /// Trials of native after a fallback.
+    pub trials: u64,
+    /// Trials that showed native does not carry data.
+    pub trials_failed: u64,
+    /// Fallback notices sent to the peer.
+    pub notices_sent: u64,
+    /// The peer's fallback notices taken.
+    pub notices_received: u64,
     /// Replayed probes and answers, and answers to no outstanding probe.
     pub replays_refused: u64,
     /// Datagrams whose tag did not verify.

@@ -3,12 +3,16 @@
 //!
 //! ```text
 //!  0  version u8 (= 1)          same first byte as DPRP
-//!  1  type u8                   0x10 probe, 0x11 answer (DPRP uses 1..=5)
+//!  1  type u8                   0x10 probe, 0x11 answer, 0x12 notice
+//!                               (DPRP uses 1..=6)
 //!  2  sender GE u32
 //!  6  receiver GE u32
 //! 10  seq u64                   probe: the prober's sequence; answer: the probe's
 //! 18  timestamp u64             probe: prober's clock (µs); answer: echoed
-//! 26  rx_native u64             probe: 0; answer: authenticated native data
+//!                               A notice is laid out as a probe; it tells
+//!                               the peer the sender's native path failed
+//!                               (sent over the QUIC carrier).
+//! 26  rx_native u64             probe, notice: 0; answer: authenticated native data
 //!                               packets the answerer took in from the prober
 //! 34  to: family u8 (4|6), address (4|16), port u16
 //!                               the address the sender sent this datagram to
@@ -45,6 +49,8 @@ pub const VERSION: u8 = 1;
 pub const TYPE_PROBE: u8 = 0x10;
 /// Type byte of an answer.
 pub const TYPE_ANSWER: u8 = 0x11;
+/// Type byte of a fallback notice.
+pub const TYPE_NOTICE: u8 = 0x12;
 /// Length of the truncated HMAC-SHA256 tag.
 pub const TAG_LEN: usize = 16;
 /// Length of the fixed part before the addresses.
@@ -65,6 +71,9 @@ pub enum ProbeKind {
     Probe,
     /// The answer to a probe, sent to where the probe came from.
     Answer,
+    /// "My native path to you just failed": the peer stops trusting its own
+    /// (it may send too little to notice soon). Sent over QUIC.
+    Notice,
 }
 
 impl ProbeKind {
@@ -73,6 +82,7 @@ impl ProbeKind {
         match self {
             Self::Probe => TYPE_PROBE,
             Self::Answer => TYPE_ANSWER,
+            Self::Notice => TYPE_NOTICE,
         }
     }
 }
@@ -80,7 +90,10 @@ impl ProbeKind {
 /// True if `datagram` carries a path probe or answer (by its first two
 /// bytes), so a node receiving on port 7717 can route it away from DPRP.
 pub fn is_probe(datagram: &[u8]) -> bool {
-    matches!(datagram, [VERSION, TYPE_PROBE | TYPE_ANSWER, ..])
+    matches!(
+        datagram,
+        [VERSION, TYPE_PROBE | TYPE_ANSWER | TYPE_NOTICE, ..]
+    )
 }
 
 /// The per-peer probe key. The node derives it from the pairwise key the two
@@ -136,9 +149,10 @@ impl<'a> ProbeView<'a> {
         let kind = match buf[1] {
             TYPE_PROBE => ProbeKind::Probe,
             TYPE_ANSWER => ProbeKind::Answer,
-            _ => return Err(Error::invalid("path probe type", "not 0x10 or 0x11")),
+            TYPE_NOTICE => ProbeKind::Notice,
+            _ => return Err(Error::invalid("path probe type", "not 0x10..=0x12")),
         };
-        if kind == ProbeKind::Probe && u64_at(buf, 26) != 0 {
+        if kind != ProbeKind::Answer && u64_at(buf, 26) != 0 {
             return Err(Error::invalid("path probe rx_native", "nonzero in a probe"));
         }
         let to_len = match addr_len(buf[FIXED_LEN])? {
@@ -149,8 +163,8 @@ impl<'a> ProbeView<'a> {
         need(buf, observed_at + 1, "path probe observed address")?;
         let observed_len = addr_len(buf[observed_at])?;
         match (kind, observed_len) {
-            (ProbeKind::Probe, 0) => {}
-            (ProbeKind::Probe, _) => {
+            (ProbeKind::Probe | ProbeKind::Notice, 0) => {}
+            (ProbeKind::Probe | ProbeKind::Notice, _) => {
                 return Err(Error::invalid("path probe observed", "present in a probe"));
             }
             (ProbeKind::Answer, 0) => {
@@ -178,10 +192,10 @@ impl<'a> ProbeView<'a> {
 
     /// Probe or answer.
     pub fn kind(&self) -> ProbeKind {
-        if self.buf[1] == TYPE_PROBE {
-            ProbeKind::Probe
-        } else {
-            ProbeKind::Answer
+        match self.buf[1] {
+            TYPE_PROBE => ProbeKind::Probe,
+            TYPE_NOTICE => ProbeKind::Notice,
+            _ => ProbeKind::Answer,
         }
     }
 
@@ -285,7 +299,7 @@ impl ProbeRepr {
     /// in a probe).
     pub fn emit(&self, key: &ProbeKey, buf: &mut [u8]) -> Result<usize> {
         match (self.kind, self.observed) {
-            (ProbeKind::Probe, Some(_)) => {
+            (ProbeKind::Probe | ProbeKind::Notice, Some(_)) => {
                 return Err(Error::invalid("path probe observed", "present in a probe"));
             }
             (ProbeKind::Answer, None) => {
@@ -296,7 +310,7 @@ impl ProbeRepr {
             }
             _ => {}
         }
-        if self.kind == ProbeKind::Probe && self.rx_native != 0 {
+        if self.kind != ProbeKind::Answer && self.rx_native != 0 {
             return Err(Error::invalid("path probe rx_native", "nonzero in a probe"));
         }
         let len = self.buffer_len();

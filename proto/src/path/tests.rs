@@ -145,7 +145,8 @@ impl Net {
                 self.sent.push((self.now, side, t.kind));
                 self.wire.push((side, t.dst, t.payload().to_vec()));
                 let reaches = t.dst == addr_a() || t.dst == addr_b();
-                if self.block_probes || !reaches {
+                // Notices ride the QUIC carrier, which no firewall here blocks.
+                if (self.block_probes && t.kind != ProbeKind::Notice) || !reaches {
                     continue;
                 }
                 if let Some(at) = self.delivery() {
@@ -168,7 +169,11 @@ impl Net {
             (Side::A, self.send_a, Side::B, addr_a()),
             (Side::B, self.send_b, Side::A, addr_b()),
         ] {
-            if !on || self.machine(side).current() != PathKind::Native {
+            // A trial sends native copies of what QUIC carries.
+            if !on
+                || (self.machine(side).current() != PathKind::Native
+                    && !self.machine(side).take_trial_copy())
+            {
                 continue;
             }
             let now = self.now;
@@ -374,15 +379,28 @@ fn data_dropped_but_probes_pass_falls_back_within_3s() {
         }
     );
     assert!(net.a.stats().data_checks_failed >= 3);
-    // Probes alone cannot show the data would pass, so each retry goes back
-    // to native and fails again, but only as often as the backoff allows.
+    let fell_at = fell.0;
+    // Probes alone cannot show the data would pass: each retry is a trial
+    // with native copies while QUIC keeps the data, and every trial fails
+    // without ever putting the flow back on the dead path.
     net.run_until(net.t(120.0));
     assert_eq!(net.a.current(), PathKind::Quic);
     assert_eq!(
         net.a.status().to_string(),
-        "quic (native data not delivered 3x)"
+        "quic (native data not delivered 1x)"
     );
-    assert!(net.switches(Side::A, PathKind::Quic).len() <= 9);
+    assert_eq!(net.switches(Side::A, PathKind::Quic).len(), 1);
+    assert!(
+        net.switches(Side::A, PathKind::Native)
+            .iter()
+            .all(|t| *t < fell_at)
+    );
+    let st = net.a.stats();
+    assert!(st.trials >= 4 && st.trials_failed == st.trials, "{st:?}");
+    // The firewall goes: the next trial sees the copies arrive.
+    net.block_data = false;
+    net.run_until(net.t(150.0));
+    assert_eq!(net.a.current(), PathKind::Native);
 }
 
 /// A stalled TCP sender: its dropped segments come back only as one
@@ -419,6 +437,121 @@ fn a_trickle_of_undelivered_packets_still_falls_back_within_3s() {
         "fell back after {:?}",
         fell.0 - net.t(5.0)
     );
+}
+
+/// The lab's case exactly: a TCP sender at full speed when the firewall
+/// starts dropping its raw packets sends the rest of its window at once,
+/// then only retransmissions after 0.2, 0.6, 1.4 and 3.0 s. The window
+/// sent after the path died must count as undelivered even though the
+/// first answer after it still shows deliveries from before: the fallback
+/// comes within 2.5 s wherever the probe rounds fall.
+#[test]
+fn a_stalled_tcp_window_falls_back_within_2_5s() {
+    for offset_ms in [0u64, 90, 180, 270, 360, 450] {
+        let mut net = Net::new(auto(), auto());
+        net.send_a = true;
+        net.data_every = Duration::from_millis(1);
+        let death = net.t(5.0) + Duration::from_millis(offset_ms);
+        net.run_until(death);
+        assert_eq!(net.a.current(), PathKind::Native);
+        net.send_a = false;
+        net.block_data = true;
+        // The rest of the window, sent right after the path died.
+        for _ in 0..50 {
+            let now = net.now;
+            net.a.handle_native_data_sent(now);
+        }
+        for rto in [0.2, 0.6, 1.4, 3.0] {
+            net.run_until(death + Duration::from_secs_f64(rto));
+            if net.a.current() == PathKind::Quic {
+                break;
+            }
+            let now = net.now;
+            net.a.handle_native_data_sent(now);
+        }
+        net.run_until(death + Duration::from_secs(4));
+        let fell = net
+            .switches(Side::A, PathKind::Quic)
+            .first()
+            .copied()
+            .expect("a fell back to QUIC");
+        assert!(
+            fell - death <= Duration::from_millis(2500),
+            "offset {offset_ms} ms: fell back after {:?}",
+            fell - death
+        );
+    }
+}
+
+/// The other end of the lab's TCP case: B sends only a few ACKs, too few
+/// for its own data check. A's notice (over QUIC) moves B to QUIC at once;
+/// B's retries then wait in their trial while B is idle, and a trickle of
+/// copies that never arrives keeps B off native for as long as the block
+/// lasts, probes passing or not.
+#[test]
+fn a_peers_notice_moves_a_quiet_end_off_native_until_its_data_gets_through() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.run_until(net.t(5.0));
+    assert_eq!(net.b.current(), PathKind::Native);
+    net.block_data = true;
+    net.run_until(net.t(8.0));
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(net.a.stats().notices_sent, 1);
+    assert_eq!(net.b.stats().notices_received, 1);
+    let b_fell = net.switches(Side::B, PathKind::Quic);
+    assert_eq!(b_fell.len(), 1);
+    let a_fell = net.switches(Side::A, PathKind::Quic)[0];
+    assert!(
+        b_fell[0] - a_fell <= LATENCY * 2,
+        "{:?}",
+        b_fell[0] - a_fell
+    );
+    // B idle: its retry's answer starts a trial that waits for data.
+    net.run_until(net.t(30.0));
+    assert_eq!(net.b.status().to_string(), "quic (trying native)");
+    // B sends a trickle that the firewall drops: its trials fail.
+    net.send_b = true;
+    net.data_every = Duration::from_millis(300);
+    net.run_until(net.t(90.0));
+    assert_eq!(net.b.current(), PathKind::Quic);
+    assert!(net.b.stats().trials_failed >= 1, "{:?}", net.b.stats());
+    assert_eq!(net.switches(Side::B, PathKind::Native).len(), 1);
+    // The block goes: both come back.
+    net.block_data = false;
+    net.run_until(net.t(125.0));
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(net.b.current(), PathKind::Native);
+}
+
+/// Notices are authenticated and replay-protected like probes.
+#[test]
+fn a_forged_or_replayed_notice_changes_nothing() {
+    let mut net = Net::new(auto(), auto());
+    net.send_a = true;
+    net.send_b = true;
+    net.run_until(net.t(5.0));
+    net.block_data = true;
+    net.run_until(net.t(8.0));
+    let notice = net
+        .wire
+        .iter()
+        .find(|(s, _, b)| *s == Side::A && b[1] == probe::TYPE_NOTICE)
+        .map(|(_, _, b)| b.clone())
+        .expect("a sent a notice");
+    net.block_data = false;
+    net.run_until(net.t(40.0));
+    assert_eq!(net.b.current(), PathKind::Native);
+    let now = net.now;
+    assert!(matches!(
+        net.b.handle_notice(&notice, now),
+        Err(Error::ProbeReplay { .. })
+    ));
+    let mut forged = notice.clone();
+    forged[12] ^= 1;
+    assert!(net.b.handle_notice(&forged, now).is_err());
+    assert_eq!(net.b.current(), PathKind::Native);
+    assert_eq!(net.b.stats().notices_received, 1);
 }
 
 /// A long block (the retry delay reaches its cap), lifted at several
@@ -503,9 +636,11 @@ fn retry_delay_doubles_to_its_cap_and_resets_after_a_stable_period() {
         while net.a.current() == PathKind::Quic {
             net.run_for(Duration::from_millis(10));
         }
-        stays.push((net.now - down).as_secs_f64().round() as u64);
+        stays.push((net.now - down).as_secs_f64());
     }
-    assert_eq!(stays, [1, 2, 4, 8, 16, 25, 25, 25, 1]);
+    // Each stay is the retry delay plus the trial's one probe round.
+    let delays: Vec<u64> = stays.iter().map(|s| s.floor() as u64).collect();
+    assert_eq!(delays, [1, 2, 4, 8, 16, 25, 25, 25, 1], "{stays:?}");
 }
 
 /// Probes still outstanding when native fails are abandoned: their answers
@@ -848,10 +983,23 @@ proptest! {
         check(&net.b);
         match force {
             Force::Quic => prop_assert_eq!(net.b.current(), PathKind::Quic),
+            // An end that sends is back on native; an idle one after a
+            // fallback waits in its trial for data to test the path with.
             _ => {
-                prop_assert_eq!(net.a.current(), PathKind::Native);
-                prop_assert_eq!(net.b.current(), PathKind::Native);
-                prop_assert_eq!(net.b.status().to_string(), "native");
+                for (m, sends) in [(&net.a, net.send_a), (&net.b, net.send_b)] {
+                    let st = m.status();
+                    if sends || force == Force::Native && std::ptr::eq(m, &net.a) {
+                        prop_assert_eq!(m.current(), PathKind::Native, "{}", st);
+                    } else {
+                        prop_assert!(
+                            st.to_string() == "native" || st.to_string() == "quic (trying native)",
+                            "{}", st
+                        );
+                    }
+                }
+                if net.send_b {
+                    prop_assert_eq!(net.b.status().to_string(), "native");
+                }
             }
         }
     }
