@@ -646,7 +646,6 @@ fpn_status() { # fpn_status NODE FILE: `fpn-node status --json` of a or b
 declare -A R   # R[mode.metric]: the aggregate over the rounds that passed
 declare -A RNG # RNG[mode.metric]: "min..max" over those rounds
 METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost"
-RANGED="tcp1 tcp4 cpg1 cpg4 ping urtt"
 AGGREGATE='
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -820,9 +819,9 @@ report() {
     local m b=raw k
     case $FORMAT in
         json)
-            printf '{"date":"%s","cpus":%s,"load_before":"%s","load_after":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"socket_buffer_bytes":%s,"selftest_plain":%s,"modes":[' \
+            printf '{"date":"%s","cpus":%s,"load_before":"%s","load_after":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"socket_buffer_bytes":%s,"selftest_plain":%s,"selftest_pccom_off":%s,"modes":[' \
                 "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$LOAD1" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" \
-                "$TUN_MTU" "$SOCKBUF" "$([ "$SELFTEST_PLAIN" = 1 ] && echo true || echo false)"
+                "$TUN_MTU" "$SOCKBUF" "$(bool "$SELFTEST_PLAIN")" "$(bool "$SELFTEST_PCCOM_OFF")"
             local sep=
             for m in "${MODES[@]}"; do
                 printf '%s{"mode":"%s","rounds_passed":%s,"rounds_failed":%s' "$sep" "$m" "$(passed "$m")" "$(failed "$m")"
@@ -833,8 +832,9 @@ report() {
                     flow1max:new_flow_first_max_ms flowlost:new_flows_lost; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
-                for k in $RANGED; do
-                    printf ',"%s_range":[%s]' "$k" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.$k]}")"
+                for k in tcp1:tcp1 tcp4:tcp4 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \
+                    cpg4:tcp4_daemon_cores_per_gbps; do
+                    printf ',"%s_range":[%s]' "${k#*:}" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.${k%%:*}]}")"
                 done
                 printf ',"failures":['
                 local s2=
@@ -935,6 +935,8 @@ range() { [ "$REPEAT" = 1 ] || [ "${RNG[$1.$2]}" = NA..NA ] || echo " [${RNG[$1.
 lost() { [ "${R[$1.flowlost]}" = 0 ] || [ "${R[$1.flowlost]}" = NA ] || echo " (${R[$1.flowlost]} of $((FLOWS * $(passed "$1"))) new flows lost)"; }
 
 num() { [ "$1" = NA ] && echo null || echo "$1"; }
+
+bool() { [ "$1" = 1 ] && echo true || echo false; }
 
 # ------------------------------------------------------------------ main
 ensure_tools
