@@ -438,7 +438,7 @@ for _ in range(n):
 print(json.dumps(out))
 '
 # One flow held past fpn's 300 ms new-flow grace (so fpn-native measures its
-# native path), then n echoes at 0.2 s: "average-ms lost".
+# native path), then n echoes at 0.2 s: "average-ms lost min-median-max" (ms).
 UDP_RTT='
 import socket, sys, time
 dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -463,7 +463,8 @@ for i in range(n):
     except socket.timeout:
         pass
     time.sleep(0.2)
-print("%.3f %d" % (sum(rtts) / len(rtts), n - len(rtts)) if rtts else "NA %d" % n)
+rtts.sort()
+print("%.3f %d %.3f-%.3f-%.3f" % (sum(rtts) / len(rtts), n - len(rtts), rtts[0], rtts[len(rtts) // 2], rtts[-1]) if rtts else "NA %d -" % n)
 '
 STATS='
 import json, statistics, sys
@@ -692,8 +693,8 @@ measure() {
     spawn "$NSB" "$WORK/iperf3-server-$MODE.log" iperf3 -s -p 5201
     wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :5201' | grep -q ." || die "iperf3 server did not start"
     V[ping]=$(warm_ping)
-    local flows lost
-    read -r V[urtt] lost < <(inA python3 -c "$UDP_RTT" "$DST" 7799 "$PINGS")
+    local flows lost spread
+    read -r V[urtt] lost spread < <(inA python3 -c "$UDP_RTT" "$DST" 7799 "$PINGS")
     flows=$(inA python3 -c "$NEW_FLOWS" "$DST" 7799 "$FLOWS")
     echo "$flows" >"$WORK/flows-$MODE-$ROUND.json"
     read -r V[flow1] V[flow1max] V[flowlost] < <(python3 -c "$STATS" <<<"$flows")
@@ -706,7 +707,7 @@ measure() {
     V[cpg4]=$(per_gbit "${V[cpu4]}" "${V[tcp4]}")
     log "   tcp1 ${V[tcp1]} tcp4 ${V[tcp4]} Gbit/s (retransmits ${V[retr1]}/${V[retr4]}," \
         "daemon cores ${V[cpu1]}/${V[cpu4]}, per Gbit/s ${V[cpg1]}/${V[cpg4]}), ping ${V[ping]} ms," \
-        "udp echo ${V[urtt]} ms, cold ${V[cold]} ms, new flow ${V[flow1]} (max ${V[flow1max]}," \
+        "udp echo ${V[urtt]} ms (min-median-max $spread, lost $lost), cold ${V[cold]} ms, new flow ${V[flow1]} (max ${V[flow1max]}," \
         "lost ${V[flowlost]}) ms"
     local k
     for k in tcp1 tcp4 ping; do [ "${V[$k]}" != NA ] || fails+=("no $k result"); done
