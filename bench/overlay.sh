@@ -3,12 +3,19 @@
 #
 #   bench/overlay.sh [--json | --markdown] [MODE...]     (as root)
 #
-# MODE: raw wireguard-go nebula fpn (default: all four, in that order). Every
-# mode runs in the same invocation on a fresh copy of the same topology, so
-# the ratios against raw veth compare like with like:
+# MODE: raw wireguard-go nebula fpn fpn-native (default: all five, in that
+# order). Every mode runs in the same invocation on a fresh copy of the same
+# topology, so the ratios against raw veth compare like with like:
 #
 #   netns <id>a  veth 198.18.0.1/24  <==== veth, MTU 1500 ====>  198.18.0.2/24  netns <id>b
 #   tunnel: A -> B over the tunnel's own addresses; every tunnel's MTU is $TUN_MTU
+#
+#   fpn         fpn-gms in A, two fpn-node daemons, `carrier = "quic"`: every
+#               packet rides QUIC DATAGRAM frames
+#   fpn-native  the same with `carrier = "native"`: TCP and UDP flows leave as
+#               the application's own packets with the PCCOM trailer, after
+#               their first 300 ms on QUIC (NATIVE_GRACE); ICMP stays on QUIC,
+#               so this row's ping is QUIC's and its udp-echo is native's
 #
 # Nothing is sent outside the two namespaces this script creates; they, the
 # processes it started and its temporary directory are removed on exit,
@@ -16,9 +23,15 @@
 #
 # Measured per mode, A -> B through the tunnel:
 #   tcp1, tcp4  iperf3 TCP, $DURATION s, 1 and 4 streams: receiver Gbit/s, the
-#               sender's retransmissions, and the CPU both tunnel daemons used
-#               meanwhile (cores: CPU seconds per second of the run)
+#               sender's retransmissions, the CPU both tunnel daemons used
+#               meanwhile (cores: CPU seconds per second of the run) and
+#               that CPU per Gbit/s (cores / Gbit/s: lower is cheaper)
 #   ping        ping -c $PINGS -i 0.2 on the warm tunnel: average RTT, ms
+#   udp-echo    one UDP socket held open past fpn's 300 ms new-flow grace,
+#               then $PINGS 64-byte datagrams at 0.2 s to a UDP echo server
+#               on B, each echo timed in-process: average RTT, ms (for
+#               fpn-native the native carrier's round trip; the echo server
+#               is Python, so compare against the raw row)
 #   cold        the first ping to a peer never contacted since the daemons
 #               came up: its RTT as ping reports it (ms), i.e. including
 #               whatever the tunnel does on first contact (WireGuard and
@@ -33,16 +46,59 @@
 #               (DPRP) before its first packet is released; WireGuard and
 #               nebula have no per-flow state, so theirs is a plain RTT.
 #
+# Required checks: a round that fails one is not counted in the medians but
+# reported (failed rounds per mode, with the reason). Every mode: its tunnel
+# came up and iperf3, ping and the UDP echo answered. fpn and fpn-native,
+# from `fpn-node status --json` on A before and after the iperf3 runs:
+#   - peer b's carrier is the one the row claims (quic / native);
+#   - encryption: every iperf3 flow (TCP to port 5201) has action `encrypt`
+#     (PCCOM) and those flows' bytes out are at least what iperf3 received,
+#     so the measured traffic was PCCOM-protected. For `fpn` this status
+#     check is the encryption check: QUIC's own TLS would hide a plaintext
+#     marker on the wire whatever PCCOM does, so a capture proves nothing;
+#   - fpn: the counters native_out and native_in did not move;
+#     fpn-native: native_out moved by at least 80 % of the iperf3 flows'
+#     packets out (the rest: the 300 ms grace per connection) and native_in
+#     moved (the ACKs came back natively).
+# fpn-native also: a capture on A's veth (AF_PACKET, in Python) while a UDP
+# flow held past the grace carries a random marker through the overlay: the
+# marker must NOT be in the capture, at least one of its packets must be
+# native (A:port -> B:7799 UDP, payload = marker + the 24-byte PCCOM
+# trailer) and 3 of 5 echoes must come back; then the control: the same
+# marker sent raw to B's underlay address MUST be in the capture (the
+# capture works). SELFTEST_PLAIN=1 sends the "overlay" marker raw instead,
+# so every fpn-native round must fail this check: a test of the check.
+# SELFTEST_PCCOM_OFF=1 puts B in another group than A (both open mode), so
+# their flows are plain (no PCCOM): every fpn and fpn-native round must fail.
+#
+# Socket buffers, the same for every tunnel: net.core.rmem_max and wmem_max
+# are set to $SOCKBUF (default 4194304, 4 MiB) and rmem_default and
+# wmem_default to twice that (what the kernel grants a socket that asks for
+# $SOCKBUF: it doubles the request for its bookkeeping); the old values are
+# restored on exit. So wireguard-go 0.0.20220316 (it sets no buffer: the
+# defaults), nebula (listen.read_buffer/write_buffer = $SOCKBUF) and fpn-node
+# (its QUIC UDP socket asks 8 MiB, capped to $SOCKBUF; the native carrier's
+# raw send socket asks 4 MiB) all get 2 x $SOCKBUF per UDP/raw socket, as
+# long as SOCKBUF <= 4 MiB (fpn's requests are fixed in its code). Each
+# round's diagnostics file lists the UDP sockets' skmem (ss -uawnmp; ss
+# shows none for raw sockets).
+# fpn-native's NFQUEUE netlink socket forces its own 16 MiB (rx_nfq.rs).
+#
 # With REPEAT=n the modes run n times, interleaved (raw, wg, nebula, fpn,
-# raw, ...), and the report shows medians (new-flow max: the max; lost
-# flows: the sum) with [min..max] of the throughputs and ping.
+# fpn-native, raw, ...), and the report shows medians over the rounds that
+# passed (new-flow max: the max; lost flows: the sum) with [min..max], the
+# load average before and after, the failed rounds with their reasons, and,
+# when fpn-native ran, the issue's aims as same-run ratios.
 #
 # Environment: DURATION=10 (iperf3 seconds; QUICK=1 sets 3), PINGS=20,
-# FLOWS=10, REPEAT=1, TUN_MTU=1380, FPN_BIN=<dir with release fpn-gms and fpn-node>
-# (default: built here with cargo into $CARGO_TARGET_DIR or ./target),
-# KEEP=1 keeps the work directory (logs) after the run.
+# FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, SELFTEST_PLAIN=0,
+# SELFTEST_PCCOM_OFF=0,
+# FPN_BIN=<dir with release fpn-gms and fpn-node> (default: built here with
+# cargo into $CARGO_TARGET_DIR or ./target), KEEP=1 keeps the work
+# directory (logs, status snapshots, iperf3 JSON) after the run.
 # Installs iperf3, wireguard-go, wireguard-tools and nebula with apt-get
-# when missing, and stops with an error if that fails.
+# when missing, and stops with an error if that fails. Exit status: 0 when
+# every round passed, 1 when one failed (the report is printed either way).
 set -euo pipefail
 export LC_ALL=C
 
@@ -53,11 +109,11 @@ for arg in "$@"; do
         --json) FORMAT=json ;;
         --markdown | --md) FORMAT=markdown ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        raw | wireguard-go | nebula | fpn) MODES+=("$arg") ;;
+        raw | wireguard-go | nebula | fpn | fpn-native) MODES+=("$arg") ;;
         *) echo "overlay.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
-[ ${#MODES[@]} -gt 0 ] || MODES=(raw wireguard-go nebula fpn)
+[ ${#MODES[@]} -gt 0 ] || MODES=(raw wireguard-go nebula fpn fpn-native)
 
 DURATION=${DURATION:-10}
 [ "${QUICK:-0}" = 1 ] && DURATION=3
@@ -65,11 +121,21 @@ PINGS=${PINGS:-20}
 FLOWS=${FLOWS:-10}
 REPEAT=${REPEAT:-1}
 TUN_MTU=${TUN_MTU:-1380}
+SOCKBUF=${SOCKBUF:-4194304}
+SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
+SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-die() { echo "overlay.sh: $*" >&2; exit 1; }
 log() { echo "$*" >&2; }
+# die: this run (or, inside a round, this round) cannot go on. Inside a
+# round the reason is kept for the report.
+die() {
+    echo "overlay.sh: $*" >&2
+    [ -z "${ROUND_ERR:-}" ] || echo "$*" >"$ROUND_ERR"
+    exit 1
+}
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
+case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -114,6 +180,8 @@ UB=198.18.0.2
 WORK=$(mktemp -d -t overlay-bench.XXXXXX)
 PIDS=()                             # processes this script started (ended by PID)
 DAEMONS=()                          # the tunnel daemons of the current mode (CPU accounting)
+SYSCTLS=(net.core.rmem_max net.core.wmem_max net.core.rmem_default net.core.wmem_default)
+declare -A SYSCTL0                  # their values before this run, restored on exit
 
 inA() { ip netns exec "$NSA" "$@"; }
 inB() { ip netns exec "$NSB" "$@"; }
@@ -143,9 +211,25 @@ teardown() {
     rm -f "/var/run/wireguard/${ID}wa.sock" "/var/run/wireguard/${ID}wb.sock"
 }
 
+# The buffer limits are the host's (not per namespace): set for the run,
+# put back after it.
+set_buffers() {
+    local k
+    for k in "${SYSCTLS[@]}"; do SYSCTL0[$k]=$(sysctl -n "$k"); done
+    sysctl -q -w net.core.rmem_max="$SOCKBUF" net.core.wmem_max="$SOCKBUF" \
+        net.core.rmem_default=$((2 * SOCKBUF)) net.core.wmem_default=$((2 * SOCKBUF)) ||
+        die "cannot set the socket buffer limits"
+}
+
+restore_buffers() {
+    local k
+    for k in "${!SYSCTL0[@]}"; do sysctl -q -w "$k=${SYSCTL0[$k]}" || true; done
+}
+
 on_exit() {
     local rc=$?
     teardown
+    restore_buffers
     if [ "${KEEP:-0}" = 1 ] || [ $rc != 0 ]; then
         # Keys are never kept; logs are.
         find "$WORK" \( -name '*.key' -o -name 'node.key' \) -delete 2>/dev/null || true
@@ -247,6 +331,8 @@ lighthouse:
 listen:
   host: $2
   port: 4242
+  read_buffer: $SOCKBUF
+  write_buffer: $SOCKBUF
 punchy:
   punch: false
 tun:
@@ -286,8 +372,8 @@ json_field() { # json_field FIELD < json
     python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
 
-fpn_up() {
-    local d="$WORK/fpn" gms n ns tok
+fpn_up() { # fpn_up CARRIER: quic or native (the node config's `carrier` key)
+    local carrier=$1 d="$WORK/fpn" gms n ns tok
     rm -rf "$d"
     mkdir -p "$d"
     gms=(env FPN_GMS_DATA="$d/gms" "$BIN/fpn-gms")
@@ -296,8 +382,13 @@ fpn_up() {
     spawn "$NSA" "$d/gms.log" "${gms[@]}" serve
     wait_for 10 "${gms[@]}" status || die "fpn-gms did not start: $(tail -5 "$d/gms.log")"
     "${gms[@]}" group add 1 --name bench >/dev/null
+    "${gms[@]}" group add 2 --name other >/dev/null
     for n in a b; do
-        "${gms[@]}" ge add "$n" --kind ges --mode op --group 1 >/dev/null
+        # SELFTEST_PCCOM_OFF: open-mode GEs without a shared group talk in
+        # plain (no PCCOM), which the required checks must catch.
+        local group=1
+        [ "$SELFTEST_PCCOM_OFF" != 1 ] || [ $n = a ] || group=2
+        "${gms[@]}" ge add "$n" --kind ges --mode op --group $group >/dev/null
         tok=$("${gms[@]}" token create "$n" --json | json_field token)
         [ $n = a ] && ns=$NSA || ns=$NSB
         ip netns exec "$ns" "$BIN/fpn-node" enroll "$tok" --state "$d/$n" --json >"$d/$n.enroll.json" ||
@@ -308,6 +399,7 @@ mtu = $TUN_MTU
 listen = "0.0.0.0:7718"
 dns = false
 log = "info"
+carrier = "$carrier"
 EOF
         daemon "$ns" "$d/$n.log" "$BIN/fpn-node" up --state "$d/$n" --config "$d/$n.toml"
     done
@@ -317,6 +409,7 @@ EOF
     DST=$(json_field overlay <"$d/b.enroll.json")
 }
 
+# ------------------------------------------------------------------ measurements
 # ------------------------------------------------------------------ measurements
 UDP_ECHO='
 import socket, sys
@@ -346,22 +439,174 @@ for _ in range(n):
     time.sleep(0.05)
 print(json.dumps(out))
 '
+# One flow held past fpn's 300 ms new-flow grace (so fpn-native measures its
+# native path), then n echoes at 0.2 s: "average-ms lost min-median-max" (ms).
+UDP_RTT='
+import socket, sys, time
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.bind(("0.0.0.0", 0))
+s.sendto(b"warm-up", (dst, port))
+try:
+    s.recvfrom(4096)
+except socket.timeout:
+    pass
+time.sleep(0.8)
+rtts = []
+for i in range(n):
+    msg = b"%063d" % i
+    t = time.perf_counter()
+    s.sendto(msg, (dst, port))
+    try:
+        while s.recvfrom(4096)[0] != msg:  # a late echo of an earlier one
+            pass
+        rtts.append((time.perf_counter() - t) * 1000)
+    except socket.timeout:
+        pass
+    time.sleep(0.2)
+rtts.sort()
+print("%.3f %d %.3f-%.3f-%.3f" % (sum(rtts) / len(rtts), n - len(rtts), rtts[0], rtts[len(rtts) // 2], rtts[-1]) if rtts else "NA %d -" % n)
+'
 STATS='
 import json, statistics, sys
 v = json.load(sys.stdin)
 ok = sorted(x for x in v if x is not None)
 print(f"{statistics.median(ok):.3f} {max(ok):.3f} {len(v) - len(ok)}" if ok else "NA NA %d" % len(v))
 '
+# "Gbit/s-at-the-receiver retransmits bytes-received"
 IPERF_RATE='
 import json, sys
 j = json.load(sys.stdin)["end"]
-print("%.3f %d" % (j["sum_received"]["bits_per_second"] / 1e9, j["sum_sent"].get("retransmits", 0)))
+r = j["sum_received"]
+print("%.3f %d %d" % (r["bits_per_second"] / 1e9, j["sum_sent"].get("retransmits", 0), r["bytes"]))
 '
-
 ACTIONS='
 import collections, json, sys
 c = collections.Counter(f["action"] for f in json.load(sys.stdin)["flows"])
 print(",".join("%s=%d" % kv for kv in sorted(c.items())) or "none")
+'
+# The required fpn checks on `fpn-node status --json` of A before and after
+# the iperf3 runs (see the header). Prints "ok" or the reasons, "; "-joined,
+# then one line of evidence for the log.
+FPN_CHECK='
+import json, sys
+mode, before, after, rx = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), int(sys.argv[4])
+want = "native" if mode == "fpn-native" else "quic"
+errs = []
+peer = next((p for p in after.get("peers", []) if p.get("name") == "b"), None)
+if peer is None:
+    errs.append("peer b missing from status")
+elif peer.get("carrier") != want:
+    errs.append("peer b carrier %s (path %s), not %s" % (peer.get("carrier"), peer.get("path"), want))
+flows = [f for f in after.get("flows", []) if f.get("proto") == "tcp" and f.get("dport") == 5201]
+enc = sum(f["bytes_out"] for f in flows if f.get("action") == "encrypt")
+pkts = sum(f["packets_out"] for f in flows)
+other = sorted({f.get("action") for f in flows} - {"encrypt"})
+if not flows:
+    errs.append("no iperf3 flow in status")
+if other:
+    errs.append("iperf3 flows with action " + ",".join(map(str, other)) + ", not only encrypt")
+if enc < rx:
+    errs.append("encrypted iperf3 bytes out %d < %d bytes iperf3 received" % (enc, rx))
+d = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0) for k in ("native_out", "native_in", "native_in_rejected", "data_out")}
+if mode == "fpn-native":
+    if d["native_out"] < 0.8 * pkts:
+        errs.append("native_out +%d < 80%% of the iperf3 flows %d packets out" % (d["native_out"], pkts))
+    if d["native_in"] == 0:
+        errs.append("native_in did not move")
+elif d["native_out"] or d["native_in"]:
+    errs.append("native counters moved on the QUIC row (out +%d, in +%d)" % (d["native_out"], d["native_in"]))
+print("; ".join(errs) or "ok")
+print("peer b %s (%s); %d iperf3 flows, %d encrypted bytes out (iperf3 received %d), %d packets out; native_out +%d, native_in +%d, native_in_rejected +%d, data_out +%d" % (
+    peer and peer.get("carrier"), peer and peer.get("path"), len(flows), enc, rx, pkts,
+    d["native_out"], d["native_in"], d["native_in_rejected"], d["data_out"]))
+'
+# fpn-native plaintext check (see the header), run in A: captures A's veth
+# with an AF_PACKET socket while a marker crosses the overlay on a UDP flow
+# held past the grace, then while the same marker goes raw (the control).
+# Prints one JSON object.
+MARKER_CHECK='
+import json, os, socket, struct, sys, time
+dst, port, ua, ub, ifname, raw_instead = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] == "1"
+marker = b"fpn-bench-marker-" + os.urandom(12).hex().encode()
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+cap.bind((ifname, 0))
+cap.setblocking(False)
+def drain():
+    out = []
+    while True:
+        try:
+            out.append(cap.recv(65535))
+        except BlockingIOError:
+            return out
+def udp_payload_lens(frames, sport):
+    # IPv4 (ethertype 0x0800) UDP ua:sport -> ub:port: the UDP payload lengths
+    lens = []
+    for f in frames:
+        if len(f) < 42 or f[12:14] != b"\x08\x00":
+            continue
+        ip = f[14:]
+        ihl = (ip[0] & 15) * 4
+        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != ua or socket.inet_ntoa(ip[16:20]) != ub:
+            continue
+        sp, dp, ulen = struct.unpack("!HHH", ip[ihl:ihl + 6])
+        if sp == sport and dp == port:
+            lens.append(ulen - 8)
+    return lens
+drain()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+s.bind(("0.0.0.0", 0))
+to = (ub if raw_instead else dst, port)
+s.sendto(b"warm-up", to)
+try:
+    s.recvfrom(4096)
+except socket.timeout:
+    pass
+time.sleep(0.8)
+echoes = 0
+for _ in range(5):
+    s.sendto(marker, to)
+    try:
+        if s.recvfrom(4096)[0] == marker:
+            echoes += 1
+    except socket.timeout:
+        pass
+time.sleep(0.1)
+frames = drain()
+lens = udp_payload_lens(frames, s.getsockname()[1])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(1)
+c.sendto(marker, (ub, port))
+try:
+    c.recvfrom(4096)
+except socket.timeout:
+    pass
+time.sleep(0.1)
+control = drain()
+print(json.dumps({
+    "frames": len(frames), "echoes": echoes,
+    "marker_in_overlay_capture": any(marker in f for f in frames),
+    "native_marker_packets": lens.count(len(marker) + 24),
+    "flow_payload_lengths": sorted(set(lens)), "marker_len": len(marker),
+    "control_frames": len(control), "marker_in_control_capture": any(marker in f for f in control),
+}))
+'
+MARKER_VERDICT='
+import json, sys
+r = json.load(sys.stdin)
+errs = []
+if r["marker_in_overlay_capture"]:
+    errs.append("plaintext marker on the wire")
+if r["native_marker_packets"] == 0:
+    errs.append("no native marker packet (UDP payload = marker + 24-byte trailer) on the wire: lengths %s" % r["flow_payload_lengths"])
+if r["echoes"] < 3:
+    errs.append("only %d of 5 marker echoes came back" % r["echoes"])
+if not r["marker_in_control_capture"]:
+    errs.append("control: the raw marker is not in the capture (the capture does not work)")
+print("; ".join(errs) or "ok")
 '
 
 cold_ping() { # RTT of the first ping (up to 10 s for the tunnel to deliver it)
@@ -376,8 +621,8 @@ warm_ping() {
     awk -F/ '/^rtt|^round-trip/ { print $5 }' <<<"$out"
 }
 
-iperf() { # iperf STREAMS -> "Gbit/s-at-the-receiver retransmits daemon-cores"
-    local f="$WORK/iperf-$MODE-$1.json" t0 t1 d0 d1
+iperf() { # iperf STREAMS -> "Gbit/s-at-the-receiver retransmits bytes-received daemon-cores"
+    local f="$WORK/iperf-$MODE-$ROUND-$1.json" t0 t1 d0 d1
     d0=$(daemon_ticks)
     t0=$EPOCHREALTIME
     if timeout $((DURATION + 30)) ip netns exec "$NSA" iperf3 -c "$DST" -p 5201 -t "$DURATION" -P "$1" \
@@ -388,18 +633,27 @@ iperf() { # iperf STREAMS -> "Gbit/s-at-the-receiver retransmits daemon-cores"
             -v t0="$t0" -v t1="$t1" -v n=${#DAEMONS[@]} 'BEGIN { if (n == 0) print "NA"; else printf "%.2f", d / hz / (t1 - t0) }')"
     else
         log "  iperf3 -P $1 failed (see $f)"
-        echo NA NA NA
+        echo NA NA 0 NA
     fi
 }
 
-declare -A R   # R[mode.metric]: this round's value, then the aggregate over rounds
-declare -A RNG # RNG[mode.metric]: "min..max" over rounds
-METRICS="tcp1 retr1 cpu1 tcp4 retr4 cpu4 ping cold flow1 flow1max flowlost"
+per_gbit() { # per_gbit CORES GBITS: daemon cores per Gbit/s
+    awk -v c="$1" -v g="$2" 'BEGIN { if (c == "NA" || g == "NA" || g == 0) print "NA"; else printf "%.3f", c / g }'
+}
+
+fpn_status() { # fpn_status NODE FILE: `fpn-node status --json` of a or b
+    "$BIN/fpn-node" status --state "$WORK/fpn/$1" --json >"$2" 2>&1 ||
+        { log "   fpn-node status $1 failed: $(head -3 "$2")"; return 1; }
+}
+
+declare -A R   # R[mode.metric]: the aggregate over the rounds that passed
+declare -A RNG # RNG[mode.metric]: "min..max" over those rounds
+METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost"
 AGGREGATE='
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 names = sys.argv[2].split()
-for mode in dict.fromkeys(r[1] for r in rows):
+for mode in sys.argv[3].split():
     for i, name in enumerate(names):
         vals = []
         for r in rows:
@@ -416,54 +670,92 @@ for mode in dict.fromkeys(r[1] for r in rows):
         print(mode, name, g(agg), g(min(vals)), g(max(vals)))
 '
 
+# One round of one mode. Runs in a subshell (see main): it records its
+# numbers in rounds.txt when every required check passed, else its reasons
+# in failures.txt; nothing it sets survives it.
 measure() {
     MODE=$1
-    log "== $MODE"
+    ROUND_ERR="$WORK/error-$MODE-$ROUND"
+    trap teardown EXIT
+    trap 'exit 130' INT TERM
+    log "== $MODE (round $ROUND)"
     underlay
     case $MODE in
         raw) raw_up ;;
         wireguard-go) wireguard_up ;;
         nebula) nebula_up ;;
-        fpn) fpn_up ;;
+        fpn) fpn_up quic ;;
+        fpn-native) fpn_up native ;;
     esac
-    R[$MODE.cold]=$(cold_ping)
+    local -A V
+    local fails=() fpn=false
+    case $MODE in fpn | fpn-native) fpn=true ;; esac
+    V[cold]=$(cold_ping)
     spawn "$NSB" "$WORK/udp-echo-$MODE.log" python3 -c "$UDP_ECHO" 7799
     spawn "$NSB" "$WORK/iperf3-server-$MODE.log" iperf3 -s -p 5201
     wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :5201' | grep -q ." || die "iperf3 server did not start"
-    R[$MODE.ping]=$(warm_ping)
-    local flows
+    V[ping]=$(warm_ping)
+    local flows lost spread
+    read -r V[urtt] lost spread < <(inA python3 -c "$UDP_RTT" "$DST" 7799 "$PINGS")
     flows=$(inA python3 -c "$NEW_FLOWS" "$DST" 7799 "$FLOWS")
-    echo "$flows" >"$WORK/flows-$MODE.json"
-    read -r R[$MODE.flow1] R[$MODE.flow1max] R[$MODE.flowlost] < <(python3 -c "$STATS" <<<"$flows")
-    read -r R[$MODE.tcp1] R[$MODE.retr1] R[$MODE.cpu1] < <(iperf 1)
+    echo "$flows" >"$WORK/flows-$MODE-$ROUND.json"
+    read -r V[flow1] V[flow1max] V[flowlost] < <(python3 -c "$STATS" <<<"$flows")
+    local st0="$WORK/status-$MODE-$ROUND-before.json" st1="$WORK/status-$MODE-$ROUND-after.json" rx1 rx4
+    local before=false
+    if $fpn; then fpn_status a "$st0" && before=true; fi
+    read -r V[tcp1] V[retr1] rx1 V[cpu1] < <(iperf 1)
     sleep 1
-    read -r R[$MODE.tcp4] R[$MODE.retr4] R[$MODE.cpu4] < <(iperf 4)
-    log "   tcp1 ${R[$MODE.tcp1]} tcp4 ${R[$MODE.tcp4]} Gbit/s (retransmits ${R[$MODE.retr1]}/${R[$MODE.retr4]}," \
-        "daemon cores ${R[$MODE.cpu1]}/${R[$MODE.cpu4]}), ping ${R[$MODE.ping]} ms," \
-        "cold ${R[$MODE.cold]} ms, new flow ${R[$MODE.flow1]} (max ${R[$MODE.flow1max]}," \
-        "lost ${R[$MODE.flowlost]}) ms"
-    diagnostics >"$WORK/diag-$MODE.txt" 2>&1 || true
-    local k line="$ROUND $MODE"
-    for k in $METRICS; do line="$line ${R[$MODE.$k]}"; done
-    echo "$line" >>"$WORK/rounds.txt"
-    R[$MODE.actions]=-
-    if [ "$MODE" = fpn ]; then
-        # What the flows above were: proves the numbers are for protected traffic.
-        "$BIN/fpn-node" status --state "$WORK/fpn/b" --json >"$WORK/fpn-status-b.json" 2>&1 || true
-        "$BIN/fpn-node" status --state "$WORK/fpn/a" --json >"$WORK/fpn-status.json" 2>&1 &&
-            R[$MODE.actions]=$(python3 -c "$ACTIONS" <"$WORK/fpn-status.json") ||
-            log "   fpn-node status failed: $(cat "$WORK/fpn-status.json")"
-        log "   fpn flows at A by action: ${R[$MODE.actions]}"
+    read -r V[tcp4] V[retr4] rx4 V[cpu4] < <(iperf 4)
+    V[cpg1]=$(per_gbit "${V[cpu1]}" "${V[tcp1]}")
+    V[cpg4]=$(per_gbit "${V[cpu4]}" "${V[tcp4]}")
+    log "   tcp1 ${V[tcp1]} tcp4 ${V[tcp4]} Gbit/s (retransmits ${V[retr1]}/${V[retr4]}," \
+        "daemon cores ${V[cpu1]}/${V[cpu4]}, per Gbit/s ${V[cpg1]}/${V[cpg4]}), ping ${V[ping]} ms," \
+        "udp echo ${V[urtt]} ms (min-median-max $spread, lost $lost), cold ${V[cold]} ms, new flow ${V[flow1]} (max ${V[flow1max]}," \
+        "lost ${V[flowlost]}) ms"
+    local k
+    for k in tcp1 tcp4 ping; do [ "${V[$k]}" != NA ] || fails+=("no $k result"); done
+    [ "${V[urtt]}" != NA ] || fails+=("no UDP echo came back")
+    if $fpn; then
+        local verdict evidence
+        if $before && fpn_status a "$st1"; then
+            verdict="the status check did not run" evidence=-
+            { read -r verdict && read -r evidence; } < <(python3 -c "$FPN_CHECK" "$MODE" "$st0" "$st1" $((rx1 + rx4)) 2>&1) || true
+            log "   status: $evidence"
+            [ "$verdict" = ok ] || fails+=("$verdict")
+            python3 -c "$ACTIONS" <"$st1" >"$WORK/actions-$MODE"
+            log "   fpn flows at A by action: $(cat "$WORK/actions-$MODE")"
+        else
+            fails+=("fpn-node status failed")
+        fi
+        fpn_status b "$WORK/status-$MODE-$ROUND-b.json" || true
     fi
-    DAEMONS=()
-    teardown
+    if [ "$MODE" = fpn-native ]; then
+        local mc="$WORK/marker-$MODE-$ROUND.json"
+        inA python3 -c "$MARKER_CHECK" "$DST" 7799 "$UA" "$UB" "${ID}va" "$SELFTEST_PLAIN" >"$mc" 2>&1 ||
+            die "the plaintext check did not run: $(tail -3 "$mc")"
+        verdict=$(python3 -c "$MARKER_VERDICT" <"$mc")
+        log "   plaintext check: $verdict ($(cat "$mc"))"
+        [ "$verdict" = ok ] || fails+=("$verdict")
+    fi
+    diagnostics >"$WORK/diag-$MODE-$ROUND.txt" 2>&1 || true
+    if [ ${#fails[@]} -gt 0 ]; then
+        local why=${fails[0]} f
+        for f in "${fails[@]:1}"; do why="$why; $f"; done
+        log "   ROUND FAILED: $why"
+        echo "$ROUND $MODE $why" >>"$WORK/failures.txt"
+        return 0
+    fi
+    local line="$ROUND $MODE"
+    for k in $METRICS; do line="$line ${V[$k]}"; done
+    echo "$line" >>"$WORK/rounds.txt"
 }
 
-diagnostics() { # kernel drop counters of both namespaces, for reading after a run
+diagnostics() { # kernel drop counters and the daemons' socket buffers, for reading after a run
     local ns
     for ns in "$NSA" "$NSB"; do
         echo "== $ns"
         ip netns exec "$ns" nstat -asz 2>/dev/null | grep -E 'Udp(InErrors|RcvbufErrors|SndbufErrors)|TcpRetransSegs' || true
+        ip netns exec "$ns" ss -uawnmp 2>/dev/null || true
         ip -n "$ns" -s link
     done
 }
@@ -473,94 +765,215 @@ ratio() { # ratio VALUE BASE
     awk -v v="$1" -v b="$2" 'BEGIN { if (v == "NA" || b == "NA" || b == 0) print "-"; else printf "%.2fx", v / b }'
 }
 
+# The issue's aims (#8) as same-run ratios of the medians, when fpn-native
+# ran: "name value aim met" lines (met: yes, no or NA).
+AIMS='
+import sys
+r = dict(p for p in (l.split() for l in sys.stdin.read().splitlines()) if len(p) == 2)
+f = lambda k: float(r[k]) if r.get(k, "NA") != "NA" else None
+out = []
+for s in ("1", "4"):
+    n, q = f("fpn-native.tcp" + s), f("fpn.tcp" + s)
+    peers = [v for v in (f("wireguard-go.tcp" + s), f("nebula.tcp" + s)) if v is not None]
+    best = max(peers) if peers else None
+    out.append(("native_vs_quic_tcp" + s, n / q if n and q else None, ">= 2x", 2.0, True))
+    out.append(("native_vs_best_peer_tcp" + s, n / best if n and best else None, ">= 3x", 3.0, True))
+out.append(("native_ping_avg_ms", f("fpn-native.ping"), "<= 0.15 ms", 0.15, False))
+out.append(("native_udp_echo_avg_ms", f("fpn-native.urtt"), "<= 0.15 ms", 0.15, False))
+for name, v, aim, bound, up in out:
+    met = "NA" if v is None else ("yes" if (v >= bound if up else v <= bound) else "no")
+    print(name, "NA" if v is None else ("%.2f" % v if up else "%.3f" % v), aim.replace(" ", "_"), met)
+'
+
+aims() { # prints the AIMS lines when fpn-native is among the modes
+    local m k
+    [[ " ${MODES[*]} " == *" fpn-native "* ]] || return 0
+    for m in "${MODES[@]}"; do
+        for k in tcp1 tcp4 ping urtt; do echo "$m.$k ${R[$m.$k]}"; done
+    done | python3 -c "$AIMS"
+}
+
+aim_text() { # aim_text NAME: what an aim compares, in words
+    case $1 in
+        native_vs_quic_tcp1) echo "fpn-native / fpn (QUIC), TCP 1 stream" ;;
+        native_vs_quic_tcp4) echo "fpn-native / fpn (QUIC), TCP 4 streams" ;;
+        native_vs_best_peer_tcp1) echo "fpn-native / best of wireguard-go and nebula, TCP 1 stream" ;;
+        native_vs_best_peer_tcp4) echo "fpn-native / best of wireguard-go and nebula, TCP 4 streams" ;;
+        native_ping_avg_ms) echo "fpn-native ping avg (ICMP: rides QUIC by design)" ;;
+        native_udp_echo_avg_ms) echo "fpn-native UDP echo avg (native)" ;;
+    esac
+}
+
 versions() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
-    echo "load average before: $LOAD0"
+    echo "load average before: $LOAD0, after: $LOAD1"
     echo "iperf3: $(iperf3 --version | head -1)"
     echo "wireguard-go: $(wireguard-go --version 2>&1 | head -1)"
     echo "nebula: $(nebula -version 2>&1 | head -1)"
     echo "fpn: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "settings: DURATION=${DURATION}s PINGS=$PINGS FLOWS=$FLOWS REPEAT=$REPEAT TUN_MTU=$TUN_MTU"
+    echo "settings: DURATION=${DURATION}s PINGS=$PINGS FLOWS=$FLOWS REPEAT=$REPEAT TUN_MTU=$TUN_MTU" \
+        "SOCKBUF=$SOCKBUF (rmem/wmem_max; defaults $((2 * SOCKBUF)))$([ "$SELFTEST_PLAIN" != 1 ] || echo " SELFTEST_PLAIN=1")$([ "$SELFTEST_PCCOM_OFF" != 1 ] || echo " SELFTEST_PCCOM_OFF=1")"
 }
 
+failed() { grep -c " $1 " "$WORK/failures.txt" 2>/dev/null || true; }
+passed() { grep -c " $1 " "$WORK/rounds.txt" 2>/dev/null || true; }
+
 report() {
-    local m b=raw
+    local m b=raw k
     case $FORMAT in
         json)
-            printf '{"date":"%s","cpus":%s,"load_before":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"modes":[' \
-                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" "$TUN_MTU"
+            printf '{"date":"%s","cpus":%s,"load_before":"%s","load_after":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"socket_buffer_bytes":%s,"selftest_plain":%s,"selftest_pccom_off":%s,"modes":[' \
+                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$LOAD1" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" \
+                "$TUN_MTU" "$SOCKBUF" "$(bool "$SELFTEST_PLAIN")" "$(bool "$SELFTEST_PCCOM_OFF")"
             local sep=
             for m in "${MODES[@]}"; do
-                printf '%s{"mode":"%s"' "$sep" "$m"
+                printf '%s{"mode":"%s","rounds_passed":%s,"rounds_failed":%s' "$sep" "$m" "$(passed "$m")" "$(failed "$m")"
                 sep=,
-                local k
-                for k in tcp1:tcp1_gbps retr1:tcp1_retransmits cpu1:tcp1_daemon_cores \
-                    tcp4:tcp4_gbps retr4:tcp4_retransmits cpu4:tcp4_daemon_cores ping:ping_avg_ms \
-                    cold:cold_first_ping_ms flow1:new_flow_first_ms flow1max:new_flow_first_max_ms \
-                    flowlost:new_flows_lost; do
+                for k in tcp1:tcp1_gbps retr1:tcp1_retransmits cpu1:tcp1_daemon_cores cpg1:tcp1_daemon_cores_per_gbps \
+                    tcp4:tcp4_gbps retr4:tcp4_retransmits cpu4:tcp4_daemon_cores cpg4:tcp4_daemon_cores_per_gbps \
+                    ping:ping_avg_ms urtt:udp_echo_avg_ms cold:cold_first_ping_ms flow1:new_flow_first_ms \
+                    flow1max:new_flow_first_max_ms flowlost:new_flows_lost; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
-                for k in tcp1 tcp4 ping; do
-                    printf ',"%s_range":[%s]' "$k" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.$k]}")"
+                for k in tcp1:tcp1 tcp4:tcp4 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \
+                    cpg4:tcp4_daemon_cores_per_gbps; do
+                    printf ',"%s_range":[%s]' "${k#*:}" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.${k%%:*}]}")"
                 done
-                printf ',"fpn_flow_actions":"%s"}' "${R[$m.actions]}"
+                printf ',"failures":['
+                local s2=
+                while read -r _ _ why; do
+                    printf '%s%s' "$s2" "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$why")"
+                    s2=,
+                done < <(grep " $m " "$WORK/failures.txt" 2>/dev/null || true)
+                printf '],"fpn_flow_actions":"%s"}' "$(cat "$WORK/actions-$m" 2>/dev/null || echo -)"
             done
+            printf '],"aims":['
+            sep=
+            while read -r k v aim met; do
+                printf '%s{"aim":"%s","value":%s,"target":"%s","met":%s}' "$sep" "$k" "$(num "$v")" "${aim//_/ }" \
+                    "$(case $met in yes) echo true ;; no) echo false ;; *) echo null ;; esac)"
+                sep=,
+            done < <(aims)
             printf ']}\n'
             ;;
         markdown)
-            echo "| mode | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | retransmits 1/4 | daemon cores 1/4 | ping avg ms | first ping, cold ms | new flow, first packet ms (median / max) |"
-            echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+            echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, Linux $(uname -r), fpn at commit" \
+                "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown):" \
+                "medians of the rounds that passed of $REPEAT interleaved, [min..max];" \
+                "load average $LOAD0 before, $LOAD1 after; iperf3 ${DURATION} s, TUN MTU $TUN_MTU," \
+                "socket buffers $SOCKBUF (rmem/wmem_max; defaults $((2 * SOCKBUF)))."
+            echo
+            echo "| mode | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | retransmits 1 / 4 | daemon cores 1 / 4 | daemon cores per Gbit/s 1 / 4 | ping avg ms | UDP echo avg ms | first ping, cold ms | new flow, first packet ms (median / max) | rounds passed / failed |"
+            echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             for m in "${MODES[@]}"; do
-                printf '| %s | %s (%s)%s | %s (%s)%s | %s / %s | %s / %s | %s (%s) | %s | %s / %s%s |\n' "$m" \
+                printf '| %s | %s (%s)%s | %s (%s)%s | %s / %s | %s / %s | %s%s / %s%s | %s (%s)%s | %s%s | %s | %s / %s%s | %s / %s |\n' "$m" \
                     "${R[$m.tcp1]}" "$(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}")" "$(range "$m" tcp1)" \
                     "${R[$m.tcp4]}" "$(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}")" "$(range "$m" tcp4)" \
                     "${R[$m.retr1]}" "${R[$m.retr4]}" "${R[$m.cpu1]}" "${R[$m.cpu4]}" \
-                    "${R[$m.ping]}" "$(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}")" \
-                    "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")"
+                    "${R[$m.cpg1]}" "$(range "$m" cpg1)" "${R[$m.cpg4]}" "$(range "$m" cpg4)" \
+                    "${R[$m.ping]}" "$(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}")" "$(range "$m" ping)" \
+                    "${R[$m.urtt]}" "$(range "$m" urtt)" \
+                    "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")" \
+                    "$(passed "$m")" "$(failed "$m")"
             done
+            if [ -s "$WORK/failures.txt" ]; then
+                echo
+                echo "Failed rounds (not in the medians):"
+                echo
+                while read -r k m why; do echo "- round $k, $m: $why"; done <"$WORK/failures.txt"
+            fi
+            local lines
+            lines=$(aims)
+            if [ -n "$lines" ]; then
+                echo
+                echo "| aim (#8), same run | value | target | met |"
+                echo "| --- | --- | --- | --- |"
+                while read -r k v aim met; do
+                    echo "| $(aim_text "$k") | $v | ${aim//_/ } | $met |"
+                done <<<"$lines"
+            fi
             ;;
         table)
             versions
-            printf '\n%-13s %16s %16s %13s %11s %16s %9s %20s\n' mode "tcp1 Gbit/s" "tcp4 Gbit/s" \
-                "retr 1/4" "cores 1/4" "ping avg ms" "cold ms" "new flow med/max ms"
+            printf '\n%-13s %16s %16s %13s %11s %11s %16s %8s %9s %20s %6s\n' mode "tcp1 Gbit/s" "tcp4 Gbit/s" \
+                "retr 1/4" "cores 1/4" "c/Gb 1/4" "ping avg ms" "udp ms" "cold ms" "new flow med/max ms" "ok/bad"
             for m in "${MODES[@]}"; do
-                printf '%-13s %7s %8s %7s %8s %13s %11s %7s %8s %9s %20s%s\n' "$m" \
+                printf '%-13s %7s %8s %7s %8s %13s %11s %11s %7s %8s %8s %9s %20s %6s%s\n' "$m" \
                     "${R[$m.tcp1]}" "($(ratio "${R[$m.tcp1]}" "${R[$b.tcp1]:-NA}"))" \
                     "${R[$m.tcp4]}" "($(ratio "${R[$m.tcp4]}" "${R[$b.tcp4]:-NA}"))" \
-                    "${R[$m.retr1]}/${R[$m.retr4]}" "${R[$m.cpu1]}/${R[$m.cpu4]}" \
-                    "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}"))" \
-                    "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" "$(lost "$m")"
+                    "${R[$m.retr1]}/${R[$m.retr4]}" "${R[$m.cpu1]}/${R[$m.cpu4]}" "${R[$m.cpg1]}/${R[$m.cpg4]}" \
+                    "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}"))" "${R[$m.urtt]}" \
+                    "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" "$(passed "$m")/$(failed "$m")" "$(lost "$m")"
             done
             if [ "$REPEAT" != 1 ]; then
-                echo "(medians of $REPEAT rounds; ranges below)"
+                echo "(medians of the rounds that passed; ranges below)"
                 for m in "${MODES[@]}"; do
-                    printf '%-13s tcp1 [%s]  tcp4 [%s]  ping [%s]\n' "$m" "${RNG[$m.tcp1]}" "${RNG[$m.tcp4]}" "${RNG[$m.ping]}"
+                    printf '%-13s tcp1 [%s]  tcp4 [%s]  cores/Gbit/s [%s] [%s]  ping [%s]  udp [%s]\n' "$m" \
+                        "${RNG[$m.tcp1]}" "${RNG[$m.tcp4]}" "${RNG[$m.cpg1]}" "${RNG[$m.cpg4]}" "${RNG[$m.ping]}" "${RNG[$m.urtt]}"
                 done
             fi
             echo "(ratios against raw veth in parentheses; cores = CPU of both tunnel daemons during the"
-            echo " iperf3 run; see the head of bench/overlay.sh for what each column is)"
-            [ -z "${R[fpn.actions]:-}" ] || echo "fpn flows at A by action: ${R[fpn.actions]}"
+            echo " iperf3 run, c/Gb = cores per Gbit/s; see the head of bench/overlay.sh for each column)"
+            for m in fpn fpn-native; do
+                [ ! -s "$WORK/actions-$m" ] || echo "$m flows at A by action (last round): $(cat "$WORK/actions-$m")"
+            done
+            if [ -s "$WORK/failures.txt" ]; then
+                echo "FAILED ROUNDS (not in the medians):"
+                while read -r k m why; do echo "  round $k, $m: $why"; done <"$WORK/failures.txt"
+            fi
+            local lines
+            lines=$(aims)
+            if [ -n "$lines" ]; then
+                echo "aims (#8), same run:"
+                while read -r k v aim met; do
+                    printf '  %-62s %8s  aim %-10s met: %s\n' "$(aim_text "$k")" "$v" "${aim//_/ }" "$met"
+                done <<<"$lines"
+            fi
             ;;
     esac
 }
 
-range() { [ "$REPEAT" = 1 ] || echo " [${RNG[$1.$2]}]"; }
+range() { [ "$REPEAT" = 1 ] || [ "${RNG[$1.$2]}" = NA..NA ] || echo " [${RNG[$1.$2]}]"; }
 
-lost() { [ "${R[$1.flowlost]}" = 0 ] || echo " (${R[$1.flowlost]} of $((FLOWS * REPEAT)) new flows lost)"; }
+lost() { [ "${R[$1.flowlost]}" = 0 ] || [ "${R[$1.flowlost]}" = NA ] || echo " (${R[$1.flowlost]} of $((FLOWS * $(passed "$1"))) new flows lost)"; }
 
 num() { [ "$1" = NA ] && echo null || echo "$1"; }
 
+bool() { [ "$1" = 1 ] && echo true || echo false; }
+
 # ------------------------------------------------------------------ main
 ensure_tools
-for m in "${MODES[@]}"; do [ "$m" = fpn ] && fpn_binaries; done
+for m in "${MODES[@]}"; do
+    case $m in fpn | fpn-native) fpn_binaries; break ;; esac
+done
+set_buffers
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+: >"$WORK/rounds.txt"
+: >"$WORK/failures.txt"
 for ROUND in $(seq "$REPEAT"); do
     [ "$REPEAT" = 1 ] || log "--- round $ROUND of $REPEAT"
-    for m in "${MODES[@]}"; do measure "$m"; done
+    for m in "${MODES[@]}"; do
+        # A round that dies (a tunnel that does not come up) is a failed
+        # round of its mode, not the end of the run. set -e holds inside
+        # the subshell because its status is not tested by || or if.
+        set +e
+        (set -e; measure "$m")
+        rc=$?
+        set -e
+        if [ $rc = 130 ]; then exit 130; fi
+        if [ $rc != 0 ]; then
+            why=$(cat "$WORK/error-$m-$ROUND" 2>/dev/null || echo "exited with status $rc")
+            log "   ROUND FAILED: $why"
+            echo "$ROUND $m ${why//$'\n'/ }" >>"$WORK/failures.txt"
+        fi
+        teardown
+    done
 done
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 while read -r m k v lo hi; do
     R[$m.$k]=$v
     RNG[$m.$k]="$lo..$hi"
-done < <(python3 -c "$AGGREGATE" "$WORK/rounds.txt" "$METRICS")
+done < <(python3 -c "$AGGREGATE" "$WORK/rounds.txt" "$METRICS" "${MODES[*]}")
 report
+[ ! -s "$WORK/failures.txt" ] || exit 1
