@@ -353,7 +353,9 @@ fn wanted(pkt: &[u8], shared: &Shared) -> bool {
         return true;
     }
     let flows = shared.flows.read().unwrap_or_else(|e| e.into_inner());
-    flows.contains(&ft)
+    // A flow's ports from another source: the kernel keeps the packet (it
+    // is not in the nft set), and the core sees a copy only to count it.
+    flows.contains(&ft) || flows.same_ports(&ft)
 }
 
 /// The classic-BPF program: IPv4 TCP or UDP towards one of `local` (the
