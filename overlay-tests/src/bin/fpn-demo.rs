@@ -4,8 +4,11 @@
 //! a VPS running fpn-gms with its DDNS, a laptop and a NAS that share a group
 //! on different links behind a router, and a guest node that is closed (CL)
 //! and shares no group with them. Then it shows, step by step and in plain
-//! words: name resolution, an encrypted TCP transfer (a capture proves no
-//! plaintext crosses the wire), a refused flow failing fast, a key rotation
+//! words: name resolution, an encrypted TCP transfer on the native carrier
+//! (a capture shows the application's own ports between the two machines'
+//! addresses, payloads with the PCCOM trailer and no plaintext, and a control
+//! that the plaintext would show; each pair's carrier from `status`), a
+//! refused flow failing fast, a key rotation
 //! under traffic and the GMS going down without breaking traffic. Every step
 //! checks what it shows; the exit status is non-zero when one fails.
 //! Everything is removed at the end, also on failure and on Ctrl-C.
@@ -240,7 +243,7 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     );
     let quic = udp_bytes(&pcap, a_pub, b_pub, QUIC_PORT);
     say(&format!(
-        "    the application's own ports between the two machines' addresses, no tunnel header; {quic} bytes of QUIC (port {QUIC_PORT}) in the same capture (the connection's first 300 ms)"
+        "    the application's own ports between the two machines' addresses, no tunnel header; {quic} bytes of QUIC (port {QUIC_PORT}) in the same capture: a new connection's first 300 ms ride QUIC while the NAS adds its nftables rule"
     ));
     ensure!(
         !pcap.contains(MARKER.as_bytes()),
@@ -273,9 +276,10 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     let p = ov.ping("laptop", "nas", 3)?;
     ensure!(p.ok, "fpn-node ping nas failed: {}", p.output.stderr);
     say(&format!(
-        "    $ fpn-node ping nas  ->  action {}, carrier {}, rtt {:?} ms",
+        "    $ fpn-node ping nas  ->  action {}, carrier {} (ICMP always rides QUIC), path {}, rtt {:?} ms",
         p.action(),
         p.carrier(),
+        p.json["path"].as_str().unwrap_or("?"),
         p.rtts()
     ));
     ensure!(
@@ -302,10 +306,11 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
             .unwrap_or(0.0)
             / 1e6
     ));
-    // The transfer ran natively: packets counted as native, (almost) no
-    // QUIC, and the flow shown as native.
+    // The transfer ran natively: packets counted as native, little QUIC
+    // (the connection's first 300 ms ride QUIC: a tenth of a 3 s transfer
+    // at full speed), and the flow shown as native.
     ensure!(
-        native as f64 > received / 1500.0 && (quic as f64) < received * 0.05,
+        native as f64 > received / 1500.0 && (quic as f64) < received * 0.2,
         "the transfer did not run natively: {native} native packets and {quic} bytes of QUIC for {received} bytes"
     );
     let flows = ov.flows_with("laptop", "nas")?;
@@ -315,7 +320,8 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
             .any(|f| f["proto"] == "tcp" && f["dport"] == 5201 && f["carrier"] == "native"),
         "the laptop does not show the iperf3 flow as native: {flows:?}"
     );
-    say("    which carrier each pair uses ($ fpn-node status --json, peers):");
+    say("    which carrier each pair uses ($ fpn-node status --json, peers; the path is per peer,");
+    say("    the policy still refuses the guest's flows, step 5):");
     for n in ["laptop", "nas", "guest"] {
         let st = ov.status(n)?;
         for peer in st["peers"].as_array().into_iter().flatten() {
