@@ -607,7 +607,12 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// from its kernel: TCP and UDP by five-tuple (set `native_flows`), ICMP
 /// echo by addresses and echo id (set `native_echo`, request and reply).
 /// Anything else sent natively would reach the peer's kernel, which would
-/// answer it itself, so it stays on QUIC.
+/// answer it itself, so it stays on QUIC: other ICMP messages are flows
+/// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
 fn natively_steerable(flow: &FlowId) -> bool {
-    matches!(flow.protocol, 6 | UDP | fpn_proto::flow::protocol::ICMP)
+    match flow.protocol {
+        6 | UDP => true,
+        fpn_proto::flow::protocol::ICMP => flow.src_port != 0,
+        _ => false,
+    }
 }

@@ -276,7 +276,7 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     let p = ov.ping("laptop", "nas", 3)?;
     ensure!(p.ok, "fpn-node ping nas failed: {}", p.output.stderr);
     say(&format!(
-        "    $ fpn-node ping nas  ->  action {}, carrier {} (ICMP always rides QUIC), path {}, rtt {:?} ms",
+        "    $ fpn-node ping nas  ->  action {}, carrier {}, path {}, rtt {:?} ms",
         p.action(),
         p.carrier(),
         p.json["path"].as_str().unwrap_or("?"),
