@@ -210,8 +210,8 @@ fn run_flow_ops(io: NativeIo, rx: &mpsc::Receiver<Vec<FlowOp>>) {
     }
 }
 
-/// The five-tuple the nft set holds for a core's inbound wire flow (IPv4
-/// TCP/UDP only).
+/// The five-tuple the nft sets hold for a core's inbound wire flow (IPv4
+/// TCP, UDP and ICMP echo, whose id the core keeps as both ports).
 pub fn five_tuple(w: &FlowId) -> Option<FiveTuple> {
     let (IpAddr::V4(src), IpAddr::V4(dst)) = (w.src, w.dst) else {
         return None;
@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_tuples_of_ipv4_tcp_and_udp_only() {
+    fn five_tuples_of_ipv4_tcp_udp_and_icmp_echo_only() {
         let f = FlowId {
             src: "198.18.0.1".parse().unwrap(),
             dst: "198.18.0.2".parse().unwrap(),
@@ -253,7 +253,15 @@ mod tests {
         };
         let t = five_tuple(&f).unwrap();
         assert_eq!((t.proto, t.src_port, t.dst_port), (L4Proto::Tcp, 1, 2));
-        assert!(five_tuple(&FlowId { protocol: 1, ..f }).is_none());
+        let echo = five_tuple(&FlowId {
+            protocol: 1,
+            src_port: 7,
+            dst_port: 7,
+            ..f
+        })
+        .unwrap();
+        assert_eq!((echo.proto, echo.src_port), (L4Proto::Icmp, 7));
+        assert!(five_tuple(&FlowId { protocol: 47, ..f }).is_none());
         assert_eq!(
             local_address_toward("127.0.0.1".parse().unwrap()),
             Some("127.0.0.1".parse().unwrap())

@@ -187,6 +187,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A packet handed to [`crate::inject`] is not what it must be.
+    #[error("packet to inject: {0}")]
+    BadPacket(&'static str),
 }
 
 impl Error {

@@ -35,6 +35,7 @@ mod capture;
 mod cidr;
 pub mod echo;
 mod error;
+pub mod inject;
 mod lab;
 pub mod naming;
 pub mod overlay;

@@ -75,9 +75,9 @@ fn two_nodes_in_a_group_reach_each_other_by_name_and_the_wire_shows_no_plaintext
     let p = ov.ping("a", "b", 3).unwrap();
     assert!(p.ok, "fpn-node ping b: {:?}", p.output);
     assert_eq!(p.action(), "encrypt", "{}", p.json);
-    // ICMP always takes QUIC (the native carrier steers TCP and UDP only);
-    // the peer itself is on the native path.
-    assert_eq!(p.carrier(), "quic", "{}", p.json);
+    // The peer is on the native path, and so is ICMP echo (the echo id
+    // stands for the ports; native_icmp.rs checks the wire).
+    assert_eq!(p.carrier(), "native", "{}", p.json);
     assert_eq!(p.json["path"], "native", "{}", p.json);
     assert_eq!(p.rtts().len(), 3, "{}", p.json);
 

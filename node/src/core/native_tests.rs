@@ -315,3 +315,57 @@ fn data_dropped_but_probes_passing_moves_both_ends_to_quic_and_back() {
     assert!(sim.counter(b, "native_in_replayed") + sim.counter(b, "data_in_replayed") > 0);
     sim.check_invariants();
 }
+
+/// An IPv4 ICMP echo (`ty` 8 request, 0 reply) with both checksums filled.
+fn echo_packet(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, ty: u8, seq: u16) -> Vec<u8> {
+    let payload = b"PING-MARKER";
+    let mut p = udp_packet(src, dst, 0, 0, payload);
+    // Same lengths as the UDP packet (8-byte header): turn it into ICMP.
+    p[9] = fpn_proto::flow::protocol::ICMP;
+    p[10..12].fill(0);
+    let l4 = &mut p[20..28];
+    l4.copy_from_slice(&[ty, 0, 0, 0, 0x42, 0x42, 0, 0]);
+    l4[6..8].copy_from_slice(&seq.to_be_bytes());
+    let mut pkt = Packet::parse(&mut p[..]).expect("an ICMP echo");
+    pkt.fill_l4_checksum();
+    let c = fpn_proto::packet::checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn icmp_echo_goes_native_with_its_id_as_the_port() {
+    let (mut sim, a, b) = pair(7, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    let (oa, ob) = (sim.nodes[a].overlay, sim.nodes[b].overlay);
+    let ping = |sim: &mut CoreSim, seq: u16| {
+        sim.send_packet(a, &echo_packet(oa, ob, 8, seq));
+        sim.run_for(Duration::from_millis(50));
+        sim.send_packet(b, &echo_packet(ob, oa, 0, seq));
+        sim.run_for(Duration::from_millis(50));
+    };
+    ping(&mut sim, 0);
+    sim.run_for(super::paths::NATIVE_GRACE);
+    for seq in 1..=3 {
+        ping(&mut sim, seq);
+    }
+    assert_eq!(sim.nodes[b].tun.len(), 4);
+    assert_eq!(sim.nodes[a].tun.len(), 4);
+    let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
+    let natives: Vec<_> = sim.wire().iter().filter(|f| f.native).collect();
+    assert!(natives.len() >= 6, "{} native frames", natives.len());
+    for f in natives {
+        let w = Packet::parse(&f.payload[..])
+            .expect("an IP packet")
+            .flow_id();
+        let (src, dst) = if f.from == a { (ua, ub) } else { (ub, ua) };
+        assert_eq!(
+            (w.src, w.dst, w.protocol, w.src_port, w.dst_port),
+            (src, dst, fpn_proto::flow::protocol::ICMP, 0x4242, 0x4242)
+        );
+        assert!(!contains(&f.payload, b"PING-MARKER"));
+    }
+    assert!(contains(sim.nodes[b].tun.last().unwrap(), b"PING-MARKER"));
+    let f = &sim.nodes[a].core.snapshot(&[]).flows[0];
+    assert_eq!(f.carrier, "native");
+}

@@ -529,9 +529,7 @@ impl NodeCore {
             // plain packet would cross the underlay unprotected.
             return;
         }
-        // The nft set steers TCP and UDP five-tuples only; an ICMP packet
-        // sent natively would be answered by the peer's kernel itself.
-        if self.paths.unavailable.is_some() || !matches!(flow.protocol, 6 | UDP) {
+        if self.paths.unavailable.is_some() || !natively_steerable(&flow) {
             return;
         }
         let Some(remote) = self.native_remote(ge) else {
@@ -703,4 +701,18 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
     let c = fpn_proto::packet::checksum::checksum(&p[..20]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p
+}
+
+/// Whether the peer's nftables table can take this flow's packets away
+/// from its kernel: TCP and UDP by five-tuple (set `native_flows`), ICMP
+/// echo by addresses and echo id (set `native_echo`, request and reply).
+/// Anything else sent natively would reach the peer's kernel, which would
+/// answer it itself, so it stays on QUIC: other ICMP messages are flows
+/// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
+fn natively_steerable(flow: &FlowId) -> bool {
+    match flow.protocol {
+        6 | UDP => true,
+        fpn_proto::flow::protocol::ICMP => flow.src_port != 0,
+        _ => false,
+    }
 }

@@ -23,7 +23,9 @@
 //! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
 //! TCP/UDP towards the node's addresses, the thread keeps only registered
 //! flows, and the rule drops the packet in prerouting after the tap has
-//! copied it). docs/DESIGN-NOTES.md note 15 compares them; the default is
+//! copied it; a copy of a packet with a registered flow's ports from another
+//! source goes to the core as well, which counts and drops it, while the
+//! kernel keeps the packet as the host's own). docs/DESIGN-NOTES.md note 15 compares them; the default is
 //! the ring.
 //!
 //! What this module never does: look into payloads, decide which flows are
@@ -64,7 +66,7 @@ mod rx_nfq;
 mod rx_ring;
 mod send;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -276,7 +278,9 @@ impl FlowControl {
         // must already be wanted.
         {
             let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-            set.extend(flows.iter().copied());
+            for f in flows {
+                set.insert(*f);
+            }
         }
         self.table.add_flows(flows)
     }
@@ -339,7 +343,7 @@ impl NativeIo {
         let sender = RawSender::open()?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            flows: RwLock::new(HashSet::new()),
+            flows: RwLock::new(FlowSet::default()),
             dprp_port: cfg.dprp_port,
             counters: Counters::default(),
         });
@@ -537,7 +541,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 pub(crate) struct Shared {
     stop: AtomicBool,
     /// The registered flows (PacketRing filters on them).
-    flows: RwLock<HashSet<FiveTuple>>,
+    flows: RwLock<FlowSet>,
     dprp_port: Option<u16>,
     counters: Counters,
 }
@@ -545,6 +549,53 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// The registered flows, and how many of them share each (destination,
+/// protocol, ports) whatever the source: a packet with a flow's ports from
+/// another source is not the flow's (the kernel keeps it), but the core
+/// counts it (`native_in_wrong_source`), so the ring hands it over too.
+#[derive(Debug, Default)]
+pub(crate) struct FlowSet {
+    exact: HashSet<FiveTuple>,
+    ports: HashMap<FiveTuple, u32>,
+}
+
+impl FlowSet {
+    fn insert(&mut self, f: FiveTuple) {
+        if self.exact.insert(f) {
+            *self.ports.entry(any_source(f)).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, f: &FiveTuple) {
+        if self.exact.remove(f)
+            && let Some(n) = self.ports.get_mut(&any_source(*f))
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.ports.remove(&any_source(*f));
+            }
+        }
+    }
+
+    /// True for a registered flow's packet.
+    pub(crate) fn contains(&self, f: &FiveTuple) -> bool {
+        self.exact.contains(f)
+    }
+
+    /// True when a registered flow has `f`'s destination, protocol and
+    /// ports (from any source).
+    pub(crate) fn same_ports(&self, f: &FiveTuple) -> bool {
+        self.ports.contains_key(&any_source(*f))
+    }
+}
+
+fn any_source(f: FiveTuple) -> FiveTuple {
+    FiveTuple {
+        src: Ipv4Addr::UNSPECIFIED,
+        ..f
     }
 }
 
@@ -641,6 +692,29 @@ mod tests {
         is_send_sync::<FlowControl>();
         is_send::<NativeRx>();
         is_send::<RawSender>();
+    }
+
+    #[test]
+    fn flow_sets_know_a_flows_ports_from_any_source_until_the_last_goes() {
+        let f = |src: [u8; 4]| FiveTuple {
+            src: src.into(),
+            dst: [198, 18, 3, 2].into(),
+            proto: L4Proto::Udp,
+            src_port: 40000,
+            dst_port: 7001,
+        };
+        let mut set = FlowSet::default();
+        set.insert(f([198, 18, 2, 2]));
+        set.insert(f([198, 18, 2, 2])); // again: still one flow
+        set.insert(f([198, 18, 4, 2]));
+        assert!(set.contains(&f([198, 18, 2, 2])));
+        assert!(!set.contains(&f([198, 18, 3, 1])));
+        assert!(set.same_ports(&f([198, 18, 3, 1])));
+        set.remove(&f([198, 18, 2, 2]));
+        assert!(set.same_ports(&f([198, 18, 3, 1])), "one flow remains");
+        set.remove(&f([198, 18, 4, 2]));
+        set.remove(&f([198, 18, 4, 2])); // unknown now: no underflow
+        assert!(!set.same_ports(&f([198, 18, 3, 1])));
     }
 
     #[test]

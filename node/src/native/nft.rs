@@ -11,11 +11,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use super::packet::FiveTuple;
+use super::packet::{FiveTuple, L4Proto};
 use crate::error::{Error, Result};
 
 /// The name of the set of native flows in the node's table.
 pub const FLOW_SET: &str = "native_flows";
+/// The set of the native ICMP echo flows (source, destination, echo id):
+/// ICMP has no ports, so `th sport`/`th dport` cannot match it.
+pub const ECHO_SET: &str = "native_echo";
 
 /// What the prerouting rule does with a packet of a registered flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,14 +161,15 @@ impl Table {
         if flows.is_empty() {
             return Ok(());
         }
-        let els = join(flows);
-        run(
-            &self.ns,
-            &format!(
-                "add element inet {n} {FLOW_SET} {{ {els} }}\ndelete element inet {n} {FLOW_SET} {{ {els} }}\n",
+        let mut script = String::new();
+        for (set, flows) in by_set(flows) {
+            let els = join(&flows);
+            script.push_str(&format!(
+                "add element inet {n} {set} {{ {els} }}\ndelete element inet {n} {set} {{ {els} }}\n",
                 n = self.name
-            ),
-        )
+            ));
+        }
+        run(&self.ns, &script)
     }
 
     /// Replaces the set of local addresses (DPRP probes to them are taken).
@@ -192,15 +196,27 @@ impl Table {
         if flows.is_empty() {
             return Ok(());
         }
-        run(
-            &self.ns,
-            &format!(
-                "{verb} element inet {} {FLOW_SET} {{ {} }}\n",
+        let mut script = String::new();
+        for (set, flows) in by_set(flows) {
+            script.push_str(&format!(
+                "{verb} element inet {} {set} {{ {} }}\n",
                 self.name,
-                join(flows)
-            ),
-        )
+                join(&flows)
+            ));
+        }
+        run(&self.ns, &script)
     }
+}
+
+/// Flows grouped by the set that holds them (TCP/UDP or ICMP echo); empty
+/// groups left out.
+fn by_set(flows: &[FiveTuple]) -> Vec<(&'static str, Vec<FiveTuple>)> {
+    let (echo, ports): (Vec<FiveTuple>, Vec<FiveTuple>) =
+        flows.iter().partition(|f| f.proto == L4Proto::Icmp);
+    [(FLOW_SET, ports), (ECHO_SET, echo)]
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .collect()
 }
 
 /// Deletes the table `name` (family `inet`) if it exists. Returns whether
@@ -268,6 +284,9 @@ fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str
     s.push_str(&format!(
         "  set {FLOW_SET} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service; }}\n"
     ));
+    s.push_str(&format!(
+        "  set {ECHO_SET} {{ typeof ip saddr . ip daddr . icmp id; }}\n"
+    ));
     if !local.is_empty() {
         let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
         s.push_str(&format!(
@@ -282,6 +301,11 @@ fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str
     s.push_str(&format!(
         "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
     ));
+    // Echo requests and replies only: an ICMP error about the flow is the
+    // kernel's to handle.
+    s.push_str(&format!(
+        "    icmp type {{ echo-request, echo-reply }} ip saddr . ip daddr . icmp id @{ECHO_SET} counter {verdict}\n"
+    ));
     if let (Some(port), false) = (dprp_port, local.is_empty()) {
         s.push_str(&format!(
             "    ip daddr @local_addrs udp dport {port} counter {verdict}\n"
@@ -293,6 +317,9 @@ fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str
     s.push_str("  chain tx {\n    type filter hook output priority raw; policy accept;\n");
     s.push_str(&format!(
         "    ip daddr . ip saddr . meta l4proto . th dport . th sport @{FLOW_SET} notrack\n"
+    ));
+    s.push_str(&format!(
+        "    icmp type {{ echo-request, echo-reply }} ip daddr . ip saddr . icmp id @{ECHO_SET} notrack\n"
     ));
     s.push_str("  }\n}\n");
     s

@@ -14,6 +14,9 @@ pub enum L4Proto {
     Tcp,
     /// UDP (IP protocol 17).
     Udp,
+    /// ICMP echo request and reply (IP protocol 1): the echo identifier
+    /// stands for both ports, as in fpn-proto's `FlowId`.
+    Icmp,
 }
 
 impl L4Proto {
@@ -22,23 +25,27 @@ impl L4Proto {
         match self {
             Self::Tcp => 6,
             Self::Udp => 17,
+            Self::Icmp => 1,
         }
     }
 
-    /// The protocol with this IP protocol number, if it is TCP or UDP.
+    /// The protocol with this IP protocol number, if it is TCP, UDP or
+    /// ICMP.
     pub const fn from_number(n: u8) -> Option<Self> {
         match n {
             6 => Some(Self::Tcp),
             17 => Some(Self::Udp),
+            1 => Some(Self::Icmp),
             _ => None,
         }
     }
 
-    /// The nftables name (`tcp`, `udp`).
+    /// The nftables name (`tcp`, `udp`, `icmp`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Icmp => "icmp",
         }
     }
 
@@ -46,7 +53,7 @@ impl L4Proto {
     pub const fn header_len(self) -> usize {
         match self {
             Self::Tcp => 20,
-            Self::Udp => 8,
+            Self::Udp | Self::Icmp => 8,
         }
     }
 }
@@ -68,8 +75,10 @@ pub struct FiveTuple {
 }
 
 impl FiveTuple {
-    /// The 5-tuple of an IPv4 TCP or UDP packet; `None` for anything else
-    /// (other versions or protocols, truncated headers, non-first fragments).
+    /// The 5-tuple of an IPv4 TCP or UDP packet, or of an ICMP echo request
+    /// or reply (both "ports" its identifier); `None` for anything else
+    /// (other versions, protocols or ICMP types, truncated headers,
+    /// non-first fragments).
     pub fn parse(packet: &[u8]) -> Option<Self> {
         let ip = packet.get(..20)?;
         if ip[0] >> 4 != 4 {
@@ -81,13 +90,27 @@ impl FiveTuple {
             return None;
         }
         let proto = L4Proto::from_number(ip[9])?;
-        let l4 = packet.get(ihl..ihl + 4)?;
+        let (src_port, dst_port) = if proto == L4Proto::Icmp {
+            let icmp = packet.get(ihl..ihl + 8)?;
+            // Echo reply (0) or request (8), code 0: only those have an id.
+            if !matches!(icmp[0], 0 | 8) || icmp[1] != 0 {
+                return None;
+            }
+            let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+            (id, id)
+        } else {
+            let l4 = packet.get(ihl..ihl + 4)?;
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            )
+        };
         Some(Self {
             src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
             dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
             proto,
-            src_port: u16::from_be_bytes([l4[0], l4[1]]),
-            dst_port: u16::from_be_bytes([l4[2], l4[3]]),
+            src_port,
+            dst_port,
         })
     }
 
@@ -103,8 +126,12 @@ impl FiveTuple {
         }
     }
 
-    /// The nftables set element, `a . b . udp . p . q`.
+    /// The nftables set element, `a . b . udp . p . q` (set `native_flows`),
+    /// for ICMP echo `a . b . id` (set `native_echo`).
     pub(crate) fn nft_element(&self) -> String {
+        if self.proto == L4Proto::Icmp {
+            return format!("{} . {} . {}", self.src, self.dst, self.src_port);
+        }
         format!(
             "{} . {} . {} . {} . {}",
             self.src,
@@ -145,6 +172,11 @@ pub fn build_packet(
     seq: u64,
     fill: u8,
 ) -> Result<usize> {
+    if flow.proto == L4Proto::Icmp {
+        return Err(Error::NativePacket {
+            reason: "test packets are TCP or UDP",
+        });
+    }
     let l4_len = flow.proto.header_len();
     let min = 20 + l4_len + 8;
     if total_len < min || total_len > usize::from(u16::MAX) || buf.len() < total_len {
@@ -171,7 +203,7 @@ pub fn build_packet(
     l4[0..2].copy_from_slice(&flow.src_port.to_be_bytes());
     l4[2..4].copy_from_slice(&flow.dst_port.to_be_bytes());
     match flow.proto {
-        L4Proto::Udp => {
+        L4Proto::Udp | L4Proto::Icmp => {
             let ulen = len16 - 20;
             l4[4..6].copy_from_slice(&ulen.to_be_bytes());
             l4[6..8].fill(0);
@@ -188,7 +220,7 @@ pub fn build_packet(
     l4[l4_len..l4_len + 8].copy_from_slice(&seq.to_be_bytes());
     let csum = l4_checksum(flow, l4);
     let at = match flow.proto {
-        L4Proto::Udp => 6,
+        L4Proto::Udp | L4Proto::Icmp => 6,
         L4Proto::Tcp => 16,
     };
     // A UDP checksum of 0 means "none"; 0xffff is the same sum.
@@ -228,12 +260,15 @@ pub fn l4_checksum_ok(packet: &[u8]) -> bool {
 /// field as it is: 0 when computing, the stored value when verifying).
 fn l4_checksum(flow: FiveTuple, l4: &[u8]) -> u16 {
     let mut sum: u64 = 0;
-    for a in [flow.src.octets(), flow.dst.octets()] {
-        sum += u64::from(u16::from_be_bytes([a[0], a[1]]));
-        sum += u64::from(u16::from_be_bytes([a[2], a[3]]));
+    // ICMP's checksum has no pseudo-header.
+    if flow.proto != L4Proto::Icmp {
+        for a in [flow.src.octets(), flow.dst.octets()] {
+            sum += u64::from(u16::from_be_bytes([a[0], a[1]]));
+            sum += u64::from(u16::from_be_bytes([a[2], a[3]]));
+        }
+        sum += u64::from(flow.proto.number());
+        sum += l4.len() as u64;
     }
-    sum += u64::from(flow.proto.number());
-    sum += l4.len() as u64;
     let mut chunks = l4.chunks_exact(2);
     for c in &mut chunks {
         sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
@@ -259,6 +294,34 @@ mod tests {
             src_port: 40000,
             dst_port: 443,
         }
+    }
+
+    #[test]
+    fn icmp_echoes_parse_with_their_id_as_both_ports_and_other_icmp_does_not() {
+        let mut p = [0u8; 36];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&36u16.to_be_bytes());
+        p[9] = 1;
+        p[12..16].copy_from_slice(&[198, 18, 0, 1]);
+        p[16..20].copy_from_slice(&[198, 18, 0, 2]);
+        p[24..26].copy_from_slice(&0x1234u16.to_be_bytes());
+        for ty in [8, 0] {
+            p[20] = ty;
+            let f = FiveTuple::parse(&p).unwrap();
+            assert_eq!(
+                (f.proto, f.src_port, f.dst_port),
+                (L4Proto::Icmp, 0x1234, 0x1234)
+            );
+            assert_eq!(f.nft_element(), "198.18.0.1 . 198.18.0.2 . 4660");
+        }
+        p[20] = 3; // destination unreachable: no id, not a flow
+        assert_eq!(FiveTuple::parse(&p), None);
+        p[20] = 8;
+        p[21] = 1; // echo with a code: not an echo
+        assert_eq!(FiveTuple::parse(&p), None);
+        assert_eq!(FiveTuple::parse(&p[..27]), None, "cut short");
+        let mut buf = [0u8; 100];
+        assert!(build_packet(&mut buf, flow(L4Proto::Icmp), 60, 0, 0).is_err());
     }
 
     #[test]

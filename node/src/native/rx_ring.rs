@@ -353,10 +353,12 @@ fn wanted(pkt: &[u8], shared: &Shared) -> bool {
         return true;
     }
     let flows = shared.flows.read().unwrap_or_else(|e| e.into_inner());
-    flows.contains(&ft)
+    // A flow's ports from another source: the kernel keeps the packet (it
+    // is not in the nft set), and the core sees a copy only to count it.
+    flows.contains(&ft) || flows.same_ports(&ft)
 }
 
-/// The classic-BPF program: IPv4 TCP or UDP towards one of `local` (the
+/// The classic-BPF program: IPv4 TCP, UDP or ICMP towards one of `local` (the
 /// packet starts at the IP header on a SOCK_DGRAM packet socket).
 fn filter(local: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
     let n = local.len();
@@ -374,8 +376,10 @@ fn filter(local: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
     );
     let mut p = vec![
         op(ld_b, 0, 0, 9),
-        op(jeq, 1, 0, 6),
-        op(jeq, 0, n + 2, 17),
+        op(jeq, 2, 0, 6),
+        op(jeq, 1, 0, 17),
+        // ICMP: the thread keeps only the echoes of registered flows.
+        op(jeq, 0, n + 2, 1),
         op(ld_w, 0, 0, 16),
     ];
     for (i, a) in local.iter().enumerate() {

@@ -4,13 +4,16 @@
 //! a VPS running fpn-gms with its DDNS, a laptop and a NAS that share a group
 //! on different links behind a router, and a guest node that is closed (CL)
 //! and shares no group with them. Then it shows, step by step and in plain
-//! words: name resolution, an encrypted TCP transfer (a capture proves no
-//! plaintext crosses the wire), a refused flow failing fast, a key rotation
+//! words: name resolution, an encrypted TCP transfer on the native carrier
+//! (a capture shows the application's own ports between the two machines'
+//! addresses, payloads with the PCCOM trailer and no plaintext, and a control
+//! that the plaintext would show; each pair's carrier from `status`), a
+//! refused flow failing fast, a key rotation
 //! under traffic and the GMS going down without breaking traffic. Every step
 //! checks what it shows; the exit status is non-zero when one fails.
 //! Everything is removed at the end, also on failure and on Ctrl-C.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,37 +184,102 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
         ov.underlay("laptop", "pub-a")?,
         ov.underlay("nas", "pub-b")?,
     );
+    // Step 3's ping was the first contact; the nodes' path probes find the
+    // native path within seconds of it.
+    wait_native(ov, "laptop", "nas")?;
+    wait_native(ov, "nas", "laptop")?;
     say(&format!(
         "    tcpdump runs on the router's link to the NAS ({b_pub})"
     ));
-    let cap = lab.capture("inet", "pub-b", "ip")?;
+    let cap = lab.capture("inet", "pub-b", &format!("host {a_pub} and host {b_pub}"))?;
     let text = MARKER.repeat(100);
+    let (rounds, sport) = marker_transfer(lab, SocketAddr::new(nas_ip.into(), 7001), &text)?;
+    say(&format!(
+        "    the laptop sent {rounds} x {} bytes of readable text to nas.home.fpn:7001 ({nas_ip}) on one TCP connection and got them back",
+        text.len()
+    ));
+    let pcap = cap.stop()?;
+    let wire = tcp_packets(&pcap);
+    let flow: Vec<&WireTcp> = wire
+        .iter()
+        .filter(|p| p.between(a_pub, sport, b_pub, 7001))
+        .collect();
+    say(&format!(
+        "    the capture holds {} packets of that connection; as the wire shows them:",
+        flow.len()
+    ));
+    let data_out = flow
+        .iter()
+        .find(|p| p.src == a_pub && p.payload > PCCOM_TRAILER);
+    let data_back = flow
+        .iter()
+        .find(|p| p.src == b_pub && p.payload > PCCOM_TRAILER);
+    let ack = flow
+        .iter()
+        .find(|p| p.flags == TCP_ACK && p.payload == PCCOM_TRAILER);
+    let (Some(data_out), Some(data_back), Some(ack)) = (data_out, data_back, ack) else {
+        bail!(
+            "the connection {a_pub}:{sport} -> {b_pub}:7001 is not on the wire as native packets \
+             (data both ways and pure ACKs carrying the trailer): {} packets",
+            flow.len()
+        );
+    };
+    for (p, what) in [
+        (
+            data_out,
+            "payload unreadable: ciphertext + 24-byte PCCOM trailer",
+        ),
+        (data_back, "the echo, unreadable too"),
+        (ack, "a pure ACK: its payload is the PCCOM trailer alone"),
+    ] {
+        say(&format!("      {}  {what}", p.line()));
+    }
+    // Every packet of the flow carries the trailer: an ACK without it would
+    // be the kernel's own, i.e. the connection not protected on the wire.
+    let bare = flow.iter().filter(|p| p.payload < PCCOM_TRAILER).count();
+    ensure!(
+        bare == 0,
+        "{bare} packets of the connection carry no PCCOM trailer"
+    );
+    let quic = udp_bytes(&pcap, a_pub, b_pub, QUIC_PORT);
+    say(&format!(
+        "    the application's own ports between the two machines' addresses, no tunnel header; {quic} bytes of QUIC (port {QUIC_PORT}) in the same capture: a new connection's first 300 ms ride QUIC while the NAS adds its nftables rule"
+    ));
+    ensure!(
+        !pcap.contains(MARKER.as_bytes()),
+        "the plaintext was readable on the wire!"
+    );
+    say("    the text appears in none of them: it crossed the wire encrypted");
+    // Control: the same text outside fpn, to the NAS's own address, is
+    // readable on the same link (so the check above can see it).
+    let control = lab.capture("inet", "pub-b", &format!("host {a_pub} and host {b_pub}"))?;
     let out = lab.exec(
         "a",
         [
             bin_lab()?.as_str(),
             "echo",
             "send",
-            "nas.home.fpn:7001",
+            &format!("{b_pub}:7001"),
             "--message",
-            &text,
+            MARKER,
         ],
     )?;
-    ensure!(
-        out.success(),
-        "sending the marker to the NAS failed: {}",
-        out.stderr
-    );
+    ensure!(out.success(), "the control send failed: {}", out.stderr);
+    control
+        .wait_for(Duration::from_secs(5), |p| p.contains(MARKER.as_bytes()))
+        .context("the control: the text sent outside fpn never showed on the capture")?;
+    drop(control);
     say(&format!(
-        "    the laptop sent {} bytes of readable text to nas.home.fpn:7001 and got them back",
-        text.len()
+        "    control: the same text sent outside fpn, to {b_pub}:7001, is readable in a capture of the same link"
     ));
+
     let p = ov.ping("laptop", "nas", 3)?;
     ensure!(p.ok, "fpn-node ping nas failed: {}", p.output.stderr);
     say(&format!(
-        "    $ fpn-node ping nas  ->  action {}, carrier {}, rtt {:?} ms",
+        "    $ fpn-node ping nas  ->  action {}, carrier {}, path {}, rtt {:?} ms",
         p.action(),
         p.carrier(),
+        p.json["path"].as_str().unwrap_or("?"),
         p.rtts()
     ));
     ensure!(
@@ -219,36 +287,59 @@ fn steps(ov: &Overlay, secs: u32) -> Result<()> {
         "the flow to the NAS is not encrypted: {}",
         p.json
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let pcap = cap.stop()?;
-    let (mut n, mut bytes) = (0, 0);
-    for pkt in pcap.packets() {
-        if let Some(ip) = pkt.ip().filter(|ip| ip.len() >= 20 && ip[9] == 17) {
-            let (s, d) = (&ip[12..16], &ip[16..20]);
-            let (x, y) = (octets(a_pub), octets(b_pub));
-            if (s == x && d == y) || (s == y && d == x) {
-                n += 1;
-                bytes += usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            }
-        }
-    }
-    say(&format!(
-        "    the capture holds {n} UDP packets ({bytes} bytes) between {a_pub} and {b_pub} (QUIC, port 7718)"
-    ));
-    ensure!(bytes >= 2 * text.len(), "the capture missed the transfer");
-    ensure!(
-        !pcap.contains(MARKER.as_bytes()),
-        "the plaintext was readable on the wire!"
-    );
-    say("    the text appears in none of them: it crossed the wire encrypted");
+    let quic_cap = lab.capture(
+        "inet",
+        "pub-b",
+        &format!("udp port {QUIC_PORT} and host {a_pub} and host {b_pub}"),
+    )?;
+    let native_before = counter(ov, "laptop", "native_out")?;
     let report = iperf(lab, "a", "nas.home.fpn", secs)?;
+    let received = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let quic = udp_bytes(&quic_cap.stop()?, a_pub, b_pub, QUIC_PORT);
+    let native = counter(ov, "laptop", "native_out")? - native_before;
     say(&format!(
-        "    $ iperf3 -c nas.home.fpn -t {secs}  ->  {:.0} Mbit/s",
+        "    $ iperf3 -c nas.home.fpn -t {secs}  ->  {:.0} Mbit/s; the laptop sent {native} native packets, {quic} bytes of QUIC crossed meanwhile",
         report["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .unwrap_or(0.0)
             / 1e6
     ));
+    // The transfer ran natively: packets counted as native, little QUIC
+    // (the connection's first 300 ms ride QUIC: a tenth of a 3 s transfer
+    // at full speed), and the flow shown as native.
+    ensure!(
+        native as f64 > received / 1500.0 && (quic as f64) < received * 0.2,
+        "the transfer did not run natively: {native} native packets and {quic} bytes of QUIC for {received} bytes"
+    );
+    let flows = ov.flows_with("laptop", "nas")?;
+    ensure!(
+        flows
+            .iter()
+            .any(|f| f["proto"] == "tcp" && f["dport"] == 5201 && f["carrier"] == "native"),
+        "the laptop does not show the iperf3 flow as native: {flows:?}"
+    );
+    say("    which carrier each pair uses ($ fpn-node status --json, peers; the path is per peer,");
+    say("    the policy still refuses the guest's flows, step 5):");
+    for n in ["laptop", "nas", "guest"] {
+        let st = ov.status(n)?;
+        for peer in st["peers"].as_array().into_iter().flatten() {
+            say(&format!(
+                "      {n:<7} -> {:<7} carrier {:<7} path {}",
+                peer["name"].as_str().unwrap_or("?"),
+                peer["carrier"].as_str().unwrap_or("?"),
+                peer["path"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    for (n, peer) in [("laptop", "nas"), ("nas", "laptop")] {
+        let (carrier, path) = peer_path(ov, n, peer)?;
+        ensure!(
+            carrier == "native",
+            "{n} -> {peer} ran on {carrier} ({path}), not natively"
+        );
+    }
 
     step(5, "A refused flow fails fast");
     let to = SocketAddr::new(laptop_ip.into(), 7001);
@@ -388,6 +479,157 @@ fn flows_on_version(ov: &Overlay, node: &str, peer: &str, v: u64) -> Result<usiz
     }
 }
 
+/// The QUIC carrier's port (node/src/config.rs DEFAULT_PORT).
+const QUIC_PORT: u16 = 7718;
+/// PCCOM's trailer on every protected packet: an 8-byte counter and a
+/// 16-byte tag (docs/PROTOCOL.md).
+const PCCOM_TRAILER: usize = 24;
+/// TCP flags byte of a pure ACK.
+const TCP_ACK: u8 = 0x10;
+
+/// `node`'s carrier and path text for `peer` (`fpn-node status --json`).
+fn peer_path(ov: &Overlay, node: &str, peer: &str) -> Result<(String, String)> {
+    let st = ov.status(node)?;
+    let p = st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == peer).cloned())
+        .unwrap_or(Value::Null);
+    Ok((
+        p["carrier"].as_str().unwrap_or("").to_owned(),
+        p["path"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// Waits (at most 10 s) until `node` takes the native path to `peer`.
+fn wait_native(ov: &Overlay, node: &str, peer: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (carrier, path) = peer_path(ov, node, peer)?;
+        if carrier == "native" {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{node} never found the native path to {peer}: carrier {carrier:?}, path {path:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One of `node`'s status counters.
+fn counter(ov: &Overlay, node: &str, name: &str) -> Result<u64> {
+    Ok(ov.status(node)?["counters"][name].as_u64().unwrap_or(0))
+}
+
+/// Sends `text` three times over one TCP connection from the laptop to the
+/// echo server at `to` and checks each echo; returns the rounds and the
+/// connection's source port. The connection is held for 800 ms before the
+/// text goes: a new flow rides QUIC for its first 300 ms (docs/NODE.md), so
+/// the text travels natively.
+fn marker_transfer(lab: &Lab, to: SocketAddr, text: &str) -> Result<(usize, u16)> {
+    let text = text.to_owned();
+    lab.run_in("a", move || -> Result<(usize, u16)> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut byte = [0u8; 1];
+        // The server's greeting: the client's address and a newline.
+        while byte[0] != b'\n' {
+            s.read_exact(&mut byte)?;
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        let mut back = vec![0u8; text.len()];
+        for _ in 0..3 {
+            s.write_all(text.as_bytes())?;
+            s.read_exact(&mut back)?;
+            ensure!(back == text.as_bytes(), "the echo differs from the text");
+        }
+        Ok((3, s.local_addr()?.port()))
+    })?
+}
+
+/// A TCP packet as a capture shows it.
+struct WireTcp {
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    /// Bytes after the TCP header.
+    payload: usize,
+}
+
+impl WireTcp {
+    fn between(&self, a: std::net::IpAddr, aport: u16, b: std::net::IpAddr, bport: u16) -> bool {
+        (self.src, self.sport, self.dst, self.dport) == (a, aport, b, bport)
+            || (self.src, self.sport, self.dst, self.dport) == (b, bport, a, aport)
+    }
+
+    /// One line as tcpdump would print it, with the payload length.
+    fn line(&self) -> String {
+        let mut f = String::new();
+        for (bit, c) in [
+            (0x02, 'S'),
+            (0x01, 'F'),
+            (0x04, 'R'),
+            (0x08, 'P'),
+            (0x10, '.'),
+        ] {
+            if self.flags & bit != 0 {
+                f.push(c);
+            }
+        }
+        format!(
+            "{}:{} -> {}:{} TCP [{f}] {:>5}-byte payload",
+            self.src, self.sport, self.dst, self.dport, self.payload
+        )
+    }
+}
+
+/// The IPv4 TCP packets of a capture.
+fn tcp_packets(pcap: &fpn_lab::Pcap) -> Vec<WireTcp> {
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter_map(|ip| {
+            let (src, dst, proto, ihl, total) = fpn_lab::inject::ipv4_fields(ip).ok()?;
+            let tcp = ip.get(ihl..total)?;
+            if proto != 6 || tcp.len() < 20 {
+                return None;
+            }
+            let off = usize::from(tcp[12] >> 4) * 4;
+            Some(WireTcp {
+                src: src.into(),
+                dst: dst.into(),
+                sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+                dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+                flags: tcp[13],
+                payload: tcp.len().checked_sub(off)?,
+            })
+        })
+        .collect()
+}
+
+/// IP bytes of UDP between `a` and `b` (either way) with `port` at one end.
+fn udp_bytes(pcap: &fpn_lab::Pcap, a: std::net::IpAddr, b: std::net::IpAddr, port: u16) -> usize {
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter_map(|ip| {
+            let (src, dst, proto, ihl, total) = fpn_lab::inject::ipv4_fields(ip).ok()?;
+            let udp = ip.get(ihl..ihl + 4)?;
+            let (sp, dp) = (
+                u16::from_be_bytes([udp[0], udp[1]]),
+                u16::from_be_bytes([udp[2], udp[3]]),
+            );
+            let (src, dst) = (std::net::IpAddr::from(src), std::net::IpAddr::from(dst));
+            (proto == 17
+                && ((src, dst) == (a, b) || (src, dst) == (b, a))
+                && (sp == port || dp == port))
+                .then_some(total)
+        })
+        .sum()
+}
+
 fn step(n: u32, title: &str) {
     say(&format!("\n==> Step {n}: {title}"));
 }
@@ -396,13 +638,6 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-fn octets(a: std::net::IpAddr) -> [u8; 4] {
-    match a {
-        std::net::IpAddr::V4(v4) => v4.octets(),
-        std::net::IpAddr::V6(_) => [0; 4],
-    }
 }
 
 /// fpn-lab, for `echo serve/send` inside the hosts.
