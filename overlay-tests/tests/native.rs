@@ -265,6 +265,11 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
             .any(|f| f["proto"] == "udp" && f["dport"] == 5201 && f["carrier"] == "native"),
         "no native UDP flow to b:5201"
     );
+    // The flows started after the path went native were negotiated on the
+    // IP path (UDP 7717 between the underlay addresses), answers included.
+    assert!(counter(&ov, "a", "dprp_native_out") > 0, "no DPRP on the IP path from a");
+    assert!(counter(&ov, "b", "dprp_native_in") > 0);
+    assert!(counter(&ov, "b", "dprp_native_out") > 0);
     // Nothing unknown or forged arrived in all this.
     for (n, before) in ["a", "b"].into_iter().zip(drops_before) {
         assert_eq!(

@@ -34,6 +34,21 @@ fn carrier(sim: &CoreSim, i: usize) -> (String, String) {
     (p.carrier.clone(), p.path.clone())
 }
 
+/// Native frames that are not UDP to the probe port (probes, answers,
+/// DPRP on the IP path).
+fn native_data_frames(sim: &CoreSim) -> Vec<&super::sim::WireFrame> {
+    sim.wire()
+        .iter()
+        .filter(|f| f.native)
+        .filter(|f| {
+            Packet::parse(&f.payload[..]).is_ok_and(|p| {
+                let w = p.flow_id();
+                !(w.protocol == 17 && w.dst_port == super::PROBE_PORT)
+            })
+        })
+        .collect()
+}
+
 fn native_frames(sim: &CoreSim) -> usize {
     sim.wire().iter().filter(|f| f.native).count()
 }
@@ -80,7 +95,7 @@ fn two_nodes_go_native_after_probes_and_carry_a_flow_natively() {
     // On the wire: the underlay addresses, the application's ports, no
     // plaintext.
     let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
-    let natives: Vec<_> = sim.wire().iter().filter(|f| f.native).collect();
+    let natives = native_data_frames(&sim);
     assert!(natives.len() >= 10);
     for f in natives {
         let p = Packet::parse(&f.payload[..]).expect("an IP packet");
@@ -202,11 +217,10 @@ fn unknown_forged_and_replayed_native_packets_are_dropped_and_counted() {
     sim.inject_native(b, &spoofed);
     assert_eq!(sim.counter(b, "native_in_wrong_source"), 1);
     // A replay of a native packet a sent, and a forgery of it.
-    let last = sim
-        .wire()
-        .iter()
+    let last = native_data_frames(&sim)
+        .into_iter()
         .rev()
-        .find(|f| f.native && f.from == a)
+        .find(|f| f.from == a)
         .expect("a native packet")
         .payload
         .clone();
@@ -352,7 +366,7 @@ fn icmp_echo_goes_native_with_its_id_as_the_port() {
     assert_eq!(sim.nodes[b].tun.len(), 4);
     assert_eq!(sim.nodes[a].tun.len(), 4);
     let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
-    let natives: Vec<_> = sim.wire().iter().filter(|f| f.native).collect();
+    let natives = native_data_frames(&sim);
     assert!(natives.len() >= 6, "{} native frames", natives.len());
     for f in natives {
         let w = Packet::parse(&f.payload[..])
@@ -368,4 +382,43 @@ fn icmp_echo_goes_native_with_its_id_as_the_port() {
     assert!(contains(sim.nodes[b].tun.last().unwrap(), b"PING-MARKER"));
     let f = &sim.nodes[a].core.snapshot(&[]).flows[0];
     assert_eq!(f.carrier, "native");
+}
+
+/// DPRP on the IP path: once the peers' path is native, a new flow's
+/// negotiation leaves as UDP datagrams between the underlay addresses on
+/// port 7717 (where an on-path gateway would see them), not over QUIC, and
+/// the answers come back the same way.
+#[test]
+fn with_the_path_native_a_new_flow_is_negotiated_on_the_ip_path() {
+    let (mut sim, a, b) = pair(11, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(carrier(&sim, a).0, "native");
+    let quic_control = sim.counter(a, "control_out");
+    exchange(&mut sim, a, b, b"dprp-native");
+    assert_eq!(sim.nodes[b].tun.len(), 1);
+    assert!(sim.counter(a, "dprp_native_out") >= 2, "DDE and CDN");
+    assert!(sim.counter(b, "dprp_native_in") >= 2);
+    assert!(sim.counter(b, "dprp_native_out") >= 1, "the answer");
+    let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
+    let dprp: Vec<_> = sim
+        .wire()
+        .iter()
+        .filter(|f| f.native)
+        .filter_map(|f| {
+            let p = Packet::parse(&f.payload[..]).ok()?;
+            let w = p.flow_id();
+            (w.dst_port == super::PROBE_PORT && !fpn_proto::path::is_probe(p.payload()))
+                .then_some((w.src, w.dst))
+        })
+        .collect();
+    assert!(
+        dprp.contains(&(ua, ub)) && dprp.contains(&(ub, ua)),
+        "{dprp:?}"
+    );
+    // Nothing of the negotiation went over QUIC.
+    assert_eq!(
+        sim.counter(a, "control_out") - quic_control,
+        sim.counter(a, "dprp_native_out")
+    );
+    assert_eq!(sim.counter(b, "control_in"), 0);
 }

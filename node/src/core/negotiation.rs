@@ -263,6 +263,10 @@ impl NodeCore {
 
     pub(super) fn route_transmit(&mut self, t: dprp::Transmit) {
         self.counters.control_out += 1;
+        // An answer to a message that came on the IP path goes back on it.
+        if t.dst.port() == super::PROBE_PORT && self.send_dprp_to(t.dst, &t.payload) {
+            return;
+        }
         // Answers go back to whoever sent the message (a GE the carrier authenticated).
         if let Some(ge) = self.peers.by_from(t.dst) {
             self.send_control(ge, t.payload);
@@ -275,7 +279,11 @@ impl NodeCore {
         if let Some(ge) = self.peers.owner(ip)
             && self.peers.target(ge).is_some()
         {
-            self.send_control(ge, t.payload);
+            // A new negotiation toward the flow's destination: on the IP
+            // path when the peer's is native, else over QUIC.
+            if !self.send_dprp_native(ge, &t.payload) {
+                self.send_control(ge, t.payload);
+            }
             return;
         }
         if !in_net(ip, self.cfg.overlay_net) {

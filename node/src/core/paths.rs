@@ -41,6 +41,13 @@ use crate::carrier::CarrierKind;
 pub const PROBE_PORT: u16 = 7717;
 /// Most probes waiting for a local address.
 const MAX_HELD_PROBES: usize = 64;
+/// Most remote underlay addresses with a known local address (DPRP
+/// datagrams from unproven sources add entries).
+const MAX_LOCALS: usize = 1024;
+/// The largest DPRP message sent as a native UDP datagram (IPv4 + UDP
+/// headers on top stay under the usual 1500-byte path MTU); a longer one
+/// takes QUIC.
+const MAX_NATIVE_DPRP: usize = 1400;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
 /// How long a new translation's packets still leave on QUIC: the peer
@@ -128,7 +135,16 @@ impl NodeCore {
             if path::is_probe(payload) {
                 self.handle_probe_datagram(payload, from, now);
             } else {
-                // DPRP messages are authenticated by DPRP itself.
+                // DPRP messages are authenticated by DPRP itself. The
+                // answer goes back the way the message came, from the
+                // address it was sent to (bounded: sources are unproven).
+                self.counters.dprp_native_in += 1;
+                let local = wire.dst;
+                if self.paths.locals.len() < MAX_LOCALS
+                    || self.paths.locals.contains_key(&from.ip())
+                {
+                    self.paths.locals.insert(from.ip(), local);
+                }
                 if let Err(e) = self.dprp.handle_datagram(from, payload, now) {
                     self.counters.control_errors += 1;
                     trace!(error = %e, "native DPRP datagram refused");
@@ -656,6 +672,42 @@ impl NodeCore {
         self.merge_path_deadline(ge);
         self.counters.native_trial_copies += 1;
         self.push_output(Output::SendNative(copy));
+    }
+
+    /// DPRP on the IP path: a message for `ge` leaves as a UDP datagram
+    /// from this node's underlay address, port 7717, to the peer's native
+    /// address, port 7717, while the peer's path is native (on-path
+    /// gateways see it there; docs/DESIGN-NOTES.md note 23). True if sent.
+    pub(super) fn send_dprp_native(&mut self, ge: GeId, payload: &[u8]) -> bool {
+        if payload.len() > MAX_NATIVE_DPRP
+            || !self
+                .peers
+                .get(ge)
+                .is_some_and(|p| p.path.current == CarrierKind::Native)
+        {
+            return false;
+        }
+        let Some(remote) = self.native_remote(ge) else {
+            return false;
+        };
+        self.send_dprp_to(SocketAddr::new(remote, PROBE_PORT), payload)
+    }
+
+    /// Sends a DPRP message as a native UDP datagram to `dst` (port 7717)
+    /// if this node knows its own address toward it. True if sent.
+    pub(super) fn send_dprp_to(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
+        if payload.len() > MAX_NATIVE_DPRP || dst.port() != PROBE_PORT {
+            return false;
+        }
+        match (self.paths.locals.get(&dst.ip()).copied(), dst.ip()) {
+            (Some(IpAddr::V4(s)), IpAddr::V4(d)) => {
+                let p = udp_v4(s, d, PROBE_PORT, PROBE_PORT, payload);
+                self.counters.dprp_native_out += 1;
+                self.push_output(Output::SendNative(p));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Probe counters summed over the machines.

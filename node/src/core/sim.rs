@@ -557,7 +557,10 @@ impl CoreSim {
                     }
                 }
                 Output::PeersChanged => self.nodes[i].peers_changed += 1,
-                Output::SendNative(p) => self.transmit_native(p),
+                Output::SendNative(p) => {
+                    self.log_wire(i, true, &p);
+                    self.transmit_native(p);
+                }
                 Output::FindLocalAddress(remote) => {
                     // One underlay interface per node: the source is its address.
                     let local = self.nodes[i].underlay.ip();

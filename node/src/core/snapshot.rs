@@ -57,6 +57,8 @@ pub(super) struct Counters {
     pub native_trial_copies: u64,
     pub native_in_replayed: u64,
     pub data_in_replayed: u64,
+    pub dprp_native_out: u64,
+    pub dprp_native_in: u64,
 }
 
 impl NodeCore {
@@ -198,6 +200,8 @@ impl NodeCore {
             ("native_trial_copies", c.native_trial_copies),
             ("native_in_replayed", c.native_in_replayed),
             ("data_in_replayed", c.data_in_replayed),
+            ("dprp_native_out", c.dprp_native_out),
+            ("dprp_native_in", c.dprp_native_in),
             ("probes_sent", probes_sent),
             ("probes_answered", probes_answered),
             ("dprp_started", d.started),
