@@ -93,6 +93,14 @@ pub enum Error {
         /// The address it claimed (a flow's source or destination).
         addr: IpAddr,
     },
+    /// A NAK came from a GE that may not refuse this negotiation: neither
+    /// the GE it was addressed to nor one whose credential covers the
+    /// destination. Dropped (the genuine answer may still come).
+    #[error("NAK from GE {0}, which does not speak for the destination")]
+    NakFromStranger(u32),
+    /// The operating system's random source failed.
+    #[error("the system random source failed")]
+    Entropy,
 
     // ---- packets (packet/) ----
     /// The IP version nibble is neither 4 nor 6.

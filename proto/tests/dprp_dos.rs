@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fpn_proto::Error;
 use fpn_proto::dprp::msg::{COOKIE_LEN, Cookie, CredentialBytes};
 use fpn_proto::dprp::{
-    Config, DPRP_PORT, DprpOption, DropCause, Endpoint, Limits, Message, MessageType,
+    Config, DPRP_PORT, DprpOption, DropCause, Endpoint, Entropy, Limits, Message, MessageType,
     NegotiationId, Prefix, Rate, Verdict,
 };
 use fpn_proto::flow::{FlowId, protocol};
@@ -44,7 +44,7 @@ fn flood_template(sim: &Sim, id: u32, addr: &str, victim: IpAddr) -> Vec<u8> {
         sim.ca_public(),
         vec![Prefix::host(ip(addr))],
     );
-    let mut m = Endpoint::new(cfg, [id as u8; 32], START_UNIX, sim.now()).unwrap();
+    let mut m = Endpoint::new(cfg, Entropy::Seeded([id as u8; 32]), START_UNIX, sim.now()).unwrap();
     m.initiate(udp(ip(addr), victim, 1), vec![], sim.now())
         .unwrap();
     m.poll_transmit().unwrap().payload

@@ -539,7 +539,7 @@ fn the_same_seed_gives_the_same_run() {
 fn a_peer_negotiating_for_an_address_another_ge_owns_is_refused() {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use fpn_proto::dprp::{Config, Endpoint, Prefix};
+    use fpn_proto::dprp::{Config, Endpoint, Entropy, Prefix};
     use fpn_proto::flow::FlowId;
     use fpn_proto::ge::{GeInfo, GeKind};
     use fpn_proto::sim::{START_UNIX, node_key};
@@ -564,7 +564,7 @@ fn a_peer_negotiating_for_an_address_another_ge_owns_is_refused() {
         sim.ca_public(),
         vec![Prefix::host(IpAddr::V4(b_ip))],
     );
-    let mut mallory = Endpoint::new(cfg, [9; 32], START_UNIX, sim.now()).unwrap();
+    let mut mallory = Endpoint::new(cfg, Entropy::Seeded([9; 32]), START_UNIX, sim.now()).unwrap();
     mallory.set_group_key(GroupId(1), KeyVersion(1), group_key(1, 1));
     let flow = FlowId {
         src: IpAddr::V4(b_ip),

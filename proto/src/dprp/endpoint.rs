@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use ring::hkdf;
-
 use crate::credential::Credential;
 use crate::dprp::budget::Buckets;
 use crate::dprp::config::{Config, Keyring, Prefix};
 use crate::dprp::cookie::{self, CookieJar};
+use crate::dprp::entropy::{Entropy, Rng};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
 use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId};
@@ -174,31 +173,6 @@ impl Machine {
     }
 }
 
-/// Deterministic randomness from the seed: HKDF-expand with a counter.
-struct Rng {
-    prk: hkdf::Prk,
-    counter: u64,
-}
-
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-impl Rng {
-    fn fill(&mut self, out: &mut [u8]) {
-        let c = self.counter.to_be_bytes();
-        self.counter += 1;
-        self.prk
-            .expand(&[b"fpn v1 dprp rng", &c], Len(out.len()))
-            .and_then(|okm| okm.fill(out))
-            .expect("requests stay far below the HKDF output limit");
-    }
-}
-
 /// The DPRP manager of one GE. See the [module docs](crate::dprp).
 pub struct Endpoint {
     cfg: Config,
@@ -226,10 +200,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Creates the endpoint. `seed` must be fresh random bytes on every start
-    /// (ephemeral keys, nonces and negotiation ids come from it); `unix_now`
-    /// is the wall-clock time at `now`, for credential validity.
-    pub fn new(cfg: Config, seed: [u8; 32], unix_now: u64, now: Instant) -> Result<Self> {
+    /// Creates the endpoint. Ephemeral keys, nonces, negotiation ids and
+    /// cookie secrets are drawn from `entropy`: [`Entropy::Os`] in a node
+    /// (forward secrecy), [`Entropy::Seeded`] only where runs must repeat.
+    /// `unix_now` is the wall-clock time at `now`, for credential validity.
+    pub fn new(cfg: Config, entropy: Entropy, unix_now: u64, now: Instant) -> Result<Self> {
         if cfg.credential.node_key != cfg.node_key.public() {
             return Err(Error::InvalidKey("the credential names another node key"));
         }
@@ -249,7 +224,6 @@ impl Endpoint {
                 tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
             }
         }
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
         let l = cfg.limits;
         let peers = Peers::new(l.peer_cache, l.bad_credentials, l.bad_credential_ttl);
         Ok(Self {
@@ -259,7 +233,7 @@ impl Endpoint {
             peers,
             directory: Vec::new(),
             clock: (now, unix_now),
-            rng: Rng { prk, counter: 0 },
+            rng: Rng::new(entropy),
             machines: BTreeMap::new(),
             initiated: 0,
             by_source: Buckets::new(l.dde_per_source, l.budget_entries),
@@ -598,9 +572,11 @@ impl Endpoint {
             self.stats.initiate_rate_limited += 1;
             return Err(Error::RateLimited("negotiations to this destination"));
         }
-        let mut r = [0u8; 56];
+        // Secret, nonce and id in one draw; the buffer is wiped on every
+        // path out (the secret lives on only inside the StaticSecret).
+        let mut r = zeroize::Zeroizing::new([0u8; 56]);
         let id = loop {
-            self.rng.fill(&mut r);
+            self.rng.fill(&mut r[..])?;
             let id = NegotiationId(u64::from_be_bytes(r[48..].try_into().expect("8 bytes")));
             if !self.machines.contains_key(&id) {
                 break id;
@@ -618,12 +594,11 @@ impl Endpoint {
             id,
             flow,
             options,
-            secret: r[..32].try_into().expect("32 bytes"),
+            secret: zeroize::Zeroizing::new(r[..32].try_into().expect("32 bytes")),
             nonce: r[32..48].try_into().expect("16 bytes"),
             claims: own_claims(&ctx),
             expected_peer,
         };
-        r.fill(0);
         let m = Initiator::start(&mut ctx, start, now)?;
         tracing::debug!(%id, %flow, "negotiation started");
         self.insert_machine(id, Machine::Initiator(Box::new(m)));
@@ -746,8 +721,8 @@ impl Endpoint {
             tracing::debug!(id = %own_id, "simultaneous open: yielding to the peer's negotiation");
             self.remove_machine(own_id);
         }
-        let mut secret = [0u8; 32];
-        self.rng.fill(&mut secret);
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        self.rng.fill(&mut secret[..])?;
         let mut ctx = Ctx {
             cfg: &self.cfg,
             own_bytes: &self.own_bytes,
@@ -757,9 +732,7 @@ impl Endpoint {
             out: &mut self.transmits,
         };
         let (id, flow) = (dde.id, dde.flow);
-        let m = Responder::start(&mut ctx, from, dde, initiator, raw, secret, now);
-        secret.fill(0);
-        let m = m?;
+        let m = Responder::start(&mut ctx, from, dde, initiator, raw, &secret, now)?;
         self.insert_machine(id, Machine::Responder(Box::new(m)));
         for f in [flow, flow.reversed()] {
             if self.held.contains_key(&f) || self.flows.contains_key(&f) {
@@ -835,15 +808,15 @@ impl Endpoint {
         let jar = match &mut self.cookies {
             Some(jar) => jar,
             None => {
-                let mut s = [0u8; 32];
-                self.rng.fill(&mut s);
-                self.cookies.insert(CookieJar::new(s, now))
+                let mut s = zeroize::Zeroizing::new([0u8; 32]);
+                self.rng.fill(&mut s[..])?;
+                self.cookies.insert(CookieJar::new(*s, now))
             }
         };
         if jar.is_due(now) {
-            let mut s = [0u8; 32];
-            self.rng.fill(&mut s);
-            jar.rotate(s, now);
+            let mut s = zeroize::Zeroizing::new([0u8; 32]);
+            self.rng.fill(&mut s[..])?;
+            jar.rotate(*s, now);
         }
         let echoed = dde.options.iter().find_map(|o| match o {
             DprpOption::Cookie(c) => Some(c),

@@ -45,7 +45,9 @@ pub(crate) struct Start {
     pub(crate) id: NegotiationId,
     pub(crate) flow: FlowId,
     pub(crate) options: Vec<DprpOption>,
-    pub(crate) secret: [u8; 32],
+    /// Wiped when the start is dropped; only the `StaticSecret` (zeroized
+    /// on drop) keeps it.
+    pub(crate) secret: zeroize::Zeroizing<[u8; 32]>,
     pub(crate) nonce: [u8; 16],
     pub(crate) claims: Vec<Claim>,
     pub(crate) expected_peer: Option<GeId>,
@@ -102,7 +104,7 @@ pub(crate) fn digest(bytes: &[u8]) -> Hash {
 impl Initiator {
     /// Builds and sends the DDE.
     pub(crate) fn start(ctx: &mut Ctx<'_>, s: Start, now: Instant) -> Result<Self> {
-        let eph = StaticSecret::from(s.secret);
+        let eph = StaticSecret::from(*s.secret);
         let dde = Dde {
             id: s.id,
             flow: s.flow,

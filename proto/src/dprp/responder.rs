@@ -145,7 +145,7 @@ impl Responder {
         dde: Dde,
         initiator: Credential,
         raw: &[u8],
-        secret: [u8; 32],
+        secret: &[u8; 32],
         now: Instant,
     ) -> Result<Self> {
         let h0 = tr::dde_hash(&dde.core()?);
@@ -172,7 +172,7 @@ impl Responder {
             };
             Claim { group, version }
         });
-        let eph = StaticSecret::from(secret);
+        let eph = StaticSecret::from(*secret);
         let mut rgi = Rgi {
             id: dde.id,
             echo: dde.hops.clone(),
