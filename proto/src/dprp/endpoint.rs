@@ -95,6 +95,10 @@ pub struct Stats {
     /// (as responder), RGIs from a GE that does not own the destination (as
     /// initiator), MPITs for such a flow (as gateway).
     pub not_owner: u64,
+    /// Authentic NAKs dropped because their signer is neither the GE the
+    /// negotiation was addressed to nor one whose credential covers the
+    /// destination.
+    pub stranger_naks: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
 }
@@ -191,6 +195,9 @@ pub struct Endpoint {
     /// Drawn on first use, so an endpoint never under load draws nothing.
     cookies: Option<CookieJar>,
     flows: BTreeMap<FlowId, NegotiationId>,
+    /// Peers' negotiations that won a simultaneous open, with this GE's own
+    /// negotiation they replace once their MPIT authenticates them.
+    yielding: BTreeMap<NegotiationId, NegotiationId>,
     held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
     held_bytes: usize,
     negative: BTreeMap<FlowId, (FailReason, Instant)>,
@@ -241,6 +248,7 @@ impl Endpoint {
             by_destination: Buckets::new(l.initiate_per_destination, l.budget_entries),
             cookies: None,
             flows: BTreeMap::new(),
+            yielding: BTreeMap::new(),
             held: BTreeMap::new(),
             held_bytes: 0,
             negative: BTreeMap::new(),
@@ -430,14 +438,26 @@ impl Endpoint {
                 m.handle_rgi(&mut ctx, from, r, datagram, now)?
             }
             (Machine::Initiator(m), Message::Cdn(c)) => m.handle_cdn(&mut ctx, c, now)?,
-            (Machine::Initiator(m), Message::Nak(n)) => m.handle_nak(&mut ctx, n, now)?,
+            (Machine::Initiator(m), Message::Nak(n)) => match m.handle_nak(&mut ctx, n, now) {
+                Ok(o) => o,
+                Err(e) => {
+                    if matches!(e, Error::NakFromStranger(_)) {
+                        self.stats.stranger_naks += 1;
+                    }
+                    return Err(e);
+                }
+            },
             (Machine::Initiator(m), Message::Cookie(c)) => {
                 m.handle_cookie(&mut ctx, c)?;
                 None
             }
-            (Machine::Responder(m), Message::Mpit(p)) => m
-                .handle_mpit(&mut ctx, from, p, datagram, now)?
-                .map(Outcome::Established),
+            (Machine::Responder(m), Message::Mpit(p)) => {
+                let o = m.handle_mpit(&mut ctx, from, p, datagram, now)?;
+                if o.is_some() {
+                    self.yield_to(id);
+                }
+                o.map(Outcome::Established)
+            }
             (Machine::Transit(m), Message::Rgi(r)) => {
                 m.handle_rgi(&mut ctx, from, r, datagram)?;
                 None
@@ -712,14 +732,20 @@ impl Endpoint {
             .into_iter()
             .find_map(|f| self.flows.get(&f).map(|id| (f, *id)))
             .filter(|(_, id)| matches!(self.machines.get(id), Some(Machine::Initiator(_))));
+        // The credential is CA-signed but public: anyone can copy it into a
+        // DDE, and nothing in a DDE proves the sender holds its node key. So
+        // the loser only *answers* here; its own negotiation is given up
+        // when the peer's MPIT proves the peer's identity (the pair-key
+        // tag), never on the DDE alone.
+        let mut yields = None;
         if let Some((_, own_id)) = mine {
             if ctx.own().info.id < initiator.info.id {
                 return Err(Error::UnexpectedMessage(
                     "simultaneous open: this GE's negotiation wins",
                 ));
             }
-            tracing::debug!(id = %own_id, "simultaneous open: yielding to the peer's negotiation");
-            self.remove_machine(own_id);
+            tracing::debug!(id = %own_id, "simultaneous open: the peer's negotiation wins once authenticated");
+            yields = Some(own_id);
         }
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
         self.rng.fill(&mut secret[..])?;
@@ -734,6 +760,11 @@ impl Endpoint {
         let (id, flow) = (dde.id, dde.flow);
         let m = Responder::start(&mut ctx, from, dde, initiator, raw, &secret, now)?;
         self.insert_machine(id, Machine::Responder(Box::new(m)));
+        if let Some(own_id) = yields {
+            // The flows stay with this GE's own negotiation until then.
+            self.yielding.insert(id, own_id);
+            return Ok(());
+        }
         for f in [flow, flow.reversed()] {
             if self.held.contains_key(&f) || self.flows.contains_key(&f) {
                 self.flows.insert(f, id);
@@ -842,6 +873,25 @@ impl Endpoint {
         Ok(false)
     }
 
+    /// A simultaneous open this GE lost, now that the peer's negotiation
+    /// `id` is authenticated and confirmed: its own negotiation ends and
+    /// its flows (and held packets) move to the peer's.
+    fn yield_to(&mut self, id: NegotiationId) {
+        let Some(own_id) = self.yielding.remove(&id) else {
+            return;
+        };
+        if !matches!(self.machines.get(&own_id), Some(Machine::Initiator(_))) {
+            return;
+        }
+        tracing::debug!(id = %own_id, peer = %id, "simultaneous open: yielded to the peer's negotiation");
+        self.remove_machine(own_id);
+        for n in self.flows.values_mut() {
+            if *n == own_id {
+                *n = id;
+            }
+        }
+    }
+
     /// Adds a machine to the table, keeping the initiator count.
     fn insert_machine(&mut self, id: NegotiationId, m: Machine) {
         if let Some(old) = self.machines.insert(id, m) {
@@ -855,6 +905,7 @@ impl Endpoint {
     /// Removes a machine from the table, keeping the initiator count.
     fn remove_machine(&mut self, id: NegotiationId) -> Option<Machine> {
         let m = self.machines.remove(&id)?;
+        self.yielding.remove(&id);
         self.forget(&m);
         Some(m)
     }

@@ -314,6 +314,13 @@ impl Initiator {
         path.extend(c.gateways.iter().rev().map(|g| &g.info));
         path.push(&theirs);
         let decision = decide(&path)?;
+        // The same no-downgrade rule as the responder's (which NAKs first):
+        // credentials that share a group mean a protected flow or none.
+        if decision.group.is_none()
+            && let Some(group) = ctx.own().info.lowest_shared_group(&c.responder.info)
+        {
+            return Err(Error::GroupKeyMissing { group: group.0 });
+        }
         let chosen = c.rgi.responder.chosen;
         if decision.group != chosen.map(|x| x.group) {
             return Err(Error::invalid(
@@ -448,7 +455,13 @@ impl Initiator {
         })
     }
 
-    /// A signed refusal from a GE on the path.
+    /// A signed refusal. Only the GE this negotiation is addressed to may
+    /// refuse it: the one the directory names for the destination, or one
+    /// whose credential covers the destination (the end GE, or a gateway
+    /// standing for it). A DDE travels in the clear, so any CA-valid GE that
+    /// sees one can sign a NAK over its hash; from anyone else the NAK is
+    /// dropped like garbage, and the genuine answer may still come. The
+    /// price: a transit gateway's HOP_LIMIT refusal now ends in a timeout.
     pub(crate) fn handle_nak(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -461,6 +474,11 @@ impl Initiator {
         let refuser: Credential = ctx.verify(&nak.credential)?;
         let tbs = [tr::NAK_SIG, &self.h0[..], &nak.core()?].concat();
         refuser.verify_node_signature(&tbs, &nak.signature, "NAK")?;
+        let addressed = self.expected_peer == Some(refuser.info.id);
+        if !addressed && !refuser.covers(self.flow.dst) {
+            tracing::debug!(id = %self.id, refuser = %refuser.info.id, "NAK from a GE that does not speak for the destination: dropped");
+            return Err(Error::NakFromStranger(refuser.info.id.0));
+        }
         self.finish(ctx, now);
         Ok(self.report(Outcome::Failed(FailReason::Refused {
             by: refuser.info.id,

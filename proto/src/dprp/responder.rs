@@ -172,6 +172,18 @@ impl Responder {
             };
             Claim { group, version }
         });
+        // Both credentials name a group, so the flow must be protected; if
+        // one end lacks the key the claims share nothing and the rules would
+        // let two open members talk in the clear. Refuse instead (a signed
+        // NAK: the initiator fails at once, its application gets ICMP).
+        if chosen.is_none()
+            && let Some(group) = initiator.info.lowest_shared_group(&own.info)
+        {
+            tracing::debug!(id = %dde.id, initiator = %initiator.info.id, %group, "DDE refused: a shared group without a key on one end");
+            let bytes = nak(ctx, dde.id, &h0, RefuseCode::KeyUnavailable)?;
+            ctx.send(from, bytes);
+            return Err(Error::GroupKeyMissing { group: group.0 });
+        }
         let eph = StaticSecret::from(*secret);
         let mut rgi = Rgi {
             id: dde.id,
