@@ -216,21 +216,7 @@ impl Endpoint {
             return Err(Error::InvalidKey("the credential names another node key"));
         }
         let own_bytes = CredentialBytes::from_credential(&cfg.credential)?;
-        // The peers judge this GE's flows by its credential, not by this
-        // configuration: say so once, rather than have every flow from an
-        // uncovered address refused with no hint why.
-        for p in &cfg.protected {
-            let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
-            let covered = *p == overlay
-                || cfg
-                    .credential
-                    .prefixes
-                    .iter()
-                    .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
-            if !covered {
-                tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
-            }
-        }
+        warn_uncovered(&cfg);
         let l = cfg.limits;
         let peers = Peers::new(l.peer_cache, l.bad_credentials, l.bad_credential_ttl);
         Ok(Self {
@@ -256,6 +242,46 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Replaces this GE's own credential (the GMS re-issued it after `ge
+    /// set`: new groups, mode or `--protect` prefixes). Negotiations started
+    /// from now on carry it; running ones finish with the old one, which
+    /// peers still accept until it is revoked or expires. The credential
+    /// must be the CA's, valid now, for this GE and its node key, and keep
+    /// its overlay address (the TUN has it: that change needs a restart).
+    pub fn set_credential(&mut self, credential: Credential, now: Instant) -> Result<()> {
+        let bytes = CredentialBytes::from_credential(&credential)?;
+        let verified = bytes
+            .parse()?
+            .verify(&self.cfg.ca_public, self.unix_now(now))?;
+        let old = &self.cfg.credential;
+        if verified.node_key != self.cfg.node_key.public() {
+            return Err(Error::InvalidKey("the credential names another node key"));
+        }
+        if verified.info.id != old.info.id || verified.info.overlay != old.info.overlay {
+            return Err(Error::invalid(
+                "credential",
+                "names another GE or overlay address",
+            ));
+        }
+        if verified.serial != old.serial {
+            tracing::info!(
+                serial = verified.serial,
+                groups = ?verified.info.groups,
+                mode = ?verified.info.mode,
+                "own credential replaced"
+            );
+        }
+        self.cfg.credential = verified;
+        self.own_bytes = bytes;
+        warn_uncovered(&self.cfg);
+        Ok(())
+    }
+
+    /// This GE's current credential.
+    pub fn credential(&self) -> &Credential {
+        &self.cfg.credential
     }
 
     /// This GE's id.
@@ -928,6 +954,24 @@ impl Endpoint {
             .collect();
         if !orphans.is_empty() {
             self.fail_flows(&orphans, FailReason::Timeout, now);
+        }
+    }
+}
+
+/// The peers judge this GE's flows by its credential, not by its
+/// configuration: say so once, rather than have every flow from an
+/// uncovered address refused with no hint why.
+fn warn_uncovered(cfg: &Config) {
+    for p in &cfg.protected {
+        let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
+        let covered = *p == overlay
+            || cfg
+                .credential
+                .prefixes
+                .iter()
+                .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
+        if !covered {
+            tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
         }
     }
 }
