@@ -46,9 +46,13 @@ fn ge_set_add_group_lets_a_node_reach_a_closed_peer_without_a_restart() {
     let to = SocketAddr::new(ov.overlay_addr("d").unwrap().into(), 7002);
 
     // Before: d (closed, no shared group) refuses a.
-    assert!(connect(&ov, "a", to).is_err(), "a -> d connected before ge set");
+    assert!(
+        connect(&ov, "a", to).is_err(),
+        "a -> d connected before ge set"
+    );
 
-    ov.gms_admin(&["ge", "set", "a", "--add-group", "2"]).unwrap();
+    ov.gms_admin(&["ge", "set", "a", "--add-group", "2"])
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !has_group(&ov, "a", 2) {
         assert!(Instant::now() < deadline, "a never got group 2's key");

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use fpn_proto::Error;
-use fpn_proto::dprp::msg::{CredentialBytes, Dde, Nak, NegotiationId};
+use fpn_proto::dprp::msg::{CredentialBytes, Dde, Nak, NegotiationId, ResponderPart, Rgi};
 use fpn_proto::dprp::transcript as tr;
 use fpn_proto::dprp::{DPRP_PORT, Event, FailReason, Message, RefuseCode};
 use fpn_proto::ge::{GeId, GroupId, Mode};
@@ -172,4 +172,50 @@ fn members_without_a_shared_group_still_pass_plain_in_open_mode() {
     sim.drive();
     assert_eq!(entries(&sim, a), 1);
     assert_eq!(entries(&sim, b), 1);
+}
+
+#[test]
+fn an_initiator_refuses_a_plain_answer_from_a_member_of_its_group() {
+    // A responder that predates the no-downgrade NAK (played by hand here:
+    // a genuine RGI, tag and all, from b's key) answers a's DDE claiming no
+    // key for group 1, which both credentials name. The initiator must
+    // fail rather than decide `pass`.
+    let mut sim = Sim::new(96, LinkConfig::default());
+    let a = sim.add_ge(GeSpec::host(1, "alice", Mode::Open, &[1], "100.64.0.1"));
+    let bspec = GeSpec::host(2, "bob", Mode::Open, &[1], "100.64.0.2");
+    sim.send_udp(a, ip("100.64.0.2"), 5000, 22, b"hello");
+    let dde = last_dde(&sim, a);
+    let h0 = tr::dde_hash(&dde.core().unwrap());
+    let mut rgi = Rgi {
+        id: dde.id,
+        echo: vec![],
+        responder: ResponderPart {
+            credential: credential_of(&sim, &bspec),
+            share: x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([5; 32]))
+                .to_bytes(),
+            claims: vec![],
+            chosen: None,
+            options: vec![],
+        },
+        proof: None,
+        tag: [0; 32],
+        hops: vec![],
+    };
+    let c_r = tr::responder_hash(&h0, &rgi.core().unwrap());
+    let pair = tr::PairKey::derive(&sim::node_key(2), &sim::node_key(1).public()).unwrap();
+    rgi.tag = pair.tag(tr::RGI_TAG, &c_r, &[]);
+    let raw = Message::Rgi(rgi).encode().unwrap();
+    let now = sim.now();
+    let from = SocketAddr::new(ip("100.64.0.2"), DPRP_PORT);
+    sim.endpoint(a).handle_datagram(from, &raw, now).unwrap();
+    let mut failed = vec![];
+    while let Some(e) = sim.endpoint(a).poll_event() {
+        if let Event::Failed { reason, .. } = e {
+            failed.push(reason);
+        }
+    }
+    assert_eq!(
+        failed,
+        vec![FailReason::Rejected(Error::GroupKeyMissing { group: 1 })]
+    );
 }
