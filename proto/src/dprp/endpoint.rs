@@ -975,3 +975,41 @@ fn warn_uncovered(cfg: &Config) {
         }
     }
 }
+
+#[cfg(test)]
+impl Endpoint {
+    /// How many machines still hold an ephemeral secret.
+    fn ephemerals_held(&self) -> usize {
+        self.machines
+            .values()
+            .filter(|m| match m {
+                Machine::Initiator(i) => i.holds_ephemeral(),
+                Machine::Responder(r) => r.holds_ephemeral(),
+                Machine::Transit(_) => false,
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ge::Mode;
+    use crate::sim::{GeSpec, LinkConfig, Sim};
+
+    #[test]
+    fn ephemerals_are_wiped_when_used_not_at_the_end_of_the_linger_time() {
+        let mut sim = Sim::new(7, LinkConfig::default());
+        let a = sim.add_ge(GeSpec::host(1, "a", Mode::Open, &[1], "100.64.0.1"));
+        let b = sim.add_ge(GeSpec::host(2, "b", Mode::Open, &[1], "100.64.0.2"));
+        sim.send_udp(a, "100.64.0.2".parse().unwrap(), 4000, 22, b"x");
+        assert_eq!(sim.endpoint(a).ephemerals_held(), 1, "the DDE's secret");
+        sim.run_for(std::time::Duration::from_millis(500));
+        assert!(sim.established(a).is_some() && sim.established(b).is_some());
+        // Both machines linger (to answer retransmissions) without their
+        // ephemerals: a memory dump now finds no secret of this exchange.
+        assert_eq!(sim.endpoint(a).negotiations(), 1);
+        assert_eq!(sim.endpoint(b).negotiations(), 1);
+        assert_eq!(sim.endpoint(a).ephemerals_held(), 0);
+        assert_eq!(sim.endpoint(b).ephemerals_held(), 0);
+    }
+}

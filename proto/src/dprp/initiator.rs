@@ -57,7 +57,9 @@ pub(crate) struct Initiator {
     pub(crate) flow: FlowId,
     id: NegotiationId,
     expected_peer: Option<GeId>,
-    eph: StaticSecret,
+    /// The ephemeral secret, until the authentic RGI used it: taken (and
+    /// zeroized on drop) then, not kept through the linger time.
+    eph: Option<StaticSecret>,
     h0: Hash,
     claims: Vec<Claim>,
     dde: Vec<u8>,
@@ -124,7 +126,7 @@ impl Initiator {
             flow: s.flow,
             id: s.id,
             expected_peer: s.expected_peer,
-            eph,
+            eph: Some(eph),
             h0,
             claims: s.claims,
             dde: bytes,
@@ -144,6 +146,12 @@ impl Initiator {
             (_, Some(r)) if r < self.deadline => Some((r, Timer::Retransmit)),
             _ => Some((self.deadline, Timer::Deadline)),
         }
+    }
+
+    /// True while the ephemeral secret is held (tests of its erasure).
+    #[cfg(test)]
+    pub(crate) fn holds_ephemeral(&self) -> bool {
+        self.eph.is_some()
     }
 
     /// True once the machine can be forgotten.
@@ -275,7 +283,10 @@ impl Initiator {
             from,
             rgi_digest,
         };
-        match self.conclude(ctx, checked, now) {
+        // From here the negotiation ends whatever the outcome: the
+        // ephemeral is used at most once more, then wiped.
+        let eph = self.eph.take();
+        match self.conclude(ctx, checked, eph, now) {
             Ok(o) => Ok(o),
             Err(e) => {
                 tracing::debug!(id = %self.id, error = %e, "authentic RGI rejected");
@@ -289,6 +300,7 @@ impl Initiator {
         &mut self,
         ctx: &mut Ctx<'_>,
         c: Checked<'_>,
+        eph: Option<StaticSecret>,
         now: Instant,
     ) -> Result<Option<Outcome>> {
         // The answering end GE must own the destination: its overlay address
@@ -338,8 +350,9 @@ impl Initiator {
                     version: ch.version.0,
                 })?;
             keys::verify_group_proof(gk, &c.c_r, &proof)?;
-            let shared = self
-                .eph
+            let shared = eph
+                .as_ref()
+                .ok_or(Error::UnexpectedMessage("the ephemeral is already used"))?
                 .diffie_hellman(&PublicKey::from(c.rgi.responder.share));
             if !shared.was_contributory() {
                 return Err(Error::InvalidKey("ephemeral share of low order"));
