@@ -5,6 +5,9 @@
 //! credential a sends in its DDE. `ge set a --add-group 2` re-issues a's
 //! credential (groups 1 and 2) and gives a group 2's key; a new flow from a
 //! to d must then be protected, with both daemons still the same processes.
+//! b (OP, group 1) checks the other half: the GMS revokes a's superseded
+//! credential when it re-issues it, so a node that kept sending the old one
+//! would lose b as well.
 
 mod common;
 
@@ -39,17 +42,23 @@ fn ge_set_add_group_lets_a_node_reach_a_closed_peer_without_a_restart() {
         &[(1, "home"), (2, "work")],
         vec![
             NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
             NodeSpec::new("d", Mode::Cl, &[2]),
         ],
     ));
-    let _echo = common::echo_server(ov.lab(), "d", 7002);
+    let _echo: Vec<_> = ["b", "d"]
+        .iter()
+        .map(|h| common::echo_server(ov.lab(), h, 7002))
+        .collect();
     let to = SocketAddr::new(ov.overlay_addr("d").unwrap().into(), 7002);
+    let to_b = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7002);
 
-    // Before: d (closed, no shared group) refuses a.
+    // Before: d (closed, no shared group) refuses a; b takes it.
     assert!(
         connect(&ov, "a", to).is_err(),
         "a -> d connected before ge set"
     );
+    connect(&ov, "a", to_b).expect("a -> b before ge set");
 
     ov.gms_admin(&["ge", "set", "a", "--add-group", "2"])
         .unwrap();
@@ -70,6 +79,8 @@ fn ge_set_add_group_lets_a_node_reach_a_closed_peer_without_a_restart() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(last.is_ok(), "a -> d after ge set: {last:?}");
+    // b revoked a's old credential: a new flow works only with the new one.
+    connect(&ov, "a", to_b).expect("a -> b after ge set");
     let flows = ov.flows_with("a", "d").unwrap();
     assert!(
         flows.iter().any(|f| f["action"] == "encrypt"),
