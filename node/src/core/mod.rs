@@ -329,7 +329,7 @@ impl NodeCore {
                 let serial = c.serial;
                 // Checked again by DPRP (CA signature, key, GE id): a bad
                 // one leaves the old credential in use.
-                if let Err(e) = self.dprp.set_credential(*c, now) {
+                if let Err(e) = self.dprp.set_credential(*c) {
                     warn!(serial, error = %e, "new own credential refused; keeping the old one");
                 }
             }

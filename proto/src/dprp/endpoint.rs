@@ -248,13 +248,15 @@ impl Endpoint {
     /// set`: new groups, mode or `--protect` prefixes). Negotiations started
     /// from now on carry it; running ones finish with the old one, which
     /// peers still accept until it is revoked or expires. The credential
-    /// must be the CA's, valid now, for this GE and its node key, and keep
-    /// its overlay address (the TUN has it: that change needs a restart).
-    pub fn set_credential(&mut self, credential: Credential, now: Instant) -> Result<()> {
+    /// must be signed by the CA, for this GE and its node key, and keep its
+    /// overlay address (the TUN has it: that change needs a restart). Its
+    /// validity period is not checked against this node's clock: the GMS
+    /// just issued it by its own clock, and the peers judge it by theirs.
+    pub fn set_credential(&mut self, credential: Credential) -> Result<()> {
         let bytes = CredentialBytes::from_credential(&credential)?;
         let verified = bytes
             .parse()?
-            .verify(&self.cfg.ca_public, self.unix_now(now))?;
+            .verify(&self.cfg.ca_public, credential.not_before)?;
         let old = &self.cfg.credential;
         if verified.node_key != self.cfg.node_key.public() {
             return Err(Error::InvalidKey("the credential names another node key"));
