@@ -435,8 +435,13 @@ async fn session_loop(
     let cred = verify_credential(identity, &init.credential)?;
     let groups: BTreeSet<GroupId> = cred.info.groups.clone();
     let mut changed_groups: Vec<(GroupId, Vec<KeyVersion>)> = Vec::new();
+    // A `ge set` while this node was away (or before it restarted with the
+    // credential it enrolled with) reaches it only here: say so, as for a
+    // push, or the node keeps sending its old credential.
+    let reissued;
     {
         let mut s = shared.lock();
+        reissued = (s.credential.as_ref() != Some(&cred)).then(|| cred.info.clone());
         s.keys.retain_groups(&groups);
         for gk in init.groups {
             let g = gk.group;
@@ -451,6 +456,9 @@ async fn session_loop(
     save_cache(cfg, shared);
     info!("connected to the GMS");
     shared.emit(Event::Connected);
+    if let Some(info) = reissued {
+        shared.emit(Event::InfoChanged(info));
+    }
     for (group, versions) in changed_groups {
         shared.emit(Event::Keys { group, versions });
     }

@@ -172,3 +172,28 @@ async fn joining_a_group_delivers_its_key_at_once() {
     // Joining rotates nothing: the members of group 4 keep their key.
     assert_eq!(gms.json(&["group", "list"])[1]["key_version"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_reissued_while_away_is_announced_when_the_session_starts() {
+    // `ge set` while the node is not connected (or before it restarts with
+    // the credential it enrolled with): the new credential arrives in the
+    // SessionInit, and the node must hear of it as of a push.
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "1", "--name", "one"]);
+    gms.ok(&["group", "add", "2", "--name", "two"]);
+    gms.ok(&[
+        "ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    let id = enroll(&gms, "a").await;
+    gms.ok(&["ge", "set", "a", "--add-group", "2"]);
+    let mut s = connect(id, None).await;
+    let events = drain(&mut s).await;
+    let both = [G1, GroupId(2)].into();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::InfoChanged(i) if i.groups == both)),
+        "the re-issued credential was not announced: {events:?}"
+    );
+    assert_eq!(s.info().unwrap().groups, both);
+}

@@ -169,6 +169,13 @@ impl GmsTask {
             Event::Keys { group, versions } => self.push_keys(group, versions).await,
             Event::InfoChanged(info) => {
                 info!(groups = ?info.groups, mode = ?info.mode, "this node's GE info changed");
+                // Peers judge this node by the credential it sends: the new
+                // one (already checked by the session) goes to DPRP at once,
+                // or peers keep seeing the old groups and prefixes.
+                let cred = self.session.with_state(|s| s.credential.clone());
+                if let Some(c) = cred {
+                    let _ = self.engine.send(Command::Credential(Box::new(c))).await;
+                }
                 let left: Vec<GroupId> = self
                     .shared
                     .view()

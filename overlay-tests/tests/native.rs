@@ -267,7 +267,10 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     );
     // The flows started after the path went native were negotiated on the
     // IP path (UDP 7717 between the underlay addresses), answers included.
-    assert!(counter(&ov, "a", "dprp_native_out") > 0, "no DPRP on the IP path from a");
+    assert!(
+        counter(&ov, "a", "dprp_native_out") > 0,
+        "no DPRP on the IP path from a"
+    );
     assert!(counter(&ov, "b", "dprp_native_in") > 0);
     assert!(counter(&ov, "b", "dprp_native_out") > 0);
     // Nothing unknown or forged arrived in all this.

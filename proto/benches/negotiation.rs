@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fpn_proto::credential::Credential;
-use fpn_proto::dprp::{Config, DPRP_PORT, Endpoint, Event, Prefix};
+use fpn_proto::dprp::{Config, DPRP_PORT, Endpoint, Entropy, Event, Prefix};
 use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
@@ -54,7 +54,7 @@ fn endpoint(ca: &NodeKey, id: u32, addr: IpAddr, now: Instant) -> Endpoint {
     let mut cfg = Config::new(key, cred, ca.public(), vec![Prefix::host(addr)]);
     // Finished negotiations are forgotten at once, so the tables stay small.
     cfg.timing.linger = Duration::ZERO;
-    let mut ep = Endpoint::new(cfg, [id as u8 ^ 0x55; 32], UNIX, now).unwrap();
+    let mut ep = Endpoint::new(cfg, Entropy::Seeded([id as u8 ^ 0x55; 32]), UNIX, now).unwrap();
     ep.set_group_key(GroupId(1), KeyVersion(1), GroupKey::from_bytes([7; 32]));
     ep
 }

@@ -93,6 +93,22 @@ pub enum Error {
         /// The address it claimed (a flow's source or destination).
         addr: IpAddr,
     },
+    /// A NAK came from a GE that may not refuse this negotiation: neither
+    /// the GE it was addressed to nor one whose credential covers the
+    /// destination. Dropped (the genuine answer may still come).
+    #[error("NAK from GE {0}, which does not speak for the destination")]
+    NakFromStranger(u32),
+    /// The ends' credentials share a group but one end holds no key for
+    /// it: the flow would fall back to plain (or drop) instead of being
+    /// protected, so the negotiation fails instead.
+    #[error("the ends share group {group} but one holds no key for it: refusing to downgrade")]
+    GroupKeyMissing {
+        /// The lowest group both credentials name.
+        group: u32,
+    },
+    /// The operating system's random source failed.
+    #[error("the system random source failed")]
+    Entropy,
 
     // ---- packets (packet/) ----
     /// The IP version nibble is neither 4 nor 6.

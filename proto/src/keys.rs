@@ -243,11 +243,8 @@ impl NodeKey {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed)
             .expect("any 32 bytes are an Ed25519 seed");
-        // RFC 8032: the secret scalar is the (clamped) first half of SHA-512(seed);
-        // X25519 clamps the same way, so this is the node key's scalar.
-        let h = ring::digest::digest(&ring::digest::SHA512, seed);
-        let mut scalar = Zeroizing::new([0u8; 32]);
-        scalar.copy_from_slice(&h.as_ref()[..32]);
+        let scalar = secret_scalar(seed);
+        scrub_stack();
         let dh = x25519_dalek::StaticSecret::from(*scalar);
         Self { pair, dh }
     }
@@ -292,6 +289,29 @@ impl fmt::Debug for NodeKey {
             .field("public", &HexShort(&self.public()))
             .finish()
     }
+}
+
+/// RFC 8032: the secret scalar is the (clamped) first half of SHA-512(seed);
+/// X25519 clamps the same way, so this is the node key's scalar. ring's
+/// `Digest` (the whole 64-byte hash: scalar and signing prefix) cannot be
+/// wiped (no `Zeroize`, private fields), so it lives only in this frame,
+/// which [`scrub_stack`] overwrites once the call has returned.
+#[inline(never)]
+fn secret_scalar(seed: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let h = ring::digest::digest(&ring::digest::SHA512, seed);
+    let mut scalar = Zeroizing::new([0u8; 32]);
+    scalar.copy_from_slice(&h.as_ref()[..32]);
+    scalar
+}
+
+/// Overwrites the stack just below the caller's frame, where the frame of
+/// the [`secret_scalar`] call it follows lay. Best effort (the compiler
+/// decides frame sizes); 4 KiB covers that frame many times over.
+#[inline(never)]
+fn scrub_stack() {
+    let mut buf = [0xa5u8; 4096];
+    zeroize::Zeroize::zeroize(&mut buf[..]);
+    std::hint::black_box(&buf);
 }
 
 /// The seed of an RFC 8410 Ed25519 PKCS#8 document (v1 or v2, which ring

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fpn_proto::Error;
 use fpn_proto::dprp::msg::{COOKIE_LEN, Cookie, CredentialBytes};
 use fpn_proto::dprp::{
-    Config, DPRP_PORT, DprpOption, DropCause, Endpoint, Limits, Message, MessageType,
+    Config, DPRP_PORT, DprpOption, DropCause, Endpoint, Entropy, Limits, Message, MessageType,
     NegotiationId, Prefix, Rate, Verdict,
 };
 use fpn_proto::flow::{FlowId, protocol};
@@ -35,7 +35,10 @@ fn udp(src: IpAddr, dst: IpAddr, sport: u16) -> FlowId {
 /// An enrolled GE outside the simulated network (a valid credential from
 /// the simulation's CA): its one DDE to `victim` is the template of a flood.
 fn flood_template(sim: &Sim, id: u32, addr: &str, victim: IpAddr) -> Vec<u8> {
-    let spec = GeSpec::host(id, "mallory", Mode::Open, &[1], addr);
+    // In a group of its own: its template holds no group key, and a member
+    // of the victim's group without the key would be refused outright
+    // (no downgrade to plain), before the work these tests measure.
+    let spec = GeSpec::host(id, "mallory", Mode::Open, &[7], addr);
     let key = sim::node_key(id);
     let credential = sim.issue(Sim::info_of(&spec), &key);
     let cfg = Config::new(
@@ -44,7 +47,7 @@ fn flood_template(sim: &Sim, id: u32, addr: &str, victim: IpAddr) -> Vec<u8> {
         sim.ca_public(),
         vec![Prefix::host(ip(addr))],
     );
-    let mut m = Endpoint::new(cfg, [id as u8; 32], START_UNIX, sim.now()).unwrap();
+    let mut m = Endpoint::new(cfg, Entropy::Seeded([id as u8; 32]), START_UNIX, sim.now()).unwrap();
     m.initiate(udp(ip(addr), victim, 1), vec![], sim.now())
         .unwrap();
     m.poll_transmit().unwrap().payload

@@ -59,7 +59,7 @@ use fpn_proto::path::PathConfig;
 use fpn_proto::pccom::TRAILER_LEN;
 use fpn_proto::pit::{Disposition, Origin, Pit};
 use fpn_proto::xlat::XlatTable;
-use tracing::{debug, info, trace};
+use tracing::{debug, info, trace, warn};
 
 use crate::carrier::{CarrierKind, FrameKind};
 use crate::icmp::Unreachable;
@@ -333,6 +333,14 @@ impl NodeCore {
                 info!(%ge, flows = n, "peer left the directory: refused from now on");
             }
             Command::Peer(rec) => self.set_peer(&rec, now),
+            Command::Credential(c) => {
+                let serial = c.serial;
+                // Checked again by DPRP (CA signature, key, GE id): a bad
+                // one leaves the old credential in use.
+                if let Err(e) = self.dprp.set_credential(*c) {
+                    warn!(serial, error = %e, "new own credential refused; keeping the old one");
+                }
+            }
             Command::EraseKeys => {
                 let groups: Vec<GroupId> = self.versions.keys().copied().collect();
                 for g in groups {

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use fpn_proto::credential::Credential;
 use fpn_proto::flow::FlowId;
 
 use fpn_proto::ge::{GeId, GroupId};
@@ -35,6 +36,9 @@ pub enum Command {
     Peer(PeerRecord),
     /// Erase every key and stop forwarding (this node was revoked).
     EraseKeys,
+    /// The GMS re-issued this node's own credential (after `ge set`):
+    /// negotiations from now on carry it.
+    Credential(Box<Credential>),
 }
 
 /// What became of a data packet: returned by the hot-path inputs, borrowing

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fpn_proto::credential::Credential;
-use fpn_proto::dprp::{Config, Endpoint, Prefix};
+use fpn_proto::dprp::{Config, Endpoint, Entropy, Prefix};
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
@@ -742,8 +742,13 @@ impl CoreSim {
             self.ca.public(),
             vec![Prefix::host(IpAddr::V4(overlay))],
         );
-        let dprp = Endpoint::new(cfg, self.dice.bytes32(), START_UNIX, self.now)
-            .expect("a valid endpoint");
+        let dprp = Endpoint::new(
+            cfg,
+            Entropy::Seeded(self.dice.bytes32()),
+            START_UNIX,
+            self.now,
+        )
+        .expect("a valid endpoint");
         NodeCore::new(
             CoreConfig {
                 overlay,

@@ -540,7 +540,7 @@ fn the_same_seed_gives_the_same_run() {
 fn a_peer_negotiating_for_an_address_another_ge_owns_is_refused() {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use fpn_proto::dprp::{Config, Endpoint, Prefix};
+    use fpn_proto::dprp::{Config, Endpoint, Entropy, Prefix};
     use fpn_proto::flow::FlowId;
     use fpn_proto::ge::{GeInfo, GeKind};
     use fpn_proto::sim::{START_UNIX, node_key};
@@ -565,7 +565,7 @@ fn a_peer_negotiating_for_an_address_another_ge_owns_is_refused() {
         sim.ca_public(),
         vec![Prefix::host(IpAddr::V4(b_ip))],
     );
-    let mut mallory = Endpoint::new(cfg, [9; 32], START_UNIX, sim.now()).unwrap();
+    let mut mallory = Endpoint::new(cfg, Entropy::Seeded([9; 32]), START_UNIX, sim.now()).unwrap();
     mallory.set_group_key(GroupId(1), KeyVersion(1), group_key(1, 1));
     let flow = FlowId {
         src: IpAddr::V4(b_ip),
@@ -638,4 +638,70 @@ mod robustness {
             core.handle_timeout(now + Duration::from_secs(1));
         }
     }
+}
+
+/// `fpn-gms ge set a --group 2`, as the core sees it: the GMS pushes the
+/// re-issued credential and the new group's key over the session.
+fn ge_set_add_group(sim: &mut CoreSim, a: usize, mode: Mode, groups: &[u32]) {
+    use fpn_proto::ge::{GeInfo, GeKind};
+    let n = &sim.nodes[a];
+    let info = GeInfo {
+        id: n.ge,
+        name: n.name.clone(),
+        kind: GeKind::Ges,
+        mode,
+        groups: groups.iter().map(|g| GroupId(*g)).collect(),
+        overlay: n.overlay,
+    };
+    let cred = sim.issue(info, &fpn_proto::sim::node_key(n.ge.0));
+    for g in groups {
+        sim.command(
+            a,
+            Command::Keys {
+                group: GroupId(*g),
+                keys: vec![(KeyVersion(1), group_key(*g, 1))],
+            },
+        );
+    }
+    sim.command(a, Command::Credential(Box::new(cred)));
+}
+
+#[test]
+fn a_reissued_own_credential_is_used_for_new_flows_without_a_restart() {
+    // b is closed and only in group 2: a (group 1) is dropped by it.
+    let mut sim = CoreSim::new(61, LinkConfig::default());
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Closed, &[2]);
+    sim.introduce_all();
+    sim.send_udp(a, b, 4000, 5000, b"before");
+    sim.drive();
+    assert!(sim.nodes[b].tun.is_empty(), "a closed GE let a stranger in");
+    // The operator adds a to group 2; the GMS re-issues a's credential.
+    ge_set_add_group(&mut sim, a, Mode::Open, &[1, 2]);
+    // A new flow, at once: b sees group 2 in a's credential and protects.
+    sim.send_udp(a, b, 4001, 5000, b"after");
+    sim.drive();
+    assert_eq!(sim.nodes[b].tun.len(), 1, "the new credential was not used");
+    // Protected with group 2's key (the first flow's drop entry stays).
+    assert!(flows(&sim, b).iter().any(|f| f.key_version == Some(1)));
+}
+
+#[test]
+fn a_credential_for_another_node_key_is_refused_and_the_old_one_kept() {
+    let (mut sim, a, b) = open_pair(62);
+    let n = &sim.nodes[a];
+    let info = fpn_proto::ge::GeInfo {
+        id: n.ge,
+        name: n.name.clone(),
+        kind: fpn_proto::ge::GeKind::Ges,
+        mode: Mode::Open,
+        groups: [GroupId(1)].into(),
+        overlay: n.overlay,
+    };
+    // Signed by the CA, but for another node's key.
+    let cred = sim.issue(info, &fpn_proto::sim::node_key(77));
+    sim.command(a, Command::Credential(Box::new(cred)));
+    sim.send_udp(a, b, 4000, 5000, b"still works");
+    sim.drive();
+    assert_eq!(sim.nodes[b].tun.len(), 1);
 }

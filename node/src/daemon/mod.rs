@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fpn_gms_client::{self as client, Identity, Session, SessionConfig};
-use fpn_proto::dprp::{self, Endpoint, Prefix};
+use fpn_proto::dprp::{self, Endpoint, Entropy, Prefix};
 use fpn_proto::flow::FlowId;
 use fpn_proto::pit::{Pit, PitConfig};
 use ring::rand::SecureRandom;
@@ -117,10 +117,6 @@ async fn run(
     scfg.reported = reported;
     let session = Session::start(identity.clone(), endpoint, scfg)?;
 
-    let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut seed)
-        .map_err(|_| Error::Config("no system randomness".into()))?;
     let dcfg = dprp::Config::new(
         identity.node_key()?,
         cred,
@@ -128,7 +124,9 @@ async fn run(
         vec![Prefix::host(IpAddr::V4(me.overlay))],
     );
     let clock = Clock::new();
-    let dprp = Endpoint::new(dcfg, seed, fpn_gms_client::now_unix(), clock.now())?;
+    // Fresh OS randomness for every ephemeral, nonce and id: a seed kept for
+    // the process's life would let one memory dump recompute them all.
+    let dprp = Endpoint::new(dcfg, Entropy::Os, fpn_gms_client::now_unix(), clock.now())?;
     let pit = Pit::new(PitConfig {
         idle_timeout: Duration::from_secs(cfg.flow_idle_secs),
         ..PitConfig::default()

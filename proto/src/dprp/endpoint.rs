@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use ring::hkdf;
-
 use crate::credential::Credential;
 use crate::dprp::budget::Buckets;
 use crate::dprp::config::{Config, Keyring, Prefix};
 use crate::dprp::cookie::{self, CookieJar};
+use crate::dprp::entropy::{Entropy, Rng};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
 use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId};
@@ -96,6 +95,10 @@ pub struct Stats {
     /// (as responder), RGIs from a GE that does not own the destination (as
     /// initiator), MPITs for such a flow (as gateway).
     pub not_owner: u64,
+    /// Authentic NAKs dropped because their signer is neither the GE the
+    /// negotiation was addressed to nor one whose credential covers the
+    /// destination.
+    pub stranger_naks: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
 }
@@ -174,31 +177,6 @@ impl Machine {
     }
 }
 
-/// Deterministic randomness from the seed: HKDF-expand with a counter.
-struct Rng {
-    prk: hkdf::Prk,
-    counter: u64,
-}
-
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-impl Rng {
-    fn fill(&mut self, out: &mut [u8]) {
-        let c = self.counter.to_be_bytes();
-        self.counter += 1;
-        self.prk
-            .expand(&[b"fpn v1 dprp rng", &c], Len(out.len()))
-            .and_then(|okm| okm.fill(out))
-            .expect("requests stay far below the HKDF output limit");
-    }
-}
-
 /// The DPRP manager of one GE. See the [module docs](crate::dprp).
 pub struct Endpoint {
     cfg: Config,
@@ -217,6 +195,9 @@ pub struct Endpoint {
     /// Drawn on first use, so an endpoint never under load draws nothing.
     cookies: Option<CookieJar>,
     flows: BTreeMap<FlowId, NegotiationId>,
+    /// Peers' negotiations that won a simultaneous open, with this GE's own
+    /// negotiation they replace once their MPIT authenticates them.
+    yielding: BTreeMap<NegotiationId, NegotiationId>,
     held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
     held_bytes: usize,
     negative: BTreeMap<FlowId, (FailReason, Instant)>,
@@ -226,30 +207,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Creates the endpoint. `seed` must be fresh random bytes on every start
-    /// (ephemeral keys, nonces and negotiation ids come from it); `unix_now`
-    /// is the wall-clock time at `now`, for credential validity.
-    pub fn new(cfg: Config, seed: [u8; 32], unix_now: u64, now: Instant) -> Result<Self> {
+    /// Creates the endpoint. Ephemeral keys, nonces, negotiation ids and
+    /// cookie secrets are drawn from `entropy`: [`Entropy::Os`] in a node
+    /// (forward secrecy), [`Entropy::Seeded`] only where runs must repeat.
+    /// `unix_now` is the wall-clock time at `now`, for credential validity.
+    pub fn new(cfg: Config, entropy: Entropy, unix_now: u64, now: Instant) -> Result<Self> {
         if cfg.credential.node_key != cfg.node_key.public() {
             return Err(Error::InvalidKey("the credential names another node key"));
         }
         let own_bytes = CredentialBytes::from_credential(&cfg.credential)?;
-        // The peers judge this GE's flows by its credential, not by this
-        // configuration: say so once, rather than have every flow from an
-        // uncovered address refused with no hint why.
-        for p in &cfg.protected {
-            let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
-            let covered = *p == overlay
-                || cfg
-                    .credential
-                    .prefixes
-                    .iter()
-                    .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
-            if !covered {
-                tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
-            }
-        }
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 dprp seed").extract(&seed);
+        warn_uncovered(&cfg);
         let l = cfg.limits;
         let peers = Peers::new(l.peer_cache, l.bad_credentials, l.bad_credential_ttl);
         Ok(Self {
@@ -259,7 +226,7 @@ impl Endpoint {
             peers,
             directory: Vec::new(),
             clock: (now, unix_now),
-            rng: Rng { prk, counter: 0 },
+            rng: Rng::new(entropy),
             machines: BTreeMap::new(),
             initiated: 0,
             by_source: Buckets::new(l.dde_per_source, l.budget_entries),
@@ -267,6 +234,7 @@ impl Endpoint {
             by_destination: Buckets::new(l.initiate_per_destination, l.budget_entries),
             cookies: None,
             flows: BTreeMap::new(),
+            yielding: BTreeMap::new(),
             held: BTreeMap::new(),
             held_bytes: 0,
             negative: BTreeMap::new(),
@@ -274,6 +242,48 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Replaces this GE's own credential (the GMS re-issued it after `ge
+    /// set`: new groups, mode or `--protect` prefixes). Negotiations started
+    /// from now on carry it; running ones finish with the old one, which
+    /// peers still accept until it is revoked or expires. The credential
+    /// must be signed by the CA, for this GE and its node key, and keep its
+    /// overlay address (the TUN has it: that change needs a restart). Its
+    /// validity period is not checked against this node's clock: the GMS
+    /// just issued it by its own clock, and the peers judge it by theirs.
+    pub fn set_credential(&mut self, credential: Credential) -> Result<()> {
+        let bytes = CredentialBytes::from_credential(&credential)?;
+        let verified = bytes
+            .parse()?
+            .verify(&self.cfg.ca_public, credential.not_before)?;
+        let old = &self.cfg.credential;
+        if verified.node_key != self.cfg.node_key.public() {
+            return Err(Error::InvalidKey("the credential names another node key"));
+        }
+        if verified.info.id != old.info.id || verified.info.overlay != old.info.overlay {
+            return Err(Error::invalid(
+                "credential",
+                "names another GE or overlay address",
+            ));
+        }
+        if verified.serial != old.serial {
+            tracing::info!(
+                serial = verified.serial,
+                groups = ?verified.info.groups,
+                mode = ?verified.info.mode,
+                "own credential replaced"
+            );
+        }
+        self.cfg.credential = verified;
+        self.own_bytes = bytes;
+        warn_uncovered(&self.cfg);
+        Ok(())
+    }
+
+    /// This GE's current credential.
+    pub fn credential(&self) -> &Credential {
+        &self.cfg.credential
     }
 
     /// This GE's id.
@@ -456,14 +466,26 @@ impl Endpoint {
                 m.handle_rgi(&mut ctx, from, r, datagram, now)?
             }
             (Machine::Initiator(m), Message::Cdn(c)) => m.handle_cdn(&mut ctx, c, now)?,
-            (Machine::Initiator(m), Message::Nak(n)) => m.handle_nak(&mut ctx, n, now)?,
+            (Machine::Initiator(m), Message::Nak(n)) => match m.handle_nak(&mut ctx, n, now) {
+                Ok(o) => o,
+                Err(e) => {
+                    if matches!(e, Error::NakFromStranger(_)) {
+                        self.stats.stranger_naks += 1;
+                    }
+                    return Err(e);
+                }
+            },
             (Machine::Initiator(m), Message::Cookie(c)) => {
                 m.handle_cookie(&mut ctx, c)?;
                 None
             }
-            (Machine::Responder(m), Message::Mpit(p)) => m
-                .handle_mpit(&mut ctx, from, p, datagram, now)?
-                .map(Outcome::Established),
+            (Machine::Responder(m), Message::Mpit(p)) => {
+                let o = m.handle_mpit(&mut ctx, from, p, datagram, now)?;
+                if o.is_some() {
+                    self.yield_to(id);
+                }
+                o.map(Outcome::Established)
+            }
             (Machine::Transit(m), Message::Rgi(r)) => {
                 m.handle_rgi(&mut ctx, from, r, datagram)?;
                 None
@@ -598,9 +620,11 @@ impl Endpoint {
             self.stats.initiate_rate_limited += 1;
             return Err(Error::RateLimited("negotiations to this destination"));
         }
-        let mut r = [0u8; 56];
+        // Secret, nonce and id in one draw; the buffer is wiped on every
+        // path out (the secret lives on only inside the StaticSecret).
+        let mut r = zeroize::Zeroizing::new([0u8; 56]);
         let id = loop {
-            self.rng.fill(&mut r);
+            self.rng.fill(&mut r[..])?;
             let id = NegotiationId(u64::from_be_bytes(r[48..].try_into().expect("8 bytes")));
             if !self.machines.contains_key(&id) {
                 break id;
@@ -618,12 +642,11 @@ impl Endpoint {
             id,
             flow,
             options,
-            secret: r[..32].try_into().expect("32 bytes"),
+            secret: zeroize::Zeroizing::new(r[..32].try_into().expect("32 bytes")),
             nonce: r[32..48].try_into().expect("16 bytes"),
             claims: own_claims(&ctx),
             expected_peer,
         };
-        r.fill(0);
         let m = Initiator::start(&mut ctx, start, now)?;
         tracing::debug!(%id, %flow, "negotiation started");
         self.insert_machine(id, Machine::Initiator(Box::new(m)));
@@ -737,17 +760,23 @@ impl Endpoint {
             .into_iter()
             .find_map(|f| self.flows.get(&f).map(|id| (f, *id)))
             .filter(|(_, id)| matches!(self.machines.get(id), Some(Machine::Initiator(_))));
+        // The credential is CA-signed but public: anyone can copy it into a
+        // DDE, and nothing in a DDE proves the sender holds its node key. So
+        // the loser only *answers* here; its own negotiation is given up
+        // when the peer's MPIT proves the peer's identity (the pair-key
+        // tag), never on the DDE alone.
+        let mut yields = None;
         if let Some((_, own_id)) = mine {
             if ctx.own().info.id < initiator.info.id {
                 return Err(Error::UnexpectedMessage(
                     "simultaneous open: this GE's negotiation wins",
                 ));
             }
-            tracing::debug!(id = %own_id, "simultaneous open: yielding to the peer's negotiation");
-            self.remove_machine(own_id);
+            tracing::debug!(id = %own_id, "simultaneous open: the peer's negotiation wins once authenticated");
+            yields = Some(own_id);
         }
-        let mut secret = [0u8; 32];
-        self.rng.fill(&mut secret);
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        self.rng.fill(&mut secret[..])?;
         let mut ctx = Ctx {
             cfg: &self.cfg,
             own_bytes: &self.own_bytes,
@@ -757,10 +786,13 @@ impl Endpoint {
             out: &mut self.transmits,
         };
         let (id, flow) = (dde.id, dde.flow);
-        let m = Responder::start(&mut ctx, from, dde, initiator, raw, secret, now);
-        secret.fill(0);
-        let m = m?;
+        let m = Responder::start(&mut ctx, from, dde, initiator, raw, &secret, now)?;
         self.insert_machine(id, Machine::Responder(Box::new(m)));
+        if let Some(own_id) = yields {
+            // The flows stay with this GE's own negotiation until then.
+            self.yielding.insert(id, own_id);
+            return Ok(());
+        }
         for f in [flow, flow.reversed()] {
             if self.held.contains_key(&f) || self.flows.contains_key(&f) {
                 self.flows.insert(f, id);
@@ -835,15 +867,15 @@ impl Endpoint {
         let jar = match &mut self.cookies {
             Some(jar) => jar,
             None => {
-                let mut s = [0u8; 32];
-                self.rng.fill(&mut s);
-                self.cookies.insert(CookieJar::new(s, now))
+                let mut s = zeroize::Zeroizing::new([0u8; 32]);
+                self.rng.fill(&mut s[..])?;
+                self.cookies.insert(CookieJar::new(*s, now))
             }
         };
         if jar.is_due(now) {
-            let mut s = [0u8; 32];
-            self.rng.fill(&mut s);
-            jar.rotate(s, now);
+            let mut s = zeroize::Zeroizing::new([0u8; 32]);
+            self.rng.fill(&mut s[..])?;
+            jar.rotate(*s, now);
         }
         let echoed = dde.options.iter().find_map(|o| match o {
             DprpOption::Cookie(c) => Some(c),
@@ -869,6 +901,25 @@ impl Endpoint {
         Ok(false)
     }
 
+    /// A simultaneous open this GE lost, now that the peer's negotiation
+    /// `id` is authenticated and confirmed: its own negotiation ends and
+    /// its flows (and held packets) move to the peer's.
+    fn yield_to(&mut self, id: NegotiationId) {
+        let Some(own_id) = self.yielding.remove(&id) else {
+            return;
+        };
+        if !matches!(self.machines.get(&own_id), Some(Machine::Initiator(_))) {
+            return;
+        }
+        tracing::debug!(id = %own_id, peer = %id, "simultaneous open: yielded to the peer's negotiation");
+        self.remove_machine(own_id);
+        for n in self.flows.values_mut() {
+            if *n == own_id {
+                *n = id;
+            }
+        }
+    }
+
     /// Adds a machine to the table, keeping the initiator count.
     fn insert_machine(&mut self, id: NegotiationId, m: Machine) {
         if let Some(old) = self.machines.insert(id, m) {
@@ -882,6 +933,7 @@ impl Endpoint {
     /// Removes a machine from the table, keeping the initiator count.
     fn remove_machine(&mut self, id: NegotiationId) -> Option<Machine> {
         let m = self.machines.remove(&id)?;
+        self.yielding.remove(&id);
         self.forget(&m);
         Some(m)
     }
@@ -905,5 +957,61 @@ impl Endpoint {
         if !orphans.is_empty() {
             self.fail_flows(&orphans, FailReason::Timeout, now);
         }
+    }
+}
+
+/// The peers judge this GE's flows by its credential, not by its
+/// configuration: say so once, rather than have every flow from an
+/// uncovered address refused with no hint why.
+fn warn_uncovered(cfg: &Config) {
+    for p in &cfg.protected {
+        let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
+        let covered = *p == overlay
+            || cfg
+                .credential
+                .prefixes
+                .iter()
+                .any(|q| q.contains(p.addr()) && q.prefix_len() <= p.prefix_len());
+        if !covered {
+            tracing::warn!(prefix = %p, "protected prefix not named in this GE's credential: peers will refuse its flows");
+        }
+    }
+}
+
+#[cfg(test)]
+impl Endpoint {
+    /// How many machines still hold an ephemeral secret.
+    fn ephemerals_held(&self) -> usize {
+        self.machines
+            .values()
+            .filter(|m| match m {
+                Machine::Initiator(i) => i.holds_ephemeral(),
+                Machine::Responder(r) => r.holds_ephemeral(),
+                Machine::Transit(_) => false,
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ge::Mode;
+    use crate::sim::{GeSpec, LinkConfig, Sim};
+
+    #[test]
+    fn ephemerals_are_wiped_when_used_not_at_the_end_of_the_linger_time() {
+        let mut sim = Sim::new(7, LinkConfig::default());
+        let a = sim.add_ge(GeSpec::host(1, "a", Mode::Open, &[1], "100.64.0.1"));
+        let b = sim.add_ge(GeSpec::host(2, "b", Mode::Open, &[1], "100.64.0.2"));
+        sim.send_udp(a, "100.64.0.2".parse().unwrap(), 4000, 22, b"x");
+        assert_eq!(sim.endpoint(a).ephemerals_held(), 1, "the DDE's secret");
+        sim.run_for(std::time::Duration::from_millis(500));
+        assert!(sim.established(a).is_some() && sim.established(b).is_some());
+        // Both machines linger (to answer retransmissions) without their
+        // ephemerals: a memory dump now finds no secret of this exchange.
+        assert_eq!(sim.endpoint(a).negotiations(), 1);
+        assert_eq!(sim.endpoint(b).negotiations(), 1);
+        assert_eq!(sim.endpoint(a).ephemerals_held(), 0);
+        assert_eq!(sim.endpoint(b).ephemerals_held(), 0);
     }
 }

@@ -45,7 +45,9 @@ pub(crate) struct Start {
     pub(crate) id: NegotiationId,
     pub(crate) flow: FlowId,
     pub(crate) options: Vec<DprpOption>,
-    pub(crate) secret: [u8; 32],
+    /// Wiped when the start is dropped; only the `StaticSecret` (zeroized
+    /// on drop) keeps it.
+    pub(crate) secret: zeroize::Zeroizing<[u8; 32]>,
     pub(crate) nonce: [u8; 16],
     pub(crate) claims: Vec<Claim>,
     pub(crate) expected_peer: Option<GeId>,
@@ -55,7 +57,9 @@ pub(crate) struct Initiator {
     pub(crate) flow: FlowId,
     id: NegotiationId,
     expected_peer: Option<GeId>,
-    eph: StaticSecret,
+    /// The ephemeral secret, until the authentic RGI used it: taken (and
+    /// zeroized on drop) then, not kept through the linger time.
+    eph: Option<StaticSecret>,
     h0: Hash,
     claims: Vec<Claim>,
     dde: Vec<u8>,
@@ -102,7 +106,7 @@ pub(crate) fn digest(bytes: &[u8]) -> Hash {
 impl Initiator {
     /// Builds and sends the DDE.
     pub(crate) fn start(ctx: &mut Ctx<'_>, s: Start, now: Instant) -> Result<Self> {
-        let eph = StaticSecret::from(s.secret);
+        let eph = StaticSecret::from(*s.secret);
         let dde = Dde {
             id: s.id,
             flow: s.flow,
@@ -122,7 +126,7 @@ impl Initiator {
             flow: s.flow,
             id: s.id,
             expected_peer: s.expected_peer,
-            eph,
+            eph: Some(eph),
             h0,
             claims: s.claims,
             dde: bytes,
@@ -142,6 +146,12 @@ impl Initiator {
             (_, Some(r)) if r < self.deadline => Some((r, Timer::Retransmit)),
             _ => Some((self.deadline, Timer::Deadline)),
         }
+    }
+
+    /// True while the ephemeral secret is held (tests of its erasure).
+    #[cfg(test)]
+    pub(crate) fn holds_ephemeral(&self) -> bool {
+        self.eph.is_some()
     }
 
     /// True once the machine can be forgotten.
@@ -273,7 +283,10 @@ impl Initiator {
             from,
             rgi_digest,
         };
-        match self.conclude(ctx, checked, now) {
+        // From here the negotiation ends whatever the outcome: the
+        // ephemeral is used at most once more, then wiped.
+        let eph = self.eph.take();
+        match self.conclude(ctx, checked, eph, now) {
             Ok(o) => Ok(o),
             Err(e) => {
                 tracing::debug!(id = %self.id, error = %e, "authentic RGI rejected");
@@ -287,6 +300,7 @@ impl Initiator {
         &mut self,
         ctx: &mut Ctx<'_>,
         c: Checked<'_>,
+        eph: Option<StaticSecret>,
         now: Instant,
     ) -> Result<Option<Outcome>> {
         // The answering end GE must own the destination: its overlay address
@@ -312,6 +326,13 @@ impl Initiator {
         path.extend(c.gateways.iter().rev().map(|g| &g.info));
         path.push(&theirs);
         let decision = decide(&path)?;
+        // The same no-downgrade rule as the responder's (which NAKs first):
+        // credentials that share a group mean a protected flow or none.
+        if decision.group.is_none()
+            && let Some(group) = ctx.own().info.lowest_shared_group(&c.responder.info)
+        {
+            return Err(Error::GroupKeyMissing { group: group.0 });
+        }
         let chosen = c.rgi.responder.chosen;
         if decision.group != chosen.map(|x| x.group) {
             return Err(Error::invalid(
@@ -329,8 +350,9 @@ impl Initiator {
                     version: ch.version.0,
                 })?;
             keys::verify_group_proof(gk, &c.c_r, &proof)?;
-            let shared = self
-                .eph
+            let shared = eph
+                .as_ref()
+                .ok_or(Error::UnexpectedMessage("the ephemeral is already used"))?
                 .diffie_hellman(&PublicKey::from(c.rgi.responder.share));
             if !shared.was_contributory() {
                 return Err(Error::InvalidKey("ephemeral share of low order"));
@@ -446,7 +468,13 @@ impl Initiator {
         })
     }
 
-    /// A signed refusal from a GE on the path.
+    /// A signed refusal. Only the GE this negotiation is addressed to may
+    /// refuse it: the one the directory names for the destination, or one
+    /// whose credential covers the destination (the end GE, or a gateway
+    /// standing for it). A DDE travels in the clear, so any CA-valid GE that
+    /// sees one can sign a NAK over its hash; from anyone else the NAK is
+    /// dropped like garbage, and the genuine answer may still come. The
+    /// price: a transit gateway's HOP_LIMIT refusal now ends in a timeout.
     pub(crate) fn handle_nak(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -459,6 +487,11 @@ impl Initiator {
         let refuser: Credential = ctx.verify(&nak.credential)?;
         let tbs = [tr::NAK_SIG, &self.h0[..], &nak.core()?].concat();
         refuser.verify_node_signature(&tbs, &nak.signature, "NAK")?;
+        let addressed = self.expected_peer == Some(refuser.info.id);
+        if !addressed && !refuser.covers(self.flow.dst) {
+            tracing::debug!(id = %self.id, refuser = %refuser.info.id, "NAK from a GE that does not speak for the destination: dropped");
+            return Err(Error::NakFromStranger(refuser.info.id.0));
+        }
         self.finish(ctx, now);
         Ok(self.report(Outcome::Failed(FailReason::Refused {
             by: refuser.info.id,

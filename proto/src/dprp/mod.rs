@@ -24,8 +24,9 @@
 //! [`Endpoint::handle_timeout`]; after each call drain
 //! [`Endpoint::poll_transmit`] and [`Endpoint::poll_event`] and re-arm one
 //! timer at [`Endpoint::poll_timeout`]. It never does I/O, never reads a clock
-//! (`now` is an argument, wall-clock seconds an input) and never draws
-//! randomness (a seed is).
+//! (`now` is an argument, wall-clock seconds an input); its randomness
+//! source is chosen by the constructor ([`Entropy`]): the OS in a node, a
+//! seed in the simulators.
 //!
 //! [`keys::derive_flow_keys`]: crate::keys::derive_flow_keys
 
@@ -33,6 +34,7 @@ mod budget;
 mod config;
 mod cookie;
 mod endpoint;
+mod entropy;
 mod gateway;
 mod initiator;
 pub mod msg;
@@ -47,6 +49,7 @@ use std::net::SocketAddr;
 pub use budget::Rate;
 pub use config::{Config, Keyring, Limits, Prefix, Timing};
 pub use endpoint::{DropCause, Endpoint, Occupancy, Stats, Verdict};
+pub use entropy::Entropy;
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
 pub use option::DprpOption;
 pub use peers::CacheStats;

@@ -33,7 +33,8 @@ pub(crate) struct Responder {
     initiator_mode: Mode,
     initiator_share: [u8; 32],
     initiator_options: Vec<DprpOption>,
-    eph: StaticSecret,
+    /// The ephemeral secret, until the authentic MPIT used it.
+    eph: Option<StaticSecret>,
     dde_digest: Hash,
     echo: Vec<GeId>,
     chosen: Option<Claim>,
@@ -145,7 +146,7 @@ impl Responder {
         dde: Dde,
         initiator: Credential,
         raw: &[u8],
-        secret: [u8; 32],
+        secret: &[u8; 32],
         now: Instant,
     ) -> Result<Self> {
         let h0 = tr::dde_hash(&dde.core()?);
@@ -172,7 +173,19 @@ impl Responder {
             };
             Claim { group, version }
         });
-        let eph = StaticSecret::from(secret);
+        // Both credentials name a group, so the flow must be protected; if
+        // one end lacks the key the claims share nothing and the rules would
+        // let two open members talk in the clear. Refuse instead (a signed
+        // NAK: the initiator fails at once, its application gets ICMP).
+        if chosen.is_none()
+            && let Some(group) = initiator.info.lowest_shared_group(&own.info)
+        {
+            tracing::debug!(id = %dde.id, initiator = %initiator.info.id, %group, "DDE refused: a shared group without a key on one end");
+            let bytes = nak(ctx, dde.id, &h0, RefuseCode::KeyUnavailable)?;
+            ctx.send(from, bytes);
+            return Err(Error::GroupKeyMissing { group: group.0 });
+        }
+        let eph = StaticSecret::from(*secret);
         let mut rgi = Rgi {
             id: dde.id,
             echo: dde.hops.clone(),
@@ -210,7 +223,7 @@ impl Responder {
             initiator_share: dde.share,
             // The cookie was for this GE's admission, not for the flow.
             initiator_options: without_cookie(dde.options),
-            eph,
+            eph: Some(eph),
             dde_digest: digest(raw),
             echo: dde.hops,
             chosen,
@@ -230,6 +243,12 @@ impl Responder {
             State::AwaitMpit => (self.deadline, Timer::Deadline),
             State::Confirmed { .. } => (self.deadline, Timer::Linger),
         })
+    }
+
+    /// True while the ephemeral secret is held (tests of its erasure).
+    #[cfg(test)]
+    pub(crate) fn holds_ephemeral(&self) -> bool {
+        self.eph.is_some()
     }
 
     /// True once the machine can be forgotten.
@@ -286,8 +305,10 @@ impl Responder {
         let extra = mpit_extra(&mpit);
         self.pair
             .verify(tr::MPIT_TAG, &th_m, &extra, &mpit.tag, "MPIT tag")?;
-        // Authentic: answer with a CDN either way.
-        let verdict = self.check(ctx, &mpit, &th_m);
+        // Authentic: answer with a CDN either way. The ephemeral is used
+        // here for the last time and wiped when this call returns.
+        let eph = self.eph.take();
+        let verdict = self.check(ctx, &mpit, &th_m, eph.as_ref());
         let status = match &verdict {
             Ok(_) => CdnStatus::Confirmed,
             Err(code) => CdnStatus::Refused(*code),
@@ -341,6 +362,7 @@ impl Responder {
         ctx: &Ctx<'_>,
         mpit: &Mpit,
         th_m: &Hash,
+        eph: Option<&StaticSecret>,
     ) -> Result<(Action, Option<KeyVersion>, Option<FlowKeys>), RefuseCode> {
         let own_id = ctx.own().info.id;
         let ids = mpit.decisions.iter().map(|d| d.ge);
@@ -370,8 +392,8 @@ impl Responder {
                     .ok_or(RefuseCode::KeyUnavailable)?;
                 let proof = mpit.proof.ok_or(RefuseCode::BadProof)?;
                 keys::verify_group_proof(gk, th_m, &proof).map_err(|_| RefuseCode::BadProof)?;
-                let shared = self
-                    .eph
+                let shared = eph
+                    .ok_or(RefuseCode::KeyUnavailable)?
                     .diffie_hellman(&PublicKey::from(self.initiator_share));
                 if !shared.was_contributory() {
                     return Err(RefuseCode::BadProof);

@@ -35,7 +35,7 @@ pub use net::{LinkConfig, NodeId};
 use crate::Error;
 use crate::credential::Credential;
 use crate::dprp::{
-    self, Config, DPRP_PORT, Endpoint, Established, Event, MessageType, Prefix, Verdict,
+    self, Config, DPRP_PORT, Endpoint, Entropy, Established, Event, MessageType, Prefix, Verdict,
 };
 use crate::flow::{FlowId, protocol};
 use crate::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -330,7 +330,8 @@ impl Sim {
         let mut cfg = Config::new(node_key, credential, self.ca.public(), protected);
         tune(&mut cfg);
         let seed = self.dice.bytes32();
-        let mut ep = Endpoint::new(cfg, seed, START_UNIX, self.now).expect("consistent config");
+        let mut ep = Endpoint::new(cfg, Entropy::Seeded(seed), START_UNIX, self.now)
+            .expect("consistent config");
         for g in &spec.groups {
             let key = self.group_key(GroupId(*g));
             ep.set_group_key(GroupId(*g), KeyVersion(1), key);
