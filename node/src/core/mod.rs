@@ -46,6 +46,9 @@ mod sim_tests;
 #[cfg(test)]
 mod native_tests;
 
+#[cfg(test)]
+mod flood_tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -245,8 +248,17 @@ impl NodeCore {
         match kind {
             FrameKind::Control => {
                 self.counters.control_in += 1;
-                self.peers.learn_from(peer, from);
                 let _span = tracing::debug_span!("peer", ge = %peer).entered();
+                if !dde_sent_by(peer, &buf[..len]) {
+                    // Checked before anything else, the peer's address
+                    // included: a DDE that names another GE than the one
+                    // the carrier authenticated would spend that GE's
+                    // budgets here (and cost a verification) in its name.
+                    self.counters.dde_wrong_peer += 1;
+                    debug!("DDE refused: its credential or last hop is not the carrier's peer");
+                    return DataOut::Nothing;
+                }
+                self.peers.learn_from(peer, from);
                 if let Err(e) = self.dprp.handle_datagram(from, &buf[..len], now) {
                     self.counters.control_errors += 1;
                     debug!(error = %e, "DPRP message refused");
@@ -561,5 +573,24 @@ impl NodeCore {
         }
         self.counters.revoked_flows += flows.len() as u64;
         flows.len()
+    }
+}
+
+/// True unless `datagram` is a DDE whose sender is not `peer`: over the
+/// carrier, whoever passed a DDE on is known (mTLS), and that is the
+/// initiator (its credential) when the DDE has no gateway hops, else the
+/// last gateway (each appends its id). Anything else, or bytes that do not
+/// decode, is left to DPRP, which refuses it with its own error.
+fn dde_sent_by(peer: GeId, datagram: &[u8]) -> bool {
+    use fpn_proto::dprp::{Message, MessageType, msg};
+    if !matches!(msg::peek(datagram), Ok((MessageType::Dde, _))) {
+        return true;
+    }
+    let Ok(Message::Dde(dde)) = Message::decode(datagram) else {
+        return true;
+    };
+    match dde.hops.last() {
+        Some(hop) => *hop == peer,
+        None => dde.credential.parse().is_ok_and(|c| c.claimed_ge() == peer),
     }
 }
