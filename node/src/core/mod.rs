@@ -85,6 +85,10 @@ const PENDING_PEERS: usize = 256;
 /// Most outputs queued; beyond it new ones are dropped (counted), so a
 /// driver that stops draining cannot make the core grow without bound.
 const MAX_OUTPUTS: usize = 16_384;
+/// DPRP's deadline is recomputed at most this often (it scans every
+/// negotiation); DPRP timers are retransmissions of hundreds of
+/// milliseconds and more, so running one this much late changes nothing.
+const DPRP_REFRESH: Duration = Duration::from_millis(10);
 
 /// Fixed settings of the core.
 #[derive(Debug, Clone)]
@@ -121,6 +125,8 @@ pub struct NodeCore {
     erased: bool,
     dprp_touched: bool,
     dprp_deadline: Option<Instant>,
+    /// When DPRP's deadline was last recomputed (see [`DPRP_REFRESH`]).
+    dprp_refreshed: Option<Instant>,
     reject_logged: Option<Instant>,
     xlat: XlatTable,
     paths: paths::Paths,
@@ -148,12 +154,13 @@ impl NodeCore {
             erased: false,
             dprp_touched: true,
             dprp_deadline: None,
+            dprp_refreshed: None,
             reject_logged: None,
             xlat: XlatTable::default(),
             paths: paths::Paths::default(),
             epoch: None,
         };
-        core.refresh_dprp_deadline();
+        core.refresh_dprp_deadline(None);
         core
     }
 
@@ -360,6 +367,9 @@ impl NodeCore {
         if self.dprp_deadline.is_some_and(|t| t <= now) {
             self.dprp.handle_timeout(now);
             self.dprp_touched = true;
+            // DPRP's own timers ran (a scan anyway): look at its next
+            // deadline now, never leave a passed one in place.
+            self.dprp_refreshed = None;
         }
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
