@@ -209,7 +209,7 @@ fn flood_junk(c: &Counts, victim: Ipv4Addr, deadline: Instant, max: u64) -> Resu
     let mut payload = [0u8; 1200];
     let (mut n_udp, mut n_tcp) = (0u64, 0u64);
     while (n_udp < max || n_tcp < max) && Instant::now() < deadline {
-        let port = if rng.next() % 2 == 0 {
+        let port = if rng.next().is_multiple_of(2) {
             7717
         } else {
             rng.high_port()
