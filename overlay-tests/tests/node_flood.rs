@@ -11,7 +11,8 @@
 //! ([`FLOOD_CPU_PERCENT`] of one core, a cgroup v1 `cpu` group): on the
 //! 2-core machines the lab runs on, an unbounded sender would take a core
 //! from the honest nodes whatever fpn does. Its packets still arrive far
-//! above every DPRP budget (thousands of DDEs a second against 100).
+//! above every DPRP budget (about 3 000 DDEs a second while it runs,
+//! against 100 per source).
 //!
 //! `FPN_NODE_UNSAFE_NO_FLOOD_LIMITS=1` in the environment turns the nodes'
 //! DPRP defences off (budgets, capacities, cookies): the test then fails,
@@ -29,7 +30,7 @@ use serde_json::Value;
 /// The flooding tool cargo built with these tests.
 const FLOOD: &str = env!("CARGO_BIN_EXE_fpn-flood");
 /// The flooder's CPU quota, percent of one core.
-const FLOOD_CPU_PERCENT: u64 = 10;
+const FLOOD_CPU_PERCENT: u64 = 5;
 /// Seconds of each measured transfer.
 const TRANSFER_SECS: u32 = 2;
 /// Unflooded and flooded transfers, alternating, of each kind.
@@ -221,10 +222,7 @@ fn a_flooding_member_neither_slows_an_honest_transfer_nor_stops_new_flows() {
     // The flood was a flood: every kind sent, far above the budgets.
     let n = |k: &str| report[k].as_u64().unwrap_or(0);
     assert!(n("dde") >= 10_000, "{report}");
-    assert!(
-        n("udp_junk") >= 10_000 && n("tcp_junk") >= 10_000,
-        "{report}"
-    );
+    assert!(n("udp_junk") >= 5_000 && n("tcp_junk") >= 5_000, "{report}");
     assert!(n("enroll_attempts") >= 10, "{report}");
     assert_eq!(n("enroll_accepted"), 0, "{report}");
     // The victim saw it and refused it cheaply: DDEs beyond the budgets,
