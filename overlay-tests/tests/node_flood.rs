@@ -8,7 +8,8 @@
 //! medians are compared, so load from outside the test hits both alike.
 //!
 //! The flooder (the `fpn-flood` binary) runs under a CPU quota
-//! ([`FLOOD_CPU_PERCENT`] of one core, a cgroup v1 `cpu` group): on the
+//! ([`FLOOD_CPU_PERCENT`] of one core, a cgroup; v1's `cpu` hierarchy
+//! where there is one, else v2's `cpu.max`, which is untested): on the
 //! 2-core machines the lab runs on, an unbounded sender would take a core
 //! from the honest nodes whatever fpn does. Its packets still arrive far
 //! above every DPRP budget (about 3 000 DDEs a second while it runs,
@@ -41,22 +42,37 @@ const FLOOD_MS: u64 = 32_000;
 /// A new TCP connection by name must be answered within this, flood or not.
 const NEW_FLOW_BOUND: Duration = Duration::from_secs(3);
 
-/// A cgroup v1 `cpu` group with a quota, removed on drop (also when the
+/// A cgroup with a CPU quota, removed on drop (also when the
 /// test fails: the flooder has exited or been killed by then).
 struct CpuQuota(PathBuf);
 
 impl CpuQuota {
+    /// A group under cgroup v1's `cpu` hierarchy, else under the unified
+    /// (v2) tree with `cpu.max`; the test fails (never skips) without one.
     fn new(percent: u64) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/cgroup/cpu/fpn-flood-{}",
-            std::process::id()
-        ));
+        let name = format!("fpn-flood-{}", std::process::id());
+        let quota = percent * 1000;
+        let v1 = PathBuf::from("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            let q = CpuQuota::make(v1.join(&name));
+            std::fs::write(q.0.join("cpu.cfs_period_us"), "100000").unwrap();
+            std::fs::write(q.0.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+            q
+        } else {
+            let root = PathBuf::from("/sys/fs/cgroup");
+            // The cpu controller must be on for the root's children.
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+            let q = CpuQuota::make(root.join(&name));
+            std::fs::write(q.0.join("cpu.max"), format!("{quota} 100000"))
+                .unwrap_or_else(|e| panic!("cpu.max in {}: {e}", q.0.display()));
+            q
+        }
+    }
+
+    fn make(dir: PathBuf) -> Self {
         std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating {} (cgroup v1 cpu): {e}", dir.display()));
-        let q = CpuQuota(dir);
-        std::fs::write(q.0.join("cpu.cfs_period_us"), "100000").unwrap();
-        std::fs::write(q.0.join("cpu.cfs_quota_us"), (percent * 1000).to_string()).unwrap();
-        q
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        CpuQuota(dir)
     }
 
     fn add(&self, pid: u32) {
