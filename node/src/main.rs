@@ -353,10 +353,11 @@ fn print_status(s: &Status) {
     let nonzero: Vec<String> = s
         .counters
         .iter()
-        .filter(|(_, v)| **v > 0)
+        .filter(|(k, v)| **v > 0 && !fpn_node::status::FLOOD_COUNTERS.contains(&k.as_str()))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     println!("counters: {}", nonzero.join(" "));
+    println!("{}", fpn_node::status::flood_line(&s.counters));
 }
 
 fn print_ping(p: &PingReport) {

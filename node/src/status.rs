@@ -143,3 +143,47 @@ pub fn action_name(a: fpn_proto::action::Action) -> &'static str {
         Action::Drop => "refuse",
     }
 }
+
+/// The counters of the flood defences (DPRP budgets, capacities, cookies,
+/// the negative credential cache, the carrier's DDE sender check). The
+/// human `status` folds them into one line ([`flood_line`]); `--json`
+/// has each of them in `counters`.
+pub const FLOOD_COUNTERS: &[&str] = &[
+    "dde_wrong_peer",
+    "dprp_busy_drops",
+    "dprp_initiator_busy",
+    "dprp_responder_busy",
+    "dprp_rate_limited",
+    "dprp_initiate_rate_limited",
+    "dprp_credential_cache_refusals",
+    "dprp_credential_verifications",
+    "dprp_cookies_sent",
+    "dprp_cookies_accepted",
+    "dprp_cookie_refusals",
+    "dprp_failed_drops",
+    "dprp_not_owner",
+    "dprp_credential_cache_hits",
+    "dprp_credential_cache_misses",
+    "dprp_pair_cache_hits",
+    "dprp_pair_cache_misses",
+    "dprp_responding",
+    "dprp_initiated",
+    "dprp_bad_credentials",
+];
+
+/// One line for the human `status`: what the flood defences refused and
+/// the cookies they exchanged, e.g. `flood: refused 120 (rate 100, busy 0,
+/// bad credential 20, wrong peer 0), cookies 5 sent 2 accepted`.
+pub fn flood_line(counters: &BTreeMap<String, u64>) -> String {
+    let c = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let rate = c("dprp_rate_limited") + c("dprp_initiate_rate_limited");
+    let busy = c("dprp_busy_drops");
+    let bad = c("dprp_credential_cache_refusals");
+    let wrong = c("dde_wrong_peer") + c("dprp_not_owner");
+    format!(
+        "flood: refused {} (rate {rate}, busy {busy}, bad credential {bad}, wrong peer {wrong}), cookies {} sent {} accepted",
+        rate + busy + bad + wrong,
+        c("dprp_cookies_sent"),
+        c("dprp_cookies_accepted"),
+    )
+}

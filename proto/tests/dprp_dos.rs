@@ -506,11 +506,13 @@ fn under_load_a_direct_dde_needs_a_cookie_before_any_public_key_work() {
         Ok(Message::Cookie(_))
     ));
     assert_eq!(ep.stats().cookie_refusals, 1);
+    assert_eq!(ep.stats().cookies_accepted, 0);
     assert_eq!(ep.negotiations(), 0);
     while ep.poll_transmit().is_some() {}
     // An honest peer echoes the cookie and gets through in one more round trip.
     sim.send_udp(honest, sim.addr(victim), 5, 6, b"x");
     sim.drive();
+    assert_eq!(sim.endpoint(victim).stats().cookies_accepted, 1);
     assert!(sim.established(honest).is_some() && sim.established(victim).is_some());
     assert!(
         sim.established(victim).unwrap().peer_options.is_empty(),

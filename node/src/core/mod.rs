@@ -46,6 +46,9 @@ mod sim_tests;
 #[cfg(test)]
 mod native_tests;
 
+#[cfg(test)]
+mod flood_tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -82,6 +85,10 @@ const PENDING_PEERS: usize = 256;
 /// Most outputs queued; beyond it new ones are dropped (counted), so a
 /// driver that stops draining cannot make the core grow without bound.
 const MAX_OUTPUTS: usize = 16_384;
+/// DPRP's deadline is recomputed at most this often (it scans every
+/// negotiation); DPRP timers are retransmissions of hundreds of
+/// milliseconds and more, so running one this much late changes nothing.
+const DPRP_REFRESH: Duration = Duration::from_millis(10);
 
 /// Fixed settings of the core.
 #[derive(Debug, Clone)]
@@ -118,6 +125,8 @@ pub struct NodeCore {
     erased: bool,
     dprp_touched: bool,
     dprp_deadline: Option<Instant>,
+    /// When DPRP's deadline was last recomputed (see [`DPRP_REFRESH`]).
+    dprp_refreshed: Option<Instant>,
     reject_logged: Option<Instant>,
     xlat: XlatTable,
     paths: paths::Paths,
@@ -145,12 +154,13 @@ impl NodeCore {
             erased: false,
             dprp_touched: true,
             dprp_deadline: None,
+            dprp_refreshed: None,
             reject_logged: None,
             xlat: XlatTable::default(),
             paths: paths::Paths::default(),
             epoch: None,
         };
-        core.refresh_dprp_deadline();
+        core.refresh_dprp_deadline(None);
         core
     }
 
@@ -249,12 +259,21 @@ impl NodeCore {
         match kind {
             FrameKind::Control => {
                 self.counters.control_in += 1;
-                self.peers.learn_from(peer, from);
                 let _span = tracing::debug_span!("peer", ge = %peer).entered();
                 if fpn_proto::path::is_probe(&buf[..len]) {
                     self.handle_carrier_path_message(peer, &buf[..len], now);
                     return DataOut::Nothing;
                 }
+                if !dde_sent_by(peer, &buf[..len]) {
+                    // Checked before anything else, the peer's address
+                    // included: a DDE that names another GE than the one
+                    // the carrier authenticated would spend that GE's
+                    // budgets here (and cost a verification) in its name.
+                    self.counters.dde_wrong_peer += 1;
+                    debug!("DDE refused: its credential or last hop is not the carrier's peer");
+                    return DataOut::Nothing;
+                }
+                self.peers.learn_from(peer, from);
                 if let Err(e) = self.dprp.handle_datagram(from, &buf[..len], now) {
                     self.counters.control_errors += 1;
                     debug!(error = %e, "DPRP message refused");
@@ -364,6 +383,9 @@ impl NodeCore {
         if self.dprp_deadline.is_some_and(|t| t <= now) {
             self.dprp.handle_timeout(now);
             self.dprp_touched = true;
+            // DPRP's own timers ran (a scan anyway): look at its next
+            // deadline now, never leave a passed one in place.
+            self.dprp_refreshed = None;
         }
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
@@ -583,5 +605,24 @@ impl NodeCore {
         }
         self.counters.revoked_flows += flows.len() as u64;
         flows.len()
+    }
+}
+
+/// True unless `datagram` is a DDE whose sender is not `peer`: over the
+/// carrier, whoever passed a DDE on is known (mTLS), and that is the
+/// initiator (its credential) when the DDE has no gateway hops, else the
+/// last gateway (each appends its id). Anything else, or bytes that do not
+/// decode, is left to DPRP, which refuses it with its own error.
+fn dde_sent_by(peer: GeId, datagram: &[u8]) -> bool {
+    use fpn_proto::dprp::{Message, MessageType, msg};
+    if !matches!(msg::peek(datagram), Ok((MessageType::Dde, _))) {
+        return true;
+    }
+    let Ok(Message::Dde(dde)) = Message::decode(datagram) else {
+        return true;
+    };
+    match dde.hops.last() {
+        Some(hop) => *hop == peer,
+        None => dde.credential.parse().is_ok_and(|c| c.claimed_ge() == peer),
     }
 }

@@ -12,6 +12,7 @@ use fpn_proto::pccom::TRAILER_LEN;
 use fpn_proto::pit::{Disposition, NewEntry, Origin, PitEvent, RenegotiateReason};
 use tracing::{debug, info, trace, warn};
 
+use super::DPRP_REFRESH;
 use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
 use super::timers::{PIT_AGE_GRANULARITY, Timer};
 use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
@@ -61,15 +62,33 @@ impl NodeCore {
                 break;
             }
         }
-        self.refresh_dprp_deadline();
+        self.refresh_dprp_deadline(Some(now));
     }
 
-    pub(super) fn refresh_dprp_deadline(&mut self) {
+    /// Recomputes DPRP's deadline after DPRP was touched, at most once per
+    /// [`DPRP_REFRESH`] (`now` = `None`: at once).
+    pub(super) fn refresh_dprp_deadline(&mut self, now: Option<Instant>) {
         // DPRP's poll_timeout looks at every negotiation: only ask it again
-        // after DPRP was touched, never on the steady data path.
-        if std::mem::take(&mut self.dprp_touched) {
-            self.dprp_deadline = self.dprp.poll_timeout().map(|(t, _)| t);
+        // after DPRP was touched, never on the steady data path, and not on
+        // every DPRP message either: under a DDE flood (tens of thousands a
+        // second, nearly all refused by a budget) a scan of the hundreds of
+        // negotiations the budgets admit, per message, cost more than a
+        // core (the flood lab test measured it). Within the interval the
+        // core wakes at its end and looks then, so a new negotiation's timer
+        // runs at most that late.
+        if !self.dprp_touched {
+            return;
         }
+        if let (Some(now), Some(last)) = (now, self.dprp_refreshed) {
+            let next = last + DPRP_REFRESH;
+            if now < next {
+                self.dprp_deadline = Some(self.dprp_deadline.map_or(next, |t| t.min(next)));
+                return;
+            }
+        }
+        self.dprp_touched = false;
+        self.dprp_refreshed = now;
+        self.dprp_deadline = self.dprp.poll_timeout().map(|(t, _)| t);
     }
 
     pub(super) fn drain_pit(&mut self, now: Instant) -> bool {

@@ -35,6 +35,9 @@ pub(super) struct Counters {
     pub control_in: u64,
     pub control_out: u64,
     pub control_errors: u64,
+    /// DDEs over the carrier whose credential (or last gateway hop) is not
+    /// the GE the carrier authenticated, dropped before DPRP saw them.
+    pub dde_wrong_peer: u64,
     pub send_errors: u64,
     pub no_route: u64,
     pub held: u64,
@@ -164,6 +167,7 @@ impl NodeCore {
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let c = self.counters;
         let d = self.dprp.stats();
+        let o = self.dprp.occupancy();
         let (probes_sent, probes_answered) = self.probe_stats();
         [
             ("tun_in", c.tun_in),
@@ -178,6 +182,7 @@ impl NodeCore {
             ("control_in", c.control_in),
             ("control_out", c.control_out),
             ("control_errors", c.control_errors),
+            ("dde_wrong_peer", c.dde_wrong_peer),
             ("send_errors", c.send_errors),
             ("no_route", c.no_route),
             ("held", c.held),
@@ -209,6 +214,29 @@ impl NodeCore {
             ("dprp_failed", d.failed),
             ("dprp_negative_drops", d.negative_drops),
             ("dprp_hold_overflow", d.hold_overflow),
+            // Flood defences (DESIGN-NOTES "DPRP under flood").
+            ("dprp_busy_drops", d.busy_drops),
+            ("dprp_initiator_busy", d.initiator_busy),
+            ("dprp_responder_busy", d.responder_busy),
+            ("dprp_rate_limited", d.rate_limited),
+            ("dprp_initiate_rate_limited", d.initiate_rate_limited),
+            (
+                "dprp_credential_cache_refusals",
+                d.credential_cache_refusals,
+            ),
+            ("dprp_credential_verifications", d.credential_verifications),
+            ("dprp_cookies_sent", d.cookies_sent),
+            ("dprp_cookies_accepted", d.cookies_accepted),
+            ("dprp_cookie_refusals", d.cookie_refusals),
+            ("dprp_failed_drops", d.failed_drops),
+            ("dprp_not_owner", d.not_owner),
+            ("dprp_credential_cache_hits", d.cache.credential_hits),
+            ("dprp_credential_cache_misses", d.cache.credential_misses),
+            ("dprp_pair_cache_hits", d.cache.pair_hits),
+            ("dprp_pair_cache_misses", d.cache.pair_misses),
+            ("dprp_responding", o.responding as u64),
+            ("dprp_initiated", o.initiated as u64),
+            ("dprp_bad_credentials", o.bad_credentials as u64),
             ("pit_entries", self.pit.len() as u64),
             ("negotiations", self.dprp.negotiations() as u64),
         ]

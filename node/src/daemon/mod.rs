@@ -117,12 +117,18 @@ async fn run(
     scfg.reported = reported;
     let session = Session::start(identity.clone(), endpoint, scfg)?;
 
-    let dcfg = dprp::Config::new(
+    let mut dcfg = dprp::Config::new(
         identity.node_key()?,
         cred,
         identity.ca_public,
         vec![Prefix::host(IpAddr::V4(me.overlay))],
     );
+    if std::env::var_os(UNSAFE_NO_FLOOD_LIMITS).is_some() {
+        dcfg.limits = unlimited(dcfg.limits);
+        tracing::warn!(
+            "{UNSAFE_NO_FLOOD_LIMITS} is set: DPRP budgets, capacities and cookies are off (tests only)"
+        );
+    }
     let clock = Clock::new();
     // Fresh OS randomness for every ephemeral, nonce and id: a seed kept for
     // the process's life would let one memory dump recompute them all.
@@ -506,4 +512,24 @@ impl Ctx {
 /// Where the daemon of a state directory listens.
 pub fn control_path(state: &StateDir) -> PathBuf {
     state.control_socket()
+}
+
+/// Test-only: when set (to anything), DPRP runs without its flood defences
+/// (budgets, capacities, cookies), so the flood lab test
+/// (overlay-tests/tests/node_flood.rs) can show that it fails without them.
+/// Never set it on a real node.
+pub const UNSAFE_NO_FLOOD_LIMITS: &str = "FPN_NODE_UNSAFE_NO_FLOOD_LIMITS";
+
+/// `limits` with every flood defence out of the way.
+fn unlimited(limits: dprp::Limits) -> dprp::Limits {
+    let huge = dprp::Rate::UNLIMITED;
+    dprp::Limits {
+        max_negotiations: 1 << 30,
+        max_initiated: 1 << 30,
+        max_responding: 1 << 30,
+        dde_per_source: huge,
+        dde_per_ge: huge,
+        cookie_threshold: usize::MAX,
+        ..limits
+    }
 }

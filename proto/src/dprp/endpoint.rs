@@ -88,6 +88,9 @@ pub struct Stats {
     pub cookies_sent: u64,
     /// DDEs whose echoed cookie was wrong or stale (answered with a fresh one).
     pub cookie_refusals: u64,
+    /// DDEs admitted under load because they echoed a valid cookie (their
+    /// source address answered).
+    pub cookies_accepted: u64,
     /// Held packets dropped when their negotiation failed.
     pub failed_drops: u64,
     /// Negotiations this GE refused because a GE spoke for an address its
@@ -882,7 +885,10 @@ impl Endpoint {
             _ => None,
         });
         match echoed {
-            Some(c) if jar.check(from, dde.id, c) => return Ok(true),
+            Some(c) if jar.check(from, dde.id, c) => {
+                self.stats.cookies_accepted += 1;
+                return Ok(true);
+            }
             Some(_) => self.stats.cookie_refusals += 1,
             None => {}
         }
