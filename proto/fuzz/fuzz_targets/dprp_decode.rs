@@ -44,7 +44,7 @@ fn endpoint(now: Instant, cookie_threshold: usize) -> Endpoint {
     let protected = vec![Prefix::host([198, 18, 0, 2].into())];
     let mut cfg = Config::new(key, cred, sim_ca(), protected);
     cfg.limits.cookie_threshold = cookie_threshold;
-    let mut ep = Endpoint::new(cfg, [9; 32], UNIX, now).unwrap();
+    let mut ep = Endpoint::new(cfg, fpn_proto::dprp::Entropy::Seeded([9; 32]), UNIX, now).unwrap();
     ep.set_group_key(GroupId(1), KeyVersion(1), GroupKey::from_bytes([1; 32]));
     ep
 }
