@@ -41,6 +41,10 @@ pub struct NodeConfig {
     pub directory_ttl_secs: u64,
     /// Seconds a PIT entry may stay idle before it ages out.
     pub flow_idle_secs: u64,
+    /// Seconds without the GMS (so possibly missed revocations) after which
+    /// new negotiations from peers whose credentials date from before the
+    /// GMS was lost are refused, until it is back; 0 turns the bound off.
+    pub max_gms_silence_secs: u64,
     /// UDP payload size the QUIC carrier uses from its first packet. 1452
     /// (a 1500-byte link, IPv6 headers) lets a full TUN packet plus the
     /// PCCOM trailer fit one DATAGRAM frame at once; 1200 is the safe
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             log: "info".into(),
             directory_ttl_secs: 300,
             flow_idle_secs: 300,
+            max_gms_silence_secs: 86_400,
             quic_initial_mtu: 1452,
             carrier: CarrierChoice::Auto,
         }

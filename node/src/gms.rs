@@ -97,6 +97,16 @@ impl GmsTask {
         let mut refresh = tokio::time::interval(LIST_EVERY);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_list = tokio::time::Instant::now() - LIST_EVERY;
+        // Until the first session is up this node has heard nothing since it
+        // started: the silence bound counts from here.
+        let unix = fpn_gms_client::now_unix();
+        let _ = self
+            .engine
+            .send(Command::Gms {
+                connected: false,
+                unix,
+            })
+            .await;
         loop {
             enum Wake {
                 Ev(Option<Event>),
@@ -153,6 +163,21 @@ impl GmsTask {
             Event::Connected => {
                 self.shared.view().connected = true;
                 info!("GMS session up");
+                // Revocations made while this node was away come only in the
+                // session's first message: apply the whole list.
+                let revoked: Vec<u64> = self
+                    .session
+                    .with_state(|s| s.revoked.iter().copied().collect());
+                self.carrier.revoke_serials(&revoked);
+                let _ = self.engine.send(Command::RevocationList(revoked)).await;
+                let unix = fpn_gms_client::now_unix();
+                let _ = self
+                    .engine
+                    .send(Command::Gms {
+                        connected: true,
+                        unix,
+                    })
+                    .await;
                 self.list(last_list).await;
                 // Re-subscribe to the peers this node talks to.
                 let names: Vec<String> = self
@@ -206,6 +231,14 @@ impl GmsTask {
                 None => self.gone(&name).await,
             },
             Event::Disconnected { reason } => {
+                let unix = fpn_gms_client::now_unix();
+                let _ = self
+                    .engine
+                    .send(Command::Gms {
+                        connected: false,
+                        unix,
+                    })
+                    .await;
                 let was = std::mem::take(&mut self.shared.view().connected);
                 if was {
                     warn!(%reason, "GMS session lost; working from cached keys and directory");

@@ -81,6 +81,20 @@ pub enum Error {
     /// A credential or GE has been revoked.
     #[error("GE {0} is revoked")]
     Revoked(u32),
+    /// This GE has not heard from the GMS for longer than its bound, so it
+    /// may have missed revocations: credentials issued before it last heard
+    /// from the GMS are refused until it does again.
+    #[error(
+        "credential of GE {ge} was issued at {not_before}, before this node lost the GMS at {floor}: refused until the GMS is back"
+    )]
+    CredentialStale {
+        /// The GE the credential names.
+        ge: u32,
+        /// When the credential became valid, unix seconds.
+        not_before: u64,
+        /// When this node last heard from the GMS, unix seconds.
+        floor: u64,
+    },
     /// A prefix (in a credential, or given for one) is malformed.
     #[error("bad prefix: {0}")]
     Prefix(#[from] PrefixError),

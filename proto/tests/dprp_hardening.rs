@@ -219,3 +219,40 @@ fn an_initiator_refuses_a_plain_answer_from_a_member_of_its_group() {
         vec![FailReason::Rejected(Error::GroupKeyMissing { group: 1 })]
     );
 }
+
+/// Issue 9 #3: a revocation that arrives while a negotiation runs (the
+/// credential was valid when it was checked) stops the entry at
+/// completion: at the responder after its RGI, at the initiator after its
+/// MPIT.
+#[test]
+fn a_peer_revoked_during_the_negotiation_gets_no_entry() {
+    for revoke_at_responder in [true, false] {
+        let mut sim = Sim::new(95, LinkConfig::default());
+        let a = sim.add_ge(GeSpec::host(1, "alice", Mode::Open, &[1], "100.64.0.1"));
+        let b = sim.add_ge(GeSpec::host(2, "bob", Mode::Open, &[1], "100.64.0.2"));
+        sim.send_udp(a, ip("100.64.0.2"), 5000, 22, b"hello");
+        // Until the victim has checked the other's credential and answered:
+        // b its RGI (one datagram), a its MPIT (its second).
+        let (victim, other, sent) = if revoke_at_responder {
+            (b, a, 1)
+        } else {
+            (a, b, 2)
+        };
+        for _ in 0..1000 {
+            if sim.wire().iter().filter(|s| s.from == victim).count() >= sent {
+                break;
+            }
+            sim.run_for(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(sim.wire().iter().filter(|s| s.from == victim).count(), sent);
+        assert_eq!(entries(&sim, victim), 0);
+        // The credentials' serials are the GE ids in the simulation.
+        let other_serial = if revoke_at_responder { 1 } else { 2 };
+        sim.endpoint(victim).revoke_serial(other_serial);
+        sim.drive();
+        assert_eq!(entries(&sim, victim), 0, "revoked at {victim:?}");
+        assert_eq!(sim.endpoint(victim).stats().revoked_at_completion, 1);
+        // The other end knew nothing of it.
+        assert_eq!(sim.endpoint(other).stats().revoked_at_completion, 0);
+    }
+}

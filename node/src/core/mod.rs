@@ -36,6 +36,7 @@ mod negotiation;
 mod output;
 mod paths;
 mod peers;
+mod silence;
 pub mod sim;
 mod snapshot;
 mod timers;
@@ -48,6 +49,8 @@ mod native_tests;
 
 #[cfg(test)]
 mod flood_tests;
+#[cfg(test)]
+mod silence_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -105,6 +108,9 @@ pub struct CoreConfig {
     /// Wall-clock seconds at the first input (starts the path machines'
     /// probe sequence numbers, so a restarted node's probes are fresh).
     pub unix_start: u64,
+    /// How long the GMS may be away before credentials older than its loss
+    /// are refused (`max_gms_silence_secs`); `None`: never.
+    pub max_gms_silence: Option<Duration>,
 }
 
 /// The node's packet and flow state machine. See the module docs.
@@ -131,6 +137,7 @@ pub struct NodeCore {
     xlat: XlatTable,
     paths: paths::Paths,
     epoch: Option<Instant>,
+    silence: silence::GmsSilence,
 }
 
 impl NodeCore {
@@ -159,6 +166,7 @@ impl NodeCore {
             xlat: XlatTable::default(),
             paths: paths::Paths::default(),
             epoch: None,
+            silence: silence::GmsSilence::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -352,6 +360,22 @@ impl NodeCore {
                 info!(%ge, flows = n, "peer left the directory: refused from now on");
             }
             Command::Peer(rec) => self.set_peer(&rec, now),
+            Command::RevocationList(serials) => {
+                let mut flows = 0;
+                for s in serials {
+                    if let Some(ge) = self.dprp.ge_of_serial(s) {
+                        flows += self.drop_flows_of(ge);
+                    }
+                    self.dprp.revoke_serial(s);
+                }
+                if flows > 0 {
+                    info!(
+                        flows,
+                        "revocations made while away: their flows are dropped"
+                    );
+                }
+            }
+            Command::Gms { connected, unix } => self.gms_state(connected, unix, now),
             Command::Credential(c) => {
                 let serial = c.serial;
                 // Checked again by DPRP (CA signature, key, GE id): a bad
@@ -404,6 +428,7 @@ impl NodeCore {
                 Timer::ForgetRefused(flow) => self.flows.forget_refused(&flow, now),
                 Timer::ForgetHealing(flow) => self.flows.forget_healing(&flow),
                 Timer::Path => {}
+                Timer::GmsSilence => self.gms_silence_reached(now),
             }
         }
         self.handle_path_timeout(now);

@@ -39,6 +39,16 @@ pub enum Command {
     /// The GMS re-issued this node's own credential (after `ge set`):
     /// negotiations from now on carry it.
     Credential(Box<Credential>),
+    /// The GMS's full list of revoked serials (sent at every session start:
+    /// revocations made while this node was away reach it this way).
+    RevocationList(Vec<u64>),
+    /// The GMS session is up (`true`) or lost; `unix` is the wall clock now.
+    Gms {
+        /// Up or lost.
+        connected: bool,
+        /// Unix seconds now.
+        unix: u64,
+    },
 }
 
 /// What became of a data packet: returned by the hot-path inputs, borrowing

@@ -756,6 +756,7 @@ impl CoreSim {
                 overlay_net: (Ipv4Addr::new(100, 64, 0, 0), 10),
                 path: self.path.clone(),
                 unix_start: START_UNIX,
+                max_gms_silence: Some(std::time::Duration::from_secs(3600)),
             },
             dprp,
             Pit::new(PitConfig::default()),

@@ -62,6 +62,7 @@ pub(super) struct Counters {
     pub data_in_replayed: u64,
     pub dprp_native_out: u64,
     pub dprp_native_in: u64,
+    pub gms_silence_floors: u64,
 }
 
 impl NodeCore {
@@ -207,6 +208,7 @@ impl NodeCore {
             ("data_in_replayed", c.data_in_replayed),
             ("dprp_native_out", c.dprp_native_out),
             ("dprp_native_in", c.dprp_native_in),
+            ("gms_silence_floors", c.gms_silence_floors),
             ("probes_sent", probes_sent),
             ("probes_answered", probes_answered),
             ("dprp_started", d.started),
@@ -230,6 +232,8 @@ impl NodeCore {
             ("dprp_cookie_refusals", d.cookie_refusals),
             ("dprp_failed_drops", d.failed_drops),
             ("dprp_not_owner", d.not_owner),
+            ("dprp_stranger_naks", d.stranger_naks),
+            ("dprp_revoked_at_completion", d.revoked_at_completion),
             ("dprp_credential_cache_hits", d.cache.credential_hits),
             ("dprp_credential_cache_misses", d.cache.credential_misses),
             ("dprp_pair_cache_hits", d.cache.pair_hits),

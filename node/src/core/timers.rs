@@ -33,6 +33,9 @@ pub enum Timer {
     ///
     /// [`NodeCore::poll_timeout`]: super::NodeCore::poll_timeout
     Path,
+    /// The GMS has been away for the configured bound: refuse credentials
+    /// older than its loss.
+    GmsSilence,
 }
 
 /// Deadlines in order. The PIT's ageing deadline is kept once (the earliest

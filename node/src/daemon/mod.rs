@@ -157,6 +157,8 @@ async fn run(
                 ..fpn_proto::path::PathConfig::default()
             },
             unix_start: fpn_gms_client::now_unix(),
+            max_gms_silence: (cfg.max_gms_silence_secs > 0)
+                .then(|| Duration::from_secs(cfg.max_gms_silence_secs)),
         },
         dprp,
         pit,

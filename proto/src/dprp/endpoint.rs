@@ -58,6 +58,8 @@ pub struct Stats {
     pub started: u64,
     /// Entries installed (any position).
     pub established: u64,
+    /// Negotiations whose peer was revoked while they ran: not installed.
+    pub revoked_at_completion: u64,
     /// Negotiations this GE started that failed.
     pub failed: u64,
     /// Packets dropped because a hold queue was full.
@@ -307,6 +309,20 @@ impl Endpoint {
     /// Forgets a group's previous key version (end of the rotation grace period).
     pub fn retire_previous_key(&mut self, group: GroupId) {
         self.keys.retire_previous(group);
+    }
+
+    /// Refuses peer credentials valid from before `floor` (unix seconds)
+    /// while this node may have missed revocations (it lost the GMS longer
+    /// ago than its bound), or stops refusing them (`None`: the GMS is
+    /// back). Credentials renewed since keep working.
+    pub fn set_credential_floor(&mut self, floor: Option<u64>) {
+        self.peers.set_not_before_floor(floor);
+    }
+
+    /// The GE of a cached peer credential with this serial (to find the
+    /// flows a revocation ends).
+    pub fn ge_of_serial(&self, serial: u64) -> Option<GeId> {
+        self.peers.ge_of_serial(serial)
     }
 
     /// Refuses a GE from now on (its credential is revoked).
@@ -811,6 +827,19 @@ impl Endpoint {
             .filter(|(_, n)| **n == id)
             .map(|(f, _)| *f)
             .collect();
+        // A revocation that came while the negotiation ran: the credential
+        // was valid when it was checked, not any more (issue 9 #3).
+        let outcome = match outcome {
+            Outcome::Established(e)
+                if e.peer_serial
+                    .is_some_and(|s| self.peers.is_revoked(e.peer, s)) =>
+            {
+                tracing::info!(%id, peer = %e.peer, "peer revoked during the negotiation: not established");
+                self.stats.revoked_at_completion += 1;
+                Outcome::Failed(FailReason::Rejected(Error::Revoked(e.peer.0)))
+            }
+            other => other,
+        };
         match outcome {
             Outcome::Established(e) => {
                 self.stats.established += 1;

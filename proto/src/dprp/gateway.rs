@@ -342,6 +342,7 @@ impl Transit {
                 key_version: None,
                 keys: None,
                 peer_options: std::mem::take(&mut self.initiator_options),
+                peer_serial: None,
             }),
             CdnStatus::Refused(code) => {
                 tracing::debug!(id = %self.id, ?code, "negotiation refused by the responder");

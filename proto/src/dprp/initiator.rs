@@ -419,6 +419,7 @@ impl Initiator {
                 key_version,
                 keys: flow_keys,
                 peer_options: c.rgi.responder.options.clone(),
+                peer_serial: Some(c.responder.serial),
             },
         });
         tracing::debug!(id = %self.id, actions = ?decision.actions, "decided, MPIT sent");

@@ -112,6 +112,10 @@ pub struct Established {
     pub keys: Option<FlowKeys>,
     /// Options the other end sent (for a gateway: the initiator's).
     pub peer_options: Vec<DprpOption>,
+    /// The serial of the credential the other end negotiated with (not
+    /// known to a gateway): the endpoint checks it against revocations
+    /// once more when the negotiation completes.
+    pub peer_serial: Option<u64>,
 }
 
 /// Why a negotiation failed.

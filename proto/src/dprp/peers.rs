@@ -38,6 +38,9 @@ pub(crate) struct Peers {
     pair_order: VecDeque<[u8; PUBLIC_KEY_LEN]>,
     revoked_ges: BTreeSet<GeId>,
     revoked_serials: BTreeSet<u64>,
+    /// Credentials valid from before this (unix seconds) are refused: see
+    /// [`Error::CredentialStale`].
+    not_before_floor: Option<u64>,
     bad: BadCredentials,
     pub(crate) stats: CacheStats,
     /// CA signature checks of credentials (each an Ed25519 verification).
@@ -56,6 +59,7 @@ impl Peers {
             pair_order: VecDeque::new(),
             revoked_ges: BTreeSet::new(),
             revoked_serials: BTreeSet::new(),
+            not_before_floor: None,
             bad: BadCredentials::new(bad_cap, bad_ttl),
             stats: CacheStats::default(),
             verifications: 0,
@@ -140,6 +144,15 @@ impl Peers {
         if self.revoked_ges.contains(&c.info.id) || self.revoked_serials.contains(&c.serial) {
             return Err(Error::Revoked(c.info.id.0));
         }
+        if let Some(floor) = self.not_before_floor
+            && c.not_before < floor
+        {
+            return Err(Error::CredentialStale {
+                ge: c.info.id.0,
+                not_before: c.not_before,
+                floor,
+            });
+        }
         if now < c.not_before || now > c.not_after {
             return Err(Error::CredentialExpired {
                 ge: c.info.id.0,
@@ -180,6 +193,29 @@ impl Peers {
     }
 
     /// Refuses a credential serial from now on.
+    /// True if `ge` or its credential `serial` was revoked.
+    pub(crate) fn is_revoked(&self, ge: GeId, serial: u64) -> bool {
+        self.revoked_ges.contains(&ge) || self.revoked_serials.contains(&serial)
+    }
+
+    /// Refuses credentials valid from before `floor` (unix seconds), or
+    /// stops doing so (`None`). Failures remembered under the old rule are
+    /// forgotten.
+    pub(crate) fn set_not_before_floor(&mut self, floor: Option<u64>) {
+        if self.not_before_floor != floor {
+            self.not_before_floor = floor;
+            self.bad.clear();
+        }
+    }
+
+    /// The GE of a verified credential with this serial, if one is cached.
+    pub(crate) fn ge_of_serial(&self, serial: u64) -> Option<GeId> {
+        self.creds
+            .values()
+            .find(|c| c.serial == serial)
+            .map(|c| c.info.id)
+    }
+
     pub(crate) fn revoke_serial(&mut self, serial: u64) {
         self.revoked_serials.insert(serial);
         self.purge(|c| c.serial == serial);

@@ -33,6 +33,7 @@ pub(crate) struct Responder {
     initiator_mode: Mode,
     initiator_share: [u8; 32],
     initiator_options: Vec<DprpOption>,
+    initiator_serial: u64,
     /// The ephemeral secret, until the authentic MPIT used it.
     eph: Option<StaticSecret>,
     dde_digest: Hash,
@@ -107,7 +108,11 @@ pub(crate) fn check_initiator(
     };
     let initiator = match ctx.verify(&dde.credential) {
         Ok(c) => c,
-        Err(e @ (Error::CredentialExpired { .. } | Error::Revoked(_))) => {
+        Err(
+            e @ (Error::CredentialExpired { .. }
+            | Error::Revoked(_)
+            | Error::CredentialStale { .. }),
+        ) => {
             refuse(ctx, RefuseCode::CredentialRejected)?;
             return Err(e);
         }
@@ -223,6 +228,7 @@ impl Responder {
             initiator_share: dde.share,
             // The cookie was for this GE's admission, not for the flow.
             initiator_options: without_cookie(dde.options),
+            initiator_serial: initiator.serial,
             eph: Some(eph),
             dde_digest: digest(raw),
             echo: dde.hops,
@@ -345,6 +351,7 @@ impl Responder {
                     key_version,
                     keys,
                     peer_options: std::mem::take(&mut self.initiator_options),
+                    peer_serial: Some(self.initiator_serial),
                 }))
             }
             Err(code) => {
