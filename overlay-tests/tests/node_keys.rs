@@ -413,3 +413,76 @@ fn with_the_gms_killed_existing_and_new_flows_keep_working() {
         }
     }
 }
+
+/// Issue 9 #3 (note 26): c is cut off from the GMS while b is revoked (and
+/// b, cut off too, never hears of it), and c restarts meanwhile, so the
+/// push about b never reaches it. c keeps talking to b; when c's GMS
+/// session comes back, b's flow at c ends and new flows from b are
+/// refused. Two things of the new session each do it: the directory
+/// listing no longer has b, and the revocation list of its first message
+/// names b's serial (this test passes with either alone; the core's
+/// `silence_tests` check the list by itself).
+#[test]
+fn a_revocation_made_while_a_peer_was_away_reaches_it_when_it_comes_back() {
+    let ov = overlay(&three_nodes());
+    let lab = ov.lab();
+    let _echo_c = common::echo_server(lab, "c", 7006);
+    let c_echo = format!("{}:7006", ov.overlay_addr("c").unwrap());
+    let out = echo_send(lab, "b", &c_echo, "before", true);
+    assert!(out.success(), "b -> c before: {}", out.stderr);
+    let gms = ov.gms_addr().ip().to_string();
+    let block = |host: &str| {
+        for cmd in [
+            "add table inet fpntest_away".to_string(),
+            "add chain inet fpntest_away o { type filter hook output priority 0; }".into(),
+            "add chain inet fpntest_away i { type filter hook input priority 0; }".into(),
+            format!("add rule inet fpntest_away o ip daddr {gms} drop"),
+            format!("add rule inet fpntest_away i ip saddr {gms} drop"),
+        ] {
+            let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+            lab.exec_ok(host, argv).unwrap();
+        }
+    };
+    block("b");
+    block("c");
+    std::thread::sleep(Duration::from_millis(500));
+    ov.gms_admin(&["ge", "revoke", "b"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // c restarts while still cut off (the push about b is lost for good:
+    // its old session is gone); it works from its caches.
+    ov.down("c").unwrap();
+    ov.up("c").unwrap();
+    // The control: c did not hear of it, so b still reaches c.
+    let out = echo_send(lab, "b", &c_echo, "while-away", true);
+    assert!(
+        out.success(),
+        "c heard of the revocation while cut off: {}",
+        out.stderr
+    );
+    // c's GMS comes back; its new session's first message has the list.
+    lab.exec_ok("c", ["nft", "delete", "table", "inet", "fpntest_away"])
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let st = ov.status("c").unwrap();
+        if st["gms"]["connected"] == true
+            && st["counters"]["revoked_flows"].as_u64().unwrap_or(0) > 0
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(45),
+            "c did not apply the revocation list after coming back: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "c applied the list {:?} after its GMS came back",
+        t0.elapsed()
+    );
+    let out = echo_send(lab, "b", &c_echo, "after", true);
+    assert!(
+        !out.success(),
+        "b (revoked) still reaches c after c's session came back"
+    );
+}
