@@ -286,7 +286,10 @@ impl NodeCore {
             return;
         }
         let Some(m) = self.paths.machines.get_mut(&ge) else {
-            self.counters.native_in_unknown += 1;
+            // A peer's first probe often comes before the directory told
+            // this node of the peer (its key): not an unknown packet, just
+            // early. Counted apart, so `native_in_unknown` stays a signal.
+            self.counters.probes_unknown_peer += 1;
             return;
         };
         let is_probe = view.kind() == path::ProbeKind::Probe;

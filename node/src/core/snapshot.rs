@@ -63,6 +63,7 @@ pub(super) struct Counters {
     pub dprp_native_out: u64,
     pub dprp_native_in: u64,
     pub gms_silence_floors: u64,
+    pub probes_unknown_peer: u64,
 }
 
 impl NodeCore {
@@ -209,6 +210,7 @@ impl NodeCore {
             ("dprp_native_out", c.dprp_native_out),
             ("dprp_native_in", c.dprp_native_in),
             ("gms_silence_floors", c.gms_silence_floors),
+            ("probes_unknown_peer", c.probes_unknown_peer),
             ("probes_sent", probes_sent),
             ("probes_answered", probes_answered),
             ("dprp_started", d.started),
