@@ -20,10 +20,11 @@
 //!
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
-//! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
+//! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
 //! TCP/UDP towards the node's addresses, the thread keeps only registered
 //! flows, and the rule drops the packet in prerouting after the tap has
-//! copied it). docs/DESIGN-NOTES.md note 15 compares them; the default is
+//! copied it). docs/DESIGN-NOTES.md note 15 compares them (and the note
+//! "Native receive latency" the ring versions); the default is
 //! the ring.
 //!
 //! What this module never does: look into payloads, decide which flows are
@@ -92,7 +93,7 @@ pub enum RxMechanism {
         /// The queue number (unique per node on the host).
         queue: u16,
     },
-    /// An AF_PACKET TPACKET_V3 ring with a BPF filter (TCP/UDP towards the
+    /// An AF_PACKET TPACKET_V2 ring with a BPF filter (TCP/UDP towards the
     /// local addresses) and an nftables `drop` rule on the set.
     #[default]
     PacketRing,
@@ -246,6 +247,9 @@ pub struct RxStats {
     pub ignored: u64,
     /// PacketRing: packets the kernel dropped because the ring was full.
     pub ring_drops: u64,
+    /// PacketRing: packets longer than a ring frame (2 KiB, e.g. merged by
+    /// GRO on the underlay device), dropped.
+    pub truncated: u64,
     /// Receive errors the thread survived.
     pub errors: u64,
 }
@@ -555,6 +559,7 @@ pub(crate) struct Counters {
     batches: AtomicU64,
     ignored: AtomicU64,
     ring_drops: AtomicU64,
+    truncated: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -567,6 +572,7 @@ impl Counters {
             batches: l(&self.batches),
             ignored: l(&self.ignored),
             ring_drops: l(&self.ring_drops),
+            truncated: l(&self.truncated),
             errors: l(&self.errors),
         }
     }
