@@ -202,7 +202,7 @@ fn rx(mech: Mech, flows: &Flows, expect: u64, secs: f64, idle_ms: u64) -> Result
     let pps = if dt > 0.0 { got as f64 / dt } else { 0.0 };
     let d = |k: &str| snmp1.get(k).copied().unwrap_or(0) - snmp0.get(k).copied().unwrap_or(0);
     println!(
-        "{{\"mech\":\"{mech:?}\",\"proto\":\"{:?}\",\"expect\":{expect},\"received\":{got},\"unique\":{unique},\"dups\":{dups},\"foreign\":{foreign},\"secs\":{dt:.4},\"pps\":{pps:.0},\"mbps\":{:.1},\"cpu_us_per_pkt\":{:.3},\"tcp_out_rsts\":{},\"icmp_out_dest_unreachs\":{},\"udp_no_ports\":{},\"ring_drops\":{},\"nfq_drops\":{nfq_drops},\"batches\":{}}}",
+        "{{\"mech\":\"{mech:?}\",\"proto\":\"{:?}\",\"expect\":{expect},\"received\":{got},\"unique\":{unique},\"dups\":{dups},\"foreign\":{foreign},\"secs\":{dt:.4},\"pps\":{pps:.0},\"mbps\":{:.1},\"cpu_us_per_pkt\":{:.3},\"tcp_out_rsts\":{},\"icmp_out_dest_unreachs\":{},\"udp_no_ports\":{},\"ring_drops\":{},\"truncated\":{},\"nfq_drops\":{nfq_drops},\"batches\":{}}}",
         flows.proto,
         if dt > 0.0 {
             bytes as f64 * 8.0 / dt / 1e6
@@ -214,6 +214,7 @@ fn rx(mech: Mech, flows: &Flows, expect: u64, secs: f64, idle_ms: u64) -> Result
         d("Icmp:OutDestUnreachs"),
         d("Udp:NoPorts"),
         stats.ring_drops,
+        stats.truncated,
         stats.batches,
     );
     Ok(())

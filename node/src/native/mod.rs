@@ -20,12 +20,13 @@
 //!
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
-//! AF_PACKET TPACKET_V3 ring (a classic-BPF filter narrows the tap to
+//! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
 //! TCP/UDP towards the node's addresses, the thread keeps only registered
 //! flows, and the rule drops the packet in prerouting after the tap has
 //! copied it; a copy of a packet with a registered flow's ports from another
 //! source goes to the core as well, which counts and drops it, while the
-//! kernel keeps the packet as the host's own). docs/DESIGN-NOTES.md note 15 compares them; the default is
+//! kernel keeps the packet as the host's own). docs/DESIGN-NOTES.md note 15
+//! compares them (and note 27 the ring versions); the default is
 //! the ring.
 //!
 //! What this module never does: look into payloads, decide which flows are
@@ -94,7 +95,7 @@ pub enum RxMechanism {
         /// The queue number (unique per node on the host).
         queue: u16,
     },
-    /// An AF_PACKET TPACKET_V3 ring with a BPF filter (TCP/UDP towards the
+    /// An AF_PACKET TPACKET_V2 ring with a BPF filter (TCP/UDP towards the
     /// local addresses) and an nftables `drop` rule on the set.
     #[default]
     PacketRing,
@@ -248,6 +249,9 @@ pub struct RxStats {
     pub ignored: u64,
     /// PacketRing: packets the kernel dropped because the ring was full.
     pub ring_drops: u64,
+    /// PacketRing: packets longer than a ring frame (2 KiB, e.g. merged by
+    /// GRO on the underlay device), dropped.
+    pub truncated: u64,
     /// Receive errors the thread survived.
     pub errors: u64,
 }
@@ -606,6 +610,7 @@ pub(crate) struct Counters {
     batches: AtomicU64,
     ignored: AtomicU64,
     ring_drops: AtomicU64,
+    truncated: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -618,6 +623,7 @@ impl Counters {
             batches: l(&self.batches),
             ignored: l(&self.ignored),
             ring_drops: l(&self.ring_drops),
+            truncated: l(&self.truncated),
             errors: l(&self.errors),
         }
     }

@@ -1,4 +1,10 @@
-//! Receive mechanism (b): an AF_PACKET socket with a TPACKET_V3 mmap ring.
+//! Receive mechanism (b): an AF_PACKET socket with a TPACKET_V2 mmap ring.
+//!
+//! TPACKET_V2, not V3 (docs/DESIGN-NOTES.md, "Native receive latency"): V3
+//! hands packets over a block at a time, so a lone packet waited for its
+//! block's timeout (1 ms, measured 0.6 ms median per hop); V2 hands over
+//! every frame as the kernel fills it and wakes the thread then, and the
+//! thread still reads a busy ring without a system call per packet.
 //!
 //! The tap sees every IPv4 packet the host receives, before netfilter; a
 //! classic-BPF filter in the kernel narrows it to TCP and UDP towards the
@@ -8,7 +14,9 @@
 //!
 //! Caveat: a tap sees packets after GRO. On a NIC with GRO on, consecutive
 //! TCP-shaped native packets of one flow can arrive here merged into one
-//! large packet (NFQUEUE segments them again before queueing).
+//! large packet (NFQUEUE segments them again before queueing). Such a packet
+//! does not fit a ring frame: it is counted ([`super::RxStats::truncated`])
+//! and dropped, never handed over cut short.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,47 +31,51 @@ const PACKET_VERSION: libc::c_int = 10;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const TPACKET_V3: libc::c_int = 2;
+const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+/// The kernel allocates the ring in blocks of this size (frames never
+/// straddle one; 1 MiB / 2 KiB leaves no gap, so frame i is at i * 2 KiB).
 const BLOCK_SIZE: u32 = 1 << 20;
+/// One packet per frame: a 32-byte header, the link-layer address and a
+/// 1500-byte IP packet fit.
 const FRAME_SIZE: u32 = 2048;
-/// A block is handed over when full or after this many ms.
-const RETIRE_TOV_MS: u32 = 1;
+/// Dense traffic: the ring, just emptied, had its next packet within this
+/// long. Then the thread naps [`NAP`] instead of asking the kernel to wake
+/// it per packet (a wakeup per few packets tripled the receive CPU per
+/// packet at 80 kpps; docs/DESIGN-NOTES.md, "Native receive latency").
+const DENSE_GAP: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long the thread naps while traffic is dense: the most a packet then
+/// waits in the ring (sparse traffic never waits: it is woken for).
+const NAP: std::time::Duration = std::time::Duration::from_micros(500);
 
 #[repr(C)]
-struct TpacketReq3 {
+struct TpacketReq {
     tp_block_size: u32,
     tp_block_nr: u32,
     tp_frame_size: u32,
     tp_frame_nr: u32,
-    tp_retire_blk_tov: u32,
-    tp_sizeof_priv: u32,
-    tp_feature_req_word: u32,
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct TpacketStatsV3 {
+struct TpacketStats {
     tp_packets: u32,
     tp_drops: u32,
-    tp_freeze_q_cnt: u32,
 }
 
-// Offsets in struct tpacket_block_desc (version, offset_to_priv, then
-// tpacket_hdr_v1) and struct tpacket3_hdr, from linux/if_packet.h.
-const BLK_STATUS: usize = 8;
-const BLK_NUM_PKTS: usize = 12;
-const BLK_FIRST: usize = 16;
-const PKT_NEXT: usize = 0;
-const PKT_SNAPLEN: usize = 12;
-const PKT_NET: usize = 26;
+// Offsets in struct tpacket2_hdr, from linux/if_packet.h.
+const PKT_STATUS: usize = 0;
+const PKT_LEN: usize = 4;
+const PKT_SNAPLEN: usize = 8;
+const PKT_NET: usize = 14;
 
 /// The socket and its mapped ring.
 pub(crate) struct Ring {
     fd: OwnedFd,
     map: *mut u8,
     blocks: usize,
+    frames: usize,
     wake: OwnedFd,
 }
 
@@ -92,8 +104,8 @@ impl Ring {
         }
         // SAFETY: raw is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(&fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
-            .map_err(err("select TPACKET_V3"))?;
+        setsockopt(&fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V2)
+            .map_err(err("select TPACKET_V2"))?;
         // Outgoing packets (our own raw sends) are of no interest.
         let _ = setsockopt(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
         let prog = filter(local);
@@ -103,14 +115,12 @@ impl Ring {
         };
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
             .map_err(err("attach the BPF filter"))?;
-        let req = TpacketReq3 {
+        let frames = BLOCK_SIZE / FRAME_SIZE * blocks;
+        let req = TpacketReq {
             tp_block_size: BLOCK_SIZE,
             tp_block_nr: blocks,
             tp_frame_size: FRAME_SIZE,
-            tp_frame_nr: BLOCK_SIZE / FRAME_SIZE * blocks,
-            tp_retire_blk_tov: RETIRE_TOV_MS,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+            tp_frame_nr: frames,
         };
         setsockopt(&fd, SOL_PACKET, PACKET_RX_RING, &req).map_err(err("set up the RX ring"))?;
         let len = BLOCK_SIZE as usize * blocks as usize;
@@ -172,6 +182,7 @@ impl Ring {
             fd,
             map: map.cast(),
             blocks: blocks as usize,
+            frames: frames as usize,
             // SAFETY: efd is a fresh descriptor we own.
             wake: unsafe { OwnedFd::from_raw_fd(efd) },
         };
@@ -195,77 +206,78 @@ impl Ring {
         })
     }
 
-    /// The thread: until stopped or the driver is gone.
+    /// The thread: until stopped or the driver is gone. Frames are taken
+    /// in ring order while the kernel has filled them; only when the next
+    /// one is still the kernel's is the batch handed over and the thread
+    /// waits: in poll, woken by the kernel with the next packet, while
+    /// traffic is sparse; a fixed nap while it is dense (see [`DENSE_GAP`]).
     pub(crate) fn run(self, shared: &Shared, mut out: Outbox) {
         let mut idx = 0;
-        'outer: while !shared.stopped() {
-            let block = self.block(idx);
-            // SAFETY: block points at a block header inside the mapping.
-            let status = unsafe { read_u32(block, BLK_STATUS) };
+        let mut dense = false;
+        while !shared.stopped() {
+            let frame = self.frame(idx);
+            // SAFETY: frame points at a frame header inside the mapping.
+            let status = unsafe { read_u32(frame, PKT_STATUS) };
             if status & TP_STATUS_USER == 0 {
                 if !out.flush(shared) {
                     break;
                 }
                 self.count_drops(shared);
-                self.poll();
+                if dense {
+                    std::thread::sleep(NAP);
+                    // Nothing came during a whole nap: sparse again.
+                    // SAFETY: as above.
+                    dense = unsafe { read_u32(frame, PKT_STATUS) } & TP_STATUS_USER != 0;
+                } else {
+                    let t = std::time::Instant::now();
+                    self.poll();
+                    dense = t.elapsed() < DENSE_GAP;
+                }
                 continue;
             }
             std::sync::atomic::fence(Ordering::Acquire);
-            // SAFETY: the kernel handed this block to us (TP_STATUS_USER);
-            // offsets inside it come from the kernel and stay in the block.
-            let (n, mut at) = unsafe {
+            // SAFETY: the kernel handed this frame to us (TP_STATUS_USER);
+            // the header lies at its start.
+            let (len, snap, net) = unsafe {
                 (
-                    read_u32(block, BLK_NUM_PKTS),
-                    read_u32(block, BLK_FIRST) as usize,
+                    read_u32(frame, PKT_LEN) as usize,
+                    read_u32(frame, PKT_SNAPLEN) as usize,
+                    usize::from(read_u16(frame, PKT_NET)),
                 )
             };
             let mut alive = true;
-            for _ in 0..n {
-                if at + PKT_NET + 2 > BLOCK_SIZE as usize {
-                    break;
+            if snap < len {
+                // Longer than a frame (GRO-merged): a cut packet would be
+                // garbage to the core, so it is dropped and counted.
+                shared.counters.truncated.fetch_add(1, Ordering::Relaxed);
+            } else if net + snap <= FRAME_SIZE as usize {
+                // SAFETY: the range lies inside the frame (checked above).
+                let pkt = unsafe { std::slice::from_raw_parts(frame.add(net), snap) };
+                // The lock is taken per packet, never across a push that
+                // may wait for the driver (which may be adding a flow at
+                // that moment).
+                if wanted(pkt, shared) {
+                    alive = out.push(shared, pkt);
+                } else {
+                    shared.counters.ignored.fetch_add(1, Ordering::Relaxed);
                 }
-                // SAFETY: at is inside the block (checked above).
-                let (next, snap, net) = unsafe {
-                    (
-                        read_u32(block, at + PKT_NEXT) as usize,
-                        read_u32(block, at + PKT_SNAPLEN) as usize,
-                        usize::from(read_u16(block, at + PKT_NET)),
-                    )
-                };
-                if at + net + snap <= BLOCK_SIZE as usize {
-                    // SAFETY: the range lies inside the block.
-                    let pkt = unsafe { std::slice::from_raw_parts(block.add(at + net), snap) };
-                    // The lock is taken per packet, never across a push
-                    // that may wait for the driver (which may be adding a
-                    // flow at that moment).
-                    if wanted(pkt, shared) {
-                        if alive && !out.push(shared, pkt) {
-                            alive = false;
-                        }
-                    } else {
-                        shared.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if next == 0 {
-                    break;
-                }
-                at += next;
             }
             std::sync::atomic::fence(Ordering::Release);
-            // SAFETY: gives the block back to the kernel.
-            unsafe { write_u32(block, BLK_STATUS, TP_STATUS_KERNEL) };
-            idx = (idx + 1) % self.blocks;
+            // SAFETY: gives the frame back to the kernel.
+            unsafe { write_u32(frame, PKT_STATUS, TP_STATUS_KERNEL) };
+            idx = (idx + 1) % self.frames;
             if !alive {
-                break 'outer;
+                break;
             }
         }
         let _ = out.flush(shared);
         self.count_drops(shared);
     }
 
-    fn block(&self, idx: usize) -> *mut u8 {
-        // SAFETY: idx < blocks, so the offset is inside the mapping.
-        unsafe { self.map.add(idx * BLOCK_SIZE as usize) }
+    fn frame(&self, idx: usize) -> *mut u8 {
+        // SAFETY: idx < frames and frames * FRAME_SIZE is the mapping's
+        // length, so the offset is inside it.
+        unsafe { self.map.add(idx * FRAME_SIZE as usize) }
     }
 
     fn poll(&self) {
@@ -286,9 +298,9 @@ impl Ring {
     }
 
     fn count_drops(&self, shared: &Shared) {
-        let mut st = TpacketStatsV3::default();
-        let mut len = std::mem::size_of::<TpacketStatsV3>() as libc::socklen_t;
-        // SAFETY: st is a valid tpacket_stats_v3 buffer of len bytes. The
+        let mut st = TpacketStats::default();
+        let mut len = std::mem::size_of::<TpacketStats>() as libc::socklen_t;
+        // SAFETY: st is a valid tpacket_stats buffer of len bytes. The
         // kernel resets its counters on each read, so they add up here.
         let rc = unsafe {
             libc::getsockopt(
