@@ -81,7 +81,9 @@ fn main() {
     let public = pair.public_key().as_ref().to_vec();
     let sig = pair.sign(&msg);
     let verifier = signature::UnparsedPublicKey::new(&signature::ED25519, &public);
-    verifier.verify(&msg, sig.as_ref()).expect("own signature verifies");
+    verifier
+        .verify(&msg, sig.as_ref())
+        .expect("own signature verifies");
 
     let peer = PublicKey::from(&StaticSecret::from([9u8; 32]));
     let mut secrets: Vec<[u8; 32]> = (0..iters)
@@ -120,7 +122,8 @@ fn main() {
             black_box(secret.diffie_hellman(black_box(&peer)));
         }));
         results[4].push(per_op_us(iters, |_| {
-            rng.fill(black_box(&mut buf)).expect("OS randomness available");
+            rng.fill(black_box(&mut buf))
+                .expect("OS randomness available");
         }));
         // Different scalars each round, so no round replays the last one's.
         for s in &mut secrets {
