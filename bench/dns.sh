@@ -5,6 +5,7 @@
 #   REPEAT=3 bench/dns.sh          # 3 interleaved rounds, then median [min..max]
 #   bench/dns.sh fpn knot          # a subset
 #   bench/dns.sh interop           # BIND and Knot as secondaries: NOTIFY, AXFR/IXFR with TSIG
+#   bench/dns.sh fsync [fpn bind]  # strace: a sync between each update's arrival and its answer
 #
 # Every server runs in the foreground on 127.0.0.1 (UDP+TCP, its own port), from a fresh
 # copy of the same zone (bench.fpn.: SOA, NS, ns1, name0..name999 A, TXT on every 10th
@@ -319,10 +320,58 @@ EOF
   return $ok
 }
 
+
+# ------------------------------------------------------------------ fsync check
+# bench/dns.sh fsync [fpn bind]: each server under `strace -f -ttt`, FSYNC_UPDATES (20)
+# signed additions one at a time (dnsperf -q 1, so each waits for the previous answer).
+# An update is durable before its answer if an fsync/fdatasync of any thread falls
+# between the answer before it and its own answer (the update arrives in between).
+# Prints per server the answers, the syncs and how many answers had no sync before them:
+# PASS when that is 0 and every update was NOERROR. Knot is not in the default set: it
+# does not sync before answering, so `bench/dns.sh fsync knot` is the control that FAILs.
+fsync_check() {
+  local mode port d n answers syncs unsynced ok=0 nupd=${FSYNC_UPDATES:-20}
+  for mode in ${*:-fpn bind}; do
+    case $mode in fpn) port=$FPN_PORT ;; bind) port=$BIND_PORT ;; knot) port=$KNOT_PORT ;; *) log "fsync: no $mode"; continue ;; esac
+    d="$WORK/fsync-$mode"; mkdir -p "$d"; cp "$WORK/zone" "$d/zone"
+    "start_$mode" "$d" "$port"
+    wait_ready "$port" || { log "$mode did not start, see $d/server.log"; stop_server; ok=1; continue; }
+    # Attach now, after start-up and the readiness queries: every answer traced is an update's.
+    strace -f -ttt -p "$SERVER_PID" -e trace=fsync,fdatasync,sync_file_range,sendto,sendmsg,sendmmsg \
+      -o "$d/strace.txt" 2>"$d/strace.log" &
+    local st=$!
+    sleep 1
+    awk -v n="$nupd" -v o="$ORIGIN" 'BEGIN { for (i = 1; i <= n; i++)
+      printf "%s\nadd fs-%d 60 A 198.18.9.%d\nsend\n", o, i, i }' >"$d/upd.in"
+    timeout 60 dnsperf -u -s 127.0.0.1 -p "$port" -d "$d/upd.in" -c 1 -q 1 -n 1 -t 5 \
+      -y "hmac-sha256:$KEY:$SECRET" >"$d/upd.txt" 2>&1
+    n=$(stat_of "$d/upd.txt" noerr)
+    sleep 0.5; kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null
+    stop_server
+    # One line per answer (a send that did not fail), S per sync before it.
+    read -r answers syncs unsynced < <(awk '
+      # A syscall counts when it returns: its own line unless <unfinished ...>, else its resumed line.
+      /<unfinished/ || /= -1/ { next }
+      /(fsync|fdatasync)\(/ || /<\.\.\. (fsync|fdatasync) resumed>/ { s++; pending = 1; next }
+      /send(to|msg|mmsg)\(/ || /<\.\.\. send(to|msg|mmsg) resumed>/ { a++; if (!pending) u++; pending = 0 }
+      END { printf "%d %d %d\n", a, s, u }' "$d/strace.txt")
+    if [ "${n:-0}" = "$nupd" ] && [ "$answers" -ge "$nupd" ] && [ "$unsynced" = 0 ]; then
+      echo "fsync $mode: PASS ($nupd updates NOERROR, $answers answers, $syncs syncs, every answer after a sync)"
+    else
+      echo "fsync $mode: FAIL (${n:-0}/$nupd NOERROR, $answers answers, $syncs syncs, $unsynced answers with no sync before them; $d/strace.txt)"
+      ok=1
+    fi
+  done
+  return $ok
+}
+
 # ------------------------------------------------------------------ main
 if [ "${1:-}" = interop ]; then
   rm -rf "$WORK"; mkdir -p "$WORK"
   interop; exit $?
+fi
+if [ "${1:-}" = fsync ]; then
+  shift; make_inputs; fsync_check "$@"; exit $?
 fi
 MODES=${*:-fpn bind knot}
 make_inputs

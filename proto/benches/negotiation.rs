@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fpn_proto::credential::Credential;
-use fpn_proto::dprp::{Config, DPRP_PORT, Endpoint, Entropy, Event, Prefix};
+use fpn_proto::dprp::{Config, DPRP_PORT, Endpoint, Entropy, Event, Prefix, Rate};
 use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
@@ -54,6 +54,12 @@ fn endpoint(ca: &NodeKey, id: u32, addr: IpAddr, now: Instant) -> Endpoint {
     let mut cfg = Config::new(key, cred, ca.public(), vec![Prefix::host(addr)]);
     // Finished negotiations are forgotten at once, so the tables stay small.
     cfg.timing.linger = Duration::ZERO;
+    // Thousands of negotiations a second between the same two GEs are the
+    // point here, not a flood: without this the per-GE and per-source DDE
+    // budgets (issue #9 item 2) refuse them after the first burst.
+    cfg.limits.dde_per_source = Rate::UNLIMITED;
+    cfg.limits.dde_per_ge = Rate::UNLIMITED;
+    cfg.limits.initiate_per_destination = Rate::UNLIMITED;
     let mut ep = Endpoint::new(cfg, Entropy::Seeded([id as u8 ^ 0x55; 32]), UNIX, now).unwrap();
     ep.set_group_key(GroupId(1), KeyVersion(1), GroupKey::from_bytes([7; 32]));
     ep
@@ -72,7 +78,9 @@ impl Pair {
     fn new() -> Self {
         let ca = NodeKey::from_seed(&[0xca; 32]);
         let now = Instant::now();
-        let (a_ip, b_ip) = (IpAddr::from([198, 18, 0, 1]), IpAddr::from([198, 18, 0, 2]));
+        // The flow ends are the credentials' overlay addresses: since the identity
+        // binding (issue #9 item 1) DPRP refuses any other source or destination.
+        let (a_ip, b_ip) = (IpAddr::from([100, 64, 0, 1]), IpAddr::from([100, 64, 0, 2]));
         Self {
             a: endpoint(&ca, 1, a_ip, now),
             b: endpoint(&ca, 2, b_ip, now),
