@@ -799,7 +799,7 @@ aim_text() { # aim_text NAME: what an aim compares, in words
         native_vs_quic_tcp4) echo "fpn-native / fpn (QUIC), TCP 4 streams" ;;
         native_vs_best_peer_tcp1) echo "fpn-native / best of wireguard-go and nebula, TCP 1 stream" ;;
         native_vs_best_peer_tcp4) echo "fpn-native / best of wireguard-go and nebula, TCP 4 streams" ;;
-        native_ping_avg_ms) echo "fpn-native ping avg (ICMP: rides QUIC by design)" ;;
+        native_ping_avg_ms) echo "fpn-native ping avg (ICMP echo, native since note 22)" ;;
         native_udp_echo_avg_ms) echo "fpn-native UDP echo avg (native)" ;;
     esac
 }
