@@ -99,14 +99,7 @@ impl GmsTask {
         let mut last_list = tokio::time::Instant::now() - LIST_EVERY;
         // Until the first session is up this node has heard nothing since it
         // started: the silence bound counts from here.
-        let unix = fpn_gms_client::now_unix();
-        let _ = self
-            .engine
-            .send(Command::Gms {
-                connected: false,
-                unix,
-            })
-            .await;
+        self.report_gms(false).await;
         loop {
             enum Wake {
                 Ev(Option<Event>),
@@ -170,14 +163,7 @@ impl GmsTask {
                     .with_state(|s| s.revoked.iter().copied().collect());
                 self.carrier.revoke_serials(&revoked);
                 let _ = self.engine.send(Command::RevocationList(revoked)).await;
-                let unix = fpn_gms_client::now_unix();
-                let _ = self
-                    .engine
-                    .send(Command::Gms {
-                        connected: true,
-                        unix,
-                    })
-                    .await;
+                self.report_gms(true).await;
                 self.list(last_list).await;
                 // Re-subscribe to the peers this node talks to.
                 let names: Vec<String> = self
@@ -231,14 +217,7 @@ impl GmsTask {
                 None => self.gone(&name).await,
             },
             Event::Disconnected { reason } => {
-                let unix = fpn_gms_client::now_unix();
-                let _ = self
-                    .engine
-                    .send(Command::Gms {
-                        connected: false,
-                        unix,
-                    })
-                    .await;
+                self.report_gms(false).await;
                 let was = std::mem::take(&mut self.shared.view().connected);
                 if was {
                     warn!(%reason, "GMS session lost; working from cached keys and directory");
@@ -250,6 +229,12 @@ impl GmsTask {
             }
         }
         Ok(())
+    }
+
+    /// Tells the core the GMS session is up or lost (the silence bound).
+    async fn report_gms(&mut self, connected: bool) {
+        let unix = fpn_gms_client::now_unix();
+        let _ = self.engine.send(Command::Gms { connected, unix }).await;
     }
 
     /// Refreshes the full listing (names and overlay addresses).

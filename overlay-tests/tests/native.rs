@@ -12,8 +12,8 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{echo_send, iperf_server, overlay};
-use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use common::{echo_send, iperf_server};
+use fpn_lab::overlay::Overlay;
 use serde_json::Value;
 
 const MARKER: &str = "fpn-native-plaintext-marker-9c41";
@@ -22,15 +22,7 @@ const QUIC_PORT: u16 = 7718;
 /// How long a node may take to find the native path to a peer it just met.
 const NATIVE_UP: Duration = Duration::from_secs(10);
 
-fn two_nodes() -> Overlay {
-    overlay(&Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    ))
-}
+use common::two_nodes;
 
 /// `node`'s status entry for peer `peer` (by GE name).
 fn peer_entry(ov: &Overlay, node: &str, peer: &str) -> Value {

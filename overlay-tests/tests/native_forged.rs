@@ -11,13 +11,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::overlay;
 use fpn_lab::inject;
-use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use fpn_lab::overlay::Overlay;
 use serde_json::Value;
 
 /// The application's port on the victim (b).
@@ -81,18 +80,9 @@ fn native_packets(pcap: &fpn_lab::Pcap, a: Ipv4Addr, b: Ipv4Addr, sport: u16) ->
 
 #[test]
 fn forged_spoofed_and_replayed_native_packets_are_dropped_and_counted() {
-    let ov = overlay(&Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    ));
+    let ov = common::two_nodes();
     let lab = ov.lab();
-    let v4 = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(_) => panic!("the lab's links are IPv4"),
-    };
+    let v4 = common::ipv4;
     let a_pub = v4(ov.underlay("a", "pub-a").unwrap());
     let b_pub = v4(ov.underlay("b", "pub-b").unwrap());
     // The attacker's own address on the victim's link.

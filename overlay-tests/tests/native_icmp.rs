@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::overlay;
 use fpn_lab::inject;
-use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use fpn_lab::overlay::Overlay;
 use serde_json::Value;
 
 /// 16 bytes `ping -p` repeats through the payload: a plaintext to look for.
@@ -64,18 +63,9 @@ fn echoes(pcap: &fpn_lab::Pcap) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16, usize)> {
 
 #[test]
 fn ping_runs_natively_as_the_applications_own_echoes() {
-    let ov = overlay(&Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    ));
+    let ov = common::two_nodes();
     let lab = ov.lab();
-    let v4 = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(_) => panic!("the lab's links are IPv4"),
-    };
+    let v4 = common::ipv4;
     let a_pub = v4(ov.underlay("a", "pub-a").unwrap());
     let b_pub = v4(ov.underlay("b", "pub-b").unwrap());
     let b = Overlay::fqdn("b");

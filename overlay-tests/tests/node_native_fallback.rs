@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{iperf_server, overlay};
-use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use common::iperf_server;
+use fpn_lab::overlay::Overlay;
 
 fn peer_path(ov: &Overlay, node: &str) -> (String, String) {
     let st = ov.status(node).unwrap();
@@ -36,13 +36,7 @@ fn wait_for(ov: &Overlay, node: &str, carrier: &str, limit: Duration) -> Duratio
 
 #[test]
 fn a_flow_survives_native_blocked_and_native_comes_back() {
-    let ov = overlay(&Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    ));
+    let ov = common::two_nodes();
     let lab = ov.lab();
     let a_pub = ov.underlay("a", "pub-a").unwrap();
     let b_pub = ov.underlay("b", "pub-b").unwrap();
@@ -117,13 +111,7 @@ fn a_flow_survives_native_blocked_and_native_comes_back() {
 /// seconds.
 #[test]
 fn a_tcp_transfer_survives_a_firewall_dropping_only_native_tcp() {
-    let ov = overlay(&Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    ));
+    let ov = common::two_nodes();
     let lab = ov.lab();
     let a_pub = ov.underlay("a", "pub-a").unwrap();
     let b_pub = ov.underlay("b", "pub-b").unwrap();

@@ -53,6 +53,27 @@ pub fn overlay(spec: &fpn_lab::overlay::Spec) -> fpn_lab::overlay::Overlay {
     fpn_lab::overlay::Overlay::start(lab, spec).unwrap_or_else(|e| panic!("overlay start: {e}"))
 }
 
+/// The overlay of most native-carrier tests: nodes a and b, open mode,
+/// both in group 1 ("home"), on their own public links behind `inet`.
+pub fn two_nodes() -> fpn_lab::overlay::Overlay {
+    use fpn_lab::overlay::{Mode, NodeSpec, Spec};
+    overlay(&Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+        ],
+    ))
+}
+
+/// The IPv4 address of a lab link (the lab's links are IPv4).
+pub fn ipv4(ip: std::net::IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(_) => panic!("the lab's links are IPv4"),
+    }
+}
+
 /// The fpn-lab binary (runs `echo serve`/`echo send` inside hosts).
 pub fn lab_bin() -> String {
     BIN.to_string()
