@@ -294,9 +294,8 @@ mod tests {
         Name::from_str(s).unwrap()
     }
 
-    /// One batch of many jobs: one serial, every job answered, durable.
-    #[test]
-    fn a_batch_commits_once_and_answers_every_job() {
+    /// An empty `home.fpn.` zone at serial 50 and its initialised store.
+    fn fresh_zone() -> (tempfile::TempDir, Name, Zone, Store) {
         let dir = tempfile::tempdir().unwrap();
         let origin = n("home.fpn.");
         let soa = SOA::new(
@@ -312,6 +311,13 @@ mod tests {
         let mut store = Store::open(dir.path(), &origin).unwrap();
         let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
         store.init(&seed).unwrap();
+        (dir, origin, zone, store)
+    }
+
+    /// One batch of many jobs: one serial, every job answered, durable.
+    #[test]
+    fn a_batch_commits_once_and_answers_every_job() {
+        let (dir, origin, zone, mut store) = fresh_zone();
         let shared = Shared::new(zone, Default::default(), store.journal_reader());
         let mut rxs = Vec::new();
         let mut batch = Vec::new();
@@ -370,21 +376,7 @@ mod tests {
     /// every later change is refused until a restart.
     #[test]
     fn a_storage_failure_stops_further_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = n("home.fpn.");
-        let soa = SOA::new(
-            n("ns1.home.fpn."),
-            n("h.home.fpn."),
-            50,
-            3600,
-            600,
-            86400,
-            60,
-        );
-        let zone = Zone::new_empty(&origin, soa, 3600, &[n("ns1.home.fpn.")]).unwrap();
-        let mut store = Store::open(dir.path(), &origin).unwrap();
-        let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
-        store.init(&seed).unwrap();
+        let (_dir, _origin, zone, mut store) = fresh_zone();
         store.break_sync_for_test();
         let shared = Arc::new(Shared::new(
             zone,
@@ -432,21 +424,7 @@ mod tests {
         use crate::answer::{Ctx, Outcome, handle};
         use crate::keys::{Algorithm, KeyPolicy, KeyRing, TsigKey};
 
-        let dir = tempfile::tempdir().unwrap();
-        let origin = n("home.fpn.");
-        let soa = SOA::new(
-            n("ns1.home.fpn."),
-            n("h.home.fpn."),
-            50,
-            3600,
-            600,
-            86400,
-            60,
-        );
-        let zone = Zone::new_empty(&origin, soa, 3600, &[n("ns1.home.fpn.")]).unwrap();
-        let mut store = Store::open(dir.path(), &origin).unwrap();
-        let seed: Vec<_> = zone.snapshot().iter().map(|n| n.data().clone()).collect();
-        store.init(&seed).unwrap();
+        let (_dir, origin, zone, mut store) = fresh_zone();
         let mut keys = KeyRing::default();
         keys.insert(TsigKey::new(
             n("k."),
