@@ -102,7 +102,11 @@ async fn no_group_key_a_node_received_is_in_the_gms_data_directory() {
         hits.is_empty(),
         "group keys in the clear in the GMS data directory: {hits:?}"
     );
-    assert!(!found_in(gms.tmp.path(), &keys).iter().any(|(_, f)| f.ends_with(".log")));
+    assert!(
+        !found_in(gms.tmp.path(), &keys)
+            .iter()
+            .any(|(_, f)| f.ends_with(".log"))
+    );
     assert!(!log.is_empty());
     let key_file = gms.data.join("store.key");
     assert_eq!(
@@ -133,7 +137,10 @@ fn serve_refuses_a_sealed_store_without_its_key_and_runs_again_once_restored() {
         err.contains("store.key is missing") && err.contains("restore it"),
         "{err}"
     );
-    assert!(!key_file.exists(), "serve made a new key for a sealed store");
+    assert!(
+        !key_file.exists(),
+        "serve made a new key for a sealed store"
+    );
 
     std::fs::rename(&aside, &key_file).unwrap();
     gms.start();
@@ -176,7 +183,9 @@ async fn a_store_written_before_sealing_is_migrated_and_keeps_its_keys() {
         limit: 100,
     });
     assert!(
-        audit.to_string().contains("store sealed: 1 secret values migrated"),
+        audit
+            .to_string()
+            .contains("store sealed: 1 secret values migrated"),
         "{audit}"
     );
     assert_eq!(
