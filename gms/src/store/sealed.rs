@@ -81,6 +81,7 @@ impl<S: Store> SealedStore<S> {
     /// before anything else ([`Error::StoreKeyMode`],
     /// [`Error::StoreKeyUnreadable`]). No error path writes to the store or
     /// to the key file.
+    #[tracing::instrument(skip_all, fields(key_file = %key_path.display()))]
     pub fn open(inner: S, key_path: &Path, now: u64) -> Result<Self> {
         let file_key = key_file::load(key_path)?;
         let check = inner.get(Tree::Meta, META_STORE_KEY_CHECK)?;
