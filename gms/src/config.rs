@@ -47,6 +47,12 @@ impl DataDir {
         self.root.join("db")
     }
 
+    /// The store-encryption key (32 bytes, 0600) that seals the secret
+    /// values of [`DataDir::db`]; back it up with the store, apart from it.
+    pub fn store_key(&self) -> PathBuf {
+        self.root.join("store.key")
+    }
+
     /// The CA private key (PKCS#8 DER, 0600).
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca.key")

@@ -46,6 +46,44 @@ pub enum Error {
         /// Highest version this build reads.
         supported: u32,
     },
+    /// The store holds sealed values but its key file is not there: the
+    /// store cannot be read without it, and a new key would not open it.
+    #[error(
+        "the store holds sealed values but its key file {path} is missing: restore it from the \
+         backup taken with the store (a new key cannot open it); nothing was changed"
+    )]
+    StoreKeyMissing {
+        /// Where the key file should be.
+        path: PathBuf,
+    },
+    /// The store key file exists but does not open this store.
+    #[error(
+        "the store key {path} does not open this store (a key from another data directory or \
+         another backup?); nothing was changed"
+    )]
+    StoreKeyWrong {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The store key file is readable by others than its owner.
+    #[error(
+        "the store key {path} has mode {mode:o}; it must be readable by its owner only \
+         (chmod 600 {path})"
+    )]
+    StoreKeyMode {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The store key file cannot be read or is not a key.
+    #[error("the store key {path} cannot be used: {reason}")]
+    StoreKeyUnreadable {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong (an OS error, or the length).
+        reason: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record in {tree}: {reason}")]
     Corrupt {

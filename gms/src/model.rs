@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Version of the store layout this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the store layout this build writes and reads. 2: the values
+/// of the secret trees are sealed under the store key
+/// ([`crate::store::SealedStore`]); a schema-1 store is migrated on open.
+pub const SCHEMA_VERSION: u32 = 2;
 /// Key of the schema version in [`crate::store::Tree::Meta`].
 pub const META_SCHEMA: &[u8] = b"schema";
 /// Key of the [`Counters`] in [`crate::store::Tree::Meta`].

@@ -32,7 +32,7 @@ use crate::ca::Ca;
 use crate::config::{Config, DataDir, OverlayRange};
 use crate::core::{self, Core, DirectoryEvent, Output};
 use crate::schedule::{HumanDuration, Schedule};
-use crate::store::{CommitSeq, SledStore, Store, Syncer};
+use crate::store::{self, CommitSeq, Store, Syncer};
 use crate::{Error, Result, fsutil, now_unix, tls, wire};
 
 pub use sessions::Sessions;
@@ -124,7 +124,8 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     let (cert, key) = ca.issue_server_cert(now)?;
     fsutil::write_new(&dir.server_key(), &key, 0o600)?;
     fsutil::write_new(&dir.server_cert(), &cert, 0o644)?;
-    let store = SledStore::open(&dir.db())?;
+    // Creates the store key too: the first values are sealed already.
+    let store = store::open(&dir.db(), &dir.store_key(), now)?;
     core::init_store(&store, &cfg.zone, now)?;
     store.syncer().sync_all()?;
     fsutil::write_new(&dir.config(), cfg.to_toml()?.as_bytes(), 0o600)?;
@@ -223,7 +224,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let cfg = Config::load(&data.config())?;
-    let store = SledStore::open(&data.db())?;
+    let store = store::open(&data.db(), &data.store_key(), now_unix())?;
     let syncer = store.syncer();
     let ca = Ca::load(&data)?;
     let server_cert = fsutil::read(&data.server_cert())?;
@@ -374,7 +375,7 @@ mod tests {
     fn outputs_wait_for_the_sync_of_their_change_and_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
         let now = now_unix();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
         core::init_store(&store, "t.fpn.", now).unwrap();
         store.syncer().sync_all().unwrap();
         let syncer = store.syncer();

@@ -20,11 +20,15 @@
 //! after the commits an answer or push depends on are durable.
 
 mod group_commit;
+pub mod key_file;
+mod sealed;
 mod sled_store;
 
 pub use group_commit::{Failpoint, GroupCommit};
+pub use sealed::{META_STORE_KEY_CHECK, SEAL_OVERHEAD, SealedStore};
 pub use sled_store::SledStore;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -62,6 +66,14 @@ impl Tree {
         Tree::Revocations,
     ];
 
+    /// True for the trees whose values are secret and sealed at rest
+    /// ([`SealedStore`]): group keys, and the enrollment tokens (their
+    /// SHA-256 verifiers; sealing them also keeps a token planted by
+    /// editing the files from opening).
+    pub const fn is_sealed(self) -> bool {
+        matches!(self, Tree::Keys | Tree::Tokens)
+    }
+
     /// The tree's name on disk.
     pub const fn name(self) -> &'static str {
         match self {
@@ -74,6 +86,13 @@ impl Tree {
             Tree::Revocations => "revocations",
         }
     }
+}
+
+/// Opens the GMS store: the sled database in `db` with its secret values
+/// sealed under the key in `key_file` (created on first use; see
+/// [`SealedStore::open`] for every case and error).
+pub fn open(db: &Path, key_file: &Path, now: u64) -> Result<SealedStore<SledStore>> {
+    SealedStore::open(SledStore::open(db)?, key_file, now)
 }
 
 /// One write in a batch: a value to insert, or `None` to remove the key.
