@@ -38,6 +38,7 @@ mod cache;
 pub mod error;
 pub mod framing;
 pub mod fsutil;
+pub mod renewal;
 mod session;
 pub mod task;
 pub mod tls;
@@ -168,14 +169,13 @@ impl Identity {
         Ok(UnverifiedCredential::decode(&self.credential)?.verify(&self.ca_public, now)?)
     }
 
-    /// Writes the identity into `dir` (created 0700): `node.key` (0600),
-    /// `node.crt`, `ca.crt`, `credential`, `identity.json`.
+    /// Writes the identity into `dir` (created 0700): `node.key`,
+    /// `node.crt` and `credential` (0600), `ca.crt`, `identity.json`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         fsutil::create_private_dir(dir)?;
         fsutil::write_atomic(&dir.join("node.key"), &self.key, 0o600)?;
-        fsutil::write_atomic(&dir.join("node.crt"), &self.cert, 0o644)?;
+        self.save_renewal(dir)?;
         fsutil::write_atomic(&dir.join("ca.crt"), &self.ca_cert, 0o644)?;
-        fsutil::write_atomic(&dir.join("credential"), &self.credential, 0o644)?;
         let meta = IdentityFile {
             gms_addr: self.gms_addr.clone(),
             zone: self.zone.clone(),
@@ -183,6 +183,16 @@ impl Identity {
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Config(e.to_string()))?;
         fsutil::write_atomic(&dir.join("identity.json"), &json, 0o644)
+    }
+
+    /// Writes what a renewal changes, `node.crt` and `credential` (0600),
+    /// each replaced atomically. A crash between the two leaves a new
+    /// certificate with the old credential (or the reverse): both still
+    /// valid, since a renewal revokes nothing, and the next session start
+    /// brings the current credential anyway.
+    pub fn save_renewal(&self, dir: &Path) -> Result<()> {
+        fsutil::write_atomic(&dir.join("credential"), &self.credential, 0o600)?;
+        fsutil::write_atomic(&dir.join("node.crt"), &self.cert, 0o600)
     }
 
     /// Reads an identity written by [`Identity::save`].
