@@ -623,6 +623,7 @@ impl Core {
             cert_fingerprint: en.map(|e| e.cert_fingerprint.clone()),
             cert_not_after: en.map(|e| e.cert_not_after),
             credential_serial: en.map(|e| e.credential_serial),
+            renewed_at: en.and_then(|e| e.renewed_at),
         }
     }
 
