@@ -236,10 +236,24 @@ pub fn verify_from_gms(bytes: &[u8], ca_public: &[u8; 32]) -> Result<Credential>
     match u.clone().verify(ca_public, crate::now_unix()) {
         // verify() checks the signature before the validity period, so
         // this error means the signature is good.
-        Err(fpn_proto::Error::CredentialExpired { not_before, .. }) => {
-            tracing::warn!(
-                "the credential from the GMS is not valid by this node's clock; check the clock"
-            );
+        Err(fpn_proto::Error::CredentialExpired {
+            not_before,
+            not_after,
+            now,
+            ..
+        }) => {
+            if now > not_after {
+                // Short-lived credentials run out while a node is away from
+                // its GMS; the session renews it (peers refuse it meanwhile).
+                tracing::info!(
+                    expired_secs = now - not_after,
+                    "this node's credential has expired; the GMS session renews it"
+                );
+            } else {
+                tracing::warn!(
+                    "the credential from the GMS is not yet valid by this node's clock; check the clock"
+                );
+            }
             Ok(u.verify(ca_public, not_before)?)
         }
         r => Ok(r?),
