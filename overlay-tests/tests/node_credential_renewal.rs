@@ -3,7 +3,7 @@
 //!
 //! The GMS issues 15 s credentials. a and b renew theirs at 40-60 % of
 //! the time left, so each renews at least twice within about 20 s, while a
-//! UDP flow from a to b keeps answering every 100 ms; after the enrolled
+//! UDP flow from a to b keeps answering every 100 ms (no gap of 2 s); after the enrolled
 //! credentials expired, new flows both ways still start (they negotiate
 //! with the renewed credentials). Then b's GMS traffic is dropped (nft):
 //! b cannot renew, and once its credential expired a refuses new
@@ -114,8 +114,14 @@ fn credentials_renew_under_traffic_and_an_unrenewed_one_is_refused_by_peers() {
     let mut gaps: Vec<Duration> = answers.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.push(answers.first().map_or(Duration::MAX, |t| *t - started));
     let worst = gaps.iter().max().copied().unwrap_or(Duration::MAX);
+    eprintln!(
+        "probe across the renewals: {} answers, worst gap {worst:?}",
+        answers.len()
+    );
+    // 10 answers a second when nothing stalls; 2 s leaves room for a
+    // loaded CI machine, and is far below a renegotiation after a refusal.
     assert!(
-        answers.len() > 100 && worst < Duration::from_secs(1),
+        answers.len() > 100 && worst < Duration::from_secs(2),
         "the flow across the renewals stalled: {} answers, worst gap {worst:?}",
         answers.len()
     );
