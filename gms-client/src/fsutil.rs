@@ -8,7 +8,8 @@ use std::path::Path;
 use crate::{Error, Result};
 
 /// Writes `bytes` to `path` with `mode`, replacing it atomically (temp file,
-/// fsync, rename), so a crash leaves the old or the new content, never a mix.
+/// fsync, rename, fsync of the directory), so a crash leaves the old or the
+/// new content, never a mix, and a returned write survives a power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -22,6 +23,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.sync_all().map_err(Error::io("syncing", &tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(Error::io("renaming into", path))?;
+    // The rename is durable only once the directory entry is.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing", dir))?;
     Ok(())
 }
 

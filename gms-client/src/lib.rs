@@ -38,6 +38,7 @@ mod cache;
 pub mod error;
 pub mod framing;
 pub mod fsutil;
+pub mod renewal;
 mod session;
 pub mod task;
 pub mod tls;
@@ -168,14 +169,13 @@ impl Identity {
         Ok(UnverifiedCredential::decode(&self.credential)?.verify(&self.ca_public, now)?)
     }
 
-    /// Writes the identity into `dir` (created 0700): `node.key` (0600),
-    /// `node.crt`, `ca.crt`, `credential`, `identity.json`.
+    /// Writes the identity into `dir` (created 0700): `node.key`,
+    /// `node.crt` and `credential` (0600), `ca.crt`, `identity.json`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         fsutil::create_private_dir(dir)?;
         fsutil::write_atomic(&dir.join("node.key"), &self.key, 0o600)?;
-        fsutil::write_atomic(&dir.join("node.crt"), &self.cert, 0o644)?;
+        self.save_renewal(dir)?;
         fsutil::write_atomic(&dir.join("ca.crt"), &self.ca_cert, 0o644)?;
-        fsutil::write_atomic(&dir.join("credential"), &self.credential, 0o644)?;
         let meta = IdentityFile {
             gms_addr: self.gms_addr.clone(),
             zone: self.zone.clone(),
@@ -183,6 +183,16 @@ impl Identity {
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Config(e.to_string()))?;
         fsutil::write_atomic(&dir.join("identity.json"), &json, 0o644)
+    }
+
+    /// Writes what a renewal changes, `node.crt` and `credential` (0600),
+    /// each replaced atomically. A crash between the two leaves a new
+    /// certificate with the old credential (or the reverse): both still
+    /// valid, since a renewal revokes nothing, and the next session start
+    /// brings the current credential anyway.
+    pub fn save_renewal(&self, dir: &Path) -> Result<()> {
+        fsutil::write_atomic(&dir.join("credential"), &self.credential, 0o600)?;
+        fsutil::write_atomic(&dir.join("node.crt"), &self.cert, 0o600)
     }
 
     /// Reads an identity written by [`Identity::save`].
@@ -226,10 +236,24 @@ pub fn verify_from_gms(bytes: &[u8], ca_public: &[u8; 32]) -> Result<Credential>
     match u.clone().verify(ca_public, crate::now_unix()) {
         // verify() checks the signature before the validity period, so
         // this error means the signature is good.
-        Err(fpn_proto::Error::CredentialExpired { not_before, .. }) => {
-            tracing::warn!(
-                "the credential from the GMS is not valid by this node's clock; check the clock"
-            );
+        Err(fpn_proto::Error::CredentialExpired {
+            not_before,
+            not_after,
+            now,
+            ..
+        }) => {
+            if now > not_after {
+                // Short-lived credentials run out while a node is away from
+                // its GMS; the session renews it (peers refuse it meanwhile).
+                tracing::info!(
+                    expired_secs = now - not_after,
+                    "this node's credential has expired; the GMS session renews it"
+                );
+            } else {
+                tracing::warn!(
+                    "the credential from the GMS is not yet valid by this node's clock; check the clock"
+                );
+            }
             Ok(u.verify(ca_public, not_before)?)
         }
         r => Ok(r?),

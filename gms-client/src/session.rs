@@ -39,6 +39,10 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// Keep-alive interval; a GMS silent for three intervals counts as gone.
     pub keep_alive: Duration,
+    /// The node's state directory: renewed certificates and credentials are
+    /// saved there (see [`Identity::save_renewal`]); `None` keeps them in
+    /// memory only.
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -50,6 +54,7 @@ impl Default for SessionConfig {
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             keep_alive: tls::KEEP_ALIVE,
+            identity_dir: None,
         }
     }
 }
@@ -78,6 +83,18 @@ pub enum Event {
     },
     /// The node's GE info changed (new credential).
     InfoChanged(GeInfo),
+    /// The certificate and credential were renewed (and saved); the new
+    /// credential is in [`NodeState::credential`], and the next connection
+    /// presents the new certificate.
+    Renewed {
+        /// End of the new credential's validity, unix seconds.
+        not_after: u64,
+    },
+    /// The GMS refused a renewal (the GE was revoked or removed).
+    RenewalRefused {
+        /// Why, as the GMS said.
+        reason: String,
+    },
     /// Serials were revoked.
     Revoked {
         /// The GE they belonged to.
@@ -119,6 +136,14 @@ pub struct NodeState {
     pub terminated: Option<String>,
     /// Sessions established so far.
     pub sessions: u64,
+    /// When the last renewal was received, unix seconds (this node's clock).
+    pub last_renewal: Option<u64>,
+    /// Renewals received since the session task started.
+    pub renewals: u64,
+    /// Why the last renewal was refused, until one succeeds.
+    pub renewal_refused: Option<String>,
+    /// The certificate this node presents, DER (renewals replace it).
+    pub cert: Vec<u8>,
 }
 
 struct Shared {
@@ -151,6 +176,7 @@ enum Pending {
     Query(oneshot::Sender<Option<DirectoryEntry>>),
     Report(oneshot::Sender<()>),
     List(oneshot::Sender<Page>),
+    Renew,
 }
 
 /// A running session (a task that reconnects until stopped or terminated).
@@ -192,7 +218,10 @@ impl Session {
             state.keys = KeyCache::load(p)?;
             state.keys.prune(now_unix());
         }
-        state.credential = identity.verified_credential(now_unix()).ok();
+        // An expired credential is still this node's: it is what it shows
+        // until the first session renews it (peers refuse it meanwhile).
+        state.credential = crate::verify_from_gms(&identity.credential, &identity.ca_public).ok();
+        state.cert = identity.cert.clone();
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
@@ -317,9 +346,9 @@ impl Session {
 }
 
 async fn run(
-    identity: Identity,
+    mut identity: Identity,
     endpoint: quinn::Endpoint,
-    client_cfg: quinn::ClientConfig,
+    mut client_cfg: quinn::ClientConfig,
     mut cfg: SessionConfig,
     shared: Arc<Shared>,
     mut cmds: mpsc::Receiver<Command>,
@@ -328,9 +357,9 @@ async fn run(
     loop {
         let before = shared.lock().sessions;
         let r = connect_once(
-            &identity,
+            &mut identity,
             &endpoint,
-            &client_cfg,
+            &mut client_cfg,
             &mut cfg,
             &shared,
             &mut cmds,
@@ -377,9 +406,9 @@ async fn run(
 
 /// One connection: returns when it ends. `Err(Terminated)` means do not retry.
 async fn connect_once(
-    identity: &Identity,
+    identity: &mut Identity,
     endpoint: &quinn::Endpoint,
-    client_cfg: &quinn::ClientConfig,
+    client_cfg: &mut quinn::ClientConfig,
     cfg: &mut SessionConfig,
     shared: &Arc<Shared>,
     cmds: &mut mpsc::Receiver<Command>,
@@ -392,7 +421,7 @@ async fn connect_once(
     .await
     .map_err(|_| Error::Timeout("connecting to the GMS"))?
     .map_err(classify)?;
-    let r = session_loop(&conn, identity, cfg, shared, cmds).await;
+    let r = session_loop(&conn, identity, client_cfg, cfg, shared, cmds).await;
     let r = match r {
         // The connection's own close reason says more than the stream error.
         Err(e) => Err(conn.close_reason().map_or(e, classify)),
@@ -404,7 +433,8 @@ async fn connect_once(
 
 async fn session_loop(
     conn: &quinn::Connection,
-    identity: &Identity,
+    identity: &mut Identity,
+    client_cfg: &mut quinn::ClientConfig,
     cfg: &mut SessionConfig,
     shared: &Arc<Shared>,
     cmds: &mut mpsc::Receiver<Command>,
@@ -433,6 +463,8 @@ async fn session_loop(
         );
     }
     let cred = verify_credential(identity, &init.credential)?;
+    let mut renew_at = tokio::time::Instant::now()
+        + crate::renewal::renewal_delay(cred.not_after, init.server_time, jitter());
     let groups: BTreeSet<GroupId> = cred.info.groups.clone();
     let mut changed_groups: Vec<(GroupId, Vec<KeyVersion>)> = Vec::new();
     // A `ge set` while this node was away (or before it restarted with the
@@ -479,12 +511,41 @@ async fn session_loop(
         }
     }));
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut renewing = false;
     loop {
         tokio::select! {
             m = msgs.recv() => {
                 let Some(m) = m else { break Err(Error::Stream("reader ended".into())) };
-                match m.and_then(|m| handle_push(m, identity, cfg, shared, &mut pending)) {
-                    Ok(()) => {}
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => break Err(e),
+                };
+                let is_renewal = matches!(pending.front(), Some(Pending::Renew))
+                    && matches!(m, ServerMsg::Renewed(_) | ServerMsg::Refused { .. });
+                if is_renewal {
+                    pending.pop_front();
+                    renewing = false;
+                    let next = match on_renewal(m, identity, client_cfg, cfg, shared) {
+                        Ok(d) => d,
+                        Err(e) => break Err(e),
+                    };
+                    renew_at = tokio::time::Instant::now() + next;
+                    continue;
+                }
+                if let Err(e) = handle_push(m, identity, cfg, shared, &mut pending) {
+                    break Err(e);
+                }
+            }
+            _ = tokio::time::sleep_until(renew_at), if !renewing => {
+                match ClientMsg::Renew.encode() {
+                    Ok(f) => {
+                        if let Err(e) = write_frame(&mut send, &f).await {
+                            break Err(e);
+                        }
+                        debug!("asking the GMS to renew this node's credential");
+                        pending.push_back(Pending::Renew);
+                        renewing = true;
+                    }
                     Err(e) => break Err(e),
                 }
             }
@@ -560,13 +621,90 @@ fn handle_push(
             }
             _ => return Err(Error::Protocol("unexpected acknowledgement".into())),
         },
-        ServerMsg::Enrolled(_) | ServerMsg::Refused { .. } | ServerMsg::SessionInit(_) => {
+        ServerMsg::Enrolled(_)
+        | ServerMsg::Refused { .. }
+        | ServerMsg::SessionInit(_)
+        | ServerMsg::Renewed(_) => {
             return Err(Error::Protocol(
                 "unexpected message inside a session".into(),
             ));
         }
     }
     Ok(())
+}
+
+/// A byte of OS randomness for the renewal jitter (mid-range if none).
+fn jitter() -> u8 {
+    crate::random::<1>().map_or(128, |b| b[0])
+}
+
+/// Handles the answer to a renewal: checks, saves and swaps in the new
+/// certificate and credential, or records the refusal. Returns when to ask
+/// next. A refusal is not fatal here: a revoked GE's session is closed by
+/// the GMS anyway, and a transient refusal (the GMS could not commit) is
+/// retried.
+fn on_renewal(
+    m: ServerMsg,
+    identity: &mut Identity,
+    client_cfg: &mut quinn::ClientConfig,
+    cfg: &SessionConfig,
+    shared: &Arc<Shared>,
+) -> Result<Duration> {
+    let (not_after, server_now) = shared
+        .lock()
+        .credential
+        .as_ref()
+        .map_or((0, now_unix()), |c| (c.not_after, now_unix()));
+    match m {
+        ServerMsg::Renewed(r) => {
+            let cred = verify_credential(identity, &r.credential)?;
+            let own = identity.node_key()?.public();
+            if !r.cert.windows(own.len()).any(|w| w == own) {
+                return Err(Error::Protocol(
+                    "the GMS renewed a certificate for another key".into(),
+                ));
+            }
+            let new_cfg = tls::session_client_config(
+                &identity.ca_cert,
+                &r.cert,
+                identity.key_pkcs8(),
+                cfg.keep_alive,
+            )?;
+            identity.cert = r.cert;
+            identity.credential = r.credential;
+            // Saved before it is used: a crash after this point restarts
+            // with the new pair; before it, with the old one (still valid).
+            if let Some(dir) = &cfg.identity_dir
+                && let Err(e) = identity.save_renewal(dir)
+            {
+                warn!(error = %e, "saving the renewed credential; keeping it in memory");
+            }
+            *client_cfg = new_cfg;
+            let not_after = cred.not_after;
+            {
+                let mut s = shared.lock();
+                s.credential = Some(cred);
+                s.cert = identity.cert.clone();
+                s.last_renewal = Some(now_unix());
+                s.renewals += 1;
+                s.renewal_refused = None;
+            }
+            info!(not_after, "credential renewed");
+            shared.emit(Event::Renewed { not_after });
+            Ok(crate::renewal::renewal_delay(
+                not_after,
+                r.server_time,
+                jitter(),
+            ))
+        }
+        ServerMsg::Refused { code, reason } => {
+            warn!(?code, %reason, "the GMS refused to renew this node's credential");
+            shared.lock().renewal_refused = Some(reason.clone());
+            shared.emit(Event::RenewalRefused { reason });
+            Ok(crate::renewal::retry_delay(not_after, server_now))
+        }
+        _ => Err(Error::Protocol("unexpected answer to a renewal".into())),
+    }
 }
 
 fn apply_keys(gk: GroupKeys, cfg: &SessionConfig, shared: &Arc<Shared>) {

@@ -159,6 +159,10 @@ pub enum ClientMsg {
         /// The last name of the previous page.
         after: String,
     },
+    /// 0x06: renew this node's certificate and credential (empty body).
+    /// Answered with [`ServerMsg::Renewed`], or [`ServerMsg::Refused`] when
+    /// the GE may not renew (revoked, removed).
+    Renew,
 }
 
 /// One GE in a directory listing:
@@ -191,6 +195,19 @@ pub struct Enrolled {
     /// The node's certificate, DER.
     pub cert: Vec<u8>,
     /// The node's credential (binary form; holds its GE info).
+    pub credential: Vec<u8>,
+}
+
+/// A renewal: `server time u64 | cert | credential`: a fresh certificate and
+/// credential for the same node key and GE info.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The GMS's clock at issue, unix seconds (the node times its next
+    /// renewal from it, whatever its own clock says).
+    pub server_time: u64,
+    /// The node's new certificate, DER.
+    pub cert: Vec<u8>,
+    /// The node's new credential (binary form).
     pub credential: Vec<u8>,
 }
 
@@ -286,6 +303,8 @@ pub enum ServerMsg {
         /// True when names after the last one remain.
         more: bool,
     },
+    /// 0x8b: answer to [`ClientMsg::Renew`].
+    Renewed(Renewed),
 }
 
 /// Checks a frame header; returns the message type and body length.
@@ -349,6 +368,7 @@ impl ClientMsg {
                 w.short_bytes(after.as_bytes(), MAX_NAME_LEN, "GE name")?;
                 0x05
             }
+            Self::Renew => 0x06,
         };
         frame(ty, &b)
     }
@@ -371,6 +391,7 @@ impl ClientMsg {
             0x05 => Self::DirectoryList {
                 after: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
             },
+            0x06 => Self::Renew,
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown client message type {t:#04x}"
@@ -461,6 +482,12 @@ impl ServerMsg {
                 }
                 0x8a
             }
+            Self::Renewed(n) => {
+                w.u64(n.server_time);
+                w.long_bytes(&n.cert, MAX_CERT, "certificate")?;
+                w.long_bytes(&n.credential, credential::MAX_LEN, "credential")?;
+                0x8b
+            }
         };
         frame(ty, &b)
     }
@@ -535,6 +562,11 @@ impl ServerMsg {
                     .collect::<Result<Vec<_>>>()?;
                 Self::DirectoryListing { entries, more }
             }
+            0x8b => Self::Renewed(Renewed {
+                server_time: r.u64("server time")?,
+                cert: r.long_bytes(MAX_CERT, "certificate")?.to_vec(),
+                credential: r.long_bytes(credential::MAX_LEN, "credential")?.to_vec(),
+            }),
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown server message type {t:#04x}"
@@ -828,6 +860,11 @@ mod tests {
                 entries: vec![],
                 more: false,
             },
+            ServerMsg::Renewed(Renewed {
+                server_time: 1_800_000_000,
+                cert: vec![6; 400],
+                credential: vec![7; 150],
+            }),
         ]
     }
 
@@ -864,6 +901,7 @@ mod tests {
             },
             ClientMsg::ReportAddresses(vec![]),
             ClientMsg::DirectoryQuery("laptop".into()),
+            ClientMsg::Renew,
             ClientMsg::DirectoryList {
                 after: "laptop".into(),
             },

@@ -250,6 +250,10 @@ pub struct GeView {
     pub cert_not_after: Option<u64>,
     /// Credential serial, once enrolled.
     pub credential_serial: Option<u64>,
+    /// When the node last renewed its certificate and credential over its
+    /// session, unix seconds (`None`: not since enrollment).
+    #[serde(default)]
+    pub renewed_at: Option<u64>,
 }
 
 /// `token create`.

@@ -37,6 +37,15 @@ macro_rules! set_date {
     }};
 }
 
+/// Sets a certificate time to the second: node certificates live hours (or,
+/// in tests, seconds), so day granularity would expire them at issue.
+/// (`OffsetDateTime + std::time::Duration` spares a direct `time` dependency.)
+macro_rules! set_time {
+    ($field:expr, $unix:expr) => {{
+        $field = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs($unix);
+    }};
+}
+
 /// Common name of the CA certificate.
 pub const CA_COMMON_NAME: &str = "fpn GMS CA";
 /// Validity of the CA and the server certificate, in days.
@@ -148,8 +157,8 @@ impl Ca {
         ];
         p.distinguished_name = dn(req.name);
         p.serial_number = Some(SerialNumber::from(req.serial));
-        set_date!(p.not_before, req.not_before);
-        set_date!(p.not_after, req.not_after);
+        set_time!(p.not_before, req.not_before);
+        set_time!(p.not_after, req.not_after);
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
@@ -220,9 +229,9 @@ pub struct NodeCertRequest<'a> {
     pub zone: &'a str,
     /// Certificate serial.
     pub serial: u64,
-    /// Start of validity, unix seconds (rounded down to the day).
+    /// Start of validity, unix seconds.
     pub not_before: u64,
-    /// End of validity, unix seconds (rounded down to the day).
+    /// End of validity, unix seconds.
     pub not_after: u64,
 }
 

@@ -17,6 +17,13 @@ use crate::{Error, Result};
 
 /// File name of the configuration inside the data directory.
 pub const CONFIG_FILE: &str = "gms.toml";
+/// Default lifetime of node credentials, seconds (24 h).
+pub const DEFAULT_CREDENTIAL_LIFETIME: u64 = 86_400;
+/// Shortest credential lifetime accepted: renewal runs at about half of it,
+/// and a shorter one would have nodes renewing faster than a session
+/// reconnects after a GMS restart.
+pub const MIN_CREDENTIAL_LIFETIME: u64 = 10;
+
 /// Default QUIC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
 
@@ -106,9 +113,22 @@ pub struct Config {
     /// How long the previous key version stays valid after a rotation.
     #[serde(default = "default_grace", with = "as_str")]
     pub grace: HumanDuration,
-    /// Validity of issued certificates and credentials, in days.
-    #[serde(default = "default_validity")]
-    pub cert_validity_days: u32,
+    /// Lifetime of a node's certificate (mTLS) and credential (DPRP), both
+    /// issued together at enrollment and at each renewal. Nodes renew at
+    /// about half of it over their GMS session, so a node cut off from the
+    /// GMS (e.g. a revoked laptop that blocks the GMS) is refused by its
+    /// peers at most this long after its last renewal.
+    #[serde(default = "default_lifetime", with = "as_str")]
+    pub credential_lifetime: HumanDuration,
+    /// How long after its certificate expired a node may still open a GMS
+    /// session (to renew) if it was not revoked; beyond that it must enroll
+    /// again. Peers never accept the expired credential meanwhile.
+    #[serde(default = "default_reconnect_grace", with = "as_str")]
+    pub expired_reconnect_grace: HumanDuration,
+    /// Obsolete (certificates used to live this many days and were never
+    /// renewed): accepted so old files load, and ignored.
+    #[serde(default, skip_serializing)]
+    pub cert_validity_days: Option<u32>,
     /// Lifetime of an enrollment token when `token create` names none.
     #[serde(default = "default_token_ttl", with = "as_str")]
     pub token_ttl: HumanDuration,
@@ -163,8 +183,11 @@ fn default_listen() -> SocketAddr {
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
-fn default_validity() -> u32 {
-    365
+fn default_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(DEFAULT_CREDENTIAL_LIFETIME))
+}
+fn default_reconnect_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86_400))
 }
 fn default_token_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(3600))
@@ -180,7 +203,9 @@ impl Config {
             overlay_range: OverlayRange::default(),
             rotation_schedule: Schedule::default(),
             grace: default_grace(),
-            cert_validity_days: default_validity(),
+            credential_lifetime: default_lifetime(),
+            expired_reconnect_grace: default_reconnect_grace(),
+            cert_validity_days: None,
             token_ttl: default_token_ttl(),
             dns: DnsSettings::default(),
         };
@@ -193,12 +218,33 @@ impl Config {
         let mut c: Config =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         c.zone = normalize_zone(&c.zone)?;
-        if c.cert_validity_days == 0 {
-            return Err(Error::Config(
-                "cert_validity_days must be at least 1".into(),
-            ));
+        c.check()?;
+        if c.cert_validity_days.is_some() {
+            tracing::warn!(
+                "gms.toml: cert_validity_days is obsolete and ignored; see credential_lifetime"
+            );
         }
         Ok(c)
+    }
+
+    /// Checks values that the types alone do not bound.
+    pub fn check(&self) -> Result<()> {
+        if self.credential_lifetime.0.as_secs() < MIN_CREDENTIAL_LIFETIME {
+            return Err(Error::Config(format!(
+                "credential_lifetime must be at least {MIN_CREDENTIAL_LIFETIME}s"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lifetime of node certificates and credentials, seconds.
+    pub fn credential_lifetime_secs(&self) -> u64 {
+        self.credential_lifetime.0.as_secs()
+    }
+
+    /// How long after expiry an unrevoked node may still reconnect, seconds.
+    pub fn expired_reconnect_grace_secs(&self) -> u64 {
+        self.expired_reconnect_grace.0.as_secs()
     }
 
     /// The file's text.

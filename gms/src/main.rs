@@ -55,6 +55,10 @@ enum Cmd {
         /// How long a previous key version stays valid after a rotation, e.g. 10m.
         #[arg(long, value_parser = parse_duration)]
         grace: Option<Duration>,
+        /// Lifetime of node certificates and credentials (renewed by nodes
+        /// at about half of it), e.g. 24h.
+        #[arg(long, value_parser = parse_duration)]
+        credential_lifetime: Option<Duration>,
         /// Where the in-process DNS answers, UDP and TCP (repeatable; default:
         /// the listen IP, port 53).
         #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
@@ -229,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             overlay_range,
             rotation_schedule,
             grace,
+            credential_lifetime,
             dns_listen,
             no_dns,
         } => {
@@ -246,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 overlay_range,
                 rotation_schedule,
                 grace,
+                credential_lifetime,
                 dns: Some(dns),
             })?;
             if cli.json {

@@ -73,6 +73,59 @@ pub struct Enrollment {
     pub credential: String,
     /// Time of enrollment, unix seconds.
     pub enrolled_at: u64,
+    /// End of the current credential's validity when it differs from the
+    /// certificate's (a `ge set` re-issued it), unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_not_after: Option<u64>,
+    /// Time of the last renewal over the session, unix seconds (`None`:
+    /// never renewed since enrollment). Records written before renewal
+    /// existed load with none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<u64>,
+    /// Earlier certificates and credentials of this enrollment, replaced by
+    /// a renewal but not yet expired. They stay valid (a node that crashed
+    /// before saving its renewal still holds them), so revoking the GE or
+    /// enrolling it again must revoke them too. Pruned at each renewal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierIssue>,
+}
+
+/// A certificate or credential that a renewal replaced before it expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierIssue {
+    /// Its serial.
+    pub serial: u64,
+    /// Certificate or credential.
+    pub item: RevokedItem,
+    /// A certificate's SHA-256 (hex): its session admission record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// End of its validity, unix seconds.
+    pub not_after: u64,
+}
+
+impl Enrollment {
+    /// Every serial of this enrollment still valid at `now` (the current
+    /// certificate and credential, and earlier ones not yet expired), with
+    /// the certificate fingerprints: what a revocation must name.
+    pub fn live_issues(&self, now: u64) -> Vec<EarlierIssue> {
+        let mut v = vec![
+            EarlierIssue {
+                serial: self.cert_serial,
+                item: RevokedItem::Certificate,
+                fingerprint: Some(self.cert_fingerprint.clone()),
+                not_after: self.cert_not_after,
+            },
+            EarlierIssue {
+                serial: self.credential_serial,
+                item: RevokedItem::Credential,
+                fingerprint: None,
+                not_after: self.credential_not_after.unwrap_or(self.cert_not_after),
+            },
+        ];
+        v.extend(self.earlier.iter().filter(|e| e.not_after >= now).cloned());
+        v
+    }
 }
 
 impl GeRecord {

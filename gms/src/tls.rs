@@ -7,14 +7,24 @@
 //! ([`crate::core::Core::authorize`]), which refuses revoked and superseded
 //! certificates.
 //!
+//! Node certificates are short-lived and renewed over the session. A node
+//! that was offline past its certificate's expiry may still connect (to
+//! renew) for `expired_reconnect_grace`: [`RenewingClientVerifier`] checks
+//! the chain and signature as of the certificate's own expiry, and
+//! `authorize` decides by the certificate's record (not revoked, not
+//! superseded, grace not over).
+//!
 //! The client side (enrollment with a pinned CA, enrolled sessions) and the
 //! shared socket helper live in [`fpn_gms_client::tls`], re-exported here.
 
 use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use zeroize::Zeroizing;
 
 pub use fpn_gms_client::tls::{
@@ -30,12 +40,17 @@ pub fn server_config(
     ca_der: &[u8],
     cert_der: &[u8],
     key_der: &Zeroizing<Vec<u8>>,
+    expired_grace_secs: u64,
 ) -> Result<quinn::ServerConfig> {
     let prov = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, prov.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, prov.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| Error::Cert(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(RenewingClientVerifier {
+        inner,
+        grace: expired_grace_secs,
+    });
     let chain = vec![
         CertificateDer::from(cert_der.to_vec()),
         CertificateDer::from(ca_der.to_vec()),
@@ -50,6 +65,75 @@ pub fn server_config(
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(Arc::new(transport()));
     Ok(sc)
+}
+
+/// The WebPKI client verifier, except that a certificate expired less than
+/// `grace` seconds ago is verified as of its expiry: an unrevoked node back
+/// from a long absence may open a session and renew. Revocation and the
+/// exact bound are [`crate::core::Core::authorize`]'s (by fingerprint).
+#[derive(Debug)]
+pub struct RenewingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    grace: u64,
+}
+
+impl ClientCertVerifier for RenewingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+                time,
+                not_after,
+            })) if time.as_secs().saturating_sub(not_after.as_secs()) <= self.grace => {
+                // Everything but the clock is checked again, at the last
+                // second the certificate was valid.
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, not_after)
+            }
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// SHA-256 of the certificate the peer of `conn` presented, if any.

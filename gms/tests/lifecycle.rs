@@ -146,6 +146,7 @@ async fn the_directory_hook_hears_about_additions_addresses_and_removals() {
         overlay_range: None,
         rotation_schedule: None,
         grace: None,
+        credential_lifetime: None,
         dns: None,
     })
     .unwrap();

@@ -36,6 +36,16 @@ pub struct GmsView {
     pub connected: bool,
     /// Groups and their valid key versions, newest first.
     pub groups: BTreeMap<GroupId, Vec<KeyVersion>>,
+    /// End of this node's credential (and certificate) validity, unix seconds.
+    pub credential_not_after: Option<u64>,
+    /// The credential's serial.
+    pub credential_serial: Option<u64>,
+    /// When the last renewal arrived, unix seconds.
+    pub last_renewal: Option<u64>,
+    /// Renewals since the daemon started.
+    pub renewals: u64,
+    /// Why the GMS refused the last renewal, until one succeeds.
+    pub renewal_refused: Option<String>,
 }
 
 /// State shared with the daemon (status, ping).
@@ -94,6 +104,7 @@ impl GmsTask {
     /// revoked or refused this node.
     pub async fn run(mut self) -> Result<()> {
         self.send_initial_keys().await;
+        self.show_credential();
         let mut refresh = tokio::time::interval(LIST_EVERY);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_list = tokio::time::Instant::now() - LIST_EVERY;
@@ -155,6 +166,7 @@ impl GmsTask {
         match ev {
             Event::Connected => {
                 self.shared.view().connected = true;
+                self.show_credential();
                 info!("GMS session up");
                 // Revocations made while this node was away come only in the
                 // session's first message: apply the whole list.
@@ -199,6 +211,26 @@ impl GmsTask {
                     self.push_keys(g, Vec::new()).await;
                 }
             }
+            Event::Renewed { not_after } => {
+                // New negotiations show the new credential at once, and new
+                // carrier handshakes the new certificate; flows and
+                // connections already up are not touched.
+                let (cred, cert) = self
+                    .session
+                    .with_state(|s| (s.credential.clone(), s.cert.clone()));
+                if let Some(c) = cred {
+                    let _ = self.engine.send(Command::Credential(Box::new(c))).await;
+                }
+                if let Err(e) = self.carrier.set_certificate(&cert) {
+                    warn!(error = %e, "renewed certificate not taken by the carrier");
+                }
+                self.show_credential();
+                info!(not_after, "own credential renewed");
+            }
+            Event::RenewalRefused { reason } => {
+                warn!(%reason, "the GMS refused to renew this node's credential");
+                self.show_credential();
+            }
             Event::Revoked { ge, serials } => {
                 info!(%ge, serials = serials.len(), "credentials revoked");
                 self.carrier.revoke_serials(&serials);
@@ -229,6 +261,26 @@ impl GmsTask {
             }
         }
         Ok(())
+    }
+
+    /// Copies the credential's validity and the renewal record into the
+    /// status view.
+    fn show_credential(&self) {
+        let (not_after, serial, last, n, refused) = self.session.with_state(|s| {
+            (
+                s.credential.as_ref().map(|c| c.not_after),
+                s.credential.as_ref().map(|c| c.serial),
+                s.last_renewal,
+                s.renewals,
+                s.renewal_refused.clone(),
+            )
+        });
+        let mut v = self.shared.view();
+        v.credential_not_after = not_after;
+        v.credential_serial = serial;
+        v.last_renewal = last;
+        v.renewals = n;
+        v.renewal_refused = refused;
     }
 
     /// Tells the core the GMS session is up or lost (the silence bound).

@@ -318,6 +318,22 @@ fn print_status(s: &Status) {
             "not connected (cached keys)"
         }
     );
+    let c = &s.credential;
+    println!(
+        "credential: serial {} expires {} ({}), last renewal {}, {} renewals{}",
+        c.serial.map_or("-".into(), |s| s.to_string()),
+        c.not_after.map_or("-".into(), |t| t.to_string()),
+        match c.expires_in_secs {
+            Some(s) if s < 0 => format!("expired {}s ago", -s),
+            Some(s) => format!("in {s}s"),
+            None => "unknown".into(),
+        },
+        c.last_renewal.map_or("never".into(), |t| t.to_string()),
+        c.renewals,
+        c.renewal_refused
+            .as_ref()
+            .map_or(String::new(), |r| format!(", last refused: {r}")),
+    );
     for g in &s.groups {
         println!("group {}: key versions {:?}", g.group, g.versions);
     }

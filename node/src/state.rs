@@ -4,7 +4,8 @@
 //! | file | mode | written by |
 //! | --- | --- | --- |
 //! | `node.key` | 0600 | enroll (the node's private key) |
-//! | `node.crt`, `ca.crt`, `credential`, `identity.json` | 0644 | enroll |
+//! | `node.crt`, `credential` | 0600 | enroll, then each renewal over the GMS session (atomic replace) |
+//! | `ca.crt`, `identity.json` | 0644 | enroll |
 //! | `keys` | 0600 | the GMS session (group key cache) |
 //! | `peers.json` | 0600 | the daemon (directory cache, for GMS outages) |
 //! | `lock` | 0600 | the daemon (flock: one daemon per directory) |

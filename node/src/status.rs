@@ -16,6 +16,9 @@ pub struct Status {
     pub overlay: String,
     /// The GMS session.
     pub gms: GmsStatus,
+    /// This node's credential (and certificate) and its renewal.
+    #[serde(default)]
+    pub credential: CredentialStatus,
     /// Groups with their valid key versions (newest first).
     pub groups: Vec<GroupStatus>,
     /// Peers known to the engine (directory, flows, carrier connections).
@@ -31,6 +34,25 @@ pub struct Status {
 pub struct GmsStatus {
     /// True while a session is up.
     pub connected: bool,
+}
+
+/// This node's credential: short-lived, renewed over the GMS session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// Its serial.
+    pub serial: Option<u64>,
+    /// End of its validity (and of the certificate's), unix seconds.
+    pub not_after: Option<u64>,
+    /// Seconds until then at the time of the answer (negative: expired;
+    /// peers refuse new negotiations until a renewal).
+    pub expires_in_secs: Option<i64>,
+    /// When the last renewal arrived, unix seconds (`None`: none since the
+    /// daemon started).
+    pub last_renewal: Option<u64>,
+    /// Renewals since the daemon started.
+    pub renewals: u64,
+    /// Why the GMS refused the last renewal, until one succeeds.
+    pub renewal_refused: Option<String>,
 }
 
 /// A group this node is in.

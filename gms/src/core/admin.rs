@@ -332,29 +332,43 @@ impl Core {
         };
         let node_key = decode_key(&en.node_key)?;
         let serial = self.next_serial(tx);
-        let not_after = now + u64::from(self.cfg.cert_validity_days) * 86_400;
+        // The new info takes effect at once, but the lifetime is not
+        // extended: renewal is the session's business.
+        let not_after = en.cert_not_after.max(now + 60);
         let cred = self.ca.issue_credential_with_prefixes(
             serial,
             rec.info(),
             rec.protect.clone(),
             node_key,
-            now.saturating_sub(300),
+            now.saturating_sub(60),
             not_after,
         )?;
         let bytes = cred.encode()?;
-        let old_serial = en.credential_serial;
-        self.put_revocation(
-            tx,
-            RevocationRecord {
-                serial: old_serial,
-                item: RevokedItem::Credential,
-                ge_id: rec.id,
-                ge_name: rec.name.clone(),
-                reason: "superseded".into(),
-                at: now,
-                not_after,
-            },
+        // The old info dies now: the current credential and any earlier
+        // one (from a renewal) not yet expired.
+        let mut old_serials = vec![en.credential_serial];
+        old_serials.extend(
+            en.earlier
+                .iter()
+                .filter(|e| e.item == RevokedItem::Credential && e.not_after >= now)
+                .map(|e| e.serial),
         );
+        for &old in &old_serials {
+            self.put_revocation(
+                tx,
+                RevocationRecord {
+                    serial: old,
+                    item: RevokedItem::Credential,
+                    ge_id: rec.id,
+                    ge_name: rec.name.clone(),
+                    reason: "superseded".into(),
+                    at: now,
+                    not_after,
+                },
+            );
+        }
+        en.earlier.retain(|e| e.item != RevokedItem::Credential);
+        en.credential_not_after = Some(not_after);
         en.credential_serial = serial;
         en.credential = hex::encode(&bytes);
         rec.enrollment = Some(en);
@@ -365,7 +379,7 @@ impl Core {
         tx.out.push(Output::Broadcast {
             frame: frame(&ServerMsg::Revoked {
                 ge: GeId(rec.id),
-                serials: vec![old_serial],
+                serials: old_serials,
             })?,
         });
         Ok(())
@@ -396,29 +410,9 @@ impl Core {
         let ((), tx) = self.transact(|c, tx| {
             let mut serials = Vec::new();
             if let Some(en) = rec.enrollment.as_ref().filter(|_| rec.is_active()) {
-                let fp = decode_fp(&en.cert_fingerprint)?;
-                if let Some(mut cert) = c.st.certs.get(&fp).cloned() {
-                    cert.status = CertStatus::Revoked;
-                    c.put_cert(tx, fp, cert);
-                }
-                for (serial, item) in [
-                    (en.cert_serial, RevokedItem::Certificate),
-                    (en.credential_serial, RevokedItem::Credential),
-                ] {
-                    c.put_revocation(
-                        tx,
-                        RevocationRecord {
-                            serial,
-                            item,
-                            ge_id: rec.id,
-                            ge_name: rec.name.clone(),
-                            reason: verb.into(),
-                            at: now,
-                            not_after: en.cert_not_after,
-                        },
-                    );
-                    serials.push(serial);
-                }
+                // Every live pair: renewals leave the replaced ones valid
+                // until they expire.
+                serials = c.revoke_enrollment(tx, &rec, en, CertStatus::Revoked, verb, now)?;
             }
             let tokens: Vec<[u8; 16]> =
                 c.st.tokens
@@ -629,6 +623,7 @@ impl Core {
             cert_fingerprint: en.map(|e| e.cert_fingerprint.clone()),
             cert_not_after: en.map(|e| e.cert_not_after),
             credential_serial: en.map(|e| e.credential_serial),
+            renewed_at: en.and_then(|e| e.renewed_at),
         }
     }
 

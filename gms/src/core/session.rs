@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 
 use fpn_proto::ge::GeId;
 use fpn_proto::keys::verify_signature;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::admin::{decode_fp, decode_key};
 use super::{Core, DirectoryEvent, DirectoryRecord, Output, Presence, Tx, frame};
 use crate::ca::{NodeCertRequest, fingerprint};
-use crate::model::{CertRecord, CertStatus, Enrollment, GeRecord, RevocationRecord, RevokedItem};
+use crate::model::{CertRecord, CertStatus, EarlierIssue, Enrollment, GeRecord, RevocationRecord};
 use crate::token::secret_matches;
 use crate::wire::{
-    ClientMsg, DirectoryEntry, EnrollRequest, Enrolled, RefusalCode, ServerMsg, SessionInit, close,
-    enroll_transcript,
+    ClientMsg, DirectoryEntry, EnrollRequest, Enrolled, RefusalCode, Renewed, ServerMsg,
+    SessionInit, close, enroll_transcript,
 };
 use crate::{Error, Result};
 
@@ -53,6 +53,24 @@ impl Refusal {
             reason: self.reason.clone(),
         }
     }
+}
+
+/// What [`Core::issue_pair`] issued.
+struct Issued {
+    cert: Vec<u8>,
+    cert_serial: u64,
+    fp: [u8; 32],
+    credential: Vec<u8>,
+    cred_serial: u64,
+    not_after: u64,
+}
+
+/// How far back `not_before` goes, so a node whose clock lags still takes
+/// a fresh certificate: 5 minutes, but at most a quarter of the lifetime
+/// (a short-lived credential must not look issued long before it was, or a
+/// peer's "older than my last GMS sync" floor would refuse a fresh one).
+fn skew_allowance(lifetime: u64) -> u64 {
+    300.min(lifetime / 4)
 }
 
 impl Core {
@@ -123,26 +141,27 @@ impl Core {
         }
     }
 
-    /// Issues certificate and credential for `rec`, supersedes an earlier
-    /// enrollment, and marks the token used.
-    fn issue_identity(
+    /// Issues a certificate and a credential for `rec`'s `node_key`, both
+    /// valid from `now` for the configured lifetime, and records the
+    /// certificate for session admission.
+    fn issue_pair(
         &mut self,
         tx: &mut Tx,
-        mut rec: GeRecord,
-        req: &EnrollRequest,
+        rec: &GeRecord,
+        node_key: &[u8; 32],
         now: u64,
-    ) -> Result<(Enrolled, String)> {
-        let validity = u64::from(self.cfg.cert_validity_days) * 86_400;
-        let not_after = now + validity;
+    ) -> Result<Issued> {
+        let lifetime = self.cfg.credential_lifetime_secs();
+        let not_after = now + lifetime;
         let cert_serial = self.next_serial(tx);
         let cred_serial = self.next_serial(tx);
         let cert = self.ca.issue_node_cert(&NodeCertRequest {
-            node_key: &req.node_key,
+            node_key,
             ge_id: rec.id,
             name: &rec.name,
             zone: &self.cfg.zone,
             serial: cert_serial,
-            not_before: now.saturating_sub(86_400),
+            not_before: now.saturating_sub(skew_allowance(lifetime)),
             not_after,
         })?;
         let fp = fingerprint(&cert);
@@ -150,49 +169,11 @@ impl Core {
             cred_serial,
             rec.info(),
             rec.protect.clone(),
-            req.node_key,
-            now.saturating_sub(300),
+            *node_key,
+            now.saturating_sub(skew_allowance(lifetime)),
             not_after,
         )?;
-        let cred_bytes = cred.encode()?;
-        if let Some(old) = rec.enrollment.take() {
-            // Re-enrollment (lost or replaced key): the old identity dies.
-            let old_fp = decode_fp(&old.cert_fingerprint)?;
-            if let Some(mut c) = self.st.certs.get(&old_fp).cloned() {
-                c.status = CertStatus::Superseded;
-                self.put_cert(tx, old_fp, c);
-            }
-            let mut serials = Vec::new();
-            for (serial, item) in [
-                (old.cert_serial, RevokedItem::Certificate),
-                (old.credential_serial, RevokedItem::Credential),
-            ] {
-                self.put_revocation(
-                    tx,
-                    RevocationRecord {
-                        serial,
-                        item,
-                        ge_id: rec.id,
-                        ge_name: rec.name.clone(),
-                        reason: "re-enrolled".into(),
-                        at: now,
-                        not_after: old.cert_not_after,
-                    },
-                );
-                serials.push(serial);
-            }
-            tx.out.push(Output::Close {
-                ge: GeId(rec.id),
-                code: close::SUPERSEDED,
-                reason: "the GE enrolled again".into(),
-            });
-            tx.out.push(Output::Broadcast {
-                frame: frame(&ServerMsg::Revoked {
-                    ge: GeId(rec.id),
-                    serials,
-                })?,
-            });
-        }
+        let credential = cred.encode()?;
         self.put_cert(
             tx,
             fp,
@@ -205,14 +186,91 @@ impl Core {
                 status: CertStatus::Active,
             },
         );
+        Ok(Issued {
+            cert,
+            cert_serial,
+            fp,
+            credential,
+            cred_serial,
+            not_after,
+        })
+    }
+
+    /// Marks every live certificate of `en` with `status` and records every
+    /// live serial as revoked (`reason`); returns the serials.
+    pub(super) fn revoke_enrollment(
+        &mut self,
+        tx: &mut Tx,
+        rec: &GeRecord,
+        en: &Enrollment,
+        status: CertStatus,
+        reason: &str,
+        now: u64,
+    ) -> Result<Vec<u64>> {
+        let mut serials = Vec::new();
+        for issue in en.live_issues(now) {
+            if let Some(fp) = &issue.fingerprint {
+                let fp = decode_fp(fp)?;
+                if let Some(mut c) = self.st.certs.get(&fp).cloned() {
+                    c.status = status;
+                    self.put_cert(tx, fp, c);
+                }
+            }
+            self.put_revocation(
+                tx,
+                RevocationRecord {
+                    serial: issue.serial,
+                    item: issue.item,
+                    ge_id: rec.id,
+                    ge_name: rec.name.clone(),
+                    reason: reason.into(),
+                    at: now,
+                    not_after: issue.not_after,
+                },
+            );
+            serials.push(issue.serial);
+        }
+        Ok(serials)
+    }
+
+    /// Issues certificate and credential for `rec`, supersedes an earlier
+    /// enrollment, and marks the token used.
+    fn issue_identity(
+        &mut self,
+        tx: &mut Tx,
+        mut rec: GeRecord,
+        req: &EnrollRequest,
+        now: u64,
+    ) -> Result<(Enrolled, String)> {
+        let new = self.issue_pair(tx, &rec, &req.node_key, now)?;
+        if let Some(old) = rec.enrollment.take() {
+            // Re-enrollment (lost or replaced key): the old identity dies,
+            // with every renewal of it that has not expired yet.
+            let serials =
+                self.revoke_enrollment(tx, &rec, &old, CertStatus::Superseded, "re-enrolled", now)?;
+            tx.out.push(Output::Close {
+                ge: GeId(rec.id),
+                code: close::SUPERSEDED,
+                reason: "the GE enrolled again".into(),
+            });
+            tx.out.push(Output::Broadcast {
+                frame: frame(&ServerMsg::Revoked {
+                    ge: GeId(rec.id),
+                    serials,
+                })?,
+            });
+        }
         rec.enrollment = Some(Enrollment {
             node_key: hex::encode(req.node_key),
-            cert_serial,
-            cert_fingerprint: hex::encode(fp),
-            cert_not_after: not_after,
-            credential_serial: cred_serial,
-            credential: hex::encode(&cred_bytes),
+            cert_serial: new.cert_serial,
+            cert_fingerprint: hex::encode(new.fp),
+            cert_not_after: new.not_after,
+            credential_serial: new.cred_serial,
+            credential: hex::encode(&new.credential),
             enrolled_at: now,
+            credential_not_after: None,
+            renewed_at: None,
+            earlier: Vec::new(),
         });
         let name = rec.name.clone();
         self.put_ge(tx, rec);
@@ -223,18 +281,108 @@ impl Core {
         self.audit(
             tx,
             now,
-            format!("enroll {name} cert={cert_serial} credential={cred_serial}"),
+            format!(
+                "enroll {name} cert={} credential={}",
+                new.cert_serial, new.cred_serial
+            ),
         );
         Ok((
             Enrolled {
                 zone: self.cfg.zone.clone(),
                 ca_public: self.ca.public_key(),
                 ca_cert: self.ca.cert_der().to_vec(),
-                cert,
-                credential: cred_bytes,
+                cert: new.cert,
+                credential: new.credential,
             },
             name,
         ))
+    }
+
+    /// Renews the certificate and credential of `ge`, asked over its
+    /// authenticated session: same node key, same GE info, a fresh lifetime.
+    /// A revoked, removed or unenrolled GE gets a typed refusal. The
+    /// replaced pair stays valid until it expires (the node may crash before
+    /// it saves the new one); revoking the GE revokes both.
+    pub fn handle_renew(&mut self, ge: GeId, now: u64) -> (ServerMsg, Vec<Output>) {
+        match self.renew(ge, now) {
+            Ok((m, out)) => (m, out),
+            Err(r) => {
+                info!(%ge, reason = %r.reason, "renewal refused");
+                (r.to_msg(), Vec::new())
+            }
+        }
+    }
+
+    fn renew(
+        &mut self,
+        ge: GeId,
+        now: u64,
+    ) -> std::result::Result<(ServerMsg, Vec<Output>), Refusal> {
+        use RefusalCode as C;
+        let rec = self
+            .ge_by_id(ge.0)
+            .cloned()
+            .ok_or_else(|| Refusal::new(C::UnknownGe, "the GE no longer exists"))?;
+        if !rec.is_active() {
+            return Err(Refusal::new(C::Revoked, "GE revoked: no renewal"));
+        }
+        if rec.enrollment.is_none() {
+            return Err(Refusal::new(C::UnknownGe, "GE not enrolled"));
+        }
+        let r = self.transact(|c, tx| {
+            let mut rec = rec;
+            let Some(mut en) = rec.enrollment.take() else {
+                return Err(Error::Protocol("GE not enrolled".into()));
+            };
+            let node_key = decode_key(&en.node_key)?;
+            let new = c.issue_pair(tx, &rec, &node_key, now)?;
+            let mut earlier: Vec<EarlierIssue> = en
+                .live_issues(now)
+                .into_iter()
+                .filter(|e| e.not_after >= now)
+                .collect();
+            earlier.sort_by_key(|e| e.serial);
+            en.earlier = earlier;
+            en.cert_serial = new.cert_serial;
+            en.cert_fingerprint = hex::encode(new.fp);
+            en.cert_not_after = new.not_after;
+            en.credential_serial = new.cred_serial;
+            en.credential = hex::encode(&new.credential);
+            en.credential_not_after = None;
+            en.renewed_at = Some(now);
+            rec.enrollment = Some(en);
+            let name = rec.name.clone();
+            c.put_ge(tx, rec);
+            c.audit(
+                tx,
+                now,
+                format!(
+                    "renew {name} cert={} credential={}",
+                    new.cert_serial, new.cred_serial
+                ),
+            );
+            Ok((new, name))
+        });
+        match r {
+            Ok(((new, name), tx)) => {
+                debug!(ge = %name, not_after = new.not_after, "credential renewed");
+                Ok((
+                    ServerMsg::Renewed(Renewed {
+                        server_time: now,
+                        cert: new.cert,
+                        credential: new.credential,
+                    }),
+                    tx.out,
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewal failed");
+                Err(Refusal::new(
+                    C::Internal,
+                    "the GMS could not renew the credential; try again",
+                ))
+            }
+        }
     }
 
     /// Admits a client certificate (by fingerprint) to a session. Called
@@ -256,10 +404,16 @@ impl Core {
             }
             CertStatus::Revoked => return Err(Refusal::new(C::Revoked, "certificate revoked")),
         }
-        if now > cert.not_after {
+        // An unrevoked node back after its certificate expired may still
+        // come in to renew, for a bounded time (docs/DESIGN-NOTES.md).
+        if now
+            > cert
+                .not_after
+                .saturating_add(self.cfg.expired_reconnect_grace_secs())
+        {
             return Err(Refusal::new(
                 C::Revoked,
-                "certificate expired; enroll again",
+                "certificate expired beyond the reconnect grace; enroll again",
             ));
         }
         let rec = self
@@ -348,7 +502,12 @@ impl Core {
     }
 
     /// Handles a request inside a session.
-    pub fn handle_request(&mut self, ge: GeId, msg: ClientMsg) -> Result<(ServerMsg, Vec<Output>)> {
+    pub fn handle_request(
+        &mut self,
+        ge: GeId,
+        msg: ClientMsg,
+        now: u64,
+    ) -> Result<(ServerMsg, Vec<Output>)> {
         match msg {
             ClientMsg::ReportAddresses(addrs) => {
                 let mut out = Vec::new();
@@ -405,6 +564,7 @@ impl Core {
                 }
                 Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))
             }
+            ClientMsg::Renew => Ok(self.handle_renew(ge, now)),
             ClientMsg::Enroll(_) | ClientMsg::Hello { .. } => Err(Error::Protocol(
                 "enrollment or hello inside an established session".into(),
             )),

@@ -447,6 +447,7 @@ fn the_directory_lists_active_ges_in_pages_by_name() {
             ClientMsg::DirectoryList {
                 after: after.into(),
             },
+            0,
         )
         .unwrap()
         .0
@@ -476,4 +477,154 @@ fn the_directory_lists_active_ges_in_pages_by_name() {
         o,
         Output::Send { to, .. } if to.contains(&GeId(2))
     )));
+}
+
+// ---- renewal of node credentials (issue 9 item 3) ----
+
+fn renewed(c: &mut Core, ge: u32, now: u64) -> crate::wire::Renewed {
+    match c.handle_request(GeId(ge), ClientMsg::Renew, now).unwrap().0 {
+        ServerMsg::Renewed(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn revoked_serials(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Broadcast { frame } => {
+                let (ty, len) = crate::wire::parse_header(frame[..6].try_into().unwrap()).unwrap();
+                match ServerMsg::decode(ty, &frame[6..6 + len]) {
+                    Ok(ServerMsg::Revoked { serials, .. }) => Some(serials),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn cred_of(bytes: &[u8], c: &Core, now: u64) -> fpn_proto::credential::Credential {
+    fpn_proto::credential::UnverifiedCredential::decode(bytes)
+        .unwrap()
+        .verify(&c.ca().public_key(), now)
+        .unwrap()
+}
+
+#[test]
+fn enrollment_and_renewal_issue_the_configured_lifetime_to_the_second() {
+    let mut f = fixture(|cfg| cfg.credential_lifetime = HumanDuration(Duration::from_secs(20)));
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    let fp0 = enroll(c, "a", 1);
+    let en = c.st.ges["a"].enrollment.clone().unwrap();
+    assert_eq!(en.cert_not_after, T0 + 20);
+    let cred0 = cred_of(&hex::decode(&en.credential).unwrap(), c, T0);
+    assert_eq!(cred0.not_after, T0 + 20);
+    // Not backdated by more than a quarter of its life (the floor of a
+    // peer that lost its GMS must not see a fresh renewal as old).
+    assert_eq!(cred0.not_before, T0 - 5);
+
+    let r = renewed(c, 1, T0 + 10);
+    assert_eq!(r.server_time, T0 + 10);
+    let cred1 = cred_of(&r.credential, c, T0 + 10);
+    assert_eq!((cred1.not_before, cred1.not_after), (T0 + 5, T0 + 30));
+    assert_eq!(cred1.node_key, cred0.node_key);
+    assert_eq!(cred1.info, cred0.info);
+    assert!(cred1.serial > cred0.serial);
+    let fp1 = crate::ca::fingerprint(&r.cert);
+    // Both certificates open sessions: the node may have crashed before
+    // saving the new one.
+    assert_eq!(c.authorize(&fp0, T0 + 15), Ok(GeId(1)));
+    assert_eq!(c.authorize(&fp1, T0 + 15), Ok(GeId(1)));
+    // The session's next start sends the renewed credential.
+    let (_, init, _) = c
+        .open_session(GeId(1), "127.0.0.1:1".parse().unwrap(), vec![], T0 + 15)
+        .unwrap();
+    match init {
+        ServerMsg::SessionInit(i) => assert_eq!(i.credential, r.credential),
+        other => panic!("{other:?}"),
+    }
+    let en = c.st.ges["a"].enrollment.clone().unwrap();
+    assert_eq!(en.renewed_at, Some(T0 + 10));
+    assert_eq!(en.earlier.len(), 2, "{:?}", en.earlier);
+    // A second renewal prunes what has expired by then.
+    renewed(c, 1, T0 + 25);
+    let en = c.st.ges["a"].enrollment.clone().unwrap();
+    assert!(
+        en.earlier.iter().all(|e| e.not_after == T0 + 30),
+        "{:?}",
+        en.earlier
+    );
+}
+
+#[test]
+fn a_revoked_or_removed_ge_gets_no_renewal_and_loses_every_live_pair() {
+    let mut f = fixture(|cfg| cfg.credential_lifetime = HumanDuration(Duration::from_secs(20)));
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    ge_add(c, "b", &[]);
+    let fa0 = enroll(c, "a", 1);
+    enroll(c, "b", 2);
+    let en0 = c.st.ges["a"].enrollment.clone().unwrap();
+    let r = renewed(c, 1, T0 + 10);
+    let fa1 = crate::ca::fingerprint(&r.cert);
+    let new_serial = cred_of(&r.credential, c, T0 + 10).serial;
+    let (_, out) = c.handle_admin(AdminRequest::GeRevoke { name: "a".into() }, T0 + 12);
+    let serials = revoked_serials(&out);
+    for s in [en0.cert_serial, en0.credential_serial, new_serial] {
+        assert!(serials.contains(&s), "{s} not in {serials:?}");
+    }
+    for fp in [fa0, fa1] {
+        assert!(c.authorize(&fp, T0 + 12).is_err());
+    }
+    match c
+        .handle_request(GeId(1), ClientMsg::Renew, T0 + 12)
+        .unwrap()
+        .0
+    {
+        ServerMsg::Refused { code, .. } => assert_eq!(code, RefusalCode::Revoked),
+        other => panic!("{other:?}"),
+    }
+    admin(c, AdminRequest::GeRemove { name: "b".into() });
+    match c
+        .handle_request(GeId(2), ClientMsg::Renew, T0 + 12)
+        .unwrap()
+        .0
+    {
+        ServerMsg::Refused { code, .. } => assert_eq!(code, RefusalCode::UnknownGe),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn re_enrollment_supersedes_renewed_certificates_too() {
+    let mut f = fixture(|cfg| cfg.credential_lifetime = HumanDuration(Duration::from_secs(60)));
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    let old = enroll(c, "a", 1);
+    let renewed_old = crate::ca::fingerprint(&renewed(c, 1, T0 + 1).cert);
+    let new = enroll(c, "a", 2);
+    assert!(c.authorize(&old, T0 + 2).is_err());
+    assert!(c.authorize(&renewed_old, T0 + 2).is_err());
+    assert_eq!(c.authorize(&new, T0 + 2), Ok(GeId(1)));
+}
+
+#[test]
+fn an_expired_certificate_may_reconnect_to_renew_within_the_grace_only() {
+    let mut f = fixture(|cfg| {
+        cfg.credential_lifetime = HumanDuration(Duration::from_secs(20));
+        cfg.expired_reconnect_grace = HumanDuration(Duration::from_secs(100));
+    });
+    let c = &mut f.core;
+    ge_add(c, "a", &[]);
+    let fp = enroll(c, "a", 1);
+    assert_eq!(c.authorize(&fp, T0 + 120), Ok(GeId(1)));
+    let r = renewed(c, 1, T0 + 120);
+    assert_eq!(cred_of(&r.credential, c, T0 + 120).not_after, T0 + 140);
+    assert!(c.authorize(&fp, T0 + 121).is_err());
+    // Revoked: no grace at all.
+    let fresh = crate::ca::fingerprint(&r.cert);
+    admin(c, AdminRequest::GeRevoke { name: "a".into() });
+    assert!(c.authorize(&fresh, T0 + 125).is_err());
 }

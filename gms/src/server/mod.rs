@@ -79,6 +79,8 @@ pub struct InitOptions {
     pub rotation_schedule: Option<Schedule>,
     /// Grace of previous key versions.
     pub grace: Option<Duration>,
+    /// Lifetime of node certificates and credentials.
+    pub credential_lifetime: Option<Duration>,
     /// The in-process DNS (`None`: defaults, on).
     pub dns: Option<crate::config::DnsSettings>,
 }
@@ -110,6 +112,10 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     }
     if let Some(s) = opts.rotation_schedule {
         cfg.rotation_schedule = s;
+    }
+    if let Some(l) = opts.credential_lifetime {
+        cfg.credential_lifetime = HumanDuration(l);
+        cfg.check()?;
     }
     if let Some(g) = opts.grace {
         cfg.grace = HumanDuration(g);
@@ -231,7 +237,12 @@ pub async fn serve(
     let server_key = zeroize::Zeroizing::new(fsutil::read(&data.server_key())?);
     let listen = cfg.listen;
     let mut core = Core::new(cfg, Box::new(store), ca, now_unix())?;
-    let sc = tls::server_config(core.ca().cert_der(), &server_cert, &server_key)?;
+    let sc = tls::server_config(
+        core.ca().cert_der(),
+        &server_cert,
+        &server_key,
+        core.config().expired_reconnect_grace_secs(),
+    )?;
     let endpoint = tls::endpoint(listen, Some(sc))
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let local = endpoint.local_addr()?;

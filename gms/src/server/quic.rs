@@ -226,7 +226,7 @@ async fn serve_requests(
         let msg = ClientMsg::decode(ty, &body)?;
         let (answer, out, seq) = {
             let mut g = shared.lock();
-            let (answer, out) = g.core.handle_request(ge, msg)?;
+            let (answer, out) = g.core.handle_request(ge, msg, now_unix())?;
             (answer, out, shared.committed())
         };
         // The answer may show changes not yet durable.

@@ -39,7 +39,7 @@ use crate::driver::{Driver, Query};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
 use crate::state::StateDir;
-use crate::status::{GmsStatus, GroupStatus, PingReport, Status};
+use crate::status::{CredentialStatus, GmsStatus, GroupStatus, PingReport, Status};
 
 /// Enrolls with `token` and saves the identity in `state`.
 pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
@@ -115,6 +115,8 @@ async fn run(
     let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     let mut scfg = SessionConfig::with_cache(state.key_cache());
     scfg.reported = reported;
+    // Renewals replace node.crt and credential where enrollment put them.
+    scfg.identity_dir = Some(state.root().to_path_buf());
     let session = Session::start(identity.clone(), endpoint, scfg)?;
 
     let mut dcfg = dprp::Config::new(
@@ -416,6 +418,17 @@ impl Ctx {
             overlay: self.me.overlay.to_string(),
             gms: GmsStatus {
                 connected: view.connected,
+            },
+            credential: CredentialStatus {
+                serial: view.credential_serial,
+                not_after: view.credential_not_after,
+                expires_in_secs: view.credential_not_after.map(|t| {
+                    i64::try_from(t).unwrap_or(i64::MAX)
+                        - i64::try_from(fpn_gms_client::now_unix()).unwrap_or(i64::MAX)
+                }),
+                last_renewal: view.last_renewal,
+                renewals: view.renewals,
+                renewal_refused: view.renewal_refused.clone(),
             },
             groups: view
                 .groups

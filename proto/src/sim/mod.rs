@@ -291,6 +291,28 @@ impl Sim {
         .expect("valid GE info and prefixes")
     }
 
+    /// Issues a credential with its own serial and validity (unix
+    /// seconds; the simulation's clock starts at [`START_UNIX`]), as a GMS
+    /// with a short credential lifetime would, for expiry and renewal tests.
+    pub fn issue_valid(
+        &self,
+        serial: u64,
+        info: GeInfo,
+        node_key: &NodeKey,
+        not_before: u64,
+        not_after: u64,
+    ) -> Credential {
+        Credential::issue(
+            &self.ca,
+            serial,
+            info,
+            node_key.public(),
+            not_before,
+            not_after,
+        )
+        .expect("valid GE info and validity")
+    }
+
     /// The GE info [`Sim::add_ge`] gives `spec`. Its overlay address is its
     /// underlay address when that is IPv4 (flows in the simulation run
     /// between underlay addresses, so that is the address the GE speaks for),

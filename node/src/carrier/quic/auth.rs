@@ -128,7 +128,9 @@ impl Trust {
 /// The node's TLS material, and the QUIC configurations built from it.
 pub(crate) struct Tls {
     trust: Arc<Trust>,
-    chain: Vec<CertificateDer<'static>>,
+    /// This node's certificate: short-lived, replaced by each renewal
+    /// (connections made before keep the one they were opened with).
+    chain: RwLock<Vec<CertificateDer<'static>>>,
     key: PrivateKeyDer<'static>,
     alpn: Vec<u8>,
 }
@@ -159,10 +161,31 @@ impl Tls {
                 local,
                 revoked: RwLock::default(),
             }),
-            chain: vec![cert],
+            chain: RwLock::new(vec![cert]),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_pkcs8().to_vec())),
             alpn: alpn.to_vec(),
         })
+    }
+
+    /// Presents `der` (a renewed certificate of this node) from now on. It
+    /// must name this node's GE; the key is the same.
+    pub(crate) fn set_cert(&self, der: &[u8]) -> Result<()> {
+        let cert = CertificateDer::from(der.to_vec());
+        let ge = parse_cert(&cert)
+            .map_err(|r| Error::CarrierTls(format!("renewed certificate: {r}")))?
+            .ge;
+        if ge != self.trust.local {
+            return Err(Error::CarrierTls(format!(
+                "renewed certificate names GE {ge}, not this node's {}",
+                self.trust.local
+            )));
+        }
+        *self.chain.write().unwrap_or_else(|e| e.into_inner()) = vec![cert];
+        Ok(())
+    }
+
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// This node's GE id (from its own certificate).
@@ -191,7 +214,7 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .with_single_cert(self.chain(), self.key.clone_key())
             .map_err(tls_err)?;
         tls.alpn_protocols = vec![self.alpn.clone()];
         let crypto =
@@ -211,7 +234,7 @@ impl Tls {
             .map_err(tls_err)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .with_client_auth_cert(self.chain(), self.key.clone_key())
             .map_err(tls_err)?;
         tls.alpn_protocols = vec![self.alpn.clone()];
         let crypto =

@@ -169,10 +169,7 @@ impl QuicCarrier {
         cfg.check()?;
         let tls = Tls::new(&cfg.identity, ALPN)?;
         let transport = Arc::new(conn::transport(&cfg));
-        let mut server = quinn::ServerConfig::with_crypto(tls.server_crypto()?);
-        server.transport_config(transport.clone());
-        // Bounds the handshakes held at once; each costs memory and a signature.
-        server.max_incoming(4096);
+        let server = server_config(&tls, &transport)?;
         let endpoint = conn::endpoint(
             cfg.listen,
             server,
@@ -213,6 +210,16 @@ impl QuicCarrier {
         self.inner.local
     }
 
+    /// Presents `cert` (this node's renewed certificate, DER) in every
+    /// handshake from now on, both as client and as server. Connections
+    /// already up keep going: TLS checks certificates only at the handshake.
+    pub fn set_certificate(&self, cert: &[u8]) -> Result<()> {
+        self.inner.tls.set_cert(cert)?;
+        let server = server_config(&self.inner.tls, &self.inner.transport)?;
+        self.inner.endpoint.set_server_config(Some(server));
+        Ok(())
+    }
+
     /// Refuses `ge` from now on and closes its connection at once; frames
     /// queued for it are dropped.
     pub fn revoke_ge(&self, ge: GeId) {
@@ -233,6 +240,18 @@ impl QuicCarrier {
         self.inner.shut();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
+}
+
+/// The endpoint's server side, from the current certificate.
+fn server_config(
+    tls: &Tls,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig> {
+    let mut server = quinn::ServerConfig::with_crypto(tls.server_crypto()?);
+    server.transport_config(transport.clone());
+    // Bounds the handshakes held at once; each costs memory and a signature.
+    server.max_incoming(4096);
+    Ok(server)
 }
 
 impl Drop for QuicCarrier {
