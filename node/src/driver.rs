@@ -79,9 +79,11 @@ pub struct TunParts {
     /// The write half.
     pub writer: Arc<dyn TunWriter>,
     /// The offloads the kernel granted. With TSO the reads are cut to the
-    /// MSS here, and TCP writes are coalesced (the device has a virtio
-    /// header either way).
+    /// MSS here (the device has a virtio header either way).
     pub offloads: Offloads,
+    /// Coalesce in-order TCP segments into super-packets on write (only
+    /// taken with TSO granted: a kernel that hands them out takes them).
+    pub coalesce: bool,
 }
 
 /// What the driver runs on.
@@ -154,12 +156,13 @@ impl Driver {
             reader: mut tun_reader,
             writer: tun_writer,
             offloads,
+            coalesce,
         } = tun;
         let mut shell = Shell {
             core,
             clock,
             carrier,
-            tun: TunOut::new(tun_writer, offloads),
+            tun: TunOut::new(tun_writer, offloads, coalesce),
             dir_requests,
             names,
             native: link,
@@ -497,8 +500,8 @@ struct TunOut {
 }
 
 impl TunOut {
-    fn new(dev: Arc<dyn TunWriter>, offloads: Offloads) -> Self {
-        let gro = offloads.contains(Offloads::TSO4).then(TcpCoalescer::new);
+    fn new(dev: Arc<dyn TunWriter>, offloads: Offloads, coalesce: bool) -> Self {
+        let gro = (coalesce && offloads.contains(Offloads::TSO4)).then(TcpCoalescer::new);
         Self {
             dev,
             gro,
@@ -675,7 +678,7 @@ mod tests {
                 max,
                 sent: Mutex::default(),
             }),
-            tun: TunOut::new(tun.clone(), Offloads::NONE),
+            tun: TunOut::new(tun.clone(), Offloads::NONE, false),
             dir_requests: tx,
             names: Some((NameTable::new(), "n1".into(), node.overlay)),
             native: None,
@@ -720,7 +723,7 @@ mod tests {
     #[test]
     fn consecutive_tcp_segments_reach_the_tun_as_one_super_packet_in_order() {
         let fake = Arc::new(FakeTun::default());
-        let mut out = TunOut::new(fake.clone(), Offloads::TSO);
+        let mut out = TunOut::new(fake.clone(), Offloads::TSO, true);
         let udp = udp_packet(
             Ipv4Addr::new(1, 2, 3, 4),
             Ipv4Addr::new(5, 6, 7, 8),
@@ -755,7 +758,7 @@ mod tests {
     #[test]
     fn without_offloads_every_packet_is_written_as_it_came() {
         let fake = Arc::new(FakeTun::default());
-        let mut out = TunOut::new(fake.clone(), Offloads::NONE);
+        let mut out = TunOut::new(fake.clone(), Offloads::NONE, true);
         for i in 0..3u32 {
             assert!(out.write(&tcp_segment(100 + i * 10, &[1; 10])));
         }

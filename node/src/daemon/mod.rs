@@ -189,6 +189,7 @@ async fn run(
             reader: dev.reader,
             writer: Arc::new(dev.writer),
             offloads: tun_offloads,
+            coalesce: tun::want_coalesce(),
         },
         commands: eng_rx,
         queries: query_rx,

@@ -16,6 +16,16 @@ use crate::tun::{Offloads, Tun, TunConfig, TunReader, TunWriter};
 /// comparisons (bench/overlay.sh) without editing configuration files.
 pub const TUN_OFFLOADS_ENV: &str = "FPN_NODE_TUN_OFFLOADS";
 
+/// Environment variable that turns only the coalescing of TCP writes off
+/// (`0`): to measure what it adds on top of the read side.
+pub const TUN_COALESCE_ENV: &str = "FPN_NODE_TUN_COALESCE";
+
+/// Whether to coalesce TCP writes (when TSO is granted): unless
+/// [`TUN_COALESCE_ENV`] is `0`.
+pub fn want_coalesce() -> bool {
+    std::env::var(TUN_COALESCE_ENV).map_or(true, |v| v.trim() != "0")
+}
+
 /// Whether to ask for offloads: the environment variable when set, else
 /// the configuration key.
 pub fn want_offloads(config: bool) -> bool {
