@@ -14,7 +14,11 @@
 # that passed, the same-invocation ratio fpn-native / fpn (TCP 1 and 4
 # streams), and every invocation's load average.
 #
-# Environment: REPEAT=3 (rounds), OUT=<dir> (default a new temporary
+# CONFIGS="before after off" picks and orders the configurations; a fourth,
+# "nocoalesce", is AFTER with FPN_NODE_TUN_COALESCE=0 (offloads on, TCP
+# writes not coalesced: what the write side adds on its own).
+#
+# Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
 # bench/overlay.sh reads (DURATION, TUN_MTU, ...).
 set -euo pipefail
@@ -24,18 +28,22 @@ shift 2
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(fpn fpn-native)
 REPEAT=${REPEAT:-3}
+read -r -a CFGS <<<"${CONFIGS:-before after off}"
 OUT=${OUT:-$(mktemp -d /tmp/overlay-ab.XXXXXX)}
+mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd)
 for r in $(seq "$REPEAT"); do
-    for cfg in before after off; do
+    for cfg in "${CFGS[@]}"; do
         case $cfg in
-            before) bin=$BEFORE off= ;;
-            after) bin=$AFTER off= ;;
-            off) bin=$AFTER off=0 ;;
+            before) bin=$BEFORE env=() ;;
+            after) bin=$AFTER env=() ;;
+            off) bin=$AFTER env=(FPN_NODE_TUN_OFFLOADS=0) ;;
+            nocoalesce) bin=$AFTER env=(FPN_NODE_TUN_COALESCE=0) ;;
+            *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
         # A failed round is in the JSON (rounds_failed); go on with the rest.
-        env ${off:+FPN_NODE_TUN_OFFLOADS=$off} FPN_BIN="$bin" \
+        env "${env[@]}" FPN_BIN="$bin" \
             "$HERE/overlay.sh" --json "${MODES[@]}" >"$OUT/$cfg-$r.json" 2>"$OUT/$cfg-$r.log" || true
     done
 done
@@ -46,7 +54,7 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "tcp1_daemon_cores_per_gbps", "tcp4_daemon_cores_per_gbps",
         "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms"]
 rows, loads = {}, []
-for cfg in ["before", "after", "off"]:
+for cfg in ["before", "after", "off", "nocoalesce"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))
