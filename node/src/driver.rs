@@ -3,8 +3,9 @@
 //! counts through suspend, carries out every [`Output`], and sleeps until
 //! the core's next deadline.
 //!
-//! Per wake-up it handles at most [`BATCH`] packets from one source before
-//! the others get a turn, then checks the core's deadline against the clock
+//! Per wake-up it handles at most [`BATCH`] packets from one source (from
+//! the TUN: one arena of [`TUN_SLOTS`] segments, read with the kernel's
+//! offloads and cut to the MSS) before the others get a turn, then checks the core's deadline against the clock
 //! (not only the sleep future: a timer may be due after a long batch, or
 //! after the machine slept), as quinn's `drive_timer` does.
 
