@@ -54,6 +54,11 @@ pub struct NodeConfig {
     /// through, QUIC otherwise), `native` (always native) or `quic` (never
     /// probes native).
     pub carrier: CarrierChoice,
+    /// Ask the kernel for the TUN offloads (`IFF_VNET_HDR` with checksum,
+    /// TSO and USO: reads of up to 64 KB cut to the MSS in the node, and
+    /// coalesced TCP writes). Off only to compare; the environment variable
+    /// `FPN_NODE_TUN_OFFLOADS=0` overrides it.
+    pub tun_offloads: bool,
 }
 
 /// The `carrier` key.
@@ -95,6 +100,7 @@ impl Default for NodeConfig {
             max_gms_silence_secs: 86_400,
             quic_initial_mtu: 1452,
             carrier: CarrierChoice::Auto,
+            tun_offloads: true,
         }
     }
 }

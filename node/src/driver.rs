@@ -3,8 +3,9 @@
 //! counts through suspend, carries out every [`Output`], and sleeps until
 //! the core's next deadline.
 //!
-//! Per wake-up it handles at most [`BATCH`] packets from one source before
-//! the others get a turn, then checks the core's deadline against the clock
+//! Per wake-up it handles at most [`BATCH`] packets from one source (from
+//! the TUN: one arena of [`TUN_SLOTS`] segments, read with the kernel's
+//! offloads and cut to the MSS) before the others get a turn, then checks the core's deadline against the clock
 //! (not only the sleep future: a timer may be due after a long batch, or
 //! after the machine slept), as quinn's `drive_timer` does.
 
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
 use fpn_proto::flow::FlowId;
-use futures::FutureExt;
+use fpn_proto::packet::gro::{Offer, TcpCoalescer};
+use fpn_proto::packet::vnet::VnetRepr;
+use fpn_proto::pccom::TRAILER_LEN;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{trace, warn};
 
@@ -24,6 +27,7 @@ use crate::core::{Command, DataOut, NodeCore, Output, SendError, Snapshot};
 use crate::dns::{NameTable, Target};
 use crate::native::{NativeRx, RxBatch};
 use crate::native_link::{FlowOp, NativeLink, five_tuple, local_address_toward};
+use crate::tun::{Offloads, SegmentBuffers, TunReader};
 
 /// Packets handled per wake-up from one source before the others get a turn.
 pub const BATCH: usize = 64;
@@ -42,21 +46,45 @@ pub enum Query {
     Resolve(String, oneshot::Sender<Option<Ipv4Addr>>),
 }
 
+/// Slots of the arena the TUN is read into: one 64 KB super-packet cut to
+/// the MSS is at most ~48 segments, so two of them, or 128 plain packets,
+/// per wake-up.
+pub const TUN_SLOTS: usize = 128;
+
 /// Where the driver writes packets for this host: the TUN device. A trait
 /// so the driver can be tested without one.
 pub trait TunWriter: Send + Sync {
-    /// Writes one IP packet; never waits.
+    /// Writes one IP packet with complete checksums; never waits.
     fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize>;
+
+    /// Writes a TCP super-packet of coalesced segments behind its virtio
+    /// header `hdr` (the kernel segments or delivers it whole); never
+    /// waits. Only called when the driver was told the device takes them.
+    fn write_gso(&self, hdr: &VnetRepr, packet: &[u8]) -> std::io::Result<usize>;
 }
 
-impl TunWriter for tun::AsyncDevice {
+impl TunWriter for crate::tun::TunWriter {
     fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
-        // A direct write on the non-blocking descriptor: a TUN write hands
-        // the packet to the kernel stack and does not wait. The async
-        // wrapper is not used here: its cached write readiness would make
-        // it refuse packets the kernel takes.
-        std::ops::Deref::deref(self).send(packet)
+        self.try_write(packet)
     }
+
+    fn write_gso(&self, hdr: &VnetRepr, packet: &[u8]) -> std::io::Result<usize> {
+        self.try_write_gso(hdr, packet)
+    }
+}
+
+/// The TUN device as the driver gets it.
+pub struct TunParts {
+    /// The read half of its (one) queue.
+    pub reader: TunReader,
+    /// The write half.
+    pub writer: Arc<dyn TunWriter>,
+    /// The offloads the kernel granted. With TSO the reads are cut to the
+    /// MSS here (the device has a virtio header either way).
+    pub offloads: Offloads,
+    /// Coalesce in-order TCP segments into super-packets on write (only
+    /// taken with TSO granted: a kernel that hands them out takes them).
+    pub coalesce: bool,
 }
 
 /// What the driver runs on.
@@ -68,7 +96,7 @@ pub struct Driver {
     /// The carrier frames go out on.
     pub carrier: Arc<dyn Carrier>,
     /// The TUN device.
-    pub tun: Arc<tun::AsyncDevice>,
+    pub tun: TunParts,
     /// Commands from the daemon and the GMS task; the driver stops when
     /// every sender is gone.
     pub commands: mpsc::Receiver<Command>,
@@ -125,11 +153,17 @@ impl Driver {
             Some(n) => (Some(n.link), Some(n.rx), Some(n.flow_ops)),
             None => (None, None, None),
         };
+        let TunParts {
+            reader: mut tun_reader,
+            writer: tun_writer,
+            offloads,
+            coalesce,
+        } = tun;
         let mut shell = Shell {
             core,
             clock,
             carrier,
-            tun: tun.clone(),
+            tun: TunOut::new(tun_writer, offloads, coalesce),
             dir_requests,
             names,
             native: link,
@@ -140,7 +174,10 @@ impl Driver {
             let now = shell.clock.now();
             shell.core.handle_native_unavailable(why, now);
         }
-        let mut buf = vec![0u8; shell.core.buffer_len()];
+        // What the TUN gives is read into this arena, allocated once, every
+        // packet with room behind it for the PCCOM trailer (sealed in place).
+        let slot = shell.core.buffer_len();
+        let mut arena = SegmentBuffers::new(TUN_SLOTS, slot - TRAILER_LEN, TRAILER_LEN);
         // Frames from peers land here: packets, and DPRP messages, which
         // may be longer than any packet.
         let mut rbuf = vec![0u8; shell.core.buffer_len().max(MAX_MESSAGE_LEN)];
@@ -164,7 +201,7 @@ impl Driver {
             enum Wake {
                 Cmd(Option<Command>),
                 Query(Option<Query>),
-                Tun(std::io::Result<usize>),
+                Tun(crate::error::Result<crate::tun::ReadStats>),
                 Frames(usize),
                 Native(Option<RxBatch>),
                 Timer,
@@ -172,7 +209,7 @@ impl Driver {
             let wake = tokio::select! {
                 c = commands.recv() => Wake::Cmd(c),
                 q = queries.recv(), if queries_open => Wake::Query(q),
-                r = tun.recv(&mut buf), if tun_ok => Wake::Tun(r),
+                r = tun_reader.read_batch(&mut arena), if tun_ok => Wake::Tun(r),
                 n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
                 b = recv_native(&mut native_rx) => Wake::Native(b),
                 () = &mut sleep => Wake::Timer,
@@ -183,16 +220,7 @@ impl Driver {
                 Wake::Cmd(Some(c)) => shell.core.handle_command(c, now),
                 Wake::Query(None) => queries_open = false,
                 Wake::Query(Some(q)) => shell.answer(q),
-                Wake::Tun(Ok(n)) => {
-                    shell.tun_packet(&mut buf, n, now);
-                    // Drain what is already queued, without waiting.
-                    for _ in 1..BATCH {
-                        match tun.recv(&mut buf).now_or_never() {
-                            Some(Ok(n)) => shell.tun_packet(&mut buf, n, now),
-                            _ => break,
-                        }
-                    }
-                }
+                Wake::Tun(Ok(stats)) => shell.tun.count_reads(&stats),
                 Wake::Tun(Err(e)) => {
                     warn!(error = %e, "TUN read failed; no more local packets");
                     tun_ok = false;
@@ -231,6 +259,11 @@ impl Driver {
                 }
                 Wake::Timer => {}
             }
+            // The TUN's packets of this wake-up; also those a read_batch
+            // that lost the select had already cut into the arena.
+            if !arena.is_empty() {
+                shell.tun_batch(&mut arena, now);
+            }
             shell.flush_native();
             shell.drive_timer();
             shell.drain_outputs();
@@ -244,7 +277,7 @@ struct Shell {
     core: NodeCore,
     clock: Clock,
     carrier: Arc<dyn Carrier>,
-    tun: Arc<dyn TunWriter>,
+    tun: TunOut,
     dir_requests: mpsc::Sender<Ipv4Addr>,
     names: Option<(NameTable, String, Ipv4Addr)>,
     native: Option<NativeLink>,
@@ -260,7 +293,7 @@ impl Shell {
         };
         dst.copy_from_slice(p);
         if let DataOut::Tun(t) = self.core.handle_native_packet(rbuf, p.len(), now)
-            && !write_tun(&*self.tun, t)
+            && !self.tun.write(t)
         {
             self.core.handle_tun_write_error();
         }
@@ -293,7 +326,9 @@ impl Shell {
     fn answer(&self, q: Query) {
         match q {
             Query::Snapshot(tx) => {
-                let _ = tx.send(self.core.snapshot(&self.carrier.peers()));
+                let mut snap = self.core.snapshot(&self.carrier.peers());
+                self.tun.add_counters(&mut snap.counters);
+                let _ = tx.send(snap);
             }
             Query::FlowInfo(flow, tx) => {
                 let _ = tx.send(self.core.flow_info(&flow));
@@ -305,6 +340,16 @@ impl Shell {
                 let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
             }
         }
+    }
+
+    /// Feeds the core every packet of the arena (each sealed in its own
+    /// slot, no copy), then empties it.
+    fn tun_batch(&mut self, arena: &mut SegmentBuffers, now: Instant) {
+        for i in 0..arena.len() {
+            let (slot, len) = arena.slot_mut(i);
+            self.tun_packet(slot, len, now);
+        }
+        arena.clear();
     }
 
     fn tun_packet(&mut self, buf: &mut [u8], n: usize, now: Instant) {
@@ -328,7 +373,7 @@ impl Shell {
             // Packets from this host that go back to it: only ICMP errors,
             // which come as outputs. Nothing else is written here.
             DataOut::Tun(p) => {
-                write_tun(&*self.tun, p);
+                self.tun.write(p);
                 None
             }
             DataOut::Nothing => None,
@@ -349,7 +394,7 @@ impl Shell {
             .core
             .handle_carrier_frame(f.peer, f.from, f.kind, rbuf, len, now);
         if let DataOut::Tun(p) = out
-            && !write_tun(&*self.tun, p)
+            && !self.tun.write(p)
         {
             self.core.handle_tun_write_error();
         }
@@ -377,7 +422,7 @@ impl Shell {
                     }
                 }
                 Output::Tun(p) => {
-                    if !write_tun(&*self.tun, &p) {
+                    if !self.tun.write(&p) {
                         self.core.handle_tun_write_error();
                     }
                 }
@@ -413,6 +458,11 @@ impl Shell {
             }
         }
         self.flush_native();
+        // The coalesced TCP segments of this wake-up go to the kernel now:
+        // nothing is held across a wait.
+        if !self.tun.flush() {
+            self.core.handle_tun_write_error();
+        }
     }
 
     /// The DNS stub's names: this node and every peer of the peer table.
@@ -433,10 +483,109 @@ impl Shell {
     }
 }
 
-/// Writes one packet into the TUN; false when the kernel refused it (the
-/// packet is dropped rather than stalling every flow).
-fn write_tun(tun: &dyn TunWriter, packet: &[u8]) -> bool {
-    match tun.write_packet(packet) {
+/// The write side of the TUN: consecutive in-order TCP segments of one
+/// flow are coalesced into one super-packet and one write (when the device
+/// has TSO: a kernel that hands out super-packets takes them too), anything
+/// else is written as it comes, after what is pending, so the order holds.
+struct TunOut {
+    dev: Arc<dyn TunWriter>,
+    gro: Option<TcpCoalescer>,
+    offloads: Offloads,
+    /// Counters for `status` (the reads are counted here too).
+    reads: u64,
+    gso_reads: u64,
+    read_drops: u64,
+    writes: u64,
+    gso_writes: u64,
+    coalesced: u64,
+}
+
+impl TunOut {
+    fn new(dev: Arc<dyn TunWriter>, offloads: Offloads, coalesce: bool) -> Self {
+        let gro = (coalesce && offloads.contains(Offloads::TSO4)).then(TcpCoalescer::new);
+        Self {
+            dev,
+            gro,
+            offloads,
+            reads: 0,
+            gso_reads: 0,
+            read_drops: 0,
+            writes: 0,
+            gso_writes: 0,
+            coalesced: 0,
+        }
+    }
+
+    /// Takes one packet for the TUN; false when a write the kernel refused
+    /// dropped it (or what was pending before it): dropped rather than
+    /// stalling every flow.
+    fn write(&mut self, packet: &[u8]) -> bool {
+        let Some(gro) = self.gro.as_mut() else {
+            return self.write_one(packet);
+        };
+        if gro.offer(packet) == Offer::Absorbed {
+            return true;
+        }
+        let flushed = self.flush();
+        let gro = self.gro.as_mut().expect("checked above");
+        if gro.offer(packet) == Offer::Absorbed {
+            return flushed;
+        }
+        self.write_one(packet) && flushed
+    }
+
+    /// Writes the pending super-packet, if any; false when refused.
+    fn flush(&mut self) -> bool {
+        let Some(gro) = self.gro.as_mut() else {
+            return true;
+        };
+        let segments = gro.segments() as u64;
+        let r = match gro.pending() {
+            None => return true,
+            Some((hdr, p)) if segments > 1 => {
+                self.gso_writes += 1;
+                self.coalesced += segments;
+                self.dev.write_gso(&hdr, p)
+            }
+            Some((_, p)) => self.dev.write_packet(p),
+        };
+        gro.clear();
+        self.writes += 1;
+        log_refused(r)
+    }
+
+    fn write_one(&mut self, packet: &[u8]) -> bool {
+        self.writes += 1;
+        log_refused(self.dev.write_packet(packet))
+    }
+
+    fn count_reads(&mut self, s: &crate::tun::ReadStats) {
+        self.reads += s.reads as u64;
+        self.gso_reads += s.gso_reads as u64;
+        self.read_drops += s.dropped as u64;
+        if let Some(e) = &s.last_error {
+            trace!(error = %e, dropped = s.dropped, "TUN reads dropped");
+        }
+    }
+
+    /// The TUN's counters, next to the core's in `status`.
+    fn add_counters(&self, c: &mut std::collections::BTreeMap<String, u64>) {
+        for (k, v) in [
+            ("tun_reads", self.reads),
+            ("tun_gso_reads", self.gso_reads),
+            ("tun_read_drops", self.read_drops),
+            ("tun_writes", self.writes),
+            ("tun_gso_writes", self.gso_writes),
+            ("tun_coalesced_segments", self.coalesced),
+            ("tun_offloads_bits", u64::from(self.offloads.bits())),
+        ] {
+            c.insert(k.to_owned(), v);
+        }
+    }
+}
+
+fn log_refused(r: std::io::Result<usize>) -> bool {
+    match r {
         Ok(_) => true,
         Err(e) => {
             trace!(error = %e, "TUN write");
@@ -496,6 +645,10 @@ mod tests {
             self.0.lock().unwrap().push(packet.to_vec());
             Ok(packet.len())
         }
+        fn write_gso(&self, _hdr: &VnetRepr, packet: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(packet.to_vec());
+            Ok(packet.len())
+        }
     }
 
     /// A shell around node 1's core with an established flow 4000 -> 5000
@@ -526,7 +679,7 @@ mod tests {
                 max,
                 sent: Mutex::default(),
             }),
-            tun: tun.clone(),
+            tun: TunOut::new(tun.clone(), Offloads::NONE, false),
             dir_requests: tx,
             names: Some((NameTable::new(), "n1".into(), node.overlay)),
             native: None,
@@ -534,6 +687,85 @@ mod tests {
             pending_ops: Vec::new(),
         };
         (shell, tun, rx, peer, now)
+    }
+
+    /// An IPv4 TCP segment (ACK) of flow 1.2.3.4:1000 -> 5.6.7.8:2000 at
+    /// sequence `seq`, checksums complete.
+    fn tcp_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = 40 + payload.len();
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[1, 2, 3, 4]);
+        p[16..20].copy_from_slice(&[5, 6, 7, 8]);
+        let mut sum: u32 = (0..20)
+            .step_by(2)
+            .map(|i| u32::from(u16::from_be_bytes([p[i], p[i + 1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&2000u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = fpn_proto::packet::tcp_flags::ACK;
+        p[34..36].copy_from_slice(&1024u16.to_be_bytes());
+        p[40..].copy_from_slice(payload);
+        let mut pkt = fpn_proto::packet::Packet::parse_prefix(&mut p[..], len).unwrap();
+        pkt.fill_l4_checksum();
+        p
+    }
+
+    #[test]
+    fn consecutive_tcp_segments_reach_the_tun_as_one_super_packet_in_order() {
+        let fake = Arc::new(FakeTun::default());
+        let mut out = TunOut::new(fake.clone(), Offloads::TSO, true);
+        let udp = udp_packet(
+            Ipv4Addr::new(1, 2, 3, 4),
+            Ipv4Addr::new(5, 6, 7, 8),
+            1,
+            2,
+            b"u",
+        );
+        let segs: Vec<Vec<u8>> = (0..4u32)
+            .map(|i| tcp_segment(100 + i * 1000, &[i as u8; 1000]))
+            .collect();
+        for s in &segs[..3] {
+            assert!(out.write(s));
+        }
+        // Not TCP: what is pending goes first, then this packet on its own.
+        assert!(out.write(&udp));
+        assert!(out.write(&segs[3]));
+        assert!(out.flush());
+        let w = fake.0.lock().unwrap();
+        assert_eq!(
+            w.len(),
+            3,
+            "one super-packet, the UDP packet, a lone segment"
+        );
+        assert_eq!(w[0].len(), 40 + 3000, "three segments coalesced");
+        assert_eq!(&w[0][40..1040], &[0u8; 1000][..]);
+        assert_eq!(&w[0][2040..], &[2u8; 1000][..]);
+        assert_eq!(w[1], udp);
+        assert_eq!(w[2], segs[3]);
+        assert_eq!((out.gso_writes, out.coalesced, out.writes), (1, 3, 3));
+    }
+
+    #[test]
+    fn without_offloads_every_packet_is_written_as_it_came() {
+        let fake = Arc::new(FakeTun::default());
+        let mut out = TunOut::new(fake.clone(), Offloads::NONE, true);
+        for i in 0..3u32 {
+            assert!(out.write(&tcp_segment(100 + i * 10, &[1; 10])));
+        }
+        assert!(out.flush());
+        assert_eq!(fake.0.lock().unwrap().len(), 3);
+        assert_eq!(out.gso_writes, 0);
     }
 
     #[test]

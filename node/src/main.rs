@@ -366,6 +366,20 @@ fn print_status(s: &Status) {
             f.bytes_in
         );
     }
+    let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    println!(
+        "tun: offloads {} reads {} (gso {}) writes {} (gso {}, {} segments)",
+        if s.tun_offloads.is_empty() {
+            "-"
+        } else {
+            &s.tun_offloads
+        },
+        c("tun_reads"),
+        c("tun_gso_reads"),
+        c("tun_writes"),
+        c("tun_gso_writes"),
+        c("tun_coalesced_segments")
+    );
     let nonzero: Vec<String> = s
         .counters
         .iter()

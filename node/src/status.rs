@@ -27,6 +27,10 @@ pub struct Status {
     pub flows: Vec<FlowStatus>,
     /// Counters of the engine, DPRP, DNS stub.
     pub counters: BTreeMap<String, u64>,
+    /// The offloads the kernel granted on the TUN ("csum,tso4,...", or
+    /// "none"); the `tun_*` counters say what they did.
+    #[serde(default)]
+    pub tun_offloads: String,
 }
 
 /// The GMS session.

@@ -92,13 +92,18 @@ async fn run(
     cred: fpn_proto::credential::Credential,
     me: Me,
 ) -> Result<()> {
-    let dev = Arc::new(tun::create(
+    let dev = tun::create(
         &cfg.tun_name,
         me.overlay,
         cfg.overlay_prefix,
         cfg.mtu,
-    )?);
-    info!(tun = %cfg.tun_name, overlay = %me.overlay, mtu = cfg.mtu, "TUN up");
+        tun::want_offloads(cfg.tun_offloads),
+    )?;
+    let tun_offloads = dev.offloads;
+    // The daemon keeps a handle so the interface outlives the driver until
+    // the end of shutdown (it goes away with the last descriptor).
+    let tun_keep = dev.writer.clone();
+    info!(tun = %cfg.tun_name, overlay = %me.overlay, mtu = cfg.mtu, offloads = %tun_offloads, "TUN up");
 
     let mut ccfg = QuicCarrierConfig::new(identity.clone());
     ccfg.listen = cfg.listen;
@@ -182,7 +187,12 @@ async fn run(
         core,
         clock,
         carrier: carrier.clone(),
-        tun: dev.clone(),
+        tun: crate::driver::TunParts {
+            reader: dev.reader,
+            writer: Arc::new(dev.writer),
+            offloads: tun_offloads,
+            coalesce: tun::want_coalesce(),
+        },
         commands: eng_rx,
         queries: query_rx,
         inbound,
@@ -246,6 +256,7 @@ async fn run(
         me: me.clone(),
         queries: query_tx,
         shared: shared.clone(),
+        tun_offloads,
     };
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -306,7 +317,7 @@ async fn run(
         }
     }
     carrier.close().await;
-    drop(dev);
+    drop(tun_keep);
     info!("stopped; TUN removed");
     outcome
 }
@@ -377,6 +388,8 @@ struct Ctx {
     me: Me,
     queries: mpsc::Sender<Query>,
     shared: Shared,
+    /// What the kernel granted on the TUN (shown in `status`).
+    tun_offloads: crate::tun::Offloads,
 }
 
 impl Ctx {
@@ -441,6 +454,7 @@ impl Ctx {
             peers: snap.peers,
             flows: snap.flows,
             counters: snap.counters,
+            tun_offloads: self.tun_offloads.to_string(),
         })
     }
 

@@ -1,26 +1,81 @@
 //! The TUN interface: created with the overlay address and a prefix that
 //! covers the overlay range (so the kernel routes the whole range into it),
-//! the configured MTU, up. Closing the device removes the interface.
+//! the configured MTU, up, with the kernel's offloads when asked for
+//! ([`crate::tun`], design note 16). Closing the device removes the
+//! interface.
 
 use std::net::Ipv4Addr;
 
-use crate::error::{Error, Result};
+use tracing::info;
 
-/// Creates and brings up `name` with `addr/prefix` and `mtu`.
-pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16) -> Result<tun::AsyncDevice> {
-    let netmask = Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix)));
-    let mut cfg = tun::Configuration::default();
-    cfg.tun_name(name)
-        .address(addr)
-        .netmask(netmask)
-        .mtu(mtu)
-        .up();
-    let dev = tun::create_as_async(&cfg).map_err(|e| Error::Tun {
-        name: name.to_owned(),
-        reason: format!("{e} (needs root or CAP_NET_ADMIN; is the name taken?)"),
-    })?;
+use crate::error::{Error, Result};
+use crate::tun::{Offloads, Tun, TunConfig, TunReader, TunWriter};
+
+/// Environment variable that turns the TUN offloads off (`0`, `off`,
+/// `false`) or on (anything else) whatever the configuration says: for
+/// comparisons (bench/overlay.sh) without editing configuration files.
+pub const TUN_OFFLOADS_ENV: &str = "FPN_NODE_TUN_OFFLOADS";
+
+/// Environment variable that turns only the coalescing of TCP writes off
+/// (`0`): to measure what it adds on top of the read side.
+pub const TUN_COALESCE_ENV: &str = "FPN_NODE_TUN_COALESCE";
+
+/// Whether to coalesce TCP writes (when TSO is granted): unless
+/// [`TUN_COALESCE_ENV`] is `0`.
+pub fn want_coalesce() -> bool {
+    std::env::var(TUN_COALESCE_ENV).map_or(true, |v| v.trim() != "0")
+}
+
+/// Whether to ask for offloads: the environment variable when set, else
+/// the configuration key.
+pub fn want_offloads(config: bool) -> bool {
+    match std::env::var(TUN_OFFLOADS_ENV) {
+        Ok(v) => !matches!(v.trim(), "0" | "off" | "false" | "no"),
+        Err(_) => config,
+    }
+}
+
+/// The opened device: one queue's reader and writer, and what the kernel
+/// granted.
+#[derive(Debug)]
+pub struct OpenTun {
+    /// The read half.
+    pub reader: TunReader,
+    /// The write half.
+    pub writer: TunWriter,
+    /// The offloads the kernel granted (none when not asked for).
+    pub offloads: Offloads,
+}
+
+/// Creates and brings up `name` with `addr/prefix` and `mtu`, asking for
+/// every offload when `offloads` is set. Needs the current tokio runtime.
+pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16, offloads: bool) -> Result<OpenTun> {
+    let mut cfg = TunConfig::new(name, mtu);
+    cfg.address = Some((addr, prefix));
+    cfg.offloads = if offloads {
+        Offloads::ALL
+    } else {
+        Offloads::NONE
+    };
     // The overlay is IPv4: without IPv6 on the interface the kernel sends
-    // no router solicitations or MLD reports into it.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1");
-    Ok(dev)
+    // no router solicitations or MLD reports into it (TunConfig's default).
+    let tun = Tun::open(&cfg).map_err(|e| match e {
+        Error::TunIo { op, source, .. } => Error::Tun {
+            name: name.to_owned(),
+            reason: format!("{op}: {source} (needs root or CAP_NET_ADMIN; is the name taken?)"),
+        },
+        e => e,
+    })?;
+    let granted = tun.offloads();
+    info!(tun = name, asked = offloads, offloads = %granted, "TUN offloads");
+    let mut queues = tun.into_queues()?;
+    let (reader, writer) = queues.pop().ok_or(Error::TunConfig {
+        setting: "queues",
+        reason: "the device opened without a queue",
+    })?;
+    Ok(OpenTun {
+        reader,
+        writer,
+        offloads: granted,
+    })
 }

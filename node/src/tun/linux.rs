@@ -332,6 +332,28 @@ impl TunWriter {
         Ok(())
     }
 
+    /// Writes one packet whose checksums are complete, now: a direct
+    /// `writev` on the non-blocking descriptor, without waiting for
+    /// readiness. A TUN write hands the packet to the kernel's stack and
+    /// does not block; tokio's cached write readiness would make the async
+    /// path refuse packets the kernel takes. `WouldBlock` means dropped.
+    pub fn try_write(&self, packet: &[u8]) -> io::Result<usize> {
+        self.try_write_gso(&VnetRepr::NONE, packet)
+    }
+
+    /// [`TunWriter::try_write`] with the virtio header `hdr` (a coalesced
+    /// super-packet). Returns the packet's length (without the header).
+    pub fn try_write_gso(&self, hdr: &VnetRepr, packet: &[u8]) -> io::Result<usize> {
+        let mut h = [0u8; VNET_HDR_LEN];
+        hdr.emit_bytes(&mut h)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let n = sys_writev(self.fd.as_raw_fd(), &h, packet)?;
+        if n != VNET_HDR_LEN + packet.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        Ok(packet.len())
+    }
+
     fn err(&self, op: &'static str, source: io::Error) -> Error {
         Error::TunIo {
             name: self.name.to_string(),

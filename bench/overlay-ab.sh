@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Before/after comparison of two fpn builds with bench/overlay.sh, rounds
+# alternated so the shared machine's load falls on both alike:
+# docs/BENCHMARKS.md, "TUN offloads in the data path".
+#
+#   bench/overlay-ab.sh BEFORE_BIN AFTER_BIN [MODE...]     (as root)
+#
+# BEFORE_BIN and AFTER_BIN are directories with release fpn-gms and fpn-node
+# (copy target/release/ aside before rebuilding). MODE defaults to
+# "fpn fpn-native". Per round, in this order: BEFORE, AFTER, and AFTER with
+# FPN_NODE_TUN_OFFLOADS=0 (the nodes inherit it: offloads off, the same
+# binary), each one bench/overlay.sh --json invocation of all MODEs.
+# Prints per configuration and mode the medians [min..max] over the rounds
+# that passed, the same-invocation ratio fpn-native / fpn (TCP 1 and 4
+# streams), and every invocation's load average.
+#
+# CONFIGS="before after off" picks and orders the configurations; a fourth,
+# "nocoalesce", is AFTER with FPN_NODE_TUN_COALESCE=0 (offloads on, TCP
+# writes not coalesced: what the write side adds on its own).
+#
+# Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
+# directory, kept: the JSON of every invocation), and everything
+# bench/overlay.sh reads (DURATION, TUN_MTU, ...).
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
+BEFORE=$1 AFTER=$2
+shift 2
+MODES=("$@")
+[ ${#MODES[@]} -gt 0 ] || MODES=(fpn fpn-native)
+REPEAT=${REPEAT:-3}
+read -r -a CFGS <<<"${CONFIGS:-before after off}"
+OUT=${OUT:-$(mktemp -d /tmp/overlay-ab.XXXXXX)}
+mkdir -p "$OUT"
+HERE=$(cd "$(dirname "$0")" && pwd)
+for r in $(seq "$REPEAT"); do
+    for cfg in "${CFGS[@]}"; do
+        case $cfg in
+            before) bin=$BEFORE env=() ;;
+            after) bin=$AFTER env=() ;;
+            off) bin=$AFTER env=(FPN_NODE_TUN_OFFLOADS=0) ;;
+            nocoalesce) bin=$AFTER env=(FPN_NODE_TUN_COALESCE=0) ;;
+            *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
+        esac
+        echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+        # A failed round is in the JSON (rounds_failed); go on with the rest.
+        env "${env[@]}" FPN_BIN="$bin" \
+            "$HERE/overlay.sh" --json "${MODES[@]}" >"$OUT/$cfg-$r.json" 2>"$OUT/$cfg-$r.log" || true
+    done
+done
+python3 - "$OUT" <<'EOF'
+import glob, json, statistics as st, sys
+out = sys.argv[1]
+keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
+        "tcp1_daemon_cores_per_gbps", "tcp4_daemon_cores_per_gbps",
+        "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms"]
+rows, loads = {}, []
+for cfg in ["before", "after", "off", "nocoalesce"]:
+    for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
+        try:
+            d = json.load(open(f))
+        except ValueError:
+            print(f"{f}: no report"); continue
+        loads.append(f"{f.rsplit('/', 1)[1]}: load {d['load_before']} -> {d['load_after']}")
+        ok = {m["mode"]: m for m in d["modes"] if m["rounds_passed"] > 0}
+        for m in d["modes"]:
+            if m["mode"] not in ok:
+                print(f"{f}: {m['mode']} failed: {m['failures']}")
+        for name, m in ok.items():
+            r = rows.setdefault((cfg, name), {})
+            for k in keys:
+                if m.get(k) is not None:
+                    r.setdefault(k, []).append(m[k])
+        if "fpn" in ok and "fpn-native" in ok:
+            r = rows.setdefault((cfg, "fpn-native / fpn"), {})
+            for k in ["tcp1_gbps", "tcp4_gbps"]:
+                r.setdefault(k, []).append(round(ok["fpn-native"][k] / ok["fpn"][k], 2))
+for (cfg, name), r in rows.items():
+    print(f"{cfg} {name}")
+    for k, v in r.items():
+        print(f"  {k:28} {st.median(v):10.3f} [{min(v)}..{max(v)}] n={len(v)}")
+print("\n".join(loads))
+print(f"JSON in {out}")
+EOF
