@@ -11,10 +11,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{echo_send, overlay};
+use common::{echo_send, overlay, probe};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use serde_json::Value;
 
@@ -33,38 +33,6 @@ fn credential(ov: &Overlay, node: &str) -> Value {
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
-}
-
-/// Sends a UDP probe from `host` to `to` every 100 ms for `total`; returns
-/// when each answer came (the echo server answers every datagram).
-fn probe(
-    ov: &Overlay,
-    host: &str,
-    to: SocketAddr,
-    total: Duration,
-) -> std::thread::JoinHandle<Vec<Instant>> {
-    let t = ov
-        .lab()
-        .thread_in(host, move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let end = Instant::now() + total;
-            let mut answers = Vec::new();
-            let mut buf = [0u8; 512];
-            while Instant::now() < end {
-                let _ = s.send_to(b"probe", to);
-                let sent = Instant::now();
-                while sent.elapsed() < Duration::from_millis(100) {
-                    if s.recv_from(&mut buf).is_ok() {
-                        answers.push(Instant::now());
-                    }
-                }
-            }
-            answers
-        })
-        .unwrap();
-    std::thread::spawn(move || t.join())
 }
 
 #[test]

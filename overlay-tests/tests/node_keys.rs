@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{echo_send, iperf_client, iperf_server, overlay};
+use common::{echo_send, iperf_client, iperf_server, overlay, probe};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use serde_json::Value;
 
@@ -91,39 +91,6 @@ fn empty_intervals(report: &Value) -> usize {
         .flatten()
         .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) <= 0.0)
         .count()
-}
-
-/// Sends a UDP probe from `host` to `to` every 100 ms for `total`; returns
-/// when each answer came (the echo server answers every datagram).
-fn probe(
-    ov: &Overlay,
-    host: &str,
-    to: SocketAddr,
-    total: Duration,
-) -> std::thread::JoinHandle<Vec<Instant>> {
-    let t = ov
-        .lab()
-        .thread_in(host, move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let end = Instant::now() + total;
-            let mut answers = Vec::new();
-            let mut buf = [0u8; 512];
-            while Instant::now() < end {
-                // A send may fail (ICMP unreachable) once the flow is cut.
-                let _ = s.send_to(b"probe", to);
-                let sent = Instant::now();
-                while sent.elapsed() < Duration::from_millis(100) {
-                    if s.recv_from(&mut buf).is_ok() {
-                        answers.push(Instant::now());
-                    }
-                }
-            }
-            answers
-        })
-        .unwrap();
-    std::thread::spawn(move || t.join())
 }
 
 /// The key versions of `node`'s encrypted flows with `peer_overlay`, as its

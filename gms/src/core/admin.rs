@@ -225,12 +225,7 @@ impl Core {
         ch: GeChange,
         now: u64,
     ) -> Result<(AdminResponse, Vec<Output>)> {
-        let old = self
-            .st
-            .ges
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::admin(format!("no GE named {name}")))?;
+        let old = self.ge_record(name)?;
         if !old.is_active() {
             return Err(Error::admin(format!(
                 "GE {name} is revoked; remove it and add it again"
@@ -394,12 +389,7 @@ impl Core {
         how: Retire,
         now: u64,
     ) -> Result<(AdminResponse, Vec<Output>)> {
-        let rec = self
-            .st
-            .ges
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::admin(format!("no GE named {name}")))?;
+        let rec = self.ge_record(name)?;
         if how == Retire::Revoke && !rec.is_active() {
             return Err(Error::admin(format!("GE {name} is already revoked")));
         }
@@ -480,12 +470,7 @@ impl Core {
         ttl: Option<u64>,
         now: u64,
     ) -> Result<(AdminResponse, Vec<Output>)> {
-        let rec = self
-            .st
-            .ges
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::admin(format!("no GE named {name}")))?;
+        let rec = self.ge_record(name)?;
         if !rec.is_active() {
             return Err(Error::admin(format!("GE {name} is revoked")));
         }
@@ -593,7 +578,13 @@ impl Core {
             .ges
             .get(name)
             .map(|r| self.view_of(r))
-            .ok_or_else(|| Error::admin(format!("no GE named {name}")))
+            .ok_or_else(|| no_ge(name))
+    }
+
+    /// A copy of the record of the GE named `name` (the caller changes it
+    /// and writes it back in one store batch).
+    fn ge_record(&self, name: &str) -> Result<GeRecord> {
+        self.st.ges.get(name).cloned().ok_or_else(|| no_ge(name))
     }
 
     fn view_of(&self, r: &GeRecord) -> GeView {
@@ -846,4 +837,9 @@ pub(super) fn decode_fp(hex_fp: &str) -> Result<[u8; 32]> {
             tree: "ges",
             reason: "certificate fingerprint is not 32 hex bytes".into(),
         })
+}
+
+/// The admin error for a GE name nobody has.
+fn no_ge(name: &str) -> Error {
+    Error::admin(format!("no GE named {name}"))
 }

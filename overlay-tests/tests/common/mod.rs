@@ -191,3 +191,36 @@ pub fn udp_between(
         })
         .fold((0, 0), |(n, b), (_, _, _, len)| (n + 1, b + len))
 }
+
+/// Sends a UDP probe from `host` to `to` every 100 ms for `total`; returns
+/// when each answer came (the echo server answers every datagram).
+pub fn probe(
+    ov: &fpn_lab::overlay::Overlay,
+    host: &str,
+    to: std::net::SocketAddr,
+    total: std::time::Duration,
+) -> std::thread::JoinHandle<Vec<std::time::Instant>> {
+    let t = ov
+        .lab()
+        .thread_in(host, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+                .unwrap();
+            let end = std::time::Instant::now() + total;
+            let mut answers = Vec::new();
+            let mut buf = [0u8; 512];
+            while std::time::Instant::now() < end {
+                // A send may fail (ICMP unreachable) once the flow is cut.
+                let _ = s.send_to(b"probe", to);
+                let sent = std::time::Instant::now();
+                while sent.elapsed() < std::time::Duration::from_millis(100) {
+                    if s.recv_from(&mut buf).is_ok() {
+                        answers.push(std::time::Instant::now());
+                    }
+                }
+            }
+            answers
+        })
+        .unwrap();
+    std::thread::spawn(move || t.join())
+}
