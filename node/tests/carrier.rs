@@ -16,24 +16,10 @@ use tokio::sync::mpsc::Receiver;
 
 #[path = "support/carrier_net.rs"]
 mod carrier_net;
-use carrier_net::Network;
+use carrier_net::{Network, carrier, target};
 
 /// Generous bound for anything that should take milliseconds on loopback.
 const WAIT: Duration = Duration::from_secs(10);
-
-fn carrier(id: Identity) -> (QuicCarrier, Receiver<Inbound>) {
-    let mut cfg = QuicCarrierConfig::new(id);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.connect_timeout = Duration::from_secs(3);
-    QuicCarrier::bind(cfg).unwrap()
-}
-
-fn target(c: &QuicCarrier) -> PeerTarget {
-    PeerTarget {
-        ge: c.local_ge(),
-        addrs: vec![c.local_addr()],
-    }
-}
 
 async fn recv(rx: &mut Receiver<Inbound>) -> Inbound {
     tokio::time::timeout(WAIT, rx.recv())

@@ -7,31 +7,15 @@ use std::time::Duration;
 
 use fpn_gms::ca::NodeCertRequest;
 use fpn_gms_client::Identity;
-use fpn_node::carrier::{
-    Carrier, FrameKind, Inbound, PeerState, PeerTarget, QuicCarrier, QuicCarrierConfig,
-};
+use fpn_node::carrier::{Carrier, FrameKind, Inbound, PeerState, PeerTarget, QuicCarrier};
 use fpn_proto::ge::GeId;
 use tokio::sync::mpsc::Receiver;
 
 #[path = "support/carrier_net.rs"]
 mod carrier_net;
-use carrier_net::Network;
+use carrier_net::{Network, carrier, target};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn carrier(id: Identity) -> (QuicCarrier, Receiver<Inbound>) {
-    let mut cfg = QuicCarrierConfig::new(id);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.connect_timeout = Duration::from_secs(3);
-    QuicCarrier::bind(cfg).unwrap()
-}
-
-fn target(c: &QuicCarrier) -> PeerTarget {
-    PeerTarget {
-        ge: c.local_ge(),
-        addrs: vec![c.local_addr()],
-    }
-}
 
 /// A certificate for `id`'s key as GE `ge`, valid for `secs` from now.
 fn cert_for(net: &Network, id: &Identity, ge: u32, serial: u64, secs: u64) -> Vec<u8> {

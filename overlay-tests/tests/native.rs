@@ -24,35 +24,6 @@ const NATIVE_UP: Duration = Duration::from_secs(10);
 
 use common::two_nodes;
 
-/// `node`'s status entry for peer `peer` (by GE name).
-fn peer_entry(ov: &Overlay, node: &str, peer: &str) -> Value {
-    let st = ov.status(node).unwrap();
-    st["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p["name"] == peer)
-        .unwrap_or(Value::Null)
-}
-
-/// Waits (bounded) until `node` shows `carrier` for `peer`; returns how long
-/// it took.
-fn wait_carrier(ov: &Overlay, node: &str, peer: &str, carrier: &str, bound: Duration) -> Duration {
-    let t = Instant::now();
-    loop {
-        let p = peer_entry(ov, node, peer);
-        if p["carrier"] == carrier {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < bound,
-            "{node} never showed carrier {carrier} for {peer} within {bound:?}: {p}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn counter(ov: &Overlay, node: &str, name: &str) -> u64 {
     ov.status(node).unwrap()["counters"][name]
         .as_u64()
@@ -96,9 +67,9 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     // find the native path.
     let p = ov.ping("a", "b", 2).unwrap();
     assert!(p.ok, "a -> b: {:?}", p.output);
-    wait_carrier(&ov, "a", "b", "native", NATIVE_UP);
-    wait_carrier(&ov, "b", "a", "native", NATIVE_UP);
-    assert_eq!(peer_entry(&ov, "a", "b")["path"], "native");
+    common::wait_carrier(&ov, "a", "b", "native", NATIVE_UP);
+    common::wait_carrier(&ov, "b", "a", "native", NATIVE_UP);
+    assert_eq!(common::peer_entry(&ov, "a", "b")["path"], "native");
     // Counted from here: a path probe that reaches a node before the
     // directory told it of the sender is counted unknown at first contact.
     let drops = |n: &str| {

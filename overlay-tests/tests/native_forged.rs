@@ -39,25 +39,6 @@ fn delta(after: &Value, before: &Value, name: &str) -> u64 {
     after[name].as_u64().unwrap_or(0) - before[name].as_u64().unwrap_or(0)
 }
 
-fn wait_native(ov: &Overlay, node: &str, peer: &str) {
-    let t = Instant::now();
-    loop {
-        let st = ov.status(node).unwrap();
-        let p = st["peers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == peer).cloned())
-            .unwrap_or(Value::Null);
-        if p["carrier"] == "native" {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{node} never went native to {peer}: {p}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The native packets a -> b of the flow from `sport` to `PORT` in a
 /// capture, as whole IPv4 packets (total length, no link header).
 fn native_packets(pcap: &fpn_lab::Pcap, a: Ipv4Addr, b: Ipv4Addr, sport: u16) -> Vec<Vec<u8>> {
@@ -91,8 +72,8 @@ fn forged_spoofed_and_replayed_native_packets_are_dropped_and_counted() {
 
     let p = ov.ping("a", "b", 2).unwrap();
     assert!(p.ok, "a -> b: {:?}", p.output);
-    wait_native(&ov, "a", "b");
-    wait_native(&ov, "b", "a");
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
 
     // The application: a UDP receiver on b's overlay address that records
     // every datagram it gets, until "end" or 60 s. (Bound to the overlay

@@ -8,11 +8,10 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fpn_lab::inject;
 use fpn_lab::overlay::Overlay;
-use serde_json::Value;
 
 /// 16 bytes `ping -p` repeats through the payload: a plaintext to look for.
 const PATTERN: &[u8] = b"fpn-icmp-marker!";
@@ -20,25 +19,6 @@ const PATTERN: &[u8] = b"fpn-icmp-marker!";
 const PAYLOAD: usize = 56;
 const TRAILER: usize = 24;
 const COUNT: usize = 10;
-
-fn wait_native(ov: &Overlay, node: &str, peer: &str) {
-    let t = Instant::now();
-    loop {
-        let st = ov.status(node).unwrap();
-        let p = st["peers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == peer).cloned())
-            .unwrap_or(Value::Null);
-        if p["carrier"] == "native" {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{node} never went native to {peer}: {p}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// ICMP echoes in a capture: (source, destination, type, id, ICMP length).
 fn echoes(pcap: &fpn_lab::Pcap) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16, usize)> {
@@ -71,8 +51,8 @@ fn ping_runs_natively_as_the_applications_own_echoes() {
     let b = Overlay::fqdn("b");
     let p = ov.ping("a", "b", 2).unwrap();
     assert!(p.ok, "a -> b: {:?}", p.output);
-    wait_native(&ov, "a", "b");
-    wait_native(&ov, "b", "a");
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
     // Counted from here: a probe that reaches b before b knows a's record
     // is counted as unknown at first contact, which is not this test's.
     let before = ov.status("b").unwrap()["counters"].clone();

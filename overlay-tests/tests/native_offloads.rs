@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{echo_send, iperf_server, two_nodes};
 use fpn_lab::overlay::Overlay;
@@ -29,28 +29,6 @@ fn counter(st: &Value, name: &str) -> u64 {
     st["counters"][name].as_u64().unwrap_or(0)
 }
 
-fn carrier(ov: &Overlay, node: &str, peer: &str) -> Value {
-    ov.status(node).unwrap()["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p["name"] == peer)
-        .map_or(Value::Null, |p| p["carrier"].clone())
-}
-
-/// Waits (bounded) until `node` uses the native carrier for `peer`.
-fn wait_native(ov: &Overlay, node: &str, peer: &str) {
-    let t = Instant::now();
-    while carrier(ov, node, peer) != "native" {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{node} never went native to {peer}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn tcp_super_packets_are_read_and_leave_as_mtu_sized_pccom_packets() {
     let ov = two_nodes();
@@ -62,8 +40,8 @@ fn tcp_super_packets_are_read_and_leave_as_mtu_sized_pccom_packets() {
     let _iperf = iperf_server(lab, "b");
     let p = ov.ping("a", "b", 2).unwrap();
     assert!(p.ok, "a -> b: {:?}", p.output);
-    wait_native(&ov, "a", "b");
-    wait_native(&ov, "b", "a");
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
 
     // The file iperf3 sends: the marker over and over, so any plaintext
     // payload on the wire would contain it whole.

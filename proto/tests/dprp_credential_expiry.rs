@@ -8,19 +8,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use fpn_proto::Error;
-use fpn_proto::dprp::Event;
 use fpn_proto::ge::Mode;
 use fpn_proto::sim::{GeSpec, LinkConfig, NodeId, START_UNIX, Sim, node_key};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn established(sim: &Sim, n: NodeId) -> usize {
-    sim.events(n)
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Established(_)))
-        .count()
 }
 
 fn expired_refusals(sim: &Sim, n: NodeId, ge: u32) -> usize {
@@ -47,20 +39,24 @@ fn a_peer_refuses_new_negotiations_once_the_credential_expired() {
     let (mut sim, a, b) = pair(91);
     sim.send_udp(a, ip("100.64.0.2"), 4000, 22, b"before");
     sim.drive();
-    assert_eq!(established(&sim, b), 1, "a valid credential is taken");
+    assert_eq!(sim.established_count(b), 1, "a valid credential is taken");
     assert_eq!(expired_refusals(&sim, b, 1), 0);
 
     // 25 s later (fake clock) Alice's credential is 5 s past its end.
     sim.run_for(Duration::from_secs(25));
     sim.send_udp(a, ip("100.64.0.2"), 4001, 22, b"after");
     sim.drive();
-    assert_eq!(established(&sim, b), 1, "an expired credential was taken");
+    assert_eq!(
+        sim.established_count(b),
+        1,
+        "an expired credential was taken"
+    );
     assert!(expired_refusals(&sim, b, 1) >= 1, "{:?}", sim.errors(b));
 
     // Bob asking Alice fares no better: he judges her by her answer.
     sim.send_udp(b, ip("100.64.0.1"), 4002, 22, b"reverse");
     sim.drive();
-    assert_eq!(established(&sim, b), 1, "{:?}", sim.events(b));
+    assert_eq!(sim.established_count(b), 1, "{:?}", sim.events(b));
 }
 
 #[test]
@@ -73,6 +69,6 @@ fn a_renewed_credential_is_taken_again() {
     sim.endpoint(a).set_credential(renewed).unwrap();
     sim.send_udp(a, ip("100.64.0.2"), 4003, 22, b"renewed");
     sim.drive();
-    assert_eq!(established(&sim, b), 1, "{:?}", sim.errors(b));
+    assert_eq!(sim.established_count(b), 1, "{:?}", sim.errors(b));
     assert_eq!(expired_refusals(&sim, b, 1), 0);
 }

@@ -15,23 +15,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn failures(sim: &Sim, n: NodeId) -> Vec<FailReason> {
-    sim.events(n)
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Event::Failed { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn entries(sim: &Sim, n: NodeId) -> usize {
-    sim.events(n)
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Established(_)))
-        .count()
-}
-
 /// The credential bytes the CA issued for the GE `spec` (public: they are
 /// in every DDE and RGI that GE sends).
 fn credential_of(sim: &Sim, spec: &GeSpec) -> CredentialBytes {
@@ -75,9 +58,9 @@ fn a_nak_from_a_ge_that_does_not_speak_for_the_destination_is_dropped() {
     assert_eq!(sim.endpoint(a).stats().stranger_naks, 1);
     sim.drive();
     // The genuine answer still came, and nothing failed.
-    assert_eq!(failures(&sim, a), vec![]);
+    assert_eq!(sim.failures(a), vec![]);
     assert_eq!(sim.established(a).expect("alice's flow").peer, GeId(2));
-    assert_eq!(entries(&sim, b), 1);
+    assert_eq!(sim.established_count(b), 1);
 }
 
 #[test]
@@ -108,7 +91,7 @@ fn a_copied_credential_does_not_win_a_simultaneous_open() {
     let from = SocketAddr::new(ip("100.64.0.66"), DPRP_PORT);
     sim.endpoint(b).handle_datagram(from, &raw, now).unwrap();
     sim.drive();
-    assert_eq!(failures(&sim, b), vec![], "bob's negotiation was cancelled");
+    assert_eq!(sim.failures(b), vec![], "bob's negotiation was cancelled");
     assert_eq!(sim.established(b).expect("bob's flow").peer, GeId(3));
     assert_eq!(
         sim.established(v).expect("the victim's entry").peer,
@@ -124,8 +107,8 @@ fn a_genuine_simultaneous_open_still_ends_in_one_entry_each() {
     let flow = sim.send_udp(b, ip("100.64.0.3"), 6000, 22, b"from bob");
     sim.send_packet(v, flow.reversed(), b"from the victim".to_vec());
     sim.drive();
-    assert_eq!(failures(&sim, b), vec![]);
-    assert_eq!(failures(&sim, v), vec![]);
+    assert_eq!(sim.failures(b), vec![]);
+    assert_eq!(sim.failures(v), vec![]);
     assert_eq!(sim.established(b).unwrap().peer, GeId(3));
     assert_eq!(sim.established(v).unwrap().peer, GeId(5));
     assert_eq!(sim.endpoint(b).held_packets(), 0);
@@ -144,12 +127,20 @@ fn open_members_of_one_group_never_fall_back_to_plain_when_one_lacks_the_key() {
         let (from, peer) = (a, b);
         sim.send_udp(from, ip("100.64.0.2"), 7000, 22, b"secret");
         sim.drive();
-        assert_eq!(entries(&sim, from), 0, "a plain entry was installed");
-        assert_eq!(entries(&sim, peer), 0, "a plain entry was installed");
+        assert_eq!(
+            sim.established_count(from),
+            0,
+            "a plain entry was installed"
+        );
+        assert_eq!(
+            sim.established_count(peer),
+            0,
+            "a plain entry was installed"
+        );
         // The responder refuses with a signed NAK: the initiator fails at
         // once (its application gets ICMP), not after a timeout.
         assert_eq!(
-            failures(&sim, from),
+            sim.failures(from),
             vec![FailReason::Refused {
                 by: GeId(2),
                 code: RefuseCode::KeyUnavailable
@@ -170,8 +161,8 @@ fn members_without_a_shared_group_still_pass_plain_in_open_mode() {
     let b = sim.add_ge(GeSpec::host(2, "bob", Mode::Open, &[2], "100.64.0.2"));
     sim.send_udp(a, ip("100.64.0.2"), 7000, 22, b"plain");
     sim.drive();
-    assert_eq!(entries(&sim, a), 1);
-    assert_eq!(entries(&sim, b), 1);
+    assert_eq!(sim.established_count(a), 1);
+    assert_eq!(sim.established_count(b), 1);
 }
 
 #[test]
@@ -245,12 +236,12 @@ fn a_peer_revoked_during_the_negotiation_gets_no_entry() {
             sim.run_for(std::time::Duration::from_millis(1));
         }
         assert_eq!(sim.wire().iter().filter(|s| s.from == victim).count(), sent);
-        assert_eq!(entries(&sim, victim), 0);
+        assert_eq!(sim.established_count(victim), 0);
         // The credentials' serials are the GE ids in the simulation.
         let other_serial = if revoke_at_responder { 1 } else { 2 };
         sim.endpoint(victim).revoke_serial(other_serial);
         sim.drive();
-        assert_eq!(entries(&sim, victim), 0, "revoked at {victim:?}");
+        assert_eq!(sim.established_count(victim), 0, "revoked at {victim:?}");
         assert_eq!(sim.endpoint(victim).stats().revoked_at_completion, 1);
         // The other end knew nothing of it.
         assert_eq!(sim.endpoint(other).stats().revoked_at_completion, 0);

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use fpn_proto::Error;
 use fpn_proto::action::Action;
-use fpn_proto::dprp::{Config, Event, FailReason, Prefix, RefuseCode};
+use fpn_proto::dprp::{Config, FailReason, Prefix, RefuseCode};
 use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::{GeId, GeKind, Mode};
 use fpn_proto::sim::{GeSpec, LinkConfig, NodeId, Sim};
@@ -32,23 +32,6 @@ fn udp(src: &str, dst: &str) -> FlowId {
         src_port: 4000,
         dst_port: 22,
     }
-}
-
-fn failures(sim: &Sim, n: NodeId) -> Vec<FailReason> {
-    sim.events(n)
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Event::Failed { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn entries(sim: &Sim, n: NodeId) -> usize {
-    sim.events(n)
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Established(_)))
-        .count()
 }
 
 /// A configuration that claims to protect `extra` besides what the
@@ -83,11 +66,15 @@ fn a_forged_source_is_refused_by_the_responder_in_every_case() {
             sim.send_packet(m, udp(src, "100.64.0.2"), b"forged".to_vec());
         }
         sim.drive();
-        assert_eq!(entries(&sim, b), 0, "the responder installed a forged flow");
-        assert_eq!(entries(&sim, m), 0);
+        assert_eq!(
+            sim.established_count(b),
+            0,
+            "the responder installed a forged flow"
+        );
+        assert_eq!(sim.established_count(m), 0);
         // The forger learns at once, from a signed NAK, that it was refused.
         assert_eq!(
-            failures(&sim, m),
+            sim.failures(m),
             vec![
                 FailReason::Refused {
                     by: GeId(2),
@@ -109,7 +96,7 @@ fn a_forged_source_is_refused_by_the_responder_in_every_case() {
         // Its own address still works.
         sim.send_udp(m, ip("100.64.0.2"), 5000, 22, b"honest");
         sim.drive();
-        assert_eq!(entries(&sim, b), 1);
+        assert_eq!(sim.established_count(b), 1);
     }
 }
 
@@ -164,9 +151,9 @@ fn a_gateway_speaks_for_its_prefix_and_nothing_else() {
     assert_eq!(sim.established(b).unwrap().peer, GeId(10));
     sim.send_udp(other, ip("198.18.0.2"), 1000, 22, b"outside the prefix");
     sim.drive();
-    assert_eq!(entries(&sim, b), 1, "no entry for 192.168.2.10");
+    assert_eq!(sim.established_count(b), 1, "no entry for 192.168.2.10");
     assert_eq!(
-        failures(&sim, gw),
+        sim.failures(gw),
         [FailReason::Refused {
             by: GeId(2),
             code: RefuseCode::NotOwner
@@ -185,19 +172,19 @@ fn a_responder_answering_for_a_destination_it_does_not_own_is_refused() {
     sim.send_udp(b, ip("192.168.2.10"), 2000, 80, b"to the wrong owner");
     sim.drive();
     assert_eq!(
-        failures(&sim, b),
+        sim.failures(b),
         [FailReason::Rejected(Error::NotOwner {
             ge: 10,
             addr: ip("192.168.2.10")
         })]
     );
-    assert_eq!(entries(&sim, b), 0);
-    assert_eq!(entries(&sim, gw), 0, "no MPIT reached the gateway");
+    assert_eq!(sim.established_count(b), 0);
+    assert_eq!(sim.established_count(gw), 0, "no MPIT reached the gateway");
     assert_eq!(sim.endpoint(b).stats().not_owner, 1);
     // The same gateway answering for its own prefix is accepted.
     sim.send_udp(b, ip("192.168.1.10"), 2000, 80, b"to the owner");
     sim.drive();
-    assert_eq!(entries(&sim, b), 1);
+    assert_eq!(sim.established_count(b), 1);
     assert_eq!(sim.established(b).unwrap().peer, GeId(10));
 }
 
@@ -221,12 +208,12 @@ fn a_gateway_credential_without_prefixes_speaks_for_no_terminal() {
     let nas = sim.add_terminal("nas", "192.168.1.10", gw);
     sim.send_udp(nas, ip("198.18.0.2"), 1000, 22, b"x");
     sim.drive();
-    assert_eq!(entries(&sim, b), 0);
+    assert_eq!(sim.established_count(b), 0);
     assert_eq!(sim.endpoint(b).stats().not_owner, 1);
     // Its own overlay address is still its own.
     sim.send_udp(gw, ip("198.18.0.2"), 1000, 22, b"y");
     sim.drive();
-    assert_eq!(entries(&sim, b), 1);
+    assert_eq!(sim.established_count(b), 1);
 }
 
 #[test]
@@ -250,9 +237,9 @@ fn legitimate_flows_still_work_and_count_no_refusal() {
     sim.send_udp(term, ip("100.64.0.2"), 5, 6, b"terminal via its gen");
     sim.send_udp(b, ip("10.0.0.9"), 7, 8, b"to a terminal");
     sim.drive();
-    assert_eq!(entries(&sim, a), 2);
-    assert_eq!(entries(&sim, b), 3);
-    assert!(failures(&sim, a).is_empty() && failures(&sim, b).is_empty());
+    assert_eq!(sim.established_count(a), 2);
+    assert_eq!(sim.established_count(b), 3);
+    assert!(sim.failures(a).is_empty() && sim.failures(b).is_empty());
     for n in [a, b, gw, inner] {
         assert_eq!(sim.endpoint(n).stats().not_owner, 0);
         assert!(sim.errors(n).is_empty(), "{:?}", sim.errors(n));

@@ -70,3 +70,27 @@ impl Network {
         dir
     }
 }
+
+/// A QUIC carrier for `id` on a loopback port of its own (3 s connect
+/// timeout) and its inbound frames.
+#[allow(dead_code)] // the benchmark builds its carriers itself
+pub fn carrier(
+    id: Identity,
+) -> (
+    fpn_node::carrier::QuicCarrier,
+    tokio::sync::mpsc::Receiver<fpn_node::carrier::Inbound>,
+) {
+    let mut cfg = fpn_node::carrier::QuicCarrierConfig::new(id);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.connect_timeout = std::time::Duration::from_secs(3);
+    fpn_node::carrier::QuicCarrier::bind(cfg).unwrap()
+}
+
+/// Where to reach carrier `c`.
+#[allow(dead_code)] // the benchmark builds its targets itself
+pub fn target(c: &fpn_node::carrier::QuicCarrier) -> fpn_node::carrier::PeerTarget {
+    fpn_node::carrier::PeerTarget {
+        ge: c.local_ge(),
+        addrs: vec![c.local_addr()],
+    }
+}

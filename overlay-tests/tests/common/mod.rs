@@ -224,3 +224,40 @@ pub fn probe(
         .unwrap();
     std::thread::spawn(move || t.join())
 }
+
+/// `node`'s status entry for peer `peer` (by GE name), or null.
+pub fn peer_entry(ov: &fpn_lab::overlay::Overlay, node: &str, peer: &str) -> serde_json::Value {
+    let st = ov.status(node).unwrap();
+    st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == peer).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits (bounded) until `node` shows `carrier` for `peer`; returns how long
+/// it took.
+pub fn wait_carrier(
+    ov: &fpn_lab::overlay::Overlay,
+    node: &str,
+    peer: &str,
+    carrier: &str,
+    bound: std::time::Duration,
+) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let p = peer_entry(ov, node, peer);
+        if p["carrier"] == carrier {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < bound,
+            "{node} never showed carrier {carrier} for {peer} within {bound:?}: {p}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits (at most 10 s) until `node` carries its traffic to `peer` natively.
+pub fn wait_native(ov: &fpn_lab::overlay::Overlay, node: &str, peer: &str) {
+    wait_carrier(ov, node, peer, "native", std::time::Duration::from_secs(10));
+}

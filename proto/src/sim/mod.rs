@@ -644,4 +644,23 @@ impl Sim {
             _ => None,
         })
     }
+
+    /// How many entries a GE installed.
+    pub fn established_count(&self, node: NodeId) -> usize {
+        self.events(node)
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Established(_)))
+            .count()
+    }
+
+    /// Why each of a GE's failed negotiations failed, in order.
+    pub fn failures(&self, node: NodeId) -> Vec<dprp::FailReason> {
+        self.events(node)
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Failed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
