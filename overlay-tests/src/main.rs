@@ -151,6 +151,16 @@ enum EchoCmd {
         /// UDP address to listen on (repeatable).
         #[arg(long)]
         udp: Vec<SocketAddr>,
+        /// Before serving, open a NAT mapping for the (single) --udp socket
+        /// by asking this echo server outside who it is; prints
+        /// `mapped ADDRESS:PORT`. Others can then try to reach that address
+        /// (`echo send --udp`), which is what a NAT's filtering decides.
+        #[arg(long, requires = "udp")]
+        open: Option<SocketAddr>,
+        /// With --open: send a keepalive to that server every SECS seconds
+        /// so the mapping outlives the NAT's UDP timeout.
+        #[arg(long, requires = "open")]
+        keepalive: Option<f64>,
     },
     /// Send a message and check that it comes back; prints the server's
     /// address (resolved), then the client address the server saw. The
@@ -171,10 +181,18 @@ enum EchoCmd {
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
     },
-    /// Ask a server which address it sees; prints it (ADDRESS:PORT).
+    /// Ask servers which address they see; prints one ADDRESS:PORT line per
+    /// server. Over UDP every server is asked from the same socket, so the
+    /// lines show a NAT's mapping behaviour: one port for all servers
+    /// (endpoint-independent) or one per server.
     Whoami {
-        /// Server address.
-        server: SocketAddr,
+        /// Server addresses.
+        #[arg(required = true)]
+        servers: Vec<SocketAddr>,
+        /// UDP only: bind the socket to this address (e.g. 0.0.0.0:5000,
+        /// to see whether a NAT keeps the port).
+        #[arg(long, requires = "udp")]
+        bind: Option<SocketAddr>,
         /// Use UDP instead of TCP.
         #[arg(long)]
         udp: bool,
@@ -403,10 +421,24 @@ fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
     match cmd {
-        EchoCmd::Serve { tcp, udp } => {
+        EchoCmd::Serve {
+            tcp,
+            udp,
+            open,
+            keepalive,
+        } => {
             if tcp.is_empty() && udp.is_empty() {
                 bail!("give at least one --tcp or --udp address");
             }
+            if open.is_some() && udp.len() != 1 {
+                bail!("--open needs exactly one --udp address");
+            }
+            let keepalive = match keepalive {
+                Some(s) if !(s > 0.0 && s <= 3600.0) => {
+                    bail!("--keepalive must be in (0, 3600] seconds")
+                }
+                s => s.map(Duration::from_secs_f64),
+            };
             let mut threads = Vec::new();
             for a in tcp {
                 let l =
@@ -416,8 +448,19 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
             }
             for a in udp {
                 let s = std::net::UdpSocket::bind(a).with_context(|| format!("binding UDP {a}"))?;
+                if let Some(opener) = open {
+                    let (mapped, t) = fpn_lab::echo::serve_udp_opened(
+                        s,
+                        opener,
+                        keepalive,
+                        Duration::from_secs(5),
+                    )?;
+                    println!("mapped {mapped}");
+                    threads.push(t);
+                } else {
+                    threads.push(std::thread::spawn(move || fpn_lab::echo::serve_udp(s)));
+                }
                 println!("echo: udp {a}");
-                threads.push(std::thread::spawn(move || fpn_lab::echo::serve_udp(s)));
             }
             for t in threads {
                 match t.join() {
@@ -449,7 +492,8 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
             println!("{addr} {seen}");
         }
         EchoCmd::Whoami {
-            server,
+            servers,
+            bind,
             udp,
             timeout,
         } => {
@@ -457,12 +501,23 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
                 bail!("--timeout must be in (0, 600] seconds");
             }
             let t = Duration::from_secs_f64(timeout);
-            let seen = if udp {
-                fpn_lab::echo::whoami_udp(server, t)?
-            } else {
-                fpn_lab::echo::whoami_tcp(server, t)?
-            };
-            println!("{seen}");
+            if udp {
+                let any: SocketAddr = if servers[0].is_ipv6() {
+                    SocketAddr::from(([0u16; 8], 0))
+                } else {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
+                };
+                let local = bind.unwrap_or(any);
+                let s = std::net::UdpSocket::bind(local)
+                    .with_context(|| format!("binding UDP {local}"))?;
+                for server in servers {
+                    println!("{}", fpn_lab::echo::whoami_udp_on(&s, server, t)?);
+                }
+                return Ok(());
+            }
+            for server in servers {
+                println!("{}", fpn_lab::echo::whoami_tcp(server, t)?);
+            }
         }
     }
     Ok(())

@@ -1,0 +1,428 @@
+//! The lab's NAT behaviours (RFC 4787) and its port-mapping router, each
+//! proved from outside with `fpn-lab echo` or plain sockets in the hosts.
+//!
+//! Every test builds one router `gw` with the `nat` under test between a
+//! LAN (`nas`, `printer`) and a switch with three outside hosts: `s1` and
+//! `s2` (echo servers on UDP 7000 and 7001, TCP 7000) and `third`.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{BIN, need};
+use fpn_lab::Lab;
+
+const T: Duration = Duration::from_secs(5);
+
+/// The probe lab with `nat` (the inside of a TOML inline table) on `gw`.
+/// `wan` is the outside /24's first three octets.
+fn probe(nat: &str, wan: &str) -> Lab {
+    need(&["nft"]);
+    let echo = format!(
+        "{{ name = \"echo\", cmd = \"{BIN} echo serve --udp 0.0.0.0:7000 --udp 0.0.0.0:7001 --tcp 0.0.0.0:7000\", wait_for = \"udp 0.0.0.0:7001\" }}"
+    );
+    let text = format!(
+        r#"
+[hosts.gw]
+nat = {{ out = "wan", {nat} }}
+[hosts.nas]
+[hosts.printer]
+[hosts.s1]
+services = [{echo}]
+[hosts.s2]
+services = [{echo}]
+[hosts.third]
+[[links]]
+name = "wan"
+switch = true
+ends = [
+  {{ host = "gw", addr = "{wan}.2/24" }},
+  {{ host = "s1", addr = "{wan}.10/24" }},
+  {{ host = "s2", addr = "{wan}.11/24" }},
+  {{ host = "third", addr = "{wan}.12/24" }},
+]
+[[links]]
+name = "lan"
+switch = true
+ends = [
+  {{ host = "gw", addr = "192.168.1.1/24" }},
+  {{ host = "nas", addr = "192.168.1.10/24", gateway = "192.168.1.1" }},
+  {{ host = "printer", addr = "192.168.1.20/24", gateway = "192.168.1.1" }},
+]
+"#
+    );
+    Lab::from_toml(&text).unwrap_or_else(|e| panic!("lab with nat {{ {nat} }}: {e}"))
+}
+
+fn addr(lab: &Lab, host: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(lab.addr(host, "wan").unwrap(), port)
+}
+
+/// What each server saw of one UDP socket of `host` bound to `local`
+/// (`fpn-lab echo whoami --udp --bind`), in order.
+fn whoami(lab: &Lab, host: &str, local: u16, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut argv = vec![
+        BIN.to_string(),
+        "echo".into(),
+        "whoami".into(),
+        "--udp".into(),
+        "--bind".into(),
+        format!("0.0.0.0:{local}"),
+        "--timeout".into(),
+        "2".into(),
+    ];
+    argv.extend(servers.iter().map(ToString::to_string));
+    let out = lab.exec(host, argv).unwrap();
+    assert!(out.success(), "whoami from {host}: {}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+/// Opens a mapping from `host`'s UDP port `local` by asking `opener`, then
+/// serves echo on it (`fpn-lab echo serve --open`). Returns the process and
+/// the mapping's outside address.
+fn open_mapping(
+    lab: &Lab,
+    host: &str,
+    local: u16,
+    opener: SocketAddr,
+) -> (fpn_lab::Process, SocketAddr) {
+    let p = lab
+        .command(
+            host,
+            [
+                BIN.to_string(),
+                "echo".into(),
+                "serve".into(),
+                "--udp".into(),
+                format!("0.0.0.0:{local}"),
+                "--open".into(),
+                opener.to_string(),
+            ],
+        )
+        .name("opened")
+        .spawn()
+        .unwrap();
+    p.wait_for_log("echo: udp", T).unwrap();
+    let log = std::fs::read_to_string(p.log_path()).unwrap();
+    let mapped = log
+        .lines()
+        .find_map(|l| l.strip_prefix("mapped "))
+        .unwrap_or_else(|| panic!("no mapping in {log}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (p, mapped)
+}
+
+/// True when one datagram sent from `host` (a fresh socket) to `to` comes
+/// back echoed (`fpn-lab echo send --udp`); also returns who the receiver
+/// saw.
+fn reaches(lab: &Lab, host: &str, to: SocketAddr) -> Option<SocketAddr> {
+    let out = lab
+        .exec(
+            host,
+            [
+                BIN,
+                "echo",
+                "send",
+                &to.to_string(),
+                "--udp",
+                "--message",
+                "knock",
+                "--timeout",
+                "1.5",
+            ],
+        )
+        .unwrap();
+    out.success().then(|| {
+        out.stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    })
+}
+
+#[test]
+fn endpoint_independent_mapping_keeps_one_port_per_endpoint_for_every_remote() {
+    let lab = probe(r#"mapping = "endpoint-independent""#, "198.18.0");
+    let public = lab.addr("gw", "wan").unwrap();
+    let (s1, s1b, s2) = (
+        addr(&lab, "s1", 7000),
+        addr(&lab, "s1", 7001),
+        addr(&lab, "s2", 7000),
+    );
+
+    let seen = whoami(&lab, "nas", 5000, &[s1, s1b, s2]);
+    assert_eq!(seen[0], SocketAddr::new(public, 5000), "port preserved");
+    assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
+
+    // The printer takes port 5001 towards s2 first. Linux masquerade would
+    // still give the NAS 5001 towards s1 and then another port towards s2
+    // (the tuple to s2 is taken); the EIM NAT gives the NAS one other port
+    // for both.
+    assert_eq!(whoami(&lab, "printer", 5001, &[s2])[0].port(), 5001);
+    let seen = whoami(&lab, "nas", 5001, &[s1, s2]);
+    assert_eq!(
+        seen[0], seen[1],
+        "one mapping whatever the remote: {seen:?}"
+    );
+    assert_ne!(seen[0].port(), 5001, "5001 is the printer's: {seen:?}");
+}
+
+#[test]
+fn address_dependent_mapping_keeps_a_port_per_remote_address() {
+    let lab = probe(r#"mapping = "address-dependent""#, "198.18.0");
+    let (s1, s1b, s2) = (
+        addr(&lab, "s1", 7000),
+        addr(&lab, "s1", 7001),
+        addr(&lab, "s2", 7000),
+    );
+    let seen = whoami(&lab, "nas", 5000, &[s1, s1b, s2]);
+    assert_eq!(seen[0].port(), 5000, "first mapping preserves: {seen:?}");
+    assert_eq!(seen[0], seen[1], "same address, other port: same mapping");
+    assert_ne!(seen[0], seen[2], "other address: other mapping");
+}
+
+#[test]
+fn address_and_port_dependent_mapping_gives_each_remote_its_own_port() {
+    let lab = probe(r#"mapping = "address-and-port-dependent""#, "198.18.0");
+    let (s1, s1b, s2) = (
+        addr(&lab, "s1", 7000),
+        addr(&lab, "s1", 7001),
+        addr(&lab, "s2", 7000),
+    );
+    let seen = whoami(&lab, "nas", 5000, &[s1, s1b, s2]);
+    assert_eq!(seen[0].port(), 5000, "first mapping preserves: {seen:?}");
+    assert_ne!(seen[0], seen[1], "{seen:?}");
+    assert_ne!(seen[0], seen[2], "{seen:?}");
+    assert_ne!(seen[1], seen[2], "{seen:?}");
+}
+
+#[test]
+fn random_port_assignment_does_not_keep_the_inside_port() {
+    // Both spellings: the RFC 4787 key and nat-home.toml's random_ports.
+    for nat in [
+        r#"mapping = "endpoint-independent", ports = "random""#,
+        "random_ports = true",
+    ] {
+        let lab = probe(nat, "198.18.0");
+        let (s1, s2) = (addr(&lab, "s1", 7000), addr(&lab, "s2", 7000));
+        // Two sockets: one random port equal to its inside port is a 1 in
+        // 64512 chance, both is not.
+        let a = whoami(&lab, "nas", 5000, &[s1, s2]);
+        let b = whoami(&lab, "nas", 5002, &[s1]);
+        assert!(
+            a[0].port() != 5000 || b[0].port() != 5002,
+            "{nat}: {a:?} {b:?}"
+        );
+        if nat.contains("endpoint-independent") {
+            assert_eq!(a[0], a[1], "{nat}: still one mapping");
+        }
+    }
+}
+
+#[test]
+fn endpoint_independent_filtering_lets_anyone_reach_an_open_mapping() {
+    let lab = probe(
+        r#"mapping = "endpoint-independent", filtering = "endpoint-independent""#,
+        "198.18.0",
+    );
+    let (_nas, mapped) = open_mapping(&lab, "nas", 6000, addr(&lab, "s1", 7000));
+    let seen = reaches(&lab, "third", mapped).expect("third party must get in");
+    assert_eq!(seen.ip(), lab.addr("third", "wan").unwrap());
+    assert!(reaches(&lab, "s2", mapped).is_some());
+}
+
+#[test]
+fn address_dependent_filtering_lets_in_only_addresses_the_inside_sent_to() {
+    let lab = probe(
+        r#"mapping = "endpoint-independent", filtering = "address-dependent""#,
+        "198.18.0",
+    );
+    let (_nas, mapped) = open_mapping(&lab, "nas", 6000, addr(&lab, "s1", 7000));
+    // s1 from a fresh port: its address was contacted, so it gets in.
+    assert!(reaches(&lab, "s1", mapped).is_some(), "s1 (other port)");
+    assert!(reaches(&lab, "third", mapped).is_none(), "third got in");
+}
+
+#[test]
+fn address_and_port_dependent_filtering_lets_in_only_the_remote_endpoint() {
+    let lab = probe(r#"mapping = "endpoint-independent""#, "198.18.0");
+    let (_nas, mapped) = open_mapping(&lab, "nas", 6000, addr(&lab, "s1", 7000));
+    assert!(
+        reaches(&lab, "s1", mapped).is_none(),
+        "s1 from another port got in"
+    );
+    assert!(reaches(&lab, "third", mapped).is_none(), "third got in");
+}
+
+#[test]
+fn hairpinning_takes_an_inside_host_to_another_through_the_outside_address() {
+    let public = "198.18.0.2".parse::<IpAddr>().unwrap();
+    for hairpin in [true, false] {
+        let lab = probe(
+            &format!(r#"mapping = "endpoint-independent", hairpin = {hairpin}"#),
+            "198.18.0",
+        );
+        let (_nas, mapped) = open_mapping(&lab, "nas", 6000, addr(&lab, "s1", 7000));
+        assert_eq!(mapped.ip(), public);
+        let seen = reaches(&lab, "printer", mapped);
+        if hairpin {
+            // The NAS sees the printer as an outside peer would.
+            let seen = seen.expect("hairpin on: the printer must reach the NAS");
+            assert_eq!(seen.ip(), public, "{seen}");
+        } else {
+            assert!(seen.is_none(), "hairpin off: {seen:?}");
+        }
+    }
+}
+
+/// From `host`, sends one datagram to a responder on s1 that answers after
+/// `delay`; meanwhile sends a keepalive every `keepalive` (if any) to
+/// another s1 port. True when the late answer arrives.
+fn late_answer_arrives(lab: &Lab, delay: Duration, keepalive: Option<Duration>) -> bool {
+    let s1 = addr(lab, "s1", 7100);
+    let responder = lab
+        .thread_in("s1", move || {
+            let s = UdpSocket::bind(("0.0.0.0", 7100)).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut buf = [0u8; 64];
+            let (_, from) = s.recv_from(&mut buf).unwrap();
+            std::thread::sleep(delay);
+            s.send_to(b"late", from).unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sock = lab
+        .run_in("nas", || UdpSocket::bind(("0.0.0.0", 0)).unwrap())
+        .unwrap();
+    sock.send_to(b"hello", s1).unwrap();
+    let until = Instant::now() + delay + Duration::from_secs(2);
+    let mut next_keepalive = Instant::now();
+    let mut buf = [0u8; 64];
+    let got = loop {
+        let now = Instant::now();
+        if now >= until {
+            break false;
+        }
+        if let Some(every) = keepalive
+            && now >= next_keepalive
+        {
+            // Same socket, same remote: what a node's keepalive does.
+            sock.send_to(b"keepalive", s1).unwrap();
+            next_keepalive = now + every;
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Ok((_, from)) = sock.recv_from(&mut buf)
+            && from == s1
+            && &buf[..4] == b"late"
+        {
+            break true;
+        }
+    };
+    responder.join();
+    got
+}
+
+#[test]
+fn a_short_udp_timeout_expires_idle_mappings_and_keepalives_hold_them() {
+    let lab = probe(
+        r#"mapping = "endpoint-independent", udp_timeout = 3"#,
+        "198.18.0",
+    );
+    assert!(
+        late_answer_arrives(&lab, Duration::from_secs(1), None),
+        "an answer within the timeout must arrive"
+    );
+    assert!(
+        !late_answer_arrives(&lab, Duration::from_secs(5), None),
+        "the mapping must expire after 3 s idle"
+    );
+    assert!(
+        late_answer_arrives(&lab, Duration::from_secs(5), Some(Duration::from_secs(1))),
+        "keepalives every second must hold the mapping"
+    );
+}
+
+#[test]
+fn a_port_mapping_router_maps_ports_for_natpmp_and_upnp_clients() {
+    need(&["miniupnpd", "natpmpc", "upnpc"]);
+    // miniupnpd maps nothing while its outside address is reserved (as all
+    // of 198.18.0.0/15 is): this router's outside is 198.20.0.2.
+    let lab = probe(
+        r#"mapping = "address-and-port-dependent", ports = "random", port_mapping = {}"#,
+        "198.20.0",
+    );
+    let public: IpAddr = "198.20.0.2".parse().unwrap();
+    let _echo = lab
+        .command(
+            "nas",
+            [
+                BIN,
+                "echo",
+                "serve",
+                "--udp",
+                "0.0.0.0:6000",
+                "--tcp",
+                "0.0.0.0:6100",
+            ],
+        )
+        .name("echo")
+        .spawn()
+        .unwrap();
+    _echo.wait_for_log("udp 0.0.0.0:6000", T).unwrap();
+
+    // Nothing gets in before a mapping is asked for.
+    assert!(reaches(&lab, "s1", SocketAddr::new(public, 6000)).is_none());
+
+    // NAT-PMP (natpmpc finds the gateway from the default route).
+    let out = lab
+        .exec_ok("nas", ["natpmpc", "-a", "6000", "6000", "udp", "120"])
+        .unwrap();
+    assert!(
+        out.contains("Mapped public port 6000 protocol UDP"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Public IP address : {public}")),
+        "{out}"
+    );
+    let seen = reaches(&lab, "s1", SocketAddr::new(public, 6000)).expect("NAT-PMP mapping");
+    assert_eq!(seen.ip(), lab.addr("s1", "wan").unwrap(), "DNAT only");
+
+    // UPnP IGD, found by SSDP discovery on the LAN.
+    let out = lab
+        .exec_ok(
+            "nas",
+            ["upnpc", "-a", "192.168.1.10", "6100", "6100", "TCP"],
+        )
+        .unwrap();
+    assert!(
+        out.contains("is redirected to internal 192.168.1.10:6100"),
+        "{out}"
+    );
+    let tcp = lab
+        .exec(
+            "s1",
+            [
+                BIN,
+                "echo",
+                "whoami",
+                &format!("{public}:6100"),
+                "--timeout",
+                "2",
+            ],
+        )
+        .unwrap();
+    assert!(tcp.success(), "UPnP mapping: {}", tcp.stderr);
+    let listed = lab.exec_ok("nas", ["upnpc", "-l"]).unwrap();
+    assert!(listed.contains("6100->192.168.1.10:6100"), "{listed}");
+    assert!(listed.contains("6000->192.168.1.10:6000"), "{listed}");
+}
