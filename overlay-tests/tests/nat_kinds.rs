@@ -426,3 +426,156 @@ fn a_port_mapping_router_maps_ports_for_natpmp_and_upnp_clients() {
     assert!(listed.contains("6100->192.168.1.10:6100"), "{listed}");
     assert!(listed.contains("6000->192.168.1.10:6000"), "{listed}");
 }
+
+/// What a NAT's mapping looks like from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+}
+
+/// Classifies the mapping of the NAT in front of `host` by asking the VPS
+/// on two addresses and two ports from one socket bound to `local`; also
+/// says whether the inside port was kept.
+fn classify(lab: &Lab, host: &str, local: u16) -> (Seen, bool) {
+    let vps = lab.addrs("vps", "pub-vps").unwrap();
+    let (v1, v2) = (vps[0].addr(), vps[1].addr());
+    let seen = whoami(
+        lab,
+        host,
+        local,
+        &[
+            SocketAddr::new(v1, 7000),
+            SocketAddr::new(v1, 7001),
+            SocketAddr::new(v2, 7000),
+        ],
+    );
+    let kind = if seen[0] == seen[1] && seen[0] == seen[2] {
+        Seen::EndpointIndependent
+    } else if seen[0] == seen[1] {
+        Seen::AddressDependent
+    } else {
+        Seen::AddressAndPortDependent
+    };
+    (kind, seen[0].port() == local)
+}
+
+/// Simultaneous open between `a` and `b`: each sends to the address the VPS
+/// saw the other's socket as, and answers whatever address reaches it
+/// (a peer-reflexive candidate), for up to three seconds. True when each
+/// side got a datagram from the other.
+fn punch(lab: &Lab, a_port: u16, b_port: u16) -> bool {
+    let vps = SocketAddr::new(lab.addr("vps", "pub-vps").unwrap(), 7000);
+    let bind = |host: &str, port: u16| {
+        let s = lab
+            .run_in(host, move || UdpSocket::bind(("0.0.0.0", port)).unwrap())
+            .unwrap();
+        let mapped = fpn_lab::echo::whoami_udp_on(&s, vps, T).unwrap();
+        s.set_nonblocking(true).unwrap();
+        (s, mapped)
+    };
+    let (a, a_ext) = bind("a", a_port);
+    let (b, b_ext) = bind("b", b_port);
+    let (mut a_to, mut b_to) = (b_ext, a_ext);
+    let (mut a_got, mut b_got) = (false, false);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 64];
+    while Instant::now() < until && !(a_got && b_got) {
+        let _ = a.send_to(b"punch", a_to);
+        let _ = b.send_to(b"punch", b_to);
+        std::thread::sleep(Duration::from_millis(100));
+        while let Ok((_, from)) = a.recv_from(&mut buf) {
+            if from != vps {
+                a_got = true;
+                a_to = from;
+            }
+        }
+        while let Ok((_, from)) = b.recv_from(&mut buf) {
+            if from != vps {
+                b_got = true;
+                b_to = from;
+            }
+        }
+    }
+    a_got && b_got
+}
+
+#[test]
+fn the_nat_matrix_files_are_what_their_comments_say() {
+    use Seen::*;
+    need(&["nft", "miniupnpd", "natpmpc"]);
+    // file, home A's mapping and port preservation, home B's, punching works
+    let cases = [
+        (
+            "eim",
+            (EndpointIndependent, true),
+            (EndpointIndependent, true),
+            true,
+        ),
+        (
+            "adm",
+            (EndpointIndependent, true),
+            (AddressDependent, false),
+            true,
+        ),
+        (
+            "symmetric",
+            (AddressAndPortDependent, false),
+            (AddressAndPortDependent, false),
+            false,
+        ),
+        (
+            "upnp",
+            (AddressAndPortDependent, false),
+            (AddressAndPortDependent, false),
+            false,
+        ),
+        (
+            "timeout",
+            (EndpointIndependent, true),
+            (EndpointIndependent, true),
+            true,
+        ),
+    ];
+    for (case, home_a, home_b, direct) in cases {
+        let file = format!("nat-matrix-{case}.toml");
+        let lab = Lab::up(fpn_lab::config_path(&file)).unwrap();
+        // One socket per address: a reply from 0.0.0.0 would leave from
+        // the first address whichever one was asked.
+        let mut argv = vec![BIN.to_string(), "echo".into(), "serve".into()];
+        for a in lab.addrs("vps", "pub-vps").unwrap() {
+            for port in [7000, 7001] {
+                argv.extend(["--udp".into(), SocketAddr::new(a.addr(), port).to_string()]);
+            }
+        }
+        let echo = lab.command("vps", argv).spawn().unwrap();
+        echo.wait_for_log("udp 198.18.1.11:7001", T).unwrap();
+        // Random ports: two sockets, so one lucky port cannot pass.
+        let a = classify(&lab, "a", 5000);
+        let b = classify(&lab, "b", 5000);
+        let (a, b) = (
+            (a.0, a.1 || classify(&lab, "a", 5001).1),
+            (b.0, b.1 || classify(&lab, "b", 5001).1),
+        );
+        assert_eq!((a, b), (home_a, home_b), "{file}: (home A, home B)");
+        assert_eq!(punch(&lab, 6000, 6000), direct, "{file}: hole punching");
+        if case == "upnp" {
+            // With a mapping on gwa, b reaches a's socket directly.
+            let out = lab
+                .exec_ok("a", ["natpmpc", "-a", "6100", "6100", "udp", "120"])
+                .unwrap();
+            assert!(out.contains("Mapped public port 6100"), "{out}");
+            let _srv = lab
+                .command("a", [BIN, "echo", "serve", "--udp", "0.0.0.0:6100"])
+                .spawn()
+                .unwrap();
+            _srv.wait_for_log("udp 0.0.0.0:6100", T).unwrap();
+            let mapped = SocketAddr::new(lab.addr("gwa", "pub-a").unwrap(), 6100);
+            assert!(
+                reaches(&lab, "b", mapped).is_some(),
+                "{file}: b to a's mapping"
+            );
+        }
+    }
+}

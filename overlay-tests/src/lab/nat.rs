@@ -15,8 +15,6 @@
 //! - `used`: outside ports in use, so a preserved port is never handed to a
 //!   second endpoint (which would make the first one's mapping depend on the
 //!   remote: masquerade picks another port on a clash).
-//! - `endpoints`: inside endpoints with a binding, so an address- or
-//!   port-dependent NAT preserves the port of the first mapping only.
 //! - `contacted`: outside port.remote address pairs, for address-dependent
 //!   filtering.
 //!
@@ -94,11 +92,6 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
                 Some("meta l4proto . th sport".to_string()).filter(|_| kind.mapped),
             ),
             (
-                "endpoints",
-                Some("meta l4proto . ip saddr . th sport".to_string())
-                    .filter(|_| kind.preserve_first_only()),
-            ),
-            (
                 "contacted",
                 Some("meta l4proto . th sport . ip daddr".to_string())
                     .filter(|_| nat.filtering == Filtering::AddressDependent),
@@ -169,12 +162,6 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
                 record,
                 "{m} @inbound {{ meta l4proto . th sport timeout {secs}s : {inside} }}"
             );
-            if kind.preserve_first_only() {
-                let _ = writeln!(
-                    record,
-                    "{m} @endpoints {{ meta l4proto . {inside} timeout {secs}s }}"
-                );
-            }
             if nat.filtering == Filtering::AddressDependent {
                 let _ = writeln!(
                     record,
@@ -193,16 +180,12 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
         if nat.mapping != Mapping::AddressAndPortDependent {
             let _ = writeln!(post, "{l4} snat ip to {} map @bindings", kind.binding_key());
         }
+        // A port already bound (to this endpoint for another remote, or to
+        // another endpoint) is never preserved twice: address- and
+        // port-dependent mappings get a new port per remote, and no two
+        // endpoints share one.
         if nat.port_assignment() == PortAssignment::Preserving {
-            let first = if kind.preserve_first_only() {
-                " meta l4proto . ip saddr . th sport != @endpoints"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                post,
-                "{l4}{first} meta l4proto . th sport != @used masquerade"
-            );
+            let _ = writeln!(post, "{l4} meta l4proto . th sport != @used masquerade");
         }
         let _ = writeln!(post, "{l4} masquerade fully-random");
     }
@@ -225,6 +208,21 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
     let drop_new = match nat.inbound {
         Inbound::Drop => format!("    iifname {o} drop\n"),
         Inbound::Accept => String::new(),
+    };
+    // An unsolicited packet to the router's own outside address must not
+    // leave a conntrack entry behind, as a home router's closed WAN input
+    // does: during hole punching the peer's first packet arrives before
+    // ours leaves, and its entry (peer -> us:P) would take the reply tuple
+    // of our own mapping to P, so our packets to the peer would be dropped
+    // (or, with masquerade, mapped to another port).
+    let input = match (nat.inbound, kind.bindings) {
+        (Inbound::Drop, true) => format!(
+            "  chain input {{\n\
+             \x20   type filter hook input priority filter; policy accept;\n\
+             \x20   iifname {o} meta l4proto {{ tcp, udp }} ct state new drop\n\
+             \x20 }}\n"
+        ),
+        _ => String::new(),
     };
     let record_chain = if record.is_empty() {
         String::new()
@@ -249,6 +247,7 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
          {post}\
          \x20 }}\n\
          {record_chain}\
+         {input}\
          \x20 chain forward {{\n\
          \x20   type filter hook forward priority filter; policy accept;\n\
          \x20   iifname {o} ct state established,related accept\n\
@@ -343,7 +342,6 @@ struct Kind {
     /// The mapping is the router's own (not Linux masquerade's).
     mapped: bool,
     mapping: Mapping,
-    ports: PortAssignment,
 }
 
 impl Kind {
@@ -352,7 +350,6 @@ impl Kind {
             bindings: nat.keeps_bindings(),
             mapped: nat.mapping != Mapping::Linux,
             mapping: nat.mapping,
-            ports: nat.port_assignment(),
         }
     }
 
@@ -362,16 +359,6 @@ impl Kind {
             Mapping::AddressDependent => "meta l4proto . ip saddr . th sport . ip daddr",
             _ => "meta l4proto . ip saddr . th sport",
         }
-    }
-
-    /// Only an endpoint's first mapping may keep its port: address- or
-    /// port-dependent mappings give the next remote another port.
-    fn preserve_first_only(&self) -> bool {
-        self.ports == PortAssignment::Preserving
-            && matches!(
-                self.mapping,
-                Mapping::AddressDependent | Mapping::AddressAndPortDependent
-            )
     }
 }
 
@@ -430,7 +417,6 @@ mod tests {
             rs.contains("meta l4proto . th sport != @used masquerade"),
             "{rs}"
         );
-        assert!(!rs.contains("@endpoints"), "{rs}");
         assert!(
             rs.contains("iifname \"wan\" meta l4proto { tcp, udp } dnat ip to"),
             "{rs}"
@@ -442,6 +428,7 @@ mod tests {
         assert!(rs.contains("snat ip to 198.18.0.2"), "{rs}");
         assert!(rs.contains("unreplied : 9, replied : 9"), "{rs}");
         assert!(rs.contains("timeout 9s"), "{rs}");
+        assert!(rs.contains("type filter hook input"), "{rs}");
 
         let adm: Nat = toml::from_str(
             "out = \"wan\"\nmapping = \"address-dependent\"\nfiltering = \"address-dependent\"",
@@ -449,7 +436,7 @@ mod tests {
         .unwrap();
         let rs = ruleset("wan", None, &adm);
         assert!(rs.contains("th sport . ip daddr map @bindings"), "{rs}");
-        assert!(rs.contains("!= @endpoints"), "{rs}");
+        assert!(rs.contains("!= @used"), "{rs}");
         assert!(rs.contains("ip saddr @contacted dnat"), "{rs}");
 
         let sym: Nat = toml::from_str(
