@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use fpn_lab::{Lab, LabOptions, LabState, Topology, naming, state};
 
 /// Network-namespace labs for fpn: hosts, links, switches, routers and NATs
-/// from a TOML topology (see docs/LAB.md and configs/lab/).
+/// (RFC 4787 kinds, port mapping with miniupnpd) from a TOML topology (see
+/// docs/LAB.md and configs/lab/).
 ///
 /// Needs root. Labs live until `fpn-lab down`; their state is in
 /// /run/fpn-lab (FPN_LAB_STATE_DIR), their namespaces are named
@@ -29,6 +30,11 @@ Examples:
   fpn-lab exec laptop -- ping -c1 198.18.1.10  # run in a host of the only lab
   fpn-lab spawn vps -- iperf3 -s               # background, logged, killed on down
   fpn-lab roam laptop homelan cafelan          # move the laptop to the cafe
+  fpn-lab up configs/lab/nat-matrix-adm.toml   # two homes behind chosen NAT kinds
+  fpn-lab exec b -- fpn-lab echo whoami --udp --bind 0.0.0.0:5000 \\
+      198.18.1.10:7000 198.18.1.11:7000        # one port or two: the NAT's mapping
+  fpn-lab spawn a -- fpn-lab echo serve --udp 0.0.0.0:6000 --open 198.18.1.10:7000
+                                               # open a mapping; who may now send to it?
   fpn-lab down                                 # remove the only lab
   fpn-lab down --all                           # remove every lab, also crashed ones";
 

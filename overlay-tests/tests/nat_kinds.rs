@@ -90,22 +90,28 @@ fn open_mapping(
     local: u16,
     opener: SocketAddr,
 ) -> (fpn_lab::Process, SocketAddr) {
-    let p = lab
-        .command(
-            host,
-            [
-                BIN.to_string(),
-                "echo".into(),
-                "serve".into(),
-                "--udp".into(),
-                format!("0.0.0.0:{local}"),
-                "--open".into(),
-                opener.to_string(),
-            ],
-        )
-        .name("opened")
-        .spawn()
-        .unwrap();
+    open_mapping_with(lab, host, local, opener, &[])
+}
+
+/// [`open_mapping`] with more `echo serve` arguments (e.g. `--keepalive`).
+fn open_mapping_with(
+    lab: &Lab,
+    host: &str,
+    local: u16,
+    opener: SocketAddr,
+    extra: &[&str],
+) -> (fpn_lab::Process, SocketAddr) {
+    let mut argv = vec![
+        BIN.to_string(),
+        "echo".into(),
+        "serve".into(),
+        "--udp".into(),
+        format!("0.0.0.0:{local}"),
+        "--open".into(),
+        opener.to_string(),
+    ];
+    argv.extend(extra.iter().map(ToString::to_string));
+    let p = lab.command(host, argv).name("opened").spawn().unwrap();
     p.wait_for_log("echo: udp", T).unwrap();
     let log = std::fs::read_to_string(p.log_path()).unwrap();
     let mapped = log
@@ -348,6 +354,26 @@ fn a_short_udp_timeout_expires_idle_mappings_and_keepalives_hold_them() {
     assert!(
         late_answer_arrives(&lab, Duration::from_secs(5), Some(Duration::from_secs(1))),
         "keepalives every second must hold the mapping"
+    );
+}
+
+#[test]
+fn bindings_expire_after_the_udp_timeout_unless_outbound_keepalives_refresh_them() {
+    // Endpoint-independent filtering: whether a third host gets in shows
+    // whether the router still has the binding (not only conntrack's entry).
+    let lab = probe(
+        r#"mapping = "endpoint-independent", filtering = "endpoint-independent", udp_timeout = 2"#,
+        "198.18.0",
+    );
+    let s1 = addr(&lab, "s1", 7000);
+    let (_idle, idle) = open_mapping(&lab, "nas", 6000, s1);
+    let (_kept, kept) = open_mapping_with(&lab, "nas", 6001, s1, &["--keepalive", "0.5"]);
+    assert!(reaches(&lab, "third", idle).is_some(), "fresh binding");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(reaches(&lab, "third", kept).is_some(), "kept alive");
+    assert!(
+        reaches(&lab, "third", idle).is_none(),
+        "idle 4 s > 2 s: gone"
     );
 }
 
