@@ -290,13 +290,15 @@ fn hairpinning_takes_an_inside_host_to_another_through_the_outside_address() {
 }
 
 /// From `host`, sends one datagram to a responder on s1 that answers after
-/// `delay`; meanwhile sends a keepalive every `keepalive` (if any) to
-/// another s1 port. True when the late answer arrives.
+/// `delay`; meanwhile sends a keepalive every `keepalive` (if any) to the
+/// same responder. True when the late answer arrives.
 fn late_answer_arrives(lab: &Lab, delay: Duration, keepalive: Option<Duration>) -> bool {
-    let s1 = addr(lab, "s1", 7100);
+    let (tx, rx) = std::sync::mpsc::channel();
     let responder = lab
         .thread_in("s1", move || {
-            let s = UdpSocket::bind(("0.0.0.0", 7100)).unwrap();
+            // A fresh port per call: nothing of an earlier call is in the way.
+            let s = UdpSocket::bind(("0.0.0.0", 0)).expect("responder socket");
+            tx.send(s.local_addr().unwrap().port()).unwrap();
             s.set_read_timeout(Some(T)).unwrap();
             let mut buf = [0u8; 64];
             let (_, from) = s.recv_from(&mut buf).unwrap();
@@ -304,7 +306,7 @@ fn late_answer_arrives(lab: &Lab, delay: Duration, keepalive: Option<Duration>) 
             s.send_to(b"late", from).unwrap();
         })
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let s1 = addr(lab, "s1", rx.recv_timeout(T).expect("responder port"));
     let sock = lab
         .run_in("nas", || UdpSocket::bind(("0.0.0.0", 0)).unwrap())
         .unwrap();
