@@ -35,6 +35,8 @@ Examples:
       198.18.1.10:7000 198.18.1.11:7000        # one port or two: the NAT's mapping
   fpn-lab spawn a -- fpn-lab echo serve --udp 0.0.0.0:6000 --open 198.18.1.10:7000
                                                # open a mapping; who may now send to it?
+  fpn-lab nat gwb --set 'mapping = \"endpoint-independent\"'
+                                               # change a NAT at runtime; shows its bindings
   fpn-lab down                                 # remove the only lab
   fpn-lab down --all                           # remove every lab, also crashed ones";
 
@@ -136,6 +138,24 @@ enum Cmd {
         from: String,
         /// Switch it joins.
         to: String,
+    },
+    /// Show a NAT router's behaviour and its nftables (bindings included), or
+    /// change it while the lab runs (`--set`).
+    Nat {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Router (a host with `nat`).
+        host: String,
+        /// Keys to change, as inside the topology's inline table, e.g.
+        /// 'mapping = "endpoint-independent", filtering = "address-dependent"'.
+        /// Keys not given keep their value. New flows get the new behaviour;
+        /// existing flows keep their mappings.
+        #[arg(long)]
+        set: Option<String>,
+        /// Print JSON: the NAT's keys and `nft -j` of its table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a topology file without building it (no root needed).
     Check {
@@ -334,6 +354,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shown: Vec<String> = now.iter().map(|a| a.to_string()).collect();
             println!("{host} now on {to}: {}", shown.join(", "));
         }
+        Cmd::Nat {
+            lab,
+            host,
+            set,
+            json,
+        } => nat(&dir, lab.as_deref(), &host, set.as_deref(), json)?,
         Cmd::Check { file } => {
             let t = Topology::from_file(&file)?;
             println!(
@@ -345,6 +371,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Echo(e) => echo(e)?,
+    }
+    Ok(())
+}
+
+/// `fpn-lab nat`: show (and with `set`, first change) a router's NAT.
+fn nat(
+    dir: &std::path::Path,
+    lab: Option<&str>,
+    host: &str,
+    set: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lab = Lab::open_in(dir, lab)?;
+    let Some(current) = lab.nat(host)? else {
+        bail!("host {host} has no nat");
+    };
+    let now = match set {
+        Some(keys) => {
+            // Merge the given keys over the current ones.
+            let mut table = toml::Value::try_from(&current)?;
+            let given: toml::Table =
+                toml::from_str(&format!("nat = {{ {keys} }}")).with_context(|| {
+                    format!("--set {keys:?} is not the inside of a TOML inline table")
+                })?;
+            if let (Some(t), Some(toml::Value::Table(g))) = (table.as_table_mut(), given.get("nat"))
+            {
+                for (k, v) in g {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+            let new: fpn_lab::topology::Nat = table.try_into().context("--set")?;
+            lab.set_nat(host, new.clone())?;
+            new
+        }
+        None => current,
+    };
+    let nft = fpn_lab::find_tool("nft")?;
+    let nft = nft.to_string_lossy();
+    if json {
+        let out = lab.exec_ok(
+            host,
+            [nft.as_ref(), "-j", "list", "table", "ip", "fpnlab_nat"],
+        )?;
+        let rules: serde_json::Value = serde_json::from_str(&out).context("nft -j output")?;
+        let v = serde_json::json!({ "host": host, "nat": now, "nftables": rules });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let keys = toml::to_string(&now)?;
+        println!("{host}: nat\n{}", keys.trim_end());
+        print!(
+            "{}",
+            lab.exec_ok(host, [nft.as_ref(), "list", "table", "ip", "fpnlab_nat"])?
+        );
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, need};
 use fpn_lab::Lab;
+use fpn_lab::topology::{Filtering, Mapping, PortAssignment};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -377,6 +378,44 @@ fn bindings_expire_after_the_udp_timeout_unless_outbound_keepalives_refresh_them
         reaches(&lab, "third", idle).is_none(),
         "idle 4 s > 2 s: gone"
     );
+}
+
+#[test]
+fn a_nat_changed_at_runtime_treats_new_flows_the_new_way() {
+    let lab = probe(
+        r#"mapping = "address-and-port-dependent", ports = "random""#,
+        "198.18.0",
+    );
+    let s1 = addr(&lab, "s1", 7000);
+    let (_before, before) = open_mapping(&lab, "nas", 6000, s1);
+    assert!(
+        reaches(&lab, "third", before).is_none(),
+        "symmetric NAT let a third host in"
+    );
+
+    let mut nat = lab.nat("gw").unwrap().unwrap();
+    nat.mapping = Mapping::EndpointIndependent;
+    nat.ports = Some(PortAssignment::Preserving);
+    nat.filtering = Filtering::EndpointIndependent;
+    lab.set_nat("gw", nat.clone()).unwrap();
+    assert_eq!(lab.nat("gw").unwrap(), Some(nat));
+
+    let (_after, after) = open_mapping(&lab, "nas", 6001, s1);
+    assert_eq!(after.port(), 6001, "the new NAT preserves ports");
+    assert!(
+        reaches(&lab, "third", after).is_some(),
+        "the new NAT lets anyone in"
+    );
+
+    // Refused changes change nothing.
+    let mut bad = lab.nat("gw").unwrap().unwrap();
+    bad.udp_timeout = Some(0);
+    assert!(lab.set_nat("gw", bad).is_err());
+    assert!(
+        lab.set_nat("s1", lab.nat("gw").unwrap().unwrap()).is_err(),
+        "s1 has no nat"
+    );
+    assert_eq!(lab.nat("gw").unwrap().unwrap().udp_timeout, None);
 }
 
 #[test]

@@ -522,15 +522,8 @@ impl Lab {
                 topo.end(name, l).map(|e| e.ifname().to_string())
             })?;
             if let Some(nat) = &host.nat {
-                let end = topo.end(name, &nat.out);
-                let out = end.map(|e| e.ifname()).unwrap_or_default();
-                let outside = end.and_then(|e| {
-                    e.addrs.iter().find_map(|a| match a.addr() {
-                        IpAddr::V4(v4) => Some(v4),
-                        IpAddr::V6(_) => None,
-                    })
-                });
-                self.tools.nft_load(ns, &nat::ruleset(out, outside, nat))?;
+                self.tools
+                    .nft_load(ns, &nat::ruleset_for(topo, name, nat))?;
                 if nat.port_mapping.is_some() {
                     self.tools.nft_load(ns, &nat::upnp_ruleset())?;
                 }

@@ -27,9 +27,10 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use crate::Cidr;
+use super::Lab;
 use crate::build::NAT_TABLE;
-use crate::topology::{Filtering, Inbound, Mapping, Nat, PortAssignment, PortMapping};
+use crate::topology::{Filtering, Inbound, Mapping, Nat, PortAssignment, PortMapping, Topology};
+use crate::{Cidr, Error};
 
 /// The nftables table miniupnpd adds its rules to (forward accepts, DNATs).
 pub(crate) const UPNP_TABLE: &str = "fpnlab_upnp";
@@ -40,6 +41,64 @@ const TCP_BINDING_SECS: u32 = 7440;
 /// Binding lifetime of UDP mappings without `udp_timeout`: RFC 4787 REQ-5's
 /// two minutes (conntrack's own timeouts stay as they are).
 const UDP_BINDING_SECS: u32 = 120;
+
+impl Lab {
+    /// Changes the NAT of router `host` while the lab runs, e.g. to let a
+    /// direct path appear: its `fpnlab_nat` table is replaced in one nftables
+    /// transaction. New flows get the new behaviour; flows conntrack already
+    /// has keep their mappings until they expire, as on a real router whose
+    /// settings change. `port_mapping` cannot change (miniupnpd keeps
+    /// running as it started).
+    pub fn set_nat(&self, host: &str, nat: Nat) -> Result<(), Error> {
+        let (ns, mut topo) = {
+            let st = self.lock();
+            (st.netns(host)?.to_string(), st.topology.clone())
+        };
+        let Some(entry) = topo.hosts.get_mut(host) else {
+            return Err(Error::UnknownHost(host.into()));
+        };
+        let Some(old) = entry.nat.replace(nat.clone()) else {
+            return Err(Error::topo(format!(
+                "host `{host}` has no nat to change (only routers with `nat` can change it)"
+            )));
+        };
+        if old.port_mapping != nat.port_mapping {
+            return Err(Error::topo(format!(
+                "host `{host}`: nat.port_mapping cannot change while the lab runs"
+            )));
+        }
+        topo.check()?;
+        // Creating the table first makes the delete valid whatever exists.
+        let rules = format!(
+            "table ip {NAT_TABLE} {{ }}\ndelete table ip {NAT_TABLE}\n{}",
+            ruleset_for(&topo, host, &nat)
+        );
+        self.tools.nft_load(&ns, &rules)?;
+        self.lock().topology = topo;
+        tracing::info!(%host, mapping = ?nat.mapping, filtering = ?nat.filtering, "nat changed");
+        self.save()
+    }
+
+    /// The NAT of router `host` now (None: not a router with `nat`).
+    pub fn nat(&self, host: &str) -> Result<Option<Nat>, Error> {
+        let st = self.lock();
+        st.netns(host)?;
+        Ok(st.topology.hosts.get(host).and_then(|h| h.nat.clone()))
+    }
+}
+
+/// The ruleset of router `host`'s `nat` in topology `topo`.
+pub(crate) fn ruleset_for(topo: &Topology, host: &str, nat: &Nat) -> String {
+    let end = topo.end(host, &nat.out);
+    let out = end.map(|e| e.ifname()).unwrap_or_default();
+    let outside = end.and_then(|e| {
+        e.addrs.iter().find_map(|a| match a.addr() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+    });
+    ruleset(out, outside, nat)
+}
 
 /// The nftables ruleset of a NAT whose outside interface is `out_if` and
 /// whose outside IPv4 address is `outside` (needed for hairpinning).

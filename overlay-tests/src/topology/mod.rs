@@ -301,6 +301,12 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Checks a topology changed after parsing (e.g. a NAT changed at
+    /// runtime) by the same rules as [`Topology::parse`].
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        validate::check(self)
+    }
+
     /// Reads and parses a topology file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
