@@ -182,6 +182,76 @@ fn endpoint_independent_mapping_keeps_one_port_per_endpoint_for_every_remote() {
     assert_ne!(seen[0].port(), 5001, "5001 is the printer's: {seen:?}");
 }
 
+/// Connects from `host`'s TCP port `local` to each server in turn (one
+/// socket each, all bound to the same port with SO_REUSEADDR, as a node
+/// reusing its port does) and returns the address each server greeted with.
+fn whoami_tcp_from(lab: &Lab, host: &str, local: u16, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::FromRawFd;
+    let servers = servers.to_vec();
+    lab.run_in(host, move || {
+        servers
+            .iter()
+            .map(|server| {
+                // SAFETY: plain socket calls on a descriptor we own; it is
+                // handed to TcpStream, which closes it.
+                let stream = unsafe {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    assert!(fd >= 0, "socket");
+                    let one: libc::c_int = 1;
+                    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            opt,
+                            (&one as *const libc::c_int).cast(),
+                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                        );
+                    }
+                    let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sa.sin_port = local.to_be();
+                    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    let rc = libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len);
+                    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                    let SocketAddr::V4(v4) = server else {
+                        panic!("IPv4 servers only")
+                    };
+                    sa.sin_port = v4.port().to_be();
+                    sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                    let rc = libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), len);
+                    assert_eq!(
+                        rc,
+                        0,
+                        "connect {server}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    std::net::TcpStream::from_raw_fd(fd)
+                };
+                stream.set_read_timeout(Some(T)).unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                line.trim().parse().unwrap()
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn tcp_flows_follow_the_same_mapping_rules() {
+    for (mapping, one_port) in [
+        ("endpoint-independent", true),
+        ("address-and-port-dependent", false),
+    ] {
+        let lab = probe(&format!(r#"mapping = "{mapping}""#), "198.18.0");
+        let (s1, s2) = (addr(&lab, "s1", 7000), addr(&lab, "s2", 7000));
+        let seen = whoami_tcp_from(&lab, "nas", 5100, &[s1, s2]);
+        assert_eq!(seen[0].port(), 5100, "{mapping}: first flow keeps its port");
+        assert_eq!(seen[0] == seen[1], one_port, "{mapping}: {seen:?}");
+    }
+}
+
 #[test]
 fn address_dependent_mapping_keeps_a_port_per_remote_address() {
     let lab = probe(r#"mapping = "address-dependent""#, "198.18.0");
