@@ -19,6 +19,12 @@ FPN_APT_NEEDS=(
   "pkill:procps"
   "gcc:gcc"
   "strace:strace"
+  # The lab's port-mapping router and its clients (nat_kinds tests). Only the
+  # daemon's binary package: Debian's `miniupnpd` package would also install
+  # a service for the machine's own interfaces.
+  "miniupnpd:miniupnpd-nftables"
+  "upnpc:miniupnpc"
+  "natpmpc:natpmp-utils"
 )
 
 fpn_ensure_deps() {

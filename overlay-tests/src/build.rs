@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::naming::BRIDGE;
 use crate::sys;
-use crate::topology::{Inbound, Link, Nat, Route, RouteTarget};
+use crate::topology::{Link, Route, RouteTarget};
 use crate::{Cidr, Error};
 
 /// Name of the nftables table the lab installs for NATs.
@@ -267,44 +267,6 @@ pub(crate) fn base_sysctls(ipv6: bool, forward: bool) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The nftables ruleset of a NAT whose outside interface is `out_if`.
-pub(crate) fn nat_ruleset(out_if: &str, nat: &Nat) -> String {
-    let mut pre = String::new();
-    for f in &nat.forwards {
-        pre.push_str(&format!(
-            "    iifname \"{out_if}\" {} dport {} dnat to {}\n",
-            f.proto, f.port, f.to
-        ));
-    }
-    let random = if nat.random_ports {
-        " fully-random"
-    } else {
-        ""
-    };
-    let drop_new = match nat.inbound {
-        Inbound::Drop => format!("    iifname \"{out_if}\" drop\n"),
-        Inbound::Accept => String::new(),
-    };
-    format!(
-        "table ip {NAT_TABLE} {{\n\
-         \x20 chain prerouting {{\n\
-         \x20   type nat hook prerouting priority dstnat; policy accept;\n\
-         {pre}\
-         \x20 }}\n\
-         \x20 chain postrouting {{\n\
-         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
-         \x20   oifname \"{out_if}\" masquerade{random}\n\
-         \x20 }}\n\
-         \x20 chain forward {{\n\
-         \x20   type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname \"{out_if}\" ct state established,related accept\n\
-         \x20   iifname \"{out_if}\" ct status dnat accept\n\
-         {drop_new}\
-         \x20 }}\n\
-         }}\n"
-    )
-}
-
 /// Applies a host's static routes.
 pub(crate) fn apply_routes(
     tools: &Tools,
@@ -322,39 +284,6 @@ pub(crate) fn apply_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{PortForward, Proto};
-
-    #[test]
-    fn nat_ruleset_masquerades_forwards_and_drops_unsolicited() {
-        let nat = Nat {
-            out: "pub-home".into(),
-            forwards: vec![PortForward {
-                proto: Proto::Tcp,
-                port: 8080,
-                to: "192.168.1.10:80".parse().unwrap(),
-            }],
-            inbound: Inbound::Drop,
-            random_ports: false,
-        };
-        let rs = nat_ruleset("wan", &nat);
-        assert!(rs.contains("oifname \"wan\" masquerade\n"), "{rs}");
-        assert!(
-            rs.contains("iifname \"wan\" tcp dport 8080 dnat to 192.168.1.10:80"),
-            "{rs}"
-        );
-        assert!(rs.contains("iifname \"wan\" drop"), "{rs}");
-
-        let open = Nat {
-            inbound: Inbound::Accept,
-            random_ports: true,
-            forwards: vec![],
-            ..nat
-        };
-        let rs = nat_ruleset("wan", &open);
-        assert!(rs.contains("masquerade fully-random"), "{rs}");
-        assert!(!rs.contains("drop"), "{rs}");
-        assert!(!rs.contains("dnat to"), "{rs}");
-    }
 
     #[test]
     fn base_sysctls_follow_ipv6_and_forwarding() {

@@ -68,6 +68,94 @@ pub fn serve_udp(socket: UdpSocket) -> Result<(), Error> {
     }
 }
 
+/// Serves UDP datagrams on a socket that first opened a NAT mapping by
+/// asking `opener` (an echo server outside) who it is: returns the outside
+/// address the mapping has and a thread that serves until the socket fails.
+/// With `keepalive`, a datagram goes to `opener` that often, so the mapping
+/// outlives the NAT's timeout; `opener`'s answers are not echoed back.
+pub fn serve_udp_opened(
+    socket: UdpSocket,
+    opener: SocketAddr,
+    keepalive: Option<Duration>,
+    timeout: Duration,
+) -> Result<(SocketAddr, std::thread::JoinHandle<Result<(), Error>>), Error> {
+    let mapped = whoami_udp_on(&socket, opener, timeout)?;
+    socket
+        .set_read_timeout(None)
+        .map_err(|e| Error::io("serving UDP", e))?;
+    if let Some(every) = keepalive {
+        let ka = socket
+            .try_clone()
+            .map_err(|e| Error::io("cloning the UDP socket", e))?;
+        std::thread::spawn(move || {
+            // Ends with the socket (the serving thread's error ends the
+            // process in the CLI).
+            while ka.send_to(b"keepalive", opener).is_ok() {
+                std::thread::sleep(every);
+            }
+        });
+    }
+    let serve = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, peer) = socket
+                .recv_from(&mut buf)
+                .map_err(|e| Error::io("receiving", e))?;
+            if peer == opener {
+                continue; // an answer to a keepalive
+            }
+            let mut reply = format!("{peer}\n").into_bytes();
+            let room = 65_507usize.saturating_sub(reply.len());
+            reply.extend_from_slice(&buf[..n.min(room)]);
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    Ok((mapped, serve))
+}
+
+/// Asks a UDP echo server which address it sees this socket as, without
+/// connecting the socket (so the same socket can ask several servers, as a
+/// NAT test must). Datagrams from anyone else are skipped; three tries.
+pub fn whoami_udp_on(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, Error> {
+    let ctx = || format!("whoami over UDP to {server}");
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 256];
+    let mut last = invalid("no reply");
+    for attempt in 1..=3u32 {
+        socket
+            .send_to(b"whoami", server)
+            .map_err(|e| Error::io(ctx(), e))?;
+        // Each try waits its share of what is left.
+        let until =
+            Instant::now() + deadline.saturating_duration_since(Instant::now()) / (4 - attempt);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+                .map_err(|e| Error::io(ctx(), e))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) if from == server => {
+                    let line = buf[..n].split(|&b| b == b'\n').next().unwrap_or_default();
+                    return parse_addr(line).ok_or_else(|| Error::io(ctx(), invalid("bad reply")));
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+    }
+    Err(Error::io(ctx(), last))
+}
+
 /// Connects to a TCP echo server and returns the client address it saw.
 pub fn whoami_tcp(server: SocketAddr, timeout: Duration) -> Result<SocketAddr, Error> {
     let ctx = || format!("whoami over TCP to {server}");

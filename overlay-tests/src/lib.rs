@@ -3,7 +3,9 @@
 //!
 //! A topology file (TOML, see docs/LAB.md and configs/lab/) names hosts, the
 //! veth links and switches between them with their addresses, routes, NATs
-//! (nftables masquerade with port forwards) and per-host commands. [`Lab`]
+//! (nftables: masquerade or the RFC 4787 mapping, filtering and hairpinning
+//! kinds, port forwards, short UDP timeouts, a miniupnpd port-mapping
+//! daemon) and per-host commands. [`Lab`]
 //! builds it with `ip`, `tc` and `nft`, runs commands and background
 //! processes in its hosts, captures packets on its links, moves hosts between
 //! networks at runtime, and removes everything when dropped, also when a test

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use fpn_lab::{Lab, LabOptions, LabState, Topology, naming, state};
 
 /// Network-namespace labs for fpn: hosts, links, switches, routers and NATs
-/// from a TOML topology (see docs/LAB.md and configs/lab/).
+/// (RFC 4787 kinds, port mapping with miniupnpd) from a TOML topology (see
+/// docs/LAB.md and configs/lab/).
 ///
 /// Needs root. Labs live until `fpn-lab down`; their state is in
 /// /run/fpn-lab (FPN_LAB_STATE_DIR), their namespaces are named
@@ -29,6 +30,13 @@ Examples:
   fpn-lab exec laptop -- ping -c1 198.18.1.10  # run in a host of the only lab
   fpn-lab spawn vps -- iperf3 -s               # background, logged, killed on down
   fpn-lab roam laptop homelan cafelan          # move the laptop to the cafe
+  fpn-lab up configs/lab/nat-matrix-adm.toml   # two homes behind chosen NAT kinds
+  fpn-lab exec b -- fpn-lab echo whoami --udp --bind 0.0.0.0:5000 \\
+      198.18.1.10:7000 198.18.1.11:7000        # one port or two: the NAT's mapping
+  fpn-lab spawn a -- fpn-lab echo serve --udp 0.0.0.0:6000 --open 198.18.1.10:7000
+                                               # open a mapping; who may now send to it?
+  fpn-lab nat gwb --set 'mapping = \"endpoint-independent\"'
+                                               # change a NAT at runtime; shows its bindings
   fpn-lab down                                 # remove the only lab
   fpn-lab down --all                           # remove every lab, also crashed ones";
 
@@ -131,6 +139,24 @@ enum Cmd {
         /// Switch it joins.
         to: String,
     },
+    /// Show a NAT router's behaviour and its nftables (bindings included), or
+    /// change it while the lab runs (`--set`).
+    Nat {
+        /// Lab id (default: the only running lab).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Router (a host with `nat`).
+        host: String,
+        /// Keys to change, as inside the topology's inline table, e.g.
+        /// 'mapping = "endpoint-independent", filtering = "address-dependent"'.
+        /// Keys not given keep their value. New flows get the new behaviour;
+        /// existing flows keep their mappings.
+        #[arg(long)]
+        set: Option<String>,
+        /// Print JSON: the NAT's keys and `nft -j` of its table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a topology file without building it (no root needed).
     Check {
         /// Topology file (TOML).
@@ -151,6 +177,16 @@ enum EchoCmd {
         /// UDP address to listen on (repeatable).
         #[arg(long)]
         udp: Vec<SocketAddr>,
+        /// Before serving, open a NAT mapping for the (single) --udp socket
+        /// by asking this echo server outside who it is; prints
+        /// `mapped ADDRESS:PORT`. Others can then try to reach that address
+        /// (`echo send --udp`), which is what a NAT's filtering decides.
+        #[arg(long, requires = "udp")]
+        open: Option<SocketAddr>,
+        /// With --open: send a keepalive to that server every SECS seconds
+        /// so the mapping outlives the NAT's UDP timeout.
+        #[arg(long, requires = "open")]
+        keepalive: Option<f64>,
     },
     /// Send a message and check that it comes back; prints the server's
     /// address (resolved), then the client address the server saw. The
@@ -171,10 +207,18 @@ enum EchoCmd {
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
     },
-    /// Ask a server which address it sees; prints it (ADDRESS:PORT).
+    /// Ask servers which address they see; prints one ADDRESS:PORT line per
+    /// server. Over UDP every server is asked from the same socket, so the
+    /// lines show a NAT's mapping behaviour: one port for all servers
+    /// (endpoint-independent) or one per server.
     Whoami {
-        /// Server address.
-        server: SocketAddr,
+        /// Server addresses.
+        #[arg(required = true)]
+        servers: Vec<SocketAddr>,
+        /// UDP only: bind the socket to this address (e.g. 0.0.0.0:5000,
+        /// to see whether a NAT keeps the port).
+        #[arg(long, requires = "udp")]
+        bind: Option<SocketAddr>,
         /// Use UDP instead of TCP.
         #[arg(long)]
         udp: bool,
@@ -310,6 +354,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shown: Vec<String> = now.iter().map(|a| a.to_string()).collect();
             println!("{host} now on {to}: {}", shown.join(", "));
         }
+        Cmd::Nat {
+            lab,
+            host,
+            set,
+            json,
+        } => nat(&dir, lab.as_deref(), &host, set.as_deref(), json)?,
         Cmd::Check { file } => {
             let t = Topology::from_file(&file)?;
             println!(
@@ -321,6 +371,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Echo(e) => echo(e)?,
+    }
+    Ok(())
+}
+
+/// `fpn-lab nat`: show (and with `set`, first change) a router's NAT.
+fn nat(
+    dir: &std::path::Path,
+    lab: Option<&str>,
+    host: &str,
+    set: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lab = Lab::open_in(dir, lab)?;
+    let Some(current) = lab.nat(host)? else {
+        bail!("host {host} has no nat");
+    };
+    let now = match set {
+        Some(keys) => {
+            // Merge the given keys over the current ones.
+            let mut table = toml::Value::try_from(&current)?;
+            let given: toml::Table =
+                toml::from_str(&format!("nat = {{ {keys} }}")).with_context(|| {
+                    format!("--set {keys:?} is not the inside of a TOML inline table")
+                })?;
+            if let (Some(t), Some(toml::Value::Table(g))) = (table.as_table_mut(), given.get("nat"))
+            {
+                for (k, v) in g {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+            let new: fpn_lab::topology::Nat = table.try_into().context("--set")?;
+            lab.set_nat(host, new.clone())?;
+            new
+        }
+        None => current,
+    };
+    let nft = fpn_lab::find_tool("nft")?;
+    let nft = nft.to_string_lossy();
+    if json {
+        let out = lab.exec_ok(
+            host,
+            [nft.as_ref(), "-j", "list", "table", "ip", "fpnlab_nat"],
+        )?;
+        let rules: serde_json::Value = serde_json::from_str(&out).context("nft -j output")?;
+        let v = serde_json::json!({ "host": host, "nat": now, "nftables": rules });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let keys = toml::to_string(&now)?;
+        println!("{host}: nat\n{}", keys.trim_end());
+        print!(
+            "{}",
+            lab.exec_ok(host, [nft.as_ref(), "list", "table", "ip", "fpnlab_nat"])?
+        );
     }
     Ok(())
 }
@@ -403,10 +506,24 @@ fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
     match cmd {
-        EchoCmd::Serve { tcp, udp } => {
+        EchoCmd::Serve {
+            tcp,
+            udp,
+            open,
+            keepalive,
+        } => {
             if tcp.is_empty() && udp.is_empty() {
                 bail!("give at least one --tcp or --udp address");
             }
+            if open.is_some() && udp.len() != 1 {
+                bail!("--open needs exactly one --udp address");
+            }
+            let keepalive = match keepalive {
+                Some(s) if !(s > 0.0 && s <= 3600.0) => {
+                    bail!("--keepalive must be in (0, 3600] seconds")
+                }
+                s => s.map(Duration::from_secs_f64),
+            };
             let mut threads = Vec::new();
             for a in tcp {
                 let l =
@@ -416,8 +533,19 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
             }
             for a in udp {
                 let s = std::net::UdpSocket::bind(a).with_context(|| format!("binding UDP {a}"))?;
+                if let Some(opener) = open {
+                    let (mapped, t) = fpn_lab::echo::serve_udp_opened(
+                        s,
+                        opener,
+                        keepalive,
+                        Duration::from_secs(5),
+                    )?;
+                    println!("mapped {mapped}");
+                    threads.push(t);
+                } else {
+                    threads.push(std::thread::spawn(move || fpn_lab::echo::serve_udp(s)));
+                }
                 println!("echo: udp {a}");
-                threads.push(std::thread::spawn(move || fpn_lab::echo::serve_udp(s)));
             }
             for t in threads {
                 match t.join() {
@@ -449,7 +577,8 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
             println!("{addr} {seen}");
         }
         EchoCmd::Whoami {
-            server,
+            servers,
+            bind,
             udp,
             timeout,
         } => {
@@ -457,12 +586,23 @@ fn echo(cmd: EchoCmd) -> anyhow::Result<()> {
                 bail!("--timeout must be in (0, 600] seconds");
             }
             let t = Duration::from_secs_f64(timeout);
-            let seen = if udp {
-                fpn_lab::echo::whoami_udp(server, t)?
-            } else {
-                fpn_lab::echo::whoami_tcp(server, t)?
-            };
-            println!("{seen}");
+            if udp {
+                let any: SocketAddr = if servers[0].is_ipv6() {
+                    SocketAddr::from(([0u16; 8], 0))
+                } else {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
+                };
+                let local = bind.unwrap_or(any);
+                let s = std::net::UdpSocket::bind(local)
+                    .with_context(|| format!("binding UDP {local}"))?;
+                for server in servers {
+                    println!("{}", fpn_lab::echo::whoami_udp_on(&s, server, t)?);
+                }
+                return Ok(());
+            }
+            for server in servers {
+                println!("{}", fpn_lab::echo::whoami_tcp(server, t)?);
+            }
         }
     }
     Ok(())

@@ -27,6 +27,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
+    ("miniupnpd", "miniupnpd-nftables"),
+    ("upnpc", "miniupnpc"),
+    ("natpmpc", "natpmp-utils"),
 ];
 
 /// True when running with effective uid 0.

@@ -193,3 +193,40 @@ fn check_validates_without_root_and_errors_are_one_line() {
         assert!(help.contains(word), "--help lacks {word}");
     }
 }
+
+#[test]
+fn nat_shows_and_changes_a_router_from_the_command_line() {
+    need(&["nft"]);
+    let cli = Cli::new();
+    let file = fpn_lab::config_path("nat-matrix-symmetric.toml");
+    cli.ok(&["up", &file.display().to_string()]);
+    let show = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["nat", "gwb", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&cli.ok(&all)).unwrap()
+    };
+    let before = show(&[]);
+    assert_eq!(before["nat"]["mapping"], "address-and-port-dependent");
+    assert_eq!(before["nat"]["ports"], "random");
+    assert!(before["nftables"]["nftables"].is_array(), "{before}");
+
+    let after = show(&[
+        "--set",
+        r#"mapping = "endpoint-independent", ports = "preserving""#,
+    ]);
+    assert_eq!(after["nat"]["mapping"], "endpoint-independent");
+    assert_eq!(after["nat"]["ports"], "preserving");
+    assert_eq!(after["nat"]["out"], "pub-b", "keys not given stay");
+    // Recorded in the state file: a later invocation sees it.
+    assert_eq!(show(&[])["nat"]["mapping"], "endpoint-independent");
+    let text = cli.ok(&["nat", "gwb"]);
+    assert!(text.contains("map bindings"), "{text}");
+
+    // Bad keys are one-line errors and change nothing.
+    let out = cli.run(&["nat", "gwb", "--set", r#"mapping = "full-cone""#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full-cone"));
+    assert!(!cli.run(&["nat", "vps"]).status.success(), "vps has no nat");
+    assert_eq!(show(&[])["nat"]["mapping"], "endpoint-independent");
+    cli.ok(&["down"]);
+}

@@ -17,6 +17,7 @@
 //! the thread is panicking, so a failed test leaves its evidence.
 
 mod command;
+mod nat;
 mod runtime;
 
 pub use command::LabCommand;
@@ -521,11 +522,11 @@ impl Lab {
                 topo.end(name, l).map(|e| e.ifname().to_string())
             })?;
             if let Some(nat) = &host.nat {
-                let out = topo
-                    .end(name, &nat.out)
-                    .map(|e| e.ifname())
-                    .unwrap_or_default();
-                self.tools.nft_load(ns, &build::nat_ruleset(out, nat))?;
+                self.tools
+                    .nft_load(ns, &nat::ruleset_for(topo, name, nat))?;
+                if nat.port_mapping.is_some() {
+                    self.tools.nft_load(ns, &nat::upnp_ruleset())?;
+                }
             }
             if let Some(rules) = &host.nft {
                 self.tools.nft_load(ns, rules)?;
@@ -571,6 +572,14 @@ impl Lab {
             }
         }
         for (name, host) in &topo.hosts {
+            if let Some(nat) = &host.nat
+                && let Some(pm) = &nat.port_mapping
+            {
+                let p = self.start_miniupnpd(&topo, name, nat, pm)?;
+                self.services.insert((name.clone(), "miniupnpd".into()), p);
+            }
+        }
+        for (name, host) in &topo.hosts {
             for svc in &host.services {
                 let p = self
                     .command(name, ["sh", "-c", &svc.cmd])
@@ -587,6 +596,56 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Starts miniupnpd in router `host` (its chains are already loaded) and
+    /// waits until it answers.
+    fn start_miniupnpd(
+        &self,
+        topo: &Topology,
+        host: &str,
+        nat: &crate::topology::Nat,
+        pm: &crate::topology::PortMapping,
+    ) -> Result<Process, Error> {
+        let out = topo
+            .end(host, &nat.out)
+            .map(|e| e.ifname().to_string())
+            .unwrap_or_default();
+        let inside: Vec<(String, Vec<Cidr>)> = topo
+            .ends_of(host)
+            .filter(|(l, e)| l.name != nat.out && e.attached)
+            .map(|(_, e)| (e.ifname().to_string(), e.addrs.clone()))
+            .collect();
+        let conf = self.new_file(&format!("{host}-miniupnpd"), "conf");
+        std::fs::write(&conf, nat::miniupnpd_conf(&out, &inside, pm))
+            .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+        let pid = conf.with_extension("pid");
+        let bin = sys::find_tool("miniupnpd")?;
+        // -d: foreground, log to stderr (our log file); -P: not /run's pid file.
+        let p = self
+            .command(
+                host,
+                [
+                    bin.as_os_str(),
+                    "-d".as_ref(),
+                    "-f".as_ref(),
+                    conf.as_os_str(),
+                    "-P".as_ref(),
+                    pid.as_os_str(),
+                ],
+            )
+            .name("miniupnpd")
+            .spawn()?;
+        let ready = if pm.natpmp {
+            "Listening for NAT-PMP/PCP traffic"
+        } else {
+            "HTTP listening on port"
+        };
+        p.wait_for_log(ready, Duration::from_secs(10))?;
+        tracing::debug!(%host, "miniupnpd up");
+        Ok(p)
+    }
+}
+
 /// The tools a topology needs, found up front so a missing one fails first.
 fn tools_for(topo: &Topology) -> Result<Tools, Error> {
     let ip = sys::find_tool("ip")?;
@@ -599,6 +658,13 @@ fn tools_for(topo: &Topology) -> Result<Tools, Error> {
         .hosts
         .values()
         .any(|h| h.nat.is_some() || h.nft.is_some());
+    if topo
+        .hosts
+        .values()
+        .any(|h| h.nat.as_ref().is_some_and(|n| n.port_mapping.is_some()))
+    {
+        sys::find_tool("miniupnpd")?;
+    }
     let nft = if needs_nft {
         Some(sys::find_tool("nft")?)
     } else {

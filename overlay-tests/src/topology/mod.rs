@@ -9,11 +9,14 @@
 //! its `addr` is folded into `addrs`, links with other than two ends are
 //! marked `switch`, and every service has a name.
 
+mod nat;
 mod validate;
+
+pub use nat::{Filtering, Inbound, Mapping, Nat, PortAssignment, PortForward, PortMapping, Proto};
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +56,9 @@ pub struct Host {
     /// Static routes. Default routes usually come from an end's `gateway`.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// Masquerading NAT (with optional port forwards) on one interface.
+    /// Source NAT on one interface: Linux masquerade, or one of the RFC 4787
+    /// behaviours, with port forwards, hairpinning, a short UDP timeout and a
+    /// port-mapping daemon as asked (see [`Nat`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
     /// Raw nftables ruleset loaded into the host after the NAT rules.
@@ -142,67 +147,6 @@ impl fmt::Display for RouteTarget {
             RouteTarget::Default => f.write_str("default"),
             RouteTarget::Net(c) => c.fmt(f),
         }
-    }
-}
-
-/// Source NAT (masquerade) on one interface, as a home router does it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Nat {
-    /// The outside link (its interface on this host gets the masquerade rule).
-    pub out: String,
-    /// Port forwards from the outside address to inside hosts.
-    #[serde(default)]
-    pub forwards: Vec<PortForward>,
-    /// What happens to new connections arriving on `out` that no forward
-    /// matches: `"drop"` (default, like a home router) or `"accept"`.
-    #[serde(default)]
-    pub inbound: Inbound,
-    /// Randomize source ports (`masquerade fully-random`): a NAT that does
-    /// not preserve ports, harder to traverse.
-    #[serde(default)]
-    pub random_ports: bool,
-}
-
-/// Policy for unsolicited inbound traffic on a NAT's outside interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Inbound {
-    /// Only replies and port-forwarded connections get in.
-    #[default]
-    Drop,
-    /// Everything routable gets in (NAT without a firewall).
-    Accept,
-}
-
-/// A port forward (DNAT) on a NAT's outside address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortForward {
-    /// `"tcp"` or `"udp"`.
-    pub proto: Proto,
-    /// The outside port.
-    pub port: u16,
-    /// The inside address and port.
-    pub to: SocketAddrV4,
-}
-
-/// A transport protocol for port forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
     }
 }
 
@@ -355,6 +299,12 @@ impl Topology {
         topo.normalize();
         validate::check(&topo)?;
         Ok(topo)
+    }
+
+    /// Checks a topology changed after parsing (e.g. a NAT changed at
+    /// runtime) by the same rules as [`Topology::parse`].
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        validate::check(self)
     }
 
     /// Reads and parses a topology file.

@@ -28,6 +28,11 @@ fn example_topologies_parse() {
         "routed.toml",
         "nat-home.toml",
         "overlay.toml",
+        "nat-matrix-eim.toml",
+        "nat-matrix-adm.toml",
+        "nat-matrix-symmetric.toml",
+        "nat-matrix-upnp.toml",
+        "nat-matrix-timeout.toml",
     ] {
         let t = Topology::from_file(crate::config_path(name)).unwrap_or_else(|e| panic!("{e}"));
         assert!(!t.hosts.is_empty(), "{name}");
@@ -220,4 +225,91 @@ ends = [{ host = "l", addr = "10.1.0.5/24", ifname = "wlan0", gateway = "10.1.0.
 "#;
     let topo = parse(t).unwrap();
     assert!(topo.link("cafe").unwrap().is_switch());
+}
+
+const NAT_ROUTER: &str = r#"
+[hosts.gw]
+nat = { out = "wan", NAT }
+[hosts.in]
+[[links]]
+name = "wan"
+ends = [{ host = "gw", addr = "WAN/24" }, { host = "in", addr = "198.18.9.1/24" }]
+[[links]]
+name = "lan"
+ends = [{ host = "gw", addr = "10.0.0.1/24" }, { host = "in", addr = "10.0.0.2/24", ifname = "lan2" }]
+"#;
+
+fn nat_router(nat: &str, wan: &str) -> String {
+    NAT_ROUTER.replace("NAT", nat).replace("WAN", wan)
+}
+
+#[test]
+fn nat_behaviours_parse_with_defaults() {
+    let t = parse(&nat_router(r#"mapping = "address-dependent", filtering = "endpoint-independent", hairpin = true, udp_timeout = 10"#, "198.18.9.2")).unwrap();
+    let nat = t.hosts["gw"].nat.as_ref().unwrap();
+    assert_eq!(nat.mapping, Mapping::AddressDependent);
+    assert_eq!(nat.filtering, Filtering::EndpointIndependent);
+    assert_eq!(nat.port_assignment(), PortAssignment::Preserving);
+    assert!(nat.hairpin && nat.keeps_bindings());
+    assert_eq!(nat.udp_timeout, Some(10));
+
+    // nat-home.toml's keys alone: Linux masquerade, no binding table.
+    let t = parse(&nat_router("random_ports = true", "198.18.9.2")).unwrap();
+    let nat = t.hosts["gw"].nat.as_ref().unwrap();
+    assert_eq!(nat.mapping, Mapping::Linux);
+    assert_eq!(nat.filtering, Filtering::AddressAndPortDependent);
+    assert_eq!(nat.port_assignment(), PortAssignment::Random);
+    assert!(!nat.keeps_bindings());
+
+    let t = parse(&nat_router("port_mapping = { upnp = false }", "198.20.9.2")).unwrap();
+    let pm = t.hosts["gw"]
+        .nat
+        .as_ref()
+        .unwrap()
+        .port_mapping
+        .clone()
+        .unwrap();
+    assert!(pm.natpmp && !pm.upnp);
+    assert_eq!(pm.http_port, 5000);
+}
+
+#[test]
+fn bad_nat_behaviours_are_refused_with_a_reason() {
+    let e = err(&nat_router(r#"mapping = "full-cone""#, "198.18.9.2"));
+    assert!(e.contains("full-cone"), "{e}");
+    let e = err(&nat_router(
+        r#"random_ports = true, ports = "preserving""#,
+        "198.18.9.2",
+    ));
+    assert!(e.contains("keep one"), "{e}");
+    for secs in [0, 3601] {
+        let e = err(&nat_router(&format!("udp_timeout = {secs}"), "198.18.9.2"));
+        assert!(e.contains("udp_timeout"), "{e}");
+    }
+    // miniupnpd would start and then map nothing.
+    let e = err(&nat_router("port_mapping = {}", "198.18.9.2"));
+    assert!(e.contains("reserved") && e.contains("198.18.9.2"), "{e}");
+    let e = err(&nat_router(
+        "port_mapping = { natpmp = false, upnp = false }",
+        "198.20.9.2",
+    ));
+    assert!(e.contains("neither"), "{e}");
+}
+
+#[test]
+fn miniupnpd_reserved_ranges_match_its_list() {
+    use super::nat::miniupnpd_refuses;
+    for ip in [
+        "198.18.0.1",
+        "198.19.255.255",
+        "10.1.2.3",
+        "192.168.1.1",
+        "100.64.0.1",
+        "203.0.113.9",
+    ] {
+        assert!(miniupnpd_refuses(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["198.20.0.2", "198.17.255.255", "8.8.8.8", "100.128.0.1"] {
+        assert!(!miniupnpd_refuses(ip.parse().unwrap()), "{ip}");
+    }
 }

@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Host, Link, RouteTarget, Topology};
+use super::nat::{MAX_UDP_TIMEOUT, miniupnpd_refuses};
+use super::{Host, Link, Nat, PortAssignment, RouteTarget, Topology};
 use crate::Error;
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
@@ -237,6 +238,7 @@ fn check_host(t: &Topology, name: &str, host: &Host) -> Result<(), Error> {
                 nat.out
             )));
         }
+        check_nat_kind(t, name, nat)?;
         let mut ports = BTreeSet::new();
         for fwd in &nat.forwards {
             if fwd.port == 0 || fwd.to.port() == 0 {
@@ -300,6 +302,66 @@ fn check_host(t: &Topology, name: &str, host: &Host) -> Result<(), Error> {
             return Err(Error::topo(format!(
                 "host `{name}`: service `{}`: wait_secs must be in (0, 600]",
                 svc.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The RFC 4787 keys and the port-mapping daemon of a host's `nat`.
+fn check_nat_kind(t: &Topology, name: &str, nat: &Nat) -> Result<(), Error> {
+    if nat.random_ports && nat.ports == Some(PortAssignment::Preserving) {
+        return Err(Error::topo(format!(
+            "host `{name}`: nat has both random_ports = true and ports = \"preserving\"; keep one"
+        )));
+    }
+    if let Some(secs) = nat.udp_timeout
+        && !(1..=MAX_UDP_TIMEOUT).contains(&secs)
+    {
+        return Err(Error::topo(format!(
+            "host `{name}`: nat.udp_timeout = {secs} must be 1 to {MAX_UDP_TIMEOUT} seconds"
+        )));
+    }
+    // Hairpinning matches the outside address; miniupnpd announces it.
+    let outside = t.end(name, &nat.out).and_then(|e| {
+        e.addrs.iter().find_map(|a| match a.addr() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+    });
+    if (nat.hairpin || nat.port_mapping.is_some()) && outside.is_none() {
+        return Err(Error::topo(format!(
+            "host `{name}`: nat.hairpin and nat.port_mapping need an IPv4 address on link `{}`",
+            nat.out
+        )));
+    }
+    if let (Some(pm), Some(ip)) = (&nat.port_mapping, outside) {
+        if !pm.natpmp && !pm.upnp {
+            return Err(Error::topo(format!(
+                "host `{name}`: nat.port_mapping with neither natpmp nor upnp"
+            )));
+        }
+        if pm.http_port == 0 {
+            return Err(Error::topo(format!(
+                "host `{name}`: nat.port_mapping.http_port must not be 0"
+            )));
+        }
+        if miniupnpd_refuses(ip) {
+            return Err(Error::topo(format!(
+                "host `{name}`: nat.port_mapping: miniupnpd maps no ports when the outside \
+                 address ({ip} on `{}`) is private or reserved, and 198.18.0.0/15 is reserved; \
+                 give this router's outside link a public-looking address (the lab's \
+                 configs use 198.20.0.0/16, which stays inside the lab's namespaces)",
+                nat.out
+            )));
+        }
+        let inside = t
+            .ends_of(name)
+            .filter(|(l, _)| l.name != nat.out)
+            .any(|(_, e)| e.addrs.iter().any(|a| a.addr().is_ipv4()));
+        if !inside {
+            return Err(Error::topo(format!(
+                "host `{name}`: nat.port_mapping needs an inside link with an IPv4 address"
             )));
         }
     }
