@@ -367,6 +367,14 @@ impl Session {
             .map_err(|_| Error::Stream("not connected to the GMS".into()))
     }
 
+    /// [`Session::connect_now`] without waiting for the answer: false when
+    /// the request could not even be queued (the session task is busy or
+    /// gone). For callers that must not stall on the GMS.
+    pub fn request_connect_now(&self, ge: GeId) -> bool {
+        let (tx, _rx) = oneshot::channel();
+        self.cmds.try_send(Command::ConnectNow(ge, tx)).is_ok()
+    }
+
     /// Tells the GMS the node's addresses changed.
     pub async fn report_addresses(&self, addrs: Vec<SocketAddr>) -> Result<()> {
         let (tx, rx) = oneshot::channel();

@@ -73,6 +73,7 @@ async fn frames_flow_both_ways_on_one_connection_and_name_the_sender() {
     let back = PeerTarget {
         ge: GeId(1),
         addrs: vec![],
+        reflexive: None,
     };
     b.send(&back, FrameKind::Control, b"pong").unwrap();
     let f = recv(&mut arx).await;
@@ -155,6 +156,7 @@ async fn an_address_answering_with_another_ge_is_refused() {
     // a believes GE 3 lives at b's address.
     let wrong = PeerTarget {
         ge: GeId(3),
+        reflexive: None,
         addrs: vec![b.local_addr()],
     };
     a.send(&wrong, FrameKind::Data, b"for 3").unwrap();
@@ -447,6 +449,7 @@ async fn a_crashed_and_restarted_peer_we_connected_to_is_reached_again_at_once()
     let dir = net.identity_dir(2, 12);
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {
+    reflexive: None,
         ge: GeId(2),
         addrs: vec![b.addr()],
     };
@@ -478,6 +481,7 @@ async fn a_crashed_and_restarted_peer_that_connected_to_us_is_reached_again_at_o
     // id at once).
     let mut b = ChildCarrier::start(&dir, 0, Some(a.local_addr()));
     assert_eq!(&recv(&mut arx).await.payload[..], b"hello again");
+    reflexive: None,
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
@@ -502,6 +506,7 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
     let net = Network::new();
     let (a, mut arx) = local_carrier(net.identity(1, 11));
     let dir = net.identity_dir(2, 12);
+    reflexive: None,
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {
         ge: GeId(2),
@@ -532,6 +537,7 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
 async fn a_connection_whose_data_gets_no_answer_is_given_up_long_before_the_idle_timeout() {
     let net = Network::new();
     let (a, mut arx) = local_carrier(net.identity(1, 11));
+    reflexive: None,
     let dir = net.identity_dir(2, 12);
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {

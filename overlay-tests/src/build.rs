@@ -285,6 +285,22 @@ pub(crate) fn nat_ruleset(out_if: &str, nat: &Nat) -> String {
         Inbound::Drop => format!("    iifname \"{out_if}\" drop\n"),
         Inbound::Accept => String::new(),
     };
+    // Unsolicited packets to the router itself are dropped too, as a home
+    // router's firewall does. Accepted, each would leave a conntrack entry
+    // (a peer's hole-punching packet to the router's public port) that
+    // makes masquerade give a LAN host's later flow to that peer another
+    // source port, so two such NATs could never be punched (the packets of
+    // both ends would each hit the other router first).
+    let input = match nat.inbound {
+        Inbound::Drop => format!(
+            "  chain input {{\n\
+             \x20   type filter hook input priority filter; policy accept;\n\
+             \x20   iifname \"{out_if}\" ct state established,related accept\n\
+             \x20   iifname \"{out_if}\" drop\n\
+             \x20 }}\n"
+        ),
+        Inbound::Accept => String::new(),
+    };
     format!(
         "table ip {NAT_TABLE} {{\n\
          \x20 chain prerouting {{\n\
@@ -301,6 +317,7 @@ pub(crate) fn nat_ruleset(out_if: &str, nat: &Nat) -> String {
          \x20   iifname \"{out_if}\" ct status dnat accept\n\
          {drop_new}\
          \x20 }}\n\
+         {input}\
          }}\n"
     )
 }
@@ -343,6 +360,7 @@ mod tests {
             "{rs}"
         );
         assert!(rs.contains("iifname \"wan\" drop"), "{rs}");
+        assert!(rs.contains("hook input"), "the router itself drops too: {rs}");
 
         let open = Nat {
             inbound: Inbound::Accept,
