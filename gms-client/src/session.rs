@@ -18,8 +18,7 @@ use crate::ca::SERVER_NAME;
 use crate::framing::{read_frame, write_frame};
 use crate::task::AbortOnDrop;
 use crate::wire::{
-    Candidates, ClientMsg, ConnectNowOutcome, DirectoryEntry, GroupKeys, ListedGe, ServerMsg,
-    close,
+    Candidates, ClientMsg, ConnectNowOutcome, DirectoryEntry, GroupKeys, ListedGe, ServerMsg, close,
 };
 use crate::{Error, Result, now_unix, tls};
 

@@ -201,7 +201,11 @@ impl ConnectNowOutcome {
             1 => Self::Offline,
             2 => Self::RateLimited,
             3 => Self::Unknown,
-            _ => return Err(fpn_proto::Error::invalid("connect-now outcome", "must be 0..=3").into()),
+            _ => {
+                return Err(
+                    fpn_proto::Error::invalid("connect-now outcome", "must be 0..=3").into(),
+                );
+            }
         })
     }
 }

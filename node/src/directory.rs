@@ -232,7 +232,10 @@ mod tests {
         // The GMS saw the carrier socket through a NAT that changed the
         // port: the reflexive candidate keeps the port the NAT chose.
         let seen: SocketAddr = "198.18.0.9:40000".parse().unwrap();
-        assert_eq!(carrier_addrs(&r, Some(seen)), (vec![r[0], seen], Some(seen)));
+        assert_eq!(
+            carrier_addrs(&r, Some(seen)),
+            (vec![r[0], seen], Some(seen))
+        );
         assert_eq!(carrier_addrs(&[], Some(seen)), (vec![seen], Some(seen)));
         // Seen at a reported address: no NAT, no reflexive candidate.
         assert_eq!(carrier_addrs(&r, Some(r[0])), (r.clone(), None));

@@ -156,8 +156,8 @@ async fn an_address_answering_with_another_ge_is_refused() {
     // a believes GE 3 lives at b's address.
     let wrong = PeerTarget {
         ge: GeId(3),
-        reflexive: None,
         addrs: vec![b.local_addr()],
+        reflexive: None,
     };
     a.send(&wrong, FrameKind::Data, b"for 3").unwrap();
     until(&a, GeId(3), |p| {
@@ -449,9 +449,9 @@ async fn a_crashed_and_restarted_peer_we_connected_to_is_reached_again_at_once()
     let dir = net.identity_dir(2, 12);
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {
-    reflexive: None,
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     // a opens the connection: b's stateless reset token is what a holds.
     until_echo(&a, &mut arx, &to).await;
@@ -481,10 +481,10 @@ async fn a_crashed_and_restarted_peer_that_connected_to_us_is_reached_again_at_o
     // id at once).
     let mut b = ChildCarrier::start(&dir, 0, Some(a.local_addr()));
     assert_eq!(&recv(&mut arx).await.payload[..], b"hello again");
-    reflexive: None,
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     assert_eq!(
@@ -506,11 +506,11 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
     let net = Network::new();
     let (a, mut arx) = local_carrier(net.identity(1, 11));
     let dir = net.identity_dir(2, 12);
-    reflexive: None,
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     // a's connection (a has the lower id) is older than a simultaneous
@@ -537,12 +537,12 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
 async fn a_connection_whose_data_gets_no_answer_is_given_up_long_before_the_idle_timeout() {
     let net = Network::new();
     let (a, mut arx) = local_carrier(net.identity(1, 11));
-    reflexive: None,
     let dir = net.identity_dir(2, 12);
     let mut b = ChildCarrier::start(&dir, 0, None);
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     // b is gone for good: nothing resets the connection.

@@ -360,7 +360,10 @@ mod tests {
             "{rs}"
         );
         assert!(rs.contains("iifname \"wan\" drop"), "{rs}");
-        assert!(rs.contains("hook input"), "the router itself drops too: {rs}");
+        assert!(
+            rs.contains("hook input"),
+            "the router itself drops too: {rs}"
+        );
 
         let open = Nat {
             inbound: Inbound::Accept,

@@ -139,10 +139,16 @@ fn two_nodes_behind_two_nats_punch_through_and_reach_each_other_by_name() {
     }
     // The punch was coordinated through the GMS.
     let (sa, sb) = (ov.status("a").unwrap(), ov.status("b").unwrap());
-    let asked = sa["gms"]["punches_asked"].as_u64().unwrap() + sb["gms"]["punches_asked"].as_u64().unwrap();
-    let received =
-        sa["gms"]["punches_received"].as_u64().unwrap() + sb["gms"]["punches_received"].as_u64().unwrap();
-    assert!(asked >= 1 && received >= 1, "a: {}, b: {}", sa["gms"], sb["gms"]);
+    let asked =
+        sa["gms"]["punches_asked"].as_u64().unwrap() + sb["gms"]["punches_asked"].as_u64().unwrap();
+    let received = sa["gms"]["punches_received"].as_u64().unwrap()
+        + sb["gms"]["punches_received"].as_u64().unwrap();
+    assert!(
+        asked >= 1 && received >= 1,
+        "a: {}, b: {}",
+        sa["gms"],
+        sb["gms"]
+    );
 }
 
 #[test]
@@ -169,7 +175,12 @@ fn two_nodes_on_one_home_lan_talk_over_the_lan_not_through_the_router() {
     // unicast between two other hosts.
     let lan = lab.capture("nas", "homelan", "udp").unwrap();
 
-    ping_until_answered(&ov, "laptop", &Overlay::fqdn("nas"), Duration::from_secs(20));
+    ping_until_answered(
+        &ov,
+        "laptop",
+        &Overlay::fqdn("nas"),
+        Duration::from_secs(20),
+    );
     let _echo = common::echo_server(lab, "nas", 7001);
     let out = echo_send(
         lab,

@@ -687,7 +687,10 @@ fn the_directory_carries_the_reflexive_candidate_and_connect_now_reaches_the_pee
     let (answer, out) = c
         .handle_request(laptop, ClientMsg::ConnectNow(nas), T0)
         .unwrap();
-    assert!(matches!(answer, ServerMsg::ConnectNowSent(O::Sent)), "{answer:?}");
+    assert!(
+        matches!(answer, ServerMsg::ConnectNowSent(O::Sent)),
+        "{answer:?}"
+    );
     let pushed = pushes_to(&out, nas);
     assert_eq!(
         pushed.len(),
@@ -731,7 +734,10 @@ fn the_directory_carries_the_reflexive_candidate_and_connect_now_reaches_the_pee
         let (a, out) = c
             .handle_request(laptop, ClientMsg::ConnectNow(target), T0 + 5)
             .unwrap();
-        assert!(matches!(a, ServerMsg::ConnectNowSent(o) if o == want), "{a:?}");
+        assert!(
+            matches!(a, ServerMsg::ConnectNowSent(o) if o == want),
+            "{a:?}"
+        );
         assert!(out.is_empty());
     }
     let sid = c.presence[&nas.0].session;

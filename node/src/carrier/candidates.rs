@@ -34,7 +34,10 @@ pub enum CandidateKind {
 }
 
 /// A peer's candidates with their kinds, local ones first, duplicates removed.
-pub fn typed(addrs: &[SocketAddr], reflexive: Option<SocketAddr>) -> Vec<(SocketAddr, CandidateKind)> {
+pub fn typed(
+    addrs: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> Vec<(SocketAddr, CandidateKind)> {
     let mut out: Vec<(SocketAddr, CandidateKind)> = Vec::with_capacity(addrs.len() + 1);
     for a in addrs {
         if Some(*a) != reflexive && !out.iter().any(|(x, _)| x == a) {
@@ -54,7 +57,11 @@ pub fn typed(addrs: &[SocketAddr], reflexive: Option<SocketAddr>) -> Vec<(Socket
 /// one it reported), `direct via NAT (reflexive)` (the peer's NAT's public
 /// side), `direct via NAT (peer-reflexive)` (an address neither reported
 /// nor seen by the GMS: the peer's NAT mapped its socket anew for us).
-pub fn path_text(remote: SocketAddr, addrs: &[SocketAddr], reflexive: Option<SocketAddr>) -> &'static str {
+pub fn path_text(
+    remote: SocketAddr,
+    addrs: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> &'static str {
     if Some(remote) == reflexive {
         "direct via NAT (reflexive)"
     } else if addrs.contains(&remote) {
@@ -141,8 +148,7 @@ impl Race {
             return None;
         }
         let ready = |k| {
-            (0..self.state.len())
-                .find(|&i| self.state[i] == Attempt::Ready && self.kinds[i] == k)
+            (0..self.state.len()).find(|&i| self.state[i] == Attempt::Ready && self.kinds[i] == k)
         };
         if let Some(i) = ready(CandidateKind::Local).or_else(|| ready(CandidateKind::Reflexive)) {
             self.done = true;
@@ -156,7 +162,8 @@ impl Race {
             if self.state[i] != Attempt::NotStarted {
                 continue;
             }
-            let due = self.kinds[i] == CandidateKind::Local || !locals_left || now >= self.reflexive_at;
+            let due =
+                self.kinds[i] == CandidateKind::Local || !locals_left || now >= self.reflexive_at;
             if due {
                 self.state[i] = Attempt::Pending;
                 return Some(Action::Dial(i));
@@ -267,7 +274,10 @@ mod tests {
         let nat = sa("198.18.2.2:7718");
         let vps = sa("198.18.1.10:7718");
         assert_eq!(path_text(lan, &[lan, nat], Some(nat)), "direct LAN");
-        assert_eq!(path_text(nat, &[lan, nat], Some(nat)), "direct via NAT (reflexive)");
+        assert_eq!(
+            path_text(nat, &[lan, nat], Some(nat)),
+            "direct via NAT (reflexive)"
+        );
         assert_eq!(path_text(vps, &[vps], None), "direct (public address)");
         assert_eq!(
             path_text(sa("198.18.2.2:40000"), &[lan, nat], Some(nat)),

@@ -121,9 +121,9 @@ async fn run(
     // sees it come from is then the carrier's reflexive address (what a
     // NAT maps port 7718 to), which peers are handed as a candidate.
     let endpoint = carrier.endpoint();
-    let punch_requests = carrier.take_punch_requests().ok_or_else(|| {
-        Error::Control("the carrier's punch requests were taken already".into())
-    })?;
+    let punch_requests = carrier
+        .take_punch_requests()
+        .ok_or_else(|| Error::Control("the carrier's punch requests were taken already".into()))?;
     let mut scfg = SessionConfig::with_cache(state.key_cache());
     scfg.reported = reported.clone();
     // Renewals replace node.crt and credential where enrollment put them.

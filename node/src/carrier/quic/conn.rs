@@ -130,9 +130,8 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) 
                     Action::Dial(i) => {
                         let (inner, (addr, kind)) = (inner.clone(), cands[i]);
                         debug!(%addr, ?kind, "dialing candidate");
-                        attempts.spawn(async move {
-                            (i, connect_one(&inner, target.ge, addr).await)
-                        });
+                        attempts
+                            .spawn(async move { (i, connect_one(&inner, target.ge, addr).await) });
                     }
                     // Only a completed handshake makes a candidate ready,
                     // and that is taken below where the connection is.

@@ -458,7 +458,8 @@ impl Inner {
         debug!(peer = %target.ge, "dialing on the peer's connect-now");
         peer.retry_at = None;
         peer.link = Link::Connecting;
-        self.runtime.spawn(conn::connect(self.clone(), target, true));
+        self.runtime
+            .spawn(conn::connect(self.clone(), target, true));
     }
 
     /// Sends one encoded frame (kind byte included) on `conn`; counts it or its drop.
