@@ -85,6 +85,23 @@ fn two_nodes_behind_two_nats_punch_through_and_reach_each_other_by_name() {
     let gwa = lab.addr("gwa", "pub-a").unwrap();
     let gwb = lab.addr("gwb", "pub-b").unwrap();
 
+    // Both routers forget a UDP flow after 15 s without packets (Linux's
+    // default is 30 s unanswered, 120 s once answered), from before the
+    // first packet between the nodes; the carrier's QUIC keep-alive goes
+    // every 10 s.
+    for gw in ["gwa", "gwb"] {
+        lab.exec_ok(
+            gw,
+            [
+                "sysctl",
+                "-w",
+                "net.netfilter.nf_conntrack_udp_timeout=15",
+                "net.netfilter.nf_conntrack_udp_timeout_stream=15",
+            ],
+        )
+        .unwrap();
+    }
+
     // Address discovery: each node's reflexive address is its router's
     // public address with the carrier's port (the NAT keeps the port).
     assert_eq!(wait_reflexive(&ov, "a"), format!("{gwa}:7718"));
@@ -149,6 +166,25 @@ fn two_nodes_behind_two_nats_punch_through_and_reach_each_other_by_name() {
         sa["gms"],
         sb["gms"]
     );
+
+    // Keepalives held the bindings (the routers forget a flow after 15 s,
+    // set at the start): after 25 s without traffic, the first echo is
+    // answered at once, on the same connection (an expired binding would
+    // need a new punch first, and the echo would be lost meanwhile).
+    let punched = |ov: &Overlay| {
+        ["a", "b"].map(|n| peer_entry(ov, n, if n == "a" { "b" } else { "a" })["punched"].as_u64())
+    };
+    let before = punched(&ov);
+    std::thread::sleep(Duration::from_secs(25));
+    let p = ov.ping("a", "b", 1).unwrap();
+    assert!(
+        p.ok && p.rtts().len() == 1,
+        "the idle path did not carry an echo at once: {}",
+        p.json
+    );
+    assert_eq!(punched(&ov), before, "no new punch after the idle time");
+    let p = peer_entry(&ov, "a", "b");
+    assert_eq!(p["candidate"], "direct via NAT (reflexive)", "{p}");
 }
 
 #[test]
