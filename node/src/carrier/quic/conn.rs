@@ -143,6 +143,13 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) 
                 }
             }
             let wake = race.poll_timeout().map(tokio::time::Instant::from_std);
+            if attempts.is_empty() && wake.is_none() {
+                // Nothing in flight and nothing due: an attempt task ended
+                // without a result (it panicked). Give up like a failure
+                // rather than leave the peer connecting for ever.
+                inner.connect_failed(target.ge);
+                return;
+            }
             let done = tokio::select! {
                 r = attempts.join_next(), if !attempts.is_empty() => r,
                 _ = sleep_until(wake) => continue,
