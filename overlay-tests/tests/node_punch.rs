@@ -54,13 +54,15 @@ fn wait_reflexive(ov: &Overlay, node: &str) -> String {
     }
 }
 
-/// `ping -c 1 NAME` from `host` until one answer, at most `bound`.
+/// `ping -n -c 1 NAME` from `host` until one answer, at most `bound`
+/// (`-n`: no reverse lookup of the answer, whose timeout in the lab would
+/// count as time to the first answer).
 fn ping_until_answered(ov: &Overlay, host: &str, name: &str, bound: Duration) -> Duration {
     let t = Instant::now();
     loop {
         let out = ov
             .lab()
-            .exec(host, ["ping", "-c", "1", "-W", "1", name])
+            .exec(host, ["ping", "-n", "-c", "1", "-W", "1", name])
             .unwrap();
         if out.success() {
             return t.elapsed();
