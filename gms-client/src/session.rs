@@ -17,7 +17,9 @@ use super::{Identity, KeyCache, resolve};
 use crate::ca::SERVER_NAME;
 use crate::framing::{read_frame, write_frame};
 use crate::task::AbortOnDrop;
-use crate::wire::{ClientMsg, DirectoryEntry, GroupKeys, ListedGe, ServerMsg, close};
+use crate::wire::{
+    Candidates, ClientMsg, ConnectNowOutcome, DirectoryEntry, GroupKeys, ListedGe, ServerMsg, close,
+};
 use crate::{Error, Result, now_unix, tls};
 
 /// Events kept for a slow reader; beyond this, events are dropped (the
@@ -109,6 +111,9 @@ pub enum Event {
         /// Its new entry, `None` when gone.
         entry: Option<DirectoryEntry>,
     },
+    /// A peer wants a connection with this node (hole punching): connect to
+    /// its candidates now, so both NATs see outgoing packets at once.
+    ConnectNow(Candidates),
     /// The session dropped; a reconnect follows.
     Disconnected {
         /// Why.
@@ -170,12 +175,16 @@ enum Command {
     Query(String, oneshot::Sender<Option<DirectoryEntry>>),
     Report(Vec<SocketAddr>, oneshot::Sender<()>),
     List(String, oneshot::Sender<Page>),
+    Observe(oneshot::Sender<SocketAddr>),
+    ConnectNow(GeId, oneshot::Sender<ConnectNowOutcome>),
 }
 
 enum Pending {
     Query(oneshot::Sender<Option<DirectoryEntry>>),
     Report(oneshot::Sender<()>),
     List(oneshot::Sender<Page>),
+    Observe(oneshot::Sender<SocketAddr>),
+    ConnectNow(oneshot::Sender<ConnectNowOutcome>),
     Renew,
 }
 
@@ -331,6 +340,38 @@ impl Session {
                 return Ok(all);
             }
         }
+    }
+
+    /// Asks the GMS where it sees this session come from: the reflexive
+    /// address of the socket the session runs on.
+    pub async fn observe(&self) -> Result<SocketAddr> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::Observe(tx))
+            .await
+            .map_err(|_| Error::Terminated("session task ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Stream("not connected to the GMS".into()))
+    }
+
+    /// Asks the GMS to tell GE `ge` to connect to this node now (it pushes
+    /// [`Event::ConnectNow`] there, rate-limited per pair).
+    pub async fn connect_now(&self, ge: GeId) -> Result<ConnectNowOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::ConnectNow(ge, tx))
+            .await
+            .map_err(|_| Error::Terminated("session task ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Stream("not connected to the GMS".into()))
+    }
+
+    /// [`Session::connect_now`] without waiting for the answer: false when
+    /// the request could not even be queued (the session task is busy or
+    /// gone). For callers that must not stall on the GMS.
+    pub fn request_connect_now(&self, ge: GeId) -> bool {
+        let (tx, _rx) = oneshot::channel();
+        self.cmds.try_send(Command::ConnectNow(ge, tx)).is_ok()
     }
 
     /// Tells the GMS the node's addresses changed.
@@ -560,6 +601,10 @@ async fn session_loop(
                     Command::List(after, tx) => {
                         (ClientMsg::DirectoryList { after }, Pending::List(tx))
                     }
+                    Command::Observe(tx) => (ClientMsg::Observe, Pending::Observe(tx)),
+                    Command::ConnectNow(ge, tx) => {
+                        (ClientMsg::ConnectNow(ge), Pending::ConnectNow(tx))
+                    }
                 };
                 match frame.encode() {
                     Ok(f) => {
@@ -621,6 +666,19 @@ fn handle_push(
             }
             _ => return Err(Error::Protocol("unexpected acknowledgement".into())),
         },
+        ServerMsg::Observed(a) => match pending.pop_front() {
+            Some(Pending::Observe(tx)) => {
+                let _ = tx.send(a);
+            }
+            _ => return Err(Error::Protocol("unexpected observed address".into())),
+        },
+        ServerMsg::ConnectNowSent(o) => match pending.pop_front() {
+            Some(Pending::ConnectNow(tx)) => {
+                let _ = tx.send(o);
+            }
+            _ => return Err(Error::Protocol("unexpected connect-now answer".into())),
+        },
+        ServerMsg::ConnectNow(c) => shared.emit(Event::ConnectNow(c)),
         ServerMsg::Enrolled(_)
         | ServerMsg::Refused { .. }
         | ServerMsg::SessionInit(_)

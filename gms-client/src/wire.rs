@@ -163,6 +163,51 @@ pub enum ClientMsg {
     /// Answered with [`ServerMsg::Renewed`], or [`ServerMsg::Refused`] when
     /// the GE may not renew (revoked, removed).
     Renew,
+    /// 0x20: which address does this session come from (empty body)?
+    /// Answered with [`ServerMsg::Observed`]. The node runs its session on
+    /// its carrier's socket, so the answer is the carrier's reflexive
+    /// address (the public side of a NAT).
+    Observe,
+    /// 0x21: tell GE `ge u32` to connect to this node now (hole punching):
+    /// the GMS pushes [`ServerMsg::ConnectNow`] with this node's candidates
+    /// to `ge`'s session, at most once per [`CONNECT_NOW_INTERVAL_SECS`]
+    /// per ordered pair. Answered with [`ServerMsg::ConnectNowSent`].
+    ConnectNow(GeId),
+}
+
+/// The shortest interval between two [`ServerMsg::ConnectNow`] pushes the
+/// GMS sends on behalf of the same asker to the same target.
+pub const CONNECT_NOW_INTERVAL_SECS: u64 = 1;
+
+/// What the GMS did with a [`ClientMsg::ConnectNow`] (`outcome u8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnectNowOutcome {
+    /// 0: the push was queued to the target's session.
+    Sent = 0,
+    /// 1: the target has no session.
+    Offline = 1,
+    /// 2: a push for the same pair went out less than
+    /// [`CONNECT_NOW_INTERVAL_SECS`] ago.
+    RateLimited = 2,
+    /// 3: no such active GE (or the asker itself).
+    Unknown = 3,
+}
+
+impl ConnectNowOutcome {
+    fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            0 => Self::Sent,
+            1 => Self::Offline,
+            2 => Self::RateLimited,
+            3 => Self::Unknown,
+            _ => {
+                return Err(
+                    fpn_proto::Error::invalid("connect-now outcome", "must be 0..=3").into(),
+                );
+            }
+        })
+    }
 }
 
 /// One GE in a directory listing:
@@ -305,6 +350,27 @@ pub enum ServerMsg {
     },
     /// 0x8b: answer to [`ClientMsg::Renew`].
     Renewed(Renewed),
+    /// 0xa0: answer to [`ClientMsg::Observe`]: `address`, where the GMS sees
+    /// the session come from.
+    Observed(SocketAddr),
+    /// 0xa1: answer to [`ClientMsg::ConnectNow`]: `outcome u8`.
+    ConnectNowSent(ConnectNowOutcome),
+    /// 0xa2: GE `ge` wants a connection with this node; connect to its
+    /// candidates now so both NATs open: `ge u32 | seen (0 | 1 address) |
+    /// n u8 | n x address` (its reflexive address, then its local ones).
+    ConnectNow(Candidates),
+}
+
+/// Where a GE may be reached, typed: what [`ServerMsg::ConnectNow`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidates {
+    /// The GE.
+    pub ge: GeId,
+    /// Its reflexive address: where the GMS sees its session (its carrier's
+    /// socket) come from.
+    pub reflexive: Option<SocketAddr>,
+    /// The local addresses it reports.
+    pub local: Vec<SocketAddr>,
 }
 
 /// Checks a frame header; returns the message type and body length.
@@ -369,6 +435,11 @@ impl ClientMsg {
                 0x05
             }
             Self::Renew => 0x06,
+            Self::Observe => 0x20,
+            Self::ConnectNow(ge) => {
+                w.u32(ge.0);
+                0x21
+            }
         };
         frame(ty, &b)
     }
@@ -392,6 +463,8 @@ impl ClientMsg {
                 after: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
             },
             0x06 => Self::Renew,
+            0x20 => Self::Observe,
+            0x21 => Self::ConnectNow(GeId(r.u32("GE id")?)),
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown client message type {t:#04x}"
@@ -488,6 +561,26 @@ impl ServerMsg {
                 w.long_bytes(&n.credential, credential::MAX_LEN, "credential")?;
                 0x8b
             }
+            Self::Observed(a) => {
+                put_addr(&mut w, a);
+                0xa0
+            }
+            Self::ConnectNowSent(o) => {
+                w.u8(*o as u8);
+                0xa1
+            }
+            Self::ConnectNow(c) => {
+                w.u32(c.ge.0);
+                match &c.reflexive {
+                    Some(a) => {
+                        w.u8(1);
+                        put_addr(&mut w, a);
+                    }
+                    None => w.u8(0),
+                }
+                put_addrs(&mut w, &c.local)?;
+                0xa2
+            }
         };
         frame(ty, &b)
     }
@@ -566,6 +659,16 @@ impl ServerMsg {
                 server_time: r.u64("server time")?,
                 cert: r.long_bytes(MAX_CERT, "certificate")?.to_vec(),
                 credential: r.long_bytes(credential::MAX_LEN, "credential")?.to_vec(),
+            }),
+            0xa0 => Self::Observed(get_addr(&mut r)?),
+            0xa1 => Self::ConnectNowSent(ConnectNowOutcome::from_u8(r.u8("outcome")?)?),
+            0xa2 => Self::ConnectNow(Candidates {
+                ge: GeId(r.u32("GE id")?),
+                reflexive: match get_flag(&mut r, "reflexive present")? {
+                    true => Some(get_addr(&mut r)?),
+                    false => None,
+                },
+                local: get_addrs(&mut r)?,
             }),
             t => {
                 return Err(Error::Protocol(format!(
@@ -865,6 +968,18 @@ mod tests {
                 cert: vec![6; 400],
                 credential: vec![7; 150],
             }),
+            ServerMsg::Observed("198.18.2.2:7718".parse().unwrap()),
+            ServerMsg::ConnectNowSent(ConnectNowOutcome::RateLimited),
+            ServerMsg::ConnectNow(Candidates {
+                ge: GeId(7),
+                reflexive: Some("198.18.2.2:7718".parse().unwrap()),
+                local: vec!["192.168.1.10:7718".parse().unwrap()],
+            }),
+            ServerMsg::ConnectNow(Candidates {
+                ge: GeId(8),
+                reflexive: None,
+                local: vec![],
+            }),
         ]
     }
 
@@ -906,6 +1021,8 @@ mod tests {
                 after: "laptop".into(),
             },
             ClientMsg::DirectoryList { after: "".into() },
+            ClientMsg::Observe,
+            ClientMsg::ConnectNow(GeId(3)),
         ];
         for m in msgs {
             let f = m.encode().unwrap();

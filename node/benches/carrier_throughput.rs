@@ -40,6 +40,7 @@ async fn run(congestion: Congestion, secs: u64, size: usize) {
     let to = PeerTarget {
         ge: b.local_ge(),
         addrs: vec![b.local_addr()],
+        reflexive: None,
     };
     a.send(&to, FrameKind::Data, b"hello").unwrap();
     brx.recv().await.unwrap();

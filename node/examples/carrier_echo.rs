@@ -39,6 +39,7 @@ async fn main() -> Result<()> {
         let to = PeerTarget {
             ge: GeId(1),
             addrs: vec![addr],
+            reflexive: None,
         };
         c.send(&to, FrameKind::Data, b"hello again")?;
     }
@@ -46,6 +47,7 @@ async fn main() -> Result<()> {
     while let Ok(Some(f)) = tokio::time::timeout_at(end, rx.recv()).await {
         let to = PeerTarget {
             ge: f.peer,
+            reflexive: None,
             addrs: vec![f.from],
         };
         // A frame that cannot go back is the test's to notice.

@@ -7,6 +7,8 @@
 //! <- {"ok":true,"status":{...}}
 //! -> {"cmd":"ping","name":"b","count":3}
 //! <- {"ok":true,"ping":{"name":"b.home.fpn","address":"100.64.0.2","action":"encrypt","carrier":"quic","rtt_ms":[1.2,0.4,0.4]}}
+//! -> {"cmd":"netcheck"}
+//! <- {"ok":true,"netcheck":{"reflexive":"198.18.2.2:7718","behind_nat":true,...}}
 //! -> {"cmd":"down"}
 //! <- {"ok":true}
 //! ```
@@ -21,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::status::{PingReport, Status};
+use crate::status::{Netcheck, PingReport, Status};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 4096;
@@ -41,6 +43,8 @@ pub enum Request {
         /// Echo requests to send (1..=100).
         count: u32,
     },
+    /// The node's candidates and reflexive address (asks the GMS anew).
+    Netcheck,
     /// Stop the daemon.
     Down,
 }
@@ -59,6 +63,9 @@ pub struct Response {
     /// The answer to `ping`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ping: Option<PingReport>,
+    /// The answer to `netcheck`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub netcheck: Option<Netcheck>,
 }
 
 impl Response {

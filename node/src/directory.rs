@@ -26,8 +26,14 @@ pub struct PeerRecord {
     pub ge: u32,
     /// Overlay address.
     pub overlay: Ipv4Addr,
-    /// Carrier addresses, best first (empty until the GE was queried).
+    /// Carrier addresses (candidates), local ones first (empty until the GE
+    /// was queried).
     pub addrs: Vec<SocketAddr>,
+    /// Which of `addrs` is its reflexive address: where the GMS sees its
+    /// carrier socket (the public side of its NAT). `None` when the GMS
+    /// sees it at an address it reported itself (no NAT).
+    #[serde(default)]
+    pub reflexive: Option<SocketAddr>,
     /// Unix time the addresses were learned (0: never).
     pub fetched: u64,
     /// The peer's certified node key (from its verified credential; `None`
@@ -50,45 +56,42 @@ impl PeerRecord {
 
 /// Builds a peer record from a directory answer: the credential must verify
 /// under the network's CA (so the GMS channel alone cannot make the node
-/// route an address to another GE); the carrier addresses are the ones the
-/// peer reported, then the address the GMS sees it at, on the carrier port
-/// of the first reported address (or `default_port`).
+/// route an address to another GE); the carrier addresses are the
+/// candidates of [`carrier_addrs`].
 pub fn record_from_entry(
     entry: &DirectoryEntry,
     ca_public: &[u8; 32],
     now: u64,
-    default_port: u16,
 ) -> Result<PeerRecord> {
     let cred = UnverifiedCredential::decode(&entry.credential)
         .and_then(|u| u.verify(ca_public, now))
         .map_err(Error::Proto)?;
+    let (addrs, reflexive) = carrier_addrs(&entry.reported, entry.seen);
     Ok(PeerRecord {
         name: cred.info.name.clone(),
         ge: cred.info.id.0,
         overlay: cred.info.overlay,
-        addrs: carrier_addrs(&entry.reported, entry.seen, default_port),
+        addrs,
+        reflexive,
         fetched: now,
         key: Some(cred.node_key),
     })
 }
 
-/// A peer's carrier addresses: those it reported, then the address the GMS
-/// sees it at (the public side of its NAT, say) on the carrier port of its
-/// first reported address (or `default_port`).
+/// A peer's carrier candidates: the local addresses it reported, then its
+/// reflexive address, the address the GMS sees its session come from. The
+/// session runs on the carrier's own socket, so that address, port
+/// included, is the NAT's mapping of the carrier socket (note 34). Returns
+/// the addresses and, separately, the reflexive one when it is not one of
+/// the reported ones (a host with a public address has no NAT).
 pub fn carrier_addrs(
     reported: &[SocketAddr],
     seen: Option<SocketAddr>,
-    default_port: u16,
-) -> Vec<SocketAddr> {
+) -> (Vec<SocketAddr>, Option<SocketAddr>) {
     let mut addrs: Vec<SocketAddr> = reported.iter().copied().take(8).collect();
-    let port = addrs.first().map_or(default_port, SocketAddr::port);
-    if let Some(seen) = seen {
-        let a = SocketAddr::new(seen.ip(), port);
-        if !addrs.contains(&a) {
-            addrs.push(a);
-        }
-    }
-    addrs
+    let reflexive = seen.filter(|s| !addrs.contains(s));
+    addrs.extend(reflexive);
+    (addrs, reflexive)
 }
 
 /// Peers by name, with lookups by overlay address and GE id.
@@ -106,6 +109,7 @@ impl Directory {
             && rec.addrs.is_empty()
         {
             rec.addrs = old.addrs.clone();
+            rec.reflexive = old.reflexive;
             rec.fetched = old.fetched;
         }
         if let Some(old) = self.by_name.get(&rec.name)
@@ -216,24 +220,26 @@ mod tests {
             ge,
             overlay: Ipv4Addr::new(100, 64, 0, last),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            reflexive: None,
             fetched: 100,
             key: None,
         }
     }
 
     #[test]
-    fn carrier_addresses_put_reported_first_and_add_the_seen_address() {
-        let r: Vec<SocketAddr> = vec!["10.0.0.2:7719".parse().unwrap()];
-        let seen = Some("198.18.0.9:40000".parse().unwrap());
+    fn carrier_addresses_put_reported_first_and_add_the_reflexive_one_as_seen() {
+        let r: Vec<SocketAddr> = vec!["10.0.0.2:7718".parse().unwrap()];
+        // The GMS saw the carrier socket through a NAT that changed the
+        // port: the reflexive candidate keeps the port the NAT chose.
+        let seen: SocketAddr = "198.18.0.9:40000".parse().unwrap();
         assert_eq!(
-            carrier_addrs(&r, seen, 7718),
-            vec![r[0], "198.18.0.9:7719".parse().unwrap()]
+            carrier_addrs(&r, Some(seen)),
+            (vec![r[0], seen], Some(seen))
         );
-        assert_eq!(
-            carrier_addrs(&[], seen, 7718),
-            vec!["198.18.0.9:7718".parse::<SocketAddr>().unwrap()]
-        );
-        assert!(carrier_addrs(&[], None, 7718).is_empty());
+        assert_eq!(carrier_addrs(&[], Some(seen)), (vec![seen], Some(seen)));
+        // Seen at a reported address: no NAT, no reflexive candidate.
+        assert_eq!(carrier_addrs(&r, Some(r[0])), (r.clone(), None));
+        assert_eq!(carrier_addrs(&[], None), (vec![], None));
     }
 
     #[test]

@@ -795,6 +795,7 @@ mod tests {
                 ge: 3,
                 overlay: Ipv4Addr::new(100, 64, 0, 3),
                 addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
+                reflexive: None,
                 fetched: 1,
                 key: None,
             }),

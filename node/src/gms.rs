@@ -6,7 +6,7 @@
 //! `ping`'s resolution are published from it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,10 +14,10 @@ use std::time::Duration;
 use fpn_gms_client::{Event, Session};
 use fpn_proto::ge::{GeId, GroupId};
 use fpn_proto::keys::KeyVersion;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::carrier::QuicCarrier;
+use crate::carrier::{PeerTarget, QuicCarrier};
 use crate::core::Command;
 use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
 use crate::error::{Error, Result};
@@ -46,6 +46,13 @@ pub struct GmsView {
     pub renewals: u64,
     /// Why the GMS refused the last renewal, until one succeeds.
     pub renewal_refused: Option<String>,
+    /// This node's reflexive address: where the GMS sees the carrier's
+    /// socket (the public side of a NAT). Learnt at each session start.
+    pub reflexive: Option<SocketAddr>,
+    /// Connect-now requests sent to the GMS (this node dialed a peer).
+    pub punches_asked: u64,
+    /// Connect-now pushes received (a peer dialed this node).
+    pub punches_received: u64,
 }
 
 /// State shared with the daemon (status, ping).
@@ -95,8 +102,10 @@ pub struct GmsTask {
     pub requests: mpsc::Receiver<Ipv4Addr>,
     /// Seconds a directory record is trusted.
     pub ttl: u64,
-    /// Carrier port assumed for a peer that reported none.
-    pub default_port: u16,
+    /// Peers the carrier started dialing (ask the GMS to make them dial back).
+    pub punch_requests: mpsc::Receiver<GeId>,
+    /// `netcheck`: ask the GMS for this node's reflexive address now.
+    pub observe_requests: mpsc::Receiver<oneshot::Sender<Option<SocketAddr>>>,
 }
 
 impl GmsTask {
@@ -115,14 +124,29 @@ impl GmsTask {
             enum Wake {
                 Ev(Option<Event>),
                 Need(Option<Ipv4Addr>),
+                Punch(Option<GeId>),
+                Observe(Option<oneshot::Sender<Option<SocketAddr>>>),
                 Refresh,
             }
             let wake = tokio::select! {
                 ev = self.session.next_event() => Wake::Ev(ev),
                 r = self.requests.recv() => Wake::Need(r),
+                p = self.punch_requests.recv() => Wake::Punch(p),
+                o = self.observe_requests.recv() => Wake::Observe(o),
                 _ = refresh.tick() => Wake::Refresh,
             };
             match wake {
+                Wake::Punch(None) => return Ok(()),
+                Wake::Punch(Some(ge)) => self.ask_connect_now(ge),
+                Wake::Observe(None) => return Ok(()),
+                Wake::Observe(Some(reply)) => {
+                    let now = if self.shared.view().connected {
+                        self.observe().await
+                    } else {
+                        None
+                    };
+                    let _ = reply.send(now);
+                }
                 Wake::Ev(None) => return Ok(()),
                 Wake::Ev(Some(ev)) => self.on_event(ev, &mut last_list).await?,
                 Wake::Need(None) => return Ok(()),
@@ -176,6 +200,10 @@ impl GmsTask {
                 self.carrier.revoke_serials(&revoked);
                 let _ = self.engine.send(Command::RevocationList(revoked)).await;
                 self.report_gms(true).await;
+                // A new session may come from a new mapping (a NAT reboot, a
+                // new network): learn it afresh.
+                self.shared.view().reflexive = None;
+                self.observe().await;
                 self.list(last_list).await;
                 // Re-subscribe to the peers this node talks to.
                 let names: Vec<String> = self
@@ -190,6 +218,18 @@ impl GmsTask {
                 }
             }
             Event::Keys { group, versions } => self.push_keys(group, versions).await,
+            Event::ConnectNow(c) => {
+                // The peer dials our candidates now; dialing its candidates
+                // at the same time opens our NAT towards it.
+                debug!(peer = %c.ge, "connect-now from the GMS");
+                self.shared.view().punches_received += 1;
+                let (addrs, reflexive) = carrier_addrs(&c.local, c.reflexive);
+                self.carrier.punch(PeerTarget {
+                    ge: c.ge,
+                    addrs,
+                    reflexive,
+                });
+            }
             Event::InfoChanged(info) => {
                 info!(groups = ?info.groups, mode = ?info.mode, "this node's GE info changed");
                 // Peers judge this node by the credential it sends: the new
@@ -263,6 +303,41 @@ impl GmsTask {
         Ok(())
     }
 
+    /// Asks the GMS for this node's reflexive address (status, netcheck).
+    /// The status view keeps the one learnt at session start.
+    async fn observe(&mut self) -> Option<SocketAddr> {
+        match tokio::time::timeout(QUERY_TIMEOUT, self.session.observe()).await {
+            Ok(Ok(a)) => {
+                debug!(reflexive = %a, "reflexive address");
+                let mut v = self.shared.view();
+                if v.reflexive.is_none() {
+                    v.reflexive = Some(a);
+                }
+                Some(a)
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "reflexive address query failed");
+                None
+            }
+            Err(_) => {
+                debug!("reflexive address query timed out");
+                None
+            }
+        }
+    }
+
+    /// The carrier dials `ge` on its own: ask the GMS to make it dial back
+    /// (only while connected; without a GMS there is nobody to relay it).
+    fn ask_connect_now(&mut self, ge: GeId) {
+        if !self.shared.view().connected {
+            return;
+        }
+        if self.session.request_connect_now(ge) {
+            self.shared.view().punches_asked += 1;
+            debug!(peer = %ge, "asked the GMS for a connect-now");
+        }
+    }
+
     /// Copies the credential's validity and the renewal record into the
     /// status view.
     fn show_credential(&self) {
@@ -315,19 +390,23 @@ impl GmsTask {
             let gone = dir.retain_names(&names);
             let mut updates = Vec::new();
             for l in listed.into_iter().filter(|l| l.ge != self.own_ge) {
-                let addrs = carrier_addrs(&l.reported, l.seen, self.default_port);
+                let (addrs, reflexive) = carrier_addrs(&l.reported, l.seen);
                 let rec = PeerRecord {
                     name: l.name,
                     ge: l.ge.0,
                     overlay: l.overlay,
                     fetched: if addrs.is_empty() { 0 } else { now },
                     addrs,
+                    reflexive,
                     key: None,
                 };
                 let old = dir.by_name(&rec.name).cloned();
                 if let Some(stored) = dir.upsert(rec)
                     && old.as_ref().is_none_or(|o| {
-                        o.ge != stored.ge || o.overlay != stored.overlay || o.addrs != stored.addrs
+                        o.ge != stored.ge
+                            || o.overlay != stored.overlay
+                            || o.addrs != stored.addrs
+                            || o.reflexive != stored.reflexive
                     })
                 {
                     updates.push(stored.clone());
@@ -393,12 +472,7 @@ impl GmsTask {
     }
 
     async fn store_entry(&mut self, e: &fpn_gms_client::wire::DirectoryEntry) {
-        let rec = match record_from_entry(
-            e,
-            &self.ca_public,
-            fpn_gms_client::now_unix(),
-            self.default_port,
-        ) {
+        let rec = match record_from_entry(e, &self.ca_public, fpn_gms_client::now_unix()) {
             Ok(r) => r,
             Err(err) => {
                 warn!(error = %err, "directory entry with a bad credential ignored");

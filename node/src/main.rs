@@ -59,6 +59,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reports this node's candidates: its local addresses, its reflexive
+    /// address as the GMS sees the carrier's socket (asked anew), and what
+    /// that says about its NAT.
+    Netcheck {
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pings a peer by name through the overlay.
     Ping {
         /// Short name, FQDN or overlay address.
@@ -249,6 +260,26 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Netcheck { state, json } => {
+            let r = ask(&state, &Request::Netcheck, CONTROL_TIMEOUT).await?;
+            let n = r.netcheck.context("the daemon sent no netcheck report")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&n)?);
+            } else {
+                println!("carrier port: {}", n.carrier_port);
+                println!("local candidates: {}", n.local.join(" "));
+                println!(
+                    "reflexive (GMS sees now): {}",
+                    n.reflexive.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "reflexive at session start: {}",
+                    n.reflexive_at_session_start.as_deref().unwrap_or("-")
+                );
+                println!("mapping: {}", n.mapping);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ping {
             name,
             state,
@@ -311,12 +342,13 @@ async fn ask(
 fn print_status(s: &Status) {
     println!("{} (GE {}) overlay {}", s.name, s.ge, s.overlay);
     println!(
-        "GMS: {}",
+        "GMS: {}, reflexive address {}",
         if s.gms.connected {
             "connected"
         } else {
             "not connected (cached keys)"
-        }
+        },
+        s.gms.reflexive.as_deref().unwrap_or("-")
     );
     let c = &s.credential;
     println!(
@@ -340,13 +372,18 @@ fn print_status(s: &Status) {
     println!("peers:");
     for p in &s.peers {
         println!(
-            "  {:<16} GE {:<5} {:<6} {:<24} rtt {:<10} path {}",
+            "  {:<16} GE {:<5} {:<6} {:<24} rtt {:<10} path {} {}",
             p.name,
             p.ge,
             p.carrier,
             p.addr.as_deref().unwrap_or("-"),
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms")),
-            p.path
+            p.path,
+            if p.candidate.is_empty() {
+                String::new()
+            } else {
+                format!("[{}]", p.candidate)
+            }
         );
     }
     println!("flows:");

@@ -38,6 +38,43 @@ pub struct Status {
 pub struct GmsStatus {
     /// True while a session is up.
     pub connected: bool,
+    /// This node's reflexive address: where the GMS sees the carrier's
+    /// socket (the public side of a NAT), learnt at session start.
+    #[serde(default)]
+    pub reflexive: Option<String>,
+    /// Connect-now requests this node sent (it dialed a peer it had no
+    /// connection with and asked the GMS to make the peer dial back).
+    #[serde(default)]
+    pub punches_asked: u64,
+    /// Connect-now pushes this node received (and dialed the peer at once).
+    #[serde(default)]
+    pub punches_received: u64,
+}
+
+/// What `fpn-node netcheck` reports: the node's candidates and what can be
+/// said about its NAT from the GMS's one address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Netcheck {
+    /// True while a GMS session is up (else only cached facts are shown).
+    pub gms_connected: bool,
+    /// The carrier's local UDP port.
+    pub carrier_port: u16,
+    /// Local candidates: the addresses this node reports to the GMS.
+    pub local: Vec<String>,
+    /// The reflexive address the GMS sees now (asked for this report).
+    pub reflexive: Option<String>,
+    /// The reflexive address learnt at session start.
+    pub reflexive_at_session_start: Option<String>,
+    /// True when the reflexive address is none of the local ones (a NAT
+    /// rewrites the carrier's packets).
+    pub behind_nat: Option<bool>,
+    /// True when the NAT kept the carrier's port.
+    pub port_preserved: Option<bool>,
+    /// True when the two observations agree (the mapping held).
+    pub stable: Option<bool>,
+    /// What the mapping's behaviour towards other destinations looks like,
+    /// and how much of that was actually tested.
+    pub mapping: String,
 }
 
 /// This node's credential: short-lived, renewed over the GMS session.
@@ -87,6 +124,14 @@ pub struct PeerStatus {
     pub addr: Option<String>,
     /// Round-trip time of the carrier connection.
     pub rtt_ms: Option<f64>,
+    /// Which of the peer's candidates the QUIC connection uses: "direct
+    /// LAN", "direct via NAT (reflexive)", "direct (public address)",
+    /// "direct via NAT (peer-reflexive)"; empty without a connection.
+    #[serde(default)]
+    pub candidate: String,
+    /// Connections set up because a connect-now arrived (hole punching).
+    #[serde(default)]
+    pub punched: u64,
 }
 
 /// A flow.

@@ -73,6 +73,7 @@ async fn frames_flow_both_ways_on_one_connection_and_name_the_sender() {
     let back = PeerTarget {
         ge: GeId(1),
         addrs: vec![],
+        reflexive: None,
     };
     b.send(&back, FrameKind::Control, b"pong").unwrap();
     let f = recv(&mut arx).await;
@@ -156,6 +157,7 @@ async fn an_address_answering_with_another_ge_is_refused() {
     let wrong = PeerTarget {
         ge: GeId(3),
         addrs: vec![b.local_addr()],
+        reflexive: None,
     };
     a.send(&wrong, FrameKind::Data, b"for 3").unwrap();
     until(&a, GeId(3), |p| {
@@ -449,6 +451,7 @@ async fn a_crashed_and_restarted_peer_we_connected_to_is_reached_again_at_once()
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     // a opens the connection: b's stateless reset token is what a holds.
     until_echo(&a, &mut arx, &to).await;
@@ -481,6 +484,7 @@ async fn a_crashed_and_restarted_peer_that_connected_to_us_is_reached_again_at_o
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     assert_eq!(
@@ -506,6 +510,7 @@ async fn a_restarted_peer_that_connects_first_replaces_our_old_connection() {
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     // a's connection (a has the lower id) is older than a simultaneous
@@ -537,6 +542,7 @@ async fn a_connection_whose_data_gets_no_answer_is_given_up_long_before_the_idle
     let to = PeerTarget {
         ge: GeId(2),
         addrs: vec![b.addr()],
+        reflexive: None,
     };
     until_echo(&a, &mut arx, &to).await;
     // b is gone for good: nothing resets the connection.

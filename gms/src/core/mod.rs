@@ -152,6 +152,8 @@ pub struct Core {
     presence: HashMap<u32, Presence>,
     /// GE -> GEs that asked the directory about it.
     watchers: HashMap<u32, BTreeSet<u32>>,
+    /// (asker, target) -> unix time of the last connect-now push.
+    punches: HashMap<(u32, u32), u64>,
     next_session: u64,
     next_rotation: Option<u64>,
     /// Set after a timer transaction failed: not before this time again.
@@ -230,6 +232,7 @@ impl Core {
             dns: Vec::new(),
             presence: HashMap::new(),
             watchers: HashMap::new(),
+            punches: HashMap::new(),
             next_session: 1,
             next_rotation,
             timer_retry: None,

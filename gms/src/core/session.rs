@@ -17,6 +17,9 @@ use crate::wire::{
 };
 use crate::{Error, Result};
 
+/// Ordered pairs whose last connect-now push is remembered (rate limit).
+const MAX_PUNCH_PAIRS: usize = 65_536;
+
 /// Most revoked serials sent at session start (newest first are kept).
 const MAX_INIT_REVOKED: usize = crate::wire::MAX_REVOKED;
 
@@ -565,9 +568,79 @@ impl Core {
                 Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))
             }
             ClientMsg::Renew => Ok(self.handle_renew(ge, now)),
+            ClientMsg::Observe => {
+                // The address is the one the session was opened from: the
+                // node's carrier socket as its NAT maps it towards us.
+                let seen = self.presence.get(&ge.0).and_then(|p| p.seen);
+                match seen {
+                    Some(a) => Ok((ServerMsg::Observed(a), Vec::new())),
+                    None => Err(Error::Protocol("observe outside a session".into())),
+                }
+            }
+            ClientMsg::ConnectNow(target) => Ok(self.connect_now(ge, target, now)),
             ClientMsg::Enroll(_) | ClientMsg::Hello { .. } => Err(Error::Protocol(
                 "enrollment or hello inside an established session".into(),
             )),
+        }
+    }
+
+    /// Hole punching: `asker` has no connection with `target` and dials its
+    /// candidates; `target` is told to dial the asker's candidates at the
+    /// same time, so both NATs see an outgoing packet first. Rate-limited
+    /// per ordered pair: an honest node asks once per connection attempt
+    /// (seconds apart), and a compromised one cannot make the GMS flood a
+    /// peer with pushes (nor make that peer flood the asker's addresses).
+    /// The candidates sent are the GMS's own record of the asker (its
+    /// session address and its report), never addresses the request names.
+    fn connect_now(&mut self, asker: GeId, target: GeId, now: u64) -> (ServerMsg, Vec<Output>) {
+        use crate::wire::{CONNECT_NOW_INTERVAL_SECS, Candidates, ConnectNowOutcome as O};
+        let answer = |o| (ServerMsg::ConnectNowSent(o), Vec::new());
+        if asker == target || !self.ge_by_id(target.0).is_some_and(GeRecord::is_active) {
+            return answer(O::Unknown);
+        }
+        if !self.presence.get(&target.0).is_some_and(|p| p.online) {
+            return answer(O::Offline);
+        }
+        let key = (asker.0, target.0);
+        if self
+            .punches
+            .get(&key)
+            .is_some_and(|&last| now < last.saturating_add(CONNECT_NOW_INTERVAL_SECS))
+        {
+            return answer(O::RateLimited);
+        }
+        if self.punches.len() >= MAX_PUNCH_PAIRS {
+            // Old entries no longer limit anything; a full table of fresh
+            // ones means a flood, and forgetting them only lets one more
+            // push per pair through.
+            self.punches
+                .retain(|_, last| now < last.saturating_add(CONNECT_NOW_INTERVAL_SECS));
+            if self.punches.len() >= MAX_PUNCH_PAIRS {
+                self.punches.clear();
+            }
+        }
+        self.punches.insert(key, now);
+        let p = self.presence.get(&asker.0);
+        let msg = ServerMsg::ConnectNow(Candidates {
+            ge: asker,
+            reflexive: p.and_then(|p| p.seen),
+            local: p.map(|p| p.reported.clone()).unwrap_or_default(),
+        });
+        match frame(&msg) {
+            Ok(f) => {
+                debug!(%asker, %target, "connect-now pushed");
+                (
+                    ServerMsg::ConnectNowSent(O::Sent),
+                    vec![Output::Send {
+                        to: vec![target],
+                        frame: f,
+                    }],
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "connect-now push not encoded");
+                answer(O::Unknown)
+            }
         }
     }
 

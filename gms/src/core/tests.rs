@@ -628,3 +628,123 @@ fn an_expired_certificate_may_reconnect_to_renew_within_the_grace_only() {
     admin(c, AdminRequest::GeRevoke { name: "a".into() });
     assert!(c.authorize(&fresh, T0 + 125).is_err());
 }
+
+// ---- NAT traversal: reflexive candidates and connect-now (issue 10) ----
+
+/// The frames of `out` sent to `ge`, decoded.
+fn pushes_to(out: &[Output], ge: GeId) -> Vec<ServerMsg> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame } if to.contains(&ge) => {
+                ServerMsg::decode(frame[1], &frame[crate::wire::HEADER_LEN..]).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_directory_carries_the_reflexive_candidate_and_connect_now_reaches_the_peer() {
+    use crate::wire::{Candidates, ConnectNowOutcome as O};
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    for (seed, n) in [(1, "nas"), (2, "laptop")] {
+        ge_add(c, n, &[1]);
+        enroll(c, n, seed);
+    }
+    let (nas, laptop) = (GeId(c.st.ges["nas"].id), GeId(c.st.ges["laptop"].id));
+    // Each session comes from the public side of its home's NAT (the
+    // carrier's socket, port-preserved), reporting its LAN address.
+    let nas_seen: SocketAddr = "198.18.2.2:7718".parse().unwrap();
+    let nas_lan: SocketAddr = "192.168.1.10:7718".parse().unwrap();
+    let laptop_seen: SocketAddr = "198.18.3.2:7718".parse().unwrap();
+    let laptop_lan: SocketAddr = "192.168.2.50:7718".parse().unwrap();
+    c.open_session(nas, nas_seen, vec![nas_lan], T0).unwrap();
+    c.open_session(laptop, laptop_seen, vec![laptop_lan], T0)
+        .unwrap();
+
+    // The directory hands out both candidates, typed by field.
+    match c
+        .handle_request(laptop, ClientMsg::DirectoryQuery("nas".into()), T0)
+        .unwrap()
+        .0
+    {
+        ServerMsg::DirectoryAnswer(Some(e)) => {
+            assert_eq!(e.seen, Some(nas_seen), "reflexive candidate");
+            assert_eq!(e.reported, vec![nas_lan], "local candidates");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A node learns its own reflexive address.
+    match c.handle_request(nas, ClientMsg::Observe, T0).unwrap().0 {
+        ServerMsg::Observed(a) => assert_eq!(a, nas_seen),
+        other => panic!("{other:?}"),
+    }
+
+    // The laptop asks: the NAS is told to dial the laptop's candidates,
+    // which come from the GMS's own record.
+    let (answer, out) = c
+        .handle_request(laptop, ClientMsg::ConnectNow(nas), T0)
+        .unwrap();
+    assert!(
+        matches!(answer, ServerMsg::ConnectNowSent(O::Sent)),
+        "{answer:?}"
+    );
+    let pushed = pushes_to(&out, nas);
+    assert_eq!(
+        pushed.len(),
+        1,
+        "one push to the NAS and nothing to anyone else: {out:?}"
+    );
+    match &pushed[0] {
+        ServerMsg::ConnectNow(cands) => assert_eq!(
+            cands,
+            &Candidates {
+                ge: laptop,
+                reflexive: Some(laptop_seen),
+                local: vec![laptop_lan],
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(pushes_to(&out, laptop).is_empty());
+
+    // Rate-limited per ordered pair; the other direction is its own pair.
+    let again = c
+        .handle_request(laptop, ClientMsg::ConnectNow(nas), T0)
+        .unwrap();
+    assert!(matches!(again.0, ServerMsg::ConnectNowSent(O::RateLimited)));
+    assert!(again.1.is_empty());
+    let back = c
+        .handle_request(nas, ClientMsg::ConnectNow(laptop), T0)
+        .unwrap();
+    assert!(matches!(back.0, ServerMsg::ConnectNowSent(O::Sent)));
+    let later = c
+        .handle_request(
+            laptop,
+            ClientMsg::ConnectNow(nas),
+            T0 + crate::wire::CONNECT_NOW_INTERVAL_SECS,
+        )
+        .unwrap();
+    assert!(matches!(later.0, ServerMsg::ConnectNowSent(O::Sent)));
+
+    // Oneself, unknown GEs and offline ones get no push.
+    for (target, want) in [(laptop, O::Unknown), (GeId(999), O::Unknown)] {
+        let (a, out) = c
+            .handle_request(laptop, ClientMsg::ConnectNow(target), T0 + 5)
+            .unwrap();
+        assert!(
+            matches!(a, ServerMsg::ConnectNowSent(o) if o == want),
+            "{a:?}"
+        );
+        assert!(out.is_empty());
+    }
+    let sid = c.presence[&nas.0].session;
+    c.close_session(nas, sid);
+    let (a, out) = c
+        .handle_request(laptop, ClientMsg::ConnectNow(nas), T0 + 10)
+        .unwrap();
+    assert!(matches!(a, ServerMsg::ConnectNowSent(O::Offline)), "{a:?}");
+    assert!(out.is_empty());
+}

@@ -14,6 +14,7 @@
 //! What a carrier never does: look into payloads, log them, or accept a peer
 //! whose certificate does not chain to the network's CA or was revoked.
 
+pub mod candidates;
 mod frame;
 mod quic;
 
@@ -69,8 +70,14 @@ impl std::fmt::Display for CarrierKind {
 pub struct PeerTarget {
     /// The peer GE.
     pub ge: GeId,
-    /// Its addresses, best first. Only read when a new connection is needed.
+    /// Its addresses (candidates), best first. Only read when a new
+    /// connection is needed: local candidates are dialed first, the
+    /// reflexive one a moment later ([`candidates`]).
     pub addrs: Vec<SocketAddr>,
+    /// Which of `addrs` is the peer's reflexive address (where the GMS sees
+    /// its carrier socket, i.e. the public side of its NAT); the others are
+    /// the local addresses it reported.
+    pub reflexive: Option<SocketAddr>,
 }
 
 /// A frame received from a peer.
@@ -138,6 +145,9 @@ pub struct PeerStats {
     /// Who opened the current connection (the lower GE id's connection wins
     /// when both sides connect at once).
     pub initiator: Option<GeId>,
+    /// Connections set up because the GMS relayed the peer's connect-now
+    /// (hole punching) so far.
+    pub punches: u64,
     /// Frames sent.
     pub frames_out: u64,
     /// Payload bytes sent.

@@ -187,6 +187,7 @@ mod tests {
             target: PeerTarget {
                 ge: GeId(2),
                 addrs: Vec::new(),
+                reflexive: None,
             },
             path: CarrierKind::Quic,
             kind: FrameKind::Data,

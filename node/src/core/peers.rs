@@ -121,6 +121,7 @@ impl PeerTable {
             target: PeerTarget {
                 ge,
                 addrs: Vec::new(),
+                reflexive: None,
             },
             seen_from: Vec::new(),
             path: PathState::default(),
@@ -141,6 +142,7 @@ impl PeerTable {
         }
         if !rec.addrs.is_empty() {
             peer.target.addrs.clone_from(&rec.addrs);
+            peer.target.reflexive = rec.reflexive;
         }
         self.by_overlay.insert(rec.overlay, ge);
         change
@@ -177,6 +179,7 @@ impl PeerTable {
             overlay: None,
             target: PeerTarget {
                 ge,
+                reflexive: None,
                 addrs: vec![from],
             },
             seen_from: Vec::new(),
@@ -259,6 +262,7 @@ mod tests {
         PeerRecord {
             name: name.into(),
             ge,
+            reflexive: None,
             overlay: Ipv4Addr::new(100, 64, 0, last),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             fetched: 1,

@@ -255,6 +255,7 @@ impl CoreSim {
             ge: n.ge.0,
             overlay: n.overlay,
             addrs: vec![n.underlay],
+            reflexive: None,
             fetched: START_UNIX,
             key: Some(node_key(n.ge.0).public()),
         }

@@ -323,6 +323,7 @@ fn a_directory_update_that_moves_the_address_to_another_ge_ends_the_flow() {
             ge: 3,
             overlay: sim.nodes[b].overlay,
             addrs: vec![SocketAddr::from(([198, 18, 0, 3], 7718))],
+            reflexive: None,
             fetched: 1,
             key: None,
         }),

@@ -87,6 +87,19 @@ impl NodeCore {
                         .or_else(|| p.target.addrs.first().copied())
                         .map(|a| a.to_string()),
                     rtt_ms: st.and_then(|s| s.rtt).map(|d| d.as_secs_f64() * 1e3),
+                    candidate: st
+                        .filter(|s| s.state == crate::carrier::PeerState::Up)
+                        .and_then(|s| s.addr)
+                        .map(|a| {
+                            crate::carrier::candidates::path_text(
+                                a,
+                                &p.target.addrs,
+                                p.target.reflexive,
+                            )
+                            .to_owned()
+                        })
+                        .unwrap_or_default(),
+                    punched: st.map_or(0, |s| s.punches),
                 }
             })
             .collect();

@@ -39,7 +39,7 @@ use crate::driver::{Driver, Query};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
 use crate::state::StateDir;
-use crate::status::{CredentialStatus, GmsStatus, GroupStatus, PingReport, Status};
+use crate::status::{CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingReport, Status};
 
 /// Enrolls with `token` and saves the identity in `state`.
 pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
@@ -117,9 +117,15 @@ async fn run(
     let reported = local_addresses(port, &cfg.tun_name);
     info!(listen = %carrier.local_addr(), reported = ?reported, "carrier bound");
 
-    let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    // The GMS session runs on the carrier's socket: the address the GMS
+    // sees it come from is then the carrier's reflexive address (what a
+    // NAT maps port 7718 to), which peers are handed as a candidate.
+    let endpoint = carrier.endpoint();
+    let punch_requests = carrier
+        .take_punch_requests()
+        .ok_or_else(|| Error::Control("the carrier's punch requests were taken already".into()))?;
     let mut scfg = SessionConfig::with_cache(state.key_cache());
-    scfg.reported = reported;
+    scfg.reported = reported.clone();
     // Renewals replace node.crt and credential where enrollment put them.
     scfg.identity_dir = Some(state.root().to_path_buf());
     let session = Session::start(identity.clone(), endpoint, scfg)?;
@@ -204,6 +210,7 @@ async fn run(
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
     let shared = Shared::new(dir);
+    let (observe_tx, observe_rx) = mpsc::channel(4);
     let gms = GmsTask {
         session,
         ca_public: identity.ca_public,
@@ -214,7 +221,8 @@ async fn run(
         cache_path: state.peer_cache(),
         requests: dir_rx,
         ttl: cfg.directory_ttl_secs,
-        default_port: crate::config::DEFAULT_PORT,
+        punch_requests,
+        observe_requests: observe_rx,
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
 
@@ -257,6 +265,9 @@ async fn run(
         queries: query_tx,
         shared: shared.clone(),
         tun_offloads,
+        observe: observe_tx,
+        reported,
+        carrier_port: port,
     };
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -390,6 +401,12 @@ struct Ctx {
     shared: Shared,
     /// What the kernel granted on the TUN (shown in `status`).
     tun_offloads: crate::tun::Offloads,
+    /// Asks the GMS task for a fresh reflexive address (`netcheck`).
+    observe: mpsc::Sender<oneshot::Sender<Option<SocketAddr>>>,
+    /// The local candidates reported to the GMS.
+    reported: Vec<SocketAddr>,
+    /// The carrier's local port.
+    carrier_port: u16,
 }
 
 impl Ctx {
@@ -411,6 +428,11 @@ impl Ctx {
                 },
                 Err(e) => Response::error(e),
             },
+            Request::Netcheck => Response {
+                ok: true,
+                netcheck: Some(self.netcheck().await),
+                ..Response::default()
+            },
             Request::Down => Response::error("handled by the daemon loop"),
         }
     }
@@ -431,6 +453,9 @@ impl Ctx {
             overlay: self.me.overlay.to_string(),
             gms: GmsStatus {
                 connected: view.connected,
+                reflexive: view.reflexive.map(|a| a.to_string()),
+                punches_asked: view.punches_asked,
+                punches_received: view.punches_received,
             },
             credential: CredentialStatus {
                 serial: view.credential_serial,
@@ -456,6 +481,54 @@ impl Ctx {
             counters: snap.counters,
             tun_offloads: self.tun_offloads.to_string(),
         })
+    }
+
+    /// `netcheck`: the local candidates, the reflexive address at session
+    /// start and now, and what they say. The GMS has one address and port,
+    /// so whether the NAT maps the carrier's socket to the same public port
+    /// for every destination (endpoint-independent mapping, which punching
+    /// needs) cannot be observed from here; the report says so instead of
+    /// guessing from the port alone.
+    async fn netcheck(&self) -> Netcheck {
+        let (tx, rx) = oneshot::channel();
+        let now = match self.observe.send(tx).await {
+            Ok(()) => rx.await.ok().flatten(),
+            Err(_) => None,
+        };
+        let view = self.shared.view().clone();
+        let start = view.reflexive;
+        let seen = now.or(start);
+        let behind_nat = seen.map(|r| !self.reported.iter().any(|l| l.ip() == r.ip()));
+        let port_preserved = seen.map(|r| r.port() == self.carrier_port);
+        let stable = match (start, now) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        let mapping = match (behind_nat, port_preserved, stable) {
+            (None, ..) => "unknown: no reflexive address (no GMS session)".to_owned(),
+            (Some(false), ..) => "no NAT: the GMS sees a local address".to_owned(),
+            (Some(true), Some(pp), st) => format!(
+                "behind a NAT, port {}, mapping {} since session start; endpoint                  independence not tested (one GMS address): a port-preserving NAT                  is usually endpoint-independent, and punching needs that",
+                if pp { "preserved" } else { "changed" },
+                match st {
+                    Some(true) => "unchanged",
+                    Some(false) => "changed",
+                    None => "not re-checked",
+                }
+            ),
+            (Some(true), None, _) => "behind a NAT".to_owned(),
+        };
+        Netcheck {
+            gms_connected: view.connected,
+            carrier_port: self.carrier_port,
+            local: self.reported.iter().map(ToString::to_string).collect(),
+            reflexive: now.map(|a| a.to_string()),
+            reflexive_at_session_start: start.map(|a| a.to_string()),
+            behind_nat,
+            port_preserved,
+            stable,
+            mapping,
+        }
     }
 
     /// Resolves `name` (short, FQDN, or an address) to an overlay address,

@@ -92,5 +92,6 @@ pub fn target(c: &fpn_node::carrier::QuicCarrier) -> fpn_node::carrier::PeerTarg
     fpn_node::carrier::PeerTarget {
         ge: c.local_ge(),
         addrs: vec![c.local_addr()],
+        reflexive: None,
     }
 }

@@ -103,8 +103,8 @@ pub(crate) fn ruleset_for(topo: &Topology, host: &str, nat: &Nat) -> String {
 /// The nftables ruleset of a NAT whose outside interface is `out_if` and
 /// whose outside IPv4 address is `outside` (needed for hairpinning).
 ///
-/// A NAT without RFC 4787 keys gets exactly the masquerade ruleset the lab
-/// always had.
+/// A NAT without RFC 4787 keys gets the masquerade ruleset the lab always
+/// had, plus the closed WAN input (see below) that hole punching needs.
 pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> String {
     let kind = Kind::of(nat);
     let o = format!("\"{out_if}\"");
@@ -274,14 +274,14 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
     // ours leaves, and its entry (peer -> us:P) would take the reply tuple
     // of our own mapping to P, so our packets to the peer would be dropped
     // (or, with masquerade, mapped to another port).
-    let input = match (nat.inbound, kind.bindings) {
-        (Inbound::Drop, true) => format!(
+    let input = match nat.inbound {
+        Inbound::Drop => format!(
             "  chain input {{\n\
              \x20   type filter hook input priority filter; policy accept;\n\
              \x20   iifname {o} meta l4proto {{ tcp, udp }} ct state new drop\n\
              \x20 }}\n"
         ),
-        _ => String::new(),
+        Inbound::Accept => String::new(),
     };
     let record_chain = if record.is_empty() {
         String::new()

@@ -27,6 +27,7 @@ fn example_topologies_parse() {
         "two-hosts.toml",
         "routed.toml",
         "nat-home.toml",
+        "nat-two-homes.toml",
         "overlay.toml",
         "nat-matrix-eim.toml",
         "nat-matrix-adm.toml",

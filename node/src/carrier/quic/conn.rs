@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::auth::{PeerCert, SERVER_NAME, peer_of};
 use super::peer::{Counters, Link, Peer, Up};
 use super::{Congestion, Inner, QuicCarrierConfig, close};
+use crate::carrier::candidates::{self, Action, Race};
 use crate::carrier::{FrameKind, Inbound, PeerTarget, frame};
 use crate::error::{Error, Result};
 
@@ -110,27 +111,89 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Connects to `target`, trying its addresses in order, and installs the
-/// connection; on failure drops what was queued and backs off.
-pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget) {
+/// Connects to `target`: its candidates race ([`Race`]: local ones at
+/// once, the reflexive one a moment later, the first handshake kept), and
+/// the winner is installed; on failure drops what was queued and backs off.
+/// `punch` counts the connection as one the GMS asked for.
+pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) {
     let span = info_span!("quic_peer", peer = %target.ge);
     async move {
-        for &addr in &target.addrs {
+        let cands = candidates::typed(&target.addrs, target.reflexive);
+        let mut race = Race::new(cands.iter().map(|(_, k)| *k).collect(), Instant::now());
+        let mut attempts = tokio::task::JoinSet::new();
+        loop {
             if inner.closed.load(Ordering::Acquire) {
                 return;
             }
-            match connect_one(&inner, target.ge, addr).await {
+            while let Some(action) = race.poll_action(Instant::now()) {
+                match action {
+                    Action::Dial(i) => {
+                        let (inner, (addr, kind)) = (inner.clone(), cands[i]);
+                        debug!(%addr, ?kind, "dialing candidate");
+                        attempts
+                            .spawn(async move { (i, connect_one(&inner, target.ge, addr).await) });
+                    }
+                    // Only a completed handshake makes a candidate ready,
+                    // and that is taken below where the connection is.
+                    Action::Take(_) => {}
+                    Action::GiveUp => {
+                        inner.connect_failed(target.ge);
+                        return;
+                    }
+                }
+            }
+            let wake = race.poll_timeout().map(tokio::time::Instant::from_std);
+            if attempts.is_empty() && wake.is_none() {
+                // Nothing in flight and nothing due: an attempt task ended
+                // without a result (it panicked). Give up like a failure
+                // rather than leave the peer connecting for ever.
+                inner.connect_failed(target.ge);
+                return;
+            }
+            let done = tokio::select! {
+                r = attempts.join_next(), if !attempts.is_empty() => r,
+                _ = sleep_until(wake) => continue,
+            };
+            let Some(Ok((i, r))) = done else { continue };
+            let (addr, kind) = cands[i];
+            match r {
                 Ok(conn) => match peer_of(&conn) {
-                    Some(cert) => return inner.install(conn, inner.local, cert),
-                    None => conn.close(close::REVOKED.into(), b"no identity"),
+                    Some(cert) => {
+                        race.handle_ready(i);
+                        // The first ready candidate is taken at once, so the
+                        // one just ready is the one taken.
+                        if let Some(Action::Take(_)) = race.poll_action(Instant::now()) {
+                            // Dropping the other attempts abandons their handshakes.
+                            attempts.abort_all();
+                            debug!(%addr, ?kind, "candidate won");
+                            if punch {
+                                inner.count_punch(target.ge);
+                            }
+                            return inner.install(conn, inner.local, cert);
+                        }
+                    }
+                    None => {
+                        conn.close(close::REVOKED.into(), b"no identity");
+                        race.handle_failed(i);
+                    }
                 },
-                Err(e) => debug!(%addr, error = %e, "connection attempt failed"),
+                Err(e) => {
+                    debug!(%addr, ?kind, error = %e, "connection attempt failed");
+                    race.handle_failed(i);
+                }
             }
         }
-        inner.connect_failed(target.ge);
     }
     .instrument(span)
     .await
+}
+
+/// Sleeps until `t`; forever without one.
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn connect_one(inner: &Inner, ge: GeId, addr: SocketAddr) -> Result<quinn::Connection> {
@@ -217,6 +280,13 @@ impl Inner {
         );
         self.runtime
             .spawn(read_streams(self.clone(), conn, cert, counters).instrument(span));
+    }
+
+    /// Counts a connection set up on the GMS's connect-now.
+    fn count_punch(&self, ge: GeId) {
+        if let Some(p) = self.lock().get(&ge) {
+            Counters::add(&p.counters.punches, 1);
+        }
     }
 
     /// Every address failed: drop what waited and back off.

@@ -160,7 +160,12 @@ impl QuicCarrierConfig {
 #[derive(Debug)]
 pub struct QuicCarrier {
     inner: Arc<Inner>,
+    punch_requests: Mutex<Option<mpsc::Receiver<GeId>>>,
 }
+
+/// Punch requests held for the daemon; beyond this they are dropped (the
+/// next connection attempt asks again).
+const PUNCH_QUEUE: usize = 64;
 
 impl QuicCarrier {
     /// Binds the UDP socket and starts accepting peers. Received frames
@@ -176,6 +181,7 @@ impl QuicCarrier {
             restart::endpoint_config(cfg.identity.key_pkcs8()),
         )?;
         let (tx, rx) = mpsc::channel(cfg.inbound_capacity);
+        let (punch_tx, punch_rx) = mpsc::channel(PUNCH_QUEUE);
         let inner = Arc::new(Inner {
             endpoint,
             local: tls.local(),
@@ -190,9 +196,45 @@ impl QuicCarrier {
             inbound: tx,
             closed: AtomicBool::new(false),
             control_streams: Arc::default(),
+            punch_requests: punch_tx,
         });
         inner.runtime.spawn(conn::accept_loop(inner.clone()));
-        Ok((Self { inner }, rx))
+        Ok((
+            Self {
+                inner,
+                punch_requests: Mutex::new(Some(punch_rx)),
+            },
+            rx,
+        ))
+    }
+
+    /// The carrier's QUIC endpoint, for the GMS session: run on the
+    /// carrier's own socket, the session's source address as the GMS sees
+    /// it is the carrier's reflexive address (the NAT's mapping of this
+    /// very socket), which peers can then be told to dial.
+    pub fn endpoint(&self) -> quinn::Endpoint {
+        self.inner.endpoint.clone()
+    }
+
+    /// Peers this carrier started dialing on its own (a frame for a peer
+    /// with no connection): the daemon asks the GMS to tell each of them to
+    /// dial back at once (hole punching). Taken once; `None` afterwards.
+    /// While nobody takes it, requests are dropped.
+    pub fn take_punch_requests(&self) -> Option<mpsc::Receiver<GeId>> {
+        self.punch_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The GMS relayed that `target` wants a connection: dial its
+    /// candidates now, without a frame to send, so this node's NAT sees an
+    /// outgoing packet to the peer while the peer's packets are on their
+    /// way. Nothing happens while a connection is up or being set up (the
+    /// peer's attempt then meets ours; the simultaneous-open rule keeps
+    /// one), and a back-off after a failed attempt is cut short.
+    pub fn punch(&self, target: PeerTarget) {
+        self.inner.punch(target);
     }
 
     /// The address the carrier listens on.
@@ -301,6 +343,8 @@ pub(crate) struct Inner {
     inbound: mpsc::Sender<Inbound>,
     closed: AtomicBool,
     control_streams: Arc<AtomicUsize>,
+    /// Peers dialed because a frame was waiting (see `take_punch_requests`).
+    punch_requests: mpsc::Sender<GeId>,
 }
 
 impl Inner {
@@ -388,7 +432,11 @@ impl Inner {
                 return dropped(peer, "no address to connect to");
             }
             peer.link = Link::Connecting;
-            self.runtime.spawn(conn::connect(self.clone(), to.clone()));
+            self.runtime
+                .spawn(conn::connect(self.clone(), to.clone(), false));
+            // Behind a NAT the peer's router drops our packets unless the
+            // peer sends to us at the same time: ask the GMS to tell it.
+            let _ = self.punch_requests.try_send(to.ge);
         }
         if peer.queue.len() >= self.queue_len {
             return dropped(peer, "queue full while connecting");
@@ -396,6 +444,22 @@ impl Inner {
         let f = peer.encode(kind, payload);
         peer.queue.push_back((kind, f));
         Ok(())
+    }
+
+    fn punch(self: &Arc<Self>, target: PeerTarget) {
+        if self.closed.load(Ordering::Acquire) || self.tls.trust().refused_ge(target.ge) {
+            return;
+        }
+        let mut peers = self.lock();
+        let peer = peers.entry(target.ge).or_insert_with(Peer::new);
+        if !matches!(peer.link, Link::Idle) || target.addrs.is_empty() {
+            return;
+        }
+        debug!(peer = %target.ge, "dialing on the peer's connect-now");
+        peer.retry_at = None;
+        peer.link = Link::Connecting;
+        self.runtime
+            .spawn(conn::connect(self.clone(), target, true));
     }
 
     /// Sends one encoded frame (kind byte included) on `conn`; counts it or its drop.

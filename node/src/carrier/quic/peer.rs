@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub drops_unreachable: AtomicU64,
     pub drops_malformed: AtomicU64,
     pub connections: AtomicU64,
+    pub punches: AtomicU64,
 }
 
 impl Counters {
@@ -145,6 +146,7 @@ impl Peer {
             drops_unreachable: c.drops_unreachable.load(Relaxed),
             drops_malformed: c.drops_malformed.load(Relaxed),
             connections: c.connections.load(Relaxed),
+            punches: c.punches.load(Relaxed),
         }
     }
 }

@@ -1,0 +1,287 @@
+//! Candidates: which of a peer's addresses to dial when, which connection
+//! to keep, and what the address in use says about the path. Sans-IO: the
+//! carrier's connect task feeds a [`Race`] with handshake results and the
+//! clock, and does what [`Race::poll_action`] says.
+//!
+//! - **Local candidates first.** The addresses a peer reported (its own
+//!   interfaces) are dialed at once; its reflexive address (the public side
+//!   of its NAT, as the GMS sees its carrier socket) after
+//!   [`REFLEXIVE_DELAY`], or at once when every local one has failed. Two
+//!   nodes on one LAN so connect over the LAN before a hairpin through
+//!   their router could answer, and only one handshake normally completes
+//!   (a second one would be a second connection the peer installs too).
+//! - **First handshake wins.** The first candidate whose handshake
+//!   completes is kept and the others are dropped; when a local and the
+//!   reflexive one complete in the same wake-up, the local one is kept.
+//! - **Give up** when every candidate failed (each has the carrier's
+//!   connect timeout).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How long local candidates have to themselves before the reflexive one is
+/// dialed too. On a LAN a handshake takes a millisecond or two; across the
+/// internet the delay is small next to the punch's own round trips.
+pub const REFLEXIVE_DELAY: Duration = Duration::from_millis(150);
+
+/// What kind of address a candidate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateKind {
+    /// An address the peer reported for itself (one of its interfaces).
+    Local,
+    /// Where the GMS sees the peer's carrier socket (its NAT's public side).
+    Reflexive,
+}
+
+/// A peer's candidates with their kinds, local ones first, duplicates removed.
+pub fn typed(
+    addrs: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> Vec<(SocketAddr, CandidateKind)> {
+    let mut out: Vec<(SocketAddr, CandidateKind)> = Vec::with_capacity(addrs.len() + 1);
+    for a in addrs {
+        if Some(*a) != reflexive && !out.iter().any(|(x, _)| x == a) {
+            out.push((*a, CandidateKind::Local));
+        }
+    }
+    if let Some(r) = reflexive {
+        out.push((r, CandidateKind::Reflexive));
+    }
+    out
+}
+
+/// The path a connection to `remote` takes, for `status` (`reflexive` is
+/// only set when it is not one of the reported addresses: a host with a
+/// public address of its own is seen at that address and has no NAT): `direct LAN` (a
+/// private local address of the peer), `direct (public address)` (a public
+/// one it reported), `direct via NAT (reflexive)` (the peer's NAT's public
+/// side), `direct via NAT (peer-reflexive)` (an address neither reported
+/// nor seen by the GMS: the peer's NAT mapped its socket anew for us).
+pub fn path_text(
+    remote: SocketAddr,
+    addrs: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> &'static str {
+    if Some(remote) == reflexive {
+        "direct via NAT (reflexive)"
+    } else if addrs.contains(&remote) {
+        if is_private(remote.ip()) {
+            "direct LAN"
+        } else {
+            "direct (public address)"
+        }
+    } else {
+        "direct via NAT (peer-reflexive)"
+    }
+}
+
+/// True for addresses that only mean something on a local network.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local() || v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            v6.is_loopback() || (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// What the connect task does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a handshake with candidate `i`.
+    Dial(usize),
+    /// Keep candidate `i`'s connection; drop every other attempt.
+    Take(usize),
+    /// Every candidate failed.
+    GiveUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    NotStarted,
+    Pending,
+    Failed,
+    Ready,
+}
+
+/// One connection attempt over all of a peer's candidates.
+#[derive(Debug)]
+pub struct Race {
+    kinds: Vec<CandidateKind>,
+    state: Vec<Attempt>,
+    reflexive_at: Instant,
+    done: bool,
+}
+
+impl Race {
+    /// A race over candidates of these kinds, starting at `now`.
+    pub fn new(kinds: Vec<CandidateKind>, now: Instant) -> Self {
+        let n = kinds.len();
+        Self {
+            kinds,
+            state: vec![Attempt::NotStarted; n],
+            reflexive_at: now + REFLEXIVE_DELAY,
+            done: false,
+        }
+    }
+
+    /// Candidate `i`'s handshake completed (with the right GE).
+    pub fn handle_ready(&mut self, i: usize) {
+        if let Some(s) = self.state.get_mut(i) {
+            *s = Attempt::Ready;
+        }
+    }
+
+    /// Candidate `i`'s handshake failed or timed out.
+    pub fn handle_failed(&mut self, i: usize) {
+        if let Some(s) = self.state.get_mut(i) {
+            *s = Attempt::Failed;
+        }
+    }
+
+    /// The next thing to do at `now`; call until `None`, then wait for a
+    /// result or [`Race::poll_timeout`].
+    #[must_use]
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if self.done {
+            return None;
+        }
+        let ready = |k| {
+            (0..self.state.len()).find(|&i| self.state[i] == Attempt::Ready && self.kinds[i] == k)
+        };
+        if let Some(i) = ready(CandidateKind::Local).or_else(|| ready(CandidateKind::Reflexive)) {
+            self.done = true;
+            return Some(Action::Take(i));
+        }
+        let locals_left = (0..self.state.len()).any(|i| {
+            self.kinds[i] == CandidateKind::Local
+                && matches!(self.state[i], Attempt::NotStarted | Attempt::Pending)
+        });
+        for i in 0..self.state.len() {
+            if self.state[i] != Attempt::NotStarted {
+                continue;
+            }
+            let due =
+                self.kinds[i] == CandidateKind::Local || !locals_left || now >= self.reflexive_at;
+            if due {
+                self.state[i] = Attempt::Pending;
+                return Some(Action::Dial(i));
+            }
+        }
+        if self.state.iter().all(|s| *s == Attempt::Failed) {
+            self.done = true;
+            return Some(Action::GiveUp);
+        }
+        None
+    }
+
+    /// When the reflexive candidates are due, while they wait.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.done
+            && self
+                .state
+                .iter()
+                .zip(&self.kinds)
+                .any(|(s, k)| *s == Attempt::NotStarted && *k == CandidateKind::Reflexive))
+        .then_some(self.reflexive_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CandidateKind::{Local, Reflexive};
+
+    fn drain(r: &mut Race, now: Instant) -> Vec<Action> {
+        std::iter::from_fn(|| r.poll_action(now)).collect()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_candidates_are_dialed_first_and_the_reflexive_one_after_the_delay() {
+        let t0 = Instant::now();
+        let mut r = Race::new(vec![Local, Local, Reflexive], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0), Action::Dial(1)]);
+        assert_eq!(r.poll_timeout(), Some(t0 + REFLEXIVE_DELAY));
+        assert_eq!(drain(&mut r, t0 + REFLEXIVE_DELAY / 2), []);
+        assert_eq!(drain(&mut r, t0 + REFLEXIVE_DELAY), [Action::Dial(2)]);
+        assert_eq!(r.poll_timeout(), None);
+        // The reflexive one answers first (the peer is at another site).
+        r.handle_ready(2);
+        assert_eq!(drain(&mut r, t0 + REFLEXIVE_DELAY), [Action::Take(2)]);
+        // Late results change nothing.
+        r.handle_ready(0);
+        assert_eq!(drain(&mut r, t0 + REFLEXIVE_DELAY * 2), []);
+    }
+
+    #[test]
+    fn a_lan_answer_wins_before_the_reflexive_one_is_even_dialed() {
+        let t0 = Instant::now();
+        let mut r = Race::new(vec![Local, Reflexive], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0)]);
+        r.handle_ready(0);
+        assert_eq!(drain(&mut r, t0), [Action::Take(0)]);
+    }
+
+    #[test]
+    fn when_both_answer_together_the_local_one_is_kept() {
+        let t0 = Instant::now();
+        let mut r = Race::new(vec![Local, Reflexive], t0);
+        let later = t0 + REFLEXIVE_DELAY;
+        assert_eq!(drain(&mut r, later), [Action::Dial(0), Action::Dial(1)]);
+        r.handle_ready(1);
+        r.handle_ready(0);
+        assert_eq!(drain(&mut r, later), [Action::Take(0)]);
+    }
+
+    #[test]
+    fn failed_local_candidates_bring_the_reflexive_one_forward_and_all_failed_gives_up() {
+        let t0 = Instant::now();
+        let mut r = Race::new(vec![Local, Reflexive], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0)]);
+        r.handle_failed(0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(1)]);
+        r.handle_failed(1);
+        assert_eq!(drain(&mut r, t0), [Action::GiveUp]);
+        assert_eq!(drain(&mut r, t0), []);
+        // Only a reflexive candidate: dialed at once.
+        let mut r = Race::new(vec![Reflexive], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0)]);
+        // None at all: nothing to wait for.
+        let mut r = Race::new(vec![], t0);
+        assert_eq!(drain(&mut r, t0), [Action::GiveUp]);
+    }
+
+    #[test]
+    fn candidates_are_typed_deduplicated_and_local_first() {
+        let lan = sa("192.168.1.10:7718");
+        let public = sa("198.18.2.2:7718");
+        assert_eq!(
+            typed(&[public, lan, lan], Some(public)),
+            [(lan, Local), (public, Reflexive)]
+        );
+        assert_eq!(typed(&[lan], None), [(lan, Local)]);
+    }
+
+    #[test]
+    fn the_path_text_names_the_candidate_in_use() {
+        let lan = sa("192.168.1.10:7718");
+        let nat = sa("198.18.2.2:7718");
+        let vps = sa("198.18.1.10:7718");
+        assert_eq!(path_text(lan, &[lan, nat], Some(nat)), "direct LAN");
+        assert_eq!(
+            path_text(nat, &[lan, nat], Some(nat)),
+            "direct via NAT (reflexive)"
+        );
+        assert_eq!(path_text(vps, &[vps], None), "direct (public address)");
+        assert_eq!(
+            path_text(sa("198.18.2.2:40000"), &[lan, nat], Some(nat)),
+            "direct via NAT (peer-reflexive)"
+        );
+    }
+}
