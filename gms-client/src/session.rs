@@ -109,6 +109,9 @@ pub enum Event {
         /// Its new entry, `None` when gone.
         entry: Option<DirectoryEntry>,
     },
+    /// Where the network's relay is (`host:port`; `None`: no relay),
+    /// as the GMS said after the session started.
+    Relay(Option<String>),
     /// The session dropped; a reconnect follows.
     Disconnected {
         /// Why.
@@ -602,6 +605,9 @@ fn handle_push(
         }
         ServerMsg::DirectoryChanged { name, entry } => {
             shared.emit(Event::DirectoryChanged { name, entry });
+        }
+        ServerMsg::Relay(addr) => {
+            shared.emit(Event::Relay(Some(addr).filter(|a| !a.is_empty())));
         }
         ServerMsg::DirectoryAnswer(entry) => match pending.pop_front() {
             Some(Pending::Query(tx)) => {

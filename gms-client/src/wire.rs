@@ -259,6 +259,9 @@ pub struct DirectoryEntry {
     pub reported: Vec<SocketAddr>,
 }
 
+/// Longest relay address (`host:port`) in [`ServerMsg::Relay`].
+pub const MAX_RELAY_ADDR: usize = 255;
+
 /// Messages the GMS sends.
 #[derive(Debug, Clone)]
 pub enum ServerMsg {
@@ -295,6 +298,10 @@ pub enum ServerMsg {
     DirectoryAnswer(Option<DirectoryEntry>),
     /// 0x89: a report was recorded.
     Ack,
+    /// 0x90: where the network's relay is, sent after `SessionInit` (and
+    /// again when it changes): `len u8 + "host:port"` (UTF-8), empty when
+    /// the network has no relay.
+    Relay(String),
     /// 0x8a: a page of the directory: `more u8 | n u16 | n x listed GE`
     /// (sorted by name; `more` = 1 when another page follows).
     DirectoryListing {
@@ -488,6 +495,10 @@ impl ServerMsg {
                 w.long_bytes(&n.credential, credential::MAX_LEN, "credential")?;
                 0x8b
             }
+            Self::Relay(addr) => {
+                w.short_bytes(addr.as_bytes(), MAX_RELAY_ADDR, "relay address")?;
+                0x90
+            }
         };
         frame(ty, &b)
     }
@@ -567,6 +578,7 @@ impl ServerMsg {
                 cert: r.long_bytes(MAX_CERT, "certificate")?.to_vec(),
                 credential: r.long_bytes(credential::MAX_LEN, "credential")?.to_vec(),
             }),
+            0x90 => Self::Relay(get_str(&mut r, MAX_RELAY_ADDR, "relay address")?),
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown server message type {t:#04x}"
@@ -835,6 +847,8 @@ mod tests {
             ServerMsg::DirectoryAnswer(Some(entry)),
             ServerMsg::DirectoryAnswer(None),
             ServerMsg::Ack,
+            ServerMsg::Relay("198.18.1.10:7720".into()),
+            ServerMsg::Relay(String::new()),
             ServerMsg::DirectoryListing {
                 entries: vec![
                     ListedGe {

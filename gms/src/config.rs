@@ -135,6 +135,67 @@ pub struct Config {
     /// The DDNS that `serve` runs in-process.
     #[serde(default)]
     pub dns: DnsSettings,
+    /// The relay that `serve` runs in-process, or where a standalone one is.
+    #[serde(default)]
+    pub relay: RelaySettings,
+}
+
+/// The `[relay]` section: the relay nodes fall back to when they cannot
+/// reach each other directly (docs/GMS.md "Relay").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// Run the relay inside `fpn-gms serve` (default true).
+    pub enabled: bool,
+    /// UDP address it listens on. Default: the QUIC listen IP, port 7720.
+    pub listen: Option<SocketAddr>,
+    /// `host:port` nodes are told to use. Default: the host of the GMS's
+    /// `public_addr` with the relay's port. With `enabled = false`, the
+    /// address of a standalone `fpn-relay` (unset: nodes get no relay).
+    pub public_addr: Option<String>,
+    /// Sustained rate per node through the relay, Mbit/s (default 50).
+    pub rate_mbit: u64,
+    /// Burst per node, KiB (default 1024).
+    pub burst_kib: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            public_addr: None,
+            rate_mbit: 50,
+            burst_kib: 1024,
+        }
+    }
+}
+
+impl RelaySettings {
+    /// Where the in-process relay listens for a GMS listening on `quic`.
+    pub fn listen_addr(&self, quic: SocketAddr) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::new(quic.ip(), fpn_relay::DEFAULT_PORT))
+    }
+
+    /// The rate limit per node.
+    pub fn rate(&self) -> fpn_relay::RateLimit {
+        fpn_relay::RateLimit {
+            bytes_per_sec: self.rate_mbit.saturating_mul(1_000_000) / 8,
+            burst: self.burst_kib.saturating_mul(1024),
+        }
+    }
+
+    /// What nodes are told: `public_addr`, else (relay in-process) the
+    /// host of the GMS's own address (`gms`, `host:port`) with the port
+    /// the relay listens on.
+    pub fn advertised(&self, gms: Option<&str>, relay_port: Option<u16>) -> Option<String> {
+        if let Some(a) = &self.public_addr {
+            return Some(a.clone());
+        }
+        let (host, _) = gms?.rsplit_once(':')?;
+        Some(format!("{host}:{}", relay_port?))
+    }
 }
 
 /// The `[dns]` section: the zone's DNS server inside `fpn-gms serve`.
@@ -208,6 +269,7 @@ impl Config {
             cert_validity_days: None,
             token_ttl: default_token_ttl(),
             dns: DnsSettings::default(),
+            relay: RelaySettings::default(),
         };
         Ok(c)
     }
@@ -229,6 +291,12 @@ impl Config {
 
     /// Checks values that the types alone do not bound.
     pub fn check(&self) -> Result<()> {
+        if self.relay.enabled {
+            self.relay
+                .rate()
+                .check()
+                .map_err(|e| Error::Config(format!("[relay]: {e}")))?;
+        }
         if self.credential_lifetime.0.as_secs() < MIN_CREDENTIAL_LIFETIME {
             return Err(Error::Config(format!(
                 "credential_lifetime must be at least {MIN_CREDENTIAL_LIFETIME}s"

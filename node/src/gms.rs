@@ -6,7 +6,7 @@
 //! `ping`'s resolution are published from it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -87,6 +87,8 @@ pub struct GmsTask {
     pub engine: mpsc::Sender<Command>,
     /// The carrier (revocations cut its connections).
     pub carrier: Arc<QuicCarrier>,
+    /// The relay link: the GMS says where the relay is.
+    pub relay: Option<fpn_relay::RelayClient>,
     /// Shared with the daemon.
     pub shared: Shared,
     /// Where the directory is cached.
@@ -224,6 +226,11 @@ impl GmsTask {
                 if let Err(e) = self.carrier.set_certificate(&cert) {
                     warn!(error = %e, "renewed certificate not taken by the carrier");
                 }
+                if let Some(r) = &self.relay
+                    && let Err(e) = r.set_certificate(&cert)
+                {
+                    warn!(error = %e, "renewed certificate not taken by the relay link");
+                }
                 self.show_credential();
                 info!(not_after, "own credential renewed");
             }
@@ -248,6 +255,7 @@ impl GmsTask {
                 Some(e) => self.store_entry(&e).await,
                 None => self.gone(&name).await,
             },
+            Event::Relay(addr) => self.set_relay(addr).await,
             Event::Disconnected { reason } => {
                 self.report_gms(false).await;
                 let was = std::mem::take(&mut self.shared.view().connected);
@@ -261,6 +269,28 @@ impl GmsTask {
             }
         }
         Ok(())
+    }
+
+    /// Points the relay link at the address the GMS named (`host:port`,
+    /// resolved here; `None`: no relay). A name that does not resolve
+    /// leaves the link as it was.
+    async fn set_relay(&self, addr: Option<String>) {
+        let Some(relay) = &self.relay else { return };
+        let Some(addr) = addr else {
+            info!("the GMS names no relay");
+            relay.set_addr(None);
+            return;
+        };
+        match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(mut addrs) => match addrs.find(SocketAddr::is_ipv4) {
+                Some(a) => {
+                    info!(relay = %a, "relay named by the GMS");
+                    relay.set_addr(Some(a));
+                }
+                None => warn!(relay = %addr, "the relay's name has no IPv4 address"),
+            },
+            Err(e) => warn!(relay = %addr, error = %e, "cannot resolve the relay's address"),
+        }
     }
 
     /// Copies the credential's validity and the renewal record into the

@@ -145,6 +145,7 @@ impl Peer {
             drops_unreachable: c.drops_unreachable.load(Relaxed),
             drops_malformed: c.drops_malformed.load(Relaxed),
             connections: c.connections.load(Relaxed),
+            why: None,
         }
     }
 }
