@@ -30,6 +30,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between attempts: a relay that comes back is used within
 /// this plus one handshake (the 5 s resume bound of docs/DESIGN-NOTES.md).
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A link that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(2);
 /// How long one handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -297,13 +299,15 @@ async fn keeper(inner: std::sync::Weak<Inner>, mut addr_rx: watch::Receiver<Opti
                 None
             }
         };
+        drop(i);
         match attempt {
             Some(Ok(conn)) => {
+                let Some(i) = inner.upgrade() else { return };
                 info!(%addr, rtt = ?conn.rtt(), "relay link up");
                 i.c.connections.fetch_add(1, Relaxed);
                 *lock(&i.conn) = Some(conn.clone());
-                backoff = BACKOFF_MIN;
                 drop(i);
+                let up_at = tokio::time::Instant::now();
                 // Until the connection ends or the address changes.
                 tokio::select! {
                     _ = read(inner.clone(), conn.clone()) => {}
@@ -312,12 +316,17 @@ async fn keeper(inner: std::sync::Weak<Inner>, mut addr_rx: watch::Receiver<Opti
                 let Some(i) = inner.upgrade() else { return };
                 *lock(&i.conn) = None;
                 info!(%addr, reason = ?conn.close_reason(), "relay link down");
-                continue;
+                // A link that held a while (the relay restarted or went
+                // away) reconnects at once; one closed right after the
+                // handshake (refused: revoked) backs off like a failure.
+                if up_at.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_MIN;
+                    continue;
+                }
             }
             Some(Err(e)) => debug!(%addr, error = %e, "relay handshake failed"),
             None => debug!(%addr, "relay handshake timed out or refused"),
         }
-        drop(i);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             r = addr_rx.changed() => if r.is_err() { return },
