@@ -172,10 +172,18 @@ impl Default for RelaySettings {
 }
 
 impl RelaySettings {
-    /// Where the in-process relay listens for a GMS listening on `quic`.
+    /// Where the in-process relay listens for a GMS configured to listen
+    /// on `quic`: its IP and port 7720, or any free port when the GMS's
+    /// own port is 0 (tests running many servers at once).
     pub fn listen_addr(&self, quic: SocketAddr) -> SocketAddr {
-        self.listen
-            .unwrap_or_else(|| SocketAddr::new(quic.ip(), fpn_relay::DEFAULT_PORT))
+        self.listen.unwrap_or_else(|| {
+            let port = if quic.port() == 0 {
+                0
+            } else {
+                fpn_relay::DEFAULT_PORT
+            };
+            SocketAddr::new(quic.ip(), port)
+        })
     }
 
     /// The rate limit per node.

@@ -24,7 +24,8 @@ const RELAY_PORT: u16 = 7720;
 fn nat_home() -> Overlay {
     need(OVERLAY_TOOLS);
     let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
-    lab.roam("laptop", "homelan", "cafelan").expect("roam laptop");
+    lab.roam("laptop", "homelan", "cafelan")
+        .expect("roam laptop");
     let mut spec = Spec::new(
         &[(1, "home")],
         vec![
@@ -133,9 +134,19 @@ fn nodes_behind_nats_reach_each_other_through_the_relay_which_sees_no_plaintext(
             && c["bytes_relayed"].as_u64().unwrap_or(0) >= carried as u64,
         "relay counters: {st}"
     );
-    assert_eq!(st["relay"]["nodes"].as_array().map(Vec::len), Some(2), "{st}");
+    assert_eq!(
+        st["relay"]["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{st}"
+    );
     // Control: the marker sent in the clear to the VPS is seen by this capture.
-    let out = echo_send(lab, "laptop", &SocketAddr::new(vps, 7001).to_string(), MARKER, true);
+    let out = echo_send(
+        lab,
+        "laptop",
+        &SocketAddr::new(vps, 7001).to_string(),
+        MARKER,
+        true,
+    );
     assert!(out.success(), "{}", out.stderr);
     cap.wait_for(Duration::from_secs(5), |p| p.contains(MARKER.as_bytes()))
         .expect("the capture sees a plaintext marker");

@@ -28,7 +28,10 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let der = p.self_signed(&key).unwrap().der().to_vec();
         Self {
             issuer: Issuer::new(p, key),
@@ -45,9 +48,8 @@ impl Ca {
                 let mut p = CertificateParams::default();
                 // The GMS's serials are 64-bit (rcgen's default is longer).
                 p.serial_number = Some(SerialNumber::from(u64::from(id)));
-                p.subject_alt_names = vec![SanType::URI(
-                    format!("urn:fpn:ge:{id}").try_into().unwrap(),
-                )];
+                p.subject_alt_names =
+                    vec![SanType::URI(format!("urn:fpn:ge:{id}").try_into().unwrap())];
                 p
             }
         };
@@ -81,7 +83,12 @@ fn relay(ca: &Ca, listen: SocketAddr, rate: RateLimit) -> Relay {
     .unwrap()
 }
 
-fn node(ca: &Ca, node_ca: &Ca, ge: u32, relay: SocketAddr) -> (RelayClient, mpsc::Receiver<Received>) {
+fn node(
+    ca: &Ca,
+    node_ca: &Ca,
+    ge: u32,
+    relay: SocketAddr,
+) -> (RelayClient, mpsc::Receiver<Received>) {
     let (cert, key) = node_ca.issue(Some(ge));
     let (tx, rx) = mpsc::channel(1024);
     let c = RelayClient::new("127.0.0.1:0".parse().unwrap(), &ca.der, &cert, &key, tx).unwrap();
@@ -135,7 +142,9 @@ async fn the_relay_forwards_between_authenticated_nodes_and_cuts_revoked_ones() 
     let mut big = vec![0x01; 6000];
     big[1] = 9;
     b.send(GeId(1), &big).unwrap();
-    let got = recv(&mut a_rx).await.expect("a got b's large control frame");
+    let got = recv(&mut a_rx)
+        .await
+        .expect("a got b's large control frame");
     assert_eq!((got.src, got.frame.len()), (GeId(2), 6000));
     // A data frame too large is refused, not sent in pieces.
     assert!(matches!(
@@ -180,7 +189,10 @@ async fn each_node_is_held_to_its_rate() {
     let at = r.local_addr().unwrap();
     let (a, _a_rx) = node(&ca, &ca, 1, at);
     let (b, mut b_rx) = node(&ca, &ca, 2, at);
-    until("linked", Duration::from_secs(5), || a.state().up && b.state().up && r.nodes().len() == 2).await;
+    until("linked", Duration::from_secs(5), || {
+        a.state().up && b.state().up && r.nodes().len() == 2
+    })
+    .await;
     // 200 kB at once: the burst passes, most of the rest does not.
     for _ in 0..200 {
         a.send(GeId(2), &data(1000, 3)).unwrap();
@@ -194,7 +206,11 @@ async fn each_node_is_held_to_its_rate() {
         (19..=40).contains(&got),
         "{got} of 200 frames passed a 20 kB burst at 100 kB/s: {c:?}"
     );
-    assert_eq!(c.drop_rate_limited as usize, 200 - c.frames_relayed as usize, "{c:?}");
+    assert_eq!(
+        c.drop_rate_limited as usize,
+        200 - c.frames_relayed as usize,
+        "{c:?}"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +220,10 @@ async fn links_come_back_within_seconds_of_a_relay_restart() {
     let at = r.local_addr().unwrap();
     let (a, _a_rx) = node(&ca, &ca, 1, at);
     let (b, mut b_rx) = node(&ca, &ca, 2, at);
-    until("linked", Duration::from_secs(5), || a.state().up && b.state().up && r.nodes().len() == 2).await;
+    until("linked", Duration::from_secs(5), || {
+        a.state().up && b.state().up && r.nodes().len() == 2
+    })
+    .await;
     // Gone (the lab test kills the GMS's relay with SIGKILL instead, which
     // the reset secret covers), then back on the same port.
     r.close().await;

@@ -288,7 +288,7 @@ pub async fn serve(
         syncer,
         relay: std::sync::OnceLock::new(),
     });
-    let parts = relay::start(&shared, local, &server_key, bell)?;
+    let parts = relay::start(&shared, listen, &server_key, bell)?;
     let in_process = parts.relay.clone();
     let _ = shared.relay.set(parts);
     info!(%local, admin = %sock_path.display(), "GMS serving");
