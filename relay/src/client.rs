@@ -99,10 +99,14 @@ pub struct LinkState {
     pub rtt_ms: Option<f64>,
 }
 
+/// CA certificate, node certificate, node key (DER): what a new client
+/// configuration is built from after a renewal.
+type TlsParts = (Vec<u8>, Vec<u8>, Zeroizing<Vec<u8>>);
+
 struct Inner {
     endpoint: quinn::Endpoint,
     client: Mutex<quinn::ClientConfig>,
-    tls_parts: Mutex<(Vec<u8>, Vec<u8>, Zeroizing<Vec<u8>>)>,
+    tls_parts: Mutex<TlsParts>,
     conn: Mutex<Option<quinn::Connection>>,
     addr: watch::Sender<Option<SocketAddr>>,
     inbound: mpsc::Sender<Received>,
@@ -176,6 +180,11 @@ impl RelayClient {
         let cc = tls::client_config(&parts.0, &parts.1, &parts.2)?;
         *lock(&self.inner.client) = cc;
         Ok(())
+    }
+
+    /// True while connected to the relay (cheap: for every frame).
+    pub fn is_up(&self) -> bool {
+        lock(&self.inner.conn).is_some()
     }
 
     /// True when a relay is configured (whether or not connected now).

@@ -104,7 +104,7 @@ impl PathCarrier {
     }
 
     fn relay_up(&self) -> Option<&RelayClient> {
-        self.relay.as_ref().filter(|r| r.state().up)
+        self.relay.as_ref().filter(|r| r.is_up())
     }
 }
 
