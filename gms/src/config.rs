@@ -440,6 +440,39 @@ mod tests {
         assert_eq!(c.rotation_schedule, Schedule::default());
         assert_eq!(c.grace.0, Duration::from_secs(600));
         assert_eq!(c.overlay_range, OverlayRange::default());
+        assert_eq!(c.relay.listen, Some("0.0.0.0:7720".parse().unwrap()));
+        assert_eq!(c.relay.rate(), fpn_relay::RateLimit::default());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn the_relay_nodes_are_told_of_follows_the_gms_address_unless_set() {
+        let r = RelaySettings::default();
+        assert_eq!(
+            r.advertised(Some("gms.example.org:4433"), Some(7720)).as_deref(),
+            Some("gms.example.org:7720")
+        );
+        assert_eq!(
+            r.advertised(Some("[2001:db8::1]:4433"), Some(7721)).as_deref(),
+            Some("[2001:db8::1]:7721")
+        );
+        assert_eq!(r.advertised(None, Some(7720)), None);
+        let elsewhere = RelaySettings {
+            enabled: false,
+            public_addr: Some("relay.example.org:7720".into()),
+            ..RelaySettings::default()
+        };
+        assert_eq!(
+            elsewhere.advertised(Some("gms:4433"), None).as_deref(),
+            Some("relay.example.org:7720")
+        );
+        let q: SocketAddr = "198.18.1.10:4433".parse().unwrap();
+        assert_eq!(r.listen_addr(q), "198.18.1.10:7720".parse().unwrap());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(r.listen_addr(any), any);
+        let mut bad = Config::new("x.fpn").unwrap();
+        bad.relay.rate_mbit = 0;
+        assert!(bad.check().is_err());
     }
 
     #[test]
