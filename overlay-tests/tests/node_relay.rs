@@ -5,8 +5,10 @@
 //! UDP echo, set up from either side; both show `relay` for the other; a
 //! capture on the VPS (the relay's host) never holds the application's
 //! plaintext marker (with a control: the same capture sees it when it is
-//! sent in the clear); and a restart of the GMS (and so of its relay)
-//! interrupts traffic for at most 5 s after it is back.
+//! sent in the clear); a restart of the GMS (and so of its relay)
+//! interrupts traffic for at most 5 s after it is back; and once the home
+//! router forwards the NAS's carrier port, both nodes move to direct QUIC
+//! without the flow noticing.
 
 mod common;
 
@@ -182,4 +184,49 @@ fn nodes_behind_nats_reach_each_other_through_the_relay_which_sees_no_plaintext(
         "traffic resumed {gap:?} after the relay was back (bound 5 s)"
     );
     eprintln!("relay restart: traffic resumed {gap:?} after the GMS served again");
+
+    // The home router forwards the NAS's carrier port now: the laptop's
+    // background retries of direct QUIC (the NAS's address as the GMS sees
+    // it, port 7718) get through, both leave the relay, and the probe's
+    // flow goes on across the switch.
+    let probe = common::probe(
+        &ov,
+        "laptop",
+        SocketAddr::new(IpAddr::V4(nas_overlay), 7001),
+        Duration::from_secs(45),
+    );
+    let forward = [
+        "nft", "add", "rule", "ip", "fpnlab_nat", "prerouting", "iifname", "wan", "udp", "dport",
+        "7718", "dnat", "to", "192.168.1.10:7718",
+    ];
+    // The laptop's retries already left a conntrack entry on the router
+    // for this very 5-tuple (unreplied; its retransmissions keep it alive),
+    // and NAT rules only apply to new connections: let unreplied UDP
+    // entries end after 1 s (replied ones, the nodes' sessions, keep
+    // their own timeout), so the next retry is new and forwarded.
+    lab.exec_ok(
+        "gw",
+        ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=1"],
+    )
+    .unwrap();
+    lab.exec_ok("gw", forward).unwrap();
+    let opened = Instant::now();
+    let took = common::wait_carrier(&ov, "laptop", "nas", "quic", Duration::from_secs(42));
+    common::wait_carrier(&ov, "nas", "laptop", "quic", Duration::from_secs(3));
+    eprintln!("relay -> direct: {took:?} after the port forward");
+    let answers = probe.join().unwrap();
+    let worst = answers
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or(Duration::MAX);
+    assert!(
+        answers.len() > 300 && worst < Duration::from_secs(2),
+        "{} answers, worst gap {worst:?} across the switch to direct",
+        answers.len()
+    );
+    assert!(
+        answers.iter().any(|&a| a > opened + took),
+        "no answers after the switch to direct"
+    );
 }
