@@ -449,11 +449,13 @@ mod tests {
     fn the_relay_nodes_are_told_of_follows_the_gms_address_unless_set() {
         let r = RelaySettings::default();
         assert_eq!(
-            r.advertised(Some("gms.example.org:4433"), Some(7720)).as_deref(),
+            r.advertised(Some("gms.example.org:4433"), Some(7720))
+                .as_deref(),
             Some("gms.example.org:7720")
         );
         assert_eq!(
-            r.advertised(Some("[2001:db8::1]:4433"), Some(7721)).as_deref(),
+            r.advertised(Some("[2001:db8::1]:4433"), Some(7721))
+                .as_deref(),
             Some("[2001:db8::1]:7721")
         );
         assert_eq!(r.advertised(None, Some(7720)), None);

@@ -196,8 +196,20 @@ fn nodes_behind_nats_reach_each_other_through_the_relay_which_sees_no_plaintext(
         Duration::from_secs(45),
     );
     let forward = [
-        "nft", "add", "rule", "ip", "fpnlab_nat", "prerouting", "iifname", "wan", "udp", "dport",
-        "7718", "dnat", "to", "192.168.1.10:7718",
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "fpnlab_nat",
+        "prerouting",
+        "iifname",
+        "wan",
+        "udp",
+        "dport",
+        "7718",
+        "dnat",
+        "to",
+        "192.168.1.10:7718",
     ];
     // The laptop's retries already left a conntrack entry on the router
     // for this very 5-tuple (unreplied; its retransmissions keep it alive),

@@ -171,6 +171,31 @@ impl Carrier for PathCarrier {
         };
         let link = relay.state();
         let choices = self.choices();
+        // A peer answered through the relay from its first frame may have
+        // no entry in the QUIC carrier yet.
+        for (ge, c) in choices.iter() {
+            if c.why().is_some() && !peers.iter().any(|p| p.ge == *ge) {
+                peers.push(PeerStats {
+                    ge: *ge,
+                    carrier: CarrierKind::Quic,
+                    state: super::PeerState::Idle,
+                    addr: None,
+                    rtt: None,
+                    max_payload: None,
+                    initiator: None,
+                    frames_out: 0,
+                    bytes_out: 0,
+                    frames_in: 0,
+                    bytes_in: 0,
+                    drops_too_large: 0,
+                    drops_unreachable: 0,
+                    drops_malformed: 0,
+                    connections: 0,
+                    why: None,
+                });
+            }
+        }
+        peers.sort_by_key(|p| p.ge);
         for p in &mut peers {
             if let Some(why) = choices.get(&p.ge).and_then(RelayChoice::why)
                 && p.state != super::PeerState::Up
