@@ -91,3 +91,61 @@ async fn the_gms_relays_between_its_nodes_and_cuts_a_revoked_one_at_once() {
     assert_eq!(st["relay"]["nodes"], serde_json::json!([1]), "{st}");
     assert_eq!(st["relay"]["counters"]["frames_relayed"], 1, "{st}");
 }
+
+/// `fpn-gms relay-cert` writes what a standalone relay needs; a relay
+/// serving with it admits the GMS's enrolled nodes (and a second run
+/// refuses to overwrite the directory).
+#[tokio::test]
+async fn relay_cert_writes_a_certificate_the_gms_nodes_accept() {
+    use std::os::unix::fs::PermissionsExt;
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["ge", "add", "a", "--kind", "ges", "--mode", "op"]);
+    let out = gms.tmp.path().join("relay-certs");
+    let out_s = out.to_str().unwrap();
+    let data = gms.data.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(["--data", data, "relay-cert", "--out"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[out_s]).status.success());
+    assert!(
+        !run(&[out_s]).status.success(),
+        "overwrote an existing directory"
+    );
+    let mode = std::fs::metadata(out.join("relay.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+    let relay = fpn_relay::Relay::bind(
+        fpn_relay::RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rate: fpn_relay::RateLimit::default(),
+            ca_der: read("ca.crt"),
+            cert_der: read("relay.crt"),
+            key_der: zeroize::Zeroizing::new(read("relay.key")),
+            reset_secret: zeroize::Zeroizing::new(read("relay.key")),
+        },
+        std::sync::Arc::new(fpn_relay::CaOnly),
+    )
+    .unwrap();
+    let id = enroll(&gms, "a").await;
+    let (tx, _rx) = mpsc::channel(8);
+    let link = RelayClient::new(
+        "127.0.0.1:0".parse().unwrap(),
+        &id.ca_cert,
+        &id.cert,
+        id.key_pkcs8(),
+        tx,
+    )
+    .unwrap();
+    link.set_addr(Some(relay.local_addr().unwrap()));
+    until("a on the standalone relay", || {
+        relay.nodes() == vec![GeId(1)]
+    })
+    .await;
+}

@@ -213,6 +213,71 @@ async fn each_node_is_held_to_its_rate() {
     );
 }
 
+/// `fpn-relay serve` as a process: certificates from a directory (as
+/// `fpn-gms relay-cert` writes them), forwarding, counters as JSON lines,
+/// a clean exit on SIGTERM.
+#[tokio::test]
+async fn the_standalone_binary_serves_from_a_certs_directory_and_reports_counters() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.issue(None);
+    std::fs::write(dir.path().join("relay.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("relay.key"), &*key).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.der).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fpn-relay"))
+        .args(["serve", "--certs"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--stats-every", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let at: SocketAddr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "fpn-relay exited");
+        if let Some(a) = line.trim().strip_prefix("relay listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (a, _a_rx) = node(&ca, &ca, 1, at);
+    let (b, mut b_rx) = node(&ca, &ca, 2, at);
+    until("linked", Duration::from_secs(5), || {
+        a.state().up && b.state().up
+    })
+    .await;
+    // b's registration may trail its handshake by a moment: retry.
+    let mut got = None;
+    for _ in 0..20 {
+        a.send(GeId(2), &data(300, 4)).unwrap();
+        if let Some(r) = recv(&mut b_rx).await {
+            got = Some(r);
+            break;
+        }
+    }
+    assert_eq!(got.expect("b got a's frame").src, GeId(1));
+    // The counters line (every second) shows the frame.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let t = Instant::now();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no counters");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["frames_relayed"].as_u64().unwrap_or(0) >= 1 && v["nodes"] == 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "counters: {line}");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "fpn-relay exited with {st}");
+}
+
 #[tokio::test]
 async fn links_come_back_within_seconds_of_a_relay_restart() {
     let ca = Ca::new();
