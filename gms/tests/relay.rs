@@ -74,7 +74,8 @@ async fn the_gms_relays_between_its_nodes_and_cuts_a_revoked_one_at_once() {
     assert_eq!(st["relay"]["counters"]["frames_relayed"], 1, "{st}");
     assert_eq!(st["relay"]["nodes"], serde_json::json!([1, 2]), "{st}");
 
-    // Revoked: b's relay connection is closed at once and stays closed.
+    // Revoked: b's relay connection is closed at once; its link tries again
+    // (backing off) and is closed after each handshake, never registered.
     gms.ok(&["ge", "revoke", "b"]);
     let t = Instant::now();
     until("b cut off the relay", || !links[1].0.state().up).await;
@@ -86,7 +87,6 @@ async fn the_gms_relays_between_its_nodes_and_cuts_a_revoked_one_at_once() {
         links[1].1.try_recv().is_err(),
         "a frame reached the revoked GE"
     );
-    assert!(!links[1].0.state().up, "the revoked GE came back");
     let st = gms.json(&["status"]);
     assert_eq!(st["relay"]["nodes"], serde_json::json!([1]), "{st}");
     assert_eq!(st["relay"]["counters"]["frames_relayed"], 1, "{st}");

@@ -195,23 +195,34 @@ impl RelayClient {
     /// Sends a carrier frame (kind byte and frame) to `dst` through the
     /// relay. Never blocks; an `Err` means dropped and counted.
     pub fn send(&self, dst: GeId, frame: &[u8]) -> Result<()> {
+        match frame.split_first() {
+            Some((kind, rest)) => self.send_parts(dst, *kind, rest),
+            None => Err(Error::Dropped("empty frame")),
+        }
+    }
+
+    /// [`RelayClient::send`] of the carrier frame `kind | payload`, built
+    /// in one buffer with the header (one allocation per frame).
+    pub fn send_parts(&self, dst: GeId, kind: u8, payload: &[u8]) -> Result<()> {
         let c = &self.inner.c;
         let Some(conn) = lock(&self.inner.conn).clone() else {
             c.drops_down.fetch_add(1, Relaxed);
             return Err(Error::Dropped("not connected to the relay"));
         };
-        let mut b = BytesMut::with_capacity(wire::HEADER_LEN + frame.len());
+        let len = 1 + payload.len();
+        let mut b = BytesMut::with_capacity(wire::HEADER_LEN + len);
         b.put_u32(dst.0);
-        b.extend_from_slice(frame);
+        b.put_u8(kind);
+        b.extend_from_slice(payload);
         let b = b.freeze();
         let max = conn.max_datagram_size().unwrap_or(0);
         if b.len() > max {
             // Only control frames are sent on a stream (a packet that does
             // not fit is dropped, like on the QUIC carrier).
-            if frame.first() != Some(&CONTROL_KIND) || b.len() > wire::MAX_STREAM_FRAME {
+            if kind != CONTROL_KIND || b.len() > wire::MAX_STREAM_FRAME {
                 c.drops_too_large.fetch_add(1, Relaxed);
                 return Err(Error::TooLarge {
-                    size: frame.len(),
+                    size: len,
                     max: max.saturating_sub(wire::HEADER_LEN),
                 });
             }
@@ -237,7 +248,7 @@ impl RelayClient {
             return Err(Error::Dropped("the relay connection refused the datagram"));
         }
         c.frames_out.fetch_add(1, Relaxed);
-        c.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+        c.bytes_out.fetch_add(len as u64, Relaxed);
         Ok(())
     }
 

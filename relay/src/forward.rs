@@ -211,6 +211,18 @@ impl Forwarder {
         old
     }
 
+    /// `ge`'s connection is to be closed, without refusing the GE later
+    /// (its certificate was superseded, say: a new one is admitted again).
+    /// Returns the connection to close.
+    pub fn handle_cut(&mut self, ge: GeId) -> Option<u64> {
+        let old = self.nodes.remove(&ge).map(|n| n.conn);
+        if old.is_some() {
+            self.counters.refused += 1;
+        }
+        self.counters.nodes = self.nodes.len() as u64;
+        old
+    }
+
     /// A frame of `len` bytes (header included) from `src` on its
     /// connection `conn`, whose header names `dst` (`None`: shorter than
     /// the header).
@@ -438,7 +450,11 @@ mod tests {
             Verdict::Drop(DropReason::NotRegistered)
         );
         assert_eq!(f.counters().refused, 2);
-        f.handle_disconnect(B, 20);
+        // A cut (superseded certificate) closes without refusing for good.
+        assert_eq!(f.handle_cut(B), Some(20));
+        assert_eq!(f.handle_connect(B, 21, now), Ok(None));
+        assert_eq!(f.handle_cut(GeId(9)), None);
+        f.handle_disconnect(B, 21);
         assert!(f.nodes().is_empty());
         assert_eq!(f.counters().nodes, 0);
     }

@@ -182,8 +182,22 @@ impl Relay {
         }
     }
 
+    /// Closes `ge`'s connection now without refusing it later: the
+    /// [`Admission`] decides again when it reconnects.
+    pub fn cut(&self, ge: GeId) {
+        let mut st = self.shared.lock();
+        if let Some(id) = st.fwd.handle_cut(ge)
+            && let Some((c, _)) = st.conns.remove(&id)
+        {
+            c.close(close::REVOKED.into(), b"refused");
+            info!(peer = %ge, "relay connection cut: no longer admitted");
+        }
+    }
+
     /// Asks the [`Admission`] again about every connected node and cuts
     /// those it refuses now (after a revocation or removal in the GMS).
+    /// They are not refused for good: a GE whose certificate was only
+    /// superseded comes back with its new one.
     pub fn recheck(&self) {
         let live: Vec<(u64, NodeCert)> = self
             .shared
@@ -194,7 +208,7 @@ impl Relay {
             .collect();
         for (_, cert) in live {
             if !self.shared.admission.admit(&cert) {
-                self.revoke(cert.ge);
+                self.cut(cert.ge);
             }
         }
     }

@@ -145,20 +145,18 @@ impl Carrier for PathCarrier {
                     debug!(peer = %to.ge, "relayed peer: trying direct QUIC again");
                     self.quic.connect(to);
                 }
-                let mut f = Vec::with_capacity(frame::OVERHEAD + payload.len());
-                f.push(frame::kind_byte(kind));
-                f.extend_from_slice(payload);
-                r.send(to.ge, &f).map_err(|e| match e {
-                    fpn_relay::Error::TooLarge { max, .. } => Error::CarrierTooLarge {
-                        peer: to.ge,
-                        size: payload.len(),
-                        max: max.saturating_sub(frame::OVERHEAD),
-                    },
-                    _ => Error::CarrierDropped {
-                        peer: to.ge,
-                        reason: "the relay link is down",
-                    },
-                })
+                r.send_parts(to.ge, frame::kind_byte(kind), payload)
+                    .map_err(|e| match e {
+                        fpn_relay::Error::TooLarge { max, .. } => Error::CarrierTooLarge {
+                            peer: to.ge,
+                            size: payload.len(),
+                            max: max.saturating_sub(frame::OVERHEAD),
+                        },
+                        _ => Error::CarrierDropped {
+                            peer: to.ge,
+                            reason: "the relay link is down",
+                        },
+                    })
             }
             _ => self.quic.send(to, kind, payload),
         }
