@@ -8,7 +8,7 @@
 //! sent in the clear); a restart of the GMS (and so of its relay)
 //! interrupts traffic for at most 5 s after it is back; and once the home
 //! router forwards the NAS's carrier port, both nodes move to direct QUIC
-//! without the flow noticing.
+//! without the flow noticing, and the relay forwards nothing more.
 
 mod common;
 
@@ -240,5 +240,22 @@ fn nodes_behind_nats_reach_each_other_through_the_relay_which_sees_no_plaintext(
     assert!(
         answers.iter().any(|&a| a > opened + took),
         "no answers after the switch to direct"
+    );
+
+    // Direct now: a transfer (a new TCP flow, its DPRP included) puts not
+    // one frame through the relay; the links to it carry keep-alives only.
+    let relayed = || {
+        ov.gms_json(&["status"]).unwrap()["relay"]["counters"]["frames_relayed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = relayed();
+    let out = echo_send(lab, "laptop", &format!("{nas}:7001"), &long, false);
+    assert!(out.success(), "echo over direct QUIC: {}", out.stderr);
+    assert_eq!(peer_entry(&ov, "laptop", "nas")["carrier"], "quic");
+    assert_eq!(
+        relayed(),
+        before,
+        "frames went through the relay while direct"
     );
 }
