@@ -114,6 +114,9 @@ pub enum Event {
     /// A peer wants a connection with this node (hole punching): connect to
     /// its candidates now, so both NATs see outgoing packets at once.
     ConnectNow(Candidates),
+    /// Where the network's relay is (`host:port`; `None`: no relay),
+    /// as the GMS said after the session started.
+    Relay(Option<String>),
     /// The session dropped; a reconnect follows.
     Disconnected {
         /// Why.
@@ -647,6 +650,9 @@ fn handle_push(
         }
         ServerMsg::DirectoryChanged { name, entry } => {
             shared.emit(Event::DirectoryChanged { name, entry });
+        }
+        ServerMsg::Relay(addr) => {
+            shared.emit(Event::Relay(Some(addr).filter(|a| !a.is_empty())));
         }
         ServerMsg::DirectoryAnswer(entry) => match pending.pop_front() {
             Some(Pending::Query(tx)) => {

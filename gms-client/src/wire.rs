@@ -304,6 +304,9 @@ pub struct DirectoryEntry {
     pub reported: Vec<SocketAddr>,
 }
 
+/// Longest relay address (`host:port`) in [`ServerMsg::Relay`].
+pub const MAX_RELAY_ADDR: usize = 255;
+
 /// Messages the GMS sends.
 #[derive(Debug, Clone)]
 pub enum ServerMsg {
@@ -340,6 +343,10 @@ pub enum ServerMsg {
     DirectoryAnswer(Option<DirectoryEntry>),
     /// 0x89: a report was recorded.
     Ack,
+    /// 0x90: where the network's relay is, sent after `SessionInit` (and
+    /// again when it changes): `len u8 + "host:port"` (UTF-8), empty when
+    /// the network has no relay.
+    Relay(String),
     /// 0x8a: a page of the directory: `more u8 | n u16 | n x listed GE`
     /// (sorted by name; `more` = 1 when another page follows).
     DirectoryListing {
@@ -581,6 +588,10 @@ impl ServerMsg {
                 put_addrs(&mut w, &c.local)?;
                 0xa2
             }
+            Self::Relay(addr) => {
+                w.short_bytes(addr.as_bytes(), MAX_RELAY_ADDR, "relay address")?;
+                0x90
+            }
         };
         frame(ty, &b)
     }
@@ -670,6 +681,7 @@ impl ServerMsg {
                 },
                 local: get_addrs(&mut r)?,
             }),
+            0x90 => Self::Relay(get_str(&mut r, MAX_RELAY_ADDR, "relay address")?),
             t => {
                 return Err(Error::Protocol(format!(
                     "unknown server message type {t:#04x}"
@@ -938,6 +950,8 @@ mod tests {
             ServerMsg::DirectoryAnswer(Some(entry)),
             ServerMsg::DirectoryAnswer(None),
             ServerMsg::Ack,
+            ServerMsg::Relay("198.18.1.10:7720".into()),
+            ServerMsg::Relay(String::new()),
             ServerMsg::DirectoryListing {
                 entries: vec![
                     ListedGe {

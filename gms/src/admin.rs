@@ -199,6 +199,23 @@ pub struct StatusView {
     pub grace_secs: u64,
     /// Store schema version.
     pub schema: u32,
+    /// The relay (filled in by the server, not the core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayStatus>,
+}
+
+/// The relay in `fpn-gms status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Where the in-process relay listens (`None`: not in-process).
+    pub listen: Option<SocketAddr>,
+    /// What nodes are told (`None`: no relay).
+    pub advertised: Option<String>,
+    /// GE ids connected to the in-process relay now.
+    #[serde(default)]
+    pub nodes: Vec<u32>,
+    /// Its counters.
+    pub counters: Option<fpn_relay::Counters>,
 }
 
 /// One group in `group list`.

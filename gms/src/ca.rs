@@ -147,6 +147,25 @@ impl Ca {
         Ok((cert.der().to_vec(), Zeroizing::new(key.serialize_der())))
     }
 
+    /// Issues a relay's QUIC server certificate (SAN `fpn-relay`, the name
+    /// nodes check): `(cert DER, key PKCS#8 DER)`. The relay in `fpn-gms
+    /// serve` gets a fresh one at each start; `fpn-gms relay-cert` writes
+    /// one for a standalone relay. It cannot act as a node (no GE id) nor
+    /// as the GMS (another name).
+    pub fn issue_relay_cert(&self, now: u64) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+        let name = fpn_relay::SERVER_NAME;
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let mut p = CertificateParams::new(vec![name.to_owned()])?;
+        p.distinguished_name = dn(name);
+        set_date!(p.not_before, now.saturating_sub(86_400));
+        set_date!(p.not_after, now + CA_VALIDITY_DAYS * 86_400);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let params = ca_params();
+        let cert = p.signed_by(&key, &Issuer::from_params(&params, &self.key))?;
+        Ok((cert.der().to_vec(), Zeroizing::new(key.serialize_der())))
+    }
+
     /// Issues a GE's X.509 certificate for `node_key`.
     pub fn issue_node_cert(&self, req: &NodeCertRequest<'_>) -> Result<Vec<u8>> {
         let dns = format!("{}.{}", req.name, req.zone.trim_end_matches('.'));

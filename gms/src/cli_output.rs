@@ -27,6 +27,29 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 s.rotation_schedule, s.grace_secs
             );
             println!("next rotation   {}", opt(s.next_rotation));
+            if let Some(r) = s.relay {
+                let where_ = match (r.listen, &r.advertised) {
+                    (Some(l), Some(a)) => format!("in-process on {l}, nodes use {a}"),
+                    (None, Some(a)) => format!("standalone at {a}"),
+                    (_, None) => "none".into(),
+                };
+                println!("relay           {where_}");
+                if let Some(c) = r.counters {
+                    println!(
+                        "relay traffic   {} nodes, {} frames / {} bytes relayed; dropped: {} no destination, {} rate-limited, {} other; {} refused",
+                        c.nodes,
+                        c.frames_relayed,
+                        c.bytes_relayed,
+                        c.drop_no_destination,
+                        c.drop_rate_limited,
+                        c.drop_malformed
+                            + c.drop_to_self
+                            + c.drop_not_registered
+                            + c.drop_too_large,
+                        c.refused
+                    );
+                }
+            }
         }
         AdminRequest::GroupList => {
             let gs: Vec<GroupView> = resp.into_result()?;

@@ -135,6 +135,75 @@ pub struct Config {
     /// The DDNS that `serve` runs in-process.
     #[serde(default)]
     pub dns: DnsSettings,
+    /// The relay that `serve` runs in-process, or where a standalone one is.
+    #[serde(default)]
+    pub relay: RelaySettings,
+}
+
+/// The `[relay]` section: the relay nodes fall back to when they cannot
+/// reach each other directly (docs/GMS.md "Relay").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// Run the relay inside `fpn-gms serve` (default true).
+    pub enabled: bool,
+    /// UDP address it listens on. Default: the QUIC listen IP, port 7720.
+    pub listen: Option<SocketAddr>,
+    /// `host:port` nodes are told to use. Default: the host of the GMS's
+    /// `public_addr` with the relay's port. With `enabled = false`, the
+    /// address of a standalone `fpn-relay` (unset: nodes get no relay).
+    pub public_addr: Option<String>,
+    /// Sustained rate per node through the relay, Mbit/s (default 50).
+    pub rate_mbit: u64,
+    /// Burst per node, KiB (default 1024).
+    pub burst_kib: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            public_addr: None,
+            rate_mbit: 50,
+            burst_kib: 1024,
+        }
+    }
+}
+
+impl RelaySettings {
+    /// Where the in-process relay listens for a GMS configured to listen
+    /// on `quic`: its IP and port 7720, or any free port when the GMS's
+    /// own port is 0 (tests running many servers at once).
+    pub fn listen_addr(&self, quic: SocketAddr) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = if quic.port() == 0 {
+                0
+            } else {
+                fpn_relay::DEFAULT_PORT
+            };
+            SocketAddr::new(quic.ip(), port)
+        })
+    }
+
+    /// The rate limit per node.
+    pub fn rate(&self) -> fpn_relay::RateLimit {
+        fpn_relay::RateLimit {
+            bytes_per_sec: self.rate_mbit.saturating_mul(1_000_000) / 8,
+            burst: self.burst_kib.saturating_mul(1024),
+        }
+    }
+
+    /// What nodes are told: `public_addr`, else (relay in-process) the
+    /// host of the GMS's own address (`gms`, `host:port`) with the port
+    /// the relay listens on.
+    pub fn advertised(&self, gms: Option<&str>, relay_port: Option<u16>) -> Option<String> {
+        if let Some(a) = &self.public_addr {
+            return Some(a.clone());
+        }
+        let (host, _) = gms?.rsplit_once(':')?;
+        Some(format!("{host}:{}", relay_port?))
+    }
 }
 
 /// The `[dns]` section: the zone's DNS server inside `fpn-gms serve`.
@@ -208,6 +277,7 @@ impl Config {
             cert_validity_days: None,
             token_ttl: default_token_ttl(),
             dns: DnsSettings::default(),
+            relay: RelaySettings::default(),
         };
         Ok(c)
     }
@@ -229,6 +299,12 @@ impl Config {
 
     /// Checks values that the types alone do not bound.
     pub fn check(&self) -> Result<()> {
+        if self.relay.enabled {
+            self.relay
+                .rate()
+                .check()
+                .map_err(|e| Error::Config(format!("[relay]: {e}")))?;
+        }
         if self.credential_lifetime.0.as_secs() < MIN_CREDENTIAL_LIFETIME {
             return Err(Error::Config(format!(
                 "credential_lifetime must be at least {MIN_CREDENTIAL_LIFETIME}s"
@@ -364,6 +440,41 @@ mod tests {
         assert_eq!(c.rotation_schedule, Schedule::default());
         assert_eq!(c.grace.0, Duration::from_secs(600));
         assert_eq!(c.overlay_range, OverlayRange::default());
+        assert_eq!(c.relay.listen, Some("0.0.0.0:7720".parse().unwrap()));
+        assert_eq!(c.relay.rate(), fpn_relay::RateLimit::default());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn the_relay_nodes_are_told_of_follows_the_gms_address_unless_set() {
+        let r = RelaySettings::default();
+        assert_eq!(
+            r.advertised(Some("gms.example.org:4433"), Some(7720))
+                .as_deref(),
+            Some("gms.example.org:7720")
+        );
+        assert_eq!(
+            r.advertised(Some("[2001:db8::1]:4433"), Some(7721))
+                .as_deref(),
+            Some("[2001:db8::1]:7721")
+        );
+        assert_eq!(r.advertised(None, Some(7720)), None);
+        let elsewhere = RelaySettings {
+            enabled: false,
+            public_addr: Some("relay.example.org:7720".into()),
+            ..RelaySettings::default()
+        };
+        assert_eq!(
+            elsewhere.advertised(Some("gms:4433"), None).as_deref(),
+            Some("relay.example.org:7720")
+        );
+        let q: SocketAddr = "198.18.1.10:4433".parse().unwrap();
+        assert_eq!(r.listen_addr(q), "198.18.1.10:7720".parse().unwrap());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(r.listen_addr(any), any);
+        let mut bad = Config::new("x.fpn").unwrap();
+        bad.relay.rate_mbit = 0;
+        assert!(bad.check().is_err());
     }
 
     #[test]

@@ -76,6 +76,17 @@ enum Cmd {
         #[arg(long, conflicts_with = "dns_listen")]
         no_dns: bool,
     },
+    /// Write a certificate for a standalone relay (`fpn-relay serve
+    /// --certs OUT`): relay.crt and relay.key (0600), signed by this GMS's
+    /// CA, and ca.crt. Copy OUT to the relay's host; then set
+    /// `[relay] enabled = false` and `public_addr = "HOST:PORT"` in
+    /// gms.toml so nodes are told to use it. Needs the CA key, so run it
+    /// on the GMS's host.
+    RelayCert {
+        /// Directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show the server's status.
     Status,
     /// Groups.
@@ -261,6 +272,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 println!("initialized {}; CA fingerprint {fp}", dir.display());
+            }
+            return Ok(());
+        }
+        Cmd::RelayCert { out } => {
+            let dir = DataDir::new(need_data()?);
+            let ca = fpn_gms::ca::Ca::load(&dir)?;
+            let (cert, key) = ca.issue_relay_cert(fpn_gms::now_unix())?;
+            std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
+            fpn_gms::fsutil::write_new(&out.join("relay.crt"), &cert, 0o644)?;
+            fpn_gms::fsutil::write_new(&out.join("relay.key"), &key, 0o600)?;
+            fpn_gms::fsutil::write_new(&out.join("ca.crt"), ca.cert_der(), 0o644)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "out": out }));
+            } else {
+                println!("wrote relay.crt, relay.key, ca.crt to {}", out.display());
             }
             return Ok(());
         }

@@ -331,15 +331,42 @@ impl Shell {
                 let _ = tx.send(snap);
             }
             Query::FlowInfo(flow, tx) => {
-                let _ = tx.send(self.core.flow_info(&flow));
+                let mut info = self.core.flow_info(&flow);
+                // The core says QUIC; the carrier knows it goes via the relay.
+                if let Some((_, path)) = info.as_mut()
+                    && path == CarrierKind::Quic.as_str()
+                    && let std::net::IpAddr::V4(dst) = flow.dst
+                    && self.relayed(dst).is_some()
+                {
+                    *path = CarrierKind::Relay.as_str().into();
+                }
+                let _ = tx.send(info);
             }
             Query::PeerPath(ip, tx) => {
-                let _ = tx.send(self.core.peer_path(ip));
+                let mut path = self.core.peer_path(ip);
+                if let Some((carrier, text)) = path.as_mut()
+                    && carrier == CarrierKind::Quic.as_str()
+                    && let Some(why) = self.relayed(ip)
+                {
+                    *carrier = CarrierKind::Relay.as_str().into();
+                    *text = format!("relay ({why})");
+                }
+                let _ = tx.send(path);
             }
             Query::Resolve(name, tx) => {
                 let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
             }
         }
+    }
+
+    /// Why the owner of overlay address `ip` is relayed, if it is.
+    fn relayed(&self, ip: Ipv4Addr) -> Option<String> {
+        let ge = self.core.peers().owner(ip)?;
+        self.carrier
+            .peers()
+            .into_iter()
+            .find(|s| s.ge == ge && s.carrier == CarrierKind::Relay)
+            .map(|s| s.why.unwrap_or_default())
     }
 
     /// Feeds the core every packet of the arena (each sealed in its own

@@ -94,6 +94,8 @@ pub struct GmsTask {
     pub engine: mpsc::Sender<Command>,
     /// The carrier (revocations cut its connections).
     pub carrier: Arc<QuicCarrier>,
+    /// The relay link: the GMS says where the relay is.
+    pub relay: Option<fpn_relay::RelayClient>,
     /// Shared with the daemon.
     pub shared: Shared,
     /// Where the directory is cached.
@@ -264,6 +266,11 @@ impl GmsTask {
                 if let Err(e) = self.carrier.set_certificate(&cert) {
                     warn!(error = %e, "renewed certificate not taken by the carrier");
                 }
+                if let Some(r) = &self.relay
+                    && let Err(e) = r.set_certificate(&cert)
+                {
+                    warn!(error = %e, "renewed certificate not taken by the relay link");
+                }
                 self.show_credential();
                 info!(not_after, "own credential renewed");
             }
@@ -288,6 +295,7 @@ impl GmsTask {
                 Some(e) => self.store_entry(&e).await,
                 None => self.gone(&name).await,
             },
+            Event::Relay(addr) => self.set_relay(addr).await,
             Event::Disconnected { reason } => {
                 self.report_gms(false).await;
                 let was = std::mem::take(&mut self.shared.view().connected);
@@ -335,6 +343,28 @@ impl GmsTask {
         if self.session.request_connect_now(ge) {
             self.shared.view().punches_asked += 1;
             debug!(peer = %ge, "asked the GMS for a connect-now");
+        }
+    }
+
+    /// Points the relay link at the address the GMS named (`host:port`,
+    /// resolved here; `None`: no relay). A name that does not resolve
+    /// leaves the link as it was.
+    async fn set_relay(&self, addr: Option<String>) {
+        let Some(relay) = &self.relay else { return };
+        let Some(addr) = addr else {
+            info!("the GMS names no relay");
+            relay.set_addr(None);
+            return;
+        };
+        match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(mut addrs) => match addrs.find(SocketAddr::is_ipv4) {
+                Some(a) => {
+                    info!(relay = %a, "relay named by the GMS");
+                    relay.set_addr(Some(a));
+                }
+                None => warn!(relay = %addr, "the relay's name has no IPv4 address"),
+            },
+            Err(e) => warn!(relay = %addr, error = %e, "cannot resolve the relay's address"),
         }
     }
 

@@ -114,7 +114,7 @@ pub struct PeerStatus {
     pub ge: u32,
     /// Overlay address, when known.
     pub overlay: Option<String>,
-    /// The carrier its packets take now: "native" or "quic".
+    /// The carrier its packets take now: "native", "quic" or "relay".
     pub carrier: String,
     /// The path machine's status with the reason: "native",
     /// "quic (native probe failed 3x)", "quic (forced)", ...
@@ -174,7 +174,7 @@ pub struct PingReport {
     pub address: String,
     /// "encrypt", "plain", "refuse", or "unreachable".
     pub action: String,
-    /// The carrier the flow used ("native" or "quic"), empty when none.
+    /// The carrier the flow used ("native", "quic" or "relay"), empty when none.
     /// ICMP flows always take QUIC (the nft set steers TCP and UDP only).
     pub carrier: String,
     /// The peer's path status ("native", "quic (native probe failed 3x)",

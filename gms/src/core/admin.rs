@@ -547,6 +547,7 @@ impl Core {
             next_rotation: self.next_rotation,
             grace_secs: self.cfg.grace.0.as_secs(),
             schema: SCHEMA_VERSION,
+            relay: None,
         }
     }
 

@@ -39,10 +39,25 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
             Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
             Ok(req) => {
                 debug!(?req, "admin request");
-                match with_core(&shared, move |core| core.handle_admin(req, now_unix())).await {
+                let status = matches!(req, AdminRequest::Status);
+                let mut resp = match with_core(&shared, move |core| {
+                    core.handle_admin(req, now_unix())
+                })
+                .await
+                {
                     Ok(r) => r,
                     Err(e) => AdminResponse::err(e),
+                };
+                // The relay's numbers live in the server, not the core.
+                if status
+                    && resp.ok
+                    && let Some(parts) = shared.relay.get()
+                    && let Some(o) = resp.data.as_object_mut()
+                    && let Ok(v) = serde_json::to_value(super::relay::status(parts))
+                {
+                    o.insert("relay".into(), v);
                 }
+                resp
             }
         },
     };

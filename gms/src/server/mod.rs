@@ -17,6 +17,7 @@
 
 mod admin_socket;
 mod quic;
+mod relay;
 mod sessions;
 
 use std::collections::VecDeque;
@@ -146,6 +147,16 @@ pub(crate) struct Shared {
     hook: Arc<dyn DirectoryHook>,
     /// Makes the core's commits durable, without the lock.
     syncer: Arc<dyn Syncer>,
+    /// The relay, set once right after start.
+    relay: std::sync::OnceLock<RelayParts>,
+}
+
+/// The relay as the server runs it (see [`relay`]).
+pub(crate) struct RelayParts {
+    /// The in-process relay, if enabled.
+    pub(crate) relay: Option<Arc<fpn_relay::Relay>>,
+    /// What nodes are told after `SessionInit` (`None`: no relay).
+    pub(crate) advertised: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -261,6 +272,11 @@ pub async fn serve(
     )
     .map_err(Error::io("setting permissions of", &sock_path))?;
 
+    let bell = Arc::new(Notify::new());
+    let hook: Arc<dyn DirectoryHook> = Arc::new(relay::RelayHook {
+        inner: hook,
+        bell: bell.clone(),
+    });
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             core,
@@ -270,7 +286,11 @@ pub async fn serve(
         timer: Notify::new(),
         hook,
         syncer,
+        relay: std::sync::OnceLock::new(),
     });
+    let parts = relay::start(&shared, listen, &server_key, bell)?;
+    let in_process = parts.relay.clone();
+    let _ = shared.relay.set(parts);
     info!(%local, admin = %sock_path.display(), "GMS serving");
 
     let tasks = [
@@ -285,6 +305,9 @@ pub async fn serve(
         t.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(r) = in_process {
+        r.close().await;
+    }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
 }
@@ -402,6 +425,7 @@ mod tests {
             timer: Notify::new(),
             hook: hook.clone(),
             syncer,
+            relay: std::sync::OnceLock::new(),
         };
         let seen = || hook.0.lock().unwrap().clone();
 

@@ -164,6 +164,14 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
         // The init may show changes not yet durable: send it once they are.
         shared.settled(seq).await?;
         write_frame(&mut send, &init.encode()?).await?;
+        // Where the relay is: a message of its own after the init, so the
+        // init's layout stays as it was.
+        let relay = shared
+            .relay
+            .get()
+            .and_then(|r| r.advertised.clone())
+            .unwrap_or_default();
+        write_frame(&mut send, &ServerMsg::Relay(relay).encode()?).await?;
         // Requests are read by their own task, so a frame is never cut by a
         // cancelled read; answers join the push queue and keep their order.
         let _reader = AbortOnDrop(tokio::spawn(

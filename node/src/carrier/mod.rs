@@ -17,6 +17,8 @@
 pub mod candidates;
 mod frame;
 mod quic;
+pub mod relay_choice;
+pub mod relayed;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,7 +28,8 @@ use fpn_proto::ge::GeId;
 
 use crate::error::Result;
 
-pub use quic::{ALPN, Congestion, DEFAULT_PORT, QuicCarrier, QuicCarrierConfig};
+pub use quic::{ALPN, Congestion, DEFAULT_PORT, Direct, QuicCarrier, QuicCarrierConfig};
+pub use relayed::{PathCarrier, is_relay_from, relay_from};
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +47,10 @@ pub enum CarrierKind {
     Quic,
     /// The packet as it is, on the IP path (later issue).
     Native,
+    /// QUIC DATAGRAM frames through the relay (no direct QUIC connection
+    /// could be set up). Chosen by [`PathCarrier`], not by the node core:
+    /// the core hands QUIC frames over and the carrier decides.
+    Relay,
 }
 
 impl CarrierKind {
@@ -52,6 +59,7 @@ impl CarrierKind {
         match self {
             Self::Quic => "quic",
             Self::Native => "native",
+            Self::Relay => "relay",
         }
     }
 }
@@ -165,6 +173,9 @@ pub struct PeerStats {
     pub drops_malformed: u64,
     /// Connections established with this peer so far (both directions).
     pub connections: u64,
+    /// Why frames go through the relay (set when `carrier` is
+    /// [`CarrierKind::Relay`]).
+    pub why: Option<String>,
 }
 
 impl PeerStats {

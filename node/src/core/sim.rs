@@ -341,7 +341,8 @@ impl CoreSim {
                 self.log_wire(i, true, &frame);
                 self.transmit_native(frame);
             }
-            Some((target, frame, CarrierKind::Quic)) => {
+            // The core never names the relay (the carrier chooses it).
+            Some((target, frame, CarrierKind::Quic | CarrierKind::Relay)) => {
                 self.transmit(i, &target, FrameKind::Data, frame);
             }
             None => {}

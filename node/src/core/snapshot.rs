@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fpn_proto::flow::FlowId;
 
 use super::NodeCore;
-use crate::carrier::PeerStats;
+use crate::carrier::{CarrierKind, PeerStats};
 use crate::status::{FlowStatus, PeerStatus, action_name, proto_name};
 
 /// The core's part of `status`.
@@ -70,6 +70,12 @@ impl NodeCore {
     /// The core's state for `status`; `carrier` is what the carrier reports
     /// per peer (underlay address in use, RTT).
     pub fn snapshot(&self, carrier: &[PeerStats]) -> Snapshot {
+        // Peers whose QUIC frames the carrier sends through the relay.
+        let relayed = |ge: fpn_proto::ge::GeId| {
+            carrier
+                .iter()
+                .find(|s| s.ge == ge && s.carrier == CarrierKind::Relay)
+        };
         let peers = self
             .peers
             .iter()
@@ -80,8 +86,19 @@ impl NodeCore {
                     name: p.name.clone(),
                     ge: p.ge.0,
                     overlay: p.overlay.map(|o| o.to_string()),
-                    carrier: p.path.current.as_str().into(),
-                    path: p.path.text(),
+                    carrier: match relayed(p.ge) {
+                        Some(_) if p.path.current == CarrierKind::Quic => "relay".into(),
+                        _ => p.path.current.as_str().into(),
+                    },
+                    path: match relayed(p.ge) {
+                        Some(r) if p.path.current == CarrierKind::Quic => {
+                            format!(
+                                "relay ({})",
+                                r.why.as_deref().unwrap_or("direct QUIC failed")
+                            )
+                        }
+                        _ => p.path.text(),
+                    },
                     addr: st
                         .and_then(|s| s.addr)
                         .or_else(|| p.target.addrs.first().copied())
@@ -118,7 +135,10 @@ impl NodeCore {
                     action: action_name(e.action()).into(),
                     carrier: e
                         .peer()
-                        .map(|p| self.flow_carrier(f, p).as_str().into())
+                        .map(|p| match self.flow_carrier(f, p) {
+                            CarrierKind::Quic if relayed(p).is_some() => "relay".into(),
+                            c => c.as_str().into(),
+                        })
                         .unwrap_or_default(),
                     peer: e.peer().map(|p| p.0),
                     key_version: e.key_version().map(|v| v.0),

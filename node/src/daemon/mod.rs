@@ -117,6 +117,28 @@ async fn run(
     let reported = local_addresses(port, &cfg.tun_name);
     info!(listen = %carrier.local_addr(), reported = ?reported, "carrier bound");
 
+    // The relay link (idle until the GMS names a relay), and the carrier
+    // that falls back to it when direct QUIC to a peer fails.
+    let (relayed_tx, relayed_rx) = mpsc::channel(4096);
+    let relay = match fpn_relay::RelayClient::new(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        &identity.ca_cert,
+        &identity.cert,
+        identity.key_pkcs8(),
+        relayed_tx,
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "relay link unavailable: peers reach this node directly or not at all");
+            None
+        }
+    };
+    let path_carrier = Arc::new(crate::carrier::PathCarrier::new(
+        carrier.clone(),
+        relay.clone(),
+    ));
+    let relay_inbound = tokio::spawn(path_carrier.clone().run_inbound(relayed_rx));
+
     // The GMS session runs on the carrier's socket: the address the GMS
     // sees it come from is then the carrier's reflexive address (what a
     // NAT maps port 7718 to), which peers are handed as a candidate.
@@ -192,7 +214,7 @@ async fn run(
     let driver = Driver {
         core,
         clock,
-        carrier: carrier.clone(),
+        carrier: path_carrier.clone(),
         tun: crate::driver::TunParts {
             reader: dev.reader,
             writer: Arc::new(dev.writer),
@@ -217,6 +239,7 @@ async fn run(
         own_ge: me.ge,
         engine: eng_tx.clone(),
         carrier: carrier.clone(),
+        relay: relay.clone(),
         shared: shared.clone(),
         cache_path: state.peer_cache(),
         requests: dir_rx,
@@ -328,6 +351,10 @@ async fn run(
         }
     }
     carrier.close().await;
+    if let Some(r) = &relay {
+        r.close();
+    }
+    relay_inbound.abort();
     drop(tun_keep);
     info!("stopped; TUN removed");
     outcome

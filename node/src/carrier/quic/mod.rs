@@ -53,6 +53,19 @@ pub const DEFAULT_PORT: u16 = 7718;
 /// ALPN of node-to-node QUIC.
 pub const ALPN: &[u8] = b"fpn-node/1";
 
+/// What the direct QUIC connection to a peer is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// No connection and no failed attempt pending.
+    Idle,
+    /// Being set up.
+    Connecting,
+    /// Up.
+    Up,
+    /// The last attempt failed on every address (or the peer refused us).
+    Failed,
+}
+
 /// Application close codes.
 mod close {
     /// The carrier is shutting down.
@@ -274,6 +287,49 @@ impl QuicCarrier {
     pub fn revoke_serials(&self, serials: &[u64]) {
         self.inner.tls.trust().revoke_serials(serials);
         self.inner.cut(|_, serial| serials.contains(&serial));
+    }
+
+    /// What the direct connection to `ge` is doing (the relay fallback
+    /// reads it before each frame, see [`super::relayed`]).
+    pub fn direct(&self, ge: GeId) -> Direct {
+        match self.inner.lock().get(&ge) {
+            None => Direct::Idle,
+            Some(p) => match &p.link {
+                Link::Up(_) => Direct::Up,
+                Link::Connecting => Direct::Connecting,
+                Link::Idle if p.retry_at.is_some() => Direct::Failed,
+                Link::Idle => Direct::Idle,
+            },
+        }
+    }
+
+    /// Starts a connection to `to` unless one is up or being set up, even
+    /// while the back-off of a failed attempt runs (the relay fallback
+    /// retries direct on its own schedule). Nothing is queued.
+    pub fn connect(&self, to: &PeerTarget) {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire)
+            || inner.tls.trust().refused_ge(to.ge)
+            || to.addrs.is_empty()
+        {
+            return;
+        }
+        let mut peers = inner.lock();
+        let peer = peers.entry(to.ge).or_insert_with(Peer::new);
+        if matches!(peer.link, Link::Idle) {
+            peer.link = Link::Connecting;
+            inner
+                .runtime
+                .spawn(conn::connect(inner.clone(), to.clone(), false));
+            // A retry of direct QUIC punches like a first attempt does.
+            let _ = inner.punch_requests.try_send(to.ge);
+        }
+    }
+
+    /// A sender into the channel [`QuicCarrier::bind`] returned: frames
+    /// that arrived another way (the relay) join the carrier's own.
+    pub fn inbound_sender(&self) -> mpsc::Sender<Inbound> {
+        self.inner.inbound.clone()
     }
 
     /// Closes every connection, tells the peers, and waits (bounded) until

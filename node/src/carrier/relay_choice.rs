@@ -1,0 +1,211 @@
+//! Per peer: direct QUIC or the relay, sans-IO (time comes in, decisions
+//! go out). [`super::PathCarrier`] asks it before each frame.
+//!
+//! - Direct is tried first. When every address of the peer failed (the
+//!   QUIC carrier reports [`Direct::Failed`]) frames go through the relay.
+//! - A frame that came through the relay from a peer with no direct
+//!   connection up means that peer could not reach us directly: answers go
+//!   back through the relay at once, instead of waiting for our own direct
+//!   attempt to time out (5 s per address) while the peer's DPRP waits.
+//! - While relayed, direct is retried in the background 2 s after the
+//!   switch, then at intervals doubling from 2 s up to 30 s (one connection
+//!   attempt each; frames keep going through the relay meanwhile); the first frame after a direct connection is up
+//!   (ours, or one the peer opened to us) goes direct again.
+//! - Switching never breaks a flow: frames are end-to-end protected and the
+//!   receiving node takes a flow's frames from every carrier.
+//!
+//! Without a relay configured nothing changes: frames go to the QUIC
+//! carrier as before.
+
+use std::time::{Duration, Instant};
+
+use super::Direct;
+
+/// First delay before retrying direct once relayed.
+pub const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest delay between direct retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why a peer is relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Every direct connection attempt failed.
+    DirectFailed,
+    /// The peer reached us through the relay and no direct connection is up.
+    PeerRelayed,
+}
+
+impl Why {
+    /// Text for `status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::DirectFailed => "direct QUIC failed",
+            Self::PeerRelayed => "peer came through the relay",
+        }
+    }
+}
+
+/// Where one frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// To the QUIC carrier (which connects if needed).
+    Direct,
+    /// To the relay; when `retry_direct`, also start a direct attempt.
+    Relay {
+        /// Start a direct connection attempt in the background now.
+        retry_direct: bool,
+    },
+}
+
+/// The choice for one peer.
+#[derive(Debug, Clone)]
+pub struct RelayChoice {
+    relayed: Option<(Why, Instant)>,
+    retry_at: Instant,
+    delay: Duration,
+}
+
+impl RelayChoice {
+    /// A peer not relayed yet.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            relayed: None,
+            retry_at: now,
+            delay: RETRY_MIN,
+        }
+    }
+
+    /// Where the next frame goes, given the direct connection's state and
+    /// whether a relay link is up.
+    pub fn decide(&mut self, direct: Direct, relay_up: bool, now: Instant) -> Decision {
+        if direct == Direct::Up {
+            if let Some((why, since)) = self.relayed.take() {
+                tracing::info!(relayed_for = ?now.saturating_duration_since(since), was = why.as_str(), "peer reachable directly again, leaving the relay");
+            }
+            self.delay = RETRY_MIN;
+            return Decision::Direct;
+        }
+        if !relay_up {
+            // Nothing else to try: the QUIC carrier queues, connects or drops.
+            return Decision::Direct;
+        }
+        match (direct, self.relayed) {
+            (Direct::Failed, None) => {
+                self.relay(Why::DirectFailed, now);
+                self.relay_frame(now)
+            }
+            (Direct::Connecting, Some(_)) => Decision::Relay {
+                retry_direct: false,
+            },
+            (Direct::Failed | Direct::Idle, Some(_)) => self.relay_frame(now),
+            (Direct::Up, Some(_)) | (_, None) => Decision::Direct,
+        }
+    }
+
+    /// A frame of this peer arrived through the relay while `direct` is
+    /// the state of our direct connection to it.
+    pub fn handle_relayed_frame(&mut self, direct: Direct, now: Instant) {
+        if self.relayed.is_none() && direct != Direct::Up {
+            self.relay(Why::PeerRelayed, now);
+            // The first frame back also tries direct: the peer may well be
+            // reachable from here even if we were not from there.
+            self.retry_at = now;
+        }
+    }
+
+    /// Why the peer is relayed, if it is.
+    pub fn why(&self) -> Option<Why> {
+        self.relayed.map(|(w, _)| w)
+    }
+
+    /// When the next direct retry is due (while relayed).
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.relayed.map(|_| self.retry_at)
+    }
+
+    fn relay(&mut self, why: Why, now: Instant) {
+        tracing::info!(why = why.as_str(), "peer goes through the relay");
+        self.relayed = Some((why, now));
+        self.delay = RETRY_MIN;
+        self.retry_at = now + RETRY_MIN;
+    }
+
+    fn relay_frame(&mut self, now: Instant) -> Decision {
+        let retry_direct = now >= self.retry_at;
+        if retry_direct {
+            self.retry_at = now + self.delay;
+            self.delay = (self.delay * 2).min(RETRY_MAX);
+        }
+        Decision::Relay { retry_direct }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_RETRY: Decision = Decision::Relay {
+        retry_direct: false,
+    };
+    const RETRY: Decision = Decision::Relay { retry_direct: true };
+
+    #[test]
+    fn direct_first_then_the_relay_when_every_address_failed() {
+        let t = Instant::now();
+        let mut c = RelayChoice::new(t);
+        assert_eq!(c.decide(Direct::Idle, true, t), Decision::Direct);
+        assert_eq!(c.decide(Direct::Connecting, true, t), Decision::Direct);
+        assert_eq!(c.why(), None);
+        assert_eq!(c.decide(Direct::Failed, true, t), NO_RETRY);
+        assert_eq!(c.why(), Some(Why::DirectFailed));
+        assert_eq!(c.decide(Direct::Failed, true, t), NO_RETRY);
+    }
+
+    #[test]
+    fn without_a_relay_link_frames_stay_with_the_quic_carrier() {
+        let t = Instant::now();
+        let mut c = RelayChoice::new(t);
+        assert_eq!(c.decide(Direct::Failed, false, t), Decision::Direct);
+        assert_eq!(c.why(), None);
+    }
+
+    #[test]
+    fn direct_is_retried_with_a_doubling_capped_delay_and_wins_when_up() {
+        let t = Instant::now();
+        let mut c = RelayChoice::new(t);
+        c.decide(Direct::Failed, true, t);
+        let mut at = t;
+        let mut retries = Vec::new();
+        // 120 s of frames every 100 ms while direct keeps failing.
+        for i in 0..1200u64 {
+            at = t + Duration::from_millis(100 * i);
+            if c.decide(Direct::Failed, true, at) == RETRY {
+                retries.push(at.duration_since(t).as_secs());
+            }
+        }
+        assert_eq!(retries, vec![2, 4, 8, 16, 32, 62, 92], "{retries:?}");
+        // A retry in progress keeps the relay, without another retry.
+        assert_eq!(c.decide(Direct::Connecting, true, at), NO_RETRY);
+        // Up: direct again, and the delay starts over next time.
+        assert_eq!(c.decide(Direct::Up, true, at), Decision::Direct);
+        assert_eq!(c.why(), None);
+        assert_eq!(c.decide(Direct::Failed, true, at), NO_RETRY);
+        assert_eq!(c.retry_at(), Some(at + RETRY_MIN));
+    }
+
+    #[test]
+    fn a_peer_that_came_through_the_relay_is_answered_through_it_at_once() {
+        let t = Instant::now();
+        let mut c = RelayChoice::new(t);
+        c.handle_relayed_frame(Direct::Idle, t);
+        assert_eq!(c.why(), Some(Why::PeerRelayed));
+        // The answer goes through the relay and a direct attempt starts.
+        assert_eq!(c.decide(Direct::Idle, true, t), RETRY);
+        assert_eq!(c.decide(Direct::Connecting, true, t), NO_RETRY);
+        // A peer with a direct connection up is not moved by a relayed frame.
+        let mut d = RelayChoice::new(t);
+        d.handle_relayed_frame(Direct::Up, t);
+        assert_eq!(d.why(), None);
+        assert_eq!(d.decide(Direct::Up, true, t), Decision::Direct);
+    }
+}
