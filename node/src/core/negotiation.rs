@@ -14,6 +14,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::DPRP_REFRESH;
 use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
+use super::steering;
 use super::timers::{PIT_AGE_GRANULARITY, Timer};
 use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
 use crate::carrier::{CarrierKind, FrameKind, PeerTarget};
@@ -51,12 +52,17 @@ impl NodeCore {
             let mut progress = false;
             while let Some(t) = self.dprp.poll_transmit() {
                 progress = true;
-                self.route_transmit(t);
+                // A CDN waits for this round's events, which say whether
+                // it must wait for the native steering (steering.rs).
+                if let Some(t) = self.stage_cdn(t) {
+                    self.route_transmit(t);
+                }
             }
             while let Some(ev) = self.dprp.poll_event() {
                 progress = true;
                 self.on_dprp_event(ev, now);
             }
+            self.route_staged_cdns(now);
             progress |= self.drain_pit(now);
             if !progress {
                 break;
@@ -243,6 +249,12 @@ impl NodeCore {
                 return;
             }
         }
+        let done = steering::Done {
+            negotiation: e.negotiation,
+            flow: e.flow,
+            position: e.position,
+            peer: e.peer,
+        };
         let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
         match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
             Ok(()) => {
@@ -250,6 +262,7 @@ impl NodeCore {
                     p.had_flow = true;
                 }
                 self.install_translation(e.flow, e.peer, now);
+                self.steering_established(&done, now);
                 let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
@@ -260,7 +273,8 @@ impl NodeCore {
 
     /// A held packet of a flow that is now established.
     pub(super) fn release(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
-        if packet.len() + TRAILER_LEN > self.scratch.len() {
+        if packet.len() + TRAILER_LEN > self.scratch.len() || self.hold_for_steering(&flow, packet)
+        {
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -271,7 +285,13 @@ impl NodeCore {
         {
             Ok(Disposition::Forward { len }) => {
                 if let Some(ge) = self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
-                    self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                    // Natively when both ends steer the flow (steering.rs),
+                    // else QUIC, which is always there.
+                    if self.try_native(ge, &mut buf, len, now) {
+                        self.push_output(Output::SendNative(buf[..len].to_vec()));
+                    } else {
+                        self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                    }
                 }
             }
             Ok(Disposition::Drop) => self.queue_unreachable(packet, Unreachable::Prohibited),

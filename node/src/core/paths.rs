@@ -50,11 +50,12 @@ const MAX_LOCALS: usize = 1024;
 const MAX_NATIVE_DPRP: usize = 1400;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
-/// How long a new translation's packets still leave on QUIC: the peer
-/// installs its side (and its nft rule, milliseconds later) when the flow is
-/// established there, and a native packet that comes before the rule goes
-/// to the peer's kernel (a lost SYN-ACK, a RST). Native packets *in* are
-/// accepted at once.
+/// How long a new translation's packets still leave on QUIC when nothing
+/// says the peer's steering is in place (its nft rule comes milliseconds
+/// after the flow is established there, and a native packet that comes
+/// before it goes to the peer's kernel: a lost SYN-ACK, a RST). A new flow
+/// negotiated on the IP path does not wait for it (steering.rs). Native
+/// packets *in* are accepted at once.
 pub const NATIVE_GRACE: Duration = Duration::from_millis(300);
 
 /// The native-carrier state of the core.
@@ -77,8 +78,6 @@ pub(super) struct Paths {
     pub deadline: Option<Instant>,
     /// Why native cannot work on this node, when it cannot.
     pub unavailable: Option<Unavailable>,
-    /// Overlay flows with a new translation -> when they may leave natively.
-    pub grace: HashMap<FlowId, Instant>,
 }
 
 impl NodeCore {
@@ -145,12 +144,14 @@ impl NodeCore {
                 {
                     self.paths.locals.insert(from.ip(), local);
                 }
+                self.steering.via_native = true;
                 if let Err(e) = self.dprp.handle_datagram(from, payload, now) {
                     self.counters.control_errors += 1;
                     trace!(error = %e, "native DPRP datagram refused");
                 }
                 self.dprp_touched = true;
                 self.drain(now);
+                self.steering.via_native = false;
             }
             return DataOut::Nothing;
         }
@@ -249,6 +250,7 @@ impl NodeCore {
                 if let Some(m) = self.paths.machines.get_mut(&t.peer) {
                     m.handle_native_data_received(now);
                 }
+                self.peer_steering_seen(&t.overlay);
                 Some(n)
             }
             Err(fpn_proto::Error::Replay { .. }) => {
@@ -580,7 +582,7 @@ impl NodeCore {
                 let mut key = inbound;
                 key.src = unspecified(inbound.src);
                 self.paths.sources.insert(key, inbound.src);
-                self.paths.grace.insert(overlay, now + NATIVE_GRACE);
+                self.close_gate(overlay, now);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
                 self.push_output(Output::NativeFlowAdded(inbound));
             }
@@ -596,7 +598,7 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
-        self.paths.grace.remove(&overlay);
+        self.steering_ended(&overlay);
         if let Some(t) = self.xlat.remove(&overlay) {
             let inbound = t.wire.reversed();
             let mut key = inbound;
@@ -620,15 +622,8 @@ impl NodeCore {
         let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
             return false;
         };
-        if !self.paths.grace.is_empty() {
-            let overlay = pkt.flow_id();
-            match self.paths.grace.get(&overlay) {
-                Some(t) if now < *t => return false,
-                Some(_) => {
-                    self.paths.grace.remove(&overlay);
-                }
-                None => {}
-            }
+        if !self.steering.gates.is_empty() && !self.gate_open(&pkt.flow_id(), now) {
+            return false;
         }
         if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
             return false;
@@ -646,10 +641,7 @@ impl NodeCore {
     /// bounded number per probe round), so the trial sees whether native
     /// data gets through without a flow ever depending on it.
     pub(super) fn send_trial_copy(&mut self, ge: GeId, frame: &[u8], now: Instant) {
-        let Some(m) = self.paths.machines.get_mut(&ge) else {
-            return;
-        };
-        if !m.in_trial() {
+        if !self.paths.machines.get(&ge).is_some_and(|m| m.in_trial()) {
             return;
         }
         let Ok(pkt) = Packet::parse(frame) else {
@@ -657,8 +649,12 @@ impl NodeCore {
         };
         let overlay = pkt.flow_id();
         if self.xlat.get(&overlay).is_none()
-            || self.paths.grace.get(&overlay).is_some_and(|t| now < *t)
-            || !m.take_trial_copy()
+            || !self.gate_open(&overlay, now)
+            || !self
+                .paths
+                .machines
+                .get_mut(&ge)
+                .is_some_and(|m| m.take_trial_copy())
         {
             return;
         }

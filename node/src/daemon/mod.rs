@@ -8,7 +8,7 @@
 //! Shutdown (SIGTERM, SIGINT, `fpn-node down`, or the GMS revoking the
 //! node) reverses it; the TUN disappears when its device is dropped.
 
-mod addrs;
+pub(crate) mod addrs;
 mod ping;
 mod tun;
 
@@ -335,19 +335,20 @@ fn open_native(
     if cfg.carrier == crate::config::CarrierChoice::Quic {
         return (None, None, None);
     }
-    let local: Vec<Ipv4Addr> = local_addresses(0, &cfg.tun_name)
-        .into_iter()
-        .filter_map(|a| match a.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    match crate::native_link::open(&cfg.tun_name, local) {
-        Ok((link, rx, ctl)) => {
+    let local = addrs::local_v4(&cfg.tun_name);
+    match crate::native_link::open(&cfg.tun_name, local.clone()) {
+        Ok((link, rx, ctl, ready)) => {
             info!(table = ctl.table(), "native carrier open");
             let flow_ops = ctl.sender().expect("a fresh FlowCtl has its sender");
             (
-                Some(crate::driver::NativeParts { link, rx, flow_ops }),
+                Some(crate::driver::NativeParts {
+                    link,
+                    rx,
+                    flow_ops,
+                    ready,
+                    local: crate::native_link::LocalAddrs::new(local),
+                    tun: cfg.tun_name.clone(),
+                }),
                 None,
                 Some(ctl),
             )
