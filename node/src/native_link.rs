@@ -52,11 +52,13 @@ pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 pub fn open(
     tun: &str,
     local: Vec<Ipv4Addr>,
+    skip_udp_ports: Vec<u16>,
 ) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
 {
     let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
-    let mut io = NativeIo::open(NativeConfig::new(tun, local, RxMechanism::default()))
-        .map_err(|e| (Unavailable::NoInterception, e))?;
+    let mut cfg = NativeConfig::new(tun, local, RxMechanism::default());
+    cfg.skip_udp_ports = skip_udp_ports;
+    let mut io = NativeIo::open(cfg).map_err(|e| (Unavailable::NoInterception, e))?;
     let rx = io
         .take_receiver()
         .expect("the receiver of a fresh NativeIo is there");

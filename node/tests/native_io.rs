@@ -616,3 +616,31 @@ fn packet_ring_counts_and_drops_a_packet_longer_than_a_frame() {
     assert_eq!(io.stats().truncated, 1);
     drop(io);
 }
+
+/// The ring's filter leaves the node's own UDP sockets (QUIC carrier, GMS
+/// client: `NativeConfig::skip_udp_ports`) to the kernel without a copy,
+/// while other UDP to the node's address is still looked at (and ignored
+/// when it is no registered flow), and a registered flow still arrives.
+#[test]
+fn the_ring_skips_the_nodes_own_udp_ports() {
+    let p = Pair::new();
+    let mut cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing);
+    cfg.skip_udp_ports = vec![7718, 40123];
+    let (io, mut rx) = open_in(&p.b, cfg);
+    let native = flow(L4Proto::Udp, A, 40000, 5555);
+    io.add_flow(native).unwrap();
+    for port in [7718, 40123, 7001] {
+        send_from(&p.a, flow(L4Proto::Udp, A, 41000, port), 0, 5, 200);
+    }
+    // A TCP segment to a skipped UDP port number is still looked at.
+    send_from(&p.a, flow(L4Proto::Tcp, A, 41000, 7718), 0, 2, 200);
+    send_from(&p.a, native, 0, 3, 200);
+    let got = drain(&mut rx, Duration::from_millis(300));
+    assert_eq!(got.len(), 3, "the registered flow");
+    assert_eq!(
+        io.stats().ignored,
+        7,
+        "5 UDP to 7001 and 2 TCP, none to the skipped ports"
+    );
+    drop(io);
+}

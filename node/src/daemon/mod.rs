@@ -118,6 +118,11 @@ async fn run(
     info!(listen = %carrier.local_addr(), reported = ?reported, "carrier bound");
 
     let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    // The native receive path skips the datagrams of both QUIC sockets.
+    let own_udp_ports: Vec<u16> = [Some(port), endpoint.local_addr().ok().map(|a| a.port())]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut scfg = SessionConfig::with_cache(state.key_cache());
     scfg.reported = reported;
     // Renewals replace node.crt and credential where enrollment put them.
@@ -147,7 +152,7 @@ async fn run(
 
     // The native carrier: its table is named after the TUN, so opening it
     // replaces one a killed node left (the crash recovery).
-    let (native, native_unavailable, flow_ctl) = open_native(&cfg);
+    let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports);
 
     let (dir_tx, dir_rx) = mpsc::channel(256);
     let (eng_tx, eng_rx) = mpsc::channel(1024);
@@ -327,6 +332,7 @@ async fn run(
 /// returns why, and every peer stays on QUIC.
 fn open_native(
     cfg: &NodeConfig,
+    own_udp_ports: Vec<u16>,
 ) -> (
     Option<crate::driver::NativeParts>,
     Option<fpn_proto::path::Unavailable>,
@@ -336,7 +342,7 @@ fn open_native(
         return (None, None, None);
     }
     let local = addrs::local_v4(&cfg.tun_name);
-    match crate::native_link::open(&cfg.tun_name, local.clone()) {
+    match crate::native_link::open(&cfg.tun_name, local.clone(), own_udp_ports) {
         Ok((link, rx, ctl, ready)) => {
             info!(table = ctl.table(), "native carrier open");
             let flow_ops = ctl.sender().expect("a fresh FlowCtl has its sender");

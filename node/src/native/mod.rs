@@ -122,6 +122,11 @@ pub struct NativeConfig {
     pub queue_len: u32,
     /// PacketRing: the ring's size in MiB (1 MiB blocks).
     pub ring_mib: u32,
+    /// PacketRing: UDP destination ports the tap never copies (at most 16):
+    /// the node's own QUIC carrier and GMS client sockets, whose datagrams
+    /// are never a native flow's (the node holds those ports on every
+    /// address) and would otherwise cost the ring a copy each.
+    pub skip_udp_ports: Vec<u16>,
 }
 
 impl NativeConfig {
@@ -136,6 +141,7 @@ impl NativeConfig {
             channel_batches: 256,
             queue_len: 4096,
             ring_mib: 16,
+            skip_udp_ports: Vec::new(),
         }
     }
 }
@@ -320,6 +326,8 @@ pub struct NativeIo {
     worker: Option<Worker>,
     /// Whether the table has the `local_addrs` set (opened with addresses).
     has_local: bool,
+    /// The ports the ring's filter skips.
+    skip_udp_ports: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -396,7 +404,8 @@ impl NativeIo {
                         reason: "the packet ring needs at least one local address",
                     });
                 }
-                let ring = rx_ring::Ring::open(&cfg.local_addrs, cfg.ring_mib)?;
+                let ring =
+                    rx_ring::Ring::open(&cfg.local_addrs, &cfg.skip_udp_ports, cfg.ring_mib)?;
                 let wake = ring.waker()?;
                 let socket = ring.socket()?;
                 let table = nft::Table::create(
@@ -432,6 +441,7 @@ impl NativeIo {
             shared,
             worker: Some(worker),
             has_local: !cfg.local_addrs.is_empty(),
+            skip_udp_ports: cfg.skip_udp_ports,
         })
     }
 
@@ -481,7 +491,7 @@ impl NativeIo {
     pub fn set_local_addrs(&self, local: &[Ipv4Addr]) -> Result<()> {
         let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
         if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
-            rx_ring::set_filter(fd, local)?;
+            rx_ring::set_filter(fd, local, &self.skip_udp_ports)?;
         }
         if self.has_local {
             table.set_local(local)?;
