@@ -644,3 +644,56 @@ fn the_ring_skips_the_nodes_own_udp_ports() {
     );
     drop(io);
 }
+
+/// A packet with a registered flow's destination and ports from another
+/// source is the host's, not the flow's: the kernel keeps it (a socket on
+/// the underlay address and port gets it), and the receiver hands a copy
+/// over so the core can count it (`native_in_wrong_source`), with both
+/// mechanisms (NFQUEUE: the `native_ports` rule queues it, the thread
+/// gives it back).
+#[test]
+fn another_source_with_a_flows_ports_is_copied_and_left_to_the_host() {
+    for mech in mechanisms() {
+        let p = Pair::new();
+        let host = Pair::run(&p.b, || UdpSocket::bind((B, 5555)).unwrap());
+        host.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let native = flow(L4Proto::Udp, A, 40000, 5555);
+        let other = flow(L4Proto::Udp, A2, 40000, 5555);
+        let unrelated = flow(L4Proto::Udp, A2, 40001, 5555);
+        io.add_flow(native).unwrap();
+        send_from(&p.a, native, 0, 2, 200);
+        send_from(&p.a, other, 10, 3, 200);
+        send_from(&p.a, unrelated, 20, 1, 200);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        let from = |src| {
+            got.iter()
+                .filter(|p| FiveTuple::parse(p).is_some_and(|f| f.src == src))
+                .count()
+        };
+        assert_eq!(
+            (from(A), from(A2)),
+            (2, 3),
+            "{mech:?}: the flow and the copies"
+        );
+        let mut buf = [0u8; 2048];
+        let mut host_got = 0;
+        while host.recv_from(&mut buf).is_ok() {
+            host_got += 1;
+        }
+        assert_eq!(
+            host_got, 4,
+            "{mech:?}: the host keeps the other source's datagrams"
+        );
+        // Removing the flow removes its ports too: another source's
+        // packets are no longer looked at.
+        io.remove_flow(native).unwrap();
+        send_from(&p.a, other, 30, 2, 200);
+        assert!(
+            drain(&mut rx, Duration::from_millis(300)).is_empty(),
+            "{mech:?}"
+        );
+        drop(io);
+    }
+}

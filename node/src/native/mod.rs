@@ -306,7 +306,15 @@ impl FlowControl {
         if self.shared.stopped() {
             return Err(Error::NativeClosed);
         }
-        let r = self.table.remove_flows(flows);
+        // The kernel stops steering first, then the thread stops wanting
+        // them: a late packet is never given back to the kernel's stack.
+        let gone = self
+            .shared
+            .flows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ports_gone(flows);
+        let r = self.table.remove_flows(flows, &gone);
         let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
         for f in flows {
             set.remove(f);
@@ -592,6 +600,27 @@ impl FlowSet {
                 self.ports.remove(&any_source(*f));
             }
         }
+    }
+
+    /// Of `flows` (about to be removed), those whose destination,
+    /// protocol and ports no other registered flow shares then (each
+    /// once).
+    pub(crate) fn ports_gone(&self, flows: &[FiveTuple]) -> Vec<FiveTuple> {
+        let mut left: HashMap<FiveTuple, u32> = HashMap::new();
+        let mut gone = Vec::new();
+        for f in flows.iter().filter(|f| self.exact.contains(f)) {
+            let key = any_source(*f);
+            let n = left
+                .entry(key)
+                .or_insert_with(|| self.ports.get(&key).copied().unwrap_or(0));
+            if *n > 0 {
+                *n -= 1;
+                if *n == 0 {
+                    gone.push(*f);
+                }
+            }
+        }
+        gone
     }
 
     /// True for a registered flow's packet.
