@@ -462,15 +462,14 @@ impl CoreSim {
                     self.deliver(to, from_ge, from, kind, &payload);
                 }
                 Some(Event::Native { packet }) => self.route_native(&packet),
-                Some(Event::Steered { to, flow }) => {
-                    if self.nodes[to].steering.remove(&flow) {
-                        self.nodes[to].intercepted.insert(flow);
-                        let span = self.nodes[to].span.clone();
-                        let _e = span.enter();
-                        self.nodes[to].core.handle_native_flows_ready(&[flow], now);
-                        self.flush(to);
-                    }
+                Some(Event::Steered { to, flow }) if self.nodes[to].steering.remove(&flow) => {
+                    self.nodes[to].intercepted.insert(flow);
+                    let span = self.nodes[to].span.clone();
+                    let _e = span.enter();
+                    self.nodes[to].core.handle_native_flows_ready(&[flow], now);
+                    self.flush(to);
                 }
+                Some(Event::Steered { .. }) => {}
                 Some(Event::DirectoryAnswer { to, ip }) => {
                     if let Some(owner) = self.nodes.iter().position(|n| n.overlay == ip) {
                         self.introduce(to, owner);
