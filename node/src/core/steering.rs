@@ -186,7 +186,7 @@ impl NodeCore {
             Position::Responder => {
                 let route = if gated && self.steering.waiting.len() < MAX_WAITING_FLOWS {
                     CdnRoute::Hold(overlay)
-                } else if self.xlat.get(&overlay).is_some() {
+                } else if !gated && self.xlat.get(&overlay).is_some() {
                     // Steered already (a renegotiation): the usual way.
                     return;
                 } else {
