@@ -165,10 +165,14 @@ fn a_new_flow_s_first_packet_and_reply_leave_natively_without_grace() {
     assert_eq!(carrier(&sim, b).0, "native");
     // Steering slower than a hop (a loaded host's nft): a CDN sent at once
     // would let the first packet reach b's "kernel" before its steering.
-    sim.nodes[b].steer_delay = Duration::from_millis(40);
-    // Four 10 ms hops of DPRP, the two steering waits, one hop of data.
+    // a's steering starts with the negotiation and is in place by the CDN.
+    for i in [a, b] {
+        sim.nodes[i].steer_delay = Duration::from_millis(40);
+    }
+    // DDE, RGI, MPIT (10 ms each), b's steering (40), CDN (10), the first
+    // packet (10): 90 ms; with a's steering after the CDN it would be 130.
     sim.send_udp(a, b, 4000, 5000, b"FIRST");
-    sim.run_for(Duration::from_millis(150));
+    sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.nodes[b].tun.len(), 1, "the first packet arrived");
     sim.send_udp(b, a, 5000, 4000, b"REPLY");
     sim.run_for(Duration::from_millis(20));
@@ -498,4 +502,32 @@ fn with_the_path_native_a_new_flow_is_negotiated_on_the_ip_path() {
         sim.counter(a, "dprp_native_out")
     );
     assert_eq!(sim.counter(b, "control_in"), 0);
+}
+
+/// The initiator's steering, started with the negotiation, goes again when
+/// the flow ends up without translation (here: refused by a closed peer of
+/// another group).
+#[test]
+fn a_refused_flow_leaves_no_steering_behind() {
+    let mut sim = CoreSim::new(23, LinkConfig::default());
+    sim.path = PathConfig {
+        force: Force::Auto,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Closed, &[2]);
+    sim.introduce_all();
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(carrier(&sim, a).0, "native");
+    sim.send_udp(a, b, 4000, 5000, b"REFUSED");
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(
+        sim.nodes[a].steering.len() + sim.nodes[a].intercepted.len(),
+        1,
+        "steered early"
+    );
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.nodes[b].tun.is_empty());
+    assert!(sim.counter(a, "refused_flows") >= 1);
+    assert!(sim.nodes[a].steering.is_empty() && sim.nodes[a].intercepted.is_empty());
 }

@@ -29,6 +29,7 @@ impl NodeCore {
             Ok(Verdict::Held) => {
                 self.counters.held += 1;
                 self.flows.keep_quote(flow, packet);
+                self.presteer(flow);
             }
             Ok(Verdict::Dropped(DropCause::Negative(reason))) => {
                 self.queue_unreachable(packet, unreachable_for(&reason));
@@ -173,7 +174,11 @@ impl NodeCore {
 
     pub(super) fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
         match ev {
-            dprp::Event::Established(e) => self.on_established(e, now),
+            dprp::Event::Established(e) => {
+                let flow = e.flow;
+                self.on_established(e, now);
+                self.presteer_done(&flow);
+            }
             dprp::Event::Release { flow, packets } => {
                 for p in packets {
                     self.release(flow, &p, now);
@@ -184,6 +189,7 @@ impl NodeCore {
                 reason,
                 dropped_packets,
             } => {
+                self.presteer_done(&flow);
                 if self.flows.is_healing(&flow) && self.pit.lookup(&flow).is_none() {
                     debug!(%flow, %reason, "re-negotiating an unknown flow failed");
                     return;

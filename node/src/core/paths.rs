@@ -513,7 +513,7 @@ impl NodeCore {
     /// The peer's native address as this node knows it now.
     /// Forced native with no answer yet: the first candidate (the
     /// configuration asked for native whatever the probes say).
-    fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
+    pub(super) fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
         let m = self.paths.machines.get(&ge)?;
         m.native_addr()
             .map(|a| a.ip())
@@ -584,7 +584,11 @@ impl NodeCore {
                 self.paths.sources.insert(key, inbound.src);
                 self.close_gate(overlay, now);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
-                self.push_output(Output::NativeFlowAdded(inbound));
+                // Steered already since the negotiation started
+                // (steering.rs), or asked for now.
+                if !self.take_presteer(overlay, inbound) {
+                    self.push_output(Output::NativeFlowAdded(inbound));
+                }
             }
             Err(e) => debug!(flow = %overlay, error = %e, "no native translation"),
         }
@@ -760,7 +764,7 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// Anything else sent natively would reach the peer's kernel, which would
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
-fn natively_steerable(flow: &FlowId) -> bool {
+pub(super) fn natively_steerable(flow: &FlowId) -> bool {
     match flow.protocol {
         6 | UDP => true,
         fpn_proto::flow::protocol::ICMP => flow.src_port != 0,

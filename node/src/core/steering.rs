@@ -102,6 +102,11 @@ pub(super) struct Steering {
     cdn_routes: HashMap<NegotiationId, CdnRoute>,
     /// This drain round's CDN transmits, routed once the round's events ran.
     staged: Vec<dprp::Transmit>,
+    /// Overlay flows this node (as initiator) steers since their
+    /// negotiation started -> (inbound wire flow, confirmed).
+    presteered: HashMap<FlowId, (FlowId, bool)>,
+    /// The same by inbound wire flow.
+    presteer_wire: HashMap<FlowId, FlowId>,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
 }
@@ -116,6 +121,11 @@ impl NodeCore {
     pub fn handle_native_flows_ready(&mut self, inbound: &[FlowId], now: Instant) {
         for w in inbound {
             let Some(t) = self.xlat.by_inbound_wire(w).copied() else {
+                if let Some(o) = self.steering.presteer_wire.get(w)
+                    && let Some(p) = self.steering.presteered.get_mut(o)
+                {
+                    p.1 = true;
+                }
                 continue;
             };
             let overlay = t.overlay;
@@ -319,6 +329,79 @@ impl NodeCore {
             for p in wait.packets {
                 self.release(flow, &p, now);
             }
+        }
+    }
+
+    /// A new flow's first packet is held while DPRP runs: when its peer's
+    /// path is native, this node's steering of the flow's inbound packets
+    /// starts now, so the `nft` run overlaps the negotiation instead of
+    /// following the CDN. Undone if the flow ends up without translation.
+    pub(super) fn presteer(&mut self, flow: FlowId) {
+        let overlay = self.overlay_view(&flow);
+        if self.steering.presteered.contains_key(&overlay)
+            || self.steering.presteered.len() >= MAX_WAITING_FLOWS
+            || self.paths.unavailable.is_some()
+            || self.xlat.get(&overlay).is_some()
+            || !super::paths::natively_steerable(&overlay)
+        {
+            return;
+        }
+        let std::net::IpAddr::V4(dst) = overlay.dst else {
+            return;
+        };
+        let Some(ge) = self.peers.owner(dst) else {
+            return;
+        };
+        if !self
+            .peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == crate::carrier::CarrierKind::Native)
+        {
+            return;
+        }
+        let Some(remote) = self.native_remote(ge) else {
+            return;
+        };
+        let Some(local) = self.paths.locals.get(&remote).copied() else {
+            return;
+        };
+        let inbound = fpn_proto::xlat::Translation::addresses(overlay, local, remote, ge)
+            .wire
+            .reversed();
+        self.steering.presteered.insert(overlay, (inbound, false));
+        self.steering.presteer_wire.insert(inbound, overlay);
+        trace!(flow = %overlay, "steering before the negotiation ends");
+        self.push_output(super::Output::NativeFlowAdded(inbound));
+    }
+
+    /// The translation of `overlay` was installed with inbound wire flow
+    /// `inbound`: true if it is steered already (its gate takes over the
+    /// confirmation). A presteer for another wire flow is undone.
+    pub(super) fn take_presteer(&mut self, overlay: FlowId, inbound: FlowId) -> bool {
+        let Some((wire, ready)) = self.steering.presteered.remove(&overlay) else {
+            return false;
+        };
+        self.steering.presteer_wire.remove(&wire);
+        if wire != inbound {
+            self.push_output(super::Output::NativeFlowRemoved(wire));
+            return false;
+        }
+        if let Some(g) = self.steering.gates.get_mut(&overlay) {
+            g.ready = ready;
+        }
+        true
+    }
+
+    /// The negotiation of `flow` ended: a presteer the translation did not
+    /// take is undone.
+    pub(super) fn presteer_done(&mut self, flow: &FlowId) {
+        if self.steering.presteered.is_empty() {
+            return;
+        }
+        let overlay = self.overlay_view(flow);
+        if let Some((wire, _)) = self.steering.presteered.remove(&overlay) {
+            self.steering.presteer_wire.remove(&wire);
+            self.push_output(super::Output::NativeFlowRemoved(wire));
         }
     }
 
