@@ -21,11 +21,14 @@
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
 //! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
-//! TCP/UDP towards the node's addresses, the thread keeps only registered
-//! flows, and the rule drops the packet in prerouting after the tap has
-//! copied it; a copy of a packet with a registered flow's ports from another
-//! source goes to the core as well, which counts and drops it, while the
-//! kernel keeps the packet as the host's own). docs/DESIGN-NOTES.md note 15
+//! TCP/UDP/ICMP towards the node's addresses, except UDP to the node's own
+//! sockets' ports, [`NativeConfig::skip_udp_ports`]; the thread keeps only
+//! registered flows, and the rule drops the packet in prerouting after the
+//! tap has copied it). With both, a copy of a packet with a registered
+//! flow's ports from another source goes to the core as well, which counts
+//! and drops it, while the kernel keeps the packet as the host's own
+//! (NFQUEUE: a `native_ports` rule queues it, up to 1000 a second, and the
+//! thread gives it back with ACCEPT). docs/DESIGN-NOTES.md note 15
 //! compares them (and note 27 the ring versions); the default is
 //! the ring.
 //!
