@@ -16,7 +16,10 @@
 //!   steering is in place, so the held first packets wait (at most
 //!   [`NATIVE_READY_TIMEOUT`]) for this node's own confirmation and then
 //!   leave natively; a CDN over QUIC leaves the flow on QUIC for
-//!   [`NATIVE_GRACE`], as before.
+//!   [`NATIVE_GRACE`], as before. The initiator asks for its steering when
+//!   the negotiation starts (its inbound five-tuple is known then), so the
+//!   driver's `nft` run overlaps the exchange; a flow that ends up without
+//!   translation gives it back.
 //!
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
