@@ -19,14 +19,16 @@ use fpn_proto::packet::gro::{Offer, TcpCoalescer};
 use fpn_proto::packet::vnet::VnetRepr;
 use fpn_proto::pccom::TRAILER_LEN;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{trace, warn};
+use tracing::{debug, trace, warn};
 
 use crate::carrier::{Carrier, CarrierKind, FrameKind, Inbound};
 use crate::clock::Clock;
 use crate::core::{Command, DataOut, NodeCore, Output, SendError, Snapshot};
 use crate::dns::{NameTable, Target};
 use crate::native::{NativeRx, RxBatch};
-use crate::native_link::{FlowOp, NativeLink, five_tuple, local_address_toward};
+use crate::native_link::{
+    FlowOp, LocalAddrs, NativeLink, ReadyRx, five_tuple, local_address_toward,
+};
 use crate::tun::{Offloads, SegmentBuffers, TunReader};
 
 /// Packets handled per wake-up from one source before the others get a turn.
@@ -124,6 +126,19 @@ pub struct NativeParts {
     pub rx: NativeRx,
     /// Changes of the nft set, to the thread that owns the table.
     pub flow_ops: std::sync::mpsc::Sender<Vec<FlowOp>>,
+    /// Inbound flows whose steering the table's thread put in place.
+    pub ready: ReadyRx,
+    /// The underlay addresses the receive path takes packets to.
+    pub local: LocalAddrs,
+    /// The TUN's name (left out when the host's addresses are read again).
+    pub tun: String,
+}
+
+async fn recv_ready(rx: &mut Option<ReadyRx>) -> Option<Vec<FlowId>> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_native(rx: &mut Option<NativeRx>) -> Option<RxBatch> {
@@ -149,9 +164,15 @@ impl Driver {
             native,
             native_unavailable,
         } = self;
-        let (link, mut native_rx, flow_ops) = match native {
-            Some(n) => (Some(n.link), Some(n.rx), Some(n.flow_ops)),
-            None => (None, None, None),
+        let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
+            Some(n) => (
+                Some(n.link),
+                Some(n.rx),
+                Some(n.flow_ops),
+                Some(n.ready),
+                Some((n.local, n.tun)),
+            ),
+            None => (None, None, None, None, None),
         };
         let TunParts {
             reader: mut tun_reader,
@@ -169,6 +190,7 @@ impl Driver {
             native: link,
             flow_ops,
             pending_ops: Vec::new(),
+            local,
         };
         if let Some(why) = native_unavailable {
             let now = shell.clock.now();
@@ -204,6 +226,7 @@ impl Driver {
                 Tun(crate::error::Result<crate::tun::ReadStats>),
                 Frames(usize),
                 Native(Option<RxBatch>),
+                Ready(Option<Vec<FlowId>>),
                 Timer,
             }
             let wake = tokio::select! {
@@ -212,6 +235,7 @@ impl Driver {
                 r = tun_reader.read_batch(&mut arena), if tun_ok => Wake::Tun(r),
                 n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
                 b = recv_native(&mut native_rx) => Wake::Native(b),
+                r = recv_ready(&mut ready_rx) => Wake::Ready(r),
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
@@ -257,6 +281,8 @@ impl Driver {
                         }
                     }
                 }
+                Wake::Ready(Some(flows)) => shell.core.handle_native_flows_ready(&flows, now),
+                Wake::Ready(None) => ready_rx = None,
                 Wake::Timer => {}
             }
             // The TUN's packets of this wake-up; also those a read_batch
@@ -283,6 +309,8 @@ struct Shell {
     native: Option<NativeLink>,
     flow_ops: Option<std::sync::mpsc::Sender<Vec<FlowOp>>>,
     pending_ops: Vec<FlowOp>,
+    /// The receive path's local addresses and the TUN's name.
+    local: Option<(LocalAddrs, String)>,
 }
 
 impl Shell {
@@ -469,6 +497,15 @@ impl Shell {
                     if self.native.is_some()
                         && let Some(local) = local_address_toward(remote)
                     {
+                        // An address added after `up`: the receive path
+                        // must take packets to it before peers use it.
+                        if let Some((known, tun)) = self.local.as_mut()
+                            && let Some(all) =
+                                known.learn(local, || crate::daemon::addrs::local_v4(tun))
+                        {
+                            debug!(%local, "new local address for the native carrier");
+                            self.pending_ops.push(FlowOp::SetLocal(all));
+                        }
                         self.core.handle_local_address(remote, local, now);
                     }
                 }
@@ -712,6 +749,7 @@ mod tests {
             native: None,
             flow_ops: None,
             pending_ops: Vec::new(),
+            local: None,
         };
         (shell, tun, rx, peer, now)
     }

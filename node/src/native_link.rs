@@ -29,14 +29,21 @@ use crate::native::{FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSen
 /// Most native packets batched before a send.
 pub const MAX_BATCH: usize = crate::native::SEND_BATCH;
 
-/// A change of the nft set of native flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A change of the native steering.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOp {
     /// Steer this inbound five-tuple to the node.
     Add(FiveTuple),
     /// Give it back to the kernel's stack.
     Remove(FiveTuple),
+    /// The node's underlay addresses are now these (the ring's filter and
+    /// the table's address set follow).
+    SetLocal(Vec<Ipv4Addr>),
 }
+
+/// Inbound wire flows whose steering is in place, from the table's thread
+/// to the driver (the core's `handle_native_flows_ready`).
+pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 
 /// Opens the native carrier for the node whose TUN is `tun` and whose
 /// underlay addresses are `local`: the raw sender, the table (a stale one
@@ -45,15 +52,19 @@ pub enum FlowOp {
 pub fn open(
     tun: &str,
     local: Vec<Ipv4Addr>,
-) -> std::result::Result<(NativeLink, NativeRx, FlowCtl), (Unavailable, crate::error::Error)> {
+    skip_udp_ports: Vec<u16>,
+) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
+{
     let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
-    let mut io = NativeIo::open(NativeConfig::new(tun, local, RxMechanism::default()))
-        .map_err(|e| (Unavailable::NoInterception, e))?;
+    let mut cfg = NativeConfig::new(tun, local, RxMechanism::default());
+    cfg.skip_udp_ports = skip_udp_ports;
+    let mut io = NativeIo::open(cfg).map_err(|e| (Unavailable::NoInterception, e))?;
     let rx = io
         .take_receiver()
         .expect("the receiver of a fresh NativeIo is there");
-    let ctl = FlowCtl::start(io).map_err(|e| (Unavailable::NoInterception, e))?;
-    Ok((NativeLink::new(sender), rx, ctl))
+    let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl = FlowCtl::start(io, ready_tx).map_err(|e| (Unavailable::NoInterception, e))?;
+    Ok((NativeLink::new(sender), rx, ctl, ready_rx))
 }
 
 /// The raw sender with its batch.
@@ -130,12 +141,12 @@ pub struct FlowCtl {
 }
 
 impl FlowCtl {
-    fn start(io: NativeIo) -> Result<Self> {
+    fn start(io: NativeIo, ready: tokio::sync::mpsc::UnboundedSender<Vec<FlowId>>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Vec<FlowOp>>();
         let table = io.table().to_owned();
         let thread = std::thread::Builder::new()
             .name("fpn-native-nft".into())
-            .spawn(move || run_flow_ops(io, &rx))
+            .spawn(move || run_flow_ops(io, &rx, &ready))
             .map_err(|source| crate::error::Error::Io {
                 what: "starting the native flow thread".into(),
                 source,
@@ -168,15 +179,21 @@ impl FlowCtl {
     }
 }
 
-fn run_flow_ops(io: NativeIo, rx: &mpsc::Receiver<Vec<FlowOp>>) {
+fn run_flow_ops(
+    io: NativeIo,
+    rx: &mpsc::Receiver<Vec<FlowOp>>,
+    ready: &tokio::sync::mpsc::UnboundedSender<Vec<FlowId>>,
+) {
     let mut add = Vec::new();
     let mut remove = Vec::new();
     while let Ok(first) = rx.recv() {
         // Everything waiting goes in one transaction per kind.
         add.clear();
         remove.clear();
+        let mut local = None;
         for op in first.into_iter().chain(rx.try_iter().flatten()) {
             match op {
+                FlowOp::SetLocal(l) => local = Some(l),
                 FlowOp::Add(f) => {
                     remove.retain(|r| *r != f);
                     add.push(f);
@@ -187,15 +204,29 @@ fn run_flow_ops(io: NativeIo, rx: &mpsc::Receiver<Vec<FlowOp>>) {
                 }
             }
         }
+        // New addresses first: flows added below may arrive at them.
+        if let Some(l) = local {
+            match io.set_local_addrs(&l) {
+                Ok(()) => debug!(addrs = l.len(), "native local addresses updated"),
+                Err(e) => warn!(error = %e, "native local addresses not updated"),
+            }
+        }
         if !remove.is_empty()
             && let Err(e) = io.remove_flows(&remove)
         {
             warn!(error = %e, flows = remove.len(), "native flows not removed from the nft set");
         }
-        if !add.is_empty()
-            && let Err(e) = io.add_flows(&add)
-        {
-            warn!(error = %e, flows = add.len(), "native flows not added to the nft set");
+        if !add.is_empty() {
+            match io.add_flows(&add) {
+                // The core sends a new flow's first packets (and, as its
+                // responder, the CDN) natively only after this.
+                Ok(()) => {
+                    let _ = ready.send(add.iter().map(wire_flow).collect());
+                }
+                Err(e) => {
+                    warn!(error = %e, flows = add.len(), "native flows not added to the nft set");
+                }
+            }
         }
         debug!(
             added = add.len(),
@@ -225,6 +256,63 @@ pub fn five_tuple(w: &FlowId) -> Option<FiveTuple> {
     })
 }
 
+/// This node's underlay addresses as the native receive path knows them
+/// (the ring's filter and the table's address set take packets to these
+/// only). They are read at `up`; an address added later is learnt when the
+/// host's routing first picks it as the source toward a peer.
+#[derive(Debug, Clone)]
+pub struct LocalAddrs {
+    known: Vec<Ipv4Addr>,
+}
+
+impl LocalAddrs {
+    /// The addresses the native carrier was opened with.
+    pub fn new(known: Vec<Ipv4Addr>) -> Self {
+        Self { known }
+    }
+
+    /// The addresses known now.
+    pub fn known(&self) -> &[Ipv4Addr] {
+        &self.known
+    }
+
+    /// `local` is the host's source toward a peer (the answer to the
+    /// core's `FindLocalAddress`). If the receive path does not know it,
+    /// the host's addresses are read again (`read`, which need not list
+    /// `local`: it is kept either way) and the new set is returned for a
+    /// [`FlowOp::SetLocal`]; else `None`.
+    pub fn learn(
+        &mut self,
+        local: IpAddr,
+        read: impl FnOnce() -> Vec<Ipv4Addr>,
+    ) -> Option<Vec<Ipv4Addr>> {
+        let IpAddr::V4(v4) = local else { return None };
+        if self.known.contains(&v4) {
+            return None;
+        }
+        let mut now = read();
+        if !now.contains(&v4) {
+            now.push(v4);
+        }
+        now.sort();
+        now.dedup();
+        self.known = now.clone();
+        Some(now)
+    }
+}
+
+/// The core's inbound wire flow for a five-tuple of the nft sets (the
+/// inverse of [`five_tuple`]).
+pub fn wire_flow(t: &FiveTuple) -> FlowId {
+    FlowId {
+        src: IpAddr::V4(t.src),
+        dst: IpAddr::V4(t.dst),
+        protocol: t.proto.number(),
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+    }
+}
+
 /// The source address the host uses toward `remote` (a connected UDP
 /// socket: the kernel's route lookup, nothing sent).
 pub fn local_address_toward(remote: IpAddr) -> Option<IpAddr> {
@@ -243,6 +331,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unknown_local_address_rereads_the_hosts_addresses_once() {
+        let a: Ipv4Addr = "198.18.0.2".parse().unwrap();
+        let b: Ipv4Addr = "198.18.7.2".parse().unwrap();
+        let c: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let mut l = LocalAddrs::new(vec![a]);
+        assert_eq!(l.learn(IpAddr::V4(a), || panic!("not read")), None);
+        assert_eq!(
+            l.learn(IpAddr::V4(b), || vec![a, b, c]),
+            Some(vec![c, a, b])
+        );
+        assert_eq!(l.learn(IpAddr::V4(b), || panic!("not read")), None);
+        // An address the re-read misses (gone again, or a race) is kept.
+        let d: Ipv4Addr = "198.18.9.9".parse().unwrap();
+        assert_eq!(l.learn(IpAddr::V4(d), || vec![a]), Some(vec![a, d]));
+        assert_eq!(l.learn("::1".parse().unwrap(), || panic!("not read")), None);
+    }
+
+    #[test]
     fn five_tuples_of_ipv4_tcp_udp_and_icmp_echo_only() {
         let f = FlowId {
             src: "198.18.0.1".parse().unwrap(),
@@ -252,6 +358,7 @@ mod tests {
             dst_port: 2,
         };
         let t = five_tuple(&f).unwrap();
+        assert_eq!(wire_flow(&t), f);
         assert_eq!((t.proto, t.src_port, t.dst_port), (L4Proto::Tcp, 1, 2));
         let echo = five_tuple(&FlowId {
             protocol: 1,

@@ -616,3 +616,84 @@ fn packet_ring_counts_and_drops_a_packet_longer_than_a_frame() {
     assert_eq!(io.stats().truncated, 1);
     drop(io);
 }
+
+/// The ring's filter leaves the node's own UDP sockets (QUIC carrier, GMS
+/// client: `NativeConfig::skip_udp_ports`) to the kernel without a copy,
+/// while other UDP to the node's address is still looked at (and ignored
+/// when it is no registered flow), and a registered flow still arrives.
+#[test]
+fn the_ring_skips_the_nodes_own_udp_ports() {
+    let p = Pair::new();
+    let mut cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing);
+    cfg.skip_udp_ports = vec![7718, 40123];
+    let (io, mut rx) = open_in(&p.b, cfg);
+    let native = flow(L4Proto::Udp, A, 40000, 5555);
+    io.add_flow(native).unwrap();
+    for port in [7718, 40123, 7001] {
+        send_from(&p.a, flow(L4Proto::Udp, A, 41000, port), 0, 5, 200);
+    }
+    // A TCP segment to a skipped UDP port number is still looked at.
+    send_from(&p.a, flow(L4Proto::Tcp, A, 41000, 7718), 0, 2, 200);
+    send_from(&p.a, native, 0, 3, 200);
+    let got = drain(&mut rx, Duration::from_millis(300));
+    assert_eq!(got.len(), 3, "the registered flow");
+    assert_eq!(
+        io.stats().ignored,
+        7,
+        "5 UDP to 7001 and 2 TCP, none to the skipped ports"
+    );
+    drop(io);
+}
+
+/// A packet with a registered flow's destination and ports from another
+/// source is the host's, not the flow's: the kernel keeps it (a socket on
+/// the underlay address and port gets it), and the receiver hands a copy
+/// over so the core can count it (`native_in_wrong_source`), with both
+/// mechanisms (NFQUEUE: the `native_ports` rule queues it, the thread
+/// gives it back).
+#[test]
+fn another_source_with_a_flows_ports_is_copied_and_left_to_the_host() {
+    for mech in mechanisms() {
+        let p = Pair::new();
+        let host = Pair::run(&p.b, || UdpSocket::bind((B, 5555)).unwrap());
+        host.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let native = flow(L4Proto::Udp, A, 40000, 5555);
+        let other = flow(L4Proto::Udp, A2, 40000, 5555);
+        let unrelated = flow(L4Proto::Udp, A2, 40001, 5555);
+        io.add_flow(native).unwrap();
+        send_from(&p.a, native, 0, 2, 200);
+        send_from(&p.a, other, 10, 3, 200);
+        send_from(&p.a, unrelated, 20, 1, 200);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        let from = |src| {
+            got.iter()
+                .filter(|p| FiveTuple::parse(p).is_some_and(|f| f.src == src))
+                .count()
+        };
+        assert_eq!(
+            (from(A), from(A2)),
+            (2, 3),
+            "{mech:?}: the flow and the copies"
+        );
+        let mut buf = [0u8; 2048];
+        let mut host_got = 0;
+        while host.recv_from(&mut buf).is_ok() {
+            host_got += 1;
+        }
+        assert_eq!(
+            host_got, 4,
+            "{mech:?}: the host keeps the other source's datagrams"
+        );
+        // Removing the flow removes its ports too: another source's
+        // packets are no longer looked at.
+        io.remove_flow(native).unwrap();
+        send_from(&p.a, other, 30, 2, 200);
+        assert!(
+            drain(&mut rx, Duration::from_millis(300)).is_empty(),
+            "{mech:?}"
+        );
+        drop(io);
+    }
+}

@@ -93,11 +93,12 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     }
     let ping = lab.exec("a", ["ping", "-c", "3", "-W", "2", &b]).unwrap();
     assert!(ping.success(), "ping {b}: {}{}", ping.stdout, ping.stderr);
-    // Short flows start on QUIC (a new translation waits 300 ms for the
-    // peer's nftables rule, docs/NODE.md), and QUIC's own TLS would hide a
-    // plaintext marker whatever PCCOM does. So the marker goes on a UDP flow
-    // held open past that grace: its packets are native (checked below),
-    // where a marker sent without PCCOM would be on the wire as it is.
+    // A flow can start on QUIC (when a steering confirmation is late, or
+    // the flow predates the native path: a 300 ms grace, docs/NODE.md), and
+    // QUIC's own TLS would hide a plaintext marker whatever PCCOM does. So
+    // the marker goes on a UDP flow held open past that grace: its packets
+    // are native (checked below), where a marker sent without PCCOM would
+    // be on the wire as it is.
     let to = std::net::SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7001);
     let echoed = lab
         .thread_in("a", move || {
@@ -181,8 +182,8 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     assert!(received > 1_000_000.0, "iperf3 moved only {received} bytes");
     let quic = quic_cap.stop().unwrap();
     let quic_bytes: usize = common::ipv4_headers(&quic).iter().map(|h| h.3).sum();
-    // A new flow's first 300 ms ride QUIC while the peer's nftables rule
-    // lands (docs/NODE.md); everything after is native.
+    // A new flow is native from its first packet (node_first_packet.rs);
+    // the bound leaves room for a late steering's 300 ms on QUIC.
     assert!(
         (quic_bytes as f64) < received * 0.05,
         "{quic_bytes} bytes of QUIC between a and b during a native transfer of {received}"

@@ -27,8 +27,8 @@ const SENT: usize = 20;
 const EACH: usize = 3;
 /// PCCOM's trailer: an 8-byte counter, then a 16-byte tag (docs/PROTOCOL.md).
 const TRAILER: usize = 24;
-/// A new translation's packets ride QUIC for 300 ms (docs/NODE.md): the
-/// sender waits past that so its datagrams are native.
+/// A new translation's packets may ride QUIC for 300 ms (a late steering,
+/// docs/NODE.md): the sender waits past that so its datagrams are native.
 const GRACE: Duration = Duration::from_millis(800);
 
 fn counters(ov: &Overlay, node: &str) -> Value {

@@ -109,9 +109,9 @@ fn tcp_super_packets_are_read_and_leave_as_mtu_sized_pccom_packets() {
         .collect();
     let full = sizes.iter().filter(|&&n| n + 100 >= TUN_MTU).count();
     let max = sizes.iter().copied().max().unwrap_or(0);
-    // A new flow rides QUIC for its first 300 ms (the native grace): on a
-    // loaded machine that was 60 % of the file once (4 565 native packets of
-    // about 12 000), so only an eighth of the file is required on the wire.
+    // A new flow with a late steering rides QUIC for its first 300 ms: on
+    // a loaded machine that was 60 % of the file once (4 565 native packets
+    // of about 12 000, before note 36), so only an eighth is required.
     assert!(
         sizes.len() > FILE_BYTES / 8 / TUN_MTU,
         "only {} native TCP packets for a {FILE_BYTES}-byte transfer",

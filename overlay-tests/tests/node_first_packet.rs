@@ -69,3 +69,106 @@ fn exactly_one_datagram_to_a_never_contacted_peer_arrives() {
         "a's status: {flows:?}"
     );
 }
+
+/// TCP segments of a capture: (src, dst, src port, dst port, flags,
+/// payload length).
+fn tcp_segments(
+    pcap: &fpn_lab::Pcap,
+) -> Vec<(std::net::IpAddr, std::net::IpAddr, u16, u16, u8, usize)> {
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter(|ip| ip.len() >= 40 && ip[0] >> 4 == 4 && ip[9] == 6)
+        .filter_map(|ip| {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let t = ip.get(ihl..)?;
+            let doff = usize::from(t.get(12)? >> 4) * 4;
+            Some((
+                std::net::IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
+                std::net::IpAddr::from([ip[16], ip[17], ip[18], ip[19]]),
+                u16::from_be_bytes([t[0], t[1]]),
+                u16::from_be_bytes([t[2], t[3]]),
+                *t.get(13)?,
+                total.saturating_sub(ihl + doff),
+            ))
+        })
+        .collect()
+}
+
+/// Issue 8 leftover (docs/DESIGN-NOTES.md note 36): with the path native,
+/// a new TCP connection's SYN and first data leave natively, as the
+/// application's own packets between the underlay addresses: b sends its
+/// CDN only once its nftables rule for the flow is in, a releases the held
+/// SYN once its own is, so no packet of the connection rides QUIC (no
+/// 300 ms grace).
+#[test]
+fn a_new_tcp_connection_s_syn_and_first_data_leave_natively() {
+    let ov = common::two_nodes();
+    let lab = ov.lab();
+    let a_pub = ov.underlay("a", "pub-a").unwrap();
+    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    let _echo = common::echo_server(lab, "b", 7002);
+    let p = ov.ping("a", "b", 2).unwrap();
+    assert!(p.ok, "a -> b: {:?}", p.output);
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
+    let counter = |n: &str, c: &str| ov.status(n).unwrap()["counters"][c].as_u64().unwrap_or(0);
+    let native_out = |n: &str| counter(n, "native_out");
+    let before = (native_out("a"), native_out("b"));
+    let cap = lab
+        .capture(
+            "inet",
+            "pub-b",
+            &format!("tcp port 7002 and host {a_pub} and host {b_pub}"),
+        )
+        .unwrap();
+    let b = fpn_lab::overlay::Overlay::fqdn("b");
+    let out = common::echo_send(lab, "a", &format!("{b}:7002"), "first data", false);
+    assert!(out.success(), "tcp echo: {}", out.stderr);
+    let segs = cap
+        .wait_for(Duration::from_secs(5), |p| {
+            tcp_segments(p)
+                .iter()
+                .any(|s| s.0 == b_pub && s.2 == 7002 && s.5 > 0)
+        })
+        .expect("the echo never came back natively");
+    let segs = tcp_segments(&segs);
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    assert!(
+        segs.iter()
+            .any(|s| (s.0, s.1, s.3) == (a_pub, b_pub, 7002) && s.4 & (SYN | ACK) == SYN),
+        "no native SYN {a_pub} -> {b_pub}:7002: {segs:?}"
+    );
+    assert!(
+        segs.iter()
+            .any(|s| (s.0, s.1, s.2) == (b_pub, a_pub, 7002) && s.4 & (SYN | ACK) == SYN | ACK),
+        "no native SYN-ACK: {segs:?}"
+    );
+    assert!(
+        segs.iter()
+            .any(|s| (s.0, s.1, s.3) == (a_pub, b_pub, 7002) && s.5 > 0),
+        "the first data did not leave natively: {segs:?}"
+    );
+    // Nothing of the connection on QUIC, either way: every packet each
+    // node sent on it counts as native (`native_out`; `data_out` counts
+    // both carriers).
+    for (n, peer, before) in [("a", "b", before.0), ("b", "a", before.1)] {
+        let flows = ov.flows_with(n, peer).unwrap();
+        let tcp = flows
+            .iter()
+            .find(|f| f["proto"] == "tcp" && (f["dport"] == 7002 || f["sport"] == 7002))
+            .unwrap_or_else(|| panic!("{n} has no flow for the connection: {flows:?}"));
+        let sent = tcp["packets_out"].as_u64().unwrap();
+        assert!(sent >= 3, "{n}: {tcp}");
+        assert_eq!(
+            native_out(n) - before,
+            sent,
+            "{n}: the connection's packets did not all leave natively: {tcp}"
+        );
+    }
+    for n in ["a", "b"] {
+        assert_eq!(counter(n, "native_ready_timeouts"), 0, "{n}");
+    }
+}

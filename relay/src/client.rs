@@ -162,6 +162,12 @@ impl RelayClient {
         Ok(Self { inner })
     }
 
+    /// The UDP port of the link's own socket (the native receive path
+    /// skips its datagrams).
+    pub fn local_port(&self) -> Option<u16> {
+        self.inner.endpoint.local_addr().ok().map(|a| a.port())
+    }
+
     /// Uses the relay at `addr` from now on (`None`: no relay). A change
     /// closes the current connection and connects to the new address.
     pub fn set_addr(&self, addr: Option<SocketAddr>) {

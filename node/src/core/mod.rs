@@ -39,6 +39,7 @@ mod peers;
 mod silence;
 pub mod sim;
 mod snapshot;
+mod steering;
 mod timers;
 
 #[cfg(test)]
@@ -79,6 +80,7 @@ pub use output::{Command, DataOut, Output, SendError};
 pub use paths::{PROBE_PORT, udp_v4};
 pub use peers::{OwnerChange, PathState, Peer, PeerTable};
 pub use snapshot::Snapshot;
+pub use steering::NATIVE_READY_TIMEOUT;
 pub use timers::Timer;
 
 /// Most DPRP messages waiting for a peer's directory answer, per address.
@@ -136,6 +138,7 @@ pub struct NodeCore {
     reject_logged: Option<Instant>,
     xlat: XlatTable,
     paths: paths::Paths,
+    steering: steering::Steering,
     epoch: Option<Instant>,
     silence: silence::GmsSilence,
 }
@@ -165,6 +168,7 @@ impl NodeCore {
             reject_logged: None,
             xlat: XlatTable::default(),
             paths: paths::Paths::default(),
+            steering: steering::Steering::default(),
             epoch: None,
             silence: silence::GmsSilence::default(),
         };
@@ -428,6 +432,7 @@ impl NodeCore {
                 Timer::ForgetRefused(flow) => self.flows.forget_refused(&flow, now),
                 Timer::ForgetHealing(flow) => self.flows.forget_healing(&flow),
                 Timer::Path => {}
+                Timer::NativeReady(flow) => self.steering_timeout(flow, now),
                 Timer::GmsSilence => self.gms_silence_reached(now),
             }
         }

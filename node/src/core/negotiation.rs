@@ -14,6 +14,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::DPRP_REFRESH;
 use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
+use super::steering;
 use super::timers::{PIT_AGE_GRANULARITY, Timer};
 use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
 use crate::carrier::{CarrierKind, FrameKind, PeerTarget};
@@ -28,6 +29,7 @@ impl NodeCore {
             Ok(Verdict::Held) => {
                 self.counters.held += 1;
                 self.flows.keep_quote(flow, packet);
+                self.presteer(flow);
             }
             Ok(Verdict::Dropped(DropCause::Negative(reason))) => {
                 self.queue_unreachable(packet, unreachable_for(&reason));
@@ -51,12 +53,17 @@ impl NodeCore {
             let mut progress = false;
             while let Some(t) = self.dprp.poll_transmit() {
                 progress = true;
-                self.route_transmit(t);
+                // A CDN waits for this round's events, which say whether
+                // it must wait for the native steering (steering.rs).
+                if let Some(t) = self.stage_cdn(t) {
+                    self.route_transmit(t);
+                }
             }
             while let Some(ev) = self.dprp.poll_event() {
                 progress = true;
                 self.on_dprp_event(ev, now);
             }
+            self.route_staged_cdns(now);
             progress |= self.drain_pit(now);
             if !progress {
                 break;
@@ -167,7 +174,11 @@ impl NodeCore {
 
     pub(super) fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
         match ev {
-            dprp::Event::Established(e) => self.on_established(e, now),
+            dprp::Event::Established(e) => {
+                let flow = e.flow;
+                self.on_established(e, now);
+                self.presteer_done(&flow);
+            }
             dprp::Event::Release { flow, packets } => {
                 for p in packets {
                     self.release(flow, &p, now);
@@ -178,6 +189,7 @@ impl NodeCore {
                 reason,
                 dropped_packets,
             } => {
+                self.presteer_done(&flow);
                 if self.flows.is_healing(&flow) && self.pit.lookup(&flow).is_none() {
                     debug!(%flow, %reason, "re-negotiating an unknown flow failed");
                     return;
@@ -243,6 +255,12 @@ impl NodeCore {
                 return;
             }
         }
+        let done = steering::Done {
+            negotiation: e.negotiation,
+            flow: e.flow,
+            position: e.position,
+            peer: e.peer,
+        };
         let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
         match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
             Ok(()) => {
@@ -250,6 +268,7 @@ impl NodeCore {
                     p.had_flow = true;
                 }
                 self.install_translation(e.flow, e.peer, now);
+                self.steering_established(&done, now);
                 let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
@@ -260,7 +279,8 @@ impl NodeCore {
 
     /// A held packet of a flow that is now established.
     pub(super) fn release(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
-        if packet.len() + TRAILER_LEN > self.scratch.len() {
+        if packet.len() + TRAILER_LEN > self.scratch.len() || self.hold_for_steering(&flow, packet)
+        {
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -271,7 +291,13 @@ impl NodeCore {
         {
             Ok(Disposition::Forward { len }) => {
                 if let Some(ge) = self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
-                    self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                    // Natively when both ends steer the flow (steering.rs),
+                    // else QUIC, which is always there.
+                    if self.try_native(ge, &mut buf, len, now) {
+                        self.push_output(Output::SendNative(buf[..len].to_vec()));
+                    } else {
+                        self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                    }
                 }
             }
             Ok(Disposition::Drop) => self.queue_unreachable(packet, Unreachable::Prohibited),

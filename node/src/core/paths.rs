@@ -50,11 +50,12 @@ const MAX_LOCALS: usize = 1024;
 const MAX_NATIVE_DPRP: usize = 1400;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
-/// How long a new translation's packets still leave on QUIC: the peer
-/// installs its side (and its nft rule, milliseconds later) when the flow is
-/// established there, and a native packet that comes before the rule goes
-/// to the peer's kernel (a lost SYN-ACK, a RST). Native packets *in* are
-/// accepted at once.
+/// How long a new translation's packets still leave on QUIC when nothing
+/// says the peer's steering is in place (its nft rule comes milliseconds
+/// after the flow is established there, and a native packet that comes
+/// before it goes to the peer's kernel: a lost SYN-ACK, a RST). A new flow
+/// negotiated on the IP path does not wait for it (steering.rs). Native
+/// packets *in* are accepted at once.
 pub const NATIVE_GRACE: Duration = Duration::from_millis(300);
 
 /// The native-carrier state of the core.
@@ -77,8 +78,6 @@ pub(super) struct Paths {
     pub deadline: Option<Instant>,
     /// Why native cannot work on this node, when it cannot.
     pub unavailable: Option<Unavailable>,
-    /// Overlay flows with a new translation -> when they may leave natively.
-    pub grace: HashMap<FlowId, Instant>,
 }
 
 impl NodeCore {
@@ -145,12 +144,14 @@ impl NodeCore {
                 {
                     self.paths.locals.insert(from.ip(), local);
                 }
+                self.steering.via_native = true;
                 if let Err(e) = self.dprp.handle_datagram(from, payload, now) {
                     self.counters.control_errors += 1;
                     trace!(error = %e, "native DPRP datagram refused");
                 }
                 self.dprp_touched = true;
                 self.drain(now);
+                self.steering.via_native = false;
             }
             return DataOut::Nothing;
         }
@@ -249,6 +250,7 @@ impl NodeCore {
                 if let Some(m) = self.paths.machines.get_mut(&t.peer) {
                     m.handle_native_data_received(now);
                 }
+                self.peer_steering_seen(&t.overlay);
                 Some(n)
             }
             Err(fpn_proto::Error::Replay { .. }) => {
@@ -511,7 +513,7 @@ impl NodeCore {
     /// The peer's native address as this node knows it now.
     /// Forced native with no answer yet: the first candidate (the
     /// configuration asked for native whatever the probes say).
-    fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
+    pub(super) fn native_remote(&self, ge: GeId) -> Option<IpAddr> {
         let m = self.paths.machines.get(&ge)?;
         m.native_addr()
             .map(|a| a.ip())
@@ -580,9 +582,13 @@ impl NodeCore {
                 let mut key = inbound;
                 key.src = unspecified(inbound.src);
                 self.paths.sources.insert(key, inbound.src);
-                self.paths.grace.insert(overlay, now + NATIVE_GRACE);
+                self.close_gate(overlay, now);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
-                self.push_output(Output::NativeFlowAdded(inbound));
+                // Steered already since the negotiation started
+                // (steering.rs), or asked for now.
+                if !self.take_presteer(overlay, inbound) {
+                    self.push_output(Output::NativeFlowAdded(inbound));
+                }
             }
             Err(e) => debug!(flow = %overlay, error = %e, "no native translation"),
         }
@@ -596,7 +602,7 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
-        self.paths.grace.remove(&overlay);
+        self.steering_ended(&overlay);
         if let Some(t) = self.xlat.remove(&overlay) {
             let inbound = t.wire.reversed();
             let mut key = inbound;
@@ -620,15 +626,8 @@ impl NodeCore {
         let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
             return false;
         };
-        if !self.paths.grace.is_empty() {
-            let overlay = pkt.flow_id();
-            match self.paths.grace.get(&overlay) {
-                Some(t) if now < *t => return false,
-                Some(_) => {
-                    self.paths.grace.remove(&overlay);
-                }
-                None => {}
-            }
+        if !self.steering.gates.is_empty() && !self.gate_open(&pkt.flow_id(), now) {
+            return false;
         }
         if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
             return false;
@@ -646,10 +645,7 @@ impl NodeCore {
     /// bounded number per probe round), so the trial sees whether native
     /// data gets through without a flow ever depending on it.
     pub(super) fn send_trial_copy(&mut self, ge: GeId, frame: &[u8], now: Instant) {
-        let Some(m) = self.paths.machines.get_mut(&ge) else {
-            return;
-        };
-        if !m.in_trial() {
+        if !self.paths.machines.get(&ge).is_some_and(|m| m.in_trial()) {
             return;
         }
         let Ok(pkt) = Packet::parse(frame) else {
@@ -657,8 +653,12 @@ impl NodeCore {
         };
         let overlay = pkt.flow_id();
         if self.xlat.get(&overlay).is_none()
-            || self.paths.grace.get(&overlay).is_some_and(|t| now < *t)
-            || !m.take_trial_copy()
+            || !self.gate_open(&overlay, now)
+            || !self
+                .paths
+                .machines
+                .get_mut(&ge)
+                .is_some_and(|m| m.take_trial_copy())
         {
             return;
         }
@@ -764,7 +764,7 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// Anything else sent natively would reach the peer's kernel, which would
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
-fn natively_steerable(flow: &FlowId) -> bool {
+pub(super) fn natively_steerable(flow: &FlowId) -> bool {
     match flow.protocol {
         6 | UDP => true,
         fpn_proto::flow::protocol::ICMP => flow.src_port != 0,

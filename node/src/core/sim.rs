@@ -47,6 +47,10 @@ const MAX_STEPS: usize = 200_000;
 const WIRE_LOG_LIMIT: usize = 100_000;
 /// The carrier port every node listens on.
 const PORT: u16 = 7718;
+/// How long a simulated node's "nft" takes to steer a new inbound flow to
+/// it (the lab's `nft` transactions take 2-16 ms).
+pub const STEER_DELAY: Duration = Duration::from_millis(5);
+
 /// The TUN MTU of every node.
 pub const MTU: u16 = 1380;
 
@@ -70,6 +74,11 @@ pub struct SimNode {
     pub peers_changed: u64,
     /// Inbound wire five-tuples it asked to intercept (the nft set).
     pub intercepted: std::collections::BTreeSet<FlowId>,
+    /// Inbound wire five-tuples asked for and not yet in place.
+    pub steering: std::collections::BTreeSet<FlowId>,
+    /// How long its "nft" takes to put a flow's steering in place (and
+    /// confirm it to the core); [`STEER_DELAY`] by default.
+    pub steer_delay: Duration,
     spec: (Mode, Vec<u32>),
     span: tracing::Span,
 }
@@ -115,6 +124,11 @@ enum Event {
     },
     Native {
         packet: Vec<u8>,
+    },
+    /// The node's "nft" change for an inbound flow took effect.
+    Steered {
+        to: usize,
+        flow: FlowId,
     },
 }
 
@@ -212,6 +226,8 @@ impl CoreSim {
             lookups: Vec::new(),
             peers_changed: 0,
             intercepted: std::collections::BTreeSet::new(),
+            steering: std::collections::BTreeSet::new(),
+            steer_delay: STEER_DELAY,
             spec: (mode, groups.to_vec()),
             span: tracing::info_span!("node", name = %name),
             name,
@@ -448,6 +464,14 @@ impl CoreSim {
                     self.deliver(to, from_ge, from, kind, &payload);
                 }
                 Some(Event::Native { packet }) => self.route_native(&packet),
+                Some(Event::Steered { to, flow }) if self.nodes[to].steering.remove(&flow) => {
+                    self.nodes[to].intercepted.insert(flow);
+                    let span = self.nodes[to].span.clone();
+                    let _e = span.enter();
+                    self.nodes[to].core.handle_native_flows_ready(&[flow], now);
+                    self.flush(to);
+                }
+                Some(Event::Steered { .. }) => {}
                 Some(Event::DirectoryAnswer { to, ip }) => {
                     if let Some(owner) = self.nodes.iter().position(|n| n.overlay == ip) {
                         self.introduce(to, owner);
@@ -570,9 +594,17 @@ impl CoreSim {
                     self.nodes[i].core.handle_local_address(remote, local, now);
                 }
                 Output::NativeFlowAdded(w) => {
-                    self.nodes[i].intercepted.insert(w);
+                    // In place (and confirmed) after the node's delay, as
+                    // the driver's nft thread does.
+                    if self.nodes[i].steering.insert(w) {
+                        let at = self.now + self.nodes[i].steer_delay;
+                        self.seq += 1;
+                        self.queue
+                            .insert((at, self.seq), Event::Steered { to: i, flow: w });
+                    }
                 }
                 Output::NativeFlowRemoved(w) => {
+                    self.nodes[i].steering.remove(&w);
                     self.nodes[i].intercepted.remove(&w);
                 }
             }

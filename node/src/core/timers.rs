@@ -33,6 +33,9 @@ pub enum Timer {
     ///
     /// [`NodeCore::poll_timeout`]: super::NodeCore::poll_timeout
     Path,
+    /// A responder's CDN or an initiator's first packets of this overlay
+    /// flow waited long enough for the native steering: complete on QUIC.
+    NativeReady(FlowId),
     /// The GMS has been away for the configured bound: refuse credentials
     /// older than its loss.
     GmsSilence,

@@ -56,6 +56,18 @@ pub fn local_addresses(port: u16, skip: &str) -> Vec<SocketAddr> {
     out
 }
 
+/// The host's IPv4 addresses as [`local_addresses`] lists them (the native
+/// carrier's receive path takes packets to these).
+pub fn local_v4(skip: &str) -> Vec<std::net::Ipv4Addr> {
+    local_addresses(0, skip)
+        .into_iter()
+        .filter_map(|a| match a.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -8,7 +8,7 @@
 //! Shutdown (SIGTERM, SIGINT, `fpn-node down`, or the GMS revoking the
 //! node) reverses it; the TUN disappears when its device is dropped.
 
-mod addrs;
+pub(crate) mod addrs;
 mod ping;
 mod tun;
 
@@ -146,6 +146,12 @@ async fn run(
     let punch_requests = carrier
         .take_punch_requests()
         .ok_or_else(|| Error::Control("the carrier's punch requests were taken already".into()))?;
+    // The native receive path skips the datagrams of the QUIC sockets (the
+    // carrier's, which the GMS session shares, and the relay link's).
+    let own_udp_ports: Vec<u16> = [Some(port), relay.as_ref().and_then(|r| r.local_port())]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut scfg = SessionConfig::with_cache(state.key_cache());
     scfg.reported = reported.clone();
     // Renewals replace node.crt and credential where enrollment put them.
@@ -175,7 +181,7 @@ async fn run(
 
     // The native carrier: its table is named after the TUN, so opening it
     // replaces one a killed node left (the crash recovery).
-    let (native, native_unavailable, flow_ctl) = open_native(&cfg);
+    let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports);
 
     let (dir_tx, dir_rx) = mpsc::channel(256);
     let (eng_tx, eng_rx) = mpsc::channel(1024);
@@ -365,6 +371,7 @@ async fn run(
 /// returns why, and every peer stays on QUIC.
 fn open_native(
     cfg: &NodeConfig,
+    own_udp_ports: Vec<u16>,
 ) -> (
     Option<crate::driver::NativeParts>,
     Option<fpn_proto::path::Unavailable>,
@@ -373,19 +380,20 @@ fn open_native(
     if cfg.carrier == crate::config::CarrierChoice::Quic {
         return (None, None, None);
     }
-    let local: Vec<Ipv4Addr> = local_addresses(0, &cfg.tun_name)
-        .into_iter()
-        .filter_map(|a| match a.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    match crate::native_link::open(&cfg.tun_name, local) {
-        Ok((link, rx, ctl)) => {
+    let local = addrs::local_v4(&cfg.tun_name);
+    match crate::native_link::open(&cfg.tun_name, local.clone(), own_udp_ports) {
+        Ok((link, rx, ctl, ready)) => {
             info!(table = ctl.table(), "native carrier open");
             let flow_ops = ctl.sender().expect("a fresh FlowCtl has its sender");
             (
-                Some(crate::driver::NativeParts { link, rx, flow_ops }),
+                Some(crate::driver::NativeParts {
+                    link,
+                    rx,
+                    flow_ops,
+                    ready,
+                    local: crate::native_link::LocalAddrs::new(local),
+                    tun: cfg.tun_name.clone(),
+                }),
                 None,
                 Some(ctl),
             )

@@ -21,11 +21,14 @@
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
 //! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
-//! TCP/UDP towards the node's addresses, the thread keeps only registered
-//! flows, and the rule drops the packet in prerouting after the tap has
-//! copied it; a copy of a packet with a registered flow's ports from another
-//! source goes to the core as well, which counts and drops it, while the
-//! kernel keeps the packet as the host's own). docs/DESIGN-NOTES.md note 15
+//! TCP/UDP/ICMP towards the node's addresses, except UDP to the node's own
+//! sockets' ports, [`NativeConfig::skip_udp_ports`]; the thread keeps only
+//! registered flows, and the rule drops the packet in prerouting after the
+//! tap has copied it). With both, a copy of a packet with a registered
+//! flow's ports from another source goes to the core as well, which counts
+//! and drops it, while the kernel keeps the packet as the host's own
+//! (NFQUEUE: a `native_ports` rule queues it, up to 1000 a second, and the
+//! thread gives it back with ACCEPT). docs/DESIGN-NOTES.md note 15
 //! compares them (and note 27 the ring versions); the default is
 //! the ring.
 //!
@@ -122,6 +125,11 @@ pub struct NativeConfig {
     pub queue_len: u32,
     /// PacketRing: the ring's size in MiB (1 MiB blocks).
     pub ring_mib: u32,
+    /// PacketRing: UDP destination ports the tap never copies (at most 16):
+    /// the node's own QUIC carrier and GMS client sockets, whose datagrams
+    /// are never a native flow's (the node holds those ports on every
+    /// address) and would otherwise cost the ring a copy each.
+    pub skip_udp_ports: Vec<u16>,
 }
 
 impl NativeConfig {
@@ -136,6 +144,7 @@ impl NativeConfig {
             channel_batches: 256,
             queue_len: 4096,
             ring_mib: 16,
+            skip_udp_ports: Vec::new(),
         }
     }
 }
@@ -300,7 +309,15 @@ impl FlowControl {
         if self.shared.stopped() {
             return Err(Error::NativeClosed);
         }
-        let r = self.table.remove_flows(flows);
+        // The kernel stops steering first, then the thread stops wanting
+        // them: a late packet is never given back to the kernel's stack.
+        let gone = self
+            .shared
+            .flows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ports_gone(flows);
+        let r = self.table.remove_flows(flows, &gone);
         let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
         for f in flows {
             set.remove(f);
@@ -320,6 +337,8 @@ pub struct NativeIo {
     worker: Option<Worker>,
     /// Whether the table has the `local_addrs` set (opened with addresses).
     has_local: bool,
+    /// The ports the ring's filter skips.
+    skip_udp_ports: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -396,7 +415,8 @@ impl NativeIo {
                         reason: "the packet ring needs at least one local address",
                     });
                 }
-                let ring = rx_ring::Ring::open(&cfg.local_addrs, cfg.ring_mib)?;
+                let ring =
+                    rx_ring::Ring::open(&cfg.local_addrs, &cfg.skip_udp_ports, cfg.ring_mib)?;
                 let wake = ring.waker()?;
                 let socket = ring.socket()?;
                 let table = nft::Table::create(
@@ -432,6 +452,7 @@ impl NativeIo {
             shared,
             worker: Some(worker),
             has_local: !cfg.local_addrs.is_empty(),
+            skip_udp_ports: cfg.skip_udp_ports,
         })
     }
 
@@ -481,7 +502,7 @@ impl NativeIo {
     pub fn set_local_addrs(&self, local: &[Ipv4Addr]) -> Result<()> {
         let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
         if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
-            rx_ring::set_filter(fd, local)?;
+            rx_ring::set_filter(fd, local, &self.skip_udp_ports)?;
         }
         if self.has_local {
             table.set_local(local)?;
@@ -582,6 +603,27 @@ impl FlowSet {
                 self.ports.remove(&any_source(*f));
             }
         }
+    }
+
+    /// Of `flows` (about to be removed), those whose destination,
+    /// protocol and ports no other registered flow shares then (each
+    /// once).
+    pub(crate) fn ports_gone(&self, flows: &[FiveTuple]) -> Vec<FiveTuple> {
+        let mut left: HashMap<FiveTuple, u32> = HashMap::new();
+        let mut gone = Vec::new();
+        for f in flows.iter().filter(|f| self.exact.contains(f)) {
+            let key = any_source(*f);
+            let n = left
+                .entry(key)
+                .or_insert_with(|| self.ports.get(&key).copied().unwrap_or(0));
+            if *n > 0 {
+                *n -= 1;
+                if *n == 0 {
+                    gone.push(*f);
+                }
+            }
+        }
+        gone
     }
 
     /// True for a registered flow's packet.

@@ -19,6 +19,14 @@ pub const FLOW_SET: &str = "native_flows";
 /// The set of the native ICMP echo flows (source, destination, echo id):
 /// ICMP has no ports, so `th sport`/`th dport` cannot match it.
 pub const ECHO_SET: &str = "native_echo";
+/// NFQUEUE only: the destination, protocol and ports of the native TCP/UDP
+/// flows, from any source. A packet that matches here but not
+/// [`FLOW_SET`] (a flow's ports from another source) is queued too, so the
+/// node can count it; the thread gives it back to the kernel (ACCEPT).
+pub const PORTS_SET: &str = "native_ports";
+/// Most such packets a second the rule queues: the host's own traffic to
+/// those ports beyond it goes straight to the kernel, uncounted.
+const PORTS_RATE: u32 = 1000;
 
 /// What the prerouting rule does with a packet of a registered flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +44,8 @@ pub(crate) enum RxVerdict {
 pub(crate) struct Table {
     name: String,
     ns: Netns,
+    /// Whether the table has [`PORTS_SET`] (NFQUEUE).
+    ports: bool,
 }
 
 /// The network namespace a table lives in. An `nft`/`iptables` run for the
@@ -113,7 +123,8 @@ impl Table {
     ) -> Result<Self> {
         check_name(name)?;
         delete_compat_rules(&ns, name)?;
-        let script = |v: &str| ruleset(name, local, dprp_port, v);
+        let ports = matches!(verdict, RxVerdict::Queue(_));
+        let script = |v: &str| ruleset(name, local, dprp_port, v, ports);
         match verdict {
             RxVerdict::Drop => run(&ns, &script("drop"))?,
             RxVerdict::Queue(n) => {
@@ -139,6 +150,7 @@ impl Table {
         Ok(Self {
             name: name.to_owned(),
             ns,
+            ports,
         })
     }
 
@@ -150,20 +162,44 @@ impl Table {
     /// Adds flows to the set, in one transaction. Adding a present flow is
     /// not an error.
     pub(crate) fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        self.elements("add", flows)
+        if flows.is_empty() {
+            return Ok(());
+        }
+        let mut script = self.elements("add", flows);
+        if self.ports {
+            // Adding a present element is not an error: flows sharing
+            // their ports with another source's need no count here.
+            if let Some(els) = port_elements(flows) {
+                script.push_str(&format!(
+                    "add element inet {} {PORTS_SET} {{ {els} }}\n",
+                    self.name
+                ));
+            }
+        }
+        run(&self.ns, &script)
     }
 
     /// Removes flows from the set, in one transaction. Removing an absent
     /// flow is not an error.
-    pub(crate) fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+    /// `ports_gone`: flows whose destination, protocol and ports no
+    /// remaining flow shares (their [`PORTS_SET`] element goes too).
+    pub(crate) fn remove_flows(&self, flows: &[FiveTuple], ports_gone: &[FiveTuple]) -> Result<()> {
         // "delete element" fails on an absent element; "destroy" (nft 1.0.8)
         // is not in every distribution yet. Add then delete is idempotent.
         if flows.is_empty() {
             return Ok(());
         }
         let mut script = String::new();
-        for (set, flows) in by_set(flows) {
-            let els = join(&flows);
+        let mut sets: Vec<(&str, String)> = by_set(flows)
+            .into_iter()
+            .map(|(s, f)| (s, join(&f)))
+            .collect();
+        if self.ports
+            && let Some(els) = port_elements(ports_gone)
+        {
+            sets.push((PORTS_SET, els));
+        }
+        for (set, els) in sets {
             script.push_str(&format!(
                 "add element inet {n} {set} {{ {els} }}\ndelete element inet {n} {set} {{ {els} }}\n",
                 n = self.name
@@ -192,10 +228,7 @@ impl Table {
         delete_in(&self.ns, &self.name)
     }
 
-    fn elements(&self, verb: &str, flows: &[FiveTuple]) -> Result<()> {
-        if flows.is_empty() {
-            return Ok(());
-        }
+    fn elements(&self, verb: &str, flows: &[FiveTuple]) -> String {
         let mut script = String::new();
         for (set, flows) in by_set(flows) {
             script.push_str(&format!(
@@ -204,7 +237,7 @@ impl Table {
                 join(&flows)
             ));
         }
-        run(&self.ns, &script)
+        script
     }
 }
 
@@ -273,7 +306,13 @@ fn check_name(name: &str) -> Result<()> {
 const COMPAT_MARK: u32 = 0x0f9e_0000;
 
 /// The whole table as one nft script: replace any old one, then define.
-fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str) -> String {
+fn ruleset(
+    name: &str,
+    local: &[Ipv4Addr],
+    dprp_port: Option<u16>,
+    verdict: &str,
+    ports: bool,
+) -> String {
     let mut s = String::new();
     // "add" then "delete" makes the delete succeed whether or not a stale
     // table exists; all of it is one atomic batch.
@@ -287,6 +326,11 @@ fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str
     s.push_str(&format!(
         "  set {ECHO_SET} {{ typeof ip saddr . ip daddr . icmp id; }}\n"
     ));
+    if ports {
+        s.push_str(&format!(
+            "  set {PORTS_SET} {{ type ipv4_addr . inet_proto . inet_service . inet_service; }}\n"
+        ));
+    }
     if !local.is_empty() {
         let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
         s.push_str(&format!(
@@ -301,6 +345,13 @@ fn ruleset(name: &str, local: &[Ipv4Addr], dprp_port: Option<u16>, verdict: &str
     s.push_str(&format!(
         "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
     ));
+    if ports {
+        // After the exact rule: only the other sources' packets get here
+        // (with the compat mark both rules mark, which is the same).
+        s.push_str(&format!(
+            "    ip daddr . meta l4proto . th sport . th dport @{PORTS_SET} limit rate {PORTS_RATE}/second counter {verdict}\n"
+        ));
+    }
     // Echo requests and replies only: an ICMP error about the flow is the
     // kernel's to handle.
     s.push_str(&format!(
@@ -399,6 +450,24 @@ fn iptables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Result<()> {
     } else {
         Err(nft_failed(&out))
     }
+}
+
+/// The [`PORTS_SET`] elements of the TCP/UDP flows among `flows`.
+fn port_elements(flows: &[FiveTuple]) -> Option<String> {
+    let els: Vec<String> = flows
+        .iter()
+        .filter(|f| f.proto != L4Proto::Icmp)
+        .map(|f| {
+            format!(
+                "{} . {} . {} . {}",
+                f.dst,
+                f.proto.as_str(),
+                f.src_port,
+                f.dst_port
+            )
+        })
+        .collect();
+    (!els.is_empty()).then(|| els.join(", "))
 }
 
 fn join(flows: &[FiveTuple]) -> String {

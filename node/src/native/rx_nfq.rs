@@ -1,6 +1,10 @@
 //! Receive mechanism (a): NFQUEUE through the nfq crate, on a thread of its
-//! own. Each queued packet is copied into the batch and dropped (verdict
-//! DROP): the kernel's stack never sees it.
+//! own. Each queued packet of a registered flow (or DPRP) is copied into the
+//! batch and dropped (verdict DROP): the kernel's stack never sees it. A
+//! packet with a registered flow's destination and ports from another
+//! source (the table's `native_ports` rule queues those too, up to a rate)
+//! is copied for the core to count and given back (ACCEPT): to the host it
+//! is ordinary traffic.
 //!
 //! nfq's `Queue` exposes no file descriptor, so the thread cannot sleep in
 //! poll(2) with a wake-up for shutdown; it reads non-blocking and, when the
@@ -10,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::{Outbox, Shared};
+use super::{FiveTuple, L4Proto, Outbox, Shared};
 use crate::error::{Error, Result};
 
 /// Binds queue `queue`: fail-open off (a full queue drops, it never lets
@@ -57,8 +61,13 @@ pub(crate) fn run(mut q: nfq::Queue, queue: u16, shared: &Shared, mut out: Outbo
         match q.recv() {
             Ok(mut msg) => {
                 idle = Duration::from_micros(20);
-                let ok = out.push(shared, msg.get_payload());
-                msg.set_verdict(nfq::Verdict::Drop);
+                let (ours, copy) = classify(msg.get_payload(), shared);
+                let ok = !copy || out.push(shared, msg.get_payload());
+                msg.set_verdict(if ours {
+                    nfq::Verdict::Drop
+                } else {
+                    nfq::Verdict::Accept
+                });
                 if q.verdict(msg).is_err() {
                     shared
                         .counters
@@ -89,6 +98,28 @@ pub(crate) fn run(mut q: nfq::Queue, queue: u16, shared: &Shared, mut out: Outbo
     }
     let _ = out.flush(shared);
     let _ = q.unbind(queue);
+}
+
+/// (taken from the kernel, copied to the core) for a queued packet: a
+/// registered flow's or DPRP's is both; another source's with a flow's
+/// ports is only copied (the kernel keeps it).
+fn classify(pkt: &[u8], shared: &Shared) -> (bool, bool) {
+    let Some(ft) = FiveTuple::parse(pkt) else {
+        return (true, false);
+    };
+    if ft.proto == L4Proto::Udp && Some(ft.dst_port) == shared.dprp_port {
+        return (true, true);
+    }
+    let flows = shared.flows.read().unwrap_or_else(|e| e.into_inner());
+    if flows.contains(&ft) {
+        (true, true)
+    } else if flows.same_ports(&ft) {
+        (false, true)
+    } else {
+        // Queued by the exact rule while being removed: it was the node's
+        // (the kernel would answer it with a RST), so it stays dropped.
+        (true, false)
+    }
 }
 
 /// The NFQUEUE socket's receive buffer.

@@ -335,6 +335,7 @@ impl Transit {
         self.deadline = now + ctx.cfg.timing.linger;
         Ok(match cdn.status {
             CdnStatus::Confirmed => Some(Established {
+                negotiation: self.id,
                 flow: self.flow,
                 position: Position::Gateway,
                 action: forth.action,

@@ -412,6 +412,7 @@ impl Initiator {
             th_m,
             responder: c.responder.info.id,
             entry: Established {
+                negotiation: self.id,
                 flow: self.flow,
                 position: Position::Initiator,
                 action: decision.actions[0],

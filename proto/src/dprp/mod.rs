@@ -96,6 +96,10 @@ pub enum Position {
 /// A final PIT entry for a flow, produced by a finished negotiation.
 #[derive(Debug, Clone)]
 pub struct Established {
+    /// The negotiation that produced it (a responder's CDN carries the same
+    /// id: a node that delays its CDN until its data path is ready finds
+    /// the CDN by it).
+    pub negotiation: NegotiationId,
     /// The flow, in the direction of its first packet (the initiator's view).
     /// The reverse direction belongs to the same entry.
     pub flow: FlowId,

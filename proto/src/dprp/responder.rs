@@ -344,6 +344,7 @@ impl Responder {
             Ok((action, key_version, keys)) => {
                 tracing::debug!(id = %self.id, %action, "confirmed");
                 Ok(Some(Established {
+                    negotiation: self.id,
                     flow: self.flow,
                     position: Position::Responder,
                     action,

@@ -1,0 +1,419 @@
+//! When a new flow may leave natively: both ends' inbound steering (the
+//! driver's nft set element and ring registration) must be in place, or
+//! the first native packets reach the peer's kernel instead of its node (a
+//! lost SYN-ACK, a RST: docs/DESIGN-NOTES.md notes 17 and 33).
+//!
+//! - Each new translation gets a [`Gate`]: closed until the driver confirms
+//!   this node's steering ([`NodeCore::handle_native_flows_ready`]) *and*
+//!   the peer's is known to be in place, or [`NATIVE_GRACE`] passed.
+//! - **Responder**: its CDN waits until its own steering is confirmed, then
+//!   goes the way the MPIT came (the IP path when the peer's path is
+//!   native). A CDN that could not wait for that (no translation, or
+//!   [`NATIVE_READY_TIMEOUT`] passed: counted as `native_ready_timeouts`)
+//!   goes over QUIC. The responder learns the initiator's steering is in
+//!   place from the flow's first accepted native packet.
+//! - **Initiator**: a CDN that came on the IP path says the responder's
+//!   steering is in place, so the held first packets wait (at most
+//!   [`NATIVE_READY_TIMEOUT`]) for this node's own confirmation and then
+//!   leave natively; a CDN over QUIC leaves the flow on QUIC for
+//!   [`NATIVE_GRACE`], as before. The initiator asks for its steering when
+//!   the negotiation starts (its inbound five-tuple is known then), so the
+//!   driver's `nft` run overlaps the exchange; a flow that ends up without
+//!   translation gives it back.
+//!
+//! So between two nodes on the native path no packet of a new flow rides
+//! QUIC, and the grace is only the fallback.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fpn_proto::dprp::{self, MessageType, NegotiationId, Position};
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
+use tracing::{debug, trace};
+
+use super::NodeCore;
+use super::paths::NATIVE_GRACE;
+use super::timers::Timer;
+
+/// How long a responder's CDN, or an initiator's released first packets,
+/// wait for this node's inbound steering of the flow. The `nft`
+/// transaction takes 2-16 ms (docs/DESIGN-NOTES.md note 15); past this the
+/// flow completes anyway and starts on QUIC.
+pub const NATIVE_READY_TIMEOUT: Duration = Duration::from_millis(100);
+/// Most released packets of one flow waiting for its steering (DPRP's hold
+/// queue is smaller).
+const MAX_WAITING_PACKETS: usize = 64;
+/// Most flows waiting for their steering at once; past it a flow completes
+/// at once (on QUIC).
+const MAX_WAITING_FLOWS: usize = 4096;
+
+/// What the steering needs of a finished negotiation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Done {
+    pub negotiation: NegotiationId,
+    pub flow: FlowId,
+    pub position: Position,
+    pub peer: GeId,
+}
+
+/// Whether a new translation's packets may leave natively yet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gate {
+    /// The driver confirmed this node's inbound steering.
+    pub ready: bool,
+    /// The peer's inbound steering is known to be in place.
+    pub peer_ready: bool,
+    /// From then on only `ready` is needed (the fallback grace).
+    pub until: Instant,
+}
+
+/// What waits for a flow's steering.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    /// The peer the flow was negotiated with.
+    peer: Option<GeId>,
+    /// The PIT key of the flow (the initiator's view).
+    pit_key: Option<FlowId>,
+    /// The responder's CDN (and its retransmissions).
+    cdns: Vec<dprp::Transmit>,
+    /// Its negotiation, while the CDN waits.
+    negotiation: Option<NegotiationId>,
+    /// The initiator's released first packets, plain.
+    packets: Vec<Vec<u8>>,
+}
+
+/// How a responder's CDN leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CdnRoute {
+    /// Held until the overlay flow's steering is confirmed.
+    Hold(FlowId),
+    /// Over QUIC: this node does not steer the flow natively (yet).
+    Quic(GeId),
+}
+
+/// The steering state of the core.
+#[derive(Debug, Default)]
+pub(super) struct Steering {
+    /// Overlay flows with a new translation.
+    pub gates: HashMap<FlowId, Gate>,
+    /// Overlay flows whose CDN or first packets wait for steering.
+    waiting: HashMap<FlowId, Waiting>,
+    /// Held CDNs by negotiation (responder).
+    cdn_holds: HashMap<NegotiationId, FlowId>,
+    /// This drain round's responder decisions (cleared after each round).
+    cdn_routes: HashMap<NegotiationId, CdnRoute>,
+    /// This drain round's CDN transmits, routed once the round's events ran.
+    staged: Vec<dprp::Transmit>,
+    /// Overlay flows this node (as initiator) steers since their
+    /// negotiation started -> (inbound wire flow, confirmed).
+    presteered: HashMap<FlowId, (FlowId, bool)>,
+    /// The same by inbound wire flow.
+    presteer_wire: HashMap<FlowId, FlowId>,
+    /// The DPRP message being handled came on the IP path.
+    pub via_native: bool,
+}
+
+impl NodeCore {
+    /// The driver put the inbound steering of these wire five-tuples (as
+    /// received, from [`Output::NativeFlowAdded`]) in place: native packets
+    /// of them now reach the node. Releases what waited for it. Then drain
+    /// [`NodeCore::poll_output`].
+    ///
+    /// [`Output::NativeFlowAdded`]: super::Output::NativeFlowAdded
+    pub fn handle_native_flows_ready(&mut self, inbound: &[FlowId], now: Instant) {
+        for w in inbound {
+            let Some(t) = self.xlat.by_inbound_wire(w).copied() else {
+                if let Some(o) = self.steering.presteer_wire.get(w)
+                    && let Some(p) = self.steering.presteered.get_mut(o)
+                {
+                    p.1 = true;
+                }
+                continue;
+            };
+            let overlay = t.overlay;
+            if let Some(g) = self.steering.gates.get_mut(&overlay) {
+                g.ready = true;
+            }
+            if let Some(wait) = self.steering.waiting.remove(&overlay) {
+                trace!(flow = %overlay, "native steering ready");
+                self.finish_waiting(overlay, wait, true, now);
+            }
+        }
+        self.drain_pit(now);
+    }
+
+    /// Whether the packets of overlay flow `overlay` may leave natively now
+    /// (no gate, or an open one: the gate is then forgotten).
+    pub(super) fn gate_open(&mut self, overlay: &FlowId, now: Instant) -> bool {
+        if self.steering.gates.is_empty() {
+            return true;
+        }
+        match self.steering.gates.get(overlay) {
+            None => true,
+            Some(g) if g.ready && (g.peer_ready || now >= g.until) => {
+                self.steering.gates.remove(overlay);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// A new translation: its packets wait for both ends' steering.
+    pub(super) fn close_gate(&mut self, overlay: FlowId, now: Instant) {
+        self.steering.gates.insert(
+            overlay,
+            Gate {
+                ready: false,
+                peer_ready: false,
+                until: now + NATIVE_GRACE,
+            },
+        );
+    }
+
+    /// An accepted native packet of `overlay`: the peer sends it natively
+    /// only once its own steering is in place.
+    pub(super) fn peer_steering_seen(&mut self, overlay: &FlowId) {
+        if let Some(g) = self.steering.gates.get_mut(overlay) {
+            g.peer_ready = true;
+        }
+    }
+
+    /// The flow (overlay view) ended: nothing waits for it any more.
+    pub(super) fn steering_ended(&mut self, overlay: &FlowId) {
+        self.steering.gates.remove(overlay);
+        if let Some(w) = self.steering.waiting.remove(overlay)
+            && let Some(id) = w.negotiation
+        {
+            self.steering.cdn_holds.remove(&id);
+        }
+    }
+
+    /// Called by `on_established` after the translation step: decides how
+    /// the responder's CDN leaves, and what the initiator learns from the
+    /// way the CDN came.
+    pub(super) fn steering_established(&mut self, e: &Done, now: Instant) {
+        let overlay = self.overlay_view(&e.flow);
+        let gated = self.steering.gates.get(&overlay).is_some_and(|g| !g.ready);
+        match e.position {
+            Position::Responder => {
+                let route = if gated && self.steering.waiting.len() < MAX_WAITING_FLOWS {
+                    CdnRoute::Hold(overlay)
+                } else if !gated && self.xlat.get(&overlay).is_some() {
+                    // Steered already (a renegotiation): the usual way.
+                    return;
+                } else {
+                    CdnRoute::Quic(e.peer)
+                };
+                self.steering.cdn_routes.insert(e.negotiation, route);
+            }
+            Position::Initiator => {
+                if let Some(g) = self.steering.gates.get_mut(&overlay)
+                    && self.steering.via_native
+                {
+                    g.peer_ready = true;
+                }
+                // Only a CDN on the IP path says the peer steers the flow:
+                // otherwise the first packets take QUIC at once.
+                if gated
+                    && self.steering.via_native
+                    && self.steering.waiting.len() < MAX_WAITING_FLOWS
+                {
+                    let w = self.steering.waiting.entry(overlay).or_default();
+                    w.peer = Some(e.peer);
+                    w.pit_key = Some(e.flow);
+                    self.timers
+                        .schedule(now + NATIVE_READY_TIMEOUT, Timer::NativeReady(overlay));
+                }
+            }
+            Position::Gateway => {}
+        }
+    }
+
+    /// A held packet DPRP released: it waits if its flow's steering does.
+    /// True when taken.
+    pub(super) fn hold_for_steering(&mut self, flow: &FlowId, packet: &[u8]) -> bool {
+        let overlay = self.overlay_view(flow);
+        let Some(w) = self.steering.waiting.get_mut(&overlay) else {
+            return false;
+        };
+        if w.packets.len() < MAX_WAITING_PACKETS {
+            w.packets.push(packet.to_vec());
+        } else {
+            self.counters.policy_drops += 1;
+        }
+        true
+    }
+
+    /// A transmit of DPRP: CDNs wait for the round's events (they say how
+    /// the CDN leaves). True when taken.
+    pub(super) fn stage_cdn(&mut self, t: dprp::Transmit) -> Option<dprp::Transmit> {
+        match dprp::msg::peek(&t.payload) {
+            Ok((MessageType::Cdn, _)) => {
+                self.steering.staged.push(t);
+                None
+            }
+            _ => Some(t),
+        }
+    }
+
+    /// Routes the round's CDNs: held, over QUIC, or the usual way.
+    pub(super) fn route_staged_cdns(&mut self, now: Instant) {
+        if self.steering.staged.is_empty() {
+            self.steering.cdn_routes.clear();
+            return;
+        }
+        for t in std::mem::take(&mut self.steering.staged) {
+            let Ok((_, id)) = dprp::msg::peek(&t.payload) else {
+                continue;
+            };
+            let route = match self.steering.cdn_holds.get(&id) {
+                Some(f) => Some(CdnRoute::Hold(*f)),
+                None => self.steering.cdn_routes.get(&id).copied(),
+            };
+            match route {
+                Some(CdnRoute::Hold(overlay)) => {
+                    let w = self.steering.waiting.entry(overlay).or_default();
+                    if w.negotiation.is_none() {
+                        w.negotiation = Some(id);
+                        self.steering.cdn_holds.insert(id, overlay);
+                        self.timers
+                            .schedule(now + NATIVE_READY_TIMEOUT, Timer::NativeReady(overlay));
+                    }
+                    // A retransmission replaces the held copy (same bytes).
+                    w.cdns.clear();
+                    w.cdns.push(t);
+                }
+                Some(CdnRoute::Quic(peer)) => {
+                    self.counters.control_out += 1;
+                    self.send_control(peer, t.payload);
+                }
+                None => self.route_transmit(t),
+            }
+        }
+        self.steering.cdn_routes.clear();
+    }
+
+    /// [`Timer::NativeReady`]: the steering of `overlay` was not confirmed
+    /// in time; what waited goes on QUIC.
+    pub(super) fn steering_timeout(&mut self, overlay: FlowId, now: Instant) {
+        let Some(wait) = self.steering.waiting.remove(&overlay) else {
+            return;
+        };
+        self.counters.native_ready_timeouts += 1;
+        debug!(flow = %overlay, timeout = ?NATIVE_READY_TIMEOUT, "native steering not confirmed in time; the flow starts on QUIC");
+        if let Some(g) = self.steering.gates.get_mut(&overlay) {
+            // The peer learns nothing from a CDN over QUIC: fall back to
+            // the grace from here.
+            g.peer_ready = false;
+            g.until = now + NATIVE_GRACE;
+        }
+        self.finish_waiting(overlay, wait, false, now);
+    }
+
+    fn finish_waiting(&mut self, overlay: FlowId, wait: Waiting, ready: bool, now: Instant) {
+        if let Some(id) = wait.negotiation {
+            self.steering.cdn_holds.remove(&id);
+        }
+        let peer = wait
+            .peer
+            .or_else(|| self.xlat.get(&overlay).map(|t| t.peer));
+        for t in wait.cdns {
+            match (ready, peer) {
+                (true, _) => self.route_transmit(t),
+                (false, Some(p)) => {
+                    self.counters.control_out += 1;
+                    self.send_control(p, t.payload);
+                }
+                (false, None) => {}
+            }
+        }
+        if let Some(flow) = wait.pit_key {
+            for p in wait.packets {
+                self.release(flow, &p, now);
+            }
+        }
+    }
+
+    /// A new flow's first packet is held while DPRP runs: when its peer's
+    /// path is native, this node's steering of the flow's inbound packets
+    /// starts now, so the `nft` run overlaps the negotiation instead of
+    /// following the CDN. Undone if the flow ends up without translation.
+    pub(super) fn presteer(&mut self, flow: FlowId) {
+        let overlay = self.overlay_view(&flow);
+        if self.steering.presteered.contains_key(&overlay)
+            || self.steering.presteered.len() >= MAX_WAITING_FLOWS
+            || self.paths.unavailable.is_some()
+            || self.xlat.get(&overlay).is_some()
+            || !super::paths::natively_steerable(&overlay)
+        {
+            return;
+        }
+        let std::net::IpAddr::V4(dst) = overlay.dst else {
+            return;
+        };
+        let Some(ge) = self.peers.owner(dst) else {
+            return;
+        };
+        if !self
+            .peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == crate::carrier::CarrierKind::Native)
+        {
+            return;
+        }
+        let Some(remote) = self.native_remote(ge) else {
+            return;
+        };
+        let Some(local) = self.paths.locals.get(&remote).copied() else {
+            return;
+        };
+        let inbound = fpn_proto::xlat::Translation::addresses(overlay, local, remote, ge)
+            .wire
+            .reversed();
+        self.steering.presteered.insert(overlay, (inbound, false));
+        self.steering.presteer_wire.insert(inbound, overlay);
+        trace!(flow = %overlay, "steering before the negotiation ends");
+        self.push_output(super::Output::NativeFlowAdded(inbound));
+    }
+
+    /// The translation of `overlay` was installed with inbound wire flow
+    /// `inbound`: true if it is steered already (its gate takes over the
+    /// confirmation). A presteer for another wire flow is undone.
+    pub(super) fn take_presteer(&mut self, overlay: FlowId, inbound: FlowId) -> bool {
+        let Some((wire, ready)) = self.steering.presteered.remove(&overlay) else {
+            return false;
+        };
+        self.steering.presteer_wire.remove(&wire);
+        if wire != inbound {
+            self.push_output(super::Output::NativeFlowRemoved(wire));
+            return false;
+        }
+        if let Some(g) = self.steering.gates.get_mut(&overlay) {
+            g.ready = ready;
+        }
+        true
+    }
+
+    /// The negotiation of `flow` ended: a presteer the translation did not
+    /// take is undone.
+    pub(super) fn presteer_done(&mut self, flow: &FlowId) {
+        if self.steering.presteered.is_empty() {
+            return;
+        }
+        let overlay = self.overlay_view(flow);
+        if let Some((wire, _)) = self.steering.presteered.remove(&overlay) {
+            self.steering.presteer_wire.remove(&wire);
+            self.push_output(super::Output::NativeFlowRemoved(wire));
+        }
+    }
+
+    /// `flow` as seen from this node (source = this node's overlay address).
+    pub(super) fn overlay_view(&self, flow: &FlowId) -> FlowId {
+        if flow.src == std::net::IpAddr::V4(self.cfg.overlay) {
+            *flow
+        } else {
+            flow.reversed()
+        }
+    }
+}
