@@ -9,6 +9,8 @@
 //! it), `b` dials it at once and connects directly (`b`'s status: `direct
 //! via NAT (port-mapped)`, not relay), ping and TCP echo by name work both
 //! ways, and after `fpn-node down` on `a` the mapping is gone from gwa.
+//! The same again with NAT-PMP turned off on gwa: the node falls back to
+//! UPnP IGD (SSDP discovery, AddPortMapping).
 
 mod common;
 
@@ -62,9 +64,29 @@ fn wait_mapped(ov: &Overlay, node: &str) -> serde_json::Value {
 
 #[test]
 fn a_node_behind_a_nat_pmp_router_is_reached_directly_on_its_mapped_port() {
+    reached_on_mapped_port(&config_path("nat-matrix-upnp.toml"), "nat-pmp");
+}
+
+#[test]
+fn without_nat_pmp_the_node_maps_its_port_with_upnp_igd() {
+    let text = std::fs::read_to_string(config_path("nat-matrix-upnp.toml")).unwrap();
+    let patched = text.replace(
+        "port_mapping = { natpmp = true, upnp = true }",
+        "port_mapping = { natpmp = false, upnp = true }",
+    );
+    assert_ne!(patched, text, "the topology's port_mapping line changed");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nat-matrix-upnp-only.toml");
+    std::fs::write(&path, patched).unwrap();
+    reached_on_mapped_port(&path, "upnp-igd");
+}
+
+/// The scenario on `topology` (nat-matrix-upnp.toml or a variant): `a`
+/// maps with `protocol`, `b` reaches it on the mapping.
+fn reached_on_mapped_port(topology: &std::path::Path, protocol: &str) {
     need(OVERLAY_TOOLS);
     need(&["miniupnpd", "nft"]);
-    let lab = Lab::up(config_path("nat-matrix-upnp.toml")).expect("lab");
+    let lab = Lab::up(topology).expect("lab");
     let ov = Overlay::start(
         lab,
         &Spec::new(&[(1, "home")], vec![node_on("a"), node_on("b")]),
@@ -78,7 +100,7 @@ fn a_node_behind_a_nat_pmp_router_is_reached_directly_on_its_mapped_port() {
     // address; b's router has no port-mapping daemon.
     let nc = wait_mapped(&ov, "a");
     let pm = &nc["port_mapping"];
-    assert_eq!(pm["protocol"], "nat-pmp", "{nc}");
+    assert_eq!(pm["protocol"], protocol, "{nc}");
     assert_eq!(pm["external"], mapped, "{nc}");
     assert_eq!(pm["gateway"], "192.168.1.1", "{nc}");
     assert!(pm["lifetime_secs"].as_u64().unwrap_or(0) > 0, "{nc}");
@@ -89,7 +111,7 @@ fn a_node_behind_a_nat_pmp_router_is_reached_directly_on_its_mapped_port() {
     let out = ov.node_cli("a", &["netcheck"]).unwrap();
     assert!(
         out.stdout
-            .contains(&format!("port mapping: {mapped} via nat-pmp")),
+            .contains(&format!("port mapping: {mapped} via {protocol}")),
         "{}",
         out.stdout
     );

@@ -1,5 +1,6 @@
 //! Port mapping: asks the default gateway to forward the carrier's UDP port
-//! (NAT-PMP, RFC 6886), so peers behind any NAT can reach this node
+//! (NAT-PMP, RFC 6886; when the gateway does not answer that, UPnP IGD:
+//! SSDP discovery and AddPortMapping, through `igd-next`), so peers behind any NAT can reach this node
 //! directly on the gateway's external address. The mapped address becomes
 //! a candidate the node reports to the GMS (peers dial it at once, like a
 //! local one: a mapping needs no punch).
@@ -12,8 +13,8 @@
 //! deleted (lifetime 0). It never touches the carrier's socket: requests go
 //! from a socket of their own, as RFC 6886 allows.
 //!
-//! Not here (yet): PCP (RFC 6887) and UPnP IGD; see DESIGN-NOTES, the
-//! port-mapping note.
+//! Not here (yet): PCP (RFC 6887); see DESIGN-NOTES, the port-mapping
+//! note.
 
 pub mod natpmp;
 
@@ -44,13 +45,20 @@ const RETRY_MIN: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 /// How long the delete at shutdown may take.
 const DELETE_BOUND: Duration = Duration::from_secs(1);
+/// How long SSDP discovery of a UPnP gateway may take.
+const UPNP_SEARCH: Duration = Duration::from_secs(2);
+/// How long a whole UPnP attempt (discovery, description, AddPortMapping)
+/// may take; the blocking client runs on a blocking thread.
+const UPNP_BOUND: Duration = Duration::from_secs(8);
+/// The mapping's name in the router's UPnP table.
+const UPNP_DESCRIPTION: &str = "fpn-node carrier";
 
 /// What `netcheck` shows of port mapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapStatus {
     /// `"off"` (configured off), `"trying"`, `"mapped"` or `"unavailable"`.
     pub state: String,
-    /// The protocol that mapped (`"nat-pmp"`), when mapped.
+    /// The protocol that mapped (`"nat-pmp"` or `"upnp-igd"`), when mapped.
     pub protocol: Option<String>,
     /// The gateway asked.
     pub gateway: Option<String>,
@@ -113,12 +121,24 @@ impl PortMapper {
 }
 
 /// A mapping the gateway granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Mapping {
     gateway: Ipv4Addr,
     external: SocketAddr,
     lifetime: u32,
     epoch: u32,
+    /// The UPnP IGD service that granted it; `None`: NAT-PMP.
+    upnp: Option<Arc<igd_next::Gateway>>,
+}
+
+impl Mapping {
+    fn protocol(&self) -> &'static str {
+        if self.upnp.is_some() {
+            "upnp-igd"
+        } else {
+            "nat-pmp"
+        }
+    }
 }
 
 /// Why a gateway gave no mapping.
@@ -130,6 +150,8 @@ enum MapError {
     Refused(ResultCode),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error("UPnP IGD: {0}")]
+    Upnp(String),
 }
 
 async fn run(
@@ -147,7 +169,7 @@ async fn run(
     loop {
         let gw = default_gateway();
         // The gateway moved (or went): the old mapping means nothing now.
-        if let Some(m) = current
+        if let Some(m) = &current
             && Some(m.gateway) != gw
         {
             info!(old = %m.gateway, new = ?gw, "default gateway changed: mapping again");
@@ -166,32 +188,35 @@ async fn run(
             Some(gw) => {
                 let due = current.is_none();
                 if due || renewal_due(&status) {
-                    match map(gw, port, LIFETIME_SECS).await {
+                    match map_any(gw, port, LIFETIME_SECS).await {
                         Ok(m) => {
                             backoff = RETRY_MIN;
-                            let fresh = current.map(|c| c.external) != Some(m.external);
+                            let fresh =
+                                current.as_ref().map(|c| c.external) != Some(m.external);
                             if fresh {
                                 info!(
                                     external = %m.external,
                                     lifetime_secs = m.lifetime,
                                     gateway = %gw,
-                                    "port mapping obtained (NAT-PMP)"
+                                    protocol = m.protocol(),
+                                    "port mapping obtained"
                                 );
                                 let _ = mapped.send(Some(m.external)).await;
                             } else {
                                 debug!(external = %m.external, lifetime_secs = m.lifetime, "port mapping renewed");
                             }
-                            if let Some(c) = current
+                            if let Some(c) = &current
+                                && m.upnp.is_none()
                                 && m.epoch < c.epoch
                             {
                                 debug!("gateway epoch went back (it restarted); mapping renewed");
                             }
-                            current = Some(m);
                             let now = fpn_gms_client::now_unix();
+                            let protocol = m.protocol();
                             set(&|s| {
                                 *s = PortMapStatus {
                                     state: "mapped".into(),
-                                    protocol: Some("nat-pmp".into()),
+                                    protocol: Some(protocol.into()),
                                     gateway: Some(gw.to_string()),
                                     external: Some(m.external.to_string()),
                                     lifetime_secs: Some(m.lifetime),
@@ -199,6 +224,7 @@ async fn run(
                                     error: None,
                                 };
                             });
+                            current = Some(m);
                             GATEWAY_POLL
                         }
                         Err(e) => {
@@ -259,6 +285,64 @@ fn renewal_due(status: &Mutex<PortMapStatus>) -> bool {
     }
 }
 
+/// NAT-PMP first (a few small packets, bounded by [`TRIES`]); when the
+/// gateway does not speak it, UPnP IGD (bounded by [`UPNP_BOUND`]).
+async fn map_any(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
+    match map(gw, port, lifetime).await {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            debug!(gateway = %gw, error = %e, "NAT-PMP gave no mapping; trying UPnP IGD");
+            match map_upnp(gw, port, lifetime).await {
+                Ok(m) => Ok(m),
+                Err(u) => Err(MapError::Upnp(format!("{u}; NAT-PMP: {e}"))),
+            }
+        }
+    }
+}
+
+/// UPnP IGD: finds the gateway by SSDP (only one at `gw` is used: a
+/// device elsewhere on the LAN cannot forward our gateway's ports), and
+/// asks it to forward UDP `port` to this host's address towards it.
+async fn map_upnp(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
+    // This host's address on the gateway's network: where the gateway
+    // forwards to (connect() on UDP sends nothing).
+    let probe = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+    probe.connect(SocketAddr::from((gw, 1900))).await?;
+    let local = SocketAddr::new(probe.local_addr()?.ip(), port);
+    let blocking = tokio::task::spawn_blocking(move || {
+        let mut opts = igd_next::SearchOptions::default();
+        opts.timeout = Some(UPNP_SEARCH);
+        opts.single_search_timeout = Some(UPNP_SEARCH);
+        opts.gateway_ip_version = igd_next::GatewayIpVersion::V4;
+        let g = igd_next::search_gateway(opts).map_err(|e| e.to_string())?;
+        if g.addr.ip() != IpAddr::V4(gw) {
+            return Err(format!("the UPnP gateway found is {}, not {gw}", g.addr));
+        }
+        let ext = g.get_external_ip().map_err(|e| e.to_string())?;
+        g.add_port(
+            igd_next::PortMappingProtocol::UDP,
+            port,
+            local,
+            lifetime,
+            UPNP_DESCRIPTION,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((g, ext))
+    });
+    let (g, ext) = tokio::time::timeout(UPNP_BOUND, blocking)
+        .await
+        .map_err(|_| MapError::Upnp(format!("no answer within {UPNP_BOUND:?}")))?
+        .map_err(|e| MapError::Upnp(e.to_string()))?
+        .map_err(MapError::Upnp)?;
+    Ok(Mapping {
+        gateway: gw,
+        external: SocketAddr::new(ext, port),
+        lifetime,
+        epoch: 0,
+        upnp: Some(Arc::new(g)),
+    })
+}
+
 /// Asks `gw` for its external address, then for a mapping of `port`.
 async fn map(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
     let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
@@ -291,6 +375,7 @@ async fn map(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError
             external: SocketAddr::new(IpAddr::V4(address), external),
             lifetime,
             epoch,
+            upnp: None,
         }),
         Response::Map { result, .. } => Err(MapError::Refused(result)),
         Response::ExternalAddress { .. } => Err(MapError::NoAnswer(gw)),
@@ -350,6 +435,23 @@ fn answers(req: &Request, resp: &Response) -> bool {
 /// Deletes `m` (lifetime 0), bounded: the gateway forgets it anyway when
 /// the lifetime ends.
 async fn delete(m: Mapping, port: u16) {
+    if let Some(g) = m.upnp.clone() {
+        let ext = m.external.port();
+        let r = tokio::time::timeout(
+            DELETE_BOUND,
+            tokio::task::spawn_blocking(move || {
+                g.remove_port(igd_next::PortMappingProtocol::UDP, ext)
+            }),
+        )
+        .await;
+        match r {
+            Ok(Ok(Ok(()))) => info!(external = %m.external, "port mapping deleted"),
+            Ok(Ok(Err(e))) => debug!(error = %e, "port mapping delete failed"),
+            Ok(Err(e)) => debug!(error = %e, "port mapping delete task failed"),
+            Err(_) => debug!("port mapping delete timed out"),
+        }
+        return;
+    }
     let req = Request::Map {
         protocol: Protocol::Udp,
         internal: port,
