@@ -125,7 +125,10 @@ fn reached_on_mapped_port(topology: &std::path::Path, protocol: &str) {
     let t = Instant::now();
     loop {
         let out = lab
-            .exec("b", ["ping", "-n", "-c", "1", "-W", "1", &Overlay::fqdn("a")])
+            .exec(
+                "b",
+                ["ping", "-n", "-c", "1", "-W", "1", &Overlay::fqdn("a")],
+            )
             .unwrap();
         if out.success() {
             break;

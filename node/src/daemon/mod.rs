@@ -300,7 +300,9 @@ async fn run(
         observe: observe_tx,
         reported,
         carrier_port: port,
-        portmap: portmap.as_ref().map(crate::portmap::PortMapper::status_handle),
+        portmap: portmap
+            .as_ref()
+            .map(crate::portmap::PortMapper::status_handle),
     };
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -552,7 +554,9 @@ impl Ctx {
             (None, ..) => "unknown: no reflexive address (no GMS session)".to_owned(),
             (Some(false), ..) => "no NAT: the GMS sees a local address".to_owned(),
             (Some(true), Some(pp), st) => format!(
-                "behind a NAT, port {}, mapping {} since session start; endpoint                  independence not tested (one GMS address): a port-preserving NAT                  is usually endpoint-independent, and punching needs that",
+                "behind a NAT, port {}, mapping {} since session start; endpoint \
+                 independence not tested (one GMS address): a port-preserving NAT \
+                 is usually endpoint-independent, and punching needs that",
                 if pp { "preserved" } else { "changed" },
                 match st {
                     Some(true) => "unchanged",
@@ -572,10 +576,12 @@ impl Ctx {
             port_preserved,
             stable,
             mapping,
-            port_mapping: self.portmap.as_ref().map_or_else(
-                crate::portmap::PortMapper::off_status,
-                |s| s.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            ),
+            port_mapping: self
+                .portmap
+                .as_ref()
+                .map_or_else(crate::portmap::PortMapper::off_status, |s| {
+                    s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                }),
         }
     }
 

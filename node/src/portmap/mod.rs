@@ -191,8 +191,7 @@ async fn run(
                     match map_any(gw, port, LIFETIME_SECS).await {
                         Ok(m) => {
                             backoff = RETRY_MIN;
-                            let fresh =
-                                current.as_ref().map(|c| c.external) != Some(m.external);
+                            let fresh = current.as_ref().map(|c| c.external) != Some(m.external);
                             if fresh {
                                 info!(
                                     external = %m.external,

@@ -255,7 +255,9 @@ mod tests {
                 address: Ipv4Addr::new(198, 20, 2, 2),
             })
         );
-        let map = [0, 129, 0, 0, 0, 0, 0, 9, 0x1e, 0x26, 0x9c, 0x40, 0, 0, 0x0e, 0x10];
+        let map = [
+            0, 129, 0, 0, 0, 0, 0, 9, 0x1e, 0x26, 0x9c, 0x40, 0, 0, 0x0e, 0x10,
+        ];
         assert_eq!(
             Response::parse(&map),
             Ok(Response::Map {
@@ -291,10 +293,7 @@ mod tests {
             Err(ParseError::Version(2))
         );
         // A request echoed back (no reply bit).
-        assert_eq!(
-            Response::parse(&[0, 1, 0, 0]),
-            Err(ParseError::Opcode(1))
-        );
+        assert_eq!(Response::parse(&[0, 1, 0, 0]), Err(ParseError::Opcode(1)));
         // A success cut short.
         assert_eq!(
             Response::parse(&[0, 129, 0, 0, 0, 0, 0, 9, 0x1e, 0x26]),
@@ -322,6 +321,15 @@ mod tests {
                     }
                     let _ = Response::parse(&b);
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            if let Ok(Response::Map { protocol, .. }) = Response::parse(&b) {
+                proptest::prop_assert_eq!(protocol == Protocol::Udp, b[1] == 129);
             }
         }
     }
