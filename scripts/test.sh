@@ -31,7 +31,7 @@ cargo build --workspace --all-targets --locked
 # needs nightly, but building them does not, so a decoder change that breaks
 # a target fails here instead of at the next fuzzing session.
 echo "==> fuzz targets build"
-for dir in proto/fuzz ddns/fuzz gms-client/fuzz gms/fuzz; do
+for dir in proto/fuzz ddns/fuzz gms-client/fuzz gms/fuzz node/fuzz; do
   CARGO_TARGET_DIR="$PWD/target" cargo check --manifest-path "$dir/Cargo.toml" --all-targets --locked
 done
 echo "==> cargo nextest run"

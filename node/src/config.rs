@@ -59,6 +59,10 @@ pub struct NodeConfig {
     /// coalesced TCP writes). Off only to compare; the environment variable
     /// `FPN_NODE_TUN_OFFLOADS=0` overrides it.
     pub tun_offloads: bool,
+    /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
+    /// and report the mapped address to peers as a candidate; renewed in
+    /// the background, deleted on a clean stop.
+    pub port_mapping: bool,
 }
 
 /// The `carrier` key.
@@ -101,6 +105,7 @@ impl Default for NodeConfig {
             quic_initial_mtu: 1452,
             carrier: CarrierChoice::Auto,
             tun_offloads: true,
+            port_mapping: true,
         }
     }
 }

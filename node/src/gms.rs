@@ -108,6 +108,40 @@ pub struct GmsTask {
     pub punch_requests: mpsc::Receiver<GeId>,
     /// `netcheck`: ask the GMS for this node's reflexive address now.
     pub observe_requests: mpsc::Receiver<oneshot::Sender<Option<SocketAddr>>>,
+    /// The node's own (local) carrier addresses, as reported at start.
+    pub reported: Vec<SocketAddr>,
+    /// New external addresses from the port-mapping client (`None`: the
+    /// mapping was lost); `None` when port mapping is off.
+    pub mapped_updates: Option<mpsc::Receiver<Option<SocketAddr>>>,
+    /// The current port mapping, reported with the local addresses.
+    pub mapped: Option<SocketAddr>,
+}
+
+/// The next item of an optional channel; never ready without one (or once
+/// it closed).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The addresses a node reports: its port mapping first (a candidate peers
+/// dial at once and recognise by its IP, that of the node's NAT; see
+/// `carrier::candidates::is_mapped`; first, so that peers that keep only
+/// the first few addresses keep it), then its local ones, at most
+/// [`fpn_gms_client::wire::MAX_ADDRS`].
+pub fn reported_addrs(local: &[SocketAddr], mapped: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = mapped.into_iter().collect();
+    out.extend(local.iter().copied().filter(|a| Some(*a) != mapped));
+    out.truncate(fpn_gms_client::wire::MAX_ADDRS);
+    out
 }
 
 impl GmsTask {
@@ -128,6 +162,7 @@ impl GmsTask {
                 Need(Option<Ipv4Addr>),
                 Punch(Option<GeId>),
                 Observe(Option<oneshot::Sender<Option<SocketAddr>>>),
+                Mapped(Option<SocketAddr>),
                 Refresh,
             }
             let wake = tokio::select! {
@@ -135,6 +170,7 @@ impl GmsTask {
                 r = self.requests.recv() => Wake::Need(r),
                 p = self.punch_requests.recv() => Wake::Punch(p),
                 o = self.observe_requests.recv() => Wake::Observe(o),
+                Some(m) = recv_opt(&mut self.mapped_updates) => Wake::Mapped(m),
                 _ = refresh.tick() => Wake::Refresh,
             };
             match wake {
@@ -148,6 +184,12 @@ impl GmsTask {
                         None
                     };
                     let _ = reply.send(now);
+                }
+                Wake::Mapped(m) => {
+                    self.mapped = m;
+                    if self.shared.view().connected {
+                        self.report_addrs().await;
+                    }
                 }
                 Wake::Ev(None) => return Ok(()),
                 Wake::Ev(Some(ev)) => self.on_event(ev, &mut last_list).await?,
@@ -202,6 +244,9 @@ impl GmsTask {
                 self.carrier.revoke_serials(&revoked);
                 let _ = self.engine.send(Command::RevocationList(revoked)).await;
                 self.report_gms(true).await;
+                if self.mapped.is_some() {
+                    self.report_addrs().await;
+                }
                 // A new session may come from a new mapping (a NAT reboot, a
                 // new network): learn it afresh.
                 self.shared.view().reflexive = None;
@@ -309,6 +354,19 @@ impl GmsTask {
             }
         }
         Ok(())
+    }
+
+    /// Reports the local addresses and the port mapping to the GMS (the
+    /// session keeps them for its next Hello too).
+    async fn report_addrs(&mut self) {
+        let addrs = reported_addrs(&self.reported, self.mapped);
+        match tokio::time::timeout(QUERY_TIMEOUT, self.session.report_addresses(addrs.clone()))
+            .await
+        {
+            Ok(Ok(())) => debug!(?addrs, "addresses reported"),
+            Ok(Err(e)) => debug!(error = %e, "address report failed"),
+            Err(_) => debug!("address report timed out"),
+        }
     }
 
     /// Asks the GMS for this node's reflexive address (status, netcheck).
@@ -534,5 +592,24 @@ impl GmsTask {
         if let Err(e) = self.shared.dir().save(&self.cache_path) {
             warn!(error = %e, "saving the peer cache");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mapping_is_reported_first_and_the_list_stays_bounded() {
+        let m: SocketAddr = "198.20.2.2:7718".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.10:7718".parse().unwrap();
+        assert_eq!(reported_addrs(&[lan], Some(m)), [m, lan]);
+        assert_eq!(reported_addrs(&[lan], None), [lan]);
+        let many: Vec<SocketAddr> = (0..40)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 7718)))
+            .collect();
+        let r = reported_addrs(&many, Some(m));
+        assert_eq!(r.len(), fpn_gms_client::wire::MAX_ADDRS);
+        assert_eq!(r[0], m);
     }
 }

@@ -22,6 +22,7 @@ pub mod gms;
 pub mod icmp;
 pub mod native;
 pub mod native_link;
+pub mod portmap;
 pub mod state;
 pub mod status;
 pub mod tun;

@@ -277,6 +277,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     n.reflexive_at_session_start.as_deref().unwrap_or("-")
                 );
                 println!("mapping: {}", n.mapping);
+                let pm = &n.port_mapping;
+                match pm.state.as_str() {
+                    "mapped" => println!(
+                        "port mapping: {} via {} at {}, lease {} s",
+                        pm.external.as_deref().unwrap_or("-"),
+                        pm.protocol.as_deref().unwrap_or("-"),
+                        pm.gateway.as_deref().unwrap_or("-"),
+                        pm.lifetime_secs.unwrap_or(0)
+                    ),
+                    other => println!(
+                        "port mapping: {other}{}",
+                        pm.error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

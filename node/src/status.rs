@@ -75,6 +75,10 @@ pub struct Netcheck {
     /// What the mapping's behaviour towards other destinations looks like,
     /// and how much of that was actually tested.
     pub mapping: String,
+    /// Port mapping at the default gateway (NAT-PMP): whether it is
+    /// available, the external address and lease.
+    #[serde(default)]
+    pub port_mapping: crate::portmap::PortMapStatus,
 }
 
 /// This node's credential: short-lived, renewed over the GMS session.

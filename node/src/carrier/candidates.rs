@@ -10,6 +10,10 @@
 //!   nodes on one LAN so connect over the LAN before a hairpin through
 //!   their router could answer, and only one handshake normally completes
 //!   (a second one would be a second connection the peer installs too).
+//! - **Port-mapped candidates count as local.** A reported public address
+//!   on the peer's NAT's public IP (the reflexive one's IP, another port)
+//!   is a mapping the peer's router granted (NAT-PMP, `portmap`): it needs
+//!   no punch, so it is dialed at once too.
 //! - **First handshake wins.** The first candidate whose handshake
 //!   completes is kept and the others are dropped; when a local and the
 //!   reflexive one complete in the same wake-up, the local one is kept.
@@ -29,8 +33,20 @@ pub const REFLEXIVE_DELAY: Duration = Duration::from_millis(150);
 pub enum CandidateKind {
     /// An address the peer reported for itself (one of its interfaces).
     Local,
+    /// A port the peer's router forwards to it (NAT-PMP): a reported public
+    /// address on the reflexive address's IP, with another port.
+    Mapped,
     /// Where the GMS sees the peer's carrier socket (its NAT's public side).
     Reflexive,
+}
+
+/// True when `a` (one of the peer's reported addresses) is a port mapping
+/// on its NAT: the NAT's public IP (where the GMS sees the peer), another
+/// port. A node reports its mapping among its addresses (no new wire
+/// field, note 37), and a host with a public address of its own has no
+/// reflexive address, so this never calls its address a mapping.
+pub fn is_mapped(a: SocketAddr, reflexive: Option<SocketAddr>) -> bool {
+    reflexive.is_some_and(|r| r.ip() == a.ip() && r != a && !is_private(a.ip()))
 }
 
 /// A peer's candidates with their kinds, local ones first, duplicates removed.
@@ -41,7 +57,12 @@ pub fn typed(
     let mut out: Vec<(SocketAddr, CandidateKind)> = Vec::with_capacity(addrs.len() + 1);
     for a in addrs {
         if Some(*a) != reflexive && !out.iter().any(|(x, _)| x == a) {
-            out.push((*a, CandidateKind::Local));
+            let kind = if is_mapped(*a, reflexive) {
+                CandidateKind::Mapped
+            } else {
+                CandidateKind::Local
+            };
+            out.push((*a, kind));
         }
     }
     if let Some(r) = reflexive {
@@ -64,6 +85,8 @@ pub fn path_text(
 ) -> &'static str {
     if Some(remote) == reflexive {
         "direct via NAT (reflexive)"
+    } else if addrs.contains(&remote) && is_mapped(remote, reflexive) {
+        "direct via NAT (port-mapped)"
     } else if addrs.contains(&remote) {
         if is_private(remote.ip()) {
             "direct LAN"
@@ -150,20 +173,24 @@ impl Race {
         let ready = |k| {
             (0..self.state.len()).find(|&i| self.state[i] == Attempt::Ready && self.kinds[i] == k)
         };
-        if let Some(i) = ready(CandidateKind::Local).or_else(|| ready(CandidateKind::Reflexive)) {
+        if let Some(i) = ready(CandidateKind::Local)
+            .or_else(|| ready(CandidateKind::Mapped))
+            .or_else(|| ready(CandidateKind::Reflexive))
+        {
             self.done = true;
             return Some(Action::Take(i));
         }
         let locals_left = (0..self.state.len()).any(|i| {
-            self.kinds[i] == CandidateKind::Local
+            self.kinds[i] != CandidateKind::Reflexive
                 && matches!(self.state[i], Attempt::NotStarted | Attempt::Pending)
         });
         for i in 0..self.state.len() {
             if self.state[i] != Attempt::NotStarted {
                 continue;
             }
-            let due =
-                self.kinds[i] == CandidateKind::Local || !locals_left || now >= self.reflexive_at;
+            let due = self.kinds[i] != CandidateKind::Reflexive
+                || !locals_left
+                || now >= self.reflexive_at;
             if due {
                 self.state[i] = Attempt::Pending;
                 return Some(Action::Dial(i));
@@ -192,7 +219,7 @@ impl Race {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use CandidateKind::{Local, Reflexive};
+    use CandidateKind::{Local, Mapped, Reflexive};
 
     fn drain(r: &mut Race, now: Instant) -> Vec<Action> {
         std::iter::from_fn(|| r.poll_action(now)).collect()
@@ -283,5 +310,32 @@ mod tests {
             path_text(sa("198.18.2.2:40000"), &[lan, nat], Some(nat)),
             "direct via NAT (peer-reflexive)"
         );
+    }
+
+    #[test]
+    fn a_port_mapping_is_typed_dialed_at_once_and_named_in_the_path() {
+        let lan = sa("192.168.1.10:7718");
+        let mapped = sa("198.20.2.2:7718");
+        let refl = sa("198.20.2.2:41234");
+        let cands = typed(&[lan, mapped], Some(refl));
+        assert_eq!(cands, [(lan, Local), (mapped, Mapped), (refl, Reflexive)]);
+        assert_eq!(
+            path_text(mapped, &[lan, mapped, refl], Some(refl)),
+            "direct via NAT (port-mapped)"
+        );
+        // A public host (no reflexive address) is not "mapped".
+        assert_eq!(typed(&[mapped], None), [(mapped, Local)]);
+        let t0 = Instant::now();
+        let mut r = Race::new(vec![Local, Mapped, Reflexive], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0), Action::Dial(1)]);
+        // The LAN address leads nowhere; the mapping answers.
+        r.handle_ready(1);
+        assert_eq!(drain(&mut r, t0), [Action::Take(1)]);
+        // Both local and mapped ready together: the local one is kept.
+        let mut r = Race::new(vec![Mapped, Local], t0);
+        assert_eq!(drain(&mut r, t0), [Action::Dial(0), Action::Dial(1)]);
+        r.handle_ready(0);
+        r.handle_ready(1);
+        assert_eq!(drain(&mut r, t0), [Action::Take(1)]);
     }
 }

@@ -239,6 +239,12 @@ async fn run(
 
     let shared = Shared::new(dir);
     let (observe_tx, observe_rx) = mpsc::channel(4);
+    // Port mapping runs in the background: start-up never waits for the
+    // gateway, and the mapped address reaches the GMS when it comes.
+    let (mapped_tx, mapped_rx) = mpsc::channel(4);
+    let portmap = cfg
+        .port_mapping
+        .then(|| crate::portmap::PortMapper::start(port, mapped_tx));
     let gms = GmsTask {
         session,
         ca_public: identity.ca_public,
@@ -252,6 +258,9 @@ async fn run(
         ttl: cfg.directory_ttl_secs,
         punch_requests,
         observe_requests: observe_rx,
+        reported: reported.clone(),
+        mapped_updates: portmap.as_ref().map(|_| mapped_rx),
+        mapped: None,
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
 
@@ -297,6 +306,9 @@ async fn run(
         observe: observe_tx,
         reported,
         carrier_port: port,
+        portmap: portmap
+            .as_ref()
+            .map(crate::portmap::PortMapper::status_handle),
     };
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -355,6 +367,11 @@ async fn run(
         {
             warn!(%table, "the native table was not deleted in time; the next start replaces it");
         }
+    }
+    // The gateway forgets the mapping at its lifetime's end anyway; deleting
+    // it now closes the port at once (bounded to about a second).
+    if let Some(pm) = portmap {
+        pm.stop().await;
     }
     carrier.close().await;
     if let Some(r) = &relay {
@@ -442,6 +459,8 @@ struct Ctx {
     reported: Vec<SocketAddr>,
     /// The carrier's local port.
     carrier_port: u16,
+    /// The port-mapping client's status (`None`: `port_mapping = false`).
+    portmap: Option<Arc<std::sync::Mutex<crate::portmap::PortMapStatus>>>,
 }
 
 impl Ctx {
@@ -543,7 +562,9 @@ impl Ctx {
             (None, ..) => "unknown: no reflexive address (no GMS session)".to_owned(),
             (Some(false), ..) => "no NAT: the GMS sees a local address".to_owned(),
             (Some(true), Some(pp), st) => format!(
-                "behind a NAT, port {}, mapping {} since session start; endpoint                  independence not tested (one GMS address): a port-preserving NAT                  is usually endpoint-independent, and punching needs that",
+                "behind a NAT, port {}, mapping {} since session start; endpoint \
+                 independence not tested (one GMS address): a port-preserving NAT \
+                 is usually endpoint-independent, and punching needs that",
                 if pp { "preserved" } else { "changed" },
                 match st {
                     Some(true) => "unchanged",
@@ -563,6 +584,12 @@ impl Ctx {
             port_preserved,
             stable,
             mapping,
+            port_mapping: self
+                .portmap
+                .as_ref()
+                .map_or_else(crate::portmap::PortMapper::off_status, |s| {
+                    s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                }),
         }
     }
 

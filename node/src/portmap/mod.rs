@@ -1,0 +1,524 @@
+//! Port mapping: asks the default gateway to forward the carrier's UDP port
+//! (NAT-PMP, RFC 6886; when the gateway does not answer that, UPnP IGD:
+//! SSDP discovery and AddPortMapping, through `igd-next`), so peers behind any NAT can reach this node
+//! directly on the gateway's external address. The mapped address becomes
+//! a candidate the node reports to the GMS (peers dial it at once, like a
+//! local one: a mapping needs no punch).
+//!
+//! Runs in the background and never delays start-up: each attempt is
+//! bounded (RFC 6886's 250 ms doubling schedule, cut to [`TRIES`] sends),
+//! a mapping is renewed at half its lifetime, the gateway is re-read every
+//! [`GATEWAY_POLL`] and a new one is asked at once, and a failed gateway is
+//! asked again after a back-off. On a clean shutdown the mapping is
+//! deleted (lifetime 0). It never touches the carrier's socket: requests go
+//! from a socket of their own, as RFC 6886 allows.
+//!
+//! Not here (yet): PCP (RFC 6887); see DESIGN-NOTES, the port-mapping
+//! note.
+
+pub mod natpmp;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, info_span};
+
+use natpmp::{Protocol, Request, Response, ResultCode};
+
+/// Lifetime asked for (RFC 6886 recommends two hours).
+pub const LIFETIME_SECS: u32 = 7200;
+/// Sends per request: 250, 500, 1000, 2000 ms waits (RFC 6886 goes on to
+/// nine, 64 s in all; a gateway that has not answered in 3.75 s is treated
+/// as not speaking NAT-PMP, and asked again after [`RETRY_MIN`]).
+pub const TRIES: u32 = 4;
+/// First wait for an answer.
+const FIRST_WAIT: Duration = Duration::from_millis(250);
+/// How often the default gateway is re-read (a new network, a new router).
+pub const GATEWAY_POLL: Duration = Duration::from_secs(10);
+/// First back-off after a gateway did not map; doubles to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_secs(30);
+/// Longest back-off.
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How long the delete at shutdown may take.
+const DELETE_BOUND: Duration = Duration::from_secs(1);
+/// How long SSDP discovery of a UPnP gateway may take.
+const UPNP_SEARCH: Duration = Duration::from_secs(2);
+/// How long a whole UPnP attempt (discovery, description, AddPortMapping)
+/// may take; the blocking client runs on a blocking thread.
+const UPNP_BOUND: Duration = Duration::from_secs(8);
+/// The mapping's name in the router's UPnP table.
+const UPNP_DESCRIPTION: &str = "fpn-node carrier";
+
+/// What `netcheck` shows of port mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapStatus {
+    /// `"off"` (configured off), `"trying"`, `"mapped"` or `"unavailable"`.
+    pub state: String,
+    /// The protocol that mapped (`"nat-pmp"` or `"upnp-igd"`), when mapped.
+    pub protocol: Option<String>,
+    /// The gateway asked.
+    pub gateway: Option<String>,
+    /// The external address peers can reach the carrier on.
+    pub external: Option<String>,
+    /// Seconds the gateway granted.
+    pub lifetime_secs: Option<u32>,
+    /// When the mapping was obtained or renewed, unix seconds.
+    pub renewed_at: Option<u64>,
+    /// Why there is no mapping (the last failure).
+    pub error: Option<String>,
+}
+
+/// The running port-mapping client: its status, and the handle that stops
+/// it (deleting the mapping).
+pub struct PortMapper {
+    status: Arc<Mutex<PortMapStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PortMapper {
+    /// Starts mapping UDP `port` on whatever the default gateway is; each
+    /// new (or lost: `None`) external address goes to `mapped`.
+    pub fn start(port: u16, mapped: mpsc::Sender<Option<SocketAddr>>) -> Self {
+        let status = Arc::new(Mutex::new(PortMapStatus {
+            state: "trying".into(),
+            ..PortMapStatus::default()
+        }));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(
+            run(port, status.clone(), mapped, stop_rx).instrument(info_span!("portmap")),
+        );
+        Self { status, stop, task }
+    }
+
+    /// A status for a node with port mapping turned off.
+    pub fn off_status() -> PortMapStatus {
+        PortMapStatus {
+            state: "off".into(),
+            ..PortMapStatus::default()
+        }
+    }
+
+    /// A shared view of the status (for `netcheck`).
+    pub fn status_handle(&self) -> Arc<Mutex<PortMapStatus>> {
+        self.status.clone()
+    }
+
+    /// Stops the client and deletes the mapping (bounded by about a second).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(DELETE_BOUND * 2, self.task)
+            .await
+            .is_err()
+        {
+            debug!("port mapping client did not stop in time");
+        }
+    }
+}
+
+/// A mapping the gateway granted.
+#[derive(Debug, Clone)]
+struct Mapping {
+    gateway: Ipv4Addr,
+    external: SocketAddr,
+    lifetime: u32,
+    epoch: u32,
+    /// The UPnP IGD service that granted it; `None`: NAT-PMP.
+    upnp: Option<Arc<igd_next::Gateway>>,
+}
+
+impl Mapping {
+    fn protocol(&self) -> &'static str {
+        if self.upnp.is_some() {
+            "upnp-igd"
+        } else {
+            "nat-pmp"
+        }
+    }
+}
+
+/// Why a gateway gave no mapping.
+#[derive(Debug, thiserror::Error)]
+enum MapError {
+    #[error("no answer from {0}:5351 (NAT-PMP) after {TRIES} tries")]
+    NoAnswer(Ipv4Addr),
+    #[error("gateway refused: {0:?}")]
+    Refused(ResultCode),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("UPnP IGD: {0}")]
+    Upnp(String),
+}
+
+async fn run(
+    port: u16,
+    status: Arc<Mutex<PortMapStatus>>,
+    mapped: mpsc::Sender<Option<SocketAddr>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let set = |f: &dyn Fn(&mut PortMapStatus)| {
+        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    };
+    let mut current: Option<Mapping> = None;
+    let mut backoff = RETRY_MIN;
+    loop {
+        let gw = default_gateway();
+        // The gateway moved (or went): the old mapping means nothing now.
+        if let Some(m) = &current
+            && Some(m.gateway) != gw
+        {
+            info!(old = %m.gateway, new = ?gw, "default gateway changed: mapping again");
+            current = None;
+            let _ = mapped.send(None).await;
+        }
+        let wait = match gw {
+            None => {
+                set(&|s| {
+                    s.state = "unavailable".into();
+                    s.gateway = None;
+                    s.error = Some("no default IPv4 gateway".into());
+                });
+                GATEWAY_POLL
+            }
+            Some(gw) => {
+                let due = current.is_none();
+                if due || renewal_due(&status) {
+                    match map_any(gw, port, LIFETIME_SECS).await {
+                        Ok(m) => {
+                            backoff = RETRY_MIN;
+                            let fresh = current.as_ref().map(|c| c.external) != Some(m.external);
+                            if fresh {
+                                info!(
+                                    external = %m.external,
+                                    lifetime_secs = m.lifetime,
+                                    gateway = %gw,
+                                    protocol = m.protocol(),
+                                    "port mapping obtained"
+                                );
+                                let _ = mapped.send(Some(m.external)).await;
+                            } else {
+                                debug!(external = %m.external, lifetime_secs = m.lifetime, "port mapping renewed");
+                            }
+                            if let Some(c) = &current
+                                && m.upnp.is_none()
+                                && m.epoch < c.epoch
+                            {
+                                debug!("gateway epoch went back (it restarted); mapping renewed");
+                            }
+                            let now = fpn_gms_client::now_unix();
+                            let protocol = m.protocol();
+                            set(&|s| {
+                                *s = PortMapStatus {
+                                    state: "mapped".into(),
+                                    protocol: Some(protocol.into()),
+                                    gateway: Some(gw.to_string()),
+                                    external: Some(m.external.to_string()),
+                                    lifetime_secs: Some(m.lifetime),
+                                    renewed_at: Some(now),
+                                    error: None,
+                                };
+                            });
+                            current = Some(m);
+                            GATEWAY_POLL
+                        }
+                        Err(e) => {
+                            debug!(gateway = %gw, error = %e, "port mapping failed");
+                            if current.take().is_some() {
+                                let _ = mapped.send(None).await;
+                            }
+                            let msg = e.to_string();
+                            set(&|s| {
+                                *s = PortMapStatus {
+                                    state: "unavailable".into(),
+                                    gateway: Some(gw.to_string()),
+                                    error: Some(msg.clone()),
+                                    ..PortMapStatus::default()
+                                };
+                            });
+                            let w = backoff;
+                            backoff = (backoff * 2).min(RETRY_MAX);
+                            w
+                        }
+                    }
+                } else {
+                    GATEWAY_POLL
+                }
+            }
+        };
+        // After a failure, wait the back-off but still notice a new
+        // gateway within GATEWAY_POLL.
+        let until = tokio::time::Instant::now() + wait;
+        let gw_then = gw;
+        loop {
+            let step = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(GATEWAY_POLL);
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = stop.changed() => {
+                    if let Some(m) = current {
+                        delete(m, port).await;
+                    }
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= until || default_gateway() != gw_then {
+                break;
+            }
+        }
+    }
+}
+
+/// True when half the granted lifetime has passed (RFC 6886 3.3: renew
+/// before it ends).
+fn renewal_due(status: &Mutex<PortMapStatus>) -> bool {
+    let s = status.lock().unwrap_or_else(|p| p.into_inner());
+    match (s.renewed_at, s.lifetime_secs) {
+        (Some(at), Some(l)) => fpn_gms_client::now_unix() >= at + u64::from(l / 2),
+        _ => true,
+    }
+}
+
+/// NAT-PMP first (a few small packets, bounded by [`TRIES`]); when the
+/// gateway does not speak it, UPnP IGD (bounded by [`UPNP_BOUND`]).
+async fn map_any(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
+    match map(gw, port, lifetime).await {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            debug!(gateway = %gw, error = %e, "NAT-PMP gave no mapping; trying UPnP IGD");
+            match map_upnp(gw, port, lifetime).await {
+                Ok(m) => Ok(m),
+                Err(u) => Err(MapError::Upnp(format!("{u}; NAT-PMP: {e}"))),
+            }
+        }
+    }
+}
+
+/// UPnP IGD: finds the gateway by SSDP (only one at `gw` is used: a
+/// device elsewhere on the LAN cannot forward our gateway's ports), and
+/// asks it to forward UDP `port` to this host's address towards it.
+async fn map_upnp(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
+    // This host's address on the gateway's network: where the gateway
+    // forwards to (connect() on UDP sends nothing).
+    let probe = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+    probe.connect(SocketAddr::from((gw, 1900))).await?;
+    let local = SocketAddr::new(probe.local_addr()?.ip(), port);
+    let blocking = tokio::task::spawn_blocking(move || {
+        let mut opts = igd_next::SearchOptions::default();
+        opts.timeout = Some(UPNP_SEARCH);
+        opts.single_search_timeout = Some(UPNP_SEARCH);
+        opts.gateway_ip_version = igd_next::GatewayIpVersion::V4;
+        let g = igd_next::search_gateway(opts).map_err(|e| e.to_string())?;
+        if g.addr.ip() != IpAddr::V4(gw) {
+            return Err(format!("the UPnP gateway found is {}, not {gw}", g.addr));
+        }
+        let ext = g.get_external_ip().map_err(|e| e.to_string())?;
+        g.add_port(
+            igd_next::PortMappingProtocol::UDP,
+            port,
+            local,
+            lifetime,
+            UPNP_DESCRIPTION,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((g, ext))
+    });
+    let (g, ext) = tokio::time::timeout(UPNP_BOUND, blocking)
+        .await
+        .map_err(|_| MapError::Upnp(format!("no answer within {UPNP_BOUND:?}")))?
+        .map_err(|e| MapError::Upnp(e.to_string()))?
+        .map_err(MapError::Upnp)?;
+    Ok(Mapping {
+        gateway: gw,
+        external: SocketAddr::new(ext, port),
+        lifetime,
+        epoch: 0,
+        upnp: Some(Arc::new(g)),
+    })
+}
+
+/// Asks `gw` for its external address, then for a mapping of `port`.
+async fn map(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError> {
+    let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+    sock.connect(SocketAddr::from((gw, natpmp::SERVER_PORT)))
+        .await?;
+    let (address, _) = match ask(&sock, gw, Request::ExternalAddress).await? {
+        Response::ExternalAddress {
+            result: ResultCode::Success,
+            address,
+            epoch,
+        } => (address, epoch),
+        Response::ExternalAddress { result, .. } => return Err(MapError::Refused(result)),
+        Response::Map { .. } => return Err(MapError::NoAnswer(gw)),
+    };
+    let req = Request::Map {
+        protocol: Protocol::Udp,
+        internal: port,
+        external: port,
+        lifetime,
+    };
+    match ask(&sock, gw, req).await? {
+        Response::Map {
+            result: ResultCode::Success,
+            external,
+            lifetime,
+            epoch,
+            ..
+        } if external != 0 && lifetime != 0 => Ok(Mapping {
+            gateway: gw,
+            external: SocketAddr::new(IpAddr::V4(address), external),
+            lifetime,
+            epoch,
+            upnp: None,
+        }),
+        Response::Map { result, .. } => Err(MapError::Refused(result)),
+        Response::ExternalAddress { .. } => Err(MapError::NoAnswer(gw)),
+    }
+}
+
+/// Sends `req` on RFC 6886's schedule (250 ms, doubling) until an answer
+/// to it arrives; other datagrams (stray answers, garbage) are skipped.
+async fn ask(sock: &UdpSocket, gw: Ipv4Addr, req: Request) -> Result<Response, MapError> {
+    let bytes = req.emit();
+    let mut wait = FIRST_WAIT;
+    let mut buf = [0u8; 64];
+    for _ in 0..TRIES {
+        sock.send(&bytes).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let r = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await;
+            let Ok(r) = r else { break };
+            // ICMP port unreachable shows here as ECONNREFUSED: nothing
+            // listens on 5351, so there is no point in the other tries.
+            let n = match r {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(MapError::NoAnswer(gw));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match Response::parse(&buf[..n]) {
+                Ok(resp) if answers(&req, &resp) => return Ok(resp),
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "ignoring a NAT-PMP datagram"),
+            }
+        }
+        wait *= 2;
+    }
+    Err(MapError::NoAnswer(gw))
+}
+
+/// True when `resp` is the answer to `req` (same opcode and port).
+fn answers(req: &Request, resp: &Response) -> bool {
+    match (req, resp) {
+        (Request::ExternalAddress, Response::ExternalAddress { .. }) => true,
+        (
+            Request::Map {
+                protocol, internal, ..
+            },
+            Response::Map {
+                protocol: p,
+                internal: i,
+                ..
+            },
+        ) => protocol == p && internal == i,
+        _ => false,
+    }
+}
+
+/// Deletes `m` (lifetime 0), bounded: the gateway forgets it anyway when
+/// the lifetime ends.
+async fn delete(m: Mapping, port: u16) {
+    if let Some(g) = m.upnp.clone() {
+        let ext = m.external.port();
+        let r = tokio::time::timeout(
+            DELETE_BOUND,
+            tokio::task::spawn_blocking(move || {
+                g.remove_port(igd_next::PortMappingProtocol::UDP, ext)
+            }),
+        )
+        .await;
+        match r {
+            Ok(Ok(Ok(()))) => info!(external = %m.external, "port mapping deleted"),
+            Ok(Ok(Err(e))) => debug!(error = %e, "port mapping delete failed"),
+            Ok(Err(e)) => debug!(error = %e, "port mapping delete task failed"),
+            Err(_) => debug!("port mapping delete timed out"),
+        }
+        return;
+    }
+    let req = Request::Map {
+        protocol: Protocol::Udp,
+        internal: port,
+        external: 0,
+        lifetime: 0,
+    };
+    let r = tokio::time::timeout(DELETE_BOUND, async {
+        let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+        sock.connect(SocketAddr::from((m.gateway, natpmp::SERVER_PORT)))
+            .await?;
+        ask(&sock, m.gateway, req).await
+    })
+    .await;
+    match r {
+        Ok(Ok(_)) => info!(external = %m.external, "port mapping deleted"),
+        Ok(Err(e)) => debug!(error = %e, "port mapping delete failed"),
+        Err(_) => debug!("port mapping delete timed out"),
+    }
+}
+
+/// The default IPv4 gateway of this network namespace, from
+/// /proc/net/route (the first default route).
+pub fn default_gateway() -> Option<Ipv4Addr> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    parse_default_gateway(&text)
+}
+
+/// The gateway of the first `0.0.0.0/0` route in /proc/net/route's text
+/// (fields: Iface Destination Gateway Flags ... Mask; hex, host order).
+fn parse_default_gateway(text: &str) -> Option<Ipv4Addr> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (dst, gw, mask) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        if *dst != "00000000" || *mask != "00000000" {
+            return None;
+        }
+        let g = u32::from_str_radix(gw, 16).ok()?;
+        // /proc prints the address as a native-endian u32 (little endian
+        // on every platform this runs on).
+        let ip = Ipv4Addr::from(g.swap_bytes());
+        (!ip.is_unspecified()).then_some(ip)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_gateway_is_read_from_proc_net_route() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(
+            parse_default_gateway(text),
+            Some(Ipv4Addr::new(192, 168, 1, 1))
+        );
+        assert_eq!(parse_default_gateway("Iface\n"), None);
+        assert_eq!(parse_default_gateway("h\nbad line\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_without_nat_pmp_gives_a_bounded_failure() {
+        // Loopback: nothing listens on 5351, so the ICMP error ends it at
+        // once (and the whole attempt is bounded by TRIES in any case).
+        let t = std::time::Instant::now();
+        let r = map(Ipv4Addr::LOCALHOST, 7718, 60).await;
+        assert!(matches!(r, Err(MapError::NoAnswer(_))), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(4));
+    }
+}
