@@ -58,7 +58,7 @@ struct Cli {
     keep_logs: bool,
 }
 
-/// The demo's nodes: GE name, lab host, mode, groups and what they are.
+/// The demo's nodes: GE name (also its lab host's), mode and groups.
 const NODES: [(&str, Mode, &[u32]); 4] = [
     ("nas", Mode::Op, &[1]),
     ("desktop", Mode::Op, &[1]),
