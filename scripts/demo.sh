@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The fpn demo: builds a small fpn network in network namespaces on this
-# machine (a VPS running fpn-gms with its DNS server, a laptop and a NAS on
-# different links, a guest device the policy refuses) and shows, step by
-# step, name resolution, an encrypted transfer, a refused flow, a key
-# rotation under traffic and the GMS going down without breaking traffic.
+# The fpn demo: builds the users' network in network namespaces on this
+# machine (a VPS running fpn-gms with its DNS server and relay; a home
+# behind a NAT with a NAS, a desktop, the laptop and a guest's phone the
+# policy refuses; a cafe behind a NAT with random ports) and shows, step by
+# step, names, an encrypted transfer over the home LAN, a refused flow, a
+# key rotation under traffic, the laptop moving to the cafe (the relay takes
+# over) and the GMS going down, saying which path each pair uses.
 # Everything is removed at the end (also on failure and Ctrl-C).
 #
 #   sudo scripts/demo.sh            # the full demo (about a minute)

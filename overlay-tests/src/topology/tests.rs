@@ -34,6 +34,7 @@ fn example_topologies_parse() {
         "nat-matrix-symmetric.toml",
         "nat-matrix-upnp.toml",
         "nat-matrix-timeout.toml",
+        "demo.toml",
     ] {
         let t = Topology::from_file(crate::config_path(name)).unwrap_or_else(|e| panic!("{e}"));
         assert!(!t.hosts.is_empty(), "{name}");
