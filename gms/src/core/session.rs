@@ -504,6 +504,25 @@ impl Core {
         out
     }
 
+    /// The session `session` of `ge` now comes from `seen` (its QUIC
+    /// connection migrated: a laptop changed networks, or its NAT gave the
+    /// binding a new port). Peers, the DNS and `Observe` must follow it, or
+    /// they keep handing out an address that no longer reaches the node.
+    /// A stale session (not the GE's current one) changes nothing.
+    pub fn session_moved(&mut self, ge: GeId, session: u64, seen: SocketAddr) -> Vec<Output> {
+        let mut out = Vec::new();
+        match self.presence.get_mut(&ge.0) {
+            Some(p) if p.session == session && p.online && p.seen != Some(seen) => {
+                p.seen = Some(seen);
+            }
+            _ => return out,
+        }
+        if let Some(rec) = self.ge_by_id(ge.0).cloned() {
+            self.presence_changed(&rec, &mut out);
+        }
+        out
+    }
+
     /// Handles a request inside a session.
     pub fn handle_request(
         &mut self,

@@ -748,3 +748,47 @@ fn the_directory_carries_the_reflexive_candidate_and_connect_now_reaches_the_pee
     assert!(matches!(a, ServerMsg::ConnectNowSent(O::Offline)), "{a:?}");
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_session_that_moves_takes_its_peers_dns_and_observe_along() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    for (seed, n) in [(1, "nas"), (2, "laptop")] {
+        ge_add(c, n, &[1]);
+        enroll(c, n, seed);
+    }
+    let (nas, laptop) = (GeId(c.st.ges["nas"].id), GeId(c.st.ges["laptop"].id));
+    let home: SocketAddr = "198.18.2.2:7718".parse().unwrap();
+    let cafe: SocketAddr = "198.18.3.2:40123".parse().unwrap();
+    c.open_session(nas, "198.18.1.20:7718".parse().unwrap(), vec![], T0)
+        .unwrap();
+    let (sid, _, _) = c.open_session(laptop, home, vec![], T0).unwrap();
+    // The NAS watches the laptop's entry.
+    c.handle_request(nas, ClientMsg::DirectoryQuery("laptop".into()), T0)
+        .unwrap();
+
+    // The laptop's QUIC connection migrated to the cafe.
+    let out = c.session_moved(laptop, sid, cafe);
+    let dns = out
+        .iter()
+        .any(|o| matches!(o, Output::Directory(DirectoryEvent::Updated(r)) if r.name == "laptop"));
+    assert!(dns, "the DNS hears of the move: {out:?}");
+    match &pushes_to(&out, nas)[..] {
+        [ServerMsg::DirectoryChanged { entry: Some(e), .. }] => {
+            assert_eq!(e.seen, Some(cafe), "the watcher gets the new address")
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.handle_request(laptop, ClientMsg::Observe, T0).unwrap().0 {
+        ServerMsg::Observed(a) => assert_eq!(a, cafe),
+        other => panic!("{other:?}"),
+    }
+    // The same address again, or a stale session, changes nothing.
+    assert!(c.session_moved(laptop, sid, cafe).is_empty());
+    assert!(c.session_moved(laptop, sid + 1, home).is_empty());
+    match c.handle_request(laptop, ClientMsg::Observe, T0).unwrap().0 {
+        ServerMsg::Observed(a) => assert_eq!(a, cafe),
+        other => panic!("{other:?}"),
+    }
+}

@@ -18,6 +18,9 @@ use crate::{Error, Result, now_unix, tls};
 
 /// Handshake, first stream and first message must each arrive within this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a session's path is looked at for a migration (the client
+/// moved): the directory, DNS and `Observe` follow within this time.
+const PATH_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
@@ -178,8 +181,22 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
             read_requests(conn.clone(), recv, ge, tx, shared.clone())
                 .instrument(tracing::Span::current()),
         ));
+        let mut seen = seen;
+        let mut path_check = tokio::time::interval(PATH_CHECK);
         loop {
             tokio::select! {
+                _ = path_check.tick() => {
+                    // quinn follows a migrating client without telling us:
+                    // look at the path now and then.
+                    let now_seen = conn.remote_address();
+                    if now_seen != seen {
+                        info!(from = %seen, to = %now_seen, "session moved");
+                        seen = now_seen;
+                        let mut g = shared.lock();
+                        let out = g.core.session_moved(ge, sid, seen);
+                        shared.stage(&mut g, out);
+                    }
+                }
                 f = rx.recv() => match f {
                     Some(frame) => {
                         if let Err(e) = write_frame(&mut send, &frame).await {
