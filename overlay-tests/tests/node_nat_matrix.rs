@@ -43,7 +43,7 @@ const ECHO_PORT: u16 = 7001;
 /// native path through NATs is not done yet (issue 10, "the native path
 /// through NATs"). With `carrier = "auto"` the native probes pass one way
 /// through an address-dependent NAT, that side goes native, and flows it
-/// sets up are refused after the DPRP timeout (adm and timeout cases).
+/// sets up are refused after the DPRP timeout (both adm cases).
 /// TODO: drop the pin when the native path crosses NATs.
 const QUIC_ONLY: &str = "carrier = \"quic\"\n";
 
