@@ -13,6 +13,10 @@
 #   fpn-eim           fpn-gms (with its relay) on the VPS, fpn-node on a and b
 #                     behind endpoint-independent NATs: a punched direct path
 #   fpn-sym           the same behind symmetric NATs (random ports): the relay
+#                     (fpn-gms's default [relay] rate_mbit = 50 per node)
+#   fpn-sym-nocap     the same with the relay's per-node rate raised to
+#                     100 Gbit/s (gms.toml [relay] rate_mbit), i.e. what the
+#                     relay itself can carry here
 #   nebula-eim        nebula 1.6: lighthouse + relay on the VPS, punchy on,
 #                     a and b behind the same NATs: direct after punching
 #   nebula-sym        the same behind symmetric NATs: nebula's relay
@@ -52,11 +56,11 @@ for arg in "$@"; do
         --json) FORMAT=json ;;
         --markdown | --md) FORMAT=markdown ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        raw-eim | raw-sym | fpn-eim | fpn-sym | nebula-eim | nebula-sym) MODES+=("$arg") ;;
+        raw-eim | raw-sym | fpn-eim | fpn-sym | fpn-sym-nocap | nebula-eim | nebula-sym) MODES+=("$arg") ;;
         *) echo "nat.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
-[ ${#MODES[@]} -gt 0 ] || MODES=(raw-eim fpn-eim nebula-eim raw-sym fpn-sym nebula-sym)
+[ ${#MODES[@]} -gt 0 ] || MODES=(raw-eim fpn-eim nebula-eim raw-sym fpn-sym fpn-sym-nocap nebula-sym)
 
 REPEAT=${REPEAT:-1}
 DURATION=${DURATION:-10}
@@ -166,6 +170,10 @@ fpn_up() {
     in_ vps "${gms[@]}" init --zone home.fpn. --listen "$VPS:4433" --public-addr "$VPS:4433" \
         --overlay-range 100.64.0.0/16 --rotation-schedule off >"$D/init.log" 2>&1 ||
         die "fpn-gms init failed: $(tail -3 "$D/init.log")"
+    if [ -n "$RELAY_RATE" ]; then
+        grep -q '^rate_mbit' "$D/gms/gms.toml" || die "no rate_mbit in the gms.toml fpn-gms init wrote"
+        sed -i "s/^rate_mbit = .*/rate_mbit = $RELAY_RATE/" "$D/gms/gms.toml"
+    fi
     spawn vps "$D/gms.log" env RUST_LOG=info "$BIN/fpn-gms" serve --data "$D/gms"
     wait_for 20 grep -q "GMS serving" "$D/gms.log" || die "fpn-gms did not start: $(tail -5 "$D/gms.log")"
     in_ vps "${gms[@]}" group add 1 --name home >/dev/null
@@ -280,7 +288,10 @@ measure() {
     trap teardown EXIT
     trap 'exit 130' INT TERM
     log "== $MODE (round $ROUND)"
-    local kind=${MODE#*-} tool=${MODE%%-*} setup=NA ping rx0 rx1 tcp bytes via fails=()
+    local kind tool=${MODE%%-*} setup=NA ping rx0 rx1 tcp bytes via fails=()
+    kind=$(cut -d- -f2 <<<"$MODE")
+    RELAY_RATE=""
+    [ "$MODE" != fpn-sym-nocap ] || RELAY_RATE=100000
     lab_up "$kind"
     case $tool in
         raw) raw_up ;;
@@ -302,7 +313,7 @@ measure() {
     read -r tcp bytes < <(python3 -c "$IPERF_RATE" <"$D/iperf3.json")
     via=$(python3 -c 'import sys; print("%.2f" % ((int(sys.argv[2]) - int(sys.argv[1])) / max(int(sys.argv[3]), 1)))' "$rx0" "$rx1" "$bytes")
     local direct=true
-    case $MODE in *-sym) [ "$tool" = raw ] || direct=false ;; esac
+    [ "$kind" != sym ] || [ "$tool" = raw ] || direct=false
     if [ "$tool" != raw ]; then
         if $direct; then
             python3 -c 'import sys; sys.exit(float(sys.argv[1]) >= 0.1)' "$via" || fails+=("the VPS carried ${via}x the iperf3 bytes on a direct path")
@@ -362,7 +373,8 @@ what() {
         raw-eim) echo "raw routing a -> gwb (EIM routers), no overlay" ;;
         raw-sym) echo "raw routing a -> gwb (symmetric routers), no overlay" ;;
         fpn-eim) echo "fpn, direct through EIM NATs (punched QUIC)" ;;
-        fpn-sym) echo "fpn, relay (symmetric NATs)" ;;
+        fpn-sym) echo "fpn, relay (symmetric NATs), relay rate cap 50 Mbit/s per node (default)" ;;
+        fpn-sym-nocap) echo "fpn, relay (symmetric NATs), rate cap raised to 100 Gbit/s" ;;
         nebula-eim) echo "nebula 1.6, direct through EIM NATs (punchy)" ;;
         nebula-sym) echo "nebula 1.6, relay (symmetric NATs)" ;;
     esac
