@@ -130,12 +130,17 @@ pub struct PeerStatus {
     pub rtt_ms: Option<f64>,
     /// Which of the peer's candidates the QUIC connection uses: "direct
     /// LAN", "direct via NAT (reflexive)", "direct (public address)",
-    /// "direct via NAT (peer-reflexive)"; empty without a connection.
+    /// "direct via NAT (peer-reflexive)"; "relay" while its QUIC frames go
+    /// through the relay (no direct path is claimed then); empty without a
+    /// connection.
     #[serde(default)]
     pub candidate: String,
     /// Connections set up because a connect-now arrived (hole punching).
     #[serde(default)]
     pub punched: u64,
+    /// Background attempts at direct QUIC while the peer was relayed.
+    #[serde(default)]
+    pub direct_retries: u64,
 }
 
 /// A flow.

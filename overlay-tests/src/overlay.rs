@@ -107,6 +107,9 @@ pub struct Spec {
     pub nodes: Vec<NodeSpec>,
     /// Extra `fpn-gms init` arguments (e.g. `--grace 1m`).
     pub gms_init_args: Vec<String>,
+    /// Lines appended to every node's configuration after [`NODE_CONFIG`]
+    /// (e.g. `carrier = "quic"`); empty by default.
+    pub node_config: String,
 }
 
 impl Spec {
@@ -119,6 +122,7 @@ impl Spec {
             groups: groups.iter().map(|(n, s)| (*n, s.to_string())).collect(),
             nodes,
             gms_init_args: vec!["--rotation-schedule".into(), "off".into()],
+            node_config: String::new(),
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct Overlay {
     gms_addr: SocketAddr,
     gms_host: String,
     gms_bin: PathBuf,
+    /// [`Spec::node_config`].
+    node_config: String,
     /// Looked up at first use, so a GMS-only overlay needs no fpn-node.
     node_bin: Mutex<Option<PathBuf>>,
     lab: Lab,
@@ -240,6 +246,7 @@ impl Overlay {
             gms_addr,
             gms_host: spec.gms_host.clone(),
             gms_bin,
+            node_config: spec.node_config.clone(),
             node_bin: Mutex::new(None),
             lab,
         };
@@ -445,7 +452,7 @@ impl Overlay {
         }
         let state = node.state_dir.to_string_lossy().into_owned();
         let config = self.lab.log_dir().join(format!("node-{name}.toml"));
-        std::fs::write(&config, NODE_CONFIG)
+        std::fs::write(&config, format!("{NODE_CONFIG}{}", self.node_config))
             .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
         let config = config.to_string_lossy().into_owned();
         let bin = self.node_bin()?;

@@ -173,6 +173,9 @@ pub struct PeerStats {
     pub drops_malformed: u64,
     /// Connections established with this peer so far (both directions).
     pub connections: u64,
+    /// Background attempts at direct QUIC started while the peer was
+    /// relayed (0 for a peer never relayed).
+    pub direct_retries: u64,
     /// Why frames go through the relay (set when `carrier` is
     /// [`CarrierKind::Relay`]).
     pub why: Option<String>,

@@ -79,6 +79,7 @@ pub struct RelayChoice {
     connecting_since: Option<Instant>,
     retry_at: Instant,
     delay: Duration,
+    retries: u64,
 }
 
 impl RelayChoice {
@@ -89,6 +90,7 @@ impl RelayChoice {
             connecting_since: None,
             retry_at: now,
             delay: RETRY_MIN,
+            retries: 0,
         }
     }
 
@@ -155,6 +157,12 @@ impl RelayChoice {
         self.relayed.map(|(w, _)| w)
     }
 
+    /// Background direct retries asked for so far (each one a
+    /// [`Decision::Relay`] with `retry_direct`).
+    pub fn retries(&self) -> u64 {
+        self.retries
+    }
+
     /// When the next direct retry is due (while relayed).
     pub fn retry_at(&self) -> Option<Instant> {
         self.relayed.map(|_| self.retry_at)
@@ -170,6 +178,7 @@ impl RelayChoice {
     fn relay_frame(&mut self, now: Instant) -> Decision {
         let retry_direct = now >= self.retry_at;
         if retry_direct {
+            self.retries += 1;
             self.retry_at = now + self.delay;
             self.delay = (self.delay * 2).min(RETRY_MAX);
         }
@@ -257,6 +266,7 @@ mod tests {
             }
         }
         assert_eq!(retries, vec![2, 4, 8, 16, 32, 62, 92], "{retries:?}");
+        assert_eq!(c.retries(), 7, "each retry is counted (status shows it)");
         // A retry in progress keeps the relay, without another retry.
         assert_eq!(c.decide(Direct::Connecting, true, at), NO_RETRY);
         // Up: direct again, and the delay starts over next time.

@@ -191,12 +191,15 @@ impl Carrier for PathCarrier {
                     drops_malformed: 0,
                     punches: 0,
                     connections: 0,
+                    direct_retries: 0,
                     why: None,
                 });
             }
         }
         peers.sort_by_key(|p| p.ge);
         for p in &mut peers {
+            // Counted also once direct again: status shows that it was tried.
+            p.direct_retries = choices.get(&p.ge).map_or(0, RelayChoice::retries);
             if let Some(why) = choices.get(&p.ge).and_then(RelayChoice::why)
                 && p.state != super::PeerState::Up
             {

@@ -105,19 +105,25 @@ impl NodeCore {
                         .or_else(|| p.target.addrs.first().copied())
                         .map(|a| a.to_string()),
                     rtt_ms: st.and_then(|s| s.rtt).map(|d| d.as_secs_f64() * 1e3),
-                    candidate: st
-                        .filter(|s| s.state == crate::carrier::PeerState::Up)
-                        .and_then(|s| s.addr)
-                        .map(|a| {
-                            crate::carrier::candidates::path_text(
-                                a,
-                                &p.target.addrs,
-                                p.target.reflexive,
-                            )
-                            .to_owned()
-                        })
-                        .unwrap_or_default(),
+                    // A relayed peer's "connection" is our link to the
+                    // relay: its address is no candidate of the peer's.
+                    candidate: match relayed(p.ge) {
+                        Some(_) if p.path.current == CarrierKind::Quic => "relay".into(),
+                        _ => st
+                            .filter(|s| s.state == crate::carrier::PeerState::Up)
+                            .and_then(|s| s.addr)
+                            .map(|a| {
+                                crate::carrier::candidates::path_text(
+                                    a,
+                                    &p.target.addrs,
+                                    p.target.reflexive,
+                                )
+                                .to_owned()
+                            })
+                            .unwrap_or_default(),
+                    },
                     punched: st.map_or(0, |s| s.punches),
+                    direct_retries: st.map_or(0, |s| s.direct_retries),
                 }
             })
             .collect();

@@ -147,6 +147,7 @@ impl Peer {
             drops_malformed: c.drops_malformed.load(Relaxed),
             connections: c.connections.load(Relaxed),
             punches: c.punches.load(Relaxed),
+            direct_retries: 0,
             why: None,
         }
     }
