@@ -98,6 +98,27 @@ pub fn path_text(
     }
 }
 
+/// The same words for a native path to the peer's underlay address `ip`
+/// (native packets carry the flow's own ports, so only the address says
+/// which of the peer's candidates the path uses).
+pub fn native_path_text(
+    ip: IpAddr,
+    addrs: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> &'static str {
+    if reflexive.is_some_and(|r| r.ip() == ip) {
+        "direct via NAT (reflexive)"
+    } else if addrs.iter().any(|a| a.ip() == ip) {
+        if is_private(ip) {
+            "direct LAN"
+        } else {
+            "direct (public address)"
+        }
+    } else {
+        "direct via NAT (peer-reflexive)"
+    }
+}
+
 /// True for addresses that only mean something on a local network.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
@@ -337,5 +358,30 @@ mod tests {
         r.handle_ready(0);
         r.handle_ready(1);
         assert_eq!(drain(&mut r, t0), [Action::Take(1)]);
+    }
+
+    #[test]
+    fn a_native_path_is_named_by_its_address_alone() {
+        let lan: SocketAddr = "192.168.1.10:7718".parse().unwrap();
+        let public: SocketAddr = "198.18.1.20:7718".parse().unwrap();
+        let refl: SocketAddr = "198.18.2.2:7718".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addrs = [lan, public];
+        assert_eq!(
+            native_path_text(ip("192.168.1.10"), &addrs, Some(refl)),
+            "direct LAN"
+        );
+        assert_eq!(
+            native_path_text(ip("198.18.1.20"), &addrs, Some(refl)),
+            "direct (public address)"
+        );
+        assert_eq!(
+            native_path_text(ip("198.18.2.2"), &addrs, Some(refl)),
+            "direct via NAT (reflexive)"
+        );
+        assert_eq!(
+            native_path_text(ip("198.18.9.9"), &addrs, Some(refl)),
+            "direct via NAT (peer-reflexive)"
+        );
     }
 }

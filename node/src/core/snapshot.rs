@@ -109,6 +109,22 @@ impl NodeCore {
                     // relay: its address is no candidate of the peer's.
                     candidate: match relayed(p.ge) {
                         Some(_) if p.path.current == CarrierKind::Quic => "relay".into(),
+                        // A native path needs no QUIC connection (DPRP
+                        // goes on the IP path too): the path's own address.
+                        _ if p.path.current == CarrierKind::Native => self
+                            .paths
+                            .machines
+                            .get(&p.ge)
+                            .and_then(|m| m.native_addr())
+                            .map(|a| {
+                                crate::carrier::candidates::native_path_text(
+                                    a.ip(),
+                                    &p.target.addrs,
+                                    p.target.reflexive,
+                                )
+                                .to_owned()
+                            })
+                            .unwrap_or_default(),
                         _ => st
                             .filter(|s| s.state == crate::carrier::PeerState::Up)
                             .and_then(|s| s.addr)
