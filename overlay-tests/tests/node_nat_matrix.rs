@@ -271,8 +271,11 @@ fn symmetric_both_sides_go_through_the_relay_and_keep_retrying_direct() {
         answers.len()
     );
     let after = retries(&ov);
+    // At least one retry in the window: the first (slow) direct attempt
+    // may still run at its start, since the relay is used after 1 s of it;
+    // the doubling schedule itself is relay_choice's unit test.
     assert!(
-        after[0] > before[0] && after[0] >= 2,
+        after[0] > before[0],
         "a retried direct {before:?} -> {after:?} times"
     );
     assert_path(&ov, Expect::Relay);
