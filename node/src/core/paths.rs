@@ -419,6 +419,29 @@ impl NodeCore {
             })
     }
 
+    /// The path text of `ge` for `status`, saying when the peer is behind a
+    /// NAT (its probes' port was rewritten, or the directory has a
+    /// reflexive candidate for it): `native via NAT` (its flows go natively
+    /// once its own packet of the flow came in), `quic (native blocked by
+    /// NAT; ...)` while the machine is not native.
+    pub(super) fn nat_path_text(&self, ge: GeId, text: String) -> String {
+        let nat = self.paths.nat_sources.contains_key(&ge)
+            || self
+                .peers
+                .get(ge)
+                .is_some_and(|p| p.target.reflexive.is_some());
+        if !nat || text.contains("forced") {
+            return text;
+        }
+        if text == "native" {
+            return "native via NAT".into();
+        }
+        match text.strip_prefix("quic (") {
+            Some(rest) => format!("quic (native blocked by NAT; {rest}"),
+            None => text,
+        }
+    }
+
     /// Whether `ip` is an address `ge` is known at: its flow's current wire
     /// peer, the source of its authenticated probes, or a directory
     /// candidate. A binding may move a flow's port anywhere but its address

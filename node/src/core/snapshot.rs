@@ -109,7 +109,7 @@ impl NodeCore {
                                 r.why.as_deref().unwrap_or("direct QUIC failed")
                             )
                         }
-                        _ => p.path.text(),
+                        _ => self.nat_path_text(p.ge, p.path.text()),
                     },
                     addr: st
                         .and_then(|s| s.addr)
