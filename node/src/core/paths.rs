@@ -55,7 +55,10 @@ const UDP: u8 = 17;
 const MAX_BINDING_CANDIDATES: usize = 8;
 /// Native copies of a flow's first packets to a peer behind a NAT (they
 /// open this node's own NAT for the flow while the packets go on QUIC).
-const NAT_PUNCH_COPIES: u8 = 4;
+/// Every packet until the peer's came in, not just the first: a router's
+/// TCP conntrack that missed segments sees ACKs for data it never saw,
+/// calls the flow invalid and stops translating it (the lab did).
+const NAT_PUNCH_COPIES: u8 = 64;
 /// Most flows with such copies counted at once.
 const MAX_PUNCHING_FLOWS: usize = 4096;
 /// Most trial opens per second for NAT bindings: unauthenticated packets
@@ -409,7 +412,10 @@ impl NodeCore {
 
     /// Whether `ge` is seen behind a NAT on the native path: its probes'
     /// port was rewritten, or its native address is the reflexive one the
-    /// GMS sees (a port-preserving NAT).
+    /// GMS sees (a port-preserving NAT). Sending a flow natively into such a
+    /// NAT before the peer's packet of it came in failed in the lab even
+    /// with port-preserving NATs on both sides (the TCP echo timed out;
+    /// docs/DESIGN-NOTES.md note 37).
     pub(super) fn behind_nat(&self, ge: GeId) -> bool {
         self.paths.nat_sources.contains_key(&ge)
             || self.peers.get(ge).is_some_and(|p| {
@@ -869,10 +875,10 @@ impl NodeCore {
         let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
             return false;
         };
-        if !self.steering.gates.is_empty() && !self.gate_open(&pkt.flow_id(), now) {
-            return false;
-        }
         let overlay = pkt.flow_id();
+        // Checked before the steering gate: the copies below must go even
+        // while the gate waits for a native packet of the peer, which
+        // cannot come through the peer's NAT before our copy opened ours.
         if self.behind_nat(ge) && !self.paths.heard.contains(&overlay) {
             // Inbound through the peer's NAT works only where its own
             // packets of the flow made a mapping: QUIC (or the relay) until
@@ -892,6 +898,9 @@ impl NodeCore {
                     self.push_output(Output::SendNative(copy));
                 }
             }
+            return false;
+        }
+        if !self.steering.gates.is_empty() && !self.gate_open(&overlay, now) {
             return false;
         }
         if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
