@@ -254,14 +254,25 @@ impl NodeCore {
         now: Instant,
     ) -> Option<usize> {
         let Some(t) = self.xlat.by_inbound_wire(&wire).copied() else {
-            if self.paths.sources.contains_key(&local_side(&wire)) {
+            if let Some(list) = self.paths.sources.get(&local_side(&wire)) {
                 // A translated flow's local side from another source: a NAT
                 // on the way may have rewritten the peer's address or port.
                 // Only an authenticated packet of the flow moves it.
+                let same_ports = list.iter().any(|o| {
+                    self.xlat
+                        .get(o)
+                        .is_some_and(|t| t.wire.dst_port == wire.src_port)
+                });
                 if let Some(n) = self.try_binding(wire, buf, len, now) {
                     return Some(n);
                 }
-                self.counters.native_in_wrong_source += 1;
+                // A flow's very ports from another address keep note 21's
+                // count; another port is a binding that did not
+                // authenticate (or a flow of the peer not steered yet),
+                // counted in `native_bindings_refused` only.
+                if same_ports {
+                    self.counters.native_in_wrong_source += 1;
+                }
             } else {
                 self.counters.native_in_unknown += 1;
             }
@@ -354,6 +365,7 @@ impl NodeCore {
             .take(MAX_BINDING_CANDIDATES)
             .collect();
         if candidates.is_empty() {
+            self.counters.native_bindings_refused += 1;
             return None;
         }
         let (start, left) = &mut self.paths.binding_budget;

@@ -58,9 +58,10 @@ pub(super) struct Counters {
     pub native_in_wrong_source: u64,
     /// NAT bindings installed (docs/PROTOCOL.md "NAT binding").
     pub native_bindings: u64,
-    /// Packets from an unexpected source that did not authenticate as a
-    /// binding (forged, replayed, over budget); also in
-    /// `native_in_wrong_source`.
+    /// Packets to a translated flow's local side from an unexpected source
+    /// that did not authenticate as a binding (forged, replayed, over
+    /// budget, from an address the peer is not known at); those with the
+    /// flow's very ports are in `native_in_wrong_source` too.
     pub native_bindings_refused: u64,
     /// Packets to a peer behind a NAT that took QUIC because no packet of
     /// their flow had come in natively yet (the NAT has no mapping).
