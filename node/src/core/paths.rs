@@ -899,8 +899,15 @@ impl NodeCore {
             // one, each waits for the other's packet), and a copy that gets
             // through is a duplicate the replay window drops.
             self.counters.native_nat_waits += 1;
+            // Never a copy of a TCP SYN or SYN-ACK: a router's conntrack
+            // that sees the handshake only in part (the peer's router drops
+            // our SYN, ours never sees its SYN-ACK) keeps the flow half-open
+            // and stops translating it; from a mid-stream segment it picks
+            // the flow up as established (nf_conntrack_tcp_loose).
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let syn = overlay.protocol == 6 && buf.get(ihl + 13).is_some_and(|f| f & 0x02 != 0);
             let sent = self.paths.punches.entry(overlay).or_default();
-            if *sent < NAT_PUNCH_COPIES && self.paths.punches.len() <= MAX_PUNCHING_FLOWS {
+            if !syn && *sent < NAT_PUNCH_COPIES && self.paths.punches.len() <= MAX_PUNCHING_FLOWS {
                 *self.paths.punches.entry(overlay).or_default() += 1;
                 let mut copy = buf[..n].to_vec();
                 if let Ok(mut c) = Packet::parse(&mut copy[..])
