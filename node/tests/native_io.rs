@@ -300,13 +300,24 @@ fn host_tcp_server_on_the_same_port_keeps_serving() {
         }
         server.join().unwrap();
         let got = drain(&mut rx, Duration::from_millis(400));
-        assert_eq!(got.len(), 20, "{mech:?}: the native packets, and only them");
-        assert!(got.iter().all(|p| FiveTuple::parse(p) == Some(native)));
+        // The clients' packets to the flow's local side (B:8080) come as
+        // copies too (the core's NAT binding step needs them, and counts
+        // them as wrong-source): the host kept serving them above.
+        let natives = got
+            .iter()
+            .filter(|p| FiveTuple::parse(p) == Some(native))
+            .count();
+        assert_eq!(natives, 20, "{mech:?}: the native packets");
+        assert!(
+            got.iter().all(|p| FiveTuple::parse(p)
+                .is_some_and(|f| f == native || (f.dst == B && f.dst_port == 8080))),
+            "{mech:?}: only the flow's local side"
+        );
         assert_eq!(Pair::snmp(&p.b, "Tcp", "OutRsts"), rst0, "{mech:?}: no RST");
-        if mech == RxMechanism::PacketRing {
-            // The tap saw the real clients' packets and left them alone.
-            assert!(io.stats().ignored > 0, "{:?}", io.stats());
-        }
+        // The tap saw the real clients' packets and left them to the host
+        // (served above, no RST), copying them to the core as the flow's
+        // local side's: none is ignored any more (note 40).
+        assert!(got.len() > 20, "{mech:?}: {} packets", got.len());
         drop(io);
     }
 }
@@ -672,11 +683,18 @@ fn another_source_with_a_flows_ports_is_copied_and_left_to_the_host() {
                 .filter(|p| FiveTuple::parse(p).is_some_and(|f| f.src == src))
                 .count()
         };
-        assert_eq!(
-            (from(A), from(A2)),
-            (2, 3),
-            "{mech:?}: the flow and the copies"
-        );
+        // The copies are of the flow's local side (destination, protocol
+        // and port) from any source address and port: `unrelated` too,
+        // except when NFQUEUE's rate limit (its burst of 5) kept it from
+        // the queue (seen in 2 of 4 runs).
+        let (flow_got, copies) = (from(A), from(A2));
+        assert_eq!(flow_got, 2, "{mech:?}: the flow");
+        let want = if mech == RxMechanism::PacketRing {
+            4..=4
+        } else {
+            3..=4
+        };
+        assert!(want.contains(&copies), "{mech:?}: {copies} copies");
         let mut buf = [0u8; 2048];
         let mut host_got = 0;
         while host.recv_from(&mut buf).is_ok() {

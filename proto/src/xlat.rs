@@ -272,6 +272,18 @@ impl XlatTable {
     }
 }
 
+/// Rewrites `pkt`, whose five-tuple is `from`, to `to` in place (checksums
+/// updated incrementally). The node's NAT binding step uses it to try a
+/// packet from an unexpected source as a candidate flow's before any entry
+/// says so (docs/PROTOCOL.md "NAT binding").
+pub fn rewrite_to<T: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<T>,
+    from: &FlowId,
+    to: &FlowId,
+) -> Result<()> {
+    rewrite(pkt, from, to)
+}
+
 /// Rewrites the fields where `from` and `to` differ. Only changed fields
 /// are written, so an identity entry costs a lookup and nothing else.
 fn rewrite<T: AsRef<[u8]> + AsMut<[u8]>>(

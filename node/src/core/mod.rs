@@ -46,6 +46,8 @@ mod timers;
 mod sim_tests;
 
 #[cfg(test)]
+mod nat_tests;
+#[cfg(test)]
 mod native_tests;
 
 #[cfg(test)]

@@ -283,8 +283,10 @@ fn unknown_forged_and_replayed_native_packets_are_dropped_and_counted() {
         (IpAddr::V4(x), IpAddr::V4(y)) => (x, y),
         _ => unreachable!(),
     };
-    // An unknown five-tuple (other ports) never reaches the TUN.
-    let stray = udp_packet(ua, ub, 4001, 5000, b"stray");
+    // An unknown five-tuple (another local port) never reaches the TUN.
+    // (Another source port to the flow's local port would be a NAT binding
+    // attempt: nat_tests.rs.)
+    let stray = udp_packet(ua, ub, 4000, 5001, b"stray");
     sim.inject_native(b, &stray);
     assert_eq!(sim.counter(b, "native_in_unknown"), 1);
     // The flow's ports from another source.

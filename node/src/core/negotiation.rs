@@ -308,8 +308,11 @@ impl NodeCore {
 
     pub(super) fn route_transmit(&mut self, t: dprp::Transmit) {
         self.counters.control_out += 1;
-        // An answer to a message that came on the IP path goes back on it.
-        if t.dst.port() == super::PROBE_PORT && self.send_dprp_to(t.dst, &t.payload) {
+        // An answer to a message that came on the IP path goes back on it
+        // (to the NAT's port when one rewrote the sender's 7717).
+        if (t.dst.port() == super::PROBE_PORT || self.paths.dprp_sources.contains(&t.dst))
+            && self.send_dprp_to(t.dst, &t.payload)
+        {
             return;
         }
         // Answers go back to whoever sent the message (a GE the carrier authenticated).

@@ -20,7 +20,7 @@
 //!   ([`Output::NativeFlowAdded`]/[`Output::NativeFlowRemoved`]) so the
 //!   driver can steer exactly those packets to the node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,20 @@ const MAX_LOCALS: usize = 1024;
 const MAX_NATIVE_DPRP: usize = 1400;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
+/// Most candidate flows one packet from an unexpected source is tried
+/// against (a NAT binding, docs/PROTOCOL.md "NAT binding").
+const MAX_BINDING_CANDIDATES: usize = 8;
+/// Native copies of a flow's first packets to a peer behind a NAT (they
+/// open this node's own NAT for the flow while the packets go on QUIC).
+/// Every packet until the peer's came in, not just the first: a router's
+/// TCP conntrack that missed segments sees ACKs for data it never saw,
+/// calls the flow invalid and stops translating it (the lab did).
+const NAT_PUNCH_COPIES: u8 = 64;
+/// Most flows with such copies counted at once.
+const MAX_PUNCHING_FLOWS: usize = 4096;
+/// Most trial opens per second for NAT bindings: unauthenticated packets
+/// must not buy unbounded AEAD work.
+const BINDING_TRIALS_PER_SEC: u32 = 2048;
 /// How long a new translation's packets still leave on QUIC when nothing
 /// says the peer's steering is in place (its nft rule comes milliseconds
 /// after the flow is established there, and a native packet that comes
@@ -71,9 +85,32 @@ pub(super) struct Paths {
     pub asked: BTreeSet<IpAddr>,
     /// Probes waiting for their local address.
     pub held: Vec<Transmit>,
-    /// Inbound wire five-tuples with the source zeroed -> the expected
-    /// source: tells a packet from the wrong source from an unknown flow.
-    pub sources: HashMap<FlowId, IpAddr>,
+    /// Local side of inbound wire five-tuples (source address and port
+    /// zeroed, [`local_side`]) -> the overlay flows (translation keys) with
+    /// that local side: tells a packet from the wrong source from an unknown
+    /// flow, and names the flows a NAT binding may belong to.
+    pub sources: HashMap<FlowId, Vec<FlowId>>,
+    /// Overlay flows whose wire side came from an authenticated NAT binding
+    /// (the observed source, not the peer's own address and port): a later
+    /// translation install must not undo it.
+    pub bound: HashSet<FlowId>,
+    /// Trial opens left in the current second (NAT bindings), and when the
+    /// second started.
+    pub binding_budget: (Option<Instant>, u32),
+    /// Overlay flows of which an authenticated native packet came in: to a
+    /// peer behind a NAT only these leave natively (their packets opened
+    /// the NAT's mapping; anything else would meet a NAT with none).
+    pub heard: HashSet<FlowId>,
+    /// Native copies sent per flow to a peer behind a NAT before its own
+    /// packet of the flow came in ([`NAT_PUNCH_COPIES`] at most).
+    pub punches: HashMap<FlowId, u8>,
+    /// Peers whose authenticated probes came from a port other than
+    /// [`PROBE_PORT`] (a NAT rewrote it), with that source: also probed
+    /// there (a peer-reflexive candidate), and treated as behind a NAT.
+    pub nat_sources: BTreeMap<GeId, SocketAddr>,
+    /// Sources of native DPRP datagrams from a port other than
+    /// [`PROBE_PORT`] (a NAT's): answers go back there (bounded).
+    pub dprp_sources: HashSet<SocketAddr>,
     /// Earliest machine deadline (may be early, never late).
     pub deadline: Option<Instant>,
     /// Why native cannot work on this node, when it cannot.
@@ -144,6 +181,14 @@ impl NodeCore {
                 {
                     self.paths.locals.insert(from.ip(), local);
                 }
+                if from.port() != PROBE_PORT
+                    && (self.paths.dprp_sources.len() < MAX_LOCALS
+                        || self.paths.dprp_sources.contains(&from))
+                {
+                    // Through a NAT that rewrote the port: the answer must
+                    // go to the NAT's port to get back in.
+                    self.paths.dprp_sources.insert(from);
+                }
                 self.steering.via_native = true;
                 if let Err(e) = self.dprp.handle_datagram(from, payload, now) {
                     self.counters.control_errors += 1;
@@ -209,10 +254,25 @@ impl NodeCore {
         now: Instant,
     ) -> Option<usize> {
         let Some(t) = self.xlat.by_inbound_wire(&wire).copied() else {
-            let mut key = wire;
-            key.src = unspecified(wire.src);
-            if self.paths.sources.contains_key(&key) {
-                self.counters.native_in_wrong_source += 1;
+            if let Some(list) = self.paths.sources.get(&local_side(&wire)) {
+                // A translated flow's local side from another source: a NAT
+                // on the way may have rewritten the peer's address or port.
+                // Only an authenticated packet of the flow moves it.
+                let same_ports = list.iter().any(|o| {
+                    self.xlat
+                        .get(o)
+                        .is_some_and(|t| t.wire.dst_port == wire.src_port)
+                });
+                if let Some(n) = self.try_binding(wire, buf, len, now) {
+                    return Some(n);
+                }
+                // A flow's very ports from another address keep note 21's
+                // count; another port is a binding that did not
+                // authenticate (or a flow of the peer not steered yet),
+                // counted in `native_bindings_refused` only.
+                if same_ports {
+                    self.counters.native_in_wrong_source += 1;
+                }
             } else {
                 self.counters.native_in_unknown += 1;
             }
@@ -251,6 +311,7 @@ impl NodeCore {
                     m.handle_native_data_received(now);
                 }
                 self.peer_steering_seen(&t.overlay);
+                self.paths.heard.insert(t.overlay);
                 Some(n)
             }
             Err(fpn_proto::Error::Replay { .. }) => {
@@ -271,6 +332,171 @@ impl NodeCore {
                 self.counters.native_in_rejected += 1;
                 trace!(flow = %overlay, "native packet refused");
                 None
+            }
+        }
+    }
+
+    /// The NAT binding step (docs/PROTOCOL.md "NAT binding"): a packet whose
+    /// local side (this node's address, protocol, port) is a translated
+    /// flow's but whose source is not the flow's expected one. It is tried
+    /// against each such flow whose peer is known at the packet's source
+    /// address: rewritten as if it were that flow's, opened with the flow's
+    /// PCCOM key on a copy. The first that opens (tag and replay window) is
+    /// the flow, and the observed source becomes its wire peer (translation
+    /// and steering). Returns the overlay packet's length, now in `buf`.
+    fn try_binding(
+        &mut self,
+        wire: FlowId,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<usize> {
+        let candidates: Vec<FlowId> = self
+            .paths
+            .sources
+            .get(&local_side(&wire))?
+            .iter()
+            .copied()
+            .filter(|o| {
+                self.xlat
+                    .get(o)
+                    .is_some_and(|t| self.peer_known_at(t.peer, &t.wire, wire.src))
+            })
+            .take(MAX_BINDING_CANDIDATES)
+            .collect();
+        if candidates.is_empty() {
+            self.counters.native_bindings_refused += 1;
+            return None;
+        }
+        let (start, left) = &mut self.paths.binding_budget;
+        if start.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
+            *start = Some(now);
+            *left = BINDING_TRIALS_PER_SEC;
+        }
+        let mut trial = vec![0u8; len];
+        let mut replayed = false;
+        for overlay in candidates {
+            let left = &mut self.paths.binding_budget.1;
+            if *left == 0 {
+                self.counters.native_bindings_refused += 1;
+                return None;
+            }
+            *left -= 1;
+            let Some(t) = self.xlat.get(&overlay).copied() else {
+                continue;
+            };
+            trial.copy_from_slice(&buf[..len]);
+            let Ok(mut pkt) = Packet::parse(&mut trial[..]) else {
+                return None;
+            };
+            if fpn_proto::xlat::rewrite_to(&mut pkt, &wire, &t.overlay.reversed()).is_err() {
+                continue;
+            }
+            if self.pit.lookup(&overlay).and_then(|(_, e)| e.peer()) != Some(t.peer) {
+                continue;
+            }
+            match self
+                .pit
+                .handle_packet(&overlay, Origin::Remote, &mut trial, len, now)
+            {
+                Ok(Disposition::Forward { len: n }) => {
+                    buf[..n].copy_from_slice(&trial[..n]);
+                    self.bind_observed(t, wire);
+                    self.paths.heard.insert(t.overlay);
+                    if let Some(m) = self.paths.machines.get_mut(&t.peer) {
+                        m.handle_native_data_received(now);
+                    }
+                    self.peer_steering_seen(&t.overlay);
+                    return Some(n);
+                }
+                Err(fpn_proto::Error::Replay { .. }) => replayed = true,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        // Forged, replayed (a copy of a packet already received, sent from
+        // elsewhere) or of no flow: nothing moves.
+        self.counters.native_bindings_refused += 1;
+        if replayed {
+            trace!(%wire, "replayed NAT binding refused");
+        }
+        None
+    }
+
+    /// Whether `ge` is seen behind a NAT on the native path: its probes'
+    /// port was rewritten, or its native address is the reflexive one the
+    /// GMS sees (a port-preserving NAT). Sending a flow natively into such a
+    /// NAT before the peer's packet of it came in failed in the lab even
+    /// with port-preserving NATs on both sides (the TCP echo timed out;
+    /// docs/DESIGN-NOTES.md note 40).
+    pub(super) fn behind_nat(&self, ge: GeId) -> bool {
+        self.paths.nat_sources.contains_key(&ge)
+            || self.peers.get(ge).is_some_and(|p| {
+                p.target
+                    .reflexive
+                    .is_some_and(|r| self.native_remote(ge) == Some(r.ip()))
+            })
+    }
+
+    /// The path text of `ge` for `status`, saying when the peer is behind a
+    /// NAT (its probes' port was rewritten, or the directory has a
+    /// reflexive candidate for it): `native via NAT` (its flows go natively
+    /// once its own packet of the flow came in), `quic (native blocked by
+    /// NAT; ...)` while the machine is not native.
+    pub(super) fn nat_path_text(&self, ge: GeId, text: String) -> String {
+        let nat = self.paths.nat_sources.contains_key(&ge)
+            || self
+                .peers
+                .get(ge)
+                .is_some_and(|p| p.target.reflexive.is_some());
+        if !nat || text.contains("forced") {
+            return text;
+        }
+        if text == "native" {
+            return "native via NAT".into();
+        }
+        match text.strip_prefix("quic (") {
+            Some(rest) => format!("quic (native blocked by NAT; {rest}"),
+            None => text,
+        }
+    }
+
+    /// Whether `ip` is an address `ge` is known at: its flow's current wire
+    /// peer, the source of its authenticated probes, or a directory
+    /// candidate. A binding may move a flow's port anywhere but its address
+    /// only among these, so a packet captured on the way and sent first
+    /// from an attacker's own address cannot pull the flow there.
+    fn peer_known_at(&self, ge: GeId, current: &FlowId, ip: IpAddr) -> bool {
+        current.dst == ip
+            || self.paths.probe_sources.get(&ge) == Some(&ip)
+            || self
+                .peers
+                .get(ge)
+                .is_some_and(|p| p.target.addrs.iter().any(|a| a.ip() == ip))
+    }
+
+    /// Installs an authenticated binding: flow `t` is now seen at
+    /// `observed` (an inbound wire five-tuple), so its packets go back to
+    /// that address and port and its steering takes that five-tuple.
+    fn bind_observed(&mut self, t: Translation, observed: FlowId) {
+        let new_wire = FlowId {
+            dst: observed.src,
+            dst_port: observed.src_port,
+            ..t.wire
+        };
+        let old_inbound = t.wire.reversed();
+        match self.xlat.rebind(&t.overlay, new_wire) {
+            Ok(n) => {
+                let inbound = n.wire.reversed();
+                self.paths.bound.insert(t.overlay);
+                self.counters.native_bindings += 1;
+                info!(flow = %t.overlay, peer = %t.peer, from = %old_inbound, to = %inbound,
+                    "NAT binding installed");
+                self.push_output(Output::NativeFlowRemoved(old_inbound));
+                self.push_output(Output::NativeFlowAdded(inbound));
+            }
+            Err(e) => {
+                self.counters.native_bindings_refused += 1;
+                debug!(flow = %t.overlay, error = %e, "NAT binding not installed");
             }
         }
     }
@@ -301,6 +527,16 @@ impl NodeCore {
                     self.paths.probe_sources.insert(ge, from.ip());
                     self.install_peer_translations(ge, now);
                 }
+                if is_probe
+                    && from.port() != PROBE_PORT
+                    && self.paths.nat_sources.get(&ge) != Some(&from)
+                {
+                    // A NAT rewrote the peer's probe port: its mapping of
+                    // the peer's 7717 is `from`, the only place our probes
+                    // (and answers) get in. Probed as one more candidate.
+                    self.paths.nat_sources.insert(ge, from);
+                    self.update_machine(ge, now);
+                }
             }
             Err(e) => trace!(peer = %ge, error = %e, "probe refused"),
         }
@@ -316,6 +552,11 @@ impl NodeCore {
             if !candidates.contains(&c) {
                 candidates.push(c);
             }
+        }
+        if let Some(c) = self.paths.nat_sources.get(&ge)
+            && !candidates.contains(c)
+        {
+            candidates.push(*c);
         }
         if let Some(m) = self.paths.machines.get_mut(&ge) {
             if m.candidates() != candidates.as_slice() {
@@ -360,6 +601,7 @@ impl NodeCore {
     pub(super) fn remove_machine(&mut self, ge: GeId) {
         self.paths.machines.remove(&ge);
         self.paths.probe_sources.remove(&ge);
+        self.paths.nat_sources.remove(&ge);
         let flows: Vec<FlowId> = self.xlat.flows_of(ge).copied().collect();
         for f in &flows {
             self.flow_ended(f);
@@ -573,15 +815,23 @@ impl NodeCore {
             if old == t {
                 return;
             }
+            if self.paths.bound.contains(&overlay) && old.wire.src == local {
+                // A NAT binding put the observed address and port there;
+                // the peer's own address says less about where its packets
+                // come from.
+                return;
+            }
             self.xlat.remove(&overlay);
+            self.forget_source(&old);
             self.push_output(Output::NativeFlowRemoved(old.wire.reversed()));
         }
         match self.xlat.insert(t) {
             Ok(()) => {
                 let inbound = t.wire.reversed();
-                let mut key = inbound;
-                key.src = unspecified(inbound.src);
-                self.paths.sources.insert(key, inbound.src);
+                let list = self.paths.sources.entry(local_side(&inbound)).or_default();
+                if !list.contains(&overlay) {
+                    list.push(overlay);
+                }
                 self.close_gate(overlay, now);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
                 // Steered already since the negotiation started
@@ -603,12 +853,23 @@ impl NodeCore {
             flow.reversed()
         };
         self.steering_ended(&overlay);
+        self.paths.bound.remove(&overlay);
+        self.paths.heard.remove(&overlay);
+        self.paths.punches.remove(&overlay);
         if let Some(t) = self.xlat.remove(&overlay) {
-            let inbound = t.wire.reversed();
-            let mut key = inbound;
-            key.src = unspecified(inbound.src);
-            self.paths.sources.remove(&key);
-            self.push_output(Output::NativeFlowRemoved(inbound));
+            self.forget_source(&t);
+            self.push_output(Output::NativeFlowRemoved(t.wire.reversed()));
+        }
+    }
+
+    /// Takes translation `t`'s flow out of [`Paths::sources`].
+    fn forget_source(&mut self, t: &Translation) {
+        let key = local_side(&t.wire.reversed());
+        if let Some(list) = self.paths.sources.get_mut(&key) {
+            list.retain(|o| *o != t.overlay);
+            if list.is_empty() {
+                self.paths.sources.remove(&key);
+            }
         }
     }
 
@@ -626,7 +887,39 @@ impl NodeCore {
         let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
             return false;
         };
-        if !self.steering.gates.is_empty() && !self.gate_open(&pkt.flow_id(), now) {
+        let overlay = pkt.flow_id();
+        // Checked before the steering gate: the copies below must go even
+        // while the gate waits for a native packet of the peer, which
+        // cannot come through the peer's NAT before our copy opened ours.
+        if self.behind_nat(ge) && !self.paths.heard.contains(&overlay) {
+            // Inbound through the peer's NAT works only where its own
+            // packets of the flow made a mapping: QUIC (or the relay) until
+            // one came in. The first few also go natively as copies: they
+            // open this side's NAT for the flow (when both ends are behind
+            // one, each waits for the other's packet), and a copy that gets
+            // through is a duplicate the replay window drops.
+            self.counters.native_nat_waits += 1;
+            // Never a copy of a TCP SYN or SYN-ACK: a router's conntrack
+            // that sees the handshake only in part (the peer's router drops
+            // our SYN, ours never sees its SYN-ACK) keeps the flow half-open
+            // and stops translating it; from a mid-stream segment it picks
+            // the flow up as established (nf_conntrack_tcp_loose).
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let syn = overlay.protocol == 6 && buf.get(ihl + 13).is_some_and(|f| f & 0x02 != 0);
+            let sent = self.paths.punches.entry(overlay).or_default();
+            if !syn && *sent < NAT_PUNCH_COPIES && self.paths.punches.len() <= MAX_PUNCHING_FLOWS {
+                *self.paths.punches.entry(overlay).or_default() += 1;
+                let mut copy = buf[..n].to_vec();
+                if let Ok(mut c) = Packet::parse(&mut copy[..])
+                    && matches!(self.xlat.translate_outbound(&mut c), Ok(Some(_)))
+                {
+                    self.counters.native_nat_punches += 1;
+                    self.push_output(Output::SendNative(copy));
+                }
+            }
+            return false;
+        }
+        if !self.steering.gates.is_empty() && !self.gate_open(&overlay, now) {
             return false;
         }
         if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
@@ -693,18 +986,31 @@ impl NodeCore {
         let Some(remote) = self.native_remote(ge) else {
             return false;
         };
-        self.send_dprp_to(SocketAddr::new(remote, PROBE_PORT), payload)
+        // Behind a NAT that rewrote the peer's 7717, its mapping (where its
+        // probes come from) is the way in.
+        let dst = match self.paths.nat_sources.get(&ge) {
+            Some(n) if n.ip() == remote => {
+                if self.paths.dprp_sources.len() < MAX_LOCALS {
+                    self.paths.dprp_sources.insert(*n);
+                }
+                *n
+            }
+            _ => SocketAddr::new(remote, PROBE_PORT),
+        };
+        self.send_dprp_to(dst, payload)
     }
 
     /// Sends a DPRP message as a native UDP datagram to `dst` (port 7717)
     /// if this node knows its own address toward it. True if sent.
     pub(super) fn send_dprp_to(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
-        if payload.len() > MAX_NATIVE_DPRP || dst.port() != PROBE_PORT {
+        if payload.len() > MAX_NATIVE_DPRP
+            || (dst.port() != PROBE_PORT && !self.paths.dprp_sources.contains(&dst))
+        {
             return false;
         }
         match (self.paths.locals.get(&dst.ip()).copied(), dst.ip()) {
             (Some(IpAddr::V4(s)), IpAddr::V4(d)) => {
-                let p = udp_v4(s, d, PROBE_PORT, PROBE_PORT, payload);
+                let p = udp_v4(s, d, PROBE_PORT, dst.port(), payload);
                 self.counters.dprp_native_out += 1;
                 self.push_output(Output::SendNative(p));
                 true
@@ -727,6 +1033,21 @@ fn carrier_of(k: PathKind) -> CarrierKind {
     match k {
         PathKind::Native => CarrierKind::Native,
         PathKind::Quic => CarrierKind::Quic,
+    }
+}
+
+/// The local side of an inbound wire five-tuple: its source address and
+/// port zeroed (a NAT may have rewritten both). An ICMP echo keeps its
+/// identifier, which stands for both ports.
+fn local_side(inbound: &FlowId) -> FlowId {
+    FlowId {
+        src: unspecified(inbound.src),
+        src_port: if inbound.protocol == fpn_proto::flow::protocol::ICMP {
+            inbound.src_port
+        } else {
+            0
+        },
+        ..*inbound
     }
 }
 

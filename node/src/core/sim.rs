@@ -79,6 +79,8 @@ pub struct SimNode {
     /// How long its "nft" takes to put a flow's steering in place (and
     /// confirm it to the core); [`STEER_DELAY`] by default.
     pub steer_delay: Duration,
+    /// A NAT in front of it, for its native packets ([`SimNat`]).
+    pub nat: Option<SimNat>,
     spec: (Mode, Vec<u32>),
     span: tracing::Span,
 }
@@ -92,6 +94,96 @@ pub struct WireFrame {
     pub native: bool,
     /// The frame.
     pub payload: Vec<u8>,
+}
+
+/// A NAT in front of one node, on its native path only (QUIC frames are
+/// addressed by the carrier and not simulated at this level): it keeps the
+/// node's address as its outside address and rewrites TCP/UDP source
+/// ports, as a host or router NAT does on a port clash or a NAT with random
+/// ports does always. Mappings are endpoint-independent (one outside port
+/// per inside protocol and port); inbound packets need a mapping, and with
+/// `address_dependent_filtering` a remote address the mapping has sent to.
+/// ICMP passes unchanged.
+#[derive(Debug, Default, Clone)]
+pub struct SimNat {
+    /// Outside ports drawn at random (else the inside port is kept).
+    pub random_ports: bool,
+    /// Inbound only from remote addresses the mapping has sent to.
+    pub address_dependent_filtering: bool,
+    /// Inbound packets dropped (no mapping, or filtered).
+    pub dropped: u64,
+    /// Mappings made.
+    pub mappings: u64,
+    out: BTreeMap<(u8, u16), u16>,
+    back: BTreeMap<(u8, u16), u16>,
+    contacted: std::collections::BTreeSet<(u8, u16, IpAddr)>,
+}
+
+impl SimNat {
+    /// A NAT with no mappings yet.
+    pub fn new(random_ports: bool, address_dependent_filtering: bool) -> Self {
+        Self {
+            random_ports,
+            address_dependent_filtering,
+            ..Self::default()
+        }
+    }
+
+    fn outbound(&mut self, packet: &mut [u8], dice: &mut Dice) {
+        let Ok(mut p) = Packet::parse(&mut packet[..]) else {
+            return;
+        };
+        let f = p.flow_id();
+        if f.protocol != 6 && f.protocol != 17 {
+            return;
+        }
+        let key = (f.protocol, f.src_port);
+        let outside = match self.out.get(&key) {
+            Some(o) => *o,
+            None => {
+                let mut o = f.src_port;
+                if self.random_ports {
+                    loop {
+                        o = 20_000 + (dice.next_u64() % 40_000) as u16;
+                        if o != f.src_port && !self.back.contains_key(&(f.protocol, o)) {
+                            break;
+                        }
+                    }
+                }
+                self.out.insert(key, o);
+                self.back.insert((f.protocol, o), f.src_port);
+                self.mappings += 1;
+                o
+            }
+        };
+        self.contacted.insert((f.protocol, outside, f.dst));
+        if outside != f.src_port {
+            let _ = p.set_src_port(outside);
+        }
+    }
+
+    /// False when the packet is dropped.
+    fn inbound(&mut self, packet: &mut [u8]) -> bool {
+        let Ok(mut p) = Packet::parse(&mut packet[..]) else {
+            return false;
+        };
+        let f = p.flow_id();
+        if f.protocol != 6 && f.protocol != 17 {
+            return true;
+        }
+        let Some(inside) = self.back.get(&(f.protocol, f.dst_port)).copied() else {
+            return false;
+        };
+        if self.address_dependent_filtering
+            && !self.contacted.contains(&(f.protocol, f.dst_port, f.src))
+        {
+            return false;
+        }
+        if inside != f.dst_port {
+            let _ = p.set_dst_port(inside);
+        }
+        true
+    }
 }
 
 /// Frame counters of the network.
@@ -228,6 +320,7 @@ impl CoreSim {
             intercepted: std::collections::BTreeSet::new(),
             steering: std::collections::BTreeSet::new(),
             steer_delay: STEER_DELAY,
+            nat: None,
             spec: (mode, groups.to_vec()),
             span: tracing::info_span!("node", name = %name),
             name,
@@ -355,7 +448,7 @@ impl CoreSim {
         match sent {
             Some((_, frame, CarrierKind::Native)) => {
                 self.log_wire(i, true, &frame);
-                self.transmit_native(frame);
+                self.transmit_native(i, frame);
             }
             // The core never names the relay (the carrier chooses it).
             Some((target, frame, CarrierKind::Quic | CarrierKind::Relay)) => {
@@ -463,7 +556,7 @@ impl CoreSim {
                     self.stats.delivered += 1;
                     self.deliver(to, from_ge, from, kind, &payload);
                 }
-                Some(Event::Native { packet }) => self.route_native(&packet),
+                Some(Event::Native { packet }) => self.route_native(packet),
                 Some(Event::Steered { to, flow }) if self.nodes[to].steering.remove(&flow) => {
                     self.nodes[to].intercepted.insert(flow);
                     let span = self.nodes[to].span.clone();
@@ -585,7 +678,7 @@ impl CoreSim {
                 Output::PeersChanged => self.nodes[i].peers_changed += 1,
                 Output::SendNative(p) => {
                     self.log_wire(i, true, &p);
-                    self.transmit_native(p);
+                    self.transmit_native(i, p);
                 }
                 Output::FindLocalAddress(remote) => {
                     // One underlay interface per node: the source is its address.
@@ -623,8 +716,12 @@ impl CoreSim {
 
     /// Puts a raw IP packet on the network, toward the node whose underlay
     /// address is its destination.
-    fn transmit_native(&mut self, packet: Vec<u8>) {
+    fn transmit_native(&mut self, from: usize, mut packet: Vec<u8>) {
         self.stats.sent += 1;
+        if let Some(mut nat) = self.nodes[from].nat.take() {
+            nat.outbound(&mut packet, &mut self.dice);
+            self.nodes[from].nat = Some(nat);
+        }
         if self.native_blocked {
             self.native_lost += 1;
             return;
@@ -647,12 +744,12 @@ impl CoreSim {
     /// A native packet arrives at its destination's node, if it is still
     /// there and would be intercepted (UDP to the probe port, or a five-tuple
     /// of its nft set).
-    fn route_native(&mut self, packet: &[u8]) {
+    fn route_native(&mut self, mut packet: Vec<u8>) {
         if self.native_blocked {
             self.native_lost += 1;
             return;
         }
-        let Ok(p) = Packet::parse(packet) else {
+        let Ok(p) = Packet::parse(&packet[..]) else {
             self.native_lost += 1;
             return;
         };
@@ -661,17 +758,39 @@ impl CoreSim {
             self.native_lost += 1;
             return;
         };
+        if let Some(nat) = self.nodes[to].nat.as_mut()
+            && !nat.inbound(&mut packet)
+        {
+            nat.dropped += 1;
+            self.native_lost += 1;
+            return;
+        }
+        let Ok(p) = Packet::parse(&packet[..]) else {
+            self.native_lost += 1;
+            return;
+        };
+        let flow = p.flow_id();
         let probe = flow.protocol == 17 && flow.dst_port == super::PROBE_PORT;
         if !probe && self.native_data_blocked {
             self.native_lost += 1;
             return;
         }
-        if !probe && !self.nodes[to].intercepted.contains(&flow) {
+        // The ring hands over a copy of a packet whose local side is a
+        // steered flow's, whatever its source address and port (the NAT
+        // binding step needs it); the host's kernel is not simulated.
+        let local_side = |f: &FlowId| (f.dst, f.protocol, f.dst_port);
+        if !probe
+            && !self.nodes[to].intercepted.contains(&flow)
+            && !self.nodes[to]
+                .intercepted
+                .iter()
+                .any(|f| local_side(f) == local_side(&flow))
+        {
             self.native_lost += 1;
             return;
         }
         self.stats.delivered += 1;
-        self.deliver_native(to, packet);
+        self.deliver_native(to, &packet);
     }
 
     fn deliver_native(&mut self, i: usize, packet: &[u8]) {

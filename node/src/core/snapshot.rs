@@ -56,6 +56,18 @@ pub(super) struct Counters {
     pub native_in: u64,
     pub native_in_unknown: u64,
     pub native_in_wrong_source: u64,
+    /// NAT bindings installed (docs/PROTOCOL.md "NAT binding").
+    pub native_bindings: u64,
+    /// Packets to a translated flow's local side from an unexpected source
+    /// that did not authenticate as a binding (forged, replayed, over
+    /// budget, from an address the peer is not known at); those with the
+    /// flow's very ports are in `native_in_wrong_source` too.
+    pub native_bindings_refused: u64,
+    /// Packets to a peer behind a NAT that took QUIC because no packet of
+    /// their flow had come in natively yet (the NAT has no mapping).
+    pub native_nat_waits: u64,
+    /// Native copies of such packets (they open this node's NAT).
+    pub native_nat_punches: u64,
     pub native_in_rejected: u64,
     pub native_trial_copies: u64,
     pub native_ready_timeouts: u64,
@@ -98,7 +110,7 @@ impl NodeCore {
                                 r.why.as_deref().unwrap_or("direct QUIC failed")
                             )
                         }
-                        _ => p.path.text(),
+                        _ => self.nat_path_text(p.ge, p.path.text()),
                     },
                     addr: st
                         .and_then(|s| s.addr)
@@ -259,6 +271,10 @@ impl NodeCore {
             ("native_in", c.native_in),
             ("native_in_unknown", c.native_in_unknown),
             ("native_in_wrong_source", c.native_in_wrong_source),
+            ("native_bindings", c.native_bindings),
+            ("native_bindings_refused", c.native_bindings_refused),
+            ("native_nat_waits", c.native_nat_waits),
+            ("native_nat_punches", c.native_nat_punches),
             ("native_in_rejected", c.native_in_rejected),
             ("native_trial_copies", c.native_trial_copies),
             ("native_ready_timeouts", c.native_ready_timeouts),

@@ -578,9 +578,10 @@ impl Shared {
 }
 
 /// The registered flows, and how many of them share each (destination,
-/// protocol, ports) whatever the source: a packet with a flow's ports from
-/// another source is not the flow's (the kernel keeps it), but the core
-/// counts it (`native_in_wrong_source`), so the ring hands it over too.
+/// protocol, destination port) whatever the source address and port: such
+/// a packet from another source is not the flow's until the core's NAT
+/// binding authenticates it (the kernel keeps it), and the core counts it
+/// otherwise (`native_in_wrong_source`), so the ring hands it over too.
 #[derive(Debug, Default)]
 pub(crate) struct FlowSet {
     exact: HashSet<FiveTuple>,
@@ -638,9 +639,18 @@ impl FlowSet {
     }
 }
 
+/// The local side of `f`: any source address and, but for an ICMP echo
+/// (whose identifier stands for both ports), any source port. A NAT on the
+/// way rewrites both, and the core's NAT binding step (docs/PROTOCOL.md
+/// "NAT binding") must see such a packet to recognise the flow.
 fn any_source(f: FiveTuple) -> FiveTuple {
     FiveTuple {
         src: Ipv4Addr::UNSPECIFIED,
+        src_port: if f.proto == L4Proto::Icmp {
+            f.src_port
+        } else {
+            0
+        },
         ..f
     }
 }

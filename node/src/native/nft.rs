@@ -328,7 +328,7 @@ fn ruleset(
     ));
     if ports {
         s.push_str(&format!(
-            "  set {PORTS_SET} {{ type ipv4_addr . inet_proto . inet_service . inet_service; }}\n"
+            "  set {PORTS_SET} {{ type ipv4_addr . inet_proto . inet_service; }}\n"
         ));
     }
     if !local.is_empty() {
@@ -349,7 +349,7 @@ fn ruleset(
         // After the exact rule: only the other sources' packets get here
         // (with the compat mark both rules mark, which is the same).
         s.push_str(&format!(
-            "    ip daddr . meta l4proto . th sport . th dport @{PORTS_SET} limit rate {PORTS_RATE}/second counter {verdict}\n"
+            "    ip daddr . meta l4proto . th dport @{PORTS_SET} limit rate {PORTS_RATE}/second counter {verdict}\n"
         ));
     }
     // Echo requests and replies only: an ICMP error about the flow is the
@@ -457,15 +457,7 @@ fn port_elements(flows: &[FiveTuple]) -> Option<String> {
     let els: Vec<String> = flows
         .iter()
         .filter(|f| f.proto != L4Proto::Icmp)
-        .map(|f| {
-            format!(
-                "{} . {} . {} . {}",
-                f.dst,
-                f.proto.as_str(),
-                f.src_port,
-                f.dst_port
-            )
-        })
+        .map(|f| format!("{} . {} . {}", f.dst, f.proto.as_str(), f.dst_port))
         .collect();
     (!els.is_empty()).then(|| els.join(", "))
 }
