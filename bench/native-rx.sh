@@ -129,7 +129,7 @@ for mech in ("Nfq", "Ring"):
               f"{med([r['tx']['cpu_us_per_pkt'] for r in rs])}")
 cs = [r["cost"] for r in recs if r["kind"] == "nftcost"]
 if cs:
-    print("\nflow-set changes through the nft binary, ms (median of rounds' medians [min..max])")
+    print("\nflow-set changes (netlink batches since note 41; the nft binary before), ms (median of rounds' medians [min..max])")
     print(f"  add one flow:    {med([c['add_ms'] for c in cs])}")
     print(f"  remove one flow: {med([c['remove_ms'] for c in cs])}")
     print(f"  add one flow with {cs[0]['bulk']} present: {med([c['add_ms_with_bulk_present'] for c in cs])}")

@@ -271,7 +271,8 @@ fn tx(flows: &Flows, count: u64, secs: f64, rate: u64, size: usize) -> Result<()
     Ok(())
 }
 
-/// Times changes of the flow set through NativeIo (the `nft` binary).
+/// Times changes of the flow set through NativeIo (netlink batches; the
+/// `nft` binary before docs/DESIGN-NOTES.md note 41).
 fn nftcost(singles: u32, bulk: u32) -> Result<()> {
     let io = NativeIo::open(NativeConfig::new(
         "fpnbench",

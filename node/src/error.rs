@@ -200,6 +200,17 @@ pub enum Error {
         /// The tool's error output (trimmed, at most 400 bytes).
         stderr: String,
     },
+    /// The kernel refused a netlink change of the node's nft sets (the
+    /// whole batch was undone), or gave no answer.
+    #[error("nftables refused to {op} elements of set {set:?}: {source}")]
+    NativeNftNetlink {
+        /// `add` or `delete` (or `batch` when the batch itself was refused).
+        op: &'static str,
+        /// The set the refused message named.
+        set: String,
+        /// The kernel's errno (ENOENT: no such table or set).
+        source: std::io::Error,
+    },
     /// The native I/O was closed: its table is gone, flows cannot change.
     #[error("the native I/O is closed")]
     NativeClosed,

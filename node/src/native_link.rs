@@ -187,7 +187,7 @@ fn run_flow_ops(
     let mut add = Vec::new();
     let mut remove = Vec::new();
     while let Ok(first) = rx.recv() {
-        // Everything waiting goes in one transaction per kind.
+        // Everything waiting goes in one transaction.
         add.clear();
         remove.clear();
         let mut local = None;
@@ -211,20 +211,24 @@ fn run_flow_ops(
                 Err(e) => warn!(error = %e, "native local addresses not updated"),
             }
         }
-        if !remove.is_empty()
-            && let Err(e) = io.remove_flows(&remove)
-        {
-            warn!(error = %e, flows = remove.len(), "native flows not removed from the nft set");
-        }
-        if !add.is_empty() {
-            match io.add_flows(&add) {
+        // Removals and additions together: one netlink batch, all or
+        // nothing.
+        if !(add.is_empty() && remove.is_empty()) {
+            match io.change_flows(&add, &remove) {
                 // The core sends a new flow's first packets (and, as its
                 // responder, the CDN) natively only after this.
                 Ok(()) => {
-                    let _ = ready.send(add.iter().map(wire_flow).collect());
+                    if !add.is_empty() {
+                        let _ = ready.send(add.iter().map(wire_flow).collect());
+                    }
                 }
                 Err(e) => {
-                    warn!(error = %e, flows = add.len(), "native flows not added to the nft set");
+                    warn!(
+                        error = %e,
+                        added = add.len(),
+                        removed = remove.len(),
+                        "native flows not changed in the nft set"
+                    );
                 }
             }
         }

@@ -721,3 +721,91 @@ fn another_source_with_a_flows_ports_is_copied_and_left_to_the_host() {
         drop(io);
     }
 }
+
+/// `nft -j list set` of the node's table in `ns`.
+fn set_json(ns: &str, set: &str) -> String {
+    exec(ns, &["nft", "-j", "list", "set", "inet", "fpn_fpn0", set])
+}
+
+/// Set elements change over netlink (no nft process): flows added in one
+/// batch are what `nft -j list set` shows, in the flow, echo and ports
+/// sets; removal (also of absent flows, and together with an addition in
+/// the same batch) takes them out again.
+#[test]
+fn netlink_set_changes_are_what_nft_lists() {
+    let p = Pair::new();
+    let cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::Nfqueue { queue: 9 });
+    let (io, _rx) = open_in(&p.b, cfg);
+    let tcp = flow(L4Proto::Tcp, A, 40000, 5201);
+    let udp = flow(L4Proto::Udp, A2, 53000, 443);
+    let echo = flow(L4Proto::Icmp, A, 4660, 4660);
+    // From this thread, outside the namespace: the socket stays in it.
+    io.change_flows(&[tcp, udp, echo], &[]).unwrap();
+    let flows = set_json(&p.b, "native_flows");
+    for want in [
+        r#"{"concat": ["198.18.0.1", "198.18.0.2", "tcp", 40000, 5201]}"#,
+        r#"{"concat": ["198.18.0.3", "198.18.0.2", "udp", 53000, 443]}"#,
+    ] {
+        assert!(flows.contains(want), "{want} not in {flows}");
+    }
+    let echoes = set_json(&p.b, "native_echo");
+    assert!(
+        echoes.contains(r#"{"concat": ["198.18.0.1", "198.18.0.2", 4660]}"#),
+        "{echoes}"
+    );
+    let ports = set_json(&p.b, "native_ports");
+    assert!(
+        ports.contains(r#"{"concat": ["198.18.0.2", "tcp", 5201]}"#),
+        "{ports}"
+    );
+    // Adding present flows is fine; removing one and adding another in one
+    // batch does both.
+    let tcp2 = flow(L4Proto::Tcp, A, 40001, 5201);
+    io.change_flows(&[tcp2, udp], &[tcp]).unwrap();
+    let flows = set_json(&p.b, "native_flows");
+    assert!(!flows.contains("40000, 5201"), "{flows}");
+    assert!(flows.contains("40001, 5201"), "{flows}");
+    // The ports key has no source port (note 40): tcp2 keeps it.
+    let ports = set_json(&p.b, "native_ports");
+    assert!(ports.contains(r#""tcp", 5201"#), "{ports}");
+    // Thousands at once: several messages, still one batch.
+    let many: Vec<FiveTuple> = (0..5000u16)
+        .map(|i| flow(L4Proto::Udp, A2, 10000 + i, 443))
+        .collect();
+    io.add_flows(&many).unwrap();
+    let flows = set_json(&p.b, "native_flows");
+    assert_eq!(
+        flows.matches("\"concat\"").count(),
+        5000 + 2,
+        "5000 + tcp2 + udp"
+    );
+    io.remove_flows(&many).unwrap();
+    io.remove_flows(&[tcp2, udp, echo, tcp]).unwrap();
+    for set in ["native_flows", "native_echo", "native_ports"] {
+        let listing = set_json(&p.b, set);
+        assert!(!listing.contains("elem"), "{set}: {listing}");
+    }
+    drop(io);
+}
+
+/// A refused change is a typed error, not a log line: with the node's
+/// table deleted behind its back, adding a flow reports ENOENT for the
+/// flow set.
+#[test]
+fn adding_to_a_missing_set_is_a_typed_error() {
+    let p = Pair::new();
+    let cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing);
+    let (io, _rx) = open_in(&p.b, cfg);
+    exec(&p.b, &["nft", "delete", "table", "inet", "fpn_fpn0"]);
+    let err = io
+        .add_flow(flow(L4Proto::Tcp, A, 40000, 5201))
+        .expect_err("the set is gone");
+    match &err {
+        fpn_node::error::Error::NativeNftNetlink { op, set, source } => {
+            assert_eq!((*op, set.as_str()), ("add", "native_flows"), "{err}");
+            assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{err}");
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+    drop(io);
+}

@@ -47,7 +47,7 @@
 //!     src: "198.18.0.1".parse().unwrap(), dst: local,
 //!     proto: L4Proto::Tcp, src_port: 40000, dst_port: 443,
 //! };
-//! io.add_flow(flow)?; // milliseconds: from a blocking task, not the packet path
+//! io.add_flow(flow)?; // a kernel round trip: from a blocking task, not the packet path
 //! let packets: Vec<Vec<u8>> = Vec::new(); // PCCOM packets, underlay addresses
 //! let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
 //! io.send_batch(&refs)?;
@@ -65,6 +65,7 @@
 //! [`cleanup`] deletes it by name (for `fpn-node down` after a crash).
 
 mod nft;
+mod nftnl;
 pub mod packet;
 mod rx_nfq;
 mod rx_ring;
@@ -266,9 +267,10 @@ pub struct RxStats {
 }
 
 /// Changes the set of native flows of one [`NativeIo`]; cheap to clone,
-/// usable from any thread. Every call is one `nft` transaction: about 2 ms
-/// to add and 16 ms to remove here (docs/DESIGN-NOTES.md note 15), so call
-/// it from a blocking task, never on the packet path, and batch.
+/// usable from any thread. Every call is one nftables transaction, sent as
+/// one netlink batch (a blocking round trip to the kernel, well under a
+/// millisecond): call it from a blocking thread, never on the packet path,
+/// and batch.
 #[derive(Debug, Clone)]
 pub struct FlowControl {
     table: Arc<nft::Table>,
@@ -284,18 +286,7 @@ impl FlowControl {
 
     /// [`add_flow`](Self::add_flow) for many flows in one transaction.
     pub fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        if self.shared.stopped() {
-            return Err(Error::NativeClosed);
-        }
-        // The thread accepts them first: once the kernel drops them they
-        // must already be wanted.
-        {
-            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-            for f in flows {
-                set.insert(*f);
-            }
-        }
-        self.table.add_flows(flows)
+        self.change_flows(flows, &[])
     }
 
     /// Gives the packets of `flow` back to the kernel's stack. Removing an
@@ -306,20 +297,38 @@ impl FlowControl {
 
     /// [`remove_flow`](Self::remove_flow) for many flows in one transaction.
     pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
+        self.change_flows(&[], flows)
+    }
+
+    /// Removes `remove` and adds `add` in one transaction (one netlink
+    /// batch: microseconds for a few flows, about 1 ms for 1000; docs/
+    /// BENCHMARKS.md, "Steering over netlink"). A flow in both lists is
+    /// added. On an error nothing changed in the kernel; the flows of
+    /// `add` stay accepted by the receive thread (harmless: the kernel
+    /// does not steer them).
+    pub fn change_flows(&self, add: &[FiveTuple], remove: &[FiveTuple]) -> Result<()> {
         if self.shared.stopped() {
             return Err(Error::NativeClosed);
         }
+        let remove: Vec<FiveTuple> = remove
+            .iter()
+            .filter(|f| !add.contains(f))
+            .copied()
+            .collect();
+        // The thread accepts new flows first: once the kernel drops them
+        // they must already be wanted.
+        let gone = {
+            let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
+            for f in add {
+                set.insert(*f);
+            }
+            set.ports_gone(&remove)
+        };
+        let r = self.table.change_flows(add, &remove, &gone);
         // The kernel stops steering first, then the thread stops wanting
         // them: a late packet is never given back to the kernel's stack.
-        let gone = self
-            .shared
-            .flows
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .ports_gone(flows);
-        let r = self.table.remove_flows(flows, &gone);
         let mut set = self.shared.flows.write().unwrap_or_else(|e| e.into_inner());
-        for f in flows {
+        for f in &remove {
             set.remove(f);
         }
         r
@@ -493,6 +502,11 @@ impl NativeIo {
     /// [`FlowControl::remove_flows`] through this I/O.
     pub fn remove_flows(&self, flows: &[FiveTuple]) -> Result<()> {
         self.flows()?.remove_flows(flows)
+    }
+
+    /// [`FlowControl::change_flows`] through this I/O.
+    pub fn change_flows(&self, add: &[FiveTuple], remove: &[FiveTuple]) -> Result<()> {
+        self.flows()?.change_flows(add, remove)
     }
 
     /// The node's underlay addresses changed (Mobile PPC): native packets

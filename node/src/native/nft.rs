@@ -1,9 +1,11 @@
 //! The node's own nftables table: created at start (replacing a stale one a
 //! killed node left behind), one set of native flows, deleted on close.
 //!
-//! Talks to the kernel through the `nft` binary (`nft -f -`, one atomic
-//! transaction per call). A call costs a process start; docs/DESIGN-NOTES.md
-//! note 15 has the numbers. It is never on the packet path.
+//! The table, its chains and sets are made (and deleted) through the `nft`
+//! binary (`nft -f -`, one atomic transaction per call; a call costs a
+//! process start, docs/DESIGN-NOTES.md note 15). The per-flow changes, on
+//! a new flow's first-packet path since note 36, go as netlink batches
+//! straight to the kernel instead (super::nftnl). Never on the packet path.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -11,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use super::nftnl::{Batch, ElemOp, Key, Socket};
 use super::packet::{FiveTuple, L4Proto};
 use crate::error::{Error, Result};
 
@@ -46,6 +49,8 @@ pub(crate) struct Table {
     ns: Netns,
     /// Whether the table has [`PORTS_SET`] (NFQUEUE).
     ports: bool,
+    /// Set elements change through this (opened in the table's namespace).
+    netlink: std::sync::Mutex<Socket>,
 }
 
 /// The network namespace a table lives in. An `nft`/`iptables` run for the
@@ -66,6 +71,36 @@ impl Netns {
         Ok(Self {
             fd: file.into(),
             id,
+        })
+    }
+
+    /// A netlink socket in this namespace: opened here, or from a short
+    /// thread that enters the namespace first (CAP_SYS_ADMIN, as for `nft`).
+    fn open_netlink(&self) -> Result<Socket> {
+        let here = std::fs::metadata(NS_PATH).map(|m| ns_id(&m)).ok();
+        if here == Some(self.id) {
+            return Socket::open();
+        }
+        let fd = self.fd.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on a descriptor this struct keeps open;
+                // it changes only this short-lived thread's namespace.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::NativeSocket {
+                        what: "enter the table's network namespace",
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Socket::open()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::NativeSocket {
+                    what: "enter the table's network namespace",
+                    source: std::io::Error::other("thread panicked"),
+                })
+            })
         })
     }
 
@@ -147,10 +182,18 @@ impl Table {
                 }
             }
         }
+        let netlink = match ns.open_netlink() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = delete_in(&ns, name);
+                return Err(e);
+            }
+        };
         Ok(Self {
             name: name.to_owned(),
             ns,
             ports,
+            netlink: std::sync::Mutex::new(netlink),
         })
     }
 
@@ -159,53 +202,44 @@ impl Table {
         &self.name
     }
 
-    /// Adds flows to the set, in one transaction. Adding a present flow is
-    /// not an error.
-    pub(crate) fn add_flows(&self, flows: &[FiveTuple]) -> Result<()> {
-        if flows.is_empty() {
-            return Ok(());
+    /// Removes `remove` and adds `add` (flows in neither list keep their
+    /// state) in one netlink batch: one `sendto`, one read of the answers,
+    /// all or nothing. Adding a present flow or removing an absent one is
+    /// not an error. `ports_gone`: flows of `remove` whose destination,
+    /// protocol and ports no remaining flow shares (their [`PORTS_SET`]
+    /// element goes too).
+    pub(crate) fn change_flows(
+        &self,
+        add: &[FiveTuple],
+        remove: &[FiveTuple],
+        ports_gone: &[FiveTuple],
+    ) -> Result<()> {
+        let mut batch = Batch::default();
+        // The kernel refuses to delete an absent element ("destroy", which
+        // would not, is kernel 6.3+), so each removed element is added
+        // first in the same batch: idempotent, like the old nft script.
+        for (set, flows) in by_set(remove) {
+            let keys: Vec<Key> = flows.iter().map(Key::flow).collect();
+            batch.push(ElemOp::Add, set, keys.clone());
+            batch.push(ElemOp::Delete, set, keys);
         }
-        let mut script = self.elements("add", flows);
+        if self.ports {
+            let keys = port_keys(ports_gone);
+            batch.push(ElemOp::Add, PORTS_SET, keys.clone());
+            batch.push(ElemOp::Delete, PORTS_SET, keys);
+        }
+        for (set, flows) in by_set(add) {
+            batch.push(ElemOp::Add, set, flows.iter().map(Key::flow).collect());
+        }
         if self.ports {
             // Adding a present element is not an error: flows sharing
             // their ports with another source's need no count here.
-            if let Some(els) = port_elements(flows) {
-                script.push_str(&format!(
-                    "add element inet {} {PORTS_SET} {{ {els} }}\n",
-                    self.name
-                ));
-            }
+            batch.push(ElemOp::Add, PORTS_SET, port_keys(add));
         }
-        run(&self.ns, &script)
-    }
-
-    /// Removes flows from the set, in one transaction. Removing an absent
-    /// flow is not an error.
-    /// `ports_gone`: flows whose destination, protocol and ports no
-    /// remaining flow shares (their [`PORTS_SET`] element goes too).
-    pub(crate) fn remove_flows(&self, flows: &[FiveTuple], ports_gone: &[FiveTuple]) -> Result<()> {
-        // "delete element" fails on an absent element; "destroy" (nft 1.0.8)
-        // is not in every distribution yet. Add then delete is idempotent.
-        if flows.is_empty() {
-            return Ok(());
-        }
-        let mut script = String::new();
-        let mut sets: Vec<(&str, String)> = by_set(flows)
-            .into_iter()
-            .map(|(s, f)| (s, join(&f)))
-            .collect();
-        if self.ports
-            && let Some(els) = port_elements(ports_gone)
-        {
-            sets.push((PORTS_SET, els));
-        }
-        for (set, els) in sets {
-            script.push_str(&format!(
-                "add element inet {n} {set} {{ {els} }}\ndelete element inet {n} {set} {{ {els} }}\n",
-                n = self.name
-            ));
-        }
-        run(&self.ns, &script)
+        self.netlink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&self.name, &batch)
     }
 
     /// Replaces the set of local addresses (DPRP probes to them are taken).
@@ -226,18 +260,6 @@ impl Table {
     /// Deletes the table (and any compat rule). Returns whether it existed.
     pub(crate) fn delete(&self) -> Result<bool> {
         delete_in(&self.ns, &self.name)
-    }
-
-    fn elements(&self, verb: &str, flows: &[FiveTuple]) -> String {
-        let mut script = String::new();
-        for (set, flows) in by_set(flows) {
-            script.push_str(&format!(
-                "{verb} element inet {} {set} {{ {} }}\n",
-                self.name,
-                join(&flows)
-            ));
-        }
-        script
     }
 }
 
@@ -452,19 +474,13 @@ fn iptables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Result<()> {
     }
 }
 
-/// The [`PORTS_SET`] elements of the TCP/UDP flows among `flows`.
-fn port_elements(flows: &[FiveTuple]) -> Option<String> {
-    let els: Vec<String> = flows
+/// The [`PORTS_SET`] keys of the TCP/UDP flows among `flows`.
+fn port_keys(flows: &[FiveTuple]) -> Vec<Key> {
+    flows
         .iter()
         .filter(|f| f.proto != L4Proto::Icmp)
-        .map(|f| format!("{} . {} . {}", f.dst, f.proto.as_str(), f.dst_port))
-        .collect();
-    (!els.is_empty()).then(|| els.join(", "))
-}
-
-fn join(flows: &[FiveTuple]) -> String {
-    let els: Vec<String> = flows.iter().map(FiveTuple::nft_element).collect();
-    els.join(", ")
+        .map(Key::ports)
+        .collect()
 }
 
 /// Runs an nft script as one transaction.
