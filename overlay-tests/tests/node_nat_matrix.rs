@@ -26,9 +26,9 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{OVERLAY_TOOLS, echo_send, need, peer_entry};
+use common::{OVERLAY_TOOLS, echo_send, need, peer_entry, ping_until_answered};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use fpn_lab::{Lab, config_path};
 use serde_json::Value;
@@ -79,28 +79,6 @@ fn router_of(ov: &Overlay, n: &str) -> IpAddr {
         ("gwb", "pub-b")
     };
     ov.lab().addr(gw, link).unwrap()
-}
-
-/// `ping -n -c 1 NAME` from `host` until one answer, at most `bound`
-/// (`-n`: no reverse lookup of the answer). Returns how long it took.
-fn ping_until_answered(ov: &Overlay, host: &str, name: &str, bound: Duration) -> Duration {
-    let t = Instant::now();
-    loop {
-        let out = ov
-            .lab()
-            .exec(host, ["ping", "-n", "-c", "1", "-W", "1", name])
-            .unwrap();
-        if out.success() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < bound,
-            "{host} never reached {name} within {bound:?}: {}{}\n{}",
-            out.stdout,
-            out.stderr,
-            ov.log_tails(40)
-        );
-    }
 }
 
 /// TCP (the marker 50 times) and UDP echo by name from `from` to `to`'s

@@ -17,7 +17,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::{OVERLAY_TOOLS, echo_send, need, peer_entry};
+use common::{OVERLAY_TOOLS, echo_send, need, peer_entry, ping_until_answered};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use fpn_lab::{Lab, config_path};
 
@@ -51,29 +51,6 @@ fn wait_reflexive(ov: &Overlay, node: &str) -> String {
             st["gms"]
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// `ping -n -c 1 NAME` from `host` until one answer, at most `bound`
-/// (`-n`: no reverse lookup of the answer, whose timeout in the lab would
-/// count as time to the first answer).
-fn ping_until_answered(ov: &Overlay, host: &str, name: &str, bound: Duration) -> Duration {
-    let t = Instant::now();
-    loop {
-        let out = ov
-            .lab()
-            .exec(host, ["ping", "-n", "-c", "1", "-W", "1", name])
-            .unwrap();
-        if out.success() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < bound,
-            "{host} never reached {name} within {bound:?}: {}{}\n{}",
-            out.stdout,
-            out.stderr,
-            ov.log_tails(40)
-        );
     }
 }
 

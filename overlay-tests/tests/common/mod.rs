@@ -261,3 +261,31 @@ pub fn wait_carrier(
 pub fn wait_native(ov: &fpn_lab::overlay::Overlay, node: &str, peer: &str) {
     wait_carrier(ov, node, peer, "native", std::time::Duration::from_secs(10));
 }
+
+/// `ping -n -c 1 NAME` from `host` until one answer, at most `bound`
+/// (`-n`: no reverse lookup of the answer, whose timeout in the lab would
+/// count as time to the first answer).
+pub fn ping_until_answered(
+    ov: &fpn_lab::overlay::Overlay,
+    host: &str,
+    name: &str,
+    bound: std::time::Duration,
+) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let out = ov
+            .lab()
+            .exec(host, ["ping", "-n", "-c", "1", "-W", "1", name])
+            .unwrap();
+        if out.success() {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < bound,
+            "{host} never reached {name} within {bound:?}: {}{}\n{}",
+            out.stdout,
+            out.stderr,
+            ov.log_tails(40)
+        );
+    }
+}

@@ -38,30 +38,12 @@ pub(crate) struct PeerCert {
     pub serial: u64,
 }
 
-/// Reads the GE id and serial of a certificate.
+/// Reads the GE id and serial of a certificate (the same reading the relay
+/// admits nodes by).
 pub(crate) fn parse_cert(der: &CertificateDer<'_>) -> Result<PeerCert, &'static str> {
-    let cert =
-        webpki::EndEntityCert::try_from(der).map_err(|_| "the certificate cannot be parsed")?;
-    let mut ids = cert
-        .valid_uri_names()
-        .filter_map(|u| u.strip_prefix("urn:fpn:ge:"));
-    let id = ids.next().ok_or("the certificate carries no GE id")?;
-    if ids.next().is_some() {
-        return Err("the certificate carries two GE ids");
-    }
-    let ge = id
-        .parse::<u32>()
-        .map_err(|_| "the certificate's GE id is not a number")?;
-    let serial = cert.serial();
-    let first = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
-    let digits = &serial[first..];
-    if digits.len() > 8 {
-        return Err("the certificate serial is longer than 64 bits");
-    }
-    let serial = digits.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
-    Ok(PeerCert {
-        ge: GeId(ge),
-        serial,
+    fpn_relay::tls::parse_node_cert(der.as_ref()).map(|c| PeerCert {
+        ge: c.ge,
+        serial: c.serial,
     })
 }
 
