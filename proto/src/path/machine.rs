@@ -78,6 +78,8 @@ pub struct PathMachine {
     due: Option<Instant>,
     backoff: Duration,
     native_since: Option<Instant>,
+    /// Native carried data to this peer at least once.
+    was_native: bool,
     last_round_at: Instant,
     round: u64,
     /// The native send count when the running trial started.
@@ -144,6 +146,7 @@ impl PathMachine {
             due: None,
             backoff,
             native_since: None,
+            was_native: false,
             last_round_at: now,
             round: 0,
             trial_tx: 0,
@@ -318,8 +321,46 @@ impl PathMachine {
         };
         self.queue(answer, from)?;
         self.stats.answers_sent += 1;
+        let heard_before = self
+            .last_peer_probe
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.keepalive_interval);
         self.last_peer_probe = Some(now);
+        if !self.candidates.contains(&from) && self.candidates.len() < MAX_CANDIDATES {
+            // A peer-reflexive candidate (ICE's term): the peer's NAT
+            // mapped its probe port there, the one place probes get in.
+            self.candidates.push(from);
+        }
+        if !heard_before {
+            self.punch(now);
+        }
         Ok(())
+    }
+
+    /// A peer that was silent probes: it just came up, or its NAT just
+    /// opened towards this node (its probe left through it), so probes this
+    /// node sent before may have died there. While probing, this node sends
+    /// the running round again at once (same round: its answer counts for
+    /// it, and the round is lost only when every copy is), instead of
+    /// waiting for the round to time out. After a first probing that never
+    /// got through (`Fallback`, never native), it retries at once, the
+    /// answer starting a trial as usual. At most once per peer silence, and
+    /// not after a native path died, so a peer whose probes pass while this
+    /// node's never do cannot defeat the backoff.
+    fn punch(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Probing => {
+                self.stats.punches += 1;
+                self.send_probes(now);
+            }
+            Phase::Fallback if !self.was_native => {
+                self.stats.punches += 1;
+                // A retry still out went before the peer's NAT opened; its
+                // loss must not end the trial this round's answer starts.
+                self.abandon_outstanding();
+                self.send_round(now);
+            }
+            _ => {}
+        }
     }
 
     /// The peer's fallback notice (it came over QUIC): its native path to
@@ -680,6 +721,7 @@ impl PathMachine {
         self.losses = 0;
         self.due = None;
         self.native_since = Some(now);
+        self.was_native = true;
         self.last_round_at = now;
         let reason = match self.cfg.force {
             Force::Native => Reason::Forced,
@@ -817,6 +859,11 @@ impl PathMachine {
     /// candidate.
     fn send_round(&mut self, now: Instant) {
         self.round += 1;
+        self.send_probes(now);
+    }
+
+    /// The probes of round `self.round`, sent at `now`.
+    fn send_probes(&mut self, now: Instant) {
         self.last_round_at = now;
         let one = match self.phase {
             Phase::Native | Phase::Trial => self.active,

@@ -222,4 +222,6 @@ pub struct PathStats {
     pub malformed: u64,
     /// Datagrams not queued because the transmit queue was full.
     pub transmits_dropped: u64,
+    /// Rounds sent at once because a silent peer's probe arrived.
+    pub punches: u64,
 }

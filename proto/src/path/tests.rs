@@ -50,6 +50,13 @@ struct Net {
     flight: Vec<InFlight>,
     block_probes: bool,
     block_data: bool,
+    /// B sits behind a NAT that drops what A sends until B has sent to A
+    /// (address-dependent filtering); `b_opened` once it has.
+    filter_b: bool,
+    b_opened: bool,
+    /// B's NAT maps B's probe port here (address-dependent mapping): B's
+    /// datagrams come from it, and only datagrams to it reach B.
+    b_mapped: Option<SocketAddr>,
     /// Native data packets per side every `data_every` while its path is native.
     send_a: bool,
     send_b: bool,
@@ -88,6 +95,9 @@ impl Net {
             flight: Vec::new(),
             block_probes: false,
             block_data: false,
+            filter_b: false,
+            b_opened: false,
+            b_mapped: None,
             send_a: false,
             send_b: false,
             data_every: Duration::from_millis(10),
@@ -137,16 +147,24 @@ impl Net {
     /// Drains both machines' outputs at `now`.
     fn drain(&mut self) {
         for side in [Side::A, Side::B] {
+            let b_public = self.b_mapped.unwrap_or(addr_b());
             let (from, to) = match side {
                 Side::A => (addr_a(), Side::B),
-                Side::B => (addr_b(), Side::A),
+                Side::B => (b_public, Side::A),
             };
             while let Some(t) = self.machine(side).poll_transmit() {
                 self.sent.push((self.now, side, t.kind));
                 self.wire.push((side, t.dst, t.payload().to_vec()));
-                let reaches = t.dst == addr_a() || t.dst == addr_b();
+                let reaches = match to {
+                    Side::A => t.dst == addr_a(),
+                    Side::B => t.dst == b_public,
+                };
+                if side == Side::B && reaches {
+                    self.b_opened = true;
+                }
+                let filtered = to == Side::B && self.filter_b && !self.b_opened;
                 // Notices ride the QUIC carrier, which no firewall here blocks.
-                if (self.block_probes && t.kind != ProbeKind::Notice) || !reaches {
+                if (self.block_probes && t.kind != ProbeKind::Notice) || !reaches || filtered {
                     continue;
                 }
                 if let Some(at) = self.delivery() {
@@ -178,7 +196,10 @@ impl Net {
             }
             let now = self.now;
             self.machine(side).handle_native_data_sent(now);
-            if self.block_data {
+            if side == Side::B {
+                self.b_opened = true;
+            }
+            if self.block_data || (to == Side::B && self.filter_b && !self.b_opened) {
                 continue;
             }
             if let Some(at) = self.delivery() {
@@ -310,6 +331,71 @@ fn native_answers_switches_to_native_within_one_rtt() {
     assert_eq!(net.a.reflexive_addr(), Some(addr_a()));
     assert_eq!(net.a.rtt(), Some(2 * LATENCY));
     assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+/// B behind a filtering NAT comes up `late` seconds after A: A's probes
+/// died at B's NAT until then. B's first probe (answered: A's NAT is open
+/// since A probed) also opens B's NAT towards A, and A, hearing a peer that
+/// was silent, probes again at once instead of at its next round or retry.
+/// Returns how long after A's start A carried data natively.
+fn native_after_a_late_peer(late: f64, b_mapped: Option<SocketAddr>) -> Duration {
+    // B is not up yet: a machine that never probes nor answers stands in.
+    let mut net = Net::new(auto(), forced(Force::Quic));
+    net.filter_b = true;
+    net.b_mapped = b_mapped;
+    net.flight.clear();
+    net.b_opened = false;
+    net.send_a = true;
+    net.run_until(net.t(late));
+    assert_eq!(net.a.current(), PathKind::Quic, "{:?}", net.a);
+    let now = net.now;
+    net.b = PathMachine::new(
+        auto(),
+        GeId(2),
+        GeId(1),
+        &KEY,
+        vec![addr_a()],
+        UNIX + 60,
+        now,
+    );
+    net.drain();
+    net.run_for(Duration::from_secs(30));
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+    let at = *net
+        .switches(Side::A, PathKind::Native)
+        .first()
+        .unwrap_or_else(|| panic!("A never went native: {:?}", net.a));
+    at - net.start
+}
+
+#[test]
+fn a_peer_coming_up_behind_a_filtering_nat_is_probed_again_at_once() {
+    // A is in its first rounds (the next is due at 1 s): native within a
+    // few latencies of B's first probe.
+    let took = native_after_a_late_peer(0.3, None);
+    assert!(
+        took < Duration::from_secs_f64(0.3) + 5 * LATENCY,
+        "A went native {took:?} after it started"
+    );
+    // The same when B's NAT maps B's probe port to another port towards A
+    // (address-dependent mapping): A learns it from B's probe
+    // (peer-reflexive) and probes there, the only place that gets in.
+    let mapped: SocketAddr = "198.18.0.2:40001".parse().unwrap();
+    let took = native_after_a_late_peer(0.3, Some(mapped));
+    assert!(
+        took < Duration::from_secs_f64(0.3) + 5 * LATENCY,
+        "A went native {took:?} after it started (peer-reflexive)"
+    );
+    // A had fallen back (retries at 4 s and 6 s, the next at 10 s): a
+    // trial starts at once, and native data switches it within two
+    // active-interval rounds.
+    let took = native_after_a_late_peer(6.5, None);
+    let bound =
+        Duration::from_secs_f64(6.5) + 2 * PathConfig::default().active_interval() + 5 * LATENCY;
+    assert!(
+        took < bound,
+        "A went native {took:?} after it started (bound {bound:?})"
+    );
 }
 
 /// Blocks every native packet (probes and data) at several points of the
@@ -772,9 +858,11 @@ fn transmit_queue_is_bounded() {
         };
         let n = p.emit(&key, &mut buf).unwrap();
         let r = net.b.handle_probe(&buf[..n], addr_a(), now);
-        assert_eq!(r.is_ok(), seq < 64, "seq {seq}: {r:?}");
+        // The first probe of a silent peer also sends b's round again.
+        assert_eq!(r.is_ok(), seq < 63, "seq {seq}: {r:?}");
     }
-    assert_eq!(net.b.stats().transmits_dropped, 36);
+    assert_eq!(net.b.stats().punches, 1);
+    assert_eq!(net.b.stats().transmits_dropped, 37);
     assert_eq!(std::iter::from_fn(|| net.b.poll_transmit()).count(), 64);
 }
 
