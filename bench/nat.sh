@@ -11,7 +11,9 @@
 #                     routers (gwb forwards TCP 5201 to b; ping answers from
 #                     gwb itself), on nat-matrix-eim / nat-matrix-symmetric
 #   fpn-eim           fpn-gms (with its relay) on the VPS, fpn-node on a and b
-#                     behind endpoint-independent NATs: a punched direct path
+#                     behind endpoint-independent NATs, the default carrier:
+#                     the native path through both NATs (punched)
+#   fpn-eim-quic      the same with `carrier = "quic"`: punched direct QUIC
 #   fpn-sym           the same behind symmetric NATs (random ports): the relay
 #                     (fpn-gms's default [relay] rate_mbit = 50 per node)
 #   fpn-sym-nocap     the same with the relay's per-node rate raised to
@@ -20,9 +22,6 @@
 #   nebula-eim        nebula 1.6: lighthouse + relay on the VPS, punchy on,
 #                     a and b behind the same NATs: direct after punching
 #   nebula-sym        the same behind symmetric NATs: nebula's relay
-#
-# fpn nodes run `carrier = "quic"` (the native path does not cross NATs yet,
-# see overlay-tests/tests/node_nat_matrix.rs).
 #
 # Measured per mode:
 #   setup   from starting the daemons on a and b at once (fpn: `fpn-node up`,
@@ -34,10 +33,14 @@
 #   via_vps bytes the VPS's interface received during the iperf3 run, as a
 #           share of what iperf3 carried: ~0 for a direct path, >= 1 when
 #           the traffic went through the VPS (the relay)
+#   gwa_pkts packets router gwa sent (all its interfaces) during the iperf3
+#           run per MB iperf3 carried: what each router forwards and
+#           NATs, one socket buffer each (a GSO super-packet is one); on
+#           this lab the routers share the nodes' two cores
 # Required checks (a round that fails one is reported, not counted): the
 # path came up and every measurement answered; fpn-eim: a's status for b is
-# `direct via NAT (...)` over QUIC and the VPS saw < 10 % of the iperf3
-# bytes; fpn-sym: `relay` and the VPS saw >= 90 %; nebula-eim: the VPS saw
+# `direct via NAT (...)` on native (fpn-eim-quic: on QUIC) and the VPS saw
+# < 10 % of the iperf3 bytes; fpn-sym: `relay` and the VPS saw >= 90 %; nebula-eim: the VPS saw
 # < 10 %; nebula-sym: >= 90 % (nebula's relay).
 #
 # REPEAT=n runs the modes n times, interleaved; the report shows medians
@@ -56,11 +59,11 @@ for arg in "$@"; do
         --json) FORMAT=json ;;
         --markdown | --md) FORMAT=markdown ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        raw-eim | raw-sym | fpn-eim | fpn-sym | fpn-sym-nocap | nebula-eim | nebula-sym) MODES+=("$arg") ;;
+        raw-eim | raw-sym | fpn-eim | fpn-eim-quic | fpn-sym | fpn-sym-nocap | nebula-eim | nebula-sym) MODES+=("$arg") ;;
         *) echo "nat.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
-[ ${#MODES[@]} -gt 0 ] || MODES=(raw-eim fpn-eim nebula-eim raw-sym fpn-sym fpn-sym-nocap nebula-sym)
+[ ${#MODES[@]} -gt 0 ] || MODES=(raw-eim fpn-eim fpn-eim-quic nebula-eim raw-sym fpn-sym fpn-sym-nocap nebula-sym)
 
 REPEAT=${REPEAT:-1}
 DURATION=${DURATION:-10}
@@ -182,7 +185,7 @@ fpn_up() {
         tok=$(in_ vps "${gms[@]}" token create "$n" --ttl 1h --json | json_field token)
         in_ "$n" "$BIN/fpn-node" enroll "$tok" --state "$D/$n" --json >"$D/$n.enroll.json" ||
             die "fpn-node enroll $n failed"
-        printf 'split_dns = false\ncarrier = "quic"\n' >"$D/$n.toml"
+        printf 'split_dns = false\n%s' "$CARRIER_LINE" >"$D/$n.toml"
     done
     DST=$(json_field overlay <"$D/b.enroll.json")
     T0=$(date +%s.%N)
@@ -268,6 +271,7 @@ first_ping() {
 }
 
 vps_rx() { in_ vps cat /sys/class/net/eth0/statistics/rx_bytes; }
+gwa_tx_packets() { in_ gwa sh -c 'cat /sys/class/net/*/statistics/tx_packets' | awk '{ s += $1 } END { print s }'; }
 
 IPERF_RATE='
 import json, sys
@@ -288,10 +292,16 @@ measure() {
     trap teardown EXIT
     trap 'exit 130' INT TERM
     log "== $MODE (round $ROUND)"
-    local kind tool=${MODE%%-*} setup=NA ping rx0 rx1 tcp bytes via fails=()
+    local kind tool=${MODE%%-*} setup=NA ping rx0 rx1 tcp bytes via gp0 gp1 gpkts fails=()
     kind=$(cut -d- -f2 <<<"$MODE")
     RELAY_RATE=""
     [ "$MODE" != fpn-sym-nocap ] || RELAY_RATE=100000
+    CARRIER_LINE=""
+    local carrier=native
+    if [ "$MODE" = fpn-eim-quic ]; then
+        CARRIER_LINE=$'carrier = "quic"\n'
+        carrier=quic
+    fi
     lab_up "$kind"
     case $tool in
         raw) raw_up ;;
@@ -308,10 +318,13 @@ measure() {
     spawn b "$D/iperf3-server.log" iperf3 -s --forceflush
     wait_for 5 grep -q "Server listening" "$D/iperf3-server.log" || die "iperf3 -s did not start"
     rx0=$(vps_rx)
+    gp0=$(gwa_tx_packets)
     in_ a iperf3 -c "$DST" -t "$DURATION" -J >"$D/iperf3.json" 2>&1 || die "iperf3 failed: $(tail -3 "$D/iperf3.json")"
+    gp1=$(gwa_tx_packets)
     rx1=$(vps_rx)
     read -r tcp bytes < <(python3 -c "$IPERF_RATE" <"$D/iperf3.json")
     via=$(python3 -c 'import sys; print("%.2f" % ((int(sys.argv[2]) - int(sys.argv[1])) / max(int(sys.argv[3]), 1)))' "$rx0" "$rx1" "$bytes")
+    gpkts=$(python3 -c 'import sys; print("%.1f" % ((int(sys.argv[2]) - int(sys.argv[1])) / max(int(sys.argv[3]) / 1e6, 1e-9)))' "$gp0" "$gp1" "$bytes")
     local direct=true
     [ "$kind" != sym ] || [ "$tool" = raw ] || direct=false
     if [ "$tool" != raw ]; then
@@ -327,21 +340,21 @@ measure() {
         echo "$peer" >"$D/peer.txt"
         log "   a's status for b: $peer"
         if $direct; then
-            [[ $peer == "quic|direct via NAT ("* ]] || fails+=("a's status for b is not direct via NAT over QUIC: $peer")
+            [[ $peer == "$carrier|direct via NAT ("* ]] || fails+=("a's status for b is not direct via NAT on $carrier: $peer")
         else
             [[ $peer == "relay|relay|"* ]] || fails+=("a's status for b is not the relay: $peer")
         fi
     fi
-    log "   setup ${setup} s, ping ${ping} ms, tcp ${tcp} Mbit/s, VPS carried ${via}x the iperf3 bytes"
+    log "   setup ${setup} s, ping ${ping} ms, tcp ${tcp} Mbit/s, VPS carried ${via}x the iperf3 bytes, gwa sent ${gpkts} packets per MB"
     if [ ${#fails[@]} -gt 0 ]; then
         log "   ROUND FAILED: ${fails[*]}"
         echo "$ROUND $MODE ${fails[*]}" >>"$WORK/failures.txt"
         return 0
     fi
-    echo "$ROUND $MODE $setup $ping $tcp $via" >>"$WORK/rounds.txt"
+    echo "$ROUND $MODE $setup $ping $tcp $via $gpkts" >>"$WORK/rounds.txt"
 }
 
-METRICS="setup ping tcp via"
+METRICS="setup ping tcp via gpkts"
 AGGREGATE='
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -372,7 +385,8 @@ what() {
     case $1 in
         raw-eim) echo "raw routing a -> gwb (EIM routers), no overlay" ;;
         raw-sym) echo "raw routing a -> gwb (symmetric routers), no overlay" ;;
-        fpn-eim) echo "fpn, direct through EIM NATs (punched QUIC)" ;;
+        fpn-eim) echo "fpn, direct through EIM NATs (native, the default carrier)" ;;
+        fpn-eim-quic) echo "fpn, direct through EIM NATs (punched QUIC, carrier pinned)" ;;
         fpn-sym) echo "fpn, relay (symmetric NATs), relay rate cap 50 Mbit/s per node (default)" ;;
         fpn-sym-nocap) echo "fpn, relay (symmetric NATs), rate cap raised to 100 Gbit/s" ;;
         nebula-eim) echo "nebula 1.6, direct through EIM NATs (punchy)" ;;
@@ -388,8 +402,8 @@ report() {
                 "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$LOAD1" "$REPEAT" "$DURATION" "$PINGS"
             local sep=
             for m in "${MODES[@]}"; do
-                printf '%s{"mode":"%s","passed":%s,"failed":%s,"setup_s":"%s","ping_ms":"%s","tcp_mbps":"%s","via_vps":"%s"}' \
-                    "$sep" "$m" "$(passed "$m")" "$(failed "$m")" "$(cell "$m" setup)" "$(cell "$m" ping)" "$(cell "$m" tcp)" "$(cell "$m" via)"
+                printf '%s{"mode":"%s","passed":%s,"failed":%s,"setup_s":"%s","ping_ms":"%s","tcp_mbps":"%s","via_vps":"%s","gwa_packets_per_mb":"%s"}' \
+                    "$sep" "$m" "$(passed "$m")" "$(failed "$m")" "$(cell "$m" setup)" "$(cell "$m" ping)" "$(cell "$m" tcp)" "$(cell "$m" via)" "$(cell "$m" gpkts)"
                 sep=,
             done
             printf ']}\n'
@@ -400,10 +414,10 @@ report() {
                 "medians of the rounds that passed of $REPEAT interleaved, [min..max]; load average $LOAD0 before," \
                 "$LOAD1 after; iperf3 TCP ${DURATION} s, ping ${PINGS} x 0.2 s."
             echo
-            echo "| mode | path | up to first answered ping, s | ping avg ms | TCP Mbit/s | VPS bytes / iperf3 bytes | rounds passed / failed |"
-            echo "| --- | --- | --- | --- | --- | --- | --- |"
+            echo "| mode | path | up to first answered ping, s | ping avg ms | TCP Mbit/s | VPS bytes / iperf3 bytes | gwa packets per MB | rounds passed / failed |"
+            echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
             for m in "${MODES[@]}"; do
-                echo "| $m | $(what "$m") | $(cell "$m" setup) | $(cell "$m" ping) | $(cell "$m" tcp) | $(cell "$m" via) | $(passed "$m") / $(failed "$m") |"
+                echo "| $m | $(what "$m") | $(cell "$m" setup) | $(cell "$m" ping) | $(cell "$m" tcp) | $(cell "$m" via) | $(cell "$m" gpkts) | $(passed "$m") / $(failed "$m") |"
             done
             if [ -s "$WORK/failures.txt" ]; then
                 echo
@@ -412,10 +426,10 @@ report() {
             ;;
         table)
             echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $LOAD0, after: $LOAD1; REPEAT=$REPEAT DURATION=${DURATION}s"
-            printf '%-11s %-22s %-22s %-24s %-18s %s\n' mode "setup s" "ping ms" "tcp Mbit/s" "via VPS" "ok/bad"
+            printf '%-13s %-22s %-22s %-24s %-18s %-20s %s\n' mode "setup s" "ping ms" "tcp Mbit/s" "via VPS" "gwa pkts/MB" "ok/bad"
             for m in "${MODES[@]}"; do
-                printf '%-11s %-22s %-22s %-24s %-18s %s/%s\n' "$m" "$(cell "$m" setup)" "$(cell "$m" ping)" \
-                    "$(cell "$m" tcp)" "$(cell "$m" via)" "$(passed "$m")" "$(failed "$m")"
+                printf '%-13s %-22s %-22s %-24s %-18s %-20s %s/%s\n' "$m" "$(cell "$m" setup)" "$(cell "$m" ping)" \
+                    "$(cell "$m" tcp)" "$(cell "$m" via)" "$(cell "$m" gpkts)" "$(passed "$m")" "$(failed "$m")"
             done
             [ ! -s "$WORK/failures.txt" ] || { echo "FAILED ROUNDS:"; cat "$WORK/failures.txt"; }
             ;;
