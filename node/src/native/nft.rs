@@ -171,7 +171,14 @@ impl Table {
                     if !(stderr.contains("queue") && stderr.contains("No such file")) {
                         return Err(native);
                     }
-                    run(&ns, &script(&format!("meta mark set {COMPAT_MARK:#x}")))?;
+                    // `accept` ends this chain only (the iptables rule
+                    // queues the marked packet after it), so a flow's own
+                    // packet stops at its exact rule and never spends the
+                    // ports rule's rate limit, which is the other sources'.
+                    run(
+                        &ns,
+                        &script(&format!("meta mark set {COMPAT_MARK:#x} accept")),
+                    )?;
                     let mut args: Vec<String> =
                         ["-t", "raw", "-I", "PREROUTING"].map(String::from).to_vec();
                     args.extend(compat_rule(name, n));
@@ -368,8 +375,9 @@ fn ruleset(
         "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
     ));
     if ports {
-        // After the exact rule: only the other sources' packets get here
-        // (with the compat mark both rules mark, which is the same).
+        // After the exact rule, whose verdict is final (`queue`, or with
+        // the compat mark `accept`): only the other sources' packets get
+        // here, so only they spend the limit.
         s.push_str(&format!(
             "    ip daddr . meta l4proto . th dport @{PORTS_SET} limit rate {PORTS_RATE}/second counter {verdict}\n"
         ));
