@@ -69,6 +69,7 @@ REPEAT=${REPEAT:-1}
 DURATION=${DURATION:-10}
 PINGS=${PINGS:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 PREFIX=${FPN_LAB_PREFIX:-fpnlab}
 WORK=$(mktemp -d -t nat-bench.XXXXXX)
 LAB_ID=""
@@ -106,16 +107,6 @@ spawn() { # spawn HOST LOG CMD...: background, PID remembered (ended by PID)
     ip netns exec "$(ns "$h")" "$@" >"$logf" 2>&1 &
     PIDS+=($!)
 }
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 30); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 teardown() {
     local pid
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -136,15 +127,6 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
-
-wait_for() { # wait_for SECONDS CMD...
-    local end=$((SECONDS + $1))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $end ] || return 1
-        sleep 0.05
-    done
-}
 
 lab_up() { # lab_up eim|sym
     local file
@@ -355,32 +337,10 @@ measure() {
 }
 
 METRICS="setup ping tcp via gpkts"
-AGGREGATE='
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-for mode in sys.argv[3].split():
-    for i, name in enumerate(sys.argv[2].split()):
-        vals = []
-        for r in rows:
-            if r[1] == mode:
-                try:
-                    vals.append(float(r[2 + i]))
-                except ValueError:
-                    pass
-        if not vals:
-            print(mode, name, "NA", "NA", "NA")
-            continue
-        g = lambda v: "%.3g" % v if v < 100 else "%.0f" % v
-        print(mode, name, g(statistics.median(vals)), g(min(vals)), g(max(vals)))
-'
-
-declare -A R RNG
 cell() { # cell MODE METRIC: "median [min..max]" (no range for one round)
     local v=${R[$1.$2]:-NA}
     if [ "$REPEAT" = 1 ] || [ "$v" = NA ]; then echo "$v"; else echo "$v [${RNG[$1.$2]}]"; fi
 }
-passed() { grep -c " $1 " "$WORK/rounds.txt" 2>/dev/null || true; }
-failed() { grep -c " $1 " "$WORK/failures.txt" 2>/dev/null || true; }
 what() {
     case $1 in
         raw-eim) echo "raw routing a -> gwb (EIM routers), no overlay" ;;
@@ -437,27 +397,8 @@ report() {
 }
 
 # ------------------------------------------------------------------ main
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-: >"$WORK/rounds.txt"
-: >"$WORK/failures.txt"
-for ROUND in $(seq "$REPEAT"); do
-    for m in "${MODES[@]}"; do
-        set +e
-        (set -e; measure "$m")
-        rc=$?
-        set -e
-        if [ $rc = 130 ]; then exit 130; fi
-        if [ $rc != 0 ]; then
-            why=$(cat "$WORK/$m-$ROUND/error" 2>/dev/null || echo "exited with status $rc")
-            log "   ROUND FAILED: $why"
-            echo "$ROUND $m ${why//$'\n'/ }" >>"$WORK/failures.txt"
-        fi
-    done
-done
-LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
-while read -r m k v lo hi; do
-    R[$m.$k]=$v
-    RNG[$m.$k]="$lo..$hi"
-done < <(python3 -c "$AGGREGATE" "$WORK/rounds.txt" "$METRICS" "${MODES[*]}")
+round_error() { echo "$WORK/$1-$ROUND/error"; }
+after_mode() { :; }
+run_rounds
 report
 [ ! -s "$WORK/failures.txt" ] || exit 1

@@ -125,6 +125,7 @@ SOCKBUF=${SOCKBUF:-4194304}
 SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
 SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 
 log() { echo "$*" >&2; }
 # die: this run (or, inside a round, this round) cannot go on. Inside a
@@ -186,17 +187,6 @@ declare -A SYSCTL0                  # their values before this run, restored on 
 inA() { ip netns exec "$NSA" "$@"; }
 inB() { ip netns exec "$NSB" "$@"; }
 
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 30); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
 teardown() {
     local pid ns
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -240,15 +230,6 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
-
-wait_for() { # wait_for SECONDS CMD...: poll every 20 ms
-    local end=$((SECONDS + $1))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $end ] || return 1
-        sleep 0.02
-    done
-}
 
 underlay() {
     teardown
@@ -646,30 +627,7 @@ fpn_status() { # fpn_status NODE FILE: `fpn-node status --json` of a or b
         { log "   fpn-node status $1 failed: $(head -3 "$2")"; return 1; }
 }
 
-declare -A R   # R[mode.metric]: the aggregate over the rounds that passed
-declare -A RNG # RNG[mode.metric]: "min..max" over those rounds
 METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost"
-AGGREGATE='
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-names = sys.argv[2].split()
-for mode in sys.argv[3].split():
-    for i, name in enumerate(names):
-        vals = []
-        for r in rows:
-            if r[1] == mode:
-                try:
-                    vals.append(float(r[2 + i]))
-                except ValueError:
-                    pass
-        if not vals:
-            print(mode, name, "NA", "NA", "NA")
-            continue
-        agg = sum(vals) if name == "flowlost" else max(vals) if name == "flow1max" else statistics.median(vals)
-        g = lambda v: ("%d" % v) if name.startswith("retr") or name == "flowlost" else ("%.3g" % v if v < 100 else "%.0f" % v)
-        print(mode, name, g(agg), g(min(vals)), g(max(vals)))
-'
-
 # One round of one mode. Runs in a subshell (see main): it records its
 # numbers in rounds.txt when every required check passed, else its reasons
 # in failures.txt; nothing it sets survives it.
@@ -816,8 +774,6 @@ versions() {
         "SOCKBUF=$SOCKBUF (rmem/wmem_max; defaults $((2 * SOCKBUF)))$([ "$SELFTEST_PLAIN" != 1 ] || echo " SELFTEST_PLAIN=1")$([ "$SELFTEST_PCCOM_OFF" != 1 ] || echo " SELFTEST_PCCOM_OFF=1")"
 }
 
-failed() { grep -c " $1 " "$WORK/failures.txt" 2>/dev/null || true; }
-passed() { grep -c " $1 " "$WORK/rounds.txt" 2>/dev/null || true; }
 
 report() {
     local m b=raw k
@@ -948,32 +904,8 @@ for m in "${MODES[@]}"; do
     case $m in fpn | fpn-native) fpn_binaries; break ;; esac
 done
 set_buffers
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-: >"$WORK/rounds.txt"
-: >"$WORK/failures.txt"
-for ROUND in $(seq "$REPEAT"); do
-    [ "$REPEAT" = 1 ] || log "--- round $ROUND of $REPEAT"
-    for m in "${MODES[@]}"; do
-        # A round that dies (a tunnel that does not come up) is a failed
-        # round of its mode, not the end of the run. set -e holds inside
-        # the subshell because its status is not tested by || or if.
-        set +e
-        (set -e; measure "$m")
-        rc=$?
-        set -e
-        if [ $rc = 130 ]; then exit 130; fi
-        if [ $rc != 0 ]; then
-            why=$(cat "$WORK/error-$m-$ROUND" 2>/dev/null || echo "exited with status $rc")
-            log "   ROUND FAILED: $why"
-            echo "$ROUND $m ${why//$'\n'/ }" >>"$WORK/failures.txt"
-        fi
-        teardown
-    done
-done
-LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
-while read -r m k v lo hi; do
-    R[$m.$k]=$v
-    RNG[$m.$k]="$lo..$hi"
-done < <(python3 -c "$AGGREGATE" "$WORK/rounds.txt" "$METRICS" "${MODES[*]}")
+round_error() { echo "$WORK/error-$1-$ROUND"; }
+after_mode() { teardown; }
+run_rounds
 report
 [ ! -s "$WORK/failures.txt" ] || exit 1
