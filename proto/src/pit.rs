@@ -31,11 +31,11 @@
 //! flow ids come from the network); everything it returns in bulk is sorted,
 //! so outputs do not depend on hash order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::action::Action;
-use crate::flow::FlowId;
+use crate::flow::{FastMap, FlowId};
 use crate::ge::{GeId, GroupId};
 use crate::keys::{FlowKeys, KeyVersion};
 use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
@@ -357,7 +357,7 @@ impl<A: PacketAead> std::fmt::Debug for PitEntry<A> {
 /// The table. `A` is the PCCOM backend (ring by default).
 pub struct Pit<A: PacketAead = RingAesGcm> {
     config: PitConfig,
-    entries: HashMap<FlowId, PitEntry<A>>,
+    entries: FastMap<FlowId, PitEntry<A>>,
     events: VecDeque<PitEvent>,
     /// A copy of a packet being opened during a rekey grace, so a second key
     /// can be tried on the original bytes.
@@ -376,7 +376,7 @@ impl<A: PacketAead> Pit<A> {
     pub fn with_backend(config: PitConfig) -> Self {
         Self {
             config,
-            entries: HashMap::new(),
+            entries: FastMap::default(),
             events: VecDeque::new(),
             scratch: Vec::new(),
         }

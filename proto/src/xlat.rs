@@ -23,10 +23,10 @@
 //! Overlay and wire sides of an entry are of one address family; IPv4 over
 //! IPv6 is the IPv6 issue's to add.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::flow::FlowId;
+use crate::flow::{FastMap, FlowId};
 use crate::ge::GeId;
 use crate::packet::Packet;
 use crate::{Error, Result};
@@ -71,8 +71,8 @@ impl Translation {
 /// by its reversed five-tuple.
 #[derive(Debug, Clone)]
 pub struct XlatTable {
-    by_overlay: HashMap<FlowId, Translation>,
-    by_wire: HashMap<FlowId, FlowId>,
+    by_overlay: FastMap<FlowId, Translation>,
+    by_wire: FastMap<FlowId, FlowId>,
     by_peer: BTreeMap<GeId, BTreeSet<FlowId>>,
     max: usize,
 }
@@ -87,8 +87,8 @@ impl XlatTable {
     /// An empty table holding at most `max_entries` flows.
     pub fn new(max_entries: usize) -> Self {
         Self {
-            by_overlay: HashMap::new(),
-            by_wire: HashMap::new(),
+            by_overlay: FastMap::default(),
+            by_wire: FastMap::default(),
             by_peer: BTreeMap::new(),
             max: max_entries,
         }

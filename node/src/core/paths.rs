@@ -20,11 +20,11 @@
 //!   ([`Output::NativeFlowAdded`]/[`Output::NativeFlowRemoved`]) so the
 //!   driver can steer exactly those packets to the node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FastSet, FlowId};
 use fpn_proto::ge::GeId;
 use fpn_proto::packet::Packet;
 use fpn_proto::path::{
@@ -89,21 +89,21 @@ pub(super) struct Paths {
     /// zeroed, [`local_side`]) -> the overlay flows (translation keys) with
     /// that local side: tells a packet from the wrong source from an unknown
     /// flow, and names the flows a NAT binding may belong to.
-    pub sources: HashMap<FlowId, Vec<FlowId>>,
+    pub sources: FastMap<FlowId, Vec<FlowId>>,
     /// Overlay flows whose wire side came from an authenticated NAT binding
     /// (the observed source, not the peer's own address and port): a later
     /// translation install must not undo it.
-    pub bound: HashSet<FlowId>,
+    pub bound: FastSet<FlowId>,
     /// Trial opens left in the current second (NAT bindings), and when the
     /// second started.
     pub binding_budget: (Option<Instant>, u32),
     /// Overlay flows of which an authenticated native packet came in: to a
     /// peer behind a NAT only these leave natively (their packets opened
     /// the NAT's mapping; anything else would meet a NAT with none).
-    pub heard: HashSet<FlowId>,
+    pub heard: FastSet<FlowId>,
     /// Native copies sent per flow to a peer behind a NAT before its own
     /// packet of the flow came in ([`NAT_PUNCH_COPIES`] at most).
-    pub punches: HashMap<FlowId, u8>,
+    pub punches: FastMap<FlowId, u8>,
     /// Peers whose authenticated probes came from a port other than
     /// [`PROBE_PORT`] (a NAT rewrote it), with that source: also probed
     /// there (a peer-reflexive candidate), and treated as behind a NAT.

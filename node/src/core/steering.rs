@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::{self, MessageType, NegotiationId, Position};
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FlowId};
 use fpn_proto::ge::GeId;
 use tracing::{debug, trace};
 
@@ -96,7 +96,7 @@ pub(super) enum CdnRoute {
 #[derive(Debug, Default)]
 pub(super) struct Steering {
     /// Overlay flows with a new translation.
-    pub gates: HashMap<FlowId, Gate>,
+    pub gates: FastMap<FlowId, Gate>,
     /// Overlay flows whose CDN or first packets wait for steering.
     waiting: HashMap<FlowId, Waiting>,
     /// Held CDNs by negotiation (responder).

@@ -71,7 +71,8 @@ mod rx_nfq;
 mod rx_ring;
 mod send;
 
-use std::collections::{HashMap, HashSet};
+use fpn_proto::flow::{FastMap, FastSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -598,8 +599,8 @@ impl Shared {
 /// otherwise (`native_in_wrong_source`), so the ring hands it over too.
 #[derive(Debug, Default)]
 pub(crate) struct FlowSet {
-    exact: HashSet<FiveTuple>,
-    ports: HashMap<FiveTuple, u32>,
+    exact: FastSet<FiveTuple>,
+    ports: FastMap<FiveTuple, u32>,
 }
 
 impl FlowSet {
