@@ -5,9 +5,11 @@
 //!   QUIC carrier reports [`Direct::Failed`]) frames go through the relay.
 //! - A direct connection still not up [`RELAY_AFTER`] after its first
 //!   frame sends the peer's frames through the relay meanwhile (the attempt
-//!   goes on): a first contact behind NATs that cannot be punched then
-//!   takes about a second instead of the attempt's 5 s per address, and a
-//!   refused flow fails in about a second too.
+//!   goes on), the frames queued for the attempt too, at that moment
+//!   ([`RelayChoice::relay_due`], a timer in `PathCarrier`): a first
+//!   contact behind NATs that cannot be punched then takes about a second
+//!   instead of the attempt's 5 s per address, and a refused flow fails in
+//!   about a second too.
 //! - A frame that came through the relay from a peer with no direct
 //!   connection up means that peer could not reach us directly: answers go
 //!   back through the relay at once, instead of waiting for our own direct
@@ -152,6 +154,16 @@ impl RelayChoice {
         }
     }
 
+    /// When a direct attempt in progress (not relayed yet) reaches
+    /// [`RELAY_AFTER`]: the frames queued for it should then go through the
+    /// relay without waiting for the next frame.
+    pub fn relay_due(&self) -> Option<Instant> {
+        match self.relayed {
+            None => self.connecting_since.map(|s| s + RELAY_AFTER),
+            Some(_) => None,
+        }
+    }
+
     /// Why the peer is relayed, if it is.
     pub fn why(&self) -> Option<Why> {
         self.relayed.map(|(w, _)| w)
@@ -221,8 +233,11 @@ mod tests {
             c.decide(Direct::Connecting, true, ms(1050)),
             Decision::Direct
         );
+        // The carrier's timer fires then, without waiting for a frame.
+        assert_eq!(c.relay_due(), Some(ms(1100)));
         // A second after the attempt was first seen: the relay, meanwhile.
         assert_eq!(c.decide(Direct::Connecting, true, ms(1100)), NO_RETRY);
+        assert_eq!(c.relay_due(), None, "relayed: no timer");
         assert_eq!(c.why(), Some(Why::DirectSlow));
         // The attempt fails: still relayed, now for that reason.
         assert_eq!(c.decide(Direct::Failed, true, ms(5100)), NO_RETRY);

@@ -12,9 +12,9 @@
 //! its sender's signature, and the core checks both against the claimed
 //! GE (note "Relay" in docs/DESIGN-NOTES.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use fpn_proto::ge::GeId;
@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
 use super::relay_choice::{Decision, RelayChoice};
-use super::{Carrier, CarrierKind, FrameKind, Inbound, PeerStats, PeerTarget, QuicCarrier, frame};
+use super::{
+    Carrier, CarrierKind, Direct, FrameKind, Inbound, PeerStats, PeerTarget, QuicCarrier, frame,
+};
 use crate::error::{Error, Result};
 
 /// The `from` address of frames that came through the relay from `ge`:
@@ -49,6 +51,9 @@ pub struct PathCarrier {
     quic: Arc<QuicCarrier>,
     relay: Option<RelayClient>,
     choices: Mutex<BTreeMap<GeId, RelayChoice>>,
+    /// Peers with a timer armed for [`RelayChoice::relay_due`].
+    timers: Mutex<BTreeSet<GeId>>,
+    me: Weak<PathCarrier>,
 }
 
 impl std::fmt::Debug for PathCarrier {
@@ -63,11 +68,67 @@ impl PathCarrier {
     /// `quic` alone (`relay` = `None`) or with the relay. Frames from the
     /// relay arrive on `relayed`; [`PathCarrier::run_inbound`] moves them
     /// into the QUIC carrier's inbound channel.
-    pub fn new(quic: Arc<QuicCarrier>, relay: Option<RelayClient>) -> Self {
-        Self {
+    pub fn new(quic: Arc<QuicCarrier>, relay: Option<RelayClient>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             quic,
             relay,
             choices: Mutex::new(BTreeMap::new()),
+            timers: Mutex::new(BTreeSet::new()),
+            me: me.clone(),
+        })
+    }
+
+    /// A direct attempt to `ge` is in progress and not relayed: at its
+    /// [`RelayChoice::relay_due`] the frames queued for it go through the
+    /// relay, instead of waiting there for the next frame (a DPRP
+    /// retransmission, a second later). One timer per peer at a time;
+    /// needs a tokio runtime (none: the next frame decides, as before).
+    fn arm_relay_timer(&self, ge: GeId, due: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !lock(&self.timers).insert(ge) {
+            return;
+        }
+        let me = self.me.clone();
+        rt.spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            if let Some(me) = me.upgrade() {
+                lock(&me.timers).remove(&ge);
+                me.relay_queued(ge);
+            }
+        });
+    }
+
+    /// Sends the frames queued for a slow direct attempt to `ge` through
+    /// the relay, when the choice says so now.
+    fn relay_queued(&self, ge: GeId) {
+        let Some(relay) = self.relay_up() else { return };
+        let direct = self.quic.direct(ge);
+        if direct != Direct::Connecting {
+            return;
+        }
+        let now = Instant::now();
+        let decision = {
+            let mut c = self.choices();
+            let Some(choice) = c.get_mut(&ge) else { return };
+            match choice.relay_due() {
+                Some(due) if due > now => {
+                    drop(c);
+                    return self.arm_relay_timer(ge, due);
+                }
+                _ => choice.decide(direct, true, now),
+            }
+        };
+        if !matches!(decision, Decision::Relay { .. }) {
+            return;
+        }
+        let queued = self.quic.take_queued(ge);
+        debug!(peer = %ge, frames = queued.len(), "direct attempt slow: queued frames through the relay");
+        for (_, f) in queued {
+            if let Err(e) = relay.send(ge, &f) {
+                trace!(peer = %ge, error = %e, "queued frame not relayed");
+            }
         }
     }
 
@@ -133,13 +194,36 @@ impl Carrier for PathCarrier {
         };
         let relay = self.relay_up();
         let direct = self.quic.direct(to.ge);
-        let decision = {
+        let (decision, due) = {
             let mut c = self.choices();
             let now = Instant::now();
-            c.entry(to.ge)
-                .or_insert_with(|| RelayChoice::new(now))
-                .decide(direct, relay.is_some(), now)
+            let choice = c.entry(to.ge).or_insert_with(|| RelayChoice::new(now));
+            (
+                choice.decide(direct, relay.is_some(), now),
+                choice.relay_due(),
+            )
         };
+        if let (Decision::Direct, Some(due), Some(_)) = (decision, due, relay) {
+            self.arm_relay_timer(to.ge, due);
+        }
+        if decision == Decision::Direct && relay.is_some() && direct != Direct::Connecting {
+            // This frame may be the one that starts the attempt: from now
+            // on it counts towards RELAY_AFTER, with a timer.
+            let r = self.quic.send(to, kind, payload);
+            if self.quic.direct(to.ge) == Direct::Connecting {
+                let now = Instant::now();
+                let due = {
+                    let mut c = self.choices();
+                    let choice = c.entry(to.ge).or_insert_with(|| RelayChoice::new(now));
+                    choice.decide(Direct::Connecting, true, now);
+                    choice.relay_due()
+                };
+                if let Some(due) = due {
+                    self.arm_relay_timer(to.ge, due);
+                }
+            }
+            return r;
+        }
         match (decision, relay) {
             (Decision::Relay { retry_direct }, Some(r)) => {
                 if retry_direct {
@@ -235,4 +319,9 @@ mod tests {
         assert!(!is_relay_from(&"[100::7]:7718".parse().unwrap()));
         assert!(!is_relay_from(&"[2001:db8::7]:0".parse().unwrap()));
     }
+}
+
+/// A poisoned lock only means a panic elsewhere; the set is consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -133,10 +133,7 @@ async fn run(
             None
         }
     };
-    let path_carrier = Arc::new(crate::carrier::PathCarrier::new(
-        carrier.clone(),
-        relay.clone(),
-    ));
+    let path_carrier = crate::carrier::PathCarrier::new(carrier.clone(), relay.clone());
     let relay_inbound = tokio::spawn(path_carrier.clone().run_inbound(relayed_rx));
 
     // The GMS session runs on the carrier's socket: the address the GMS

@@ -303,6 +303,16 @@ impl QuicCarrier {
         }
     }
 
+    /// Takes the frames queued for `ge` while its connection is being set
+    /// up (none when it is up or idle): the relay fallback sends them
+    /// instead when the attempt is slow.
+    pub fn take_queued(&self, ge: GeId) -> Vec<(FrameKind, bytes::Bytes)> {
+        match self.inner.lock().get_mut(&ge) {
+            Some(p) if matches!(p.link, Link::Connecting) => p.queue.drain(..).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Starts a connection to `to` unless one is up or being set up, even
     /// while the back-off of a failed attempt runs (the relay fallback
     /// retries direct on its own schedule). Nothing is queued.
