@@ -304,6 +304,11 @@ impl Carrier for PathCarrier {
     }
 }
 
+/// A poisoned lock only means a panic elsewhere; the set is consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,9 +324,4 @@ mod tests {
         assert!(!is_relay_from(&"[100::7]:7718".parse().unwrap()));
         assert!(!is_relay_from(&"[2001:db8::7]:0".parse().unwrap()));
     }
-}
-
-/// A poisoned lock only means a panic elsewhere; the set is consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
