@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fpn_gms::admin::{self, AdminRequest};
 use fpn_gms::config::Config;
 use fpn_gms::config::{DataDir, OverlayRange};
@@ -66,6 +66,16 @@ enum Cmd {
         /// Do not run the DNS for the zone inside `serve`.
         #[arg(long, conflicts_with = "dns_listen")]
         no_dns: bool,
+        /// The zone's name server as a parent zone delegates to it: a name
+        /// inside the zone (`ns1`, published with glue from --ns-addr) or
+        /// outside it (`vps.example.org.`, no glue). Default: the host of
+        /// --public-addr if it is a name, else `ns1`.
+        #[arg(long, value_name = "NAME")]
+        ns_name: Option<String>,
+        /// Glue address (A/AAAA) of an in-zone --ns-name (repeatable).
+        /// Default: the IP of --public-addr.
+        #[arg(long = "ns-addr", value_name = "IP")]
+        ns_addrs: Vec<std::net::IpAddr>,
     },
     /// Run the server (and, unless turned off, the zone's DNS in-process).
     Serve {
@@ -106,6 +116,19 @@ enum Cmd {
     },
     /// Key versions and ages (key bytes are never printed).
     Keys,
+    /// Print a shell completion script to standard output, e.g.
+    /// `fpn-gms completions bash > /etc/bash_completion.d/fpn-gms`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: fpn_clidocs::Shell,
+    },
+    /// Write man pages (one per command and subcommand, e.g.
+    /// fpn-gms-ge-add.1) into a directory, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// The audit log of admin actions.
     Audit {
         /// Entries after this sequence number.
@@ -237,6 +260,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("--data DIR (or FPN_GMS_DATA) is required")
     };
     let req = match cli.cmd {
+        Cmd::Completions { shell } => {
+            fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script")?;
+            return Ok(());
+        }
+        Cmd::Man { out } => {
+            let pages = fpn_clidocs::man_pages(Cli::command(), &out)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "pages": pages }));
+            } else {
+                println!("wrote {} man pages to {}", pages.len(), out.display());
+            }
+            return Ok(());
+        }
         Cmd::Init {
             zone,
             listen,
@@ -247,11 +284,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             credential_lifetime,
             dns_listen,
             no_dns,
+            ns_name,
+            ns_addrs,
         } => {
             let dir = need_data()?;
             let dns = fpn_gms::config::DnsSettings {
                 enabled: !no_dns,
                 listen: dns_listen,
+                ns_name,
+                ns_addrs,
                 ..Default::default()
             };
             let fp = server::init(&InitOptions {
@@ -382,7 +423,7 @@ fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> an
         if no_dns {
             cfg.dns.enabled = false;
         }
-        let dns = InProcessDns::start(&data, &cfg, dns_listen)?;
+        let dns = InProcessDns::start(&data, &cfg, dns_listen).await?;
         let hook: Arc<dyn server::DirectoryHook> = match &dns {
             Some(d) => d.hook(),
             None => Arc::new(NoDirectoryHook),

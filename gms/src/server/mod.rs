@@ -124,6 +124,8 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     if let Some(d) = &opts.dns {
         cfg.dns = d.clone();
     }
+    // Before anything is written: e.g. an in-zone NS name without an address.
+    cfg.check()?;
     fsutil::create_private_dir(dir.root())?;
     let now = now_unix();
     let ca = Ca::generate(now)?;
