@@ -149,12 +149,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = wants_json(&cli.cmd);
     match rt.block_on(run(cli.cmd)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fpn-node: {}", one_line(&e));
+            let line = one_line(&e);
+            // Scripts that read --json get the error as JSON on standard
+            // output too; people read the line on standard error.
+            if json {
+                println!("{}", serde_json::json!({ "error": line }));
+            }
+            eprintln!("fpn-node: {line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the command was asked for JSON output.
+fn wants_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Enroll { json, .. }
+        | Cmd::Status { json, .. }
+        | Cmd::Netcheck { json, .. }
+        | Cmd::Ping { json, .. }
+        | Cmd::Man { json, .. } => *json,
+        Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Down { .. } => false,
     }
 }
 
