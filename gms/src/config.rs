@@ -49,6 +49,29 @@ impl DataDir {
         self.root.join(CONFIG_FILE)
     }
 
+    /// Fails with [`Error::NotInitialized`] unless `fpn-gms init` created
+    /// this directory (its `gms.toml` is there), so a wrong or missing
+    /// `--data` is named as such rather than as the first file that fails
+    /// to open.
+    pub fn check_initialized(&self) -> Result<()> {
+        match std::fs::metadata(self.config()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotInitialized {
+                data: self.root.clone(),
+                reason: if self.root.is_dir() {
+                    format!("no {CONFIG_FILE} in it")
+                } else {
+                    "no such directory".into()
+                },
+            }),
+            Err(source) => Err(Error::Io {
+                what: "reading",
+                path: self.config(),
+                source,
+            }),
+        }
+    }
+
     /// The sled database directory.
     pub fn db(&self) -> PathBuf {
         self.root.join("db")
@@ -310,9 +333,12 @@ impl Config {
 
     /// Reads and checks `gms.toml`.
     pub fn load(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            DataDir::new(dir).check_initialized()?;
+        }
         let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
-        let mut c: Config =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut c: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), toml_error(&text, &e))))?;
         c.zone = normalize_zone(&c.zone)?;
         c.check()?;
         if c.cert_validity_days.is_some() {
@@ -423,6 +449,20 @@ impl Config {
     /// The zone without its trailing dot, for certificate names.
     pub fn zone_name(&self) -> &str {
         self.zone.trim_end_matches('.')
+    }
+}
+
+/// A TOML error on one line, with the line and column it points at (the
+/// toml crate's own text spans several lines, with a drawing of the line).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
     }
 }
 

@@ -243,21 +243,47 @@ enum TokenCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the whole cause chain joined.
-            eprintln!("fpn-gms: error: {e:#}");
+            let line = one_line(&e);
+            // Scripts that read --json get the error as JSON on standard
+            // output too; people read the line on standard error.
+            if json {
+                println!("{}", serde_json::json!({ "error": line }));
+            }
+            eprintln!("fpn-gms: error: {line}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already contains (our errors print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data = cli.data.clone();
     let need_data = || {
-        data.clone()
-            .context("--data DIR (or FPN_GMS_DATA) is required")
+        data.clone().context(
+            "no data directory: give --data DIR or set FPN_GMS_DATA (the directory \
+             `fpn-gms init --data DIR --zone ZONE` created, e.g. /var/lib/fpn-gms)",
+        )
     };
     let req = match cli.cmd {
         Cmd::Completions { shell } => {
@@ -318,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::RelayCert { out } => {
             let dir = DataDir::new(need_data()?);
+            dir.check_initialized()?;
             let ca = fpn_gms::ca::Ca::load(&dir)?;
             let (cert, key) = ca.issue_relay_cert(fpn_gms::now_unix())?;
             std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -420,6 +447,7 @@ fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> an
             }
         };
         let mut cfg = Config::load(&data.config())?;
+        server::check_not_serving(&data)?;
         if no_dns {
             cfg.dns.enabled = false;
         }
