@@ -14,6 +14,11 @@ FPN_APT_NEEDS=(
   "iperf3:iperf3"
   "dig:bind9-dnsutils"
   "nsupdate:bind9-dnsutils"
+  # The transferred zone is checked as a parent's secondary would check it.
+  "named-checkzone:bind9-utils"
+  # The generated man pages are rendered (and groff's warnings read) in tests.
+  "groff:groff-base"
+  "man:man-db"
   "tcpdump:tcpdump"
   "ping:iputils-ping"
   "pkill:procps"

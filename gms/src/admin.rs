@@ -338,12 +338,34 @@ pub struct AuditView {
     pub action: String,
 }
 
+/// Why nothing answers on `socket`, as the operator can fix it: the data
+/// directory was never initialised (or `--data` is wrong), this user may
+/// not open the socket, or the server is not running.
+fn not_running(socket: &Path, source: std::io::Error) -> Error {
+    let data = socket.parent().unwrap_or(Path::new(".")).to_owned();
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        return Error::AdminDenied {
+            path: socket.to_owned(),
+        };
+    }
+    match crate::config::DataDir::new(&data).check_initialized() {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Error::AdminDenied {
+                path: socket.to_owned(),
+            }
+        }
+        Err(e) => e,
+        Ok(()) => Error::NotRunning {
+            path: socket.to_owned(),
+            data,
+            source,
+        },
+    }
+}
+
 /// Sends one request to the server behind `socket` and waits for its answer.
 pub fn request(socket: &Path, req: &AdminRequest, timeout: Duration) -> Result<AdminResponse> {
-    let stream = UnixStream::connect(socket).map_err(|source| Error::NotRunning {
-        path: socket.to_owned(),
-        source,
-    })?;
+    let stream = UnixStream::connect(socket).map_err(|source| not_running(socket, source))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;

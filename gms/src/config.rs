@@ -4,7 +4,7 @@
 //! stopped. Every field has a default except the zone.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -47,6 +47,29 @@ impl DataDir {
     /// `gms.toml`.
     pub fn config(&self) -> PathBuf {
         self.root.join(CONFIG_FILE)
+    }
+
+    /// Fails with [`Error::NotInitialized`] unless `fpn-gms init` created
+    /// this directory (its `gms.toml` is there), so a wrong or missing
+    /// `--data` is named as such rather than as the first file that fails
+    /// to open.
+    pub fn check_initialized(&self) -> Result<()> {
+        match std::fs::metadata(self.config()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotInitialized {
+                data: self.root.clone(),
+                reason: if self.root.is_dir() {
+                    format!("no {CONFIG_FILE} in it")
+                } else {
+                    "no such directory".into()
+                },
+            }),
+            Err(source) => Err(Error::Io {
+                what: "reading",
+                path: self.config(),
+                source,
+            }),
+        }
     }
 
     /// The sled database directory.
@@ -220,6 +243,18 @@ pub struct DnsSettings {
     pub config: Option<PathBuf>,
     /// UDP worker threads (default 2).
     pub udp_threads: Option<usize>,
+    /// The zone's name server as a parent zone names it (the apex `NS`):
+    /// a name inside the zone, relative (`ns1`) or absolute, published with
+    /// glue from `ns_addrs`; or an absolute name outside it
+    /// (`vps.example.org.`), published without glue. Default: the host name
+    /// of `public_addr` when it is a name, else `ns1` (see
+    /// [`Config::nameserver`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_name: Option<String>,
+    /// The glue addresses (A/AAAA) of an in-zone `ns_name`. Default: the IP
+    /// of `public_addr`, else of `listen` when it is not a wildcard.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ns_addrs: Vec<IpAddr>,
 }
 
 impl Default for DnsSettings {
@@ -229,8 +264,22 @@ impl Default for DnsSettings {
             listen: Vec::new(),
             config: None,
             udp_threads: None,
+            ns_name: None,
+            ns_addrs: Vec::new(),
         }
     }
+}
+
+/// The zone's name server as published at the apex: its `NS` target and
+/// the glue records that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nameserver {
+    /// Absolute, lower case, with the trailing dot.
+    pub name: String,
+    /// Whether `name` is inside the zone (then `glue` is not empty).
+    pub in_zone: bool,
+    /// A/AAAA records published at `name` (only for an in-zone name).
+    pub glue: Vec<IpAddr>,
 }
 
 impl DnsSettings {
@@ -284,9 +333,12 @@ impl Config {
 
     /// Reads and checks `gms.toml`.
     pub fn load(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            DataDir::new(dir).check_initialized()?;
+        }
         let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
-        let mut c: Config =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut c: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), toml_error(&text, &e))))?;
         c.zone = normalize_zone(&c.zone)?;
         c.check()?;
         if c.cert_validity_days.is_some() {
@@ -310,7 +362,73 @@ impl Config {
                 "credential_lifetime must be at least {MIN_CREDENTIAL_LIFETIME}s"
             )));
         }
+        self.nameserver()?;
         Ok(())
+    }
+
+    /// The name server the zone publishes (`NS` at the apex, with glue for
+    /// an in-zone name), so a parent zone can delegate to this GMS.
+    ///
+    /// From `[dns] ns_name`/`ns_addrs` when set, else derived from
+    /// `public_addr` (its host name, out of zone and without glue; or
+    /// `ns1.<zone>` with its IP as glue), else from a non-wildcard `listen`.
+    /// `Ok(None)` when nothing says where the GMS is (a data directory from
+    /// before these settings, listening on a wildcard with no public
+    /// address): the zone then keeps the NS it has. An explicit setting that
+    /// cannot work (an in-zone name without an address, glue for a name
+    /// outside the zone) is an error.
+    pub fn nameserver(&self) -> Result<Option<Nameserver>> {
+        let dns = &self.dns;
+        let (public_ip, public_name) = match self.public_addr.as_deref().map(split_host) {
+            Some(Ok(host)) => match host.parse::<IpAddr>() {
+                Ok(ip) => (Some(ip), None),
+                Err(_) => (None, Some(host.to_ascii_lowercase())),
+            },
+            Some(Err(e)) => return Err(e),
+            None => (None, None),
+        };
+        let known_ip = public_ip.or((!self.listen.ip().is_unspecified()).then(|| self.listen.ip()));
+        let name = match (&dns.ns_name, &public_name) {
+            (Some(n), _) => absolute_name(n, &self.zone)?,
+            (None, Some(h)) => absolute_name(&format!("{h}."), &self.zone)?,
+            (None, None) => format!("ns1.{}", self.zone),
+        };
+        let in_zone = name == self.zone || name.ends_with(&format!(".{}", self.zone));
+        if !in_zone {
+            if !dns.ns_addrs.is_empty() {
+                return Err(Error::Config(format!(
+                    "[dns] ns_addrs: the name server {name} is outside the zone {}, so the zone \
+                     cannot hold its addresses; publish them in {name}'s own zone and remove ns_addrs",
+                    self.zone
+                )));
+            }
+            return Ok(Some(Nameserver {
+                name,
+                in_zone,
+                glue: Vec::new(),
+            }));
+        }
+        let glue: Vec<IpAddr> = if dns.ns_addrs.is_empty() {
+            known_ip.into_iter().collect()
+        } else {
+            dns.ns_addrs.clone()
+        };
+        if glue.is_empty() {
+            if dns.ns_name.is_some() || public_name.is_some() {
+                return Err(Error::Config(format!(
+                    "the name server {name} is inside the zone {} and needs an address (glue) \
+                     for a parent to delegate to it: set [dns] ns_addrs = [\"IP\"] in gms.toml \
+                     (fpn-gms init --ns-addr IP), or name a server outside the zone",
+                    self.zone
+                )));
+            }
+            return Ok(None);
+        }
+        Ok(Some(Nameserver {
+            name,
+            in_zone,
+            glue,
+        }))
     }
 
     /// Lifetime of node certificates and credentials, seconds.
@@ -332,6 +450,58 @@ impl Config {
     pub fn zone_name(&self) -> &str {
         self.zone.trim_end_matches('.')
     }
+}
+
+/// A TOML error on one line, with the line and column it points at (the
+/// toml crate's own text spans several lines, with a drawing of the line).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too), brackets removed.
+fn split_host(addr: &str) -> Result<&str> {
+    let bad = || Error::Config(format!("public address {addr:?}: expected host:port"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(host)
+}
+
+/// `name` made absolute: kept when it ends with a dot, else under `zone`;
+/// every label checked.
+fn absolute_name(name: &str, zone: &str) -> Result<String> {
+    let n = name.trim().to_ascii_lowercase();
+    let full = if n.ends_with('.') {
+        n
+    } else {
+        format!("{n}.{zone}")
+    };
+    let body = full.trim_end_matches('.');
+    if body.is_empty()
+        || full.len() > 254
+        || body
+            .split('.')
+            .any(|l| fpn_proto::ge::validate_name(l).is_err())
+    {
+        return Err(Error::Config(format!(
+            "[dns] ns_name {name:?}: not a host name (like ns1, or vps.example.org. outside the zone)"
+        )));
+    }
+    Ok(full)
 }
 
 /// Lower-cases the zone and makes it absolute (trailing dot); checks its labels.
@@ -443,6 +613,57 @@ mod tests {
         assert_eq!(c.relay.listen, Some("0.0.0.0:7720".parse().unwrap()));
         assert_eq!(c.relay.rate(), fpn_relay::RateLimit::default());
         c.check().unwrap();
+        let ns = c.nameserver().unwrap().unwrap();
+        assert_eq!(ns.name, "ns1.home.fpn.");
+        assert_eq!(ns.glue, ["198.18.0.10".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn the_nameserver_follows_the_public_address_unless_set() {
+        let ns = |text: &str| {
+            let mut c: Config = toml::from_str(text).unwrap();
+            c.zone = normalize_zone(&c.zone).unwrap();
+            c.nameserver()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An IP: ns1.<zone> with it as glue (brackets of IPv6 removed).
+        let n = ns("zone = \"h.fpn\"\npublic_addr = \"[2001:db8::1]:4433\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.name.as_str(), n.in_zone), ("ns1.h.fpn.", true));
+        assert_eq!(n.glue, [ip("2001:db8::1")]);
+        // A host name: that name, outside the zone, no glue.
+        let n = ns("zone = \"h.fpn\"\npublic_addr = \"VPS.example.org:4433\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.name.as_str(), n.in_zone), ("vps.example.org.", false));
+        assert!(n.glue.is_empty());
+        // A host name inside the zone needs its address.
+        assert!(ns("zone = \"h.fpn\"\npublic_addr = \"gms.h.fpn:4433\"").is_err());
+        let n = ns("zone = \"h.fpn\"\npublic_addr = \"gms.h.fpn:4433\"\n[dns]\nns_addrs = [\"198.18.0.1\"]")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (n.name.as_str(), n.glue.as_slice()),
+            ("gms.h.fpn.", &[ip("198.18.0.1")][..])
+        );
+        // The listen address when it is not a wildcard.
+        let n = ns("zone = \"h.fpn\"\nlisten = \"198.18.0.2:4433\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.glue, [ip("198.18.0.2")]);
+        // Nothing known (an old directory on a wildcard): keep the zone's NS.
+        assert_eq!(ns("zone = \"h.fpn\"").unwrap(), None);
+        // Explicit settings that cannot work are errors.
+        assert!(ns("zone = \"h.fpn\"\n[dns]\nns_name = \"ns1\"").is_err());
+        assert!(
+            ns("zone = \"h.fpn\"\n[dns]\nns_name = \"a.example.\"\nns_addrs = [\"198.18.0.1\"]")
+                .is_err()
+        );
+        assert!(
+            ns("zone = \"h.fpn\"\n[dns]\nns_name = \"bad_label\"\nns_addrs = [\"198.18.0.1\"]")
+                .is_err()
+        );
     }
 
     #[test]

@@ -98,7 +98,11 @@ impl InProcessDns {
     /// Returns `None` when the configuration turns the DNS off.
     ///
     /// Must run inside a tokio runtime (the writer is a task).
-    pub fn start(data: &DataDir, cfg: &Config, listen: &[SocketAddr]) -> Result<Option<Self>> {
+    pub async fn start(
+        data: &DataDir,
+        cfg: &Config,
+        listen: &[SocketAddr],
+    ) -> Result<Option<Self>> {
         let settings: &DnsSettings = &cfg.dns;
         if !settings.enabled {
             return Ok(None);
@@ -128,6 +132,9 @@ impl InProcessDns {
             sockets.extend(s);
         }
         let ddns = Arc::new(Ddns::open(dcfg)?);
+        // Before answering: a secondary's first transfer already carries
+        // the NS and glue that gms.toml asks for.
+        publish_nameserver(&ddns, cfg).await?;
         let server = ddns.serve(sockets)?;
         let bound = server.local_addrs().to_vec();
         info!(zone = %ddns.origin(), addrs = ?bound, serial = ddns.serial(), "DDNS serving (udp+tcp)");
@@ -172,6 +179,68 @@ impl InProcessDns {
         }
     }
 }
+
+/// Makes the apex NS and its glue what `cfg` asks for (see
+/// [`Config::nameserver`]). Zones created before these settings (NS
+/// `ns1.<zone>` without an address, which a parent cannot delegate to and
+/// `named-checkzone` refuses) are brought in step here on each start; a
+/// zone that already matches is left alone, serial unchanged.
+async fn publish_nameserver(ddns: &Ddns, cfg: &Config) -> Result<()> {
+    use fpn_ddns::hickory_proto::rr::rdata::{A, AAAA, NS};
+    use fpn_ddns::hickory_proto::rr::{RData, RecordType};
+    let Some(ns) = cfg.nameserver()? else {
+        warn!(
+            zone = %cfg.zone,
+            "the zone's NS has no address, so a parent zone cannot delegate to it: \
+             set public_addr, or [dns] ns_name and ns_addrs, in gms.toml"
+        );
+        return Ok(());
+    };
+    let origin = ddns.origin().to_string();
+    let apex = ddns.records(&origin)?;
+    let ttl = apex
+        .iter()
+        .find(|r| r.record_type() == RecordType::NS)
+        .map_or(DEFAULT_NS_TTL, |r| r.ttl);
+    let name = Name::from_ascii(&ns.name)
+        .map_err(|e| Error::Config(format!("[dns] ns_name {}: {e}", ns.name)))?;
+    if ns.in_zone {
+        // Glue first: the NS never points at a name without an address.
+        let v4: Vec<RData> = ns
+            .glue
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) => Some(RData::A(A(*a))),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<RData> = ns
+            .glue
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(a) => Some(RData::AAAA(AAAA(*a))),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        ddns.set_rrset(&ns.name, u16::from(RecordType::A), ttl, v4)
+            .await?;
+        ddns.set_rrset(&ns.name, u16::from(RecordType::AAAA), ttl, v6)
+            .await?;
+    }
+    let serial = ddns
+        .set_rrset(
+            &origin,
+            u16::from(RecordType::NS),
+            ttl,
+            vec![RData::NS(NS(name))],
+        )
+        .await?;
+    info!(ns = %ns.name, glue = ns.glue.len(), serial, "zone NS published");
+    Ok(())
+}
+
+/// TTL of the apex NS and glue when the zone has none to copy.
+const DEFAULT_NS_TTL: u32 = 3600;
 
 /// The writer task: applies queued events until closed, then drains once more.
 async fn write_records(ddns: Arc<Ddns>, pending: Arc<Pending>) {

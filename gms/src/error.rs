@@ -134,12 +134,58 @@ pub enum Error {
     #[error("timed out: {0}")]
     Timeout(&'static str),
     /// The admin socket is not there: the server is not running.
-    #[error("cannot reach the GMS admin socket {path}: {source} (is `fpn-gms serve` running?)")]
+    #[error(
+        "no fpn-gms server answers on {path} ({source}); start it with `fpn-gms serve --data {}`",
+        data.display()
+    )]
     NotRunning {
         /// The socket path.
         path: PathBuf,
+        /// The data directory (for the command that fixes it).
+        data: PathBuf,
         /// The connect error.
         source: std::io::Error,
+    },
+    /// The admin socket exists but this user may not open it.
+    #[error(
+        "permission denied on {path}: the admin socket belongs to the user that runs `fpn-gms serve`; run this command as that user (e.g. with sudo)"
+    )]
+    AdminDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The data directory was never created by `fpn-gms init` (or a wrong
+    /// `--data` was given).
+    #[error(
+        "{} is not an fpn-gms data directory ({reason}); create one with `fpn-gms init --data {} --zone ZONE --public-addr HOST:4433`, or give the --data DIR (or FPN_GMS_DATA) it was created with",
+        data.display(),
+        data.display()
+    )]
+    NotInitialized {
+        /// The directory given.
+        data: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// `init` on a directory that already holds a GMS.
+    #[error(
+        "{} is already initialized; run it with `fpn-gms serve --data {}`, or give another --data to create a new one",
+        data.display(),
+        data.display()
+    )]
+    AlreadyInitialized {
+        /// The directory given.
+        data: PathBuf,
+    },
+    /// `serve` while another server runs on the same data directory.
+    #[error(
+        "another fpn-gms serve already runs on {} (its admin socket answers); stop it first, or ask it with `fpn-gms status --data {}`",
+        data.display(),
+        data.display()
+    )]
+    AlreadyServing {
+        /// The data directory.
+        data: PathBuf,
     },
     /// The session was ended for good (revoked, removed, refused): do not retry.
     #[error("session ended: {0}")]

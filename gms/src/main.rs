@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fpn_gms::admin::{self, AdminRequest};
 use fpn_gms::config::Config;
 use fpn_gms::config::{DataDir, OverlayRange};
@@ -66,6 +66,16 @@ enum Cmd {
         /// Do not run the DNS for the zone inside `serve`.
         #[arg(long, conflicts_with = "dns_listen")]
         no_dns: bool,
+        /// The zone's name server as a parent zone delegates to it: a name
+        /// inside the zone (`ns1`, published with glue from --ns-addr) or
+        /// outside it (`vps.example.org.`, no glue). Default: the host of
+        /// --public-addr if it is a name, else `ns1`.
+        #[arg(long, value_name = "NAME")]
+        ns_name: Option<String>,
+        /// Glue address (A/AAAA) of an in-zone --ns-name (repeatable).
+        /// Default: the IP of --public-addr.
+        #[arg(long = "ns-addr", value_name = "IP")]
+        ns_addrs: Vec<std::net::IpAddr>,
     },
     /// Run the server (and, unless turned off, the zone's DNS in-process).
     Serve {
@@ -106,6 +116,19 @@ enum Cmd {
     },
     /// Key versions and ages (key bytes are never printed).
     Keys,
+    /// Print a shell completion script to standard output, e.g.
+    /// `fpn-gms completions bash > /etc/bash_completion.d/fpn-gms`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: fpn_clidocs::Shell,
+    },
+    /// Write man pages (one per command and subcommand, e.g.
+    /// fpn-gms-ge-add.1) into a directory, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// The audit log of admin actions.
     Audit {
         /// Entries after this sequence number.
@@ -220,23 +243,63 @@ enum TokenCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the whole cause chain joined.
-            eprintln!("fpn-gms: error: {e:#}");
+            let line = one_line(&e);
+            // Scripts that read --json get the error as JSON on standard
+            // output too; people read the line on standard error.
+            if json {
+                println!("{}", serde_json::json!({ "error": line }));
+            }
+            eprintln!("fpn-gms: error: {line}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already contains (our errors print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data = cli.data.clone();
     let need_data = || {
-        data.clone()
-            .context("--data DIR (or FPN_GMS_DATA) is required")
+        data.clone().context(
+            "no data directory: give --data DIR or set FPN_GMS_DATA (the directory \
+             `fpn-gms init --data DIR --zone ZONE` created, e.g. /var/lib/fpn-gms)",
+        )
     };
     let req = match cli.cmd {
+        Cmd::Completions { shell } => {
+            fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script")?;
+            return Ok(());
+        }
+        Cmd::Man { out } => {
+            let pages = fpn_clidocs::man_pages(Cli::command(), &out)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "pages": pages }));
+            } else {
+                println!("wrote {} man pages to {}", pages.len(), out.display());
+            }
+            return Ok(());
+        }
         Cmd::Init {
             zone,
             listen,
@@ -247,11 +310,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             credential_lifetime,
             dns_listen,
             no_dns,
+            ns_name,
+            ns_addrs,
         } => {
             let dir = need_data()?;
             let dns = fpn_gms::config::DnsSettings {
                 enabled: !no_dns,
                 listen: dns_listen,
+                ns_name,
+                ns_addrs,
                 ..Default::default()
             };
             let fp = server::init(&InitOptions {
@@ -277,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::RelayCert { out } => {
             let dir = DataDir::new(need_data()?);
+            dir.check_initialized()?;
             let ca = fpn_gms::ca::Ca::load(&dir)?;
             let (cert, key) = ca.issue_relay_cert(fpn_gms::now_unix())?;
             std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -379,10 +447,11 @@ fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> an
             }
         };
         let mut cfg = Config::load(&data.config())?;
+        server::check_not_serving(&data)?;
         if no_dns {
             cfg.dns.enabled = false;
         }
-        let dns = InProcessDns::start(&data, &cfg, dns_listen)?;
+        let dns = InProcessDns::start(&data, &cfg, dns_listen).await?;
         let hook: Arc<dyn server::DirectoryHook> = match &dns {
             Some(d) => d.hook(),
             None => Arc::new(NoDirectoryHook),

@@ -83,7 +83,12 @@ async fn listings_have_json_and_key_bytes_are_never_printed() {
 fn errors_are_one_line_with_a_non_zero_exit() {
     let mut gms = Gms::init(&[]);
     let e = one_line_error(&gms.cli(&["ge", "list"]));
-    assert!(e.contains("is `fpn-gms serve` running?"), "{e}");
+    let data = gms.data.to_str().unwrap().to_owned();
+    assert!(
+        e.contains("no fpn-gms server answers")
+            && e.contains(&format!("start it with `fpn-gms serve --data {data}`")),
+        "{e}"
+    );
     gms.start();
     let e = one_line_error(&gms.cli(&["ge", "add", "x", "--kind", "router", "--mode", "op"]));
     assert!(e.contains("GE kind"), "{e}");
@@ -92,7 +97,21 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     let e = one_line_error(&gms.cli(&["group", "remove", "5"]));
     assert!(e.contains("no group 5"), "{e}");
     let e = one_line_error(&gms.cli(&["token", "create", "nobody", "--ttl", "1h"]));
-    assert!(e.contains("no GE named nobody"), "{e}");
+    assert!(
+        e.contains("no GE named nobody") && e.contains("`fpn-gms ge add nobody --kind"),
+        "{e}"
+    );
+    let e = one_line_error(&gms.cli(&[
+        "ge", "add", "y", "--kind", "ges", "--mode", "op", "--group", "3",
+    ]));
+    assert!(e.contains("`fpn-gms group add 3 --name NAME`"), "{e}");
+    // A second server on the same data directory: named, not sled's lock text.
+    let o = gms.cli(&["serve"]);
+    let e = one_line_error(&o);
+    assert!(
+        e.contains(&format!("another fpn-gms serve already runs on {data}")),
+        "{e}"
+    );
     let o = Command::new(BIN)
         .args([
             "init",
@@ -103,7 +122,88 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         ])
         .output()
         .unwrap();
-    assert!(one_line_error(&o).contains("already initialized"));
+    let e = one_line_error(&o);
+    assert!(
+        e.contains("already initialized") && e.contains(&format!("fpn-gms serve --data {data}")),
+        "{e}"
+    );
+}
+
+/// The mistakes of a first run, each with the command that fixes it: no
+/// `--data`, a directory `init` never created (missing, or some other
+/// directory), a TOML mistake in gms.toml (with its line), and a user who
+/// may not open the admin socket. With `--json` the error is JSON on
+/// standard output as well.
+#[test]
+fn first_run_mistakes_name_the_command_that_fixes_them() {
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("FPN_GMS_DATA")
+            .output()
+            .unwrap()
+    };
+    let e = one_line_error(&run(&["status"]));
+    assert!(e.contains("give --data DIR or set FPN_GMS_DATA"), "{e}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let (m, t) = (missing.to_str().unwrap(), tmp.path().to_str().unwrap());
+    for (dir, reason) in [(m, "no such directory"), (t, "no gms.toml in it")] {
+        for args in [
+            vec!["status"],
+            vec!["ge", "list"],
+            vec!["token", "create", "laptop"],
+            vec!["serve"],
+            vec!["relay-cert", "--out", "/nonexistent/relay"],
+        ] {
+            let mut a = vec!["--data", dir];
+            a.extend(&args);
+            let e = one_line_error(&run(&a));
+            assert!(
+                e.contains(&format!(
+                    "{dir} is not an fpn-gms data directory ({reason})"
+                )) && e.contains(&format!("fpn-gms init --data {dir} --zone ZONE")),
+                "{args:?}: {e}"
+            );
+        }
+    }
+    let o = run(&["--data", m, "--json", "ge", "list"]);
+    one_line_error(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an fpn-gms data directory"),
+        "{v}"
+    );
+    assert!(!missing.exists());
+
+    // gms.toml with a mistake on line 3: one line with the line and column.
+    let gms = Gms::init(&[]);
+    let cfg = gms.data.join("gms.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("# edited\ngrace 10m\n{text}")).unwrap();
+    let e = one_line_error(&gms.cli(&["serve"]));
+    assert!(e.contains("gms.toml: line 2, column "), "{e}");
+    std::fs::write(&cfg, text).unwrap();
+
+    // Someone other than the server's user: the data directory is 0700.
+    let mut gms = gms;
+    gms.start();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt;
+        let o = Command::new(BIN)
+            .args(["--data", gms.data.to_str().unwrap(), "status"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let e = one_line_error(&o);
+        assert!(e.contains("permission denied") && e.contains("sudo"), "{e}");
+    }
 }
 
 #[test]

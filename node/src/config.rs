@@ -110,10 +110,24 @@ impl Default for NodeConfig {
     }
 }
 
+/// A TOML error on one line, with the line and column it points at (the
+/// toml crate's own text spans several lines, with a drawing of the line).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
+    }
+}
+
 impl NodeConfig {
     /// Parses and checks a configuration text.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -123,11 +137,16 @@ impl NodeConfig {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: format!("reading {}", path.display()),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "file {}: {e}; leave --config out for the defaults, or start from the example configs/node/node.toml",
+                path.display()
+            ))
         })?;
-        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("file {}: {m}", path.display())),
+            e => e,
+        })
     }
 
     fn check(&self) -> Result<()> {

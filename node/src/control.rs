@@ -179,16 +179,43 @@ async fn handle_client(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io
 
 use tokio::io::AsyncReadExt as _;
 
+/// Why nothing answers on `socket`, as the user can fix it: the state
+/// directory is not enrolled (or does not exist: a wrong `--state`), the
+/// user may not read it (run with sudo), or no daemon runs on it.
+fn not_running(socket: &Path, source: std::io::Error) -> Error {
+    let state = socket.parent().unwrap_or(Path::new(".")).to_owned();
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        return Error::ControlDenied {
+            path: socket.to_owned(),
+        };
+    }
+    match std::fs::metadata(crate::state::StateDir::new(&state).identity_file()) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Error::ControlDenied {
+            path: socket.to_owned(),
+        },
+        Err(e) => Error::NotEnrolled {
+            reason: if state.is_dir() {
+                e.to_string()
+            } else {
+                "no such directory".into()
+            },
+            path: state,
+        },
+        Ok(_) => Error::NotRunning {
+            path: socket.to_owned(),
+            state,
+            source,
+        },
+    }
+}
+
 /// Sends one request to the daemon on `path` and waits for its answer (at
 /// most `timeout`).
 pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response> {
     let work = async {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| Error::NotRunning {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| not_running(path, source))?;
         let (r, mut w) = stream.into_split();
         let mut line = serde_json::to_vec(req).map_err(|e| Error::Control(e.to_string()))?;
         line.push(b'\n');
@@ -274,7 +301,14 @@ mod tests {
         let _ = task.await;
         // Dropping the server removed the socket.
         assert!(!path.exists());
-        // No daemon: a typed error at once.
+        // No daemon: a typed error at once, which says what is missing:
+        // the enrollment, then (once enrolled) the daemon.
+        assert!(matches!(
+            request(&path, &Request::Status, t).await,
+            Err(Error::NotEnrolled { .. })
+        ));
+        let id = crate::state::StateDir::new(path.parent().unwrap()).identity_file();
+        std::fs::write(id, "{}").unwrap();
         assert!(matches!(
             request(&path, &Request::Status, t).await,
             Err(Error::NotRunning { .. })

@@ -79,21 +79,68 @@ pub enum Error {
     /// Another daemon already runs on this state directory.
     #[error("another fpn-node already runs on {0} (lock held)")]
     AlreadyRunning(PathBuf),
-    /// No daemon answers on the state directory's control socket.
-    #[error("no fpn-node daemon runs on {path} ({source})")]
+    /// No daemon answers on the state directory's control socket (the
+    /// directory holds an identity: it is the daemon that is missing).
+    #[error(
+        "no fpn-node daemon runs on {path} ({source}); start it with `sudo fpn-node up --state {}`",
+        state.display()
+    )]
     NotRunning {
         /// The control socket.
         path: PathBuf,
+        /// The state directory (for the command that fixes it).
+        state: PathBuf,
         /// Why connecting failed.
         source: std::io::Error,
     },
+    /// The control socket exists but this user may not open it (the
+    /// daemon runs as root and its state directory is 0700).
+    #[error(
+        "permission denied on {path}: the node's state belongs to the user that runs it; run this command with sudo"
+    )]
+    ControlDenied {
+        /// The control socket.
+        path: PathBuf,
+    },
     /// The state directory has no identity: run `fpn-node enroll` first.
-    #[error("no identity in {path}: run `fpn-node enroll TOKEN --state {path}` first ({reason})")]
+    #[error(
+        "this node is not enrolled: no identity in {path} ({reason}); enroll it with `fpn-node enroll --token-file FILE --state {path}` (the token comes from `fpn-gms token create NAME` on the GMS), or give the --state DIR it was enrolled with"
+    )]
     NotEnrolled {
         /// The state directory.
         path: PathBuf,
         /// What was missing or wrong.
         reason: String,
+    },
+    /// `up` lacks the privilege to create the TUN device and routes.
+    #[error(
+        "`fpn-node up` needs root or CAP_NET_ADMIN (it creates the TUN device, routes and firewall rules); run `sudo fpn-node up --state {}`",
+        state.display()
+    )]
+    NeedsPrivilege {
+        /// The state directory (for the command that fixes it).
+        state: PathBuf,
+    },
+    /// The GMS refused the enrollment; `fix` says what to do.
+    #[error("enrollment refused by the GMS: {reason}; {fix}")]
+    EnrollRefused {
+        /// The refusal code.
+        code: fpn_gms_client::wire::RefusalCode,
+        /// The GMS's explanation.
+        reason: String,
+        /// The command or step that fixes it.
+        fix: &'static str,
+    },
+    /// The GMS named in the token did not answer.
+    #[error(
+        "no answer from the GMS at {addr} ({source}); is `fpn-gms serve` running there, and is UDP port {port} open in its firewall?",
+        port = addr.rsplit_once(':').map_or("", |(_, p)| p)
+    )]
+    GmsUnreachable {
+        /// `host:port` from the token.
+        addr: String,
+        /// What the client saw.
+        source: fpn_gms_client::Error,
     },
     /// The GMS client library failed.
     #[error("GMS: {0}")]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fpn_node::config::NodeConfig;
 use fpn_node::control::{self, Request};
 use fpn_node::state::StateDir;
@@ -84,6 +84,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Prints a shell completion script to standard output, e.g.
+    /// `fpn-node completions bash > /etc/bash_completion.d/fpn-node`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: fpn_clidocs::Shell,
+    },
+    /// Writes man pages (one per command and subcommand, e.g.
+    /// fpn-node-up.1) into a directory, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the running node. When none runs (it crashed), deletes the
     /// native carrier's nftables table it may have left, so its flows are
     /// not blackholed.
@@ -133,12 +149,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = wants_json(&cli.cmd);
     match rt.block_on(run(cli.cmd)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fpn-node: {}", one_line(&e));
+            let line = one_line(&e);
+            // Scripts that read --json get the error as JSON on standard
+            // output too; people read the line on standard error.
+            if json {
+                println!("{}", serde_json::json!({ "error": line }));
+            }
+            eprintln!("fpn-node: {line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the command was asked for JSON output.
+fn wants_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Enroll { json, .. }
+        | Cmd::Status { json, .. }
+        | Cmd::Netcheck { json, .. }
+        | Cmd::Ping { json, .. }
+        | Cmd::Man { json, .. } => *json,
+        Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Down { .. } => false,
     }
 }
 
@@ -209,6 +244,20 @@ fn read_token(
 
 async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        Cmd::Completions { shell } => {
+            fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { out, json } => {
+            let pages = fpn_clidocs::man_pages(Cli::command(), &out)?;
+            if json {
+                println!("{}", serde_json::json!({ "pages": pages }));
+            } else {
+                println!("wrote {} man pages to {}", pages.len(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Enroll {
             token,
             token_file,

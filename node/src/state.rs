@@ -52,6 +52,29 @@ impl StateDir {
         self.root.join("control.sock")
     }
 
+    /// The identity's metadata, written last by `enroll`: its presence
+    /// says the directory is enrolled.
+    pub fn identity_file(&self) -> PathBuf {
+        self.root.join("identity.json")
+    }
+
+    /// Fails with [`Error::NotEnrolled`] unless `enroll` wrote an identity
+    /// here (a cheap check before anything else is touched, so a wrong or
+    /// missing `--state` is named as such rather than as a lock file error).
+    pub fn check_enrolled(&self) -> Result<()> {
+        match std::fs::metadata(self.identity_file()) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::NotEnrolled {
+                path: self.root.clone(),
+                reason: if self.root.is_dir() {
+                    e.to_string()
+                } else {
+                    "no such directory".into()
+                },
+            }),
+        }
+    }
+
     /// The lock file.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
@@ -120,5 +143,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = StateDir::new(d.path()).load_identity().unwrap_err();
         assert!(e.to_string().contains("fpn-node enroll"), "{e}");
+        let e = StateDir::new(d.path()).check_enrolled().unwrap_err();
+        assert!(e.to_string().contains("fpn-node enroll"), "{e}");
+        let e = StateDir::new(d.path().join("nope"))
+            .check_enrolled()
+            .unwrap_err();
+        assert!(e.to_string().contains("no such directory"), "{e}");
     }
 }

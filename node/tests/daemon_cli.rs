@@ -20,34 +20,117 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
-fn control_commands_without_a_daemon_fail_at_once() {
+fn control_commands_without_a_daemon_fail_at_once_and_say_how_to_start_it() {
     let dir = tempfile::tempdir().unwrap();
+    // An enrolled directory (enroll writes identity.json last).
+    std::fs::write(dir.path().join("identity.json"), "{}").unwrap();
     let state = dir.path().to_str().unwrap();
     for args in [
         vec!["status", "--state", state],
         vec!["status", "--state", state, "--json"],
+        vec!["netcheck", "--state", state],
         vec!["ping", "b", "--state", state],
         vec!["down", "--state", state],
     ] {
         let (out, took) = fpn_node(&args);
         assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
         assert!(
-            stderr(&out).contains("no fpn-node daemon"),
-            "{args:?}: {}",
-            stderr(&out)
+            err.contains("no fpn-node daemon")
+                && err.contains(&format!("sudo fpn-node up --state {state}")),
+            "{args:?}: {err}"
         );
         assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
     }
 }
 
+/// Every command on a state directory that `enroll` never wrote (a wrong
+/// `--state`, or a first run before enrolling) says the node is not
+/// enrolled and shows the enroll command, instead of "opening DIR/lock: No
+/// such file or directory" or "no daemon". With --json the error is JSON
+/// on standard output as well.
 #[test]
-fn up_without_an_identity_says_to_enroll() {
+fn every_command_on_a_directory_that_is_not_enrolled_says_to_enroll() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, _) = fpn_node(&["up", "--state", dir.path().to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("fpn-node enroll"), "{}", stderr(&out));
-    // Nothing of a daemon was left behind.
+    let missing = dir.path().join("nope");
+    for (state, reason) in [
+        (dir.path().to_str().unwrap(), "No such file"),
+        (missing.to_str().unwrap(), "no such directory"),
+    ] {
+        for args in [
+            vec!["up", "--state", state],
+            vec!["status", "--state", state],
+            vec!["status", "--state", state, "--json"],
+            vec!["netcheck", "--state", state, "--json"],
+            vec!["ping", "b", "--state", state],
+            vec!["down", "--state", state],
+        ] {
+            let (out, _) = fpn_node(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let err = stderr(&out);
+            assert!(
+                err.contains("this node is not enrolled")
+                    && err.contains(reason)
+                    && err.contains(&format!(
+                        "fpn-node enroll --token-file FILE --state {state}"
+                    )),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("lock"), "{args:?}: {err}");
+            if args.contains(&"--json") {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert!(v["error"].as_str().unwrap().contains("not enrolled"), "{v}");
+            }
+        }
+    }
+    // Nothing of a daemon was left behind, and no directory was created.
     assert!(!dir.path().join("control.sock").exists());
+    assert!(!dir.path().join("lock").exists());
+    assert!(!missing.exists());
+}
+
+/// Runs fpn-node as the unprivileged user `nobody` (when the test runs as
+/// root; otherwise as the current, unprivileged, user).
+fn fpn_node_unprivileged(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpn-node"));
+    cmd.args(args).env("RUST_LOG", "off");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    cmd.output().expect("run fpn-node")
+}
+
+#[test]
+fn up_without_root_says_to_use_sudo_and_a_private_state_says_so_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("st");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("identity.json"), "{}").unwrap();
+    // The state directory as enroll leaves it (0700), its parent open.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let s = state.to_str().unwrap();
+    let out = fpn_node_unprivileged(&["up", "--state", s]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs root or CAP_NET_ADMIN")
+            && err.contains(&format!("sudo fpn-node up --state {s}")),
+        "{err}"
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        // A user who may not read the root-owned state: told to use sudo,
+        // not that nothing runs.
+        let out = fpn_node_unprivileged(&["status", "--state", s]);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains("permission denied") && err.contains("sudo"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -137,6 +220,29 @@ fn a_bad_config_file_is_refused_before_anything_starts() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("mtu"), "{}", stderr(&out));
+
+    // A TOML mistake: one line, with the file, line and column.
+    std::fs::write(&cfg, "log = \"info\"\nmtu = \n").unwrap();
+    let c = cfg.to_str().unwrap();
+    let (out, _) = fpn_node(&["up", "--state", dir.path().to_str().unwrap(), "--config", c]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("file {c}: line 2, column 7")),
+        "{err}"
+    );
+
+    // A config path that does not exist: named, with what to do instead.
+    let gone = dir.path().join("gone.toml");
+    let g = gone.to_str().unwrap();
+    let (out, _) = fpn_node(&["up", "--state", dir.path().to_str().unwrap(), "--config", g]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("file {g}: No such file")) && err.contains("leave --config out"),
+        "{err}"
+    );
 }
 
 #[test]

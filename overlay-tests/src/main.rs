@@ -165,6 +165,17 @@ enum Cmd {
     /// A TCP/UDP echo that tells clients the address it sees them from.
     #[command(subcommand)]
     Echo(EchoCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: fpn_clidocs::Shell,
+    },
+    /// Write man pages (one per command and subcommand) into a directory.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +275,16 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = state::state_dir();
     match cli.cmd {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script")?;
+        }
+        Cmd::Man { out } => {
+            use clap::CommandFactory;
+            let pages = fpn_clidocs::man_pages(Cli::command(), &out)?;
+            println!("wrote {} man pages to {}", pages.len(), out.display());
+        }
         Cmd::Up { file, json, id } => {
             let opts = LabOptions {
                 id,

@@ -680,7 +680,7 @@ impl Core {
         for g in gs {
             if !self.st.groups.contains_key(&g) {
                 return Err(Error::admin(format!(
-                    "no group {g} (add it with: group add {g} --name NAME)"
+                    "no group {g} (add it with `fpn-gms group add {g} --name NAME`)"
                 )));
             }
             out.insert(g);
@@ -842,5 +842,7 @@ pub(super) fn decode_fp(hex_fp: &str) -> Result<[u8; 32]> {
 
 /// The admin error for a GE name nobody has.
 fn no_ge(name: &str) -> Error {
-    Error::admin(format!("no GE named {name}"))
+    Error::admin(format!(
+        "no GE named {name} (add it with `fpn-gms ge add {name} --kind ges --mode op --group N`; `fpn-gms ge list` shows the GEs)"
+    ))
 }

@@ -86,15 +86,27 @@ pub struct InitOptions {
     pub dns: Option<crate::config::DnsSettings>,
 }
 
+/// Fails with [`Error::AlreadyServing`] while another server answers on
+/// the data directory's admin socket. Call it before opening anything a
+/// running server holds (the store, the DNS zone): a second `serve` would
+/// otherwise fail on a lock, with sled's text.
+pub fn check_not_serving(data: &DataDir) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(data.admin_socket()).is_ok() {
+        return Err(Error::AlreadyServing {
+            data: data.root().to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Creates a data directory: config, CA, server certificate, store.
 /// Returns the CA fingerprint (hex).
 pub fn init(opts: &InitOptions) -> Result<String> {
     let dir = DataDir::new(&opts.data);
     if dir.config().exists() || dir.db().exists() {
-        return Err(Error::Config(format!(
-            "{} is already initialized",
-            opts.data.display()
-        )));
+        return Err(Error::AlreadyInitialized {
+            data: opts.data.clone(),
+        });
     }
     let mut cfg = Config::new(&opts.zone)?;
     if let Some(l) = opts.listen {
@@ -124,6 +136,8 @@ pub fn init(opts: &InitOptions) -> Result<String> {
     if let Some(d) = &opts.dns {
         cfg.dns = d.clone();
     }
+    // Before anything is written: e.g. an in-zone NS name without an address.
+    cfg.check()?;
     fsutil::create_private_dir(dir.root())?;
     let now = now_unix();
     let ca = Ca::generate(now)?;
@@ -241,6 +255,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let cfg = Config::load(&data.config())?;
+    check_not_serving(&data)?;
     let store = store::open(&data.db(), &data.store_key(), now_unix())?;
     let syncer = store.syncer();
     let ca = Ca::load(&data)?;

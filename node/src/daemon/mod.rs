@@ -44,10 +44,76 @@ use crate::status::{CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingRepo
 /// Enrolls with `token` and saves the identity in `state`.
 pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
     let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-    let id = client::enroll(token.trim(), &endpoint).await?;
+    let id = client::enroll(token.trim(), &endpoint)
+        .await
+        .map_err(|e| enroll_error(token.trim(), e))?;
     state.save_identity(&id)?;
     endpoint.close(0u32.into(), b"enrolled");
     Ok(id)
+}
+
+/// A failed enrollment as the user can fix it: the refusals a newcomer
+/// meets (a used or expired token, a removed GE) with the step that fixes
+/// each, and a GMS that does not answer with where to look.
+fn enroll_error(token: &str, e: fpn_gms_client::Error) -> Error {
+    use fpn_gms_client::Error as C;
+    use fpn_gms_client::wire::RefusalCode as R;
+    match e {
+        C::Refused { code, reason } => {
+            let code = R::from_u16(code);
+            let fix = match code {
+                R::TokenUsed => {
+                    "a token enrolls once: if this machine enrolled with it, run `sudo fpn-node up --state DIR` with that state directory; otherwise create a new token on the GMS with `fpn-gms token create NAME`"
+                }
+                R::TokenExpired => {
+                    "create a new token on the GMS with `fpn-gms token create NAME --ttl 1h` and enroll with it at once"
+                }
+                R::InvalidToken => {
+                    "the GMS does not know this token (mistyped, or made by another GMS): copy it again, or create a new one with `fpn-gms token create NAME`"
+                }
+                R::UnknownGe => {
+                    "the GE was removed: add it again with `fpn-gms ge add NAME --kind ges --mode op --group N`, then `fpn-gms token create NAME`"
+                }
+                R::Revoked => {
+                    "the GE is revoked: remove it (`fpn-gms ge remove NAME`), add it again and create a new token"
+                }
+                R::BadProof | R::Protocol => {
+                    "this fpn-node and the GMS disagree on the protocol: run the same fpn version on both"
+                }
+                R::Internal => "the GMS failed to store the enrollment: look at its log and retry",
+            };
+            Error::EnrollRefused { code, reason, fix }
+        }
+        e @ (C::Timeout(_) | C::Connection(_) | C::Connect(_)) => {
+            match fpn_gms_client::token::Token::parse(token) {
+                Ok(t) => Error::GmsUnreachable {
+                    addr: t.gms_addr.clone(),
+                    source: e,
+                },
+                Err(_) => e.into(),
+            }
+        }
+        e => e.into(),
+    }
+}
+
+/// Whether this process may create the TUN device and set routes: root,
+/// or CAP_NET_ADMIN in its effective set (a systemd unit's
+/// AmbientCapabilities, or `setcap` on the binary).
+fn has_net_admin() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory of ours.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
 }
 
 /// What identifies this node.
@@ -62,6 +128,14 @@ struct Me {
 /// Runs the daemon until it is stopped. `Err(Error::Terminated)` when the
 /// GMS revoked this node (its keys are erased first).
 pub async fn up(state: StateDir, cfg: NodeConfig) -> Result<()> {
+    // The mistakes of a first run, each named with its fix, before the
+    // lock file (whose "No such file" would name neither).
+    if !has_net_admin() {
+        return Err(Error::NeedsPrivilege {
+            state: state.root().to_owned(),
+        });
+    }
+    state.check_enrolled()?;
     // A daemon that was just told to stop may still be closing: give it a moment.
     let mut tries = 0;
     let _lock = loop {
