@@ -119,13 +119,28 @@ fn main() -> ExitCode {
         },
         _ => "warn".into(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(log));
+    // A reload layer, so SIGHUP can change the `log` key's filter live
+    // (RUST_LOG, when set, wins for the whole run).
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let set_log: Option<fpn_node::daemon::LogSetter> = (!fixed).then(|| {
+        Box::new(move |text: &str| {
+            let f = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }) as fpn_node::daemon::LogSetter
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,7 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.cmd)) {
+    match rt.block_on(run(cli.cmd, set_log)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fpn-node: {}", one_line(&e));
@@ -207,7 +222,7 @@ fn read_token(
     Ok(text)
 }
 
-async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Enroll {
             token,
@@ -241,7 +256,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Up { state, config } => {
             let cfg = NodeConfig::load(config.as_deref())?;
-            match fpn_node::daemon::up(StateDir::new(state), cfg).await {
+            let reload = fpn_node::daemon::Reload {
+                path: config,
+                set_log,
+            };
+            match fpn_node::daemon::up_with(StateDir::new(state), cfg, reload).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e @ fpn_node::error::Error::Terminated(_)) => {
                     eprintln!("fpn-node: {e}");

@@ -31,6 +31,27 @@ pub struct Status {
     /// "none"); the `tun_*` counters say what they did.
     #[serde(default)]
     pub tun_offloads: String,
+    /// The configuration in force and its SIGHUP reloads.
+    #[serde(default)]
+    pub config: ConfigStatus,
+}
+
+/// The configuration in force (the keys a SIGHUP can change) and how the
+/// reloads went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file given to `up --config` (empty: the defaults).
+    pub path: String,
+    /// The `log` key in force (`RUST_LOG`, when set, overrides it).
+    pub log: String,
+    /// True when `RUST_LOG` was set at start-up: it wins over `log`.
+    pub log_from_env: bool,
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Why the last reload was refused (the file in force stays), until one succeeds.
+    pub reload_error: Option<String>,
+    /// Keys changed in the file that wait for a restart.
+    pub restart_pending: Vec<String>,
 }
 
 /// The GMS session.
