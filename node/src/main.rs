@@ -84,6 +84,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Explains which decision rule applies to a flow from this node to a
+    /// peer, and why (modes, groups in common, keys held, revoked or
+    /// unknown peer, own or non-overlay address). Sends nothing to the
+    /// peer: the running node answers from its state, with the same rule
+    /// code its negotiations use (it may ask the GMS for the peer's entry).
+    Why {
+        /// Short name, FQDN or overlay address.
+        name: String,
+        /// Destination port (default: any).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Protocol of the flow.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "icmp"])]
+        proto: String,
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the running node. When none runs (it crashed), deletes the
     /// native carrier's nftables table it may have left, so its flows are
     /// not blackholed.
@@ -121,7 +142,11 @@ fn main() -> ExitCode {
     };
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    // An empty RUST_LOG counts as unset (systemd units and tests clear it so).
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok());
     let fixed = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(log));
     // A reload layer, so SIGHUP can change the `log` key's filter live
@@ -337,6 +362,22 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
                 ExitCode::from(1)
             })
         }
+        Cmd::Why {
+            name,
+            port,
+            proto,
+            state,
+            json,
+        } => {
+            let r = ask(&state, &Request::Why { name, proto, port }, CONTROL_TIMEOUT).await?;
+            let w = r.why.context("the daemon sent no explanation")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&w)?);
+            } else {
+                print_why(&w);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Down { state, config } => {
             if let Err(e) = ask(&state, &Request::Down, CONTROL_TIMEOUT).await {
                 // No daemon answers: a crashed one may have left its table.
@@ -438,6 +479,9 @@ fn print_status(s: &Status) {
             f.packets_in,
             f.bytes_in
         );
+        if let Some(r) = &f.reason {
+            println!("        why: {r}");
+        }
     }
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
     println!(
@@ -461,6 +505,68 @@ fn print_status(s: &Status) {
         .collect();
     println!("counters: {}", nonzero.join(" "));
     println!("{}", fpn_node::status::flood_line(&s.counters));
+    let c = &s.config;
+    println!(
+        "config: {} log {}{}, {} reloads{}{}",
+        if c.path.is_empty() {
+            "(defaults)"
+        } else {
+            &c.path
+        },
+        c.log,
+        if c.log_from_env {
+            " (RUST_LOG overrides it)"
+        } else {
+            ""
+        },
+        c.reloads,
+        c.reload_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(", last reload refused: {e}")),
+        if c.restart_pending.is_empty() {
+            String::new()
+        } else {
+            format!(", restart pending for {}", c.restart_pending.join(" "))
+        }
+    );
+}
+
+fn print_why(w: &fpn_node::status::WhyReport) {
+    let port = if w.port == 0 {
+        String::new()
+    } else {
+        format!(" port {}", w.port)
+    };
+    println!(
+        "{} ({}) {}{port}: {} [{}]",
+        w.target, w.address, w.proto, w.action, w.rule
+    );
+    println!("  {}", w.reason);
+    let ge = |g: &fpn_node::status::WhyGe| {
+        let groups: Vec<String> = g.groups.iter().map(u32::to_string).collect();
+        let mut s = format!(
+            "{} (GE {}) {} groups [{}]",
+            if g.name.is_empty() { "?" } else { &g.name },
+            g.ge,
+            if g.mode.is_empty() { "?" } else { &g.mode },
+            groups.join(" ")
+        );
+        if let Some(k) = &g.keys {
+            let keys: Vec<String> = k.iter().map(u32::to_string).collect();
+            s.push_str(&format!(" keys [{}]", keys.join(" ")));
+        }
+        s
+    };
+    println!("  this node: {}", ge(&w.own));
+    if let Some(p) = &w.peer {
+        println!("  peer:      {}", ge(p));
+    }
+    if let Some(c) = &w.current {
+        println!("  live flow: {c}");
+    }
+    if let Some(r) = &w.refused {
+        println!("  last refused: {r}");
+    }
 }
 
 fn print_ping(p: &PingReport) {

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
 use crate::state::StateDir;
 use crate::status::{
-    ConfigStatus, CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingReport, Status,
+    ConfigStatus, CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingReport, Status, WhyReport,
 };
 
 /// Enrolls with `token` and saves the identity in `state`.
@@ -602,6 +602,14 @@ impl Ctx {
                 netcheck: Some(self.netcheck().await),
                 ..Response::default()
             },
+            Request::Why { name, proto, port } => match self.why(&name, &proto, port).await {
+                Ok(w) => Response {
+                    ok: true,
+                    why: Some(w),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
             Request::Down => Response::error("handled by the daemon loop"),
         }
     }
@@ -741,6 +749,49 @@ impl Ctx {
             .ok_or_else(|| Error::Control(format!("{fqdn}: no such GE in the directory")))
     }
 
+    /// `why`: the decision rule for a flow from this node to `name`. When
+    /// the peer's directory entry is missing the engine asks the GMS for
+    /// it; the answer is awaited briefly. Nothing is sent to the peer.
+    async fn why(&self, name: &str, proto: &str, port: u16) -> Result<WhyReport> {
+        use fpn_proto::flow::protocol;
+        let protocol = match proto {
+            "tcp" => protocol::TCP,
+            "udp" => protocol::UDP,
+            "icmp" => protocol::ICMP,
+            other => {
+                return Err(Error::Control(format!(
+                    "protocol {other:?}: expected tcp, udp or icmp"
+                )));
+            }
+        };
+        let (target, dst) = self.resolve(name).await?;
+        let flow = FlowId {
+            src: IpAddr::V4(self.me.overlay),
+            dst: IpAddr::V4(dst),
+            protocol,
+            src_port: 0,
+            dst_port: if protocol == protocol::ICMP { 0 } else { port },
+        };
+        let deadline = tokio::time::Instant::now() + WHY_LOOKUP_WAIT;
+        let mut ask = true;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.queries
+                .send(Query::Explain { flow, ask, tx })
+                .await
+                .map_err(|_| Error::Control("the engine stopped".into()))?;
+            let (mut report, lookup) = rx
+                .await
+                .map_err(|_| Error::Control("the engine stopped".into()))?;
+            if !lookup || tokio::time::Instant::now() >= deadline {
+                report.target = target;
+                return Ok(report);
+            }
+            ask = false;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn ping(&self, name: &str, count: u32) -> Result<PingReport> {
         if count == 0 || count > MAX_PING_COUNT {
             return Err(Error::Control(format!(
@@ -792,6 +843,9 @@ impl Ctx {
         })
     }
 }
+
+/// How long `why` waits for the GMS's directory answer about a peer.
+const WHY_LOOKUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Where the daemon of a state directory listens.
 pub fn control_path(state: &StateDir) -> PathBuf {
