@@ -24,6 +24,8 @@ FPN_APT_NEEDS=(
   "pkill:procps"
   "gcc:gcc"
   "strace:strace"
+  # `systemd-analyze verify` on configs/systemd (overlay-tests systemd_units).
+  "systemd-analyze:systemd"
   # The lab's port-mapping router and its clients (nat_kinds tests). Only the
   # daemon's binary package: Debian's `miniupnpd` package would also install
   # a service for the machine's own interfaces.

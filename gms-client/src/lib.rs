@@ -12,6 +12,7 @@
 //! - [`tls`]: the client TLS/QUIC configurations and the shared socket helper;
 //!   [`ca`]: certificate fingerprints and node key generation.
 //! - [`fsutil`]: atomic 0600 writes for the state directory.
+//! - [`sd_notify`]: systemd readiness (`Type=notify`), for both daemons.
 //!
 //! ```no_run
 //! # async fn f(token: &str, dir: &std::path::Path) -> fpn_gms_client::Result<()> {
@@ -39,6 +40,7 @@ pub mod error;
 pub mod framing;
 pub mod fsutil;
 pub mod renewal;
+pub mod sd_notify;
 mod session;
 pub mod task;
 pub mod tls;

@@ -161,6 +161,10 @@ pub struct Config {
     /// The relay that `serve` runs in-process, or where a standalone one is.
     #[serde(default)]
     pub relay: RelaySettings,
+    /// The log filter of `serve` (e.g. `info`, `fpn_gms=debug`; default
+    /// `info`). `RUST_LOG`, when set, wins over it for the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 /// The `[relay]` section: the relay nodes fall back to when they cannot
@@ -326,6 +330,7 @@ impl Config {
             cert_validity_days: None,
             token_ttl: default_token_ttl(),
             dns: DnsSettings::default(),
+            log: None,
             relay: RelaySettings::default(),
         };
         Ok(c)
@@ -349,8 +354,50 @@ impl Config {
         Ok(c)
     }
 
+    /// The keys a SIGHUP applies to a running server (docs/GMS.md
+    /// "Reload"): the log filter, and the key settings the core reads at
+    /// each use (a new grace applies from the next rotation, a new token
+    /// lifetime to the next token, a new schedule from now on).
+    pub const RELOADABLE: [&'static str; 4] = ["log", "grace", "token_ttl", "rotation_schedule"];
+
+    /// The keys that differ between `self` (in force) and `new` but only
+    /// take effect after a restart: they are bound into sockets, the CA,
+    /// the store or the DNS server at start-up.
+    pub fn restart_keys_changed(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut diff = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        diff("zone", self.zone == new.zone);
+        diff("listen", self.listen == new.listen);
+        diff("public_addr", self.public_addr == new.public_addr);
+        diff("overlay_range", self.overlay_range == new.overlay_range);
+        diff(
+            "credential_lifetime",
+            self.credential_lifetime == new.credential_lifetime,
+        );
+        diff(
+            "expired_reconnect_grace",
+            self.expired_reconnect_grace == new.expired_reconnect_grace,
+        );
+        diff("dns", self.dns == new.dns);
+        diff("relay", self.relay == new.relay);
+        out
+    }
+
+    /// The log filter in force: `log`, or `info`.
+    pub fn log_filter(&self) -> &str {
+        self.log.as_deref().unwrap_or("info")
+    }
+
     /// Checks values that the types alone do not bound.
     pub fn check(&self) -> Result<()> {
+        if let Some(log) = &self.log {
+            tracing_subscriber::EnvFilter::try_new(log)
+                .map_err(|e| Error::Config(format!("log = {log:?}: {e}")))?;
+        }
         if self.relay.enabled {
             self.relay
                 .rate()

@@ -422,18 +422,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The config's `log` key sets the filter (RUST_LOG, when set, wins for
+    // the whole run); a reload layer lets SIGHUP change it live.
+    let mut cfg = Config::load(&data.config())?;
+    let env_filter = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let initial =
+        tracing_subscriber::EnvFilter::try_new(env_filter.as_deref().unwrap_or(cfg.log_filter()))
+            .context("RUST_LOG")?;
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(initial);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let mut hup = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .context("installing the SIGHUP handler")?;
     rt.block_on(async {
         let shutdown = async {
             let mut term =
@@ -446,7 +459,6 @@ fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> an
                 _ = term.recv() => {}
             }
         };
-        let mut cfg = Config::load(&data.config())?;
         server::check_not_serving(&data)?;
         if no_dns {
             cfg.dns.enabled = false;
@@ -456,7 +468,35 @@ fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> an
             Some(d) => d.hook(),
             None => Arc::new(NoDirectoryHook),
         };
-        let result = server::serve(data, hook, shutdown).await;
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
+        let path = data.config();
+        let reloader = tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // An unreadable or invalid file changes nothing.
+                let new = match Config::load(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: reload failed; the configuration in force is kept");
+                        continue;
+                    }
+                };
+                if env_filter.is_none() {
+                    match tracing_subscriber::EnvFilter::try_new(new.log_filter()) {
+                        Ok(f) => {
+                            if let Err(e) = filter_handle.reload(f) {
+                                tracing::warn!(error = %e, "SIGHUP: log filter not changed");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: log filter not changed"),
+                    }
+                }
+                if reload_tx.send(new).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = server::serve_with_reload(data, hook, shutdown, reloads).await;
+        reloader.abort();
         if let Some(d) = dns {
             d.shutdown().await;
         }

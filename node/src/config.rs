@@ -149,8 +149,50 @@ impl NodeConfig {
         })
     }
 
+    /// The keys a SIGHUP applies to a running node (docs/NODE.md
+    /// "Reload"). Everything else is bound into the TUN, sockets, the
+    /// nftables table or the engine at start-up.
+    pub const RELOADABLE: [&'static str; 1] = ["log"];
+
+    /// The keys that differ between `self` (in force) and `new` and only
+    /// take effect after a restart.
+    pub fn restart_keys_changed(&self, new: &NodeConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut diff = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        diff("tun_name", self.tun_name == new.tun_name);
+        diff("mtu", self.mtu == new.mtu);
+        diff("overlay_prefix", self.overlay_prefix == new.overlay_prefix);
+        diff("listen", self.listen == new.listen);
+        diff("dns", self.dns == new.dns);
+        diff("split_dns", self.split_dns == new.split_dns);
+        diff(
+            "directory_ttl_secs",
+            self.directory_ttl_secs == new.directory_ttl_secs,
+        );
+        diff("flow_idle_secs", self.flow_idle_secs == new.flow_idle_secs);
+        diff(
+            "max_gms_silence_secs",
+            self.max_gms_silence_secs == new.max_gms_silence_secs,
+        );
+        diff(
+            "quic_initial_mtu",
+            self.quic_initial_mtu == new.quic_initial_mtu,
+        );
+        diff("carrier", self.carrier == new.carrier);
+        diff("tun_offloads", self.tun_offloads == new.tun_offloads);
+        diff("port_mapping", self.port_mapping == new.port_mapping);
+        out
+    }
+
     fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(Error::Config(format!("log = {:?}: {e}", self.log)));
+        }
         if self.tun_name.is_empty()
             || self.tun_name.len() > 15
             || !self

@@ -9,6 +9,8 @@
 //! <- {"ok":true,"ping":{"name":"b.home.fpn","address":"100.64.0.2","action":"encrypt","carrier":"quic","rtt_ms":[1.2,0.4,0.4]}}
 //! -> {"cmd":"netcheck"}
 //! <- {"ok":true,"netcheck":{"reflexive":"198.18.2.2:7718","behind_nat":true,...}}
+//! -> {"cmd":"why","name":"nas","proto":"tcp","port":22}
+//! <- {"ok":true,"why":{"rule":"shared-group","action":"encrypt","reason":"...",...}}
 //! -> {"cmd":"down"}
 //! <- {"ok":true}
 //! ```
@@ -23,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::status::{Netcheck, PingReport, Status};
+use crate::status::{Netcheck, PingReport, Status, WhyReport};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 4096;
@@ -45,8 +47,24 @@ pub enum Request {
     },
     /// The node's candidates and reflexive address (asks the GMS anew).
     Netcheck,
+    /// Which decision rule applies to a flow to a peer, and why (sends
+    /// nothing to the peer).
+    Why {
+        /// Short name, FQDN or overlay address.
+        name: String,
+        /// "tcp", "udp" or "icmp".
+        #[serde(default = "default_proto")]
+        proto: String,
+        /// Destination port (0: any).
+        #[serde(default)]
+        port: u16,
+    },
     /// Stop the daemon.
     Down,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
 }
 
 /// A response.
@@ -66,6 +84,9 @@ pub struct Response {
     /// The answer to `netcheck`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub netcheck: Option<Netcheck>,
+    /// The answer to `why`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub why: Option<WhyReport>,
 }
 
 impl Response {
@@ -249,6 +270,14 @@ mod tests {
         let cases = [
             (Request::Status, r#"{"cmd":"status"}"#),
             (Request::Down, r#"{"cmd":"down"}"#),
+            (
+                Request::Why {
+                    name: "nas".into(),
+                    proto: "udp".into(),
+                    port: 53,
+                },
+                r#"{"cmd":"why","name":"nas","proto":"udp","port":53}"#,
+            ),
             (
                 Request::Ping {
                     name: "b".into(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fpn_gms_client::wire::DirectoryEntry;
 use fpn_proto::credential::UnverifiedCredential;
-use fpn_proto::ge::GeId;
+use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -40,6 +40,46 @@ pub struct PeerRecord {
     /// in a listing). The path machine's probe key is derived from it.
     #[serde(default)]
     pub key: Option<[u8; 32]>,
+    /// The peer's certified kind, mode and groups (from its verified
+    /// credential; `None` in a listing and in caches written before it was
+    /// kept). `fpn-node why` reads the decision rules' inputs from it.
+    #[serde(default)]
+    pub info: Option<PeerInfo>,
+}
+
+/// What the decision rules need of a peer's certified GE info.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// GE kind code (GES, GEN, GEA; `GeKind::code`).
+    pub kind: u8,
+    /// Mode code (OP, CL; `Mode::code`).
+    pub mode: u8,
+    /// Group numbers, ascending.
+    pub groups: Vec<u32>,
+}
+
+impl PeerInfo {
+    /// The part of `info` the rules read.
+    pub fn of(info: &GeInfo) -> Self {
+        Self {
+            kind: info.kind.code(),
+            mode: info.mode.code(),
+            groups: info.groups.iter().map(|g| g.0).collect(),
+        }
+    }
+
+    /// The GE info of peer `ge` named `name` at `overlay`; `None` when a
+    /// code is unknown (a cache from a newer version).
+    pub fn to_info(&self, ge: GeId, name: &str, overlay: Ipv4Addr) -> Option<GeInfo> {
+        Some(GeInfo {
+            id: ge,
+            name: name.to_owned(),
+            kind: GeKind::from_code(self.kind).ok()?,
+            mode: Mode::from_code(self.mode).ok()?,
+            groups: self.groups.iter().map(|g| GroupId(*g)).collect(),
+            overlay,
+        })
+    }
 }
 
 impl PeerRecord {
@@ -75,6 +115,7 @@ pub fn record_from_entry(
         reflexive,
         fetched: now,
         key: Some(cred.node_key),
+        info: Some(PeerInfo::of(&cred.info)),
     })
 }
 
@@ -117,6 +158,7 @@ impl Directory {
             && rec.key.is_none()
         {
             rec.key = old.key;
+            rec.info.clone_from(&old.info);
         }
         // An overlay address belongs to one GE: a newer record wins.
         self.by_name
@@ -223,6 +265,7 @@ mod tests {
             reflexive: None,
             fetched: 100,
             key: None,
+            info: None,
         }
     }
 
@@ -250,6 +293,7 @@ mod tests {
         // A listing without addresses keeps the known ones.
         d.upsert(PeerRecord {
             fetched: 0,
+            info: None,
             key: None,
             ..rec("a", 1, 1, &[])
         });

@@ -46,6 +46,16 @@ pub enum Query {
     PeerPath(Ipv4Addr, oneshot::Sender<Option<(String, String)>>),
     /// The overlay address of the peer named so (for `ping`).
     Resolve(String, oneshot::Sender<Option<Ipv4Addr>>),
+    /// The decision rule for a flow (for `why`), and whether the peer's
+    /// directory entry is missing (then, with `ask` true, it is asked for).
+    Explain {
+        /// The flow.
+        flow: FlowId,
+        /// Ask the GMS for a missing directory entry.
+        ask: bool,
+        /// The answer.
+        tx: oneshot::Sender<(crate::status::WhyReport, bool)>,
+    },
 }
 
 /// Slots of the arena the TUN is read into: one 64 KB super-packet cut to
@@ -383,6 +393,18 @@ impl Shell {
             }
             Query::Resolve(name, tx) => {
                 let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
+            }
+            Query::Explain { flow, ask, tx } => {
+                let (report, lookup) = self.core.explain(&flow);
+                if lookup
+                    && ask
+                    && let std::net::IpAddr::V4(dst) = flow.dst
+                {
+                    // Only the GMS is asked (as a flow's first packet
+                    // would); nothing goes to the peer.
+                    let _ = self.dir_requests.try_send(dst);
+                }
+                let _ = tx.send((report, lookup));
             }
         }
     }
@@ -863,6 +885,7 @@ mod tests {
                 reflexive: None,
                 fetched: 1,
                 key: None,
+                info: None,
             }),
             now,
         );

@@ -487,6 +487,7 @@ impl GmsTask {
                     addrs,
                     reflexive,
                     key: None,
+                    info: None,
                 };
                 let old = dir.by_name(&rec.name).cloned();
                 if let Some(stored) = dir.upsert(rec)

@@ -100,6 +100,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Explains which decision rule applies to a flow from this node to a
+    /// peer, and why (modes, groups in common, keys held, revoked or
+    /// unknown peer, own or non-overlay address). Sends nothing to the
+    /// peer: the running node answers from its state, with the same rule
+    /// code its negotiations use (it may ask the GMS for the peer's entry).
+    Why {
+        /// Short name, FQDN or overlay address.
+        name: String,
+        /// Destination port (default: any).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Protocol of the flow.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "icmp"])]
+        proto: String,
+        /// State directory of the running node.
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the running node. When none runs (it crashed), deletes the
     /// native carrier's nftables table it may have left, so its flows are
     /// not blackholed.
@@ -135,13 +156,32 @@ fn main() -> ExitCode {
         },
         _ => "warn".into(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // An empty RUST_LOG counts as unset (systemd units and tests clear it so).
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok());
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(log));
+    // A reload layer, so SIGHUP can change the `log` key's filter live
+    // (RUST_LOG, when set, wins for the whole run).
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let set_log: Option<fpn_node::daemon::LogSetter> = (!fixed).then(|| {
+        Box::new(move |text: &str| {
+            let f = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }) as fpn_node::daemon::LogSetter
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -150,7 +190,7 @@ fn main() -> ExitCode {
         }
     };
     let json = wants_json(&cli.cmd);
-    match rt.block_on(run(cli.cmd)) {
+    match rt.block_on(run(cli.cmd, set_log)) {
         Ok(code) => code,
         Err(e) => {
             let line = one_line(&e);
@@ -172,7 +212,8 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Status { json, .. }
         | Cmd::Netcheck { json, .. }
         | Cmd::Ping { json, .. }
-        | Cmd::Man { json, .. } => *json,
+        | Cmd::Man { json, .. }
+        | Cmd::Why { json, .. } => *json,
         Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Down { .. } => false,
     }
 }
@@ -242,7 +283,7 @@ fn read_token(
     Ok(text)
 }
 
-async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Completions { shell } => {
             fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
@@ -290,7 +331,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Up { state, config } => {
             let cfg = NodeConfig::load(config.as_deref())?;
-            match fpn_node::daemon::up(StateDir::new(state), cfg).await {
+            let reload = fpn_node::daemon::Reload {
+                path: config,
+                set_log,
+            };
+            match fpn_node::daemon::up_with(StateDir::new(state), cfg, reload).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e @ fpn_node::error::Error::Terminated(_)) => {
                     eprintln!("fpn-node: {e}");
@@ -366,6 +411,22 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Why {
+            name,
+            port,
+            proto,
+            state,
+            json,
+        } => {
+            let r = ask(&state, &Request::Why { name, proto, port }, CONTROL_TIMEOUT).await?;
+            let w = r.why.context("the daemon sent no explanation")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&w)?);
+            } else {
+                print_why(&w);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { state, config } => {
             if let Err(e) = ask(&state, &Request::Down, CONTROL_TIMEOUT).await {
@@ -468,6 +529,9 @@ fn print_status(s: &Status) {
             f.packets_in,
             f.bytes_in
         );
+        if let Some(r) = &f.reason {
+            println!("        why: {r}");
+        }
     }
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
     println!(
@@ -491,6 +555,68 @@ fn print_status(s: &Status) {
         .collect();
     println!("counters: {}", nonzero.join(" "));
     println!("{}", fpn_node::status::flood_line(&s.counters));
+    let c = &s.config;
+    println!(
+        "config: {} log {}{}, {} reloads{}{}",
+        if c.path.is_empty() {
+            "(defaults)"
+        } else {
+            &c.path
+        },
+        c.log,
+        if c.log_from_env {
+            " (RUST_LOG overrides it)"
+        } else {
+            ""
+        },
+        c.reloads,
+        c.reload_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(", last reload refused: {e}")),
+        if c.restart_pending.is_empty() {
+            String::new()
+        } else {
+            format!(", restart pending for {}", c.restart_pending.join(" "))
+        }
+    );
+}
+
+fn print_why(w: &fpn_node::status::WhyReport) {
+    let port = if w.port == 0 {
+        String::new()
+    } else {
+        format!(" port {}", w.port)
+    };
+    println!(
+        "{} ({}) {}{port}: {} [{}]",
+        w.target, w.address, w.proto, w.action, w.rule
+    );
+    println!("  {}", w.reason);
+    let ge = |g: &fpn_node::status::WhyGe| {
+        let groups: Vec<String> = g.groups.iter().map(u32::to_string).collect();
+        let mut s = format!(
+            "{} (GE {}) {} groups [{}]",
+            if g.name.is_empty() { "?" } else { &g.name },
+            g.ge,
+            if g.mode.is_empty() { "?" } else { &g.mode },
+            groups.join(" ")
+        );
+        if let Some(k) = &g.keys {
+            let keys: Vec<String> = k.iter().map(u32::to_string).collect();
+            s.push_str(&format!(" keys [{}]", keys.join(" ")));
+        }
+        s
+    };
+    println!("  this node: {}", ge(&w.own));
+    if let Some(p) = &w.peer {
+        println!("  peer:      {}", ge(p));
+    }
+    if let Some(c) = &w.current {
+        println!("  live flow: {c}");
+    }
+    if let Some(r) = &w.refused {
+        println!("  last refused: {r}");
+    }
 }
 
 fn print_ping(p: &PingReport) {

@@ -31,6 +31,27 @@ pub struct Status {
     /// "none"); the `tun_*` counters say what they did.
     #[serde(default)]
     pub tun_offloads: String,
+    /// The configuration in force and its SIGHUP reloads.
+    #[serde(default)]
+    pub config: ConfigStatus,
+}
+
+/// The configuration in force (the keys a SIGHUP can change) and how the
+/// reloads went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file given to `up --config` (empty: the defaults).
+    pub path: String,
+    /// The `log` key in force (`RUST_LOG`, when set, overrides it).
+    pub log: String,
+    /// True when `RUST_LOG` was set at start-up: it wins over `log`.
+    pub log_from_env: bool,
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Why the last reload was refused (the file in force stays), until one succeeds.
+    pub reload_error: Option<String>,
+    /// Keys changed in the file that wait for a restart.
+    pub restart_pending: Vec<String>,
 }
 
 /// The GMS session.
@@ -172,6 +193,9 @@ pub struct FlowStatus {
     pub bytes_out: u64,
     /// Bytes received.
     pub bytes_in: u64,
+    /// Why the flow is refused or dropped (the rule, who applied it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The answer to `ping`.
@@ -266,4 +290,60 @@ pub fn flood_line(counters: &BTreeMap<String, u64>) -> String {
         c("dprp_cookies_sent"),
         c("dprp_cookies_accepted"),
     )
+}
+
+/// The answer to `why`: which decision rule applies to a flow from this
+/// node to an address, and why (nothing is sent to the peer).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WhyReport {
+    /// The name asked about, as resolved (FQDN), or the address given.
+    pub target: String,
+    /// The destination address.
+    pub address: String,
+    /// "tcp", "udp" or "icmp".
+    pub proto: String,
+    /// The destination port (0: any; ICMP has none).
+    pub port: u16,
+    /// The rule: "self", "not-overlay", "unknown-peer", "peer-info-unknown",
+    /// "revoked", "shared-group", "both-open", "closed-drops", "key-missing".
+    pub rule: String,
+    /// What this node does with such a flow: "local", "bypass", "encrypt",
+    /// "plain" or "refuse".
+    pub action: String,
+    /// The rule's reasoning in a sentence.
+    pub reason: String,
+    /// The group the flow is protected with (rule "shared-group").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub group: Option<u32>,
+    /// The GE that drops the flow (rule "closed-drops").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dropped_by: Option<u32>,
+    /// This node: its mode, certified groups and the groups it holds a key for.
+    pub own: WhyGe,
+    /// The peer owning the address, when the directory names one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peer: Option<WhyGe>,
+    /// The action of a live flow to that address (and port) in the PIT.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub current: Option<String>,
+    /// Why a recent flow to that address (and port) was refused.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refused: Option<String>,
+}
+
+/// A GE as `why` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WhyGe {
+    /// GE name ("" when unknown).
+    pub name: String,
+    /// GE id.
+    pub ge: u32,
+    /// "open" or "closed" ("" when its credential is not known yet).
+    pub mode: String,
+    /// Certified groups.
+    pub groups: Vec<u32>,
+    /// Groups it holds a key for (this node only: a peer's keys are only
+    /// known once it answers a negotiation).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub keys: Option<Vec<u32>>,
 }

@@ -443,6 +443,18 @@ impl Overlay {
     /// topology gives the host, as a fresh machine would have), waits for
     /// `node ready`, then points the host's resolv.conf at the node's stub.
     pub fn up(&self, name: &str) -> Result<(), Error> {
+        self.up_with_env(name, &[])
+    }
+
+    /// The configuration file `up` writes for node `name` and passes to
+    /// `fpn-node up --config` (rewrite it and SIGHUP the node to reload).
+    pub fn node_config_path(&self, name: &str) -> PathBuf {
+        self.lab.log_dir().join(format!("node-{name}.toml"))
+    }
+
+    /// [`Overlay::up`] with extra environment variables for the daemon
+    /// (e.g. `NOTIFY_SOCKET`).
+    pub fn up_with_env(&self, name: &str, env: &[(&str, &str)]) -> Result<(), Error> {
         let node = self.node(name)?;
         let host = node.spec.host.clone();
         let upstream = self.lab.state().topology.hosts[&host].resolv_conf.clone();
@@ -451,12 +463,12 @@ impl Overlay {
             None => self.lab.clear_resolv_conf(&host)?,
         }
         let state = node.state_dir.to_string_lossy().into_owned();
-        let config = self.lab.log_dir().join(format!("node-{name}.toml"));
+        let config = self.node_config_path(name);
         std::fs::write(&config, format!("{NODE_CONFIG}{}", self.node_config))
             .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
         let config = config.to_string_lossy().into_owned();
         let bin = self.node_bin()?;
-        let p = self
+        let mut cmd = self
             .lab
             .command(
                 &host,
@@ -469,12 +481,19 @@ impl Overlay {
                     &config,
                 ],
             )
-            .name(&format!("fpn-node-{name}"))
-            .env(
+            .name(&format!("fpn-node-{name}"));
+        // RUST_LOG fixes the filter for the whole run; a caller that wants
+        // the config's `log` key (and its reload) passes RUST_LOG="".
+        if !env.iter().any(|(k, _)| *k == "RUST_LOG") {
+            cmd = cmd.env(
                 "RUST_LOG",
                 std::env::var("FPN_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .spawn()?;
+            );
+        }
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let p = cmd.spawn()?;
         p.wait_for_log("node ready", READY_TIMEOUT)?;
         *lock(&node.process) = Some(p);
         let st = self.status(name)?;

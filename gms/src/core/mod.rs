@@ -255,6 +255,23 @@ impl Core {
         &self.cfg
     }
 
+    /// A SIGHUP's new configuration: applies the keys of
+    /// [`Config::RELOADABLE`] at once and returns the other keys that
+    /// changed (they need a restart; the running server keeps their old
+    /// values, and `status` shows the values in force). A new rotation
+    /// schedule is counted from `now`.
+    pub fn reload_config(&mut self, new: &Config, now: u64) -> Vec<&'static str> {
+        let restart = self.cfg.restart_keys_changed(new);
+        if new.rotation_schedule != self.cfg.rotation_schedule {
+            self.next_rotation = new.rotation_schedule.next_after(now);
+        }
+        self.cfg.rotation_schedule = new.rotation_schedule;
+        self.cfg.grace = new.grace;
+        self.cfg.token_ttl = new.token_ttl;
+        self.cfg.log = new.log.clone();
+        restart
+    }
+
     /// The CA.
     pub fn ca(&self) -> &Ca {
         &self.ca

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fpn_gms_client::sd_notify;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
@@ -254,6 +255,22 @@ pub async fn serve(
     hook: Arc<dyn DirectoryHook>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    serve_with_reload(data, hook, shutdown, reloads).await
+}
+
+/// [`serve`], taking new configurations (a SIGHUP's, already loaded and
+/// checked) from `reloads`: the core applies the live keys
+/// ([`Config::RELOADABLE`]) and the rest is logged as needing a restart.
+/// Tells systemd `READY=1` once it serves (again after each reload) and
+/// `STOPPING=1` when `shutdown` completes (`fpn_gms_client::sd_notify`;
+/// nothing without `NOTIFY_SOCKET`).
+pub async fn serve_with_reload(
+    data: DataDir,
+    hook: Arc<dyn DirectoryHook>,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<()> {
     let cfg = Config::load(&data.config())?;
     check_not_serving(&data)?;
     let store = store::open(&data.db(), &data.store_key(), now_unix())?;
@@ -307,13 +324,21 @@ pub async fn serve(
     let in_process = parts.relay.clone();
     let _ = shared.relay.set(parts);
     info!(%local, admin = %sock_path.display(), "GMS serving");
+    notify_systemd(sd_notify::READY);
 
+    let reload_shared = shared.clone();
     let tasks = [
         tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone())),
         tokio::spawn(admin_socket::accept_loop(admin, shared.clone())),
         tokio::spawn(timer_loop(shared.clone())),
+        tokio::spawn(async move {
+            while let Some(cfg) = reloads.recv().await {
+                apply_reload(&reload_shared, cfg).await;
+            }
+        }),
     ];
     shutdown.await;
+    notify_systemd(sd_notify::STOPPING);
     info!("GMS shutting down");
     endpoint.close(wire::close::SHUTDOWN.into(), b"GMS shutting down");
     for t in &tasks {
@@ -325,6 +350,30 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
+}
+
+/// Sends `state` to systemd; a failure is logged, never fatal.
+fn notify_systemd(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, state, "cannot notify systemd");
+    }
+}
+
+/// Applies a reloaded configuration to the core.
+async fn apply_reload(shared: &Arc<Shared>, cfg: Config) {
+    notify_systemd(&sd_notify::reloading_message());
+    let restart = {
+        let mut g = shared.lock();
+        g.core.reload_config(&cfg, now_unix())
+    };
+    // A new schedule moves the next rotation: the timer looks again.
+    shared.timer.notify_one();
+    if restart.is_empty() {
+        info!(live = ?Config::RELOADABLE, "configuration reloaded");
+    } else {
+        warn!(live = ?Config::RELOADABLE, restart = ?restart, "configuration reloaded; changed keys that need a restart keep their old values until then");
+    }
+    notify_systemd(sd_notify::READY);
 }
 
 /// Runs the core's timers (grace ends, scheduled rotation).

@@ -37,7 +37,7 @@ pub const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Flows {
     quotes: HashMap<FlowId, Vec<u8>>,
-    refused: HashMap<FlowId, (Option<GeId>, Instant)>,
+    refused: HashMap<FlowId, (Option<GeId>, String, Instant)>,
     renegotiation_due: HashSet<FlowId>,
     renegotiating: HashSet<FlowId>,
     healing: HashSet<FlowId>,
@@ -70,10 +70,18 @@ impl Flows {
         self.renegotiating.remove(flow);
     }
 
-    /// Remembers a refused flow for [`REFUSED_SHOWN`].
-    pub fn refuse(&mut self, flow: FlowId, by: Option<GeId>, now: Instant, timers: &mut Timers) {
+    /// Remembers a refused flow, who refused it and why (for `status`
+    /// and `why`), for [`REFUSED_SHOWN`].
+    pub fn refuse(
+        &mut self,
+        flow: FlowId,
+        by: Option<GeId>,
+        reason: String,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
         if self.refused.len() < MAX_REFUSED || self.refused.contains_key(&flow) {
-            self.refused.insert(flow, (by, now));
+            self.refused.insert(flow, (by, reason, now));
             timers.schedule(now + REFUSED_SHOWN, Timer::ForgetRefused(flow));
         }
     }
@@ -83,7 +91,7 @@ impl Flows {
         if self
             .refused
             .get(flow)
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= REFUSED_SHOWN)
+            .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= REFUSED_SHOWN)
         {
             self.refused.remove(flow);
         }
@@ -94,9 +102,11 @@ impl Flows {
         self.refused.contains_key(flow)
     }
 
-    /// Refused flows and who refused them.
-    pub fn refused(&self) -> impl Iterator<Item = (&FlowId, Option<GeId>)> {
-        self.refused.iter().map(|(f, (by, _))| (f, *by))
+    /// Refused flows, who refused them and why.
+    pub fn refused(&self) -> impl Iterator<Item = (&FlowId, Option<GeId>, &str)> {
+        self.refused
+            .iter()
+            .map(|(f, (by, reason, _))| (f, *by, reason.as_str()))
     }
 
     /// Schedules the renegotiation of `flow` at `at` (once per flow).
@@ -185,9 +195,9 @@ mod tests {
         let t0 = Instant::now();
         let mut timers = Timers::default();
         let mut f = Flows::default();
-        f.refuse(flow(1), None, t0, &mut timers);
+        f.refuse(flow(1), None, String::new(), t0, &mut timers);
         // Refused again later: the first deadline must not forget it.
-        f.refuse(flow(1), None, t0 + HEAL_GAP, &mut timers);
+        f.refuse(flow(1), None, String::new(), t0 + HEAL_GAP, &mut timers);
         assert_eq!(
             timers.pop_due(t0 + REFUSED_SHOWN),
             Some(Timer::ForgetRefused(flow(1)))

@@ -30,6 +30,7 @@
 //! channel or a task, or allocate on the data path of an established flow
 //! (only the first packet of a new flow is copied: DPRP holds it).
 
+mod explain;
 mod flows;
 mod keys;
 mod negotiation;
@@ -50,6 +51,8 @@ mod nat_tests;
 #[cfg(test)]
 mod native_tests;
 
+#[cfg(test)]
+mod explain_tests;
 #[cfg(test)]
 mod flood_tests;
 #[cfg(test)]
@@ -129,6 +132,8 @@ pub struct NodeCore {
     outputs: VecDeque<Output>,
     peers_changed: bool,
     versions: BTreeMap<GroupId, Vec<KeyVersion>>,
+    /// Overlay addresses of GEs that left the directory (for `why`; bounded).
+    gone: BTreeMap<Ipv4Addr, GeId>,
     scratch: Vec<u8>,
     icmp_buf: Vec<u8>,
     counters: Counters,
@@ -160,6 +165,7 @@ impl NodeCore {
             outputs: VecDeque::with_capacity(64),
             peers_changed: false,
             versions: BTreeMap::new(),
+            gone: BTreeMap::new(),
             scratch: vec![0; buf],
             icmp_buf: vec![0; 256],
             counters: Counters::default(),
@@ -359,6 +365,10 @@ impl NodeCore {
                 self.dprp.revoke_ge(ge);
                 let n = self.drop_flows_of(ge);
                 self.remove_machine(ge);
+                // Revoked or removed: `why` says so for its old address.
+                if let Some(o) = self.peers.get(ge).and_then(|p| p.overlay) {
+                    explain::remember(&mut self.gone, o, ge);
+                }
                 if self.peers.remove(ge).is_some() {
                     self.dprp.set_directory(self.peers.directory());
                     self.peers_changed = true;
@@ -574,6 +584,8 @@ impl NodeCore {
     fn set_peer(&mut self, rec: &crate::directory::PeerRecord, now: Instant) {
         let ge = rec.ge();
         let change = self.peers.upsert(rec);
+        // An address handed to a GE again is no longer a departed one.
+        self.gone.remove(&rec.overlay);
         self.update_machine(ge, now);
         self.peers_changed = true;
         if change.directory_changed || change.previous_owner.is_some() {

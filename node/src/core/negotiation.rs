@@ -211,7 +211,8 @@ impl NodeCore {
                     FailReason::Dropped { by } | FailReason::Refused { by, .. } => Some(*by),
                     _ => None,
                 };
-                self.flows.refuse(flow, by, now, &mut self.timers);
+                let why = self.refusal_text(&reason);
+                self.flows.refuse(flow, by, why, now, &mut self.timers);
                 if let Some(q) = self.flows.take_quote(&flow) {
                     self.queue_unreachable(&q, unreachable_for(&reason));
                 }
@@ -248,8 +249,16 @@ impl NodeCore {
             None => {
                 debug!(peer = %e.peer, "the flow's remote address has no known owner yet; refused, asking the directory");
                 self.counters.unknown_owner += 1;
-                self.flows
-                    .refuse(e.flow, Some(e.peer), now, &mut self.timers);
+                self.flows.refuse(
+                    e.flow,
+                    Some(e.peer),
+                    format!(
+                        "{} negotiated it, but the directory does not say it owns {r} yet (asked the GMS)",
+                        self.ge_label(e.peer)
+                    ),
+                    now,
+                    &mut self.timers,
+                );
                 self.flows.await_owner(r, e.flow, e.peer);
                 self.push_output(Output::DirectoryLookup(r));
                 return;

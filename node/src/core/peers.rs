@@ -76,6 +76,9 @@ pub struct Peer {
     pub had_flow: bool,
     /// Its certified node key (from the directory), for the probe key.
     pub key: Option<[u8; 32]>,
+    /// Its certified GE info (from the directory's credential), for
+    /// `fpn-node why`; `None` until a directory answer carried it.
+    pub info: Option<fpn_proto::ge::GeInfo>,
 }
 
 /// What an update changed in who owns which address.
@@ -127,6 +130,7 @@ impl PeerTable {
             path: PathState::default(),
             had_flow: false,
             key: None,
+            info: None,
         });
         if peer.overlay != Some(rec.overlay) {
             change.directory_changed = true;
@@ -139,6 +143,9 @@ impl PeerTable {
         peer.name.clone_from(&rec.name);
         if rec.key.is_some() {
             peer.key = rec.key;
+        }
+        if let Some(info) = &rec.info {
+            peer.info = info.to_info(ge, &rec.name, rec.overlay);
         }
         if !rec.addrs.is_empty() {
             peer.target.addrs.clone_from(&rec.addrs);
@@ -186,6 +193,7 @@ impl PeerTable {
             path: PathState::default(),
             had_flow: false,
             key: None,
+            info: None,
         });
         if peer.seen_from.first() != Some(&from) {
             peer.seen_from.retain(|a| *a != from);
@@ -267,6 +275,7 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             fetched: 1,
             key: None,
+            info: None,
         }
     }
 

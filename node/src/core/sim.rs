@@ -367,6 +367,11 @@ impl CoreSim {
             reflexive: None,
             fetched: START_UNIX,
             key: Some(node_key(n.ge.0).public()),
+            info: Some(crate::directory::PeerInfo {
+                kind: GeKind::Ges.code(),
+                mode: n.spec.0.code(),
+                groups: n.spec.1.clone(),
+            }),
         }
     }
 

@@ -326,6 +326,7 @@ fn a_directory_update_that_moves_the_address_to_another_ge_ends_the_flow() {
             reflexive: None,
             fetched: 1,
             key: None,
+            info: None,
         }),
     );
     assert_eq!(sim.counter(a, "pit_entries"), 0);

@@ -181,10 +181,13 @@ impl NodeCore {
                     packets_in: s.packets_remote,
                     bytes_out: s.bytes_local,
                     bytes_in: s.bytes_remote,
+                    reason: (e.action() == fpn_proto::action::Action::Drop).then(|| {
+                        "the decision rules drop it here (a closed GE, no shared group)".to_owned()
+                    }),
                 }
             })
             .collect();
-        flows.extend(self.flows.refused().map(|(f, by)| FlowStatus {
+        flows.extend(self.flows.refused().map(|(f, by, reason)| FlowStatus {
             proto: proto_name(f.protocol),
             src: f.src.to_string(),
             dst: f.dst.to_string(),
@@ -193,6 +196,7 @@ impl NodeCore {
             action: "refuse".into(),
             carrier: String::new(),
             peer: by.map(|g| g.0),
+            reason: Some(reason.to_owned()),
             ..FlowStatus::default()
         }));
         flows.sort_by(|a, b| {

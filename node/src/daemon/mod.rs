@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fpn_gms_client::{self as client, Identity, Session, SessionConfig};
+use fpn_gms_client::{self as client, Identity, Session, SessionConfig, sd_notify};
 use fpn_proto::dprp::{self, Endpoint, Entropy, Prefix};
 use fpn_proto::flow::FlowId;
 use fpn_proto::pit::{Pit, PitConfig};
@@ -39,7 +39,9 @@ use crate::driver::{Driver, Query};
 use crate::error::{Error, Result};
 use crate::gms::{GmsTask, Shared};
 use crate::state::StateDir;
-use crate::status::{CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingReport, Status};
+use crate::status::{
+    ConfigStatus, CredentialStatus, GmsStatus, GroupStatus, Netcheck, PingReport, Status, WhyReport,
+};
 
 /// Enrolls with `token` and saves the identity in `state`.
 pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
@@ -125,9 +127,40 @@ struct Me {
     zone: String,
 }
 
+/// How the running daemon reloads its configuration on SIGHUP: the file
+/// `up` read it from, and how to change the log filter (the binary owns
+/// the tracing subscriber). `Default`: nothing to reload from.
+#[derive(Default)]
+pub struct Reload {
+    /// The `--config` file (`None`: the defaults; SIGHUP changes nothing).
+    pub path: Option<PathBuf>,
+    /// Installs a new log filter; `None` when `RUST_LOG` fixed it.
+    pub set_log: Option<LogSetter>,
+}
+
+/// Installs a log filter (the `log` key's text); `Err` says why not.
+pub type LogSetter = Box<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("path", &self.path)
+            .field("set_log", &self.set_log.is_some())
+            .finish()
+    }
+}
+
 /// Runs the daemon until it is stopped. `Err(Error::Terminated)` when the
 /// GMS revoked this node (its keys are erased first).
 pub async fn up(state: StateDir, cfg: NodeConfig) -> Result<()> {
+    up_with(state, cfg, Reload::default()).await
+}
+
+/// [`up`], reloading the configuration's live keys
+/// ([`NodeConfig::RELOADABLE`]) on SIGHUP as `reload` says, and telling
+/// systemd `READY=1` once the node serves and `STOPPING=1` when it stops
+/// (`Type=notify`; nothing without `NOTIFY_SOCKET`).
+pub async fn up_with(state: StateDir, cfg: NodeConfig, reload: Reload) -> Result<()> {
     // The mistakes of a first run, each named with its fix, before the
     // lock file (whose "No such file" would name neither).
     if !has_net_admin() {
@@ -156,7 +189,9 @@ pub async fn up(state: StateDir, cfg: NodeConfig) -> Result<()> {
         zone: identity.zone.clone(),
     };
     let span = info_span!("node", name = %me.name, ge = %me.ge);
-    run(state, cfg, identity, cred, me).instrument(span).await
+    run(state, cfg, identity, cred, me, reload)
+        .instrument(span)
+        .await
 }
 
 async fn run(
@@ -165,6 +200,7 @@ async fn run(
     identity: Identity,
     cred: fpn_proto::credential::Credential,
     me: Me,
+    reload: Reload,
 ) -> Result<()> {
     let dev = tun::create(
         &cfg.tun_name,
@@ -362,12 +398,28 @@ async fn run(
         what: "installing the SIGINT handler".into(),
         source,
     })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| Error::Io {
+        what: "installing the SIGHUP handler".into(),
+        source,
+    })?;
+    let config_status = Arc::new(std::sync::Mutex::new(ConfigStatus {
+        path: reload
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        log: cfg.log.clone(),
+        log_from_env: reload.set_log.is_none(),
+        ..ConfigStatus::default()
+    }));
+    let mut in_force = cfg.clone();
     info!(
         name = %me.name,
         overlay = %me.overlay,
         zone = %me.zone,
         "node ready"
     );
+    notify_systemd(sd_notify::READY);
 
     let ctx = Ctx {
         me: me.clone(),
@@ -380,11 +432,13 @@ async fn run(
         portmap: portmap
             .as_ref()
             .map(crate::portmap::PortMapper::status_handle),
+        config: config_status.clone(),
     };
     let outcome: Result<()> = loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
             _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()); }
+            _ = hup.recv() => reload_config(&reload, &mut in_force, &config_status),
             r = &mut gms_task => {
                 match r {
                     Ok(Err(Error::Terminated(reason))) => {
@@ -414,6 +468,7 @@ async fn run(
         }
     };
 
+    notify_systemd(sd_notify::STOPPING);
     control_task.abort();
     if let Some(sd) = split_dns {
         let ifname = sd.ifname().to_owned();
@@ -452,6 +507,64 @@ async fn run(
     drop(tun_keep);
     info!("stopped; TUN removed");
     outcome
+}
+
+/// Sends `state` to systemd; a failure is logged, never fatal.
+fn notify_systemd(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, state, "cannot notify systemd");
+    }
+}
+
+/// SIGHUP: reads the configuration file again and applies its live keys
+/// ([`NodeConfig::RELOADABLE`]). An unreadable or invalid file changes
+/// nothing (logged, and shown in `status`); changed keys that need a
+/// restart are logged and shown as pending.
+fn reload_config(
+    reload: &Reload,
+    in_force: &mut NodeConfig,
+    status: &std::sync::Mutex<ConfigStatus>,
+) {
+    let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(path) = &reload.path else {
+        info!("SIGHUP: no --config file; nothing to reload");
+        return;
+    };
+    notify_systemd(&sd_notify::reloading_message());
+    let new = match NodeConfig::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "SIGHUP: reload failed; the configuration in force is kept");
+            st.reload_error = Some(e.to_string());
+            notify_systemd(sd_notify::READY);
+            return;
+        }
+    };
+    if let Some(set_log) = &reload.set_log
+        && new.log != in_force.log
+    {
+        // Checked by NodeConfig::load already; a refusal here keeps the old filter.
+        if let Err(e) = set_log(&new.log) {
+            warn!(error = %e, "SIGHUP: log filter not changed");
+            st.reload_error = Some(e);
+            notify_systemd(sd_notify::READY);
+            return;
+        }
+    }
+    in_force.log = new.log.clone();
+    st.log = new.log.clone();
+    st.reloads += 1;
+    st.reload_error = None;
+    // Compared with the file the node started from: a key changed back
+    // is no longer pending.
+    let pending = in_force.restart_keys_changed(&new);
+    st.restart_pending = pending.iter().map(|k| (*k).to_owned()).collect();
+    if pending.is_empty() {
+        info!(log = %new.log, "configuration reloaded");
+    } else {
+        warn!(log = %new.log, restart = ?pending, "configuration reloaded; changed keys that need a restart keep their old values until then");
+    }
+    notify_systemd(sd_notify::READY);
 }
 
 /// Opens the native carrier unless `carrier = "quic"`; when the host does
@@ -532,6 +645,8 @@ struct Ctx {
     carrier_port: u16,
     /// The port-mapping client's status (`None`: `port_mapping = false`).
     portmap: Option<Arc<std::sync::Mutex<crate::portmap::PortMapStatus>>>,
+    /// The configuration in force and its reloads.
+    config: Arc<std::sync::Mutex<ConfigStatus>>,
 }
 
 impl Ctx {
@@ -557,6 +672,14 @@ impl Ctx {
                 ok: true,
                 netcheck: Some(self.netcheck().await),
                 ..Response::default()
+            },
+            Request::Why { name, proto, port } => match self.why(&name, &proto, port).await {
+                Ok(w) => Response {
+                    ok: true,
+                    why: Some(w),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
             },
             Request::Down => Response::error("handled by the daemon loop"),
         }
@@ -605,6 +728,11 @@ impl Ctx {
             flows: snap.flows,
             counters: snap.counters,
             tun_offloads: self.tun_offloads.to_string(),
+            config: self
+                .config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 
@@ -692,6 +820,49 @@ impl Ctx {
             .ok_or_else(|| Error::Control(format!("{fqdn}: no such GE in the directory")))
     }
 
+    /// `why`: the decision rule for a flow from this node to `name`. When
+    /// the peer's directory entry is missing the engine asks the GMS for
+    /// it; the answer is awaited briefly. Nothing is sent to the peer.
+    async fn why(&self, name: &str, proto: &str, port: u16) -> Result<WhyReport> {
+        use fpn_proto::flow::protocol;
+        let protocol = match proto {
+            "tcp" => protocol::TCP,
+            "udp" => protocol::UDP,
+            "icmp" => protocol::ICMP,
+            other => {
+                return Err(Error::Control(format!(
+                    "protocol {other:?}: expected tcp, udp or icmp"
+                )));
+            }
+        };
+        let (target, dst) = self.resolve(name).await?;
+        let flow = FlowId {
+            src: IpAddr::V4(self.me.overlay),
+            dst: IpAddr::V4(dst),
+            protocol,
+            src_port: 0,
+            dst_port: if protocol == protocol::ICMP { 0 } else { port },
+        };
+        let deadline = tokio::time::Instant::now() + WHY_LOOKUP_WAIT;
+        let mut ask = true;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.queries
+                .send(Query::Explain { flow, ask, tx })
+                .await
+                .map_err(|_| Error::Control("the engine stopped".into()))?;
+            let (mut report, lookup) = rx
+                .await
+                .map_err(|_| Error::Control("the engine stopped".into()))?;
+            if !lookup || tokio::time::Instant::now() >= deadline {
+                report.target = target;
+                return Ok(report);
+            }
+            ask = false;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn ping(&self, name: &str, count: u32) -> Result<PingReport> {
         if count == 0 || count > MAX_PING_COUNT {
             return Err(Error::Control(format!(
@@ -743,6 +914,9 @@ impl Ctx {
         })
     }
 }
+
+/// How long `why` waits for the GMS's directory answer about a peer.
+const WHY_LOOKUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Where the daemon of a state directory listens.
 pub fn control_path(state: &StateDir) -> PathBuf {

@@ -12,6 +12,7 @@
 //! answer that fails a check (a forged group proof, a key version this GE
 //! lacks) ends the negotiation with `FailReason::Rejected`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,16 +21,16 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::action::Action;
 use crate::credential::Credential;
-use crate::decision::decide;
+use crate::decision::decide_ends;
 use crate::dprp::cookie;
 use crate::dprp::endpoint::Ctx;
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Cookie, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
 };
 use crate::dprp::transcript::{self as tr, Hash, PairKey};
-use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer, effective};
+use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer};
 use crate::flow::FlowId;
-use crate::ge::{GeId, GeInfo};
+use crate::ge::{GeId, GeInfo, GroupId};
 use crate::keys::{self, Role};
 use crate::{Error, Result};
 
@@ -320,19 +321,24 @@ impl Initiator {
                 found: c.responder.info.id.0,
             });
         }
-        let own = effective(&ctx.own().info, &self.claims);
-        let theirs = effective(&c.responder.info, &c.rgi.responder.claims);
-        let mut path: Vec<&GeInfo> = vec![&own];
-        path.extend(c.gateways.iter().rev().map(|g| &g.info));
-        path.push(&theirs);
-        let decision = decide(&path)?;
-        // The same no-downgrade rule as the responder's (which NAKs first):
-        // credentials that share a group mean a protected flow or none.
-        if decision.group.is_none()
-            && let Some(group) = ctx.own().info.lowest_shared_group(&c.responder.info)
-        {
-            return Err(Error::GroupKeyMissing { group: group.0 });
-        }
+        // The rules with the no-downgrade check (the responder's NAKs
+        // first): credentials that share a group mean a protected flow or
+        // none. `fpn-node why` predicts flows with the same function.
+        let own_keys: BTreeSet<GroupId> = self.claims.iter().map(|c| c.group).collect();
+        let their_keys: BTreeSet<GroupId> =
+            c.rgi.responder.claims.iter().map(|c| c.group).collect();
+        let gateways: Vec<&GeInfo> = c.gateways.iter().rev().map(|g| &g.info).collect();
+        let path: Vec<GeId> = std::iter::once(ctx.own().info.id)
+            .chain(gateways.iter().map(|g| g.id))
+            .chain(std::iter::once(c.responder.info.id))
+            .collect();
+        let decision = decide_ends(
+            &ctx.own().info,
+            &own_keys,
+            &gateways,
+            &c.responder.info,
+            &their_keys,
+        )?;
         let chosen = c.rgi.responder.chosen;
         if decision.group != chosen.map(|x| x.group) {
             return Err(Error::invalid(
@@ -363,7 +369,7 @@ impl Initiator {
             .iter()
             .zip(&decision.actions)
             .map(|(ge, a)| HopDecision {
-                ge: ge.id,
+                ge: *ge,
                 action: *a,
                 key_version: matches!(a, Action::Protect(_))
                     .then(|| chosen.map(|x| x.version))
@@ -424,7 +430,7 @@ impl Initiator {
             },
         });
         tracing::debug!(id = %self.id, actions = ?decision.actions, "decided, MPIT sent");
-        if let Some(by) = decision.dropped_by(&path) {
+        if let Some(by) = decision.dropped_at.and_then(|i| path.get(i).copied()) {
             self.state = State::Closing(pending);
             return Ok(self.report(Outcome::Failed(FailReason::Dropped { by })));
         }
