@@ -11,6 +11,7 @@ const SUBCOMMANDS: &[&str] = &[
     "up",
     "status",
     "netcheck",
+    "why",
     "ping",
     "completions",
     "man",
