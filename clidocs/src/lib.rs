@@ -103,6 +103,27 @@ pub fn man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, Error> 
     Ok(pages)
 }
 
+/// An error and its causes on one line for a CLI's last words: the causes
+/// joined with `: `, leaving out one whose text the line already holds
+/// (fpn's error types print their source in their own message), newlines
+/// made spaces. Call with `e.chain()` of an `anyhow::Error`.
+pub fn one_line<'a>(
+    causes: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in causes {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,7 +248,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the whole cause chain joined.
-            let line = one_line(&e);
+            let line = fpn_clidocs::one_line(e.chain());
             // Scripts that read --json get the error as JSON on standard
             // output too; people read the line on standard error.
             if json {
@@ -258,23 +258,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, leaving out a cause whose text the
-/// message before it already contains (our errors print their source).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -193,7 +193,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli.cmd, set_log)) {
         Ok(code) => code,
         Err(e) => {
-            let line = one_line(&e);
+            let line = fpn_clidocs::one_line(e.chain());
             // Scripts that read --json get the error as JSON on standard
             // output too; people read the line on standard error.
             if json {
@@ -216,23 +216,6 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Why { json, .. } => *json,
         Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Down { .. } => false,
     }
-}
-
-/// The error and its causes on one line, leaving out a cause whose text the
-/// message before it already contains (our error types print their source).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -250,26 +250,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fpn-lab: error: {}", one_line(&e));
+            eprintln!("fpn-lab: error: {}", fpn_clidocs::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, without repeating a cause that the
-/// message before it already quotes.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line.replace('\n', " ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
