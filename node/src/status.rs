@@ -31,6 +31,11 @@ pub struct Status {
     /// "none"); the `tun_*` counters say what they did.
     #[serde(default)]
     pub tun_offloads: String,
+    /// Port mapping at the default gateway: the protocol that mapped
+    /// (`pcp`, `nat-pmp`, `upnp-igd`) and the external address, as in
+    /// `netcheck`.
+    #[serde(default)]
+    pub port_mapping: crate::portmap::PortMapStatus,
 }
 
 /// The GMS session.
@@ -75,8 +80,9 @@ pub struct Netcheck {
     /// What the mapping's behaviour towards other destinations looks like,
     /// and how much of that was actually tested.
     pub mapping: String,
-    /// Port mapping at the default gateway (NAT-PMP): whether it is
-    /// available, the external address and lease.
+    /// Port mapping at the default gateway (PCP, NAT-PMP or UPnP IGD):
+    /// whether it is available, the protocol, the external address and
+    /// lease.
     #[serde(default)]
     pub port_mapping: crate::portmap::PortMapStatus,
 }

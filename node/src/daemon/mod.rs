@@ -534,7 +534,17 @@ impl Ctx {
             flows: snap.flows,
             counters: snap.counters,
             tun_offloads: self.tun_offloads.to_string(),
+            port_mapping: self.port_mapping_status(),
         })
+    }
+
+    /// The port-mapping client's status (`off` when configured off).
+    fn port_mapping_status(&self) -> crate::portmap::PortMapStatus {
+        self.portmap
+            .as_ref()
+            .map_or_else(crate::portmap::PortMapper::off_status, |s| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            })
     }
 
     /// `netcheck`: the local candidates, the reflexive address at session
@@ -584,12 +594,7 @@ impl Ctx {
             port_preserved,
             stable,
             mapping,
-            port_mapping: self
-                .portmap
-                .as_ref()
-                .map_or_else(crate::portmap::PortMapper::off_status, |s| {
-                    s.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                }),
+            port_mapping: self.port_mapping_status(),
         }
     }
 
