@@ -97,6 +97,63 @@ fn without_nat_pmp_the_node_maps_its_port_with_upnp_igd() {
     reached_on_mapped_port(&path, "upnp-igd", false);
 }
 
+#[test]
+fn a_short_pcp_lease_is_renewed_before_it_expires() {
+    // miniupnpd grants PCP leases of at most 12 s (and removes a mapping
+    // whose lease ran out): the node must renew at half of what was
+    // granted, not of the 7200 s it asked for, with the mapping's nonce.
+    const LEASE: u64 = 12;
+    need(OVERLAY_TOOLS);
+    need(&["miniupnpd", "nft"]);
+    let text = std::fs::read_to_string(config_path("nat-matrix-upnp.toml")).unwrap();
+    let patched = text.replace(
+        "port_mapping = { natpmp = true, upnp = true }",
+        &format!("port_mapping = {{ natpmp = true, upnp = true, max_lifetime = {LEASE} }}"),
+    );
+    assert_ne!(patched, text, "the topology's port_mapping line changed");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nat-matrix-upnp-short-lease.toml");
+    std::fs::write(&path, patched).unwrap();
+    let lab = Lab::up(&path).expect("lab");
+    let ov = Overlay::start(
+        lab,
+        &Spec::new(&[(1, "home")], vec![node_on("a"), node_on("b")]),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let lab = ov.lab();
+    let nc = wait_mapped(&ov, "a");
+    let pm = &nc["port_mapping"];
+    assert_eq!(pm["protocol"], "pcp", "{nc}");
+    assert_eq!(
+        pm["lifetime_secs"], LEASE,
+        "the granted lease is honoured: {nc}"
+    );
+    let first = pm["renewed_at"].as_u64().unwrap();
+
+    // Two and a half leases later the mapping is still on the router (each
+    // renewal replaced it with a fresh lease) and b reaches a on it.
+    std::thread::sleep(Duration::from_secs(LEASE * 5 / 2));
+    assert!(
+        router_mappings(lab, "gwa").contains("7718"),
+        "the mapping expired: {}",
+        miniupnpd_log(lab)
+    );
+    let out = ov.node_cli("a", &["netcheck", "--json"]).unwrap();
+    let nc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let pm = &nc["port_mapping"];
+    assert_eq!(pm["state"], "mapped", "{nc}");
+    let renewed = pm["renewed_at"].as_u64().unwrap();
+    assert!(renewed > first + LEASE, "not renewed: {nc}");
+    let log = miniupnpd_log(lab);
+    let adds = log.matches("PCP MAP: added mapping UDP 7718->").count();
+    assert!(adds >= 4, "{adds} PCP MAP requests in 2.5 leases: {log}");
+    assert!(!log.contains("Unauthorized"), "{log}");
+    let p = ov.ping("b", "a", 3).unwrap();
+    assert!(p.ok, "ping b -> a on the renewed mapping: {}", p.json);
+    let e = peer_entry(&ov, "b", "a");
+    assert_eq!(e["candidate"], "direct via NAT (port-mapped)", "{e}");
+}
+
 /// The nftables table on gwa that drops PCP requests (first payload byte,
 /// the version, not 0) to miniupnpd's port, counting them.
 const NO_PCP_TABLE: &str = "fpntest_nopcp";
