@@ -321,7 +321,7 @@ impl Response {
         if b.len() > MAX_LEN {
             return Err(ParseError::Long(b.len()));
         }
-        if b.len() % 4 != 0 {
+        if !b.len().is_multiple_of(4) {
             return Err(ParseError::Unaligned(b.len()));
         }
         if b[1] & REPLY == 0 {
