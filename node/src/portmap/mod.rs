@@ -331,7 +331,8 @@ fn renewal_due(status: &Mutex<PortMapStatus>) -> bool {
 /// [`TRIES`]; a NAT-PMP gateway's "unsupported version" answer to PCP
 /// ends PCP's turn at once, RFC 6887 section 9); when the gateway speaks
 /// neither, UPnP IGD (bounded by [`UPNP_BOUND`]). A PCP mapping being
-/// renewed keeps its nonce and asks for its address and port again.
+/// renewed keeps its nonce and asks for its address and port again; a
+/// NAT-PMP mapping is renewed with NAT-PMP first.
 async fn map_any(
     gw: Ipv4Addr,
     port: u16,
@@ -342,14 +343,31 @@ async fn map_any(
         Via::Pcp(n) => Some((n, c.external)),
         _ => None,
     });
+    // A NAT-PMP mapping is renewed with NAT-PMP first: a gateway that
+    // ignores PCP would otherwise cost PCP's four tries at every renewal.
+    let mut pmp_err = None;
+    if current.is_some_and(|c| matches!(c.via, Via::NatPmp)) {
+        match map(gw, port, lifetime).await {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                debug!(gateway = %gw, error = %e, "NAT-PMP renewal failed; trying PCP");
+                pmp_err = Some(e);
+            }
+        }
+    }
     let pcp_err = match map_pcp(gw, port, lifetime, renew).await {
         Ok(m) => return Ok(m),
         Err(e) => e,
     };
-    debug!(gateway = %gw, error = %pcp_err, "PCP gave no mapping; trying NAT-PMP");
-    let pmp_err = match map(gw, port, lifetime).await {
-        Ok(m) => return Ok(m),
-        Err(e) => e,
+    let pmp_err = match pmp_err {
+        Some(e) => e,
+        None => {
+            debug!(gateway = %gw, error = %pcp_err, "PCP gave no mapping; trying NAT-PMP");
+            match map(gw, port, lifetime).await {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            }
+        }
     };
     debug!(gateway = %gw, error = %pmp_err, "NAT-PMP gave no mapping; trying UPnP IGD");
     match map_upnp(gw, port, lifetime).await {
@@ -684,12 +702,23 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(parse_default_gateway("h\nbad line\n"), None);
     }
 
+    /// How a fake gateway answers.
+    #[derive(Clone, Copy)]
+    enum Fake {
+        /// PCP (and nothing else is asked).
+        Pcp,
+        /// NAT-PMP; PCP gets "unsupported version" in NAT-PMP's format.
+        NatPmp,
+        /// NAT-PMP; PCP requests are dropped.
+        NatPmpSilent,
+    }
+
     /// A gateway on a loopback address of its own (the other tests use
     /// 127.0.0.1:5351 as "nothing listens"), answering PCP and NAT-PMP as
     /// told; every request it gets goes to the returned receiver.
     async fn fake_gateway(
         ip: Ipv4Addr,
-        pcp: bool,
+        fake: Fake,
     ) -> (Ipv4Addr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
         let sock = UdpSocket::bind((ip, natpmp::SERVER_PORT)).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -698,11 +727,11 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
                 let req = buf[..n].to_vec();
                 let _ = tx.send(req.clone());
-                let answer = match (req[0], pcp) {
+                let answer = match (req[0], fake) {
                     // A PCP server: echo the request as the answer
                     // (nonce, protocol, port), as miniupnpd does; first a
                     // stray answer to another nonce, which must be skipped.
-                    (2, true) => {
+                    (2, Fake::Pcp) => {
                         let mut a = req.clone();
                         a[1] |= 0x80;
                         a[3] = 0;
@@ -718,7 +747,9 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
                     }
                     // A NAT-PMP-only gateway: RFC 6886 3.5's answer to any
                     // other version.
-                    (v, _) if v != 0 => vec![0, 0x80 | req[1], 0, 1, 0, 0, 0, 5],
+                    (v, Fake::NatPmp) if v != 0 => vec![0, 0x80 | req[1], 0, 1, 0, 0, 0, 5],
+                    // A router that drops what it does not speak.
+                    (v, _) if v != 0 => continue,
                     (_, _) if req[1] == 0 => vec![0, 128, 0, 0, 0, 0, 0, 5, 198, 51, 100, 7],
                     (_, _) => {
                         let mut a = vec![0, 128 | req[1], 0, 0, 0, 0, 0, 5];
@@ -736,7 +767,7 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
 
     #[tokio::test]
     async fn pcp_maps_first_and_the_delete_carries_the_mapping_nonce() {
-        let (gw, mut reqs) = fake_gateway(Ipv4Addr::new(127, 83, 51, 1), true).await;
+        let (gw, mut reqs) = fake_gateway(Ipv4Addr::new(127, 83, 51, 1), Fake::Pcp).await;
         let m = map_any(gw, 7718, 7200, None).await.unwrap();
         assert_eq!(m.protocol(), "pcp");
         assert_eq!(m.external, "198.51.100.7:40001".parse().unwrap());
@@ -765,7 +796,7 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
 
     #[tokio::test]
     async fn a_nat_pmp_gateway_answering_pcp_with_unsupported_version_maps_at_once() {
-        let (gw, mut reqs) = fake_gateway(Ipv4Addr::new(127, 83, 51, 2), false).await;
+        let (gw, mut reqs) = fake_gateway(Ipv4Addr::new(127, 83, 51, 2), Fake::NatPmp).await;
         let t = std::time::Instant::now();
         let m = map_any(gw, 7718, 7200, None).await.unwrap();
         // Without the fallback on the version answer, PCP would wait out
@@ -776,6 +807,20 @@ eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(m.lifetime, 3600);
         assert_eq!(reqs.recv().await.unwrap()[0], 2);
         assert_eq!(reqs.recv().await.unwrap()[..2], [0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_nat_pmp_mapping_is_renewed_with_nat_pmp_first() {
+        let (gw, mut reqs) = fake_gateway(Ipv4Addr::new(127, 83, 51, 3), Fake::NatPmpSilent).await;
+        // The first mapping waits out PCP's tries (the router ignores it).
+        let m = map_any(gw, 7718, 7200, None).await.unwrap();
+        assert_eq!(m.protocol(), "nat-pmp");
+        while reqs.try_recv().is_ok() {}
+        let t = std::time::Instant::now();
+        let r = map_any(gw, 7718, 7200, Some(&m)).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(r.protocol(), "nat-pmp");
+        assert_eq!(reqs.recv().await.unwrap()[0], 0, "NAT-PMP asked first");
     }
 
     #[test]
