@@ -354,23 +354,7 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
                     n.reflexive_at_session_start.as_deref().unwrap_or("-")
                 );
                 println!("mapping: {}", n.mapping);
-                let pm = &n.port_mapping;
-                match pm.state.as_str() {
-                    "mapped" => println!(
-                        "port mapping: {} via {} at {}, lease {} s",
-                        pm.external.as_deref().unwrap_or("-"),
-                        pm.protocol.as_deref().unwrap_or("-"),
-                        pm.gateway.as_deref().unwrap_or("-"),
-                        pm.lifetime_secs.unwrap_or(0)
-                    ),
-                    other => println!(
-                        "port mapping: {other}{}",
-                        pm.error
-                            .as_deref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default()
-                    ),
-                }
+                println!("{}", port_mapping_line(&n.port_mapping));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -449,6 +433,26 @@ async fn ask(
     Ok(r)
 }
 
+/// One line on the port mapping: where, through which protocol, or why not.
+fn port_mapping_line(pm: &fpn_node::portmap::PortMapStatus) -> String {
+    match pm.state.as_str() {
+        "mapped" => format!(
+            "port mapping: {} via {} at {}, lease {} s",
+            pm.external.as_deref().unwrap_or("-"),
+            pm.protocol.as_deref().unwrap_or("-"),
+            pm.gateway.as_deref().unwrap_or("-"),
+            pm.lifetime_secs.unwrap_or(0)
+        ),
+        other => format!(
+            "port mapping: {other}{}",
+            pm.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 fn print_status(s: &Status) {
     println!("{} (GE {}) overlay {}", s.name, s.ge, s.overlay);
     println!(
@@ -476,6 +480,7 @@ fn print_status(s: &Status) {
             .as_ref()
             .map_or(String::new(), |r| format!(", last refused: {r}")),
     );
+    println!("{}", port_mapping_line(&s.port_mapping));
     for g in &s.groups {
         println!("group {}: key versions {:?}", g.group, g.versions);
     }

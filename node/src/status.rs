@@ -34,6 +34,11 @@ pub struct Status {
     /// The configuration in force and its SIGHUP reloads.
     #[serde(default)]
     pub config: ConfigStatus,
+    /// Port mapping at the default gateway: the protocol that mapped
+    /// (`pcp`, `nat-pmp`, `upnp-igd`) and the external address, as in
+    /// `netcheck`.
+    #[serde(default)]
+    pub port_mapping: crate::portmap::PortMapStatus,
 }
 
 /// The configuration in force (the keys a SIGHUP can change) and how the
@@ -96,8 +101,9 @@ pub struct Netcheck {
     /// What the mapping's behaviour towards other destinations looks like,
     /// and how much of that was actually tested.
     pub mapping: String,
-    /// Port mapping at the default gateway (NAT-PMP): whether it is
-    /// available, the external address and lease.
+    /// Port mapping at the default gateway (PCP, NAT-PMP or UPnP IGD):
+    /// whether it is available, the protocol, the external address and
+    /// lease.
     #[serde(default)]
     pub port_mapping: crate::portmap::PortMapStatus,
 }

@@ -733,7 +733,17 @@ impl Ctx {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            port_mapping: self.port_mapping_status(),
         })
+    }
+
+    /// The port-mapping client's status (`off` when configured off).
+    fn port_mapping_status(&self) -> crate::portmap::PortMapStatus {
+        self.portmap
+            .as_ref()
+            .map_or_else(crate::portmap::PortMapper::off_status, |s| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            })
     }
 
     /// `netcheck`: the local candidates, the reflexive address at session
@@ -783,12 +793,7 @@ impl Ctx {
             port_preserved,
             stable,
             mapping,
-            port_mapping: self
-                .portmap
-                .as_ref()
-                .map_or_else(crate::portmap::PortMapper::off_status, |s| {
-                    s.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                }),
+            port_mapping: self.port_mapping_status(),
         }
     }
 

@@ -369,6 +369,15 @@ pub(crate) fn miniupnpd_conf(
         yn(pm.natpmp),
         yn(pm.upnp)
     );
+    if let Some(max) = pm.max_lifetime {
+        // miniupnpd raises a lease under min_lifetime (default 120 s) to
+        // it, and refuses to start unless min_lifetime < max_lifetime.
+        let _ = write!(
+            c,
+            "min_lifetime={}\nmax_lifetime={max}\n",
+            (max / 2).clamp(1, 120)
+        );
+    }
     for (_, addrs) in inside {
         for a in addrs.iter().filter(|a| a.addr().is_ipv4()) {
             let _ = writeln!(c, "allow 1024-65535 {} 1024-65535", network(a));
@@ -512,6 +521,16 @@ mod tests {
             "{rs}"
         );
         assert!(!rs.contains("dnat ip to"), "APDF lets nobody in: {rs}");
+    }
+
+    #[test]
+    fn a_short_pcp_lease_sets_both_lifetime_bounds() {
+        let inside = [("lan".to_string(), vec!["192.168.1.1/24".parse().unwrap()])];
+        let pm: PortMapping = toml::from_str("max_lifetime = 12").unwrap();
+        let conf = miniupnpd_conf("wan", &inside, &pm);
+        assert!(conf.contains("min_lifetime=6\nmax_lifetime=12\n"), "{conf}");
+        let pm: PortMapping = toml::from_str("").unwrap();
+        assert!(!miniupnpd_conf("wan", &inside, &pm).contains("lifetime"));
     }
 
     #[test]

@@ -140,6 +140,13 @@ pub struct PortMapping {
     /// The TCP port of the UPnP IGD's description and control URLs.
     #[serde(default = "default_http_port")]
     pub http_port: u16,
+    /// The longest PCP lease granted, seconds (miniupnpd's `max_lifetime`;
+    /// its floor `min_lifetime` becomes half of it, at most 120 s; at
+    /// least 2). Unset: miniupnpd's
+    /// defaults (120 s to 24 h). A short one makes clients renew within a
+    /// test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<u32>,
 }
 
 fn yes() -> bool {

@@ -341,6 +341,12 @@ fn check_nat_kind(t: &Topology, name: &str, nat: &Nat) -> Result<(), Error> {
                 "host `{name}`: nat.port_mapping with neither natpmp nor upnp"
             )));
         }
+        if pm.max_lifetime.is_some_and(|m| m < 2) {
+            return Err(Error::topo(format!(
+                "host `{name}`: nat.port_mapping.max_lifetime must be at least 2 (miniupnpd \
+                 needs a shorter min_lifetime)"
+            )));
+        }
         if pm.http_port == 0 {
             return Err(Error::topo(format!(
                 "host `{name}`: nat.port_mapping.http_port must not be 0"
