@@ -432,38 +432,30 @@ async fn ask_pcp(
     gw: Ipv4Addr,
     req: &pcp::MapRequest,
 ) -> Result<pcp::Granted, MapError> {
-    let bytes = req.emit();
-    let mut wait = FIRST_WAIT;
     let mut buf = [0u8; pcp::MAX_LEN + 4];
-    for _ in 0..TRIES {
-        sock.send(&bytes).await?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let r = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await;
-            let Ok(r) = r else { break };
-            let n = match r {
-                Ok(n) => n,
-                // ICMP port unreachable: nothing listens on 5351.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(MapError::PcpNoAnswer(gw));
+    let no_answer = || MapError::PcpNoAnswer(gw);
+    exchange(
+        sock,
+        &req.emit(),
+        &mut buf,
+        no_answer,
+        |d| match pcp::Response::parse(d) {
+            Ok(resp) => match req.check(&resp) {
+                Ok(g) => Some(Ok(g)),
+                Err(pcp::CheckError::NotOurs) => {
+                    debug!("ignoring a PCP answer to another request");
+                    None
                 }
-                Err(e) => return Err(e.into()),
-            };
-            match pcp::Response::parse(&buf[..n]) {
-                Ok(resp) => match req.check(&resp) {
-                    Ok(g) => return Ok(g),
-                    Err(pcp::CheckError::NotOurs) => {
-                        debug!("ignoring a PCP answer to another request");
-                    }
-                    Err(e) => return Err(MapError::PcpRefused(e)),
-                },
-                Err(pcp::ParseError::Version(v)) => return Err(MapError::PcpVersion(v)),
-                Err(e) => debug!(error = %e, "ignoring a PCP datagram"),
+                Err(e) => Some(Err(MapError::PcpRefused(e))),
+            },
+            Err(pcp::ParseError::Version(v)) => Some(Err(MapError::PcpVersion(v))),
+            Err(e) => {
+                debug!(error = %e, "ignoring a PCP datagram");
+                None
             }
-        }
-        wait *= 2;
-    }
-    Err(MapError::PcpNoAnswer(gw))
+        },
+    )
+    .await
 }
 
 /// UPnP IGD: finds the gateway by SSDP (only one at `gw` is used: a
@@ -551,33 +543,60 @@ async fn map(gw: Ipv4Addr, port: u16, lifetime: u32) -> Result<Mapping, MapError
 /// Sends `req` on RFC 6886's schedule (250 ms, doubling) until an answer
 /// to it arrives; other datagrams (stray answers, garbage) are skipped.
 async fn ask(sock: &UdpSocket, gw: Ipv4Addr, req: Request) -> Result<Response, MapError> {
-    let bytes = req.emit();
-    let mut wait = FIRST_WAIT;
     let mut buf = [0u8; 64];
+    let no_answer = || MapError::NoAnswer(gw);
+    exchange(
+        sock,
+        &req.emit(),
+        &mut buf,
+        no_answer,
+        |d| match Response::parse(d) {
+            Ok(resp) if answers(&req, &resp) => Some(Ok(resp)),
+            Ok(_) => None,
+            Err(e) => {
+                debug!(error = %e, "ignoring a NAT-PMP datagram");
+                None
+            }
+        },
+    )
+    .await
+}
+
+/// Sends `bytes` to the gateway (`sock` is connected to it) [`TRIES`]
+/// times, waiting [`FIRST_WAIT`] and then twice as long each time, and
+/// hands every datagram that comes back to `judge` until it settles
+/// (`Some`). NAT-PMP and PCP share the schedule and the port. ICMP port
+/// unreachable shows as ECONNREFUSED: nothing listens on 5351, so there
+/// is no point in the other tries (`no_answer`, as when all go
+/// unanswered).
+async fn exchange<T>(
+    sock: &UdpSocket,
+    bytes: &[u8],
+    buf: &mut [u8],
+    no_answer: impl Fn() -> MapError,
+    mut judge: impl FnMut(&[u8]) -> Option<Result<T, MapError>>,
+) -> Result<T, MapError> {
+    let mut wait = FIRST_WAIT;
     for _ in 0..TRIES {
-        sock.send(&bytes).await?;
+        sock.send(bytes).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let r = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await;
+            let r = tokio::time::timeout_at(deadline, sock.recv(buf)).await;
             let Ok(r) = r else { break };
-            // ICMP port unreachable shows here as ECONNREFUSED: nothing
-            // listens on 5351, so there is no point in the other tries.
             let n = match r {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(MapError::NoAnswer(gw));
+                    return Err(no_answer());
                 }
                 Err(e) => return Err(e.into()),
             };
-            match Response::parse(&buf[..n]) {
-                Ok(resp) if answers(&req, &resp) => return Ok(resp),
-                Ok(_) => {}
-                Err(e) => debug!(error = %e, "ignoring a NAT-PMP datagram"),
+            if let Some(settled) = judge(&buf[..n]) {
+                return settled;
             }
         }
         wait *= 2;
     }
-    Err(MapError::NoAnswer(gw))
+    Err(no_answer())
 }
 
 /// True when `resp` is the answer to `req` (same opcode and port).
