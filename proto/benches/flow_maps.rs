@@ -19,33 +19,18 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use fpn_proto::flow::{FastMap, FlowId};
 
-/// CPU time consumed by this thread so far.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID unavailable");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{loadavg, thread_cpu};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn flow(i: u32) -> FlowId {
@@ -85,7 +70,7 @@ fn main() {
     let rounds = env("ROUNDS", 5).max(1);
     let iters = env("ITERS", 200_000).max(1);
     let flows = env("FLOWS", 1000).max(1) as u32;
-    let load0 = load();
+    let load0 = loadavg();
     let mut std_map: HashMap<FlowId, u64> = HashMap::new();
     let mut fast_map: FastMap<FlowId, u64> = FastMap::default();
     for i in 0..flows {
@@ -103,8 +88,8 @@ fn main() {
         r[3].push(per_lookup(&fast_map, &misses, iters));
     }
     println!(
-        "flow_maps: {flows} IPv4 five-tuples, {rounds} rounds of {iters} lookups, thread CPU time; load {load0} before, {} after",
-        load()
+        "flow_maps: {flows} IPv4 five-tuples, {rounds} rounds of {iters} lookups, thread CPU time; load {load0} before, {} after (1-minute averages)",
+        loadavg()
     );
     let names = [
         "hit, std HashMap (SipHash)",

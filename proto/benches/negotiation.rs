@@ -30,6 +30,10 @@ use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
 use fpn_proto::sim::{GeSpec, LinkConfig, Sim};
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::thread_cpu;
+
 const UNIX: u64 = 1_800_000_000;
 
 fn endpoint(ca: &NodeKey, id: u32, addr: IpAddr, now: Instant) -> Endpoint {
@@ -135,18 +139,6 @@ impl Pair {
         tb += t.elapsed();
         (ta, tb)
     }
-}
-
-/// CPU time consumed by this thread so far.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID unavailable");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn bench(c: &mut Criterion) {
