@@ -206,7 +206,12 @@ impl Carrier for PathCarrier {
         if let (Decision::Direct, Some(due), Some(_)) = (decision, due, relay) {
             self.arm_relay_timer(to.ge, due);
         }
-        if decision == Decision::Direct && relay.is_some() && direct != Direct::Connecting {
+        // Not for a connection that is up: that is every data frame, and
+        // the check below costs a second lookup of the peer table.
+        if decision == Decision::Direct
+            && relay.is_some()
+            && matches!(direct, Direct::Idle | Direct::Failed)
+        {
             // This frame may be the one that starts the attempt: from now
             // on it counts towards RELAY_AFTER, with a timer.
             let r = self.quic.send(to, kind, payload);
