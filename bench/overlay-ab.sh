@@ -16,7 +16,10 @@
 #
 # CONFIGS="before after off" picks and orders the configurations; a fourth,
 # "nocoalesce", is AFTER with FPN_NODE_TUN_COALESCE=0 (offloads on, TCP
-# writes not coalesced: what the write side adds on its own).
+# writes not coalesced: what the write side adds on its own); "nostages"
+# is AFTER with FPN_NODE_NATIVE_SEND_STAGE=0 and FPN_NODE_TUN_WRITE_STAGE=0
+# (the driver sends native batches and writes the TUN itself: what the two
+# stage threads add), "notx" and "notun" turn off one of them.
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -39,6 +42,9 @@ for r in $(seq "$REPEAT"); do
             after) bin=$AFTER env=() ;;
             off) bin=$AFTER env=(FPN_NODE_TUN_OFFLOADS=0) ;;
             nocoalesce) bin=$AFTER env=(FPN_NODE_TUN_COALESCE=0) ;;
+            nostages) bin=$AFTER env=(FPN_NODE_NATIVE_SEND_STAGE=0 FPN_NODE_TUN_WRITE_STAGE=0) ;;
+            notx) bin=$AFTER env=(FPN_NODE_NATIVE_SEND_STAGE=0) ;;
+            notun) bin=$AFTER env=(FPN_NODE_TUN_WRITE_STAGE=0) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -54,7 +60,7 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "tcp1_daemon_cores_per_gbps", "tcp4_daemon_cores_per_gbps",
         "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms"]
 rows, loads = {}, []
-for cfg in ["before", "after", "off", "nocoalesce"]:
+for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

@@ -23,6 +23,7 @@ pub mod icmp;
 pub mod native;
 pub mod native_link;
 pub mod portmap;
+pub mod stage;
 pub mod state;
 pub mod status;
 pub mod tun;

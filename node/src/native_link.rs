@@ -24,7 +24,11 @@ use fpn_proto::path::Unavailable;
 use tracing::{debug, warn};
 
 use crate::error::Result;
-use crate::native::{FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RxMechanism};
+use crate::native::{
+    FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RxMechanism, TxBatch,
+    send_here,
+};
+use crate::stage::Stage;
 
 /// Most native packets batched before a send.
 pub const MAX_BATCH: usize = crate::native::SEND_BATCH;
@@ -46,16 +50,27 @@ pub enum FlowOp {
 pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 
 /// Opens the native carrier for the node whose TUN is `tun` and whose
-/// underlay addresses are `local`: the raw sender, the table (a stale one
-/// left by a killed node is replaced) and the receive thread. `Err` says
-/// why native cannot work here; the node then stays on QUIC.
+/// underlay addresses are `local`: the raw sender (with a send thread of
+/// its own when `send_thread`), the table (a stale one left by a killed
+/// node is replaced) and the receive thread. `Err` says why native cannot
+/// work here; the node then stays on QUIC.
 pub fn open(
     tun: &str,
     local: Vec<Ipv4Addr>,
     skip_udp_ports: Vec<u16>,
+    send_thread: bool,
 ) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
 {
     let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
+    let link = if send_thread {
+        let second = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
+        match NativeLink::with_send_thread(sender, second) {
+            Ok(l) => l,
+            Err(e) => return Err((Unavailable::NoRawSocket, e)),
+        }
+    } else {
+        NativeLink::new(sender)
+    };
     let mut cfg = NativeConfig::new(tun, local, RxMechanism::default());
     cfg.skip_udp_ports = skip_udp_ports;
     let mut io = NativeIo::open(cfg).map_err(|e| (Unavailable::NoInterception, e))?;
@@ -64,44 +79,74 @@ pub fn open(
         .expect("the receiver of a fresh NativeIo is there");
     let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctl = FlowCtl::start(io, ready_tx).map_err(|e| (Unavailable::NoInterception, e))?;
-    Ok((NativeLink::new(sender), rx, ctl, ready_rx))
+    Ok((link, rx, ctl, ready_rx))
 }
 
-/// The raw sender with its batch.
+/// Batches this small leave from the driver itself when the send thread
+/// is idle: waking the thread costs a lone packet more than the send.
+const SEND_HERE_MAX: usize = 4;
+
+/// The raw sender with its batch, and the send thread the batches go to.
 pub struct NativeLink {
+    /// Probes leave from here at once, and batches too when there is no
+    /// send thread.
     sender: RawSender,
-    bufs: Vec<Vec<u8>>,
-    n: usize,
+    batch: TxBatch,
+    tx: Option<Stage<TxBatch>>,
 }
 
 impl std::fmt::Debug for NativeLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeLink")
-            .field("queued", &self.n)
+            .field("queued", &self.batch.len())
+            .field("send_thread", &self.tx.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl NativeLink {
-    /// A link around a raw sender.
+    /// A link that sends its batches itself, on the caller's thread.
     pub fn new(sender: RawSender) -> Self {
         Self {
             sender,
-            bufs: (0..MAX_BATCH).map(|_| Vec::with_capacity(2048)).collect(),
-            n: 0,
+            batch: TxBatch::default(),
+            tx: None,
         }
+    }
+
+    /// A link whose batches go to a send thread around a second raw socket
+    /// (`thread_sender`, opened in the same namespace): the driver seals
+    /// the next batch while the thread hands the last one to the kernel.
+    pub fn with_send_thread(sender: RawSender, thread_sender: RawSender) -> Result<Self> {
+        let mut thread_sender = thread_sender;
+        let mut tx = Stage::start("fpn-native-tx", move |b: &mut TxBatch| {
+            send_here(b, &mut thread_sender) as u64
+        })?;
+        let batch = tx.empty_batch().unwrap_or_default();
+        Ok(Self {
+            sender,
+            batch,
+            tx: Some(tx),
+        })
+    }
+
+    /// Whether batches go to a send thread.
+    pub fn has_send_thread(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Batches the send thread has sent (`None` without one).
+    pub fn thread_batches(&self) -> Option<u64> {
+        self.tx.as_ref().map(Stage::batches_done)
     }
 
     /// Queues a native packet (copied into a reused buffer: no allocation
     /// once the buffers grew to the MTU); sends the batch when it is full.
     pub fn queue(&mut self, packet: &[u8]) {
-        if self.n == MAX_BATCH {
+        if self.batch.is_full() {
             self.flush();
         }
-        let b = &mut self.bufs[self.n];
-        b.clear();
-        b.extend_from_slice(packet);
-        self.n += 1;
+        self.batch.push(packet);
     }
 
     /// Sends a packet now (probes).
@@ -111,22 +156,34 @@ impl NativeLink {
         }
     }
 
-    /// Sends what is queued. Returns how many packets the kernel refused.
+    /// Sends what is queued (hands it to the send thread, if there is
+    /// one). Returns how many packets the kernel refused: of this batch
+    /// when sent here, of earlier batches when the thread sent them.
     pub fn flush(&mut self) -> usize {
-        if self.n == 0 {
+        if self.batch.is_empty() {
             return 0;
         }
-        let mut refs: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
-        for (r, b) in refs.iter_mut().zip(&self.bufs[..self.n]) {
-            *r = b.as_slice();
+        let Some(tx) = self.tx.as_mut() else {
+            return send_here(&mut self.batch, &mut self.sender);
+        };
+        let refused = usize::try_from(tx.take_refused()).unwrap_or(usize::MAX);
+        if self.batch.len() <= SEND_HERE_MAX && tx.is_idle() {
+            // A lone packet (a ping, an ACK) would wait for the thread to
+            // wake; with nothing queued there it cannot overtake anything.
+            return refused + send_here(&mut self.batch, &mut self.sender);
         }
-        let n = self.n;
-        self.n = 0;
-        match self.sender.send_batch(&refs[..n]) {
-            Ok(sent) => n - sent,
-            Err(e) => {
-                debug!(error = %e, packets = n, "native batch not sent");
-                n
+        let Some(next) = tx.empty_batch() else {
+            warn!("the native send thread stopped; sending from the driver");
+            self.tx = None;
+            return refused + send_here(&mut self.batch, &mut self.sender);
+        };
+        let full = std::mem::replace(&mut self.batch, next);
+        match tx.send(full) {
+            Ok(()) => refused,
+            Err(mut back) => {
+                warn!("the native send thread stopped; sending from the driver");
+                self.tx = None;
+                refused + send_here(&mut back, &mut self.sender)
             }
         }
     }

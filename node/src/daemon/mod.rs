@@ -333,6 +333,7 @@ async fn run(
             writer: Arc::new(dev.writer),
             offloads: tun_offloads,
             coalesce: tun::want_coalesce(),
+            write_stage: tun::tun_write_stage(),
         },
         commands: eng_rx,
         queries: query_rx,
@@ -582,9 +583,18 @@ fn open_native(
         return (None, None, None);
     }
     let local = addrs::local_v4(&cfg.tun_name);
-    match crate::native_link::open(&cfg.tun_name, local.clone(), own_udp_ports) {
+    match crate::native_link::open(
+        &cfg.tun_name,
+        local.clone(),
+        own_udp_ports,
+        tun::native_send_thread(),
+    ) {
         Ok((link, rx, ctl, ready)) => {
-            info!(table = ctl.table(), "native carrier open");
+            info!(
+                table = ctl.table(),
+                send_thread = link.has_send_thread(),
+                "native carrier open"
+            );
             let flow_ops = ctl.sender().expect("a fresh FlowCtl has its sender");
             (
                 Some(crate::driver::NativeParts {

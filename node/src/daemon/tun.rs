@@ -23,7 +23,32 @@ pub const TUN_COALESCE_ENV: &str = "FPN_NODE_TUN_COALESCE";
 /// Whether to coalesce TCP writes (when TSO is granted): unless
 /// [`TUN_COALESCE_ENV`] is `0`.
 pub fn want_coalesce() -> bool {
-    std::env::var(TUN_COALESCE_ENV).map_or(true, |v| v.trim() != "0")
+    env_on(TUN_COALESCE_ENV)
+}
+
+/// Environment variable that makes the driver send native packets itself
+/// (`0`) instead of through the native send stage: to measure what the
+/// stage adds (bench/overlay-ab.sh, configuration `nostages`).
+pub const NATIVE_SEND_STAGE_ENV: &str = "FPN_NODE_NATIVE_SEND_STAGE";
+
+/// Environment variable that makes the driver write the TUN itself (`0`)
+/// instead of through the TUN write stage (as [`NATIVE_SEND_STAGE_ENV`]).
+pub const TUN_WRITE_STAGE_ENV: &str = "FPN_NODE_TUN_WRITE_STAGE";
+
+fn env_on(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v.trim() != "0")
+}
+
+/// Whether native batches go to a send stage: unless
+/// [`NATIVE_SEND_STAGE_ENV`] is `0`.
+pub fn native_send_thread() -> bool {
+    env_on(NATIVE_SEND_STAGE_ENV)
+}
+
+/// Whether TUN writes go to a write stage: unless [`TUN_WRITE_STAGE_ENV`]
+/// is `0`.
+pub fn tun_write_stage() -> bool {
+    env_on(TUN_WRITE_STAGE_ENV)
 }
 
 /// Whether to ask for offloads: the environment variable when set, else

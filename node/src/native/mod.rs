@@ -70,6 +70,7 @@ pub mod packet;
 mod rx_nfq;
 mod rx_ring;
 mod send;
+mod tx_batch;
 
 use fpn_proto::flow::{FastMap, FastSet};
 use std::collections::HashMap;
@@ -84,6 +85,7 @@ use crate::error::{Error, Result};
 pub use nft::FLOW_SET;
 pub use packet::{FiveTuple, L4Proto};
 pub use send::{RawSender, SEND_BATCH};
+pub use tx_batch::{TxBatch, send_here};
 
 /// DPRP's UDP port: DDE probes to it, towards a local address, are taken
 /// like native packets.

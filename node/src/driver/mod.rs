@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
 use fpn_proto::flow::FlowId;
-use fpn_proto::packet::gro::{Offer, TcpCoalescer};
 use fpn_proto::packet::vnet::VnetRepr;
 use fpn_proto::pccom::TRAILER_LEN;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +29,9 @@ use crate::native_link::{
     FlowOp, LocalAddrs, NativeLink, ReadyRx, five_tuple, local_address_toward,
 };
 use crate::tun::{Offloads, SegmentBuffers, TunReader};
+
+mod tun_out;
+use tun_out::TunOut;
 
 /// Packets handled per wake-up from one source before the others get a turn.
 pub const BATCH: usize = 64;
@@ -97,6 +99,9 @@ pub struct TunParts {
     /// Coalesce in-order TCP segments into super-packets on write (only
     /// taken with TSO granted: a kernel that hands them out takes them).
     pub coalesce: bool,
+    /// Write through a thread of its own (the TUN write stage), so the
+    /// host's receive path runs on another core than the driver.
+    pub write_stage: bool,
 }
 
 /// What the driver runs on.
@@ -189,6 +194,7 @@ impl Driver {
             writer: tun_writer,
             offloads,
             coalesce,
+            write_stage,
         } = tun;
         let mut shell = Shell {
             core,
@@ -202,6 +208,10 @@ impl Driver {
             pending_ops: Vec::new(),
             local,
         };
+        if write_stage && let Err(e) = shell.tun.start_stage() {
+            warn!(error = %e, "TUN writes stay on the driver");
+        }
+        debug!(write_stage = shell.tun.has_stage(), "TUN write side");
         if let Some(why) = native_unavailable {
             let now = shell.clock.now();
             shell.core.handle_native_unavailable(why, now);
@@ -549,6 +559,9 @@ impl Shell {
         if !self.tun.flush() {
             self.core.handle_tun_write_error();
         }
+        for _ in 0..self.tun.hand_off() {
+            self.core.handle_tun_write_error();
+        }
     }
 
     /// The DNS stub's names: this node and every peer of the peer table.
@@ -565,117 +578,6 @@ impl Shell {
         entries.push((own.clone(), Target::peer(*overlay)));
         if let Err(e) = names.replace_all(entries) {
             warn!(error = %e, "name table not updated");
-        }
-    }
-}
-
-/// The write side of the TUN: consecutive in-order TCP segments of one
-/// flow are coalesced into one super-packet and one write (when the device
-/// has TSO: a kernel that hands out super-packets takes them too), anything
-/// else is written as it comes, after what is pending, so the order holds.
-struct TunOut {
-    dev: Arc<dyn TunWriter>,
-    gro: Option<TcpCoalescer>,
-    offloads: Offloads,
-    /// Counters for `status` (the reads are counted here too).
-    reads: u64,
-    gso_reads: u64,
-    read_drops: u64,
-    writes: u64,
-    gso_writes: u64,
-    coalesced: u64,
-}
-
-impl TunOut {
-    fn new(dev: Arc<dyn TunWriter>, offloads: Offloads, coalesce: bool) -> Self {
-        let gro = (coalesce && offloads.contains(Offloads::TSO4)).then(TcpCoalescer::new);
-        Self {
-            dev,
-            gro,
-            offloads,
-            reads: 0,
-            gso_reads: 0,
-            read_drops: 0,
-            writes: 0,
-            gso_writes: 0,
-            coalesced: 0,
-        }
-    }
-
-    /// Takes one packet for the TUN; false when a write the kernel refused
-    /// dropped it (or what was pending before it): dropped rather than
-    /// stalling every flow.
-    fn write(&mut self, packet: &[u8]) -> bool {
-        let Some(gro) = self.gro.as_mut() else {
-            return self.write_one(packet);
-        };
-        if gro.offer(packet) == Offer::Absorbed {
-            return true;
-        }
-        let flushed = self.flush();
-        let gro = self.gro.as_mut().expect("checked above");
-        if gro.offer(packet) == Offer::Absorbed {
-            return flushed;
-        }
-        self.write_one(packet) && flushed
-    }
-
-    /// Writes the pending super-packet, if any; false when refused.
-    fn flush(&mut self) -> bool {
-        let Some(gro) = self.gro.as_mut() else {
-            return true;
-        };
-        let segments = gro.segments() as u64;
-        let r = match gro.pending() {
-            None => return true,
-            Some((hdr, p)) if segments > 1 => {
-                self.gso_writes += 1;
-                self.coalesced += segments;
-                self.dev.write_gso(&hdr, p)
-            }
-            Some((_, p)) => self.dev.write_packet(p),
-        };
-        gro.clear();
-        self.writes += 1;
-        log_refused(r)
-    }
-
-    fn write_one(&mut self, packet: &[u8]) -> bool {
-        self.writes += 1;
-        log_refused(self.dev.write_packet(packet))
-    }
-
-    fn count_reads(&mut self, s: &crate::tun::ReadStats) {
-        self.reads += s.reads as u64;
-        self.gso_reads += s.gso_reads as u64;
-        self.read_drops += s.dropped as u64;
-        if let Some(e) = &s.last_error {
-            trace!(error = %e, dropped = s.dropped, "TUN reads dropped");
-        }
-    }
-
-    /// The TUN's counters, next to the core's in `status`.
-    fn add_counters(&self, c: &mut std::collections::BTreeMap<String, u64>) {
-        for (k, v) in [
-            ("tun_reads", self.reads),
-            ("tun_gso_reads", self.gso_reads),
-            ("tun_read_drops", self.read_drops),
-            ("tun_writes", self.writes),
-            ("tun_gso_writes", self.gso_writes),
-            ("tun_coalesced_segments", self.coalesced),
-            ("tun_offloads_bits", u64::from(self.offloads.bits())),
-        ] {
-            c.insert(k.to_owned(), v);
-        }
-    }
-}
-
-fn log_refused(r: std::io::Result<usize>) -> bool {
-    match r {
-        Ok(_) => true,
-        Err(e) => {
-            trace!(error = %e, "TUN write");
-            false
         }
     }
 }
@@ -774,85 +676,6 @@ mod tests {
             local: None,
         };
         (shell, tun, rx, peer, now)
-    }
-
-    /// An IPv4 TCP segment (ACK) of flow 1.2.3.4:1000 -> 5.6.7.8:2000 at
-    /// sequence `seq`, checksums complete.
-    fn tcp_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
-        let len = 40 + payload.len();
-        let mut p = vec![0u8; len];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[1, 2, 3, 4]);
-        p[16..20].copy_from_slice(&[5, 6, 7, 8]);
-        let mut sum: u32 = (0..20)
-            .step_by(2)
-            .map(|i| u32::from(u16::from_be_bytes([p[i], p[i + 1]])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&2000u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = fpn_proto::packet::tcp_flags::ACK;
-        p[34..36].copy_from_slice(&1024u16.to_be_bytes());
-        p[40..].copy_from_slice(payload);
-        let mut pkt = fpn_proto::packet::Packet::parse_prefix(&mut p[..], len).unwrap();
-        pkt.fill_l4_checksum();
-        p
-    }
-
-    #[test]
-    fn consecutive_tcp_segments_reach_the_tun_as_one_super_packet_in_order() {
-        let fake = Arc::new(FakeTun::default());
-        let mut out = TunOut::new(fake.clone(), Offloads::TSO, true);
-        let udp = udp_packet(
-            Ipv4Addr::new(1, 2, 3, 4),
-            Ipv4Addr::new(5, 6, 7, 8),
-            1,
-            2,
-            b"u",
-        );
-        let segs: Vec<Vec<u8>> = (0..4u32)
-            .map(|i| tcp_segment(100 + i * 1000, &[i as u8; 1000]))
-            .collect();
-        for s in &segs[..3] {
-            assert!(out.write(s));
-        }
-        // Not TCP: what is pending goes first, then this packet on its own.
-        assert!(out.write(&udp));
-        assert!(out.write(&segs[3]));
-        assert!(out.flush());
-        let w = fake.0.lock().unwrap();
-        assert_eq!(
-            w.len(),
-            3,
-            "one super-packet, the UDP packet, a lone segment"
-        );
-        assert_eq!(w[0].len(), 40 + 3000, "three segments coalesced");
-        assert_eq!(&w[0][40..1040], &[0u8; 1000][..]);
-        assert_eq!(&w[0][2040..], &[2u8; 1000][..]);
-        assert_eq!(w[1], udp);
-        assert_eq!(w[2], segs[3]);
-        assert_eq!((out.gso_writes, out.coalesced, out.writes), (1, 3, 3));
-    }
-
-    #[test]
-    fn without_offloads_every_packet_is_written_as_it_came() {
-        let fake = Arc::new(FakeTun::default());
-        let mut out = TunOut::new(fake.clone(), Offloads::NONE, true);
-        for i in 0..3u32 {
-            assert!(out.write(&tcp_segment(100 + i * 10, &[1; 10])));
-        }
-        assert!(out.flush());
-        assert_eq!(fake.0.lock().unwrap().len(), 3);
-        assert_eq!(out.gso_writes, 0);
     }
 
     #[test]
