@@ -265,6 +265,24 @@ fn both_daemons_export_metrics_that_move_with_a_transfer() {
         Some(2.0),
         "a rotation is no admin change of a GE"
     );
+    // Every series the Grafana dashboard queries is one the daemons export.
+    let dashboard =
+        std::fs::read_to_string(fpn_lab::config_dir().join("../grafana/fpn.json")).unwrap();
+    let queried = series_names(&dashboard);
+    assert!(queried.len() >= 20, "{queried:?}");
+    for name in &queried {
+        let exported = [&n1.text, &g2.text].iter().any(|t| {
+            t.lines().any(|l| {
+                l.strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with([' ', '{']))
+            })
+        });
+        assert!(
+            exported,
+            "configs/grafana/fpn.json queries {name}, which nothing exports"
+        );
+    }
+
     wait_for(
         || node(&ov),
         "the node's key version after the rotation",
@@ -377,6 +395,21 @@ fn wait_for(mut scrape: impl FnMut() -> Page, what: &str, ok: impl Fn(&Page) -> 
         assert!(Instant::now() < deadline, "{what}: never seen\n{}", p.text);
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The `fpn_node_*` and `fpn_gms_*` series names in `text`.
+fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["fpn_node_", "fpn_gms_"] {
+        for (i, _) in text.match_indices(prefix) {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
 }
 
 /// The TCP ports fpn-node listens on in `host` (`ss -ltnp`).
