@@ -16,7 +16,7 @@ use tracing::{debug, error, info, info_span};
 
 use crate::Error;
 use crate::answer::{PendingUpdate, update_response};
-use crate::server::Shared;
+use crate::server::{Counters, Shared};
 use crate::store::Store;
 use crate::wire::Rcode;
 use crate::zone::{ApiChange, Txn};
@@ -218,6 +218,15 @@ fn commit(shared: &Shared, store: &mut Store, replays: &mut ReplayCache, batch: 
                 if rcode != Rcode::SERVFAIL {
                     replays.insert(&pending, rcode, now);
                 }
+                let c = &shared.counters;
+                Counters::add(
+                    if rcode == Rcode::NOERROR {
+                        &c.updates_applied
+                    } else {
+                        &c.updates_refused
+                    },
+                    1,
+                );
                 reply.send(update_response(&pending, rcode, now));
             }
             Job::Api { reply, .. } => {
@@ -227,6 +236,9 @@ fn commit(shared: &Shared, store: &mut Store, replays: &mut ReplayCache, batch: 
                     (Ok(()), Ok(serial)) => Ok(*serial),
                     (Ok(()), Err(e)) => Err(Error::Commit(e.clone())),
                 };
+                if r.is_ok() {
+                    Counters::add(&shared.counters.api_changes, 1);
+                }
                 let _ = reply.send(r);
             }
         }

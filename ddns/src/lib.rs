@@ -64,7 +64,7 @@ pub use hickory_proto;
 pub use config::{DdnsConfig, FileConfig, NotifyTarget, SoaConfig};
 pub use error::Error;
 pub use keys::{Algorithm, KeyPolicy, KeyRing, TsigKey};
-pub use server::{Ddns, Server, Sockets};
+pub use server::{Ddns, DdnsStats, Server, Sockets};
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {

@@ -25,6 +25,16 @@ pub enum Error {
     /// The system's random source failed.
     #[error("the system random source failed")]
     Random,
+    /// The `/metrics` endpoint could not listen on its configured address
+    /// (`[metrics] listen`): in use, not an address of this host, no right
+    /// to bind it.
+    #[error("metrics listen = \"{addr}\": cannot listen there: {source}")]
+    MetricsBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A configuration value or a state file (`identity.json`) is invalid.
     #[error("config: {0}")]
     Config(String),

@@ -39,6 +39,7 @@ mod cache;
 pub mod error;
 pub mod framing;
 pub mod fsutil;
+pub mod metrics;
 pub mod renewal;
 pub mod sd_notify;
 mod session;

@@ -165,6 +165,27 @@ pub struct Config {
     /// `info`). `RUST_LOG`, when set, wins over it for the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// `/metrics` for Prometheus (off by default).
+    #[serde(default, skip_serializing_if = "MetricsSettings::is_off")]
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` section (docs/GMS.md "Metrics").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where `/metrics` is served over HTTP (TCP), e.g. `127.0.0.1:9478`;
+    /// `None` (the default): no listener. Unauthenticated: loopback or a
+    /// private address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsSettings {
+    /// True when no listener is configured.
+    pub fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 /// The `[relay]` section: the relay nodes fall back to when they cannot
@@ -332,6 +353,7 @@ impl Config {
             dns: DnsSettings::default(),
             log: None,
             relay: RelaySettings::default(),
+            metrics: MetricsSettings::default(),
         };
         Ok(c)
     }
@@ -384,6 +406,7 @@ impl Config {
         );
         diff("dns", self.dns == new.dns);
         diff("relay", self.relay == new.relay);
+        diff("metrics", self.metrics == new.metrics);
         out
     }
 
@@ -649,6 +672,33 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_by_default_and_a_bad_listen_address_is_refused() {
+        let c: Config = toml::from_str("zone = \"x.fpn.\"").unwrap();
+        assert_eq!(c.metrics.listen, None);
+        // Off is not written into a new gms.toml.
+        assert!(
+            !Config::new("x.fpn")
+                .unwrap()
+                .to_toml()
+                .unwrap()
+                .contains("metrics")
+        );
+        let on: Config =
+            toml::from_str("zone = \"x.fpn.\"\n[metrics]\nlisten = \"127.0.0.1:9478\"").unwrap();
+        assert_eq!(on.metrics.listen, Some("127.0.0.1:9478".parse().unwrap()));
+        let back: Config = toml::from_str(&on.to_toml().unwrap()).unwrap();
+        assert_eq!(back, on);
+        for bad in [
+            "listen = \"localhost\"",
+            "listen = \"127.0.0.1\"",
+            "port = 9478",
+        ] {
+            let text = format!("zone = \"x.fpn.\"\n[metrics]\n{bad}");
+            assert!(toml::from_str::<Config>(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_example_config_in_configs_gms_is_valid() {
         let text = include_str!("../../configs/gms/gms.toml");
         let c: Config = toml::from_str(text).unwrap();
@@ -659,6 +709,7 @@ mod tests {
         assert_eq!(c.overlay_range, OverlayRange::default());
         assert_eq!(c.relay.listen, Some("0.0.0.0:7720".parse().unwrap()));
         assert_eq!(c.relay.rate(), fpn_relay::RateLimit::default());
+        assert_eq!(c.metrics.listen, None, "metrics off in the example");
         c.check().unwrap();
         let ns = c.nameserver().unwrap().unwrap();
         assert_eq!(ns.name, "ns1.home.fpn.");

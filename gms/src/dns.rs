@@ -53,6 +53,9 @@ impl Pending {
 pub struct DnsHook {
     pending: Arc<Pending>,
     addrs: Vec<SocketAddr>,
+    /// The zone (its counters, for `/metrics`). Weak: shutdown takes the
+    /// zone back to close it while the server may still hold the hook.
+    ddns: std::sync::Weak<Ddns>,
 }
 
 impl DirectoryHook for DnsHook {
@@ -71,6 +74,10 @@ impl DirectoryHook for DnsHook {
 
     fn dns_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
+        self.ddns.upgrade().map(|d| d.stats())
     }
 }
 
@@ -143,6 +150,7 @@ impl InProcessDns {
         let hook = Arc::new(DnsHook {
             pending: pending.clone(),
             addrs: bound,
+            ddns: Arc::downgrade(&ddns),
         });
         Ok(Some(Self {
             ddns,
@@ -345,6 +353,7 @@ mod tests {
         let hook = DnsHook {
             pending: Arc::new(Pending::default()),
             addrs: Vec::new(),
+            ddns: std::sync::Weak::new(),
         };
         hook.on_change(&DirectoryEvent::Updated(rec(Some("198.18.0.1:1"), &[])));
         hook.on_change(&DirectoryEvent::Removed {

@@ -190,6 +190,14 @@ pub enum Error {
     /// The session was ended for good (revoked, removed, refused): do not retry.
     #[error("session ended: {0}")]
     Terminated(String),
+    /// The `/metrics` endpoint could not listen on `[metrics] listen`.
+    #[error("metrics listen = \"{addr}\": cannot listen there: {source}")]
+    MetricsBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The GMS client library failed in a way with no counterpart above.
     #[error("{0}")]
     Client(fpn_gms_client::Error),
@@ -229,6 +237,7 @@ impl From<fpn_gms_client::Error> for Error {
             C::Stream(s) => Self::Stream(s),
             C::Timeout(s) => Self::Timeout(s),
             C::Terminated(s) => Self::Terminated(s),
+            C::MetricsBind { addr, source } => Self::MetricsBind { addr, source },
             other => Self::Client(other),
         }
     }

@@ -63,6 +63,18 @@ pub struct NodeConfig {
     /// and report the mapped address to peers as a candidate; renewed in
     /// the background, deleted on a clean stop.
     pub port_mapping: bool,
+    /// The `[metrics]` table: `/metrics` for Prometheus (off by default).
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where `/metrics` is served over HTTP (TCP), e.g. `127.0.0.1:9477`;
+    /// `None` (the default): no listener. Unauthenticated: loopback or a
+    /// private address.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The `carrier` key.
@@ -106,6 +118,7 @@ impl Default for NodeConfig {
             carrier: CarrierChoice::Auto,
             tun_offloads: true,
             port_mapping: true,
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -185,6 +198,7 @@ impl NodeConfig {
         diff("carrier", self.carrier == new.carrier);
         diff("tun_offloads", self.tun_offloads == new.tun_offloads);
         diff("port_mapping", self.port_mapping == new.port_mapping);
+        diff("metrics", self.metrics == new.metrics);
         out
     }
 
@@ -239,9 +253,15 @@ mod tests {
             "colour = \"blue\"",
             "flow_idle_secs = 0",
             "carrier = \"udp\"",
+            "[metrics]\nlisten = \"localhost\"",
+            "[metrics]\nlisten = \"127.0.0.1\"",
+            "[metrics]\nport = 9477",
         ] {
             assert!(NodeConfig::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(NodeConfig::default().metrics.listen, None, "off by default");
+        let m = NodeConfig::parse("[metrics]\nlisten = \"127.0.0.1:9477\"").unwrap();
+        assert_eq!(m.metrics.listen, Some("127.0.0.1:9477".parse().unwrap()));
         let c = NodeConfig::parse("tun_name = \"fpn7\"\nmtu = 1280\ndns = false").unwrap();
         assert_eq!((c.tun_name.as_str(), c.mtu, c.dns), ("fpn7", 1280, false));
         for (text, force) in [

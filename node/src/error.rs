@@ -142,6 +142,9 @@ pub enum Error {
         /// What the client saw.
         source: fpn_gms_client::Error,
     },
+    /// The `/metrics` endpoint could not listen on `[metrics] listen`.
+    #[error("{0}")]
+    Metrics(fpn_gms_client::Error),
     /// The GMS client library failed.
     #[error("GMS: {0}")]
     Gms(#[from] fpn_gms_client::Error),

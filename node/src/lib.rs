@@ -20,6 +20,7 @@ pub mod driver;
 pub mod error;
 pub mod gms;
 pub mod icmp;
+pub mod metrics;
 pub mod native;
 pub mod native_link;
 pub mod portmap;

@@ -80,6 +80,9 @@ pub struct NodeSpec {
     pub mode: Mode,
     /// Group numbers.
     pub groups: Vec<u32>,
+    /// Lines appended to this node's configuration after the spec's
+    /// `node_config` (e.g. a `[metrics]` table); empty by default.
+    pub config: String,
 }
 
 impl NodeSpec {
@@ -90,6 +93,7 @@ impl NodeSpec {
             host: name.to_string(),
             mode,
             groups: groups.to_vec(),
+            config: String::new(),
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct Spec {
     /// Lines appended to every node's configuration after [`NODE_CONFIG`]
     /// (e.g. `carrier = "quic"`); empty by default.
     pub node_config: String,
+    /// Lines appended to the GMS's gms.toml after `init`, before it first
+    /// starts (e.g. a `[metrics]` table); empty by default.
+    pub gms_config: String,
 }
 
 impl Spec {
@@ -123,6 +130,7 @@ impl Spec {
             nodes,
             gms_init_args: vec!["--rotation-schedule".into(), "off".into()],
             node_config: String::new(),
+            gms_config: String::new(),
         }
     }
 }
@@ -264,6 +272,15 @@ impl Overlay {
         ];
         init.extend(spec.gms_init_args.iter().map(String::as_str));
         ov.gms_admin(&init)?;
+        if !spec.gms_config.is_empty() {
+            let path = ov.gms_config_path();
+            let mut text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            text.push('\n');
+            text.push_str(&spec.gms_config);
+            std::fs::write(&path, text)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
         ov.start_gms()?;
         for (num, name) in &spec.groups {
             ov.gms_admin(&["group", "add", &num.to_string(), "--name", name])?;
@@ -295,6 +312,11 @@ impl Overlay {
     /// The GMS's QUIC address (its DDNS answers on port 53 of the same IP).
     pub fn gms_addr(&self) -> SocketAddr {
         self.gms_addr
+    }
+
+    /// The GMS's gms.toml (in its data directory).
+    pub fn gms_config_path(&self) -> PathBuf {
+        self.gms_data.join("gms.toml")
     }
 
     /// The host the GMS runs in.
@@ -464,8 +486,11 @@ impl Overlay {
         }
         let state = node.state_dir.to_string_lossy().into_owned();
         let config = self.node_config_path(name);
-        std::fs::write(&config, format!("{NODE_CONFIG}{}", self.node_config))
-            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
+        std::fs::write(
+            &config,
+            format!("{NODE_CONFIG}{}\n{}", self.node_config, node.spec.config),
+        )
+        .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
         let config = config.to_string_lossy().into_owned();
         let bin = self.node_bin()?;
         let mut cmd = self

@@ -31,7 +31,7 @@
 //! flow ids come from the network); everything it returns in bulk is sorted,
 //! so outputs do not depend on hash order.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::action::Action;
@@ -149,6 +149,17 @@ pub struct FlowStats {
     pub bytes_remote: u64,
     /// Packets refused: failed authentication, replays, malformed, policy drops.
     pub rejected: u64,
+}
+
+impl FlowStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &FlowStats) {
+        self.packets_local += other.packets_local;
+        self.bytes_local += other.bytes_local;
+        self.packets_remote += other.packets_remote;
+        self.bytes_remote += other.bytes_remote;
+        self.rejected += other.rejected;
+    }
 }
 
 /// The description of an entry to insert; see the constructors.
@@ -362,12 +373,24 @@ pub struct Pit<A: PacketAead = RingAesGcm> {
     /// A copy of a packet being opened during a rekey grace, so a second key
     /// can be tried on the original bytes.
     scratch: Vec<u8>,
+    /// The counts of entries gone (aged out, removed, replaced by a
+    /// renegotiation), per peer, so per-peer totals never go back when a
+    /// flow ends ([`Pit::peer_totals`]). One entry per peer GE ever seen,
+    /// added to when a flow ends, never on the packet path.
+    retired: BTreeMap<GeId, FlowStats>,
 }
 
 impl Pit<RingAesGcm> {
     /// An empty table with the default backend.
     pub fn new(config: PitConfig) -> Self {
         Self::with_backend(config)
+    }
+}
+
+/// Adds a gone entry's counts to its peer's retired totals.
+fn retire<A: PacketAead>(retired: &mut BTreeMap<GeId, FlowStats>, e: &PitEntry<A>) {
+    if let Some(p) = e.peer {
+        retired.entry(p).or_default().add(&e.stats);
     }
 }
 
@@ -379,6 +402,7 @@ impl<A: PacketAead> Pit<A> {
             entries: FastMap::default(),
             events: VecDeque::new(),
             scratch: Vec::new(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -408,6 +432,9 @@ impl<A: PacketAead> Pit<A> {
             .entries
             .remove(&flow)
             .or_else(|| self.entries.remove(&flow.reversed()));
+        if let Some(o) = &old {
+            retire(&mut self.retired, o);
+        }
         if old.is_none() && self.entries.len() >= self.config.max_entries {
             return Err(Error::PitFull {
                 capacity: self.config.max_entries,
@@ -465,9 +492,14 @@ impl<A: PacketAead> Pit<A> {
 
     /// Removes the entry for `flow` (either orientation).
     pub fn remove(&mut self, flow: &FlowId) -> Option<PitEntry<A>> {
-        self.entries
+        let gone = self
+            .entries
             .remove(flow)
-            .or_else(|| self.entries.remove(&flow.reversed()))
+            .or_else(|| self.entries.remove(&flow.reversed()));
+        if let Some(e) = &gone {
+            retire(&mut self.retired, e);
+        }
+        gone
     }
 
     /// The entry a packet with flow id `flow` belongs to.
@@ -599,6 +631,7 @@ impl<A: PacketAead> Pit<A> {
     /// from it. Returns the dropped flows, sorted.
     pub fn on_key_erased(&mut self, group: GroupId, version: KeyVersion) -> Vec<FlowId> {
         let mut dropped = Vec::new();
+        let retired = &mut self.retired;
         self.entries.retain(|flow, e| {
             if let Some(p) = &e.previous
                 && p.group == group
@@ -610,6 +643,7 @@ impl<A: PacketAead> Pit<A> {
                 e.action == Action::Protect(group) && e.key_version.is_some_and(|v| v <= version);
             if erased {
                 dropped.push(*flow);
+                retire(retired, e);
             }
             !erased
         });
@@ -622,6 +656,7 @@ impl<A: PacketAead> Pit<A> {
     pub fn expire(&mut self, now: Instant) -> Vec<FlowId> {
         let idle = self.config.idle_timeout;
         let mut gone = Vec::new();
+        let retired = &mut self.retired;
         self.entries.retain(|flow, e| {
             if e.previous.as_ref().is_some_and(|p| now >= p.until) {
                 e.previous = None;
@@ -629,6 +664,7 @@ impl<A: PacketAead> Pit<A> {
             let keep = now.saturating_duration_since(e.last_used) < idle;
             if !keep {
                 gone.push(*flow);
+                retire(retired, e);
             }
             keep
         });
@@ -652,6 +688,19 @@ impl<A: PacketAead> Pit<A> {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<PitEvent> {
         self.events.pop_front()
+    }
+
+    /// Packets and bytes per peer since the table was made: the entries
+    /// gone plus the live ones. Never decreases for a peer (a counter for
+    /// metrics). Scans the table: call it per scrape, not per packet.
+    pub fn peer_totals(&self) -> BTreeMap<GeId, FlowStats> {
+        let mut t = self.retired.clone();
+        for e in self.entries.values() {
+            if let Some(p) = e.peer {
+                t.entry(p).or_default().add(&e.stats);
+            }
+        }
+        t
     }
 
     /// All entries, in no particular order (sort before showing).

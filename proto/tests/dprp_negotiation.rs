@@ -150,6 +150,14 @@ fn completes_between_two_ges_and_releases_held_packets_in_order() {
     assert!(sim.errors(a).is_empty() && sim.errors(b).is_empty());
     assert_eq!(sim.endpoint(a).held_packets(), 0);
     assert_eq!(sim.endpoint(a).negotiations(), 0, "lingering state expired");
+    // The initiator timed its negotiation (DDE to CDN: two round trips of
+    // the simulated link); the responder did not start one.
+    let d = sim.endpoint(a).stats().durations;
+    assert_eq!(d.count, 1);
+    assert_eq!(d.buckets.iter().sum::<u64>(), 1);
+    let rtt2 = sim.wire()[3].at - sim.wire()[0].at;
+    assert!(d.sum_us >= rtt2.as_micros() as u64, "{d:?} {rtt2:?}");
+    assert_eq!(sim.endpoint(b).stats().durations.count, 0);
 }
 
 #[test]
@@ -324,6 +332,11 @@ fn fails_cleanly_when_no_group_is_shared_and_a_closed_ge_is_on_the_path() {
         .0;
     assert!(failed_at - sim.wire()[0].at < Duration::from_millis(100));
     assert_eq!(sim.endpoint(ges1).stats().failed_drops, 2);
+    let by = sim.endpoint(ges1).stats().failed_by;
+    assert_eq!(
+        (by.dropped, by.timeout, by.refused, by.rejected),
+        (1, 0, 0, 0)
+    );
 }
 
 #[test]

@@ -466,3 +466,38 @@ fn new_key_packets_open_when_their_counters_reach_the_old_keys_ones() {
     assert!(run(&mut b, Origin::Remote, &late[0], t1).0.is_err());
     assert_eq!(b.iter().next().unwrap().1.stats().rejected, 1);
 }
+
+#[test]
+fn per_peer_totals_never_go_back_when_flows_end_or_rekey() {
+    let t0 = Instant::now();
+    let cfg = PitConfig {
+        idle_timeout: Duration::from_secs(300),
+        ..PitConfig::default()
+    };
+    let (mut a, _b, f) = protected_pair(cfg, t0);
+    let plain = ipv4_udp(100);
+    let len = plain.len() as u64;
+    for _ in 0..3 {
+        assert!(run(&mut a, Origin::Local, &plain, t0).0.is_ok());
+    }
+    let peer = a.lookup(&f).and_then(|(_, e)| e.peer()).unwrap();
+    let totals = |p: &Pit| p.peer_totals().get(&peer).copied().unwrap_or_default();
+    assert_eq!(
+        (totals(&a).packets_local, totals(&a).bytes_local),
+        (3, 3 * len)
+    );
+    // A renegotiation replaces the entry (its counts start again): the
+    // peer's total keeps what the old one had.
+    let (ka, _) = keys(11);
+    a.insert(f, NewEntry::protect(G1, V2, peer, ka), t0)
+        .unwrap();
+    assert!(run(&mut a, Origin::Local, &plain, t0).0.is_ok());
+    assert_eq!(totals(&a).packets_local, 4);
+    // The flow ages out: the total stays.
+    assert_eq!(a.expire(t0 + Duration::from_secs(300)), vec![f]);
+    assert!(a.is_empty());
+    assert_eq!(
+        (totals(&a).packets_local, totals(&a).bytes_local),
+        (4, 4 * len)
+    );
+}

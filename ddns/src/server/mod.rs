@@ -12,7 +12,7 @@ mod tcp;
 mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -36,6 +36,46 @@ pub struct Shared {
     pub(crate) keys: KeyRing,
     pub(crate) journal: JournalReader,
     serial_tx: watch::Sender<u32>,
+    /// What the answer paths and the commit thread did (atomics: one add
+    /// per UDP batch or TCP message, never a lock).
+    pub(crate) counters: Counters,
+}
+
+/// The server's counters (see [`DdnsStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests_udp: AtomicU64,
+    pub(crate) requests_tcp: AtomicU64,
+    pub(crate) transfers: AtomicU64,
+    pub(crate) updates_applied: AtomicU64,
+    pub(crate) updates_refused: AtomicU64,
+    pub(crate) api_changes: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to `c`.
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What the DNS server did since the zone was opened ([`Ddns::stats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DdnsStats {
+    /// Requests received over UDP (queries and UPDATEs).
+    pub requests_udp: u64,
+    /// Requests received over TCP (queries, UPDATEs, transfers).
+    pub requests_tcp: u64,
+    /// Zone transfers (AXFR/IXFR) served.
+    pub transfers: u64,
+    /// RFC 2136 UPDATEs that passed TSIG and were applied (NOERROR).
+    pub updates_applied: u64,
+    /// UPDATEs that passed TSIG and were refused (a prerequisite, a name
+    /// the key may not touch, a replay) or failed to store.
+    pub updates_refused: u64,
+    /// Record changes made through the API (the GMS writing its GEs'
+    /// records) that were stored.
+    pub api_changes: u64,
 }
 
 impl Shared {
@@ -47,6 +87,7 @@ impl Shared {
             keys,
             journal,
             serial_tx,
+            counters: Counters::default(),
         }
     }
 
@@ -130,6 +171,20 @@ impl Ddns {
             committer: Some(committer),
             config,
         })
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> DdnsStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DdnsStats {
+            requests_udp: l(&c.requests_udp),
+            requests_tcp: l(&c.requests_tcp),
+            transfers: l(&c.transfers),
+            updates_applied: l(&c.updates_applied),
+            updates_refused: l(&c.updates_refused),
+            api_changes: l(&c.api_changes),
+        }
     }
 
     /// The zone's name.

@@ -81,6 +81,7 @@ async fn connection(
         timeout(READ, stream.read_exact(&mut msg))
             .await
             .map_err(|_| timed_out())??;
+        super::Counters::add(&shared.counters.requests_tcp, 1);
         let outcome = {
             let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
             let ctx = Ctx {
@@ -111,6 +112,7 @@ async fn connection(
                 send(&mut stream, &answer).await?;
             }
             Outcome::Transfer(req) => {
+                super::Counters::add(&shared.counters.transfers, 1);
                 // Encoding a large zone takes a while: not on the runtime.
                 let shared = shared.clone();
                 let msgs = tokio::task::spawn_blocking(move || transfer_messages(&shared, &req))

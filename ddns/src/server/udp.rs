@@ -63,6 +63,7 @@ fn worker(socket: &Arc<UdpSocket>, shared: &Shared, jobs: &SyncSender<Msg>, stop
                 continue;
             }
         };
+        super::Counters::add(&shared.counters.requests_udp, n as u64);
         {
             let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
             let ctx = Ctx {

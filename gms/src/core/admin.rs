@@ -117,7 +117,7 @@ impl Core {
                 },
             );
             c.create_group_key(tx, num, now)?;
-            c.audit(tx, now, format!("group add {num} name={name}"));
+            c.audit(tx, now, "group add", format!("group add {num} name={name}"));
             Ok(())
         })?;
         info!(group = num, "group added");
@@ -154,7 +154,7 @@ impl Core {
                 c.put_ge(tx, g);
             }
             c.delete_group(tx, num);
-            c.audit(tx, now, format!("group remove {num}"));
+            c.audit(tx, now, "group remove", format!("group remove {num}"));
             Ok(())
         })?;
         info!(group = num, "group removed");
@@ -202,6 +202,7 @@ impl Core {
             c.audit(
                 tx,
                 now,
+                "ge add",
                 format!(
                     "ge add {name} id={id} kind={kind} mode={mode} groups={} overlay={overlay}{}",
                     join(&groups),
@@ -279,6 +280,7 @@ impl Core {
             c.audit(
                 tx,
                 now,
+                "ge set",
                 format!(
                     "ge set {name} kind={} mode={} groups={}{}",
                     new.kind,
@@ -424,6 +426,11 @@ impl Core {
             c.audit(
                 tx,
                 now,
+                if how == Retire::Remove {
+                    "ge remove"
+                } else {
+                    "ge revoke"
+                },
                 format!(
                     "ge {} {name} id={}",
                     if how == Retire::Remove {
@@ -500,6 +507,7 @@ impl Core {
             c.audit(
                 tx,
                 now,
+                "token create",
                 format!(
                     "token create {name} id={} ttl={ttl}s",
                     hex::encode(token.id)
@@ -533,7 +541,7 @@ impl Core {
 
     // ---- views ----
 
-    fn status(&self) -> StatusView {
+    pub(crate) fn status(&self) -> StatusView {
         StatusView {
             zone: self.cfg.zone.clone(),
             listen: self.listen,
@@ -551,7 +559,7 @@ impl Core {
         }
     }
 
-    fn group_list(&self) -> Vec<GroupView> {
+    pub(crate) fn group_list(&self) -> Vec<GroupView> {
         self.st
             .groups
             .values()

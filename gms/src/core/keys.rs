@@ -101,6 +101,7 @@ impl Core {
         self.audit(
             tx,
             now,
+            "rotate",
             format!(
                 "rotate group {group} to v{} ({})",
                 version.0,

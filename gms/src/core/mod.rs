@@ -138,6 +138,21 @@ pub(crate) struct Tx {
     /// Memory was changed: a failed commit must reload it.
     dirty: bool,
     rotated: Vec<RotatedView>,
+    /// Kinds of the audit entries written (counted once committed).
+    audited: Vec<&'static str>,
+}
+
+/// What the GMS changed since it started, for `/metrics` (kept in memory
+/// only: a restart counts from 0 again, as Prometheus expects of counters).
+#[derive(Debug, Default, Clone)]
+pub struct Activity {
+    /// Committed changes by kind (the audit log's command: `ge add`,
+    /// `ge revoke`, `group add`, `token create`, `enroll`, `renew`,
+    /// `rotate`, ...).
+    pub changes: BTreeMap<&'static str, u64>,
+    /// Group key rotations committed (scheduled, on leave or revocation, on
+    /// demand).
+    pub rotations: u64,
 }
 
 /// The GMS state machine.
@@ -158,6 +173,7 @@ pub struct Core {
     next_rotation: Option<u64>,
     /// Set after a timer transaction failed: not before this time again.
     timer_retry: Option<u64>,
+    activity: Activity,
 }
 
 impl std::fmt::Debug for Core {
@@ -236,6 +252,7 @@ impl Core {
             next_session: 1,
             next_rotation,
             timer_retry: None,
+            activity: Activity::default(),
         })
     }
 
@@ -288,7 +305,13 @@ impl Core {
             Ok(v)
         });
         match r {
-            Ok(v) => Ok((v, tx)),
+            Ok(v) => {
+                for kind in &tx.audited {
+                    *self.activity.changes.entry(kind).or_default() += 1;
+                }
+                self.activity.rotations += tx.rotated.len() as u64;
+                Ok((v, tx))
+            }
             Err(e) => {
                 if tx.dirty {
                     match State::load(self.store.as_ref()) {
@@ -399,8 +422,16 @@ impl Core {
         tx.dirty = true;
     }
 
-    fn audit(&mut self, tx: &mut Tx, now: u64, action: String) {
+    /// Appends `action` to the audit log; `kind` (`"ge add"`, `"rotate"`,
+    /// ...) is what `/metrics` counts it as once the change commits.
+    fn audit(&mut self, tx: &mut Tx, now: u64, kind: &'static str, action: String) {
         tx.batch.audit(to_json(&AuditEntry { at: now, action }));
+        tx.audited.push(kind);
+    }
+
+    /// What this server changed since it started (for `/metrics`).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     // ---- lookups ----

@@ -284,6 +284,7 @@ impl Core {
         self.audit(
             tx,
             now,
+            "enroll",
             format!(
                 "enroll {name} cert={} credential={}",
                 new.cert_serial, new.cred_serial
@@ -359,6 +360,7 @@ impl Core {
             c.audit(
                 tx,
                 now,
+                "renew",
                 format!(
                     "renew {name} cert={} credential={}",
                     new.cert_serial, new.cred_serial

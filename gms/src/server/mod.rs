@@ -16,6 +16,7 @@
 //! queues.
 
 mod admin_socket;
+mod metrics;
 mod quic;
 mod relay;
 mod sessions;
@@ -53,6 +54,11 @@ pub trait DirectoryHook: Send + Sync + 'static {
     /// Where the hook's DNS answers (shown by `fpn-gms status`).
     fn dns_addrs(&self) -> Vec<SocketAddr> {
         Vec::new()
+    }
+
+    /// The hook's DNS server counters (`/metrics`); `None` without one.
+    fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
+        None
     }
 }
 
@@ -273,6 +279,13 @@ pub async fn serve_with_reload(
 ) -> Result<()> {
     let cfg = Config::load(&data.config())?;
     check_not_serving(&data)?;
+    // Bound before anything else starts: an address that cannot be used
+    // stops `serve` at once.
+    let metrics = cfg
+        .metrics
+        .listen
+        .map(fpn_gms_client::metrics::MetricsServer::bind)
+        .transpose()?;
     let store = store::open(&data.db(), &data.store_key(), now_unix())?;
     let syncer = store.syncer();
     let ca = Ca::load(&data)?;
@@ -323,6 +336,23 @@ pub async fn serve_with_reload(
     let parts = relay::start(&shared, listen, &server_key, bell)?;
     let in_process = parts.relay.clone();
     let _ = shared.relay.set(parts);
+    let metrics_task = match metrics {
+        Some(m) => {
+            info!(listen = %m.local_addr(), "metrics at /metrics");
+            let s = shared.clone();
+            Some(m.spawn(Arc::new(move || {
+                let s = s.clone();
+                // The core's lock is a std mutex that change paths hold
+                // across commits: read it off the runtime.
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || metrics::render(&s))
+                        .await
+                        .unwrap_or_default()
+                })
+            }))?)
+        }
+        None => None,
+    };
     info!(%local, admin = %sock_path.display(), "GMS serving");
     notify_systemd(sd_notify::READY);
 
@@ -342,6 +372,9 @@ pub async fn serve_with_reload(
     info!("GMS shutting down");
     endpoint.close(wire::close::SHUTDOWN.into(), b"GMS shutting down");
     for t in &tasks {
+        t.abort();
+    }
+    if let Some(t) = metrics_task {
         t.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

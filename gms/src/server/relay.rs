@@ -47,6 +47,10 @@ impl DirectoryHook for RelayHook {
     fn dns_addrs(&self) -> Vec<SocketAddr> {
         self.inner.dns_addrs()
     }
+
+    fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
+        self.inner.dns_stats()
+    }
 }
 
 /// Starts the in-process relay if the configuration enables it and works

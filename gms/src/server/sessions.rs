@@ -27,11 +27,14 @@ pub(crate) struct SessionHandle {
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_ge: HashMap<GeId, SessionHandle>,
+    /// Sessions registered since start (for `/metrics`).
+    opened: u64,
 }
 
 impl Sessions {
     /// Registers a session; an older session of the same GE is closed.
     pub(crate) fn insert(&mut self, ge: GeId, h: SessionHandle) {
+        self.opened += 1;
         if let Some(old) = self.by_ge.insert(ge, h) {
             debug!(%ge, "session replaced by a newer one");
             old.conn
@@ -49,6 +52,11 @@ impl Sessions {
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.by_ge.len()
+    }
+
+    /// Sessions registered since the server started.
+    pub fn opened(&self) -> u64 {
+        self.opened
     }
 
     /// True without sessions.

@@ -204,6 +204,7 @@ impl NodeCore {
         match n {
             Some(n) => {
                 self.counters.native_in += 1;
+                self.counters.native_bytes_in += n as u64;
                 self.counters.tun_out += 1;
                 let buf: &'a [u8] = buf;
                 DataOut::Tun(&buf[..n])
@@ -930,6 +931,7 @@ impl NodeCore {
         }
         self.merge_path_deadline(ge);
         self.counters.native_out += 1;
+        self.counters.native_bytes_out += n as u64;
         true
     }
 

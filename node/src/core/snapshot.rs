@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
+use fpn_proto::pit::FlowStats;
 
 use super::NodeCore;
 use crate::carrier::{CarrierKind, PeerStats};
@@ -18,6 +20,11 @@ pub struct Snapshot {
     pub flows: Vec<FlowStatus>,
     /// Counters.
     pub counters: BTreeMap<String, u64>,
+    /// Packets and bytes per peer GE since start (flows gone included),
+    /// for `/metrics`.
+    pub peer_traffic: BTreeMap<GeId, FlowStats>,
+    /// DPRP's counters with the negotiation durations and failure reasons.
+    pub dprp: fpn_proto::dprp::Stats,
 }
 
 /// The core's counters (exported in `status`).
@@ -54,6 +61,10 @@ pub(super) struct Counters {
     pub output_drops: u64,
     pub native_out: u64,
     pub native_in: u64,
+    /// Bytes of `native_out` packets as sent (protected, wire addresses).
+    pub native_bytes_out: u64,
+    /// Bytes of `native_in` packets as delivered to the TUN.
+    pub native_bytes_in: u64,
     pub native_in_unknown: u64,
     pub native_in_wrong_source: u64,
     /// NAT bindings installed (docs/PROTOCOL.md "NAT binding").
@@ -206,6 +217,8 @@ impl NodeCore {
             peers,
             flows,
             counters: self.counters(),
+            peer_traffic: self.pit.peer_totals(),
+            dprp: self.dprp.stats(),
         }
     }
 
@@ -273,6 +286,8 @@ impl NodeCore {
             ("output_drops", c.output_drops),
             ("native_out", c.native_out),
             ("native_in", c.native_in),
+            ("native_bytes_out", c.native_bytes_out),
+            ("native_bytes_in", c.native_bytes_in),
             ("native_in_unknown", c.native_in_unknown),
             ("native_in_wrong_source", c.native_in_wrong_source),
             ("native_bindings", c.native_bindings),

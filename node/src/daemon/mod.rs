@@ -202,6 +202,13 @@ async fn run(
     me: Me,
     reload: Reload,
 ) -> Result<()> {
+    // Bound first: a metrics address that cannot be used stops the start
+    // before anything else is set up.
+    let metrics = cfg
+        .metrics
+        .listen
+        .map(|a| fpn_gms_client::metrics::MetricsServer::bind(a).map_err(Error::Metrics))
+        .transpose()?;
     let dev = tun::create(
         &cfg.tun_name,
         me.overlay,
@@ -434,6 +441,22 @@ async fn run(
             .as_ref()
             .map(crate::portmap::PortMapper::status_handle),
         config: config_status.clone(),
+        carrier: path_carrier.clone(),
+        relay: relay.clone(),
+    };
+    let metrics_task = match metrics {
+        Some(m) => {
+            info!(listen = %m.local_addr(), "metrics at /metrics");
+            let ctx = ctx.clone();
+            Some(
+                m.spawn(std::sync::Arc::new(move || {
+                    let ctx = ctx.clone();
+                    Box::pin(async move { ctx.metrics().await })
+                }))
+                .map_err(Error::Metrics)?,
+            )
+        }
+        None => None,
     };
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -471,6 +494,9 @@ async fn run(
 
     notify_systemd(sd_notify::STOPPING);
     control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if let Some(sd) = split_dns {
         let ifname = sd.ifname().to_owned();
         if let Err(e) = sd.revert(&resolved::SystemRunner) {
@@ -657,6 +683,10 @@ struct Ctx {
     portmap: Option<Arc<std::sync::Mutex<crate::portmap::PortMapStatus>>>,
     /// The configuration in force and its reloads.
     config: Arc<std::sync::Mutex<ConfigStatus>>,
+    /// The carrier (its per-peer counters, for `/metrics`).
+    carrier: Arc<crate::carrier::PathCarrier>,
+    /// The relay link (its counters, for `/metrics`).
+    relay: Option<fpn_relay::RelayClient>,
 }
 
 impl Ctx {
@@ -696,6 +726,36 @@ impl Ctx {
     }
 
     async fn status(&self) -> Result<Status> {
+        Ok(self.snapshot_status().await?.0)
+    }
+
+    /// The `/metrics` page: the `status` snapshot with the per-peer totals
+    /// and DPRP stats that come with it, the carrier's and the relay link's
+    /// counters (docs/NODE.md "Metrics").
+    async fn metrics(&self) -> String {
+        use crate::carrier::Carrier;
+        let (status, traffic, dprp) = match self.snapshot_status().await {
+            Ok(s) => s,
+            // Stopping: an empty page, the scraper marks the target down.
+            Err(_) => return String::new(),
+        };
+        crate::metrics::render(&crate::metrics::Scrape {
+            status: &status,
+            peer_traffic: &traffic,
+            dprp: &dprp,
+            carrier: &self.carrier.peers(),
+            relay: self.relay.as_ref().map(fpn_relay::RelayClient::counters),
+        })
+    }
+
+    /// `status` with the parts of the core's snapshot only `/metrics` shows.
+    async fn snapshot_status(
+        &self,
+    ) -> Result<(
+        Status,
+        std::collections::BTreeMap<fpn_proto::ge::GeId, fpn_proto::pit::FlowStats>,
+        dprp::Stats,
+    )> {
         let (tx, rx) = oneshot::channel();
         self.queries
             .send(Query::Snapshot(tx))
@@ -705,7 +765,7 @@ impl Ctx {
             .await
             .map_err(|_| Error::Control("the engine stopped".into()))?;
         let view = self.shared.view().clone();
-        Ok(Status {
+        let status = Status {
             name: self.me.name.clone(),
             ge: self.me.ge.0,
             overlay: self.me.overlay.to_string(),
@@ -744,7 +804,8 @@ impl Ctx {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             port_mapping: self.port_mapping_status(),
-        })
+        };
+        Ok((status, snap.peer_traffic, snap.dprp))
     }
 
     /// The port-mapping client's status (`off` when configured off).

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::credential::Credential;
 use crate::dprp::budget::Buckets;
@@ -106,6 +106,66 @@ pub struct Stats {
     pub stranger_naks: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
+    /// [`Stats::failed`] by reason.
+    pub failed_by: FailCounts,
+    /// How long the negotiations this GE started took, from the DDE to the
+    /// installed entry.
+    pub durations: DurationHistogram,
+}
+
+/// Failed negotiations by [`FailReason`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FailCounts {
+    /// No valid answer in time.
+    pub timeout: u64,
+    /// The decision rules drop the flow (a closed GE, no shared group).
+    pub dropped: u64,
+    /// A GE on the path refused (authenticated NAK or CDN).
+    pub refused: u64,
+    /// An authentic answer failed a check here.
+    pub rejected: u64,
+}
+
+impl FailCounts {
+    fn count(&mut self, reason: &FailReason) {
+        let c = match reason {
+            FailReason::Timeout => &mut self.timeout,
+            FailReason::Dropped { .. } => &mut self.dropped,
+            FailReason::Refused { .. } => &mut self.refused,
+            FailReason::Rejected(_) => &mut self.rejected,
+        };
+        *c += 1;
+    }
+}
+
+/// Upper bounds, in microseconds, of the [`DurationHistogram`] buckets:
+/// from a LAN round trip to the negotiation timeout's order.
+pub const DURATION_BUCKETS_US: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket histogram of durations (no allocation; one per endpoint).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DurationHistogram {
+    /// Observations per bucket of [`DURATION_BUCKETS_US`] (each bucket
+    /// alone, not cumulative); those above the last bound are only in `count`.
+    pub buckets: [u64; DURATION_BUCKETS_US.len()],
+    /// All observations.
+    pub count: u64,
+    /// Their sum, microseconds.
+    pub sum_us: u64,
+}
+
+impl DurationHistogram {
+    /// Adds one observation.
+    pub fn observe(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = DURATION_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
 }
 
 /// How full the endpoint's bounded tables are, for metrics and tests.
@@ -843,6 +903,11 @@ impl Endpoint {
         match outcome {
             Outcome::Established(e) => {
                 self.stats.established += 1;
+                if let Some(started) = e.started {
+                    self.stats
+                        .durations
+                        .observe(now.saturating_duration_since(started));
+                }
                 let flow = e.flow;
                 self.events.push_back(Event::Established(e));
                 for f in [flow, flow.reversed()] {
@@ -869,6 +934,7 @@ impl Endpoint {
             self.flows.remove(f);
             let dropped = self.take_held(f).len();
             self.stats.failed += 1;
+            self.stats.failed_by.count(&reason);
             self.stats.failed_drops += dropped as u64;
             tracing::debug!(flow = %f, %reason, dropped, "negotiation failed");
             if self.negative.len() >= self.cfg.limits.max_negative

@@ -344,6 +344,7 @@ impl Transit {
                 keys: None,
                 peer_options: std::mem::take(&mut self.initiator_options),
                 peer_serial: None,
+                started: None,
             }),
             CdnStatus::Refused(code) => {
                 tracing::debug!(id = %self.id, ?code, "negotiation refused by the responder");

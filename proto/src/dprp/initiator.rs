@@ -70,6 +70,8 @@ pub(crate) struct Initiator {
     retransmit_at: Option<Instant>,
     deadline: Instant,
     reported: bool,
+    /// When the DDE went out (the negotiation's duration starts here).
+    started: Instant,
 }
 
 enum State {
@@ -137,6 +139,7 @@ impl Initiator {
             retransmit_at: Some(now + t.initial_rto),
             deadline: now + t.negotiation_timeout,
             reported: false,
+            started: now,
         })
     }
 
@@ -427,6 +430,7 @@ impl Initiator {
                 keys: flow_keys,
                 peer_options: c.rgi.responder.options.clone(),
                 peer_serial: Some(c.responder.serial),
+                started: Some(self.started),
             },
         });
         tracing::debug!(id = %self.id, actions = ?decision.actions, "decided, MPIT sent");

@@ -45,10 +45,14 @@ pub mod transcript;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 pub use budget::Rate;
 pub use config::{Config, Keyring, Limits, Prefix, Timing};
-pub use endpoint::{DropCause, Endpoint, Occupancy, Stats, Verdict};
+pub use endpoint::{
+    DURATION_BUCKETS_US, DropCause, DurationHistogram, Endpoint, FailCounts, Occupancy, Stats,
+    Verdict,
+};
 pub use entropy::Entropy;
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
 pub use option::DprpOption;
@@ -120,6 +124,9 @@ pub struct Established {
     /// known to a gateway): the endpoint checks it against revocations
     /// once more when the negotiation completes.
     pub peer_serial: Option<u64>,
+    /// When this GE sent the DDE (initiator only): the endpoint measures
+    /// the negotiation's duration from it ([`Stats::durations`]).
+    pub started: Option<Instant>,
 }
 
 /// Why a negotiation failed.

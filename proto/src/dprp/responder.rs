@@ -353,6 +353,7 @@ impl Responder {
                     keys,
                     peer_options: std::mem::take(&mut self.initiator_options),
                     peer_serial: Some(self.initiator_serial),
+                    started: None,
                 }))
             }
             Err(code) => {
