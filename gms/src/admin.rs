@@ -336,6 +336,10 @@ pub struct AuditView {
     pub at: u64,
     /// The action.
     pub action: String,
+    /// Who: `cli uid=N`, `web:NAME`, `gms` (the server itself); empty for
+    /// entries older than this field.
+    #[serde(default)]
+    pub who: String,
 }
 
 /// Why nothing answers on `socket`, as the operator can fix it: the data

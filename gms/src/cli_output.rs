@@ -156,7 +156,8 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         AdminRequest::Audit { .. } => {
             let es: Vec<AuditView> = resp.into_result()?;
             for e in es {
-                println!("{:>6} {:>11} {}", e.seq, e.at, e.action);
+                let who = if e.who.is_empty() { "-" } else { &e.who };
+                println!("{:>6} {:>11} {:<12} {}", e.seq, e.at, who, e.action);
             }
         }
         AdminRequest::GroupAdd { .. }

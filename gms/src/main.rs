@@ -129,6 +129,11 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Users of the web admin (`[web]` in gms.toml): password hashes
+    /// (Argon2id) in DATA/web-users, 0600. Works whether or not the server
+    /// runs; a running server reads the file at each login.
+    #[command(subcommand)]
+    AdminUser(AdminUserCmd),
     /// The audit log of admin actions.
     Audit {
         /// Entries after this sequence number.
@@ -227,6 +232,24 @@ enum GeCmd {
         /// Name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminUserCmd {
+    /// Create a user or set its password, read from the first line of
+    /// standard input (e.g. `read -rs P; printf '%s\n' "$P" | fpn-gms
+    /// admin-user set alice`), at least 12 characters.
+    Set {
+        /// User name (letters, digits, '-', '_', '.').
+        name: String,
+    },
+    /// Remove a user (its open sessions end at the next restart).
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List the user names.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -341,6 +364,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Cmd::AdminUser(c) => {
+            let dir = DataDir::new(need_data()?);
+            dir.check_initialized()?;
+            return admin_user(&dir, c, cli.json);
+        }
         Cmd::Serve { dns_listen, no_dns } => {
             return serve(DataDir::new(need_data()?), &dns_listen, no_dns);
         }
@@ -402,6 +430,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     cli_output::print(&req, resp)
+}
+
+fn admin_user(dir: &DataDir, cmd: AdminUserCmd, json: bool) -> anyhow::Result<()> {
+    use fpn_gms::web::users;
+    match cmd {
+        AdminUserCmd::Set { name } => {
+            users::check_name(&name)?;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+            users::set(dir, &name, &password)?;
+            if json {
+                println!("{}", serde_json::json!({ "user": name, "set": true }));
+            } else {
+                println!("web admin user {name} set");
+            }
+        }
+        AdminUserCmd::Remove { name } => {
+            if !users::remove(dir, &name)? {
+                bail!("no web admin user {name}");
+            }
+            if json {
+                println!("{}", serde_json::json!({ "user": name, "removed": true }));
+            } else {
+                println!("web admin user {name} removed");
+            }
+        }
+        AdminUserCmd::List => {
+            let names = users::list(dir)?;
+            if json {
+                println!("{}", serde_json::json!({ "users": names }));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> anyhow::Result<()> {

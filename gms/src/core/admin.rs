@@ -30,6 +30,20 @@ const MAX_GROUP_NAME: usize = 64;
 const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
 impl Core {
+    /// [`Core::handle_admin`] on behalf of `who`, which the audit log records
+    /// with every change the request makes (`cli uid=0`, `web:alice`).
+    pub fn handle_admin_as(
+        &mut self,
+        req: AdminRequest,
+        who: &str,
+        now: u64,
+    ) -> (AdminResponse, Vec<Output>) {
+        self.actor = Some(who.to_owned());
+        let r = self.handle_admin(req, now);
+        self.actor = None;
+        r
+    }
+
     /// Handles one admin request. A change is committed before this returns
     /// its `ok` answer; the shell syncs the store, then answers and carries
     /// out the outputs.
@@ -654,6 +668,7 @@ impl Core {
                     seq,
                     at: e.at,
                     action: e.action,
+                    who: e.who,
                 })
             })
             .collect()

@@ -158,7 +158,14 @@ pub struct Core {
     next_rotation: Option<u64>,
     /// Set after a timer transaction failed: not before this time again.
     timer_retry: Option<u64>,
+    /// Who the admin request being handled comes from (the audit log's
+    /// "who"); `None` outside [`Core::handle_admin_as`].
+    actor: Option<String>,
 }
+
+/// The audit log's "who" for what the server does by itself (scheduled
+/// rotations, grace ends, enrollments).
+pub const SYSTEM_ACTOR: &str = "gms";
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +194,7 @@ pub fn init_store(store: &dyn Store, zone: &str, now: u64) -> Result<()> {
     b.audit(to_json(&AuditEntry {
         at: now,
         action: format!("init zone={zone}"),
+        who: SYSTEM_ACTOR.into(),
     }));
     store.commit(b)
 }
@@ -236,6 +244,7 @@ impl Core {
             next_session: 1,
             next_rotation,
             timer_retry: None,
+            actor: None,
         })
     }
 
@@ -400,7 +409,12 @@ impl Core {
     }
 
     fn audit(&mut self, tx: &mut Tx, now: u64, action: String) {
-        tx.batch.audit(to_json(&AuditEntry { at: now, action }));
+        let who = self.actor.clone().unwrap_or_else(|| SYSTEM_ACTOR.into());
+        tx.batch.audit(to_json(&AuditEntry {
+            at: now,
+            action,
+            who,
+        }));
     }
 
     // ---- lookups ----

@@ -792,3 +792,41 @@ fn a_session_that_moves_takes_its_peers_dns_and_observe_along() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_audit_log_records_who_made_each_change() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    let (r, _) = c.handle_admin_as(
+        AdminRequest::GroupAdd {
+            num: 1,
+            name: "home".into(),
+        },
+        "web:alice",
+        T0,
+    );
+    assert!(r.ok, "{:?}", r.error);
+    let (r, _) = c.handle_admin_as(
+        AdminRequest::Rotate { group: Some(1) },
+        "cli uid=0",
+        T0 + 1,
+    );
+    assert!(r.ok, "{:?}", r.error);
+    // A request without an actor (the server's own) is the system's.
+    let (log, _) = admin(
+        c,
+        AdminRequest::Audit {
+            after: None,
+            limit: 100,
+        },
+    );
+    let log: Vec<crate::admin::AuditView> = serde_json::from_value(log).unwrap();
+    let who: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.who.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(who[0].0, "gms", "{who:?}");
+    assert_eq!(who[1], ("web:alice", "group add 1 name=home"), "{who:?}");
+    assert_eq!(who[2].0, "cli uid=0", "{who:?}");
+    assert!(who[2].1.starts_with("rotate group 1"), "{who:?}");
+}

@@ -323,6 +323,8 @@ pub async fn serve_with_reload(
     let parts = relay::start(&shared, listen, &server_key, bell)?;
     let in_process = parts.relay.clone();
     let _ = shared.relay.set(parts);
+    let web_cfg = shared.lock().core.config().clone();
+    let web = crate::web::start(shared.clone(), data.clone(), &web_cfg).await?;
     info!(%local, admin = %sock_path.display(), "GMS serving");
     notify_systemd(sd_notify::READY);
 
@@ -343,6 +345,9 @@ pub async fn serve_with_reload(
     endpoint.close(wire::close::SHUTDOWN.into(), b"GMS shutting down");
     for t in &tasks {
         t.abort();
+    }
+    if let Some(w) = &web {
+        w.stop();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if let Some(r) = in_process {
