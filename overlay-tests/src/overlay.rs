@@ -110,6 +110,13 @@ pub struct Spec {
     /// Lines appended to every node's configuration after [`NODE_CONFIG`]
     /// (e.g. `carrier = "quic"`); empty by default.
     pub node_config: String,
+    /// TOML appended to `gms.toml` after `init`, before the GMS first
+    /// serves (e.g. a `[web]` section); empty by default.
+    pub gms_config: String,
+    /// Whether [`Overlay::prepare`] adds the groups and every node's GE
+    /// with the CLI (default); false leaves that to the test (e.g. through
+    /// the web admin).
+    pub define: bool,
 }
 
 impl Spec {
@@ -123,6 +130,8 @@ impl Spec {
             nodes,
             gms_init_args: vec!["--rotation-schedule".into(), "off".into()],
             node_config: String::new(),
+            gms_config: String::new(),
+            define: true,
         }
     }
 }
@@ -264,7 +273,19 @@ impl Overlay {
         ];
         init.extend(spec.gms_init_args.iter().map(String::as_str));
         ov.gms_admin(&init)?;
+        if !spec.gms_config.is_empty() {
+            let path = ov.gms_data.join("gms.toml");
+            let mut text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            text.push('\n');
+            text.push_str(&spec.gms_config);
+            std::fs::write(&path, text)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
         ov.start_gms()?;
+        if !spec.define {
+            return Ok(ov);
+        }
         for (num, name) in &spec.groups {
             ov.gms_admin(&["group", "add", &num.to_string(), "--name", name])?;
         }
@@ -329,6 +350,22 @@ impl Overlay {
         argv.extend(args.iter().map(|a| a.as_ref().to_string()));
         self.lab
             .command(&self.gms_host, argv)
+            .timeout(CLI_TIMEOUT)
+            .run()
+    }
+
+    /// [`gms_admin`](Self::gms_admin) with `stdin` as its standard input
+    /// (e.g. the password of `admin-user set`).
+    pub fn gms_admin_stdin<S: AsRef<str>>(&self, args: &[S], stdin: &str) -> Result<String, Error> {
+        let mut argv = vec![
+            self.gms_bin.to_string_lossy().into_owned(),
+            "--data".into(),
+            self.gms_data.to_string_lossy().into_owned(),
+        ];
+        argv.extend(args.iter().map(|a| a.as_ref().to_string()));
+        self.lab
+            .command(&self.gms_host, argv)
+            .stdin(stdin.as_bytes().to_vec())
             .timeout(CLI_TIMEOUT)
             .run()
     }
@@ -409,8 +446,13 @@ impl Overlay {
     /// (a 0600 file next to the state directory, as an operator would keep
     /// it off the command line); remembers the overlay address it prints.
     pub fn enroll(&self, name: &str) -> Result<Value, Error> {
-        use std::os::unix::fs::OpenOptionsExt;
         let token = self.token(name)?;
+        self.enroll_with_token(name, &token)
+    }
+
+    /// [`Overlay::enroll`] with a token made elsewhere (e.g. by the web admin).
+    pub fn enroll_with_token(&self, name: &str, token: &str) -> Result<Value, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let node = self.node(name)?;
         let file = node.state_dir.with_extension("token");
         std::fs::OpenOptions::new()

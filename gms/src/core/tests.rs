@@ -806,11 +806,7 @@ fn the_audit_log_records_who_made_each_change() {
         T0,
     );
     assert!(r.ok, "{:?}", r.error);
-    let (r, _) = c.handle_admin_as(
-        AdminRequest::Rotate { group: Some(1) },
-        "cli uid=0",
-        T0 + 1,
-    );
+    let (r, _) = c.handle_admin_as(AdminRequest::Rotate { group: Some(1) }, "cli uid=0", T0 + 1);
     assert!(r.ok, "{:?}", r.error);
     // A request without an actor (the server's own) is the system's.
     let (log, _) = admin(

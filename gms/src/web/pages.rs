@@ -194,7 +194,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
         } else {
             format!(
                 "<form method=\"post\" action=\"/ges/set\">{hidden}\
-                 <select name=\"mode\" aria-label=\"mode\"><option{op}>op</option><option{cl}>cl</option></select> \
+                 <select name=\"mode\" aria-label=\"mode\"><option value=\"op\"{op}>op</option><option value=\"cl\"{cl}>cl</option></select> \
                  <input name=\"groups\" value=\"{groups}\" size=\"6\" aria-label=\"groups\"> <button>Set</button></form>\
                  <form method=\"post\" action=\"/tokens/create\" class=\"inline\">{hidden}\
                  <select name=\"ttl\" aria-label=\"token lifetime\"><option value=\"3600\">1 h</option><option value=\"86400\">1 day</option><option value=\"604800\">7 days</option></select> \
@@ -222,8 +222,8 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
         b,
         "</table></div><fieldset><legend>Add a GE</legend><form method=\"post\" action=\"/ges/add\" id=\"ge-add\">{f}\
          <label>Name <input name=\"name\" id=\"ge-name\" required></label>\
-         <label>Kind <select name=\"kind\" id=\"ge-kind\"><option>ges</option><option>gen</option><option>gea</option></select></label>\
-         <label>Mode <select name=\"mode\" id=\"ge-mode\"><option>op</option><option>cl</option></select></label>\
+         <label>Kind <select name=\"kind\" id=\"ge-kind\"><option value=\"ges\">ges</option><option value=\"gen\">gen</option><option value=\"gea\">gea</option></select></label>\
+         <label>Mode <select name=\"mode\" id=\"ge-mode\"><option value=\"op\">op</option><option value=\"cl\">cl</option></select></label>\
          <label>Groups (comma-separated numbers) <input name=\"groups\" id=\"ge-groups\"></label>\
          <button id=\"ge-add-button\">Add GE</button></form></fieldset>"
     );
@@ -235,7 +235,8 @@ pub fn token(t: &TokenView, qr_svg: &str) -> String {
     format!(
         "<p>The token for <b>{ge}</b>, valid until {exp}. It is shown only now: the GMS keeps \
          a hash of its secret, not the token.</p><p class=\"token\"><code id=\"token\">{tok}</code></p>\
-         <p>On the node: <code>fpn-node enroll --token '{tok}' --state /var/lib/fpn-node</code></p>\
+         <p>On the node, run <code>fpn-node enroll --state /var/lib/fpn-node --token-file -</code> \
+         and paste the token (on the command line it would show in <code>ps</code>), or scan the code.</p>\
          <div id=\"qr\" style=\"max-width:20rem\">{qr_svg}</div><p><a href=\"/ges\">Back to the GEs</a></p>",
         ge = esc(&t.ge),
         exp = time(t.expires_at),
