@@ -33,6 +33,13 @@ pub enum AdminRequest {
     },
     /// `group list`.
     GroupList,
+    /// `group rename NUM --name NAME`.
+    GroupRename {
+        /// Group number.
+        num: u32,
+        /// New name.
+        name: String,
+    },
     /// `group remove NUM`.
     GroupRemove {
         /// Group number.
@@ -103,6 +110,13 @@ pub enum AdminRequest {
         /// Lifetime in seconds; the config's default when absent.
         #[serde(default)]
         ttl_secs: Option<u64>,
+    },
+    /// `token list`: tokens not used yet.
+    TokenList,
+    /// `token cancel ID`: the token can no longer enroll.
+    TokenCancel {
+        /// Token id, hex (from `token list`).
+        id: String,
     },
     /// `rotate [--group N]`.
     Rotate {
@@ -282,6 +296,21 @@ pub struct TokenView {
     pub ge: String,
     /// Expiry, unix seconds.
     pub expires_at: u64,
+}
+
+/// One unused token in `token list` (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfoView {
+    /// Token id, hex (the part of the token that is not secret).
+    pub id: String,
+    /// The GE it enrolls.
+    pub ge: String,
+    /// Created, unix seconds.
+    pub created_at: u64,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// True once past its expiry (it can no longer enroll).
+    pub expired: bool,
 }
 
 /// One key version in `keys` (never the key bytes).

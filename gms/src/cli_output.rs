@@ -129,6 +129,18 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 t.ge, t.expires_at
             );
         }
+        AdminRequest::TokenList => {
+            let ts: Vec<fpn_gms::admin::TokenInfoView> = resp.into_result()?;
+            for t in ts {
+                println!(
+                    "{} {:<16} expires {:>11}{}",
+                    t.id,
+                    t.ge,
+                    t.expires_at,
+                    if t.expired { " (expired)" } else { "" }
+                );
+            }
+        }
         AdminRequest::Rotate { .. } => {
             let r: Vec<RotatedView> = resp.into_result()?;
             print_rotated(&r);
@@ -162,6 +174,8 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         }
         AdminRequest::GroupAdd { .. }
         | AdminRequest::GroupRemove { .. }
+        | AdminRequest::GroupRename { .. }
+        | AdminRequest::TokenCancel { .. }
         | AdminRequest::GeRemove { .. }
         | AdminRequest::GeRevoke { .. } => {
             let d: DoneView = resp.into_result()?;

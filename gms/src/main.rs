@@ -162,6 +162,14 @@ enum GroupCmd {
         /// Group number.
         num: u32,
     },
+    /// Rename a group (a label only: nodes know groups by number).
+    Rename {
+        /// Group number.
+        num: u32,
+        /// New name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +269,13 @@ enum TokenCmd {
         /// Lifetime, e.g. 1h (default from gms.toml).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+    },
+    /// List the tokens not used yet (ids only, never the secret).
+    List,
+    /// Cancel an unused token so it can no longer enroll.
+    Cancel {
+        /// Token id (hex, from `token list`).
+        id: String,
     },
 }
 
@@ -376,6 +391,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd { num, name },
         Cmd::Group(GroupCmd::List) => AdminRequest::GroupList,
         Cmd::Group(GroupCmd::Remove { num }) => AdminRequest::GroupRemove { num },
+        Cmd::Group(GroupCmd::Rename { num, name }) => AdminRequest::GroupRename { num, name },
+        Cmd::Token(TokenCmd::List) => AdminRequest::TokenList,
+        Cmd::Token(TokenCmd::Cancel { id }) => AdminRequest::TokenCancel { id },
         Cmd::Ge(GeCmd::Add {
             name,
             kind,

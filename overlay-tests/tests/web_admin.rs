@@ -144,13 +144,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("select #{id}={value}: {e}"));
     }
 
-    /// Clicks a form's button and waits for the page it leads to: the old
-    /// page's root goes stale, the new one finishes loading (bounded).
+    /// Clicks button `#id` of a form and waits for the page it leads to.
     fn click(&self, id: &str) {
+        self.click_css(&format!("#{id}"));
+    }
+
+    /// Clicks the first element matching `css` and waits for the page it
+    /// leads to: the old page's root goes stale, the new one finishes
+    /// loading (bounded).
+    fn click_css(&self, css: &str) {
         self.rt
             .block_on(async {
                 let old = self.client.find(Locator::Css("html")).await?;
-                self.client.find(Locator::Id(id)).await?.click().await?;
+                self.client.find(Locator::Css(css)).await?.click().await?;
                 let deadline = Instant::now() + Duration::from_secs(15);
                 while old.tag_name().await.is_ok() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -167,7 +173,7 @@ impl Browser {
                 }
                 Ok::<_, fantoccini::error::CmdError>(())
             })
-            .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     /// The text of the element `css`, or "" when there is none.
@@ -349,6 +355,18 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     assert!(b.text("#flash").contains("GE a added"), "{}", b.body());
     assert!(b.text("#ge-a").contains("added"), "{}", b.body());
 
+    // A token cancelled on the tokens page no longer enrolls.
+    b.click("token-a");
+    let cancelled = b.text("#token");
+    b.goto("/tokens");
+    assert!(b.text("#tokens").contains("a"), "{}", b.body());
+    b.shot("tokens");
+    b.click_css("#tokens button");
+    assert!(b.text("#flash").contains("cancelled"), "{}", b.body());
+    let refused = ov.enroll_with_token("a", &cancelled);
+    assert!(refused.is_err(), "a cancelled token enrolled: {refused:?}");
+
+    b.goto("/ges");
     b.click("token-a");
     let token = b.text("#token");
     assert!(token.len() > 20, "no token on the page: {}", b.body());

@@ -826,3 +826,67 @@ fn the_audit_log_records_who_made_each_change() {
     assert_eq!(who[2].0, "cli uid=0", "{who:?}");
     assert!(who[2].1.starts_with("rotate group 1"), "{who:?}");
 }
+
+#[test]
+fn groups_rename_and_unused_tokens_list_and_cancel() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    group_add(c, 2);
+    admin(
+        c,
+        AdminRequest::GroupRename {
+            num: 1,
+            name: "home".into(),
+        },
+    );
+    let (gs, _) = admin(c, AdminRequest::GroupList);
+    assert_eq!(gs[0]["name"], "home");
+    // Names stay unique; an unknown group is an error.
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GroupRename {
+                num: 2,
+                name: "home".into()
+            }
+        )
+        .contains("taken")
+    );
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GroupRename {
+                num: 9,
+                name: "x".into()
+            }
+        )
+        .contains("no group 9")
+    );
+
+    ge_add(c, "a", &[1]);
+    let t = token(c, "a", 3600);
+    let (ts, _) = admin(c, AdminRequest::TokenList);
+    let ts: Vec<crate::admin::TokenInfoView> = serde_json::from_value(ts).unwrap();
+    assert_eq!(ts.len(), 1);
+    assert_eq!(
+        (ts[0].ge.as_str(), ts[0].id.clone()),
+        ("a", hex::encode(t.id))
+    );
+    assert!(!serde_json::to_string(&ts).unwrap().contains(&t.encode()));
+    admin(
+        c,
+        AdminRequest::TokenCancel {
+            id: ts[0].id.clone(),
+        },
+    );
+    let (ts, _) = admin(c, AdminRequest::TokenList);
+    assert_eq!(ts.as_array().map(Vec::len), Some(0));
+    // The cancelled token no longer enrolls.
+    let (r, _) = c.handle_enroll(&enroll_req(&t, 1), T0);
+    assert!(
+        !matches!(r, ServerMsg::Enrolled(_)),
+        "a cancelled token enrolled"
+    );
+    assert!(admin_err(c, AdminRequest::TokenCancel { id: "zz".into() }).contains("32 hex digits"));
+}

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::admin::{
     AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, KeysView, StatusView,
-    TokenView,
+    TokenInfoView, TokenView,
 };
 use crate::config::{Config, DataDir, WebSettings};
 use crate::server::{Shared, with_core};
@@ -113,6 +113,9 @@ pub(crate) async fn start(shared: Arc<Shared>, data: DataDir, cfg: &Config) -> R
         .route("/groups/add", post(group_add))
         .route("/groups/remove", post(group_remove))
         .route("/groups/rotate", post(group_rotate))
+        .route("/groups/rename", post(group_rename))
+        .route("/tokens", get(tokens_page))
+        .route("/tokens/cancel", post(token_cancel))
         .route("/ges", get(ges_page))
         .route("/ges/add", post(ge_add))
         .route("/ges/set", post(ge_set))
@@ -479,6 +482,17 @@ async fn ges_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     page("GEs", &w, r)
 }
 
+async fn tokens_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(w) = app.viewer(&headers) else {
+        return to_login();
+    };
+    let r = app
+        .view::<Vec<TokenInfoView>>(&w.user, AdminRequest::TokenList)
+        .await
+        .map(|ts| pages::tokens(&ts, &w.csrf));
+    page("Tokens", &w, r)
+}
+
 async fn audit_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(w) = app.viewer(&headers) else {
         return to_login();
@@ -608,6 +622,33 @@ async fn group_rotate(
             None => None,
         };
         Ok(AdminRequest::Rotate { group })
+    })
+    .await
+}
+
+async fn group_rename(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): FormMap,
+) -> Response {
+    change(&app, &headers, &f, "/groups", |f| {
+        Ok(AdminRequest::GroupRename {
+            num: number(f, "num")?,
+            name: field(f, "name")?.to_owned(),
+        })
+    })
+    .await
+}
+
+async fn token_cancel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): FormMap,
+) -> Response {
+    change(&app, &headers, &f, "/tokens", |f| {
+        Ok(AdminRequest::TokenCancel {
+            id: field(f, "id")?.to_owned(),
+        })
     })
     .await
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::admin::{AuditView, GeView, GroupView, KeysView, StatusView, TokenView};
+use crate::admin::{AuditView, GeView, GroupView, KeysView, StatusView, TokenInfoView, TokenView};
 
 use super::auth::Flash;
 
@@ -40,7 +40,7 @@ pub fn layout(title: &str, csrf: Option<&str>, flash: Option<&Flash>, body: &str
     let nav = match csrf {
         Some(c) => format!(
             "<nav><a href=\"/\">Overview</a><a href=\"/groups\">Groups</a><a href=\"/ges\">GEs</a>\
-             <a href=\"/audit\">Audit log</a>\
+             <a href=\"/tokens\">Tokens</a><a href=\"/audit\">Audit log</a>\
              <form method=\"post\" action=\"/logout\" class=\"inline\">{}<button id=\"logout\">Log out</button></form></nav>",
             csrf_field(c)
         ),
@@ -150,7 +150,9 @@ pub fn groups(gs: &[GroupView], csrf: &str) -> String {
             b,
             "<tr id=\"group-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>v{}</td><td>\
              <form method=\"post\" action=\"/groups/rotate\" class=\"inline\">{f}<input type=\"hidden\" name=\"num\" value=\"{n}\"><button>Rotate now</button></form> \
-             <form method=\"post\" action=\"/groups/remove\" class=\"inline\">{f}<input type=\"hidden\" name=\"num\" value=\"{n}\"><button>Remove</button></form></td></tr>",
+             <form method=\"post\" action=\"/groups/remove\" class=\"inline\">{f}<input type=\"hidden\" name=\"num\" value=\"{n}\"><button>Remove</button></form>\
+             <form method=\"post\" action=\"/groups/rename\">{f}<input type=\"hidden\" name=\"num\" value=\"{n}\">\
+             <input name=\"name\" size=\"10\" aria-label=\"new name\" required> <button>Rename</button></form></td></tr>",
             esc(&g.name),
             esc(&g.members.join(", ")),
             g.key_version,
@@ -242,6 +244,31 @@ pub fn token(t: &TokenView, qr_svg: &str) -> String {
         exp = time(t.expires_at),
         tok = esc(&t.token),
     )
+}
+
+/// The unused tokens (ids only: the secrets were shown once) with a
+/// cancel button each.
+pub fn tokens(ts: &[TokenInfoView], csrf: &str) -> String {
+    let f = csrf_field(csrf);
+    let mut b = String::from(
+        "<p>Tokens not used yet. A token is shown only when it is created (from the GEs page).</p>\
+         <div class=\"scroll\"><table id=\"tokens\"><tr><th>GE</th><th>Id</th><th>Created</th><th>Expires</th><th></th></tr>",
+    );
+    for t in ts {
+        let id = esc(&t.id);
+        let _ = write!(
+            b,
+            "<tr id=\"token-{id}\"><td>{}</td><td><code>{id}</code></td><td>{}</td><td>{}{}</td><td>\
+             <form method=\"post\" action=\"/tokens/cancel\" class=\"inline\">{f}<input type=\"hidden\" name=\"id\" value=\"{id}\">\
+             <button>Cancel</button></form></td></tr>",
+            esc(&t.ge),
+            time(t.created_at),
+            time(t.expires_at),
+            if t.expired { " (expired)" } else { "" },
+        );
+    }
+    b.push_str("</table></div>");
+    b
 }
 
 /// The audit log, newest first.
