@@ -216,6 +216,10 @@ pub struct StatusView {
     /// The relay (filled in by the server, not the core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayStatus>,
+    /// The DNS zone's SOA serial (filled in by the server; none without
+    /// the in-process DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_serial: Option<u32>,
 }
 
 /// The relay in `fpn-gms status`.

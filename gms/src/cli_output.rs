@@ -18,6 +18,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 let a: Vec<String> = s.dns.iter().map(ToString::to_string).collect();
                 println!("dns             {} (udp+tcp)", a.join(", "));
             }
+            if let Some(serial) = s.zone_serial {
+                println!("zone serial     {serial}");
+            }
             println!("public address  {}", opt(s.public_addr));
             println!("CA fingerprint  {}", s.ca_fingerprint);
             println!("GEs             {} ({} online)", s.ges, s.online);

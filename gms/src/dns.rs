@@ -53,6 +53,8 @@ impl Pending {
 pub struct DnsHook {
     pending: Arc<Pending>,
     addrs: Vec<SocketAddr>,
+    /// Weak: `shutdown` takes the zone back with `Arc::try_unwrap`.
+    ddns: std::sync::Weak<Ddns>,
 }
 
 impl DirectoryHook for DnsHook {
@@ -71,6 +73,10 @@ impl DirectoryHook for DnsHook {
 
     fn dns_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    fn zone_serial(&self) -> Option<u32> {
+        self.ddns.upgrade().map(|d| d.serial())
     }
 }
 
@@ -143,6 +149,7 @@ impl InProcessDns {
         let hook = Arc::new(DnsHook {
             pending: pending.clone(),
             addrs: bound,
+            ddns: Arc::downgrade(&ddns),
         });
         Ok(Some(Self {
             ddns,
@@ -345,6 +352,7 @@ mod tests {
         let hook = DnsHook {
             pending: Arc::new(Pending::default()),
             addrs: Vec::new(),
+            ddns: std::sync::Weak::new(),
         };
         hook.on_change(&DirectoryEvent::Updated(rec(Some("198.18.0.1:1"), &[])));
         hook.on_change(&DirectoryEvent::Removed {

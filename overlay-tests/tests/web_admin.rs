@@ -390,6 +390,8 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
         "{}",
         b.body()
     );
+    let serial = b.text("#zone-serial");
+    assert!(serial.parse::<u32>().is_ok(), "zone serial {serial:?}");
     b.shot("overview");
     b.goto("/ges");
     b.shot("ges");

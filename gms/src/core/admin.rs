@@ -645,6 +645,7 @@ impl Core {
             grace_secs: self.cfg.grace.0.as_secs(),
             schema: SCHEMA_VERSION,
             relay: None,
+            zone_serial: None,
         }
     }
 

@@ -54,14 +54,10 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
                     Ok(r) => r,
                     Err(e) => AdminResponse::err(e),
                 };
-                // The relay's numbers live in the server, not the core.
-                if status
-                    && resp.ok
-                    && let Some(parts) = shared.relay.get()
-                    && let Some(o) = resp.data.as_object_mut()
-                    && let Ok(v) = serde_json::to_value(super::relay::status(parts))
-                {
-                    o.insert("relay".into(), v);
+                // The relay's numbers and the zone serial live in the
+                // server, not the core.
+                if status {
+                    shared.complete_status(&mut resp);
                 }
                 resp
             }

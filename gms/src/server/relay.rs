@@ -47,6 +47,10 @@ impl DirectoryHook for RelayHook {
     fn dns_addrs(&self) -> Vec<SocketAddr> {
         self.inner.dns_addrs()
     }
+
+    fn zone_serial(&self) -> Option<u32> {
+        self.inner.zone_serial()
+    }
 }
 
 /// Starts the in-process relay if the configuration enables it and works

@@ -44,6 +44,8 @@ use crate::{Error, Result, now_unix};
 
 use auth::{Auth, Flash, Gate};
 
+/// The overview reloads itself this often, seconds (a `Refresh` header).
+const OVERVIEW_REFRESH: &str = "15";
 /// The session cookie.
 const SESSION_COOKIE: &str = "fpn_session";
 /// The login form's double-submit CSRF cookie.
@@ -254,14 +256,19 @@ impl App {
     /// Runs `req` through the core on behalf of `user`.
     async fn admin(&self, user: &str, req: AdminRequest) -> AdminResponse {
         let who = format!("web:{user}");
-        match with_core(&self.shared, move |core| {
+        let status = matches!(req, AdminRequest::Status);
+        let mut resp = match with_core(&self.shared, move |core| {
             core.handle_admin_as(req, &who, now_unix())
         })
         .await
         {
             Ok(r) => r,
             Err(e) => AdminResponse::err(e),
+        };
+        if status {
+            self.shared.complete_status(&mut resp);
         }
+        resp
     }
 
     async fn view<T: for<'de> serde::Deserialize<'de>>(
@@ -457,7 +464,11 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok::<_, Response>(pages::overview(&st, &ges, &keys, now_unix()))
     }
     .await;
-    page("Overview", &w, r)
+    let mut resp = page("Overview", &w, r);
+    // Live enough without JavaScript: the browser reloads the overview.
+    resp.headers_mut()
+        .insert(header::REFRESH, HeaderValue::from_static(OVERVIEW_REFRESH));
+    resp
 }
 
 async fn groups_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

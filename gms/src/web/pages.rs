@@ -101,6 +101,7 @@ pub fn overview(st: &StatusView, ges: &[GeView], keys: &[KeysView], now: u64) ->
          <tr><th>Groups</th><td>{}</td></tr>\
          <tr><th>Rotation schedule</th><td>{}</td></tr>\
          <tr><th>Next rotation</th><td>{}</td></tr>\
+         <tr><th>DNS zone serial</th><td id=\"zone-serial\">{}</td></tr>\
          <tr><th>Nodes dial</th><td>{}</td></tr>\
          <tr><th>CA fingerprint</th><td><code>{}</code></td></tr></table></div>",
         esc(&st.zone),
@@ -109,6 +110,8 @@ pub fn overview(st: &StatusView, ges: &[GeView], keys: &[KeysView], now: u64) ->
         st.groups,
         esc(&st.rotation_schedule),
         st.next_rotation.map_or("-".into(), time),
+        st.zone_serial
+            .map_or("- (no in-process DNS)".into(), |s| s.to_string()),
         esc(st.public_addr.as_deref().unwrap_or("-")),
         esc(&st.ca_fingerprint),
     );
