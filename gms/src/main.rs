@@ -455,10 +455,7 @@ fn admin_user(dir: &DataDir, cmd: AdminUserCmd, json: bool) -> anyhow::Result<()
     match cmd {
         AdminUserCmd::Set { name } => {
             users::check_name(&name)?;
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .context("reading the password from standard input")?;
+            let line = zeroize::Zeroizing::new(read_password()?);
             let password = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
             users::set(dir, &name, &password)?;
             if json {
@@ -489,6 +486,39 @@ fn admin_user(dir: &DataDir, cmd: AdminUserCmd, json: bool) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// The first line of standard input; on a terminal, asked for with the
+/// echo off so the password is not shown.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if !stdin.is_terminal() {
+        stdin
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        return Ok(line);
+    }
+    eprint!("password: ");
+    // SAFETY: tcgetattr/tcsetattr on fd 0, which is a terminal (checked
+    // above), with a termios they fill in or that came from tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(0, &mut old) } != 0 {
+        bail!("cannot read the terminal's settings to hide the password");
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above.
+    if unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) } != 0 {
+        bail!("cannot turn the terminal's echo off to hide the password");
+    }
+    let r = stdin.read_line(&mut line);
+    // SAFETY: as above; restores what tcgetattr returned.
+    unsafe { libc::tcsetattr(0, libc::TCSANOW, &old) };
+    r.context("reading the password from the terminal")?;
+    Ok(line)
 }
 
 fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> anyhow::Result<()> {
