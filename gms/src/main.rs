@@ -251,7 +251,7 @@ enum AdminUserCmd {
         /// User name (letters, digits, '-', '_', '.').
         name: String,
     },
-    /// Remove a user (its open sessions end at the next restart).
+    /// Remove a user (its open sessions end at their next request).
     Remove {
         /// User name.
         name: String,

@@ -469,6 +469,15 @@ fn web_admin_refuses_forms_without_csrf_and_rate_limits_wrong_passwords() {
     let groups = ov.gms_json(&["group", "list"]).unwrap();
     assert_eq!(groups.as_array().map(Vec::len), Some(0), "{groups}");
 
+    // A user removed with the CLI is logged out at its next request.
+    ov.gms_admin(&["admin-user", "remove", USER]).unwrap();
+    b.goto("/groups");
+    assert_eq!(b.path(), "/login", "a removed user's session still works");
+    ov.gms_admin_stdin(&["admin-user", "set", USER], &format!("{PASSWORD}\n"))
+        .unwrap();
+    b.login(PASSWORD);
+    assert_eq!(b.path(), "/", "{}", b.body());
+
     b.click("logout");
     assert_eq!(b.path(), "/login");
     for i in 0..5 {

@@ -217,9 +217,34 @@ impl App {
         auth::cookie(c, SESSION_COOKIE).map(str::to_owned)
     }
 
+    /// False when the session's user was removed (or the user file cannot
+    /// be read): the session is ended then.
+    fn still_user(&self, id: &str, user: &str) -> bool {
+        match users::exists(&self.data, user) {
+            Ok(true) => true,
+            r => {
+                if let Err(e) = r {
+                    warn!(error = %e, "web admin users");
+                }
+                self.auth
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .logout(id);
+                false
+            }
+        }
+    }
+
     /// The session of a GET, taking its flash message.
     fn viewer(&self, headers: &HeaderMap) -> Option<Who> {
         let id = Self::session_id(headers)?;
+        let user = {
+            let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+            a.session(&id, Instant::now())?.user.clone()
+        };
+        if !self.still_user(&id, &user) {
+            return None;
+        }
         let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         let s = a.session(&id, Instant::now())?;
         Some(Who {
@@ -234,6 +259,16 @@ impl App {
         let Some(id) = Self::session_id(headers) else {
             return PostAuth::NoSession;
         };
+        let user = {
+            let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+            match a.session(&id, Instant::now()) {
+                Some(s) => s.user.clone(),
+                None => return PostAuth::NoSession,
+            }
+        };
+        if !self.still_user(&id, &user) {
+            return PostAuth::NoSession;
+        }
         let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         let Some(s) = a.session(&id, Instant::now()) else {
             return PostAuth::NoSession;
@@ -671,7 +706,14 @@ async fn ge_add(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMa
             kind: field(f, "kind")?.to_owned(),
             mode: field(f, "mode")?.to_owned(),
             groups: group_numbers(f)?,
-            protect: Vec::new(),
+            protect: f
+                .get("protect")
+                .map(String::as_str)
+                .unwrap_or("")
+                .split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     })
     .await

@@ -179,7 +179,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
     let f = csrf_field(csrf);
     let mut b = String::from(
         "<div class=\"scroll\"><table id=\"ges\"><tr><th>Name</th><th>Kind</th><th>Mode</th><th>Groups</th>\
-         <th>Overlay</th><th>State</th><th>Online</th><th>Addresses</th><th>Actions</th></tr>",
+         <th>Overlay</th><th>Protects</th><th>State</th><th>Online</th><th>Addresses</th><th>Actions</th></tr>",
     );
     for g in ges {
         let groups = g
@@ -212,12 +212,13 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
         };
         let _ = write!(
             b,
-            "<tr id=\"ge-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td>\
+            "<tr id=\"ge-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td>\
              <td class=\"online\">{}</td><td>{}</td><td>{actions}</td></tr>",
             esc(&g.kind),
             esc(&g.mode),
             esc(&groups),
             g.overlay,
+            esc(&g.protect.join(" ")),
             esc(&g.state),
             online(g.online),
             esc(&addrs.join(" ")),
@@ -230,6 +231,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
          <label>Kind <select name=\"kind\" id=\"ge-kind\"><option value=\"ges\">ges</option><option value=\"gen\">gen</option><option value=\"gea\">gea</option></select></label>\
          <label>Mode <select name=\"mode\" id=\"ge-mode\"><option value=\"op\">op</option><option value=\"cl\">cl</option></select></label>\
          <label>Groups (comma-separated numbers) <input name=\"groups\" id=\"ge-groups\"></label>\
+         <label>Protected prefixes (gen/gea only, comma-separated, e.g. 192.168.1.0/24) <input name=\"protect\" id=\"ge-protect\"></label>\
          <button id=\"ge-add-button\">Add GE</button></form></fieldset>"
     );
     b

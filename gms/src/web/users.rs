@@ -110,6 +110,12 @@ pub fn remove(data: &DataDir, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// True while user `name` exists (a removed user's sessions end at their
+/// next request).
+pub fn exists(data: &DataDir, name: &str) -> Result<bool> {
+    Ok(load(&data.web_users())?.contains_key(name))
+}
+
 /// The user names.
 pub fn list(data: &DataDir) -> Result<Vec<String>> {
     Ok(load(&data.web_users())?.into_keys().collect())
