@@ -17,6 +17,7 @@
 //! passwords, session ids or tokens, or change anything on a GET.
 
 pub mod auth;
+mod forms;
 pub mod pages;
 pub mod users;
 
@@ -32,11 +33,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tracing::{info, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::admin::{
-    AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, KeysView, StatusView,
-    TokenInfoView, TokenView,
+    AdminRequest, AdminResponse, AuditView, GeView, GroupView, KeysView, StatusView, TokenInfoView,
 };
 use crate::config::{Config, DataDir, WebSettings};
 use crate::server::{Shared, with_core};
@@ -112,18 +112,18 @@ pub(crate) async fn start(shared: Arc<Shared>, data: DataDir, cfg: &Config) -> R
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/groups", get(groups_page))
-        .route("/groups/add", post(group_add))
-        .route("/groups/remove", post(group_remove))
-        .route("/groups/rotate", post(group_rotate))
-        .route("/groups/rename", post(group_rename))
+        .route("/groups/add", post(forms::group_add))
+        .route("/groups/remove", post(forms::group_remove))
+        .route("/groups/rotate", post(forms::group_rotate))
+        .route("/groups/rename", post(forms::group_rename))
         .route("/tokens", get(tokens_page))
-        .route("/tokens/cancel", post(token_cancel))
+        .route("/tokens/cancel", post(forms::token_cancel))
         .route("/ges", get(ges_page))
-        .route("/ges/add", post(ge_add))
-        .route("/ges/set", post(ge_set))
-        .route("/ges/revoke", post(ge_revoke))
-        .route("/ges/remove", post(ge_remove))
-        .route("/tokens/create", post(token_create))
+        .route("/ges/add", post(forms::ge_add))
+        .route("/ges/set", post(forms::ge_set))
+        .route("/ges/revoke", post(forms::ge_revoke))
+        .route("/ges/remove", post(forms::ge_remove))
+        .route("/tokens/create", post(forms::token_create))
         .route("/audit", get(audit_page))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
@@ -204,7 +204,8 @@ async fn security_headers(mut r: Response) -> Response {
 
 // ---- sessions ----
 
-/// The logged-in user of a request: (session id, user, csrf, flash).
+/// The logged-in user of a GET: name, the session's CSRF token, and the
+/// flash message taken for this page.
 struct Who {
     user: String,
     csrf: String,
@@ -377,6 +378,7 @@ fn login_form(status: StatusCode, error: Option<&str>) -> Response {
         .into_response()
 }
 
+#[instrument(skip_all)]
 async fn login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -398,7 +400,9 @@ async fn login(
         .unwrap_or_else(|p| p.into_inner())
         .gate(ip, Instant::now())
     {
-        warn!(%ip, "web login refused: too many failures");
+        // Addresses only at DEBUG (STYLE.md §4); the lockout itself is worth a WARN.
+        debug!(%ip, "web login refused: too many failures");
+        warn!("web admin login refused: too many failed logins from one address");
         return login_form(
             StatusCode::TOO_MANY_REQUESTS,
             Some(&format!(
@@ -444,7 +448,9 @@ async fn login(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .failed(ip, now);
-            info!(%ip, "web admin login failed");
+            debug!(%ip, "web admin login failed");
+            // Debug-quoted: a failed name is whatever was typed.
+            info!(user = ?user, "web admin login failed");
             login_form(
                 StatusCode::UNAUTHORIZED,
                 Some("wrong user name or password"),
@@ -562,243 +568,4 @@ fn page(title: &str, w: &Who, body: std::result::Result<String, Response>) -> Re
         Ok(b) => html(pages::layout(title, Some(&w.csrf), w.flash.as_ref(), &b)),
         Err(r) => r,
     }
-}
-
-// ---- changes ----
-
-type FormMap = Form<HashMap<String, String>>;
-
-/// Checks the session and CSRF token, builds the request from the form,
-/// runs it, keeps the outcome as the next page's flash, and redirects
-/// (post/redirect/get) to `back`.
-async fn change(
-    app: &App,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-    back: &'static str,
-    build: impl FnOnce(&HashMap<String, String>) -> std::result::Result<AdminRequest, String>,
-) -> Response {
-    let user = match app.poster(headers, form) {
-        PostAuth::Ok(u) => u,
-        PostAuth::NoSession => return to_login(),
-        PostAuth::BadCsrf => return csrf_refused(),
-    };
-    let flash = match build(form) {
-        Err(e) => Flash { ok: false, text: e },
-        Ok(req) => {
-            let resp = app.admin(&user, req).await;
-            if resp.ok {
-                let text = serde_json::from_value::<DoneView>(resp.data.clone())
-                    .map(|d| d.done)
-                    .or_else(|_| {
-                        serde_json::from_value::<GeView>(resp.data).map(|g| {
-                            format!("GE {} added with overlay address {}", g.name, g.overlay)
-                        })
-                    })
-                    .unwrap_or_else(|_| "done".into());
-                Flash { ok: true, text }
-            } else {
-                Flash {
-                    ok: false,
-                    text: resp.error.unwrap_or_else(|| "refused".into()),
-                }
-            }
-        }
-    };
-    app.flash(headers, flash);
-    Redirect::to(back).into_response()
-}
-
-fn field<'a>(f: &'a HashMap<String, String>, k: &str) -> std::result::Result<&'a str, String> {
-    f.get(k)
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("{k} is missing"))
-}
-
-fn number(f: &HashMap<String, String>, k: &str) -> std::result::Result<u32, String> {
-    let v = field(f, k)?;
-    v.parse().map_err(|_| format!("{k}: {v:?} is not a number"))
-}
-
-fn group_numbers(f: &HashMap<String, String>) -> std::result::Result<Vec<u32>, String> {
-    f.get("groups")
-        .map(String::as_str)
-        .unwrap_or("")
-        .split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("groups: {s:?} is not a group number"))
-        })
-        .collect()
-}
-
-async fn group_add(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMap) -> Response {
-    change(&app, &headers, &f, "/groups", |f| {
-        Ok(AdminRequest::GroupAdd {
-            num: number(f, "num")?,
-            name: field(f, "name")?.to_owned(),
-        })
-    })
-    .await
-}
-
-async fn group_remove(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(f): FormMap,
-) -> Response {
-    change(&app, &headers, &f, "/groups", |f| {
-        Ok(AdminRequest::GroupRemove {
-            num: number(f, "num")?,
-        })
-    })
-    .await
-}
-
-async fn group_rotate(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(f): FormMap,
-) -> Response {
-    change(&app, &headers, &f, "/groups", |f| {
-        let group = match f.get("num") {
-            Some(_) => Some(number(f, "num")?),
-            None => None,
-        };
-        Ok(AdminRequest::Rotate { group })
-    })
-    .await
-}
-
-async fn group_rename(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(f): FormMap,
-) -> Response {
-    change(&app, &headers, &f, "/groups", |f| {
-        Ok(AdminRequest::GroupRename {
-            num: number(f, "num")?,
-            name: field(f, "name")?.to_owned(),
-        })
-    })
-    .await
-}
-
-async fn token_cancel(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(f): FormMap,
-) -> Response {
-    change(&app, &headers, &f, "/tokens", |f| {
-        Ok(AdminRequest::TokenCancel {
-            id: field(f, "id")?.to_owned(),
-        })
-    })
-    .await
-}
-
-async fn ge_add(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMap) -> Response {
-    change(&app, &headers, &f, "/ges", |f| {
-        Ok(AdminRequest::GeAdd {
-            name: field(f, "name")?.to_owned(),
-            kind: field(f, "kind")?.to_owned(),
-            mode: field(f, "mode")?.to_owned(),
-            groups: group_numbers(f)?,
-            protect: f
-                .get("protect")
-                .map(String::as_str)
-                .unwrap_or("")
-                .split([',', ' '])
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        })
-    })
-    .await
-}
-
-async fn ge_set(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMap) -> Response {
-    change(&app, &headers, &f, "/ges", |f| {
-        Ok(AdminRequest::GeSet {
-            name: field(f, "name")?.to_owned(),
-            kind: None,
-            mode: Some(field(f, "mode")?.to_owned()),
-            groups: Some(group_numbers(f)?),
-            add_groups: Vec::new(),
-            remove_groups: Vec::new(),
-            protect: None,
-        })
-    })
-    .await
-}
-
-async fn ge_revoke(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMap) -> Response {
-    change(&app, &headers, &f, "/ges", |f| {
-        Ok(AdminRequest::GeRevoke {
-            name: field(f, "name")?.to_owned(),
-        })
-    })
-    .await
-}
-
-async fn ge_remove(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): FormMap) -> Response {
-    change(&app, &headers, &f, "/ges", |f| {
-        Ok(AdminRequest::GeRemove {
-            name: field(f, "name")?.to_owned(),
-        })
-    })
-    .await
-}
-
-/// Creates a token and shows it on this answer only (no redirect: the
-/// token exists nowhere else to show later).
-async fn token_create(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(f): FormMap,
-) -> Response {
-    let user = match app.poster(&headers, &f) {
-        PostAuth::Ok(u) => u,
-        PostAuth::NoSession => return to_login(),
-        PostAuth::BadCsrf => return csrf_refused(),
-    };
-    let req = match (field(&f, "name"), f.get("ttl").map(|t| t.parse::<u64>())) {
-        (Ok(n), Some(Ok(ttl))) => AdminRequest::TokenCreate {
-            name: n.to_owned(),
-            ttl_secs: Some(ttl),
-        },
-        (Ok(n), None) => AdminRequest::TokenCreate {
-            name: n.to_owned(),
-            ttl_secs: None,
-        },
-        (Err(e), _) => return bad_form(&app, &headers, e),
-        (_, Some(Err(_))) => return bad_form(&app, &headers, "ttl is not a number".into()),
-    };
-    let t: TokenView = match app.admin(&user, req).await.into_result() {
-        Ok(t) => t,
-        Err(e) => return bad_form(&app, &headers, e.to_string()),
-    };
-    let qr = match qrcode::QrCode::new(t.token.as_bytes()) {
-        Ok(q) => q
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(240, 240)
-            .build(),
-        Err(e) => format!("<p>(no QR code: {})</p>", pages::esc(&e.to_string())),
-    };
-    let Some(w) = app.viewer(&headers) else {
-        return to_login();
-    };
-    html(pages::layout(
-        "New enrollment token",
-        Some(&w.csrf),
-        None,
-        &pages::token(&t, &qr),
-    ))
-}
-
-fn bad_form(app: &App, headers: &HeaderMap, text: String) -> Response {
-    app.flash(headers, Flash { ok: false, text });
-    Redirect::to("/ges").into_response()
 }
