@@ -32,6 +32,10 @@ FPN_APT_NEEDS=(
   "miniupnpd:miniupnpd-nftables"
   "upnpc:miniupnpc"
   "natpmpc:natpmp-utils"
+  # The web admin's browser tests (overlay-tests web_admin): headless
+  # Chromium driven over WebDriver.
+  "chromium:chromium"
+  "chromedriver:chromium-driver"
 )
 
 fpn_ensure_deps() {

@@ -33,6 +33,13 @@ pub enum AdminRequest {
     },
     /// `group list`.
     GroupList,
+    /// `group rename NUM --name NAME`.
+    GroupRename {
+        /// Group number.
+        num: u32,
+        /// New name.
+        name: String,
+    },
     /// `group remove NUM`.
     GroupRemove {
         /// Group number.
@@ -103,6 +110,13 @@ pub enum AdminRequest {
         /// Lifetime in seconds; the config's default when absent.
         #[serde(default)]
         ttl_secs: Option<u64>,
+    },
+    /// `token list`: tokens not used yet.
+    TokenList,
+    /// `token cancel ID`: the token can no longer enroll.
+    TokenCancel {
+        /// Token id, hex (from `token list`).
+        id: String,
     },
     /// `rotate [--group N]`.
     Rotate {
@@ -202,6 +216,10 @@ pub struct StatusView {
     /// The relay (filled in by the server, not the core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayStatus>,
+    /// The DNS zone's SOA serial (filled in by the server; none without
+    /// the in-process DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_serial: Option<u32>,
 }
 
 /// The relay in `fpn-gms status`.
@@ -284,6 +302,21 @@ pub struct TokenView {
     pub expires_at: u64,
 }
 
+/// One unused token in `token list` (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfoView {
+    /// Token id, hex (the part of the token that is not secret).
+    pub id: String,
+    /// The GE it enrolls.
+    pub ge: String,
+    /// Created, unix seconds.
+    pub created_at: u64,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// True once past its expiry (it can no longer enroll).
+    pub expired: bool,
+}
+
 /// One key version in `keys` (never the key bytes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyVersionView {
@@ -336,6 +369,10 @@ pub struct AuditView {
     pub at: u64,
     /// The action.
     pub action: String,
+    /// Who: `cli uid=N`, `web:NAME`, `gms` (the server itself); empty for
+    /// entries older than this field.
+    #[serde(default)]
+    pub who: String,
 }
 
 /// Why nothing answers on `socket`, as the operator can fix it: the data

@@ -147,6 +147,30 @@ impl Ca {
         Ok((cert.der().to_vec(), Zeroizing::new(key.serialize_der())))
     }
 
+    /// Issues the web admin's HTTPS certificate for `names` (DNS names or IP
+    /// addresses): `(cert DER, key PKCS#8 DER)`. Its key is ECDSA P-256,
+    /// not Ed25519 like the other certificates, because browsers (Chromium,
+    /// Firefox) offer no Ed25519 signature scheme in TLS; the chain is still
+    /// signed by the (Ed25519) CA, which a browser does not verify either,
+    /// so operators accept it once or configure their own `[web] cert`.
+    pub fn issue_web_cert(
+        &self,
+        names: &[String],
+        now: u64,
+    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::new(names.to_vec())?;
+        p.distinguished_name = dn(names.first().map_or("fpn-gms web admin", |n| n.as_str()));
+        set_date!(p.not_before, now.saturating_sub(86_400));
+        // A year: it is issued again at each start anyway.
+        set_date!(p.not_after, now + 365 * 86_400);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let params = ca_params();
+        let cert = p.signed_by(&key, &Issuer::from_params(&params, &self.key))?;
+        Ok((cert.der().to_vec(), Zeroizing::new(key.serialize_der())))
+    }
+
     /// Issues a relay's QUIC server certificate (SAN `fpn-relay`, the name
     /// nodes check): `(cert DER, key PKCS#8 DER)`. The relay in `fpn-gms
     /// serve` gets a fresh one at each start; `fpn-gms relay-cert` writes
@@ -278,7 +302,7 @@ fn dn(cn: &str) -> DistinguishedName {
 
 /// The proleptic Gregorian date (year, month, day) of a unix time
 /// (H. Hinnant's `civil_from_days`).
-fn civil_from_unix(unix: u64) -> (i32, u8, u8) {
+pub(crate) fn civil_from_unix(unix: u64) -> (i32, u8, u8) {
     let z = (unix / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

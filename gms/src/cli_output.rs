@@ -18,6 +18,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 let a: Vec<String> = s.dns.iter().map(ToString::to_string).collect();
                 println!("dns             {} (udp+tcp)", a.join(", "));
             }
+            if let Some(serial) = s.zone_serial {
+                println!("zone serial     {serial}");
+            }
             println!("public address  {}", opt(s.public_addr));
             println!("CA fingerprint  {}", s.ca_fingerprint);
             println!("GEs             {} ({} online)", s.ges, s.online);
@@ -129,6 +132,18 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 t.ge, t.expires_at
             );
         }
+        AdminRequest::TokenList => {
+            let ts: Vec<fpn_gms::admin::TokenInfoView> = resp.into_result()?;
+            for t in ts {
+                println!(
+                    "{} {:<16} expires {:>11}{}",
+                    t.id,
+                    t.ge,
+                    t.expires_at,
+                    if t.expired { " (expired)" } else { "" }
+                );
+            }
+        }
         AdminRequest::Rotate { .. } => {
             let r: Vec<RotatedView> = resp.into_result()?;
             print_rotated(&r);
@@ -156,11 +171,14 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         AdminRequest::Audit { .. } => {
             let es: Vec<AuditView> = resp.into_result()?;
             for e in es {
-                println!("{:>6} {:>11} {}", e.seq, e.at, e.action);
+                let who = if e.who.is_empty() { "-" } else { &e.who };
+                println!("{:>6} {:>11} {:<12} {}", e.seq, e.at, who, e.action);
             }
         }
         AdminRequest::GroupAdd { .. }
         | AdminRequest::GroupRemove { .. }
+        | AdminRequest::GroupRename { .. }
+        | AdminRequest::TokenCancel { .. }
         | AdminRequest::GeRemove { .. }
         | AdminRequest::GeRevoke { .. } => {
             let d: DoneView = resp.into_result()?;

@@ -112,6 +112,11 @@ impl DataDir {
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
     }
+
+    /// The web admin's users: `NAME:ARGON2-PHC` lines (0600).
+    pub fn web_users(&self) -> PathBuf {
+        self.root.join("web-users")
+    }
 }
 
 /// The contents of `gms.toml`.
@@ -161,6 +166,9 @@ pub struct Config {
     /// The relay that `serve` runs in-process, or where a standalone one is.
     #[serde(default)]
     pub relay: RelaySettings,
+    /// The web admin (HTTPS) that `serve` runs when `listen` is set.
+    #[serde(default, skip_serializing_if = "WebSettings::is_off")]
+    pub web: WebSettings,
     /// The log filter of `serve` (e.g. `info`, `fpn_gms=debug`; default
     /// `info`). `RUST_LOG`, when set, wins over it for the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +259,31 @@ impl RelaySettings {
         }
         let (host, _) = gms?.rsplit_once(':')?;
         Some(format!("{host}:{}", relay_port?))
+    }
+}
+
+/// The `[web]` section: the web admin inside `fpn-gms serve` (docs/ADMIN.md).
+/// Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// HTTPS address, e.g. `127.0.0.1:8443`. None: no web admin.
+    pub listen: Option<SocketAddr>,
+    /// A certificate chain (PEM) to present instead of one from the GMS's
+    /// CA, relative to the data directory; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM, PKCS#8 or SEC1/RSA) of `cert`.
+    pub key: Option<PathBuf>,
+    /// Names and addresses the CA-issued certificate is valid for (when no
+    /// `cert` is given). Default: `localhost`, the host of `public_addr`
+    /// and the IP of `listen` unless it is a wildcard.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+impl WebSettings {
+    fn is_off(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -354,6 +387,7 @@ impl Config {
             log: None,
             relay: RelaySettings::default(),
             metrics: MetricsSettings::default(),
+            web: WebSettings::default(),
         };
         Ok(c)
     }
@@ -407,6 +441,7 @@ impl Config {
         diff("dns", self.dns == new.dns);
         diff("relay", self.relay == new.relay);
         diff("metrics", self.metrics == new.metrics);
+        diff("web", self.web == new.web);
         out
     }
 
@@ -433,6 +468,11 @@ impl Config {
             )));
         }
         self.nameserver()?;
+        if self.web.cert.is_some() != self.web.key.is_some() {
+            return Err(Error::Config(
+                "[web]: set both cert and key, or neither (a certificate from the GMS's CA)".into(),
+            ));
+        }
         Ok(())
     }
 

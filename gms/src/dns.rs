@@ -53,8 +53,9 @@ impl Pending {
 pub struct DnsHook {
     pending: Arc<Pending>,
     addrs: Vec<SocketAddr>,
-    /// The zone (its counters, for `/metrics`). Weak: shutdown takes the
-    /// zone back to close it while the server may still hold the hook.
+    /// The zone (its counters for `/metrics`, its serial for `status`).
+    /// Weak: `shutdown` takes the zone back with `Arc::try_unwrap` to close
+    /// it while the server may still hold the hook.
     ddns: std::sync::Weak<Ddns>,
 }
 
@@ -78,6 +79,10 @@ impl DirectoryHook for DnsHook {
 
     fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
         self.ddns.upgrade().map(|d| d.stats())
+    }
+
+    fn zone_serial(&self) -> Option<u32> {
+        self.ddns.upgrade().map(|d| d.serial())
     }
 }
 

@@ -187,6 +187,12 @@ pub enum Error {
         /// The data directory.
         data: PathBuf,
     },
+    /// A web admin user name or password that cannot be used.
+    #[error("web admin user: {0}")]
+    WebUser(String),
+    /// The web admin cannot start (certificate, key, address).
+    #[error("web admin: {0}")]
+    Web(String),
     /// The session was ended for good (revoked, removed, refused): do not retry.
     #[error("session ended: {0}")]
     Terminated(String),

@@ -10,6 +10,7 @@
 //! - [`store`]: the storage trait and its sled backend.
 //! - [`ca`]: the CA that issues certificates and credentials (rcgen).
 //! - [`admin`]: the admin protocol (JSON lines) and its views.
+//! - [`web`]: the web admin (HTTPS, off by default) over the same core.
 //!
 //! The node side (enrollment, sessions, key cache) and the node<->GMS
 //! control protocol are the crate `fpn_gms_client`, which nodes link
@@ -31,6 +32,7 @@ pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 pub use error::Error;
 pub use fpn_gms_client as client;

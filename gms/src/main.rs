@@ -129,6 +129,11 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Users of the web admin (`[web]` in gms.toml): password hashes
+    /// (Argon2id) in DATA/web-users, 0600. Works whether or not the server
+    /// runs; a running server reads the file at each login.
+    #[command(subcommand)]
+    AdminUser(AdminUserCmd),
     /// The audit log of admin actions.
     Audit {
         /// Entries after this sequence number.
@@ -156,6 +161,14 @@ enum GroupCmd {
     Remove {
         /// Group number.
         num: u32,
+    },
+    /// Rename a group (a label only: nodes know groups by number).
+    Rename {
+        /// Group number.
+        num: u32,
+        /// New name.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -230,6 +243,24 @@ enum GeCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum AdminUserCmd {
+    /// Create a user or set its password, read from the first line of
+    /// standard input (e.g. `read -rs P; printf '%s\n' "$P" | fpn-gms
+    /// admin-user set alice`), at least 12 characters.
+    Set {
+        /// User name (letters, digits, '-', '_', '.').
+        name: String,
+    },
+    /// Remove a user (its open sessions end at their next request).
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List the user names.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCmd {
     /// Create a one-time enrollment token for a GE.
     Create {
@@ -238,6 +269,13 @@ enum TokenCmd {
         /// Lifetime, e.g. 1h (default from gms.toml).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+    },
+    /// List the tokens not used yet (ids only, never the secret).
+    List,
+    /// Cancel an unused token so it can no longer enroll.
+    Cancel {
+        /// Token id (hex, from `token list`).
+        id: String,
     },
 }
 
@@ -341,6 +379,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Cmd::AdminUser(c) => {
+            let dir = DataDir::new(need_data()?);
+            dir.check_initialized()?;
+            return admin_user(&dir, c, cli.json);
+        }
         Cmd::Serve { dns_listen, no_dns } => {
             return serve(DataDir::new(need_data()?), &dns_listen, no_dns);
         }
@@ -348,6 +391,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd { num, name },
         Cmd::Group(GroupCmd::List) => AdminRequest::GroupList,
         Cmd::Group(GroupCmd::Remove { num }) => AdminRequest::GroupRemove { num },
+        Cmd::Group(GroupCmd::Rename { num, name }) => AdminRequest::GroupRename { num, name },
+        Cmd::Token(TokenCmd::List) => AdminRequest::TokenList,
+        Cmd::Token(TokenCmd::Cancel { id }) => AdminRequest::TokenCancel { id },
         Cmd::Ge(GeCmd::Add {
             name,
             kind,
@@ -402,6 +448,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     cli_output::print(&req, resp)
+}
+
+fn admin_user(dir: &DataDir, cmd: AdminUserCmd, json: bool) -> anyhow::Result<()> {
+    use fpn_gms::web::users;
+    match cmd {
+        AdminUserCmd::Set { name } => {
+            users::check_name(&name)?;
+            let line = zeroize::Zeroizing::new(read_password()?);
+            let password = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+            users::set(dir, &name, &password)?;
+            if json {
+                println!("{}", serde_json::json!({ "user": name, "set": true }));
+            } else {
+                println!("web admin user {name} set");
+            }
+        }
+        AdminUserCmd::Remove { name } => {
+            if !users::remove(dir, &name)? {
+                bail!("no web admin user {name}");
+            }
+            if json {
+                println!("{}", serde_json::json!({ "user": name, "removed": true }));
+            } else {
+                println!("web admin user {name} removed");
+            }
+        }
+        AdminUserCmd::List => {
+            let names = users::list(dir)?;
+            if json {
+                println!("{}", serde_json::json!({ "users": names }));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first line of standard input; on a terminal, asked for with the
+/// echo off so the password is not shown.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if !stdin.is_terminal() {
+        stdin
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        return Ok(line);
+    }
+    eprint!("password: ");
+    // SAFETY: tcgetattr/tcsetattr on fd 0, which is a terminal (checked
+    // above), with a termios they fill in or that came from tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(0, &mut old) } != 0 {
+        bail!("cannot read the terminal's settings to hide the password");
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above.
+    if unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) } != 0 {
+        bail!("cannot turn the terminal's echo off to hide the password");
+    }
+    let r = stdin.read_line(&mut line);
+    // SAFETY: as above; restores what tcgetattr returned.
+    unsafe { libc::tcsetattr(0, libc::TCSANOW, &old) };
+    r.context("reading the password from the terminal")?;
+    Ok(line)
 }
 
 fn serve(data: DataDir, dns_listen: &[std::net::SocketAddr], no_dns: bool) -> anyhow::Result<()> {

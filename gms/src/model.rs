@@ -324,6 +324,11 @@ pub struct AuditEntry {
     pub at: u64,
     /// What was done, e.g. `ge add laptop kind=ges mode=op groups=1`.
     pub action: String,
+    /// Who did it: `cli uid=0` (the admin socket), `web:NAME` (the web
+    /// admin), or `gms` (the server itself: schedule, enrollment). Empty in
+    /// entries written before this field existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub who: String,
 }
 
 /// Encodes a JSON record.

@@ -240,3 +240,49 @@ fn a_store_written_by_a_newer_version_is_refused_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// `admin-user set/list/remove`: the password comes from standard input,
+/// only its Argon2id hash reaches `web-users` (0600); a short password and
+/// a bad name are one-line errors; it works without a running server.
+#[test]
+fn admin_users_are_hashed_at_rest_and_checked() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let gms = common::Gms::init(&[]);
+    let run = |args: &[&str], stdin: &str| {
+        let mut c = std::process::Command::new(common::BIN)
+            .arg("--data")
+            .arg(&gms.data)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = run(&["admin-user", "set", "alice"], "correct horse battery\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = gms.data.join("web-users");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("alice:$argon2id$"), "{text}");
+    assert!(!text.contains("correct horse"));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let o = run(&["admin-user", "set", "bob"], "short\n");
+    assert!(!o.status.success());
+    assert!(one_line_error(&o).contains("at least 12 characters"));
+    let o = run(&["admin-user", "set", "b:b"], "long enough password\n");
+    assert!(!o.status.success());
+    assert!(one_line_error(&o).contains("only letters, digits"));
+
+    let o = run(&["admin-user", "list", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["users"], serde_json::json!(["alice"]));
+    let o = run(&["admin-user", "remove", "alice"], "");
+    assert!(o.status.success());
+    let o = run(&["admin-user", "remove", "alice"], "");
+    assert!(one_line_error(&o).contains("no web admin user alice"));
+}

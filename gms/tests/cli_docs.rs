@@ -19,12 +19,14 @@ const SUBCOMMANDS: &[&str] = &[
     "completions",
     "man",
     "audit",
+    "admin-user",
 ];
 /// The subcommands' own subcommands, each with a page of its own.
 const NESTED: &[&str] = &[
     "group-add",
     "group-list",
     "group-remove",
+    "group-rename",
     "ge-add",
     "ge-list",
     "ge-show",
@@ -32,6 +34,11 @@ const NESTED: &[&str] = &[
     "ge-remove",
     "ge-revoke",
     "token-create",
+    "token-list",
+    "token-cancel",
+    "admin-user-set",
+    "admin-user-remove",
+    "admin-user-list",
 ];
 
 /// Runs `script` in a non-interactive bash that has loaded the completion

@@ -90,6 +90,27 @@ async fn ge_records_follow_sessions_and_admin_changes() {
     let soa = dig(dns, "test.fpn", "SOA").expect("zone apex exists");
     assert_eq!(soa.len(), 1, "{soa:?}");
     assert_eq!(dig(dns, "laptop.test.fpn", "A"), None);
+    // `status` (and the web admin's overview) shows the serial the zone serves.
+    let soa_serial = || -> u64 {
+        let out = Command::new("dig")
+            .args([
+                &format!("@{}", dns.ip()),
+                "-p",
+                &dns.port().to_string(),
+                "+short",
+                "test.fpn",
+                "SOA",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let serial = text.split_whitespace().nth(2);
+        serial
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no serial in {text:?}"))
+    };
+    let serial = gms.json(&["status"])["zone_serial"].as_u64();
+    assert_eq!(serial, Some(soa_serial()), "{soa:?}");
 
     // A session: A = the address the GMS sees, LIP = the other reported one.
     let id = enroll(&gms, "laptop").await;
@@ -103,6 +124,11 @@ async fn ge_records_follow_sessions_and_admin_changes() {
     next_matching(&mut s, |e| matches!(e, Event::Connected)).await;
     let a = dig_until(dns, "laptop.test.fpn", "A", |g| g.is_some());
     assert_eq!(a.unwrap(), vec!["127.0.0.1".to_owned()]);
+    let after = gms.json(&["status"])["zone_serial"].as_u64();
+    assert!(
+        after > serial,
+        "the serial did not move: {serial:?} -> {after:?}"
+    );
     let lip = dig_until(dns, "laptop.test.fpn", "TYPE65300", |g| {
         g.as_ref().is_some_and(|v| !v.is_empty())
     });

@@ -9,7 +9,7 @@
 //! processing, waking the application). A stage moves that work to a
 //! second core, so the driver seals or opens the next batch meanwhile:
 //! the two stages the QUIC carrier gets from quinn's endpoint task
-//! (docs/DESIGN-NOTES.md note 47).
+//! (docs/DESIGN-NOTES.md note 49).
 //!
 //! Batches travel in a fixed pool ([`POOL`] of them), allocated once and
 //! recycled: nothing is allocated per packet. When every batch is with the

@@ -114,9 +114,13 @@ pub struct Spec {
     /// Lines appended to every node's configuration after [`NODE_CONFIG`]
     /// (e.g. `carrier = "quic"`); empty by default.
     pub node_config: String,
-    /// Lines appended to the GMS's gms.toml after `init`, before it first
-    /// starts (e.g. a `[metrics]` table); empty by default.
+    /// TOML appended to `gms.toml` after `init`, before the GMS first
+    /// serves (e.g. a `[web]` section); empty by default.
     pub gms_config: String,
+    /// Whether [`Overlay::prepare`] adds the groups and every node's GE
+    /// with the CLI (default); false leaves that to the test (e.g. through
+    /// the web admin).
+    pub define: bool,
 }
 
 impl Spec {
@@ -131,6 +135,7 @@ impl Spec {
             gms_init_args: vec!["--rotation-schedule".into(), "off".into()],
             node_config: String::new(),
             gms_config: String::new(),
+            define: true,
         }
     }
 }
@@ -282,6 +287,9 @@ impl Overlay {
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
         ov.start_gms()?;
+        if !spec.define {
+            return Ok(ov);
+        }
         for (num, name) in &spec.groups {
             ov.gms_admin(&["group", "add", &num.to_string(), "--name", name])?;
         }
@@ -351,6 +359,22 @@ impl Overlay {
         argv.extend(args.iter().map(|a| a.as_ref().to_string()));
         self.lab
             .command(&self.gms_host, argv)
+            .timeout(CLI_TIMEOUT)
+            .run()
+    }
+
+    /// [`gms_admin`](Self::gms_admin) with `stdin` as its standard input
+    /// (e.g. the password of `admin-user set`).
+    pub fn gms_admin_stdin<S: AsRef<str>>(&self, args: &[S], stdin: &str) -> Result<String, Error> {
+        let mut argv = vec![
+            self.gms_bin.to_string_lossy().into_owned(),
+            "--data".into(),
+            self.gms_data.to_string_lossy().into_owned(),
+        ];
+        argv.extend(args.iter().map(|a| a.as_ref().to_string()));
+        self.lab
+            .command(&self.gms_host, argv)
+            .stdin(stdin.as_bytes().to_vec())
             .timeout(CLI_TIMEOUT)
             .run()
     }
@@ -431,8 +455,13 @@ impl Overlay {
     /// (a 0600 file next to the state directory, as an operator would keep
     /// it off the command line); remembers the overlay address it prints.
     pub fn enroll(&self, name: &str) -> Result<Value, Error> {
-        use std::os::unix::fs::OpenOptionsExt;
         let token = self.token(name)?;
+        self.enroll_with_token(name, &token)
+    }
+
+    /// [`Overlay::enroll`] with a token made elsewhere (e.g. by the web admin).
+    pub fn enroll_with_token(&self, name: &str, token: &str) -> Result<Value, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let node = self.node(name)?;
         let file = node.state_dir.with_extension("token");
         std::fs::OpenOptions::new()

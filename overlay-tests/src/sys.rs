@@ -30,6 +30,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("miniupnpd", "miniupnpd-nftables"),
     ("upnpc", "miniupnpc"),
     ("natpmpc", "natpmp-utils"),
+    // The web admin's browser tests (overlay-tests web_admin).
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 /// True when running with effective uid 0.

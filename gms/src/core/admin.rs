@@ -30,6 +30,20 @@ const MAX_GROUP_NAME: usize = 64;
 const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
 impl Core {
+    /// [`Core::handle_admin`] on behalf of `who`, which the audit log records
+    /// with every change the request makes (`cli uid=0`, `web:alice`).
+    pub fn handle_admin_as(
+        &mut self,
+        req: AdminRequest,
+        who: &str,
+        now: u64,
+    ) -> (AdminResponse, Vec<Output>) {
+        self.actor = Some(who.to_owned());
+        let r = self.handle_admin(req, now);
+        self.actor = None;
+        r
+    }
+
     /// Handles one admin request. A change is committed before this returns
     /// its `ok` answer; the shell syncs the store, then answers and carries
     /// out the outputs.
@@ -47,6 +61,9 @@ impl Core {
                 .map(|v| (AdminResponse::ok(&v), Vec::new())),
             AdminRequest::GroupAdd { num, name } => self.group_add(num, name, now),
             AdminRequest::GroupRemove { num } => self.group_remove(num, now),
+            AdminRequest::GroupRename { num, name } => self.group_rename(num, name, now),
+            AdminRequest::TokenList => Ok((AdminResponse::ok(&self.token_list(now)), Vec::new())),
+            AdminRequest::TokenCancel { id } => self.token_cancel(&id, now),
             AdminRequest::GeAdd {
                 name,
                 kind,
@@ -122,6 +139,92 @@ impl Core {
         })?;
         info!(group = num, "group added");
         Ok(done(format!("group {num} ({name}) added"), tx))
+    }
+
+    fn group_rename(
+        &mut self,
+        num: u32,
+        name: String,
+        now: u64,
+    ) -> Result<(AdminResponse, Vec<Output>)> {
+        check_label("group name", &name, MAX_GROUP_NAME)?;
+        let Some(old) = self.st.groups.get(&num).cloned() else {
+            return Err(Error::admin(format!("no group {num}")));
+        };
+        if let Some(g) = self
+            .st
+            .groups
+            .values()
+            .find(|g| g.name == name && g.num != num)
+        {
+            return Err(Error::admin(format!(
+                "group name {name:?} is taken by group {}",
+                g.num
+            )));
+        }
+        // The name is the operator's label only: keys, credentials and
+        // nodes know groups by number, so nothing is pushed.
+        let ((), tx) = self.transact(|c, tx| {
+            c.put_group(
+                tx,
+                GroupRecord {
+                    name: name.clone(),
+                    ..old.clone()
+                },
+            );
+            c.audit(
+                tx,
+                now,
+                "group rename",
+                format!("group rename {num} name={name} (was {})", old.name),
+            );
+            Ok(())
+        })?;
+        info!(group = num, "group renamed");
+        Ok(done(format!("group {num} renamed to {name}"), tx))
+    }
+
+    fn token_list(&self, now: u64) -> Vec<crate::admin::TokenInfoView> {
+        let mut v: Vec<_> = self
+            .st
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.used_at.is_none())
+            .map(|(id, t)| crate::admin::TokenInfoView {
+                id: hex::encode(id),
+                ge: t.ge_name.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                expired: t.expires_at <= now,
+            })
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    fn token_cancel(&mut self, id: &str, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
+        let raw: [u8; 16] = hex::decode(id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::admin(format!("token id {id:?}: expected 32 hex digits")))?;
+        let Some(t) = self.st.tokens.get(&raw).cloned() else {
+            return Err(Error::admin(format!("no token {id}")));
+        };
+        if t.used_at.is_some() {
+            return Err(Error::admin(format!("token {id} was used already")));
+        }
+        let ((), tx) = self.transact(|c, tx| {
+            c.delete_token(tx, raw);
+            c.audit(
+                tx,
+                now,
+                "token cancel",
+                format!("token cancel {} id={id}", t.ge_name),
+            );
+            Ok(())
+        })?;
+        info!(ge = %t.ge_name, "token cancelled");
+        Ok(done(format!("token {id} for {} cancelled", t.ge_name), tx))
     }
 
     fn group_remove(&mut self, num: u32, now: u64) -> Result<(AdminResponse, Vec<Output>)> {
@@ -556,6 +659,7 @@ impl Core {
             grace_secs: self.cfg.grace.0.as_secs(),
             schema: SCHEMA_VERSION,
             relay: None,
+            zone_serial: None,
         }
     }
 
@@ -662,6 +766,7 @@ impl Core {
                     seq,
                     at: e.at,
                     action: e.action,
+                    who: e.who,
                 })
             })
             .collect()

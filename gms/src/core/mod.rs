@@ -174,7 +174,14 @@ pub struct Core {
     /// Set after a timer transaction failed: not before this time again.
     timer_retry: Option<u64>,
     activity: Activity,
+    /// Who the admin request being handled comes from (the audit log's
+    /// "who"); `None` outside [`Core::handle_admin_as`].
+    actor: Option<String>,
 }
+
+/// The audit log's "who" for what the server does by itself (scheduled
+/// rotations, grace ends, enrollments).
+pub const SYSTEM_ACTOR: &str = "gms";
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +210,7 @@ pub fn init_store(store: &dyn Store, zone: &str, now: u64) -> Result<()> {
     b.audit(to_json(&AuditEntry {
         at: now,
         action: format!("init zone={zone}"),
+        who: SYSTEM_ACTOR.into(),
     }));
     store.commit(b)
 }
@@ -253,6 +261,7 @@ impl Core {
             next_rotation,
             timer_retry: None,
             activity: Activity::default(),
+            actor: None,
         })
     }
 
@@ -422,10 +431,16 @@ impl Core {
         tx.dirty = true;
     }
 
-    /// Appends `action` to the audit log; `kind` (`"ge add"`, `"rotate"`,
-    /// ...) is what `/metrics` counts it as once the change commits.
+    /// Appends `action` to the audit log with who asked for it; `kind`
+    /// (`"ge add"`, `"rotate"`, ...) is what `/metrics` counts it as once
+    /// the change commits.
     fn audit(&mut self, tx: &mut Tx, now: u64, kind: &'static str, action: String) {
-        tx.batch.audit(to_json(&AuditEntry { at: now, action }));
+        let who = self.actor.clone().unwrap_or_else(|| SYSTEM_ACTOR.into());
+        tx.batch.audit(to_json(&AuditEntry {
+            at: now,
+            action,
+            who,
+        }));
         tx.audited.push(kind);
     }
 

@@ -792,3 +792,101 @@ fn a_session_that_moves_takes_its_peers_dns_and_observe_along() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_audit_log_records_who_made_each_change() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    let (r, _) = c.handle_admin_as(
+        AdminRequest::GroupAdd {
+            num: 1,
+            name: "home".into(),
+        },
+        "web:alice",
+        T0,
+    );
+    assert!(r.ok, "{:?}", r.error);
+    let (r, _) = c.handle_admin_as(AdminRequest::Rotate { group: Some(1) }, "cli uid=0", T0 + 1);
+    assert!(r.ok, "{:?}", r.error);
+    // A request without an actor (the server's own) is the system's.
+    let (log, _) = admin(
+        c,
+        AdminRequest::Audit {
+            after: None,
+            limit: 100,
+        },
+    );
+    let log: Vec<crate::admin::AuditView> = serde_json::from_value(log).unwrap();
+    let who: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.who.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(who[0].0, "gms", "{who:?}");
+    assert_eq!(who[1], ("web:alice", "group add 1 name=home"), "{who:?}");
+    assert_eq!(who[2].0, "cli uid=0", "{who:?}");
+    assert!(who[2].1.starts_with("rotate group 1"), "{who:?}");
+}
+
+#[test]
+fn groups_rename_and_unused_tokens_list_and_cancel() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    group_add(c, 2);
+    admin(
+        c,
+        AdminRequest::GroupRename {
+            num: 1,
+            name: "home".into(),
+        },
+    );
+    let (gs, _) = admin(c, AdminRequest::GroupList);
+    assert_eq!(gs[0]["name"], "home");
+    // Names stay unique; an unknown group is an error.
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GroupRename {
+                num: 2,
+                name: "home".into()
+            }
+        )
+        .contains("taken")
+    );
+    assert!(
+        admin_err(
+            c,
+            AdminRequest::GroupRename {
+                num: 9,
+                name: "x".into()
+            }
+        )
+        .contains("no group 9")
+    );
+
+    ge_add(c, "a", &[1]);
+    let t = token(c, "a", 3600);
+    let (ts, _) = admin(c, AdminRequest::TokenList);
+    let ts: Vec<crate::admin::TokenInfoView> = serde_json::from_value(ts).unwrap();
+    assert_eq!(ts.len(), 1);
+    assert_eq!(
+        (ts[0].ge.as_str(), ts[0].id.clone()),
+        ("a", hex::encode(t.id))
+    );
+    assert!(!serde_json::to_string(&ts).unwrap().contains(&t.encode()));
+    admin(
+        c,
+        AdminRequest::TokenCancel {
+            id: ts[0].id.clone(),
+        },
+    );
+    let (ts, _) = admin(c, AdminRequest::TokenList);
+    assert_eq!(ts.as_array().map(Vec::len), Some(0));
+    // The cancelled token no longer enrolls.
+    let (r, _) = c.handle_enroll(&enroll_req(&t, 1), T0);
+    assert!(
+        !matches!(r, ServerMsg::Enrolled(_)),
+        "a cancelled token enrolled"
+    );
+    assert!(admin_err(c, AdminRequest::TokenCancel { id: "zz".into() }).contains("32 hex digits"));
+}

@@ -29,6 +29,12 @@ pub(super) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 }
 
 async fn handle(stream: UnixStream, shared: Arc<Shared>) {
+    // The socket is 0600, so this is root or the GMS's own user; the uid
+    // still tells the audit log which one.
+    let who = match stream.peer_cred() {
+        Ok(c) => format!("cli uid={}", c.uid()),
+        Err(_) => "cli".to_owned(),
+    };
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r.take(MAX_LINE as u64));
     let mut line = String::new();
@@ -41,21 +47,17 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
                 debug!(?req, "admin request");
                 let status = matches!(req, AdminRequest::Status);
                 let mut resp = match with_core(&shared, move |core| {
-                    core.handle_admin(req, now_unix())
+                    core.handle_admin_as(req, &who, now_unix())
                 })
                 .await
                 {
                     Ok(r) => r,
                     Err(e) => AdminResponse::err(e),
                 };
-                // The relay's numbers live in the server, not the core.
-                if status
-                    && resp.ok
-                    && let Some(parts) = shared.relay.get()
-                    && let Some(o) = resp.data.as_object_mut()
-                    && let Ok(v) = serde_json::to_value(super::relay::status(parts))
-                {
-                    o.insert("relay".into(), v);
+                // The relay's numbers and the zone serial live in the
+                // server, not the core.
+                if status {
+                    shared.complete_status(&mut resp);
                 }
                 resp
             }

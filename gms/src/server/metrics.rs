@@ -21,14 +21,16 @@ const NOT_ADMIN: [&str; 3] = ["enroll", "renew", "rotate"];
 
 /// The admin change kinds, shown at 0 before the first of each (so a
 /// `rate()` has a start).
-const ADMIN: [&str; 7] = [
+const ADMIN: [&str; 9] = [
     "ge add",
     "ge set",
     "ge revoke",
     "ge remove",
     "group add",
+    "group rename",
     "group remove",
     "token create",
+    "token cancel",
 ];
 
 /// The page for one scrape.

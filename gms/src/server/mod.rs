@@ -31,6 +31,7 @@ use fpn_gms_client::sd_notify;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminResponse;
 use crate::ca::Ca;
 use crate::config::{Config, DataDir, OverlayRange};
 use crate::core::{self, Core, DirectoryEvent, Output};
@@ -58,6 +59,12 @@ pub trait DirectoryHook: Send + Sync + 'static {
 
     /// The hook's DNS server counters (`/metrics`); `None` without one.
     fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
+        None
+    }
+
+    /// The SOA serial of the hook's zone now (`None`: no DNS), shown by
+    /// `status` and the web admin's overview.
+    fn zone_serial(&self) -> Option<u32> {
         None
     }
 }
@@ -188,6 +195,30 @@ pub(crate) struct Inner {
 }
 
 impl Shared {
+    /// The DNS zone's serial now (`None`: no in-process DNS).
+    pub(crate) fn zone_serial(&self) -> Option<u32> {
+        self.hook.zone_serial()
+    }
+
+    /// Fills in what the server, not the core, knows in a `status` answer:
+    /// the relay and the zone serial.
+    pub(crate) fn complete_status(&self, resp: &mut AdminResponse) {
+        if !resp.ok {
+            return;
+        }
+        let Some(o) = resp.data.as_object_mut() else {
+            return;
+        };
+        if let Some(parts) = self.relay.get()
+            && let Ok(v) = serde_json::to_value(relay::status(parts))
+        {
+            o.insert("relay".into(), v);
+        }
+        if let Some(s) = self.zone_serial() {
+            o.insert("zone_serial".into(), s.into());
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock is a bug; the state is still
         // consistent with the store (changes commit before memory is final).
@@ -353,6 +384,8 @@ pub async fn serve_with_reload(
         }
         None => None,
     };
+    let web_cfg = shared.lock().core.config().clone();
+    let web = crate::web::start(shared.clone(), data.clone(), &web_cfg).await?;
     info!(%local, admin = %sock_path.display(), "GMS serving");
     notify_systemd(sd_notify::READY);
 
@@ -376,6 +409,9 @@ pub async fn serve_with_reload(
     }
     if let Some(t) = metrics_task {
         t.abort();
+    }
+    if let Some(w) = &web {
+        w.stop();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if let Some(r) = in_process {

@@ -51,6 +51,10 @@ impl DirectoryHook for RelayHook {
     fn dns_stats(&self) -> Option<fpn_ddns::DdnsStats> {
         self.inner.dns_stats()
     }
+
+    fn zone_serial(&self) -> Option<u32> {
+        self.inner.zone_serial()
+    }
 }
 
 /// Starts the in-process relay if the configuration enables it and works

@@ -162,6 +162,7 @@ impl<S: Store> SealedStore<S> {
             b.audit(to_json(&AuditEntry {
                 at: now,
                 action: format!("store sealed: {sealed} secret values migrated"),
+                who: crate::core::SYSTEM_ACTOR.into(),
             }));
         }
         self.inner.commit(b)?;
