@@ -34,6 +34,10 @@
 //! state files, serve the control protocol, or log key bytes, token secrets
 //! or the node's private key. It links neither sled nor the DNS server.
 
+/// The software version a node reports in its session hello (the
+/// workspace's version: fpn-node and this crate are built together).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod ca;
 mod cache;
 pub mod error;

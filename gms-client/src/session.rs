@@ -486,6 +486,7 @@ async fn session_loop(
     let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
     let hello = ClientMsg::Hello {
         reported: cfg.reported.clone(),
+        version: Some(crate::VERSION.into()),
     };
     write_frame(&mut send, &hello.encode()?).await?;
     let (ty, body) = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut recv))

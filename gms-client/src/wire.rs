@@ -35,6 +35,8 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub const MAX_ENROLL_BODY: usize = 16 + 32 + 32 + 64;
 /// Most addresses a node may report.
 pub const MAX_ADDRS: usize = 16;
+/// Longest software version a node may send in its hello.
+pub const MAX_VERSION_LEN: usize = 64;
 /// Most key versions per group in one message (current and previous, with room).
 pub const MAX_KEYS_PER_GROUP: usize = 4;
 /// Most revoked serials in one message.
@@ -143,10 +145,15 @@ pub fn enroll_transcript(token_id: &[u8; 16], node_key: &[u8; 32]) -> Vec<u8> {
 pub enum ClientMsg {
     /// 0x01: enroll with a token (on a connection without client certificate).
     Enroll(EnrollRequest),
-    /// 0x02: opens a session: `n u8 | n x address` (the node's local addresses).
+    /// 0x02: opens a session: `n u8 | n x address` (the node's local
+    /// addresses), then optionally `len u8 | version` (the node's software
+    /// version, shown by `ge list` and the web admin; a hello without it,
+    /// from a node before it, is still a hello).
     Hello {
         /// Addresses the node reports for itself.
         reported: Vec<SocketAddr>,
+        /// The node's software version ([`crate::VERSION`] of its build).
+        version: Option<String>,
     },
     /// 0x03: the node's addresses changed: `n u8 | n x address`.
     ReportAddresses(Vec<SocketAddr>),
@@ -425,8 +432,11 @@ impl ClientMsg {
                 w.bytes(&e.proof);
                 0x01
             }
-            Self::Hello { reported } => {
+            Self::Hello { reported, version } => {
                 put_addrs(&mut w, reported)?;
+                if let Some(v) = version {
+                    w.short_bytes(v.as_bytes(), MAX_VERSION_LEN, "version")?;
+                }
                 0x02
             }
             Self::ReportAddresses(a) => {
@@ -463,6 +473,11 @@ impl ClientMsg {
             }),
             0x02 => Self::Hello {
                 reported: get_addrs(&mut r)?,
+                version: if r.remaining() > 0 {
+                    Some(get_str(&mut r, MAX_VERSION_LEN, "version")?)
+                } else {
+                    None
+                },
             },
             0x03 => Self::ReportAddresses(get_addrs(&mut r)?),
             0x04 => Self::DirectoryQuery(get_str(&mut r, MAX_NAME_LEN, "GE name")?),
@@ -1027,6 +1042,7 @@ mod tests {
             }),
             ClientMsg::Hello {
                 reported: vec!["10.0.0.1:4433".parse().unwrap()],
+                version: None,
             },
             ClientMsg::ReportAddresses(vec![]),
             ClientMsg::DirectoryQuery("laptop".into()),
@@ -1047,6 +1063,31 @@ mod tests {
                 assert!(ClientMsg::decode(ty, &body[..len]).is_err());
             }
         }
+        // A hello with the version: every truncation fails but the one
+        // that ends after the addresses, which is a hello without it.
+        let with = ClientMsg::Hello {
+            reported: vec!["10.0.0.1:4433".parse().unwrap()],
+            version: Some("0.1.0".into()),
+        };
+        let f = with.encode().unwrap();
+        let (ty, body) = split(&f);
+        let back = ClientMsg::decode(ty, body).unwrap();
+        assert!(matches!(&back, ClientMsg::Hello { version: Some(v), .. } if v == "0.1.0"));
+        assert_eq!(back.encode().unwrap(), f);
+        let addrs_end = body.len() - 1 - "0.1.0".len();
+        for len in 0..body.len() {
+            let r = ClientMsg::decode(ty, &body[..len]);
+            if len == addrs_end {
+                assert!(matches!(r, Ok(ClientMsg::Hello { version: None, .. })));
+            } else {
+                assert!(r.is_err(), "a hello cut at {len}");
+            }
+        }
+        let long = ClientMsg::Hello {
+            reported: vec![],
+            version: Some("9".repeat(MAX_VERSION_LEN + 1)),
+        };
+        assert!(long.encode().is_err(), "an over-long version is refused");
         let dbg = format!(
             "{:?}",
             ClientMsg::Enroll(EnrollRequest {

@@ -277,6 +277,10 @@ pub struct GeView {
     pub seen: Option<SocketAddr>,
     /// Addresses it reports.
     pub reported: Vec<SocketAddr>,
+    /// The node's software version, from its last session's hello (`None`:
+    /// never connected since the GMS started, or a node too old to say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Certificate serial, once enrolled.
     pub cert_serial: Option<u64>,
     /// Certificate fingerprint (SHA-256, hex), once enrolled.

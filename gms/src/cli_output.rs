@@ -119,6 +119,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 let r: Vec<String> = g.reported.iter().map(ToString::to_string).collect();
                 println!("reports       {}", r.join(", "));
             }
+            if let Some(v) = &g.version {
+                println!("version       {v}");
+            }
             if let (Some(serial), Some(fp)) = (g.cert_serial, &g.cert_fingerprint) {
                 println!("certificate   serial {serial}, sha256 {fp}");
             }

@@ -149,4 +149,5 @@ async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     let show = gms.json(&["ge", "show", "b"]);
     assert_eq!(show["reported"][0], "10.1.2.3:4433");
     assert_eq!(show["online"], true);
+    assert_eq!(show["version"], fpn_gms_client::VERSION, "from b's hello");
 }

@@ -184,9 +184,16 @@ async fn malformed_and_oversized_messages_close_only_their_connection() {
         .await
         .unwrap();
     let (mut s, _r) = conn.open_bi().await.unwrap();
-    s.write_all(&ClientMsg::Hello { reported: vec![] }.encode().unwrap())
-        .await
-        .unwrap();
+    s.write_all(
+        &ClientMsg::Hello {
+            reported: vec![],
+            version: None,
+        }
+        .encode()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     s.write_all(&[1, 0x04, 0, 0, 0, 2, 200, 0]).await.unwrap(); // name length 200 > 63
     assert_eq!(close_code(&conn).await, u64::from(close::PROTOCOL));
 

@@ -394,6 +394,9 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     assert!(serial.parse::<u32>().is_ok(), "zone serial {serial:?}");
     b.shot("overview");
     b.goto("/ges");
+    // The node's version, from its session's hello.
+    let version = b.text("#ge-a .version");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"), "{}", b.body());
     b.shot("ges");
 
     // Revoke: the node hears of it and stops; the pages show it cut off.

@@ -723,6 +723,7 @@ impl Core {
             online: p.is_some_and(|p| p.online),
             seen: p.and_then(|p| p.seen),
             reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
+            version: p.and_then(|p| p.version.clone()),
             cert_serial: en.map(|e| e.cert_serial),
             cert_fingerprint: en.map(|e| e.cert_fingerprint.clone()),
             cert_not_after: en.map(|e| e.cert_not_after),

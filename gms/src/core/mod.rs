@@ -107,6 +107,8 @@ pub(crate) struct Presence {
     online: bool,
     seen: Option<SocketAddr>,
     reported: Vec<SocketAddr>,
+    /// The software version the session's hello named.
+    version: Option<String>,
 }
 
 /// Current and previous versions of a group's key.

@@ -470,6 +470,7 @@ impl Core {
             online: true,
             seen: Some(seen),
             reported,
+            version: None,
         };
         let changed =
             before.is_none_or(|b| !b.online || b.seen != p.seen || b.reported != p.reported);
@@ -485,6 +486,17 @@ impl Core {
             revoked,
         });
         Ok((session, init, out))
+    }
+
+    /// Records the software version session `session` of `ge` reported
+    /// in its hello (shown by `ge list`/`ge show` and the web admin; kept
+    /// after the session ends, as the version last seen).
+    pub fn note_version(&mut self, ge: GeId, session: u64, version: Option<String>) {
+        if let Some(p) = self.presence.get_mut(&ge.0)
+            && p.session == session
+        {
+            p.version = version;
+        }
     }
 
     /// Ends session `session` of `ge` (a newer session of the same GE is left alone).

@@ -135,7 +135,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
         .await
         .map_err(|_| Error::Timeout("hello"))??
         .ok_or_else(|| Error::Protocol("stream closed before hello".into()))?;
-    let ClientMsg::Hello { reported } = ClientMsg::decode(ty, &body)? else {
+    let ClientMsg::Hello { reported, version } = ClientMsg::decode(ty, &body)? else {
         return Err(Error::Protocol("a session must start with hello".into()));
     };
     let seen: SocketAddr = conn.remote_address();
@@ -144,6 +144,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
         let mut g = shared.lock();
         match g.core.open_session(ge, seen, reported, now_unix()) {
             Ok((sid, init, out)) => {
+                g.core.note_version(ge, sid, version);
                 g.sessions.insert(
                     ge,
                     SessionHandle {

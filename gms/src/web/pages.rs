@@ -179,7 +179,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
     let f = csrf_field(csrf);
     let mut b = String::from(
         "<div class=\"scroll\"><table id=\"ges\"><tr><th>Name</th><th>Kind</th><th>Mode</th><th>Groups</th>\
-         <th>Overlay</th><th>Protects</th><th>State</th><th>Online</th><th>Addresses</th><th>Actions</th></tr>",
+         <th>Overlay</th><th>Protects</th><th>State</th><th>Online</th><th>Version</th><th>Addresses</th><th>Actions</th></tr>",
     );
     for g in ges {
         let groups = g
@@ -213,7 +213,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
         let _ = write!(
             b,
             "<tr id=\"ge-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td>\
-             <td class=\"online\">{}</td><td>{}</td><td>{actions}</td></tr>",
+             <td class=\"online\">{}</td><td class=\"version\">{}</td><td>{}</td><td>{actions}</td></tr>",
             esc(&g.kind),
             esc(&g.mode),
             esc(&groups),
@@ -221,6 +221,7 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
             esc(&g.protect.join(" ")),
             esc(&g.state),
             online(g.online),
+            esc(g.version.as_deref().unwrap_or("-")),
             esc(&addrs.join(" ")),
         );
     }
