@@ -380,24 +380,30 @@ fn stale_table_is_replaced_and_drop_and_cleanup_remove_it() {
 
 /// Every packet of a batch larger than one sendmmsg goes out, with a valid
 /// checksum: the receiving kernel's UDP socket takes every one.
-#[test]
-fn batched_send_sends_every_packet() {
-    let p = Pair::new();
-    let sock = Pair::run(&p.b, || UdpSocket::bind((B, 6000)).unwrap());
-    // Room for the whole burst (the default buffer holds ~160 small ones).
-    let size: libc::c_int = 4 << 20;
+/// A UDP socket on B:`port` in namespace `ns` with a receive buffer of
+/// `rcvbuf` bytes (room for a whole burst: the default holds ~160 small
+/// datagrams) and a 2 s read timeout.
+fn udp_sink(ns: &str, port: u16, rcvbuf: libc::c_int) -> UdpSocket {
+    let sock = Pair::run(ns, move || UdpSocket::bind((B, port)).unwrap());
     // SAFETY: setsockopt with a valid int on our own socket.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
+            (&raw const rcvbuf).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     assert_eq!(rc, 0);
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock
+}
+
+#[test]
+fn batched_send_sends_every_packet() {
+    let p = Pair::new();
+    let sock = udp_sink(&p.b, 6000, 4 << 20);
     let f = flow(L4Proto::Udp, A, 41000, 6000);
     let n = 200;
     assert!(n > fpn_node::native::SEND_BATCH);
@@ -440,20 +446,7 @@ fn batched_send_sends_every_packet() {
 #[test]
 fn a_link_with_a_send_thread_sends_every_packet_in_order() {
     let p = Pair::new();
-    let sock = Pair::run(&p.b, || UdpSocket::bind((B, 6001)).unwrap());
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt with a valid int on our own socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let sock = udp_sink(&p.b, 6001, 8 << 20);
     let f = flow(L4Proto::Udp, A, 41001, 6001);
     let n = 3 * fpn_node::stage::POOL * fpn_node::native::SEND_BATCH + 7;
     let batches = Pair::run(&p.a, move || {

@@ -351,29 +351,28 @@ impl Overlay {
 
     /// Runs `fpn-gms --data DIR ARGS...` in the GMS host; returns stdout.
     pub fn gms_admin<S: AsRef<str>>(&self, args: &[S]) -> Result<String, Error> {
+        self.lab
+            .command(&self.gms_host, self.gms_argv(args))
+            .timeout(CLI_TIMEOUT)
+            .run()
+    }
+
+    /// `fpn-gms --data DIR ARGS...` as an argument vector.
+    fn gms_argv<S: AsRef<str>>(&self, args: &[S]) -> Vec<String> {
         let mut argv = vec![
             self.gms_bin.to_string_lossy().into_owned(),
             "--data".into(),
             self.gms_data.to_string_lossy().into_owned(),
         ];
         argv.extend(args.iter().map(|a| a.as_ref().to_string()));
-        self.lab
-            .command(&self.gms_host, argv)
-            .timeout(CLI_TIMEOUT)
-            .run()
+        argv
     }
 
     /// [`gms_admin`](Self::gms_admin) with `stdin` as its standard input
     /// (e.g. the password of `admin-user set`).
     pub fn gms_admin_stdin<S: AsRef<str>>(&self, args: &[S], stdin: &str) -> Result<String, Error> {
-        let mut argv = vec![
-            self.gms_bin.to_string_lossy().into_owned(),
-            "--data".into(),
-            self.gms_data.to_string_lossy().into_owned(),
-        ];
-        argv.extend(args.iter().map(|a| a.as_ref().to_string()));
         self.lab
-            .command(&self.gms_host, argv)
+            .command(&self.gms_host, self.gms_argv(args))
             .stdin(stdin.as_bytes().to_vec())
             .timeout(CLI_TIMEOUT)
             .run()

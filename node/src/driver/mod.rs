@@ -589,6 +589,7 @@ mod tests {
 
     use fpn_proto::ge::{GeId, Mode};
 
+    use super::tun_out::tests::FakeTun;
     use super::*;
     use crate::carrier::{CarrierKind, PeerStats, PeerTarget};
     use crate::core::sim::{CoreSim, LinkConfig, udp_packet};
@@ -622,20 +623,6 @@ mod tests {
         }
         fn peers(&self) -> Vec<PeerStats> {
             Vec::new()
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeTun(Mutex<Vec<Vec<u8>>>);
-
-    impl TunWriter for FakeTun {
-        fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().push(packet.to_vec());
-            Ok(packet.len())
-        }
-        fn write_gso(&self, _hdr: &VnetRepr, packet: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().push(packet.to_vec());
-            Ok(packet.len())
         }
     }
 

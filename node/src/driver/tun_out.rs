@@ -254,15 +254,16 @@ fn log_refused(r: std::io::Result<usize>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::Ipv4Addr;
     use std::sync::Mutex;
 
     use super::*;
     use crate::core::sim::udp_packet;
 
+    /// A TUN that keeps every write.
     #[derive(Default)]
-    struct FakeTun(Mutex<Vec<Vec<u8>>>);
+    pub(in crate::driver) struct FakeTun(pub(in crate::driver) Mutex<Vec<Vec<u8>>>);
 
     impl TunWriter for FakeTun {
         fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
