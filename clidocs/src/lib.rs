@@ -13,6 +13,8 @@
 //! What it never does: touch anything but the writer or directory it is
 //! given.
 
+pub mod check;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

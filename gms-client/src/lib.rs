@@ -326,6 +326,20 @@ async fn enroll_inner(token: &str, endpoint: &quinn::Endpoint) -> Result<Identit
     }
 }
 
+/// A TOML error on one line (both daemons' configuration files), with the line and column it points at (the
+/// toml crate's own text spans several lines, with a drawing of the line).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,8 +398,13 @@ impl Config {
             DataDir::new(dir).check_initialized()?;
         }
         let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
-        let mut c: Config = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), toml_error(&text, &e))))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "{}: {}",
+                path.display(),
+                fpn_gms_client::toml_error(&text, &e)
+            ))
+        })?;
         c.zone = normalize_zone(&c.zone)?;
         c.check()?;
         if c.cert_validity_days.is_some() {
@@ -559,20 +564,6 @@ impl Config {
     /// The zone without its trailing dot, for certificate names.
     pub fn zone_name(&self) -> &str {
         self.zone.trim_end_matches('.')
-    }
-}
-
-/// A TOML error on one line, with the line and column it points at (the
-/// toml crate's own text spans several lines, with a drawing of the line).
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", e.message().trim())
-        }
-        None => e.message().trim().to_owned(),
     }
 }
 

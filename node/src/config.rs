@@ -123,24 +123,11 @@ impl Default for NodeConfig {
     }
 }
 
-/// A TOML error on one line, with the line and column it points at (the
-/// toml crate's own text spans several lines, with a drawing of the line).
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", e.message().trim())
-        }
-        None => e.message().trim().to_owned(),
-    }
-}
-
 impl NodeConfig {
     /// Parses and checks a configuration text.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| Error::Config(fpn_gms_client::toml_error(text, &e)))?;
         cfg.check()?;
         Ok(cfg)
     }

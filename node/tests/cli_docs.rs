@@ -2,7 +2,7 @@
 //! the real tools: bash loads the script and completes with it, groff
 //! renders every page without a warning and `man -l` shows each subcommand.
 
-use std::path::Path;
+use fpn_clidocs::check::render;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fpn-node");
@@ -18,35 +18,12 @@ const SUBCOMMANDS: &[&str] = &[
     "down",
 ];
 
-/// Runs `script` in a non-interactive bash that has loaded the completion
-/// script, and returns its standard output.
 fn bash(script: &str) -> String {
-    let o = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source <('{BIN}' completions bash) || exit 9\n{script}"
-        ))
-        .output()
-        .expect("bash (Debian package bash) runs");
-    assert!(
-        o.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    fpn_clidocs::check::bash(BIN, script)
 }
 
-/// What bash's completion offers for `words`, the last one being completed.
 fn complete(words: &[&str]) -> Vec<String> {
-    let n = words.len();
-    let script = format!(
-        "COMP_WORDS=({}); COMP_CWORD={}; _fpn__node fpn-node '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        words.join(" "),
-        n - 1,
-        words[n - 1],
-        words[n - 2],
-    );
-    bash(&script).lines().map(str::to_owned).collect()
+    fpn_clidocs::check::complete(BIN, "_fpn__node", words)
 }
 
 #[test]
@@ -92,43 +69,4 @@ fn man_pages_render_and_name_every_subcommand() {
         assert!(page.contains(&format!("fpn-node-{sub}")), "{page}");
     }
     assert!(render(&out.join("fpn-node-up.1")).contains("--state"));
-}
-
-/// The page as `man -l` shows it (groff underneath), after checking that
-/// groff itself finds nothing to warn about in the roff.
-fn render(page: &Path) -> String {
-    let g = Command::new("groff")
-        .args(["-man", "-Tutf8", "-ww", "-z"])
-        .arg(page)
-        .output()
-        .expect("groff (Debian package groff-base) runs");
-    assert!(
-        g.status.success() && g.stderr.is_empty(),
-        "{page:?}: {}",
-        String::from_utf8_lossy(&g.stderr)
-    );
-    let m = Command::new("man")
-        .arg("-l")
-        .arg(page)
-        .env("MANPAGER", "cat")
-        .env("MANWIDTH", "100")
-        .env("MAN_KEEP_FORMATTING", "")
-        .output()
-        .expect("man (Debian package man-db) runs");
-    assert!(m.status.success(), "{page:?}");
-    // No terminal: man prints plain text, but strip any overstrike anyway.
-    let text = String::from_utf8_lossy(&m.stdout).into_owned();
-    strip_overstrike(&text)
-}
-
-fn strip_overstrike(s: &str) -> String {
-    let mut out: Vec<char> = Vec::new();
-    for c in s.chars() {
-        if c == '\u{8}' {
-            out.pop();
-            continue;
-        }
-        out.push(c);
-    }
-    out.into_iter().collect()
 }
