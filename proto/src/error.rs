@@ -206,6 +206,15 @@ pub enum Error {
         /// The GE that answered.
         found: u32,
     },
+    /// NAT-f: the gateway's authentic answer to a DDE that asked for a
+    /// mapping carries none that fits (no NAT-f option, another host,
+    /// port 0, or an unprotected flow).
+    #[error("the gateway's NAT-f answer is unusable: {0}")]
+    BadNatfAnswer(&'static str),
+    /// NAT-f: this gateway refused a DDE's mapping request with a signed
+    /// NAK of this code (unknown host, no shared host group, no free port).
+    #[error("NAT-f request refused: {0:?}")]
+    NatfRefused(crate::dprp::RefuseCode),
     /// A bounded table is full; the input was dropped.
     #[error("{0} table is full")]
     TableFull(&'static str),

@@ -350,12 +350,15 @@ fn refusal_codes_round_trip_and_unknown_ones_are_typed_errors() {
         RefuseCode::BadProof,
         RefuseCode::HopLimit,
         RefuseCode::NotOwner,
+        RefuseCode::UnknownHost,
+        RefuseCode::NotInHostGroup,
+        RefuseCode::NoPort,
     ];
     for (i, c) in all.into_iter().enumerate() {
         assert_eq!(c.code() as usize, i + 1);
         assert_eq!(RefuseCode::from_code(c.code()).unwrap(), c);
     }
-    for bad in [0u8, 7, 255] {
+    for bad in [0u8, 10, 255] {
         assert!(matches!(
             RefuseCode::from_code(bad),
             Err(Error::InvalidField { .. })

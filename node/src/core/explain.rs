@@ -197,6 +197,9 @@ impl NodeCore {
                     RefuseCode::BadProof => "the group proof did not verify",
                     RefuseCode::HopLimit => "the path is too long or loops",
                     RefuseCode::NotOwner => "the flow's source is not this node's",
+                    RefuseCode::UnknownHost => "the gateway fronts no such host",
+                    RefuseCode::NotInHostGroup => "this node shares no group with the host",
+                    RefuseCode::NoPort => "the gateway has no free NAT-f port",
                 };
                 format!("refused by {}: {why}", self.ge_label(*by))
             }

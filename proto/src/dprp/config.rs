@@ -2,6 +2,7 @@
 //! GE protects, timers, limits, and the group keyring.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::credential::Credential;
@@ -9,6 +10,9 @@ use crate::dprp::budget::Rate;
 use crate::ge::GroupId;
 use crate::keys::{GroupKey, KeyVersion, NodeKey, PUBLIC_KEY_LEN};
 pub use crate::prefix::Prefix;
+
+/// The default [`Config::natf_ports`].
+pub const DEFAULT_NATF_PORTS: RangeInclusive<u16> = 47000..=47999;
 
 /// Everything an endpoint needs that does not change per negotiation.
 #[derive(Debug)]
@@ -27,6 +31,16 @@ pub struct Config {
     pub timing: Timing,
     /// Table and queue bounds.
     pub limits: Limits,
+    /// NAT-f (gateways only): the ports on this GE's public address it
+    /// reserves for remote nodes' flows to the hosts it fronts, one per
+    /// flow and transport protocol. Its size bounds the NAT-f flows this
+    /// gateway carries at once.
+    pub natf_ports: RangeInclusive<u16>,
+    /// Unit tests only: a gateway that ignores NAT-f options (it answers a
+    /// NAT-f DDE as an ordinary end, without a mapping), to test what the
+    /// remote node checks.
+    #[cfg(test)]
+    pub(crate) natf_ignored: bool,
     /// Unit tests only: the ends skip the ownership checks, to play two
     /// colluding ends and test what the gateways between them check.
     #[cfg(test)]
@@ -48,6 +62,9 @@ impl Config {
             protected,
             timing: Timing::default(),
             limits: Limits::default(),
+            natf_ports: DEFAULT_NATF_PORTS,
+            #[cfg(test)]
+            natf_ignored: false,
             #[cfg(test)]
             lax_ownership: false,
         }
@@ -61,6 +78,16 @@ impl Config {
             return false;
         }
         true
+    }
+
+    /// True when this GE answers NAT-f DDEs (a gateway; always, outside
+    /// this crate's unit tests that play one that does not).
+    pub(crate) fn serves_natf(&self) -> bool {
+        #[cfg(test)]
+        if self.natf_ignored {
+            return false;
+        }
+        self.credential.info.kind.is_gateway()
     }
 }
 

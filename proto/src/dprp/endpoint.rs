@@ -16,9 +16,12 @@ use crate::dprp::cookie::{self, CookieJar};
 use crate::dprp::entropy::{Entropy, Rng};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
-use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId};
+use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId, RefuseCode};
+use crate::dprp::natf::{FrontedHost, NatfMapping, PortPool, Vin, natf_option};
 use crate::dprp::peers::{CacheStats, Peers};
-use crate::dprp::responder::{Responder, check_initiator, own_claims};
+use crate::dprp::responder::{NatfGrant, Responder, check_initiator, nak, own_claims};
+use crate::dprp::transcript as tr;
+use crate::dprp::{Position, effective};
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
@@ -100,6 +103,12 @@ pub struct Stats {
     /// (as responder), RGIs from a GE that does not own the destination (as
     /// initiator), MPITs for such a flow (as gateway).
     pub not_owner: u64,
+    /// NAT-f DDEs this gateway refused with a signed NAK (unknown host, no
+    /// shared host group, no free port).
+    pub natf_refused: u64,
+    /// Authentic RGIs to this GE's NAT-f DDEs whose mapping was unusable
+    /// (no NAT-f option, another host, port 0, an unprotected flow).
+    pub natf_bad_answers: u64,
     /// Authentic NAKs dropped because their signer is neither the GE the
     /// negotiation was addressed to nor one whose credential covers the
     /// destination.
@@ -183,6 +192,8 @@ pub struct Occupancy {
     pub destination_buckets: usize,
     /// Credentials remembered as failed.
     pub bad_credentials: usize,
+    /// NAT-f ports reserved (running negotiations and installed flows).
+    pub natf_ports: usize,
 }
 
 /// The key of an initiator budget: the GE the directory names for the
@@ -249,6 +260,11 @@ pub struct Endpoint {
     keys: Keyring,
     peers: Peers,
     directory: Vec<(Prefix, GeId)>,
+    /// NAT-f, gateway side: the hosts this GE fronts, by LAN address.
+    fronted: BTreeMap<IpAddr, Vec<GroupId>>,
+    /// NAT-f, remote side: this node's VINs.
+    vins: BTreeMap<IpAddr, Vin>,
+    natf_ports: PortPool,
     clock: (Instant, u64),
     rng: Rng,
     machines: BTreeMap<NegotiationId, Machine>,
@@ -284,12 +300,16 @@ impl Endpoint {
         warn_uncovered(&cfg);
         let l = cfg.limits;
         let peers = Peers::new(l.peer_cache, l.bad_credentials, l.bad_credential_ttl);
+        let natf_ports = PortPool::new(cfg.natf_ports.clone());
         Ok(Self {
             cfg,
             own_bytes,
             keys: Keyring::default(),
             peers,
             directory: Vec::new(),
+            fronted: BTreeMap::new(),
+            vins: BTreeMap::new(),
+            natf_ports,
             clock: (now, unix_now),
             rng: Rng::new(entropy),
             machines: BTreeMap::new(),
@@ -401,6 +421,39 @@ impl Endpoint {
         self.directory = entries;
     }
 
+    /// NAT-f, gateway side: replaces the table of hosts this GE fronts (from
+    /// the GMS's host registrations). A NAT-f DDE is answered only for a
+    /// host listed here whose address this GE's credential covers, and
+    /// decided with the host's groups. Running negotiations and reserved
+    /// ports are not touched: the node ends the flows of a host it removes.
+    pub fn set_fronted_hosts(&mut self, hosts: Vec<FrontedHost>) {
+        self.fronted = hosts
+            .into_iter()
+            .map(|h| {
+                let mut g = h.groups;
+                g.sort_unstable();
+                g.dedup();
+                (h.lip, g)
+            })
+            .collect();
+    }
+
+    /// NAT-f, remote side: replaces this node's VINs. A flow to a VIN is
+    /// negotiated with the VIN's gateway as the destination end and asks
+    /// it for a mapping to the host; its DPRP messages are addressed to
+    /// the VIN (`vin:7717`), which the node sends to the gateway.
+    pub fn set_vins(&mut self, vins: Vec<Vin>) {
+        self.vins = vins.into_iter().map(|v| (v.vin, v)).collect();
+    }
+
+    /// NAT-f, gateway side: frees a port an installed flow held
+    /// ([`Established::natf`](crate::dprp::Established::natf)); the node
+    /// calls it when it removes the flow's mapping. True if it was reserved.
+    /// A negotiation that fails frees its port by itself.
+    pub fn release_natf_port(&mut self, protocol: u8, port: u16) -> bool {
+        self.natf_ports.release(protocol, port)
+    }
+
     /// The path-probe key shared with the GE whose certified node key is
     /// `peer_node_key` ([`crate::dprp::transcript::PairKey::probe_key`]),
     /// from the pair-key cache DPRP keeps anyway. The node gives it to that
@@ -440,6 +493,7 @@ impl Endpoint {
             ge_buckets: self.by_ge.len(),
             destination_buckets: self.by_destination.len(),
             bad_credentials: self.peers.bad_len(),
+            natf_ports: self.natf_ports.len(),
         }
     }
 
@@ -688,12 +742,18 @@ impl Endpoint {
             self.stats.initiator_busy += 1;
             return Err(Error::TableFull("initiated negotiations"));
         }
-        let expected_peer = self
-            .directory
-            .iter()
-            .filter(|(p, _)| p.contains(flow.dst))
-            .max_by_key(|(p, _)| *p)
-            .map(|(_, ge)| *ge);
+        // A VIN's flow goes to its gateway, whatever the directory says
+        // about the VIN's address (nothing, normally).
+        let natf = self.vins.get(&flow.dst).copied();
+        let expected_peer = match natf {
+            Some(v) => Some(v.gateway),
+            None => self
+                .directory
+                .iter()
+                .filter(|(p, _)| p.contains(flow.dst))
+                .max_by_key(|(p, _)| *p)
+                .map(|(_, ge)| *ge),
+        };
         let dest = expected_peer.map_or(Destination::Addr(flow.dst), Destination::Ge);
         if !self.by_destination.take(dest, now) {
             self.stats.initiate_rate_limited += 1;
@@ -725,6 +785,7 @@ impl Endpoint {
             nonce: r[32..48].try_into().expect("16 bytes"),
             claims: own_claims(&ctx),
             expected_peer,
+            natf,
         };
         let m = Initiator::start(&mut ctx, start, now)?;
         tracing::debug!(%id, %flow, "negotiation started");
@@ -782,7 +843,20 @@ impl Endpoint {
             self.stats.rate_limited += 1;
             return Err(Error::RateLimited("DDEs from this source"));
         }
-        let is_end = self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
+        // A NAT-f DDE's flow ends at the remote's VIN, which means nothing
+        // here: this gateway is its end when the host is its own (fronted,
+        // or inside the LAN its credential names; it refuses the request if
+        // either is missing). Any other NAT-f DDE is passed on like every
+        // DDE in transit.
+        let natf = if self.cfg.serves_natf() {
+            natf_option(&dde.options)?.filter(|req| {
+                self.fronted.contains_key(&req.lip) || self.cfg.credential.covers(req.lip)
+            })
+        } else {
+            None
+        };
+        let is_end =
+            natf.is_some() || self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
         if is_end && dde.hops.is_empty() && !self.admit(from, &dde, now)? {
             return Ok(());
         }
@@ -856,6 +930,11 @@ impl Endpoint {
         }
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
         self.rng.fill(&mut secret[..])?;
+        let (id, flow) = (dde.id, dde.flow);
+        let grant = match natf {
+            Some(req) => Some(self.natf_grant(from, &dde, &initiator, req, unix_now)?),
+            None => None,
+        };
         let mut ctx = Ctx {
             cfg: &self.cfg,
             own_bytes: &self.own_bytes,
@@ -864,8 +943,13 @@ impl Endpoint {
             unix_now,
             out: &mut self.transmits,
         };
-        let (id, flow) = (dde.id, dde.flow);
-        let m = Responder::start(&mut ctx, from, dde, initiator, raw, &secret, now)?;
+        let m = match Responder::start(&mut ctx, from, dde, initiator, raw, &secret, grant, now) {
+            Ok(m) => m,
+            Err(e) => {
+                self.natf_ports.release_negotiation(id);
+                return Err(e);
+            }
+        };
         self.insert_machine(id, Machine::Responder(Box::new(m)));
         if let Some(own_id) = yields {
             // The flows stay with this GE's own negotiation until then.
@@ -903,6 +987,10 @@ impl Endpoint {
         match outcome {
             Outcome::Established(e) => {
                 self.stats.established += 1;
+                if e.position == Position::Responder && e.natf.is_some() {
+                    // The flow is installed: its port is the node's now.
+                    self.natf_ports.confirm(id);
+                }
                 if let Some(started) = e.started {
                     self.stats
                         .durations
@@ -921,8 +1009,12 @@ impl Endpoint {
                 }
             }
             Outcome::Failed(reason) => {
-                if matches!(reason, FailReason::Rejected(Error::NotOwner { .. })) {
-                    self.stats.not_owner += 1;
+                match reason {
+                    FailReason::Rejected(Error::NotOwner { .. }) => self.stats.not_owner += 1,
+                    FailReason::Rejected(Error::BadNatfAnswer(_)) => {
+                        self.stats.natf_bad_answers += 1;
+                    }
+                    _ => {}
                 }
                 self.fail_flows(&flows, reason, now);
             }
@@ -953,6 +1045,86 @@ impl Endpoint {
                 reason: reason.clone(),
                 dropped_packets: dropped,
             });
+        }
+    }
+
+    /// NAT-f, gateway side: checks a DDE's mapping request and reserves
+    /// its port, or refuses it with a signed NAK (the remote's application
+    /// fails at once, with ICMP, instead of waiting for a timeout). The
+    /// host must be fronted here and covered by this GE's credential, and
+    /// share a group with the initiator's claims that this GE holds a key
+    /// for: the host is closed.
+    fn natf_grant(
+        &mut self,
+        from: SocketAddr,
+        dde: &Dde,
+        initiator: &Credential,
+        req: NatfMapping,
+        unix_now: u64,
+    ) -> Result<NatfGrant> {
+        let own = &self.cfg.credential;
+        let host = self
+            .fronted
+            .get(&req.lip)
+            .filter(|_| own.covers(req.lip));
+        let refusal = match host {
+            None => Err(RefuseCode::UnknownHost),
+            Some(groups) => {
+                let mut host_keys = Vec::new();
+                for g in groups {
+                    if own.info.groups.contains(g) && self.keys.current(*g).is_some() {
+                        host_keys.push(*g);
+                    }
+                }
+                let theirs = effective(&initiator.info, &dde.claims);
+                let shared = host_keys.iter().any(|g| theirs.groups.contains(g));
+                if shared {
+                    Ok(host_keys)
+                } else if groups
+                    .iter()
+                    .any(|g| own.info.groups.contains(g) && initiator.info.groups.contains(g))
+                {
+                    // Both are certified in a host group, but one end
+                    // lacks its key: the same refusal as for any flow.
+                    Err(RefuseCode::KeyUnavailable)
+                } else {
+                    Err(RefuseCode::NotInHostGroup)
+                }
+            }
+        };
+        let refusal = refusal.and_then(|groups| {
+            match self.natf_ports.reserve(dde.flow.protocol, dde.id) {
+                Some(port) => Ok(NatfGrant {
+                    mapping: NatfMapping {
+                        lip: req.lip,
+                        reserved_port: port,
+                    },
+                    groups,
+                }),
+                None => Err(RefuseCode::NoPort),
+            }
+        });
+        match refusal {
+            Ok(grant) => {
+                tracing::debug!(id = %dde.id, lip = %req.lip, port = grant.mapping.reserved_port, "NAT-f port reserved");
+                Ok(grant)
+            }
+            Err(code) => {
+                tracing::debug!(id = %dde.id, initiator = %initiator.info.id, lip = %req.lip, ?code, "NAT-f DDE refused");
+                self.stats.natf_refused += 1;
+                let mut ctx = Ctx {
+                    cfg: &self.cfg,
+                    own_bytes: &self.own_bytes,
+                    keys: &self.keys,
+                    peers: &mut self.peers,
+                    unix_now,
+                    out: &mut self.transmits,
+                };
+                let h0 = tr::dde_hash(&dde.core()?);
+                let bytes = nak(&ctx, dde.id, &h0, code)?;
+                ctx.send(from, bytes);
+                Err(Error::NatfRefused(code))
+            }
         }
     }
 
@@ -1034,6 +1206,9 @@ impl Endpoint {
     /// Removes a machine from the table, keeping the initiator count.
     fn remove_machine(&mut self, id: NegotiationId) -> Option<Machine> {
         let m = self.machines.remove(&id)?;
+        // A NAT-f port its negotiation reserved and no entry took over
+        // (failed, timed out, refused, or replaced by another DDE).
+        self.natf_ports.release_negotiation(id);
         self.yielding.remove(&id);
         self.forget(&m);
         Some(m)

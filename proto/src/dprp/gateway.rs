@@ -344,6 +344,7 @@ impl Transit {
                 keys: None,
                 peer_options: std::mem::take(&mut self.initiator_options),
                 peer_serial: None,
+                natf: None,
                 started: None,
             }),
             CdnStatus::Refused(code) => {

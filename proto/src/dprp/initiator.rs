@@ -27,6 +27,7 @@ use crate::dprp::endpoint::Ctx;
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Cookie, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
 };
+use crate::dprp::natf::{NatfMapping, Vin, natf_option};
 use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer};
 use crate::flow::FlowId;
@@ -52,12 +53,15 @@ pub(crate) struct Start {
     pub(crate) nonce: [u8; 16],
     pub(crate) claims: Vec<Claim>,
     pub(crate) expected_peer: Option<GeId>,
+    /// NAT-f: the flow's destination is this VIN (`expected_peer` is its gateway).
+    pub(crate) natf: Option<Vin>,
 }
 
 pub(crate) struct Initiator {
     pub(crate) flow: FlowId,
     id: NegotiationId,
     expected_peer: Option<GeId>,
+    natf: Option<Vin>,
     /// The ephemeral secret, until the authentic RGI used it: taken (and
     /// zeroized on drop) then, not kept through the linger time.
     eph: Option<StaticSecret>,
@@ -110,6 +114,15 @@ impl Initiator {
     /// Builds and sends the DDE.
     pub(crate) fn start(ctx: &mut Ctx<'_>, s: Start, now: Instant) -> Result<Self> {
         let eph = StaticSecret::from(*s.secret);
+        let mut options = s.options;
+        if let Some(v) = &s.natf {
+            // The one NAT-f request is this VIN's; a caller's own is replaced.
+            options.retain(|o| !matches!(o, DprpOption::NatF { .. }));
+            options.push(DprpOption::NatF {
+                lip: v.lip,
+                reserved_port: 0,
+            });
+        }
         let dde = Dde {
             id: s.id,
             flow: s.flow,
@@ -117,11 +130,14 @@ impl Initiator {
             share: PublicKey::from(&eph).to_bytes(),
             credential: ctx.own_bytes.clone(),
             claims: s.claims.clone(),
-            options: s.options,
+            options,
             hops: Vec::new(),
         };
         let h0 = tr::dde_hash(&dde.core()?);
         let bytes = Message::Dde(dde).encode()?;
+        // A NAT-f DDE is addressed to the VIN too: the node sends what is
+        // addressed to one of its VINs to the VIN's gateway, as it sends
+        // what is addressed to an overlay address to the GE that owns it.
         let dst = SocketAddr::new(s.flow.dst, DPRP_PORT);
         ctx.send(dst, bytes.clone());
         let t = ctx.cfg.timing;
@@ -129,6 +145,7 @@ impl Initiator {
             flow: s.flow,
             id: s.id,
             expected_peer: s.expected_peer,
+            natf: s.natf,
             eph: Some(eph),
             h0,
             claims: s.claims,
@@ -309,11 +326,17 @@ impl Initiator {
     ) -> Result<Option<Outcome>> {
         // The answering end GE must own the destination: its overlay address
         // or a prefix its credential names. Otherwise any member on the path
-        // could answer for an address and take the flow.
-        if ctx.cfg.checks_ownership() && !c.responder.covers(self.flow.dst) {
+        // could answer for an address and take the flow. A VIN is nobody's
+        // address: for NAT-f the VIN's gateway answers, for the host's LAN
+        // address (checked below, with the expected peer).
+        let owned = match &self.natf {
+            Some(v) => v.lip,
+            None => self.flow.dst,
+        };
+        if ctx.cfg.checks_ownership() && !c.responder.covers(owned) {
             return Err(Error::NotOwner {
                 ge: c.responder.info.id.0,
-                addr: self.flow.dst,
+                addr: owned,
             });
         }
         if let Some(expected) = self.expected_peer
@@ -349,6 +372,10 @@ impl Initiator {
                 "is not the lowest shared group",
             ));
         }
+        let natf = match &self.natf {
+            Some(v) => Some(check_natf_answer(v, c.rgi, chosen.is_some())?),
+            None => None,
+        };
         let mut secret = None;
         if let (Some(ch), Some(proof)) = (chosen, c.rgi.proof) {
             let gk = ctx
@@ -430,6 +457,7 @@ impl Initiator {
                 keys: flow_keys,
                 peer_options: c.rgi.responder.options.clone(),
                 peer_serial: Some(c.responder.serial),
+                natf,
                 started: Some(self.started),
             },
         });
@@ -500,7 +528,8 @@ impl Initiator {
         let tbs = [tr::NAK_SIG, &self.h0[..], &nak.core()?].concat();
         refuser.verify_node_signature(&tbs, &nak.signature, "NAK")?;
         let addressed = self.expected_peer == Some(refuser.info.id);
-        if !addressed && !refuser.covers(self.flow.dst) {
+        // A VIN is nobody's address: only the VIN's gateway may refuse.
+        if !addressed && (self.natf.is_some() || !refuser.covers(self.flow.dst)) {
             tracing::debug!(id = %self.id, refuser = %refuser.info.id, "NAK from a GE that does not speak for the destination: dropped");
             return Err(Error::NakFromStranger(refuser.info.id.0));
         }
@@ -510,6 +539,25 @@ impl Initiator {
             code: nak.code,
         })))
     }
+}
+
+/// The gateway's mapping from its authentic RGI to a NAT-f DDE: exactly one
+/// NAT-f option, for the host this VIN stands for, with a port, on a
+/// protected flow (the host is closed: a NAT-f flow is never plain).
+fn check_natf_answer(v: &Vin, rgi: &Rgi, protected: bool) -> Result<NatfMapping> {
+    let m = natf_option(&rgi.responder.options)
+        .map_err(|_| Error::BadNatfAnswer("more than one NAT-f option"))?
+        .ok_or(Error::BadNatfAnswer("no NAT-f option"))?;
+    if m.lip != v.lip {
+        return Err(Error::BadNatfAnswer("a mapping for another host"));
+    }
+    if m.reserved_port == 0 {
+        return Err(Error::BadNatfAnswer("no reserved port"));
+    }
+    if !protected {
+        return Err(Error::BadNatfAnswer("no group chosen"));
+    }
+    Ok(m)
 }
 
 /// An RGI whose authenticators verified, with what the checks produced.

@@ -38,6 +38,9 @@ mod entropy;
 mod gateway;
 mod initiator;
 pub mod msg;
+mod natf;
+#[cfg(test)]
+mod natf_tests;
 pub mod option;
 mod peers;
 mod responder;
@@ -48,13 +51,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 pub use budget::Rate;
-pub use config::{Config, Keyring, Limits, Prefix, Timing};
+pub use config::{Config, DEFAULT_NATF_PORTS, Keyring, Limits, Prefix, Timing};
 pub use endpoint::{
     DURATION_BUCKETS_US, DropCause, DurationHistogram, Endpoint, FailCounts, Occupancy, Stats,
     Verdict,
 };
 pub use entropy::Entropy;
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
+pub use natf::{FrontedHost, NatfMapping, Vin};
 pub use option::DprpOption;
 pub use peers::CacheStats;
 
@@ -124,6 +128,12 @@ pub struct Established {
     /// known to a gateway): the endpoint checks it against revocations
     /// once more when the negotiation completes.
     pub peer_serial: Option<u64>,
+    /// NAT-f (the ends only): the host's LAN address and the port the
+    /// gateway reserved for the flow. The initiator has it from the
+    /// gateway's authenticated RGI and installs its VAT entry with it; the
+    /// gateway it is its own reservation, to install the mapping with and
+    /// to free with [`Endpoint::release_natf_port`] when the flow goes.
+    pub natf: Option<NatfMapping>,
     /// When this GE sent the DDE (initiator only): the endpoint measures
     /// the negotiation's duration from it ([`Stats::durations`]).
     pub started: Option<Instant>,

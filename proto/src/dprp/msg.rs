@@ -270,6 +270,14 @@ pub enum RefuseCode {
     /// overlay address or a prefix it names): the initiator spoke for an
     /// address it does not own.
     NotOwner,
+    /// NAT-f: the host the DDE asks for is not one this gateway fronts, or
+    /// its credential does not cover the host's address.
+    UnknownHost,
+    /// NAT-f: the initiator holds the key of none of the host's groups
+    /// (the host is closed).
+    NotInHostGroup,
+    /// NAT-f: no port is free in the gateway's reservation range.
+    NoPort,
 }
 
 impl RefuseCode {
@@ -282,6 +290,9 @@ impl RefuseCode {
             Self::BadProof => 4,
             Self::HopLimit => 5,
             Self::NotOwner => 6,
+            Self::UnknownHost => 7,
+            Self::NotInHostGroup => 8,
+            Self::NoPort => 9,
         }
     }
 
@@ -294,6 +305,9 @@ impl RefuseCode {
             4 => Self::BadProof,
             5 => Self::HopLimit,
             6 => Self::NotOwner,
+            7 => Self::UnknownHost,
+            8 => Self::NotInHostGroup,
+            9 => Self::NoPort,
             _ => return Err(Error::invalid("refusal code", "unknown")),
         })
     }

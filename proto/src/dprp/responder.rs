@@ -20,9 +20,10 @@ use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Dde, Message, Mpit, Nak, NegotiationId, RefuseCode, ResponderPart, Rgi,
 };
 use crate::dprp::transcript::{self as tr, Hash, PairKey};
+use crate::dprp::natf::NatfMapping;
 use crate::dprp::{DprpOption, Established, Position, Timer, effective};
 use crate::flow::FlowId;
-use crate::ge::{GeId, GeInfo, Mode};
+use crate::ge::{GeId, GeInfo, GroupId, Mode};
 use crate::keys::{self, FlowKeys, KeyVersion, Role};
 use crate::{Error, Result};
 
@@ -44,8 +45,20 @@ pub(crate) struct Responder {
     auth_r: Vec<u8>,
     pair: PairKey,
     rgi: Vec<u8>,
+    /// NAT-f: the mapping this gateway granted (its port is reserved).
+    natf: Option<NatfMapping>,
     state: State,
     deadline: Instant,
+}
+
+/// What a gateway grants a NAT-f DDE before it answers: the mapping (with
+/// the port already reserved) and the host's groups, which replace the
+/// gateway's own in the decision (the DDE asks for the host, not for the
+/// gateway).
+pub(crate) struct NatfGrant {
+    pub(crate) mapping: NatfMapping,
+    /// The host's groups this gateway holds a key for.
+    pub(crate) groups: Vec<GroupId>,
 }
 
 enum State {
@@ -144,7 +157,8 @@ pub(crate) fn without_cookie(mut options: Vec<DprpOption>) -> Vec<DprpOption> {
 impl Responder {
     /// Answers a new DDE (already decoded; `raw` is the datagram) with an
     /// RGI. `initiator` is the DDE's credential as [`check_initiator`]
-    /// verified it.
+    /// verified it; `natf` what this gateway granted a NAT-f DDE.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         ctx: &mut Ctx<'_>,
         from: SocketAddr,
@@ -152,6 +166,7 @@ impl Responder {
         initiator: Credential,
         raw: &[u8],
         secret: &[u8; 32],
+        natf: Option<NatfGrant>,
         now: Instant,
     ) -> Result<Self> {
         let h0 = tr::dde_hash(&dde.core()?);
@@ -159,7 +174,13 @@ impl Responder {
         if initiator.info.id == own.info.id || dde.hops.contains(&own.info.id) {
             return Err(Error::invalid("DDE", "loops back to this GE"));
         }
-        let claims = own_claims(ctx);
+        let mut claims = own_claims(ctx);
+        // NAT-f: the flow is to the host, so the gateway claims only the
+        // host's groups, and the initiator decides with those (the lowest
+        // group both hold is then one the host is in).
+        if let Some(g) = &natf {
+            claims.retain(|c| g.groups.contains(&c.group));
+        }
         let theirs = effective(&initiator.info, &dde.claims);
         let mine: GeInfo = effective(&own.info, &claims);
         let chosen = theirs.lowest_shared_group(&mine).map(|group| {
@@ -199,7 +220,15 @@ impl Responder {
                 share: PublicKey::from(&eph).to_bytes(),
                 claims,
                 chosen,
-                options: Vec::new(),
+                // Inside the RGI core: the responder's transcript hash, so
+                // the pair-key tag and the group proof cover the mapping.
+                options: natf
+                    .iter()
+                    .map(|g| DprpOption::NatF {
+                        lip: g.mapping.lip,
+                        reserved_port: g.mapping.reserved_port,
+                    })
+                    .collect(),
             },
             proof: chosen.map(|_| [0; 32]),
             tag: [0; 32],
@@ -238,6 +267,7 @@ impl Responder {
             auth_r,
             pair,
             rgi: bytes,
+            natf: natf.map(|g| g.mapping),
             state: State::AwaitMpit,
             deadline: now + ctx.cfg.timing.negotiation_timeout,
         })
@@ -353,6 +383,7 @@ impl Responder {
                     keys,
                     peer_options: std::mem::take(&mut self.initiator_options),
                     peer_serial: Some(self.initiator_serial),
+                    natf: self.natf,
                     started: None,
                 }))
             }

@@ -35,7 +35,8 @@ pub use net::{LinkConfig, NodeId};
 use crate::Error;
 use crate::credential::Credential;
 use crate::dprp::{
-    self, Config, DPRP_PORT, Endpoint, Entropy, Established, Event, MessageType, Prefix, Verdict,
+    self, Config, DPRP_PORT, Endpoint, Entropy, Established, Event, FrontedHost, MessageType,
+    Prefix, Verdict, Vin,
 };
 use crate::flow::{FlowId, protocol};
 use crate::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -200,6 +201,9 @@ pub struct Sim {
     seq: u64,
     wire: Vec<Sent>,
     tamper: Option<Tamper>,
+    /// NAT-f: each node's VINs, and the node its datagrams to a VIN go to
+    /// (the node shell's job: what is addressed to a VIN goes to its gateway).
+    vins: BTreeMap<NodeId, Vec<(Vin, NodeId)>>,
     /// Datagram counters.
     pub stats: NetStats,
 }
@@ -223,6 +227,7 @@ impl Sim {
             seq: 0,
             wire: Vec::new(),
             tamper: None,
+            vins: BTreeMap::new(),
             stats: NetStats::default(),
         }
     }
@@ -366,6 +371,23 @@ impl Sim {
             gateway,
             Role::Ge(Box::new(ep)),
         )
+    }
+
+    /// NAT-f: gives GE `node` a VIN (added to its others) whose DPRP
+    /// messages the network delivers to `via`, normally the GE
+    /// `vin.gateway` names (a test may route them to another, to play a
+    /// stranger answering).
+    pub fn add_vin(&mut self, node: NodeId, vin: Vin, via: NodeId) {
+        let list = self.vins.entry(node).or_default();
+        list.retain(|(v, _)| v.vin != vin.vin);
+        list.push((vin, via));
+        let all = list.iter().map(|(v, _)| *v).collect();
+        self.endpoint(node).set_vins(all);
+    }
+
+    /// NAT-f: the hosts gateway `node` fronts (replaces its table).
+    pub fn set_fronted_hosts(&mut self, node: NodeId, hosts: Vec<FrontedHost>) {
+        self.endpoint(node).set_fronted_hosts(hosts);
     }
 
     /// Adds a plain host (it runs nothing of ours) behind a gateway.
@@ -596,7 +618,12 @@ impl Sim {
                     payload: t.payload.clone(),
                 });
             }
-            let to = node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip());
+            let via_vin = self.vins.get(&node).and_then(|l| {
+                l.iter()
+                    .find(|(v, _)| v.vin == t.dst.ip())
+                    .map(|(_, via)| *via)
+            });
+            let to = via_vin.or_else(|| node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip()));
             let Some(to) = to.filter(|to| *to != node) else {
                 self.stats.undeliverable += 1;
                 continue;
