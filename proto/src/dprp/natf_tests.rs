@@ -181,6 +181,9 @@ fn a_retransmitted_dde_reserves_no_second_port() {
         .count();
     assert!(ddes >= 2, "the DDE was retransmitted");
     assert_eq!(n.natf_ports(), 1);
+    // The first port of the range: the retransmission was answered from
+    // the first reservation, not by a new one (which would take the next).
+    assert_eq!(natf(n.sim.established(g).unwrap()).reserved_port, 47000);
     assert_eq!(
         natf(n.sim.established(r).unwrap()),
         natf(n.sim.established(g).unwrap())
