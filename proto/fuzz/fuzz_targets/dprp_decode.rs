@@ -5,6 +5,8 @@
 //! A second endpoint is under load (cookie threshold 0), so DDEs take the
 //! COOKIE path, and has a negotiation of its own running, whose id a COOKIE
 //! in the input is given, so the initiator's cookie handling is reached too.
+//! The endpoint fronts a NAT-f host (192.168.1.10, group 1), so DDEs with a
+//! NAT-f option reach the gateway's host, group and port checks.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use fpn_proto::credential::Credential;
-use fpn_proto::dprp::{Config, Endpoint, Message, MessageType, Prefix, msg};
+use fpn_proto::dprp::{Config, Endpoint, FrontedHost, Message, MessageType, Prefix, msg};
 use fpn_proto::flow::{FlowId, protocol};
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use fpn_proto::keys::{GroupKey, KeyVersion, NodeKey};
@@ -40,12 +42,20 @@ fn endpoint(now: Instant, cookie_threshold: usize) -> Endpoint {
         groups: [GroupId(1)].into(),
         overlay: Ipv4Addr::new(100, 64, 0, 2),
     };
-    let cred = Credential::issue(&ca, 2, info, key.public(), 0, u64::MAX).unwrap();
+    // It fronts a NAT-f host in the LAN its credential names, so NAT-f
+    // DDEs reach the host, group and port checks (and the refusal codes).
+    let lan = Prefix::network([192, 168, 1, 0].into(), 24).unwrap();
+    let cred = Credential::issue_with_prefixes(&ca, 2, info, vec![lan], key.public(), 0, u64::MAX)
+        .unwrap();
     let protected = vec![Prefix::host([198, 18, 0, 2].into())];
     let mut cfg = Config::new(key, cred, sim_ca(), protected);
     cfg.limits.cookie_threshold = cookie_threshold;
     let mut ep = Endpoint::new(cfg, fpn_proto::dprp::Entropy::Seeded([9; 32]), UNIX, now).unwrap();
     ep.set_group_key(GroupId(1), KeyVersion(1), GroupKey::from_bytes([1; 32]));
+    ep.set_fronted_hosts(vec![FrontedHost {
+        lip: [192, 168, 1, 10].into(),
+        groups: vec![GroupId(1)],
+    }]);
     ep
 }
 

@@ -21,8 +21,8 @@ use crate::dprp::natf::{FrontedHost, NatfMapping, PortPool, Vin, natf_option};
 use crate::dprp::peers::{CacheStats, Peers};
 use crate::dprp::responder::{NatfGrant, Responder, check_initiator, nak, own_claims};
 use crate::dprp::transcript as tr;
-use crate::dprp::{Position, effective};
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
+use crate::dprp::{Position, effective};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
 use crate::keys::{GroupKey, KeyVersion};
@@ -855,8 +855,7 @@ impl Endpoint {
         } else {
             None
         };
-        let is_end =
-            natf.is_some() || self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
+        let is_end = natf.is_some() || self.cfg.protected.iter().any(|p| p.contains(dde.flow.dst));
         if is_end && dde.hops.is_empty() && !self.admit(from, &dde, now)? {
             return Ok(());
         }
@@ -1063,10 +1062,7 @@ impl Endpoint {
         unix_now: u64,
     ) -> Result<NatfGrant> {
         let own = &self.cfg.credential;
-        let host = self
-            .fronted
-            .get(&req.lip)
-            .filter(|_| own.covers(req.lip));
+        let host = self.fronted.get(&req.lip).filter(|_| own.covers(req.lip));
         let refusal = match host {
             None => Err(RefuseCode::UnknownHost),
             Some(groups) => {
@@ -1092,18 +1088,19 @@ impl Endpoint {
                 }
             }
         };
-        let refusal = refusal.and_then(|groups| {
-            match self.natf_ports.reserve(dde.flow.protocol, dde.id) {
-                Some(port) => Ok(NatfGrant {
-                    mapping: NatfMapping {
-                        lip: req.lip,
-                        reserved_port: port,
-                    },
-                    groups,
-                }),
-                None => Err(RefuseCode::NoPort),
-            }
-        });
+        let refusal =
+            refusal.and_then(
+                |groups| match self.natf_ports.reserve(dde.flow.protocol, dde.id) {
+                    Some(port) => Ok(NatfGrant {
+                        mapping: NatfMapping {
+                            lip: req.lip,
+                            reserved_port: port,
+                        },
+                        groups,
+                    }),
+                    None => Err(RefuseCode::NoPort),
+                },
+            );
         match refusal {
             Ok(grant) => {
                 tracing::debug!(id = %dde.id, lip = %req.lip, port = grant.mapping.reserved_port, "NAT-f port reserved");

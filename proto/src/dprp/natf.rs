@@ -114,7 +114,8 @@ impl PortPool {
         for i in 0..size {
             let port = (u32::from(start - lo) + i) % size + u32::from(lo);
             let port = port as u16;
-            if let std::collections::btree_map::Entry::Vacant(e) = self.taken.entry((protocol, port))
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                self.taken.entry((protocol, port))
             {
                 e.insert(Owner::Negotiation(id));
                 self.cursor = if port == hi { lo } else { port + 1 };

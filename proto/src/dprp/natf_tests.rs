@@ -95,7 +95,10 @@ fn remote_and_gateway_agree_on_keys_and_the_reserved_port() {
         n.sim.established(r).unwrap().clone(),
         n.sim.established(n.g).unwrap().clone(),
     );
-    assert_eq!(ri.flow, flow, "the VIN is the flow's destination at both ends");
+    assert_eq!(
+        ri.flow, flow,
+        "the VIN is the flow's destination at both ends"
+    );
     assert_eq!(gi.flow, flow);
     assert_eq!(ri.peer, GeId(G_ID));
     // Decided with the host's groups: 2, though R and G share group 1.
@@ -163,10 +166,7 @@ fn a_retransmitted_dde_reserves_no_second_port() {
     let g = n.g;
     let mut lost = false;
     n.sim.set_tamper(move |from, bytes| {
-        if from == g
-            && !lost
-            && matches!(Message::decode(bytes), Ok(Message::Rgi(_)))
-        {
+        if from == g && !lost && matches!(Message::decode(bytes), Ok(Message::Rgi(_))) {
             lost = true;
             bytes.clear();
         }
@@ -343,7 +343,9 @@ fn an_answer_without_a_mapping_is_rejected() {
     n.sim.drive();
     assert_eq!(
         n.sim.failures(r),
-        vec![FailReason::Rejected(Error::BadNatfAnswer("no NAT-f option"))]
+        vec![FailReason::Rejected(Error::BadNatfAnswer(
+            "no NAT-f option"
+        ))]
     );
     assert_eq!(n.sim.endpoint(r).stats().natf_bad_answers, 1);
     assert!(n.sim.established(r).is_none());
@@ -370,7 +372,9 @@ fn a_stranger_gateway_answering_is_not_accepted() {
             groups: vec![GroupId(1)],
         }],
     );
-    let r = n.sim.add_ge(GeSpec::host(1, "r", Mode::Open, &[1], "198.18.0.1"));
+    let r = n
+        .sim
+        .add_ge(GeSpec::host(1, "r", Mode::Open, &[1], "198.18.0.1"));
     let v = Vin {
         vin: ip(VIN),
         gateway: GeId(G_ID),

@@ -19,8 +19,8 @@ use crate::dprp::initiator::{digest, mpit_extra};
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Dde, Message, Mpit, Nak, NegotiationId, RefuseCode, ResponderPart, Rgi,
 };
-use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::natf::NatfMapping;
+use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::{DprpOption, Established, Position, Timer, effective};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GeInfo, GroupId, Mode};

@@ -623,7 +623,8 @@ impl Sim {
                     .find(|(v, _)| v.vin == t.dst.ip())
                     .map(|(_, via)| *via)
             });
-            let to = via_vin.or_else(|| node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip()));
+            let to =
+                via_vin.or_else(|| node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip()));
             let Some(to) = to.filter(|to| *to != node) else {
                 self.stats.undeliverable += 1;
                 continue;
