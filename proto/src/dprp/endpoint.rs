@@ -569,7 +569,33 @@ impl Endpoint {
         self.begin(flow, options, now)
     }
 
-    /// A DPRP datagram from the underlay address `from`.
+    /// A DDE this gateway intercepted on its forwarding path: a datagram
+    /// from `from` to `to` (port 7717), addressed to another GE. It is
+    /// taken like [`Endpoint::handle_datagram`] takes a DDE, except that a
+    /// NAT-f DDE is never this GE's own (its flow ends at a VIN; the GE it
+    /// is addressed to is the end) and goes on to `to`, where its sender
+    /// addressed it. Anything but a DDE is refused: only DDEs are
+    /// intercepted, the other messages travel hop by hop.
+    pub fn handle_transit_datagram(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<()> {
+        let msg = Message::decode(datagram)?;
+        let _span =
+            tracing::debug_span!("dprp", id = %msg.id(), kind = ?msg.kind(), transit = true)
+                .entered();
+        match msg {
+            Message::Dde(dde) => self.on_dde(from, Some(to), dde, datagram, now),
+            _ => Err(Error::UnexpectedMessage(
+                "only DDEs are intercepted in transit",
+            )),
+        }
+    }
+
+    /// A DPRP datagram from the underlay address `from`, addressed to this GE.
     pub fn handle_datagram(
         &mut self,
         from: SocketAddr,
@@ -581,7 +607,7 @@ impl Endpoint {
         let _span = tracing::debug_span!("dprp", %id, kind = ?msg.kind()).entered();
         let unix_now = self.unix_now(now);
         if let Message::Dde(dde) = msg {
-            return self.on_dde(from, dde, datagram, now);
+            return self.on_dde(from, None, dde, datagram, now);
         }
         let Some(machine) = self.machines.get_mut(&id) else {
             return Err(Error::UnknownNegotiation);
@@ -814,7 +840,16 @@ impl Endpoint {
         q
     }
 
-    fn on_dde(&mut self, from: SocketAddr, dde: Dde, raw: &[u8], now: Instant) -> Result<()> {
+    /// A DDE from `from`; `to` is where it was addressed when this gateway
+    /// intercepted it in transit, `None` when it was addressed to this GE.
+    fn on_dde(
+        &mut self,
+        from: SocketAddr,
+        to: Option<SocketAddr>,
+        dde: Dde,
+        raw: &[u8],
+        now: Instant,
+    ) -> Result<()> {
         let unix_now = self.unix_now(now);
         let mut ctx = Ctx {
             cfg: &self.cfg,
@@ -844,14 +879,12 @@ impl Endpoint {
             return Err(Error::RateLimited("DDEs from this source"));
         }
         // A NAT-f DDE's flow ends at the remote's VIN, which means nothing
-        // here: this gateway is its end when the host is its own (fronted,
-        // or inside the LAN its credential names; it refuses the request if
-        // either is missing). Any other NAT-f DDE is passed on like every
-        // DDE in transit.
-        let natf = if self.cfg.serves_natf() {
-            natf_option(&dde.options)?.filter(|req| {
-                self.fronted.contains_key(&req.lip) || self.cfg.credential.covers(req.lip)
-            })
+        // here: the gateway it is addressed to is its end (and refuses it
+        // unless the host is its own). One intercepted on the way to
+        // another gateway is passed on, even if this one fronts a host at
+        // the same private address.
+        let natf = if self.cfg.serves_natf() && to.is_none() {
+            natf_option(&dde.options)?
         } else {
             None
         };
@@ -890,7 +923,7 @@ impl Endpoint {
             if !ctx.own().info.kind.is_gateway() {
                 return Err(Error::invalid("DDE", "destination is not behind this GE"));
             }
-            let m = Transit::start(&mut ctx, from, dde, raw, now)?;
+            let m = Transit::start(&mut ctx, from, to, dde, raw, now)?;
             self.insert_machine(m.id, Machine::Transit(Box::new(m)));
             return Ok(());
         }

@@ -10,7 +10,7 @@
 //! Retransmissions in either direction are answered from the cached copies,
 //! so a lossy path costs no new signatures.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::action::Action;
@@ -20,6 +20,7 @@ use crate::dprp::msg::{
     Cdn, CdnStatus, CredentialBytes, Dde, GatewayHop, MAX_HOPS, Message, Mpit, NegotiationId,
     RefuseCode, Rgi,
 };
+use crate::dprp::natf::natf_option;
 use crate::dprp::responder::nak;
 use crate::dprp::transcript::{self as tr, Hash};
 use crate::dprp::{DPRP_PORT, DprpOption, Established, Position, Timer};
@@ -35,7 +36,13 @@ pub(crate) struct Transit {
     dde_digest: Hash,
     initiator: CredentialBytes,
     initiator_options: Vec<DprpOption>,
+    /// NAT-f: the host's LAN address the DDE asks for. The flow's
+    /// destination is the initiator's VIN; the responder must cover this.
+    natf_lip: Option<IpAddr>,
     prev_hop: SocketAddr,
+    /// Where the DDE goes on: the flow's destination, or for an
+    /// intercepted DDE where its sender addressed it.
+    next_dde_hop: SocketAddr,
     forwarded_dde: Vec<u8>,
     back: Option<Back>,
     forth: Option<Forth>,
@@ -73,10 +80,13 @@ struct Forth {
 }
 
 impl Transit {
-    /// Takes a DDE in transit: appends this GE and passes it on.
+    /// Takes a DDE in transit: appends this GE and passes it on, to `to`
+    /// if it was intercepted on its way there, else to the flow's
+    /// destination.
     pub(crate) fn start(
         ctx: &mut Ctx<'_>,
         from: SocketAddr,
+        to: Option<SocketAddr>,
         dde: Dde,
         raw: &[u8],
         now: Instant,
@@ -105,10 +115,23 @@ impl Transit {
             dde.credential.clone(),
             crate::dprp::responder::without_cookie(dde.options.clone()),
         );
+        let natf_lip = natf_option(&dde.options)?.map(|m| m.lip);
+        // A NAT-f DDE travels to its gateway, not to the flow's (virtual)
+        // destination; any DDE goes on where its sender sent it.
+        let next_dde_hop = match (to, natf_lip) {
+            (Some(to), _) => to,
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "DDE",
+                    "NAT-f: neither for this gateway nor intercepted on its way",
+                ));
+            }
+            (None, None) => SocketAddr::new(flow.dst, DPRP_PORT),
+        };
         let mut fwd = dde;
         fwd.hops.push(me);
         let bytes = Message::Dde(fwd).encode()?;
-        ctx.send(SocketAddr::new(flow.dst, DPRP_PORT), bytes.clone());
+        ctx.send(next_dde_hop, bytes.clone());
         tracing::debug!(%id, %flow, index, "DDE passed on");
         Ok(Self {
             flow,
@@ -118,7 +141,9 @@ impl Transit {
             dde_digest: digest(raw),
             initiator,
             initiator_options,
+            natf_lip,
             prev_hop: from,
+            next_dde_hop,
             forwarded_dde: bytes,
             back: None,
             forth: None,
@@ -148,8 +173,7 @@ impl Transit {
     /// over with it (nothing authenticated the first one yet).
     pub(crate) fn handle_dde_again(&self, ctx: &mut Ctx<'_>, raw: &[u8]) -> Result<bool> {
         if digest(raw) == self.dde_digest {
-            let dst = SocketAddr::new(self.flow.dst, DPRP_PORT);
-            ctx.send(dst, self.forwarded_dde.clone());
+            ctx.send(self.next_dde_hop, self.forwarded_dde.clone());
             return Ok(true);
         }
         if self.forth.is_some() {
@@ -247,8 +271,12 @@ impl Transit {
         // on the authentic decision, so two colluding ends that forge a flow
         // between them get no entry (and no relay) here either.
         let responder = ctx.verify(&back.responder)?;
+        // NAT-f: the destination is the initiator's VIN, nobody's address
+        // (this gateway cannot tell it from another): the responder must
+        // own either it or the host the DDE asked for.
+        let natf_host = self.natf_lip.filter(|lip| responder.covers(*lip));
         for (ge, addr) in [(&initiator, self.flow.src), (&responder, self.flow.dst)] {
-            if !ge.covers(addr) {
+            if !ge.covers(addr) && !(addr == self.flow.dst && natf_host.is_some()) {
                 tracing::debug!(id = %self.id, ge = %ge.info.id, %addr, "MPIT refused: an end does not own its address");
                 self.refused = true;
                 return Err(Error::NotOwner {

@@ -394,3 +394,50 @@ fn a_stranger_gateway_answering_is_not_accepted() {
     // S's reservation went with its unconfirmed negotiation.
     assert_eq!(n.sim.endpoint(s).occupancy().natf_ports, 0);
 }
+
+#[test]
+fn a_gateway_on_the_path_passes_the_request_on_even_fronting_the_same_address() {
+    let mut n = net(&[1], |_| {});
+    // T in front of R's LAN 10.0.0.0/24 fronts a host of its own at the
+    // same private address as G's (both homes use 192.168.1.0/24).
+    let mut spec = GeSpec::gateway(
+        30,
+        "t",
+        GeKind::Gen,
+        Mode::Closed,
+        &[1],
+        "198.18.0.30",
+        "10.0.0.0/24".parse().unwrap(),
+    );
+    spec.protects.push("192.168.1.0/24".parse().unwrap());
+    let t = n.sim.add_ge(spec);
+    n.sim.set_fronted_hosts(
+        t,
+        vec![FrontedHost {
+            lip: ip(LIP),
+            groups: vec![GroupId(1)],
+        }],
+    );
+    let r = n
+        .sim
+        .add_ge(GeSpec::host(1, "r", Mode::Open, &[1], "10.0.0.2").behind(t));
+    let v = Vin {
+        vin: ip(VIN),
+        gateway: GeId(G_ID),
+        lip: ip(LIP),
+    };
+    n.sim.add_vin(r, v, n.g);
+    let flow = n.sim.send_udp(r, ip(VIN), 4000, 80, b"x");
+    n.sim.drive();
+    let (ri, ti, gi) = (
+        n.sim.established(r).expect("R's entry").clone(),
+        n.sim.established(t).expect("T's entry").clone(),
+        n.sim.established(n.g).expect("G's entry").clone(),
+    );
+    assert_eq!((ri.flow, ti.flow, gi.flow), (flow, flow, flow));
+    assert_eq!(ti.action, crate::action::Action::Relay);
+    assert_eq!(ti.natf, None, "a gateway on the path reserves nothing");
+    assert_eq!(natf(&ri), natf(&gi));
+    assert_eq!(n.sim.endpoint(t).occupancy().natf_ports, 0);
+    assert_eq!(n.natf_ports(), 1);
+}

@@ -564,7 +564,14 @@ impl Sim {
             let Role::Ge(ep) = &mut self.nodes[at.0].role else {
                 unreachable!()
             };
-            let r = span.in_scope(|| ep.handle_datagram(d.from, &d.payload, now));
+            // Addressed here, or intercepted on the way (a DDE in transit).
+            let r = span.in_scope(|| {
+                if last {
+                    ep.handle_datagram(d.from, &d.payload, now)
+                } else {
+                    ep.handle_transit_datagram(d.from, d.dst, &d.payload, now)
+                }
+            });
             if let Err(e) = r {
                 tracing::debug!(node = %self.nodes[at.0].name, error = %e, "datagram refused");
                 self.nodes[at.0].errors.push((now, e));
@@ -623,6 +630,10 @@ impl Sim {
                     .find(|(v, _)| v.vin == t.dst.ip())
                     .map(|(_, via)| *via)
             });
+            // The shell sends what is addressed to a VIN to the VIN's gateway.
+            if let Some(via) = via_vin {
+                t.dst = SocketAddr::new(self.nodes[via.0].addr, t.dst.port());
+            }
             let to =
                 via_vin.or_else(|| node_by_addr(self.nodes.iter().map(|n| &n.addr), t.dst.ip()));
             let Some(to) = to.filter(|to| *to != node) else {
