@@ -71,6 +71,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = ep.handle_datagram(from, data, now);
     // A second copy exercises the duplicate paths.
     let _ = ep.handle_datagram(from, data, now);
+    // The same bytes intercepted on their way to another GE (a DDE in
+    // transit, NAT-f ones included).
+    let to: SocketAddr = "198.18.0.7:7717".parse().unwrap();
+    let _ = ep.handle_transit_datagram(from, to, data, now);
     while ep.poll_transmit().is_some() {}
     while ep.poll_event().is_some() {}
     ep.handle_timeout(now + std::time::Duration::from_secs(60));

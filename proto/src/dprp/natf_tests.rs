@@ -219,8 +219,13 @@ fn a_remote_outside_the_hosts_groups_is_refused_fast() {
 
 #[test]
 fn a_host_not_fronted_or_not_covered_is_refused() {
-    // Fronted but outside G's credential (10.9.9.9), and covered but not fronted.
-    for (lip, fronted) in [("10.9.9.9", true), ("192.168.1.11", false)] {
+    // Fronted but outside G's credential (10.9.9.9), covered but not
+    // fronted, neither.
+    for (lip, fronted) in [
+        ("10.9.9.9", true),
+        ("192.168.1.11", false),
+        ("172.16.0.1", false),
+    ] {
         let mut n = net(&[1], |_| {});
         if fronted {
             n.sim.set_fronted_hosts(
