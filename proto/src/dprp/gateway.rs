@@ -274,9 +274,13 @@ impl Transit {
         // NAT-f: the destination is the initiator's VIN, nobody's address
         // (this gateway cannot tell it from another): the responder must
         // own either it or the host the DDE asked for.
-        let natf_host = self.natf_lip.filter(|lip| responder.covers(*lip));
-        for (ge, addr) in [(&initiator, self.flow.src), (&responder, self.flow.dst)] {
-            if !ge.covers(addr) && !(addr == self.flow.dst && natf_host.is_some()) {
+        let owns_host = self.natf_lip.is_some_and(|lip| responder.covers(lip));
+        let ends = [
+            (&initiator, self.flow.src, false),
+            (&responder, self.flow.dst, owns_host),
+        ];
+        for (ge, addr, owns_host) in ends {
+            if !owns_host && !ge.covers(addr) {
                 tracing::debug!(id = %self.id, ge = %ge.info.id, %addr, "MPIT refused: an end does not own its address");
                 self.refused = true;
                 return Err(Error::NotOwner {
