@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::credential::Credential;
+use crate::dprp::Position;
 use crate::dprp::budget::Buckets;
 use crate::dprp::config::{Config, Keyring, Prefix};
 use crate::dprp::cookie::{self, CookieJar};
@@ -17,12 +18,11 @@ use crate::dprp::entropy::{Entropy, Rng};
 use crate::dprp::gateway::Transit;
 use crate::dprp::initiator::{Initiator, Outcome, Start};
 use crate::dprp::msg::{Cookie, CredentialBytes, Dde, Message, NegotiationId, RefuseCode};
-use crate::dprp::natf::{FrontedHost, NatfMapping, PortPool, Vin, natf_option};
+use crate::dprp::natf::{FrontedHost, NatfMapping, PortPool, Vin, host_groups, natf_option};
 use crate::dprp::peers::{CacheStats, Peers};
 use crate::dprp::responder::{NatfGrant, Responder, check_initiator, nak, own_claims};
 use crate::dprp::transcript as tr;
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
-use crate::dprp::{Position, effective};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
 use crate::keys::{GroupKey, KeyVersion};
@@ -1098,28 +1098,7 @@ impl Endpoint {
         let host = self.fronted.get(&req.lip).filter(|_| own.covers(req.lip));
         let refusal = match host {
             None => Err(RefuseCode::UnknownHost),
-            Some(groups) => {
-                let mut host_keys = Vec::new();
-                for g in groups {
-                    if own.info.groups.contains(g) && self.keys.current(*g).is_some() {
-                        host_keys.push(*g);
-                    }
-                }
-                let theirs = effective(&initiator.info, &dde.claims);
-                let shared = host_keys.iter().any(|g| theirs.groups.contains(g));
-                if shared {
-                    Ok(host_keys)
-                } else if groups
-                    .iter()
-                    .any(|g| own.info.groups.contains(g) && initiator.info.groups.contains(g))
-                {
-                    // Both are certified in a host group, but one end
-                    // lacks its key: the same refusal as for any flow.
-                    Err(RefuseCode::KeyUnavailable)
-                } else {
-                    Err(RefuseCode::NotInHostGroup)
-                }
-            }
+            Some(groups) => host_groups(groups, own, &self.keys, initiator, &dde.claims),
         };
         let refusal =
             refusal.and_then(

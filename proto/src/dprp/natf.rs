@@ -20,8 +20,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
-use crate::dprp::DprpOption;
-use crate::dprp::msg::NegotiationId;
+use crate::credential::Credential;
+use crate::dprp::config::Keyring;
+use crate::dprp::msg::{Claim, NegotiationId, RefuseCode};
+use crate::dprp::{DprpOption, effective};
 use crate::ge::{GeId, GroupId};
 use crate::{Error, Result};
 
@@ -71,6 +73,38 @@ pub(crate) fn natf_option(options: &[DprpOption]) -> Result<Option<NatfMapping>>
         return Err(Error::invalid("NAT-f option", "more than one"));
     }
     Ok(first)
+}
+
+/// The groups a gateway (`own`) may decide a NAT-f flow to a host in
+/// `host` with: the host's groups it is certified in and holds a key for,
+/// when at least one of them is among the initiator's claims. The host is
+/// closed, so otherwise a refusal: `KeyUnavailable` when both credentials
+/// name a host group but a key is missing on one end (as for any flow),
+/// else `NotInHostGroup`.
+pub(crate) fn host_groups(
+    host: &[GroupId],
+    own: &Credential,
+    keys: &Keyring,
+    initiator: &Credential,
+    claims: &[Claim],
+) -> std::result::Result<Vec<GroupId>, RefuseCode> {
+    let held: Vec<GroupId> = host
+        .iter()
+        .copied()
+        .filter(|g| own.info.groups.contains(g) && keys.current(*g).is_some())
+        .collect();
+    let theirs = effective(&initiator.info, claims);
+    if held.iter().any(|g| theirs.groups.contains(g)) {
+        return Ok(held);
+    }
+    let certified = host
+        .iter()
+        .any(|g| own.info.groups.contains(g) && initiator.info.groups.contains(g));
+    Err(if certified {
+        RefuseCode::KeyUnavailable
+    } else {
+        RefuseCode::NotInHostGroup
+    })
 }
 
 /// Who holds a reserved port.
