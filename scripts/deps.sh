@@ -36,6 +36,11 @@ FPN_APT_NEEDS=(
   # Chromium driven over WebDriver.
   "chromium:chromium"
   "chromedriver:chromium-driver"
+  # NAT-f: the NAS behind the lab's home gateway runs a real FTP server, and
+  # the remote laptop fetches from it (overlay-tests node_gateway). The
+  # package's own service is stopped and disabled after the install.
+  "vsftpd:vsftpd"
+  "curl:curl"
 )
 
 fpn_ensure_deps() {
@@ -58,6 +63,10 @@ fpn_ensure_deps() {
       cmd=${entry%%:*}
       command -v "$cmd" >/dev/null 2>&1 || fpn_die "$cmd still missing after installing its package"
     done
+    # The tests start vsftpd in a namespace; the host must not serve FTP.
+    if [[ " ${missing[*]} " == *" vsftpd "* ]] && command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now vsftpd >/dev/null 2>&1 || true
+    fi
   fi
 
   # Rust: the stable toolchain must already be there (rustup); Debian's own cargo

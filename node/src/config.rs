@@ -1,7 +1,7 @@
 //! The node's configuration file (TOML); every key has a default, so the
 //! file is optional. configs/node/node.toml documents each key.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -65,6 +65,15 @@ pub struct NodeConfig {
     pub port_mapping: bool,
     /// The `[metrics]` table: `/metrics` for Prometheus (off by default).
     pub metrics: MetricsSettings,
+    /// Where the DNS stub's VINs for hosts behind gateways come from, e.g.
+    /// `100.127.0.0/16`; must lie inside the overlay route (overlay address
+    /// / `overlay_prefix`), which takes them into the TUN, and must not
+    /// overlap the GMS's overlay_range.
+    pub vin_range: String,
+    /// As a gateway: the ports reserved on the public address for NAT-f
+    /// flows, e.g. `47000-47999` (one per flow and protocol). Packets to
+    /// them are taken from the kernel: keep the host's own services off them.
+    pub natf_ports: String,
 }
 
 /// The `[metrics]` table.
@@ -119,6 +128,8 @@ impl Default for NodeConfig {
             tun_offloads: true,
             port_mapping: true,
             metrics: MetricsSettings::default(),
+            vin_range: "100.127.0.0/16".into(),
+            natf_ports: "47000-47999".into(),
         }
     }
 }
@@ -186,6 +197,8 @@ impl NodeConfig {
         diff("tun_offloads", self.tun_offloads == new.tun_offloads);
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);
+        diff("vin_range", self.vin_range == new.vin_range);
+        diff("natf_ports", self.natf_ports == new.natf_ports);
         out
     }
 
@@ -215,7 +228,43 @@ impl NodeConfig {
         if self.directory_ttl_secs == 0 || self.flow_idle_secs == 0 {
             return bad("directory_ttl_secs and flow_idle_secs must be positive");
         }
+        self.vin_net()?;
+        self.natf_port_range()?;
         Ok(())
+    }
+
+    /// `vin_range` as network and prefix length.
+    pub fn vin_net(&self) -> Result<(Ipv4Addr, u8)> {
+        let bad = || {
+            Error::Config(format!(
+                "vin_range = {:?}: expected an IPv4 prefix of length 8 to 30 such as \"100.127.0.0/16\"",
+                self.vin_range
+            ))
+        };
+        let (ip, len) = self.vin_range.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&len) || u32::from(ip) & !(u32::MAX << (32 - len)) != 0 {
+            return Err(bad());
+        }
+        Ok((ip, len))
+    }
+
+    /// `natf_ports` as an inclusive range.
+    pub fn natf_port_range(&self) -> Result<std::ops::RangeInclusive<u16>> {
+        let bad = || {
+            Error::Config(format!(
+                "natf_ports = {:?}: expected FIRST-LAST such as \"47000-47999\", ports 1024 and above",
+                self.natf_ports
+            ))
+        };
+        let (a, b) = self.natf_ports.split_once('-').ok_or_else(bad)?;
+        let a: u16 = a.trim().parse().map_err(|_| bad())?;
+        let b: u16 = b.trim().parse().map_err(|_| bad())?;
+        if a < 1024 || a > b {
+            return Err(bad());
+        }
+        Ok(a..=b)
     }
 }
 
@@ -236,6 +285,11 @@ mod tests {
             "tun_name = \"a-very-long-interface-name\"",
             "tun_name = \"bad name\"",
             "overlay_prefix = 31",
+            "vin_range = \"100.127.0.1/16\"",
+            "vin_range = \"100.127.0.0/31\"",
+            "vin_range = \"nope\"",
+            "natf_ports = \"80-90\"",
+            "natf_ports = \"48000-47000\"",
             "listen = \"nope\"",
             "colour = \"blue\"",
             "flow_idle_secs = 0",

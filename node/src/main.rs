@@ -400,11 +400,16 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
                 // No daemon answers: a crashed one may have left its table.
                 let cfg = NodeConfig::load(config.as_deref())?;
                 let table = fpn_node::native::table_name(&cfg.tun_name);
-                if fpn_node::native::cleanup(&table).unwrap_or(false) {
+                let native = fpn_node::native::cleanup(&table).unwrap_or(false);
+                if native {
                     eprintln!("no node running; deleted its stale nftables table {table}");
-                    return Ok(ExitCode::SUCCESS);
                 }
-                return Err(e);
+                if fpn_node::native::natf_cleanup(&cfg.tun_name).unwrap_or(false) {
+                    eprintln!("no node running; deleted its stale NAT-f gateway table");
+                } else if !native {
+                    return Err(e);
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             // Wait until the daemon has exited (it holds the lock to the end,
             // after the TUN is gone), so `up` may follow at once.
@@ -519,6 +524,24 @@ fn print_status(s: &Status) {
         );
         if let Some(r) = &f.reason {
             println!("        why: {r}");
+        }
+        if let Some(n) = &f.natf {
+            println!(
+                "        NAT-f: host {} via reserved port {} ({})",
+                n.lan, n.port, n.role
+            );
+        }
+    }
+    if !s.hosts.is_empty() {
+        println!("hosts behind gateways:");
+        for h in &s.hosts {
+            match &h.vin {
+                Some(vin) => println!(
+                    "  {:<16} {:<15} VIN {vin} via GE {}",
+                    h.name, h.lan, h.gateway
+                ),
+                None => println!("  {:<16} {:<15} behind this node", h.name, h.lan),
+            }
         }
     }
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);

@@ -39,6 +39,37 @@ pub struct Status {
     /// `netcheck`.
     #[serde(default)]
     pub port_mapping: crate::portmap::PortMapStatus,
+    /// Hosts behind gateways: behind other GEs with the VIN the DNS stub
+    /// answers, and the ones this node answers for as their gateway.
+    #[serde(default)]
+    pub hosts: Vec<HostStatus>,
+}
+
+/// A host behind a gateway, as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Its name in the zone.
+    pub name: String,
+    /// Its LAN address.
+    pub lan: String,
+    /// The VIN this node's DNS stub answers for it (hosts behind other GEs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vin: Option<String>,
+    /// The gateway GE's id.
+    pub gateway: u32,
+    /// True when this node is its gateway.
+    pub fronted: bool,
+}
+
+/// A NAT-f flow's mapping, as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NatfFlowStatus {
+    /// The host's LAN address.
+    pub lan: String,
+    /// The port reserved on the gateway's public address.
+    pub port: u16,
+    /// `remote` (this node reaches the host) or `gateway` (this node answers for it).
+    pub role: String,
 }
 
 /// The configuration in force (the keys a SIGHUP can change) and how the
@@ -202,6 +233,9 @@ pub struct FlowStatus {
     /// Why the flow is refused or dropped (the rule, who applied it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The NAT-f mapping of a flow to a host behind a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub natf: Option<NatfFlowStatus>,
 }
 
 /// The answer to `ping`.

@@ -37,6 +37,7 @@ mod capture;
 mod cidr;
 pub mod echo;
 mod error;
+pub mod http;
 pub mod inject;
 mod lab;
 pub mod naming;

@@ -165,6 +165,16 @@ enum Cmd {
     /// A TCP/UDP echo that tells clients the address it sees them from.
     #[command(subcommand)]
     Echo(EchoCmd),
+    /// A small static HTTP server for hosts that run no fpn software
+    /// (`GET /whoami` answers the client's address as the server sees it).
+    Http {
+        /// TCP address to listen on, e.g. 0.0.0.0:80.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Directory whose files are served (`/` is index.html).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -376,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Echo(e) => echo(e)?,
+        Cmd::Http { listen, dir } => fpn_lab::http::serve(listen, &dir)?,
     }
     Ok(())
 }

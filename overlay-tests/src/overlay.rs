@@ -83,6 +83,10 @@ pub struct NodeSpec {
     /// Lines appended to this node's configuration after the spec's
     /// `node_config` (e.g. a `[metrics]` table); empty by default.
     pub config: String,
+    /// GE kind at the GMS: `ges` (default), `gen` or `gea`.
+    pub kind: String,
+    /// Prefixes the GE protects (`--protect`, gateways only).
+    pub protect: Vec<String>,
 }
 
 impl NodeSpec {
@@ -94,6 +98,8 @@ impl NodeSpec {
             mode,
             groups: groups.to_vec(),
             config: String::new(),
+            kind: "ges".into(),
+            protect: Vec::new(),
         }
     }
 }
@@ -299,10 +305,14 @@ impl Overlay {
                 "add".into(),
                 n.name.clone(),
                 "--kind".into(),
-                "ges".into(),
+                n.kind.clone(),
                 "--mode".into(),
                 n.mode.arg().into(),
             ];
+            for p in &n.protect {
+                args.push("--protect".into());
+                args.push(p.clone());
+            }
             for g in &n.groups {
                 args.push("--group".into());
                 args.push(g.to_string());

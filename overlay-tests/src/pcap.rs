@@ -62,6 +62,28 @@ impl Packet {
     pub fn contains(&self, needle: &[u8]) -> bool {
         find(&self.data, needle)
     }
+
+    /// An IPv4 packet's source, destination, protocol and (TCP/UDP) ports
+    /// (0 for other protocols and for fragments after the first).
+    pub fn five_tuple(&self) -> Option<(std::net::IpAddr, std::net::IpAddr, u8, u16, u16)> {
+        let ip = self.ip()?;
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let proto = ip[9];
+        let first = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+        let ports = match (proto, ip.get(ihl..ihl + 4)) {
+            (6 | 17, Some(p)) if first => (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            ),
+            _ => (0, 0),
+        };
+        Some((src.into(), dst.into(), proto, ports.0, ports.1))
+    }
 }
 
 impl Pcap {

@@ -33,6 +33,7 @@
 mod explain;
 mod flows;
 mod keys;
+pub mod natf;
 mod negotiation;
 mod output;
 mod paths;
@@ -48,6 +49,8 @@ mod sim_tests;
 
 #[cfg(test)]
 mod nat_tests;
+#[cfg(test)]
+mod natf_tests;
 #[cfg(test)]
 mod native_tests;
 
@@ -81,6 +84,7 @@ use snapshot::Counters;
 use timers::Timers;
 
 pub use keys::KeyChange;
+pub use negotiation::in_net;
 pub use output::{Command, DataOut, Output, SendError};
 pub use paths::{PROBE_PORT, udp_v4};
 pub use peers::{OwnerChange, PathState, Peer, PeerTable};
@@ -118,6 +122,9 @@ pub struct CoreConfig {
     /// How long the GMS may be away before credentials older than its loss
     /// are refused (`max_gms_silence_secs`); `None`: never.
     pub max_gms_silence: Option<Duration>,
+    /// Where the VINs of hosts behind gateways come from (routed into the
+    /// TUN): [`natf::DEFAULT_VIN_RANGE`] unless configured.
+    pub vin_range: (Ipv4Addr, u8),
 }
 
 /// The node's packet and flow state machine. See the module docs.
@@ -148,11 +155,13 @@ pub struct NodeCore {
     steering: steering::Steering,
     epoch: Option<Instant>,
     silence: silence::GmsSilence,
+    natf: natf::Natf,
 }
 
 impl NodeCore {
     /// A core around its DPRP endpoint and PIT.
     pub fn new(cfg: CoreConfig, dprp: Endpoint, pit: Pit) -> Self {
+        let cfg_vin_range = cfg.vin_range;
         let buf = (usize::from(cfg.mtu) + TRAILER_LEN + 64).max(2048);
         let mut core = Self {
             cfg,
@@ -179,6 +188,7 @@ impl NodeCore {
             steering: steering::Steering::default(),
             epoch: None,
             silence: silence::GmsSilence::default(),
+            natf: natf::Natf::new(cfg_vin_range),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -213,7 +223,7 @@ impl NodeCore {
             return DataOut::Nothing;
         };
         let flow = pkt.flow_id();
-        if flow.src != IpAddr::V4(self.cfg.overlay) {
+        if flow.src != IpAddr::V4(self.cfg.overlay) && !self.natf.is_gateway_reply(&flow) {
             // IPv6 router solicitations and other stray traffic of the
             // interface itself: nothing of ours.
             trace!(%flow, "TUN packet not from the overlay address");
@@ -376,6 +386,7 @@ impl NodeCore {
                 info!(%ge, flows = n, "peer left the directory: refused from now on");
             }
             Command::Peer(rec) => self.set_peer(&rec, now),
+            Command::Hosts(hosts) => self.set_hosts(&hosts),
             Command::RevocationList(serials) => {
                 let mut flows = 0;
                 for s in serials {
@@ -620,7 +631,7 @@ impl NodeCore {
             .filter(|(f, e)| {
                 let remote = if f.src == own { f.dst } else { f.src };
                 let owner = match remote {
-                    IpAddr::V4(r) => self.peers.owner(r),
+                    IpAddr::V4(r) => self.owner_of(r),
                     IpAddr::V6(_) => None,
                 };
                 e.peer().is_some() && owner != e.peer()

@@ -24,6 +24,11 @@ use crate::status::action_name;
 impl NodeCore {
     pub(super) fn negotiate(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
         let _span = tracing::debug_span!("flow", %flow).entered();
+        if self.dead_vin(flow.dst) {
+            self.counters.no_route += 1;
+            self.queue_unreachable(packet, Unreachable::NoAnswer);
+            return;
+        }
         self.dprp_touched = true;
         match self.dprp.handle_packet(flow, packet.to_vec(), now) {
             Ok(Verdict::Held) => {
@@ -239,7 +244,7 @@ impl NodeCore {
             self.counters.unknown_owner += 1;
             return;
         };
-        match self.peers.owner(r) {
+        match self.owner_of(r) {
             Some(owner) if owner != e.peer => {
                 warn!(peer = %e.peer, %owner, "a peer negotiated a flow for an address it does not own; refused");
                 self.counters.wrong_owner += 1;
@@ -270,9 +275,20 @@ impl NodeCore {
             position: e.position,
             peer: e.peer,
         };
+        // A transit gateway's entry is not a mapping of its own.
+        let natf = e
+            .natf
+            .filter(|_| e.position != fpn_proto::dprp::Position::Gateway);
+        let gateway = e.position == fpn_proto::dprp::Position::Responder;
         let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
         match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
             Ok(()) => {
+                if let Some(m) = natf {
+                    // Before the translation: the wire side takes the
+                    // reserved port, and the gateway's DNAT is queued
+                    // ahead of this round's CDN.
+                    self.natf_established(e.flow, gateway, m.lip, m.reserved_port);
+                }
                 if let Some(p) = self.peers.get_mut(e.peer) {
                     p.had_flow = true;
                 }
@@ -333,7 +349,7 @@ impl NodeCore {
             self.counters.no_route += 1;
             return;
         };
-        if let Some(ge) = self.peers.owner(ip)
+        if let Some(ge) = self.owner_of(ip)
             && self.peers.target(ge).is_some()
         {
             // A new negotiation toward the flow's destination: on the IP
@@ -410,7 +426,8 @@ pub(super) fn unreachable_for(reason: &FailReason) -> Unreachable {
     }
 }
 
-pub(super) fn in_net(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+/// Whether `ip` lies in the prefix `(net, len)`.
+pub fn in_net(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
     let mask = if len == 0 {
         0
     } else {

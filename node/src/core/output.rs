@@ -34,6 +34,8 @@ pub enum Command {
     PeerGone(GeId),
     /// A peer's directory record (new or updated).
     Peer(PeerRecord),
+    /// The hosts behind gateways, the whole list (replaces the previous).
+    Hosts(Vec<super::natf::Host>),
     /// Erase every key and stop forwarding (this node was revoked).
     EraseKeys,
     /// The GMS re-issued this node's own credential (after `ge set`):
@@ -126,6 +128,24 @@ pub enum Output {
     NativeFlowAdded(FlowId),
     /// Stop steering this wire five-tuple (its flow ended).
     NativeFlowRemoved(FlowId),
+    /// Gateway: packets from the TUN from `remote` (a remote node's overlay
+    /// address) to `vin` (its VIN for a host here) go to `lip` in the LAN
+    /// (nftables DNAT and masquerade in the node's table).
+    NatfMapped {
+        /// The remote node's overlay address.
+        remote: Ipv4Addr,
+        /// The VIN the remote uses for the host.
+        vin: Ipv4Addr,
+        /// The host's LAN address.
+        lip: IpAddr,
+    },
+    /// Gateway: the pair's last flow ended; remove its DNAT.
+    NatfUnmapped {
+        /// The remote node's overlay address.
+        remote: Ipv4Addr,
+        /// The VIN.
+        vin: Ipv4Addr,
+    },
 }
 
 impl std::fmt::Debug for Output {
@@ -151,6 +171,17 @@ impl std::fmt::Debug for Output {
             Self::FindLocalAddress(ip) => f.debug_tuple("FindLocalAddress").field(ip).finish(),
             Self::NativeFlowAdded(w) => f.debug_tuple("NativeFlowAdded").field(w).finish(),
             Self::NativeFlowRemoved(w) => f.debug_tuple("NativeFlowRemoved").field(w).finish(),
+            Self::NatfMapped { remote, vin, lip } => f
+                .debug_struct("NatfMapped")
+                .field("remote", remote)
+                .field("vin", vin)
+                .field("lip", lip)
+                .finish(),
+            Self::NatfUnmapped { remote, vin } => f
+                .debug_struct("NatfUnmapped")
+                .field("remote", remote)
+                .field("vin", vin)
+                .finish(),
         }
     }
 }

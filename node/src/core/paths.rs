@@ -811,7 +811,8 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
-        let t = Translation::addresses(overlay, local, remote, ge);
+        let mut t = Translation::addresses(overlay, local, remote, ge);
+        self.natf_wire_ports(&mut t);
         if let Some(old) = self.xlat.get(&overlay).copied() {
             if old == t {
                 return;
@@ -861,6 +862,7 @@ impl NodeCore {
             self.forget_source(&t);
             self.push_output(Output::NativeFlowRemoved(t.wire.reversed()));
         }
+        self.natf_flow_ended(flow);
     }
 
     /// Takes translation `t`'s flow out of [`Paths::sources`].

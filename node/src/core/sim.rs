@@ -79,6 +79,8 @@ pub struct SimNode {
     /// How long its "nft" takes to put a flow's steering in place (and
     /// confirm it to the core); [`STEER_DELAY`] by default.
     pub steer_delay: Duration,
+    /// NAT-f pairs this node (as a gateway) DNATs: (remote, VIN) -> host.
+    pub natf_pairs: std::collections::BTreeMap<(Ipv4Addr, Ipv4Addr), std::net::IpAddr>,
     /// A NAT in front of it, for its native packets ([`SimNat`]).
     pub nat: Option<SimNat>,
     spec: (Mode, Vec<u32>),
@@ -256,6 +258,8 @@ pub struct CoreSim {
     seq: u64,
     wire: Vec<WireFrame>,
     buf: Vec<u8>,
+    /// Gateways' protected LANs, by node id.
+    lans: BTreeMap<u32, Prefix>,
 }
 
 impl CoreSim {
@@ -287,6 +291,7 @@ impl CoreSim {
             seq: 0,
             wire: Vec::new(),
             buf: vec![0; fpn_proto::dprp::msg::MAX_MESSAGE_LEN],
+            lans: BTreeMap::new(),
         }
     }
 
@@ -320,6 +325,7 @@ impl CoreSim {
             intercepted: std::collections::BTreeSet::new(),
             steering: std::collections::BTreeSet::new(),
             steer_delay: STEER_DELAY,
+            natf_pairs: std::collections::BTreeMap::new(),
             nat: None,
             spec: (mode, groups.to_vec()),
             span: tracing::info_span!("node", name = %name),
@@ -337,6 +343,12 @@ impl CoreSim {
             );
         }
         i
+    }
+
+    /// Adds gateway node `id` (a GEN) whose credential protects `lan`.
+    pub fn add_gateway(&mut self, id: u32, mode: Mode, groups: &[u32], lan: Prefix) -> usize {
+        self.lans.insert(id, lan);
+        self.add_node(id, mode, groups)
     }
 
     /// The node restarts: a fresh core with the same identity, no flows,
@@ -612,7 +624,7 @@ impl CoreSim {
                     panic!("{}: an IPv6 flow {flow}", n.name);
                 };
                 assert_eq!(
-                    n.core.peers().owner(r),
+                    n.core.owner_of(r),
                     entry.peer(),
                     "{}: flow {flow} is bound to a GE that does not own {r}",
                     n.name
@@ -704,6 +716,12 @@ impl CoreSim {
                 Output::NativeFlowRemoved(w) => {
                     self.nodes[i].steering.remove(&w);
                     self.nodes[i].intercepted.remove(&w);
+                }
+                Output::NatfMapped { remote, vin, lip } => {
+                    self.nodes[i].natf_pairs.insert((remote, vin), lip);
+                }
+                Output::NatfUnmapped { remote, vin } => {
+                    self.nodes[i].natf_pairs.remove(&(remote, vin));
                 }
             }
         }
@@ -876,30 +894,33 @@ impl CoreSim {
     fn make_core(&mut self, id: u32, mode: Mode, groups: &[u32]) -> NodeCore {
         let key = node_key(id);
         let overlay = overlay_of(id);
+        let lan = self.lans.get(&id).copied();
         let info = GeInfo {
             id: GeId(id),
             name: format!("n{id}"),
-            kind: GeKind::Ges,
+            kind: if lan.is_some() {
+                GeKind::Gen
+            } else {
+                GeKind::Ges
+            },
             mode,
             groups: groups.iter().map(|g| GroupId(*g)).collect(),
             overlay,
         };
         let year = 365 * 24 * 3600;
-        let cred = Credential::issue(
+        let cred = Credential::issue_with_prefixes(
             &self.ca,
             u64::from(id),
             info,
+            lan.into_iter().collect(),
             key.public(),
             START_UNIX - year,
             START_UNIX + year,
         )
         .expect("valid GE info");
-        let cfg = Config::new(
-            key,
-            cred,
-            self.ca.public(),
-            vec![Prefix::host(IpAddr::V4(overlay))],
-        );
+        let mut protects = vec![Prefix::host(IpAddr::V4(overlay))];
+        protects.extend(lan);
+        let cfg = Config::new(key, cred, self.ca.public(), protects);
         let dprp = Endpoint::new(
             cfg,
             Entropy::Seeded(self.dice.bytes32()),
@@ -915,6 +936,7 @@ impl CoreSim {
                 path: self.path.clone(),
                 unix_start: START_UNIX,
                 max_gms_silence: Some(std::time::Duration::from_secs(3600)),
+                vin_range: super::natf::DEFAULT_VIN_RANGE,
             },
             dprp,
             Pit::new(PitConfig::default()),

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub peer_traffic: BTreeMap<GeId, FlowStats>,
     /// DPRP's counters with the negotiation durations and failure reasons.
     pub dprp: fpn_proto::dprp::Stats,
+    /// Hosts behind gateways (with their VINs) and the ones this node fronts.
+    pub hosts: Vec<crate::status::HostStatus>,
 }
 
 /// The core's counters (exported in `status`).
@@ -195,6 +197,7 @@ impl NodeCore {
                     reason: (e.action() == fpn_proto::action::Action::Drop).then(|| {
                         "the decision rules drop it here (a closed GE, no shared group)".to_owned()
                     }),
+                    natf: self.natf_flow_status(f),
                 }
             })
             .collect();
@@ -219,6 +222,7 @@ impl NodeCore {
             counters: self.counters(),
             peer_traffic: self.pit.peer_totals(),
             dprp: self.dprp.stats(),
+            hosts: self.host_status(),
         }
     }
 

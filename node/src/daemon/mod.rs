@@ -296,12 +296,27 @@ async fn run(
     // The native carrier: its table is named after the TUN, so opening it
     // replaces one a killed node left (the crash recovery).
     let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports);
+    // A NAT-f gateway table a killed node left: its pairs are stale (the
+    // new node makes a fresh one at its first mapping).
+    if let Ok(true) = crate::native::natf_cleanup(&cfg.tun_name) {
+        info!("deleted the NAT-f gateway table a previous run left");
+    }
 
     let (dir_tx, dir_rx) = mpsc::channel(256);
     let (eng_tx, eng_rx) = mpsc::channel(1024);
     let (query_tx, query_rx) = mpsc::channel(32);
     let net_len = cfg.overlay_prefix;
     let net = Ipv4Addr::from(u32::from(me.overlay) & (u32::MAX << (32 - u32::from(net_len))));
+    let vin_range = cfg.vin_net()?;
+    if vin_range.1 < net_len
+        || !crate::core::in_net(vin_range.0, (net, net_len))
+        || crate::core::in_net(me.overlay, vin_range)
+    {
+        return Err(crate::error::Error::Config(format!(
+            "vin_range = \"{}/{}\" must lie inside the overlay route {net}/{net_len} (the TUN's) and not hold this node's overlay address {}: pick a range such as 100.127.0.0/16 outside the GMS's overlay_range",
+            vin_range.0, vin_range.1, me.overlay
+        )));
+    }
     let core = NodeCore::new(
         CoreConfig {
             overlay: me.overlay,
@@ -314,6 +329,7 @@ async fn run(
             unix_start: fpn_gms_client::now_unix(),
             max_gms_silence: (cfg.max_gms_silence_secs > 0)
                 .then(|| Duration::from_secs(cfg.max_gms_silence_secs)),
+            vin_range,
         },
         dprp,
         pit,
@@ -349,6 +365,7 @@ async fn run(
         names: Some((names.clone(), me.name.clone(), me.overlay)),
         native,
         native_unavailable,
+        natf_tun: Some(cfg.tun_name.clone()),
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
@@ -804,6 +821,7 @@ impl Ctx {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             port_mapping: self.port_mapping_status(),
+            hosts: snap.hosts,
         };
         Ok((status, snap.peer_traffic, snap.dprp))
     }

@@ -130,6 +130,9 @@ pub struct Driver {
     pub native: Option<NativeParts>,
     /// Why native cannot work on this node (told to the core at start).
     pub native_unavailable: Option<fpn_proto::path::Unavailable>,
+    /// The TUN's name, for the NAT-f gateway table (`None`: this node
+    /// never makes one, as in tests without nftables).
+    pub natf_tun: Option<String>,
 }
 
 /// The driver's parts of the native carrier (see [`crate::native_link`]).
@@ -178,6 +181,7 @@ impl Driver {
             names,
             native,
             native_unavailable,
+            natf_tun,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
             Some(n) => (
@@ -207,6 +211,7 @@ impl Driver {
             flow_ops,
             pending_ops: Vec::new(),
             local,
+            natf: NatfGateway::new(natf_tun),
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
             warn!(error = %e, "TUN writes stay on the driver");
@@ -314,6 +319,82 @@ impl Driver {
             shell.drive_timer();
             shell.drain_outputs();
         }
+        shell.natf.close();
+    }
+}
+
+/// The NAT-f gateway's kernel side: the table made at the first mapping
+/// (a node with no hosts behind it never has one), deleted on exit.
+struct NatfGateway {
+    tun: Option<String>,
+    table: Option<crate::native::NatfTable>,
+    /// The table could not be made: said once, then every mapping is skipped.
+    failed: bool,
+}
+
+impl NatfGateway {
+    fn new(tun: Option<String>) -> Self {
+        Self {
+            tun,
+            table: None,
+            failed: false,
+        }
+    }
+
+    /// DNATs the pair, making the table first if needed. Synchronous (one
+    /// netlink round trip): the flow's CDN is queued behind this, so the
+    /// remote's first packet finds the element in place.
+    fn map(&mut self, remote: Ipv4Addr, vin: Ipv4Addr, lip: std::net::IpAddr) {
+        if self.table.is_none() && !self.failed {
+            let Some(tun) = &self.tun else { return };
+            match crate::native::NatfTable::create(tun) {
+                Ok(t) => {
+                    tracing::info!(
+                        table = t.name(),
+                        "NAT-f gateway table made: hosts behind this node are reachable through negotiated mappings"
+                    );
+                    // Read in the node's namespace: a gateway that does not
+                    // forward delivers nothing to its hosts.
+                    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                        .is_ok_and(|v| v.trim() == "0")
+                    {
+                        warn!(
+                            "net.ipv4.ip_forward is 0: hosts behind this gateway get nothing until it is 1 (sysctl -w net.ipv4.ip_forward=1)"
+                        );
+                    }
+                    self.table = Some(t);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    warn!(error = %e, "NAT-f gateway table not made: hosts behind this node are unreachable");
+                }
+            }
+        }
+        if let Some(t) = self.table.as_mut() {
+            match t.map(remote, vin, lip) {
+                Ok(()) => debug!(%remote, %vin, %lip, "NAT-f pair mapped"),
+                Err(e) => warn!(%remote, %vin, %lip, error = %e, "NAT-f pair not mapped"),
+            }
+        }
+    }
+
+    fn unmap(&mut self, remote: Ipv4Addr, vin: Ipv4Addr) {
+        if let Some(t) = self.table.as_mut() {
+            match t.unmap(remote, vin) {
+                Ok(()) => debug!(%remote, %vin, "NAT-f pair unmapped"),
+                Err(e) => debug!(%remote, %vin, error = %e, "NAT-f pair not unmapped"),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(t) = self.table.take() {
+            let name = t.name().to_owned();
+            match t.delete() {
+                Ok(_) => debug!(table = %name, "NAT-f gateway table deleted"),
+                Err(e) => warn!(table = %name, error = %e, "NAT-f gateway table not deleted"),
+            }
+        }
     }
 }
 
@@ -331,6 +412,8 @@ struct Shell {
     pending_ops: Vec<FlowOp>,
     /// The receive path's local addresses and the TUN's name.
     local: Option<(LocalAddrs, String)>,
+    /// The NAT-f gateway table.
+    natf: NatfGateway,
 }
 
 impl Shell {
@@ -551,6 +634,8 @@ impl Shell {
                         self.pending_ops.push(FlowOp::Remove(f));
                     }
                 }
+                Output::NatfMapped { remote, vin, lip } => self.natf.map(remote, vin, lip),
+                Output::NatfUnmapped { remote, vin } => self.natf.unmap(remote, vin),
             }
         }
         self.flush_native();
@@ -575,6 +660,13 @@ impl Shell {
             .into_iter()
             .map(|(name, o)| (name, Target::peer(o)))
             .collect();
+        // Hosts behind gateways answer with their VINs (a GE's own name
+        // wins a clash, which the GMS refuses anyway).
+        for (name, vin) in self.core.host_names() {
+            if !entries.iter().any(|(n, _)| *n == name) {
+                entries.push((name, Target::peer(vin)));
+            }
+        }
         entries.push((own.clone(), Target::peer(*overlay)));
         if let Err(e) = names.replace_all(entries) {
             warn!(error = %e, "name table not updated");
@@ -661,6 +753,7 @@ mod tests {
             flow_ops: None,
             pending_ops: Vec::new(),
             local: None,
+            natf: NatfGateway::new(None),
         };
         (shell, tun, rx, peer, now)
     }

@@ -64,6 +64,7 @@
 //! one of the same name, [`NativeIo::close`] and `Drop` delete it, and
 //! [`cleanup`] deletes it by name (for `fpn-node down` after a crash).
 
+mod natf_table;
 mod nft;
 mod nftnl;
 pub mod packet;
@@ -82,6 +83,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+pub use natf_table::{NatfTable, cleanup as natf_cleanup};
 pub use nft::FLOW_SET;
 pub use packet::{FiveTuple, L4Proto};
 pub use send::{RawSender, SEND_BATCH};

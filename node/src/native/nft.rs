@@ -76,7 +76,7 @@ impl Netns {
 
     /// A netlink socket in this namespace: opened here, or from a short
     /// thread that enters the namespace first (CAP_SYS_ADMIN, as for `nft`).
-    fn open_netlink(&self) -> Result<Socket> {
+    pub(super) fn open_netlink(&self) -> Result<Socket> {
         let here = std::fs::metadata(NS_PATH).map(|m| ns_id(&m)).ok();
         if here == Some(self.id) {
             return Socket::open();
@@ -316,7 +316,7 @@ pub(crate) fn exists(ns: &Netns, name: &str) -> Result<bool> {
 }
 
 /// A table name must be a plain nftables identifier (it goes into a script).
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphabetic()
@@ -492,7 +492,7 @@ fn port_keys(flows: &[FiveTuple]) -> Vec<Key> {
 }
 
 /// Runs an nft script as one transaction.
-fn run(ns: &Netns, script: &str) -> Result<()> {
+pub(super) fn run(ns: &Netns, script: &str) -> Result<()> {
     let mut child = ns
         .command("nft")
         .args(["-f", "-"])

@@ -36,6 +36,7 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NETLINK_CAP_ACK: libc::c_int = 10;
 const NLMSG_HDRLEN: usize = 16;
@@ -112,10 +113,16 @@ impl Key {
         Self(k)
     }
 
-    /// The key of an `ipv4_addr` set.
-    #[allow(dead_code)] // the address set still changes through nft -f
+    /// The key of an `ipv4_addr` set (or a map's `ipv4_addr` value).
     pub(crate) fn addr(addr: Ipv4Addr) -> Self {
         Self(addr.octets().to_vec())
+    }
+
+    /// The key of an `ipv4_addr . ipv4_addr` map (NAT-f pairs).
+    pub(crate) fn addr_pair(a: Ipv4Addr, b: Ipv4Addr) -> Self {
+        let mut k = a.octets().to_vec();
+        k.extend_from_slice(&b.octets());
+        Self(k)
     }
 }
 
@@ -135,6 +142,8 @@ struct Msg {
     op: ElemOp,
     set: String,
     keys: Vec<Key>,
+    /// A map's values, one per key (empty for a set).
+    data: Vec<Key>,
 }
 
 impl Batch {
@@ -146,6 +155,21 @@ impl Batch {
                 op,
                 set: set.to_owned(),
                 keys: chunk.to_vec(),
+                data: Vec::new(),
+            });
+        }
+    }
+
+    /// Appends `op` on map elements `key : value` in map `map` (a delete
+    /// needs no value: the kernel matches the key).
+    pub(crate) fn push_map(&mut self, op: ElemOp, map: &str, elems: Vec<(Key, Key)>) {
+        for chunk in elems.chunks(MAX_KEYS / 2) {
+            let (keys, data): (Vec<Key>, Vec<Key>) = chunk.iter().cloned().unzip();
+            self.msgs.push(Msg {
+                op,
+                set: map.to_owned(),
+                keys,
+                data: if op == ElemOp::Add { data } else { Vec::new() },
             });
         }
     }
@@ -185,11 +209,16 @@ impl Batch {
             put_attr(&mut b, NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
             put_attr(&mut b, NFTA_SET_ELEM_LIST_SET, &nul_terminated(&m.set));
             let list = begin_nest(&mut b, NFTA_SET_ELEM_LIST_ELEMENTS);
-            for k in &m.keys {
+            for (i, k) in m.keys.iter().enumerate() {
                 let elem = begin_nest(&mut b, NFTA_LIST_ELEM);
                 let key = begin_nest(&mut b, NFTA_SET_ELEM_KEY);
                 put_attr(&mut b, NFTA_DATA_VALUE, &k.0);
                 end_nest(&mut b, key);
+                if let Some(d) = m.data.get(i) {
+                    let data = begin_nest(&mut b, NFTA_SET_ELEM_DATA);
+                    put_attr(&mut b, NFTA_DATA_VALUE, &d.0);
+                    end_nest(&mut b, data);
+                }
                 end_nest(&mut b, elem);
             }
             end_nest(&mut b, list);

@@ -274,10 +274,16 @@ pub(crate) fn ruleset(out_if: &str, outside: Option<Ipv4Addr>, nat: &Nat) -> Str
     // ours leaves, and its entry (peer -> us:P) would take the reply tuple
     // of our own mapping to P, so our packets to the peer would be dropped
     // (or, with masquerade, mapped to another port).
+    // Services of the router itself that the outside may reach.
+    let mut open = String::new();
+    for p in &nat.open {
+        let _ = writeln!(open, "    iifname {o} {} dport {} accept", p.proto, p.port);
+    }
     let input = match nat.inbound {
         Inbound::Drop => format!(
             "  chain input {{\n\
              \x20   type filter hook input priority filter; policy accept;\n\
+             {open}\
              \x20   iifname {o} meta l4proto {{ tcp, udp }} ct state new drop\n\
              \x20 }}\n"
         ),
@@ -451,6 +457,19 @@ mod tests {
         };
         let rs = ruleset("wan", None, &home);
         assert!(rs.contains("oifname \"wan\" masquerade\n"), "{rs}");
+        assert!(!rs.contains("accept\n    iifname \"wan\" meta"), "{rs}");
+        let gateway = Nat {
+            open: vec![crate::topology::OpenPort {
+                proto: Proto::Udp,
+                port: 7718,
+            }],
+            ..plain()
+        };
+        let rs = ruleset("wan", None, &gateway);
+        assert!(
+            rs.contains("iifname \"wan\" udp dport 7718 accept\n    iifname \"wan\" meta l4proto"),
+            "{rs}"
+        );
         assert!(
             rs.contains("iifname \"wan\" tcp dport 8080 dnat to 192.168.1.10:80"),
             "{rs}"

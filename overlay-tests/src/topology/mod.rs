@@ -12,7 +12,9 @@
 mod nat;
 mod validate;
 
-pub use nat::{Filtering, Inbound, Mapping, Nat, PortAssignment, PortForward, PortMapping, Proto};
+pub use nat::{
+    Filtering, Inbound, Mapping, Nat, OpenPort, PortAssignment, PortForward, PortMapping, Proto,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

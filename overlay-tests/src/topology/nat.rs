@@ -22,6 +22,10 @@ pub struct Nat {
     /// Port forwards from the outside address to inside hosts.
     #[serde(default)]
     pub forwards: Vec<PortForward>,
+    /// Ports of the router itself open to new connections on `out` (a
+    /// service on the router, such as fpn-node's carrier on a gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open: Vec<OpenPort>,
     /// What happens to new connections arriving on `out` that no forward
     /// or binding lets in: `"drop"` (default, like a home router) or
     /// `"accept"`.
@@ -179,6 +183,16 @@ pub struct PortForward {
     pub port: u16,
     /// The inside address and port.
     pub to: SocketAddrV4,
+}
+
+/// A port of the router open from outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenPort {
+    /// `"tcp"` or `"udp"`.
+    pub proto: Proto,
+    /// The port.
+    pub port: u16,
 }
 
 /// A transport protocol for port forwards.

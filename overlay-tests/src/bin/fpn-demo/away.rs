@@ -1,6 +1,8 @@
-//! Steps 6 and 7, the laptop away: it moves to the cafe (what the node does
+//! Steps 6 to 8, the laptop away: it moves to the cafe (what the node does
 //! about that, measured; then the relay, and what the relay's host sees),
-//! and the GMS, which is also the relay, goes down.
+//! it opens the page of the printer at home, which runs no fpn software,
+//! through the home gateway (NAT-f), and the GMS, which is also the relay,
+//! goes down.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,10 +29,139 @@ const REACH_AGAIN: Duration = Duration::from_secs(60);
 /// (node_relay.rs's bound; a median 0.76 s in bench/relay-restart.sh).
 const RELAY_BACK: Duration = Duration::from_secs(5);
 
-/// Steps 6 and 7, after the home steps (whose servers are still up).
+/// Steps 6 to 8, after the home steps (whose servers are still up).
 pub fn steps(ov: &Overlay, secs: u32) -> Result<()> {
     to_the_cafe(ov)?;
+    printer(ov)?;
     gms_down(ov, secs)
+}
+
+/// The printer's page; its text must never cross the home router's WAN.
+const PRINTER_PAGE: &str =
+    "Printer status: ready, 87% toner. (fpn-demo: this page must never be readable on the wire)";
+
+/// Step 7: from the cafe, the laptop opens the page of the printer at home
+/// by name; the printer runs no fpn software, the home router (the
+/// gateway) maps the laptop's flow to it.
+fn printer(ov: &Overlay) -> Result<()> {
+    step(
+        7,
+        "From the cafe, the printer at home, which runs no fpn software",
+    );
+    let lab = ov.lab();
+    let www = lab.log_dir().join("printer-www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("index.html"), PRINTER_PAGE)?;
+    let lab_bin = crate::util::bin_lab()?;
+    let _http = crate::util::spawn_ready(
+        lab,
+        "printer",
+        &[
+            &lab_bin,
+            "http",
+            "--listen",
+            "0.0.0.0:80",
+            "--dir",
+            www.to_str().context("path")?,
+        ],
+        "serving",
+    )?;
+    let router = lab.addr("gw", "pub-home")?;
+    let gms = ov.gms_addr().ip().to_string();
+    let public = lab.exec_ok(
+        "laptop",
+        ["dig", "+short", &format!("@{gms}"), "printer.home.fpn", "A"],
+    )?;
+    say(&format!(
+        "    at the GMS's DNS, printer.home.fpn has the home router's address ({}) and, in a LIP record,",
+        public.trim()
+    ));
+    say(&format!(
+        "    its LAN address {}: for resolvers outside fpn. The laptop's own DNS stub answers with a VIN,",
+        crate::PRINTER
+    ));
+    let vin = lab.exec_ok("laptop", ["dig", "+short", "printer.home.fpn"])?;
+    let vin = vin.trim().to_owned();
+    ensure!(
+        vin.starts_with("100.127."),
+        "the laptop's stub answered {vin:?} for the printer, not a VIN"
+    );
+    say(&format!(
+        "    a virtual address routed into its TUN: {vin}. The first packet to it is held while the laptop asks the"
+    ));
+    say(
+        "    home router's node (the gateway) for a mapping: does the laptop share a group with the printer? Then a",
+    );
+    say(
+        "    port is reserved on the router's public address and the router's kernel maps the flow to the printer.",
+    );
+    let cap = lab.capture("gw", "pub-home", "ip")?;
+    let t = Instant::now();
+    let page = lab
+        .command(
+            "laptop",
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "http://printer.home.fpn/",
+            ],
+        )
+        .timeout(Duration::from_secs(30))
+        .output()?;
+    let took = t.elapsed();
+    ensure!(
+        page.success() && page.stdout == PRINTER_PAGE,
+        "the laptop did not get the printer's page: {}",
+        page.stderr
+    );
+    say(&format!(
+        "    $ curl http://printer.home.fpn/   (on the laptop, at the cafe; {:.0} ms with the mapping)",
+        took.as_secs_f64() * 1e3
+    ));
+    say(&format!("      {PRINTER_PAGE}"));
+    let who = lab.exec_ok(
+        "laptop",
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "http://printer.home.fpn/whoami",
+        ],
+    )?;
+    ensure!(
+        who.starts_with("192.168.1.1:"),
+        "the printer saw {who:?}, not the gateway's LAN address"
+    );
+    say(&format!(
+        "    the printer saw the request come from {} (the router's LAN address): it needs nothing of fpn",
+        who.trim()
+    ));
+    let pcap = cap.stop()?;
+    ensure!(
+        !pcap.contains(PRINTER_PAGE.as_bytes()) && !pcap.contains(b"Printer status"),
+        "the printer's page crossed the home router's WAN readable"
+    );
+    let flows = ov.status("laptop")?["flows"].clone();
+    let natf = flows
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f["dst"] == vin.as_str() && f["natf"].is_object())
+        })
+        .context("no NAT-f flow to the printer in the laptop's status")?;
+    say(&format!(
+        "    checked: on the router's WAN ({router}) the page never appears; the flow is {} on {}, through port {}",
+        str_of(&natf["action"]),
+        str_of(&natf["carrier"]),
+        natf["natf"]["port"]
+    ));
+    say(
+        "    of the router's public address, reserved for this laptop and this flow (a stranger gets nothing there).",
+    );
+    Ok(())
 }
 
 /// Step 6: the laptop roams to the cafe and reaches the NAS again.
@@ -203,10 +334,10 @@ fn to_the_cafe(ov: &Overlay) -> Result<()> {
     Ok(())
 }
 
-/// Step 7: the GMS (and with it the relay) is killed under a transfer on a
+/// Step 8: the GMS (and with it the relay) is killed under a transfer on a
 /// direct path and a probe on the relayed one; then it comes back.
 fn gms_down(ov: &Overlay, secs: u32) -> Result<()> {
-    step(7, "The GMS goes down");
+    step(8, "The GMS goes down");
     let lab = ov.lab();
     // The desktop's first contact with the NAS: LAN candidates, native path.
     let ping = lab.exec("desktop", ["ping", "-n", "-c", "2", "-W", "2", "nas"])?;

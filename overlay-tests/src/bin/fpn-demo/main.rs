@@ -58,13 +58,21 @@ struct Cli {
     keep_logs: bool,
 }
 
-/// The demo's nodes: GE name (also its lab host's), mode and groups.
-const NODES: [(&str, Mode, &[u32]); 4] = [
+/// The demo's nodes: GE name (also its lab host's), mode and groups. The
+/// home router `gw` is the home's gateway (a GEN for 192.168.1.0/24): the
+/// printer behind it runs no fpn software.
+const NODES: [(&str, Mode, &[u32]); 5] = [
     ("nas", Mode::Op, &[1]),
     ("desktop", Mode::Op, &[1]),
     ("laptop", Mode::Op, &[1]),
     ("guest", Mode::Cl, &[2]),
+    ("gw", Mode::Cl, &[1]),
 ];
+
+/// The home LAN the gateway protects.
+pub const HOME_LAN: &str = "192.168.1.0/24";
+/// The printer's LAN address (no fpn software on it).
+pub const PRINTER: &str = "192.168.1.20";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -114,14 +122,30 @@ fn run(cli: &Cli) -> Result<()> {
     step(2, "Defining the network at the GMS and enrolling the nodes");
     say("    group 1 \"home\": the NAS, the desktop and the laptop, all open (OP)");
     say("    group 2 \"guests\": the guest, closed (CL): it only talks to members of its groups");
+    say(&format!(
+        "    the home router gw, closed, in group 1, as the home's gateway (kind gen) for {HOME_LAN}"
+    ));
     let spec = Spec::new(
         &[(1, "home"), (2, "guests")],
         NODES
             .iter()
-            .map(|(n, mode, groups)| NodeSpec::new(n, *mode, groups))
+            .map(|(n, mode, groups)| {
+                let mut spec = NodeSpec::new(n, *mode, groups);
+                if *n == "gw" {
+                    spec.kind = "gen".into();
+                    spec.protect = vec![HOME_LAN.into()];
+                }
+                spec
+            })
             .collect(),
     );
     let ov = Overlay::start(lab, &spec)?;
+    ov.gms_admin(&[
+        "host", "add", "printer", "--via", "gw", "--lan", PRINTER, "--group", "1",
+    ])?;
+    say(&format!(
+        "    $ fpn-gms host add printer --via gw --lan {PRINTER} --group 1   (the printer runs no fpn software)"
+    ));
     // The servers the steps use stay up to the end, and stop before the
     // overlay does.
     let result = enrolled(&ov)
@@ -147,13 +171,17 @@ fn network(lab: &Lab) -> Result<()> {
         "      vps      {vps:<13} public: fpn-gms (QUIC :4433), its DNS server for home.fpn (:53), its relay (:7720)"
     ));
     say(&format!(
-        "      home     {home:<13} the home router: NAT (Linux masquerade), drops unsolicited inbound, forwards no port"
+        "      home     {home:<13} the home router: NAT (Linux masquerade), drops unsolicited inbound, forwards no port; runs fpn-node (carrier port open)"
     ));
     for (host, what) in [
         ("nas", "the NAS"),
         ("desktop", "a desktop"),
         ("laptop", "the laptop, on the home Wi-Fi for now"),
         ("guest", "a visitor's phone on the home Wi-Fi"),
+        (
+            "printer",
+            "a printer with a web page: no fpn software on it",
+        ),
     ] {
         say(&format!(
             "        {host:<8} {:<13} {what}",

@@ -1,0 +1,181 @@
+//! The NAT-f gateway's table: what the kernel does with the packets the
+//! node writes into its TUN for hosts behind it.
+//!
+//! The node decrypts a remote's packet of a NAT-f flow and writes it into
+//! its TUN as the remote sent it: from the remote's overlay address to the
+//! remote's VIN for the host. This table (family `inet`, named after the
+//! TUN, one per node, made only while the node fronts hosts) then:
+//!
+//! - DNATs it to the host's LAN address by the (remote, VIN) pair, a map
+//!   element the node adds when a pair's first flow is established and
+//!   removes with its last (netlink, synchronously, before the flow's CDN
+//!   leaves: the first packet finds the element in place);
+//! - assigns the kernel's FTP helper to control connections (TCP port 21)
+//!   so a PASV answer is rewritten to the VIN the remote used and the data
+//!   connection is expected (docs/DESIGN-NOTES.md says why the kernel's
+//!   helper and not an ALG in the node);
+//! - masquerades it to the gateway's LAN address (the host sees the gateway
+//!   as its peer, and its answers come back through the gateway);
+//! - drops anything else the TUN would forward: a host behind the gateway
+//!   is reachable only through a negotiated pair.
+//!
+//! Answers are un-NATed by conntrack and routed back into the TUN (the
+//! remote's overlay address is in the overlay route), where the core takes
+//! them as the flow's reverse direction.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::nft::{self, Netns};
+use super::nftnl::{Batch, ElemOp, Key, Socket};
+use crate::error::{Error, Result};
+
+/// The map of DNATed pairs.
+pub const PAIRS_MAP: &str = "natf_pairs";
+
+/// The table's name for the node whose TUN is `tun`.
+pub fn table_name(tun: &str) -> String {
+    let clean: String = tun
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("fpn_natf_{clean}")
+}
+
+/// The table of a running gateway. Dropping it does not delete it:
+/// [`NatfTable::delete`] does (and a restarted node replaces a stale one).
+#[derive(Debug)]
+pub struct NatfTable {
+    name: String,
+    ns: Netns,
+    netlink: Socket,
+}
+
+impl NatfTable {
+    /// Creates the table for TUN `tun` (replacing one a killed node left).
+    pub fn create(tun: &str) -> Result<Self> {
+        let name = table_name(tun);
+        nft::check_name(&name)?;
+        let ns = Netns::current()?;
+        let script = ruleset(&name, tun, nft::exists(&ns, &name)?);
+        nft::run(&ns, &script)?;
+        let netlink = ns.open_netlink()?;
+        Ok(Self { name, ns, netlink })
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Packets from `remote` to `vin` go to `lip` from now on.
+    pub fn map(&mut self, remote: Ipv4Addr, vin: Ipv4Addr, lip: IpAddr) -> Result<()> {
+        let IpAddr::V4(lip) = lip else {
+            return Err(Error::NativeConfig {
+                setting: "natf",
+                reason: "hosts behind a gateway are IPv4 only for now",
+            });
+        };
+        // The core maps a pair once (its first flow) and unmaps it with its
+        // last, so an element is never replaced; a present one with the
+        // same value is not an error.
+        let mut batch = Batch::default();
+        batch.push_map(
+            ElemOp::Add,
+            PAIRS_MAP,
+            vec![(Key::addr_pair(remote, vin), Key::addr(lip))],
+        );
+        self.netlink.apply(&self.name, &batch)
+    }
+
+    /// The pair's last flow ended.
+    pub fn unmap(&mut self, remote: Ipv4Addr, vin: Ipv4Addr) -> Result<()> {
+        // An absent element is refused (ENOENT): the caller logs it.
+        let mut batch = Batch::default();
+        batch.push_map(
+            ElemOp::Delete,
+            PAIRS_MAP,
+            vec![(
+                Key::addr_pair(remote, vin),
+                Key::addr(Ipv4Addr::UNSPECIFIED),
+            )],
+        );
+        self.netlink.apply(&self.name, &batch)
+    }
+
+    /// Deletes the table. Returns whether it existed.
+    pub fn delete(self) -> Result<bool> {
+        delete_in(&self.ns, &self.name)
+    }
+}
+
+/// Deletes the gateway table of TUN `tun` if one is left (crash recovery,
+/// `fpn-node down`). Returns whether there was one.
+pub fn cleanup(tun: &str) -> Result<bool> {
+    delete_in(&Netns::current()?, &table_name(tun))
+}
+
+fn delete_in(ns: &Netns, name: &str) -> Result<bool> {
+    if !nft::exists(ns, name)? {
+        return Ok(false);
+    }
+    nft::run(ns, &format!("delete table inet {name}\n"))?;
+    Ok(true)
+}
+
+/// The whole table in one transaction (`stale`: delete the old one first).
+fn ruleset(name: &str, tun: &str, stale: bool) -> String {
+    let delete = if stale {
+        format!("delete table inet {name}\n")
+    } else {
+        String::new()
+    };
+    // `tun` was checked by the config (letters, digits, - and _).
+    format!(
+        "{delete}table inet {name} {{\n\
+         \x20 ct helper ftp {{ type \"ftp\" protocol tcp; l3proto ip; }}\n\
+         \x20 map {PAIRS_MAP} {{ type ipv4_addr . ipv4_addr : ipv4_addr; }}\n\
+         \x20 chain dnat_pairs {{\n\
+         \x20   type nat hook prerouting priority dstnat; policy accept;\n\
+         \x20   iifname \"{tun}\" dnat ip to ip saddr . ip daddr map @{PAIRS_MAP}\n\
+         \x20 }}\n\
+         \x20 chain helpers {{\n\
+         \x20   type filter hook prerouting priority filter; policy accept;\n\
+         \x20   iifname \"{tun}\" ct status dnat tcp dport 21 ct helper set \"ftp\"\n\
+         \x20 }}\n\
+         \x20 chain masquerade_pairs {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   iifname \"{tun}\" ct status dnat masquerade\n\
+         \x20 }}\n\
+         \x20 chain only_pairs {{\n\
+         \x20   type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname \"{tun}\" ct status dnat accept\n\
+         \x20   iifname \"{tun}\" drop\n\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_nft_identifiers() {
+        assert_eq!(table_name("fpn0"), "fpn_natf_fpn0");
+        assert_eq!(table_name("fpn-lab"), "fpn_natf_fpn_lab");
+        assert!(nft::check_name(&table_name("a-b_c")).is_ok());
+    }
+
+    #[test]
+    fn the_ruleset_forwards_only_pairs() {
+        let rs = ruleset("fpn_natf_fpn0", "fpn0", false);
+        assert!(
+            rs.contains("dnat ip to ip saddr . ip daddr map @natf_pairs"),
+            "{rs}"
+        );
+        assert!(rs.contains("ct helper set \"ftp\""), "{rs}");
+        assert!(rs.contains("iifname \"fpn0\" drop"), "{rs}");
+        assert!(!rs.starts_with("delete"));
+        assert!(ruleset("t", "fpn0", true).starts_with("delete table inet t\n"));
+    }
+}
