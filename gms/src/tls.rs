@@ -28,8 +28,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use zeroize::Zeroizing;
 
 pub use fpn_gms_client::tls::{
-    ALPN, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider, roots,
-    server_name, session_client_config,
+    ALPN, ALPN_V2, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider,
+    roots, server_name, session_client_config,
 };
 
 use crate::ca::fingerprint;
@@ -60,7 +60,8 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Preferred first: a node that offers the hosts directory gets it.
+    tls.alpn_protocols = vec![ALPN_V2.to_vec(), ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(Arc::new(transport()));
