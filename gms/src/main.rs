@@ -106,8 +106,18 @@ enum Cmd {
     #[command(subcommand)]
     Ge(GeCmd),
     /// Hosts behind a gateway: machines on a gateway's LAN that run no fpn
-    /// software (a NAS, a printer), reachable by name from the nodes in
-    /// their groups through the gateway.
+    /// software (a NAS, a printer), reachable by name through the gateway.
+    ///
+    /// A host behind a gateway is a machine on the LAN of a gateway GE (kind
+    /// gen, or gea for a single server) that runs no fpn software: a NAS, a
+    /// printer, a camera. The DNS publishes its name with the gateway's
+    /// public address (A/AAAA) and its LAN address (LIP record); nodes in
+    /// its groups learn it from the GMS and reach it by name through the
+    /// gateway, which answers for it with its own credential and group keys.
+    /// So each LAN address must lie inside a prefix the gateway protects
+    /// (`fpn-gms ge set GW --protect PREFIX`), and the host's groups must be
+    /// among the gateway's. A gateway with hosts cannot be removed (remove
+    /// the hosts first); revoking it withdraws their DNS records.
     #[command(subcommand)]
     Host(HostCmd),
     /// Enrollment tokens.
@@ -247,16 +257,6 @@ enum GeCmd {
     },
 }
 
-/// Hosts behind a gateway.
-///
-/// A host behind a gateway is a machine on the LAN of a gateway GE (kind
-/// gen, or gea for a single server) that runs no fpn software: a NAS, a
-/// printer, a camera. The DNS publishes its name with the gateway's public
-/// address (A/AAAA) and its LAN address (LIP record); nodes learn it from
-/// the GMS and reach it by name through the gateway, which answers for it
-/// with its own credential and group keys. So each LAN address must lie
-/// inside a prefix the gateway protects (`ge set GW --protect PREFIX`), and
-/// the host's groups must be among the gateway's.
 #[derive(Debug, Subcommand)]
 enum HostCmd {
     /// Put a host behind a gateway.
