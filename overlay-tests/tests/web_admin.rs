@@ -382,6 +382,7 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     b.click("host-add-button");
     assert!(b.text("#flash").contains("outside"), "{}", b.body());
     b.shot("hosts");
+    b.goto("/ges");
 
     // A token cancelled on the tokens page no longer enrolls.
     b.click("token-a");
