@@ -1187,15 +1187,18 @@ mod tests {
         assert_eq!(bad[fam], 4);
         bad[fam] = 5;
         assert!(ServerMsg::decode(ty, &bad).is_err());
-        let mut flag = ServerMsg::HostChanged {
+        // The presence flag is 0 or 1, also with a whole host after it.
+        let f = ServerMsg::HostChanged {
             name: "nas".into(),
-            entry: None,
+            entry: Some(host("nas")),
         }
         .encode()
         .unwrap();
-        *flag.last_mut().unwrap() = 2;
-        let (ty, body) = split(&flag);
-        assert!(ServerMsg::decode(ty, body).is_err());
+        let (ty, body) = split(&f);
+        let mut flag = body.to_vec();
+        assert_eq!(flag[4], 1, "after the name's length byte and 3 bytes");
+        flag[4] = 2;
+        assert!(ServerMsg::decode(ty, &flag).is_err());
     }
 
     #[test]
