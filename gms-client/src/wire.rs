@@ -1172,9 +1172,17 @@ mod tests {
                 .encode()
                 .is_err()
         );
-        // A count above the limit is refused before anything is read.
-        let over = (MAX_HOSTS as u16 + 1).to_be_bytes();
+        // One host more than the limit, each well-formed, is refused.
+        let one = ServerMsg::Hosts(vec![host("nas")]).encode().unwrap();
+        let mut over = (MAX_HOSTS as u16 + 1).to_be_bytes().to_vec();
+        for _ in 0..=MAX_HOSTS {
+            over.extend_from_slice(&one[HEADER_LEN + 2..]);
+        }
         assert!(ServerMsg::decode(0x8c, &over).is_err());
+        let at = (over.len() - 2) / (MAX_HOSTS + 1);
+        over.truncate(over.len() - at);
+        over[..2].copy_from_slice(&(MAX_HOSTS as u16).to_be_bytes());
+        assert!(ServerMsg::decode(0x8c, &over).is_ok(), "exactly the limit");
         // Too many LAN addresses, a bad family, a bad presence flag.
         let mut h = host("nas");
         h.lan = vec!["10.0.0.1".parse().unwrap(); MAX_HOST_LAN + 1];
