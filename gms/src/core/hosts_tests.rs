@@ -251,6 +251,17 @@ fn a_gateway_keeps_what_its_hosts_need() {
     assert!(e.contains("host nas"), "{e}");
     // A change that keeps the host covered is fine.
     admin(c, set(Some(vec!["192.168.0.0/16"]), None, vec![1]));
+    // A gea fronts one server: a gen with two hosts cannot become one.
+    admin(c, host_add("printer", "gw", &["192.168.1.20"], &[2]));
+    let e = admin_err(c, set(None, Some("gea"), vec![]));
+    assert!(e.contains("GE gw fronts hosts nas, printer"), "{e}");
+    admin(
+        c,
+        AdminRequest::HostRemove {
+            name: "printer".into(),
+        },
+    );
+    admin(c, set(None, Some("gea"), vec![]));
     // Removing the gateway is refused while hosts are behind it...
     let e = admin_err(c, AdminRequest::GeRemove { name: "gw".into() });
     assert!(
