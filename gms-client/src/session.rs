@@ -1,6 +1,6 @@
 //! A node's session with the GMS: connect, receive state and pushes, reconnect.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +18,8 @@ use crate::ca::SERVER_NAME;
 use crate::framing::{read_frame, write_frame};
 use crate::task::AbortOnDrop;
 use crate::wire::{
-    Candidates, ClientMsg, ConnectNowOutcome, DirectoryEntry, GroupKeys, ListedGe, ServerMsg, close,
+    Candidates, ClientMsg, ConnectNowOutcome, DirectoryEntry, GroupKeys, HostEntry, ListedGe,
+    ServerMsg, close,
 };
 use crate::{Error, Result, now_unix, tls};
 
@@ -114,6 +115,18 @@ pub enum Event {
     /// A peer wants a connection with this node (hole punching): connect to
     /// its candidates now, so both NATs see outgoing packets at once.
     ConnectNow(Candidates),
+    /// The full list of hosts behind gateways, sent after each session
+    /// start by a GMS that knows hosts (the list replaces what
+    /// [`NodeState::hosts`] held).
+    Hosts(Vec<HostEntry>),
+    /// A host behind a gateway was added or changed (`Some`), or removed
+    /// (`None`), while connected.
+    HostChanged {
+        /// Its name.
+        name: String,
+        /// Its new entry, `None` when gone.
+        entry: Option<HostEntry>,
+    },
     /// Where the network's relay is (`host:port`; `None`: no relay),
     /// as the GMS said after the session started.
     Relay(Option<String>),
@@ -152,6 +165,9 @@ pub struct NodeState {
     pub renewal_refused: Option<String>,
     /// The certificate this node presents, DER (renewals replace it).
     pub cert: Vec<u8>,
+    /// Hosts behind gateways by name, as the GMS last said; `None` until a
+    /// GMS that knows hosts sent its list.
+    pub hosts: Option<BTreeMap<String, HostEntry>>,
 }
 
 struct Shared {
@@ -654,6 +670,27 @@ fn handle_push(
         }
         ServerMsg::Relay(addr) => {
             shared.emit(Event::Relay(Some(addr).filter(|a| !a.is_empty())));
+        }
+        ServerMsg::Hosts(list) => {
+            debug!(hosts = list.len(), "hosts behind gateways");
+            shared.lock().hosts = Some(list.iter().map(|h| (h.name.clone(), h.clone())).collect());
+            shared.emit(Event::Hosts(list));
+        }
+        ServerMsg::HostChanged { name, entry } => {
+            {
+                let mut s = shared.lock();
+                let hosts = s.hosts.get_or_insert_with(BTreeMap::new);
+                match &entry {
+                    Some(h) => {
+                        hosts.insert(name.clone(), h.clone());
+                    }
+                    None => {
+                        hosts.remove(&name);
+                    }
+                }
+            }
+            debug!(host = %name, present = entry.is_some(), "host behind a gateway changed");
+            shared.emit(Event::HostChanged { name, entry });
         }
         ServerMsg::DirectoryAnswer(entry) => match pending.pop_front() {
             Some(Pending::Query(tx)) => {

@@ -30,6 +30,20 @@ use crate::{Error, Result};
 
 /// ALPN of the control protocol.
 pub const ALPN: &[u8] = b"fpn-gms/1";
+/// ALPN of the control protocol with the hosts directory
+/// ([`crate::wire::ServerMsg::Hosts`], [`crate::wire::ServerMsg::HostChanged`]).
+/// A node offers it before [`ALPN`]; a GMS that knows it chooses it, one
+/// that does not chooses [`ALPN`], so either side may be the older one and
+/// neither ever sees a message it does not know.
+pub const ALPN_V2: &[u8] = b"fpn-gms/2";
+
+/// True when the handshake of `conn` chose [`ALPN_V2`].
+pub fn negotiated_v2(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == ALPN_V2)
+}
 /// A session with no traffic at all for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Nodes send keep-alives this often, well inside the idle timeout and common NAT timeouts.
@@ -91,7 +105,7 @@ pub fn session_client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_der)?)
         .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN_V2.to_vec(), ALPN.to_vec()];
     client_config(tls, keep_alive)
 }
 

@@ -13,7 +13,7 @@
 //! layouts are documented on each type and in docs/GMS.md.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use fpn_proto::credential;
 use fpn_proto::ge::{GeId, GroupId, MAX_GROUPS, MAX_NAME_LEN};
@@ -48,6 +48,13 @@ pub const MAX_REASON: usize = 255;
 /// Most GEs in one directory listing page (a page with every GE at
 /// [`MAX_ADDRS`] addresses stays below [`MAX_BODY`]).
 pub const MAX_LISTING: usize = 512;
+
+/// Most hosts behind gateways a network may define: the whole list goes
+/// in one [`ServerMsg::Hosts`] frame, which stays below [`MAX_BODY`] even
+/// with every host at its limits (checked by a test).
+pub const MAX_HOSTS: usize = 256;
+/// Most LAN addresses of one host behind a gateway.
+pub const MAX_HOST_LAN: usize = 8;
 
 /// QUIC application close codes the GMS uses.
 pub mod close {
@@ -311,6 +318,25 @@ pub struct DirectoryEntry {
     pub reported: Vec<SocketAddr>,
 }
 
+/// A host behind a gateway as the directory gives it to nodes:
+/// `name | via u32 | via name | n u8 | n x ip | m u8 | m x group u32`.
+///
+/// The node's DNS stub answers `name` and reaches the host through the
+/// gateway GE `via` (NAT-f), which negotiates for it with its own keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    /// The host's name (a label of the zone).
+    pub name: String,
+    /// The gateway's GE id.
+    pub via: GeId,
+    /// The gateway's name.
+    pub via_name: String,
+    /// The host's addresses on the gateway's LAN.
+    pub lan: Vec<IpAddr>,
+    /// The groups whose members may reach it.
+    pub groups: Vec<GroupId>,
+}
+
 /// Longest relay address (`host:port`) in [`ServerMsg::Relay`].
 pub const MAX_RELAY_ADDR: usize = 255;
 
@@ -364,6 +390,19 @@ pub enum ServerMsg {
     },
     /// 0x8b: answer to [`ClientMsg::Renew`].
     Renewed(Renewed),
+    /// 0x8c: every host behind a gateway: `n u16 | n x host` (sorted by
+    /// name). Sent after [`ServerMsg::Relay`], and only on a session whose
+    /// TLS handshake chose [`crate::tls::ALPN_V2`] (a node that offered it),
+    /// so a node that knows nothing of hosts never sees it.
+    Hosts(Vec<HostEntry>),
+    /// 0x8d: a host was added, changed or removed (or its gateway was
+    /// revoked): `name | present u8 | host`. Same condition as 0x8c.
+    HostChanged {
+        /// The host's name.
+        name: String,
+        /// Its new entry; `None` when it is gone.
+        entry: Option<HostEntry>,
+    },
     /// 0xa0: answer to [`ClientMsg::Observe`]: `address`, where the GMS sees
     /// the session come from.
     Observed(SocketAddr),
@@ -583,6 +622,32 @@ impl ServerMsg {
                 w.long_bytes(&n.credential, credential::MAX_LEN, "credential")?;
                 0x8b
             }
+            Self::Hosts(hosts) => {
+                if hosts.len() > MAX_HOSTS {
+                    return Err(fpn_proto::Error::TooLarge {
+                        what: "host list",
+                        len: hosts.len(),
+                        max: MAX_HOSTS,
+                    }
+                    .into());
+                }
+                w.u16(hosts.len() as u16);
+                for h in hosts {
+                    put_host(&mut w, h)?;
+                }
+                0x8c
+            }
+            Self::HostChanged { name, entry } => {
+                w.short_bytes(name.as_bytes(), MAX_NAME_LEN, "host name")?;
+                match entry {
+                    Some(h) => {
+                        w.u8(1);
+                        put_host(&mut w, h)?;
+                    }
+                    None => w.u8(0),
+                }
+                0x8d
+            }
             Self::Observed(a) => {
                 put_addr(&mut w, a);
                 0xa0
@@ -686,6 +751,25 @@ impl ServerMsg {
                 cert: r.long_bytes(MAX_CERT, "certificate")?.to_vec(),
                 credential: r.long_bytes(credential::MAX_LEN, "credential")?.to_vec(),
             }),
+            0x8c => {
+                let n = usize::from(r.u16("host count")?);
+                if n > MAX_HOSTS {
+                    return Err(fpn_proto::Error::TooLarge {
+                        what: "host list",
+                        len: n,
+                        max: MAX_HOSTS,
+                    }
+                    .into());
+                }
+                Self::Hosts((0..n).map(|_| get_host(&mut r)).collect::<Result<_>>()?)
+            }
+            0x8d => Self::HostChanged {
+                name: get_str(&mut r, MAX_NAME_LEN, "host name")?,
+                entry: match get_flag(&mut r, "host present")? {
+                    true => Some(get_host(&mut r)?),
+                    false => None,
+                },
+            },
             0xa0 => Self::Observed(get_addr(&mut r)?),
             0xa1 => Self::ConnectNowSent(ConnectNowOutcome::from_u8(r.u8("outcome")?)?),
             0xa2 => Self::ConnectNow(Candidates {
@@ -836,6 +920,42 @@ fn get_serials(r: &mut Reader<'_>) -> Result<Vec<u64>> {
         .into());
     }
     (0..n).map(|_| Ok(r.u64("serial")?)).collect()
+}
+
+fn put_host(w: &mut Writer<'_>, h: &HostEntry) -> Result<()> {
+    w.short_bytes(h.name.as_bytes(), MAX_NAME_LEN, "host name")?;
+    w.u32(h.via.0);
+    w.short_bytes(h.via_name.as_bytes(), MAX_NAME_LEN, "GE name")?;
+    put_count(w, h.lan.len(), MAX_HOST_LAN, "LAN address count")?;
+    for ip in &h.lan {
+        w.ip_addr(*ip);
+    }
+    put_count(w, h.groups.len(), MAX_GROUPS, "group count")?;
+    for g in &h.groups {
+        w.u32(g.0);
+    }
+    Ok(())
+}
+
+fn get_host(r: &mut Reader<'_>) -> Result<HostEntry> {
+    let name = get_str(r, MAX_NAME_LEN, "host name")?;
+    let via = GeId(r.u32("GE id")?);
+    let via_name = get_str(r, MAX_NAME_LEN, "GE name")?;
+    let n = get_count(r, MAX_HOST_LAN, "LAN address count")?;
+    let lan = (0..n)
+        .map(|_| Ok(r.ip_addr("LAN address")?))
+        .collect::<Result<_>>()?;
+    let m = get_count(r, MAX_GROUPS, "group count")?;
+    let groups = (0..m)
+        .map(|_| Ok(GroupId(r.u32("group")?)))
+        .collect::<Result<_>>()?;
+    Ok(HostEntry {
+        name,
+        via,
+        via_name,
+        lan,
+        groups,
+    })
 }
 
 fn put_entry(w: &mut Writer<'_>, e: Option<&DirectoryEntry>) -> Result<()> {
@@ -997,6 +1117,16 @@ mod tests {
                 cert: vec![6; 400],
                 credential: vec![7; 150],
             }),
+            ServerMsg::Hosts(vec![host("nas"), host("printer")]),
+            ServerMsg::Hosts(vec![]),
+            ServerMsg::HostChanged {
+                name: "nas".into(),
+                entry: Some(host("nas")),
+            },
+            ServerMsg::HostChanged {
+                name: "nas".into(),
+                entry: None,
+            },
             ServerMsg::Observed("198.18.2.2:7718".parse().unwrap()),
             ServerMsg::ConnectNowSent(ConnectNowOutcome::RateLimited),
             ServerMsg::ConnectNow(Candidates {
@@ -1010,6 +1140,73 @@ mod tests {
                 local: vec![],
             }),
         ]
+    }
+
+    fn host(name: &str) -> HostEntry {
+        HostEntry {
+            name: name.into(),
+            via: GeId(3),
+            via_name: "gw".into(),
+            lan: vec![
+                "192.168.1.10".parse().unwrap(),
+                "fd00:1::10".parse().unwrap(),
+            ],
+            groups: vec![GroupId(1), GroupId(2)],
+        }
+    }
+
+    #[test]
+    fn the_largest_host_list_fits_one_frame_and_bad_host_lists_are_refused() {
+        let big = |i: usize| HostEntry {
+            name: format!("{i:0>63}"),
+            via: GeId(u32::MAX),
+            via_name: "g".repeat(63),
+            lan: vec!["fd00::1".parse().unwrap(); MAX_HOST_LAN],
+            groups: (0..MAX_GROUPS as u32).map(GroupId).collect(),
+        };
+        let all = ServerMsg::Hosts((0..MAX_HOSTS).map(big).collect());
+        let f = all.encode().unwrap();
+        assert!(f.len() - HEADER_LEN <= MAX_BODY);
+        assert!(
+            ServerMsg::Hosts((0..=MAX_HOSTS).map(big).collect())
+                .encode()
+                .is_err()
+        );
+        // One host more than the limit, each well-formed, is refused.
+        let one = ServerMsg::Hosts(vec![host("nas")]).encode().unwrap();
+        let mut over = (MAX_HOSTS as u16 + 1).to_be_bytes().to_vec();
+        for _ in 0..=MAX_HOSTS {
+            over.extend_from_slice(&one[HEADER_LEN + 2..]);
+        }
+        assert!(ServerMsg::decode(0x8c, &over).is_err());
+        let at = (over.len() - 2) / (MAX_HOSTS + 1);
+        over.truncate(over.len() - at);
+        over[..2].copy_from_slice(&(MAX_HOSTS as u16).to_be_bytes());
+        assert!(ServerMsg::decode(0x8c, &over).is_ok(), "exactly the limit");
+        // Too many LAN addresses, a bad family, a bad presence flag.
+        let mut h = host("nas");
+        h.lan = vec!["10.0.0.1".parse().unwrap(); MAX_HOST_LAN + 1];
+        assert!(ServerMsg::Hosts(vec![h]).encode().is_err());
+        let good = ServerMsg::Hosts(vec![host("nas")]).encode().unwrap();
+        let (ty, body) = split(&good);
+        let mut bad = body.to_vec();
+        // count u16, name len+3, via u32, via name len+2, n: first family.
+        let fam = 2 + 4 + 4 + 3 + 1;
+        assert_eq!(bad[fam], 4);
+        bad[fam] = 5;
+        assert!(ServerMsg::decode(ty, &bad).is_err());
+        // The presence flag is 0 or 1, also with a whole host after it.
+        let f = ServerMsg::HostChanged {
+            name: "nas".into(),
+            entry: Some(host("nas")),
+        }
+        .encode()
+        .unwrap();
+        let (ty, body) = split(&f);
+        let mut flag = body.to_vec();
+        assert_eq!(flag[4], 1, "after the name's length byte and 3 bytes");
+        flag[4] = 2;
+        assert!(ServerMsg::decode(ty, &flag).is_err());
     }
 
     #[test]

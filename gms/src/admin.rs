@@ -103,6 +103,42 @@ pub enum AdminRequest {
         /// GE name.
         name: String,
     },
+    /// `host add NAME --via GW --lan ADDR... [--group N]...`: a host
+    /// behind gateway GE `via` (see [`crate::model::HostRecord`]).
+    HostAdd {
+        /// Host name (a DNS label, unique among GEs and hosts).
+        name: String,
+        /// The gateway GE's name.
+        via: String,
+        /// Its LAN addresses.
+        lan: Vec<String>,
+        /// Its groups; the gateway's groups when empty.
+        #[serde(default)]
+        groups: Vec<u32>,
+    },
+    /// `host remove NAME`.
+    HostRemove {
+        /// Host name.
+        name: String,
+    },
+    /// `host list`.
+    HostList,
+    /// `host show NAME`.
+    HostShow {
+        /// Host name.
+        name: String,
+    },
+    /// `host set NAME [--lan ADDR]... [--group N]...`.
+    HostSet {
+        /// Host name.
+        name: String,
+        /// Replaces the LAN addresses.
+        #[serde(default)]
+        lan: Option<Vec<String>>,
+        /// Replaces the groups.
+        #[serde(default)]
+        groups: Option<Vec<u32>>,
+    },
     /// `token create NAME [--ttl D]`.
     TokenCreate {
         /// GE name.
@@ -234,6 +270,28 @@ pub struct RelayStatus {
     pub nodes: Vec<u32>,
     /// Its counters.
     pub counters: Option<fpn_relay::Counters>,
+}
+
+/// One host behind a gateway in `host list` and `host show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    /// Name.
+    pub name: String,
+    /// Its full DNS name.
+    pub fqdn: String,
+    /// The gateway GE's name.
+    pub via: String,
+    /// The gateway GE's id.
+    pub via_id: u32,
+    /// LAN addresses (the LIP records).
+    pub lan: Vec<std::net::IpAddr>,
+    /// Groups whose members may reach it.
+    pub groups: Vec<u32>,
+    /// The gateway's public address as the DNS publishes it (A/AAAA),
+    /// when the gateway was seen.
+    pub public: Option<std::net::IpAddr>,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
 }
 
 /// One group in `group list`.

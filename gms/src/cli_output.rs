@@ -1,8 +1,8 @@
 //! Human-readable output of the admin commands (`--json` prints the raw answer).
 
 use fpn_gms::admin::{
-    AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, KeysView, RotatedView,
-    StatusView, TokenView,
+    AdminRequest, AdminResponse, AuditView, DoneView, GeView, GroupView, HostView, KeysView,
+    RotatedView, StatusView, TokenView,
 };
 
 /// Prints the answer to `req`.
@@ -171,6 +171,33 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 }
             }
         }
+        AdminRequest::HostList => {
+            let hs: Vec<HostView> = resp.into_result()?;
+            println!(
+                "{:<20} {:<20} {:<32} {:<12} PUBLIC",
+                "NAME", "VIA", "LAN", "GROUPS"
+            );
+            for h in hs {
+                println!(
+                    "{:<20} {:<20} {:<32} {:<12} {}",
+                    h.name,
+                    h.via,
+                    ips(&h.lan),
+                    groups(&h.groups),
+                    opt(h.public)
+                );
+            }
+        }
+        AdminRequest::HostShow { .. }
+        | AdminRequest::HostAdd { .. }
+        | AdminRequest::HostSet { .. } => {
+            let h: HostView = resp.into_result()?;
+            println!("name          {} ({})", h.name, h.fqdn);
+            println!("via           {} (GE {})", h.via, h.via_id);
+            println!("lan           {}", ips(&h.lan));
+            println!("groups        {}", groups(&h.groups));
+            println!("public (A)    {}", opt(h.public));
+        }
         AdminRequest::Audit { .. } => {
             let es: Vec<AuditView> = resp.into_result()?;
             for e in es {
@@ -183,6 +210,7 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
         | AdminRequest::GroupRename { .. }
         | AdminRequest::TokenCancel { .. }
         | AdminRequest::GeRemove { .. }
+        | AdminRequest::HostRemove { .. }
         | AdminRequest::GeRevoke { .. } => {
             let d: DoneView = resp.into_result()?;
             println!("{}", d.done);
@@ -203,6 +231,13 @@ fn groups(g: &[u32]) -> String {
         return "-".into();
     }
     g.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn ips(v: &[std::net::IpAddr]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

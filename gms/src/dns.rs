@@ -11,7 +11,8 @@
 //! Records of a GE: A/AAAA = the address its session comes from (what the
 //! GMS sees, so the public address of a node behind NAT), LIP = the
 //! addresses it reports that differ from that one. A GE never seen has no
-//! records. The DDNS holds no overlay addresses: nodes learn those from the
+//! records. A host behind a gateway: A/AAAA = its gateway's (and they
+//! follow it), LIP = the host's LAN addresses. The DDNS holds no overlay addresses: nodes learn those from the
 //! GMS directory (credentials), and their DNS stubs answer with them.
 
 use std::collections::HashMap;
@@ -63,6 +64,7 @@ impl DirectoryHook for DnsHook {
     fn on_change(&self, event: &DirectoryEvent) {
         let name = match event {
             DirectoryEvent::Updated(r) => r.name.clone(),
+            DirectoryEvent::Host(h) => h.name.clone(),
             DirectoryEvent::Removed { name } => name.clone(),
         };
         self.pending
@@ -273,6 +275,15 @@ async fn write_records(ddns: Arc<Ddns>, pending: Arc<Pending>) {
 async fn apply(ddns: &Ddns, name: &str, event: &DirectoryEvent) {
     let result = match event {
         DirectoryEvent::Removed { .. } => ddns.remove_ge(name).await,
+        DirectoryEvent::Host(host) => {
+            let (a, aaaa) = address_of(host.seen);
+            if a.is_none() && aaaa.is_none() {
+                // A gateway never seen (or revoked): nothing to point at.
+                ddns.remove_ge(name).await
+            } else {
+                ddns.set_ge_records(name, a, aaaa, &host.lan).await
+            }
+        }
         DirectoryEvent::Updated(rec) => {
             let (a, aaaa, lips) = records_of(rec);
             if a.is_none() && aaaa.is_none() && lips.is_empty() {
@@ -288,6 +299,18 @@ async fn apply(ddns: &Ddns, name: &str, event: &DirectoryEvent) {
     }
 }
 
+/// The A or AAAA record for a session seen at `seen`.
+fn address_of(
+    seen: Option<SocketAddr>,
+) -> (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) {
+    // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+    match seen.map(|s| s.ip().to_canonical()) {
+        Some(IpAddr::V4(v4)) => (Some(v4), None),
+        Some(IpAddr::V6(v6)) => (None, Some(v6)),
+        None => (None, None),
+    }
+}
+
 /// A, AAAA and LIP records of a GE.
 fn records_of(
     rec: &DirectoryRecord,
@@ -296,13 +319,8 @@ fn records_of(
     Option<std::net::Ipv6Addr>,
     Vec<IpAddr>,
 ) {
-    // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
     let seen = rec.seen.map(|s| s.ip().to_canonical());
-    let (a, aaaa) = match seen {
-        Some(IpAddr::V4(v4)) => (Some(v4), None),
-        Some(IpAddr::V6(v6)) => (None, Some(v6)),
-        None => (None, None),
-    };
+    let (a, aaaa) = address_of(rec.seen);
     let mut lips: Vec<IpAddr> = Vec::new();
     for ip in rec.reported.iter().map(|s| s.ip().to_canonical()) {
         if Some(ip) != seen && !ip.is_unspecified() && !ip.is_loopback() && !lips.contains(&ip) {

@@ -105,6 +105,21 @@ enum Cmd {
     /// GEs (nodes).
     #[command(subcommand)]
     Ge(GeCmd),
+    /// Hosts behind a gateway: machines on a gateway's LAN that run no fpn
+    /// software (a NAS, a printer), reachable by name through the gateway.
+    ///
+    /// A host behind a gateway is a machine on the LAN of a gateway GE (kind
+    /// gen, or gea for a single server) that runs no fpn software: a NAS, a
+    /// printer, a camera. The DNS publishes its name with the gateway's
+    /// public address (A/AAAA) and its LAN address (LIP record); nodes in
+    /// its groups learn it from the GMS and reach it by name through the
+    /// gateway, which answers for it with its own credential and group keys.
+    /// So each LAN address must lie inside a prefix the gateway protects
+    /// (`fpn-gms ge set GW --protect PREFIX`), and the host's groups must be
+    /// among the gateway's. A gateway with hosts cannot be removed (remove
+    /// the hosts first); revoking it withdraws their DNS records.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -237,6 +252,53 @@ enum GeCmd {
     },
     /// Revoke a GE: close its sessions, refuse it, rotate its groups, tell every node.
     Revoke {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Put a host behind a gateway.
+    Add {
+        /// Name (one DNS label; GEs and hosts share the zone's names).
+        name: String,
+        /// The gateway GE (kind gen or gea) in front of it.
+        #[arg(long, value_name = "GATEWAY")]
+        via: String,
+        /// Its address on the gateway's LAN, inside a prefix the gateway
+        /// protects (repeat for several, IPv4 or IPv6).
+        #[arg(long = "lan", value_name = "ADDR", required = true)]
+        lan: Vec<String>,
+        /// A group whose members may reach it (repeat for several); the
+        /// gateway's groups when none is given. Each must be one of the
+        /// gateway's groups.
+        #[arg(long = "group")]
+        groups: Vec<u32>,
+    },
+    /// List the hosts behind gateways.
+    List,
+    /// Show one host.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Change a host's LAN addresses or groups.
+    Set {
+        /// Name.
+        name: String,
+        /// Replace the LAN addresses with these (repeat for several).
+        #[arg(long = "lan", value_name = "ADDR")]
+        lan: Vec<String>,
+        /// Replace the groups with these (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<u32>,
+        /// Go back to the gateway's groups.
+        #[arg(long, conflicts_with = "groups")]
+        gateway_groups: bool,
+    },
+    /// Remove a host: its DNS records go and the nodes forget it.
+    Remove {
         /// Name.
         name: String,
     },
@@ -429,6 +491,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             protect: (no_protect || !protect.is_empty()).then_some(protect),
         },
         Cmd::Ge(GeCmd::Remove { name }) => AdminRequest::GeRemove { name },
+        Cmd::Host(HostCmd::Add {
+            name,
+            via,
+            lan,
+            groups,
+        }) => AdminRequest::HostAdd {
+            name,
+            via,
+            lan,
+            groups,
+        },
+        Cmd::Host(HostCmd::List) => AdminRequest::HostList,
+        Cmd::Host(HostCmd::Show { name }) => AdminRequest::HostShow { name },
+        Cmd::Host(HostCmd::Set {
+            name,
+            lan,
+            groups,
+            gateway_groups,
+        }) => AdminRequest::HostSet {
+            name,
+            lan: (!lan.is_empty()).then_some(lan),
+            groups: (gateway_groups || !groups.is_empty()).then_some(groups),
+        },
+        Cmd::Host(HostCmd::Remove { name }) => AdminRequest::HostRemove { name },
         Cmd::Ge(GeCmd::Revoke { name }) => AdminRequest::GeRevoke { name },
         Cmd::Token(TokenCmd::Create { name, ttl }) => AdminRequest::TokenCreate {
             name,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -145,6 +145,29 @@ impl GeRecord {
     pub fn is_active(&self) -> bool {
         self.revoked_at.is_none()
     }
+}
+
+/// A host behind a gateway: a machine on the gateway's LAN that runs no fpn
+/// software (a NAS, a printer). Its name shares the zone with the GEs; the
+/// DDNS publishes it with the gateway's public address (A/AAAA) and its LAN
+/// addresses (LIP), and the nodes learn it from the directory so they can
+/// reach it through the gateway (NAT-f).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// DNS label under the zone (no GE and no other host has it).
+    pub name: String,
+    /// Id of the gateway GE (kind gen or gea) that answers for it. By id,
+    /// not name, so a gateway removed and added again under the same name
+    /// does not inherit hosts.
+    pub via: u32,
+    /// Its addresses on the gateway's LAN, each inside one of the
+    /// gateway's protected prefixes; at least one.
+    pub lan: Vec<IpAddr>,
+    /// Groups whose members may reach it: a subset of the gateway's groups
+    /// (the gateway negotiates for it with its own group keys).
+    pub groups: BTreeSet<u32>,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
 }
 
 /// A group.

@@ -28,8 +28,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use zeroize::Zeroizing;
 
 pub use fpn_gms_client::tls::{
-    ALPN, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider, roots,
-    server_name, session_client_config,
+    ALPN, ALPN_V2, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider,
+    roots, server_name, session_client_config,
 };
 
 use crate::ca::fingerprint;
@@ -41,6 +41,25 @@ pub fn server_config(
     cert_der: &[u8],
     key_der: &Zeroizing<Vec<u8>>,
     expired_grace_secs: u64,
+) -> Result<quinn::ServerConfig> {
+    // Preferred first: a node that offers the hosts directory gets it.
+    server_config_with_alpn(
+        ca_der,
+        cert_der,
+        key_der,
+        expired_grace_secs,
+        vec![ALPN_V2.to_vec(), ALPN.to_vec()],
+    )
+}
+
+/// [`server_config`] with the ALPN list `alpn` (a test plays an older GMS
+/// with `ALPN` alone).
+fn server_config_with_alpn(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    key_der: &Zeroizing<Vec<u8>>,
+    expired_grace_secs: u64,
+    alpn: Vec<Vec<u8>>,
 ) -> Result<quinn::ServerConfig> {
     let prov = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, prov.clone())
@@ -60,7 +79,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Cert(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(Arc::new(transport()));
@@ -159,4 +178,70 @@ fn transport() -> quinn::TransportConfig {
     t.send_window(512 * 1024);
     t.datagram_receive_buffer_size(None);
     t
+}
+
+#[cfg(test)]
+mod alpn_tests {
+    use super::*;
+    use crate::ca::{Ca, NodeCertRequest};
+    use fpn_gms_client::tls::negotiated_v2;
+
+    /// Connects `client` to a server with `server` and returns whether
+    /// each side saw `fpn-gms/2` chosen (client, server).
+    async fn handshake(server: quinn::ServerConfig, client: quinn::ClientConfig) -> (bool, bool) {
+        let srv = endpoint("127.0.0.1:0".parse().unwrap(), Some(server)).unwrap();
+        let addr = srv.local_addr().unwrap();
+        let cli = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let accept = tokio::spawn(async move {
+            let c = srv.accept().await.unwrap().await.unwrap();
+            negotiated_v2(&c)
+        });
+        let c = cli
+            .connect_with(client, addr, server_name())
+            .unwrap()
+            .await
+            .unwrap();
+        let v2 = negotiated_v2(&c);
+        (v2, accept.await.unwrap())
+    }
+
+    /// Both sides agree on `fpn-gms/2` only when both know it: a node older
+    /// than hosts (it offers `fpn-gms/1` alone) and a GMS older than hosts
+    /// (it knows `fpn-gms/1` alone) each still connect, on `/1`.
+    #[tokio::test]
+    async fn fpn_gms_2_is_chosen_only_when_both_sides_know_it() {
+        let now = crate::now_unix();
+        let ca = Ca::generate(now).unwrap();
+        let (cert, key) = ca.issue_server_cert(now).unwrap();
+        let (node_key, public) = fpn_gms_client::ca::generate_node_key().unwrap();
+        let node_cert = ca
+            .issue_node_cert(&NodeCertRequest {
+                node_key: &public,
+                ge_id: 1,
+                name: "laptop",
+                zone: "t.fpn",
+                serial: 7,
+                not_before: now - 60,
+                not_after: now + 3600,
+            })
+            .unwrap();
+        let new_node = || {
+            session_client_config(
+                ca.cert_der(),
+                &node_cert,
+                &node_key,
+                std::time::Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        // An older node: its ALPN list was `fpn-gms/1` alone, as the
+        // enrollment client's still is.
+        let old_node = || enroll_client_config(ca.fingerprint()).unwrap();
+        let new_gms = || server_config(ca.cert_der(), &cert, &key, 0).unwrap();
+        let old_gms =
+            || server_config_with_alpn(ca.cert_der(), &cert, &key, 0, vec![ALPN.to_vec()]).unwrap();
+        assert_eq!(handshake(new_gms(), new_node()).await, (true, true));
+        assert_eq!(handshake(new_gms(), old_node()).await, (false, false));
+        assert_eq!(handshake(old_gms(), new_node()).await, (false, false));
+    }
 }

@@ -13,6 +13,7 @@ const SUBCOMMANDS: &[&str] = &[
     "status",
     "group",
     "ge",
+    "host",
     "token",
     "rotate",
     "keys",
@@ -33,6 +34,11 @@ const NESTED: &[&str] = &[
     "ge-set",
     "ge-remove",
     "ge-revoke",
+    "host-add",
+    "host-list",
+    "host-show",
+    "host-set",
+    "host-remove",
     "token-create",
     "token-list",
     "token-cancel",
@@ -57,6 +63,7 @@ fn the_bash_completion_loads_and_completes_subcommands_and_their_options() {
     // names without our fix): `ge`'s subcommands and `ge add`'s options.
     assert_eq!(complete(&["fpn-gms", "ge", "rev"]), ["revoke"]);
     assert_eq!(complete(&["fpn-gms", "ge", "add", "--k"]), ["--kind"]);
+    assert_eq!(complete(&["fpn-gms", "host", "add", "--v"]), ["--via"]);
     let shells = ["bash", "zsh", "fish", "elvish", "powershell"];
     for shell in shells {
         let o = Command::new(BIN)
@@ -102,5 +109,13 @@ fn man_pages_render_and_name_every_subcommand() {
     assert!(
         ge_add.contains("--kind") && ge_add.contains("FPN_GMS_DATA"),
         "{ge_add}"
+    );
+    // The host pages say what a host behind a gateway is.
+    let host = render(&out.join("fpn-gms-host.1"));
+    assert!(host.contains("camera") && host.contains("LIP"), "{host}");
+    let host_add = render(&out.join("fpn-gms-host-add.1"));
+    assert!(
+        host_add.contains("--via") && host_add.contains("--lan"),
+        "{host_add}"
     );
 }

@@ -202,3 +202,108 @@ fn no_dns_turns_it_off_and_a_taken_port_is_a_clear_error() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+/// `dig NAME TYPE` against the GMS's DNS with the answer and additional
+/// sections, as text.
+fn dig_sections(dns: SocketAddr, name: &str, rtype: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", dns.ip()),
+            "-p",
+            &dns.port().to_string(),
+            "+tries=1",
+            "+time=2",
+            "+noall",
+            "+answer",
+            "+additional",
+            name,
+            rtype,
+        ])
+        .output()
+        .expect("dig is installed");
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
+/// Connects a session for `id` from `local` (a loopback address of its
+/// own, so the GMS sees the gateway come from there).
+async fn connect_from(id: fpn_gms::client::Identity, local: &str) -> Session {
+    let ep = fpn_gms::client::endpoint(format!("{local}:0").parse().unwrap()).unwrap();
+    let cfg = SessionConfig {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::start(id, ep, cfg).unwrap();
+    next_matching(&mut s, |e| matches!(e, Event::Connected)).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_a_gateway_has_the_gateways_address_and_its_lan_address_as_lip() {
+    let gms = Gms::start_new(&[]);
+    let dns = dns_addr(&gms);
+    gms.ok(&["group", "add", "1", "--name", "home"]);
+    gms.ok(&[
+        "ge",
+        "add",
+        "gw",
+        "--kind",
+        "gen",
+        "--mode",
+        "cl",
+        "--group",
+        "1",
+        "--protect",
+        "192.168.1.0/24",
+    ]);
+    gms.ok(&["host", "add", "nas", "--via", "gw", "--lan", "192.168.1.10"]);
+    // The gateway never connected: nothing to point the name at yet.
+    assert_eq!(dig(dns, "nas.test.fpn", "A"), None);
+
+    // The gateway's session comes from 127.0.0.1: so does the host's A,
+    // with its LAN address as LIP in the additional section.
+    let id = enroll(&gms, "gw").await;
+    let state = gms.tmp.path().join("gw");
+    id.save(&state).unwrap();
+    let s = connect_from(id, "127.0.0.1").await;
+    let a = dig_until(dns, "nas.test.fpn", "A", |g| g.is_some());
+    assert_eq!(a.unwrap(), vec!["127.0.0.1".to_owned()]);
+    let text = dig_sections(dns, "nas.test.fpn", "A");
+    assert!(
+        text.contains("nas.test.fpn.") && text.contains("type65300") && text.contains("c0a8010a"),
+        "LIP 192.168.1.10 in the additional section: {text}"
+    );
+    assert_eq!(
+        gms.json(&["host", "show", "nas"])["public"],
+        "127.0.0.1",
+        "host show names the published address"
+    );
+
+    // The gateway comes back from another address: the host follows.
+    drop(s);
+    let s = connect_from(
+        fpn_gms::client::Identity::load(&state).unwrap(),
+        "127.0.0.2",
+    )
+    .await;
+    dig_until(dns, "nas.test.fpn", "A", |g| {
+        g.as_deref() == Some(&["127.0.0.2".to_owned()][..])
+    });
+    dig_until(dns, "gw.test.fpn", "A", |g| {
+        g.as_deref() == Some(&["127.0.0.2".to_owned()][..])
+    });
+
+    // A new LAN address replaces the LIP.
+    gms.ok(&["host", "set", "nas", "--lan", "192.168.1.11"]);
+    let deadline = Instant::now() + WAIT;
+    while !dig_sections(dns, "nas.test.fpn", "A").contains("c0a8010b") {
+        assert!(Instant::now() < deadline, "the LIP did not change");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Removing the host removes its name, not the gateway's.
+    gms.ok(&["host", "remove", "nas"]);
+    dig_until(dns, "nas.test.fpn", "A", Option::is_none);
+    assert!(dig(dns, "gw.test.fpn", "A").is_some());
+    drop(s);
+}

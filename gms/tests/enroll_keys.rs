@@ -151,3 +151,95 @@ async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     assert_eq!(show["online"], true);
     assert_eq!(show["version"], fpn_gms_client::VERSION, "from b's hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_the_hosts_behind_gateways_and_their_changes() {
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "1", "--name", "home"]);
+    gms.ok(&["group", "add", "2", "--name", "media"]);
+    gms.ok(&[
+        "ge",
+        "add",
+        "gw",
+        "--kind",
+        "gen",
+        "--mode",
+        "cl",
+        "--group",
+        "1",
+        "--group",
+        "2",
+        "--protect",
+        "192.168.1.0/24",
+    ]);
+    gms.ok(&[
+        "ge", "add", "laptop", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    gms.ok(&[
+        "host",
+        "add",
+        "nas",
+        "--via",
+        "gw",
+        "--lan",
+        "192.168.1.10",
+        "--group",
+        "1",
+    ]);
+    let gw_id = gms.json(&["ge", "show", "gw"])["id"].as_u64().unwrap() as u32;
+
+    // The list comes right after the session starts.
+    let id = enroll(&gms, "laptop").await;
+    let mut s = connect(id, None).await;
+    let Event::Hosts(list) = next_matching(&mut s, |e| matches!(e, Event::Hosts(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(list.len(), 1);
+    let nas = &list[0];
+    assert_eq!(nas.name, "nas");
+    assert_eq!((nas.via.0, nas.via_name.as_str()), (gw_id, "gw"));
+    assert_eq!(
+        nas.lan,
+        vec!["192.168.1.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(nas.groups, vec![G1]);
+
+    // Changes while connected are pushed.
+    gms.ok(&[
+        "host",
+        "add",
+        "printer",
+        "--via",
+        "gw",
+        "--lan",
+        "192.168.1.20",
+    ]);
+    let ev = next_matching(&mut s, |e| matches!(e, Event::HostChanged { .. })).await;
+    let Event::HostChanged { name, entry } = ev else {
+        unreachable!()
+    };
+    assert_eq!(name, "printer");
+    assert_eq!(
+        entry.unwrap().groups,
+        vec![G1, GroupId(2)],
+        "the gateway's groups"
+    );
+    gms.ok(&["host", "set", "nas", "--lan", "192.168.1.11"]);
+    let ev = next_matching(&mut s, |e| matches!(e, Event::HostChanged { .. })).await;
+    assert!(
+        matches!(&ev, Event::HostChanged { name, entry: Some(h) } if name == "nas" && h.lan[0].to_string() == "192.168.1.11"),
+        "{ev:?}"
+    );
+    gms.ok(&["host", "remove", "printer"]);
+    let ev = next_matching(&mut s, |e| matches!(e, Event::HostChanged { .. })).await;
+    assert_eq!(
+        ev,
+        Event::HostChanged {
+            name: "printer".into(),
+            entry: None
+        }
+    );
+    let known: Vec<String> =
+        s.with_state(|st| st.hosts.as_ref().unwrap().keys().cloned().collect());
+    assert_eq!(known, ["nas"]);
+}

@@ -116,6 +116,28 @@ fn the_example_network_takes_32_items_and_a_new_member_8() {
     overlays.dedup();
     assert_eq!(overlays.len(), 5);
 
+    // The terminal and the server by name: 3 items each, the groups are
+    // their gateways'.
+    let hosts = block("hosts");
+    assert_eq!(hosts.iter().map(|c| items(c)).sum::<usize>(), 6);
+    for cmd in &hosts {
+        gms.ok(cmd);
+    }
+    let listed = gms.json(&["host", "list"]);
+    let groups: Vec<(&str, &Value)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), &h["groups"]))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("server", &serde_json::json!([2, 3])),
+            ("terminal", &serde_json::json!([1]))
+        ]
+    );
+
     for cmd in &new_member {
         gms.ok(cmd);
     }

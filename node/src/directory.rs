@@ -1,13 +1,15 @@
 //! The node's view of the GMS directory: which GE owns which overlay
 //! address, its name and where its carrier listens. Filled from the GMS
 //! (listing + per-name queries) and kept on disk (`peers.json`, 0600), so
-//! flows to known peers still start while the GMS is down.
+//! flows to known peers still start while the GMS is down. The same file
+//! keeps the hosts behind gateways ([`HostRecord`]), so a node restarted
+//! while the GMS is down still knows which gateway answers for which name.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use fpn_gms_client::wire::DirectoryEntry;
+use fpn_gms_client::wire::{DirectoryEntry, HostEntry, MAX_HOSTS};
 use fpn_proto::credential::UnverifiedCredential;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,44 @@ pub struct PeerRecord {
     /// kept). `fpn-node why` reads the decision rules' inputs from it.
     #[serde(default)]
     pub info: Option<PeerInfo>,
+}
+
+/// A host behind a gateway: a machine on the gateway's LAN that runs no fpn
+/// software, reached by name through gateway GE `via` (NAT-f), which
+/// negotiates for it with its own credential and group keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// The host's name (a label of the zone, like a GE's).
+    pub name: String,
+    /// The gateway's GE id.
+    pub via: u32,
+    /// The gateway's name.
+    pub via_name: String,
+    /// The host's addresses on the gateway's LAN.
+    pub lan: Vec<IpAddr>,
+    /// Groups whose members may reach it, ascending.
+    pub groups: Vec<u32>,
+}
+
+impl HostRecord {
+    /// The record of a directory entry from the GMS.
+    pub fn of(e: &HostEntry) -> Self {
+        let mut groups: Vec<u32> = e.groups.iter().map(|g| g.0).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        Self {
+            name: e.name.clone(),
+            via: e.via.0,
+            via_name: e.via_name.clone(),
+            lan: e.lan.clone(),
+            groups,
+        }
+    }
+
+    /// The gateway's GE id.
+    pub fn via(&self) -> GeId {
+        GeId(self.via)
+    }
 }
 
 /// What the decision rules need of a peer's certified GE info.
@@ -139,6 +179,22 @@ pub fn carrier_addrs(
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
     by_name: BTreeMap<String, PeerRecord>,
+    /// Hosts behind gateways, sorted by name (so [`Directory::hosts`] is a
+    /// slice and [`Directory::host`] a binary search).
+    hosts: Vec<HostRecord>,
+}
+
+/// `peers.json`: the peers and the hosts behind gateways. Caches written
+/// before hosts existed are a bare list of peers, and still load.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CacheFile {
+    Full {
+        peers: Vec<PeerRecord>,
+        #[serde(default)]
+        hosts: Vec<HostRecord>,
+    },
+    PeersOnly(Vec<PeerRecord>),
 }
 
 impl Directory {
@@ -218,6 +274,51 @@ impl Directory {
         self.by_name.is_empty()
     }
 
+    /// The hosts behind gateways the GMS last listed, sorted by name.
+    pub fn hosts(&self) -> &[HostRecord] {
+        &self.hosts
+    }
+
+    /// The host behind a gateway named `name` (a label, without the zone).
+    pub fn host(&self, name: &str) -> Option<&HostRecord> {
+        self.hosts
+            .binary_search_by(|h| h.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.hosts[i])
+    }
+
+    /// Replaces every host with `list` (the GMS's full list at session
+    /// start), keeping at most [`MAX_HOSTS`]. Returns true when anything changed.
+    pub fn set_hosts(&mut self, list: impl IntoIterator<Item = HostRecord>) -> bool {
+        let mut hosts: Vec<HostRecord> = list.into_iter().collect();
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        hosts.dedup_by(|a, b| a.name == b.name);
+        hosts.truncate(MAX_HOSTS);
+        let changed = hosts != self.hosts;
+        self.hosts = hosts;
+        changed
+    }
+
+    /// Inserts or replaces one host (a change pushed by the GMS). Returns
+    /// false when the list is full and `h` is new.
+    pub fn upsert_host(&mut self, h: HostRecord) -> bool {
+        match self.hosts.binary_search_by(|x| x.name.cmp(&h.name)) {
+            Ok(i) => self.hosts[i] = h,
+            Err(_) if self.hosts.len() >= MAX_HOSTS => return false,
+            Err(i) => self.hosts.insert(i, h),
+        }
+        true
+    }
+
+    /// Forgets host `name`; returns it if it was known.
+    pub fn remove_host(&mut self, name: &str) -> Option<HostRecord> {
+        let i = self
+            .hosts
+            .binary_search_by(|h| h.name.as_str().cmp(name))
+            .ok()?;
+        Some(self.hosts.remove(i))
+    }
+
     /// Reads `peers.json`; a missing file is an empty directory.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = match std::fs::read(path) {
@@ -230,19 +331,32 @@ impl Directory {
                 });
             }
         };
-        let list: Vec<PeerRecord> = serde_json::from_slice(&bytes)
+        let file: CacheFile = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let (list, hosts) = match file {
+            CacheFile::Full { peers, hosts } => (peers, hosts),
+            CacheFile::PeersOnly(peers) => (peers, Vec::new()),
+        };
         let mut d = Self::default();
         for r in list.into_iter().take(MAX_PEERS) {
             d.upsert(r);
         }
+        d.set_hosts(hosts);
         Ok(d)
     }
 
     /// Writes `peers.json` atomically (0600).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let list: Vec<&PeerRecord> = self.by_name.values().collect();
-        let json = serde_json::to_vec_pretty(&list).map_err(|e| Error::Config(e.to_string()))?;
+        #[derive(Serialize)]
+        struct Out<'a> {
+            peers: Vec<&'a PeerRecord>,
+            hosts: &'a [HostRecord],
+        }
+        let out = Out {
+            peers: self.by_name.values().collect(),
+            hosts: &self.hosts,
+        };
+        let json = serde_json::to_vec_pretty(&out).map_err(|e| Error::Config(e.to_string()))?;
         fpn_gms_client::fsutil::write_atomic(path, &json, 0o600).map_err(Error::Gms)
     }
 }
@@ -332,5 +446,57 @@ mod tests {
         );
         std::fs::write(&p, b"{broken").unwrap();
         assert!(Directory::load(&p).is_err());
+    }
+
+    fn host(name: &str, lan: &str) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            via: 3,
+            via_name: "gw".into(),
+            lan: vec![lan.parse().unwrap()],
+            groups: vec![1],
+        }
+    }
+
+    #[test]
+    fn hosts_behind_gateways_are_kept_found_by_name_and_cached_on_disk() {
+        let mut d = Directory::default();
+        d.upsert(rec("gw", 3, 3, &["198.18.0.3:7718"]));
+        assert!(d.set_hosts([host("printer", "192.168.1.20"), host("nas", "192.168.1.10")]));
+        assert!(!d.set_hosts([host("nas", "192.168.1.10"), host("printer", "192.168.1.20")]));
+        assert_eq!(
+            d.hosts()
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
+            ["nas", "printer"]
+        );
+        assert_eq!(d.host("nas").unwrap().via(), GeId(3));
+        assert!(d.host("gw").is_none(), "a GE is not a host");
+        // Pushed changes.
+        assert!(d.upsert_host(host("nas", "192.168.1.11")));
+        assert_eq!(d.host("nas").unwrap().lan[0].to_string(), "192.168.1.11");
+        assert!(d.upsert_host(host("cam", "192.168.1.30")));
+        assert_eq!(d.remove_host("printer").unwrap().name, "printer");
+        assert!(d.remove_host("printer").is_none());
+        assert_eq!(d.hosts().len(), 2);
+        // peers.json keeps them: a node restarted while the GMS is down knows them.
+        let dir = tempfile::tempdir().unwrap();
+        let p = cache_path(dir.path());
+        d.save(&p).unwrap();
+        let back = Directory::load(&p).unwrap();
+        assert_eq!(back.hosts(), d.hosts());
+        assert_eq!(back.by_name("gw").unwrap().ge, 3);
+        // A cache written before hosts existed (a bare list) still loads.
+        let old = serde_json::to_vec(&vec![rec("gw", 3, 3, &[])]).unwrap();
+        std::fs::write(&p, old).unwrap();
+        let back = Directory::load(&p).unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(back.hosts().is_empty());
+        // The list is bounded.
+        let mut d = Directory::default();
+        d.set_hosts((0..MAX_HOSTS + 5).map(|i| host(&format!("h{i:04}"), "10.0.0.1")));
+        assert_eq!(d.hosts().len(), MAX_HOSTS);
+        assert!(!d.upsert_host(host("zzz", "10.0.0.1")));
     }
 }

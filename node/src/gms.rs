@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::carrier::{PeerTarget, QuicCarrier};
 use crate::core::Command;
-use crate::directory::{Directory, PeerRecord, carrier_addrs, record_from_entry};
+use crate::directory::{Directory, HostRecord, PeerRecord, carrier_addrs, record_from_entry};
 use crate::error::{Error, Result};
 
 /// How often the full directory listing is refreshed while connected.
@@ -341,6 +341,30 @@ impl GmsTask {
                 None => self.gone(&name).await,
             },
             Event::Relay(addr) => self.set_relay(addr).await,
+            Event::Hosts(list) => {
+                let changed = self.shared.dir().set_hosts(list.iter().map(HostRecord::of));
+                if changed {
+                    info!(hosts = list.len(), "hosts behind gateways");
+                    self.save();
+                    self.on_hosts_changed();
+                }
+            }
+            Event::HostChanged { name, entry } => {
+                let changed = match entry {
+                    Some(h) => {
+                        debug!(host = %name, gateway = %h.via_name, "host behind a gateway changed");
+                        self.shared.dir().upsert_host(HostRecord::of(&h))
+                    }
+                    None => {
+                        debug!(host = %name, "host behind a gateway gone");
+                        self.shared.dir().remove_host(&name).is_some()
+                    }
+                };
+                if changed {
+                    self.save();
+                    self.on_hosts_changed();
+                }
+            }
             Event::Disconnected { reason } => {
                 self.report_gms(false).await;
                 let was = std::mem::take(&mut self.shared.view().connected);
@@ -587,6 +611,18 @@ impl GmsTask {
             self.carrier.revoke_ge(r.ge());
             self.save();
         }
+    }
+
+    /// HOOK (NAT-f, issue 11): the hosts behind gateways in
+    /// [`Shared::dir`] changed (full list at session start, or one pushed
+    /// change). The node core and the DNS stub (VIN pool) are to be told
+    /// here; until they take hosts, the directory and its disk cache are
+    /// the whole of it.
+    fn on_hosts_changed(&mut self) {
+        debug!(
+            hosts = self.shared.dir().hosts().len(),
+            "hosts behind gateways updated"
+        );
     }
 
     fn save(&self) {

@@ -355,6 +355,35 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     assert!(b.text("#flash").contains("GE a added"), "{}", b.body());
     assert!(b.text("#ge-a").contains("added"), "{}", b.body());
 
+    // A gateway, and a host behind it on the Hosts page.
+    b.fill("ge-name", "gw");
+    b.select("ge-kind", "gen");
+    b.select("ge-mode", "cl");
+    b.fill("ge-groups", "1");
+    b.fill("ge-protect", "192.168.1.0/24");
+    b.click("ge-add-button");
+    assert!(b.text("#flash").contains("GE gw added"), "{}", b.body());
+    b.goto("/hosts");
+    b.fill("host-name", "nas");
+    b.fill("host-via", "gw");
+    b.fill("host-lan", "192.168.1.10");
+    b.click("host-add-button");
+    assert!(
+        b.text("#flash").contains("host nas added behind gw"),
+        "{}",
+        b.body()
+    );
+    assert_eq!(b.text("#host-nas .via"), "gw", "{}", b.body());
+    assert_eq!(b.text("#host-nas .lan"), "192.168.1.10", "{}", b.body());
+    assert_eq!(b.text("#host-nas .groups"), "1", "the gateway's groups");
+    b.fill("host-name", "tv");
+    b.fill("host-via", "gw");
+    b.fill("host-lan", "10.0.0.1");
+    b.click("host-add-button");
+    assert!(b.text("#flash").contains("outside"), "{}", b.body());
+    b.shot("hosts");
+    b.goto("/ges");
+
     // A token cancelled on the tokens page no longer enrolls.
     b.click("token-a");
     let cancelled = b.text("#token");
@@ -386,7 +415,7 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     ov.up("a").unwrap();
     b.wait_text("/", "#ov-a", "online");
     assert!(
-        b.text("#online-count").starts_with("1 of 1"),
+        b.text("#online-count").starts_with("1 of 2"),
         "{}",
         b.body()
     );
@@ -417,6 +446,7 @@ fn web_admin_defines_enrolls_and_revokes_a_real_node() {
     for what in [
         "group add 1 name=home",
         "ge add a",
+        "host add nas via=gw",
         "token create a",
         "ge revoke a",
     ] {

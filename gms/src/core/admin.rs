@@ -94,6 +94,18 @@ impl Core {
             AdminRequest::GeRemove { name } => self.ge_retire(&name, Retire::Remove, now),
             AdminRequest::GeRevoke { name } => self.ge_retire(&name, Retire::Revoke, now),
             AdminRequest::TokenCreate { name, ttl_secs } => self.token_create(&name, ttl_secs, now),
+            AdminRequest::HostAdd {
+                name,
+                via,
+                lan,
+                groups,
+            } => self.host_add(name, &via, &lan, groups, now),
+            AdminRequest::HostSet { name, lan, groups } => self.host_set(&name, lan, groups, now),
+            AdminRequest::HostRemove { name } => self.host_remove(&name, now),
+            AdminRequest::HostList => Ok((AdminResponse::ok(&self.host_list()), Vec::new())),
+            AdminRequest::HostShow { name } => self
+                .host_view(&name)
+                .map(|v| (AdminResponse::ok(&v), Vec::new())),
             AdminRequest::Rotate { group } => self.rotate_cmd(group, now),
         };
         match r {
@@ -279,6 +291,7 @@ impl Core {
         if self.st.ges.contains_key(&name) {
             return Err(Error::admin(format!("GE {name} already exists")));
         }
+        self.check_name_free(&name)?;
         let groups = self.check_groups(groups.into_iter())?;
         let protect = self.check_protect(&name, kind, protect)?;
         let ((), tx) = self.transact(|c, tx| {
@@ -373,6 +386,7 @@ impl Core {
         if new == old {
             return Ok((AdminResponse::ok(&self.ge_view(name)?), Vec::new()));
         }
+        self.check_gateway_change(&old, &new)?;
         let left: Vec<u32> = old.groups.difference(&new.groups).copied().collect();
         let joined: Vec<u32> = new.groups.difference(&old.groups).copied().collect();
         let ((), tx) = self.transact(|c, tx| {
@@ -498,6 +512,13 @@ impl Core {
         if how == Retire::Revoke && !rec.is_active() {
             return Err(Error::admin(format!("GE {name} is already revoked")));
         }
+        if how == Retire::Remove {
+            // Removing a gateway would leave its hosts pointing nowhere;
+            // revoking it (an emergency) is never refused: its hosts stay
+            // defined but lose their DNS records and leave the nodes'
+            // directory until the gateway is enrolled again.
+            self.check_no_hosts(&rec)?;
+        }
         let verb = match how {
             Retire::Remove => "removed",
             Retire::Revoke => "revoked",
@@ -566,6 +587,7 @@ impl Core {
             tx.out.push(Output::Directory(DirectoryEvent::Removed {
                 name: rec.name.clone(),
             }));
+            c.gateway_hosts_changed(rec.id, &mut tx.out, true);
             Ok(())
         })?;
         self.presence.remove(&rec.id);
@@ -898,7 +920,7 @@ enum Retire {
     Revoke,
 }
 
-fn done(what: String, tx: Tx) -> (AdminResponse, Vec<Output>) {
+pub(super) fn done(what: String, tx: Tx) -> (AdminResponse, Vec<Output>) {
     (
         AdminResponse::ok(&DoneView {
             done: what,

@@ -16,13 +16,16 @@
 //! any answer or carries out any output produced after them.
 
 mod admin;
+mod hosts;
+#[cfg(test)]
+mod hosts_tests;
 mod keys;
 mod session;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use fpn_proto::ge::{GeId, GeKind};
@@ -33,8 +36,8 @@ use crate::admin::RotatedView;
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::model::{
-    AuditEntry, CertRecord, Counters, GeRecord, GroupRecord, KeyRecord, META_COUNTERS, META_SCHEMA,
-    RevocationRecord, SCHEMA_VERSION, TokenRecord, from_json, to_json,
+    AuditEntry, CertRecord, Counters, GeRecord, GroupRecord, HostRecord, KeyRecord, META_COUNTERS,
+    META_SCHEMA, RevocationRecord, SCHEMA_VERSION, TokenRecord, from_json, to_json,
 };
 use crate::store::{Batch, Store, Tree};
 use crate::wire::ServerMsg;
@@ -75,7 +78,10 @@ pub enum Output {
 pub enum DirectoryEvent {
     /// A GE was added, or its info or addresses changed.
     Updated(DirectoryRecord),
-    /// A GE was removed or revoked: its records must go.
+    /// A host behind a gateway was added or changed, or its gateway's
+    /// address changed: its records follow the gateway's.
+    Host(HostDirectoryRecord),
+    /// A GE or host was removed (or a GE revoked): its records must go.
     Removed {
         /// Its name (a label under the zone).
         name: String,
@@ -99,6 +105,21 @@ pub struct DirectoryRecord {
     pub reported: Vec<SocketAddr>,
 }
 
+/// A host behind a gateway as the DNS sees it: the gateway's address for
+/// A/AAAA, its own LAN addresses for LIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDirectoryRecord {
+    /// The host's name (a label under the zone).
+    pub name: String,
+    /// The gateway GE.
+    pub via: GeId,
+    /// Where the gateway's session comes from (its public address), if it
+    /// was ever seen; the same address the gateway's own A/AAAA gives.
+    pub seen: Option<SocketAddr>,
+    /// The host's LAN addresses (LIP records).
+    pub lan: Vec<IpAddr>,
+}
+
 /// Live session data of a GE (memory only; rebuilt as nodes reconnect).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Presence {
@@ -109,6 +130,9 @@ pub(crate) struct Presence {
     reported: Vec<SocketAddr>,
     /// The software version the session's hello named.
     version: Option<String>,
+    /// The session chose the hosts directory (ALPN `fpn-gms/2`): host
+    /// changes are pushed to it.
+    hosts: bool,
 }
 
 /// Current and previous versions of a group's key.
@@ -129,6 +153,8 @@ pub(crate) struct State {
     certs: HashMap<[u8; 32], CertRecord>,
     tokens: HashMap<[u8; 16], TokenRecord>,
     revocations: BTreeMap<u64, RevocationRecord>,
+    /// Hosts behind gateways, by name.
+    hosts: BTreeMap<String, HostRecord>,
     counters: Counters,
 }
 
@@ -354,6 +380,19 @@ impl Core {
         tx.dirty = true;
     }
 
+    fn put_host(&mut self, tx: &mut Tx, rec: HostRecord) {
+        tx.batch
+            .put(Tree::Hosts, rec.name.as_bytes(), to_json(&rec));
+        self.st.hosts.insert(rec.name.clone(), rec);
+        tx.dirty = true;
+    }
+
+    fn delete_host(&mut self, tx: &mut Tx, name: &str) {
+        tx.batch.delete(Tree::Hosts, name.as_bytes());
+        self.st.hosts.remove(name);
+        tx.dirty = true;
+    }
+
     fn put_group(&mut self, tx: &mut Tx, rec: GroupRecord) {
         tx.batch
             .put(Tree::Groups, rec.num.to_be_bytes(), to_json(&rec));
@@ -530,6 +569,10 @@ impl State {
         for (_, v) in store.scan(Tree::Revocations)? {
             let rec: RevocationRecord = from_json("revocations", &v)?;
             st.revocations.insert(rec.serial, rec);
+        }
+        for (_, v) in store.scan(Tree::Hosts)? {
+            let rec: HostRecord = from_json("hosts", &v)?;
+            st.hosts.insert(rec.name.clone(), rec);
         }
         Ok(st)
     }

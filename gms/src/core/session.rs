@@ -471,6 +471,7 @@ impl Core {
             seen: Some(seen),
             reported,
             version: None,
+            hosts: false,
         };
         let changed =
             before.is_none_or(|b| !b.online || b.seen != p.seen || b.reported != p.reported);
@@ -709,6 +710,8 @@ impl Core {
         out.push(Output::Directory(DirectoryEvent::Updated(
             self.directory_record(rec),
         )));
+        // Hosts behind a gateway are published at its address: they follow it.
+        self.gateway_hosts_changed(rec.id, out, false);
         match self.watcher_output(rec.id, &rec.name) {
             Ok(Some(o)) => out.push(o),
             Ok(None) => {}

@@ -15,7 +15,7 @@ use crate::store::SledStore;
 use crate::token::Token;
 use crate::wire::{ClientMsg, EnrollRequest, RefusalCode, close, enroll_transcript};
 
-const T0: u64 = 1_800_000_000;
+pub(super) const T0: u64 = 1_800_000_000;
 
 /// A store whose commits can be made to fail.
 struct Flaky {
@@ -44,13 +44,13 @@ impl Store for Flaky {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    core: Core,
-    fail: Arc<AtomicBool>,
+    pub(super) core: Core,
+    pub(super) fail: Arc<AtomicBool>,
 }
 
-fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
+pub(super) fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let inner = SledStore::open(dir.path()).unwrap();
     init_store(&inner, "t.fpn.", T0).unwrap();
@@ -72,19 +72,19 @@ fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
     }
 }
 
-fn admin(c: &mut Core, req: AdminRequest) -> (serde_json::Value, Vec<Output>) {
+pub(super) fn admin(c: &mut Core, req: AdminRequest) -> (serde_json::Value, Vec<Output>) {
     let (r, out) = c.handle_admin(req.clone(), T0);
     assert!(r.ok, "{req:?}: {:?}", r.error);
     (r.data, out)
 }
 
-fn admin_err(c: &mut Core, req: AdminRequest) -> String {
+pub(super) fn admin_err(c: &mut Core, req: AdminRequest) -> String {
     let (r, out) = c.handle_admin(req, T0);
     assert!(!r.ok && out.is_empty());
     r.error.unwrap()
 }
 
-fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
+pub(super) fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
     admin(
         c,
         AdminRequest::GeAdd {
@@ -97,7 +97,7 @@ fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
     );
 }
 
-fn group_add(c: &mut Core, num: u32) {
+pub(super) fn group_add(c: &mut Core, num: u32) {
     admin(
         c,
         AdminRequest::GroupAdd {
@@ -107,7 +107,7 @@ fn group_add(c: &mut Core, num: u32) {
     );
 }
 
-fn token(c: &mut Core, name: &str, ttl: u64) -> Token {
+pub(super) fn token(c: &mut Core, name: &str, ttl: u64) -> Token {
     let (d, _) = admin(
         c,
         AdminRequest::TokenCreate {
@@ -118,7 +118,7 @@ fn token(c: &mut Core, name: &str, ttl: u64) -> Token {
     Token::parse(d["token"].as_str().unwrap()).unwrap()
 }
 
-fn enroll_req(t: &Token, seed: u8) -> EnrollRequest {
+pub(super) fn enroll_req(t: &Token, seed: u8) -> EnrollRequest {
     let k = NodeKey::from_seed(&[seed; 32]);
     let public = k.public();
     EnrollRequest {
@@ -130,7 +130,7 @@ fn enroll_req(t: &Token, seed: u8) -> EnrollRequest {
 }
 
 /// Enrolls `name` and returns the fingerprint of its certificate.
-fn enroll(c: &mut Core, name: &str, seed: u8) -> [u8; 32] {
+pub(super) fn enroll(c: &mut Core, name: &str, seed: u8) -> [u8; 32] {
     let t = token(c, name, 600);
     match c.handle_enroll(&enroll_req(&t, seed), T0).0 {
         ServerMsg::Enrolled(e) => crate::ca::fingerprint(&e.cert),
@@ -632,7 +632,7 @@ fn an_expired_certificate_may_reconnect_to_renew_within_the_grace_only() {
 // ---- NAT traversal: reflexive candidates and connect-now (issue 10) ----
 
 /// The frames of `out` sent to `ge`, decoded.
-fn pushes_to(out: &[Output], ge: GeId) -> Vec<ServerMsg> {
+pub(super) fn pushes_to(out: &[Output], ge: GeId) -> Vec<ServerMsg> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send { to, frame } if to.contains(&ge) => {

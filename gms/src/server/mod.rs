@@ -522,6 +522,7 @@ mod tests {
         fn on_change(&self, event: &DirectoryEvent) {
             let name = match event {
                 DirectoryEvent::Updated(r) => r.name.clone(),
+                DirectoryEvent::Host(h) => format!("host {}", h.name),
                 DirectoryEvent::Removed { name } => format!("-{name}"),
             };
             self.0.lock().unwrap().push(name);

@@ -140,11 +140,20 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
     };
     let seen: SocketAddr = conn.remote_address();
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(PUSH_QUEUE);
-    let (sid, init, seq) = {
+    // A node that offered the hosts directory (and so knows its messages).
+    let wants_hosts = fpn_gms_client::tls::negotiated_v2(conn);
+    let (sid, init, hosts, seq) = {
         let mut g = shared.lock();
         match g.core.open_session(ge, seen, reported, now_unix()) {
             Ok((sid, init, out)) => {
                 g.core.note_version(ge, sid, version);
+                // The list is taken under the same lock that registers the
+                // session for pushes, so no change falls between the two.
+                let hosts = if wants_hosts {
+                    Some(g.core.subscribe_hosts(ge, sid)?)
+                } else {
+                    None
+                };
                 g.sessions.insert(
                     ge,
                     SessionHandle {
@@ -154,7 +163,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                     },
                 );
                 let seq = shared.stage(&mut g, out);
-                (sid, init, seq)
+                (sid, init, hosts, seq)
             }
             Err(r) => {
                 info!(reason = %r.reason, "session refused");
@@ -176,6 +185,9 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
             .and_then(|r| r.advertised.clone())
             .unwrap_or_default();
         write_frame(&mut send, &ServerMsg::Relay(relay).encode()?).await?;
+        if let Some(h) = &hosts {
+            write_frame(&mut send, h).await?;
+        }
         // Requests are read by their own task, so a frame is never cut by a
         // cancelled read; answers join the push queue and keep their order.
         let _reader = AbortOnDrop(tokio::spawn(

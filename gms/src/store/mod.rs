@@ -52,11 +52,13 @@ pub enum Tree {
     Tokens,
     /// Revoked certificate and credential serials (u64 BE).
     Revocations,
+    /// Hosts behind gateways, by name.
+    Hosts,
 }
 
 impl Tree {
     /// Every data tree, in a fixed order.
-    pub const ALL: [Tree; 7] = [
+    pub const ALL: [Tree; 8] = [
         Tree::Meta,
         Tree::Ges,
         Tree::Groups,
@@ -64,6 +66,7 @@ impl Tree {
         Tree::Certs,
         Tree::Tokens,
         Tree::Revocations,
+        Tree::Hosts,
     ];
 
     /// True for the trees whose values are secret and sealed at rest
@@ -84,6 +87,7 @@ impl Tree {
             Tree::Certs => "certs",
             Tree::Tokens => "tokens",
             Tree::Revocations => "revocations",
+            Tree::Hosts => "hosts",
         }
     }
 }

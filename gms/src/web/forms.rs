@@ -13,7 +13,7 @@ use tracing::instrument;
 
 use super::auth::Flash;
 use super::{App, PostAuth, csrf_refused, html, pages, to_login};
-use crate::admin::{AdminRequest, DoneView, GeView, TokenView};
+use crate::admin::{AdminRequest, DoneView, GeView, HostView, TokenView};
 
 type FormMap = Form<HashMap<String, String>>;
 
@@ -41,9 +41,13 @@ async fn change(
                 let text = serde_json::from_value::<DoneView>(resp.data.clone())
                     .map(|d| d.done)
                     .or_else(|_| {
-                        serde_json::from_value::<GeView>(resp.data).map(|g| {
+                        serde_json::from_value::<GeView>(resp.data.clone()).map(|g| {
                             format!("GE {} added with overlay address {}", g.name, g.overlay)
                         })
+                    })
+                    .or_else(|_| {
+                        serde_json::from_value::<HostView>(resp.data)
+                            .map(|h| format!("host {} added behind {}", h.name, h.via))
                     })
                     .unwrap_or_else(|_| "done".into());
                 Flash { ok: true, text }
@@ -216,6 +220,39 @@ pub(super) async fn ge_remove(
 ) -> Response {
     change(&app, &headers, &f, "/ges", |f| {
         Ok(AdminRequest::GeRemove {
+            name: field(f, "name")?.to_owned(),
+        })
+    })
+    .await
+}
+
+pub(super) async fn host_add(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): FormMap,
+) -> Response {
+    change(&app, &headers, &f, "/hosts", |f| {
+        Ok(AdminRequest::HostAdd {
+            name: field(f, "name")?.to_owned(),
+            via: field(f, "via")?.to_owned(),
+            lan: field(f, "lan")?
+                .split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            groups: group_numbers(f)?,
+        })
+    })
+    .await
+}
+
+pub(super) async fn host_remove(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): FormMap,
+) -> Response {
+    change(&app, &headers, &f, "/hosts", |f| {
+        Ok(AdminRequest::HostRemove {
             name: field(f, "name")?.to_owned(),
         })
     })

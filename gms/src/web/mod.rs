@@ -36,7 +36,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tracing::{debug, info, instrument, warn};
 
 use crate::admin::{
-    AdminRequest, AdminResponse, AuditView, GeView, GroupView, KeysView, StatusView, TokenInfoView,
+    AdminRequest, AdminResponse, AuditView, GeView, GroupView, HostView, KeysView, StatusView,
+    TokenInfoView,
 };
 use crate::config::{Config, DataDir, WebSettings};
 use crate::server::{Shared, with_core};
@@ -124,6 +125,9 @@ pub(crate) async fn start(shared: Arc<Shared>, data: DataDir, cfg: &Config) -> R
         .route("/ges/revoke", post(forms::ge_revoke))
         .route("/ges/remove", post(forms::ge_remove))
         .route("/tokens/create", post(forms::token_create))
+        .route("/hosts", get(hosts_page))
+        .route("/hosts/add", post(forms::host_add))
+        .route("/hosts/remove", post(forms::host_remove))
         .route("/audit", get(audit_page))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
@@ -532,6 +536,17 @@ async fn ges_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .await
         .map(|gs| pages::ges(&gs, &w.csrf));
     page("GEs", &w, r)
+}
+
+async fn hosts_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(w) = app.viewer(&headers) else {
+        return to_login();
+    };
+    let r = app
+        .view::<Vec<HostView>>(&w.user, AdminRequest::HostList)
+        .await
+        .map(|hs| pages::hosts(&hs, &w.csrf));
+    page("Hosts behind gateways", &w, r)
 }
 
 async fn tokens_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use crate::admin::{AuditView, GeView, GroupView, KeysView, StatusView, TokenInfoView, TokenView};
+use crate::admin::{
+    AuditView, GeView, GroupView, HostView, KeysView, StatusView, TokenInfoView, TokenView,
+};
 
 use super::auth::Flash;
 
@@ -40,7 +42,7 @@ pub fn layout(title: &str, csrf: Option<&str>, flash: Option<&Flash>, body: &str
     let nav = match csrf {
         Some(c) => format!(
             "<nav><a href=\"/\">Overview</a><a href=\"/groups\">Groups</a><a href=\"/ges\">GEs</a>\
-             <a href=\"/tokens\">Tokens</a><a href=\"/audit\">Audit log</a>\
+             <a href=\"/hosts\">Hosts</a><a href=\"/tokens\">Tokens</a><a href=\"/audit\">Audit log</a>\
              <form method=\"post\" action=\"/logout\" class=\"inline\">{}<button id=\"logout\">Log out</button></form></nav>",
             csrf_field(c)
         ),
@@ -234,6 +236,45 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
          <label>Groups (comma-separated numbers) <input name=\"groups\" id=\"ge-groups\"></label>\
          <label>Protected prefixes (gen/gea only, comma-separated, e.g. 192.168.1.0/24) <input name=\"protect\" id=\"ge-protect\"></label>\
          <button id=\"ge-add-button\">Add GE</button></form></fieldset>"
+    );
+    b
+}
+
+/// The hosts behind gateways: list with gateway, LAN addresses, groups
+/// and published address; a remove button each; the add form.
+pub fn hosts(hs: &[HostView], csrf: &str) -> String {
+    let f = csrf_field(csrf);
+    let mut b = String::from(
+        "<p>A host behind a gateway runs no fpn software (a NAS, a printer): the DNS gives its \
+         name the gateway's public address and its LAN address as LIP, and nodes in its groups \
+         reach it through the gateway. Its LAN addresses lie inside the gateway's protected \
+         prefixes; its groups are among the gateway's.</p>\
+         <div class=\"scroll\"><table id=\"hosts\"><tr><th>Name</th><th>Gateway</th><th>LAN</th>\
+         <th>Groups</th><th>Public address</th><th>Actions</th></tr>",
+    );
+    for h in hs {
+        let n = esc(&h.name);
+        let lan: Vec<String> = h.lan.iter().map(ToString::to_string).collect();
+        let groups: Vec<String> = h.groups.iter().map(u32::to_string).collect();
+        let _ = write!(
+            b,
+            "<tr id=\"host-{n}\"><td>{n}</td><td class=\"via\">{}</td><td class=\"lan\">{}</td>\
+             <td class=\"groups\">{}</td><td>{}</td><td><form method=\"post\" action=\"/hosts/remove\" class=\"inline\">{f}\
+             <input type=\"hidden\" name=\"name\" value=\"{n}\"><button id=\"remove-host-{n}\">Remove</button></form></td></tr>",
+            esc(&h.via),
+            esc(&lan.join(" ")),
+            esc(&groups.join(",")),
+            h.public.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        );
+    }
+    let _ = write!(
+        b,
+        "</table></div><fieldset><legend>Add a host</legend><form method=\"post\" action=\"/hosts/add\" id=\"host-add\">{f}\
+         <label>Name <input name=\"name\" id=\"host-name\" required></label>\
+         <label>Gateway (a gen or gea GE) <input name=\"via\" id=\"host-via\" required></label>\
+         <label>LAN addresses (comma-separated) <input name=\"lan\" id=\"host-lan\" required></label>\
+         <label>Groups (comma-separated numbers; empty: the gateway's) <input name=\"groups\" id=\"host-groups\"></label>\
+         <button id=\"host-add-button\">Add host</button></form></fieldset>"
     );
     b
 }
