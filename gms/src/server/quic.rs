@@ -149,8 +149,14 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                 g.core.note_version(ge, sid, version);
                 // The list is taken under the same lock that registers the
                 // session for pushes, so no change falls between the two.
+                // No early return here: the session is registered below and
+                // must reach its cleanup. A list that cannot be encoded (the
+                // host limit makes it impossible) leaves the node without one.
                 let hosts = if wants_hosts {
-                    Some(g.core.subscribe_hosts(ge, sid)?)
+                    g.core
+                        .subscribe_hosts(ge, sid)
+                        .inspect_err(|e| warn!(error = %e, "host list not sent"))
+                        .ok()
                 } else {
                     None
                 };
