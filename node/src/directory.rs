@@ -66,6 +66,23 @@ pub struct HostRecord {
     pub groups: Vec<u32>,
 }
 
+/// The core's view of the directory's hosts.
+pub fn core_hosts(hosts: &[HostRecord]) -> Vec<crate::core::natf::Host> {
+    hosts
+        .iter()
+        .map(|h| crate::core::natf::Host {
+            name: h.name.clone(),
+            via: fpn_proto::ge::GeId(h.via),
+            lan: h.lan.clone(),
+            groups: h
+                .groups
+                .iter()
+                .map(|g| fpn_proto::ge::GroupId(*g))
+                .collect(),
+        })
+        .collect()
+}
+
 impl HostRecord {
     /// The record of a directory entry from the GMS.
     pub fn of(e: &HostEntry) -> Self {

@@ -346,7 +346,7 @@ impl GmsTask {
                 if changed {
                     info!(hosts = list.len(), "hosts behind gateways");
                     self.save();
-                    self.on_hosts_changed();
+                    self.on_hosts_changed().await;
                 }
             }
             Event::HostChanged { name, entry } => {
@@ -362,7 +362,7 @@ impl GmsTask {
                 };
                 if changed {
                     self.save();
-                    self.on_hosts_changed();
+                    self.on_hosts_changed().await;
                 }
             }
             Event::Disconnected { reason } => {
@@ -618,11 +618,11 @@ impl GmsTask {
     /// change). The node core and the DNS stub (VIN pool) are to be told
     /// here; until they take hosts, the directory and its disk cache are
     /// the whole of it.
-    fn on_hosts_changed(&mut self) {
-        debug!(
-            hosts = self.shared.dir().hosts().len(),
-            "hosts behind gateways updated"
-        );
+    /// The core gets the whole list (VINs, the hosts it fronts).
+    async fn on_hosts_changed(&mut self) {
+        let hosts = crate::directory::core_hosts(self.shared.dir().hosts());
+        debug!(hosts = hosts.len(), "hosts behind gateways updated");
+        let _ = self.engine.send(Command::Hosts(hosts)).await;
     }
 
     fn save(&self) {

@@ -307,10 +307,25 @@ fn a_laptop_at_the_cafe_reaches_the_nas_by_name() {
         }
     }
 
-    // Native or QUIC, every NAT-f flow has its own reserved port when native.
-    if !reserved.is_empty() {
-        eprintln!("NAT-f flows went natively on reserved ports {reserved:?}");
-    }
+    // The flows went natively (the application's TCP between the cafe and
+    // the router's reserved ports, no tunnel), so the marker's absence on
+    // the WAN is PCCOM's doing and not QUIC's: one reserved port per flow,
+    // two laptops included (more flows than one laptop's).
+    assert!(
+        reserved.len() >= 3,
+        "fewer NAT-f flows on reserved ports than expected: {ports:?}"
+    );
+    let carrier = ov.status("laptop").unwrap()["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["natf"].is_object())
+        .map(|f| f["carrier"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        carrier.iter().any(|c| c == "native"),
+        "no NAT-f flow on the native path: {carrier:?}"
+    );
 
     // Outside the printer's group: refused at once, not a timeout.
     let t = Instant::now();

@@ -341,6 +341,11 @@ async fn run(
     for r in dir.iter() {
         let _ = eng_tx.try_send(Command::Peer(r.clone()));
     }
+    // Hosts behind gateways from the cache: VINs (and, on a gateway, its
+    // hosts) work before the GMS answers.
+    if !dir.hosts().is_empty() {
+        let _ = eng_tx.try_send(Command::Hosts(crate::directory::core_hosts(dir.hosts())));
+    }
     let names = NameTable::new();
     // The DNS stub's names are published by the driver from the core's
     // peer table; until the first change, this node's own name is there.
