@@ -69,7 +69,7 @@ fn answer(mut s: TcpStream, dir: &Path) -> std::io::Result<()> {
 /// The file a request path names inside `dir`: plain names only (no `..`,
 /// no hidden files); `/` is `index.html`.
 fn file_of(dir: &Path, path: &str) -> Option<PathBuf> {
-    let rel = path.trim_start_matches('/');
+    let rel = path.strip_prefix('/')?;
     let rel = if rel.is_empty() { "index.html" } else { rel };
     rel.split('/')
         .all(|c| !c.is_empty() && !c.starts_with('.'))
@@ -88,5 +88,6 @@ mod tests {
         assert_eq!(file_of(d, "/../etc/passwd"), None);
         assert_eq!(file_of(d, "/.hidden"), None);
         assert_eq!(file_of(d, "//x"), None);
+        assert_eq!(file_of(d, "x"), None);
     }
 }

@@ -465,10 +465,10 @@ mod tests {
             }],
             ..plain()
         };
-        let rs = ruleset("wan", None, &gateway);
+        let gw = ruleset("wan", None, &gateway);
         assert!(
-            rs.contains("iifname \"wan\" udp dport 7718 accept\n    iifname \"wan\" meta l4proto"),
-            "{rs}"
+            gw.contains("iifname \"wan\" udp dport 7718 accept\n    iifname \"wan\" meta l4proto"),
+            "{gw}"
         );
         assert!(
             rs.contains("iifname \"wan\" tcp dport 8080 dnat to 192.168.1.10:80"),
