@@ -36,6 +36,10 @@ use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 use fpn_lab::{Lab, config_path};
 
 const ECHO_PORT: u16 = 7000;
+/// The never-contacted hosts' echo: one socket per address, so each answer
+/// leaves from the address it was sent to (conntrack matches it; a socket
+/// on 0.0.0.0 would answer from the NAS's primary address).
+const HOST_ECHO_PORT: u16 = 7001;
 
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)
@@ -68,12 +72,12 @@ for dst in targets:
 print(json.dumps(out))
 "#;
 
-fn timed(lab: &Lab, targets: &[String]) -> Vec<f64> {
+fn timed(lab: &Lab, port: u16, targets: &[String]) -> Vec<f64> {
     let mut argv = vec![
         "python3".to_string(),
         "-c".into(),
         TIMED.into(),
-        ECHO_PORT.to_string(),
+        port.to_string(),
     ];
     argv.extend(targets.iter().cloned());
     let out = lab
@@ -202,10 +206,11 @@ fn bench_gateway() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     // Warm: the laptop's path to the gateway is up (a first flow).
-    timed(lab, &["nas.home.fpn".into()]);
+    timed(lab, ECHO_PORT, &["nas.home.fpn".into()]);
 
     let mut rows: Vec<[f64; 5]> = Vec::new();
     for r in 0..rounds {
+        let mut echo = vec![BIN.to_string(), "echo".into(), "serve".into()];
         let names: Vec<String> = (0..hosts)
             .map(|k| {
                 let n = 100 + r * hosts + k;
@@ -215,6 +220,7 @@ fn bench_gateway() {
                     ["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
                 )
                 .unwrap();
+                echo.extend(["--udp".into(), format!("{ip}:{HOST_ECHO_PORT}")]);
                 let name = format!("h{n}");
                 ov.gms_admin(&[
                     "host",
@@ -229,6 +235,14 @@ fn bench_gateway() {
                 format!("{name}.home.fpn")
             })
             .collect();
+        let host_echo = lab
+            .command("nas", echo)
+            .name(&format!("echo-round-{r}"))
+            .spawn()
+            .unwrap();
+        host_echo
+            .wait_for_log("echo: udp", Duration::from_secs(5))
+            .unwrap();
         // Every name resolves before the clock starts (the directory push).
         for n in &names {
             let t = std::time::Instant::now();
@@ -243,11 +257,12 @@ fn bench_gateway() {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let new_host = median(&mut timed(lab, &names));
+        let new_host = median(&mut timed(lab, HOST_ECHO_PORT, &names));
+        drop(host_echo);
         let warm: Vec<String> = (0..hosts).map(|_| "nas.home.fpn".to_string()).collect();
-        let new_flow = median(&mut timed(lab, &warm));
+        let new_flow = median(&mut timed(lab, ECHO_PORT, &warm));
         let plain: Vec<String> = (0..hosts).map(|_| gw_pub.to_string()).collect();
-        let plain_rtt = median(&mut timed(lab, &plain));
+        let plain_rtt = median(&mut timed(lab, ECHO_PORT, &plain));
         let fpn_mbit = iperf(lab, "nas.home.fpn", 5201, secs);
         let plain_mbit = iperf(lab, &gw_pub.to_string(), 8080, secs);
         eprintln!(
