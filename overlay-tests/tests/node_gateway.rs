@@ -160,6 +160,16 @@ fn gateway_pairs(ov: &Overlay) -> String {
         .unwrap_or_default()
 }
 
+/// A stranger on the internet (`inet`) connects to the gateway's public
+/// address on each port and gets no answer.
+fn stranger_gets_nothing(lab: &Lab, gw: IpAddr, ports: &[u16]) {
+    for port in ports {
+        let url = format!("http://{gw}:{port}/");
+        let out = curl(lab, "inet", &["--connect-timeout", "1", &url]);
+        assert!(!out.success(), "the stranger got an answer on port {port}");
+    }
+}
+
 /// TCP ports the gateway used toward the cafe's public address (the wire
 /// side of NAT-f flows: the reserved ports), from a capture on its WAN.
 fn gateway_ports(pcap: &fpn_lab::Pcap, gw: IpAddr, cafe: IpAddr) -> Vec<u16> {
@@ -193,18 +203,11 @@ fn a_laptop_at_the_cafe_reaches_the_nas_by_name() {
     // the NAS sees nothing of it.
     let stranger = lab.addr("inet", "pub-home").unwrap();
     let nas_cap = lab.capture("nas", "homelan", "ip").unwrap();
-    for port in [80, 21, *RESERVED.start(), *RESERVED.start() + 1] {
-        let out = curl(
-            lab,
-            "inet",
-            &[
-                "--connect-timeout",
-                "1",
-                &format!("http://{gw_pub}:{port}/"),
-            ],
-        );
-        assert!(!out.success(), "stranger got an answer on port {port}");
-    }
+    stranger_gets_nothing(
+        lab,
+        gw_pub,
+        &[80, 21, *RESERVED.start(), *RESERVED.start() + 1],
+    );
 
     // The laptop at the cafe, by name.
     let wan_cap = lab.capture("gw", "pub-home", "ip").unwrap();
@@ -270,21 +273,7 @@ fn a_laptop_at_the_cafe_reaches_the_nas_by_name() {
         .collect();
 
     // The stranger again, on the ports now reserved.
-    for port in reserved.iter().take(8) {
-        let out = curl(
-            lab,
-            "inet",
-            &[
-                "--connect-timeout",
-                "1",
-                &format!("http://{gw_pub}:{port}/"),
-            ],
-        );
-        assert!(
-            !out.success(),
-            "stranger got an answer on reserved port {port}"
-        );
-    }
+    stranger_gets_nothing(lab, gw_pub, &reserved[..reserved.len().min(8)]);
     let nas_pcap = nas_cap.stop().unwrap();
     assert!(
         nas_pcap.contains(MARKER.as_bytes()),

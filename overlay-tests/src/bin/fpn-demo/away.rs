@@ -40,6 +40,23 @@ pub fn steps(ov: &Overlay, secs: u32) -> Result<()> {
 const PRINTER_PAGE: &str =
     "Printer status: ready, 87% toner. (fpn-demo: this page must never be readable on the wire)";
 
+/// `curl http://printer.home.fpn/` on the laptop (bounded).
+fn printer_page(lab: &fpn_lab::Lab) -> Result<fpn_lab::Output> {
+    Ok(lab
+        .command(
+            "laptop",
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "http://printer.home.fpn/",
+            ],
+        )
+        .timeout(Duration::from_secs(30))
+        .output()?)
+}
+
 /// Step 7: from the cafe, the laptop opens the page of the printer at home
 /// by name; the printer runs no fpn software, the home router (the
 /// gateway) maps the laptop's flow to it.
@@ -97,19 +114,7 @@ fn printer(ov: &Overlay) -> Result<()> {
     );
     let cap = lab.capture("gw", "pub-home", "ip")?;
     let t = Instant::now();
-    let page = lab
-        .command(
-            "laptop",
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "http://printer.home.fpn/",
-            ],
-        )
-        .timeout(Duration::from_secs(30))
-        .output()?;
+    let page = printer_page(lab)?;
     let took = t.elapsed();
     ensure!(
         page.success() && page.stdout == PRINTER_PAGE,
@@ -120,19 +125,7 @@ fn printer(ov: &Overlay) -> Result<()> {
     // warm now; the first one also waited for the laptop's first
     // connection to the router since it moved.
     let t2 = Instant::now();
-    let again = lab
-        .command(
-            "laptop",
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "http://printer.home.fpn/",
-            ],
-        )
-        .timeout(Duration::from_secs(30))
-        .output()?;
+    let again = printer_page(lab)?;
     let took2 = t2.elapsed();
     ensure!(
         again.success(),
