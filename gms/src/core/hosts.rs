@@ -236,8 +236,25 @@ impl Core {
     /// Refuses a change of gateway `old` into `new` (kind, prefixes,
     /// groups) that would leave one of its hosts without what it needs.
     pub(super) fn check_gateway_change(&self, old: &GeRecord, new: &GeRecord) -> Result<()> {
-        for h in self.st.hosts.values().filter(|h| h.via == old.id) {
+        let hosts: Vec<&HostRecord> = self
+            .st
+            .hosts
+            .values()
+            .filter(|h| h.via == old.id)
+            .collect();
+        for h in &hosts {
             check_host_fits(h, new)?;
+        }
+        // A gea is an adapter in front of one server (host add refuses a
+        // second one): a gen with more cannot become one.
+        if new.kind == GeKind::Gea && hosts.len() > 1 {
+            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(Error::admin(format!(
+                "GE {} fronts hosts {}: a gea is an adapter in front of one server; keep it a gen, \
+                 or remove all but one host first (`fpn-gms host remove NAME`)",
+                old.name,
+                names.join(", ")
+            )));
         }
         Ok(())
     }
