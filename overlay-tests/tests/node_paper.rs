@@ -233,6 +233,132 @@ fn without_fpn_the_intranet_routes_every_pair_and_the_captures_see_it_plain() {
     }
 }
 
+/// GMS on the paper network with GES1-3 (each `--protect` its real
+/// address, the real-address plane), groups 1-3, all nodes up.
+fn three_ges() -> fpn_lab::overlay::Overlay {
+    use fpn_lab::overlay::{Mode as M, NodeSpec, Overlay, Spec};
+    need(common::OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("paper.toml")).unwrap();
+    let specs = [
+        ("ges1", M::Op, &[1][..]),
+        ("ges2", M::Op, &[1, 2][..]),
+        ("ges3", M::Op, &[3][..]),
+    ];
+    let mut spec = Spec::new(
+        &[(1, "g1"), (2, "g2"), (3, "g3")],
+        specs
+            .iter()
+            .map(|(n, m, g)| NodeSpec::new(n, *m, g))
+            .collect(),
+    );
+    spec.gms_host = "gms".into();
+    spec.gms_link = "l-gms".into();
+    spec.define = false;
+    spec.node_config = "log = \"info,fpn_node=debug\"\n".into();
+    let real: Vec<String> = specs
+        .iter()
+        .map(|(n, _, _)| lab.addr(n, route(n).0[0]).unwrap().to_string())
+        .collect();
+    let ov = Overlay::prepare(lab, &spec).unwrap();
+    for g in 1..=3 {
+        ov.gms_admin(&["group", "add", &g.to_string(), "--name", &format!("g{g}")])
+            .unwrap();
+    }
+    for ((name, _, groups), addr) in specs.iter().zip(&real) {
+        let mut args = vec![
+            "ge".to_string(),
+            "add".into(),
+            name.to_string(),
+            "--kind".into(),
+            "ges".into(),
+            "--mode".into(),
+            "op".into(),
+            "--protect".into(),
+            format!("{addr}/32"),
+        ];
+        for g in *groups {
+            args.extend(["--group".into(), g.to_string()]);
+        }
+        ov.gms_admin(&args).unwrap();
+    }
+    for (name, _, _) in &specs {
+        ov.enroll(name).unwrap();
+    }
+    for (name, _, _) in &specs {
+        ov.up(name)
+            .unwrap_or_else(|e| panic!("{name} up: {e}\n{}", ov.log_tails(30)));
+    }
+    ov
+}
+
+/// Step (a) of issue 11 part 2: two GESs that share a group protect a
+/// flow between their *real* addresses in place (PCCOM on the packet with
+/// the hosts' own addresses, no overlay address anywhere on the wire), and
+/// two that share none talk in plain, the marker visible on the wire.
+#[test]
+fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
+    let ov = three_ges();
+    let lab = ov.lab();
+    let _servers: Vec<_> = ["ges1", "ges2", "ges3"]
+        .iter()
+        .map(|h| echo_server(lab, h, PORT))
+        .collect();
+    let cap = lab
+        .capture("ges1", "l-ges1", &format!("udp port {PORT}"))
+        .unwrap();
+    let (g1, g2, g3) = (
+        addr_of(lab, "ges1"),
+        addr_of(lab, "ges2"),
+        addr_of(lab, "ges3"),
+    );
+    for (to, addr) in [("ges2", g2), ("ges3", g3)] {
+        let (r, took) = send_marked(
+            lab,
+            "ges1",
+            SocketAddr::new(addr, PORT),
+            marker("ges1", to),
+            Duration::from_secs(6),
+        );
+        assert!(
+            r.is_ok(),
+            "ges1 -> {to}: {r:?} after {took:?}\n{}\n{}\n{}\n{}",
+            ov.log_tails(60),
+            ov.status("ges1").unwrap(),
+            ov.status(to).unwrap(),
+            lab.sh("ges1", "ip rule show 2>&1; ip route show table 7717; ip route get 198.18.3.2; nft list ruleset 2>&1 | head -50").unwrap().stdout
+        );
+    }
+    let pcap = cap.stop().unwrap();
+    let enc = marker("ges1", "ges2");
+    assert!(
+        !pcap.contains(enc.as_bytes()),
+        "ges1 -> ges2 share group 1: the marker crossed l-ges1 in plain"
+    );
+    let (n, _) = common::udp_between(&pcap, g1, g2);
+    assert!(
+        n >= 2,
+        "ges1 <-> ges2: the protected datagrams keep the real addresses and port {PORT} on the wire (in place), saw {n}\n{}",
+        ov.log_tails(40)
+    );
+    assert!(
+        pcap.contains(marker("ges1", "ges3").as_bytes()),
+        "ges1 -> ges3 share no group and both are open: plain on the wire"
+    );
+    // The node's own view agrees: ges1's PIT holds the flows under the
+    // real addresses, encrypted with ges2, plain with ges3.
+    let st = ov.status("ges1").unwrap();
+    let action_to = |dst: IpAddr| {
+        st["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["dst"] == dst.to_string() && f["dport"] == PORT)
+            .map(|f| f["action"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(action_to(g2).as_deref(), Some("encrypt"), "{st}");
+    assert_eq!(action_to(g3).as_deref(), Some("plain"), "{st}");
+}
+
 /// The acceptance run of issue 11, part 2: with the GMS and the five
 /// nodes up (kinds, modes, groups and protected prefixes as in the paper),
 /// every ordered pair sends a marked UDP message and the result is the

@@ -37,6 +37,7 @@ mod negotiation;
 mod output;
 mod paths;
 mod peers;
+mod real;
 mod silence;
 pub mod sim;
 mod snapshot;
@@ -148,6 +149,9 @@ pub struct NodeCore {
     steering: steering::Steering,
     epoch: Option<Instant>,
     silence: silence::GmsSilence,
+    /// Prefixes besides the overlay address this node speaks for (its
+    /// credential's): the real-address plane (real.rs).
+    real: Vec<fpn_proto::dprp::Prefix>,
 }
 
 impl NodeCore {
@@ -179,6 +183,7 @@ impl NodeCore {
             steering: steering::Steering::default(),
             epoch: None,
             silence: silence::GmsSilence::default(),
+            real: Vec::new(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -213,7 +218,7 @@ impl NodeCore {
             return DataOut::Nothing;
         };
         let flow = pkt.flow_id();
-        if flow.src != IpAddr::V4(self.cfg.overlay) {
+        if !self.is_own(flow.src) {
             // IPv6 router solicitations and other stray traffic of the
             // interface itself: nothing of ours.
             trace!(%flow, "TUN packet not from the overlay address");
@@ -240,6 +245,13 @@ impl NodeCore {
             }
         }
         self.drain(now);
+        if let Some((_, n)) = send
+            && self.plain_on_wire(&flow)
+        {
+            // Rare (plain flows), so the copy does not matter.
+            self.push_output(Output::SendNative(buf[..n].to_vec()));
+            return DataOut::Nothing;
+        }
         let path = match send {
             Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
             Some((ge, n)) => {
@@ -613,12 +625,11 @@ impl NodeCore {
     /// peer table) by the GE it was negotiated with: an address that moved
     /// to another GE must not keep carrying the old owner's traffic.
     fn unbind_flows(&mut self) -> usize {
-        let own = IpAddr::V4(self.cfg.overlay);
         let stale: Vec<FlowId> = self
             .pit
             .iter()
             .filter(|(f, e)| {
-                let remote = if f.src == own { f.dst } else { f.src };
+                let remote = if self.is_own(f.src) { f.dst } else { f.src };
                 let owner = match remote {
                     IpAddr::V4(r) => self.peers.owner(r),
                     IpAddr::V6(_) => None,

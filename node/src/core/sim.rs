@@ -371,6 +371,7 @@ impl CoreSim {
                 kind: GeKind::Ges.code(),
                 mode: n.spec.0.code(),
                 groups: n.spec.1.clone(),
+                prefixes: Vec::new(),
             }),
         }
     }

@@ -130,6 +130,9 @@ pub struct Driver {
     pub native: Option<NativeParts>,
     /// Why native cannot work on this node (told to the core at start).
     pub native_unavailable: Option<fpn_proto::path::Unavailable>,
+    /// The real-address plane's steering, when this node speaks for real
+    /// addresses (`crate::real_plane`).
+    pub real_plane: Option<crate::real_plane::RealPlane>,
 }
 
 /// The driver's parts of the native carrier (see [`crate::native_link`]).
@@ -178,6 +181,7 @@ impl Driver {
             names,
             native,
             native_unavailable,
+            real_plane,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
             Some(n) => (
@@ -207,6 +211,7 @@ impl Driver {
             flow_ops,
             pending_ops: Vec::new(),
             local,
+            real_plane,
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
             warn!(error = %e, "TUN writes stay on the driver");
@@ -331,6 +336,8 @@ struct Shell {
     pending_ops: Vec<FlowOp>,
     /// The receive path's local addresses and the TUN's name.
     local: Option<(LocalAddrs, String)>,
+    /// The real-address plane's steering (told the peers' prefixes).
+    real_plane: Option<crate::real_plane::RealPlane>,
 }
 
 impl Shell {
@@ -518,7 +525,13 @@ impl Shell {
                     // DPRP retransmits, and the next one asks again.
                     let _ = self.dir_requests.try_send(ip);
                 }
-                Output::PeersChanged => self.publish_names(),
+                Output::PeersChanged => {
+                    self.publish_names();
+                    if let Some(rp) = &self.real_plane {
+                        let prefixes = self.core.peers().real_prefixes();
+                        rp.set_prefixes(prefixes.into_iter().map(|(p, _)| p).collect());
+                    }
+                }
                 Output::SendNative(p) => {
                     if let Some(link) = self.native.as_mut() {
                         link.send_now(&p);
@@ -661,6 +674,7 @@ mod tests {
             flow_ops: None,
             pending_ops: Vec::new(),
             local: None,
+            real_plane: None,
         };
         (shell, tun, rx, peer, now)
     }

@@ -113,6 +113,10 @@ pub enum RxMechanism {
 pub struct NativeConfig {
     /// The nftables table (family `inet`); see [`table_name`].
     pub table: String,
+    /// The node's TUN device: packets it writes there are never taken
+    /// (on the real-address plane an opened packet keeps its wire
+    /// five-tuple, which the set holds); `None` when there is none.
+    pub tun: Option<String>,
     /// This node's underlay addresses: native packets and DPRP probes
     /// arrive addressed to them.
     pub local_addrs: Vec<Ipv4Addr>,
@@ -141,6 +145,7 @@ impl NativeConfig {
     pub fn new(tun: &str, local_addrs: Vec<Ipv4Addr>, mechanism: RxMechanism) -> Self {
         Self {
             table: table_name(tun),
+            tun: Some(tun.to_owned()),
             local_addrs,
             mechanism,
             dprp_port: Some(DPRP_PORT),
@@ -400,6 +405,7 @@ impl NativeIo {
                     &cfg.table,
                     &cfg.local_addrs,
                     cfg.dprp_port,
+                    cfg.tun.as_deref(),
                     nft::RxVerdict::Queue(queue),
                 )?;
                 let sh = shared.clone();
@@ -436,6 +442,7 @@ impl NativeIo {
                     &cfg.table,
                     &cfg.local_addrs,
                     cfg.dprp_port,
+                    cfg.tun.as_deref(),
                     nft::RxVerdict::Drop,
                 )?;
                 let sh = shared.clone();
