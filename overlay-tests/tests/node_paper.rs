@@ -233,60 +233,61 @@ fn without_fpn_the_intranet_routes_every_pair_and_the_captures_see_it_plain() {
     }
 }
 
-/// GMS on the paper network with GES1-3 (each `--protect` its real
-/// address, the real-address plane), groups 1-3, all nodes up.
-fn three_ges() -> fpn_lab::overlay::Overlay {
+/// The GMS on the paper network and the nodes of `names` (of [`GES`]),
+/// defined as the paper says: kind, mode, groups, and `--protect` for
+/// what each speaks for on the real-address plane (a GES its own real
+/// address, the GEN the terminal's LAN, the GEA the server). All up.
+fn paper_overlay(names: &[&str]) -> fpn_lab::overlay::Overlay {
     use fpn_lab::overlay::{Mode as M, NodeSpec, Overlay, Spec};
     need(common::OVERLAY_TOOLS);
     let lab = Lab::up(config_path("paper.toml")).unwrap();
-    let specs = [
-        ("ges1", M::Op, &[1][..]),
-        ("ges2", M::Op, &[1, 2][..]),
-        ("ges3", M::Op, &[3][..]),
-    ];
+    let ges: Vec<_> = GES.iter().filter(|g| names.contains(&g.0)).collect();
     let mut spec = Spec::new(
         &[(1, "g1"), (2, "g2"), (3, "g3")],
-        specs
-            .iter()
-            .map(|(n, m, g)| NodeSpec::new(n, *m, g))
+        ges.iter()
+            .map(|(n, _, m, g)| {
+                let m = if *m == Mode::Open { M::Op } else { M::Cl };
+                NodeSpec::new(n, m, g)
+            })
             .collect(),
     );
     spec.gms_host = "gms".into();
     spec.gms_link = "l-gms".into();
     spec.define = false;
-    spec.node_config = "log = \"info,fpn_node=debug\"\n".into();
-    let real: Vec<String> = specs
-        .iter()
-        .map(|(n, _, _)| lab.addr(n, route(n).0[0]).unwrap().to_string())
-        .collect();
+    let protect = |name: &str| match name {
+        "gen" => "192.168.1.0/24".to_string(),
+        "gea" => "192.168.5.10/32".to_string(),
+        ges => format!("{}/32", lab.addr(ges, route(ges).0[0]).unwrap()),
+    };
+    let protects: Vec<String> = ges.iter().map(|g| protect(g.0)).collect();
     let ov = Overlay::prepare(lab, &spec).unwrap();
     for g in 1..=3 {
         ov.gms_admin(&["group", "add", &g.to_string(), "--name", &format!("g{g}")])
             .unwrap();
     }
-    for ((name, _, groups), addr) in specs.iter().zip(&real) {
+    for ((name, kind, mode, groups), prefix) in ges.iter().zip(&protects) {
         let mut args = vec![
             "ge".to_string(),
             "add".into(),
             name.to_string(),
             "--kind".into(),
-            "ges".into(),
+            kind.to_string(),
             "--mode".into(),
-            "op".into(),
+            if *mode == Mode::Open { "op" } else { "cl" }.into(),
             "--protect".into(),
-            format!("{addr}/32"),
+            prefix.clone(),
         ];
         for g in *groups {
             args.extend(["--group".into(), g.to_string()]);
         }
         ov.gms_admin(&args).unwrap();
     }
-    for (name, _, _) in &specs {
-        ov.enroll(name).unwrap();
+    for g in &ges {
+        ov.enroll(g.0).unwrap();
     }
-    for (name, _, _) in &specs {
-        ov.up(name)
-            .unwrap_or_else(|e| panic!("{name} up: {e}\n{}", ov.log_tails(30)));
+    for g in &ges {
+        ov.up(g.0)
+            .unwrap_or_else(|e| panic!("{} up: {e}\n{}", g.0, ov.log_tails(30)));
     }
     ov
 }
@@ -297,7 +298,7 @@ fn three_ges() -> fpn_lab::overlay::Overlay {
 /// two that share none talk in plain, the marker visible on the wire.
 #[test]
 fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
-    let ov = three_ges();
+    let ov = paper_overlay(&["ges1", "ges2", "ges3"]);
     let lab = ov.lab();
     let _servers: Vec<_> = ["ges1", "ges2", "ges3"]
         .iter()
@@ -367,45 +368,48 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
 /// flow, present on the LAN behind a gateway and on every link of a plain
 /// flow, and never past the GE that drops a flow.
 #[test]
-#[ignore = "needs the real-address plane in fpn-node (issue 11 part 2): not built yet"]
 fn every_pair_gets_the_papers_result_on_the_wire() {
-    need(&["tcpdump"]);
-    let lab = Lab::up(config_path("paper.toml")).unwrap();
-    // Bringing up the GMS and the nodes (GEN/GEA with --protect for their
-    // LANs, each GES on its real address) belongs to the real-address
-    // plane's configuration, which does not exist yet.
+    let ov = paper_overlay(&["gen", "ges1", "ges2", "ges3", "gea"]);
+    let lab = ov.lab();
     let _servers: Vec<_> = ENDPOINTS
         .iter()
-        .map(|h| echo_server(&lab, h, PORT))
+        .map(|h| echo_server(lab, h, PORT))
         .collect();
     let caps: Vec<_> = CAPTURED
         .iter()
         .map(|(h, l)| (*l, lab.capture(h, l, &format!("udp port {PORT}")).unwrap()))
         .collect();
+    let caps: BTreeMap<&str, fpn_lab::Capture> = caps.into_iter().collect();
+    let count = |link: &str| caps[link].snapshot().unwrap().len();
     let table = expected();
     for (&(from, to), e) in &table {
-        let dst = SocketAddr::new(addr_of(&lab, to), PORT);
-        let (r, took) = send_marked(&lab, from, dst, marker(from, to), Duration::from_secs(6));
+        let (from_links, from_lan) = route(from);
+        let (to_links, to_lan) = route(to);
+        let links: Vec<&str> = from_links.iter().chain(to_links).copied().collect();
+        let before: Vec<usize> = links.iter().map(|l| count(l)).collect();
+        let dst = SocketAddr::new(addr_of(lab, to), PORT);
+        let (r, took) = send_marked(lab, from, dst, marker(from, to), Duration::from_secs(6));
         match e {
             Expect::Dropped(by) => {
                 assert!(r.is_err(), "{from} -> {to} must be dropped at {by}");
                 assert!(
                     took < Duration::from_secs(2),
-                    "{from} -> {to}: refused after {took:?}, not fast"
+                    "{from} -> {to}: refused after {took:?}, not fast ({r:?})"
                 );
             }
-            _ => assert!(r.is_ok(), "{from} -> {to}: {r:?} after {took:?}"),
+            _ => assert!(
+                r.is_ok(),
+                "{from} -> {to} ({e:?}): {r:?} after {took:?}\n{}",
+                ov.log_tails(30)
+            ),
         }
-    }
-    let pcaps: BTreeMap<&str, fpn_lab::Pcap> = caps
-        .into_iter()
-        .map(|(l, c)| (l, c.stop().unwrap()))
-        .collect();
-    for (&(from, to), e) in &table {
-        let (from_links, from_lan) = route(from);
-        let (to_links, to_lan) = route(to);
-        for link in from_links.iter().chain(to_links) {
-            let seen = pcaps[link].contains(marker(from, to).as_bytes());
+        // What this pair put on each link of its route (tcpdump -U: in the
+        // file right after it was seen; a moment for the last answer).
+        std::thread::sleep(Duration::from_millis(300));
+        for (link, before) in links.iter().zip(before) {
+            let pcap = caps[link].snapshot().unwrap();
+            let new = &pcap.packets()[before.min(pcap.len())..];
+            let seen = new.iter().any(|p| p.contains(marker(from, to).as_bytes()));
             let lan = Some(*link) == from_lan || Some(*link) == to_lan;
             let want = match e {
                 Expect::Plain => true,
@@ -414,7 +418,23 @@ fn every_pair_gets_the_papers_result_on_the_wire() {
                 // saw it.
                 Expect::Dropped(_) => Some(*link) == from_lan,
             };
-            assert_eq!(seen, want, "{from} -> {to} ({e:?}) on {link}");
+            assert_eq!(
+                seen,
+                want,
+                "{from} -> {to} ({e:?}) on {link}: marker seen {seen}, {} new packets",
+                new.len()
+            );
+            if matches!(e, Expect::Encrypted(_)) && !lan {
+                // Encrypted on the IP path itself (the flow's own UDP port
+                // on the wire, PCCOM inside), not hidden in a QUIC tunnel.
+                assert!(
+                    new.len() >= 2,
+                    "{from} -> {to}: no protected datagram on {link} (QUIC instead of in place?)"
+                );
+            }
         }
+    }
+    for (_, c) in caps {
+        c.stop().unwrap();
     }
 }

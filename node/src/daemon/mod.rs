@@ -276,6 +276,7 @@ async fn run(
     // the overlay address (a GES's real address, a gateway's LANs) are
     // this node's to protect too; nothing to configure on the node.
     let real_prefixes = cred.prefixes.clone();
+    let kind = cred.info.kind;
     let mut protected = vec![Prefix::host(IpAddr::V4(me.overlay))];
     protected.extend(real_prefixes.iter().copied());
     let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
@@ -333,7 +334,7 @@ async fn run(
         warn!(error = %e, "own name not in the name table");
     }
     core.set_real_prefixes(real_prefixes.clone());
-    let real_plane = start_real_plane(&cfg.tun_name, &real_prefixes);
+    let real_plane = start_real_plane(&cfg.tun_name, &real_prefixes, kind);
     let driver = Driver {
         core,
         clock,
@@ -1025,14 +1026,20 @@ fn unlimited(limits: dprp::Limits) -> dprp::Limits {
 }
 
 /// The real-address plane's steering when the credential names prefixes
-/// (`crate::real_plane`); the host's source toward peers is the first
-/// single address among them (a GES's real address). A failure leaves the
-/// overlay working and says why: the real addresses are then unprotected.
-fn start_real_plane(tun: &str, prefixes: &[Prefix]) -> Option<crate::real_plane::RealPlane> {
+/// (`crate::real_plane`). On a GES the host's source toward peers is its
+/// real address (the first IPv4 one its credential names); a gateway's
+/// prefixes are the hosts behind it, never its own source. A failure
+/// leaves the overlay working and says why: the real addresses are then
+/// unprotected.
+fn start_real_plane(
+    tun: &str,
+    prefixes: &[Prefix],
+    kind: fpn_proto::ge::GeKind,
+) -> Option<crate::real_plane::RealPlane> {
     if prefixes.is_empty() {
         return None;
     }
-    let src = prefixes.iter().find_map(|p| match p.addr() {
+    let src = prefixes.iter().filter(|_| !kind.is_gateway()).find_map(|p| match p.addr() {
         IpAddr::V4(a) if p.is_host() => Some(a),
         _ => None,
     });
