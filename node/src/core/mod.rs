@@ -51,6 +51,8 @@ mod sim_tests;
 mod nat_tests;
 #[cfg(test)]
 mod native_tests;
+#[cfg(test)]
+mod real_tests;
 
 #[cfg(test)]
 mod explain_tests;

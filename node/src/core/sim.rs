@@ -82,6 +82,9 @@ pub struct SimNode {
     /// A NAT in front of it, for its native packets ([`SimNat`]).
     pub nat: Option<SimNat>,
     spec: (Mode, Vec<u32>),
+    /// Kind and credential prefixes (the real-address plane; a plain GES
+    /// names none).
+    real: (GeKind, Vec<Prefix>),
     span: tracing::Span,
 }
 
@@ -308,9 +311,23 @@ impl CoreSim {
     /// Adds node `id` (overlay 100.64.0.id, underlay 198.18.0.id) with
     /// version 1 of each group's key. It knows no peer yet.
     pub fn add_node(&mut self, id: u32, mode: Mode, groups: &[u32]) -> usize {
+        self.add_ge(id, GeKind::Ges, mode, groups, Vec::new())
+    }
+
+    /// Adds node `id` as [`CoreSim::add_node`] does, of `kind`, whose
+    /// credential names `prefixes` (the real-address plane: a GES's real
+    /// address, a gateway's LAN); its core speaks for them.
+    pub fn add_ge(
+        &mut self,
+        id: u32,
+        kind: GeKind,
+        mode: Mode,
+        groups: &[u32],
+        prefixes: Vec<Prefix>,
+    ) -> usize {
         let name = format!("n{id}");
         let node = SimNode {
-            core: self.make_core(id, mode, groups),
+            core: self.make_core(id, kind, mode, groups, &prefixes),
             ge: GeId(id),
             overlay: overlay_of(id),
             underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
@@ -322,6 +339,7 @@ impl CoreSim {
             steer_delay: STEER_DELAY,
             nat: None,
             spec: (mode, groups.to_vec()),
+            real: (kind, prefixes),
             span: tracing::info_span!("node", name = %name),
             name,
         };
@@ -343,8 +361,9 @@ impl CoreSim {
     /// no peers (introduce them again).
     pub fn restart(&mut self, i: usize) {
         let (mode, groups) = self.nodes[i].spec.clone();
+        let (kind, prefixes) = self.nodes[i].real.clone();
         let id = self.nodes[i].ge.0;
-        self.nodes[i].core = self.make_core(id, mode, &groups);
+        self.nodes[i].core = self.make_core(id, kind, mode, &groups, &prefixes);
         for g in groups {
             self.command(
                 i,
@@ -367,12 +386,15 @@ impl CoreSim {
             reflexive: None,
             fetched: START_UNIX,
             key: Some(node_key(n.ge.0).public()),
-            info: Some(crate::directory::PeerInfo {
-                kind: GeKind::Ges.code(),
-                mode: n.spec.0.code(),
-                groups: n.spec.1.clone(),
-                prefixes: Vec::new(),
-            }),
+            info: Some(
+                crate::directory::PeerInfo {
+                    kind: n.real.0.code(),
+                    mode: n.spec.0.code(),
+                    groups: n.spec.1.clone(),
+                    prefixes: Vec::new(),
+                }
+                .with_prefixes(&n.real.1),
+            ),
         }
     }
 
@@ -604,7 +626,7 @@ impl CoreSim {
     pub fn check_invariants(&self) {
         for n in &self.nodes {
             for (flow, entry) in n.core.pit().iter() {
-                let remote = if flow.src == IpAddr::V4(n.overlay) {
+                let remote = if n.core.is_own(flow.src) {
                     flow.dst
                 } else {
                     flow.src
@@ -874,33 +896,38 @@ impl CoreSim {
         self.ca.public()
     }
 
-    fn make_core(&mut self, id: u32, mode: Mode, groups: &[u32]) -> NodeCore {
+    fn make_core(
+        &mut self,
+        id: u32,
+        kind: GeKind,
+        mode: Mode,
+        groups: &[u32],
+        prefixes: &[Prefix],
+    ) -> NodeCore {
         let key = node_key(id);
         let overlay = overlay_of(id);
         let info = GeInfo {
             id: GeId(id),
             name: format!("n{id}"),
-            kind: GeKind::Ges,
+            kind,
             mode,
             groups: groups.iter().map(|g| GroupId(*g)).collect(),
             overlay,
         };
         let year = 365 * 24 * 3600;
-        let cred = Credential::issue(
+        let cred = Credential::issue_with_prefixes(
             &self.ca,
             u64::from(id),
             info,
+            prefixes.to_vec(),
             key.public(),
             START_UNIX - year,
             START_UNIX + year,
         )
         .expect("valid GE info");
-        let cfg = Config::new(
-            key,
-            cred,
-            self.ca.public(),
-            vec![Prefix::host(IpAddr::V4(overlay))],
-        );
+        let mut protected = vec![Prefix::host(IpAddr::V4(overlay))];
+        protected.extend_from_slice(prefixes);
+        let cfg = Config::new(key, cred, self.ca.public(), protected);
         let dprp = Endpoint::new(
             cfg,
             Entropy::Seeded(self.dice.bytes32()),
@@ -908,7 +935,7 @@ impl CoreSim {
             self.now,
         )
         .expect("a valid endpoint");
-        NodeCore::new(
+        let mut core = NodeCore::new(
             CoreConfig {
                 overlay,
                 mtu: MTU,
@@ -919,7 +946,9 @@ impl CoreSim {
             },
             dprp,
             Pit::new(PitConfig::default()),
-        )
+        );
+        core.set_real_prefixes(prefixes.to_vec());
+        core
     }
 }
 

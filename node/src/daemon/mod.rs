@@ -1039,10 +1039,13 @@ fn start_real_plane(
     if prefixes.is_empty() {
         return None;
     }
-    let src = prefixes.iter().filter(|_| !kind.is_gateway()).find_map(|p| match p.addr() {
-        IpAddr::V4(a) if p.is_host() => Some(a),
-        _ => None,
-    });
+    let src = prefixes
+        .iter()
+        .filter(|_| !kind.is_gateway())
+        .find_map(|p| match p.addr() {
+            IpAddr::V4(a) if p.is_host() => Some(a),
+            _ => None,
+        });
     match crate::real_plane::RealPlane::start(tun, src) {
         Ok(rp) => {
             info!(prefixes = prefixes.len(), "real-address plane on");
