@@ -347,9 +347,11 @@ impl Core {
         }
         if let Some(ps) = &ch.protect {
             new.protect = self.check_protect(name, new.kind, ps)?;
-        } else if !new.kind.is_gateway() && !new.protect.is_empty() {
+        } else if !new.kind.is_gateway() && new.protect.iter().any(|p| !p.is_host()) {
+            // A GES keeps single addresses (its real ones); a subnet is a
+            // gateway's.
             return Err(Error::admin(format!(
-                "GE {name} protects {}: a ges protects none (add --no-protect)",
+                "GE {name} protects {}: a ges protects single addresses only (add --no-protect)",
                 new.protect
                     .iter()
                     .map(ToString::to_string)

@@ -221,6 +221,10 @@ impl NodeCore {
     /// The carrier a flow (PIT key) of `ge` takes now: native when the
     /// peer's path is native and the flow has a translation.
     pub(super) fn flow_carrier(&self, flow: &FlowId, ge: GeId) -> CarrierKind {
+        if self.plain_on_wire(flow) {
+            // A plain real-address flow leaves as the raw packet (real.rs).
+            return CarrierKind::Native;
+        }
         let overlay = if self.is_own(flow.src) {
             *flow
         } else {

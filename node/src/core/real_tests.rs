@@ -71,7 +71,7 @@ fn a_flow_between_real_addresses_is_protected_and_arrives_with_those_addresses()
 
 #[test]
 fn a_plain_flow_between_real_addresses_goes_on_the_wire_as_it_is() {
-    let (mut sim, [g1, _, g3, _]) = paper(72);
+    let (mut sim, [g1, ..]) = paper(72);
     let pkt = udp_packet(real(1), real(3), 4001, 9100, b"MARKER-real-plain");
     sim.send_packet(g1, &pkt);
     sim.drive();
