@@ -8,13 +8,13 @@
 //! disagree with the rules), and says per link of the pair's route whether
 //! a marked message must cross it in plain, encrypted, or not at all.
 //!
-//! What runs today: the expected table against the paper's statements
-//! (ARCHITECTURE.md), and the topology with plain routing and no fpn
-//! software, which must deliver every pair and show every marker on every
-//! link of its route (so the captures and the routes the fpn test relies
-//! on are right). The same all-pairs run with the nodes up is
-//! `every_pair_gets_the_papers_result_on_the_wire`, ignored until the
-//! real-address plane is in the node (docs/DESIGN-NOTES.md, the last note).
+//! The runs: the expected table against the paper's statements
+//! (ARCHITECTURE.md); the topology with plain routing and no fpn software,
+//! which must deliver every pair and show every marker on every link of its
+//! route (the control for every "absent" below); GES1-3 alone on their real
+//! addresses (an encrypted and a plain pair, in place on the wire); and the
+//! whole network, every ordered pair with per-pair captures
+//! (docs/NODE.md, "The real-address plane"; docs/DESIGN-NOTES.md note 50).
 
 mod common;
 
