@@ -358,6 +358,12 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
     };
     assert_eq!(action_to(g2).as_deref(), Some("encrypt"), "{st}");
     assert_eq!(action_to(g3).as_deref(), Some("plain"), "{st}");
+    // ges2 opened ges1's packets and wrote them into its TUN with the
+    // flow's own five-tuple: its receive path must not take those copies
+    // back (each would be one failed PCCOM open).
+    let st2 = ov.status("ges2").unwrap();
+    assert!(st2["counters"]["native_in"].as_u64() >= Some(1), "{st2}");
+    assert_eq!(st2["counters"]["native_in_rejected"], 0, "{st2}");
 }
 
 /// The acceptance run of issue 11, part 2: with the GMS and the five

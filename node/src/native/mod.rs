@@ -433,8 +433,11 @@ impl NativeIo {
                         reason: "the packet ring needs at least one local address",
                     });
                 }
-                let ring =
+                let mut ring =
                     rx_ring::Ring::open(&cfg.local_addrs, &cfg.skip_udp_ports, cfg.ring_mib)?;
+                if let Some(tun) = &cfg.tun {
+                    ring.skip_interface(tun);
+                }
                 let wake = ring.waker()?;
                 let socket = ring.socket()?;
                 let table = nft::Table::create(
