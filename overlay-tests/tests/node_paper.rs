@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{echo_server, need};
+use common::{echo_send, echo_server, need};
 use fpn_lab::{Lab, config_path};
 use fpn_proto::decision::decide;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -305,7 +305,7 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
         .map(|h| echo_server(lab, h, PORT))
         .collect();
     let cap = lab
-        .capture("ges1", "l-ges1", &format!("udp port {PORT}"))
+        .capture("ges1", "l-ges1", &format!("port {PORT}"))
         .unwrap();
     let (g1, g2, g3) = (
         addr_of(lab, "ges1"),
@@ -329,7 +329,32 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
             lab.sh("ges1", "ip rule show 2>&1; ip route show table 7717; ip route get 198.18.3.2; nft list ruleset 2>&1 | head -50").unwrap().stdout
         );
     }
+    // TCP too: a connection (SYN with the MSS clamped by the node, data,
+    // FIN) to ges2's real address, through the same plane.
+    let tcp = echo_send(
+        lab,
+        "ges1",
+        &SocketAddr::new(g2, PORT).to_string(),
+        "PAPER-MARK-tcp-ges1-to-ges2",
+        false,
+    );
+    // It prints the server's address and the source the server saw: the
+    // host's real address, not the overlay one.
+    assert!(
+        tcp.success() && tcp.stdout.contains(&format!(" {g1}:")),
+        "TCP ges1 -> ges2: {}{}",
+        tcp.stdout,
+        tcp.stderr
+    );
     let pcap = cap.stop().unwrap();
+    assert!(
+        !pcap.contains(b"PAPER-MARK-tcp-ges1-to-ges2"),
+        "the TCP marker crossed l-ges1 in plain"
+    );
+    assert!(
+        common::l4_between(&pcap, g1, g2).0 > common::udp_between(&pcap, g1, g2).0,
+        "TCP segments between the real addresses on the wire"
+    );
     let enc = marker("ges1", "ges2");
     assert!(
         !pcap.contains(enc.as_bytes()),
