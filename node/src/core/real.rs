@@ -47,6 +47,10 @@ impl NodeCore {
     /// in plain: its packets go on the wire unchanged
     /// (`Output::SendNative`), never into a QUIC frame.
     pub(super) fn plain_on_wire(&self, flow: &FlowId) -> bool {
+        // Checked per packet: a node without the plane pays one branch.
+        if self.real.is_empty() {
+            return false;
+        }
         let overlay = IpAddr::V4(self.cfg.overlay);
         flow.src != overlay
             && flow.dst != overlay
