@@ -8,13 +8,15 @@
 //!   peer's credential names, into the TUN, with this node's real address
 //!   as the source the host picks (else the host would pick the TUN's
 //!   overlay address, and the flow would not be the real one);
-//! - one rule ([`RULE_PREF`]): every packet *not* marked [`MARK`] looks
-//!   that table up first (the host's own traffic, and a gateway's
-//!   forwarded traffic); a destination without a route there falls
-//!   through to the main table, so everything else is untouched;
-//! - the node's own sockets (the QUIC carrier's, the raw sender's: see
-//!   [`mark`]) carry [`MARK`], so the carrier's packets to a peer's real
-//!   address take the main table and never loop into the TUN.
+//! - rules ([`RULE_PREF`], [`Steer`]) that make the steered packets look
+//!   that table up first: on a GES the host's own (`iif lo`), on a gateway
+//!   those from the prefixes it protects (forwarded from its LAN); a
+//!   destination without a route there falls through to the main table,
+//!   so everything else is untouched;
+//! - the node's own sockets (the QUIC carrier's, the raw sender's, the
+//!   local-address lookup: see [`mark`]) carry [`MARK`], and a rule before
+//!   those ([`MARK_PREF`]) sends them to the main table, so the carrier's
+//!   packets to a peer's real address never loop into the TUN.
 //!
 //! A packet so steered enters the core as a TUN packet whose source is a
 //! real address (`core::real`); an inbound protected packet of the flow is
@@ -41,8 +43,25 @@ use crate::error::{Error, Result};
 pub const MARK: u32 = 0x7717_0000;
 /// The routing table of the peers' real prefixes.
 pub const TABLE: u32 = 7717;
-/// The preference of the rule that sends unmarked packets to [`TABLE`].
+/// The preference of the rules that send the steered packets to [`TABLE`].
 pub const RULE_PREF: u32 = 7717;
+/// The preference of the rule that sends the node's own (marked) packets
+/// to the main table, before [`RULE_PREF`].
+pub const MARK_PREF: u32 = 7716;
+/// Most rules of one preference removed at cleanup (a gateway has one per
+/// prefix, at most 16).
+const MAX_RULES: usize = 32;
+
+/// Which packets take [`TABLE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steer {
+    /// A GES: the host's own packets (`iif lo`), not what it forwards (a
+    /// container's, a VM's: not addresses this node speaks for).
+    Local,
+    /// A gateway: packets from the prefixes it protects (forwarded from
+    /// its LAN), not its own nor anyone else's it routes.
+    From(Vec<Prefix>),
+}
 
 /// Marks a socket of the node with [`MARK`] (best effort: without
 /// CAP_NET_ADMIN the mark is refused, and then no real-address plane runs
@@ -76,19 +95,29 @@ impl RealPlane {
     /// keeps the routes of [`TABLE`] equal to the prefixes it is given.
     /// `tun` is the TUN's name, `src` the source address the host should
     /// pick toward them (this node's real address).
-    pub fn start(tun: &str, src: Option<Ipv4Addr>) -> Result<Self> {
+    pub fn start(tun: &str, src: Option<Ipv4Addr>, steer: &Steer) -> Result<Self> {
         cleanup();
+        let table = TABLE.to_string();
         ip(&[
             "rule",
             "add",
             "pref",
-            &RULE_PREF.to_string(),
-            "not",
+            &MARK_PREF.to_string(),
             "fwmark",
             &format!("{MARK:#x}/{MARK:#x}"),
             "lookup",
-            &TABLE.to_string(),
+            "main",
         ])?;
+        let pref = RULE_PREF.to_string();
+        match steer {
+            Steer::Local => ip(&["rule", "add", "pref", &pref, "iif", "lo", "lookup", &table])?,
+            Steer::From(prefixes) => {
+                for p in prefixes.iter().filter(|p| p.addr().is_ipv4()) {
+                    let p = p.to_string();
+                    ip(&["rule", "add", "pref", &pref, "from", &p, "lookup", &table])?;
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel::<Vec<Prefix>>();
         let tun = tun.to_owned();
         let thread = std::thread::Builder::new()
@@ -133,8 +162,15 @@ impl Drop for RealPlane {
 
 /// Removes the rule and the table's routes (a killed node's too).
 pub fn cleanup() {
-    // Fails when there is nothing to remove: that is the normal case.
-    let _ = ip(&["rule", "del", "pref", &RULE_PREF.to_string()]);
+    // Fails when there is nothing (more) to remove: the normal end.
+    for pref in [RULE_PREF, MARK_PREF] {
+        let pref = pref.to_string();
+        for _ in 0..MAX_RULES {
+            if ip(&["rule", "del", "pref", &pref]).is_err() {
+                break;
+            }
+        }
+    }
     let _ = ip(&["route", "flush", "table", &TABLE.to_string()]);
 }
 

@@ -133,6 +133,12 @@ fn addr_of(lab: &Lab, endpoint: &str) -> IpAddr {
     lab.addr(endpoint, link).unwrap()
 }
 
+/// `ip route get ARGS` in `host`: the route the kernel picks.
+fn route_get(lab: &Lab, host: &str, args: &str) -> String {
+    let out = lab.sh(host, &format!("ip route get {args}")).unwrap();
+    format!("{}{}", out.stdout, out.stderr)
+}
+
 fn marker(from: &str, to: &str) -> String {
     format!("PAPER-MARK-{from}-to-{to}")
 }
@@ -312,6 +318,16 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
         addr_of(lab, "ges2"),
         addr_of(lab, "ges3"),
     );
+    // The steering, as the kernel sees it: the host's own packets to a
+    // peer's real address go into the TUN from the host's real address;
+    // the node's own (marked) packets take the main table.
+    let own = route_get(lab, "ges1", &g2.to_string());
+    assert!(
+        own.contains("dev fpn0") && own.contains(&format!("src {g1}")),
+        "{own}"
+    );
+    let marked = route_get(lab, "ges1", &format!("{g2} mark 0x77170000"));
+    assert!(marked.contains("dev eth0"), "{marked}");
     for (to, addr) in [("ges2", g2), ("ges3", g3)] {
         let (r, took) = send_marked(
             lab,
@@ -407,6 +423,15 @@ fn ges_on_real_addresses_encrypt_in_place_and_pass_plain_as_the_rules_say() {
 fn every_pair_gets_the_papers_result_on_the_wire() {
     let ov = paper_overlay(&["gen", "ges1", "ges2", "ges3", "gea"]);
     let lab = ov.lab();
+    // A gateway steers what comes from the hosts it protects, and nothing
+    // else it routes or sends itself.
+    let g1 = addr_of(lab, "ges1");
+    let lan = route_get(lab, "gen", &format!("{g1} from 192.168.1.10 iif lan"));
+    assert!(lan.contains("dev fpn0"), "{lan}");
+    let other = route_get(lab, "gen", &format!("{g1} from 198.18.1.10 iif wan"));
+    assert!(!other.contains("fpn0"), "{other}");
+    let own = route_get(lab, "gen", &g1.to_string());
+    assert!(!own.contains("fpn0"), "{own}");
     let _servers: Vec<_> = ENDPOINTS
         .iter()
         .map(|h| echo_server(lab, h, PORT))

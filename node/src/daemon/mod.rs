@@ -1046,7 +1046,12 @@ fn start_real_plane(
             IpAddr::V4(a) if p.is_host() => Some(a),
             _ => None,
         });
-    match crate::real_plane::RealPlane::start(tun, src) {
+    let steer = if kind.is_gateway() {
+        crate::real_plane::Steer::From(prefixes.to_vec())
+    } else {
+        crate::real_plane::Steer::Local
+    };
+    match crate::real_plane::RealPlane::start(tun, src, &steer) {
         Ok(rp) => {
             info!(prefixes = prefixes.len(), "real-address plane on");
             Some(rp)
