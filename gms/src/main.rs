@@ -166,9 +166,9 @@ enum GroupCmd {
     Add {
         /// Group number (lower numbers win when GEs share several).
         num: u32,
-        /// Group name.
+        /// Group name (a label only); default `gNUM`.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
     },
     /// List groups.
     List,
@@ -193,18 +193,19 @@ enum GeCmd {
     Add {
         /// Name (one DNS label).
         name: String,
-        /// ges, gen or gea.
-        #[arg(long)]
+        /// ges, gen or gea (a host's own GE unless said otherwise).
+        #[arg(long, default_value = "ges")]
         kind: String,
-        /// op or cl.
-        #[arg(long)]
+        /// op or cl (open unless said otherwise, as in the papers).
+        #[arg(long, default_value = "op")]
         mode: String,
         /// Group membership (repeat for several).
         #[arg(long = "group")]
         groups: Vec<u32>,
-        /// A prefix the gateway protects, e.g. 192.168.1.0/24 (gen and gea
-        /// only; repeat for several, IPv4 or IPv6). Its credential names them,
-        /// so it may speak for the hosts there.
+        /// A prefix the GE speaks for besides its overlay address: for a
+        /// gateway the hosts behind it (e.g. 192.168.1.0/24), for a GES its
+        /// own real address (ADDRESS/32, the real-address plane). Repeat for
+        /// several, IPv4 or IPv6. Its credential names them.
         #[arg(long = "protect", value_name = "PREFIX")]
         protect: Vec<String>,
     },
@@ -450,7 +451,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return serve(DataDir::new(need_data()?), &dns_listen, no_dns);
         }
         Cmd::Status => AdminRequest::Status,
-        Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd { num, name },
+        Cmd::Group(GroupCmd::Add { num, name }) => AdminRequest::GroupAdd {
+            num,
+            name: name.unwrap_or_else(|| format!("g{num}")),
+        },
         Cmd::Group(GroupCmd::List) => AdminRequest::GroupList,
         Cmd::Group(GroupCmd::Remove { num }) => AdminRequest::GroupRemove { num },
         Cmd::Group(GroupCmd::Rename { num, name }) => AdminRequest::GroupRename { num, name },

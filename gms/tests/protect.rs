@@ -113,7 +113,7 @@ fn malformed_or_misplaced_prefixes_are_refused_with_a_clear_error() {
         error_of(&gms, &a)
     };
     let e = err(add("laptop", "ges", &["192.168.1.0/24"]));
-    assert!(e.contains("--protect is for gateways"), "{e}");
+    assert!(e.contains("--protect with a subnet is for gateways"), "{e}");
     let e = err(add("gw", "gen", &["192.168.1.1/24"]));
     assert!(e.contains("host bits"), "{e}");
     let e = err(add("gw", "gen", &["0.0.0.0/0"]));

@@ -113,6 +113,11 @@ pub struct PeerInfo {
     pub mode: u8,
     /// Group numbers, ascending.
     pub groups: Vec<u32>,
+    /// The prefixes its credential names besides its overlay address (a
+    /// gateway's protected LANs, a GES's real addresses), as text
+    /// (`ADDRESS/LENGTH`); the real-address plane routes them to it.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
 }
 
 impl PeerInfo {
@@ -122,7 +127,23 @@ impl PeerInfo {
             kind: info.kind.code(),
             mode: info.mode.code(),
             groups: info.groups.iter().map(|g| g.0).collect(),
+            prefixes: Vec::new(),
         }
+    }
+
+    /// The same with the prefixes a credential names.
+    pub fn with_prefixes(mut self, prefixes: &[fpn_proto::dprp::Prefix]) -> Self {
+        self.prefixes = prefixes.iter().map(ToString::to_string).collect();
+        self
+    }
+
+    /// The prefixes that parse (a cache written by a newer version may
+    /// hold one this one does not read: skipped).
+    pub fn parsed_prefixes(&self) -> Vec<fpn_proto::dprp::Prefix> {
+        self.prefixes
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// The GE info of peer `ge` named `name` at `overlay`; `None` when a
@@ -172,7 +193,7 @@ pub fn record_from_entry(
         reflexive,
         fetched: now,
         key: Some(cred.node_key),
-        info: Some(PeerInfo::of(&cred.info)),
+        info: Some(PeerInfo::of(&cred.info).with_prefixes(&cred.prefixes)),
     })
 }
 

@@ -242,6 +242,15 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// `ip` refused (or could not run) a change of the real-address
+    /// plane's policy routing (`crate::real_plane`).
+    #[error("real-address plane: `ip {command}` failed: {stderr}")]
+    RealPlane {
+        /// The arguments given to `ip`.
+        command: String,
+        /// Its error output, or why it did not run.
+        stderr: String,
+    },
     /// nftables (or iptables) refused a change to the node's table.
     #[error("nftables refused the change ({status}): {stderr}")]
     NativeNft {

@@ -115,7 +115,15 @@ pub struct GmsTask {
     pub mapped_updates: Option<mpsc::Receiver<Option<SocketAddr>>>,
     /// The current port mapping, reported with the local addresses.
     pub mapped: Option<SocketAddr>,
+    /// The real-address plane is on: every listed peer's credential is
+    /// fetched (a listing names no prefixes, and the host's traffic to a
+    /// peer's real address reaches the node only once its route exists).
+    pub fetch_credentials: bool,
 }
+
+/// Most peers whose credential one listing fetches (the real-address
+/// plane); the rest come with the next listing.
+const CREDENTIALS_PER_LIST: usize = 64;
 
 /// The next item of an optional channel; never ready without one (or once
 /// it closed).
@@ -533,6 +541,22 @@ impl GmsTask {
         }
         for r in updates {
             let _ = self.engine.send(Command::Peer(r)).await;
+        }
+        if self.fetch_credentials {
+            let missing: Vec<String> = names
+                .iter()
+                .filter(|n| {
+                    self.shared
+                        .dir()
+                        .by_name(n)
+                        .is_none_or(|r| r.info.is_none())
+                })
+                .take(CREDENTIALS_PER_LIST)
+                .cloned()
+                .collect();
+            for name in missing {
+                self.query(&name).await;
+            }
         }
         self.save();
     }

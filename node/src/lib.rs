@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod native;
 pub mod native_link;
 pub mod portmap;
+pub mod real_plane;
 pub mod stage;
 pub mod state;
 pub mod status;

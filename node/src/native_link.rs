@@ -382,6 +382,9 @@ pub fn local_address_toward(remote: IpAddr) -> Option<IpAddr> {
         IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     };
     let s = UdpSocket::bind(bind).ok()?;
+    // Marked as the raw sender is, so the lookup is the route its packets
+    // take (past the real-address plane's routes into the TUN).
+    crate::real_plane::mark(&s);
     s.connect(SocketAddr::new(remote, crate::core::PROBE_PORT))
         .ok()?;
     s.local_addr().ok().map(|a| a.ip())

@@ -7,7 +7,8 @@
 //!
 //! A credential also says which addresses the GE may speak for
 //! ([`Credential::covers`]): its overlay address, and for a gateway (GEN, GEA)
-//! the prefixes of the hosts it protects. DPRP checks both ends of a flow
+//! the prefixes of the hosts it protects (a GES: its host's own real
+//! addresses, single hosts only). DPRP checks both ends of a flow
 //! against it, so a member cannot negotiate a flow under an address it does
 //! not own.
 //!
@@ -26,7 +27,8 @@
 //! every GES credential, keeps its exact bytes and still verifies; a node
 //! that only knows version 1 refuses a gateway's version 2 cleanly
 //! (`UnsupportedVersion`). The prefixes are strictly ascending and canonical
-//! (host bits zero, no `/0`), and a GES credential names none.
+//! (host bits zero, no `/0`); a GES credential names none or only single
+//! hosts (its real addresses).
 //!
 //! The CA signs `"fpn v1 credential\0"` followed by every byte before the
 //! signature (the version byte included, so one version cannot pass for the
@@ -71,8 +73,8 @@ pub struct Credential {
     /// The GE's info as the GMS defined it.
     pub info: GeInfo,
     /// The prefixes this GE may speak for besides its overlay address: the
-    /// hosts a gateway protects. Canonical, strictly ascending, at most
-    /// [`MAX_PREFIXES`]; empty for a GES.
+    /// hosts a gateway protects, or a GES's own real addresses (single
+    /// hosts). Canonical, strictly ascending, at most [`MAX_PREFIXES`].
     pub prefixes: Vec<Prefix>,
     signature: [u8; SIGNATURE_LEN],
 }
@@ -106,7 +108,8 @@ impl Credential {
     /// Issues a credential that also names the prefixes a gateway protects.
     /// They are sorted and deduplicated here; each must be canonical
     /// ([`Prefix::network`]), at most [`MAX_PREFIXES`], and only a gateway
-    /// kind may name any ([`PrefixError::NotAGateway`]).
+    /// kind may name a subnet; a GES only single hosts, its own real
+    /// addresses ([`PrefixError::NotAGateway`]).
     pub fn issue_with_prefixes(
         ca: &NodeKey,
         serial: u64,
@@ -273,7 +276,10 @@ impl UnverifiedCredential {
 
 /// The rules a credential's prefix list obeys (issuing and decoding alike).
 fn check_prefixes(info: &GeInfo, prefixes: &[Prefix]) -> Result<(), PrefixError> {
-    if !prefixes.is_empty() && !info.kind.is_gateway() {
+    // A GES may name its host's own real addresses (single hosts), so it
+    // can protect them in place on the real-address plane; a subnet is
+    // what a gateway stands in front of.
+    if !info.kind.is_gateway() && prefixes.iter().any(|p| !p.is_host()) {
         return Err(PrefixError::NotAGateway);
     }
     prefix::validate_list(prefixes, MAX_PREFIXES)
@@ -459,6 +465,9 @@ mod tests {
             Error::Prefix(PrefixError::NotAGateway)
         );
         assert!(issue(GeKind::Gea, vec![lan]).is_ok());
+        // A GES names its own real address (the real-address plane).
+        let real = Prefix::host("198.18.2.2".parse().unwrap());
+        assert!(issue(GeKind::Ges, vec![real]).is_ok());
         let lax = Prefix::new("192.168.1.1".parse().unwrap(), 24).unwrap();
         assert_eq!(
             issue(GeKind::Gen, vec![lax]).unwrap_err(),

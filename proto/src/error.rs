@@ -299,9 +299,11 @@ pub enum PrefixError {
         /// The limit.
         max: usize,
     },
-    /// A GES speaks only for its own overlay address; only a gateway (GEN,
-    /// GEA) may name prefixes.
-    #[error("only a gateway (GEN or GEA) may name protected prefixes")]
+    /// A GES speaks only for its own overlay address and its host's real
+    /// addresses (single hosts); only a gateway (GEN, GEA) may name a subnet.
+    #[error(
+        "only a gateway (GEN or GEA) may name a protected subnet; a GES names single host addresses"
+    )]
     NotAGateway,
 }
 

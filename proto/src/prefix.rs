@@ -62,6 +62,11 @@ impl Prefix {
         }
     }
 
+    /// True when the prefix holds exactly one address.
+    pub fn is_host(&self) -> bool {
+        self.len == width(self.addr)
+    }
+
     /// The address part.
     pub fn addr(&self) -> IpAddr {
         self.addr

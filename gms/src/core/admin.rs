@@ -360,9 +360,11 @@ impl Core {
         }
         if let Some(ps) = &ch.protect {
             new.protect = self.check_protect(name, new.kind, ps)?;
-        } else if !new.kind.is_gateway() && !new.protect.is_empty() {
+        } else if !new.kind.is_gateway() && new.protect.iter().any(|p| !p.is_host()) {
+            // A GES keeps single addresses (its real ones); a subnet is a
+            // gateway's.
             return Err(Error::admin(format!(
-                "GE {name} protects {}: a ges protects none (add --no-protect)",
+                "GE {name} protects {}: a ges protects single addresses only (add --no-protect)",
                 new.protect
                     .iter()
                     .map(ToString::to_string)
@@ -840,17 +842,19 @@ impl Core {
         if given.is_empty() {
             return Ok(Vec::new());
         }
-        if !kind.is_gateway() {
-            return Err(Error::admin(format!(
-                "--protect is for gateways (kind gen or gea); a {kind} speaks for its overlay address only"
-            )));
-        }
         let mut out = Vec::with_capacity(given.len());
         for s in given {
             let p: Prefix = s
                 .parse()
                 .map_err(|e| Error::admin(format!("--protect {s:?}: {e}")))?;
             out.push(p);
+        }
+        // A GES may name its host's own real addresses (the real-address
+        // plane); a subnet is what only a gateway stands in front of.
+        if !kind.is_gateway() && out.iter().any(|p| !p.is_host()) {
+            return Err(Error::admin(format!(
+                "--protect with a subnet is for gateways (kind gen or gea); a {kind} names its own real addresses only, as ADDRESS/32"
+            )));
         }
         out.sort_unstable();
         out.dedup();

@@ -236,12 +236,7 @@ impl Core {
     /// Refuses a change of gateway `old` into `new` (kind, prefixes,
     /// groups) that would leave one of its hosts without what it needs.
     pub(super) fn check_gateway_change(&self, old: &GeRecord, new: &GeRecord) -> Result<()> {
-        let hosts: Vec<&HostRecord> = self
-            .st
-            .hosts
-            .values()
-            .filter(|h| h.via == old.id)
-            .collect();
+        let hosts: Vec<&HostRecord> = self.st.hosts.values().filter(|h| h.via == old.id).collect();
         for h in &hosts {
             check_host_fits(h, new)?;
         }

@@ -38,6 +38,7 @@ mod negotiation;
 mod output;
 mod paths;
 mod peers;
+mod real;
 mod silence;
 pub mod sim;
 mod snapshot;
@@ -53,6 +54,8 @@ mod nat_tests;
 mod natf_tests;
 #[cfg(test)]
 mod native_tests;
+#[cfg(test)]
+mod real_tests;
 
 #[cfg(test)]
 mod explain_tests;
@@ -156,6 +159,9 @@ pub struct NodeCore {
     epoch: Option<Instant>,
     silence: silence::GmsSilence,
     natf: natf::Natf,
+    /// Prefixes besides the overlay address this node speaks for (its
+    /// credential's): the real-address plane (real.rs).
+    real: Vec<fpn_proto::dprp::Prefix>,
 }
 
 impl NodeCore {
@@ -189,6 +195,7 @@ impl NodeCore {
             epoch: None,
             silence: silence::GmsSilence::default(),
             natf: natf::Natf::new(cfg_vin_range),
+            real: Vec::new(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -223,7 +230,7 @@ impl NodeCore {
             return DataOut::Nothing;
         };
         let flow = pkt.flow_id();
-        if flow.src != IpAddr::V4(self.cfg.overlay) && !self.natf.is_gateway_reply(&flow) {
+        if !self.is_own(flow.src) && !self.natf.is_gateway_reply(&flow) {
             // IPv6 router solicitations and other stray traffic of the
             // interface itself: nothing of ours.
             trace!(%flow, "TUN packet not from the overlay address");
@@ -250,6 +257,13 @@ impl NodeCore {
             }
         }
         self.drain(now);
+        if let Some((_, n)) = send
+            && self.plain_on_wire(&flow)
+        {
+            // Rare (plain flows), so the copy does not matter.
+            self.push_output(Output::SendNative(buf[..n].to_vec()));
+            return DataOut::Nothing;
+        }
         let path = match send {
             Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
             Some((ge, n)) => {
@@ -624,12 +638,11 @@ impl NodeCore {
     /// peer table) by the GE it was negotiated with: an address that moved
     /// to another GE must not keep carrying the old owner's traffic.
     fn unbind_flows(&mut self) -> usize {
-        let own = IpAddr::V4(self.cfg.overlay);
         let stale: Vec<FlowId> = self
             .pit
             .iter()
             .filter(|(f, e)| {
-                let remote = if f.src == own { f.dst } else { f.src };
+                let remote = if self.is_own(f.src) { f.dst } else { f.src };
                 let owner = match remote {
                     IpAddr::V4(r) => self.owner_of(r),
                     IpAddr::V6(_) => None,

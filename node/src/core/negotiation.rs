@@ -107,13 +107,12 @@ impl NodeCore {
         let mut any = false;
         while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
             any = true;
-            let own = IpAddr::V4(self.cfg.overlay);
             // One end renegotiates, never both: two crossing negotiations
             // could leave each end with the other's keys. After a rotation it
             // is the end that started the flow, a moment later, so the
             // other end has received the new key version too.
             match reason {
-                RenegotiateReason::KeyRotation if flow.src != own => {
+                RenegotiateReason::KeyRotation if !self.is_own(flow.src) => {
                     debug!(%flow, "key rotated: the flow's initiator renegotiates");
                 }
                 RenegotiateReason::KeyRotation => {
@@ -130,8 +129,7 @@ impl NodeCore {
     }
 
     pub(super) fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
-        let own = IpAddr::V4(self.cfg.overlay);
-        let oriented = if flow.src == own {
+        let oriented = if self.is_own(flow.src) {
             flow
         } else {
             flow.reversed()
@@ -154,9 +152,8 @@ impl NodeCore {
     /// entry. Only for flows to this node from the address the sending GE
     /// owns, and at most once per [`HEAL_GAP`] per flow.
     pub(super) fn heal(&mut self, flow: FlowId, from: GeId, now: Instant) {
-        let own = IpAddr::V4(self.cfg.overlay);
         let IpAddr::V4(src) = flow.src else { return };
-        if flow.dst != own || self.peers.owner(src) != Some(from) {
+        if !self.is_own(flow.dst) || self.peers.owner(src) != Some(from) {
             return;
         }
         let oriented = flow.reversed();
@@ -234,8 +231,7 @@ impl NodeCore {
         // negotiate flows in another member's name. An owner not known yet
         // fails closed: the directory is asked, and the initiator's retry
         // (or this node's healing) succeeds once it answered.
-        let own = IpAddr::V4(self.cfg.overlay);
-        let remote = if e.flow.src == own {
+        let remote = if self.is_own(e.flow.src) {
             e.flow.dst
         } else {
             e.flow.src
@@ -317,8 +313,9 @@ impl NodeCore {
             Ok(Disposition::Forward { len }) => {
                 if let Some(ge) = self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
                     // Natively when both ends steer the flow (steering.rs),
-                    // else QUIC, which is always there.
-                    if self.try_native(ge, &mut buf, len, now) {
+                    // else QUIC, which is always there. A plain flow of
+                    // real addresses goes on the wire as it is (real.rs).
+                    if self.plain_on_wire(&flow) || self.try_native(ge, &mut buf, len, now) {
                         self.push_output(Output::SendNative(buf[..len].to_vec()));
                     } else {
                         self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());

@@ -221,8 +221,11 @@ impl NodeCore {
     /// The carrier a flow (PIT key) of `ge` takes now: native when the
     /// peer's path is native and the flow has a translation.
     pub(super) fn flow_carrier(&self, flow: &FlowId, ge: GeId) -> CarrierKind {
-        let own = IpAddr::V4(self.cfg.overlay);
-        let overlay = if flow.src == own {
+        if self.plain_on_wire(flow) {
+            // A plain real-address flow leaves as the raw packet (real.rs).
+            return CarrierKind::Native;
+        }
+        let overlay = if self.is_own(flow.src) {
             *flow
         } else {
             flow.reversed()
@@ -805,8 +808,7 @@ impl NodeCore {
             }
             return;
         };
-        let own = IpAddr::V4(self.cfg.overlay);
-        let overlay = if flow.src == own {
+        let overlay = if self.is_own(flow.src) {
             flow
         } else {
             flow.reversed()
@@ -848,8 +850,7 @@ impl NodeCore {
 
     /// The flow (PIT key) ended: its translation and interception go.
     pub(super) fn flow_ended(&mut self, flow: &FlowId) {
-        let own = IpAddr::V4(self.cfg.overlay);
-        let overlay = if flow.src == own {
+        let overlay = if self.is_own(flow.src) {
             *flow
         } else {
             flow.reversed()

@@ -79,6 +79,9 @@ pub struct Peer {
     /// Its certified GE info (from the directory's credential), for
     /// `fpn-node why`; `None` until a directory answer carried it.
     pub info: Option<fpn_proto::ge::GeInfo>,
+    /// The prefixes its credential names besides the overlay address
+    /// (a gateway's LANs, a GES's real addresses): the real-address plane.
+    pub prefixes: Vec<Prefix>,
 }
 
 /// What an update changed in who owns which address.
@@ -131,6 +134,7 @@ impl PeerTable {
             had_flow: false,
             key: None,
             info: None,
+            prefixes: Vec::new(),
         });
         if peer.overlay != Some(rec.overlay) {
             change.directory_changed = true;
@@ -146,6 +150,11 @@ impl PeerTable {
         }
         if let Some(info) = &rec.info {
             peer.info = info.to_info(ge, &rec.name, rec.overlay);
+            let prefixes = info.parsed_prefixes();
+            if prefixes != peer.prefixes {
+                change.directory_changed = true;
+                peer.prefixes = prefixes;
+            }
         }
         if !rec.addrs.is_empty() {
             peer.target.addrs.clone_from(&rec.addrs);
@@ -194,6 +203,7 @@ impl PeerTable {
             had_flow: false,
             key: None,
             info: None,
+            prefixes: Vec::new(),
         });
         if peer.seen_from.first() != Some(&from) {
             peer.seen_from.retain(|a| *a != from);
@@ -207,7 +217,29 @@ impl PeerTable {
 
     /// The GE that owns overlay address `ip`.
     pub fn owner(&self, ip: Ipv4Addr) -> Option<GeId> {
-        self.by_overlay.get(&ip).copied()
+        if let Some(ge) = self.by_overlay.get(&ip) {
+            return Some(*ge);
+        }
+        // The real-address plane: the longest prefix a peer's credential
+        // names (a GES's own address, a gateway's LAN). Peers with
+        // prefixes are few (the gateways and real-address GESs of a site),
+        // and this runs per new flow, not per packet.
+        let ip = IpAddr::V4(ip);
+        self.by_ge
+            .values()
+            .flat_map(|p| p.prefixes.iter().map(move |x| (x, p.ge)))
+            .filter(|(x, _)| x.contains(ip))
+            .max_by_key(|(x, _)| x.prefix_len())
+            .map(|(_, ge)| ge)
+    }
+
+    /// Every prefix peers' credentials name, with its GE (the routes the
+    /// real-address plane steers into the node).
+    pub fn real_prefixes(&self) -> Vec<(Prefix, GeId)> {
+        self.by_ge
+            .values()
+            .flat_map(|p| p.prefixes.iter().map(move |x| (*x, p.ge)))
+            .collect()
     }
 
     /// The GE an underlay address was last seen for.
@@ -258,6 +290,7 @@ impl PeerTable {
         self.by_ge
             .values()
             .filter_map(|p| p.overlay.map(|o| (Prefix::host(IpAddr::V4(o)), p.ge)))
+            .chain(self.real_prefixes())
             .collect()
     }
 }

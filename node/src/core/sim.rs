@@ -84,6 +84,9 @@ pub struct SimNode {
     /// A NAT in front of it, for its native packets ([`SimNat`]).
     pub nat: Option<SimNat>,
     spec: (Mode, Vec<u32>),
+    /// Kind and credential prefixes (the real-address plane; a plain GES
+    /// names none).
+    real: (GeKind, Vec<Prefix>),
     span: tracing::Span,
 }
 
@@ -258,8 +261,6 @@ pub struct CoreSim {
     seq: u64,
     wire: Vec<WireFrame>,
     buf: Vec<u8>,
-    /// Gateways' protected LANs, by node id.
-    lans: BTreeMap<u32, Prefix>,
 }
 
 impl CoreSim {
@@ -291,7 +292,6 @@ impl CoreSim {
             seq: 0,
             wire: Vec::new(),
             buf: vec![0; fpn_proto::dprp::msg::MAX_MESSAGE_LEN],
-            lans: BTreeMap::new(),
         }
     }
 
@@ -313,9 +313,23 @@ impl CoreSim {
     /// Adds node `id` (overlay 100.64.0.id, underlay 198.18.0.id) with
     /// version 1 of each group's key. It knows no peer yet.
     pub fn add_node(&mut self, id: u32, mode: Mode, groups: &[u32]) -> usize {
+        self.add_ge(id, GeKind::Ges, mode, groups, Vec::new())
+    }
+
+    /// Adds node `id` as [`CoreSim::add_node`] does, of `kind`, whose
+    /// credential names `prefixes` (the real-address plane: a GES's real
+    /// address, a gateway's LAN); its core speaks for them.
+    pub fn add_ge(
+        &mut self,
+        id: u32,
+        kind: GeKind,
+        mode: Mode,
+        groups: &[u32],
+        prefixes: Vec<Prefix>,
+    ) -> usize {
         let name = format!("n{id}");
         let node = SimNode {
-            core: self.make_core(id, mode, groups),
+            core: self.make_core(id, kind, mode, groups, &prefixes),
             ge: GeId(id),
             overlay: overlay_of(id),
             underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
@@ -328,6 +342,7 @@ impl CoreSim {
             natf_pairs: std::collections::BTreeMap::new(),
             nat: None,
             spec: (mode, groups.to_vec()),
+            real: (kind, prefixes),
             span: tracing::info_span!("node", name = %name),
             name,
         };
@@ -347,16 +362,16 @@ impl CoreSim {
 
     /// Adds gateway node `id` (a GEN) whose credential protects `lan`.
     pub fn add_gateway(&mut self, id: u32, mode: Mode, groups: &[u32], lan: Prefix) -> usize {
-        self.lans.insert(id, lan);
-        self.add_node(id, mode, groups)
+        self.add_ge(id, GeKind::Gen, mode, groups, vec![lan])
     }
 
     /// The node restarts: a fresh core with the same identity, no flows,
     /// no peers (introduce them again).
     pub fn restart(&mut self, i: usize) {
         let (mode, groups) = self.nodes[i].spec.clone();
+        let (kind, prefixes) = self.nodes[i].real.clone();
         let id = self.nodes[i].ge.0;
-        self.nodes[i].core = self.make_core(id, mode, &groups);
+        self.nodes[i].core = self.make_core(id, kind, mode, &groups, &prefixes);
         for g in groups {
             self.command(
                 i,
@@ -379,11 +394,15 @@ impl CoreSim {
             reflexive: None,
             fetched: START_UNIX,
             key: Some(node_key(n.ge.0).public()),
-            info: Some(crate::directory::PeerInfo {
-                kind: GeKind::Ges.code(),
-                mode: n.spec.0.code(),
-                groups: n.spec.1.clone(),
-            }),
+            info: Some(
+                crate::directory::PeerInfo {
+                    kind: n.real.0.code(),
+                    mode: n.spec.0.code(),
+                    groups: n.spec.1.clone(),
+                    prefixes: Vec::new(),
+                }
+                .with_prefixes(&n.real.1),
+            ),
         }
     }
 
@@ -615,7 +634,7 @@ impl CoreSim {
     pub fn check_invariants(&self) {
         for n in &self.nodes {
             for (flow, entry) in n.core.pit().iter() {
-                let remote = if flow.src == IpAddr::V4(n.overlay) {
+                let remote = if n.core.is_own(flow.src) {
                     flow.dst
                 } else {
                     flow.src
@@ -891,18 +910,20 @@ impl CoreSim {
         self.ca.public()
     }
 
-    fn make_core(&mut self, id: u32, mode: Mode, groups: &[u32]) -> NodeCore {
+    fn make_core(
+        &mut self,
+        id: u32,
+        kind: GeKind,
+        mode: Mode,
+        groups: &[u32],
+        prefixes: &[Prefix],
+    ) -> NodeCore {
         let key = node_key(id);
         let overlay = overlay_of(id);
-        let lan = self.lans.get(&id).copied();
         let info = GeInfo {
             id: GeId(id),
             name: format!("n{id}"),
-            kind: if lan.is_some() {
-                GeKind::Gen
-            } else {
-                GeKind::Ges
-            },
+            kind,
             mode,
             groups: groups.iter().map(|g| GroupId(*g)).collect(),
             overlay,
@@ -912,15 +933,15 @@ impl CoreSim {
             &self.ca,
             u64::from(id),
             info,
-            lan.into_iter().collect(),
+            prefixes.to_vec(),
             key.public(),
             START_UNIX - year,
             START_UNIX + year,
         )
         .expect("valid GE info");
-        let mut protects = vec![Prefix::host(IpAddr::V4(overlay))];
-        protects.extend(lan);
-        let cfg = Config::new(key, cred, self.ca.public(), protects);
+        let mut protected = vec![Prefix::host(IpAddr::V4(overlay))];
+        protected.extend_from_slice(prefixes);
+        let cfg = Config::new(key, cred, self.ca.public(), protected);
         let dprp = Endpoint::new(
             cfg,
             Entropy::Seeded(self.dice.bytes32()),
@@ -928,7 +949,7 @@ impl CoreSim {
             self.now,
         )
         .expect("a valid endpoint");
-        NodeCore::new(
+        let mut core = NodeCore::new(
             CoreConfig {
                 overlay,
                 mtu: MTU,
@@ -940,7 +961,9 @@ impl CoreSim {
             },
             dprp,
             Pit::new(PitConfig::default()),
-        )
+        );
+        core.set_real_prefixes(prefixes.to_vec());
+        core
     }
 }
 

@@ -410,7 +410,7 @@ impl NodeCore {
 
     /// `flow` as seen from this node (source = this node's overlay address).
     pub(super) fn overlay_view(&self, flow: &FlowId) -> FlowId {
-        if flow.src == std::net::IpAddr::V4(self.cfg.overlay) {
+        if self.is_own(flow.src) {
             *flow
         } else {
             flow.reversed()

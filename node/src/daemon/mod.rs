@@ -272,12 +272,14 @@ async fn run(
     scfg.identity_dir = Some(state.root().to_path_buf());
     let session = Session::start(identity.clone(), endpoint, scfg)?;
 
-    let mut dcfg = dprp::Config::new(
-        identity.node_key()?,
-        cred,
-        identity.ca_public,
-        vec![Prefix::host(IpAddr::V4(me.overlay))],
-    );
+    // The real-address plane: the prefixes the credential names besides
+    // the overlay address (a GES's real address, a gateway's LANs) are
+    // this node's to protect too; nothing to configure on the node.
+    let real_prefixes = cred.prefixes.clone();
+    let kind = cred.info.kind;
+    let mut protected = vec![Prefix::host(IpAddr::V4(me.overlay))];
+    protected.extend(real_prefixes.iter().copied());
+    let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
     if std::env::var_os(UNSAFE_NO_FLOOD_LIMITS).is_some() {
         dcfg.limits = unlimited(dcfg.limits);
         tracing::warn!(
@@ -317,7 +319,7 @@ async fn run(
             vin_range.0, vin_range.1, me.overlay
         )));
     }
-    let core = NodeCore::new(
+    let mut core = NodeCore::new(
         CoreConfig {
             overlay: me.overlay,
             mtu: cfg.mtu,
@@ -352,6 +354,8 @@ async fn run(
     if let Err(e) = names.insert(&me.name, crate::dns::Target::peer(me.overlay)) {
         warn!(error = %e, "own name not in the name table");
     }
+    core.set_real_prefixes(real_prefixes.clone());
+    let real_plane = start_real_plane(&cfg.tun_name, &real_prefixes, kind);
     let driver = Driver {
         core,
         clock,
@@ -371,6 +375,7 @@ async fn run(
         native,
         native_unavailable,
         natf_tun: Some(cfg.tun_name.clone()),
+        real_plane,
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
@@ -398,6 +403,7 @@ async fn run(
         reported: reported.clone(),
         mapped_updates: portmap.as_ref().map(|_| mapped_rx),
         mapped: None,
+        fetch_credentials: !real_prefixes.is_empty(),
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
 
@@ -1039,5 +1045,43 @@ fn unlimited(limits: dprp::Limits) -> dprp::Limits {
         dde_per_ge: huge,
         cookie_threshold: usize::MAX,
         ..limits
+    }
+}
+
+/// The real-address plane's steering when the credential names prefixes
+/// (`crate::real_plane`). On a GES the host's source toward peers is its
+/// real address (the first IPv4 one its credential names); a gateway's
+/// prefixes are the hosts behind it, never its own source. A failure
+/// leaves the overlay working and says why: the real addresses are then
+/// unprotected.
+fn start_real_plane(
+    tun: &str,
+    prefixes: &[Prefix],
+    kind: fpn_proto::ge::GeKind,
+) -> Option<crate::real_plane::RealPlane> {
+    if prefixes.is_empty() {
+        return None;
+    }
+    let src = prefixes
+        .iter()
+        .filter(|_| !kind.is_gateway())
+        .find_map(|p| match p.addr() {
+            IpAddr::V4(a) if p.is_host() => Some(a),
+            _ => None,
+        });
+    let steer = if kind.is_gateway() {
+        crate::real_plane::Steer::From(prefixes.to_vec())
+    } else {
+        crate::real_plane::Steer::Local
+    };
+    match crate::real_plane::RealPlane::start(tun, src, &steer) {
+        Ok(rp) => {
+            info!(prefixes = prefixes.len(), "real-address plane on");
+            Some(rp)
+        }
+        Err(e) => {
+            warn!(error = %e, "real-address plane unavailable: the credential's real addresses are not steered through the node");
+            None
+        }
     }
 }

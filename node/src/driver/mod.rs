@@ -133,6 +133,9 @@ pub struct Driver {
     /// The TUN's name, for the NAT-f gateway table (`None`: this node
     /// never makes one, as in tests without nftables).
     pub natf_tun: Option<String>,
+    /// The real-address plane's steering, when this node speaks for real
+    /// addresses (`crate::real_plane`).
+    pub real_plane: Option<crate::real_plane::RealPlane>,
 }
 
 /// The driver's parts of the native carrier (see [`crate::native_link`]).
@@ -182,6 +185,7 @@ impl Driver {
             native,
             native_unavailable,
             natf_tun,
+            real_plane,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
             Some(n) => (
@@ -212,6 +216,7 @@ impl Driver {
             pending_ops: Vec::new(),
             local,
             natf: NatfGateway::new(natf_tun),
+            real_plane,
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
             warn!(error = %e, "TUN writes stay on the driver");
@@ -414,6 +419,8 @@ struct Shell {
     local: Option<(LocalAddrs, String)>,
     /// The NAT-f gateway table.
     natf: NatfGateway,
+    /// The real-address plane's steering (told the peers' prefixes).
+    real_plane: Option<crate::real_plane::RealPlane>,
 }
 
 impl Shell {
@@ -601,7 +608,13 @@ impl Shell {
                     // DPRP retransmits, and the next one asks again.
                     let _ = self.dir_requests.try_send(ip);
                 }
-                Output::PeersChanged => self.publish_names(),
+                Output::PeersChanged => {
+                    self.publish_names();
+                    if let Some(rp) = &self.real_plane {
+                        let prefixes = self.core.peers().real_prefixes();
+                        rp.set_prefixes(prefixes.into_iter().map(|(p, _)| p).collect());
+                    }
+                }
                 Output::SendNative(p) => {
                     if let Some(link) = self.native.as_mut() {
                         link.send_now(&p);
@@ -754,6 +767,7 @@ mod tests {
             pending_ops: Vec::new(),
             local: None,
             natf: NatfGateway::new(None),
+            real_plane: None,
         };
         (shell, tun, rx, peer, now)
     }

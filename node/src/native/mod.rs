@@ -115,6 +115,10 @@ pub enum RxMechanism {
 pub struct NativeConfig {
     /// The nftables table (family `inet`); see [`table_name`].
     pub table: String,
+    /// The node's TUN device: packets it writes there are never taken
+    /// (on the real-address plane an opened packet keeps its wire
+    /// five-tuple, which the set holds); `None` when there is none.
+    pub tun: Option<String>,
     /// This node's underlay addresses: native packets and DPRP probes
     /// arrive addressed to them.
     pub local_addrs: Vec<Ipv4Addr>,
@@ -143,6 +147,7 @@ impl NativeConfig {
     pub fn new(tun: &str, local_addrs: Vec<Ipv4Addr>, mechanism: RxMechanism) -> Self {
         Self {
             table: table_name(tun),
+            tun: Some(tun.to_owned()),
             local_addrs,
             mechanism,
             dprp_port: Some(DPRP_PORT),
@@ -402,6 +407,7 @@ impl NativeIo {
                     &cfg.table,
                     &cfg.local_addrs,
                     cfg.dprp_port,
+                    cfg.tun.as_deref(),
                     nft::RxVerdict::Queue(queue),
                 )?;
                 let sh = shared.clone();
@@ -429,8 +435,11 @@ impl NativeIo {
                         reason: "the packet ring needs at least one local address",
                     });
                 }
-                let ring =
+                let mut ring =
                     rx_ring::Ring::open(&cfg.local_addrs, &cfg.skip_udp_ports, cfg.ring_mib)?;
+                if let Some(tun) = &cfg.tun {
+                    ring.skip_interface(tun);
+                }
                 let wake = ring.waker()?;
                 let socket = ring.socket()?;
                 let table = nft::Table::create(
@@ -438,6 +447,7 @@ impl NativeIo {
                     &cfg.table,
                     &cfg.local_addrs,
                     cfg.dprp_port,
+                    cfg.tun.as_deref(),
                     nft::RxVerdict::Drop,
                 )?;
                 let sh = shared.clone();

@@ -154,12 +154,21 @@ impl Table {
         name: &str,
         local: &[Ipv4Addr],
         dprp_port: Option<u16>,
+        own_iif: Option<&str>,
         verdict: RxVerdict,
     ) -> Result<Self> {
         check_name(name)?;
         delete_compat_rules(&ns, name)?;
         let ports = matches!(verdict, RxVerdict::Queue(_));
-        let script = |v: &str| ruleset(name, local, dprp_port, v, ports);
+        // An interface name is at most 15 bytes; one with characters a
+        // script could misread is left out (no such rule, not an error).
+        let own_iif = own_iif.filter(|i| {
+            !i.is_empty()
+                && i.len() <= 15
+                && i.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+        let script = |v: &str| ruleset(name, local, dprp_port, own_iif, v, ports);
         match verdict {
             RxVerdict::Drop => run(&ns, &script("drop"))?,
             RxVerdict::Queue(n) => {
@@ -339,6 +348,7 @@ fn ruleset(
     name: &str,
     local: &[Ipv4Addr],
     dprp_port: Option<u16>,
+    own_iif: Option<&str>,
     verdict: &str,
     ports: bool,
 ) -> String {
@@ -371,6 +381,12 @@ fn ruleset(
     // table (-300), so stolen packets leave no connection-tracking entry
     // and never meet the host's firewall.
     s.push_str("  chain rx {\n    type filter hook prerouting priority raw - 10; policy accept;\n");
+    if let Some(tun) = own_iif {
+        // What the node itself wrote into its TUN is the host's: an opened
+        // packet of the real-address plane keeps the five-tuple it had on
+        // the wire (the set's), and must not be taken a second time.
+        s.push_str(&format!("    iifname \"{tun}\" accept\n"));
+    }
     s.push_str(&format!(
         "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
     ));

@@ -69,6 +69,9 @@ const PKT_STATUS: usize = 0;
 const PKT_LEN: usize = 4;
 const PKT_SNAPLEN: usize = 8;
 const PKT_NET: usize = 14;
+/// Where the frame's `sockaddr_ll` keeps the interface index: after the
+/// 32-byte `tpacket2_hdr` (TPACKET_ALIGN(32) = 32), 4 bytes into it.
+const PKT_IFINDEX: usize = 32 + 4;
 
 /// The socket and its mapped ring.
 pub(crate) struct Ring {
@@ -77,6 +80,9 @@ pub(crate) struct Ring {
     blocks: usize,
     frames: usize,
     wake: OwnedFd,
+    /// Packets on this interface (the node's TUN) are never taken: what
+    /// the node wrote there itself (`ignored`).
+    skip_ifindex: Option<u32>,
 }
 
 // SAFETY: the mapping belongs to this struct alone and is only touched by
@@ -84,6 +90,19 @@ pub(crate) struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
+    /// Packets that come in on interface `name` (the node's TUN) are
+    /// skipped: on the real-address plane the packets the node opens and
+    /// writes there keep a registered flow's five-tuple, and a copy would
+    /// only cost a PCCOM attempt that fails. Unknown names change nothing.
+    pub(crate) fn skip_interface(&mut self, name: &str) {
+        let Ok(c) = std::ffi::CString::new(name) else {
+            return;
+        };
+        // SAFETY: a valid NUL-terminated string; the call only reads it.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        self.skip_ifindex = (idx != 0).then_some(idx);
+    }
+
     /// Opens the tap: socket, filter, ring, then bind (so no packet
     /// arrives before the filter is in place).
     pub(crate) fn open(local: &[Ipv4Addr], skip_udp: &[u16], ring_mib: u32) -> Result<Self> {
@@ -186,6 +205,7 @@ impl Ring {
             frames: frames as usize,
             // SAFETY: efd is a fresh descriptor we own.
             wake: unsafe { OwnedFd::from_raw_fd(efd) },
+            skip_ifindex: None,
         };
         Ok(ring)
     }
@@ -239,15 +259,18 @@ impl Ring {
             std::sync::atomic::fence(Ordering::Acquire);
             // SAFETY: the kernel handed this frame to us (TP_STATUS_USER);
             // the header lies at its start.
-            let (len, snap, net) = unsafe {
+            let (len, snap, net, ifindex) = unsafe {
                 (
                     read_u32(frame, PKT_LEN) as usize,
                     read_u32(frame, PKT_SNAPLEN) as usize,
                     usize::from(read_u16(frame, PKT_NET)),
+                    read_u32(frame, PKT_IFINDEX),
                 )
             };
             let mut alive = true;
-            if snap < len {
+            if self.skip_ifindex == Some(ifindex) {
+                shared.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            } else if snap < len {
                 // Longer than a frame (GRO-merged): a cut packet would be
                 // garbage to the core, so it is dropped and counted.
                 shared.counters.truncated.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,8 @@ impl RawSender {
         })?;
         // A deep send buffer lets one sendmmsg hand over a whole batch.
         let _ = sock.set_send_buffer_size(4 << 20);
+        // Past the real-address plane's routes into the TUN (real_plane.rs).
+        crate::real_plane::mark(&sock);
         // SAFETY: all-zero is a valid value of these plain C structs.
         let zeroed = || unsafe { std::mem::zeroed() };
         Ok(Self {

@@ -88,6 +88,9 @@ pub(super) fn endpoint(
     // Best effort: a smaller buffer still works, with more loss in bursts.
     let _ = sock.set_recv_buffer_size(UDP_BUFFER);
     let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    // Past the real-address plane's routes into the TUN (real_plane.rs):
+    // a peer's carrier address may be a real address it protects.
+    crate::real_plane::mark(&sock);
     sock.bind(&listen.into()).map_err(bind)?;
     let runtime = quinn::default_runtime().ok_or(Error::CarrierConfig {
         setting: "runtime",
