@@ -247,6 +247,18 @@ fn a_laptop_at_the_cafe_reaches_the_nas_by_name() {
     let who2 = curl(lab, "laptop2", &["http://nas.home.fpn/whoami"]);
     assert!(who2.success(), "laptop2: {}", who2.stderr);
     assert!(who2.stdout.starts_with("192.168.1.1:"), "{}", who2.stdout);
+    // The gateway keeps its fronted hosts, reachable through pairs only.
+    let fronted = ov
+        .lab()
+        .exec_ok(
+            "gw",
+            ["nft", "list", "set", "inet", "fpn_natf_fpn0", "natf_hosts"],
+        )
+        .unwrap();
+    assert!(
+        fronted.contains(NAS) && fronted.contains("192.168.1.20"),
+        "{fronted}"
+    );
     let pairs = gateway_pairs(&ov);
     let laptop = ov.overlay_addr("laptop").unwrap();
     let laptop2 = ov.overlay_addr("laptop2").unwrap();

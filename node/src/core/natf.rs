@@ -294,7 +294,12 @@ impl super::NodeCore {
     /// the hosts this GE answers for; flows to hosts that left end now.
     pub(super) fn set_hosts(&mut self, hosts: &[Host]) {
         let own = self.dprp.ge();
+        let before: Vec<IpAddr> = self.natf.fronted().iter().filter_map(Host::lip).collect();
         let change = self.natf.set_hosts(own, hosts);
+        let after: Vec<IpAddr> = self.natf.fronted().iter().filter_map(Host::lip).collect();
+        if before != after {
+            self.push_output(super::Output::NatfFronted(after));
+        }
         let mut ended = Vec::new();
         for vin in &change.gone_vins {
             ended.extend(self.natf.flows_to(None, Some(*vin)));

@@ -70,8 +70,14 @@ fn flows(sim: &CoreSim, i: usize) -> Vec<crate::status::FlowStatus> {
 #[test]
 fn a_remote_reaches_a_host_behind_a_gateway_through_its_vin() {
     let (mut sim, r, g) = home(1, Force::Quic);
-    // Only the hosts behind other GEs get VINs; the gateway fronts both.
+    // Only the hosts behind other GEs get VINs; the gateway fronts both
+    // and told its driver their LAN addresses.
     assert_eq!(sim.nodes[g].core.host_names(), []);
+    assert_eq!(
+        sim.nodes[g].natf_fronted,
+        [IpAddr::from(NAS), IpAddr::from(PRINTER)]
+    );
+    assert!(sim.nodes[r].natf_fronted.is_empty());
     let nas = vin(&sim, r, "nas");
     let ro = sim.nodes[r].overlay;
     let out = udp_packet(ro, nas, 4000, 5000, b"to the NAS");
@@ -145,6 +151,7 @@ fn the_pair_goes_with_its_last_flow_and_with_the_host() {
     // pair's DNAT goes.
     sim.command(g, Command::Hosts(hosts()[1..].to_vec()));
     assert!(sim.nodes[g].natf_pairs.is_empty());
+    assert_eq!(sim.nodes[g].natf_fronted, [IpAddr::from(PRINTER)]);
     assert!(flows(&sim, g).is_empty());
     // At the remote, a VIN whose host left answers host unreachable at once.
     sim.command(r, Command::Hosts(hosts()[1..].to_vec()));

@@ -139,6 +139,10 @@ pub enum Output {
         /// The host's LAN address.
         lip: IpAddr,
     },
+    /// Gateway: the LAN addresses of the hosts this node answers for (the
+    /// whole list; empty: none any more). Only negotiated pairs may reach
+    /// them through the TUN.
+    NatfFronted(Vec<IpAddr>),
     /// Gateway: the pair's last flow ended; remove its DNAT.
     NatfUnmapped {
         /// The remote node's overlay address.
@@ -177,6 +181,7 @@ impl std::fmt::Debug for Output {
                 .field("vin", vin)
                 .field("lip", lip)
                 .finish(),
+            Self::NatfFronted(l) => f.debug_tuple("NatfFronted").field(l).finish(),
             Self::NatfUnmapped { remote, vin } => f
                 .debug_struct("NatfUnmapped")
                 .field("remote", remote)

@@ -81,6 +81,8 @@ pub struct SimNode {
     pub steer_delay: Duration,
     /// NAT-f pairs this node (as a gateway) DNATs: (remote, VIN) -> host.
     pub natf_pairs: std::collections::BTreeMap<(Ipv4Addr, Ipv4Addr), std::net::IpAddr>,
+    /// The LAN addresses this node (as a gateway) fronts, as last told.
+    pub natf_fronted: Vec<std::net::IpAddr>,
     /// A NAT in front of it, for its native packets ([`SimNat`]).
     pub nat: Option<SimNat>,
     spec: (Mode, Vec<u32>),
@@ -340,6 +342,7 @@ impl CoreSim {
             steering: std::collections::BTreeSet::new(),
             steer_delay: STEER_DELAY,
             natf_pairs: std::collections::BTreeMap::new(),
+            natf_fronted: Vec::new(),
             nat: None,
             spec: (mode, groups.to_vec()),
             real: (kind, prefixes),
@@ -739,6 +742,7 @@ impl CoreSim {
                 Output::NatfMapped { remote, vin, lip } => {
                     self.nodes[i].natf_pairs.insert((remote, vin), lip);
                 }
+                Output::NatfFronted(lips) => self.nodes[i].natf_fronted = lips,
                 Output::NatfUnmapped { remote, vin } => {
                     self.nodes[i].natf_pairs.remove(&(remote, vin));
                 }

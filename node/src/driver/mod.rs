@@ -346,35 +346,59 @@ impl NatfGateway {
         }
     }
 
-    /// DNATs the pair, making the table first if needed. Synchronous (one
-    /// netlink round trip): the flow's CDN is queued behind this, so the
-    /// remote's first packet finds the element in place.
-    fn map(&mut self, remote: Ipv4Addr, vin: Ipv4Addr, lip: std::net::IpAddr) {
-        if self.table.is_none() && !self.failed {
-            let Some(tun) = &self.tun else { return };
-            match crate::native::NatfTable::create(tun) {
-                Ok(t) => {
-                    tracing::info!(
-                        table = t.name(),
-                        "NAT-f gateway table made: hosts behind this node are reachable through negotiated mappings"
+    /// Makes the table if there is none (once: a failure is said once).
+    fn ensure_table(&mut self) {
+        if self.table.is_some() || self.failed {
+            return;
+        }
+        let Some(tun) = &self.tun else { return };
+        match crate::native::NatfTable::create(tun) {
+            Ok(t) => {
+                tracing::info!(
+                    table = t.name(),
+                    "NAT-f gateway table made: hosts behind this node are reachable through negotiated mappings"
+                );
+                // Read in the node's namespace: a gateway that does not
+                // forward delivers nothing to its hosts.
+                if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                    .is_ok_and(|v| v.trim() == "0")
+                {
+                    warn!(
+                        "net.ipv4.ip_forward is 0: hosts behind this gateway get nothing until it is 1 (sysctl -w net.ipv4.ip_forward=1)"
                     );
-                    // Read in the node's namespace: a gateway that does not
-                    // forward delivers nothing to its hosts.
-                    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-                        .is_ok_and(|v| v.trim() == "0")
-                    {
-                        warn!(
-                            "net.ipv4.ip_forward is 0: hosts behind this gateway get nothing until it is 1 (sysctl -w net.ipv4.ip_forward=1)"
-                        );
-                    }
-                    self.table = Some(t);
                 }
-                Err(e) => {
-                    self.failed = true;
-                    warn!(error = %e, "NAT-f gateway table not made: hosts behind this node are unreachable");
-                }
+                self.table = Some(t);
+            }
+            Err(e) => {
+                self.failed = true;
+                warn!(error = %e, "NAT-f gateway table not made: hosts behind this node are unreachable");
             }
         }
+    }
+
+    /// The hosts this node fronts changed: the table exists while there
+    /// are any, and keeps their LAN addresses (reachable only through a
+    /// negotiated pair).
+    fn fronted(&mut self, lips: &[std::net::IpAddr]) {
+        if lips.is_empty() {
+            self.close();
+            return;
+        }
+        self.ensure_table();
+        if let Some(t) = self.table.as_mut() {
+            match t.set_hosts(lips) {
+                Ok(()) => debug!(hosts = lips.len(), "NAT-f hosts in the gateway table"),
+                Err(e) => warn!(error = %e, "NAT-f hosts not set in the gateway table"),
+            }
+        }
+    }
+
+    /// DNATs the pair (the table is made with the first fronted host, or
+    /// here). Synchronous (one netlink round trip): the flow's CDN is
+    /// queued behind this, so the remote's first packet finds the element
+    /// in place.
+    fn map(&mut self, remote: Ipv4Addr, vin: Ipv4Addr, lip: std::net::IpAddr) {
+        self.ensure_table();
         if let Some(t) = self.table.as_mut() {
             match t.map(remote, vin, lip) {
                 Ok(()) => debug!(%remote, %vin, %lip, "NAT-f pair mapped"),
@@ -648,6 +672,7 @@ impl Shell {
                     }
                 }
                 Output::NatfMapped { remote, vin, lip } => self.natf.map(remote, vin, lip),
+                Output::NatfFronted(lips) => self.natf.fronted(&lips),
                 Output::NatfUnmapped { remote, vin } => self.natf.unmap(remote, vin),
             }
         }

@@ -16,8 +16,11 @@
 //!   helper and not an ALG in the node);
 //! - masquerades it to the gateway's LAN address (the host sees the gateway
 //!   as its peer, and its answers come back through the gateway);
-//! - drops anything else the TUN would forward: a host behind the gateway
-//!   is reachable only through a negotiated pair.
+//! - drops anything else the TUN would forward to a fronted host (the set
+//!   `natf_hosts`): a host behind the gateway is reachable only through a
+//!   negotiated pair with its own groups, never as a plain LAN address of
+//!   the gateway's prefix (the real-address plane's way in, which the
+//!   gateway's groups decide).
 //!
 //! Answers are un-NATed by conntrack and routed back into the TUN (the
 //! remote's overlay address is in the overlay route), where the core takes
@@ -31,6 +34,8 @@ use crate::error::{Error, Result};
 
 /// The map of DNATed pairs.
 pub const PAIRS_MAP: &str = "natf_pairs";
+/// The set of the fronted hosts' LAN addresses.
+pub const HOSTS_SET: &str = "natf_hosts";
 
 /// The table's name for the node whose TUN is `tun`.
 pub fn table_name(tun: &str) -> String {
@@ -87,6 +92,24 @@ impl NatfTable {
         self.netlink.apply(&self.name, &batch)
     }
 
+    /// Replaces the set of the fronted hosts' LAN addresses (IPv4 only).
+    pub fn set_hosts(&mut self, lips: &[IpAddr]) -> Result<()> {
+        let mut script = format!("flush set inet {} {HOSTS_SET}\n", self.name);
+        let v4: Vec<String> = lips
+            .iter()
+            .filter(|l| l.is_ipv4())
+            .map(IpAddr::to_string)
+            .collect();
+        if !v4.is_empty() {
+            script.push_str(&format!(
+                "add element inet {} {HOSTS_SET} {{ {} }}\n",
+                self.name,
+                v4.join(", ")
+            ));
+        }
+        nft::run(&self.ns, &script)
+    }
+
     /// The pair's last flow ended.
     pub fn unmap(&mut self, remote: Ipv4Addr, vin: Ipv4Addr) -> Result<()> {
         // An absent element is refused (ENOENT): the caller logs it.
@@ -134,6 +157,7 @@ fn ruleset(name: &str, tun: &str, stale: bool) -> String {
         "{delete}table inet {name} {{\n\
          \x20 ct helper ftp {{ type \"ftp\" protocol tcp; l3proto ip; }}\n\
          \x20 map {PAIRS_MAP} {{ type ipv4_addr . ipv4_addr : ipv4_addr; }}\n\
+         \x20 set {HOSTS_SET} {{ type ipv4_addr; }}\n\
          \x20 chain dnat_pairs {{\n\
          \x20   type nat hook prerouting priority dstnat; policy accept;\n\
          \x20   iifname \"{tun}\" dnat ip to ip saddr . ip daddr map @{PAIRS_MAP}\n\
@@ -148,8 +172,7 @@ fn ruleset(name: &str, tun: &str, stale: bool) -> String {
          \x20 }}\n\
          \x20 chain only_pairs {{\n\
          \x20   type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname \"{tun}\" ct status dnat accept\n\
-         \x20   iifname \"{tun}\" drop\n\
+         \x20   iifname \"{tun}\" ip daddr @{HOSTS_SET} ct status & dnat != dnat drop\n\
          \x20 }}\n\
          }}\n"
     )
@@ -174,7 +197,10 @@ mod tests {
             "{rs}"
         );
         assert!(rs.contains("ct helper set \"ftp\""), "{rs}");
-        assert!(rs.contains("iifname \"fpn0\" drop"), "{rs}");
+        assert!(
+            rs.contains("iifname \"fpn0\" ip daddr @natf_hosts ct status & dnat != dnat drop"),
+            "{rs}"
+        );
         assert!(!rs.starts_with("delete"));
         assert!(ruleset("t", "fpn0", true).starts_with("delete table inet t\n"));
     }
