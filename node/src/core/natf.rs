@@ -218,11 +218,22 @@ impl Natf {
 
     /// A NAT-f flow was established: `flow` as the remote sent it. Returns
     /// the pair to DNAT when this gateway's first flow of it starts.
-    pub(super) fn established(&mut self, flow: FlowId, m: Mapping) -> Option<(Pair, IpAddr)> {
+    ///
+    /// A renegotiation of a flow the gateway already maps (a key rotation,
+    /// the packet limit) reserves a port of its own: the old one comes back
+    /// in `freed` for the caller to release, and the pair is counted once.
+    pub(super) fn established(
+        &mut self,
+        flow: FlowId,
+        m: Mapping,
+        freed: &mut Option<u16>,
+    ) -> Option<(Pair, IpAddr)> {
         if let Some(old) = self.flows.insert(flow, m)
             && old.gateway
         {
-            // A renegotiation of the same flow: the pair is counted once.
+            if old.port != m.port {
+                *freed = Some(old.port);
+            }
             return None;
         }
         if !m.gateway {
@@ -361,8 +372,12 @@ impl super::NodeCore {
     pub(super) fn natf_established(&mut self, flow: FlowId, gateway: bool, lip: IpAddr, port: u16) {
         let m = Mapping { lip, port, gateway };
         tracing::debug!(%flow, %lip, port, gateway, "NAT-f mapping");
-        if let Some(((remote, vin), lip)) = self.natf.established(flow, m) {
+        let mut freed = None;
+        if let Some(((remote, vin), lip)) = self.natf.established(flow, m, &mut freed) {
             self.push_output(super::Output::NatfMapped { remote, vin, lip });
+        }
+        if let Some(old) = freed {
+            self.dprp.release_natf_port(flow.protocol, old);
         }
     }
 
@@ -556,12 +571,19 @@ mod tests {
             port,
             gateway: true,
         };
-        assert_eq!(n.established(f(1000), m(47000)), Some(((r, vin), lip)));
-        assert_eq!(n.established(f(1001), m(47001)), None);
+        let mut freed = None;
+        assert_eq!(
+            n.established(f(1000), m(47000), &mut freed),
+            Some(((r, vin), lip))
+        );
+        assert_eq!(n.established(f(1001), m(47001), &mut freed), None);
+        // A renegotiation of the first flow with a new port frees the old.
+        assert_eq!(n.established(f(1000), m(47002), &mut freed), None);
+        assert_eq!(freed, Some(47000));
         assert!(n.is_gateway_reply(&f(1000).reversed()));
         assert!(!n.is_gateway_reply(&f(1002).reversed()));
-        let (_, _, gone) = n.ended(&f(1000).reversed()).unwrap();
-        assert_eq!(gone, None);
+        let (_, m0, gone) = n.ended(&f(1000).reversed()).unwrap();
+        assert_eq!((m0.port, gone), (47002, None));
         let (_, mm, gone) = n.ended(&f(1001)).unwrap();
         assert_eq!(mm.port, 47001);
         assert_eq!(gone, Some((r, vin)));

@@ -211,3 +211,40 @@ fn on_the_native_path_the_wire_carries_the_reserved_port() {
             .any(|f| f.payload.windows(11).any(|x| x == b"MARKER-natf"))
     );
 }
+
+#[test]
+fn a_renegotiated_flow_keeps_one_reserved_port() {
+    let (mut sim, r, g) = home(6, Force::Quic);
+    let nas = vin(&sim, r, "nas");
+    let ro = sim.nodes[r].overlay;
+    sim.send_packet(r, &udp_packet(ro, nas, 4000, 5000, b"x"));
+    sim.drive();
+    assert_eq!(sim.counter(g, "natf_ports_reserved"), 1);
+    // Group 1's key rotates at both ends: the remote (the flow's
+    // initiator) renegotiates, and the gateway reserves a new port.
+    for i in [r, g] {
+        sim.command(
+            i,
+            Command::Keys {
+                group: GroupId(1),
+                keys: vec![
+                    (fpn_proto::keys::KeyVersion(2), super::sim::group_key(1, 2)),
+                    (fpn_proto::keys::KeyVersion(1), super::sim::group_key(1, 1)),
+                ],
+            },
+        );
+    }
+    sim.run_for(Duration::from_secs(5));
+    let f = flows(&sim, g);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].key_version, Some(2), "not renegotiated: {:?}", f[0]);
+    // One flow, one reservation: the old port went back to the pool.
+    assert_eq!(sim.counter(g, "natf_ports_reserved"), 1);
+    // Both ends agree on the new port, and packets still go through.
+    let pr = flows(&sim, r)[0].natf.as_ref().unwrap().port;
+    assert_eq!(f[0].natf.as_ref().unwrap().port, pr);
+    sim.nodes[g].tun.clear();
+    sim.send_packet(r, &udp_packet(ro, nas, 4000, 5000, b"after"));
+    sim.drive();
+    assert_eq!(sim.nodes[g].tun.len(), 1);
+}

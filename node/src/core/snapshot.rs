@@ -339,6 +339,9 @@ impl NodeCore {
             ("dprp_responding", o.responding as u64),
             ("dprp_initiated", o.initiated as u64),
             ("dprp_bad_credentials", o.bad_credentials as u64),
+            ("dprp_natf_refused", d.natf_refused),
+            ("dprp_natf_bad_answers", d.natf_bad_answers),
+            ("natf_ports_reserved", o.natf_ports as u64),
             ("pit_entries", self.pit.len() as u64),
             ("negotiations", self.dprp.negotiations() as u64),
         ]
