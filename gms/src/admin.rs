@@ -325,6 +325,9 @@ pub struct GeView {
     /// Prefixes a gateway protects (named in its credential).
     #[serde(default)]
     pub protect: Vec<String>,
+    /// Names of the hosts behind this GE (a gateway), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// `<name>.<zone>`.
     pub fqdn: String,
     /// `added`, `enrolled` or `revoked`.

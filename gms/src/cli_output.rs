@@ -107,6 +107,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             if !g.protect.is_empty() {
                 println!("protects      {}", g.protect.join(", "));
             }
+            if !g.hosts.is_empty() {
+                println!("hosts         {}", g.hosts.join(", "));
+            }
             println!(
                 "state         {}{}",
                 g.state,

@@ -735,6 +735,13 @@ impl Core {
             groups: r.groups.iter().copied().collect(),
             overlay: r.overlay,
             protect: r.protect.iter().map(ToString::to_string).collect(),
+            hosts: self
+                .st
+                .hosts
+                .values()
+                .filter(|h| h.via == r.id)
+                .map(|h| h.name.clone())
+                .collect(),
             fqdn: format!("{}.{}", r.name, self.cfg.zone),
             state: if !r.is_active() {
                 "revoked"

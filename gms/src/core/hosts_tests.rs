@@ -67,6 +67,9 @@ fn a_host_is_added_listed_shown_changed_and_removed() {
         ("gw", 1, vec![1])
     );
     assert_eq!(v.fqdn, "nas.t.fpn.");
+    // `ge show` of the gateway names its hosts.
+    let (g, _) = admin(c, AdminRequest::GeShow { name: "gw".into() });
+    assert_eq!(g["hosts"], serde_json::json!(["nas"]));
     // The DNS hears of it at once (no address yet: the gateway was never seen).
     match host_events(&out)[..] {
         [DirectoryEvent::Host(h)] => {
