@@ -18,6 +18,10 @@
 //!   those ([`MARK_PREF`]) sends them to the main table, so the carrier's
 //!   packets to a peer's real address never loop into the TUN.
 //!
+//! - on a gateway, a rule ([`TRANSIT_PREF`]) that routes the DDEs of other
+//!   GEs' flows crossing it (the gateway table marks them) into the TUN
+//!   through [`TRANSIT_TABLE`], so the node joins their negotiations.
+//!
 //! A packet so steered enters the core as a TUN packet whose source is a
 //! real address (`core::real`); an inbound protected packet of the flow is
 //! taken by the native carrier's receive path and written, opened, into the
@@ -48,6 +52,13 @@ pub const RULE_PREF: u32 = 7717;
 /// The preference of the rule that sends the node's own (marked) packets
 /// to the main table, before [`RULE_PREF`].
 pub const MARK_PREF: u32 = 7716;
+/// The table a gateway routes forwarded DDEs through: its one route
+/// leads into the TUN (the core joins their negotiations, `core/transit.rs`).
+pub const TRANSIT_TABLE: u32 = 7718;
+/// The preference of the rule that sends packets with
+/// `native::TRANSIT_MARK` to [`TRANSIT_TABLE`]: before
+/// [`MARK_PREF`], whose mask that mark matches too.
+pub const TRANSIT_PREF: u32 = 7715;
 /// Most rules of one preference removed at cleanup (a gateway has one per
 /// prefix, at most 16).
 const MAX_RULES: usize = 32;
@@ -116,6 +127,21 @@ impl RealPlane {
                     let p = p.to_string();
                     ip(&["rule", "add", "pref", &pref, "from", &p, "lookup", &table])?;
                 }
+                // On the path between other GEs: their DDEs (marked by the
+                // gateway table) go into the TUN instead of on.
+                let transit = TRANSIT_TABLE.to_string();
+                let mark = crate::native::TRANSIT_MARK;
+                ip(&["route", "replace", "default", "dev", tun, "table", &transit])?;
+                ip(&[
+                    "rule",
+                    "add",
+                    "pref",
+                    &TRANSIT_PREF.to_string(),
+                    "fwmark",
+                    &format!("{mark:#x}"),
+                    "lookup",
+                    &transit,
+                ])?;
             }
         }
         let (tx, rx) = mpsc::channel::<Vec<Prefix>>();
@@ -163,7 +189,7 @@ impl Drop for RealPlane {
 /// Removes the rule and the table's routes (a killed node's too).
 pub fn cleanup() {
     // Fails when there is nothing (more) to remove: the normal end.
-    for pref in [RULE_PREF, MARK_PREF] {
+    for pref in [RULE_PREF, MARK_PREF, TRANSIT_PREF] {
         let pref = pref.to_string();
         for _ in 0..MAX_RULES {
             if ip(&["rule", "del", "pref", &pref]).is_err() {
@@ -171,7 +197,9 @@ pub fn cleanup() {
             }
         }
     }
-    let _ = ip(&["route", "flush", "table", &TABLE.to_string()]);
+    for t in [TABLE, TRANSIT_TABLE] {
+        let _ = ip(&["route", "flush", "table", &t.to_string()]);
+    }
 }
 
 fn sync(

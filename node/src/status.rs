@@ -214,9 +214,11 @@ pub struct FlowStatus {
     pub sport: u16,
     /// Destination port.
     pub dport: u16,
-    /// "encrypt", "plain" or "refuse".
+    /// "encrypt", "plain", "refuse", or on a gateway between the ends
+    /// "relay" (carrier "transit").
     pub action: String,
-    /// The carrier ("quic").
+    /// The carrier ("native", "quic", "relay"; "transit": a flow between
+    /// two other GEs negotiated through this gateway).
     pub carrier: String,
     /// The peer GE.
     pub peer: Option<u32>,

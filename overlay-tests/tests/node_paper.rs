@@ -19,10 +19,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use common::{echo_send, echo_server, need};
+use common::{echo_send, echo_server, need, route_get, send_marked};
 use fpn_lab::{Lab, config_path};
 use fpn_proto::decision::decide;
 use fpn_proto::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -133,49 +133,8 @@ fn addr_of(lab: &Lab, endpoint: &str) -> IpAddr {
     lab.addr(endpoint, link).unwrap()
 }
 
-/// `ip route get ARGS` in `host`: the route the kernel picks.
-fn route_get(lab: &Lab, host: &str, args: &str) -> String {
-    let out = lab.sh(host, &format!("ip route get {args}")).unwrap();
-    format!("{}{}", out.stdout, out.stderr)
-}
-
 fn marker(from: &str, to: &str) -> String {
     format!("PAPER-MARK-{from}-to-{to}")
-}
-
-/// Sends `message` from `host` to `to` (an echo server), three tries in
-/// `timeout`: the answer, or the error, and how long it took.
-fn send_marked(
-    lab: &Lab,
-    host: &str,
-    to: SocketAddr,
-    message: String,
-    timeout: Duration,
-) -> (Result<(), String>, Duration) {
-    lab.run_in(host, move || {
-        let t = Instant::now();
-        let r = (|| {
-            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-            s.connect(to).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(timeout / 3))
-                .map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 1500];
-            for _ in 0..3 {
-                s.send(message.as_bytes()).map_err(|e| e.to_string())?;
-                match s.recv(&mut buf) {
-                    // The echo server answers "{the source it saw}\n" and
-                    // the message.
-                    Ok(n) if buf[..n].ends_with(message.as_bytes()) => return Ok(()),
-                    Ok(_) => return Err("a different answer".into()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            Err("no answer".into())
-        })();
-        (r, t.elapsed())
-    })
-    .unwrap()
 }
 
 #[test]

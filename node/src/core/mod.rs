@@ -44,6 +44,7 @@ pub mod sim;
 mod snapshot;
 mod steering;
 mod timers;
+mod transit;
 
 #[cfg(test)]
 mod sim_tests;
@@ -56,6 +57,8 @@ mod natf_tests;
 mod native_tests;
 #[cfg(test)]
 mod real_tests;
+#[cfg(test)]
+mod transit_tests;
 
 #[cfg(test)]
 mod explain_tests;
@@ -162,6 +165,8 @@ pub struct NodeCore {
     /// Prefixes besides the overlay address this node speaks for (its
     /// credential's): the real-address plane (real.rs).
     real: Vec<fpn_proto::dprp::Prefix>,
+    /// Flows negotiated through this gateway (transit.rs).
+    transit: transit::Transit,
 }
 
 impl NodeCore {
@@ -196,6 +201,7 @@ impl NodeCore {
             silence: silence::GmsSilence::default(),
             natf: natf::Natf::new(cfg_vin_range),
             real: Vec::new(),
+            transit: transit::Transit::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -230,6 +236,11 @@ impl NodeCore {
             return DataOut::Nothing;
         };
         let flow = pkt.flow_id();
+        if self.is_transit_dde(&flow, pkt.payload()) {
+            let payload = pkt.payload().to_vec();
+            self.handle_transit_dde(&flow, &payload, now);
+            return DataOut::Nothing;
+        }
         if !self.is_own(flow.src) && !self.natf.is_gateway_reply(&flow) {
             // IPv6 router solicitations and other stray traffic of the
             // interface itself: nothing of ours.
@@ -471,6 +482,7 @@ impl NodeCore {
                 Timer::Path => {}
                 Timer::NativeReady(flow) => self.steering_timeout(flow, now),
                 Timer::GmsSilence => self.gms_silence_reached(now),
+                Timer::TransitExpiry(flow) => self.transit_expired(flow, now),
             }
         }
         self.handle_path_timeout(now);

@@ -224,6 +224,11 @@ impl NodeCore {
 
     pub(super) fn on_established(&mut self, e: dprp::Established, now: Instant) {
         let _span = tracing::debug_span!("flow", flow = %e.flow).entered();
+        if e.position == fpn_proto::dprp::Position::Gateway {
+            // Neither end is here: no PIT entry, no translation.
+            self.transit_established(&e, now);
+            return;
+        }
         self.flows.established(&e.flow);
         let action = e.action;
         // DPRP proves who the peer is, not that it owns the flow's remote
@@ -335,6 +340,11 @@ impl NodeCore {
         if (t.dst.port() == super::PROBE_PORT || self.paths.dprp_sources.contains(&t.dst))
             && self.send_dprp_to(t.dst, &t.payload)
         {
+            return;
+        }
+        // A gateway passing a negotiation on: its address toward the next
+        // hop is being looked up (transit.rs).
+        if self.hold_transit_transmit(&t) {
             return;
         }
         // Answers go back to whoever sent the message (a GE the carrier authenticated).

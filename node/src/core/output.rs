@@ -150,6 +150,14 @@ pub enum Output {
         /// The VIN.
         vin: Ipv4Addr,
     },
+    /// Gateway on the path: forwarded packets of this flow (either
+    /// direction) are dropped from now on (`drop`), or no longer.
+    TransitDrop {
+        /// The flow, in the direction of its first packet.
+        flow: FlowId,
+        /// Add (true) or remove the drop.
+        drop: bool,
+    },
 }
 
 impl std::fmt::Debug for Output {
@@ -182,6 +190,11 @@ impl std::fmt::Debug for Output {
                 .field("lip", lip)
                 .finish(),
             Self::NatfFronted(l) => f.debug_tuple("NatfFronted").field(l).finish(),
+            Self::TransitDrop { flow, drop } => f
+                .debug_struct("TransitDrop")
+                .field("flow", flow)
+                .field("drop", drop)
+                .finish(),
             Self::NatfUnmapped { remote, vin } => f
                 .debug_struct("NatfUnmapped")
                 .field("remote", remote)

@@ -124,6 +124,7 @@ impl NodeCore {
     pub fn handle_local_address(&mut self, remote: IpAddr, local: IpAddr, now: Instant) {
         self.paths.asked.remove(&remote);
         self.paths.locals.insert(remote, local);
+        self.release_transit_transmits(remote);
         for t in std::mem::take(&mut self.paths.held) {
             self.route_probe(t);
         }

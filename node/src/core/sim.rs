@@ -85,6 +85,14 @@ pub struct SimNode {
     pub natf_fronted: Vec<std::net::IpAddr>,
     /// A NAT in front of it, for its native packets ([`SimNat`]).
     pub nat: Option<SimNat>,
+    /// The gateway node its native packets cross, both ways (a GE in the
+    /// gateway's LAN): the gateway's kernel routes DDEs into its TUN and
+    /// drops the flows in its transit drop set; the rest passes.
+    pub via: Option<usize>,
+    /// Flows this node (a gateway) drops on the path ([`Output::TransitDrop`]).
+    pub transit_drops: std::collections::BTreeSet<FlowId>,
+    /// Native packets this node (a gateway) dropped on the path.
+    pub transit_dropped: u64,
     spec: (Mode, Vec<u32>),
     /// Kind and credential prefixes (the real-address plane; a plain GES
     /// names none).
@@ -344,6 +352,9 @@ impl CoreSim {
             natf_pairs: std::collections::BTreeMap::new(),
             natf_fronted: Vec::new(),
             nat: None,
+            via: None,
+            transit_drops: std::collections::BTreeSet::new(),
+            transit_dropped: 0,
             spec: (mode, groups.to_vec()),
             real: (kind, prefixes),
             span: tracing::info_span!("node", name = %name),
@@ -515,6 +526,12 @@ impl CoreSim {
     /// (a forged, replayed or stray packet).
     pub fn inject_native(&mut self, i: usize, packet: &[u8]) {
         self.deliver_native(i, packet);
+    }
+
+    /// Node `i`'s host puts a raw packet on the network itself, past its
+    /// core (a GE that ignores DPRP's answer).
+    pub fn send_raw(&mut self, i: usize, packet: Vec<u8>) {
+        self.transmit_native(i, packet);
     }
 
     /// A counter of node `i`.
@@ -746,6 +763,13 @@ impl CoreSim {
                 Output::NatfUnmapped { remote, vin } => {
                     self.nodes[i].natf_pairs.remove(&(remote, vin));
                 }
+                Output::TransitDrop { flow, drop } => {
+                    if drop {
+                        self.nodes[i].transit_drops.insert(flow);
+                    } else {
+                        self.nodes[i].transit_drops.remove(&flow);
+                    }
+                }
             }
         }
     }
@@ -816,6 +840,9 @@ impl CoreSim {
             return;
         };
         let flow = p.flow_id();
+        if self.crosses_gateway(to, &flow, &packet) {
+            return;
+        }
         let probe = flow.protocol == 17 && flow.dst_port == super::PROBE_PORT;
         if !probe && self.native_data_blocked {
             self.native_lost += 1;
@@ -837,6 +864,39 @@ impl CoreSim {
         }
         self.stats.delivered += 1;
         self.deliver_native(to, &packet);
+    }
+
+    /// The gateways a native packet from `flow.src` to node `to` crosses
+    /// (the sender's `via`, then the receiver's): true when one took it,
+    /// into its TUN (a DDE, as its kernel's transit rule does) or dropped
+    /// it (its transit drop set).
+    fn crosses_gateway(&mut self, to: usize, flow: &FlowId, packet: &[u8]) -> bool {
+        let from = self.nodes.iter().position(|n| n.underlay.ip() == flow.src);
+        let path = [from.and_then(|f| self.nodes[f].via), self.nodes[to].via];
+        for g in path.into_iter().flatten() {
+            if Some(g) == from || g == to {
+                continue;
+            }
+            let dde = flow.protocol == 17
+                && flow.dst_port == super::PROBE_PORT
+                && Packet::parse(packet).is_ok_and(|p| {
+                    matches!(
+                        fpn_proto::dprp::msg::peek(p.payload()),
+                        Ok((fpn_proto::dprp::MessageType::Dde, _))
+                    )
+                });
+            if dde {
+                self.send_packet(g, packet);
+                return true;
+            }
+            let n = &mut self.nodes[g];
+            if n.transit_drops.contains(flow) || n.transit_drops.contains(&flow.reversed()) {
+                n.transit_dropped += 1;
+                self.native_lost += 1;
+                return true;
+            }
+        }
+        false
     }
 
     fn deliver_native(&mut self, i: usize, packet: &[u8]) {

@@ -213,6 +213,33 @@ impl NodeCore {
             reason: Some(reason.to_owned()),
             ..FlowStatus::default()
         }));
+        flows.extend(self.transit.entries.iter().map(|(f, t)| {
+            FlowStatus {
+                proto: proto_name(f.protocol),
+                src: f.src.to_string(),
+                dst: f.dst.to_string(),
+                sport: f.src_port,
+                dport: f.dst_port,
+                action: match t.action {
+                    fpn_proto::action::Action::Relay => "relay".into(),
+                    fpn_proto::action::Action::Drop => "refuse".into(),
+                    _ => "plain".into(),
+                },
+                carrier: "transit".into(),
+                peer: Some(t.initiator.0),
+                reason: Some(match t.action {
+                    fpn_proto::action::Action::Drop => {
+                        "on the path: this gateway's rules drop it (a closed GE, no shared group)"
+                            .into()
+                    }
+                    fpn_proto::action::Action::Relay => {
+                        "on the path: forwarded as the ends protect it".into()
+                    }
+                    _ => "on the path: forwarded plain".into(),
+                }),
+                ..FlowStatus::default()
+            }
+        }));
         flows.sort_by(|a, b| {
             (&a.src, &a.dst, a.sport, a.dport).cmp(&(&b.src, &b.dst, b.sport, b.dport))
         });
@@ -342,6 +369,12 @@ impl NodeCore {
             ("dprp_natf_refused", d.natf_refused),
             ("dprp_natf_bad_answers", d.natf_bad_answers),
             ("natf_ports_reserved", o.natf_ports as u64),
+            ("dprp_transit_in", self.transit.ddes_in),
+            ("dprp_transit_refused", self.transit.ddes_refused),
+            ("transit_relayed", self.transit.relayed),
+            ("transit_passed", self.transit.passed),
+            ("transit_dropped", self.transit.dropped),
+            ("transit_entries", self.transit.entries.len() as u64),
             ("pit_entries", self.pit.len() as u64),
             ("negotiations", self.dprp.negotiations() as u64),
         ]

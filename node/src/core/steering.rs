@@ -284,14 +284,34 @@ impl NodeCore {
                     w.cdns.clear();
                     w.cdns.push(t);
                 }
-                Some(CdnRoute::Quic(peer)) => {
+                Some(CdnRoute::Quic(peer)) if !self.to_gateway_hop(&t, peer) => {
                     self.counters.control_out += 1;
                     self.send_control(peer, t.payload);
                 }
-                None => self.route_transmit(t),
+                Some(CdnRoute::Quic(_)) | None => self.route_transmit(t),
             }
         }
         self.steering.cdn_routes.clear();
+    }
+
+    /// Whether a CDN for `peer` goes back to a gateway between the two
+    /// (the MPIT came from an address of none of the peer's): then it must
+    /// go there on the IP path, since the gateway installs its entry on it
+    /// (`core/transit.rs`); a CDN straight to the peer over QUIC would leave
+    /// the gateway without one.
+    fn to_gateway_hop(&self, t: &dprp::Transmit, peer: GeId) -> bool {
+        let ip = t.dst.ip();
+        t.dst.port() == super::PROBE_PORT
+            && self.native_remote(peer) != Some(ip)
+            && self
+                .peers
+                .get(peer)
+                .is_none_or(|p| !p.target.addrs.iter().any(|a| a.ip() == ip))
+            && self
+                .paths
+                .nat_sources
+                .get(&peer)
+                .is_none_or(|n| n.ip() != ip)
     }
 
     /// [`Timer::NativeReady`]: the steering of `overlay` was not confirmed
@@ -321,10 +341,11 @@ impl NodeCore {
         for t in wait.cdns {
             match (ready, peer) {
                 (true, _) => self.route_transmit(t),
-                (false, Some(p)) => {
+                (false, Some(p)) if !self.to_gateway_hop(&t, p) => {
                     self.counters.control_out += 1;
                     self.send_control(p, t.payload);
                 }
+                (false, Some(_)) => self.route_transmit(t),
                 (false, None) => {}
             }
         }

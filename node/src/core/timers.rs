@@ -39,6 +39,9 @@ pub enum Timer {
     /// The GMS has been away for the configured bound: refuse credentials
     /// older than its loss.
     GmsSilence,
+    /// A flow negotiated through this gateway is listed (and, dropped,
+    /// enforced) until then (transit.rs).
+    TransitExpiry(FlowId),
 }
 
 /// Deadlines in order. The PIT's ageing deadline is kept once (the earliest

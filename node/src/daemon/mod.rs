@@ -375,6 +375,7 @@ async fn run(
         native,
         native_unavailable,
         natf_tun: Some(cfg.tun_name.clone()),
+        on_path: kind.is_gateway() && real_plane.is_some(),
         real_plane,
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));

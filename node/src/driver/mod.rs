@@ -136,6 +136,9 @@ pub struct Driver {
     /// The real-address plane's steering, when this node speaks for real
     /// addresses (`crate::real_plane`).
     pub real_plane: Option<crate::real_plane::RealPlane>,
+    /// A gateway whose real-address plane runs: it joins the negotiations
+    /// of other GEs' flows that cross it (`core/transit.rs`).
+    pub on_path: bool,
 }
 
 /// The driver's parts of the native carrier (see [`crate::native_link`]).
@@ -185,6 +188,7 @@ impl Driver {
             native,
             native_unavailable,
             natf_tun,
+            on_path,
             real_plane,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
@@ -215,7 +219,7 @@ impl Driver {
             flow_ops,
             pending_ops: Vec::new(),
             local,
-            natf: NatfGateway::new(natf_tun),
+            natf: NatfGateway::new(natf_tun, on_path),
             real_plane,
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
@@ -332,17 +336,39 @@ impl Driver {
 /// (a node with no hosts behind it never has one), deleted on exit.
 struct NatfGateway {
     tun: Option<String>,
+    /// A gateway on the path between other GEs: the table exists from the
+    /// start (it marks their DDEs and drops what this gateway refuses).
+    on_path: bool,
     table: Option<crate::native::NatfTable>,
     /// The table could not be made: said once, then every mapping is skipped.
     failed: bool,
 }
 
 impl NatfGateway {
-    fn new(tun: Option<String>) -> Self {
-        Self {
+    fn new(tun: Option<String>, on_path: bool) -> Self {
+        let mut g = Self {
             tun,
+            on_path,
             table: None,
             failed: false,
+        };
+        if on_path {
+            g.ensure_table();
+        }
+        g
+    }
+
+    /// On the path: forwarded packets of `flow` dropped (or no longer).
+    fn transit_drop(&mut self, flow: &FlowId, drop: bool) {
+        self.ensure_table();
+        let (Some(t), Some(f)) = (self.table.as_mut(), five_tuple(flow)) else {
+            return;
+        };
+        match t.transit_drop(&f, drop) {
+            Ok(()) => debug!(%flow, drop, "transit drop set"),
+            Err(e) => {
+                warn!(%flow, drop, error = %e, "transit drop not set: the ends' refusal still stands")
+            }
         }
     }
 
@@ -380,7 +406,7 @@ impl NatfGateway {
     /// are any, and keeps their LAN addresses (reachable only through a
     /// negotiated pair).
     fn fronted(&mut self, lips: &[std::net::IpAddr]) {
-        if lips.is_empty() {
+        if lips.is_empty() && !self.on_path {
             self.close();
             return;
         }
@@ -674,6 +700,7 @@ impl Shell {
                 Output::NatfMapped { remote, vin, lip } => self.natf.map(remote, vin, lip),
                 Output::NatfFronted(lips) => self.natf.fronted(&lips),
                 Output::NatfUnmapped { remote, vin } => self.natf.unmap(remote, vin),
+                Output::TransitDrop { flow, drop } => self.natf.transit_drop(&flow, drop),
             }
         }
         self.flush_native();
@@ -791,7 +818,7 @@ mod tests {
             flow_ops: None,
             pending_ops: Vec::new(),
             local: None,
-            natf: NatfGateway::new(None),
+            natf: NatfGateway::new(None, false),
             real_plane: None,
         };
         (shell, tun, rx, peer, now)

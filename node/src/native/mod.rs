@@ -83,7 +83,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-pub use natf_table::{NatfTable, cleanup as natf_cleanup};
+pub use natf_table::{NatfTable, TRANSIT_MARK, cleanup as natf_cleanup};
 pub use nft::FLOW_SET;
 pub use packet::{FiveTuple, L4Proto};
 pub use send::{RawSender, SEND_BATCH};

@@ -25,6 +25,16 @@
 //! Answers are un-NATed by conntrack and routed back into the TUN (the
 //! remote's overlay address is in the overlay route), where the core takes
 //! them as the flow's reverse direction.
+//!
+//! On the path between other GEs (issue 11, part 2; a gateway node has
+//! this table from its start):
+//! - a forwarded DPRP DDE (UDP to port 7717 whose payload starts with
+//!   DPRP's version and the DDE type) gets [`TRANSIT_MARK`], which the
+//!   real-address plane's rule routes into the TUN: the node joins the
+//!   negotiation and sends the DDE on itself, with its hop added;
+//! - the flows this gateway's rules drop are elements of [`TRANSIT_DROP`],
+//!   dropped in `forward` in both directions, so an end that ignores the
+//!   refusal gets nothing through.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -36,6 +46,15 @@ use crate::error::{Error, Result};
 pub const PAIRS_MAP: &str = "natf_pairs";
 /// The set of the fronted hosts' LAN addresses.
 pub const HOSTS_SET: &str = "natf_hosts";
+
+/// The flows dropped on the path (both directions).
+pub const TRANSIT_DROP: &str = "transit_drop";
+/// The mark of a forwarded DDE (routed into the TUN by the real-address
+/// plane's rule; inside the mask of `real_plane::MARK`, so that rule comes
+/// first).
+pub const TRANSIT_MARK: u32 = 0x7717_0001;
+/// The first two payload bytes of a DDE: DPRP version 1, type DDE (1).
+const DDE_START: u16 = 0x0101;
 
 /// The table's name for the node whose TUN is `tun`.
 pub fn table_name(tun: &str) -> String {
@@ -125,6 +144,24 @@ impl NatfTable {
         self.netlink.apply(&self.name, &batch)
     }
 
+    /// Forwarded packets of `flow` (either direction) are dropped from now
+    /// on (`drop`), or no longer. TCP and UDP flows only (an ICMP flow's
+    /// refusal stands at its ends).
+    pub fn transit_drop(&mut self, flow: &super::FiveTuple, drop: bool) -> Result<()> {
+        if flow.proto == super::L4Proto::Icmp {
+            return Ok(());
+        }
+        let key = vec![Key::flow(flow)];
+        let mut batch = Batch::default();
+        // An absent element cannot be deleted (ENOENT): add it first, as
+        // the native table does; adding a present one is no error.
+        batch.push(ElemOp::Add, TRANSIT_DROP, key.clone());
+        if !drop {
+            batch.push(ElemOp::Delete, TRANSIT_DROP, key);
+        }
+        self.netlink.apply(&self.name, &batch)
+    }
+
     /// Deletes the table. Returns whether it existed.
     pub fn delete(self) -> Result<bool> {
         delete_in(&self.ns, &self.name)
@@ -174,7 +211,18 @@ fn ruleset(name: &str, tun: &str, stale: bool) -> String {
          \x20   type filter hook forward priority filter; policy accept;\n\
          \x20   iifname \"{tun}\" ip daddr @{HOSTS_SET} ct status & dnat != dnat drop\n\
          \x20 }}\n\
-         }}\n"
+         \x20 set {TRANSIT_DROP} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service; }}\n\
+         \x20 chain transit_dde {{\n\
+         \x20   type filter hook prerouting priority mangle; policy accept;\n\
+         \x20   iifname != \"{tun}\" udp dport {port} @th,64,16 {DDE_START:#06x} fib daddr type != local meta mark set {TRANSIT_MARK:#x}\n\
+         \x20 }}\n\
+         \x20 chain transit_drops {{\n\
+         \x20   type filter hook forward priority filter - 1; policy accept;\n\
+         \x20   ip saddr . ip daddr . meta l4proto . th sport . th dport @{TRANSIT_DROP} counter drop\n\
+         \x20   ip daddr . ip saddr . meta l4proto . th dport . th sport @{TRANSIT_DROP} counter drop\n\
+         \x20 }}\n\
+         }}\n",
+        port = crate::core::PROBE_PORT
     )
 }
 
@@ -199,6 +247,12 @@ mod tests {
         assert!(rs.contains("ct helper set \"ftp\""), "{rs}");
         assert!(
             rs.contains("iifname \"fpn0\" ip daddr @natf_hosts ct status & dnat != dnat drop"),
+            "{rs}"
+        );
+        assert!(
+            rs.contains(
+                "udp dport 7717 @th,64,16 0x0101 fib daddr type != local meta mark set 0x77170001"
+            ),
             "{rs}"
         );
         assert!(!rs.starts_with("delete"));

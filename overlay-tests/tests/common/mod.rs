@@ -289,3 +289,44 @@ pub fn ping_until_answered(
         );
     }
 }
+
+/// `ip route get ARGS` in `host`: the route the kernel picks.
+pub fn route_get(lab: &fpn_lab::Lab, host: &str, args: &str) -> String {
+    let out = lab.sh(host, &format!("ip route get {args}")).unwrap();
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+/// Sends `message` from `host` to `to` (an echo server), three tries in
+/// `timeout`: the answer, or the error, and how long it took.
+pub fn send_marked(
+    lab: &fpn_lab::Lab,
+    host: &str,
+    to: std::net::SocketAddr,
+    message: String,
+    timeout: std::time::Duration,
+) -> (Result<(), String>, std::time::Duration) {
+    lab.run_in(host, move || {
+        let t = std::time::Instant::now();
+        let r = (|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            s.connect(to).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(timeout / 3))
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 1500];
+            for _ in 0..3 {
+                s.send(message.as_bytes()).map_err(|e| e.to_string())?;
+                match s.recv(&mut buf) {
+                    // The echo server answers "{the source it saw}\n" and
+                    // the message.
+                    Ok(n) if buf[..n].ends_with(message.as_bytes()) => return Ok(()),
+                    Ok(_) => return Err("a different answer".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err("no answer".into())
+        })();
+        (r, t.elapsed())
+    })
+    .unwrap()
+}
