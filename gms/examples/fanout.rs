@@ -171,8 +171,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &sock,
             AdminRequest::GeAdd {
                 name: name.clone(),
-                kind: "ges".into(),
-                mode: "op".into(),
+                kind: Some("ges".into()),
+                mode: Some("op".into()),
                 groups: vec![GROUP.0],
                 protect: Vec::new(),
             },

@@ -45,14 +45,17 @@ pub enum AdminRequest {
         /// Group number.
         num: u32,
     },
-    /// `ge add NAME --kind K --mode M [--group N]... [--protect PREFIX]...`.
+    /// `ge add NAME [--kind K] [--mode M] [--group N]... [--protect PREFIX]...`.
     GeAdd {
         /// GE name.
         name: String,
-        /// `ges`, `gen` or `gea`.
-        kind: String,
-        /// `op` or `cl`.
-        mode: String,
+        /// `ges`, `gen` or `gea`; none: `gen` when a protected prefix is a
+        /// subnet, else `ges`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        /// `op` or `cl`; none: `cl` for a gateway, `op` for a GES.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
         /// Group numbers.
         #[serde(default)]
         groups: Vec<u32>,
@@ -501,8 +504,8 @@ mod tests {
     fn requests_are_tagged_json() {
         let r = AdminRequest::GeAdd {
             name: "nas".into(),
-            kind: "gea".into(),
-            mode: "cl".into(),
+            kind: Some("gea".into()),
+            mode: Some("cl".into()),
             groups: vec![2, 3],
             protect: Vec::new(),
         };
@@ -516,8 +519,8 @@ mod tests {
         // with it, the prefixes travel as strings.
         let g = AdminRequest::GeAdd {
             name: "gw".into(),
-            kind: "gen".into(),
-            mode: "cl".into(),
+            kind: Some("gen".into()),
+            mode: Some("cl".into()),
             groups: vec![],
             protect: vec!["192.168.1.0/24".into()],
         };

@@ -98,6 +98,14 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
                 .get("rotated")
                 .and_then(|v| serde_json::from_value(v.clone()).ok())
                 .unwrap_or_default();
+            let created: Vec<u32> = resp
+                .data
+                .get("created_groups")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            for g in created {
+                println!("group {g} created (named g{g}, with a fresh key)");
+            }
             let g: GeView = resp.into_result()?;
             println!("name          {} ({})", g.name, g.fqdn);
             println!("id            {}", g.id);

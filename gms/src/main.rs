@@ -193,13 +193,16 @@ enum GeCmd {
     Add {
         /// Name (one DNS label).
         name: String,
-        /// ges, gen or gea (a host's own GE unless said otherwise).
-        #[arg(long, default_value = "ges")]
-        kind: String,
-        /// op or cl (open unless said otherwise, as in the papers).
-        #[arg(long, default_value = "op")]
-        mode: String,
-        /// Group membership (repeat for several).
+        /// ges, gen or gea. Default: gen when a --protect prefix is a
+        /// subnet (only gateways protect subnets), else ges.
+        #[arg(long)]
+        kind: Option<String>,
+        /// op or cl. Default: cl for a gateway (the hosts behind it cannot
+        /// refuse anything themselves), op for a ges (as in the papers).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Group membership (repeat for several). A group that does not
+        /// exist yet is created with it (named gN, with a fresh key).
         #[arg(long = "group")]
         groups: Vec<u32>,
         /// A prefix the GE speaks for besides its overlay address: for a

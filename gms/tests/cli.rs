@@ -98,13 +98,13 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     assert!(e.contains("no group 5"), "{e}");
     let e = one_line_error(&gms.cli(&["token", "create", "nobody", "--ttl", "1h"]));
     assert!(
-        e.contains("no GE named nobody") && e.contains("`fpn-gms ge add nobody --kind"),
+        e.contains("no GE named nobody") && e.contains("`fpn-gms ge add nobody --group N`"),
         "{e}"
     );
     let e = one_line_error(&gms.cli(&[
-        "ge", "add", "y", "--kind", "ges", "--mode", "op", "--group", "3",
+        "ge", "add", "y", "--kind", "ges", "--mode", "op", "--group", "0",
     ]));
-    assert!(e.contains("`fpn-gms group add 3 --name NAME`"), "{e}");
+    assert!(e.contains("group numbers start at 1"), "{e}");
     // A second server on the same data directory: named, not sled's lock text.
     let o = gms.cli(&["serve"]);
     let e = one_line_error(&o);

@@ -46,8 +46,8 @@ fn writer(socket: PathBuf, base: u32, acked: Arc<Mutex<Acked>>, reached: mpsc::S
             2 => (
                 AdminRequest::GeAdd {
                     name: format!("ge{i}"),
-                    kind: "ges".into(),
-                    mode: "op".into(),
+                    kind: Some("ges".into()),
+                    mode: Some("op".into()),
                     groups: vec![i - 1],
                     protect: Vec::new(),
                 },

@@ -33,8 +33,8 @@ fn now() -> f64 {
 fn ge_add(name: &str) -> AdminRequest {
     AdminRequest::GeAdd {
         name: name.into(),
-        kind: "ges".into(),
-        mode: "op".into(),
+        kind: Some("ges".into()),
+        mode: Some("op".into()),
         groups: vec![],
         protect: vec![],
     }

@@ -170,8 +170,8 @@ async fn the_directory_hook_hears_about_additions_addresses_and_removals() {
         sock.clone(),
         AdminRequest::GeAdd {
             name: "nas".into(),
-            kind: "gen".into(),
-            mode: "cl".into(),
+            kind: Some("gen".into()),
+            mode: Some("cl".into()),
             groups: vec![],
             protect: Vec::new(),
         },

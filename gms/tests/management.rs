@@ -66,12 +66,12 @@ fn ge<'a>(ges: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn the_example_network_takes_26_items_and_a_new_member_5() {
+fn the_example_network_takes_20_items_and_a_new_member_4() {
     let network = block("example-network");
     let total: usize = network.iter().map(|c| items(c)).sum();
-    assert_eq!(total, 26, "docs/MANAGEMENT.md says 26 items at the GMS");
+    assert_eq!(total, 20, "docs/MANAGEMENT.md says 20 items at the GMS");
     let new_member = block("new-member");
-    assert_eq!(new_member.iter().map(|c| items(c)).sum::<usize>(), 5);
+    assert_eq!(new_member.iter().map(|c| items(c)).sum::<usize>(), 4);
 
     // Run them (init is the harness's own, on loopback, with the doc's zone).
     let gms = Gms::start_new(&[]);

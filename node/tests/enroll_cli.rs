@@ -102,8 +102,8 @@ async fn add_laptop(gms: &Gms) {
     .unwrap();
     gms.admin(AdminRequest::GeAdd {
         name: "laptop".into(),
-        kind: "ges".into(),
-        mode: "op".into(),
+        kind: Some("ges".into()),
+        mode: Some("op".into()),
         groups: vec![1],
         protect: Vec::new(),
     })

@@ -70,7 +70,14 @@ impl Core {
                 mode,
                 groups,
                 protect,
-            } => self.ge_add(name, &kind, &mode, groups, &protect, now),
+            } => self.ge_add(
+                name,
+                kind.as_deref(),
+                mode.as_deref(),
+                groups,
+                &protect,
+                now,
+            ),
             AdminRequest::GeSet {
                 name,
                 kind,
@@ -279,22 +286,30 @@ impl Core {
     fn ge_add(
         &mut self,
         name: String,
-        kind: &str,
-        mode: &str,
+        kind: Option<&str>,
+        mode: Option<&str>,
         groups: Vec<u32>,
         protect: &[String],
         now: u64,
     ) -> Result<(AdminResponse, Vec<Output>)> {
         validate_name(&name).map_err(|e| Error::admin(format!("GE name {name:?}: {e}")))?;
-        let kind: GeKind = kind.parse().map_err(|e| Error::admin(format!("{e}")))?;
-        let mode: Mode = mode.parse().map_err(|e| Error::admin(format!("{e}")))?;
+        let kind: GeKind = match kind {
+            Some(k) => k.parse().map_err(|e| Error::admin(format!("{e}")))?,
+            None => default_kind(protect),
+        };
+        let mode: Mode = match mode {
+            Some(m) => m.parse().map_err(|e| Error::admin(format!("{e}")))?,
+            None => default_mode(kind),
+        };
         if self.st.ges.contains_key(&name) {
             return Err(Error::admin(format!("GE {name} already exists")));
         }
         self.check_name_free(&name)?;
         let groups = self.check_groups(groups.into_iter())?;
+        let created = self.new_groups(&groups)?;
         let protect = self.check_protect(&name, kind, protect)?;
         let ((), tx) = self.transact(|c, tx| {
+            c.create_groups(tx, &created, &name, now)?;
             let id = c.st.counters.next_ge_id;
             let next_id = id
                 .checked_add(1)
@@ -331,9 +346,9 @@ impl Core {
             c.put_ge(tx, rec);
             Ok(())
         })?;
-        info!(ge = %name, "GE added");
+        info!(ge = %name, %kind, %mode, "GE added");
         let view = self.ge_view(&name)?;
-        Ok((AdminResponse::ok(&view), tx.out))
+        Ok((with_created(AdminResponse::ok(&view), &created), tx.out))
     }
 
     fn ge_set(
@@ -374,6 +389,7 @@ impl Core {
         }
         new.groups
             .extend(self.check_groups(ch.add_groups.into_iter())?);
+        let created = self.new_groups(&new.groups)?;
         for g in &ch.remove_groups {
             if !new.groups.remove(g) && !old.groups.contains(g) {
                 return Err(Error::admin(format!("GE {name} is not in group {g}")));
@@ -392,6 +408,7 @@ impl Core {
         let left: Vec<u32> = old.groups.difference(&new.groups).copied().collect();
         let joined: Vec<u32> = new.groups.difference(&old.groups).copied().collect();
         let ((), tx) = self.transact(|c, tx| {
+            c.create_groups(tx, &created, name, now)?;
             let mut new = new.clone();
             if new.enrollment.is_some() {
                 c.reissue_credential(tx, &mut new, now)?;
@@ -431,7 +448,7 @@ impl Core {
         })?;
         info!(ge = %name, ?left, ?joined, "GE changed");
         let view = self.ge_view(name)?;
-        let mut resp = AdminResponse::ok(&view);
+        let mut resp = with_created(AdminResponse::ok(&view), &created);
         if let Some(o) = resp.data.as_object_mut() {
             o.insert(
                 "rotated".into(),
@@ -439,6 +456,59 @@ impl Core {
             );
         }
         Ok((resp, tx.out))
+    }
+
+    /// The groups of `gs` that do not exist yet: `ge add` and `ge set`
+    /// create them (named `gN`, with a fresh key), so a network is defined
+    /// by its GEs alone (docs/MANAGEMENT.md). Refused when the default name
+    /// is taken or the GMS would hold too many groups.
+    fn new_groups(&self, gs: &BTreeSet<u32>) -> Result<Vec<u32>> {
+        let missing: Vec<u32> = gs
+            .iter()
+            .copied()
+            .filter(|g| !self.st.groups.contains_key(g))
+            .collect();
+        for g in &missing {
+            if *g == 0 {
+                return Err(Error::admin("group numbers start at 1"));
+            }
+            let name = format!("g{g}");
+            if let Some(o) = self.st.groups.values().find(|o| o.name == name) {
+                return Err(Error::admin(format!(
+                    "no group {g}, and its default name {name} is taken by group {}: add it with `fpn-gms group add {g} --name NAME`",
+                    o.num
+                )));
+            }
+        }
+        if self.st.groups.len() + missing.len() > MAX_GROUPS_TOTAL {
+            return Err(Error::admin(format!("at most {MAX_GROUPS_TOTAL} groups")));
+        }
+        Ok(missing)
+    }
+
+    /// Creates the groups [`Self::new_groups`] found missing, for GE `ge`
+    /// (in the same transaction as its change).
+    fn create_groups(&mut self, tx: &mut Tx, groups: &[u32], ge: &str, now: u64) -> Result<()> {
+        for &num in groups {
+            let name = format!("g{num}");
+            self.put_group(
+                tx,
+                GroupRecord {
+                    num,
+                    name: name.clone(),
+                    created_at: now,
+                },
+            );
+            self.create_group_key(tx, num, now)?;
+            self.audit(
+                tx,
+                now,
+                "group add",
+                format!("group add {num} name={name} (with its first member {ge})"),
+            );
+            info!(group = num, ge = %ge, "group created with its first member");
+        }
+        Ok(())
     }
 
     /// Issues a new credential for `rec` (info changed) and revokes the old one.
@@ -823,11 +893,6 @@ impl Core {
     fn check_groups(&self, gs: impl Iterator<Item = u32>) -> Result<BTreeSet<u32>> {
         let mut out = BTreeSet::new();
         for g in gs {
-            if !self.st.groups.contains_key(&g) {
-                return Err(Error::admin(format!(
-                    "no group {g} (add it with `fpn-gms group add {g} --name NAME`)"
-                )));
-            }
             out.insert(g);
         }
         if out.len() > fpn_proto::ge::MAX_GROUPS {
@@ -990,6 +1055,38 @@ pub(super) fn decode_fp(hex_fp: &str) -> Result<[u8; 32]> {
 /// The admin error for a GE name nobody has.
 fn no_ge(name: &str) -> Error {
     Error::admin(format!(
-        "no GE named {name} (add it with `fpn-gms ge add {name} --kind ges --mode op --group N`; `fpn-gms ge list` shows the GEs)"
+        "no GE named {name} (add it with `fpn-gms ge add {name} --group N`; `fpn-gms ge list` shows the GEs)"
     ))
+}
+
+/// A GE's kind when `ge add` names none: a gateway (GEN) when it protects a
+/// subnet (only gateways may), else a GES (single addresses are a GES's
+/// own real addresses; a GEA in front of one server says `--kind gea`).
+fn default_kind(protect: &[String]) -> GeKind {
+    let subnet = protect.iter().any(|p| {
+        p.parse::<fpn_proto::dprp::Prefix>()
+            .is_ok_and(|p| !p.is_host())
+    });
+    if subnet { GeKind::Gen } else { GeKind::Ges }
+}
+
+/// A GE's mode when `ge add` names none: a gateway is closed (the hosts
+/// behind it cannot refuse anything themselves, so only GEs that share a
+/// group with it reach them), a GES open (as in the papers).
+fn default_mode(kind: GeKind) -> Mode {
+    if kind.is_gateway() {
+        Mode::Closed
+    } else {
+        Mode::Open
+    }
+}
+
+/// `created_groups` in a response's data when a change created groups.
+fn with_created(mut resp: AdminResponse, created: &[u32]) -> AdminResponse {
+    if !created.is_empty()
+        && let Some(o) = resp.data.as_object_mut()
+    {
+        o.insert("created_groups".into(), serde_json::json!(created));
+    }
+    resp
 }

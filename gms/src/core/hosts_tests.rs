@@ -15,8 +15,8 @@ fn gateway(c: &mut Core, name: &str, kind: &str, groups: &[u32], protect: &[&str
         c,
         AdminRequest::GeAdd {
             name: name.into(),
-            kind: kind.into(),
-            mode: "cl".into(),
+            kind: Some(kind.into()),
+            mode: Some("cl".into()),
             groups: groups.to_vec(),
             protect: protect.iter().map(|p| (*p).to_owned()).collect(),
         },
@@ -206,8 +206,8 @@ fn bad_hosts_are_refused_with_errors_that_name_the_fix() {
         c,
         AdminRequest::GeAdd {
             name: "nas".into(),
-            kind: "ges".into(),
-            mode: "op".into(),
+            kind: Some("ges".into()),
+            mode: Some("op".into()),
             groups: vec![1],
             protect: vec![],
         },

@@ -89,8 +89,8 @@ pub(super) fn ge_add(c: &mut Core, name: &str, groups: &[u32]) {
         c,
         AdminRequest::GeAdd {
             name: name.into(),
-            kind: "ges".into(),
-            mode: "op".into(),
+            kind: Some("ges".into()),
+            mode: Some("op".into()),
             groups: groups.to_vec(),
             protect: Vec::new(),
         },
@@ -186,8 +186,8 @@ fn overlay_addresses_are_unique_and_not_reused_until_the_range_wraps() {
             c,
             AdminRequest::GeAdd {
                 name: "h".into(),
-                kind: "ges".into(),
-                mode: "op".into(),
+                kind: Some("ges".into()),
+                mode: Some("op".into()),
                 groups: vec![],
                 protect: Vec::new(),
             }
@@ -326,8 +326,8 @@ fn a_failed_commit_leaves_no_trace_in_memory() {
         &mut f.core,
         AdminRequest::GeAdd {
             name: "a".into(),
-            kind: "ges".into(),
-            mode: "op".into(),
+            kind: Some("ges".into()),
+            mode: Some("op".into()),
             groups: vec![1],
             protect: Vec::new(),
         },
@@ -407,8 +407,8 @@ fn admin_errors_are_clear_and_change_nothing() {
             c,
             AdminRequest::GeAdd {
                 name: "Bad_Name".into(),
-                kind: "ges".into(),
-                mode: "op".into(),
+                kind: Some("ges".into()),
+                mode: Some("op".into()),
                 groups: vec![],
                 protect: Vec::new(),
             }
@@ -420,13 +420,13 @@ fn admin_errors_are_clear_and_change_nothing() {
             c,
             AdminRequest::GeAdd {
                 name: "a".into(),
-                kind: "ges".into(),
-                mode: "op".into(),
-                groups: vec![9],
+                kind: Some("ges".into()),
+                mode: Some("op".into()),
+                groups: vec![0],
                 protect: Vec::new(),
             }
         )
-        .contains("no group 9")
+        .contains("group numbers start at 1")
     );
     ge_add(c, "a", &[1]);
     assert!(admin_err(c, AdminRequest::GroupRemove { num: 1 }).contains("still has members: a"));
@@ -889,4 +889,82 @@ fn groups_rename_and_unused_tokens_list_and_cancel() {
         "a cancelled token enrolled"
     );
     assert!(admin_err(c, AdminRequest::TokenCancel { id: "zz".into() }).contains("32 hex digits"));
+}
+
+/// docs/MANAGEMENT.md's defaults: a GE's missing groups are created with
+/// it (named gN, keyed, audited), a subnet makes a gateway (GEN), and a
+/// gateway is closed unless told otherwise.
+#[test]
+fn ge_add_derives_kind_and_mode_and_creates_its_groups() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    let (v, _) = admin(
+        c,
+        AdminRequest::GeAdd {
+            name: "gw".into(),
+            kind: None,
+            mode: None,
+            groups: vec![4],
+            protect: vec!["192.168.1.0/24".into()],
+        },
+    );
+    assert_eq!(
+        (v["kind"].as_str(), v["mode"].as_str()),
+        (Some("gen"), Some("cl")),
+        "{v}"
+    );
+    assert_eq!(v["groups"], serde_json::json!([4]));
+    let (gs, _) = admin(c, AdminRequest::GroupList);
+    let gs: Vec<crate::admin::GroupView> = serde_json::from_value(gs).unwrap();
+    let g4 = gs.iter().find(|g| g.num == 4).expect("group 4 created");
+    assert_eq!((g4.name.as_str(), g4.key_version), ("g4", 1));
+    let (v, _) = admin(
+        c,
+        AdminRequest::GeAdd {
+            name: "h".into(),
+            kind: None,
+            mode: None,
+            groups: vec![4],
+            protect: vec!["10.0.0.11/32".into()],
+        },
+    );
+    assert_eq!(
+        (v["kind"].as_str(), v["mode"].as_str()),
+        (Some("ges"), Some("op")),
+        "{v}"
+    );
+    // Said in the response, and only when it happened.
+    let (d, _) = admin(
+        c,
+        AdminRequest::GeAdd {
+            name: "k".into(),
+            kind: Some("gea".into()),
+            mode: None,
+            groups: vec![4, 5],
+            protect: vec!["192.168.5.10/32".into()],
+        },
+    );
+    assert_eq!(d["created_groups"], serde_json::json!([5]), "{d}");
+    assert_eq!(d["mode"], "cl");
+    assert!(v.get("created_groups").is_none(), "{v}");
+    // A taken default name is a clear error, nothing created.
+    admin(
+        c,
+        AdminRequest::GroupRename {
+            num: 5,
+            name: "g6".into(),
+        },
+    );
+    let e = admin_err(
+        c,
+        AdminRequest::GeAdd {
+            name: "m".into(),
+            kind: None,
+            mode: None,
+            groups: vec![6],
+            protect: Vec::new(),
+        },
+    );
+    assert!(e.contains("default name g6 is taken by group 5"), "{e}");
+    assert!(admin_err(c, AdminRequest::GeShow { name: "m".into() }).contains("no GE named m"));
 }

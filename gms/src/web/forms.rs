@@ -165,8 +165,9 @@ pub(super) async fn ge_add(
     change(&app, &headers, &f, "/ges", |f| {
         Ok(AdminRequest::GeAdd {
             name: field(f, "name")?.to_owned(),
-            kind: field(f, "kind")?.to_owned(),
-            mode: field(f, "mode")?.to_owned(),
+            // An empty choice: the GMS derives it (docs/MANAGEMENT.md).
+            kind: f.get("kind").filter(|k| !k.is_empty()).cloned(),
+            mode: f.get("mode").filter(|m| !m.is_empty()).cloned(),
             groups: group_numbers(f)?,
             protect: f
                 .get("protect")

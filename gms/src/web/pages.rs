@@ -231,8 +231,8 @@ pub fn ges(ges: &[GeView], csrf: &str) -> String {
         b,
         "</table></div><fieldset><legend>Add a GE</legend><form method=\"post\" action=\"/ges/add\" id=\"ge-add\">{f}\
          <label>Name <input name=\"name\" id=\"ge-name\" required></label>\
-         <label>Kind <select name=\"kind\" id=\"ge-kind\"><option value=\"ges\">ges</option><option value=\"gen\">gen</option><option value=\"gea\">gea</option></select></label>\
-         <label>Mode <select name=\"mode\" id=\"ge-mode\"><option value=\"op\">op</option><option value=\"cl\">cl</option></select></label>\
+         <label>Kind <select name=\"kind\" id=\"ge-kind\"><option value=\"\">default (gen for a subnet, else ges)</option><option value=\"ges\">ges</option><option value=\"gen\">gen</option><option value=\"gea\">gea</option></select></label>\
+         <label>Mode <select name=\"mode\" id=\"ge-mode\"><option value=\"\">default (cl for a gateway, else op)</option><option value=\"op\">op</option><option value=\"cl\">cl</option></select></label>\
          <label>Groups (comma-separated numbers) <input name=\"groups\" id=\"ge-groups\"></label>\
          <label>Protected prefixes (gen/gea only, comma-separated, e.g. 192.168.1.0/24) <input name=\"protect\" id=\"ge-protect\"></label>\
          <button id=\"ge-add-button\">Add GE</button></form></fieldset>"
