@@ -19,6 +19,11 @@
 //!   (ICMP prohibited); a stranger on the internet gets nothing from the
 //!   NAS on the gateway's address, on the reserved ports before and after
 //!   a negotiation.
+//! - `a_gateway_box_behind_a_router_that_runs_nothing_of_ours`
+//!   (configs/lab/nat-home-box.toml): the GEN is a box in the home LAN and
+//!   the router only forwards UDP 7718 to it; the NAS is still reached by
+//!   name (over the QUIC fallback: the native path needs more forwards),
+//!   the DDNS names the router's public address.
 //! - `ftp_through_the_gateway_and_a_gateway_restart`: vsftpd on the NAS,
 //!   curl on the laptop: a listing and a 10 MB download by name in passive
 //!   mode, EPSV and PASV (the PASV answer's address must be the VIN: curl
@@ -477,4 +482,95 @@ fn ftp_through_the_gateway_and_a_gateway_restart() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The GEN need not be the home router: a box in the LAN runs it, and the
+/// router, which runs nothing of ours, forwards one port to it (UDP 7718,
+/// the QUIC carrier). The NAS is reached by name from the cafe, encrypted
+/// on the router's WAN, and sees the box's LAN address as its peer.
+#[test]
+fn a_gateway_box_behind_a_router_that_runs_nothing_of_ours() {
+    let mut tools = OVERLAY_TOOLS.to_vec();
+    tools.push("curl");
+    need(&tools);
+    let lab = Lab::up(config_path("nat-home-box.toml")).expect("lab");
+    let ov = Overlay::start(
+        lab,
+        &Spec::new(
+            &[(1, "home")],
+            vec![
+                NodeSpec {
+                    kind: "gen".into(),
+                    protect: vec!["192.168.1.0/24".into()],
+                    ..NodeSpec::new("box", Mode::Cl, &[1])
+                },
+                NodeSpec::new("laptop", Mode::Op, &[1]),
+            ],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    ov.gms_admin(&[
+        "host", "add", "nas", "--via", "box", "--lan", NAS, "--group", "1",
+    ])
+    .unwrap();
+    let lab = ov.lab();
+    let router = lab.addr("gw", "pub-home").unwrap();
+    // The DDNS publishes the NAS at the address the box's session comes
+    // from: the router's.
+    let dig = lab
+        .exec(
+            "laptop",
+            ["dig", "+short", "@198.18.1.10", &Overlay::fqdn("nas"), "A"],
+        )
+        .unwrap();
+    assert_eq!(dig.stdout.trim(), router.to_string(), "{}", dig.stderr);
+    wait_vin(&ov, "laptop", "nas");
+    let www = lab.log_dir().join("box-www");
+    std::fs::create_dir_all(&www).unwrap();
+    let page = MARKER.repeat(40);
+    std::fs::write(www.join("index.html"), &page).unwrap();
+    let _http = nas_http(lab, &www);
+    let wan_cap = lab.capture("gw", "pub-home", "ip").unwrap();
+    let got = curl(lab, "laptop", &["http://nas.home.fpn/"]);
+    assert!(
+        got.success() && got.stdout == page,
+        "curl nas through the box: {}\n{}\n{}",
+        got.stderr,
+        ov.status("box").unwrap(),
+        ov.log_tails(40)
+    );
+    let who = curl(lab, "laptop", &["http://nas.home.fpn/whoami"]);
+    assert!(
+        who.stdout.starts_with("192.168.1.2:"),
+        "the NAS saw {}",
+        who.stdout
+    );
+    let wan = wan_cap.stop().unwrap();
+    assert!(
+        !wan.contains(MARKER.as_bytes()),
+        "plaintext marker on the router's WAN"
+    );
+    // With one forward the native path cannot pass the router (the NAT-f
+    // flows' reserved ports and DPRP's 7717 are not forwarded): the flows
+    // take the QUIC fallback, and the node says why. (PCCOM on the wire with
+    // a plaintext control is the router case above, on the native path.)
+    let st = ov.status("laptop").unwrap();
+    let natf: Vec<&serde_json::Value> = st["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["natf"].is_object())
+        .collect();
+    assert!(
+        !natf.is_empty()
+            && natf
+                .iter()
+                .all(|f| f["action"] == "encrypt" && f["carrier"] == "quic"),
+        "{natf:#?}"
+    );
+    let path = common::peer_entry(&ov, "laptop", "box")["path"].clone();
+    assert!(
+        path.as_str().is_some_and(|p| p.contains("native blocked")),
+        "{path}"
+    );
 }
