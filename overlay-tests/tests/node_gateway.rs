@@ -23,7 +23,9 @@
 //!   (configs/lab/nat-home-box.toml): the GEN is a box in the home LAN and
 //!   the router only forwards UDP 7718 to it; the NAS is still reached by
 //!   name (over the QUIC fallback: the native path needs more forwards),
-//!   the DDNS names the router's public address.
+//!   the DDNS names the router's public address; then the router stops
+//!   forwarding (a NAT the user does not control) and the next connection
+//!   works through the NAT traversal's candidates (here the GMS's relay).
 //! - `ftp_through_the_gateway_and_a_gateway_restart`: vsftpd on the NAS,
 //!   curl on the laptop: a listing and a 10 MB download by name in passive
 //!   mode, EPSV and PASV (the PASV answer's address must be the VIN: curl
@@ -572,5 +574,40 @@ fn a_gateway_box_behind_a_router_that_runs_nothing_of_ours() {
     assert!(
         path.as_str().is_some_and(|p| p.contains("native blocked")),
         "{path}"
+    );
+
+    // The router stops forwarding (a NAT the user does not control at all:
+    // nothing from outside reaches the box unless the box opened it). The
+    // candidates of the NAT traversal issue (hole punching, else the GMS's
+    // relay) carry the laptop's next connection, with no operator action.
+    lab.sh(
+        "gw",
+        "nft insert rule ip fpnlab_nat forward iifname wan ct status dnat drop",
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        let got = curl(lab, "laptop", &["--max-time", "3", "http://nas.home.fpn/"]);
+        if got.success() && got.stdout == page {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the NAS unreachable once the router stopped forwarding: {}\n{}\n{}",
+            got.stderr,
+            common::peer_entry(&ov, "laptop", "box"),
+            ov.log_tails(40)
+        );
+    }
+    let peer = common::peer_entry(&ov, "laptop", "box");
+    eprintln!(
+        "without the forward: the NAS again after {:?}, laptop -> box {} ({})",
+        t.elapsed(),
+        peer["carrier"],
+        peer["path"]
+    );
+    assert!(
+        peer["carrier"] == "relay" || peer["punched"].as_u64() > Some(0),
+        "{peer}"
     );
 }
