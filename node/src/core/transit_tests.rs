@@ -154,3 +154,29 @@ fn without_the_gateway_on_the_path_the_same_flow_is_plain() {
         "{st:?}"
     );
 }
+
+#[test]
+fn an_open_gateway_on_the_path_passes_a_plain_flow() {
+    let mut sim = CoreSim::new(84, LinkConfig::default());
+    sim.path = PathConfig::default();
+    let gw = sim.add_gateway(10, Mode::Open, &[9], host(Ipv4Addr::new(192, 168, 1, 10)));
+    let inner = sim.add_ge(11, GeKind::Ges, Mode::Open, &[1], vec![host(real(11))]);
+    sim.add_ge(13, GeKind::Ges, Mode::Open, &[2], vec![host(real(13))]);
+    sim.nodes[inner].via = Some(gw);
+    sim.introduce_all();
+    sim.run_for(Duration::from_secs(2));
+    let p = udp_packet(real(11), real(13), 4004, 9104, b"MARKER-pass");
+    sim.send_packet(inner, &p);
+    sim.drive();
+    assert_eq!(sim.counter(gw, "transit_passed"), 1);
+    assert!(sim.nodes[gw].transit_drops.is_empty());
+    let t = transit_flows(&sim, gw);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].action, "plain");
+    // Plain on the wire, as the ends' rules and the gateway's say.
+    assert!(
+        sim.wire()
+            .iter()
+            .any(|f| f.native && contains(&f.payload, b"MARKER-pass"))
+    );
+}
