@@ -46,8 +46,7 @@ impl Store {
     /// Opens (or creates) the database in `dir` for zone `origin`.
     pub fn open(dir: &Path, origin: &Name) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)?;
-        // Flushed explicitly after every commit; no background flusher.
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let db = open_db(dir)?;
         let want = key_of(origin);
         match db.get(ORIGIN_KEY)? {
             Some(stored) if stored.as_ref() != want.as_ref() => {
@@ -364,6 +363,34 @@ pub fn import_zone_file(path: &Path, origin: &Name) -> Result<Vec<NodeData>, Err
         );
     }
     Ok(nodes.into_values().collect())
+}
+
+/// How long [`open_db`] waits for a just-closed store's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database in `dir`. sled releases its file lock when its
+/// last I/O task ends, which on a busy machine can be a moment after the
+/// last handle was dropped: a store reopened at once (a restart in the same
+/// process) waits for it, briefly, instead of failing. A lock another
+/// process holds still fails after [`LOCK_WAIT`].
+fn open_db(dir: &Path) -> Result<sled::Db, Error> {
+    let start = std::time::Instant::now();
+    loop {
+        // Flushed explicitly after every commit; no background flusher.
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e)) if is_lock_busy(&e) && start.elapsed() < LOCK_WAIT => {
+                debug!(dir = %dir.display(), "zone store locked; waiting for it to be released");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// sled reports a held lock as an `Other` error around the `WouldBlock`
+/// of `flock`.
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 #[cfg(test)]

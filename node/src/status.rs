@@ -240,6 +240,20 @@ pub struct FlowStatus {
     pub natf: Option<NatfFlowStatus>,
 }
 
+impl FlowStatus {
+    /// A flow's five-tuple with everything else empty.
+    pub fn of(f: &fpn_proto::flow::FlowId) -> Self {
+        Self {
+            proto: proto_name(f.protocol),
+            src: f.src.to_string(),
+            dst: f.dst.to_string(),
+            sport: f.src_port,
+            dport: f.dst_port,
+            ..Self::default()
+        }
+    }
+}
+
 /// The answer to `ping`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PingReport {

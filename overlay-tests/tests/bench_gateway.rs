@@ -144,11 +144,7 @@ fn bench_gateway() {
         &Spec::new(
             &[(1, "home")],
             vec![
-                NodeSpec {
-                    kind: "gen".into(),
-                    protect: vec!["192.168.1.0/24".into()],
-                    ..NodeSpec::new("gw", Mode::Cl, &[1])
-                },
+                common::home_gateway("gw", &[1]),
                 NodeSpec::new("laptop", Mode::Op, &[1]),
             ],
         ),

@@ -49,14 +49,6 @@ const VINS: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 127, 0, 0), 16);
 const RESERVED: std::ops::RangeInclusive<u16> = 47000..=47999;
 const NAS: &str = "192.168.1.10";
 
-fn gateway() -> NodeSpec {
-    NodeSpec {
-        kind: "gen".into(),
-        protect: vec!["192.168.1.0/24".into()],
-        ..NodeSpec::new("gw", Mode::Cl, &[1, 2])
-    }
-}
-
 /// The home with its gateway, two laptops at the cafe, the NAS and the
 /// printer registered behind the gateway.
 fn start() -> Overlay {
@@ -71,7 +63,7 @@ fn start() -> Overlay {
         &Spec::new(
             &[(1, "home"), (2, "printers")],
             vec![
-                gateway(),
+                common::home_gateway("gw", &[1, 2]),
                 NodeSpec::new("laptop", Mode::Op, &[1]),
                 NodeSpec::new("laptop2", Mode::Op, &[1, 2]),
             ],
@@ -501,11 +493,7 @@ fn a_gateway_box_behind_a_router_that_runs_nothing_of_ours() {
         &Spec::new(
             &[(1, "home")],
             vec![
-                NodeSpec {
-                    kind: "gen".into(),
-                    protect: vec!["192.168.1.0/24".into()],
-                    ..NodeSpec::new("box", Mode::Cl, &[1])
-                },
+                common::home_gateway("box", &[1]),
                 NodeSpec::new("laptop", Mode::Op, &[1]),
             ],
         ),

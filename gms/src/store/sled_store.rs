@@ -67,9 +67,16 @@ impl SledStore {
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => Error::Store(
-                    format!("{} is in use by another fpn-gms process", dir.display()),
-                ),
+                // sled wraps flock's WouldBlock in an `Other` error.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    Error::Store(format!(
+                        "{} is in use by another fpn-gms process",
+                        dir.display()
+                    ))
+                }
                 other => Error::Store(format!("opening {}: {other}", dir.display())),
             })?;
         let trees = Tree::ALL

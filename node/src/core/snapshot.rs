@@ -9,7 +9,7 @@ use fpn_proto::pit::FlowStats;
 
 use super::NodeCore;
 use crate::carrier::{CarrierKind, PeerStats};
-use crate::status::{FlowStatus, PeerStatus, action_name, proto_name};
+use crate::status::{FlowStatus, PeerStatus, action_name};
 
 /// The core's part of `status`.
 #[derive(Debug, Clone, Default)]
@@ -175,11 +175,6 @@ impl NodeCore {
                 let s = e.stats();
                 // Counters are kept per origin: local = sent to the peer.
                 FlowStatus {
-                    proto: proto_name(f.protocol),
-                    src: f.src.to_string(),
-                    dst: f.dst.to_string(),
-                    sport: f.src_port,
-                    dport: f.dst_port,
                     action: action_name(e.action()).into(),
                     carrier: e
                         .peer()
@@ -198,28 +193,18 @@ impl NodeCore {
                         "the decision rules drop it here (a closed GE, no shared group)".to_owned()
                     }),
                     natf: self.natf_flow_status(f),
+                    ..FlowStatus::of(f)
                 }
             })
             .collect();
         flows.extend(self.flows.refused().map(|(f, by, reason)| FlowStatus {
-            proto: proto_name(f.protocol),
-            src: f.src.to_string(),
-            dst: f.dst.to_string(),
-            sport: f.src_port,
-            dport: f.dst_port,
             action: "refuse".into(),
-            carrier: String::new(),
             peer: by.map(|g| g.0),
             reason: Some(reason.to_owned()),
-            ..FlowStatus::default()
+            ..FlowStatus::of(f)
         }));
         flows.extend(self.transit.entries.iter().map(|(f, t)| {
             FlowStatus {
-                proto: proto_name(f.protocol),
-                src: f.src.to_string(),
-                dst: f.dst.to_string(),
-                sport: f.src_port,
-                dport: f.dst_port,
                 action: match t.action {
                     fpn_proto::action::Action::Relay => "relay".into(),
                     fpn_proto::action::Action::Drop => "refuse".into(),
@@ -237,7 +222,7 @@ impl NodeCore {
                     }
                     _ => "on the path: forwarded plain".into(),
                 }),
-                ..FlowStatus::default()
+                ..FlowStatus::of(f)
             }
         }));
         flows.sort_by(|a, b| {

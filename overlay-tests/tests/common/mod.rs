@@ -330,3 +330,14 @@ pub fn send_marked(
     })
     .unwrap()
 }
+
+/// A home gateway node (GEN, closed) named `name` in `groups`, protecting
+/// the home LAN 192.168.1.0/24 of configs/lab/nat-home*.toml.
+pub fn home_gateway(name: &str, groups: &[u32]) -> fpn_lab::overlay::NodeSpec {
+    use fpn_lab::overlay::{Mode, NodeSpec};
+    NodeSpec {
+        kind: "gen".into(),
+        protect: vec!["192.168.1.0/24".into()],
+        ..NodeSpec::new(name, Mode::Cl, groups)
+    }
+}
