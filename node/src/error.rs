@@ -242,6 +242,9 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The network watcher (rtnetlink notifications) could not start.
+    #[error("network watcher: {0}")]
+    NetWatch(String),
     /// `ip` refused (or could not run) a change of the real-address
     /// plane's policy routing (`crate::real_plane`).
     #[error("real-address plane: `ip {command}` failed: {stderr}")]

@@ -115,6 +115,11 @@ pub struct GmsTask {
     pub mapped_updates: Option<mpsc::Receiver<Option<SocketAddr>>>,
     /// The current port mapping, reported with the local addresses.
     pub mapped: Option<SocketAddr>,
+    /// The node's local carrier addresses after a network change (the
+    /// driver's network watcher): reported at once, so that new peers find
+    /// a moved node; a move never waits for this (peers already talking
+    /// follow it on their own).
+    pub local_updates: Option<mpsc::Receiver<Vec<SocketAddr>>>,
     /// The real-address plane is on: every listed peer's credential is
     /// fetched (a listing names no prefixes, and the host's traffic to a
     /// peer's real address reaches the node only once its route exists).
@@ -171,6 +176,7 @@ impl GmsTask {
                 Punch(Option<GeId>),
                 Observe(Option<oneshot::Sender<Option<SocketAddr>>>),
                 Mapped(Option<SocketAddr>),
+                Local(Vec<SocketAddr>),
                 Refresh,
             }
             let wake = tokio::select! {
@@ -179,6 +185,7 @@ impl GmsTask {
                 p = self.punch_requests.recv() => Wake::Punch(p),
                 o = self.observe_requests.recv() => Wake::Observe(o),
                 Some(m) = recv_opt(&mut self.mapped_updates) => Wake::Mapped(m),
+                Some(l) = recv_opt(&mut self.local_updates) => Wake::Local(l),
                 _ = refresh.tick() => Wake::Refresh,
             };
             match wake {
@@ -192,6 +199,12 @@ impl GmsTask {
                         None
                     };
                     let _ = reply.send(now);
+                }
+                Wake::Local(l) => {
+                    self.reported = l;
+                    if self.shared.view().connected {
+                        self.report_addrs().await;
+                    }
                 }
                 Wake::Mapped(m) => {
                     self.mapped = m;

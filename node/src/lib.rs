@@ -23,6 +23,7 @@ pub mod icmp;
 pub mod metrics;
 pub mod native;
 pub mod native_link;
+pub mod netwatch;
 pub mod portmap;
 pub mod real_plane;
 pub mod stage;

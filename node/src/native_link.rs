@@ -337,6 +337,16 @@ impl LocalAddrs {
         &self.known
     }
 
+    /// The host's addresses are `now` (read again after a network change):
+    /// true when that differs from what the receive path knew.
+    pub fn replace(&mut self, mut now: Vec<Ipv4Addr>) -> bool {
+        now.sort();
+        now.dedup();
+        let changed = now != self.known;
+        self.known = now;
+        changed
+    }
+
     /// `local` is the host's source toward a peer (the answer to the
     /// core's `FindLocalAddress`). If the receive path does not know it,
     /// the host's addresses are read again (`read`, which need not list

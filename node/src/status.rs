@@ -43,6 +43,10 @@ pub struct Status {
     /// answers, and the ones this node answers for as their gateway.
     #[serde(default)]
     pub hosts: Vec<HostStatus>,
+    /// This node's recent moves (address or route changes) with the gap
+    /// each caused, oldest first.
+    #[serde(default)]
+    pub moves: Vec<MoveStatus>,
 }
 
 /// A host behind a gateway, as `status` shows it.
@@ -238,6 +242,18 @@ pub struct FlowStatus {
     /// The NAT-f mapping of a flow to a host behind a gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub natf: Option<NatfFlowStatus>,
+}
+
+/// One move of this node (its addresses or routes changed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MoveStatus {
+    /// When, in milliseconds since the node started.
+    pub at_ms: u64,
+    /// What changed ("address 10.20.0.50 added (if 3)", ...).
+    pub cause: String,
+    /// From the change to the first packet received after it; `None` while
+    /// none came yet.
+    pub gap_ms: Option<f64>,
 }
 
 impl FlowStatus {

@@ -33,6 +33,7 @@
 mod explain;
 mod flows;
 mod keys;
+mod moves;
 pub mod natf;
 mod negotiation;
 mod output;
@@ -49,6 +50,8 @@ mod transit;
 #[cfg(test)]
 mod sim_tests;
 
+#[cfg(test)]
+mod moves_tests;
 #[cfg(test)]
 mod nat_tests;
 #[cfg(test)]
@@ -167,6 +170,8 @@ pub struct NodeCore {
     real: Vec<fpn_proto::dprp::Prefix>,
     /// Flows negotiated through this gateway (transit.rs).
     transit: transit::Transit,
+    /// This node's recent moves (moves.rs).
+    moves: moves::Moves,
 }
 
 impl NodeCore {
@@ -202,6 +207,7 @@ impl NodeCore {
             natf: natf::Natf::new(cfg_vin_range),
             real: Vec::new(),
             transit: transit::Transit::default(),
+            moves: moves::Moves::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -343,6 +349,7 @@ impl NodeCore {
                 let buf: &'a [u8] = buf;
                 match n {
                     Some(n) => {
+                        self.note_received(now);
                         self.counters.tun_out += 1;
                         DataOut::Tun(&buf[..n])
                     }

@@ -204,6 +204,7 @@ impl NodeCore {
         let n = self.native_data(wire, buf, len, now);
         match n {
             Some(n) => {
+                self.note_received(now);
                 self.counters.native_in += 1;
                 self.counters.native_bytes_in += n as u64;
                 self.counters.tun_out += 1;

@@ -534,6 +534,17 @@ impl CoreSim {
         self.transmit_native(i, packet);
     }
 
+    /// Node `i`'s host says its network changed (the driver's watcher).
+    pub fn network_change(&mut self, i: usize, cause: &str) {
+        let now = self.now;
+        let span = self.nodes[i].span.clone();
+        let _e = span.enter();
+        self.nodes[i]
+            .core
+            .handle_network_change(cause.to_owned(), now);
+        self.flush(i);
+    }
+
     /// A counter of node `i`.
     pub fn counter(&self, i: usize, name: &str) -> u64 {
         self.nodes[i]

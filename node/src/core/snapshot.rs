@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub dprp: fpn_proto::dprp::Stats,
     /// Hosts behind gateways (with their VINs) and the ones this node fronts.
     pub hosts: Vec<crate::status::HostStatus>,
+    /// This node's recent moves (address or route changes), oldest first.
+    pub moves: Vec<crate::status::MoveStatus>,
 }
 
 /// The core's counters (exported in `status`).
@@ -235,6 +237,7 @@ impl NodeCore {
             peer_traffic: self.pit.peer_totals(),
             dprp: self.dprp.stats(),
             hosts: self.host_status(),
+            moves: self.move_status(),
         }
     }
 

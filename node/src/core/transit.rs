@@ -12,8 +12,8 @@
 //!
 //! What the gateway does with the flow then is the kernel's: a relayed or
 //! plain flow is forwarded as it is (the ends protect it), a dropped one is
-//! stopped by an element of the native table's `transit_drop` set
-//! ([`Output::TransitDrop`]), so an end that ignores the refusal gets
+//! stopped by an element of the gateway table's `transit_drop` set
+//! (`inet fpn_natf_<tun>`, [`Output::TransitDrop`]), so an end that ignores the refusal gets
 //! nothing through either. The node sees none of the flow's packets, so
 //! an entry lives one idle period from its negotiation; a flow that runs
 //! longer is renegotiated by its ends (key rotation) or keeps being
@@ -172,7 +172,13 @@ impl NodeCore {
             });
         }
         self.timers.schedule(until, Timer::TransitExpiry(e.flow));
-        info!(flow = %e.flow, initiator = %e.peer, action = %e.action, "flow negotiated through this gateway");
+        // A refusal is worth a line, as at the ends; a relayed flow is one
+        // of many.
+        if e.action == Action::Drop {
+            info!(flow = %e.flow, initiator = %e.peer, "flow through this gateway refused by its rules");
+        } else {
+            debug!(flow = %e.flow, initiator = %e.peer, action = %e.action, "flow negotiated through this gateway");
+        }
     }
 
     /// A transit entry's time is up (unless a newer negotiation renewed it).

@@ -356,6 +356,8 @@ async fn run(
     }
     core.set_real_prefixes(real_prefixes.clone());
     let real_plane = start_real_plane(&cfg.tun_name, &real_prefixes, kind);
+    let (local_tx, local_rx) = mpsc::channel(4);
+    let moves = start_move_watch(&cfg.tun_name, port, reported.clone(), local_tx);
     let driver = Driver {
         core,
         clock,
@@ -377,6 +379,7 @@ async fn run(
         natf_tun: Some(cfg.tun_name.clone()),
         on_path: kind.is_gateway() && real_plane.is_some(),
         real_plane,
+        moves,
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
@@ -404,6 +407,7 @@ async fn run(
         reported: reported.clone(),
         mapped_updates: portmap.as_ref().map(|_| mapped_rx),
         mapped: None,
+        local_updates: Some(local_rx),
         fetch_credentials: !real_prefixes.is_empty(),
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
@@ -834,6 +838,7 @@ impl Ctx {
                 .clone(),
             port_mapping: self.port_mapping_status(),
             hosts: snap.hosts,
+            moves: snap.moves,
         };
         Ok((status, snap.peer_traffic, snap.dprp))
     }
@@ -1046,6 +1051,39 @@ fn unlimited(limits: dprp::Limits) -> dprp::Limits {
         dde_per_ge: huge,
         cookie_threshold: usize::MAX,
         ..limits
+    }
+}
+
+/// The network watcher (issue 12): the host's address, route and link
+/// changes reach the driver the moment the kernel applies them. Without it
+/// (no rtnetlink here) a move is noticed only when the carrier's packets
+/// stop arriving, which says so once.
+fn start_move_watch(
+    tun: &str,
+    port: u16,
+    reported: Vec<SocketAddr>,
+    gms: mpsc::Sender<Vec<SocketAddr>>,
+) -> Option<crate::driver::MoveWatch> {
+    let ifindex = std::ffi::CString::new(tun)
+        .ok()
+        // SAFETY: if_nametoindex reads a NUL-terminated name we own.
+        .map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) });
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    match crate::netwatch::NetWatch::start(ifindex, move |c| {
+        let _ = tx.send(c);
+    }) {
+        Ok(watch) => Some(crate::driver::MoveWatch {
+            watch,
+            changes,
+            tun: tun.to_owned(),
+            port,
+            reported,
+            gms,
+        }),
+        Err(e) => {
+            warn!(error = %e, "network watcher unavailable: a move is noticed only when packets stop");
+            None
+        }
     }
 }
 

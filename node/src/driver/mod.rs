@@ -139,6 +139,32 @@ pub struct Driver {
     /// A gateway whose real-address plane runs: it joins the negotiations
     /// of other GEs' flows that cross it (`core/transit.rs`).
     pub on_path: bool,
+    /// The network watcher and what the driver does with its changes.
+    pub moves: Option<MoveWatch>,
+}
+
+/// What the driver needs to follow this host's moves (issue 12).
+#[derive(Debug)]
+pub struct MoveWatch {
+    /// The watcher thread (stops when dropped with the driver).
+    pub watch: crate::netwatch::NetWatch,
+    /// Its changes.
+    pub changes: tokio::sync::mpsc::UnboundedReceiver<Vec<crate::netwatch::NetChange>>,
+    /// The TUN's name (its addresses are not the host's).
+    pub tun: String,
+    /// The carrier's port (reported with each address).
+    pub port: u16,
+    /// The addresses reported last.
+    pub reported: Vec<std::net::SocketAddr>,
+    /// To the GMS task: the new addresses to report.
+    pub gms: mpsc::Sender<Vec<std::net::SocketAddr>>,
+}
+
+async fn recv_moves(m: &mut Option<MoveWatch>) -> Option<Vec<crate::netwatch::NetChange>> {
+    match m {
+        Some(m) => m.changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The driver's parts of the native carrier (see [`crate::native_link`]).
@@ -190,6 +216,7 @@ impl Driver {
             natf_tun,
             on_path,
             real_plane,
+            moves,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
             Some(n) => (
@@ -221,6 +248,7 @@ impl Driver {
             local,
             natf: NatfGateway::new(natf_tun, on_path),
             real_plane,
+            moves,
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
             warn!(error = %e, "TUN writes stay on the driver");
@@ -261,6 +289,7 @@ impl Driver {
                 Frames(usize),
                 Native(Option<RxBatch>),
                 Ready(Option<Vec<FlowId>>),
+                Moved(Option<Vec<crate::netwatch::NetChange>>),
                 Timer,
             }
             let wake = tokio::select! {
@@ -270,6 +299,7 @@ impl Driver {
                 n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
                 b = recv_native(&mut native_rx) => Wake::Native(b),
                 r = recv_ready(&mut ready_rx) => Wake::Ready(r),
+                m = recv_moves(&mut shell.moves) => Wake::Moved(m),
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
@@ -317,6 +347,8 @@ impl Driver {
                 }
                 Wake::Ready(Some(flows)) => shell.core.handle_native_flows_ready(&flows, now),
                 Wake::Ready(None) => ready_rx = None,
+                Wake::Moved(Some(changes)) => shell.network_changed(changes, now),
+                Wake::Moved(None) => shell.moves = None,
                 Wake::Timer => {}
             }
             // The TUN's packets of this wake-up; also those a read_batch
@@ -471,9 +503,59 @@ struct Shell {
     natf: NatfGateway,
     /// The real-address plane's steering (told the peers' prefixes).
     real_plane: Option<crate::real_plane::RealPlane>,
+    /// The network watcher's side (issue 12).
+    moves: Option<MoveWatch>,
 }
 
 impl Shell {
+    /// The network watcher saw `changes` (empty: notifications were lost).
+    /// The host's addresses are read again; when they or the default route
+    /// or a link changed, the node moved: the native receive path takes
+    /// the new addresses, the core probes every path again from here, and
+    /// the GMS is told (for new peers; those talking follow by themselves).
+    fn network_changed(&mut self, changes: Vec<crate::netwatch::NetChange>, now: Instant) {
+        use crate::netwatch::NetChange;
+        let Some(m) = self.moves.as_mut() else { return };
+        let addrs = crate::daemon::addrs::local_addresses(m.port, &m.tun);
+        let routing = changes
+            .iter()
+            .any(|c| matches!(c, NetChange::DefaultRoute { .. } | NetChange::Link { .. }));
+        if addrs == m.reported && !routing {
+            debug!(?changes, "network change that moves nothing");
+            return;
+        }
+        let cause = if changes.is_empty() {
+            "notifications lost; addresses read again".to_owned()
+        } else {
+            changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        tracing::info!(%cause, old = ?m.reported, new = ?addrs, "network changed: every path is probed again");
+        m.reported = addrs.clone();
+        if m.gms.try_send(addrs.clone()).is_err() {
+            debug!("the GMS task is busy; the next change or session reports the addresses");
+        }
+        let v4: Vec<Ipv4Addr> = addrs
+            .iter()
+            .filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v) => Some(v),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        if let Some((known, _)) = self.local.as_mut()
+            && !v4.is_empty()
+            && known.replace(v4.clone())
+        {
+            // The receive path needs at least one address; between two
+            // networks it keeps the old ones until the new one comes.
+            self.pending_ops.push(FlowOp::SetLocal(v4));
+        }
+        self.core.handle_network_change(cause, now);
+    }
+
     /// A packet the native receive path took in.
     fn native_packet(&mut self, p: &[u8], rbuf: &mut [u8], now: Instant) {
         let Some(dst) = rbuf.get_mut(..p.len()) else {
@@ -819,6 +901,7 @@ mod tests {
             pending_ops: Vec::new(),
             local: None,
             natf: NatfGateway::new(None, false),
+            moves: None,
             real_plane: None,
         };
         (shell, tun, rx, peer, now)

@@ -330,6 +330,25 @@ impl PathMachine {
             // mapped its probe port there, the one place probes get in.
             self.candidates.push(from);
         }
+        // The peer probes from another address than the one the native
+        // path uses: it moved (a fresh, authenticated probe: only the peer
+        // can say so, and not twice). The old address is unproven now: QUIC
+        // carries the flows while the new one is probed, first.
+        if matches!(self.phase, Phase::Native | Phase::Trial)
+            && self.active.is_some_and(|a| a.ip() != from.ip())
+        {
+            self.stats.peer_moves += 1;
+            if let Some(i) = self.candidates.iter().position(|c| *c == from) {
+                let c = self.candidates.remove(i);
+                self.candidates.insert(0, c);
+            }
+            self.backoff = self.cfg.retry_initial;
+            self.restart(now);
+            if self.phase == Phase::Probing {
+                self.set_path(PathKind::Quic, Reason::PeerMoved);
+            }
+            return Ok(());
+        }
         if !heard_before {
             self.punch(now);
         }
@@ -525,6 +544,23 @@ impl PathMachine {
     pub fn handle_native_available(&mut self, now: Instant) {
         if self.phase == Phase::Unavailable {
             self.restart(now);
+        }
+    }
+
+    /// This node's own addresses or routes changed (it moved, a link went
+    /// down or up, it resumed from sleep): the path in use is unproven from
+    /// here. The flows take QUIC (which migrates its connection) while
+    /// every candidate is probed again at once, with a fresh backoff; the
+    /// peer's answers bring native back. Nothing changes while native is
+    /// off or unavailable.
+    pub fn handle_local_change(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Off | Phase::Unavailable) {
+            return;
+        }
+        self.backoff = self.cfg.retry_initial;
+        self.restart(now);
+        if self.phase == Phase::Probing {
+            self.set_path(PathKind::Quic, Reason::Moved);
         }
     }
 

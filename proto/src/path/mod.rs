@@ -80,6 +80,12 @@ pub enum Reason {
     Trying,
     /// The peer's native path to this node failed (its notice said so).
     PeerFellBack,
+    /// This node's addresses or routes changed (a move): native is being
+    /// probed again from where the node is now.
+    Moved,
+    /// The peer's authenticated probes come from a new address (it moved):
+    /// native is being probed there.
+    PeerMoved,
 }
 
 impl fmt::Display for Reason {
@@ -95,6 +101,8 @@ impl fmt::Display for Reason {
             Self::NoCandidates => f.write_str("no native address"),
             Self::Trying => f.write_str("trying native"),
             Self::PeerFellBack => f.write_str("peer's native path failed"),
+            Self::Moved => f.write_str("moved; probing native again"),
+            Self::PeerMoved => f.write_str("peer moved; probing native there"),
         }
     }
 }
@@ -218,6 +226,9 @@ pub struct PathStats {
     pub bad_tags: u64,
     /// Datagrams naming another GE pair, or of the wrong kind.
     pub misdirected: u64,
+    /// The peer's authenticated probes came from another address than
+    /// the native path's: it moved, and the path was probed again.
+    pub peer_moves: u64,
     /// Structurally malformed datagrams.
     pub malformed: u64,
     /// Datagrams not queued because the transmit queue was full.

@@ -1103,3 +1103,60 @@ fn check(m: &PathMachine) {
     }
     assert!(m.poll_timeout().is_some() || s.force == Force::Quic || s.path == PathKind::Quic);
 }
+
+#[test]
+fn a_move_takes_quic_at_once_and_brings_native_back_after_one_round() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    assert_eq!(net.a.current(), PathKind::Native);
+    let probes = net.probes_sent(Side::A);
+    let now = net.now;
+    net.a.handle_local_change(now);
+    net.drain();
+    // Unproven from the new address: QUIC, with the reason, and a probe
+    // round queued at once (not at the next periodic check).
+    assert_eq!(net.a.current(), PathKind::Quic);
+    assert_eq!(
+        net.a.status().to_string(),
+        "quic (moved; probing native again)"
+    );
+    net.run_for(2 * LATENCY);
+    assert!(net.probes_sent(Side::A) > probes);
+    assert_eq!(net.a.current(), PathKind::Native);
+    let back = *net.switches(Side::A, PathKind::Native).last().unwrap();
+    assert!(back - now <= 2 * LATENCY, "{:?}", back - now);
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+#[test]
+fn a_move_changes_nothing_while_native_is_forced_off() {
+    let mut net = Net::new(forced(Force::Quic), auto());
+    net.run_for(2 * LATENCY);
+    let now = net.now;
+    net.a.handle_local_change(now);
+    assert_eq!(net.a.status().to_string(), "quic (forced)");
+}
+
+#[test]
+fn a_peer_probing_from_a_new_address_is_followed_there() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    // B moves: its datagrams now come from (and reach it at) another
+    // address, and its watcher makes it probe again at once.
+    let moved: SocketAddr = "198.18.7.2:7717".parse().unwrap();
+    net.b_mapped = Some(moved);
+    let now = net.now;
+    net.b.handle_local_change(now);
+    net.drain();
+    net.run_for(4 * LATENCY);
+    assert_eq!(net.a.stats().peer_moves, 1);
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(
+        net.a.native_addr(),
+        Some(moved),
+        "A follows B to its new address"
+    );
+    assert_eq!(net.b.current(), PathKind::Native);
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
