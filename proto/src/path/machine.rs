@@ -325,16 +325,22 @@ impl PathMachine {
             .last_peer_probe
             .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.keepalive_interval);
         self.last_peer_probe = Some(now);
+        let known_ip = self.candidates.iter().any(|c| c.ip() == from.ip());
         if !self.candidates.contains(&from) && self.candidates.len() < MAX_CANDIDATES {
             // A peer-reflexive candidate (ICE's term): the peer's NAT
             // mapped its probe port there, the one place probes get in.
             self.candidates.push(from);
         }
-        // The peer probes from another address than the one the native
-        // path uses: it moved (a fresh, authenticated probe: only the peer
-        // can say so, and not twice). The old address is unproven now: QUIC
-        // carries the flows while the new one is probed, first.
+        // The peer probes from an address it never had, not the native
+        // path's: it moved (a fresh, authenticated probe: only the peer can
+        // say so, and not twice). The old address is unproven now: QUIC
+        // carries the flows while the new one is probed, first. A peer
+        // with several known addresses (a LAN and a NAT's) probing from
+        // another of them is no move: its path stays. (When the directory
+        // names the new address first, `set_candidates` restarts instead,
+        // the old address being gone.)
         if matches!(self.phase, Phase::Native | Phase::Trial)
+            && !known_ip
             && self.active.is_some_and(|a| a.ip() != from.ip())
         {
             self.stats.peer_moves += 1;

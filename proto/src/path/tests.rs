@@ -1160,3 +1160,19 @@ fn a_peer_probing_from_a_new_address_is_followed_there() {
     assert_eq!(net.b.current(), PathKind::Native);
     assert!(net.errors.is_empty(), "{:?}", net.errors);
 }
+
+#[test]
+fn a_peer_probing_from_another_known_address_is_no_move() {
+    // B is known at two addresses (say its LAN one and its NAT's); its
+    // probes coming from the second one keep A's native path.
+    let other: SocketAddr = "198.18.7.3:7717".parse().unwrap();
+    let mut net = Net::with(auto(), auto(), vec![addr_b(), other], KEY);
+    net.run_for(2 * LATENCY);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    net.b_mapped = Some(other);
+    let now = net.now;
+    net.b.handle_local_change(now);
+    net.drain();
+    net.run_for(4 * LATENCY);
+    assert_eq!(net.a.stats().peer_moves, 0);
+}
