@@ -100,3 +100,41 @@ fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The same walk with the GMS down: the move needs no GMS (the peer
+/// follows the laptop's authenticated probes from the cafe).
+#[test]
+fn a_move_while_the_gms_is_down_keeps_the_peer_reachable() {
+    need(OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
+    let ov = Overlay::start(
+        lab,
+        &Spec::new(
+            &[(1, "home")],
+            vec![
+                NodeSpec::new("gw", Mode::Op, &[1]),
+                NodeSpec::new("laptop", Mode::Op, &[1]),
+            ],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let _echo = echo_server(ov.lab(), "gw", PORT);
+    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    ov.kill_gms();
+    ov.lab()
+        .roam("laptop", "homelan", "cafelan")
+        .expect("roam laptop");
+    let back = echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(15));
+    eprintln!("with the GMS down, gw answered again {back:?} after the move");
+    // The GMS was really away (its admin answers nothing), and the move
+    // is in the laptop's status all the same.
+    assert!(
+        ov.gms_json(&["ge", "list"]).is_err(),
+        "the GMS still answers"
+    );
+    let st = ov.status("laptop").unwrap();
+    assert!(
+        st["moves"].as_array().is_some_and(|m| !m.is_empty()),
+        "{st}"
+    );
+}

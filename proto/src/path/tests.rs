@@ -1176,3 +1176,35 @@ fn a_peer_probing_from_another_known_address_is_no_move() {
     net.run_for(4 * LATENCY);
     assert_eq!(net.a.stats().peer_moves, 0);
 }
+
+/// Issue 12: a peer's move is followed only on its own fresh, authenticated
+/// probe. A third party replaying one of its probes from another address,
+/// or sending one under another key, moves nothing.
+#[test]
+fn a_replayed_or_forged_probe_from_a_new_address_moves_nothing() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    let (_, _, probe_b) = net
+        .wire
+        .iter()
+        .find(|(s, _, b)| *s == Side::B && b[1] == probe::TYPE_PROBE)
+        .cloned()
+        .unwrap();
+    let elsewhere: SocketAddr = "198.18.66.6:7717".parse().unwrap();
+    let now = net.now;
+    assert!(matches!(
+        net.a.handle_probe(&probe_b, elsewhere, now),
+        Err(Error::ProbeReplay { .. })
+    ));
+    // The same probe with its tag broken (what a node without the pair's
+    // key can send).
+    let mut forged = probe_b.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    assert!(net.a.handle_probe(&forged, elsewhere, now).is_err());
+    assert_eq!(net.a.stats().peer_moves, 0);
+    assert_eq!(net.a.current(), PathKind::Native);
+    assert_eq!(net.a.native_addr(), Some(addr_b()));
+    assert!(!net.a.candidates().contains(&elsewhere));
+}
