@@ -43,8 +43,9 @@ fn echo_until_answered(ov: &Overlay, from: &str, to: &str, bound: Duration) -> D
     }
 }
 
-#[test]
-fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
+/// nat-home.toml with fpn-node on the home router and on the laptop, both
+/// at home, an echo server on the router's node, answered once.
+fn at_home() -> (Overlay, fpn_lab::Process) {
     need(OVERLAY_TOOLS);
     let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
     let ov = Overlay::start(
@@ -58,8 +59,14 @@ fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
         ),
     )
     .unwrap_or_else(|e| panic!("overlay start: {e}"));
-    let _echo = echo_server(ov.lab(), "gw", PORT);
+    let echo = echo_server(ov.lab(), "gw", PORT);
     echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    (ov, echo)
+}
+
+#[test]
+fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
+    let (ov, _echo) = at_home();
     let st = ov.status("laptop").unwrap();
     assert_eq!(st["moves"], serde_json::json!([]), "no move yet: {st}");
 
@@ -105,21 +112,7 @@ fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
 /// follows the laptop's authenticated probes from the cafe).
 #[test]
 fn a_move_while_the_gms_is_down_keeps_the_peer_reachable() {
-    need(OVERLAY_TOOLS);
-    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
-    let ov = Overlay::start(
-        lab,
-        &Spec::new(
-            &[(1, "home")],
-            vec![
-                NodeSpec::new("gw", Mode::Op, &[1]),
-                NodeSpec::new("laptop", Mode::Op, &[1]),
-            ],
-        ),
-    )
-    .unwrap_or_else(|e| panic!("overlay start: {e}"));
-    let _echo = echo_server(ov.lab(), "gw", PORT);
-    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    let (ov, _echo) = at_home();
     ov.kill_gms();
     ov.lab()
         .roam("laptop", "homelan", "cafelan")
