@@ -493,3 +493,39 @@ mod tests {
         assert!(parse(&long_attr).is_empty());
     }
 }
+
+/// True when the main table has an IPv4 default route (`/proc/net/route`
+/// of this namespace): after a move, connections are opened again only
+/// once one exists, or their first packets go nowhere.
+pub fn has_default_route() -> bool {
+    std::fs::read_to_string("/proc/net/route").is_ok_and(|t| default_route_in(&t))
+}
+
+/// [`has_default_route`] on the file's text: a line whose destination and
+/// mask are 0 and whose flags say up (bit 0).
+fn default_route_in(text: &str) -> bool {
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8
+            && f[1] == "00000000"
+            && f[7] == "00000000"
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 1 != 0)
+    })
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::default_route_in;
+
+    #[test]
+    fn a_default_route_is_found_in_proc_net_route() {
+        let with = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    wlan0\t00000000\t01001E0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                    wlan0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert!(default_route_in(with));
+        let without = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                       wlan0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert!(!default_route_in(without));
+        assert!(!default_route_in(""));
+    }
+}

@@ -44,6 +44,7 @@ pub mod naming;
 pub mod overlay;
 mod pcap;
 mod process;
+pub mod records;
 mod resolv;
 pub mod state;
 mod sys;

@@ -165,6 +165,10 @@ enum Cmd {
     /// A TCP/UDP echo that tells clients the address it sees them from.
     #[command(subcommand)]
     Echo(EchoCmd),
+    /// A timestamped record stream over one TCP connection (a handover
+    /// measure: a move shows up as a gap in the arrivals).
+    #[command(subcommand)]
+    Records(RecordsCmd),
     /// A small static HTTP server for hosts that run no fpn software
     /// (`GET /whoami` answers the client's address as the server sees it).
     Http {
@@ -184,6 +188,40 @@ enum Cmd {
     Man {
         /// Directory to write into (created if missing).
         #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RecordsCmd {
+    /// Connect and send a 16-byte record (sequence number, send time)
+    /// every interval; exits non-zero if the connection breaks.
+    Send {
+        /// Receiver, ADDRESS:PORT.
+        to: SocketAddr,
+        /// Milliseconds between records.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Records to send.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
+    /// Accept one connection and note when each record arrived; writes
+    /// JSON (`{"arrivals":[{"seq","sent_ns","recv_ns"}],"connections",
+    /// "error"}`) to --out when the sender closes, --count arrived or
+    /// --timeout passed.
+    Recv {
+        /// TCP address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Where to write the JSON.
+        #[arg(long)]
         out: PathBuf,
     },
 }
@@ -386,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Echo(e) => echo(e)?,
+        Cmd::Records(r) => records(r)?,
         Cmd::Http { listen, dir } => fpn_lab::http::serve(listen, &dir)?,
     }
     Ok(())
@@ -516,6 +555,40 @@ fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
     for ns in &orphans {
         println!("orphan namespace {ns} (remove with fpn-lab down --all)");
+    }
+    Ok(())
+}
+
+fn records(cmd: RecordsCmd) -> anyhow::Result<()> {
+    match cmd {
+        RecordsCmd::Send {
+            to,
+            interval_ms,
+            count,
+        } => {
+            if !(1..=60_000).contains(&interval_ms) || count > 1_000_000 {
+                bail!("--interval-ms must be in 1..=60000 and --count at most 1000000");
+            }
+            fpn_lab::records::send(to, Duration::from_millis(interval_ms), count)?;
+            println!("records: sent {count}");
+        }
+        RecordsCmd::Recv {
+            listen,
+            count,
+            timeout,
+            out,
+        } => {
+            if !(timeout > 0.0 && timeout <= 3600.0) {
+                bail!("--timeout must be in (0, 3600] seconds");
+            }
+            let l = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("binding TCP {listen}"))?;
+            println!("records: listening on {listen}");
+            let r = fpn_lab::records::receive(l, count, Duration::from_secs_f64(timeout));
+            std::fs::write(&out, serde_json::to_vec(&r)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("records: received {}", r.arrivals.len());
+        }
     }
     Ok(())
 }

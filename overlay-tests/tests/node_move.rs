@@ -131,3 +131,154 @@ fn a_move_while_the_gms_is_down_keeps_the_peer_reachable() {
         "{st}"
     );
 }
+
+/// The TCP port of the record stream's receiver on the home router's node.
+const RECORDS_PORT: u16 = 9301;
+
+/// Issue 12's handover measure: the laptop sends a timestamped record
+/// every 10 ms over one TCP connection to the home router's node while it
+/// walks home LAN -> cafe (NAT with random ports) -> a public hotspot ->
+/// home LAN. The connection survives (one connection, every record once
+/// and in order) and after each move the receiver waits less than 50 ms
+/// for the records, counted from the moment the new address and route are
+/// in place, than `bound`. `carrier` is appended to both nodes'
+/// configuration.
+fn records_across_three_moves(carrier: &str, bound: Duration) -> Vec<(String, Duration, Duration)> {
+    need(OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
+    let mut spec = Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("gw", Mode::Op, &[1]),
+            NodeSpec::new("laptop", Mode::Op, &[1]),
+        ],
+    );
+    spec.node_config = carrier.to_string();
+    let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let echo = echo_server(ov.lab(), "gw", PORT);
+    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    drop(echo);
+
+    let out = ov
+        .lab()
+        .log_dir()
+        .join(format!("records-{}.json", std::process::id()));
+    let listen = format!("0.0.0.0:{RECORDS_PORT}");
+    let out_s = out.display().to_string();
+    let rx = ov
+        .lab()
+        .command(
+            "gw",
+            [
+                common::lab_bin().as_str(),
+                "records",
+                "recv",
+                "--listen",
+                &listen,
+                "--count",
+                "1400",
+                "--timeout",
+                "40",
+                "--out",
+                &out_s,
+            ],
+        )
+        .name("records-recv")
+        .spawn()
+        .unwrap();
+    rx.wait_for_log("records: listening", Duration::from_secs(5))
+        .unwrap();
+    let to = format!("{}:{RECORDS_PORT}", ov.overlay_addr("gw").unwrap());
+    let tx = ov
+        .lab()
+        .command(
+            "laptop",
+            [
+                common::lab_bin().as_str(),
+                "records",
+                "send",
+                &to,
+                "--interval-ms",
+                "10",
+                "--count",
+                "1400",
+            ],
+        )
+        .name("records-send")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let walk = [
+        ("homelan", "cafelan"),
+        ("cafelan", "publan"),
+        ("publan", "homelan"),
+    ];
+    let mut moved = Vec::new();
+    for (from, to) in walk {
+        ov.lab().roam("laptop", from, to).expect("roam laptop");
+        moved.push((format!("{from} -> {to}"), fpn_lab::records::now_ns()));
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let sent = tx.wait_timeout(Duration::from_secs(30));
+    let got = rx.wait_timeout(Duration::from_secs(30));
+    let r: fpn_lab::records::Received = serde_json::from_slice(
+        &std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}\n{}", out.display(), rx.log())),
+    )
+    .unwrap();
+    let laptop = ov.status("laptop").unwrap();
+    let context = format!(
+        "sender: {:?} {}\nreceiver: {:?} {}\nlaptop moves: {:#}\n{}",
+        sent,
+        tx.log(),
+        got,
+        rx.log(),
+        laptop["moves"],
+        ov.log_tails(30)
+    );
+    assert!(
+        sent.is_ok_and(|s| s.success()),
+        "the sender failed\n{context}"
+    );
+    assert_eq!(r.connections, 1, "the sender reconnected\n{context}");
+    assert_eq!(
+        r.arrivals.len(),
+        1400,
+        "records missing ({:?})\n{context}",
+        r.error
+    );
+    assert_eq!(r.sequence_errors(), Vec::<String>::new(), "{context}");
+    let mut gaps = Vec::new();
+    for (what, t) in &moved {
+        let gap = r
+            .gap_after(*t, Duration::from_millis(1000))
+            .unwrap_or(Duration::from_secs(1));
+        let outage = r.longest_silence(t - 1_000_000_000, t + 1_000_000_000);
+        eprintln!("{carrier}: {what}: gap {gap:?} after the new address, outage {outage:?}");
+        gaps.push((what.clone(), gap, outage));
+    }
+    for (what, gap, _) in &gaps {
+        assert!(
+            *gap < bound,
+            "{what}: the records waited {gap:?} after the move\n{gaps:?}\n{context}"
+        );
+    }
+    gaps
+}
+
+/// The native path: the connection survives every move with every record
+/// once, and each gap stays under the move hold's bound (1 s). Not yet the
+/// issue's 50 ms: a move behind or out of a NAT still waits for the NAT
+/// binding of the TCP flow at the peer (docs/DESIGN-NOTES.md note 57;
+/// seen 13-480 ms, most moves under 20 ms).
+#[test]
+fn a_tcp_record_stream_survives_three_moves_on_the_native_path() {
+    records_across_three_moves("", Duration::from_millis(1000));
+}
+
+/// The QUIC carrier: the mover opens its connection again the moment its
+/// new route is in place, its held packets go once the peer acknowledged
+/// the Binding Update, and every gap is under the issue's 50 ms.
+#[test]
+fn a_tcp_record_stream_survives_three_moves_on_the_quic_carrier() {
+    records_across_three_moves("carrier = \"quic\"", Duration::from_millis(50));
+}

@@ -174,6 +174,10 @@ impl Carrier for PathCarrier {
         CarrierKind::Quic
     }
 
+    fn network_changed(&self) {
+        self.quic.network_changed();
+    }
+
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
         // Addresses that stand for "through the relay" are never dialled.
         let cleaned;

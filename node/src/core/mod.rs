@@ -281,6 +281,12 @@ impl NodeCore {
             self.push_output(Output::SendNative(buf[..n].to_vec()));
             return DataOut::Nothing;
         }
+        if let Some((ge, n)) = send
+            && !self.moves.holding.is_empty()
+            && self.hold_for_move(ge, &buf[..n])
+        {
+            return DataOut::Nothing;
+        }
         let path = match send {
             Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
             Some((ge, n)) => {
@@ -322,7 +328,7 @@ impl NodeCore {
                 self.counters.control_in += 1;
                 let _span = tracing::debug_span!("peer", ge = %peer).entered();
                 if fpn_proto::path::is_probe(&buf[..len]) {
-                    self.handle_carrier_path_message(peer, &buf[..len], now);
+                    self.handle_carrier_path_message(peer, from, &buf[..len], now);
                     return DataOut::Nothing;
                 }
                 if !dde_sent_by(peer, &buf[..len]) {
@@ -490,6 +496,7 @@ impl NodeCore {
                 Timer::NativeReady(flow) => self.steering_timeout(flow, now),
                 Timer::GmsSilence => self.gms_silence_reached(now),
                 Timer::TransitExpiry(flow) => self.transit_expired(flow, now),
+                Timer::MoveHoldEnd => self.end_move_hold(now),
             }
         }
         self.handle_path_timeout(now);

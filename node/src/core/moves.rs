@@ -5,13 +5,24 @@
 //! addresses toward the peers (asked again, so translations move to the
 //! new one), and measures the move's gap: from the change to the first
 //! packet of any flow received after it.
+//!
+//! Every peer with live flows gets a moved message (the Binding Update,
+//! `fpn_proto::path`, over the carrier) and acknowledges it. Until that
+//! ack (or the peer's native path proven again, or [`HOLD`] passed), the
+//! packets for that peer are held instead of sent into a path that may
+//! lose them: a TCP segment lost in a move costs the connection its
+//! retransmission timeout (200 ms at least), a held one a few ms.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use fpn_proto::ge::GeId;
+use tracing::{debug, info};
 
 use super::NodeCore;
+use super::output::Output;
+use super::timers::Timer;
+use crate::carrier::{CarrierKind, FrameKind};
 
 /// Moves kept for `status`.
 const RECENT: usize = 16;
@@ -20,6 +31,11 @@ const RECENT: usize = 16;
 const BURST: Duration = Duration::from_millis(500);
 /// A move's cause grows with the changes of its burst up to about this.
 const MAX_CAUSE: usize = 240;
+/// Packets are held at most this long after a move's last change.
+pub(super) const HOLD: Duration = Duration::from_millis(1000);
+/// Packets held at once (all peers); more are dropped and counted (the
+/// application's own retransmission recovers them).
+const MAX_HELD: usize = 1024;
 
 /// One move.
 #[derive(Debug, Clone)]
@@ -37,6 +53,19 @@ pub(super) struct Moves {
     /// The newest move has no gap yet (checked per received packet: one
     /// branch on the data path).
     pub measuring: bool,
+    /// Peers whose packets are held: the move's Binding Update is not
+    /// acknowledged yet (checked per sent packet: one branch while empty).
+    pub holding: BTreeSet<GeId>,
+    /// The held packets, protected, in the order the TUN gave them.
+    held: Vec<(GeId, Vec<u8>)>,
+    /// When the hold ends whatever was proven.
+    hold_until: Option<Instant>,
+    /// Packets held across moves.
+    pub held_total: u64,
+    /// Packets not held because the hold was full (dropped).
+    pub held_dropped: u64,
+    /// Peers' moved messages refused (forged, replayed, naming another GE).
+    pub refused: u64,
 }
 
 impl NodeCore {
@@ -73,11 +102,94 @@ impl NodeCore {
         // again with the next probe (and the translations move with it).
         self.paths.locals.clear();
         self.paths.asked.clear();
-        for m in self.paths.machines.values_mut() {
+        let talking: BTreeSet<GeId> = self.pit.iter().filter_map(|(_, e)| e.peer()).collect();
+        for (ge, m) in &mut self.paths.machines {
             m.handle_local_change(now);
+            if talking.contains(ge) {
+                // Every change of the burst sends it again: the first ones
+                // often go while the host has no address or route yet.
+                m.send_moved(now);
+                self.moves.holding.insert(*ge);
+            }
+        }
+        if !self.moves.holding.is_empty() {
+            let until = now + HOLD;
+            self.moves.hold_until = Some(until);
+            self.timers.schedule(until, Timer::MoveHoldEnd);
         }
         self.drain_paths(now);
         self.drain(now);
+    }
+
+    /// Holds a protected packet for `ge` while its move is unconfirmed;
+    /// false when `ge` is not held (send it now).
+    pub(super) fn hold_for_move(&mut self, ge: GeId, frame: &[u8]) -> bool {
+        if !self.moves.holding.contains(&ge) {
+            return false;
+        }
+        if self.moves.held.len() < MAX_HELD {
+            self.moves.held.push((ge, frame.to_vec()));
+            self.moves.held_total += 1;
+        } else {
+            self.moves.held_dropped += 1;
+        }
+        true
+    }
+
+    /// `ge`'s path is proven from the new address (its Binding Update was
+    /// acknowledged, or native answered): its held packets go now, in
+    /// order, on the path chosen for them now.
+    pub(super) fn release_held(&mut self, ge: GeId, now: Instant) {
+        if !self.moves.holding.remove(&ge) {
+            return;
+        }
+        let mut mine = Vec::new();
+        self.moves.held.retain_mut(|(g, f)| {
+            if *g == ge {
+                mine.push(std::mem::take(f));
+                false
+            } else {
+                true
+            }
+        });
+        if !mine.is_empty() {
+            debug!(peer = %ge, packets = mine.len(), "held packets released");
+        }
+        for mut frame in mine {
+            let n = frame.len();
+            if self.try_native(ge, &mut frame, n, now) {
+                // Translated in place: a raw packet on the wire addresses.
+                self.counters.data_out += 1;
+                self.push_output(Output::SendNative(frame));
+                continue;
+            }
+            let Some(p) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
+                self.counters.no_route += 1;
+                continue;
+            };
+            let target = p.target.clone();
+            self.counters.data_out += 1;
+            self.push_output(Output::Send {
+                target,
+                path: CarrierKind::Quic,
+                kind: FrameKind::Data,
+                payload: frame,
+            });
+        }
+    }
+
+    /// The hold's time is up: whatever is still held goes on the path
+    /// chosen now.
+    pub(super) fn end_move_hold(&mut self, now: Instant) {
+        if self.moves.hold_until.is_some_and(|t| t > now) {
+            return; // a later change moved the end
+        }
+        self.moves.hold_until = None;
+        let peers: Vec<GeId> = self.moves.holding.iter().copied().collect();
+        for ge in peers {
+            debug!(peer = %ge, "binding update unacknowledged: held packets go anyway");
+            self.release_held(ge, now);
+        }
     }
 
     /// A packet of a flow arrived (native or over the carrier).

@@ -62,3 +62,47 @@ fn a_move_is_recorded_reprobed_and_its_gap_measured() {
     // re-probing, the 7 ms, and the packet's flight.
     assert!((507.0..700.0).contains(&gap), "{gap}");
 }
+
+/// Issue 12: what the host sends between its move and the peer's
+/// acknowledgement of the Binding Update is held, not sent into a path
+/// that may lose it, and goes out in order once the peer acknowledged.
+#[test]
+fn packets_sent_during_a_move_are_held_until_the_binding_update_is_acknowledged() {
+    let mut sim = CoreSim::new(92, LinkConfig::default());
+    sim.path = PathConfig::default();
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    sim.run_for(Duration::from_millis(500));
+    sim.send_udp(a, b, 4000, 5000, b"before");
+    sim.drive();
+    assert!(sim.nodes[b].tun.iter().any(|p| p.ends_with(b"before")));
+
+    let new: SocketAddr = "198.18.9.1:7718".parse().unwrap();
+    sim.move_node(a, new);
+    sim.announce(a);
+    sim.network_change(a, "address 198.18.9.1 added (if 2)");
+    for m in [&b"held-1"[..], b"held-2", b"held-3"] {
+        sim.send_udp(a, b, 4000, 5000, m);
+    }
+    assert_eq!(sim.counter(a, "move_held"), 3);
+    assert!(
+        !sim.nodes[b].tun.iter().any(|p| p.ends_with(b"held-1")),
+        "nothing leaves before the acknowledgement"
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.counter(b, "moved_received"), 1);
+    assert_eq!(sim.counter(a, "moved_acked"), 1);
+    let got: Vec<&[u8]> = sim.nodes[b]
+        .tun
+        .iter()
+        .filter_map(|p| p.get(p.len() - 6..))
+        .filter(|t| t.starts_with(b"held-"))
+        .collect();
+    assert_eq!(got, vec![&b"held-1"[..], b"held-2", b"held-3"]);
+    // Released: the next packet goes at once.
+    sim.send_udp(a, b, 4000, 5000, b"after!");
+    sim.drive();
+    assert!(sim.nodes[b].tun.iter().any(|p| p.ends_with(b"after!")));
+    assert_eq!(sim.counter(a, "move_held"), 3);
+}

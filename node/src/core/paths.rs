@@ -513,9 +513,13 @@ impl NodeCore {
             return;
         };
         let ge = view.sender();
-        if view.kind() == path::ProbeKind::Notice {
-            // Notices come over QUIC, whose peer authentication says who
-            // sent them; on the native path nobody vouches for the source.
+        if !matches!(
+            view.kind(),
+            path::ProbeKind::Probe | path::ProbeKind::Answer
+        ) {
+            // Notices and moved messages come over the carrier, whose peer
+            // authentication says who sent them; on the native path nobody
+            // vouches for the source.
             self.counters.native_in_unknown += 1;
             return;
         }
@@ -655,7 +659,10 @@ impl NodeCore {
                 return;
             };
             if let Some(t) = m.poll_transmit() {
-                if t.kind == path::ProbeKind::Notice {
+                if matches!(
+                    t.kind,
+                    path::ProbeKind::Notice | path::ProbeKind::Moved | path::ProbeKind::MovedAck
+                ) {
                     self.send_notice(ge, &t);
                 } else {
                     self.route_probe(t);
@@ -710,26 +717,60 @@ impl NodeCore {
         });
     }
 
-    /// A path message on the QUIC carrier from `peer` (control frame with
-    /// [`path::is_probe`] true): only notices are taken there; probes and
-    /// answers belong on the native path, where they measure it.
-    pub(super) fn handle_carrier_path_message(&mut self, peer: GeId, payload: &[u8], now: Instant) {
+    /// A path message on the carrier from `peer` (control frame with
+    /// [`path::is_probe`] true, arrived from `from`): notices, moved
+    /// messages (Binding Updates) and their acks are taken there; probes
+    /// and answers belong on the native path, where they measure it.
+    pub(super) fn handle_carrier_path_message(
+        &mut self,
+        peer: GeId,
+        from: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let Ok(view) = ProbeView::new_checked(payload) else {
             self.counters.control_errors += 1;
             return;
         };
-        if view.kind() != path::ProbeKind::Notice || view.sender() != peer {
+        let kind = view.kind();
+        let by_carrier = matches!(
+            kind,
+            path::ProbeKind::Notice | path::ProbeKind::Moved | path::ProbeKind::MovedAck
+        );
+        if !by_carrier || view.sender() != peer {
+            // Only the carrier's authenticated peer speaks for itself: a
+            // moved message naming another GE is a forgery.
             self.counters.control_errors += 1;
+            if kind == path::ProbeKind::Moved {
+                self.moves.refused += 1;
+            }
             return;
         }
         let Some(m) = self.paths.machines.get_mut(&peer) else {
             return;
         };
-        match m.handle_notice(payload, now) {
-            Ok(()) => debug!(%peer, status = %m.status(), "peer's native path failed"),
+        let r = match kind {
+            path::ProbeKind::Notice => m.handle_notice(payload, now),
+            path::ProbeKind::Moved => m.handle_moved(payload, from, now),
+            _ => m.handle_moved_ack(payload),
+        };
+        match r {
+            Ok(()) if kind == path::ProbeKind::Notice => {
+                debug!(%peer, status = %m.status(), "peer's native path failed");
+            }
+            Ok(()) if kind == path::ProbeKind::Moved => {
+                info!(%peer, %from, status = %m.status(), "peer moved (its binding update)");
+            }
+            Ok(()) => {
+                debug!(%peer, "binding update acknowledged");
+                self.release_held(peer, now);
+            }
             Err(e) => {
                 self.counters.control_errors += 1;
-                trace!(%peer, error = %e, "notice refused");
+                if kind == path::ProbeKind::Moved {
+                    self.moves.refused += 1;
+                }
+                debug!(%peer, ?kind, error = %e, "path message refused");
             }
         }
         self.drain_path(peer, now);

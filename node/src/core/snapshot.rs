@@ -275,6 +275,14 @@ impl NodeCore {
         let d = self.dprp.stats();
         let o = self.dprp.occupancy();
         let (probes_sent, probes_answered) = self.probe_stats();
+        let moved = self.paths.machines.values().fold((0, 0, 0), |a, m| {
+            let s = m.stats();
+            (
+                a.0 + s.moved_sent,
+                a.1 + s.moved_acked,
+                a.2 + s.moved_received,
+            )
+        });
         [
             ("tun_in", c.tun_in),
             ("tun_out", c.tun_out),
@@ -363,6 +371,12 @@ impl NodeCore {
             ("transit_passed", self.transit.passed),
             ("transit_dropped", self.transit.dropped),
             ("transit_entries", self.transit.entries.len() as u64),
+            ("move_held", self.moves.held_total),
+            ("move_held_dropped", self.moves.held_dropped),
+            ("moved_refused", self.moves.refused),
+            ("moved_sent", moved.0),
+            ("moved_acked", moved.1),
+            ("moved_received", moved.2),
             ("pit_entries", self.pit.len() as u64),
             ("negotiations", self.dprp.negotiations() as u64),
         ]

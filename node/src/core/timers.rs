@@ -42,6 +42,8 @@ pub enum Timer {
     /// A flow negotiated through this gateway is listed (and, dropped,
     /// enforced) until then (transit.rs).
     TransitExpiry(FlowId),
+    /// Packets held across a move go out now whatever was proven.
+    MoveHoldEnd,
 }
 
 /// Deadlines in order. The PIT's ageing deadline is kept once (the earliest

@@ -545,6 +545,7 @@ impl Shell {
                 std::net::IpAddr::V6(_) => None,
             })
             .collect();
+        let has_v4 = !v4.is_empty();
         if let Some((known, _)) = self.local.as_mut()
             && !v4.is_empty()
             && known.replace(v4.clone())
@@ -552,6 +553,11 @@ impl Shell {
             // The receive path needs at least one address; between two
             // networks it keeps the old ones until the new one comes.
             self.pending_ops.push(FlowOp::SetLocal(v4));
+        }
+        if has_v4 && crate::netwatch::has_default_route() {
+            // Between two networks a new connection would go nowhere: the
+            // change that brings the route (a burst's last) opens them.
+            self.carrier.network_changed();
         }
         self.core.handle_network_change(cause, now);
     }

@@ -22,6 +22,11 @@ const SLOTS: usize = 32;
 /// enough for the peer's count to show whether native data gets through,
 /// few enough that a trial costs little bandwidth.
 pub const TRIAL_COPIES: u32 = 64;
+/// A moved message unacknowledged this long is sent again (doubling).
+pub const MOVED_RETRY: Duration = Duration::from_millis(100);
+/// Moved messages per move, the first included: with [`MOVED_RETRY`]
+/// doubling, the last goes 1.5 s after the move.
+pub const MOVED_TRIES: u32 = 5;
 
 /// The path state machine of one peer: which carrier its packets take.
 ///
@@ -103,6 +108,23 @@ pub struct PathMachine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<PathEvent>,
     stats: PathStats,
+    /// The moved message waiting for its ack.
+    moved: Option<MovedPending>,
+}
+
+/// When a waiting moved message is sent again (or given up).
+fn moved_due(p: &MovedPending) -> Instant {
+    p.sent_at + MOVED_RETRY * (1 << (p.tries - 1))
+}
+
+/// A moved message (Binding Update) this machine sent and the peer has not
+/// acknowledged yet.
+#[derive(Debug, Clone, Copy)]
+struct MovedPending {
+    seq: u64,
+    timestamp: u64,
+    sent_at: Instant,
+    tries: u32,
 }
 
 impl fmt::Debug for PathMachine {
@@ -167,6 +189,7 @@ impl PathMachine {
             transmits: VecDeque::with_capacity(MAX_QUEUED),
             events: VecDeque::with_capacity(4),
             stats: PathStats::default(),
+            moved: None,
             cfg,
         };
         match m.cfg.force {
@@ -287,6 +310,8 @@ impl PathMachine {
         match bytes.get(1) {
             Some(&probe::TYPE_ANSWER) => self.handle_probe_answer(bytes, from, now),
             Some(&probe::TYPE_NOTICE) => self.handle_notice(bytes, now),
+            Some(&probe::TYPE_MOVED) => self.handle_moved(bytes, from, now),
+            Some(&probe::TYPE_MOVED_ACK) => self.handle_moved_ack(bytes),
             _ => self.handle_probe(bytes, from, now),
         }
     }
@@ -570,8 +595,131 @@ impl PathMachine {
         }
     }
 
+    /// This node's addresses changed (Mobile PPC): queues a moved message
+    /// (the Binding Update, kind [`ProbeKind::Moved`], for the carrier)
+    /// that the peer acknowledges; sent again with a doubling delay until
+    /// acknowledged, at most [`MOVED_TRIES`] times. A newer move replaces
+    /// an unacknowledged one. Works whatever the native path does (forced
+    /// QUIC too): the ack is how the node knows the carrier gets through
+    /// from its new address.
+    pub fn send_moved(&mut self, now: Instant) {
+        self.moved = None;
+        self.queue_moved(1, now);
+    }
+
+    fn queue_moved(&mut self, tries: u32, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let timestamp = self.micros(now);
+        let to = self
+            .active
+            .or(self.candidates.first().copied())
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let msg = ProbeRepr {
+            kind: ProbeKind::Moved,
+            sender: self.local,
+            receiver: self.peer,
+            seq,
+            timestamp,
+            rx_native: 0,
+            to,
+            observed: None,
+        };
+        if self.queue(msg, to).is_ok() {
+            self.stats.moved_sent += 1;
+        }
+        self.moved = Some(MovedPending {
+            seq,
+            timestamp,
+            sent_at: now,
+            tries,
+        });
+    }
+
+    /// True while a moved message waits for its ack.
+    pub fn moved_pending(&self) -> bool {
+        self.moved.is_some()
+    }
+
+    /// The peer's moved message (it came over the carrier, from `from`):
+    /// its addresses changed. Authenticated and replay-checked like a
+    /// probe (one sequence and window for both), then acknowledged
+    /// ([`ProbeKind::MovedAck`], to the carrier), and, unless native is off
+    /// here, every path to the peer is probed again at once with QUIC
+    /// meanwhile (its old address is unproven; `from`'s IP is tried
+    /// first). A forged or replayed one changes nothing but a counter.
+    pub fn handle_moved(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
+        let repr = self.authenticate(bytes, ProbeKind::Moved)?;
+        if let Err(e) = self.peer_probes.check(repr.seq) {
+            self.stats.replays_refused += 1;
+            return Err(match e {
+                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
+                other => other,
+            });
+        }
+        self.peer_probes.update(repr.seq);
+        self.stats.moved_received += 1;
+        let ack = ProbeRepr {
+            kind: ProbeKind::MovedAck,
+            sender: self.local,
+            receiver: self.peer,
+            seq: repr.seq,
+            timestamp: repr.timestamp,
+            rx_native: self.rx_native,
+            to: from,
+            observed: Some(from),
+        };
+        self.queue(ack, from)?;
+        if matches!(self.phase, Phase::Off | Phase::Unavailable) {
+            return Ok(());
+        }
+        // The carrier's source is the peer's new address (or its NAT's):
+        // probed first, on the probe port the other candidates use.
+        if let Some(port) = self.candidates.first().map(SocketAddr::port) {
+            let c = SocketAddr::new(from.ip(), port);
+            self.candidates.retain(|x| *x != c);
+            self.candidates.insert(0, c);
+            self.candidates.truncate(MAX_CANDIDATES);
+        }
+        self.stats.peer_moves += 1;
+        self.backoff = self.cfg.retry_initial;
+        self.restart(now);
+        if self.phase == Phase::Probing {
+            self.set_path(PathKind::Quic, Reason::PeerMoved);
+        }
+        Ok(())
+    }
+
+    /// The ack of this machine's moved message (over the carrier): accepted
+    /// once, for the message still waiting; then the carrier is known to
+    /// get through from the new address.
+    pub fn handle_moved_ack(&mut self, bytes: &[u8]) -> Result<()> {
+        let repr = self.authenticate(bytes, ProbeKind::MovedAck)?;
+        match self.moved {
+            Some(p) if p.seq == repr.seq && p.timestamp == repr.timestamp => {
+                self.moved = None;
+                self.stats.moved_acked += 1;
+                Ok(())
+            }
+            _ => {
+                self.stats.replays_refused += 1;
+                Err(Error::UnsolicitedAnswer { seq: repr.seq })
+            }
+        }
+    }
+
     /// Runs whatever is due at `now`: lost probes, the next round, a retry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(p) = self.moved
+            && moved_due(&p) <= now
+        {
+            if p.tries < MOVED_TRIES {
+                self.queue_moved(p.tries + 1, now);
+            } else {
+                // The last one went unanswered too: given up.
+                self.moved = None;
+            }
+        }
         self.expire_probes(now);
         match self.phase {
             Phase::Probing if self.due.is_some_and(|d| d <= now) => {
@@ -621,10 +769,11 @@ impl PathMachine {
             Phase::Trial => Some((self.native_probe_due(), Timer::NextProbe)),
             Phase::Off | Phase::Unavailable | Phase::NoCandidates => None,
         };
-        match (lost, next) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        }
+        let moved = self.moved.map(|p| (moved_due(&p), Timer::MovedRetry));
+        [lost, next, moved]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
     // ---- helpers ----

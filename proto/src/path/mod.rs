@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use config::{Force, PathConfig};
-pub use machine::{PathMachine, TRIAL_COPIES};
+pub use machine::{MOVED_RETRY, MOVED_TRIES, PathMachine, TRIAL_COPIES};
 pub use probe::{ProbeKey, ProbeKind, ProbeRepr, ProbeView, is_probe};
 
 /// The most candidate addresses a peer may have.
@@ -162,6 +162,8 @@ pub enum Timer {
     NextProbe,
     /// The next native retry after a fallback.
     Retry,
+    /// An unacknowledged moved message is sent again (or given up).
+    MovedRetry,
 }
 
 /// A probe or answer to send: one UDP datagram from port 7717 to `dst`.
@@ -235,4 +237,10 @@ pub struct PathStats {
     pub transmits_dropped: u64,
     /// Rounds sent at once because a silent peer's probe arrived.
     pub punches: u64,
+    /// Moved messages (Binding Updates) sent, retransmits included.
+    pub moved_sent: u64,
+    /// Moved messages this node sent that the peer acknowledged.
+    pub moved_acked: u64,
+    /// The peer's authenticated, fresh moved messages taken.
+    pub moved_received: u64,
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  0  version u8 (= 1)          same first byte as DPRP
-//!  1  type u8                   0x10 probe, 0x11 answer, 0x12 notice
+//!  1  type u8                   0x10 probe, 0x11 answer, 0x12 notice,
+//!                               0x13 moved (Binding Update), 0x14 moved-ack
 //!                               (DPRP uses 1..=6)
 //!  2  sender GE u32
 //!  6  receiver GE u32
@@ -11,7 +12,10 @@
 //! 18  timestamp u64             probe: prober's clock (µs); answer: echoed
 //!                               A notice is laid out as a probe; it tells
 //!                               the peer the sender's native path failed
-//!                               (sent over the QUIC carrier).
+//!                               (sent over the QUIC carrier). A moved
+//!                               message (a probe's layout, over the
+//!                               carrier) says the sender's addresses
+//!                               changed; its ack is laid out as an answer.
 //! 26  rx_native u64             probe, notice: 0; answer: authenticated native data
 //!                               packets the answerer took in from the prober
 //! 34  to: family u8 (4|6), address (4|16), port u16
@@ -51,6 +55,10 @@ pub const TYPE_PROBE: u8 = 0x10;
 pub const TYPE_ANSWER: u8 = 0x11;
 /// Type byte of a fallback notice.
 pub const TYPE_NOTICE: u8 = 0x12;
+/// Type byte of a moved message (Mobile PPC's Binding Update).
+pub const TYPE_MOVED: u8 = 0x13;
+/// Type byte of a moved message's acknowledgement.
+pub const TYPE_MOVED_ACK: u8 = 0x14;
 /// Length of the truncated HMAC-SHA256 tag.
 pub const TAG_LEN: usize = 16;
 /// Length of the fixed part before the addresses.
@@ -74,6 +82,12 @@ pub enum ProbeKind {
     /// "My native path to you just failed": the peer stops trusting its own
     /// (it may send too little to notice soon). Sent over QUIC.
     Notice,
+    /// "My addresses just changed" (Mobile PPC's Binding Update): the peer
+    /// probes again and acknowledges. Sent over the carrier.
+    Moved,
+    /// The acknowledgement of a [`ProbeKind::Moved`], laid out as an answer
+    /// (`observed`: the address the moved message came from).
+    MovedAck,
 }
 
 impl ProbeKind {
@@ -83,7 +97,15 @@ impl ProbeKind {
             Self::Probe => TYPE_PROBE,
             Self::Answer => TYPE_ANSWER,
             Self::Notice => TYPE_NOTICE,
+            Self::Moved => TYPE_MOVED,
+            Self::MovedAck => TYPE_MOVED_ACK,
         }
+    }
+
+    /// Laid out as an answer (an observed address, a count): answers and
+    /// moved-acks.
+    pub const fn is_answer_like(self) -> bool {
+        matches!(self, Self::Answer | Self::MovedAck)
     }
 }
 
@@ -92,7 +114,11 @@ impl ProbeKind {
 pub fn is_probe(datagram: &[u8]) -> bool {
     matches!(
         datagram,
-        [VERSION, TYPE_PROBE | TYPE_ANSWER | TYPE_NOTICE, ..]
+        [
+            VERSION,
+            TYPE_PROBE | TYPE_ANSWER | TYPE_NOTICE | TYPE_MOVED | TYPE_MOVED_ACK,
+            ..
+        ]
     )
 }
 
@@ -150,9 +176,11 @@ impl<'a> ProbeView<'a> {
             TYPE_PROBE => ProbeKind::Probe,
             TYPE_ANSWER => ProbeKind::Answer,
             TYPE_NOTICE => ProbeKind::Notice,
-            _ => return Err(Error::invalid("path probe type", "not 0x10..=0x12")),
+            TYPE_MOVED => ProbeKind::Moved,
+            TYPE_MOVED_ACK => ProbeKind::MovedAck,
+            _ => return Err(Error::invalid("path probe type", "not 0x10..=0x14")),
         };
-        if kind != ProbeKind::Answer && u64_at(buf, 26) != 0 {
+        if !kind.is_answer_like() && u64_at(buf, 26) != 0 {
             return Err(Error::invalid("path probe rx_native", "nonzero in a probe"));
         }
         let to_len = match addr_len(buf[FIXED_LEN])? {
@@ -162,18 +190,17 @@ impl<'a> ProbeView<'a> {
         let observed_at = FIXED_LEN + to_len;
         need(buf, observed_at + 1, "path probe observed address")?;
         let observed_len = addr_len(buf[observed_at])?;
-        match (kind, observed_len) {
-            (ProbeKind::Probe | ProbeKind::Notice, 0) => {}
-            (ProbeKind::Probe | ProbeKind::Notice, _) => {
+        match (kind.is_answer_like(), observed_len) {
+            (false, 0) | (true, 1..) => {}
+            (false, _) => {
                 return Err(Error::invalid("path probe observed", "present in a probe"));
             }
-            (ProbeKind::Answer, 0) => {
+            (true, 0) => {
                 return Err(Error::invalid(
                     "path probe observed",
                     "missing in an answer",
                 ));
             }
-            (ProbeKind::Answer, _) => {}
         }
         let tag_at = observed_at + observed_len.max(1);
         need(buf, tag_at + TAG_LEN, "path probe tag")?;
@@ -195,6 +222,8 @@ impl<'a> ProbeView<'a> {
         match self.buf[1] {
             TYPE_PROBE => ProbeKind::Probe,
             TYPE_NOTICE => ProbeKind::Notice,
+            TYPE_MOVED => ProbeKind::Moved,
+            TYPE_MOVED_ACK => ProbeKind::MovedAck,
             _ => ProbeKind::Answer,
         }
     }
@@ -274,7 +303,10 @@ impl ProbeRepr {
 
     fn fields(view: &ProbeView<'_>) -> Self {
         let b = view.buf;
-        let observed = (view.kind() == ProbeKind::Answer).then(|| addr_at(b, view.observed_at));
+        let observed = view
+            .kind()
+            .is_answer_like()
+            .then(|| addr_at(b, view.observed_at));
         Self {
             kind: view.kind(),
             sender: view.sender(),
@@ -298,11 +330,11 @@ impl ProbeRepr {
     /// rules (observed address in a probe or missing in an answer, rx_native
     /// in a probe).
     pub fn emit(&self, key: &ProbeKey, buf: &mut [u8]) -> Result<usize> {
-        match (self.kind, self.observed) {
-            (ProbeKind::Probe | ProbeKind::Notice, Some(_)) => {
+        match (self.kind.is_answer_like(), self.observed) {
+            (false, Some(_)) => {
                 return Err(Error::invalid("path probe observed", "present in a probe"));
             }
-            (ProbeKind::Answer, None) => {
+            (true, None) => {
                 return Err(Error::invalid(
                     "path probe observed",
                     "missing in an answer",
@@ -310,7 +342,7 @@ impl ProbeRepr {
             }
             _ => {}
         }
-        if self.kind != ProbeKind::Answer && self.rx_native != 0 {
+        if !self.kind.is_answer_like() && self.rx_native != 0 {
             return Err(Error::invalid("path probe rx_native", "nonzero in a probe"));
         }
         let len = self.buffer_len();

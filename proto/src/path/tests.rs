@@ -163,8 +163,13 @@ impl Net {
                     self.b_opened = true;
                 }
                 let filtered = to == Side::B && self.filter_b && !self.b_opened;
-                // Notices ride the QUIC carrier, which no firewall here blocks.
-                if (self.block_probes && t.kind != ProbeKind::Notice) || !reaches || filtered {
+                // Notices and moved messages ride the QUIC carrier, which
+                // no firewall here blocks.
+                let carrier = matches!(
+                    t.kind,
+                    ProbeKind::Notice | ProbeKind::Moved | ProbeKind::MovedAck
+                );
+                if (self.block_probes && !carrier) || !reaches || filtered {
                     continue;
                 }
                 if let Some(at) = self.delivery() {
@@ -1207,4 +1212,128 @@ fn a_replayed_or_forged_probe_from_a_new_address_moves_nothing() {
     assert_eq!(net.a.current(), PathKind::Native);
     assert_eq!(net.a.native_addr(), Some(addr_b()));
     assert!(!net.a.candidates().contains(&elsewhere));
+}
+
+/// Issue 12, the Binding Update: B moves and sends its moved message; A
+/// acknowledges it, probes B again (QUIC meanwhile) and follows B to its
+/// new address; B's message is acknowledged once.
+#[test]
+fn a_moved_message_is_acknowledged_and_the_peer_probes_the_new_address() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    assert_eq!(net.a.current(), PathKind::Native);
+    let moved: SocketAddr = "198.18.7.2:7717".parse().unwrap();
+    net.b_mapped = Some(moved);
+    let now = net.now;
+    net.b.handle_local_change(now);
+    net.b.send_moved(now);
+    assert!(net.b.moved_pending());
+    net.drain();
+    net.run_for(4 * LATENCY);
+    assert_eq!(net.a.stats().moved_received, 1);
+    assert_eq!(net.b.stats().moved_acked, 1);
+    assert!(!net.b.moved_pending());
+    assert!(net.a.stats().peer_moves >= 1);
+    assert_eq!(net.a.native_addr(), Some(moved));
+    assert_eq!(net.a.current(), PathKind::Native);
+    // Acknowledged: not sent again.
+    let sent = net.b.stats().moved_sent;
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.b.stats().moved_sent, sent);
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+/// Unacknowledged moved messages are sent again with a doubling delay, and
+/// at most MOVED_TRIES times in all.
+#[test]
+fn an_unanswered_moved_message_is_retransmitted_a_bounded_number_of_times() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    net.loss_percent = 100;
+    let now = net.now;
+    net.b.send_moved(now);
+    net.drain();
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.b.stats().moved_sent, u64::from(MOVED_TRIES));
+    assert!(!net.b.moved_pending(), "given up after the last try");
+    let times: Vec<_> = net
+        .sent
+        .iter()
+        .filter(|(_, s, k)| *s == Side::B && *k == ProbeKind::Moved)
+        .map(|(t, _, _)| *t - now)
+        .collect();
+    assert_eq!(times[1], MOVED_RETRY);
+    assert_eq!(times[2], MOVED_RETRY * 3);
+}
+
+/// Forced QUIC: no probing, but the moved message is still acknowledged
+/// (the ack is how the mover knows the carrier gets through).
+#[test]
+fn a_moved_message_is_acknowledged_with_native_forced_off() {
+    let mut net = Net::new(forced(Force::Quic), forced(Force::Quic));
+    let now = net.now;
+    net.b.send_moved(now);
+    net.drain();
+    net.run_for(4 * LATENCY);
+    assert_eq!(net.b.stats().moved_acked, 1);
+    assert_eq!(net.a.status().to_string(), "quic (forced)");
+    assert_eq!(net.a.stats().peer_moves, 0);
+}
+
+/// A third party replaying B's moved message (or its ack), or sending one
+/// it made without the pair's key, changes nothing but counters.
+#[test]
+fn a_forged_or_replayed_moved_message_changes_nothing() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    let now = net.now;
+    net.b.send_moved(now);
+    net.drain();
+    net.run_for(4 * LATENCY);
+    let wire = |k: u8, side: Side| {
+        net.wire
+            .iter()
+            .find(|(s, _, b)| *s == side && b[1] == k)
+            .map(|(_, _, b)| b.clone())
+            .unwrap()
+    };
+    let moved_b = wire(probe::TYPE_MOVED, Side::B);
+    let ack_a = wire(probe::TYPE_MOVED_ACK, Side::A);
+    let moves = net.a.stats().peer_moves;
+    let elsewhere: SocketAddr = "198.18.66.6:7717".parse().unwrap();
+    let now = net.now;
+    assert!(matches!(
+        net.a.handle_moved(&moved_b, elsewhere, now),
+        Err(Error::ProbeReplay { .. })
+    ));
+    let mut forged = moved_b.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    assert!(matches!(
+        net.a.handle_moved(&forged, elsewhere, now),
+        Err(Error::BadMac(_))
+    ));
+    // A moved message made under another key (a node without the pair's).
+    let mut other = PathMachine::new(
+        auto(),
+        GeId(2),
+        GeId(1),
+        &[9; 32],
+        vec![addr_a()],
+        UNIX + 5,
+        now,
+    );
+    other.send_moved(now);
+    let t = std::iter::from_fn(|| other.poll_transmit())
+        .find(|t| t.kind == ProbeKind::Moved)
+        .unwrap();
+    assert!(net.a.handle_moved(t.payload(), elsewhere, now).is_err());
+    assert!(
+        net.b.handle_moved_ack(&ack_a).is_err(),
+        "an ack counts once"
+    );
+    assert_eq!(net.a.stats().peer_moves, moves);
+    assert_eq!(net.a.stats().moved_received, 1);
+    assert!(!net.a.candidates().contains(&elsewhere));
+    assert!(net.a.stats().replays_refused >= 1 && net.a.stats().bad_tags >= 2);
 }

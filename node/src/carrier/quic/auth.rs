@@ -28,6 +28,10 @@ use crate::error::{Error, Result};
 /// The name clients put in their ClientHello. Peers are verified by GE id,
 /// so this is a constant that says nothing about the peer.
 pub(crate) const SERVER_NAME: &str = "fpn-node";
+/// The server name of a connection a node opens after it moved: the peer
+/// replaces its own connection with it at once (the verifier reads
+/// identities from certificates, never names, so this only signals).
+pub(crate) const SERVER_NAME_MOVED: &str = "moved.fpn-node";
 
 /// What a verified certificate says about its holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use fpn_proto::ge::GeId;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::auth::{PeerCert, SERVER_NAME, peer_of};
+use super::auth::{PeerCert, SERVER_NAME, SERVER_NAME_MOVED, peer_of};
 use super::peer::{Counters, Link, Peer, Up};
 use super::{Congestion, Inner, QuicCarrierConfig, close};
 use crate::carrier::candidates::{self, Action, Race};
@@ -118,7 +118,14 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
                     conn.close(close::REVOKED.into(), b"no identity");
                     return warn!("peer without identity after the handshake");
                 };
-                inner2.install(conn, cert.ge, cert);
+                // A peer that moved dials under another server name: its
+                // connection replaces ours even right after ours came up.
+                let moved = conn
+                    .handshake_data()
+                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|d| d.server_name)
+                    .is_some_and(|n| n == SERVER_NAME_MOVED);
+                inner2.install(conn, cert.ge, cert, moved);
             }
             .instrument(span),
         );
@@ -128,8 +135,9 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
 /// Connects to `target`: its candidates race ([`Race`]: local ones at
 /// once, the reflexive one a moment later, the first handshake kept), and
 /// the winner is installed; on failure drops what was queued and backs off.
-/// `punch` counts the connection as one the GMS asked for.
-pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) {
+/// `punch` counts the connection as one the GMS asked for; `moved` says
+/// this node moved and the connection replaces the peer's at once.
+pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool, moved: bool) {
     let span = info_span!("quic_peer", peer = %target.ge);
     async move {
         let cands = candidates::typed(&target.addrs, target.reflexive);
@@ -144,8 +152,9 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) 
                     Action::Dial(i) => {
                         let (inner, (addr, kind)) = (inner.clone(), cands[i]);
                         debug!(%addr, ?kind, "dialing candidate");
-                        attempts
-                            .spawn(async move { (i, connect_one(&inner, target.ge, addr).await) });
+                        attempts.spawn(async move {
+                            (i, connect_one(&inner, target.ge, addr, moved).await)
+                        });
                     }
                     // Only a completed handshake makes a candidate ready,
                     // and that is taken below where the connection is.
@@ -183,7 +192,7 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool) 
                             if punch {
                                 inner.count_punch(target.ge);
                             }
-                            return inner.install(conn, inner.local, cert);
+                            return inner.install(conn, inner.local, cert, moved);
                         }
                     }
                     None => {
@@ -210,12 +219,25 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
     }
 }
 
-async fn connect_one(inner: &Inner, ge: GeId, addr: SocketAddr) -> Result<quinn::Connection> {
+async fn connect_one(
+    inner: &Inner,
+    ge: GeId,
+    addr: SocketAddr,
+    moved: bool,
+) -> Result<quinn::Connection> {
     let mut cc = quinn::ClientConfig::new(inner.tls.client_crypto(ge)?);
     cc.transport_config(inner.transport.clone());
     let connecting = inner
         .endpoint
-        .connect_with(cc, addr, SERVER_NAME)
+        .connect_with(
+            cc,
+            addr,
+            if moved {
+                SERVER_NAME_MOVED
+            } else {
+                SERVER_NAME
+            },
+        )
         .map_err(|e| Error::CarrierTls(format!("connect to {addr}: {e}")))?;
     match tokio::time::timeout(inner.connect_timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),
@@ -226,8 +248,15 @@ async fn connect_one(inner: &Inner, ge: GeId, addr: SocketAddr) -> Result<quinn:
 
 impl Inner {
     /// Makes `conn` (opened by `initiator`) the peer's connection, unless a
-    /// connection that wins is already up; sends what was queued.
-    fn install(self: &Arc<Self>, conn: quinn::Connection, initiator: GeId, cert: PeerCert) {
+    /// connection that wins is already up (never when `moved`: the
+    /// initiator moved and the old one is dead); sends what was queued.
+    fn install(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        initiator: GeId,
+        cert: PeerCert,
+        moved: bool,
+    ) {
         let ge = cert.ge;
         let mut peers = self.lock();
         if self.closed.load(Ordering::Acquire) || self.tls.trust().is_refused(&cert) {
@@ -244,8 +273,9 @@ impl Inner {
             // opened theirs at once: then both connections come up within
             // a few connect timeouts of each other, and both sides keep
             // the one opened by the lower GE id, so both keep the same one.
-            let simultaneous =
-                old.initiator != initiator && old.since.elapsed() < self.simultaneous_window;
+            let simultaneous = !moved
+                && old.initiator != initiator
+                && old.since.elapsed() < self.simultaneous_window;
             if simultaneous && old.initiator < initiator {
                 debug!(peer = %ge, %initiator, "duplicate connection, keeping the other");
                 // The peer may have sent on it before it learnt which one
@@ -254,7 +284,9 @@ impl Inner {
                 self.runtime.spawn(retire(conn));
                 return;
             }
-            if !simultaneous {
+            if moved {
+                info!(peer = %ge, %initiator, "new connection after a move replaces the old one");
+            } else if !simultaneous {
                 info!(peer = %ge, %initiator, "new connection from a peer that lost the old one");
             }
             self.runtime.spawn(retire(old.conn.clone()));
@@ -404,7 +436,7 @@ const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
 
 /// Closes a connection that lost to another one, after a grace period in
 /// which frames the peer sent on it still arrive.
-async fn retire(conn: quinn::Connection) {
+pub(super) async fn retire(conn: quinn::Connection) {
     tokio::select! {
         _ = tokio::time::sleep(DUPLICATE_GRACE) => conn.close(close::DUPLICATE.into(), b"duplicate"),
         _ = conn.closed() => {}

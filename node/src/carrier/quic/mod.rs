@@ -330,7 +330,7 @@ impl QuicCarrier {
             peer.link = Link::Connecting;
             inner
                 .runtime
-                .spawn(conn::connect(inner.clone(), to.clone(), false));
+                .spawn(conn::connect(inner.clone(), to.clone(), false, false));
             // A retry of direct QUIC punches like a first attempt does.
             let _ = inner.punch_requests.try_send(to.ge);
         }
@@ -377,6 +377,22 @@ impl Carrier for QuicCarrier {
 
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
         self.inner.send(to, kind, payload)
+    }
+
+    fn network_changed(&self) {
+        // Every connection is opened again from this side with its next
+        // frame, racing the peer's candidates as at first; the peer takes
+        // it as the one replacing its own. quinn migrates only a client's
+        // connection, and only to the same peer address: a connection this
+        // node accepted keeps sending from the local address its first
+        // packet came to (gone now), and one it opened to the peer's LAN
+        // address leads nowhere from another network.
+        for (ge, p) in self.inner.lock().iter_mut() {
+            if !matches!(p.link, Link::Idle) {
+                debug!(peer = %ge, "moved: the connection is opened again");
+                p.redial = true;
+            }
+        }
     }
 
     fn peers(&self) -> Vec<PeerStats> {
@@ -463,6 +479,18 @@ impl Inner {
         }
         let mut peers = self.lock();
         let peer = peers.entry(to.ge).or_insert_with(Peer::new);
+        if std::mem::take(&mut peer.redial) && !to.addrs.is_empty() {
+            // Frames queue until the new connection is up (a handshake,
+            // milliseconds); the old one is read a little longer. An
+            // attempt started before the move (from no address, or to
+            // the peer's unreachable one) is overtaken: the first to come
+            // up is used, a later one replaces it.
+            if let Link::Up(old) = std::mem::replace(&mut peer.link, Link::Connecting) {
+                self.runtime.spawn(conn::retire(old.conn));
+            }
+            self.runtime
+                .spawn(conn::connect(self.clone(), to.clone(), false, true));
+        }
         let Peer {
             link,
             send_buf,
@@ -499,7 +527,7 @@ impl Inner {
             }
             peer.link = Link::Connecting;
             self.runtime
-                .spawn(conn::connect(self.clone(), to.clone(), false));
+                .spawn(conn::connect(self.clone(), to.clone(), false, false));
             // Behind a NAT the peer's router drops our packets unless the
             // peer sends to us at the same time: ask the GMS to tell it.
             let _ = self.punch_requests.try_send(to.ge);
@@ -525,7 +553,7 @@ impl Inner {
         peer.retry_at = None;
         peer.link = Link::Connecting;
         self.runtime
-            .spawn(conn::connect(self.clone(), target, true));
+            .spawn(conn::connect(self.clone(), target, true, false));
     }
 
     /// Sends one encoded frame (kind byte included) on `conn`; counts it or its drop.

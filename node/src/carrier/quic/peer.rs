@@ -68,6 +68,9 @@ pub(crate) struct Peer {
     /// After a failed attempt, no new one before this.
     pub retry_at: Option<Instant>,
     pub send_buf: SendBuf,
+    /// This host moved and the connection was accepted here: open it again
+    /// from this side with the next frame (`Carrier::network_changed`).
+    pub redial: bool,
 }
 
 /// Where outgoing frames are built. Frames are cut from one block and
@@ -100,6 +103,7 @@ impl Peer {
             counters: Arc::default(),
             retry_at: None,
             send_buf: SendBuf::default(),
+            redial: false,
         }
     }
 
