@@ -113,6 +113,10 @@ impl NodeCore {
             }
         }
         if !self.moves.holding.is_empty() {
+            debug!(
+                peers = self.moves.holding.len(),
+                "packets held until the binding updates are acknowledged"
+            );
             let until = now + HOLD;
             self.moves.hold_until = Some(until);
             self.timers.schedule(until, Timer::MoveHoldEnd);

@@ -531,8 +531,17 @@ impl NodeCore {
             return;
         };
         let is_probe = view.kind() == path::ProbeKind::Probe;
+        let moves_before = m.stats().peer_moves;
         match m.handle_datagram(payload, from, now) {
             Ok(()) => {
+                if self
+                    .paths
+                    .machines
+                    .get(&ge)
+                    .is_some_and(|m| m.stats().peer_moves > moves_before)
+                {
+                    self.peer_moved(ge, from.ip(), now);
+                }
                 if is_probe && self.paths.probe_sources.get(&ge) != Some(&from.ip()) {
                     self.paths.probe_sources.insert(ge, from.ip());
                     self.install_peer_translations(ge, now);
@@ -760,6 +769,7 @@ impl NodeCore {
             }
             Ok(()) if kind == path::ProbeKind::Moved => {
                 info!(%peer, %from, status = %m.status(), "peer moved (its binding update)");
+                self.peer_moved(peer, from.ip(), now);
             }
             Ok(()) => {
                 debug!(%peer, "binding update acknowledged");
@@ -812,6 +822,23 @@ impl NodeCore {
                     .then(|| m.candidates().first().map(|a| a.ip()))
                     .flatten()
             })
+    }
+
+    /// Peer `ge` moved, to `ip` as far as this node can tell (its fresh,
+    /// authenticated probe or Binding Update came from there): the NAT
+    /// bindings of its flows are stale (they name the old network's NAT),
+    /// so its flows' translations move to `ip` with their own ports, and a
+    /// new NAT there binds them again with its first packet. Without this
+    /// a bound flow kept its old binding and the peer's packets from the
+    /// new address were refused until a TCP retransmission (hundreds of ms)
+    /// made a new one.
+    pub(super) fn peer_moved(&mut self, ge: GeId, ip: IpAddr, now: Instant) {
+        let xlat = &self.xlat;
+        self.paths
+            .bound
+            .retain(|o| xlat.get(o).is_none_or(|t| t.peer != ge));
+        self.paths.probe_sources.insert(ge, ip);
+        self.install_peer_translations(ge, now);
     }
 
     /// Installs (or moves) the translation of every protected flow of `ge`.
