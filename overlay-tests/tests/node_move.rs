@@ -283,3 +283,87 @@ fn a_tcp_record_stream_survives_three_moves_on_the_native_path() {
 fn a_tcp_record_stream_survives_three_moves_on_the_quic_carrier() {
     records_across_three_moves("carrier = \"quic\"", Duration::from_millis(50));
 }
+
+/// Forged and replayed Binding Updates from a third node change nothing:
+/// laptop2 (an enrolled node at the cafe) sends the home router's node
+/// moved messages in the laptop's name and in its own under a key that is
+/// not the pair's, each twice, over its authenticated QUIC connection, and
+/// the laptop's forged one as a UDP datagram to port 7717. The router's
+/// node refuses and counts every one, follows nobody, and the laptop's
+/// path stays as it was. (Replays of a genuine one, which a third node
+/// cannot read off the encrypted carrier, are refused by the sequence
+/// window: proto's path tests.)
+#[test]
+fn forged_binding_updates_from_a_third_node_change_nothing() {
+    need(OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
+    let ov = Overlay::start(
+        lab,
+        &Spec::new(
+            &[(1, "home")],
+            vec![
+                NodeSpec::new("gw", Mode::Op, &[1]),
+                NodeSpec::new("laptop", Mode::Op, &[1]),
+                NodeSpec::new("laptop2", Mode::Op, &[1]),
+            ],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let _echo = echo_server(ov.lab(), "gw", PORT);
+    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    echo_until_answered(&ov, "laptop2", "gw", Duration::from_secs(10));
+    common::wait_native(&ov, "gw", "laptop");
+    let ge = |n: &str| {
+        ov.gms_json(&["ge", "show", n]).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+            .to_string()
+    };
+    let counters = |n: &str| ov.status(n).unwrap()["counters"].clone();
+    let before = counters("gw");
+    let path_before = common::peer_entry(&ov, "gw", "laptop")["path"].clone();
+
+    let gw_wan = ov.lab().addr("gw", "pub-home").unwrap();
+    let state = ov.state_dir("laptop2").unwrap().display().to_string();
+    let out = ov
+        .lab()
+        .exec_ok(
+            "laptop2",
+            [
+                env!("CARGO_BIN_EXE_fpn-forge"),
+                "--state",
+                &state,
+                "--own-ge",
+                &ge("laptop2"),
+                "--peer-ge",
+                &ge("gw"),
+                "--victim-ge",
+                &ge("laptop"),
+                "--to",
+                &format!("{gw_wan}:7718"),
+            ],
+        )
+        .expect("fpn-forge");
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(sent["carrier_sent"], 4, "{sent}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let after = counters("gw");
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        delta("moved_refused"),
+        4,
+        "every forged or repeated moved message is refused and counted\n{after}"
+    );
+    assert_eq!(delta("moved_received"), 0, "{after}");
+    assert!(delta("native_in_unknown") >= 2, "the native ones: {after}");
+    // Nobody was followed: the laptop's path is what it was, and the
+    // laptop still reaches the router natively at once.
+    assert_eq!(common::peer_entry(&ov, "gw", "laptop")["path"], path_before);
+    let back = echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(2));
+    assert!(back < Duration::from_millis(600), "{back:?}");
+    assert!(
+        !ov.node_log("gw").contains("peer moved"),
+        "the router's node followed a forged move"
+    );
+}
