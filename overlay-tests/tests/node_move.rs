@@ -367,3 +367,76 @@ fn forged_binding_updates_from_a_third_node_change_nothing() {
         "the router's node followed a forged move"
     );
 }
+
+/// UDP from `from`'s fixed source port `sport` to `to`'s echo server until
+/// one message is answered (one flow, the same five-tuple every try), or
+/// `bound` passed: how long it took, or `None`.
+fn echo_flow(ov: &Overlay, from: &str, to: &str, sport: u16, bound: Duration) -> Option<Duration> {
+    let dst = SocketAddr::new(ov.overlay_addr(to).unwrap().into(), PORT);
+    ov.lab()
+        .run_in(from, move || {
+            let t = Instant::now();
+            let s = std::net::UdpSocket::bind(("0.0.0.0", sport)).ok()?;
+            s.connect(dst).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
+            let mut buf = [0u8; 1500];
+            while t.elapsed() < bound {
+                let _ = s.send(b"MOVE-FLOW");
+                if let Ok(n) = s.recv(&mut buf)
+                    && buf[..n].ends_with(b"MOVE-FLOW")
+                {
+                    return Some(t.elapsed());
+                }
+            }
+            None
+        })
+        .unwrap()
+}
+
+/// Suspend and resume, simulated: the laptop's fpn-node is stopped
+/// (SIGSTOP) for two minutes while the laptop walks from home to the cafe,
+/// then continued. Long enough for the QUIC connections to time out (30 s
+/// idle) and the NAT's and the peer's state to age; the node then reads a
+/// burst of notifications at once. Its flow (the same five-tuple as before
+/// the stop) and a new one are answered within 2 s of the resume.
+#[test]
+fn after_two_minutes_stopped_across_a_move_flows_recover_within_2s() {
+    let (ov, _echo) = at_home();
+    assert!(echo_flow(&ov, "laptop", "gw", 41000, Duration::from_secs(5)).is_some());
+    let stopped = ov
+        .with_process("laptop", |p| {
+            p.expect("laptop runs").signal(libc::SIGSTOP);
+        })
+        .is_ok();
+    assert!(stopped);
+    let t = Instant::now();
+    ov.lab()
+        .roam("laptop", "homelan", "cafelan")
+        .expect("roam laptop");
+    std::thread::sleep(Duration::from_secs(120).saturating_sub(t.elapsed()));
+    ov.with_process("laptop", |p| p.expect("laptop runs").signal(libc::SIGCONT))
+        .unwrap();
+    let old = echo_flow(&ov, "laptop", "gw", 41000, Duration::from_secs(10));
+    let new = echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    eprintln!("after the resume: the old flow answered in {old:?}, a new one in {new:?}");
+    let context = || {
+        format!(
+            "{}\nlaptop: {}\ngw: {}",
+            ov.log_tails(40),
+            ov.status("laptop").unwrap(),
+            ov.status("gw").unwrap()
+        )
+    };
+    assert!(
+        old.is_some_and(|d| d < Duration::from_secs(2)),
+        "the flow from before the stop: {old:?}\n{}",
+        context()
+    );
+    assert!(
+        ov.status("laptop").unwrap()["moves"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        context()
+    );
+}
