@@ -440,3 +440,67 @@ fn after_two_minutes_stopped_across_a_move_flows_recover_within_2s() {
         context()
     );
 }
+
+/// A 10 s iperf3 (TCP) from the laptop to the router's node runs across
+/// the walk from home to the cafe: it completes, and the throughput of the
+/// seconds before and after the move is reported.
+#[test]
+fn an_iperf3_transfer_runs_on_across_a_move() {
+    let (ov, _echo) = at_home();
+    let _server = common::iperf_server(ov.lab(), "gw");
+    let log = ov
+        .lab()
+        .log_dir()
+        .join(format!("iperf-move-{}.json", std::process::id()));
+    let target = ov.overlay_addr("gw").unwrap().to_string();
+    let log_s = log.display().to_string();
+    let client = ov
+        .lab()
+        .command(
+            "laptop",
+            [
+                "iperf3",
+                "-c",
+                &target,
+                "-t",
+                "10",
+                "-i",
+                "1",
+                "-J",
+                "--logfile",
+                &log_s,
+            ],
+        )
+        .name("iperf3-client")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    ov.lab()
+        .roam("laptop", "homelan", "cafelan")
+        .expect("roam laptop");
+    let status = client.wait_timeout(Duration::from_secs(40));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "iperf3 did not complete: {status:?}\n{text}\n{}",
+        ov.log_tails(30)
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rates: Vec<f64> = json["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6)
+        .collect();
+    assert!(rates.len() >= 10, "{rates:?}");
+    let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+    let before = mean(&rates[..4]);
+    let after = mean(&rates[6..]);
+    eprintln!(
+        "iperf3 across a move, Mbit/s per second: {rates:.1?}; before {before:.1}, after {after:.1}"
+    );
+    assert!(
+        after > 0.2 * before,
+        "the transfer did not recover after the move: {rates:.1?}"
+    );
+}
