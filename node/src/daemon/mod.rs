@@ -468,7 +468,7 @@ async fn run(
         shared: shared.clone(),
         tun_offloads,
         observe: observe_tx,
-        reported,
+        tun_name: cfg.tun_name.clone(),
         carrier_port: port,
         portmap: portmap
             .as_ref()
@@ -708,8 +708,9 @@ struct Ctx {
     tun_offloads: crate::tun::Offloads,
     /// Asks the GMS task for a fresh reflexive address (`netcheck`).
     observe: mpsc::Sender<oneshot::Sender<Option<SocketAddr>>>,
-    /// The local candidates reported to the GMS.
-    reported: Vec<SocketAddr>,
+    /// The TUN's name: the host's addresses on other interfaces are the
+    /// local candidates (read when asked: they change when the host moves).
+    tun_name: String,
     /// The carrier's local port.
     carrier_port: u16,
     /// The port-mapping client's status (`None`: `port_mapping = false`).
@@ -865,9 +866,10 @@ impl Ctx {
             Err(_) => None,
         };
         let view = self.shared.view().clone();
+        let reported = local_addresses(self.carrier_port, &self.tun_name);
         let start = view.reflexive;
         let seen = now.or(start);
-        let behind_nat = seen.map(|r| !self.reported.iter().any(|l| l.ip() == r.ip()));
+        let behind_nat = seen.map(|r| !reported.iter().any(|l| l.ip() == r.ip()));
         let port_preserved = seen.map(|r| r.port() == self.carrier_port);
         let stable = match (start, now) {
             (Some(a), Some(b)) => Some(a == b),
@@ -892,7 +894,7 @@ impl Ctx {
         Netcheck {
             gms_connected: view.connected,
             carrier_port: self.carrier_port,
-            local: self.reported.iter().map(ToString::to_string).collect(),
+            local: reported.iter().map(ToString::to_string).collect(),
             reflexive: now.map(|a| a.to_string()),
             reflexive_at_session_start: start.map(|a| a.to_string()),
             behind_nat,

@@ -25,6 +25,11 @@ use crate::wire::udp_bytes;
 /// for a loaded machine.
 const REACH_AGAIN: Duration = Duration::from_secs(60);
 
+/// The record stream's port on the home router's node, and its records
+/// (10 ms apart: 1 s before the move, 2 s after).
+const RECORDS_PORT: u16 = 9500;
+const RECORDS: u64 = 300;
+
 /// How soon after the GMS serves again the relayed pair must answer again
 /// (node_relay.rs's bound; a median 0.76 s in bench/relay-restart.sh).
 const RELAY_BACK: Duration = Duration::from_secs(5);
@@ -188,20 +193,77 @@ fn printer(ov: &Overlay) -> Result<()> {
 fn to_the_cafe(ov: &Overlay) -> Result<()> {
     step(6, "The laptop goes to the cafe");
     let lab = ov.lab();
+    // A transfer that keeps running across the move: a timestamped record
+    // every 10 ms over one TCP connection to the home router's node.
+    let gw = SocketAddr::new(ov.overlay_addr("gw")?.into(), RECORDS_PORT);
+    let listener = lab.run_in("gw", || {
+        std::net::TcpListener::bind(("0.0.0.0", RECORDS_PORT))
+    })??;
+    let receiver = std::thread::spawn(move || {
+        fpn_lab::records::receive(listener, RECORDS, Duration::from_secs(30))
+    });
+    let sender = lab.thread_in("laptop", move || {
+        fpn_lab::records::send(gw, Duration::from_millis(10), RECORDS)
+    })?;
+    say(&format!(
+        "    on the laptop, a TCP connection to gw.home.fpn:{RECORDS_PORT} carries a timestamped record every 10 ms; then"
+    ));
+    std::thread::sleep(Duration::from_secs(1));
     lab.roam("laptop", "homelan", "cafelan")?;
     let moved = Instant::now();
+    let moved_ns = fpn_lab::records::now_ns();
     let cafe = lab.addr("cafe", "pub-cafe")?;
     say(&format!(
         "    the laptop's Wi-Fi (wlan0) leaves the home LAN and joins the cafe's: now {}, behind the cafe's NAT ({cafe}, random ports)",
         lab.addr("laptop", "cafelan")?
     ));
+    let sent = sender.join();
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the record receiver panicked"))?;
+    ensure!(
+        sent.is_ok(),
+        "the record stream broke across the move: {sent:?}"
+    );
+    ensure!(
+        got.connections == 1
+            && got.arrivals.len() as u64 == RECORDS
+            && got.sequence_errors().is_empty(),
+        "the record stream lost or repeated records across the move: {} of {RECORDS}, {:?}",
+        got.arrivals.len(),
+        got.sequence_errors()
+    );
+    let gap = got
+        .gap_after(moved_ns, Duration::from_secs(2))
+        .context("no record arrived after the move")?;
+    let mv = ov.status("laptop")?["moves"]
+        .as_array()
+        .and_then(|m| m.last().cloned())
+        .unwrap_or_default();
+    say(&format!(
+        "    the laptop's node saw the move at once (netlink): {}",
+        str_of(&mv["cause"])
+    ));
     say(
-        "    fpn-node does not follow an address change by itself yet (Mobile PPC is a later issue): it is not",
+        "    it sent the router's node a Binding Update over a QUIC connection opened from the cafe, held its packets",
+    );
+    say(&format!(
+        "    until the answer, and the stream went on: all {RECORDS} records, in order, on the same connection; the"
+    ));
+    say(&format!(
+        "    receiver waited {:.0} ms for records after the new address was in place (fpn-node status: gap {:.0} ms)",
+        gap.as_secs_f64() * 1e3,
+        mv["gap_ms"].as_f64().unwrap_or(f64::NAN)
+    ));
+    say(
+        "    The NAS is another case: it sits behind the home router's NAT with nothing open, and the cafe's NAT",
     );
     say(
-        "    restarted and tells nobody; both ends find out when their paths go silent. The laptop's view of",
+        "    picks a new random port per destination, so no direct path exists between the two. The laptop's view",
     );
-    say("    the NAS ($ fpn-node status) while `ping -c 1 nas` runs on the laptop, over and over:");
+    say(
+        "    of the NAS ($ fpn-node status) while `ping -c 1 nas` runs on the laptop, over and over:",
+    );
     let mut last = String::new();
     let reached = loop {
         let out = lab.exec("laptop", ["ping", "-n", "-c", "1", "-W", "1", "nas"])?;
@@ -251,20 +313,18 @@ fn to_the_cafe(ov: &Overlay) -> Result<()> {
         "    $ fpn-node netcheck (on the laptop)  ->  local candidates {local}; the GMS sees it at {}",
         reflexive.map_or("(unknown)".into(), |r| r.to_string())
     ));
-    // What the node knows of itself after the move, said as it is: today
-    // it does not watch its addresses (the netcheck above is the check).
+    // What the GMS knows of the laptop after the move (the node told it
+    // its new addresses at once; the reflexive one comes with its session).
     if reflexive.is_some_and(|r| r.ip() == cafe) {
         say("    the GMS sees the laptop at the cafe's NAT now");
     } else {
         say(
-            "    neither has followed the move: the node does not watch its addresses, and the GMS keeps the address",
+            "    the GMS still has the reflexive address the laptop's session was opened from (the home router's):",
         );
         say(
-            "    the laptop's session was opened from (the home router's), though the session itself carried on",
+            "    the session carried on from the cafe (QUIC migrates a connection), so it was never opened again;",
         );
-        say(
-            "    from the cafe (QUIC migrates a connection to a new address), as did the link to the relay",
-        );
+        say("    the laptop's local addresses, which it reports, are the cafe's");
     }
     let p = ov.ping("laptop", "nas", 3)?;
     say(&format!(
@@ -341,11 +401,9 @@ fn to_the_cafe(ov: &Overlay) -> Result<()> {
         "    and the home router's, which drops what it did not ask for) and asked the GMS {asked} times to have the"
     ));
     say(
-        "    NAS dial back; but the GMS hands out the laptop's home address (above), and even the right one would",
+        "    NAS dial back; the GMS hands out the laptop's new addresses, but that does not do: the cafe's NAT",
     );
-    say(
-        "    not do: the cafe's NAT picks a new random port for each destination, so the NAS cannot hit the",
-    );
+    say("    picks a new random port for each destination, so the NAS cannot hit the");
     say("    laptop's mapping. No direct path exists; the relay in fpn-gms carries the pair:");
     print_paths(ov, &[("laptop", "nas"), ("nas", "laptop")])?;
     for (n, peer) in [("laptop", "nas"), ("nas", "laptop")] {
