@@ -12,7 +12,7 @@
 # path, fpn's QUIC carrier and wireguard-go in the same lab; and the RTT of
 # the flow that moved against a new one. See the test's doc comment.
 #
-# Environment: MOVES=12, DWELL=2 (seconds at each place). Installs
+# Environment: MOVES=12, DWELL=4 (seconds at each place). Installs
 # wireguard-go and wireguard-tools with apt-get when missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +29,7 @@ fi
 echo "==> building the release daemons" >&2
 cargo build --release --locked -q -p fpn-node -p fpn-gms
 cargo build --locked -q -p fpn-overlay-tests --bins
-echo "==> measuring (MOVES=${MOVES:-12} DWELL=${DWELL:-2}; uptime: $(uptime))" >&2
+echo "==> measuring (MOVES=${MOVES:-12} DWELL=${DWELL:-4}; uptime: $(uptime))" >&2
 FPN_BIN_DIR="$ROOT/target/release" cargo test --locked -q -p fpn-overlay-tests --test bench_handover \
     -- --ignored --nocapture --test-threads 1
 echo "==> done (uptime: $(uptime))" >&2

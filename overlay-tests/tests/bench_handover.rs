@@ -23,7 +23,8 @@
 //! against a new flow, 200 echoes each, medians (the seed measured +0.01
 //! ms for a moved flow).
 //!
-//! Environment: MOVES (12), DWELL (2, seconds), FPN_BIN_DIR (the daemons
+//! Environment: MOVES (12), DWELL (4, seconds; a gap is looked for up to
+//! 0.5 s before the next move, and one longer is reported as that), FPN_BIN_DIR (the daemons
 //! to measure; bench/handover.sh sets target/release).
 
 mod common;
@@ -40,8 +41,10 @@ const RECORDS_PORT: u16 = 9301;
 const ECHO_PORT: u16 = 9300;
 /// Records after the last move, so its gap is measured in full.
 const TAIL: Duration = Duration::from_secs(2);
-/// A move with no record within this is reported as this.
-const WINDOW: Duration = Duration::from_secs(3);
+/// How long after a move its gap is looked for (a move with no record
+/// within it is reported as this): the dwell less this margin, so the
+/// next move's outage is never counted.
+const MARGIN: Duration = Duration::from_millis(500);
 
 const WALK: [(&str, &str, &str); 3] = [
     ("homelan", "cafelan", "home -> cafe (NAT)"),
@@ -94,8 +97,9 @@ fn walk(lab: &Lab, to: SocketAddr, moves: usize, dwell: Duration) -> Vec<(&'stat
         lab.roam("laptop", WALK[done].0, "homelan")
             .expect("roam home");
     }
+    let window = dwell.saturating_sub(MARGIN);
     at.into_iter()
-        .map(|(k, t)| (k, got.gap_after(t, WINDOW).unwrap_or(WINDOW)))
+        .map(|(k, t)| (k, got.gap_after(t, window).unwrap_or(window)))
         .collect()
 }
 
@@ -307,7 +311,7 @@ fn handover() {
     need(OVERLAY_TOOLS);
     need(&["wireguard-go", "wg"]);
     let moves = env_u64("MOVES", 12) as usize;
-    let dwell = Duration::from_secs(env_u64("DWELL", 2));
+    let dwell = Duration::from_secs(env_u64("DWELL", 4));
     let (native, (n_moved, n_fresh)) = fpn("", moves, dwell);
     let (quic, (q_moved, q_fresh)) = fpn("carrier = \"quic\"", moves, dwell);
     let wg = wireguard(moves, dwell);

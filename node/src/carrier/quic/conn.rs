@@ -276,6 +276,23 @@ impl Inner {
             let simultaneous = !moved
                 && old.initiator != initiator
                 && old.since.elapsed() < self.simultaneous_window;
+            // A peer that moved races its candidates, and more than one
+            // handshake may complete here before it drops the losers;
+            // which one its race took shows when it sends on it (its
+            // Binding Update goes at once): the first one stays, the
+            // others are read and become the connection with their first
+            // frame (`Inner::promote`); the losers it closes itself.
+            if moved
+                && old.moved
+                && old.initiator == initiator
+                && old.since.elapsed() < self.connect_timeout
+            {
+                debug!(peer = %ge, "second connection of a moved peer's race: kept until it is used");
+                let counters = peer.counters.clone();
+                drop(peers);
+                self.spawn_readers_promoting(conn, cert, counters, span, true);
+                return;
+            }
             if simultaneous && old.initiator < initiator {
                 debug!(peer = %ge, %initiator, "duplicate connection, keeping the other");
                 // The peer may have sent on it before it learnt which one
@@ -301,6 +318,7 @@ impl Inner {
             initiator,
             serial: cert.serial,
             since: Instant::now(),
+            moved,
         });
         self.runtime
             .spawn(watch(conn.clone()).instrument(span.clone()));
@@ -320,8 +338,21 @@ impl Inner {
         counters: Arc<Counters>,
         span: tracing::Span,
     ) {
+        self.spawn_readers_promoting(conn, cert, counters, span, false);
+    }
+
+    /// [`Inner::spawn_readers`]; with `promote`, the connection becomes
+    /// the peer's with the first datagram that comes on it.
+    fn spawn_readers_promoting(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        cert: PeerCert,
+        counters: Arc<Counters>,
+        span: tracing::Span,
+        promote: bool,
+    ) {
         self.runtime.spawn(
-            read_datagrams(self.clone(), conn.clone(), cert, counters.clone())
+            read_datagrams(self.clone(), conn.clone(), cert, counters.clone(), promote)
                 .instrument(span.clone()),
         );
         self.runtime
@@ -352,6 +383,38 @@ impl Inner {
     /// A connection ended; the peer goes idle if it was its connection.
     /// When the peer refused us (our certificate failed its checks, or it
     /// revoked us), new attempts wait like after a failed connect.
+    /// A moved peer's other connection carried a frame: its race took
+    /// this one, which becomes the peer's connection (the one in place is
+    /// retired), unless it is closed already.
+    fn promote(self: &Arc<Self>, cert: PeerCert, conn: &quinn::Connection) {
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let mut peers = self.lock();
+        let Some(peer) = peers.get_mut(&cert.ge) else {
+            return;
+        };
+        if let Link::Up(cur) = &peer.link {
+            if cur.conn.stable_id() == conn.stable_id() {
+                return;
+            }
+            self.runtime.spawn(retire(cur.conn.clone()));
+        }
+        info!(peer = %cert.ge, "the moved peer uses its other connection: it is the peer's now");
+        peer.addr = Some(conn.remote_address());
+        peer.link = Link::Up(Up {
+            conn: conn.clone(),
+            initiator: cert.ge,
+            serial: cert.serial,
+            since: Instant::now(),
+            moved: true,
+        });
+        self.runtime.spawn(watch(conn.clone()));
+        while let Some((kind, f)) = peer.queue.pop_front() {
+            let _ = self.transmit_frame(cert.ge, &peer.counters, conn, kind, f);
+        }
+    }
+
     fn connection_gone(&self, ge: GeId, conn: &quinn::Connection) {
         let mut peers = self.lock();
         if let Some(peer) = peers.get_mut(&ge)
@@ -510,6 +573,7 @@ async fn read_datagrams(
     conn: quinn::Connection,
     cert: PeerCert,
     counters: Arc<Counters>,
+    mut promote: bool,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -525,6 +589,9 @@ async fn read_datagrams(
                 Some(d) => batch.push(d),
                 None => break,
             }
+        }
+        if std::mem::take(&mut promote) {
+            inner.promote(cert, &conn);
         }
         // The source address may change (migration); read it per batch.
         if let Some(code) = inner

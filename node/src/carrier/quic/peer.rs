@@ -46,6 +46,8 @@ pub(crate) struct Up {
     pub serial: u64,
     /// When it became the peer's connection.
     pub since: Instant,
+    /// Opened by a peer that had just moved (`SERVER_NAME_MOVED`).
+    pub moved: bool,
 }
 
 /// The state of the link to a peer.
