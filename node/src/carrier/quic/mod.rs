@@ -380,17 +380,29 @@ impl Carrier for QuicCarrier {
     }
 
     fn network_changed(&self) {
-        // Every connection is opened again from this side with its next
-        // frame, racing the peer's candidates as at first; the peer takes
-        // it as the one replacing its own. quinn migrates only a client's
-        // connection, and only to the same peer address: a connection this
-        // node accepted keeps sending from the local address its first
-        // packet came to (gone now), and one it opened to the peer's LAN
-        // address leads nowhere from another network.
+        // quinn migrates a connection this node opened (the kernel picks
+        // the new source, the peer validates the new path): kept, when
+        // the peer's address is one the node can still reach from another
+        // network. Opened again from this side with its next frame,
+        // racing the peer's candidates as at first: a connection this node
+        // accepted (quinn pins a server's source address, gone now) and
+        // one to a private address (the peer's LAN one leads nowhere from
+        // another network). The peer takes the new one as replacing its
+        // own at once.
+        let local = self.inner.local;
         for (ge, p) in self.inner.lock().iter_mut() {
-            if !matches!(p.link, Link::Idle) {
+            let redial = match &p.link {
+                Link::Up(up) => {
+                    up.initiator != local || !reachable_anywhere(up.conn.remote_address().ip())
+                }
+                Link::Connecting => true,
+                Link::Idle => false,
+            };
+            if redial {
                 debug!(peer = %ge, "moved: the connection is opened again");
                 p.redial = true;
+            } else {
+                debug!(peer = %ge, "moved: the connection migrates");
             }
         }
     }
@@ -654,5 +666,46 @@ impl Inner {
     }
 }
 
+/// Whether `ip` can be reached from another network than the one this
+/// host is on now: not a private, shared (CGNAT), link-local or loopback
+/// address.
+fn reachable_anywhere(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v) => {
+            let shared = v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64;
+            !(v.is_private() || v.is_link_local() || v.is_loopback() || shared)
+        }
+        std::net::IpAddr::V6(v) => {
+            let ula = (v.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (v.segments()[0] & 0xffc0) == 0xfe80;
+            !(v.is_loopback() || ula || link_local)
+        }
+    }
+}
+
 /// The reason of a drop on a connection that was just lost.
 const LOST_REASON: &str = "the connection was lost";
+
+#[cfg(test)]
+mod move_tests {
+    use super::reachable_anywhere;
+
+    #[test]
+    fn private_shared_and_link_local_addresses_are_not_reachable_from_elsewhere() {
+        for a in [
+            "192.168.1.1",
+            "10.20.0.1",
+            "172.16.5.5",
+            "100.64.0.1",
+            "169.254.1.1",
+            "127.0.0.1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(!reachable_anywhere(a.parse().unwrap()), "{a}");
+        }
+        for a in ["198.18.2.2", "203.0.113.7", "100.128.0.1", "2001:db8::1"] {
+            assert!(reachable_anywhere(a.parse().unwrap()), "{a}");
+        }
+    }
+}
