@@ -43,25 +43,27 @@ fn echo_until_answered(ov: &Overlay, from: &str, to: &str, bound: Duration) -> D
     }
 }
 
-/// nat-home.toml with fpn-node on the home router and on the laptop, both
-/// at home, an echo server on the router's node, answered once.
-fn at_home() -> (Overlay, fpn_lab::Process) {
+/// nat-home.toml with fpn-node on the home router and on `nodes` (all in
+/// group 1, `node_config` appended to every configuration), an echo server
+/// on the router's node, answered once from each of `nodes`.
+fn home_with(nodes: &[&str], node_config: &str) -> (Overlay, fpn_lab::Process) {
     need(OVERLAY_TOOLS);
     let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
-    let ov = Overlay::start(
-        lab,
-        &Spec::new(
-            &[(1, "home")],
-            vec![
-                NodeSpec::new("gw", Mode::Op, &[1]),
-                NodeSpec::new("laptop", Mode::Op, &[1]),
-            ],
-        ),
-    )
-    .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let mut all = vec![NodeSpec::new("gw", Mode::Op, &[1])];
+    all.extend(nodes.iter().map(|n| NodeSpec::new(n, Mode::Op, &[1])));
+    let mut spec = Spec::new(&[(1, "home")], all);
+    spec.node_config = node_config.to_string();
+    let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
     let echo = echo_server(ov.lab(), "gw", PORT);
-    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    for n in nodes {
+        echo_until_answered(&ov, n, "gw", Duration::from_secs(10));
+    }
     (ov, echo)
+}
+
+/// The router's node and the laptop, both at home.
+fn at_home() -> (Overlay, fpn_lab::Process) {
+    home_with(&["laptop"], "")
 }
 
 #[test]
@@ -144,19 +146,7 @@ const RECORDS_PORT: u16 = 9301;
 /// in place, than `bound`. `carrier` is appended to both nodes'
 /// configuration.
 fn records_across_three_moves(carrier: &str, bound: Duration) -> Vec<(String, Duration, Duration)> {
-    need(OVERLAY_TOOLS);
-    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
-    let mut spec = Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("gw", Mode::Op, &[1]),
-            NodeSpec::new("laptop", Mode::Op, &[1]),
-        ],
-    );
-    spec.node_config = carrier.to_string();
-    let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
-    let echo = echo_server(ov.lab(), "gw", PORT);
-    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
+    let (ov, echo) = home_with(&["laptop"], carrier);
     drop(echo);
 
     let out = ov
@@ -295,23 +285,7 @@ fn a_tcp_record_stream_survives_three_moves_on_the_quic_carrier() {
 /// window: proto's path tests.)
 #[test]
 fn forged_binding_updates_from_a_third_node_change_nothing() {
-    need(OVERLAY_TOOLS);
-    let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
-    let ov = Overlay::start(
-        lab,
-        &Spec::new(
-            &[(1, "home")],
-            vec![
-                NodeSpec::new("gw", Mode::Op, &[1]),
-                NodeSpec::new("laptop", Mode::Op, &[1]),
-                NodeSpec::new("laptop2", Mode::Op, &[1]),
-            ],
-        ),
-    )
-    .unwrap_or_else(|e| panic!("overlay start: {e}"));
-    let _echo = echo_server(ov.lab(), "gw", PORT);
-    echo_until_answered(&ov, "laptop", "gw", Duration::from_secs(10));
-    echo_until_answered(&ov, "laptop2", "gw", Duration::from_secs(10));
+    let (ov, _echo) = home_with(&["laptop", "laptop2"], "");
     common::wait_native(&ov, "gw", "laptop");
     let ge = |n: &str| {
         ov.gms_json(&["ge", "show", n]).unwrap()["id"]

@@ -321,16 +321,7 @@ impl PathMachine {
     /// not be taken in, so the peer must not switch to it). Refused probes
     /// (malformed, bad tag, other GEs, replayed) change nothing but a counter.
     pub fn handle_probe(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
-        let repr = self.authenticate(bytes, ProbeKind::Probe)?;
-        if let Err(e) = self.peer_probes.check(repr.seq) {
-            self.stats.replays_refused += 1;
-            tracing::trace!(peer = %self.peer, seq = repr.seq, "replayed probe refused");
-            return Err(match e {
-                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
-                other => other,
-            });
-        }
-        self.peer_probes.update(repr.seq);
+        let repr = self.authenticate_fresh(bytes, ProbeKind::Probe)?;
         if matches!(self.phase, Phase::Off | Phase::Unavailable) {
             return Ok(());
         }
@@ -420,15 +411,7 @@ impl PathMachine {
     /// path falls back, to come back through a trial like any other;
     /// otherwise nothing changes. Refused notices change only a counter.
     pub fn handle_notice(&mut self, bytes: &[u8], now: Instant) -> Result<()> {
-        let repr = self.authenticate(bytes, ProbeKind::Notice)?;
-        if let Err(e) = self.peer_probes.check(repr.seq) {
-            self.stats.replays_refused += 1;
-            return Err(match e {
-                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
-                other => other,
-            });
-        }
-        self.peer_probes.update(repr.seq);
+        self.authenticate_fresh(bytes, ProbeKind::Notice)?;
         self.stats.notices_received += 1;
         if self.phase == Phase::Native {
             self.native_down_quietly(Reason::PeerFellBack, now);
@@ -649,15 +632,7 @@ impl PathMachine {
     /// meanwhile (its old address is unproven; `from`'s IP is tried
     /// first). A forged or replayed one changes nothing but a counter.
     pub fn handle_moved(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
-        let repr = self.authenticate(bytes, ProbeKind::Moved)?;
-        if let Err(e) = self.peer_probes.check(repr.seq) {
-            self.stats.replays_refused += 1;
-            return Err(match e {
-                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
-                other => other,
-            });
-        }
-        self.peer_probes.update(repr.seq);
+        let repr = self.authenticate_fresh(bytes, ProbeKind::Moved)?;
         self.stats.moved_received += 1;
         let ack = ProbeRepr {
             kind: ProbeKind::MovedAck,
@@ -777,6 +752,23 @@ impl PathMachine {
     }
 
     // ---- helpers ----
+
+    /// [`PathMachine::authenticate`] for what the peer numbers from its
+    /// probe sequence (probes, notices, moved messages): also through the
+    /// replay window, which it then advances.
+    fn authenticate_fresh(&mut self, bytes: &[u8], want: ProbeKind) -> Result<ProbeRepr> {
+        let repr = self.authenticate(bytes, want)?;
+        if let Err(e) = self.peer_probes.check(repr.seq) {
+            self.stats.replays_refused += 1;
+            tracing::trace!(peer = %self.peer, seq = repr.seq, kind = ?want, "replay refused");
+            return Err(match e {
+                Error::Replay { counter } => Error::ProbeReplay { seq: counter },
+                other => other,
+            });
+        }
+        self.peer_probes.update(repr.seq);
+        Ok(repr)
+    }
 
     fn authenticate(&mut self, bytes: &[u8], want: ProbeKind) -> Result<ProbeRepr> {
         let view = ProbeView::new_checked(bytes).inspect_err(|_| self.stats.malformed += 1)?;
