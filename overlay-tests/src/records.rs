@@ -54,13 +54,18 @@ impl Received {
     /// the sequence, as text (empty when it is 0, 1, ..., n-1).
     pub fn sequence_errors(&self) -> Vec<String> {
         let mut errs = Vec::new();
+        let mut next = 0u64;
         for (i, a) in self.arrivals.iter().enumerate() {
-            if a.seq != i as u64 {
-                errs.push(format!("record {i} has sequence number {}", a.seq));
+            if a.seq != next {
+                errs.push(format!(
+                    "record {i} has sequence number {} where {next} was due",
+                    a.seq
+                ));
                 if errs.len() > 10 {
                     break;
                 }
             }
+            next = a.seq.saturating_add(1);
         }
         errs
     }

@@ -181,7 +181,7 @@ fn check_validates_without_root_and_errors_are_one_line() {
     let cli = Cli::new();
     let good = fpn_lab::config_path("nat-home.toml").display().to_string();
     let out = cli.ok(&["check", &good]);
-    assert!(out.contains("8 hosts, 5 links (2 switches)"), "{out}");
+    assert!(out.contains("8 hosts, 6 links (3 switches)"), "{out}");
     let bad = cli.topology("[hosts.a]\n[[links]]\nname = \"l\"\nends = [{ host = \"b\" }]\n");
     let out = cli.run(&["check", &bad]);
     assert_eq!(out.status.code(), Some(1));

@@ -118,7 +118,7 @@ fn a_panicking_test_still_cleans_up() {
         "logs of a panicking lab are kept"
     );
     std::fs::remove_dir_all(&log_dir).unwrap();
-    assert_eq!(seen.len(), 10, "8 hosts and 2 switches");
+    assert_eq!(seen.len(), 11, "8 hosts and 3 switches");
     for ns in &seen {
         assert!(!netns_exists(ns), "{ns} survived the panic");
     }
