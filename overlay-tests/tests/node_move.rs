@@ -478,3 +478,67 @@ fn an_iperf3_transfer_runs_on_across_a_move() {
         "the transfer did not recover after the move: {rates:.1?}"
     );
 }
+
+/// Back home, the better path again: the laptop and the NAS (behind the
+/// home router's NAT with nothing open, fpn-node on both) talk natively on
+/// the home LAN; at the cafe (random-port NAT) only the relay joins them;
+/// when the laptop comes home, its path to the NAS is native on the LAN
+/// again, at the NAS's LAN address, within seconds.
+#[test]
+fn coming_home_takes_the_lan_path_again() {
+    let (ov, _echo) = {
+        need(OVERLAY_TOOLS);
+        let lab = Lab::up(config_path("nat-home.toml")).expect("nat-home lab");
+        let ov = Overlay::start(
+            lab,
+            &Spec::new(
+                &[(1, "home")],
+                vec![
+                    NodeSpec::new("nas", Mode::Op, &[1]),
+                    NodeSpec::new("laptop", Mode::Op, &[1]),
+                ],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("overlay start: {e}"));
+        let echo = echo_server(ov.lab(), "nas", PORT);
+        echo_until_answered(&ov, "laptop", "nas", Duration::from_secs(10));
+        (ov, echo)
+    };
+    common::wait_native(&ov, "laptop", "nas");
+    let lan = |ov: &Overlay| {
+        let p = common::peer_entry(ov, "laptop", "nas");
+        (
+            p["carrier"].clone(),
+            p["addr"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (carrier, addr) = lan(&ov);
+    assert!(addr.starts_with("192.168.1.10"), "{carrier} {addr}");
+
+    ov.lab().roam("laptop", "homelan", "cafelan").expect("roam");
+    echo_until_answered(&ov, "laptop", "nas", Duration::from_secs(30));
+    let away = common::peer_entry(&ov, "laptop", "nas");
+    assert_ne!(away["carrier"], "native", "{away}");
+
+    ov.lab()
+        .roam("laptop", "cafelan", "homelan")
+        .expect("roam home");
+    let t = Instant::now();
+    loop {
+        echo_until_answered(&ov, "laptop", "nas", Duration::from_secs(10));
+        let (carrier, addr) = lan(&ov);
+        if carrier == "native" && addr.starts_with("192.168.1.10") {
+            eprintln!(
+                "native on the LAN again {:?} after coming home",
+                t.elapsed()
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "still {carrier} {addr} 15 s after coming home\n{}",
+            ov.log_tails(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
