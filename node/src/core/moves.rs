@@ -140,9 +140,10 @@ impl NodeCore {
         true
     }
 
-    /// `ge`'s path is proven from the new address (its Binding Update was
-    /// acknowledged, or native answered): its held packets go now, in
-    /// order, on the path chosen for them now.
+    /// `ge` acknowledged the Binding Update (it has taken the move in;
+    /// releasing on this node's own native answer instead sent packets to
+    /// a peer that still refused the new address, note 57): the held
+    /// packets go now, in order, on the path chosen for them now.
     pub(super) fn release_held(&mut self, ge: GeId, now: Instant) {
         if !self.moves.holding.remove(&ge) {
             return;
