@@ -242,45 +242,32 @@ fn wireguard(moves: usize, dwell: Duration) -> Vec<(&'static str, Duration)> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let key = key.display().to_string();
-        if host == "gw" {
-            sh(
-                &lab,
-                host,
-                &[
-                    "wg",
-                    "set",
-                    &dev,
-                    "private-key",
-                    &key,
-                    "listen-port",
-                    "7718",
-                    "peer",
-                    &lt_pub,
-                    "allowed-ips",
-                    "10.99.0.2/32",
-                ],
-            );
+        // The router listens on the port its NAT lets in; the laptop
+        // names the router's public address and keeps its mapping open.
+        let peer: &[&str] = if host == "gw" {
+            &[
+                "listen-port",
+                "7718",
+                "peer",
+                &lt_pub,
+                "allowed-ips",
+                "10.99.0.2/32",
+            ]
         } else {
-            sh(
-                &lab,
-                host,
-                &[
-                    "wg",
-                    "set",
-                    &dev,
-                    "private-key",
-                    &key,
-                    "peer",
-                    &gw_pub,
-                    "allowed-ips",
-                    "10.99.0.1/32",
-                    "endpoint",
-                    "198.18.2.2:7718",
-                    "persistent-keepalive",
-                    "25",
-                ],
-            );
-        }
+            &[
+                "peer",
+                &gw_pub,
+                "allowed-ips",
+                "10.99.0.1/32",
+                "endpoint",
+                "198.18.2.2:7718",
+                "persistent-keepalive",
+                "25",
+            ]
+        };
+        let mut argv = vec!["wg", "set", &dev, "private-key", &key];
+        argv.extend_from_slice(peer);
+        sh(&lab, host, &argv);
         sh(&lab, host, &["ip", "addr", "add", addr, "dev", &dev]);
         sh(&lab, host, &["ip", "link", "set", &dev, "up"]);
     }

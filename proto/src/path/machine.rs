@@ -325,17 +325,7 @@ impl PathMachine {
         if matches!(self.phase, Phase::Off | Phase::Unavailable) {
             return Ok(());
         }
-        let answer = ProbeRepr {
-            kind: ProbeKind::Answer,
-            sender: self.local,
-            receiver: self.peer,
-            seq: repr.seq,
-            timestamp: repr.timestamp,
-            rx_native: self.rx_native,
-            to: from,
-            observed: Some(from),
-        };
-        self.queue(answer, from)?;
+        self.queue_reply(ProbeKind::Answer, &repr, from)?;
         self.stats.answers_sent += 1;
         let heard_before = self
             .last_peer_probe
@@ -634,17 +624,7 @@ impl PathMachine {
     pub fn handle_moved(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
         let repr = self.authenticate_fresh(bytes, ProbeKind::Moved)?;
         self.stats.moved_received += 1;
-        let ack = ProbeRepr {
-            kind: ProbeKind::MovedAck,
-            sender: self.local,
-            receiver: self.peer,
-            seq: repr.seq,
-            timestamp: repr.timestamp,
-            rx_native: self.rx_native,
-            to: from,
-            observed: Some(from),
-        };
-        self.queue(ack, from)?;
+        self.queue_reply(ProbeKind::MovedAck, &repr, from)?;
         if matches!(self.phase, Phase::Off | Phase::Unavailable) {
             return Ok(());
         }
@@ -1089,6 +1069,23 @@ impl PathMachine {
                 tx_at_send: self.tx_native,
             });
         }
+    }
+
+    /// Queues the answer-like reply (`kind`: answer or moved-ack) to the
+    /// peer's `repr`, which came from `from`: its number and timestamp
+    /// echoed, `from` as the observed address.
+    fn queue_reply(&mut self, kind: ProbeKind, repr: &ProbeRepr, from: SocketAddr) -> Result<()> {
+        let reply = ProbeRepr {
+            kind,
+            sender: self.local,
+            receiver: self.peer,
+            seq: repr.seq,
+            timestamp: repr.timestamp,
+            rx_native: self.rx_native,
+            to: from,
+            observed: Some(from),
+        };
+        self.queue(reply, from)
     }
 
     fn queue(&mut self, repr: ProbeRepr, dst: SocketAddr) -> Result<()> {
