@@ -88,6 +88,9 @@ impl Lab {
         let ns = st.netns(host)?;
         self.tools.link_up(ns, &end.ifname, up)?;
         if up {
+            if let Some(sw) = st.switches.get(link) {
+                self.tools.wait_link_works(ns, &end.ifname, sw, host)?;
+            }
             let topo_end = st.topology.end(host, link);
             if let Some(gw) = topo_end.and_then(|e| e.gateway) {
                 self.tools
@@ -258,11 +261,13 @@ impl Lab {
                 self.tools.set_mtu(sw, host, mtu)?;
             }
             self.tools.bridge_port(sw, host)?;
+            self.tools.shape(ns, ifname, &l)?;
+            self.tools.link_up(ns, ifname, true)?;
+            // Addresses only over a working link, as DHCP would give them.
+            self.tools.wait_link_works(ns, ifname, sw, host)?;
             for addr in &end.addrs {
                 self.tools.addr_add(ns, ifname, addr)?;
             }
-            self.tools.shape(ns, ifname, &l)?;
-            self.tools.link_up(ns, ifname, true)?;
             if runtime && let Some(gw) = end.gateway {
                 self.tools
                     .route_replace(ns, &RouteTarget::Default, Some(gw), Some(ifname))?;
