@@ -36,6 +36,11 @@ pub(super) const HOLD: Duration = Duration::from_millis(1000);
 /// Packets held at once (all peers); more are dropped and counted (the
 /// application's own retransmission recovers them).
 const MAX_HELD: usize = 1024;
+/// Woken this long after the deadline it slept toward, the node did not
+/// run meanwhile (the machine slept, or the process was stopped): far
+/// beyond any scheduling delay, and short against the NAT bindings and
+/// peer timeouts a sleep outlives.
+pub const LATE_WAKE: Duration = Duration::from_secs(2);
 
 /// One move.
 #[derive(Debug, Clone)]
@@ -123,6 +128,37 @@ impl NodeCore {
         }
         self.drain_paths(now);
         self.drain(now);
+    }
+
+    /// The driver woke at `now`, having slept toward `deadline` (what
+    /// [`NodeCore::poll_timeout`] said when it went to sleep). Woken
+    /// [`LATE_WAKE`] or more after it, the node did not run meanwhile:
+    /// suspended or stopped, for long enough that NAT bindings, the peers'
+    /// paths and the carrier's connections may all be gone, and the
+    /// network may be another. Then it is a move (its cause says so): every
+    /// path unproven until probed again, a Binding Update to every peer
+    /// with flows (its ack proves the carrier; the peer drops the NAT
+    /// bindings it had for this node and probes again), packets held until
+    /// then. True when it was (the driver then tells the carrier).
+    pub fn handle_wake(&mut self, deadline: Option<Instant>, now: Instant) -> bool {
+        let Some(late) = deadline.and_then(|d| now.checked_duration_since(d)) else {
+            return false;
+        };
+        if late < LATE_WAKE {
+            return false;
+        }
+        info!(
+            late_s = late.as_secs_f64(),
+            "woke late (suspended or stopped): every path is probed again"
+        );
+        self.handle_network_change(
+            format!(
+                "woke {:.1} s late (suspended or stopped)",
+                late.as_secs_f64()
+            ),
+            now,
+        );
+        true
     }
 
     /// Holds a protected packet for `ge` while its move is unconfirmed;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fpn_proto::ge::Mode;
 use fpn_proto::path::PathConfig;
 
-use super::sim::{CoreSim, LinkConfig};
+use super::sim::{CoreSim, LinkConfig, SimNat};
 
 fn peer_path(sim: &CoreSim, i: usize) -> (String, String) {
     let p = &sim.nodes[i].core.snapshot(&[]).peers[0];
@@ -105,4 +105,79 @@ fn packets_sent_during_a_move_are_held_until_the_binding_update_is_acknowledged(
     sim.drive();
     assert!(sim.nodes[b].tun.iter().any(|p| p.ends_with(b"after!")));
     assert_eq!(sim.counter(a, "move_held"), 3);
+}
+
+/// Suspend and resume (issue 12), on the simulator's clock: a sleeps five
+/// minutes behind a NAT with random ports that forgets its mappings
+/// meanwhile (they time out while nothing flows). Woken late for its
+/// deadline, a takes it as a move: every path unproven (QUIC at once, not
+/// the native path it had), a Binding Update to b, which drops the NAT
+/// binding it had for a's flow and probes again; the move is in `status`
+/// with its cause. The flow runs again both ways within 200 ms and native
+/// returns through the NAT's new mapping. (Without the wake handling the
+/// flow recovers about as fast here, through the NAT binding step and the
+/// probes that timed out during the sleep; what fails then is the rest.)
+#[test]
+fn after_a_suspend_every_path_is_probed_before_it_is_trusted() {
+    let mut sim = CoreSim::new(93, LinkConfig::default());
+    sim.path = PathConfig::default();
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.nodes[a].nat = Some(SimNat::new(true, true));
+    sim.introduce_all();
+    sim.run_for(Duration::from_secs(2));
+    for k in 0..3 {
+        sim.send_udp(a, b, 4000, 5000, format!("BEFORE-{k}").as_bytes());
+        sim.run_for(Duration::from_millis(50));
+        sim.send_udp(b, a, 5000, 4000, format!("BEFORE-{k}").as_bytes());
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(peer_path(&sim, a).0, "native");
+    assert_eq!(sim.nodes[b].tun.len(), 3);
+
+    sim.suspend(a, Duration::from_secs(300));
+    sim.nodes[a].nat.as_mut().unwrap().forget_mappings();
+    sim.run_for(Duration::from_secs(300));
+    assert!(sim.nodes[a].asleep.is_none());
+    let moves = sim.nodes[a].core.snapshot(&[]).moves;
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert!(moves[0].cause.starts_with("woke 299.8 s late"), "{moves:?}");
+    assert_eq!(
+        peer_path(&sim, a),
+        ("quic".into(), "quic (moved; probing native again)".into()),
+        "unproven after the sleep"
+    );
+    assert_eq!(sim.counter(a, "moved_sent"), 1);
+
+    // The flow from before the sleep, one packet every 10 ms each way:
+    // how long until each side hears the other.
+    let (mut at_b, mut at_a) = (None, None);
+    for k in 0..300u32 {
+        let t = Duration::from_millis(10 * u64::from(k));
+        sim.send_udp(a, b, 4000, 5000, format!("AFTER-{k}").as_bytes());
+        sim.send_udp(b, a, 5000, 4000, format!("AFTER-{k}").as_bytes());
+        sim.run_for(Duration::from_millis(10));
+        let heard = |tun: &[Vec<u8>]| tun.iter().any(|p| p.windows(6).any(|w| w == b"AFTER-"));
+        if at_b.is_none() && heard(&sim.nodes[b].tun) {
+            at_b = Some(t);
+        }
+        if at_a.is_none() && heard(&sim.nodes[a].tun) {
+            at_a = Some(t);
+        }
+        if at_a.is_some() && at_b.is_some() && k >= 100 {
+            break;
+        }
+    }
+    let bound = Duration::from_millis(200);
+    assert!(
+        at_b.is_some_and(|t| t < bound),
+        "a -> b after the wake: {at_b:?}"
+    );
+    assert!(
+        at_a.is_some_and(|t| t < bound),
+        "b -> a after the wake: {at_a:?}"
+    );
+    assert_eq!(sim.counter(b, "moved_received"), 1);
+    // Native again, through the NAT's new mapping, within the second.
+    assert_eq!(peer_path(&sim, a), ("native".into(), "native".into()));
 }

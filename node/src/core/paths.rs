@@ -540,7 +540,7 @@ impl NodeCore {
                     .get(&ge)
                     .is_some_and(|m| m.stats().peer_moves > moves_before)
                 {
-                    self.peer_moved(ge, from.ip(), now);
+                    self.peer_moved(ge, Some(from.ip()), now);
                 }
                 if is_probe && self.paths.probe_sources.get(&ge) != Some(&from.ip()) {
                     self.paths.probe_sources.insert(ge, from.ip());
@@ -769,7 +769,10 @@ impl NodeCore {
             }
             Ok(()) if kind == path::ProbeKind::Moved => {
                 info!(%peer, %from, status = %m.status(), "peer moved (its binding update)");
-                self.peer_moved(peer, from.ip(), now);
+                // Through the relay the source is a stand-in: where the
+                // peer went shows in its probes or the directory.
+                let ip = (!crate::carrier::is_relay_from(&from)).then_some(from.ip());
+                self.peer_moved(peer, ip, now);
             }
             Ok(()) => {
                 debug!(%peer, "binding update acknowledged");
@@ -831,13 +834,22 @@ impl NodeCore {
     /// new NAT there binds them again with its first packet. Without this
     /// a bound flow kept its old binding and the peer's packets from the
     /// new address were refused until a TCP retransmission (hundreds of ms)
-    /// made a new one.
-    pub(super) fn peer_moved(&mut self, ge: GeId, ip: IpAddr, now: Instant) {
+    /// made a new one. `None`: moved to where this node cannot tell (the
+    /// Binding Update came through the relay); the old address is no
+    /// longer taken as the peer's.
+    pub(super) fn peer_moved(&mut self, ge: GeId, ip: Option<IpAddr>, now: Instant) {
         let xlat = &self.xlat;
         self.paths
             .bound
             .retain(|o| xlat.get(o).is_none_or(|t| t.peer != ge));
-        self.paths.probe_sources.insert(ge, ip);
+        match ip {
+            Some(ip) => {
+                self.paths.probe_sources.insert(ge, ip);
+            }
+            None => {
+                self.paths.probe_sources.remove(&ge);
+            }
+        }
         self.install_peer_translations(ge, now);
     }
 

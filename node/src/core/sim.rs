@@ -93,6 +93,10 @@ pub struct SimNode {
     pub transit_drops: std::collections::BTreeSet<FlowId>,
     /// Native packets this node (a gateway) dropped on the path.
     pub transit_dropped: u64,
+    /// Suspended (the machine asleep, or the process stopped) until the
+    /// first, with the core's deadline when it went to sleep: frames to
+    /// it are lost and its timers wait ([`CoreSim::suspend`]).
+    pub asleep: Option<(Instant, Option<Instant>)>,
     spec: (Mode, Vec<u32>),
     /// Kind and credential prefixes (the real-address plane; a plain GES
     /// names none).
@@ -142,6 +146,14 @@ impl SimNat {
             address_dependent_filtering,
             ..Self::default()
         }
+    }
+
+    /// The NAT forgets every mapping (they timed out while the host
+    /// slept, or the NAT restarted): the next packets get new ports.
+    pub fn forget_mappings(&mut self) {
+        self.out.clear();
+        self.back.clear();
+        self.contacted.clear();
     }
 
     fn outbound(&mut self, packet: &mut [u8], dice: &mut Dice) {
@@ -236,6 +248,10 @@ enum Event {
     Steered {
         to: usize,
         flow: FlowId,
+    },
+    /// A suspended node runs again.
+    Wake {
+        to: usize,
     },
 }
 
@@ -355,6 +371,7 @@ impl CoreSim {
             via: None,
             transit_drops: std::collections::BTreeSet::new(),
             transit_dropped: 0,
+            asleep: None,
             spec: (mode, groups.to_vec()),
             real: (kind, prefixes),
             span: tracing::info_span!("node", name = %name),
@@ -545,6 +562,17 @@ impl CoreSim {
         self.flush(i);
     }
 
+    /// Node `i` stops running for `d` (the machine suspended, or the
+    /// process stopped): what arrives meanwhile is lost, its timers wait,
+    /// and it wakes at `now + d` late for its deadline, as its driver
+    /// would ([`NodeCore::handle_wake`]).
+    pub fn suspend(&mut self, i: usize, d: Duration) {
+        let until = self.now + d;
+        self.nodes[i].asleep = Some((until, self.nodes[i].core.poll_timeout().map(|(t, _)| t)));
+        self.seq += 1;
+        self.queue.insert((until, self.seq), Event::Wake { to: i });
+    }
+
     /// A counter of node `i`.
     pub fn counter(&self, i: usize, name: &str) -> u64 {
         self.nodes[i]
@@ -564,6 +592,7 @@ impl CoreSim {
             let next_timer = self
                 .nodes
                 .iter()
+                .filter(|n| n.asleep.is_none())
                 .filter_map(|n| n.core.poll_timeout())
                 .filter(|(t, timer)| *timer == Timer::Dprp && *t <= self.now + DPRP_HORIZON)
                 .map(|(t, _)| t)
@@ -584,6 +613,7 @@ impl CoreSim {
             let next_timer = self
                 .nodes
                 .iter()
+                .filter(|n| n.asleep.is_none())
                 .filter_map(|n| n.core.poll_timeout())
                 .map(|(t, _)| t)
                 .min();
@@ -616,7 +646,7 @@ impl CoreSim {
                     kind,
                     payload,
                 }) => {
-                    if self.nodes[to].underlay != addr {
+                    if self.nodes[to].underlay != addr || self.nodes[to].asleep.is_some() {
                         self.stats.undeliverable += 1;
                         continue;
                     }
@@ -632,6 +662,16 @@ impl CoreSim {
                     self.flush(to);
                 }
                 Some(Event::Steered { .. }) => {}
+                Some(Event::Wake { to }) => {
+                    let Some((_, deadline)) = self.nodes[to].asleep.take() else {
+                        continue;
+                    };
+                    let span = self.nodes[to].span.clone();
+                    let _e = span.enter();
+                    // What the driver does on every wake-up.
+                    self.nodes[to].core.handle_wake(deadline, now);
+                    self.flush(to);
+                }
                 Some(Event::DirectoryAnswer { to, ip }) => {
                     if let Some(owner) = self.nodes.iter().position(|n| n.overlay == ip) {
                         self.introduce(to, owner);
@@ -641,10 +681,11 @@ impl CoreSim {
             }
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i]
-                .core
-                .poll_timeout()
-                .is_some_and(|(t, _)| t <= now)
+            if self.nodes[i].asleep.is_none()
+                && self.nodes[i]
+                    .core
+                    .poll_timeout()
+                    .is_some_and(|(t, _)| t <= now)
             {
                 let span = self.nodes[i].span.clone();
                 let _e = span.enter();
@@ -680,7 +721,9 @@ impl CoreSim {
                     n.name
                 );
             }
-            if let Some((t, timer)) = n.core.poll_timeout() {
+            if let Some((t, timer)) = n.core.poll_timeout()
+                && n.asleep.is_none()
+            {
                 assert!(t > self.now, "{}: {timer:?} overdue", n.name);
             }
         }
@@ -839,6 +882,10 @@ impl CoreSim {
             self.native_lost += 1;
             return;
         };
+        if self.nodes[to].asleep.is_some() {
+            self.native_lost += 1;
+            return;
+        }
         if let Some(nat) = self.nodes[to].nat.as_mut()
             && !nat.inbound(&mut packet)
         {

@@ -275,8 +275,9 @@ impl Driver {
         loop {
             // The core's deadlines are on the suspend-counting clock; the
             // tokio timer is not, so sleep for the difference.
-            let at = match shell.core.poll_timeout() {
-                Some((t, _)) => {
+            let deadline = shell.core.poll_timeout().map(|(t, _)| t);
+            let at = match deadline {
+                Some(t) => {
                     tokio::time::Instant::now() + t.saturating_duration_since(shell.clock.now())
                 }
                 None => far(),
@@ -303,6 +304,11 @@ impl Driver {
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
+            if shell.core.handle_wake(deadline, now) && crate::netwatch::has_default_route() {
+                // The connections may have died with the peers' idle
+                // timeouts: opened again as after a move.
+                shell.carrier.network_changed();
+            }
             match wake {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(c)) => shell.core.handle_command(c, now),

@@ -620,7 +620,9 @@ impl PathMachine {
     /// ([`ProbeKind::MovedAck`], to the carrier), and, unless native is off
     /// here, every path to the peer is probed again at once with QUIC
     /// meanwhile (its old address is unproven; `from`'s IP is tried
-    /// first). A forged or replayed one changes nothing but a counter.
+    /// first). A `from` with port 0 names no address (the message came
+    /// through a relay, which hides where the peer is): nothing is tried
+    /// first. A forged or replayed one changes nothing but a counter.
     pub fn handle_moved(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Result<()> {
         let repr = self.authenticate_fresh(bytes, ProbeKind::Moved)?;
         self.stats.moved_received += 1;
@@ -630,7 +632,9 @@ impl PathMachine {
         }
         // The carrier's source is the peer's new address (or its NAT's):
         // probed first, on the probe port the other candidates use.
-        if let Some(port) = self.candidates.first().map(SocketAddr::port) {
+        if let Some(port) = self.candidates.first().map(SocketAddr::port)
+            && from.port() != 0
+        {
             let c = SocketAddr::new(from.ip(), port);
             self.candidates.retain(|x| *x != c);
             self.candidates.insert(0, c);

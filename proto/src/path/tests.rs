@@ -1337,3 +1337,33 @@ fn a_forged_or_replayed_moved_message_changes_nothing() {
     assert!(!net.a.candidates().contains(&elsewhere));
     assert!(net.a.stats().replays_refused >= 1 && net.a.stats().bad_tags >= 2);
 }
+
+/// A moved message that came through a relay names no address: its source
+/// is the relay's stand-in for the peer (port 0). Acknowledged and probed
+/// again from the candidates there are; no candidate is made of it.
+#[test]
+fn a_moved_message_through_a_relay_makes_no_candidate() {
+    let mut net = Net::new(auto(), auto());
+    net.run_for(2 * LATENCY);
+    let before = net.a.candidates().to_vec();
+    net.loss_percent = 100;
+    let now = net.now;
+    net.b.send_moved(now);
+    net.drain();
+    let moved_b = net
+        .wire
+        .iter()
+        .rev()
+        .find(|(s, _, b)| *s == Side::B && b[1] == probe::TYPE_MOVED)
+        .map(|(_, _, b)| b.clone())
+        .unwrap();
+    let relayed: SocketAddr = "[100::2]:0".parse().unwrap();
+    net.a.handle_moved(&moved_b, relayed, now).unwrap();
+    assert_eq!(net.a.stats().moved_received, 1);
+    assert_eq!(net.a.stats().peer_moves, 1);
+    assert_eq!(net.a.candidates(), &before[..]);
+    assert!(
+        std::iter::from_fn(|| net.a.poll_transmit()).any(|t| t.kind == ProbeKind::MovedAck),
+        "acknowledged"
+    );
+}
