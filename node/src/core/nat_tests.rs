@@ -164,3 +164,33 @@ fn replayed_and_forged_bindings_move_nothing_and_are_counted() {
     exchange(&mut sim, a, b, 1);
     assert_eq!(sim.nodes[b].tun.len(), tun_b + 1);
 }
+
+/// An ICMP echo across a NAT that rewrites ports (and echo ids) stays on
+/// QUIC: the peer's node could not match an echo whose id changed on the
+/// way (its kernel would answer it, sealed payload and all), and the
+/// failed data checks would take the whole peer off native, its TCP and
+/// UDP flows with it. Both directions: a (behind the NAT) pings b, and b
+/// pings a. Every echo arrives, the UDP flow alongside stays native.
+#[test]
+fn echoes_across_a_port_rewriting_nat_take_quic_and_the_peer_stays_native() {
+    let (mut sim, a, b) = behind_nat(25);
+    sim.run_for(Duration::from_secs(2));
+    exchange(&mut sim, a, b, 3);
+    assert_eq!(carrier(&sim, a), ("native".into(), "native".into()));
+    let (oa, ob) = (sim.nodes[a].overlay, sim.nodes[b].overlay);
+    let echo = super::native_tests::echo_packet;
+    let is_echo = |p: &Vec<u8>| p.len() > 20 && p[9] == 1;
+    for seq in 0..20 {
+        sim.send_packet(a, &echo(oa, ob, 8, seq));
+        sim.run_for(Duration::from_millis(50));
+        sim.send_packet(b, &echo(ob, oa, 0, seq));
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(sim.nodes[b].tun.iter().filter(|p| is_echo(p)).count(), 20);
+    assert_eq!(sim.nodes[a].tun.iter().filter(|p| is_echo(p)).count(), 20);
+    assert!(sim.counter(a, "native_echo_nat") >= 20);
+    assert!(sim.counter(b, "native_echo_nat") >= 20);
+    exchange(&mut sim, a, b, 3);
+    assert_eq!(carrier(&sim, a), ("native".into(), "native".into()));
+    assert_eq!(carrier(&sim, b), ("native".into(), "native via NAT".into()));
+}

@@ -414,7 +414,12 @@ fn data_dropped_but_probes_passing_moves_both_ends_to_quic_and_back() {
 }
 
 /// An IPv4 ICMP echo (`ty` 8 request, 0 reply) with both checksums filled.
-fn echo_packet(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, ty: u8, seq: u16) -> Vec<u8> {
+pub(super) fn echo_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    ty: u8,
+    seq: u16,
+) -> Vec<u8> {
     let payload = b"PING-MARKER";
     let mut p = udp_packet(src, dst, 0, 0, payload);
     // Same lengths as the UDP packet (8-byte header): turn it into ICMP.

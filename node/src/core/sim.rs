@@ -122,6 +122,8 @@ pub struct WireFrame {
 /// ports does always. Mappings are endpoint-independent (one outside port
 /// per inside protocol and port); inbound packets need a mapping, and with
 /// `address_dependent_filtering` a remote address the mapping has sent to.
+/// ICMP echoes are mapped by their identifier like a port (rewritten only
+/// with `random_ports`, as Linux's `masquerade random-fully` does); other
 /// ICMP passes unchanged.
 #[derive(Debug, Default, Clone)]
 pub struct SimNat {
@@ -161,7 +163,7 @@ impl SimNat {
             return;
         };
         let f = p.flow_id();
-        if f.protocol != 6 && f.protocol != 17 {
+        if !mapped(&f) {
             return;
         }
         let key = (f.protocol, f.src_port);
@@ -195,7 +197,7 @@ impl SimNat {
             return false;
         };
         let f = p.flow_id();
-        if f.protocol != 6 && f.protocol != 17 {
+        if !mapped(&f) {
             return true;
         }
         let Some(inside) = self.back.get(&(f.protocol, f.dst_port)).copied() else {
@@ -210,6 +212,15 @@ impl SimNat {
             let _ = p.set_dst_port(inside);
         }
         true
+    }
+}
+
+/// What a [`SimNat`] maps: TCP, UDP, and ICMP echoes (by identifier).
+fn mapped(f: &FlowId) -> bool {
+    match f.protocol {
+        6 | 17 => true,
+        fpn_proto::flow::protocol::ICMP => f.src_port != 0,
+        _ => false,
     }
 }
 

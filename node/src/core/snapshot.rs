@@ -83,6 +83,9 @@ pub(super) struct Counters {
     pub native_nat_waits: u64,
     /// Native copies of such packets (they open this node's NAT).
     pub native_nat_punches: u64,
+    /// ICMP echoes that took QUIC although the peer's path is native: a
+    /// NAT between the two rewrites ports, and with them echo ids.
+    pub native_echo_nat: u64,
     pub native_in_rejected: u64,
     pub native_trial_copies: u64,
     pub native_ready_timeouts: u64,
@@ -321,6 +324,7 @@ impl NodeCore {
             ("native_bindings_refused", c.native_bindings_refused),
             ("native_nat_waits", c.native_nat_waits),
             ("native_nat_punches", c.native_nat_punches),
+            ("native_echo_nat", c.native_echo_nat),
             ("native_in_rejected", c.native_in_rejected),
             ("native_trial_copies", c.native_trial_copies),
             ("native_ready_timeouts", c.native_ready_timeouts),
