@@ -106,7 +106,7 @@ async fn a_slow_direct_attempts_queued_frame_goes_through_the_relay_by_itself() 
         .find(|p| p.ge == GeId(2))
         .expect("a's status has b");
     assert!(
-        peer.why.as_deref().unwrap_or("").contains("not up after"),
+        peer.why.as_deref().unwrap_or("").contains("not up in time"),
         "{peer:?}"
     );
     drop(hole);

@@ -4,8 +4,9 @@
 //! - Direct is tried first. When every address of the peer failed (the
 //!   QUIC carrier reports [`Direct::Failed`]) frames go through the relay.
 //! - A direct connection still not up [`RELAY_AFTER`] after its first
-//!   frame sends the peer's frames through the relay meanwhile (the attempt
-//!   goes on), the frames queued for the attempt too, at that moment
+//!   frame ([`RELAY_AFTER_MOVED`] when this node just moved) sends the
+//!   peer's frames through the relay meanwhile (the attempt goes on), the
+//!   frames queued for the attempt too, at that moment
 //!   ([`RelayChoice::relay_due`], a timer in `PathCarrier`): a first
 //!   contact behind NATs that cannot be punched then takes about a second
 //!   instead of the attempt's 5 s per address, and a refused flow fails in
@@ -38,6 +39,12 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// reflexive one 150 ms later); on the internet a handshake takes a few
 /// round trips.
 pub const RELAY_AFTER: Duration = Duration::from_secs(1);
+/// [`RELAY_AFTER`] for the first attempt after this node moved: the
+/// connection it had is gone and the peer's addresses may all be out of
+/// reach from the new network (a LAN address, a NAT that lets nothing
+/// in), so the relay is taken sooner; a direct connection that comes up
+/// later takes the peer back.
+pub const RELAY_AFTER_MOVED: Duration = Duration::from_millis(200);
 
 /// Why a peer is relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +53,8 @@ pub enum Why {
     DirectFailed,
     /// The peer reached us through the relay and no direct connection is up.
     PeerRelayed,
-    /// The first direct attempt was not up after [`RELAY_AFTER`] (it goes on).
+    /// The first direct attempt was not up after [`RELAY_AFTER`] (after a
+    /// move [`RELAY_AFTER_MOVED`]; it goes on).
     DirectSlow,
 }
 
@@ -56,7 +64,7 @@ impl Why {
         match self {
             Self::DirectFailed => "direct QUIC failed",
             Self::PeerRelayed => "peer came through the relay",
-            Self::DirectSlow => "direct QUIC not up after 1 s",
+            Self::DirectSlow => "direct QUIC not up in time",
         }
     }
 }
@@ -79,6 +87,9 @@ pub struct RelayChoice {
     relayed: Option<(Why, Instant)>,
     /// When the current direct attempt was first seen in progress (not relayed).
     connecting_since: Option<Instant>,
+    /// How long that attempt may take before the relay carries the
+    /// frames meanwhile ([`RELAY_AFTER`], or [`RELAY_AFTER_MOVED`]).
+    relay_after: Duration,
     retry_at: Instant,
     delay: Duration,
     retries: u64,
@@ -90,6 +101,7 @@ impl RelayChoice {
         Self {
             relayed: None,
             connecting_since: None,
+            relay_after: RELAY_AFTER,
             retry_at: now,
             delay: RETRY_MIN,
             retries: 0,
@@ -103,6 +115,7 @@ impl RelayChoice {
             self.connecting_since = None;
         }
         if direct == Direct::Up {
+            self.relay_after = RELAY_AFTER;
             if let Some((why, since)) = self.relayed.take() {
                 tracing::info!(relayed_for = ?now.saturating_duration_since(since), was = why.as_str(), "peer reachable directly again, leaving the relay");
             }
@@ -120,7 +133,7 @@ impl RelayChoice {
             }
             (Direct::Connecting, None) => {
                 let since = *self.connecting_since.get_or_insert(now);
-                if now.saturating_duration_since(since) < RELAY_AFTER {
+                if now.saturating_duration_since(since) < self.relay_after {
                     return Decision::Direct;
                 }
                 self.relay(Why::DirectSlow, now);
@@ -143,6 +156,15 @@ impl RelayChoice {
         }
     }
 
+    /// This node moved: the next direct attempt (a connection opened again
+    /// from the new address) gets [`RELAY_AFTER_MOVED`] before the relay
+    /// carries the frames meanwhile, and an attempt in progress starts
+    /// counting again.
+    pub fn moved(&mut self) {
+        self.relay_after = RELAY_AFTER_MOVED;
+        self.connecting_since = None;
+    }
+
     /// A frame of this peer arrived through the relay while `direct` is
     /// the state of our direct connection to it.
     pub fn handle_relayed_frame(&mut self, direct: Direct, now: Instant) {
@@ -159,7 +181,7 @@ impl RelayChoice {
     /// relay without waiting for the next frame.
     pub fn relay_due(&self) -> Option<Instant> {
         match self.relayed {
-            None => self.connecting_since.map(|s| s + RELAY_AFTER),
+            None => self.connecting_since.map(|s| s + self.relay_after),
             Some(_) => None,
         }
     }
@@ -256,6 +278,29 @@ mod tests {
             e.decide(Direct::Connecting, false, ms(3000)),
             Decision::Direct
         );
+    }
+
+    #[test]
+    fn after_a_move_the_relay_is_taken_sooner_and_direct_takes_the_peer_back() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut c = RelayChoice::new(t);
+        assert_eq!(c.decide(Direct::Up, true, t), Decision::Direct);
+        c.moved();
+        // The connection is opened again from the new address.
+        assert_eq!(c.decide(Direct::Connecting, true, ms(10)), Decision::Direct);
+        assert_eq!(c.relay_due(), Some(ms(210)));
+        assert_eq!(c.decide(Direct::Connecting, true, ms(210)), NO_RETRY);
+        assert_eq!(c.why(), Some(Why::DirectSlow));
+        // Up later: direct again, and the next first attempt has its second.
+        assert_eq!(c.decide(Direct::Up, true, ms(400)), Decision::Direct);
+        assert_eq!(c.why(), None);
+        c.decide(Direct::Connecting, true, ms(500));
+        assert_eq!(c.relay_due(), Some(ms(1500)));
+        // A move during an attempt restarts its count with the shorter bound.
+        c.moved();
+        c.decide(Direct::Connecting, true, ms(900));
+        assert_eq!(c.relay_due(), Some(ms(1100)));
     }
 
     #[test]

@@ -176,6 +176,9 @@ impl Carrier for PathCarrier {
 
     fn network_changed(&self) {
         self.quic.network_changed();
+        for c in self.choices().values_mut() {
+            c.moved();
+        }
     }
 
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {

@@ -212,6 +212,23 @@ fn to_the_cafe(ov: &Overlay) -> Result<()> {
     lab.roam("laptop", "homelan", "cafelan")?;
     let moved = Instant::now();
     let moved_ns = fpn_lab::records::now_ns();
+    // `ping nas` (by its overlay address) from the moment of the move, while
+    // the record stream runs: how soon the NAS answers again.
+    let nas = ov.overlay_addr("nas")?.to_string();
+    let nas_probe = lab.thread_in("laptop", move || {
+        while moved.elapsed() < REACH_AGAIN {
+            let answered = std::process::Command::new("ping")
+                .args(["-n", "-c", "1", "-W", "1", &nas])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Some(moved.elapsed());
+            }
+        }
+        None
+    })?;
     let cafe = lab.addr("cafe", "pub-cafe")?;
     say(&format!(
         "    the laptop's Wi-Fi (wlan0) leaves the home LAN and joins the cafe's: now {}, behind the cafe's NAT ({cafe}, random ports)",
@@ -292,10 +309,13 @@ fn to_the_cafe(ov: &Overlay) -> Result<()> {
             );
         }
     };
+    let first = nas_probe
+        .join()
+        .context("the NAS never answered the pings sent from the move on")?;
     say(&format!(
-        "      +{:>4.1} s  ping nas answers again: the laptop reached the NAS {:.1} s after the move, with no restart",
+        "      +{:>4.1} s  ping nas answers again: the laptop reached the NAS {:.1} s after the move (pinged from the move on, during the record stream), with no restart",
         reached.as_secs_f64(),
-        reached.as_secs_f64()
+        first.as_secs_f64()
     ));
 
     let nc = ov.node_cli("laptop", &["netcheck", "--json"])?;
