@@ -108,6 +108,37 @@ fn a_roaming_node_notices_its_move_at_once_and_its_peer_stays_reachable() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // And its DNS: the laptop's A record is where the GMS sees it now (the
+    // cafe's NAT), no longer the home router.
+    let vps = ov.lab().addr("vps", "pub-vps").unwrap().to_string();
+    let cafe = ov.lab().addr("cafe", "pub-cafe").unwrap().to_string();
+    let name = Overlay::fqdn("laptop");
+    let t = Instant::now();
+    loop {
+        let out = ov
+            .lab()
+            .exec(
+                "inet",
+                [
+                    "dig",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    &format!("@{vps}"),
+                    &name,
+                ],
+            )
+            .unwrap();
+        if out.stdout.trim() == cafe {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "dig {name} says {:?}, not the cafe's {cafe}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The same walk with the GMS down: the move needs no GMS (the peer
