@@ -238,6 +238,10 @@ pub struct StatusView {
     pub public_addr: Option<String>,
     /// SHA-256 of the CA certificate, hex.
     pub ca_fingerprint: String,
+    /// The network's IPv6 overlay prefix (a ULA /48 derived from the CA
+    /// key; every GE's IPv6 overlay address is in it).
+    #[serde(default)]
+    pub overlay6: String,
     /// Number of GEs.
     pub ges: usize,
     /// Number of groups.
@@ -325,6 +329,10 @@ pub struct GeView {
     pub groups: Vec<u32>,
     /// Overlay address.
     pub overlay: Ipv4Addr,
+    /// IPv6 overlay address (the network's ULA /48 with `overlay` as its
+    /// last 32 bits).
+    #[serde(default = "unspecified6")]
+    pub overlay6: std::net::Ipv6Addr,
     /// Prefixes a gateway protects (named in its credential).
     #[serde(default)]
     pub protect: Vec<String>,
@@ -494,6 +502,10 @@ pub fn request(socket: &Path, req: &AdminRequest, timeout: Duration) -> Result<A
         ));
     }
     serde_json::from_str(&answer).map_err(|e| Error::Protocol(format!("bad admin answer: {e}")))
+}
+
+fn unspecified6() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::UNSPECIFIED
 }
 
 #[cfg(test)]

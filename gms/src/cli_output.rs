@@ -23,6 +23,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             }
             println!("public address  {}", opt(s.public_addr));
             println!("CA fingerprint  {}", s.ca_fingerprint);
+            if !s.overlay6.is_empty() {
+                println!("IPv6 overlay    {}", s.overlay6);
+            }
             println!("GEs             {} ({} online)", s.ges, s.online);
             println!("groups          {}", s.groups);
             println!(
@@ -111,7 +114,7 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             println!("id            {}", g.id);
             println!("kind, mode    {}, {}", g.kind, g.mode);
             println!("groups        {}", groups(&g.groups));
-            println!("overlay       {}", g.overlay);
+            println!("overlay       {}, {}", g.overlay, g.overlay6);
             if !g.protect.is_empty() {
                 println!("protects      {}", g.protect.join(", "));
             }

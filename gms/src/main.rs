@@ -419,13 +419,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 credential_lifetime,
                 dns: Some(dns),
             })?;
+            // The IPv6 overlay prefix follows from the CA key drawn just now.
+            let ca = fpn_gms::ca::Ca::load(&DataDir::new(&dir))?;
+            let overlay6 = fpn_proto::overlay6::Overlay6::of_ca(&ca.public_key());
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "data": dir, "ca_fingerprint": fp })
+                    serde_json::json!({ "data": dir, "ca_fingerprint": fp, "overlay6": overlay6.to_string() })
                 );
             } else {
-                println!("initialized {}; CA fingerprint {fp}", dir.display());
+                println!(
+                    "initialized {}; CA fingerprint {fp}; IPv6 overlay {overlay6}",
+                    dir.display()
+                );
             }
             return Ok(());
         }

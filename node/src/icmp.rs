@@ -16,6 +16,11 @@ pub const V6_UNREACHABLE: u8 = 1;
 pub const V6_ADMIN_PROHIBITED: u8 = 1;
 /// ICMPv6 code 3: address unreachable.
 pub const V6_ADDRESS_UNREACHABLE: u8 = 3;
+/// ICMPv6 packet too big (RFC 4443 3.2): IPv6 routers never fragment, so
+/// path MTU discovery needs it for every packet, not only DF ones.
+pub const V6_PACKET_TOO_BIG: u8 = 2;
+/// The smallest MTU an IPv6 link may have (RFC 8200 5).
+pub const V6_MIN_MTU: u16 = 1280;
 
 /// How much of the offending packet is quoted (its IP header and 8 bytes
 /// of L4 header for IPv4, as RFC 792 asks; a little more is harmless).
@@ -32,7 +37,8 @@ pub enum Unreachable {
     /// No answer from the destination.
     NoAnswer,
     /// The packet is too big for the carrier: the sender should use at most
-    /// this MTU (IPv4 packets with DF only; others get no answer).
+    /// this MTU (IPv4 packets with DF only, others get no answer; every
+    /// IPv6 packet, with at least [`V6_MIN_MTU`]).
     TooBig(u16),
 }
 
@@ -46,7 +52,6 @@ pub fn unreachable(packet: &[u8], why: Unreachable, out: &mut [u8]) -> Option<us
         // Only a DF packet asks for path-MTU feedback.
         (4, Unreachable::TooBig(_)) if packet.get(6).is_none_or(|f| f & 0x40 == 0) => None,
         (4, _) => unreachable_v4(packet, why, out),
-        (6, Unreachable::TooBig(_)) => None,
         (6, _) => unreachable_v6(packet, why, out),
         _ => None,
     }
@@ -109,10 +114,13 @@ fn unreachable_v6(packet: &[u8], why: Unreachable, out: &mut [u8]) -> Option<usi
     let (src, dst) = (&packet[8..24], &packet[24..40]);
     out[8..24].copy_from_slice(dst);
     out[24..40].copy_from_slice(src);
-    out[40] = V6_UNREACHABLE;
-    out[41] = match why {
-        Unreachable::Prohibited | Unreachable::TooBig(_) => V6_ADMIN_PROHIBITED,
-        Unreachable::NoAnswer => V6_ADDRESS_UNREACHABLE,
+    (out[40], out[41]) = match why {
+        Unreachable::Prohibited => (V6_UNREACHABLE, V6_ADMIN_PROHIBITED),
+        Unreachable::NoAnswer => (V6_UNREACHABLE, V6_ADDRESS_UNREACHABLE),
+        Unreachable::TooBig(mtu) => {
+            out[44..48].copy_from_slice(&u32::from(mtu.max(V6_MIN_MTU)).to_be_bytes());
+            (V6_PACKET_TOO_BIG, 0)
+        }
     };
     out[48..].copy_from_slice(quote);
     let mut pseudo = [0u8; 40];
@@ -282,6 +290,16 @@ mod tests {
         let pkt = Packet::parse(&out[..n]).unwrap();
         assert!(pkt.l4_checksum_ok());
         assert_eq!((out[40], out[41]), (1, 1));
+        // Too big: every IPv6 packet gets it (no DF in IPv6), with the MTU
+        // in the 32-bit field and never below IPv6's minimum.
+        for (asked, told) in [(1380u16, 1380u32), (1200, 1280)] {
+            let n = unreachable(&p, Unreachable::TooBig(asked), &mut out).unwrap();
+            let pkt = Packet::parse(&out[..n]).unwrap();
+            assert!(pkt.l4_checksum_ok());
+            assert_eq!((out[40], out[41]), (2, 0));
+            assert_eq!(u32::from_be_bytes(out[44..48].try_into().unwrap()), told);
+            assert_eq!(&out[24..40], &p[8..24], "back to the sender");
+        }
     }
 
     #[test]

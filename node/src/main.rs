@@ -296,16 +296,18 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
                     "name": cred.info.name,
                     "ge": cred.info.id.0,
                     "overlay": cred.info.overlay.to_string(),
+                    "overlay6": cred.overlay6.to_string(),
                     "zone": id.zone,
                     "state": state.display().to_string(),
                 });
                 println!("{v}");
             } else {
                 println!(
-                    "enrolled {} (GE {}) overlay {} zone {}; identity in {}",
+                    "enrolled {} (GE {}) overlay {} {} zone {}; identity in {}",
                     cred.info.name,
                     cred.info.id,
                     cred.info.overlay,
+                    cred.overlay6,
                     id.zone,
                     state.display()
                 );
@@ -459,7 +461,10 @@ fn port_mapping_line(pm: &fpn_node::portmap::PortMapStatus) -> String {
 }
 
 fn print_status(s: &Status) {
-    println!("{} (GE {}) overlay {}", s.name, s.ge, s.overlay);
+    match &s.overlay6 {
+        Some(v6) => println!("{} (GE {}) overlay {} {v6}", s.name, s.ge, s.overlay),
+        None => println!("{} (GE {}) overlay {}", s.name, s.ge, s.overlay),
+    }
     println!(
         "GMS: {}, reflexive address {}",
         if s.gms.connected {

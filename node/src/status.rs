@@ -14,6 +14,10 @@ pub struct Status {
     pub ge: u32,
     /// Its overlay address.
     pub overlay: String,
+    /// Its IPv6 overlay address (in the network's ULA /48); absent when the
+    /// host has no IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay6: Option<String>,
     /// The GMS session.
     pub gms: GmsStatus,
     /// This node's credential (and certificate) and its renewal.

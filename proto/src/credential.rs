@@ -35,11 +35,12 @@
 //! other). A decoded credential is an [`UnverifiedCredential`] until
 //! [`UnverifiedCredential::verify`] checks signature and validity period.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::error::PrefixError;
 use crate::ge::GeInfo;
 use crate::keys::{self, NodeKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::overlay6::Overlay6;
 use crate::prefix::{self, Prefix};
 use crate::wire::{Reader, Writer};
 use crate::{Error, Result};
@@ -76,6 +77,10 @@ pub struct Credential {
     /// hosts a gateway protects, or a GES's own real addresses (single
     /// hosts). Canonical, strictly ascending, at most [`MAX_PREFIXES`].
     pub prefixes: Vec<Prefix>,
+    /// The GE's IPv6 overlay address: not on the wire, derived from the
+    /// overlay address and the CA key it verified under ([`Overlay6`]);
+    /// unspecified inside an [`UnverifiedCredential`].
+    pub overlay6: Ipv6Addr,
     signature: [u8; SIGNATURE_LEN],
 }
 
@@ -121,6 +126,7 @@ impl Credential {
     ) -> Result<Self> {
         prefixes.sort_unstable();
         prefixes.dedup();
+        let overlay6 = Overlay6::of_ca(&ca.public()).address(info.overlay);
         let mut c = Self {
             serial,
             not_before,
@@ -128,6 +134,7 @@ impl Credential {
             node_key,
             info,
             prefixes,
+            overlay6,
             signature: [0; SIGNATURE_LEN],
         };
         let tbs = c.to_be_signed()?;
@@ -149,11 +156,15 @@ impl Credential {
         Ok(())
     }
 
-    /// True when this GE may speak for `addr`: its overlay address, or an
-    /// address inside a prefix the credential names. A flow's end must be
-    /// covered by the credential of the GE that stands for it.
+    /// True when this GE may speak for `addr`: its overlay address (IPv4 or
+    /// IPv6), or an address inside a prefix the credential names. A flow's
+    /// end must be covered by the credential of the GE that stands for it.
     pub fn covers(&self, addr: IpAddr) -> bool {
-        addr == IpAddr::V4(self.info.overlay) || self.prefixes.iter().any(|p| p.contains(addr))
+        match addr {
+            IpAddr::V4(a) if a == self.info.overlay => true,
+            IpAddr::V6(a) if a == self.overlay6 && !a.is_unspecified() => true,
+            _ => self.prefixes.iter().any(|p| p.contains(addr)),
+        }
     }
 
     fn to_be_signed(&self) -> Result<Vec<u8>> {
@@ -243,6 +254,7 @@ impl UnverifiedCredential {
             node_key,
             info,
             prefixes,
+            overlay6: Ipv6Addr::UNSPECIFIED,
             signature,
         }))
     }
@@ -259,7 +271,7 @@ impl UnverifiedCredential {
 
     /// Checks the CA signature and the validity period at `now` (unix seconds).
     pub fn verify(self, ca_public: &[u8; PUBLIC_KEY_LEN], now: u64) -> Result<Credential> {
-        let c = self.0;
+        let mut c = self.0;
         let tbs = c.to_be_signed()?;
         keys::verify_signature(ca_public, &tbs, &c.signature, "credential")?;
         if now < c.not_before || now > c.not_after {
@@ -270,6 +282,7 @@ impl UnverifiedCredential {
                 not_after: c.not_after,
             });
         }
+        c.overlay6 = Overlay6::of_ca(ca_public).address(c.info.overlay);
         Ok(c)
     }
 }
@@ -449,6 +462,28 @@ mod tests {
         assert!(c.covers("100.64.0.3".parse().unwrap()));
         assert!(!c.covers("100.64.0.4".parse().unwrap()));
         assert!(!c.covers("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_verified_credential_covers_the_ipv6_overlay_address_of_its_network_only() {
+        let ca = NodeKey::from_seed(&[1; 32]);
+        let c = Credential::issue(&ca, 7, info(), [9; 32], 1000, 2000).unwrap();
+        let net = Overlay6::of_ca(&ca.public());
+        let mine = net.address(info().overlay);
+        assert_eq!(c.overlay6, mine);
+        assert!(c.covers(IpAddr::V6(mine)));
+        // Another GE's address in the same network, the same IPv4 address
+        // under another CA's prefix.
+        assert!(!c.covers(IpAddr::V6(net.address("100.64.0.4".parse().unwrap()))));
+        let other = Overlay6::of_ca(&[2; 32]).address(info().overlay);
+        assert!(!c.covers(IpAddr::V6(other)));
+        // Decoded and not yet verified: nothing IPv6; verified: the same.
+        let u = UnverifiedCredential::decode(&c.encode().unwrap()).unwrap();
+        assert!(!u.0.covers(IpAddr::V6(mine)));
+        assert!(!u.0.covers(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        let v = u.verify(&ca.public(), 1500).unwrap();
+        assert_eq!(v, c);
+        assert!(v.covers(IpAddr::V6(mine)));
     }
 
     #[test]

@@ -25,6 +25,8 @@
 //!   counter + tag trailer, replay window) and its AEAD backends.
 //! - [`path`]: per-peer path selection (native or QUIC): the authenticated
 //!   probe format and the sans-IO machine that probes, watches and switches.
+//! - [`overlay6`]: the network's IPv6 overlay prefix (a ULA /48 from the CA
+//!   key) and each GE's IPv6 overlay address in it.
 //! - [`prefix`]: address prefixes (what a gateway protects, what a credential names).
 //! - [`pit`]: the Process Information Table: flow -> action, keys, cipher
 //!   state, counters; aging and renegotiation after key rotation.
@@ -39,6 +41,7 @@ pub mod error;
 pub mod flow;
 pub mod ge;
 pub mod keys;
+pub mod overlay6;
 pub mod packet;
 pub mod path;
 pub mod pccom;

@@ -745,6 +745,7 @@ impl Core {
             dns: self.dns.clone(),
             public_addr: self.public_addr().ok(),
             ca_fingerprint: hex::encode(self.ca.fingerprint()),
+            overlay6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public_key()).to_string(),
             ges: self.st.ges.len(),
             groups: self.st.groups.len(),
             online: self.online(),
@@ -804,6 +805,8 @@ impl Core {
             mode: r.mode.to_string(),
             groups: r.groups.iter().copied().collect(),
             overlay: r.overlay,
+            overlay6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public_key())
+                .address(r.overlay),
             protect: r.protect.iter().map(ToString::to_string).collect(),
             hosts: self
                 .st

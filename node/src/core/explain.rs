@@ -5,7 +5,6 @@
 //! so the explanation and the data path cannot disagree.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use fpn_proto::decision::{self, Rule};
 use fpn_proto::dprp::{FailReason, RefuseCode};
@@ -39,12 +38,14 @@ impl NodeCore {
             ..WhyReport::default()
         };
         self.live_state(flow, &mut r);
-        let IpAddr::V4(dst) = flow.dst else {
-            set(
-                &mut r,
-                &Rule::NotOverlay,
-                "IPv6 is not routed through the overlay".into(),
+        // A GE's IPv6 overlay address is its IPv4 one for everything below
+        // (note 59); other IPv6 addresses are not the overlay's.
+        let Some(dst) = self.cfg.net6.as_v4(flow.dst) else {
+            let text = format!(
+                "{} is outside the overlay's IPv6 range {}: fpn does not route it; the host's own routes carry it, unprotected",
+                flow.dst, self.cfg.net6
             );
+            set(&mut r, &Rule::NotOverlay, text);
             return (r, false);
         };
         if dst == self.cfg.overlay {

@@ -51,6 +51,8 @@ mod transit;
 mod sim_tests;
 
 #[cfg(test)]
+mod ipv6_tests;
+#[cfg(test)]
 mod moves_tests;
 #[cfg(test)]
 mod nat_tests;
@@ -71,7 +73,9 @@ mod flood_tests;
 mod silence_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use fpn_proto::overlay6::Overlay6;
 use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::Endpoint;
@@ -134,6 +138,16 @@ pub struct CoreConfig {
     /// Where the VINs of hosts behind gateways come from (routed into the
     /// TUN): [`natf::DEFAULT_VIN_RANGE`] unless configured.
     pub vin_range: (Ipv4Addr, u8),
+    /// The network's IPv6 overlay prefix (from the CA key, design note 59):
+    /// this node's IPv6 overlay address and every peer's are in it.
+    pub net6: Overlay6,
+}
+
+impl CoreConfig {
+    /// This node's IPv6 overlay address.
+    pub fn overlay6(&self) -> Ipv6Addr {
+        self.net6.address(self.overlay)
+    }
 }
 
 /// The node's packet and flow state machine. See the module docs.
@@ -521,6 +535,11 @@ impl NodeCore {
         let dprp = self.dprp_deadline.map(|t| (t, Timer::Dprp));
         let path = self.paths.deadline.map(|t| (t, Timer::Path));
         [dprp, self.timers.next(), path].into_iter().flatten().min()
+    }
+
+    /// The core's fixed settings.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
     }
 
     /// The PIT (for tests and benchmarks that look at entries).

@@ -2,7 +2,7 @@
 //! transmits routed to peers by the peer table, DPRP's events turned into
 //! PIT entries, released packets and ICMP errors, renegotiation and healing.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use fpn_proto::dprp::{self, DropCause, FailReason, Verdict};
@@ -152,7 +152,9 @@ impl NodeCore {
     /// entry. Only for flows to this node from the address the sending GE
     /// owns, and at most once per [`HEAL_GAP`] per flow.
     pub(super) fn heal(&mut self, flow: FlowId, from: GeId, now: Instant) {
-        let IpAddr::V4(src) = flow.src else { return };
+        let Some(src) = self.cfg.net6.as_v4(flow.src) else {
+            return;
+        };
         if !self.is_own(flow.dst) || self.peers.owner(src) != Some(from) {
             return;
         }
@@ -241,7 +243,7 @@ impl NodeCore {
         } else {
             e.flow.src
         };
-        let IpAddr::V4(r) = remote else {
+        let Some(r) = self.cfg.net6.as_v4(remote) else {
             self.counters.unknown_owner += 1;
             return;
         };
@@ -352,7 +354,8 @@ impl NodeCore {
             self.send_control(ge, t.payload);
             return;
         }
-        let IpAddr::V4(ip) = t.dst.ip() else {
+        // An IPv6 overlay address stands for its GE's IPv4 one (note 59).
+        let Some(ip) = self.cfg.net6.as_v4(t.dst.ip()) else {
             self.counters.no_route += 1;
             return;
         };

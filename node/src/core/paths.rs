@@ -996,6 +996,10 @@ impl NodeCore {
             return false;
         };
         let overlay = pkt.flow_id();
+        if !overlay.dst.is_ipv4() {
+            self.counters.quic_ipv6 += 1;
+            return false;
+        }
         if overlay.protocol == fpn_proto::flow::protocol::ICMP && self.echo_ids_rewritten(ge) {
             self.counters.native_echo_nat += 1;
             return false;
@@ -1200,6 +1204,11 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
+    // IPv6 overlay flows take QUIC (note 59): the native path rewrites
+    // addresses within one family, and the underlay is IPv4.
+    if !flow.src.is_ipv4() || !flow.dst.is_ipv4() {
+        return false;
+    }
     match flow.protocol {
         6 | UDP => true,
         fpn_proto::flow::protocol::ICMP => flow.src_port != 0,

@@ -40,7 +40,11 @@ impl NodeCore {
     /// True for this node's overlay address and the addresses its
     /// credential's prefixes cover: the near end of its flows.
     pub(super) fn is_own(&self, ip: IpAddr) -> bool {
-        ip == IpAddr::V4(self.cfg.overlay) || self.real.iter().any(|p| p.contains(ip))
+        match ip {
+            IpAddr::V4(a) if a == self.cfg.overlay => true,
+            IpAddr::V6(a) if a == self.cfg.overlay6() => true,
+            _ => self.real.iter().any(|p| p.contains(ip)),
+        }
     }
 
     /// True when `flow` (a PIT key) is a real-address flow the rules pass
@@ -51,9 +55,12 @@ impl NodeCore {
         if self.real.is_empty() {
             return false;
         }
-        let overlay = IpAddr::V4(self.cfg.overlay);
-        flow.src != overlay
-            && flow.dst != overlay
+        let ours = [
+            IpAddr::V4(self.cfg.overlay),
+            IpAddr::V6(self.cfg.overlay6()),
+        ];
+        !ours.contains(&flow.src)
+            && !ours.contains(&flow.dst)
             && self
                 .pit
                 .lookup(flow)

@@ -722,8 +722,11 @@ impl CoreSim {
                 } else {
                     flow.src
                 };
-                let IpAddr::V4(r) = remote else {
-                    panic!("{}: an IPv6 flow {flow}", n.name);
+                let Some(r) = n.core.config().net6.as_v4(remote) else {
+                    panic!(
+                        "{}: a flow {flow} to an IPv6 address outside the overlay",
+                        n.name
+                    );
                 };
                 assert_eq!(
                     n.core.owner_of(r),
@@ -1072,7 +1075,11 @@ impl CoreSim {
             START_UNIX + year,
         )
         .expect("valid GE info");
-        let mut protected = vec![Prefix::host(IpAddr::V4(overlay))];
+        let overlay6 = cred.overlay6;
+        let mut protected = vec![
+            Prefix::host(IpAddr::V4(overlay)),
+            Prefix::host(IpAddr::V6(overlay6)),
+        ];
         protected.extend_from_slice(prefixes);
         let cfg = Config::new(key, cred, self.ca.public(), protected);
         let dprp = Endpoint::new(
@@ -1091,6 +1098,7 @@ impl CoreSim {
                 unix_start: START_UNIX,
                 max_gms_silence: Some(std::time::Duration::from_secs(3600)),
                 vin_range: super::natf::DEFAULT_VIN_RANGE,
+                net6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public()),
             },
             dprp,
             Pit::new(PitConfig::default()),

@@ -86,6 +86,9 @@ pub(super) struct Counters {
     /// ICMP echoes that took QUIC although the peer's path is native: a
     /// NAT between the two rewrites ports, and with them echo ids.
     pub native_echo_nat: u64,
+    /// IPv6 overlay packets that took QUIC although the peer's path is
+    /// native: the native path carries IPv4 overlay flows only (note 59).
+    pub quic_ipv6: u64,
     pub native_in_rejected: u64,
     pub native_trial_copies: u64,
     pub native_ready_timeouts: u64,
@@ -325,6 +328,7 @@ impl NodeCore {
             ("native_nat_waits", c.native_nat_waits),
             ("native_nat_punches", c.native_nat_punches),
             ("native_echo_nat", c.native_echo_nat),
+            ("quic_ipv6", c.quic_ipv6),
             ("native_in_rejected", c.native_in_rejected),
             ("native_trial_copies", c.native_trial_copies),
             ("native_ready_timeouts", c.native_ready_timeouts),

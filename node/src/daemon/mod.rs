@@ -124,6 +124,8 @@ struct Me {
     name: String,
     ge: fpn_proto::ge::GeId,
     overlay: Ipv4Addr,
+    /// The IPv6 overlay address once the TUN has it (`None`: no IPv6 here).
+    overlay6: Option<std::net::Ipv6Addr>,
     zone: String,
 }
 
@@ -186,6 +188,7 @@ pub async fn up_with(state: StateDir, cfg: NodeConfig, reload: Reload) -> Result
         name: cred.info.name.clone(),
         ge: cred.info.id,
         overlay: cred.info.overlay,
+        overlay6: None,
         zone: identity.zone.clone(),
     };
     let span = info_span!("node", name = %me.name, ge = %me.ge);
@@ -199,7 +202,7 @@ async fn run(
     cfg: NodeConfig,
     identity: Identity,
     cred: fpn_proto::credential::Credential,
-    me: Me,
+    mut me: Me,
     reload: Reload,
 ) -> Result<()> {
     // Bound first: a metrics address that cannot be used stops the start
@@ -209,10 +212,11 @@ async fn run(
         .listen
         .map(|a| fpn_gms_client::metrics::MetricsServer::bind(a).map_err(Error::Metrics))
         .transpose()?;
+    let net6 = fpn_proto::overlay6::Overlay6::of_ca(&identity.ca_public);
     let dev = tun::create(
         &cfg.tun_name,
-        me.overlay,
-        cfg.overlay_prefix,
+        (me.overlay, cfg.overlay_prefix),
+        net6.address(me.overlay),
         cfg.mtu,
         tun::want_offloads(cfg.tun_offloads),
     )?;
@@ -220,7 +224,9 @@ async fn run(
     // The daemon keeps a handle so the interface outlives the driver until
     // the end of shutdown (it goes away with the last descriptor).
     let tun_keep = dev.writer.clone();
-    info!(tun = %cfg.tun_name, overlay = %me.overlay, mtu = cfg.mtu, offloads = %tun_offloads, "TUN up");
+    let overlay6 = dev.address6;
+    me.overlay6 = overlay6;
+    info!(tun = %cfg.tun_name, overlay = %me.overlay, overlay6 = ?overlay6, mtu = cfg.mtu, offloads = %tun_offloads, "TUN up");
 
     let mut ccfg = QuicCarrierConfig::new(identity.clone());
     ccfg.listen = cfg.listen;
@@ -277,7 +283,10 @@ async fn run(
     // this node's to protect too; nothing to configure on the node.
     let real_prefixes = cred.prefixes.clone();
     let kind = cred.info.kind;
-    let mut protected = vec![Prefix::host(IpAddr::V4(me.overlay))];
+    let mut protected = vec![
+        Prefix::host(IpAddr::V4(me.overlay)),
+        Prefix::host(IpAddr::V6(net6.address(me.overlay))),
+    ];
     protected.extend(real_prefixes.iter().copied());
     let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
     if std::env::var_os(UNSAFE_NO_FLOOD_LIMITS).is_some() {
@@ -332,6 +341,7 @@ async fn run(
             max_gms_silence: (cfg.max_gms_silence_secs > 0)
                 .then(|| Duration::from_secs(cfg.max_gms_silence_secs)),
             vin_range,
+            net6,
         },
         dprp,
         pit,
@@ -351,7 +361,8 @@ async fn run(
     let names = NameTable::new();
     // The DNS stub's names are published by the driver from the core's
     // peer table; until the first change, this node's own name is there.
-    if let Err(e) = names.insert(&me.name, crate::dns::Target::peer(me.overlay)) {
+    let names6 = overlay6.map(|_| net6);
+    if let Err(e) = names.insert(&me.name, crate::driver::peer_target(me.overlay, names6)) {
         warn!(error = %e, "own name not in the name table");
     }
     core.set_real_prefixes(real_prefixes.clone());
@@ -373,7 +384,7 @@ async fn run(
         queries: query_rx,
         inbound,
         dir_requests: dir_tx,
-        names: Some((names.clone(), me.name.clone(), me.overlay)),
+        names: Some((names.clone(), me.name.clone(), me.overlay, names6)),
         native,
         native_unavailable,
         natf_tun: Some(cfg.tun_name.clone()),
@@ -803,6 +814,7 @@ impl Ctx {
             name: self.me.name.clone(),
             ge: self.me.ge.0,
             overlay: self.me.overlay.to_string(),
+            overlay6: self.me.overlay6.map(|a| a.to_string()),
             gms: GmsStatus {
                 connected: view.connected,
                 reflexive: view.reflexive.map(|a| a.to_string()),

@@ -4,9 +4,9 @@
 //! ([`crate::tun`], design note 16). Closing the device removes the
 //! interface.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::tun::{Offloads, Tun, TunConfig, TunReader, TunWriter};
@@ -70,21 +70,43 @@ pub struct OpenTun {
     pub writer: TunWriter,
     /// The offloads the kernel granted (none when not asked for).
     pub offloads: Offloads,
+    /// The IPv6 overlay address on the interface; `None` when the host has
+    /// no IPv6 (the overlay is then IPv4 only).
+    pub address6: Option<Ipv6Addr>,
 }
 
-/// Creates and brings up `name` with `addr/prefix` and `mtu`, asking for
-/// every offload when `offloads` is set. Needs the current tokio runtime.
-pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16, offloads: bool) -> Result<OpenTun> {
+/// Creates and brings up `name` with `addr/prefix`, `addr6` (with the
+/// network's /48, so the whole IPv6 overlay is routed into it) and `mtu`,
+/// asking for every offload when `offloads` is set. A host without IPv6
+/// gets the interface without `addr6` and a warning. Needs the current
+/// tokio runtime.
+pub fn create(
+    name: &str,
+    (addr, prefix): (Ipv4Addr, u8),
+    addr6: Ipv6Addr,
+    mtu: u16,
+    offloads: bool,
+) -> Result<OpenTun> {
     let mut cfg = TunConfig::new(name, mtu);
     cfg.address = Some((addr, prefix));
+    cfg.address6 = Some((addr6, fpn_proto::overlay6::PREFIX_LEN));
     cfg.offloads = if offloads {
         Offloads::ALL
     } else {
         Offloads::NONE
     };
-    // The overlay is IPv4: without IPv6 on the interface the kernel sends
-    // no router solicitations or MLD reports into it (TunConfig's default).
-    let tun = Tun::open(&cfg).map_err(|e| match e {
+    let tun = match Tun::open(&cfg) {
+        Err(Error::TunIo { op, source, .. })
+            if matches!(op, "IPv6 sysctl" | "IPv6 socket" | "SIOCSIFADDR (IPv6)") =>
+        {
+            warn!(tun = name, %addr6, error = %source, step = op, "no IPv6 on this host: the overlay is IPv4 only here");
+            cfg.address6 = None;
+            Tun::open(&cfg)
+        }
+        r => r,
+    };
+    let address6 = cfg.address6.map(|(a, _)| a);
+    let tun = tun.map_err(|e| match e {
         Error::TunIo { op, source, .. } => Error::Tun {
             name: name.to_owned(),
             reason: format!("{op}: {source} (needs root or CAP_NET_ADMIN; is the name taken?)"),
@@ -102,5 +124,6 @@ pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16, offloads: bool) 
         reader,
         writer,
         offloads: granted,
+        address6,
     })
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
 use fpn_proto::flow::FlowId;
+use fpn_proto::overlay6::Overlay6;
 use fpn_proto::packet::vnet::VnetRepr;
 use fpn_proto::pccom::TRAILER_LEN;
 use tokio::sync::{mpsc, oneshot};
@@ -124,8 +125,9 @@ pub struct Driver {
     /// Overlay addresses whose owner the core needs (to the GMS task).
     pub dir_requests: mpsc::Sender<Ipv4Addr>,
     /// The DNS stub's names, published from the core's peer table, with
-    /// this node's own name and address.
-    pub names: Option<(NameTable, String, Ipv4Addr)>,
+    /// this node's own name and address, and the network's IPv6 overlay
+    /// prefix when the TUN has IPv6 (then names get AAAA answers too).
+    pub names: Option<(NameTable, String, Ipv4Addr, Option<Overlay6>)>,
     /// The native carrier, when it could be opened.
     pub native: Option<NativeParts>,
     /// Why native cannot work on this node (told to the core at start).
@@ -499,7 +501,7 @@ struct Shell {
     carrier: Arc<dyn Carrier>,
     tun: TunOut,
     dir_requests: mpsc::Sender<Ipv4Addr>,
-    names: Option<(NameTable, String, Ipv4Addr)>,
+    names: Option<(NameTable, String, Ipv4Addr, Option<Overlay6>)>,
     native: Option<NativeLink>,
     flow_ops: Option<std::sync::mpsc::Sender<Vec<FlowOp>>>,
     pending_ops: Vec<FlowOp>,
@@ -810,14 +812,15 @@ impl Shell {
 
     /// The DNS stub's names: this node and every peer of the peer table.
     fn publish_names(&self) {
-        let Some((names, own, overlay)) = &self.names else {
+        let Some((names, own, overlay, net6)) = &self.names else {
             return;
         };
+        let peer = |v4| peer_target(v4, *net6);
         let mut entries: Vec<(String, Target)> = self
             .core
             .peer_names()
             .into_iter()
-            .map(|(name, o)| (name, Target::peer(o)))
+            .map(|(name, o)| (name, peer(o)))
             .collect();
         // Hosts behind gateways answer with their VINs (a GE's own name
         // wins a clash, which the GMS refuses anyway).
@@ -826,10 +829,19 @@ impl Shell {
                 entries.push((name, Target::peer(vin)));
             }
         }
-        entries.push((own.clone(), Target::peer(*overlay)));
+        entries.push((own.clone(), peer(*overlay)));
         if let Err(e) = names.replace_all(entries) {
             warn!(error = %e, "name table not updated");
         }
+    }
+}
+
+/// A GE's DNS stub entry: its IPv4 overlay address, and its IPv6 one when
+/// the overlay has IPv6 here (`net6`).
+pub fn peer_target(v4: Ipv4Addr, net6: Option<Overlay6>) -> Target {
+    Target::Peer {
+        v4,
+        v6: net6.map(|n| n.address(v4)),
     }
 }
 
@@ -907,7 +919,7 @@ mod tests {
             }),
             tun: TunOut::new(tun.clone(), Offloads::NONE, false),
             dir_requests: tx,
-            names: Some((NameTable::new(), "n1".into(), node.overlay)),
+            names: Some((NameTable::new(), "n1".into(), node.overlay, None)),
             native: None,
             flow_ops: None,
             pending_ops: Vec::new(),

@@ -2,7 +2,7 @@
 //! offload API nor working multi-queue), configured with ioctls.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -430,7 +430,21 @@ fn configure(name: &str, cfg: &TunConfig) -> std::result::Result<u32, (&'static 
         }
     }
     // Before the link goes up, so that not even the first report goes out.
-    if cfg.disable_ipv6 {
+    if cfg.address6.is_some() {
+        // No neighbours on a TUN: no duplicate address detection (the
+        // address is usable at once), no router solicitations, no
+        // link-local address; IPv6 on even where the host's default is off.
+        for (key, value) in [
+            ("accept_dad", "0"),
+            ("accept_ra", "0"),
+            ("router_solicitations", "0"),
+            ("addr_gen_mode", "1"),
+            ("disable_ipv6", "0"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), value)
+                .map_err(|e| ("IPv6 sysctl", e))?;
+        }
+    } else if cfg.disable_ipv6 {
         // Best effort: without IPv6 the kernel sends no router solicitations
         // or MLD reports into the TUN. Fails harmlessly where IPv6 is off.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1");
@@ -444,7 +458,54 @@ fn configure(name: &str, cfg: &TunConfig) -> std::result::Result<u32, (&'static 
     let mut req = IfReq::new(name);
     ioctl(s, libc::SIOCGIFINDEX as _, &mut req).map_err(|e| ("SIOCGIFINDEX", e))?;
     let ifindex = i32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]) as u32;
+    if let Some((addr, prefix)) = cfg.address6 {
+        add_address6(ifindex, addr, prefix)?;
+    }
     Ok(ifindex)
+}
+
+/// `struct in6_ifreq` (linux/ipv6.h), what `SIOCSIFADDR` on an `AF_INET6`
+/// socket takes.
+#[repr(C)]
+struct In6IfReq {
+    addr: [u8; 16],
+    prefixlen: u32,
+    ifindex: i32,
+}
+
+fn add_address6(
+    ifindex: u32,
+    addr: Ipv6Addr,
+    prefix: u8,
+) -> std::result::Result<(), (&'static str, io::Error)> {
+    if prefix > 128 {
+        return Err(("IPv6 address", io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    // SAFETY: a plain socket(2) call.
+    let s = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(("IPv6 socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `s` was just opened and is owned by nobody else.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let mut req = In6IfReq {
+        addr: addr.octets(),
+        prefixlen: u32::from(prefix),
+        ifindex: ifindex as i32,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one `struct
+    // in6_ifreq`, which `In6IfReq` is, valid for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            s.as_raw_fd(),
+            libc::SIOCSIFADDR as _,
+            std::ptr::from_mut(&mut req),
+        )
+    };
+    if rc < 0 {
+        return Err(("SIOCSIFADDR (IPv6)", io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn ioctl(fd: RawFd, req: u64, ifr: &mut IfReq) -> io::Result<()> {

@@ -27,7 +27,7 @@ pub use linux::{Tun, TunQueue, TunReader, TunWriter};
 
 pub use fpn_proto::packet::gso::SegmentBuffers;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Largest read from an offloading TUN: the largest IP packet (an IPv6
 /// header plus a 65 535-byte payload) plus its virtio header.
@@ -40,6 +40,11 @@ pub struct TunConfig {
     pub name: String,
     /// IPv4 address and prefix length to put on the interface, if any.
     pub address: Option<(Ipv4Addr, u8)>,
+    /// IPv6 address and prefix length to put on the interface, if any
+    /// (then IPv6 is on, whatever `disable_ipv6` says, without duplicate
+    /// address detection, router solicitations or a link-local address:
+    /// a TUN has no neighbours).
+    pub address6: Option<(Ipv6Addr, u8)>,
     /// MTU of the interface.
     pub mtu: u16,
     /// Number of queues (file descriptors); more than one sets `IFF_MULTI_QUEUE`.
@@ -57,6 +62,7 @@ impl TunConfig {
         Self {
             name: name.to_owned(),
             address: None,
+            address6: None,
             mtu,
             queues: 1,
             offloads: Offloads::ALL,
