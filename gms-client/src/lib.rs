@@ -84,6 +84,21 @@ pub fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(out)
 }
 
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4
+/// address it stands for. A QUIC endpoint bound to `[::]` serves both
+/// families and reports IPv4 peers mapped; everything that compares,
+/// reports or publishes addresses (the directory, DNS records, NAT
+/// candidates) wants one spelling per address.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
 /// The current time, unix seconds.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -97,6 +112,18 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A client endpoint bound to `bind` (e.g. `0.0.0.0:0`).
 pub fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint> {
     tls::endpoint(bind, None)
+}
+
+/// A client endpoint on an ephemeral port that reaches both families
+/// (`[::]:0`, IPv4 peers mapped), or IPv4 only on a host without IPv6
+/// sockets: for a GMS whose address may be of either family.
+pub fn endpoint_any() -> Result<quinn::Endpoint> {
+    match endpoint(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))) {
+        Err(Error::Net(e)) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))
+        }
+        r => r,
+    }
 }
 
 /// What enrollment gives a node; saved in its state directory.
@@ -353,6 +380,23 @@ mod tests {
             mode: Mode::Open,
             groups: Default::default(),
             overlay: std::net::Ipv4Addr::new(100, 64, 0, 1),
+        }
+    }
+
+    #[test]
+    fn mapped_addresses_become_ipv4_and_others_stay() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            canonical_addr(a("[::ffff:198.18.0.2]:7718")),
+            a("198.18.0.2:7718")
+        );
+        for same in [
+            "198.18.0.2:7718",
+            "[2001:db8::2]:7718",
+            "[::1]:53",
+            "[::]:0",
+        ] {
+            assert_eq!(canonical_addr(a(same)), a(same));
         }
     }
 

@@ -116,7 +116,9 @@ impl Default for NodeConfig {
             tun_name: "fpn0".into(),
             mtu: DEFAULT_MTU,
             overlay_prefix: 10,
-            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            // Both families (IPv4 peers arrive mapped and are told apart
+            // by the carrier); IPv4 only where the host has no IPv6.
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)),
             dns: true,
             split_dns: true,
             log: "info".into(),

@@ -662,12 +662,18 @@ impl Overlay {
     /// overlay address.
     pub fn flows_with(&self, name: &str, peer: &str) -> Result<Vec<Value>, Error> {
         let st = self.status(name)?;
-        let addr = self.overlay_addr(peer)?.to_string();
+        // Either of the peer's overlay addresses (IPv6 when the host's
+        // resolver picked it for a name).
+        let mut addrs = vec![self.overlay_addr(peer)?.to_string()];
+        if let Some(v6) = self.status(peer)?["overlay6"].as_str() {
+            addrs.push(v6.to_owned());
+        }
+        let is_peer = |v: &Value| v.as_str().is_some_and(|s| addrs.iter().any(|a| a == s));
         Ok(st["flows"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|f| f["dst"].as_str() == Some(&addr) || f["src"].as_str() == Some(&addr))
+            .filter(|f| is_peer(&f["dst"]) || is_peer(&f["src"]))
             .cloned()
             .collect())
     }

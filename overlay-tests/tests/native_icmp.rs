@@ -71,6 +71,9 @@ fn ping_runs_natively_as_the_applications_own_echoes() {
             "a",
             [
                 "ping",
+                // ICMP echo is native over IPv4; by name, ping would take
+                // the overlay's IPv6 address (ICMPv6 rides QUIC, note 59).
+                "-4",
                 "-c",
                 &COUNT.to_string(),
                 "-i",

@@ -2,14 +2,10 @@
 //! IPv4 underlay: every node gets an IPv6 overlay address in the network's
 //! ULA /48, the DNS stub answers AAAA for zone names, and `ping -6`, TCP,
 //! UDP and a 10 s iperf3 by name reach a peer over it, protected; a flow
-//! policy refuses fails at once with ICMPv6. The native path carries IPv4
-//! overlay flows only, so IPv6 flows ride QUIC (note 59): the wire between
-//! the nodes holds IPv4 packets only.
-//!
-//! On the QUIC carrier a capture cannot tell PCCOM from QUIC's own TLS, so
-//! PCCOM is shown by the state: the flows are `encrypt` with the group's
-//! key version, and the core's simulator (core/ipv6_tests.rs) checks the
-//! frames it hands the carrier hold no plaintext.
+//! policy refuses fails at once with ICMPv6. IPv6 TCP and UDP flows cross
+//! the IPv4 native path as IPv4 packets with the application's ports
+//! (note 59), so a capture shows PCCOM at work; ICMPv6 rides QUIC. The wire
+//! between the nodes holds IPv4 packets only.
 
 mod common;
 
@@ -127,7 +123,8 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
         .unwrap_or(0.0);
     assert!(bps > 1e6, "iperf3 -6: {bps} bit/s");
 
-    // The flows are protected with group 1's key, both ways, and IPv6.
+    // The flows are protected with group 1's key, both ways, and IPv6;
+    // TCP and UDP native, ICMPv6 on QUIC.
     let st = ov.status("a").unwrap();
     let flows: Vec<_> = st["flows"]
         .as_array()
@@ -147,6 +144,15 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
             .all(|f| f["action"] == "encrypt" && f["key_version"].as_u64().is_some()),
         "{flows:?}"
     );
+    for f in &flows {
+        let want = if f["proto"] == "icmpv6" {
+            "quic"
+        } else {
+            "native"
+        };
+        assert_eq!(f["carrier"], want, "{f}");
+    }
+    assert!(common::peer_entry(&ov, "a", "b")["carrier"] == "native");
     // On the wire: IPv4 between the nodes' underlay addresses only, no
     // plaintext.
     let pcap = cap.stop().unwrap();
@@ -157,6 +163,21 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
     );
     let between = common::l4_between(&pcap, a_pub, b_pub);
     assert!(between.1 > 10_000_000, "a <-> b on the wire: {between:?}");
+    // The marker's TCP and UDP flows went natively: a's packets to b's
+    // underlay address with port 7002, so only PCCOM hid the marker.
+    for proto in [6u8, 17] {
+        let native = ips.iter().any(|ip| {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            ip[9] == proto
+                && ip[12..16] == common::ipv4(a_pub).octets()
+                && ip[16..20] == common::ipv4(b_pub).octets()
+                && ip.get(ihl + 2..ihl + 4) == Some(&7002u16.to_be_bytes()[..])
+        });
+        assert!(
+            native,
+            "no native packet of protocol {proto} to {b_pub}:7002"
+        );
+    }
     assert!(
         !pcap.contains(MARKER.as_bytes()),
         "plaintext marker on the wire"
@@ -199,5 +220,107 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
         "ping -6 {c}: {}{}",
         ping.stdout,
         ping.stderr
+    );
+}
+
+/// configs/lab/ipv6-only.toml with the GMS on the VPS and open nodes a and
+/// b in one group.
+fn ipv6_only() -> Overlay {
+    common::need(common::OVERLAY_TOOLS);
+    let lab = fpn_lab::Lab::up(fpn_lab::config_path("ipv6-only.toml")).expect("ipv6-only lab");
+    Overlay::start(
+        lab,
+        &Spec::new(
+            &[(1, "home")],
+            vec![
+                NodeSpec::new("a", Mode::Op, &[1]),
+                NodeSpec::new("b", Mode::Op, &[1]),
+            ],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"))
+}
+
+#[test]
+fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
+    let ov = ipv6_only();
+    let lab = ov.lab();
+    let a_pub = ov.underlay("a", "pub-a").unwrap();
+    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    assert!(a_pub.is_ipv6() && b_pub.is_ipv6(), "{a_pub} {b_pub}");
+    // The GMS is reached over IPv6 only: its session and DNS work.
+    for n in ["a", "b"] {
+        let st = ov.status(n).unwrap();
+        assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
+    }
+    let b4 = ov.overlay_addr("b").unwrap();
+    let b6 = overlay6(&ov, "b");
+    let _echo = echo_server6(&ov, "b", 7002);
+    let cap = lab.capture("inet", "pub-b", "ip or ip6").unwrap();
+    // Both overlay families, over the one IPv6 path.
+    let ping = lab
+        .exec("a", ["ping", "-c", "3", "-W", "2", &b4.to_string()])
+        .unwrap();
+    assert!(ping.success(), "ping {b4}: {}{}", ping.stdout, ping.stderr);
+    let ping = lab
+        .exec("a", ["ping", "-6", "-c", "3", "-W", "2", &b6.to_string()])
+        .unwrap();
+    assert!(
+        ping.success(),
+        "ping -6 {b6}: {}{}",
+        ping.stdout,
+        ping.stderr
+    );
+    for to in [IpAddr::V4(b4), IpAddr::V6(b6)] {
+        let target = SocketAddr::new(to, 7002).to_string();
+        for (udp, msg) in [(false, MARKER.repeat(100)), (true, MARKER.to_string())] {
+            let out = echo_send(lab, "a", &target, &msg, udp);
+            assert!(out.success(), "echo to {target} udp={udp}: {}", out.stderr);
+        }
+    }
+    // The GMS's DNS names each node's IPv6 address (AAAA), and no A.
+    let gms = ov.gms_addr().ip().to_string();
+    let at = format!("@{gms}");
+    let b = Overlay::fqdn("b");
+    let dig = lab.exec("a", ["dig", "+short", &at, "AAAA", &b]).unwrap();
+    assert_eq!(
+        dig.stdout.trim(),
+        b_pub.to_string(),
+        "dig AAAA {b} {at}: {}",
+        dig.stderr
+    );
+    let dig = lab.exec("a", ["dig", "+short", &at, "A", &b]).unwrap();
+    assert_eq!(dig.stdout.trim(), "", "dig A {b} {at}");
+    // b is known at its IPv6 address, on QUIC: the native path needs an
+    // IPv4 underlay (note 59), and status says so.
+    let peer = common::peer_entry(&ov, "a", "b");
+    assert_eq!(peer["carrier"], "quic", "{peer}");
+    assert_eq!(peer["path"], "quic (no IPv4 underlay address)", "{peer}");
+    let addr: SocketAddr = peer["addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(addr.ip(), b_pub, "{peer}");
+    let st = ov.status("a").unwrap();
+    let flows: Vec<_> = st["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            [b4.to_string(), b6.to_string()]
+                .iter()
+                .any(|x| f["dst"] == *x.as_str())
+        })
+        .collect();
+    assert!(flows.len() >= 4, "{flows:?}");
+    assert!(flows.iter().all(|f| f["action"] == "encrypt"), "{flows:?}");
+    // The wire holds IPv6 between the two nodes only, and no plaintext.
+    let pcap = cap.stop().unwrap();
+    let ips: Vec<_> = pcap.packets().iter().filter_map(|p| p.ip()).collect();
+    assert!(!ips.is_empty());
+    assert!(
+        ips.iter().all(|ip| ip[0] >> 4 == 6),
+        "an IPv4 packet on the IPv6-only link"
+    );
+    assert!(
+        !pcap.contains(MARKER.as_bytes()),
+        "plaintext marker on the wire"
     );
 }

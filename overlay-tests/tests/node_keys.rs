@@ -103,7 +103,23 @@ fn flow_versions(ov: &Overlay, node: &str, peer_overlay: &str) -> Vec<u64> {
         .unwrap_or_default()
         .iter()
         .filter(|f| {
-            f["action"] == "encrypt" && (f["src"] == peer_overlay || f["dst"] == peer_overlay)
+            // The IPv6 overlay address embeds the IPv4 one (note 59): by
+            // name, iperf3 may use either.
+            let is_peer = |a: &serde_json::Value| {
+                a.as_str()
+                    .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| match ip {
+                        std::net::IpAddr::V4(v4) => v4.to_string() == peer_overlay,
+                        std::net::IpAddr::V6(v6) => {
+                            std::net::Ipv4Addr::from(
+                                v6.octets()[12..16].try_into().unwrap_or([0; 4]),
+                            )
+                            .to_string()
+                                == peer_overlay
+                        }
+                    })
+            };
+            f["action"] == "encrypt" && (is_peer(&f["src"]) || is_peer(&f["dst"]))
         })
         .map(|f| f["key_version"].as_u64().unwrap_or(0))
         .collect()

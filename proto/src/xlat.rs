@@ -108,9 +108,18 @@ impl XlatTable {
                 "overlay and wire protocols differ",
             ));
         }
-        if t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
-            || t.overlay.dst.is_ipv4() != t.wire.dst.is_ipv4()
+        // Each side is of one family. They may differ only as an IPv6
+        // overlay TCP or UDP flow on an IPv4 wire (`packet::family`, whose
+        // callers change the family; the rewrites here keep it).
+        let family_change = t.overlay.src.is_ipv6() && t.wire.src.is_ipv4();
+        if t.overlay.src.is_ipv4() != t.overlay.dst.is_ipv4()
             || t.wire.src.is_ipv4() != t.wire.dst.is_ipv4()
+            || (t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
+                && !(family_change
+                    && matches!(
+                        t.overlay.protocol,
+                        crate::flow::protocol::TCP | crate::flow::protocol::UDP
+                    )))
         {
             return Err(Error::invalid(
                 "translation",

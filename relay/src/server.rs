@@ -230,7 +230,7 @@ impl Drop for Relay {
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        let from = incoming.remote_address();
+        let from = fpn_gms_client::canonical_addr(incoming.remote_address());
         let shared = shared.clone();
         tokio::spawn(
             async move {
@@ -275,7 +275,7 @@ async fn serve(conn: quinn::Connection, cert: NodeCert, shared: Arc<Shared>) {
             }
         }
     }
-    info!(from = %conn.remote_address(), "relay client up");
+    info!(from = %fpn_gms_client::canonical_addr(conn.remote_address()), "relay client up");
     let streams =
         tokio::spawn(read_streams(conn.clone(), cert.ge, id, shared.clone()).in_current_span());
     loop {

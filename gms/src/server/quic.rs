@@ -24,7 +24,7 @@ const PATH_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        let remote = incoming.remote_address();
+        let remote = fpn_gms_client::canonical_addr(incoming.remote_address());
         let s = shared.clone();
         // Addresses only at debug level (STYLE.md §4).
         tokio::spawn(
@@ -138,7 +138,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
     let ClientMsg::Hello { reported, version } = ClientMsg::decode(ty, &body)? else {
         return Err(Error::Protocol("a session must start with hello".into()));
     };
-    let seen: SocketAddr = conn.remote_address();
+    let seen: SocketAddr = fpn_gms_client::canonical_addr(conn.remote_address());
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(PUSH_QUEUE);
     // A node that offered the hosts directory (and so knows its messages).
     let wants_hosts = fpn_gms_client::tls::negotiated_v2(conn);
@@ -207,7 +207,7 @@ async fn run_session(conn: &quinn::Connection, ge: GeId, shared: &Arc<Shared>) -
                 _ = path_check.tick() => {
                     // quinn follows a migrating client without telling us:
                     // look at the path now and then.
-                    let now_seen = conn.remote_address();
+                    let now_seen = fpn_gms_client::canonical_addr(conn.remote_address());
                     if now_seen != seen {
                         info!(from = %seen, to = %now_seen, "session moved");
                         seen = now_seen;

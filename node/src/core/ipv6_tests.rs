@@ -1,7 +1,8 @@
 //! IPv6 overlay flows in the simulator (design note 59): a GE's IPv6
 //! overlay address is its IPv4 one inside the network's ULA /48, so the
-//! same negotiation, keys and policy apply; the flows ride QUIC while the
-//! native path carries IPv4 only; refusals come back as ICMPv6.
+//! same negotiation, keys and policy apply; TCP and UDP cross the IPv4
+//! native path as IPv4 packets (the application's ports, PCCOM payload),
+//! ICMPv6 rides QUIC; refusals come back as ICMPv6.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
@@ -44,7 +45,7 @@ fn pair(seed: u64, b_mode: Mode, b_groups: &[u32]) -> (CoreSim, usize, usize) {
 }
 
 #[test]
-fn an_ipv6_flow_between_overlay_addresses_is_protected_and_rides_quic_beside_a_native_path() {
+fn an_ipv6_udp_flow_crosses_the_native_path_as_ipv4_packets_and_arrives_as_ipv6() {
     let (mut sim, a, b) = pair(91, Mode::Open, &[1]);
     sim.run_for(Duration::from_millis(500));
     let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
@@ -66,22 +67,57 @@ fn an_ipv6_flow_between_overlay_addresses_is_protected_and_rides_quic_beside_a_n
         assert!(p.l4_checksum_ok());
         assert_eq!(p.payload(), marker);
     }
-    // The peers' path stays native (IPv4 flows would take it); the IPv6
-    // packets took QUIC, protected: the marker is nowhere on the wire.
+    // The peers' path is native and the flow took it: IPv4 packets between
+    // the underlay addresses with the application's ports, the marker
+    // sealed (a native packet is all there is: no outer encryption).
     let peer = &sim.nodes[a].core.snapshot(&[]).peers[0];
     assert_eq!(peer.carrier, "native");
-    assert!(sim.counter(a, "quic_ipv6") >= 3);
-    assert!(sim.counter(b, "quic_ipv6") >= 3);
+    let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
+    let data: Vec<_> = sim
+        .wire()
+        .iter()
+        .filter(|w| w.native)
+        .filter_map(|w| Packet::parse(&w.payload[..]).ok())
+        .filter(|p| p.flow_id().protocol == 17 && p.flow_id().dst_port != super::PROBE_PORT)
+        .map(|p| (p.flow_id(), p.l4_checksum_ok(), p.payload().len()))
+        .collect();
+    assert!(data.len() >= 4, "{data:?}");
+    for (f, csum, len) in &data {
+        assert!(f.src.is_ipv4() && f.dst.is_ipv4(), "{f}");
+        assert!([(ua, ub), (ub, ua)].contains(&(f.src, f.dst)), "{f}");
+        assert!(
+            [(4000, 5000), (5000, 4000)].contains(&(f.src_port, f.dst_port)),
+            "{f}"
+        );
+        assert!(csum, "{f}");
+        assert_eq!(*len, marker.len() + fpn_proto::pccom::TRAILER_LEN);
+    }
+    assert!(sim.counter(a, "native_out") >= 3 && sim.counter(b, "native_in") >= 3);
     assert!(sim.wire().iter().all(|w| !contains(&w.payload, marker)));
+    // One negotiation for the flow, not one per packet.
+    assert_eq!(sim.counter(a, "dprp_started"), 1);
+}
+
+#[test]
+fn an_icmpv6_echo_rides_quic_beside_a_native_path() {
+    let (mut sim, a, b) = pair(94, Mode::Open, &[1]);
+    sim.run_for(Duration::from_millis(500));
+    let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
+    let mut echo = Vec::new();
+    PacketBuilder::ipv6(a6.octets(), b6.octets(), 64)
+        .icmpv6_echo_request(7, 1)
+        .write(&mut echo, b"ICMPV6-MARKER")
+        .unwrap();
+    sim.send_packet(a, &echo);
+    sim.run_for(Duration::from_millis(100));
+    let got = sim.nodes[b].tun.last().expect("the echo arrived");
+    assert_eq!(&got[..], &echo[..]);
+    assert!(sim.counter(a, "quic_ipv6") >= 1);
     assert!(
         sim.wire()
             .iter()
-            .filter(|w| w.native)
-            .all(|w| Packet::parse(&w.payload[..]).is_ok_and(|p| p.flow_id().dst.is_ipv4())),
-        "an IPv6 packet on the native path"
+            .all(|w| !contains(&w.payload, b"ICMPV6-MARKER"))
     );
-    // One negotiation for the flow, not one per packet.
-    assert_eq!(sim.counter(a, "dprp_started"), 1);
 }
 
 #[test]

@@ -73,7 +73,7 @@ mod flood_tests;
 mod silence_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use fpn_proto::overlay6::Overlay6;
 use std::time::{Duration, Instant};
@@ -301,17 +301,23 @@ impl NodeCore {
         {
             return DataOut::Nothing;
         }
+        let mut start = 0;
         let path = match send {
-            Some((ge, n)) if self.try_native(ge, buf, n, now) => CarrierKind::Native,
-            Some((ge, n)) => {
-                self.send_trial_copy(ge, &buf[..n], now);
-                CarrierKind::Quic
-            }
+            Some((ge, n)) => match self.try_native(ge, buf, n, now) {
+                Some(s) => {
+                    start = s;
+                    CarrierKind::Native
+                }
+                None => {
+                    self.send_trial_copy(ge, &buf[..n], now);
+                    CarrierKind::Quic
+                }
+            },
             None => CarrierKind::Quic,
         };
         let buf: &'a [u8] = buf;
         match send {
-            Some((ge, n)) => self.data_to(ge, path, &buf[..n]),
+            Some((ge, n)) => self.data_to(ge, path, &buf[start..n]),
             None => DataOut::Nothing,
         }
     }
@@ -688,10 +694,7 @@ impl NodeCore {
             .iter()
             .filter(|(f, e)| {
                 let remote = if self.is_own(f.src) { f.dst } else { f.src };
-                let owner = match remote {
-                    IpAddr::V4(r) => self.owner_of(r),
-                    IpAddr::V6(_) => None,
-                };
+                let owner = self.cfg.net6.as_v4(remote).and_then(|r| self.owner_of(r));
                 e.peer().is_some() && owner != e.peer()
             })
             .map(|(f, _)| *f)

@@ -198,8 +198,9 @@ impl NodeCore {
         }
         for mut frame in mine {
             let n = frame.len();
-            if self.try_native(ge, &mut frame, n, now) {
+            if let Some(start) = self.try_native(ge, &mut frame, n, now) {
                 // Translated in place: a raw packet on the wire addresses.
+                frame.drain(..start);
                 self.counters.data_out += 1;
                 self.push_output(Output::SendNative(frame));
                 continue;

@@ -322,8 +322,10 @@ impl NodeCore {
                     // Natively when both ends steer the flow (steering.rs),
                     // else QUIC, which is always there. A plain flow of
                     // real addresses goes on the wire as it is (real.rs).
-                    if self.plain_on_wire(&flow) || self.try_native(ge, &mut buf, len, now) {
+                    if self.plain_on_wire(&flow) {
                         self.push_output(Output::SendNative(buf[..len].to_vec()));
+                    } else if let Some(start) = self.try_native(ge, &mut buf, len, now) {
+                        self.push_output(Output::SendNative(buf[start..len].to_vec()));
                     } else {
                         self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
                     }

@@ -292,17 +292,11 @@ impl NodeCore {
             self.counters.native_in_wrong_source += 1;
             return None;
         }
-        let overlay = {
-            let Ok(mut pkt) = Packet::parse(&mut buf[..len]) else {
-                self.counters.native_in_rejected += 1;
-                return None;
-            };
-            if !matches!(self.xlat.translate_inbound(&mut pkt), Ok(Some(_))) {
-                self.counters.native_in_rejected += 1;
-                return None;
-            }
-            pkt.flow_id()
+        let Some(len) = from_wire(buf, len, &wire, &t) else {
+            self.counters.native_in_rejected += 1;
+            return None;
         };
+        let overlay = t.overlay.reversed();
         // Only the GE the flow was negotiated with may feed it.
         if self.pit.lookup(&overlay).and_then(|(_, e)| e.peer()) != Some(t.peer) {
             self.counters.native_in_rejected += 1;
@@ -379,7 +373,8 @@ impl NodeCore {
             *start = Some(now);
             *left = BINDING_TRIALS_PER_SEC;
         }
-        let mut trial = vec![0u8; len];
+        // Room for an IPv6 overlay packet, 20 bytes longer than the wire's.
+        let mut trial = vec![0u8; len + fpn_proto::packet::family::HEADER_DELTA];
         let mut replayed = false;
         for overlay in candidates {
             let left = &mut self.paths.binding_budget.1;
@@ -391,21 +386,18 @@ impl NodeCore {
             let Some(t) = self.xlat.get(&overlay).copied() else {
                 continue;
             };
-            trial.copy_from_slice(&buf[..len]);
-            let Ok(mut pkt) = Packet::parse(&mut trial[..]) else {
-                return None;
-            };
-            if fpn_proto::xlat::rewrite_to(&mut pkt, &wire, &t.overlay.reversed()).is_err() {
+            trial[..len].copy_from_slice(&buf[..len]);
+            let Some(tlen) = from_wire(&mut trial, len, &wire, &t) else {
                 continue;
-            }
+            };
             if self.pit.lookup(&overlay).and_then(|(_, e)| e.peer()) != Some(t.peer) {
                 continue;
             }
             match self
                 .pit
-                .handle_packet(&overlay, Origin::Remote, &mut trial, len, now)
+                .handle_packet(&overlay, Origin::Remote, &mut trial, tlen, now)
             {
-                Ok(Disposition::Forward { len: n }) => {
+                Ok(Disposition::Forward { len: n }) if n <= buf.len() => {
                     buf[..n].copy_from_slice(&trial[..n]);
                     self.bind_observed(t, wire);
                     self.paths.heard.insert(t.overlay);
@@ -585,7 +577,9 @@ impl NodeCore {
     pub(super) fn update_machine(&mut self, ge: GeId, now: Instant) {
         let Some(p) = self.peers.get(ge) else { return };
         let mut candidates: Vec<SocketAddr> = Vec::new();
-        for a in &p.target.addrs {
+        // The native path is IPv4 (raw IPv4 sockets, note 59): a peer's
+        // IPv6 addresses are the QUIC carrier's only.
+        for a in p.target.addrs.iter().filter(|a| a.is_ipv4()) {
             let c = SocketAddr::new(a.ip(), PROBE_PORT);
             if !candidates.contains(&c) {
                 candidates.push(c);
@@ -982,27 +976,36 @@ impl NodeCore {
     }
 
     /// Outbound: if `ge`'s path is native and the flow in `buf[..n]` has a
-    /// translation, rewrites it to its wire five-tuple in place and returns
-    /// true (the caller sends it natively).
-    pub(super) fn try_native(&mut self, ge: GeId, buf: &mut [u8], n: usize, now: Instant) -> bool {
+    /// translation, rewrites it to its wire packet in place and returns
+    /// where that starts (the caller sends `buf[start..n]` natively; an
+    /// IPv6 overlay packet becomes an IPv4 one 20 bytes in).
+    pub(super) fn try_native(
+        &mut self,
+        ge: GeId,
+        buf: &mut [u8],
+        n: usize,
+        now: Instant,
+    ) -> Option<usize> {
         if !self
             .peers
             .get(ge)
             .is_some_and(|p| p.path.current == CarrierKind::Native)
         {
-            return false;
+            return None;
         }
-        let Ok(mut pkt) = Packet::parse(&mut buf[..n]) else {
-            return false;
+        let (overlay, ip_header) = match Packet::parse(&buf[..n]) {
+            Ok(p) => (p.flow_id(), p.ip_header_len()),
+            Err(_) => return None,
         };
-        let overlay = pkt.flow_id();
-        if !overlay.dst.is_ipv4() {
-            self.counters.quic_ipv6 += 1;
-            return false;
+        if !natively_steerable(&overlay) {
+            if !overlay.dst.is_ipv4() {
+                self.counters.quic_ipv6 += 1;
+            }
+            return None;
         }
         if overlay.protocol == fpn_proto::flow::protocol::ICMP && self.echo_ids_rewritten(ge) {
             self.counters.native_echo_nat += 1;
-            return false;
+            return None;
         }
         // Checked before the steering gate: the copies below must go even
         // while the gate waits for a native packet of the peer, which
@@ -1020,34 +1023,63 @@ impl NodeCore {
             // our SYN, ours never sees its SYN-ACK) keeps the flow half-open
             // and stops translating it; from a mid-stream segment it picks
             // the flow up as established (nf_conntrack_tcp_loose).
-            let ihl = usize::from(buf[0] & 0x0f) * 4;
-            let syn = overlay.protocol == 6 && buf.get(ihl + 13).is_some_and(|f| f & 0x02 != 0);
+            let syn =
+                overlay.protocol == 6 && buf.get(ip_header + 13).is_some_and(|f| f & 0x02 != 0);
             let sent = self.paths.punches.entry(overlay).or_default();
             if !syn && *sent < NAT_PUNCH_COPIES && self.paths.punches.len() <= MAX_PUNCHING_FLOWS {
                 *self.paths.punches.entry(overlay).or_default() += 1;
                 let mut copy = buf[..n].to_vec();
-                if let Ok(mut c) = Packet::parse(&mut copy[..])
-                    && matches!(self.xlat.translate_outbound(&mut c), Ok(Some(_)))
-                {
+                if let Some(start) = self.to_wire(&mut copy, n) {
+                    copy.drain(..start);
                     self.counters.native_nat_punches += 1;
                     self.push_output(Output::SendNative(copy));
                 }
             }
-            return false;
+            return None;
         }
         if !self.steering.gates.is_empty() && !self.gate_open(&overlay, now) {
-            return false;
+            return None;
         }
-        if !matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))) {
-            return false;
-        }
+        let start = self.to_wire(buf, n)?;
         if let Some(m) = self.paths.machines.get_mut(&ge) {
             m.handle_native_data_sent(now);
         }
         self.merge_path_deadline(ge);
         self.counters.native_out += 1;
-        self.counters.native_bytes_out += n as u64;
-        true
+        self.counters.native_bytes_out += (n - start) as u64;
+        Some(start)
+    }
+
+    /// Rewrites the protected overlay packet in `buf[..n]` for the wire by
+    /// its flow's translation: `Some(start)` when the wire packet is now
+    /// `buf[start..n]`, `None` (buffer unchanged) when the flow has none or
+    /// the packet cannot cross (an IPv6 extension header). An IPv6 overlay
+    /// packet becomes an IPv4 one (`family::v6_to_v4`, note 59): PCCOM
+    /// binds neither the addresses nor the IP version.
+    pub(super) fn to_wire(&self, buf: &mut [u8], n: usize) -> Option<usize> {
+        let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
+        let overlay = pkt.flow_id();
+        if overlay.dst.is_ipv4() {
+            return matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))).then_some(0);
+        }
+        let t = *self.xlat.get(&overlay)?;
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.wire.src, t.wire.dst) else {
+            return None;
+        };
+        if pkt.ip_header_len() != fpn_proto::packet::IPV6_HEADER_LEN {
+            return None;
+        }
+        let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
+        // Ports as the translation says (NAT-f, a NAT binding); checked and
+        // valid, so this rewrite cannot fail on the packet just made.
+        let mut p4 = Packet::parse(&mut buf[start..n]).ok()?;
+        let from = FlowId {
+            src: t.wire.src,
+            dst: t.wire.dst,
+            ..overlay
+        };
+        fpn_proto::xlat::rewrite_to(&mut p4, &from, &t.wire).ok()?;
+        Some(start)
     }
 
     /// The packet in `frame` (PIT key `flow`'s, protected) leaves on QUIC to
@@ -1074,12 +1106,10 @@ impl NodeCore {
             return;
         }
         let mut copy = frame.to_vec();
-        let translated = Packet::parse(&mut copy[..])
-            .ok()
-            .is_some_and(|mut p| matches!(self.xlat.translate_outbound(&mut p), Ok(Some(_))));
-        if !translated {
+        let Some(start) = self.to_wire(&mut copy, frame.len()) else {
             return;
-        }
+        };
+        copy.drain(..start);
         if let Some(m) = self.paths.machines.get_mut(&ge) {
             m.handle_native_data_sent(now);
         }
@@ -1203,11 +1233,35 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// Anything else sent natively would reach the peer's kernel, which would
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
+/// Rewrites the inbound wire packet in `buf[..len]` (five-tuple `wire` as
+/// it arrived) into the overlay packet of translation `t`, in place:
+/// `Some(new length)`, or `None` when it does not fit (then `buf` may hold
+/// a half-rewritten packet, which the caller drops). An IPv4 wire packet of
+/// an IPv6 overlay flow grows by 20 bytes (`family::v4_to_v6`, note 59).
+fn from_wire(buf: &mut [u8], len: usize, wire: &FlowId, t: &Translation) -> Option<usize> {
+    let overlay = t.overlay.reversed();
+    let (len, from) = match (overlay.src, overlay.dst) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) if wire.src.is_ipv4() => {
+            let n = fpn_proto::packet::family::v4_to_v6(buf, len, src, dst).ok()?;
+            let from = FlowId {
+                src: overlay.src,
+                dst: overlay.dst,
+                ..*wire
+            };
+            (n, from)
+        }
+        _ => (len, *wire),
+    };
+    let mut pkt = Packet::parse(&mut buf[..len]).ok()?;
+    fpn_proto::xlat::rewrite_to(&mut pkt, &from, &overlay).ok()?;
+    Some(len)
+}
+
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
-    // IPv6 overlay flows take QUIC (note 59): the native path rewrites
-    // addresses within one family, and the underlay is IPv4.
-    if !flow.src.is_ipv4() || !flow.dst.is_ipv4() {
-        return false;
+    // IPv6 TCP and UDP cross as IPv4 packets (note 59); ICMPv6 would need
+    // its messages translated too, and takes QUIC.
+    if flow.dst.is_ipv6() {
+        return matches!(flow.protocol, 6 | UDP);
     }
     match flow.protocol {
         6 | UDP => true,

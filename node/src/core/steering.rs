@@ -370,7 +370,7 @@ impl NodeCore {
         {
             return;
         }
-        let std::net::IpAddr::V4(dst) = overlay.dst else {
+        let Some(dst) = self.cfg.net6.as_v4(overlay.dst) else {
             return;
         };
         let Some(ge) = self.peers.owner(dst) else {

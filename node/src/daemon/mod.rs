@@ -45,7 +45,7 @@ use crate::status::{
 
 /// Enrolls with `token` and saves the identity in `state`.
 pub async fn enroll(token: &str, state: &StateDir) -> Result<Identity> {
-    let endpoint = client::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let endpoint = client::endpoint_any()?;
     let id = client::enroll(token.trim(), &endpoint)
         .await
         .map_err(|e| enroll_error(token.trim(), e))?;
@@ -243,8 +243,15 @@ async fn run(
     // The relay link (idle until the GMS names a relay), and the carrier
     // that falls back to it when direct QUIC to a peer fails.
     let (relayed_tx, relayed_rx) = mpsc::channel(4096);
+    // Both families when the carrier has them: the relay may be reachable
+    // over IPv6 only.
+    let relay_bind = if carrier.local_addr().is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
     let relay = match fpn_relay::RelayClient::new(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
+        relay_bind,
         &identity.ca_cert,
         &identity.cert,
         identity.key_pkcs8(),
@@ -653,6 +660,12 @@ fn open_native(
         return (None, None, None);
     }
     let local = addrs::local_v4(&cfg.tun_name);
+    if local.is_empty() {
+        // The receive ring's filter takes packets to the host's IPv4
+        // addresses; there are none (an IPv6-only host, note 59).
+        info!("no IPv4 address on this host: the native carrier needs one; every peer uses QUIC");
+        return (None, Some(fpn_proto::path::Unavailable::NoIpv4), None);
+    }
     match crate::native_link::open(
         &cfg.tun_name,
         local.clone(),

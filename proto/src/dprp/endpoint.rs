@@ -1251,7 +1251,9 @@ impl Endpoint {
 fn warn_uncovered(cfg: &Config) {
     for p in &cfg.protected {
         let overlay = Prefix::host(IpAddr::V4(cfg.credential.info.overlay));
+        let overlay6 = Prefix::host(IpAddr::V6(cfg.credential.overlay6));
         let covered = *p == overlay
+            || *p == overlay6
             || cfg
                 .credential
                 .prefixes

@@ -20,6 +20,7 @@
 //! they form one flow per address pair.
 
 pub mod checksum;
+pub mod family;
 pub mod gro;
 pub mod gso;
 mod ip;

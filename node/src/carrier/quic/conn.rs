@@ -102,7 +102,7 @@ pub(super) fn endpoint(
 /// Accepts peers until the endpoint closes.
 pub(super) async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
-        let from = incoming.remote_address();
+        let from = fpn_gms_client::canonical_addr(incoming.remote_address());
         let inner2 = inner.clone();
         let span = info_span!("quic_accept", %from);
         inner.runtime.spawn(
@@ -308,7 +308,7 @@ impl Inner {
             }
             self.runtime.spawn(retire(old.conn.clone()));
         }
-        let remote = conn.remote_address();
+        let remote = fpn_gms_client::canonical_addr(conn.remote_address());
         info!(peer = %ge, %initiator, rtt = ?conn.rtt(), "peer up");
         peer.addr = Some(remote);
         peer.retry_at = None;
@@ -401,7 +401,7 @@ impl Inner {
             self.runtime.spawn(retire(cur.conn.clone()));
         }
         info!(peer = %cert.ge, "the moved peer uses its other connection: it is the peer's now");
-        peer.addr = Some(conn.remote_address());
+        peer.addr = Some(fpn_gms_client::canonical_addr(conn.remote_address()));
         peer.link = Link::Up(Up {
             conn: conn.clone(),
             initiator: cert.ge,
@@ -595,7 +595,12 @@ async fn read_datagrams(
         }
         // The source address may change (migration); read it per batch.
         if let Some(code) = inner
-            .deliver(cert, conn.remote_address(), &counters, &mut batch)
+            .deliver(
+                cert,
+                fpn_gms_client::canonical_addr(conn.remote_address()),
+                &counters,
+                &mut batch,
+            )
             .await
         {
             conn.close(code.into(), b"closing");
@@ -622,7 +627,11 @@ async fn read_streams(
     counters: Arc<Counters>,
 ) {
     while let Ok(mut recv) = conn.accept_uni().await {
-        let (inner, counters, from) = (inner.clone(), counters.clone(), conn.remote_address());
+        let (inner, counters, from) = (
+            inner.clone(),
+            counters.clone(),
+            fpn_gms_client::canonical_addr(conn.remote_address()),
+        );
         inner.runtime.clone().spawn(
             async move {
                 let read = recv.read_to_end(frame::MAX_STREAM_FRAME);

@@ -34,7 +34,7 @@ mod peer;
 mod restart;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -91,7 +91,8 @@ pub enum Congestion {
 /// Settings of a [`QuicCarrier`]. [`QuicCarrierConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct QuicCarrierConfig {
-    /// Where to listen (UDP). Default `0.0.0.0:7718`; port 0 picks a free port.
+    /// Where to listen (UDP). Default `[::]:7718` (both families; IPv4 only
+    /// where the host has no IPv6 sockets); port 0 picks a free port.
     pub listen: SocketAddr,
     /// The node's identity from enrollment (node.crt, node.key, ca.crt).
     pub identity: fpn_gms_client::Identity,
@@ -125,10 +126,10 @@ pub struct QuicCarrierConfig {
 }
 
 impl QuicCarrierConfig {
-    /// The defaults, listening on `0.0.0.0:7718`.
+    /// The defaults, listening on `[::]:7718`.
     pub fn new(identity: fpn_gms_client::Identity) -> Self {
         Self {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
+            listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)),
             identity,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
@@ -188,11 +189,20 @@ impl QuicCarrier {
         let tls = Tls::new(&cfg.identity, ALPN)?;
         let transport = Arc::new(conn::transport(&cfg));
         let server = server_config(&tls, &transport)?;
-        let endpoint = conn::endpoint(
-            cfg.listen,
-            server,
-            restart::endpoint_config(cfg.identity.key_pkcs8()),
-        )?;
+        let config = restart::endpoint_config(cfg.identity.key_pkcs8());
+        let endpoint = match conn::endpoint(cfg.listen, server.clone(), config.clone()) {
+            // `[::]` serves both families; a host without IPv6 sockets
+            // gets the IPv4 wildcard on the same port.
+            Err(Error::CarrierBind { source, .. })
+                if cfg.listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    && source.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+            {
+                let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.listen.port()));
+                tracing::warn!(error = %source, listen = %v4, "no IPv6 sockets on this host: the carrier listens on IPv4 only");
+                conn::endpoint(v4, server, config)?
+            }
+            r => r?,
+        };
         let (tx, rx) = mpsc::channel(cfg.inbound_capacity);
         let (punch_tx, punch_rx) = mpsc::channel(PUNCH_QUEUE);
         let inner = Arc::new(Inner {
@@ -393,7 +403,10 @@ impl Carrier for QuicCarrier {
         for (ge, p) in self.inner.lock().iter_mut() {
             let redial = match &p.link {
                 Link::Up(up) => {
-                    up.initiator != local || !reachable_anywhere(up.conn.remote_address().ip())
+                    up.initiator != local
+                        || !reachable_anywhere(
+                            fpn_gms_client::canonical_addr(up.conn.remote_address()).ip(),
+                        )
                 }
                 Link::Connecting => true,
                 Link::Idle => false,

@@ -96,6 +96,56 @@ fn names(ov: &Overlay) -> Result<()> {
         ping.stderr
     );
     say("    $ ping nas    works: the short name, the search domain home.fpn, the overlay");
+    ipv6(ov)
+}
+
+/// The end of step 3: the same NAS over the overlay's IPv6 addresses (the
+/// network's ULA /48 from the CA key, each GE's IPv4 address in its last
+/// 32 bits; docs/DESIGN-NOTES.md note 59).
+fn ipv6(ov: &Overlay) -> Result<()> {
+    let lab = ov.lab();
+    let st = ov.status("nas")?;
+    let nas6 = st["overlay6"]
+        .as_str()
+        .context("the NAS has no IPv6 overlay address")?
+        .to_owned();
+    let aaaa = lab.exec_ok(
+        "laptop",
+        ["dig", "+short", "+time=2", "nas.home.fpn", "AAAA"],
+    )?;
+    say(&format!(
+        "    $ dig nas.home.fpn AAAA    the stub: the NAS's IPv6 overlay address  ->  {}",
+        aaaa.trim()
+    ));
+    ensure!(
+        aaaa.trim() == nas6,
+        "the laptop's stub answered AAAA {aaaa:?}, not {nas6}"
+    );
+    let ping = lab.exec("laptop", ["ping", "-6", "-c", "2", "-W", "2", "nas"])?;
+    ensure!(
+        ping.success(),
+        "ping -6 nas failed: {}{}",
+        ping.stdout,
+        ping.stderr
+    );
+    let flows = ov.status("laptop")?;
+    let flow = flows["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["dst"] == nas6.as_str() && f["proto"] == "icmpv6")
+        .cloned()
+        .context("no ICMPv6 flow to the NAS in the laptop's status")?;
+    ensure!(
+        flow["action"] == "encrypt",
+        "the IPv6 flow to the NAS is not encrypted: {flow}"
+    );
+    say(&format!(
+        "    $ ping -6 nas    works too: the laptop's flow to {nas6} is {} with group key v{} on {} (IPv6 overlay flows ride QUIC; the native path is IPv4)",
+        flow["action"].as_str().unwrap_or("?"),
+        flow["key_version"],
+        flow["carrier"].as_str().unwrap_or("?")
+    ));
     Ok(())
 }
 

@@ -1,0 +1,277 @@
+//! Changing a TCP or UDP packet's IP family in place (the stateless part of
+//! RFC 7915, SIIT): how an IPv6 overlay packet crosses an IPv4 underlay on
+//! the native path and comes back (docs/DESIGN-NOTES.md note 59).
+//!
+//! The transport header and payload (PCCOM's ciphertext and trailer) stay
+//! byte for byte; only the IP header is replaced, and the transport
+//! checksum is updated for the other pseudo-header. PCCOM binds neither
+//! the addresses nor the IP version (docs/PROTOCOL.md, "Associated data"),
+//! so a packet sealed as IPv6 opens after two translations.
+//!
+//! What does not cross: IPv6 extension headers and IPv4 options (the
+//! packet is refused: the caller sends it another way), the flow label,
+//! the IPv4 identification (the IPv4 packet has DF set and ID 0, as
+//! RFC 6864 allows for atomic datagrams). Traffic class and TOS, hop limit
+//! and TTL map one to one.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::checksum::{Sum, checksum, update_bytes};
+use crate::flow::protocol;
+use crate::{Error, Result};
+
+/// How much shorter the IPv4 header is than the IPv6 one.
+pub const HEADER_DELTA: usize = 20;
+
+/// Offset of the transport checksum in a TCP or UDP header.
+fn checksum_at(proto: u8) -> Option<usize> {
+    match proto {
+        protocol::TCP => Some(16),
+        protocol::UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Rewrites the IPv6 TCP/UDP packet in `buf[..len]` (no extension header)
+/// as the IPv4 packet `src -> dst` in `buf[HEADER_DELTA..len]` and returns
+/// that range's start. The packet must carry a valid transport checksum.
+pub fn v6_to_v4(buf: &mut [u8], len: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Result<usize> {
+    const WHAT: &str = "IPv6 packet for IPv4";
+    if len > buf.len() || len < 40 + 8 || buf[0] >> 4 != 6 {
+        return Err(Error::invalid(WHAT, "not a whole IPv6 packet"));
+    }
+    let proto = buf[6];
+    let at = checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP nor UDP"))?;
+    let payload_len = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    if 40 + payload_len != len || len - HEADER_DELTA > usize::from(u16::MAX) {
+        return Err(Error::invalid(WHAT, "length does not match the header"));
+    }
+    let (tc, hop) = (((buf[0] & 0x0f) << 4) | (buf[1] >> 4), buf[7]);
+    let mut old = [0u8; 32];
+    old.copy_from_slice(&buf[8..40]);
+    let mut new = [0u8; 8];
+    new[..4].copy_from_slice(&src.octets());
+    new[4..].copy_from_slice(&dst.octets());
+    // The pseudo-headers differ only in the addresses: length and protocol
+    // sum to the same (RFC 8200 8.1 as 32-bit words, RFC 793/768 as 16-bit).
+    let c = u16::from_be_bytes([buf[40 + at], buf[40 + at + 1]]);
+    let mut c = update_bytes_unequal(c, &old, &new);
+    if c == 0 && proto == protocol::UDP {
+        c = 0xffff;
+    }
+    buf[40 + at..40 + at + 2].copy_from_slice(&c.to_be_bytes());
+    let h = &mut buf[HEADER_DELTA..40];
+    let total = (len - HEADER_DELTA) as u16;
+    h[0] = 0x45;
+    h[1] = tc;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..6].copy_from_slice(&[0, 0]);
+    h[6..8].copy_from_slice(&[0x40, 0]);
+    h[8] = hop;
+    h[9] = proto;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..20].copy_from_slice(&new);
+    let ip = checksum(h);
+    h[10..12].copy_from_slice(&ip.to_be_bytes());
+    Ok(HEADER_DELTA)
+}
+
+/// Rewrites the IPv4 TCP/UDP packet in `buf[..len]` (no options) as the
+/// IPv6 packet `src -> dst`, `HEADER_DELTA` bytes longer, in place, and
+/// returns its length. `buf` must have the room.
+pub fn v4_to_v6(buf: &mut [u8], len: usize, src: Ipv6Addr, dst: Ipv6Addr) -> Result<usize> {
+    const WHAT: &str = "IPv4 packet for IPv6";
+    if len > buf.len() || len < 20 + 8 || buf[0] != 0x45 {
+        return Err(Error::invalid(
+            WHAT,
+            "not a whole IPv4 packet without options",
+        ));
+    }
+    if len + HEADER_DELTA > buf.len() {
+        return Err(Error::invalid(WHAT, "no room for the IPv6 header"));
+    }
+    let total = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    // A fragment has no whole transport header to carry over.
+    let fragment = u16::from_be_bytes([buf[6], buf[7]]) & 0x3fff != 0;
+    if total != len || fragment {
+        return Err(Error::invalid(WHAT, "length or fragment offset"));
+    }
+    let proto = buf[9];
+    let at = checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP nor UDP"))?;
+    let (tos, ttl) = (buf[1], buf[8]);
+    let mut old = [0u8; 8];
+    old.copy_from_slice(&buf[12..20]);
+    let mut new = [0u8; 32];
+    new[..16].copy_from_slice(&src.octets());
+    new[16..].copy_from_slice(&dst.octets());
+    buf.copy_within(20..len, 40);
+    let l4_len = len - 20;
+    let l4 = &mut buf[40..40 + l4_len];
+    let c = u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let c = if c == 0 && proto == protocol::UDP {
+        // No checksum over IPv4; IPv6 requires one (RFC 8200 8.1).
+        l4[at..at + 2].copy_from_slice(&[0, 0]);
+        let sum = Sum::new()
+            .add_bytes(&new)
+            .add_u32(l4_len as u32)
+            .add_u16(u16::from(proto))
+            .add_bytes(l4)
+            .finish();
+        if sum == 0 { 0xffff } else { sum }
+    } else {
+        let c = update_bytes_unequal(c, &old, &new);
+        if c == 0 && proto == protocol::UDP {
+            0xffff
+        } else {
+            c
+        }
+    };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let h = &mut buf[..40];
+    h[0] = 0x60 | (tos >> 4);
+    h[1] = tos << 4;
+    h[2..4].copy_from_slice(&[0, 0]);
+    h[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    h[6] = proto;
+    h[7] = ttl;
+    h[8..40].copy_from_slice(&new);
+    Ok(len + HEADER_DELTA)
+}
+
+/// [`update_bytes`] for runs of different lengths (16 address bytes
+/// replaced by 4, and back).
+fn update_bytes_unequal(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    let removed = Sum::new().add_bytes(old).fold();
+    let added = Sum::new().add_bytes(new).fold();
+    update_bytes(check, &removed.to_be_bytes(), &added.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::Packet;
+
+    fn v6(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let b = etherparse::PacketBuilder::ipv6(
+            "fd00::6440:1".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00::6440:2".parse::<Ipv6Addr>().unwrap().octets(),
+            61,
+        );
+        if proto == protocol::TCP {
+            b.tcp(4000, 5001, 77, 1000)
+                .ack(5)
+                .write(&mut out, payload)
+                .unwrap();
+        } else {
+            b.udp(4000, 5001).write(&mut out, payload).unwrap();
+        }
+        out[0] = 0x6b; // traffic class 0xb8 (EF)
+        out[1] = 0x80 | (out[1] & 0x0f);
+        out
+    }
+
+    #[test]
+    fn tcp_and_udp_cross_to_ipv4_and_back_unchanged() {
+        for proto in [protocol::TCP, protocol::UDP] {
+            let orig = v6(proto, b"sealed payload and its trailer");
+            let mut buf = orig.clone();
+            buf.resize(orig.len() + 64, 0);
+            let (s4, d4) = (Ipv4Addr::new(198, 18, 2, 2), Ipv4Addr::new(198, 18, 3, 2));
+            let start = v6_to_v4(&mut buf, orig.len(), s4, d4).unwrap();
+            let len4 = orig.len() - HEADER_DELTA;
+            {
+                let p = Packet::parse(&buf[start..start + len4]).unwrap();
+                assert!(p.ip_checksum_ok());
+                assert!(p.l4_checksum_ok(), "proto {proto}");
+                let f = p.flow_id();
+                assert_eq!((f.src, f.dst), (s4.into(), d4.into()));
+                assert_eq!((f.src_port, f.dst_port, f.protocol), (4000, 5001, proto));
+                assert_eq!(p.hop_limit(), 61);
+                assert_eq!(p.traffic_class(), 0xb8);
+                assert_eq!(p.payload(), b"sealed payload and its trailer");
+                assert_eq!(buf[start + 6], 0x40, "DF");
+            }
+            // The receiver gets it at the start of its buffer.
+            buf.copy_within(start..start + len4, 0);
+            let (s6, d6) = (
+                "fd00::6440:1".parse().unwrap(),
+                "fd00::6440:2".parse().unwrap(),
+            );
+            let n = v4_to_v6(&mut buf, len4, s6, d6).unwrap();
+            assert_eq!(&buf[..n], &orig[..], "proto {proto}");
+        }
+    }
+
+    #[test]
+    fn a_udp_packet_without_checksum_gets_one_in_ipv6() {
+        let orig = v6(protocol::UDP, b"x");
+        let mut buf = orig.clone();
+        buf.resize(128, 0);
+        let start = v6_to_v4(
+            &mut buf,
+            orig.len(),
+            [10, 0, 0, 1].into(),
+            [10, 0, 0, 2].into(),
+        )
+        .unwrap();
+        let len4 = orig.len() - HEADER_DELTA;
+        buf.copy_within(start..start + len4, 0);
+        buf[26..28].copy_from_slice(&[0, 0]);
+        let n = v4_to_v6(
+            &mut buf,
+            len4,
+            "fd00::6440:1".parse().unwrap(),
+            "fd00::6440:2".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&buf[..n], &orig[..]);
+    }
+
+    #[test]
+    fn what_cannot_cross_is_refused_and_left_alone() {
+        // An extension header, ICMPv6, a short buffer, a length mismatch.
+        let mut ext = v6(protocol::UDP, b"x");
+        ext[6] = 0; // hop-by-hop options
+        let mut icmp = v6(protocol::UDP, b"x");
+        icmp[6] = protocol::ICMPV6;
+        let mut wrong_len = v6(protocol::TCP, b"x");
+        wrong_len[5] ^= 1;
+        for p in [ext, icmp, wrong_len] {
+            let mut b = p.clone();
+            assert!(v6_to_v4(&mut b, p.len(), [1, 1, 1, 1].into(), [2, 2, 2, 2].into()).is_err());
+            assert_eq!(b, p);
+        }
+        assert!(
+            v6_to_v4(
+                &mut [0x60; 30],
+                30,
+                [1, 1, 1, 1].into(),
+                [2, 2, 2, 2].into()
+            )
+            .is_err()
+        );
+        // IPv4 with options, a fragment, no room.
+        let orig = v6(protocol::TCP, b"abc");
+        let mut buf = orig.clone();
+        let start = v6_to_v4(
+            &mut buf,
+            orig.len(),
+            [1, 1, 1, 1].into(),
+            [2, 2, 2, 2].into(),
+        )
+        .unwrap();
+        let v4 = buf[start..].to_vec();
+        let s6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let mut no_room = v4.clone();
+        assert!(v4_to_v6(&mut no_room, v4.len(), s6, s6).is_err());
+        let mut frag = v4.clone();
+        frag[7] = 1;
+        frag.resize(v4.len() + 20, 0);
+        assert!(v4_to_v6(&mut frag, v4.len(), s6, s6).is_err());
+        let mut opts = v4.clone();
+        opts[0] = 0x46;
+        opts.resize(v4.len() + 20, 0);
+        assert!(v4_to_v6(&mut opts, v4.len(), s6, s6).is_err());
+    }
+}
