@@ -251,13 +251,37 @@ impl Identity {
     }
 }
 
-/// Resolves `host:port` (the first address wins).
+/// Resolves `host:port`: the first address this host has a route to
+/// ([`pick_routable`]), so a name with A and AAAA records works from an
+/// IPv4-only and from an IPv6-only network alike.
 pub async fn resolve(addr: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(addr)
+    let all: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| Error::Config(format!("resolving {addr}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::Config(format!("{addr} resolves to no address")))
+        .collect();
+    pick_routable(&all).ok_or_else(|| Error::Config(format!("{addr} resolves to no address")))
+}
+
+/// The first of `addrs` the kernel has a route to (a UDP `connect`, which
+/// sends nothing, asks it), else the first one: the resolver's order
+/// (IPv6 first for a name with both) would pick an address of a family
+/// the host cannot reach.
+pub fn pick_routable(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    let routable = |a: &SocketAddr| {
+        let any: SocketAddr = if a.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        };
+        std::net::UdpSocket::bind(any)
+            .and_then(|s| s.connect(a))
+            .is_ok()
+    };
+    addrs
+        .iter()
+        .copied()
+        .find(routable)
+        .or_else(|| addrs.first().copied())
 }
 
 /// Verifies a credential that the GMS itself just sent over an
@@ -381,6 +405,18 @@ mod tests {
             groups: Default::default(),
             overlay: std::net::Ipv4Addr::new(100, 64, 0, 1),
         }
+    }
+
+    #[test]
+    fn a_routable_address_is_picked_before_an_unroutable_one() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // Loopback is routable everywhere; the first wins among routable.
+        assert_eq!(
+            pick_routable(&[a("127.0.0.1:1"), a("127.0.0.2:1")]),
+            Some(a("127.0.0.1:1"))
+        );
+        // Nothing routable: the first, as the resolver gave it.
+        assert_eq!(pick_routable(&[]), None);
     }
 
     #[test]

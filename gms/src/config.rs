@@ -341,13 +341,20 @@ pub struct Nameserver {
 }
 
 impl DnsSettings {
-    /// Where the DNS answers for a GMS listening on `quic`.
+    /// Where the DNS answers for a GMS listening on `quic`. A QUIC socket
+    /// on `[::]` serves both families, so the DNS then answers on
+    /// `0.0.0.0:53` and `[::]:53` (its sockets are of one family each).
     pub fn listen_addrs(&self, quic: SocketAddr) -> Vec<SocketAddr> {
-        if self.listen.is_empty() {
-            vec![SocketAddr::new(quic.ip(), 53)]
-        } else {
-            self.listen.clone()
+        if !self.listen.is_empty() {
+            return self.listen.clone();
         }
+        if quic.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+            return vec![
+                SocketAddr::from(([0, 0, 0, 0], 53)),
+                SocketAddr::new(quic.ip(), 53),
+            ];
+        }
+        vec![SocketAddr::new(quic.ip(), 53)]
     }
 }
 
@@ -832,6 +839,24 @@ mod tests {
         for bad in ["", ".", "a..b", "a_b.fpn", "-a.fpn"] {
             assert!(normalize_zone(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_dns_answers_on_both_families_when_quic_listens_on_both() {
+        let d = DnsSettings::default();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            d.listen_addrs(a("[::]:4433")),
+            vec![a("0.0.0.0:53"), a("[::]:53")]
+        );
+        assert_eq!(
+            d.listen_addrs(a("198.18.0.10:4433")),
+            vec![a("198.18.0.10:53")]
+        );
+        assert_eq!(
+            d.listen_addrs(a("[2001:db8::1]:4433")),
+            vec![a("[2001:db8::1]:53")]
+        );
     }
 
     #[test]

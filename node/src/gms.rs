@@ -460,12 +460,13 @@ impl GmsTask {
             return;
         };
         match tokio::net::lookup_host(addr.as_str()).await {
-            Ok(mut addrs) => match addrs.find(SocketAddr::is_ipv4) {
+            // The family this host can reach (a name may have A and AAAA).
+            Ok(addrs) => match fpn_gms_client::pick_routable(&addrs.collect::<Vec<_>>()) {
                 Some(a) => {
                     info!(relay = %a, "relay named by the GMS");
                     relay.set_addr(Some(a));
                 }
-                None => warn!(relay = %addr, "the relay's name has no IPv4 address"),
+                None => warn!(relay = %addr, "the relay's name has no address"),
             },
             Err(e) => warn!(relay = %addr, error = %e, "cannot resolve the relay's address"),
         }

@@ -301,6 +301,13 @@ pub(crate) fn base_sysctls(ipv6: bool, forward: bool) -> Vec<(String, String)> {
         kv.extend([
             ("net.ipv6.conf.all.disable_ipv6", "0"),
             ("net.ipv6.conf.default.disable_ipv6", "0"),
+            // No duplicate address detection on the lab's fresh links, for
+            // the link-local addresses too (global ones are added nodad):
+            // while a router's link-local address is tentative it cannot
+            // answer neighbour solicitations, and a host's first packets
+            // through it were lost for about a second after `up`.
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
             (
                 "net.ipv6.conf.all.forwarding",
                 if forward { "1" } else { "0" },

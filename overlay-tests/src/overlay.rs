@@ -117,6 +117,10 @@ pub struct Spec {
     pub nodes: Vec<NodeSpec>,
     /// Extra `fpn-gms init` arguments (e.g. `--grace 1m`).
     pub gms_init_args: Vec<String>,
+    /// `fpn-gms init --listen` (default: the GMS link's address, port 4433).
+    pub gms_listen: Option<String>,
+    /// `fpn-gms init --public-addr`, what tokens name (default: as listen).
+    pub gms_public_addr: Option<String>,
     /// Lines appended to every node's configuration after [`NODE_CONFIG`]
     /// (e.g. `carrier = "quic"`); empty by default.
     pub node_config: String,
@@ -139,6 +143,8 @@ impl Spec {
             groups: groups.iter().map(|(n, s)| (*n, s.to_string())).collect(),
             nodes,
             gms_init_args: vec!["--rotation-schedule".into(), "off".into()],
+            gms_listen: None,
+            gms_public_addr: None,
             node_config: String::new(),
             gms_config: String::new(),
             define: true,
@@ -270,14 +276,16 @@ impl Overlay {
             lab,
         };
         let addr = gms_addr.to_string();
+        let listen = spec.gms_listen.clone().unwrap_or_else(|| addr.clone());
+        let public = spec.gms_public_addr.clone().unwrap_or_else(|| addr.clone());
         let mut init = vec![
             "init",
             "--zone",
             "home.fpn.",
             "--listen",
-            &addr,
+            &listen,
             "--public-addr",
-            &addr,
+            &public,
             "--overlay-range",
             "100.64.0.0/16",
         ];

@@ -324,3 +324,76 @@ fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
         "plaintext marker on the wire"
     );
 }
+
+#[test]
+fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() {
+    common::need(common::OVERLAY_TOOLS);
+    let lab = fpn_lab::Lab::up(fpn_lab::config_path("mixed-families.toml")).expect("mixed lab");
+    // The GMS on both families, named by its zone's ns1 (A and AAAA glue):
+    // each node resolves the name and dials the family it has.
+    let mut spec = Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+        ],
+    );
+    spec.gms_listen = Some("[::]:4433".into());
+    spec.gms_public_addr = Some("ns1.home.fpn:4433".into());
+    spec.gms_init_args.extend(
+        [
+            "--ns-name",
+            "ns1",
+            "--ns-addr",
+            "198.18.1.10",
+            "--ns-addr",
+            "2001:db8:1::10",
+        ]
+        .map(String::from),
+    );
+    let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let lab = ov.lab();
+    let a_pub = ov.underlay("a", "pub-a").unwrap();
+    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    assert!(a_pub.is_ipv4() && b_pub.is_ipv6(), "{a_pub} {b_pub}");
+    for n in ["a", "b"] {
+        let st = ov.status(n).unwrap();
+        assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
+    }
+    let b4 = ov.overlay_addr("b").unwrap();
+    let b6 = overlay6(&ov, "b");
+    let _echo = echo_server6(&ov, "b", 7002);
+    // No direct path between the families: the first packets go once the
+    // relay is chosen (direct QUIC fails at once: no route).
+    let p = common::ping_until_answered(&ov, "a", &b4.to_string(), Duration::from_secs(15));
+    eprintln!("a -> b first answered after {p:?}");
+    for to in [IpAddr::V4(b4), IpAddr::V6(b6)] {
+        let target = SocketAddr::new(to, 7002).to_string();
+        let out = echo_send(lab, "a", &target, MARKER, false);
+        assert!(out.success(), "echo to {target}: {}", out.stderr);
+    }
+    let ping = lab
+        .exec(
+            "b",
+            [
+                "ping",
+                "-6",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                &overlay6(&ov, "a").to_string(),
+            ],
+        )
+        .unwrap();
+    assert!(
+        ping.success(),
+        "b -> a ping -6: {}{}",
+        ping.stdout,
+        ping.stderr
+    );
+    for (n, peer) in [("a", "b"), ("b", "a")] {
+        let e = common::peer_entry(&ov, n, peer);
+        assert_eq!(e["carrier"], "relay", "{n}'s path to {peer}: {e}");
+    }
+}
