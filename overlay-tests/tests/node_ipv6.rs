@@ -241,21 +241,38 @@ fn ipv6_only() -> Overlay {
     .unwrap_or_else(|e| panic!("overlay start: {e}"))
 }
 
-#[test]
-fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
-    let ov = ipv6_only();
-    let lab = ov.lab();
-    let a_pub = ov.underlay("a", "pub-a").unwrap();
-    let b_pub = ov.underlay("b", "pub-b").unwrap();
-    assert!(a_pub.is_ipv6() && b_pub.is_ipv6(), "{a_pub} {b_pub}");
-    // The GMS is reached over IPv6 only: its session and DNS work.
+/// Nodes a and b of `ov` both hold a GMS session; returns their underlay
+/// addresses on `pub-a`/`pub-b`, b's overlay addresses and an echo server
+/// on b's port 7002 (both families).
+fn connected_pair(
+    ov: &Overlay,
+) -> (
+    IpAddr,
+    IpAddr,
+    std::net::Ipv4Addr,
+    Ipv6Addr,
+    fpn_lab::Process,
+) {
     for n in ["a", "b"] {
         let st = ov.status(n).unwrap();
         assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
     }
-    let b4 = ov.overlay_addr("b").unwrap();
-    let b6 = overlay6(&ov, "b");
-    let _echo = echo_server6(&ov, "b", 7002);
+    (
+        ov.underlay("a", "pub-a").unwrap(),
+        ov.underlay("b", "pub-b").unwrap(),
+        ov.overlay_addr("b").unwrap(),
+        overlay6(ov, "b"),
+        echo_server6(ov, "b", 7002),
+    )
+}
+
+#[test]
+fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
+    let ov = ipv6_only();
+    let lab = ov.lab();
+    // The GMS is reached over IPv6 only: its session and DNS work.
+    let (a_pub, b_pub, b4, b6, _echo) = connected_pair(&ov);
+    assert!(a_pub.is_ipv6() && b_pub.is_ipv6(), "{a_pub} {b_pub}");
     let cap = lab.capture("inet", "pub-b", "ip or ip6").unwrap();
     // Both overlay families, over the one IPv6 path.
     let ping = lab
@@ -353,16 +370,8 @@ fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() 
     );
     let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
     let lab = ov.lab();
-    let a_pub = ov.underlay("a", "pub-a").unwrap();
-    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    let (a_pub, b_pub, b4, b6, _echo) = connected_pair(&ov);
     assert!(a_pub.is_ipv4() && b_pub.is_ipv6(), "{a_pub} {b_pub}");
-    for n in ["a", "b"] {
-        let st = ov.status(n).unwrap();
-        assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
-    }
-    let b4 = ov.overlay_addr("b").unwrap();
-    let b6 = overlay6(&ov, "b");
-    let _echo = echo_server6(&ov, "b", 7002);
     // No direct path between the families: the first packets go once the
     // relay is chosen (direct QUIC fails at once: no route).
     let p = common::ping_until_answered(&ov, "a", &b4.to_string(), Duration::from_secs(15));

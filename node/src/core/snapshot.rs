@@ -87,7 +87,8 @@ pub(super) struct Counters {
     /// NAT between the two rewrites ports, and with them echo ids.
     pub native_echo_nat: u64,
     /// IPv6 overlay packets that took QUIC although the peer's path is
-    /// native: the native path carries IPv4 overlay flows only (note 59).
+    /// native: ICMPv6 and packets with extension headers, which do not
+    /// cross the IPv4 native path (note 59).
     pub quic_ipv6: u64,
     pub native_in_rejected: u64,
     pub native_trial_copies: u64,
