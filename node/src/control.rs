@@ -44,6 +44,10 @@ pub enum Request {
         name: String,
         /// Echo requests to send (1..=100).
         count: u32,
+        /// ICMPv6 to the peer's IPv6 overlay address (also when `name` is
+        /// an IPv6 address).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ipv6: bool,
     },
     /// The node's candidates and reflexive address (asks the GMS anew).
     Netcheck,
@@ -282,6 +286,7 @@ mod tests {
                 Request::Ping {
                     name: "b".into(),
                     count: 2,
+                    ipv6: false,
                 },
                 r#"{"cmd":"ping","name":"b","count":2}"#,
             ),

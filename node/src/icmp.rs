@@ -192,6 +192,35 @@ pub fn parse_echo_answer(packet: &[u8], id: u16) -> Option<EchoAnswer> {
     }
 }
 
+/// Parses an ICMPv6 message from a raw ICMPv6 socket (no IP header: the
+/// kernel strips it) from `from`; `None` when it is not about echo `id`.
+/// A destination unreachable answers with the code an ICMPv4 one would
+/// carry (13 for "administratively prohibited", 1 otherwise).
+pub fn parse_echo6_answer(msg: &[u8], id: u16, from: IpAddr) -> Option<EchoAnswer> {
+    match *msg.first()? {
+        129 if msg.len() >= 8 && u16::from_be_bytes([msg[4], msg[5]]) == id => {
+            Some(EchoAnswer::Reply {
+                seq: u16::from_be_bytes([msg[6], msg[7]]),
+                from,
+            })
+        }
+        V6_UNREACHABLE => {
+            // The quoted packet: IPv6 header, then our echo request.
+            let echo = msg.get(8 + 40..8 + 40 + 8)?;
+            (echo[0] == 128 && u16::from_be_bytes([echo[4], echo[5]]) == id).then_some(
+                EchoAnswer::Unreachable {
+                    code: if msg[1] == V6_ADMIN_PROHIBITED {
+                        V4_ADMIN_PROHIBITED
+                    } else {
+                        V4_HOST_UNREACHABLE
+                    },
+                },
+            )
+        }
+        _ => None,
+    }
+}
+
 /// The Internet checksum over the concatenation of `parts` (each of even
 /// length except the last).
 fn checksum(parts: &[&[u8]]) -> u16 {
@@ -300,6 +329,32 @@ mod tests {
             assert_eq!(u32::from_be_bytes(out[44..48].try_into().unwrap()), told);
             assert_eq!(&out[24..40], &p[8..24], "back to the sender");
         }
+    }
+
+    #[test]
+    fn icmpv6_echo_replies_and_refusals_are_told_apart() {
+        let from: IpAddr = "fd00::6440:2".parse().unwrap();
+        let reply = [129, 0, 0, 0, 0x12, 0x34, 0, 7, b'x'];
+        assert_eq!(
+            parse_echo6_answer(&reply, 0x1234, from),
+            Some(EchoAnswer::Reply { seq: 7, from })
+        );
+        assert_eq!(parse_echo6_answer(&reply, 0x1235, from), None);
+        // Unreachable quoting our request (IPv6 header, then the echo).
+        let mut unreach = vec![1, 1, 0, 0, 0, 0, 0, 0];
+        unreach.extend_from_slice(&[0x60; 40]);
+        unreach.extend_from_slice(&[128, 0, 0, 0, 0x12, 0x34, 0, 0]);
+        assert_eq!(
+            parse_echo6_answer(&unreach, 0x1234, from),
+            Some(EchoAnswer::Unreachable { code: 13 })
+        );
+        unreach[1] = 3;
+        assert_eq!(
+            parse_echo6_answer(&unreach, 0x1234, from),
+            Some(EchoAnswer::Unreachable { code: 1 })
+        );
+        assert_eq!(parse_echo6_answer(&unreach[..30], 0x1234, from), None);
+        assert_eq!(parse_echo6_answer(&[], 0x1234, from), None);
     }
 
     #[test]

@@ -80,6 +80,10 @@ enum Cmd {
         /// Echo requests to send.
         #[arg(long, default_value_t = 3)]
         count: u32,
+        /// ICMPv6 echoes to the peer's IPv6 overlay address (the network's
+        /// ULA /48; implied by an IPv6 address as NAME).
+        #[arg(short = '6', long)]
+        ipv6: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -364,11 +368,12 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
             name,
             state,
             count,
+            ipv6,
             json,
         } => {
             // Each echo may wait a few seconds; the first one negotiates.
             let timeout = Duration::from_secs(10 + 3 * u64::from(count));
-            let r = ask(&state, &Request::Ping { name, count }, timeout).await?;
+            let r = ask(&state, &Request::Ping { name, count, ipv6 }, timeout).await?;
             let p = r.ping.context("the daemon sent no ping report")?;
             if json {
                 println!("{}", serde_json::to_string(&p)?);

@@ -70,13 +70,14 @@ pub fn render(s: &Scrape<'_>) -> String {
 
     e.gauge(
         "fpn_node_info",
-        "This node: its GE name, id and overlay address.",
+        "This node: its GE name, id and overlay addresses (overlay6 empty without IPv6).",
     )
     .set(
         &[
             ("name", &st.name),
             ("ge", &st.ge.to_string()),
             ("overlay", &st.overlay),
+            ("overlay6", st.overlay6.as_deref().unwrap_or("")),
         ],
         1.0,
     );

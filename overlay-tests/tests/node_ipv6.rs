@@ -210,6 +210,21 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
             "a -> {to} refused after {took:?} (attempt {attempt}): {r:?}"
         );
     }
+    // fpn-node ping -6: ICMPv6 from the node's own IPv6 overlay address.
+    let p = ov.ping("a", &b6.to_string(), 2).unwrap();
+    assert!(p.ok, "fpn-node ping {b6}: {:?}", p.output);
+    assert_eq!(p.json["address"], b6.to_string(), "{}", p.json);
+    assert_eq!(p.action(), "encrypt", "{}", p.json);
+    let out = ov
+        .node_cli("a", &["ping", "-6", "c", "--json", "--count", "1"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    assert!(
+        !out.success(),
+        "fpn-node ping -6 c answered: {}",
+        out.stdout
+    );
+    assert_eq!(v["action"], "refuse", "{}{}", out.stdout, out.stderr);
     let c = Overlay::fqdn("c");
     let ping = lab
         .exec("a", ["ping", "-6", "-c", "1", "-W", "3", &c])

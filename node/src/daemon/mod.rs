@@ -126,6 +126,8 @@ struct Me {
     overlay: Ipv4Addr,
     /// The IPv6 overlay address once the TUN has it (`None`: no IPv6 here).
     overlay6: Option<std::net::Ipv6Addr>,
+    /// The network's IPv6 overlay prefix (from the CA key).
+    net6: fpn_proto::overlay6::Overlay6,
     zone: String,
 }
 
@@ -189,6 +191,7 @@ pub async fn up_with(state: StateDir, cfg: NodeConfig, reload: Reload) -> Result
         ge: cred.info.id,
         overlay: cred.info.overlay,
         overlay6: None,
+        net6: fpn_proto::overlay6::Overlay6::of_ca(&identity.ca_public),
         zone: identity.zone.clone(),
     };
     let span = info_span!("node", name = %me.name, ge = %me.ge);
@@ -758,7 +761,7 @@ impl Ctx {
                 },
                 Err(e) => Response::error(e),
             },
-            Request::Ping { name, count } => match self.ping(&name, count).await {
+            Request::Ping { name, count, ipv6 } => match self.ping(&name, count, ipv6).await {
                 Ok(p) => Response {
                     ok: true,
                     ping: Some(p),
@@ -1001,26 +1004,50 @@ impl Ctx {
         }
     }
 
-    async fn ping(&self, name: &str, count: u32) -> Result<PingReport> {
+    async fn ping(&self, name: &str, count: u32, ipv6: bool) -> Result<PingReport> {
         if count == 0 || count > MAX_PING_COUNT {
             return Err(Error::Control(format!(
                 "count must be between 1 and {MAX_PING_COUNT}"
             )));
         }
-        let (fqdn, dst) = self.resolve(name).await?;
+        // An IPv6 overlay address stands for its GE's IPv4 one (note 59).
+        let net6 = self.me.net6;
+        let (name, ipv6) = match name.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => match net6.v4_of(v6) {
+                Some(v4) => (v4.to_string(), true),
+                None => {
+                    return Err(Error::Control(format!(
+                        "{v6} is not an overlay address of this network ({net6})"
+                    )));
+                }
+            },
+            Err(_) => (name.to_owned(), ipv6),
+        };
+        let (fqdn, dst) = self.resolve(&name).await?;
         let mut idb = [0u8; 2];
         ring::rand::SystemRandom::new()
             .fill(&mut idb)
             .map_err(|_| Error::Config("no system randomness".into()))?;
         let id = u16::from_be_bytes(idb);
-        let src = self.me.overlay;
-        let outcome = tokio::task::spawn_blocking(move || ping::ping(src, dst, id, count))
+        let (src, to) = if ipv6 {
+            let src = self.me.overlay6.ok_or_else(|| {
+                Error::Control("this node has no IPv6 overlay address (no IPv6 on the host)".into())
+            })?;
+            (IpAddr::V6(src), IpAddr::V6(net6.address(dst)))
+        } else {
+            (IpAddr::V4(self.me.overlay), IpAddr::V4(dst))
+        };
+        let outcome = tokio::task::spawn_blocking(move || ping::ping(src, to, id, count))
             .await
             .map_err(|e| Error::Control(format!("ping task: {e}")))??;
         let flow = FlowId {
-            src: IpAddr::V4(src),
-            dst: IpAddr::V4(dst),
-            protocol: fpn_proto::flow::protocol::ICMP,
+            src,
+            dst: to,
+            protocol: if ipv6 {
+                fpn_proto::flow::protocol::ICMPV6
+            } else {
+                fpn_proto::flow::protocol::ICMP
+            },
             src_port: id,
             dst_port: id,
         };
@@ -1039,7 +1066,7 @@ impl Ctx {
         let path = rx.await.ok().flatten().map(|(_, p)| p).unwrap_or_default();
         Ok(PingReport {
             name: fqdn,
-            address: dst.to_string(),
+            address: to.to_string(),
             action,
             carrier,
             path,

@@ -3,7 +3,7 @@
 //! first one starts the negotiation and waits for it.
 
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,26 +29,38 @@ pub struct Outcome {
     pub sent: u32,
 }
 
-/// Sends `count` echo requests from `src` to `dst` with identifier `id`
-/// (blocking; run it on a blocking thread).
-pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, count: u32) -> Result<Outcome> {
+/// Sends `count` echo requests from `src` to `dst` with identifier `id`,
+/// ICMP or ICMPv6 by the addresses' family (blocking; run it on a
+/// blocking thread).
+pub fn ping(src: IpAddr, dst: IpAddr, id: u16, count: u32) -> Result<Outcome> {
     let io = |what: &'static str| {
         move |source| Error::Io {
             what: what.into(),
             source,
         }
     };
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-        .map_err(io("opening a raw ICMP socket (needs root or CAP_NET_RAW)"))?;
-    sock.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())
+    let v6 = dst.is_ipv6();
+    let sock = if v6 {
+        // The kernel fills in an ICMPv6 raw socket's checksum.
+        Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+    } else {
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+    }
+    .map_err(io("opening a raw ICMP socket (needs root or CAP_NET_RAW)"))?;
+    sock.bind(&SocketAddr::new(src, 0).into())
         .map_err(io("binding the ICMP socket to the overlay address"))?;
-    let to = SocketAddr::new(IpAddr::V4(dst), 0).into();
+    let to = SocketAddr::new(dst, 0).into();
     let mut out = Outcome::default();
     let mut req = Vec::with_capacity(64);
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
     for seq in 0..count {
         let seq = seq as u16;
         icmp::echo_request(id, seq, b"fpn-node ping\0\0\0", &mut req);
+        if v6 {
+            // ICMPv6 echo request; the kernel computes the checksum.
+            req[0] = 128;
+            req[2..4].copy_from_slice(&[0, 0]);
+        }
         let sent_at = Instant::now();
         sock.send_to(&req, &to)
             .map_err(io("sending an ICMP echo"))?;
@@ -61,8 +73,8 @@ pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, count: u32) -> Result<Outcome
             }
             sock.set_read_timeout(Some(left))
                 .map_err(io("socket timeout"))?;
-            let n = match sock.recv(&mut buf) {
-                Ok(n) => n,
+            let (n, sender) = match sock.recv_from(&mut buf) {
+                Ok((n, a)) => (n, a.as_socket().map(|a| a.ip())),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -83,8 +95,14 @@ pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, count: u32) -> Result<Outcome
                 .iter()
                 .map(|b| unsafe { b.assume_init() })
                 .collect();
-            match icmp::parse_echo_answer(&packet, id) {
-                Some(EchoAnswer::Reply { seq: s, from }) if s == seq && from == IpAddr::V4(dst) => {
+            let answer = if v6 {
+                // No IP header on an ICMPv6 raw socket: the sender from recvfrom.
+                sender.and_then(|from| icmp::parse_echo6_answer(&packet, id, from))
+            } else {
+                icmp::parse_echo_answer(&packet, id)
+            };
+            match answer {
+                Some(EchoAnswer::Reply { seq: s, from }) if s == seq && from == dst => {
                     out.rtts.push(sent_at.elapsed());
                     break;
                 }
