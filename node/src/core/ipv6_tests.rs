@@ -12,6 +12,7 @@ use fpn_proto::ge::Mode;
 use fpn_proto::packet::Packet;
 use fpn_proto::path::{Force, PathConfig};
 
+use super::Command;
 use super::sim::{CoreSim, LinkConfig};
 
 fn overlay6(sim: &CoreSim, i: usize) -> Ipv6Addr {
@@ -164,4 +165,37 @@ fn an_ipv6_address_outside_the_network_or_of_nobody_reaches_no_peer() {
     sim.run_for(Duration::from_millis(200));
     assert_eq!(sim.counter(a, "dprp_started"), started);
     assert_eq!(sim.counter(b, "dprp_responding"), 0);
+}
+
+#[test]
+fn an_ipv6_flow_outlives_another_ges_address_change_and_moves_with_its_own() {
+    let mut sim = CoreSim::new(95, LinkConfig::default());
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    let c = sim.add_node(3, Mode::Open, &[1]);
+    sim.introduce_all();
+    let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
+    sim.send_packet(a, &udp6(a6, b6, 4000, 5000, b"one"));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.nodes[b].tun.len(), 1);
+    let pit = |sim: &CoreSim| sim.nodes[a].core.pit().iter().count();
+    assert_eq!(pit(&sim), 1);
+    // Another GE's overlay address changes: the flows are checked against
+    // their owners again (`unbind_flows`); the IPv6 one's owner is b, by
+    // its embedded IPv4 address, and it stays.
+    let mut rec = sim.record(c);
+    rec.overlay = "100.64.0.33".parse().unwrap();
+    sim.command(a, Command::Peer(rec));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(pit(&sim), 1, "the IPv6 flow was dropped");
+    sim.send_packet(a, &udp6(a6, b6, 4000, 5000, b"two"));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.nodes[b].tun.len(), 2);
+    assert_eq!(sim.counter(a, "dprp_started"), 1);
+    // b's own address handed to c: the flow no longer belongs to b.
+    let mut rec = sim.record(c);
+    rec.overlay = sim.nodes[b].overlay;
+    sim.command(a, Command::Peer(rec));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(pit(&sim), 0, "the IPv6 flow outlived its owner's address");
 }
