@@ -93,34 +93,14 @@ fn empty_intervals(report: &Value) -> usize {
         .count()
 }
 
-/// The key versions of `node`'s encrypted flows with `peer_overlay`, as its
+/// The key versions of `node`'s encrypted flows with `peer` (either of
+/// its overlay addresses: by name, iperf3 may use the IPv6 one), as its
 /// status shows them (one per flow and direction).
-fn flow_versions(ov: &Overlay, node: &str, peer_overlay: &str) -> Vec<u64> {
-    let st = ov.status(node).unwrap();
-    st["flows"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+fn flow_versions(ov: &Overlay, node: &str, peer: &str) -> Vec<u64> {
+    ov.flows_with(node, peer)
+        .unwrap()
         .iter()
-        .filter(|f| {
-            // The IPv6 overlay address embeds the IPv4 one (note 59): by
-            // name, iperf3 may use either.
-            let is_peer = |a: &serde_json::Value| {
-                a.as_str()
-                    .and_then(|s| s.parse::<std::net::IpAddr>().ok())
-                    .is_some_and(|ip| match ip {
-                        std::net::IpAddr::V4(v4) => v4.to_string() == peer_overlay,
-                        std::net::IpAddr::V6(v6) => {
-                            std::net::Ipv4Addr::from(
-                                v6.octets()[12..16].try_into().unwrap_or([0; 4]),
-                            )
-                            .to_string()
-                                == peer_overlay
-                        }
-                    })
-            };
-            f["action"] == "encrypt" && (is_peer(&f["src"]) || is_peer(&f["dst"]))
-        })
+        .filter(|f| f["action"] == "encrypt")
         .map(|f| f["key_version"].as_u64().unwrap_or(0))
         .collect()
 }
@@ -128,12 +108,10 @@ fn flow_versions(ov: &Overlay, node: &str, peer_overlay: &str) -> Vec<u64> {
 /// Waits (bounded) until every encrypted flow between a and b, at both
 /// ends, uses key version `v`.
 fn wait_for_flows_on(ov: &Overlay, v: u64) {
-    let a_ip = ov.overlay_addr("a").unwrap().to_string();
-    let b_ip = ov.overlay_addr("b").unwrap().to_string();
     let deadline = Instant::now() + Duration::from_millis(2500);
     loop {
-        let on_a = flow_versions(ov, "a", &b_ip);
-        let on_b = flow_versions(ov, "b", &a_ip);
+        let on_a = flow_versions(ov, "a", "b");
+        let on_b = flow_versions(ov, "b", "a");
         let moved = |f: &[u64]| !f.is_empty() && f.iter().all(|x| *x == v);
         if moved(&on_a) && moved(&on_b) {
             return;
@@ -188,11 +166,7 @@ fn a_rotation_under_iperf3_drops_nothing() {
     );
     // Every live flow moved to the newest key, at both ends: a transfer
     // that kept running on the old keys would pass the checks above.
-    let (a_ip, b_ip) = (
-        ov.overlay_addr("a").unwrap().to_string(),
-        ov.overlay_addr("b").unwrap().to_string(),
-    );
-    for (node, peer) in [("a", &b_ip), ("b", &a_ip)] {
+    for (node, peer) in [("a", "b"), ("b", "a")] {
         let v = flow_versions(&ov, node, peer);
         assert!(!v.is_empty(), "{node} shows no encrypted flow with {peer}");
         assert!(
