@@ -12,7 +12,9 @@
 //! the NAS and masquerades them to its LAN address.
 //!
 //! - `a_laptop_at_the_cafe_reaches_the_nas_by_name`: HTTP and a 10 s iperf3
-//!   by name; the home router's WAN carries no plaintext, the NAS sees the
+//!   by name (both go over the overlay's IPv6: the name has an AAAA), the
+//!   AAAA is the VIN's IPv6 address, `ping -6` and `curl -4`/`-6` work;
+//!   the home router's WAN carries no plaintext, the NAS sees the
 //!   gateway's LAN address and plain packets; a second laptop behind the
 //!   same NAT gets a mapping of its own (its own reserved port, its own
 //!   DNAT pair); a laptop outside the printer's group is refused at once
@@ -241,6 +243,61 @@ fn a_laptop_at_the_cafe_reaches_the_nas_by_name() {
         bps / 1e6
     );
     assert!(bps > 1e6, "iperf3 moved almost nothing: {report}");
+
+    // IPv6 (design note 60): the stub answers AAAA with the VIN's IPv6
+    // address (the overlay prefix and the VIN); ping -6 and HTTP over
+    // IPv6 reach the same NAS as IPv4, through the same IPv4 mapping at
+    // the gateway (the laptop makes the flow IPv4 at its TUN).
+    let aaaa = lab
+        .exec(
+            "laptop",
+            ["dig", "+short", "+time=2", "AAAA", &Overlay::fqdn("nas")],
+        )
+        .unwrap();
+    let vin6: std::net::Ipv6Addr = aaaa
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no AAAA for nas: {aaaa:?}"));
+    assert_eq!(
+        vin6.octets()[12..],
+        vin.octets(),
+        "the AAAA is not the VIN's IPv6 address"
+    );
+    let ping6 = lab
+        .command(
+            "laptop",
+            [
+                "ping",
+                "-6",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "3",
+                "nas.home.fpn",
+            ],
+        )
+        .timeout(Duration::from_secs(20))
+        .output()
+        .unwrap();
+    assert!(
+        ping6.success(),
+        "ping -6 nas: {}{}\n{}",
+        ping6.stdout,
+        ping6.stderr,
+        ov.log_tails(30)
+    );
+    for family in ["-6", "-4"] {
+        let who = curl(lab, "laptop", &[family, "http://nas.home.fpn/whoami"]);
+        assert!(
+            who.success() && who.stdout.starts_with("192.168.1.1:"),
+            "curl {family}: {} {}",
+            who.stdout,
+            who.stderr
+        );
+    }
 
     // The second laptop behind the same NAT: its own mapping.
     let who2 = curl(lab, "laptop2", &["http://nas.home.fpn/whoami"]);

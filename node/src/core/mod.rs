@@ -46,6 +46,7 @@ mod snapshot;
 mod steering;
 mod timers;
 mod transit;
+mod vin6;
 
 #[cfg(test)]
 mod sim_tests;
@@ -71,6 +72,8 @@ mod explain_tests;
 mod flood_tests;
 #[cfg(test)]
 mod silence_tests;
+#[cfg(test)]
+mod vin6_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -186,6 +189,8 @@ pub struct NodeCore {
     transit: transit::Transit,
     /// This node's recent moves (moves.rs).
     moves: moves::Moves,
+    /// Flows to VINs that are IPv6 at the TUN (vin6.rs).
+    vin6: vin6::Vin6,
 }
 
 impl NodeCore {
@@ -222,6 +227,7 @@ impl NodeCore {
             real: Vec::new(),
             transit: transit::Transit::default(),
             moves: moves::Moves::default(),
+            vin6: vin6::Vin6::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -251,11 +257,32 @@ impl NodeCore {
         if self.erased || len > buf.len() {
             return DataOut::Nothing;
         }
+        match self.vin6_to_v4(buf, len) {
+            None => self.tun_packet(buf, len, false, now),
+            Some(Ok(start)) => self.tun_packet(&mut buf[start..], len - start, true, now),
+            Some(Err(())) => DataOut::Nothing,
+        }
+    }
+
+    /// [`Self::handle_tun_packet`] of an IPv4 or IPv6 packet, `from6`: an
+    /// IPv4 one that the TUN gave as IPv6 (to a VIN, vin6.rs).
+    fn tun_packet<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        from6: bool,
+        now: Instant,
+    ) -> DataOut<'a> {
         let Ok(pkt) = Packet::parse(&buf[..len]) else {
             self.counters.tun_malformed += 1;
             return DataOut::Nothing;
         };
         let flow = pkt.flow_id();
+        if !from6 && self.clashes_with_vin6(&flow) {
+            self.counters.policy_drops += 1;
+            trace!(%flow, "IPv4 packet of a flow that is IPv6 at the TUN: dropped");
+            return DataOut::Nothing;
+        }
         if self.is_transit_dde(&flow, pkt.payload()) {
             let payload = pkt.payload().to_vec();
             self.handle_transit_dde(&flow, &payload, now);
@@ -370,7 +397,9 @@ impl NodeCore {
                 DataOut::Nothing
             }
             FrameKind::Data => {
-                let n = self.handle_data(peer, buf, len, now);
+                let n = self
+                    .handle_data(peer, buf, len, now)
+                    .and_then(|n| self.vin6_for_tun(buf, n));
                 self.drain(now);
                 let buf: &'a [u8] = buf;
                 match n {

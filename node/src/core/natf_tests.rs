@@ -37,7 +37,7 @@ fn hosts() -> Vec<Host> {
 
 /// Remote node 1 (group 1), gateway node 2 (closed, groups 1 and 2, the
 /// LAN 192.168.1.0/24), both told of the two hosts.
-fn home(seed: u64, force: Force) -> (CoreSim, usize, usize) {
+pub(super) fn home(seed: u64, force: Force) -> (CoreSim, usize, usize) {
     let mut sim = CoreSim::new(seed, LinkConfig::default());
     sim.path = PathConfig {
         force,
@@ -53,7 +53,7 @@ fn home(seed: u64, force: Force) -> (CoreSim, usize, usize) {
     (sim, r, g)
 }
 
-fn vin(sim: &CoreSim, i: usize, name: &str) -> Ipv4Addr {
+pub(super) fn vin(sim: &CoreSim, i: usize, name: &str) -> Ipv4Addr {
     sim.nodes[i]
         .core
         .host_names()

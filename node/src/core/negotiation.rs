@@ -27,6 +27,7 @@ impl NodeCore {
         if self.dead_vin(flow.dst) {
             self.counters.no_route += 1;
             self.queue_unreachable(packet, Unreachable::NoAnswer);
+            self.vin6_flow_ended(&flow);
             return;
         }
         self.dprp_touched = true;
@@ -220,6 +221,7 @@ impl NodeCore {
                 if let Some(q) = self.flows.take_quote(&flow) {
                     self.queue_unreachable(&q, unreachable_for(&reason));
                 }
+                self.vin6_flow_ended(&flow);
             }
         }
     }
@@ -414,6 +416,8 @@ impl NodeCore {
     }
 
     pub(super) fn queue_unreachable(&mut self, packet: &[u8], why: Unreachable) {
+        let as_sent = self.quote_as_sent(packet);
+        let packet = as_sent.as_deref().unwrap_or(packet);
         if let Some(n) = icmp::unreachable(packet, why, &mut self.icmp_buf) {
             self.counters.icmp_sent += 1;
             self.counters.tun_out += 1;

@@ -201,7 +201,9 @@ impl NodeCore {
             }
             return DataOut::Nothing;
         }
-        let n = self.native_data(wire, buf, len, now);
+        let n = self
+            .native_data(wire, buf, len, now)
+            .and_then(|n| self.vin6_for_tun(buf, n));
         match n {
             Some(n) => {
                 self.note_received(now);
@@ -962,6 +964,7 @@ impl NodeCore {
             self.push_output(Output::NativeFlowRemoved(t.wire.reversed()));
         }
         self.natf_flow_ended(flow);
+        self.vin6_flow_ended(flow);
     }
 
     /// Takes translation `t`'s flow out of [`Paths::sources`].

@@ -822,11 +822,12 @@ impl Shell {
             .into_iter()
             .map(|(name, o)| (name, peer(o)))
             .collect();
-        // Hosts behind gateways answer with their VINs (a GE's own name
-        // wins a clash, which the GMS refuses anyway).
+        // Hosts behind gateways answer with their VINs, and AAAA with the
+        // VIN's IPv6 address (core/vin6.rs); a GE's own name wins a clash,
+        // which the GMS refuses anyway.
         for (name, vin) in self.core.host_names() {
             if !entries.iter().any(|(n, _)| *n == name) {
-                entries.push((name, Target::peer(vin)));
+                entries.push((name, peer(vin)));
             }
         }
         entries.push((own.clone(), peer(*overlay)));

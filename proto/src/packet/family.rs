@@ -1,12 +1,19 @@
-//! Changing a TCP or UDP packet's IP family in place (the stateless part of
-//! RFC 7915, SIIT): how an IPv6 overlay packet crosses an IPv4 underlay on
-//! the native path and comes back (docs/DESIGN-NOTES.md note 59).
+//! Changing a TCP, UDP or ICMP echo packet's IP family in place (the
+//! stateless part of RFC 7915, SIIT): how an IPv6 overlay packet crosses an
+//! IPv4 underlay on the native path and comes back, and how an IPv6 flow
+//! to a host behind a gateway (a VIN) becomes the IPv4 flow the gateway
+//! serves (docs/DESIGN-NOTES.md notes 59 and 60).
 //!
 //! The transport header and payload (PCCOM's ciphertext and trailer) stay
 //! byte for byte; only the IP header is replaced, and the transport
 //! checksum is updated for the other pseudo-header. PCCOM binds neither
 //! the addresses nor the IP version (docs/PROTOCOL.md, "Associated data"),
 //! so a packet sealed as IPv6 opens after two translations.
+//!
+//! An ICMP echo request or reply (ICMPv6 128/129, ICMP 8/0) crosses with
+//! its type changed and its checksum computed afresh (ICMPv6's covers a
+//! pseudo-header, ICMP's does not); it is a few dozen bytes, so the
+//! full sum costs nothing that matters. Other ICMP messages do not cross.
 //!
 //! What does not cross: IPv6 extension headers and IPv4 options (the
 //! packet is refused: the caller sends it another way), the flow label,
@@ -32,34 +39,52 @@ fn checksum_at(proto: u8) -> Option<usize> {
     }
 }
 
-/// Rewrites the IPv6 TCP/UDP packet in `buf[..len]` (no extension header)
-/// as the IPv4 packet `src -> dst` in `buf[HEADER_DELTA..len]` and returns
-/// that range's start. The packet must carry a valid transport checksum.
+/// The ICMP echo types: (ICMPv6, ICMP) for request and reply.
+const ECHO_TYPES: [(u8, u8); 2] = [(128, 8), (129, 0)];
+
+/// Rewrites the IPv6 TCP, UDP or ICMPv6 echo packet in `buf[..len]` (no
+/// extension header) as the IPv4 packet `src -> dst` in
+/// `buf[HEADER_DELTA..len]` and returns that range's start. A TCP or UDP
+/// packet must carry a valid transport checksum.
 pub fn v6_to_v4(buf: &mut [u8], len: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Result<usize> {
     const WHAT: &str = "IPv6 packet for IPv4";
     if len > buf.len() || len < 40 + 8 || buf[0] >> 4 != 6 {
         return Err(Error::invalid(WHAT, "not a whole IPv6 packet"));
     }
-    let proto = buf[6];
-    let at = checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP nor UDP"))?;
     let payload_len = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
     if 40 + payload_len != len || len - HEADER_DELTA > usize::from(u16::MAX) {
         return Err(Error::invalid(WHAT, "length does not match the header"));
     }
-    let (tc, hop) = (((buf[0] & 0x0f) << 4) | (buf[1] >> 4), buf[7]);
-    let mut old = [0u8; 32];
-    old.copy_from_slice(&buf[8..40]);
     let mut new = [0u8; 8];
     new[..4].copy_from_slice(&src.octets());
     new[4..].copy_from_slice(&dst.octets());
-    // The pseudo-headers differ only in the addresses: length and protocol
-    // sum to the same (RFC 8200 8.1 as 32-bit words, RFC 793/768 as 16-bit).
-    let c = u16::from_be_bytes([buf[40 + at], buf[40 + at + 1]]);
-    let mut c = update_bytes_unequal(c, &old, &new);
-    if c == 0 && proto == protocol::UDP {
-        c = 0xffff;
+    let mut proto = buf[6];
+    if proto == protocol::ICMPV6 {
+        let t = ECHO_TYPES
+            .iter()
+            .find(|(v6, _)| *v6 == buf[40])
+            .filter(|_| buf[41] == 0)
+            .ok_or(Error::invalid(WHAT, "an ICMPv6 message other than echo"))?;
+        proto = protocol::ICMP;
+        buf[40] = t.1;
+        buf[42..44].copy_from_slice(&[0, 0]);
+        let c = checksum(&buf[40..len]);
+        buf[42..44].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let at = checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP, UDP nor echo"))?;
+        let mut old = [0u8; 32];
+        old.copy_from_slice(&buf[8..40]);
+        // The pseudo-headers differ only in the addresses: length and
+        // protocol sum to the same (RFC 8200 8.1 as 32-bit words, RFC
+        // 793/768 as 16-bit).
+        let c = u16::from_be_bytes([buf[40 + at], buf[40 + at + 1]]);
+        let mut c = update_bytes_unequal(c, &old, &new);
+        if c == 0 && proto == protocol::UDP {
+            c = 0xffff;
+        }
+        buf[40 + at..40 + at + 2].copy_from_slice(&c.to_be_bytes());
     }
-    buf[40 + at..40 + at + 2].copy_from_slice(&c.to_be_bytes());
+    let (tc, hop) = (((buf[0] & 0x0f) << 4) | (buf[1] >> 4), buf[7]);
     let h = &mut buf[HEADER_DELTA..40];
     let total = (len - HEADER_DELTA) as u16;
     h[0] = 0x45;
@@ -76,9 +101,9 @@ pub fn v6_to_v4(buf: &mut [u8], len: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Res
     Ok(HEADER_DELTA)
 }
 
-/// Rewrites the IPv4 TCP/UDP packet in `buf[..len]` (no options) as the
-/// IPv6 packet `src -> dst`, `HEADER_DELTA` bytes longer, in place, and
-/// returns its length. `buf` must have the room.
+/// Rewrites the IPv4 TCP, UDP or ICMP echo packet in `buf[..len]` (no
+/// options) as the IPv6 packet `src -> dst`, `HEADER_DELTA` bytes longer,
+/// in place, and returns its length. `buf` must have the room.
 pub fn v4_to_v6(buf: &mut [u8], len: usize, src: Ipv6Addr, dst: Ipv6Addr) -> Result<usize> {
     const WHAT: &str = "IPv4 packet for IPv6";
     if len > buf.len() || len < 20 + 8 || buf[0] != 0x45 {
@@ -96,8 +121,21 @@ pub fn v4_to_v6(buf: &mut [u8], len: usize, src: Ipv6Addr, dst: Ipv6Addr) -> Res
     if total != len || fragment {
         return Err(Error::invalid(WHAT, "length or fragment offset"));
     }
-    let proto = buf[9];
-    let at = checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP nor UDP"))?;
+    let mut proto = buf[9];
+    let echo = if proto == protocol::ICMP {
+        let t = ECHO_TYPES
+            .iter()
+            .find(|(_, v4)| *v4 == buf[20])
+            .filter(|_| buf[21] == 0)
+            .ok_or(Error::invalid(WHAT, "an ICMP message other than echo"))?;
+        Some(t.0)
+    } else {
+        None
+    };
+    let at = match echo {
+        Some(_) => 0,
+        None => checksum_at(proto).ok_or(Error::invalid(WHAT, "neither TCP, UDP nor echo"))?,
+    };
     let (tos, ttl) = (buf[1], buf[8]);
     let mut old = [0u8; 8];
     old.copy_from_slice(&buf[12..20]);
@@ -107,26 +145,39 @@ pub fn v4_to_v6(buf: &mut [u8], len: usize, src: Ipv6Addr, dst: Ipv6Addr) -> Res
     buf.copy_within(20..len, 40);
     let l4_len = len - 20;
     let l4 = &mut buf[40..40 + l4_len];
-    let c = u16::from_be_bytes([l4[at], l4[at + 1]]);
-    let c = if c == 0 && proto == protocol::UDP {
-        // No checksum over IPv4; IPv6 requires one (RFC 8200 8.1).
-        l4[at..at + 2].copy_from_slice(&[0, 0]);
-        let sum = Sum::new()
+    if let Some(t) = echo {
+        proto = protocol::ICMPV6;
+        l4[0] = t;
+        l4[2..4].copy_from_slice(&[0, 0]);
+        let c = Sum::new()
             .add_bytes(&new)
             .add_u32(l4_len as u32)
             .add_u16(u16::from(proto))
             .add_bytes(l4)
             .finish();
-        if sum == 0 { 0xffff } else { sum }
+        l4[2..4].copy_from_slice(&c.to_be_bytes());
     } else {
-        let c = update_bytes_unequal(c, &old, &new);
-        if c == 0 && proto == protocol::UDP {
-            0xffff
+        let c = u16::from_be_bytes([l4[at], l4[at + 1]]);
+        let c = if c == 0 && proto == protocol::UDP {
+            // No checksum over IPv4; IPv6 requires one (RFC 8200 8.1).
+            l4[at..at + 2].copy_from_slice(&[0, 0]);
+            let sum = Sum::new()
+                .add_bytes(&new)
+                .add_u32(l4_len as u32)
+                .add_u16(u16::from(proto))
+                .add_bytes(l4)
+                .finish();
+            if sum == 0 { 0xffff } else { sum }
         } else {
-            c
-        }
-    };
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            let c = update_bytes_unequal(c, &old, &new);
+            if c == 0 && proto == protocol::UDP {
+                0xffff
+            } else {
+                c
+            }
+        };
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
     let h = &mut buf[..40];
     h[0] = 0x60 | (tos >> 4);
     h[1] = tos << 4;
@@ -204,6 +255,66 @@ mod tests {
     }
 
     #[test]
+    fn an_echo_request_and_reply_cross_with_their_types_and_sums() {
+        for (request, t6, t4) in [(true, 128, 8), (false, 129, 0)] {
+            let mut orig = Vec::new();
+            let b = etherparse::PacketBuilder::ipv6(
+                "fd00::6440:1".parse::<Ipv6Addr>().unwrap().octets(),
+                "fd00::647f:9".parse::<Ipv6Addr>().unwrap().octets(),
+                64,
+            );
+            let b = if request {
+                b.icmpv6_echo_request(0x1234, 7)
+            } else {
+                b.icmpv6_echo_reply(0x1234, 7)
+            };
+            b.write(&mut orig, b"ping payload").unwrap();
+            assert_eq!(orig[40], t6);
+            let mut buf = orig.clone();
+            buf.resize(orig.len() + 20, 0);
+            let (s4, d4) = (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 127, 0, 9));
+            let start = v6_to_v4(&mut buf, orig.len(), s4, d4).unwrap();
+            let len4 = orig.len() - HEADER_DELTA;
+            {
+                let p = Packet::parse(&buf[start..start + len4]).unwrap();
+                assert!(p.ip_checksum_ok());
+                let f = p.flow_id();
+                assert_eq!(
+                    (f.src, f.dst, f.protocol),
+                    (s4.into(), d4.into(), protocol::ICMP)
+                );
+                assert_eq!(buf[start + 20], t4);
+                assert_eq!(checksum(&buf[start + 20..start + len4]), 0, "ICMP sum");
+                assert_eq!(&buf[start + 24..start + 28], &[0x12, 0x34, 0, 7]);
+            }
+            buf.copy_within(start..start + len4, 0);
+            let n = v4_to_v6(
+                &mut buf,
+                len4,
+                "fd00::6440:1".parse().unwrap(),
+                "fd00::647f:9".parse().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(&buf[..n], &orig[..], "request {request}");
+        }
+        // Other ICMP messages stay where they are.
+        let mut unreachable = vec![0u8; 48];
+        unreachable[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 8, protocol::ICMPV6, 64]);
+        unreachable[40] = 1;
+        let copy = unreachable.clone();
+        assert!(
+            v6_to_v4(
+                &mut unreachable,
+                48,
+                [1, 1, 1, 1].into(),
+                [2, 2, 2, 2].into()
+            )
+            .is_err()
+        );
+        assert_eq!(unreachable, copy);
+    }
+
+    #[test]
     fn a_udp_packet_without_checksum_gets_one_in_ipv6() {
         let orig = v6(protocol::UDP, b"x");
         let mut buf = orig.clone();
@@ -230,12 +341,12 @@ mod tests {
 
     proptest::proptest! {
         /// The fuzz target's property (fuzz/fuzz_targets/packet_family.rs)
-        /// on generated packets: any TCP or UDP packet crosses and comes
+        /// on generated packets: any TCP, UDP or echo packet crosses and comes
         /// back the same but for the flow label; arbitrary wire bytes never
         /// panic the receiver.
         #[test]
         fn any_packet_round_trips_and_any_bytes_are_safe(
-            tcp in proptest::bool::ANY,
+            kind in 0u8..3,
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..1400),
             tc in proptest::num::u8::ANY,
             hop in proptest::num::u8::ANY,
@@ -244,10 +355,10 @@ mod tests {
         ) {
             let mut orig = Vec::new();
             let b = etherparse::PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], hop);
-            if tcp {
-                b.tcp(ports.0, ports.1, 9, 512).write(&mut orig, &payload).unwrap();
-            } else {
-                b.udp(ports.0, ports.1).write(&mut orig, &payload).unwrap();
+            match kind {
+                0 => b.tcp(ports.0, ports.1, 9, 512).write(&mut orig, &payload).unwrap(),
+                1 => b.udp(ports.0, ports.1).write(&mut orig, &payload).unwrap(),
+                _ => b.icmpv6_echo_request(ports.0, ports.1).write(&mut orig, &payload).unwrap(),
             }
             orig[0] = 0x60 | (tc >> 4);
             orig[1] = (tc << 4) | (orig[1] & 0x0f);
@@ -257,13 +368,14 @@ mod tests {
             let start = v6_to_v4(&mut buf, len, [10, 0, 0, 1].into(), [10, 0, 0, 2].into()).unwrap();
             {
                 let p = Packet::parse(&buf[start..len]).unwrap();
-                proptest::prop_assert!(p.ip_checksum_ok() && p.l4_checksum_ok());
+                let l4_ok = if kind == 2 { checksum(&buf[start + 20..len]) == 0 } else { p.l4_checksum_ok() };
+                proptest::prop_assert!(p.ip_checksum_ok() && l4_ok);
             }
             buf.copy_within(start..len, 0);
             let n = v4_to_v6(&mut buf, len - start, [0xfd; 16].into(), [0xfe; 16].into()).unwrap();
             let back = Packet::parse(&buf[..n]).unwrap();
             proptest::prop_assert!(back.l4_checksum_ok());
-            let at = 40 + if tcp { 16 } else { 6 };
+            let at = 40 + [16, 6, 2][usize::from(kind)];
             let (mut got, mut want) = (buf[..n].to_vec(), orig.clone());
             for v in [&mut got, &mut want] {
                 v[at] = 0;
