@@ -499,6 +499,21 @@ mod tests {
 /// once one exists, or their first packets go nowhere.
 pub fn has_default_route() -> bool {
     std::fs::read_to_string("/proc/net/route").is_ok_and(|t| default_route_in(&t))
+        || std::fs::read_to_string("/proc/net/ipv6_route").is_ok_and(|t| default_route6_in(&t))
+}
+
+/// [`has_default_route`] for IPv6, on /proc/net/ipv6_route's text: a line
+/// with destination `::/0`, flags up (bit 0) and not a reject route (the
+/// kernel's own unreachable default on `lo`, flag 0x200).
+fn default_route6_in(text: &str) -> bool {
+    text.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 10
+            && f[0].bytes().all(|b| b == b'0')
+            && f[1] == "00"
+            && f[9] != "lo"
+            && u32::from_str_radix(f[8], 16).is_ok_and(|flags| flags & 1 != 0 && flags & 0x200 == 0)
+    })
 }
 
 /// [`has_default_route`] on the file's text: a line whose destination and
@@ -527,5 +542,16 @@ mod route_tests {
                        wlan0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert!(!default_route_in(without));
         assert!(!default_route_in(""));
+    }
+
+    #[test]
+    fn an_ipv6_default_route_is_found_and_the_kernels_reject_route_is_not() {
+        let with = "20010db8000500000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     wlan0\n\
+                    00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000500000000000000000001 00000400 00000001 00000000 00000003     wlan0\n";
+        assert!(super::default_route6_in(with));
+        let reject = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n\
+                      20010db8000500000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     wlan0\n";
+        assert!(!super::default_route6_in(reject));
+        assert!(!super::default_route6_in(""));
     }
 }

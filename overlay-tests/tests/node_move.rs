@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{OVERLAY_TOOLS, echo_server, need, send_marked};
+use common::{OVERLAY_TOOLS, Roam, echo_server, need, records_across, send_marked};
 
 /// The UDP port of the echo server on the home router's node.
 const PORT: u16 = 9300;
@@ -165,9 +165,6 @@ fn a_move_while_the_gms_is_down_keeps_the_peer_reachable() {
     );
 }
 
-/// The TCP port of the record stream's receiver on the home router's node.
-const RECORDS_PORT: u16 = 9301;
-
 /// Issue 12's handover measure: the laptop sends a timestamped record
 /// every 10 ms over one TCP connection to the home router's node while it
 /// walks home LAN -> cafe (NAT with random ports) -> a public hotspot ->
@@ -185,133 +182,6 @@ fn records_across_three_moves(carrier: &str, bound: Duration) -> Vec<(String, Du
         &[("laptop", "publan", "homelan")],
     ];
     records_across(&ov, carrier, ("laptop", "gw"), &walk, bound)
-}
-
-/// A host's move: (host, from switch, to switch).
-type Roam = (&'static str, &'static str, &'static str);
-
-/// 1400 records (every 10 ms) from `ends.0` to `ends.1` over one TCP
-/// connection while the hosts take the steps of `walk` (3 s apart; the
-/// moves of one step back to back, "at once"): every record arrives once,
-/// in order, on the one connection, and the gap after each step (from the
-/// moment its last new address is in place) is under `bound`. The gaps and
-/// outages, per step.
-fn records_across(
-    ov: &Overlay,
-    label: &str,
-    ends: (&str, &str),
-    walk: &[&[Roam]],
-    bound: Duration,
-) -> Vec<(String, Duration, Duration)> {
-    let (from_host, to_host) = ends;
-    let out = ov
-        .lab()
-        .log_dir()
-        .join(format!("records-{}.json", std::process::id()));
-    let listen = format!("0.0.0.0:{RECORDS_PORT}");
-    let out_s = out.display().to_string();
-    let rx = ov
-        .lab()
-        .command(
-            to_host,
-            [
-                common::lab_bin().as_str(),
-                "records",
-                "recv",
-                "--listen",
-                &listen,
-                "--count",
-                "1400",
-                "--timeout",
-                "40",
-                "--out",
-                &out_s,
-            ],
-        )
-        .name("records-recv")
-        .spawn()
-        .unwrap();
-    rx.wait_for_log("records: listening", Duration::from_secs(5))
-        .unwrap();
-    let to = format!("{}:{RECORDS_PORT}", ov.overlay_addr(to_host).unwrap());
-    let tx = ov
-        .lab()
-        .command(
-            from_host,
-            [
-                common::lab_bin().as_str(),
-                "records",
-                "send",
-                &to,
-                "--interval-ms",
-                "10",
-                "--count",
-                "1400",
-            ],
-        )
-        .name("records-send")
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let mut moved = Vec::new();
-    for step in walk {
-        let mut what = Vec::new();
-        for (host, from, to) in step.iter() {
-            ov.lab().roam(host, from, to).expect("roam");
-            what.push(format!("{host} {from} -> {to}"));
-        }
-        moved.push((what.join(", "), fpn_lab::records::now_ns()));
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    let sent = tx.wait_timeout(Duration::from_secs(30));
-    let got = rx.wait_timeout(Duration::from_secs(30));
-    let r: fpn_lab::records::Received = serde_json::from_slice(
-        &std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}\n{}", out.display(), rx.log())),
-    )
-    .unwrap();
-    let status = |n: &str| ov.status(n).unwrap();
-    let (a, b) = (status(from_host), status(to_host));
-    let context = format!(
-        "sender: {:?} {}\nreceiver: {:?} {}\n{from_host} moves: {:#}\n{to_host} moves: {:#}\n\
-         {from_host} counters: {}\n{to_host} counters: {}\n{}",
-        sent,
-        tx.log(),
-        got,
-        rx.log(),
-        a["moves"],
-        b["moves"],
-        a["counters"],
-        b["counters"],
-        ov.log_tails(30)
-    );
-    assert!(
-        sent.is_ok_and(|s| s.success()),
-        "the sender failed\n{context}"
-    );
-    assert_eq!(r.connections, 1, "the sender reconnected\n{context}");
-    assert_eq!(
-        r.arrivals.len(),
-        1400,
-        "records missing ({:?})\n{context}",
-        r.error
-    );
-    assert_eq!(r.sequence_errors(), Vec::<String>::new(), "{context}");
-    let mut gaps = Vec::new();
-    for (what, t) in &moved {
-        let gap = r
-            .gap_after(*t, Duration::from_millis(2500))
-            .unwrap_or(Duration::from_millis(2500));
-        let outage = r.longest_silence(t - 1_000_000_000, t + 2_500_000_000);
-        eprintln!("{label}: {what}: gap {gap:?} after the new address, outage {outage:?}");
-        gaps.push((what.clone(), gap, outage));
-    }
-    for (what, gap, _) in &gaps {
-        assert!(
-            *gap < bound,
-            "{what}: the records waited {gap:?} after the move\n{gaps:?}\n{context}"
-        );
-    }
-    gaps
 }
 
 /// The native path (the default carrier): the mover's held packets go

@@ -211,7 +211,10 @@ pub trait Carrier: Send + Sync {
     /// State and counters of every peer the carrier knows, ordered by GE id.
     fn peers(&self) -> Vec<PeerStats>;
 
-    /// This host's addresses changed (it moved): connections that cannot
-    /// follow by themselves are set up again with the next frame.
-    fn network_changed(&self) {}
+    /// This host's addresses changed (it moved; `local`: its addresses
+    /// now, empty when unknown): connections that cannot follow by
+    /// themselves are set up again with the next frame.
+    fn network_changed(&self, local: &[std::net::IpAddr]) {
+        let _ = local;
+    }
 }

@@ -174,8 +174,8 @@ impl Carrier for PathCarrier {
         CarrierKind::Quic
     }
 
-    fn network_changed(&self) {
-        self.quic.network_changed();
+    fn network_changed(&self, local: &[std::net::IpAddr]) {
+        self.quic.network_changed(local);
         for c in self.choices().values_mut() {
             c.moved();
         }

@@ -309,7 +309,12 @@ impl Driver {
             if shell.core.handle_wake(deadline, now) && crate::netwatch::has_default_route() {
                 // The connections may have died with the peers' idle
                 // timeouts: opened again as after a move.
-                shell.carrier.network_changed();
+                let ips: Vec<std::net::IpAddr> = shell
+                    .moves
+                    .as_ref()
+                    .map(|m| m.reported.iter().map(|a| a.ip()).collect())
+                    .unwrap_or_default();
+                shell.carrier.network_changed(&ips);
             }
             match wake {
                 Wake::Cmd(None) => break,
@@ -553,7 +558,7 @@ impl Shell {
                 std::net::IpAddr::V6(_) => None,
             })
             .collect();
-        let has_v4 = !v4.is_empty();
+        let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
         if let Some((known, _)) = self.local.as_mut()
             && !v4.is_empty()
             && known.replace(v4.clone())
@@ -562,10 +567,10 @@ impl Shell {
             // networks it keeps the old ones until the new one comes.
             self.pending_ops.push(FlowOp::SetLocal(v4));
         }
-        if has_v4 && crate::netwatch::has_default_route() {
+        if !ips.is_empty() && crate::netwatch::has_default_route() {
             // Between two networks a new connection would go nowhere: the
             // change that brings the route (a burst's last) opens them.
-            self.carrier.network_changed();
+            self.carrier.network_changed(&ips);
         }
         self.core.handle_network_change(cause, now);
     }

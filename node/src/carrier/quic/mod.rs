@@ -389,24 +389,26 @@ impl Carrier for QuicCarrier {
         self.inner.send(to, kind, payload)
     }
 
-    fn network_changed(&self) {
+    fn network_changed(&self, addrs: &[std::net::IpAddr]) {
         // quinn migrates a connection this node opened (the kernel picks
         // the new source, the peer validates the new path): kept, when
         // the peer's address is one the node can still reach from another
         // network. Opened again from this side with its next frame,
         // racing the peer's candidates as at first: a connection this node
-        // accepted (quinn pins a server's source address, gone now) and
-        // one to a private address (the peer's LAN one leads nowhere from
-        // another network). The peer takes the new one as replacing its
-        // own at once.
+        // accepted (quinn pins a server's source address, gone now), one
+        // to a private address (the peer's LAN one leads nowhere from
+        // another network) and one to an address of a family this host has
+        // no address of any more (a move from an IPv6-only network to an
+        // IPv4-only one: the peer's other family is among its candidates).
+        // The peer takes the new one as replacing its own at once.
         let local = self.inner.local;
         for (ge, p) in self.inner.lock().iter_mut() {
             let redial = match &p.link {
                 Link::Up(up) => {
+                    let remote = fpn_gms_client::canonical_addr(up.conn.remote_address()).ip();
                     up.initiator != local
-                        || !reachable_anywhere(
-                            fpn_gms_client::canonical_addr(up.conn.remote_address()).ip(),
-                        )
+                        || !reachable_anywhere(remote)
+                        || !same_family_here(remote, addrs)
                 }
                 Link::Connecting => true,
                 Link::Idle => false,
@@ -677,6 +679,12 @@ impl Inner {
         ));
         Ok(())
     }
+}
+
+/// Whether this host, with addresses `addrs` (empty: unknown), has one of
+/// `remote`'s family to reach it from.
+fn same_family_here(remote: std::net::IpAddr, addrs: &[std::net::IpAddr]) -> bool {
+    addrs.is_empty() || addrs.iter().any(|a| a.is_ipv4() == remote.is_ipv4())
 }
 
 /// Whether `ip` can be reached from another network than the one this
