@@ -164,6 +164,43 @@ fn printer(ov: &Overlay) -> Result<()> {
         "    the printer saw the request come from {} (the router's LAN address): it needs nothing of fpn",
         who.trim()
     ));
+    // The name has an AAAA too (the VIN in the overlay's IPv6 prefix), so
+    // curl went over IPv6; the laptop made the flow IPv4 at its TUN
+    // (design note 60).
+    let vin6 = lab.exec_ok("laptop", ["dig", "+short", "printer.home.fpn", "AAAA"])?;
+    let vin6: std::net::Ipv6Addr = vin6
+        .trim()
+        .parse()
+        .with_context(|| format!("the laptop's stub answered AAAA {vin6:?} for the printer"))?;
+    let vin4: std::net::Ipv4Addr = vin.parse().context("the VIN")?;
+    ensure!(
+        vin6.octets()[12..] == vin4.octets(),
+        "the printer's AAAA {vin6} is not its VIN {vin} in the overlay's IPv6 prefix"
+    );
+    let used = lab.exec_ok(
+        "laptop",
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{remote_ip}",
+            "http://printer.home.fpn/",
+        ],
+    )?;
+    ensure!(
+        used.trim() == vin6.to_string(),
+        "curl reached the printer at {used:?}, not at its IPv6 address {vin6}"
+    );
+    say(&format!(
+        "    the stub answers AAAA too ({vin6}: the VIN in the overlay's IPv6 prefix) and curl took it: the laptop"
+    ));
+    say(
+        "    turns such IPv6 flows into IPv4 ones at its TUN, so the router and the printer see the flow they always did.",
+    );
     let pcap = cap.stop()?;
     ensure!(
         !pcap.contains(PRINTER_PAGE.as_bytes()) && !pcap.contains(b"Printer status"),
