@@ -3,19 +3,30 @@
 #
 #   bench/overlay.sh [--json | --markdown] [MODE...]     (as root)
 #
-# MODE: raw wireguard-go nebula fpn fpn-native (default: all five, in that
-# order). Every mode runs in the same invocation on a fresh copy of the same
-# topology, so the ratios against raw veth compare like with like:
+# MODE: raw wireguard-go nebula fpn fpn-native fpn6 fpn-native6 (default:
+# the first five, in that order). Every mode runs in the same invocation on
+# a fresh copy of the same topology, so the ratios against raw veth compare
+# like with like:
 #
 #   netns <id>a  veth 198.18.0.1/24  <==== veth, MTU 1500 ====>  198.18.0.2/24  netns <id>b
 #   tunnel: A -> B over the tunnel's own addresses; every tunnel's MTU is $TUN_MTU
+#
+# UNDERLAY=6 gives the veth 2001:db8:18::1/64 and ::2/64 instead (no IPv4
+# on it): every tunnel then runs over IPv6 (wireguard-go and nebula
+# endpoints, fpn's GMS and QUIC carrier), raw is IPv6 on the veth. The
+# native carrier needs IPv4 underlay addresses (docs/NODE.md, "IPv6"), so
+# fpn-native and fpn-native6 refuse to run there.
 #
 #   fpn         fpn-gms in A, two fpn-node daemons, `carrier = "quic"`: every
 #               packet rides QUIC DATAGRAM frames
 #   fpn-native  the same with `carrier = "native"`: TCP and UDP flows leave as
 #               the application's own packets with the PCCOM trailer, after
-#               their first 300 ms on QUIC (NATIVE_GRACE); ICMP stays on QUIC,
-#               so this row's ping is QUIC's and its udp-echo is native's
+#               their first 300 ms on QUIC (NATIVE_GRACE); ICMP echo goes
+#               natively too (design note 22)
+#   fpn6, fpn-native6  the same daemons as fpn and fpn-native, the traffic
+#               to B's IPv6 overlay address (design note 59): on the native
+#               path its TCP and UDP cross as IPv4 packets (the header
+#               swapped in place); its ping is ICMPv6, which rides QUIC
 #
 # Nothing is sent outside the two namespaces this script creates; they, the
 # processes it started and its temporary directory are removed on exit,
@@ -109,7 +120,7 @@ for arg in "$@"; do
         --json) FORMAT=json ;;
         --markdown | --md) FORMAT=markdown ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        raw | wireguard-go | nebula | fpn | fpn-native) MODES+=("$arg") ;;
+        raw | wireguard-go | nebula | fpn | fpn-native | fpn6 | fpn-native6) MODES+=("$arg") ;;
         *) echo "overlay.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -124,6 +135,7 @@ TUN_MTU=${TUN_MTU:-1380}
 SOCKBUF=${SOCKBUF:-4194304}
 SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
 SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
+UNDERLAY=${UNDERLAY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 
@@ -137,6 +149,14 @@ die() {
 }
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
 case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
+case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
+if [ "$UNDERLAY" = 6 ]; then
+    for m in "${MODES[@]}"; do
+        case $m in fpn-native | fpn-native6)
+            die "$m needs an IPv4 underlay (the native carrier is IPv4 on the wire); run it without UNDERLAY=6" ;;
+        esac
+    done
+fi
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -176,8 +196,19 @@ fpn_binaries() {
 ID="ovb$$"                          # unique per run; interface names stay < 16 chars
 NSA="${ID}a"
 NSB="${ID}b"
-UA=198.18.0.1
-UB=198.18.0.2
+if [ "$UNDERLAY" = 6 ]; then
+    UA=2001:db8:18::1
+    UB=2001:db8:18::2
+    ULEN=64
+    EA="[$UA]"                      # UA and UB as the host part of host:port
+    EB="[$UB]"
+else
+    UA=198.18.0.1
+    UB=198.18.0.2
+    ULEN=24
+    EA=$UA
+    EB=$UB
+fi
 WORK=$(mktemp -d -t overlay-bench.XXXXXX)
 PIDS=()                             # processes this script started (ended by PID)
 DAEMONS=()                          # the tunnel daemons of the current mode (CPU accounting)
@@ -238,8 +269,10 @@ underlay() {
     ip link add "${ID}va" netns "$NSA" mtu 1500 type veth peer name "${ID}vb" netns "$NSB" mtu 1500
     inA ip link set lo up
     inB ip link set lo up
-    inA ip addr add "$UA/24" dev "${ID}va"
-    inB ip addr add "$UB/24" dev "${ID}vb"
+    # nodad: the address is usable at once (no duplicate address detection
+    # on a link of two namespaces).
+    inA ip addr add "$UA/$ULEN" dev "${ID}va" $([ "$UNDERLAY" = 4 ] || echo nodad)
+    inB ip addr add "$UB/$ULEN" dev "${ID}vb" $([ "$UNDERLAY" = 4 ] || echo nodad)
     inA ip link set "${ID}va" up
     inB ip link set "${ID}vb" up
     wait_for 5 inA ping -c1 -W1 -q "$UB" || die "the veth link does not come up"
@@ -288,9 +321,9 @@ wireguard_up() {
     wait_for 10 test -S "/var/run/wireguard/${ID}wa.sock" || die "wireguard-go A did not start"
     wait_for 10 test -S "/var/run/wireguard/${ID}wb.sock" || die "wireguard-go B did not start"
     inA wg set "${ID}wa" private-key "$d/a.key" listen-port 51820 \
-        peer "$kb" endpoint "$UB:51820" allowed-ips 100.64.0.2/32
+        peer "$kb" endpoint "$EB:51820" allowed-ips 100.64.0.2/32
     inB wg set "${ID}wb" private-key "$d/b.key" listen-port 51820 \
-        peer "$ka" endpoint "$UA:51820" allowed-ips 100.64.0.1/32
+        peer "$ka" endpoint "$EA:51820" allowed-ips 100.64.0.1/32
     inA ip addr add 100.64.0.1/24 dev "${ID}wa"
     inB ip addr add 100.64.0.2/24 dev "${ID}wb"
     inA ip link set "${ID}wa" mtu "$TUN_MTU" up
@@ -305,12 +338,12 @@ pki:
   cert: $WORK/nebula/$1.crt
   key: $WORK/nebula/$1.key
 static_host_map:
-  "100.64.0.1": ["$UA:4242"]
+  "100.64.0.1": ["$EA:4242"]
 lighthouse:
   am_lighthouse: $4
   hosts: $([ "$4" = true ] && echo '[]' || echo '["100.64.0.1"]')
 listen:
-  host: $2
+  host: "$2"
   port: 4242
   read_buffer: $SOCKBUF
   write_buffer: $SOCKBUF
@@ -353,12 +386,12 @@ json_field() { # json_field FIELD < json
     python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
 
-fpn_up() { # fpn_up CARRIER: quic or native (the node config's `carrier` key)
+fpn_up() { # fpn_up CARRIER FAMILY: quic or native (the node config's `carrier` key), 4 or 6 (B's overlay address)
     local carrier=$1 d="$WORK/fpn" gms n ns tok
     rm -rf "$d"
     mkdir -p "$d"
     gms=(env FPN_GMS_DATA="$d/gms" "$BIN/fpn-gms")
-    "${gms[@]}" init --zone bench.fpn. --listen "$UA:7700" --public-addr "$UA:7700" >"$d/init.log" 2>&1 ||
+    "${gms[@]}" init --zone bench.fpn. --listen "$EA:7700" --public-addr "$EA:7700" >"$d/init.log" 2>&1 ||
         die "fpn-gms init failed: $(cat "$d/init.log")"
     spawn "$NSA" "$d/gms.log" "${gms[@]}" serve
     wait_for 10 "${gms[@]}" status || die "fpn-gms did not start: $(tail -5 "$d/gms.log")"
@@ -377,7 +410,7 @@ fpn_up() { # fpn_up CARRIER: quic or native (the node config's `carrier` key)
         cat >"$d/$n.toml" <<EOF
 tun_name = "${ID}f$n"
 mtu = $TUN_MTU
-listen = "0.0.0.0:7718"
+listen = "$([ "$UNDERLAY" = 4 ] && echo 0.0.0.0 || echo '[::]'):7718"
 dns = false
 log = "info"
 carrier = "$carrier"
@@ -388,14 +421,23 @@ EOF
         wait_for 20 grep -q "node ready" "$d/$n.log" || die "fpn-node $n not ready: $(tail -5 "$d/$n.log")"
     done
     DST=$(json_field overlay <"$d/b.enroll.json")
+    if [ "$2" = 6 ]; then
+        "$BIN/fpn-node" status --state "$d/b" --json >"$d/b.status.json" || die "fpn-node status b failed"
+        DST=$(json_field overlay6 <"$d/b.status.json")
+        case $DST in *:*) ;; *) die "b has no IPv6 overlay address: $DST" ;; esac
+        wait_for 5 inA ping -6 -c1 -W1 -q "$DST" || die "b's IPv6 overlay address $DST does not answer"
+    fi
 }
 
 # ------------------------------------------------------------------ measurements
 # ------------------------------------------------------------------ measurements
+# The echo server takes both families (one dual-stack socket); the clients
+# use the destination's.
 UDP_ECHO='
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 while True:
     d, a = s.recvfrom(4096)
     s.sendto(d, a)
@@ -405,10 +447,11 @@ NEW_FLOWS='
 import json, socket, sys, time
 dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 out = []
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
 for _ in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(fam, socket.SOCK_DGRAM)
     s.settimeout(5)
-    s.bind(("0.0.0.0", 0))
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
     t = time.perf_counter()
     s.sendto(b"x" * 64, (dst, port))
     try:
@@ -425,9 +468,10 @@ print(json.dumps(out))
 UDP_RTT='
 import socket, sys, time
 dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
 s.settimeout(1)
-s.bind(("0.0.0.0", 0))
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
 s.sendto(b"warm-up", (dst, port))
 try:
     s.recvfrom(4096)
@@ -473,7 +517,7 @@ print(",".join("%s=%d" % kv for kv in sorted(c.items())) or "none")
 FPN_CHECK='
 import json, sys
 mode, before, after, rx = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), int(sys.argv[4])
-want = "native" if mode == "fpn-native" else "quic"
+want = "native" if mode.startswith("fpn-native") else "quic"
 errs = []
 peer = next((p for p in after.get("peers", []) if p.get("name") == "b"), None)
 if peer is None:
@@ -491,7 +535,7 @@ if other:
 if enc < rx:
     errs.append("encrypted iperf3 bytes out %d < %d bytes iperf3 received" % (enc, rx))
 d = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0) for k in ("native_out", "native_in", "native_in_rejected", "data_out")}
-if mode == "fpn-native":
+if mode.startswith("fpn-native"):
     if d["native_out"] < 0.8 * pkts:
         errs.append("native_out +%d < 80%% of the iperf3 flows %d packets out" % (d["native_out"], pkts))
     if d["native_in"] == 0:
@@ -537,10 +581,11 @@ def udp_payload_lens(frames, sport):
             lens.append(ulen - 8)
     return lens
 drain()
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(0.5)
-s.bind(("0.0.0.0", 0))
 to = (ub if raw_instead else dst, port)
+fam = socket.AF_INET6 if ":" in to[0] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
 s.sendto(b"warm-up", to)
 try:
     s.recvfrom(4096)
@@ -642,12 +687,14 @@ measure() {
         raw) raw_up ;;
         wireguard-go) wireguard_up ;;
         nebula) nebula_up ;;
-        fpn) fpn_up quic ;;
-        fpn-native) fpn_up native ;;
+        fpn) fpn_up quic 4 ;;
+        fpn-native) fpn_up native 4 ;;
+        fpn6) fpn_up quic 6 ;;
+        fpn-native6) fpn_up native 6 ;;
     esac
     local -A V
     local fails=() fpn=false
-    case $MODE in fpn | fpn-native) fpn=true ;; esac
+    case $MODE in fpn*) fpn=true ;; esac
     V[cold]=$(cold_ping)
     spawn "$NSB" "$WORK/udp-echo-$MODE.log" python3 -c "$UDP_ECHO" 7799
     spawn "$NSB" "$WORK/iperf3-server-$MODE.log" iperf3 -s -p 5201
@@ -687,7 +734,7 @@ measure() {
         fi
         fpn_status b "$WORK/status-$MODE-$ROUND-b.json" || true
     fi
-    if [ "$MODE" = fpn-native ]; then
+    if [[ $MODE == fpn-native* ]]; then
         local mc="$WORK/marker-$MODE-$ROUND.json"
         inA python3 -c "$MARKER_CHECK" "$DST" 7799 "$UA" "$UB" "${ID}va" "$SELFTEST_PLAIN" >"$mc" 2>&1 ||
             die "the plaintext check did not run: $(tail -3 "$mc")"
@@ -770,6 +817,7 @@ versions() {
     echo "wireguard-go: $(wireguard-go --version 2>&1 | head -1)"
     echo "nebula: $(nebula -version 2>&1 | head -1)"
     echo "fpn: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "underlay: IPv$UNDERLAY ($UA <-> $UB)"
     echo "settings: DURATION=${DURATION}s PINGS=$PINGS FLOWS=$FLOWS REPEAT=$REPEAT TUN_MTU=$TUN_MTU" \
         "SOCKBUF=$SOCKBUF (rmem/wmem_max; defaults $((2 * SOCKBUF)))$([ "$SELFTEST_PLAIN" != 1 ] || echo " SELFTEST_PLAIN=1")$([ "$SELFTEST_PCCOM_OFF" != 1 ] || echo " SELFTEST_PCCOM_OFF=1")"
 }
@@ -779,8 +827,8 @@ report() {
     local m b=raw k
     case $FORMAT in
         json)
-            printf '{"date":"%s","cpus":%s,"load_before":"%s","load_after":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"socket_buffer_bytes":%s,"selftest_plain":%s,"selftest_pccom_off":%s,"modes":[' \
-                "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$LOAD1" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" \
+            printf '{"underlay":"ipv%s","date":"%s","cpus":%s,"load_before":"%s","load_after":"%s","duration_s":%s,"pings":%s,"flows":%s,"rounds":%s,"tun_mtu":%s,"socket_buffer_bytes":%s,"selftest_plain":%s,"selftest_pccom_off":%s,"modes":[' \
+                "$UNDERLAY" "$(date -u +%FT%TZ)" "$(nproc)" "$LOAD0" "$LOAD1" "$DURATION" "$PINGS" "$FLOWS" "$REPEAT" \
                 "$TUN_MTU" "$SOCKBUF" "$(bool "$SELFTEST_PLAIN")" "$(bool "$SELFTEST_PCCOM_OFF")"
             local sep=
             for m in "${MODES[@]}"; do
@@ -815,7 +863,7 @@ report() {
             ;;
         markdown)
             echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, Linux $(uname -r), fpn at commit" \
-                "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown):" \
+                "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown), IPv$UNDERLAY underlay:" \
                 "medians of the rounds that passed of $REPEAT interleaved, [min..max];" \
                 "load average $LOAD0 before, $LOAD1 after; iperf3 ${DURATION} s, TUN MTU $TUN_MTU," \
                 "socket buffers $SOCKBUF (rmem/wmem_max; defaults $((2 * SOCKBUF)))."
@@ -871,7 +919,7 @@ report() {
             fi
             echo "(ratios against raw veth in parentheses; cores = CPU of both tunnel daemons during the"
             echo " iperf3 run, c/Gb = cores per Gbit/s; see the head of bench/overlay.sh for each column)"
-            for m in fpn fpn-native; do
+            for m in fpn fpn-native fpn6 fpn-native6; do
                 [ ! -s "$WORK/actions-$m" ] || echo "$m flows at A by action (last round): $(cat "$WORK/actions-$m")"
             done
             if [ -s "$WORK/failures.txt" ]; then
@@ -901,7 +949,7 @@ bool() { [ "$1" = 1 ] && echo true || echo false; }
 # ------------------------------------------------------------------ main
 ensure_tools
 for m in "${MODES[@]}"; do
-    case $m in fpn | fpn-native) fpn_binaries; break ;; esac
+    case $m in fpn*) fpn_binaries; break ;; esac
 done
 set_buffers
 round_error() { echo "$WORK/error-$1-$ROUND"; }
