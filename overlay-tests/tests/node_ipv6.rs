@@ -4,8 +4,9 @@
 //! UDP and a 10 s iperf3 by name reach a peer over it, protected; a flow
 //! policy refuses fails at once with ICMPv6. IPv6 TCP and UDP flows cross
 //! the IPv4 native path as IPv4 packets with the application's ports
-//! (note 59), so a capture shows PCCOM at work; ICMPv6 rides QUIC. The wire
-//! between the nodes holds IPv4 packets only.
+//! (note 59), so a capture shows PCCOM at work; ICMPv6 echoes cross it as
+//! ICMP echoes (note 62). The wire between the nodes holds IPv4 packets
+//! only.
 
 mod common;
 
@@ -122,9 +123,20 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
         .as_f64()
         .unwrap_or(0.0);
     assert!(bps > 1e6, "iperf3 -6: {bps} bit/s");
+    // ping -6 again, now that the path is native: the echoes cross it as
+    // IPv4 ICMP echoes (design note 62).
+    let ping = lab
+        .exec("a", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &b])
+        .unwrap();
+    assert!(
+        ping.success(),
+        "ping -6 {b}: {}{}",
+        ping.stdout,
+        ping.stderr
+    );
 
     // The flows are protected with group 1's key, both ways, and IPv6;
-    // TCP and UDP native, ICMPv6 on QUIC.
+    // all native.
     let st = ov.status("a").unwrap();
     let flows: Vec<_> = st["flows"]
         .as_array()
@@ -145,12 +157,7 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
         "{flows:?}"
     );
     for f in &flows {
-        let want = if f["proto"] == "icmpv6" {
-            "quic"
-        } else {
-            "native"
-        };
-        assert_eq!(f["carrier"], want, "{f}");
+        assert_eq!(f["carrier"], "native", "{f}");
     }
     assert!(common::peer_entry(&ov, "a", "b")["carrier"] == "native");
     // On the wire: IPv4 between the nodes' underlay addresses only, no
@@ -178,6 +185,12 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
             "no native packet of protocol {proto} to {b_pub}:7002"
         );
     }
+    let echoes = ips.iter().any(|ip| {
+        ip[9] == 1
+            && ip[12..16] == common::ipv4(a_pub).octets()
+            && ip[16..20] == common::ipv4(b_pub).octets()
+    });
+    assert!(echoes, "no native ICMP echo from a to {b_pub}");
     assert!(
         !pcap.contains(MARKER.as_bytes()),
         "plaintext marker on the wire"

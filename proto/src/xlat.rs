@@ -48,13 +48,20 @@ pub struct Translation {
 
 impl Translation {
     /// An entry that keeps the ports and the protocol and changes only the
-    /// two addresses: the native carrier's usual case.
+    /// two addresses: the native carrier's usual case. An IPv6 overlay
+    /// echo on an IPv4 wire is an ICMP echo there (`packet::family`).
     pub fn addresses(overlay: FlowId, local: IpAddr, remote: IpAddr, peer: GeId) -> Self {
+        let protocol = if overlay.protocol == crate::flow::protocol::ICMPV6 && local.is_ipv4() {
+            crate::flow::protocol::ICMP
+        } else {
+            overlay.protocol
+        };
         Self {
             overlay,
             wire: FlowId {
                 src: local,
                 dst: remote,
+                protocol,
                 ..overlay
             },
             peer,
@@ -102,24 +109,26 @@ impl XlatTable {
     /// [`Error::InvalidField`] when the two sides differ in family or
     /// protocol, and with [`Error::TableFull`] at the bound.
     pub fn insert(&mut self, t: Translation) -> Result<()> {
-        if t.overlay.protocol != t.wire.protocol {
+        use crate::flow::protocol::{ICMP, ICMPV6, TCP, UDP};
+        // Each side is of one family. They may differ only as an IPv6
+        // overlay TCP, UDP or echo flow on an IPv4 wire (`packet::family`,
+        // whose callers change the family; the rewrites here keep it),
+        // where an ICMPv6 echo is an ICMP one.
+        let family_change = t.overlay.src.is_ipv6() && t.wire.src.is_ipv4();
+        let wire_protocol = match t.overlay.protocol {
+            ICMPV6 if family_change => ICMP,
+            p => p,
+        };
+        if t.wire.protocol != wire_protocol {
             return Err(Error::invalid(
                 "translation",
                 "overlay and wire protocols differ",
             ));
         }
-        // Each side is of one family. They may differ only as an IPv6
-        // overlay TCP or UDP flow on an IPv4 wire (`packet::family`, whose
-        // callers change the family; the rewrites here keep it).
-        let family_change = t.overlay.src.is_ipv6() && t.wire.src.is_ipv4();
         if t.overlay.src.is_ipv4() != t.overlay.dst.is_ipv4()
             || t.wire.src.is_ipv4() != t.wire.dst.is_ipv4()
             || (t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
-                && !(family_change
-                    && matches!(
-                        t.overlay.protocol,
-                        crate::flow::protocol::TCP | crate::flow::protocol::UDP
-                    )))
+                && !(family_change && matches!(t.overlay.protocol, TCP | UDP | ICMPV6)))
         {
             return Err(Error::invalid(
                 "translation",
@@ -311,7 +320,11 @@ fn rewrite<T: AsRef<[u8]> + AsMut<[u8]>>(
     }
     // An ICMP echo has one identifier standing for both ports: the first
     // write above already moved it.
-    if from.dst_port != to.dst_port && to.protocol != crate::flow::protocol::ICMP {
+    let echo = matches!(
+        to.protocol,
+        crate::flow::protocol::ICMP | crate::flow::protocol::ICMPV6
+    );
+    if from.dst_port != to.dst_port && !echo {
         pkt.set_dst_port(to.dst_port)?;
     }
     Ok(())
@@ -358,6 +371,46 @@ mod tests {
         t.insert(Translation::addresses(b, local, remote, GeId(3)))
             .unwrap();
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn an_ipv6_echo_on_an_ipv4_wire_is_an_icmp_flow_there_and_nothing_else_changes_protocol() {
+        let mut t = XlatTable::new(8);
+        let echo6 = FlowId {
+            protocol: protocol::ICMPV6,
+            ..flow("fd00::6440:1", "fd00::6440:2", 7, 7)
+        };
+        let (l4, r4): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let x = Translation::addresses(echo6, l4, r4, GeId(2));
+        assert_eq!(x.wire.protocol, protocol::ICMP);
+        assert_eq!((x.wire.src_port, x.wire.dst_port), (7, 7));
+        t.insert(x).unwrap();
+        // On an IPv6 wire it stays ICMPv6.
+        let (l6, r6) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        assert_eq!(
+            Translation::addresses(echo6, l6, r6, GeId(2)).wire.protocol,
+            protocol::ICMPV6
+        );
+        // Any other protocol change is refused.
+        let wrong = Translation {
+            wire: FlowId {
+                protocol: protocol::ICMPV6,
+                ..x.wire
+            },
+            ..x
+        };
+        assert!(t.insert(wrong).is_err());
+        let echo4 = FlowId {
+            protocol: protocol::ICMP,
+            ..flow("100.64.0.1", "100.64.0.2", 9, 9)
+        };
+        let mut y = Translation::addresses(echo4, l4, r4, GeId(2));
+        y.wire.protocol = protocol::ICMPV6;
+        assert!(t.insert(y).is_err());
     }
 
     #[test]

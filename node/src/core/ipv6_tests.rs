@@ -1,8 +1,8 @@
 //! IPv6 overlay flows in the simulator (design note 59): a GE's IPv6
 //! overlay address is its IPv4 one inside the network's ULA /48, so the
-//! same negotiation, keys and policy apply; TCP and UDP cross the IPv4
-//! native path as IPv4 packets (the application's ports, PCCOM payload),
-//! ICMPv6 rides QUIC; refusals come back as ICMPv6.
+//! same negotiation, keys and policy apply; TCP, UDP and echoes cross the
+//! IPv4 native path as IPv4 packets (the application's ports or echo
+//! identifier, PCCOM payload); refusals come back as ICMPv6.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
@@ -100,25 +100,57 @@ fn an_ipv6_udp_flow_crosses_the_native_path_as_ipv4_packets_and_arrives_as_ipv6(
 }
 
 #[test]
-fn an_icmpv6_echo_rides_quic_beside_a_native_path() {
+fn an_icmpv6_echo_crosses_the_native_path_as_an_ipv4_echo_and_arrives_unchanged() {
     let (mut sim, a, b) = pair(94, Mode::Open, &[1]);
     sim.run_for(Duration::from_millis(500));
     let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
-    let mut echo = Vec::new();
-    PacketBuilder::ipv6(a6.octets(), b6.octets(), 64)
-        .icmpv6_echo_request(7, 1)
-        .write(&mut echo, b"ICMPV6-MARKER")
-        .unwrap();
-    sim.send_packet(a, &echo);
-    sim.run_for(Duration::from_millis(100));
-    let got = sim.nodes[b].tun.last().expect("the echo arrived");
-    assert_eq!(&got[..], &echo[..]);
-    assert!(sim.counter(a, "quic_ipv6") >= 1);
+    let echo = |src: Ipv6Addr, dst: Ipv6Addr, request: bool, seq: u16| {
+        let mut out = Vec::new();
+        let p = PacketBuilder::ipv6(src.octets(), dst.octets(), 64);
+        let p = if request {
+            p.icmpv6_echo_request(7, seq)
+        } else {
+            p.icmpv6_echo_reply(7, seq)
+        };
+        p.write(&mut out, b"ICMPV6-MARKER").unwrap();
+        out
+    };
+    for seq in 1..=4u16 {
+        let req = echo(a6, b6, true, seq);
+        sim.send_packet(a, &req);
+        // The first one waits for its negotiation: two round trips of
+        // the simulated link, on the IP path.
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(sim.nodes[b].tun.last().map(Vec::as_slice), Some(&req[..]));
+        let rep = echo(b6, a6, false, seq);
+        sim.send_packet(b, &rep);
+        sim.run_for(Duration::from_millis(50));
+        assert_eq!(sim.nodes[a].tun.last().map(Vec::as_slice), Some(&rep[..]));
+    }
+    // On the wire: ICMP echoes over IPv4 between the underlay addresses,
+    // with the echo's identifier, both ways; the marker nowhere.
+    let under = |i: usize| sim.nodes[i].underlay.ip();
+    let native: Vec<_> = sim
+        .wire()
+        .iter()
+        .filter(|f| f.native)
+        .filter_map(|f| Packet::parse(&f.payload[..]).ok().map(|p| p.flow_id()))
+        .filter(|w| w.protocol == fpn_proto::flow::protocol::ICMP)
+        .collect();
+    for (from, to) in [(a, b), (b, a)] {
+        assert!(
+            native
+                .iter()
+                .any(|w| (w.src, w.dst, w.src_port) == (under(from), under(to), 7)),
+            "no native echo {from} -> {to}: {native:?}"
+        );
+    }
     assert!(
         sim.wire()
             .iter()
             .all(|w| !contains(&w.payload, b"ICMPV6-MARKER"))
     );
+    assert_eq!(sim.counter(a, "quic_ipv6"), 0);
 }
 
 #[test]

@@ -1006,7 +1006,11 @@ impl NodeCore {
             }
             return None;
         }
-        if overlay.protocol == fpn_proto::flow::protocol::ICMP && self.echo_ids_rewritten(ge) {
+        if matches!(
+            overlay.protocol,
+            fpn_proto::flow::protocol::ICMP | fpn_proto::flow::protocol::ICMPV6
+        ) && self.echo_ids_rewritten(ge)
+        {
             self.counters.native_echo_nat += 1;
             return None;
         }
@@ -1261,10 +1265,14 @@ fn from_wire(buf: &mut [u8], len: usize, wire: &FlowId, t: &Translation) -> Opti
 }
 
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
-    // IPv6 TCP and UDP cross as IPv4 packets (note 59); ICMPv6 would need
-    // its messages translated too, and takes QUIC.
+    // IPv6 TCP, UDP and echoes cross as IPv4 packets (notes 59, 62); other
+    // ICMPv6 messages take QUIC.
     if flow.dst.is_ipv6() {
-        return matches!(flow.protocol, 6 | UDP);
+        return match flow.protocol {
+            6 | UDP => true,
+            fpn_proto::flow::protocol::ICMPV6 => flow.src_port != 0,
+            _ => false,
+        };
     }
     match flow.protocol {
         6 | UDP => true,

@@ -141,7 +141,7 @@ fn ipv6(ov: &Overlay) -> Result<()> {
         "the IPv6 flow to the NAS is not encrypted: {flow}"
     );
     say(&format!(
-        "    $ ping -6 nas    works too: the laptop's flow to {nas6} is {} with group key v{} on {} (ICMPv6 rides QUIC; IPv6 TCP and UDP cross the native path as IPv4 packets)",
+        "    $ ping -6 nas    works too: the laptop's flow to {nas6} is {} with group key v{} on {} (IPv6 TCP, UDP and echoes cross the native path as IPv4 packets)",
         flow["action"].as_str().unwrap_or("?"),
         flow["key_version"],
         flow["carrier"].as_str().unwrap_or("?")
