@@ -537,8 +537,15 @@ fn print_status(s: &Status) {
         }
         if let Some(n) = &f.natf {
             println!(
-                "        NAT-f: host {} via reserved port {} ({})",
-                n.lan, n.port, n.role
+                "        NAT-f: host {} via reserved port {} ({}{})",
+                n.lan,
+                n.port,
+                n.role,
+                if n.ipv6 {
+                    ", sent to the VIN's IPv6 address"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -547,8 +554,14 @@ fn print_status(s: &Status) {
         for h in &s.hosts {
             match &h.vin {
                 Some(vin) => println!(
-                    "  {:<16} {:<15} VIN {vin} via GE {}",
-                    h.name, h.lan, h.gateway
+                    "  {:<16} {:<15} VIN {vin}{} via GE {}",
+                    h.name,
+                    h.lan,
+                    h.vin6
+                        .as_deref()
+                        .map(|v| format!(" ({v})"))
+                        .unwrap_or_default(),
+                    h.gateway
                 ),
                 None => println!("  {:<16} {:<15} behind this node", h.name, h.lan),
             }

@@ -63,6 +63,10 @@ pub struct HostStatus {
     /// The VIN this node's DNS stub answers for it (hosts behind other GEs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vin: Option<String>,
+    /// The VIN's IPv6 address (design note 60; the DNS stub answers AAAA
+    /// with it where the TUN has IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vin6: Option<String>,
     /// The gateway GE's id.
     pub gateway: u32,
     /// True when this node is its gateway.
@@ -78,6 +82,10 @@ pub struct NatfFlowStatus {
     pub port: u16,
     /// `remote` (this node reaches the host) or `gateway` (this node answers for it).
     pub role: String,
+    /// True when the application sent the flow to the VIN's IPv6 address:
+    /// this node makes it the IPv4 flow shown at its TUN (design note 60).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
 }
 
 /// The configuration in force (the keys a SIGHUP can change) and how the

@@ -414,6 +414,7 @@ impl super::NodeCore {
                 lan: m.lip.to_string(),
                 port: m.port,
                 role: if m.gateway { "gateway" } else { "remote" }.into(),
+                ipv6: self.is_vin6_flow(flow),
             })
     }
 
@@ -429,6 +430,7 @@ impl super::NodeCore {
                     name: name.clone(),
                     lan: t.lip.to_string(),
                     vin: Some(vin.to_string()),
+                    vin6: Some(self.cfg.net6.address(vin).to_string()),
                     gateway: t.gateway.0,
                     fronted: false,
                 })
@@ -442,6 +444,7 @@ impl super::NodeCore {
                     name: h.name.clone(),
                     lan: h.lip().map(|l| l.to_string()).unwrap_or_default(),
                     vin: None,
+                    vin6: None,
                     gateway: own.0,
                     fronted: true,
                 }),

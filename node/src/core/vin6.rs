@@ -158,6 +158,12 @@ impl super::NodeCore {
         Some(q)
     }
 
+    /// Whether `flow` (either orientation) is IPv6 at the TUN.
+    pub(super) fn is_vin6_flow(&self, flow: &FlowId) -> bool {
+        !self.vin6.flows.is_empty()
+            && (self.vin6.flows.contains(flow) || self.vin6.flows.contains(&flow.reversed()))
+    }
+
     /// A flow ended or was refused: its IPv6 mark goes too.
     pub(super) fn vin6_flow_ended(&mut self, flow: &FlowId) {
         if !self.vin6.flows.is_empty() && !self.vin6.flows.remove(flow) {

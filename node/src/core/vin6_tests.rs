@@ -81,6 +81,14 @@ fn an_ipv6_flow_to_a_vin_reaches_the_host_as_ipv4_and_its_answers_come_back_as_i
             sim.nodes[g].natf_pairs.get(&(ro, nas)),
             Some(&IpAddr::from([192, 168, 1, 10]))
         );
+        // status: the flow is marked as sent to the VIN's IPv6 address on
+        // the remote (not on the gateway, which never sees IPv6), and the
+        // host lists both addresses.
+        let st = |i: usize| sim.nodes[i].core.snapshot(&[]);
+        let natf = |i: usize| st(i).flows[0].natf.clone().unwrap();
+        assert!(natf(r).ipv6 && !natf(g).ipv6);
+        let host = st(r).hosts.into_iter().find(|h| h.name == "nas").unwrap();
+        assert_eq!(host.vin6, Some(nas6.to_string()));
         assert!(
             !sim.wire()
                 .iter()
