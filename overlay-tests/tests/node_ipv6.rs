@@ -370,19 +370,10 @@ fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
     );
 }
 
-#[test]
-fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() {
-    common::need(common::OVERLAY_TOOLS);
-    let lab = fpn_lab::Lab::up(fpn_lab::config_path("mixed-families.toml")).expect("mixed lab");
-    // The GMS on both families, named by its zone's ns1 (A and AAAA glue):
-    // each node resolves the name and dials the family it has.
-    let mut spec = Spec::new(
-        &[(1, "home")],
-        vec![
-            NodeSpec::new("a", Mode::Op, &[1]),
-            NodeSpec::new("b", Mode::Op, &[1]),
-        ],
-    );
+/// The GMS on both families of the VPS (198.18.1.10, 2001:db8:1::10),
+/// named by its zone's ns1 (A and AAAA glue): each node resolves the name
+/// and dials the family it has.
+fn dual_stack_gms(spec: &mut Spec) {
     spec.gms_listen = Some("[::]:4433".into());
     spec.gms_public_addr = Some("ns1.home.fpn:4433".into());
     spec.gms_init_args.extend(
@@ -396,6 +387,22 @@ fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() 
         ]
         .map(String::from),
     );
+}
+
+#[test]
+fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() {
+    common::need(common::OVERLAY_TOOLS);
+    let lab = fpn_lab::Lab::up(fpn_lab::config_path("mixed-families.toml")).expect("mixed lab");
+    // The GMS on both families, named by its zone's ns1 (A and AAAA glue):
+    // each node resolves the name and dials the family it has.
+    let mut spec = Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+        ],
+    );
+    dual_stack_gms(&mut spec);
     let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
     let lab = ov.lab();
     let (a_pub, b_pub, b4, b6, _echo) = connected_pair(&ov);
@@ -453,19 +460,7 @@ fn a_tcp_connection_survives_moves_between_an_ipv4_only_and_an_ipv6_only_network
             NodeSpec::new("b", Mode::Op, &[1]),
         ],
     );
-    spec.gms_listen = Some("[::]:4433".into());
-    spec.gms_public_addr = Some("ns1.home.fpn:4433".into());
-    spec.gms_init_args.extend(
-        [
-            "--ns-name",
-            "ns1",
-            "--ns-addr",
-            "198.18.1.10",
-            "--ns-addr",
-            "2001:db8:1::10",
-        ]
-        .map(String::from),
-    );
+    dual_stack_gms(&mut spec);
     let ov = Overlay::start(lab, &spec).unwrap_or_else(|e| panic!("overlay start: {e}"));
     let b4 = ov.overlay_addr("b").unwrap();
     common::ping_until_answered(&ov, "laptop", &b4.to_string(), Duration::from_secs(10));

@@ -20,7 +20,13 @@ fn overlay6(sim: &CoreSim, i: usize) -> Ipv6Addr {
 }
 
 /// An IPv6/UDP packet with a valid checksum.
-fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
         .udp(sport, dport)

@@ -10,20 +10,12 @@ use etherparse::PacketBuilder;
 use fpn_proto::packet::Packet;
 use fpn_proto::path::Force;
 
+use super::ipv6_tests::udp6;
 use super::natf_tests::{home, vin};
 use super::sim::{CoreSim, udp_packet};
 
 fn net6(sim: &CoreSim) -> fpn_proto::overlay6::Overlay6 {
     fpn_proto::overlay6::Overlay6::of_ca(&sim.ca_public())
-}
-
-fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
-        .udp(sport, dport)
-        .write(&mut out, payload)
-        .unwrap();
-    out
 }
 
 fn echo6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
