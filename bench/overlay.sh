@@ -13,9 +13,9 @@
 #
 # UNDERLAY=6 gives the veth 2001:db8:18::1/64 and ::2/64 instead (no IPv4
 # on it): every tunnel then runs over IPv6 (wireguard-go and nebula
-# endpoints, fpn's GMS and QUIC carrier), raw is IPv6 on the veth. The
-# native carrier needs IPv4 underlay addresses (docs/NODE.md, "IPv6"), so
-# fpn-native and fpn-native6 refuse to run there.
+# endpoints, fpn's GMS, QUIC and native carriers), raw is IPv6 on the veth.
+# The native carrier's packets are IPv6 there (design note 63): fpn-native's
+# IPv4 flows change family on the wire, fpn-native6's keep theirs.
 #
 #   fpn         fpn-gms in A, two fpn-node daemons, `carrier = "quic"`: every
 #               packet rides QUIC DATAGRAM frames
@@ -24,9 +24,9 @@
 #               their first 300 ms on QUIC (NATIVE_GRACE); ICMP echo goes
 #               natively too (design note 22)
 #   fpn6, fpn-native6  the same daemons as fpn and fpn-native, the traffic
-#               to B's IPv6 overlay address (design note 59): on the native
-#               path its TCP and UDP cross as IPv4 packets (the header
-#               swapped in place); its ping is ICMPv6, which rides QUIC
+#               to B's IPv6 overlay address (design note 59): on an IPv4
+#               underlay its TCP, UDP and ICMPv6 echoes cross natively as
+#               IPv4 packets (the header swapped in place; notes 59, 62)
 #
 # Nothing is sent outside the two namespaces this script creates; they, the
 # processes it started and its temporary directory are removed on exit,
@@ -150,13 +150,6 @@ die() {
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
 case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
 case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
-if [ "$UNDERLAY" = 6 ]; then
-    for m in "${MODES[@]}"; do
-        case $m in fpn-native | fpn-native6)
-            die "$m needs an IPv4 underlay (the native carrier is IPv4 on the wire); run it without UNDERLAY=6" ;;
-        esac
-    done
-fi
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -566,15 +559,24 @@ def drain():
             out.append(cap.recv(65535))
         except BlockingIOError:
             return out
+def same(a, b):
+    return socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a) == b
 def udp_payload_lens(frames, sport):
-    # IPv4 (ethertype 0x0800) UDP ua:sport -> ub:port: the UDP payload lengths
+    # UDP ua:sport -> ub:port on the underlay (IPv4, ethertype 0x0800, or
+    # IPv6 without extension headers, 0x86dd): the UDP payload lengths
     lens = []
     for f in frames:
-        if len(f) < 42 or f[12:14] != b"\x08\x00":
-            continue
-        ip = f[14:]
-        ihl = (ip[0] & 15) * 4
-        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != ua or socket.inet_ntoa(ip[16:20]) != ub:
+        if len(f) >= 42 and f[12:14] == b"\x08\x00":
+            ip = f[14:]
+            ihl = (ip[0] & 15) * 4
+            if ip[9] != 17 or not same(ua, ip[12:16]) or not same(ub, ip[16:20]):
+                continue
+        elif len(f) >= 62 and f[12:14] == b"\x86\xdd":
+            ip = f[14:]
+            ihl = 40
+            if ip[6] != 17 or not same(ua, ip[8:24]) or not same(ub, ip[24:40]):
+                continue
+        else:
             continue
         sp, dp, ulen = struct.unpack("!HHH", ip[ihl:ihl + 6])
         if sp == sport and dp == port:
@@ -603,7 +605,7 @@ for _ in range(5):
 time.sleep(0.1)
 frames = drain()
 lens = udp_payload_lens(frames, s.getsockname()[1])
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c = socket.socket(socket.AF_INET6 if ":" in ub else socket.AF_INET, socket.SOCK_DGRAM)
 c.settimeout(1)
 c.sendto(marker, (ub, port))
 try:

@@ -16,7 +16,7 @@
 //! at most (both bound the load). `nftcost` times flow-set changes.
 //! Every loop is bounded in count and time.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -46,10 +46,11 @@ enum Proto {
 struct Flows {
     #[arg(long, value_enum, default_value = "udp")]
     proto: Proto,
+    /// IPv4 or IPv6 (both of one family).
     #[arg(long, default_value = "198.18.0.1")]
-    src: Ipv4Addr,
+    src: IpAddr,
     #[arg(long, default_value = "198.18.0.2")]
-    dst: Ipv4Addr,
+    dst: IpAddr,
     #[arg(long, default_value_t = 40000)]
     sport: u16,
     /// A port nothing listens on: a packet the kernel sees draws a RST or
@@ -276,12 +277,12 @@ fn tx(flows: &Flows, count: u64, secs: f64, rate: u64, size: usize) -> Result<()
 fn nftcost(singles: u32, bulk: u32) -> Result<()> {
     let io = NativeIo::open(NativeConfig::new(
         "fpnbench",
-        vec![Ipv4Addr::new(198, 18, 0, 2)],
+        vec![Ipv4Addr::new(198, 18, 0, 2).into()],
         RxMechanism::PacketRing,
     ))?;
     let f = |i: u32| FiveTuple {
-        src: Ipv4Addr::from(0xc612_0000 | (i >> 16)),
-        dst: Ipv4Addr::new(198, 18, 0, 2),
+        src: Ipv4Addr::from(0xc612_0000 | (i >> 16)).into(),
+        dst: Ipv4Addr::new(198, 18, 0, 2).into(),
         proto: L4Proto::Tcp,
         src_port: (i & 0xffff) as u16,
         dst_port: 443,

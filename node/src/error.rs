@@ -277,9 +277,20 @@ pub enum Error {
     #[error("the native I/O is closed")]
     NativeClosed,
     /// A packet handed to the raw sender (or the packet builder) is not a
-    /// sendable IPv4 packet; nothing of its batch was sent.
+    /// sendable IPv4 or IPv6 packet; nothing of its batch was sent.
     #[error("native packet refused: {reason}")]
     NativePacket {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An IPv6 packet for the raw sender on a host without IPv6 (its raw
+    /// IPv6 socket could not be opened): it was not sent.
+    #[error("native packet refused: this host has no IPv6")]
+    NativeNoIpv6,
+    /// A flow handed to the native flow set is not one its sets can hold
+    /// (addresses of two families, or a protocol of the other family).
+    #[error("native flow refused: {reason}")]
+    NativeFlow {
         /// What is wrong with it.
         reason: &'static str,
     },

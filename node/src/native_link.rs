@@ -15,7 +15,7 @@
 //! What this module never does: decide which flows or peers go native (the
 //! core does), or look into packets.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -40,9 +40,9 @@ pub enum FlowOp {
     Add(FiveTuple),
     /// Give it back to the kernel's stack.
     Remove(FiveTuple),
-    /// The node's underlay addresses are now these (the ring's filter and
-    /// the table's address set follow).
-    SetLocal(Vec<Ipv4Addr>),
+    /// The node's underlay addresses (both families) are now these (the
+    /// ring's filter and the table's address sets follow).
+    SetLocal(Vec<IpAddr>),
 }
 
 /// Inbound wire flows whose steering is in place, from the table's thread
@@ -50,13 +50,13 @@ pub enum FlowOp {
 pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 
 /// Opens the native carrier for the node whose TUN is `tun` and whose
-/// underlay addresses are `local`: the raw sender (with a send thread of
+/// underlay addresses (either family) are `local`: the raw sender (with a send thread of
 /// its own when `send_thread`), the table (a stale one left by a killed
 /// node is replaced) and the receive thread. `Err` says why native cannot
 /// work here; the node then stays on QUIC.
 pub fn open(
     tun: &str,
-    local: Vec<Ipv4Addr>,
+    local: Vec<IpAddr>,
     skip_udp_ports: Vec<u16>,
     send_thread: bool,
 ) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
@@ -302,19 +302,27 @@ fn run_flow_ops(
     }
 }
 
-/// The five-tuple the nft sets hold for a core's inbound wire flow (IPv4
-/// TCP, UDP and ICMP echo, whose id the core keeps as both ports).
+/// The five-tuple the nft sets hold for a core's inbound wire flow: TCP
+/// and UDP of either family, ICMP echo over IPv4 and ICMPv6 echo over IPv6
+/// (whose id the core keeps as both ports); `None` for anything else (other
+/// protocols, addresses of two families, ICMP of the other family).
 pub fn five_tuple(w: &FlowId) -> Option<FiveTuple> {
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (w.src, w.dst) else {
-        return None;
+    use fpn_proto::flow::protocol;
+    let proto = match w.protocol {
+        protocol::TCP => L4Proto::Tcp,
+        protocol::UDP => L4Proto::Udp,
+        protocol::ICMP => L4Proto::Icmp,
+        protocol::ICMPV6 => L4Proto::Icmpv6,
+        _ => return None,
     };
-    Some(FiveTuple {
-        src,
-        dst,
-        proto: L4Proto::from_number(w.protocol)?,
+    let t = FiveTuple {
+        src: w.src,
+        dst: w.dst,
+        proto,
         src_port: w.src_port,
         dst_port: w.dst_port,
-    })
+    };
+    t.is_valid().then_some(t)
 }
 
 /// This node's underlay addresses as the native receive path knows them
@@ -323,23 +331,23 @@ pub fn five_tuple(w: &FlowId) -> Option<FiveTuple> {
 /// host's routing first picks it as the source toward a peer.
 #[derive(Debug, Clone)]
 pub struct LocalAddrs {
-    known: Vec<Ipv4Addr>,
+    known: Vec<IpAddr>,
 }
 
 impl LocalAddrs {
-    /// The addresses the native carrier was opened with.
-    pub fn new(known: Vec<Ipv4Addr>) -> Self {
+    /// The addresses the native carrier was opened with (either family).
+    pub fn new(known: Vec<IpAddr>) -> Self {
         Self { known }
     }
 
     /// The addresses known now.
-    pub fn known(&self) -> &[Ipv4Addr] {
+    pub fn known(&self) -> &[IpAddr] {
         &self.known
     }
 
     /// The host's addresses are `now` (read again after a network change):
     /// true when that differs from what the receive path knew.
-    pub fn replace(&mut self, mut now: Vec<Ipv4Addr>) -> bool {
+    pub fn replace(&mut self, mut now: Vec<IpAddr>) -> bool {
         now.sort();
         now.dedup();
         let changed = now != self.known;
@@ -348,22 +356,21 @@ impl LocalAddrs {
     }
 
     /// `local` is the host's source toward a peer (the answer to the
-    /// core's `FindLocalAddress`). If the receive path does not know it,
-    /// the host's addresses are read again (`read`, which need not list
-    /// `local`: it is kept either way) and the new set is returned for a
-    /// [`FlowOp::SetLocal`]; else `None`.
+    /// core's `FindLocalAddress`; IPv4 or IPv6). If the receive path does
+    /// not know it, the host's addresses are read again (`read`, which need
+    /// not list `local`: it is kept either way) and the new set is returned
+    /// for a [`FlowOp::SetLocal`]; else `None`.
     pub fn learn(
         &mut self,
         local: IpAddr,
-        read: impl FnOnce() -> Vec<Ipv4Addr>,
-    ) -> Option<Vec<Ipv4Addr>> {
-        let IpAddr::V4(v4) = local else { return None };
-        if self.known.contains(&v4) {
+        read: impl FnOnce() -> Vec<IpAddr>,
+    ) -> Option<Vec<IpAddr>> {
+        if self.known.contains(&local) {
             return None;
         }
         let mut now = read();
-        if !now.contains(&v4) {
-            now.push(v4);
+        if !now.contains(&local) {
+            now.push(local);
         }
         now.sort();
         now.dedup();
@@ -376,8 +383,8 @@ impl LocalAddrs {
 /// inverse of [`five_tuple`]).
 pub fn wire_flow(t: &FiveTuple) -> FlowId {
     FlowId {
-        src: IpAddr::V4(t.src),
-        dst: IpAddr::V4(t.dst),
+        src: t.src,
+        dst: t.dst,
         protocol: t.proto.number(),
         src_port: t.src_port,
         dst_port: t.dst_port,
@@ -406,20 +413,23 @@ mod tests {
 
     #[test]
     fn an_unknown_local_address_rereads_the_hosts_addresses_once() {
-        let a: Ipv4Addr = "198.18.0.2".parse().unwrap();
-        let b: Ipv4Addr = "198.18.7.2".parse().unwrap();
-        let c: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (a, b, c) = (ip("198.18.0.2"), ip("198.18.7.2"), ip("10.0.0.1"));
         let mut l = LocalAddrs::new(vec![a]);
-        assert_eq!(l.learn(IpAddr::V4(a), || panic!("not read")), None);
-        assert_eq!(
-            l.learn(IpAddr::V4(b), || vec![a, b, c]),
-            Some(vec![c, a, b])
-        );
-        assert_eq!(l.learn(IpAddr::V4(b), || panic!("not read")), None);
+        assert_eq!(l.learn(a, || panic!("not read")), None);
+        assert_eq!(l.learn(b, || vec![a, b, c]), Some(vec![c, a, b]));
+        assert_eq!(l.learn(b, || panic!("not read")), None);
         // An address the re-read misses (gone again, or a race) is kept.
-        let d: Ipv4Addr = "198.18.9.9".parse().unwrap();
-        assert_eq!(l.learn(IpAddr::V4(d), || vec![a]), Some(vec![a, d]));
-        assert_eq!(l.learn("::1".parse().unwrap(), || panic!("not read")), None);
+        let d = ip("198.18.9.9");
+        assert_eq!(l.learn(d, || vec![a]), Some(vec![a, d]));
+        // IPv6 is learnt too, with the IPv4 addresses the re-read lists.
+        let e = ip("fd00:18::2");
+        assert_eq!(l.learn(e, || vec![e, a, d]), Some(vec![a, d, e]));
+        assert_eq!(l.known(), [a, d, e]);
+        assert_eq!(l.learn(e, || panic!("not read")), None);
+        assert!(!l.replace(vec![e, d, a, a]), "the same set");
+        assert!(l.replace(vec![e]));
+        assert_eq!(l.known(), [e]);
     }
 
     #[test]
@@ -443,9 +453,51 @@ mod tests {
         .unwrap();
         assert_eq!((echo.proto, echo.src_port), (L4Proto::Icmp, 7));
         assert!(five_tuple(&FlowId { protocol: 47, ..f }).is_none());
+        // ICMPv6 over IPv4 is no flow of the sets.
+        assert!(five_tuple(&FlowId { protocol: 58, ..f }).is_none());
         assert_eq!(
             local_address_toward("127.0.0.1".parse().unwrap()),
             Some("127.0.0.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn five_tuples_of_ipv6_tcp_udp_and_icmpv6_echo_only() {
+        let f = FlowId {
+            src: "fd00:18::1".parse().unwrap(),
+            dst: "fd00:18::2".parse().unwrap(),
+            protocol: 17,
+            src_port: 1,
+            dst_port: 2,
+        };
+        for protocol in [6, 17] {
+            let w = FlowId { protocol, ..f };
+            let t = five_tuple(&w).unwrap();
+            assert_eq!((t.src, t.dst), (f.src, f.dst));
+            assert_eq!(wire_flow(&t), w);
+        }
+        let echo = FlowId {
+            protocol: 58,
+            src_port: 7,
+            dst_port: 7,
+            ..f
+        };
+        let t = five_tuple(&echo).unwrap();
+        assert_eq!((t.proto, t.src_port), (L4Proto::Icmpv6, 7));
+        assert_eq!(wire_flow(&t), echo);
+        // ICMP (v4's) over IPv6, other protocols, mixed families: none.
+        assert!(
+            five_tuple(&FlowId {
+                protocol: 1,
+                ..echo
+            })
+            .is_none()
+        );
+        assert!(five_tuple(&FlowId { protocol: 47, ..f }).is_none());
+        let mixed = FlowId {
+            dst: "198.18.0.2".parse().unwrap(),
+            ..f
+        };
+        assert!(five_tuple(&mixed).is_none());
     }
 }

@@ -1,11 +1,12 @@
 //! The native carrier's I/O layer in real network namespaces: two
-//! namespaces joined by a veth pair on 198.18.0.0/24, the raw sender in one,
+//! namespaces joined by a veth pair on 198.18.0.0/24 (or, for the IPv6
+//! tests, an IPv6-only one on fd00:18::/64), the raw sender in one,
 //! [`NativeIo`] in the other, the kernel's answers read from its counters.
 //!
 //! Needs root (ip netns, raw sockets, nft); fails, never skips, without it.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,11 +21,16 @@ use fpn_node::native_link::NativeLink;
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const A2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
+const A6_2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Two namespaces, `a` (198.18.0.1 and .3) and `b` (198.18.0.2), joined by
-/// a veth pair; both removed on drop, also after a failed assertion.
+/// a veth pair; both removed on drop, also after a failed assertion. An
+/// IPv6 pair ([`Pair::new6`]) has fd00:18::1 and ::3 in `a`, fd00:18::2 in
+/// `b`, and no IPv4 address.
 struct Pair {
     a: String,
     b: String,
@@ -32,6 +38,15 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
+        Self::with(true, false)
+    }
+
+    /// An IPv6-only pair (addresses without DAD: usable at once).
+    fn new6() -> Self {
+        Self::with(false, true)
+    }
+
+    fn with(v4: bool, v6: bool) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!("fpnnat{}x{n}", std::process::id());
         let p = Self {
@@ -40,12 +55,33 @@ impl Pair {
         };
         ip(&["netns", "add", &p.a]);
         ip(&["netns", "add", &p.b]);
+        if v6 {
+            for ns in [&p.a, &p.b] {
+                // IPv6 on (the host may have it off by default), before
+                // the veth exists so that it inherits `default`.
+                for conf in ["all", "default"] {
+                    let key = format!("net.ipv6.conf.{conf}.disable_ipv6=0");
+                    exec(ns, &["sysctl", "-qw", &key]);
+                }
+            }
+        }
         ip(&[
             "-n", &p.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &p.b,
         ]);
-        ip(&["-n", &p.a, "addr", "add", "198.18.0.1/24", "dev", "va"]);
-        ip(&["-n", &p.a, "addr", "add", "198.18.0.3/24", "dev", "va"]);
-        ip(&["-n", &p.b, "addr", "add", "198.18.0.2/24", "dev", "vb"]);
+        if v4 {
+            ip(&["-n", &p.a, "addr", "add", "198.18.0.1/24", "dev", "va"]);
+            ip(&["-n", &p.a, "addr", "add", "198.18.0.3/24", "dev", "va"]);
+            ip(&["-n", &p.b, "addr", "add", "198.18.0.2/24", "dev", "vb"]);
+        }
+        if v6 {
+            for (ns, addr, dev) in [
+                (&p.a, "fd00:18::1/64", "va"),
+                (&p.a, "fd00:18::3/64", "va"),
+                (&p.b, "fd00:18::2/64", "vb"),
+            ] {
+                ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
+            }
+        }
         for (ns, dev) in [(&p.a, "va"), (&p.b, "vb")] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
@@ -53,7 +89,15 @@ impl Pair {
         // Resolve the neighbours first: packets sent to an unresolved
         // neighbour wait in a short queue (unres_qlen) and a large first
         // batch would overflow it.
-        exec(&p.a, &["ping", "-c", "1", "-W", "5", "-q", "198.18.0.2"]);
+        if v4 {
+            exec(&p.a, &["ping", "-c", "1", "-W", "5", "-q", "198.18.0.2"]);
+        }
+        if v6 {
+            exec(
+                &p.a,
+                &["ping", "-6", "-c", "1", "-W", "5", "-q", "fd00:18::2"],
+            );
+        }
         p
     }
 
@@ -115,10 +159,32 @@ fn exec(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A counter of /proc/net/snmp6 in `ns`, e.g. "Icmp6OutDestUnreachs".
+fn snmp6(ns: &str, field: &str) -> u64 {
+    exec(ns, &["cat", "/proc/net/snmp6"])
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(field)).then(|| w.next()?.parse().ok())?
+        })
+        .expect("counter exists")
+}
+
+/// An IPv6 flow from `src` to B6.
+fn flow6(proto: L4Proto, src: Ipv6Addr, src_port: u16, dst_port: u16) -> FiveTuple {
+    FiveTuple {
+        src: src.into(),
+        dst: B6.into(),
+        proto,
+        src_port,
+        dst_port,
+    }
+}
+
 fn flow(proto: L4Proto, src: Ipv4Addr, src_port: u16, dst_port: u16) -> FiveTuple {
     FiveTuple {
-        src,
-        dst: B,
+        src: src.into(),
+        dst: B.into(),
         proto,
         src_port,
         dst_port,
@@ -171,7 +237,7 @@ fn mechanisms() -> [RxMechanism; 2] {
 
 fn steal_then_give_back(mech: RxMechanism) {
     let p = Pair::new();
-    let cfg = NativeConfig::new("fpn0", vec![B], mech);
+    let cfg = NativeConfig::new("fpn0", vec![B.into()], mech);
     let (io, mut rx) = open_in(&p.b, cfg);
     // Nothing listens on these ports in b: if the kernel saw the packets it
     // would answer UDP with ICMP port unreachable and TCP with RST.
@@ -243,7 +309,7 @@ fn packet_ring_steals_a_registered_flow_and_gives_it_back() {
 fn dprp_probes_to_a_local_address_are_taken() {
     for mech in mechanisms() {
         let p = Pair::new();
-        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         let unr0 = Pair::snmp(&p.b, "Icmp", "OutDestUnreachs");
         let dde = flow(L4Proto::Udp, A, 40999, fpn_node::native::DPRP_PORT);
         send_from(&p.a, dde, 0, 3, 120);
@@ -274,7 +340,7 @@ fn host_tcp_server_on_the_same_port_keeps_serving() {
                 s.write_all(b"olleh").unwrap();
             }
         });
-        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         let native = flow(L4Proto::Tcp, A, 40001, 8080);
         io.add_flow(native).unwrap();
         let rst0 = Pair::snmp(&p.b, "Tcp", "OutRsts");
@@ -347,7 +413,7 @@ fn stale_table_is_replaced_and_drop_and_cleanup_remove_it() {
             &p.b,
             &["nft", "add", "chain", "inet", "fpn_fpn0", "leftover"],
         );
-        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         let listing = exec(&p.b, &["nft", "list", "table", "inet", "fpn_fpn0"]);
         assert!(!listing.contains("leftover"), "{listing}");
         assert!(listing.contains("set native_flows"), "{listing}");
@@ -369,7 +435,7 @@ fn stale_table_is_replaced_and_drop_and_cleanup_remove_it() {
         }
 
         // A crash leaves the table: `cleanup` removes it, once.
-        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, _rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         std::mem::forget(io);
         assert!(tables(&p.b).contains("fpn_fpn0"));
         assert!(Pair::run(&p.b, || cleanup("fpn_fpn0")).unwrap());
@@ -549,7 +615,7 @@ fn a_table_left_by_a_killed_process_is_replaced() {
 
         // Reopened: a fresh, empty table; the stack gets the flow back
         // until the flow is registered again.
-        let mut cfg = NativeConfig::new("fpnbench", vec![B], mech);
+        let mut cfg = NativeConfig::new("fpnbench", vec![B.into()], mech);
         cfg.table = "fpn_fpnbench".into();
         let (io, mut rx) = open_in(&p.b, cfg);
         send_from(&p.a, f, 10, 2, 200);
@@ -577,13 +643,13 @@ fn a_new_local_address_is_taken_after_set_local_addrs() {
         let p = Pair::new();
         ip(&["-n", &p.b, "addr", "add", "198.18.0.4/24", "dev", "vb"]);
         exec(&p.a, &["ping", "-c", "1", "-W", "5", "-q", "198.18.0.4"]);
-        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         let native = FiveTuple {
-            dst: B4,
+            dst: B4.into(),
             ..flow(L4Proto::Udp, A, 40000, 5555)
         };
         let dde = FiveTuple {
-            dst: B4,
+            dst: B4.into(),
             ..flow(L4Proto::Udp, A, 40999, fpn_node::native::DPRP_PORT)
         };
         io.add_flow(native).unwrap();
@@ -604,7 +670,7 @@ fn a_new_local_address_is_taken_after_set_local_addrs() {
             "{mech:?}: the probe reached the kernel"
         );
 
-        io.set_local_addrs(&[B, B4]).unwrap();
+        io.set_local_addrs(&[B.into(), B4.into()]).unwrap();
         send_from(&p.a, native, 20, 3, 200);
         send_from(&p.a, dde, 30, 1, 200);
         let got = drain(&mut rx, Duration::from_millis(300));
@@ -628,7 +694,7 @@ fn packet_ring_hands_a_lone_packet_over_at_once() {
     let p = Pair::new();
     let (io, mut rx) = open_in(
         &p.b,
-        NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing),
+        NativeConfig::new("fpn0", vec![B.into()], RxMechanism::PacketRing),
     );
     let udp = flow(L4Proto::Udp, A, 40000, 5555);
     io.add_flow(udp).unwrap();
@@ -680,7 +746,7 @@ fn packet_ring_counts_and_drops_a_packet_longer_than_a_frame() {
     ip(&["-n", &p.b, "link", "set", "vb", "mtu", "4000"]);
     let (io, mut rx) = open_in(
         &p.b,
-        NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing),
+        NativeConfig::new("fpn0", vec![B.into()], RxMechanism::PacketRing),
     );
     let udp = flow(L4Proto::Udp, A, 40000, 5555);
     io.add_flow(udp).unwrap();
@@ -700,7 +766,7 @@ fn packet_ring_counts_and_drops_a_packet_longer_than_a_frame() {
 #[test]
 fn the_ring_skips_the_nodes_own_udp_ports() {
     let p = Pair::new();
-    let mut cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing);
+    let mut cfg = NativeConfig::new("fpn0", vec![B.into()], RxMechanism::PacketRing);
     cfg.skip_udp_ports = vec![7718, 40123];
     let (io, mut rx) = open_in(&p.b, cfg);
     let native = flow(L4Proto::Udp, A, 40000, 5555);
@@ -734,7 +800,7 @@ fn another_source_with_a_flows_ports_is_copied_and_left_to_the_host() {
         let host = Pair::run(&p.b, || UdpSocket::bind((B, 5555)).unwrap());
         host.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B], mech));
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B.into()], mech));
         let native = flow(L4Proto::Udp, A, 40000, 5555);
         let other = flow(L4Proto::Udp, A2, 40000, 5555);
         let unrelated = flow(L4Proto::Udp, A2, 40001, 5555);
@@ -793,7 +859,7 @@ fn set_json(ns: &str, set: &str) -> String {
 #[test]
 fn netlink_set_changes_are_what_nft_lists() {
     let p = Pair::new();
-    let cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::Nfqueue { queue: 9 });
+    let cfg = NativeConfig::new("fpn0", vec![B.into()], RxMechanism::Nfqueue { queue: 9 });
     let (io, _rx) = open_in(&p.b, cfg);
     let tcp = flow(L4Proto::Tcp, A, 40000, 5201);
     let udp = flow(L4Proto::Udp, A2, 53000, 443);
@@ -853,7 +919,7 @@ fn netlink_set_changes_are_what_nft_lists() {
 #[test]
 fn adding_to_a_missing_set_is_a_typed_error() {
     let p = Pair::new();
-    let cfg = NativeConfig::new("fpn0", vec![B], RxMechanism::PacketRing);
+    let cfg = NativeConfig::new("fpn0", vec![B.into()], RxMechanism::PacketRing);
     let (io, _rx) = open_in(&p.b, cfg);
     exec(&p.b, &["nft", "delete", "table", "inet", "fpn_fpn0"]);
     let err = io
@@ -867,4 +933,327 @@ fn adding_to_a_missing_set_is_a_typed_error() {
         other => panic!("wrong error: {other:?}"),
     }
     drop(io);
+}
+
+// --- IPv6: the same paths over an IPv6-only veth (fd00:18::/64) ---
+
+/// The kernel's answers to packets it saw in `ns`: TCP RSTs, ICMPv6
+/// destination unreachables, ICMPv6 echo replies.
+fn answers6(ns: &str) -> (u64, u64, u64) {
+    (
+        Pair::snmp(ns, "Tcp", "OutRsts"),
+        snmp6(ns, "Icmp6OutDestUnreachs"),
+        snmp6(ns, "Icmp6OutEchoReplies"),
+    )
+}
+
+/// IPv6 TCP, UDP and ICMPv6 echo packets of registered flows reach the
+/// receiver, every one once with a valid checksum, and never the kernel's
+/// stack (no RST, no port unreachable, no echo reply); given back, the
+/// kernel answers them again.
+fn steal_then_give_back6(mech: RxMechanism) {
+    let p = Pair::new6();
+    let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B6.into()], mech));
+    let udp = flow6(L4Proto::Udp, A6, 40000, 5555);
+    let tcp = flow6(L4Proto::Tcp, A6, 40001, 5556);
+    let echo = flow6(L4Proto::Icmpv6, A6, 4660, 4660);
+    let fc = io.flows().unwrap();
+    std::thread::spawn(move || fc.add_flows(&[udp, tcp, echo]))
+        .join()
+        .unwrap()
+        .unwrap();
+    let flows = exec(
+        &p.b,
+        &[
+            "nft",
+            "-j",
+            "list",
+            "set",
+            "inet",
+            "fpn_fpn0",
+            "native_flows6",
+        ],
+    );
+    assert!(
+        flows.contains(r#"{"concat": ["fd00:18::1", "fd00:18::2", "udp", 40000, 5555]}"#),
+        "{flows}"
+    );
+    let echoes = exec(
+        &p.b,
+        &[
+            "nft",
+            "-j",
+            "list",
+            "set",
+            "inet",
+            "fpn_fpn0",
+            "native_echo6",
+        ],
+    );
+    assert!(
+        echoes.contains(r#"{"concat": ["fd00:18::1", "fd00:18::2", 4660]}"#),
+        "{echoes}"
+    );
+    let before = answers6(&p.b);
+
+    assert_eq!(send_from(&p.a, udp, 0, 10, 1400), 10);
+    assert_eq!(send_from(&p.a, tcp, 100, 10, 1400), 10);
+    assert_eq!(send_from(&p.a, echo, 200, 5, 100), 5);
+    let got = drain(&mut rx, Duration::from_millis(600));
+    let mut seqs: Vec<u64> = got.iter().filter_map(|p| packet_seq(p)).collect();
+    seqs.sort_unstable();
+    let want: Vec<u64> = (0..10).chain(100..110).chain(200..205).collect();
+    assert_eq!(seqs, want, "{mech:?}: every packet once");
+    assert!(got.iter().all(|p| l4_checksum_ok(p)));
+    assert!(
+        got.iter()
+            .all(|p| [udp, tcp, echo].contains(&FiveTuple::parse(p).unwrap())),
+        "{mech:?}"
+    );
+    assert_eq!(
+        answers6(&p.b),
+        before,
+        "{mech:?}: no RST, unreachable or echo reply"
+    );
+
+    // Given back: the kernel sees them again (and answers), we do not.
+    io.remove_flows(&[udp, tcp, echo]).unwrap();
+    send_from(&p.a, udp, 20, 3, 200);
+    send_from(&p.a, tcp, 120, 3, 200);
+    send_from(&p.a, echo, 220, 3, 100);
+    let got = drain(&mut rx, Duration::from_millis(400));
+    assert!(
+        got.is_empty(),
+        "{mech:?}: {} packets after remove",
+        got.len()
+    );
+    let after = answers6(&p.b);
+    assert!(
+        after.0 >= before.0 + 3,
+        "{mech:?}: RSTs {before:?} {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "{mech:?}: unreachable {before:?} {after:?}"
+    );
+    assert_eq!(after.2, before.2 + 3, "{mech:?}: echo replies");
+    drop(io);
+}
+
+#[test]
+fn ipv6_packet_ring_steals_registered_flows_and_gives_them_back() {
+    steal_then_give_back6(RxMechanism::PacketRing);
+}
+
+#[test]
+fn ipv6_nfqueue_steals_registered_flows_and_gives_them_back() {
+    steal_then_give_back6(RxMechanism::Nfqueue { queue: 11 });
+}
+
+/// The host's own IPv6 TCP server on the port of a stolen flow keeps
+/// serving a client from another address and from another port of the
+/// flow's address; a packet of another source with the flow's ports is
+/// copied but not the flow's, and the host's UDP socket keeps it.
+#[test]
+fn ipv6_host_servers_on_a_flows_port_keep_their_clients() {
+    for mech in mechanisms() {
+        let p = Pair::new6();
+        let listener = Pair::run(&p.b, || TcpListener::bind((B6, 8080)).unwrap());
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(b"olleh").unwrap();
+            }
+        });
+        let host = Pair::run(&p.b, || UdpSocket::bind((B6, 5555)).unwrap());
+        host.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B6.into()], mech));
+        let native = flow6(L4Proto::Tcp, A6, 40001, 8080);
+        let native_udp = flow6(L4Proto::Udp, A6, 40000, 5555);
+        io.add_flows(&[native, native_udp]).unwrap();
+        let rst0 = Pair::snmp(&p.b, "Tcp", "OutRsts");
+
+        assert_eq!(send_from(&p.a, native, 0, 20, 1400), 20);
+        for src in [A6_2, A6] {
+            let reply = Pair::run(&p.a, move || {
+                let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                    .unwrap();
+                sock.bind(&SocketAddr::from((src, 0)).into()).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                sock.connect_timeout(&SocketAddr::from((B6, 8080)).into(), Duration::from_secs(5))
+                    .unwrap();
+                let mut s: TcpStream = sock.into();
+                s.write_all(b"hello").unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).unwrap();
+                buf
+            });
+            assert_eq!(&reply, b"olleh", "{mech:?} from {src}");
+        }
+        server.join().unwrap();
+        // UDP: the flow's own packets, and another source's with its ports.
+        let other = flow6(L4Proto::Udp, A6_2, 40000, 5555);
+        send_from(&p.a, native_udp, 100, 2, 200);
+        send_from(&p.a, other, 110, 3, 200);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        let count = |f: FiveTuple| {
+            got.iter()
+                .filter(|p| FiveTuple::parse(p) == Some(f))
+                .count()
+        };
+        assert_eq!(count(native), 20, "{mech:?}: the native TCP packets");
+        assert_eq!(count(native_udp), 2, "{mech:?}: the native UDP packets");
+        assert!(
+            got.iter()
+                .all(|p| FiveTuple::parse(p).is_some_and(|f| f.dst == B6
+                    && (f == native || f == native_udp || f.src == A6_2 || f.dst_port == 8080))),
+            "{mech:?}: only the flows' local sides"
+        );
+        assert_eq!(Pair::snmp(&p.b, "Tcp", "OutRsts"), rst0, "{mech:?}: no RST");
+        let mut buf = [0u8; 2048];
+        let mut host_got = 0;
+        while host.recv_from(&mut buf).is_ok() {
+            host_got += 1;
+        }
+        assert_eq!(
+            host_got, 3,
+            "{mech:?}: the host keeps the other source's datagrams"
+        );
+        drop(io);
+    }
+}
+
+/// DPRP probes to a local IPv6 address are taken (no port unreachable);
+/// a new IPv6 address is taken only after `set_local_addrs`; the table
+/// (IPv6 sets included) is removed when the I/O closes.
+#[test]
+fn ipv6_dprp_probes_new_addresses_and_the_table_on_close() {
+    const B6_4: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 4);
+    for mech in mechanisms() {
+        let p = Pair::new6();
+        ip(&[
+            "-n",
+            &p.b,
+            "addr",
+            "add",
+            "fd00:18::4/64",
+            "dev",
+            "vb",
+            "nodad",
+        ]);
+        exec(
+            &p.a,
+            &["ping", "-6", "-c", "1", "-W", "5", "-q", "fd00:18::4"],
+        );
+        let (io, mut rx) = open_in(&p.b, NativeConfig::new("fpn0", vec![B6.into()], mech));
+        let listing = exec(&p.b, &["nft", "list", "table", "inet", "fpn_fpn0"]);
+        assert!(
+            listing.contains("ip6 daddr @local_addrs6 udp dport 7717"),
+            "{listing}"
+        );
+        let unr0 = snmp6(&p.b, "Icmp6OutDestUnreachs");
+        let dde = flow6(L4Proto::Udp, A6, 40999, fpn_node::native::DPRP_PORT);
+        send_from(&p.a, dde, 0, 3, 120);
+        let got = drain(&mut rx, Duration::from_millis(400));
+        assert_eq!(got.len(), 3, "{mech:?}");
+        assert_eq!(snmp6(&p.b, "Icmp6OutDestUnreachs"), unr0, "{mech:?}");
+
+        // To an address the node does not know yet: the kernel's.
+        let dde4 = FiveTuple {
+            dst: B6_4.into(),
+            ..dde
+        };
+        send_from(&p.a, dde4, 10, 1, 120);
+        assert!(
+            drain(&mut rx, Duration::from_millis(300)).is_empty(),
+            "{mech:?}"
+        );
+        assert_eq!(snmp6(&p.b, "Icmp6OutDestUnreachs"), unr0 + 1, "{mech:?}");
+        io.set_local_addrs(&[B6.into(), B6_4.into()]).unwrap();
+        send_from(&p.a, dde4, 20, 2, 120);
+        assert_eq!(
+            drain(&mut rx, Duration::from_millis(300)).len(),
+            2,
+            "{mech:?}"
+        );
+        assert_eq!(snmp6(&p.b, "Icmp6OutDestUnreachs"), unr0 + 1, "{mech:?}");
+
+        drop(io);
+        assert!(
+            !tables(&p.b).contains("fpn_fpn0"),
+            "{mech:?}: {}",
+            tables(&p.b)
+        );
+        let raw6 = Command::new("ip")
+            .args(["netns", "exec", &p.b, "ip6tables", "-t", "raw", "-S"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(!raw6.contains("fpn:"), "{raw6}");
+    }
+}
+
+/// The raw sender's IPv6 packets are ones the receiving kernel takes (a
+/// UDP socket gets every datagram of a batch larger than one sendmmsg:
+/// checksum and payload length right); in a batch mixing the families on
+/// a dual-stack pair, each run goes out of its own socket, in order.
+#[test]
+fn ipv6_and_mixed_batches_are_sent_whole() {
+    let p = Pair::with(true, true);
+    let sock6 = Pair::run(&p.b, || UdpSocket::bind((B6, 6000)).unwrap());
+    let sock4 = udp_sink(&p.b, 6000, 4 << 20);
+    sock6
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let f6 = flow6(L4Proto::Udp, A6, 41000, 6000);
+    let f4 = flow(L4Proto::Udp, A, 41000, 6000);
+    let n = 100;
+    assert!(n > fpn_node::native::SEND_BATCH);
+    // 100 IPv6, 3 IPv4, 5 IPv6, 1 IPv4: four runs.
+    let plan: Vec<FiveTuple> = std::iter::repeat_n(f6, n)
+        .chain(std::iter::repeat_n(f4, 3))
+        .chain(std::iter::repeat_n(f6, 5))
+        .chain([f4])
+        .collect();
+    let total = plan.len();
+    let sent = Pair::run(&p.a, move || {
+        let bufs: Vec<Vec<u8>> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut b = vec![0u8; 300];
+                build_packet(&mut b, *f, 300, i as u64, 0x5a).unwrap();
+                b
+            })
+            .collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        let mut tx = RawSender::open().unwrap();
+        assert!(tx.has_ipv6());
+        tx.send_batch(&refs).unwrap()
+    });
+    assert_eq!(sent, total);
+    let mut buf = [0u8; 2048];
+    let mut seqs6 = Vec::new();
+    for _ in 0..n + 5 {
+        let (len, from) = sock6
+            .recv_from(&mut buf)
+            .expect("every IPv6 datagram arrives");
+        assert_eq!(from, SocketAddr::from((A6, 41000)));
+        assert_eq!(len, 300 - 48);
+        seqs6.push(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+    }
+    let want6: Vec<u64> = (0..n as u64).chain(n as u64 + 3..n as u64 + 8).collect();
+    assert_eq!(seqs6, want6, "in order");
+    let mut seqs4 = Vec::new();
+    for _ in 0..4 {
+        let (len, _) = sock4
+            .recv_from(&mut buf)
+            .expect("every IPv4 datagram arrives");
+        assert_eq!(len, 300 - 28);
+        seqs4.push(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+    }
+    assert_eq!(seqs4, [100, 101, 102, 108]);
 }

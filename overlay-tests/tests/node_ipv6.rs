@@ -10,40 +10,15 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{echo_send, iperf_server, overlay};
+use common::{connected_pair, echo_send, echo_server6, iperf_server, ipv6_only, overlay, overlay6};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
 
 const MARKER: &str = "fpn-ipv6-plaintext-marker-5d2e";
 /// The bound for a refused connect (as node_policy.rs).
 const FAST: Duration = Duration::from_secs(1);
-
-fn overlay6(ov: &Overlay, node: &str) -> Ipv6Addr {
-    let st = ov.status(node).unwrap();
-    st["overlay6"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{node} has no IPv6 overlay address: {st}"))
-        .parse()
-        .unwrap()
-}
-
-/// `fpn-lab echo serve` on TCP and UDP `port`, both families.
-fn echo_server6(ov: &Overlay, host: &str, port: u16) -> fpn_lab::Process {
-    let addr = format!("[::]:{port}");
-    let p = ov
-        .lab()
-        .command(
-            host,
-            [common::BIN, "echo", "serve", "--tcp", &addr, "--udp", &addr],
-        )
-        .name(&format!("echo6-{port}"))
-        .spawn()
-        .unwrap();
-    p.wait_for_log("echo: udp", Duration::from_secs(5)).unwrap();
-    p
-}
 
 #[test]
 fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refusals_get_icmpv6() {
@@ -251,49 +226,6 @@ fn ping6_tcp_udp_and_iperf3_by_name_reach_a_peer_over_the_ipv6_overlay_and_refus
     );
 }
 
-/// configs/lab/ipv6-only.toml with the GMS on the VPS and open nodes a and
-/// b in one group.
-fn ipv6_only() -> Overlay {
-    common::need(common::OVERLAY_TOOLS);
-    let lab = fpn_lab::Lab::up(fpn_lab::config_path("ipv6-only.toml")).expect("ipv6-only lab");
-    Overlay::start(
-        lab,
-        &Spec::new(
-            &[(1, "home")],
-            vec![
-                NodeSpec::new("a", Mode::Op, &[1]),
-                NodeSpec::new("b", Mode::Op, &[1]),
-            ],
-        ),
-    )
-    .unwrap_or_else(|e| panic!("overlay start: {e}"))
-}
-
-/// Nodes a and b of `ov` both hold a GMS session; returns their underlay
-/// addresses on `pub-a`/`pub-b`, b's overlay addresses and an echo server
-/// on b's port 7002 (both families).
-fn connected_pair(
-    ov: &Overlay,
-) -> (
-    IpAddr,
-    IpAddr,
-    std::net::Ipv4Addr,
-    Ipv6Addr,
-    fpn_lab::Process,
-) {
-    for n in ["a", "b"] {
-        let st = ov.status(n).unwrap();
-        assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
-    }
-    (
-        ov.underlay("a", "pub-a").unwrap(),
-        ov.underlay("b", "pub-b").unwrap(),
-        ov.overlay_addr("b").unwrap(),
-        overlay6(ov, "b"),
-        echo_server6(ov, "b", 7002),
-    )
-}
-
 #[test]
 fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
     let ov = ipv6_only();
@@ -336,11 +268,11 @@ fn an_ipv6_only_underlay_carries_ipv4_and_ipv6_overlay_traffic() {
     );
     let dig = lab.exec("a", ["dig", "+short", &at, "A", &b]).unwrap();
     assert_eq!(dig.stdout.trim(), "", "dig A {b} {at}");
-    // b is known at its IPv6 address, on QUIC: the native path needs an
-    // IPv4 underlay (note 59), and status says so.
+    // b is known at its IPv6 address, and the native path runs over IPv6
+    // (note 63; native_ipv6.rs checks its packets).
+    common::wait_native(&ov, "a", "b");
     let peer = common::peer_entry(&ov, "a", "b");
-    assert_eq!(peer["carrier"], "quic", "{peer}");
-    assert_eq!(peer["path"], "quic (no IPv4 underlay address)", "{peer}");
+    assert_eq!(peer["path"], "native", "{peer}");
     let addr: SocketAddr = peer["addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip(), b_pub, "{peer}");
     let st = ov.status("a").unwrap();

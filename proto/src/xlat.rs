@@ -20,8 +20,11 @@
 //!
 //! What the table never does: decide that a flow may use an entry (DPRP and
 //! the PIT do), or rewrite a packet whose five-tuple it has no entry for.
-//! Overlay and wire sides of an entry are of one address family; IPv4 over
-//! IPv6 is the IPv6 issue's to add.
+//! Overlay and wire sides of an entry may be of different families for a
+//! TCP, UDP or echo flow (the caller changes the family with
+//! `packet::family`; the rewrites here keep it): an IPv6 overlay flow on an
+//! IPv4 wire and an IPv4 overlay flow on an IPv6 wire, where an echo is of
+//! the wire's ICMP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -48,14 +51,11 @@ pub struct Translation {
 
 impl Translation {
     /// An entry that keeps the ports and the protocol and changes only the
-    /// two addresses: the native carrier's usual case. An IPv6 overlay
-    /// echo on an IPv4 wire is an ICMP echo there (`packet::family`).
+    /// two addresses: the native carrier's usual case. An echo crossing
+    /// to the other family is of that family's ICMP on the wire (ICMPv6
+    /// on an IPv6 wire, ICMP on an IPv4 one; `packet::family`).
     pub fn addresses(overlay: FlowId, local: IpAddr, remote: IpAddr, peer: GeId) -> Self {
-        let protocol = if overlay.protocol == crate::flow::protocol::ICMPV6 && local.is_ipv4() {
-            crate::flow::protocol::ICMP
-        } else {
-            overlay.protocol
-        };
+        let protocol = wire_protocol(overlay.protocol, local);
         Self {
             overlay,
             wire: FlowId {
@@ -110,16 +110,11 @@ impl XlatTable {
     /// protocol, and with [`Error::TableFull`] at the bound.
     pub fn insert(&mut self, t: Translation) -> Result<()> {
         use crate::flow::protocol::{ICMP, ICMPV6, TCP, UDP};
-        // Each side is of one family. They may differ only as an IPv6
-        // overlay TCP, UDP or echo flow on an IPv4 wire (`packet::family`,
-        // whose callers change the family; the rewrites here keep it),
-        // where an ICMPv6 echo is an ICMP one.
-        let family_change = t.overlay.src.is_ipv6() && t.wire.src.is_ipv4();
-        let wire_protocol = match t.overlay.protocol {
-            ICMPV6 if family_change => ICMP,
-            p => p,
-        };
-        if t.wire.protocol != wire_protocol {
+        // Each side is of one family. They may differ only for a TCP, UDP
+        // or echo flow (`packet::family`, whose callers change the family;
+        // the rewrites here keep it), whose echo is of the wire's ICMP.
+        let family_change = t.overlay.src.is_ipv6() != t.wire.src.is_ipv6();
+        if t.wire.protocol != wire_protocol(t.overlay.protocol, t.wire.src) {
             return Err(Error::invalid(
                 "translation",
                 "overlay and wire protocols differ",
@@ -128,7 +123,7 @@ impl XlatTable {
         if t.overlay.src.is_ipv4() != t.overlay.dst.is_ipv4()
             || t.wire.src.is_ipv4() != t.wire.dst.is_ipv4()
             || (t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
-                && !(family_change && matches!(t.overlay.protocol, TCP | UDP | ICMPV6)))
+                && !(family_change && matches!(t.overlay.protocol, TCP | UDP | ICMP | ICMPV6)))
         {
             return Err(Error::invalid(
                 "translation",
@@ -290,6 +285,17 @@ impl XlatTable {
     }
 }
 
+/// The protocol of an overlay flow of `protocol` on a wire whose local
+/// address is `wire_src`: an echo is of the wire family's ICMP.
+fn wire_protocol(protocol: u8, wire_src: IpAddr) -> u8 {
+    use crate::flow::protocol::{ICMP, ICMPV6};
+    match protocol {
+        ICMPV6 if wire_src.is_ipv4() => ICMP,
+        ICMP if wire_src.is_ipv6() => ICMPV6,
+        p => p,
+    }
+}
+
 /// Rewrites `pkt`, whose five-tuple is `from`, to `to` in place (checksums
 /// updated incrementally). The node's NAT binding step uses it to try a
 /// packet from an unexpected source as a candidate flow's before any entry
@@ -411,6 +417,44 @@ mod tests {
         let mut y = Translation::addresses(echo4, l4, r4, GeId(2));
         y.wire.protocol = protocol::ICMPV6;
         assert!(t.insert(y).is_err());
+    }
+
+    #[test]
+    fn an_ipv4_flow_on_an_ipv6_wire_keeps_its_ports_and_its_echo_is_icmpv6_there() {
+        let mut t = XlatTable::new(8);
+        let (l6, r6): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let tcp = flow("100.64.0.1", "100.64.0.2", 40000, 443);
+        let x = Translation::addresses(tcp, l6, r6, GeId(2));
+        assert_eq!(x.wire.protocol, protocol::TCP);
+        assert_eq!(
+            (x.wire.src, x.wire.src_port, x.wire.dst_port),
+            (l6, 40000, 443)
+        );
+        t.insert(x).unwrap();
+        let echo4 = FlowId {
+            protocol: protocol::ICMP,
+            ..flow("100.64.0.1", "100.64.0.2", 9, 9)
+        };
+        let e = Translation::addresses(echo4, l6, r6, GeId(2));
+        assert_eq!(e.wire.protocol, protocol::ICMPV6);
+        t.insert(e).unwrap();
+        assert_eq!(t.by_inbound_wire(&e.wire.reversed()), Some(&e));
+        // An ICMP echo on an IPv6 wire claiming to stay ICMP is refused,
+        // and so is any other protocol across families.
+        let mut wrong = e;
+        wrong.wire.protocol = protocol::ICMP;
+        assert!(t.insert(wrong).is_err());
+        let other = FlowId {
+            protocol: 47,
+            ..flow("100.64.0.1", "100.64.0.2", 0, 0)
+        };
+        assert!(
+            t.insert(Translation::addresses(other, l6, r6, GeId(2)))
+                .is_err()
+        );
     }
 
     #[test]

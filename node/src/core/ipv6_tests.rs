@@ -237,3 +237,155 @@ fn an_ipv6_flow_outlives_another_ges_address_change_and_moves_with_its_own() {
     sim.run_for(Duration::from_millis(10));
     assert_eq!(pit(&sim), 0, "the IPv6 flow outlived its owner's address");
 }
+
+/// Two open GEs whose underlays are IPv6 only (note 63), as their drivers
+/// say (`told`: what they say instead).
+fn v6_underlay_pair(seed: u64, told: Option<super::Families>) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, LinkConfig::default());
+    sim.path = PathConfig {
+        force: Force::Auto,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    for (i, last) in [(a, 1), (b, 2)] {
+        let port = sim.nodes[i].underlay.port();
+        let ip = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, last);
+        sim.move_node(i, std::net::SocketAddr::new(IpAddr::V6(ip), port));
+        let families = told.unwrap_or(super::Families::of(&[IpAddr::V6(ip)]));
+        sim.underlay_families(i, families);
+    }
+    sim.introduce_all();
+    (sim, a, b)
+}
+
+#[test]
+fn on_ipv6_underlays_both_overlay_families_cross_natively_as_ipv6_packets() {
+    let (mut sim, a, b) = v6_underlay_pair(96, None);
+    sim.run_for(Duration::from_millis(500));
+    let peer = &sim.nodes[a].core.snapshot(&[]).peers[0];
+    assert_eq!(
+        (peer.carrier.as_str(), peer.path.as_str()),
+        ("native", "native")
+    );
+    let (a4, b4) = (sim.nodes[a].overlay, sim.nodes[b].overlay);
+    let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
+    let m4: &[u8] = b"V4-OVER-V6-MARKER-0123";
+    let m6: &[u8] = b"V6-OVER-V6-MARKER-4567";
+    let echo4 = |src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, request: bool, seq: u16| {
+        let mut out = Vec::new();
+        let p = PacketBuilder::ipv4(src.octets(), dst.octets(), 64);
+        let p = if request {
+            p.icmpv4_echo_request(9, seq)
+        } else {
+            p.icmpv4_echo_reply(9, seq)
+        };
+        p.write(&mut out, b"ECHO4-MARKER").unwrap();
+        out
+    };
+    for i in 0..3u16 {
+        sim.send_udp(a, b, 4000, 5000, m4);
+        sim.send_packet(a, &udp6(a6, b6, 4001, 5001, m6));
+        let req = echo4(a4, b4, true, i);
+        sim.send_packet(a, &req);
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(sim.nodes[b].tun.last().map(Vec::as_slice), Some(&req[..]));
+        sim.send_udp(b, a, 5000, 4000, m4);
+        sim.send_packet(b, &udp6(b6, a6, 5001, 4001, m6));
+        let rep = echo4(b4, a4, false, i);
+        sim.send_packet(b, &rep);
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(sim.nodes[a].tun.last().map(Vec::as_slice), Some(&rep[..]));
+    }
+    // Delivered in their own family, addresses and payload.
+    for (to, s4, d4, s6, d6) in [(b, a4, b4, a6, b6), (a, b4, a4, b6, a6)] {
+        let got: Vec<_> = sim.nodes[to]
+            .tun
+            .iter()
+            .filter_map(|p| {
+                Packet::parse(&p[..])
+                    .ok()
+                    .map(|q| (q.flow_id(), q.payload().to_vec(), q.l4_checksum_ok()))
+            })
+            .collect();
+        assert_eq!(got.len(), 9, "{got:?}");
+        let v4 = got.iter().filter(|(f, m, ok)| {
+            (f.src, f.dst) == (IpAddr::V4(s4), IpAddr::V4(d4)) && *ok && m == m4
+        });
+        let v6 = got.iter().filter(|(f, m, ok)| {
+            (f.src, f.dst) == (IpAddr::V6(s6), IpAddr::V6(d6)) && *ok && m == m6
+        });
+        assert_eq!((v4.count(), v6.count()), (3, 3), "{got:?}");
+    }
+    // Every data packet took the native path as IPv6 between the underlay
+    // addresses with the application's ports or echo id (an ICMP echo is
+    // an ICMPv6 one there), valid checksums, the markers sealed; the
+    // probes were IPv6 too. Nothing rode QUIC.
+    let (ua, ub) = (sim.nodes[a].underlay.ip(), sim.nodes[b].underlay.ip());
+    let native: Vec<_> = sim
+        .wire()
+        .iter()
+        .filter(|w| w.native)
+        .filter_map(|w| Packet::parse(&w.payload[..]).ok())
+        .map(|p| (p.flow_id(), p.l4_checksum_ok()))
+        .collect();
+    assert!(!native.is_empty());
+    for (f, ok) in &native {
+        assert!([(ua, ub), (ub, ua)].contains(&(f.src, f.dst)), "{f}");
+        assert!(*ok, "bad checksum: {f}");
+    }
+    let ports = |sp: u16, dp: u16, proto: u8| {
+        native
+            .iter()
+            .filter(|(f, _)| {
+                f.protocol == proto && [(sp, dp), (dp, sp)].contains(&(f.src_port, f.dst_port))
+            })
+            .count()
+    };
+    assert_eq!(ports(4000, 5000, 17), 6, "{native:?}");
+    assert_eq!(ports(4001, 5001, 17), 6, "{native:?}");
+    assert_eq!(
+        ports(9, 9, fpn_proto::flow::protocol::ICMPV6),
+        6,
+        "{native:?}"
+    );
+    assert!(
+        ports(super::PROBE_PORT, super::PROBE_PORT, 17) >= 2,
+        "{native:?}"
+    );
+    for m in [m4, m6, b"ECHO4-MARKER"] {
+        assert!(sim.wire().iter().all(|w| !contains(&w.payload, m)));
+    }
+    assert_eq!(sim.counter(a, "native_out"), 9);
+    assert_eq!(sim.counter(b, "native_in"), 9);
+}
+
+#[test]
+fn a_node_probes_a_peer_in_the_family_both_have_and_again_when_its_families_change() {
+    // Both say their underlay is IPv4 only: the other's one address is
+    // IPv6, so neither has a candidate in a family it holds.
+    let v4_only = super::Families {
+        v4: true,
+        v6: false,
+    };
+    let (mut sim, a, _b) = v6_underlay_pair(97, Some(v4_only));
+    sim.run_for(Duration::from_millis(500));
+    let path = |sim: &CoreSim| sim.nodes[a].core.snapshot(&[]).peers[0].path.clone();
+    assert_eq!(path(&sim), "quic (no native address)");
+    // Its underlay gains IPv6 (a move): b is probed there at once.
+    sim.underlay_families(a, super::Families { v4: true, v6: true });
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(path(&sim), "native");
+    // And IPv4 again only where both ends have it: a dual-stack peer is
+    // probed on IPv4 (unit check of the choice).
+    let v4: std::net::SocketAddr = "198.18.0.2:7717".parse().unwrap();
+    let v6: std::net::SocketAddr = "[fd00:18::2]:7717".parse().unwrap();
+    let core = &mut sim.nodes[a].core;
+    assert!(core.native_family_v4(&[v6, v4]));
+    assert!(!core.native_family_v4(&[v6]));
+    core.paths.families = Some(super::Families {
+        v4: false,
+        v6: true,
+    });
+    assert!(!core.native_family_v4(&[v4, v6]));
+}

@@ -102,7 +102,7 @@ use timers::Timers;
 pub use keys::KeyChange;
 pub use negotiation::in_net;
 pub use output::{Command, DataOut, Output, SendError};
-pub use paths::{PROBE_PORT, udp_v4};
+pub use paths::{Families, PROBE_PORT, udp_packet, udp_v4, udp_v6};
 pub use peers::{OwnerChange, PathState, Peer, PeerTable};
 pub use snapshot::Snapshot;
 pub use steering::NATIVE_READY_TIMEOUT;
@@ -328,11 +328,11 @@ impl NodeCore {
         {
             return DataOut::Nothing;
         }
-        let mut start = 0;
+        let mut range = None;
         let path = match send {
             Some((ge, n)) => match self.try_native(ge, buf, n, now) {
-                Some(s) => {
-                    start = s;
+                Some(r) => {
+                    range = Some(r);
                     CarrierKind::Native
                 }
                 None => {
@@ -344,7 +344,10 @@ impl NodeCore {
         };
         let buf: &'a [u8] = buf;
         match send {
-            Some((ge, n)) => self.data_to(ge, path, &buf[start..n]),
+            Some((ge, n)) => {
+                let (start, end) = range.unwrap_or((0, n));
+                self.data_to(ge, path, &buf[start..end])
+            }
             None => DataOut::Nothing,
         }
     }

@@ -196,15 +196,18 @@ impl NodeCore {
         if !mine.is_empty() {
             debug!(peer = %ge, packets = mine.len(), "held packets released");
         }
-        for mut frame in mine {
+        for frame in mine {
             let n = frame.len();
-            if let Some(start) = self.try_native(ge, &mut frame, n, now) {
+            let mut frame = super::paths::with_room(&frame);
+            if let Some((start, end)) = self.try_native(ge, &mut frame, n, now) {
                 // Translated in place: a raw packet on the wire addresses.
+                frame.truncate(end);
                 frame.drain(..start);
                 self.counters.data_out += 1;
                 self.push_output(Output::SendNative(frame));
                 continue;
             }
+            frame.truncate(n);
             let Some(p) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
                 self.counters.no_route += 1;
                 continue;

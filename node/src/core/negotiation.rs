@@ -326,8 +326,8 @@ impl NodeCore {
                     // real addresses goes on the wire as it is (real.rs).
                     if self.plain_on_wire(&flow) {
                         self.push_output(Output::SendNative(buf[..len].to_vec()));
-                    } else if let Some(start) = self.try_native(ge, &mut buf, len, now) {
-                        self.push_output(Output::SendNative(buf[start..len].to_vec()));
+                    } else if let Some((start, end)) = self.try_native(ge, &mut buf, len, now) {
+                        self.push_output(Output::SendNative(buf[start..end].to_vec()));
                     } else {
                         self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
                     }

@@ -115,6 +115,28 @@ pub(super) struct Paths {
     pub deadline: Option<Instant>,
     /// Why native cannot work on this node, when it cannot.
     pub unavailable: Option<Unavailable>,
+    /// The underlay families this host has an address in, as the driver
+    /// last said (`None`: not said, both assumed).
+    pub families: Option<Families>,
+}
+
+/// The address families of the host's underlay (global addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// An IPv4 address.
+    pub v4: bool,
+    /// A global IPv6 address.
+    pub v6: bool,
+}
+
+impl Families {
+    /// The families of `addrs`.
+    pub fn of(addrs: &[IpAddr]) -> Self {
+        Self {
+            v4: addrs.iter().any(IpAddr::is_ipv4),
+            v6: addrs.iter().any(IpAddr::is_ipv6),
+        }
+    }
 }
 
 impl NodeCore {
@@ -131,6 +153,23 @@ impl NodeCore {
         let peers: Vec<GeId> = self.paths.machines.keys().copied().collect();
         for ge in peers {
             self.install_peer_translations(ge, now);
+        }
+        self.drain_paths(now);
+    }
+
+    /// The host's underlay now has addresses of `families` (at start and
+    /// after every move): each peer's native candidates are of one family
+    /// (IPv4 where both ends have it, else IPv6; docs/DESIGN-NOTES.md note
+    /// 63), so a change of families probes again. Then drain
+    /// [`NodeCore::poll_output`].
+    pub fn handle_underlay_families(&mut self, families: Families, now: Instant) {
+        if self.paths.families == Some(families) {
+            return;
+        }
+        self.paths.families = Some(families);
+        let peers: Vec<GeId> = self.paths.machines.keys().copied().collect();
+        for ge in peers {
+            self.update_machine(ge, now);
         }
         self.drain_paths(now);
     }
@@ -575,19 +614,33 @@ impl NodeCore {
         self.drain_path(ge, now);
     }
 
+    /// Whether a peer with underlay addresses `peer` is probed on IPv4
+    /// (else IPv6): one family per peer, IPv4 where both ends have it, so
+    /// a dual-stack pair keeps the path it had before IPv6 underlays were
+    /// native and both ends agree without a word (note 63).
+    pub(super) fn native_family_v4(&self, peer: &[SocketAddr]) -> bool {
+        let here = self
+            .paths
+            .families
+            .unwrap_or(Families { v4: true, v6: true });
+        let there4 = peer.iter().any(SocketAddr::is_ipv4);
+        let there6 = peer.iter().any(SocketAddr::is_ipv6);
+        (here.v4 && there4) || !(here.v6 && there6)
+    }
+
     /// Makes or updates the machine of a peer after a directory record.
     pub(super) fn update_machine(&mut self, ge: GeId, now: Instant) {
         let Some(p) = self.peers.get(ge) else { return };
         let mut candidates: Vec<SocketAddr> = Vec::new();
-        // The native path is IPv4 (raw IPv4 sockets, note 59): a peer's
-        // IPv6 addresses are the QUIC carrier's only.
-        for a in p.target.addrs.iter().filter(|a| a.is_ipv4()) {
+        let v4 = self.native_family_v4(&p.target.addrs);
+        for a in p.target.addrs.iter().filter(|a| a.is_ipv4() == v4) {
             let c = SocketAddr::new(a.ip(), PROBE_PORT);
             if !candidates.contains(&c) {
                 candidates.push(c);
             }
         }
         if let Some(c) = self.paths.nat_sources.get(&ge)
+            && c.is_ipv4() == v4
             && !candidates.contains(c)
         {
             candidates.push(*c);
@@ -804,7 +857,7 @@ impl NodeCore {
         self.drain_path(peer, now);
     }
 
-    /// Sends a probe as a raw IPv4/UDP packet, or holds it until the local
+    /// Sends a probe as a raw UDP packet, or holds it until the local
     /// address toward its destination is known.
     fn route_probe(&mut self, t: Transmit) {
         let dst = t.dst.ip();
@@ -817,13 +870,9 @@ impl NodeCore {
             }
             return;
         };
-        match (local, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let p = udp_v4(s, d, PROBE_PORT, t.dst.port(), t.payload());
-                self.push_output(Output::SendNative(p));
-            }
-            // IPv6 underlay is the IPv6 issue's.
-            _ => trace!(%dst, "no native probe over IPv6"),
+        match udp_packet(local, dst, PROBE_PORT, t.dst.port(), t.payload()) {
+            Some(p) => self.push_output(Output::SendNative(p)),
+            None => trace!(%dst, %local, "no local address of the probe's family"),
         }
     }
 
@@ -913,6 +962,12 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
+        if remote.is_ipv6() && self.natf.mapping(&overlay).is_some() {
+            // A gateway's NAT-f table (its DNAT to the host, its reserved
+            // ports) is IPv4: such a flow takes QUIC from an IPv6-only
+            // underlay (note 63).
+            return;
+        }
         let mut t = Translation::addresses(overlay, local, remote, ge);
         self.natf_wire_ports(&mut t);
         if let Some(old) = self.xlat.get(&overlay).copied() {
@@ -980,15 +1035,15 @@ impl NodeCore {
 
     /// Outbound: if `ge`'s path is native and the flow in `buf[..n]` has a
     /// translation, rewrites it to its wire packet in place and returns
-    /// where that starts (the caller sends `buf[start..n]` natively; an
-    /// IPv6 overlay packet becomes an IPv4 one 20 bytes in).
+    /// where that lies (the caller sends `buf[start..end]` natively; see
+    /// [`Self::to_wire`] for packets that change family).
     pub(super) fn try_native(
         &mut self,
         ge: GeId,
         buf: &mut [u8],
         n: usize,
         now: Instant,
-    ) -> Option<usize> {
+    ) -> Option<(usize, usize)> {
         if !self
             .peers
             .get(ge)
@@ -1035,8 +1090,9 @@ impl NodeCore {
             let sent = self.paths.punches.entry(overlay).or_default();
             if !syn && *sent < NAT_PUNCH_COPIES && self.paths.punches.len() <= MAX_PUNCHING_FLOWS {
                 *self.paths.punches.entry(overlay).or_default() += 1;
-                let mut copy = buf[..n].to_vec();
-                if let Some(start) = self.to_wire(&mut copy, n) {
+                let mut copy = with_room(&buf[..n]);
+                if let Some((start, end)) = self.to_wire(&mut copy, n) {
+                    copy.truncate(end);
                     copy.drain(..start);
                     self.counters.native_nat_punches += 1;
                     self.push_output(Output::SendNative(copy));
@@ -1047,46 +1103,65 @@ impl NodeCore {
         if !self.steering.gates.is_empty() && !self.gate_open(&overlay, now) {
             return None;
         }
-        let start = self.to_wire(buf, n)?;
+        let (start, end) = self.to_wire(buf, n)?;
         if let Some(m) = self.paths.machines.get_mut(&ge) {
             m.handle_native_data_sent(now);
         }
         self.merge_path_deadline(ge);
         self.counters.native_out += 1;
-        self.counters.native_bytes_out += (n - start) as u64;
-        Some(start)
+        self.counters.native_bytes_out += (end - start) as u64;
+        Some((start, end))
     }
 
     /// Rewrites the protected overlay packet in `buf[..n]` for the wire by
-    /// its flow's translation: `Some(start)` when the wire packet is now
-    /// `buf[start..n]`, `None` (buffer unchanged) when the flow has none or
-    /// the packet cannot cross (an IPv6 extension header). An IPv6 overlay
-    /// packet becomes an IPv4 one (`family::v6_to_v4`, note 59): PCCOM
-    /// binds neither the addresses nor the IP version.
-    pub(super) fn to_wire(&self, buf: &mut [u8], n: usize) -> Option<usize> {
-        let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
-        let overlay = pkt.flow_id();
-        if overlay.dst.is_ipv4() {
-            return matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))).then_some(0);
-        }
-        let t = *self.xlat.get(&overlay)?;
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.wire.src, t.wire.dst) else {
-            return None;
+    /// its flow's translation: `Some((start, end))` when the wire packet is
+    /// now `buf[start..end]`, `None` (buffer unchanged) when the flow has
+    /// none or the packet cannot cross (an IPv6 extension header, IPv4
+    /// options, no room). PCCOM binds neither the addresses nor the IP
+    /// version, so a packet may change family on the way (`packet::family`):
+    /// an IPv6 overlay packet on an IPv4 wire starts 20 bytes in (note 59),
+    /// an IPv4 one on an IPv6 wire ends 20 bytes later (`buf` needs the
+    /// room; note 63).
+    pub(super) fn to_wire(&self, buf: &mut [u8], n: usize) -> Option<(usize, usize)> {
+        let (overlay, ip_header) = {
+            let pkt = Packet::parse(&buf[..n]).ok()?;
+            (pkt.flow_id(), pkt.ip_header_len())
         };
-        if pkt.ip_header_len() != fpn_proto::packet::IPV6_HEADER_LEN {
-            return None;
-        }
-        let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
-        // Ports as the translation says (NAT-f, a NAT binding); checked and
-        // valid, so this rewrite cannot fail on the packet just made.
-        let mut p4 = Packet::parse(&mut buf[start..n]).ok()?;
+        let t = *self.xlat.get(&overlay)?;
+        // The flow as it is once its IP header has the wire's family and
+        // addresses: `rewrite_to` then puts the translation's ports.
         let from = FlowId {
             src: t.wire.src,
             dst: t.wire.dst,
             ..overlay
         };
-        fpn_proto::xlat::rewrite_to(&mut p4, &from, &t.wire).ok()?;
-        Some(start)
+        match (t.wire.src, t.wire.dst) {
+            _ if overlay.src.is_ipv4() == t.wire.src.is_ipv4() => {
+                let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
+                matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))).then_some((0, n))
+            }
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                if ip_header != fpn_proto::packet::IPV6_HEADER_LEN {
+                    return None;
+                }
+                let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
+                // Checked and valid, so this rewrite cannot fail on the
+                // packet just made.
+                let mut p4 = Packet::parse(&mut buf[start..n]).ok()?;
+                fpn_proto::xlat::rewrite_to(&mut p4, &from, &t.wire).ok()?;
+                Some((start, n))
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                if ip_header != 20 {
+                    return None;
+                }
+                let end = fpn_proto::packet::family::v4_to_v6(buf, n, src, dst).ok()?;
+                let mut p6 = Packet::parse(&mut buf[..end]).ok()?;
+                fpn_proto::xlat::rewrite_to(&mut p6, &from, &t.wire).ok()?;
+                Some((0, end))
+            }
+            _ => None,
+        }
     }
 
     /// The packet in `frame` (PIT key `flow`'s, protected) leaves on QUIC to
@@ -1112,10 +1187,11 @@ impl NodeCore {
         {
             return;
         }
-        let mut copy = frame.to_vec();
-        let Some(start) = self.to_wire(&mut copy, frame.len()) else {
+        let mut copy = with_room(frame);
+        let Some((start, end)) = self.to_wire(&mut copy, frame.len()) else {
             return;
         };
+        copy.truncate(end);
         copy.drain(..start);
         if let Some(m) = self.paths.machines.get_mut(&ge) {
             m.handle_native_data_sent(now);
@@ -1163,14 +1239,16 @@ impl NodeCore {
         {
             return false;
         }
-        match (self.paths.locals.get(&dst.ip()).copied(), dst.ip()) {
-            (Some(IpAddr::V4(s)), IpAddr::V4(d)) => {
-                let p = udp_v4(s, d, PROBE_PORT, dst.port(), payload);
+        let Some(local) = self.paths.locals.get(&dst.ip()).copied() else {
+            return false;
+        };
+        match udp_packet(local, dst.ip(), PROBE_PORT, dst.port(), payload) {
+            Some(p) => {
                 self.counters.dprp_native_out += 1;
                 self.push_output(Output::SendNative(p));
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -1181,6 +1259,15 @@ impl NodeCore {
             (s + st.probes_sent, a + st.probes_answered)
         })
     }
+}
+
+/// A copy of `packet` with room behind it for the 20 bytes an IPv4
+/// packet grows by on an IPv6 wire ([`NodeCore::to_wire`]).
+pub(super) fn with_room(packet: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(packet.len() + fpn_proto::packet::family::HEADER_DELTA);
+    v.extend_from_slice(packet);
+    v.resize(packet.len() + fpn_proto::packet::family::HEADER_DELTA, 0);
+    v
 }
 
 /// The core's carrier kind for a path kind.
@@ -1213,6 +1300,57 @@ fn unspecified(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A UDP datagram from `src:sport` to `dst:dport` in the addresses'
+/// family ([`udp_v4`], [`udp_v6`]); `None` when they differ.
+pub fn udp_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(udp_v4(s, d, sport, dport, payload)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(udp_v6(s, d, sport, dport, payload)),
+        _ => None,
+    }
+}
+
+/// An IPv6/UDP datagram from `src:sport` to `dst:dport`, with the checksum
+/// IPv6 requires (RFC 8200 8.1).
+pub fn udp_v6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ulen = 8 + payload.len();
+    let mut p = vec![0u8; 40 + ulen];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+    p[6] = UDP;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&sport.to_be_bytes());
+    p[42..44].copy_from_slice(&dport.to_be_bytes());
+    p[44..46].copy_from_slice(&(ulen as u16).to_be_bytes());
+    p[48..].copy_from_slice(payload);
+    // The pseudo-header (addresses, length, next header) and the datagram.
+    let sum = fpn_proto::packet::checksum::Sum::new()
+        .add_bytes(&p[8..40])
+        .add_u32(ulen as u32)
+        .add_u16(u16::from(UDP))
+        .add_bytes(&p[40..]);
+    let c = match sum.finish() {
+        0 => 0xffff,
+        c => c,
+    };
+    p[46..48].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 /// An IPv4/UDP datagram from `src:sport` to `dst:dport` (UDP checksum 0,
 /// which IPv4 allows; the probe's own tag protects its bytes).
 pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
@@ -1234,28 +1372,30 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
     p
 }
 
-/// Whether the peer's nftables table can take this flow's packets away
-/// from its kernel: TCP and UDP by five-tuple (set `native_flows`), ICMP
-/// echo by addresses and echo id (set `native_echo`, request and reply).
-/// Anything else sent natively would reach the peer's kernel, which would
-/// answer it itself, so it stays on QUIC: other ICMP messages are flows
-/// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
 /// Rewrites the inbound wire packet in `buf[..len]` (five-tuple `wire` as
-/// it arrived) into the overlay packet of translation `t`, in place:
-/// `Some(new length)`, or `None` when it does not fit (then `buf` may hold
-/// a half-rewritten packet, which the caller drops). An IPv4 wire packet of
-/// an IPv6 overlay flow grows by 20 bytes (`family::v4_to_v6`, note 59).
+/// it arrived) into the overlay packet of translation `t`, in place, at the
+/// start of `buf`: `Some(new length)`, or `None` when it does not fit (then
+/// `buf` may hold a half-rewritten packet, which the caller drops). A
+/// packet changes family where the translation's two sides differ
+/// (`packet::family`): an IPv4 wire packet of an IPv6 overlay flow grows by
+/// 20 bytes (note 59); an IPv6 wire packet of an IPv4 flow shrinks by 20,
+/// and moves to the buffer's start (note 63).
 fn from_wire(buf: &mut [u8], len: usize, wire: &FlowId, t: &Translation) -> Option<usize> {
     let overlay = t.overlay.reversed();
     let (len, from) = match (overlay.src, overlay.dst) {
         (IpAddr::V6(src), IpAddr::V6(dst)) if wire.src.is_ipv4() => {
             let n = fpn_proto::packet::family::v4_to_v6(buf, len, src, dst).ok()?;
-            let from = FlowId {
-                src: overlay.src,
-                dst: overlay.dst,
-                ..*wire
-            };
-            (n, from)
+            (n, overlay_addressed(wire, &overlay))
+        }
+        (IpAddr::V4(src), IpAddr::V4(dst)) if wire.src.is_ipv6() => {
+            if Packet::parse(&buf[..len]).ok()?.ip_header_len()
+                != fpn_proto::packet::IPV6_HEADER_LEN
+            {
+                return None;
+            }
+            let start = fpn_proto::packet::family::v6_to_v4(buf, len, src, dst).ok()?;
+            buf.copy_within(start..len, 0);
+            (len - start, overlay_addressed(wire, &overlay))
         }
         _ => (len, *wire),
     };
@@ -1264,9 +1404,25 @@ fn from_wire(buf: &mut [u8], len: usize, wire: &FlowId, t: &Translation) -> Opti
     Some(len)
 }
 
+/// `wire`'s ports and protocol with `overlay`'s addresses: a packet that
+/// changed family, before its ports are put back.
+fn overlay_addressed(wire: &FlowId, overlay: &FlowId) -> FlowId {
+    FlowId {
+        src: overlay.src,
+        dst: overlay.dst,
+        ..*wire
+    }
+}
+
+/// Whether the peer's nftables table can take this flow's packets away
+/// from its kernel: TCP and UDP by five-tuple (set `native_flows`), ICMP
+/// echo by addresses and echo id (set `native_echo`, request and reply).
+/// Anything else sent natively would reach the peer's kernel, which would
+/// answer it itself, so it stays on QUIC: other ICMP messages are flows
+/// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
-    // IPv6 TCP, UDP and echoes cross as IPv4 packets (notes 59, 62); other
-    // ICMPv6 messages take QUIC.
+    // TCP, UDP and echoes of either family cross on a wire of either
+    // (notes 59, 62, 63); other ICMPv6 messages take QUIC.
     if flow.dst.is_ipv6() {
         return match flow.protocol {
             6 | UDP => true,

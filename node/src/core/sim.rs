@@ -480,6 +480,13 @@ impl CoreSim {
         self.nodes[i].underlay = addr;
     }
 
+    /// Node `i`'s driver reports its underlay's address families.
+    pub fn underlay_families(&mut self, i: usize, families: super::Families) {
+        let now = self.now;
+        self.nodes[i].core.handle_underlay_families(families, now);
+        self.flush(i);
+    }
+
     /// A command for node `i`.
     pub fn command(&mut self, i: usize, cmd: Command) {
         let now = self.now;

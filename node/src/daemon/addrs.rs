@@ -56,15 +56,13 @@ pub fn local_addresses(port: u16, skip: &str) -> Vec<SocketAddr> {
     out
 }
 
-/// The host's IPv4 addresses as [`local_addresses`] lists them (the native
-/// carrier's receive path takes packets to these).
-pub fn local_v4(skip: &str) -> Vec<std::net::Ipv4Addr> {
+/// The host's addresses of both families as [`local_addresses`] lists
+/// them (IPv4 first): what the native carrier's receive path may take
+/// packets to.
+pub fn local_ips(skip: &str) -> Vec<IpAddr> {
     local_addresses(0, skip)
         .into_iter()
-        .filter_map(|a| match a.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
+        .map(|a| a.ip())
         .collect()
 }
 

@@ -662,12 +662,12 @@ fn open_native(
     if cfg.carrier == crate::config::CarrierChoice::Quic {
         return (None, None, None);
     }
-    let local = addrs::local_v4(&cfg.tun_name);
+    let local = addrs::local_ips(&cfg.tun_name);
     if local.is_empty() {
-        // The receive ring's filter takes packets to the host's IPv4
-        // addresses; there are none (an IPv6-only host, note 59).
-        info!("no IPv4 address on this host: the native carrier needs one; every peer uses QUIC");
-        return (None, Some(fpn_proto::path::Unavailable::NoIpv4), None);
+        // The receive ring's filter takes packets to the host's addresses
+        // (either family, note 63); there are none.
+        info!("no underlay address on this host: every peer uses QUIC");
+        return (None, Some(fpn_proto::path::Unavailable::NoAddress), None);
     }
     match crate::native_link::open(
         &cfg.tun_name,

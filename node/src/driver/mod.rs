@@ -260,10 +260,19 @@ impl Driver {
             let now = shell.clock.now();
             shell.core.handle_native_unavailable(why, now);
         }
+        if let Some((known, _)) = &shell.local {
+            // Each peer's native candidates are of a family the host has
+            // (note 63).
+            let families = crate::core::Families::of(known.known());
+            let now = shell.clock.now();
+            shell.core.handle_underlay_families(families, now);
+        }
         // What the TUN gives is read into this arena, allocated once, every
-        // packet with room behind it for the PCCOM trailer (sealed in place).
+        // packet with room behind it for the PCCOM trailer (sealed in place)
+        // and for the 20 bytes an IPv4 packet grows by on an IPv6 wire.
         let slot = shell.core.buffer_len();
-        let mut arena = SegmentBuffers::new(TUN_SLOTS, slot - TRAILER_LEN, TRAILER_LEN);
+        let room = TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA;
+        let mut arena = SegmentBuffers::new(TUN_SLOTS, slot - TRAILER_LEN, room);
         // Frames from peers land here: packets, and DPRP messages, which
         // may be longer than any packet.
         let mut rbuf = vec![0u8; shell.core.buffer_len().max(MAX_MESSAGE_LEN)];
@@ -551,21 +560,19 @@ impl Shell {
         if m.gms.try_send(addrs.clone()).is_err() {
             debug!("the GMS task is busy; the next change or session reports the addresses");
         }
-        let v4: Vec<Ipv4Addr> = addrs
-            .iter()
-            .filter_map(|a| match a.ip() {
-                std::net::IpAddr::V4(v) => Some(v),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect();
         let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
         if let Some((known, _)) = self.local.as_mut()
-            && !v4.is_empty()
-            && known.replace(v4.clone())
+            && !ips.is_empty()
+            && known.replace(ips.clone())
         {
             // The receive path needs at least one address; between two
             // networks it keeps the old ones until the new one comes.
-            self.pending_ops.push(FlowOp::SetLocal(v4));
+            self.pending_ops.push(FlowOp::SetLocal(ips.clone()));
+        }
+        if !ips.is_empty() {
+            // Kept between two networks, like the receive path's addresses.
+            let families = crate::core::Families::of(&ips);
+            self.core.handle_underlay_families(families, now);
         }
         if !ips.is_empty() && crate::netwatch::has_default_route() {
             // Between two networks a new connection would go nowhere: the
@@ -780,7 +787,7 @@ impl Shell {
                         // must take packets to it before peers use it.
                         if let Some((known, tun)) = self.local.as_mut()
                             && let Some(all) =
-                                known.learn(local, || crate::daemon::addrs::local_v4(tun))
+                                known.learn(local, || crate::daemon::addrs::local_ips(tun))
                         {
                             debug!(%local, "new local address for the native carrier");
                             self.pending_ops.push(FlowOp::SetLocal(all));

@@ -1,15 +1,19 @@
-//! The native carrier's I/O layer: protected packets as the plain IPv4
-//! packets they are, out through a raw socket and in by stealing them from
-//! the kernel's own TCP/UDP stack.
+//! The native carrier's I/O layer: protected packets as the plain IPv4 or
+//! IPv6 packets they are, out through raw sockets and in by stealing them
+//! from the kernel's own TCP/UDP stack.
+//!
+//! Both families go the same way: a flow's five-tuple is IPv4 or IPv6
+//! ([`FiveTuple`] over `IpAddr`, both addresses of one family), and every
+//! piece below handles both (IPv6 packets without extension headers).
 //!
 //! [`NativeIo`] owns three things:
-//! - a [`RawSender`]: whole IPv4 packets (underlay addresses, the flow's
-//!   protocol and ports, valid L4 checksum) out, many per `sendmmsg`;
-//! - the node's nftables table `inet fpn_<tun>` with the set of native
-//!   flows: a packet whose 5-tuple is in the set (and a DPRP packet, UDP to
-//!   port 7717 of a local address) never reaches the kernel's sockets, so the
-//!   kernel sends no RST and no ICMP port unreachable, and the host's own
-//!   servers on the same ports keep serving everybody else;
+//! - a [`RawSender`]: whole IPv4 and IPv6 packets (underlay addresses, the
+//!   flow's protocol and ports, valid L4 checksum) out, many per `sendmmsg`;
+//! - the node's nftables table `inet fpn_<tun>` with the sets of native
+//!   flows (IPv4 and IPv6): a packet whose 5-tuple is in a set (and a DPRP
+//!   packet, UDP to port 7717 of a local address) never reaches the kernel's
+//!   sockets, so the kernel sends no RST and no ICMP port unreachable, and
+//!   the host's own servers on the same ports keep serving everybody else;
 //! - a receive thread that copies those packets out and hands them to the
 //!   driver in batches ([`NativeRx`], usable from tokio or blocking code).
 //!
@@ -21,7 +25,7 @@
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
 //! packet; the thread copies it and gives the verdict DROP) and an
 //! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
-//! TCP/UDP/ICMP towards the node's addresses, except UDP to the node's own
+//! TCP/UDP/ICMP(v6) towards the node's addresses, except UDP to the node's own
 //! sockets' ports, [`NativeConfig::skip_udp_ports`]; the thread keeps only
 //! registered flows, and the rule drops the packet in prerouting after the
 //! tap has copied it). With both, a copy of a packet with a registered
@@ -68,6 +72,7 @@ mod natf_table;
 mod nft;
 mod nftnl;
 pub mod packet;
+mod ring_filter;
 mod rx_nfq;
 mod rx_ring;
 mod send;
@@ -75,7 +80,7 @@ mod tx_batch;
 
 use fpn_proto::flow::{FastMap, FastSet};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -84,7 +89,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use natf_table::{NatfTable, TRANSIT_MARK, cleanup as natf_cleanup};
-pub use nft::FLOW_SET;
+pub use nft::{FLOW_SET, FLOW_SET6};
 pub use packet::{FiveTuple, L4Proto};
 pub use send::{RawSender, SEND_BATCH};
 pub use tx_batch::{TxBatch, send_here};
@@ -104,8 +109,9 @@ pub enum RxMechanism {
         /// The queue number (unique per node on the host).
         queue: u16,
     },
-    /// An AF_PACKET TPACKET_V2 ring with a BPF filter (TCP/UDP towards the
-    /// local addresses) and an nftables `drop` rule on the set.
+    /// An AF_PACKET TPACKET_V2 ring with a BPF filter (IPv4 and IPv6
+    /// TCP/UDP/echo towards the local addresses) and an nftables `drop`
+    /// rule on the sets.
     #[default]
     PacketRing,
 }
@@ -119,9 +125,10 @@ pub struct NativeConfig {
     /// (on the real-address plane an opened packet keeps its wire
     /// five-tuple, which the set holds); `None` when there is none.
     pub tun: Option<String>,
-    /// This node's underlay addresses: native packets and DPRP probes
-    /// arrive addressed to them.
-    pub local_addrs: Vec<Ipv4Addr>,
+    /// This node's underlay addresses, of either family: native packets
+    /// and DPRP probes arrive addressed to them. The packet ring needs at
+    /// least one.
+    pub local_addrs: Vec<IpAddr>,
     /// The receive mechanism.
     pub mechanism: RxMechanism,
     /// DPRP's port, or `None` to leave DPRP to an ordinary socket.
@@ -144,7 +151,7 @@ pub struct NativeConfig {
 
 impl NativeConfig {
     /// The defaults for the node whose TUN device is `tun`.
-    pub fn new(tun: &str, local_addrs: Vec<Ipv4Addr>, mechanism: RxMechanism) -> Self {
+    pub fn new(tun: &str, local_addrs: Vec<IpAddr>, mechanism: RxMechanism) -> Self {
         Self {
             table: table_name(tun),
             tun: Some(tun.to_owned()),
@@ -208,7 +215,8 @@ impl RxBatch {
         self.ends.is_empty()
     }
 
-    /// The packets (whole IPv4 packets, header included), in arrival order.
+    /// The packets (whole IPv4 or IPv6 packets, header included), in
+    /// arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter()).map(|(a, &b)| &self.data[a..b])
@@ -289,7 +297,7 @@ pub struct FlowControl {
 
 impl FlowControl {
     /// Starts taking the packets of `flow` (as received: `src` the peer,
-    /// `dst` this node) away from the kernel's stack.
+    /// `dst` this node; IPv4 or IPv6) away from the kernel's stack.
     pub fn add_flow(&self, flow: FiveTuple) -> Result<()> {
         self.add_flows(&[flow])
     }
@@ -313,12 +321,19 @@ impl FlowControl {
     /// Removes `remove` and adds `add` in one transaction (one netlink
     /// batch: microseconds for a few flows, about 1 ms for 1000; docs/
     /// BENCHMARKS.md, "Steering over netlink"). A flow in both lists is
-    /// added. On an error nothing changed in the kernel; the flows of
-    /// `add` stay accepted by the receive thread (harmless: the kernel
-    /// does not steer them).
+    /// added. Each flow goes to the set of its family. On an error nothing
+    /// changed in the kernel; the flows of `add` stay accepted by the
+    /// receive thread (harmless: the kernel does not steer them). A flow
+    /// with addresses of two families (or ICMP over IPv6, ICMPv6 over IPv4)
+    /// is refused ([`Error::NativeFlow`]) before anything changes.
     pub fn change_flows(&self, add: &[FiveTuple], remove: &[FiveTuple]) -> Result<()> {
         if self.shared.stopped() {
             return Err(Error::NativeClosed);
+        }
+        if !add.iter().chain(remove).all(FiveTuple::is_valid) {
+            return Err(Error::NativeFlow {
+                reason: "addresses of two families, or a protocol of the other family",
+            });
         }
         let remove: Vec<FiveTuple> = remove
             .iter()
@@ -525,10 +540,10 @@ impl NativeIo {
     }
 
     /// The node's underlay addresses changed (Mobile PPC): native packets
-    /// and DPRP probes now arrive for `local`. Replaces the ring's BPF
-    /// filter and the table's address set; registered flows are kept (the
-    /// core re-registers the ones whose addresses changed).
-    pub fn set_local_addrs(&self, local: &[Ipv4Addr]) -> Result<()> {
+    /// and DPRP probes now arrive for `local` (either family). Replaces the
+    /// ring's BPF filter and the table's address sets; registered flows are
+    /// kept (the core re-registers the ones whose addresses changed).
+    pub fn set_local_addrs(&self, local: &[IpAddr]) -> Result<()> {
         let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
         if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
             rx_ring::set_filter(fd, local, &self.skip_udp_ports)?;
@@ -539,7 +554,7 @@ impl NativeIo {
         Ok(())
     }
 
-    /// Sends whole IPv4 packets; see [`RawSender::send_batch`].
+    /// Sends whole IPv4 and IPv6 packets; see [`RawSender::send_batch`].
     pub fn send_batch(&mut self, packets: &[&[u8]]) -> Result<usize> {
         self.sender.send_batch(packets)
     }
@@ -668,18 +683,19 @@ impl FlowSet {
     }
 }
 
-/// The local side of `f`: any source address and, but for an ICMP echo
-/// (whose identifier stands for both ports), any source port. A NAT on the
-/// way rewrites both, and the core's NAT binding step (docs/PROTOCOL.md
-/// "NAT binding") must see such a packet to recognise the flow.
+/// The local side of `f`: any source address (the unspecified address of
+/// `f`'s family) and, but for an echo (whose identifier stands for both
+/// ports), any source port. A NAT on the way rewrites both, and the core's
+/// NAT binding step (docs/PROTOCOL.md "NAT binding") must see such a packet
+/// to recognise the flow.
 fn any_source(f: FiveTuple) -> FiveTuple {
     FiveTuple {
-        src: Ipv4Addr::UNSPECIFIED,
-        src_port: if f.proto == L4Proto::Icmp {
-            f.src_port
+        src: if f.src.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
         } else {
-            0
+            Ipv4Addr::UNSPECIFIED.into()
         },
+        src_port: if f.proto.is_echo() { f.src_port } else { 0 },
         ..f
     }
 }
@@ -784,8 +800,8 @@ mod tests {
     #[test]
     fn flow_sets_know_a_flows_ports_from_any_source_until_the_last_goes() {
         let f = |src: [u8; 4]| FiveTuple {
-            src: src.into(),
-            dst: [198, 18, 3, 2].into(),
+            src: Ipv4Addr::from(src).into(),
+            dst: Ipv4Addr::new(198, 18, 3, 2).into(),
             proto: L4Proto::Udp,
             src_port: 40000,
             dst_port: 7001,
@@ -802,6 +818,50 @@ mod tests {
         set.remove(&f([198, 18, 4, 2]));
         set.remove(&f([198, 18, 4, 2])); // unknown now: no underflow
         assert!(!set.same_ports(&f([198, 18, 3, 1])));
+    }
+
+    #[test]
+    fn flow_sets_keep_the_families_apart() {
+        let v6 = |src: &str, proto| FiveTuple {
+            src: src.parse().unwrap(),
+            dst: "fd00:18::2".parse().unwrap(),
+            proto,
+            src_port: 40000,
+            dst_port: 7001,
+        };
+        let mut set = FlowSet::default();
+        set.insert(v6("fd00:18::1", L4Proto::Udp));
+        assert!(set.contains(&v6("fd00:18::1", L4Proto::Udp)));
+        assert!(set.same_ports(&v6("fd00:18::9", L4Proto::Udp)));
+        assert!(!set.same_ports(&v6("fd00:18::9", L4Proto::Tcp)));
+        assert_eq!(
+            any_source(v6("fd00:18::1", L4Proto::Udp)).src,
+            Ipv6Addr::UNSPECIFIED
+        );
+        // The same ports on the IPv4 side are another flow's.
+        let v4 = FiveTuple {
+            src: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 2).into(),
+            ..v6("fd00:18::1", L4Proto::Udp)
+        };
+        assert!(!set.same_ports(&v4));
+        // An echo's id stays in the local side.
+        let echo = |src| FiveTuple {
+            src_port: 7,
+            dst_port: 7,
+            ..v6(src, L4Proto::Icmpv6)
+        };
+        set.insert(echo("fd00:18::1"));
+        assert!(set.same_ports(&echo("fd00:18::5")));
+        assert!(!set.same_ports(&FiveTuple {
+            src_port: 8,
+            dst_port: 8,
+            ..echo("fd00:18::5")
+        }));
+        assert_eq!(
+            set.ports_gone(&[echo("fd00:18::1"), v6("fd00:18::1", L4Proto::Udp)]),
+            [echo("fd00:18::1"), v6("fd00:18::1", L4Proto::Udp)]
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //! remote's overlay address is in the overlay route), where the core takes
 //! them as the flow's reverse direction.
 //!
+//! IPv4 only: remotes, VINs and hosts' LAN addresses are IPv4 here (a LAN
+//! address of another family is refused), unlike the native carrier's own
+//! table (super::nft), which holds both families.
+//!
 //! On the path between other GEs (issue 11, part 2; a gateway node has
 //! this table from its start):
 //! - a forwarded DPRP DDE (UDP to port 7717 whose payload starts with

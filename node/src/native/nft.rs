@@ -1,5 +1,10 @@
 //! The node's own nftables table: created at start (replacing a stale one a
-//! killed node left behind), one set of native flows, deleted on close.
+//! killed node left behind), the sets of native flows (one per family and
+//! kind: IPv4 and IPv6, TCP/UDP and echo), deleted on close.
+//!
+//! One table of family `inet` holds both families: every IPv4 rule and set
+//! has its IPv6 twin (set names with a `6`), so one `delete table` removes
+//! everything.
 //!
 //! The table, its chains and sets are made (and deleted) through the `nft`
 //! binary (`nft -f -`, one atomic transaction per call; a call costs a
@@ -8,25 +13,35 @@
 //! straight to the kernel instead (super::nftnl). Never on the packet path.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use super::nftnl::{Batch, ElemOp, Key, Socket};
-use super::packet::{FiveTuple, L4Proto};
+use super::packet::FiveTuple;
 use crate::error::{Error, Result};
 
-/// The name of the set of native flows in the node's table.
+/// The name of the set of native IPv4 TCP/UDP flows in the node's table.
 pub const FLOW_SET: &str = "native_flows";
+/// The set of native IPv6 TCP/UDP flows.
+pub const FLOW_SET6: &str = "native_flows6";
 /// The set of the native ICMP echo flows (source, destination, echo id):
 /// ICMP has no ports, so `th sport`/`th dport` cannot match it.
 pub const ECHO_SET: &str = "native_echo";
-/// NFQUEUE only: the destination, protocol and ports of the native TCP/UDP
-/// flows, from any source. A packet that matches here but not
+/// The set of the native ICMPv6 echo flows (source, destination, echo id).
+pub const ECHO_SET6: &str = "native_echo6";
+/// NFQUEUE only: the destination, protocol and ports of the native IPv4
+/// TCP/UDP flows, from any source. A packet that matches here but not
 /// [`FLOW_SET`] (a flow's ports from another source) is queued too, so the
 /// node can count it; the thread gives it back to the kernel (ACCEPT).
 pub const PORTS_SET: &str = "native_ports";
+/// NFQUEUE only: [`PORTS_SET`] of the IPv6 flows.
+pub const PORTS_SET6: &str = "native_ports6";
+/// The node's IPv4 addresses (DPRP probes to them are taken).
+const LOCAL_SET: &str = "local_addrs";
+/// The node's IPv6 addresses.
+const LOCAL_SET6: &str = "local_addrs6";
 /// Most such packets a second the rule queues: the host's own traffic to
 /// those ports beyond it goes straight to the kernel, uncounted.
 const PORTS_RATE: u32 = 1000;
@@ -148,11 +163,14 @@ impl Table {
     /// expression (CONFIG_NFT_QUEUE unset, as on some minimal kernels), the
     /// rule marks the packet instead and one iptables rule in `raw
     /// PREROUTING` (the xtables NFQUEUE target, tagged with a comment naming
-    /// the table) queues marked packets; [`delete`] removes it too.
+    /// the table) queues marked packets, and its ip6tables twin the IPv6
+    /// ones; [`delete`] removes them too. Without a working ip6tables (a
+    /// host without IPv6) the IPv6 rules drop instead: fail closed, the IPv6
+    /// flows are lost rather than answered by the kernel.
     pub(crate) fn create(
         ns: Netns,
         name: &str,
-        local: &[Ipv4Addr],
+        local: &[IpAddr],
         dprp_port: Option<u16>,
         own_iif: Option<&str>,
         verdict: RxVerdict,
@@ -168,11 +186,12 @@ impl Table {
                 && i.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         });
-        let script = |v: &str| ruleset(name, local, dprp_port, own_iif, v, ports);
+        let script = |v4: &str, v6: &str| ruleset(name, local, dprp_port, own_iif, [v4, v6], ports);
         match verdict {
-            RxVerdict::Drop => run(&ns, &script("drop"))?,
+            RxVerdict::Drop => run(&ns, &script("drop", "drop"))?,
             RxVerdict::Queue(n) => {
-                if let Err(native) = run(&ns, &script(&format!("queue num {n}"))) {
+                let queue = format!("queue num {n}");
+                if let Err(native) = run(&ns, &script(&queue, &queue)) {
                     // Without nft_queue the kernel answers ENOENT for the rule.
                     let Error::NativeNft { stderr, .. } = &native else {
                         return Err(native);
@@ -184,15 +203,29 @@ impl Table {
                     // queues the marked packet after it), so a flow's own
                     // packet stops at its exact rule and never spends the
                     // ports rule's rate limit, which is the other sources'.
-                    run(
-                        &ns,
-                        &script(&format!("meta mark set {COMPAT_MARK:#x} accept")),
-                    )?;
+                    let mark = format!("meta mark set {COMPAT_MARK:#x} accept");
                     let mut args: Vec<String> =
                         ["-t", "raw", "-I", "PREROUTING"].map(String::from).to_vec();
                     args.extend(compat_rule(name, n));
-                    if let Err(e) = iptables(&ns, &args) {
+                    // The IPv6 queue rule first: only with it in place may
+                    // the table mark IPv6 packets and let them go.
+                    let v6 = match xtables(&ns, IP6TABLES, &args) {
+                        Ok(()) => mark.as_str(),
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                "no ip6tables NFQUEUE rule: native IPv6 packets are dropped unread"
+                            );
+                            "drop"
+                        }
+                    };
+                    if let Err(e) = run(&ns, &script(&mark, v6)) {
+                        let _ = delete_compat_rules(&ns, name);
+                        return Err(e);
+                    }
+                    if let Err(e) = xtables(&ns, IPTABLES, &args) {
                         let _ = run(&ns, &format!("delete table inet {name}\n"));
+                        let _ = delete_compat_rules(&ns, name);
                         return Err(e);
                     }
                 }
@@ -240,9 +273,11 @@ impl Table {
             batch.push(ElemOp::Delete, set, keys);
         }
         if self.ports {
-            let keys = port_keys(ports_gone);
-            batch.push(ElemOp::Add, PORTS_SET, keys.clone());
-            batch.push(ElemOp::Delete, PORTS_SET, keys);
+            for (set, v6) in [(PORTS_SET, false), (PORTS_SET6, true)] {
+                let keys = port_keys(ports_gone, v6);
+                batch.push(ElemOp::Add, set, keys.clone());
+                batch.push(ElemOp::Delete, set, keys);
+            }
         }
         for (set, flows) in by_set(add) {
             batch.push(ElemOp::Add, set, flows.iter().map(Key::flow).collect());
@@ -250,7 +285,9 @@ impl Table {
         if self.ports {
             // Adding a present element is not an error: flows sharing
             // their ports with another source's need no count here.
-            batch.push(ElemOp::Add, PORTS_SET, port_keys(add));
+            for (set, v6) in [(PORTS_SET, false), (PORTS_SET6, true)] {
+                batch.push(ElemOp::Add, set, port_keys(add, v6));
+            }
         }
         self.netlink
             .lock()
@@ -258,17 +295,21 @@ impl Table {
             .apply(&self.name, &batch)
     }
 
-    /// Replaces the set of local addresses (DPRP probes to them are taken).
-    /// Only for a table created with at least one address.
-    pub(crate) fn set_local(&self, local: &[Ipv4Addr]) -> Result<()> {
-        let mut script = format!("flush set inet {} local_addrs\n", self.name);
-        if !local.is_empty() {
-            let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
-            script.push_str(&format!(
-                "add element inet {} local_addrs {{ {} }}\n",
-                self.name,
-                addrs.join(", ")
-            ));
+    /// Replaces the sets of local addresses, both families (DPRP probes to
+    /// them are taken). Only for a table created with at least one address.
+    pub(crate) fn set_local(&self, local: &[IpAddr]) -> Result<()> {
+        let mut script = String::new();
+        for (set, addrs) in [
+            (LOCAL_SET, addr_list(local, false)),
+            (LOCAL_SET6, addr_list(local, true)),
+        ] {
+            script.push_str(&format!("flush set inet {} {set}\n", self.name));
+            if !addrs.is_empty() {
+                script.push_str(&format!(
+                    "add element inet {} {set} {{ {addrs} }}\n",
+                    self.name
+                ));
+            }
         }
         run(&self.ns, &script)
     }
@@ -279,15 +320,43 @@ impl Table {
     }
 }
 
-/// Flows grouped by the set that holds them (TCP/UDP or ICMP echo); empty
-/// groups left out.
+/// Flows grouped by the set that holds them (by family, TCP/UDP or echo);
+/// empty groups left out.
 fn by_set(flows: &[FiveTuple]) -> Vec<(&'static str, Vec<FiveTuple>)> {
-    let (echo, ports): (Vec<FiveTuple>, Vec<FiveTuple>) =
-        flows.iter().partition(|f| f.proto == L4Proto::Icmp);
-    [(FLOW_SET, ports), (ECHO_SET, echo)]
-        .into_iter()
-        .filter(|(_, f)| !f.is_empty())
-        .collect()
+    let mut groups: Vec<(&'static str, Vec<FiveTuple>)> =
+        [FLOW_SET, FLOW_SET6, ECHO_SET, ECHO_SET6]
+            .into_iter()
+            .map(|s| (s, Vec::new()))
+            .collect();
+    for f in flows {
+        let set = flow_set(f);
+        if let Some((_, g)) = groups.iter_mut().find(|(s, _)| *s == set) {
+            g.push(*f);
+        }
+    }
+    groups.retain(|(_, f)| !f.is_empty());
+    groups
+}
+
+/// The set that holds `f`.
+pub(crate) fn flow_set(f: &FiveTuple) -> &'static str {
+    match (f.is_ipv6(), f.proto.is_echo()) {
+        (false, false) => FLOW_SET,
+        (true, false) => FLOW_SET6,
+        (false, true) => ECHO_SET,
+        (true, true) => ECHO_SET6,
+    }
+}
+
+/// The addresses of `local` of one family (IPv6 when `v6`), as an nft
+/// element list (`a, b`); empty if none.
+fn addr_list(local: &[IpAddr], v6: bool) -> String {
+    let addrs: Vec<String> = local
+        .iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(IpAddr::to_string)
+        .collect();
+    addrs.join(", ")
 }
 
 /// Deletes the table `name` (family `inet`) if it exists. Returns whether
@@ -343,13 +412,59 @@ pub(super) fn check_name(name: &str) -> Result<()> {
 /// The mark the compat NFQUEUE path puts on packets to queue.
 const COMPAT_MARK: u32 = 0x0f9e_0000;
 
+/// One family's names in the node's table.
+struct Family {
+    /// `ip` or `ip6`.
+    ip: &'static str,
+    addr: &'static str,
+    flows: &'static str,
+    echo: &'static str,
+    ports: &'static str,
+    local: &'static str,
+    /// `icmp` or `icmpv6`.
+    icmp: &'static str,
+    /// IPv6: only packets without extension headers (the fixed header's
+    /// next header is the transport's), the only ones the receive thread
+    /// reads; any other is the kernel's, as the ring's filter leaves it.
+    /// The matches for TCP/UDP, UDP and the echo.
+    direct: [&'static str; 3],
+}
+
+const FAMILIES: [Family; 2] = [
+    Family {
+        ip: "ip",
+        addr: "ipv4_addr",
+        flows: FLOW_SET,
+        echo: ECHO_SET,
+        ports: PORTS_SET,
+        local: LOCAL_SET,
+        icmp: "icmp",
+        direct: ["", "", ""],
+    },
+    Family {
+        ip: "ip6",
+        addr: "ipv6_addr",
+        flows: FLOW_SET6,
+        echo: ECHO_SET6,
+        ports: PORTS_SET6,
+        local: LOCAL_SET6,
+        icmp: "icmpv6",
+        direct: [
+            "ip6 nexthdr { tcp, udp } ",
+            "ip6 nexthdr udp ",
+            "ip6 nexthdr ipv6-icmp ",
+        ],
+    },
+];
+
 /// The whole table as one nft script: replace any old one, then define.
+/// `verdicts`: what the rules do with a taken IPv4 and IPv6 packet.
 fn ruleset(
     name: &str,
-    local: &[Ipv4Addr],
+    local: &[IpAddr],
     dprp_port: Option<u16>,
     own_iif: Option<&str>,
-    verdict: &str,
+    verdicts: [&str; 2],
     ports: bool,
 ) -> String {
     let mut s = String::new();
@@ -359,23 +474,33 @@ fn ruleset(
         "add table inet {name}\ndelete table inet {name}\n"
     ));
     s.push_str(&format!("table inet {name} {{\n"));
-    s.push_str(&format!(
-        "  set {FLOW_SET} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service; }}\n"
-    ));
-    s.push_str(&format!(
-        "  set {ECHO_SET} {{ typeof ip saddr . ip daddr . icmp id; }}\n"
-    ));
-    if ports {
+    for f in &FAMILIES {
+        let Family { ip, addr, icmp, .. } = f;
         s.push_str(&format!(
-            "  set {PORTS_SET} {{ type ipv4_addr . inet_proto . inet_service; }}\n"
+            "  set {} {{ type {addr} . {addr} . inet_proto . inet_service . inet_service; }}\n",
+            f.flows
         ));
-    }
-    if !local.is_empty() {
-        let addrs: Vec<String> = local.iter().map(Ipv4Addr::to_string).collect();
         s.push_str(&format!(
-            "  set local_addrs {{ type ipv4_addr; elements = {{ {} }}; }}\n",
-            addrs.join(", ")
+            "  set {} {{ typeof {ip} saddr . {ip} daddr . {icmp} id; }}\n",
+            f.echo
         ));
+        if ports {
+            s.push_str(&format!(
+                "  set {} {{ type {addr} . inet_proto . inet_service; }}\n",
+                f.ports
+            ));
+        }
+        if !local.is_empty() {
+            // Both sets whenever there is an address (one may stay empty
+            // until `set_local` brings one of its family).
+            let addrs = addr_list(local, *ip == "ip6");
+            let elements = if addrs.is_empty() {
+                String::new()
+            } else {
+                format!(" elements = {{ {addrs} }};")
+            };
+            s.push_str(&format!("  set {} {{ type {addr};{elements} }}\n", f.local));
+        }
     }
     // priority raw - 10: before conntrack (-200) and before iptables' raw
     // table (-300), so stolen packets leave no connection-tracking entry
@@ -387,37 +512,66 @@ fn ruleset(
         // the wire (the set's), and must not be taken a second time.
         s.push_str(&format!("    iifname \"{tun}\" accept\n"));
     }
-    s.push_str(&format!(
-        "    ip saddr . ip daddr . meta l4proto . th sport . th dport @{FLOW_SET} counter {verdict}\n"
-    ));
-    if ports {
-        // After the exact rule, whose verdict is final (`queue`, or with
-        // the compat mark `accept`): only the other sources' packets get
-        // here, so only they spend the limit.
+    for (f, verdict) in FAMILIES.iter().zip(verdicts) {
+        let (ip, nh) = (f.ip, f.direct[0]);
         s.push_str(&format!(
-            "    ip daddr . meta l4proto . th dport @{PORTS_SET} limit rate {PORTS_RATE}/second counter {verdict}\n"
+            "    {nh}{ip} saddr . {ip} daddr . meta l4proto . th sport . th dport @{} counter {verdict}\n",
+            f.flows
         ));
+    }
+    if ports {
+        // After the exact rules, whose verdict is final (`queue`, or with
+        // the compat mark `accept`): only the other sources' packets get
+        // here, so only they spend the limit (one per family).
+        for (f, verdict) in FAMILIES.iter().zip(verdicts) {
+            if verdict == "drop" {
+                // The compat path without ip6tables: another source's
+                // packet is the host's, never dropped (and not copied).
+                continue;
+            }
+            let (ip, nh) = (f.ip, f.direct[0]);
+            s.push_str(&format!(
+                "    {nh}{ip} daddr . meta l4proto . th dport @{} limit rate {PORTS_RATE}/second counter {verdict}\n",
+                f.ports
+            ));
+        }
     }
     // Echo requests and replies only: an ICMP error about the flow is the
     // kernel's to handle.
-    s.push_str(&format!(
-        "    icmp type {{ echo-request, echo-reply }} ip saddr . ip daddr . icmp id @{ECHO_SET} counter {verdict}\n"
-    ));
-    if let (Some(port), false) = (dprp_port, local.is_empty()) {
+    for (f, verdict) in FAMILIES.iter().zip(verdicts) {
+        let (ip, icmp, nh) = (f.ip, f.icmp, f.direct[2]);
         s.push_str(&format!(
-            "    ip daddr @local_addrs udp dport {port} counter {verdict}\n"
+            "    {nh}{icmp} type {{ echo-request, echo-reply }} {ip} saddr . {ip} daddr . {icmp} id @{} counter {verdict}\n",
+            f.echo
         ));
+    }
+    if let (Some(port), false) = (dprp_port, local.is_empty()) {
+        for (f, verdict) in FAMILIES.iter().zip(verdicts) {
+            let (ip, nh) = (f.ip, f.direct[1]);
+            s.push_str(&format!(
+                "    {nh}{ip} daddr @{} udp dport {port} counter {verdict}\n",
+                f.local
+            ));
+        }
     }
     s.push_str("  }\n");
     // Our raw-socket sends of a native flow are not tracked either: the
     // kernel has no socket for them and would only keep useless state.
     s.push_str("  chain tx {\n    type filter hook output priority raw; policy accept;\n");
-    s.push_str(&format!(
-        "    ip daddr . ip saddr . meta l4proto . th dport . th sport @{FLOW_SET} notrack\n"
-    ));
-    s.push_str(&format!(
-        "    icmp type {{ echo-request, echo-reply }} ip daddr . ip saddr . icmp id @{ECHO_SET} notrack\n"
-    ));
+    for f in &FAMILIES {
+        let ip = f.ip;
+        s.push_str(&format!(
+            "    {ip} daddr . {ip} saddr . meta l4proto . th dport . th sport @{} notrack\n",
+            f.flows
+        ));
+    }
+    for f in &FAMILIES {
+        let (ip, icmp) = (f.ip, f.icmp);
+        s.push_str(&format!(
+            "    {icmp} type {{ echo-request, echo-reply }} {ip} daddr . {ip} saddr . {icmp} id @{} notrack\n",
+            f.echo
+        ));
+    }
     s.push_str("  }\n}\n");
     s
 }
@@ -443,11 +597,22 @@ fn compat_rule(name: &str, queue: u16) -> Vec<String> {
     .collect()
 }
 
-/// Deletes every compat iptables rule tagged with this table's name.
-/// Without an iptables binary there can be none: not an error.
+/// The xtables binaries of the compat NFQUEUE path, IPv4 and IPv6.
+const IPTABLES: &str = "iptables";
+const IP6TABLES: &str = "ip6tables";
+
+/// Deletes every compat iptables and ip6tables rule tagged with this
+/// table's name. Without a binary there can be none: not an error.
 fn delete_compat_rules(ns: &Netns, name: &str) -> Result<()> {
+    for program in [IPTABLES, IP6TABLES] {
+        delete_compat_rules_of(ns, program, name)?;
+    }
+    Ok(())
+}
+
+fn delete_compat_rules_of(ns: &Netns, program: &str, name: &str) -> Result<()> {
     let out = match ns
-        .command("iptables")
+        .command(program)
         .args(["-t", "raw", "-S", "PREROUTING"])
         .output()
     {
@@ -480,14 +645,14 @@ fn delete_compat_rules(ns: &Netns, name: &str) -> Result<()> {
             spec.split_whitespace()
                 .map(|w| w.trim_matches('"').to_owned()),
         );
-        iptables(ns, &args)?;
+        xtables(ns, program, &args)?;
     }
     Ok(())
 }
 
-fn iptables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Result<()> {
+fn xtables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, program: &str, args: &[S]) -> Result<()> {
     let out = ns
-        .command("iptables")
+        .command(program)
         .args(args)
         .output()
         .map_err(|source| Error::NativeNftSpawn { source })?;
@@ -498,11 +663,12 @@ fn iptables<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Result<()> {
     }
 }
 
-/// The [`PORTS_SET`] keys of the TCP/UDP flows among `flows`.
-fn port_keys(flows: &[FiveTuple]) -> Vec<Key> {
+/// The [`PORTS_SET`] (`v6`: [`PORTS_SET6`]) keys of the TCP/UDP flows of
+/// that family among `flows`.
+fn port_keys(flows: &[FiveTuple], v6: bool) -> Vec<Key> {
     flows
         .iter()
-        .filter(|f| f.proto != L4Proto::Icmp)
+        .filter(|f| !f.proto.is_echo() && f.is_ipv6() == v6)
         .map(Key::ports)
         .collect()
 }
@@ -550,6 +716,61 @@ fn nft_failed(out: &std::process::Output) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_ipv4_rule_and_set_has_an_ipv6_twin() {
+        let local: Vec<IpAddr> = vec!["198.18.0.2".parse().unwrap(), "fd00:18::2".parse().unwrap()];
+        let s = ruleset(
+            "t",
+            &local,
+            Some(7717),
+            Some("fpn0"),
+            ["queue num 3"; 2],
+            true,
+        );
+        let lines: Vec<&str> = s.lines().map(str::trim).collect();
+        let v4: Vec<&&str> = lines
+            .iter()
+            .filter(|l| {
+                !l.starts_with("set ") && (l.contains("ip saddr") || l.contains("ip daddr"))
+            })
+            .collect();
+        assert_eq!(v4.len(), 6, "{s}");
+        for l in v4 {
+            let twin = l
+                .replace("ip saddr", "ip6 saddr")
+                .replace("ip daddr", "ip6 daddr")
+                .replace("icmp ", "icmpv6 ")
+                .replace("@native_flows", "@native_flows6")
+                .replace("@native_echo", "@native_echo6")
+                .replace("@native_ports", "@native_ports6")
+                .replace("@local_addrs", "@local_addrs6");
+            assert!(
+                lines.iter().any(|m| m.ends_with(&twin)),
+                "no twin of {l}: {s}"
+            );
+        }
+        for set in [FLOW_SET6, ECHO_SET6, PORTS_SET6, LOCAL_SET6] {
+            assert!(s.contains(&format!("set {set} {{")), "{set}: {s}");
+        }
+        assert!(
+            s.contains("type ipv6_addr; elements = { fd00:18::2 };"),
+            "{s}"
+        );
+        assert!(
+            s.contains("type ipv4_addr; elements = { 198.18.0.2 };"),
+            "{s}"
+        );
+        // The compat path without ip6tables: IPv6 flows dropped, other
+        // sources' IPv6 packets left alone.
+        let s = ruleset("t", &local, Some(7717), None, ["accept", "drop"], true);
+        assert!(!s.contains("@native_ports6 limit"), "{s}");
+        assert!(s.contains("@native_flows6 counter drop"), "{s}");
+        // One family only: the other's address set is there, empty.
+        let s = ruleset("t", &local[1..], Some(7717), None, ["drop"; 2], false);
+        assert!(s.contains("set local_addrs { type ipv4_addr; }"), "{s}");
+        assert!(!s.contains("native_ports"), "{s}");
+    }
 
     #[test]
     fn table_names_are_checked_before_reaching_a_script() {

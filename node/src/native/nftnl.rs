@@ -13,10 +13,10 @@
 //! (super::nft), where a process start costs nothing that matters.
 //! What this never does: create or delete tables, chains, sets or rules.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::packet::{FiveTuple, L4Proto};
+use super::packet::FiveTuple;
 use crate::error::{Error, Result};
 
 // <linux/netlink.h>, <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>.
@@ -41,9 +41,9 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NETLINK_CAP_ACK: libc::c_int = 10;
 const NLMSG_HDRLEN: usize = 16;
 
-/// Most keys in one message: 1024 elements of at most 36 bytes (a 20-byte
-/// key and three attribute headers) keep the elements list under the
-/// 64 KiB an attribute can hold.
+/// Most keys in one message: 1024 elements of at most 56 bytes (a 44-byte
+/// IPv6 flow key and three attribute headers) keep the elements list under
+/// the 64 KiB an attribute can hold.
 const MAX_KEYS: usize = 1024;
 /// Send buffer asked for (a whole batch goes in one `sendto`, and the
 /// default 208 KiB holds about 5,000 elements).
@@ -79,35 +79,31 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     /// The key of `flow` in its flow set: `ipv4_addr . ipv4_addr .
-    /// inet_proto . inet_service . inet_service` for TCP/UDP, `ip saddr .
-    /// ip daddr . icmp id` for an ICMP echo flow (id in `src_port`).
+    /// inet_proto . inet_service . inet_service` for TCP/UDP (`ipv6_addr`
+    /// for an IPv6 flow), `ip saddr . ip daddr . icmp id` for an ICMP echo
+    /// flow and `ip6 saddr . ip6 daddr . icmpv6 id` for an ICMPv6 one (id
+    /// in `src_port`).
     pub(crate) fn flow(flow: &FiveTuple) -> Self {
-        let mut k = Vec::with_capacity(20);
-        k.extend_from_slice(&flow.src.octets());
-        k.extend_from_slice(&flow.dst.octets());
-        if flow.proto != L4Proto::Icmp {
+        let mut k = Vec::with_capacity(44);
+        push_ip(&mut k, flow.src);
+        push_ip(&mut k, flow.dst);
+        if flow.proto.is_echo() {
+            push_padded(&mut k, &flow.src_port.to_be_bytes());
+        } else {
             push_padded(&mut k, &[flow.proto.number()]);
             push_padded(&mut k, &flow.src_port.to_be_bytes());
+            push_padded(&mut k, &flow.dst_port.to_be_bytes());
         }
-        push_padded(
-            &mut k,
-            &if flow.proto == L4Proto::Icmp {
-                flow.src_port
-            } else {
-                flow.dst_port
-            }
-            .to_be_bytes(),
-        );
         Self(k)
     }
 
-    /// The key of `flow` in the ports set: `ipv4_addr . inet_proto .
-    /// inet_service` (destination, protocol, destination port: a copy of
-    /// anything to the flow's local side, from any source port, for the
-    /// NAT binding step of note 40).
+    /// The key of `flow` in the ports set of its family: `ipv4_addr` (or
+    /// `ipv6_addr`) `. inet_proto . inet_service` (destination, protocol,
+    /// destination port: a copy of anything to the flow's local side, from
+    /// any source port, for the NAT binding step of note 40).
     pub(crate) fn ports(flow: &FiveTuple) -> Self {
-        let mut k = Vec::with_capacity(16);
-        k.extend_from_slice(&flow.dst.octets());
+        let mut k = Vec::with_capacity(24);
+        push_ip(&mut k, flow.dst);
         push_padded(&mut k, &[flow.proto.number()]);
         push_padded(&mut k, &flow.dst_port.to_be_bytes());
         Self(k)
@@ -123,6 +119,15 @@ impl Key {
         let mut k = a.octets().to_vec();
         k.extend_from_slice(&b.octets());
         Self(k)
+    }
+}
+
+/// An address field: 4 bytes for IPv4, 16 for IPv6 (both multiples of
+/// 4: no padding).
+fn push_ip(k: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => k.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => k.extend_from_slice(&a.octets()),
     }
 }
 
@@ -486,6 +491,7 @@ fn sock_err(what: &'static str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::native::L4Proto;
 
     /// `nft --debug=mnl add element inet t1 native_flows { 198.18.0.1 .
     /// 198.18.0.2 . tcp . 40000 . 5201 }` (nft 1.0.6), the attributes of its
@@ -507,8 +513,8 @@ mod tests {
 
     fn tcp() -> FiveTuple {
         FiveTuple {
-            src: Ipv4Addr::new(198, 18, 0, 1),
-            dst: Ipv4Addr::new(198, 18, 0, 2),
+            src: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 2).into(),
             proto: L4Proto::Tcp,
             src_port: 40000,
             dst_port: 5201,
@@ -570,6 +576,41 @@ mod tests {
             [0x020012c6, 0x00000011, 0x00005114]
         );
         assert_eq!(Key::flow(&tcp()).0.len(), 20);
+    }
+
+    #[test]
+    fn ipv6_keys_match_nft_debug_netlink() {
+        // `nft --debug=netlink add element inet t native_flows6 { fd00:18::1
+        // . fd00:18::2 . udp . 40000 . 5201 }` prints the key as
+        // little-endian u32 words, the addresses in 4 words each:
+        // `element 180000fd 00000000 00000000 01000000 180000fd 00000000
+        // 00000000 02000000 00000011 0000409c 00005114`; native_echo6
+        // `... 00003412`, native_ports6 `<dst> 00000011 00005114`.
+        let words = |k: &Key| -> Vec<u32> {
+            k.0.chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let a = [0x180000fd, 0, 0, 0x01000000];
+        let b = [0x180000fd, 0, 0, 0x02000000];
+        let udp = FiveTuple {
+            src: "fd00:18::1".parse().unwrap(),
+            dst: "fd00:18::2".parse().unwrap(),
+            proto: L4Proto::Udp,
+            ..tcp()
+        };
+        let want: Vec<u32> = [&a[..], &b[..], &[0x11, 0x409c, 0x5114]].concat();
+        assert_eq!(words(&Key::flow(&udp)), want);
+        let echo = FiveTuple {
+            proto: L4Proto::Icmpv6,
+            src_port: 4660,
+            dst_port: 4660,
+            ..udp
+        };
+        let want: Vec<u32> = [&a[..], &b[..], &[0x3412]].concat();
+        assert_eq!(words(&Key::flow(&echo)), want);
+        let want: Vec<u32> = [&b[..], &[0x11, 0x5114]].concat();
+        assert_eq!(words(&Key::ports(&udp)), want);
     }
 
     #[test]

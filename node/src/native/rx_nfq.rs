@@ -1,5 +1,8 @@
 //! Receive mechanism (a): NFQUEUE through the nfq crate, on a thread of its
-//! own. Each queued packet of a registered flow (or DPRP) is copied into the
+//! own. The `inet` table queues IPv4 and IPv6 packets alike (on a kernel
+//! without nft's `queue`, an iptables and an ip6tables rule queue the
+//! marked ones), and this thread reads both the same way. Each queued
+//! packet of a registered flow (or DPRP) is copied into the
 //! batch and dropped (verdict DROP): the kernel's stack never sees it. A
 //! packet with a registered flow's destination and ports from another
 //! source (the table's `native_ports` rule queues those too, up to a rate)

@@ -6,11 +6,14 @@
 //! every frame as the kernel fills it and wakes the thread then, and the
 //! thread still reads a busy ring without a system call per packet.
 //!
-//! The tap sees every IPv4 packet the host receives, before netfilter; a
-//! classic-BPF filter in the kernel narrows it to TCP and UDP towards the
-//! node's addresses, and this thread keeps the packets of registered flows
-//! (and DPRP probes). The node's table drops those same packets in
-//! prerouting, so the copy here is the only one.
+//! The tap (bound to every protocol, `ETH_P_ALL`, with outgoing packets
+//! ignored) sees every packet the host receives, before netfilter; a
+//! classic-BPF filter in the kernel (super::ring_filter) narrows it to IPv4
+//! and IPv6 TCP, UDP and ICMP/ICMPv6 echo towards the node's addresses of
+//! the same family, and this thread keeps the packets of registered flows (and DPRP probes). The
+//! node's table drops those same packets in prerouting, so the copy here is
+//! the only one. IPv6 packets with extension headers are left to the kernel
+//! (the filter reads the fixed header's next header only, as the table).
 //!
 //! Caveat: a tap sees packets after GRO. On a NIC with GRO on, consecutive
 //! TCP-shaped native packets of one flow can arrive here merged into one
@@ -18,11 +21,12 @@
 //! does not fit a ring frame: it is counted ([`super::RxStats::truncated`])
 //! and dropped, never handed over cut short.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use super::packet::{FiveTuple, L4Proto};
+use super::ring_filter::filter;
 use super::{Outbox, Shared};
 use crate::error::{Error, Result};
 
@@ -105,15 +109,9 @@ impl Ring {
 
     /// Opens the tap: socket, filter, ring, then bind (so no packet
     /// arrives before the filter is in place).
-    pub(crate) fn open(local: &[Ipv4Addr], skip_udp: &[u16], ring_mib: u32) -> Result<Self> {
+    pub(crate) fn open(local: &[IpAddr], skip_udp: &[u16], ring_mib: u32) -> Result<Self> {
         let err = |what| move |source| Error::NativeSocket { what, source };
-        if local.len() > 200 {
-            return Err(Error::NativeConfig {
-                setting: "local_addrs",
-                reason: "the packet filter takes at most 200 addresses",
-            });
-        }
-        check_skip(skip_udp)?;
+        let prog = filter(local, skip_udp)?;
         let blocks = ring_mib.clamp(1, 1024);
         // SAFETY: plain socket(2); the result is checked.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) };
@@ -128,13 +126,7 @@ impl Ring {
             .map_err(err("select TPACKET_V2"))?;
         // Outgoing packets (our own raw sends) are of no interest.
         let _ = setsockopt(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
-        let prog = filter(local, skip_udp);
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr().cast_mut(),
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
-            .map_err(err("attach the BPF filter"))?;
+        attach(&fd, &prog)?;
         let frames = BLOCK_SIZE / FRAME_SIZE * blocks;
         let req = TpacketReq {
             tp_block_size: BLOCK_SIZE,
@@ -178,7 +170,9 @@ impl Ring {
         // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        // Both families: ETH_P_IP and ETH_P_IPV6 would take two sockets
+        // (and two rings); the filter checks the protocol first instead.
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = 0;
         // SAFETY: sll is a valid sockaddr_ll of the given length.
         let rc = unsafe {
@@ -352,18 +346,15 @@ impl Drop for Ring {
 }
 
 /// Replaces the socket's BPF filter (atomically, in the kernel) with one
-/// for `local` and `skip_udp`.
-pub(crate) fn set_filter(fd: &OwnedFd, local: &[Ipv4Addr], skip_udp: &[u16]) -> Result<()> {
-    if local.is_empty() || local.len() > 200 {
-        return Err(Error::NativeConfig {
-            setting: "local_addrs",
-            reason: "the packet filter takes 1 to 200 addresses",
-        });
-    }
-    check_skip(skip_udp)?;
-    let prog = filter(local, skip_udp);
+/// for `local` (either family) and `skip_udp`.
+pub(crate) fn set_filter(fd: &OwnedFd, local: &[IpAddr], skip_udp: &[u16]) -> Result<()> {
+    attach(fd, &filter(local, skip_udp)?)
+}
+
+fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> Result<()> {
     let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
+        // filter() keeps the program under BPF_MAXINSNS.
+        len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
         filter: prog.as_ptr().cast_mut(),
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog).map_err(|source| {
@@ -372,19 +363,6 @@ pub(crate) fn set_filter(fd: &OwnedFd, local: &[Ipv4Addr], skip_udp: &[u16]) -> 
             source,
         }
     })
-}
-
-/// Most UDP ports the filter skips (the jumps are 8-bit).
-pub(crate) const MAX_SKIP_PORTS: usize = 16;
-
-pub(crate) fn check_skip(skip_udp: &[u16]) -> Result<()> {
-    if skip_udp.len() > MAX_SKIP_PORTS {
-        return Err(Error::NativeConfig {
-            setting: "skip_udp_ports",
-            reason: "the packet filter skips at most 16 ports",
-        });
-    }
-    Ok(())
 }
 
 /// Wakes the thread blocked in poll.
@@ -406,58 +384,6 @@ fn wanted(pkt: &[u8], shared: &Shared) -> bool {
     // A flow's ports from another source: the kernel keeps the packet (it
     // is not in the nft set), and the core sees a copy only to count it.
     flows.contains(&ft) || flows.same_ports(&ft)
-}
-
-/// The classic-BPF program: IPv4 TCP, UDP or ICMP towards one of `local`,
-/// except UDP to one of `skip_udp` (the node's own QUIC and GMS sockets:
-/// the bulk of its traffic when a peer is on QUIC, and never a native flow,
-/// since the node holds those ports on every address). The packet starts
-/// at the IP header on a SOCK_DGRAM packet socket.
-fn filter(local: &[Ipv4Addr], skip_udp: &[u16]) -> Vec<libc::sock_filter> {
-    let (n, m) = (local.len(), skip_udp.len());
-    let op = |code: u32, jt: usize, jf: usize, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: jt as u8,
-        jf: jf as u8,
-        k,
-    };
-    let (ld_b, ld_w, ld_h_ind, ldx_msh, jeq, ret) = (
-        libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        libc::BPF_LD | libc::BPF_H | libc::BPF_IND,
-        libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH,
-        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-        libc::BPF_RET | libc::BPF_K,
-    );
-    // Layout: 0-3 protocol, 4-5 UDP port load, 6.. the skipped ports,
-    // then the addresses, accept, drop. Jumps are relative to the next
-    // instruction.
-    let addr = 6 + m;
-    let accept = addr + 1 + n;
-    let drop = accept + 1;
-    let mut p = vec![
-        op(ld_b, 0, 0, 9),
-        op(jeq, addr - 2, 0, 6),
-        op(jeq, 1, 0, 17),
-        // ICMP: the thread keeps only the echoes of registered flows.
-        op(jeq, addr - 4, drop - 4, 1),
-        // UDP: X = IP header length, A = destination port.
-        op(ldx_msh, 0, 0, 0),
-        op(ld_h_ind, 0, 0, 2),
-    ];
-    for (i, port) in skip_udp.iter().enumerate() {
-        let at = 6 + i;
-        p.push(op(jeq, drop - at - 1, 0, u32::from(*port)));
-    }
-    p.push(op(ld_w, 0, 0, 16));
-    for (i, a) in local.iter().enumerate() {
-        let at = addr + 1 + i;
-        let jf = if i + 1 == n { drop - at - 1 } else { 0 };
-        p.push(op(jeq, accept - at - 1, jf, u32::from(*a)));
-    }
-    p.push(op(ret, 0, 0, 0x0004_0000));
-    p.push(op(ret, 0, 0, 0));
-    p
 }
 
 fn setsockopt<T>(
@@ -502,88 +428,4 @@ unsafe fn read_u16(base: *const u8, off: usize) -> u16 {
 unsafe fn write_u32(base: *mut u8, off: usize, v: u32) {
     // SAFETY: by the caller.
     unsafe { std::ptr::write_volatile(base.add(off).cast::<u32>(), v) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs the classic-BPF subset `filter` uses over `pkt`; returns the
-    /// accepted length (0 = dropped).
-    fn run(p: &[libc::sock_filter], pkt: &[u8]) -> u32 {
-        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
-        let byte = |o: usize| pkt.get(o).copied();
-        loop {
-            let ins = p[pc];
-            let code = u32::from(ins.code);
-            let k = ins.k as usize;
-            pc += 1;
-            match code {
-                c if c == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS => {
-                    a = u32::from(byte(k).unwrap_or_default());
-                }
-                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
-                    a = u32::from_be_bytes(pkt[k..k + 4].try_into().unwrap());
-                }
-                c if c == libc::BPF_LD | libc::BPF_H | libc::BPF_IND => {
-                    let o = x as usize + k;
-                    let Some(h) = pkt.get(o..o + 2) else { return 0 };
-                    a = u32::from(u16::from_be_bytes([h[0], h[1]]));
-                }
-                c if c == libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH => {
-                    x = u32::from(byte(k).unwrap_or_default() & 0x0f) * 4;
-                }
-                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
-                    pc += usize::from(if a == ins.k { ins.jt } else { ins.jf });
-                }
-                c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
-                other => panic!("unexpected op {other:#x}"),
-            }
-        }
-    }
-
-    fn packet(proto: u8, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 48];
-        p[0] = 0x46; // a 24-byte header: the port is read past the options
-        p[9] = proto;
-        p[16..20].copy_from_slice(&dst.octets());
-        p[26..28].copy_from_slice(&dport.to_be_bytes());
-        p
-    }
-
-    #[test]
-    fn the_filter_skips_the_nodes_own_udp_ports_only() {
-        let me = Ipv4Addr::new(198, 18, 0, 2);
-        let other = Ipv4Addr::new(198, 18, 0, 9);
-        for skip in [&[][..], &[7718][..], &[7718, 40001][..]] {
-            let p = filter(&[Ipv4Addr::new(10, 0, 0, 1), me], skip);
-            for port in [7718u16, 40001, 7717, 5201] {
-                let skipped = skip.contains(&port);
-                assert_eq!(
-                    run(&p, &packet(17, me, port)) == 0,
-                    skipped,
-                    "udp {port} {skip:?}"
-                );
-                // TCP ports are another space: never skipped.
-                assert_ne!(run(&p, &packet(6, me, port)), 0, "tcp {port}");
-                assert_eq!(run(&p, &packet(17, other, port)), 0, "not ours");
-            }
-            assert_ne!(run(&p, &packet(1, me, 0)), 0, "icmp");
-            assert_eq!(run(&p, &packet(47, me, 0)), 0, "gre");
-        }
-    }
-
-    #[test]
-    fn the_filter_jumps_stay_inside_the_program() {
-        for n in 1..=5 {
-            let local: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
-            let p = filter(&local, &[7718, 40000]);
-            for (i, ins) in p.iter().enumerate() {
-                if u32::from(ins.code) & 0x07 == libc::BPF_JMP {
-                    assert!(i + 1 + (ins.jt as usize) < p.len());
-                    assert!(i + 1 + (ins.jf as usize) < p.len());
-                }
-            }
-        }
-    }
 }

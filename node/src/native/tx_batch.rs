@@ -9,7 +9,8 @@ use super::send::{RawSender, SEND_BATCH};
 /// Room per packet slot before it grows (an MTU-sized native packet fits).
 const SLOT_CAPACITY: usize = 2048;
 
-/// One batch of whole IPv4 packets, each in its own reused slot.
+/// One batch of whole IPv4 or IPv6 packets (the families may mix), each in
+/// its own reused slot.
 #[derive(Debug)]
 pub struct TxBatch {
     slots: Vec<Vec<u8>>,

@@ -471,3 +471,105 @@ pub fn records_across(
     }
     gaps
 }
+
+/// `node`'s IPv6 overlay address, from its status.
+pub fn overlay6(ov: &fpn_lab::overlay::Overlay, node: &str) -> std::net::Ipv6Addr {
+    let st = ov.status(node).unwrap();
+    st["overlay6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{node} has no IPv6 overlay address: {st}"))
+        .parse()
+        .unwrap()
+}
+
+/// `fpn-lab echo serve` on TCP and UDP `port`, both families.
+pub fn echo_server6(ov: &fpn_lab::overlay::Overlay, host: &str, port: u16) -> fpn_lab::Process {
+    let addr = format!("[::]:{port}");
+    let p = ov
+        .lab()
+        .command(host, [BIN, "echo", "serve", "--tcp", &addr, "--udp", &addr])
+        .name(&format!("echo6-{port}"))
+        .spawn()
+        .unwrap();
+    p.wait_for_log("echo: udp", std::time::Duration::from_secs(5))
+        .unwrap();
+    p
+}
+
+/// configs/lab/ipv6-only.toml with the GMS on the VPS and open nodes a and
+/// b in one group.
+pub fn ipv6_only() -> fpn_lab::overlay::Overlay {
+    need(OVERLAY_TOOLS);
+    let lab = fpn_lab::Lab::up(fpn_lab::config_path("ipv6-only.toml")).expect("ipv6-only lab");
+    fpn_lab::overlay::Overlay::start(
+        lab,
+        &fpn_lab::overlay::Spec::new(
+            &[(1, "home")],
+            vec![
+                fpn_lab::overlay::NodeSpec::new("a", fpn_lab::overlay::Mode::Op, &[1]),
+                fpn_lab::overlay::NodeSpec::new("b", fpn_lab::overlay::Mode::Op, &[1]),
+            ],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("overlay start: {e}"))
+}
+
+/// Nodes a and b of `ov` both hold a GMS session; returns their underlay
+/// addresses on `pub-a`/`pub-b`, b's overlay addresses and an echo server
+/// on b's port 7002 (both families).
+pub fn connected_pair(
+    ov: &fpn_lab::overlay::Overlay,
+) -> (
+    std::net::IpAddr,
+    std::net::IpAddr,
+    std::net::Ipv4Addr,
+    std::net::Ipv6Addr,
+    fpn_lab::Process,
+) {
+    for n in ["a", "b"] {
+        let st = ov.status(n).unwrap();
+        assert_eq!(st["gms"]["connected"], true, "{n}: {st}");
+    }
+    (
+        ov.underlay("a", "pub-a").unwrap(),
+        ov.underlay("b", "pub-b").unwrap(),
+        ov.overlay_addr("b").unwrap(),
+        overlay6(ov, "b"),
+        echo_server6(ov, "b", 7002),
+    )
+}
+
+/// Transport packets of a capture, both families: (src, dst, protocol,
+/// src port, dst port); for ICMP and ICMPv6 the ports are the message type
+/// and the echo identifier (or 0). IPv6 packets with extension headers are
+/// listed with ports 0.
+pub fn l4_any(pcap: &fpn_lab::Pcap) -> Vec<(std::net::IpAddr, std::net::IpAddr, u8, u16, u16)> {
+    let ports = |proto: u8, l4: Option<&[u8]>| match (proto, l4) {
+        (6 | 17, Some(p)) => (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ),
+        (1 | 58, Some(p)) if p.len() >= 6 => (u16::from(p[0]), u16::from_be_bytes([p[4], p[5]])),
+        _ => (0, 0),
+    };
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter_map(|ip| match ip.first()? >> 4 {
+            4 if ip.len() >= 20 => {
+                let src = std::net::IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+                let dst = std::net::IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let (sp, dp) = ports(ip[9], ip.get(ihl..(ihl + 8).min(ip.len())));
+                Some((src, dst, ip[9], sp, dp))
+            }
+            6 if ip.len() >= 40 => {
+                let src = std::net::IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
+                let dst = std::net::IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
+                let (sp, dp) = ports(ip[6], ip.get(40..48.min(ip.len())));
+                Some((src, dst, ip[6], sp, dp))
+            }
+            _ => None,
+        })
+        .collect()
+}

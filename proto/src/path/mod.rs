@@ -50,9 +50,9 @@ pub enum Unavailable {
     NoRawSocket,
     /// The node could not install its interception rules.
     NoInterception,
-    /// The host had no IPv4 address when the node started: the native path
-    /// carries IPv4 underlay packets only (an IPv6-only host uses QUIC).
-    NoIpv4,
+    /// The host had no underlay address (of either family) when the node
+    /// started: the receive path has nothing to take packets to.
+    NoAddress,
 }
 
 /// Why the path is what it is.
@@ -101,7 +101,7 @@ impl fmt::Display for Reason {
             Self::Forced => f.write_str("forced"),
             Self::Unavailable(Unavailable::NoRawSocket) => f.write_str("no raw socket"),
             Self::Unavailable(Unavailable::NoInterception) => f.write_str("no interception"),
-            Self::Unavailable(Unavailable::NoIpv4) => f.write_str("no IPv4 underlay address"),
+            Self::Unavailable(Unavailable::NoAddress) => f.write_str("no underlay address"),
             Self::NoCandidates => f.write_str("no native address"),
             Self::Trying => f.write_str("trying native"),
             Self::PeerFellBack => f.write_str("peer's native path failed"),
