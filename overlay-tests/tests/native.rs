@@ -100,29 +100,7 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     // are native (checked below), where a marker sent without PCCOM would
     // be on the wire as it is.
     let to = std::net::SocketAddr::new(ov.overlay_addr("b").unwrap().into(), 7001);
-    let echoed = lab
-        .thread_in("a", move || {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            let mut buf = [0u8; 2048];
-            let _ = s.send_to(b"warm-up", to);
-            let _ = s.recv_from(&mut buf);
-            std::thread::sleep(Duration::from_millis(800));
-            let mut answers = 0;
-            for _ in 0..5 {
-                let _ = s.send_to(MARKER.as_bytes(), to);
-                if s.recv_from(&mut buf)
-                    .is_ok_and(|(n, _)| buf[..n].ends_with(MARKER.as_bytes()))
-                {
-                    answers += 1;
-                }
-            }
-            (answers, s.local_addr().unwrap().port())
-        })
-        .unwrap()
-        .join();
-    let (answers, sport) = echoed;
+    let (answers, sport) = common::marked_flow(&ov, "a", to, MARKER);
     let pcap = cap
         .wait_for(Duration::from_secs(5), |p| {
             l4(p).iter().any(|&(s, d, pr, sp, dp)| {

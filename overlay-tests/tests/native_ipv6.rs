@@ -12,7 +12,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{connected_pair, echo_send, iperf_server, ipv6_only, l4_any};
+use common::{connected_pair, echo_send, iperf_server, ipv6_only, l4_any, marked_flow};
 use fpn_lab::overlay::Overlay;
 
 const MARKER: &str = "fpn-native6-plaintext-marker-7b19";
@@ -27,41 +27,6 @@ fn counter(ov: &Overlay, node: &str, name: &str) -> u64 {
     ov.status(node).unwrap()["counters"][name]
         .as_u64()
         .unwrap_or(0)
-}
-
-/// Sends the marker five times on one UDP flow from `host` to `to`, after
-/// a warm-up and a pause past a new flow's 300 ms QUIC grace, so the
-/// marked packets take the native path (QUIC's own TLS would hide the
-/// marker whatever PCCOM does). Returns the echoes that came back and the
-/// flow's source port.
-fn marked_flow(ov: &Overlay, host: &str, to: SocketAddr) -> (usize, u16) {
-    ov.lab()
-        .thread_in(host, move || {
-            let any: SocketAddr = if to.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let s = std::net::UdpSocket::bind(any).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            let mut buf = [0u8; 2048];
-            let _ = s.send_to(b"warm-up", to);
-            let _ = s.recv_from(&mut buf);
-            std::thread::sleep(Duration::from_millis(800));
-            let mut answers = 0;
-            for _ in 0..5 {
-                let _ = s.send_to(MARKER.as_bytes(), to);
-                if s.recv_from(&mut buf)
-                    .is_ok_and(|(n, _)| buf[..n].ends_with(MARKER.as_bytes()))
-                {
-                    answers += 1;
-                }
-            }
-            (answers, s.local_addr().unwrap().port())
-        })
-        .unwrap()
-        .join()
 }
 
 #[test]
@@ -94,7 +59,7 @@ fn on_an_ipv6_only_underlay_both_overlay_families_run_natively_as_ipv6_packets()
         .unwrap();
     let mut sports = Vec::new();
     for to in [IpAddr::V4(b4), IpAddr::V6(b6)] {
-        let (answers, sport) = marked_flow(&ov, "a", SocketAddr::new(to, 7002));
+        let (answers, sport) = marked_flow(&ov, "a", SocketAddr::new(to, 7002), MARKER);
         assert!(
             answers >= 3,
             "to {to}: only {answers} of 5 marker echoes came back"

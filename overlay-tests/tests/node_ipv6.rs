@@ -380,7 +380,8 @@ fn an_ipv4_only_node_and_an_ipv6_only_node_reach_each_other_through_the_relay() 
 /// IPv6-only one and back; b and the GMS are dual-stack. The connection
 /// survives both moves (every record once, in order), the laptop's session
 /// with the GMS follows it into the other family, and on the IPv6-only
-/// network its path to b is QUIC over b's IPv6 address.
+/// network its path to b goes to b's IPv6 address (QUIC, then native once
+/// probed there: note 63).
 #[test]
 fn a_tcp_connection_survives_moves_between_an_ipv4_only_and_an_ipv6_only_network() {
     common::need(common::OVERLAY_TOOLS);

@@ -381,11 +381,13 @@ fn a_node_probes_a_peer_in_the_family_both_have_and_again_when_its_families_chan
     let v4: std::net::SocketAddr = "198.18.0.2:7717".parse().unwrap();
     let v6: std::net::SocketAddr = "[fd00:18::2]:7717".parse().unwrap();
     let core = &mut sim.nodes[a].core;
-    assert!(core.native_family_v4(&[v6, v4]));
-    assert!(!core.native_family_v4(&[v6]));
+    assert_eq!(core.native_family_v4(&[v6, v4]), Some(true));
+    assert_eq!(core.native_family_v4(&[v6]), Some(false));
     core.paths.families = Some(super::Families {
         v4: false,
         v6: true,
     });
-    assert!(!core.native_family_v4(&[v4, v6]));
+    assert_eq!(core.native_family_v4(&[v4, v6]), Some(false));
+    // No family in common: no candidate at all (not the other family's).
+    assert_eq!(core.native_family_v4(&[v4]), None);
 }

@@ -125,7 +125,7 @@ pub(super) struct Paths {
 pub struct Families {
     /// An IPv4 address.
     pub v4: bool,
-    /// A global IPv6 address.
+    /// An IPv6 address other than link-local (what the driver reports).
     pub v6: bool,
 }
 
@@ -185,7 +185,7 @@ impl NodeCore {
     }
 
     /// A packet the native receive path took in: `buf[..len]` holds a raw
-    /// IPv4 packet addressed to this node's underlay address. Probes and
+    /// IPv4 or IPv6 packet addressed to this node's underlay address. Probes and
     /// answers (UDP to [`PROBE_PORT`]) go to the sender's machine; a PCCOM
     /// packet of a translated flow is translated back to its overlay
     /// five-tuple, unprotected in place and returned for the TUN. Anything
@@ -614,33 +614,43 @@ impl NodeCore {
         self.drain_path(ge, now);
     }
 
-    /// Whether a peer with underlay addresses `peer` is probed on IPv4
-    /// (else IPv6): one family per peer, IPv4 where both ends have it, so
+    /// The family a peer with underlay addresses `peer` is probed in:
+    /// `Some(true)` IPv4, `Some(false)` IPv6, `None` when the two ends
+    /// share none. One family per peer, IPv4 where both ends have it, so
     /// a dual-stack pair keeps the path it had before IPv6 underlays were
     /// native and both ends agree without a word (note 63).
-    pub(super) fn native_family_v4(&self, peer: &[SocketAddr]) -> bool {
+    pub(super) fn native_family_v4(&self, peer: &[SocketAddr]) -> Option<bool> {
         let here = self
             .paths
             .families
             .unwrap_or(Families { v4: true, v6: true });
-        let there4 = peer.iter().any(SocketAddr::is_ipv4);
-        let there6 = peer.iter().any(SocketAddr::is_ipv6);
-        (here.v4 && there4) || !(here.v6 && there6)
+        if here.v4 && peer.iter().any(SocketAddr::is_ipv4) {
+            Some(true)
+        } else if here.v6 && peer.iter().any(SocketAddr::is_ipv6) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Makes or updates the machine of a peer after a directory record.
     pub(super) fn update_machine(&mut self, ge: GeId, now: Instant) {
         let Some(p) = self.peers.get(ge) else { return };
         let mut candidates: Vec<SocketAddr> = Vec::new();
-        let v4 = self.native_family_v4(&p.target.addrs);
-        for a in p.target.addrs.iter().filter(|a| a.is_ipv4() == v4) {
+        let family = self.native_family_v4(&p.target.addrs);
+        for a in p
+            .target
+            .addrs
+            .iter()
+            .filter(|a| Some(a.is_ipv4()) == family)
+        {
             let c = SocketAddr::new(a.ip(), PROBE_PORT);
             if !candidates.contains(&c) {
                 candidates.push(c);
             }
         }
         if let Some(c) = self.paths.nat_sources.get(&ge)
-            && c.is_ipv4() == v4
+            && Some(c.is_ipv4()) == family
             && !candidates.contains(c)
         {
             candidates.push(*c);
@@ -1117,17 +1127,23 @@ impl NodeCore {
     /// its flow's translation: `Some((start, end))` when the wire packet is
     /// now `buf[start..end]`, `None` (buffer unchanged) when the flow has
     /// none or the packet cannot cross (an IPv6 extension header, IPv4
-    /// options, no room). PCCOM binds neither the addresses nor the IP
+    /// options, no room). The port rewrite after a family change works on
+    /// the packet just made and checked, so it does not fail there. PCCOM binds neither the addresses nor the IP
     /// version, so a packet may change family on the way (`packet::family`):
     /// an IPv6 overlay packet on an IPv4 wire starts 20 bytes in (note 59),
     /// an IPv4 one on an IPv6 wire ends 20 bytes later (`buf` needs the
     /// room; note 63).
     pub(super) fn to_wire(&self, buf: &mut [u8], n: usize) -> Option<(usize, usize)> {
-        let (overlay, ip_header) = {
-            let pkt = Packet::parse(&buf[..n]).ok()?;
-            (pkt.flow_id(), pkt.ip_header_len())
-        };
+        let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
+        let (overlay, ip_header) = (pkt.flow_id(), pkt.ip_header_len());
         let t = *self.xlat.get(&overlay)?;
+        if overlay.src.is_ipv4() == t.wire.src.is_ipv4() {
+            // The usual case: addresses (and ports) rewritten in place, one
+            // parse and one lookup per packet.
+            return fpn_proto::xlat::rewrite_to(&mut pkt, &t.overlay, &t.wire)
+                .ok()
+                .map(|()| (0, n));
+        }
         // The flow as it is once its IP header has the wire's family and
         // addresses: `rewrite_to` then puts the translation's ports.
         let from = FlowId {
@@ -1136,10 +1152,6 @@ impl NodeCore {
             ..overlay
         };
         match (t.wire.src, t.wire.dst) {
-            _ if overlay.src.is_ipv4() == t.wire.src.is_ipv4() => {
-                let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
-                matches!(self.xlat.translate_outbound(&mut pkt), Ok(Some(_))).then_some((0, n))
-            }
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 if ip_header != fpn_proto::packet::IPV6_HEADER_LEN {
                     return None;

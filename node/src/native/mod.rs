@@ -14,8 +14,9 @@
 //!   packet, UDP to port 7717 of a local address) never reaches the kernel's
 //!   sockets, so the kernel sends no RST and no ICMP port unreachable, and
 //!   the host's own servers on the same ports keep serving everybody else;
-//! - a receive thread that copies those packets out and hands them to the
-//!   driver in batches ([`NativeRx`], usable from tokio or blocking code).
+//! - a receive thread (two with the packet ring: one per IP version) that
+//!   copies those packets out and hands them to the driver in batches
+//!   ([`NativeRx`], usable from tokio or blocking code).
 //!
 //! The driver owns the `NativeIo` (sending takes `&mut self`; more senders
 //! for more workers are [`RawSender::open`]), takes the [`NativeRx`] once,
@@ -23,14 +24,19 @@
 //! that adds and removes flows as the core decides.
 //!
 //! Two receive mechanisms ([`RxMechanism`]): NFQUEUE (the rule queues the
-//! packet; the thread copies it and gives the verdict DROP) and an
-//! AF_PACKET TPACKET_V2 ring (a classic-BPF filter narrows the tap to
-//! TCP/UDP/ICMP(v6) towards the node's addresses, except UDP to the node's own
-//! sockets' ports, [`NativeConfig::skip_udp_ports`]; the thread keeps only
-//! registered flows, and the rule drops the packet in prerouting after the
-//! tap has copied it). With both, a copy of a packet with a registered
-//! flow's ports from another source goes to the core as well, which counts
-//! and drops it, while the kernel keeps the packet as the host's own
+//! packet; the thread copies it and gives the verdict DROP) and
+//! AF_PACKET TPACKET_V2 rings, two: one bound to `ETH_P_IP`, one to
+//! `ETH_P_IPV6`, each with its own thread (a classic-BPF filter narrows
+//! each tap to TCP/UDP/ICMP(v6) towards the node's addresses of its family,
+//! except UDP to the node's own sockets' ports,
+//! [`NativeConfig::skip_udp_ports`]; the threads keep only registered
+//! flows, and the rule drops the packet in prerouting after the tap has
+//! copied it). Protocol-bound, not one `ETH_P_ALL` tap for both: that one
+//! would see a packet once per device it passes, twice on a host whose
+//! address is on a bridge, bond or VLAN (super::rx_ring says more). With
+//! both mechanisms, a copy of a packet with a registered flow's ports from
+//! another source goes to the core as well, which counts and drops it,
+//! while the kernel keeps the packet as the host's own
 //! (NFQUEUE: a `native_ports` rule queues it, up to 1000 a second, and the
 //! thread gives it back with ACCEPT). docs/DESIGN-NOTES.md note 15
 //! compares them (and note 27 the ring versions); the default is
@@ -82,7 +88,7 @@ use fpn_proto::flow::{FastMap, FastSet};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -98,7 +104,7 @@ pub use tx_batch::{TxBatch, send_here};
 /// like native packets.
 pub const DPRP_PORT: u16 = 7717;
 
-/// How the receive thread takes packets from the kernel. The default is
+/// How the receive threads take packets from the kernel. The default is
 /// [`PacketRing`](Self::PacketRing) (docs/DESIGN-NOTES.md note 15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RxMechanism {
@@ -109,9 +115,10 @@ pub enum RxMechanism {
         /// The queue number (unique per node on the host).
         queue: u16,
     },
-    /// An AF_PACKET TPACKET_V2 ring with a BPF filter (IPv4 and IPv6
-    /// TCP/UDP/echo towards the local addresses) and an nftables `drop`
-    /// rule on the sets.
+    /// Two AF_PACKET TPACKET_V2 rings, bound to `ETH_P_IP` and
+    /// `ETH_P_IPV6`, each with a BPF filter (TCP/UDP/echo towards the local
+    /// addresses of its family) and a thread, and an nftables `drop` rule
+    /// on the sets.
     #[default]
     PacketRing,
 }
@@ -140,7 +147,8 @@ pub struct NativeConfig {
     pub channel_batches: usize,
     /// NFQUEUE: the kernel queue's length in packets.
     pub queue_len: u32,
-    /// PacketRing: the ring's size in MiB (1 MiB blocks).
+    /// PacketRing: each ring's size in MiB (1 MiB blocks; there are two,
+    /// IPv4 and IPv6).
     pub ring_mib: u32,
     /// PacketRing: UDP destination ports the tap never copies (at most 16):
     /// the node's own QUIC carrier and GMS client sockets, whose datagrams
@@ -233,7 +241,7 @@ impl RxBatch {
     }
 }
 
-/// The driver's end of the receive thread.
+/// The driver's end of the receive threads.
 #[derive(Debug)]
 pub struct NativeRx {
     rx: tokio::sync::mpsc::Receiver<RxBatch>,
@@ -241,7 +249,7 @@ pub struct NativeRx {
 }
 
 impl NativeRx {
-    /// The next batch; `None` once the thread has stopped.
+    /// The next batch; `None` once the receive threads have stopped.
     pub async fn recv(&mut self) -> Option<RxBatch> {
         self.rx.recv().await
     }
@@ -256,14 +264,14 @@ impl NativeRx {
         self.rx.try_recv()
     }
 
-    /// Gives a batch's buffers back to the thread, so steady-state receiving
+    /// Gives a batch's buffers back to the threads, so steady-state receiving
     /// allocates nothing. Optional.
     pub fn recycle(&self, batch: RxBatch) {
         let _ = self.pool.try_send(batch);
     }
 }
 
-/// Counters of the receive thread.
+/// Counters of the receive threads (the two rings' added up).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RxStats {
     /// Packets handed to the driver.
@@ -361,7 +369,7 @@ impl FlowControl {
 }
 
 /// The native carrier's I/O: the raw sender, the node's table and the
-/// receive thread. Dropping it deletes the table.
+/// receive threads. Dropping it deletes the table.
 #[derive(Debug)]
 pub struct NativeIo {
     table: Option<Arc<nft::Table>>,
@@ -375,19 +383,41 @@ pub struct NativeIo {
     skip_udp_ports: Vec<u16>,
 }
 
-#[derive(Debug)]
+/// The receive threads: one (NFQUEUE) or one per ring.
+#[derive(Debug, Default)]
 struct Worker {
-    thread: JoinHandle<()>,
-    /// Wakes a thread blocked in poll(2) (PacketRing).
-    wake: Option<std::os::fd::OwnedFd>,
-    /// The AF_PACKET socket, for filter changes (PacketRing).
-    socket: Option<std::os::fd::OwnedFd>,
+    threads: Vec<JoinHandle<()>>,
+    /// PacketRing: the rings (IPv4, IPv6), whether or not their threads
+    /// have started.
+    rings: Vec<RingHandle>,
+}
+
+/// What the driver side keeps of a ring its thread owns.
+#[derive(Debug)]
+struct RingHandle {
+    family: rx_ring::Family,
+    /// Wakes the thread blocked in poll(2).
+    wake: std::os::fd::OwnedFd,
+    /// The AF_PACKET socket, for filter changes.
+    socket: std::os::fd::OwnedFd,
+}
+
+impl Worker {
+    /// Wakes and joins every thread; `shared.stop` is set first.
+    fn join(self) {
+        for r in &self.rings {
+            rx_ring::wake(&r.wake);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 impl NativeIo {
     /// Opens the raw sender and the receiver, then replaces any table named
     /// `cfg.table` (left by a killed node) with a fresh, empty one, and
-    /// starts the receive thread. Everything lives in the calling thread's
+    /// starts the receive threads. Everything lives in the calling thread's
     /// network namespace. Needs CAP_NET_ADMIN and CAP_NET_RAW, and the `nft`
     /// binary.
     pub fn open(cfg: NativeConfig) -> Result<Self> {
@@ -408,7 +438,7 @@ impl NativeIo {
         let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel(cfg.channel_batches);
         let outbox = Outbox {
             tx,
-            pool: pool_rx,
+            pool: Arc::new(Mutex::new(pool_rx)),
             cur: RxBatch::default(),
             max_batch: cfg.max_batch,
         };
@@ -437,9 +467,8 @@ impl NativeIo {
                 (
                     table,
                     Worker {
-                        thread,
-                        wake: None,
-                        socket: None,
+                        threads: vec![thread],
+                        rings: Vec::new(),
                     },
                 )
             }
@@ -450,13 +479,27 @@ impl NativeIo {
                         reason: "the packet ring needs at least one local address",
                     });
                 }
-                let mut ring =
-                    rx_ring::Ring::open(&cfg.local_addrs, &cfg.skip_udp_ports, cfg.ring_mib)?;
-                if let Some(tun) = &cfg.tun {
-                    ring.skip_interface(tun);
+                // Both rings, also without an IPv6 address (its filter then
+                // takes nothing until set_local_addrs brings one).
+                let mut rings = Vec::with_capacity(2);
+                let mut worker = Worker::default();
+                for family in rx_ring::Family::BOTH {
+                    let mut ring = rx_ring::Ring::open(
+                        family,
+                        &cfg.local_addrs,
+                        &cfg.skip_udp_ports,
+                        cfg.ring_mib,
+                    )?;
+                    if let Some(tun) = &cfg.tun {
+                        ring.skip_interface(tun);
+                    }
+                    worker.rings.push(RingHandle {
+                        family,
+                        wake: ring.waker()?,
+                        socket: ring.socket()?,
+                    });
+                    rings.push(ring);
                 }
-                let wake = ring.waker()?;
-                let socket = ring.socket()?;
                 let table = nft::Table::create(
                     nft::Netns::current()?,
                     &cfg.table,
@@ -465,22 +508,22 @@ impl NativeIo {
                     cfg.tun.as_deref(),
                     nft::RxVerdict::Drop,
                 )?;
-                let sh = shared.clone();
-                let thread = match spawn("fpn-native-ring", move || ring.run(&sh, outbox)) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = table.delete();
-                        return Err(e);
+                // One outbox per thread, into the same channel.
+                let outboxes = [outbox.sibling(), outbox];
+                for (ring, out) in rings.into_iter().zip(outboxes) {
+                    let sh = shared.clone();
+                    let name = ring.family().thread_name();
+                    match spawn(name, move || ring.run(&sh, out)) {
+                        Ok(t) => worker.threads.push(t),
+                        Err(e) => {
+                            shared.stop.store(true, Ordering::Release);
+                            worker.join();
+                            let _ = table.delete();
+                            return Err(e);
+                        }
                     }
-                };
-                (
-                    table,
-                    Worker {
-                        thread,
-                        wake: Some(wake),
-                        socket: Some(socket),
-                    },
-                )
+                }
+                (table, worker)
             }
         };
         tracing::debug!(table = table.name(), ?cfg.mechanism, "native I/O open");
@@ -541,12 +584,29 @@ impl NativeIo {
 
     /// The node's underlay addresses changed (Mobile PPC): native packets
     /// and DPRP probes now arrive for `local` (either family). Replaces the
-    /// ring's BPF filter and the table's address sets; registered flows are
-    /// kept (the core re-registers the ones whose addresses changed).
+    /// rings' BPF filters (each with `local`'s addresses of its family;
+    /// neither if either cannot take them) and the table's address sets;
+    /// registered flows are kept (the core re-registers the ones whose
+    /// addresses changed).
     pub fn set_local_addrs(&self, local: &[IpAddr]) -> Result<()> {
         let table = self.table.as_ref().ok_or(Error::NativeClosed)?;
-        if let Some(fd) = self.worker.as_ref().and_then(|w| w.socket.as_ref()) {
-            rx_ring::set_filter(fd, local, &self.skip_udp_ports)?;
+        if let Some(w) = &self.worker
+            && !w.rings.is_empty()
+        {
+            if local.is_empty() {
+                return Err(Error::NativeConfig {
+                    setting: "local_addrs",
+                    reason: "the packet ring needs at least one local address",
+                });
+            }
+            let progs = w
+                .rings
+                .iter()
+                .map(|r| rx_ring::program(r.family, local, &self.skip_udp_ports))
+                .collect::<Result<Vec<_>>>()?;
+            for (r, prog) in w.rings.iter().zip(&progs) {
+                rx_ring::attach(&r.socket, prog)?;
+            }
         }
         if self.has_local {
             table.set_local(local)?;
@@ -559,13 +619,13 @@ impl NativeIo {
         self.sender.send_batch(packets)
     }
 
-    /// The receive thread's counters.
+    /// The receive threads' counters.
     pub fn stats(&self) -> RxStats {
         self.shared.counters.snapshot()
     }
 
     /// Deletes the table (the kernel's stack gets every flow back), then
-    /// stops the receive thread.
+    /// stops the receive threads.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
     }
@@ -578,10 +638,7 @@ impl NativeIo {
             None => Ok(()),
         };
         if let Some(w) = self.worker.take() {
-            if let Some(fd) = &w.wake {
-                rx_ring::wake(fd);
-            }
-            let _ = w.thread.join();
+            w.join();
         }
         r
     }
@@ -726,16 +783,28 @@ impl Counters {
     }
 }
 
-/// The thread's side of the channel: fills a batch, hands it over when full
+/// A thread's side of the channel: fills a batch, hands it over when full
 /// or when the kernel has nothing more right now.
 pub(crate) struct Outbox {
     tx: tokio::sync::mpsc::Sender<RxBatch>,
-    pool: std::sync::mpsc::Receiver<RxBatch>,
+    /// Recycled batches ([`NativeRx::recycle`]), shared by the threads:
+    /// the lock is taken once per batch handed over, never per packet.
+    pool: Arc<Mutex<std::sync::mpsc::Receiver<RxBatch>>>,
     cur: RxBatch,
     max_batch: usize,
 }
 
 impl Outbox {
+    /// Another thread's outbox into the same channel and pool.
+    fn sibling(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            pool: self.pool.clone(),
+            cur: RxBatch::default(),
+            max_batch: self.max_batch,
+        }
+    }
+
     /// Adds a packet; hands the batch over when full. False once the driver
     /// is gone or the node stops.
     pub(crate) fn push(&mut self, shared: &Shared, packet: &[u8]) -> bool {
@@ -752,7 +821,11 @@ impl Outbox {
         if self.cur.is_empty() {
             return true;
         }
-        let mut next = self.pool.try_recv().unwrap_or_default();
+        let recycled = {
+            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.try_recv()
+        };
+        let mut next = recycled.unwrap_or_default();
         next.clear();
         let mut batch = std::mem::replace(&mut self.cur, next);
         let (n, bytes) = (batch.len() as u64, batch.data.len() as u64);

@@ -2,7 +2,8 @@
 //! the kernel copies into the ring at all. IPv4 and IPv6, by the ethertype
 //! (`skb->protocol`): TCP, UDP and ICMP/ICMPv6 echo towards one of the
 //! node's addresses of the packet's family, except UDP to the node's own
-//! sockets' ports.
+//! sockets' ports. Each ring is bound to one family's ethertype and gets
+//! the program of that family's addresses only ([`family_filter`]).
 //!
 //! A small assembler with labels builds the program, so every jump offset
 //! is computed and checked (a conditional jump's is 8 bits): a program the
@@ -139,6 +140,35 @@ pub(super) fn filter(local: &[IpAddr], skip_udp: &[u16]) -> Result<Vec<libc::soc
         a.op(ret, 0);
     }
     a.finish()
+}
+
+/// The program of a ring bound to one family's ethertype (IPv6 when
+/// `v6`, super::rx_ring): [`filter`] over `local`'s addresses of that
+/// family, or, with none, a program that takes nothing (the ring stays
+/// open, so that an address of the family added later only changes its
+/// filter). The ethertype check at the program's start then always finds
+/// the ring's own family (`skb->protocol` is what the socket is bound to),
+/// a guard that costs one load.
+pub(super) fn family_filter(
+    v6: bool,
+    local: &[IpAddr],
+    skip_udp: &[u16],
+) -> Result<Vec<libc::sock_filter>> {
+    check_skip(skip_udp)?;
+    let mine: Vec<IpAddr> = local
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv6() == v6)
+        .collect();
+    if mine.is_empty() {
+        return Ok(vec![libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }]);
+    }
+    filter(&mine, skip_udp)
 }
 
 /// A jump target of [`Asm`]: the next instruction or a label.
@@ -444,6 +474,28 @@ mod tests {
             let last4 = Ipv4Addr::from(0xc612_0000 + u32::from(n - 1));
             assert_ne!(run(&p, V4, &packet(6, last4, 1)), 0, "{n}");
         }
+    }
+
+    #[test]
+    fn a_family_ring_takes_its_own_family_only() {
+        let v4 = Ipv4Addr::new(198, 18, 0, 2);
+        let v6: Ipv6Addr = "fd00:18::2".parse().unwrap();
+        let both = [v4.into(), v6.into()];
+        let p4 = family_filter(false, &both, &[7718]).unwrap();
+        let p6 = family_filter(true, &both, &[7718]).unwrap();
+        assert_ne!(run(&p4, V4, &packet(17, v4, 5201)), 0);
+        assert_eq!(run(&p4, V4, &packet(17, v4, 7718)), 0, "skipped port");
+        assert_eq!(run(&p4, V6, &packet6(17, v6, 5201)), 0);
+        assert_ne!(run(&p6, V6, &packet6(17, v6, 5201)), 0);
+        assert_eq!(run(&p6, V6, &packet6(17, v6, 7718)), 0, "skipped port");
+        assert_eq!(run(&p6, V4, &packet(17, v4, 5201)), 0);
+        // No address of the family: nothing, whatever comes.
+        let none6 = family_filter(true, &[v4.into()], &[]).unwrap();
+        let none4 = family_filter(false, &[v6.into()], &[]).unwrap();
+        assert_eq!(run(&none6, V6, &packet6(17, v6, 5201)), 0);
+        assert_eq!(run(&none4, V4, &packet(17, v4, 5201)), 0);
+        assert_eq!(run(&family_filter(true, &[], &[]).unwrap(), V6, &[]), 0);
+        assert!(family_filter(true, &[v6.into()], &[1; MAX_SKIP_PORTS + 1]).is_err());
     }
 
     #[test]

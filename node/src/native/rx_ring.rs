@@ -1,4 +1,5 @@
-//! Receive mechanism (b): an AF_PACKET socket with a TPACKET_V2 mmap ring.
+//! Receive mechanism (b): AF_PACKET sockets with a TPACKET_V2 mmap ring
+//! each, one per IP version.
 //!
 //! TPACKET_V2, not V3 (docs/DESIGN-NOTES.md, "Native receive latency"): V3
 //! hands packets over a block at a time, so a lone packet waited for its
@@ -6,14 +7,36 @@
 //! every frame as the kernel fills it and wakes the thread then, and the
 //! thread still reads a busy ring without a system call per packet.
 //!
-//! The tap (bound to every protocol, `ETH_P_ALL`, with outgoing packets
-//! ignored) sees every packet the host receives, before netfilter; a
-//! classic-BPF filter in the kernel (super::ring_filter) narrows it to IPv4
-//! and IPv6 TCP, UDP and ICMP/ICMPv6 echo towards the node's addresses of
-//! the same family, and this thread keeps the packets of registered flows (and DPRP probes). The
-//! node's table drops those same packets in prerouting, so the copy here is
-//! the only one. IPv6 packets with extension headers are left to the kernel
-//! (the filter reads the fixed header's next header only, as the table).
+//! Two rings, each with its own socket and thread: one bound to `ETH_P_IP`,
+//! one to `ETH_P_IPV6` ([`Family`]). Each tap sees every packet of its
+//! family the host receives, before netfilter; a classic-BPF filter in the
+//! kernel (super::ring_filter) narrows it to TCP, UDP and ICMP/ICMPv6 echo
+//! towards the node's addresses of that family, and the thread keeps the
+//! packets of registered flows (and DPRP probes). The node's table drops
+//! those same packets in prerouting, so the copy here is the only one.
+//! IPv6 packets with extension headers are left to the kernel (the filter
+//! reads the fixed header's next header only, as the table). The IPv6 ring
+//! is open also while the node has no IPv6 address (its filter then takes
+//! nothing), since addresses change at run time.
+//!
+//! Why not one socket bound to `ETH_P_ALL` for both families: such a tap
+//! (in `ptype_all`) sees a packet once per device it passes (a bridge port
+//! and then the bridge, a bond slave and the bond, a VLAN's lower device
+//! and the VLAN, a macvlan's lower device), so on a host whose underlay
+//! address sits on a bridge, bond or VLAN every native packet, probe and
+//! DPRP message would be copied twice (the second refused by PCCOM as a
+//! replay, after costing the work twice), and every packet sent too where
+//! `PACKET_IGNORE_OUTGOING` is missing. A tap bound to one protocol (in
+//! `ptype_base`) gets a received packet once, on the device it ends on,
+//! and never an outgoing one (the option is set anyway, harmless).
+//!
+//! Caveat (open, as before IPv6): with br_netfilter loaded and
+//! `bridge-nf-call-iptables` (or `-ip6tables`) on, the table's prerouting
+//! drop runs at the bridge port, before the packet reaches the bridge
+//! device, so a protocol-bound tap never sees a native packet to an
+//! address on a bridge (an `ETH_P_ALL` tap saw it on the port first).
+//! Probes are taken the same way and go unanswered, so such a node's
+//! peers stay on QUIC (docs/NODE.md, known limits).
 //!
 //! Caveat: a tap sees packets after GRO. On a NIC with GRO on, consecutive
 //! TCP-shaped native packets of one flow can arrive here merged into one
@@ -26,7 +49,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use super::packet::{FiveTuple, L4Proto};
-use super::ring_filter::filter;
+use super::ring_filter::family_filter;
 use super::{Outbox, Shared};
 use crate::error::{Error, Result};
 
@@ -77,8 +100,48 @@ const PKT_NET: usize = 14;
 /// 32-byte `tpacket2_hdr` (TPACKET_ALIGN(32) = 32), 4 bytes into it.
 const PKT_IFINDEX: usize = 32 + 4;
 
+/// The IP version a ring takes: its socket is bound to that ethertype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// `ETH_P_IP`.
+    V4,
+    /// `ETH_P_IPV6`.
+    V6,
+}
+
+impl Family {
+    /// Both, one ring each.
+    pub(crate) const BOTH: [Self; 2] = [Self::V4, Self::V6];
+
+    fn ethertype(self) -> u16 {
+        match self {
+            Self::V4 => libc::ETH_P_IP as u16,
+            Self::V6 => libc::ETH_P_IPV6 as u16,
+        }
+    }
+
+    /// The name of the ring's receive thread.
+    pub(crate) fn thread_name(self) -> &'static str {
+        match self {
+            Self::V4 => "fpn-native-ring",
+            Self::V6 => "fpn-native-ring6",
+        }
+    }
+}
+
+/// The BPF program of the ring of `family`: its addresses of `local`
+/// (none: nothing is taken) and `skip_udp`.
+pub(crate) fn program(
+    family: Family,
+    local: &[IpAddr],
+    skip_udp: &[u16],
+) -> Result<Vec<libc::sock_filter>> {
+    family_filter(family == Family::V6, local, skip_udp)
+}
+
 /// The socket and its mapped ring.
 pub(crate) struct Ring {
+    family: Family,
     fd: OwnedFd,
     map: *mut u8,
     blocks: usize,
@@ -107,12 +170,24 @@ impl Ring {
         self.skip_ifindex = (idx != 0).then_some(idx);
     }
 
-    /// Opens the tap: socket, filter, ring, then bind (so no packet
-    /// arrives before the filter is in place).
-    pub(crate) fn open(local: &[IpAddr], skip_udp: &[u16], ring_mib: u32) -> Result<Self> {
+    /// The family this ring takes.
+    pub(crate) fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Opens the tap of `family` (`ring_mib` MiB of ring): socket, filter,
+    /// ring, then bind (so no packet arrives before the filter is in
+    /// place).
+    pub(crate) fn open(
+        family: Family,
+        local: &[IpAddr],
+        skip_udp: &[u16],
+        ring_mib: u32,
+    ) -> Result<Self> {
         let err = |what| move |source| Error::NativeSocket { what, source };
-        let prog = filter(local, skip_udp)?;
+        let prog = program(family, local, skip_udp)?;
         let blocks = ring_mib.clamp(1, 1024);
+        // Protocol 0: nothing arrives before the bind below.
         // SAFETY: plain socket(2); the result is checked.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) };
         if raw < 0 {
@@ -124,7 +199,9 @@ impl Ring {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         setsockopt(&fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V2)
             .map_err(err("select TPACKET_V2"))?;
-        // Outgoing packets (our own raw sends) are of no interest.
+        // Outgoing packets (our own raw sends) are of no interest; a
+        // protocol-bound tap never sees them anyway, so this only matters
+        // should the bind ever take every protocol again.
         let _ = setsockopt(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
         attach(&fd, &prog)?;
         let frames = BLOCK_SIZE / FRAME_SIZE * blocks;
@@ -170,9 +247,9 @@ impl Ring {
         // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        // Both families: ETH_P_IP and ETH_P_IPV6 would take two sockets
-        // (and two rings); the filter checks the protocol first instead.
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        // One protocol, never ETH_P_ALL: a packet once, on its final
+        // device (see the module's documentation).
+        sll.sll_protocol = family.ethertype().to_be();
         sll.sll_ifindex = 0;
         // SAFETY: sll is a valid sockaddr_ll of the given length.
         let rc = unsafe {
@@ -193,6 +270,7 @@ impl Ring {
             return Err(err("create an eventfd")(std::io::Error::last_os_error()));
         }
         let ring = Self {
+            family,
             fd,
             map: map.cast(),
             blocks: blocks as usize,
@@ -205,7 +283,7 @@ impl Ring {
     }
 
     /// A second descriptor of the socket, to change its filter later
-    /// ([`set_filter`]) while the thread owns the ring.
+    /// ([`attach`] a [`program`]) while the thread owns the ring.
     pub(crate) fn socket(&self) -> Result<OwnedFd> {
         self.fd.try_clone().map_err(|source| Error::NativeSocket {
             what: "duplicate the AF_PACKET socket",
@@ -345,13 +423,8 @@ impl Drop for Ring {
     }
 }
 
-/// Replaces the socket's BPF filter (atomically, in the kernel) with one
-/// for `local` (either family) and `skip_udp`.
-pub(crate) fn set_filter(fd: &OwnedFd, local: &[IpAddr], skip_udp: &[u16]) -> Result<()> {
-    attach(fd, &filter(local, skip_udp)?)
-}
-
-fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> Result<()> {
+/// Sets or replaces the socket's BPF filter (atomically, in the kernel).
+pub(crate) fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> Result<()> {
     let fprog = libc::sock_fprog {
         // filter() keeps the program under BPF_MAXINSNS.
         len: u16::try_from(prog.len()).unwrap_or(u16::MAX),

@@ -99,45 +99,75 @@ impl RawSender {
     }
 
     /// Sends every packet of `packets` (whole IPv4 or IPv6 packets, header
-    /// included, the families in any order), each run of one family
-    /// [`SEND_BATCH`] per system call, and returns how many were sent: all
-    /// of them, unless the kernel refused one (then the count before it, or
-    /// the error if it was the first). On a host without IPv6 the first
-    /// IPv6 packet counts as refused ([`Error::NativeNoIpv6`]).
+    /// included, the families and destinations in any order, each run of
+    /// one family [`SEND_BATCH`] per system call) and returns how many
+    /// were sent. A packet the kernel refuses (EMSGSIZE: an IPv6 packet
+    /// over the route's MTU, or an IPv4 one with DF; no route; a netfilter
+    /// drop) is skipped and the packets after it are still sent, so
+    /// `packets.len()` minus the count is how many were refused. On a host
+    /// without IPv6 every IPv6 packet counts as refused
+    /// ([`Error::NativeNoIpv6`]).
     ///
-    /// The batch is checked first: if any packet is not IPv4 or IPv6 with a
-    /// full header and a length the header agrees with, nothing is sent and
-    /// the error says so.
+    /// `Err` only when nothing was sent of a non-empty batch: the batch
+    /// was refused as a whole before any system call (a packet that is not
+    /// IPv4 or IPv6 with a full header and a length the header agrees with:
+    /// nothing is sent, the error says which check failed), or the kernel
+    /// refused every packet (the first refusal's error). Refusals in a
+    /// batch of which some packets went out are logged (debug), not
+    /// returned.
     pub fn send_batch(&mut self, packets: &[&[u8]]) -> Result<usize> {
         for p in packets {
             check(p)?;
         }
         let mut sent = 0;
+        let mut refused = 0;
+        let mut first_err = None;
         let mut rest = packets;
         while let Some(first) = rest.first() {
             let v6 = is_v6(first);
             let run = rest.iter().take_while(|p| is_v6(p) == v6).count();
             let (this, next) = rest.split_at(run);
             rest = next;
+            if v6 && self.sock6.is_none() {
+                refused += run;
+                first_err.get_or_insert(Error::NativeNoIpv6);
+                continue;
+            }
             for chunk in this.chunks(SEND_BATCH) {
                 let mut off = 0;
                 while off < chunk.len() {
                     // sendmmsg stops early only at a packet the kernel
                     // refused; sending from there reports that packet's
-                    // error.
+                    // error, and the next call starts after it.
                     match self.send_chunk(&chunk[off..], v6) {
-                        Ok(0) => return Ok(sent),
-                        Ok(n) => {
+                        Ok(n) if n > 0 => {
                             sent += n;
                             off += n;
                         }
-                        Err(e) if sent == 0 => return Err(e),
-                        Err(_) => return Ok(sent),
+                        // None of a non-empty chunk sent and no error
+                        // (never seen): skipped like a refusal, so the
+                        // loop always moves on.
+                        Ok(_) => {
+                            refused += 1;
+                            off += 1;
+                        }
+                        Err(e) => {
+                            refused += 1;
+                            off += 1;
+                            first_err.get_or_insert(e);
+                        }
                     }
                 }
             }
         }
-        Ok(sent)
+        match first_err {
+            Some(e) if sent == 0 => Err(e),
+            Some(e) => {
+                tracing::debug!(error = %e, refused, sent, "native packets refused");
+                Ok(sent)
+            }
+            None => Ok(sent),
+        }
     }
 
     /// One `sendmmsg` of `chunk` (at most [`SEND_BATCH`] packets, all of

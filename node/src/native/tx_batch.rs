@@ -55,7 +55,9 @@ impl TxBatch {
     }
 
     /// Sends the batch with `sender` and empties it. Returns how many
-    /// packets the kernel refused.
+    /// packets were refused ([`RawSender::send_batch`]: a refused packet
+    /// is skipped, the ones after it still go out; all of them when the
+    /// whole batch was refused).
     fn send_with(&mut self, sender: &mut RawSender) -> usize {
         let n = self.len;
         self.len = 0;
@@ -69,7 +71,7 @@ impl TxBatch {
         match sender.send_batch(&refs[..n]) {
             Ok(sent) => n - sent,
             Err(e) => {
-                debug!(error = %e, packets = n, "native batch not sent");
+                debug!(error = %e, packets = n, "native batch: nothing sent");
                 n
             }
         }
@@ -77,7 +79,7 @@ impl TxBatch {
 }
 
 /// Sends `batch` with `sender` on the calling thread and empties it.
-/// Returns how many packets the kernel refused.
+/// Returns how many packets were refused (each skipped, the rest sent).
 pub fn send_here(batch: &mut TxBatch, sender: &mut RawSender) -> usize {
     batch.send_with(sender)
 }

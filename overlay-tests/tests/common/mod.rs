@@ -573,3 +573,43 @@ pub fn l4_any(pcap: &fpn_lab::Pcap) -> Vec<(std::net::IpAddr, std::net::IpAddr, 
         })
         .collect()
 }
+
+/// Sends `marker` five times on one UDP flow from `host` to `to`, after
+/// a warm-up and a pause past a new flow's 300 ms QUIC grace, so the
+/// marked packets take the native path (QUIC's own TLS would hide the
+/// marker whatever PCCOM does). Returns the echoes that came back and the
+/// flow's source port.
+pub fn marked_flow(
+    ov: &fpn_lab::overlay::Overlay,
+    host: &str,
+    to: std::net::SocketAddr,
+    marker: &'static str,
+) -> (usize, u16) {
+    ov.lab()
+        .thread_in(host, move || {
+            let any: std::net::SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = std::net::UdpSocket::bind(any).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = s.send_to(b"warm-up", to);
+            let _ = s.recv_from(&mut buf);
+            std::thread::sleep(std::time::Duration::from_millis(800));
+            let mut answers = 0;
+            for _ in 0..5 {
+                let _ = s.send_to(marker.as_bytes(), to);
+                if s.recv_from(&mut buf)
+                    .is_ok_and(|(n, _)| buf[..n].ends_with(marker.as_bytes()))
+                {
+                    answers += 1;
+                }
+            }
+            (answers, s.local_addr().unwrap().port())
+        })
+        .unwrap()
+        .join()
+}
