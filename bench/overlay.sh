@@ -53,9 +53,13 @@
 #               5-tuple) sends one 64-byte datagram to a UDP echo server on
 #               B and times the echo inside the client (perf_counter from
 #               sendto to recvfrom; no process start-up in the number).
-#               Median and max, ms. For fpn every such flow is negotiated
-#               (DPRP) before its first packet is released; WireGuard and
-#               nebula have no per-flow state, so theirs is a plain RTT.
+#               Median and max, ms. For fpn each such flow is fast-opened
+#               on the pair epoch the warm tunnel's first negotiation left
+#               (design note 64: the first packet leaves at once, a FOP
+#               beside it); with FPN_NODE_FAST_OPEN=0 in the environment
+#               (the nodes inherit it) each is negotiated (DPRP) before its
+#               first packet is released. WireGuard and nebula have no
+#               per-flow state, so theirs is a plain RTT.
 #
 # Required checks: a round that fails one is not counted in the medians but
 # reported (failed rounds per mode, with the reason). Every mode: its tunnel

@@ -54,6 +54,12 @@ pub struct NodeConfig {
     /// through, QUIC otherwise), `native` (always native) or `quic` (never
     /// probes native).
     pub carrier: CarrierChoice,
+    /// Open a new flow to a peer this node negotiated with in the last
+    /// five minutes without a negotiation (fast open: the first packet
+    /// leaves at once, keyed from the pair's epoch; docs/PROTOCOL.md).
+    /// Off: every flow is negotiated. The environment variable
+    /// `FPN_NODE_FAST_OPEN=0` (or `1`) overrides it.
+    pub fast_open: bool,
     /// Ask the kernel for the TUN offloads (`IFF_VNET_HDR` with checksum,
     /// TSO and USO: reads of up to 64 KB cut to the MSS in the node, and
     /// coalesced TCP writes). Off only to compare; the environment variable
@@ -127,6 +133,7 @@ impl Default for NodeConfig {
             max_gms_silence_secs: 86_400,
             quic_initial_mtu: 1452,
             carrier: CarrierChoice::Auto,
+            fast_open: true,
             tun_offloads: true,
             port_mapping: true,
             metrics: MetricsSettings::default(),
@@ -196,6 +203,7 @@ impl NodeConfig {
             self.quic_initial_mtu == new.quic_initial_mtu,
         );
         diff("carrier", self.carrier == new.carrier);
+        diff("fast_open", self.fast_open == new.fast_open);
         diff("tun_offloads", self.tun_offloads == new.tun_offloads);
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);

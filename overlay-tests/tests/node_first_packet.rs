@@ -101,7 +101,8 @@ fn tcp_segments(
 /// application's own packets between the underlay addresses: b sends its
 /// CDN only once its nftables rule for the flow is in, a releases the held
 /// SYN once its own is, so no packet of the connection rides QUIC (no
-/// 300 ms grace).
+/// 300 ms grace). After the ping the connection is fast-opened (note 64):
+/// then the FOK plays the CDN's part.
 #[test]
 fn a_new_tcp_connection_s_syn_and_first_data_leave_natively() {
     let ov = common::two_nodes();
@@ -171,4 +172,8 @@ fn a_new_tcp_connection_s_syn_and_first_data_leave_natively() {
     for n in ["a", "b"] {
         assert_eq!(counter(n, "native_ready_timeouts"), 0, "{n}");
     }
+    assert!(
+        counter("a", "dprp_fast_opened") >= 1,
+        "the connection was negotiated, not fast-opened"
+    );
 }

@@ -187,6 +187,10 @@ pub enum Error {
     /// A DPRP message belongs to no negotiation this machine knows.
     #[error("unknown negotiation")]
     UnknownNegotiation,
+    /// A FOP or FOK names a pair epoch this GE does not hold (never had,
+    /// expired, or ended by a rotation, a revocation or a restart).
+    #[error("unknown pair epoch")]
+    UnknownEpoch,
     /// The peer named a group this GE holds no key for.
     #[error("unknown group {0}")]
     UnknownGroup(u32),

@@ -173,6 +173,84 @@ pub fn derive_flow_keys(
     }
 }
 
+/// A pair epoch's secret (docs/PROTOCOL.md, "Fast open"): derived next to
+/// the traffic keys of a negotiation between two end GEs with no gateway
+/// between them, from the same group key, ephemeral X25519 secret and
+/// transcript, under its own label. New flows between the pair derive their
+/// traffic keys from it without a negotiation ([`EpochSecret::flow_keys`]).
+/// Zeroized on drop, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct EpochSecret([u8; KEY_LEN]);
+
+/// Length of a pair epoch's id on the wire.
+pub const EPOCH_ID_LEN: usize = 8;
+
+impl EpochSecret {
+    /// Derives the epoch secret of a negotiation:
+    /// `HKDF-Expand(PRK, "fpn v1 pair epoch")` with the PRK of
+    /// [`derive_flow_keys`].
+    pub fn derive(gk: &GroupKey, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) -> Self {
+        let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+        ikm[..KEY_LEN].copy_from_slice(&gk.0);
+        ikm[KEY_LEN..].copy_from_slice(dh_shared);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
+        Self(expand_prk(&prk, b"fpn v1 pair epoch"))
+    }
+
+    /// Wraps secret bytes (tests only; real ones come from [`EpochSecret::derive`]).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The epoch's public name: the first bytes of
+    /// `HMAC(secret, "fpn v1 epoch id")`. It names the epoch on the wire
+    /// and tells nothing about the secret.
+    pub fn id(&self) -> [u8; EPOCH_ID_LEN] {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
+        let tag = hmac::sign(&key, b"fpn v1 epoch id");
+        let mut out = [0u8; EPOCH_ID_LEN];
+        out.copy_from_slice(&tag.as_ref()[..EPOCH_ID_LEN]);
+        out
+    }
+
+    /// The MAC key of the epoch's FOP and FOK messages.
+    pub fn auth_key(&self) -> hmac::Key {
+        let k = expand(&self.0, b"fpn v1 epoch", b"fpn v1 epoch auth");
+        hmac::Key::new(hmac::HMAC_SHA256, &k[..])
+    }
+
+    /// The traffic keys of the flow that GE `opener` opens as its
+    /// `index`-th flow of this epoch: `HKDF(salt = "fpn v1 fast flow",
+    /// IKM = secret)`, expanded with `"fpn v1 fast i2r"` or `"... r2i"`,
+    /// the opener's GE id, the index and the flow id (`flow`, the
+    /// encoded CID of the flow's first packet). One (opener, index) names
+    /// one flow: the receiving end refuses an index it has seen, so no key
+    /// serves two flows and no counter repeats under a key.
+    pub fn flow_keys(&self, opener: u32, index: u32, flow: &[u8], role: Role) -> FlowKeys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fpn v1 fast flow").extract(&self.0);
+        let (o, i) = (opener.to_be_bytes(), index.to_be_bytes());
+        let one = |label: &[u8]| {
+            let mut out = [0u8; KEY_LEN];
+            prk.expand(&[label, &o, &i, flow], Len(KEY_LEN))
+                .and_then(|okm| okm.fill(&mut out))
+                .expect("32-byte HKDF output is always within the limit");
+            TrafficKey(out)
+        };
+        let (i2r, r2i) = (one(b"fpn v1 fast i2r"), one(b"fpn v1 fast r2i"));
+        match role {
+            Role::Initiator => FlowKeys { tx: i2r, rx: r2i },
+            Role::Responder => FlowKeys { tx: r2i, rx: i2r },
+        }
+    }
+}
+
+impl fmt::Debug for EpochSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EpochSecret(<redacted>)")
+    }
+}
+
 /// Derives a 32-byte handshake key (for MACs over later DPRP messages) from the
 /// same inputs as the traffic keys, under its own label.
 pub fn derive_handshake_key(

@@ -201,6 +201,12 @@ impl NodeCore {
                     RefuseCode::UnknownHost => "the gateway fronts no such host",
                     RefuseCode::NotInHostGroup => "this node shares no group with the host",
                     RefuseCode::NoPort => "the gateway has no free NAT-f port",
+                    RefuseCode::GatewayOnPath => {
+                        "a gateway on the path asks for a negotiation (fast open refused)"
+                    }
+                    RefuseCode::UnknownEpoch => {
+                        "the peer no longer holds the pair epoch (fast open refused)"
+                    }
                 };
                 format!("refused by {}: {why}", self.ge_label(*by))
             }

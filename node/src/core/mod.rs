@@ -37,6 +37,7 @@ mod moves;
 pub mod natf;
 mod negotiation;
 mod output;
+mod parked;
 mod paths;
 mod peers;
 mod real;
@@ -68,6 +69,8 @@ mod transit_tests;
 
 #[cfg(test)]
 mod explain_tests;
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod flood_tests;
 #[cfg(test)]
@@ -191,6 +194,8 @@ pub struct NodeCore {
     moves: moves::Moves,
     /// Flows to VINs that are IPv6 at the TUN (vin6.rs).
     vin6: vin6::Vin6,
+    /// Packets waiting for their flow's FOP (parked.rs).
+    parked: parked::Parked,
 }
 
 impl NodeCore {
@@ -228,6 +233,7 @@ impl NodeCore {
             transit: transit::Transit::default(),
             moves: moves::Moves::default(),
             vin6: vin6::Vin6::default(),
+            parked: parked::Parked::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -292,6 +298,9 @@ impl NodeCore {
             // IPv6 router solicitations and other stray traffic of the
             // interface itself: nothing of ours.
             trace!(%flow, "TUN packet not from the overlay address");
+            return DataOut::Nothing;
+        }
+        if self.queue_behind_waiting(&flow, &buf[..len]) {
             return DataOut::Nothing;
         }
         let mut send = None;
@@ -549,6 +558,7 @@ impl NodeCore {
                 Timer::GmsSilence => self.gms_silence_reached(now),
                 Timer::TransitExpiry(flow) => self.transit_expired(flow, now),
                 Timer::MoveHoldEnd => self.end_move_hold(now),
+                Timer::Parked(flow) => self.parking_expired(flow, now),
             }
         }
         self.handle_path_timeout(now);
@@ -624,7 +634,9 @@ impl NodeCore {
         match self.pit.lookup(&flow).map(|(_, e)| e.peer()) {
             None => {
                 self.counters.data_in_no_flow += 1;
-                self.heal(flow, peer, now);
+                if !self.park(flow, peer, &buf[..len], now) {
+                    self.heal(flow, peer, now);
+                }
                 return None;
             }
             Some(p) if p != Some(peer) => {

@@ -14,6 +14,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::DPRP_REFRESH;
 use super::flows::{HEAL_GAP, RENEGOTIATE_DELAY, RENEGOTIATE_RETRY};
+use super::parked::{self, Parking};
 use super::steering;
 use super::timers::{PIT_AGE_GRANULARITY, Timer};
 use super::{MAX_OUTPUTS, NodeCore, Output, PENDING_PEERS, PENDING_PER_PEER};
@@ -147,6 +148,57 @@ impl NodeCore {
         self.dprp_touched = true;
     }
 
+    /// A packet of `flow` (no entry here) from `peer`, with which this node
+    /// holds a pair epoch: kept for [`parked::PARK_WAIT`] in case its FOP
+    /// is behind it. False: handle it as before (healing).
+    pub(super) fn park(&mut self, flow: FlowId, peer: GeId, packet: &[u8], now: Instant) -> bool {
+        if !self.dprp.holds_epoch_with(peer, now) {
+            return false;
+        }
+        match self.parked.park(flow, peer, packet) {
+            Parking::First => {
+                self.timers
+                    .schedule(now + parked::PARK_WAIT, Timer::Parked(flow));
+            }
+            Parking::More => {}
+            Parking::Full => return false,
+        }
+        self.counters.data_in_parked += 1;
+        true
+    }
+
+    /// `flow` was fast-opened by its peer: the packets that came before
+    /// its FOP go to the TUN now.
+    pub(super) fn unpark(&mut self, flow: &FlowId, now: Instant) {
+        let Some((peer, packets)) = self.parked.take(flow) else {
+            return;
+        };
+        for p in packets {
+            let len = p.len();
+            let mut b = p;
+            // Room for what the path back to the TUN may add.
+            b.resize(len + 64, 0);
+            if let Some(n) = self
+                .handle_data(peer, &mut b, len, now)
+                .and_then(|n| self.vin6_for_tun(&mut b, n))
+            {
+                self.counters.data_in_unparked += 1;
+                self.push_output(Output::Tun(b[..n].to_vec()));
+            }
+        }
+    }
+
+    /// [`Timer::Parked`]: no FOP came for `flow`: its packets are dropped
+    /// and the flow is negotiated from this side, as without fast open.
+    pub(super) fn parking_expired(&mut self, flow: FlowId, now: Instant) {
+        let Some((peer, packets)) = self.parked.take(&flow) else {
+            return;
+        };
+        self.counters.policy_drops += packets.len() as u64;
+        debug!(%flow, peer = %peer, packets = packets.len(), "no FOP for the parked packets: healing");
+        self.heal(flow, peer, now);
+    }
+
     /// A peer sends packets of a flow this node has no entry for (this
     /// node restarted, or aged the flow out while the peer kept it): start
     /// a negotiation for it from this side, which replaces the peer's stale
@@ -181,13 +233,33 @@ impl NodeCore {
         match ev {
             dprp::Event::Established(e) => {
                 let flow = e.flow;
+                let fast_responder = e.fast.is_some() && e.position == dprp::Position::Responder;
                 self.on_established(e, now);
                 self.presteer_done(&flow);
+                if fast_responder {
+                    self.unpark(&flow, now);
+                }
             }
             dprp::Event::Release { flow, packets } => {
                 for p in packets {
                     self.release(flow, &p, now);
                 }
+            }
+            dprp::Event::FastConfirmed { flow } => {
+                // A FOK on the IP path says the peer steers the flow (it
+                // holds its FOK until then, as a responder its CDN).
+                debug!(%flow, native = self.steering.via_native, "fast open confirmed by the peer");
+                if self.steering.via_native {
+                    let overlay = self.overlay_view(&flow);
+                    self.fast_open_confirmed(overlay, now);
+                }
+            }
+            dprp::Event::FastOpenFailed { flow, reason } => {
+                // The endpoint negotiates the flow now; until then its
+                // packets are held there, not sealed under the epoch's keys.
+                info!(%flow, %reason, "fast open failed; negotiating the flow");
+                self.pit.remove(&flow);
+                self.flow_ended(&flow);
             }
             dprp::Event::Failed {
                 flow,
@@ -279,6 +351,7 @@ impl NodeCore {
             flow: e.flow,
             position: e.position,
             peer: e.peer,
+            fast: e.fast.is_some(),
         };
         // A transit gateway's entry is not a mapping of its own.
         let natf = e

@@ -287,6 +287,9 @@ pub struct CoreSim {
     pub native_data_blocked: bool,
     /// Path settings of nodes made from now on (`force` = the `carrier` key).
     pub path: PathConfig,
+    /// Fast open (the `fast_open` key) for nodes made from now on; off by
+    /// default, so the scenarios written before it negotiate every flow.
+    pub fast_open: bool,
     /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
     /// no node.
     pub native_lost: u64,
@@ -320,6 +323,7 @@ impl CoreSim {
                 ..PathConfig::default()
             },
             native_lost: 0,
+            fast_open: false,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
             now: Instant::now(),
@@ -961,7 +965,10 @@ impl CoreSim {
                 && Packet::parse(packet).is_ok_and(|p| {
                     matches!(
                         fpn_proto::dprp::msg::peek(p.payload()),
-                        Ok((fpn_proto::dprp::MessageType::Dde, _))
+                        Ok((
+                            fpn_proto::dprp::MessageType::Dde | fpn_proto::dprp::MessageType::Fop,
+                            _
+                        ))
                     )
                 });
             if dde {
@@ -1088,7 +1095,8 @@ impl CoreSim {
             Prefix::host(IpAddr::V6(overlay6)),
         ];
         protected.extend_from_slice(prefixes);
-        let cfg = Config::new(key, cred, self.ca.public(), protected);
+        let mut cfg = Config::new(key, cred, self.ca.public(), protected);
+        cfg.fast_open = self.fast_open;
         let dprp = Endpoint::new(
             cfg,
             Entropy::Seeded(self.dice.bytes32()),

@@ -41,6 +41,9 @@ use super::timers::Timer;
 /// transaction takes 2-16 ms (docs/DESIGN-NOTES.md note 15); past this the
 /// flow completes anyway and starts on QUIC.
 pub const NATIVE_READY_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a fast-opened flow's first packets wait for the peer's FOK
+/// (a round trip and the peer's steering) before they take QUIC.
+pub const FAST_READY_TIMEOUT: Duration = Duration::from_millis(200);
 /// Most released packets of one flow waiting for its steering (DPRP's hold
 /// queue is smaller).
 const MAX_WAITING_PACKETS: usize = 64;
@@ -55,6 +58,9 @@ pub(super) struct Done {
     pub flow: FlowId,
     pub position: Position,
     pub peer: GeId,
+    /// Fast-opened (no negotiation): the peer learns of the flow from the
+    /// FOP, so its steering is known to be in place only at its FOK.
+    pub fast: bool,
 }
 
 /// Whether a new translation's packets may leave natively yet.
@@ -81,6 +87,9 @@ pub(super) struct Waiting {
     negotiation: Option<NegotiationId>,
     /// The initiator's released first packets, plain.
     packets: Vec<Vec<u8>>,
+    /// A fast-opened flow: released only once the peer's FOK (on the IP
+    /// path) says it steers the flow too, not at this node's steering alone.
+    needs_peer: bool,
 }
 
 /// How a responder's CDN leaves.
@@ -132,10 +141,17 @@ impl NodeCore {
                 continue;
             };
             let overlay = t.overlay;
+            let mut peer_ready = false;
             if let Some(g) = self.steering.gates.get_mut(&overlay) {
                 g.ready = true;
+                peer_ready = g.peer_ready;
             }
-            if let Some(wait) = self.steering.waiting.remove(&overlay) {
+            let fast_waits = self
+                .steering
+                .waiting
+                .get(&overlay)
+                .is_some_and(|w| w.needs_peer && !peer_ready);
+            if !fast_waits && let Some(wait) = self.steering.waiting.remove(&overlay) {
                 trace!(flow = %overlay, "native steering ready");
                 self.finish_waiting(overlay, wait, true, now);
             }
@@ -179,6 +195,36 @@ impl NodeCore {
         }
     }
 
+    /// The peer's FOK for fast-opened `overlay` came on the IP path: it
+    /// steers the flow. What waited goes natively once this node steers
+    /// it too (at once if it does already).
+    pub(super) fn fast_open_confirmed(&mut self, overlay: FlowId, now: Instant) {
+        let ready = match self.steering.gates.get_mut(&overlay) {
+            Some(g) => {
+                g.peer_ready = true;
+                g.ready
+            }
+            None => true,
+        };
+        if ready && let Some(wait) = self.steering.waiting.remove(&overlay) {
+            trace!(flow = %overlay, "fast open confirmed, native steering ready");
+            self.finish_waiting(overlay, wait, true, now);
+        }
+    }
+
+    /// A packet from the TUN of a flow whose first packets wait for its
+    /// steering: it waits behind them (never overtakes them on QUIC). True
+    /// when taken.
+    pub(super) fn queue_behind_waiting(&mut self, flow: &FlowId, packet: &[u8]) -> bool {
+        !self.steering.waiting.is_empty()
+            && self
+                .steering
+                .waiting
+                .get(flow)
+                .is_some_and(|w| !w.packets.is_empty())
+            && self.hold_for_steering(flow, packet)
+    }
+
     /// The flow (overlay view) ended: nothing waits for it any more.
     pub(super) fn steering_ended(&mut self, overlay: &FlowId) {
         self.steering.gates.remove(overlay);
@@ -206,6 +252,20 @@ impl NodeCore {
                     CdnRoute::Quic(e.peer)
                 };
                 self.steering.cdn_routes.insert(e.negotiation, route);
+            }
+            Position::Initiator if e.fast => {
+                // The FOP just left: the flow's first packets wait for the
+                // peer's FOK and this node's steering, then go natively;
+                // on QUIC after the timeout. Without a new translation
+                // (the peer's path is not native) they go at once.
+                if gated && self.steering.waiting.len() < MAX_WAITING_FLOWS {
+                    let w = self.steering.waiting.entry(overlay).or_default();
+                    w.peer = Some(e.peer);
+                    w.pit_key = Some(e.flow);
+                    w.needs_peer = true;
+                    self.timers
+                        .schedule(now + FAST_READY_TIMEOUT, Timer::NativeReady(overlay));
+                }
             }
             Position::Initiator => {
                 if let Some(g) = self.steering.gates.get_mut(&overlay)
@@ -245,11 +305,11 @@ impl NodeCore {
         true
     }
 
-    /// A transmit of DPRP: CDNs wait for the round's events (they say how
-    /// the CDN leaves). True when taken.
+    /// A transmit of DPRP: CDNs (and FOKs, a fast open's CDN) wait for
+    /// the round's events (they say how the CDN leaves). True when taken.
     pub(super) fn stage_cdn(&mut self, t: dprp::Transmit) -> Option<dprp::Transmit> {
         match dprp::msg::peek(&t.payload) {
-            Ok((MessageType::Cdn, _)) => {
+            Ok((MessageType::Cdn | MessageType::Fok, _)) => {
                 self.steering.staged.push(t);
                 None
             }

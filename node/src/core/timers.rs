@@ -44,6 +44,9 @@ pub enum Timer {
     TransitExpiry(FlowId),
     /// Packets held across a move go out now whatever was proven.
     MoveHoldEnd,
+    /// Packets of this unknown flow waited long enough for a FOP
+    /// (parked.rs): dropped, and the flow healed.
+    Parked(FlowId),
 }
 
 /// Deadlines in order. The PIT's ageing deadline is kept once (the earliest

@@ -68,15 +68,20 @@ pub(super) struct Transit {
 }
 
 impl NodeCore {
-    /// Whether a TUN packet is a DDE this gateway intercepted on its way
-    /// between two other GEs (only a gateway's kernel routes those here).
+    /// Whether a TUN packet is a DDE (or a FOP, which a gateway refuses:
+    /// the flow must be negotiated through it) this gateway intercepted on
+    /// its way between two other GEs (only a gateway's kernel routes
+    /// those here).
     pub(super) fn is_transit_dde(&self, flow: &FlowId, payload: &[u8]) -> bool {
         flow.protocol == 17
             && flow.dst_port == super::PROBE_PORT
             && self.dprp.credential().info.kind.is_gateway()
             && !self.is_own(flow.src)
             && !self.is_own(flow.dst)
-            && matches!(dprp::msg::peek(payload), Ok((dprp::MessageType::Dde, _)))
+            && matches!(
+                dprp::msg::peek(payload),
+                Ok((dprp::MessageType::Dde | dprp::MessageType::Fop, _))
+            )
     }
 
     /// A DDE crossing this gateway (`flow` its UDP five-tuple): DPRP's

@@ -299,6 +299,8 @@ async fn run(
     ];
     protected.extend(real_prefixes.iter().copied());
     let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
+    dcfg.fast_open = want_fast_open(cfg.fast_open);
+    info!(fast_open = dcfg.fast_open, "DPRP");
     if std::env::var_os(UNSAFE_NO_FLOOD_LIMITS).is_some() {
         dcfg.limits = unlimited(dcfg.limits);
         tracing::warn!(
@@ -1176,5 +1178,19 @@ fn start_real_plane(
             warn!(error = %e, "real-address plane unavailable: the credential's real addresses are not steered through the node");
             None
         }
+    }
+}
+
+/// Environment variable that turns fast open off (`0`, `off`, `false`,
+/// `no`) or on (anything else) whatever the configuration says: for
+/// comparisons (bench/overlay.sh) without editing configuration files.
+pub const FAST_OPEN_ENV: &str = "FPN_NODE_FAST_OPEN";
+
+/// Whether to fast-open flows: the environment variable when set, else the
+/// configuration key.
+fn want_fast_open(config: bool) -> bool {
+    match std::env::var(FAST_OPEN_ENV) {
+        Ok(v) => !matches!(v.trim(), "0" | "off" | "false" | "no"),
+        Err(_) => config,
     }
 }

@@ -59,6 +59,9 @@ pub const TRANSIT_DROP: &str = "transit_drop";
 pub const TRANSIT_MARK: u32 = 0x7717_0001;
 /// The first two payload bytes of a DDE: DPRP version 1, type DDE (1).
 const DDE_START: u16 = 0x0101;
+/// The same of a FOP (type 7): a fast open, which a gateway on the path
+/// refuses so that the flow is negotiated through it.
+const FOP_START: u16 = 0x0107;
 
 /// The table's name for the node whose TUN is `tun`.
 pub fn table_name(tun: &str) -> String {
@@ -219,6 +222,7 @@ fn ruleset(name: &str, tun: &str, stale: bool) -> String {
          \x20 chain transit_dde {{\n\
          \x20   type filter hook prerouting priority mangle; policy accept;\n\
          \x20   iifname != \"{tun}\" udp dport {port} @th,64,16 {DDE_START:#06x} fib daddr type != local meta mark set {TRANSIT_MARK:#x}\n\
+         \x20   iifname != \"{tun}\" udp dport {port} @th,64,16 {FOP_START:#06x} fib daddr type != local meta mark set {TRANSIT_MARK:#x}\n\
          \x20 }}\n\
          \x20 chain transit_drops {{\n\
          \x20   type filter hook forward priority filter - 1; policy accept;\n\
@@ -256,6 +260,12 @@ mod tests {
         assert!(
             rs.contains(
                 "udp dport 7717 @th,64,16 0x0101 fib daddr type != local meta mark set 0x77170001"
+            ),
+            "{rs}"
+        );
+        assert!(
+            rs.contains(
+                "udp dport 7717 @th,64,16 0x0107 fib daddr type != local meta mark set 0x77170001"
             ),
             "{rs}"
         );

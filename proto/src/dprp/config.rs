@@ -36,6 +36,11 @@ pub struct Config {
     /// flow and transport protocol. Its size bounds the NAT-f flows this
     /// gateway carries at once.
     pub natf_ports: RangeInclusive<u16>,
+    /// Fast open (docs/PROTOCOL.md): keep a pair epoch from each direct
+    /// negotiation with a peer and open new flows to that peer on it
+    /// without a negotiation. Off: every flow is negotiated, and a peer's
+    /// FOP is answered with a NAK (unknown epoch).
+    pub fast_open: bool,
     /// Unit tests only: a gateway that ignores NAT-f options (it answers a
     /// NAT-f DDE as an ordinary end, without a mapping), to test what the
     /// remote node checks.
@@ -63,6 +68,7 @@ impl Config {
             timing: Timing::default(),
             limits: Limits::default(),
             natf_ports: DEFAULT_NATF_PORTS,
+            fast_open: false,
             #[cfg(test)]
             natf_ignored: false,
             #[cfg(test)]
@@ -106,6 +112,12 @@ pub struct Timing {
     pub linger: Duration,
     /// How long a failed flow stays a negative entry (its packets are dropped at once).
     pub negative_ttl: Duration,
+    /// How long a pair epoch opens flows (fast open); its secret is wiped
+    /// then. The window of forward secrecy of the flows opened on it.
+    pub epoch_lifetime: Duration,
+    /// A FOP without a FOK is sent again after `initial_rto`, doubling,
+    /// this many times; then the flow is negotiated.
+    pub fast_open_retries: u32,
 }
 
 impl Default for Timing {
@@ -116,6 +128,8 @@ impl Default for Timing {
             negotiation_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(10),
             negative_ttl: Duration::from_secs(10),
+            epoch_lifetime: Duration::from_secs(300),
+            fast_open_retries: 2,
         }
     }
 }

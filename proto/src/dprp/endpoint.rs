@@ -28,6 +28,15 @@ use crate::ge::{GeId, GroupId};
 use crate::keys::{GroupKey, KeyVersion};
 use crate::{Error, Result};
 
+mod fast;
+
+use crate::dprp::epoch::Epochs;
+
+/// Pair epochs kept per peer: the newest, which new flows open on, and the
+/// one before, for FOPs still on the way.
+const EPOCHS_PER_PEER: usize = 2;
+use fast::FastOpener;
+
 /// What happened to a packet given to [`Endpoint::handle_packet`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -113,6 +122,19 @@ pub struct Stats {
     /// negotiation was addressed to nor one whose credential covers the
     /// destination.
     pub stranger_naks: u64,
+    /// Flows this GE opened on a pair epoch, without a negotiation.
+    pub fast_opened: u64,
+    /// Of those, confirmed by the other end (FOK).
+    pub fast_confirmed: u64,
+    /// Of those, refused or unconfirmed: negotiated instead.
+    pub fast_fallbacks: u64,
+    /// Peers' fast-opened flows this GE installed.
+    pub fast_accepted: u64,
+    /// FOPs naming a pair epoch this GE does not hold.
+    pub fast_unknown_epoch: u64,
+    /// FOPs this gateway stopped on their way (the flow must be negotiated
+    /// with it on the path).
+    pub fast_refused_in_transit: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
     /// [`Stats::failed`] by reason.
@@ -194,6 +216,8 @@ pub struct Occupancy {
     pub bad_credentials: usize,
     /// NAT-f ports reserved (running negotiations and installed flows).
     pub natf_ports: usize,
+    /// Pair epochs held (fast open).
+    pub epochs: usize,
 }
 
 /// The key of an initiator budget: the GE the directory names for the
@@ -233,6 +257,8 @@ enum Machine {
     Initiator(Box<Initiator>),
     Responder(Box<Responder>),
     Transit(Box<Transit>),
+    /// A flow this GE fast-opened, until its FOK.
+    Fast(Box<FastOpener>),
 }
 
 impl Machine {
@@ -241,6 +267,7 @@ impl Machine {
             Self::Initiator(m) => m.next_timeout(),
             Self::Responder(m) => m.next_timeout(),
             Self::Transit(m) => m.next_timeout(),
+            Self::Fast(m) => m.next_timeout(),
         }
     }
 
@@ -249,6 +276,8 @@ impl Machine {
             Self::Initiator(m) => m.is_finished(now),
             Self::Responder(m) => m.is_finished(now),
             Self::Transit(m) => m.is_finished(now),
+            // Removed at its FOK or its fallback.
+            Self::Fast(_) => false,
         }
     }
 }
@@ -282,6 +311,8 @@ pub struct Endpoint {
     held: BTreeMap<FlowId, VecDeque<Vec<u8>>>,
     held_bytes: usize,
     negative: BTreeMap<FlowId, (FailReason, Instant)>,
+    /// Pair epochs (fast open).
+    epochs: Epochs,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -323,6 +354,7 @@ impl Endpoint {
             held: BTreeMap::new(),
             held_bytes: 0,
             negative: BTreeMap::new(),
+            epochs: Epochs::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -360,6 +392,11 @@ impl Endpoint {
                 "own credential replaced"
             );
         }
+        if verified.serial != old.serial {
+            // Groups, mode or prefixes may have changed: the peers' epochs
+            // were decided with the old credential.
+            self.epochs.end(|_| true);
+        }
         self.cfg.credential = verified;
         self.own_bytes = bytes;
         warn_uncovered(&self.cfg);
@@ -377,18 +414,27 @@ impl Endpoint {
     }
 
     /// Adds a group key version (see [`Keyring::insert`]).
+    /// A new version ends the group's pair epochs: new flows are negotiated
+    /// under it, as the rotation wants (a member that left holds no epoch
+    /// secret, but the rules may decide otherwise now).
     pub fn set_group_key(&mut self, group: GroupId, version: KeyVersion, key: GroupKey) {
         self.keys.insert(group, version, key);
+        self.epochs
+            .end(|e| e.group == group && e.version != version);
     }
 
-    /// Forgets a group's keys.
+    /// Forgets a group's keys (and ends its pair epochs).
     pub fn remove_group(&mut self, group: GroupId) {
         self.keys.remove(group);
+        self.epochs.end(|e| e.group == group);
     }
 
     /// Forgets a group's previous key version (end of the rotation grace period).
     pub fn retire_previous_key(&mut self, group: GroupId) {
         self.keys.retire_previous(group);
+        let keys = &self.keys;
+        self.epochs
+            .end(|e| e.group == group && keys.get(e.group, e.version).is_none());
     }
 
     /// Refuses peer credentials valid from before `floor` (unix seconds)
@@ -397,6 +443,9 @@ impl Endpoint {
     /// back). Credentials renewed since keep working.
     pub fn set_credential_floor(&mut self, floor: Option<u64>) {
         self.peers.set_not_before_floor(floor);
+        if let Some(f) = floor {
+            self.epochs.end(|e| e.peer.not_before < f);
+        }
     }
 
     /// The GE of a cached peer credential with this serial (to find the
@@ -408,11 +457,13 @@ impl Endpoint {
     /// Refuses a GE from now on (its credential is revoked).
     pub fn revoke_ge(&mut self, ge: GeId) {
         self.peers.revoke_ge(ge);
+        self.epochs.end(|e| e.peer_ge() == ge);
     }
 
     /// Refuses a credential serial from now on.
     pub fn revoke_serial(&mut self, serial: u64) {
         self.peers.revoke_serial(serial);
+        self.epochs.end(|e| e.peer.serial == serial);
     }
 
     /// Sets which GE protects which addresses (from the GMS directory). A
@@ -494,7 +545,15 @@ impl Endpoint {
             destination_buckets: self.by_destination.len(),
             bad_credentials: self.peers.bad_len(),
             natf_ports: self.natf_ports.len(),
+            epochs: self.epochs.len(),
         }
+    }
+
+    /// Whether this GE holds a live pair epoch with `peer` (fast open): a
+    /// packet of an unknown flow from it may be a fast-opened flow's whose
+    /// FOP is still on the way.
+    pub fn holds_epoch_with(&mut self, peer: GeId, now: Instant) -> bool {
+        self.epochs.has_peer(peer, now)
     }
 
     /// Negotiations in progress or lingering.
@@ -527,6 +586,12 @@ impl Endpoint {
         }
         let running = self.flows.contains_key(&flow) || self.flows.contains_key(&flow.reversed());
         if !running {
+            if self.cfg.fast_open {
+                let copy = packet.clone();
+                if let Some(v) = self.try_fast_open(flow, copy, now) {
+                    return Ok(v);
+                }
+            }
             match self.begin(flow, Vec::new(), now) {
                 Ok(_) => {}
                 Err(Error::TableFull(_)) => return Ok(Verdict::Dropped(DropCause::Busy)),
@@ -589,8 +654,12 @@ impl Endpoint {
                 .entered();
         match msg {
             Message::Dde(dde) => self.on_dde(from, Some(to), dde, datagram, now),
+            Message::Fop(fop) => {
+                self.on_transit_fop(from, &fop, now);
+                Ok(())
+            }
             _ => Err(Error::UnexpectedMessage(
-                "only DDEs are intercepted in transit",
+                "only DDEs and FOPs are intercepted in transit",
             )),
         }
     }
@@ -606,8 +675,19 @@ impl Endpoint {
         let id = msg.id();
         let _span = tracing::debug_span!("dprp", %id, kind = ?msg.kind()).entered();
         let unix_now = self.unix_now(now);
-        if let Message::Dde(dde) = msg {
-            return self.on_dde(from, None, dde, datagram, now);
+        let msg = match msg {
+            Message::Dde(dde) => return self.on_dde(from, None, dde, datagram, now),
+            Message::Fop(fop) => return self.on_fop(from, fop, now),
+            other => other,
+        };
+        if let Some(Machine::Fast(_)) = self.machines.get(&id) {
+            return match msg {
+                Message::Fok(fok) => self.on_fok(fok, now),
+                Message::Nak(nak) => self.on_fast_nak(id, nak, now),
+                _ => Err(Error::UnexpectedMessage(
+                    "message type does not fit a fast open",
+                )),
+            };
         }
         let Some(machine) = self.machines.get_mut(&id) else {
             return Err(Error::UnknownNegotiation);
@@ -687,6 +767,10 @@ impl Endpoint {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
+            if let Some(Machine::Fast(_)) = self.machines.get(&id) {
+                self.fast_timeout(id, now);
+                continue;
+            }
             let mut outcome = None;
             if let Some(Machine::Initiator(m)) = self.machines.get_mut(&id) {
                 let mut ctx = Ctx {
@@ -707,6 +791,7 @@ impl Endpoint {
             }
         }
         self.negative.retain(|_, (_, exp)| *exp > now);
+        self.epochs.expire(now);
     }
 
     /// The next datagram to send.
@@ -729,11 +814,21 @@ impl Endpoint {
             .negative
             .values()
             .map(|(_, t)| (*t, Timer::NegativeExpiry));
-        machines.chain(negatives).min()
+        let epochs = self.epochs.next_expiry().map(|t| (t, Timer::EpochExpiry));
+        machines.chain(negatives).chain(epochs).min()
     }
 
     fn unix_now(&self, now: Instant) -> u64 {
         self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    /// The GE the directory names for `addr` (the longest prefix).
+    fn directory_owner(&self, addr: IpAddr) -> Option<GeId> {
+        self.directory
+            .iter()
+            .filter(|(p, _)| p.contains(addr))
+            .max_by_key(|(p, _)| *p)
+            .map(|(_, ge)| *ge)
     }
 
     fn protects(&self, ip: IpAddr) -> bool {
@@ -773,12 +868,7 @@ impl Endpoint {
         let natf = self.vins.get(&flow.dst).copied();
         let expected_peer = match natf {
             Some(v) => Some(v.gateway),
-            None => self
-                .directory
-                .iter()
-                .filter(|(p, _)| p.contains(flow.dst))
-                .max_by_key(|(p, _)| *p)
-                .map(|(_, ge)| *ge),
+            None => self.directory_owner(flow.dst),
         };
         let dest = expected_peer.map_or(Destination::Addr(flow.dst), Destination::Ge);
         if !self.by_destination.take(dest, now) {
@@ -864,6 +954,10 @@ impl Endpoint {
             Some(Machine::Transit(m)) => m.handle_dde_again(&mut ctx, raw)?,
             Some(Machine::Initiator(_)) => {
                 return Err(Error::invalid("DDE", "loops back to its initiator"));
+            }
+            // Ids are drawn at random: a DDE with a fast open's is a new one.
+            Some(Machine::Fast(_)) => {
+                return Err(Error::UnexpectedMessage("a DDE with a fast open's id"));
             }
             None => false,
         };
@@ -1017,8 +1111,12 @@ impl Endpoint {
             other => other,
         };
         match outcome {
-            Outcome::Established(e) => {
+            Outcome::Established(mut e) => {
                 self.stats.established += 1;
+                if let Some(seed) = e.epoch.take() {
+                    let expires = now + self.cfg.timing.epoch_lifetime;
+                    self.epochs.insert(*seed, expires, EPOCHS_PER_PEER);
+                }
                 if e.position == Position::Responder && e.natf.is_some() {
                     // The flow is installed: its port is the node's now.
                     self.natf_ports.confirm(id);
@@ -1274,7 +1372,7 @@ impl Endpoint {
             .filter(|m| match m {
                 Machine::Initiator(i) => i.holds_ephemeral(),
                 Machine::Responder(r) => r.holds_ephemeral(),
-                Machine::Transit(_) => false,
+                Machine::Transit(_) | Machine::Fast(_) => false,
             })
             .count()
     }

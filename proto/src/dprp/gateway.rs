@@ -378,6 +378,8 @@ impl Transit {
                 peer_serial: None,
                 natf: None,
                 started: None,
+                fast: None,
+                epoch: None,
             }),
             CdnStatus::Refused(code) => {
                 tracing::debug!(id = %self.id, ?code, "negotiation refused by the responder");

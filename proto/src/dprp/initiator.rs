@@ -24,6 +24,7 @@ use crate::credential::Credential;
 use crate::decision::decide_ends;
 use crate::dprp::cookie;
 use crate::dprp::endpoint::Ctx;
+use crate::dprp::epoch::EpochSeed;
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Cookie, Dde, HopDecision, Message, Mpit, Nak, NegotiationId, Rgi,
 };
@@ -32,7 +33,7 @@ use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::{DPRP_PORT, DprpOption, Established, FailReason, Position, Timer};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GeInfo, GroupId};
-use crate::keys::{self, Role};
+use crate::keys::{self, EpochSecret, Role};
 use crate::{Error, Result};
 
 /// What a machine reports to its endpoint (at most once per negotiation).
@@ -393,7 +394,7 @@ impl Initiator {
             if !shared.was_contributory() {
                 return Err(Error::InvalidKey("ephemeral share of low order"));
             }
-            secret = Some((gk, shared, ch.version));
+            secret = Some((gk, shared, ch.version, ch.group));
         }
         let decisions = path
             .iter()
@@ -425,8 +426,8 @@ impl Initiator {
         // look like garbage (ignored), not like the initiator's own failure.
         mpit.tag = c.pair.tag(tr::MPIT_TAG, &th_m, &mpit_extra(&mpit));
         let bytes = Message::Mpit(mpit).encode()?;
-        let (key_version, flow_keys) = match secret {
-            Some((gk, shared, v)) => (
+        let (key_version, flow_keys, epoch) = match secret {
+            Some((gk, shared, v, group)) => (
                 Some(v),
                 Some(keys::derive_flow_keys(
                     gk,
@@ -434,8 +435,18 @@ impl Initiator {
                     &th_m,
                     Role::Initiator,
                 )),
+                // A pair epoch only where no gateway is between the ends
+                // and not for NAT-f (see `super::epoch`).
+                (ctx.cfg.fast_open && c.gateways.is_empty() && natf.is_none()).then(|| {
+                    Box::new(EpochSeed {
+                        secret: EpochSecret::derive(gk, shared.as_bytes(), &th_m),
+                        peer: c.responder.clone(),
+                        group,
+                        version: v,
+                    })
+                }),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         ctx.send(c.from, bytes.clone());
         self.rto = ctx.cfg.timing.initial_rto;
@@ -459,6 +470,8 @@ impl Initiator {
                 peer_serial: Some(c.responder.serial),
                 natf,
                 started: Some(self.started),
+                fast: None,
+                epoch,
             },
         });
         tracing::debug!(id = %self.id, actions = ?decision.actions, "decided, MPIT sent");

@@ -35,6 +35,7 @@ mod config;
 mod cookie;
 mod endpoint;
 mod entropy;
+mod epoch;
 mod gateway;
 mod initiator;
 pub mod msg;
@@ -57,6 +58,7 @@ pub use endpoint::{
     Verdict,
 };
 pub use entropy::Entropy;
+pub use epoch::{EpochId, FastOpen, MAX_OPENINGS};
 pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
 pub use natf::{FrontedHost, NatfMapping, Vin};
 pub use option::DprpOption;
@@ -137,6 +139,12 @@ pub struct Established {
     /// When this GE sent the DDE (initiator only): the endpoint measures
     /// the negotiation's duration from it ([`Stats::durations`]).
     pub started: Option<Instant>,
+    /// Set when the flow was opened on a pair epoch, without a
+    /// negotiation (docs/PROTOCOL.md, "Fast open").
+    pub fast: Option<FastOpen>,
+    /// The pair epoch this negotiation leaves the endpoint (taken out
+    /// before the event leaves it).
+    pub(crate) epoch: Option<Box<epoch::EpochSeed>>,
 }
 
 /// Why a negotiation failed.
@@ -184,6 +192,22 @@ pub enum Event {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
+    /// The other end confirmed (FOK) a flow this GE fast-opened: it holds
+    /// the flow's entry, so the flow's packets may leave on any carrier.
+    FastConfirmed {
+        /// The flow (as in its `Established`).
+        flow: FlowId,
+    },
+    /// A flow this GE fast-opened was refused on the way (a gateway on the
+    /// path, the peer lost the epoch) or never confirmed: drop its entry.
+    /// The endpoint has started a negotiation for it, so its next packets
+    /// are held for that, as for any new flow.
+    FastOpenFailed {
+        /// The flow.
+        flow: FlowId,
+        /// Why.
+        reason: FailReason,
+    },
     /// A negotiation this GE started failed; its held packets were dropped
     /// and the flow is a negative entry until it expires.
     Failed {
@@ -206,6 +230,14 @@ impl fmt::Debug for Event {
                 .field("flow", flow)
                 .field("packets", &packets.len())
                 .field("bytes", &packets.iter().map(Vec::len).sum::<usize>())
+                .finish(),
+            Self::FastConfirmed { flow } => {
+                f.debug_struct("FastConfirmed").field("flow", flow).finish()
+            }
+            Self::FastOpenFailed { flow, reason } => f
+                .debug_struct("FastOpenFailed")
+                .field("flow", flow)
+                .field("reason", reason)
                 .finish(),
             Self::Failed {
                 flow,
@@ -232,6 +264,8 @@ pub enum Timer {
     Linger,
     /// A negative entry expires.
     NegativeExpiry,
+    /// A pair epoch ends (fast open).
+    EpochExpiry,
 }
 
 /// A GE's info restricted to the groups it holds a key for (its claims):

@@ -21,7 +21,7 @@ use crate::decision::MAX_PATH_LEN;
 use crate::dprp::option::{DprpOption, decode_options, encode_options};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId, MAX_GROUPS};
-use crate::keys::{KeyVersion, MAC_LEN, SIGNATURE_LEN};
+use crate::keys::{EPOCH_ID_LEN, KeyVersion, MAC_LEN, SIGNATURE_LEN};
 use crate::wire::{Reader, Writer};
 use crate::{Error, Result};
 
@@ -67,6 +67,11 @@ pub enum MessageType {
     /// cookie the initiator must echo in its DDE before the responder does
     /// any signature or X25519 work.
     Cookie,
+    /// Opener -> flow destination: a new flow on a pair epoch, without a
+    /// negotiation (docs/PROTOCOL.md, "Fast open").
+    Fop,
+    /// Receiving end -> opener: the fast-opened flow is installed.
+    Fok,
 }
 
 impl MessageType {
@@ -79,6 +84,8 @@ impl MessageType {
             Self::Cdn => 4,
             Self::Nak => 5,
             Self::Cookie => 6,
+            Self::Fop => 7,
+            Self::Fok => 8,
         }
     }
 
@@ -91,6 +98,8 @@ impl MessageType {
             4 => Self::Cdn,
             5 => Self::Nak,
             6 => Self::Cookie,
+            7 => Self::Fop,
+            8 => Self::Fok,
             other => return Err(Error::UnknownMessage(other)),
         })
     }
@@ -103,6 +112,8 @@ impl MessageType {
             Self::Cdn => "CDN",
             Self::Nak => "NAK",
             Self::Cookie => "COOKIE",
+            Self::Fop => "FOP",
+            Self::Fok => "FOK",
         }
     }
 }
@@ -111,6 +122,61 @@ impl MessageType {
 /// (for example to intercept DDEs in transit and forward everything else).
 pub fn peek(datagram: &[u8]) -> Result<(MessageType, NegotiationId)> {
     read_header(&mut Reader::new(datagram))
+}
+
+/// FOP: opens a flow on a pair epoch (docs/PROTOCOL.md, "Fast open"). It
+/// travels like a DDE, to the flow's destination, so a gateway on the
+/// route sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fop {
+    /// The fast open's id (drawn by the opener; the FOK and a NAK carry it).
+    pub id: NegotiationId,
+    /// The pair epoch.
+    pub epoch: [u8; EPOCH_ID_LEN],
+    /// The flow's index among the opener's flows of this epoch.
+    pub index: u32,
+    /// The flow, in the direction of its first packet.
+    pub flow: FlowId,
+    /// MAC under the epoch's auth key (see [`crate::dprp`]'s epoch module).
+    pub tag: [u8; MAC_LEN],
+}
+
+/// FOK: the receiving end installed a fast-opened flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fok {
+    /// The FOP's id.
+    pub id: NegotiationId,
+    /// The pair epoch.
+    pub epoch: [u8; EPOCH_ID_LEN],
+    /// The FOP's index.
+    pub index: u32,
+    /// MAC under the epoch's auth key.
+    pub tag: [u8; MAC_LEN],
+}
+
+impl Fop {
+    /// The bytes the tag covers: header, epoch, index, flow.
+    pub fn core(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        let mut w = Writer::new(&mut out);
+        write_header(&mut w, MessageType::Fop, self.id);
+        w.bytes(&self.epoch);
+        w.u32(self.index);
+        self.flow.encode(&mut w);
+        out
+    }
+}
+
+impl Fok {
+    /// The bytes the tag covers: header, epoch, index.
+    pub fn core(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        let mut w = Writer::new(&mut out);
+        write_header(&mut w, MessageType::Fok, self.id);
+        w.bytes(&self.epoch);
+        w.u32(self.index);
+        out
+    }
 }
 
 /// A credential as carried on the wire: structurally valid, not yet verified.
@@ -278,6 +344,12 @@ pub enum RefuseCode {
     NotInHostGroup,
     /// NAT-f: no port is free in the gateway's reservation range.
     NoPort,
+    /// Fast open: a gateway sits between the two ends and was not part of
+    /// the pair epoch's negotiation: the flow must be negotiated.
+    GatewayOnPath,
+    /// Fast open: the receiving end knows no such pair epoch (it restarted,
+    /// or the epoch ended there): the flow must be negotiated.
+    UnknownEpoch,
 }
 
 impl RefuseCode {
@@ -293,6 +365,8 @@ impl RefuseCode {
             Self::UnknownHost => 7,
             Self::NotInHostGroup => 8,
             Self::NoPort => 9,
+            Self::GatewayOnPath => 10,
+            Self::UnknownEpoch => 11,
         }
     }
 
@@ -308,6 +382,8 @@ impl RefuseCode {
             7 => Self::UnknownHost,
             8 => Self::NotInHostGroup,
             9 => Self::NoPort,
+            10 => Self::GatewayOnPath,
+            11 => Self::UnknownEpoch,
             _ => return Err(Error::invalid("refusal code", "unknown")),
         })
     }
@@ -382,6 +458,10 @@ pub enum Message {
     Nak(Nak),
     /// See [`Cookie`].
     Cookie(Cookie),
+    /// See [`Fop`].
+    Fop(Fop),
+    /// See [`Fok`].
+    Fok(Fok),
 }
 
 impl Message {
@@ -406,6 +486,19 @@ impl Message {
                 id,
                 cookie: r.array("COOKIE cookie")?,
                 binder: r.array("COOKIE binder")?,
+            }),
+            MessageType::Fop => Self::Fop(Fop {
+                id,
+                epoch: r.array("FOP epoch")?,
+                index: r.u32("FOP index")?,
+                flow: FlowId::decode(&mut r)?,
+                tag: r.array("FOP tag")?,
+            }),
+            MessageType::Fok => Self::Fok(Fok {
+                id,
+                epoch: r.array("FOK epoch")?,
+                index: r.u32("FOK index")?,
+                tag: r.array("FOK tag")?,
             }),
         };
         r.finish(kind.name())?;
@@ -458,6 +551,14 @@ impl Message {
                 w.bytes(&m.cookie);
                 w.bytes(&m.binder);
             }
+            Self::Fop(m) => {
+                out = m.core();
+                Writer::new(&mut out).bytes(&m.tag);
+            }
+            Self::Fok(m) => {
+                out = m.core();
+                Writer::new(&mut out).bytes(&m.tag);
+            }
         }
         if out.len() > MAX_MESSAGE_LEN {
             return Err(Error::TooLarge {
@@ -478,6 +579,8 @@ impl Message {
             Self::Cdn(m) => m.id,
             Self::Nak(m) => m.id,
             Self::Cookie(m) => m.id,
+            Self::Fop(m) => m.id,
+            Self::Fok(m) => m.id,
         }
     }
 
@@ -490,6 +593,8 @@ impl Message {
             Self::Cdn(_) => MessageType::Cdn,
             Self::Nak(_) => MessageType::Nak,
             Self::Cookie(_) => MessageType::Cookie,
+            Self::Fop(_) => MessageType::Fop,
+            Self::Fok(_) => MessageType::Fok,
         }
     }
 }

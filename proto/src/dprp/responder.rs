@@ -15,6 +15,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::action::Action;
 use crate::credential::Credential;
 use crate::dprp::endpoint::Ctx;
+use crate::dprp::epoch::EpochSeed;
 use crate::dprp::initiator::{digest, mpit_extra};
 use crate::dprp::msg::{
     Cdn, CdnStatus, Claim, Dde, Message, Mpit, Nak, NegotiationId, RefuseCode, ResponderPart, Rgi,
@@ -24,7 +25,7 @@ use crate::dprp::transcript::{self as tr, Hash, PairKey};
 use crate::dprp::{DprpOption, Established, Position, Timer, effective};
 use crate::flow::FlowId;
 use crate::ge::{GeId, GeInfo, GroupId, Mode};
-use crate::keys::{self, FlowKeys, KeyVersion, Role};
+use crate::keys::{self, EpochSecret, FlowKeys, KeyVersion, Role};
 use crate::{Error, Result};
 
 pub(crate) struct Responder {
@@ -35,6 +36,9 @@ pub(crate) struct Responder {
     initiator_share: [u8; 32],
     initiator_options: Vec<DprpOption>,
     initiator_serial: u64,
+    /// The initiator's verified credential, kept for a pair epoch
+    /// (direct paths only; see `super::epoch`).
+    initiator_credential: Option<Credential>,
     /// The ephemeral secret, until the authentic MPIT used it.
     eph: Option<StaticSecret>,
     dde_digest: Hash,
@@ -258,6 +262,8 @@ impl Responder {
             // The cookie was for this GE's admission, not for the flow.
             initiator_options: without_cookie(dde.options),
             initiator_serial: initiator.serial,
+            initiator_credential: (ctx.cfg.fast_open && dde.hops.is_empty())
+                .then(|| initiator.clone()),
             eph: Some(eph),
             dde_digest: digest(raw),
             echo: dde.hops,
@@ -371,8 +377,17 @@ impl Responder {
         };
         self.deadline = now + ctx.cfg.timing.linger;
         match verdict {
-            Ok((action, key_version, keys)) => {
+            Ok((action, key_version, keys, epoch)) => {
                 tracing::debug!(id = %self.id, %action, "confirmed");
+                let epoch = epoch.and_then(|secret| {
+                    let c = self.chosen?;
+                    Some(Box::new(EpochSeed {
+                        secret,
+                        peer: self.initiator_credential.take()?,
+                        group: c.group,
+                        version: c.version,
+                    }))
+                });
                 Ok(Some(Established {
                     negotiation: self.id,
                     flow: self.flow,
@@ -385,6 +400,8 @@ impl Responder {
                     peer_serial: Some(self.initiator_serial),
                     natf: self.natf,
                     started: None,
+                    fast: None,
+                    epoch,
                 }))
             }
             Err(code) => {
@@ -403,7 +420,15 @@ impl Responder {
         mpit: &Mpit,
         th_m: &Hash,
         eph: Option<&StaticSecret>,
-    ) -> Result<(Action, Option<KeyVersion>, Option<FlowKeys>), RefuseCode> {
+    ) -> Result<
+        (
+            Action,
+            Option<KeyVersion>,
+            Option<FlowKeys>,
+            Option<EpochSecret>,
+        ),
+        RefuseCode,
+    > {
         let own_id = ctx.own().info.id;
         let ids = mpit.decisions.iter().map(|d| d.ge);
         let expected = std::iter::once(self.initiator)
@@ -439,7 +464,12 @@ impl Responder {
                     return Err(RefuseCode::BadProof);
                 }
                 let k = keys::derive_flow_keys(gk, shared.as_bytes(), th_m, Role::Responder);
-                Ok((Action::Protect(c.group), Some(c.version), Some(k)))
+                // A pair epoch only where no gateway is between the ends
+                // (a gateway must see each flow) and not for NAT-f (each
+                // flow needs its own port reservation).
+                let epoch = (self.echo.is_empty() && self.natf.is_none())
+                    .then(|| EpochSecret::derive(gk, shared.as_bytes(), th_m));
+                Ok((Action::Protect(c.group), Some(c.version), Some(k), epoch))
             }
             None => {
                 // Without a shared group each end's action follows its own mode;
@@ -458,7 +488,7 @@ impl Responder {
                 if !ok {
                     return Err(RefuseCode::DecisionMismatch);
                 }
-                Ok((by_mode(self.own_mode), None, None))
+                Ok((by_mode(self.own_mode), None, None, None))
             }
         }
     }

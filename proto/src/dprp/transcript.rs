@@ -41,6 +41,10 @@ pub const MPIT_SIG: &[u8] = b"fpn v1 dprp mpit sig\0";
 pub const CDN_SIG: &[u8] = b"fpn v1 dprp cdn sig\0";
 /// Signature context of a NAK.
 pub const NAK_SIG: &[u8] = b"fpn v1 dprp nak sig\0";
+/// Label of a FOP's tag under its pair epoch's auth key.
+pub const FOP_TAG: &[u8] = b"fpn v1 dprp fop tag\0";
+/// Label of a FOK's tag under its pair epoch's auth key.
+pub const FOK_TAG: &[u8] = b"fpn v1 dprp fok tag\0";
 
 fn hash(label: &[u8], items: &[&[u8]]) -> Hash {
     let mut ctx = digest::Context::new(&digest::SHA256);
@@ -73,6 +77,12 @@ pub fn hop_hash(prev: &Hash, prev_auth: &[u8], credential: &[u8]) -> Hash {
 /// `T_M`: what the MPIT's authenticators cover; the traffic keys' transcript.
 pub fn mpit_hash(c_r: &Hash, responder_auth: &[u8], mpit_core: &[u8]) -> Hash {
     hash(b"fpn v1 dprp mpit\0", &[c_r, responder_auth, mpit_core])
+}
+
+/// `H_F`: the hash of a FOP core, what a NAK refusing the FOP signs
+/// (in place of a DDE's `H0`).
+pub fn fop_hash(fop_core: &[u8]) -> Hash {
+    hash(b"fpn v1 dprp fop\0", &[fop_core])
 }
 
 /// `T_C`: what the CDN's authenticators cover.

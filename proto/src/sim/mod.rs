@@ -554,7 +554,8 @@ impl Sim {
             Role::Ge(_) => {
                 last || (node.gateway
                     && d.dst.port() == DPRP_PORT
-                    && dprp::msg::peek(&d.payload).is_ok_and(|(t, _)| t == MessageType::Dde))
+                    && dprp::msg::peek(&d.payload)
+                        .is_ok_and(|(t, _)| matches!(t, MessageType::Dde | MessageType::Fop)))
             }
             Role::Terminal => false,
         };
@@ -564,7 +565,7 @@ impl Sim {
             let Role::Ge(ep) = &mut self.nodes[at.0].role else {
                 unreachable!()
             };
-            // Addressed here, or intercepted on the way (a DDE in transit).
+            // Addressed here, or intercepted on the way (a DDE or FOP in transit).
             let r = span.in_scope(|| {
                 if last {
                     ep.handle_datagram(d.from, &d.payload, now)

@@ -1,0 +1,210 @@
+//! Issue 13, cheap new flows (docs/DESIGN-NOTES.md note 64,
+//! docs/PROTOCOL.md "Fast open"), with the real binaries: once two nodes
+//! negotiated a flow, a new flow between them needs no negotiation. Its
+//! first datagram is answered at its first send; on the wire there is a
+//! FOP and a FOK on DPRP's port and no DDE; the flow's packets go native
+//! once the peer confirmed, PCCOM-sealed (a capture shows no marker, and
+//! the same marker sent outside the overlay shows). The same through two
+//! NATs; and with `fast_open = false` every flow is negotiated again.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{OVERLAY_TOOLS, echo_send, l4_any, marked_flow, need};
+use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
+use fpn_lab::{Lab, config_path};
+
+const MARKER: &str = "fpn-fastopen-plaintext-marker-3d5a";
+/// The echo server's port on b.
+const ECHO: u16 = 7009;
+/// DPRP's port.
+const DPRP: u16 = 7717;
+/// DPRP message types (docs/PROTOCOL.md).
+const DDE: u8 = 1;
+const FOP: u8 = 7;
+const FOK: u8 = 8;
+
+fn counter(ov: &Overlay, node: &str, name: &str) -> u64 {
+    ov.status(node).unwrap()["counters"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The DPRP messages of an IPv4 capture: (source, destination, type).
+fn dprp_messages(pcap: &fpn_lab::Pcap) -> Vec<(IpAddr, IpAddr, u8)> {
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter(|ip| ip.len() >= 20 && ip[0] >> 4 == 4 && ip[9] == 17)
+        .filter_map(|ip| {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let udp = ip.get(ihl..)?;
+            let dport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
+            let sport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+            // Either end's DPRP port (answers go back to the sender's).
+            if dport != DPRP && sport != DPRP {
+                return None;
+            }
+            let payload = udp.get(8..)?;
+            (payload.first() == Some(&1)).then(|| {
+                (
+                    IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
+                    IpAddr::from([ip[16], ip[17], ip[18], ip[19]]),
+                    payload[1],
+                )
+            })
+        })
+        .collect()
+}
+
+/// One datagram from a fresh socket in `host` to `to`, sent once: whether
+/// the echo came back (within `wait`), and after how long.
+fn first_datagram(ov: &Overlay, host: &str, to: SocketAddr, wait: Duration) -> (bool, Duration) {
+    ov.lab()
+        .run_in(host, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(wait)).unwrap();
+            let t = Instant::now();
+            s.send_to(b"first of a new flow", to).unwrap();
+            let mut buf = [0u8; 1500];
+            let ok = s
+                .recv_from(&mut buf)
+                .is_ok_and(|(n, _)| buf[..n].ends_with(b"first of a new flow"));
+            (ok, t.elapsed())
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() {
+    let ov = common::two_nodes();
+    let lab = ov.lab();
+    let a_pub = ov.underlay("a", "pub-a").unwrap();
+    let b_pub = ov.underlay("b", "pub-b").unwrap();
+    let _echo = common::echo_server(lab, "b", ECHO);
+    let p = ov.ping("a", "b", 2).unwrap();
+    assert!(p.ok, "a -> b: {:?}", p.output);
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
+    assert!(
+        counter(&ov, "a", "dprp_epochs") >= 1,
+        "the ping's negotiation left no epoch"
+    );
+    let started = counter(&ov, "a", "dprp_started");
+    let opened = counter(&ov, "a", "dprp_fast_opened");
+    let accepted = counter(&ov, "b", "dprp_fast_accepted");
+
+    let cap = lab
+        .capture("inet", "pub-b", &format!("host {a_pub} and host {b_pub}"))
+        .unwrap();
+    let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
+    let (answered, took) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    assert!(
+        answered,
+        "the first datagram of a fast-opened flow was lost"
+    );
+    eprintln!("first datagram of a new flow answered after {took:?}");
+    let (answers, sport) = marked_flow(&ov, "a", to, MARKER);
+    assert!(answers >= 3, "only {answers} of 5 marker echoes came back");
+    let pcap = cap
+        .wait_for(Duration::from_secs(5), |p| {
+            l4_any(p).iter().any(|&(s, d, pr, sp, dp)| {
+                s == a_pub && d == b_pub && pr == 17 && sp == sport && dp == ECHO
+            })
+        })
+        .unwrap_or_else(|e| panic!("the fast-opened flow never went native: {e}"));
+    assert!(
+        !pcap.contains(MARKER.as_bytes()),
+        "plaintext marker on the wire"
+    );
+    // Two new flows: two FOPs from a on the IP path, two FOKs from b, and
+    // not one DDE.
+    let msgs = dprp_messages(&pcap);
+    let count = |src: IpAddr, t: u8| msgs.iter().filter(|m| m.0 == src && m.2 == t).count();
+    assert!(count(a_pub, FOP) >= 2, "FOPs on the wire: {msgs:?}");
+    assert!(count(b_pub, FOK) >= 2, "FOKs on the wire: {msgs:?}");
+    assert_eq!(count(a_pub, DDE) + count(b_pub, DDE), 0, "a DDE: {msgs:?}");
+    assert_eq!(counter(&ov, "a", "dprp_started"), started, "a negotiated");
+    assert!(counter(&ov, "a", "dprp_fast_opened") >= opened + 2);
+    assert!(counter(&ov, "a", "dprp_fast_confirmed") >= 2);
+    assert!(counter(&ov, "b", "dprp_fast_accepted") >= accepted + 2);
+    assert_eq!(counter(&ov, "a", "dprp_fast_fallbacks"), 0);
+    // Control: the marker sent outside the overlay shows on this capture.
+    let out = echo_send(lab, "a", &format!("{b_pub}:{ECHO}"), MARKER, true);
+    assert!(out.success(), "{}", out.stderr);
+    cap.wait_for(Duration::from_secs(5), |p| p.contains(MARKER.as_bytes()))
+        .expect("the capture sees a plaintext marker");
+}
+
+#[test]
+fn through_two_nats_a_new_flow_is_fast_opened() {
+    need(OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("nat-matrix-eim.toml")).expect("lab");
+    let nodes = ["a", "b"]
+        .map(|n| NodeSpec {
+            host: n.into(),
+            ..NodeSpec::new(n, Mode::Op, &[1])
+        })
+        .to_vec();
+    let ov = Overlay::start(lab, &Spec::new(&[(1, "home")], nodes))
+        .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let _echo = common::echo_server(ov.lab(), "b", ECHO);
+    let b = Overlay::fqdn("b");
+    let t = Instant::now();
+    loop {
+        let out = ov
+            .lab()
+            .exec("a", ["ping", "-n", "-c", "1", "-W", "1", &b])
+            .unwrap();
+        if out.success() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "a never reached b: {}\n{}",
+            out.stderr,
+            ov.log_tails(40)
+        );
+    }
+    let started = counter(&ov, "a", "dprp_started");
+    let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
+    let (answered, took) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    assert!(
+        answered,
+        "the first datagram was lost\n{}",
+        ov.log_tails(40)
+    );
+    eprintln!("first datagram through the NATs answered after {took:?}");
+    let (answers, _) = marked_flow(&ov, "a", to, MARKER);
+    assert!(answers >= 3, "only {answers} of 5 echoes came back");
+    assert_eq!(counter(&ov, "a", "dprp_started"), started, "a negotiated");
+    assert!(counter(&ov, "a", "dprp_fast_opened") >= 2);
+    assert!(counter(&ov, "a", "dprp_fast_confirmed") >= 2);
+    assert!(counter(&ov, "b", "dprp_fast_accepted") >= 2);
+}
+
+#[test]
+fn with_fast_open_off_every_new_flow_is_negotiated() {
+    need(OVERLAY_TOOLS);
+    let mut spec = Spec::new(
+        &[(1, "home")],
+        vec![
+            NodeSpec::new("a", Mode::Op, &[1]),
+            NodeSpec::new("b", Mode::Op, &[1]),
+        ],
+    );
+    spec.node_config = "fast_open = false\n".into();
+    let ov = common::overlay(&spec);
+    let _echo = common::echo_server(ov.lab(), "b", ECHO);
+    let p = ov.ping("a", "b", 2).unwrap();
+    assert!(p.ok, "a -> b: {:?}", p.output);
+    let started = counter(&ov, "a", "dprp_started");
+    let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
+    let (answered, _) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    assert!(answered, "the first datagram was lost");
+    assert_eq!(counter(&ov, "a", "dprp_started"), started + 1);
+    assert_eq!(counter(&ov, "a", "dprp_fast_opened"), 0);
+    assert_eq!(counter(&ov, "a", "dprp_epochs"), 0);
+}

@@ -1,0 +1,410 @@
+//! Fast open on the simulator (docs/PROTOCOL.md, "Fast open"): a second
+//! flow between two GEs that negotiated once opens without a negotiation,
+//! with keys both ends derive alike; revocations, rotations, restarts and a
+//! gateway on the path send the flow back to a full negotiation.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use fpn_proto::Error;
+use fpn_proto::action::Action;
+use fpn_proto::dprp::{Established, Event, FailReason, MessageType, Prefix, RefuseCode, msg};
+use fpn_proto::ge::{GeId, GeKind, GroupId, Mode};
+use fpn_proto::keys::KeyVersion;
+use fpn_proto::sim::{GeSpec, LinkConfig, NodeId, Sim};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Long enough for any negotiation or fast open here to settle, far short
+/// of a pair epoch's lifetime (`Sim::drive` would run into its expiry).
+const SETTLE: Duration = Duration::from_secs(15);
+
+struct Pair {
+    sim: Sim,
+    a: NodeId,
+    b: NodeId,
+}
+
+/// Two GESs in group 1 on the public underlay, fast open on, each with the
+/// other in its directory.
+fn pair(seed: u64) -> Pair {
+    let mut sim = Sim::new(seed, LinkConfig::default());
+    let fast = |c: &mut fpn_proto::dprp::Config| c.fast_open = true;
+    let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
+    let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), fast);
+    let dir = vec![
+        (Prefix::host(ip("198.18.0.1")), GeId(1)),
+        (Prefix::host(ip("198.18.0.2")), GeId(2)),
+    ];
+    sim.endpoint(a).set_directory(dir.clone());
+    sim.endpoint(b).set_directory(dir);
+    Pair { sim, a, b }
+}
+
+/// The messages of `kind` on the wire from `from` on.
+fn sent(sim: &Sim, kind: MessageType, from: usize) -> usize {
+    sim.wire()[from..]
+        .iter()
+        .filter(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == kind))
+        .count()
+}
+
+/// The entries a GE installed from event `from` on.
+fn installed(sim: &Sim, node: NodeId, from: usize) -> Vec<Established> {
+    sim.events(node)[from..]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Established(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn udp(sim: &mut Sim, from: NodeId, to: &str, sport: u16) {
+    sim.send_udp(from, ip(to), sport, 53, b"query");
+    sim.run_for(SETTLE);
+}
+
+#[test]
+fn a_second_flow_between_a_negotiated_pair_opens_without_a_negotiation() {
+    let Pair { mut sim, a, b } = pair(1);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let first = installed(&sim, a, 0);
+    assert_eq!(first.len(), 1);
+    assert!(first[0].fast.is_none(), "the first flow is negotiated");
+
+    let (wire, ea, eb) = (sim.wire().len(), sim.events(a).len(), sim.events(b).len());
+    let t0 = sim.now();
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    // Nothing but a FOP and its FOK: no DDE, RGI, MPIT or CDN.
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 1);
+    assert_eq!(sent(&sim, MessageType::Fok, wire), 1);
+    assert_eq!(sim.wire().len() - wire, 2);
+    // The opener installs the flow and releases its packet at once, before
+    // any answer could have come.
+    let at_a = &sim.events(a)[ea..];
+    assert!(matches!(&at_a[0], (t, Event::Established(e)) if *t == t0 && e.fast.is_some()));
+    assert!(
+        matches!(&at_a[1], (t, Event::Release { packets, .. }) if *t == t0 && packets.len() == 1)
+    );
+    assert!(
+        at_a.iter()
+            .any(|(_, e)| matches!(e, Event::FastConfirmed { .. }))
+    );
+    let (ia, ib) = (&installed(&sim, a, ea)[0], &installed(&sim, b, eb)[0]);
+    assert_eq!(ia.flow, ib.flow);
+    assert_eq!(ia.action, Action::Protect(GroupId(1)));
+    assert_eq!(ib.action, Action::Protect(GroupId(1)));
+    assert_eq!((ia.peer, ib.peer), (GeId(2), GeId(1)));
+    assert_eq!(ia.key_version, Some(KeyVersion(1)));
+    let (ka, kb) = (ia.keys.as_ref().unwrap(), ib.keys.as_ref().unwrap());
+    assert_eq!(ka.tx.expose_secret(), kb.rx.expose_secret());
+    assert_eq!(ka.rx.expose_secret(), kb.tx.expose_secret());
+    // Not the first flow's keys.
+    let k1 = first[0].keys.as_ref().unwrap();
+    assert_ne!(ka.tx.expose_secret(), k1.tx.expose_secret());
+    assert_eq!(ia.fast.unwrap().epoch, ib.fast.unwrap().epoch);
+
+    // The epoch is the pair's: b opens a flow to a on it too.
+    let (wire, ea) = (sim.wire().len(), sim.events(a).len());
+    udp(&mut sim, b, "198.18.0.1", 2000);
+    assert_eq!(sent(&sim, MessageType::Dde, wire), 0);
+    let ia = &installed(&sim, a, ea)[0];
+    assert_eq!(ia.fast.unwrap().opener, GeId(2));
+    let st = sim.endpoint(a).stats();
+    assert_eq!(
+        (st.fast_opened, st.fast_confirmed, st.fast_accepted),
+        (1, 1, 1)
+    );
+    assert_eq!(st.started, 1, "one negotiation in all");
+}
+
+#[test]
+fn without_fast_open_every_flow_is_negotiated() {
+    let mut sim = Sim::new(2, LinkConfig::default());
+    let a = sim.add_ge(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"));
+    let b = sim.add_ge(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"));
+    let dir = vec![(Prefix::host(ip("198.18.0.2")), GeId(2))];
+    sim.endpoint(a).set_directory(dir);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let wire = sim.wire().len();
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(sent(&sim, MessageType::Dde, wire), 1);
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 0);
+    assert!(installed(&sim, b, 0).iter().all(|e| e.fast.is_none()));
+}
+
+#[test]
+fn a_revocation_between_two_flows_ends_the_epoch_at_once() {
+    let Pair { mut sim, a, b } = pair(3);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // b learns a's revocation; a does not know yet and opens fast.
+    sim.endpoint(b).revoke_ge(GeId(1));
+    assert_eq!(sim.endpoint(b).occupancy().epochs, 0);
+    let (eb, ea) = (sim.events(b).len(), sim.events(a).len());
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert!(installed(&sim, b, eb).is_empty(), "b installed nothing");
+    // b does not hold the epoch any more: a is told, negotiates, and the
+    // negotiation is refused for the revoked credential.
+    let evs: Vec<&Event> = sim.events(a)[ea..].iter().map(|(_, e)| e).collect();
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::FastOpenFailed {
+            reason: FailReason::Refused {
+                code: RefuseCode::UnknownEpoch,
+                ..
+            },
+            ..
+        }
+    )));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::Failed {
+            reason: FailReason::Refused {
+                code: RefuseCode::CredentialRejected,
+                ..
+            },
+            ..
+        }
+    )));
+
+    // The other way round: a revokes b, and a's next flow is not fast.
+    let Pair { mut sim, a, .. } = pair(4);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    sim.endpoint(a).revoke_ge(GeId(2));
+    let wire = sim.wire().len();
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 0);
+}
+
+#[test]
+fn a_rotation_ends_the_epoch_and_the_next_one_is_under_the_new_key() {
+    let Pair { mut sim, a, b } = pair(5);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let key = sim.group_key(GroupId(1));
+    for n in [a, b] {
+        sim.endpoint(n)
+            .set_group_key(GroupId(1), KeyVersion(2), key.clone());
+        assert_eq!(sim.endpoint(n).occupancy().epochs, 0);
+    }
+    let (wire, ea) = (sim.wire().len(), sim.events(a).len());
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 0);
+    let e = &installed(&sim, a, ea)[0];
+    assert!(e.fast.is_none());
+    assert_eq!(e.key_version, Some(KeyVersion(2)));
+    // That negotiation left a new epoch, under version 2.
+    let ea = sim.events(a).len();
+    udp(&mut sim, a, "198.18.0.2", 1002);
+    let e = &installed(&sim, a, ea)[0];
+    assert!(e.fast.is_some());
+    assert_eq!(e.key_version, Some(KeyVersion(2)));
+}
+
+#[test]
+fn a_peer_that_lost_the_epoch_makes_the_opener_negotiate() {
+    let Pair { mut sim, a, b } = pair(6);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // b forgets its epochs (as after a restart: here by losing and
+    // regaining its group key).
+    let key = sim.group_key(GroupId(1));
+    sim.endpoint(b).remove_group(GroupId(1));
+    sim.endpoint(b)
+        .set_group_key(GroupId(1), KeyVersion(1), key);
+    let (ea, eb, wire) = (sim.events(a).len(), sim.events(b).len(), sim.wire().len());
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(sent(&sim, MessageType::Nak, wire), 1);
+    assert_eq!(sent(&sim, MessageType::Dde, wire), 1);
+    assert!(sim.events(a)[ea..].iter().any(|(_, e)| matches!(
+        e,
+        Event::FastOpenFailed {
+            reason: FailReason::Refused {
+                by: GeId(2),
+                code: RefuseCode::UnknownEpoch
+            },
+            ..
+        }
+    )));
+    let at_a = installed(&sim, a, ea);
+    // The fast entry, then the negotiated one that replaces it.
+    assert_eq!(at_a.len(), 2);
+    assert!(at_a[1].fast.is_none());
+    let at_b = installed(&sim, b, eb);
+    assert_eq!(at_b.len(), 1);
+    assert_eq!(
+        at_a[1].keys.as_ref().unwrap().tx.expose_secret(),
+        at_b[0].keys.as_ref().unwrap().rx.expose_secret()
+    );
+    assert!(sim.errors(b).iter().any(|(_, e)| *e == Error::UnknownEpoch));
+}
+
+#[test]
+fn lost_fops_are_sent_again_and_a_silent_peer_means_a_negotiation() {
+    let Pair { mut sim, a, b } = pair(7);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // Every FOP's tag is mangled on the way (the receiver drops it).
+    sim.set_tamper(|_, p| {
+        if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
+            let n = p.len();
+            p[n - 1] ^= 1;
+        }
+    });
+    let (ea, eb, wire) = (sim.events(a).len(), sim.events(b).len(), sim.wire().len());
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    // The FOP and its two retransmissions, then the negotiation.
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 3);
+    assert!(sim.events(a)[ea..].iter().any(|(_, e)| matches!(
+        e,
+        Event::FastOpenFailed {
+            reason: FailReason::Timeout,
+            ..
+        }
+    )));
+    let at_a = installed(&sim, a, ea);
+    assert_eq!(at_a.len(), 2);
+    assert!(at_a[1].fast.is_none());
+    assert_eq!(installed(&sim, b, eb).len(), 1);
+}
+
+#[test]
+fn a_replayed_fop_installs_nothing_twice_and_a_changed_one_nothing_at_all() {
+    let Pair { mut sim, a, b } = pair(8);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let wire = sim.wire().len();
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    let fop = sim.wire()[wire..]
+        .iter()
+        .find(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == MessageType::Fop))
+        .unwrap()
+        .payload
+        .clone();
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let now = sim.now();
+    let eb = sim.events(b).len();
+    // The same bytes again: answered with the same FOK, nothing installed.
+    let ep = sim.endpoint(b);
+    ep.handle_datagram(from, &fop, now).unwrap();
+    let fok = ep.poll_transmit().unwrap();
+    assert!(msg::peek(&fok.payload).is_ok_and(|(t, _)| t == MessageType::Fok));
+    assert!(ep.poll_event().is_none());
+    // Another flow or index under the same tag: refused.
+    let mut other = fop.clone();
+    let n = other.len();
+    other[n - 33] ^= 1; // last byte of the flow (destination port)
+    assert_eq!(
+        ep.handle_datagram(from, &other, now),
+        Err(Error::BadMac("FOP tag"))
+    );
+    let mut index = fop.clone();
+    index[21] ^= 1; // the index, after header (10) and epoch (8)
+    assert_eq!(
+        ep.handle_datagram(from, &index, now),
+        Err(Error::BadMac("FOP tag"))
+    );
+    assert!(ep.poll_event().is_none());
+    assert_eq!(sim.events(b).len(), eb);
+}
+
+#[test]
+fn an_opener_cannot_fast_open_a_flow_from_an_address_it_does_not_own() {
+    // a protects an extra address its credential does not name.
+    let mut sim = Sim::new(9, LinkConfig::default());
+    let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), |c| {
+        c.fast_open = true;
+        c.protected.push(Prefix::host(ip("198.18.0.99")));
+    });
+    let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), |c| {
+        c.fast_open = true
+    });
+    sim.endpoint(a)
+        .set_directory(vec![(Prefix::host(ip("198.18.0.2")), GeId(2))]);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let eb = sim.events(b).len();
+    let flow = fpn_proto::flow::FlowId {
+        src: ip("198.18.0.99"),
+        dst: ip("198.18.0.2"),
+        protocol: fpn_proto::flow::protocol::UDP,
+        src_port: 5,
+        dst_port: 53,
+    };
+    sim.send_packet(a, flow, b"spoofed".to_vec());
+    sim.run_for(SETTLE);
+    assert!(installed(&sim, b, eb).is_empty());
+    assert!(
+        sim.errors(b)
+            .iter()
+            .any(|(_, e)| matches!(e, Error::NotOwner { ge: 1, .. }))
+    );
+    // The FOP and its two retransmissions (a refused FOP gets no answer),
+    // then the DDE of the negotiation a falls back to.
+    assert_eq!(sim.endpoint(b).stats().not_owner, 4);
+}
+
+#[test]
+fn a_gateway_on_the_route_refuses_the_fop_and_the_flow_is_negotiated_through_it() {
+    // b is a GEN whose credential names 10.9.0.0/24; the pair negotiates
+    // directly once (a flow to b's own address). The route to 10.9.0.5,
+    // though, runs through gateway g, which the epoch never consulted.
+    let mut sim = Sim::new(10, LinkConfig::default());
+    let fast = |c: &mut fpn_proto::dprp::Config| c.fast_open = true;
+    let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
+    let b = sim.add_ge_with(
+        GeSpec::gateway(
+            2,
+            "b",
+            GeKind::Gen,
+            Mode::Open,
+            &[1],
+            "198.18.0.2",
+            Prefix::new(ip("10.9.0.0"), 24).unwrap(),
+        ),
+        fast,
+    );
+    let g = sim.add_ge_with(
+        GeSpec::gateway(
+            3,
+            "g",
+            GeKind::Gen,
+            Mode::Open,
+            &[1],
+            "198.18.0.3",
+            Prefix::new(ip("10.9.0.0"), 16).unwrap(),
+        ),
+        fast,
+    );
+    sim.add_terminal("t", "10.9.0.5", g);
+    sim.endpoint(a).set_directory(vec![
+        (Prefix::host(ip("198.18.0.2")), GeId(2)),
+        (Prefix::new(ip("10.9.0.0"), 24).unwrap(), GeId(2)),
+    ]);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    assert_eq!(sim.endpoint(a).occupancy().epochs, 1);
+    let (ea, eb) = (sim.events(a).len(), sim.events(b).len());
+    udp(&mut sim, a, "10.9.0.5", 1001);
+    assert_eq!(sim.endpoint(g).stats().fast_refused_in_transit, 1);
+    assert!(installed(&sim, b, eb).is_empty(), "the FOP never reached b");
+    assert!(sim.events(a)[ea..].iter().any(|(_, e)| matches!(
+        e,
+        Event::FastOpenFailed {
+            reason: FailReason::Refused {
+                by: GeId(3),
+                code: RefuseCode::GatewayOnPath
+            },
+            ..
+        }
+    )));
+    // The epoch with b is over: the path to b has a gateway now.
+    assert_eq!(sim.endpoint(a).occupancy().epochs, 0);
+    // And the flow was negotiated, which g took part in (here g answers
+    // for the terminal itself, which the directory does not expect).
+    assert!(sent(&sim, MessageType::Dde, 0) >= 2);
+    assert!(sim.failures(a).iter().any(|r| matches!(
+        r,
+        FailReason::Rejected(Error::UnexpectedPeer {
+            expected: 2,
+            found: 3
+        })
+    )));
+}
