@@ -76,6 +76,7 @@ fn samples() -> Vec<Vec<u8>> {
             id: NegotiationId(0x0102_0304_0506_0708),
             epoch: [9; 8],
             index: 77,
+            age_ms: 1234,
             flow,
             tag: [5; 32],
         })

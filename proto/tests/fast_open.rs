@@ -408,3 +408,162 @@ fn a_gateway_on_the_route_refuses_the_fop_and_the_flow_is_negotiated_through_it(
         })
     )));
 }
+
+#[test]
+fn an_epoch_is_kept_only_when_both_ends_offer_fast_open() {
+    // One end with fast open off (or a node from before it, which never
+    // answers the offer): neither end keeps an epoch, no FOP is ever sent.
+    for off in [0, 1] {
+        let mut sim = Sim::new(11 + off as u64, LinkConfig::default());
+        let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), |c| {
+            c.fast_open = off != 0
+        });
+        let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), |c| {
+            c.fast_open = off == 0
+        });
+        let dir = vec![
+            (Prefix::host(ip("198.18.0.1")), GeId(1)),
+            (Prefix::host(ip("198.18.0.2")), GeId(2)),
+        ];
+        sim.endpoint(a).set_directory(dir.clone());
+        sim.endpoint(b).set_directory(dir);
+        udp(&mut sim, a, "198.18.0.2", 1000);
+        assert_eq!(installed(&sim, b, 0).len(), 1);
+        for n in [a, b] {
+            assert_eq!(sim.endpoint(n).occupancy().epochs, 0, "off = {off}");
+        }
+        udp(&mut sim, a, "198.18.0.2", 1001);
+        udp(&mut sim, b, "198.18.0.1", 1002);
+        assert_eq!(sent(&sim, MessageType::Fop, 0), 0);
+        assert_eq!(sent(&sim, MessageType::Dde, 0), 3);
+    }
+}
+
+#[test]
+fn a_simultaneous_fast_open_of_one_connection_ends_with_one_pair_of_keys() {
+    let Pair { mut sim, a, b } = pair(12);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // Both ends open the same connection (fixed ports) at the same instant.
+    let (ea, eb) = (sim.events(a).len(), sim.events(b).len());
+    sim.send_udp(a, ip("198.18.0.2"), 5000, 6000, b"from a");
+    sim.send_udp(b, ip("198.18.0.1"), 6000, 5000, b"from b");
+    sim.run_for(SETTLE);
+    let last = |n: NodeId, from: usize| installed(&sim, n, from).pop().unwrap();
+    let (la, lb) = (last(a, ea), last(b, eb));
+    let (ka, kb) = (la.keys.unwrap(), lb.keys.unwrap());
+    assert_eq!(ka.tx.expose_secret(), kb.rx.expose_secret());
+    assert_eq!(ka.rx.expose_secret(), kb.tx.expose_secret());
+    // The lower GE id's opening won at both ends, without a negotiation.
+    assert_eq!(la.fast.unwrap().opener, GeId(1));
+    assert_eq!(lb.fast.unwrap().opener, GeId(1));
+    assert_eq!(sent(&sim, MessageType::Dde, 0), 1);
+}
+
+#[test]
+fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
+    let Pair { mut sim, a, b } = pair(13);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // Every FOP is lost on the way (its tag mangled).
+    sim.set_tamper(|_, p| {
+        if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
+            let n = p.len();
+            p[n - 1] ^= 1;
+        }
+    });
+    let flow = fpn_proto::flow::FlowId {
+        src: ip("198.18.0.1"),
+        dst: ip("198.18.0.2"),
+        protocol: fpn_proto::flow::protocol::UDP,
+        src_port: 7000,
+        dst_port: 53,
+    };
+    // b negotiates the connection itself (as a node does that heals a
+    // flow it has no entry for) while a fast-opens it.
+    let (wire, eb) = (sim.wire().len(), sim.events(b).len());
+    let now = sim.now();
+    sim.endpoint(b)
+        .initiate(flow.reversed(), Vec::new(), now)
+        .unwrap();
+    sim.send_packet(a, flow, b"late".to_vec());
+    sim.run_for(Duration::from_secs(1));
+    let negotiated = installed(&sim, b, eb);
+    assert_eq!(negotiated.len(), 1);
+    assert!(negotiated[0].fast.is_none());
+    // The negotiated entry stopped a's fast open: one FOP, no fallback.
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 1);
+    assert_eq!(sim.endpoint(a).stats().fast_fallbacks, 0);
+    // A copy of that FOP, intact and late (reordered on the way), must
+    // not replace b's negotiated keys with the epoch's.
+    let mut fop = sim.wire()[wire..]
+        .iter()
+        .find(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == MessageType::Fop))
+        .unwrap()
+        .payload
+        .clone();
+    let n = fop.len();
+    fop[n - 1] ^= 1;
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let now = sim.now();
+    let ep = sim.endpoint(b);
+    let r = ep.handle_datagram(from, &fop, now);
+    assert_eq!(
+        r,
+        Err(Error::UnexpectedMessage(
+            "a FOP for a flow being negotiated"
+        ))
+    );
+    assert!(ep.poll_event().is_none());
+    assert!(ep.poll_transmit().is_none());
+    // Much later (the negotiation long gone from b's table) the same copy
+    // is stale: its age is not the epoch's age here.
+    sim.run_for(SETTLE);
+    let now = sim.now();
+    let ep = sim.endpoint(b);
+    let r = ep.handle_datagram(from, &fop, now);
+    assert_eq!(r, Err(Error::UnexpectedMessage("a stale FOP")));
+    assert!(ep.poll_event().is_none());
+}
+
+#[test]
+fn an_epoch_ends_with_the_credential_it_was_made_with() {
+    // a's credential is valid for 20 s from the start: its epoch with b
+    // ends then, and a flow after it is negotiated (and refused).
+    let mut sim = Sim::new(14, LinkConfig::default());
+    let spec = GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1");
+    let short = sim.issue_valid(
+        100,
+        Sim::info_of(&spec),
+        &fpn_proto::sim::node_key(1),
+        fpn_proto::sim::START_UNIX - 5,
+        fpn_proto::sim::START_UNIX + 20,
+    );
+    let a = sim.add_ge_with(spec, move |c| {
+        c.fast_open = true;
+        c.credential = short;
+    });
+    let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), |c| {
+        c.fast_open = true
+    });
+    sim.endpoint(a)
+        .set_directory(vec![(Prefix::host(ip("198.18.0.2")), GeId(2))]);
+    let step = Duration::from_secs(1);
+    sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"first");
+    sim.run_for(step);
+    assert_eq!(sim.endpoint(b).occupancy().epochs, 1);
+    sim.send_udp(a, ip("198.18.0.2"), 1001, 53, b"second");
+    sim.run_for(step);
+    assert_eq!(
+        sim.endpoint(b).stats().fast_accepted,
+        1,
+        "fast before the end"
+    );
+    sim.run_for(Duration::from_secs(20));
+    let (wire, eb) = (sim.wire().len(), sim.events(b).len());
+    udp(&mut sim, a, "198.18.0.2", 1002);
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 0);
+    assert_eq!(sim.endpoint(b).occupancy().epochs, 0);
+    assert!(
+        installed(&sim, b, eb).is_empty(),
+        "an expired credential was taken"
+    );
+}

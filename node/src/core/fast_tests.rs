@@ -147,3 +147,23 @@ fn a_first_packet_that_overtakes_its_fop_waits_for_it() {
     }
     assert!(overtaken > 0, "no run had the packet overtake its FOP");
 }
+
+#[test]
+fn when_the_peer_lost_its_epoch_the_first_packet_arrives_through_a_negotiation() {
+    let (mut sim, a, b) = pair(4, Force::Quic, LinkConfig::default());
+    sim.send_udp(a, b, 4000, 5000, b"FIRST");
+    sim.run_for(Duration::from_millis(500));
+    // b restarts: no flows, no epoch; a still holds its epoch with b.
+    sim.restart(b);
+    sim.introduce_all();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.counter(a, "dprp_epochs"), 1);
+    sim.send_udp(a, b, 4001, 5000, b"AFTER-RESTART");
+    sim.run_for(Duration::from_millis(500));
+    // b answered the FOP with NAK 11; a fell back to a negotiation that
+    // carried the packet, which arrives once.
+    assert_eq!(sim.counter(a, "dprp_fast_fallbacks"), 1);
+    assert_eq!(received(&sim, b, b"AFTER-RESTART"), 1);
+    assert_eq!(sim.counter(a, "dprp_started"), 2);
+    sim.check_invariants();
+}

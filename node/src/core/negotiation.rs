@@ -195,6 +195,10 @@ impl NodeCore {
             return;
         };
         self.counters.policy_drops += packets.len() as u64;
+        if self.pit.lookup(&flow).is_some() {
+            // Negotiated meanwhile: nothing to heal.
+            return;
+        }
         debug!(%flow, peer = %peer, packets = packets.len(), "no FOP for the parked packets: healing");
         self.heal(flow, peer, now);
     }
@@ -248,18 +252,25 @@ impl NodeCore {
             dprp::Event::FastConfirmed { flow } => {
                 // A FOK on the IP path says the peer steers the flow (it
                 // holds its FOK until then, as a responder its CDN).
-                debug!(%flow, native = self.steering.via_native, "fast open confirmed by the peer");
-                if self.steering.via_native {
-                    let overlay = self.overlay_view(&flow);
-                    self.fast_open_confirmed(overlay, now);
-                }
+                let native = self.steering.via_native;
+                debug!(%flow, native, "fast open confirmed by the peer");
+                let overlay = self.overlay_view(&flow);
+                self.fast_open_confirmed(overlay, native, now);
             }
             dprp::Event::FastOpenFailed { flow, reason } => {
                 // The endpoint negotiates the flow now; until then its
                 // packets are held there, not sealed under the epoch's keys.
                 info!(%flow, %reason, "fast open failed; negotiating the flow");
+                // The first of the waiting packets is the one that opened
+                // the flow: DPRP holds its copy for the negotiation. The
+                // rest queued behind it here; they go to DPRP after it.
+                let overlay = self.overlay_view(&flow);
+                let waiting = self.take_waiting(&overlay);
                 self.pit.remove(&flow);
                 self.flow_ended(&flow);
+                for p in waiting.into_iter().skip(1) {
+                    self.negotiate(flow, &p, now);
+                }
             }
             dprp::Event::Failed {
                 flow,

@@ -195,20 +195,36 @@ impl NodeCore {
         }
     }
 
-    /// The peer's FOK for fast-opened `overlay` came on the IP path: it
-    /// steers the flow. What waited goes natively once this node steers
-    /// it too (at once if it does already).
-    pub(super) fn fast_open_confirmed(&mut self, overlay: FlowId, now: Instant) {
+    /// The peer's FOK for fast-opened `overlay` came, on the IP path
+    /// (`native`: the peer steers the flow; what waited goes natively once
+    /// this node steers it too, at once if it does already) or over QUIC
+    /// (the peer does not take the flow natively: what waited goes on QUIC
+    /// now rather than at the timeout).
+    pub(super) fn fast_open_confirmed(&mut self, overlay: FlowId, native: bool, now: Instant) {
         let ready = match self.steering.gates.get_mut(&overlay) {
-            Some(g) => {
+            Some(g) if native => {
                 g.peer_ready = true;
                 g.ready
             }
-            None => true,
+            _ => true,
         };
         if ready && let Some(wait) = self.steering.waiting.remove(&overlay) {
-            trace!(flow = %overlay, "fast open confirmed, native steering ready");
-            self.finish_waiting(overlay, wait, true, now);
+            trace!(flow = %overlay, native, "fast open confirmed");
+            self.finish_waiting(overlay, wait, native, now);
+        }
+    }
+
+    /// A fast open failed: what waited for `overlay`'s steering, taken
+    /// (its negotiation carries it now), and the wait ended.
+    pub(super) fn take_waiting(&mut self, overlay: &FlowId) -> Vec<Vec<u8>> {
+        match self.steering.waiting.remove(overlay) {
+            Some(w) => {
+                if let Some(id) = w.negotiation {
+                    self.steering.cdn_holds.remove(&id);
+                }
+                w.packets
+            }
+            None => Vec::new(),
         }
     }
 

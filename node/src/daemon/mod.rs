@@ -1105,6 +1105,8 @@ fn unlimited(limits: dprp::Limits) -> dprp::Limits {
         max_responding: 1 << 30,
         dde_per_source: huge,
         dde_per_ge: huge,
+        fast_open_per_ge: huge,
+        fop_naks: huge,
         cookie_threshold: usize::MAX,
         ..limits
     }

@@ -165,6 +165,14 @@ pub struct Limits {
     /// one destination address the directory does not name): bounds what
     /// first packets and re-negotiations of one peer's flows can start.
     pub initiate_per_destination: Rate,
+    /// Flows one peer GE may fast-open here (FOPs accepted on its pair
+    /// epochs): each costs an HKDF, a FOK and a PIT entry, no signature.
+    pub fast_open_per_ge: Rate,
+    /// Signed NAKs this GE sends in answer to FOPs (unknown epoch, or as a
+    /// gateway on the path), over all sources: a FOP is unauthenticated
+    /// and its source spoofable, so the signatures have a global budget
+    /// besides [`Self::dde_per_source`].
+    pub fop_naks: Rate,
     /// Token buckets kept per budget (sources, GE ids, destinations); the
     /// oldest is forgotten first.
     pub budget_entries: usize,
@@ -204,6 +212,14 @@ impl Default for Limits {
                 burst: 100,
             },
             initiate_per_destination: Rate {
+                per_second: 100,
+                burst: 200,
+            },
+            fast_open_per_ge: Rate {
+                per_second: 2000,
+                burst: 4000,
+            },
+            fop_naks: Rate {
                 per_second: 100,
                 burst: 200,
             },

@@ -302,6 +302,10 @@ pub struct Endpoint {
     by_source: Buckets<IpAddr>,
     by_ge: Buckets<GeId>,
     by_destination: Buckets<Destination>,
+    /// Fast opens accepted per peer GE.
+    fast_by_ge: Buckets<GeId>,
+    /// Signed NAKs to FOPs, over all sources (one bucket).
+    fop_naks: Buckets<()>,
     /// Drawn on first use, so an endpoint never under load draws nothing.
     cookies: Option<CookieJar>,
     flows: BTreeMap<FlowId, NegotiationId>,
@@ -348,6 +352,8 @@ impl Endpoint {
             by_source: Buckets::new(l.dde_per_source, l.budget_entries),
             by_ge: Buckets::new(l.dde_per_ge, l.budget_entries),
             by_destination: Buckets::new(l.initiate_per_destination, l.budget_entries),
+            fast_by_ge: Buckets::new(l.fast_open_per_ge, l.budget_entries),
+            fop_naks: Buckets::new(l.fop_naks, 1),
             cookies: None,
             flows: BTreeMap::new(),
             yielding: BTreeMap::new(),
@@ -419,8 +425,9 @@ impl Endpoint {
     /// secret, but the rules may decide otherwise now).
     pub fn set_group_key(&mut self, group: GroupId, version: KeyVersion, key: GroupKey) {
         self.keys.insert(group, version, key);
-        self.epochs
-            .end(|e| e.group == group && e.version != version);
+        // Only a newer version: the node pushes every version it holds
+        // again during a rotation's grace.
+        self.epochs.end(|e| e.group == group && e.version < version);
     }
 
     /// Forgets a group's keys (and ends its pair epochs).
@@ -552,7 +559,7 @@ impl Endpoint {
     /// Whether this GE holds a live pair epoch with `peer` (fast open): a
     /// packet of an unknown flow from it may be a fast-opened flow's whose
     /// FOP is still on the way.
-    pub fn holds_epoch_with(&mut self, peer: GeId, now: Instant) -> bool {
+    pub fn holds_epoch_with(&self, peer: GeId, now: Instant) -> bool {
         self.epochs.has_peer(peer, now)
     }
 
@@ -1113,9 +1120,28 @@ impl Endpoint {
         match outcome {
             Outcome::Established(mut e) => {
                 self.stats.established += 1;
-                if let Some(seed) = e.epoch.take() {
-                    let expires = now + self.cfg.timing.epoch_lifetime;
-                    self.epochs.insert(*seed, expires, EPOCHS_PER_PEER);
+                // A negotiated entry replaces a fast-opened one: its FOP
+                // must not be sent again (the peer would install other keys).
+                self.cancel_fast(&e.flow);
+                if let Some(seed) = e.epoch.take()
+                    // Under the group's current key only: a negotiation that
+                    // started before a rotation leaves none.
+                    && self.keys.current(seed.group) == Some(seed.version)
+                {
+                    // Not past either end's credential: expiry refuses
+                    // flows as a revocation does.
+                    let unix_now = self.unix_now(now);
+                    let left = seed
+                        .peer
+                        .not_after
+                        .min(self.cfg.credential.not_after)
+                        .saturating_sub(unix_now);
+                    let life = self
+                        .cfg
+                        .timing
+                        .epoch_lifetime
+                        .min(Duration::from_secs(left));
+                    self.epochs.insert(*seed, now, now + life, EPOCHS_PER_PEER);
                 }
                 if e.position == Position::Responder && e.natf.is_some() {
                     // The flow is installed: its port is the node's now.
@@ -1305,7 +1331,10 @@ impl Endpoint {
         if let Some(old) = self.machines.insert(id, m) {
             self.forget(&old);
         }
-        if matches!(self.machines.get(&id), Some(Machine::Initiator(_))) {
+        if matches!(
+            self.machines.get(&id),
+            Some(Machine::Initiator(_) | Machine::Fast(_))
+        ) {
             self.initiated += 1;
         }
     }
@@ -1322,7 +1351,7 @@ impl Endpoint {
     }
 
     fn forget(&mut self, m: &Machine) {
-        if matches!(m, Machine::Initiator(_)) {
+        if matches!(m, Machine::Initiator(_) | Machine::Fast(_)) {
             self.initiated -= 1;
         }
     }

@@ -38,6 +38,15 @@ pub type EpochId = [u8; EPOCH_ID_LEN];
 /// epoch) follows.
 pub const MAX_OPENINGS: u32 = 1 << 20;
 
+/// An epoch opens no flow this close to its end: the other end took it a
+/// moment later (at the MPIT, this end at the CDN) and may end it first.
+const OPEN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How far a FOP's age may be from the receiver's own age of the epoch:
+/// a round trip, retransmissions (1.75 s in all) and clock skew between
+/// two monotonic clocks over one epoch's life.
+const FOP_FRESHNESS_MS: u32 = 3_000;
+
 /// How many FOK answers an epoch keeps to answer retransmitted FOPs.
 const ANSWERS_KEPT: usize = 256;
 
@@ -83,6 +92,8 @@ pub(crate) struct PairEpoch {
     secret: EpochSecret,
     auth: hmac::Key,
     pub(crate) expires: Instant,
+    /// When this end took the epoch (the FOP's age is counted from it).
+    created: Instant,
     /// The index of this GE's next opening.
     next_index: u32,
     /// The peer's openings seen (an index opens one flow, once).
@@ -93,7 +104,7 @@ pub(crate) struct PairEpoch {
 }
 
 impl PairEpoch {
-    fn new(seed: EpochSeed, expires: Instant) -> Self {
+    fn new(seed: EpochSeed, created: Instant, expires: Instant) -> Self {
         Self {
             id: seed.secret.id(),
             auth: seed.secret.auth_key(),
@@ -102,6 +113,7 @@ impl PairEpoch {
             group: seed.group,
             version: seed.version,
             expires,
+            created,
             next_index: 0,
             seen: ReplayWindow::new(),
             answered: BTreeMap::new(),
@@ -110,6 +122,17 @@ impl PairEpoch {
 
     pub(crate) fn peer_ge(&self) -> GeId {
         self.peer.info.id
+    }
+
+    /// The epoch's age at `now`, in milliseconds (a FOP carries it).
+    pub(crate) fn age_ms(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.created).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a FOP of age `age_ms` (the opener's clock) is fresh here:
+    /// the two ends took the epoch a round trip apart and count alike.
+    pub(crate) fn is_fresh(&self, age_ms: u32, now: Instant) -> bool {
+        self.age_ms(now).abs_diff(age_ms) <= FOP_FRESHNESS_MS
     }
 
     /// Takes the next index for a flow this GE (`own`) opens, with the
@@ -217,8 +240,14 @@ impl Epochs {
     /// Adds the epoch of a finished negotiation, the peer's newest. The
     /// peer's older epochs stay until they expire (FOPs on them may still
     /// be on the way), but at most `per_peer` in all.
-    pub(crate) fn insert(&mut self, seed: EpochSeed, expires: Instant, per_peer: usize) {
-        let e = PairEpoch::new(seed, expires);
+    pub(crate) fn insert(
+        &mut self,
+        seed: EpochSeed,
+        now: Instant,
+        expires: Instant,
+        per_peer: usize,
+    ) {
+        let e = PairEpoch::new(seed, now, expires);
         let (id, peer) = (e.id, e.peer_ge());
         self.by_id.insert(id, e);
         self.newest.insert(peer, id);
@@ -241,14 +270,18 @@ impl Epochs {
     /// The epoch to open a flow to `peer` on, if a live one exists.
     pub(crate) fn for_opening(&mut self, peer: GeId, now: Instant) -> Option<&mut PairEpoch> {
         let id = self.newest.get(&peer)?;
-        self.by_id.get_mut(id).filter(|e| e.expires > now)
+        self.by_id
+            .get_mut(id)
+            .filter(|e| e.expires > now + OPEN_MARGIN)
     }
 
     /// Whether any live epoch is with `peer`.
     pub(crate) fn has_peer(&self, peer: GeId, now: Instant) -> bool {
-        self.by_id
-            .values()
-            .any(|e| e.peer_ge() == peer && e.expires > now)
+        // The newest lives longest: one lookup, not a scan per packet.
+        self.newest
+            .get(&peer)
+            .and_then(|id| self.by_id.get(id))
+            .is_some_and(|e| e.expires > now)
     }
 
     /// The epoch named `id`, if live.
@@ -326,8 +359,8 @@ mod tests {
     #[test]
     fn both_ends_derive_the_same_keys_and_each_flow_its_own() {
         // GE 1 and GE 2 hold the same secret, each naming the other as peer.
-        let mut at1 = PairEpoch::new(seed(7, 2), Instant::now());
-        let at2 = PairEpoch::new(seed(7, 1), Instant::now());
+        let mut at1 = PairEpoch::new(seed(7, 2), Instant::now(), Instant::now());
+        let at2 = PairEpoch::new(seed(7, 1), Instant::now(), Instant::now());
         assert_eq!(at1.id, at2.id);
         let (i, k1) = at1.open(GeId(1), &flow(1000)).unwrap();
         let k2 = at2.accept_keys(i, &flow(1000));
@@ -340,7 +373,7 @@ mod tests {
         assert_ne!(k1.tx.expose_secret(), k3.tx.expose_secret());
         let k4 = at2.accept_keys(i, &flow(1001));
         assert_ne!(k2.rx.expose_secret(), k4.rx.expose_secret());
-        let other = PairEpoch::new(seed(8, 1), Instant::now());
+        let other = PairEpoch::new(seed(8, 1), Instant::now(), Instant::now());
         assert_ne!(other.id, at2.id);
         assert_ne!(
             other.accept_keys(i, &flow(1000)).rx.expose_secret(),
@@ -350,12 +383,13 @@ mod tests {
 
     #[test]
     fn tags_bind_the_opener_and_the_message() {
-        let at1 = PairEpoch::new(seed(7, 2), Instant::now());
-        let at2 = PairEpoch::new(seed(7, 1), Instant::now());
+        let at1 = PairEpoch::new(seed(7, 2), Instant::now(), Instant::now());
+        let at2 = PairEpoch::new(seed(7, 1), Instant::now(), Instant::now());
         let mut fop = Fop {
             id: NegotiationId(5),
             epoch: at1.id,
             index: 0,
+            age_ms: 0,
             flow: flow(1000),
             tag: [0; MAC_LEN],
         };
@@ -380,7 +414,7 @@ mod tests {
 
     #[test]
     fn an_index_opens_one_flow_once() {
-        let mut at2 = PairEpoch::new(seed(7, 1), Instant::now());
+        let mut at2 = PairEpoch::new(seed(7, 1), Instant::now(), Instant::now());
         assert_eq!(at2.answered(3, &flow(1)).unwrap(), None);
         at2.mark(3, flow(1), vec![1, 2, 3]);
         // A retransmitted FOP gets the same answer; another flow on the
@@ -397,9 +431,9 @@ mod tests {
     fn a_peer_keeps_a_bounded_number_of_epochs_and_opens_on_the_newest() {
         let now = Instant::now();
         let mut t = Epochs::default();
-        t.insert(seed(1, 2), now + Duration::from_secs(10), 2);
-        t.insert(seed(2, 2), now + Duration::from_secs(20), 2);
-        t.insert(seed(3, 2), now + Duration::from_secs(30), 2);
+        t.insert(seed(1, 2), now, now + Duration::from_secs(10), 2);
+        t.insert(seed(2, 2), now, now + Duration::from_secs(20), 2);
+        t.insert(seed(3, 2), now, now + Duration::from_secs(30), 2);
         assert_eq!(t.len(), 2);
         let newest = EpochSecret::from_bytes([3; 32]).id();
         assert_eq!(t.for_opening(GeId(2), now).unwrap().id, newest);

@@ -124,6 +124,11 @@ impl Initiator {
                 reserved_port: 0,
             });
         }
+        // Offer a pair epoch (inside H0): kept only if the responder
+        // accepts in its RGI, so a peer without fast open never gets FOPs.
+        if ctx.cfg.fast_open && s.natf.is_none() && !options.contains(&DprpOption::FastOpen) {
+            options.push(DprpOption::FastOpen);
+        }
         let dde = Dde {
             id: s.id,
             flow: s.flow,
@@ -437,7 +442,11 @@ impl Initiator {
                 )),
                 // A pair epoch only where no gateway is between the ends
                 // and not for NAT-f (see `super::epoch`).
-                (ctx.cfg.fast_open && c.gateways.is_empty() && natf.is_none()).then(|| {
+                (ctx.cfg.fast_open
+                    && c.gateways.is_empty()
+                    && natf.is_none()
+                    && c.rgi.responder.options.contains(&DprpOption::FastOpen))
+                .then(|| {
                     Box::new(EpochSeed {
                         secret: EpochSecret::derive(gk, shared.as_bytes(), &th_m),
                         peer: c.responder.clone(),

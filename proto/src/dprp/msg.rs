@@ -135,6 +135,10 @@ pub struct Fop {
     pub epoch: [u8; EPOCH_ID_LEN],
     /// The flow's index among the opener's flows of this epoch.
     pub index: u32,
+    /// Milliseconds since the epoch began, by the opener's clock: the
+    /// receiver refuses a FOP whose age differs from its own by more than
+    /// a few seconds (one withheld and delivered late).
+    pub age_ms: u32,
     /// The flow, in the direction of its first packet.
     pub flow: FlowId,
     /// MAC under the epoch's auth key (see [`crate::dprp`]'s epoch module).
@@ -162,6 +166,7 @@ impl Fop {
         write_header(&mut w, MessageType::Fop, self.id);
         w.bytes(&self.epoch);
         w.u32(self.index);
+        w.u32(self.age_ms);
         self.flow.encode(&mut w);
         out
     }
@@ -491,6 +496,7 @@ impl Message {
                 id,
                 epoch: r.array("FOP epoch")?,
                 index: r.u32("FOP index")?,
+                age_ms: r.u32("FOP age")?,
                 flow: FlowId::decode(&mut r)?,
                 tag: r.array("FOP tag")?,
             }),

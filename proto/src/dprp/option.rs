@@ -9,7 +9,8 @@
 //! | 1 | Mobile PPC binding update | old address, old port u16, new address, new port u16 |
 //! | 2 | NAT-f | LIP address, reserved port u16 |
 //! | 3 | Cookie (DDE only: the echo of a COOKIE) | cookie [16] |
-//! | 4..=255 | unknown (kept, ignored) | opaque |
+//! | 4 | Fast open (DDE and RGI: this end keeps a pair epoch) | empty |
+//! | 5..=255 | unknown (kept, ignored) | opaque |
 //!
 //! Addresses are a family byte (4 or 6) and the address bytes. Kind 0 is
 //! reserved and refused.
@@ -25,6 +26,9 @@ pub const MAX_OPTIONS: usize = 16;
 const KIND_BINDING_UPDATE: u8 = 1;
 const KIND_NAT_F: u8 = 2;
 const KIND_COOKIE: u8 = 3;
+const KIND_FAST_OPEN: u8 = 4;
+/// The highest kind this version knows.
+const KIND_LAST_KNOWN: u8 = KIND_FAST_OPEN;
 
 /// One DPRP option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,9 +52,14 @@ pub enum DprpOption {
     /// The cookie a loaded responder sent in a COOKIE message, echoed in
     /// the retried DDE. Older nodes carry it as an unknown option.
     Cookie([u8; crate::dprp::msg::COOKIE_LEN]),
+    /// Fast open (docs/PROTOCOL.md): the sender keeps a pair epoch from
+    /// this negotiation if the other end does too (in a DDE: it offers; in
+    /// an RGI: it accepts). Older nodes carry it as an unknown option and
+    /// never answer it, so neither end keeps an epoch with them.
+    FastOpen,
     /// An option this version does not know; carried unchanged and ignored.
     Unknown {
-        /// The kind byte (4 or more).
+        /// The kind byte (5 or more).
         kind: u8,
         /// The value bytes.
         value: Vec<u8>,
@@ -78,11 +87,12 @@ impl DprpOption {
                 v.bytes(c);
                 KIND_COOKIE
             }
+            Self::FastOpen => KIND_FAST_OPEN,
             Self::Unknown { kind, value: bytes } => {
-                if *kind <= KIND_COOKIE {
+                if *kind <= KIND_LAST_KNOWN {
                     return Err(Error::invalid(
                         "option kind",
-                        "unknown options must use kind 4 or more",
+                        "unknown options must use kind 5 or more",
                     ));
                 }
                 v.bytes(bytes);
@@ -114,6 +124,7 @@ impl DprpOption {
                 reserved_port: v.u16("NAT-f reserved port")?,
             },
             KIND_COOKIE => Self::Cookie(v.array("cookie")?),
+            KIND_FAST_OPEN => Self::FastOpen,
             kind => {
                 return Ok(Self::Unknown {
                     kind,
@@ -176,13 +187,17 @@ mod tests {
                 lip: "192.168.1.10".parse().unwrap(),
                 reserved_port: 40001,
             },
+            DprpOption::FastOpen,
             DprpOption::Unknown {
                 kind: 200,
                 value: vec![1, 2, 3],
             },
         ]);
         // count, then BU: kind 1, len 1+4+2+1+16+2 = 26
-        assert_eq!(&v[..3], &[3, 1, 26]);
+        assert_eq!(&v[..3], &[4, 1, 26]);
+        // Fast open: kind 4, empty; a value is refused.
+        assert!(v.windows(2).any(|w| w == [KIND_FAST_OPEN, 0]));
+        assert!(decode_options(&mut Reader::new(&[1, KIND_FAST_OPEN, 1, 0])).is_err());
     }
 
     #[test]

@@ -140,7 +140,9 @@ impl Peers {
         Ok(c)
     }
 
-    fn check(&self, c: &Credential, now: u64) -> Result<()> {
+    /// Whether a verified credential is still good at `now`: not revoked,
+    /// not older than the floor, inside its validity period.
+    pub(crate) fn check(&self, c: &Credential, now: u64) -> Result<()> {
         if self.revoked_ges.contains(&c.info.id) || self.revoked_serials.contains(&c.serial) {
             return Err(Error::Revoked(c.info.id.0));
         }

@@ -174,6 +174,13 @@ impl Responder {
         now: Instant,
     ) -> Result<Self> {
         let h0 = tr::dde_hash(&dde.core()?);
+        // A pair epoch when both ends want one, on a direct path, not for
+        // NAT-f (each of its flows needs a port reservation): answered in
+        // the RGI core, so the initiator keeps one only if this end does.
+        let fast = ctx.cfg.fast_open
+            && dde.options.contains(&DprpOption::FastOpen)
+            && dde.hops.is_empty()
+            && natf.is_none();
         let own = ctx.own();
         if initiator.info.id == own.info.id || dde.hops.contains(&own.info.id) {
             return Err(Error::invalid("DDE", "loops back to this GE"));
@@ -232,6 +239,7 @@ impl Responder {
                         lip: g.mapping.lip,
                         reserved_port: g.mapping.reserved_port,
                     })
+                    .chain(fast.then_some(DprpOption::FastOpen))
                     .collect(),
             },
             proof: chosen.map(|_| [0; 32]),
@@ -262,8 +270,7 @@ impl Responder {
             // The cookie was for this GE's admission, not for the flow.
             initiator_options: without_cookie(dde.options),
             initiator_serial: initiator.serial,
-            initiator_credential: (ctx.cfg.fast_open && dde.hops.is_empty())
-                .then(|| initiator.clone()),
+            initiator_credential: fast.then(|| initiator.clone()),
             eph: Some(eph),
             dde_digest: digest(raw),
             echo: dde.hops,
@@ -467,8 +474,10 @@ impl Responder {
                 // A pair epoch only where no gateway is between the ends
                 // (a gateway must see each flow) and not for NAT-f (each
                 // flow needs its own port reservation).
-                let epoch = (self.echo.is_empty() && self.natf.is_none())
-                    .then(|| EpochSecret::derive(gk, shared.as_bytes(), th_m));
+                let epoch = (self.initiator_credential.is_some()
+                    && self.echo.is_empty()
+                    && self.natf.is_none())
+                .then(|| EpochSecret::derive(gk, shared.as_bytes(), th_m));
                 Ok((Action::Protect(c.group), Some(c.version), Some(k), epoch))
             }
             None => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Endpoint, Machine, Verdict};
 use crate::action::Action;
-use crate::dprp::epoch::{EpochId, FastOpen};
+use crate::dprp::epoch::{EpochId, FastOpen, MAX_OPENINGS};
 use crate::dprp::msg::{Fok, Fop, Message, Nak, NegotiationId, RefuseCode};
 use crate::dprp::transcript::{self as tr, Hash};
 use crate::dprp::{DPRP_PORT, Established, Event, FailReason, Position, Timer, Transmit};
@@ -29,6 +29,10 @@ pub(crate) struct FastOpener {
     rto: Duration,
     retries_left: u32,
     retransmit_at: Instant,
+    /// A copy of the packet that opened the flow: if the fast open fails,
+    /// the negotiation that replaces it carries it (it went under keys the
+    /// peer never got, or still waits in the node).
+    first: Vec<u8>,
 }
 
 impl FastOpener {
@@ -48,14 +52,21 @@ impl Endpoint {
         now: Instant,
     ) -> Option<Verdict> {
         // A VIN's flow needs its gateway's port reservation: negotiated.
-        if !self.cfg.fast_open || self.vins.contains_key(&flow.dst) {
+        let l = &self.cfg.limits;
+        if !self.cfg.fast_open
+            || self.vins.contains_key(&flow.dst)
+            || self.initiated >= l.max_initiated.min(l.max_negotiations)
+        {
             return None;
         }
         let owner = self.directory_owner(flow.dst)?;
         let own = self.ge();
+        let unix_now = self.unix_now(now);
         let e = self.epochs.for_opening(owner, now)?;
+        // What a negotiation would check of the peer, again: revocation,
+        // floor and validity (a short-lived credential may have expired).
         let usable = e.peer.covers(flow.dst)
-            && !self.peers.is_revoked(owner, e.peer.serial)
+            && self.peers.check(&e.peer, unix_now).is_ok()
             && self.keys.get(e.group, e.version).is_some();
         if !usable {
             return None;
@@ -73,6 +84,7 @@ impl Endpoint {
             id,
             epoch: e.id,
             index,
+            age_ms: e.age_ms(now),
             flow,
             tag: [0; 32],
         };
@@ -80,6 +92,7 @@ impl Endpoint {
         let (group, version, serial, epoch) = (e.group, e.version, e.peer.serial, e.id);
         let h_f = tr::fop_hash(&fop.core());
         let bytes = Message::Fop(fop).encode().ok()?;
+        let first = packet.clone();
         let dst = SocketAddr::new(flow.dst, DPRP_PORT);
         self.transmits.push_back(Transmit {
             dst,
@@ -96,6 +109,7 @@ impl Endpoint {
             rto,
             retries_left: self.cfg.timing.fast_open_retries,
             retransmit_at: now + rto,
+            first,
         };
         self.insert_machine(id, Machine::Fast(Box::new(m)));
         self.stats.fast_opened += 1;
@@ -129,6 +143,13 @@ impl Endpoint {
     /// A peer's FOP, from the underlay address `from`.
     pub(super) fn on_fop(&mut self, from: SocketAddr, fop: Fop, now: Instant) -> Result<()> {
         let dst_ours = self.protects(fop.flow.dst);
+        let own = self.ge();
+        let unix_now = self.unix_now(now);
+        // A negotiation of this connection runs or just ended here (this
+        // GE healing it, or its peer's DDE): its keys are the flow's, and
+        // a late FOP must not replace them with others.
+        let negotiated = self.negotiation_of(&fop.flow).is_some();
+        let own_fast = self.fast_open_of(&fop.flow);
         let Some(e) = self.epochs.get_mut(&fop.epoch, now) else {
             self.stats.fast_unknown_epoch += 1;
             self.nak_fop(from, &fop, RefuseCode::UnknownEpoch, now);
@@ -141,7 +162,37 @@ impl Endpoint {
             self.transmits.push_back(Transmit { dst: from, payload });
             return Ok(());
         }
+        if fop.index >= MAX_OPENINGS {
+            return Err(Error::invalid("FOP index", "past the epoch's openings"));
+        }
+        // Withheld and delivered late (the connection may have been
+        // negotiated since): refused, like a replay.
+        if !e.is_fresh(fop.age_ms, now) {
+            return Err(Error::UnexpectedMessage("a stale FOP"));
+        }
         let peer = e.peer_ge();
+        if negotiated {
+            return Err(Error::UnexpectedMessage(
+                "a FOP for a flow being negotiated",
+            ));
+        }
+        // Both ends fast-opened this connection at once: the lower GE id's
+        // opening wins at both (as in a negotiation's simultaneous open).
+        if let Some(id) = own_fast {
+            if own < peer {
+                return Err(Error::UnexpectedMessage(
+                    "simultaneous fast open: this GE's opening wins",
+                ));
+            }
+            self.remove_machine(id);
+        }
+        let Some(e) = self.epochs.get_mut(&fop.epoch, now) else {
+            return Err(Error::UnknownEpoch);
+        };
+        if !self.fast_by_ge.take(peer, now) {
+            self.stats.rate_limited += 1;
+            return Err(Error::RateLimited("fast opens from this GE"));
+        }
         // The checks a DDE and an MPIT get (docs/PROTOCOL.md, "Procedures").
         if !e.peer.covers(fop.flow.src) {
             self.stats.not_owner += 1;
@@ -154,9 +205,9 @@ impl Endpoint {
             return Err(Error::invalid("FOP flow", "destination not behind this GE"));
         }
         let (group, version, serial) = (e.group, e.version, e.peer.serial);
-        if self.peers.is_revoked(peer, serial) {
+        if let Err(err) = self.peers.check(&e.peer, unix_now) {
             self.epochs.end(|e| e.peer_ge() == peer);
-            return Err(Error::Revoked(peer.0));
+            return Err(err);
         }
         if self.keys.get(group, version).is_none() {
             self.epochs
@@ -310,17 +361,55 @@ impl Endpoint {
         self.events
             .push_back(Event::FastOpenFailed { flow, reason });
         if !self.flows.contains_key(&flow) {
-            // Refused now (busy, rate limited): the flow's next packet tries again.
-            if let Err(e) = self.begin(flow, Vec::new(), now) {
-                tracing::debug!(%flow, error = %e, "negotiation after a failed fast open not started");
+            match self.begin(flow, Vec::new(), now) {
+                // The opening packet goes again, under the negotiated keys.
+                Ok(_) => {
+                    let _ = self.hold(flow, m.first);
+                }
+                // Refused now (busy, rate limited): the flow's next packet
+                // tries again.
+                Err(e) => {
+                    tracing::debug!(%flow, error = %e, "negotiation after a failed fast open not started");
+                }
             }
+        }
+    }
+
+    /// The running fast open of `flow` or its reverse, if any.
+    pub(super) fn fast_open_of(&self, flow: &FlowId) -> Option<NegotiationId> {
+        let rev = flow.reversed();
+        self.machines.iter().find_map(|(id, m)| match m {
+            Machine::Fast(f) if f.flow == *flow || f.flow == rev => Some(*id),
+            _ => None,
+        })
+    }
+
+    /// A negotiation of `flow` or its reverse that runs or lingers here.
+    pub(super) fn negotiation_of(&self, flow: &FlowId) -> Option<NegotiationId> {
+        let rev = flow.reversed();
+        self.machines.iter().find_map(|(id, m)| {
+            let f = match m {
+                Machine::Initiator(i) => i.flow,
+                Machine::Responder(r) => r.flow,
+                _ => return None,
+            };
+            (f == *flow || f == rev).then_some(*id)
+        })
+    }
+
+    /// A negotiated entry for `flow` (or its reverse) replaces a
+    /// fast-opened one: its FOP is not sent again and no
+    /// [`Event::FastOpenFailed`] can remove the new entry.
+    pub(super) fn cancel_fast(&mut self, flow: &FlowId) {
+        if let Some(id) = self.fast_open_of(flow) {
+            self.remove_machine(id);
         }
     }
 
     /// Sends a signed NAK for `fop` to `to`, within the source's DDE budget
     /// (a signature per forged FOP would otherwise be free to ask for).
     fn nak_fop(&mut self, to: SocketAddr, fop: &Fop, code: RefuseCode, now: Instant) {
-        if !self.by_source.take(to.ip(), now) {
+        if !self.by_source.take(to.ip(), now) || !self.fop_naks.take((), now) {
             self.stats.rate_limited += 1;
             return;
         }
