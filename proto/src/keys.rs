@@ -161,10 +161,7 @@ pub fn derive_flow_keys(
     transcript_hash: &[u8; 32],
     role: Role,
 ) -> FlowKeys {
-    let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
-    ikm[..KEY_LEN].copy_from_slice(&gk.0);
-    ikm[KEY_LEN..].copy_from_slice(dh_shared);
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
+    let prk = negotiation_prk(gk, dh_shared, transcript_hash);
     let i2r = TrafficKey(expand_prk(&prk, b"fpn v1 traffic i2r"));
     let r2i = TrafficKey(expand_prk(&prk, b"fpn v1 traffic r2i"));
     match role {
@@ -190,10 +187,7 @@ impl EpochSecret {
     /// `HKDF-Expand(PRK, "fpn v1 pair epoch")` with the PRK of
     /// [`derive_flow_keys`].
     pub fn derive(gk: &GroupKey, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) -> Self {
-        let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
-        ikm[..KEY_LEN].copy_from_slice(&gk.0);
-        ikm[KEY_LEN..].copy_from_slice(dh_shared);
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
+        let prk = negotiation_prk(gk, dh_shared, transcript_hash);
         Self(expand_prk(&prk, b"fpn v1 pair epoch"))
     }
 
@@ -258,12 +252,19 @@ pub fn derive_handshake_key(
     dh_shared: &[u8; 32],
     transcript_hash: &[u8; 32],
 ) -> hmac::Key {
+    let prk = negotiation_prk(gk, dh_shared, transcript_hash);
+    let k = Zeroizing::new(expand_prk(&prk, b"fpn v1 handshake"));
+    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
+}
+
+/// `HKDF-Extract(salt = transcript hash, IKM = GK || X25519 shared secret)`:
+/// what a negotiation's traffic keys, handshake key and pair epoch expand
+/// from, each under its own label.
+fn negotiation_prk(gk: &GroupKey, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) -> hkdf::Prk {
     let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
     ikm[..KEY_LEN].copy_from_slice(&gk.0);
     ikm[KEY_LEN..].copy_from_slice(dh_shared);
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref());
-    let k = Zeroizing::new(expand_prk(&prk, b"fpn v1 handshake"));
-    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
+    hkdf::Salt::new(hkdf::HKDF_SHA256, transcript_hash).extract(ikm.as_ref())
 }
 
 struct Len(usize);

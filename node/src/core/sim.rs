@@ -965,10 +965,7 @@ impl CoreSim {
                 && Packet::parse(packet).is_ok_and(|p| {
                     matches!(
                         fpn_proto::dprp::msg::peek(p.payload()),
-                        Ok((
-                            fpn_proto::dprp::MessageType::Dde | fpn_proto::dprp::MessageType::Fop,
-                            _
-                        ))
+                        Ok((t, _)) if t.intercepted_in_transit()
                     )
                 });
             if dde {

@@ -78,10 +78,7 @@ impl NodeCore {
             && self.dprp.credential().info.kind.is_gateway()
             && !self.is_own(flow.src)
             && !self.is_own(flow.dst)
-            && matches!(
-                dprp::msg::peek(payload),
-                Ok((dprp::MessageType::Dde | dprp::MessageType::Fop, _))
-            )
+            && dprp::msg::peek(payload).is_ok_and(|(t, _)| t.intercepted_in_transit())
     }
 
     /// A DDE crossing this gateway (`flow` its UDP five-tuple): DPRP's

@@ -104,6 +104,13 @@ impl MessageType {
         })
     }
 
+    /// Whether a gateway on the path takes this message in transit (a
+    /// DDE to join the negotiation, a FOP to refuse it) rather than
+    /// forwarding it: its kernel routes these into its TUN.
+    pub const fn intercepted_in_transit(self) -> bool {
+        matches!(self, Self::Dde | Self::Fop)
+    }
+
     const fn name(self) -> &'static str {
         match self {
             Self::Dde => "DDE",

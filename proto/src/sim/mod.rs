@@ -35,8 +35,8 @@ pub use net::{LinkConfig, NodeId};
 use crate::Error;
 use crate::credential::Credential;
 use crate::dprp::{
-    self, Config, DPRP_PORT, Endpoint, Entropy, Established, Event, FrontedHost, MessageType,
-    Prefix, Verdict, Vin,
+    self, Config, DPRP_PORT, Endpoint, Entropy, Established, Event, FrontedHost, Prefix, Verdict,
+    Vin,
 };
 use crate::flow::{FlowId, protocol};
 use crate::ge::{GeId, GeInfo, GeKind, GroupId, Mode};
@@ -554,8 +554,7 @@ impl Sim {
             Role::Ge(_) => {
                 last || (node.gateway
                     && d.dst.port() == DPRP_PORT
-                    && dprp::msg::peek(&d.payload)
-                        .is_ok_and(|(t, _)| matches!(t, MessageType::Dde | MessageType::Fop)))
+                    && dprp::msg::peek(&d.payload).is_ok_and(|(t, _)| t.intercepted_in_transit()))
             }
             Role::Terminal => false,
         };
