@@ -16,6 +16,13 @@ pub const DEFAULT_MTU: u16 = 1380;
 /// Default UDP port of the QUIC carrier.
 pub const DEFAULT_PORT: u16 = 7718;
 
+/// Default of `max_flows`: PIT entries, about 2 KB each (docs/BENCHMARKS.md,
+/// bench `flow_scale`), so a full table stays near 140 MB.
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+/// Bounds of `max_flows`.
+const MIN_MAX_FLOWS: usize = 16;
+const MAX_MAX_FLOWS: usize = 4_194_304;
+
 /// Settings of `fpn-node up`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +48,9 @@ pub struct NodeConfig {
     pub directory_ttl_secs: u64,
     /// Seconds a PIT entry may stay idle before it ages out.
     pub flow_idle_secs: u64,
+    /// The most live flows (PIT entries); a new flow beyond it is refused
+    /// until others age out. About 2 KB of memory each (bench/flow_scale).
+    pub max_flows: usize,
     /// Seconds without the GMS (so possibly missed revocations) after which
     /// new negotiations from peers whose credentials date from before the
     /// GMS was lost are refused, until it is back; 0 turns the bound off.
@@ -130,6 +140,7 @@ impl Default for NodeConfig {
             log: "info".into(),
             directory_ttl_secs: 300,
             flow_idle_secs: 300,
+            max_flows: DEFAULT_MAX_FLOWS,
             max_gms_silence_secs: 86_400,
             quic_initial_mtu: 1452,
             carrier: CarrierChoice::Auto,
@@ -194,6 +205,7 @@ impl NodeConfig {
             self.directory_ttl_secs == new.directory_ttl_secs,
         );
         diff("flow_idle_secs", self.flow_idle_secs == new.flow_idle_secs);
+        diff("max_flows", self.max_flows == new.max_flows);
         diff(
             "max_gms_silence_secs",
             self.max_gms_silence_secs == new.max_gms_silence_secs,
@@ -237,6 +249,11 @@ impl NodeConfig {
         }
         if self.directory_ttl_secs == 0 || self.flow_idle_secs == 0 {
             return bad("directory_ttl_secs and flow_idle_secs must be positive");
+        }
+        if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&self.max_flows) {
+            return bad(&format!(
+                "max_flows must be between {MIN_MAX_FLOWS} and {MAX_MAX_FLOWS}"
+            ));
         }
         self.vin_net()?;
         self.natf_port_range()?;
@@ -303,6 +320,8 @@ mod tests {
             "listen = \"nope\"",
             "colour = \"blue\"",
             "flow_idle_secs = 0",
+            "max_flows = 0",
+            "max_flows = 99999999",
             "carrier = \"udp\"",
             "[metrics]\nlisten = \"localhost\"",
             "[metrics]\nlisten = \"127.0.0.1\"",

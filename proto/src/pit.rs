@@ -15,8 +15,8 @@
 //! MPIT, then [`Pit::confirm`] on CDN, or directly active); the packet path
 //! calls [`Pit::handle_packet`] for every packet and acts on the
 //! [`Disposition`]; the key store calls [`Pit::on_key_rotation`] and
-//! [`Pit::on_key_erased`]; a timer calls [`Pit::expire`] (at
-//! [`Pit::next_expiry`], or once a second). After each of these, drain
+//! [`Pit::on_key_erased`]; a timer calls [`Pit::expire_some`]
+//! (at [`Pit::next_expiry`]). After each of these, drain
 //! [`Pit::poll_event`]: it names the flows to renegotiate.
 //!
 //! **Rekeying.** When an entry with traffic keys is replaced by one with new
@@ -26,6 +26,11 @@
 //! are usually far along); when that one refuses it, the other is tried on
 //! the original bytes, because a busy flow's new counters soon reach the old
 //! ones. Each key keeps its own replay window, so no packet opens twice.
+//!
+//! **Ageing** costs nothing per packet (a packet only stores when it
+//! passed): entries wait in a wheel of one-second slots (`ageing.rs`) and
+//! each is looked at once per idle period; a run takes a budget, so many
+//! flows ageing out together are removed in slices.
 //!
 //! Sans-IO: time is an argument. The table is a `HashMap` (keyed hashing:
 //! flow ids come from the network); everything it returns in bulk is sorted,
@@ -40,6 +45,10 @@ use crate::ge::{GeId, GroupId};
 use crate::keys::{FlowKeys, KeyVersion};
 use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
 use crate::{Error, Result};
+
+mod ageing;
+pub use ageing::SLOT as AGE_SLOT;
+use ageing::Wheel;
 
 /// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
 const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
@@ -263,12 +272,16 @@ pub struct PitEntry<A: PacketAead = RingAesGcm> {
     peer: Option<GeId>,
     key_version: Option<KeyVersion>,
     crypto: Option<FlowCrypto<A>>,
-    previous: Option<Previous<A>>,
+    /// Boxed: it exists only for a rekey's grace, and inline it would
+    /// double every entry's size.
+    previous: Option<Box<Previous<A>>>,
     state: EntryState,
     renegotiate: Option<RenegotiateReason>,
     created: Instant,
     last_used: Instant,
     stats: FlowStats,
+    /// The ticket of this entry's current filing in the ageing wheel.
+    ticket: u64,
 }
 
 impl<A: PacketAead> PitEntry<A> {
@@ -315,6 +328,13 @@ impl<A: PacketAead> PitEntry<A> {
     /// The cipher state (protected flows).
     pub fn crypto(&self) -> Option<&FlowCrypto<A>> {
         self.crypto.as_ref()
+    }
+
+    /// The earliest moment ageing has something to do with this entry: it
+    /// goes idle, or its old receive state's grace ends.
+    fn deadline(&self, idle: Duration) -> Instant {
+        let aged = self.last_used + idle;
+        self.previous.as_ref().map_or(aged, |p| p.until.min(aged))
     }
 
     /// Opens with the current keys or, during the grace, with the replaced
@@ -368,7 +388,10 @@ impl<A: PacketAead> std::fmt::Debug for PitEntry<A> {
 /// The table. `A` is the PCCOM backend (ring by default).
 pub struct Pit<A: PacketAead = RingAesGcm> {
     config: PitConfig,
-    entries: FastMap<FlowId, PitEntry<A>>,
+    /// Entries boxed: the table's spare capacity then costs a pointer per
+    /// slot rather than a whole entry (its keys are over a kilobyte), and
+    /// an entry's memory goes back when it does.
+    entries: FastMap<FlowId, Box<PitEntry<A>>>,
     events: VecDeque<PitEvent>,
     /// A copy of a packet being opened during a rekey grace, so a second key
     /// can be tried on the original bytes.
@@ -378,6 +401,11 @@ pub struct Pit<A: PacketAead = RingAesGcm> {
     /// flow ends ([`Pit::peer_totals`]). One entry per peer GE ever seen,
     /// added to when a flow ends, never on the packet path.
     retired: BTreeMap<GeId, FlowStats>,
+    /// When to look at which entry for ageing.
+    ageing: Wheel,
+    /// Filings taken from the wheel by the current ageing run (kept to
+    /// reuse its allocation).
+    due: Vec<(FlowId, u64)>,
 }
 
 impl Pit<RingAesGcm> {
@@ -403,6 +431,8 @@ impl<A: PacketAead> Pit<A> {
             events: VecDeque::new(),
             scratch: Vec::new(),
             retired: BTreeMap::new(),
+            ageing: Wheel::default(),
+            due: Vec::new(),
         }
     }
 
@@ -441,12 +471,14 @@ impl<A: PacketAead> Pit<A> {
             });
         }
         let previous = old.and_then(|o| match (o.action, o.key_version, o.crypto) {
-            (Action::Protect(group), Some(version), Some(crypto)) if protect => Some(Previous {
-                crypto,
-                group,
-                version,
-                until: now + self.config.rekey_grace,
-            }),
+            (Action::Protect(group), Some(version), Some(crypto)) if protect => {
+                Some(Box::new(Previous {
+                    crypto,
+                    group,
+                    version,
+                    until: now + self.config.rekey_grace,
+                }))
+            }
             _ => None,
         });
         if previous.is_some() {
@@ -455,7 +487,7 @@ impl<A: PacketAead> Pit<A> {
             self.scratch
                 .reserve(MAX_PACKET.saturating_sub(self.scratch.len()));
         }
-        let entry = PitEntry {
+        let mut entry = PitEntry {
             action: new.action,
             peer: new.peer,
             key_version: new.key_version,
@@ -473,8 +505,18 @@ impl<A: PacketAead> Pit<A> {
             created: now,
             last_used: now,
             stats: FlowStats::default(),
+            ticket: 0,
         };
-        self.entries.insert(flow, entry);
+        entry.ticket = self
+            .ageing
+            .file(flow, entry.deadline(self.config.idle_timeout), now);
+        self.entries.insert(flow, Box::new(entry));
+        if self.ageing.needs_compaction(self.entries.len()) {
+            // Removed and replaced entries left their filings behind.
+            let entries = &self.entries;
+            self.ageing
+                .compact(|(f, t)| entries.get(f).is_some_and(|e| e.ticket == *t));
+        }
         Ok(())
     }
 
@@ -499,17 +541,17 @@ impl<A: PacketAead> Pit<A> {
         if let Some(e) = &gone {
             retire(&mut self.retired, e);
         }
-        gone
+        gone.map(|e| *e)
     }
 
     /// The entry a packet with flow id `flow` belongs to.
     pub fn lookup(&self, flow: &FlowId) -> Option<(Direction, &PitEntry<A>)> {
         if let Some(e) = self.entries.get(flow) {
-            return Some((Direction::Forward, e));
+            return Some((Direction::Forward, &**e));
         }
         self.entries
             .get(&flow.reversed())
-            .map(|e| (Direction::Reverse, e))
+            .map(|e| (Direction::Reverse, &**e))
     }
 
     /// Like [`Pit::lookup`], writable.
@@ -519,7 +561,7 @@ impl<A: PacketAead> Pit<A> {
         } else {
             (Direction::Reverse, flow.reversed())
         };
-        self.entries.get_mut(&key).map(|e| (dir, e))
+        self.entries.get_mut(&key).map(|e| (dir, &mut **e))
     }
 
     /// Applies the flow's entry to one packet: `buf[..len]` holds the packet
@@ -651,37 +693,51 @@ impl<A: PacketAead> Pit<A> {
         dropped
     }
 
-    /// Removes the entries idle for [`PitConfig::idle_timeout`] or longer and
-    /// forgets old receive states past their grace. Returns the removed flows, sorted.
+    /// Removes every entry idle for [`PitConfig::idle_timeout`] or longer
+    /// and forgets old receive states past their grace. Returns the removed
+    /// flows, sorted. [`Pit::expire_some`] does the same in slices.
     pub fn expire(&mut self, now: Instant) -> Vec<FlowId> {
+        self.expire_some(now, usize::MAX).0
+    }
+
+    /// Like [`Pit::expire`], looking at no more than `budget` entries.
+    /// Returns the removed flows, sorted, and whether entries due at `now`
+    /// are left for another call ([`Pit::next_expiry`] is then `<= now`).
+    pub fn expire_some(&mut self, now: Instant, budget: usize) -> (Vec<FlowId>, bool) {
         let idle = self.config.idle_timeout;
+        let mut due = std::mem::take(&mut self.due);
+        let more = self.ageing.take_due(now, budget, &mut due);
         let mut gone = Vec::new();
-        let retired = &mut self.retired;
-        self.entries.retain(|flow, e| {
+        for (flow, ticket) in due.drain(..) {
+            let Some(e) = self.entries.get_mut(&flow).filter(|e| e.ticket == ticket) else {
+                continue; // removed or filed again since
+            };
             if e.previous.as_ref().is_some_and(|p| now >= p.until) {
                 e.previous = None;
             }
-            let keep = now.saturating_duration_since(e.last_used) < idle;
-            if !keep {
-                gone.push(*flow);
-                retire(retired, e);
+            if now.saturating_duration_since(e.last_used) < idle {
+                e.ticket = self.ageing.file(flow, e.deadline(idle), now);
+            } else if let Some(e) = self.entries.remove(&flow) {
+                retire(&mut self.retired, &e);
+                gone.push(flow);
             }
-            keep
-        });
+        }
+        self.due = due;
         gone.sort_unstable();
-        gone
+        (gone, more)
     }
 
-    /// When [`Pit::expire`] has something to do next. Scans the table.
+    /// Filings in the ageing wheel, live and stale: about the number of
+    /// entries, never more than twice it plus a constant.
+    pub fn ageing_filings(&self) -> usize {
+        self.ageing.len()
+    }
+
+    /// When [`Pit::expire_some`] has entries to look at next: no later than
+    /// the next entry ages out (or an old receive state ends), rounded up to
+    /// [`AGE_SLOT`]. Costs no scan.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .flat_map(|e| {
-                let aged = e.last_used + self.config.idle_timeout;
-                [Some(aged), e.previous.as_ref().map(|p| p.until)]
-            })
-            .flatten()
-            .min()
+        self.ageing.next()
     }
 
     /// The next thing to act on, if any.
@@ -705,7 +761,7 @@ impl<A: PacketAead> Pit<A> {
 
     /// All entries, in no particular order (sort before showing).
     pub fn iter(&self) -> impl Iterator<Item = (&FlowId, &PitEntry<A>)> {
-        self.entries.iter()
+        self.entries.iter().map(|(f, e)| (f, &**e))
     }
 }
 
@@ -713,6 +769,7 @@ impl<A: PacketAead> std::fmt::Debug for Pit<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pit")
             .field("entries", &self.entries.len())
+            .field("ageing_filings", &self.ageing.len())
             .field("config", &self.config)
             .finish()
     }

@@ -501,3 +501,79 @@ fn per_peer_totals_never_go_back_when_flows_end_or_rekey() {
         (4, 4 * len)
     );
 }
+
+#[test]
+fn many_flows_age_out_in_slices_and_packets_do_not_touch_the_wheel() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig::default());
+    let n = 5000u16;
+    for p in 0..n {
+        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    assert_eq!(pit.ageing_filings(), usize::from(n));
+    // Every other flow carries packets at t0+100: the wheel does not grow.
+    let mut buf = vec![0u8; 64];
+    for _ in 0..3 {
+        for p in (0..n).step_by(2) {
+            let now = t0 + Duration::from_secs(100);
+            let d = pit.handle_packet(&flow(p), Origin::Local, &mut buf, 20, now);
+            assert_eq!(d, Ok(Disposition::Forward { len: 20 }));
+        }
+    }
+    assert_eq!(pit.ageing_filings(), usize::from(n));
+
+    // At t0+300 the idle half goes, at most 1000 looked at per call.
+    let at = t0 + Duration::from_secs(300);
+    assert_eq!(pit.next_expiry(), Some(at));
+    let mut gone = Vec::new();
+    let mut calls = 0;
+    loop {
+        let (g, more) = pit.expire_some(at, 1000);
+        assert!(g.len() <= 1000);
+        gone.extend(g);
+        calls += 1;
+        if !more {
+            break;
+        }
+        assert!(pit.next_expiry().is_some_and(|t| t <= at));
+    }
+    assert_eq!(calls, 5);
+    gone.sort_unstable();
+    let mut idle: Vec<FlowId> = (1..n).step_by(2).map(flow).collect();
+    idle.sort_unstable();
+    assert_eq!(gone, idle);
+    // The used half is filed again at its own deadline.
+    assert_eq!(pit.len(), usize::from(n / 2));
+    assert_eq!(pit.ageing_filings(), usize::from(n / 2));
+    assert_eq!(pit.next_expiry(), Some(t0 + Duration::from_secs(400)));
+    assert_eq!(pit.expire(t0 + Duration::from_secs(400)).len(), 2500);
+    assert!(pit.is_empty());
+    assert_eq!(pit.next_expiry(), None);
+}
+
+#[test]
+fn removed_and_replaced_entries_do_not_grow_the_wheel() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig::default());
+    for round in 0..50u16 {
+        for p in 0..1000u16 {
+            let f = flow(p);
+            pit.insert(f, NewEntry::pass(), t0).unwrap();
+            if round % 2 == 0 {
+                pit.remove(&f);
+            } else {
+                // Replaced under the other orientation.
+                pit.insert(f.reversed(), NewEntry::relay(), t0).unwrap();
+            }
+        }
+        assert!(
+            pit.ageing_filings() <= 2 * pit.len() + 1024,
+            "round {round}: {} filings for {} entries",
+            pit.ageing_filings(),
+            pit.len()
+        );
+    }
+    assert_eq!(pit.len(), 1000);
+    assert_eq!(pit.expire(t0 + Duration::from_secs(300)).len(), 1000);
+    assert_eq!(pit.ageing_filings(), 0);
+}

@@ -100,7 +100,7 @@ use crate::icmp::Unreachable;
 
 use flows::Flows;
 use snapshot::Counters;
-use timers::Timers;
+use timers::{AGE_SLICE, Timers};
 
 pub use keys::KeyChange;
 pub use negotiation::in_net;
@@ -179,6 +179,8 @@ pub struct NodeCore {
     /// When DPRP's deadline was last recomputed (see [`DPRP_REFRESH`]).
     dprp_refreshed: Option<Instant>,
     reject_logged: Option<Instant>,
+    /// When a flow the PIT had no room for was last logged.
+    full_logged: Option<Instant>,
     xlat: XlatTable,
     paths: paths::Paths,
     steering: steering::Steering,
@@ -223,6 +225,7 @@ impl NodeCore {
             dprp_deadline: None,
             dprp_refreshed: None,
             reject_logged: None,
+            full_logged: None,
             xlat: XlatTable::default(),
             paths: paths::Paths::default(),
             steering: steering::Steering::default(),
@@ -537,15 +540,21 @@ impl NodeCore {
             // deadline now, never leave a passed one in place.
             self.dprp_refreshed = None;
         }
+        let mut ageing_left = false;
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Dprp => {}
                 Timer::PitAgeing => {
-                    for flow in self.pit.expire(now) {
+                    let (gone, more) = self.pit.expire_some(now, AGE_SLICE);
+                    for flow in gone {
                         debug!(%flow, "flow aged out");
                         self.flow_ended(&flow);
                     }
-                    self.schedule_pit_ageing(now);
+                    if more {
+                        ageing_left = true;
+                    } else {
+                        self.schedule_pit_ageing(now);
+                    }
                 }
                 Timer::Renegotiate(flow) => {
                     self.flows.renegotiation_due(&flow);
@@ -560,6 +569,11 @@ impl NodeCore {
                 Timer::MoveHoldEnd => self.end_move_hold(now),
                 Timer::Parked(flow) => self.parking_expired(flow, now),
             }
+        }
+        if ageing_left {
+            // The next slice on the next call: the driver serves packets
+            // in between, so many flows ageing together make no pause.
+            self.timers.schedule(now, Timer::PitAgeing);
         }
         self.handle_path_timeout(now);
         self.drain(now);

@@ -387,7 +387,19 @@ impl NodeCore {
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
             }
-            Err(err) => warn!(error = %err, "cannot install the flow"),
+            Err(err) => {
+                if matches!(err, fpn_proto::Error::PitFull { .. }) {
+                    self.counters.flows_table_full += 1;
+                }
+                // At most one line a second: a storm of new flows against
+                // a full table must not flood the log.
+                if self.full_logged.is_none_or(|t| {
+                    now.saturating_duration_since(t) >= std::time::Duration::from_secs(1)
+                }) {
+                    self.full_logged = Some(now);
+                    warn!(error = %err, refused = self.counters.flows_table_full, "cannot install the flow (raise max_flows if the table is full)");
+                }
+            }
         }
     }
 

@@ -88,8 +88,10 @@ pub(super) struct Paths {
     /// Local side of inbound wire five-tuples (source address and port
     /// zeroed, [`local_side`]) -> the overlay flows (translation keys) with
     /// that local side: tells a packet from the wrong source from an unknown
-    /// flow, and names the flows a NAT binding may belong to.
-    pub sources: FastMap<FlowId, Vec<FlowId>>,
+    /// flow, and names the flows a NAT binding may belong to. A set, not a
+    /// list: a server's port gathers every client flow, and a flow comes
+    /// and goes in O(log n), not a scan.
+    pub sources: FastMap<FlowId, BTreeSet<FlowId>>,
     /// Overlay flows whose wire side came from an authenticated NAT binding
     /// (the observed source, not the peer's own address and port): a later
     /// translation install must not undo it.
@@ -997,10 +999,11 @@ impl NodeCore {
         match self.xlat.insert(t) {
             Ok(()) => {
                 let inbound = t.wire.reversed();
-                let list = self.paths.sources.entry(local_side(&inbound)).or_default();
-                if !list.contains(&overlay) {
-                    list.push(overlay);
-                }
+                self.paths
+                    .sources
+                    .entry(local_side(&inbound))
+                    .or_default()
+                    .insert(overlay);
                 self.close_gate(overlay, now);
                 debug!(flow = %overlay, peer = %ge, "native translation installed");
                 // Steered already since the negotiation started
@@ -1036,7 +1039,7 @@ impl NodeCore {
     fn forget_source(&mut self, t: &Translation) {
         let key = local_side(&t.wire.reversed());
         if let Some(list) = self.paths.sources.get_mut(&key) {
-            list.retain(|o| *o != t.overlay);
+            list.remove(&t.overlay);
             if list.is_empty() {
                 self.paths.sources.remove(&key);
             }

@@ -290,6 +290,12 @@ pub struct CoreSim {
     /// Fast open (the `fast_open` key) for nodes made from now on; off by
     /// default, so the scenarios written before it negotiate every flow.
     pub fast_open: bool,
+    /// The PIT settings of nodes made from now on.
+    pub pit: PitConfig,
+    /// When on (the default), data frames are kept for [`CoreSim::wire`]
+    /// (up to a limit); a benchmark turns it off so the log does not count
+    /// as the nodes' memory.
+    pub wire_log: bool,
     /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
     /// no node.
     pub native_lost: u64,
@@ -324,6 +330,8 @@ impl CoreSim {
             },
             native_lost: 0,
             fast_open: false,
+            pit: PitConfig::default(),
+            wire_log: true,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
             now: Instant::now(),
@@ -854,7 +862,7 @@ impl CoreSim {
     }
 
     fn log_wire(&mut self, from: usize, native: bool, payload: &[u8]) {
-        if self.wire.len() < WIRE_LOG_LIMIT {
+        if self.wire_log && self.wire.len() < WIRE_LOG_LIMIT {
             self.wire.push(WireFrame {
                 from,
                 native,
@@ -1113,7 +1121,7 @@ impl CoreSim {
                 net6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public()),
             },
             dprp,
-            Pit::new(PitConfig::default()),
+            Pit::new(self.pit),
         );
         core.set_real_prefixes(prefixes.to_vec());
         core

@@ -707,3 +707,74 @@ fn a_credential_for_another_node_key_is_refused_and_the_old_one_kept() {
     sim.drive();
     assert_eq!(sim.nodes[b].tun.len(), 1);
 }
+
+#[test]
+fn many_flows_ageing_together_end_in_slices() {
+    let mut sim = CoreSim::new(31, LinkConfig::default());
+    sim.fast_open = true;
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    sim.send_udp(a, b, 4000, 5000, b"x");
+    sim.drive();
+    // 2500 more flows, fast-opened in bursts within the budget.
+    let n = 2500u16;
+    for burst in 0..5 {
+        for i in 0..500 {
+            sim.send_udp(a, b, 10_000 + burst * 500 + i, 7000, b"y");
+        }
+        sim.drive();
+    }
+    assert_eq!(sim.counter(a, "pit_entries"), u64::from(n) + 1);
+    assert_eq!(sim.nodes[b].tun.len(), usize::from(n) + 1);
+
+    // Past every flow's idle timeout at once: one call ends one slice.
+    let late = sim.now() + Duration::from_secs(400);
+    let core = &mut sim.nodes[a].core;
+    let mut calls = 0;
+    let mut left = core.pit().len();
+    while left > 0 {
+        core.handle_timeout(late);
+        let now_left = core.pit().len();
+        assert!(
+            left - now_left <= super::timers::AGE_SLICE,
+            "{} flows ended in one call",
+            left - now_left
+        );
+        assert!(now_left < left, "a call with due flows ended none");
+        left = now_left;
+        calls += 1;
+    }
+    assert_eq!(
+        calls,
+        (usize::from(n) + 1).div_ceil(super::timers::AGE_SLICE)
+    );
+    assert!(core.snapshot(&[]).flows.is_empty());
+}
+
+#[test]
+fn a_full_flow_table_refuses_new_flows_counts_them_and_takes_them_again_after_ageing() {
+    let mut sim = CoreSim::new(32, LinkConfig::default());
+    sim.fast_open = true;
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 16,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    for port in 0..20 {
+        sim.send_udp(a, b, 10_000 + port, 7000, b"z");
+        sim.drive();
+    }
+    assert_eq!(sim.counter(a, "pit_entries"), 16);
+    assert_eq!(sim.counter(b, "pit_entries"), 16);
+    assert_eq!(sim.counter(a, "flows_table_full"), 4);
+    assert_eq!(sim.nodes[b].tun.len(), 16);
+    sim.run_for(Duration::from_secs(310));
+    assert_eq!(sim.counter(a, "pit_entries"), 0);
+    sim.send_udp(a, b, 20_000, 7000, b"again");
+    sim.drive();
+    assert_eq!(sim.counter(a, "pit_entries"), 1);
+    assert!(contains(sim.nodes[b].tun.last().unwrap(), b"again"));
+}

@@ -47,6 +47,8 @@ pub(super) struct Counters {
     pub data_in_unparked: u64,
     pub data_in_wrong_peer: u64,
     pub data_in_rejected: u64,
+    /// Negotiated flows not installed: the PIT held `max_flows` entries.
+    pub flows_table_full: u64,
     pub control_in: u64,
     pub control_out: u64,
     pub control_errors: u64,
@@ -402,6 +404,7 @@ impl NodeCore {
             ("moved_acked", moved.1),
             ("moved_received", moved.2),
             ("pit_entries", self.pit.len() as u64),
+            ("flows_table_full", c.flows_table_full),
             ("negotiations", self.dprp.negotiations() as u64),
         ]
         .into_iter()

@@ -15,6 +15,11 @@ use fpn_proto::flow::FlowId;
 /// timeout by this much, and a busy PIT is not scanned more often.
 pub const PIT_AGE_GRANULARITY: Duration = Duration::from_secs(1);
 
+/// Most PIT entries one ageing run looks at (and so most flows it ends):
+/// a slice of native flows takes about a millisecond (bench `flow_scale`),
+/// and the rest waits for the next call.
+pub const AGE_SLICE: usize = 256;
+
 /// What a deadline is for (named in traces, like quinn's `Timer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {

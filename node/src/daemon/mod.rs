@@ -313,6 +313,7 @@ async fn run(
     let dprp = Endpoint::new(dcfg, Entropy::Os, fpn_gms_client::now_unix(), clock.now())?;
     let pit = Pit::new(PitConfig {
         idle_timeout: Duration::from_secs(cfg.flow_idle_secs),
+        max_entries: cfg.max_flows,
         ..PitConfig::default()
     });
 
