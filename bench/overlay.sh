@@ -60,6 +60,21 @@
 #               (the nodes inherit it) each is negotiated (DPRP) before its
 #               first packet is released. WireGuard and nebula have no
 #               per-flow state, so theirs is a plain RTT.
+#   storm       with STORM_SECS > 0 (default 0: off), after the other
+#               measurements, the connection storm of issue 13 with
+#               fpn-storm (overlay-tests): for STORM_SECS seconds each,
+#               $STORM_CONC TCP connections at a time (closed loop: connect,
+#               64-byte request, answer, close) to a server on B, then
+#               $STORM_CONC UDP queries at a time, each from a new socket
+#               (a new source port, as a resolver sends them): completed
+#               per second, the 99th-percentile latency (ms) and the failed
+#               ones (no answer within 3 s). A's namespace gets
+#               ip_local_port_range 1024-65535 and tcp_tw_reuse = 1, so
+#               ports are not reused within a 10 s storm below about 6 000
+#               connections a second. For fpn every such flow is a new flow
+#               (fast-opened on the pair epoch, or negotiated with
+#               FPN_NODE_FAST_OPEN=0); the log shows its fast-open and
+#               refusal counters after the storm.
 #
 # Required checks: a round that fails one is not counted in the medians but
 # reported (failed rounds per mode, with the reason). Every mode: its tunnel
@@ -106,7 +121,8 @@
 # when fpn-native ran, the issue's aims as same-run ratios.
 #
 # Environment: DURATION=10 (iperf3 seconds; QUICK=1 sets 3), PINGS=20,
-# FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, SELFTEST_PLAIN=0,
+# FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, STORM_SECS=0,
+# STORM_CONC=32, SELFTEST_PLAIN=0,
 # SELFTEST_PCCOM_OFF=0,
 # FPN_BIN=<dir with release fpn-gms and fpn-node> (default: built here with
 # cargo into $CARGO_TARGET_DIR or ./target), KEEP=1 keeps the work
@@ -138,6 +154,8 @@ REPEAT=${REPEAT:-1}
 TUN_MTU=${TUN_MTU:-1380}
 SOCKBUF=${SOCKBUF:-4194304}
 SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
+STORM_SECS=${STORM_SECS:-0}
+STORM_CONC=${STORM_CONC:-32}
 SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
 UNDERLAY=${UNDERLAY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -154,6 +172,7 @@ die() {
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
 case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
 case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
+case $STORM_SECS$STORM_CONC in *[!0-9]*) die "STORM_SECS and STORM_CONC must be numbers" ;; esac
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -187,6 +206,17 @@ fpn_binaries() {
             die "cargo build --release failed"
     fi
     [ -x "$BIN/fpn-gms" ] && [ -x "$BIN/fpn-node" ] || die "no fpn-gms/fpn-node in $BIN"
+}
+
+storm_binary() { # the storm's client and server (overlay-tests)
+    STORM_BIN="${FPN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}/fpn-storm"
+    if [ ! -x "$STORM_BIN" ]; then
+        STORM_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/fpn-storm"
+        log "building release fpn-storm"
+        (cd "$ROOT" && cargo build --release -q -p fpn-overlay-tests --bin fpn-storm >&2) ||
+            die "cargo build --release -p fpn-overlay-tests --bin fpn-storm failed"
+    fi
+    [ -x "$STORM_BIN" ] || die "no fpn-storm at $STORM_BIN"
 }
 
 # ------------------------------------------------------------------ topology
@@ -678,7 +708,27 @@ fpn_status() { # fpn_status NODE FILE: `fpn-node status --json` of a or b
         { log "   fpn-node status $1 failed: $(head -3 "$2")"; return 1; }
 }
 
-METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost"
+storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
+    local f="$WORK/storm-$MODE-$ROUND-$1.json" to="$DST:7801"
+    [[ $DST != *:* ]] || to="[$DST]:7801"
+    if timeout $((STORM_SECS + 30)) ip netns exec "$NSA" "$STORM_BIN" "$1" --to "$to" --secs "$STORM_SECS" \
+        --concurrency "$STORM_CONC" >"$f" 2>&1; then
+        python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.0f %s %d" % (r["per_sec"], "NA" if r["p99_ms"] != r["p99_ms"] else "%.2f" % r["p99_ms"], r["failed"]))' <"$f"
+    else
+        log "  fpn-storm $1 failed (see $f)"
+        echo NA NA NA
+    fi
+}
+
+# The counters that explain an fpn storm: its new flows and what refused them.
+STORM_COUNTERS='
+import json, sys
+c = json.load(open(sys.argv[1])).get("counters", {})
+keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held"))
+print(" ".join("%s=%s" % (k, c[k]) for k in keys))
+'
+
+METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost stcp stcp99 sudp sudp99 sfail"
 # One round of one mode. Runs in a subshell (see main): it records its
 # numbers in rounds.txt when every required check passed, else its reasons
 # in failures.txt; nothing it sets survives it.
@@ -747,6 +797,24 @@ measure() {
         verdict=$(python3 -c "$MARKER_VERDICT" <"$mc")
         log "   plaintext check: $verdict ($(cat "$mc"))"
         [ "$verdict" = ok ] || fails+=("$verdict")
+    fi
+    V[stcp]=NA V[stcp99]=NA V[sudp]=NA V[sudp99]=NA V[sfail]=NA
+    if [ "$STORM_SECS" -gt 0 ]; then
+        local ftcp fudp
+        inA sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+        spawn "$NSB" "$WORK/storm-server-$MODE.log" "$STORM_BIN" serve --port 7801
+        wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :7801' | grep -q ." || die "fpn-storm server did not start"
+        read -r V[stcp] V[stcp99] ftcp < <(storm tcp)
+        sleep 1
+        read -r V[sudp] V[sudp99] fudp < <(storm udp)
+        V[sfail]=NA
+        [ "$ftcp" = NA ] || [ "$fudp" = NA ] || V[sfail]=$((ftcp + fudp))
+        log "   storm: TCP ${V[stcp]} connections/s (p99 ${V[stcp99]} ms, failed $ftcp)," \
+            "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp)"
+        if $fpn && fpn_status a "$WORK/status-$MODE-$ROUND-storm.json"; then
+            log "   fpn counters at A after the storm: $(python3 -c "$STORM_COUNTERS" "$WORK/status-$MODE-$ROUND-storm.json")"
+        fi
+        [ "${V[stcp]}" != NA ] && [ "${V[sudp]}" != NA ] || fails+=("the storm did not run")
     fi
     diagnostics >"$WORK/diag-$MODE-$ROUND.txt" 2>&1 || true
     if [ ${#fails[@]} -gt 0 ]; then
@@ -843,7 +911,8 @@ report() {
                 for k in tcp1:tcp1_gbps retr1:tcp1_retransmits cpu1:tcp1_daemon_cores cpg1:tcp1_daemon_cores_per_gbps \
                     tcp4:tcp4_gbps retr4:tcp4_retransmits cpu4:tcp4_daemon_cores cpg4:tcp4_daemon_cores_per_gbps \
                     ping:ping_avg_ms urtt:udp_echo_avg_ms cold:cold_first_ping_ms flow1:new_flow_first_ms \
-                    flow1max:new_flow_first_max_ms flowlost:new_flows_lost; do
+                    flow1max:new_flow_first_max_ms flowlost:new_flows_lost stcp:storm_tcp_per_s \
+                    stcp99:storm_tcp_p99_ms sudp:storm_udp_per_s sudp99:storm_udp_p99_ms sfail:storm_failed; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
                 for k in tcp1:tcp1 tcp4:tcp4 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \
@@ -887,6 +956,20 @@ report() {
                     "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")" \
                     "$(passed "$m")" "$(failed "$m")"
             done
+            if [ "$STORM_SECS" -gt 0 ]; then
+                echo
+                echo "Connection storm, ${STORM_SECS} s each, $STORM_CONC at a time (fpn-storm): completed per second, p99 latency; ratio against the best of wireguard-go and nebula:"
+                echo
+                echo "| mode | TCP connections/s | TCP p99 ms | UDP queries/s (new port each) | UDP p99 ms | failed |"
+                echo "| --- | --- | --- | --- | --- | --- |"
+                for m in "${MODES[@]}"; do
+                    printf '| %s | %s (%s)%s | %s%s | %s (%s)%s | %s%s | %s |\n' "$m" \
+                        "${R[$m.stcp]}" "$(ratio "${R[$m.stcp]}" "$(best_peer stcp)")" "$(range "$m" stcp)" \
+                        "${R[$m.stcp99]}" "$(range "$m" stcp99)" \
+                        "${R[$m.sudp]}" "$(ratio "${R[$m.sudp]}" "$(best_peer sudp)")" "$(range "$m" sudp)" \
+                        "${R[$m.sudp99]}" "$(range "$m" sudp99)" "${R[$m.sfail]}"
+                done
+            fi
             if [ -s "$WORK/failures.txt" ]; then
                 echo
                 echo "Failed rounds (not in the medians):"
@@ -916,6 +999,14 @@ report() {
                     "${R[$m.ping]}" "($(ratio "${R[$m.ping]}" "${R[$b.ping]:-NA}"))" "${R[$m.urtt]}" \
                     "${R[$m.cold]}" "${R[$m.flow1]}/${R[$m.flow1max]}" "$(passed "$m")/$(failed "$m")" "$(lost "$m")"
             done
+            if [ "$STORM_SECS" -gt 0 ]; then
+                printf '\nstorm (%s s, %s at a time)   TCP conn/s (vs best peer)   p99 ms   UDP queries/s (vs best peer)   p99 ms   failed\n' \
+                    "$STORM_SECS" "$STORM_CONC"
+                for m in "${MODES[@]}"; do
+                    printf '%-13s %14s %8s %8s %14s %8s %8s %8s\n' "$m" "${R[$m.stcp]}" "($(ratio "${R[$m.stcp]}" "$(best_peer stcp)"))" \
+                        "${R[$m.stcp99]}" "${R[$m.sudp]}" "($(ratio "${R[$m.sudp]}" "$(best_peer sudp)"))" "${R[$m.sudp99]}" "${R[$m.sfail]}"
+                done
+            fi
             if [ "$REPEAT" != 1 ]; then
                 echo "(medians of the rounds that passed; ranges below)"
                 for m in "${MODES[@]}"; do
@@ -944,6 +1035,11 @@ report() {
     esac
 }
 
+best_peer() { # best_peer METRIC: the larger of wireguard-go's and nebula's medians, or NA
+    awk -v a="${R[wireguard-go.$1]:-NA}" -v b="${R[nebula.$1]:-NA}" \
+        'BEGIN { if (a == "NA" && b == "NA") print "NA"; else if (a == "NA") print b; else if (b == "NA" || a + 0 > b + 0) print a; else print b }'
+}
+
 range() { [ "$REPEAT" = 1 ] || [ "${RNG[$1.$2]}" = NA..NA ] || echo " [${RNG[$1.$2]}]"; }
 
 lost() { [ "${R[$1.flowlost]}" = 0 ] || [ "${R[$1.flowlost]}" = NA ] || echo " (${R[$1.flowlost]} of $((FLOWS * $(passed "$1"))) new flows lost)"; }
@@ -954,6 +1050,7 @@ bool() { [ "$1" = 1 ] && echo true || echo false; }
 
 # ------------------------------------------------------------------ main
 ensure_tools
+[ "$STORM_SECS" = 0 ] || storm_binary
 for m in "${MODES[@]}"; do
     case $m in fpn*) fpn_binaries; break ;; esac
 done

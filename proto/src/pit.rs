@@ -50,14 +50,23 @@ mod ageing;
 pub use ageing::SLOT as AGE_SLOT;
 use ageing::Wheel;
 
+/// An entry idle this long may be evicted when the table is full and a new
+/// flow needs its place (the least recently used first): a flow quiet for
+/// a second under that pressure is negotiated again when it speaks.
+pub const EVICT_IDLE: Duration = Duration::from_secs(1);
+/// Filings looked at for a victim per insert into a full table.
+const EVICT_SCAN: usize = 32;
+
 /// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
 const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
 
 /// PIT limits and timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PitConfig {
-    /// The most entries; [`Pit::insert`] of a new flow beyond it fails with
-    /// [`Error::PitFull`].
+    /// The most entries. [`Pit::insert`] of a new flow into a full table
+    /// evicts the least recently used entry idle for [`EVICT_IDLE`] or
+    /// longer ([`PitEvent::Evicted`]), and fails with [`Error::PitFull`]
+    /// when there is none.
     pub max_entries: usize,
     /// An entry unused for this long ages out.
     pub idle_timeout: Duration,
@@ -142,6 +151,13 @@ pub enum PitEvent {
         flow: FlowId,
         /// Why.
         reason: RenegotiateReason,
+    },
+    /// The entry was removed to make room for a new flow in a full table
+    /// (it had been idle for at least [`EVICT_IDLE`]): what belongs to the
+    /// flow elsewhere goes too. Its next packet negotiates it again.
+    Evicted {
+        /// The flow, as keyed in the PIT.
+        flow: FlowId,
     },
 }
 
@@ -465,7 +481,7 @@ impl<A: PacketAead> Pit<A> {
         if let Some(o) = &old {
             retire(&mut self.retired, o);
         }
-        if old.is_none() && self.entries.len() >= self.config.max_entries {
+        if old.is_none() && self.entries.len() >= self.config.max_entries && !self.evict_one(now) {
             return Err(Error::PitFull {
                 capacity: self.config.max_entries,
             });
@@ -518,6 +534,43 @@ impl<A: PacketAead> Pit<A> {
                 .compact(|(f, t)| entries.get(f).is_some_and(|e| e.ticket == *t));
         }
         Ok(())
+    }
+
+    /// Makes room in a full table: removes the least recently used entry
+    /// idle for [`EVICT_IDLE`] or longer among the earliest filings of the
+    /// ageing wheel, and queues [`PitEvent::Evicted`]. False when none of
+    /// them may go. The filings looked at that stay are filed again at
+    /// their own deadline.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        let idle = self.config.idle_timeout;
+        let mut look = std::mem::take(&mut self.due);
+        self.ageing.take_earliest(EVICT_SCAN, &mut look);
+        let mut victim: Option<(FlowId, Instant)> = None;
+        for &(flow, ticket) in &look {
+            if let Some(e) = self.entries.get(&flow).filter(|e| e.ticket == ticket)
+                && now.saturating_duration_since(e.last_used) >= EVICT_IDLE
+                && victim.is_none_or(|(_, t)| e.last_used < t)
+            {
+                victim = Some((flow, e.last_used));
+            }
+        }
+        for (flow, ticket) in look.drain(..) {
+            if victim.is_some_and(|(v, _)| v == flow) {
+                continue;
+            }
+            if let Some(e) = self.entries.get_mut(&flow).filter(|e| e.ticket == ticket) {
+                e.ticket = self.ageing.file(flow, e.deadline(idle), now);
+            }
+        }
+        self.due = look;
+        let Some((flow, _)) = victim else {
+            return false;
+        };
+        if let Some(e) = self.entries.remove(&flow) {
+            retire(&mut self.retired, &e);
+        }
+        self.events.push_back(PitEvent::Evicted { flow });
+        true
     }
 
     /// Makes a tentative entry active (CDN received). False if there is no

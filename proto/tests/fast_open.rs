@@ -567,3 +567,30 @@ fn an_epoch_ends_with_the_credential_it_was_made_with() {
         "an expired credential was taken"
     );
 }
+
+#[test]
+fn a_connection_reopened_while_its_negotiation_lingers_is_negotiated_not_fast_opened() {
+    let Pair { mut sim, a, b } = pair(21);
+    // The first flow is negotiated; its machines linger (10 s) at both
+    // ends to absorb retransmissions.
+    sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"query");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(installed(&sim, b, 0).len(), 1);
+    // The opener lost the entry meanwhile (evicted from a full PIT, say)
+    // and the connection's next packet comes: the peer would refuse a FOP
+    // for a connection it just negotiated, so a negotiation it is, at once.
+    let (wire, ea, eb) = (sim.wire().len(), sim.events(a).len(), sim.events(b).len());
+    sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"again");
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 0);
+    assert_eq!(sent(&sim, MessageType::Dde, wire), 1);
+    let (ia, ib) = (&installed(&sim, a, ea), &installed(&sim, b, eb));
+    assert_eq!((ia.len(), ib.len()), (1, 1));
+    assert!(ia[0].fast.is_none() && ib[0].fast.is_none());
+    let (ka, kb) = (ia[0].keys.as_ref().unwrap(), ib[0].keys.as_ref().unwrap());
+    assert_eq!(ka.tx.expose_secret(), kb.rx.expose_secret());
+    // A later flow still opens fast.
+    let wire = sim.wire().len();
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 1);
+}

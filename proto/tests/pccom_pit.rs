@@ -577,3 +577,45 @@ fn removed_and_replaced_entries_do_not_grow_the_wheel() {
     assert_eq!(pit.expire(t0 + Duration::from_secs(300)).len(), 1000);
     assert_eq!(pit.ageing_filings(), 0);
 }
+
+#[test]
+fn a_full_table_evicts_the_least_recently_used_idle_entry_or_refuses() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 4,
+        ..PitConfig::default()
+    });
+    for p in 0..4 {
+        pit.insert(
+            flow(p),
+            NewEntry::pass(),
+            t0 + Duration::from_millis(u64::from(p)),
+        )
+        .unwrap();
+    }
+    // Nothing idle for a second yet: refused.
+    let half = t0 + Duration::from_millis(500);
+    assert_eq!(
+        pit.insert(flow(9), NewEntry::pass(), half),
+        Err(Error::PitFull { capacity: 4 })
+    );
+    assert_eq!(pit.poll_event(), None);
+    // Flow 0 is used; flow 1 is then the least recently used.
+    let mut buf = vec![0u8; 64];
+    let busy = t0 + Duration::from_millis(1500);
+    assert!(
+        pit.handle_packet(&flow(0), Origin::Local, &mut buf, 20, busy)
+            .is_ok()
+    );
+    let later = t0 + Duration::from_secs(2);
+    pit.insert(flow(9), NewEntry::pass(), later).unwrap();
+    assert_eq!(pit.poll_event(), Some(PitEvent::Evicted { flow: flow(1) }));
+    assert_eq!(pit.len(), 4);
+    assert!(pit.lookup(&flow(1)).is_none() && pit.lookup(&flow(0)).is_some());
+    // A replacement of a live flow needs no room.
+    pit.insert(flow(2), NewEntry::relay(), later).unwrap();
+    assert_eq!(pit.poll_event(), None);
+    // Ageing still finds every entry that stayed.
+    assert_eq!(pit.expire(t0 + Duration::from_secs(400)).len(), 4);
+    assert!(pit.is_empty());
+}

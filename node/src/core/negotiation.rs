@@ -107,8 +107,18 @@ impl NodeCore {
 
     pub(super) fn drain_pit(&mut self, now: Instant) -> bool {
         let mut any = false;
-        while let Some(PitEvent::Renegotiate { flow, reason }) = self.pit.poll_event() {
+        while let Some(ev) = self.pit.poll_event() {
             any = true;
+            let (flow, reason) = match ev {
+                PitEvent::Renegotiate { flow, reason } => (flow, reason),
+                PitEvent::Evicted { flow } => {
+                    // Made room for a new flow in a full table.
+                    self.counters.flows_evicted += 1;
+                    debug!(%flow, "idle flow evicted for a new one");
+                    self.flow_ended(&flow);
+                    continue;
+                }
+            };
             // One end renegotiates, never both: two crossing negotiations
             // could leave each end with the other's keys. After a rotation it
             // is the end that started the flow, a moment later, so the

@@ -753,7 +753,7 @@ fn many_flows_ageing_together_end_in_slices() {
 }
 
 #[test]
-fn a_full_flow_table_refuses_new_flows_counts_them_and_takes_them_again_after_ageing() {
+fn a_full_flow_table_evicts_the_idlest_flow_and_refuses_only_when_none_is_idle() {
     let mut sim = CoreSim::new(32, LinkConfig::default());
     sim.fast_open = true;
     sim.pit = fpn_proto::pit::PitConfig {
@@ -769,12 +769,34 @@ fn a_full_flow_table_refuses_new_flows_counts_them_and_takes_them_again_after_ag
     }
     assert_eq!(sim.counter(a, "pit_entries"), 16);
     assert_eq!(sim.counter(b, "pit_entries"), 16);
+    // All 16 were busy within the last second: nothing may go.
     assert_eq!(sim.counter(a, "flows_table_full"), 4);
+    assert_eq!(sim.counter(a, "flows_evicted"), 0);
     assert_eq!(sim.nodes[b].tun.len(), 16);
-    sim.run_for(Duration::from_secs(310));
-    assert_eq!(sim.counter(a, "pit_entries"), 0);
-    sim.send_udp(a, b, 20_000, 7000, b"again");
+
+    // Two seconds on, flow 10 005 carries a packet; a new flow then takes
+    // the place of the least recently used idle one at both ends.
+    sim.run_for(Duration::from_secs(2));
+    sim.send_udp(a, b, 10_005, 7000, b"busy");
     sim.drive();
-    assert_eq!(sim.counter(a, "pit_entries"), 1);
-    assert!(contains(sim.nodes[b].tun.last().unwrap(), b"again"));
+    sim.send_udp(a, b, 20_000, 7000, b"new");
+    sim.drive();
+    assert!(contains(sim.nodes[b].tun.last().unwrap(), b"new"));
+    assert_eq!(sim.counter(a, "flows_evicted"), 1);
+    assert_eq!(sim.counter(b, "flows_evicted"), 1);
+    assert_eq!(sim.counter(a, "pit_entries"), 16);
+    let ports: Vec<u16> = sim.nodes[a]
+        .core
+        .pit()
+        .iter()
+        .map(|(f, _)| f.src_port)
+        .collect();
+    assert!(ports.contains(&10_005) && ports.contains(&20_000));
+    assert!(!ports.contains(&10_000), "the idlest flow went: {ports:?}");
+    // The evicted flow speaks again: negotiated anew, delivered.
+    sim.send_udp(a, b, 10_000, 7000, b"back");
+    sim.drive();
+    assert!(contains(sim.nodes[b].tun.last().unwrap(), b"back"));
+    assert_eq!(sim.counter(a, "flows_evicted"), 2);
+    sim.check_invariants();
 }

@@ -47,8 +47,11 @@ pub(super) struct Counters {
     pub data_in_unparked: u64,
     pub data_in_wrong_peer: u64,
     pub data_in_rejected: u64,
-    /// Negotiated flows not installed: the PIT held `max_flows` entries.
+    /// Negotiated flows not installed: the PIT held `max_flows` entries,
+    /// none idle long enough to make room.
     pub flows_table_full: u64,
+    /// Idle flows removed to make room for new ones in a full PIT.
+    pub flows_evicted: u64,
     pub control_in: u64,
     pub control_out: u64,
     pub control_errors: u64,
@@ -405,6 +408,7 @@ impl NodeCore {
             ("moved_received", moved.2),
             ("pit_entries", self.pit.len() as u64),
             ("flows_table_full", c.flows_table_full),
+            ("flows_evicted", c.flows_evicted),
             ("negotiations", self.dprp.negotiations() as u64),
         ]
         .into_iter()

@@ -94,6 +94,26 @@ impl Wheel {
         false
     }
 
+    /// Moves up to `n` items of the earliest slots into `out`, due or not:
+    /// the least recently used entries (to the slot's resolution) when the
+    /// table must make room.
+    pub(super) fn take_earliest(&mut self, n: usize, out: &mut Vec<Item>) {
+        let mut left = n;
+        while left > 0 {
+            let Some(mut slot) = self.slots.first_entry() else {
+                break;
+            };
+            let items = slot.get_mut();
+            let k = items.len().min(left);
+            out.extend(items.drain(items.len() - k..));
+            left -= k;
+            self.items -= k;
+            if items.is_empty() {
+                slot.remove();
+            }
+        }
+    }
+
     /// Number of items filed (live and stale).
     pub(super) fn len(&self) -> usize {
         self.items

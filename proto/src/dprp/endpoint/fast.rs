@@ -59,6 +59,13 @@ impl Endpoint {
         {
             return None;
         }
+        // A negotiation of this connection ended moments ago (its machine
+        // lingers to absorb retransmissions, at both ends): the peer would
+        // refuse a FOP for it as a late one, so it is negotiated again (an
+        // entry evicted from a full PIT, or aged out, reopening).
+        if self.negotiation_of(&flow).is_some() {
+            return None;
+        }
         let owner = self.directory_owner(flow.dst)?;
         let own = self.ge();
         let unix_now = self.unix_now(now);
