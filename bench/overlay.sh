@@ -724,7 +724,7 @@ storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
 STORM_COUNTERS='
 import json, sys
 c = json.load(open(sys.argv[1])).get("counters", {})
-keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held"))
+keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evicted" in k or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held"))
 print(" ".join("%s=%s" % (k, c[k]) for k in keys))
 '
 

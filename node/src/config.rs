@@ -48,8 +48,9 @@ pub struct NodeConfig {
     pub directory_ttl_secs: u64,
     /// Seconds a PIT entry may stay idle before it ages out.
     pub flow_idle_secs: u64,
-    /// The most live flows (PIT entries); a new flow beyond it is refused
-    /// until others age out. About 2 KB of memory each (bench/flow_scale).
+    /// The most live flows (PIT entries). A new flow into a full table
+    /// evicts the least recently used one idle for a second, or is refused
+    /// when none is. About 2 KB of memory each (bench `flow_scale`).
     pub max_flows: usize,
     /// Seconds without the GMS (so possibly missed revocations) after which
     /// new negotiations from peers whose credentials date from before the
