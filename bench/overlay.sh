@@ -172,7 +172,8 @@ die() {
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
 case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
 case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
-case $STORM_SECS$STORM_CONC in *[!0-9]*) die "STORM_SECS and STORM_CONC must be numbers" ;; esac
+[[ $STORM_SECS =~ ^(0|[1-9][0-9]*)$ ]] || die "STORM_SECS must be a number of seconds (0: no storm)"
+[[ $STORM_CONC =~ ^[1-9][0-9]*$ ]] || die "STORM_CONC must be a positive number"
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -712,8 +713,10 @@ storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
     local f="$WORK/storm-$MODE-$ROUND-$1.json" to="$DST:7801"
     [[ $DST != *:* ]] || to="[$DST]:7801"
     if timeout $((STORM_SECS + 30)) ip netns exec "$NSA" "$STORM_BIN" "$1" --to "$to" --secs "$STORM_SECS" \
-        --concurrency "$STORM_CONC" >"$f" 2>&1; then
-        python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.0f %s %d" % (r["per_sec"], "NA" if r["p99_ms"] != r["p99_ms"] else "%.2f" % r["p99_ms"], r["failed"]))' <"$f"
+        --concurrency "$STORM_CONC" >"$f" 2>"$f.err"; then
+        # p99 is null when nothing completed.
+        python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.0f %s %d" % (r["per_sec"], "NA" if r["p99_ms"] is None else "%.2f" % r["p99_ms"], r["failed"]))' <"$f" ||
+            echo NA NA NA
     else
         log "  fpn-storm $1 failed (see $f)"
         echo NA NA NA
@@ -804,10 +807,9 @@ measure() {
         inA sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
         spawn "$NSB" "$WORK/storm-server-$MODE.log" "$STORM_BIN" serve --port 7801
         wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :7801' | grep -q ." || die "fpn-storm server did not start"
-        read -r V[stcp] V[stcp99] ftcp < <(storm tcp)
+        read -r 'V[stcp]' 'V[stcp99]' ftcp < <(storm tcp)
         sleep 1
-        read -r V[sudp] V[sudp99] fudp < <(storm udp)
-        V[sfail]=NA
+        read -r 'V[sudp]' 'V[sudp99]' fudp < <(storm udp)
         [ "$ftcp" = NA ] || [ "$fudp" = NA ] || V[sfail]=$((ftcp + fudp))
         log "   storm: TCP ${V[stcp]} connections/s (p99 ${V[stcp99]} ms, failed $ftcp)," \
             "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp)"

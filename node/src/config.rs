@@ -19,6 +19,8 @@ pub const DEFAULT_PORT: u16 = 7718;
 /// Default of `max_flows`: PIT entries, about 2 KB each (docs/BENCHMARKS.md,
 /// bench `flow_scale`), so a full table stays near 140 MB.
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+/// Upper bound of `flow_idle_secs`: a week.
+const MAX_FLOW_IDLE_SECS: u64 = 7 * 86_400;
 /// Bounds of `max_flows`.
 const MIN_MAX_FLOWS: usize = 16;
 const MAX_MAX_FLOWS: usize = 4_194_304;
@@ -251,6 +253,11 @@ impl NodeConfig {
         if self.directory_ttl_secs == 0 || self.flow_idle_secs == 0 {
             return bad("directory_ttl_secs and flow_idle_secs must be positive");
         }
+        if self.flow_idle_secs > MAX_FLOW_IDLE_SECS {
+            return bad(&format!(
+                "flow_idle_secs must be at most {MAX_FLOW_IDLE_SECS} (a week)"
+            ));
+        }
         if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&self.max_flows) {
             return bad(&format!(
                 "max_flows must be between {MIN_MAX_FLOWS} and {MAX_MAX_FLOWS}"
@@ -321,6 +328,7 @@ mod tests {
             "listen = \"nope\"",
             "colour = \"blue\"",
             "flow_idle_secs = 0",
+            "flow_idle_secs = 99999999999",
             "max_flows = 0",
             "max_flows = 99999999",
             "carrier = \"udp\"",

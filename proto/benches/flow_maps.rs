@@ -24,14 +24,7 @@ use fpn_proto::flow::{FastMap, FlowId};
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{loadavg, thread_cpu};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use measure::{env_usize, loadavg, thread_cpu};
 
 fn flow(i: u32) -> FlowId {
     FlowId {
@@ -67,9 +60,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds = env("ROUNDS", 5).max(1);
-    let iters = env("ITERS", 200_000).max(1);
-    let flows = env("FLOWS", 1000).max(1) as u32;
+    let rounds = env_usize("ROUNDS", 5).max(1);
+    let iters = env_usize("ITERS", 200_000).max(1);
+    let flows = env_usize("FLOWS", 1000).max(1) as u32;
     let load0 = loadavg();
     let mut std_map: HashMap<FlowId, u64> = HashMap::new();
     let mut fast_map: FastMap<FlowId, u64> = FastMap::default();

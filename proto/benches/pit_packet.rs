@@ -26,14 +26,7 @@ use fpn_proto::pit::{NewEntry, Origin, Pit, PitConfig};
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{loadavg, thread_cpu};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use measure::{env_usize, loadavg, thread_cpu};
 
 const SRC: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const DST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -69,8 +62,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let rounds = env("ROUNDS", 5).max(1);
-    let iters = env("ITERS", 200_000).max(1);
+    let rounds = env_usize("ROUNDS", 5).max(1);
+    let iters = env_usize("ITERS", 200_000).max(1);
     let sizes = std::env::var("SIZES").unwrap_or_else(|_| "1000,100000".to_owned());
     let load0 = loadavg();
     let gk = GroupKey::from_bytes([7; 32]);

@@ -27,15 +27,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{loadavg, thread_cpu};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
+use measure::{env_usize, loadavg, thread_cpu};
 
 /// Microseconds per operation of `iters` calls of `f`, in thread CPU time.
 fn per_op_us(iters: usize, mut f: impl FnMut(usize)) -> f64 {
@@ -51,7 +43,7 @@ fn main() {
     // no such flag: then one tiny round, as a smoke test.
     let benching = std::env::args().any(|a| a == "--bench");
     let (rounds, iters) = if benching {
-        (env_or("ROUNDS", 5), env_or("ITERS", 2000))
+        (env_usize("ROUNDS", 5), env_usize("ITERS", 2000))
     } else {
         (1, 10)
     };

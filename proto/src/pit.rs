@@ -16,8 +16,9 @@
 //! calls [`Pit::handle_packet`] for every packet and acts on the
 //! [`Disposition`]; the key store calls [`Pit::on_key_rotation`] and
 //! [`Pit::on_key_erased`]; a timer calls [`Pit::expire_some`]
-//! (at [`Pit::next_expiry`]). After each of these, drain
-//! [`Pit::poll_event`]: it names the flows to renegotiate.
+//! (at [`Pit::next_expiry`]). After each of these and after an insert,
+//! drain [`Pit::poll_event`]: it names the flows to renegotiate and those
+//! evicted to make room.
 //!
 //! **Rekeying.** When an entry with traffic keys is replaced by one with new
 //! keys, the old receive state stays for [`PitConfig::rekey_grace`] so
@@ -54,8 +55,10 @@ use ageing::Wheel;
 /// flow needs its place (the least recently used first): a flow quiet for
 /// a second under that pressure is negotiated again when it speaks.
 pub const EVICT_IDLE: Duration = Duration::from_secs(1);
-/// Filings looked at for a victim per insert into a full table.
-const EVICT_SCAN: usize = 32;
+/// Most up-to-date filings looked at for a victim per insert into a full
+/// table; filings left behind by a use are fixed on the way, up to four
+/// times as many.
+const EVICT_SCAN: usize = 256;
 
 /// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
 const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
@@ -468,8 +471,10 @@ impl<A: PacketAead> Pit<A> {
     }
 
     /// Inserts or replaces the entry for `flow` (stored under either
-    /// orientation). A new flow beyond [`PitConfig::max_entries`] fails with
-    /// [`Error::PitFull`].
+    /// orientation). A new flow into a full table ([`PitConfig::max_entries`])
+    /// evicts the least recently used entry idle for [`EVICT_IDLE`]
+    /// ([`PitEvent::Evicted`]), or fails with [`Error::PitFull`] when none
+    /// is.
     pub fn insert(&mut self, flow: FlowId, new: NewEntry, now: Instant) -> Result<()> {
         // The NewEntry constructors give keys and a version to protect
         // entries, and only to them.
@@ -537,21 +542,41 @@ impl<A: PacketAead> Pit<A> {
     }
 
     /// Makes room in a full table: removes the least recently used entry
-    /// idle for [`EVICT_IDLE`] or longer among the earliest filings of the
-    /// ageing wheel, and queues [`PitEvent::Evicted`]. False when none of
-    /// them may go. The filings looked at that stay are filed again at
-    /// their own deadline.
+    /// idle for [`EVICT_IDLE`] or longer, and queues [`PitEvent::Evicted`].
+    /// False when none may go (within [`EVICT_SCAN`] up-to-date filings).
+    ///
+    /// The wheel's slots are looked at from the earliest. A filing moves
+    /// only when it is looked at, so one whose entry was used since sits
+    /// too early: it is filed again where it belongs and is no candidate.
+    /// The first slot holding an up-to-date idle entry holds the least
+    /// recently used ones (to the slot's resolution); of those the idlest
+    /// goes. Every other filing looked at is filed again at its deadline.
     fn evict_one(&mut self, now: Instant) -> bool {
         let idle = self.config.idle_timeout;
         let mut look = std::mem::take(&mut self.due);
-        self.ageing.take_earliest(EVICT_SCAN, &mut look);
         let mut victim: Option<(FlowId, Instant)> = None;
-        for &(flow, ticket) in &look {
-            if let Some(e) = self.entries.get(&flow).filter(|e| e.ticket == ticket)
-                && now.saturating_duration_since(e.last_used) >= EVICT_IDLE
-                && victim.is_none_or(|(_, t)| e.last_used < t)
-            {
-                victim = Some((flow, e.last_used));
+        let mut current = 0;
+        while victim.is_none() && current < EVICT_SCAN && look.len() < 4 * EVICT_SCAN {
+            let Some(at) = self.ageing.next() else {
+                break;
+            };
+            let start = look.len();
+            if self.ageing.take_first(EVICT_SCAN - current, &mut look) == 0 {
+                break;
+            }
+            for &(flow, ticket) in &look[start..] {
+                let Some(e) = self.entries.get(&flow).filter(|e| e.ticket == ticket) else {
+                    continue;
+                };
+                if e.deadline(idle) > at {
+                    continue; // used since it was filed: filed again below
+                }
+                current += 1;
+                if now.saturating_duration_since(e.last_used) >= EVICT_IDLE
+                    && victim.is_none_or(|(_, t)| e.last_used < t)
+                {
+                    victim = Some((flow, e.last_used));
+                }
             }
         }
         for (flow, ticket) in look.drain(..) {
@@ -757,6 +782,7 @@ impl<A: PacketAead> Pit<A> {
     /// Returns the removed flows, sorted, and whether entries due at `now`
     /// are left for another call ([`Pit::next_expiry`] is then `<= now`).
     pub fn expire_some(&mut self, now: Instant, budget: usize) -> (Vec<FlowId>, bool) {
+        let budget = budget.max(1);
         let idle = self.config.idle_timeout;
         let mut due = std::mem::take(&mut self.due);
         let more = self.ageing.take_due(now, budget, &mut due);
@@ -781,7 +807,8 @@ impl<A: PacketAead> Pit<A> {
     }
 
     /// Filings in the ageing wheel, live and stale: about the number of
-    /// entries, never more than twice it plus a constant.
+    /// entries. Inserts keep it within twice the entries plus a constant;
+    /// removals leave their filings until their slot comes.
     pub fn ageing_filings(&self) -> usize {
         self.ageing.len()
     }

@@ -619,3 +619,43 @@ fn a_full_table_evicts_the_least_recently_used_idle_entry_or_refuses() {
     assert_eq!(pit.expire(t0 + Duration::from_secs(400)).len(), 4);
     assert!(pit.is_empty());
 }
+
+#[test]
+fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 250,
+        ..PitConfig::default()
+    });
+    // 200 flows from t0, all in use at t0+100 (their filings stay at the
+    // t0+300 slot until it comes), and 50 opened at t0+10 and idle since.
+    for p in 0..200 {
+        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    for p in 200..250 {
+        pit.insert(flow(p), NewEntry::pass(), t0 + Duration::from_secs(10))
+            .unwrap();
+    }
+    let mut buf = vec![0u8; 64];
+    let busy = t0 + Duration::from_secs(100);
+    for p in 0..200 {
+        assert!(
+            pit.handle_packet(&flow(p), Origin::Local, &mut buf, 20, busy)
+                .is_ok()
+        );
+    }
+    // At t0+102 every flow has been idle for a second or more; the idlest
+    // are the 50.
+    let now = t0 + Duration::from_secs(102);
+    for k in 0..10 {
+        pit.insert(flow(1000 + k), NewEntry::pass(), now).unwrap();
+        match pit.poll_event() {
+            Some(PitEvent::Evicted { flow: f }) => {
+                assert!(f.src_port >= flow(200).src_port, "a busy flow went: {f}")
+            }
+            other => panic!("no eviction: {other:?}"),
+        }
+    }
+    assert_eq!(pit.len(), 250);
+    assert!((0..200).all(|p| pit.lookup(&flow(p)).is_some()));
+}

@@ -179,7 +179,8 @@ pub struct NodeCore {
     /// When DPRP's deadline was last recomputed (see [`DPRP_REFRESH`]).
     dprp_refreshed: Option<Instant>,
     reject_logged: Option<Instant>,
-    /// When a flow the PIT had no room for was last logged.
+    /// When a flow the full PIT had no room for was last logged (at most
+    /// once a second).
     full_logged: Option<Instant>,
     xlat: XlatTable,
     paths: paths::Paths,

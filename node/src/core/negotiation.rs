@@ -112,10 +112,14 @@ impl NodeCore {
             let (flow, reason) = match ev {
                 PitEvent::Renegotiate { flow, reason } => (flow, reason),
                 PitEvent::Evicted { flow } => {
-                    // Made room for a new flow in a full table.
+                    // Made room for a new flow in a full table. Events are
+                    // drained after the round's DPRP events: the flow may
+                    // have been installed again since, keeping its state.
                     self.counters.flows_evicted += 1;
                     debug!(%flow, "idle flow evicted for a new one");
-                    self.flow_ended(&flow);
+                    if self.pit.lookup(&flow).is_none() {
+                        self.flow_ended(&flow);
+                    }
                     continue;
                 }
             };
@@ -397,19 +401,18 @@ impl NodeCore {
                 self.timers.schedule(now + idle, Timer::PitAgeing);
                 debug!(peer = %e.peer, action = action_name(action), position = ?e.position, "flow established");
             }
-            Err(err) => {
-                if matches!(err, fpn_proto::Error::PitFull { .. }) {
-                    self.counters.flows_table_full += 1;
-                }
+            Err(err @ fpn_proto::Error::PitFull { .. }) => {
+                self.counters.flows_table_full += 1;
                 // At most one line a second: a storm of new flows against
                 // a full table must not flood the log.
                 if self.full_logged.is_none_or(|t| {
                     now.saturating_duration_since(t) >= std::time::Duration::from_secs(1)
                 }) {
                     self.full_logged = Some(now);
-                    warn!(error = %err, refused = self.counters.flows_table_full, "cannot install the flow (raise max_flows if the table is full)");
+                    warn!(error = %err, refused = self.counters.flows_table_full, "cannot install the flow: no flow idle long enough to make room (raise max_flows)");
                 }
             }
+            Err(err) => warn!(error = %err, "cannot install the flow"),
         }
     }
 

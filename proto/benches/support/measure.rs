@@ -25,3 +25,14 @@ pub fn loadavg() -> String {
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
 }
+
+/// The positive number in environment variable `name`, or `default` when
+/// it is unset, not a number or zero (the benches' ROUNDS, ITERS, ...).
+#[allow(dead_code)] // not every bench reads one
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}

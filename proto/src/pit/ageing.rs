@@ -67,8 +67,8 @@ impl Wheel {
     pub(super) fn next(&self) -> Option<Instant> {
         let origin = self.origin?;
         let (&slot, _) = self.slots.first_key_value()?;
-        let nanos = u64::try_from(SLOT.as_nanos()).unwrap_or(u64::MAX);
-        Some(origin + Duration::from_nanos(slot.saturating_mul(nanos)))
+        // SLOT is one second: a slot index counts seconds from the origin.
+        origin.checked_add(Duration::from_secs(slot))
     }
 
     /// Moves up to `budget` items due at `now` into `out`. True when more
@@ -76,42 +76,29 @@ impl Wheel {
     pub(super) fn take_due(&mut self, now: Instant, budget: usize, out: &mut Vec<Item>) -> bool {
         let mut left = budget;
         while self.next().is_some_and(|at| at <= now) {
-            let Some(mut slot) = self.slots.first_entry() else {
-                break;
-            };
             if left == 0 {
                 return true;
             }
-            let items = slot.get_mut();
-            let n = items.len().min(left);
-            out.extend(items.drain(items.len() - n..));
-            left -= n;
-            self.items -= n;
-            if items.is_empty() {
-                slot.remove();
-            }
+            left -= self.take_first(left, out);
         }
         false
     }
 
-    /// Moves up to `n` items of the earliest slots into `out`, due or not:
-    /// the least recently used entries (to the slot's resolution) when the
-    /// table must make room.
-    pub(super) fn take_earliest(&mut self, n: usize, out: &mut Vec<Item>) {
-        let mut left = n;
-        while left > 0 {
-            let Some(mut slot) = self.slots.first_entry() else {
-                break;
-            };
-            let items = slot.get_mut();
-            let k = items.len().min(left);
-            out.extend(items.drain(items.len() - k..));
-            left -= k;
-            self.items -= k;
-            if items.is_empty() {
-                slot.remove();
-            }
+    /// Moves up to `n` items of the first slot into `out` (its last filed
+    /// first), due or not, and drops the slot once empty. Returns how many
+    /// it moved.
+    pub(super) fn take_first(&mut self, n: usize, out: &mut Vec<Item>) -> usize {
+        let Some(mut slot) = self.slots.first_entry() else {
+            return 0;
+        };
+        let items = slot.get_mut();
+        let k = items.len().min(n);
+        out.extend(items.drain(items.len() - k..));
+        self.items -= k;
+        if items.is_empty() {
+            slot.remove();
         }
+        k
     }
 
     /// Number of items filed (live and stale).
