@@ -194,3 +194,36 @@ fn echoes_across_a_port_rewriting_nat_take_quic_and_the_peer_stays_native() {
     assert_eq!(carrier(&sim, a), ("native".into(), "native".into()));
     assert_eq!(carrier(&sim, b), ("native".into(), "native via NAT".into()));
 }
+
+/// A peer behind a port-rewriting NAT moves, and its probes from the new
+/// network arrive before its Binding Update (QUIC opens its connection
+/// again first, the probes go at once). The update must not make b forget
+/// the NAT it just learnt from those probes: b's answer to a's echo would
+/// then go natively into a NAT that rewrote the echo's id and has no
+/// mapping for it (the lab's cafe ping lost one echo this way).
+#[test]
+fn a_binding_update_after_the_new_networks_probes_keeps_the_nat_it_saw() {
+    let (mut sim, a, b) = behind_nat(26);
+    sim.run_for(Duration::from_secs(2));
+    exchange(&mut sim, a, b, 2);
+    assert_eq!(carrier(&sim, b), ("native".into(), "native via NAT".into()));
+    let (oa, ob) = (sim.nodes[a].overlay, sim.nodes[b].overlay);
+    let echo = super::native_tests::echo_packet;
+    let is_echo = |p: &Vec<u8>| p.len() > 20 && p[9] == 1;
+
+    sim.carrier_delay = Duration::from_millis(15);
+    sim.nodes[a].nat.as_mut().unwrap().forget_mappings();
+    let new: std::net::SocketAddr = "198.18.9.1:7718".parse().unwrap();
+    sim.move_node(a, new);
+    sim.announce(a);
+    sim.network_change(a, "address 198.18.9.1 added (if 2)");
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.counter(b, "moved_received"), 1);
+    assert_eq!(carrier(&sim, b).0, "native");
+    for seq in 0..5 {
+        sim.send_packet(b, &echo(ob, oa, 8, seq));
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(sim.nodes[a].tun.iter().filter(|p| is_echo(p)).count(), 5);
+    assert!(sim.counter(b, "native_echo_nat") >= 5);
+}

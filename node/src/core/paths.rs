@@ -927,8 +927,19 @@ impl NodeCore {
             }
         }
         // The NAT that rewrote its probes belonged to the old network; the
-        // next probe from a NAT says so again.
-        self.paths.nat_sources.remove(&ge);
+        // next probe from a NAT says so again. Unless it is at the new
+        // address: the peer's probes from the new network often come
+        // before its Binding Update (the carrier opens its connection
+        // again first), and forgetting the NAT they showed would send
+        // echoes natively into it until the next probe (note 58).
+        if self
+            .paths
+            .nat_sources
+            .get(&ge)
+            .is_none_or(|s| Some(s.ip()) != ip)
+        {
+            self.paths.nat_sources.remove(&ge);
+        }
         self.install_peer_translations(ge, now);
     }
 

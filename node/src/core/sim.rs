@@ -296,6 +296,10 @@ pub struct CoreSim {
     /// (up to a limit); a benchmark turns it off so the log does not count
     /// as the nodes' memory.
     pub wire_log: bool,
+    /// Added to every carrier frame's flight (default none): a carrier
+    /// slower than the native path, as QUIC is while its connection is
+    /// opened again after a move.
+    pub carrier_delay: Duration,
     /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
     /// no node.
     pub native_lost: u64,
@@ -332,6 +336,7 @@ impl CoreSim {
             fast_open: false,
             pit: PitConfig::default(),
             wire_log: true,
+            carrier_delay: Duration::ZERO,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
             now: Instant::now(),
@@ -1032,7 +1037,7 @@ impl CoreSim {
         for d in delays {
             self.seq += 1;
             self.queue.insert(
-                (self.now + d, self.seq),
+                (self.now + d + self.carrier_delay, self.seq),
                 Event::Frame {
                     to,
                     addr,

@@ -338,9 +338,7 @@ impl QuicCarrier {
         let peer = peers.entry(to.ge).or_insert_with(Peer::new);
         if matches!(peer.link, Link::Idle) {
             peer.link = Link::Connecting;
-            inner
-                .runtime
-                .spawn(conn::connect(inner.clone(), to.clone(), false, false));
+            inner.start_race(peer, to.clone(), false, false);
             // A retry of direct QUIC punches like a first attempt does.
             let _ = inner.punch_requests.try_send(to.ge);
         }
@@ -510,13 +508,14 @@ impl Inner {
             // Frames queue until the new connection is up (a handshake,
             // milliseconds); the old one is read a little longer. An
             // attempt started before the move (from no address, or to
-            // the peer's unreachable one) is overtaken: the first to come
-            // up is used, a later one replaces it.
+            // the peer's unreachable one) is aborted: left running, its
+            // handshake could complete after this one's (its Initial
+            // resent once the network is back) and replace the fresh
+            // connection on both sides, losing what was in flight on it.
             if let Link::Up(old) = std::mem::replace(&mut peer.link, Link::Connecting) {
                 self.runtime.spawn(conn::retire(old.conn));
             }
-            self.runtime
-                .spawn(conn::connect(self.clone(), to.clone(), false, true));
+            self.start_race(peer, to.clone(), false, true);
         }
         let Peer {
             link,
@@ -553,8 +552,7 @@ impl Inner {
                 return dropped(peer, "no address to connect to");
             }
             peer.link = Link::Connecting;
-            self.runtime
-                .spawn(conn::connect(self.clone(), to.clone(), false, false));
+            self.start_race(peer, to.clone(), false, false);
             // Behind a NAT the peer's router drops our packets unless the
             // peer sends to us at the same time: ask the GMS to tell it.
             let _ = self.punch_requests.try_send(to.ge);
@@ -565,6 +563,19 @@ impl Inner {
         let f = peer.encode(kind, payload);
         peer.queue.push_back((kind, f));
         Ok(())
+    }
+
+    /// Starts racing `target`'s candidates ([`conn::connect`]), aborting
+    /// the attempt still running for the peer: only the newest attempt may
+    /// install a connection.
+    fn start_race(self: &Arc<Self>, peer: &mut Peer, target: PeerTarget, punch: bool, moved: bool) {
+        if let Some(old) = peer.race.take() {
+            old.abort();
+        }
+        let task = self
+            .runtime
+            .spawn(conn::connect(self.clone(), target, punch, moved));
+        peer.race = Some(task.abort_handle());
     }
 
     fn punch(self: &Arc<Self>, target: PeerTarget) {
@@ -579,8 +590,7 @@ impl Inner {
         debug!(peer = %target.ge, "dialing on the peer's connect-now");
         peer.retry_at = None;
         peer.link = Link::Connecting;
-        self.runtime
-            .spawn(conn::connect(self.clone(), target, true, false));
+        self.start_race(peer, target, true, false);
     }
 
     /// Sends one encoded frame (kind byte included) on `conn`; counts it or its drop.

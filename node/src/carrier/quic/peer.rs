@@ -73,6 +73,9 @@ pub(crate) struct Peer {
     /// This host moved and the connection was accepted here: open it again
     /// from this side with the next frame (`Carrier::network_changed`).
     pub redial: bool,
+    /// The connection attempt running for the peer, if any: a new one
+    /// aborts it ([`super::Inner::start_race`]).
+    pub race: Option<tokio::task::AbortHandle>,
 }
 
 /// Where outgoing frames are built. Frames are cut from one block and
@@ -106,6 +109,7 @@ impl Peer {
             retry_at: None,
             send_buf: SendBuf::default(),
             redial: false,
+            race: None,
         }
     }
 
