@@ -3,7 +3,7 @@
 #
 #   bench/overlay.sh [--json | --markdown] [MODE...]     (as root)
 #
-# MODE: raw wireguard-go nebula fpn fpn-native fpn6 fpn-native6 (default:
+# MODE: raw wireguard-go nebula fpn fpn-native fpn6 fpn-native6 fpn-nogso (default:
 # the first five, in that order). Every mode runs in the same invocation on
 # a fresh copy of the same topology, so the ratios against raw veth compare
 # like with like:
@@ -27,6 +27,9 @@
 #               to B's IPv6 overlay address (design note 59): on an IPv4
 #               underlay its TCP, UDP and ICMPv6 echoes cross natively as
 #               IPv4 packets (the header swapped in place; notes 59, 62)
+#   fpn-nogso   fpn with `quic_gso = false`: the QUIC carrier sends one UDP
+#               datagram per syscall instead of a GSO batch (what GSO gains
+#               is fpn against this row; receive-side GRO stays on)
 #
 # Nothing is sent outside the two namespaces this script creates; they, the
 # processes it started and its temporary directory are removed on exit,
@@ -140,7 +143,7 @@ for arg in "$@"; do
         --json) FORMAT=json ;;
         --markdown | --md) FORMAT=markdown ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        raw | wireguard-go | nebula | fpn | fpn-native | fpn6 | fpn-native6) MODES+=("$arg") ;;
+        raw | wireguard-go | nebula | fpn | fpn-native | fpn6 | fpn-native6 | fpn-nogso) MODES+=("$arg") ;;
         *) echo "overlay.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -414,8 +417,8 @@ json_field() { # json_field FIELD < json
     python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
 
-fpn_up() { # fpn_up CARRIER FAMILY: quic or native (the node config's `carrier` key), 4 or 6 (B's overlay address)
-    local carrier=$1 d="$WORK/fpn" gms n ns tok
+fpn_up() { # fpn_up CARRIER FAMILY [KEYS]: quic or native (the node config's `carrier` key), 4 or 6 (B's overlay address), more config lines
+    local carrier=$1 extra=${3:-} d="$WORK/fpn" gms n ns tok
     rm -rf "$d"
     mkdir -p "$d"
     gms=(env FPN_GMS_DATA="$d/gms" "$BIN/fpn-gms")
@@ -442,6 +445,7 @@ listen = "$([ "$UNDERLAY" = 4 ] && echo 0.0.0.0 || echo '[::]'):7718"
 dns = false
 log = "info"
 carrier = "$carrier"
+$extra
 EOF
         daemon "$ns" "$d/$n.log" "$BIN/fpn-node" up --state "$d/$n" --config "$d/$n.toml"
     done
@@ -750,6 +754,7 @@ measure() {
         fpn-native) fpn_up native 4 ;;
         fpn6) fpn_up quic 6 ;;
         fpn-native6) fpn_up native 6 ;;
+        fpn-nogso) fpn_up quic 4 "quic_gso = false" ;;
     esac
     local -A V
     local fails=() fpn=false
@@ -1018,7 +1023,7 @@ report() {
             fi
             echo "(ratios against raw veth in parentheses; cores = CPU of both tunnel daemons during the"
             echo " iperf3 run, c/Gb = cores per Gbit/s; see the head of bench/overlay.sh for each column)"
-            for m in fpn fpn-native fpn6 fpn-native6; do
+            for m in fpn fpn-native fpn6 fpn-native6 fpn-nogso; do
                 [ ! -s "$WORK/actions-$m" ] || echo "$m flows at A by action (last round): $(cat "$WORK/actions-$m")"
             done
             if [ -s "$WORK/failures.txt" ]; then

@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// coalesced TCP writes). Off only to compare; the environment variable
     /// `FPN_NODE_TUN_OFFLOADS=0` overrides it.
     pub tun_offloads: bool,
+    /// The QUIC carrier hands the kernel several datagrams of a peer in
+    /// one send (UDP GSO, where the kernel has it; quinn falls back by
+    /// itself where it fails). Off only to compare or to rule it out.
+    pub quic_gso: bool,
     /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
     /// and report the mapped address to peers as a candidate; renewed in
     /// the background, deleted on a clean stop.
@@ -149,6 +153,7 @@ impl Default for NodeConfig {
             carrier: CarrierChoice::Auto,
             fast_open: true,
             tun_offloads: true,
+            quic_gso: true,
             port_mapping: true,
             metrics: MetricsSettings::default(),
             vin_range: "100.127.0.0/16".into(),
@@ -220,6 +225,7 @@ impl NodeConfig {
         diff("carrier", self.carrier == new.carrier);
         diff("fast_open", self.fast_open == new.fast_open);
         diff("tun_offloads", self.tun_offloads == new.tun_offloads);
+        diff("quic_gso", self.quic_gso == new.quic_gso);
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);
         diff("vin_range", self.vin_range == new.vin_range);

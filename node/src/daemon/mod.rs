@@ -237,6 +237,7 @@ async fn run(
     // must fit one DATAGRAM frame (see config::DEFAULT_MTU).
     ccfg.initial_mtu = cfg.quic_initial_mtu;
     ccfg.mtu_upper_bound = ccfg.mtu_upper_bound.max(cfg.quic_initial_mtu);
+    ccfg.segmentation_offload = cfg.quic_gso;
     let (carrier, inbound) = QuicCarrier::bind(ccfg)?;
     let carrier = Arc::new(carrier);
     let port = carrier.local_addr().port();

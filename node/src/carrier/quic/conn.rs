@@ -50,6 +50,7 @@ pub(super) fn transport(cfg: &QuicCarrierConfig) -> quinn::TransportConfig {
     t.datagram_receive_buffer_size(Some(cfg.datagram_receive_buffer));
     t.datagram_send_buffer_size(cfg.datagram_send_buffer);
     t.initial_mtu(cfg.initial_mtu);
+    t.enable_segmentation_offload(cfg.segmentation_offload);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(cfg.mtu_upper_bound);
     t.mtu_discovery_config(Some(mtu));

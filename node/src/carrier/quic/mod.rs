@@ -123,6 +123,9 @@ pub struct QuicCarrierConfig {
     pub datagram_send_buffer: usize,
     /// The congestion controller. Default [`Congestion::Cubic`].
     pub congestion: Congestion,
+    /// Several datagrams per send syscall (UDP GSO) where the kernel has
+    /// it. Default on.
+    pub segmentation_offload: bool,
 }
 
 impl QuicCarrierConfig {
@@ -142,6 +145,7 @@ impl QuicCarrierConfig {
             datagram_receive_buffer: 4 << 20,
             datagram_send_buffer: 1 << 20,
             congestion: Congestion::Cubic,
+            segmentation_offload: true,
         }
     }
 
@@ -738,5 +742,45 @@ mod move_tests {
         for a in ["198.18.2.2", "203.0.113.7", "100.128.0.1", "2001:db8::1"] {
             assert!(reachable_anywhere(a.parse().unwrap()), "{a}");
         }
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod transport_tests {
+    use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
+
+    #[test]
+    fn the_gso_setting_reaches_quinn() {
+        let now = fpn_gms_client::now_unix();
+        let ca = Ca::generate(now).unwrap();
+        let (key, public) = generate_node_key().unwrap();
+        let cert = ca
+            .issue_node_cert(&NodeCertRequest {
+                node_key: &public,
+                ge_id: 1,
+                name: "ge1",
+                zone: "home.fpn.",
+                serial: 1,
+                not_before: now,
+                not_after: now + 60,
+            })
+            .unwrap();
+        let identity = fpn_gms_client::Identity::from_parts(
+            "127.0.0.1:1".into(),
+            "home.fpn.".into(),
+            ca.public_key(),
+            ca.cert_der().to_vec(),
+            cert,
+            Vec::new(),
+            key,
+        )
+        .unwrap();
+        let mut cfg = super::QuicCarrierConfig::new(identity);
+        let on = format!("{:?}", super::conn::transport(&cfg));
+        assert!(on.contains("enable_segmentation_offload: true"), "{on}");
+        cfg.segmentation_offload = false;
+        let off = format!("{:?}", super::conn::transport(&cfg));
+        assert!(off.contains("enable_segmentation_offload: false"), "{off}");
     }
 }
