@@ -68,8 +68,9 @@ const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
 pub struct PitConfig {
     /// The most entries. [`Pit::insert`] of a new flow into a full table
     /// evicts the least recently used entry idle for [`EVICT_IDLE`] or
-    /// longer ([`PitEvent::Evicted`]), and fails with [`Error::PitFull`]
-    /// when there is none.
+    /// longer ([`PitEvent::Evicted`]), from the new flow's own peer when
+    /// that peer holds its fair share of the table or more, and fails
+    /// with [`Error::PitFull`] when none may go.
     pub max_entries: usize,
     /// An entry unused for this long ages out.
     pub idle_timeout: Duration,
@@ -420,6 +421,8 @@ pub struct Pit<A: PacketAead = RingAesGcm> {
     /// flow ends ([`Pit::peer_totals`]). One entry per peer GE ever seen,
     /// added to when a flow ends, never on the packet path.
     retired: BTreeMap<GeId, FlowStats>,
+    /// Live entries per peer, for eviction's fair share.
+    live: FastMap<GeId, usize>,
     /// When to look at which entry for ageing.
     ageing: Wheel,
     /// Filings taken from the wheel by the current ageing run (kept to
@@ -434,10 +437,21 @@ impl Pit<RingAesGcm> {
     }
 }
 
-/// Adds a gone entry's counts to its peer's retired totals.
-fn retire<A: PacketAead>(retired: &mut BTreeMap<GeId, FlowStats>, e: &PitEntry<A>) {
+/// Adds a gone entry's counts to its peer's retired totals and takes it
+/// off the peer's live count.
+fn retire<A: PacketAead>(
+    retired: &mut BTreeMap<GeId, FlowStats>,
+    live: &mut FastMap<GeId, usize>,
+    e: &PitEntry<A>,
+) {
     if let Some(p) = e.peer {
         retired.entry(p).or_default().add(&e.stats);
+        if let Some(n) = live.get_mut(&p) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&p);
+            }
+        }
     }
 }
 
@@ -450,6 +464,7 @@ impl<A: PacketAead> Pit<A> {
             events: VecDeque::new(),
             scratch: Vec::new(),
             retired: BTreeMap::new(),
+            live: FastMap::default(),
             ageing: Wheel::default(),
             due: Vec::new(),
         }
@@ -472,9 +487,9 @@ impl<A: PacketAead> Pit<A> {
 
     /// Inserts or replaces the entry for `flow` (stored under either
     /// orientation). A new flow into a full table ([`PitConfig::max_entries`])
-    /// evicts the least recently used entry idle for [`EVICT_IDLE`]
-    /// ([`PitEvent::Evicted`]), or fails with [`Error::PitFull`] when none
-    /// is.
+    /// evicts the least recently used entry idle for [`EVICT_IDLE`] that
+    /// its peer's fair share lets go ([`PitEvent::Evicted`]; see
+    /// `evict_one`), or fails with [`Error::PitFull`] when none may.
     pub fn insert(&mut self, flow: FlowId, new: NewEntry, now: Instant) -> Result<()> {
         // The NewEntry constructors give keys and a version to protect
         // entries, and only to them.
@@ -484,9 +499,12 @@ impl<A: PacketAead> Pit<A> {
             .remove(&flow)
             .or_else(|| self.entries.remove(&flow.reversed()));
         if let Some(o) = &old {
-            retire(&mut self.retired, o);
+            retire(&mut self.retired, &mut self.live, o);
         }
-        if old.is_none() && self.entries.len() >= self.config.max_entries && !self.evict_one(now) {
+        if old.is_none()
+            && self.entries.len() >= self.config.max_entries
+            && !self.evict_one(new.peer, now)
+        {
             return Err(Error::PitFull {
                 capacity: self.config.max_entries,
             });
@@ -531,6 +549,9 @@ impl<A: PacketAead> Pit<A> {
         entry.ticket = self
             .ageing
             .file(flow, entry.deadline(self.config.idle_timeout), now);
+        if let Some(p) = entry.peer {
+            *self.live.entry(p).or_default() += 1;
+        }
         self.entries.insert(flow, Box::new(entry));
         if self.ageing.needs_compaction(self.entries.len()) {
             // Removed and replaced entries left their filings behind.
@@ -541,9 +562,16 @@ impl<A: PacketAead> Pit<A> {
         Ok(())
     }
 
-    /// Makes room in a full table: removes the least recently used entry
-    /// idle for [`EVICT_IDLE`] or longer, and queues [`PitEvent::Evicted`].
-    /// False when none may go (within [`EVICT_SCAN`] up-to-date filings).
+    /// Makes room in a full table for a flow of `peer`: removes the least
+    /// recently used entry idle for [`EVICT_IDLE`] or longer among those
+    /// that may go, and queues [`PitEvent::Evicted`]. False when none may
+    /// go (within [`EVICT_SCAN`] up-to-date filings).
+    ///
+    /// Which may go keeps each peer its fair share (the table over the
+    /// peers holding entries): a peer at or over its share makes room only
+    /// from its own flows, so a peer opening flows by the thousand recycles
+    /// its own and never pushes out the others' idle ones; a peer under its
+    /// share takes from peers over theirs (and from entries of no peer).
     ///
     /// The wheel's slots are looked at from the earliest. A filing moves
     /// only when it is looked at, so one whose entry was used since sits
@@ -551,8 +579,18 @@ impl<A: PacketAead> Pit<A> {
     /// The first slot holding an up-to-date idle entry holds the least
     /// recently used ones (to the slot's resolution); of those the idlest
     /// goes. Every other filing looked at is filed again at its deadline.
-    fn evict_one(&mut self, now: Instant) -> bool {
+    fn evict_one(&mut self, peer: Option<GeId>, now: Instant) -> bool {
         let idle = self.config.idle_timeout;
+        let peers =
+            self.live.len() + usize::from(peer.is_some_and(|p| !self.live.contains_key(&p)));
+        let share = self.config.max_entries / peers.max(1);
+        let count = |p: &GeId| self.live.get(p).copied().unwrap_or(0);
+        let own = peer.filter(|p| count(p) >= share);
+        let may_go = |e: &PitEntry<A>| match (own, e.peer) {
+            (Some(p), q) => q == Some(p),
+            (None, Some(q)) => count(&q) > share,
+            (None, None) => true,
+        };
         let mut look = std::mem::take(&mut self.due);
         let mut victim: Option<(FlowId, Instant)> = None;
         let mut current = 0;
@@ -573,6 +611,7 @@ impl<A: PacketAead> Pit<A> {
                 }
                 current += 1;
                 if now.saturating_duration_since(e.last_used) >= EVICT_IDLE
+                    && may_go(e)
                     && victim.is_none_or(|(_, t)| e.last_used < t)
                 {
                     victim = Some((flow, e.last_used));
@@ -592,7 +631,7 @@ impl<A: PacketAead> Pit<A> {
             return false;
         };
         if let Some(e) = self.entries.remove(&flow) {
-            retire(&mut self.retired, &e);
+            retire(&mut self.retired, &mut self.live, &e);
         }
         self.events.push_back(PitEvent::Evicted { flow });
         true
@@ -617,7 +656,7 @@ impl<A: PacketAead> Pit<A> {
             .remove(flow)
             .or_else(|| self.entries.remove(&flow.reversed()));
         if let Some(e) = &gone {
-            retire(&mut self.retired, e);
+            retire(&mut self.retired, &mut self.live, e);
         }
         gone.map(|e| *e)
     }
@@ -751,7 +790,7 @@ impl<A: PacketAead> Pit<A> {
     /// from it. Returns the dropped flows, sorted.
     pub fn on_key_erased(&mut self, group: GroupId, version: KeyVersion) -> Vec<FlowId> {
         let mut dropped = Vec::new();
-        let retired = &mut self.retired;
+        let (retired, live) = (&mut self.retired, &mut self.live);
         self.entries.retain(|flow, e| {
             if let Some(p) = &e.previous
                 && p.group == group
@@ -763,7 +802,7 @@ impl<A: PacketAead> Pit<A> {
                 e.action == Action::Protect(group) && e.key_version.is_some_and(|v| v <= version);
             if erased {
                 dropped.push(*flow);
-                retire(retired, e);
+                retire(retired, live, e);
             }
             !erased
         });
@@ -797,7 +836,7 @@ impl<A: PacketAead> Pit<A> {
             if now.saturating_duration_since(e.last_used) < idle {
                 e.ticket = self.ageing.file(flow, e.deadline(idle), now);
             } else if let Some(e) = self.entries.remove(&flow) {
-                retire(&mut self.retired, &e);
+                retire(&mut self.retired, &mut self.live, &e);
                 gone.push(flow);
             }
         }

@@ -620,6 +620,68 @@ fn a_full_table_evicts_the_least_recently_used_idle_entry_or_refuses() {
     assert!(pit.is_empty());
 }
 
+/// One peer opening flows by the thousand must not push out another
+/// peer's idle flows: a peer at or over its fair share of a full table
+/// (the table over the peers holding entries) makes room from its own
+/// flows only; a peer under its share takes from those over theirs.
+#[test]
+fn a_peer_over_its_share_of_a_full_table_evicts_only_its_own_flows() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 8,
+        ..PitConfig::default()
+    });
+    let (a, b) = (GeId(1), GeId(2));
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    // b's two flows are the least recently used of the table.
+    for p in 0..2 {
+        pit.insert(flow(p), NewEntry::pass().with_peer(b), t0)
+            .unwrap();
+    }
+    for p in 10..16 {
+        pit.insert(flow(p), NewEntry::pass().with_peer(a), at(10))
+            .unwrap();
+    }
+    // a holds 6 of 8 (its share is 4): its new flow takes its own idlest.
+    pit.insert(flow(16), NewEntry::pass().with_peer(a), at(20))
+        .unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => {
+            assert!((10..16).contains(&f.src_port), "{f:?}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(pit.lookup(&flow(0)).is_some() && pit.lookup(&flow(1)).is_some());
+    // Every flow of a in use: a is refused, b's idle flows stay.
+    let mut buf = vec![0u8; 64];
+    for p in 10..17 {
+        let _ = pit.handle_packet(&flow(p), Origin::Local, &mut buf, 20, at(30));
+    }
+    assert_eq!(
+        pit.insert(flow(17), NewEntry::pass().with_peer(a), at(30)),
+        Err(Error::PitFull { capacity: 8 })
+    );
+    assert_eq!(pit.poll_event(), None);
+    // b, under its share, takes a's idlest flow (idle for a second now).
+    pit.insert(flow(2), NewEntry::pass().with_peer(b), at(32))
+        .unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => {
+            assert!((10..17).contains(&f.src_port), "{f:?}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(pit.len(), 8);
+    // A third peer: the share is now 8/3 = 2, so b (3) is over it too,
+    // and its flows from t0 are the idlest of those that may go.
+    pit.insert(flow(40), NewEntry::pass().with_peer(GeId(3)), at(40))
+        .unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port < 2, "{f:?}"),
+        e => panic!("{e:?}"),
+    }
+}
+
 #[test]
 fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     let t0 = Instant::now();
