@@ -7,6 +7,14 @@
 //! holds the new version, plus the server's resident memory per connected
 //! node (VmRSS from /proc/<pid>/status, after minus before the sessions).
 //!
+//! With `--reconnect`, after the rotations every node does what a node does
+//! when its session comes up (list the directory, which subscribes it to
+//! every listed GE, and look up the 5 peers it talks to), then the GMS
+//! restarts (SIGTERM, `serve` again on the same data) and the time until
+//! every node is back and has done so again is measured, with the GMS's
+//! CPU seconds and the frames it pushed meanwhile (issue 13, "the
+//! directory at scale").
+//!
 //! Run through `bench/gms-fanout.sh`, or:
 //! `cargo run --release -p fpn-gms --example fanout -- --gms-bin target/release/fpn-gms --nodes 1000`
 
@@ -50,7 +58,14 @@ struct Args {
     /// Data directory parent (a temporary directory when absent).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// After the rotations, measure a GMS restart with every node
+    /// listing the directory and looking up its peers again.
+    #[arg(long)]
+    reconnect: bool,
 }
+
+/// Peers each node talks to (looked up after each session start).
+const PEERS: usize = 5;
 
 struct Server {
     child: Child,
@@ -98,6 +113,67 @@ fn ask(sock: &std::path::Path, req: AdminRequest) -> anyhow::Result<serde_json::
     Ok(r.data)
 }
 
+/// A UDP port on loopback that is free now.
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// CPU seconds (user + system) process `pid` used so far.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) start after ')'.
+    let rest = s.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn spawn_server(
+    gms_bin: &std::path::Path,
+    data: &std::path::Path,
+    log: &std::path::Path,
+) -> anyhow::Result<Server> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Server {
+        child: Command::new(gms_bin)
+            .args(["serve", "--data", data.to_str().context("data path")?])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    })
+}
+
+async fn wait_status(sock: &std::path::Path) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while ask(sock, AdminRequest::Status).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// What a node does when its session comes up (node/src/gms.rs): lists
+/// the directory (which subscribes it to every listed GE) and looks up
+/// the peers it talks to.
+async fn node_sync(s: &Session, i: usize, n: usize) -> anyhow::Result<()> {
+    let listed = s.list_directory().await?;
+    anyhow::ensure!(listed.len() == n, "listed {} of {n} GEs", listed.len());
+    for k in 1..=PEERS {
+        s.query(&format!("n{}", (i + k) % n)).await?;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -126,7 +202,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--zone",
             "bench.fpn.",
             "--listen",
-            "127.0.0.1:0",
+            // A fixed port: the restart of `--reconnect` must come back
+            // where the nodes' identities say the GMS is.
+            &format!("127.0.0.1:{}", free_udp_port()?),
         ])
         .args(["--rotation-schedule", "off", "--grace", "10m"])
         // The in-process DNS runs as in production, on a port of its own.
@@ -136,24 +214,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !st.success() {
         bail!("init failed");
     }
-    let log = std::fs::File::create(tmp.path().join("serve.log"))?;
-    let server = Server {
-        child: Command::new(&args.gms_bin)
-            .args(["serve", "--data", data.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    };
+    let log = tmp.path().join("serve.log");
+    let mut server = spawn_server(&args.gms_bin, &data, &log)?;
     let pid = server.child.id();
     let sock = data.join("admin.sock");
-    let t = Instant::now();
-    while ask(&sock, AdminRequest::Status).is_err() {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("server did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(&sock).await?;
 
     // Define the network: one group, N GEs, N tokens.
     let t = Instant::now();
@@ -321,7 +386,117 @@ async fn run(args: Args) -> anyhow::Result<()> {
         alls[alls.len() / 2],
         alls[alls.len() - 1]
     );
-    drop(sessions);
+    if args.reconnect {
+        let sessions = sessions
+            .into_iter()
+            .map(|s| Arc::try_unwrap(s).map_err(|_| anyhow::anyhow!("session still shared")))
+            .collect::<anyhow::Result<Vec<Session>>>()?;
+        server = reconnect(&args, server, &data, &log, &sock, sessions).await?;
+    }
     drop(server);
     Ok(())
+}
+
+/// The `--reconnect` measurement (see the module's head).
+async fn reconnect(
+    args: &Args,
+    server: Server,
+    data: &std::path::Path,
+    log: &std::path::Path,
+    sock: &std::path::Path,
+    sessions: Vec<Session>,
+) -> anyhow::Result<Server> {
+    let n = args.nodes;
+    let sessions: Vec<Arc<Session>> = sessions.into_iter().map(Arc::new).collect();
+    // Every node syncs as at its session start, all at once.
+    let pid = server.child.id();
+    let (cpu0, pushed0) = (cpu_secs(pid)?, pushes(sock)?);
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, s) in sessions.iter().enumerate() {
+        let s = s.clone();
+        set.spawn(async move { node_sync(&s, i, n).await.map(|()| t0.elapsed()) });
+    }
+    let first = collect(&mut set).await?;
+    let (cpu1, pushed1) = (cpu_secs(pid)?, pushes(sock)?);
+    eprintln!(
+        "first sync of {n} nodes: all {:.1?}, GMS CPU {:.1} s, pushes {}",
+        first.last().unwrap(),
+        cpu1 - cpu0,
+        pushed1 - pushed0
+    );
+    // The GMS restarts; every node comes back and syncs again.
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut old = server;
+    let _ = old.child.wait();
+    std::mem::forget(old);
+    let mut sessions: Vec<Session> = sessions
+        .into_iter()
+        .map(|s| Arc::try_unwrap(s).map_err(|_| anyhow::anyhow!("session still shared")))
+        .collect::<anyhow::Result<_>>()?;
+    // Events from before the restart (pushes of the first sync) go first.
+    for s in &mut sessions {
+        while s.try_next_event().is_some() {}
+    }
+    let t0 = Instant::now();
+    let server = spawn_server(&args.gms_bin, data, log)?;
+    let pid = server.child.id();
+    wait_status(sock).await?;
+    let mut set = JoinSet::new();
+    for (i, mut s) in sessions.into_iter().enumerate() {
+        set.spawn(async move {
+            loop {
+                match tokio::time::timeout(ROTATION_TIMEOUT, s.next_event()).await {
+                    Ok(Some(Event::Connected)) => break,
+                    Ok(Some(Event::Terminated { reason })) => bail!("session refused: {reason}"),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => bail!("session did not come back"),
+                }
+            }
+            node_sync(&s, i, n).await?;
+            // The session lives on until every node is back.
+            Ok((t0.elapsed(), s))
+        });
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(n);
+    while let Some(r) = tokio::time::timeout(PHASE_TIMEOUT, set.join_next()).await? {
+        let (d, s) = r??;
+        lat.push(d);
+        keep.push(s);
+    }
+    lat.sort();
+    let all = *lat.last().context("no node")?;
+    let (cpu, pushed) = (cpu_secs(pid)?, pushes(sock)?);
+    println!(
+        "restart with {n} nodes ({PEERS} peers each): all back and synced {all:.1?} (p50 {:.1?}, p99 {:.1?}); GMS CPU {cpu:.1} s; pushes {pushed}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+    );
+    println!(
+        "first sync (no restart): all {:.1?}; GMS CPU {:.1} s; pushes {}",
+        first.last().unwrap(),
+        cpu1 - cpu0,
+        pushed1 - pushed0
+    );
+    drop(keep);
+    Ok(server)
+}
+
+/// The frames the GMS pushed to sessions since it started (`status`).
+fn pushes(sock: &std::path::Path) -> anyhow::Result<u64> {
+    ask(sock, AdminRequest::Status)?["pushes"]
+        .as_u64()
+        .context("status without pushes")
+}
+
+/// Waits for every task of `set`; their durations, sorted.
+async fn collect(set: &mut JoinSet<anyhow::Result<Duration>>) -> anyhow::Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    while let Some(r) = tokio::time::timeout(PHASE_TIMEOUT, set.join_next()).await? {
+        out.push(r??);
+    }
+    out.sort();
+    Ok(out)
 }

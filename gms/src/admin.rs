@@ -263,6 +263,10 @@ pub struct StatusView {
     /// the in-process DNS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_serial: Option<u32>,
+    /// Frames pushed to sessions since the server started, one per
+    /// receiving session (filled in by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes: Option<u64>,
 }
 
 /// The relay in `fpn-gms status`.

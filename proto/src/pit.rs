@@ -571,7 +571,8 @@ impl<A: PacketAead> Pit<A> {
     /// peers holding entries): a peer at or over its share makes room only
     /// from its own flows, so a peer opening flows by the thousand recycles
     /// its own and never pushes out the others' idle ones; a peer under its
-    /// share takes from peers over theirs (and from entries of no peer).
+    /// share takes from peers over theirs (and from entries of no peer),
+    /// or the idlest entry of all when the scan finds none of those.
     ///
     /// The wheel's slots are looked at from the earliest. A filing moves
     /// only when it is looked at, so one whose entry was used since sits
@@ -583,7 +584,8 @@ impl<A: PacketAead> Pit<A> {
         let idle = self.config.idle_timeout;
         let peers =
             self.live.len() + usize::from(peer.is_some_and(|p| !self.live.contains_key(&p)));
-        let share = self.config.max_entries / peers.max(1);
+        // At least one: more peers than entries must not refuse a newcomer.
+        let share = (self.config.max_entries / peers.max(1)).max(1);
         let count = |p: &GeId| self.live.get(p).copied().unwrap_or(0);
         let own = peer.filter(|p| count(p) >= share);
         let may_go = |e: &PitEntry<A>| match (own, e.peer) {
@@ -593,6 +595,10 @@ impl<A: PacketAead> Pit<A> {
         };
         let mut look = std::mem::take(&mut self.due);
         let mut victim: Option<(FlowId, Instant)> = None;
+        // A peer under its share takes the idlest entry of all when none
+        // that may go is found (entries of peers within their share sit
+        // at the front of the wheel): as before shares existed.
+        let mut fallback: Option<(FlowId, Instant)> = None;
         let mut current = 0;
         while victim.is_none() && current < EVICT_SCAN && look.len() < 4 * EVICT_SCAN {
             let Some(at) = self.ageing.next() else {
@@ -609,15 +615,23 @@ impl<A: PacketAead> Pit<A> {
                 if e.deadline(idle) > at {
                     continue; // used since it was filed: filed again below
                 }
-                current += 1;
-                if now.saturating_duration_since(e.last_used) >= EVICT_IDLE
-                    && may_go(e)
-                    && victim.is_none_or(|(_, t)| e.last_used < t)
-                {
+                // Only entries that may go count against the scan: those
+                // that may not are filed again where they were and would
+                // otherwise use up every scan.
+                let eligible = may_go(e);
+                current += usize::from(eligible);
+                if now.saturating_duration_since(e.last_used) < EVICT_IDLE {
+                    continue;
+                }
+                let better = |v: Option<(FlowId, Instant)>| v.is_none_or(|(_, t)| e.last_used < t);
+                if eligible && better(victim) {
                     victim = Some((flow, e.last_used));
+                } else if own.is_none() && better(fallback) {
+                    fallback = Some((flow, e.last_used));
                 }
             }
         }
+        let victim = victim.or(fallback);
         for (flow, ticket) in look.drain(..) {
             if victim.is_some_and(|(v, _)| v == flow) {
                 continue;

@@ -682,6 +682,64 @@ fn a_peer_over_its_share_of_a_full_table_evicts_only_its_own_flows() {
     }
 }
 
+/// Entries that may not go do not use up the scan: a peer over its share
+/// finds its own idle flows behind 300 older ones of a peer within its
+/// share; with more peers than entries a newcomer still gets a place.
+#[test]
+fn fair_share_eviction_looks_past_entries_that_may_not_go() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 600,
+        ..PitConfig::default()
+    });
+    let (a, b) = (GeId(1), GeId(2));
+    for p in 0..300 {
+        pit.insert(flow(p), NewEntry::pass().with_peer(b), t0)
+            .unwrap();
+    }
+    for p in 300..600 {
+        pit.insert(
+            flow(p),
+            NewEntry::pass().with_peer(a),
+            t0 + Duration::from_secs(10),
+        )
+        .unwrap();
+    }
+    pit.insert(
+        flow(600),
+        NewEntry::pass().with_peer(a),
+        t0 + Duration::from_secs(20),
+    )
+    .unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 300, "{f:?}"),
+        e => panic!("{e:?}"),
+    }
+
+    let mut small = Pit::new(PitConfig {
+        max_entries: 16,
+        ..PitConfig::default()
+    });
+    for p in 0..16u16 {
+        small
+            .insert(
+                flow(p),
+                NewEntry::pass().with_peer(GeId(u32::from(p) + 1)),
+                t0,
+            )
+            .unwrap();
+    }
+    // 17 peers share 16 entries: the newcomer takes the idlest.
+    small
+        .insert(
+            flow(99),
+            NewEntry::pass().with_peer(GeId(99)),
+            t0 + Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(matches!(small.poll_event(), Some(PitEvent::Evicted { .. })));
+}
+
 #[test]
 fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     let t0 = Instant::now();

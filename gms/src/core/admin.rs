@@ -755,6 +755,7 @@ impl Core {
             schema: SCHEMA_VERSION,
             relay: None,
             zone_serial: None,
+            pushes: None,
         }
     }
 

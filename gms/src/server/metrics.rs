@@ -35,7 +35,7 @@ const ADMIN: [&str; 9] = [
 
 /// The page for one scrape.
 pub(super) fn render(shared: &Arc<Shared>) -> String {
-    let (status, groups, activity, online, opened) = {
+    let (status, groups, activity, online, opened, pushed) = {
         let g = shared.lock();
         (
             g.core.status(),
@@ -43,6 +43,7 @@ pub(super) fn render(shared: &Arc<Shared>) -> String {
             g.core.activity().clone(),
             g.sessions.len(),
             g.sessions.opened(),
+            g.sessions.pushed(),
         )
     };
     let dns = shared.hook.dns_stats();
@@ -66,6 +67,11 @@ pub(super) fn render(shared: &Arc<Shared>) -> String {
         "GE sessions opened since the server started.",
     )
     .count(&[], opened);
+    e.counter(
+        "fpn_gms_pushes",
+        "Frames pushed to sessions since the server started (one per receiving session).",
+    )
+    .count(&[], pushed);
     let kv = e.gauge(
         "fpn_gms_key_version",
         "Current key version per group (it rises by one per rotation).",

@@ -201,7 +201,7 @@ impl Shared {
     }
 
     /// Fills in what the server, not the core, knows in a `status` answer:
-    /// the relay and the zone serial.
+    /// the relay, the zone serial and the frames pushed to sessions.
     pub(crate) fn complete_status(&self, resp: &mut AdminResponse) {
         if !resp.ok {
             return;
@@ -217,6 +217,8 @@ impl Shared {
         if let Some(s) = self.zone_serial() {
             o.insert("zone_serial".into(), s.into());
         }
+        let pushed = self.lock().sessions.pushed();
+        o.insert("pushes".into(), pushed.into());
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {

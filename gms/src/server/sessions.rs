@@ -29,6 +29,9 @@ pub struct Sessions {
     by_ge: HashMap<GeId, SessionHandle>,
     /// Sessions registered since start (for `/metrics`).
     opened: u64,
+    /// Frames pushed to sessions since start (directory changes, keys,
+    /// revocations...: one per receiving session; `status`, `/metrics`).
+    pushed: u64,
 }
 
 impl Sessions {
@@ -59,6 +62,11 @@ impl Sessions {
         self.opened
     }
 
+    /// Frames pushed to sessions since the server started.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
     /// True without sessions.
     pub fn is_empty(&self) -> bool {
         self.by_ge.is_empty()
@@ -72,6 +80,7 @@ impl Sessions {
                     for ge in to {
                         if let Some(h) = self.by_ge.get(&ge) {
                             push(ge, h, &frame);
+                            self.pushed += 1;
                         }
                     }
                 }
@@ -79,6 +88,7 @@ impl Sessions {
                     for (ge, h) in &self.by_ge {
                         push(*ge, h, &frame);
                     }
+                    self.pushed += self.by_ge.len() as u64;
                 }
                 Output::Close { ge, code, reason } => {
                     if let Some(h) = self.by_ge.remove(&ge) {

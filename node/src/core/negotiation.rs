@@ -409,7 +409,7 @@ impl NodeCore {
                     now.saturating_duration_since(t) >= std::time::Duration::from_secs(1)
                 }) {
                     self.full_logged = Some(now);
-                    warn!(error = %err, refused = self.counters.flows_table_full, "cannot install the flow: no flow idle long enough to make room (raise max_flows)");
+                    warn!(error = %err, peer = %e.peer, refused = self.counters.flows_table_full, "cannot install the flow: none of the flows that may make room (the peer's own when it holds its share of the table) has been idle for a second; raise max_flows if many peers need more");
                 }
             }
             Err(err) => warn!(error = %err, "cannot install the flow"),

@@ -931,7 +931,10 @@ impl NodeCore {
         // address: the peer's probes from the new network often come
         // before its Binding Update (the carrier opens its connection
         // again first), and forgetting the NAT they showed would send
-        // echoes natively into it until the next probe (note 58).
+        // echoes natively into it until the next probe (note 58). A NAT
+        // source kept at the same address after a move within one NAT (a
+        // CGNAT) may name a stale port until the next probe replaces it;
+        // echoes would meet the same NAT on :7717 without it.
         if self
             .paths
             .nat_sources

@@ -47,8 +47,9 @@ pub(super) struct Counters {
     pub data_in_unparked: u64,
     pub data_in_wrong_peer: u64,
     pub data_in_rejected: u64,
-    /// Negotiated flows not installed: the PIT held `max_flows` entries,
-    /// none idle long enough to make room.
+    /// Negotiated flows not installed: the PIT held `max_flows` entries and
+    /// none of those that may make room (the peer's own when it holds its
+    /// share) had been idle for a second.
     pub flows_table_full: u64,
     /// Idle flows removed to make room for new ones in a full PIT.
     pub flows_evicted: u64,

@@ -126,19 +126,33 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
                     .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                     .and_then(|d| d.server_name)
                     .is_some_and(|n| n == SERVER_NAME_MOVED);
-                inner2.install(conn, cert.ge, cert, moved);
+                inner2.install(conn, cert.ge, cert, moved, None);
             }
             .instrument(span),
         );
     }
 }
 
+/// One connection attempt to a peer ([`connect`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Attempt {
+    /// Its number (`Peer::race_gen` when it started).
+    pub number: u64,
+    /// Counts the connection as one the GMS asked for.
+    pub punch: bool,
+    /// This node moved: the connection replaces the peer's at once.
+    pub moved: bool,
+}
+
 /// Connects to `target`: its candidates race ([`Race`]: local ones at
 /// once, the reflexive one a moment later, the first handshake kept), and
 /// the winner is installed; on failure drops what was queued and backs off.
-/// `punch` counts the connection as one the GMS asked for; `moved` says
-/// this node moved and the connection replaces the peer's at once.
-pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool, moved: bool) {
+pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, attempt: Attempt) {
+    let Attempt {
+        number,
+        punch,
+        moved,
+    } = attempt;
     let span = info_span!("quic_peer", peer = %target.ge);
     async move {
         let cands = candidates::typed(&target.addrs, target.reflexive);
@@ -161,7 +175,7 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool, 
                     // and that is taken below where the connection is.
                     Action::Take(_) => {}
                     Action::GiveUp => {
-                        inner.connect_failed(target.ge);
+                        inner.connect_failed(target.ge, number);
                         return;
                     }
                 }
@@ -171,7 +185,7 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool, 
                 // Nothing in flight and nothing due: an attempt task ended
                 // without a result (it panicked). Give up like a failure
                 // rather than leave the peer connecting for ever.
-                inner.connect_failed(target.ge);
+                inner.connect_failed(target.ge, number);
                 return;
             }
             let done = tokio::select! {
@@ -193,7 +207,7 @@ pub(super) async fn connect(inner: Arc<Inner>, target: PeerTarget, punch: bool, 
                             if punch {
                                 inner.count_punch(target.ge);
                             }
-                            return inner.install(conn, inner.local, cert, moved);
+                            return inner.install(conn, inner.local, cert, moved, Some(number));
                         }
                     }
                     None => {
@@ -251,12 +265,16 @@ impl Inner {
     /// Makes `conn` (opened by `initiator`) the peer's connection, unless a
     /// connection that wins is already up (never when `moved`: the
     /// initiator moved and the old one is dead); sends what was queued.
+    /// `race`: the number of this node's attempt that opened it (`None`
+    /// for an accepted one); an attempt overtaken by a newer one installs
+    /// nothing.
     fn install(
         self: &Arc<Self>,
         conn: quinn::Connection,
         initiator: GeId,
         cert: PeerCert,
         moved: bool,
+        race: Option<u64>,
     ) {
         let ge = cert.ge;
         let mut peers = self.lock();
@@ -266,6 +284,11 @@ impl Inner {
             return;
         }
         let peer = peers.entry(ge).or_insert_with(Peer::new);
+        if race.is_some_and(|n| n != peer.race_gen) {
+            debug!(peer = %ge, "connection of an overtaken attempt: closed");
+            conn.close(close::DUPLICATE.into(), b"overtaken");
+            return;
+        }
         let span = info_span!("quic_peer", peer = %ge);
         if let Link::Up(old) = &peer.link {
             // A peer only opens a connection when it holds none with us. So
@@ -367,13 +390,14 @@ impl Inner {
         }
     }
 
-    /// Every address failed: drop what waited and back off.
-    fn connect_failed(&self, ge: GeId) {
+    /// Every address of attempt `number` failed: drop what waited and
+    /// back off (unless a newer attempt runs).
+    fn connect_failed(&self, ge: GeId, number: u64) {
         let mut peers = self.lock();
         let Some(peer) = peers.get_mut(&ge) else {
             return;
         };
-        if matches!(peer.link, Link::Connecting) {
+        if matches!(peer.link, Link::Connecting) && peer.race_gen == number {
             info!(peer = %ge, dropped = peer.queue.len(), "peer unreachable");
             peer.link = Link::Idle;
             peer.drop_queue();

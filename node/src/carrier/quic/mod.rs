@@ -571,14 +571,21 @@ impl Inner {
 
     /// Starts racing `target`'s candidates ([`conn::connect`]), aborting
     /// the attempt still running for the peer: only the newest attempt may
-    /// install a connection.
+    /// install a connection or give the peer up (one that is past its last
+    /// await when aborted is told by its number, `Peer::race_gen`).
     fn start_race(self: &Arc<Self>, peer: &mut Peer, target: PeerTarget, punch: bool, moved: bool) {
         if let Some(old) = peer.race.take() {
             old.abort();
         }
+        peer.race_gen += 1;
+        let attempt = conn::Attempt {
+            number: peer.race_gen,
+            punch,
+            moved,
+        };
         let task = self
             .runtime
-            .spawn(conn::connect(self.clone(), target, punch, moved));
+            .spawn(conn::connect(self.clone(), target, attempt));
         peer.race = Some(task.abort_handle());
     }
 
@@ -745,7 +752,6 @@ mod move_tests {
     }
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod transport_tests {
     use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};

@@ -76,6 +76,9 @@ pub(crate) struct Peer {
     /// The connection attempt running for the peer, if any: a new one
     /// aborts it ([`super::Inner::start_race`]).
     pub race: Option<tokio::task::AbortHandle>,
+    /// Number of the newest attempt: an older one that got past its last
+    /// await before its abort installs nothing and fails nothing.
+    pub race_gen: u64,
 }
 
 /// Where outgoing frames are built. Frames are cut from one block and
@@ -110,6 +113,7 @@ impl Peer {
             send_buf: SendBuf::default(),
             redial: false,
             race: None,
+            race_gen: 0,
         }
     }
 
