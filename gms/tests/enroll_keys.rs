@@ -137,10 +137,14 @@ async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     assert_eq!(cred.claimed_ge(), fpn_proto::ge::GeId(2));
     assert!(sa.query("nobody").await.unwrap().is_none());
 
-    // a asked about b, so a hears when b's addresses change.
+    // a asked about b, so a hears when b's addresses change; `status`
+    // counts the push (one more frame pushed to a session).
+    let pushes = |gms: &Gms| gms.json(&["status"])["pushes"].as_u64().expect("pushes");
+    let before = pushes(&gms);
     let moved: std::net::SocketAddr = "10.1.2.3:4433".parse().unwrap();
     sb.report_addresses(vec![moved]).await.unwrap();
     let ev = next_matching(&mut sa, |e| matches!(e, Event::DirectoryChanged { .. })).await;
+    assert!(pushes(&gms) > before, "the directory push is counted");
     let Event::DirectoryChanged { name, entry } = ev else {
         unreachable!()
     };
