@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use cache::{CachedKey, KeyCache};
-pub use session::{Event, NodeState, Session, SessionConfig};
+pub use session::{DirectorySync, Event, NodeState, Session, SessionConfig};
 
 pub use error::Error;
 

@@ -168,6 +168,9 @@ pub struct NodeState {
     /// Hosts behind gateways by name, as the GMS last said; `None` until a
     /// GMS that knows hosts sent its list.
     pub hosts: Option<BTreeMap<String, HostEntry>>,
+    /// The current session chose [`crate::tls::ALPN_V3`]: the GMS lists
+    /// without subscribing, answers digests and forgets follows.
+    pub on_demand: bool,
 }
 
 struct Shared {
@@ -187,21 +190,40 @@ impl Shared {
     }
 }
 
+/// What [`Session::sync_directory`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorySync {
+    /// The listing is the one whose digest the node gave.
+    Unchanged,
+    /// The whole listing, sorted by name.
+    Listed {
+        /// Every active GE.
+        entries: Vec<ListedGe>,
+        /// Its digest, to give to the next sync; `None` from a GMS
+        /// without the directory on demand.
+        digest: Option<[u8; 16]>,
+    },
+}
+
 /// One page of a directory listing: the GEs and whether more follow.
 type Page = (Vec<ListedGe>, bool);
 
 enum Command {
     Query(String, oneshot::Sender<Option<DirectoryEntry>>),
     Report(Vec<SocketAddr>, oneshot::Sender<()>),
-    List(String, oneshot::Sender<Page>),
+    /// A page of the listing: `true` subscribes (0x05), `false` does not (0x07).
+    List(String, bool, oneshot::Sender<Page>),
+    Digest(oneshot::Sender<[u8; 16]>),
+    Forget(Vec<GeId>, oneshot::Sender<()>),
     Observe(oneshot::Sender<SocketAddr>),
     ConnectNow(GeId, oneshot::Sender<ConnectNowOutcome>),
 }
 
 enum Pending {
     Query(oneshot::Sender<Option<DirectoryEntry>>),
-    Report(oneshot::Sender<()>),
+    Ack(oneshot::Sender<()>),
     List(oneshot::Sender<Page>),
+    Digest(oneshot::Sender<[u8; 16]>),
     Observe(oneshot::Sender<SocketAddr>),
     ConnectNow(oneshot::Sender<ConnectNowOutcome>),
     Renew,
@@ -342,12 +364,76 @@ impl Session {
     /// Lists every enrolled GE (name, id, overlay address), page by page,
     /// sorted by name. Subscribes to the listed GEs' changes ([`Event::DirectoryChanged`]).
     pub async fn list_directory(&self) -> Result<Vec<ListedGe>> {
+        self.list_pages(true).await
+    }
+
+    /// True when the current session has the directory on demand
+    /// ([`crate::tls::ALPN_V3`]): [`Session::sync_directory`] then follows
+    /// nothing, and [`Session::forget`] is understood.
+    pub fn on_demand(&self) -> bool {
+        self.with_state(|s| s.on_demand)
+    }
+
+    /// Brings a node's listing up to date. With the directory on demand
+    /// the GMS is first asked for the listing's digest: when it is
+    /// `known` (the digest of the node's last listing) nothing is listed;
+    /// otherwise every page is, subscribing to nothing (the node follows
+    /// the GEs it asks about with [`Session::query`]). With an older GMS
+    /// this is [`Session::list_directory`], which follows every listed GE.
+    pub async fn sync_directory(&self, known: Option<[u8; 16]>) -> Result<DirectorySync> {
+        if !self.on_demand() {
+            let entries = self.list_pages(true).await?;
+            return Ok(DirectorySync::Listed {
+                entries,
+                digest: None,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::Digest(tx))
+            .await
+            .map_err(|_| Error::Terminated("session task ended".into()))?;
+        let digest = rx
+            .await
+            .map_err(|_| Error::Stream("not connected to the GMS".into()))?;
+        if known == Some(digest) {
+            return Ok(DirectorySync::Unchanged);
+        }
+        // A change between the digest and the pages makes the next sync
+        // list again: the digest kept is never newer than the listing.
+        let entries = self.list_pages(false).await?;
+        Ok(DirectorySync::Listed {
+            entries,
+            digest: Some(digest),
+        })
+    }
+
+    /// Stops following these GEs (the directory on demand): the GMS no
+    /// longer pushes their changes to this node. Ok at once on a session
+    /// without the directory on demand (there is nothing to ask).
+    pub async fn forget(&self, ges: &[GeId]) -> Result<()> {
+        if !self.on_demand() {
+            return Ok(());
+        }
+        for chunk in ges.chunks(crate::wire::MAX_FORGET) {
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Command::Forget(chunk.to_vec(), tx))
+                .await
+                .map_err(|_| Error::Terminated("session task ended".into()))?;
+            rx.await
+                .map_err(|_| Error::Stream("not connected to the GMS".into()))?;
+        }
+        Ok(())
+    }
+
+    async fn list_pages(&self, subscribe: bool) -> Result<Vec<ListedGe>> {
         let mut all: Vec<ListedGe> = Vec::new();
         loop {
             let after = all.last().map(|e| e.name.clone()).unwrap_or_default();
             let (tx, rx) = oneshot::channel();
             self.cmds
-                .send(Command::List(after, tx))
+                .send(Command::List(after, subscribe, tx))
                 .await
                 .map_err(|_| Error::Terminated("session task ended".into()))?;
             let (page, more) = rx
@@ -429,7 +515,19 @@ async fn run(
         {
             let mut s = shared.lock();
             s.connected = false;
+            // The next GMS may be an older one.
+            s.on_demand = false;
         }
+        // A GMS that shuts down says over how long its nodes should spread
+        // their return.
+        let spread = match &r {
+            Err(Error::Connection(quinn::ConnectionError::ApplicationClosed(ac)))
+                if ac.error_code.into_inner() == u64::from(close::SHUTDOWN) =>
+            {
+                crate::wire::shutdown_spread(&ac.reason)
+            }
+            _ => None,
+        };
         let reason = match r {
             Ok(()) => return,
             Err(Error::Terminated(reason)) => {
@@ -447,7 +545,15 @@ async fn run(
         }
         // Jitter (50-100 %) keeps a fleet from reconnecting in lockstep after a GMS restart.
         let jitter = crate::random::<1>().map_or(255, |b| b[0]);
-        let wait = backoff.mul_f64(0.5 + f64::from(jitter) / 510.0);
+        let mut wait = backoff.mul_f64(0.5 + f64::from(jitter) / 510.0);
+        if let Some(spread) = spread {
+            let r = crate::random::<2>().map_or(0, u16::from_be_bytes);
+            wait += spread.mul_f64(f64::from(r) / 65_536.0);
+            debug!(
+                ?wait,
+                "the GMS is restarting: coming back within its spread"
+            );
+        }
         let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);
         loop {
@@ -544,6 +650,7 @@ async fn session_loop(
         s.credential = Some(cred);
         s.revoked = init.revoked.into_iter().collect();
         s.connected = true;
+        s.on_demand = crate::tls::negotiated_v3(conn);
         s.sessions += 1;
     }
     save_cache(cfg, shared);
@@ -616,11 +723,16 @@ async fn session_loop(
                     Command::Query(name, tx) => (ClientMsg::DirectoryQuery(name), Pending::Query(tx)),
                     Command::Report(addrs, tx) => {
                         cfg.reported = addrs.clone();
-                        (ClientMsg::ReportAddresses(addrs), Pending::Report(tx))
+                        (ClientMsg::ReportAddresses(addrs), Pending::Ack(tx))
                     }
-                    Command::List(after, tx) => {
+                    Command::List(after, true, tx) => {
                         (ClientMsg::DirectoryList { after }, Pending::List(tx))
                     }
+                    Command::List(after, false, tx) => {
+                        (ClientMsg::DirectoryPage { after }, Pending::List(tx))
+                    }
+                    Command::Digest(tx) => (ClientMsg::DirectoryDigest, Pending::Digest(tx)),
+                    Command::Forget(ges, tx) => (ClientMsg::DirectoryForget(ges), Pending::Ack(tx)),
                     Command::Observe(tx) => (ClientMsg::Observe, Pending::Observe(tx)),
                     Command::ConnectNow(ge, tx) => {
                         (ClientMsg::ConnectNow(ge), Pending::ConnectNow(tx))
@@ -704,8 +816,14 @@ fn handle_push(
             }
             _ => return Err(Error::Protocol("unexpected directory listing".into())),
         },
+        ServerMsg::DirectoryDigest(d) => match pending.pop_front() {
+            Some(Pending::Digest(tx)) => {
+                let _ = tx.send(d);
+            }
+            _ => return Err(Error::Protocol("unexpected directory digest".into())),
+        },
         ServerMsg::Ack => match pending.pop_front() {
-            Some(Pending::Report(tx)) => {
+            Some(Pending::Ack(tx)) => {
                 let _ = tx.send(());
             }
             _ => return Err(Error::Protocol("unexpected acknowledgement".into())),

@@ -37,12 +37,32 @@ pub const ALPN: &[u8] = b"fpn-gms/1";
 /// neither ever sees a message it does not know.
 pub const ALPN_V2: &[u8] = b"fpn-gms/2";
 
-/// True when the handshake of `conn` chose [`ALPN_V2`].
-pub fn negotiated_v2(conn: &quinn::Connection) -> bool {
+/// ALPN of the control protocol with the directory on demand: a listing
+/// ([`crate::wire::ClientMsg::DirectoryPage`]) subscribes the node to
+/// nothing, it follows only the GEs it asks about and may stop following
+/// them ([`crate::wire::ClientMsg::DirectoryForget`]), and it learns
+/// whether the listing changed from a digest
+/// ([`crate::wire::ClientMsg::DirectoryDigest`]) rather than listing it
+/// again (design note 66). Includes everything of [`ALPN_V2`]; offered
+/// first, chosen only by a GMS that knows it.
+pub const ALPN_V3: &[u8] = b"fpn-gms/3";
+
+/// The ALPN the handshake of `conn` chose.
+fn negotiated(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
-        .is_some_and(|p| p == ALPN_V2)
+}
+
+/// True when the handshake of `conn` chose [`ALPN_V2`] or a later version
+/// (the session knows the hosts directory).
+pub fn negotiated_v2(conn: &quinn::Connection) -> bool {
+    negotiated(conn).is_some_and(|p| p == ALPN_V2 || p == ALPN_V3)
+}
+
+/// True when the handshake of `conn` chose [`ALPN_V3`] (the directory on demand).
+pub fn negotiated_v3(conn: &quinn::Connection) -> bool {
+    negotiated(conn).is_some_and(|p| p == ALPN_V3)
 }
 /// A session with no traffic at all for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,7 +125,7 @@ pub fn session_client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_der)?)
         .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
-    tls.alpn_protocols = vec![ALPN_V2.to_vec(), ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN_V3.to_vec(), ALPN_V2.to_vec(), ALPN.to_vec()];
     client_config(tls, keep_alive)
 }
 
@@ -126,6 +146,44 @@ pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 /// A QUIC endpoint on a UDP socket bound to `bind` with large buffers;
 /// a server when `server` is given.
 pub fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+    endpoint_with_config(bind, server, quinn::EndpointConfig::default())
+}
+
+/// [`endpoint`] for a server whose stateless-reset key survives its
+/// restarts: derived from `secret` (the GMS's server key), so a restarted
+/// GMS answers a packet of a connection its previous process had with a
+/// stateless reset the node can verify, and the node reconnects at once
+/// instead of waiting for its idle timeout (RFC 9000, 10.3: a static key).
+pub fn server_endpoint(
+    bind: SocketAddr,
+    server: quinn::ServerConfig,
+    secret: &[u8],
+) -> Result<quinn::Endpoint> {
+    let derive = |label: &[u8]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(label);
+        ctx.update(secret);
+        ctx.finish()
+    };
+    let reset = derive(b"fpn-gms stateless reset key v1");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // The connection ids carry a check value keyed per endpoint; a fresh key
+    // in each process would make the restarted GMS drop the old sessions'
+    // packets as invalid before it could reset them.
+    let cid = derive(b"fpn-gms connection id key v1");
+    let cid_key = u64::from_be_bytes(cid.as_ref()[..8].try_into().unwrap_or_default());
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    endpoint_with_config(bind, Some(server), config)
+}
+
+fn endpoint_with_config(
+    bind: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    config: quinn::EndpointConfig,
+) -> Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     if bind.is_ipv6() {
@@ -138,12 +196,7 @@ pub fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result
     sock.bind(&bind.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| Error::Config("a QUIC endpoint needs a tokio runtime".into()))?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        sock.into(),
-        runtime,
-    )?)
+    Ok(quinn::Endpoint::new(config, server, sock.into(), runtime)?)
 }
 
 /// The name clients put in their ClientHello and check in the server certificate.

@@ -48,6 +48,8 @@ pub const MAX_REASON: usize = 255;
 /// Most GEs in one directory listing page (a page with every GE at
 /// [`MAX_ADDRS`] addresses stays below [`MAX_BODY`]).
 pub const MAX_LISTING: usize = 512;
+/// Most GEs one [`ClientMsg::DirectoryForget`] names.
+pub const MAX_FORGET: usize = 128;
 
 /// Most hosts behind gateways a network may define: the whole list goes
 /// in one [`ServerMsg::Hosts`] frame, which stays below [`MAX_BODY`] even
@@ -70,10 +72,45 @@ pub mod close {
     pub const REVOKED: u32 = 4;
     /// The node did not read its pushes fast enough; reconnecting gets full state.
     pub const SLOW: u32 = 5;
-    /// The GMS is shutting down.
+    /// The GMS is shutting down. The reason may end with
+    /// `(reconnect spread N ms)` ([`shutdown_reason`]): a node then comes
+    /// back at a random moment within N ms, so that a large fleet does not
+    /// reconnect all at once when the GMS restarts.
     pub const SHUTDOWN: u32 = 6;
     /// The peer took too long.
     pub const TIMEOUT: u32 = 7;
+}
+
+/// Reconnections per second a GMS takes in comfortably (a session's
+/// handshake and first requests cost it about 1.6 ms of CPU on the
+/// 2-core reference machine, docs/BENCHMARKS.md): the spread of a
+/// restart is the sessions divided by this.
+pub const RECONNECTS_PER_SEC: u64 = 1_000;
+
+/// The longest reconnect spread a GMS asks for.
+pub const MAX_RECONNECT_SPREAD_MS: u64 = 30_000;
+
+/// The close reason of [`close::SHUTDOWN`] for a GMS with `sessions` live
+/// sessions: their reconnections spread over `sessions /`
+/// [`RECONNECTS_PER_SEC`] seconds, at most [`MAX_RECONNECT_SPREAD_MS`].
+pub fn shutdown_reason(sessions: usize) -> String {
+    let ms = (sessions as u64).saturating_mul(1_000) / RECONNECTS_PER_SEC;
+    format!(
+        "GMS shutting down (reconnect spread {} ms)",
+        ms.min(MAX_RECONNECT_SPREAD_MS)
+    )
+}
+
+/// The reconnect spread a [`close::SHUTDOWN`] reason asks for (none in a
+/// reason without it, e.g. from an older GMS; never more than
+/// [`MAX_RECONNECT_SPREAD_MS`], whatever the reason says).
+pub fn shutdown_spread(reason: &[u8]) -> Option<std::time::Duration> {
+    let text = std::str::from_utf8(reason).ok()?;
+    let rest = text.rsplit_once("(reconnect spread ")?.1;
+    let ms: u64 = rest.strip_suffix(" ms)")?.parse().ok()?;
+    Some(std::time::Duration::from_millis(
+        ms.min(MAX_RECONNECT_SPREAD_MS),
+    ))
 }
 
 /// Why the GMS refused a request (the `code` of [`ServerMsg::Refused`]).
@@ -173,6 +210,21 @@ pub enum ClientMsg {
         /// The last name of the previous page.
         after: String,
     },
+    /// 0x07: [`ClientMsg::DirectoryList`] that subscribes to nothing (a
+    /// session on [`crate::tls::ALPN_V3`] only): the node follows only the
+    /// GEs it asks about with [`ClientMsg::DirectoryQuery`]. `len u8 | after`.
+    DirectoryPage {
+        /// The last name of the previous page.
+        after: String,
+    },
+    /// 0x08: the listing's digest (empty body; [`crate::tls::ALPN_V3`]).
+    /// Answered with [`ServerMsg::DirectoryDigest`]: a node whose last
+    /// listing had the same digest need not list again.
+    DirectoryDigest,
+    /// 0x09: stop telling this node about these GEs' changes
+    /// (`n u8 | n x ge u32`, at most [`MAX_FORGET`];
+    /// [`crate::tls::ALPN_V3`]). Answered with [`ServerMsg::Ack`].
+    DirectoryForget(Vec<GeId>),
     /// 0x06: renew this node's certificate and credential (empty body).
     /// Answered with [`ServerMsg::Renewed`], or [`ServerMsg::Refused`] when
     /// the GE may not renew (revoked, removed).
@@ -388,12 +440,18 @@ pub enum ServerMsg {
         /// True when names after the last one remain.
         more: bool,
     },
+    /// 0x8e: answer to [`ClientMsg::DirectoryDigest`]: 16 bytes that
+    /// change whenever a listing would (a GE added, removed, revoked,
+    /// renamed or given another overlay address), and only then. Presence
+    /// (online, addresses) is not part of it.
+    DirectoryDigest([u8; 16]),
     /// 0x8b: answer to [`ClientMsg::Renew`].
     Renewed(Renewed),
     /// 0x8c: every host behind a gateway: `n u16 | n x host` (sorted by
     /// name). Sent after [`ServerMsg::Relay`], and only on a session whose
-    /// TLS handshake chose [`crate::tls::ALPN_V2`] (a node that offered it),
-    /// so a node that knows nothing of hosts never sees it.
+    /// TLS handshake chose [`crate::tls::ALPN_V2`] or a later version (a
+    /// node that offered it), so a node that knows nothing of hosts never
+    /// sees it.
     Hosts(Vec<HostEntry>),
     /// 0x8d: a host was added, changed or removed (or its gateway was
     /// revoked): `name | present u8 | host`. Same condition as 0x8c.
@@ -491,6 +549,18 @@ impl ClientMsg {
                 0x05
             }
             Self::Renew => 0x06,
+            Self::DirectoryPage { after } => {
+                w.short_bytes(after.as_bytes(), MAX_NAME_LEN, "GE name")?;
+                0x07
+            }
+            Self::DirectoryDigest => 0x08,
+            Self::DirectoryForget(ges) => {
+                put_count(&mut w, ges.len(), MAX_FORGET, "GE count")?;
+                for g in ges {
+                    w.u32(g.0);
+                }
+                0x09
+            }
             Self::Observe => 0x20,
             Self::ConnectNow(ge) => {
                 w.u32(ge.0);
@@ -524,6 +594,18 @@ impl ClientMsg {
                 after: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
             },
             0x06 => Self::Renew,
+            0x07 => Self::DirectoryPage {
+                after: get_str(&mut r, MAX_NAME_LEN, "GE name")?,
+            },
+            0x08 => Self::DirectoryDigest,
+            0x09 => {
+                let n = get_count(&mut r, MAX_FORGET, "GE count")?;
+                Self::DirectoryForget(
+                    (0..n)
+                        .map(|_| r.u32("GE id").map(GeId))
+                        .collect::<std::result::Result<_, _>>()?,
+                )
+            }
             0x20 => Self::Observe,
             0x21 => Self::ConnectNow(GeId(r.u32("GE id")?)),
             t => {
@@ -589,6 +671,10 @@ impl ServerMsg {
                 0x88
             }
             Self::Ack => 0x89,
+            Self::DirectoryDigest(d) => {
+                w.bytes(d);
+                0x8e
+            }
             Self::DirectoryListing { entries, more } => {
                 if entries.len() > MAX_LISTING {
                     return Err(fpn_proto::Error::TooLarge {
@@ -718,6 +804,7 @@ impl ServerMsg {
             },
             0x88 => Self::DirectoryAnswer(get_entry(&mut r)?),
             0x89 => Self::Ack,
+            0x8e => Self::DirectoryDigest(r.array("directory digest")?),
             0x8a => {
                 let more = get_flag(&mut r, "more")?;
                 let n = usize::from(r.u16("listing count")?);
@@ -1085,6 +1172,7 @@ mod tests {
             ServerMsg::DirectoryAnswer(Some(entry)),
             ServerMsg::DirectoryAnswer(None),
             ServerMsg::Ack,
+            ServerMsg::DirectoryDigest([7; 16]),
             ServerMsg::Relay("198.18.1.10:7720".into()),
             ServerMsg::Relay(String::new()),
             ServerMsg::DirectoryListing {
@@ -1248,6 +1336,12 @@ mod tests {
                 after: "laptop".into(),
             },
             ClientMsg::DirectoryList { after: "".into() },
+            ClientMsg::DirectoryPage {
+                after: "laptop".into(),
+            },
+            ClientMsg::DirectoryDigest,
+            ClientMsg::DirectoryForget(vec![GeId(1), GeId(70_000)]),
+            ClientMsg::DirectoryForget(vec![]),
             ClientMsg::Observe,
             ClientMsg::ConnectNow(GeId(3)),
         ];
@@ -1312,6 +1406,30 @@ mod tests {
         let long = ClientMsg::DirectoryQuery("x".repeat(64));
         assert!(long.encode().is_err());
     }
+
+    #[test]
+    fn a_shutdown_reason_carries_a_bounded_reconnect_spread() {
+        use std::time::Duration;
+        let r = shutdown_reason(10_000);
+        assert_eq!(r, "GMS shutting down (reconnect spread 10000 ms)");
+        assert_eq!(shutdown_spread(r.as_bytes()), Some(Duration::from_secs(10)));
+        assert_eq!(
+            shutdown_spread(shutdown_reason(10_000_000).as_bytes()),
+            Some(Duration::from_millis(MAX_RECONNECT_SPREAD_MS))
+        );
+        assert_eq!(
+            shutdown_spread(shutdown_reason(0).as_bytes()),
+            Some(Duration::ZERO)
+        );
+        // An older GMS's reason, and nonsense: no spread, or a bounded one.
+        assert_eq!(shutdown_spread(b"GMS shutting down"), None);
+        assert_eq!(shutdown_spread(b"(reconnect spread x ms)"), None);
+        assert_eq!(shutdown_spread(&[0xff, 0xfe]), None);
+        assert_eq!(
+            shutdown_spread(b"(reconnect spread 99999999999 ms)"),
+            Some(Duration::from_millis(MAX_RECONNECT_SPREAD_MS))
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1329,6 +1447,9 @@ mod props {
             let _ = ServerMsg::decode(ty, &body);
             let _ = crate::KeyCache::decode(&body);
             let _ = crate::token::Token::parse(&String::from_utf8_lossy(&body));
+            if let Some(d) = shutdown_spread(&body) {
+                prop_assert!(d.as_millis() <= u128::from(MAX_RECONNECT_SPREAD_MS));
+            }
             if body.len() >= HEADER_LEN {
                 let h: [u8; HEADER_LEN] = body[..HEADER_LEN].try_into().unwrap();
                 let _ = parse_header(&h);

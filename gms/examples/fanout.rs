@@ -8,8 +8,9 @@
 //! node (VmRSS from /proc/<pid>/status, after minus before the sessions).
 //!
 //! With `--reconnect`, after the rotations every node does what a node does
-//! when its session comes up (list the directory, which subscribes it to
-//! every listed GE, and look up the 5 peers it talks to), then the GMS
+//! when its session comes up (bring its listing up to date: with the
+//! directory on demand, list it only when its digest changed, following
+//! nobody; and look up, so follow, the 5 peers it talks to), then the GMS
 //! restarts (SIGTERM, `serve` again on the same data) and the time until
 //! every node is back and has done so again is measured, with the GMS's
 //! CPU seconds and the frames it pushed meanwhile (issue 13, "the
@@ -162,12 +163,22 @@ async fn wait_status(sock: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a node does when its session comes up (node/src/gms.rs): lists
-/// the directory (which subscribes it to every listed GE) and looks up
-/// the peers it talks to.
-async fn node_sync(s: &Session, i: usize, n: usize) -> anyhow::Result<()> {
-    let listed = s.list_directory().await?;
-    anyhow::ensure!(listed.len() == n, "listed {} of {n} GEs", listed.len());
+/// What a node does when its session comes up (node/src/gms.rs): brings
+/// its listing up to date (with the directory on demand, only when the
+/// listing's digest differs from `digest`, the one of its last listing,
+/// which is updated; a listing follows nobody) and looks up, and so
+/// follows, the peers it talks to.
+async fn node_sync(
+    s: &Session,
+    i: usize,
+    n: usize,
+    digest: &std::sync::Mutex<Option<[u8; 16]>>,
+) -> anyhow::Result<()> {
+    let known = *digest.lock().unwrap();
+    if let client::DirectorySync::Listed { entries, digest: d } = s.sync_directory(known).await? {
+        anyhow::ensure!(entries.len() == n, "listed {} of {n} GEs", entries.len());
+        *digest.lock().unwrap() = d;
+    }
     for k in 1..=PEERS {
         s.query(&format!("n{}", (i + k) % n)).await?;
     }
@@ -407,21 +418,18 @@ async fn reconnect(
     sessions: Vec<Session>,
 ) -> anyhow::Result<Server> {
     let n = args.nodes;
-    let sessions: Vec<Arc<Session>> = sessions.into_iter().map(Arc::new).collect();
+    // What each node kept of its last listing: its digest.
+    let digests: Arc<Vec<std::sync::Mutex<Option<[u8; 16]>>>> =
+        Arc::new((0..n).map(|_| std::sync::Mutex::new(None)).collect());
     // Every node syncs as at its session start, all at once.
     let pid = server.child.id();
     let (cpu0, pushed0) = (cpu_secs(pid)?, pushes(sock)?);
-    let t0 = Instant::now();
-    let mut set = JoinSet::new();
-    for (i, s) in sessions.iter().enumerate() {
-        let s = s.clone();
-        set.spawn(async move { node_sync(&s, i, n).await.map(|()| t0.elapsed()) });
-    }
-    let first = collect(&mut set).await?;
+    let (first, first_retries, mut sessions) =
+        sync_all(sessions, &digests, Instant::now(), false).await?;
     let (cpu1, pushed1) = (cpu_secs(pid)?, pushes(sock)?);
+    let first_all = *first.last().context("no node")?;
     eprintln!(
-        "first sync of {n} nodes: all {:.1?}, GMS CPU {:.1} s, pushes {}",
-        first.last().unwrap(),
+        "first sync of {n} nodes: all {first_all:.1?}, GMS CPU {:.1} s, pushes {}, syncs cut short by a dropped session {first_retries}",
         cpu1 - cpu0,
         pushed1 - pushed0
     );
@@ -431,10 +439,6 @@ async fn reconnect(
     let mut old = server;
     let _ = old.child.wait();
     std::mem::forget(old);
-    let mut sessions: Vec<Session> = sessions
-        .into_iter()
-        .map(|s| Arc::try_unwrap(s).map_err(|_| anyhow::anyhow!("session still shared")))
-        .collect::<anyhow::Result<_>>()?;
     // Events from before the restart (pushes of the first sync) go first.
     for s in &mut sessions {
         while s.try_next_event().is_some() {}
@@ -443,38 +447,11 @@ async fn reconnect(
     let server = spawn_server(&args.gms_bin, data, log)?;
     let pid = server.child.id();
     wait_status(sock).await?;
-    let mut set = JoinSet::new();
-    for (i, mut s) in sessions.into_iter().enumerate() {
-        set.spawn(async move {
-            // A session the GMS drops meanwhile (a slow reader of its
-            // pushes) comes back and syncs again; counted.
-            let mut retries = 0u32;
-            loop {
-                match tokio::time::timeout(ROTATION_TIMEOUT, s.next_event()).await {
-                    Ok(Some(Event::Connected)) => {}
-                    Ok(Some(Event::Terminated { reason })) => bail!("session refused: {reason}"),
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => bail!("session did not come back"),
-                }
-                match node_sync(&s, i, n).await {
-                    Ok(()) => break,
-                    Err(_) => retries += 1,
-                }
-            }
-            // The session lives on until every node is back.
-            Ok((t0.elapsed(), retries, s))
-        });
-    }
-    let mut lat = Vec::with_capacity(n);
-    let mut keep = Vec::with_capacity(n);
-    let mut retries = 0;
-    while let Some(r) = tokio::time::timeout(PHASE_TIMEOUT, set.join_next()).await? {
-        let (d, k, s) = r??;
-        lat.push(d);
-        retries += k;
-        keep.push(s);
-    }
-    lat.sort();
+    eprintln!(
+        "GMS serving again {:.1?} after the restart began",
+        t0.elapsed()
+    );
+    let (lat, retries, keep) = sync_all(sessions, &digests, t0, true).await?;
     let all = *lat.last().context("no node")?;
     let (cpu, pushed) = (cpu_secs(pid)?, pushes(sock)?);
     println!(
@@ -483,8 +460,7 @@ async fn reconnect(
         percentile(&lat, 0.99),
     );
     println!(
-        "first sync (no restart): all {:.1?}; GMS CPU {:.1} s; pushes {}",
-        first.last().unwrap(),
+        "first sync (no restart): all {first_all:.1?}; GMS CPU {:.1} s; pushes {}",
         cpu1 - cpu0,
         pushed1 - pushed0
     );
@@ -492,19 +468,65 @@ async fn reconnect(
     Ok(server)
 }
 
+/// Every node syncs at once (`node_sync`), each after its session is
+/// (back) up when `reconnected`; a session the GMS drops meanwhile (a slow
+/// reader of its pushes) comes back and syncs again, counted. Returns the
+/// times from `t0` until each node was done (sorted), the retries, and
+/// the sessions.
+async fn sync_all(
+    sessions: Vec<Session>,
+    digests: &Arc<Vec<std::sync::Mutex<Option<[u8; 16]>>>>,
+    t0: Instant,
+    reconnected: bool,
+) -> anyhow::Result<(Vec<Duration>, u32, Vec<Session>)> {
+    let n = sessions.len();
+    let mut set = JoinSet::new();
+    for (i, mut s) in sessions.into_iter().enumerate() {
+        let digests = digests.clone();
+        set.spawn(async move {
+            let mut retries = 0u32;
+            let mut wait = reconnected;
+            loop {
+                while wait {
+                    match tokio::time::timeout(ROTATION_TIMEOUT, s.next_event()).await {
+                        Ok(Some(Event::Connected)) => wait = false,
+                        Ok(Some(Event::Terminated { reason })) => {
+                            bail!("session refused: {reason}")
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => bail!("session did not come back"),
+                    }
+                }
+                match node_sync(&s, i, n, &digests[i]).await {
+                    Ok(()) => break,
+                    Err(_) => {
+                        retries += 1;
+                        wait = true;
+                    }
+                }
+            }
+            // The session lives on until every node is done.
+            Ok((i, t0.elapsed(), retries, s))
+        });
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(n);
+    let mut retries = 0;
+    while let Some(r) = tokio::time::timeout(PHASE_TIMEOUT, set.join_next()).await? {
+        let (i, d, k, s) = r??;
+        lat.push(d);
+        retries += k;
+        keep.push((i, s));
+    }
+    lat.sort();
+    // Node i stays node i (its digest, its peers) in the next phase.
+    keep.sort_by_key(|(i, _)| *i);
+    Ok((lat, retries, keep.into_iter().map(|(_, s)| s).collect()))
+}
+
 /// The frames the GMS pushed to sessions since it started (`status`).
 fn pushes(sock: &std::path::Path) -> anyhow::Result<u64> {
     ask(sock, AdminRequest::Status)?["pushes"]
         .as_u64()
         .context("status without pushes")
-}
-
-/// Waits for every task of `set`; their durations, sorted.
-async fn collect(set: &mut JoinSet<anyhow::Result<Duration>>) -> anyhow::Result<Vec<Duration>> {
-    let mut out = Vec::new();
-    while let Some(r) = tokio::time::timeout(PHASE_TIMEOUT, set.join_next()).await? {
-        out.push(r??);
-    }
-    out.sort();
-    Ok(out)
 }

@@ -357,6 +357,11 @@ pub struct GeView {
     /// never connected since the GMS started, or a node too old to say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// How many GEs its node follows now (hears the changes of: the peers
+    /// it talks to, with the directory on demand). Shown by `ge show`
+    /// only (counting scans every follower set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<usize>,
     /// Certificate serial, once enrolled.
     pub cert_serial: Option<u64>,
     /// Certificate fingerprint (SHA-256, hex), once enrolled.

@@ -136,6 +136,9 @@ pub fn print(req: &AdminRequest, resp: AdminResponse) -> anyhow::Result<()> {
             if let Some(v) = &g.version {
                 println!("version       {v}");
             }
+            if let Some(n) = g.follows.filter(|_| g.online) {
+                println!("follows       {n} GEs (the peers its node talks to)");
+            }
             if let (Some(serial), Some(fp)) = (g.cert_serial, &g.cert_fingerprint) {
                 println!("certificate   serial {serial}, sha256 {fp}");
             }

@@ -28,8 +28,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use zeroize::Zeroizing;
 
 pub use fpn_gms_client::tls::{
-    ALPN, ALPN_V2, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config, provider,
-    roots, server_name, session_client_config,
+    ALPN, ALPN_V2, ALPN_V3, IDLE_TIMEOUT, KEEP_ALIVE, UDP_BUFFER, endpoint, enroll_client_config,
+    provider, roots, server_name, session_client_config,
 };
 
 use crate::ca::fingerprint;
@@ -42,13 +42,14 @@ pub fn server_config(
     key_der: &Zeroizing<Vec<u8>>,
     expired_grace_secs: u64,
 ) -> Result<quinn::ServerConfig> {
-    // Preferred first: a node that offers the hosts directory gets it.
+    // Preferred first: a node that offers the directory on demand (or the
+    // hosts directory) gets it.
     server_config_with_alpn(
         ca_der,
         cert_der,
         key_der,
         expired_grace_secs,
-        vec![ALPN_V2.to_vec(), ALPN.to_vec()],
+        vec![ALPN_V3.to_vec(), ALPN_V2.to_vec(), ALPN.to_vec()],
     )
 }
 
@@ -184,32 +185,42 @@ fn transport() -> quinn::TransportConfig {
 mod alpn_tests {
     use super::*;
     use crate::ca::{Ca, NodeCertRequest};
-    use fpn_gms_client::tls::negotiated_v2;
+    use fpn_gms_client::tls::{negotiated_v2, negotiated_v3};
 
-    /// Connects `client` to a server with `server` and returns whether
-    /// each side saw `fpn-gms/2` chosen (client, server).
-    async fn handshake(server: quinn::ServerConfig, client: quinn::ClientConfig) -> (bool, bool) {
+    /// The version each side saw chosen: 1, 2 or 3.
+    fn version(c: &quinn::Connection) -> u8 {
+        match (negotiated_v2(c), negotiated_v3(c)) {
+            (_, true) => 3,
+            (true, false) => 2,
+            (false, false) => 1,
+        }
+    }
+
+    /// Connects `client` to a server with `server` and returns the
+    /// version each side saw chosen (client, server).
+    async fn handshake(server: quinn::ServerConfig, client: quinn::ClientConfig) -> (u8, u8) {
         let srv = endpoint("127.0.0.1:0".parse().unwrap(), Some(server)).unwrap();
         let addr = srv.local_addr().unwrap();
         let cli = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let accept = tokio::spawn(async move {
             let c = srv.accept().await.unwrap().await.unwrap();
-            negotiated_v2(&c)
+            version(&c)
         });
         let c = cli
             .connect_with(client, addr, server_name())
             .unwrap()
             .await
             .unwrap();
-        let v2 = negotiated_v2(&c);
-        (v2, accept.await.unwrap())
+        let v = version(&c);
+        (v, accept.await.unwrap())
     }
 
-    /// Both sides agree on `fpn-gms/2` only when both know it: a node older
-    /// than hosts (it offers `fpn-gms/1` alone) and a GMS older than hosts
-    /// (it knows `fpn-gms/1` alone) each still connect, on `/1`.
+    /// Both sides agree on `fpn-gms/3` (or `/2`) only when both know it: a
+    /// node older than hosts (it offers `fpn-gms/1` alone) and a GMS older
+    /// than hosts (it knows `fpn-gms/1` alone) each still connect, on `/1`;
+    /// a GMS older than the directory on demand serves a new node on `/2`.
     #[tokio::test]
-    async fn fpn_gms_2_is_chosen_only_when_both_sides_know_it() {
+    async fn the_newest_version_both_sides_know_is_chosen() {
         let now = crate::now_unix();
         let ca = Ca::generate(now).unwrap();
         let (cert, key) = ca.issue_server_cert(now).unwrap();
@@ -240,8 +251,13 @@ mod alpn_tests {
         let new_gms = || server_config(ca.cert_der(), &cert, &key, 0).unwrap();
         let old_gms =
             || server_config_with_alpn(ca.cert_der(), &cert, &key, 0, vec![ALPN.to_vec()]).unwrap();
-        assert_eq!(handshake(new_gms(), new_node()).await, (true, true));
-        assert_eq!(handshake(new_gms(), old_node()).await, (false, false));
-        assert_eq!(handshake(old_gms(), new_node()).await, (false, false));
+        let v2_gms = || {
+            let alpn = vec![ALPN_V2.to_vec(), ALPN.to_vec()];
+            server_config_with_alpn(ca.cert_der(), &cert, &key, 0, alpn).unwrap()
+        };
+        assert_eq!(handshake(new_gms(), new_node()).await, (3, 3));
+        assert_eq!(handshake(v2_gms(), new_node()).await, (2, 2));
+        assert_eq!(handshake(new_gms(), old_node()).await, (1, 1));
+        assert_eq!(handshake(old_gms(), new_node()).await, (1, 1));
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fpn_gms::admin::AdminRequest;
-use fpn_gms::client::Event;
+use fpn_gms::client::{DirectorySync, Event};
 use fpn_proto::ge::GroupId;
 use fpn_proto::keys::KeyVersion;
 
@@ -154,6 +154,65 @@ async fn directory_returns_seen_and_reported_addresses_and_pushes_changes() {
     assert_eq!(show["reported"][0], "10.1.2.3:4433");
     assert_eq!(show["online"], true);
     assert_eq!(show["version"], fpn_gms_client::VERSION, "from b's hello");
+}
+
+/// The directory on demand (`fpn-gms/3`, design note 66) over a real
+/// session: a listing follows nobody and is not sent again while its
+/// digest stands; a query follows; `forget` stops the pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_only_the_ges_it_asks_about_and_lists_only_changes() {
+    let gms = Gms::start_new(&[]);
+    gms.ok(&["group", "add", "1", "--name", "g"]);
+    for n in ["a", "b"] {
+        gms.ok(&[
+            "ge", "add", n, "--kind", "ges", "--mode", "op", "--group", "1",
+        ]);
+    }
+    let a = enroll(&gms, "a").await;
+    let b = enroll(&gms, "b").await;
+    let mut sa = connect(a, None).await;
+    let sb = connect(b, None).await;
+    assert!(sa.on_demand(), "a new node and a new GMS chose fpn-gms/3");
+    let digest = match sa.sync_directory(None).await.unwrap() {
+        DirectorySync::Listed {
+            entries,
+            digest: Some(d),
+        } => {
+            assert_eq!(entries.len(), 2);
+            d
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        sa.sync_directory(Some(digest)).await.unwrap(),
+        DirectorySync::Unchanged
+    );
+    // `ge show` counts what a follows at the GMS: nothing after the
+    // listing, b after the query (and then b's changes reach a), nothing
+    // after the forget.
+    let follows = |gms: &Gms| gms.json(&["ge", "show", "a"])["follows"].as_u64();
+    assert_eq!(follows(&gms), Some(0), "a listing made a follow GEs");
+    let b_entry = sa.query("b").await.unwrap().expect("b is known");
+    let b_ge = fpn_proto::credential::UnverifiedCredential::decode(&b_entry.credential)
+        .unwrap()
+        .claimed_ge();
+    assert_eq!(follows(&gms), Some(1));
+    let at = |p: u16| std::net::SocketAddr::from(([10, 1, 2, 3], p));
+    sb.report_addresses(vec![at(2)]).await.unwrap();
+    next_matching(&mut sa, |e| matches!(e, Event::DirectoryChanged { .. })).await;
+    sa.forget(&[b_ge]).await.unwrap();
+    assert_eq!(follows(&gms), Some(0), "a still follows the GE it forgot");
+    // A new GE changes the digest: the next sync lists again.
+    gms.ok(&[
+        "ge", "add", "c", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    match sa.sync_directory(Some(digest)).await.unwrap() {
+        DirectorySync::Listed { entries, digest: d } => {
+            assert_eq!(entries.len(), 3);
+            assert_ne!(d, Some(digest));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

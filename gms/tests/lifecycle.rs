@@ -35,6 +35,45 @@ fn fast_reconnect() -> SessionConfig {
     }
 }
 
+/// A GMS killed and started again (a crash, no SHUTDOWN sent) answers the
+/// first keep-alive of a session its previous process had with a
+/// stateless reset the node can verify (the reset key comes from the
+/// server key, not from the process): the node knows at once that its
+/// session is gone, rather than after its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gms_resets_the_sessions_of_its_previous_process() {
+    // Its own loopback address: the relay takes port 7720 next to a fixed
+    // QUIC port, and the other restart test has 127.0.0.1's.
+    let port = std::net::UdpSocket::bind("127.0.0.3:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.3:{port}");
+    let mut gms = Gms::start_new(&["--listen", &listen]);
+    gms.ok(&["group", "add", "1", "--name", "one"]);
+    gms.ok(&[
+        "ge", "add", "a", "--kind", "ges", "--mode", "op", "--group", "1",
+    ]);
+    let id = enroll(&gms, "a").await;
+    let cfg = SessionConfig {
+        keep_alive: Duration::from_secs(2),
+        ..fast_reconnect()
+    };
+    let mut s = Session::start(id, endpoint(), cfg).unwrap();
+    next_matching(&mut s, |e| *e == Event::Connected).await;
+    gms.kill();
+    gms.start();
+    let Event::Disconnected { reason } =
+        next_matching(&mut s, |e| matches!(e, Event::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    // Without the shared key: "timed out", three keep-alives later.
+    assert!(reason.contains("reset"), "{reason}");
+    next_matching(&mut s, |e| *e == Event::Connected).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reconnects_after_a_gms_restart_and_catches_up() {
     let listen = format!("127.0.0.1:{}", free_udp_port());

@@ -26,6 +26,12 @@ use crate::error::{Error, Result};
 const LIST_EVERY: Duration = Duration::from_secs(30);
 /// Least time between two listings triggered by unknown addresses.
 const LIST_MIN_GAP: Duration = Duration::from_secs(1);
+/// Sweeps (one per [`LIST_EVERY`]) in a row that found no live flow with a
+/// followed peer before the node stops following it (directory on demand).
+const FORGET_AFTER_SWEEPS: u8 = 2;
+/// Most peers with live flows one sweep starts following (the rest, the
+/// next sweeps).
+const FOLLOWS_PER_SWEEP: usize = 64;
 /// How long one directory request to the GMS may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -124,6 +130,77 @@ pub struct GmsTask {
     /// fetched (a listing names no prefixes, and the host's traffic to a
     /// peer's real address reaches the node only once its route exists).
     pub fetch_credentials: bool,
+    /// The core's driver: which peers have live flows (the directory on
+    /// demand follows those).
+    pub queries: mpsc::Sender<crate::driver::Query>,
+    /// What this node follows of the directory; `Following::default()`.
+    pub following: Following,
+}
+
+/// The directory on demand (design note 66): the node lists names and
+/// overlay addresses (so names resolve at once) without following anyone,
+/// and follows (hears the address changes of) only the peers it talks to.
+#[derive(Debug, Default)]
+pub struct Following {
+    /// Digest of the last full listing: a sync that finds it unchanged
+    /// lists nothing.
+    digest: Option<[u8; 16]>,
+    /// The peers followed.
+    peers: BTreeMap<GeId, Follow>,
+}
+
+/// One followed peer.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    /// The session (its number, `NodeState::sessions`) in which the GMS
+    /// confirmed the follow: a GMS forgets every follow when a session
+    /// ends, so one from an older session is to be asked for again.
+    session: u64,
+    /// Sweeps in a row that found no live flow with the peer.
+    idle: u8,
+}
+
+impl Following {
+    /// The GMS answered a query about `ge` in session `session`: it
+    /// follows `ge` for this node from now on, as if just used.
+    fn confirmed(&mut self, ge: GeId, session: u64) {
+        self.peers.insert(ge, Follow { session, idle: 0 });
+    }
+
+    /// True when `ge` is followed in session `session` (the current one).
+    fn is_followed(&self, ge: GeId, session: u64) -> bool {
+        self.peers.get(&ge).is_some_and(|f| f.session == session)
+    }
+
+    /// The number of peers followed.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when no peer is followed.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Counts a sweep: peers in `live` are in use; the others age by one
+    /// sweep. Returns the peers to forget now (idle for
+    /// [`FORGET_AFTER_SWEEPS`] sweeps), no longer followed.
+    fn sweep(&mut self, live: &BTreeSet<GeId>) -> Vec<GeId> {
+        let mut forget = Vec::new();
+        self.peers.retain(|ge, f| {
+            if live.contains(ge) {
+                f.idle = 0;
+                return true;
+            }
+            f.idle += 1;
+            if f.idle >= FORGET_AFTER_SWEEPS {
+                forget.push(*ge);
+                return false;
+            }
+            true
+        });
+        forget
+    }
 }
 
 /// Most peers whose credential one listing fetches (the real-address
@@ -190,7 +267,10 @@ impl GmsTask {
             };
             match wake {
                 Wake::Punch(None) => return Ok(()),
-                Wake::Punch(Some(ge)) => self.ask_connect_now(ge),
+                Wake::Punch(Some(ge)) => {
+                    self.ask_connect_now(ge);
+                    self.follow(ge).await;
+                }
                 Wake::Observe(None) => return Ok(()),
                 Wake::Observe(Some(reply)) => {
                     let now = if self.shared.view().connected {
@@ -219,6 +299,7 @@ impl GmsTask {
                 Wake::Refresh => {
                     if self.shared.view().connected {
                         self.list(&mut last_list).await;
+                        self.sweep().await;
                     }
                 }
             }
@@ -273,14 +354,27 @@ impl GmsTask {
                 self.shared.view().reflexive = None;
                 self.observe().await;
                 self.list(last_list).await;
-                // Re-subscribe to the peers this node talks to.
-                let names: Vec<String> = self
-                    .shared
-                    .dir()
-                    .iter()
-                    .filter(|r| r.fetched > 0)
-                    .map(|r| r.name.clone())
-                    .collect();
+                // Follow again the peers this node talks to: with the
+                // directory on demand, those it followed; an older GMS
+                // knows no such thing, and every peer with addresses is asked.
+                let names: Vec<String> = if self.session.on_demand() {
+                    // Those the directory no longer has are dropped.
+                    let dir = self.shared.dir();
+                    self.following
+                        .peers
+                        .retain(|ge, _| dir.by_ge(*ge).is_some());
+                    let peers = self.following.peers.keys();
+                    peers
+                        .filter_map(|ge| dir.by_ge(*ge).map(|r| r.name.clone()))
+                        .collect()
+                } else {
+                    self.shared
+                        .dir()
+                        .iter()
+                        .filter(|r| r.fetched > 0)
+                        .map(|r| r.name.clone())
+                        .collect()
+                };
                 for n in names {
                     self.query(&n).await;
                 }
@@ -498,12 +592,21 @@ impl GmsTask {
         let _ = self.engine.send(Command::Gms { connected, unix }).await;
     }
 
-    /// Refreshes the full listing (names and overlay addresses).
+    /// Refreshes the full listing (names and overlay addresses); with the
+    /// directory on demand, only when its digest changed.
     async fn list(&mut self, last_list: &mut tokio::time::Instant) {
         *last_list = tokio::time::Instant::now();
-        let listed = match tokio::time::timeout(QUERY_TIMEOUT, self.session.list_directory()).await
-        {
-            Ok(Ok(l)) => l,
+        let known = self.following.digest;
+        let synced = tokio::time::timeout(QUERY_TIMEOUT, self.session.sync_directory(known)).await;
+        let listed = match synced {
+            Ok(Ok(fpn_gms_client::DirectorySync::Unchanged)) => {
+                self.fetch_missing_credentials().await;
+                return;
+            }
+            Ok(Ok(fpn_gms_client::DirectorySync::Listed { entries, digest })) => {
+                self.following.digest = digest;
+                entries
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "directory listing failed");
                 return;
@@ -550,29 +653,102 @@ impl GmsTask {
             (gone, updates)
         };
         for r in gone {
+            self.following.peers.remove(&r.ge());
             let _ = self.engine.send(Command::PeerGone(r.ge())).await;
             self.carrier.revoke_ge(r.ge());
         }
         for r in updates {
             let _ = self.engine.send(Command::Peer(r)).await;
         }
-        if self.fetch_credentials {
-            let missing: Vec<String> = names
-                .iter()
-                .filter(|n| {
-                    self.shared
-                        .dir()
-                        .by_name(n)
-                        .is_none_or(|r| r.info.is_none())
-                })
-                .take(CREDENTIALS_PER_LIST)
-                .cloned()
-                .collect();
-            for name in missing {
-                self.query(&name).await;
-            }
-        }
+        self.fetch_missing_credentials().await;
         self.save();
+    }
+
+    /// The real-address plane: fetches the credentials of listed peers
+    /// that have none yet, a bounded number per listing.
+    async fn fetch_missing_credentials(&mut self) {
+        if !self.fetch_credentials {
+            return;
+        }
+        let missing: Vec<String> = self
+            .shared
+            .dir()
+            .iter()
+            .filter(|r| r.info.is_none())
+            .take(CREDENTIALS_PER_LIST)
+            .map(|r| r.name.clone())
+            .collect();
+        for name in missing {
+            self.query(&name).await;
+        }
+    }
+
+    /// Follows peer `ge` (the directory on demand): the carrier is dialing
+    /// it, so this node talks to it; its entry is fetched afresh and its
+    /// changes pushed from now on. Nothing when it is followed already or
+    /// the GMS follows every listed GE anyway.
+    async fn follow(&mut self, ge: GeId) {
+        if !self.shared.view().connected
+            || !self.session.on_demand()
+            || self.following.is_followed(ge, self.session_number())
+        {
+            return;
+        }
+        let name = self.shared.dir().by_ge(ge).map(|r| r.name.clone());
+        if let Some(name) = name {
+            self.query(&name).await;
+        }
+    }
+
+    /// Follows the peers with live flows that are not followed yet (a
+    /// peer that dialed this node, say), and stops following those that
+    /// had no live flow for [`FORGET_AFTER_SWEEPS`] sweeps (the directory
+    /// on demand).
+    async fn sweep(&mut self) {
+        if !self.session.on_demand() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .queries
+            .send(crate::driver::Query::LivePeers(tx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(live) = rx.await else { return };
+        let live: BTreeSet<GeId> = live.into_iter().collect();
+        let session = self.session_number();
+        let unfollowed: Vec<String> = {
+            let dir = self.shared.dir();
+            live.iter()
+                .filter(|g| !self.following.is_followed(**g, session))
+                .filter_map(|g| dir.by_ge(*g).map(|r| r.name.clone()))
+                .take(FOLLOWS_PER_SWEEP)
+                .collect()
+        };
+        for name in unfollowed {
+            self.query(&name).await;
+        }
+        if self.fetch_credentials {
+            // The real-address plane routes peers' protected prefixes
+            // before any flow exists: a change to them must still be
+            // pushed, so nothing is forgotten (a leftover: note 66).
+            return;
+        }
+        let forget = self.following.sweep(&live);
+        if forget.is_empty() {
+            return;
+        }
+        debug!(peers = forget.len(), "no longer following idle peers");
+        match tokio::time::timeout(QUERY_TIMEOUT, self.session.forget(&forget)).await {
+            Ok(Ok(())) => {}
+            // Still followed at the GMS: a few pushes too many, until the
+            // session ends.
+            Ok(Err(e)) => debug!(error = %e, "forgetting peers failed"),
+            Err(_) => debug!("forgetting peers timed out"),
+        }
     }
 
     /// The engine needs the owner of `ip` (and its carrier addresses).
@@ -595,7 +771,11 @@ impl GmsTask {
                 }
             }
         };
-        if rec.is_stale(now, self.ttl) && self.query(&rec.name).await {
+        // A peer not followed yet (the directory on demand) is fetched
+        // afresh and followed: the listing's addresses are a hint only.
+        let unfollowed = self.session.on_demand()
+            && !self.following.is_followed(rec.ge(), self.session_number());
+        if (unfollowed || rec.is_stale(now, self.ttl)) && self.query(&rec.name).await {
             return;
         }
         // Cached record (GMS down or fresh enough): hand it over as it is.
@@ -607,6 +787,17 @@ impl GmsTask {
     async fn query(&mut self, name: &str) -> bool {
         match tokio::time::timeout(QUERY_TIMEOUT, self.session.query(name)).await {
             Ok(Ok(Some(e))) => {
+                // Asking followed the GE the answer is about: the GMS
+                // pushes its changes to this node from now on, whether or
+                // not the entry is kept (a push alone does not mean that:
+                // it may be the last one before a forget).
+                let ge = fpn_proto::credential::UnverifiedCredential::decode(&e.credential)
+                    .ok()
+                    .map(|c| c.claimed_ge());
+                if let Some(ge) = ge.filter(|g| *g != self.own_ge) {
+                    let session = self.session_number();
+                    self.following.confirmed(ge, session);
+                }
                 self.store_entry(&e).await;
                 true
             }
@@ -620,6 +811,11 @@ impl GmsTask {
             }
             Err(_) => false,
         }
+    }
+
+    /// The number of the current GMS session (follows belong to one).
+    fn session_number(&self) -> u64 {
+        self.session.with_state(|s| s.sessions)
     }
 
     async fn store_entry(&mut self, e: &fpn_gms_client::wire::DirectoryEntry) {
@@ -644,6 +840,7 @@ impl GmsTask {
     async fn gone(&mut self, name: &str) {
         let removed = self.shared.dir().remove(name);
         if let Some(r) = removed {
+            self.following.peers.remove(&r.ge());
             info!(name, ge = r.ge, "peer gone from the directory");
             let _ = self.engine.send(Command::PeerGone(r.ge())).await;
             self.carrier.revoke_ge(r.ge());
@@ -673,6 +870,35 @@ impl GmsTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followed_peer_is_forgotten_after_sweeps_without_a_live_flow_only() {
+        let mut f = Following::default();
+        for g in [1, 2] {
+            f.confirmed(GeId(g), 1);
+        }
+        let live: BTreeSet<GeId> = [GeId(1)].into();
+        assert!(f.sweep(&live).is_empty(), "one idle sweep is not enough");
+        assert_eq!(f.sweep(&live), [GeId(2)]);
+        assert_eq!(f.peers.keys().copied().collect::<Vec<_>>(), [GeId(1)]);
+        // A live flow again resets the count, and so does a new follow.
+        f.confirmed(GeId(2), 1);
+        assert!(f.sweep(&BTreeSet::new()).is_empty());
+        f.confirmed(GeId(2), 1);
+        assert_eq!(f.sweep(&[GeId(2)].into()), [GeId(1)]);
+        assert!(f.sweep(&BTreeSet::new()).is_empty(), "2's count was reset");
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn a_follow_from_an_earlier_session_is_no_follow() {
+        let mut f = Following::default();
+        f.confirmed(GeId(7), 3);
+        assert!(f.is_followed(GeId(7), 3));
+        // The GMS forgot it when session 3 ended.
+        assert!(!f.is_followed(GeId(7), 4));
+        assert!(!f.is_followed(GeId(8), 3));
+    }
 
     #[test]
     fn the_mapping_is_reported_first_and_the_list_stays_bounded() {

@@ -429,6 +429,14 @@ impl Overlay {
         Ok(())
     }
 
+    /// Stops the GMS as an operator's restart does (SIGTERM: it closes every
+    /// session with SHUTDOWN first).
+    pub fn stop_gms(&self) {
+        if let Some(p) = lock(&self.gms).take() {
+            p.stop();
+        }
+    }
+
     /// Kills the GMS at once (SIGKILL), as a crash or a lost VPS would.
     pub fn kill_gms(&self) {
         if let Some(p) = lock(&self.gms).take() {

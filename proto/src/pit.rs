@@ -892,6 +892,12 @@ impl<A: PacketAead> Pit<A> {
         t
     }
 
+    /// The peers that hold at least one live entry, in no particular
+    /// order (the node follows their directory entries while they do).
+    pub fn live_peers(&self) -> impl Iterator<Item = GeId> + '_ {
+        self.live.keys().copied()
+    }
+
     /// All entries, in no particular order (sort before showing).
     pub fn iter(&self) -> impl Iterator<Item = (&FlowId, &PitEntry<A>)> {
         self.entries.iter().map(|(f, e)| (f, &**e))

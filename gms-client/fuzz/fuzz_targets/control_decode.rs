@@ -13,6 +13,10 @@ fn header(frame: &[u8]) -> (u8, usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // A SHUTDOWN close reason comes from the GMS as bytes too.
+    if let Some(spread) = fpn_gms_client::wire::shutdown_spread(data) {
+        assert!(spread.as_millis() <= u128::from(fpn_gms_client::wire::MAX_RECONNECT_SPREAD_MS));
+    }
     let Some((h, body)) = data.split_first_chunk::<HEADER_LEN>() else {
         return;
     };

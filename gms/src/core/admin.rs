@@ -786,7 +786,10 @@ impl Core {
         self.st
             .ges
             .get(name)
-            .map(|r| self.view_of(r))
+            .map(|r| GeView {
+                follows: Some(self.followed_by(GeId(r.id))),
+                ..self.view_of(r)
+            })
             .ok_or_else(|| no_ge(name))
     }
 
@@ -829,6 +832,7 @@ impl Core {
             seen: p.and_then(|p| p.seen),
             reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
             version: p.and_then(|p| p.version.clone()),
+            follows: None,
             cert_serial: en.map(|e| e.cert_serial),
             cert_fingerprint: en.map(|e| e.cert_fingerprint.clone()),
             cert_not_after: en.map(|e| e.cert_not_after),

@@ -156,6 +156,9 @@ pub(crate) struct State {
     /// Hosts behind gateways, by name.
     hosts: BTreeMap<String, HostRecord>,
     counters: Counters,
+    /// The listing's digest ([`ServerMsg::DirectoryDigest`]), computed when
+    /// first asked for and forgotten whenever a GE record is written.
+    listing_digest: Option<[u8; 16]>,
 }
 
 /// Pending effects of one transaction.
@@ -367,6 +370,12 @@ impl Core {
         tx.batch.put(Tree::Ges, rec.name.as_bytes(), to_json(&rec));
         self.st.ids.insert(rec.id, rec.name.clone());
         self.st.overlays.insert(rec.overlay);
+        // Only what a listing shows moves the digest (a renewal, say,
+        // rewrites the record without it).
+        let listed = |r: &GeRecord| (r.id, r.overlay, r.is_active());
+        if self.st.ges.get(&rec.name).map(listed) != Some(listed(&rec)) {
+            self.st.listing_digest = None;
+        }
         self.st.ges.insert(rec.name.clone(), rec);
         tx.dirty = true;
     }
@@ -377,6 +386,7 @@ impl Core {
             self.st.ids.remove(&rec.id);
             self.st.overlays.remove(&rec.overlay);
         }
+        self.st.listing_digest = None;
         tx.dirty = true;
     }
 

@@ -569,37 +569,31 @@ impl Core {
                 Ok((ServerMsg::DirectoryAnswer(answer), Vec::new()))
             }
             ClientMsg::DirectoryList { after } => {
-                use std::ops::Bound;
-                let mut entries = Vec::new();
-                let mut watch = Vec::new();
-                let mut more = false;
-                let range = self
-                    .st
-                    .ges
-                    .range::<String, _>((Bound::Excluded(&after), Bound::Unbounded));
-                for (name, rec) in range.filter(|(_, r)| r.is_active()) {
-                    if entries.len() == crate::wire::MAX_LISTING {
-                        more = true;
-                        break;
+                let page = self.listing_page(&after);
+                // A node before the directory on demand (`fpn-gms/2` and
+                // older) hears of every listed GE's changes from now on.
+                if let ServerMsg::DirectoryListing { entries, .. } = &page {
+                    for e in entries.iter().filter(|e| e.ge != ge) {
+                        self.watchers.entry(e.ge.0).or_default().insert(ge.0);
                     }
-                    // The lister hears of this GE's address changes from now on.
-                    if rec.id != ge.0 {
-                        watch.push(rec.id);
+                }
+                Ok((page, Vec::new()))
+            }
+            ClientMsg::DirectoryPage { after } => Ok((self.listing_page(&after), Vec::new())),
+            ClientMsg::DirectoryDigest => Ok((
+                ServerMsg::DirectoryDigest(self.listing_digest()),
+                Vec::new(),
+            )),
+            ClientMsg::DirectoryForget(ges) => {
+                for g in ges {
+                    if let Some(w) = self.watchers.get_mut(&g.0) {
+                        w.remove(&ge.0);
+                        if w.is_empty() {
+                            self.watchers.remove(&g.0);
+                        }
                     }
-                    let p = self.presence.get(&rec.id);
-                    entries.push(crate::wire::ListedGe {
-                        name: name.clone(),
-                        ge: GeId(rec.id),
-                        overlay: rec.overlay,
-                        online: p.is_some_and(|p| p.online),
-                        seen: p.and_then(|p| p.seen),
-                        reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
-                    });
                 }
-                for id in watch {
-                    self.watchers.entry(id).or_default().insert(ge.0);
-                }
-                Ok((ServerMsg::DirectoryListing { entries, more }, Vec::new()))
+                Ok((ServerMsg::Ack, Vec::new()))
             }
             ClientMsg::Renew => Ok(self.handle_renew(ge, now)),
             ClientMsg::Observe => {
@@ -676,6 +670,63 @@ impl Core {
                 answer(O::Unknown)
             }
         }
+    }
+
+    /// The page of the listing after the name `after` (empty: the first).
+    fn listing_page(&self, after: &str) -> ServerMsg {
+        use std::ops::Bound;
+        let mut entries = Vec::new();
+        let mut more = false;
+        let range = self
+            .st
+            .ges
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        for (name, rec) in range.filter(|(_, r)| r.is_active()) {
+            if entries.len() == crate::wire::MAX_LISTING {
+                more = true;
+                break;
+            }
+            let p = self.presence.get(&rec.id);
+            entries.push(crate::wire::ListedGe {
+                name: name.clone(),
+                ge: GeId(rec.id),
+                overlay: rec.overlay,
+                online: p.is_some_and(|p| p.online),
+                seen: p.and_then(|p| p.seen),
+                reported: p.map(|p| p.reported.clone()).unwrap_or_default(),
+            });
+        }
+        ServerMsg::DirectoryListing { entries, more }
+    }
+
+    /// The digest of what a listing shows of the GEs themselves (name, id,
+    /// overlay address of every active GE, in name order), not of their
+    /// presence. Derived from the records alone, so a GMS restart keeps
+    /// it and its nodes need not list again (design note 66). Cached
+    /// until a GE record is written.
+    pub fn listing_digest(&mut self) -> [u8; 16] {
+        if let Some(d) = self.st.listing_digest {
+            return d;
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"fpn listing digest v1");
+        for (name, rec) in self.st.ges.iter().filter(|(_, r)| r.is_active()) {
+            // Length-prefixed: no two listings hash the same bytes.
+            ctx.update(&[name.len() as u8]);
+            ctx.update(name.as_bytes());
+            ctx.update(&rec.id.to_be_bytes());
+            ctx.update(&rec.overlay.octets());
+        }
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        self.st.listing_digest = Some(d);
+        d
+    }
+
+    /// How many GEs `ge` follows (hears the changes of), for `ge show`.
+    /// Scans every follower set: not for listings of every GE.
+    pub fn followed_by(&self, ge: GeId) -> usize {
+        self.watchers.values().filter(|w| w.contains(&ge.0)).count()
     }
 
     /// A GE's entry as the directory answers it.

@@ -968,3 +968,101 @@ fn ge_add_derives_kind_and_mode_and_creates_its_groups() {
     assert!(e.contains("default name g6 is taken by group 5"), "{e}");
     assert!(admin_err(c, AdminRequest::GeShow { name: "m".into() }).contains("no GE named m"));
 }
+
+// ---- the directory on demand (design note 66) ----
+
+#[test]
+fn the_directory_on_demand_follows_only_what_a_node_asks_about_until_it_forgets() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    for n in ["a", "b", "c"] {
+        ge_add(c, n, &[1]);
+    }
+    enroll(c, "c", 3);
+    let a = GeId(c.st.ges["a"].id);
+    let id_c = GeId(c.st.ges["c"].id);
+    // A page that follows nobody, with the same entries as a listing.
+    let (page, _) = c
+        .handle_request(a, ClientMsg::DirectoryPage { after: "".into() }, T0)
+        .unwrap();
+    match page {
+        ServerMsg::DirectoryListing { entries, more } => {
+            let names: Vec<_> = entries.into_iter().map(|e| e.name).collect();
+            assert_eq!(
+                (names, more),
+                (vec!["a".into(), "b".into(), "c".into()], false)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.followed_by(a), 0);
+    let (sid, _, out) = c
+        .open_session(id_c, "198.18.0.3:5000".parse().unwrap(), vec![], T0)
+        .unwrap();
+    assert!(
+        pushes_to(&out, a).is_empty(),
+        "a page made its reader follow c"
+    );
+    // A query follows.
+    c.handle_request(a, ClientMsg::DirectoryQuery("c".into()), T0)
+        .unwrap();
+    assert_eq!(c.followed_by(a), 1);
+    let out = c.session_moved(id_c, sid, "198.18.0.3:6000".parse().unwrap());
+    assert!(
+        !pushes_to(&out, a).is_empty(),
+        "c's move was not pushed to its follower"
+    );
+    // Forgetting stops the pushes at once.
+    let (ack, _) = c
+        .handle_request(a, ClientMsg::DirectoryForget(vec![id_c, GeId(999)]), T0)
+        .unwrap();
+    assert!(matches!(ack, ServerMsg::Ack), "{ack:?}");
+    assert_eq!(c.followed_by(a), 0);
+    let out = c.session_moved(id_c, sid, "198.18.0.3:7000".parse().unwrap());
+    assert!(
+        pushes_to(&out, a).is_empty(),
+        "a forgotten GE's move was pushed"
+    );
+}
+
+#[test]
+fn the_listing_digest_changes_with_the_listing_only_and_survives_a_restart() {
+    let mut f = fixture(|_| {});
+    let c = &mut f.core;
+    group_add(c, 1);
+    for n in ["a", "b"] {
+        ge_add(c, n, &[1]);
+    }
+    enroll(c, "b", 2);
+    let a = GeId(c.st.ges["a"].id);
+    let digest = |c: &mut Core| match c.handle_request(a, ClientMsg::DirectoryDigest, T0) {
+        Ok((ServerMsg::DirectoryDigest(d), _)) => d,
+        other => panic!("{other:?}"),
+    };
+    let d0 = digest(c);
+    assert_eq!(digest(c), d0);
+    // Presence is not part of it.
+    let b = GeId(c.st.ges["b"].id);
+    c.open_session(b, "198.18.0.2:5000".parse().unwrap(), vec![], T0)
+        .unwrap();
+    c.handle_request(
+        b,
+        ClientMsg::ReportAddresses(vec!["10.0.0.2:7718".parse().unwrap()]),
+        T0,
+    )
+    .unwrap();
+    assert_eq!(digest(c), d0, "presence changed the digest");
+    // A GE added changes it; revoked, it is listed no more and the digest
+    // is the old one again.
+    ge_add(c, "e", &[1]);
+    let d1 = digest(c);
+    assert_ne!(d1, d0, "a new GE left the digest as it was");
+    admin(c, AdminRequest::GeRevoke { name: "e".into() });
+    assert_eq!(digest(c), d0);
+    // The same records after a restart: the same digest.
+    let reloaded = State::load(c.store.as_ref()).unwrap();
+    c.st = reloaded;
+    assert_eq!(c.st.listing_digest, None);
+    assert_eq!(digest(c), d0, "a restart changed the digest");
+}

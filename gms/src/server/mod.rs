@@ -332,7 +332,7 @@ pub async fn serve_with_reload(
         &server_key,
         core.config().expired_reconnect_grace_secs(),
     )?;
-    let endpoint = tls::endpoint(listen, Some(sc))
+    let endpoint = fpn_gms_client::tls::server_endpoint(listen, sc, &server_key)
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let local = endpoint.local_addr()?;
     core.set_listen_addr(local);
@@ -405,7 +405,13 @@ pub async fn serve_with_reload(
     shutdown.await;
     notify_systemd(sd_notify::STOPPING);
     info!("GMS shutting down");
-    endpoint.close(wire::close::SHUTDOWN.into(), b"GMS shutting down");
+    // The nodes come back spread over a time that grows with their number
+    // (a fleet reconnecting at once overflows the handshakes, and QUIC's
+    // retransmission back-off then makes the last ones wait the longest).
+    let live = shared.lock().sessions.len();
+    let reason = wire::shutdown_reason(live);
+    info!(sessions = live, %reason, "closing the sessions");
+    endpoint.close(wire::close::SHUTDOWN.into(), reason.as_bytes());
     for t in &tasks {
         t.abort();
     }

@@ -434,6 +434,8 @@ async fn run(
         mapped: None,
         local_updates: Some(local_rx),
         fetch_credentials: !real_prefixes.is_empty(),
+        queries: query_tx.clone(),
+        following: crate::gms::Following::default(),
     };
     let mut gms_task = tokio::spawn(gms.run().instrument(info_span!("gms")));
 

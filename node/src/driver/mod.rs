@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::msg::MAX_MESSAGE_LEN;
 use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
 use fpn_proto::overlay6::Overlay6;
 use fpn_proto::packet::vnet::VnetRepr;
 use fpn_proto::pccom::TRAILER_LEN;
@@ -49,6 +50,9 @@ pub enum Query {
     PeerPath(Ipv4Addr, oneshot::Sender<Option<(String, String)>>),
     /// The overlay address of the peer named so (for `ping`).
     Resolve(String, oneshot::Sender<Option<Ipv4Addr>>),
+    /// The peers with at least one live flow (the GMS task follows their
+    /// directory entries while they have one).
+    LivePeers(oneshot::Sender<Vec<GeId>>),
     /// The decision rule for a flow (for `why`), and whether the peer's
     /// directory entry is missing (then, with `ask` true, it is asked for).
     Explain {
@@ -651,6 +655,9 @@ impl Shell {
             }
             Query::Resolve(name, tx) => {
                 let _ = tx.send(self.core.peers().by_name(&name).and_then(|p| p.overlay));
+            }
+            Query::LivePeers(tx) => {
+                let _ = tx.send(self.core.pit().live_peers().collect());
             }
             Query::Explain { flow, ask, tx } => {
                 let (report, lookup) = self.core.explain(&flow);
