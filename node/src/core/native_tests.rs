@@ -538,3 +538,31 @@ fn a_refused_flow_leaves_no_steering_behind() {
     assert!(sim.counter(a, "refused_flows") >= 1);
     assert!(sim.nodes[a].steering.is_empty() && sim.nodes[a].intercepted.is_empty());
 }
+
+/// The directory on demand (design note 66): b knows a from the listing
+/// alone (no node key, no info), as when a dialed b and b never asked the
+/// GMS about a. The first flow's DPRP gives b a's verified credential, and
+/// with its key b starts a's path machine: the pair goes native.
+#[test]
+fn a_peer_known_from_the_listing_alone_goes_native_after_its_first_flow() {
+    let mut sim = CoreSim::new(7, LinkConfig::default());
+    sim.path = PathConfig {
+        force: Force::Auto,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce(a, b);
+    let mut listed = sim.record(a);
+    listed.key = None;
+    listed.info = None;
+    sim.command(b, super::Command::Peer(listed));
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(carrier(&sim, b).0, "quic", "b has no key for a yet");
+    exchange(&mut sim, a, b, b"FIRST-FLOW");
+    assert_eq!(sim.nodes[b].tun.len(), 1, "the first flow did not arrive");
+    sim.run_for(Duration::from_secs(30));
+    for i in [a, b] {
+        assert_eq!(carrier(&sim, i).0, "native", "node {i}");
+    }
+}

@@ -392,8 +392,23 @@ impl NodeCore {
                     // ahead of this round's CDN.
                     self.natf_established(e.flow, gateway, m.lip, m.reserved_port);
                 }
+                let mut learned = false;
                 if let Some(p) = self.peers.get_mut(e.peer) {
                     p.had_flow = true;
+                    // A peer this node knows from the listing alone (the
+                    // directory on demand: it never asked about it) has no
+                    // node key yet. DPRP has just verified the peer's
+                    // CA-signed credential, which names it; the native
+                    // path's probe key is derived from it.
+                    if p.key.is_none()
+                        && let Some(k) = self.dprp.peer_node_key(e.peer)
+                    {
+                        p.key = Some(k);
+                        learned = true;
+                    }
+                }
+                if learned {
+                    self.update_machine(e.peer, now);
                 }
                 self.install_translation(e.flow, e.peer, now);
                 self.steering_established(&done, now);

@@ -524,6 +524,13 @@ impl Endpoint {
         Ok(pair.probe_key())
     }
 
+    /// The node key of GE `ge` from the newest verified credential of it
+    /// in the credential cache (a peer this endpoint negotiated with), if
+    /// any: the node learns a peer's key here when its directory has none.
+    pub fn peer_node_key(&self, ge: GeId) -> Option<[u8; crate::keys::PUBLIC_KEY_LEN]> {
+        self.peers.node_key_of(ge)
+    }
+
     /// Re-anchors wall-clock time (after an NTP step or a suspend).
     pub fn handle_wall_clock(&mut self, unix_now: u64, now: Instant) {
         self.clock = (now, unix_now);

@@ -218,6 +218,15 @@ impl Peers {
             .map(|c| c.info.id)
     }
 
+    /// The node key of the newest cached verified credential of `ge`.
+    pub(crate) fn node_key_of(&self, ge: GeId) -> Option<[u8; PUBLIC_KEY_LEN]> {
+        self.creds
+            .values()
+            .filter(|c| c.info.id == ge)
+            .max_by_key(|c| c.serial)
+            .map(|c| c.node_key)
+    }
+
     pub(crate) fn revoke_serial(&mut self, serial: u64) {
         self.revoked_serials.insert(serial);
         self.purge(|c| c.serial == serial);
