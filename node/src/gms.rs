@@ -207,6 +207,15 @@ impl Following {
 /// plane); the rest come with the next listing.
 const CREDENTIALS_PER_LIST: usize = 64;
 
+/// Most listed peers whose credential one listing fetches otherwise. A
+/// node keeps every peer's credential in its cache (`peers.json`), so that
+/// a first contact works from the cache while the GMS is down and both
+/// ends of a new pair can probe the native path from the start; the fetch
+/// follows the peer, and the sweeps forget it again unless the node talks
+/// to it (design note 66). Bounded so that a new fleet fills its caches
+/// over minutes rather than all at once.
+const PREFETCH_PER_LIST: usize = 16;
+
 /// The next item of an optional channel; never ready without one (or once
 /// it closed).
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -664,18 +673,21 @@ impl GmsTask {
         self.save();
     }
 
-    /// The real-address plane: fetches the credentials of listed peers
-    /// that have none yet, a bounded number per listing.
+    /// Fetches the credentials of listed peers that have none in the cache
+    /// yet, a bounded number per listing (more with the real-address plane,
+    /// which routes their prefixes).
     async fn fetch_missing_credentials(&mut self) {
-        if !self.fetch_credentials {
-            return;
-        }
+        let budget = if self.fetch_credentials {
+            CREDENTIALS_PER_LIST
+        } else {
+            PREFETCH_PER_LIST
+        };
         let missing: Vec<String> = self
             .shared
             .dir()
             .iter()
             .filter(|r| r.info.is_none())
-            .take(CREDENTIALS_PER_LIST)
+            .take(budget)
             .map(|r| r.name.clone())
             .collect();
         for name in missing {
