@@ -19,7 +19,9 @@
 # writes not coalesced: what the write side adds on its own); "nostages"
 # is AFTER with FPN_NODE_NATIVE_SEND_STAGE=0 and FPN_NODE_TUN_WRITE_STAGE=0
 # (the driver sends native batches and writes the TUN itself: what the two
-# stage threads add), "notx" and "notun" turn off one of them.
+# stage threads add), "notx" and "notun" turn off one of them; "threads1"
+# and "threads2" are AFTER with FPN_NODE_THREADS=1 or 2 (the node's tokio
+# runtime with that many worker threads; the default is one per core).
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -45,6 +47,8 @@ for r in $(seq "$REPEAT"); do
             nostages) bin=$AFTER env=(FPN_NODE_NATIVE_SEND_STAGE=0 FPN_NODE_TUN_WRITE_STAGE=0) ;;
             notx) bin=$AFTER env=(FPN_NODE_NATIVE_SEND_STAGE=0) ;;
             notun) bin=$AFTER env=(FPN_NODE_TUN_WRITE_STAGE=0) ;;
+            threads1) bin=$AFTER env=(FPN_NODE_THREADS=1) ;;
+            threads2) bin=$AFTER env=(FPN_NODE_THREADS=2) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -58,9 +62,11 @@ import glob, json, statistics as st, sys
 out = sys.argv[1]
 keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "tcp1_daemon_cores_per_gbps", "tcp4_daemon_cores_per_gbps",
-        "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms"]
+        "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms",
+        # with TCP16=1 only
+        "tcp16_gbps", "tcp16_daemon_cores_per_gbps"]
 rows, loads = {}, []
-for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun"]:
+for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

@@ -63,6 +63,8 @@
 #               (the nodes inherit it) each is negotiated (DPRP) before its
 #               first packet is released. WireGuard and nebula have no
 #               per-flow state, so theirs is a plain RTT.
+#   tcp16       with TCP16=1 (default off), iperf3 with 16 streams after
+#               the 4-stream run, measured the same way (a separate table)
 #   storm       with STORM_SECS > 0 (default 0: off), after the other
 #               measurements, the connection storm of issue 13 with
 #               fpn-storm (overlay-tests): for STORM_SECS seconds each,
@@ -124,7 +126,7 @@
 # when fpn-native ran, the issue's aims as same-run ratios.
 #
 # Environment: DURATION=10 (iperf3 seconds; QUICK=1 sets 3), PINGS=20,
-# FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, STORM_SECS=0,
+# FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, TCP16=0, STORM_SECS=0,
 # STORM_CONC=32, SELFTEST_PLAIN=0,
 # SELFTEST_PCCOM_OFF=0,
 # FPN_BIN=<dir with release fpn-gms and fpn-node> (default: built here with
@@ -158,6 +160,7 @@ TUN_MTU=${TUN_MTU:-1380}
 SOCKBUF=${SOCKBUF:-4194304}
 SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
 STORM_SECS=${STORM_SECS:-0}
+TCP16=${TCP16:-0}
 STORM_CONC=${STORM_CONC:-32}
 SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
 UNDERLAY=${UNDERLAY:-4}
@@ -175,6 +178,7 @@ die() {
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces)"
 case $SOCKBUF in '' | *[!0-9]*) die "SOCKBUF must be a number of bytes" ;; esac
 case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
+[[ $TCP16 =~ ^[01]$ ]] || die "TCP16 must be 0 or 1"
 [[ $STORM_SECS =~ ^(0|[1-9][0-9]*)$ ]] || die "STORM_SECS must be a number of seconds (0: no storm)"
 [[ $STORM_CONC =~ ^[1-9][0-9]*$ ]] || die "STORM_CONC must be a positive number"
 
@@ -735,7 +739,7 @@ keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full"
 print(" ".join("%s=%s" % (k, c[k]) for k in keys))
 '
 
-METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 ping urtt cold flow1 flow1max flowlost stcp stcp99 sudp sudp99 sfail"
+METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 tcp16 retr16 cpu16 cpg16 ping urtt cold flow1 flow1max flowlost stcp stcp99 sudp sudp99 sfail"
 # One round of one mode. Runs in a subshell (see main): it records its
 # numbers in rounds.txt when every required check passed, else its reasons
 # in failures.txt; nothing it sets survives it.
@@ -769,7 +773,7 @@ measure() {
     flows=$(inA python3 -c "$NEW_FLOWS" "$DST" 7799 "$FLOWS")
     echo "$flows" >"$WORK/flows-$MODE-$ROUND.json"
     read -r V[flow1] V[flow1max] V[flowlost] < <(python3 -c "$STATS" <<<"$flows")
-    local st0="$WORK/status-$MODE-$ROUND-before.json" st1="$WORK/status-$MODE-$ROUND-after.json" rx1 rx4
+    local st0="$WORK/status-$MODE-$ROUND-before.json" st1="$WORK/status-$MODE-$ROUND-after.json" rx1 rx4 rx16=0
     local before=false
     if $fpn; then fpn_status a "$st0" && before=true; fi
     read -r V[tcp1] V[retr1] rx1 V[cpu1] < <(iperf 1)
@@ -777,6 +781,14 @@ measure() {
     read -r V[tcp4] V[retr4] rx4 V[cpu4] < <(iperf 4)
     V[cpg1]=$(per_gbit "${V[cpu1]}" "${V[tcp1]}")
     V[cpg4]=$(per_gbit "${V[cpu4]}" "${V[tcp4]}")
+    V[tcp16]=NA V[retr16]=NA V[cpu16]=NA V[cpg16]=NA
+    if [ "$TCP16" = 1 ]; then
+        sleep 1
+        read -r V[tcp16] V[retr16] rx16 V[cpu16] < <(iperf 16)
+        V[cpg16]=$(per_gbit "${V[cpu16]}" "${V[tcp16]}")
+        log "   tcp16 ${V[tcp16]} Gbit/s (retransmits ${V[retr16]}, daemon cores ${V[cpu16]}, per Gbit/s ${V[cpg16]})"
+        [ "${V[tcp16]}" != NA ] || fails+=("no tcp16 result")
+    fi
     log "   tcp1 ${V[tcp1]} tcp4 ${V[tcp4]} Gbit/s (retransmits ${V[retr1]}/${V[retr4]}," \
         "daemon cores ${V[cpu1]}/${V[cpu4]}, per Gbit/s ${V[cpg1]}/${V[cpg4]}), ping ${V[ping]} ms," \
         "udp echo ${V[urtt]} ms (min-median-max $spread, lost $lost), cold ${V[cold]} ms, new flow ${V[flow1]} (max ${V[flow1max]}," \
@@ -788,7 +800,7 @@ measure() {
         local verdict evidence
         if $before && fpn_status a "$st1"; then
             verdict="the status check did not run" evidence=-
-            { read -r verdict && read -r evidence; } < <(python3 -c "$FPN_CHECK" "$MODE" "$st0" "$st1" $((rx1 + rx4)) 2>&1) || true
+            { read -r verdict && read -r evidence; } < <(python3 -c "$FPN_CHECK" "$MODE" "$st0" "$st1" $((rx1 + rx4 + rx16)) 2>&1) || true
             log "   status: $evidence"
             [ "$verdict" = ok ] || fails+=("$verdict")
             python3 -c "$ACTIONS" <"$st1" >"$WORK/actions-$MODE"
@@ -917,13 +929,14 @@ report() {
                 sep=,
                 for k in tcp1:tcp1_gbps retr1:tcp1_retransmits cpu1:tcp1_daemon_cores cpg1:tcp1_daemon_cores_per_gbps \
                     tcp4:tcp4_gbps retr4:tcp4_retransmits cpu4:tcp4_daemon_cores cpg4:tcp4_daemon_cores_per_gbps \
+                    tcp16:tcp16_gbps retr16:tcp16_retransmits cpu16:tcp16_daemon_cores cpg16:tcp16_daemon_cores_per_gbps \
                     ping:ping_avg_ms urtt:udp_echo_avg_ms cold:cold_first_ping_ms flow1:new_flow_first_ms \
                     flow1max:new_flow_first_max_ms flowlost:new_flows_lost stcp:storm_tcp_per_s \
                     stcp99:storm_tcp_p99_ms sudp:storm_udp_per_s sudp99:storm_udp_p99_ms sfail:storm_failed; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
-                for k in tcp1:tcp1 tcp4:tcp4 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \
-                    cpg4:tcp4_daemon_cores_per_gbps; do
+                for k in tcp1:tcp1 tcp4:tcp4 tcp16:tcp16 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \
+                    cpg4:tcp4_daemon_cores_per_gbps cpg16:tcp16_daemon_cores_per_gbps; do
                     printf ',"%s_range":[%s]' "${k#*:}" "$(sed 's/\.\./,/; s/NA/null/g' <<<"${RNG[$m.${k%%:*}]}")"
                 done
                 printf ',"failures":['
@@ -963,6 +976,18 @@ report() {
                     "${R[$m.cold]}" "${R[$m.flow1]}" "${R[$m.flow1max]}" "$(lost "$m")" \
                     "$(passed "$m")" "$(failed "$m")"
             done
+            if [ "$TCP16" = 1 ]; then
+                echo
+                echo "TCP with 16 streams, ${DURATION} s:"
+                echo
+                echo "| mode | TCP 16 streams Gbit/s | retransmits | daemon cores | daemon cores per Gbit/s |"
+                echo "| --- | --- | --- | --- | --- |"
+                for m in "${MODES[@]}"; do
+                    printf '| %s | %s (%s)%s | %s | %s | %s%s |\n' "$m" \
+                        "${R[$m.tcp16]}" "$(ratio "${R[$m.tcp16]}" "${R[$b.tcp16]:-NA}")" "$(range "$m" tcp16)" \
+                        "${R[$m.retr16]}" "${R[$m.cpu16]}" "${R[$m.cpg16]}" "$(range "$m" cpg16)"
+                done
+            fi
             if [ "$STORM_SECS" -gt 0 ]; then
                 echo
                 echo "Connection storm, ${STORM_SECS} s each, $STORM_CONC at a time (fpn-storm): completed per second, p99 latency; ratio against the best of wireguard-go and nebula:"

@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// one send (UDP GSO, where the kernel has it; quinn falls back by
     /// itself where it fails). Off only to compare or to rule it out.
     pub quic_gso: bool,
+    /// Worker threads of the daemon's async runtime; 0 picks them
+    /// ([`NodeConfig::runtime_threads_for`]). The environment variable
+    /// `FPN_NODE_THREADS` overrides it.
+    pub runtime_threads: usize,
     /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
     /// and report the mapped address to peers as a candidate; renewed in
     /// the background, deleted on a clean stop.
@@ -154,6 +158,7 @@ impl Default for NodeConfig {
             fast_open: true,
             tun_offloads: true,
             quic_gso: true,
+            runtime_threads: 0,
             port_mapping: true,
             metrics: MetricsSettings::default(),
             vin_range: "100.127.0.0/16".into(),
@@ -193,6 +198,23 @@ impl NodeConfig {
     /// nftables table or the engine at start-up.
     pub const RELOADABLE: [&'static str; 1] = ["log"];
 
+    /// How many worker threads the async runtime gets on a machine with
+    /// `cores` cores: `runtime_threads` when set, else one on a machine of
+    /// at most two cores and one per core above. On two cores one thread
+    /// carries 15 % more over QUIC than two (docs/BENCHMARKS.md, "the
+    /// node's runtime threads"): the data path's own threads (the native
+    /// send, TUN write and receive threads) use the second core, and a
+    /// second runtime thread only moves the driver and quinn's tasks
+    /// between the cores. Above two cores that was not measured, so tokio's
+    /// default (one per core) stays.
+    pub fn runtime_threads_for(&self, cores: usize) -> usize {
+        match self.runtime_threads {
+            0 if cores <= 2 => 1,
+            0 => cores,
+            n => n,
+        }
+    }
+
     /// The keys that differ between `self` (in force) and `new` and only
     /// take effect after a restart.
     pub fn restart_keys_changed(&self, new: &NodeConfig) -> Vec<&'static str> {
@@ -226,6 +248,10 @@ impl NodeConfig {
         diff("fast_open", self.fast_open == new.fast_open);
         diff("tun_offloads", self.tun_offloads == new.tun_offloads);
         diff("quic_gso", self.quic_gso == new.quic_gso);
+        diff(
+            "runtime_threads",
+            self.runtime_threads == new.runtime_threads,
+        );
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);
         diff("vin_range", self.vin_range == new.vin_range);
@@ -317,6 +343,19 @@ mod tests {
     fn the_example_file_parses_to_the_defaults() {
         let text = include_str!("../../configs/node/node.toml");
         assert_eq!(NodeConfig::parse(text).unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn the_runtime_gets_one_thread_on_two_cores_unless_configured() {
+        let mut c = NodeConfig::default();
+        assert_eq!(c.runtime_threads_for(1), 1);
+        assert_eq!(c.runtime_threads_for(2), 1);
+        assert_eq!(c.runtime_threads_for(8), 8);
+        c.runtime_threads = 3;
+        assert_eq!(c.runtime_threads_for(2), 3);
+        let parsed = NodeConfig::parse("runtime_threads = 2").unwrap();
+        assert_eq!(parsed.runtime_threads_for(2), 2);
+        assert!(NodeConfig::parse("runtime_threads = -1").is_err());
     }
 
     #[test]

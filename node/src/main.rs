@@ -150,16 +150,27 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let log = match &cli.cmd {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (log, threads) = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
-            Ok(c) => c.log,
+            Ok(c) => {
+                let threads = c.runtime_threads_for(cores);
+                (c.log, threads)
+            }
             Err(e) => {
                 eprintln!("fpn-node: {e}");
                 return ExitCode::from(2);
             }
         },
-        _ => "warn".into(),
+        // One-shot commands talk to the daemon: one thread is plenty.
+        _ => ("warn".into(), 1),
     };
+    // For measurements (bench/overlay-ab.sh `threads1`, `threads2`).
+    let threads = std::env::var("FPN_NODE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(threads);
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // An empty RUST_LOG counts as unset (systemd units and tests clear it so).
@@ -186,13 +197,20 @@ fn main() -> ExitCode {
             handle.reload(f).map_err(|e| e.to_string())
         }) as fpn_node::daemon::LogSetter
     });
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fpn-node: tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.cmd, Cmd::Up { .. }) {
+        tracing::info!(threads, cores, "async runtime");
+    }
     let json = wants_json(&cli.cmd);
     match rt.block_on(run(cli.cmd, set_log)) {
         Ok(code) => code,
