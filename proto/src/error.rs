@@ -164,6 +164,11 @@ pub enum Error {
     /// The send counter of a flow direction is exhausted; the flow must rekey.
     #[error("packet counter exhausted: the flow must be renegotiated")]
     CounterExhausted,
+    /// The flow's cipher state is no longer the flow's current one (its PIT
+    /// entry was removed or renegotiated): a data-path worker hands the
+    /// packet to the node's core instead.
+    #[error("the flow's cipher state was retired")]
+    CryptoRetired,
 
     // ---- PIT (pit.rs) ----
     /// The PIT holds its maximum number of entries.

@@ -38,13 +38,14 @@
 //! so outputs do not depend on hash order.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::action::Action;
 use crate::flow::{FastMap, FlowId};
 use crate::ge::{GeId, GroupId};
 use crate::keys::{FlowKeys, KeyVersion};
-use crate::pccom::{FlowCrypto, Limits, PacketAead, RingAesGcm};
+use crate::pccom::{CryptoState, FlowCrypto, Limits, PacketAead, RingAesGcm, SharedCrypto};
 use crate::{Error, Result};
 
 mod ageing;
@@ -72,7 +73,9 @@ pub struct PitConfig {
     /// that peer holds its fair share of the table or more, and fails
     /// with [`Error::PitFull`] when none may go.
     pub max_entries: usize,
-    /// An entry unused for this long ages out.
+    /// An entry unused for this long ages out (one that only data-path
+    /// workers use: between one and two of these after its last packet,
+    /// since their use is looked at when the deadline comes).
     pub idle_timeout: Duration,
     /// How long a replaced entry's receive keys still open packets.
     pub rekey_grace: Duration,
@@ -280,7 +283,7 @@ impl NewEntry {
 
 /// Receive state kept for a while after its entry was replaced.
 struct Previous<A: PacketAead> {
-    crypto: FlowCrypto<A>,
+    crypto: Arc<SharedCrypto<A>>,
     group: GroupId,
     version: KeyVersion,
     until: Instant,
@@ -291,7 +294,8 @@ pub struct PitEntry<A: PacketAead = RingAesGcm> {
     action: Action,
     peer: Option<GeId>,
     key_version: Option<KeyVersion>,
-    crypto: Option<FlowCrypto<A>>,
+    /// Shared with the node's data-path workers (note 67).
+    crypto: Option<Arc<SharedCrypto<A>>>,
     /// Boxed: it exists only for a rekey's grace, and inline it would
     /// double every entry's size.
     previous: Option<Box<Previous<A>>>,
@@ -340,14 +344,60 @@ impl<A: PacketAead> PitEntry<A> {
         self.last_used
     }
 
-    /// Counters.
+    /// Counters: the packets the PIT handled and those workers carried
+    /// with the flow's shared cipher state.
     pub fn stats(&self) -> FlowStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(c) = &self.crypto {
+            let w = c.worker_counts();
+            s.packets_local += w.packets_out;
+            s.bytes_local += w.bytes_out;
+            s.packets_remote += w.packets_in;
+            s.bytes_remote += w.bytes_in;
+            s.rejected += w.rejected;
+        }
+        s
     }
 
     /// The cipher state (protected flows).
-    pub fn crypto(&self) -> Option<&FlowCrypto<A>> {
-        self.crypto.as_ref()
+    pub fn crypto(&self) -> Option<&SharedCrypto<A>> {
+        self.crypto.as_deref()
+    }
+
+    /// The cipher state for a data-path worker: a protected, active entry
+    /// outside a rekey's grace (a packet under the old keys then needs the
+    /// PIT, which tries both) and not due for a renegotiation (the PIT
+    /// must see the flow's packets to start it). Its `seal` and `open`
+    /// refuse by themselves once the PIT retires it.
+    pub fn share_crypto(&self) -> Option<Arc<SharedCrypto<A>>> {
+        if self.state != EntryState::Active || self.previous.is_some() || self.renegotiate.is_some()
+        {
+            return None;
+        }
+        self.crypto
+            .clone()
+            .filter(|c| c.is_current() && !c.rekey_due())
+    }
+
+    /// Retires the cipher states (the entry is gone): nothing seals or
+    /// opens with them from now on, workers included.
+    fn retire_crypto(&self) {
+        if let Some(c) = &self.crypto {
+            c.set_state(CryptoState::Retired);
+        }
+        if let Some(p) = &self.previous {
+            p.crypto.set_state(CryptoState::Retired);
+        }
+    }
+
+    /// A worker carried a packet since the last look: the entry counts as
+    /// used `now`. Looked at when the entry's ageing deadline comes, so a
+    /// flow that only workers carry ages out between one and two idle
+    /// timeouts after its last packet.
+    fn refresh(&mut self, now: Instant) {
+        if self.crypto.as_ref().is_some_and(|c| c.take_used()) {
+            self.last_used = self.last_used.max(now);
+        }
     }
 
     /// The earliest moment ageing has something to do with this entry: it
@@ -365,15 +415,15 @@ impl<A: PacketAead> PitEntry<A> {
     /// bytes (kept in `scratch`, which grows once and is reused). Each key
     /// has its own replay window, so no packet opens twice.
     fn unprotect(&mut self, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) -> Result<usize> {
-        let current = self.crypto.as_mut().ok_or(Error::NotProtected)?;
-        let Some(prev) = self.previous.as_mut().filter(|p| now < p.until) else {
+        let current = self.crypto.as_deref().ok_or(Error::NotProtected)?;
+        let Some(prev) = self.previous.as_ref().filter(|p| now < p.until) else {
             return current.unprotect(buf);
         };
         let previous_first = closer_to_previous(peek_counter(buf), current, &prev.crypto);
         let (first, second) = if previous_first {
-            (&mut prev.crypto, current)
+            (&*prev.crypto, current)
         } else {
-            (current, &mut prev.crypto)
+            (current, &*prev.crypto)
         };
         scratch.clear();
         scratch.extend_from_slice(buf);
@@ -445,7 +495,7 @@ fn retire<A: PacketAead>(
     e: &PitEntry<A>,
 ) {
     if let Some(p) = e.peer {
-        retired.entry(p).or_default().add(&e.stats);
+        retired.entry(p).or_default().add(&e.stats());
         if let Some(n) = live.get_mut(&p) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -499,6 +549,19 @@ impl<A: PacketAead> Pit<A> {
             .remove(&flow)
             .or_else(|| self.entries.remove(&flow.reversed()));
         if let Some(o) = &old {
+            // The replaced state seals no more (before its counts are
+            // taken, so no worker adds to them after); it opens for the
+            // grace below or not at all.
+            if let Some(p) = &o.previous {
+                p.crypto.set_state(CryptoState::Retired);
+            }
+            if let Some(c) = &o.crypto {
+                c.set_state(if protect {
+                    CryptoState::Previous
+                } else {
+                    CryptoState::Retired
+                });
+            }
             retire(&mut self.retired, &mut self.live, o);
         }
         if old.is_none()
@@ -518,7 +581,12 @@ impl<A: PacketAead> Pit<A> {
                     until: now + self.config.rekey_grace,
                 }))
             }
-            _ => None,
+            (_, _, crypto) => {
+                if let Some(c) = crypto {
+                    c.set_state(CryptoState::Retired);
+                }
+                None
+            }
         });
         if previous.is_some() {
             // The packet path copies packets here during the grace; size it
@@ -530,10 +598,11 @@ impl<A: PacketAead> Pit<A> {
             action: new.action,
             peer: new.peer,
             key_version: new.key_version,
-            crypto: new
-                .keys
-                .as_ref()
-                .map(|k| FlowCrypto::with_backend(k).with_limits(self.config.limits)),
+            crypto: new.keys.as_ref().map(|k| {
+                Arc::new(SharedCrypto::new(
+                    FlowCrypto::with_backend(k).with_limits(self.config.limits),
+                ))
+            }),
             previous,
             state: if new.tentative {
                 EntryState::Tentative
@@ -609,9 +678,11 @@ impl<A: PacketAead> Pit<A> {
                 break;
             }
             for &(flow, ticket) in &look[start..] {
-                let Some(e) = self.entries.get(&flow).filter(|e| e.ticket == ticket) else {
+                let Some(e) = self.entries.get_mut(&flow).filter(|e| e.ticket == ticket) else {
                     continue;
                 };
+                e.refresh(now);
+                let e = &**e;
                 if e.deadline(idle) > at {
                     continue; // used since it was filed: filed again below
                 }
@@ -645,6 +716,7 @@ impl<A: PacketAead> Pit<A> {
             return false;
         };
         if let Some(e) = self.entries.remove(&flow) {
+            e.retire_crypto();
             retire(&mut self.retired, &mut self.live, &e);
         }
         self.events.push_back(PitEvent::Evicted { flow });
@@ -663,13 +735,15 @@ impl<A: PacketAead> Pit<A> {
         }
     }
 
-    /// Removes the entry for `flow` (either orientation).
+    /// Removes the entry for `flow` (either orientation). Its cipher states
+    /// are retired: the returned entry seals and opens nothing.
     pub fn remove(&mut self, flow: &FlowId) -> Option<PitEntry<A>> {
         let gone = self
             .entries
             .remove(flow)
             .or_else(|| self.entries.remove(&flow.reversed()));
         if let Some(e) = &gone {
+            e.retire_crypto();
             retire(&mut self.retired, &mut self.live, e);
         }
         gone.map(|e| *e)
@@ -727,7 +801,7 @@ impl<A: PacketAead> Pit<A> {
                 return Ok(Disposition::Drop);
             }
             (Action::Pass | Action::Relay, _) => Ok((len, len)),
-            (Action::Protect(_), Origin::Local) => match entry.crypto.as_mut() {
+            (Action::Protect(_), Origin::Local) => match entry.crypto.as_deref() {
                 Some(c) => c.protect(buf, len).map(|n| (len, n)),
                 None => Err(Error::NotProtected),
             },
@@ -759,7 +833,8 @@ impl<A: PacketAead> Pit<A> {
                 s.bytes_remote += plain_len as u64;
             }
         }
-        let over_limit = entry.crypto.as_ref().is_some_and(|c| c.should_rekey());
+        // Workers seal too: any packet the PIT sees notices the limit.
+        let over_limit = entry.crypto.as_ref().is_some_and(|c| c.rekey_due());
         if over_limit && entry.renegotiate.is_none() {
             entry.renegotiate = Some(RenegotiateReason::PacketLimit);
             tracing::debug!(flow = %key, "send counter at rekey limit");
@@ -810,12 +885,14 @@ impl<A: PacketAead> Pit<A> {
                 && p.group == group
                 && p.version <= version
             {
+                p.crypto.set_state(CryptoState::Retired);
                 e.previous = None;
             }
             let erased =
                 e.action == Action::Protect(group) && e.key_version.is_some_and(|v| v <= version);
             if erased {
                 dropped.push(*flow);
+                e.retire_crypto();
                 retire(retired, live, e);
             }
             !erased
@@ -844,12 +921,14 @@ impl<A: PacketAead> Pit<A> {
             let Some(e) = self.entries.get_mut(&flow).filter(|e| e.ticket == ticket) else {
                 continue; // removed or filed again since
             };
-            if e.previous.as_ref().is_some_and(|p| now >= p.until) {
-                e.previous = None;
+            if let Some(p) = e.previous.take_if(|p| now >= p.until) {
+                p.crypto.set_state(CryptoState::Retired);
             }
+            e.refresh(now);
             if now.saturating_duration_since(e.last_used) < idle {
                 e.ticket = self.ageing.file(flow, e.deadline(idle), now);
             } else if let Some(e) = self.entries.remove(&flow) {
+                e.retire_crypto();
                 retire(&mut self.retired, &mut self.live, &e);
                 gone.push(flow);
             }
@@ -886,7 +965,7 @@ impl<A: PacketAead> Pit<A> {
         let mut t = self.retired.clone();
         for e in self.entries.values() {
             if let Some(p) = e.peer {
-                t.entry(p).or_default().add(&e.stats);
+                t.entry(p).or_default().add(&e.stats());
             }
         }
         t
@@ -901,6 +980,16 @@ impl<A: PacketAead> Pit<A> {
     /// All entries, in no particular order (sort before showing).
     pub fn iter(&self) -> impl Iterator<Item = (&FlowId, &PitEntry<A>)> {
         self.entries.iter().map(|(f, e)| (f, &**e))
+    }
+}
+
+impl<A: PacketAead> Drop for Pit<A> {
+    fn drop(&mut self) {
+        // Workers may still hold the cipher states: a table that is gone
+        // (the node stops, or erases its keys) leaves them nothing to use.
+        for e in self.entries.values() {
+            e.retire_crypto();
+        }
     }
 }
 
@@ -930,13 +1019,13 @@ fn peek_counter(buf: &[u8]) -> Option<u64> {
 /// position is 0.
 fn closer_to_previous<A: PacketAead>(
     counter: Option<u64>,
-    current: &FlowCrypto<A>,
-    previous: &FlowCrypto<A>,
+    current: &SharedCrypto<A>,
+    previous: &SharedCrypto<A>,
 ) -> bool {
     let Some(c) = counter else { return false };
-    let Some(old) = previous.replay_window().highest() else {
+    let Some(old) = previous.highest_received() else {
         return false;
     };
-    let new = current.replay_window().highest().unwrap_or(0);
+    let new = current.highest_received().unwrap_or(0);
     old.abs_diff(c) < new.abs_diff(c)
 }

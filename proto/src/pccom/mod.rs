@@ -38,11 +38,13 @@
 mod aead;
 mod frame;
 mod replay;
+mod shared;
 
 use std::fmt;
 
 pub use aead::{NONCE_LEN, PacketAead, RingAesGcm, RustCryptoAesGcm, TAG_LEN};
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
+pub use shared::{CryptoState, SharedCrypto, WorkerCounts};
 
 use crate::keys::FlowKeys;
 use crate::{Error, Result};
@@ -79,17 +81,85 @@ impl Default for Limits {
     }
 }
 
+/// The sending half of a flow's cipher state: this end's direction's AEAD
+/// key, the send counter and the limits. [`FlowCrypto`] holds one next to
+/// an [`Opener`]; [`SharedCrypto`] puts each half behind its own lock, so
+/// the two directions of a flow never wait for each other.
+pub struct Sealer<A: PacketAead = RingAesGcm> {
+    aead: A,
+    next: u64,
+    limits: Limits,
+}
+
+impl<A: PacketAead> Sealer<A> {
+    fn new(keys: &FlowKeys, limits: Limits) -> Self {
+        Self {
+            aead: A::new(&keys.tx),
+            next: 0,
+            limits,
+        }
+    }
+
+    /// Protects the packet in `buf[..len]` in place; the rest of `buf` is
+    /// room, of which [`TRAILER_LEN`] bytes are needed
+    /// ([`Error::BufferTooSmall`] otherwise). Returns the protected length.
+    pub fn protect(&mut self, buf: &mut [u8], len: usize) -> Result<usize> {
+        let counter = self.next;
+        if counter >= self.limits.reject_after {
+            return Err(Error::CounterExhausted);
+        }
+        // Burn the counter before any ciphertext exists: even a failure below
+        // can never lead to a second seal with the same nonce.
+        self.next += 1;
+        frame::seal(&self.aead, counter, buf, len)
+    }
+
+    /// True once the send counter reached [`Limits::rekey_after`].
+    pub fn should_rekey(&self) -> bool {
+        self.next >= self.limits.rekey_after
+    }
+
+    /// Packets protected so far (the next counter value).
+    pub fn packets_sent(&self) -> u64 {
+        self.next
+    }
+}
+
+/// The receiving half of a flow's cipher state: the peer's direction's
+/// AEAD key and the replay window.
+pub struct Opener<A: PacketAead = RingAesGcm> {
+    aead: A,
+    window: ReplayWindow,
+}
+
+impl<A: PacketAead> Opener<A> {
+    fn new(keys: &FlowKeys) -> Self {
+        Self {
+            aead: A::new(&keys.rx),
+            window: ReplayWindow::new(),
+        }
+    }
+
+    /// Verifies and decrypts the protected packet at the start of `buf` in
+    /// place; see [`FlowCrypto::unprotect`].
+    pub fn unprotect(&mut self, buf: &mut [u8]) -> Result<usize> {
+        frame::open(&self.aead, &mut self.window, buf)
+    }
+
+    /// The receive replay window.
+    pub fn replay_window(&self) -> &ReplayWindow {
+        &self.window
+    }
+}
+
 /// The cipher state of one flow at one end: both directions' AEAD keys, the
 /// send counter and the receive replay window.
 ///
 /// Built from the [`FlowKeys`] a negotiation derived; `A` is the AEAD backend
 /// (ring by default, see [`PacketAead`]).
 pub struct FlowCrypto<A: PacketAead = RingAesGcm> {
-    tx: A,
-    rx: A,
-    next_tx: u64,
-    window: ReplayWindow,
-    limits: Limits,
+    sealer: Sealer<A>,
+    opener: Opener<A>,
 }
 
 impl FlowCrypto<RingAesGcm> {
@@ -103,25 +173,15 @@ impl<A: PacketAead> FlowCrypto<A> {
     /// Cipher state with backend `A`.
     pub fn with_backend(keys: &FlowKeys) -> Self {
         Self {
-            tx: A::new(&keys.tx),
-            rx: A::new(&keys.rx),
-            next_tx: 0,
-            window: ReplayWindow::new(),
-            limits: Limits::default(),
+            sealer: Sealer::new(keys, Limits::default()),
+            opener: Opener::new(keys),
         }
     }
 
     /// Lowers the packet limits (tests, simulations, cautious deployments).
     /// Limits above the defaults are capped at the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Self {
-        let reject_after = limits.reject_after.min(REJECT_AFTER_PACKETS);
-        self.limits = Limits {
-            reject_after,
-            rekey_after: limits
-                .rekey_after
-                .min(REKEY_AFTER_PACKETS)
-                .min(reject_after),
-        };
+        self.sealer.limits = capped(limits);
         self
     }
 
@@ -129,14 +189,7 @@ impl<A: PacketAead> FlowCrypto<A> {
     /// room, of which [`TRAILER_LEN`] bytes are needed
     /// ([`Error::BufferTooSmall`] otherwise). Returns the protected length.
     pub fn protect(&mut self, buf: &mut [u8], len: usize) -> Result<usize> {
-        let counter = self.next_tx;
-        if counter >= self.limits.reject_after {
-            return Err(Error::CounterExhausted);
-        }
-        // Burn the counter before any ciphertext exists: even a failure below
-        // can never lead to a second seal with the same nonce.
-        self.next_tx += 1;
-        frame::seal(&self.tx, counter, buf, len)
+        self.sealer.protect(buf, len)
     }
 
     /// Verifies and decrypts the protected packet at the start of `buf` in
@@ -144,28 +197,45 @@ impl<A: PacketAead> FlowCrypto<A> {
     /// length. Fails with [`Error::Replay`] for a duplicate or too old
     /// counter and [`Error::PacketAuth`] for anything altered or forged.
     pub fn unprotect(&mut self, buf: &mut [u8]) -> Result<usize> {
-        frame::open(&self.rx, &mut self.window, buf)
+        self.opener.unprotect(buf)
     }
 
     /// True once the send counter reached [`Limits::rekey_after`]: start a
     /// renegotiation of the flow.
     pub fn should_rekey(&self) -> bool {
-        self.next_tx >= self.limits.rekey_after
+        self.sealer.should_rekey()
     }
 
     /// Packets protected so far (the next counter value).
     pub fn packets_sent(&self) -> u64 {
-        self.next_tx
+        self.sealer.packets_sent()
     }
 
     /// The receive replay window.
     pub fn replay_window(&self) -> &ReplayWindow {
-        &self.window
+        self.opener.replay_window()
     }
 
     /// The limits in force.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.sealer.limits
+    }
+
+    /// The two halves, to be shared ([`SharedCrypto`]).
+    pub fn into_halves(self) -> (Sealer<A>, Opener<A>) {
+        (self.sealer, self.opener)
+    }
+}
+
+/// `limits` capped at the defaults, `rekey_after` at `reject_after`.
+fn capped(limits: Limits) -> Limits {
+    let reject_after = limits.reject_after.min(REJECT_AFTER_PACKETS);
+    Limits {
+        reject_after,
+        rekey_after: limits
+            .rekey_after
+            .min(REKEY_AFTER_PACKETS)
+            .min(reject_after),
     }
 }
 
@@ -173,8 +243,8 @@ impl<A: PacketAead> fmt::Debug for FlowCrypto<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlowCrypto")
             .field("backend", &A::NAME)
-            .field("packets_sent", &self.next_tx)
-            .field("highest_received", &self.window.highest())
+            .field("packets_sent", &self.sealer.next)
+            .field("highest_received", &self.opener.window.highest())
             .finish()
     }
 }

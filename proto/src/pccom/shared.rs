@@ -1,0 +1,277 @@
+//! A flow's cipher state shared between the PIT and the node's data-path
+//! workers (docs/DESIGN-NOTES.md note 67).
+//!
+//! Each direction has its own lock: the sealer's counter must never be used
+//! twice, whichever thread seals (the kernel may move a flow's packets
+//! between workers), and the opener's replay window must see every counter
+//! once. Uncontended, a lock costs far less than the AES-GCM of a packet;
+//! the two directions never wait for each other.
+//!
+//! Whether the state may still be used is one atomic ([`CryptoState`]),
+//! changed only by the PIT (under both locks, so once the change returns no
+//! packet is sealed or opened against it). Workers count what they carry
+//! under the side's lock and mark the flow used
+//! ([`SharedCrypto::take_used`]), which the PIT's ageing reads instead of a
+//! per-packet clock; the rekey limit is a flag anyone reads without a lock
+//! ([`SharedCrypto::rekey_due`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{FlowCrypto, Opener, PacketAead, RingAesGcm, Sealer};
+use crate::{Error, Result};
+
+/// What a [`SharedCrypto`] may still do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CryptoState {
+    /// The flow's current keys: seals and opens.
+    Current = 0,
+    /// Replaced by a renegotiation and kept for its grace: opens only, and
+    /// only through the PIT (which tries both keys); workers leave it alone.
+    Previous = 1,
+    /// The entry is gone (aged out, removed, revoked, its key erased):
+    /// nothing.
+    Retired = 2,
+}
+
+/// Packets and plain bytes a worker carried with a [`SharedCrypto`] (the
+/// PIT's own packets are counted in its entry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounts {
+    /// Sealed (sent) packets.
+    pub packets_out: u64,
+    /// Their plain bytes.
+    pub bytes_out: u64,
+    /// Opened (received) packets.
+    pub packets_in: u64,
+    /// Their plain bytes.
+    pub bytes_in: u64,
+    /// Packets a worker could not seal or open (authentication, replay,
+    /// counter exhausted).
+    pub rejected: u64,
+}
+
+struct SealSide<A: PacketAead> {
+    sealer: Sealer<A>,
+    packets: u64,
+    bytes: u64,
+    rejected: u64,
+}
+
+struct OpenSide<A: PacketAead> {
+    opener: Opener<A>,
+    packets: u64,
+    bytes: u64,
+    rejected: u64,
+}
+
+/// A cache line of its own: the sealing worker and the opening one write
+/// their sides on every packet and must not drag each other's line along.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// One flow's cipher state, shareable (`Arc`) between the PIT and workers.
+pub struct SharedCrypto<A: PacketAead = RingAesGcm> {
+    seal: Padded<Mutex<SealSide<A>>>,
+    open: Padded<Mutex<OpenSide<A>>>,
+    /// Read on every packet, written a few times in the flow's life.
+    state: AtomicU8,
+    /// Set once the send counter reached the rekey limit.
+    rekey_due: AtomicBool,
+    used: Padded<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while sealing leaves nothing half-done that matters: the
+    // counter is burnt before the seal.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<A: PacketAead> SharedCrypto<A> {
+    /// Shares `crypto`, current.
+    pub fn new(crypto: FlowCrypto<A>) -> Self {
+        let (sealer, opener) = crypto.into_halves();
+        Self {
+            seal: Padded(Mutex::new(SealSide {
+                sealer,
+                packets: 0,
+                bytes: 0,
+                rejected: 0,
+            })),
+            open: Padded(Mutex::new(OpenSide {
+                opener,
+                packets: 0,
+                bytes: 0,
+                rejected: 0,
+            })),
+            state: AtomicU8::new(CryptoState::Current as u8),
+            rekey_due: AtomicBool::new(false),
+            used: Padded(AtomicBool::new(false)),
+        }
+    }
+
+    /// What it may still do.
+    pub fn state(&self) -> CryptoState {
+        match self.state.load(Ordering::Acquire) {
+            0 => CryptoState::Current,
+            1 => CryptoState::Previous,
+            _ => CryptoState::Retired,
+        }
+    }
+
+    /// True while it is the flow's current state.
+    pub fn is_current(&self) -> bool {
+        self.state() == CryptoState::Current
+    }
+
+    /// Moves it on (never back: a retired state stays retired). Takes both
+    /// locks, so no seal or open is under way against the old state when
+    /// this returns. Only the PIT moves it.
+    pub(crate) fn set_state(&self, to: CryptoState) {
+        let _s = lock(&self.seal.0);
+        let _o = lock(&self.open.0);
+        self.state.fetch_max(to as u8, Ordering::AcqRel);
+    }
+
+    // ---- The PIT's side (its entry counts these packets itself) ----
+
+    /// [`FlowCrypto::protect`], for the PIT (its entry counts the packet):
+    /// only while current.
+    pub(crate) fn protect(&self, buf: &mut [u8], len: usize) -> Result<usize> {
+        let mut s = lock(&self.seal.0);
+        if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
+            return Err(Error::CryptoRetired);
+        }
+        let n = s.sealer.protect(buf, len)?;
+        self.note_rekey(&s.sealer);
+        Ok(n)
+    }
+
+    /// [`FlowCrypto::unprotect`], for the PIT: while current or previous.
+    pub(crate) fn unprotect(&self, buf: &mut [u8]) -> Result<usize> {
+        let mut o = lock(&self.open.0);
+        if self.state.load(Ordering::Acquire) == CryptoState::Retired as u8 {
+            return Err(Error::CryptoRetired);
+        }
+        o.opener.unprotect(buf)
+    }
+
+    /// True once the send counter reached [`super::Limits::rekey_after`]
+    /// ([`FlowCrypto::should_rekey`]), whoever sealed; no lock.
+    pub fn rekey_due(&self) -> bool {
+        self.rekey_due.load(Ordering::Relaxed)
+    }
+
+    fn note_rekey(&self, sealer: &Sealer<A>) {
+        if sealer.should_rekey() && !self.rekey_due.load(Ordering::Relaxed) {
+            self.rekey_due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets sealed so far, by anyone (the next counter value).
+    pub fn packets_sent(&self) -> u64 {
+        lock(&self.seal.0).sealer.packets_sent()
+    }
+
+    /// The highest counter opened so far, if any.
+    pub fn highest_received(&self) -> Option<u64> {
+        lock(&self.open.0).opener.replay_window().highest()
+    }
+
+    // ---- A worker's side ----
+
+    /// Seals `buf[..len]` (plain length `len`) as [`FlowCrypto::protect`]
+    /// does, only while current; counts it and marks the flow used.
+    /// Returns the protected length and whether the flow is due for a
+    /// rekey: the worker then gives the flow's next packets to the core,
+    /// whose PIT starts the renegotiation.
+    ///
+    /// [`Error::CryptoRetired`] leaves `buf` untouched: give the packet to
+    /// the core. After any other error the buffer's contents are
+    /// unspecified and the packet must be dropped.
+    pub fn seal(&self, buf: &mut [u8], len: usize) -> Result<(usize, bool)> {
+        let mut s = lock(&self.seal.0);
+        if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
+            return Err(Error::CryptoRetired);
+        }
+        let n = match s.sealer.protect(buf, len) {
+            Ok(n) => n,
+            Err(e) => {
+                s.rejected += 1;
+                return Err(e);
+            }
+        };
+        s.packets += 1;
+        s.bytes += len as u64;
+        self.note_rekey(&s.sealer);
+        drop(s);
+        self.touch();
+        Ok((n, self.rekey_due()))
+    }
+
+    /// Opens the packet at the start of `buf` as [`FlowCrypto::unprotect`]
+    /// does, only while current; counts it and marks the flow used.
+    /// [`Error::CryptoRetired`] leaves `buf` untouched (give the packet to
+    /// the core, which may hold older keys for it); after any other error
+    /// the packet must be dropped.
+    pub fn open(&self, buf: &mut [u8]) -> Result<usize> {
+        let mut o = lock(&self.open.0);
+        if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
+            return Err(Error::CryptoRetired);
+        }
+        let n = match o.opener.unprotect(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                o.rejected += 1;
+                return Err(e);
+            }
+        };
+        o.packets += 1;
+        o.bytes += n as u64;
+        drop(o);
+        self.touch();
+        Ok(n)
+    }
+
+    fn touch(&self) {
+        // Read first: a busy flow's line stays shared between the two
+        // directions' workers instead of bouncing on every packet.
+        if !self.used.0.load(Ordering::Relaxed) {
+            self.used.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True when a worker carried a packet since the last call (the PIT's
+    /// ageing then counts the flow as used now).
+    pub fn take_used(&self) -> bool {
+        self.used.0.swap(false, Ordering::Relaxed)
+    }
+
+    /// What workers carried with it.
+    pub fn worker_counts(&self) -> WorkerCounts {
+        let (packets_out, bytes_out, rejected_out) = {
+            let s = lock(&self.seal.0);
+            (s.packets, s.bytes, s.rejected)
+        };
+        let o = lock(&self.open.0);
+        WorkerCounts {
+            packets_out,
+            bytes_out,
+            packets_in: o.packets,
+            bytes_in: o.bytes,
+            rejected: rejected_out + o.rejected,
+        }
+    }
+}
+
+impl<A: PacketAead> std::fmt::Debug for SharedCrypto<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCrypto")
+            .field("backend", &A::NAME)
+            .field("state", &self.state())
+            .field("packets_sent", &self.packets_sent())
+            .field("highest_received", &self.highest_received())
+            .finish()
+    }
+}
