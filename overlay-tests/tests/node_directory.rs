@@ -49,21 +49,7 @@ fn a_node_behind_a_nat_follows_only_the_peer_it_talks_to_and_resolves_the_others
     );
 
     let b = Overlay::fqdn("b");
-    let t = Instant::now();
-    loop {
-        let out = lab
-            .exec("a", ["ping", "-n", "-c", "1", "-W", "1", &b])
-            .unwrap();
-        if out.success() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "a never reached b: {}\n{}",
-            out.stderr,
-            ov.log_tails(40)
-        );
-    }
+    common::ping_until_answered(&ov, "a", &b, Duration::from_secs(20));
     // a keeps talking to b. Each node first fetches every listed peer's
     // credential for its cache, which follows them for a while; the sweeps
     // (every 30 s) forget those without a live flow after two rounds.

@@ -152,22 +152,7 @@ fn through_two_nats_a_new_flow_is_fast_opened() {
         .unwrap_or_else(|e| panic!("overlay start: {e}"));
     let _echo = common::echo_server(ov.lab(), "b", ECHO);
     let b = Overlay::fqdn("b");
-    let t = Instant::now();
-    loop {
-        let out = ov
-            .lab()
-            .exec("a", ["ping", "-n", "-c", "1", "-W", "1", &b])
-            .unwrap();
-        if out.success() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "a never reached b: {}\n{}",
-            out.stderr,
-            ov.log_tails(40)
-        );
-    }
+    common::ping_until_answered(&ov, "a", &b, Duration::from_secs(30));
     let started = counter(&ov, "a", "dprp_started");
     let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
     let (answered, took) = first_datagram(&ov, "a", to, Duration::from_secs(3));

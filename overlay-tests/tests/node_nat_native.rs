@@ -14,7 +14,7 @@
 mod common;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{OVERLAY_TOOLS, echo_send, need, peer_entry};
 use fpn_lab::overlay::{Mode, NodeSpec, Overlay, Spec};
@@ -40,26 +40,6 @@ fn counter(ov: &Overlay, node: &str, name: &str) -> u64 {
     ov.status(node).unwrap()["counters"][name]
         .as_u64()
         .unwrap_or(0)
-}
-
-/// `ping -n -c 1` from `host` to `name` until answered (bounded).
-fn reach(ov: &Overlay, host: &str, name: &str, bound: Duration) {
-    let t = Instant::now();
-    loop {
-        let out = ov
-            .lab()
-            .exec(host, ["ping", "-n", "-c", "1", "-W", "1", name])
-            .unwrap();
-        if out.success() {
-            return;
-        }
-        assert!(
-            t.elapsed() < bound,
-            "{host} never reached {name}: {}\n{}",
-            out.stderr,
-            ov.log_tails(40)
-        );
-    }
 }
 
 /// (src, dst, protocol, sport, dport) of an IPv4 packet.
@@ -122,7 +102,7 @@ fn through_two_port_preserving_nats_a_tcp_flow_goes_native_after_its_first_round
         lab.addr("gwa", "pub-a").unwrap(),
         lab.addr("gwb", "pub-b").unwrap(),
     );
-    reach(&ov, "a", &Overlay::fqdn("b"), Duration::from_secs(30));
+    common::ping_until_answered(&ov, "a", &Overlay::fqdn("b"), Duration::from_secs(30));
     common::wait_carrier(&ov, "a", "b", "native", Duration::from_secs(20));
     common::wait_carrier(&ov, "b", "a", "native", Duration::from_secs(20));
     for (n, p) in [("a", "b"), ("b", "a")] {
@@ -167,7 +147,7 @@ fn through_two_port_preserving_nats_a_tcp_flow_goes_native_after_its_first_round
 #[test]
 fn with_random_ports_on_one_side_the_binding_step_carries_the_flow_natively() {
     let ov = start("nat-matrix-adm.toml");
-    reach(&ov, "a", &Overlay::fqdn("b"), Duration::from_secs(40));
+    common::ping_until_answered(&ov, "a", &Overlay::fqdn("b"), Duration::from_secs(40));
     // Give the path machines time to probe (and b's NAT mapping of 7717 to
     // be learnt by a from b's probes).
     std::thread::sleep(Duration::from_secs(5));
