@@ -11,7 +11,7 @@ use fpn_proto::Error;
 use fpn_proto::action::Action;
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GroupId};
-use fpn_proto::keys::{FlowKeys, GroupKey, KeyVersion, Role, derive_flow_keys};
+use fpn_proto::keys::KeyVersion;
 use fpn_proto::packet::Packet;
 use fpn_proto::pccom::{Limits, TRAILER_LEN};
 use fpn_proto::pit::{
@@ -24,18 +24,6 @@ const G1: GroupId = GroupId(1);
 const G2: GroupId = GroupId(2);
 const V1: KeyVersion = KeyVersion(1);
 const V2: KeyVersion = KeyVersion(2);
-
-fn keys(seed: u8) -> (FlowKeys, FlowKeys) {
-    let gk = GroupKey::from_bytes([seed; 32]);
-    (
-        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Initiator),
-        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Responder),
-    )
-}
-
-fn flow_of(pkt: &[u8]) -> FlowId {
-    Packet::parse(pkt).unwrap().flow_id()
-}
 
 /// A flow id with the given source port (distinct flows for table tests).
 fn flow(port: u16) -> FlowId {
@@ -66,7 +54,7 @@ fn run(
 
 /// GE `a` (initiator of the flow of `ipv4_udp`) and GE `b`, with a protected entry each.
 fn protected_pair(config: PitConfig, now: Instant) -> (Pit, Pit, FlowId) {
-    let (ka, kb) = keys(9);
+    let (ka, kb) = flow_keys(9);
     let f = flow_of(&ipv4_udp(1));
     let mut a = Pit::new(config);
     let mut b = Pit::new(config);
@@ -149,7 +137,7 @@ fn a_protected_flow_crosses_between_two_pits() {
 #[test]
 fn tentative_entries_hold_until_confirmed() {
     let now = Instant::now();
-    let (ka, _) = keys(1);
+    let (ka, _) = flow_keys(1);
     let mut pit = Pit::new(PitConfig::default());
     let plain = ipv4_udp(10);
     let f = flow_of(&plain);
@@ -197,7 +185,7 @@ fn drop_pass_and_relay_do_what_they_say() {
 #[test]
 fn entries_from_negotiation_parts_must_be_consistent() {
     let now = Instant::now();
-    let (k, _) = keys(3);
+    let (k, _) = flow_keys(3);
     let mut pit = Pit::new(PitConfig::default());
     let e = NewEntry::from_parts(Action::Protect(G1), GeId(5), Some(V2), Some(k.clone())).unwrap();
     pit.insert(flow(1), e, now).unwrap();
@@ -288,7 +276,7 @@ fn idle_entries_age_out_and_failures_do_not_refresh_them() {
 fn key_rotation_queues_renegotiation_and_erasure_drops_entries() {
     let now = Instant::now();
     let mut pit = Pit::new(PitConfig::default());
-    let (k, _) = keys(2);
+    let (k, _) = flow_keys(2);
     pit.insert(flow(1), NewEntry::protect(G1, V1, GeId(7), k.clone()), now)
         .unwrap();
     pit.insert(flow(2), NewEntry::protect(G1, V2, GeId(7), k.clone()), now)
@@ -387,7 +375,7 @@ fn in_flight_packets_under_replaced_keys_open_during_the_grace_period() {
         .collect();
 
     // Renegotiated (by b this time: b keys the flow the other way round).
-    let (ka, kb) = keys(10);
+    let (ka, kb) = flow_keys(10);
     a.insert(f, NewEntry::protect(G1, V2, GeId(2), ka), t0)
         .unwrap();
     b.insert(f.reversed(), NewEntry::protect(G1, V2, GeId(1), kb), t0)
@@ -435,7 +423,7 @@ fn new_key_packets_open_when_their_counters_reach_the_old_keys_ones() {
         .map(|_| run(&mut a, Origin::Local, &plain, t0).1)
         .collect();
 
-    let (ka, kb) = keys(10);
+    let (ka, kb) = flow_keys(10);
     a.insert(f, NewEntry::protect(G1, V2, GeId(2), ka), t0)
         .unwrap();
     b.insert(f, NewEntry::protect(G1, V2, GeId(1), kb), t0)
@@ -488,7 +476,7 @@ fn per_peer_totals_never_go_back_when_flows_end_or_rekey() {
     );
     // A renegotiation replaces the entry (its counts start again): the
     // peer's total keeps what the old one had.
-    let (ka, _) = keys(11);
+    let (ka, _) = flow_keys(11);
     a.insert(f, NewEntry::protect(G1, V2, peer, ka), t0)
         .unwrap();
     assert!(run(&mut a, Origin::Local, &plain, t0).0.is_ok());

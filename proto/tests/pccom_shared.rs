@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fpn_proto::Error;
-use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GroupId};
-use fpn_proto::keys::{FlowKeys, GroupKey, KeyVersion, Role, derive_flow_keys};
-use fpn_proto::packet::Packet;
+use fpn_proto::keys::KeyVersion;
 use fpn_proto::pccom::{
     COUNTER_LEN, CryptoState, FlowCrypto, Limits, SharedCrypto, TAG_LEN, TRAILER_LEN,
 };
@@ -23,18 +21,6 @@ use packet_util::*;
 const G1: GroupId = GroupId(1);
 const V1: KeyVersion = KeyVersion(1);
 const V2: KeyVersion = KeyVersion(2);
-
-fn keys(seed: u8) -> (FlowKeys, FlowKeys) {
-    let gk = GroupKey::from_bytes([seed; 32]);
-    (
-        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Initiator),
-        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Responder),
-    )
-}
-
-fn flow_of(pkt: &[u8]) -> FlowId {
-    Packet::parse(pkt).unwrap().flow_id()
-}
 
 /// The counter in a protected packet's trailer.
 fn counter_of(protected: &[u8]) -> u64 {
@@ -51,7 +37,7 @@ fn seal(c: &SharedCrypto, plain: &[u8]) -> Result<Vec<u8>, Error> {
 
 #[test]
 fn threads_sealing_with_one_state_never_repeat_a_counter() {
-    let (ka, kb) = keys(7);
+    let (ka, kb) = flow_keys(7);
     let shared = Arc::new(SharedCrypto::new(FlowCrypto::new(&ka)));
     let plain = ipv4_udp(64);
     let per_thread = 500;
@@ -95,7 +81,7 @@ fn threads_sealing_with_one_state_never_repeat_a_counter() {
 #[test]
 fn a_removed_entry_stops_its_workers_at_once() {
     let t0 = Instant::now();
-    let (ka, kb) = keys(8);
+    let (ka, kb) = flow_keys(8);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut pit = Pit::new(PitConfig::default());
@@ -121,7 +107,7 @@ fn a_renegotiated_entry_keeps_old_keys_for_the_pit_only() {
         rekey_grace: Duration::from_secs(10),
         ..PitConfig::default()
     };
-    let (ka, kb) = keys(9);
+    let (ka, kb) = flow_keys(9);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut a = Pit::new(cfg);
@@ -134,7 +120,7 @@ fn a_renegotiated_entry_keeps_old_keys_for_the_pit_only() {
     let b_worker = b.lookup(&f).unwrap().1.share_crypto().unwrap();
     let late = seal(&a_worker, &plain).unwrap();
 
-    let (ka2, kb2) = keys(10);
+    let (ka2, kb2) = flow_keys(10);
     a.insert(f, NewEntry::protect(G1, V2, GeId(2), ka2), t0)
         .unwrap();
     b.insert(f, NewEntry::protect(G1, V2, GeId(1), kb2), t0)
@@ -167,7 +153,7 @@ fn a_renegotiated_entry_keeps_old_keys_for_the_pit_only() {
 #[test]
 fn erased_keys_and_a_dropped_table_retire_what_workers_hold() {
     let t0 = Instant::now();
-    let (ka, _) = keys(11);
+    let (ka, _) = flow_keys(11);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut pit = Pit::new(PitConfig::default());
@@ -193,7 +179,7 @@ fn what_workers_carry_keeps_the_entry_alive_and_counts_in_its_stats() {
         idle_timeout: idle,
         ..PitConfig::default()
     };
-    let (ka, _) = keys(12);
+    let (ka, _) = flow_keys(12);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut pit = Pit::new(cfg);
@@ -231,7 +217,7 @@ fn a_worker_learns_when_the_flow_is_due_for_a_rekey_and_the_pit_starts_it() {
         },
         ..PitConfig::default()
     };
-    let (ka, _) = keys(13);
+    let (ka, _) = flow_keys(13);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut pit = Pit::new(cfg);
@@ -269,7 +255,7 @@ fn a_worker_learns_when_the_flow_is_due_for_a_rekey_and_the_pit_starts_it() {
 #[test]
 fn once_the_pit_removes_the_entry_no_racing_worker_seals_again() {
     let t0 = Instant::now();
-    let (ka, _) = keys(14);
+    let (ka, _) = flow_keys(14);
     let plain = ipv4_udp(64);
     let f = flow_of(&plain);
     let mut pit = Pit::new(PitConfig::default());

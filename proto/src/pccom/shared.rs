@@ -66,20 +66,19 @@ struct OpenSide<A: PacketAead> {
     rejected: u64,
 }
 
-/// A cache line of its own: the sealing worker and the opening one write
-/// their sides on every packet and must not drag each other's line along.
-#[repr(align(64))]
-struct Padded<T>(T);
-
 /// One flow's cipher state, shareable (`Arc`) between the PIT and workers.
 pub struct SharedCrypto<A: PacketAead = RingAesGcm> {
-    seal: Padded<Mutex<SealSide<A>>>,
-    open: Padded<Mutex<OpenSide<A>>>,
+    // Not padded to cache lines of their own: 64-byte alignment cost 336
+    // bytes a flow (flow_scale bench) before any worker exists to share a
+    // line with; the sides' hot words lie hundreds of bytes apart anyway
+    // (each holds an expanded AES key).
+    seal: Mutex<SealSide<A>>,
+    open: Mutex<OpenSide<A>>,
     /// Read on every packet, written a few times in the flow's life.
     state: AtomicU8,
     /// Set once the send counter reached the rekey limit.
     rekey_due: AtomicBool,
-    used: Padded<AtomicBool>,
+    used: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,21 +92,21 @@ impl<A: PacketAead> SharedCrypto<A> {
     pub fn new(crypto: FlowCrypto<A>) -> Self {
         let (sealer, opener) = crypto.into_halves();
         Self {
-            seal: Padded(Mutex::new(SealSide {
+            seal: Mutex::new(SealSide {
                 sealer,
                 packets: 0,
                 bytes: 0,
                 rejected: 0,
-            })),
-            open: Padded(Mutex::new(OpenSide {
+            }),
+            open: Mutex::new(OpenSide {
                 opener,
                 packets: 0,
                 bytes: 0,
                 rejected: 0,
-            })),
+            }),
             state: AtomicU8::new(CryptoState::Current as u8),
             rekey_due: AtomicBool::new(false),
-            used: Padded(AtomicBool::new(false)),
+            used: AtomicBool::new(false),
         }
     }
 
@@ -129,8 +128,8 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// locks, so no seal or open is under way against the old state when
     /// this returns. Only the PIT moves it.
     pub(crate) fn set_state(&self, to: CryptoState) {
-        let _s = lock(&self.seal.0);
-        let _o = lock(&self.open.0);
+        let _s = lock(&self.seal);
+        let _o = lock(&self.open);
         self.state.fetch_max(to as u8, Ordering::AcqRel);
     }
 
@@ -139,7 +138,7 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// [`FlowCrypto::protect`], for the PIT (its entry counts the packet):
     /// only while current.
     pub(crate) fn protect(&self, buf: &mut [u8], len: usize) -> Result<usize> {
-        let mut s = lock(&self.seal.0);
+        let mut s = lock(&self.seal);
         if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
             return Err(Error::CryptoRetired);
         }
@@ -150,7 +149,7 @@ impl<A: PacketAead> SharedCrypto<A> {
 
     /// [`FlowCrypto::unprotect`], for the PIT: while current or previous.
     pub(crate) fn unprotect(&self, buf: &mut [u8]) -> Result<usize> {
-        let mut o = lock(&self.open.0);
+        let mut o = lock(&self.open);
         if self.state.load(Ordering::Acquire) == CryptoState::Retired as u8 {
             return Err(Error::CryptoRetired);
         }
@@ -171,12 +170,12 @@ impl<A: PacketAead> SharedCrypto<A> {
 
     /// Packets sealed so far, by anyone (the next counter value).
     pub fn packets_sent(&self) -> u64 {
-        lock(&self.seal.0).sealer.packets_sent()
+        lock(&self.seal).sealer.packets_sent()
     }
 
     /// The highest counter opened so far, if any.
     pub fn highest_received(&self) -> Option<u64> {
-        lock(&self.open.0).opener.replay_window().highest()
+        lock(&self.open).opener.replay_window().highest()
     }
 
     // ---- A worker's side ----
@@ -191,7 +190,7 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// the core. After any other error the buffer's contents are
     /// unspecified and the packet must be dropped.
     pub fn seal(&self, buf: &mut [u8], len: usize) -> Result<(usize, bool)> {
-        let mut s = lock(&self.seal.0);
+        let mut s = lock(&self.seal);
         if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
             return Err(Error::CryptoRetired);
         }
@@ -216,7 +215,7 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// the core, which may hold older keys for it); after any other error
     /// the packet must be dropped.
     pub fn open(&self, buf: &mut [u8]) -> Result<usize> {
-        let mut o = lock(&self.open.0);
+        let mut o = lock(&self.open);
         if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
             return Err(Error::CryptoRetired);
         }
@@ -237,24 +236,24 @@ impl<A: PacketAead> SharedCrypto<A> {
     fn touch(&self) {
         // Read first: a busy flow's line stays shared between the two
         // directions' workers instead of bouncing on every packet.
-        if !self.used.0.load(Ordering::Relaxed) {
-            self.used.0.store(true, Ordering::Relaxed);
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
     }
 
     /// True when a worker carried a packet since the last call (the PIT's
     /// ageing then counts the flow as used now).
     pub fn take_used(&self) -> bool {
-        self.used.0.swap(false, Ordering::Relaxed)
+        self.used.swap(false, Ordering::Relaxed)
     }
 
     /// What workers carried with it.
     pub fn worker_counts(&self) -> WorkerCounts {
         let (packets_out, bytes_out, rejected_out) = {
-            let s = lock(&self.seal.0);
+            let s = lock(&self.seal);
             (s.packets, s.bytes, s.rejected)
         };
-        let o = lock(&self.open.0);
+        let o = lock(&self.open);
         WorkerCounts {
             packets_out,
             bytes_out,

@@ -214,3 +214,19 @@ pub fn mss_of(pkt: &[u8]) -> Option<u16> {
         _ => None,
     })
 }
+
+/// Both ends' traffic keys of one flow, from a group key of `seed` bytes
+/// (distinct seeds: distinct keys).
+pub fn flow_keys(seed: u8) -> (fpn_proto::keys::FlowKeys, fpn_proto::keys::FlowKeys) {
+    use fpn_proto::keys::{GroupKey, Role, derive_flow_keys};
+    let gk = GroupKey::from_bytes([seed; 32]);
+    (
+        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Initiator),
+        derive_flow_keys(&gk, &[seed; 32], &[3; 32], Role::Responder),
+    )
+}
+
+/// The flow id of a packet fpn-proto parses.
+pub fn flow_of(pkt: &[u8]) -> fpn_proto::flow::FlowId {
+    fpn_proto::packet::Packet::parse(pkt).unwrap().flow_id()
+}
