@@ -36,5 +36,9 @@ for dir in proto/fuzz ddns/fuzz gms-client/fuzz gms/fuzz node/fuzz; do
 done
 echo "==> cargo nextest run"
 cargo nextest run --workspace --locked --no-fail-fast "$@"
+# The node core's scenarios once more with a data-path worker per node
+# (design note 67): every outcome must be the same as the core's own.
+echo "==> node core scenarios with data-path workers"
+FPN_SIM_WORKERS=1 cargo nextest run -p fpn-node --lib --locked --no-fail-fast -E 'test(/^core::/)'
 echo "==> doc tests"
 cargo test --workspace --doc --locked "$@"

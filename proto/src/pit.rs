@@ -379,6 +379,19 @@ impl<A: PacketAead> PitEntry<A> {
             .filter(|c| c.is_current() && !c.rekey_due())
     }
 
+    /// The cipher state for a worker that only seals (outbound): as
+    /// [`PitEntry::share_crypto`], but also during a rekey's grace, when
+    /// the PIT itself seals with the new state and only opening needs the
+    /// old one.
+    pub fn share_crypto_to_seal(&self) -> Option<Arc<SharedCrypto<A>>> {
+        if self.state != EntryState::Active || self.renegotiate.is_some() {
+            return None;
+        }
+        self.crypto
+            .clone()
+            .filter(|c| c.is_current() && !c.rekey_due())
+    }
+
     /// Retires the cipher states (the entry is gone): nothing seals or
     /// opens with them from now on, workers included.
     fn retire_crypto(&self) {
@@ -844,6 +857,25 @@ impl<A: PacketAead> Pit<A> {
             });
         }
         Ok(Disposition::Forward { len: out_len })
+    }
+
+    /// A data-path worker's seal of `flow` (a PIT key) reported the send
+    /// counter at its rekey limit: the renegotiation starts as it would
+    /// have had the PIT sealed that packet itself. True when it started.
+    pub fn note_rekey_due(&mut self, flow: &FlowId) -> bool {
+        let Some(entry) = self.entries.get_mut(flow) else {
+            return false;
+        };
+        if entry.renegotiate.is_some() || !entry.crypto.as_ref().is_some_and(|c| c.rekey_due()) {
+            return false;
+        }
+        entry.renegotiate = Some(RenegotiateReason::PacketLimit);
+        tracing::debug!(%flow, "send counter at rekey limit (worker)");
+        self.events.push_back(PitEvent::Renegotiate {
+            flow: *flow,
+            reason: RenegotiateReason::PacketLimit,
+        });
+        true
     }
 
     /// A new key `version` of `group` arrived: every protected entry of that

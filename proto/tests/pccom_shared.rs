@@ -133,6 +133,10 @@ fn a_renegotiated_entry_keeps_old_keys_for_the_pit_only() {
     // ...and during the grace the new entry is not handed to workers: a
     // packet under the old keys needs the PIT, which tries both.
     assert!(b.lookup(&f).unwrap().1.share_crypto().is_none());
+    // A worker that only seals may have it: the PIT seals with it too.
+    let sealer = b.lookup(&f).unwrap().1.share_crypto_to_seal().unwrap();
+    assert_eq!(sealer.state(), CryptoState::Current);
+    assert!(seal(&sealer, &plain).is_ok());
     let (mut buf, _) = with_room(&late, 0);
     let len = late.len();
     let d = b.handle_packet(

@@ -32,6 +32,7 @@
 
 mod explain;
 mod flows;
+mod installs;
 mod keys;
 mod moves;
 pub mod natf;
@@ -48,9 +49,12 @@ mod steering;
 mod timers;
 mod transit;
 mod vin6;
+pub mod worker;
 
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod worker_tests;
 
 #[cfg(test)]
 mod ipv6_tests;
@@ -102,6 +106,9 @@ use flows::Flows;
 use snapshot::Counters;
 use timers::{AGE_SLICE, Timers};
 
+pub use installs::{
+    Install, InstallAction, InstallKey, NativeActivity, WorkerCounters, WorkerReport,
+};
 pub use keys::KeyChange;
 pub use negotiation::in_net;
 pub use output::{Command, DataOut, Output, SendError};
@@ -199,6 +206,8 @@ pub struct NodeCore {
     vin6: vin6::Vin6,
     /// Packets waiting for their flow's FOP (parked.rs).
     parked: parked::Parked,
+    /// What data-path workers may repeat (installs.rs).
+    installs: installs::Installs,
 }
 
 impl NodeCore {
@@ -238,6 +247,7 @@ impl NodeCore {
             moves: moves::Moves::default(),
             vin6: vin6::Vin6::default(),
             parked: parked::Parked::default(),
+            installs: installs::Installs::default(),
         };
         core.refresh_dprp_deadline(None);
         core
@@ -355,6 +365,12 @@ impl NodeCore {
             },
             None => CarrierKind::Quic,
         };
+        if self.installs.enabled
+            && !from6
+            && let Some((ge, n)) = send
+        {
+            self.offer_outbound(&flow, ge, path, range, n);
+        }
         let buf: &'a [u8] = buf;
         match send {
             Some((ge, n)) => {
@@ -413,9 +429,23 @@ impl NodeCore {
                 DataOut::Nothing
             }
             FrameKind::Data => {
-                let n = self
-                    .handle_data(peer, buf, len, now)
-                    .and_then(|n| self.vin6_for_tun(buf, n));
+                let opened = self.handle_data(peer, buf, len, now);
+                let n = opened.and_then(|n| self.vin6_for_tun(buf, n));
+                if self.installs.enabled
+                    && let Some(n) = n
+                    && opened == Some(n)
+                    && let Ok(p) = Packet::parse(&buf[..n])
+                {
+                    // Opened and for the TUN as it is: the flow's steady
+                    // outcome (a VIN6 flow changes family at the TUN).
+                    let flow = p.flow_id();
+                    self.offer_inbound(
+                        installs::InstallKey::Carrier(peer, flow),
+                        &flow,
+                        peer,
+                        installs::InstallAction::FromCarrier,
+                    );
+                }
                 self.drain(now);
                 let buf: &'a [u8] = buf;
                 match n {
@@ -475,6 +505,7 @@ impl NodeCore {
                 info!(%ge, flows = n, "peer credential revoked: its flows are dropped");
             }
             Command::PeerGone(ge) => {
+                self.installs.forget(ge);
                 self.dprp.revoke_ge(ge);
                 let n = self.drop_flows_of(ge);
                 self.remove_machine(ge);
@@ -527,6 +558,9 @@ impl NodeCore {
                 self.erased = true;
             }
         }
+        // Commands are rare and change what packets' outcomes depend on
+        // (peers' records, hosts, credentials, keys): workers ask again.
+        self.installs.raise_global();
         self.dprp_touched = true;
         self.drain(now);
     }

@@ -77,6 +77,8 @@ impl NodeCore {
     /// This host's addresses or routes changed (`cause` says how, for the
     /// log and `status`). Then drain [`NodeCore::poll_output`].
     pub fn handle_network_change(&mut self, cause: String, now: Instant) {
+        // Holds, translations and paths all move with this node.
+        self.installs.raise_global();
         // One move is a burst of changes (the old address and route go,
         // the new ones come, each its own notification): a change soon
         // after another, before any packet arrived, is the same move, and
@@ -184,6 +186,7 @@ impl NodeCore {
         if !self.moves.holding.remove(&ge) {
             return;
         }
+        self.installs.raise(ge);
         let mut mine = Vec::new();
         self.moves.held.retain_mut(|(g, f)| {
             if *g == ge {

@@ -146,6 +146,7 @@ impl NodeCore {
     /// answer to [`Output::FindLocalAddress`]). Then drain
     /// [`NodeCore::poll_output`].
     pub fn handle_local_address(&mut self, remote: IpAddr, local: IpAddr, now: Instant) {
+        self.installs.raise_global();
         self.paths.asked.remove(&remote);
         self.paths.locals.insert(remote, local);
         self.release_transit_transmits(remote);
@@ -169,6 +170,7 @@ impl NodeCore {
             return;
         }
         self.paths.families = Some(families);
+        self.installs.raise_global();
         let peers: Vec<GeId> = self.paths.machines.keys().copied().collect();
         for ge in peers {
             self.update_machine(ge, now);
@@ -180,6 +182,7 @@ impl NodeCore {
     /// peer stays on QUIC and answers no probes.
     pub fn handle_native_unavailable(&mut self, why: Unavailable, now: Instant) {
         self.paths.unavailable = Some(why);
+        self.installs.raise_global();
         for m in self.paths.machines.values_mut() {
             m.handle_native_unavailable(why, now);
         }
@@ -242,9 +245,21 @@ impl NodeCore {
             }
             return DataOut::Nothing;
         }
-        let n = self
-            .native_data(wire, buf, len, now)
-            .and_then(|n| self.vin6_for_tun(buf, n));
+        let opened = self.native_data(wire, buf, len, now);
+        let n = opened.and_then(|n| self.vin6_for_tun(buf, n));
+        if let Some(t) = self.installs.take_native_candidate()
+            && n.is_some()
+            && n == opened
+        {
+            // Opened and for the TUN as it is, in the family it came in.
+            let overlay = t.overlay.reversed();
+            self.offer_inbound(
+                super::installs::InstallKey::Native(wire),
+                &overlay,
+                t.peer,
+                super::installs::InstallAction::FromNative(t),
+            );
+        }
         match n {
             Some(n) => {
                 self.note_received(now);
@@ -355,6 +370,12 @@ impl NodeCore {
                 }
                 self.peer_steering_seen(&t.overlay);
                 self.paths.heard.insert(t.overlay);
+                if self.installs.enabled && wire.src.is_ipv4() == overlay.src.is_ipv4() {
+                    // After this packet the flow's next ones change nothing
+                    // here but counts (the gate's peer side is set, the flow
+                    // is heard): a worker may carry them.
+                    self.installs.native_candidate = Some(t);
+                }
                 Some(n)
             }
             Err(fpn_proto::Error::Replay { .. }) => {
@@ -487,7 +508,7 @@ impl NodeCore {
     /// whole peer off native (a `ping` from the cafe lost its first 2 s).
     /// The binding step (TCP and UDP) does not cover echo ids, so echoes
     /// across such a NAT go on QUIC (note 58).
-    fn echo_ids_rewritten(&self, ge: GeId) -> bool {
+    pub(super) fn echo_ids_rewritten(&self, ge: GeId) -> bool {
         self.paths.nat_sources.contains_key(&ge)
             || self
                 .paths
@@ -546,6 +567,7 @@ impl NodeCore {
         let old_inbound = t.wire.reversed();
         match self.xlat.rebind(&t.overlay, new_wire) {
             Ok(n) => {
+                self.installs.raise(t.peer);
                 let inbound = n.wire.reversed();
                 self.paths.bound.insert(t.overlay);
                 self.counters.native_bindings += 1;
@@ -698,6 +720,7 @@ impl NodeCore {
 
     /// Forgets a peer's machine and translations (it left the directory).
     pub(super) fn remove_machine(&mut self, ge: GeId) {
+        self.installs.raise(ge);
         self.paths.machines.remove(&ge);
         self.paths.probe_sources.remove(&ge);
         self.paths.nat_sources.remove(&ge);
@@ -763,6 +786,7 @@ impl NodeCore {
             self.on_path_event(ge, ev, status, now);
         }
         self.merge_path_deadline(ge);
+        self.check_installs(ge);
     }
 
     /// Moves the earliest deadline earlier if `ge`'s machine needs it (the
@@ -914,6 +938,7 @@ impl NodeCore {
     /// Binding Update came through the relay); the old address is no
     /// longer taken as the peer's.
     pub(super) fn peer_moved(&mut self, ge: GeId, ip: Option<IpAddr>, now: Instant) {
+        self.installs.raise(ge);
         let xlat = &self.xlat;
         self.paths
             .bound
@@ -1007,11 +1032,14 @@ impl NodeCore {
                 return;
             }
             self.xlat.remove(&overlay);
+            self.installs.raise(ge);
             self.forget_source(&old);
             self.push_output(Output::NativeFlowRemoved(old.wire.reversed()));
         }
         match self.xlat.insert(t) {
             Ok(()) => {
+                // Its packets took QUIC until now (or the old translation).
+                self.installs.raise(ge);
                 let inbound = t.wire.reversed();
                 self.paths
                     .sources
@@ -1409,7 +1437,12 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 /// (`packet::family`): an IPv4 wire packet of an IPv6 overlay flow grows by
 /// 20 bytes (note 59); an IPv6 wire packet of an IPv4 flow shrinks by 20,
 /// and moves to the buffer's start (note 63).
-fn from_wire(buf: &mut [u8], len: usize, wire: &FlowId, t: &Translation) -> Option<usize> {
+pub(super) fn from_wire(
+    buf: &mut [u8],
+    len: usize,
+    wire: &FlowId,
+    t: &Translation,
+) -> Option<usize> {
     let overlay = t.overlay.reversed();
     let (len, from) = match (overlay.src, overlay.dst) {
         (IpAddr::V6(src), IpAddr::V6(dst)) if wire.src.is_ipv4() => {

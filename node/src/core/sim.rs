@@ -33,6 +33,7 @@ use fpn_proto::pit::{Pit, PitConfig};
 pub use fpn_proto::sim::LinkConfig;
 use fpn_proto::sim::{START_UNIX, node_key};
 
+use super::worker::{Worker, WorkerOut};
 use super::{Command, CoreConfig, DataOut, NodeCore, Output, Timer};
 use crate::carrier::{CarrierKind, FrameKind, PeerTarget};
 use crate::directory::PeerRecord;
@@ -58,6 +59,9 @@ pub const MTU: u16 = 1380;
 pub struct SimNode {
     /// Its core.
     pub core: NodeCore,
+    /// Its data-path worker ([`CoreSim::workers`]): packets go to it first,
+    /// and to the core when it has no install for them.
+    pub worker: Option<Worker>,
     /// GE id.
     pub ge: GeId,
     /// Name.
@@ -303,6 +307,11 @@ pub struct CoreSim {
     /// Native packets lost to [`CoreSim::native_blocked`] or addressed to
     /// no node.
     pub native_lost: u64,
+    /// Nodes made from now on have a data-path worker (design note 67),
+    /// whose report the core takes after every packet the worker carried,
+    /// so a run with workers must be the same as one without. Off unless
+    /// the environment has `FPN_SIM_WORKERS=1`.
+    pub workers: bool,
     ca: NodeKey,
     now: Instant,
     link: LinkConfig,
@@ -333,6 +342,9 @@ impl CoreSim {
                 ..PathConfig::default()
             },
             native_lost: 0,
+            // FPN_SIM_WORKERS=1 runs every scenario with workers
+            // (scripts/test.sh does, once more).
+            workers: std::env::var_os("FPN_SIM_WORKERS").is_some_and(|v| v == "1"),
             fast_open: false,
             pit: PitConfig::default(),
             wire_log: true,
@@ -384,6 +396,7 @@ impl CoreSim {
         let name = format!("n{id}");
         let node = SimNode {
             core: self.make_core(id, kind, mode, groups, &prefixes),
+            worker: self.workers.then(Worker::default),
             ge: GeId(id),
             overlay: overlay_of(id),
             underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
@@ -431,6 +444,7 @@ impl CoreSim {
         let (kind, prefixes) = self.nodes[i].real.clone();
         let id = self.nodes[i].ge.0;
         self.nodes[i].core = self.make_core(id, kind, mode, &groups, &prefixes);
+        self.nodes[i].worker = self.workers.then(Worker::default);
         for g in groups {
             self.command(
                 i,
@@ -534,17 +548,38 @@ impl CoreSim {
         let span = self.nodes[i].span.clone();
         let _e = span.enter();
         let node = &mut self.nodes[i];
-        let sent = match node.core.handle_tun_packet(&mut buf, packet.len(), now) {
-            DataOut::Send {
-                target,
-                frame,
-                path,
-            } => Some((target.clone(), frame.to_vec(), path)),
-            DataOut::Tun(p) => {
-                node.tun.push(p.to_vec());
-                None
-            }
-            DataOut::Nothing => None,
+        let by_worker = match node.worker.as_mut() {
+            Some(w) => match w.handle_tun_packet(&mut buf, packet.len(), now) {
+                WorkerOut::Native(p) => Some(Some((None, p.to_vec(), CarrierKind::Native))),
+                WorkerOut::Quic { target, frame } => Some(Some((
+                    Some(target.clone()),
+                    frame.to_vec(),
+                    CarrierKind::Quic,
+                ))),
+                WorkerOut::Tun(p) => {
+                    node.tun.push(p.to_vec());
+                    Some(None)
+                }
+                WorkerOut::Dropped => Some(None),
+                WorkerOut::Core => None,
+            },
+            None => None,
+        };
+        let worked = by_worker.is_some();
+        let sent = match by_worker {
+            Some(sent) => sent,
+            None => match node.core.handle_tun_packet(&mut buf, packet.len(), now) {
+                DataOut::Send {
+                    target,
+                    frame,
+                    path,
+                } => Some((Some(target.clone()), frame.to_vec(), path)),
+                DataOut::Tun(p) => {
+                    node.tun.push(p.to_vec());
+                    None
+                }
+                DataOut::Nothing => None,
+            },
         };
         self.buf = buf;
         match sent {
@@ -553,12 +588,28 @@ impl CoreSim {
                 self.transmit_native(i, frame);
             }
             // The core never names the relay (the carrier chooses it).
-            Some((target, frame, CarrierKind::Quic | CarrierKind::Relay)) => {
+            Some((Some(target), frame, CarrierKind::Quic | CarrierKind::Relay)) => {
                 self.transmit(i, &target, FrameKind::Data, frame);
             }
-            None => {}
+            Some((None, _, _)) | None => {}
+        }
+        if worked {
+            self.worker_report(i);
         }
         self.flush(i);
+    }
+
+    /// The core takes what node `i`'s worker carried (after each packet:
+    /// the same as if the core had carried it).
+    fn worker_report(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        if let Some(w) = node.worker.as_mut() {
+            let report = w.take_report();
+            if !report.is_empty() {
+                node.core.handle_worker_report(report, now);
+            }
+        }
     }
 
     /// Hands node `i` a frame as if the carrier received it from `from_ge`
@@ -793,18 +844,41 @@ impl CoreSim {
         let span = self.nodes[i].span.clone();
         let _e = span.enter();
         let node = &mut self.nodes[i];
-        if let DataOut::Tun(p) =
-            node.core
-                .handle_carrier_frame(from_ge, from, kind, &mut buf, payload.len(), now)
+        let mut worked = false;
+        if kind == FrameKind::Data
+            && let Some(w) = node.worker.as_mut()
+        {
+            match w.handle_carrier_data(from_ge, &mut buf, payload.len(), now) {
+                WorkerOut::Tun(p) => {
+                    node.tun.push(p.to_vec());
+                    worked = true;
+                }
+                WorkerOut::Core => {}
+                _ => worked = true,
+            }
+        }
+        if !worked
+            && let DataOut::Tun(p) =
+                node.core
+                    .handle_carrier_frame(from_ge, from, kind, &mut buf, payload.len(), now)
         {
             node.tun.push(p.to_vec());
         }
         self.buf = buf;
+        if worked {
+            self.worker_report(i);
+        }
         self.flush(i);
     }
 
     /// Carries out everything node `i` queued.
     fn flush(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(w) = node.worker.as_mut() {
+            while let Some(install) = node.core.poll_install() {
+                w.install(install);
+            }
+        }
         while let Some(o) = self.nodes[i].core.poll_output() {
             match o {
                 Output::Send {
@@ -1002,10 +1076,26 @@ impl CoreSim {
         let span = self.nodes[i].span.clone();
         let _e = span.enter();
         let node = &mut self.nodes[i];
-        if let DataOut::Tun(p) = node.core.handle_native_packet(&mut buf, packet.len(), now) {
+        let mut worked = false;
+        if let Some(w) = node.worker.as_mut() {
+            match w.handle_native_packet(&mut buf, packet.len(), now) {
+                WorkerOut::Tun(p) => {
+                    node.tun.push(p.to_vec());
+                    worked = true;
+                }
+                WorkerOut::Core => {}
+                _ => worked = true,
+            }
+        }
+        if !worked
+            && let DataOut::Tun(p) = node.core.handle_native_packet(&mut buf, packet.len(), now)
+        {
             node.tun.push(p.to_vec());
         }
         self.buf = buf;
+        if worked {
+            self.worker_report(i);
+        }
         self.flush(i);
     }
 
@@ -1129,6 +1219,9 @@ impl CoreSim {
             Pit::new(self.pit),
         );
         core.set_real_prefixes(prefixes.to_vec());
+        if self.workers {
+            core.enable_installs();
+        }
         core
     }
 }

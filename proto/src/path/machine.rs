@@ -531,6 +531,28 @@ impl PathMachine {
         self.last_native_send = Some(now);
     }
 
+    /// What data-path workers carried natively for this peer since their
+    /// last report: `sent` packets out (the last at `last_sent`) and
+    /// `received` authenticated packets in (the last at `last_received`),
+    /// as that many [`PathMachine::handle_native_data_sent`] and
+    /// [`PathMachine::handle_native_data_received`] calls would count.
+    pub fn handle_native_data(
+        &mut self,
+        sent: u64,
+        last_sent: Option<Instant>,
+        received: u64,
+        last_received: Option<Instant>,
+    ) {
+        self.tx_native += sent;
+        self.rx_native += received;
+        if last_sent.is_some() {
+            self.last_native_send = self.last_native_send.max(last_sent);
+        }
+        if last_received.is_some() {
+            self.last_native_receive = self.last_native_receive.max(last_received);
+        }
+    }
+
     /// Native cannot work on this node (e.g. no raw-socket rights): QUIC
     /// until [`PathMachine::handle_native_available`]. Forced native stays
     /// native and shows the reason.

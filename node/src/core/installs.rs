@@ -1,0 +1,421 @@
+//! What data-path workers may repeat (design note 67, step b). When the
+//! core has handled a packet whose outcome was a plain one (sealed and
+//! sent on one path with one translation, or opened and written to the
+//! TUN) and no transitional state touched it, it hands out an [`Install`]:
+//! a [`Worker`](super::worker::Worker) repeats that outcome for the flow's
+//! next packets on its own. The core never tells a worker to forget one;
+//! each install is checked at every packet instead:
+//! - the flow's cipher state refuses once the PIT retires it (removal,
+//!   renegotiation, revocation, ageing, erased keys: fpn-proto's
+//!   `SharedCrypto`);
+//! - everything per peer the outcome depends on (its path and trial, its
+//!   addresses, a NAT's rewriting, a move's hold, the flow's translation)
+//!   is covered by the peer's epoch, which the core raises when any of it
+//!   changes, and what is node-wide (commands, a move, the underlay) by
+//!   one global epoch.
+//!
+//! A worker whose install fails either check gives the packet, untouched,
+//! to the core, which decides again. New flows raise no epoch, so a storm
+//! of them does not flush the workers.
+//!
+//! What workers carried comes back as a [`WorkerReport`]
+//! ([`NodeCore::handle_worker_report`]): counters, the per-peer native
+//! activity the path machines count, the last packet received (the move
+//! gap) and flows whose send counter reached the rekey limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use fpn_proto::flow::FlowId;
+use fpn_proto::ge::GeId;
+use fpn_proto::pccom::SharedCrypto;
+use fpn_proto::xlat::Translation;
+
+use crate::carrier::{CarrierKind, PeerTarget};
+
+use super::NodeCore;
+
+/// Most installs queued for the driver; beyond it new ones are dropped
+/// (counted): the flow's next packet through the core offers it again.
+const MAX_QUEUED: usize = 4096;
+
+/// The key a worker looks a packet up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstallKey {
+    /// A packet from the TUN, by its five-tuple.
+    Tun(FlowId),
+    /// A native packet, by its wire five-tuple as received.
+    Native(FlowId),
+    /// A data frame from the carrier: the peer the carrier authenticated
+    /// and the packet's five-tuple.
+    Carrier(GeId, FlowId),
+}
+
+/// What a worker does with a packet of an installed flow.
+#[derive(Debug, Clone)]
+pub enum InstallAction {
+    /// Seal, rewrite by the translation, send on the native path.
+    SendNative(Translation),
+    /// Seal and send on the QUIC carrier to the target.
+    SendQuic(PeerTarget),
+    /// Rewrite back by the translation, open, write to the TUN.
+    FromNative(Translation),
+    /// Open and write to the TUN.
+    FromCarrier,
+}
+
+/// The epochs an install was made in.
+#[derive(Clone)]
+pub(crate) struct EpochStamp {
+    peer: Arc<AtomicU64>,
+    peer_at: u64,
+    global: Arc<AtomicU64>,
+    global_at: u64,
+}
+
+impl EpochStamp {
+    /// Nothing the install depends on changed since it was made.
+    pub(crate) fn is_current(&self) -> bool {
+        self.global.load(Ordering::Acquire) == self.global_at
+            && self.peer.load(Ordering::Acquire) == self.peer_at
+    }
+}
+
+/// One flow's steady outcome in one direction, for a worker to repeat.
+#[derive(Clone)]
+pub struct Install {
+    /// The key its packets are looked up by.
+    pub key: InstallKey,
+    /// The flow's PIT key (for a rekey report).
+    pub(crate) pit_key: FlowId,
+    /// The peer the flow was negotiated with.
+    pub peer: GeId,
+    /// What to do with the packet.
+    pub action: InstallAction,
+    pub(crate) crypto: Arc<SharedCrypto>,
+    pub(crate) stamp: EpochStamp,
+}
+
+impl std::fmt::Debug for Install {
+    // Never the cipher state.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Install")
+            .field("key", &self.key)
+            .field("peer", &self.peer)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one peer's path machine would have counted had the core carried
+/// the packets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NativeActivity {
+    /// Native packets sent.
+    pub sent: u64,
+    /// When the last was sent.
+    pub last_sent: Option<Instant>,
+    /// Authenticated native packets received.
+    pub received: u64,
+    /// When the last was received.
+    pub last_received: Option<Instant>,
+}
+
+/// The status counters a worker keeps for what it carried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// Packets taken from the TUN.
+    pub tun_in: u64,
+    /// Frames sent (either path).
+    pub data_out: u64,
+    /// Of those, native packets, and their wire bytes.
+    pub native_out: u64,
+    /// Wire bytes of the native packets sent.
+    pub native_bytes_out: u64,
+    /// Carrier data frames taken in.
+    pub data_in: u64,
+    /// Native packets taken in, and their plain bytes.
+    pub native_in: u64,
+    /// Plain bytes of the native packets taken in.
+    pub native_bytes_in: u64,
+    /// Packets written to the TUN.
+    pub tun_out: u64,
+    /// Native packets of installed flows that failed to open (forged,
+    /// damaged): dropped.
+    pub native_in_rejected: u64,
+    /// Native packets of installed flows the replay window refused.
+    pub native_in_replayed: u64,
+    /// Carrier frames of installed flows that failed to open.
+    pub data_in_rejected: u64,
+    /// Carrier frames of installed flows the replay window refused.
+    pub data_in_replayed: u64,
+    /// Packets of installed flows that failed to seal.
+    pub seal_errors: u64,
+}
+
+/// What a worker carried since its last report, for
+/// [`NodeCore::handle_worker_report`].
+#[derive(Debug, Default)]
+pub struct WorkerReport {
+    /// Status counters.
+    pub counters: WorkerCounters,
+    /// Native activity per peer.
+    pub native: HashMap<GeId, NativeActivity>,
+    /// When the last data packet was received (either path).
+    pub received: Option<Instant>,
+    /// PIT keys whose send counter reached the rekey limit.
+    pub rekeys: Vec<FlowId>,
+}
+
+impl WorkerReport {
+    /// Nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.counters == WorkerCounters::default()
+            && self.native.is_empty()
+            && self.received.is_none()
+            && self.rekeys.is_empty()
+    }
+}
+
+/// What of a peer's state an install depends on: a change raises the
+/// peer's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct PeerSignature {
+    pub(super) path: Option<CarrierKind>,
+    pub(super) trial: bool,
+    pub(super) native_addr: Option<SocketAddr>,
+    pub(super) behind_nat: bool,
+    pub(super) echo_rewritten: bool,
+}
+
+/// The core's side: epochs, signatures and the queue of installs.
+#[derive(Default)]
+pub(super) struct Installs {
+    /// Installs are made (a driver with workers asked for them).
+    pub(super) enabled: bool,
+    global: Arc<AtomicU64>,
+    peers: HashMap<GeId, (Arc<AtomicU64>, PeerSignature)>,
+    queue: VecDeque<Install>,
+    /// Installs handed out.
+    pub(super) issued: u64,
+    /// Installs dropped because the queue was full.
+    pub(super) dropped: u64,
+    /// The translation of the native packet being handled, when its
+    /// outcome may be installed once the TUN side is known.
+    pub(super) native_candidate: Option<Translation>,
+}
+
+impl Installs {
+    /// The candidate the native packet just handled left (cleared).
+    pub(super) fn take_native_candidate(&mut self) -> Option<Translation> {
+        self.native_candidate.take()
+    }
+
+    /// Something node-wide changed: every install is stale.
+    pub(super) fn raise_global(&self) {
+        if self.enabled {
+            self.global.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Something of `ge` changed: its installs are stale.
+    pub(super) fn raise(&self, ge: GeId) {
+        if let Some((e, _)) = self.peers.get(&ge) {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `ge` is gone: its installs are stale, and the entry goes.
+    pub(super) fn forget(&mut self, ge: GeId) {
+        if let Some((e, _)) = self.peers.remove(&ge) {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Raises `ge`'s epoch when its signature changed.
+    pub(super) fn check(&mut self, ge: GeId, sig: PeerSignature) {
+        if let Some((e, old)) = self.peers.get_mut(&ge)
+            && *old != sig
+        {
+            *old = sig;
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn stamp(&mut self, ge: GeId, sig: PeerSignature) -> EpochStamp {
+        // A change no check saw yet makes the installs before it stale.
+        self.check(ge, sig);
+        let (peer, _) = self
+            .peers
+            .entry(ge)
+            .or_insert_with(|| (Arc::new(AtomicU64::new(0)), sig));
+        EpochStamp {
+            peer_at: peer.load(Ordering::Acquire),
+            peer: peer.clone(),
+            global_at: self.global.load(Ordering::Acquire),
+            global: self.global.clone(),
+        }
+    }
+
+    fn push(&mut self, install: Install) {
+        if self.queue.len() >= MAX_QUEUED {
+            self.dropped += 1;
+            return;
+        }
+        self.issued += 1;
+        self.queue.push_back(install);
+    }
+}
+
+impl NodeCore {
+    /// Makes the core hand out installs ([`NodeCore::poll_install`]): a
+    /// driver with data-path workers turns this on.
+    pub fn enable_installs(&mut self) {
+        self.installs.enabled = true;
+    }
+
+    /// The next install for the workers.
+    pub fn poll_install(&mut self) -> Option<Install> {
+        self.installs.queue.pop_front()
+    }
+
+    /// What workers carried since their last report: counted as if the
+    /// core had carried it, the path machines told, and renegotiations
+    /// started for flows at their rekey limit. Then drain
+    /// [`NodeCore::poll_output`].
+    pub fn handle_worker_report(&mut self, report: WorkerReport, now: Instant) {
+        let c = &report.counters;
+        let k = &mut self.counters;
+        k.tun_in += c.tun_in;
+        k.data_out += c.data_out;
+        k.native_out += c.native_out;
+        k.native_bytes_out += c.native_bytes_out;
+        k.data_in += c.data_in;
+        k.native_in += c.native_in;
+        k.native_bytes_in += c.native_bytes_in;
+        k.tun_out += c.tun_out;
+        k.native_in_rejected += c.native_in_rejected;
+        k.native_in_replayed += c.native_in_replayed;
+        k.data_in_rejected += c.data_in_rejected;
+        k.data_in_replayed += c.data_in_replayed;
+        k.dprp_errors += c.seal_errors;
+        for (ge, a) in &report.native {
+            if let Some(m) = self.paths.machines.get_mut(ge) {
+                m.handle_native_data(a.sent, a.last_sent, a.received, a.last_received);
+            }
+            self.merge_path_deadline(*ge);
+        }
+        if let Some(at) = report.received {
+            self.note_received(at);
+        }
+        let mut rekeyed = false;
+        for flow in &report.rekeys {
+            rekeyed |= self.pit.note_rekey_due(flow);
+        }
+        if rekeyed {
+            self.drain(now);
+        }
+    }
+
+    /// The signature of `ge` now.
+    pub(super) fn peer_signature(&self, ge: GeId) -> PeerSignature {
+        let m = self.paths.machines.get(&ge);
+        PeerSignature {
+            path: self.peers.get(ge).map(|p| p.path.current),
+            trial: m.is_some_and(|m| m.in_trial()),
+            native_addr: m.and_then(|m| m.native_addr()),
+            behind_nat: self.behind_nat(ge),
+            echo_rewritten: self.echo_ids_rewritten(ge),
+        }
+    }
+
+    /// Raises `ge`'s epoch if its signature changed (after its path
+    /// machine ran).
+    pub(super) fn check_installs(&mut self, ge: GeId) {
+        if self.installs.enabled {
+            let sig = self.peer_signature(ge);
+            self.installs.check(ge, sig);
+        }
+    }
+
+    /// A TUN packet of `flow` (its five-tuple at the TUN) left for `ge` on
+    /// `path`, `range` being where its wire packet lay in the buffer of
+    /// `n` protected bytes: hands out an install when that is the flow's
+    /// steady outcome. Native: the translation kept the family. QUIC: the
+    /// peer's path is QUIC and no trial sends copies (a flow that takes
+    /// QUIC while its peer is native waits for something: a NAT's first
+    /// packet, the steering gate, a translation).
+    pub(super) fn offer_outbound(
+        &mut self,
+        flow: &FlowId,
+        ge: GeId,
+        path: CarrierKind,
+        range: Option<(usize, usize)>,
+        n: usize,
+    ) {
+        let Some(peer) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
+            return;
+        };
+        let action = match path {
+            CarrierKind::Native if range == Some((0, n)) => match self.xlat.get(flow) {
+                Some(t) => InstallAction::SendNative(*t),
+                None => return,
+            },
+            CarrierKind::Quic
+                if peer.path.current == CarrierKind::Quic
+                    && !self.paths.machines.get(&ge).is_some_and(|m| m.in_trial()) =>
+            {
+                InstallAction::SendQuic(peer.target.clone())
+            }
+            _ => return,
+        };
+        self.offer(InstallKey::Tun(*flow), flow, ge, action);
+    }
+
+    /// An inbound packet of PIT flow `flow` from `ge` was opened and went to
+    /// the TUN unchanged in family: hands out an install for `key`.
+    pub(super) fn offer_inbound(
+        &mut self,
+        key: InstallKey,
+        flow: &FlowId,
+        ge: GeId,
+        action: InstallAction,
+    ) {
+        self.offer(key, flow, ge, action);
+    }
+
+    fn offer(&mut self, key: InstallKey, flow: &FlowId, ge: GeId, action: InstallAction) {
+        let Some((dir, entry)) = self.pit.lookup(flow) else {
+            return;
+        };
+        if entry.peer() != Some(ge) {
+            return;
+        }
+        // Sealing needs only the current state, also during a rekey's
+        // grace; opening then needs the PIT, which tries the old one too.
+        let crypto = match key {
+            InstallKey::Tun(_) => entry.share_crypto_to_seal(),
+            InstallKey::Native(_) | InstallKey::Carrier(..) => entry.share_crypto(),
+        };
+        let Some(crypto) = crypto else {
+            return;
+        };
+        let pit_key = match dir {
+            fpn_proto::pit::Direction::Forward => *flow,
+            fpn_proto::pit::Direction::Reverse => flow.reversed(),
+        };
+        let sig = self.peer_signature(ge);
+        let stamp = self.installs.stamp(ge, sig);
+        self.installs.push(Install {
+            key,
+            pit_key,
+            peer: ge,
+            action,
+            crypto,
+            stamp,
+        });
+    }
+}

@@ -1,0 +1,319 @@
+//! A data-path worker (design note 67): a table of the core's
+//! [`Install`]s, and the packets it carries with them without the core.
+//! Sans-IO like the core: the driver gives it packets and carries out what
+//! comes back; [`WorkerOut::Core`] hands the packet, untouched, to the
+//! core. Every install is checked at each packet (its cipher state is
+//! current, its epochs did not move, the flow is not due for a rekey), so
+//! the core never has to reach into a worker's table.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use fpn_proto::Error as ProtoError;
+use fpn_proto::ge::GeId;
+use fpn_proto::packet::Packet;
+
+use super::installs::{Install, InstallAction, InstallKey, WorkerReport};
+use crate::carrier::PeerTarget;
+
+/// What became of a packet a worker was given.
+pub enum WorkerOut<'a> {
+    /// Send this wire packet (a prefix of the caller's buffer) on the
+    /// native path.
+    Native(&'a [u8]),
+    /// Send this frame (a prefix of the caller's buffer) on the QUIC
+    /// carrier to `target`.
+    Quic {
+        /// The peer and the addresses the carrier may dial.
+        target: &'a PeerTarget,
+        /// The protected packet.
+        frame: &'a [u8],
+    },
+    /// Write this packet (a prefix of the caller's buffer) into the TUN.
+    Tun(&'a [u8]),
+    /// Dropped (counted in the report): a forgery, a replay, damage.
+    Dropped,
+    /// No install covers it: give the packet, untouched, to the core.
+    Core,
+}
+
+impl std::fmt::Debug for WorkerOut<'_> {
+    // Never packet bytes: lengths only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Native(p) => f.debug_struct("Native").field("len", &p.len()).finish(),
+            Self::Quic { target, frame } => f
+                .debug_struct("Quic")
+                .field("peer", &target.ge)
+                .field("len", &frame.len())
+                .finish(),
+            Self::Tun(p) => f.debug_struct("Tun").field("len", &p.len()).finish(),
+            Self::Dropped => f.write_str("Dropped"),
+            Self::Core => f.write_str("Core"),
+        }
+    }
+}
+
+/// One data-path worker's installs and what it carried since its last
+/// report.
+#[derive(Default)]
+pub struct Worker {
+    table: HashMap<InstallKey, Install>,
+    report: WorkerReport,
+    carried: u64,
+}
+
+impl Worker {
+    /// Takes an install from the core (replacing one of the same key).
+    pub fn install(&mut self, install: Install) {
+        self.table.insert(install.key, install);
+    }
+
+    /// Installs held (stale ones go at their next packet).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// No install held.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Packets this worker took (every outcome but [`WorkerOut::Core`]).
+    pub fn carried(&self) -> u64 {
+        self.carried
+    }
+
+    /// What was carried since the last call, for
+    /// [`NodeCore::handle_worker_report`](super::NodeCore::handle_worker_report).
+    pub fn take_report(&mut self) -> WorkerReport {
+        std::mem::take(&mut self.report)
+    }
+
+    /// Whether a report is waiting that the core must see before its next
+    /// decision (a flow at its rekey limit).
+    pub fn report_urgent(&self) -> bool {
+        !self.report.rekeys.is_empty()
+    }
+
+    /// A packet from the TUN: `buf[..len]` holds it, the rest of `buf` is
+    /// room for the trailer (as for the core's
+    /// [`handle_tun_packet`](super::NodeCore::handle_tun_packet)).
+    pub fn handle_tun_packet<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> WorkerOut<'a> {
+        let out = tun_packet(&mut self.table, &mut self.report, buf, len, now);
+        self.carried += u64::from(!matches!(out, WorkerOut::Core));
+        out
+    }
+
+    /// A native packet addressed to this node (as the core's
+    /// [`handle_native_packet`](super::NodeCore::handle_native_packet)
+    /// takes it).
+    pub fn handle_native_packet<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> WorkerOut<'a> {
+        let out = native_packet(&mut self.table, &mut self.report, buf, len, now);
+        self.carried += u64::from(!matches!(out, WorkerOut::Core));
+        out
+    }
+
+    /// A data frame from the carrier, from `peer` (authenticated by it):
+    /// `buf[..len]` holds it.
+    pub fn handle_carrier_data<'a>(
+        &'a mut self,
+        peer: GeId,
+        buf: &'a mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> WorkerOut<'a> {
+        let out = carrier_data(&mut self.table, &mut self.report, peer, buf, len, now);
+        self.carried += u64::from(!matches!(out, WorkerOut::Core));
+        out
+    }
+}
+
+type Table = HashMap<InstallKey, Install>;
+
+/// The install for `key` if it still holds; a stale one is dropped.
+fn usable(table: &mut Table, key: &InstallKey) -> bool {
+    let Some(i) = table.get(key) else {
+        return false;
+    };
+    if i.stamp.is_current() && i.crypto.is_current() && !i.crypto.rekey_due() {
+        return true;
+    }
+    table.remove(key);
+    false
+}
+
+/// [`Worker::handle_tun_packet`] on the worker's parts.
+fn tun_packet<'a>(
+    table: &'a mut Table,
+    report: &mut WorkerReport,
+    buf: &'a mut [u8],
+    len: usize,
+    now: Instant,
+) -> WorkerOut<'a> {
+    let Some(Ok(pkt)) = buf.get(..len).map(Packet::parse) else {
+        return WorkerOut::Core;
+    };
+    let key = InstallKey::Tun(pkt.flow_id());
+    if !usable(table, &key) {
+        return WorkerOut::Core;
+    }
+    let Some(i) = table.get(&key) else {
+        return WorkerOut::Core;
+    };
+    let r = report;
+    let n = match i.crypto.seal(buf, len) {
+        Ok((n, due)) => {
+            if due {
+                r.rekeys.push(i.pit_key);
+            }
+            n
+        }
+        // Retired between the check and the seal: the buffer is
+        // untouched, the core decides.
+        Err(ProtoError::CryptoRetired) => return WorkerOut::Core,
+        Err(_) => {
+            r.counters.tun_in += 1;
+            r.counters.seal_errors += 1;
+            return WorkerOut::Dropped;
+        }
+    };
+    r.counters.tun_in += 1;
+    match &i.action {
+        InstallAction::SendNative(t) => {
+            let rewritten = Packet::parse(&mut buf[..n])
+                .ok()
+                .and_then(|mut p| fpn_proto::xlat::rewrite_to(&mut p, &t.overlay, &t.wire).ok());
+            if rewritten.is_none() {
+                r.counters.seal_errors += 1;
+                return WorkerOut::Dropped;
+            }
+            r.counters.data_out += 1;
+            r.counters.native_out += 1;
+            r.counters.native_bytes_out += n as u64;
+            let a = r.native.entry(i.peer).or_default();
+            a.sent += 1;
+            a.last_sent = Some(now);
+            WorkerOut::Native(&buf[..n])
+        }
+        InstallAction::SendQuic(target) => {
+            r.counters.data_out += 1;
+            WorkerOut::Quic {
+                target,
+                frame: &buf[..n],
+            }
+        }
+        InstallAction::FromNative(_) | InstallAction::FromCarrier => WorkerOut::Core,
+    }
+}
+
+/// [`Worker::handle_native_packet`] on the worker's parts.
+fn native_packet<'a>(
+    table: &'a mut Table,
+    report: &mut WorkerReport,
+    buf: &'a mut [u8],
+    len: usize,
+    now: Instant,
+) -> WorkerOut<'a> {
+    let Some(Ok(pkt)) = buf.get(..len).map(Packet::parse) else {
+        return WorkerOut::Core;
+    };
+    let wire = pkt.flow_id();
+    let key = InstallKey::Native(wire);
+    if !usable(table, &key) {
+        return WorkerOut::Core;
+    }
+    let Some(i) = table.get(&key) else {
+        return WorkerOut::Core;
+    };
+    let InstallAction::FromNative(t) = &i.action else {
+        return WorkerOut::Core;
+    };
+    let r = report;
+    let Some(len) = super::paths::from_wire(buf, len, &wire, t) else {
+        r.counters.native_in_rejected += 1;
+        return WorkerOut::Dropped;
+    };
+    match i.crypto.open(&mut buf[..len]) {
+        Ok(n) => {
+            let a = r.native.entry(i.peer).or_default();
+            a.received += 1;
+            a.last_received = Some(now);
+            r.received = Some(now);
+            r.counters.native_in += 1;
+            r.counters.native_bytes_in += n as u64;
+            r.counters.tun_out += 1;
+            WorkerOut::Tun(&buf[..n])
+        }
+        Err(ProtoError::Replay { .. }) => {
+            // As the core does: a duplicate still got through the
+            // native path, which is what the peer's data check asks.
+            let a = r.native.entry(i.peer).or_default();
+            a.received += 1;
+            a.last_received = Some(now);
+            r.counters.native_in_replayed += 1;
+            WorkerOut::Dropped
+        }
+        // Retired between the check and the open, with the packet
+        // rewritten already: lost, as in flight during a rekey.
+        Err(_) => {
+            r.counters.native_in_rejected += 1;
+            WorkerOut::Dropped
+        }
+    }
+}
+
+/// [`Worker::handle_carrier_data`] on the worker's parts.
+fn carrier_data<'a>(
+    table: &'a mut Table,
+    report: &mut WorkerReport,
+    peer: GeId,
+    buf: &'a mut [u8],
+    len: usize,
+    now: Instant,
+) -> WorkerOut<'a> {
+    let Some(Ok(pkt)) = buf.get(..len).map(Packet::parse) else {
+        return WorkerOut::Core;
+    };
+    let key = InstallKey::Carrier(peer, pkt.flow_id());
+    if !usable(table, &key) {
+        return WorkerOut::Core;
+    }
+    let Some(i) = table.get(&key) else {
+        return WorkerOut::Core;
+    };
+    if !matches!(i.action, InstallAction::FromCarrier) {
+        return WorkerOut::Core;
+    }
+    let r = report;
+    match i.crypto.open(&mut buf[..len]) {
+        Ok(n) => {
+            r.counters.data_in += 1;
+            r.counters.tun_out += 1;
+            r.received = Some(now);
+            WorkerOut::Tun(&buf[..n])
+        }
+        // Untouched: the core may hold the keys that open it.
+        Err(ProtoError::CryptoRetired) => WorkerOut::Core,
+        Err(ProtoError::Replay { .. }) => {
+            r.counters.data_in += 1;
+            r.counters.data_in_replayed += 1;
+            WorkerOut::Dropped
+        }
+        Err(_) => {
+            r.counters.data_in += 1;
+            r.counters.data_in_rejected += 1;
+            WorkerOut::Dropped
+        }
+    }
+}

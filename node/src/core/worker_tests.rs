@@ -1,0 +1,311 @@
+//! Data-path workers in the simulator (design note 67, step b). A worker
+//! repeats what the core installed for a flow; the core raises epochs and
+//! the PIT retires cipher states whenever the outcome may change. So the
+//! same scenario run with and without a worker per node must put the same
+//! bytes on the wire and into every TUN and leave the same counters, while
+//! the workers carry most of the packets. Each scenario crosses one thing
+//! that must take a flow back from the workers: a path switch both ways, a
+//! rotation and a revocation, a rekey at the packet limit, a move with its
+//! hold, a NAT binding.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fpn_proto::ge::{GroupId, Mode};
+use fpn_proto::keys::KeyVersion;
+use fpn_proto::path::{Force, PathConfig};
+
+use super::Command;
+use super::sim::{CoreSim, LinkConfig, SimNat, group_key};
+
+/// What a run leaves to compare.
+#[derive(Debug, PartialEq, Eq)]
+struct Trace {
+    /// Every data frame: sender, native or not, bytes.
+    wire: Vec<(usize, bool, Vec<u8>)>,
+    /// Every node's TUN writes.
+    tuns: Vec<Vec<Vec<u8>>>,
+    /// Every node's counters.
+    counters: Vec<BTreeMap<String, u64>>,
+}
+
+fn trace(sim: &CoreSim) -> Trace {
+    Trace {
+        wire: sim
+            .wire()
+            .iter()
+            .map(|f| (f.from, f.native, f.payload.clone()))
+            .collect(),
+        tuns: sim.nodes.iter().map(|n| n.tun.clone()).collect(),
+        counters: sim.nodes.iter().map(|n| n.core.counters()).collect(),
+    }
+}
+
+/// Packets the workers took, and packets the hosts sent or received
+/// (TUN writes plus the data frames on the wire), over every node.
+fn shares(sim: &CoreSim) -> (u64, u64) {
+    let carried = sim
+        .nodes
+        .iter()
+        .map(|n| n.worker.as_ref().map_or(0, |w| w.carried()))
+        .sum();
+    let packets =
+        sim.nodes.iter().map(|n| n.tun.len() as u64).sum::<u64>() + sim.wire().len() as u64;
+    (carried, packets)
+}
+
+/// Runs `scenario` without and with workers: the two traces must be the
+/// same, and the workers must have carried at least `min_share` of the
+/// packets (so the scenario exercises them).
+fn same_with_workers(scenario: fn(bool) -> CoreSim, min_share: f64) {
+    let without = scenario(false);
+    let with = scenario(true);
+    assert!(without.nodes.iter().all(|n| n.worker.is_none()));
+    let (a, b) = (trace(&without), trace(&with));
+    for (i, (x, y)) in a.counters.iter().zip(&b.counters).enumerate() {
+        for (k, v) in x {
+            assert_eq!(Some(v), y.get(k), "node {i} counter {k}");
+        }
+    }
+    for (i, (x, y)) in a.tuns.iter().zip(&b.tuns).enumerate() {
+        assert_eq!(x.len(), y.len(), "node {i}: TUN writes");
+        assert!(x == y, "node {i}: TUN contents differ");
+    }
+    assert_eq!(a.wire.len(), b.wire.len(), "frames on the wire");
+    if let Some(k) = a.wire.iter().zip(&b.wire).position(|(x, y)| x != y) {
+        panic!(
+            "frame {k} differs: {:?} / {:?} (sender, native, len)",
+            (a.wire[k].0, a.wire[k].1, a.wire[k].2.len()),
+            (b.wire[k].0, b.wire[k].1, b.wire[k].2.len())
+        );
+    }
+    let (carried, packets) = shares(&with);
+    eprintln!("workers carried {carried} of {packets} packets");
+    assert!(
+        carried as f64 >= min_share * packets as f64,
+        "workers carried {carried} of {packets} packets"
+    );
+}
+
+/// a's first packet of the flow, negotiated before b answers (when both
+/// ends open it at once, the second negotiation replaces the first and
+/// packets under the old keys are opened by the core for the grace).
+fn open_flow(sim: &mut CoreSim, a: usize, b: usize) {
+    sim.send_udp(a, b, 4000, 5000, b"open");
+    sim.drive();
+}
+
+/// Both ways on one flow, `rounds` times, `gap` apart.
+fn stream(sim: &mut CoreSim, a: usize, b: usize, rounds: usize, gap: Duration) {
+    for k in 0..rounds {
+        sim.send_udp(a, b, 4000, 5000, format!("a2b-{k}").as_bytes());
+        sim.run_for(gap / 2);
+        sim.send_udp(b, a, 5000, 4000, format!("b2a-{k}").as_bytes());
+        sim.run_for(gap / 2);
+    }
+}
+
+fn pair(seed: u64, workers: bool, force: Force, link: LinkConfig) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, link);
+    sim.workers = workers;
+    sim.path = PathConfig {
+        force,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    (sim, a, b)
+}
+
+fn carrier(sim: &CoreSim, i: usize) -> String {
+    sim.nodes[i].core.snapshot(&[]).peers[0].carrier.clone()
+}
+
+const MS20: Duration = Duration::from_millis(20);
+
+fn native_blocked_and_back(workers: bool) -> CoreSim {
+    let (mut sim, a, b) = pair(61, workers, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 40, MS20);
+    assert_eq!(carrier(&sim, a), "native");
+    // A firewall drops the flows' raw packets (probes pass): QUIC within
+    // 3 s, then native again once it lets them through.
+    sim.native_data_blocked = true;
+    stream(&mut sim, a, b, 200, MS20);
+    assert_eq!(carrier(&sim, a), "quic");
+    sim.native_data_blocked = false;
+    stream(&mut sim, a, b, 350, Duration::from_millis(100));
+    assert_eq!(carrier(&sim, a), "native");
+    stream(&mut sim, a, b, 40, MS20);
+    sim
+}
+
+#[test]
+fn a_path_switch_both_ways_is_the_same_with_workers() {
+    same_with_workers(native_blocked_and_back, 0.5);
+}
+
+fn rotation_then_revocation(workers: bool) -> CoreSim {
+    let link = LinkConfig {
+        loss: 0.05,
+        reorder: 0.05,
+        duplicate: 0.02,
+        jitter: Duration::from_millis(3),
+        ..LinkConfig::default()
+    };
+    let (mut sim, a, b) = pair(62, workers, Force::Quic, link);
+    stream(&mut sim, a, b, 100, MS20);
+    let keys = || Command::Keys {
+        group: GroupId(1),
+        keys: vec![
+            (KeyVersion(2), group_key(1, 2)),
+            (KeyVersion(1), group_key(1, 1)),
+        ],
+    };
+    sim.command(a, keys());
+    sim.command(b, keys());
+    // Through the renegotiation and the old keys' grace.
+    stream(&mut sim, a, b, 300, MS20);
+    let ge = sim.nodes[b].ge;
+    sim.command(
+        a,
+        Command::Revoked {
+            ge,
+            serials: vec![2],
+        },
+    );
+    stream(&mut sim, a, b, 50, MS20);
+    sim
+}
+
+#[test]
+fn a_rotation_and_a_revocation_are_the_same_with_workers() {
+    same_with_workers(rotation_then_revocation, 0.5);
+}
+
+fn rekeys_at_the_packet_limit(workers: bool) -> CoreSim {
+    let mut sim = CoreSim::new(63, LinkConfig::default());
+    sim.workers = workers;
+    sim.pit.limits.rekey_after = 60;
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    stream(&mut sim, a, b, 400, MS20);
+    assert!(sim.counter(a, "dprp_started") + sim.counter(b, "dprp_started") >= 4);
+    sim
+}
+
+#[test]
+fn rekeys_at_the_packet_limit_are_the_same_with_workers() {
+    // Every 60 packets a new negotiation, and the old keys' grace: the
+    // core opens inbound packets while it lasts.
+    same_with_workers(rekeys_at_the_packet_limit, 0.4);
+}
+
+fn a_move_with_its_hold(workers: bool) -> CoreSim {
+    let (mut sim, a, b) = pair(64, workers, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 50, MS20);
+    let new: SocketAddr = "198.18.9.1:7718".parse().unwrap();
+    sim.move_node(a, new);
+    sim.announce(a);
+    sim.network_change(a, "address 198.18.9.1 added (if 2)");
+    stream(&mut sim, a, b, 100, MS20);
+    assert_eq!(carrier(&sim, a), "native");
+    sim
+}
+
+#[test]
+fn a_move_is_the_same_with_workers() {
+    same_with_workers(a_move_with_its_hold, 0.5);
+}
+
+fn through_a_port_rewriting_nat(workers: bool) -> CoreSim {
+    let (mut sim, a, b) = pair(65, workers, Force::Auto, LinkConfig::default());
+    sim.nodes[a].nat = Some(SimNat::new(true, true));
+    sim.run_for(Duration::from_secs(2));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 100, MS20);
+    assert!(sim.counter(b, "native_bindings") >= 1);
+    // The NAT forgets its mappings: new ports, bound again.
+    if let Some(nat) = sim.nodes[a].nat.as_mut() {
+        nat.forget_mappings();
+    }
+    stream(&mut sim, a, b, 200, MS20);
+    sim
+}
+
+#[test]
+fn a_nat_binding_is_the_same_with_workers() {
+    same_with_workers(through_a_port_rewriting_nat, 0.5);
+}
+
+fn carried(sim: &CoreSim, i: usize) -> u64 {
+    sim.nodes[i].worker.as_ref().map_or(0, |w| w.carried())
+}
+
+fn delivered(sim: &CoreSim, i: usize, marker: &[u8]) -> bool {
+    sim.nodes[i].tun.iter().any(|p| p.ends_with(marker))
+}
+
+#[test]
+fn a_revocation_stops_the_workers_at_their_next_packet() {
+    let (mut sim, a, b) = pair(66, true, Force::Quic, LinkConfig::default());
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 20, MS20);
+    let before = carried(&sim, a);
+    assert!(before >= 30, "a's worker carried {before}");
+    let ge = sim.nodes[b].ge;
+    sim.command(
+        a,
+        Command::Revoked {
+            ge,
+            serials: vec![2],
+        },
+    );
+    sim.send_udp(a, b, 4000, 5000, b"after");
+    sim.drive();
+    assert_eq!(
+        carried(&sim, a),
+        before,
+        "the worker took a packet after the revocation"
+    );
+    assert!(!delivered(&sim, b, b"after"));
+}
+
+#[test]
+fn a_flow_only_workers_carry_ages_out_within_two_idle_timeouts() {
+    let idle = Duration::from_secs(5);
+    let mut sim = CoreSim::new(67, LinkConfig::default());
+    sim.workers = true;
+    sim.pit.idle_timeout = idle;
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 100, MS20);
+    assert!(carried(&sim, a) >= 150 && carried(&sim, b) >= 150);
+    // The workers' use counts: the flow lives one idle timeout after its
+    // last packet...
+    sim.run_for(idle - Duration::from_millis(500));
+    for i in [a, b] {
+        assert_eq!(sim.counter(i, "pit_entries"), 1, "node {i}");
+    }
+    // ...and is gone within two.
+    sim.run_for(idle + Duration::from_secs(1));
+    for i in [a, b] {
+        assert_eq!(sim.counter(i, "pit_entries"), 0, "node {i}");
+    }
+    // Its install went with it: the next packet is the core's, which
+    // negotiates the flow again.
+    let (carried_a, started) = (carried(&sim, a), sim.counter(a, "dprp_started"));
+    sim.send_udp(a, b, 4000, 5000, b"again");
+    sim.drive();
+    assert_eq!(carried(&sim, a), carried_a);
+    assert_eq!(sim.counter(a, "dprp_started"), started + 1);
+    assert!(delivered(&sim, b, b"again"));
+}
