@@ -21,7 +21,9 @@
 # (the driver sends native batches and writes the TUN itself: what the two
 # stage threads add), "notx" and "notun" turn off one of them; "threads1"
 # and "threads2" are AFTER with FPN_NODE_THREADS=1 or 2 (the node's tokio
-# runtime with that many worker threads; the default is one per core).
+# runtime with that many worker threads; the default is one per core);
+# "workers0" and "workers1" are AFTER with FPN_NODE_WORKERS=0 or 1 (the
+# data-path workers on the native receive threads off or on).
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -49,6 +51,8 @@ for r in $(seq "$REPEAT"); do
             notun) bin=$AFTER env=(FPN_NODE_TUN_WRITE_STAGE=0) ;;
             threads1) bin=$AFTER env=(FPN_NODE_THREADS=1) ;;
             threads2) bin=$AFTER env=(FPN_NODE_THREADS=2) ;;
+            workers0) bin=$AFTER env=(FPN_NODE_WORKERS=0) ;;
+            workers1) bin=$AFTER env=(FPN_NODE_WORKERS=1) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -66,7 +70,8 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         # with TCP16=1 only
         "tcp16_gbps", "tcp16_daemon_cores_per_gbps"]
 rows, loads = {}, []
-for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2"]:
+for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
+            "workers0", "workers1"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

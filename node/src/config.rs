@@ -86,6 +86,12 @@ pub struct NodeConfig {
     /// ([`NodeConfig::runtime_threads_for`]). The environment variable
     /// `FPN_NODE_THREADS` overrides it.
     pub runtime_threads: usize,
+    /// Data-path workers (design note 67): the native receive threads open
+    /// the packets of established flows and write them to the TUN
+    /// themselves, instead of handing every packet to the driver. Off: the
+    /// driver carries every packet. The environment variable
+    /// `FPN_NODE_WORKERS=0` (or `1`) overrides it.
+    pub workers: bool,
     /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
     /// and report the mapped address to peers as a candidate; renewed in
     /// the background, deleted on a clean stop.
@@ -159,6 +165,7 @@ impl Default for NodeConfig {
             tun_offloads: true,
             quic_gso: true,
             runtime_threads: 0,
+            workers: true,
             port_mapping: true,
             metrics: MetricsSettings::default(),
             vin_range: "100.127.0.0/16".into(),
@@ -252,6 +259,7 @@ impl NodeConfig {
             "runtime_threads",
             self.runtime_threads == new.runtime_threads,
         );
+        diff("workers", self.workers == new.workers);
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);
         diff("vin_range", self.vin_range == new.vin_range);

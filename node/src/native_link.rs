@@ -52,13 +52,14 @@ pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 /// Opens the native carrier for the node whose TUN is `tun` and whose
 /// underlay addresses (either family) are `local`: the raw sender (with a send thread of
 /// its own when `send_thread`), the table (a stale one left by a killed
-/// node is replaced) and the receive thread. `Err` says why native cannot
+/// node is replaced) and the receive threads (with `taps`, one each). `Err` says why native cannot
 /// work here; the node then stays on QUIC.
 pub fn open(
     tun: &str,
     local: Vec<IpAddr>,
     skip_udp_ports: Vec<u16>,
     send_thread: bool,
+    taps: Vec<Box<dyn crate::native::RxTap>>,
 ) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
 {
     let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
@@ -73,7 +74,8 @@ pub fn open(
     };
     let mut cfg = NativeConfig::new(tun, local, RxMechanism::default());
     cfg.skip_udp_ports = skip_udp_ports;
-    let mut io = NativeIo::open(cfg).map_err(|e| (Unavailable::NoInterception, e))?;
+    let mut io =
+        NativeIo::open_with_taps(cfg, taps).map_err(|e| (Unavailable::NoInterception, e))?;
     let rx = io
         .take_receiver()
         .expect("the receiver of a fresh NativeIo is there");

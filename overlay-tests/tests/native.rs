@@ -153,6 +153,7 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
         )
         .unwrap();
     let out_before = counter(&ov, "a", "native_out");
+    let worker_before = counter(&ov, "b", "worker_tun_writes");
     let report = common::iperf_client(lab, "a", &b, 10);
     let received = report["end"]["sum_received"]["bytes"]
         .as_f64()
@@ -172,6 +173,13 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
             .iter()
             .any(|&(s, d, _, _, dp)| s == a_pub && d == b_pub && dp == 5201),
         "no FIN from {a_pub} to {b_pub}:5201: the TCP connection is not the application's own"
+    );
+    // b's data-path workers (on by default) opened the transfer's packets
+    // where its receive threads took them in and wrote them to the TUN.
+    let by_workers = counter(&ov, "b", "worker_tun_writes") - worker_before;
+    assert!(
+        by_workers as f64 > received / 65536.0,
+        "b's workers wrote {by_workers} times to the TUN for {received} bytes"
     );
     let sent = counter(&ov, "a", "native_out") - out_before;
     assert!(

@@ -19,9 +19,12 @@
 //! of them does not flush the workers.
 //!
 //! What workers carried comes back as a [`WorkerReport`]
-//! ([`NodeCore::handle_worker_report`]): counters, the per-peer native
-//! activity the path machines count, the last packet received (the move
-//! gap) and flows whose send counter reached the rekey limit.
+//! ([`NodeCore::handle_worker_report`]): counters, the last packet
+//! received (the move gap) and flows whose send counter reached the rekey
+//! limit. The per-peer native activity the path machines count is shared
+//! instead ([`PeerActivity`]): a machine's data check compares the peer's
+//! count in a probe answer with what was sent before the probe, so the
+//! core reads it at once where a machine looks, never a report late.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -97,6 +100,8 @@ pub struct Install {
     pub action: InstallAction,
     pub(crate) crypto: Arc<SharedCrypto>,
     pub(crate) stamp: EpochStamp,
+    /// The peer's native activity, counted by the worker.
+    pub(crate) activity: Arc<PeerActivity>,
 }
 
 impl std::fmt::Debug for Install {
@@ -110,18 +115,82 @@ impl std::fmt::Debug for Install {
     }
 }
 
-/// What one peer's path machine would have counted had the core carried
-/// the packets.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NativeActivity {
-    /// Native packets sent.
-    pub sent: u64,
-    /// When the last was sent.
-    pub last_sent: Option<Instant>,
-    /// Authenticated native packets received.
-    pub received: u64,
-    /// When the last was received.
-    pub last_received: Option<Instant>,
+/// Which installs the driver's workers take (the core makes no others:
+/// an install nobody takes would cost every packet of its flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InstallKinds {
+    /// Outbound, by TUN five-tuple.
+    pub tun: bool,
+    /// Inbound native, by wire five-tuple.
+    pub native: bool,
+    /// Inbound QUIC, by peer and five-tuple.
+    pub carrier: bool,
+}
+
+impl InstallKinds {
+    /// Every kind.
+    pub const ALL: Self = Self {
+        tun: true,
+        native: true,
+        carrier: true,
+    };
+
+    fn wants(&self, key: &InstallKey) -> bool {
+        match key {
+            InstallKey::Tun(_) => self.tun,
+            InstallKey::Native(_) => self.native,
+            InstallKey::Carrier(..) => self.carrier,
+        }
+    }
+}
+
+/// What workers carried natively for one peer, shared with the core,
+/// which hands it to the peer's path machine where the machine looks
+/// (`NodeCore::sync_native_activity`).
+#[derive(Debug)]
+pub struct PeerActivity {
+    /// The instant the stamps count from.
+    base: Instant,
+    sent: AtomicU64,
+    /// Nanoseconds after `base`, plus one (0: never).
+    last_sent: AtomicU64,
+    received: AtomicU64,
+    last_received: AtomicU64,
+}
+
+impl PeerActivity {
+    fn new(base: Instant) -> Self {
+        Self {
+            base,
+            sent: AtomicU64::new(0),
+            last_sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            last_received: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.base).as_nanos() as u64).saturating_add(1)
+    }
+
+    fn instant(&self, stamp: u64) -> Option<Instant> {
+        stamp
+            .checked_sub(1)
+            .map(|n| self.base + std::time::Duration::from_nanos(n))
+    }
+
+    /// A native packet to the peer left at `now`.
+    pub(crate) fn note_sent(&self, now: Instant) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.last_sent.fetch_max(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// An authenticated native packet of the peer came in at `now`.
+    pub(crate) fn note_received(&self, now: Instant) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.last_received
+            .fetch_max(self.stamp(now), Ordering::Relaxed);
+    }
 }
 
 /// The status counters a worker keeps for what it carried.
@@ -154,6 +223,8 @@ pub struct WorkerCounters {
     pub data_in_replayed: u64,
     /// Packets of installed flows that failed to seal.
     pub seal_errors: u64,
+    /// Packets the TUN refused (dropped rather than stalling every flow).
+    pub tun_write_drops: u64,
 }
 
 /// What a worker carried since its last report, for
@@ -162,8 +233,6 @@ pub struct WorkerCounters {
 pub struct WorkerReport {
     /// Status counters.
     pub counters: WorkerCounters,
-    /// Native activity per peer.
-    pub native: HashMap<GeId, NativeActivity>,
     /// When the last data packet was received (either path).
     pub received: Option<Instant>,
     /// PIT keys whose send counter reached the rekey limit.
@@ -174,7 +243,6 @@ impl WorkerReport {
     /// Nothing to report.
     pub fn is_empty(&self) -> bool {
         self.counters == WorkerCounters::default()
-            && self.native.is_empty()
             && self.received.is_none()
             && self.rekeys.is_empty()
     }
@@ -196,6 +264,8 @@ pub(super) struct PeerSignature {
 pub(super) struct Installs {
     /// Installs are made (a driver with workers asked for them).
     pub(super) enabled: bool,
+    /// Of these kinds.
+    pub(super) kinds: InstallKinds,
     global: Arc<AtomicU64>,
     peers: HashMap<GeId, (Arc<AtomicU64>, PeerSignature)>,
     queue: VecDeque<Install>,
@@ -206,6 +276,11 @@ pub(super) struct Installs {
     /// The translation of the native packet being handled, when its
     /// outcome may be installed once the TUN side is known.
     pub(super) native_candidate: Option<Translation>,
+    /// Per peer: what workers carried natively, and the counts the path
+    /// machine was given so far (sent, received).
+    activity: HashMap<GeId, (Arc<PeerActivity>, u64, u64)>,
+    /// Where the activity stamps count from (the first install's time).
+    base: Option<Instant>,
 }
 
 impl Installs {
@@ -228,11 +303,12 @@ impl Installs {
         }
     }
 
-    /// `ge` is gone: its installs are stale, and the entry goes.
+    /// `ge` is gone: its installs are stale, and its entries go.
     pub(super) fn forget(&mut self, ge: GeId) {
         if let Some((e, _)) = self.peers.remove(&ge) {
             e.fetch_add(1, Ordering::AcqRel);
         }
+        self.activity.remove(&ge);
     }
 
     /// Raises `ge`'s epoch when its signature changed.
@@ -271,10 +347,12 @@ impl Installs {
 }
 
 impl NodeCore {
-    /// Makes the core hand out installs ([`NodeCore::poll_install`]): a
-    /// driver with data-path workers turns this on.
-    pub fn enable_installs(&mut self) {
-        self.installs.enabled = true;
+    /// Makes the core hand out installs of `kinds`
+    /// ([`NodeCore::poll_install`]): a driver with data-path workers turns
+    /// this on for what its workers take.
+    pub fn enable_installs(&mut self, kinds: InstallKinds) {
+        self.installs.enabled = kinds != InstallKinds::default();
+        self.installs.kinds = kinds;
     }
 
     /// The next install for the workers.
@@ -302,14 +380,13 @@ impl NodeCore {
         k.data_in_rejected += c.data_in_rejected;
         k.data_in_replayed += c.data_in_replayed;
         k.dprp_errors += c.seal_errors;
-        for (ge, a) in &report.native {
-            if let Some(m) = self.paths.machines.get_mut(ge) {
-                m.handle_native_data(a.sent, a.last_sent, a.received, a.last_received);
-            }
-            self.merge_path_deadline(*ge);
-        }
+        k.tun_write_drops += c.tun_write_drops;
         if let Some(at) = report.received {
-            self.note_received(at);
+            // A report can come after a move with a packet from before it:
+            // that is not the first packet after the move.
+            if self.moves.recent.back().is_none_or(|m| at >= m.at) {
+                self.note_received(at);
+            }
         }
         let mut rekeyed = false;
         for flow in &report.rekeys {
@@ -318,6 +395,28 @@ impl NodeCore {
         if rekeyed {
             self.drain(now);
         }
+    }
+
+    /// Gives `ge`'s path machine what workers carried natively since the
+    /// last call: before anything the machine does with its counts (a
+    /// probe sent or answered, a timer).
+    pub(super) fn sync_native_activity(&mut self, ge: GeId) {
+        let Some((a, sent_seen, received_seen)) = self.installs.activity.get_mut(&ge) else {
+            return;
+        };
+        let sent = a.sent.load(Ordering::Relaxed);
+        let received = a.received.load(Ordering::Relaxed);
+        if sent == *sent_seen && received == *received_seen {
+            return;
+        }
+        let (ds, dr) = (sent - *sent_seen, received - *received_seen);
+        (*sent_seen, *received_seen) = (sent, received);
+        let last_sent = a.instant(a.last_sent.load(Ordering::Relaxed));
+        let last_received = a.instant(a.last_received.load(Ordering::Relaxed));
+        if let Some(m) = self.paths.machines.get_mut(&ge) {
+            m.handle_native_data(ds, last_sent, dr, last_received);
+        }
+        self.merge_path_deadline(ge);
     }
 
     /// The signature of `ge` now.
@@ -355,7 +454,12 @@ impl NodeCore {
         path: CarrierKind,
         range: Option<(usize, usize)>,
         n: usize,
+        now: Instant,
     ) {
+        // UDP to the DPRP port may carry a DDE a gateway must see (transit.rs).
+        if !self.installs.kinds.tun || (flow.protocol == 17 && flow.dst_port == super::PROBE_PORT) {
+            return;
+        }
         let Some(peer) = self.peers.get(ge).filter(|p| !p.target.addrs.is_empty()) else {
             return;
         };
@@ -372,7 +476,7 @@ impl NodeCore {
             }
             _ => return,
         };
-        self.offer(InstallKey::Tun(*flow), flow, ge, action);
+        self.offer(InstallKey::Tun(*flow), flow, ge, action, now);
     }
 
     /// An inbound packet of PIT flow `flow` from `ge` was opened and went to
@@ -383,15 +487,28 @@ impl NodeCore {
         flow: &FlowId,
         ge: GeId,
         action: InstallAction,
+        now: Instant,
     ) {
-        self.offer(key, flow, ge, action);
+        self.offer(key, flow, ge, action, now);
     }
 
-    fn offer(&mut self, key: InstallKey, flow: &FlowId, ge: GeId, action: InstallAction) {
+    fn offer(
+        &mut self,
+        key: InstallKey,
+        flow: &FlowId,
+        ge: GeId,
+        action: InstallAction,
+        now: Instant,
+    ) {
+        if !self.installs.kinds.wants(&key) {
+            return;
+        }
         let Some((dir, entry)) = self.pit.lookup(flow) else {
+            tracing::trace!(?key, "no install: no PIT entry");
             return;
         };
         if entry.peer() != Some(ge) {
+            tracing::trace!(?key, "no install: another peer's flow");
             return;
         }
         // Sealing needs only the current state, also during a rekey's
@@ -401,6 +518,10 @@ impl NodeCore {
             InstallKey::Native(_) | InstallKey::Carrier(..) => entry.share_crypto(),
         };
         let Some(crypto) = crypto else {
+            tracing::trace!(
+                ?key,
+                "no install: the flow's cipher state is not to share now"
+            );
             return;
         };
         let pit_key = match dir {
@@ -409,6 +530,15 @@ impl NodeCore {
         };
         let sig = self.peer_signature(ge);
         let stamp = self.installs.stamp(ge, sig);
+        let base = *self.installs.base.get_or_insert(now);
+        let activity = self
+            .installs
+            .activity
+            .entry(ge)
+            .or_insert_with(|| (Arc::new(PeerActivity::new(base)), 0, 0))
+            .0
+            .clone();
+        tracing::trace!(?key, "install");
         self.installs.push(Install {
             key,
             pit_key,
@@ -416,6 +546,7 @@ impl NodeCore {
             action,
             crypto,
             stamp,
+            activity,
         });
     }
 }

@@ -107,7 +107,7 @@ use snapshot::Counters;
 use timers::{AGE_SLICE, Timers};
 
 pub use installs::{
-    Install, InstallAction, InstallKey, NativeActivity, WorkerCounters, WorkerReport,
+    Install, InstallAction, InstallKey, InstallKinds, PeerActivity, WorkerCounters, WorkerReport,
 };
 pub use keys::KeyChange;
 pub use negotiation::in_net;
@@ -365,11 +365,11 @@ impl NodeCore {
             },
             None => CarrierKind::Quic,
         };
-        if self.installs.enabled
+        if self.installs.kinds.tun
             && !from6
             && let Some((ge, n)) = send
         {
-            self.offer_outbound(&flow, ge, path, range, n);
+            self.offer_outbound(&flow, ge, path, range, n, now);
         }
         let buf: &'a [u8] = buf;
         match send {
@@ -431,7 +431,7 @@ impl NodeCore {
             FrameKind::Data => {
                 let opened = self.handle_data(peer, buf, len, now);
                 let n = opened.and_then(|n| self.vin6_for_tun(buf, n));
-                if self.installs.enabled
+                if self.installs.kinds.carrier
                     && let Some(n) = n
                     && opened == Some(n)
                     && let Ok(p) = Packet::parse(&buf[..n])
@@ -444,6 +444,7 @@ impl NodeCore {
                         &flow,
                         peer,
                         installs::InstallAction::FromCarrier,
+                        now,
                     );
                 }
                 self.drain(now);

@@ -251,13 +251,15 @@ impl NodeCore {
             && n.is_some()
             && n == opened
         {
-            // Opened and for the TUN as it is, in the family it came in.
+            // Opened and for the TUN as it is (a VIN6 flow changes family
+            // at the TUN).
             let overlay = t.overlay.reversed();
             self.offer_inbound(
                 super::installs::InstallKey::Native(wire),
                 &overlay,
                 t.peer,
                 super::installs::InstallAction::FromNative(t),
+                now,
             );
         }
         match n {
@@ -370,7 +372,7 @@ impl NodeCore {
                 }
                 self.peer_steering_seen(&t.overlay);
                 self.paths.heard.insert(t.overlay);
-                if self.installs.enabled && wire.src.is_ipv4() == overlay.src.is_ipv4() {
+                if self.installs.kinds.native {
                     // After this packet the flow's next ones change nothing
                     // here but counts (the gate's peer side is set, the flow
                     // is heard): a worker may carry them.
@@ -589,6 +591,9 @@ impl NodeCore {
             return;
         };
         let ge = view.sender();
+        // An answer carries the count the data check compares, a probe gets
+        // this node's: both as if the core had carried every packet.
+        self.sync_native_activity(ge);
         if !matches!(
             view.kind(),
             path::ProbeKind::Probe | path::ProbeKind::Answer
@@ -743,6 +748,7 @@ impl NodeCore {
             .map(|(g, _)| *g)
             .collect();
         for ge in due {
+            self.sync_native_activity(ge);
             if let Some(m) = self.paths.machines.get_mut(&ge) {
                 m.handle_timeout(now);
             }
@@ -859,6 +865,7 @@ impl NodeCore {
             }
             return;
         }
+        self.sync_native_activity(peer);
         let Some(m) = self.paths.machines.get_mut(&peer) else {
             return;
         };

@@ -1220,7 +1220,7 @@ impl CoreSim {
         );
         core.set_real_prefixes(prefixes.to_vec());
         if self.workers {
-            core.enable_installs();
+            core.enable_installs(super::InstallKinds::ALL);
         }
         core
     }

@@ -6,10 +6,10 @@
 //! current, its epochs did not move, the flow is not due for a rekey), so
 //! the core never has to reach into a worker's table.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use fpn_proto::Error as ProtoError;
+use fpn_proto::flow::FastMap;
 use fpn_proto::ge::GeId;
 use fpn_proto::packet::Packet;
 
@@ -54,22 +54,44 @@ impl std::fmt::Debug for WorkerOut<'_> {
     }
 }
 
+/// Most installs one worker holds: a flow that ends sends no packet that
+/// would find its install stale, so [`Worker::sweep`] clears those, and an
+/// install beyond this waits for the next sweep (its flow's packets go
+/// through the core meanwhile).
+pub const MAX_INSTALLS: usize = 65_536;
+
 /// One data-path worker's installs and what it carried since its last
 /// report.
 #[derive(Default)]
 pub struct Worker {
-    table: HashMap<InstallKey, Install>,
+    table: Table,
     report: WorkerReport,
     carried: u64,
 }
 
 impl Worker {
-    /// Takes an install from the core (replacing one of the same key).
-    pub fn install(&mut self, install: Install) {
+    /// Takes an install from the core (replacing one of the same key);
+    /// false when the table is full (see [`MAX_INSTALLS`]).
+    pub fn install(&mut self, install: Install) -> bool {
+        if self.table.len() >= MAX_INSTALLS && !self.table.contains_key(&install.key) {
+            self.sweep();
+            if self.table.len() >= MAX_INSTALLS {
+                return false;
+            }
+        }
         self.table.insert(install.key, install);
+        true
     }
 
-    /// Installs held (stale ones go at their next packet).
+    /// Drops every install whose flow ended or whose epochs moved: their
+    /// cipher states (key material) go with the last reference. Call it
+    /// now and then (the receive threads do, about once a second).
+    pub fn sweep(&mut self) {
+        self.table
+            .retain(|_, i| i.stamp.is_current() && i.crypto.is_current());
+    }
+
+    /// Installs held (stale ones until replaced or swept).
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -90,6 +112,11 @@ impl Worker {
         std::mem::take(&mut self.report)
     }
 
+    /// The TUN refused a packet this worker opened (counted in the report).
+    pub fn count_tun_write_drop(&mut self) {
+        self.report.counters.tun_write_drops += 1;
+    }
+
     /// Whether a report is waiting that the core must see before its next
     /// decision (a flow at its rekey limit).
     pub fn report_urgent(&self) -> bool {
@@ -105,21 +132,22 @@ impl Worker {
         len: usize,
         now: Instant,
     ) -> WorkerOut<'a> {
-        let out = tun_packet(&mut self.table, &mut self.report, buf, len, now);
+        let out = tun_packet(&self.table, &mut self.report, buf, len, now);
         self.carried += u64::from(!matches!(out, WorkerOut::Core));
         out
     }
 
     /// A native packet addressed to this node (as the core's
     /// [`handle_native_packet`](super::NodeCore::handle_native_packet)
-    /// takes it).
+    /// takes it): `buf[..len]` holds it; an IPv6 flow on an IPv4 wire needs
+    /// 20 bytes of room behind it.
     pub fn handle_native_packet<'a>(
         &'a mut self,
         buf: &'a mut [u8],
         len: usize,
         now: Instant,
     ) -> WorkerOut<'a> {
-        let out = native_packet(&mut self.table, &mut self.report, buf, len, now);
+        let out = native_packet(&self.table, &mut self.report, buf, len, now);
         self.carried += u64::from(!matches!(out, WorkerOut::Core));
         out
     }
@@ -133,29 +161,40 @@ impl Worker {
         len: usize,
         now: Instant,
     ) -> WorkerOut<'a> {
-        let out = carrier_data(&mut self.table, &mut self.report, peer, buf, len, now);
+        let out = carrier_data(&self.table, &mut self.report, peer, buf, len, now);
         self.carried += u64::from(!matches!(out, WorkerOut::Core));
         out
     }
 }
 
-type Table = HashMap<InstallKey, Install>;
+type Table = FastMap<InstallKey, Install>;
 
-/// The install for `key` if it still holds; a stale one is dropped.
-fn usable(table: &mut Table, key: &InstallKey) -> bool {
-    let Some(i) = table.get(key) else {
-        return false;
-    };
-    if i.stamp.is_current() && i.crypto.is_current() && !i.crypto.rekey_due() {
-        return true;
+/// The install for `key` if it still holds. A stale one stays until the
+/// core's next install for the key replaces it or [`Worker::sweep`] drops
+/// it (one lookup per packet).
+fn usable<'t>(table: &'t Table, key: &InstallKey) -> Option<&'t Install> {
+    let i = table.get(key)?;
+    let (epochs, crypto, rekey) = (
+        i.stamp.is_current(),
+        i.crypto.is_current(),
+        i.crypto.rekey_due(),
+    );
+    if epochs && crypto && !rekey {
+        return Some(i);
     }
-    table.remove(key);
-    false
+    tracing::trace!(
+        ?key,
+        epochs,
+        crypto,
+        rekey,
+        "install stale: the core decides"
+    );
+    None
 }
 
 /// [`Worker::handle_tun_packet`] on the worker's parts.
 fn tun_packet<'a>(
-    table: &'a mut Table,
+    table: &'a Table,
     report: &mut WorkerReport,
     buf: &'a mut [u8],
     len: usize,
@@ -165,10 +204,7 @@ fn tun_packet<'a>(
         return WorkerOut::Core;
     };
     let key = InstallKey::Tun(pkt.flow_id());
-    if !usable(table, &key) {
-        return WorkerOut::Core;
-    }
-    let Some(i) = table.get(&key) else {
+    let Some(i) = usable(table, &key) else {
         return WorkerOut::Core;
     };
     let r = report;
@@ -201,9 +237,7 @@ fn tun_packet<'a>(
             r.counters.data_out += 1;
             r.counters.native_out += 1;
             r.counters.native_bytes_out += n as u64;
-            let a = r.native.entry(i.peer).or_default();
-            a.sent += 1;
-            a.last_sent = Some(now);
+            i.activity.note_sent(now);
             WorkerOut::Native(&buf[..n])
         }
         InstallAction::SendQuic(target) => {
@@ -219,7 +253,7 @@ fn tun_packet<'a>(
 
 /// [`Worker::handle_native_packet`] on the worker's parts.
 fn native_packet<'a>(
-    table: &'a mut Table,
+    table: &'a Table,
     report: &mut WorkerReport,
     buf: &'a mut [u8],
     len: usize,
@@ -230,25 +264,27 @@ fn native_packet<'a>(
     };
     let wire = pkt.flow_id();
     let key = InstallKey::Native(wire);
-    if !usable(table, &key) {
-        return WorkerOut::Core;
-    }
-    let Some(i) = table.get(&key) else {
+    let Some(i) = usable(table, &key) else {
         return WorkerOut::Core;
     };
     let InstallAction::FromNative(t) = &i.action else {
         return WorkerOut::Core;
     };
     let r = report;
+    // An IPv6 flow on an IPv4 wire grows by 20 bytes here (note 59): without
+    // the room the core takes it, untouched.
+    if wire.src.is_ipv4() != t.overlay.src.is_ipv4()
+        && buf.len() < len + fpn_proto::packet::family::HEADER_DELTA
+    {
+        return WorkerOut::Core;
+    }
     let Some(len) = super::paths::from_wire(buf, len, &wire, t) else {
         r.counters.native_in_rejected += 1;
         return WorkerOut::Dropped;
     };
     match i.crypto.open(&mut buf[..len]) {
         Ok(n) => {
-            let a = r.native.entry(i.peer).or_default();
-            a.received += 1;
-            a.last_received = Some(now);
+            i.activity.note_received(now);
             r.received = Some(now);
             r.counters.native_in += 1;
             r.counters.native_bytes_in += n as u64;
@@ -258,14 +294,13 @@ fn native_packet<'a>(
         Err(ProtoError::Replay { .. }) => {
             // As the core does: a duplicate still got through the
             // native path, which is what the peer's data check asks.
-            let a = r.native.entry(i.peer).or_default();
-            a.received += 1;
-            a.last_received = Some(now);
+            i.activity.note_received(now);
             r.counters.native_in_replayed += 1;
             WorkerOut::Dropped
         }
-        // Retired between the check and the open, with the packet
-        // rewritten already: lost, as in flight during a rekey.
+        // Forged or damaged, or retired between the check and the open
+        // with the packet rewritten already (lost, as if in flight during
+        // the removal or rekey).
         Err(_) => {
             r.counters.native_in_rejected += 1;
             WorkerOut::Dropped
@@ -275,7 +310,7 @@ fn native_packet<'a>(
 
 /// [`Worker::handle_carrier_data`] on the worker's parts.
 fn carrier_data<'a>(
-    table: &'a mut Table,
+    table: &'a Table,
     report: &mut WorkerReport,
     peer: GeId,
     buf: &'a mut [u8],
@@ -286,10 +321,7 @@ fn carrier_data<'a>(
         return WorkerOut::Core;
     };
     let key = InstallKey::Carrier(peer, pkt.flow_id());
-    if !usable(table, &key) {
-        return WorkerOut::Core;
-    }
-    let Some(i) = table.get(&key) else {
+    let Some(i) = usable(table, &key) else {
         return WorkerOut::Core;
     };
     if !matches!(i.action, InstallAction::FromCarrier) {

@@ -320,7 +320,21 @@ async fn run(
 
     // The native carrier: its table is named after the TUN, so opening it
     // replaces one a killed node left (the crash recovery).
-    let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports);
+    // Data-path workers on the native receive threads write the TUN
+    // themselves (design note 67).
+    let tun_writer: Arc<dyn crate::driver::TunWriter> = Arc::new(dev.writer);
+    let coalesce = tun::want_coalesce();
+    let (taps, workers) =
+        if tun::want_workers(cfg.workers) && cfg.carrier != crate::config::CarrierChoice::Quic {
+            let (taps, hub) =
+                crate::driver::ring_workers(tun_writer.clone(), tun_offloads, coalesce, clock);
+            (taps, Some(hub))
+        } else {
+            (Vec::new(), None)
+        };
+    let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports, taps);
+    let workers = workers.filter(|_| native.is_some());
+    info!(workers = workers.is_some(), "data-path workers");
     // A NAT-f gateway table a killed node left: its pairs are stale (the
     // new node makes a fresh one at its first mapping).
     if let Ok(true) = crate::native::natf_cleanup(&cfg.tun_name) {
@@ -360,6 +374,12 @@ async fn run(
         dprp,
         pit,
     );
+    if workers.is_some() {
+        core.enable_installs(crate::core::InstallKinds {
+            native: true,
+            ..Default::default()
+        });
+    }
     let dir = Directory::load(&state.peer_cache()).unwrap_or_else(|e| {
         warn!(error = %e, "peer cache unreadable; starting empty");
         Directory::default()
@@ -389,9 +409,9 @@ async fn run(
         carrier: path_carrier.clone(),
         tun: crate::driver::TunParts {
             reader: dev.reader,
-            writer: Arc::new(dev.writer),
+            writer: tun_writer,
             offloads: tun_offloads,
-            coalesce: tun::want_coalesce(),
+            coalesce,
             write_stage: tun::tun_write_stage(),
         },
         commands: eng_rx,
@@ -405,6 +425,7 @@ async fn run(
         on_path: kind.is_gateway() && real_plane.is_some(),
         real_plane,
         moves,
+        workers,
     };
     let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
 
@@ -660,6 +681,7 @@ fn reload_config(
 fn open_native(
     cfg: &NodeConfig,
     own_udp_ports: Vec<u16>,
+    taps: Vec<Box<dyn crate::native::RxTap>>,
 ) -> (
     Option<crate::driver::NativeParts>,
     Option<fpn_proto::path::Unavailable>,
@@ -680,6 +702,7 @@ fn open_native(
         local.clone(),
         own_udp_ports,
         tun::native_send_thread(),
+        taps,
     ) {
         Ok((link, rx, ctl, ready)) => {
             info!(

@@ -51,10 +51,25 @@ pub fn tun_write_stage() -> bool {
     env_on(TUN_WRITE_STAGE_ENV)
 }
 
+/// Environment variable that turns the data-path workers off (`0`, `off`,
+/// `false`, `no`) or on, over the `workers` key.
+pub const WORKERS_ENV: &str = "FPN_NODE_WORKERS";
+
+/// Whether data-path workers run: [`WORKERS_ENV`] when set, else the
+/// configuration key.
+pub fn want_workers(config: bool) -> bool {
+    env_or(WORKERS_ENV, config)
+}
+
 /// Whether to ask for offloads: the environment variable when set, else
 /// the configuration key.
 pub fn want_offloads(config: bool) -> bool {
-    match std::env::var(TUN_OFFLOADS_ENV) {
+    env_or(TUN_OFFLOADS_ENV, config)
+}
+
+/// A switch from the environment when set, else `config`.
+fn env_or(name: &str, config: bool) -> bool {
+    match std::env::var(name) {
         Ok(v) => !matches!(v.trim(), "0" | "off" | "false" | "no"),
         Err(_) => config,
     }

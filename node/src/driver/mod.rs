@@ -33,7 +33,9 @@ use crate::native_link::{
 use crate::tun::{Offloads, SegmentBuffers, TunReader};
 
 mod tun_out;
+mod workers;
 use tun_out::TunOut;
+pub use workers::{WorkerHub, ring_workers};
 
 /// Packets handled per wake-up from one source before the others get a turn.
 pub const BATCH: usize = 64;
@@ -147,6 +149,9 @@ pub struct Driver {
     pub on_path: bool,
     /// The network watcher and what the driver does with its changes.
     pub moves: Option<MoveWatch>,
+    /// The data-path workers on the native receive threads, when they run
+    /// (the core then makes inbound native installs).
+    pub workers: Option<WorkerHub>,
 }
 
 /// What the driver needs to follow this host's moves (issue 12).
@@ -190,6 +195,13 @@ pub struct NativeParts {
     pub tun: String,
 }
 
+async fn recv_report(w: &mut Option<WorkerHub>) -> Option<crate::core::WorkerReport> {
+    match w {
+        Some(w) => w.reports.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_ready(rx: &mut Option<ReadyRx>) -> Option<Vec<FlowId>> {
     match rx {
         Some(r) => r.recv().await,
@@ -223,6 +235,7 @@ impl Driver {
             on_path,
             real_plane,
             moves,
+            workers,
         } = self;
         let (link, mut native_rx, flow_ops, mut ready_rx, local) = match native {
             Some(n) => (
@@ -255,6 +268,7 @@ impl Driver {
             natf: NatfGateway::new(natf_tun, on_path),
             real_plane,
             moves,
+            workers,
         };
         if write_stage && let Err(e) = shell.tun.start_stage() {
             warn!(error = %e, "TUN writes stay on the driver");
@@ -306,6 +320,7 @@ impl Driver {
                 Native(Option<RxBatch>),
                 Ready(Option<Vec<FlowId>>),
                 Moved(Option<Vec<crate::netwatch::NetChange>>),
+                Report(Option<crate::core::WorkerReport>),
                 Timer,
             }
             let wake = tokio::select! {
@@ -316,6 +331,7 @@ impl Driver {
                 b = recv_native(&mut native_rx) => Wake::Native(b),
                 r = recv_ready(&mut ready_rx) => Wake::Ready(r),
                 m = recv_moves(&mut shell.moves) => Wake::Moved(m),
+                r = recv_report(&mut shell.workers) => Wake::Report(r),
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
@@ -375,6 +391,15 @@ impl Driver {
                 Wake::Ready(None) => ready_rx = None,
                 Wake::Moved(Some(changes)) => shell.network_changed(changes, now),
                 Wake::Moved(None) => shell.moves = None,
+                Wake::Report(Some(r)) => shell.core.handle_worker_report(r, now),
+                Wake::Report(None) => {
+                    // The receive threads are gone: nobody takes installs.
+                    shell.workers = None;
+                    shell
+                        .core
+                        .enable_installs(crate::core::InstallKinds::default());
+                    while shell.core.poll_install().is_some() {}
+                }
                 Wake::Timer => {}
             }
             // The TUN's packets of this wake-up; also those a read_batch
@@ -385,6 +410,11 @@ impl Driver {
             shell.flush_native();
             shell.drive_timer();
             shell.drain_outputs();
+            if let Some(w) = shell.workers.as_mut() {
+                while let Some(i) = shell.core.poll_install() {
+                    w.install(i);
+                }
+            }
         }
         shell.natf.close();
     }
@@ -531,6 +561,8 @@ struct Shell {
     real_plane: Option<crate::real_plane::RealPlane>,
     /// The network watcher's side (issue 12).
     moves: Option<MoveWatch>,
+    /// The data-path workers (design note 67).
+    workers: Option<WorkerHub>,
 }
 
 impl Shell {
@@ -628,6 +660,9 @@ impl Shell {
             Query::Snapshot(tx) => {
                 let mut snap = self.core.snapshot(&self.carrier.peers());
                 self.tun.add_counters(&mut snap.counters);
+                if let Some(w) = &self.workers {
+                    w.add_counters(&mut snap.counters);
+                }
                 let _ = tx.send(snap);
             }
             Query::FlowInfo(flow, tx) => {
@@ -947,6 +982,7 @@ mod tests {
             natf: NatfGateway::new(None, false),
             moves: None,
             real_plane: None,
+            workers: None,
         };
         (shell, tun, rx, peer, now)
     }

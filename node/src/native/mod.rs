@@ -196,6 +196,22 @@ pub fn cleanup(table: &str) -> Result<bool> {
     nft::delete(table)
 }
 
+/// Takes packets on a receive thread itself, before they are batched for
+/// the driver: a data-path worker that opens what it has installs for and
+/// writes it to the TUN (design note 67), so those packets never cross to
+/// the driver.
+pub trait RxTap: Send {
+    /// A packet the ring took in: `buf[..len]`, in the ring's frame, with
+    /// the rest of the frame behind it (the tap may rewrite it in place and
+    /// grow it into that room). True when the tap took it; false hands it,
+    /// untouched, to the driver.
+    fn packet(&mut self, buf: &mut [u8], len: usize) -> bool;
+
+    /// The ring has nothing more for now (the thread is about to wait):
+    /// write out what is gathered.
+    fn idle(&mut self);
+}
+
 /// Received packets, in one buffer.
 #[derive(Default)]
 pub struct RxBatch {
@@ -421,6 +437,13 @@ impl NativeIo {
     /// network namespace. Needs CAP_NET_ADMIN and CAP_NET_RAW, and the `nft`
     /// binary.
     pub fn open(cfg: NativeConfig) -> Result<Self> {
+        Self::open_with_taps(cfg, Vec::new())
+    }
+
+    /// [`NativeIo::open`] with a tap per receive thread of the packet ring
+    /// (IPv4's first, then IPv6's; missing ones: none). NFQUEUE takes no
+    /// taps (its verdicts stay with its thread).
+    pub fn open_with_taps(cfg: NativeConfig, taps: Vec<Box<dyn RxTap>>) -> Result<Self> {
         if cfg.max_batch == 0 || cfg.channel_batches == 0 {
             return Err(Error::NativeConfig {
                 setting: "max_batch/channel_batches",
@@ -510,10 +533,12 @@ impl NativeIo {
                 )?;
                 // One outbox per thread, into the same channel.
                 let outboxes = [outbox.sibling(), outbox];
+                let mut taps = taps.into_iter();
                 for (ring, out) in rings.into_iter().zip(outboxes) {
                     let sh = shared.clone();
                     let name = ring.family().thread_name();
-                    match spawn(name, move || ring.run(&sh, out)) {
+                    let tap = taps.next();
+                    match spawn(name, move || ring.run(&sh, out, tap)) {
                         Ok(t) => worker.threads.push(t),
                         Err(e) => {
                             shared.stop.store(true, Ordering::Release);

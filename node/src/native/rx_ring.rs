@@ -304,7 +304,13 @@ impl Ring {
     /// one is still the kernel's is the batch handed over and the thread
     /// waits: in poll, woken by the kernel with the next packet, while
     /// traffic is sparse; a fixed nap while it is dense (see [`DENSE_GAP`]).
-    pub(crate) fn run(self, shared: &Shared, mut out: Outbox) {
+    /// A tap ([`super::RxTap`]) sees each wanted packet first, in its frame.
+    pub(crate) fn run(
+        self,
+        shared: &Shared,
+        mut out: Outbox,
+        mut tap: Option<Box<dyn super::RxTap>>,
+    ) {
         let mut idx = 0;
         let mut dense = false;
         while !shared.stopped() {
@@ -312,6 +318,9 @@ impl Ring {
             // SAFETY: frame points at a frame header inside the mapping.
             let status = unsafe { read_u32(frame, PKT_STATUS) };
             if status & TP_STATUS_USER == 0 {
+                if let Some(t) = tap.as_mut() {
+                    t.idle();
+                }
                 if !out.flush(shared) {
                     break;
                 }
@@ -347,13 +356,19 @@ impl Ring {
                 // garbage to the core, so it is dropped and counted.
                 shared.counters.truncated.fetch_add(1, Ordering::Relaxed);
             } else if net + snap <= FRAME_SIZE as usize {
-                // SAFETY: the range lies inside the frame (checked above).
-                let pkt = unsafe { std::slice::from_raw_parts(frame.add(net), snap) };
+                // SAFETY: the range from the packet to the frame's end lies
+                // inside the frame (checked above), which is ours until its
+                // status goes back to the kernel.
+                let rest = unsafe {
+                    std::slice::from_raw_parts_mut(frame.add(net), FRAME_SIZE as usize - net)
+                };
                 // The lock is taken per packet, never across a push that
                 // may wait for the driver (which may be adding a flow at
                 // that moment).
-                if wanted(pkt, shared) {
-                    alive = out.push(shared, pkt);
+                if wanted(&rest[..snap], shared) {
+                    if !tap.as_mut().is_some_and(|t| t.packet(rest, snap)) {
+                        alive = out.push(shared, &rest[..snap]);
+                    }
                 } else {
                     shared.counters.ignored.fetch_add(1, Ordering::Relaxed);
                 }

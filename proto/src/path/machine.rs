@@ -804,7 +804,9 @@ impl PathMachine {
     /// is estimated as the earlier estimate plus the packets delivered since,
     /// but never below the count at the previous check's probe (what was
     /// sent before it arrived or is lost for good; without that floor old
-    /// losses would pile up) nor above the count at this probe. The count
+    /// losses would pile up); it may run ahead of the count at this probe
+    /// (a peer that counts on another thread counted later packets too),
+    /// and what runs ahead counts at the next check. The count
     /// runs from the last delivery, not per answer: a TCP sender whose
     /// segments are dropped backs off to one retransmission per timeout,
     /// fewer than `min_data_packets` between two answers, and a per-answer
@@ -817,12 +819,18 @@ impl PathMachine {
         }
         // A count below the last one: the peer restarted.
         let delivered = rx.checked_sub(self.check.rx).unwrap_or(rx);
+        // Capped at what was sent by now, not at this probe's send count: a
+        // peer that counts data on another thread than the one that answers
+        // reports packets sent after the probe too, and those must count for
+        // the next check, not be missing from it. Counts of packets never
+        // counted as sent here (NAT punch copies, duplicates) bank nothing
+        // beyond that, so no credit hides a later stall.
         let delivered_tx = if delivered > 0 {
             self.check
                 .delivered_tx
                 .saturating_add(delivered)
                 .max(self.check.tx)
-                .min(slot.tx_at_send)
+                .min(self.tx_native.max(slot.tx_at_send))
         } else {
             self.check.delivered_tx
         };
@@ -1199,8 +1207,9 @@ struct DataCheck {
     /// The send count when its probe left.
     tx: u64,
     /// How many of the packets sent the peer's deliveries account for (an
-    /// estimate, see `data_check`): packets sent after them are all
-    /// undelivered so far.
+    /// estimate, see `data_check`; it may run ahead of `tx` when the peer
+    /// counted packets sent after the probe): packets sent after them are
+    /// all undelivered so far.
     delivered_tx: u64,
 }
 

@@ -64,6 +64,10 @@ struct Net {
     next_data: Instant,
     loss_percent: u64,
     jitter: Duration,
+    /// Added to every probe's and answer's flight: the receiving node's
+    /// driver, which answers, lags behind its receive thread, which counts
+    /// the data at once (a data-path worker, node design note 67).
+    probe_delay: Duration,
     rng: u64,
     events: Vec<(Instant, Side, PathEvent)>,
     /// Probes and answers each side put on the wire.
@@ -104,6 +108,7 @@ impl Net {
             next_data: start,
             loss_percent: 0,
             jitter: Duration::ZERO,
+            probe_delay: Duration::ZERO,
             rng: 0x9e37_79b9_7f4a_7c15,
             events: Vec::new(),
             sent: Vec::new(),
@@ -174,7 +179,7 @@ impl Net {
                 }
                 if let Some(at) = self.delivery() {
                     self.flight.push(InFlight {
-                        at,
+                        at: at + self.probe_delay,
                         to,
                         from,
                         packet: Packet::Probe(t.payload().to_vec()),
@@ -492,6 +497,63 @@ fn data_dropped_but_probes_pass_falls_back_within_3s() {
     net.block_data = false;
     net.run_until(net.t(150.0));
     assert_eq!(net.a.current(), PathKind::Native);
+}
+
+/// The peer counts data on another thread than the one that answers
+/// probes: its answers carry counts that run ahead of what was sent before
+/// the probe. Once the sender goes quiet every packet was delivered, and
+/// the idle checks must not count the early ones as missing later (they
+/// did: "native data not delivered 3x" after an iperf3 run in the lab).
+#[test]
+fn a_peer_whose_counts_run_ahead_of_the_probes_is_not_taken_for_stalled() {
+    let mut net = Net::new(auto(), auto());
+    net.probe_delay = Duration::from_millis(30);
+    net.send_a = true;
+    net.data_every = Duration::from_millis(2);
+    net.run_until(net.t(8.0));
+    assert_eq!(net.a.current(), PathKind::Native);
+    net.send_a = false;
+    net.run_until(net.t(20.0));
+    assert!(
+        net.switches(Side::A, PathKind::Quic).is_empty(),
+        "{}",
+        net.a.status()
+    );
+    assert_eq!(net.a.stats().data_checks_failed, 0);
+}
+
+/// The other side of the same change: a peer whose count includes packets
+/// this node never counted as sent (NAT punch copies, duplicates) banks no
+/// credit beyond what was sent, so a stall after it still falls back
+/// within 3 s.
+#[test]
+fn counts_beyond_what_was_sent_hide_no_later_stall() {
+    let mut net = Net::new(auto(), auto());
+    net.probe_delay = Duration::from_millis(4);
+    net.send_a = true;
+    net.data_every = Duration::from_millis(2);
+    net.run_until(net.t(5.0));
+    assert_eq!(net.a.current(), PathKind::Native);
+    for _ in 0..500 {
+        let now = net.now;
+        net.b.handle_native_data_received(now);
+    }
+    net.run_until(net.t(6.0));
+    // Blocked, and the sender backs off to a trickle (as TCP does).
+    net.block_data = true;
+    net.data_every = Duration::from_millis(300);
+    let blocked = net.now;
+    net.run_until(net.t(10.0));
+    let fell = net
+        .switches(Side::A, PathKind::Quic)
+        .first()
+        .copied()
+        .expect("a fell back to QUIC");
+    assert!(
+        fell - blocked <= Duration::from_secs(3),
+        "fell back after {:?}",
+        fell - blocked
+    );
 }
 
 /// A stalled TCP sender: its dropped segments come back only as one
