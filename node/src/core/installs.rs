@@ -479,20 +479,10 @@ impl NodeCore {
         self.offer(InstallKey::Tun(*flow), flow, ge, action, now);
     }
 
-    /// An inbound packet of PIT flow `flow` from `ge` was opened and went to
-    /// the TUN unchanged in family: hands out an install for `key`.
-    pub(super) fn offer_inbound(
-        &mut self,
-        key: InstallKey,
-        flow: &FlowId,
-        ge: GeId,
-        action: InstallAction,
-        now: Instant,
-    ) {
-        self.offer(key, flow, ge, action, now);
-    }
-
-    fn offer(
+    /// A packet of PIT flow `flow` (either orientation) with `ge` had the
+    /// steady outcome `action`: hands out an install for `key` when the
+    /// workers take that kind and the flow's cipher state may be shared.
+    pub(super) fn offer(
         &mut self,
         key: InstallKey,
         flow: &FlowId,

@@ -439,7 +439,7 @@ impl NodeCore {
                     // Opened and for the TUN as it is: the flow's steady
                     // outcome (a VIN6 flow changes family at the TUN).
                     let flow = p.flow_id();
-                    self.offer_inbound(
+                    self.offer(
                         installs::InstallKey::Carrier(peer, flow),
                         &flow,
                         peer,

@@ -254,7 +254,7 @@ impl NodeCore {
             // Opened and for the TUN as it is (a VIN6 flow changes family
             // at the TUN).
             let overlay = t.overlay.reversed();
-            self.offer_inbound(
+            self.offer(
                 super::installs::InstallKey::Native(wire),
                 &overlay,
                 t.peer,

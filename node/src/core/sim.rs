@@ -848,14 +848,8 @@ impl CoreSim {
         if kind == FrameKind::Data
             && let Some(w) = node.worker.as_mut()
         {
-            match w.handle_carrier_data(from_ge, &mut buf, payload.len(), now) {
-                WorkerOut::Tun(p) => {
-                    node.tun.push(p.to_vec());
-                    worked = true;
-                }
-                WorkerOut::Core => {}
-                _ => worked = true,
-            }
+            let out = w.handle_carrier_data(from_ge, &mut buf, payload.len(), now);
+            worked = took_inbound(&mut node.tun, out);
         }
         if !worked
             && let DataOut::Tun(p) =
@@ -1078,14 +1072,8 @@ impl CoreSim {
         let node = &mut self.nodes[i];
         let mut worked = false;
         if let Some(w) = node.worker.as_mut() {
-            match w.handle_native_packet(&mut buf, packet.len(), now) {
-                WorkerOut::Tun(p) => {
-                    node.tun.push(p.to_vec());
-                    worked = true;
-                }
-                WorkerOut::Core => {}
-                _ => worked = true,
-            }
+            let out = w.handle_native_packet(&mut buf, packet.len(), now);
+            worked = took_inbound(&mut node.tun, out);
         }
         if !worked
             && let DataOut::Tun(p) = node.core.handle_native_packet(&mut buf, packet.len(), now)
@@ -1223,6 +1211,19 @@ impl CoreSim {
             core.enable_installs(super::InstallKinds::ALL);
         }
         core
+    }
+}
+
+/// What a worker did with an inbound packet: true when it took it (a
+/// packet for the TUN goes into `tun`), false when the core must.
+fn took_inbound(tun: &mut Vec<Vec<u8>>, out: WorkerOut<'_>) -> bool {
+    match out {
+        WorkerOut::Tun(p) => {
+            tun.push(p.to_vec());
+            true
+        }
+        WorkerOut::Core => false,
+        WorkerOut::Native(_) | WorkerOut::Quic { .. } | WorkerOut::Dropped => true,
     }
 }
 

@@ -133,8 +133,7 @@ impl Worker {
         now: Instant,
     ) -> WorkerOut<'a> {
         let out = tun_packet(&self.table, &mut self.report, buf, len, now);
-        self.carried += u64::from(!matches!(out, WorkerOut::Core));
-        out
+        counted(&mut self.carried, out)
     }
 
     /// A native packet addressed to this node (as the core's
@@ -148,8 +147,7 @@ impl Worker {
         now: Instant,
     ) -> WorkerOut<'a> {
         let out = native_packet(&self.table, &mut self.report, buf, len, now);
-        self.carried += u64::from(!matches!(out, WorkerOut::Core));
-        out
+        counted(&mut self.carried, out)
     }
 
     /// A data frame from the carrier, from `peer` (authenticated by it):
@@ -162,12 +160,17 @@ impl Worker {
         now: Instant,
     ) -> WorkerOut<'a> {
         let out = carrier_data(&self.table, &mut self.report, peer, buf, len, now);
-        self.carried += u64::from(!matches!(out, WorkerOut::Core));
-        out
+        counted(&mut self.carried, out)
     }
 }
 
 type Table = FastMap<InstallKey, Install>;
+
+/// Counts `out` in `carried` unless it goes to the core.
+fn counted<'a>(carried: &mut u64, out: WorkerOut<'a>) -> WorkerOut<'a> {
+    *carried += u64::from(!matches!(out, WorkerOut::Core));
+    out
+}
 
 /// The install for `key` if it still holds. A stale one stays until the
 /// core's next install for the key replaces it or [`Worker::sweep`] drops

@@ -522,6 +522,14 @@ fn a_peer_whose_counts_run_ahead_of_the_probes_is_not_taken_for_stalled() {
     assert_eq!(net.a.stats().data_checks_failed, 0);
 }
 
+/// When A first fell back to QUIC.
+fn first_fallback(net: &Net) -> Instant {
+    net.switches(Side::A, PathKind::Quic)
+        .first()
+        .copied()
+        .expect("a fell back to QUIC")
+}
+
 /// The other side of the same change: a peer whose count includes packets
 /// this node never counted as sent (NAT punch copies, duplicates) banks no
 /// credit beyond what was sent, so a stall after it still falls back
@@ -544,11 +552,7 @@ fn counts_beyond_what_was_sent_hide_no_later_stall() {
     net.data_every = Duration::from_millis(300);
     let blocked = net.now;
     net.run_until(net.t(10.0));
-    let fell = net
-        .switches(Side::A, PathKind::Quic)
-        .first()
-        .copied()
-        .expect("a fell back to QUIC");
+    let fell = first_fallback(&net);
     assert!(
         fell - blocked <= Duration::from_secs(3),
         "fell back after {:?}",
@@ -623,11 +627,7 @@ fn a_stalled_tcp_window_falls_back_within_2_5s() {
             net.a.handle_native_data_sent(now);
         }
         net.run_until(death + Duration::from_secs(4));
-        let fell = net
-            .switches(Side::A, PathKind::Quic)
-            .first()
-            .copied()
-            .expect("a fell back to QUIC");
+        let fell = first_fallback(&net);
         assert!(
             fell - death <= Duration::from_millis(2500),
             "offset {offset_ms} ms: fell back after {:?}",
