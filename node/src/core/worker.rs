@@ -117,6 +117,11 @@ impl Worker {
         self.report.counters.tun_write_drops += 1;
     }
 
+    /// Whether anything was carried since the last report.
+    pub fn has_report(&self) -> bool {
+        !self.report.is_empty()
+    }
+
     /// Whether a report is waiting that the core must see before its next
     /// decision (a flow at its rekey limit).
     pub fn report_urgent(&self) -> bool {

@@ -206,6 +206,13 @@ impl RxTap for RingWorker {
         taken
     }
 
+    fn wake_within(&self) -> Option<Duration> {
+        // A report waits: the thread comes back for it within this, also
+        // when no packet follows (status and the core's counters stay
+        // current).
+        self.worker.has_report().then_some(REPORT_EVERY)
+    }
+
     fn idle(&mut self) {
         if !self.tun.flush() {
             self.worker.count_tun_write_drop();

@@ -210,6 +210,13 @@ pub trait RxTap: Send {
     /// The ring has nothing more for now (the thread is about to wait):
     /// write out what is gathered.
     fn idle(&mut self);
+
+    /// How long the thread may wait for the next packet before calling
+    /// [`RxTap::idle`] again (`None`: as long as it likes), e.g. to hand
+    /// over what it has not reported yet.
+    fn wake_within(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Received packets, in one buffer.

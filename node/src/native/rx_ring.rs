@@ -332,7 +332,7 @@ impl Ring {
                     dense = unsafe { read_u32(frame, PKT_STATUS) } & TP_STATUS_USER != 0;
                 } else {
                     let t = std::time::Instant::now();
-                    self.poll();
+                    self.poll(tap.as_ref().and_then(|t| t.wake_within()));
                     dense = t.elapsed() < DENSE_GAP;
                 }
                 continue;
@@ -391,7 +391,9 @@ impl Ring {
         unsafe { self.map.add(idx * FRAME_SIZE as usize) }
     }
 
-    fn poll(&self) {
+    /// Waits for the kernel's next packet, a wake-up, or `within` (at most
+    /// 200 ms).
+    fn poll(&self, within: Option<std::time::Duration>) {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -404,8 +406,9 @@ impl Ring {
                 revents: 0,
             },
         ];
+        let ms = within.map_or(200, |d| d.as_millis().clamp(1, 200) as libc::c_int);
         // SAFETY: fds is a valid array of two pollfd.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
     }
 
     fn count_drops(&self, shared: &Shared) {
