@@ -25,6 +25,9 @@ const MAX_FLOW_IDLE_SECS: u64 = 7 * 86_400;
 const MIN_MAX_FLOWS: usize = 16;
 const MAX_MAX_FLOWS: usize = 4_194_304;
 
+/// Most TUN workers (queues) a node runs, whatever the cores.
+pub const MAX_TUN_WORKERS: usize = 8;
+
 /// Settings of `fpn-node up`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,6 +95,12 @@ pub struct NodeConfig {
     /// driver carries every packet. The environment variable
     /// `FPN_NODE_WORKERS=0` (or `1`) overrides it.
     pub workers: bool,
+    /// TUN workers (with `workers` on): threads that each read one queue
+    /// of a multi-queue TUN and seal and send the packets of established
+    /// flows themselves; the driver then reads no queue and gets only what
+    /// they do not carry. 0 picks one per core (at most
+    /// [`MAX_TUN_WORKERS`]); `FPN_NODE_TUN_WORKERS` overrides it.
+    pub tun_workers: usize,
     /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
     /// and report the mapped address to peers as a candidate; renewed in
     /// the background, deleted on a clean stop.
@@ -166,6 +175,7 @@ impl Default for NodeConfig {
             quic_gso: true,
             runtime_threads: 0,
             workers: true,
+            tun_workers: 0,
             port_mapping: true,
             metrics: MetricsSettings::default(),
             vin_range: "100.127.0.0/16".into(),
@@ -222,6 +232,17 @@ impl NodeConfig {
         }
     }
 
+    /// How many TUN workers run on a machine with `cores` cores:
+    /// `tun_workers` when set, else one per core, at most
+    /// [`MAX_TUN_WORKERS`] (each has a queue, a read arena and a raw
+    /// socket).
+    pub fn tun_workers_for(&self, cores: usize) -> usize {
+        match self.tun_workers {
+            0 => cores.clamp(1, MAX_TUN_WORKERS),
+            n => n.min(MAX_TUN_WORKERS),
+        }
+    }
+
     /// The keys that differ between `self` (in force) and `new` and only
     /// take effect after a restart.
     pub fn restart_keys_changed(&self, new: &NodeConfig) -> Vec<&'static str> {
@@ -260,6 +281,7 @@ impl NodeConfig {
             self.runtime_threads == new.runtime_threads,
         );
         diff("workers", self.workers == new.workers);
+        diff("tun_workers", self.tun_workers == new.tun_workers);
         diff("port_mapping", self.port_mapping == new.port_mapping);
         diff("metrics", self.metrics == new.metrics);
         diff("vin_range", self.vin_range == new.vin_range);
@@ -364,6 +386,10 @@ mod tests {
         let parsed = NodeConfig::parse("runtime_threads = 2").unwrap();
         assert_eq!(parsed.runtime_threads_for(2), 2);
         assert!(NodeConfig::parse("runtime_threads = -1").is_err());
+        assert_eq!(c.tun_workers_for(2), 2);
+        assert_eq!(c.tun_workers_for(64), MAX_TUN_WORKERS);
+        let parsed = NodeConfig::parse("tun_workers = 1").unwrap();
+        assert_eq!(parsed.tun_workers_for(4), 1);
     }
 
     #[test]

@@ -154,6 +154,8 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
         .unwrap();
     let out_before = counter(&ov, "a", "native_out");
     let worker_before = counter(&ov, "b", "worker_tun_writes");
+    let read_before = counter(&ov, "a", "worker_tun_packets");
+    let missed_before = counter(&ov, "a", "worker_tun_misses");
     let report = common::iperf_client(lab, "a", &b, 10);
     let received = report["end"]["sum_received"]["bytes"]
         .as_f64()
@@ -185,6 +187,16 @@ fn tcp_udp_and_ping_run_natively_as_the_applications_own_packets() {
     assert!(
         sent as f64 > received / 1500.0,
         "a sent {sent} native packets for {received} bytes"
+    );
+    // a's TUN workers (on by default) read the transfer from the TUN's
+    // queues and sealed and sent nearly all of it themselves; the driver
+    // got only what no install covered.
+    let read = counter(&ov, "a", "worker_tun_packets") - read_before;
+    let missed = counter(&ov, "a", "worker_tun_misses") - missed_before;
+    eprintln!("a's TUN workers: {read} packets read, {missed} to the driver, {sent} native out");
+    assert!(
+        read >= sent && (missed as f64) < 0.05 * read as f64,
+        "a's TUN workers read {read} packets and handed {missed} to the driver ({sent} native out)"
     );
     let flows = ov.flows_with("a", "b").unwrap();
     assert!(

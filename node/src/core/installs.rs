@@ -419,6 +419,15 @@ impl NodeCore {
         self.merge_path_deadline(ge);
     }
 
+    /// [`NodeCore::sync_native_activity`] for every peer a worker counts
+    /// for: before a change that every machine sees.
+    pub(super) fn sync_all_native_activity(&mut self) {
+        let peers: Vec<GeId> = self.installs.activity.keys().copied().collect();
+        for ge in peers {
+            self.sync_native_activity(ge);
+        }
+    }
+
     /// The signature of `ge` now.
     pub(super) fn peer_signature(&self, ge: GeId) -> PeerSignature {
         let m = self.paths.machines.get(&ge);
@@ -441,9 +450,10 @@ impl NodeCore {
     }
 
     /// A TUN packet of `flow` (its five-tuple at the TUN) left for `ge` on
-    /// `path`, `range` being where its wire packet lay in the buffer of
-    /// `n` protected bytes: hands out an install when that is the flow's
-    /// steady outcome. Native: the translation kept the family. QUIC: the
+    /// `path` (`on_wire`: a native packet reached the wire): hands out an
+    /// install when that is the flow's
+    /// steady outcome. Native: the packet reached the wire (either family:
+    /// the worker changes it as the core did). QUIC: the
     /// peer's path is QUIC and no trial sends copies (a flow that takes
     /// QUIC while its peer is native waits for something: a NAT's first
     /// packet, the steering gate, a translation).
@@ -452,8 +462,7 @@ impl NodeCore {
         flow: &FlowId,
         ge: GeId,
         path: CarrierKind,
-        range: Option<(usize, usize)>,
-        n: usize,
+        on_wire: bool,
         now: Instant,
     ) {
         // UDP to the DPRP port may carry a DDE a gateway must see (transit.rs).
@@ -464,7 +473,7 @@ impl NodeCore {
             return;
         };
         let action = match path {
-            CarrierKind::Native if range == Some((0, n)) => match self.xlat.get(flow) {
+            CarrierKind::Native if on_wire => match self.xlat.get(flow) {
                 Some(t) => InstallAction::SendNative(*t),
                 None => return,
             },

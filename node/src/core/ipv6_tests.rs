@@ -15,7 +15,7 @@ use fpn_proto::path::{Force, PathConfig};
 use super::Command;
 use super::sim::{CoreSim, LinkConfig};
 
-fn overlay6(sim: &CoreSim, i: usize) -> Ipv6Addr {
+pub(super) fn overlay6(sim: &CoreSim, i: usize) -> Ipv6Addr {
     fpn_proto::overlay6::Overlay6::of_ca(&sim.ca_public()).address(sim.nodes[i].overlay)
 }
 
@@ -248,15 +248,22 @@ fn v6_underlay_pair(seed: u64, told: Option<super::Families>) -> (CoreSim, usize
     };
     let a = sim.add_node(1, Mode::Open, &[1]);
     let b = sim.add_node(2, Mode::Open, &[1]);
-    for (i, last) in [(a, 1), (b, 2)] {
+    to_v6_underlay(&mut sim, &[a, b], told);
+    (sim, a, b)
+}
+
+/// Moves `nodes` to IPv6 underlay addresses (told they have only that
+/// family, or `told`) and introduces everyone.
+pub(super) fn to_v6_underlay(sim: &mut CoreSim, nodes: &[usize], told: Option<super::Families>) {
+    for &i in nodes {
         let port = sim.nodes[i].underlay.port();
+        let last = u16::try_from(i + 1).unwrap_or(u16::MAX);
         let ip = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, last);
         sim.move_node(i, std::net::SocketAddr::new(IpAddr::V6(ip), port));
         let families = told.unwrap_or(super::Families::of(&[IpAddr::V6(ip)]));
         sim.underlay_families(i, families);
     }
     sim.introduce_all();
-    (sim, a, b)
 }
 
 #[test]

@@ -210,11 +210,17 @@ pub struct NodeCore {
     installs: installs::Installs,
 }
 
+/// [`NodeCore::buffer_len`] of a core for TUN MTU `mtu`, before there is
+/// one (the TUN workers size their arenas with it).
+pub fn buffer_len_for(mtu: u16) -> usize {
+    (usize::from(mtu) + TRAILER_LEN + 64).max(2048)
+}
+
 impl NodeCore {
     /// A core around its DPRP endpoint and PIT.
     pub fn new(cfg: CoreConfig, dprp: Endpoint, pit: Pit) -> Self {
         let cfg_vin_range = cfg.vin_range;
-        let buf = (usize::from(cfg.mtu) + TRAILER_LEN + 64).max(2048);
+        let buf = buffer_len_for(cfg.mtu);
         let mut core = Self {
             cfg,
             dprp,
@@ -367,9 +373,9 @@ impl NodeCore {
         };
         if self.installs.kinds.tun
             && !from6
-            && let Some((ge, n)) = send
+            && let Some((ge, _)) = send
         {
-            self.offer_outbound(&flow, ge, path, range, n, now);
+            self.offer_outbound(&flow, ge, path, range.is_some(), now);
         }
         let buf: &'a [u8] = buf;
         match send {

@@ -110,6 +110,7 @@ impl NodeCore {
         self.paths.locals.clear();
         self.paths.asked.clear();
         let talking: BTreeSet<GeId> = self.pit.iter().filter_map(|(_, e)| e.peer()).collect();
+        self.sync_all_native_activity();
         for (ge, m) in &mut self.paths.machines {
             m.handle_local_change(now);
             if talking.contains(ge) {

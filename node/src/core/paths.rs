@@ -183,6 +183,7 @@ impl NodeCore {
     pub fn handle_native_unavailable(&mut self, why: Unavailable, now: Instant) {
         self.paths.unavailable = Some(why);
         self.installs.raise_global();
+        self.sync_all_native_activity();
         for m in self.paths.machines.values_mut() {
             m.handle_native_unavailable(why, now);
         }
@@ -664,6 +665,8 @@ impl NodeCore {
 
     /// Makes or updates the machine of a peer after a directory record.
     pub(super) fn update_machine(&mut self, ge: GeId, now: Instant) {
+        // The machine may start a probe: it carries the workers' counts.
+        self.sync_native_activity(ge);
         let Some(p) = self.peers.get(ge) else { return };
         let mut candidates: Vec<SocketAddr> = Vec::new();
         let family = self.native_family_v4(&p.target.addrs);
@@ -1186,46 +1189,9 @@ impl NodeCore {
     /// an IPv4 one on an IPv6 wire ends 20 bytes later (`buf` needs the
     /// room; note 63).
     pub(super) fn to_wire(&self, buf: &mut [u8], n: usize) -> Option<(usize, usize)> {
-        let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
-        let (overlay, ip_header) = (pkt.flow_id(), pkt.ip_header_len());
-        let t = *self.xlat.get(&overlay)?;
-        if overlay.src.is_ipv4() == t.wire.src.is_ipv4() {
-            // The usual case: addresses (and ports) rewritten in place, one
-            // parse and one lookup per packet.
-            return fpn_proto::xlat::rewrite_to(&mut pkt, &t.overlay, &t.wire)
-                .ok()
-                .map(|()| (0, n));
-        }
-        // The flow as it is once its IP header has the wire's family and
-        // addresses: `rewrite_to` then puts the translation's ports.
-        let from = FlowId {
-            src: t.wire.src,
-            dst: t.wire.dst,
-            ..overlay
-        };
-        match (t.wire.src, t.wire.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                if ip_header != fpn_proto::packet::IPV6_HEADER_LEN {
-                    return None;
-                }
-                let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
-                // Checked and valid, so this rewrite cannot fail on the
-                // packet just made.
-                let mut p4 = Packet::parse(&mut buf[start..n]).ok()?;
-                fpn_proto::xlat::rewrite_to(&mut p4, &from, &t.wire).ok()?;
-                Some((start, n))
-            }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                if ip_header != 20 {
-                    return None;
-                }
-                let end = fpn_proto::packet::family::v4_to_v6(buf, n, src, dst).ok()?;
-                let mut p6 = Packet::parse(&mut buf[..end]).ok()?;
-                fpn_proto::xlat::rewrite_to(&mut p6, &from, &t.wire).ok()?;
-                Some((0, end))
-            }
-            _ => None,
-        }
+        let overlay = Packet::parse(&buf[..n]).ok()?.flow_id();
+        let t = self.xlat.get(&overlay)?;
+        to_wire(buf, n, t)
     }
 
     /// The packet in `frame` (PIT key `flow`'s, protected) leaves on QUIC to
@@ -1434,6 +1400,53 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
     let c = fpn_proto::packet::checksum::checksum(&p[..20]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p
+}
+
+/// Rewrites the protected packet `buf[..n]` of `t.overlay` for the wire of
+/// `t` (addresses and ports; the IP header's family too when the wire's
+/// differs, for which an IPv4 overlay packet needs 20 bytes of room behind
+/// it). Returns where the wire packet lies in `buf`. The core and the
+/// workers send with it.
+pub(super) fn to_wire(buf: &mut [u8], n: usize, t: &Translation) -> Option<(usize, usize)> {
+    let mut pkt = Packet::parse(&mut buf[..n]).ok()?;
+    let (overlay, ip_header) = (pkt.flow_id(), pkt.ip_header_len());
+    if overlay.src.is_ipv4() == t.wire.src.is_ipv4() {
+        // The usual case: addresses (and ports) rewritten in place, one
+        // parse per packet.
+        return fpn_proto::xlat::rewrite_to(&mut pkt, &t.overlay, &t.wire)
+            .ok()
+            .map(|()| (0, n));
+    }
+    // The flow as it is once its IP header has the wire's family and
+    // addresses: `rewrite_to` then puts the translation's ports.
+    let from = FlowId {
+        src: t.wire.src,
+        dst: t.wire.dst,
+        ..overlay
+    };
+    match (t.wire.src, t.wire.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            if ip_header != fpn_proto::packet::IPV6_HEADER_LEN {
+                return None;
+            }
+            let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
+            // Checked and valid, so this rewrite cannot fail on the
+            // packet just made.
+            let mut p4 = Packet::parse(&mut buf[start..n]).ok()?;
+            fpn_proto::xlat::rewrite_to(&mut p4, &from, &t.wire).ok()?;
+            Some((start, n))
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            if ip_header != 20 {
+                return None;
+            }
+            let end = fpn_proto::packet::family::v4_to_v6(buf, n, src, dst).ok()?;
+            let mut p6 = Packet::parse(&mut buf[..end]).ok()?;
+            fpn_proto::xlat::rewrite_to(&mut p6, &from, &t.wire).ok()?;
+            Some((0, end))
+        }
+        _ => None,
+    }
 }
 
 /// Rewrites the inbound wire packet in `buf[..len]` (five-tuple `wire` as

@@ -216,6 +216,15 @@ fn tun_packet<'a>(
         return WorkerOut::Core;
     };
     let r = report;
+    // An IPv4 flow on an IPv6 wire grows by 20 bytes behind the trailer
+    // (note 63): without the room the core takes it, untouched.
+    if let InstallAction::SendNative(t) = &i.action
+        && t.overlay.src.is_ipv4()
+        && t.wire.src.is_ipv6()
+        && buf.len() < len + fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA
+    {
+        return WorkerOut::Core;
+    }
     let n = match i.crypto.seal(buf, len) {
         Ok((n, due)) => {
             if due {
@@ -235,18 +244,15 @@ fn tun_packet<'a>(
     r.counters.tun_in += 1;
     match &i.action {
         InstallAction::SendNative(t) => {
-            let rewritten = Packet::parse(&mut buf[..n])
-                .ok()
-                .and_then(|mut p| fpn_proto::xlat::rewrite_to(&mut p, &t.overlay, &t.wire).ok());
-            if rewritten.is_none() {
+            let Some((start, end)) = super::paths::to_wire(buf, n, t) else {
                 r.counters.seal_errors += 1;
                 return WorkerOut::Dropped;
-            }
+            };
             r.counters.data_out += 1;
             r.counters.native_out += 1;
-            r.counters.native_bytes_out += n as u64;
+            r.counters.native_bytes_out += (end - start) as u64;
             i.activity.note_sent(now);
-            WorkerOut::Native(&buf[..n])
+            WorkerOut::Native(&buf[start..end])
         }
         InstallAction::SendQuic(target) => {
             r.counters.data_out += 1;

@@ -6,7 +6,8 @@
 //! the workers carry most of the packets. Each scenario crosses one thing
 //! that must take a flow back from the workers: a path switch both ways, a
 //! rotation and a revocation, a rekey at the packet limit, a move with its
-//! hold, a NAT binding.
+//! hold, a NAT binding; and one where every packet changes family on the
+//! way (IPv6 overlay on an IPv4 wire, IPv4 overlay on an IPv6 wire).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -117,6 +118,41 @@ fn pair(seed: u64, workers: bool, force: Force, link: LinkConfig) -> (CoreSim, u
     let b = sim.add_node(2, Mode::Open, &[1]);
     sim.introduce_all();
     (sim, a, b)
+}
+
+/// An IPv6 flow on an IPv4 wire (a, b), then an IPv4 flow on an IPv6
+/// wire (c, d): the workers change each packet's family as the core does.
+fn families_crossing(workers: bool) -> CoreSim {
+    use super::ipv6_tests::{overlay6, to_v6_underlay, udp6};
+    let (mut sim, a, b) = pair(66, workers, Force::Auto, LinkConfig::default());
+    let c = sim.add_node(3, Mode::Open, &[1]);
+    let d = sim.add_node(4, Mode::Open, &[1]);
+    to_v6_underlay(&mut sim, &[c, d], None);
+    sim.run_for(Duration::from_millis(500));
+    let (a6, b6) = (overlay6(&sim, a), overlay6(&sim, b));
+    // Each flow negotiated by one end first (see `open_flow`).
+    sim.send_packet(a, &udp6(a6, b6, 4000, 5000, b"open"));
+    open_flow(&mut sim, c, d);
+    for k in 0..200 {
+        let m = format!("six-{k}");
+        sim.send_packet(a, &udp6(a6, b6, 4000, 5000, m.as_bytes()));
+        sim.run_for(MS20 / 2);
+        sim.send_packet(b, &udp6(b6, a6, 5000, 4000, m.as_bytes()));
+        sim.run_for(MS20 / 2);
+    }
+    stream(&mut sim, c, d, 200, MS20);
+    for (x, y) in [(a, b), (c, d)] {
+        let snap = sim.nodes[x].core.snapshot(&[]);
+        let peer = snap.peers.iter().find(|p| p.ge == sim.nodes[y].ge.0);
+        assert_eq!(peer.map(|p| p.carrier.as_str()), Some("native"));
+        assert!(sim.counter(y, "native_in") >= 190, "node {y}");
+    }
+    sim
+}
+
+#[test]
+fn packets_that_change_family_on_the_wire_are_the_same_with_workers() {
+    same_with_workers(families_crossing, 0.8);
 }
 
 fn carrier(sim: &CoreSim, i: usize) -> String {

@@ -216,12 +216,14 @@ async fn run(
         .map(|a| fpn_gms_client::metrics::MetricsServer::bind(a).map_err(Error::Metrics))
         .transpose()?;
     let net6 = fpn_proto::overlay6::Overlay6::of_ca(&identity.ca_public);
-    let dev = tun::create(
+    let want_workers = tun::want_workers(cfg.workers);
+    let mut dev = tun::create(
         &cfg.tun_name,
         (me.overlay, cfg.overlay_prefix),
         net6.address(me.overlay),
         cfg.mtu,
         tun::want_offloads(cfg.tun_offloads),
+        tun::tun_workers(&cfg, want_workers),
     )?;
     let tun_offloads = dev.offloads;
     // The daemon keeps a handle so the interface outlives the driver until
@@ -324,17 +326,34 @@ async fn run(
     // themselves (design note 67).
     let tun_writer: Arc<dyn crate::driver::TunWriter> = Arc::new(dev.writer);
     let coalesce = tun::want_coalesce();
-    let (taps, workers) =
-        if tun::want_workers(cfg.workers) && cfg.carrier != crate::config::CarrierChoice::Quic {
-            let (taps, hub) =
-                crate::driver::ring_workers(tun_writer.clone(), tun_offloads, coalesce, clock);
-            (taps, Some(hub))
-        } else {
-            (Vec::new(), None)
-        };
+    let mut hub = crate::driver::WorkerHub::new();
+    let taps = if want_workers && cfg.carrier != crate::config::CarrierChoice::Quic {
+        hub.ring_workers(&tun_writer, tun_offloads, coalesce, clock)
+    } else {
+        Vec::new()
+    };
     let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports, taps);
-    let workers = workers.filter(|_| native.is_some());
-    info!(workers = workers.is_some(), "data-path workers");
+    if native.is_none() {
+        hub.drop_ring_workers();
+    }
+    let tun_queues = std::mem::take(&mut dev.workers);
+    if !tun_queues.is_empty() {
+        let parts = crate::driver::TunWorkerParts {
+            carrier: path_carrier.clone(),
+            native: native.is_some(),
+            clock,
+            slot: crate::core::buffer_len_for(cfg.mtu) - fpn_proto::pccom::TRAILER_LEN,
+            room: fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA,
+        };
+        let reports = hub.report_sender().expect("reports open until started");
+        hub.tun = Some(crate::driver::TunWorkers::start(
+            tun_queues, &parts, &reports,
+        )?);
+    }
+    hub.started();
+    let kinds = hub.kinds();
+    let workers = (kinds != crate::core::InstallKinds::default()).then_some(hub);
+    info!(receive = kinds.native, tun = kinds.tun, "data-path workers");
     // A NAT-f gateway table a killed node left: its pairs are stale (the
     // new node makes a fresh one at its first mapping).
     if let Ok(true) = crate::native::natf_cleanup(&cfg.tun_name) {
@@ -374,12 +393,7 @@ async fn run(
         dprp,
         pit,
     );
-    if workers.is_some() {
-        core.enable_installs(crate::core::InstallKinds {
-            native: true,
-            ..Default::default()
-        });
-    }
+    core.enable_installs(kinds);
     let dir = Directory::load(&state.peer_cache()).unwrap_or_else(|e| {
         warn!(error = %e, "peer cache unreadable; starting empty");
         Directory::default()

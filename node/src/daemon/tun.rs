@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::tun::{Offloads, Tun, TunConfig, TunReader, TunWriter};
+use crate::tun::{BlockingTunReader, Offloads, Tun, TunConfig, TunReader, TunWriter};
 
 /// Environment variable that turns the TUN offloads off (`0`, `off`,
 /// `false`) or on (anything else) whatever the configuration says: for
@@ -61,6 +61,27 @@ pub fn want_workers(config: bool) -> bool {
     env_or(WORKERS_ENV, config)
 }
 
+/// Environment variable that sets how many TUN workers run (`0`: none, the
+/// driver reads the TUN), over the `tun_workers` key.
+pub const TUN_WORKERS_ENV: &str = "FPN_NODE_TUN_WORKERS";
+
+/// How many TUN workers run: none without `workers`; else
+/// [`TUN_WORKERS_ENV`] when set (at most the config's maximum), else the
+/// configuration's count for this machine's cores.
+pub fn tun_workers(cfg: &crate::config::NodeConfig, workers: bool) -> usize {
+    if !workers {
+        return 0;
+    }
+    if let Some(n) = std::env::var(TUN_WORKERS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return n.min(crate::config::MAX_TUN_WORKERS);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cfg.tun_workers_for(cores)
+}
+
 /// Whether to ask for offloads: the environment variable when set, else
 /// the configuration key.
 pub fn want_offloads(config: bool) -> bool {
@@ -75,12 +96,14 @@ fn env_or(name: &str, config: bool) -> bool {
     }
 }
 
-/// The opened device: one queue's reader and writer, and what the kernel
-/// granted.
+/// The opened device: the driver's reader and writer, the TUN workers'
+/// readers, and what the kernel granted.
 #[derive(Debug)]
 pub struct OpenTun {
-    /// The read half.
-    pub reader: TunReader,
+    /// The driver's read half; `None` when workers read every queue.
+    pub reader: Option<TunReader>,
+    /// One reader per TUN worker, a queue each.
+    pub workers: Vec<BlockingTunReader>,
     /// The write half.
     pub writer: TunWriter,
     /// The offloads the kernel granted (none when not asked for).
@@ -92,7 +115,9 @@ pub struct OpenTun {
 
 /// Creates and brings up `name` with `addr/prefix`, `addr6` (with the
 /// network's /48, so the whole IPv6 overlay is routed into it) and `mtu`,
-/// asking for every offload when `offloads` is set. A host without IPv6
+/// asking for every offload when `offloads` is set. With `workers` above
+/// zero the device has that many queues, each read by a worker; the driver
+/// writes through a second descriptor of the first. A host without IPv6
 /// gets the interface without `addr6` and a warning. Needs the current
 /// tokio runtime.
 pub fn create(
@@ -101,8 +126,10 @@ pub fn create(
     addr6: Ipv6Addr,
     mtu: u16,
     offloads: bool,
+    workers: usize,
 ) -> Result<OpenTun> {
     let mut cfg = TunConfig::new(name, mtu);
+    cfg.queues = workers.max(1);
     cfg.address = Some((addr, prefix));
     cfg.address6 = Some((addr6, fpn_proto::overlay6::PREFIX_LEN));
     cfg.offloads = if offloads {
@@ -130,13 +157,23 @@ pub fn create(
     })?;
     let granted = tun.offloads();
     info!(tun = name, asked = offloads, offloads = %granted, "TUN offloads");
-    let mut queues = tun.into_queues()?;
-    let (reader, writer) = queues.pop().ok_or(Error::TunConfig {
+    let mut queues = tun.into_queue_fds();
+    let first = queues.first().ok_or(Error::TunConfig {
         setting: "queues",
         reason: "the device opened without a queue",
     })?;
+    let (reader, writer, readers) = if workers == 0 {
+        let (r, w) = queues.swap_remove(0).register()?;
+        (Some(r), w, Vec::new())
+    } else {
+        let (_, w) = first.try_clone()?.register()?;
+        let readers = queues.into_iter().map(|q| q.into_blocking()).collect();
+        (None, w, readers)
+    };
+    info!(tun = name, workers, "TUN queues");
     Ok(OpenTun {
         reader,
+        workers: readers,
         writer,
         offloads: granted,
         address6,

@@ -33,9 +33,11 @@ use crate::native_link::{
 use crate::tun::{Offloads, SegmentBuffers, TunReader};
 
 mod tun_out;
+mod tun_workers;
 mod workers;
 use tun_out::TunOut;
-pub use workers::{WorkerHub, ring_workers};
+pub use tun_workers::{TunMisses, TunWorkerParts, TunWorkers};
+pub use workers::WorkerHub;
 
 /// Packets handled per wake-up from one source before the others get a turn.
 pub const BATCH: usize = 64;
@@ -96,8 +98,9 @@ impl TunWriter for crate::tun::TunWriter {
 
 /// The TUN device as the driver gets it.
 pub struct TunParts {
-    /// The read half of its (one) queue.
-    pub reader: TunReader,
+    /// The read half of the queue the driver reads (`None`: the TUN
+    /// workers read every queue and hand the driver what they miss).
+    pub reader: Option<TunReader>,
     /// The write half.
     pub writer: Arc<dyn TunWriter>,
     /// The offloads the kernel granted. With TSO the reads are cut to the
@@ -195,9 +198,31 @@ pub struct NativeParts {
     pub tun: String,
 }
 
-async fn recv_report(w: &mut Option<WorkerHub>) -> Option<crate::core::WorkerReport> {
-    match w {
-        Some(w) => w.reports.recv().await,
+/// What the workers sent the driver.
+enum FromWorkers {
+    Report(Option<crate::core::WorkerReport>),
+    Misses(Option<TunMisses>),
+}
+
+async fn recv_workers(w: &mut Option<WorkerHub>) -> FromWorkers {
+    let Some(w) = w else {
+        return std::future::pending().await;
+    };
+    match w.tun.as_mut() {
+        Some(t) => tokio::select! {
+            r = w.reports.recv() => FromWorkers::Report(r),
+            m = t.misses.recv() => FromWorkers::Misses(m),
+        },
+        None => FromWorkers::Report(w.reports.recv().await),
+    }
+}
+
+async fn read_tun(
+    r: &mut Option<TunReader>,
+    arena: &mut SegmentBuffers,
+) -> crate::error::Result<crate::tun::ReadStats> {
+    match r {
+        Some(r) => r.read_batch(arena).await,
         None => std::future::pending().await,
     }
 }
@@ -321,17 +346,21 @@ impl Driver {
                 Ready(Option<Vec<FlowId>>),
                 Moved(Option<Vec<crate::netwatch::NetChange>>),
                 Report(Option<crate::core::WorkerReport>),
+                Misses(Option<TunMisses>),
                 Timer,
             }
             let wake = tokio::select! {
                 c = commands.recv() => Wake::Cmd(c),
                 q = queries.recv(), if queries_open => Wake::Query(q),
-                r = tun_reader.read_batch(&mut arena), if tun_ok => Wake::Tun(r),
+                r = read_tun(&mut tun_reader, &mut arena), if tun_ok => Wake::Tun(r),
                 n = inbound.recv_many(&mut frames, BATCH), if inbound_open => Wake::Frames(n),
                 b = recv_native(&mut native_rx) => Wake::Native(b),
                 r = recv_ready(&mut ready_rx) => Wake::Ready(r),
                 m = recv_moves(&mut shell.moves) => Wake::Moved(m),
-                r = recv_report(&mut shell.workers) => Wake::Report(r),
+                w = recv_workers(&mut shell.workers) => match w {
+                    FromWorkers::Report(r) => Wake::Report(r),
+                    FromWorkers::Misses(m) => Wake::Misses(m),
+                },
                 () = &mut sleep => Wake::Timer,
             };
             let now = shell.clock.now();
@@ -399,6 +428,14 @@ impl Driver {
                         .core
                         .enable_installs(crate::core::InstallKinds::default());
                     while shell.core.poll_install().is_some() {}
+                }
+                Wake::Misses(Some(m)) => shell.misses(m, &mut rbuf, now),
+                Wake::Misses(None) => {
+                    warn!("the TUN workers stopped; no more local packets");
+                    if let Some(w) = shell.workers.as_mut() {
+                        w.tun = None;
+                        shell.core.enable_installs(w.kinds());
+                    }
                 }
                 Wake::Timer => {}
             }
@@ -628,6 +665,25 @@ impl Shell {
             && !self.tun.write(t)
         {
             self.core.handle_tun_write_error();
+        }
+    }
+
+    /// What the TUN workers did not carry: each packet as if the driver
+    /// had read it, each failed send as if the driver's had failed.
+    fn misses(&mut self, m: TunMisses, rbuf: &mut [u8], now: Instant) {
+        for p in m.packets.packets() {
+            let Some(dst) = rbuf.get_mut(..p.len()) else {
+                continue;
+            };
+            dst.copy_from_slice(p);
+            self.tun_packet(rbuf, p.len(), now);
+        }
+        for (ge, err, frame) in &m.failures {
+            self.core
+                .handle_send_error(*ge, FrameKind::Data, frame, *err, now);
+        }
+        if let Some(t) = self.workers.as_ref().and_then(|w| w.tun.as_ref()) {
+            t.recycle(m);
         }
     }
 

@@ -2,8 +2,10 @@
 //! receive threads each run a [`Worker`] as their [`RxTap`], so a packet of
 //! an installed flow is opened where the ring took it in and written to
 //! the TUN from there, without crossing to the driver (one thread hand-off
-//! and one wake-up fewer per packet). The driver hands the core's installs
-//! to every worker and takes their reports.
+//! and one wake-up fewer per packet); the TUN workers
+//! ([`super::tun_workers`]) do the same for the other direction. The
+//! driver hands the core's installs to the workers and takes their
+//! reports through the [`WorkerHub`].
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -23,28 +25,34 @@ use super::tun_out::TunOut;
 
 /// Installs waiting for one worker; beyond it they are dropped (counted):
 /// the flow's next packet through the core makes it again.
-const INSTALL_QUEUE: usize = 4096;
+pub(super) const INSTALL_QUEUE: usize = 4096;
 /// Reports waiting for the driver; a worker keeps adding to its own while
 /// the queue is full.
 const REPORT_QUEUE: usize = 64;
 /// A worker reports at most this often while packets flow (sooner for a
 /// rekey): the path machines' timers are hundreds of milliseconds.
-const REPORT_EVERY: Duration = Duration::from_millis(5);
+pub(super) const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// Packets between two looks at the clock for the report.
 const REPORT_CHECK_PACKETS: u32 = 256;
 /// How often a worker drops the installs of flows that ended.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The receive threads, one per family of the underlay (IPv4's first):
 /// the native carrier's packet ring has both.
 pub const RING_WORKERS: usize = 2;
 
 /// The driver's side of the workers.
 pub struct WorkerHub {
+    /// To the receive threads' workers, in the threads' order.
     installs: Vec<SyncSender<Install>>,
     /// Reports from every worker.
     pub reports: mpsc::Receiver<WorkerReport>,
+    /// Kept while workers are being made ([`WorkerHub::started`] drops
+    /// it, so the channel closes when every worker stopped).
+    report_tx: Option<mpsc::Sender<WorkerReport>>,
     /// What the workers' TUN writes counted, for `status`.
     tun_counters: Vec<Arc<Mutex<std::collections::BTreeMap<String, u64>>>>,
+    /// The TUN workers (reading the TUN's queues), when they run.
+    pub tun: Option<super::tun_workers::TunWorkers>,
     dropped: u64,
 }
 
@@ -57,13 +65,59 @@ impl std::fmt::Debug for WorkerHub {
     }
 }
 
+impl Default for WorkerHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WorkerHub {
+    /// A hub without workers yet.
+    pub fn new() -> Self {
+        let (report_tx, reports) = mpsc::channel(REPORT_QUEUE);
+        Self {
+            installs: Vec::new(),
+            reports,
+            report_tx: Some(report_tx),
+            tun_counters: Vec::new(),
+            tun: None,
+            dropped: 0,
+        }
+    }
+
+    /// Where workers send their reports (`None` once started).
+    pub fn report_sender(&self) -> Option<mpsc::Sender<WorkerReport>> {
+        self.report_tx.clone()
+    }
+
+    /// Every worker is made: the report channel closes when they all stop.
+    pub fn started(&mut self) {
+        self.report_tx = None;
+    }
+
+    /// Which installs the workers take.
+    pub fn kinds(&self) -> crate::core::InstallKinds {
+        crate::core::InstallKinds {
+            native: !self.installs.is_empty(),
+            tun: self.tun.is_some(),
+            ..Default::default()
+        }
+    }
+
     /// Hands an install to the worker that takes it: an inbound native one
     /// to the receive thread of its wire's family (the only one its packets
-    /// reach).
+    /// reach), an outbound one to every TUN worker (the kernel picks the
+    /// queue a flow's packets come from, and may move it).
     pub fn install(&mut self, install: Install) {
-        let InstallKey::Native(wire) = install.key else {
-            return;
+        let wire = match install.key {
+            InstallKey::Native(wire) => wire,
+            InstallKey::Tun(_) => {
+                if let Some(t) = self.tun.as_mut() {
+                    t.install(install);
+                }
+                return;
+            }
+            InstallKey::Carrier(..) => return,
         };
         let ring = usize::from(!wire.dst.is_ipv4());
         let Some(tx) = self.installs.get(ring) else {
@@ -89,58 +143,96 @@ impl WorkerHub {
             }
         }
         *c.entry("worker_installs_dropped".to_owned()).or_default() += self.dropped;
+        if let Some(t) = &self.tun {
+            t.add_counters(c);
+        }
+    }
+
+    /// Makes the workers of the native receive threads ([`RING_WORKERS`],
+    /// in the threads' order) writing to `tun`.
+    pub fn ring_workers(
+        &mut self,
+        tun: &Arc<dyn TunWriter>,
+        offloads: Offloads,
+        coalesce: bool,
+        clock: Clock,
+    ) -> Vec<Box<dyn RxTap>> {
+        let Some(report_tx) = self.report_sender() else {
+            return Vec::new();
+        };
+        let mut taps: Vec<Box<dyn RxTap>> = Vec::with_capacity(RING_WORKERS);
+        for _ in 0..RING_WORKERS {
+            let (tx, rx) = std::sync::mpsc::sync_channel(INSTALL_QUEUE);
+            let counters = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+            self.installs.push(tx);
+            self.tun_counters.push(counters.clone());
+            taps.push(Box::new(RingWorker {
+                worker: Worker::default(),
+                installs: rx,
+                reporter: Reporter::new(report_tx.clone()),
+                tun: TunOut::new(tun.clone(), offloads, coalesce),
+                clock,
+                since_check: 0,
+                last_sweep: None,
+                counters,
+            }));
+        }
+        taps
+    }
+
+    /// The receive threads are gone (their taps were dropped without a
+    /// native carrier): no native installs.
+    pub fn drop_ring_workers(&mut self) {
+        self.installs.clear();
+        self.tun_counters.clear();
     }
 }
 
-/// Makes the workers of the native receive threads ([`RING_WORKERS`], in
-/// the threads' order) writing to `tun`, and the driver's hub for them.
-pub fn ring_workers(
-    tun: Arc<dyn TunWriter>,
-    offloads: Offloads,
-    coalesce: bool,
-    clock: Clock,
-) -> (Vec<Box<dyn RxTap>>, WorkerHub) {
-    let (report_tx, reports) = mpsc::channel(REPORT_QUEUE);
-    let mut taps: Vec<Box<dyn RxTap>> = Vec::with_capacity(RING_WORKERS);
-    let mut installs = Vec::with_capacity(RING_WORKERS);
-    let mut tun_counters = Vec::with_capacity(RING_WORKERS);
-    for _ in 0..RING_WORKERS {
-        let (tx, rx) = std::sync::mpsc::sync_channel(INSTALL_QUEUE);
-        let counters = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
-        installs.push(tx);
-        tun_counters.push(counters.clone());
-        taps.push(Box::new(RingWorker {
-            worker: Worker::default(),
-            installs: rx,
-            reports: report_tx.clone(),
-            tun: TunOut::new(tun.clone(), offloads, coalesce),
-            clock,
-            since_check: 0,
-            last_report: None,
-            last_sweep: None,
-            counters,
-        }));
+/// A worker's reports to the driver: at most every [`REPORT_EVERY`] while
+/// packets flow, at once when urgent.
+pub(super) struct Reporter {
+    tx: mpsc::Sender<WorkerReport>,
+    last: Option<Instant>,
+}
+
+impl Reporter {
+    pub(super) fn new(tx: mpsc::Sender<WorkerReport>) -> Self {
+        Self { tx, last: None }
     }
-    (
-        taps,
-        WorkerHub {
-            installs,
-            reports,
-            tun_counters,
-            dropped: 0,
-        },
-    )
+
+    /// Sends `worker`'s report when one is due (or urgent, or `force`) and
+    /// the driver has room for it; otherwise it keeps growing there. True
+    /// when one was sent.
+    pub(super) fn report(&mut self, worker: &mut Worker, now: Instant, force: bool) -> bool {
+        let due = force
+            || worker.report_urgent()
+            || self
+                .last
+                .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY);
+        if !due {
+            return false;
+        }
+        let Ok(permit) = self.tx.try_reserve() else {
+            return false;
+        };
+        let r = worker.take_report();
+        if r.is_empty() {
+            return false;
+        }
+        permit.send(r);
+        self.last = Some(now);
+        true
+    }
 }
 
 /// A worker on a native receive thread.
 struct RingWorker {
     worker: Worker,
     installs: Receiver<Install>,
-    reports: mpsc::Sender<WorkerReport>,
+    reporter: Reporter,
     tun: TunOut,
     clock: Clock,
     since_check: u32,
-    last_report: Option<Instant>,
     last_sweep: Option<Instant>,
     counters: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
@@ -154,28 +246,13 @@ impl RingWorker {
         }
     }
 
-    /// Sends the report when one is due (or urgent) and the driver has
-    /// room for it; otherwise it keeps growing here.
+    /// Sends the report when one is due, with the TUN counters for
+    /// `status`.
     fn report(&mut self, now: Instant, force: bool) {
-        let due = force
-            || self.worker.report_urgent()
-            || self
-                .last_report
-                .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY);
-        if !due {
-            return;
+        if self.reporter.report(&mut self.worker, now, force) {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            self.tun.add_counters(&mut c);
         }
-        let Ok(permit) = self.reports.try_reserve() else {
-            return;
-        };
-        let r = self.worker.take_report();
-        if r.is_empty() {
-            return;
-        }
-        permit.send(r);
-        self.last_report = Some(now);
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        self.tun.add_counters(&mut c);
     }
 }
 

@@ -44,6 +44,16 @@ impl TxBatch {
         self.len == SEND_BATCH
     }
 
+    /// The packets in the batch, in order.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots[..self.len].iter().map(Vec::as_slice)
+    }
+
+    /// Empties the batch (its slots are kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Copies `packet` into the next slot. The caller checks
     /// [`TxBatch::is_full`] first; a full batch ignores the packet.
     pub fn push(&mut self, packet: &[u8]) {

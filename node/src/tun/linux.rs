@@ -168,6 +168,31 @@ pub struct TunQueue {
 }
 
 impl TunQueue {
+    /// A second descriptor of the same queue (`dup`): reads and writes on
+    /// either reach the same queue. The driver writes through one while a
+    /// worker thread reads the other.
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self.fd.try_clone().map_err(|e| Error::TunIo {
+            name: self.name.to_string(),
+            op: "dup",
+            source: e,
+        })?;
+        Ok(Self {
+            fd,
+            name: self.name.clone(),
+        })
+    }
+
+    /// The queue's reader for a thread of its own, without a runtime: it
+    /// waits in `poll(2)` (see [`BlockingTunReader::read_batch`]).
+    pub fn into_blocking(self) -> BlockingTunReader {
+        BlockingTunReader {
+            fd: self.fd,
+            name: self.name,
+            seg: Segmenter::new(),
+        }
+    }
+
     /// Registers the queue with the current tokio runtime and splits it
     /// into its reader (which owns a 64 KB scratch buffer for one
     /// super-packet) and writer.
@@ -186,8 +211,7 @@ impl TunQueue {
             TunReader {
                 fd: fd.clone(),
                 name: name.clone(),
-                scratch: vec![0; MAX_READ].into_boxed_slice(),
-                pending: None,
+                seg: Segmenter::new(),
             },
             TunWriter { fd, name },
         ))
@@ -198,16 +222,69 @@ impl TunQueue {
 pub struct TunReader {
     fd: Arc<AsyncFd<OwnedFd>>,
     name: Arc<str>,
+    seg: Segmenter,
+}
+
+/// The scratch buffer one read lands in, and the read whose segments did
+/// not fit the last batch (both readers cut reads the same way).
+struct Segmenter {
     scratch: Box<[u8]>,
     /// Length of a read in `scratch` whose segments did not fit the last batch.
     pending: Option<usize>,
+}
+
+impl Segmenter {
+    fn new() -> Self {
+        Self {
+            scratch: vec![0; MAX_READ].into_boxed_slice(),
+            pending: None,
+        }
+    }
+
+    /// Puts the waiting read into `out`; false when it still does not fit.
+    fn resume(&mut self, out: &mut SegmentBuffers, stats: &mut ReadStats) -> bool {
+        match self.pending.take() {
+            Some(n) if !self.take(n, out, stats) => {
+                self.pending = Some(n);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Segments the read of `n` bytes in scratch into `out`. False when it
+    /// must wait for room (then it is kept for [`Segmenter::resume`]).
+    fn take(&mut self, n: usize, out: &mut SegmentBuffers, stats: &mut ReadStats) -> bool {
+        let buf = &self.scratch[..n];
+        let segs = VnetRepr::parse_bytes(buf).and_then(|h| Segments::new(&h, &buf[VNET_HDR_LEN..]));
+        let r = match segs {
+            Ok(s) if s.count() > out.capacity() - out.len() && !out.is_empty() => {
+                self.pending = Some(n);
+                return false;
+            }
+            Ok(s) => {
+                stats.gso_reads += usize::from(s.is_gso());
+                s.write_all(out)
+            }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(k) => stats.packets += k,
+            Err(e) => {
+                trace!(error = %e, "dropped a TUN read");
+                stats.dropped += 1;
+                stats.last_error = Some(e);
+            }
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for TunReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunReader")
             .field("name", &self.name)
-            .field("pending", &self.pending)
+            .field("pending", &self.seg.pending)
             .finish()
     }
 }
@@ -231,10 +308,7 @@ impl TunReader {
     /// them; only the returned stats are lost).
     pub async fn read_batch(&mut self, out: &mut SegmentBuffers) -> Result<ReadStats> {
         let mut stats = ReadStats::default();
-        if let Some(n) = self.pending.take()
-            && !self.take(n, out, &mut stats)
-        {
-            self.pending = Some(n);
+        if !self.seg.resume(out, &mut stats) {
             return Ok(stats);
         }
         // Bounded: each read either fills `out` or is dropped, and drops
@@ -242,14 +316,13 @@ impl TunReader {
         while stats.reads < out.capacity() && out.len() < out.capacity() {
             let r = {
                 let mut guard = self.fd.readable().await.map_err(|e| self.err("poll", e))?;
-                let scratch = &mut self.scratch;
+                let scratch = &mut self.seg.scratch;
                 guard.try_io(|fd| sys_read(fd.as_raw_fd(), scratch))
             };
             match r {
                 Ok(Ok(n)) => {
                     stats.reads += 1;
-                    if !self.take(n, out, &mut stats) {
-                        self.pending = Some(n);
+                    if !self.seg.take(n, out, &mut stats) {
                         break;
                     }
                 }
@@ -262,30 +335,6 @@ impl TunReader {
         Ok(stats)
     }
 
-    /// Segments the read of `n` bytes in scratch into `out`. False when it
-    /// must wait for room.
-    fn take(&mut self, n: usize, out: &mut SegmentBuffers, stats: &mut ReadStats) -> bool {
-        let buf = &self.scratch[..n];
-        let segs = VnetRepr::parse_bytes(buf).and_then(|h| Segments::new(&h, &buf[VNET_HDR_LEN..]));
-        let r = match segs {
-            Ok(s) if s.count() > out.capacity() - out.len() && !out.is_empty() => return false,
-            Ok(s) => {
-                stats.gso_reads += usize::from(s.is_gso());
-                s.write_all(out)
-            }
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(k) => stats.packets += k,
-            Err(e) => {
-                trace!(error = %e, "dropped a TUN read");
-                stats.dropped += 1;
-                stats.last_error = Some(e);
-            }
-        }
-        true
-    }
-
     fn err(&self, op: &'static str, source: io::Error) -> Error {
         Error::TunIo {
             name: self.name.to_string(),
@@ -293,6 +342,80 @@ impl TunReader {
             source,
         }
     }
+}
+
+/// The read half of one TUN queue on a thread of its own (a data-path
+/// worker): waits in `poll(2)` with a timeout instead of a runtime.
+pub struct BlockingTunReader {
+    fd: OwnedFd,
+    name: Arc<str>,
+    seg: Segmenter,
+}
+
+impl std::fmt::Debug for BlockingTunReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingTunReader")
+            .field("name", &self.name)
+            .field("pending", &self.seg.pending)
+            .finish()
+    }
+}
+
+impl BlockingTunReader {
+    /// As [`TunReader::read_batch`], but waits at most `wait` for the first
+    /// packet (then returns empty stats): the caller's thread has other
+    /// work between packets (installs, reports).
+    pub fn read_batch(
+        &mut self,
+        out: &mut SegmentBuffers,
+        wait: std::time::Duration,
+    ) -> Result<ReadStats> {
+        let mut stats = ReadStats::default();
+        if !self.seg.resume(out, &mut stats) {
+            return Ok(stats);
+        }
+        let mut waited = false;
+        while stats.reads < out.capacity() && out.len() < out.capacity() {
+            match sys_read(self.fd.as_raw_fd(), &mut self.seg.scratch) {
+                Ok(n) => {
+                    stats.reads += 1;
+                    if !self.seg.take(n, out, &mut stats) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                    return Err(Error::TunIo {
+                        name: self.name.to_string(),
+                        op: "read",
+                        source: e,
+                    });
+                }
+                // Empty: return what we have, or wait once for the first.
+                Err(_) if stats.reads > 0 || waited => break,
+                Err(_) => {
+                    waited = true;
+                    if !poll_readable(self.fd.as_raw_fd(), wait) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Waits until `fd` is readable, at most `wait`; false when it is not.
+fn poll_readable(fd: RawFd, wait: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the call's duration.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    rc > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// The write half of one TUN queue; clones share the queue.

@@ -23,7 +23,7 @@
 mod linux;
 
 #[cfg(target_os = "linux")]
-pub use linux::{Tun, TunQueue, TunReader, TunWriter};
+pub use linux::{BlockingTunReader, Tun, TunQueue, TunReader, TunWriter};
 
 pub use fpn_proto::packet::gso::SegmentBuffers;
 
