@@ -25,7 +25,9 @@
 # "workers0" and "workers1" are AFTER with FPN_NODE_WORKERS=0 or 1 (the
 # data-path workers on the native receive threads off or on). "tunw0",
 # "tunw1" and "tunw2" are AFTER with FPN_NODE_TUN_WORKERS=0, 1 or 2 (the
-# driver reads the TUN, or one or two TUN workers do).
+# driver reads the TUN, or one or two TUN workers do); "nospread" is AFTER
+# with FPN_NODE_TUN_SPREAD=0 (every TUN write into the first queue, so the
+# kernel steers every flow with inbound traffic to the first worker).
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -58,6 +60,7 @@ for r in $(seq "$REPEAT"); do
             tunw0) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=0) ;;
             tunw1) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=1) ;;
             tunw2) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=2) ;;
+            nospread) bin=$AFTER env=(FPN_NODE_TUN_SPREAD=0) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -76,7 +79,7 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "tcp16_gbps", "tcp16_daemon_cores_per_gbps"]
 rows, loads = {}, []
 for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
-            "workers0", "workers1", "tunw0", "tunw1", "tunw2"]:
+            "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

@@ -324,7 +324,14 @@ async fn run(
     // replaces one a killed node left (the crash recovery).
     // Data-path workers on the native receive threads write the TUN
     // themselves (design note 67).
-    let tun_writer: Arc<dyn crate::driver::TunWriter> = Arc::new(dev.writer);
+    // With several TUN workers, each flow's packets are written into the
+    // queue of its flow, so the kernel hands its outbound packets to that
+    // queue's worker (the workers share the flows).
+    let tun_writer: Arc<dyn crate::driver::TunWriter> =
+        match crate::driver::SpreadWriter::new(std::mem::take(&mut dev.queue_writers)) {
+            Some(spread) if tun::spread_writes() => Arc::new(spread),
+            _ => Arc::new(dev.writer),
+        };
     let coalesce = tun::want_coalesce();
     let mut hub = crate::driver::WorkerHub::new();
     let taps = if want_workers && cfg.carrier != crate::config::CarrierChoice::Quic {

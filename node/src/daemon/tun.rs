@@ -82,6 +82,17 @@ pub fn tun_workers(cfg: &crate::config::NodeConfig, workers: bool) -> usize {
     cfg.tun_workers_for(cores)
 }
 
+/// Environment variable that makes the TUN's writes all go into its first
+/// queue (`0`) instead of each flow's own: to measure what spreading the
+/// flows over the TUN workers adds (bench/overlay-ab.sh `nospread`).
+pub const TUN_SPREAD_ENV: &str = "FPN_NODE_TUN_SPREAD";
+
+/// Whether writes go into each flow's queue: unless [`TUN_SPREAD_ENV`] is
+/// `0`.
+pub fn spread_writes() -> bool {
+    env_on(TUN_SPREAD_ENV)
+}
+
 /// Whether to ask for offloads: the environment variable when set, else
 /// the configuration key.
 pub fn want_offloads(config: bool) -> bool {
@@ -104,6 +115,9 @@ pub struct OpenTun {
     pub reader: Option<TunReader>,
     /// One reader per TUN worker, a queue each.
     pub workers: Vec<BlockingTunReader>,
+    /// With TUN workers: a writer per queue, in the readers' order (the
+    /// driver's and the receive threads' writes are spread over them).
+    pub queue_writers: Vec<TunWriter>,
     /// The write half.
     pub writer: TunWriter,
     /// The offloads the kernel granted (none when not asked for).
@@ -158,22 +172,28 @@ pub fn create(
     let granted = tun.offloads();
     info!(tun = name, asked = offloads, offloads = %granted, "TUN offloads");
     let mut queues = tun.into_queue_fds();
-    let first = queues.first().ok_or(Error::TunConfig {
-        setting: "queues",
-        reason: "the device opened without a queue",
-    })?;
-    let (reader, writer, readers) = if workers == 0 {
+    if queues.is_empty() {
+        return Err(Error::TunConfig {
+            setting: "queues",
+            reason: "the device opened without a queue",
+        });
+    }
+    let (reader, writer, readers, queue_writers) = if workers == 0 {
         let (r, w) = queues.swap_remove(0).register()?;
-        (Some(r), w, Vec::new())
+        (Some(r), w, Vec::new(), Vec::new())
     } else {
-        let (_, w) = first.try_clone()?.register()?;
+        let writers = queues
+            .iter()
+            .map(|q| q.try_clone()?.register_writer())
+            .collect::<Result<Vec<_>>>()?;
         let readers = queues.into_iter().map(|q| q.into_blocking()).collect();
-        (None, w, readers)
+        (None, writers[0].clone(), readers, writers)
     };
     info!(tun = name, workers, "TUN queues");
     Ok(OpenTun {
         reader,
         workers: readers,
+        queue_writers,
         writer,
         offloads: granted,
         address6,

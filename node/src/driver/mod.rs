@@ -36,7 +36,7 @@ mod tun_out;
 mod tun_workers;
 mod workers;
 use tun_out::TunOut;
-pub use tun_workers::{TunMisses, TunWorkerParts, TunWorkers};
+pub use tun_workers::{SpreadWriter, TunMisses, TunWorkerParts, TunWorkers};
 pub use workers::WorkerHub;
 
 /// Packets handled per wake-up from one source before the others get a turn.

@@ -1,8 +1,9 @@
 //! The TUN workers (design note 67, step c): one thread per queue of a
 //! multi-queue TUN reads the host's packets, and each runs a [`Worker`]
 //! that seals an installed flow's packets where they were read and sends
-//! them itself: native ones in one `sendmmsg` per read batch from its own
-//! raw socket, QUIC ones through the carrier. What no install covers (a
+//! them itself: native ones from where they were sealed (no copy) in one
+//! `sendmmsg` per read batch from its own raw socket, QUIC ones through
+//! the carrier. What no install covers (a
 //! flow's first packets, a move's hold, a trial, DPRP's own port) is copied
 //! to the driver as it was read ([`TunMisses`]), and the core decides.
 //!
@@ -26,7 +27,7 @@ use crate::carrier::{Carrier, FrameKind};
 use crate::clock::Clock;
 use crate::core::worker::{Worker, WorkerOut};
 use crate::core::{Install, SendError, WorkerReport};
-use crate::native::{RawSender, TxBatch, send_here};
+use crate::native::{RawSender, SEND_BATCH, TxBatch};
 use crate::tun::{BlockingTunReader, SegmentBuffers};
 
 /// Batches of misses on their way to the driver; a worker whose batches
@@ -142,7 +143,8 @@ impl TunWorkers {
                 pending: TxBatch::default(),
                 failures: Vec::new(),
                 carrier: parts.carrier.clone(),
-                native: native.map(|s| (s, TxBatch::default())),
+                native,
+                native_out: Vec::with_capacity(crate::driver::TUN_SLOTS),
                 clock: parts.clock,
                 stats: stats.clone(),
                 last_sweep: None,
@@ -238,7 +240,9 @@ struct TunWorker {
     pending: TxBatch,
     failures: Vec<(GeId, SendError, Vec<u8>)>,
     carrier: Arc<dyn Carrier>,
-    native: Option<(RawSender, TxBatch)>,
+    native: Option<RawSender>,
+    /// This read batch's native packets: arena slot and where in it.
+    native_out: Vec<(usize, usize, usize)>,
     clock: Clock,
     stats: Arc<Stats>,
     last_sweep: Option<Instant>,
@@ -274,23 +278,24 @@ impl TunWorker {
             self.take_installs();
             for i in 0..self.arena.len() {
                 let (slot, len) = self.arena.slot_mut(i);
-                Self::packet(
+                let native = Self::packet(
                     &mut self.worker,
                     slot,
                     len,
                     now,
                     &mut self.pending,
-                    &mut self.native,
                     &*self.carrier,
                     &mut self.failures,
-                    &self.stats,
                 );
+                if let Some((start, end)) = native {
+                    self.native_out.push((i, start, end));
+                }
                 if self.pending.is_full() {
                     self.hand_misses();
                 }
             }
+            self.send_native();
             self.arena.clear();
-            self.flush_native();
             self.hand_misses();
             self.reporter.report(&mut self.worker, now, false);
             if self
@@ -301,7 +306,6 @@ impl TunWorker {
                 self.worker.sweep();
             }
         }
-        self.flush_native();
         self.hand_misses();
         let now = self.clock.now();
         self.reporter.report(&mut self.worker, now, true);
@@ -328,34 +332,23 @@ impl TunWorker {
     }
 
     /// One packet of the read batch (the parts borrowed apart from the
-    /// arena that holds it).
-    #[allow(clippy::too_many_arguments)]
+    /// arena that holds it). Returns where in `slot` a native packet to
+    /// send lies.
     fn packet(
         worker: &mut Worker,
         slot: &mut [u8],
         len: usize,
         now: Instant,
         pending: &mut TxBatch,
-        native: &mut Option<(RawSender, TxBatch)>,
         carrier: &dyn Carrier,
         failures: &mut Vec<(GeId, SendError, Vec<u8>)>,
-        stats: &Stats,
-    ) {
+    ) -> Option<(usize, usize)> {
+        let base = slot.as_ptr().addr();
         match worker.handle_tun_packet(slot, len, now) {
-            WorkerOut::Native(p) => match native.as_mut() {
-                Some((sender, batch)) => {
-                    if batch.is_full() {
-                        let refused = send_here(batch, sender);
-                        stats
-                            .native_refused
-                            .fetch_add(refused as u64, Ordering::Relaxed);
-                    }
-                    batch.push(p);
-                }
-                None => {
-                    stats.native_refused.fetch_add(1, Ordering::Relaxed);
-                }
-            },
+            WorkerOut::Native(p) => {
+                let start = p.as_ptr().addr() - base;
+                return Some((start, start + p.len()));
+            }
             WorkerOut::Quic { target, frame } => {
                 if let Err(e) = carrier.send(target, FrameKind::Data, frame) {
                     failures.push((target.ge, SendError::from(&e), frame.to_vec()));
@@ -363,22 +356,40 @@ impl TunWorker {
             }
             WorkerOut::Core => {
                 // Untouched by the worker: as read from the TUN.
-                stats.misses.fetch_add(1, Ordering::Relaxed);
                 pending.push(&slot[..len]);
             }
             WorkerOut::Tun(_) | WorkerOut::Dropped => {}
         }
+        None
     }
 
-    fn flush_native(&mut self) {
-        if let Some((sender, batch)) = self.native.as_mut()
-            && !batch.is_empty()
-        {
-            let refused = send_here(batch, sender);
+    /// Sends this read batch's native packets from the arena, where they
+    /// were sealed, `SEND_BATCH` per `sendmmsg`.
+    fn send_native(&mut self) {
+        let Some(sender) = self.native.as_mut() else {
+            // No raw socket (the core makes no native installs then).
+            let n = self.native_out.len() as u64;
+            self.native_out.clear();
+            self.stats.native_refused.fetch_add(n, Ordering::Relaxed);
+            return;
+        };
+        let mut refs: [&[u8]; SEND_BATCH] = [&[]; SEND_BATCH];
+        for chunk in self.native_out.chunks(SEND_BATCH) {
+            for (r, &(i, start, end)) in refs.iter_mut().zip(chunk) {
+                *r = &self.arena.slot(i)[start..end];
+            }
+            let refused = match sender.send_batch(&refs[..chunk.len()]) {
+                Ok(sent) => chunk.len() - sent,
+                Err(e) => {
+                    debug!(error = %e, packets = chunk.len(), "native batch: nothing sent");
+                    chunk.len()
+                }
+            };
             self.stats
                 .native_refused
                 .fetch_add(refused as u64, Ordering::Relaxed);
         }
+        self.native_out.clear();
     }
 
     /// Sends this batch's misses (and failed sends) to the driver.
@@ -386,6 +397,9 @@ impl TunWorker {
         if self.pending.is_empty() && self.failures.is_empty() {
             return;
         }
+        self.stats
+            .misses
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
         let next = self.spare.try_recv().unwrap_or_default();
         let m = TunMisses {
             worker: self.index,
@@ -407,5 +421,94 @@ impl TunWorker {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+/// Writes each packet into the TUN queue of its flow (one of `queues`,
+/// by a hash of its addresses, protocol and ports). The kernel's automatic
+/// steering then hands the flow's outbound packets to the same queue's
+/// reader, so the TUN workers share the flows instead of every flow with
+/// inbound traffic landing on the queue the receive threads write to.
+#[derive(Debug)]
+pub struct SpreadWriter {
+    queues: Vec<crate::tun::TunWriter>,
+}
+
+impl SpreadWriter {
+    /// A writer over `queues` (at least one).
+    pub fn new(queues: Vec<crate::tun::TunWriter>) -> Option<Self> {
+        (!queues.is_empty()).then_some(Self { queues })
+    }
+
+    fn pick(&self, packet: &[u8]) -> &crate::tun::TunWriter {
+        let k = flow_hash(packet) as usize % self.queues.len();
+        &self.queues[k]
+    }
+}
+
+impl super::TunWriter for SpreadWriter {
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<usize> {
+        self.pick(packet).try_write(packet)
+    }
+
+    fn write_gso(
+        &self,
+        hdr: &fpn_proto::packet::vnet::VnetRepr,
+        packet: &[u8],
+    ) -> std::io::Result<usize> {
+        self.pick(packet).try_write_gso(hdr, packet)
+    }
+}
+
+/// A hash of an IP packet's flow that is the same for both directions
+/// (addresses and ports in sorted order), from its headers only; 0 for
+/// what is not IPv4 or IPv6. Not keyed: it only spreads this host's own
+/// flows over its queues.
+pub fn flow_hash(p: &[u8]) -> u32 {
+    let (proto, src, dst, l4) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            (p[9], &p[12..16], &p[16..20], ihl)
+        }
+        Some(6) if p.len() >= 40 => (p[6], &p[8..24], &p[24..40], 40),
+        _ => return 0,
+    };
+    let ports = match proto {
+        6 | 17 if p.len() >= l4 + 4 => {
+            let (a, b) = (&p[l4..l4 + 2], &p[l4 + 2..l4 + 4]);
+            if a <= b { [a, b] } else { [b, a] }
+        }
+        _ => [&[][..], &[][..]],
+    };
+    let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
+    // FNV-1a over the sorted parts.
+    let mut h: u32 = 0x811c_9dc5;
+    for part in [lo, hi, ports[0], ports[1], &[proto][..]] {
+        for &b in part {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flow_hash;
+    use crate::core::sim::udp_packet;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_flow_hashes_the_same_both_ways_and_flows_spread() {
+        let (a, b) = (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2));
+        let there = flow_hash(&udp_packet(a, b, 4000, 5000, b"x"));
+        let back = flow_hash(&udp_packet(b, a, 5000, 4000, b"y"));
+        assert_eq!(there, back);
+        // Sixteen flows of one pair over two queues: both get some.
+        let on_one = (0..16)
+            .filter(|k| flow_hash(&udp_packet(a, b, 4000 + k, 5000, b"z")) % 2 == 1)
+            .count();
+        assert!((3..=13).contains(&on_one), "{on_one} of 16 on queue 1");
+        assert_eq!(flow_hash(&[0x45]), 0);
+        assert_eq!(flow_hash(&[]), 0);
     }
 }

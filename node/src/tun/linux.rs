@@ -193,6 +193,27 @@ impl TunQueue {
         }
     }
 
+    /// Registers the queue with the current tokio runtime for writing
+    /// only: a TUN worker reads this queue through another descriptor, and
+    /// read readiness here would wake the runtime at every packet for
+    /// nothing.
+    pub fn register_writer(self) -> Result<TunWriter> {
+        let name = self.name;
+        // SAFETY: as in `register`: the OwnedFd stays open, on the same
+        // file, until the AsyncFd that owns it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(self.fd, Interest::WRITABLE) }.map_err(
+            |e| Error::TunIo {
+                name: name.to_string(),
+                op: "register with tokio",
+                source: e.into_parts().1,
+            },
+        )?;
+        Ok(TunWriter {
+            fd: Arc::new(fd),
+            name,
+        })
+    }
+
     /// Registers the queue with the current tokio runtime and splits it
     /// into its reader (which owns a 64 KB scratch buffer for one
     /// super-packet) and writer.

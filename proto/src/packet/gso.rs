@@ -337,6 +337,12 @@ impl SegmentBuffers {
         &s[..self.lens[i]]
     }
 
+    /// The whole slot of packet `i` (packet, then room): what was written
+    /// there in place, e.g. a packet sealed with its trailer.
+    pub fn slot(&self, i: usize) -> &[u8] {
+        &self.buf[i * self.slot_len..(i + 1) * self.slot_len]
+    }
+
     /// The whole slot of packet `i` (packet, then room) and the packet's
     /// length, to rewrite or grow it in place (e.g. with
     /// [`Packet::parse_prefix`]); record a new length with
