@@ -473,25 +473,33 @@ impl Inner {
             return Some(close::REVOKED);
         }
         let ge = cert.ge;
-        for f in frames.drain(..) {
-            let Some(kind) = frame::parse(&f) else {
-                Counters::add(&counters.drops_malformed, 1);
-                continue;
-            };
-            let payload = f.slice(frame::OVERHEAD..);
-            Counters::add(&counters.frames_in, 1);
-            Counters::add(&counters.bytes_in, payload.len() as u64);
-            let inbound = Inbound {
-                peer: ge,
-                from,
-                kind,
-                payload,
-            };
-            // A slow engine stalls this reader; quinn then drops the oldest
-            // datagrams of this connection, not anything else.
-            if self.inbound.send(inbound).await.is_err() {
+        let mut rest = frames.drain(..);
+        while rest.len() > 0 {
+            // One wait for the room of the whole batch (issue 13: not one
+            // per frame). A slow engine stalls this reader; quinn then
+            // drops the oldest datagrams of this connection, not anything
+            // else.
+            let n = rest.len().min(self.inbound.max_capacity());
+            let Ok(mut permits) = self.inbound.reserve_many(n).await else {
                 // Returning drops the rest of the batch with the drain.
                 return Some(close::SHUTDOWN);
+            };
+            for f in rest.by_ref().take(n) {
+                let Some(kind) = frame::parse(&f) else {
+                    Counters::add(&counters.drops_malformed, 1);
+                    continue;
+                };
+                let payload = f.slice(frame::OVERHEAD..);
+                Counters::add(&counters.frames_in, 1);
+                Counters::add(&counters.bytes_in, payload.len() as u64);
+                if let Some(permit) = permits.next() {
+                    permit.send(Inbound {
+                        peer: ge,
+                        from,
+                        kind,
+                        payload,
+                    });
+                }
             }
         }
         None
