@@ -98,8 +98,8 @@ pub struct NodeConfig {
     /// TUN workers (with `workers` on): threads that each read one queue
     /// of a multi-queue TUN and seal and send the packets of established
     /// flows themselves; the driver then reads no queue and gets only what
-    /// they do not carry. 0 picks one per core (at most
-    /// [`MAX_TUN_WORKERS`]); `FPN_NODE_TUN_WORKERS` overrides it.
+    /// they do not carry. 0 picks ([`NodeConfig::tun_workers_for`]);
+    /// `FPN_NODE_TUN_WORKERS` overrides it.
     pub tun_workers: usize,
     /// Ask the default gateway to forward the carrier's UDP port (NAT-PMP)
     /// and report the mapped address to peers as a candidate; renewed in
@@ -233,12 +233,19 @@ impl NodeConfig {
     }
 
     /// How many TUN workers run on a machine with `cores` cores:
-    /// `tun_workers` when set, else one per core, at most
-    /// [`MAX_TUN_WORKERS`] (each has a queue, a read arena and a raw
-    /// socket).
+    /// `tun_workers` when set (at most [`MAX_TUN_WORKERS`]: each has a
+    /// queue, a read arena and a raw socket), else none on a machine of
+    /// at most two cores and one per two cores above. On two cores, where
+    /// both nodes and iperf3 share the cores, one worker carried native TCP
+    /// about as fast as the driver at 12 % less CPU per Gbit/s, but QUIC
+    /// 20 % slower (its datagrams wake the runtime's connection task from
+    /// another thread), and two were slower on both carriers
+    /// (docs/BENCHMARKS.md, "TUN workers"). Above two cores nothing was
+    /// measured.
     pub fn tun_workers_for(&self, cores: usize) -> usize {
         match self.tun_workers {
-            0 => cores.clamp(1, MAX_TUN_WORKERS),
+            0 if cores <= 2 => 0,
+            0 => (cores / 2).min(MAX_TUN_WORKERS),
             n => n.min(MAX_TUN_WORKERS),
         }
     }
@@ -386,7 +393,8 @@ mod tests {
         let parsed = NodeConfig::parse("runtime_threads = 2").unwrap();
         assert_eq!(parsed.runtime_threads_for(2), 2);
         assert!(NodeConfig::parse("runtime_threads = -1").is_err());
-        assert_eq!(c.tun_workers_for(2), 2);
+        assert_eq!(c.tun_workers_for(2), 0);
+        assert_eq!(c.tun_workers_for(4), 2);
         assert_eq!(c.tun_workers_for(64), MAX_TUN_WORKERS);
         let parsed = NodeConfig::parse("tun_workers = 1").unwrap();
         assert_eq!(parsed.tun_workers_for(4), 1);

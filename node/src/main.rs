@@ -586,6 +586,8 @@ fn print_status(s: &Status) {
         }
     }
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    // The driver's and the data-path workers' together.
+    let both = |k: &str| c(k) + c(&format!("worker_{k}"));
     println!(
         "tun: offloads {} reads {} (gso {}) writes {} (gso {}, {} segments)",
         if s.tun_offloads.is_empty() {
@@ -593,11 +595,11 @@ fn print_status(s: &Status) {
         } else {
             &s.tun_offloads
         },
-        c("tun_reads"),
-        c("tun_gso_reads"),
-        c("tun_writes"),
-        c("tun_gso_writes"),
-        c("tun_coalesced_segments")
+        both("tun_reads"),
+        both("tun_gso_reads"),
+        both("tun_writes"),
+        both("tun_gso_writes"),
+        both("tun_coalesced_segments")
     );
     let nonzero: Vec<String> = s
         .counters

@@ -502,6 +502,10 @@ impl NodeCore {
 
     /// A command from the daemon. Then drain [`NodeCore::poll_output`].
     pub fn handle_command(&mut self, cmd: Command, now: Instant) {
+        // A peer's record concerns that peer's installs only (set_peer
+        // raises them), the GMS session's state none; every other command
+        // may change any flow's outcome.
+        let global = !matches!(cmd, Command::Peer(_) | Command::Gms { .. });
         match cmd {
             Command::Keys { group, keys } => self.set_keys(group, keys),
             Command::Revoked { ge, serials } => {
@@ -566,8 +570,10 @@ impl NodeCore {
             }
         }
         // Commands are rare and change what packets' outcomes depend on
-        // (peers' records, hosts, credentials, keys): workers ask again.
-        self.installs.raise_global();
+        // (hosts, credentials, keys, revocations): workers ask again.
+        if global {
+            self.installs.raise_global();
+        }
         self.dprp_touched = true;
         self.drain(now);
     }
@@ -760,6 +766,12 @@ impl NodeCore {
     fn set_peer(&mut self, rec: &crate::directory::PeerRecord, now: Instant) {
         let ge = rec.ge();
         let change = self.peers.upsert(rec);
+        // Its addresses, key or names may have changed: its installs (and
+        // those of the GE that held its overlay address) are made again.
+        self.installs.raise(ge);
+        if let Some(old) = change.previous_owner {
+            self.installs.raise(old);
+        }
         // An address handed to a GE again is no longer a departed one.
         self.gone.remove(&rec.overlay);
         self.update_machine(ge, now);

@@ -211,19 +211,31 @@ fn tun_packet<'a>(
     let Some(Ok(pkt)) = buf.get(..len).map(Packet::parse) else {
         return WorkerOut::Core;
     };
-    let key = InstallKey::Tun(pkt.flow_id());
+    let (key, ip_header) = (InstallKey::Tun(pkt.flow_id()), pkt.ip_header_len());
     let Some(i) = usable(table, &key) else {
         return WorkerOut::Core;
     };
     let r = report;
-    // An IPv4 flow on an IPv6 wire grows by 20 bytes behind the trailer
-    // (note 63): without the room the core takes it, untouched.
+    // A change of family takes a plain header (no IPv4 options, no IPv6
+    // extension headers), and an IPv4 flow on an IPv6 wire grows by 20
+    // bytes behind the trailer (note 63). Otherwise the core takes it,
+    // untouched (it sends such a packet on QUIC).
     if let InstallAction::SendNative(t) = &i.action
-        && t.overlay.src.is_ipv4()
-        && t.wire.src.is_ipv6()
-        && buf.len() < len + fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA
+        && t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
     {
-        return WorkerOut::Core;
+        let v4 = t.overlay.src.is_ipv4();
+        let plain = ip_header
+            == if v4 {
+                20
+            } else {
+                fpn_proto::packet::IPV6_HEADER_LEN
+            };
+        let room = !v4
+            || buf.len()
+                >= len + fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA;
+        if !plain || !room {
+            return WorkerOut::Core;
+        }
     }
     let n = match i.crypto.seal(buf, len) {
         Ok((n, due)) => {

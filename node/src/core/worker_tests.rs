@@ -345,3 +345,38 @@ fn a_flow_only_workers_carry_ages_out_within_two_idle_timeouts() {
     assert_eq!(sim.counter(a, "dprp_started"), started + 1);
     assert!(delivered(&sim, b, b"again"));
 }
+
+/// A directory record of a third peer arrives while a and b talk: a's
+/// installs for b stay in use (only c's epoch moves), while a record of b
+/// itself makes them stale.
+#[test]
+fn a_third_peers_record_leaves_the_installs_in_use_and_the_peers_own_does_not() {
+    let (mut sim, a, b) = pair(67, true, Force::Auto, LinkConfig::default());
+    let c = sim.add_node(3, Mode::Open, &[1]);
+    sim.introduce_all();
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 20, MS20);
+    let carried = |sim: &CoreSim| sim.nodes[a].worker.as_ref().map_or(0, |w| w.carried());
+    let one_packet = |sim: &mut CoreSim| {
+        let before = carried(sim);
+        sim.send_udp(a, b, 4000, 5000, b"next");
+        sim.run_for(MS20);
+        carried(sim) - before
+    };
+    assert_eq!(one_packet(&mut sim), 1, "a's worker carries the flow");
+    let record = sim.record(c);
+    sim.command(a, Command::Peer(record));
+    assert_eq!(
+        one_packet(&mut sim),
+        1,
+        "c's record made a's flow to b stale"
+    );
+    let record = sim.record(b);
+    sim.command(a, Command::Peer(record));
+    assert_eq!(
+        one_packet(&mut sim),
+        0,
+        "b's own record left a stale install in use"
+    );
+}

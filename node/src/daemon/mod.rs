@@ -217,14 +217,25 @@ async fn run(
         .transpose()?;
     let net6 = fpn_proto::overlay6::Overlay6::of_ca(&identity.ca_public);
     let want_workers = tun::want_workers(cfg.workers);
-    let mut dev = tun::create(
-        &cfg.tun_name,
-        (me.overlay, cfg.overlay_prefix),
-        net6.address(me.overlay),
-        cfg.mtu,
-        tun::want_offloads(cfg.tun_offloads),
-        tun::tun_workers(&cfg, want_workers),
-    )?;
+    let create = |workers| {
+        tun::create(
+            &cfg.tun_name,
+            (me.overlay, cfg.overlay_prefix),
+            net6.address(me.overlay),
+            cfg.mtu,
+            tun::want_offloads(cfg.tun_offloads),
+            workers,
+        )
+    };
+    let mut dev = match tun::tun_workers(&cfg, want_workers) {
+        0 => create(0)?,
+        n => create(n).or_else(|e| {
+            // A device of that name made without queues (persistent), or
+            // a kernel without multi-queue TUN: one queue, the driver's.
+            warn!(error = %e, workers = n, "TUN with a queue per worker not made; the driver reads one queue");
+            create(0)
+        })?,
+    };
     let tun_offloads = dev.offloads;
     // The daemon keeps a handle so the interface outlives the driver until
     // the end of shutdown (it goes away with the last descriptor).
@@ -339,18 +350,24 @@ async fn run(
     } else {
         Vec::new()
     };
-    let (native, native_unavailable, flow_ctl) = open_native(&cfg, own_udp_ports, taps);
+    // With TUN workers the driver sends only a flow's first packets, and
+    // on its own thread: a worker may send the flow's next ones once the
+    // driver has (`driver/fence.rs`), so they must be on the wire by then.
+    let send_thread = tun::native_send_thread() && dev.workers.is_empty();
+    let (native, native_unavailable, flow_ctl) =
+        open_native(&cfg, own_udp_ports, taps, send_thread);
     if native.is_none() {
         hub.drop_ring_workers();
     }
     let tun_queues = std::mem::take(&mut dev.workers);
     if !tun_queues.is_empty() {
+        let (slot, room) = crate::driver::tun_slot(crate::core::buffer_len_for(cfg.mtu));
         let parts = crate::driver::TunWorkerParts {
             carrier: path_carrier.clone(),
             native: native.is_some(),
             clock,
-            slot: crate::core::buffer_len_for(cfg.mtu) - fpn_proto::pccom::TRAILER_LEN,
-            room: fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA,
+            slot,
+            room,
         };
         let reports = hub.report_sender().expect("reports open until started");
         hub.tun = Some(crate::driver::TunWorkers::start(
@@ -448,7 +465,10 @@ async fn run(
         moves,
         workers,
     };
-    let engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
+    let mut engine_task = tokio::spawn(driver.run().instrument(info_span!("engine")));
+    // The engine ends only when told to, or when its data path cannot go
+    // on (a TUN worker stopped): then the node stops too.
+    let mut engine_ended = false;
 
     let shared = Shared::new(dir);
     let (observe_tx, observe_rx) = mpsc::channel(4);
@@ -565,6 +585,10 @@ async fn run(
             _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
             _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()); }
             _ = hup.recv() => reload_config(&reload, &mut in_force, &config_status),
+            _ = &mut engine_task, if !engine_ended => {
+                engine_ended = true;
+                break Err(Error::Control("the engine stopped: its data path cannot go on (see the log above)".into()));
+            }
             r = &mut gms_task => {
                 match r {
                     Ok(Err(Error::Terminated(reason))) => {
@@ -611,7 +635,9 @@ async fn run(
     gms_task.abort();
     drop(eng_tx);
     drop(ctx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    if !engine_ended {
+        let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    }
     if let Some(ctl) = flow_ctl {
         // The driver's handle is gone with it: the thread deletes the table.
         let table = ctl.table().to_owned();
@@ -698,11 +724,13 @@ fn reload_config(
 
 /// Opens the native carrier unless `carrier = "quic"`; when the host does
 /// not allow it (no CAP_NET_RAW/CAP_NET_ADMIN, no nft), says so once and
-/// returns why, and every peer stays on QUIC.
+/// returns why, and every peer stays on QUIC. `send_thread`: the driver's
+/// native batches go through a send stage.
 fn open_native(
     cfg: &NodeConfig,
     own_udp_ports: Vec<u16>,
     taps: Vec<Box<dyn crate::native::RxTap>>,
+    send_thread: bool,
 ) -> (
     Option<crate::driver::NativeParts>,
     Option<fpn_proto::path::Unavailable>,
@@ -722,7 +750,7 @@ fn open_native(
         &cfg.tun_name,
         local.clone(),
         own_udp_ports,
-        tun::native_send_thread(),
+        send_thread,
         taps,
     ) {
         Ok((link, rx, ctl, ready)) => {

@@ -130,8 +130,8 @@ pub struct OpenTun {
 /// Creates and brings up `name` with `addr/prefix`, `addr6` (with the
 /// network's /48, so the whole IPv6 overlay is routed into it) and `mtu`,
 /// asking for every offload when `offloads` is set. With `workers` above
-/// zero the device has that many queues, each read by a worker; the driver
-/// writes through a second descriptor of the first. A host without IPv6
+/// zero the device has that many queues, each read by a worker, and a
+/// second descriptor of each for writing. A host without IPv6
 /// gets the interface without `addr6` and a warning. Needs the current
 /// tokio runtime.
 pub fn create(

@@ -32,6 +32,7 @@ use crate::native_link::{
 };
 use crate::tun::{Offloads, SegmentBuffers, TunReader};
 
+mod fence;
 mod tun_out;
 mod tun_workers;
 mod workers;
@@ -73,6 +74,18 @@ pub enum Query {
 /// the MSS is at most ~48 segments, so two of them, or 128 plain packets,
 /// per wake-up.
 pub const TUN_SLOTS: usize = 128;
+
+/// An arena slot's packet capacity and the room behind it, for a core
+/// whose [`NodeCore::buffer_len`] is `buffer_len`: every packet read from
+/// the TUN has room for the PCCOM trailer (sealed in place) and for the 20
+/// bytes an IPv4 packet grows by on an IPv6 wire. The driver and the TUN
+/// workers size their arenas with it.
+pub fn tun_slot(buffer_len: usize) -> (usize, usize) {
+    (
+        buffer_len - TRAILER_LEN,
+        TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA,
+    )
+}
 
 /// Where the driver writes packets for this host: the TUN device. A trait
 /// so the driver can be tested without one.
@@ -152,8 +165,8 @@ pub struct Driver {
     pub on_path: bool,
     /// The network watcher and what the driver does with its changes.
     pub moves: Option<MoveWatch>,
-    /// The data-path workers on the native receive threads, when they run
-    /// (the core then makes inbound native installs).
+    /// The data-path workers (on the native receive threads, on the TUN's
+    /// queues), when any run (the core then makes their installs).
     pub workers: Option<WorkerHub>,
 }
 
@@ -313,9 +326,8 @@ impl Driver {
         // What the TUN gives is read into this arena, allocated once, every
         // packet with room behind it for the PCCOM trailer (sealed in place)
         // and for the 20 bytes an IPv4 packet grows by on an IPv6 wire.
-        let slot = shell.core.buffer_len();
-        let room = TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA;
-        let mut arena = SegmentBuffers::new(TUN_SLOTS, slot - TRAILER_LEN, room);
+        let (slot, room) = tun_slot(shell.core.buffer_len());
+        let mut arena = SegmentBuffers::new(TUN_SLOTS, slot, room);
         // Frames from peers land here: packets, and DPRP messages, which
         // may be longer than any packet.
         let mut rbuf = vec![0u8; shell.core.buffer_len().max(MAX_MESSAGE_LEN)];
@@ -395,6 +407,11 @@ impl Driver {
                         "the native receive thread stopped; native packets are no longer taken in"
                     );
                     native_rx = None;
+                    // Its workers went with it: no native installs.
+                    if let Some(w) = shell.workers.as_mut() {
+                        w.drop_ring_workers();
+                        shell.core.enable_installs(w.kinds());
+                    }
                 }
                 Wake::Native(Some(batch)) => {
                     // This batch and up to four more that already wait;
@@ -422,14 +439,23 @@ impl Driver {
                 Wake::Moved(None) => shell.moves = None,
                 Wake::Report(Some(r)) => shell.core.handle_worker_report(r, now),
                 Wake::Report(None) => {
-                    // The receive threads are gone: nobody takes installs.
+                    // Every worker is gone: nobody takes installs.
                     shell.workers = None;
                     shell
                         .core
                         .enable_installs(crate::core::InstallKinds::default());
                     while shell.core.poll_install().is_some() {}
                 }
-                Wake::Misses(Some(m)) => shell.misses(m, &mut rbuf, now),
+                Wake::Misses(Some(m)) => {
+                    if let Some(why) = &m.stopped {
+                        // Its queue is no longer read: the flows the kernel
+                        // steers there would be lost. The node stops (a
+                        // service manager starts it again).
+                        tracing::error!(worker = m.worker, reason = %why, "a TUN worker stopped: the node stops");
+                        break;
+                    }
+                    shell.misses(m, &mut rbuf, now);
+                }
                 Wake::Misses(None) => {
                     warn!("the TUN workers stopped; no more local packets");
                     if let Some(w) = shell.workers.as_mut() {
@@ -682,6 +708,9 @@ impl Shell {
             self.core
                 .handle_send_error(*ge, FrameKind::Data, frame, *err, now);
         }
+        // On the wire before the worker may send the flows' next packets
+        // itself (the link sends on this thread while TUN workers run).
+        self.flush_native();
         if let Some(t) = self.workers.as_ref().and_then(|w| w.tun.as_ref()) {
             t.recycle(m);
         }

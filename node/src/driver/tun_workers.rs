@@ -14,24 +14,27 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fpn_proto::ge::GeId;
+use fpn_proto::packet::Packet;
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 
+use super::fence::Fence;
 use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter, SWEEP_EVERY};
 use crate::carrier::{Carrier, FrameKind};
 use crate::clock::Clock;
 use crate::core::worker::{Worker, WorkerOut};
-use crate::core::{Install, SendError, WorkerReport};
+use crate::core::{Install, InstallKey, SendError, WorkerReport};
 use crate::native::{RawSender, SEND_BATCH, TxBatch};
 use crate::tun::{BlockingTunReader, SegmentBuffers};
 
-/// Batches of misses on their way to the driver; a worker whose batches
-/// all wait drops further misses (counted): DPRP and TCP send again.
+/// Batches of misses on their way to the driver, from all workers
+/// together; while they all wait a worker drops further misses (counted):
+/// DPRP and TCP send again.
 const MISS_QUEUE: usize = 64;
 /// How long an idle worker sleeps in `poll(2)` before it looks at its
 /// installs (a new one also waits for the next packet) and stops when
@@ -43,6 +46,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 pub struct TunMisses {
     /// The worker they came from (the batch goes back to it).
     pub worker: usize,
+    /// The batch's number (per worker, from 1): the driver says when it
+    /// has sent it ([`TunWorkers::recycle`]), which releases installs
+    /// waiting behind it (`fence.rs`).
+    pub seq: u64,
+    /// The worker stopped (its reason): its queue is no longer read.
+    pub stopped: Option<String>,
     /// The packets.
     pub packets: TxBatch,
     /// Sends the carrier refused: peer, why, and the protected frame.
@@ -53,6 +62,8 @@ impl std::fmt::Debug for TunMisses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunMisses")
             .field("worker", &self.worker)
+            .field("seq", &self.seq)
+            .field("stopped", &self.stopped)
             .field("packets", &self.packets.len())
             .field("failures", &self.failures.len())
             .finish()
@@ -69,6 +80,7 @@ struct Stats {
     misses: AtomicU64,
     misses_dropped: AtomicU64,
     native_refused: AtomicU64,
+    held: AtomicU64,
 }
 
 /// What a TUN worker needs besides its queue.
@@ -91,6 +103,8 @@ pub struct TunWorkerParts {
 pub struct TunWorkers {
     installs: Vec<SyncSender<Install>>,
     spare: Vec<Sender<TxBatch>>,
+    /// Per worker, the last miss batch the driver has sent.
+    done: Vec<Arc<AtomicU64>>,
     /// Misses from every worker.
     pub misses: mpsc::Receiver<TunMisses>,
     stats: Arc<Stats>,
@@ -118,17 +132,29 @@ impl TunWorkers {
         let mut hub = Self {
             installs: Vec::new(),
             spare: Vec::new(),
+            done: Vec::new(),
             misses,
             stats: stats.clone(),
             dropped: 0,
             threads: Vec::new(),
         };
         for (index, reader) in queues.into_iter().enumerate() {
-            let native = if parts.native {
-                Some(RawSender::open()?)
-            } else {
-                None
+            // Never blocking: a stalled underlay refuses (counted) instead
+            // of holding the thread, and its stop, up.
+            let native = match parts.native.then(RawSender::open).transpose() {
+                Ok(s) => s.filter(|s| match s.set_nonblocking() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(worker = index, error = %e, "raw socket not made non-blocking: native packets go through the driver");
+                        false
+                    }
+                }),
+                Err(e) => {
+                    warn!(worker = index, error = %e, "no raw socket for the TUN worker: its native packets go through the driver");
+                    None
+                }
             };
+            let done = Arc::new(AtomicU64::new(0));
             let (tx, installs) = std::sync::mpsc::sync_channel(INSTALL_QUEUE);
             let (spare_tx, spare) = std::sync::mpsc::channel();
             let w = TunWorker {
@@ -136,6 +162,10 @@ impl TunWorkers {
                 worker: Worker::default(),
                 reader,
                 arena: SegmentBuffers::new(crate::driver::TUN_SLOTS, parts.slot, parts.room),
+                room: parts.room,
+                fence: Fence::default(),
+                seq: 0,
+                done: done.clone(),
                 installs,
                 reporter: Reporter::new(reports.clone()),
                 misses: miss_tx.clone(),
@@ -158,6 +188,7 @@ impl TunWorkers {
                 })?;
             hub.installs.push(tx);
             hub.spare.push(spare_tx);
+            hub.done.push(done);
             hub.threads.push(thread);
         }
         Ok(hub)
@@ -165,32 +196,22 @@ impl TunWorkers {
 
     /// Hands an outbound install to every worker.
     pub fn install(&mut self, install: Install) {
-        let n = self.installs.len();
-        for (k, tx) in self.installs.iter().enumerate() {
-            let i = if k + 1 == n {
-                // The last one takes it without a clone.
-                return self.send(k, install);
-            } else {
-                install.clone()
-            };
-            match tx.try_send(i) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(_)) => self.dropped += 1,
-            }
+        let Some((last, rest)) = self.installs.split_last() else {
+            return;
+        };
+        for tx in rest {
+            super::workers::offered(tx.try_send(install.clone()), &mut self.dropped);
         }
+        super::workers::offered(last.try_send(install), &mut self.dropped);
     }
 
-    fn send(&mut self, k: usize, install: Install) {
-        if let Some(tx) = self.installs.get(k) {
-            match tx.try_send(install) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(_)) => self.dropped += 1,
-            }
-        }
-    }
-
-    /// Gives a miss batch back to its worker, emptied.
+    /// The driver has sent a miss batch's packets (and failures): its
+    /// number goes back to the worker (installs waiting behind it may be
+    /// used now), the batch too, emptied.
     pub fn recycle(&self, mut m: TunMisses) {
+        if let Some(d) = self.done.get(m.worker) {
+            d.fetch_max(m.seq, Ordering::Release);
+        }
         m.packets.clear();
         if let Some(tx) = self.spare.get(m.worker) {
             let _ = tx.send(m.packets);
@@ -208,6 +229,7 @@ impl TunWorkers {
             ("worker_tun_misses", &s.misses),
             ("worker_tun_misses_dropped", &s.misses_dropped),
             ("worker_native_refused", &s.native_refused),
+            ("worker_tun_held", &s.held),
         ] {
             *c.entry(k.to_owned()).or_default() += v.load(Ordering::Relaxed);
         }
@@ -232,6 +254,15 @@ struct TunWorker {
     worker: Worker,
     reader: BlockingTunReader,
     arena: SegmentBuffers,
+    /// Room behind a packet for sealing and a change of family.
+    room: usize,
+    /// Installs waiting for the driver to send their flows' misses.
+    fence: Fence<Install>,
+    /// Miss batches handed to the driver so far (the one being filled is
+    /// `seq + 1`).
+    seq: u64,
+    /// The last batch the driver has sent.
+    done: Arc<AtomicU64>,
     installs: Receiver<Install>,
     reporter: Reporter,
     misses: mpsc::Sender<TunMisses>,
@@ -251,11 +282,12 @@ struct TunWorker {
 impl TunWorker {
     fn run(mut self) {
         debug!(worker = self.index, "TUN worker started");
+        let mut stopped = None;
         loop {
             if !self.take_installs() {
                 break;
             }
-            let wait = if self.worker.has_report() {
+            let wait = if self.worker.has_report() || self.fence.held() > 0 {
                 REPORT_EVERY
             } else {
                 IDLE_WAIT
@@ -268,22 +300,32 @@ impl TunWorker {
                         .fetch_add(st.gso_reads as u64, Ordering::Relaxed);
                     s.read_drops.fetch_add(st.dropped as u64, Ordering::Relaxed);
                     s.packets.fetch_add(st.packets as u64, Ordering::Relaxed);
+                    if let Some(e) = st.last_error {
+                        debug!(worker = self.index, error = %e, dropped = st.dropped, "TUN reads dropped");
+                    }
                 }
                 Err(e) => {
                     warn!(worker = self.index, error = %e, "TUN read failed; this worker stops");
+                    stopped = Some(e.to_string());
                     break;
                 }
             }
             let now = self.clock.now();
             self.take_installs();
+            // Held packets of flows whose installs may be used now go
+            // first: they were read before this batch.
+            self.release(now);
             for i in 0..self.arena.len() {
+                if self.fence.any_waiting() && self.hold(i) {
+                    continue;
+                }
                 let (slot, len) = self.arena.slot_mut(i);
                 let native = Self::packet(
                     &mut self.worker,
                     slot,
                     len,
                     now,
-                    &mut self.pending,
+                    (&mut self.pending, &mut self.fence, self.seq + 1),
                     &*self.carrier,
                     &mut self.failures,
                 );
@@ -304,9 +346,27 @@ impl TunWorker {
             {
                 self.last_sweep = Some(now);
                 self.worker.sweep();
+                self.fence.forget_done(self.done.load(Ordering::Acquire));
             }
         }
+        // What is held goes to the driver, in order.
+        while let Some((_, b)) = self.fence.next_any() {
+            if self.pending.is_full() {
+                self.hand_misses();
+            }
+            self.pending.push(&b);
+        }
         self.hand_misses();
+        if let Some(why) = stopped {
+            // The driver must know: this queue is no longer read.
+            let _ = self.misses.try_send(TunMisses {
+                worker: self.index,
+                seq: 0,
+                stopped: Some(why),
+                packets: TxBatch::default(),
+                failures: Vec::new(),
+            });
+        }
         let now = self.clock.now();
         self.reporter.report(&mut self.worker, now, true);
         debug!(
@@ -316,11 +376,97 @@ impl TunWorker {
         );
     }
 
+    /// Holds arena packet `i` when its flow's install waits for the
+    /// driver; true when it was taken (held, or handed to the driver
+    /// behind the flow's held ones when the hold is full).
+    fn hold(&mut self, i: usize) -> bool {
+        let p = self.arena.packet(i);
+        let Ok(flow) = Packet::parse(p).map(|p| p.flow_id()) else {
+            return false;
+        };
+        if !self.fence.is_waiting(&flow) {
+            return false;
+        }
+        if self.fence.hold(flow, p, self.room) {
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // The hold is full: the flow's packets go to the driver again, in
+        // order, and its install waits for that batch.
+        for b in self.fence.drain_flow(&flow) {
+            if self.pending.is_full() {
+                self.hand_misses();
+            }
+            self.pending.push(&b);
+            self.fence.recycle(b);
+        }
+        if self.pending.is_full() {
+            self.hand_misses();
+        }
+        self.pending.push(self.arena.packet(i));
+        self.fence.missed(flow, self.seq + 1);
+        true
+    }
+
+    /// Uses the installs whose flows' misses the driver has sent, then
+    /// sends their held packets with them, in the order read.
+    fn release(&mut self, now: Instant) {
+        if !self.fence.any_waiting() && self.fence.held() == 0 {
+            return;
+        }
+        let done = self.done.load(Ordering::Acquire);
+        for (_, i) in self.fence.release(done) {
+            if !self.worker.install(i) {
+                trace!("worker table full: the flow stays with the driver until a sweep");
+            }
+        }
+        while let Some((flow, mut b)) = self.fence.next_released() {
+            let len = b.len();
+            b.resize(len + self.room, 0);
+            let native = Self::packet(
+                &mut self.worker,
+                &mut b,
+                len,
+                now,
+                (&mut self.pending, &mut self.fence, self.seq + 1),
+                &*self.carrier,
+                &mut self.failures,
+            );
+            if let (Some((start, end)), Some(sender)) = (native, self.native.as_mut()) {
+                let refused = match sender.send_batch(&[&b[start..end]]) {
+                    Ok(sent) => 1 - sent.min(1),
+                    Err(_) => 1,
+                };
+                self.stats
+                    .native_refused
+                    .fetch_add(refused as u64, Ordering::Relaxed);
+            }
+            if self.pending.is_full() {
+                self.hand_misses();
+            }
+            trace!(%flow, "held packet released");
+            b.clear();
+            self.fence.recycle(b);
+        }
+    }
+
     /// Takes the installs that wait; false when the driver is gone.
     fn take_installs(&mut self) -> bool {
         loop {
             match self.installs.try_recv() {
                 Ok(i) => {
+                    // An outbound install waits while its flow's misses
+                    // may still be on their way to the wire (`fence.rs`).
+                    let i = match i.key {
+                        InstallKey::Tun(flow) => {
+                            let done = self.done.load(Ordering::Acquire);
+                            match self.fence.offer(flow, i, done) {
+                                Some(i) => i,
+                                None => continue,
+                            }
+                        }
+                        _ => i,
+                    };
                     if !self.worker.install(i) {
                         trace!("worker table full: the flow stays with the driver until a sweep");
                     }
@@ -331,15 +477,15 @@ impl TunWorker {
         }
     }
 
-    /// One packet of the read batch (the parts borrowed apart from the
-    /// arena that holds it). Returns where in `slot` a native packet to
-    /// send lies.
+    /// One packet (the parts borrowed apart from the arena that holds it;
+    /// a miss goes into `pending`, batch `batch`, noted in the fence).
+    /// Returns where in `slot` a native packet to send lies.
     fn packet(
         worker: &mut Worker,
         slot: &mut [u8],
         len: usize,
         now: Instant,
-        pending: &mut TxBatch,
+        (pending, fence, batch): (&mut TxBatch, &mut Fence<Install>, u64),
         carrier: &dyn Carrier,
         failures: &mut Vec<(GeId, SendError, Vec<u8>)>,
     ) -> Option<(usize, usize)> {
@@ -356,7 +502,11 @@ impl TunWorker {
             }
             WorkerOut::Core => {
                 // Untouched by the worker: as read from the TUN.
-                pending.push(&slot[..len]);
+                let p = &slot[..len];
+                if let Ok(flow) = Packet::parse(p).map(|p| p.flow_id()) {
+                    fence.missed(flow, batch);
+                }
+                pending.push(p);
             }
             WorkerOut::Tun(_) | WorkerOut::Dropped => {}
         }
@@ -397,30 +547,28 @@ impl TunWorker {
         if self.pending.is_empty() && self.failures.is_empty() {
             return;
         }
-        self.stats
-            .misses
-            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        // Numbered whether or not it reaches the driver: the fence only
+        // ever waits for numbers the driver can reach or pass.
+        self.seq += 1;
+        let n = self.pending.len() as u64;
+        self.stats.misses.fetch_add(n, Ordering::Relaxed);
+        let Ok(permit) = self.misses.try_reserve() else {
+            // The driver is behind (or gone): dropped, counted.
+            let lost = n + self.failures.len() as u64;
+            self.stats.misses_dropped.fetch_add(lost, Ordering::Relaxed);
+            trace!(packets = n, "the driver is behind: misses dropped");
+            self.pending.clear();
+            self.failures.clear();
+            return;
+        };
         let next = self.spare.try_recv().unwrap_or_default();
-        let m = TunMisses {
+        permit.send(TunMisses {
             worker: self.index,
+            seq: self.seq,
+            stopped: None,
             packets: std::mem::replace(&mut self.pending, next),
             failures: std::mem::take(&mut self.failures),
-        };
-        match self.misses.try_send(m) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(m)) => {
-                self.stats
-                    .misses_dropped
-                    .fetch_add(m.packets.len() as u64, Ordering::Relaxed);
-                trace!(
-                    packets = m.packets.len(),
-                    "the driver is behind: misses dropped"
-                );
-                self.pending = m.packets;
-                self.pending.clear();
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        });
     }
 }
 

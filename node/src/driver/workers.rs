@@ -123,12 +123,7 @@ impl WorkerHub {
         let Some(tx) = self.installs.get(ring) else {
             return;
         };
-        match tx.try_send(install) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped += 1,
-            // The thread stopped (the native receive path closed).
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        offered(tx.try_send(install), &mut self.dropped);
     }
 
     /// The workers' TUN counters, added to the driver's for `status`
@@ -185,6 +180,14 @@ impl WorkerHub {
     pub fn drop_ring_workers(&mut self) {
         self.installs.clear();
         self.tun_counters.clear();
+    }
+}
+
+/// Counts an install a worker's full queue refused (one whose thread
+/// stopped is not counted: nobody would have used it).
+pub(super) fn offered<T>(r: Result<(), TrySendError<T>>, dropped: &mut u64) {
+    if matches!(r, Err(TrySendError::Full(_))) {
+        *dropped += 1;
     }
 }
 

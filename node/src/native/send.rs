@@ -93,6 +93,20 @@ impl RawSender {
         })
     }
 
+    /// Makes the sockets non-blocking: a send the kernel cannot take at
+    /// once is refused (`EAGAIN`) instead of waiting (the TUN workers,
+    /// whose stop must never wait for the underlay).
+    pub fn set_nonblocking(&self) -> Result<()> {
+        for s in std::iter::once(&self.sock4).chain(self.sock6.as_ref()) {
+            s.set_nonblocking(true)
+                .map_err(|source| Error::NativeSocket {
+                    what: "make raw socket non-blocking",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Whether IPv6 packets can be sent (the host has IPv6).
     pub fn has_ipv6(&self) -> bool {
         self.sock6.is_some()
