@@ -62,6 +62,13 @@ async fn the_gms_relays_between_its_nodes_and_cuts_a_revoked_one_at_once() {
         links.iter().all(|(l, ..)| l.state().up)
     })
     .await;
+    // A link is up at its handshake; the relay registers the node just
+    // after. A frame to a node not yet registered is dropped, so wait for
+    // the relay's own list (CI once sent before b's registration).
+    until("both registered at the relay", || {
+        gms.json(&["status"])["relay"]["nodes"] == serde_json::json!([1, 2])
+    })
+    .await;
 
     let frame = [0x02, 1, 2, 3, 4];
     links[0].0.send(GeId(2), &frame).unwrap();
