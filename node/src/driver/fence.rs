@@ -29,6 +29,11 @@ pub struct Fence<I> {
     held: VecDeque<(FlowId, Vec<u8>)>,
     /// Buffers of released packets, for the next ones.
     spare: Vec<Vec<u8>>,
+    /// Batches that never reached the driver (its queue was full), in
+    /// order: each counts as sent once every batch before it is.
+    lost: VecDeque<u64>,
+    /// The last batch known sent, lost ones included.
+    settled: u64,
 }
 
 impl<I> Default for Fence<I> {
@@ -38,6 +43,8 @@ impl<I> Default for Fence<I> {
             waiting: FastMap::default(),
             held: VecDeque::new(),
             spare: Vec::new(),
+            lost: VecDeque::new(),
+            settled: 0,
         }
     }
 }
@@ -49,6 +56,30 @@ impl<I> Fence<I> {
         if let Some((_, fence)) = self.waiting.get_mut(&flow) {
             *fence = batch;
         }
+    }
+
+    /// Batch `batch` was dropped before the driver saw it. Nothing will
+    /// report it sent, so without this an install waiting for it (and the
+    /// packets held for that install) would wait for the next batch the
+    /// driver sends, which a short flow may never cause.
+    pub fn lost(&mut self, batch: u64) {
+        self.lost.push_back(batch);
+    }
+
+    /// The last batch sent, given `sent`, the last one the driver
+    /// reported: a lost batch counts once every batch before it is sent.
+    /// Pass the result as `done` to the other calls.
+    pub fn settle(&mut self, sent: u64) -> u64 {
+        let mut done = self.settled.max(sent);
+        while let Some(&k) = self.lost.front() {
+            if k > done + 1 {
+                break;
+            }
+            done = done.max(k);
+            self.lost.pop_front();
+        }
+        self.settled = done;
+        done
     }
 
     /// An install for `flow` arrived; `done` is the last batch the driver
@@ -176,6 +207,35 @@ mod tests {
             src_port: port,
             dst_port: 80,
         }
+    }
+
+    #[test]
+    fn a_lost_batch_counts_as_sent_once_every_batch_before_it_is() {
+        let mut f: Fence<&str> = Fence::default();
+        let a = flow(1);
+        // Batches 1 and 2 reach the driver, 3 is lost with a's packet in it.
+        f.missed(a, 3);
+        f.lost(3);
+        let done = f.settle(1);
+        assert_eq!(f.offer(a, "a", done), None);
+        assert!(f.hold(a, b"a1", 24));
+        // Only batch 1 is sent: 3 still waits for 2.
+        let done = f.settle(1);
+        assert!(f.release(done).is_empty());
+        // Batch 2 sent: 3 counts as sent though no later batch follows,
+        // and a's install and held packet go.
+        let done = f.settle(2);
+        assert_eq!(done, 3);
+        assert_eq!(f.release(done), vec![(a, "a")]);
+        assert_eq!(f.next_released().map(|(g, _)| g), Some(a));
+        // The driver's older report does not move it back.
+        assert_eq!(f.settle(2), 3);
+        // Two lost in a row, after a sent one.
+        f.lost(4);
+        f.lost(5);
+        f.lost(7);
+        assert_eq!(f.settle(3), 5);
+        assert_eq!(f.settle(6), 7);
     }
 
     #[test]

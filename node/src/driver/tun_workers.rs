@@ -346,7 +346,8 @@ impl TunWorker {
             {
                 self.last_sweep = Some(now);
                 self.worker.sweep();
-                self.fence.forget_done(self.done.load(Ordering::Acquire));
+                let done = self.fence.settle(self.done.load(Ordering::Acquire));
+                self.fence.forget_done(done);
             }
         }
         // What is held goes to the driver, in order.
@@ -414,7 +415,7 @@ impl TunWorker {
         if !self.fence.any_waiting() && self.fence.held() == 0 {
             return;
         }
-        let done = self.done.load(Ordering::Acquire);
+        let done = self.fence.settle(self.done.load(Ordering::Acquire));
         for (_, i) in self.fence.release(done) {
             if !self.worker.install(i) {
                 trace!("worker table full: the flow stays with the driver until a sweep");
@@ -433,10 +434,7 @@ impl TunWorker {
                 &mut self.failures,
             );
             if let (Some((start, end)), Some(sender)) = (native, self.native.as_mut()) {
-                let refused = match sender.send_batch(&[&b[start..end]]) {
-                    Ok(sent) => 1 - sent.min(1),
-                    Err(_) => 1,
-                };
+                let refused = sender.send_counting(&[&b[start..end]]);
                 self.stats
                     .native_refused
                     .fetch_add(refused as u64, Ordering::Relaxed);
@@ -459,7 +457,7 @@ impl TunWorker {
                     // may still be on their way to the wire (`fence.rs`).
                     let i = match i.key {
                         InstallKey::Tun(flow) => {
-                            let done = self.done.load(Ordering::Acquire);
+                            let done = self.fence.settle(self.done.load(Ordering::Acquire));
                             match self.fence.offer(flow, i, done) {
                                 Some(i) => i,
                                 None => continue,
@@ -528,13 +526,7 @@ impl TunWorker {
             for (r, &(i, start, end)) in refs.iter_mut().zip(chunk) {
                 *r = &self.arena.slot(i)[start..end];
             }
-            let refused = match sender.send_batch(&refs[..chunk.len()]) {
-                Ok(sent) => chunk.len() - sent,
-                Err(e) => {
-                    debug!(error = %e, packets = chunk.len(), "native batch: nothing sent");
-                    chunk.len()
-                }
-            };
+            let refused = sender.send_counting(&refs[..chunk.len()]);
             self.stats
                 .native_refused
                 .fetch_add(refused as u64, Ordering::Relaxed);
@@ -557,6 +549,7 @@ impl TunWorker {
             let lost = n + self.failures.len() as u64;
             self.stats.misses_dropped.fetch_add(lost, Ordering::Relaxed);
             trace!(packets = n, "the driver is behind: misses dropped");
+            self.fence.lost(self.seq);
             self.pending.clear();
             self.failures.clear();
             return;

@@ -112,6 +112,19 @@ impl RawSender {
         self.sock6.is_some()
     }
 
+    /// [`RawSender::send_batch`] for a data path that counts, not stops:
+    /// returns how many of `packets` were refused (all of them when the
+    /// batch was refused as a whole; that error is logged at debug).
+    pub fn send_counting(&mut self, packets: &[&[u8]]) -> usize {
+        match self.send_batch(packets) {
+            Ok(sent) => packets.len() - sent,
+            Err(e) => {
+                tracing::debug!(error = %e, packets = packets.len(), "native batch: nothing sent");
+                packets.len()
+            }
+        }
+    }
+
     /// Sends every packet of `packets` (whole IPv4 or IPv6 packets, header
     /// included, the families and destinations in any order, each run of
     /// one family [`SEND_BATCH`] per system call) and returns how many

@@ -2,8 +2,6 @@
 //! stage ([`crate::stage::Stage`]) hands to the kernel in one `sendmmsg`
 //! each.
 
-use tracing::debug;
-
 use super::send::{RawSender, SEND_BATCH};
 
 /// Room per packet slot before it grows (an MTU-sized native packet fits).
@@ -78,13 +76,7 @@ impl TxBatch {
         for (r, s) in refs.iter_mut().zip(&self.slots[..n]) {
             *r = s.as_slice();
         }
-        match sender.send_batch(&refs[..n]) {
-            Ok(sent) => n - sent,
-            Err(e) => {
-                debug!(error = %e, packets = n, "native batch: nothing sent");
-                n
-            }
-        }
+        sender.send_counting(&refs[..n])
     }
 }
 
