@@ -75,8 +75,11 @@ out = sys.argv[1]
 keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "tcp1_daemon_cores_per_gbps", "tcp4_daemon_cores_per_gbps",
         "tcp1_retransmits", "tcp4_retransmits", "ping_avg_ms", "udp_echo_avg_ms",
+        "new_flow_first_ms",
         # with TCP16=1 only
-        "tcp16_gbps", "tcp16_daemon_cores_per_gbps"]
+        "tcp16_gbps", "tcp16_daemon_cores_per_gbps",
+        # with STORM_SECS > 0 only
+        "storm_tcp_per_s", "storm_tcp_p99_ms", "storm_udp_per_s", "storm_udp_p99_ms"]
 rows, loads = {}, []
 for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
             "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread"]:

@@ -9,6 +9,12 @@
 //! scrambled order; thread CPU time per packet, median over the rounds with
 //! [min..max], and the load average before and after.
 //!
+//! Then a full table's insert: a table of `FULL` entries (default 65536,
+//! the node's default `max_flows`) takes `ITERS` new flows at 10,000 a
+//! second of simulated time (a connection storm), each making room by
+//! evicting an idle one; thread CPU time per insert, median over `ROUNDS`
+//! with [min..max].
+//!
 //! Run: `cargo bench -p fpn-proto --bench pit_packet`.
 
 // A bench binary has no public API to document.
@@ -16,7 +22,7 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, GroupId};
@@ -108,6 +114,32 @@ fn main() {
             median(&mut per)
         ));
     }
+    let full = env_usize("FULL", 65_536).max(1);
+    let mut per = Vec::new();
+    for r in 0..rounds {
+        let mut pit = Pit::new(PitConfig {
+            max_entries: full,
+            ..PitConfig::default()
+        });
+        for i in 0..full {
+            pit.insert(flow(i), NewEntry::pass(), now)
+                .expect("room for every flow");
+        }
+        // New flows from 2 s on (everything above idle for a second), one
+        // every 100 us: the table's own new flows turn idle a second after
+        // they came, like a storm's.
+        let base = full + r * iters;
+        let t = thread_cpu();
+        for k in 0..iters {
+            let at = now + Duration::from_secs(2) + Duration::from_micros(100 * k as u64);
+            pit.insert(flow(base + k), NewEntry::pass(), at)
+                .expect("an idle flow to evict");
+            while pit.poll_event().is_some() {}
+        }
+        per.push((thread_cpu() - t).as_nanos() as f64 / iters as f64);
+    }
+    let min = per.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per.iter().copied().fold(0.0, f64::max);
     println!(
         "pit_packet: 64-byte packets sealed through the PIT, {rounds} rounds of {iters}, thread CPU time; load {load0} before, {} after",
         loadavg()
@@ -115,4 +147,8 @@ fn main() {
     for l in lines {
         println!("{l}");
     }
+    println!(
+        "  full table of {full}: {:>6.1} ns/insert with an eviction [{min:.1}..{max:.1}]",
+        median(&mut per)
+    );
 }

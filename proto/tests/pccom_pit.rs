@@ -728,6 +728,46 @@ fn fair_share_eviction_looks_past_entries_that_may_not_go() {
     assert!(matches!(small.poll_event(), Some(PitEvent::Evicted { .. })));
 }
 
+/// A storm fills the table within a second: eviction looks at a slot's
+/// flows from the first opened, so it finds the ones idle for a second
+/// instead of refusing behind the slot's newest ones.
+#[test]
+fn eviction_looks_at_a_slots_oldest_flows_first() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 600,
+        ..PitConfig::default()
+    });
+    // One new flow every 1.5 ms for 0.9 s.
+    let opened = |p: u16| t0 + Duration::from_micros(1500 * u64::from(p));
+    for p in 0..600 {
+        pit.insert(flow(p), NewEntry::pass(), opened(p)).unwrap();
+    }
+    // Flow 0 (alone in its slot, the first filing) is in use.
+    let now = t0 + Duration::from_millis(1500);
+    let mut buf = vec![0u8; 64];
+    assert!(
+        pit.handle_packet(&flow(0), Origin::Local, &mut buf, 20, now)
+            .is_ok()
+    );
+    // Flows opened before 0.5 s have been idle for a second; the 256
+    // opened last have not.
+    for k in 0..10 {
+        pit.insert(flow(1000 + k), NewEntry::pass(), now).unwrap();
+        match pit.poll_event() {
+            Some(PitEvent::Evicted { flow: f }) => {
+                assert!(
+                    (1..=333).contains(&f.src_port),
+                    "flow {} went, opened {:?} before",
+                    f.src_port,
+                    now - opened(f.src_port)
+                )
+            }
+            other => panic!("no eviction: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     let t0 = Instant::now();

@@ -16,7 +16,7 @@
 //! only the entry's current ticket counts. Stale items go when their slot
 //! comes, or in a compaction once they outnumber the live ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::flow::FlowId;
@@ -38,7 +38,8 @@ pub(super) struct Wheel {
     /// Slot 0's instant: when the first filing was made (deadlines are
     /// never earlier than the moment they are filed).
     origin: Option<Instant>,
-    slots: BTreeMap<u64, Vec<Item>>,
+    /// Each slot's filings in the order filed.
+    slots: BTreeMap<u64, VecDeque<Item>>,
     next_ticket: u64,
     items: usize,
 }
@@ -58,7 +59,7 @@ impl Wheel {
         self.slots
             .entry(slot)
             .or_default()
-            .push((flow, self.next_ticket));
+            .push_back((flow, self.next_ticket));
         self.items += 1;
         self.next_ticket
     }
@@ -84,16 +85,17 @@ impl Wheel {
         false
     }
 
-    /// Moves up to `n` items of the first slot into `out` (its last filed
-    /// first), due or not, and drops the slot once empty. Returns how many
-    /// it moved.
+    /// Moves up to `n` items of the first slot into `out` (its first filed
+    /// first: for eviction, those are the least recently used of the slot,
+    /// and items filed again go behind the rest), due or not, and drops the
+    /// slot once empty. Returns how many it moved.
     pub(super) fn take_first(&mut self, n: usize, out: &mut Vec<Item>) -> usize {
         let Some(mut slot) = self.slots.first_entry() else {
             return 0;
         };
         let items = slot.get_mut();
         let k = items.len().min(n);
-        out.extend(items.drain(items.len() - k..));
+        out.extend(items.drain(..k));
         self.items -= k;
         if items.is_empty() {
             slot.remove();
@@ -118,7 +120,7 @@ impl Wheel {
             items.retain(&mut current);
             !items.is_empty()
         });
-        self.items = self.slots.values().map(Vec::len).sum();
+        self.items = self.slots.values().map(VecDeque::len).sum();
     }
 }
 
