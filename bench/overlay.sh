@@ -735,7 +735,9 @@ storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
 STORM_COUNTERS='
 import json, sys
 c = json.load(open(sys.argv[1])).get("counters", {})
-keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evicted" in k or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held"))
+keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evicted" in k or "parked" in k
+              or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held", "data_in_no_flow",
+                       "policy_drops", "native_in_unknown", "native_ready_timeouts", "pending_drops", "icmp_sent"))
 print(" ".join("%s=%s" % (k, c[k]) for k in keys))
 '
 
@@ -832,6 +834,9 @@ measure() {
             "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp)"
         if $fpn && fpn_status a "$WORK/status-$MODE-$ROUND-storm.json"; then
             log "   fpn counters at A after the storm: $(python3 -c "$STORM_COUNTERS" "$WORK/status-$MODE-$ROUND-storm.json")"
+        fi
+        if $fpn && fpn_status b "$WORK/status-$MODE-$ROUND-storm-b.json"; then
+            log "   fpn counters at B after the storm: $(python3 -c "$STORM_COUNTERS" "$WORK/status-$MODE-$ROUND-storm-b.json")"
         fi
         [ "${V[stcp]}" != NA ] && [ "${V[sudp]}" != NA ] || fails+=("the storm did not run")
     fi

@@ -66,6 +66,11 @@ const EVICT_SCAN: usize = 256;
 /// (taking all 256 at once made an insert into a full table 30 us,
 /// `pit_packet` bench).
 const EVICT_CHUNK: usize = 8;
+/// Most filings of entries removed, replaced or used since they were
+/// filed that an insert into a full table sets right on its way to a
+/// victim (dropped, or filed again where they belong). Each is set right
+/// once, so this bounds one insert's pause, not the work.
+const EVICT_STALE: usize = 16 * EVICT_SCAN;
 
 /// The largest IP packet (plus its PCCOM trailer) the grace path may copy.
 const MAX_PACKET: usize = u16::MAX as usize + crate::pccom::TRAILER_LEN;
@@ -653,7 +658,8 @@ impl<A: PacketAead> Pit<A> {
     /// Makes room in a full table for a flow of `peer`: removes the least
     /// recently used entry idle for [`EVICT_IDLE`] or longer among those
     /// that may go, and queues [`PitEvent::Evicted`]. False when none may
-    /// go (within [`EVICT_SCAN`] up-to-date filings).
+    /// go (within [`EVICT_SCAN`] up-to-date filings, and [`EVICT_STALE`]
+    /// of entries removed or used since).
     ///
     /// Which may go keeps each peer its fair share (the table over the
     /// peers holding entries): a peer at or over its share makes room only
@@ -690,7 +696,17 @@ impl<A: PacketAead> Pit<A> {
         // at the front of the wheel): as before shares existed.
         let mut fallback: Option<(FlowId, Instant)> = None;
         let mut current = 0;
-        while victim.is_none() && current < EVICT_SCAN && look.len() < 4 * EVICT_SCAN {
+        // Filings of removed or replaced entries (dropped for good as they
+        // are taken) and of entries used since (filed again where they
+        // belong): each is set right once, so they have their own, larger
+        // bound. A storm's clients reuse ports, and every flow opened or
+        // used again leaves one at the front of the oldest slot.
+        let (mut stale, mut moved) = (0, 0);
+        while victim.is_none()
+            && current < EVICT_SCAN
+            && look.len() - stale - moved < 4 * EVICT_SCAN
+            && stale + moved < EVICT_STALE
+        {
             let Some(at) = self.ageing.next() else {
                 break;
             };
@@ -701,11 +717,13 @@ impl<A: PacketAead> Pit<A> {
             }
             for &(flow, ticket) in &look[start..] {
                 let Some(e) = self.entries.get_mut(&flow).filter(|e| e.ticket == ticket) else {
+                    stale += 1;
                     continue;
                 };
                 e.refresh(now);
                 let e = &**e;
                 if e.deadline(idle) > at {
+                    moved += 1;
                     continue; // used since it was filed: filed again below
                 }
                 // Only entries that may go count against the scan: those

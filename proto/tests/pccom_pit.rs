@@ -768,6 +768,40 @@ fn eviction_looks_at_a_slots_oldest_flows_first() {
     }
 }
 
+/// A storm's clients reuse ports: a flow opened again replaces its entry
+/// and leaves the old filing behind, and a flow used again (its entry
+/// kept) sits too early in the wheel, both at the front of the oldest
+/// slot. Neither uses up the walk: the idle flows behind them are found.
+#[test]
+fn eviction_looks_past_flows_opened_again_or_used_since() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 3000,
+        ..PitConfig::default()
+    });
+    for p in 0..3000 {
+        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    // Half a second later 1 500 are opened again and 1 300 used.
+    let again = t0 + Duration::from_millis(500);
+    for p in 0..1500 {
+        pit.insert(flow(p), NewEntry::pass(), again).unwrap();
+    }
+    let mut buf = vec![0u8; 64];
+    for p in 1500..2800 {
+        assert!(
+            pit.handle_packet(&flow(p), Origin::Local, &mut buf, 20, again)
+                .is_ok()
+        );
+    }
+    let now = t0 + Duration::from_secs(2);
+    pit.insert(flow(5000), NewEntry::pass(), now).unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 2800, "{f:?}"),
+        other => panic!("no eviction: {other:?}"),
+    }
+}
+
 #[test]
 fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     let t0 = Instant::now();
