@@ -56,15 +56,16 @@ use ageing::Wheel;
 /// flow needs its place (the least recently used first): a flow quiet for
 /// a second under that pressure is negotiated again when it speaks.
 pub const EVICT_IDLE: Duration = Duration::from_secs(1);
-/// Most up-to-date filings looked at for a victim per insert into a full
-/// table; filings left behind by a use are fixed on the way, up to four
-/// times as many.
+/// Most up-to-date filings of entries that may go looked at for a victim
+/// per insert into a full table; up-to-date filings of any entry, four
+/// times as many (those of entries removed or used since have their own
+/// bound, [`EVICT_STALE`]).
 const EVICT_SCAN: usize = 256;
 /// Filings taken from the wheel at a time while looking for a victim: of
 /// the first that hold one, the idlest goes. Looking further would find an
 /// entry idle a little longer at a cost per insert that grows with it
-/// (taking all 256 at once made an insert into a full table 30 us,
-/// `pit_packet` bench).
+/// (taking all 256 at once made an insert into a full table 16-23 us
+/// against 0.9-2.1 us, `pit_packet` bench, docs/BENCHMARKS.md).
 const EVICT_CHUNK: usize = 8;
 /// Most filings of entries removed, replaced or used since they were
 /// filed that an insert into a full table sets right on its way to a
@@ -658,8 +659,9 @@ impl<A: PacketAead> Pit<A> {
     /// Makes room in a full table for a flow of `peer`: removes the least
     /// recently used entry idle for [`EVICT_IDLE`] or longer among those
     /// that may go, and queues [`PitEvent::Evicted`]. False when none may
-    /// go (within [`EVICT_SCAN`] up-to-date filings, and [`EVICT_STALE`]
-    /// of entries removed or used since).
+    /// go (within [`EVICT_SCAN`] up-to-date filings of entries that may
+    /// go, four times as many up-to-date filings in all, and
+    /// [`EVICT_STALE`] of entries removed or used since).
     ///
     /// Which may go keeps each peer its fair share (the table over the
     /// peers holding entries): a peer at or over its share makes room only

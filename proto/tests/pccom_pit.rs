@@ -802,6 +802,36 @@ fn eviction_looks_past_flows_opened_again_or_used_since() {
     }
 }
 
+/// One insert sets right at most `EVICT_STALE` (4 096) filings of
+/// replaced entries, so its pause is bounded: behind 5 000 of them the
+/// first insert is refused, and the next one, those 4 096 gone, finds an
+/// idle flow.
+#[test]
+fn an_insert_drops_a_bounded_number_of_stale_filings_and_the_next_goes_on() {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: 6000,
+        ..PitConfig::default()
+    });
+    for p in 0..6000 {
+        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    let again = t0 + Duration::from_millis(500);
+    for p in 0..5000 {
+        pit.insert(flow(p), NewEntry::pass(), again).unwrap();
+    }
+    let now = t0 + Duration::from_secs(2);
+    assert_eq!(
+        pit.insert(flow(10_000), NewEntry::pass(), now),
+        Err(Error::PitFull { capacity: 6000 })
+    );
+    pit.insert(flow(10_000), NewEntry::pass(), now).unwrap();
+    match pit.poll_event() {
+        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 5000, "{f:?}"),
+        other => panic!("no eviction: {other:?}"),
+    }
+}
+
 #[test]
 fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     let t0 = Instant::now();

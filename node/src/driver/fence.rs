@@ -29,9 +29,11 @@ pub struct Fence<I> {
     held: VecDeque<(FlowId, Vec<u8>)>,
     /// Buffers of released packets, for the next ones.
     spare: Vec<Vec<u8>>,
-    /// Batches that never reached the driver (its queue was full), in
-    /// order: each counts as sent once every batch before it is.
-    lost: VecDeque<u64>,
+    /// Batches that never reached the driver (its queue was full), as
+    /// runs of consecutive numbers (first, last), in order: each counts
+    /// as sent once every batch before it is. Runs, so a driver that
+    /// stays behind adds one entry, not one per batch.
+    lost: VecDeque<(u64, u64)>,
     /// The last batch known sent, lost ones included.
     settled: u64,
 }
@@ -63,7 +65,10 @@ impl<I> Fence<I> {
     /// packets held for that install) would wait for the next batch the
     /// driver sends, which a short flow may never cause.
     pub fn lost(&mut self, batch: u64) {
-        self.lost.push_back(batch);
+        match self.lost.back_mut() {
+            Some((_, last)) if *last + 1 == batch => *last = batch,
+            _ => self.lost.push_back((batch, batch)),
+        }
     }
 
     /// The last batch sent, given `sent`, the last one the driver
@@ -71,11 +76,11 @@ impl<I> Fence<I> {
     /// Pass the result as `done` to the other calls.
     pub fn settle(&mut self, sent: u64) -> u64 {
         let mut done = self.settled.max(sent);
-        while let Some(&k) = self.lost.front() {
-            if k > done + 1 {
+        while let Some(&(first, last)) = self.lost.front() {
+            if first > done + 1 {
                 break;
             }
-            done = done.max(k);
+            done = done.max(last);
             self.lost.pop_front();
         }
         self.settled = done;
@@ -236,6 +241,13 @@ mod tests {
         f.lost(7);
         assert_eq!(f.settle(3), 5);
         assert_eq!(f.settle(6), 7);
+        // A driver that stays behind: one run, however many batches.
+        for b in 8..10_000 {
+            f.lost(b);
+        }
+        assert_eq!(f.lost.len(), 1);
+        assert_eq!(f.settle(7), 9_999);
+        assert!(f.lost.is_empty());
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl RawSender {
     /// batch was refused as a whole; that error is logged at debug).
     pub fn send_counting(&mut self, packets: &[&[u8]]) -> usize {
         match self.send_batch(packets) {
-            Ok(sent) => packets.len() - sent,
+            Ok(sent) => packets.len().saturating_sub(sent),
             Err(e) => {
                 tracing::debug!(error = %e, packets = packets.len(), "native batch: nothing sent");
                 packets.len()
