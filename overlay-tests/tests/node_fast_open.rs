@@ -193,3 +193,99 @@ fn with_fast_open_off_every_new_flow_is_negotiated() {
     assert_eq!(counter(&ov, "a", "dprp_fast_opened"), 0);
     assert_eq!(counter(&ov, "a", "dprp_epochs"), 0);
 }
+
+/// One datagram from a socket bound to `sport` in `host` to `to`, sent
+/// once: whether its echo came back within `wait`.
+fn datagram_from_port(
+    ov: &Overlay,
+    host: &str,
+    sport: u16,
+    to: SocketAddr,
+    wait: Duration,
+) -> bool {
+    ov.lab()
+        .run_in(host, move || {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", sport)).unwrap();
+            s.set_read_timeout(Some(wait)).unwrap();
+            let msg = format!("query from {sport}");
+            s.send_to(msg.as_bytes(), to).unwrap();
+            let mut buf = [0u8; 1500];
+            s.recv_from(&mut buf)
+                .is_ok_and(|(n, _)| buf[..n].ends_with(msg.as_bytes()))
+        })
+        .unwrap()
+}
+
+/// Issue 13, design note 69: through two NATs, b's flow table holds 16
+/// flows and a's many. New flows make b evict a's idle ones; b's eviction
+/// notice makes a drop them too, so when a's client uses those ports again
+/// (as a resolver does) each first datagram opens the flow afresh and is
+/// answered at its first send. Without the notice a keeps the flows and
+/// seals under keys b no longer has: those datagrams are lost.
+#[test]
+fn through_two_nats_ports_the_peer_evicted_are_opened_afresh_without_loss() {
+    need(OVERLAY_TOOLS);
+    let lab = Lab::up(config_path("nat-matrix-eim.toml")).expect("lab");
+    let mut b = NodeSpec {
+        host: "b".into(),
+        ..NodeSpec::new("b", Mode::Op, &[1])
+    };
+    b.config = "max_flows = 16\n".into();
+    let a = NodeSpec {
+        host: "a".into(),
+        ..NodeSpec::new("a", Mode::Op, &[1])
+    };
+    let ov = Overlay::start(lab, &Spec::new(&[(1, "home")], vec![a, b]))
+        .unwrap_or_else(|e| panic!("overlay start: {e}"));
+    let _echo = common::echo_server(ov.lab(), "b", ECHO);
+    common::ping_until_answered(&ov, "a", &Overlay::fqdn("b"), Duration::from_secs(30));
+    let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
+    let wait = Duration::from_secs(2);
+    // A new flow into b's full table needs one idle for a second to take
+    // its place: each round waits that long. Fourteen flows (with the
+    // ping's, 15 of b's 16 places), then fourteen more: b evicts the ping's
+    // and 12 of the first, a's table keeps them until b's notices.
+    let idle = || std::thread::sleep(Duration::from_millis(1_300));
+    idle();
+    let first: Vec<u16> = (41_000..41_014).collect();
+    for &p in &first {
+        assert!(datagram_from_port(&ov, "a", p, to, wait), "port {p}");
+    }
+    idle();
+    for p in 42_000..42_014 {
+        assert!(datagram_from_port(&ov, "a", p, to, wait), "port {p}");
+    }
+    assert!(
+        counter(&ov, "b", "flows_evicted") >= 13,
+        "b evicted too few"
+    );
+    assert!(counter(&ov, "b", "dprp_evict_sent") >= 13);
+    // The last notice may still be on its way (QUIC) when the last echo
+    // came back (native).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while counter(&ov, "a", "flows_evicted_by_peer") < 13 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        counter(&ov, "a", "flows_evicted_by_peer") >= 13,
+        "a kept the flows b evicted\n{}",
+        ov.log_tails(40)
+    );
+    assert_eq!(counter(&ov, "a", "flows_evicted"), 0);
+    // The first ports again, each once, once b's newer flows are idle too.
+    idle();
+    let no_flow = counter(&ov, "b", "data_in_no_flow");
+    let refused = counter(&ov, "b", "native_bindings_refused");
+    let lost: Vec<u16> = first
+        .iter()
+        .copied()
+        .filter(|&p| !datagram_from_port(&ov, "a", p, to, wait))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "first datagrams lost on reused ports {lost:?}\n{}",
+        ov.log_tails(40)
+    );
+    assert_eq!(counter(&ov, "b", "data_in_no_flow"), no_flow);
+    assert_eq!(counter(&ov, "b", "native_bindings_refused"), refused);
+}

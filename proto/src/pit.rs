@@ -177,6 +177,11 @@ pub enum PitEvent {
     Evicted {
         /// The flow, as keyed in the PIT.
         flow: FlowId,
+        /// The entry's peer, if it named one.
+        peer: Option<GeId>,
+        /// The opening that installed the entry ([`NewEntry::with_opening`]):
+        /// the peer is told, so it drops the same entry and no other.
+        opening: Option<u64>,
     },
 }
 
@@ -214,6 +219,7 @@ pub struct NewEntry {
     key_version: Option<KeyVersion>,
     keys: Option<FlowKeys>,
     tentative: bool,
+    opening: Option<u64>,
 }
 
 impl NewEntry {
@@ -252,6 +258,7 @@ impl NewEntry {
             key_version: Some(version),
             keys: Some(keys),
             tentative: false,
+            opening: None,
         }
     }
 
@@ -277,12 +284,21 @@ impl NewEntry {
             key_version: None,
             keys: None,
             tentative: false,
+            opening: None,
         }
     }
 
     /// Names the peer GE (for relay/pass/drop entries, informational).
     pub fn with_peer(mut self, peer: GeId) -> Self {
         self.peer = Some(peer);
+        self
+    }
+
+    /// Names the negotiation or fast open that installed the entry (its
+    /// id, the same at both ends): an eviction reports it
+    /// ([`PitEvent::Evicted`]), and a peer's eviction notice must match it.
+    pub fn with_opening(mut self, opening: u64) -> Self {
+        self.opening = Some(opening);
         self
     }
 
@@ -318,6 +334,8 @@ pub struct PitEntry<A: PacketAead = RingAesGcm> {
     stats: FlowStats,
     /// The ticket of this entry's current filing in the ageing wheel.
     ticket: u64,
+    /// See [`NewEntry::with_opening`].
+    opening: Option<u64>,
 }
 
 impl<A: PacketAead> PitEntry<A> {
@@ -329,6 +347,12 @@ impl<A: PacketAead> PitEntry<A> {
     /// The peer GE, if known.
     pub fn peer(&self) -> Option<GeId> {
         self.peer
+    }
+
+    /// The negotiation or fast open that installed the entry, if named
+    /// ([`NewEntry::with_opening`]).
+    pub fn opening(&self) -> Option<u64> {
+        self.opening
     }
 
     /// The group key version the traffic keys came from (protected flows).
@@ -639,6 +663,7 @@ impl<A: PacketAead> Pit<A> {
             last_used: now,
             stats: FlowStats::default(),
             ticket: 0,
+            opening: new.opening,
         };
         entry.ticket = self
             .ageing
@@ -757,11 +782,17 @@ impl<A: PacketAead> Pit<A> {
         let Some((flow, _)) = victim else {
             return false;
         };
+        let (mut peer, mut opening) = (None, None);
         if let Some(e) = self.entries.remove(&flow) {
             e.retire_crypto();
             retire(&mut self.retired, &mut self.live, &e);
+            (peer, opening) = (e.peer, e.opening);
         }
-        self.events.push_back(PitEvent::Evicted { flow });
+        self.events.push_back(PitEvent::Evicted {
+            flow,
+            peer,
+            opening,
+        });
         true
     }
 

@@ -93,6 +93,31 @@ fn samples() -> Vec<Vec<u8>> {
         .encode()
         .unwrap(),
     );
+    // An eviction notice with an IPv4 and an IPv6 flow.
+    let v6 = fpn_proto::flow::FlowId {
+        src: "2001:db8::1".parse().unwrap(),
+        dst: "2001:db8::2".parse().unwrap(),
+        ..flow
+    };
+    out.push(
+        Message::Evict(msg::Evict {
+            id: NegotiationId(2),
+            epoch: [9; 8],
+            flows: vec![
+                msg::EvictedFlow {
+                    opening: NegotiationId(0x1122_3344_5566_7788),
+                    flow,
+                },
+                msg::EvictedFlow {
+                    opening: NegotiationId(3),
+                    flow: v6,
+                },
+            ],
+            tag: [7; 32],
+        })
+        .encode()
+        .unwrap(),
+    );
     for t in [
         MessageType::Dde,
         MessageType::Rgi,
@@ -173,8 +198,8 @@ fn header_checks_are_typed() {
         })
     );
     v = dde.clone();
-    v[1] = 9;
-    assert_eq!(Message::decode(&v), Err(Error::UnknownMessage(9)));
+    v[1] = 10;
+    assert_eq!(Message::decode(&v), Err(Error::UnknownMessage(10)));
     assert!(matches!(
         Message::decode(&vec![1; MAX_MESSAGE_LEN + 1]),
         Err(Error::TooLarge { .. })

@@ -594,3 +594,140 @@ fn a_connection_reopened_while_its_negotiation_lingers_is_negotiated_not_fast_op
     udp(&mut sim, a, "198.18.0.2", 1001);
     assert_eq!(sent(&sim, MessageType::Fop, wire), 1);
 }
+
+/// `n` flows from a to b (UDP, source ports from 2000), each with an opening.
+fn evicted(n: u16) -> Vec<msg::EvictedFlow> {
+    (0..n)
+        .map(|i| msg::EvictedFlow {
+            opening: msg::NegotiationId(0x1000 + u64::from(i)),
+            flow: fpn_proto::flow::FlowId {
+                src: ip("198.18.0.1"),
+                dst: ip("198.18.0.2"),
+                protocol: fpn_proto::flow::protocol::UDP,
+                src_port: 2000 + i,
+                dst_port: 53,
+            },
+        })
+        .collect()
+}
+
+/// The flows the PeerEvicted events from event `from` on list, with their peer.
+fn peer_evicted(sim: &Sim, node: NodeId, from: usize) -> Vec<(GeId, msg::EvictedFlow)> {
+    sim.events(node)[from..]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::PeerEvicted { peer, flows } => Some(flows.iter().map(|f| (*peer, *f))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn an_eviction_notice_reaches_the_peer_under_the_pair_epoch_and_nothing_else_passes() {
+    let Pair { mut sim, a, b } = pair(21);
+    let now = sim.now();
+    // No epoch yet: nothing to send it under (the peer heals instead).
+    assert_eq!(sim.endpoint(a).notify_evicted(GeId(2), &evicted(1), now), 0);
+    assert!(sim.endpoint(a).poll_transmit().is_none());
+    udp(&mut sim, a, "198.18.0.2", 1000);
+
+    // 150 flows: split into datagrams that each fit one packet, all
+    // authentic at b, every flow reported once with a as its evictor.
+    let flows = evicted(150);
+    let (wire, eb) = (sim.wire().len(), sim.events(b).len());
+    let now = sim.now();
+    assert_eq!(sim.endpoint(a).notify_evicted(GeId(2), &flows, now), 150);
+    sim.run_for(SETTLE);
+    let notices: Vec<Vec<u8>> = sim.wire()[wire..]
+        .iter()
+        .filter(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == MessageType::Evict))
+        .map(|s| s.payload.clone())
+        .collect();
+    // 45 IPv4 flows fit 1 100 bytes: 45 + 45 + 45 + 15.
+    assert_eq!(notices.len(), 4);
+    assert!(
+        notices.iter().all(|n| n.len() <= 1_100),
+        "one datagram each"
+    );
+    let got = peer_evicted(&sim, b, eb);
+    assert_eq!(got.len(), 150);
+    assert!(got.iter().all(|(p, _)| *p == GeId(1)));
+    assert_eq!(got.iter().map(|(_, f)| *f).collect::<Vec<_>>(), flows);
+    assert_eq!(sim.endpoint(b).stats().evict_received, 150);
+    assert_eq!(sim.endpoint(a).stats().evict_sent, 150);
+
+    let now = sim.now();
+    let from_a = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let from_b = std::net::SocketAddr::new(ip("198.18.0.2"), 7717);
+    let eb = sim.events(b).len();
+    let ea = sim.events(a).len();
+    // A changed id, flow or opening under the same tag: refused.
+    for at in [5, notices[3].len() - 33, 20, 27] {
+        let mut changed = notices[3].clone();
+        changed[at] ^= 1;
+        assert_eq!(
+            sim.endpoint(b).handle_datagram(from_a, &changed, now),
+            Err(Error::BadMac("EVICT tag")),
+            "byte {at}"
+        );
+    }
+    // Reflected to its sender: the tag binds the sender, a refuses it.
+    assert_eq!(
+        sim.endpoint(a).handle_datagram(from_b, &notices[3], now),
+        Err(Error::BadMac("EVICT tag"))
+    );
+    assert_eq!(peer_evicted(&sim, a, ea).len(), 0);
+    // An epoch b does not hold: counted, nothing reported.
+    let mut unknown = notices[3].clone();
+    unknown[10] ^= 0xff;
+    assert_eq!(
+        sim.endpoint(b).handle_datagram(from_a, &unknown, now),
+        Err(Error::UnknownEpoch)
+    );
+    assert_eq!(sim.endpoint(b).stats().evict_unknown_epoch, 1);
+    assert!(sim.endpoint(b).poll_event().is_none());
+    assert_eq!(sim.events(b).len(), eb);
+}
+
+#[test]
+fn an_eviction_notice_is_refused_in_transit_and_malformed_ones_are_typed_errors() {
+    let Pair { mut sim, a, b } = pair(22);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let now = sim.now();
+    sim.endpoint(a).notify_evicted(GeId(2), &evicted(2), now);
+    let notice = sim.endpoint(a).poll_transmit().unwrap().payload;
+    assert_eq!(msg::peek(&notice).unwrap().0, MessageType::Evict);
+    assert!(!MessageType::Evict.intercepted_in_transit());
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let to = std::net::SocketAddr::new(ip("198.18.0.9"), 7717);
+    assert!(matches!(
+        sim.endpoint(b)
+            .handle_transit_datagram(from, to, &notice, now),
+        Err(Error::UnexpectedMessage(_))
+    ));
+    // An empty list, a count over the limit, a cut or a longer notice.
+    let mut empty = notice[..18].to_vec();
+    empty.push(0);
+    assert!(matches!(
+        msg::Message::decode(&empty),
+        Err(Error::InvalidField { .. })
+    ));
+    let mut over = notice.clone();
+    over[18] = (msg::MAX_EVICTED + 1) as u8;
+    assert!(msg::Message::decode(&over).is_err());
+    for cut in [11, 18, 19, notice.len() - 1] {
+        assert!(
+            msg::Message::decode(&notice[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut long = notice.clone();
+    long.push(0);
+    assert!(msg::Message::decode(&long).is_err());
+    // What decodes encodes back to the same bytes.
+    assert_eq!(
+        msg::Message::decode(&notice).unwrap().encode().unwrap(),
+        notice
+    );
+}

@@ -574,12 +574,14 @@ fn a_full_table_evicts_the_least_recently_used_idle_entry_or_refuses() {
         ..PitConfig::default()
     });
     for p in 0..4 {
-        pit.insert(
-            flow(p),
-            NewEntry::pass(),
-            t0 + Duration::from_millis(u64::from(p)),
-        )
-        .unwrap();
+        // All with one peer; flow 1 names its opening too: the eviction
+        // reports both, for the eviction notice to the peer.
+        let e = match p {
+            1 => NewEntry::pass().with_peer(GeId(7)).with_opening(0x77),
+            _ => NewEntry::pass().with_peer(GeId(7)),
+        };
+        pit.insert(flow(p), e, t0 + Duration::from_millis(u64::from(p)))
+            .unwrap();
     }
     // Nothing idle for a second yet: refused.
     let half = t0 + Duration::from_millis(500);
@@ -597,7 +599,14 @@ fn a_full_table_evicts_the_least_recently_used_idle_entry_or_refuses() {
     );
     let later = t0 + Duration::from_secs(2);
     pit.insert(flow(9), NewEntry::pass(), later).unwrap();
-    assert_eq!(pit.poll_event(), Some(PitEvent::Evicted { flow: flow(1) }));
+    assert_eq!(
+        pit.poll_event(),
+        Some(PitEvent::Evicted {
+            flow: flow(1),
+            peer: Some(GeId(7)),
+            opening: Some(0x77)
+        })
+    );
     assert_eq!(pit.len(), 4);
     assert!(pit.lookup(&flow(1)).is_none() && pit.lookup(&flow(0)).is_some());
     // A replacement of a live flow needs no room.
@@ -634,7 +643,7 @@ fn a_peer_over_its_share_of_a_full_table_evicts_only_its_own_flows() {
     pit.insert(flow(16), NewEntry::pass().with_peer(a), at(20))
         .unwrap();
     match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => {
+        Some(PitEvent::Evicted { flow: f, .. }) => {
             assert!((10..16).contains(&f.src_port), "{f:?}");
         }
         e => panic!("{e:?}"),
@@ -654,7 +663,7 @@ fn a_peer_over_its_share_of_a_full_table_evicts_only_its_own_flows() {
     pit.insert(flow(2), NewEntry::pass().with_peer(b), at(32))
         .unwrap();
     match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => {
+        Some(PitEvent::Evicted { flow: f, .. }) => {
             assert!((10..17).contains(&f.src_port), "{f:?}");
         }
         e => panic!("{e:?}"),
@@ -665,7 +674,7 @@ fn a_peer_over_its_share_of_a_full_table_evicts_only_its_own_flows() {
     pit.insert(flow(40), NewEntry::pass().with_peer(GeId(3)), at(40))
         .unwrap();
     match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port < 2, "{f:?}"),
+        Some(PitEvent::Evicted { flow: f, .. }) => assert!(f.src_port < 2, "{f:?}"),
         e => panic!("{e:?}"),
     }
 }
@@ -700,7 +709,7 @@ fn fair_share_eviction_looks_past_entries_that_may_not_go() {
     )
     .unwrap();
     match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 300, "{f:?}"),
+        Some(PitEvent::Evicted { flow: f, .. }) => assert!(f.src_port >= 300, "{f:?}"),
         e => panic!("{e:?}"),
     }
 
@@ -755,7 +764,7 @@ fn eviction_looks_at_a_slots_oldest_flows_first() {
     for k in 0..10 {
         pit.insert(flow(1000 + k), NewEntry::pass(), now).unwrap();
         match pit.poll_event() {
-            Some(PitEvent::Evicted { flow: f }) => {
+            Some(PitEvent::Evicted { flow: f, .. }) => {
                 assert!(
                     (1..=333).contains(&f.src_port),
                     "flow {} went, opened {:?} before",
@@ -774,19 +783,9 @@ fn eviction_looks_at_a_slots_oldest_flows_first() {
 /// slot. Neither uses up the walk: the idle flows behind them are found.
 #[test]
 fn eviction_looks_past_flows_opened_again_or_used_since() {
-    let t0 = Instant::now();
-    let mut pit = Pit::new(PitConfig {
-        max_entries: 3000,
-        ..PitConfig::default()
-    });
-    for p in 0..3000 {
-        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
-    }
-    // Half a second later 1 500 are opened again and 1 300 used.
+    // Half a second in, 1 500 are opened again and 1 300 used.
+    let (mut pit, t0) = full_table_with_reopened(3000, 1500);
     let again = t0 + Duration::from_millis(500);
-    for p in 0..1500 {
-        pit.insert(flow(p), NewEntry::pass(), again).unwrap();
-    }
     let mut buf = vec![0u8; 64];
     for p in 1500..2800 {
         assert!(
@@ -796,8 +795,31 @@ fn eviction_looks_past_flows_opened_again_or_used_since() {
     }
     let now = t0 + Duration::from_secs(2);
     pit.insert(flow(5000), NewEntry::pass(), now).unwrap();
+    assert_evicted_from(&mut pit, 2800);
+}
+
+/// A table of `n` flows opened at the returned instant, the first `k` of
+/// them opened again half a second later (their first filings left behind).
+fn full_table_with_reopened(n: u16, k: u16) -> (Pit, Instant) {
+    let t0 = Instant::now();
+    let mut pit = Pit::new(PitConfig {
+        max_entries: usize::from(n),
+        ..PitConfig::default()
+    });
+    for p in 0..n {
+        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
+    }
+    for p in 0..k {
+        pit.insert(flow(p), NewEntry::pass(), t0 + Duration::from_millis(500))
+            .unwrap();
+    }
+    (pit, t0)
+}
+
+/// The next event evicted a flow with source port `min` or above.
+fn assert_evicted_from(pit: &mut Pit, min: u16) {
     match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 2800, "{f:?}"),
+        Some(PitEvent::Evicted { flow: f, .. }) => assert!(f.src_port >= min, "{f:?}"),
         other => panic!("no eviction: {other:?}"),
     }
 }
@@ -808,28 +830,14 @@ fn eviction_looks_past_flows_opened_again_or_used_since() {
 /// idle flow.
 #[test]
 fn an_insert_drops_a_bounded_number_of_stale_filings_and_the_next_goes_on() {
-    let t0 = Instant::now();
-    let mut pit = Pit::new(PitConfig {
-        max_entries: 6000,
-        ..PitConfig::default()
-    });
-    for p in 0..6000 {
-        pit.insert(flow(p), NewEntry::pass(), t0).unwrap();
-    }
-    let again = t0 + Duration::from_millis(500);
-    for p in 0..5000 {
-        pit.insert(flow(p), NewEntry::pass(), again).unwrap();
-    }
+    let (mut pit, t0) = full_table_with_reopened(6000, 5000);
     let now = t0 + Duration::from_secs(2);
     assert_eq!(
         pit.insert(flow(10_000), NewEntry::pass(), now),
         Err(Error::PitFull { capacity: 6000 })
     );
     pit.insert(flow(10_000), NewEntry::pass(), now).unwrap();
-    match pit.poll_event() {
-        Some(PitEvent::Evicted { flow: f }) => assert!(f.src_port >= 5000, "{f:?}"),
-        other => panic!("no eviction: {other:?}"),
-    }
+    assert_evicted_from(&mut pit, 5000);
 }
 
 #[test]
@@ -862,7 +870,7 @@ fn eviction_takes_an_idle_flow_not_a_busy_one_filed_earlier() {
     for k in 0..10 {
         pit.insert(flow(1000 + k), NewEntry::pass(), now).unwrap();
         match pit.poll_event() {
-            Some(PitEvent::Evicted { flow: f }) => {
+            Some(PitEvent::Evicted { flow: f, .. }) => {
                 assert!(f.src_port >= flow(200).src_port, "a busy flow went: {f}")
             }
             other => panic!("no eviction: {other:?}"),

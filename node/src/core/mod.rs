@@ -72,6 +72,8 @@ mod real_tests;
 mod transit_tests;
 
 #[cfg(test)]
+mod evict_tests;
+#[cfg(test)]
 mod explain_tests;
 #[cfg(test)]
 mod fast_tests;

@@ -2,10 +2,11 @@
 //! transmits routed to peers by the peer table, DPRP's events turned into
 //! PIT entries, released packets and ICMP errors, renegotiation and healing.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use fpn_proto::dprp::{self, DropCause, FailReason, Verdict};
+use fpn_proto::dprp::{self, DropCause, EvictedFlow, FailReason, NegotiationId, Verdict};
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::GeId;
 use fpn_proto::pccom::TRAILER_LEN;
@@ -107,11 +108,17 @@ impl NodeCore {
 
     pub(super) fn drain_pit(&mut self, now: Instant) -> bool {
         let mut any = false;
+        // The round's evictions, by peer: one notice each (note 69).
+        let mut evicted: BTreeMap<GeId, Vec<EvictedFlow>> = BTreeMap::new();
         while let Some(ev) = self.pit.poll_event() {
             any = true;
             let (flow, reason) = match ev {
                 PitEvent::Renegotiate { flow, reason } => (flow, reason),
-                PitEvent::Evicted { flow } => {
+                PitEvent::Evicted {
+                    flow,
+                    peer,
+                    opening,
+                } => {
                     // Made room for a new flow in a full table. Events are
                     // drained after the round's DPRP events: the flow may
                     // have been installed again since, keeping its state.
@@ -119,6 +126,12 @@ impl NodeCore {
                     debug!(%flow, "idle flow evicted for a new one");
                     if self.pit.lookup(&flow).is_none() {
                         self.flow_ended(&flow);
+                    }
+                    if let (Some(peer), Some(opening)) = (peer, opening) {
+                        evicted.entry(peer).or_default().push(EvictedFlow {
+                            opening: NegotiationId(opening),
+                            flow,
+                        });
                     }
                     continue;
                 }
@@ -141,7 +154,35 @@ impl NodeCore {
                 RenegotiateReason::PacketLimit => self.start_renegotiation(flow, now),
             }
         }
+        // The peer still holds these flows: told, it drops them, and the
+        // next packet of one (a client reusing its port) opens it afresh
+        // instead of meeting an end without its keys. The notices go out
+        // with this drain's next round of transmits.
+        for (peer, flows) in evicted {
+            self.dprp.notify_evicted(peer, &flows, now);
+        }
         any
+    }
+
+    /// A peer's eviction notice: drops each listed entry that this peer
+    /// installed under the listed opening. An entry opened again since (a
+    /// later negotiation or fast open of the same ports) has another
+    /// opening and stays.
+    pub(super) fn on_peer_evicted(&mut self, peer: GeId, flows: &[EvictedFlow]) {
+        for f in flows {
+            let matches = self
+                .pit
+                .lookup(&f.flow)
+                .is_some_and(|(_, e)| e.peer() == Some(peer) && e.opening() == Some(f.opening.0));
+            if !matches {
+                self.counters.peer_evictions_ignored += 1;
+                continue;
+            }
+            self.pit.remove(&f.flow);
+            self.flow_ended(&f.flow);
+            self.counters.flows_evicted_by_peer += 1;
+            debug!(flow = %f.flow, %peer, "flow dropped: the peer evicted it");
+        }
     }
 
     pub(super) fn start_renegotiation(&mut self, flow: FlowId, now: Instant) {
@@ -271,6 +312,7 @@ impl NodeCore {
                 let overlay = self.overlay_view(&flow);
                 self.fast_open_confirmed(overlay, native, now);
             }
+            dprp::Event::PeerEvicted { peer, flows } => self.on_peer_evicted(peer, &flows),
             dprp::Event::FastOpenFailed { flow, reason } => {
                 // The endpoint negotiates the flow now; until then its
                 // packets are held there, not sealed under the epoch's keys.
@@ -383,7 +425,10 @@ impl NodeCore {
             .natf
             .filter(|_| e.position != fpn_proto::dprp::Position::Gateway);
         let gateway = e.position == fpn_proto::dprp::Position::Responder;
-        let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys);
+        // Named by its opening, the same id at both ends: an eviction
+        // here tells the peer which entry to drop (and no later one).
+        let entry = NewEntry::from_parts(e.action, e.peer, e.key_version, e.keys)
+            .map(|n| n.with_opening(e.negotiation.0));
         match entry.and_then(|n| self.pit.insert(e.flow, n, now)) {
             Ok(()) => {
                 if let Some(m) = natf {

@@ -1426,7 +1426,7 @@ pub(super) fn to_wire(buf: &mut [u8], n: usize, t: &Translation) -> Option<(usiz
     };
     match (t.wire.src, t.wire.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            if ip_header != fpn_proto::packet::IPV6_HEADER_LEN {
+            if !fpn_proto::packet::family::plain_header(false, ip_header) {
                 return None;
             }
             let start = fpn_proto::packet::family::v6_to_v4(buf, n, src, dst).ok()?;
@@ -1437,7 +1437,7 @@ pub(super) fn to_wire(buf: &mut [u8], n: usize, t: &Translation) -> Option<(usiz
             Some((start, n))
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            if ip_header != 20 {
+            if !fpn_proto::packet::family::plain_header(true, ip_header) {
                 return None;
             }
             let end = fpn_proto::packet::family::v4_to_v6(buf, n, src, dst).ok()?;

@@ -312,6 +312,9 @@ pub struct CoreSim {
     /// so a run with workers must be the same as one without. Off unless
     /// the environment has `FPN_SIM_WORKERS=1`.
     pub workers: bool,
+    /// Control frames (DPRP over the carrier) as sent, kept like
+    /// [`CoreSim::wire`] while `wire_log` is on: a test replays one.
+    pub controls: Vec<WireFrame>,
     ca: NodeKey,
     now: Instant,
     link: LinkConfig,
@@ -356,6 +359,7 @@ impl CoreSim {
             dice,
             queue: BTreeMap::new(),
             seq: 0,
+            controls: Vec::new(),
             wire: Vec::new(),
             buf: vec![0; fpn_proto::dprp::msg::MAX_MESSAGE_LEN],
         }
@@ -1091,6 +1095,12 @@ impl CoreSim {
         self.stats.sent += 1;
         if kind == FrameKind::Data {
             self.log_wire(from, false, &payload);
+        } else if self.wire_log && self.controls.len() < WIRE_LOG_LIMIT {
+            self.controls.push(WireFrame {
+                from,
+                native: false,
+                payload: payload.clone(),
+            });
         }
         // The carrier dials the target's addresses in order and only
         // accepts the GE it names (certificates).

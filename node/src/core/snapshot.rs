@@ -53,6 +53,11 @@ pub(super) struct Counters {
     pub flows_table_full: u64,
     /// Idle flows removed to make room for new ones in a full PIT.
     pub flows_evicted: u64,
+    /// Flows removed because their peer evicted them (its EVICT notice).
+    pub flows_evicted_by_peer: u64,
+    /// Flows a peer's EVICT listed that this node no longer holds under
+    /// that opening (removed, or opened again since): left alone.
+    pub peer_evictions_ignored: u64,
     pub control_in: u64,
     pub control_out: u64,
     pub control_errors: u64,
@@ -382,6 +387,10 @@ impl NodeCore {
             ("dprp_fast_accepted", d.fast_accepted),
             ("dprp_fast_unknown_epoch", d.fast_unknown_epoch),
             ("dprp_fast_refused_in_transit", d.fast_refused_in_transit),
+            // Eviction notices (note 69).
+            ("dprp_evict_sent", d.evict_sent),
+            ("dprp_evict_received", d.evict_received),
+            ("dprp_evict_unknown_epoch", d.evict_unknown_epoch),
             ("dprp_epochs", o.epochs as u64),
             ("parked_flows", self.parked.len() as u64),
             ("dprp_revoked_at_completion", d.revoked_at_completion),
@@ -410,6 +419,8 @@ impl NodeCore {
             ("pit_entries", self.pit.len() as u64),
             ("flows_table_full", c.flows_table_full),
             ("flows_evicted", c.flows_evicted),
+            ("flows_evicted_by_peer", c.flows_evicted_by_peer),
+            ("peer_evictions_ignored", c.peer_evictions_ignored),
             ("negotiations", self.dprp.negotiations() as u64),
         ]
         .into_iter()

@@ -156,7 +156,9 @@ impl NodeCore {
                 self.finish_waiting(overlay, wait, true, now);
             }
         }
-        self.drain_pit(now);
+        // The whole drain: evictions send notices, which leave with its
+        // transmits.
+        self.drain(now);
     }
 
     /// Whether the packets of overlay flow `overlay` may leave natively now

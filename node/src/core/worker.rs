@@ -224,12 +224,7 @@ fn tun_packet<'a>(
         && t.overlay.src.is_ipv4() != t.wire.src.is_ipv4()
     {
         let v4 = t.overlay.src.is_ipv4();
-        let plain = ip_header
-            == if v4 {
-                20
-            } else {
-                fpn_proto::packet::IPV6_HEADER_LEN
-            };
+        let plain = fpn_proto::packet::family::plain_header(v4, ip_header);
         let room = !v4
             || buf.len()
                 >= len + fpn_proto::pccom::TRAILER_LEN + fpn_proto::packet::family::HEADER_DELTA;

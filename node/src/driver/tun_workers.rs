@@ -332,9 +332,7 @@ impl TunWorker {
                 if let Some((start, end)) = native {
                     self.native_out.push((i, start, end));
                 }
-                if self.pending.is_full() {
-                    self.hand_misses();
-                }
+                self.make_room();
             }
             self.send_native();
             self.arena.clear();
@@ -346,15 +344,13 @@ impl TunWorker {
             {
                 self.last_sweep = Some(now);
                 self.worker.sweep();
-                let done = self.fence.settle(self.done.load(Ordering::Acquire));
+                let done = self.settled();
                 self.fence.forget_done(done);
             }
         }
         // What is held goes to the driver, in order.
         while let Some((_, b)) = self.fence.next_any() {
-            if self.pending.is_full() {
-                self.hand_misses();
-            }
+            self.make_room();
             self.pending.push(&b);
         }
         self.hand_misses();
@@ -395,15 +391,11 @@ impl TunWorker {
         // The hold is full: the flow's packets go to the driver again, in
         // order, and its install waits for that batch.
         for b in self.fence.drain_flow(&flow) {
-            if self.pending.is_full() {
-                self.hand_misses();
-            }
+            self.make_room();
             self.pending.push(&b);
             self.fence.recycle(b);
         }
-        if self.pending.is_full() {
-            self.hand_misses();
-        }
+        self.make_room();
         self.pending.push(self.arena.packet(i));
         self.fence.missed(flow, self.seq + 1);
         true
@@ -415,7 +407,7 @@ impl TunWorker {
         if !self.fence.any_waiting() && self.fence.held() == 0 {
             return;
         }
-        let done = self.fence.settle(self.done.load(Ordering::Acquire));
+        let done = self.settled();
         for (_, i) in self.fence.release(done) {
             if !self.worker.install(i) {
                 trace!("worker table full: the flow stays with the driver until a sweep");
@@ -439,9 +431,7 @@ impl TunWorker {
                     .native_refused
                     .fetch_add(refused as u64, Ordering::Relaxed);
             }
-            if self.pending.is_full() {
-                self.hand_misses();
-            }
+            self.make_room();
             trace!(%flow, "held packet released");
             b.clear();
             self.fence.recycle(b);
@@ -457,7 +447,7 @@ impl TunWorker {
                     // may still be on their way to the wire (`fence.rs`).
                     let i = match i.key {
                         InstallKey::Tun(flow) => {
-                            let done = self.fence.settle(self.done.load(Ordering::Acquire));
+                            let done = self.settled();
                             match self.fence.offer(flow, i, done) {
                                 Some(i) => i,
                                 None => continue,
@@ -532,6 +522,20 @@ impl TunWorker {
                 .fetch_add(refused as u64, Ordering::Relaxed);
         }
         self.native_out.clear();
+    }
+
+    /// The misses batches the driver has sent, as the fence counts them
+    /// (lost batches included once every batch before them is sent).
+    fn settled(&mut self) -> u64 {
+        self.fence.settle(self.done.load(Ordering::Acquire))
+    }
+
+    /// Hands the misses to the driver when the batch is full, so the
+    /// next one fits.
+    fn make_room(&mut self) {
+        if self.pending.is_full() {
+            self.hand_misses();
+        }
     }
 
     /// Sends this batch's misses (and failed sends) to the driver.

@@ -1,17 +1,19 @@
 //! Fast open (docs/PROTOCOL.md): two GEs that negotiated once hold a pair
 //! epoch. The input either goes as a raw datagram into the receiving GE
-//! (FOP path: epoch lookup, tag, index window, ownership checks) or into
-//! the opener (FOK and NAK against its running fast opens), or names a
-//! flow (protocol, source, destination, ports) the opener fast-opens for
-//! real, so genuine FOPs with arbitrary flows reach every check behind the
-//! tag. Nothing may panic, and the GEs' state stays bounded.
+//! (FOP and EVICT path: epoch lookup, tag, index window, ownership checks)
+//! or into the opener (FOK and NAK against its running fast opens), or
+//! names a flow (protocol, source, destination, ports) the opener
+//! fast-opens for real, so genuine FOPs with arbitrary flows reach every
+//! check behind the tag, or names flows with openings the opener lists in
+//! a genuine eviction notice, which the peer must take whole. Nothing may
+//! panic, and the GEs' state stays bounded.
 #![no_main]
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use fpn_proto::dprp::Prefix;
+use fpn_proto::dprp::{EvictedFlow, NegotiationId, Prefix};
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::{GeId, Mode};
 use fpn_proto::sim::{GeSpec, LinkConfig, NodeId, Sim};
@@ -61,7 +63,8 @@ fuzz_target!(|data: &[u8]| {
             (*p, *inputs) = (pair(), 1);
         }
         let now = p.sim.now();
-        match mode % 3 {
+        let ip = |i: u8| IpAddr::from(ADDRS[usize::from(i % 4)]);
+        match mode % 4 {
             0 => {
                 let from = SocketAddr::new([198, 18, 0, 1].into(), 7717);
                 let _ = p.sim.endpoint(p.b).handle_datagram(from, rest, now);
@@ -70,11 +73,45 @@ fuzz_target!(|data: &[u8]| {
                 let from = SocketAddr::new([198, 18, 0, 2].into(), 7717);
                 let _ = p.sim.endpoint(p.a).handle_datagram(from, rest, now);
             }
+            2 => {
+                // Each 15 bytes: an opening id and a flow.
+                // Both families: the notice's size depends on them.
+                let addr = |i: u8| match i % 8 {
+                    4 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1u16]),
+                    5..=7 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i)]),
+                    _ => ip(i),
+                };
+                let flows: Vec<EvictedFlow> = rest
+                    .chunks_exact(15)
+                    .map(|c| EvictedFlow {
+                        opening: NegotiationId(u64::from_be_bytes(c[..8].try_into().unwrap())),
+                        flow: FlowId {
+                            src: addr(c[8]),
+                            dst: addr(c[8] >> 3),
+                            protocol: c[9],
+                            src_port: u16::from_be_bytes([c[10], c[11]]),
+                            dst_port: u16::from_be_bytes([c[12], c[13]]),
+                        },
+                    })
+                    .filter(|f| f.flow.src.is_ipv4() == f.flow.dst.is_ipv4())
+                    .collect();
+                let before = p.sim.endpoint(p.b).stats();
+                let sent = p.sim.endpoint(p.a).notify_evicted(GeId(2), &flows, now);
+                p.sim.run_for(Duration::from_millis(50));
+                // All of them, unless the pair's epoch has run out (b's
+                // copy ends a link delay before a's: notices sent in that
+                // moment find none there).
+                assert!(sent == flows.len() || sent == 0);
+                let after = p.sim.endpoint(p.b).stats();
+                assert!(
+                    after.evict_received == before.evict_received + sent as u64
+                        || after.evict_unknown_epoch > before.evict_unknown_epoch
+                );
+            }
             _ => {
                 if rest.len() < 7 {
                     return;
                 }
-                let ip = |i: u8| IpAddr::from(ADDRS[usize::from(i % 4)]);
                 let flow = FlowId {
                     src: ip(rest[0]),
                     dst: ip(rest[1]),

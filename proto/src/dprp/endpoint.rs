@@ -28,6 +28,7 @@ use crate::ge::{GeId, GroupId};
 use crate::keys::{GroupKey, KeyVersion};
 use crate::{Error, Result};
 
+mod evict;
 mod fast;
 
 use crate::dprp::epoch::Epochs;
@@ -135,6 +136,12 @@ pub struct Stats {
     /// FOPs this gateway stopped on their way (the flow must be negotiated
     /// with it on the path).
     pub fast_refused_in_transit: u64,
+    /// Flows listed in the eviction notices (EVICT) this GE sent.
+    pub evict_sent: u64,
+    /// Flows listed in authentic eviction notices from peers.
+    pub evict_received: u64,
+    /// Eviction notices naming a pair epoch this GE does not hold (ignored).
+    pub evict_unknown_epoch: u64,
     /// Credential and pair-key cache counters.
     pub cache: CacheStats,
     /// [`Stats::failed`] by reason.
@@ -692,6 +699,7 @@ impl Endpoint {
         let msg = match msg {
             Message::Dde(dde) => return self.on_dde(from, None, dde, datagram, now),
             Message::Fop(fop) => return self.on_fop(from, fop, now),
+            Message::Evict(evict) => return self.on_evict(evict, now),
             other => other,
         };
         if let Some(Machine::Fast(_)) = self.machines.get(&id) {

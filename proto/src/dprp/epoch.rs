@@ -22,7 +22,7 @@ use std::time::Instant;
 use ring::hmac;
 
 use crate::credential::Credential;
-use crate::dprp::msg::{Fok, Fop};
+use crate::dprp::msg::{Evict, Fok, Fop};
 use crate::dprp::transcript as tr;
 use crate::flow::FlowId;
 use crate::ge::{GeId, GroupId};
@@ -167,6 +167,22 @@ impl PairEpoch {
         self.tag(tr::FOK_TAG, opener, &fok.core())
     }
 
+    /// The tag of an EVICT that `sender` (this GE) sends.
+    pub(crate) fn evict_tag(&self, sender: GeId, evict: &Evict) -> Result<[u8; MAC_LEN]> {
+        Ok(self.tag(tr::EVICT_TAG, sender, &evict.core()?))
+    }
+
+    /// Checks an EVICT's tag (the peer sent it), in constant time.
+    pub(crate) fn verify_evict(&self, evict: &Evict) -> Result<()> {
+        self.verify(
+            tr::EVICT_TAG,
+            self.peer_ge(),
+            &evict.core()?,
+            &evict.tag,
+            "EVICT tag",
+        )
+    }
+
     /// Checks a FOP's tag (the peer opened it), in constant time.
     pub(crate) fn verify_fop(&self, fop: &Fop) -> Result<()> {
         self.verify(
@@ -273,6 +289,14 @@ impl Epochs {
         self.by_id
             .get_mut(id)
             .filter(|e| e.expires > now + OPEN_MARGIN)
+    }
+
+    /// The newest live epoch with `peer` (an eviction notice goes on it).
+    pub(crate) fn newest(&self, peer: GeId, now: Instant) -> Option<&PairEpoch> {
+        self.newest
+            .get(&peer)
+            .and_then(|id| self.by_id.get(id))
+            .filter(|e| e.expires > now)
     }
 
     /// Whether any live epoch is with `peer`.

@@ -59,7 +59,7 @@ pub use endpoint::{
 };
 pub use entropy::Entropy;
 pub use epoch::{EpochId, FastOpen, MAX_OPENINGS};
-pub use msg::{Message, MessageType, NegotiationId, RefuseCode};
+pub use msg::{EvictedFlow, Message, MessageType, NegotiationId, RefuseCode};
 pub use natf::{FrontedHost, NatfMapping, Vin};
 pub use option::DprpOption;
 pub use peers::CacheStats;
@@ -218,6 +218,16 @@ pub enum Event {
         /// How many held packets were dropped.
         dropped_packets: usize,
     },
+    /// A peer evicted these flows from its full PIT (an authentic EVICT):
+    /// drop the entries of these flows that `peer` installed with this GE
+    /// under the same opening, so the next packet of such a flow opens it
+    /// again instead of meeting an end without keys.
+    PeerEvicted {
+        /// The GE that evicted them (proved by the pair epoch's tag).
+        peer: GeId,
+        /// The flows, each with the opening its entry was installed by.
+        flows: Vec<EvictedFlow>,
+    },
 }
 
 impl fmt::Debug for Event {
@@ -248,6 +258,11 @@ impl fmt::Debug for Event {
                 .field("flow", flow)
                 .field("reason", reason)
                 .field("dropped_packets", dropped_packets)
+                .finish(),
+            Self::PeerEvicted { peer, flows } => f
+                .debug_struct("PeerEvicted")
+                .field("peer", peer)
+                .field("flows", &flows.len())
                 .finish(),
         }
     }

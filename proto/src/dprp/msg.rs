@@ -72,6 +72,10 @@ pub enum MessageType {
     Fop,
     /// Receiving end -> opener: the fast-opened flow is installed.
     Fok,
+    /// Either end of a pair epoch -> the other: flows this GE evicted from
+    /// its full PIT, so the other end drops them too (docs/PROTOCOL.md,
+    /// "Eviction notice").
+    Evict,
 }
 
 impl MessageType {
@@ -86,6 +90,7 @@ impl MessageType {
             Self::Cookie => 6,
             Self::Fop => 7,
             Self::Fok => 8,
+            Self::Evict => 9,
         }
     }
 
@@ -100,6 +105,7 @@ impl MessageType {
             6 => Self::Cookie,
             7 => Self::Fop,
             8 => Self::Fok,
+            9 => Self::Evict,
             other => return Err(Error::UnknownMessage(other)),
         })
     }
@@ -121,6 +127,7 @@ impl MessageType {
             Self::Cookie => "COOKIE",
             Self::Fop => "FOP",
             Self::Fok => "FOK",
+            Self::Evict => "EVICT",
         }
     }
 }
@@ -163,6 +170,78 @@ pub struct Fok {
     pub index: u32,
     /// MAC under the epoch's auth key.
     pub tag: [u8; MAC_LEN],
+}
+
+/// The most flows one EVICT lists.
+pub const MAX_EVICTED: usize = 64;
+
+/// One flow an EVICT lists: the flow as keyed in the PIT and the id of
+/// the negotiation or fast open that installed the entry evicted (so a
+/// notice never removes an entry installed again since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EvictedFlow {
+    /// The negotiation or fast open whose entry was evicted.
+    pub opening: NegotiationId,
+    /// The flow, in the direction of its first packet.
+    pub flow: FlowId,
+}
+
+/// EVICT: flows the sender evicted from its full PIT, all of them opened
+/// with the receiver (docs/PROTOCOL.md, "Eviction notice"). Authenticated
+/// under a pair epoch of the two GEs, like a FOP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evict {
+    /// Drawn by the sender; names the notice in traces only.
+    pub id: NegotiationId,
+    /// The pair epoch whose auth key made the tag.
+    pub epoch: [u8; EPOCH_ID_LEN],
+    /// The flows, 1 to [`MAX_EVICTED`].
+    pub flows: Vec<EvictedFlow>,
+    /// MAC under the epoch's auth key, binding the sender.
+    pub tag: [u8; MAC_LEN],
+}
+
+impl Evict {
+    /// The bytes the tag covers: header, epoch, the flows. Fails when the
+    /// list is empty or longer than [`MAX_EVICTED`].
+    pub fn core(&self) -> Result<Vec<u8>> {
+        if self.flows.is_empty() {
+            return Err(Error::invalid("EVICT flows", "an empty list"));
+        }
+        check_count(self.flows.len(), MAX_EVICTED, "EVICT flows")?;
+        let mut out = Vec::with_capacity(32 + 24 * self.flows.len());
+        let mut w = Writer::new(&mut out);
+        write_header(&mut w, MessageType::Evict, self.id);
+        w.bytes(&self.epoch);
+        w.u8(self.flows.len() as u8);
+        for f in &self.flows {
+            w.u64(f.opening.0);
+            f.flow.encode(&mut w);
+        }
+        Ok(out)
+    }
+
+    fn decode_body(id: NegotiationId, r: &mut Reader<'_>) -> Result<Self> {
+        let epoch = r.array("EVICT epoch")?;
+        let n = usize::from(r.u8("EVICT count")?);
+        if n == 0 {
+            return Err(Error::invalid("EVICT flows", "an empty list"));
+        }
+        check_count(n, MAX_EVICTED, "EVICT flows")?;
+        let mut flows = Vec::with_capacity(n);
+        for _ in 0..n {
+            flows.push(EvictedFlow {
+                opening: NegotiationId(r.u64("EVICT opening")?),
+                flow: FlowId::decode(r)?,
+            });
+        }
+        Ok(Self {
+            id,
+            epoch,
+            flows,
+            tag: r.array("EVICT tag")?,
+        })
+    }
 }
 
 impl Fop {
@@ -474,6 +553,8 @@ pub enum Message {
     Fop(Fop),
     /// See [`Fok`].
     Fok(Fok),
+    /// See [`Evict`].
+    Evict(Evict),
 }
 
 impl Message {
@@ -513,6 +594,7 @@ impl Message {
                 index: r.u32("FOK index")?,
                 tag: r.array("FOK tag")?,
             }),
+            MessageType::Evict => Self::Evict(Evict::decode_body(id, &mut r)?),
         };
         r.finish(kind.name())?;
         Ok(msg)
@@ -572,6 +654,10 @@ impl Message {
                 out = m.core();
                 Writer::new(&mut out).bytes(&m.tag);
             }
+            Self::Evict(m) => {
+                out = m.core()?;
+                Writer::new(&mut out).bytes(&m.tag);
+            }
         }
         if out.len() > MAX_MESSAGE_LEN {
             return Err(Error::TooLarge {
@@ -594,6 +680,7 @@ impl Message {
             Self::Cookie(m) => m.id,
             Self::Fop(m) => m.id,
             Self::Fok(m) => m.id,
+            Self::Evict(m) => m.id,
         }
     }
 
@@ -608,6 +695,7 @@ impl Message {
             Self::Cookie(_) => MessageType::Cookie,
             Self::Fop(_) => MessageType::Fop,
             Self::Fok(_) => MessageType::Fok,
+            Self::Evict(_) => MessageType::Evict,
         }
     }
 }

@@ -45,6 +45,8 @@ pub const NAK_SIG: &[u8] = b"fpn v1 dprp nak sig\0";
 pub const FOP_TAG: &[u8] = b"fpn v1 dprp fop tag\0";
 /// Label of a FOK's tag under its pair epoch's auth key.
 pub const FOK_TAG: &[u8] = b"fpn v1 dprp fok tag\0";
+/// Label of an EVICT's tag under its pair epoch's auth key.
+pub const EVICT_TAG: &[u8] = b"fpn v1 dprp evict tag\0";
 
 fn hash(label: &[u8], items: &[&[u8]]) -> Hash {
     let mut ctx = digest::Context::new(&digest::SHA256);

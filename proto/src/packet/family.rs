@@ -30,6 +30,18 @@ use crate::{Error, Result};
 /// How much shorter the IPv4 header is than the IPv6 one.
 pub const HEADER_DELTA: usize = 20;
 
+/// Whether an IP header of `ip_header` bytes (of an IPv4 packet when
+/// `v4`, else IPv6) is plain enough to change family: IPv4 without
+/// options, IPv6 without extension headers ([`v4_to_v6`], [`v6_to_v4`]).
+pub fn plain_header(v4: bool, ip_header: usize) -> bool {
+    ip_header
+        == if v4 {
+            20
+        } else {
+            crate::packet::IPV6_HEADER_LEN
+        }
+}
+
 /// Offset of the transport checksum in a TCP or UDP header.
 fn checksum_at(proto: u8) -> Option<usize> {
     match proto {

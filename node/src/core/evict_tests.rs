@@ -1,0 +1,185 @@
+//! Eviction notices in the node core (docs/PROTOCOL.md, "Eviction notice";
+//! design note 69): a flow one end evicts from its full PIT goes at the
+//! other end too, so the client that uses its ports again opens it afresh
+//! and loses nothing, on either carrier; a notice seen again after the flow
+//! was opened anew leaves the new entry alone.
+
+use std::time::Duration;
+
+use fpn_proto::dprp::{MessageType, msg};
+use fpn_proto::ge::{GeId, Mode};
+use fpn_proto::packet::Packet;
+use fpn_proto::path::{Force, PathConfig};
+
+use super::sim::{CoreSim, LinkConfig};
+use crate::carrier::FrameKind;
+
+/// a with the default table, b with room for 8 flows.
+fn pair(seed: u64, force: Force, fast_open: bool) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, LinkConfig::default());
+    sim.fast_open = fast_open;
+    sim.path = PathConfig {
+        force,
+        ..PathConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 8,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    (sim, a, b)
+}
+
+fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
+    sim.nodes[i]
+        .tun
+        .iter()
+        .filter(|p| p.windows(marker.len()).any(|w| w == marker))
+        .count()
+}
+
+fn holds(sim: &CoreSim, i: usize, sport: u16) -> bool {
+    sim.nodes[i]
+        .core
+        .pit()
+        .iter()
+        .any(|(f, _)| f.src_port == sport)
+}
+
+/// The one source port of 10 000..10 008 that node `i` no longer holds.
+fn evicted_port(sim: &CoreSim, i: usize) -> u16 {
+    let gone: Vec<u16> = (10_000..10_008).filter(|p| !holds(sim, i, *p)).collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    gone[0]
+}
+
+/// An EVICT that `from` sent: a carrier control frame as it is, or the
+/// whole native packet that carried it.
+fn notice(sim: &CoreSim, from: usize) -> Option<(bool, Vec<u8>)> {
+    let is_evict = |p: &[u8]| msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Evict);
+    let control = sim
+        .controls
+        .iter()
+        .find(|f| f.from == from && is_evict(&f.payload))
+        .map(|f| (false, f.payload.clone()));
+    control.or_else(|| {
+        sim.wire()
+            .iter()
+            .filter(|f| f.from == from && f.native)
+            .find(|f| Packet::parse(&f.payload[..]).is_ok_and(|p| is_evict(p.payload())))
+            .map(|f| (true, f.payload.clone()))
+    })
+}
+
+fn the_peer_s_eviction_frees_the_ports_for_a_new_opening(force: Force) {
+    let (mut sim, a, b) = pair(3, force, true);
+    for port in 0..8 {
+        sim.send_udp(a, b, 10_000 + port, 53, b"query");
+        sim.run_for(Duration::from_millis(300));
+    }
+    assert_eq!(received(&sim, b, b"query"), 8);
+    assert_eq!(sim.counter(b, "pit_entries"), 8);
+
+    // Two seconds on, a ninth flow: b's table is full and evicts one of
+    // the idle eight; a's is not, and keeps it until b's notice.
+    sim.run_for(Duration::from_secs(2));
+    sim.send_udp(a, b, 10_100, 53, b"ninth");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, b, b"ninth"), 1);
+    assert_eq!(sim.counter(b, "flows_evicted"), 1);
+    let gone = evicted_port(&sim, b);
+    assert_eq!(sim.counter(b, "dprp_evict_sent"), 1);
+    assert_eq!(sim.counter(a, "dprp_evict_received"), 1);
+    assert_eq!(sim.counter(a, "flows_evicted_by_peer"), 1);
+    assert_eq!(sim.counter(a, "flows_evicted"), 0);
+    assert!(!holds(&sim, a, gone), "a dropped the flow b evicted");
+
+    // The client uses the port again (a resolver's next query): a opens
+    // the flow afresh (fast, or negotiated when the flow was the pair's
+    // first, whose negotiation still lingers), b takes the packet and
+    // answers it; no end meets a packet it has no keys for.
+    let openings =
+        |sim: &CoreSim| sim.counter(a, "dprp_fast_opened") + sim.counter(a, "dprp_started");
+    let opened = openings(&sim);
+    sim.send_udp(a, b, gone, 53, b"again");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, b, b"again"), 1);
+    assert_eq!(openings(&sim), opened + 1);
+    sim.send_udp(b, a, 53, gone, b"answer");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, a, b"answer"), 1);
+    for i in [a, b] {
+        for c in [
+            "data_in_no_flow",
+            "native_bindings_refused",
+            "native_in_rejected",
+        ] {
+            assert_eq!(sim.counter(i, c), 0, "{c} at node {i}");
+        }
+    }
+
+    // The same notice again (replayed, or late): it names the opening b
+    // evicted, not a's new one, so the new entry stays and carries on.
+    let (received_before, by_peer) = (
+        sim.counter(a, "dprp_evict_received"),
+        sim.counter(a, "flows_evicted_by_peer"),
+    );
+    let (native, bytes) = notice(&sim, b).expect("b's EVICT on the wire");
+    assert_eq!(native, force == Force::Native);
+    if native {
+        sim.inject_native(a, &bytes);
+    } else {
+        let from = sim.nodes[b].underlay;
+        sim.inject(a, GeId(2), from, FrameKind::Control, &bytes);
+    }
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.counter(a, "dprp_evict_received"), received_before + 1);
+    assert_eq!(sim.counter(a, "peer_evictions_ignored"), 1);
+    assert_eq!(sim.counter(a, "flows_evicted_by_peer"), by_peer);
+    assert!(holds(&sim, a, gone));
+    sim.send_udp(a, b, gone, 53, b"still");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, b, b"still"), 1);
+    sim.check_invariants();
+}
+
+#[test]
+fn a_flow_the_peer_evicted_is_dropped_and_opened_afresh_over_quic() {
+    the_peer_s_eviction_frees_the_ports_for_a_new_opening(Force::Quic);
+}
+
+#[test]
+fn a_flow_the_peer_evicted_is_dropped_and_opened_afresh_on_the_native_path() {
+    the_peer_s_eviction_frees_the_ports_for_a_new_opening(Force::Native);
+}
+
+#[test]
+fn without_a_pair_epoch_no_notice_goes_and_the_flow_heals_as_before() {
+    // Fast open off: no pair epoch, so b cannot authenticate a notice; the
+    // eviction shows only at b, and a's next packet meets an end without
+    // its keys, as every eviction did before notices.
+    let (mut sim, a, b) = pair(4, Force::Quic, false);
+    for port in 0..9 {
+        if port == 8 {
+            sim.run_for(Duration::from_secs(2));
+        }
+        sim.send_udp(a, b, 10_000 + port, 53, b"query");
+        sim.run_for(Duration::from_millis(300));
+    }
+    assert_eq!(sim.counter(b, "flows_evicted"), 1);
+    assert_eq!(sim.counter(b, "dprp_evict_sent"), 0);
+    let gone = evicted_port(&sim, b);
+    assert!(holds(&sim, a, gone));
+    sim.send_udp(a, b, gone, 53, b"again");
+    sim.run_for(Duration::from_secs(1));
+    // b has no keys for it: the packet is lost (what a notice prevents),
+    // and b heals the flow by negotiating it from its side.
+    assert_eq!(received(&sim, b, b"again"), 0);
+    assert_eq!(sim.counter(b, "dprp_started"), 1);
+    sim.send_udp(a, b, gone, 53, b"healed");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, b, b"healed"), 1);
+    assert_eq!(sim.counter(b, "data_in_no_flow"), 1);
+}
