@@ -731,3 +731,45 @@ fn an_eviction_notice_is_refused_in_transit_and_malformed_ones_are_typed_errors(
         notice
     );
 }
+
+/// The flows `node` opened from event `from` on: (source port, fast).
+fn opened(sim: &Sim, node: NodeId, from: usize) -> Vec<(u16, bool)> {
+    installed(sim, node, from)
+        .iter()
+        .filter(|e| e.position == fpn_proto::dprp::Position::Initiator)
+        .map(|e| (e.flow.src_port, e.fast.is_some()))
+        .collect()
+}
+
+#[test]
+fn an_epoch_is_renewed_before_it_ends_and_new_flows_stay_fast_across_its_end() {
+    let Pair { mut sim, a, b } = pair(23);
+    let t0 = sim.now();
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    udp(&mut sim, a, "198.18.0.2", 1001);
+    assert_eq!(opened(&sim, a, 0), [(1000, false), (1001, true)]);
+    // 25 s before the epoch's end (300 s; it renews in its last 30 s):
+    // the next flow is negotiated, and leaves both ends the next epoch.
+    sim.run_for(Duration::from_secs(275) - (sim.now() - t0));
+    let ea = sim.events(a).len();
+    udp(&mut sim, a, "198.18.0.2", 1002);
+    assert_eq!(opened(&sim, a, ea), [(1002, false)]);
+    assert_eq!(sim.endpoint(a).stats().epoch_renewals, 1);
+    assert_eq!(sim.endpoint(a).occupancy().epochs, 2);
+    assert_eq!(sim.endpoint(b).occupancy().epochs, 2);
+    // Flows open fast on the new epoch, and keep doing so once the old
+    // one has ended (at 300 s): no negotiation after the renewal.
+    let ea = sim.events(a).len();
+    let started = sim.endpoint(a).stats().started;
+    udp(&mut sim, a, "198.18.0.2", 1003);
+    udp(&mut sim, a, "198.18.0.2", 1004);
+    assert!(sim.now() - t0 > Duration::from_secs(300));
+    assert_eq!(sim.endpoint(a).occupancy().epochs, 1);
+    udp(&mut sim, a, "198.18.0.2", 1005);
+    assert_eq!(
+        opened(&sim, a, ea),
+        [(1003, true), (1004, true), (1005, true)]
+    );
+    assert_eq!(sim.endpoint(a).stats().started, started);
+    assert_eq!(sim.endpoint(a).stats().epoch_renewals, 1);
+}

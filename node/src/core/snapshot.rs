@@ -387,6 +387,7 @@ impl NodeCore {
             ("dprp_fast_accepted", d.fast_accepted),
             ("dprp_fast_unknown_epoch", d.fast_unknown_epoch),
             ("dprp_fast_refused_in_transit", d.fast_refused_in_transit),
+            ("dprp_epoch_renewals", d.epoch_renewals),
             // Eviction notices (note 69).
             ("dprp_evict_sent", d.evict_sent),
             ("dprp_evict_received", d.evict_received),

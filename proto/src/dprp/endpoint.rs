@@ -136,6 +136,9 @@ pub struct Stats {
     /// FOPs this gateway stopped on their way (the flow must be negotiated
     /// with it on the path).
     pub fast_refused_in_transit: u64,
+    /// Flows negotiated instead of fast-opened to renew a pair epoch in
+    /// its last stretch (note 70).
+    pub epoch_renewals: u64,
     /// Flows listed in the eviction notices (EVICT) this GE sent.
     pub evict_sent: u64,
     /// Flows listed in authentic eviction notices from peers.

@@ -50,6 +50,18 @@ const FOP_FRESHNESS_MS: u32 = 3_000;
 /// How many FOK answers an epoch keeps to answer retransmitted FOPs.
 const ANSWERS_KEPT: usize = 256;
 
+/// A renewal negotiation that left no new epoch (refused, lost) is tried
+/// again after this long, while the epoch is still in its last stretch.
+const RENEW_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long before an epoch of `lifetime` ends this end renews it (note
+/// 70): a tenth of its life (its own: a credential's end may cut it
+/// short), and at least twice the stretch at its end in which it opens
+/// nothing, so the window is never empty.
+fn renew_ahead(lifetime: std::time::Duration) -> std::time::Duration {
+    (lifetime / 10).max(2 * OPEN_MARGIN)
+}
+
 /// What a finished negotiation hands to the epoch table: the secret and
 /// what the flows opened on it inherit.
 #[derive(Clone)]
@@ -101,6 +113,8 @@ pub(crate) struct PairEpoch {
     /// FOKs sent, by index, with their flow: a retransmitted FOP gets the
     /// same answer.
     answered: BTreeMap<u32, (FlowId, Vec<u8>)>,
+    /// When this end last negotiated a flow to renew the epoch.
+    renewal_asked: Option<Instant>,
 }
 
 impl PairEpoch {
@@ -117,7 +131,28 @@ impl PairEpoch {
             next_index: 0,
             seen: ReplayWindow::new(),
             answered: BTreeMap::new(),
+            renewal_asked: None,
         }
+    }
+
+    /// Whether the next flow this end opens on the epoch should be
+    /// negotiated instead, to leave the pair a new epoch before this one
+    /// ends (in its last tenth, see [`renew_ahead`]; at most once per
+    /// [`RENEW_RETRY`]).
+    /// Without it every flow opened between the epoch's end and the next
+    /// negotiation's is negotiated, and the peer's evictions in that gap
+    /// go untold.
+    pub(crate) fn renewal_due(&mut self, now: Instant) -> bool {
+        let ahead = renew_ahead(self.expires.saturating_duration_since(self.created));
+        if self.expires > now + ahead
+            || self
+                .renewal_asked
+                .is_some_and(|t| now.saturating_duration_since(t) < RENEW_RETRY)
+        {
+            return false;
+        }
+        self.renewal_asked = Some(now);
+        true
     }
 
     pub(crate) fn peer_ge(&self) -> GeId {

@@ -78,6 +78,13 @@ impl Endpoint {
         if !usable {
             return None;
         }
+        // The epoch's last stretch: this flow is negotiated, and its
+        // negotiation leaves the pair the next epoch (note 70).
+        if e.renewal_due(now) {
+            self.stats.epoch_renewals += 1;
+            tracing::debug!(%flow, peer = %owner, "pair epoch ends soon: negotiating this flow to renew it");
+            return None;
+        }
         let id = loop {
             let mut b = [0u8; 8];
             self.rng.fill(&mut b).ok()?;
