@@ -11,6 +11,7 @@ use fpn_proto::ge::{GeId, Mode};
 use fpn_proto::packet::Packet;
 use fpn_proto::path::{Force, PathConfig};
 
+use super::fast_tests::received;
 use super::sim::{CoreSim, LinkConfig};
 use crate::carrier::FrameKind;
 
@@ -30,14 +31,6 @@ fn pair(seed: u64, force: Force, fast_open: bool) -> (CoreSim, usize, usize) {
     let b = sim.add_node(2, Mode::Open, &[1]);
     sim.introduce_all();
     (sim, a, b)
-}
-
-fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
-    sim.nodes[i]
-        .tun
-        .iter()
-        .filter(|p| p.windows(marker.len()).any(|w| w == marker))
-        .count()
 }
 
 fn holds(sim: &CoreSim, i: usize, sport: u16) -> bool {

@@ -25,7 +25,8 @@ fn pair(seed: u64, force: Force, link: LinkConfig) -> (CoreSim, usize, usize) {
     (sim, a, b)
 }
 
-fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
+/// The packets in node `i`'s TUN that carry `marker`.
+pub(super) fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
     sim.nodes[i]
         .tun
         .iter()
