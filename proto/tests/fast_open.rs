@@ -773,3 +773,44 @@ fn an_epoch_is_renewed_before_it_ends_and_new_flows_stay_fast_across_its_end() {
     assert_eq!(sim.endpoint(a).stats().started, started);
     assert_eq!(sim.endpoint(a).stats().epoch_renewals, 1);
 }
+
+#[test]
+fn an_epoch_cut_short_by_a_credential_is_not_renewed() {
+    // a's credential ends 60 s in: its epoch with b ends then too. A
+    // renewal could only end at the same moment (and its shorter epoch
+    // would ask for the next at once): the flows up to the end's last
+    // 5 s stay fast, and none is negotiated to renew it.
+    let mut sim = Sim::new(24, LinkConfig::default());
+    let spec = GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1");
+    let short = sim.issue_valid(
+        100,
+        Sim::info_of(&spec),
+        &fpn_proto::sim::node_key(1),
+        fpn_proto::sim::START_UNIX - 5,
+        fpn_proto::sim::START_UNIX + 60,
+    );
+    let a = sim.add_ge_with(spec, move |c| {
+        c.fast_open = true;
+        c.credential = short;
+    });
+    sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), |c| {
+        c.fast_open = true
+    });
+    sim.endpoint(a)
+        .set_directory(vec![(Prefix::host(ip("198.18.0.2")), GeId(2))]);
+    let t0 = sim.now();
+    sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"first");
+    sim.run_for(Duration::from_secs(40));
+    let ea = sim.events(a).len();
+    // Flows each second from 40 s to 53 s: the epoch's last 13 s but 5.
+    for port in 1001..=1013 {
+        sim.send_udp(a, ip("198.18.0.2"), port, 53, b"late");
+        sim.run_for(Duration::from_secs(1));
+    }
+    assert!(sim.now() - t0 < Duration::from_secs(55));
+    let flows = opened(&sim, a, ea);
+    assert_eq!(flows.len(), 13);
+    assert!(flows.iter().all(|(_, fast)| *fast), "{flows:?}");
+    assert_eq!(sim.endpoint(a).stats().epoch_renewals, 0);
+}
+

@@ -1159,7 +1159,11 @@ impl Endpoint {
                         .timing
                         .epoch_lifetime
                         .min(Duration::from_secs(left));
+                    let (id, cut) = (seed.secret.id(), life < self.cfg.timing.epoch_lifetime);
                     self.epochs.insert(*seed, now, now + life, EPOCHS_PER_PEER);
+                    if cut && let Some(e) = self.epochs.get_mut(&id, now) {
+                        e.cut_short();
+                    }
                 }
                 if e.position == Position::Responder && e.natf.is_some() {
                     // The flow is installed: its port is the node's now.

@@ -55,9 +55,8 @@ const ANSWERS_KEPT: usize = 256;
 const RENEW_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long before an epoch of `lifetime` ends this end renews it (note
-/// 70): a tenth of its life (its own: a credential's end may cut it
-/// short), and at least twice the stretch at its end in which it opens
-/// nothing, so the window is never empty.
+/// 70): a tenth of its life, and at least twice the stretch at its end in
+/// which it opens nothing, so the window is never empty.
 fn renew_ahead(lifetime: std::time::Duration) -> std::time::Duration {
     (lifetime / 10).max(2 * OPEN_MARGIN)
 }
@@ -115,6 +114,9 @@ pub(crate) struct PairEpoch {
     answered: BTreeMap<u32, (FlowId, Vec<u8>)>,
     /// When this end last negotiated a flow to renew the epoch.
     renewal_asked: Option<Instant>,
+    /// False when a credential's end cut the epoch short (see
+    /// [`PairEpoch::cut_short`]).
+    renewable: bool,
 }
 
 impl PairEpoch {
@@ -132,7 +134,17 @@ impl PairEpoch {
             seen: ReplayWindow::new(),
             answered: BTreeMap::new(),
             renewal_asked: None,
+            renewable: true,
         }
+    }
+
+    /// The epoch ends when a credential does (this end's or the peer's),
+    /// before its lifetime: a renewal would end at the same moment (and
+    /// its epoch, shorter still, would ask for the next at once), so none
+    /// is tried. The flows after its end are negotiated, under the
+    /// renewed credential if there is one.
+    pub(crate) fn cut_short(&mut self) {
+        self.renewable = false;
     }
 
     /// Whether the next flow this end opens on the epoch should be
@@ -144,7 +156,8 @@ impl PairEpoch {
     /// go untold.
     pub(crate) fn renewal_due(&mut self, now: Instant) -> bool {
         let ahead = renew_ahead(self.expires.saturating_duration_since(self.created));
-        if self.expires > now + ahead
+        if !self.renewable
+            || self.expires > now + ahead
             || self
                 .renewal_asked
                 .is_some_and(|t| now.saturating_duration_since(t) < RENEW_RETRY)
