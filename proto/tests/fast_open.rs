@@ -813,4 +813,3 @@ fn an_epoch_cut_short_by_a_credential_is_not_renewed() {
     assert!(flows.iter().all(|(_, fast)| *fast), "{flows:?}");
     assert_eq!(sim.endpoint(a).stats().epoch_renewals, 0);
 }
-
