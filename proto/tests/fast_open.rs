@@ -524,18 +524,17 @@ fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
     assert!(ep.poll_event().is_none());
 }
 
-#[test]
-fn an_epoch_ends_with_the_credential_it_was_made_with() {
-    // a's credential is valid for 20 s from the start: its epoch with b
-    // ends then, and a flow after it is negotiated (and refused).
-    let mut sim = Sim::new(14, LinkConfig::default());
+/// A pair like [`pair`]'s, but a's credential is valid for `secs` from the
+/// start (and b does not list a: only a opens flows).
+fn pair_with_short_credential(seed: u64, secs: u64) -> Pair {
+    let mut sim = Sim::new(seed, LinkConfig::default());
     let spec = GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1");
     let short = sim.issue_valid(
         100,
         Sim::info_of(&spec),
         &fpn_proto::sim::node_key(1),
         fpn_proto::sim::START_UNIX - 5,
-        fpn_proto::sim::START_UNIX + 20,
+        fpn_proto::sim::START_UNIX + secs,
     );
     let a = sim.add_ge_with(spec, move |c| {
         c.fast_open = true;
@@ -546,6 +545,14 @@ fn an_epoch_ends_with_the_credential_it_was_made_with() {
     });
     sim.endpoint(a)
         .set_directory(vec![(Prefix::host(ip("198.18.0.2")), GeId(2))]);
+    Pair { sim, a, b }
+}
+
+#[test]
+fn an_epoch_ends_with_the_credential_it_was_made_with() {
+    // a's credential is valid for 20 s from the start: its epoch with b
+    // ends then, and a flow after it is negotiated (and refused).
+    let Pair { mut sim, a, b } = pair_with_short_credential(14, 20);
     let step = Duration::from_secs(1);
     sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"first");
     sim.run_for(step);
@@ -780,24 +787,7 @@ fn an_epoch_cut_short_by_a_credential_is_not_renewed() {
     // renewal could only end at the same moment (and its shorter epoch
     // would ask for the next at once): the flows up to the end's last
     // 5 s stay fast, and none is negotiated to renew it.
-    let mut sim = Sim::new(24, LinkConfig::default());
-    let spec = GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1");
-    let short = sim.issue_valid(
-        100,
-        Sim::info_of(&spec),
-        &fpn_proto::sim::node_key(1),
-        fpn_proto::sim::START_UNIX - 5,
-        fpn_proto::sim::START_UNIX + 60,
-    );
-    let a = sim.add_ge_with(spec, move |c| {
-        c.fast_open = true;
-        c.credential = short;
-    });
-    sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), |c| {
-        c.fast_open = true
-    });
-    sim.endpoint(a)
-        .set_directory(vec![(Prefix::host(ip("198.18.0.2")), GeId(2))]);
+    let Pair { mut sim, a, .. } = pair_with_short_credential(24, 60);
     let t0 = sim.now();
     sim.send_udp(a, ip("198.18.0.2"), 1000, 53, b"first");
     sim.run_for(Duration::from_secs(40));
