@@ -27,7 +27,9 @@
 # "tunw1" and "tunw2" are AFTER with FPN_NODE_TUN_WORKERS=0, 1 or 2 (the
 # driver reads the TUN, or one or two TUN workers do); "nospread" is AFTER
 # with FPN_NODE_TUN_SPREAD=0 (every TUN write into the first queue, so the
-# kernel steers every flow with inbound traffic to the first worker).
+# kernel steers every flow with inbound traffic to the first worker);
+# "first0" is AFTER with FPN_NODE_FAST_FIRST=0 (a fast-opened flow's first
+# packet leaves beside its FOP, not inside it: design note 71).
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -61,6 +63,7 @@ for r in $(seq "$REPEAT"); do
             tunw1) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=1) ;;
             tunw2) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=2) ;;
             nospread) bin=$AFTER env=(FPN_NODE_TUN_SPREAD=0) ;;
+            first0) bin=$AFTER env=(FPN_NODE_FAST_FIRST=0) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -82,7 +85,7 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "storm_tcp_per_s", "storm_tcp_p99_ms", "storm_udp_per_s", "storm_udp_p99_ms", "storm_failed"]
 rows, loads = {}, []
 for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
-            "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread"]:
+            "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread", "first0"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

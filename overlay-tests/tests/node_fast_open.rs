@@ -2,8 +2,9 @@
 //! docs/PROTOCOL.md "Fast open"), with the real binaries: once two nodes
 //! negotiated a flow, a new flow between them needs no negotiation. Its
 //! first datagram is answered at its first send; on the wire there is a
-//! FOP and a FOK on DPRP's port and no DDE; the flow's packets go native
-//! once the peer confirmed, PCCOM-sealed (a capture shows no marker, and
+//! FOP (with the flow's first datagram inside, sealed: note 71) and a FOK
+//! on DPRP's port and no DDE; the flow's packets go native once the peer
+//! confirmed, PCCOM-sealed (a capture shows no marker, and
 //! the same marker sent outside the overlay shows). The same through two
 //! NATs; and with `fast_open = false` every flow is negotiated again.
 
@@ -55,6 +56,24 @@ fn dprp_messages(pcap: &fpn_lab::Pcap) -> Vec<(IpAddr, IpAddr, u8)> {
                     payload[1],
                 )
             })
+        })
+        .collect()
+}
+
+/// The FOPs of an IPv4 capture that carry their flow's first packet
+/// (design note 71): the sealed packets inside them.
+fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<Vec<u8>> {
+    use fpn_proto::dprp::msg::Message;
+    pcap.packets()
+        .iter()
+        .filter_map(|p| p.ip())
+        .filter(|ip| ip.len() >= 28 && ip[0] >> 4 == 4 && ip[9] == 17)
+        .filter_map(|ip| {
+            let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+            match Message::decode(udp.get(8..)?) {
+                Ok(Message::Fop(f)) if !f.first.is_empty() => Some(f.first),
+                _ => None,
+            }
         })
         .collect()
 }
@@ -126,6 +145,21 @@ fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() 
     assert!(count(a_pub, FOP) >= 2, "FOPs on the wire: {msgs:?}");
     assert!(count(b_pub, FOK) >= 2, "FOKs on the wire: {msgs:?}");
     assert_eq!(count(a_pub, DDE) + count(b_pub, DDE), 0, "a DDE: {msgs:?}");
+    // Each UDP flow's first datagram rode inside its FOP (note 71), sealed:
+    // the marked flow's first marker is one of them, and the marker shows
+    // nowhere on the wire (above).
+    let firsts = firsts_inside_fops(&pcap);
+    assert!(
+        firsts.len() >= 2,
+        "{} FOPs with a first packet inside: {msgs:?}",
+        firsts.len()
+    );
+    assert!(counter(&ov, "a", "dprp_fast_first_sent") >= 2);
+    assert!(counter(&ov, "b", "dprp_fast_first_received") >= 2);
+    for f in &firsts {
+        let p = fpn_proto::packet::Packet::parse(&f[..]).expect("an IP packet inside the FOP");
+        assert_eq!(p.flow_id().dst_port, ECHO, "{:?}", p.flow_id());
+    }
     assert_eq!(counter(&ov, "a", "dprp_started"), started, "a negotiated");
     assert!(counter(&ov, "a", "dprp_fast_opened") >= opened + 2);
     assert!(counter(&ov, "a", "dprp_fast_confirmed") >= 2);

@@ -79,6 +79,21 @@ fn samples() -> Vec<Vec<u8>> {
             age_ms: 1234,
             flow,
             tag: [5; 32],
+            first: Vec::new(),
+        })
+        .encode()
+        .unwrap(),
+    );
+    // A FOP carrying its flow's first packet (opaque to the codec).
+    out.push(
+        Message::Fop(msg::Fop {
+            id: NegotiationId(4),
+            epoch: [9; 8],
+            index: 78,
+            age_ms: 1235,
+            flow,
+            tag: [5; 32],
+            first: vec![0x45, 0, 0, 28, 1, 2, 3],
         })
         .encode()
         .unwrap(),

@@ -244,11 +244,12 @@ fn a_peer_that_lost_the_epoch_makes_the_opener_negotiate() {
 fn lost_fops_are_sent_again_and_a_silent_peer_means_a_negotiation() {
     let Pair { mut sim, a, b } = pair(7);
     udp(&mut sim, a, "198.18.0.2", 1000);
-    // Every FOP's tag is mangled on the way (the receiver drops it).
+    // Every FOP's tag is mangled on the way (the receiver drops it). The
+    // tag is followed by the first packet's two-byte length (0: none).
     sim.set_tamper(|_, p| {
         if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
             let n = p.len();
-            p[n - 1] ^= 1;
+            p[n - 3] ^= 1;
         }
     });
     let (ea, eb, wire) = (sim.events(a).len(), sim.events(b).len(), sim.wire().len());
@@ -292,7 +293,7 @@ fn a_replayed_fop_installs_nothing_twice_and_a_changed_one_nothing_at_all() {
     // Another flow or index under the same tag: refused.
     let mut other = fop.clone();
     let n = other.len();
-    other[n - 33] ^= 1; // last byte of the flow (destination port)
+    other[n - 35] ^= 1; // last byte of the flow (destination port), before the tag and the length
     assert_eq!(
         ep.handle_datagram(from, &other, now),
         Err(Error::BadMac("FOP tag"))
@@ -463,11 +464,12 @@ fn a_simultaneous_fast_open_of_one_connection_ends_with_one_pair_of_keys() {
 fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
     let Pair { mut sim, a, b } = pair(13);
     udp(&mut sim, a, "198.18.0.2", 1000);
-    // Every FOP is lost on the way (its tag mangled).
+    // Every FOP is lost on the way (its tag mangled; the first packet's
+    // length follows it).
     sim.set_tamper(|_, p| {
         if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
             let n = p.len();
-            p[n - 1] ^= 1;
+            p[n - 3] ^= 1;
         }
     });
     let flow = fpn_proto::flow::FlowId {
@@ -501,7 +503,7 @@ fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
         .payload
         .clone();
     let n = fop.len();
-    fop[n - 1] ^= 1;
+    fop[n - 3] ^= 1;
     let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
     let now = sim.now();
     let ep = sim.endpoint(b);
@@ -802,4 +804,67 @@ fn an_epoch_cut_short_by_a_credential_is_not_renewed() {
     assert_eq!(flows.len(), 13);
     assert!(flows.iter().all(|(_, fast)| *fast), "{flows:?}");
     assert_eq!(sim.endpoint(a).stats().epoch_renewals, 0);
+}
+
+#[test]
+fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_retransmission() {
+    let Pair { mut sim, a, b } = pair(21);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    // The first FOP of the next flow is lost, so its retransmission must
+    // carry the packet too.
+    let drop_first = std::cell::Cell::new(true);
+    sim.set_tamper(move |_, p| {
+        if drop_first.get() && msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
+            drop_first.set(false);
+            let n = p.len();
+            p[n - 3] ^= 1;
+        }
+    });
+    let flow = fpn_proto::flow::FlowId {
+        src: ip("198.18.0.1"),
+        dst: ip("198.18.0.2"),
+        protocol: fpn_proto::flow::protocol::UDP,
+        src_port: 1001,
+        dst_port: 53,
+    };
+    let (wire, ea, eb) = (sim.wire().len(), sim.events(a).len(), sim.events(b).len());
+    sim.send_packet(a, flow, b"query".to_vec());
+    // What a node does: the released first packet (sealed by the node;
+    // opaque here) goes into the fast open's FOP.
+    let id = installed(&sim, a, ea)[0].negotiation;
+    let ep = sim.endpoint(a);
+    let with = ep.attach_first(id, b"SEALED-FIRST").unwrap();
+    let Ok(msg::Message::Fop(f)) = msg::Message::decode(&with) else {
+        panic!("not a FOP");
+    };
+    assert_eq!(f.first, b"SEALED-FIRST");
+    assert_eq!(ep.stats().fast_first_sent, 1);
+    // An unknown fast open is a typed error.
+    assert_eq!(
+        ep.attach_first(msg::NegotiationId(id.0 ^ 1), b"x"),
+        Err(Error::UnknownNegotiation)
+    );
+    sim.run_for(SETTLE);
+    // Lost once, sent again with the packet inside, installed once.
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 2);
+    let at_b = installed(&sim, b, eb);
+    assert_eq!(at_b.len(), 1);
+    assert_eq!(at_b[0].first.as_deref(), Some(&b"SEALED-FIRST"[..]));
+    assert_eq!(sim.endpoint(b).stats().fast_first_received, 1);
+    assert!(installed(&sim, a, ea)[0].first.is_none());
+    // A replay of the FOP with its packet is answered, and installs and
+    // hands out nothing.
+    let replay = sim.wire()[wire..]
+        .iter()
+        .rev()
+        .find(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == MessageType::Fop))
+        .unwrap()
+        .payload
+        .clone();
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let now = sim.now();
+    let ep = sim.endpoint(b);
+    ep.handle_datagram(from, &replay, now).unwrap();
+    assert!(ep.poll_event().is_none());
+    assert_eq!(ep.stats().fast_first_received, 1);
 }

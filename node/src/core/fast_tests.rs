@@ -95,32 +95,131 @@ fn without_fast_open_the_second_flow_is_negotiated() {
     assert_eq!(sim.counter(a, "dprp_fast_opened"), 0);
 }
 
-#[test]
-fn on_the_native_path_a_fast_opened_flow_goes_native_once_the_peer_confirms() {
+/// What [`second_flow_on_the_native_path`] saw.
+struct NativeOpen {
+    /// b had the first packet within 16 ms of a sending it.
+    first_in_time: bool,
+    /// a had b's answer, sent at once, 11 ms later.
+    answer_in_time: bool,
+    /// Native data frames of the flow by then (the FOP is DPRP's).
+    native_frames: usize,
+}
+
+/// On the native path, after a first flow made the pair's epoch: a sends
+/// the second flow's first datagram, b answers as soon as it has it, then
+/// both sides exchange three more. Link delay 10 ms, steering 5 ms.
+fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     let (mut sim, a, b) = pair(3, Force::Auto, LinkConfig::default());
+    for i in [a, b] {
+        sim.fast_first = fast_first;
+        sim.restart(i);
+    }
+    sim.introduce_all();
     sim.run_for(Duration::from_millis(500));
     sim.send_udp(a, b, 4000, 5000, b"FIRST");
     sim.run_for(Duration::from_millis(300));
     assert_eq!(received(&sim, b, b"FIRST"), 1);
     let before = native_frames_of(&sim, 4001);
     sim.send_udp(a, b, 4001, 5000, b"SECOND");
-    sim.run_for(Duration::from_millis(100));
+    // With the packet inside its FOP: a's steering and one link delay.
+    // Without: the FOP's round trip and b's steering as well.
+    let mut waited = Duration::ZERO;
+    while received(&sim, b, b"SECOND") == 0 && waited < Duration::from_millis(100) {
+        sim.run_for(Duration::from_millis(1));
+        waited += Duration::from_millis(1);
+    }
     assert_eq!(received(&sim, b, b"SECOND"), 1);
-    // The first packet waited for b's FOK (on the IP path once b steered
-    // the flow) and left natively: no QUIC connection needed.
-    assert_eq!(native_frames_of(&sim, 4001) - before, 1, "the first packet");
-    // a's next packets of the flow leave natively, and b's answers too.
+    let first_in_time = waited <= Duration::from_millis(16);
+    // b answers at once.
+    sim.send_udp(b, a, 5000, 4001, b"ANSWER");
+    sim.run_for(Duration::from_millis(11));
+    let answer_in_time = received(&sim, a, b"ANSWER") == 1;
+    let native_frames = native_frames_of(&sim, 4001) - before;
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(received(&sim, a, b"ANSWER"), 1);
+    // Then the flow runs natively both ways.
     for n in 0..3u8 {
         sim.send_udp(a, b, 4001, 5000, &[b'M', n]);
         sim.run_for(Duration::from_millis(30));
         sim.send_udp(b, a, 5000, 4001, &[b'R', n]);
         sim.run_for(Duration::from_millis(30));
     }
-    assert!(native_frames_of(&sim, 4001) - before >= 6);
+    assert!(native_frames_of(&sim, 4001) - before >= 7);
+    assert_eq!(received(&sim, b, b"M\x02"), 1);
+    assert_eq!(received(&sim, a, b"R\x02"), 1);
     assert_eq!(sim.counter(a, "dprp_fast_confirmed"), 1);
     assert_eq!(sim.counter(a, "dprp_started"), 1);
-    assert_eq!(received(&sim, a, b"R\x02"), 1);
+    let inside = u64::from(fast_first);
+    assert_eq!(sim.counter(a, "dprp_fast_first_sent"), inside);
+    assert_eq!(sim.counter(b, "dprp_fast_first_received"), inside);
+    for i in [a, b] {
+        assert_eq!(sim.counter(i, "native_ready_timeouts"), 0);
+        assert_eq!(sim.counter(i, "data_in_parked"), 0);
+        assert_eq!(sim.counter(i, "native_in_unknown"), 0);
+    }
     sim.check_invariants();
+    NativeOpen {
+        first_in_time,
+        answer_in_time,
+        native_frames,
+    }
+}
+
+#[test]
+fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_and_the_answer_comes_natively() {
+    // a sends the FOP once its own steering is in, with the packet inside:
+    // b has it after one link delay and answers natively at once (before
+    // its own steering and its FOK), since a steers the flow already.
+    let with = second_flow_on_the_native_path(true);
+    assert!(with.first_in_time, "the first packet did not ride its FOP");
+    assert!(with.answer_in_time, "b's answer did not come at once");
+    assert_eq!(with.native_frames, 1, "only b's answer went as native data");
+    // The control: the first packet waits for b's FOK (its round trip and
+    // b's steering) and leaves natively; b answers natively after it.
+    let without = second_flow_on_the_native_path(false);
+    assert!(!without.first_in_time);
+    assert_eq!(without.native_frames, 2, "the first packet and the answer");
+}
+
+#[test]
+fn on_the_native_path_a_tcp_syn_does_not_ride_its_fop() {
+    // The peer's first native packet of the connection would be its
+    // SYN-ACK, which conntrack on the way takes as invalid: a SYN waits
+    // for the FOK and leaves natively, as before.
+    let (mut sim, a, b) = pair(5, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    sim.send_udp(a, b, 4000, 5000, b"FIRST");
+    sim.run_for(Duration::from_millis(300));
+    let syn = tcp_syn(sim.nodes[a].overlay, sim.nodes[b].overlay, 4002, 5002);
+    sim.send_packet(a, &syn);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.counter(a, "dprp_fast_opened"), 1);
+    assert_eq!(sim.counter(a, "dprp_fast_first_sent"), 0);
+    assert_eq!(native_frames_of(&sim, 4002), 1, "the SYN, natively");
+    assert_eq!(received(&sim, b, &syn[20..32]), 1);
+}
+
+/// A TCP SYN from `src:sport` to `dst:dport`, checksums filled.
+fn tcp_syn(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = fpn_proto::flow::protocol::TCP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..28].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x02;
+    p[34..36].copy_from_slice(&64240u16.to_be_bytes());
+    let c = fpn_proto::packet::checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = Packet::parse(&p[..]).unwrap().compute_l4_checksum();
+    p[36..38].copy_from_slice(&l4.to_be_bytes());
+    p
 }
 
 #[test]
@@ -128,9 +227,16 @@ fn a_first_packet_that_overtakes_its_fop_waits_for_it() {
     // Reordering on every link: in some runs the flow's first packet
     // arrives before its FOP. It must then wait (parked) and reach the
     // TUN once the FOP came, never be lost or make b negotiate.
+    // The first packet rides its FOP (note 71) unless told not to: then
+    // it is a frame of its own, which reordering may put first.
     let mut overtaken = 0;
     for seed in 0..24 {
         let (mut sim, a, b) = pair(100 + seed, Force::Quic, LinkConfig::default());
+        for i in [a, b] {
+            sim.fast_first = false;
+            sim.restart(i);
+        }
+        sim.introduce_all();
         sim.send_udp(a, b, 4000, 5000, b"FIRST");
         sim.run_for(Duration::from_millis(500));
         sim.set_link(LinkConfig {
@@ -147,6 +253,35 @@ fn a_first_packet_that_overtakes_its_fop_waits_for_it() {
         }
     }
     assert!(overtaken > 0, "no run had the packet overtake its FOP");
+}
+
+#[test]
+fn over_quic_the_first_packet_rides_its_fop_and_is_never_parked() {
+    // The same reordering: with the packet inside its FOP nothing can
+    // overtake it, and a sends one frame for the new flow, not two.
+    for seed in 0..24 {
+        let (mut sim, a, b) = pair(100 + seed, Force::Quic, LinkConfig::default());
+        sim.send_udp(a, b, 4000, 5000, b"FIRST");
+        sim.run_for(Duration::from_millis(500));
+        sim.set_link(LinkConfig {
+            reorder: 0.5,
+            ..LinkConfig::default()
+        });
+        let data_out = sim.counter(a, "data_out");
+        sim.send_udp(a, b, 4001, 5000, b"SECOND");
+        sim.run_for(Duration::from_millis(300));
+        assert_eq!(received(&sim, b, b"SECOND"), 1, "seed {seed}");
+        assert_eq!(sim.counter(b, "data_in_parked"), 0, "seed {seed}");
+        assert_eq!(
+            sim.counter(a, "data_out"),
+            data_out,
+            "seed {seed}: a data frame"
+        );
+        assert_eq!(sim.counter(a, "dprp_fast_first_sent"), 1, "seed {seed}");
+        assert_eq!(sim.counter(b, "dprp_fast_first_received"), 1, "seed {seed}");
+        assert_eq!(sim.counter(b, "dprp_started"), 0, "seed {seed}: b healed");
+        sim.check_invariants();
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Instant;
 use fpn_proto::dprp::{self, DropCause, EvictedFlow, FailReason, NegotiationId, Verdict};
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::GeId;
+use fpn_proto::packet::Packet;
 use fpn_proto::pccom::TRAILER_LEN;
 use fpn_proto::pit::{Disposition, NewEntry, Origin, PitEvent, RenegotiateReason};
 use tracing::{debug, info, trace, warn};
@@ -71,6 +72,7 @@ impl NodeCore {
                 progress = true;
                 self.on_dprp_event(ev, now);
             }
+            self.route_staged_fops();
             self.route_staged_cdns(now);
             progress |= self.drain_pit(now);
             if !progress {
@@ -243,6 +245,34 @@ impl NodeCore {
         }
     }
 
+    /// The first packet of `flow` that came inside its FOP from `peer`
+    /// (note 71): opened like a data frame of the peer and written to the
+    /// TUN. A UDP flow's FOP that came on the IP path was sent once the
+    /// peer steered the flow: this end may answer natively at once.
+    fn deliver_first(&mut self, flow: FlowId, peer: GeId, packet: Vec<u8>, now: Instant) {
+        // Only the FOP's own flow: the packet lies outside the FOP's tag,
+        // and a packet of another flow has no business riding it.
+        if !Packet::parse(&packet[..]).is_ok_and(|p| p.flow_id() == flow) {
+            self.counters.data_in_rejected += 1;
+            debug!(%flow, %peer, "the packet inside a FOP is not of its flow: dropped");
+            return;
+        }
+        let len = packet.len();
+        let mut b = packet;
+        b.resize(len + 64, 0);
+        let Some(n) = self
+            .handle_data(peer, &mut b, len, now)
+            .and_then(|n| self.vin6_for_tun(&mut b, n))
+        else {
+            return;
+        };
+        self.push_output(Output::Tun(b[..n].to_vec()));
+        if self.steering.via_native && flow.protocol == fpn_proto::flow::protocol::UDP {
+            let overlay = self.overlay_view(&flow);
+            self.first_came_inside_fop(&overlay);
+        }
+    }
+
     /// [`Timer::Parked`]: no FOP came for `flow`: its packets are dropped
     /// and the flow is negotiated from this side, as without fast open.
     pub(super) fn parking_expired(&mut self, flow: FlowId, now: Instant) {
@@ -290,12 +320,19 @@ impl NodeCore {
 
     pub(super) fn on_dprp_event(&mut self, ev: dprp::Event, now: Instant) {
         match ev {
-            dprp::Event::Established(e) => {
+            dprp::Event::Established(mut e) => {
                 let flow = e.flow;
+                let peer = e.peer;
                 let fast_responder = e.fast.is_some() && e.position == dprp::Position::Responder;
+                let first = e.first.take();
                 self.on_established(e, now);
                 self.presteer_done(&flow);
                 if fast_responder {
+                    // The packet inside the FOP is the flow's first: ahead
+                    // of any that overtook the FOP and were parked.
+                    if let Some(p) = first {
+                        self.deliver_first(flow, peer, p, now);
+                    }
                     self.unpark(&flow, now);
                 }
             }
@@ -317,14 +354,14 @@ impl NodeCore {
                 // The endpoint negotiates the flow now; until then its
                 // packets are held there, not sealed under the epoch's keys.
                 info!(%flow, %reason, "fast open failed; negotiating the flow");
-                // The first of the waiting packets is the one that opened
-                // the flow: DPRP holds its copy for the negotiation. The
-                // rest queued behind it here; they go to DPRP after it.
+                // DPRP holds a copy of the packet that opened the flow for
+                // the negotiation; those that queued behind it here go to
+                // DPRP after it.
                 let overlay = self.overlay_view(&flow);
                 let waiting = self.take_waiting(&overlay);
                 self.pit.remove(&flow);
                 self.flow_ended(&flow);
-                for p in waiting.into_iter().skip(1) {
+                for p in waiting {
                     self.negotiate(flow, &p, now);
                 }
             }
@@ -478,9 +515,38 @@ impl NodeCore {
 
     /// A held packet of a flow that is now established.
     pub(super) fn release(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
-        if packet.len() + TRAILER_LEN > self.scratch.len() || self.hold_for_steering(&flow, packet)
-        {
+        if packet.len() + TRAILER_LEN > self.scratch.len() {
             return;
+        }
+        // The first packet of a fast open that began in this drain round:
+        // its FOP is staged, and may carry it (note 71).
+        let fop = if self.has_staged_fops() {
+            self.take_staged_fop(&flow)
+        } else {
+            None
+        };
+        if self.hold_for_steering(&flow, packet) {
+            if let Some((id, t)) = fop {
+                self.hold_fop_for_first(&flow, id, t, packet);
+            }
+            return;
+        }
+        if let Some((id, t)) = fop {
+            // Over QUIC the packet would leave at once beside its FOP: it
+            // goes inside instead (one frame, and the peer never parks it).
+            let quic = self
+                .pit
+                .lookup(&flow)
+                .and_then(|(_, e)| e.peer())
+                .is_some_and(|ge| !self.peer_native(ge));
+            if quic
+                && !self.plain_on_wire(&flow)
+                && t.payload.len() + packet.len() + TRAILER_LEN <= steering::MAX_FIRST_FOP
+            {
+                self.send_first_in_fop(id, t, &flow, packet, now);
+                return;
+            }
+            self.route_transmit(t);
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf[..packet.len()].copy_from_slice(packet);

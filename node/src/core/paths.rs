@@ -293,11 +293,7 @@ impl NodeCore {
         } else {
             flow.reversed()
         };
-        let native = self
-            .peers
-            .get(ge)
-            .is_some_and(|p| p.path.current == CarrierKind::Native)
-            && self.xlat.get(&overlay).is_some();
+        let native = self.peer_native(ge) && self.xlat.get(&overlay).is_some();
         if native {
             CarrierKind::Native
         } else {
@@ -1109,11 +1105,7 @@ impl NodeCore {
         n: usize,
         now: Instant,
     ) -> Option<(usize, usize)> {
-        if !self
-            .peers
-            .get(ge)
-            .is_some_and(|p| p.path.current == CarrierKind::Native)
-        {
+        if !self.peer_native(ge) {
             return None;
         }
         let (overlay, ip_header) = match Packet::parse(&buf[..n]) {
@@ -1236,12 +1228,7 @@ impl NodeCore {
     /// address, port 7717, while the peer's path is native (on-path
     /// gateways see it there; docs/DESIGN-NOTES.md note 23). True if sent.
     pub(super) fn send_dprp_native(&mut self, ge: GeId, payload: &[u8]) -> bool {
-        if payload.len() > MAX_NATIVE_DPRP
-            || !self
-                .peers
-                .get(ge)
-                .is_some_and(|p| p.path.current == CarrierKind::Native)
-        {
+        if payload.len() > MAX_NATIVE_DPRP || !self.peer_native(ge) {
             return false;
         }
         let Some(remote) = self.native_remote(ge) else {
@@ -1259,6 +1246,13 @@ impl NodeCore {
             _ => SocketAddr::new(remote, PROBE_PORT),
         };
         self.send_dprp_to(dst, payload)
+    }
+
+    /// Whether `ge`'s path is native now.
+    pub(super) fn peer_native(&self, ge: GeId) -> bool {
+        self.peers
+            .get(ge)
+            .is_some_and(|p| p.path.current == CarrierKind::Native)
     }
 
     /// Sends a DPRP message as a native UDP datagram to `dst` (port 7717)

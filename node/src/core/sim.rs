@@ -294,6 +294,9 @@ pub struct CoreSim {
     /// Fast open (the `fast_open` key) for nodes made from now on; off by
     /// default, so the scenarios written before it negotiate every flow.
     pub fast_open: bool,
+    /// The first packet inside its FOP (`CoreConfig::fast_first`) for
+    /// nodes made from now on; on by default.
+    pub fast_first: bool,
     /// The PIT settings of nodes made from now on.
     pub pit: PitConfig,
     /// When on (the default), data frames are kept for [`CoreSim::wire`]
@@ -349,6 +352,7 @@ impl CoreSim {
             // (scripts/test.sh does, once more).
             workers: std::env::var_os("FPN_SIM_WORKERS").is_some_and(|v| v == "1"),
             fast_open: false,
+            fast_first: true,
             pit: PitConfig::default(),
             wire_log: true,
             carrier_delay: Duration::ZERO,
@@ -1212,6 +1216,7 @@ impl CoreSim {
                 max_gms_silence: Some(std::time::Duration::from_secs(3600)),
                 vin_range: super::natf::DEFAULT_VIN_RANGE,
                 net6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public()),
+                fast_first: self.fast_first,
             },
             dprp,
             Pit::new(self.pit),

@@ -385,6 +385,9 @@ impl NodeCore {
             ("dprp_fast_confirmed", d.fast_confirmed),
             ("dprp_fast_fallbacks", d.fast_fallbacks),
             ("dprp_fast_accepted", d.fast_accepted),
+            // The first packet in its FOP (note 71).
+            ("dprp_fast_first_sent", d.fast_first_sent),
+            ("dprp_fast_first_received", d.fast_first_received),
             ("dprp_fast_unknown_epoch", d.fast_unknown_epoch),
             ("dprp_fast_refused_in_transit", d.fast_refused_in_transit),
             ("dprp_epoch_renewals", d.epoch_renewals),

@@ -30,11 +30,14 @@ use std::time::{Duration, Instant};
 use fpn_proto::dprp::{self, MessageType, NegotiationId, Position};
 use fpn_proto::flow::{FastMap, FlowId};
 use fpn_proto::ge::GeId;
+use fpn_proto::pccom::TRAILER_LEN;
+use fpn_proto::pit::{Disposition, Origin};
 use tracing::{debug, trace};
 
 use super::NodeCore;
 use super::paths::NATIVE_GRACE;
 use super::timers::Timer;
+use crate::carrier::FrameKind;
 
 /// How long a responder's CDN, or an initiator's released first packets,
 /// wait for this node's inbound steering of the flow. The `nft`
@@ -50,6 +53,9 @@ const MAX_WAITING_PACKETS: usize = 64;
 /// Most flows waiting for their steering at once; past it a flow completes
 /// at once (on QUIC).
 const MAX_WAITING_FLOWS: usize = 4096;
+/// The longest FOP with a first packet inside: one QUIC datagram or one
+/// unfragmented packet, like an eviction notice.
+pub(super) const MAX_FIRST_FOP: usize = 1100;
 
 /// What the steering needs of a finished negotiation.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +78,11 @@ pub(super) struct Gate {
     pub peer_ready: bool,
     /// From then on only `ready` is needed (the fallback grace).
     pub until: Instant,
+    /// The peer sent the flow's first packet inside its FOP on the IP
+    /// path, which it does only once it steers the flow: this end may send
+    /// natively before its own steering is confirmed, since the peer sends
+    /// natively only after this end's FOK, which waits for that (note 71).
+    pub early: bool,
 }
 
 /// What waits for a flow's steering.
@@ -90,6 +101,11 @@ pub(super) struct Waiting {
     /// A fast-opened flow: released only once the peer's FOK (on the IP
     /// path) says it steers the flow too, not at this node's steering alone.
     needs_peer: bool,
+    /// Its FOP, held until this node steers the flow, then sent on the IP
+    /// path with the first packet inside (note 71).
+    fop: Option<(NegotiationId, dprp::Transmit)>,
+    /// The first packet left inside the FOP: `packets` are those behind it.
+    first_sent: bool,
 }
 
 /// How a responder's CDN leaves.
@@ -119,6 +135,9 @@ pub(super) struct Steering {
     presteered: HashMap<FlowId, (FlowId, bool)>,
     /// The same by inbound wire flow.
     presteer_wire: HashMap<FlowId, FlowId>,
+    /// This drain round's first sendings of fast opens' FOPs, by PIT key:
+    /// the round's release of the flow's first packet may put it inside.
+    staged_fops: Vec<(FlowId, NegotiationId, dprp::Transmit)>,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
 }
@@ -146,6 +165,7 @@ impl NodeCore {
                 g.ready = true;
                 peer_ready = g.peer_ready;
             }
+            self.send_held_fop(overlay, now);
             let fast_waits = self
                 .steering
                 .waiting
@@ -169,7 +189,7 @@ impl NodeCore {
         }
         match self.steering.gates.get(overlay) {
             None => true,
-            Some(g) if g.ready && (g.peer_ready || now >= g.until) => {
+            Some(g) if (g.ready || g.early) && g.peer_ready || g.ready && now >= g.until => {
                 self.steering.gates.remove(overlay);
                 true
             }
@@ -185,6 +205,7 @@ impl NodeCore {
                 ready: false,
                 peer_ready: false,
                 until: now + NATIVE_GRACE,
+                early: false,
             },
         );
     }
@@ -192,9 +213,35 @@ impl NodeCore {
     /// An accepted native packet of `overlay`: the peer sends it natively
     /// only once its own steering is in place.
     pub(super) fn peer_steering_seen(&mut self, overlay: &FlowId) {
+        // Except while this end waits for a fast open's FOK: a peer that
+        // got the first packet inside the FOP answers natively before its
+        // own steering is in place (`Gate::early`), so its answer says
+        // nothing of it.
+        if self
+            .steering
+            .waiting
+            .get(overlay)
+            .is_some_and(|w| w.needs_peer)
+        {
+            return;
+        }
         if let Some(g) = self.steering.gates.get_mut(overlay) {
             g.peer_ready = true;
         }
+    }
+
+    /// The peer put the first packet of `overlay` into its FOP on the IP
+    /// path, having steered the flow first ([`Gate::early`]).
+    pub(super) fn first_came_inside_fop(&mut self, overlay: &FlowId) {
+        if let Some(g) = self.steering.gates.get_mut(overlay) {
+            g.peer_ready = true;
+            g.early = true;
+        }
+    }
+
+    /// Whether a fast open began in this drain round.
+    pub(super) fn has_staged_fops(&self) -> bool {
+        !self.steering.staged_fops.is_empty()
     }
 
     /// The peer's FOK for fast-opened `overlay` came, on the IP path
@@ -216,15 +263,17 @@ impl NodeCore {
         }
     }
 
-    /// A fast open failed: what waited for `overlay`'s steering, taken
-    /// (its negotiation carries it now), and the wait ended.
+    /// A fast open failed: the packets that queued behind the one that
+    /// opened the flow (DPRP holds its copy for the negotiation), taken,
+    /// and the wait ended.
     pub(super) fn take_waiting(&mut self, overlay: &FlowId) -> Vec<Vec<u8>> {
         match self.steering.waiting.remove(overlay) {
             Some(w) => {
                 if let Some(id) = w.negotiation {
                     self.steering.cdn_holds.remove(&id);
                 }
-                w.packets
+                let opening = usize::from(!w.first_sent);
+                w.packets.into_iter().skip(opening).collect()
             }
             None => Vec::new(),
         }
@@ -239,7 +288,7 @@ impl NodeCore {
                 .steering
                 .waiting
                 .get(flow)
-                .is_some_and(|w| !w.packets.is_empty())
+                .is_some_and(|w| w.needs_peer || !w.packets.is_empty())
             && self.hold_for_steering(flow, packet)
     }
 
@@ -324,15 +373,144 @@ impl NodeCore {
     }
 
     /// A transmit of DPRP: CDNs (and FOKs, a fast open's CDN) wait for
-    /// the round's events (they say how the CDN leaves). True when taken.
+    /// the round's events (they say how the CDN leaves), and a fast open's
+    /// first FOP for its flow's first packet (note 71). `None` when taken.
     pub(super) fn stage_cdn(&mut self, t: dprp::Transmit) -> Option<dprp::Transmit> {
         match dprp::msg::peek(&t.payload) {
             Ok((MessageType::Cdn | MessageType::Fok, _)) => {
                 self.steering.staged.push(t);
                 None
             }
+            Ok((MessageType::Fop, id)) if self.cfg.fast_first => {
+                // A retransmission has no release behind it in this round
+                // and leaves at the round's end, unchanged.
+                match dprp::msg::Message::decode(&t.payload) {
+                    Ok(dprp::msg::Message::Fop(f)) if f.first.is_empty() => {
+                        self.steering.staged_fops.push((f.flow, id, t));
+                        None
+                    }
+                    _ => Some(t),
+                }
+            }
             _ => Some(t),
         }
+    }
+
+    /// The staged FOP of `flow` (PIT key), if its fast open began in this
+    /// drain round.
+    pub(super) fn take_staged_fop(
+        &mut self,
+        flow: &FlowId,
+    ) -> Option<(NegotiationId, dprp::Transmit)> {
+        let i = self
+            .steering
+            .staged_fops
+            .iter()
+            .position(|(f, _, _)| f == flow)?;
+        let (_, id, t) = self.steering.staged_fops.swap_remove(i);
+        Some((id, t))
+    }
+
+    /// The round's FOPs no first packet went into leave as they are.
+    pub(super) fn route_staged_fops(&mut self) {
+        for (_, _, t) in std::mem::take(&mut self.steering.staged_fops) {
+            self.route_transmit(t);
+        }
+    }
+
+    /// The first packet of fast-opened `flow` waits for this node's
+    /// steering (the peer's path is native): a UDP packet that fits keeps
+    /// its FOP company until then, and both leave together on the IP path
+    /// ([`NodeCore::send_held_fop`]); anything else lets the FOP go now.
+    /// Not TCP: the peer's first native packet of the connection would be
+    /// its SYN-ACK, which a router's conntrack that never saw the SYN
+    /// takes as invalid (and a NAT leaves untranslated).
+    pub(super) fn hold_fop_for_first(
+        &mut self,
+        flow: &FlowId,
+        id: NegotiationId,
+        t: dprp::Transmit,
+        packet: &[u8],
+    ) {
+        let overlay = self.overlay_view(flow);
+        let fits = t.payload.len() + packet.len() + TRAILER_LEN <= MAX_FIRST_FOP;
+        match self.steering.waiting.get_mut(&overlay) {
+            Some(w)
+                if fits
+                    && flow.protocol == fpn_proto::flow::protocol::UDP
+                    && w.needs_peer
+                    && w.packets.len() == 1
+                    && w.fop.is_none() =>
+            {
+                w.fop = Some((id, t));
+            }
+            _ => self.route_transmit(t),
+        }
+    }
+
+    /// This node now steers `overlay`: a FOP held for it leaves with the
+    /// flow's first packet inside, sealed, on the IP path (note 71).
+    fn send_held_fop(&mut self, overlay: FlowId, now: Instant) {
+        let Some(w) = self.steering.waiting.get_mut(&overlay) else {
+            return;
+        };
+        let Some((id, t)) = w.fop.take() else {
+            return;
+        };
+        let (Some(flow), false) = (w.pit_key, w.packets.is_empty()) else {
+            self.route_transmit(t);
+            return;
+        };
+        let first = w.packets.remove(0);
+        w.first_sent = true;
+        self.send_first_in_fop(id, t, &flow, &first, now);
+    }
+
+    /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
+    /// into fast open `id`'s FOP `t` and sends that. A first packet that
+    /// cannot go inside leaves after the FOP on QUIC (the peer parks it
+    /// until the FOP is in).
+    pub(super) fn send_first_in_fop(
+        &mut self,
+        id: NegotiationId,
+        t: dprp::Transmit,
+        flow: &FlowId,
+        packet: &[u8],
+        now: Instant,
+    ) {
+        if packet.len() + TRAILER_LEN > self.scratch.len() {
+            self.route_transmit(t);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf[..packet.len()].copy_from_slice(packet);
+        let sealed = match self
+            .pit
+            .handle_packet(flow, Origin::Local, &mut buf, packet.len(), now)
+        {
+            Ok(Disposition::Forward { len }) => Some(len),
+            _ => None,
+        };
+        match sealed {
+            Some(len) => match self.dprp.attach_first(id, &buf[..len]) {
+                Ok(payload) => self.route_transmit(dprp::Transmit {
+                    dst: t.dst,
+                    payload,
+                }),
+                Err(e) => {
+                    debug!(%flow, error = %e, "first packet not put into its FOP");
+                    self.route_transmit(t);
+                    if let Some(ge) = self.pit.lookup(flow).and_then(|(_, e)| e.peer()) {
+                        self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
+                    }
+                }
+            },
+            None => {
+                self.counters.policy_drops += 1;
+                self.route_transmit(t);
+            }
+        }
+        self.scratch = buf;
     }
 
     /// Routes the round's CDNs: held, over QUIC, or the usual way.
@@ -412,6 +590,11 @@ impl NodeCore {
     fn finish_waiting(&mut self, overlay: FlowId, wait: Waiting, ready: bool, now: Instant) {
         if let Some(id) = wait.negotiation {
             self.steering.cdn_holds.remove(&id);
+        }
+        // A FOP still held for the first packet (this node's steering never
+        // came): it goes as it is, ahead of the packets.
+        if let Some((_, t)) = wait.fop {
+            self.route_transmit(t);
         }
         let peer = wait
             .peer

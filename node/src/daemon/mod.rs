@@ -413,6 +413,7 @@ async fn run(
                 .then(|| Duration::from_secs(cfg.max_gms_silence_secs)),
             vin_range,
             net6,
+            fast_first: want_fast_first(),
         },
         dprp,
         pit,
@@ -1263,6 +1264,16 @@ fn start_real_plane(
 /// `no`) or on (anything else) whatever the configuration says: for
 /// comparisons (bench/overlay.sh) without editing configuration files.
 pub const FAST_OPEN_ENV: &str = "FPN_NODE_FAST_OPEN";
+
+/// Environment variable that keeps a fast-opened flow's first packet out
+/// of its FOP (`0`, `off`, `false`, `no`; design note 71): for comparisons.
+pub const FAST_FIRST_ENV: &str = "FPN_NODE_FAST_FIRST";
+
+/// Whether a fast-opened flow's first packet rides inside its FOP.
+fn want_fast_first() -> bool {
+    std::env::var(FAST_FIRST_ENV)
+        .map_or(true, |v| !matches!(v.trim(), "0" | "off" | "false" | "no"))
+}
 
 /// Whether to fast-open flows: the environment variable when set, else the
 /// configuration key.

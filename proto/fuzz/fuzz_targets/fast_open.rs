@@ -3,8 +3,9 @@
 //! (FOP and EVICT path: epoch lookup, tag, index window, ownership checks)
 //! or into the opener (FOK and NAK against its running fast opens), or
 //! names a flow (protocol, source, destination, ports) the opener
-//! fast-opens for real, so genuine FOPs with arbitrary flows reach every
-//! check behind the tag, or names flows with openings the opener lists in
+//! fast-opens for real, with the rest of the input as the first packet
+//! inside its FOP, so genuine FOPs with arbitrary flows and contents reach
+//! every check behind the tag, or names flows with openings the opener lists in
 //! a genuine eviction notice, which the peer must take whole. Nothing may
 //! panic, and the GEs' state stays bounded.
 #![no_main]
@@ -119,7 +120,21 @@ fuzz_target!(|data: &[u8]| {
                     src_port: u16::from_be_bytes([rest[3], rest[4]]),
                     dst_port: u16::from_be_bytes([rest[5], rest[6]]),
                 };
+                let events = p.sim.events(p.a).len();
                 p.sim.send_packet(p.a, flow, rest[7..].to_vec());
+                // The rest goes inside the FOP too, as a node puts the
+                // sealed first packet there (retransmissions carry it).
+                let opened = p.sim.events(p.a)[events..].iter().find_map(|(_, e)| match e {
+                    fpn_proto::dprp::Event::Established(e) if e.fast.is_some() => {
+                        Some(e.negotiation)
+                    }
+                    _ => None,
+                });
+                if let Some(id) = opened
+                    && !rest[7..].is_empty()
+                {
+                    let _ = p.sim.endpoint(p.a).attach_first(id, &rest[7..]);
+                }
                 p.sim.run_for(Duration::from_millis(50));
             }
         }

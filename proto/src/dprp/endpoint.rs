@@ -131,6 +131,10 @@ pub struct Stats {
     pub fast_fallbacks: u64,
     /// Peers' fast-opened flows this GE installed.
     pub fast_accepted: u64,
+    /// FOPs this GE sent with their flow's first packet inside.
+    pub fast_first_sent: u64,
+    /// Of the peers' FOPs installed here, those with the first packet inside.
+    pub fast_first_received: u64,
     /// FOPs naming a pair epoch this GE does not hold.
     pub fast_unknown_epoch: u64,
     /// FOPs this gateway stopped on their way (the flow must be negotiated

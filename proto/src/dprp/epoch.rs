@@ -464,6 +464,7 @@ mod tests {
             age_ms: 0,
             flow: flow(1000),
             tag: [0; MAC_LEN],
+            first: Vec::new(),
         };
         fop.tag = at1.fop_tag(GeId(1), &fop);
         at2.verify_fop(&fop).unwrap();

@@ -379,6 +379,7 @@ impl Transit {
                 natf: None,
                 started: None,
                 fast: None,
+                first: None,
                 epoch: None,
             }),
             CdnStatus::Refused(code) => {

@@ -480,6 +480,7 @@ impl Initiator {
                 natf,
                 started: Some(self.started),
                 fast: None,
+                first: None,
                 epoch,
             },
         });

@@ -142,6 +142,11 @@ pub struct Established {
     /// Set when the flow was opened on a pair epoch, without a
     /// negotiation (docs/PROTOCOL.md, "Fast open").
     pub fast: Option<FastOpen>,
+    /// A fast-open responder: the flow's first packet, sealed under its
+    /// keys, that came inside the FOP (docs/PROTOCOL.md, "The first
+    /// packet in its FOP"). The node opens it like a data frame from
+    /// `peer`, before any packet parked for the flow.
+    pub first: Option<Vec<u8>>,
     /// The pair epoch this negotiation leaves the endpoint (taken out
     /// before the event leaves it).
     pub(crate) epoch: Option<Box<epoch::EpochSeed>>,

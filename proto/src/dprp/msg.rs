@@ -157,7 +157,15 @@ pub struct Fop {
     pub flow: FlowId,
     /// MAC under the epoch's auth key (see [`crate::dprp`]'s epoch module).
     pub tag: [u8; MAC_LEN],
+    /// The flow's first packet, sealed under the flow's keys (empty: none;
+    /// at most [`MAX_FIRST_PACKET`] bytes). Outside the tag: PCCOM
+    /// authenticates it, and only the two ends can derive the flow's keys
+    /// (docs/PROTOCOL.md, "The first packet in its FOP").
+    pub first: Vec<u8>,
 }
+
+/// The longest first packet a FOP carries.
+pub const MAX_FIRST_PACKET: usize = 1500;
 
 /// FOK: the receiving end installed a fast-opened flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,6 +595,7 @@ impl Message {
                 age_ms: r.u32("FOP age")?,
                 flow: FlowId::decode(&mut r)?,
                 tag: r.array("FOP tag")?,
+                first: r.long_bytes(MAX_FIRST_PACKET, "FOP first packet")?.to_vec(),
             }),
             MessageType::Fok => Self::Fok(Fok {
                 id,
@@ -648,7 +657,9 @@ impl Message {
             }
             Self::Fop(m) => {
                 out = m.core();
-                Writer::new(&mut out).bytes(&m.tag);
+                let mut w = Writer::new(&mut out);
+                w.bytes(&m.tag);
+                w.long_bytes(&m.first, MAX_FIRST_PACKET, "FOP first packet")?;
             }
             Self::Fok(m) => {
                 out = m.core();

@@ -408,6 +408,7 @@ impl Responder {
                     natf: self.natf,
                     started: None,
                     fast: None,
+                    first: None,
                     epoch,
                 }))
             }

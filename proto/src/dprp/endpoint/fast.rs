@@ -101,6 +101,7 @@ impl Endpoint {
             age_ms: e.age_ms(now),
             flow,
             tag: [0; 32],
+            first: Vec::new(),
         };
         fop.tag = e.fop_tag(own, &fop);
         let (group, version, serial, epoch) = (e.group, e.version, e.peer.serial, e.id);
@@ -145,6 +146,7 @@ impl Endpoint {
                 index,
                 opener: own,
             }),
+            first: None,
             epoch: None,
         }));
         self.events.push_back(Event::Release {
@@ -152,6 +154,24 @@ impl Endpoint {
             packets: vec![packet],
         });
         Some(Verdict::Held)
+    }
+
+    /// Puts `packet` (the flow's first, sealed under the keys of fast open
+    /// `id`'s entry) into that fast open's FOP, for its first sending and
+    /// every retransmission (docs/PROTOCOL.md, "The first packet in its
+    /// FOP"). Returns the FOP to send now.
+    pub fn attach_first(&mut self, id: NegotiationId, packet: &[u8]) -> Result<Vec<u8>> {
+        let Some(Machine::Fast(m)) = self.machines.get_mut(&id) else {
+            return Err(Error::UnknownNegotiation);
+        };
+        let Message::Fop(mut fop) = Message::decode(&m.fop)? else {
+            return Err(Error::UnexpectedMessage("a fast open without its FOP"));
+        };
+        fop.first = packet.to_vec();
+        let bytes = Message::Fop(fop).encode()?;
+        m.fop = bytes.clone();
+        self.stats.fast_first_sent += 1;
+        Ok(bytes)
     }
 
     /// A peer's FOP, from the underlay address `from`.
@@ -247,6 +267,9 @@ impl Endpoint {
         });
         self.stats.fast_accepted += 1;
         self.stats.established += 1;
+        if !fop.first.is_empty() {
+            self.stats.fast_first_received += 1;
+        }
         tracing::debug!(id = %fop.id, flow = %fop.flow, %peer, index = fop.index, "fast open accepted");
         self.events.push_back(Event::Established(Established {
             negotiation: fop.id,
@@ -265,6 +288,7 @@ impl Endpoint {
                 index: fop.index,
                 opener: peer,
             }),
+            first: (!fop.first.is_empty()).then_some(fop.first),
             epoch: None,
         }));
         Ok(())
