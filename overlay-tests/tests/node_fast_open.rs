@@ -71,7 +71,7 @@ fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<Vec<u8>> {
         .filter_map(|ip| {
             let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
             match Message::decode(udp.get(8..)?) {
-                Ok(Message::Fop(f)) if !f.first.is_empty() => Some(f.first),
+                Ok(Message::Fop(f)) => f.first.map(|f| f.packet),
                 _ => None,
             }
         })

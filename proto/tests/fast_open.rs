@@ -244,12 +244,11 @@ fn a_peer_that_lost_the_epoch_makes_the_opener_negotiate() {
 fn lost_fops_are_sent_again_and_a_silent_peer_means_a_negotiation() {
     let Pair { mut sim, a, b } = pair(7);
     udp(&mut sim, a, "198.18.0.2", 1000);
-    // Every FOP's tag is mangled on the way (the receiver drops it). The
-    // tag is followed by the first packet's two-byte length (0: none).
+    // Every FOP's tag is mangled on the way (the receiver drops it).
     sim.set_tamper(|_, p| {
         if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
             let n = p.len();
-            p[n - 3] ^= 1;
+            p[n - 1] ^= 1;
         }
     });
     let (ea, eb, wire) = (sim.events(a).len(), sim.events(b).len(), sim.wire().len());
@@ -293,7 +292,7 @@ fn a_replayed_fop_installs_nothing_twice_and_a_changed_one_nothing_at_all() {
     // Another flow or index under the same tag: refused.
     let mut other = fop.clone();
     let n = other.len();
-    other[n - 35] ^= 1; // last byte of the flow (destination port), before the tag and the length
+    other[n - 33] ^= 1; // last byte of the flow (destination port)
     assert_eq!(
         ep.handle_datagram(from, &other, now),
         Err(Error::BadMac("FOP tag"))
@@ -464,12 +463,11 @@ fn a_simultaneous_fast_open_of_one_connection_ends_with_one_pair_of_keys() {
 fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
     let Pair { mut sim, a, b } = pair(13);
     udp(&mut sim, a, "198.18.0.2", 1000);
-    // Every FOP is lost on the way (its tag mangled; the first packet's
-    // length follows it).
+    // Every FOP is lost on the way (its tag mangled).
     sim.set_tamper(|_, p| {
         if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
             let n = p.len();
-            p[n - 3] ^= 1;
+            p[n - 1] ^= 1;
         }
     });
     let flow = fpn_proto::flow::FlowId {
@@ -503,7 +501,7 @@ fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
         .payload
         .clone();
     let n = fop.len();
-    fop[n - 3] ^= 1;
+    fop[n - 1] ^= 1;
     let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
     let now = sim.now();
     let ep = sim.endpoint(b);
@@ -810,14 +808,14 @@ fn an_epoch_cut_short_by_a_credential_is_not_renewed() {
 fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_retransmission() {
     let Pair { mut sim, a, b } = pair(21);
     udp(&mut sim, a, "198.18.0.2", 1000);
-    // The first FOP of the next flow is lost, so its retransmission must
-    // carry the packet too.
+    // The first FOP of the next flow is lost (its tag mangled), so its
+    // retransmission must carry the packet too.
     let drop_first = std::cell::Cell::new(true);
     sim.set_tamper(move |_, p| {
         if drop_first.get() && msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
             drop_first.set(false);
             let n = p.len();
-            p[n - 3] ^= 1;
+            p[n - 1] ^= 1;
         }
     });
     let flow = fpn_proto::flow::FlowId {
@@ -832,16 +830,22 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
     // What a node does: the released first packet (sealed by the node;
     // opaque here) goes into the fast open's FOP.
     let id = installed(&sim, a, ea)[0].negotiation;
+    let now = sim.now();
     let ep = sim.endpoint(a);
-    let with = ep.attach_first(id, b"SEALED-FIRST").unwrap();
+    assert!(ep.fast_open_takes_first(id), "both ends offered kind 5");
+    let with = ep.attach_first(id, b"SEALED-FIRST", true, now).unwrap();
     let Ok(msg::Message::Fop(f)) = msg::Message::decode(&with) else {
         panic!("not a FOP");
     };
-    assert_eq!(f.first, b"SEALED-FIRST");
+    let first = msg::FirstPacket {
+        steered: true,
+        packet: b"SEALED-FIRST".to_vec(),
+    };
+    assert_eq!(f.first.as_ref(), Some(&first));
     assert_eq!(ep.stats().fast_first_sent, 1);
     // An unknown fast open is a typed error.
     assert_eq!(
-        ep.attach_first(msg::NegotiationId(id.0 ^ 1), b"x"),
+        ep.attach_first(msg::NegotiationId(id.0 ^ 1), b"x", false, now),
         Err(Error::UnknownNegotiation)
     );
     sim.run_for(SETTLE);
@@ -849,9 +853,8 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
     assert_eq!(sent(&sim, MessageType::Fop, wire), 2);
     let at_b = installed(&sim, b, eb);
     assert_eq!(at_b.len(), 1);
-    assert_eq!(at_b[0].first.as_deref(), Some(&b"SEALED-FIRST"[..]));
+    assert_eq!(at_b[0].first.as_ref(), Some(&first));
     assert_eq!(sim.endpoint(b).stats().fast_first_received, 1);
-    assert!(installed(&sim, a, ea)[0].first.is_none());
     // A replay of the FOP with its packet is answered, and installs and
     // hands out nothing.
     let replay = sim.wire()[wire..]
@@ -867,4 +870,44 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
     ep.handle_datagram(from, &replay, now).unwrap();
     assert!(ep.poll_event().is_none());
     assert_eq!(ep.stats().fast_first_received, 1);
+}
+
+#[test]
+fn a_peer_that_does_not_take_first_packets_never_gets_one() {
+    // b behaves like a node before the first packet in its FOP (no option
+    // kind 5): the epoch says so at both ends, whoever negotiated it.
+    for b_opens in [false, true] {
+        let mut sim = Sim::new(22, LinkConfig::default());
+        let fast = |c: &mut fpn_proto::dprp::Config| c.fast_open = true;
+        let old = |c: &mut fpn_proto::dprp::Config| {
+            c.fast_open = true;
+            c.fast_first = false;
+        };
+        let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
+        let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), old);
+        let dir = vec![
+            (Prefix::host(ip("198.18.0.1")), GeId(1)),
+            (Prefix::host(ip("198.18.0.2")), GeId(2)),
+        ];
+        sim.endpoint(a).set_directory(dir.clone());
+        sim.endpoint(b).set_directory(dir);
+        if b_opens {
+            udp(&mut sim, b, "198.18.0.1", 1000);
+        } else {
+            udp(&mut sim, a, "198.18.0.2", 1000);
+        }
+        let ea = sim.events(a).len();
+        sim.send_udp(a, ip("198.18.0.2"), 1001, 53, b"query");
+        let id = installed(&sim, a, ea)[0].negotiation;
+        assert!(installed(&sim, a, ea)[0].fast.is_some(), "fast-opened");
+        let now = sim.now();
+        let ep = sim.endpoint(a);
+        assert!(!ep.fast_open_takes_first(id));
+        assert!(matches!(
+            ep.attach_first(id, b"SEALED", false, now),
+            Err(Error::UnexpectedMessage(_))
+        ));
+        sim.run_for(SETTLE);
+        assert_eq!(sim.endpoint(b).stats().fast_accepted, 1);
+    }
 }

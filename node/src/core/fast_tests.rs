@@ -120,7 +120,8 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     sim.run_for(Duration::from_millis(300));
     assert_eq!(received(&sim, b, b"FIRST"), 1);
     let before = native_frames_of(&sim, 4001);
-    sim.send_udp(a, b, 4001, 5000, b"SECOND");
+    let lost = sim.native_lost;
+    sim.send_udp(a, b, 4001, 5001, b"SECOND");
     // With the packet inside its FOP: a's steering and one link delay.
     // Without: the FOP's round trip and b's steering as well.
     let mut waited = Duration::ZERO;
@@ -131,7 +132,7 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(received(&sim, b, b"SECOND"), 1);
     let first_in_time = waited <= Duration::from_millis(16);
     // b answers at once.
-    sim.send_udp(b, a, 5000, 4001, b"ANSWER");
+    sim.send_udp(b, a, 5001, 4001, b"ANSWER");
     sim.run_for(Duration::from_millis(11));
     let answer_in_time = received(&sim, a, b"ANSWER") == 1;
     let native_frames = native_frames_of(&sim, 4001) - before;
@@ -139,9 +140,9 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(received(&sim, a, b"ANSWER"), 1);
     // Then the flow runs natively both ways.
     for n in 0..3u8 {
-        sim.send_udp(a, b, 4001, 5000, &[b'M', n]);
+        sim.send_udp(a, b, 4001, 5001, &[b'M', n]);
         sim.run_for(Duration::from_millis(30));
-        sim.send_udp(b, a, 5000, 4001, &[b'R', n]);
+        sim.send_udp(b, a, 5001, 4001, &[b'R', n]);
         sim.run_for(Duration::from_millis(30));
     }
     assert!(native_frames_of(&sim, 4001) - before >= 7);
@@ -149,6 +150,8 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(received(&sim, a, b"R\x02"), 1);
     assert_eq!(sim.counter(a, "dprp_fast_confirmed"), 1);
     assert_eq!(sim.counter(a, "dprp_started"), 1);
+    // No native packet of the flow came to an end that did not steer it.
+    assert_eq!(sim.native_lost, lost, "a native packet reached a kernel");
     let inside = u64::from(fast_first);
     assert_eq!(sim.counter(a, "dprp_fast_first_sent"), inside);
     assert_eq!(sim.counter(b, "dprp_fast_first_received"), inside);
@@ -179,6 +182,43 @@ fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_and_the_answer_com
     let without = second_flow_on_the_native_path(false);
     assert!(!without.first_in_time);
     assert_eq!(without.native_frames, 2, "the first packet and the answer");
+}
+
+#[test]
+fn a_peer_whose_steering_is_late_does_not_open_the_opener_s_gate_early() {
+    // A port of b's no flow uses yet (the sim hands b's node every packet
+    // to a steered local port, whatever its source). b's steering takes
+    // 150 ms: its FOK goes over QUIC after 100 ms
+    // (steering timeout), while it answers natively at once (the first
+    // packet came steered). a must not take b's native packets for b's
+    // steering: its own packets go on QUIC until the grace, never natively
+    // into b's kernel before b steers the flow.
+    let (mut sim, a, b) = pair(6, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    sim.send_udp(a, b, 4000, 5000, b"FIRST");
+    sim.run_for(Duration::from_millis(300));
+    sim.nodes[b].steer_delay = Duration::from_millis(150);
+    let lost = sim.native_lost;
+    sim.send_udp(a, b, 4001, 5001, b"SECOND");
+    sim.run_for(Duration::from_millis(16));
+    assert_eq!(received(&sim, b, b"SECOND"), 1);
+    sim.send_udp(b, a, 5001, 4001, b"ANSWER");
+    // The FOK over QUIC reaches a at about 125 ms.
+    sim.run_for(Duration::from_millis(120));
+    assert_eq!(received(&sim, a, b"ANSWER"), 1);
+    assert_eq!(sim.counter(b, "native_ready_timeouts"), 1);
+    // b goes on natively; then a answers before b's steering (165 ms).
+    sim.send_udp(b, a, 5001, 4001, b"MORE");
+    sim.run_for(Duration::from_millis(11));
+    assert_eq!(received(&sim, a, b"MORE"), 1);
+    sim.send_udp(a, b, 4001, 5001, b"BACK");
+    sim.run_for(Duration::from_millis(12));
+    assert_eq!(received(&sim, b, b"BACK"), 1, "lost");
+    assert_eq!(
+        sim.native_lost, lost,
+        "a's packet reached b before b steered the flow"
+    );
+    sim.check_invariants();
 }
 
 #[test]

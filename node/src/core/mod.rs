@@ -156,9 +156,6 @@ pub struct CoreConfig {
     /// The network's IPv6 overlay prefix (from the CA key, design note 59):
     /// this node's IPv6 overlay address and every peer's are in it.
     pub net6: Overlay6,
-    /// A fast-opened flow's first packet rides inside its FOP (note 71).
-    /// Off only to compare (`FPN_NODE_FAST_FIRST=0`).
-    pub fast_first: bool,
 }
 
 impl CoreConfig {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use fpn_proto::dprp::msg::FirstPacket;
 use fpn_proto::dprp::{self, DropCause, EvictedFlow, FailReason, NegotiationId, Verdict};
 use fpn_proto::flow::FlowId;
 use fpn_proto::ge::GeId;
@@ -247,11 +248,16 @@ impl NodeCore {
 
     /// The first packet of `flow` that came inside its FOP from `peer`
     /// (note 71): opened like a data frame of the peer and written to the
-    /// TUN. A UDP flow's FOP that came on the IP path was sent once the
-    /// peer steered the flow: this end may answer natively at once.
-    fn deliver_first(&mut self, flow: FlowId, peer: GeId, packet: Vec<u8>, now: Instant) {
-        // Only the FOP's own flow: the packet lies outside the FOP's tag,
-        // and a packet of another flow has no business riding it.
+    /// TUN. A UDP flow's packet marked as steered says the peer steers the
+    /// flow already: this end may answer natively at once.
+    fn deliver_first(&mut self, flow: FlowId, peer: GeId, first: FirstPacket, now: Instant) {
+        // Only into the entry the FOP just installed (not one refused
+        // here), and only the FOP's own flow: the packet lies outside the
+        // FOP's tag, and a packet of another flow has no business riding it.
+        if self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) != Some(peer) {
+            return;
+        }
+        let FirstPacket { steered, packet } = first;
         if !Packet::parse(&packet[..]).is_ok_and(|p| p.flow_id() == flow) {
             self.counters.data_in_rejected += 1;
             debug!(%flow, %peer, "the packet inside a FOP is not of its flow: dropped");
@@ -267,7 +273,7 @@ impl NodeCore {
             return;
         };
         self.push_output(Output::Tun(b[..n].to_vec()));
-        if self.steering.via_native && flow.protocol == fpn_proto::flow::protocol::UDP {
+        if steered && flow.protocol == fpn_proto::flow::protocol::UDP {
             let overlay = self.overlay_view(&flow);
             self.first_came_inside_fop(&overlay);
         }
@@ -541,9 +547,14 @@ impl NodeCore {
                 .is_some_and(|ge| !self.peer_native(ge));
             if quic
                 && !self.plain_on_wire(&flow)
-                && t.payload.len() + packet.len() + TRAILER_LEN <= steering::MAX_FIRST_FOP
+                && t.payload.len() + steering::FIRST_OVERHEAD + packet.len() + TRAILER_LEN
+                    <= steering::MAX_FIRST_FOP
+                && self.dprp.fast_open_takes_first(id)
             {
-                self.send_first_in_fop(id, t, &flow, packet, now);
+                // Not marked as steered: should a retransmission go on the
+                // IP path after a switch, the peer must not answer natively
+                // before this node steers the flow.
+                self.send_first_in_fop(id, t, &flow, packet, false, now);
                 return;
             }
             self.route_transmit(t);

@@ -294,8 +294,8 @@ pub struct CoreSim {
     /// Fast open (the `fast_open` key) for nodes made from now on; off by
     /// default, so the scenarios written before it negotiate every flow.
     pub fast_open: bool,
-    /// The first packet inside its FOP (`CoreConfig::fast_first`) for
-    /// nodes made from now on; on by default.
+    /// FOPs with the first packet inside (DPRP's `Config::fast_first`)
+    /// for nodes made from now on; on by default.
     pub fast_first: bool,
     /// The PIT settings of nodes made from now on.
     pub pit: PitConfig,
@@ -1199,6 +1199,7 @@ impl CoreSim {
         protected.extend_from_slice(prefixes);
         let mut cfg = Config::new(key, cred, self.ca.public(), protected);
         cfg.fast_open = self.fast_open;
+        cfg.fast_first = self.fast_first;
         let dprp = Endpoint::new(
             cfg,
             Entropy::Seeded(self.dice.bytes32()),
@@ -1216,7 +1217,6 @@ impl CoreSim {
                 max_gms_silence: Some(std::time::Duration::from_secs(3600)),
                 vin_range: super::natf::DEFAULT_VIN_RANGE,
                 net6: fpn_proto::overlay6::Overlay6::of_ca(&self.ca.public()),
-                fast_first: self.fast_first,
             },
             dprp,
             Pit::new(self.pit),

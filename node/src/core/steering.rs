@@ -21,6 +21,13 @@
 //!   driver's `nft` run overlaps the exchange; a flow that ends up without
 //!   translation gives it back.
 //!
+//! - **Fast open** (note 64): the FOK plays the CDN's part. A UDP flow's
+//!   FOP waits for this node's steering and leaves with the first packet
+//!   inside, marked as steered (note 71): the peer may then answer
+//!   natively at once, before its own steering ([`Gate::early`]), since
+//!   this node's next packets still wait for the FOK; for the same reason
+//!   this node takes nothing from those early answers ([`Gate::peer_early`]).
+//!
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
 
@@ -56,6 +63,8 @@ const MAX_WAITING_FLOWS: usize = 4096;
 /// The longest FOP with a first packet inside: one QUIC datagram or one
 /// unfragmented packet, like an eviction notice.
 pub(super) const MAX_FIRST_FOP: usize = 1100;
+/// What the first packet adds to a FOP besides itself: flags and length.
+pub(super) const FIRST_OVERHEAD: usize = 3;
 
 /// What the steering needs of a finished negotiation.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +92,11 @@ pub(super) struct Gate {
     /// natively before its own steering is confirmed, since the peer sends
     /// natively only after this end's FOK, which waits for that (note 71).
     pub early: bool,
+    /// This end put the first packet into its FOP marked as steered: the
+    /// peer may answer natively before its own steering, so its native
+    /// packets prove nothing of it; only its FOK on the IP path (or the
+    /// grace) does.
+    pub peer_early: bool,
 }
 
 /// What waits for a flow's steering.
@@ -206,6 +220,7 @@ impl NodeCore {
                 peer_ready: false,
                 until: now + NATIVE_GRACE,
                 early: false,
+                peer_early: false,
             },
         );
     }
@@ -213,25 +228,18 @@ impl NodeCore {
     /// An accepted native packet of `overlay`: the peer sends it natively
     /// only once its own steering is in place.
     pub(super) fn peer_steering_seen(&mut self, overlay: &FlowId) {
-        // Except while this end waits for a fast open's FOK: a peer that
-        // got the first packet inside the FOP answers natively before its
-        // own steering is in place (`Gate::early`), so its answer says
-        // nothing of it.
-        if self
-            .steering
-            .waiting
-            .get(overlay)
-            .is_some_and(|w| w.needs_peer)
+        // Except where the peer got the first packet inside the FOP: it
+        // answers natively before its own steering is in place
+        // (`Gate::early`), so its packets say nothing of it.
+        if let Some(g) = self.steering.gates.get_mut(overlay)
+            && !g.peer_early
         {
-            return;
-        }
-        if let Some(g) = self.steering.gates.get_mut(overlay) {
             g.peer_ready = true;
         }
     }
 
-    /// The peer put the first packet of `overlay` into its FOP on the IP
-    /// path, having steered the flow first ([`Gate::early`]).
+    /// The peer put the first packet of `overlay` into its FOP marked as
+    /// steered: it steers the flow already ([`Gate::early`]).
     pub(super) fn first_came_inside_fop(&mut self, overlay: &FlowId) {
         if let Some(g) = self.steering.gates.get_mut(overlay) {
             g.peer_ready = true;
@@ -381,11 +389,11 @@ impl NodeCore {
                 self.steering.staged.push(t);
                 None
             }
-            Ok((MessageType::Fop, id)) if self.cfg.fast_first => {
+            Ok((MessageType::Fop, id)) => {
                 // A retransmission has no release behind it in this round
                 // and leaves at the round's end, unchanged.
                 match dprp::msg::Message::decode(&t.payload) {
-                    Ok(dprp::msg::Message::Fop(f)) if f.first.is_empty() => {
+                    Ok(dprp::msg::Message::Fop(f)) if f.first.is_none() => {
                         self.steering.staged_fops.push((f.flow, id, t));
                         None
                     }
@@ -433,7 +441,8 @@ impl NodeCore {
         packet: &[u8],
     ) {
         let overlay = self.overlay_view(flow);
-        let fits = t.payload.len() + packet.len() + TRAILER_LEN <= MAX_FIRST_FOP;
+        let fits = t.payload.len() + FIRST_OVERHEAD + packet.len() + TRAILER_LEN <= MAX_FIRST_FOP
+            && self.dprp.fast_open_takes_first(id);
         match self.steering.waiting.get_mut(&overlay) {
             Some(w)
                 if fits
@@ -463,19 +472,24 @@ impl NodeCore {
         };
         let first = w.packets.remove(0);
         w.first_sent = true;
-        self.send_first_in_fop(id, t, &flow, &first, now);
+        if let Some(g) = self.steering.gates.get_mut(&overlay) {
+            g.peer_early = true;
+        }
+        self.send_first_in_fop(id, t, &flow, &first, true, now);
     }
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
-    /// into fast open `id`'s FOP `t` and sends that. A first packet that
-    /// cannot go inside leaves after the FOP on QUIC (the peer parks it
-    /// until the FOP is in).
+    /// into fast open `id`'s FOP `t` (`steered`: this node steers the
+    /// flow's inbound native packets already) and sends that. A first
+    /// packet that cannot go inside leaves after the FOP on QUIC (the peer
+    /// parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
         &mut self,
         id: NegotiationId,
         t: dprp::Transmit,
         flow: &FlowId,
         packet: &[u8],
+        steered: bool,
         now: Instant,
     ) {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
@@ -489,10 +503,18 @@ impl NodeCore {
             .handle_packet(flow, Origin::Local, &mut buf, packet.len(), now)
         {
             Ok(Disposition::Forward { len }) => Some(len),
-            _ => None,
+            // As `release` answers it.
+            Ok(Disposition::Drop) => {
+                self.queue_unreachable(packet, crate::icmp::Unreachable::Prohibited);
+                None
+            }
+            _ => {
+                self.counters.policy_drops += 1;
+                None
+            }
         };
         match sealed {
-            Some(len) => match self.dprp.attach_first(id, &buf[..len]) {
+            Some(len) => match self.dprp.attach_first(id, &buf[..len], steered, now) {
                 Ok(payload) => self.route_transmit(dprp::Transmit {
                     dst: t.dst,
                     payload,
@@ -505,10 +527,7 @@ impl NodeCore {
                     }
                 }
             },
-            None => {
-                self.counters.policy_drops += 1;
-                self.route_transmit(t);
-            }
+            None => self.route_transmit(t),
         }
         self.scratch = buf;
     }

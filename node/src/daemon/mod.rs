@@ -314,7 +314,12 @@ async fn run(
     protected.extend(real_prefixes.iter().copied());
     let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
     dcfg.fast_open = want_fast_open(cfg.fast_open);
-    info!(fast_open = dcfg.fast_open, "DPRP");
+    dcfg.fast_first = want_fast_first();
+    info!(
+        fast_open = dcfg.fast_open,
+        fast_first = dcfg.fast_first,
+        "DPRP"
+    );
     if std::env::var_os(UNSAFE_NO_FLOOD_LIMITS).is_some() {
         dcfg.limits = unlimited(dcfg.limits);
         tracing::warn!(
@@ -413,7 +418,6 @@ async fn run(
                 .then(|| Duration::from_secs(cfg.max_gms_silence_secs)),
             vin_range,
             net6,
-            fast_first: want_fast_first(),
         },
         dprp,
         pit,
@@ -1265,8 +1269,10 @@ fn start_real_plane(
 /// comparisons (bench/overlay.sh) without editing configuration files.
 pub const FAST_OPEN_ENV: &str = "FPN_NODE_FAST_OPEN";
 
-/// Environment variable that keeps a fast-opened flow's first packet out
-/// of its FOP (`0`, `off`, `false`, `no`; design note 71): for comparisons.
+/// Environment variable that keeps fast-opened flows' first packets out of
+/// their FOPs, both ways (`0`, `off`, `false`, `no`: this node neither
+/// offers nor takes them, like a node before design note 71): for
+/// comparisons.
 pub const FAST_FIRST_ENV: &str = "FPN_NODE_FAST_FIRST";
 
 /// Whether a fast-opened flow's first packet rides inside its FOP.

@@ -133,7 +133,8 @@ fuzz_target!(|data: &[u8]| {
                 if let Some(id) = opened
                     && !rest[7..].is_empty()
                 {
-                    let _ = p.sim.endpoint(p.a).attach_first(id, &rest[7..]);
+                    let steered = rest[7] & 1 == 1;
+                    let _ = p.sim.endpoint(p.a).attach_first(id, &rest[7..], steered, now);
                 }
                 p.sim.run_for(Duration::from_millis(50));
             }

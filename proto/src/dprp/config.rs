@@ -41,6 +41,11 @@ pub struct Config {
     /// without a negotiation. Off: every flow is negotiated, and a peer's
     /// FOP is answered with a NAK (unknown epoch).
     pub fast_open: bool,
+    /// With fast open: offer and take FOPs that carry their flow's first
+    /// packet (option kind 5, docs/PROTOCOL.md "The first packet in its
+    /// FOP"); a pair puts first packets into FOPs only where both ends do.
+    /// Off: this end behaves like a node before it (for comparisons).
+    pub fast_first: bool,
     /// Unit tests only: a gateway that ignores NAT-f options (it answers a
     /// NAT-f DDE as an ordinary end, without a mapping), to test what the
     /// remote node checks.
@@ -69,6 +74,7 @@ impl Config {
             limits: Limits::default(),
             natf_ports: DEFAULT_NATF_PORTS,
             fast_open: false,
+            fast_first: true,
             #[cfg(test)]
             natf_ignored: false,
             #[cfg(test)]

@@ -71,6 +71,8 @@ pub(crate) struct EpochSeed {
     pub(crate) peer: Credential,
     pub(crate) group: GroupId,
     pub(crate) version: KeyVersion,
+    /// Both ends take FOPs with the first packet inside (option kind 5).
+    pub(crate) first: bool,
 }
 
 impl std::fmt::Debug for EpochSeed {
@@ -117,6 +119,9 @@ pub(crate) struct PairEpoch {
     /// False when a credential's end cut the epoch short (see
     /// [`PairEpoch::cut_short`]).
     renewable: bool,
+    /// The peer takes FOPs with their first packet inside (it answered
+    /// option kind 5; an older node does not).
+    pub(crate) first: bool,
 }
 
 impl PairEpoch {
@@ -135,6 +140,7 @@ impl PairEpoch {
             answered: BTreeMap::new(),
             renewal_asked: None,
             renewable: true,
+            first: seed.first,
         }
     }
 
@@ -415,6 +421,7 @@ mod tests {
             peer: credential(peer),
             group: GroupId(1),
             version: KeyVersion(1),
+            first: true,
         }
     }
 
@@ -464,7 +471,7 @@ mod tests {
             age_ms: 0,
             flow: flow(1000),
             tag: [0; MAC_LEN],
-            first: Vec::new(),
+            first: None,
         };
         fop.tag = at1.fop_tag(GeId(1), &fop);
         at2.verify_fop(&fop).unwrap();

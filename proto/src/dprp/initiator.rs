@@ -128,6 +128,10 @@ impl Initiator {
         // accepts in its RGI, so a peer without fast open never gets FOPs.
         if ctx.cfg.fast_open && s.natf.is_none() && !options.contains(&DprpOption::FastOpen) {
             options.push(DprpOption::FastOpen);
+            // And FOPs with their first packet inside (note 71).
+            if ctx.cfg.fast_first {
+                options.push(DprpOption::FastFirst);
+            }
         }
         let dde = Dde {
             id: s.id,
@@ -452,6 +456,8 @@ impl Initiator {
                         peer: c.responder.clone(),
                         group,
                         version: v,
+                        first: ctx.cfg.fast_first
+                            && c.rgi.responder.options.contains(&DprpOption::FastFirst),
                     })
                 }),
             ),

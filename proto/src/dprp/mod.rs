@@ -146,7 +146,7 @@ pub struct Established {
     /// keys, that came inside the FOP (docs/PROTOCOL.md, "The first
     /// packet in its FOP"). The node opens it like a data frame from
     /// `peer`, before any packet parked for the flow.
-    pub first: Option<Vec<u8>>,
+    pub first: Option<msg::FirstPacket>,
     /// The pair epoch this negotiation leaves the endpoint (taken out
     /// before the event leaves it).
     pub(crate) epoch: Option<Box<epoch::EpochSeed>>,

@@ -157,15 +157,28 @@ pub struct Fop {
     pub flow: FlowId,
     /// MAC under the epoch's auth key (see [`crate::dprp`]'s epoch module).
     pub tag: [u8; MAC_LEN],
-    /// The flow's first packet, sealed under the flow's keys (empty: none;
-    /// at most [`MAX_FIRST_PACKET`] bytes). Outside the tag: PCCOM
-    /// authenticates it, and only the two ends can derive the flow's keys
-    /// (docs/PROTOCOL.md, "The first packet in its FOP").
-    pub first: Vec<u8>,
+    /// The flow's first packet, if it rides inside (docs/PROTOCOL.md, "The
+    /// first packet in its FOP"). Outside the tag: PCCOM authenticates the
+    /// packet, and only the two ends can derive the flow's keys.
+    pub first: Option<FirstPacket>,
 }
 
 /// The longest first packet a FOP carries.
 pub const MAX_FIRST_PACKET: usize = 1500;
+
+/// A flow's first packet inside its FOP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstPacket {
+    /// The opener steers the flow's inbound native packets already, so the
+    /// receiver may answer natively at once (the flags byte's bit 0).
+    pub steered: bool,
+    /// The packet, sealed under the flow's keys as it would travel as data
+    /// (1 to [`MAX_FIRST_PACKET`] bytes).
+    pub packet: Vec<u8>,
+}
+
+/// The flags byte's bit for [`FirstPacket::steered`]; the others are 0.
+const FIRST_STEERED: u8 = 0x01;
 
 /// FOK: the receiving end installed a fast-opened flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,7 +608,7 @@ impl Message {
                 age_ms: r.u32("FOP age")?,
                 flow: FlowId::decode(&mut r)?,
                 tag: r.array("FOP tag")?,
-                first: r.long_bytes(MAX_FIRST_PACKET, "FOP first packet")?.to_vec(),
+                first: decode_first(&mut r)?,
             }),
             MessageType::Fok => Self::Fok(Fok {
                 id,
@@ -659,7 +672,15 @@ impl Message {
                 out = m.core();
                 let mut w = Writer::new(&mut out);
                 w.bytes(&m.tag);
-                w.long_bytes(&m.first, MAX_FIRST_PACKET, "FOP first packet")?;
+                // Absent, not empty: a FOP without one is what an older
+                // node sends and takes.
+                if let Some(f) = &m.first {
+                    if f.packet.is_empty() {
+                        return Err(Error::invalid("FOP first packet", "empty"));
+                    }
+                    w.u8(if f.steered { FIRST_STEERED } else { 0 });
+                    w.long_bytes(&f.packet, MAX_FIRST_PACKET, "FOP first packet")?;
+                }
             }
             Self::Fok(m) => {
                 out = m.core();
@@ -983,6 +1004,29 @@ fn encode_ids(w: &mut Writer<'_>, ids: &[GeId], what: &'static str) -> Result<()
     w.u8(ids.len() as u8);
     ids.iter().for_each(|id| w.u32(id.0));
     Ok(())
+}
+
+/// A FOP's first packet: nothing left (none), or a flags byte, a two-byte
+/// length (not zero) and the packet.
+fn decode_first(r: &mut Reader<'_>) -> Result<Option<FirstPacket>> {
+    if r.remaining() == 0 {
+        return Ok(None);
+    }
+    let flags = r.u8("FOP first packet flags")?;
+    if flags & !FIRST_STEERED != 0 {
+        return Err(Error::invalid("FOP first packet flags", "unknown bits set"));
+    }
+    let packet = r.long_bytes(MAX_FIRST_PACKET, "FOP first packet")?;
+    if packet.is_empty() {
+        return Err(Error::invalid(
+            "FOP first packet",
+            "empty (a FOP without one ends at its tag)",
+        ));
+    }
+    Ok(Some(FirstPacket {
+        steered: flags & FIRST_STEERED != 0,
+        packet: packet.to_vec(),
+    }))
 }
 
 fn decode_ids(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<GeId>> {

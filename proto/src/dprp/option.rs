@@ -27,8 +27,9 @@ const KIND_BINDING_UPDATE: u8 = 1;
 const KIND_NAT_F: u8 = 2;
 const KIND_COOKIE: u8 = 3;
 const KIND_FAST_OPEN: u8 = 4;
+const KIND_FAST_FIRST: u8 = 5;
 /// The highest kind this version knows.
-const KIND_LAST_KNOWN: u8 = KIND_FAST_OPEN;
+const KIND_LAST_KNOWN: u8 = KIND_FAST_FIRST;
 
 /// One DPRP option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,9 +58,15 @@ pub enum DprpOption {
     /// an RGI: it accepts). Older nodes carry it as an unknown option and
     /// never answer it, so neither end keeps an epoch with them.
     FastOpen,
+    /// Beside [`DprpOption::FastOpen`]: the sender takes FOPs that carry
+    /// their flow's first packet (docs/PROTOCOL.md, "The first packet in
+    /// its FOP"; in a DDE it offers, in an RGI it accepts). Older nodes
+    /// carry it as an unknown option and never answer it, so they are
+    /// sent FOPs without one.
+    FastFirst,
     /// An option this version does not know; carried unchanged and ignored.
     Unknown {
-        /// The kind byte (5 or more).
+        /// The kind byte (6 or more).
         kind: u8,
         /// The value bytes.
         value: Vec<u8>,
@@ -88,11 +95,12 @@ impl DprpOption {
                 KIND_COOKIE
             }
             Self::FastOpen => KIND_FAST_OPEN,
+            Self::FastFirst => KIND_FAST_FIRST,
             Self::Unknown { kind, value: bytes } => {
                 if *kind <= KIND_LAST_KNOWN {
                     return Err(Error::invalid(
                         "option kind",
-                        "unknown options must use kind 5 or more",
+                        "unknown options must use kind 6 or more",
                     ));
                 }
                 v.bytes(bytes);
@@ -125,6 +133,7 @@ impl DprpOption {
             },
             KIND_COOKIE => Self::Cookie(v.array("cookie")?),
             KIND_FAST_OPEN => Self::FastOpen,
+            KIND_FAST_FIRST => Self::FastFirst,
             kind => {
                 return Ok(Self::Unknown {
                     kind,
@@ -188,16 +197,22 @@ mod tests {
                 reserved_port: 40001,
             },
             DprpOption::FastOpen,
+            DprpOption::FastFirst,
             DprpOption::Unknown {
                 kind: 200,
                 value: vec![1, 2, 3],
             },
         ]);
         // count, then BU: kind 1, len 1+4+2+1+16+2 = 26
-        assert_eq!(&v[..3], &[4, 1, 26]);
-        // Fast open: kind 4, empty; a value is refused.
-        assert!(v.windows(2).any(|w| w == [KIND_FAST_OPEN, 0]));
+        assert_eq!(&v[..3], &[5, 1, 26]);
+        // Fast open and its first packets: kinds 4 and 5, empty; a value
+        // is refused.
+        assert!(
+            v.windows(4)
+                .any(|w| w == [KIND_FAST_OPEN, 0, KIND_FAST_FIRST, 0])
+        );
         assert!(decode_options(&mut Reader::new(&[1, KIND_FAST_OPEN, 1, 0])).is_err());
+        assert!(decode_options(&mut Reader::new(&[1, KIND_FAST_FIRST, 1, 0])).is_err());
     }
 
     #[test]

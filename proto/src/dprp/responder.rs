@@ -240,6 +240,12 @@ impl Responder {
                         reserved_port: g.mapping.reserved_port,
                     })
                     .chain(fast.then_some(DprpOption::FastOpen))
+                    .chain(
+                        (fast
+                            && ctx.cfg.fast_first
+                            && dde.options.contains(&DprpOption::FastFirst))
+                        .then_some(DprpOption::FastFirst),
+                    )
                     .collect(),
             },
             proof: chosen.map(|_| [0; 32]),
@@ -393,6 +399,9 @@ impl Responder {
                         peer: self.initiator_credential.take()?,
                         group: c.group,
                         version: c.version,
+                        // What the RGI answered (kind 5 only when fast).
+                        first: ctx.cfg.fast_first
+                            && self.initiator_options.contains(&DprpOption::FastFirst),
                     }))
                 });
                 Ok(Some(Established {

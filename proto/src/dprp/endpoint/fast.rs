@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{Endpoint, Machine, Verdict};
 use crate::action::Action;
 use crate::dprp::epoch::{EpochId, FastOpen, MAX_OPENINGS};
-use crate::dprp::msg::{Fok, Fop, Message, Nak, NegotiationId, RefuseCode};
+use crate::dprp::msg::{FirstPacket, Fok, Fop, Message, Nak, NegotiationId, RefuseCode};
 use crate::dprp::transcript::{self as tr, Hash};
 use crate::dprp::{DPRP_PORT, Established, Event, FailReason, Position, Timer, Transmit};
 use crate::flow::FlowId;
@@ -33,6 +33,8 @@ pub(crate) struct FastOpener {
     /// the negotiation that replaces it carries it (it went under keys the
     /// peer never got, or still waits in the node).
     first: Vec<u8>,
+    /// The peer takes FOPs with the first packet inside (its epoch says).
+    takes_first: bool,
 }
 
 impl FastOpener {
@@ -101,10 +103,11 @@ impl Endpoint {
             age_ms: e.age_ms(now),
             flow,
             tag: [0; 32],
-            first: Vec::new(),
+            first: None,
         };
         fop.tag = e.fop_tag(own, &fop);
         let (group, version, serial, epoch) = (e.group, e.version, e.peer.serial, e.id);
+        let takes_first = e.first;
         let h_f = tr::fop_hash(&fop.core());
         let bytes = Message::Fop(fop).encode().ok()?;
         let first = packet.clone();
@@ -125,6 +128,7 @@ impl Endpoint {
             retries_left: self.cfg.timing.fast_open_retries,
             retransmit_at: now + rto,
             first,
+            takes_first,
         };
         self.insert_machine(id, Machine::Fast(Box::new(m)));
         self.stats.fast_opened += 1;
@@ -156,20 +160,45 @@ impl Endpoint {
         Some(Verdict::Held)
     }
 
+    /// Whether fast open `id`'s peer takes a FOP with the first packet
+    /// inside (it answered option kind 5 when the epoch was made; an older
+    /// node did not).
+    pub fn fast_open_takes_first(&self, id: NegotiationId) -> bool {
+        matches!(self.machines.get(&id), Some(Machine::Fast(m)) if m.takes_first)
+    }
+
     /// Puts `packet` (the flow's first, sealed under the keys of fast open
     /// `id`'s entry) into that fast open's FOP, for its first sending and
     /// every retransmission (docs/PROTOCOL.md, "The first packet in its
-    /// FOP"). Returns the FOP to send now.
-    pub fn attach_first(&mut self, id: NegotiationId, packet: &[u8]) -> Result<Vec<u8>> {
+    /// FOP"); `steered`: this node steers the flow's inbound native
+    /// packets already, so the peer may answer natively at once. The
+    /// retransmission timer starts again from `now` (the node may have held
+    /// the FOP). Returns the FOP to send now.
+    pub fn attach_first(
+        &mut self,
+        id: NegotiationId,
+        packet: &[u8],
+        steered: bool,
+        now: Instant,
+    ) -> Result<Vec<u8>> {
         let Some(Machine::Fast(m)) = self.machines.get_mut(&id) else {
             return Err(Error::UnknownNegotiation);
         };
+        if !m.takes_first {
+            return Err(Error::UnexpectedMessage(
+                "a first packet in a FOP to a peer that does not take one",
+            ));
+        }
         let Message::Fop(mut fop) = Message::decode(&m.fop)? else {
             return Err(Error::UnexpectedMessage("a fast open without its FOP"));
         };
-        fop.first = packet.to_vec();
+        fop.first = Some(FirstPacket {
+            steered,
+            packet: packet.to_vec(),
+        });
         let bytes = Message::Fop(fop).encode()?;
         m.fop = bytes.clone();
+        m.retransmit_at = now + m.rto;
         self.stats.fast_first_sent += 1;
         Ok(bytes)
     }
@@ -267,7 +296,7 @@ impl Endpoint {
         });
         self.stats.fast_accepted += 1;
         self.stats.established += 1;
-        if !fop.first.is_empty() {
+        if fop.first.is_some() {
             self.stats.fast_first_received += 1;
         }
         tracing::debug!(id = %fop.id, flow = %fop.flow, %peer, index = fop.index, "fast open accepted");
@@ -288,7 +317,7 @@ impl Endpoint {
                 index: fop.index,
                 opener: peer,
             }),
-            first: (!fop.first.is_empty()).then_some(fop.first),
+            first: fop.first,
             epoch: None,
         }));
         Ok(())
