@@ -71,36 +71,28 @@ fn samples() -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = sim.wire().iter().map(|s| s.payload.clone()).collect();
     // Fast open's messages, built by hand (their tags are random bytes to
     // the codec).
-    out.push(
-        Message::Fop(msg::Fop {
-            id: NegotiationId(0x0102_0304_0506_0708),
-            epoch: [9; 8],
-            index: 77,
-            age_ms: 1234,
-            flow,
-            tag: [5; 32],
-            first: None,
-        })
-        .encode()
-        .unwrap(),
-    );
-    // A FOP carrying its flow's first packet (opaque to the codec).
-    out.push(
-        Message::Fop(msg::Fop {
-            id: NegotiationId(4),
-            epoch: [9; 8],
-            index: 78,
-            age_ms: 1235,
-            flow,
-            tag: [5; 32],
-            first: Some(msg::FirstPacket {
-                steered: true,
-                packet: vec![0x45, 0, 0, 28, 1, 2, 3],
-            }),
-        })
-        .encode()
-        .unwrap(),
-    );
+    let fop = msg::Fop {
+        id: NegotiationId(0x0102_0304_0506_0708),
+        epoch: [9; 8],
+        index: 77,
+        age_ms: 1234,
+        flow,
+        tag: [5; 32],
+        first: None,
+    };
+    // And one carrying its flow's first packet (opaque to the codec).
+    let with_first = msg::Fop {
+        id: NegotiationId(4),
+        index: 78,
+        first: Some(msg::FirstPacket {
+            steered: true,
+            packet: vec![0x45, 0, 0, 28, 1, 2, 3],
+        }),
+        ..fop.clone()
+    };
+    for f in [fop, with_first] {
+        out.push(Message::Fop(f).encode().unwrap());
+    }
     out.push(
         Message::Fok(msg::Fok {
             id: NegotiationId(1),

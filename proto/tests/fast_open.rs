@@ -30,10 +30,22 @@ struct Pair {
 /// Two GESs in group 1 on the public underlay, fast open on, each with the
 /// other in its directory.
 fn pair(seed: u64) -> Pair {
+    pair_with(seed, |_| {})
+}
+
+/// [`pair`], with b's DPRP configuration changed by `tune_b` after fast
+/// open is turned on.
+fn pair_with(seed: u64, tune_b: impl FnOnce(&mut fpn_proto::dprp::Config)) -> Pair {
     let mut sim = Sim::new(seed, LinkConfig::default());
     let fast = |c: &mut fpn_proto::dprp::Config| c.fast_open = true;
     let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
-    let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), fast);
+    let b = sim.add_ge_with(
+        GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"),
+        |c: &mut fpn_proto::dprp::Config| {
+            c.fast_open = true;
+            tune_b(c);
+        },
+    );
     let dir = vec![
         (Prefix::host(ip("198.18.0.1")), GeId(1)),
         (Prefix::host(ip("198.18.0.2")), GeId(2)),
@@ -60,6 +72,30 @@ fn installed(sim: &Sim, node: NodeId, from: usize) -> Vec<Established> {
             _ => None,
         })
         .collect()
+}
+
+/// The UDP flow from a's `sport` to b's port 53.
+fn a_to_b(sport: u16) -> fpn_proto::flow::FlowId {
+    fpn_proto::flow::FlowId {
+        src: ip("198.18.0.1"),
+        dst: ip("198.18.0.2"),
+        protocol: fpn_proto::flow::protocol::UDP,
+        src_port: sport,
+        dst_port: 53,
+    }
+}
+
+/// Mangles the tag of FOPs on the wire, so the receiver drops them: every
+/// one, or only the next.
+fn lose_fops(sim: &mut Sim, only_the_next: bool) {
+    let done = std::cell::Cell::new(false);
+    sim.set_tamper(move |_, p| {
+        if !done.get() && msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
+            done.set(only_the_next);
+            let n = p.len();
+            p[n - 1] ^= 1;
+        }
+    });
 }
 
 fn udp(sim: &mut Sim, from: NodeId, to: &str, sport: u16) {
@@ -245,12 +281,7 @@ fn lost_fops_are_sent_again_and_a_silent_peer_means_a_negotiation() {
     let Pair { mut sim, a, b } = pair(7);
     udp(&mut sim, a, "198.18.0.2", 1000);
     // Every FOP's tag is mangled on the way (the receiver drops it).
-    sim.set_tamper(|_, p| {
-        if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
-            let n = p.len();
-            p[n - 1] ^= 1;
-        }
-    });
+    lose_fops(&mut sim, false);
     let (ea, eb, wire) = (sim.events(a).len(), sim.events(b).len(), sim.wire().len());
     udp(&mut sim, a, "198.18.0.2", 1001);
     // The FOP and its two retransmissions, then the negotiation.
@@ -464,19 +495,8 @@ fn a_late_fop_for_a_connection_just_negotiated_installs_nothing() {
     let Pair { mut sim, a, b } = pair(13);
     udp(&mut sim, a, "198.18.0.2", 1000);
     // Every FOP is lost on the way (its tag mangled).
-    sim.set_tamper(|_, p| {
-        if msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
-            let n = p.len();
-            p[n - 1] ^= 1;
-        }
-    });
-    let flow = fpn_proto::flow::FlowId {
-        src: ip("198.18.0.1"),
-        dst: ip("198.18.0.2"),
-        protocol: fpn_proto::flow::protocol::UDP,
-        src_port: 7000,
-        dst_port: 53,
-    };
+    lose_fops(&mut sim, false);
+    let flow = a_to_b(7000);
     // b negotiates the connection itself (as a node does that heals a
     // flow it has no entry for) while a fast-opens it.
     let (wire, eb) = (sim.wire().len(), sim.events(b).len());
@@ -810,21 +830,8 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
     udp(&mut sim, a, "198.18.0.2", 1000);
     // The first FOP of the next flow is lost (its tag mangled), so its
     // retransmission must carry the packet too.
-    let drop_first = std::cell::Cell::new(true);
-    sim.set_tamper(move |_, p| {
-        if drop_first.get() && msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
-            drop_first.set(false);
-            let n = p.len();
-            p[n - 1] ^= 1;
-        }
-    });
-    let flow = fpn_proto::flow::FlowId {
-        src: ip("198.18.0.1"),
-        dst: ip("198.18.0.2"),
-        protocol: fpn_proto::flow::protocol::UDP,
-        src_port: 1001,
-        dst_port: 53,
-    };
+    lose_fops(&mut sim, true);
+    let flow = a_to_b(1001);
     let (wire, ea, eb) = (sim.wire().len(), sim.events(a).len(), sim.events(b).len());
     sim.send_packet(a, flow, b"query".to_vec());
     // What a node does: the released first packet (sealed by the node;
@@ -877,20 +884,7 @@ fn a_peer_that_does_not_take_first_packets_never_gets_one() {
     // b behaves like a node before the first packet in its FOP (no option
     // kind 5): the epoch says so at both ends, whoever negotiated it.
     for b_opens in [false, true] {
-        let mut sim = Sim::new(22, LinkConfig::default());
-        let fast = |c: &mut fpn_proto::dprp::Config| c.fast_open = true;
-        let old = |c: &mut fpn_proto::dprp::Config| {
-            c.fast_open = true;
-            c.fast_first = false;
-        };
-        let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
-        let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), old);
-        let dir = vec![
-            (Prefix::host(ip("198.18.0.1")), GeId(1)),
-            (Prefix::host(ip("198.18.0.2")), GeId(2)),
-        ];
-        sim.endpoint(a).set_directory(dir.clone());
-        sim.endpoint(b).set_directory(dir);
+        let Pair { mut sim, a, b } = pair_with(22, |c| c.fast_first = false);
         if b_opens {
             udp(&mut sim, b, "198.18.0.1", 1000);
         } else {

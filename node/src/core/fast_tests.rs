@@ -25,6 +25,25 @@ fn pair(seed: u64, force: Force, link: LinkConfig) -> (CoreSim, usize, usize) {
     (sim, a, b)
 }
 
+/// A pair on the native path (link delay 10 ms, steering 5 ms) whose
+/// first flow, 4000 -> 5000, made the pair's epoch. `fast_first`: first
+/// packets inside FOPs.
+fn native_pair_with_epoch(seed: u64, fast_first: bool) -> (CoreSim, usize, usize) {
+    let (mut sim, a, b) = pair(seed, Force::Auto, LinkConfig::default());
+    if !fast_first {
+        for i in [a, b] {
+            sim.fast_first = false;
+            sim.restart(i);
+        }
+        sim.introduce_all();
+    }
+    sim.run_for(Duration::from_millis(500));
+    sim.send_udp(a, b, 4000, 5000, b"FIRST");
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(received(&sim, b, b"FIRST"), 1);
+    (sim, a, b)
+}
+
 /// The packets in node `i`'s TUN that carry `marker`.
 pub(super) fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
     sim.nodes[i]
@@ -109,16 +128,7 @@ struct NativeOpen {
 /// the second flow's first datagram, b answers as soon as it has it, then
 /// both sides exchange three more. Link delay 10 ms, steering 5 ms.
 fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
-    let (mut sim, a, b) = pair(3, Force::Auto, LinkConfig::default());
-    for i in [a, b] {
-        sim.fast_first = fast_first;
-        sim.restart(i);
-    }
-    sim.introduce_all();
-    sim.run_for(Duration::from_millis(500));
-    sim.send_udp(a, b, 4000, 5000, b"FIRST");
-    sim.run_for(Duration::from_millis(300));
-    assert_eq!(received(&sim, b, b"FIRST"), 1);
+    let (mut sim, a, b) = native_pair_with_epoch(3, fast_first);
     let before = native_frames_of(&sim, 4001);
     let lost = sim.native_lost;
     sim.send_udp(a, b, 4001, 5001, b"SECOND");
@@ -188,15 +198,11 @@ fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_and_the_answer_com
 fn a_peer_whose_steering_is_late_does_not_open_the_opener_s_gate_early() {
     // A port of b's no flow uses yet (the sim hands b's node every packet
     // to a steered local port, whatever its source). b's steering takes
-    // 150 ms: its FOK goes over QUIC after 100 ms
-    // (steering timeout), while it answers natively at once (the first
-    // packet came steered). a must not take b's native packets for b's
+    // 150 ms: its FOK goes over QUIC after 100 ms (steering timeout),
+    // while it answers natively at once (the first packet came steered). a must not take b's native packets for b's
     // steering: its own packets go on QUIC until the grace, never natively
     // into b's kernel before b steers the flow.
-    let (mut sim, a, b) = pair(6, Force::Auto, LinkConfig::default());
-    sim.run_for(Duration::from_millis(500));
-    sim.send_udp(a, b, 4000, 5000, b"FIRST");
-    sim.run_for(Duration::from_millis(300));
+    let (mut sim, a, b) = native_pair_with_epoch(6, true);
     sim.nodes[b].steer_delay = Duration::from_millis(150);
     let lost = sim.native_lost;
     sim.send_udp(a, b, 4001, 5001, b"SECOND");
@@ -226,10 +232,7 @@ fn on_the_native_path_a_tcp_syn_does_not_ride_its_fop() {
     // The peer's first native packet of the connection would be its
     // SYN-ACK, which conntrack on the way takes as invalid: a SYN waits
     // for the FOK and leaves natively, as before.
-    let (mut sim, a, b) = pair(5, Force::Auto, LinkConfig::default());
-    sim.run_for(Duration::from_millis(500));
-    sim.send_udp(a, b, 4000, 5000, b"FIRST");
-    sim.run_for(Duration::from_millis(300));
+    let (mut sim, a, b) = native_pair_with_epoch(5, true);
     let syn = tcp_syn(sim.nodes[a].overlay, sim.nodes[b].overlay, 4002, 5002);
     sim.send_packet(a, &syn);
     sim.run_for(Duration::from_millis(100));
