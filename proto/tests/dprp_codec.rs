@@ -364,6 +364,40 @@ fn inconsistent_fields_are_refused_by_the_encoder() {
     let mut bad_flag = bytes.clone();
     bad_flag[bytes.len() - 65] = 2;
     assert!(Message::decode(&bad_flag).is_err());
+    // A FOP's first packet: present means not empty.
+    let fop = |first| {
+        Message::Fop(msg::Fop {
+            id: NegotiationId(1),
+            epoch: [9; 8],
+            index: 1,
+            age_ms: 1,
+            flow: FlowId {
+                src: "198.18.0.1".parse().unwrap(),
+                dst: "198.18.0.2".parse().unwrap(),
+                protocol: protocol::UDP,
+                src_port: 1,
+                dst_port: 2,
+            },
+            tag: [5; 32],
+            first,
+        })
+    };
+    let empty = msg::FirstPacket {
+        steered: false,
+        packet: vec![],
+    };
+    assert!(fop(Some(empty)).encode().is_err(), "an empty first packet");
+    let plain = fop(None).encode().unwrap();
+    // Behind the tag: a zero length, or a flag bit this version does not
+    // know, are typed errors.
+    for bad in [[0u8, 0, 0, 0x45], [0x02, 0, 1, 0x45]] {
+        let mut b = plain.clone();
+        b.extend_from_slice(&bad);
+        assert!(
+            matches!(Message::decode(&b), Err(Error::InvalidField { .. })),
+            "{bad:?}"
+        );
+    }
 }
 
 proptest! {

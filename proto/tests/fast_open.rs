@@ -90,10 +90,12 @@ fn a_to_b(sport: u16) -> fpn_proto::flow::FlowId {
 fn lose_fops(sim: &mut Sim, only_the_next: bool) {
     let done = std::cell::Cell::new(false);
     sim.set_tamper(move |_, p| {
-        if !done.get() && msg::peek(p).is_ok_and(|(t, _)| t == MessageType::Fop) {
+        if !done.get()
+            && let Ok(msg::Message::Fop(mut f)) = msg::Message::decode(p)
+        {
             done.set(only_the_next);
-            let n = p.len();
-            p[n - 1] ^= 1;
+            f.tag[31] ^= 1;
+            *p = msg::Message::Fop(f).encode().unwrap();
         }
     });
 }
@@ -881,10 +883,12 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
 
 #[test]
 fn a_peer_that_does_not_take_first_packets_never_gets_one() {
-    // b behaves like a node before the first packet in its FOP (no option
-    // kind 5): the epoch says so at both ends, whoever negotiated it.
-    for b_opens in [false, true] {
-        let Pair { mut sim, a, b } = pair_with(22, |c| c.fast_first = false);
+    // b with first packets (the control) and without (like a node before
+    // them: no option kind 5), the epoch negotiated by either end: both
+    // ends' epochs say the same, and a FOP carries a packet only where
+    // both offered kind 5.
+    for (b_first, b_opens) in [(true, false), (true, true), (false, false), (false, true)] {
+        let Pair { mut sim, a, b } = pair_with(22, |c| c.fast_first = b_first);
         if b_opens {
             udp(&mut sim, b, "198.18.0.1", 1000);
         } else {
@@ -896,12 +900,78 @@ fn a_peer_that_does_not_take_first_packets_never_gets_one() {
         assert!(installed(&sim, a, ea)[0].fast.is_some(), "fast-opened");
         let now = sim.now();
         let ep = sim.endpoint(a);
-        assert!(!ep.fast_open_takes_first(id));
-        assert!(matches!(
-            ep.attach_first(id, b"SEALED", false, now),
-            Err(Error::UnexpectedMessage(_))
-        ));
+        let case = format!("b first packets {b_first}, b negotiated {b_opens}");
+        assert_eq!(ep.fast_open_takes_first(id), b_first, "{case}");
+        let attached = ep.attach_first(id, b"SEALED", false, now);
+        if b_first {
+            attached.unwrap();
+        } else {
+            assert!(matches!(attached, Err(Error::UnexpectedMessage(_))), "{case}");
+        }
         sim.run_for(SETTLE);
-        assert_eq!(sim.endpoint(b).stats().fast_accepted, 1);
+        assert_eq!(sim.endpoint(b).stats().fast_accepted, 1, "{case}");
+        assert_eq!(
+            sim.endpoint(b).stats().fast_first_received,
+            u64::from(b_first),
+            "{case}"
+        );
     }
+}
+
+#[test]
+fn a_first_packet_put_in_late_restarts_the_fop_s_retransmission_timer() {
+    // The node holds a FOP until it steers the flow: the packet goes in
+    // 200 ms after the FOP was made, and the retransmission comes a full
+    // RTO (250 ms) after that, not 50 ms later.
+    let Pair { mut sim, a, b: _ } = pair(23);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    lose_fops(&mut sim, false);
+    let (wire, ea) = (sim.wire().len(), sim.events(a).len());
+    sim.send_packet(a, a_to_b(1001), b"query".to_vec());
+    let id = installed(&sim, a, ea)[0].negotiation;
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 1);
+    let now = sim.now();
+    sim.endpoint(a).attach_first(id, b"SEALED", true, now).unwrap();
+    sim.run_for(Duration::from_millis(240));
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 1, "retransmitted early");
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(sent(&sim, MessageType::Fop, wire), 2);
+}
+
+#[test]
+fn a_receiver_without_first_packets_installs_the_flow_but_hands_out_no_packet() {
+    // A FOP with a packet on an epoch made without kind 5 (an opener that
+    // ignores what the epoch says): the flow is installed as for a plain
+    // FOP, the packet is not handed out.
+    let Pair { mut sim, a, b } = pair_with(24, |c| c.fast_first = false);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let eb = sim.events(b).len();
+    // a's FOP, taken before the simulator sends it, with a packet put in
+    // (the tag does not cover it).
+    let now = sim.now();
+    let ep = sim.endpoint(a);
+    ep.handle_packet(a_to_b(1001), b"query".to_vec(), now).unwrap();
+    let fop = std::iter::from_fn(|| ep.poll_transmit())
+        .find(|t| msg::peek(&t.payload).is_ok_and(|(k, _)| k == MessageType::Fop))
+        .unwrap()
+        .payload;
+    let Ok(msg::Message::Fop(mut f)) = msg::Message::decode(&fop) else {
+        panic!("not a FOP");
+    };
+    f.first = Some(msg::FirstPacket {
+        steered: true,
+        packet: b"SEALED".to_vec(),
+    });
+    let bytes = msg::Message::Fop(f).encode().unwrap();
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let now = sim.now();
+    let ep = sim.endpoint(b);
+    ep.handle_datagram(from, &bytes, now).unwrap();
+    let Some(Event::Established(e)) = ep.poll_event() else {
+        panic!("not installed");
+    };
+    assert!(e.first.is_none());
+    assert_eq!(ep.stats().fast_first_received, 0);
+    assert_eq!(sim.events(b).len(), eb);
 }

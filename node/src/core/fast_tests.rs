@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use fpn_proto::dprp::msg::{Fop, Message};
 use fpn_proto::ge::Mode;
 use fpn_proto::packet::Packet;
 use fpn_proto::path::{Force, PathConfig};
@@ -51,6 +52,32 @@ pub(super) fn received(sim: &CoreSim, i: usize, marker: &[u8]) -> usize {
         .iter()
         .filter(|p| p.windows(marker.len()).any(|w| w == marker))
         .count()
+}
+
+/// The FOPs node `i` sent: over QUIC (control frames) and on the IP path
+/// (IPv4 UDP to DPRP's port), in that order.
+fn fops_from(sim: &CoreSim, i: usize) -> Vec<Fop> {
+    let quic = sim
+        .controls
+        .iter()
+        .filter(|f| f.from == i)
+        .map(|f| f.payload.as_slice());
+    let native = sim
+        .wire()
+        .iter()
+        .filter(|f| f.from == i && f.native)
+        .filter_map(|f| {
+            let p = &f.payload;
+            let ihl = usize::from(*p.first()? & 0x0f) * 4;
+            let dport = u16::from_be_bytes([*p.get(ihl + 2)?, *p.get(ihl + 3)?]);
+            (p.get(9) == Some(&17) && dport == super::PROBE_PORT).then(|| p.get(ihl + 8..))?
+        });
+    quic.chain(native)
+        .filter_map(|b| match Message::decode(b) {
+            Ok(Message::Fop(f)) => Some(f),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Native data frames of the flow with source port `sport` either way.
@@ -164,6 +191,13 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(sim.native_lost, lost, "a native packet reached a kernel");
     let inside = u64::from(fast_first);
     assert_eq!(sim.counter(a, "dprp_fast_first_sent"), inside);
+    // On the IP path, after a's steering: marked steered.
+    let steered: Vec<bool> = fops_from(&sim, a)
+        .iter()
+        .filter(|f| f.flow.src_port == 4001)
+        .filter_map(|f| f.first.as_ref().map(|p| p.steered))
+        .collect();
+    assert_eq!(steered, vec![true; usize::from(fast_first)]);
     assert_eq!(sim.counter(b, "dprp_fast_first_received"), inside);
     for i in [a, b] {
         assert_eq!(sim.counter(i, "native_ready_timeouts"), 0);
@@ -199,9 +233,10 @@ fn a_peer_whose_steering_is_late_does_not_open_the_opener_s_gate_early() {
     // A port of b's no flow uses yet (the sim hands b's node every packet
     // to a steered local port, whatever its source). b's steering takes
     // 150 ms: its FOK goes over QUIC after 100 ms (steering timeout),
-    // while it answers natively at once (the first packet came steered). a must not take b's native packets for b's
-    // steering: its own packets go on QUIC until the grace, never natively
-    // into b's kernel before b steers the flow.
+    // while it answers natively at once (the first packet came steered).
+    // a must not take b's native packets for b's steering: its own packets
+    // go on QUIC until the grace, never natively into b's kernel before b
+    // steers the flow.
     let (mut sim, a, b) = native_pair_with_epoch(6, true);
     sim.nodes[b].steer_delay = Duration::from_millis(150);
     let lost = sim.native_lost;
@@ -321,6 +356,13 @@ fn over_quic_the_first_packet_rides_its_fop_and_is_never_parked() {
             "seed {seed}: a data frame"
         );
         assert_eq!(sim.counter(a, "dprp_fast_first_sent"), 1, "seed {seed}");
+        // Over QUIC, without steering at a: not marked steered.
+        let firsts: Vec<bool> = fops_from(&sim, a)
+            .iter()
+            .filter(|f| f.flow.src_port == 4001)
+            .filter_map(|f| f.first.as_ref().map(|p| p.steered))
+            .collect();
+        assert_eq!(firsts, vec![false], "seed {seed}");
         assert_eq!(sim.counter(b, "dprp_fast_first_received"), 1, "seed {seed}");
         assert_eq!(sim.counter(b, "dprp_started"), 0, "seed {seed}: b healed");
         sim.check_invariants();

@@ -268,6 +268,10 @@ impl Endpoint {
             return Err(Error::invalid("FOP flow", "destination not behind this GE"));
         }
         let (group, version, serial) = (e.group, e.version, e.peer.serial);
+        // A first packet only where both ends offered option kind 5: from
+        // an opener that ignores what the epoch says, the flow is installed
+        // and its packet dropped (it comes again as data or not at all).
+        let first = fop.first.filter(|_| e.first);
         if let Err(err) = self.peers.check(&e.peer, unix_now) {
             self.epochs.end(|e| e.peer_ge() == peer);
             return Err(err);
@@ -296,7 +300,7 @@ impl Endpoint {
         });
         self.stats.fast_accepted += 1;
         self.stats.established += 1;
-        if fop.first.is_some() {
+        if first.is_some() {
             self.stats.fast_first_received += 1;
         }
         tracing::debug!(id = %fop.id, flow = %fop.flow, %peer, index = fop.index, "fast open accepted");
@@ -317,7 +321,7 @@ impl Endpoint {
                 index: fop.index,
                 opener: peer,
             }),
-            first: fop.first,
+            first,
             epoch: None,
         }));
         Ok(())
