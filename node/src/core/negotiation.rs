@@ -232,18 +232,28 @@ impl NodeCore {
             return;
         };
         for p in packets {
-            let len = p.len();
-            let mut b = p;
-            // Room for what the path back to the TUN may add.
-            b.resize(len + 64, 0);
-            if let Some(n) = self
-                .handle_data(peer, &mut b, len, now)
-                .and_then(|n| self.vin6_for_tun(&mut b, n))
-            {
+            if self.open_into_tun(peer, p, now) {
                 self.counters.data_in_unparked += 1;
-                self.push_output(Output::Tun(b[..n].to_vec()));
             }
         }
+    }
+
+    /// Opens `packet`, a data frame of `peer` that came another way than
+    /// the carrier's (parked, or inside a FOP), and writes it to the TUN.
+    /// True when written.
+    fn open_into_tun(&mut self, peer: GeId, packet: Vec<u8>, now: Instant) -> bool {
+        let len = packet.len();
+        let mut b = packet;
+        // Room for what the path back to the TUN may add.
+        b.resize(len + 64, 0);
+        let Some(n) = self
+            .handle_data(peer, &mut b, len, now)
+            .and_then(|n| self.vin6_for_tun(&mut b, n))
+        else {
+            return false;
+        };
+        self.push_output(Output::Tun(b[..n].to_vec()));
+        true
     }
 
     /// The first packet of `flow` that came inside its FOP from `peer`
@@ -263,16 +273,9 @@ impl NodeCore {
             debug!(%flow, %peer, "the packet inside a FOP is not of its flow: dropped");
             return;
         }
-        let len = packet.len();
-        let mut b = packet;
-        b.resize(len + 64, 0);
-        let Some(n) = self
-            .handle_data(peer, &mut b, len, now)
-            .and_then(|n| self.vin6_for_tun(&mut b, n))
-        else {
+        if !self.open_into_tun(peer, packet, now) {
             return;
-        };
-        self.push_output(Output::Tun(b[..n].to_vec()));
+        }
         if steered && flow.protocol == fpn_proto::flow::protocol::UDP {
             let overlay = self.overlay_view(&flow);
             self.first_came_inside_fop(&overlay);
@@ -526,11 +529,7 @@ impl NodeCore {
         }
         // The first packet of a fast open that began in this drain round:
         // its FOP is staged, and may carry it (note 71).
-        let fop = if self.has_staged_fops() {
-            self.take_staged_fop(&flow)
-        } else {
-            None
-        };
+        let fop = self.take_staged_fop(&flow);
         if self.hold_for_steering(&flow, packet) {
             if let Some((id, t)) = fop {
                 self.hold_fop_for_first(&flow, id, t, packet);

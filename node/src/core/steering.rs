@@ -247,11 +247,6 @@ impl NodeCore {
         }
     }
 
-    /// Whether a fast open began in this drain round.
-    pub(super) fn has_staged_fops(&self) -> bool {
-        !self.steering.staged_fops.is_empty()
-    }
-
     /// The peer's FOK for fast-opened `overlay` came, on the IP path
     /// (`native`: the peer steers the flow; what waited goes natively once
     /// this node steers it too, at once if it does already) or over QUIC
