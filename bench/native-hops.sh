@@ -16,12 +16,15 @@
 #   ping  $N ICMP echoes (`ping -i $GAP`, native since note 22)
 #   idle  the CPU both nodes use over $IDLE s with nothing to carry (after
 #         the path went native), ms of CPU per second
-#   flow1 $FLOWS brand-new UDP flows, one datagram each ($FGAP s apart):
-#         the DPRP exchange on the IP path (UDP 7717) and the first packet
+#   flow1 $FLOWS brand-new UDP flows, one datagram each ($FGAP s apart),
+#         fast-opened on the warm pair epoch: the same hops as udp, A_out
+#         ending at the first packet on A's veth that carries the datagram
+#         (its FOP on UDP 7717 with the packet inside, note 71; or the
+#         datagram itself beside its FOP)
 # From the captures, per packet (ms): A out = app's packet in A's TUN ->
 # native packet on A's veth; B in = on B's veth -> written into B's TUN;
 # app = B's TUN in -> the echo's reply out into B's TUN; B out; A in; and
-# for a new flow each DPRP message's turn-around in its node. Prints the
+# for a new flow the same hops. Prints the
 # medians per round and the medians of the rounds' medians [min..max], with
 # the load average; the raw events are kept in $OUT (a directory).
 #
@@ -265,41 +268,37 @@ if kind in ("udp", "ping"):
                      us(t2, t3) + us(t6, t7), us(t1, t8)])
     print(" ".join("%.1f" % med([r[i] for r in rows]) for i in range(len(names))), len(rows))
 else:
-    # New flows: the app packet into A s TUN, then DPRP (UDP 7717 both
-    # ways) and the first data packet to B s TUN and its reply.
-    sel = lambda e: (e[4] == 17 and (7799 in (e[5], e[6]) or e[6] == 7717)) or \
+    # New flows, fast-opened on the warm pair epoch (design notes 64, 71):
+    # the app packet into A s TUN, then the first packet on A s veth that
+    # carries it (its FOP on UDP 7717 with the packet inside, or the packet
+    # itself when it travels beside its FOP), into B s TUN, the reply and
+    # its way back.
+    sel = lambda e: (e[4] == 17 and (7799 in (e[5], e[6]) or 7717 in (e[5], e[6]))) or \
         (e[4] == 17 and e[2] == "veth" and 7718 in (e[5], e[6]))
     rows = []
-    is_dprp = lambda e: e[6] == 7717
     is_app = lambda e: 7799 in (e[5], e[6])
+    carries = lambda e: 7799 in (e[5], e[6]) or e[6] == 7717
     for c in clusters(sel, 50_000_000):
-        t0 = first(c, "a", "tun", "out", 0, is_app)
-        if t0 is None:
+        t1 = first(c, "a", "tun", "out", 0, is_app)
+        if t1 is None:
             continue
-        dde_o = first(c, "a", "veth", "out", t0, is_dprp)
-        dde_i = first(c, "b", "veth", "in", dde_o or 0, is_dprp)
-        rgi_o = first(c, "b", "veth", "out", dde_i or 0, is_dprp)
-        rgi_i = first(c, "a", "veth", "in", rgi_o or 0, is_dprp)
-        mpit_o = first(c, "a", "veth", "out", rgi_i or 0, is_dprp)
-        mpit_i = first(c, "b", "veth", "in", mpit_o or 0, is_dprp)
-        cdn_o = first(c, "b", "veth", "out", mpit_i or 0, is_dprp)
-        cdn_i = first(c, "a", "veth", "in", cdn_o or 0, is_dprp)
-        data_b = first(c, "b", "tun", "in", cdn_i or 0, is_app)
-        back = first(c, "a", "tun", "in", data_b or 0, is_app)
-        ts = [t0, dde_o, dde_i, rgi_o, rgi_i, mpit_o, mpit_i, cdn_o, cdn_i, data_b, back]
+        t2 = first(c, "a", "veth", "out", t1, carries)
+        t3 = first(c, "b", "veth", "in", t2 or 0, carries)
+        t4 = first(c, "b", "tun", "in", t3 or 0, is_app)
+        t5 = first(c, "b", "tun", "out", t4 or 0, is_app)
+        t6 = first(c, "b", "veth", "out", t5 or 0, is_app)
+        t7 = first(c, "a", "veth", "in", t6 or 0, is_app)
+        t8 = first(c, "a", "tun", "in", t7 or 0, is_app)
+        ts = [t1, t2, t3, t4, t5, t6, t7, t8]
         if None in ts:
             continue
         us = lambda a, b: (b - a) / 1000
-        rows.append([us(t0, dde_o), us(dde_i, rgi_o), us(rgi_i, mpit_o), us(mpit_i, cdn_o),
-                     us(cdn_i, data_b), us(data_b, back),
-                     us(dde_o, dde_i) + us(rgi_o, rgi_i) + us(mpit_o, mpit_i) + us(cdn_o, cdn_i),
-                     us(t0, back)])
-    names = ["A: pkt->DDE", "B: DDE->RGI", "A: RGI->MPIT", "B: MPIT->CDN", "CDN at A -> data in B tun",
-             "data in B tun -> reply in A tun", "wire x4", "total"]
+        rows.append([us(t1, t2), us(t3, t4), us(t4, t5), us(t5, t6), us(t7, t8),
+                     us(t2, t3) + us(t6, t7), us(t1, t8)])
     print(" ".join("%.1f" % med([r[i] for r in rows]) for i in range(len(names))), len(rows))
 '
 HEAD_UDP="A_out B_in app B_out A_in wire total"
-HEAD_FLOW="A:pkt->DDE B:DDE->RGI A:RGI->MPIT B:MPIT->CDN CDN->data_in_B data_in_B->reply_in_A wire total"
+HEAD_FLOW="A_out B_in app B_out A_in wire total"
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 ticks() { local t=0 pid; for pid in "$PID_a" "$PID_b"; do t=$((t + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'))); done; echo $t; }
@@ -339,7 +338,7 @@ for r in $(seq "$ROUNDS"); do
         echo "  $k per hop, us (median of the echoes; n last): $HEAD_UDP n"
         echo "  $k $(python3 -c "$ANALYSE" "$k" "$OUT/r$r-$k.txt")" | tee -a "$WORK/res-$k"
     done
-    echo "  flow1 per step, us: $HEAD_FLOW n"
+    echo "  flow1 per hop, us (median of the flows; n last): $HEAD_FLOW n"
     echo "  flow $(python3 -c "$ANALYSE" flow "$OUT/r$r-flow.txt")" | tee -a "$WORK/res-flow"
     stop_all
 done

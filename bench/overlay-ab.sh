@@ -29,7 +29,9 @@
 # with FPN_NODE_TUN_SPREAD=0 (every TUN write into the first queue, so the
 # kernel steers every flow with inbound traffic to the first worker);
 # "first0" is AFTER with FPN_NODE_FAST_FIRST=0 (a fast-opened flow's first
-# packet leaves beside its FOP, not inside it: design note 71).
+# packet leaves beside its FOP, not inside it: design note 71); "ringgap"
+# is AFTER with FPN_NODE_RING_DENSE=gap (the native receive ring naps by
+# the rule before design note 72: the next packet within 200 us).
 #
 # Environment: REPEAT=3 (rounds), CONFIGS, OUT=<dir> (default a new temporary
 # directory, kept: the JSON of every invocation), and everything
@@ -64,6 +66,7 @@ for r in $(seq "$REPEAT"); do
             tunw2) bin=$AFTER env=(FPN_NODE_TUN_WORKERS=2) ;;
             nospread) bin=$AFTER env=(FPN_NODE_TUN_SPREAD=0) ;;
             first0) bin=$AFTER env=(FPN_NODE_FAST_FIRST=0) ;;
+            ringgap) bin=$AFTER env=(FPN_NODE_RING_DENSE=gap) ;;
             *) echo "overlay-ab.sh: unknown configuration $cfg" >&2; exit 2 ;;
         esac
         echo "round $r $cfg $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -85,7 +88,7 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         "storm_tcp_per_s", "storm_tcp_p99_ms", "storm_udp_per_s", "storm_udp_p99_ms", "storm_failed"]
 rows, loads = {}, []
 for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
-            "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread", "first0"]:
+            "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread", "first0", "ringgap"]:
     for f in sorted(glob.glob(f"{out}/{cfg}-*.json")):
         try:
             d = json.load(open(f))

@@ -25,8 +25,8 @@ use tracing::{debug, warn};
 
 use crate::error::Result;
 use crate::native::{
-    FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RxMechanism, TxBatch,
-    send_here,
+    FiveTuple, L4Proto, NativeConfig, NativeIo, NativeRx, RawSender, RingDense, RxMechanism,
+    TxBatch, send_here,
 };
 use crate::stage::Stage;
 
@@ -52,7 +52,8 @@ pub type ReadyRx = tokio::sync::mpsc::UnboundedReceiver<Vec<FlowId>>;
 /// Opens the native carrier for the node whose TUN is `tun` and whose
 /// underlay addresses (either family) are `local`: the raw sender (with a send thread of
 /// its own when `send_thread`), the table (a stale one left by a killed
-/// node is replaced) and the receive threads (with `taps`, one each). `Err` says why native cannot
+/// node is replaced) and the receive threads (with `taps`, one each; they
+/// nap while traffic is `ring_dense`). `Err` says why native cannot
 /// work here; the node then stays on QUIC.
 pub fn open(
     tun: &str,
@@ -60,6 +61,7 @@ pub fn open(
     skip_udp_ports: Vec<u16>,
     send_thread: bool,
     taps: Vec<Box<dyn crate::native::RxTap>>,
+    ring_dense: RingDense,
 ) -> std::result::Result<(NativeLink, NativeRx, FlowCtl, ReadyRx), (Unavailable, crate::error::Error)>
 {
     let sender = RawSender::open().map_err(|e| (Unavailable::NoRawSocket, e))?;
@@ -74,6 +76,7 @@ pub fn open(
     };
     let mut cfg = NativeConfig::new(tun, local, RxMechanism::default());
     cfg.skip_udp_ports = skip_udp_ports;
+    cfg.ring_dense = ring_dense;
     let mut io =
         NativeIo::open_with_taps(cfg, taps).map_err(|e| (Unavailable::NoInterception, e))?;
     let rx = io

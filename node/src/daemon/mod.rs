@@ -757,6 +757,7 @@ fn open_native(
         own_udp_ports,
         send_thread,
         taps,
+        tun::ring_dense(),
     ) {
         Ok((link, rx, ctl, ready)) => {
             info!(

@@ -35,6 +35,24 @@ pub const NATIVE_SEND_STAGE_ENV: &str = "FPN_NODE_NATIVE_SEND_STAGE";
 /// instead of through the TUN write stage (as [`NATIVE_SEND_STAGE_ENV`]).
 pub const TUN_WRITE_STAGE_ENV: &str = "FPN_NODE_TUN_WRITE_STAGE";
 
+/// Environment variable that makes the native receive ring nap by the old
+/// rule (`gap`: the next packet within 200 us) or from another packet rate
+/// (a number: thousands a second): to measure the rule (bench/overlay-ab.sh,
+/// configuration `ringgap`). Unset or unreadable: the default.
+pub const RING_DENSE_ENV: &str = "FPN_NODE_RING_DENSE";
+
+/// When the native receive ring naps: see [`RING_DENSE_ENV`].
+pub fn ring_dense() -> crate::native::RingDense {
+    use crate::native::RingDense;
+    match std::env::var(RING_DENSE_ENV).as_deref().map(str::trim) {
+        Ok("gap") => RingDense::Gap,
+        Ok(n) => n
+            .parse()
+            .map_or_else(|_| RingDense::default(), RingDense::Kpps),
+        Err(_) => RingDense::default(),
+    }
+}
+
 fn env_on(name: &str) -> bool {
     std::env::var(name).map_or(true, |v| v.trim() != "0")
 }

@@ -155,6 +155,30 @@ pub struct NativeConfig {
     /// are never a native flow's (the node holds those ports on every
     /// address) and would otherwise cost the ring a copy each.
     pub skip_udp_ports: Vec<u16>,
+    /// PacketRing: when the receive thread naps instead of being woken per
+    /// packet.
+    pub ring_dense: RingDense,
+}
+
+/// PacketRing: when traffic counts as dense, so that the receive thread
+/// naps between looks at the ring instead of asking the kernel to wake it
+/// per packet (docs/DESIGN-NOTES.md notes 27 and 72).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingDense {
+    /// Since the thread last began to wait (in poll or in a nap), packets
+    /// came in at this many thousand a second or more (and at least a
+    /// handful): a wake-up per packet would cost more CPU than the nap
+    /// costs latency.
+    Kpps(u32),
+    /// The packet after an emptied ring came within 200 us (before note
+    /// 72: a connection storm, a packet every 50 us or so, napped too).
+    Gap,
+}
+
+impl Default for RingDense {
+    fn default() -> Self {
+        Self::Kpps(rx_ring::DENSE_KPPS)
+    }
 }
 
 impl NativeConfig {
@@ -171,6 +195,7 @@ impl NativeConfig {
             queue_len: 4096,
             ring_mib: 16,
             skip_udp_ports: Vec::new(),
+            ring_dense: RingDense::default(),
         }
     }
 }
@@ -523,6 +548,7 @@ impl NativeIo {
                     if let Some(tun) = &cfg.tun {
                         ring.skip_interface(tun);
                     }
+                    ring.set_dense(cfg.ring_dense);
                     worker.rings.push(RingHandle {
                         family,
                         wake: ring.waker()?,

@@ -67,10 +67,19 @@ const BLOCK_SIZE: u32 = 1 << 20;
 /// One packet per frame: a 32-byte header, the link-layer address and a
 /// 1500-byte IP packet fit.
 const FRAME_SIZE: u32 = 2048;
-/// Dense traffic: the ring, just emptied, had its next packet within this
-/// long. Then the thread naps [`NAP`] instead of asking the kernel to wake
-/// it per packet (a wakeup per few packets tripled the receive CPU per
-/// packet at 80 kpps; docs/DESIGN-NOTES.md, "Native receive latency").
+/// Dense traffic: since the thread last began to wait (in poll or in a
+/// nap), at least [`DENSE_MIN`] packets came in, at this many thousand a
+/// second or more. Then the thread naps [`NAP`] instead of asking the
+/// kernel to wake it per packet (a wakeup per few packets tripled the
+/// receive CPU per packet at 80 kpps; docs/DESIGN-NOTES.md, note 27). A
+/// bulk transfer's 150-250 kpps nap; a connection storm's 20-60 kpps,
+/// 1-3 packets per wakeup, are woken for: each nap would cost them up to
+/// [`NAP`] of latency at each end (note 72).
+pub(crate) const DENSE_KPPS: u32 = 100;
+/// Fewer packets than this since the last wait never count as dense.
+const DENSE_MIN: usize = 6;
+/// [`super::RingDense::Gap`]: the ring, just emptied, had its next packet
+/// within this long.
 const DENSE_GAP: std::time::Duration = std::time::Duration::from_micros(200);
 /// How long the thread naps while traffic is dense: the most a packet then
 /// waits in the ring (sparse traffic never waits: it is woken for).
@@ -150,6 +159,8 @@ pub(crate) struct Ring {
     /// Packets on this interface (the node's TUN) are never taken: what
     /// the node wrote there itself (`ignored`).
     skip_ifindex: Option<u32>,
+    /// When the thread naps.
+    dense: super::RingDense,
 }
 
 // SAFETY: the mapping belongs to this struct alone and is only touched by
@@ -168,6 +179,11 @@ impl Ring {
         // SAFETY: a valid NUL-terminated string; the call only reads it.
         let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
         self.skip_ifindex = (idx != 0).then_some(idx);
+    }
+
+    /// When the thread naps instead of waiting in poll.
+    pub(crate) fn set_dense(&mut self, dense: super::RingDense) {
+        self.dense = dense;
     }
 
     /// The family this ring takes.
@@ -278,6 +294,7 @@ impl Ring {
             // SAFETY: efd is a fresh descriptor we own.
             wake: unsafe { OwnedFd::from_raw_fd(efd) },
             skip_ifindex: None,
+            dense: super::RingDense::default(),
         };
         Ok(ring)
     }
@@ -313,6 +330,10 @@ impl Ring {
     ) {
         let mut idx = 0;
         let mut dense = false;
+        // Packets that came in since the thread last began to wait, and
+        // when that was.
+        let mut taken = 0usize;
+        let mut waited = std::time::Instant::now();
         while !shared.stopped() {
             let frame = self.frame(idx);
             // SAFETY: frame points at a frame header inside the mapping.
@@ -325,18 +346,34 @@ impl Ring {
                     break;
                 }
                 self.count_drops(shared);
-                if dense {
-                    std::thread::sleep(NAP);
-                    // Nothing came during a whole nap: sparse again.
-                    // SAFETY: as above.
-                    dense = unsafe { read_u32(frame, PKT_STATUS) } & TP_STATUS_USER != 0;
-                } else {
-                    let t = std::time::Instant::now();
-                    self.poll(tap.as_ref().and_then(|t| t.wake_within()));
-                    dense = t.elapsed() < DENSE_GAP;
+                let within = || tap.as_ref().and_then(|t| t.wake_within());
+                match self.dense {
+                    super::RingDense::Kpps(kpps) => {
+                        let n = std::mem::take(&mut taken);
+                        let since = waited.elapsed();
+                        waited = std::time::Instant::now();
+                        if dense_at(n, since, kpps) {
+                            std::thread::sleep(NAP);
+                        } else {
+                            self.poll(within());
+                        }
+                    }
+                    super::RingDense::Gap => {
+                        if dense {
+                            std::thread::sleep(NAP);
+                            // Nothing came during a whole nap: sparse again.
+                            // SAFETY: as above.
+                            dense = unsafe { read_u32(frame, PKT_STATUS) } & TP_STATUS_USER != 0;
+                        } else {
+                            let t = std::time::Instant::now();
+                            self.poll(within());
+                            dense = t.elapsed() < DENSE_GAP;
+                        }
+                    }
                 }
                 continue;
             }
+            taken += 1;
             std::sync::atomic::fence(Ordering::Acquire);
             // SAFETY: the kernel handed this frame to us (TP_STATUS_USER);
             // the header lies at its start.
@@ -456,6 +493,14 @@ pub(crate) fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> Result<()> {
     })
 }
 
+/// Whether `n` packets since the last wait began, `since` ago, are dense
+/// traffic at `kpps` thousand packets a second ([`super::RingDense::Kpps`]).
+fn dense_at(n: usize, since: std::time::Duration, kpps: u32) -> bool {
+    // n / us packets per microsecond, against kpps / 1000.
+    let us = since.as_micros().max(1);
+    n >= DENSE_MIN && n as u128 * 1000 >= u128::from(kpps) * us
+}
+
 /// Wakes the thread blocked in poll.
 pub(crate) fn wake(fd: &OwnedFd) {
     let one: u64 = 1;
@@ -519,4 +564,33 @@ unsafe fn read_u16(base: *const u8, off: usize) -> u16 {
 unsafe fn write_u32(base: *mut u8, off: usize, v: u32) {
     // SAFETY: by the caller.
     unsafe { std::ptr::write_volatile(base.add(off).cast::<u32>(), v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bulk_transfer_naps_and_a_connection_storm_is_woken_for() {
+        let us = Duration::from_micros;
+        // Bulk: woken per packet, 7-10 packets per wakeup at 150-250 kpps;
+        // a nap of 500 us at 200 kpps gathers about 100.
+        assert!(dense_at(8, us(50), DENSE_KPPS));
+        assert!(dense_at(100, NAP + us(20), DENSE_KPPS));
+        // A storm: a packet every 30-60 us, 1-3 per wakeup. The rule of
+        // note 27 napped here (its next packet came within 200 us).
+        assert!(!dense_at(3, us(120), DENSE_KPPS));
+        assert!(!dense_at(2, us(30), DENSE_KPPS));
+        // A storm that fills a nap with a handful is below the rate.
+        assert!(!dense_at(20, NAP + us(20), DENSE_KPPS));
+        // A burst too short to say anything, however fast.
+        assert!(!dense_at(DENSE_MIN - 1, us(1), DENSE_KPPS));
+        // A nap that found nothing ends dense traffic.
+        assert!(!dense_at(0, NAP, DENSE_KPPS));
+        // The rate is the knob: at 10 kpps the storm naps too.
+        assert!(dense_at(20, NAP + us(20), 10));
+        // A zero-length wait is no division by zero.
+        assert!(dense_at(DENSE_MIN, Duration::ZERO, DENSE_KPPS));
+    }
 }
