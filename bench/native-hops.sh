@@ -19,8 +19,11 @@
 #   flow1 $FLOWS brand-new UDP flows, one datagram each ($FGAP s apart),
 #         fast-opened on the warm pair epoch: the same hops as udp, A_out
 #         ending at the first packet on A's veth that carries the datagram
-#         (its FOP on UDP 7717 with the packet inside, note 71; or the
-#         datagram itself beside its FOP)
+#         (its FOP on UDP 7717 with the packet inside, note 71, told apart
+#         by its length; or the datagram itself, which with
+#         FPN_NODE_FAST_FIRST=0 leaves after the FOK's round trip, so A_out
+#         then holds that round trip). A flow negotiated instead (DPRP
+#         fallback: a large DDE on 7717) is counted from its DDE.
 # From the captures, per packet (ms): A out = app's packet in A's TUN ->
 # native packet on A's veth; B in = on B's veth -> written into B's TUN;
 # app = B's TUN in -> the echo's reply out into B's TUN; B out; A in; and
@@ -162,6 +165,7 @@ for d, anc, _, addr in recv():
     sp = dp = it = 0
     if proto in (6, 17) and len(d) >= ihl + 4:
         sp, dp = struct.unpack("!HH", d[ihl:ihl + 4])
+        it = struct.unpack("!H", d[2:4])[0]     # TCP/UDP: the IP length
     elif proto == 1 and len(d) > ihl:
         it = d[ihl]
     out.write("%d %s %s %s %d %d %d %d\n" % (ts[0] * 10**9 + ts[1], side, ifk,
@@ -277,7 +281,10 @@ else:
         (e[4] == 17 and e[2] == "veth" and 7718 in (e[5], e[6]))
     rows = []
     is_app = lambda e: 7799 in (e[5], e[6])
-    carries = lambda e: 7799 in (e[5], e[6]) or e[6] == 7717
+    # A FOP with the datagram inside (note 71) is at least 200 bytes long
+    # (IP length): a FOP without one is about 110, the datagram
+    # sealed adds 119 (its headers, 64 bytes, the trailer, flags and length).
+    carries = lambda e: 7799 in (e[5], e[6]) or (e[6] == 7717 and e[7] >= 200)
     for c in clusters(sel, 50_000_000):
         t1 = first(c, "a", "tun", "out", 0, is_app)
         if t1 is None:
@@ -298,7 +305,7 @@ else:
     print(" ".join("%.1f" % med([r[i] for r in rows]) for i in range(len(names))), len(rows))
 '
 HEAD_UDP="A_out B_in app B_out A_in wire total"
-HEAD_FLOW="A_out B_in app B_out A_in wire total"
+HEAD_FLOW=$HEAD_UDP
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 ticks() { local t=0 pid; for pid in "$PID_a" "$PID_b"; do t=$((t + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'))); done; echo $t; }

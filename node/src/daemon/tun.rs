@@ -35,21 +35,33 @@ pub const NATIVE_SEND_STAGE_ENV: &str = "FPN_NODE_NATIVE_SEND_STAGE";
 /// instead of through the TUN write stage (as [`NATIVE_SEND_STAGE_ENV`]).
 pub const TUN_WRITE_STAGE_ENV: &str = "FPN_NODE_TUN_WRITE_STAGE";
 
-/// Environment variable that makes the native receive ring nap by the old
-/// rule (`gap`: the next packet within 200 us) or from another packet rate
-/// (a number: thousands a second): to measure the rule (bench/overlay-ab.sh,
-/// configuration `ringgap`). Unset or unreadable: the default.
+/// Environment variable that sets when the native receive ring naps, for
+/// measurements (bench/overlay-ab.sh, configuration `ringgap`): `gap` (the
+/// rule before design note 72: the next packet within 200 us), `0` or
+/// `off` (never: woken per packet), or a number (naps from that many
+/// thousand packets a second). Unset: the default (100); anything else is
+/// said in the log and ignored.
 pub const RING_DENSE_ENV: &str = "FPN_NODE_RING_DENSE";
 
 /// When the native receive ring naps: see [`RING_DENSE_ENV`].
 pub fn ring_dense() -> crate::native::RingDense {
     use crate::native::RingDense;
-    match std::env::var(RING_DENSE_ENV).as_deref().map(str::trim) {
-        Ok("gap") => RingDense::Gap,
-        Ok(n) => n
-            .parse()
-            .map_or_else(|_| RingDense::default(), RingDense::Kpps),
-        Err(_) => RingDense::default(),
+    let Ok(v) = std::env::var(RING_DENSE_ENV) else {
+        return RingDense::default();
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "gap" => RingDense::Gap,
+        "0" | "off" => RingDense::Never,
+        n => n.parse().map_or_else(
+            |_| {
+                tracing::warn!(
+                    value = %v,
+                    "{RING_DENSE_ENV} is not gap, off or a number of thousands of packets a second; the default is used"
+                );
+                RingDense::default()
+            },
+            RingDense::Kpps,
+        ),
     }
 }
 

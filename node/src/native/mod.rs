@@ -165,11 +165,14 @@ pub struct NativeConfig {
 /// per packet (docs/DESIGN-NOTES.md notes 27 and 72).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RingDense {
-    /// Since the thread last began to wait (in poll or in a nap), packets
-    /// came in at this many thousand a second or more (and at least a
-    /// handful): a wake-up per packet would cost more CPU than the nap
-    /// costs latency.
+    /// Since the thread last began to wait (in poll or in a nap), at
+    /// least 6 packets came in, at this many thousand a second or more: a
+    /// wake-up per packet would cost more CPU than the nap costs latency.
+    /// `Kpps(0)`: any 6 packets since the last wait.
     Kpps(u32),
+    /// Never: woken per packet, whatever the rate (more receive CPU per
+    /// packet under bulk traffic; for comparisons).
+    Never,
     /// The packet after an emptied ring came within 200 us (before note
     /// 72: a connection storm, a packet every 50 us or so, napped too).
     Gap,

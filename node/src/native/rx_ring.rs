@@ -320,7 +320,8 @@ impl Ring {
     /// in ring order while the kernel has filled them; only when the next
     /// one is still the kernel's is the batch handed over and the thread
     /// waits: in poll, woken by the kernel with the next packet, while
-    /// traffic is sparse; a fixed nap while it is dense (see [`DENSE_GAP`]).
+    /// traffic is sparse; a fixed nap while it is dense (see
+    /// [`super::RingDense`] and [`DENSE_KPPS`]).
     /// A tap ([`super::RxTap`]) sees each wanted packet first, in its frame.
     pub(crate) fn run(
         self,
@@ -348,6 +349,7 @@ impl Ring {
                 self.count_drops(shared);
                 let within = || tap.as_ref().and_then(|t| t.wake_within());
                 match self.dense {
+                    super::RingDense::Never => self.poll(within()),
                     super::RingDense::Kpps(kpps) => {
                         let n = std::mem::take(&mut taken);
                         let since = waited.elapsed();
@@ -373,7 +375,7 @@ impl Ring {
                 }
                 continue;
             }
-            taken += 1;
+            taken = taken.saturating_add(1);
             std::sync::atomic::fence(Ordering::Acquire);
             // SAFETY: the kernel handed this frame to us (TP_STATUS_USER);
             // the header lies at its start.
