@@ -282,7 +282,7 @@ else:
     rows = []
     is_app = lambda e: 7799 in (e[5], e[6])
     # A FOP with the datagram inside (note 71) is at least 200 bytes long
-    # (IP length): a FOP without one is about 110, the datagram
+    # (IP length): a FOP without one is about 100, the datagram
     # sealed adds 119 (its headers, 64 bytes, the trailer, flags and length).
     carries = lambda e: 7799 in (e[5], e[6]) or (e[6] == 7717 and e[7] >= 200)
     for c in clusters(sel, 50_000_000):
