@@ -544,12 +544,7 @@ impl NodeCore {
                 .lookup(&flow)
                 .and_then(|(_, e)| e.peer())
                 .is_some_and(|ge| !self.peer_native(ge));
-            if quic
-                && !self.plain_on_wire(&flow)
-                && t.payload.len() + steering::FIRST_OVERHEAD + packet.len() + TRAILER_LEN
-                    <= steering::MAX_FIRST_FOP
-                && self.dprp.fast_open_takes_first(id)
-            {
+            if quic && !self.plain_on_wire(&flow) && self.first_fits(id, &t, packet) {
                 // Not marked as steered: should a retransmission go on the
                 // IP path after a switch, the peer must not answer natively
                 // before this node steers the flow.

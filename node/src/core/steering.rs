@@ -63,8 +63,6 @@ const MAX_WAITING_FLOWS: usize = 4096;
 /// The longest FOP with a first packet inside: one QUIC datagram or one
 /// unfragmented packet, like an eviction notice.
 pub(super) const MAX_FIRST_FOP: usize = 1100;
-/// What the first packet adds to a FOP besides itself: flags and length.
-pub(super) const FIRST_OVERHEAD: usize = 3;
 
 /// What the steering needs of a finished negotiation.
 #[derive(Debug, Clone, Copy)]
@@ -436,8 +434,7 @@ impl NodeCore {
         packet: &[u8],
     ) {
         let overlay = self.overlay_view(flow);
-        let fits = t.payload.len() + FIRST_OVERHEAD + packet.len() + TRAILER_LEN <= MAX_FIRST_FOP
-            && self.dprp.fast_open_takes_first(id);
+        let fits = self.first_fits(id, &t, packet);
         match self.steering.waiting.get_mut(&overlay) {
             Some(w)
                 if fits
@@ -471,6 +468,15 @@ impl NodeCore {
             g.peer_early = true;
         }
         self.send_first_in_fop(id, t, &flow, &first, true, now);
+    }
+
+    /// Whether `packet`, sealed, may ride inside fast open `id`'s FOP `t`:
+    /// the peer takes first packets and the FOP stays within
+    /// [`MAX_FIRST_FOP`].
+    pub(super) fn first_fits(&self, id: NegotiationId, t: &dprp::Transmit, packet: &[u8]) -> bool {
+        t.payload.len() + dprp::msg::FIRST_PACKET_OVERHEAD + packet.len() + TRAILER_LEN
+            <= MAX_FIRST_FOP
+            && self.dprp.fast_open_takes_first(id)
     }
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it

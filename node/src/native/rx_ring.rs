@@ -352,8 +352,9 @@ impl Ring {
                     super::RingDense::Never => self.poll(within()),
                     super::RingDense::Kpps(kpps) => {
                         let n = std::mem::take(&mut taken);
-                        let since = waited.elapsed();
-                        waited = std::time::Instant::now();
+                        let now = std::time::Instant::now();
+                        let since = now.saturating_duration_since(waited);
+                        waited = now;
                         if dense_at(n, since, kpps) {
                             std::thread::sleep(NAP);
                         } else {

@@ -177,6 +177,10 @@ pub struct FirstPacket {
     pub packet: Vec<u8>,
 }
 
+/// What a first packet adds to its FOP besides the packet itself: the
+/// flags byte and the two-byte length.
+pub const FIRST_PACKET_OVERHEAD: usize = 3;
+
 /// The flags byte's bit for [`FirstPacket::steered`]; the others are 0.
 const FIRST_STEERED: u8 = 0x01;
 
