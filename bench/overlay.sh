@@ -725,6 +725,9 @@ storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
         # p99 is null when nothing completed.
         python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.0f %s %d" % (r["per_sec"], "NA" if r["p99_ms"] is None else "%.2f" % r["p99_ms"], r["failed"]))' <"$f" ||
             echo NA NA NA
+        # Which flows failed (local port, when, why), to find in the logs.
+        python3 -c 'import json, sys; r = json.load(sys.stdin); f = r.get("failures") or []; f and print(" ".join("%s@%sms:%s" % (x["port"], x["began_ms"], x["why"]) for x in f))' <"$f" 2>/dev/null |
+            while read -r l; do log "   $1 storm failures (port@start:why): $l"; done
     else
         log "  fpn-storm $1 failed (see $f)"
         echo NA NA NA

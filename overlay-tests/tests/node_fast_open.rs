@@ -250,6 +250,51 @@ fn datagram_from_port(
         .unwrap()
 }
 
+/// UDP to port 7717 on the wire is DPRP's, so a flow with that port at
+/// either end (the kernel hands it out as an ephemeral port: a connection
+/// storm met it within seconds) takes QUIC between native nodes: a query
+/// from a's port 7717, and one to a server on b's port 7717, are each
+/// answered at their first send, and no DPRP message is refused. Natively,
+/// their packets towards the 7717 end were taken for DPRP messages,
+/// refused (`control_errors`) and the queries lost.
+#[test]
+fn a_udp_flow_on_dprp_s_port_is_answered_between_native_nodes() {
+    let ov = common::two_nodes();
+    let lab = ov.lab();
+    let _echo = common::echo_server(lab, "b", ECHO);
+    let _echo7717 = common::echo_server(lab, "b", DPRP);
+    let p = ov.ping("a", "b", 2).unwrap();
+    assert!(p.ok, "a -> b: {:?}", p.output);
+    common::wait_native(&ov, "a", "b");
+    common::wait_native(&ov, "b", "a");
+    let errors = (
+        counter(&ov, "a", "control_errors"),
+        counter(&ov, "b", "control_errors"),
+    );
+    let b = IpAddr::from(ov.overlay_addr("b").unwrap());
+    let wait = Duration::from_secs(3);
+    assert!(
+        datagram_from_port(&ov, "a", DPRP, SocketAddr::new(b, ECHO), wait),
+        "a query from port {DPRP} was lost"
+    );
+    assert!(
+        datagram_from_port(&ov, "a", 40_123, SocketAddr::new(b, DPRP), wait),
+        "a query to a server on port {DPRP} was lost"
+    );
+    assert_eq!(
+        (
+            counter(&ov, "a", "control_errors"),
+            counter(&ov, "b", "control_errors")
+        ),
+        errors,
+        "DPRP messages refused"
+    );
+    // Other flows stay native.
+    let (answered, _) = first_datagram(&ov, "a", SocketAddr::new(b, ECHO), wait);
+    assert!(answered);
+    assert!(counter(&ov, "a", "native_out") > 0);
+}
+
 /// Issue 13, design note 69: through two NATs, b's flow table holds 16
 /// flows and a's many. New flows make b evict a's idle ones; b's eviction
 /// notice makes a drop them too, so when a's client uses those ports again

@@ -176,3 +176,54 @@ fn without_a_pair_epoch_no_notice_goes_and_the_flow_heals_as_before() {
     assert_eq!(received(&sim, b, b"healed"), 1);
     assert_eq!(sim.counter(b, "data_in_no_flow"), 1);
 }
+
+/// Both ends' tables full, on the native path: every new flow evicts an
+/// idle one at each end, and still gets its translation at both, so the
+/// peer's native answer is taken in. The translation of the flow a round
+/// evicts goes only when the round's PIT events are drained, after the new
+/// flow's was made: with a translation table no larger than the PIT the
+/// new flow's was refused there, while the peer made its own and answered
+/// natively into nothing (the native storm's lost queries).
+#[test]
+fn flows_that_evict_others_at_both_ends_keep_their_native_answers() {
+    let mut sim = CoreSim::new(5, LinkConfig::default());
+    sim.path = PathConfig {
+        force: Force::Native,
+        ..PathConfig::default()
+    };
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 8,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    let flows = 20u16;
+    for i in 0..flows {
+        let port = 20_000 + i;
+        sim.send_udp(a, b, port, 53, format!("query-{i}-").as_bytes());
+        sim.run_for(Duration::from_millis(150));
+        sim.send_udp(b, a, 53, port, format!("answer-{i}-").as_bytes());
+        sim.run_for(Duration::from_millis(150));
+    }
+    for i in 0..flows {
+        assert_eq!(
+            received(&sim, b, format!("query-{i}-").as_bytes()),
+            1,
+            "query {i}"
+        );
+        assert_eq!(
+            received(&sim, a, format!("answer-{i}-").as_bytes()),
+            1,
+            "answer {i}"
+        );
+    }
+    for i in [a, b] {
+        assert!(sim.counter(i, "flows_evicted") >= 10, "node {i} evicted");
+        assert_eq!(sim.counter(i, "native_translations_refused"), 0, "node {i}");
+        assert!(sim.nodes[i].core.snapshot(&[]).flows.len() <= 8);
+    }
+    // The answers came natively: the flows were the native path's.
+    assert!(sim.counter(a, "native_in") >= u64::from(flows) - 1);
+    sim.check_invariants();
+}

@@ -218,11 +218,23 @@ pub fn buffer_len_for(mtu: u16) -> usize {
     (usize::from(mtu) + TRAILER_LEN + 64).max(2048)
 }
 
+/// Most native translations for a PIT of `max_flows` entries. One per
+/// flow, and room beyond: a full PIT evicts for each new flow, and the
+/// evicted flow's translation goes when the round's PIT events are drained
+/// (after its DPRP events, `drain_pit`), while the new flow's translation
+/// is made during them. A bound equal to the PIT's refused the new one
+/// (TableFull) at every eviction, and its peer, which made its own, sent
+/// answers this end dropped: a lost flow per eviction in a storm.
+fn translation_bound(max_flows: usize) -> usize {
+    max_flows.saturating_mul(2)
+}
+
 impl NodeCore {
     /// A core around its DPRP endpoint and PIT.
     pub fn new(cfg: CoreConfig, dprp: Endpoint, pit: Pit) -> Self {
         let cfg_vin_range = cfg.vin_range;
         let buf = buffer_len_for(cfg.mtu);
+        let translations = translation_bound(pit.config().max_entries);
         let mut core = Self {
             cfg,
             dprp,
@@ -244,7 +256,7 @@ impl NodeCore {
             dprp_refreshed: None,
             reject_logged: None,
             full_logged: None,
-            xlat: XlatTable::default(),
+            xlat: XlatTable::new(translations),
             paths: paths::Paths::default(),
             steering: steering::Steering::default(),
             epoch: None,

@@ -566,3 +566,40 @@ fn a_peer_known_from_the_listing_alone_goes_native_after_its_first_flow() {
         assert_eq!(carrier(&sim, i).0, "native", "node {i}");
     }
 }
+
+/// UDP to DPRP's port on the wire is a control message at either end, so
+/// a UDP flow with that port at either end (an application's ephemeral
+/// port, or a server on it) takes QUIC and is answered both ways; natively
+/// its packets towards that end were refused as DPRP (`control_errors`)
+/// and never delivered.
+#[test]
+fn a_udp_flow_on_dprp_s_port_takes_quic_and_is_answered_both_ways() {
+    let (mut sim, a, b) = pair(23, Force::Auto);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(carrier(&sim, a).0, "native");
+    let dprp = super::PROBE_PORT;
+    for (k, (pa, pb)) in [(dprp, 5000), (4000, dprp)].into_iter().enumerate() {
+        let (q, r) = (format!("ASK-{k}-"), format!("ANSWER-{k}-"));
+        for _ in 0..2 {
+            sim.send_udp(a, b, pa, pb, q.as_bytes());
+            sim.run_for(Duration::from_millis(100));
+            sim.send_udp(b, a, pb, pa, r.as_bytes());
+            sim.run_for(Duration::from_millis(100));
+        }
+        let got = |i: usize, m: &str| {
+            sim.nodes[i]
+                .tun
+                .iter()
+                .filter(|p| contains(p, m.as_bytes()))
+                .count()
+        };
+        assert_eq!((got(b, &q), got(a, &r)), (2, 2), "ports {pa} <-> {pb}");
+    }
+    assert_eq!(sim.counter(a, "native_out"), 0, "the flows took QUIC");
+    for i in [a, b] {
+        assert_eq!(sim.counter(i, "control_errors"), 0, "node {i}");
+    }
+    // The path stays native for the other flows.
+    exchange(&mut sim, a, b, b"OTHER");
+    assert!(sim.counter(a, "native_out") >= 1);
+}

@@ -1060,7 +1060,10 @@ impl NodeCore {
                     self.push_output(Output::NativeFlowAdded(inbound));
                 }
             }
-            Err(e) => debug!(flow = %overlay, error = %e, "no native translation"),
+            Err(e) => {
+                self.counters.native_translations_refused += 1;
+                debug!(flow = %overlay, error = %e, "no native translation");
+            }
         }
     }
 
@@ -1497,6 +1500,15 @@ fn overlay_addressed(wire: &FlowId, overlay: &FlowId) -> FlowId {
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
+    // UDP to PROBE_PORT on the wire is DPRP's or a probe at either end
+    // (handle_native_packet), so a flow with that port at either end would
+    // have its packets towards that end taken for control messages and
+    // refused: it takes QUIC. An application may well hold the port (the
+    // node binds no socket to it; the kernel hands it out as an ephemeral
+    // port, which a connection storm finds within seconds).
+    if flow.protocol == UDP && (flow.src_port == PROBE_PORT || flow.dst_port == PROBE_PORT) {
+        return false;
+    }
     // TCP, UDP and echoes of either family cross on a wire of either
     // (notes 59, 62, 63); other ICMPv6 messages take QUIC.
     if flow.dst.is_ipv6() {

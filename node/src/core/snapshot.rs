@@ -93,6 +93,10 @@ pub(super) struct Counters {
     /// budget, from an address the peer is not known at); those with the
     /// flow's very ports are in `native_in_wrong_source` too.
     pub native_bindings_refused: u64,
+    /// Flows the native path could have carried whose translation the
+    /// table refused (full, or a wire five-tuple another flow holds): they
+    /// take QUIC from here.
+    pub native_translations_refused: u64,
     /// Packets to a peer behind a NAT that took QUIC because no packet of
     /// their flow had come in natively yet (the NAT has no mapping).
     pub native_nat_waits: u64,
@@ -343,6 +347,7 @@ impl NodeCore {
             ("native_in_wrong_source", c.native_in_wrong_source),
             ("native_bindings", c.native_bindings),
             ("native_bindings_refused", c.native_bindings_refused),
+            ("native_translations_refused", c.native_translations_refused),
             ("native_nat_waits", c.native_nat_waits),
             ("native_nat_punches", c.native_nat_punches),
             ("native_echo_nat", c.native_echo_nat),

@@ -16,7 +16,9 @@
 //! (a lost SYN is retransmitted after 1 s, so its connection still
 //! completes, late). Prints one JSON object: completed and failed
 //! operations, completions per second, and the median, 99th percentile and
-//! maximum latency in milliseconds. The run is bounded by `--secs` and
+//! maximum latency in milliseconds, and the first failures (the flow's
+//! local port, when the operation began, why) to look up in the nodes'
+//! logs. The run is bounded by `--secs` and
 //! `--max`; connections still open then are abandoned and not counted.
 
 use std::net::SocketAddr;
@@ -73,16 +75,31 @@ struct Storm {
     size: usize,
 }
 
-/// One operation: a connection or a query.
-async fn tcp_once(to: SocketAddr, req: &[u8], ans: &mut [u8]) -> std::io::Result<()> {
+/// Failures listed in the output (the count covers all of them).
+const MAX_LISTED_FAILURES: usize = 20;
+
+/// One operation: a connection or a query. `port` gets the flow's local
+/// port once it is known (a connection's after its handshake).
+async fn tcp_once(
+    to: SocketAddr,
+    req: &[u8],
+    ans: &mut [u8],
+    port: &mut u16,
+) -> std::io::Result<()> {
     let mut s = TcpStream::connect(to).await?;
+    *port = s.local_addr()?.port();
     s.set_nodelay(true)?;
     s.write_all(req).await?;
     s.read_exact(ans).await?;
     Ok(())
 }
 
-async fn udp_once(to: SocketAddr, req: &[u8], ans: &mut [u8]) -> std::io::Result<()> {
+async fn udp_once(
+    to: SocketAddr,
+    req: &[u8],
+    ans: &mut [u8],
+    port: &mut u16,
+) -> std::io::Result<()> {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("an address")
     } else {
@@ -90,6 +107,7 @@ async fn udp_once(to: SocketAddr, req: &[u8], ans: &mut [u8]) -> std::io::Result
     };
     let s = UdpSocket::bind(bind).await?;
     s.connect(to).await?;
+    *port = s.local_addr()?.port();
     s.send(req).await?;
     loop {
         let n = s.recv(ans).await?;
@@ -143,6 +161,18 @@ async fn serve(port: u16) -> Result<()> {
 struct Tally {
     done: Vec<u64>,
     failed: u64,
+    /// The first failures: local port (0: not known), ms since the
+    /// storm began, why.
+    listed: Vec<(u16, u64, String)>,
+}
+
+impl Tally {
+    fn fail(&mut self, port: u16, began: Duration, why: String) {
+        self.failed += 1;
+        if self.listed.len() < MAX_LISTED_FAILURES {
+            self.listed.push((port, began.as_millis() as u64, why));
+        }
+    }
 }
 
 async fn storm(kind: &'static str, cfg: Storm) -> Result<serde_json::Value> {
@@ -166,21 +196,24 @@ async fn storm(kind: &'static str, cfg: Storm) -> Result<serde_json::Value> {
                     .is_ok()
             {
                 let t0 = Instant::now();
+                let mut port = 0;
                 let op = async {
                     match kind {
-                        "tcp" => tcp_once(to, &req, &mut ans).await,
-                        _ => udp_once(to, &req, &mut ans).await,
+                        "tcp" => tcp_once(to, &req, &mut ans, &mut port).await,
+                        _ => udp_once(to, &req, &mut ans, &mut port).await,
                     }
                 };
-                match tokio::time::timeout(timeout, op).await {
+                let r = tokio::time::timeout(timeout, op).await;
+                let began = t0.duration_since(start);
+                match r {
                     Ok(Ok(())) => t.done.push(t0.elapsed().as_micros() as u64),
                     // A refused connection or a lost answer: pause a little
                     // so a tunnel that refuses at once is not spun on.
-                    Ok(Err(_)) => {
-                        t.failed += 1;
+                    Ok(Err(e)) => {
+                        t.fail(port, began, e.to_string());
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    Err(_) => t.failed += 1,
+                    Err(_) => t.fail(port, began, "timeout".into()),
                 }
             }
             t
@@ -196,9 +229,17 @@ async fn storm(kind: &'static str, cfg: Storm) -> Result<serde_json::Value> {
         if let Ok(Ok(t)) = tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
             all.done.extend(t.done);
             all.failed += t.failed;
+            all.listed.extend(t.listed);
         }
     }
     all.done.sort_unstable();
+    all.listed.sort_unstable_by_key(|f| f.1);
+    all.listed.truncate(MAX_LISTED_FAILURES);
+    let failures: Vec<serde_json::Value> = all
+        .listed
+        .iter()
+        .map(|(port, at, why)| serde_json::json!({"port": port, "began_ms": at, "why": why}))
+        .collect();
     let pct = |p: f64| -> f64 {
         if all.done.is_empty() {
             return f64::NAN;
@@ -217,6 +258,7 @@ async fn storm(kind: &'static str, cfg: Storm) -> Result<serde_json::Value> {
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "failures": failures,
     }))
 }
 
