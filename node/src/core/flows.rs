@@ -3,11 +3,10 @@
 //! waiting to be renegotiated, and unknown flows being healed. Every table
 //! is bounded, and each entry that expires has a deadline in [`Timers`].
 
-use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FastSet, FlowId};
 use fpn_proto::ge::GeId;
 
 use super::timers::{Timer, Timers};
@@ -36,12 +35,12 @@ pub const RENEGOTIATE_RETRY: Duration = Duration::from_secs(5);
 /// The flow tables next to the PIT.
 #[derive(Debug, Default)]
 pub struct Flows {
-    quotes: HashMap<FlowId, Vec<u8>>,
-    refused: HashMap<FlowId, (Option<GeId>, String, Instant)>,
-    renegotiation_due: HashSet<FlowId>,
-    renegotiating: HashSet<FlowId>,
-    healing: HashSet<FlowId>,
-    awaiting_owner: HashMap<Ipv4Addr, Vec<(FlowId, GeId)>>,
+    quotes: FastMap<FlowId, Vec<u8>>,
+    refused: FastMap<FlowId, (Option<GeId>, String, Instant)>,
+    renegotiation_due: FastSet<FlowId>,
+    renegotiating: FastSet<FlowId>,
+    healing: FastSet<FlowId>,
+    awaiting_owner: FastMap<Ipv4Addr, Vec<(FlowId, GeId)>>,
     awaiting: usize,
 }
 

@@ -27,10 +27,10 @@
 //! Nothing here is on the per-packet path of an established flow except one
 //! hash lookup for packets the TUN gives the gateway from a VIN.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FlowId};
 use fpn_proto::ge::{GeId, GroupId};
 
 /// Default range of VINs: inside the overlay range a node routes into its
@@ -88,14 +88,14 @@ pub(super) struct Natf {
     range: Option<(Ipv4Addr, u8)>,
     /// Hosts behind other GEs, by name, and their VINs.
     by_name: BTreeMap<String, Ipv4Addr>,
-    vins: HashMap<Ipv4Addr, VinTarget>,
+    vins: FastMap<Ipv4Addr, VinTarget>,
     /// Hosts this GE answers for.
     fronted: Vec<Host>,
     /// Per flow, oriented as the remote sent its first packet
     /// (`{remote-overlay:s -> VIN:d}`).
-    flows: HashMap<FlowId, Mapping>,
+    flows: FastMap<FlowId, Mapping>,
     /// Gateway: each DNATed pair, its host and how many flows use it.
-    pairs: HashMap<Pair, (IpAddr, usize)>,
+    pairs: FastMap<Pair, (IpAddr, usize)>,
 }
 
 /// What changed when the host list was replaced.

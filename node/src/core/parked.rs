@@ -7,10 +7,9 @@
 //! node negotiate the flow (healing) and being lost; the FOP's entry
 //! releases them, else they are dropped and healing runs as before.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FlowId};
 use fpn_proto::ge::GeId;
 
 /// How long a packet waits for its flow's FOP.
@@ -24,7 +23,7 @@ const MAX_PER_FLOW: usize = 8;
 /// The waiting packets, by flow (as received).
 #[derive(Debug, Default)]
 pub(super) struct Parked {
-    flows: HashMap<FlowId, (GeId, Vec<Vec<u8>>)>,
+    flows: FastMap<FlowId, (GeId, Vec<Vec<u8>>)>,
 }
 
 /// What [`Parked::park`] did.

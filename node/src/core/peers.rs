@@ -9,7 +9,9 @@
 //! a GE that sent us something can be answered even before the directory
 //! named it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use fpn_proto::flow::FastMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use fpn_proto::dprp::Prefix;
@@ -99,8 +101,8 @@ pub struct OwnerChange {
 #[derive(Debug, Default)]
 pub struct PeerTable {
     by_ge: BTreeMap<GeId, Peer>,
-    by_overlay: HashMap<Ipv4Addr, GeId>,
-    by_from: HashMap<SocketAddr, GeId>,
+    by_overlay: FastMap<Ipv4Addr, GeId>,
+    by_from: FastMap<SocketAddr, GeId>,
 }
 
 impl PeerTable {

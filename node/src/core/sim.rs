@@ -303,6 +303,10 @@ pub struct CoreSim {
     /// (up to a limit); a benchmark turns it off so the log does not count
     /// as the nodes' memory.
     pub wire_log: bool,
+    /// When on (the default), [`CoreSim::check_invariants`] runs after
+    /// every step; it walks every PIT entry, so a benchmark that times
+    /// the cores turns it off.
+    pub invariants: bool,
     /// Added to every carrier frame's flight (default none): a carrier
     /// slower than the native path, as QUIC is while its connection is
     /// opened again after a move.
@@ -355,6 +359,7 @@ impl CoreSim {
             fast_first: true,
             pit: PitConfig::default(),
             wire_log: true,
+            invariants: true,
             carrier_delay: Duration::ZERO,
             ca,
             // The only clock read: an arbitrary origin for virtual time.
@@ -533,7 +538,9 @@ impl CoreSim {
         let _e = span.enter();
         self.nodes[i].core.handle_command(cmd, now);
         self.flush(i);
-        self.check_invariants();
+        if self.invariants {
+            self.check_invariants();
+        }
     }
 
     /// Node `i`'s host sends a UDP packet to node `to`.
@@ -787,7 +794,9 @@ impl CoreSim {
                 self.flush(i);
             }
         }
-        self.check_invariants();
+        if self.invariants {
+            self.check_invariants();
+        }
     }
 
     /// What must hold after every step, on every node: each PIT entry's

@@ -31,7 +31,6 @@
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fpn_proto::dprp::{self, MessageType, NegotiationId, Position};
@@ -135,18 +134,18 @@ pub(super) struct Steering {
     /// Overlay flows with a new translation.
     pub gates: FastMap<FlowId, Gate>,
     /// Overlay flows whose CDN or first packets wait for steering.
-    waiting: HashMap<FlowId, Waiting>,
+    waiting: FastMap<FlowId, Waiting>,
     /// Held CDNs by negotiation (responder).
-    cdn_holds: HashMap<NegotiationId, FlowId>,
+    cdn_holds: FastMap<NegotiationId, FlowId>,
     /// This drain round's responder decisions (cleared after each round).
-    cdn_routes: HashMap<NegotiationId, CdnRoute>,
+    cdn_routes: FastMap<NegotiationId, CdnRoute>,
     /// This drain round's CDN transmits, routed once the round's events ran.
     staged: Vec<dprp::Transmit>,
     /// Overlay flows this node (as initiator) steers since their
     /// negotiation started -> (inbound wire flow, confirmed).
-    presteered: HashMap<FlowId, (FlowId, bool)>,
+    presteered: FastMap<FlowId, (FlowId, bool)>,
     /// The same by inbound wire flow.
-    presteer_wire: HashMap<FlowId, FlowId>,
+    presteer_wire: FastMap<FlowId, FlowId>,
     /// This drain round's first sendings of fast opens' FOPs, by PIT key:
     /// the round's release of the flow's first packet may put it inside.
     staged_fops: Vec<(FlowId, NegotiationId, dprp::Transmit)>,

@@ -20,13 +20,12 @@
 //! forwarded (relay, pass) or dropped (the set element, renewed by each
 //! attempt to negotiate it again).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fpn_proto::action::Action;
 use fpn_proto::dprp::{self, Established};
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastMap, FlowId};
 use fpn_proto::ge::GeId;
 use tracing::{debug, info};
 
@@ -56,7 +55,7 @@ pub(super) struct TransitEntry {
 /// The gateway's transit state.
 #[derive(Debug, Default)]
 pub(super) struct Transit {
-    pub entries: HashMap<FlowId, TransitEntry>,
+    pub entries: FastMap<FlowId, TransitEntry>,
     /// Transmits waiting for this node's source address toward their
     /// destination.
     held: Vec<dprp::Transmit>,

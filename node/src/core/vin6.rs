@@ -18,10 +18,9 @@
 //! host would merge two flows into one: the second family's packets are
 //! dropped (counted as policy drops) while the first one's flow lives.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use fpn_proto::flow::FlowId;
+use fpn_proto::flow::{FastSet, FlowId};
 use fpn_proto::packet::family;
 use fpn_proto::packet::{IPV6_HEADER_LEN, Packet};
 use tracing::debug;
@@ -34,7 +33,7 @@ const MAX_MARKED: usize = 65_536;
 /// at the TUN.
 #[derive(Debug, Default)]
 pub(super) struct Vin6 {
-    flows: HashSet<FlowId>,
+    flows: FastSet<FlowId>,
 }
 
 impl super::NodeCore {
