@@ -162,9 +162,13 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
         "every flow open at both ends: {entries:?} of {flows}"
     );
     // A UDP flow's one packet rides inside its FOP (note 71), which takes
-    // the IP path when the peer's path is native (DPRP on the IP path).
-    let native =
-        sim.counter(a, "native_out") + sim.counter(a, "dprp_native_out") > flows as u64 / 2;
+    // the IP path when the peer's path is native (DPRP on the IP path);
+    // and every flow has its translation (a FOP takes the IP path without
+    // one too).
+    let native = sim.counter(a, "native_out") + sim.counter(a, "dprp_native_out")
+        > flows as u64 / 2
+        && sim.counter(a, "native_translations_refused") == 0
+        && sim.counter(b, "native_translations_refused") == 0;
 
     // Each end ages out on its own, the way its driver would run it: past
     // every flow's idle timeout at once, one slice per call.

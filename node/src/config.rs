@@ -115,6 +115,7 @@ pub struct NodeConfig {
     /// As a gateway: the ports reserved on the public address for NAT-f
     /// flows, e.g. `47000-47999` (one per flow and protocol). Packets to
     /// them are taken from the kernel: keep the host's own services off them.
+    /// It may not contain 7717 (DPRP's) or the `listen` port.
     pub natf_ports: String,
 }
 
@@ -368,6 +369,21 @@ impl NodeConfig {
         if a < 1024 || a > b {
             return Err(bad());
         }
+        // A NAT-f flow's wire port comes from this range: on the wire, UDP
+        // to DPRP's port is taken as a DPRP message or a probe, and UDP to
+        // the carrier's port never reaches the receive ring (design note
+        // 73), so neither may be handed to a flow.
+        for (port, what) in [
+            (fpn_proto::dprp::DPRP_PORT, "DPRP's port"),
+            (self.listen.port(), "the carrier's port (listen)"),
+        ] {
+            if (a..=b).contains(&port) {
+                return Err(Error::Config(format!(
+                    "natf_ports = {:?} contains {port}, {what}: choose a range without it, such as \"47000-47999\"",
+                    self.natf_ports
+                )));
+            }
+        }
         Ok(a..=b)
     }
 }
@@ -375,6 +391,17 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_natf_port_range_with_dprp_s_or_the_carrier_s_port_is_refused() {
+        for range in ["7000-7999", "7717-7717", "7718-7800"] {
+            let text = format!("natf_ports = \"{range}\"");
+            let err = NodeConfig::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("contains 771"), "{range}: {err}");
+        }
+        let c = NodeConfig::parse("natf_ports = \"7719-7800\"").unwrap();
+        assert_eq!(c.natf_port_range().unwrap(), 7719..=7800);
+    }
 
     #[test]
     fn the_example_file_parses_to_the_defaults() {

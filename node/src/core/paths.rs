@@ -1116,7 +1116,9 @@ impl NodeCore {
             Err(_) => return None,
         };
         if !natively_steerable(&overlay) {
-            if !overlay.dst.is_ipv4() {
+            if on_dprp_port(&overlay) {
+                self.counters.quic_dprp_port += 1;
+            } else if !overlay.dst.is_ipv4() {
                 self.counters.quic_ipv6 += 1;
             }
             return None;
@@ -1499,14 +1501,10 @@ fn overlay_addressed(wire: &FlowId, overlay: &FlowId) -> FlowId {
 /// Anything else sent natively would reach the peer's kernel, which would
 /// answer it itself, so it stays on QUIC: other ICMP messages are flows
 /// with ports 0 (fpn-proto's `FlowId`), so an echo with id 0 stays too.
+/// A UDP flow with DPRP's port at either end stays too
+/// ([`on_dprp_port`]).
 pub(super) fn natively_steerable(flow: &FlowId) -> bool {
-    // UDP to PROBE_PORT on the wire is DPRP's or a probe at either end
-    // (handle_native_packet), so a flow with that port at either end would
-    // have its packets towards that end taken for control messages and
-    // refused: it takes QUIC. An application may well hold the port (the
-    // node binds no socket to it; the kernel hands it out as an ephemeral
-    // port, which a connection storm finds within seconds).
-    if flow.protocol == UDP && (flow.src_port == PROBE_PORT || flow.dst_port == PROBE_PORT) {
+    if on_dprp_port(flow) {
         return false;
     }
     // TCP, UDP and echoes of either family cross on a wire of either
@@ -1523,4 +1521,17 @@ pub(super) fn natively_steerable(flow: &FlowId) -> bool {
         fpn_proto::flow::protocol::ICMP => flow.src_port != 0,
         _ => false,
     }
+}
+
+/// A UDP flow with [`PROBE_PORT`] (DPRP's port) at either end. On the wire
+/// UDP to that port is a DPRP message or a probe at the receiving node
+/// (`handle_native_packet`), so such a flow's packets towards that end
+/// would be refused as control messages: it takes QUIC (design note 73).
+/// The rule reads the flow's ports only, so both ends agree. The node
+/// binds no socket to the port (the receive ring takes its datagrams), so
+/// an application may hold it: a server on it, or a client given it as
+/// an ephemeral port where the host's range includes it (Linux's default,
+/// 32768-60999, does not; `bench/overlay.sh` widens it to 1024-65535).
+pub(super) fn on_dprp_port(flow: &FlowId) -> bool {
+    flow.protocol == UDP && (flow.src_port == PROBE_PORT || flow.dst_port == PROBE_PORT)
 }

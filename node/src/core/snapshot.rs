@@ -94,9 +94,12 @@ pub(super) struct Counters {
     /// flow's very ports are in `native_in_wrong_source` too.
     pub native_bindings_refused: u64,
     /// Flows the native path could have carried whose translation the
-    /// table refused (full, or a wire five-tuple another flow holds): they
-    /// take QUIC from here.
+    /// table refused (full, a wire five-tuple another flow holds, or
+    /// sides of two families): they take QUIC from here.
     pub native_translations_refused: u64,
+    /// Packets of UDP flows with DPRP's port (7717) at either end, sent on
+    /// QUIC to a peer whose path is native (design note 73).
+    pub quic_dprp_port: u64,
     /// Packets to a peer behind a NAT that took QUIC because no packet of
     /// their flow had come in natively yet (the NAT has no mapping).
     pub native_nat_waits: u64,
@@ -348,6 +351,7 @@ impl NodeCore {
             ("native_bindings", c.native_bindings),
             ("native_bindings_refused", c.native_bindings_refused),
             ("native_translations_refused", c.native_translations_refused),
+            ("quic_dprp_port", c.quic_dprp_port),
             ("native_nat_waits", c.native_nat_waits),
             ("native_nat_punches", c.native_nat_punches),
             ("native_echo_nat", c.native_echo_nat),
