@@ -23,7 +23,7 @@ use crate::dprp::peers::{CacheStats, Peers};
 use crate::dprp::responder::{NatfGrant, Responder, check_initiator, nak, own_claims};
 use crate::dprp::transcript as tr;
 use crate::dprp::{DprpOption, Event, FailReason, Timer, Transmit};
-use crate::flow::FlowId;
+use crate::flow::{FastMap, FlowId};
 use crate::ge::{GeId, GroupId};
 use crate::keys::{GroupKey, KeyVersion};
 use crate::{Error, Result};
@@ -285,6 +285,17 @@ impl Machine {
         }
     }
 
+    /// The flow a negotiation or fast open is for (a transit machine only
+    /// passes one by).
+    fn own_flow(&self) -> Option<FlowId> {
+        match self {
+            Self::Initiator(m) => Some(m.flow),
+            Self::Responder(m) => Some(m.flow),
+            Self::Fast(m) => Some(m.flow),
+            Self::Transit(_) => None,
+        }
+    }
+
     fn is_finished(&self, now: Instant) -> bool {
         match self {
             Self::Initiator(m) => m.is_finished(now),
@@ -311,6 +322,11 @@ pub struct Endpoint {
     clock: (Instant, u64),
     rng: Rng,
     machines: BTreeMap<NegotiationId, Machine>,
+    /// `machines` but transit ones, by flow in either direction
+    /// ([`flow_key`]): a fast open asks whether its flow is being
+    /// negotiated or opened, which a walk of every machine made quadratic
+    /// in a burst of new flows.
+    by_flow: FastMap<FlowId, Vec<NegotiationId>>,
     /// How many of `machines` are initiators (the rest are peers').
     initiated: usize,
     by_source: Buckets<IpAddr>,
@@ -362,6 +378,7 @@ impl Endpoint {
             clock: (now, unix_now),
             rng: Rng::new(entropy),
             machines: BTreeMap::new(),
+            by_flow: FastMap::default(),
             initiated: 0,
             by_source: Buckets::new(l.dde_per_source, l.budget_entries),
             by_ge: Buckets::new(l.dde_per_ge, l.budget_entries),
@@ -1352,34 +1369,82 @@ impl Endpoint {
         }
     }
 
-    /// Adds a machine to the table, keeping the initiator count.
+    /// Adds a machine to the table, keeping the initiator count and the
+    /// index by flow.
     fn insert_machine(&mut self, id: NegotiationId, m: Machine) {
-        if let Some(old) = self.machines.insert(id, m) {
-            self.forget(&old);
-        }
-        if matches!(
-            self.machines.get(&id),
-            Some(Machine::Initiator(_) | Machine::Fast(_))
-        ) {
+        if matches!(m, Machine::Initiator(_) | Machine::Fast(_)) {
             self.initiated += 1;
+        }
+        if let Some(flow) = m.own_flow() {
+            self.by_flow.entry(flow_key(&flow)).or_default().push(id);
+        }
+        if let Some(old) = self.machines.insert(id, m) {
+            self.forget(id, &old);
         }
     }
 
-    /// Removes a machine from the table, keeping the initiator count.
+    /// Removes a machine from the table, keeping the initiator count and
+    /// the index by flow.
     fn remove_machine(&mut self, id: NegotiationId) -> Option<Machine> {
         let m = self.machines.remove(&id)?;
         // A NAT-f port its negotiation reserved and no entry took over
         // (failed, timed out, refused, or replaced by another DDE).
         self.natf_ports.release_negotiation(id);
         self.yielding.remove(&id);
-        self.forget(&m);
+        self.forget(id, &m);
         Some(m)
     }
 
-    fn forget(&mut self, m: &Machine) {
+    /// Takes machine `id`, gone from the table or replaced there by
+    /// another of the same id (indexed already), out of the counts.
+    fn forget(&mut self, id: NegotiationId, m: &Machine) {
         if matches!(m, Machine::Initiator(_) | Machine::Fast(_)) {
             self.initiated -= 1;
         }
+        let Some(flow) = m.own_flow() else {
+            return;
+        };
+        let key = flow_key(&flow);
+        if let Some(ids) = self.by_flow.get_mut(&key) {
+            // The first entry of `id`: a replacing machine's own entry
+            // was pushed after it.
+            if let Some(at) = ids.iter().position(|i| *i == id) {
+                ids.swap_remove(at);
+            }
+            if ids.is_empty() {
+                self.by_flow.remove(&key);
+            }
+        }
+    }
+
+    /// The lowest id among the machines of `flow` or its reverse (not
+    /// transit ones) that `pick` takes: what a walk of the table in id
+    /// order would find first.
+    fn machine_of(&self, flow: &FlowId, pick: impl Fn(&Machine) -> bool) -> Option<NegotiationId> {
+        self.by_flow
+            .get(&flow_key(flow))?
+            .iter()
+            .copied()
+            .filter(|id| self.machines.get(id).is_some_and(&pick))
+            .min()
+    }
+
+    /// Whether the index by flow holds exactly the table's machines.
+    #[cfg(test)]
+    pub(crate) fn flow_index_matches(&self) -> bool {
+        let mut want: Vec<(FlowId, NegotiationId)> = self
+            .machines
+            .iter()
+            .filter_map(|(id, m)| m.own_flow().map(|f| (flow_key(&f), *id)))
+            .collect();
+        let mut have: Vec<(FlowId, NegotiationId)> = self
+            .by_flow
+            .iter()
+            .flat_map(|(f, ids)| ids.iter().map(|id| (*f, *id)))
+            .collect();
+        want.sort_unstable();
+        have.sort_unstable();
+        want == have && self.by_flow.values().all(|v| !v.is_empty())
     }
 
     fn remove(&mut self, id: NegotiationId, now: Instant) {
@@ -1433,6 +1498,12 @@ impl Endpoint {
     }
 }
 
+/// A flow and its reverse under one key: the lower of the two.
+fn flow_key(flow: &FlowId) -> FlowId {
+    let rev = flow.reversed();
+    if rev < *flow { rev } else { *flow }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::ge::Mode;
@@ -1453,5 +1524,78 @@ mod tests {
         assert_eq!(sim.endpoint(b).negotiations(), 1);
         assert_eq!(sim.endpoint(a).ephemerals_held(), 0);
         assert_eq!(sim.endpoint(b).ephemerals_held(), 0);
+    }
+
+    /// The index by flow follows the machine table through negotiations
+    /// from both ends at once (simultaneous opens), fast opens (running,
+    /// confirmed, lost and retried, then negotiated), a transit-free
+    /// pair's lingering machines and their expiry; and a fast open of a
+    /// flow negotiated a moment ago is refused, as the walk it replaces
+    /// refused it.
+    #[test]
+    fn the_index_by_flow_matches_the_machines_throughout() {
+        use crate::dprp::config::Prefix;
+        use crate::ge::GeId;
+        use std::time::Duration;
+        let mut sim = Sim::new(11, LinkConfig::default());
+        let fast = |c: &mut crate::dprp::Config| c.fast_open = true;
+        let a = sim.add_ge_with(GeSpec::host(1, "a", Mode::Open, &[1], "198.18.0.1"), fast);
+        let b = sim.add_ge_with(GeSpec::host(2, "b", Mode::Open, &[1], "198.18.0.2"), fast);
+        let (ia, ib) = ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let dir = vec![(Prefix::host(ia), GeId(1)), (Prefix::host(ib), GeId(2))];
+        sim.endpoint(a).set_directory(dir.clone());
+        sim.endpoint(b).set_directory(dir);
+        let check = |sim: &mut Sim, when: &str| {
+            for n in [a, b] {
+                assert!(sim.endpoint(n).flow_index_matches(), "{when}: node {n:?}");
+            }
+        };
+        // A negotiation makes the pair's epoch; both ends open one flow at
+        // once (crossing DDEs).
+        sim.send_udp(a, ib, 4000, 53, b"first");
+        sim.send_udp(b, ia, 53, 4000, b"crossing");
+        check(&mut sim, "crossing opens");
+        sim.run_for(Duration::from_millis(20));
+        check(&mut sim, "during");
+        sim.run_for(Duration::from_secs(1));
+        check(&mut sim, "settled");
+        // A burst of fast opens, some of them lost once (retransmitted).
+        let mut lost = 0;
+        sim.set_tamper(move |_, p| {
+            if lost < 3
+                && let Ok(crate::dprp::msg::Message::Fop(_)) = crate::dprp::msg::Message::decode(p)
+            {
+                lost += 1;
+                p.clear();
+            }
+        });
+        for port in 5000..5040 {
+            sim.send_udp(a, ib, port, 53, b"burst");
+        }
+        assert!(sim.endpoint(a).negotiations() >= 40, "fast opens running");
+        check(&mut sim, "burst sent");
+        for _ in 0..50 {
+            sim.run_for(Duration::from_millis(10));
+            check(&mut sim, "burst settling");
+        }
+        // The negotiated flow's machines linger: a fast open of it now is
+        // refused (it is negotiated again) rather than raced.
+        let flow = crate::flow::FlowId {
+            src: ia,
+            dst: ib,
+            protocol: crate::flow::protocol::UDP,
+            src_port: 4000,
+            dst_port: 53,
+        };
+        let e = sim.endpoint(a);
+        assert!(e.negotiation_of(&flow).is_some() || e.negotiation_of(&flow.reversed()).is_some());
+        assert_eq!(e.negotiation_of(&flow), e.negotiation_of(&flow.reversed()));
+        // Everything ends: the index empties with the table.
+        sim.run_for(Duration::from_secs(120));
+        check(&mut sim, "expired");
+        for n in [a, b] {
+            assert_eq!(sim.endpoint(n).negotiations(), 0);
+            assert!(sim.endpoint(n).by_flow.is_empty());
+        }
     }
 }

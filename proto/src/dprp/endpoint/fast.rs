@@ -448,23 +448,13 @@ impl Endpoint {
 
     /// The running fast open of `flow` or its reverse, if any.
     pub(super) fn fast_open_of(&self, flow: &FlowId) -> Option<NegotiationId> {
-        let rev = flow.reversed();
-        self.machines.iter().find_map(|(id, m)| match m {
-            Machine::Fast(f) if f.flow == *flow || f.flow == rev => Some(*id),
-            _ => None,
-        })
+        self.machine_of(flow, |m| matches!(m, Machine::Fast(_)))
     }
 
     /// A negotiation of `flow` or its reverse that runs or lingers here.
     pub(super) fn negotiation_of(&self, flow: &FlowId) -> Option<NegotiationId> {
-        let rev = flow.reversed();
-        self.machines.iter().find_map(|(id, m)| {
-            let f = match m {
-                Machine::Initiator(i) => i.flow,
-                Machine::Responder(r) => r.flow,
-                _ => return None,
-            };
-            (f == *flow || f == rev).then_some(*id)
+        self.machine_of(flow, |m| {
+            matches!(m, Machine::Initiator(_) | Machine::Responder(_))
         })
     }
 
