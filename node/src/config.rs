@@ -115,7 +115,8 @@ pub struct NodeConfig {
     /// As a gateway: the ports reserved on the public address for NAT-f
     /// flows, e.g. `47000-47999` (one per flow and protocol). Packets to
     /// them are taken from the kernel: keep the host's own services off them.
-    /// It may not contain 7717 (DPRP's) or the `listen` port.
+    /// It may not contain 7717 (DPRP's), nor on a gateway the `listen`
+    /// port.
     pub natf_ports: String,
 }
 
@@ -370,21 +371,35 @@ impl NodeConfig {
             return Err(bad());
         }
         // A NAT-f flow's wire port comes from this range: on the wire, UDP
-        // to DPRP's port is taken as a DPRP message or a probe, and UDP to
-        // the carrier's port never reaches the receive ring (design note
-        // 73), so neither may be handed to a flow.
-        for (port, what) in [
-            (fpn_proto::dprp::DPRP_PORT, "DPRP's port"),
-            (self.listen.port(), "the carrier's port (listen)"),
-        ] {
-            if (a..=b).contains(&port) {
-                return Err(Error::Config(format!(
-                    "natf_ports = {:?} contains {port}, {what}: choose a range without it, such as \"47000-47999\"",
-                    self.natf_ports
-                )));
-            }
+        // to DPRP's port is taken as a DPRP message or a probe (design
+        // note 73), so it may not be handed to a flow. (The carrier's
+        // port is checked where the node is known to be a gateway:
+        // `natf_ports_for`.)
+        let dprp = fpn_proto::dprp::DPRP_PORT;
+        if (a..=b).contains(&dprp) {
+            return Err(Error::Config(format!(
+                "natf_ports = {:?} contains {dprp}, DPRP's port: choose a range without it, such as \"47000-47999\"",
+                self.natf_ports
+            )));
         }
         Ok(a..=b)
+    }
+
+    /// The NAT-f ports a gateway hands out (`natf_ports`), refused when
+    /// they contain the carrier's port (`listen`): UDP to it never reaches
+    /// the native receive ring, and the kernel's DNAT of a flow on it would
+    /// take the carrier's own datagrams. Only a gateway reserves them, so
+    /// any other node keeps whatever `listen` it has.
+    pub fn natf_ports_for(&self, gateway: bool) -> Result<std::ops::RangeInclusive<u16>> {
+        let range = self.natf_port_range()?;
+        let port = self.listen.port();
+        if gateway && range.contains(&port) {
+            return Err(Error::Config(format!(
+                "natf_ports = {:?} contains {port}, the carrier's port (listen = {}): move one of the two",
+                self.natf_ports, self.listen
+            )));
+        }
+        Ok(range)
     }
 }
 
@@ -394,13 +409,19 @@ mod tests {
 
     #[test]
     fn a_natf_port_range_with_dprp_s_or_the_carrier_s_port_is_refused() {
-        for range in ["7000-7999", "7717-7717", "7718-7800"] {
+        for range in ["7000-7999", "7717-7717"] {
             let text = format!("natf_ports = \"{range}\"");
             let err = NodeConfig::parse(&text).unwrap_err().to_string();
-            assert!(err.contains("contains 771"), "{range}: {err}");
+            assert!(err.contains("contains 7717, DPRP's port"), "{range}: {err}");
         }
+        // The carrier's port: refused for a gateway only, named in the error.
+        let text = "listen = \"[::]:47100\"\nnatf_ports = \"47000-47999\"";
+        let c = NodeConfig::parse(text).unwrap();
+        let err = c.natf_ports_for(true).unwrap_err().to_string();
+        assert!(err.contains("contains 47100, the carrier's port"), "{err}");
+        assert_eq!(c.natf_ports_for(false).unwrap(), 47000..=47999);
         let c = NodeConfig::parse("natf_ports = \"7719-7800\"").unwrap();
-        assert_eq!(c.natf_port_range().unwrap(), 7719..=7800);
+        assert_eq!(c.natf_ports_for(true).unwrap(), 7719..=7800);
     }
 
     #[test]

@@ -47,8 +47,10 @@ use fpn_lab::{Lab, Process, config_path};
 const MARKER: &str = "fpn-natf-plaintext-marker-51c7";
 /// The default VIN range (configs/node/node.toml).
 const VINS: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 127, 0, 0), 16);
-/// The default reserved ports (configs/node/node.toml natf_ports).
-const RESERVED: std::ops::RangeInclusive<u16> = 47000..=47999;
+/// The home gateway's reserved ports: its `natf_ports`, set by [`start`]
+/// beside the default (47000-47999) so the tests show the setting reaches
+/// DPRP (before design note 73 it did not).
+const RESERVED: std::ops::RangeInclusive<u16> = 48000..=48999;
 const NAS: &str = "192.168.1.10";
 
 /// The home with its gateway, two laptops at the cafe, the NAS and the
@@ -65,7 +67,10 @@ fn start() -> Overlay {
         &Spec::new(
             &[(1, "home"), (2, "printers")],
             vec![
-                common::home_gateway("gw", &[1, 2]),
+                NodeSpec {
+                    config: format!("natf_ports = \"{}-{}\"\n", RESERVED.start(), RESERVED.end()),
+                    ..common::home_gateway("gw", &[1, 2])
+                },
                 NodeSpec::new("laptop", Mode::Op, &[1]),
                 NodeSpec::new("laptop2", Mode::Op, &[1, 2]),
             ],

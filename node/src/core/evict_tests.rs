@@ -177,9 +177,8 @@ fn without_a_pair_epoch_no_notice_goes_and_the_flow_heals_as_before() {
     assert_eq!(sim.counter(b, "data_in_no_flow"), 1);
 }
 
-/// a's table full, on the native path: new flows evict idle ones, at a by
-/// its own table and at b by a's notices, and each new flow still gets its
-/// translation at both ends, so b's answers after the new-flow
+/// a's table full, on the native path: new flows evict idle ones there,
+/// and each new flow still gets its translation at both ends, so b's answers after the new-flow
 /// grace (when b's gate opens on the grace alone) are taken in natively.
 /// The translation of the flow a round evicts goes only when the round's
 /// PIT events are drained, after the new flow's was made: with a
@@ -199,8 +198,8 @@ fn flows_that_evict_others_keep_their_native_answers() {
         ..fpn_proto::pit::PitConfig::default()
     };
     let a = sim.add_node(1, Mode::Open, &[1]);
-    // b has room: it drops what a evicts on a's notices, and makes its
-    // translation of each new flow whatever a did.
+    // b has room: it makes its translation of each new flow whatever a
+    // did.
     sim.pit = fpn_proto::pit::PitConfig::default();
     let b = sim.add_node(2, Mode::Open, &[1]);
     sim.introduce_all();

@@ -315,6 +315,9 @@ async fn run(
     let mut dcfg = dprp::Config::new(identity.node_key()?, cred, identity.ca_public, protected);
     dcfg.fast_open = want_fast_open(cfg.fast_open);
     dcfg.fast_first = want_fast_first();
+    // Before design note 73 the setting never reached DPRP: every gateway
+    // reserved 47000-47999 whatever it said.
+    dcfg.natf_ports = cfg.natf_ports_for(kind.is_gateway())?;
     info!(
         fast_open = dcfg.fast_open,
         fast_first = dcfg.fast_first,

@@ -1421,12 +1421,23 @@ impl Endpoint {
     /// transit ones) that `pick` takes: what a walk of the table in id
     /// order would find first.
     fn machine_of(&self, flow: &FlowId, pick: impl Fn(&Machine) -> bool) -> Option<NegotiationId> {
-        self.by_flow
-            .get(&flow_key(flow))?
-            .iter()
-            .copied()
-            .filter(|id| self.machines.get(id).is_some_and(&pick))
-            .min()
+        let found = self.by_flow.get(&flow_key(flow)).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .filter(|id| self.machines.get(id).is_some_and(&pick))
+                .min()
+        });
+        // In tests every look-up is checked against the walk it replaced.
+        #[cfg(test)]
+        {
+            let rev = flow.reversed();
+            let walk = self.machines.iter().find_map(|(id, m)| {
+                let f = m.own_flow()?;
+                ((f == *flow || f == rev) && pick(m)).then_some(*id)
+            });
+            assert_eq!(found, walk, "the index by flow disagrees for {flow}");
+        }
+        found
     }
 
     /// Whether the index by flow holds exactly the table's machines.
@@ -1528,10 +1539,9 @@ mod tests {
 
     /// The index by flow follows the machine table through negotiations
     /// from both ends at once (simultaneous opens), fast opens (running,
-    /// confirmed, lost and retried, then negotiated), a transit-free
-    /// pair's lingering machines and their expiry; and a fast open of a
-    /// flow negotiated a moment ago is refused, as the walk it replaces
-    /// refused it.
+    /// lost and sent again, confirmed), lingering machines (found from
+    /// either direction of their flow) and their expiry; every look-up in
+    /// it is also checked against the walk it replaced (`machine_of`).
     #[test]
     fn the_index_by_flow_matches_the_machines_throughout() {
         use crate::dprp::config::Prefix;
@@ -1588,8 +1598,13 @@ mod tests {
             dst_port: 53,
         };
         let e = sim.endpoint(a);
-        assert!(e.negotiation_of(&flow).is_some() || e.negotiation_of(&flow.reversed()).is_some());
-        assert_eq!(e.negotiation_of(&flow), e.negotiation_of(&flow.reversed()));
+        assert!(e.negotiation_of(&flow).is_some());
+        assert!(e.negotiation_of(&flow.reversed()).is_some());
+        assert!(e.fast_open_of(&flow).is_none());
+        // The lost FOPs went again and every fast open was confirmed.
+        let st = e.stats();
+        assert!(st.fast_confirmed >= 40, "{st:?}");
+        assert_eq!(st.fast_fallbacks, 0, "{st:?}");
         // Everything ends: the index empties with the table.
         sim.run_for(Duration::from_secs(120));
         check(&mut sim, "expired");
