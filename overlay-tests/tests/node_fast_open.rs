@@ -237,17 +237,7 @@ fn datagram_from_port(
     to: SocketAddr,
     wait: Duration,
 ) -> bool {
-    ov.lab()
-        .run_in(host, move || {
-            let s = std::net::UdpSocket::bind(("0.0.0.0", sport)).unwrap();
-            s.set_read_timeout(Some(wait)).unwrap();
-            let msg = format!("query from {sport}");
-            s.send_to(msg.as_bytes(), to).unwrap();
-            let mut buf = [0u8; 1500];
-            s.recv_from(&mut buf)
-                .is_ok_and(|(n, _)| buf[..n].ends_with(msg.as_bytes()))
-        })
-        .unwrap()
+    datagrams_from_port(ov, host, sport, to, 1, wait) == 1
 }
 
 /// UDP to port 7717 on the wire is DPRP's, so a flow with that port at
