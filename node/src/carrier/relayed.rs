@@ -182,6 +182,19 @@ impl Carrier for PathCarrier {
     }
 
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        // A connection that is up takes every frame: the peer's choice
+        // learns so once per connection, and every other frame goes on
+        // without a lock shared between peers (issue 13).
+        let settle = || {
+            let now = Instant::now();
+            self.choices()
+                .entry(to.ge)
+                .or_insert_with(|| RelayChoice::new(now))
+                .decide(Direct::Up, self.relay_up().is_some(), now);
+        };
+        if let Some(r) = self.quic.send_up(to.ge, kind, payload, settle) {
+            return r;
+        }
         // Addresses that stand for "through the relay" are never dialled.
         let cleaned;
         let to = if to.addrs.iter().any(is_relay_from) {

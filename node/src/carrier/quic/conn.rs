@@ -13,7 +13,7 @@ use fpn_proto::ge::GeId;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::auth::{PeerCert, SERVER_NAME, SERVER_NAME_MOVED, peer_of};
-use super::peer::{Counters, Link, Peer, Up};
+use super::peer::{Counters, Link, Up};
 use super::{Congestion, Inner, QuicCarrierConfig, close};
 use crate::carrier::candidates::{self, Action, Race};
 use crate::carrier::{FrameKind, Inbound, PeerTarget, frame};
@@ -283,14 +283,14 @@ impl Inner {
             conn.close(close::REVOKED.into(), b"refused");
             return;
         }
-        let peer = peers.entry(ge).or_insert_with(Peer::new);
+        let peer = self.entry(&mut peers, ge);
         if race.is_some_and(|n| n != peer.race_gen) {
             debug!(peer = %ge, "connection of an overtaken attempt: closed");
             conn.close(close::DUPLICATE.into(), b"overtaken");
             return;
         }
         let span = info_span!("quic_peer", peer = %ge);
-        if let Link::Up(old) = &peer.link {
+        if let Link::Up(old) = peer.link() {
             // A peer only opens a connection when it holds none with us. So
             // a new one means our old one is dead for the peer (it crashed
             // and restarted, or gave the connection up), unless both sides
@@ -337,13 +337,13 @@ impl Inner {
         peer.addr = Some(remote);
         peer.retry_at = None;
         Counters::add(&peer.counters.connections, 1);
-        peer.link = Link::Up(Up {
+        peer.set_link(Link::Up(Up {
             conn: conn.clone(),
             initiator,
             serial: cert.serial,
             since: Instant::now(),
             moved,
-        });
+        }));
         self.runtime
             .spawn(watch(conn.clone()).instrument(span.clone()));
         while let Some((kind, f)) = peer.queue.pop_front() {
@@ -397,9 +397,9 @@ impl Inner {
         let Some(peer) = peers.get_mut(&ge) else {
             return;
         };
-        if matches!(peer.link, Link::Connecting) && peer.race_gen == number {
+        if matches!(peer.link(), Link::Connecting) && peer.race_gen == number {
             info!(peer = %ge, dropped = peer.queue.len(), "peer unreachable");
-            peer.link = Link::Idle;
+            peer.set_link(Link::Idle);
             peer.drop_queue();
             peer.retry_at = Some(Instant::now() + self.retry_after);
         }
@@ -419,7 +419,7 @@ impl Inner {
         let Some(peer) = peers.get_mut(&cert.ge) else {
             return;
         };
-        if let Link::Up(cur) = &peer.link {
+        if let Link::Up(cur) = peer.link() {
             if cur.conn.stable_id() == conn.stable_id() {
                 return;
             }
@@ -427,13 +427,13 @@ impl Inner {
         }
         info!(peer = %cert.ge, "the moved peer uses its other connection: it is the peer's now");
         peer.addr = Some(fpn_gms_client::canonical_addr(conn.remote_address()));
-        peer.link = Link::Up(Up {
+        peer.set_link(Link::Up(Up {
             conn: conn.clone(),
             initiator: cert.ge,
             serial: cert.serial,
             since: Instant::now(),
             moved: true,
-        });
+        }));
         self.runtime.spawn(watch(conn.clone()));
         while let Some((kind, f)) = peer.queue.pop_front() {
             let _ = self.transmit_frame(cert.ge, &peer.counters, conn, kind, f);
@@ -443,10 +443,10 @@ impl Inner {
     fn connection_gone(&self, ge: GeId, conn: &quinn::Connection) {
         let mut peers = self.lock();
         if let Some(peer) = peers.get_mut(&ge)
-            && let Link::Up(up) = &peer.link
+            && let Link::Up(up) = peer.link()
             && up.conn.stable_id() == conn.stable_id()
         {
-            peer.link = Link::Idle;
+            peer.set_link(Link::Idle);
             log_stats(ge, conn, &peer.counters);
             let reason = conn.close_reason();
             if reason.as_ref().is_some_and(refused) {

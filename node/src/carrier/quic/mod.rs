@@ -20,9 +20,13 @@
 //!   dropped and counted ([`Error::CarrierTooLarge`] tells the size that
 //!   fits); a control frame that does not fit goes on its own
 //!   unidirectional stream.
-//! - **Never blocking.** [`Carrier::send`] takes a short lock, hands the
-//!   frame to quinn (which drops the oldest datagrams when its send buffer is
-//!   full) or queues it, bounded, while the connection is being set up.
+//! - **Never blocking.** [`Carrier::send`] hands the frame to quinn (which
+//!   drops the oldest datagrams when its send buffer is full) or queues it,
+//!   bounded, while the connection is being set up.
+//! - **No lock shared between peers per frame.** A peer's connection, while
+//!   up, is published in a lock-free snapshot ([`peer::Sending`]) that the
+//!   send path reads; frames are built in a per-thread block. The peer
+//!   table's lock is taken only to connect, queue, redial or change a link.
 //! - **Revocation.** Revoked GEs and serials are refused in the handshake,
 //!   and their live connections are closed at once.
 //!
@@ -39,6 +43,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use fpn_proto::flow::FastMap;
 use fpn_proto::ge::GeId;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -46,7 +52,7 @@ use tracing::debug;
 use super::{Carrier, CarrierKind, FrameKind, Inbound, PeerStats, PeerTarget, frame};
 use crate::error::{Error, Result};
 use auth::Tls;
-use peer::{Counters, Link, Peer};
+use peer::{Counters, Link, Peer, SendSlot};
 
 /// The UDP port the carrier listens on by default.
 pub const DEFAULT_PORT: u16 = 7718;
@@ -220,6 +226,7 @@ impl QuicCarrier {
             retry_after: cfg.retry_after,
             queue_len: cfg.queue_len,
             peers: Mutex::default(),
+            slots: ArcSwap::default(),
             inbound: tx,
             closed: AtomicBool::new(false),
             control_streams: Arc::default(),
@@ -308,7 +315,7 @@ impl QuicCarrier {
     pub fn direct(&self, ge: GeId) -> Direct {
         match self.inner.lock().get(&ge) {
             None => Direct::Idle,
-            Some(p) => match &p.link {
+            Some(p) => match p.link() {
                 Link::Up(_) => Direct::Up,
                 Link::Connecting => Direct::Connecting,
                 Link::Idle if p.retry_at.is_some() => Direct::Failed,
@@ -322,7 +329,7 @@ impl QuicCarrier {
     /// instead when the attempt is slow.
     pub fn take_queued(&self, ge: GeId) -> Vec<(FrameKind, bytes::Bytes)> {
         match self.inner.lock().get_mut(&ge) {
-            Some(p) if matches!(p.link, Link::Connecting) => p.queue.drain(..).collect(),
+            Some(p) if matches!(p.link(), Link::Connecting) => p.queue.drain(..).collect(),
             _ => Vec::new(),
         }
     }
@@ -339,13 +346,27 @@ impl QuicCarrier {
             return;
         }
         let mut peers = inner.lock();
-        let peer = peers.entry(to.ge).or_insert_with(Peer::new);
-        if matches!(peer.link, Link::Idle) {
-            peer.link = Link::Connecting;
+        let peer = inner.entry(&mut peers, to.ge);
+        if matches!(peer.link(), Link::Idle) {
+            peer.set_link(Link::Connecting);
             inner.start_race(peer, to.clone(), false, false);
             // A retry of direct QUIC punches like a first attempt does.
             let _ = inner.punch_requests.try_send(to.ge);
         }
+    }
+
+    /// Sends on `ge`'s connection if it is up, without any lock shared
+    /// between peers; `settle` runs once before the first frame on each
+    /// connection (and again after a move). `None`: not up (or just lost);
+    /// [`Carrier::send`] then queues, connects or refuses.
+    pub fn send_up(
+        &self,
+        ge: GeId,
+        kind: FrameKind,
+        payload: &[u8],
+        settle: impl FnOnce(),
+    ) -> Option<Result<()>> {
+        self.inner.send_up(ge, kind, payload, settle)
     }
 
     /// A sender into the channel [`QuicCarrier::bind`] returned: frames
@@ -388,7 +409,10 @@ impl Carrier for QuicCarrier {
     }
 
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
-        self.inner.send(to, kind, payload)
+        match self.inner.send_up(to.ge, kind, payload, || {}) {
+            Some(r) => r,
+            None => self.inner.send(to, kind, payload),
+        }
     }
 
     fn network_changed(&self, addrs: &[std::net::IpAddr]) {
@@ -405,7 +429,7 @@ impl Carrier for QuicCarrier {
         // The peer takes the new one as replacing its own at once.
         let local = self.inner.local;
         for (ge, p) in self.inner.lock().iter_mut() {
-            let redial = match &p.link {
+            let redial = match p.link() {
                 Link::Up(up) => {
                     let remote = fpn_gms_client::canonical_addr(up.conn.remote_address()).ip();
                     up.initiator != local
@@ -417,10 +441,12 @@ impl Carrier for QuicCarrier {
             };
             if redial {
                 debug!(peer = %ge, "moved: the connection is opened again");
-                p.redial = true;
             } else {
                 debug!(peer = %ge, "moved: the connection migrates");
             }
+            // Published anew either way: a migrating connection is settled
+            // again by its next frame (the relay choice learns of the move).
+            p.set_redial(redial || p.redial());
         }
     }
 
@@ -451,6 +477,9 @@ pub(crate) struct Inner {
     retry_after: Duration,
     queue_len: usize,
     peers: Mutex<BTreeMap<GeId, Peer>>,
+    /// Every peer's [`SendSlot`], for the send path to read without
+    /// `peers`' lock. Written under that lock, when a peer is first seen.
+    slots: ArcSwap<FastMap<GeId, SendSlot>>,
     inbound: mpsc::Sender<Inbound>,
     closed: AtomicBool,
     control_streams: Arc<AtomicUsize>,
@@ -464,19 +493,63 @@ impl Inner {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `ge`'s entry in the table `peers` (the locked table), made and its
+    /// slot published when the peer is new.
+    fn entry<'a>(&self, peers: &'a mut BTreeMap<GeId, Peer>, ge: GeId) -> &'a mut Peer {
+        peers.entry(ge).or_insert_with(|| {
+            let peer = Peer::new();
+            let mut slots = FastMap::clone(&self.slots.load());
+            slots.insert(ge, peer.slot().clone());
+            self.slots.store(Arc::new(slots));
+            peer
+        })
+    }
+
+    /// Sends on `ge`'s connection when it is published (up, not to be
+    /// redialed), without taking the table's lock; `settle` runs before the
+    /// first frame of each publication. `None` when there is no such
+    /// connection or it was just lost: the caller goes through
+    /// [`Inner::send`], which queues, connects, redials or refuses.
+    /// Revocation and shutdown unpublish under the table's lock before
+    /// they return, so nothing is sent to a refused peer after that.
+    fn send_up(
+        &self,
+        ge: GeId,
+        kind: FrameKind,
+        payload: &[u8],
+        settle: impl FnOnce(),
+    ) -> Option<Result<()>> {
+        let slots = self.slots.load();
+        let sending = slots.get(&ge)?.load();
+        let s = sending.as_ref()?;
+        if !s.settled.load(Ordering::Relaxed) && !s.settled.swap(true, Ordering::Relaxed) {
+            settle();
+        }
+        let f = peer::encode(kind, payload);
+        match self.transmit_frame(ge, &s.counters, &s.conn, kind, f) {
+            // The table's path marks the link idle and queues the frame
+            // for the new connection.
+            Err(Error::CarrierDropped {
+                reason: LOST_REASON,
+                ..
+            }) => None,
+            r => Some(r),
+        }
+    }
+
     fn shut(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         for (ge, p) in self.lock().iter() {
-            if let Link::Up(up) = &p.link {
+            if let Link::Up(up) = p.link() {
                 conn::log_stats(*ge, &up.conn, &p.counters);
             }
         }
         self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
         for p in self.lock().values_mut() {
             p.drop_queue();
-            p.link = Link::Idle;
+            p.set_link(Link::Idle);
         }
     }
 
@@ -484,16 +557,15 @@ impl Inner {
     fn cut(&self, f: impl Fn(GeId, u64) -> bool) {
         let refused = |ge| self.tls.trust().refused_ge(ge);
         for (ge, p) in self.lock().iter_mut() {
-            let hit = match &p.link {
+            let hit = match p.link() {
                 Link::Up(up) => f(*ge, up.serial),
                 _ => refused(*ge),
             };
             if hit {
-                if let Link::Up(up) = &p.link {
+                if let Link::Up(up) = p.set_link(Link::Idle) {
                     up.conn.close(close::REVOKED.into(), b"revoked");
                     tracing::info!(peer = %ge, "peer revoked, connection closed");
                 }
-                p.link = Link::Idle;
                 p.drop_queue();
             }
         }
@@ -507,8 +579,8 @@ impl Inner {
             return Err(Error::CarrierRefused { peer: to.ge });
         }
         let mut peers = self.lock();
-        let peer = peers.entry(to.ge).or_insert_with(Peer::new);
-        if std::mem::take(&mut peer.redial) && !to.addrs.is_empty() {
+        let peer = self.entry(&mut peers, to.ge);
+        if peer.redial() && !to.addrs.is_empty() {
             // Frames queue until the new connection is up (a handshake,
             // milliseconds); the old one is read a little longer. An
             // attempt started before the move (from no address, or to
@@ -516,27 +588,22 @@ impl Inner {
             // handshake could complete after this one's (its Initial
             // resent once the network is back) and replace the fresh
             // connection on both sides, losing what was in flight on it.
-            if let Link::Up(old) = std::mem::replace(&mut peer.link, Link::Connecting) {
+            peer.set_redial(false);
+            if let Link::Up(old) = peer.set_link(Link::Connecting) {
                 self.runtime.spawn(conn::retire(old.conn));
             }
             self.start_race(peer, to.clone(), false, true);
         }
-        let Peer {
-            link,
-            send_buf,
-            counters,
-            ..
-        } = &mut *peer;
-        if let Link::Up(up) = link {
-            let f = send_buf.encode(kind, payload);
-            match self.transmit_frame(to.ge, counters, &up.conn, kind, f) {
+        if let Link::Up(up) = peer.link() {
+            let f = peer::encode(kind, payload);
+            match self.transmit_frame(to.ge, &peer.counters, &up.conn, kind, f) {
                 Err(Error::CarrierDropped {
                     reason: LOST_REASON,
                     ..
                 }) => {
                     // The reader task will notice too; reconnecting now
                     // keeps this frame.
-                    *link = Link::Idle;
+                    peer.set_link(Link::Idle);
                 }
                 r => return r,
             }
@@ -548,14 +615,14 @@ impl Inner {
                 reason,
             })
         };
-        if matches!(peer.link, Link::Idle) {
+        if matches!(peer.link(), Link::Idle) {
             if peer.retry_at.is_some_and(|t| Instant::now() < t) {
                 return dropped(peer, "the last connection attempt failed; retrying later");
             }
             if to.addrs.is_empty() {
                 return dropped(peer, "no address to connect to");
             }
-            peer.link = Link::Connecting;
+            peer.set_link(Link::Connecting);
             self.start_race(peer, to.clone(), false, false);
             // Behind a NAT the peer's router drops our packets unless the
             // peer sends to us at the same time: ask the GMS to tell it.
@@ -564,7 +631,7 @@ impl Inner {
         if peer.queue.len() >= self.queue_len {
             return dropped(peer, "queue full while connecting");
         }
-        let f = peer.encode(kind, payload);
+        let f = peer::encode(kind, payload);
         peer.queue.push_back((kind, f));
         Ok(())
     }
@@ -594,13 +661,13 @@ impl Inner {
             return;
         }
         let mut peers = self.lock();
-        let peer = peers.entry(target.ge).or_insert_with(Peer::new);
-        if !matches!(peer.link, Link::Idle) || target.addrs.is_empty() {
+        let peer = self.entry(&mut peers, target.ge);
+        if !matches!(peer.link(), Link::Idle) || target.addrs.is_empty() {
             return;
         }
         debug!(peer = %target.ge, "dialing on the peer's connect-now");
         peer.retry_at = None;
-        peer.link = Link::Connecting;
+        peer.set_link(Link::Connecting);
         self.start_race(peer, target, true, false);
     }
 
@@ -753,40 +820,4 @@ mod move_tests {
 }
 
 #[cfg(test)]
-mod transport_tests {
-    use fpn_gms::ca::{Ca, NodeCertRequest, generate_node_key};
-
-    #[test]
-    fn the_gso_setting_reaches_quinn() {
-        let now = fpn_gms_client::now_unix();
-        let ca = Ca::generate(now).unwrap();
-        let (key, public) = generate_node_key().unwrap();
-        let cert = ca
-            .issue_node_cert(&NodeCertRequest {
-                node_key: &public,
-                ge_id: 1,
-                name: "ge1",
-                zone: "home.fpn.",
-                serial: 1,
-                not_before: now,
-                not_after: now + 60,
-            })
-            .unwrap();
-        let identity = fpn_gms_client::Identity::from_parts(
-            "127.0.0.1:1".into(),
-            "home.fpn.".into(),
-            ca.public_key(),
-            ca.cert_der().to_vec(),
-            cert,
-            Vec::new(),
-            key,
-        )
-        .unwrap();
-        let mut cfg = super::QuicCarrierConfig::new(identity);
-        let on = format!("{:?}", super::conn::transport(&cfg));
-        assert!(on.contains("enable_segmentation_offload: true"), "{on}");
-        cfg.segmentation_offload = false;
-        let off = format!("{:?}", super::conn::transport(&cfg));
-        assert!(off.contains("enable_segmentation_offload: false"), "{off}");
-    }
-}
+mod tests;

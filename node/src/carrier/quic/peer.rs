@@ -1,12 +1,15 @@
 //! One entry of the carrier's peer table: the link state, the queue while
-//! connecting, the send buffer and the counters.
+//! connecting, the counters, and what the send path reads without the
+//! table's lock ([`Sending`]).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use bytes::{BufMut, Bytes, BytesMut};
 use fpn_proto::ge::GeId;
 
@@ -58,10 +61,29 @@ pub(crate) enum Link {
     Up(Up),
 }
 
+/// A peer's connection while frames may go straight onto it: published
+/// by the table (under its lock) whenever the link changes, read by
+/// [`super::Inner::send_up`] without any lock shared between peers.
+#[derive(Debug)]
+pub(crate) struct Sending {
+    pub conn: quinn::Connection,
+    pub counters: Arc<Counters>,
+    /// Set by the first frame sent through this publication: the relay
+    /// wrapper settles its choice for the peer once per connection (and
+    /// again after a move, which publishes anew).
+    pub settled: AtomicBool,
+}
+
+/// The slot a peer's [`Sending`] is published in; the carrier's map of
+/// slots only grows when a peer is first seen.
+pub(crate) type SendSlot = Arc<ArcSwapOption<Sending>>;
+
 /// One peer.
 #[derive(Debug)]
 pub(crate) struct Peer {
-    pub link: Link,
+    /// Changed only through [`Peer::set_link`], which keeps `slot` in step.
+    link: Link,
+    slot: SendSlot,
     /// Address of the current (or last tried) connection.
     pub addr: Option<SocketAddr>,
     /// Encoded frames waiting for the connection being set up.
@@ -69,10 +91,11 @@ pub(crate) struct Peer {
     pub counters: Arc<Counters>,
     /// After a failed attempt, no new one before this.
     pub retry_at: Option<Instant>,
-    pub send_buf: SendBuf,
     /// This host moved and the connection was accepted here: open it again
     /// from this side with the next frame (`Carrier::network_changed`).
-    pub redial: bool,
+    /// Set through [`Peer::set_redial`]: the connection is unpublished, so
+    /// the next frame takes the table's path, which redials.
+    redial: bool,
     /// The connection attempt running for the peer, if any: a new one
     /// aborts it ([`super::Inner::start_race`]).
     pub race: Option<tokio::task::AbortHandle>,
@@ -83,9 +106,19 @@ pub(crate) struct Peer {
 
 /// Where outgoing frames are built. Frames are cut from one block and
 /// handed to quinn; once quinn has sent them the block is reused, so the
-/// send path does not allocate per packet.
+/// send path does not allocate per packet. One per thread ([`encode`]).
 #[derive(Debug, Default)]
 pub(crate) struct SendBuf(BytesMut);
+
+thread_local! {
+    static SEND_BUF: RefCell<SendBuf> = RefCell::default();
+}
+
+/// The frame for `payload` (kind byte and payload), cut from this
+/// thread's send block: threads sending at once share nothing.
+pub(crate) fn encode(kind: FrameKind, payload: &[u8]) -> Bytes {
+    SEND_BUF.with_borrow_mut(|b| b.encode(kind, payload))
+}
 
 impl SendBuf {
     /// The frame for `payload`: kind byte and payload.
@@ -106,20 +139,59 @@ impl Peer {
     pub(crate) fn new() -> Self {
         Self {
             link: Link::Idle,
+            slot: SendSlot::default(),
             addr: None,
             queue: VecDeque::new(),
             counters: Arc::default(),
             retry_at: None,
-            send_buf: SendBuf::default(),
             redial: false,
             race: None,
             race_gen: 0,
         }
     }
 
-    /// The frame for `payload`, cut from the peer's send buffer.
-    pub(crate) fn encode(&mut self, kind: FrameKind, payload: &[u8]) -> Bytes {
-        self.send_buf.encode(kind, payload)
+    /// The link's state.
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// The slot the send path reads the peer's connection from.
+    pub(crate) fn slot(&self) -> &SendSlot {
+        &self.slot
+    }
+
+    /// Makes `link` the peer's link and publishes it; returns the old one.
+    pub(crate) fn set_link(&mut self, link: Link) -> Link {
+        let old = std::mem::replace(&mut self.link, link);
+        self.publish();
+        old
+    }
+
+    /// Whether the connection must be opened again from this side.
+    pub(crate) fn redial(&self) -> bool {
+        self.redial
+    }
+
+    /// Marks the connection for a redial (or clears the mark) and
+    /// publishes anew: a fresh publication also settles anew.
+    pub(crate) fn set_redial(&mut self, redial: bool) {
+        self.redial = redial;
+        self.publish();
+    }
+
+    /// Frames go straight onto the connection only while it is up and not
+    /// to be redialed; otherwise through the table (which queues,
+    /// connects or redials).
+    fn publish(&self) {
+        let sending = match &self.link {
+            Link::Up(up) if !self.redial => Some(Arc::new(Sending {
+                conn: up.conn.clone(),
+                counters: self.counters.clone(),
+                settled: AtomicBool::new(false),
+            })),
+            _ => None,
+        };
+        self.slot.store(sending);
     }
 
     /// Drops everything queued, counting it as unreachable.
@@ -173,16 +245,15 @@ mod tests {
 
     #[test]
     fn frames_carry_the_kind_byte_and_reuse_the_send_block() {
-        let mut p = Peer::new();
-        let a = p.encode(FrameKind::Data, &[1, 2, 3]);
+        let a = encode(FrameKind::Data, &[1, 2, 3]);
         assert_eq!(&a[..], &[frame::kind_byte(FrameKind::Data), 1, 2, 3]);
-        let b = p.encode(FrameKind::Control, &[]);
+        let b = encode(FrameKind::Control, &[]);
         assert_eq!(&b[..], &[frame::kind_byte(FrameKind::Control)]);
         // Both came from one block: the second starts where the first ended.
         assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
         drop((a, b));
         let big = vec![7u8; SEND_BLOCK];
-        let c = p.encode(FrameKind::Data, &big);
+        let c = encode(FrameKind::Data, &big);
         assert_eq!(c.len(), SEND_BLOCK + 1);
         assert_eq!(&c[1..], &big[..]);
     }
