@@ -2,8 +2,9 @@
 //! docs/PROTOCOL.md "Fast open"), with the real binaries: once two nodes
 //! negotiated a flow, a new flow between them needs no negotiation. Its
 //! first datagram is answered at its first send; on the wire there is a
-//! FOP (with the flow's first datagram inside, sealed: note 71) and a FOK
-//! on DPRP's port and no DDE; the flow's packets go native once the peer
+//! FOP (with the flow's first datagram inside, sealed: note 71), the same
+//! FOP again marked steered once the opener steers the flow (note 74) and
+//! a FOK on DPRP's port, and no DDE; the flow's packets go native once the peer
 //! confirmed, PCCOM-sealed (a capture shows no marker, and
 //! the same marker sent outside the overlay shows). The same through two
 //! NATs; and with `fast_open = false` every flow is negotiated again.
@@ -61,8 +62,9 @@ fn dprp_messages(pcap: &fpn_lab::Pcap) -> Vec<(IpAddr, IpAddr, u8)> {
 }
 
 /// The FOPs of an IPv4 capture that carry their flow's first packet
-/// (design note 71): the sealed packets inside them.
-fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<Vec<u8>> {
+/// (design note 71): whether each is marked steered, and the sealed packet
+/// inside.
+fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<(bool, Vec<u8>)> {
     use fpn_proto::dprp::msg::Message;
     pcap.packets()
         .iter()
@@ -71,7 +73,7 @@ fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<Vec<u8>> {
         .filter_map(|ip| {
             let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
             match Message::decode(udp.get(8..)?) {
-                Ok(Message::Fop(f)) => f.first.map(|f| f.packet),
+                Ok(Message::Fop(f)) => f.first.map(|f| (f.steered, f.packet)),
                 _ => None,
             }
         })
@@ -147,16 +149,25 @@ fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() 
     assert_eq!(count(a_pub, DDE) + count(b_pub, DDE), 0, "a DDE: {msgs:?}");
     // Each UDP flow's first datagram rode inside its FOP (note 71), sealed:
     // the marked flow's first marker is one of them, and the marker shows
-    // nowhere on the wire (above).
+    // nowhere on the wire (above). The FOP left before a steered the flow
+    // (not marked), and went again, marked, once it did (note 74).
     let firsts = firsts_inside_fops(&pcap);
+    let unmarked: Vec<&Vec<u8>> = firsts.iter().filter(|f| !f.0).map(|f| &f.1).collect();
+    let marked: Vec<&Vec<u8>> = firsts.iter().filter(|f| f.0).map(|f| &f.1).collect();
     assert!(
-        firsts.len() >= 2,
-        "{} FOPs with a first packet inside: {msgs:?}",
-        firsts.len()
+        unmarked.len() >= 2 && marked.len() >= 2,
+        "{} FOPs with a first packet inside, {} marked steered: {msgs:?}",
+        firsts.len(),
+        marked.len()
     );
+    for m in &marked {
+        assert!(unmarked.contains(m), "a steered notice of a FOP never sent");
+    }
     assert!(counter(&ov, "a", "dprp_fast_first_sent") >= 2);
     assert!(counter(&ov, "b", "dprp_fast_first_received") >= 2);
-    for f in &firsts {
+    assert!(counter(&ov, "a", "dprp_fast_steered_sent") >= 2);
+    assert!(counter(&ov, "b", "dprp_fast_steered_received") >= 2);
+    for (_, f) in &firsts {
         let p = fpn_proto::packet::Packet::parse(&f[..]).expect("an IP packet inside the FOP");
         assert_eq!(p.flow_id().dst_port, ECHO, "{:?}", p.flow_id());
     }

@@ -877,8 +877,98 @@ fn a_first_packet_inside_its_fop_reaches_the_peer_once_and_goes_again_with_each_
     let now = sim.now();
     let ep = sim.endpoint(b);
     ep.handle_datagram(from, &replay, now).unwrap();
+    // Marked steered, it says so again (note 74), and nothing more.
+    assert!(matches!(ep.poll_event(), Some(Event::FastSteered { .. })));
     assert!(ep.poll_event().is_none());
     assert_eq!(ep.stats().fast_first_received, 1);
+}
+
+#[test]
+fn a_fop_sent_again_marked_steered_tells_the_peer_and_hands_out_nothing_twice() {
+    let Pair { mut sim, a, b } = pair(23);
+    udp(&mut sim, a, "198.18.0.2", 1000);
+    let flow = a_to_b(1001);
+    let (eb, ea) = (sim.events(b).len(), sim.events(a).len());
+    // The FOP's first sending is lost: its retransmission carries what
+    // `attach_first` puts in.
+    lose_fops(&mut sim, true);
+    sim.send_packet(a, flow, b"query".to_vec());
+    let id = installed(&sim, a, ea)[0].negotiation;
+    let now = sim.now();
+    // The node sends the FOP with the packet inside before it steers the
+    // flow: not marked.
+    let fop = sim
+        .endpoint(a)
+        .attach_first(id, b"SEALED-FIRST", false, now)
+        .unwrap();
+    sim.run_for(SETTLE);
+    let at_b = installed(&sim, b, eb);
+    assert_eq!(at_b.len(), 1);
+    assert!(!at_b[0].first.as_ref().unwrap().steered);
+
+    // Once it steers the flow: the same FOP, marked. Nothing else changes,
+    // so its tag still verifies.
+    let ep = sim.endpoint(a);
+    let notice = ep.mark_steered(&fop).unwrap();
+    assert_eq!(ep.stats().fast_steered_sent, 1);
+    let (Ok(msg::Message::Fop(before)), Ok(msg::Message::Fop(after))) =
+        (msg::Message::decode(&fop), msg::Message::decode(&notice))
+    else {
+        panic!("not FOPs");
+    };
+    assert_eq!(
+        (before.id, before.index, before.tag),
+        (after.id, after.index, after.tag)
+    );
+    assert!(after.first.as_ref().unwrap().steered);
+    assert_eq!(after.first.as_ref().unwrap().packet, b"SEALED-FIRST");
+    // Only of a FOP with its first packet.
+    let fok = sim
+        .wire()
+        .iter()
+        .find(|s| msg::peek(&s.payload).is_ok_and(|(t, _)| t == MessageType::Fok));
+    let fok = fok.unwrap().payload.clone();
+    let bare = msg::Message::Fop(msg::Fop {
+        first: None,
+        ..after.clone()
+    })
+    .encode()
+    .unwrap();
+    let ep = sim.endpoint(a);
+    for bad in [&fok[..], &bare[..], &b"\x01\x07garbage"[..]] {
+        assert!(ep.mark_steered(bad).is_err());
+    }
+    assert_eq!(ep.stats().fast_steered_sent, 1);
+
+    // b: answered like a retransmission (its FOK again), reported once as
+    // FastSteered by the epoch's peer, no second entry, no packet again.
+    let from = std::net::SocketAddr::new(ip("198.18.0.1"), 7717);
+    let now = sim.now();
+    let ep = sim.endpoint(b);
+    while ep.poll_transmit().is_some() {}
+    ep.handle_datagram(from, &notice, now).unwrap();
+    match ep.poll_event() {
+        Some(Event::FastSteered { flow: f, peer }) => assert_eq!((f, peer), (flow, GeId(1))),
+        other => panic!("expected FastSteered, got {other:?}"),
+    }
+    assert!(ep.poll_event().is_none());
+    let answer = ep.poll_transmit().expect("the FOK again");
+    assert_eq!(msg::peek(&answer.payload).unwrap().0, MessageType::Fok);
+    let st = ep.stats();
+    assert_eq!(
+        (
+            st.fast_steered_received,
+            st.fast_first_received,
+            st.fast_accepted
+        ),
+        (1, 1, 1)
+    );
+    // A notice whose covered bytes were changed fails its tag: no event.
+    let mut forged = notice.clone();
+    forged[20] ^= 1; // in the index
+    assert!(ep.handle_datagram(from, &forged, now).is_err());
+    assert!(ep.poll_event().is_none());
+    assert_eq!(ep.stats().fast_steered_received, 1);
 }
 
 #[test]

@@ -143,46 +143,59 @@ fn without_fast_open_the_second_flow_is_negotiated() {
 
 /// What [`second_flow_on_the_native_path`] saw.
 struct NativeOpen {
-    /// b had the first packet within 16 ms of a sending it.
+    /// b had the first packet within 11 ms (one link delay) of a sending it.
     first_in_time: bool,
     /// a had b's answer, sent at once, 11 ms later.
     answer_in_time: bool,
     /// Native data frames of the flow by then (the FOP is DPRP's).
     native_frames: usize,
+    /// b's next answer, 11 ms later (a's steered notice in, b's own
+    /// steering not yet), went natively.
+    later_native: bool,
 }
 
 /// On the native path, after a first flow made the pair's epoch: a sends
-/// the second flow's first datagram, b answers as soon as it has it, then
-/// both sides exchange three more. Link delay 10 ms, steering 5 ms.
+/// the second flow's first datagram, b answers as soon as it has it and
+/// once more 11 ms later, then both sides exchange three more. Link delay
+/// 10 ms, a's steering 5 ms, b's 25 ms (its FOK comes late, so what b
+/// sends natively before about 35 ms rests on a's notice alone).
 fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     let (mut sim, a, b) = native_pair_with_epoch(3, fast_first);
+    sim.nodes[b].steer_delay = Duration::from_millis(25);
     let before = native_frames_of(&sim, 4001);
     let lost = sim.native_lost;
     sim.send_udp(a, b, 4001, 5001, b"SECOND");
-    // With the packet inside its FOP: a's steering and one link delay.
-    // Without: the FOP's round trip and b's steering as well.
+    // With the packet inside its FOP: one link delay, a's steering not
+    // awaited (note 74). Without: the FOP's round trip and b's steering.
     let mut waited = Duration::ZERO;
     while received(&sim, b, b"SECOND") == 0 && waited < Duration::from_millis(100) {
         sim.run_for(Duration::from_millis(1));
         waited += Duration::from_millis(1);
     }
     assert_eq!(received(&sim, b, b"SECOND"), 1);
-    let first_in_time = waited <= Duration::from_millis(16);
-    // b answers at once.
+    let first_in_time = waited <= Duration::from_millis(11);
+    // b answers at once: with the packet inside, a's steered notice is on
+    // its way still, so over QUIC.
     sim.send_udp(b, a, 5001, 4001, b"ANSWER");
     sim.run_for(Duration::from_millis(11));
     let answer_in_time = received(&sim, a, b"ANSWER") == 1;
     let native_frames = native_frames_of(&sim, 4001) - before;
+    // The notice is in: b answers natively, before its own steering.
+    sim.send_udp(b, a, 5001, 4001, b"LATER");
+    sim.run_for(Duration::from_millis(1));
+    let later_native = native_frames_of(&sim, 4001) - before > native_frames;
     sim.run_for(Duration::from_millis(100));
     assert_eq!(received(&sim, a, b"ANSWER"), 1);
+    assert_eq!(received(&sim, a, b"LATER"), 1);
     // Then the flow runs natively both ways.
+    let mid = native_frames_of(&sim, 4001);
     for n in 0..3u8 {
         sim.send_udp(a, b, 4001, 5001, &[b'M', n]);
         sim.run_for(Duration::from_millis(30));
         sim.send_udp(b, a, 5001, 4001, &[b'R', n]);
         sim.run_for(Duration::from_millis(30));
     }
-    assert!(native_frames_of(&sim, 4001) - before >= 7);
+    assert_eq!(native_frames_of(&sim, 4001) - mid, 6);
     assert_eq!(received(&sim, b, b"M\x02"), 1);
     assert_eq!(received(&sim, a, b"R\x02"), 1);
     assert_eq!(sim.counter(a, "dprp_fast_confirmed"), 1);
@@ -191,13 +204,17 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(sim.native_lost, lost, "a native packet reached a kernel");
     let inside = u64::from(fast_first);
     assert_eq!(sim.counter(a, "dprp_fast_first_sent"), inside);
-    // On the IP path, after a's steering: marked steered.
+    // On the IP path: the FOP at once, not marked steered; the same FOP
+    // again, marked, once a steers the flow.
     let steered: Vec<bool> = fops_from(&sim, a)
         .iter()
         .filter(|f| f.flow.src_port == 4001)
         .filter_map(|f| f.first.as_ref().map(|p| p.steered))
         .collect();
-    assert_eq!(steered, vec![true; usize::from(fast_first)]);
+    let expected: &[bool] = if fast_first { &[false, true] } else { &[] };
+    assert_eq!(steered, expected);
+    assert_eq!(sim.counter(a, "dprp_fast_steered_sent"), inside);
+    assert_eq!(sim.counter(b, "dprp_fast_steered_received"), inside);
     assert_eq!(sim.counter(b, "dprp_fast_first_received"), inside);
     for i in [a, b] {
         assert_eq!(sim.counter(i, "native_ready_timeouts"), 0);
@@ -209,23 +226,36 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
         first_in_time,
         answer_in_time,
         native_frames,
+        later_native,
     }
 }
 
 #[test]
 fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_and_the_answer_comes_natively() {
-    // a sends the FOP once its own steering is in, with the packet inside:
-    // b has it after one link delay and answers natively at once (before
-    // its own steering and its FOK), since a steers the flow already.
+    // a sends the FOP at once, with the packet inside: b has it after one
+    // link delay and answers over QUIC; a sends the FOP again marked
+    // steered once its own steering is in, and from then b answers
+    // natively, before its own steering and its FOK.
     let with = second_flow_on_the_native_path(true);
-    assert!(with.first_in_time, "the first packet did not ride its FOP");
+    assert!(
+        with.first_in_time,
+        "the first packet did not ride its FOP at once"
+    );
     assert!(with.answer_in_time, "b's answer did not come at once");
-    assert_eq!(with.native_frames, 1, "only b's answer went as native data");
+    assert_eq!(
+        with.native_frames, 0,
+        "b answered natively before a steered"
+    );
+    assert!(
+        with.later_native,
+        "b did not answer natively after a's notice"
+    );
     // The control: the first packet waits for b's FOK (its round trip and
     // b's steering) and leaves natively; b answers natively after it.
     let without = second_flow_on_the_native_path(false);
     assert!(!without.first_in_time);
     assert_eq!(without.native_frames, 2, "the first packet and the answer");
+    assert!(without.later_native);
 }
 
 #[test]

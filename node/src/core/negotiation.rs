@@ -358,6 +358,18 @@ impl NodeCore {
                 let overlay = self.overlay_view(&flow);
                 self.fast_open_confirmed(overlay, native, now);
             }
+            dprp::Event::FastSteered { flow, peer } => {
+                // The opener steers the flow now (note 74): this end may
+                // answer natively at once, as after a FOP marked steered.
+                // Only a UDP flow installed here from that peer's FOP.
+                if flow.protocol == fpn_proto::flow::protocol::UDP
+                    && self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) == Some(peer)
+                {
+                    trace!(%flow, %peer, "the opener steers the flow now");
+                    let overlay = self.overlay_view(&flow);
+                    self.first_came_inside_fop(&overlay);
+                }
+            }
             dprp::Event::PeerEvicted { peer, flows } => self.on_peer_evicted(peer, &flows),
             dprp::Event::FastOpenFailed { flow, reason } => {
                 // The endpoint negotiates the flow now; until then its
@@ -532,7 +544,7 @@ impl NodeCore {
         let fop = self.take_staged_fop(&flow);
         if self.hold_for_steering(&flow, packet) {
             if let Some((id, t)) = fop {
-                self.hold_fop_for_first(&flow, id, t, packet);
+                self.send_fop_with_first(&flow, id, t, now);
             }
             return;
         }
@@ -544,7 +556,7 @@ impl NodeCore {
                 .lookup(&flow)
                 .and_then(|(_, e)| e.peer())
                 .is_some_and(|ge| !self.peer_native(ge));
-            if quic && !self.plain_on_wire(&flow) && self.first_fits(id, &t, packet) {
+            if quic && !self.plain_on_wire(&flow) && self.first_fits(id, &t, packet.len()) {
                 // Not marked as steered: should a retransmission go on the
                 // IP path after a switch, the peer must not answer natively
                 // before this node steers the flow.

@@ -22,11 +22,13 @@
 //!   translation gives it back.
 //!
 //! - **Fast open** (note 64): the FOK plays the CDN's part. A UDP flow's
-//!   FOP waits for this node's steering and leaves with the first packet
-//!   inside, marked as steered (note 71): the peer may then answer
-//!   natively at once, before its own steering ([`Gate::early`]), since
-//!   this node's next packets still wait for the FOK; for the same reason
-//!   this node takes nothing from those early answers ([`Gate::peer_early`]).
+//!   FOP leaves at once with the first packet inside (note 71), not marked
+//!   steered: the peer answers over QUIC meanwhile. Once this node steers
+//!   the flow it sends the same FOP again, marked steered (note 74): the
+//!   peer may then answer natively at once, before its own steering
+//!   ([`Gate::early`]), since this node's next packets still wait for the
+//!   FOK; for the same reason this node takes nothing from those early
+//!   answers ([`Gate::peer_early`]).
 //!
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
@@ -112,9 +114,10 @@ pub(super) struct Waiting {
     /// A fast-opened flow: released only once the peer's FOK (on the IP
     /// path) says it steers the flow too, not at this node's steering alone.
     needs_peer: bool,
-    /// Its FOP, held until this node steers the flow, then sent on the IP
-    /// path with the first packet inside (note 71).
-    fop: Option<(NegotiationId, dprp::Transmit)>,
+    /// Its FOP as it left, with the first packet inside and not marked
+    /// steered: sent again marked steered once this node steers the flow
+    /// (note 74).
+    notice: Option<dprp::Transmit>,
     /// The first packet left inside the FOP: `packets` are those behind it.
     first_sent: bool,
 }
@@ -176,7 +179,7 @@ impl NodeCore {
                 g.ready = true;
                 peer_ready = g.peer_ready;
             }
-            self.send_held_fop(overlay, now);
+            self.send_steered_notice(overlay);
             let fast_waits = self
                 .steering
                 .waiting
@@ -419,70 +422,88 @@ impl NodeCore {
     }
 
     /// The first packet of fast-opened `flow` waits for this node's
-    /// steering (the peer's path is native): a UDP packet that fits keeps
-    /// its FOP company until then, and both leave together on the IP path
-    /// ([`NodeCore::send_held_fop`]); anything else lets the FOP go now.
-    /// Not TCP: the peer's first native packet of the connection would be
-    /// its SYN-ACK, which a router's conntrack that never saw the SYN
-    /// takes as invalid (and a NAT leaves untranslated).
-    pub(super) fn hold_fop_for_first(
+    /// steering (the peer's path is native): a UDP packet that fits leaves
+    /// now inside its FOP, on the IP path, not marked steered (the peer
+    /// answers over QUIC until [`NodeCore::send_steered_notice`]);
+    /// anything else lets the FOP go alone. Not TCP: the peer's first
+    /// native packet of the connection would be its SYN-ACK, which a
+    /// router's conntrack that never saw the SYN takes as invalid (and a
+    /// NAT leaves untranslated).
+    pub(super) fn send_fop_with_first(
         &mut self,
         flow: &FlowId,
         id: NegotiationId,
         t: dprp::Transmit,
-        packet: &[u8],
+        now: Instant,
     ) {
         let overlay = self.overlay_view(flow);
-        let fits = self.first_fits(id, &t, packet);
-        match self.steering.waiting.get_mut(&overlay) {
+        let len = match self.steering.waiting.get(&overlay) {
             Some(w)
-                if fits
-                    && flow.protocol == fpn_proto::flow::protocol::UDP
+                if flow.protocol == fpn_proto::flow::protocol::UDP
                     && w.needs_peer
                     && w.packets.len() == 1
-                    && w.fop.is_none() =>
+                    && !w.first_sent =>
             {
-                w.fop = Some((id, t));
+                w.packets[0].len()
             }
-            _ => self.route_transmit(t),
+            _ => return self.route_transmit(t),
+        };
+        if !self.first_fits(id, &t, len) {
+            return self.route_transmit(t);
         }
-    }
-
-    /// This node now steers `overlay`: a FOP held for it leaves with the
-    /// flow's first packet inside, sealed, on the IP path (note 71).
-    fn send_held_fop(&mut self, overlay: FlowId, now: Instant) {
         let Some(w) = self.steering.waiting.get_mut(&overlay) else {
-            return;
+            return self.route_transmit(t);
         };
-        let Some((id, t)) = w.fop.take() else {
-            return;
-        };
-        let (Some(flow), false) = (w.pit_key, w.packets.is_empty()) else {
-            self.route_transmit(t);
-            return;
-        };
-        let first = w.packets.remove(0);
         w.first_sent = true;
-        if let Some(g) = self.steering.gates.get_mut(&overlay) {
-            g.peer_early = true;
+        let first = w.packets.remove(0);
+        // Not inside after all, it went beside its FOP; DPRP keeps its copy
+        // for the fallback, as for any fast open.
+        if let Some(fop) = self.send_first_in_fop(id, t, flow, &first, false, now)
+            && let Some(w) = self.steering.waiting.get_mut(&overlay)
+        {
+            w.notice = Some(fop);
         }
-        self.send_first_in_fop(id, t, &flow, &first, true, now);
     }
 
-    /// Whether `packet`, sealed, may ride inside fast open `id`'s FOP `t`:
+    /// This node now steers `overlay`: the FOP that left with the flow's
+    /// first packet inside goes again, marked steered (note 74), and the
+    /// peer's native packets prove nothing of its own steering from then.
+    fn send_steered_notice(&mut self, overlay: FlowId) {
+        let Some(t) = self
+            .steering
+            .waiting
+            .get_mut(&overlay)
+            .and_then(|w| w.notice.take())
+        else {
+            return;
+        };
+        match self.dprp.mark_steered(&t.payload) {
+            Ok(payload) => {
+                if let Some(g) = self.steering.gates.get_mut(&overlay) {
+                    g.peer_early = true;
+                }
+                self.route_transmit(dprp::Transmit {
+                    dst: t.dst,
+                    payload,
+                });
+            }
+            Err(e) => debug!(flow = %overlay, error = %e, "no steered notice"),
+        }
+    }
+
+    /// Whether a packet of `packet` bytes, sealed, may ride inside fast open `id`'s FOP `t`:
     /// the peer takes first packets and the FOP stays within
     /// [`MAX_FIRST_FOP`].
-    pub(super) fn first_fits(&self, id: NegotiationId, t: &dprp::Transmit, packet: &[u8]) -> bool {
-        t.payload.len() + dprp::msg::FIRST_PACKET_OVERHEAD + packet.len() + TRAILER_LEN
-            <= MAX_FIRST_FOP
+    pub(super) fn first_fits(&self, id: NegotiationId, t: &dprp::Transmit, packet: usize) -> bool {
+        t.payload.len() + dprp::msg::FIRST_PACKET_OVERHEAD + packet + TRAILER_LEN <= MAX_FIRST_FOP
             && self.dprp.fast_open_takes_first(id)
     }
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
     /// into fast open `id`'s FOP `t` (`steered`: this node steers the
-    /// flow's inbound native packets already) and sends that. A first
-    /// packet that cannot go inside leaves after the FOP on QUIC (the peer
-    /// parks it until the FOP is in).
+    /// flow's inbound native packets already) and sends that; returns it.
+    /// A first packet that cannot go inside leaves after the FOP on QUIC
+    /// (the peer parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
         &mut self,
         id: NegotiationId,
@@ -491,10 +512,10 @@ impl NodeCore {
         packet: &[u8],
         steered: bool,
         now: Instant,
-    ) {
+    ) -> Option<dprp::Transmit> {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
             self.route_transmit(t);
-            return;
+            return None;
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf[..packet.len()].copy_from_slice(packet);
@@ -513,12 +534,17 @@ impl NodeCore {
                 None
             }
         };
+        let mut sent = None;
         match sealed {
             Some(len) => match self.dprp.attach_first(id, &buf[..len], steered, now) {
-                Ok(payload) => self.route_transmit(dprp::Transmit {
-                    dst: t.dst,
-                    payload,
-                }),
+                Ok(payload) => {
+                    let fop = dprp::Transmit {
+                        dst: t.dst,
+                        payload,
+                    };
+                    sent = Some(fop.clone());
+                    self.route_transmit(fop);
+                }
                 Err(e) => {
                     debug!(%flow, error = %e, "first packet not put into its FOP");
                     self.route_transmit(t);
@@ -530,6 +556,7 @@ impl NodeCore {
             None => self.route_transmit(t),
         }
         self.scratch = buf;
+        sent
     }
 
     /// Routes the round's CDNs: held, over QUIC, or the usual way.
@@ -609,11 +636,6 @@ impl NodeCore {
     fn finish_waiting(&mut self, overlay: FlowId, wait: Waiting, ready: bool, now: Instant) {
         if let Some(id) = wait.negotiation {
             self.steering.cdn_holds.remove(&id);
-        }
-        // A FOP still held for the first packet (this node's steering never
-        // came): it goes as it is, ahead of the packets.
-        if let Some((_, t)) = wait.fop {
-            self.route_transmit(t);
         }
         let peer = wait
             .peer

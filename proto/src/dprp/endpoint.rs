@@ -135,6 +135,12 @@ pub struct Stats {
     pub fast_first_sent: u64,
     /// Of the peers' FOPs installed here, those with the first packet inside.
     pub fast_first_received: u64,
+    /// FOPs this GE sent again, marked steered, once it steered the flow
+    /// (the first went before that: note 74).
+    pub fast_steered_sent: u64,
+    /// Peers' FOPs that came again marked steered, for a flow installed
+    /// here ([`Event::FastSteered`]).
+    pub fast_steered_received: u64,
     /// FOPs naming a pair epoch this GE does not hold.
     pub fast_unknown_epoch: u64,
     /// FOPs this gateway stopped on their way (the flow must be negotiated

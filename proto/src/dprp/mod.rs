@@ -203,6 +203,18 @@ pub enum Event {
         /// The flow (as in its `Established`).
         flow: FlowId,
     },
+    /// The opener of a flow this GE installed from its FOP sent the FOP
+    /// again marked steered: it steers the flow's inbound native packets
+    /// now, so this end may answer natively (docs/PROTOCOL.md, "The first
+    /// packet in its FOP"). The FOP's tag covers the flow and its opening,
+    /// not the mark: a forged mark can only lose this end's next answers,
+    /// which an attacker on the path can drop anyway.
+    FastSteered {
+        /// The flow (as in its `Established`).
+        flow: FlowId,
+        /// The opener (the pair epoch's peer).
+        peer: GeId,
+    },
     /// A flow this GE fast-opened was refused on the way (a gateway on the
     /// path, the peer lost the epoch) or never confirmed: drop its entry.
     /// The endpoint has started a negotiation for it, so its next packets
@@ -249,6 +261,11 @@ impl fmt::Debug for Event {
             Self::FastConfirmed { flow } => {
                 f.debug_struct("FastConfirmed").field("flow", flow).finish()
             }
+            Self::FastSteered { flow, peer } => f
+                .debug_struct("FastSteered")
+                .field("flow", flow)
+                .field("peer", peer)
+                .finish(),
             Self::FastOpenFailed { flow, reason } => f
                 .debug_struct("FastOpenFailed")
                 .field("flow", flow)

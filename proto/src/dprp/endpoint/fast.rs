@@ -203,6 +203,27 @@ impl Endpoint {
         Ok(bytes)
     }
 
+    /// `fop`, a FOP this GE sent with its flow's first packet inside and
+    /// not marked steered, marked steered: sent once this node steers the
+    /// flow's inbound native packets, it tells the peer (which answers the
+    /// copy like a retransmission) that it may answer natively now
+    /// ([`Event::FastSteered`] there; docs/PROTOCOL.md, "The first packet
+    /// in its FOP"). The mark lies outside the tag: no key is needed.
+    pub fn mark_steered(&mut self, fop: &[u8]) -> Result<Vec<u8>> {
+        let Message::Fop(mut f) = Message::decode(fop)? else {
+            return Err(Error::UnexpectedMessage("a steered notice of no FOP"));
+        };
+        let Some(first) = f.first.as_mut() else {
+            return Err(Error::UnexpectedMessage(
+                "a steered notice of a FOP without its first packet",
+            ));
+        };
+        first.steered = true;
+        let bytes = Message::Fop(f).encode()?;
+        self.stats.fast_steered_sent += 1;
+        Ok(bytes)
+    }
+
     /// A peer's FOP, from the underlay address `from`.
     pub(super) fn on_fop(&mut self, from: SocketAddr, fop: Fop, now: Instant) -> Result<()> {
         let dst_ours = self.protects(fop.flow.dst);
@@ -219,10 +240,20 @@ impl Endpoint {
             return Err(Error::UnknownEpoch);
         };
         e.verify_fop(&fop)?;
+        let opener = e.peer_ge();
         if let Some(fok) = e.answered(fop.index, &fop.flow)? {
             // A retransmission: the flow is installed, its FOK was lost.
             let payload = fok.to_vec();
             self.transmits.push_back(Transmit { dst: from, payload });
+            // Or the opener's notice that it steers the flow now (its
+            // first FOP left before that: note 74).
+            if fop.first.as_ref().is_some_and(|f| f.steered) {
+                self.stats.fast_steered_received += 1;
+                self.events.push_back(Event::FastSteered {
+                    flow: fop.flow,
+                    peer: opener,
+                });
+            }
             return Ok(());
         }
         if fop.index >= MAX_OPENINGS {
