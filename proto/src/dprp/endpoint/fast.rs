@@ -241,13 +241,19 @@ impl Endpoint {
         };
         e.verify_fop(&fop)?;
         let opener = e.peer_ge();
-        if let Some(fok) = e.answered(fop.index, &fop.flow)? {
-            // A retransmission: the flow is installed, its FOK was lost.
-            let payload = fok.to_vec();
-            self.transmits.push_back(Transmit { dst: from, payload });
-            // Or the opener's notice that it steers the flow now (its
-            // first FOP left before that: note 74).
-            if fop.first.as_ref().is_some_and(|f| f.steered) {
+        if let Some((fok, at)) = e.answered(fop.index, &fop.flow)? {
+            // A retransmission: the flow is installed, its FOK was lost. Or
+            // the opener's notice that it steers the flow now (its first
+            // FOP left before that: note 74), which needs no FOK when one
+            // went out less than half a retransmission timeout ago: a lost
+            // FOK shows as a retransmission, which comes a whole timeout
+            // after the FOP (marked too from a node before note 74).
+            let notice = fop.first.as_ref().is_some_and(|f| f.steered);
+            if !notice || now.saturating_duration_since(at) >= self.cfg.timing.initial_rto / 2 {
+                let payload = fok.to_vec();
+                self.transmits.push_back(Transmit { dst: from, payload });
+            }
+            if notice {
                 self.stats.fast_steered_received += 1;
                 self.events.push_back(Event::FastSteered {
                     flow: fop.flow,
@@ -324,7 +330,7 @@ impl Endpoint {
         };
         fok.tag = e.fok_tag(peer, &fok);
         let bytes = Message::Fok(fok).encode()?;
-        e.mark(fop.index, fop.flow, bytes.clone());
+        e.mark(fop.index, fop.flow, bytes.clone(), now);
         self.transmits.push_back(Transmit {
             dst: from,
             payload: bytes,
