@@ -3,7 +3,7 @@
 //! negotiated a flow, a new flow between them needs no negotiation. Its
 //! first datagram is answered at its first send; on the wire there is a
 //! FOP (with the flow's first datagram inside, sealed: note 71), the same
-//! FOP again marked steered once the opener steers the flow (note 74) and
+//! FOP again marked steered once the opener steers the flow (note 75) and
 //! a FOK on DPRP's port, and no DDE; the flow's packets go native once the peer
 //! confirmed, PCCOM-sealed (a capture shows no marker, and
 //! the same marker sent outside the overlay shows). The same through two
@@ -150,7 +150,7 @@ fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() 
     // Each UDP flow's first datagram rode inside its FOP (note 71), sealed:
     // the marked flow's first marker is one of them, and the marker shows
     // nowhere on the wire (above). The FOP left before a steered the flow
-    // (not marked), and went again, marked, once it did (note 74).
+    // (not marked), and went again, marked, once it did (note 75).
     let firsts = firsts_inside_fops(&pcap);
     let unmarked: Vec<&Vec<u8>> = firsts.iter().filter(|f| !f.0).map(|f| &f.1).collect();
     let marked: Vec<&Vec<u8>> = firsts.iter().filter(|f| f.0).map(|f| &f.1).collect();

@@ -1,5 +1,7 @@
 //! Per peer: direct QUIC or the relay, sans-IO (time comes in, decisions
-//! go out). [`super::PathCarrier`] asks it before each frame.
+//! go out). [`super::PathCarrier`] asks it for every frame the direct
+//! connection does not take at once, and tells it once per connection
+//! that direct is up (the frames on an up connection ask nothing).
 //!
 //! - Direct is tried first. When every address of the peer failed (the
 //!   QUIC carrier reports [`Direct::Failed`]) frames go through the relay.

@@ -175,10 +175,12 @@ impl Carrier for PathCarrier {
     }
 
     fn network_changed(&self, local: &[std::net::IpAddr]) {
-        self.quic.network_changed(local);
+        // The choices first: the carrier publishes every connection anew,
+        // and a frame settling one must find the move recorded.
         for c in self.choices().values_mut() {
             c.moved();
         }
+        self.quic.network_changed(local);
     }
 
     fn send(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
@@ -234,7 +236,7 @@ impl Carrier for PathCarrier {
         {
             // This frame may be the one that starts the attempt: from now
             // on it counts towards RELAY_AFTER, with a timer.
-            let r = self.quic.send(to, kind, payload);
+            let r = self.quic.send_by_table(to, kind, payload);
             if self.quic.direct(to.ge) == Direct::Connecting {
                 let now = Instant::now();
                 let due = {
@@ -268,7 +270,7 @@ impl Carrier for PathCarrier {
                         },
                     })
             }
-            _ => self.quic.send(to, kind, payload),
+            _ => self.quic.send_by_table(to, kind, payload),
         }
     }
 

@@ -245,3 +245,58 @@ fn flows_that_evict_others_keep_their_native_answers() {
     assert!(sim.nodes[a].core.pit().len() <= 8);
     sim.check_invariants();
 }
+
+/// A fast open that pushes a flow out of the opener's full table: its FOP
+/// (with the first packet inside, note 75: sent at once) leaves after the
+/// eviction notice of that flow, so the peer's table has room when the FOP
+/// comes. Sent before it, a peer with a full table of its own evicted
+/// flows the opener still used (the native storm lost queries so).
+#[test]
+fn a_fop_that_evicts_leaves_after_its_eviction_notice() {
+    let mut sim = CoreSim::new(6, LinkConfig::default());
+    sim.fast_open = true;
+    sim.path = PathConfig {
+        force: Force::Native,
+        ..PathConfig::default()
+    };
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 8,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    sim.pit = fpn_proto::pit::PitConfig::default();
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    for port in 20_000..20_008 {
+        sim.send_udp(a, b, port, 53, b"fill");
+        sim.run_for(Duration::from_millis(150));
+    }
+    sim.run_for(Duration::from_secs(2));
+    let from = sim.wire().len();
+    sim.send_udp(a, b, 20_008, 53, b"ninth");
+    sim.run_for(Duration::from_millis(150));
+    assert_eq!(received(&sim, b, b"ninth"), 1);
+    assert_eq!(sim.counter(a, "flows_evicted"), 1);
+    assert_eq!(sim.counter(a, "dprp_evict_sent"), 1);
+    assert_eq!(sim.counter(a, "dprp_fast_first_sent"), 8);
+    // a's DPRP on the IP path, in the order it left.
+    let sent: Vec<msg::Message> = sim.wire()[from..]
+        .iter()
+        .filter(|f| f.from == a && f.native)
+        .filter_map(|f| {
+            let p = Packet::parse(&f.payload[..]).ok()?;
+            msg::Message::decode(p.payload()).ok()
+        })
+        .collect();
+    let evict = sent
+        .iter()
+        .position(|m| matches!(m, msg::Message::Evict(_)));
+    let fop = sent
+        .iter()
+        .position(|m| matches!(m, msg::Message::Fop(f) if f.flow.src_port == 20_008));
+    let (Some(evict), Some(fop)) = (evict, fop) else {
+        panic!("no EVICT or no FOP on the IP path: {evict:?} {fop:?}");
+    };
+    assert!(evict < fop, "the FOP left before the notice");
+    sim.check_invariants();
+}

@@ -166,7 +166,7 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     let lost = sim.native_lost;
     sim.send_udp(a, b, 4001, 5001, b"SECOND");
     // With the packet inside its FOP: one link delay, a's steering not
-    // awaited (note 74). Without: the FOP's round trip and b's steering.
+    // awaited (note 75). Without: the FOP's round trip and b's steering.
     let mut waited = Duration::ZERO;
     while received(&sim, b, b"SECOND") == 0 && waited < Duration::from_millis(100) {
         sim.run_for(Duration::from_millis(1));
@@ -231,7 +231,8 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
 }
 
 #[test]
-fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_and_the_answer_comes_natively() {
+fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_at_once_and_answers_go_natively_after_the_notice()
+ {
     // a sends the FOP at once, with the packet inside: b has it after one
     // link delay and answers over QUIC; a sends the FOP again marked
     // steered once its own steering is in, and from then b answers
@@ -263,7 +264,7 @@ fn a_peer_whose_steering_is_late_does_not_open_the_opener_s_gate_early() {
     // A port of b's no flow uses yet (the sim hands b's node every packet
     // to a steered local port, whatever its source). b's steering takes
     // 150 ms: its FOK goes over QUIC after 100 ms (steering timeout),
-    // while it answers natively at once (the first packet came steered).
+    // while it answers natively once a's steered notice is in (15 ms).
     // a must not take b's native packets for b's steering: its own packets
     // go on QUIC until the grace, never natively into b's kernel before b
     // steers the flow.
@@ -271,11 +272,18 @@ fn a_peer_whose_steering_is_late_does_not_open_the_opener_s_gate_early() {
     sim.nodes[b].steer_delay = Duration::from_millis(150);
     let lost = sim.native_lost;
     sim.send_udp(a, b, 4001, 5001, b"SECOND");
-    sim.run_for(Duration::from_millis(16));
+    sim.run_for(Duration::from_millis(18));
     assert_eq!(received(&sim, b, b"SECOND"), 1);
+    let native = native_frames_of(&sim, 4001);
     sim.send_udp(b, a, 5001, 4001, b"ANSWER");
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(
+        native_frames_of(&sim, 4001),
+        native + 1,
+        "b's answer, natively"
+    );
     // The FOK over QUIC reaches a at about 125 ms.
-    sim.run_for(Duration::from_millis(120));
+    sim.run_for(Duration::from_millis(119));
     assert_eq!(received(&sim, a, b"ANSWER"), 1);
     assert_eq!(sim.counter(b, "native_ready_timeouts"), 1);
     // b goes on natively; then a answers before b's steering (165 ms).

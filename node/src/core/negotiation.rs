@@ -80,6 +80,9 @@ impl NodeCore {
                 break;
             }
         }
+        // After the notices of what the rounds evicted (drain_pit's, sent
+        // in the pass after it).
+        self.route_late_fops();
         self.refresh_dprp_deadline(Some(now));
     }
 
@@ -358,12 +361,20 @@ impl NodeCore {
                 let overlay = self.overlay_view(&flow);
                 self.fast_open_confirmed(overlay, native, now);
             }
-            dprp::Event::FastSteered { flow, peer } => {
-                // The opener steers the flow now (note 74): this end may
+            dprp::Event::FastSteered {
+                flow,
+                peer,
+                opening,
+            } => {
+                // The opener steers the flow now (note 75): this end may
                 // answer natively at once, as after a FOP marked steered.
-                // Only a UDP flow installed here from that peer's FOP.
+                // Only a UDP flow whose entry that very FOP installed (a
+                // late or replayed notice says nothing of a later opening
+                // of the same ports).
                 if flow.protocol == fpn_proto::flow::protocol::UDP
-                    && self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) == Some(peer)
+                    && self.pit.lookup(&flow).is_some_and(|(_, e)| {
+                        e.peer() == Some(peer) && e.opening() == Some(opening.0)
+                    })
                 {
                     trace!(%flow, %peer, "the opener steers the flow now");
                     let overlay = self.overlay_view(&flow);
@@ -560,7 +571,7 @@ impl NodeCore {
                 // Not marked as steered: should a retransmission go on the
                 // IP path after a switch, the peer must not answer natively
                 // before this node steers the flow.
-                self.send_first_in_fop(id, t, &flow, packet, false, now);
+                self.send_first_in_fop(id, t, &flow, packet, now);
                 return;
             }
             self.route_transmit(t);

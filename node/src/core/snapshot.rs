@@ -397,9 +397,10 @@ impl NodeCore {
             // The first packet in its FOP (note 71).
             ("dprp_fast_first_sent", d.fast_first_sent),
             ("dprp_fast_first_received", d.fast_first_received),
-            // The steered notice (note 74).
+            // The steered notice (note 75).
             ("dprp_fast_steered_sent", d.fast_steered_sent),
             ("dprp_fast_steered_received", d.fast_steered_received),
+            ("dprp_fast_fok_repeats", d.fast_fok_repeats),
             ("dprp_fast_unknown_epoch", d.fast_unknown_epoch),
             ("dprp_fast_refused_in_transit", d.fast_refused_in_transit),
             ("dprp_epoch_renewals", d.epoch_renewals),

@@ -24,7 +24,7 @@
 //! - **Fast open** (note 64): the FOK plays the CDN's part. A UDP flow's
 //!   FOP leaves at once with the first packet inside (note 71), not marked
 //!   steered: the peer answers over QUIC meanwhile. Once this node steers
-//!   the flow it sends the same FOP again, marked steered (note 74): the
+//!   the flow it sends the same FOP again, marked steered (note 75): the
 //!   peer may then answer natively at once, before its own steering
 //!   ([`Gate::early`]), since this node's next packets still wait for the
 //!   FOK; for the same reason this node takes nothing from those early
@@ -86,15 +86,16 @@ pub(super) struct Gate {
     pub peer_ready: bool,
     /// From then on only `ready` is needed (the fallback grace).
     pub until: Instant,
-    /// The peer sent the flow's first packet inside its FOP on the IP
-    /// path, which it does only once it steers the flow: this end may send
-    /// natively before its own steering is confirmed, since the peer sends
-    /// natively only after this end's FOK, which waits for that (note 71).
+    /// The peer marked the flow's FOP steered (a node before note 75: its
+    /// FOP with the first packet; since: the FOP sent again, the steered
+    /// notice), which it does only once it steers the flow: this end may
+    /// send natively before its own steering is confirmed, since the peer
+    /// sends natively only after this end's FOK, which waits for that
+    /// (notes 71 and 75).
     pub early: bool,
-    /// This end put the first packet into its FOP marked as steered: the
-    /// peer may answer natively before its own steering, so its native
-    /// packets prove nothing of it; only its FOK on the IP path (or the
-    /// grace) does.
+    /// This end sent the steered notice: the peer may answer natively
+    /// before its own steering, so its native packets prove nothing of
+    /// it; only its FOK on the IP path (or the grace) does.
     pub peer_early: bool,
 }
 
@@ -114,10 +115,10 @@ pub(super) struct Waiting {
     /// A fast-opened flow: released only once the peer's FOK (on the IP
     /// path) says it steers the flow too, not at this node's steering alone.
     needs_peer: bool,
-    /// Its FOP as it left, with the first packet inside and not marked
-    /// steered: sent again marked steered once this node steers the flow
-    /// (note 74).
-    notice: Option<dprp::Transmit>,
+    /// Its FOP as it left (and the fast open's id), with the first packet
+    /// inside and not marked steered: sent again marked steered once this
+    /// node steers the flow (note 75).
+    notice: Option<(NegotiationId, dprp::Transmit)>,
     /// The first packet left inside the FOP: `packets` are those behind it.
     first_sent: bool,
 }
@@ -152,6 +153,12 @@ pub(super) struct Steering {
     /// This drain round's first sendings of fast opens' FOPs, by PIT key:
     /// the round's release of the flow's first packet may put it inside.
     staged_fops: Vec<(FlowId, NegotiationId, dprp::Transmit)>,
+    /// FOPs with their first packet inside, sent at the end of the drain
+    /// round: after the eviction notices of the flows the new ones pushed
+    /// out of a full table, so the peer's table has room when the FOP
+    /// comes (else it evicts flows of its own, which this end may still
+    /// use).
+    late_fops: Vec<dprp::Transmit>,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
 }
@@ -238,8 +245,9 @@ impl NodeCore {
         }
     }
 
-    /// The peer put the first packet of `overlay` into its FOP marked as
-    /// steered: it steers the flow already ([`Gate::early`]).
+    /// The peer marked the FOP of `overlay` steered (the first packet's,
+    /// or the steered notice): it steers the flow already
+    /// ([`Gate::early`]).
     pub(super) fn first_came_inside_fop(&mut self, overlay: &FlowId) {
         if let Some(g) = self.steering.gates.get_mut(overlay) {
             g.peer_ready = true;
@@ -414,6 +422,14 @@ impl NodeCore {
         Some((id, t))
     }
 
+    /// The FOPs with a first packet inside leave, once the drain made its
+    /// eviction notices ([`Steering::late_fops`]).
+    pub(super) fn route_late_fops(&mut self) {
+        for t in std::mem::take(&mut self.steering.late_fops) {
+            self.route_transmit(t);
+        }
+    }
+
     /// The round's FOPs no first packet went into leave as they are.
     pub(super) fn route_staged_fops(&mut self) {
         for (_, _, t) in std::mem::take(&mut self.steering.staged_fops) {
@@ -458,25 +474,31 @@ impl NodeCore {
         let first = w.packets.remove(0);
         // Not inside after all, it went beside its FOP; DPRP keeps its copy
         // for the fallback, as for any fast open.
-        if let Some(fop) = self.send_first_in_fop(id, t, flow, &first, false, now)
+        if let Some(fop) = self.send_first_in_fop(id, t, flow, &first, now)
             && let Some(w) = self.steering.waiting.get_mut(&overlay)
         {
-            w.notice = Some(fop);
+            w.notice = Some((id, fop));
         }
     }
 
     /// This node now steers `overlay`: the FOP that left with the flow's
-    /// first packet inside goes again, marked steered (note 74), and the
+    /// first packet inside goes again, marked steered (note 75), and the
     /// peer's native packets prove nothing of its own steering from then.
+    /// Only while the flow's entry is still that fast open's: one given up
+    /// for the peer's simultaneous opening of the flow sends nothing (its
+    /// FOP, marked, could be installed there once the peer's own opening
+    /// is done, under keys this end no longer holds).
     fn send_steered_notice(&mut self, overlay: FlowId) {
-        let Some(t) = self
-            .steering
-            .waiting
-            .get_mut(&overlay)
-            .and_then(|w| w.notice.take())
-        else {
+        let Some(w) = self.steering.waiting.get_mut(&overlay) else {
             return;
         };
+        let (Some((id, t)), Some(flow)) = (w.notice.take(), w.pit_key) else {
+            return;
+        };
+        if self.pit.lookup(&flow).and_then(|(_, e)| e.opening()) != Some(id.0) {
+            debug!(%flow, "the fast open was given up: no steered notice");
+            return;
+        }
         match self.dprp.mark_steered(&t.payload) {
             Ok(payload) => {
                 if let Some(g) = self.steering.gates.get_mut(&overlay) {
@@ -500,8 +522,8 @@ impl NodeCore {
     }
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
-    /// into fast open `id`'s FOP `t` (`steered`: this node steers the
-    /// flow's inbound native packets already) and sends that; returns it.
+    /// into fast open `id`'s FOP `t`, not marked steered (note 75: the
+    /// steered notice follows where it may), and sends that; returns it.
     /// A first packet that cannot go inside leaves after the FOP on QUIC
     /// (the peer parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
@@ -510,7 +532,6 @@ impl NodeCore {
         t: dprp::Transmit,
         flow: &FlowId,
         packet: &[u8],
-        steered: bool,
         now: Instant,
     ) -> Option<dprp::Transmit> {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
@@ -536,14 +557,14 @@ impl NodeCore {
         };
         let mut sent = None;
         match sealed {
-            Some(len) => match self.dprp.attach_first(id, &buf[..len], steered, now) {
+            Some(len) => match self.dprp.attach_first(id, &buf[..len], false, now) {
                 Ok(payload) => {
                     let fop = dprp::Transmit {
                         dst: t.dst,
                         payload,
                     };
                     sent = Some(fop.clone());
-                    self.route_transmit(fop);
+                    self.steering.late_fops.push(fop);
                 }
                 Err(e) => {
                     debug!(%flow, error = %e, "first packet not put into its FOP");

@@ -136,11 +136,15 @@ pub struct Stats {
     /// Of the peers' FOPs installed here, those with the first packet inside.
     pub fast_first_received: u64,
     /// FOPs this GE sent again, marked steered, once it steered the flow
-    /// (the first went before that: note 74).
+    /// (the first went before that: note 75).
     pub fast_steered_sent: u64,
     /// Peers' FOPs that came again marked steered, for a flow installed
-    /// here ([`Event::FastSteered`]).
+    /// here ([`Event::FastSteered`]): notices, and the marked
+    /// retransmissions of a node before note 75.
     pub fast_steered_received: u64,
+    /// FOKs for fast opens confirmed already (the answer to a notice or a
+    /// retransmission), taken silently.
+    pub fast_fok_repeats: u64,
     /// FOPs naming a pair epoch this GE does not hold.
     pub fast_unknown_epoch: u64,
     /// FOPs this gateway stopped on their way (the flow must be negotiated
@@ -730,6 +734,11 @@ impl Endpoint {
             Message::Dde(dde) => return self.on_dde(from, None, dde, datagram, now),
             Message::Fop(fop) => return self.on_fop(from, fop, now),
             Message::Evict(evict) => return self.on_evict(evict, now),
+            // Its fast open's, or a second one for a fast open finished
+            // already (taken silently in `on_fok` when authentic).
+            Message::Fok(fok) if !self.machines.contains_key(&id) => {
+                return self.on_fok(fok, now);
+            }
             other => other,
         };
         if let Some(Machine::Fast(_)) = self.machines.get(&id) {

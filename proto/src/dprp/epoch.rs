@@ -111,9 +111,9 @@ pub(crate) struct PairEpoch {
     next_index: u32,
     /// The peer's openings seen (an index opens one flow, once).
     seen: ReplayWindow,
-    /// FOKs sent, by index, with their flow and when: a retransmitted FOP
-    /// gets the same answer.
-    answered: BTreeMap<u32, (FlowId, Vec<u8>, Instant)>,
+    /// FOKs sent, by index, with their flow: a retransmitted FOP gets the
+    /// same answer.
+    answered: BTreeMap<u32, (FlowId, Vec<u8>)>,
     /// When this end last negotiated a flow to renew the epoch.
     renewal_asked: Option<Instant>,
     /// False when a credential's end cut the epoch short (see
@@ -275,27 +275,26 @@ impl PairEpoch {
         hmac::verify(&self.auth, &msg, tag).map_err(|_| Error::BadMac(what))
     }
 
-    /// The FOK already sent for the peer's opening `index` of `flow`, and
-    /// when, if this is a retransmission; [`Error::Replay`] if the index
-    /// opened another flow or fell out of the window.
-    pub(crate) fn answered(&self, index: u32, flow: &FlowId) -> Result<Option<(&[u8], Instant)>> {
+    /// The FOK already sent for the peer's opening `index` of `flow`, if
+    /// this is a retransmission; [`Error::Replay`] if the index opened
+    /// another flow or fell out of the window.
+    pub(crate) fn answered(&self, index: u32, flow: &FlowId) -> Result<Option<&[u8]>> {
         match self.seen.check(u64::from(index)) {
             Ok(()) => Ok(None),
             Err(e) => match self.answered.get(&index) {
-                Some((f, fok, at)) if f == flow => Ok(Some((fok, *at))),
+                Some((f, fok)) if f == flow => Ok(Some(fok)),
                 _ => Err(e),
             },
         }
     }
 
-    /// Records the peer's opening `index` as installed, and its answer,
-    /// sent at `now`.
-    pub(crate) fn mark(&mut self, index: u32, flow: FlowId, fok: Vec<u8>, now: Instant) {
+    /// Records the peer's opening `index` as installed, and its answer.
+    pub(crate) fn mark(&mut self, index: u32, flow: FlowId, fok: Vec<u8>) {
         self.seen.update(u64::from(index));
         if self.answered.len() >= ANSWERS_KEPT {
             self.answered.pop_first();
         }
-        self.answered.insert(index, (flow, fok, now));
+        self.answered.insert(index, (flow, fok));
     }
 }
 
@@ -497,14 +496,10 @@ mod tests {
     fn an_index_opens_one_flow_once() {
         let mut at2 = PairEpoch::new(seed(7, 1), Instant::now(), Instant::now());
         assert_eq!(at2.answered(3, &flow(1)).unwrap(), None);
-        let now = Instant::now();
-        at2.mark(3, flow(1), vec![1, 2, 3], now);
+        at2.mark(3, flow(1), vec![1, 2, 3]);
         // A retransmitted FOP gets the same answer; another flow on the
         // same index is a replay.
-        assert_eq!(
-            at2.answered(3, &flow(1)).unwrap(),
-            Some((&[1u8, 2, 3][..], now))
-        );
+        assert_eq!(at2.answered(3, &flow(1)).unwrap(), Some(&[1u8, 2, 3][..]));
         assert!(matches!(
             at2.answered(3, &flow(2)),
             Err(Error::Replay { counter: 3 })

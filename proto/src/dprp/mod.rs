@@ -214,6 +214,9 @@ pub enum Event {
         flow: FlowId,
         /// The opener (the pair epoch's peer).
         peer: GeId,
+        /// The fast open (its id, the entry's opening): an entry of the
+        /// same flow opened since is not this notice's.
+        opening: NegotiationId,
     },
     /// A flow this GE fast-opened was refused on the way (a gateway on the
     /// path, the peer lost the epoch) or never confirmed: drop its entry.
@@ -261,10 +264,15 @@ impl fmt::Debug for Event {
             Self::FastConfirmed { flow } => {
                 f.debug_struct("FastConfirmed").field("flow", flow).finish()
             }
-            Self::FastSteered { flow, peer } => f
+            Self::FastSteered {
+                flow,
+                peer,
+                opening,
+            } => f
                 .debug_struct("FastSteered")
                 .field("flow", flow)
                 .field("peer", peer)
+                .field("opening", opening)
                 .finish(),
             Self::FastOpenFailed { flow, reason } => f
                 .debug_struct("FastOpenFailed")

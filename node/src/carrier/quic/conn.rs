@@ -416,6 +416,11 @@ impl Inner {
             return;
         }
         let mut peers = self.lock();
+        if self.closed.load(Ordering::Acquire) || self.tls.trust().is_refused(&cert) {
+            // Revoked (or shut) since it came up: never published.
+            conn.close(close::REVOKED.into(), b"refused");
+            return;
+        }
         let Some(peer) = peers.get_mut(&cert.ge) else {
             return;
         };

@@ -25,8 +25,10 @@
 //!   bounded, while the connection is being set up.
 //! - **No lock shared between peers per frame.** A peer's connection, while
 //!   up, is published in a lock-free snapshot ([`peer::Sending`]) that the
-//!   send path reads; frames are built in a per-thread block. The peer
-//!   table's lock is taken only to connect, queue, redial or change a link.
+//!   send path reads; frames are built in the peer's own block. The peer
+//!   table's lock is taken only for frames that connection does not take
+//!   (connecting, queued, a redial after a move, a lost connection) and to
+//!   change a link.
 //! - **Revocation.** Revoked GEs and serials are refused in the handshake,
 //!   and their live connections are closed at once.
 //!
@@ -311,7 +313,8 @@ impl QuicCarrier {
     }
 
     /// What the direct connection to `ge` is doing (the relay fallback
-    /// reads it before each frame, see [`super::relayed`]).
+    /// reads it for every frame the connection does not take at once, see
+    /// [`super::relayed`]).
     pub fn direct(&self, ge: GeId) -> Direct {
         match self.inner.lock().get(&ge) {
             None => Direct::Idle,
@@ -356,9 +359,10 @@ impl QuicCarrier {
     }
 
     /// Sends on `ge`'s connection if it is up, without any lock shared
-    /// between peers; `settle` runs once before the first frame on each
-    /// connection (and again after a move). `None`: not up (or just lost);
-    /// [`Carrier::send`] then queues, connects or refuses.
+    /// between peers; `settle` runs at most once per publication of the
+    /// connection (it coming up, a move), before its first frame sent this
+    /// way. `None`: not up (or just lost); [`QuicCarrier::send_by_table`]
+    /// then queues, connects, redials or refuses.
     pub fn send_up(
         &self,
         ge: GeId,
@@ -367,6 +371,14 @@ impl QuicCarrier {
         settle: impl FnOnce(),
     ) -> Option<Result<()>> {
         self.inner.send_up(ge, kind, payload, settle)
+    }
+
+    /// Sends through the peer table, under its lock: queues while a
+    /// connection is set up, connects, redials after a move, refuses a
+    /// revoked peer. For a caller that tried [`QuicCarrier::send_up`]
+    /// first ([`Carrier::send`] does both).
+    pub fn send_by_table(&self, to: &PeerTarget, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        self.inner.send(to, kind, payload)
     }
 
     /// A sender into the channel [`QuicCarrier::bind`] returned: frames
@@ -444,8 +456,9 @@ impl Carrier for QuicCarrier {
             } else {
                 debug!(peer = %ge, "moved: the connection migrates");
             }
-            // Published anew either way: a migrating connection is settled
-            // again by its next frame (the relay choice learns of the move).
+            // Published anew either way: the next frame on a migrating
+            // connection settles it again (the relay choice sees it up, as
+            // it used to with every frame).
             p.set_redial(redial || p.redial());
         }
     }
@@ -525,7 +538,7 @@ impl Inner {
         if !s.settled.load(Ordering::Relaxed) && !s.settled.swap(true, Ordering::Relaxed) {
             settle();
         }
-        let f = peer::encode(kind, payload);
+        let f = s.encode(kind, payload);
         match self.transmit_frame(ge, &s.counters, &s.conn, kind, f) {
             // The table's path marks the link idle and queues the frame
             // for the new connection.
@@ -580,7 +593,11 @@ impl Inner {
         }
         let mut peers = self.lock();
         let peer = self.entry(&mut peers, to.ge);
-        if peer.redial() && !to.addrs.is_empty() {
+        // The mark goes with this frame, as it always did, even without
+        // an address to dial.
+        if peer.redial() && to.addrs.is_empty() {
+            peer.set_redial(false);
+        } else if peer.redial() {
             // Frames queue until the new connection is up (a handshake,
             // milliseconds); the old one is read a little longer. An
             // attempt started before the move (from no address, or to
@@ -588,15 +605,18 @@ impl Inner {
             // handshake could complete after this one's (its Initial
             // resent once the network is back) and replace the fresh
             // connection on both sides, losing what was in flight on it.
-            peer.set_redial(false);
+            // The link changes first: the old connection is never
+            // published again.
             if let Link::Up(old) = peer.set_link(Link::Connecting) {
                 self.runtime.spawn(conn::retire(old.conn));
             }
+            peer.set_redial(false);
             self.start_race(peer, to.clone(), false, true);
         }
         if let Link::Up(up) = peer.link() {
-            let f = peer::encode(kind, payload);
-            match self.transmit_frame(to.ge, &peer.counters, &up.conn, kind, f) {
+            let conn = up.conn.clone();
+            let f = peer.send_buf.encode(kind, payload);
+            match self.transmit_frame(to.ge, &peer.counters, &conn, kind, f) {
                 Err(Error::CarrierDropped {
                     reason: LOST_REASON,
                     ..
@@ -631,7 +651,7 @@ impl Inner {
         if peer.queue.len() >= self.queue_len {
             return dropped(peer, "queue full while connecting");
         }
-        let f = peer::encode(kind, payload);
+        let f = peer.send_buf.encode(kind, payload);
         peer.queue.push_back((kind, f));
         Ok(())
     }

@@ -2,11 +2,10 @@
 //! connecting, the counters, and what the send path reads without the
 //! table's lock ([`Sending`]).
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -69,9 +68,22 @@ pub(crate) struct Sending {
     pub conn: quinn::Connection,
     pub counters: Arc<Counters>,
     /// Set by the first frame sent through this publication: the relay
-    /// wrapper settles its choice for the peer once per connection (and
-    /// again after a move, which publishes anew).
+    /// wrapper settles its choice for the peer once per publication (a
+    /// connection coming up, a move).
     pub settled: AtomicBool,
+    /// This peer's own send block: a peer whose frames quinn holds long
+    /// (a stalled path) pins only its own blocks. Its lock is the peer's,
+    /// like quinn's own per connection.
+    pub buf: Mutex<SendBuf>,
+}
+
+impl Sending {
+    /// The frame for `payload`, cut from this peer's send block.
+    pub(crate) fn encode(&self, kind: FrameKind, payload: &[u8]) -> Bytes {
+        // A poisoned lock only means a panic elsewhere; the block is whole.
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        b.encode(kind, payload)
+    }
 }
 
 /// The slot a peer's [`Sending`] is published in; the carrier's map of
@@ -91,6 +103,9 @@ pub(crate) struct Peer {
     pub counters: Arc<Counters>,
     /// After a failed attempt, no new one before this.
     pub retry_at: Option<Instant>,
+    /// The send block of frames built under the table's lock (queued
+    /// while connecting, or sent on the table's path).
+    pub send_buf: SendBuf,
     /// This host moved and the connection was accepted here: open it again
     /// from this side with the next frame (`Carrier::network_changed`).
     /// Set through [`Peer::set_redial`]: the connection is unpublished, so
@@ -106,19 +121,9 @@ pub(crate) struct Peer {
 
 /// Where outgoing frames are built. Frames are cut from one block and
 /// handed to quinn; once quinn has sent them the block is reused, so the
-/// send path does not allocate per packet. One per thread ([`encode`]).
+/// send path does not allocate per packet.
 #[derive(Debug, Default)]
 pub(crate) struct SendBuf(BytesMut);
-
-thread_local! {
-    static SEND_BUF: RefCell<SendBuf> = RefCell::default();
-}
-
-/// The frame for `payload` (kind byte and payload), cut from this
-/// thread's send block: threads sending at once share nothing.
-pub(crate) fn encode(kind: FrameKind, payload: &[u8]) -> Bytes {
-    SEND_BUF.with_borrow_mut(|b| b.encode(kind, payload))
-}
 
 impl SendBuf {
     /// The frame for `payload`: kind byte and payload.
@@ -144,6 +149,7 @@ impl Peer {
             queue: VecDeque::new(),
             counters: Arc::default(),
             retry_at: None,
+            send_buf: SendBuf::default(),
             redial: false,
             race: None,
             race_gen: 0,
@@ -188,6 +194,7 @@ impl Peer {
                 conn: up.conn.clone(),
                 counters: self.counters.clone(),
                 settled: AtomicBool::new(false),
+                buf: Mutex::default(),
             })),
             _ => None,
         };
@@ -245,15 +252,16 @@ mod tests {
 
     #[test]
     fn frames_carry_the_kind_byte_and_reuse_the_send_block() {
-        let a = encode(FrameKind::Data, &[1, 2, 3]);
+        let mut p = SendBuf::default();
+        let a = p.encode(FrameKind::Data, &[1, 2, 3]);
         assert_eq!(&a[..], &[frame::kind_byte(FrameKind::Data), 1, 2, 3]);
-        let b = encode(FrameKind::Control, &[]);
+        let b = p.encode(FrameKind::Control, &[]);
         assert_eq!(&b[..], &[frame::kind_byte(FrameKind::Control)]);
         // Both came from one block: the second starts where the first ended.
         assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
         drop((a, b));
         let big = vec![7u8; SEND_BLOCK];
-        let c = encode(FrameKind::Data, &big);
+        let c = p.encode(FrameKind::Data, &big);
         assert_eq!(c.len(), SEND_BLOCK + 1);
         assert_eq!(&c[1..], &big[..]);
     }

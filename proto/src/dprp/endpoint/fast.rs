@@ -172,8 +172,8 @@ impl Endpoint {
     /// every retransmission (docs/PROTOCOL.md, "The first packet in its
     /// FOP"); `steered`: this node steers the flow's inbound native
     /// packets already, so the peer may answer natively at once. The
-    /// retransmission timer starts again from `now` (the node may have held
-    /// the FOP). Returns the FOP to send now.
+    /// retransmission timer starts again from `now`. Returns the FOP to
+    /// send now.
     pub fn attach_first(
         &mut self,
         id: NegotiationId,
@@ -207,8 +207,8 @@ impl Endpoint {
     /// not marked steered, marked steered: sent once this node steers the
     /// flow's inbound native packets, it tells the peer (which answers the
     /// copy like a retransmission) that it may answer natively now
-    /// ([`Event::FastSteered`] there; docs/PROTOCOL.md, "The first packet
-    /// in its FOP"). The mark lies outside the tag: no key is needed.
+    /// ([`Event::FastSteered`] there; docs/PROTOCOL.md, "The steered
+    /// notice"). The mark lies outside the tag: no key is needed.
     pub fn mark_steered(&mut self, fop: &[u8]) -> Result<Vec<u8>> {
         let Message::Fop(mut f) = Message::decode(fop)? else {
             return Err(Error::UnexpectedMessage("a steered notice of no FOP"));
@@ -241,23 +241,20 @@ impl Endpoint {
         };
         e.verify_fop(&fop)?;
         let opener = e.peer_ge();
-        if let Some((fok, at)) = e.answered(fop.index, &fop.flow)? {
-            // A retransmission: the flow is installed, its FOK was lost. Or
-            // the opener's notice that it steers the flow now (its first
-            // FOP left before that: note 74), which needs no FOK when one
-            // went out less than half a retransmission timeout ago: a lost
-            // FOK shows as a retransmission, which comes a whole timeout
-            // after the FOP (marked too from a node before note 74).
-            let notice = fop.first.as_ref().is_some_and(|f| f.steered);
-            if !notice || now.saturating_duration_since(at) >= self.cfg.timing.initial_rto / 2 {
-                let payload = fok.to_vec();
-                self.transmits.push_back(Transmit { dst: from, payload });
-            }
-            if notice {
+        if let Some(fok) = e.answered(fop.index, &fop.flow)? {
+            // A retransmission: the flow is installed, its FOK was lost.
+            let payload = fok.to_vec();
+            self.transmits.push_back(Transmit { dst: from, payload });
+            // Or the opener's notice that it steers the flow now (its
+            // first FOP left before that: note 75). Answered with the FOK
+            // all the same: should the FOK have been lost, this brings it
+            // a timeout sooner (the opener takes a second one silently).
+            if fop.first.as_ref().is_some_and(|f| f.steered) {
                 self.stats.fast_steered_received += 1;
                 self.events.push_back(Event::FastSteered {
                     flow: fop.flow,
                     peer: opener,
+                    opening: fop.id,
                 });
             }
             return Ok(());
@@ -330,7 +327,7 @@ impl Endpoint {
         };
         fok.tag = e.fok_tag(peer, &fok);
         let bytes = Message::Fok(fok).encode()?;
-        e.mark(fop.index, fop.flow, bytes.clone(), now);
+        e.mark(fop.index, fop.flow, bytes.clone());
         self.transmits.push_back(Transmit {
             dst: from,
             payload: bytes,
@@ -367,7 +364,17 @@ impl Endpoint {
     /// The FOK of this GE's fast open `id`.
     pub(super) fn on_fok(&mut self, fok: Fok, now: Instant) -> Result<()> {
         let Some(Machine::Fast(m)) = self.machines.get(&fok.id) else {
-            return Err(Error::UnknownNegotiation);
+            // A second FOK for a fast open confirmed already (the answer
+            // to a steered notice, note 75, or to a retransmission): taken
+            // silently if it is the peer's.
+            let own = self.ge();
+            return match self.epochs.get_mut(&fok.epoch, now) {
+                Some(e) if e.verify_fok(own, &fok).is_ok() => {
+                    self.stats.fast_fok_repeats += 1;
+                    Ok(())
+                }
+                _ => Err(Error::UnknownNegotiation),
+            };
         };
         if m.epoch != fok.epoch || m.index != fok.index {
             return Err(Error::UnexpectedMessage("a FOK for another fast open"));
