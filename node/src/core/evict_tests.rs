@@ -33,6 +33,25 @@ fn pair(seed: u64, force: Force, fast_open: bool) -> (CoreSim, usize, usize) {
     (sim, a, b)
 }
 
+/// On the native path: a with room for 8 flows, b with the default table.
+fn native_pair_a_small(seed: u64, fast_open: bool) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, LinkConfig::default());
+    sim.fast_open = fast_open;
+    sim.path = PathConfig {
+        force: Force::Native,
+        ..PathConfig::default()
+    };
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 8,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    sim.pit = fpn_proto::pit::PitConfig::default();
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    (sim, a, b)
+}
+
 fn holds(sim: &CoreSim, i: usize, sport: u16) -> bool {
     sim.nodes[i]
         .core
@@ -188,21 +207,9 @@ fn without_a_pair_epoch_no_notice_goes_and_the_flow_heals_as_before() {
 /// queries, design note 73).
 #[test]
 fn flows_that_evict_others_keep_their_native_answers() {
-    let mut sim = CoreSim::new(5, LinkConfig::default());
-    sim.path = PathConfig {
-        force: Force::Native,
-        ..PathConfig::default()
-    };
-    sim.pit = fpn_proto::pit::PitConfig {
-        max_entries: 8,
-        ..fpn_proto::pit::PitConfig::default()
-    };
-    let a = sim.add_node(1, Mode::Open, &[1]);
     // b has room: it makes its translation of each new flow whatever a
     // did.
-    sim.pit = fpn_proto::pit::PitConfig::default();
-    let b = sim.add_node(2, Mode::Open, &[1]);
-    sim.introduce_all();
+    let (mut sim, a, b) = native_pair_a_small(5, false);
     let exchange = |sim: &mut CoreSim, port: u16, tag: &str| {
         sim.send_udp(a, b, port, 53, format!("query-{tag}-{port}-").as_bytes());
         sim.run_for(Duration::from_millis(150));
@@ -253,20 +260,7 @@ fn flows_that_evict_others_keep_their_native_answers() {
 /// flows the opener still used (the native storm lost queries so).
 #[test]
 fn a_fop_that_evicts_leaves_after_its_eviction_notice() {
-    let mut sim = CoreSim::new(6, LinkConfig::default());
-    sim.fast_open = true;
-    sim.path = PathConfig {
-        force: Force::Native,
-        ..PathConfig::default()
-    };
-    sim.pit = fpn_proto::pit::PitConfig {
-        max_entries: 8,
-        ..fpn_proto::pit::PitConfig::default()
-    };
-    let a = sim.add_node(1, Mode::Open, &[1]);
-    sim.pit = fpn_proto::pit::PitConfig::default();
-    let b = sim.add_node(2, Mode::Open, &[1]);
-    sim.introduce_all();
+    let (mut sim, a, b) = native_pair_a_small(6, true);
     for port in 20_000..20_008 {
         sim.send_udp(a, b, port, 53, b"fill");
         sim.run_for(Duration::from_millis(150));

@@ -571,7 +571,7 @@ impl NodeCore {
                 // Not marked as steered: should a retransmission go on the
                 // IP path after a switch, the peer must not answer natively
                 // before this node steers the flow.
-                self.send_first_in_fop(id, t, &flow, packet, now);
+                self.send_first_in_fop(id, t, &flow, packet, false, now);
                 return;
             }
             self.route_transmit(t);

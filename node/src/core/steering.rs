@@ -28,7 +28,9 @@
 //!   peer may then answer natively at once, before its own steering
 //!   ([`Gate::early`]), since this node's next packets still wait for the
 //!   FOK; for the same reason this node takes nothing from those early
-//!   answers ([`Gate::peer_early`]).
+//!   answers ([`Gate::peer_early`]). On the IP path a FOP with its first
+//!   packet leaves at the end of the drain round, after the eviction
+//!   notices of the flows the new one pushed out of a full table.
 //!
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
@@ -153,11 +155,11 @@ pub(super) struct Steering {
     /// This drain round's first sendings of fast opens' FOPs, by PIT key:
     /// the round's release of the flow's first packet may put it inside.
     staged_fops: Vec<(FlowId, NegotiationId, dprp::Transmit)>,
-    /// FOPs with their first packet inside, sent at the end of the drain
-    /// round: after the eviction notices of the flows the new ones pushed
-    /// out of a full table, so the peer's table has room when the FOP
-    /// comes (else it evicts flows of its own, which this end may still
-    /// use).
+    /// FOPs with their first packet inside on the IP path, sent at the
+    /// end of the drain round: after the eviction notices of the flows the
+    /// new ones pushed out of a full table, so the peer's table has room
+    /// when the FOP comes (else it evicts flows of its own, which this end
+    /// may still use). Over QUIC they leave at once, as before note 75.
     late_fops: Vec<dprp::Transmit>,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
@@ -474,7 +476,7 @@ impl NodeCore {
         let first = w.packets.remove(0);
         // Not inside after all, it went beside its FOP; DPRP keeps its copy
         // for the fallback, as for any fast open.
-        if let Some(fop) = self.send_first_in_fop(id, t, flow, &first, now)
+        if let Some(fop) = self.send_first_in_fop(id, t, flow, &first, true, now)
             && let Some(w) = self.steering.waiting.get_mut(&overlay)
         {
             w.notice = Some((id, fop));
@@ -523,7 +525,8 @@ impl NodeCore {
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
     /// into fast open `id`'s FOP `t`, not marked steered (note 75: the
-    /// steered notice follows where it may), and sends that; returns it.
+    /// steered notice follows where it may), and sends that (`late`: at
+    /// the end of the drain round, [`Steering::late_fops`]); returns it.
     /// A first packet that cannot go inside leaves after the FOP on QUIC
     /// (the peer parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
@@ -532,6 +535,7 @@ impl NodeCore {
         t: dprp::Transmit,
         flow: &FlowId,
         packet: &[u8],
+        late: bool,
         now: Instant,
     ) -> Option<dprp::Transmit> {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
@@ -564,7 +568,11 @@ impl NodeCore {
                         payload,
                     };
                     sent = Some(fop.clone());
-                    self.steering.late_fops.push(fop);
+                    if late {
+                        self.steering.late_fops.push(fop);
+                    } else {
+                        self.route_transmit(fop);
+                    }
                 }
                 Err(e) => {
                     debug!(%flow, error = %e, "first packet not put into its FOP");
