@@ -526,7 +526,8 @@ impl NodeCore {
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
     /// into fast open `id`'s FOP `t`, not marked steered (note 75: the
     /// steered notice follows where it may), and sends that (`late`: at
-    /// the end of the drain round, [`Steering::late_fops`]); returns it.
+    /// the end of the drain round, [`Steering::late_fops`], and returns
+    /// it for the notice).
     /// A first packet that cannot go inside leaves after the FOP on QUIC
     /// (the peer parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
@@ -567,8 +568,9 @@ impl NodeCore {
                         dst: t.dst,
                         payload,
                     };
-                    sent = Some(fop.clone());
                     if late {
+                        // Kept for the steered notice (the IP path only).
+                        sent = Some(fop.clone());
                         self.steering.late_fops.push(fop);
                     } else {
                         self.route_transmit(fop);
