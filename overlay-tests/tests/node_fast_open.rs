@@ -82,10 +82,18 @@ fn firsts_inside_fops(pcap: &fpn_lab::Pcap) -> Vec<(bool, Vec<u8>)> {
 
 /// One datagram from a fresh socket in `host` to `to`, sent once: whether
 /// the echo came back (within `wait`), and after how long.
-fn first_datagram(ov: &Overlay, host: &str, to: SocketAddr, wait: Duration) -> (bool, Duration) {
+/// Sends one datagram from a new port of `host` to `to`: whether its echo
+/// came within `wait`, after how long, and from which port it was sent.
+fn first_datagram(
+    ov: &Overlay,
+    host: &str,
+    to: SocketAddr,
+    wait: Duration,
+) -> (bool, Duration, u16) {
     ov.lab()
         .run_in(host, move || {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let port = s.local_addr().unwrap().port();
             s.set_read_timeout(Some(wait)).unwrap();
             let t = Instant::now();
             s.send_to(b"first of a new flow", to).unwrap();
@@ -93,7 +101,7 @@ fn first_datagram(ov: &Overlay, host: &str, to: SocketAddr, wait: Duration) -> (
             let ok = s
                 .recv_from(&mut buf)
                 .is_ok_and(|(n, _)| buf[..n].ends_with(b"first of a new flow"));
-            (ok, t.elapsed())
+            (ok, t.elapsed(), port)
         })
         .unwrap()
 }
@@ -121,7 +129,7 @@ fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() 
         .capture("inet", "pub-b", &format!("host {a_pub} and host {b_pub}"))
         .unwrap();
     let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
-    let (answered, took) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    let (answered, took, first_port) = first_datagram(&ov, "a", to, Duration::from_secs(3));
     assert!(
         answered,
         "the first datagram of a fast-opened flow was lost"
@@ -140,6 +148,20 @@ fn a_new_flow_between_negotiated_nodes_opens_at_once_and_runs_natively_sealed() 
         !pcap.contains(MARKER.as_bytes()),
         "plaintext marker on the wire"
     );
+    // The echo of the lone first datagram went natively too: b held it
+    // for a's steered notice instead of sending it over QUIC (note 76).
+    let echoed_natively = |p: &fpn_lab::Pcap| {
+        l4_any(p).iter().any(|&(s, d, pr, sp, dp)| {
+            s == b_pub && d == a_pub && pr == 17 && sp == ECHO && dp == first_port
+        })
+    };
+    assert!(
+        echoed_natively(&pcap),
+        "the first datagram's echo did not go natively (waits {}, timeouts {})",
+        counter(&ov, "b", "native_notice_waits"),
+        counter(&ov, "b", "native_notice_timeouts")
+    );
+    assert_eq!(counter(&ov, "b", "native_notice_timeouts"), 0);
     // Two new flows: two FOPs from a on the IP path, two FOKs from b, and
     // not one DDE.
     let msgs = dprp_messages(&pcap);
@@ -200,7 +222,7 @@ fn through_two_nats_a_new_flow_is_fast_opened() {
     common::ping_until_answered(&ov, "a", &b, Duration::from_secs(30));
     let started = counter(&ov, "a", "dprp_started");
     let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
-    let (answered, took) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    let (answered, took, _) = first_datagram(&ov, "a", to, Duration::from_secs(3));
     assert!(
         answered,
         "the first datagram was lost\n{}",
@@ -232,7 +254,7 @@ fn with_fast_open_off_every_new_flow_is_negotiated() {
     assert!(p.ok, "a -> b: {:?}", p.output);
     let started = counter(&ov, "a", "dprp_started");
     let to = SocketAddr::new(ov.overlay_addr("b").unwrap().into(), ECHO);
-    let (answered, _) = first_datagram(&ov, "a", to, Duration::from_secs(3));
+    let (answered, _, _) = first_datagram(&ov, "a", to, Duration::from_secs(3));
     assert!(answered, "the first datagram was lost");
     assert_eq!(counter(&ov, "a", "dprp_started"), started + 1);
     assert_eq!(counter(&ov, "a", "dprp_fast_opened"), 0);

@@ -12,6 +12,7 @@ use fpn_proto::packet::Packet;
 use fpn_proto::path::{Force, PathConfig};
 
 use super::sim::{CoreSim, LinkConfig};
+use super::steering::NOTICE_WAIT;
 
 fn pair(seed: u64, force: Force, link: LinkConfig) -> (CoreSim, usize, usize) {
     let mut sim = CoreSim::new(seed, link);
@@ -145,7 +146,9 @@ fn without_fast_open_the_second_flow_is_negotiated() {
 struct NativeOpen {
     /// b had the first packet within 11 ms (one link delay) of a sending it.
     first_in_time: bool,
-    /// a had b's answer, sent at once, 11 ms later.
+    /// a had b's answer, sent at once, 16 ms later (with the packet
+    /// inside: held at b for a's notice, 5 ms, then natively; without:
+    /// natively at once).
     answer_in_time: bool,
     /// Native data frames of the flow by then (the FOP is DPRP's).
     native_frames: usize,
@@ -175,9 +178,18 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(received(&sim, b, b"SECOND"), 1);
     let first_in_time = waited <= Duration::from_millis(11);
     // b answers at once: with the packet inside, a's steered notice is on
-    // its way still, so over QUIC.
+    // its way still, and the answer waits for it at b (note 76).
     sim.send_udp(b, a, 5001, 4001, b"ANSWER");
-    sim.run_for(Duration::from_millis(11));
+    if fast_first {
+        sim.run_for(Duration::from_millis(4));
+        assert_eq!(
+            native_frames_of(&sim, 4001),
+            before,
+            "b answered before a steered"
+        );
+        assert_eq!(sim.counter(b, "native_notice_waits"), 1);
+    }
+    sim.run_for(Duration::from_millis(if fast_first { 12 } else { 16 }));
     let answer_in_time = received(&sim, a, b"ANSWER") == 1;
     let native_frames = native_frames_of(&sim, 4001) - before;
     // The notice is in: b answers natively, before its own steering.
@@ -216,7 +228,9 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
     assert_eq!(sim.counter(a, "dprp_fast_steered_sent"), inside);
     assert_eq!(sim.counter(b, "dprp_fast_steered_received"), inside);
     assert_eq!(sim.counter(b, "dprp_fast_first_received"), inside);
+    assert_eq!(sim.counter(b, "native_notice_waits"), inside);
     for i in [a, b] {
+        assert_eq!(sim.counter(i, "native_notice_timeouts"), 0);
         assert_eq!(sim.counter(i, "native_ready_timeouts"), 0);
         assert_eq!(sim.counter(i, "data_in_parked"), 0);
         assert_eq!(sim.counter(i, "native_in_unknown"), 0);
@@ -234,18 +248,22 @@ fn second_flow_on_the_native_path(fast_first: bool) -> NativeOpen {
 fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_at_once_and_answers_go_natively_after_the_notice()
  {
     // a sends the FOP at once, with the packet inside: b has it after one
-    // link delay and answers over QUIC; a sends the FOP again marked
-    // steered once its own steering is in, and from then b answers
-    // natively, before its own steering and its FOK.
+    // link delay and answers at once; a sends the FOP again marked
+    // steered once its own steering is in, and b's answer, held for it,
+    // goes natively then, as do b's next, before b's own steering and
+    // its FOK.
     let with = second_flow_on_the_native_path(true);
     assert!(
         with.first_in_time,
         "the first packet did not ride its FOP at once"
     );
-    assert!(with.answer_in_time, "b's answer did not come at once");
+    assert!(
+        with.answer_in_time,
+        "b's answer did not come right after a's notice"
+    );
     assert_eq!(
-        with.native_frames, 0,
-        "b answered natively before a steered"
+        with.native_frames, 1,
+        "b's answer did not go natively after a's notice"
     );
     assert!(
         with.later_native,
@@ -257,6 +275,36 @@ fn on_the_native_path_a_udp_flow_s_first_packet_rides_its_fop_at_once_and_answer
     assert!(!without.first_in_time);
     assert_eq!(without.native_frames, 2, "the first packet and the answer");
     assert!(without.later_native);
+}
+
+#[test]
+fn answers_held_for_a_notice_that_does_not_come_take_quic_after_the_wait() {
+    // a's steering takes 40 ms, longer than b waits for its notice: b's
+    // answer, held from 10 ms, goes over QUIC at 30 ms (note 76), and no
+    // native packet reaches a's kernel before a steers the flow.
+    let (mut sim, a, b) = native_pair_with_epoch(7, true);
+    sim.nodes[a].steer_delay = Duration::from_millis(40);
+    let lost = sim.native_lost;
+    let before = native_frames_of(&sim, 4001);
+    sim.send_udp(a, b, 4001, 5001, b"SECOND");
+    sim.run_for(Duration::from_millis(11));
+    assert_eq!(received(&sim, b, b"SECOND"), 1);
+    sim.send_udp(b, a, 5001, 4001, b"ANSWER");
+    sim.send_udp(b, a, 5001, 4001, b"AGAIN");
+    sim.run_for(NOTICE_WAIT - Duration::from_millis(3));
+    assert_eq!(
+        received(&sim, a, b"ANSWER"),
+        0,
+        "b did not wait for the notice"
+    );
+    sim.run_for(Duration::from_millis(15));
+    assert_eq!(received(&sim, a, b"ANSWER"), 1);
+    assert_eq!(received(&sim, a, b"AGAIN"), 1);
+    assert_eq!(native_frames_of(&sim, 4001), before, "not natively");
+    assert_eq!(sim.counter(b, "native_notice_waits"), 1);
+    assert_eq!(sim.counter(b, "native_notice_timeouts"), 1);
+    assert_eq!(sim.native_lost, lost, "a native packet reached a's kernel");
+    sim.check_invariants();
 }
 
 #[test]

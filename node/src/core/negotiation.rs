@@ -279,9 +279,13 @@ impl NodeCore {
         if !self.open_into_tun(peer, packet, now) {
             return;
         }
-        if steered && flow.protocol == fpn_proto::flow::protocol::UDP {
-            let overlay = self.overlay_view(&flow);
-            self.first_came_inside_fop(&overlay);
+        if flow.protocol == fpn_proto::flow::protocol::UDP {
+            if steered {
+                let overlay = self.overlay_view(&flow);
+                self.first_came_inside_fop(&overlay);
+            } else {
+                self.await_notice(flow, now);
+            }
         }
     }
 
@@ -379,6 +383,7 @@ impl NodeCore {
                     trace!(%flow, %peer, "the opener steers the flow now");
                     let overlay = self.overlay_view(&flow);
                     self.first_came_inside_fop(&overlay);
+                    self.release_answers(&overlay, false, now);
                 }
             }
             dprp::Event::PeerEvicted { peer, flows } => self.on_peer_evicted(peer, &flows),
@@ -575,6 +580,15 @@ impl NodeCore {
                 return;
             }
             self.route_transmit(t);
+        }
+        self.seal_and_send(flow, packet, now);
+    }
+
+    /// Seals held `packet` of established `flow` (PIT key) and sends it:
+    /// natively where both ends steer the flow, else over QUIC.
+    pub(super) fn seal_and_send(&mut self, flow: FlowId, packet: &[u8], now: Instant) {
+        if packet.len() + TRAILER_LEN > self.scratch.len() {
+            return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf[..packet.len()].copy_from_slice(packet);

@@ -115,6 +115,11 @@ pub(super) struct Counters {
     pub native_in_rejected: u64,
     pub native_trial_copies: u64,
     pub native_ready_timeouts: u64,
+    /// Fast-opened UDP flows whose answers waited for the opener's
+    /// steered notice (note 76), and those whose notice did not come in
+    /// time (the answers took QUIC).
+    pub native_notice_waits: u64,
+    pub native_notice_timeouts: u64,
     pub native_in_replayed: u64,
     pub data_in_replayed: u64,
     pub dprp_native_out: u64,
@@ -359,6 +364,8 @@ impl NodeCore {
             ("native_in_rejected", c.native_in_rejected),
             ("native_trial_copies", c.native_trial_copies),
             ("native_ready_timeouts", c.native_ready_timeouts),
+            ("native_notice_waits", c.native_notice_waits),
+            ("native_notice_timeouts", c.native_notice_timeouts),
             ("native_in_replayed", c.native_in_replayed),
             ("data_in_replayed", c.data_in_replayed),
             ("dprp_native_out", c.dprp_native_out),

@@ -63,6 +63,11 @@ const MAX_WAITING_PACKETS: usize = 64;
 /// Most flows waiting for their steering at once; past it a flow completes
 /// at once (on QUIC).
 const MAX_WAITING_FLOWS: usize = 4096;
+/// How long a responder holds a fast-opened UDP flow's answers for the
+/// opener's steered notice (note 76) before they take QUIC. The notice
+/// follows the opener's steering, one `nft` transaction (note 15: 2-16 ms
+/// when the nft thread is busy, well under one when it is not).
+pub const NOTICE_WAIT: Duration = Duration::from_millis(20);
 /// The longest FOP with a first packet inside: one QUIC datagram or one
 /// unfragmented packet, like an eviction notice.
 pub(super) const MAX_FIRST_FOP: usize = 1100;
@@ -125,6 +130,18 @@ pub(super) struct Waiting {
     first_sent: bool,
 }
 
+/// A fast-opened UDP flow's answers at its responder, held until the
+/// opener's steered notice says they may go natively (note 76).
+#[derive(Debug)]
+struct Answers {
+    /// The flow's PIT key.
+    pit_key: FlowId,
+    /// The answers, plain, in order.
+    packets: Vec<Vec<u8>>,
+    /// When they stop waiting.
+    until: Instant,
+}
+
 /// How a responder's CDN leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CdnRoute {
@@ -161,6 +178,10 @@ pub(super) struct Steering {
     /// when the FOP comes (else it evicts flows of its own, which this end
     /// may still use). Over QUIC they leave at once, as before note 75.
     late_fops: Vec<dprp::Transmit>,
+    /// Overlay flows whose FOP came on the IP path with the first packet
+    /// inside and not marked steered: their answers wait for the steered
+    /// notice (or [`NOTICE_WAIT`]).
+    answers: FastMap<FlowId, Answers>,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
 }
@@ -305,8 +326,88 @@ impl NodeCore {
             && self.hold_for_steering(flow, packet)
     }
 
+    /// The first packet of fast-opened UDP flow `flow` (PIT key) came
+    /// inside its FOP on the IP path, not marked steered: the opener sends
+    /// the steered notice once it steers the flow. Until then (at most
+    /// [`NOTICE_WAIT`]) this end's answers wait, so that they go natively
+    /// and not over QUIC (note 76). Only for a new translation whose gate
+    /// waits for the peer.
+    pub(super) fn await_notice(&mut self, flow: FlowId, now: Instant) {
+        let overlay = self.overlay_view(&flow);
+        if !self.steering.via_native
+            || self.steering.answers.len() >= MAX_WAITING_FLOWS
+            || !self
+                .steering
+                .gates
+                .get(&overlay)
+                .is_some_and(|g| !g.early && !g.peer_ready)
+        {
+            return;
+        }
+        if self.steering.answers.contains_key(&overlay) {
+            return;
+        }
+        self.steering.answers.insert(
+            overlay,
+            Answers {
+                pit_key: flow,
+                packets: Vec::new(),
+                until: now + NOTICE_WAIT,
+            },
+        );
+        self.timers
+            .schedule(now + NOTICE_WAIT, Timer::NoticeWait(overlay));
+    }
+
+    /// A packet from the TUN of a flow whose answers wait for the steered
+    /// notice: it waits too. True when taken.
+    pub(super) fn hold_for_notice(&mut self, flow: &FlowId, packet: &[u8]) -> bool {
+        if self.steering.answers.is_empty() {
+            return false;
+        }
+        let Some(a) = self.steering.answers.get_mut(flow) else {
+            return false;
+        };
+        if a.packets.len() < MAX_WAITING_PACKETS {
+            if a.packets.is_empty() {
+                self.counters.native_notice_waits += 1;
+            }
+            a.packets.push(packet.to_vec());
+        } else {
+            self.counters.policy_drops += 1;
+        }
+        true
+    }
+
+    /// The answers of `overlay` that waited for the steered notice leave:
+    /// natively if it came (the gate is open), else (`timeout`: after
+    /// [`NOTICE_WAIT`]) over QUIC, as for any flow whose gate is closed.
+    pub(super) fn release_answers(&mut self, overlay: &FlowId, timeout: bool, now: Instant) {
+        // A timer of an earlier opening of the same ports ends nothing.
+        if timeout
+            && self
+                .steering
+                .answers
+                .get(overlay)
+                .is_none_or(|a| now < a.until)
+        {
+            return;
+        }
+        let Some(a) = self.steering.answers.remove(overlay) else {
+            return;
+        };
+        if timeout {
+            self.counters.native_notice_timeouts += 1;
+            debug!(flow = %overlay, held = a.packets.len(), wait = ?NOTICE_WAIT, "no steered notice in time; the answers take QUIC");
+        }
+        for p in a.packets {
+            self.seal_and_send(a.pit_key, &p, now);
+        }
+    }
+
     /// The flow (overlay view) ended: nothing waits for it any more.
     pub(super) fn steering_ended(&mut self, overlay: &FlowId) {
+        self.steering.answers.remove(overlay);
         self.steering.gates.remove(overlay);
         if let Some(w) = self.steering.waiting.remove(overlay)
             && let Some(id) = w.negotiation

@@ -41,6 +41,9 @@ pub enum Timer {
     /// A responder's CDN or an initiator's first packets of this overlay
     /// flow waited long enough for the native steering: complete on QUIC.
     NativeReady(FlowId),
+    /// A responder's answers of this overlay flow waited long enough for
+    /// the opener's steered notice: they go over QUIC.
+    NoticeWait(FlowId),
     /// The GMS has been away for the configured bound: refuse credentials
     /// older than its loss.
     GmsSilence,
