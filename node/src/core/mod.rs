@@ -334,7 +334,8 @@ impl NodeCore {
             trace!(%flow, "TUN packet not from the overlay address");
             return DataOut::Nothing;
         }
-        if self.queue_behind_waiting(&flow, &buf[..len]) || self.hold_for_notice(&flow, &buf[..len])
+        if self.queue_behind_waiting(&flow, &buf[..len])
+            || self.hold_for_notice(&flow, &buf[..len], now)
         {
             return DataOut::Nothing;
         }
@@ -627,7 +628,7 @@ impl NodeCore {
                 Timer::ForgetHealing(flow) => self.flows.forget_healing(&flow),
                 Timer::Path => {}
                 Timer::NativeReady(flow) => self.steering_timeout(flow, now),
-                Timer::NoticeWait(flow) => self.release_answers(&flow, true, now),
+                Timer::NoticeWait(flow) => self.notice_wait_ended(&flow, now),
                 Timer::GmsSilence => self.gms_silence_reached(now),
                 Timer::TransitExpiry(flow) => self.transit_expired(flow, now),
                 Timer::MoveHoldEnd => self.end_move_hold(now),

@@ -383,7 +383,7 @@ impl NodeCore {
                     trace!(%flow, %peer, "the opener steers the flow now");
                     let overlay = self.overlay_view(&flow);
                     self.first_came_inside_fop(&overlay);
-                    self.release_answers(&overlay, false, now);
+                    self.release_answers(&overlay, now);
                 }
             }
             dprp::Event::PeerEvicted { peer, flows } => self.on_peer_evicted(peer, &flows),
@@ -602,10 +602,16 @@ impl NodeCore {
                     // else QUIC, which is always there. A plain flow of
                     // real addresses goes on the wire as it is (real.rs).
                     if self.plain_on_wire(&flow) {
+                        self.counters.data_out += 1;
                         self.push_output(Output::SendNative(buf[..len].to_vec()));
+                    } else if !self.moves.holding.is_empty() && self.hold_for_move(ge, &buf[..len])
+                    {
+                        // Behind the move's held packets, as from the TUN.
                     } else if let Some((start, end)) = self.try_native(ge, &mut buf, len, now) {
+                        self.counters.data_out += 1;
                         self.push_output(Output::SendNative(buf[start..end].to_vec()));
                     } else {
+                        self.send_trial_copy(ge, &buf[..len], now);
                         self.send_frame(ge, FrameKind::Data, buf[..len].to_vec());
                     }
                 }

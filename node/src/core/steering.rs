@@ -23,9 +23,10 @@
 //!
 //! - **Fast open** (note 64): the FOK plays the CDN's part. A UDP flow's
 //!   FOP leaves at once with the first packet inside (note 71), not marked
-//!   steered: the peer answers over QUIC meanwhile. Once this node steers
-//!   the flow it sends the same FOP again, marked steered (note 75): the
-//!   peer may then answer natively at once, before its own steering
+//!   steered: the peer holds its answers meanwhile (note 76, at most
+//!   [`NOTICE_WAIT`], then QUIC). Once this node steers the flow it sends
+//!   the same FOP again, marked steered (note 75): the peer may then
+//!   answer natively at once, before its own steering
 //!   ([`Gate::early`]), since this node's next packets still wait for the
 //!   FOK; for the same reason this node takes nothing from those early
 //!   answers ([`Gate::peer_early`]). On the IP path a FOP with its first
@@ -68,6 +69,9 @@ const MAX_WAITING_FLOWS: usize = 4096;
 /// follows the opener's steering, one `nft` transaction (note 15: 2-16 ms
 /// when the nft thread is busy, well under one when it is not).
 pub const NOTICE_WAIT: Duration = Duration::from_millis(20);
+/// Most answers held for steered notices at once, over all flows (about
+/// 6 MB): past it a flow's answers leave at once, over QUIC.
+const MAX_HELD_ANSWERS: usize = 4096;
 /// The longest FOP with a first packet inside: one QUIC datagram or one
 /// unfragmented packet, like an eviction notice.
 pub(super) const MAX_FIRST_FOP: usize = 1100;
@@ -182,6 +186,8 @@ pub(super) struct Steering {
     /// inside and not marked steered: their answers wait for the steered
     /// notice (or [`NOTICE_WAIT`]).
     answers: FastMap<FlowId, Answers>,
+    /// The packets in `answers`, over all flows.
+    held_answers: usize,
     /// The DPRP message being handled came on the IP path.
     pub via_native: bool,
 }
@@ -360,46 +366,59 @@ impl NodeCore {
     }
 
     /// A packet from the TUN of a flow whose answers wait for the steered
-    /// notice: it waits too. True when taken.
-    pub(super) fn hold_for_notice(&mut self, flow: &FlowId, packet: &[u8]) -> bool {
+    /// notice: it waits too. True when taken. Past the per-flow or the
+    /// overall bound, or once the peer's own native packet opened the gate
+    /// (a lost notice), the flow's answers leave now, this one last, in
+    /// order, rather than any being dropped.
+    pub(super) fn hold_for_notice(&mut self, flow: &FlowId, packet: &[u8], now: Instant) -> bool {
         if self.steering.answers.is_empty() {
             return false;
         }
         let Some(a) = self.steering.answers.get_mut(flow) else {
             return false;
         };
-        if a.packets.len() < MAX_WAITING_PACKETS {
-            if a.packets.is_empty() {
-                self.counters.native_notice_waits += 1;
+        if a.packets.is_empty() {
+            self.counters.native_notice_waits += 1;
+        }
+        a.packets.push(packet.to_vec());
+        self.steering.held_answers += 1;
+        let full = a.packets.len() >= MAX_WAITING_PACKETS
+            || self.steering.held_answers >= MAX_HELD_ANSWERS;
+        let open = self.steering.gates.get(flow).is_none_or(|g| g.peer_ready);
+        if full || open {
+            if full {
+                self.counters.native_notice_timeouts += 1;
             }
-            a.packets.push(packet.to_vec());
-        } else {
-            self.counters.policy_drops += 1;
+            self.release_answers(flow, now);
         }
         true
     }
 
-    /// The answers of `overlay` that waited for the steered notice leave:
-    /// natively if it came (the gate is open), else (`timeout`: after
-    /// [`NOTICE_WAIT`]) over QUIC, as for any flow whose gate is closed.
-    pub(super) fn release_answers(&mut self, overlay: &FlowId, timeout: bool, now: Instant) {
-        // A timer of an earlier opening of the same ports ends nothing.
-        if timeout
-            && self
-                .steering
-                .answers
-                .get(overlay)
-                .is_none_or(|a| now < a.until)
-        {
-            return;
-        }
-        let Some(a) = self.steering.answers.remove(overlay) else {
+    /// [`Timer::NoticeWait`]: no steered notice for `overlay` within
+    /// [`NOTICE_WAIT`]; its answers leave, over QUIC as for any closed
+    /// gate. (A timer of an earlier opening of the same ports ends
+    /// nothing.)
+    pub(super) fn notice_wait_ended(&mut self, overlay: &FlowId, now: Instant) {
+        let Some(a) = self.steering.answers.get(overlay) else {
             return;
         };
-        if timeout {
+        if now < a.until {
+            return;
+        }
+        if !a.packets.is_empty() {
             self.counters.native_notice_timeouts += 1;
             debug!(flow = %overlay, held = a.packets.len(), wait = ?NOTICE_WAIT, "no steered notice in time; the answers take QUIC");
         }
+        self.release_answers(overlay, now);
+    }
+
+    /// The answers of `overlay` that waited for the steered notice leave:
+    /// natively if the gate opened (the notice came), else over QUIC.
+    pub(super) fn release_answers(&mut self, overlay: &FlowId, now: Instant) {
+        let Some(a) = self.steering.answers.remove(overlay) else {
+            return;
+        };
+        self.steering.held_answers -= a.packets.len();
         for p in a.packets {
             self.seal_and_send(a.pit_key, &p, now);
         }
@@ -407,7 +426,11 @@ impl NodeCore {
 
     /// The flow (overlay view) ended: nothing waits for it any more.
     pub(super) fn steering_ended(&mut self, overlay: &FlowId) {
-        self.steering.answers.remove(overlay);
+        if let Some(a) = self.steering.answers.remove(overlay) {
+            // The flow is gone: its held answers with it.
+            self.steering.held_answers -= a.packets.len();
+            self.counters.policy_drops += a.packets.len() as u64;
+        }
         self.steering.gates.remove(overlay);
         if let Some(w) = self.steering.waiting.remove(overlay)
             && let Some(id) = w.negotiation
@@ -543,7 +566,7 @@ impl NodeCore {
     /// The first packet of fast-opened `flow` waits for this node's
     /// steering (the peer's path is native): a UDP packet that fits leaves
     /// now inside its FOP, on the IP path, not marked steered (the peer
-    /// answers over QUIC until [`NodeCore::send_steered_notice`]);
+    /// holds its answers until [`NodeCore::send_steered_notice`]);
     /// anything else lets the FOP go alone. Not TCP: the peer's first
     /// native packet of the connection would be its SYN-ACK, which a
     /// router's conntrack that never saw the SYN takes as invalid (and a

@@ -468,6 +468,10 @@ impl Driver {
             // The TUN's packets of this wake-up; also those a read_batch
             // that lost the select had already cut into the arena.
             if !arena.is_empty() {
+                // What this wake-up released (answers held for a steered
+                // notice, say) leaves before the TUN's newer packets of
+                // the same flows.
+                shell.drain_outputs();
                 shell.tun_batch(&mut arena, now);
             }
             shell.flush_native();
