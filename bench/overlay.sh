@@ -738,7 +738,7 @@ storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
 STORM_COUNTERS='
 import json, sys
 c = json.load(open(sys.argv[1])).get("counters", {})
-keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evict" in k or "parked" in k
+keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evict" in k or "parked" in k or "notice" in k
               or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held", "data_in_no_flow",
                        "policy_drops", "native_in_unknown", "native_ready_timeouts", "pending_drops", "icmp_sent",
                        "native_bindings_refused", "native_in_rejected"))
