@@ -11,7 +11,7 @@ use fpn_proto::ge::{GeId, Mode};
 use fpn_proto::packet::Packet;
 use fpn_proto::path::{Force, PathConfig};
 
-use super::fast_tests::received;
+use super::fast_tests::{received, tcp_syn};
 use super::sim::{CoreSim, LinkConfig};
 use crate::carrier::FrameKind;
 
@@ -293,4 +293,101 @@ fn a_fop_that_evicts_leaves_after_its_eviction_notice() {
     };
     assert!(evict < fop, "the FOP left before the notice");
     sim.check_invariants();
+}
+
+/// Both ends with room for 8 flows.
+fn both_small(seed: u64, force: Force) -> (CoreSim, usize, usize) {
+    let mut sim = CoreSim::new(seed, LinkConfig::default());
+    sim.fast_open = true;
+    sim.path = PathConfig {
+        force,
+        ..PathConfig::default()
+    };
+    sim.pit = fpn_proto::pit::PitConfig {
+        max_entries: 8,
+        ..fpn_proto::pit::PitConfig::default()
+    };
+    let a = sim.add_node(1, Mode::Open, &[1]);
+    let b = sim.add_node(2, Mode::Open, &[1]);
+    sim.introduce_all();
+    (sim, a, b)
+}
+
+/// Both tables full: a's ninth flow (a UDP datagram, or a TCP SYN) pushes
+/// its oldest out and sends the EVICT before the ninth's FOP, over QUIC
+/// as on the IP path (note 77), so b drops that flow when the notice comes
+/// and has room for the FOP: it evicts nothing of its own (a flow a may
+/// still use). Before, a FOP over QUIC, and any FOP without its first
+/// packet inside, left first.
+fn a_full_pair_s_new_flow_evicts_only_at_the_opener(force: Force, tcp: bool) {
+    let (mut sim, a, b) = both_small(9, force);
+    for port in 20_000..20_008 {
+        sim.send_udp(a, b, port, 53, b"fill");
+        sim.run_for(Duration::from_millis(150));
+    }
+    sim.run_for(Duration::from_secs(2));
+    let (controls, wire) = (sim.controls.len(), sim.wire().len());
+    if tcp {
+        let syn = tcp_syn(sim.nodes[a].overlay, sim.nodes[b].overlay, 20_008, 80);
+        sim.send_packet(a, &syn);
+    } else {
+        sim.send_udp(a, b, 20_008, 53, b"ninth");
+    }
+    sim.run_for(Duration::from_millis(150));
+    assert!(holds(&sim, b, 20_008), "b has no entry for the new flow");
+    assert_eq!(sim.counter(a, "flows_evicted"), 1);
+    assert_eq!(sim.counter(a, "dprp_evict_sent"), 1);
+    assert_eq!(sim.counter(b, "flows_evicted_by_peer"), 1);
+    assert_eq!(
+        sim.counter(b, "flows_evicted"),
+        0,
+        "b evicted a flow of its own: the FOP came before the EVICT"
+    );
+    // a's DPRP in the order it left, on either carrier.
+    let quic = sim.controls[controls..]
+        .iter()
+        .filter(|f| f.from == a)
+        .map(|f| f.payload.clone());
+    let native = sim.wire()[wire..]
+        .iter()
+        .filter(|f| f.from == a && f.native)
+        .filter_map(|f| {
+            let p = Packet::parse(&f.payload[..]).ok()?;
+            (p.flow_id().dst_port == super::PROBE_PORT).then(|| p.payload().to_vec())
+        });
+    let sent: Vec<msg::Message> = quic
+        .chain(native)
+        .filter_map(|b| msg::Message::decode(&b).ok())
+        .collect();
+    let evict = sent
+        .iter()
+        .position(|m| matches!(m, msg::Message::Evict(_)));
+    let fop = sent
+        .iter()
+        .position(|m| matches!(m, msg::Message::Fop(f) if f.flow.src_port == 20_008));
+    let (Some(evict), Some(fop)) = (evict, fop) else {
+        panic!("no EVICT or no FOP: {evict:?} {fop:?}");
+    };
+    assert!(evict < fop, "the FOP left before the notice");
+    sim.check_invariants();
+}
+
+#[test]
+fn over_quic_a_full_pair_s_new_udp_flow_evicts_only_at_the_opener() {
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, false);
+}
+
+#[test]
+fn over_quic_a_full_pair_s_new_tcp_flow_evicts_only_at_the_opener() {
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, true);
+}
+
+#[test]
+fn on_the_native_path_a_full_pair_s_new_tcp_flow_evicts_only_at_the_opener() {
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, true);
+}
+
+#[test]
+fn on_the_native_path_a_full_pair_s_new_udp_flow_evicts_only_at_the_opener() {
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, false);
 }

@@ -411,7 +411,12 @@ fn on_the_native_path_a_tcp_syn_does_not_ride_its_fop() {
 }
 
 /// A TCP SYN from `src:sport` to `dst:dport`, checksums filled.
-fn tcp_syn(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+pub(super) fn tcp_syn(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&40u16.to_be_bytes());

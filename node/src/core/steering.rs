@@ -29,9 +29,10 @@
 //!   answer natively at once, before its own steering
 //!   ([`Gate::early`]), since this node's next packets still wait for the
 //!   FOK; for the same reason this node takes nothing from those early
-//!   answers ([`Gate::peer_early`]). On the IP path a FOP with its first
-//!   packet leaves at the end of the drain round, after the eviction
-//!   notices of the flows the new one pushed out of a full table.
+//!   answers ([`Gate::peer_early`]). A fast open's first FOP (either
+//!   path, with or without its packet) leaves at the end of the drain
+//!   round, after the eviction notices of the flows the new one pushed out
+//!   of a full table (notes 75 and 77).
 //!
 //! So between two nodes on the native path no packet of a new flow rides
 //! QUIC, and the grace is only the fallback.
@@ -176,11 +177,12 @@ pub(super) struct Steering {
     /// This drain round's first sendings of fast opens' FOPs, by PIT key:
     /// the round's release of the flow's first packet may put it inside.
     staged_fops: Vec<(FlowId, NegotiationId, dprp::Transmit)>,
-    /// FOPs with their first packet inside on the IP path, sent at the
-    /// end of the drain round: after the eviction notices of the flows the
-    /// new ones pushed out of a full table, so the peer's table has room
-    /// when the FOP comes (else it evicts flows of its own, which this end
-    /// may still use). Over QUIC they leave at once, as before note 75.
+    /// The round's first FOPs of fast opens, with or without their first
+    /// packet inside, on either path, sent at the end of the drain round:
+    /// after the eviction notices of the flows the new ones pushed out of
+    /// a full table, so the peer's table has room when the FOP comes (else
+    /// it evicts flows of its own, which this end may still use; notes 75
+    /// and 77).
     late_fops: Vec<dprp::Transmit>,
     /// Overlay flows whose FOP came on the IP path with the first packet
     /// inside and not marked steered: their answers wait for the steered
@@ -556,11 +558,13 @@ impl NodeCore {
         }
     }
 
-    /// The round's FOPs no first packet went into leave as they are.
+    /// The round's FOPs no first packet went into leave as they are, at
+    /// the end of the drain ([`Steering::late_fops`]).
     pub(super) fn route_staged_fops(&mut self) {
-        for (_, _, t) in std::mem::take(&mut self.steering.staged_fops) {
-            self.route_transmit(t);
-        }
+        let staged = std::mem::take(&mut self.steering.staged_fops);
+        self.steering
+            .late_fops
+            .extend(staged.into_iter().map(|(_, _, t)| t));
     }
 
     /// The first packet of fast-opened `flow` waits for this node's
@@ -588,13 +592,13 @@ impl NodeCore {
             {
                 w.packets[0].len()
             }
-            _ => return self.route_transmit(t),
+            _ => return self.steering.late_fops.push(t),
         };
         if !self.first_fits(id, &t, len) {
-            return self.route_transmit(t);
+            return self.steering.late_fops.push(t);
         }
         let Some(w) = self.steering.waiting.get_mut(&overlay) else {
-            return self.route_transmit(t);
+            return self.steering.late_fops.push(t);
         };
         w.first_sent = true;
         let first = w.packets.remove(0);
@@ -649,9 +653,9 @@ impl NodeCore {
 
     /// Seals `packet`, the first of fast-opened `flow` (PIT key), puts it
     /// into fast open `id`'s FOP `t`, not marked steered (note 75: the
-    /// steered notice follows where it may), and sends that (`late`: at
-    /// the end of the drain round, [`Steering::late_fops`], and returns
-    /// it for the notice).
+    /// steered notice follows where it may), and sends that at the end of
+    /// the drain round ([`Steering::late_fops`]); `keep`: returns a copy
+    /// for the notice (the IP path).
     /// A first packet that cannot go inside leaves after the FOP on QUIC
     /// (the peer parks it until the FOP is in).
     pub(super) fn send_first_in_fop(
@@ -660,7 +664,7 @@ impl NodeCore {
         t: dprp::Transmit,
         flow: &FlowId,
         packet: &[u8],
-        late: bool,
+        keep: bool,
         now: Instant,
     ) -> Option<dprp::Transmit> {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
@@ -692,13 +696,10 @@ impl NodeCore {
                         dst: t.dst,
                         payload,
                     };
-                    if late {
-                        // Kept for the steered notice (the IP path only).
+                    if keep {
                         sent = Some(fop.clone());
-                        self.steering.late_fops.push(fop);
-                    } else {
-                        self.route_transmit(fop);
                     }
+                    self.steering.late_fops.push(fop);
                 }
                 Err(e) => {
                     debug!(%flow, error = %e, "first packet not put into its FOP");
