@@ -319,7 +319,19 @@ fn both_small(seed: u64, force: Force) -> (CoreSim, usize, usize) {
 /// and has room for the FOP: it evicts nothing of its own (a flow a may
 /// still use). Before, a FOP over QUIC, and any FOP without its first
 /// packet inside, left first.
-fn a_full_pair_s_new_flow_evicts_only_at_the_opener(force: Force, tcp: bool) {
+/// The ninth flow's first packet.
+#[derive(Clone, Copy, PartialEq)]
+enum First {
+    /// A small UDP datagram: inside its FOP.
+    Udp,
+    /// A UDP datagram too large for its FOP (a QUIC client's Initial):
+    /// beside it, after it.
+    BigUdp,
+    /// A TCP SYN: inside its FOP over QUIC, alone after the FOK natively.
+    TcpSyn,
+}
+
+fn a_full_pair_s_new_flow_evicts_only_at_the_opener(force: Force, first: First) {
     let (mut sim, a, b) = both_small(9, force);
     for port in 20_000..20_008 {
         sim.send_udp(a, b, port, 53, b"fill");
@@ -327,14 +339,25 @@ fn a_full_pair_s_new_flow_evicts_only_at_the_opener(force: Force, tcp: bool) {
     }
     sim.run_for(Duration::from_secs(2));
     let (controls, wire) = (sim.controls.len(), sim.wire().len());
-    if tcp {
-        let syn = tcp_syn(sim.nodes[a].overlay, sim.nodes[b].overlay, 20_008, 80);
-        sim.send_packet(a, &syn);
-    } else {
-        sim.send_udp(a, b, 20_008, 53, b"ninth");
+    match first {
+        First::Udp => sim.send_udp(a, b, 20_008, 53, b"ninth"),
+        First::BigUdp => {
+            let mut big = b"ninth".to_vec();
+            big.resize(1200, b'.');
+            sim.send_udp(a, b, 20_008, 53, &big);
+        }
+        First::TcpSyn => {
+            let syn = tcp_syn(sim.nodes[a].overlay, sim.nodes[b].overlay, 20_008, 80);
+            sim.send_packet(a, &syn);
+        }
     }
     sim.run_for(Duration::from_millis(150));
     assert!(holds(&sim, b, 20_008), "b has no entry for the new flow");
+    if first != First::TcpSyn {
+        assert_eq!(received(&sim, b, b"ninth"), 1);
+    }
+    // Beside its FOP, the big one came after it: never parked.
+    assert_eq!(sim.counter(b, "data_in_parked"), 0);
     assert_eq!(sim.counter(a, "flows_evicted"), 1);
     assert_eq!(sim.counter(a, "dprp_evict_sent"), 1);
     assert_eq!(sim.counter(b, "flows_evicted_by_peer"), 1);
@@ -374,20 +397,25 @@ fn a_full_pair_s_new_flow_evicts_only_at_the_opener(force: Force, tcp: bool) {
 
 #[test]
 fn over_quic_a_full_pair_s_new_udp_flow_evicts_only_at_the_opener() {
-    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, false);
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, First::Udp);
 }
 
 #[test]
 fn over_quic_a_full_pair_s_new_tcp_flow_evicts_only_at_the_opener() {
-    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, true);
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, First::TcpSyn);
 }
 
 #[test]
 fn on_the_native_path_a_full_pair_s_new_tcp_flow_evicts_only_at_the_opener() {
-    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, true);
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, First::TcpSyn);
 }
 
 #[test]
 fn on_the_native_path_a_full_pair_s_new_udp_flow_evicts_only_at_the_opener() {
-    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, false);
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Native, First::Udp);
+}
+
+#[test]
+fn over_quic_a_full_pair_s_new_flow_with_a_big_first_packet_evicts_only_at_the_opener() {
+    a_full_pair_s_new_flow_evicts_only_at_the_opener(Force::Quic, First::BigUdp);
 }

@@ -184,6 +184,9 @@ pub struct NodeCore {
     counters: Counters,
     erased: bool,
     dprp_touched: bool,
+    /// Held data packets were queued as outputs since the driver last
+    /// asked ([`NodeCore::take_released`]).
+    released: bool,
     dprp_deadline: Option<Instant>,
     /// When DPRP's deadline was last recomputed (see [`DPRP_REFRESH`]).
     dprp_refreshed: Option<Instant>,
@@ -252,6 +255,7 @@ impl NodeCore {
             counters: Counters::default(),
             erased: false,
             dprp_touched: true,
+            released: false,
             dprp_deadline: None,
             dprp_refreshed: None,
             reject_logged: None,
@@ -642,6 +646,15 @@ impl NodeCore {
         }
         self.handle_path_timeout(now);
         self.drain(now);
+    }
+
+    /// Whether held data packets (answers that waited for a steered
+    /// notice, first packets that waited for the steering) were queued as
+    /// outputs since the last call. The driver then carries out the
+    /// outputs before its next TUN packet, so that the flows' later
+    /// packets, which leave at once, do not overtake them.
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// The next output to act on.

@@ -82,7 +82,7 @@ impl NodeCore {
         }
         // After the notices of what the rounds evicted (drain_pit's, sent
         // in the pass after it).
-        self.route_late_fops();
+        self.route_late_fops(now);
         self.refresh_dprp_deadline(Some(now));
     }
 
@@ -579,7 +579,9 @@ impl NodeCore {
                 self.send_first_in_fop(id, t, &flow, packet, false, now);
                 return;
             }
-            self.route_transmit(t);
+            // Beside it, both after the round's eviction notices (note 77).
+            self.fop_then_first(t, flow, packet);
+            return;
         }
         self.seal_and_send(flow, packet, now);
     }
@@ -598,11 +600,11 @@ impl NodeCore {
         {
             Ok(Disposition::Forward { len }) => {
                 if let Some(ge) = self.pit.lookup(&flow).and_then(|(_, e)| e.peer()) {
+                    self.released = true;
                     // Natively when both ends steer the flow (steering.rs),
                     // else QUIC, which is always there. A plain flow of
                     // real addresses goes on the wire as it is (real.rs).
                     if self.plain_on_wire(&flow) {
-                        self.counters.data_out += 1;
                         self.push_output(Output::SendNative(buf[..len].to_vec()));
                     } else if !self.moves.holding.is_empty() && self.hold_for_move(ge, &buf[..len])
                     {

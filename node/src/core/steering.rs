@@ -184,6 +184,9 @@ pub(super) struct Steering {
     /// it evicts flows of its own, which this end may still use; notes 75
     /// and 77).
     late_fops: Vec<dprp::Transmit>,
+    /// First packets (PIT key, plain) that leave beside their FOP, not in
+    /// it: after [`Steering::late_fops`], so they follow their FOP.
+    late_firsts: Vec<(FlowId, Vec<u8>)>,
     /// Overlay flows whose FOP came on the IP path with the first packet
     /// inside and not marked steered: their answers wait for the steered
     /// notice (or [`NOTICE_WAIT`]).
@@ -552,10 +555,21 @@ impl NodeCore {
 
     /// The FOPs with a first packet inside leave, once the drain made its
     /// eviction notices ([`Steering::late_fops`]).
-    pub(super) fn route_late_fops(&mut self) {
+    pub(super) fn route_late_fops(&mut self, now: Instant) {
         for t in std::mem::take(&mut self.steering.late_fops) {
             self.route_transmit(t);
         }
+        for (flow, p) in std::mem::take(&mut self.steering.late_firsts) {
+            self.seal_and_send(flow, &p, now);
+        }
+    }
+
+    /// Fast open FOP `t` leaves at the end of the drain, and `packet`, the
+    /// first of `flow` (PIT key), beside it, after it
+    /// ([`Steering::late_firsts`]).
+    pub(super) fn fop_then_first(&mut self, t: dprp::Transmit, flow: FlowId, packet: &[u8]) {
+        self.steering.late_fops.push(t);
+        self.steering.late_firsts.push((flow, packet.to_vec()));
     }
 
     /// The round's FOPs no first packet went into leave as they are, at
@@ -668,7 +682,7 @@ impl NodeCore {
         now: Instant,
     ) -> Option<dprp::Transmit> {
         if packet.len() + TRAILER_LEN > self.scratch.len() {
-            self.route_transmit(t);
+            self.steering.late_fops.push(t);
             return None;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -709,7 +723,7 @@ impl NodeCore {
                     }
                 }
             },
-            None => self.route_transmit(t),
+            None => self.steering.late_fops.push(t),
         }
         self.scratch = buf;
         sent

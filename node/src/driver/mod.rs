@@ -848,6 +848,12 @@ impl Shell {
             self.core
                 .handle_send_error(ge, FrameKind::Data, &buf[..len], err, now);
         }
+        if self.core.take_released() {
+            // Held packets of the flow left as outputs: on the wire before
+            // the batch's next packets, which leave at once.
+            self.flush_native();
+            self.drain_outputs();
+        }
     }
 
     fn frame(&mut self, f: &Inbound, rbuf: &mut [u8], now: Instant) {
