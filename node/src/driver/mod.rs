@@ -472,6 +472,8 @@ impl Driver {
                 // notice, say) leaves before the TUN's newer packets of
                 // the same flows.
                 shell.drain_outputs();
+                // Sent just now: the batch's packets need no flush for them.
+                let _ = shell.core.take_released();
                 shell.tun_batch(&mut arena, now);
             }
             shell.flush_native();
