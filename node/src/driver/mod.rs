@@ -725,12 +725,22 @@ impl Shell {
     /// Sends the native packets of this wake-up, and hands the nft set
     /// changes to the table's thread.
     fn flush_native(&mut self) {
+        self.send_native();
+        self.hand_over_steering();
+    }
+
+    /// Sends the native packets of this wake-up.
+    fn send_native(&mut self) {
         if let Some(link) = self.native.as_mut() {
             let refused = link.flush();
             if refused > 0 {
                 trace!(refused, "native packets refused by the kernel");
             }
         }
+    }
+
+    /// Hands the nft set changes to the table's thread.
+    fn hand_over_steering(&mut self) {
         if !self.pending_ops.is_empty()
             && let Some(ops) = &self.flow_ops
         {
@@ -950,7 +960,7 @@ impl Shell {
                 Output::TransitDrop { flow, drop } => self.natf.transit_drop(&flow, drop),
             }
         }
-        self.flush_native();
+        self.send_native();
         // The coalesced TCP segments of this wake-up go to the kernel now:
         // nothing is held across a wait.
         if !self.tun.flush() {
@@ -959,6 +969,10 @@ impl Shell {
         for _ in 0..self.tun.hand_off() {
             self.core.handle_tun_write_error();
         }
+        // Last: waking the table's thread costs this thread an IPI to an
+        // idle vCPU, which a new flow's first packet, delivered into the
+        // TUN just above, no longer waits behind (note 78).
+        self.hand_over_steering();
     }
 
     /// The DNS stub's names: this node and every peer of the peer table.
