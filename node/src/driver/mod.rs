@@ -970,8 +970,8 @@ impl Shell {
             self.core.handle_tun_write_error();
         }
         // Last: waking the table's thread costs this thread an IPI to an
-        // idle vCPU, which a new flow's first packet, delivered into the
-        // TUN just above, no longer waits behind (note 78).
+        // idle vCPU, which a new flow's first packet, written (or handed
+        // to the write stage) just above, no longer waits behind (note 78).
         self.hand_over_steering();
     }
 
