@@ -31,11 +31,16 @@
 # medians per round and the medians of the rounds' medians [min..max], with
 # the load average; the raw events are kept in $OUT (a directory).
 #
+# SYSCALLS=1 adds a phase to each round: strace -c -f on both nodes while
+# $FLOWS more brand-new flows go (one each, $FGAP s apart), printed as
+# system calls per flow by name, both nodes together (design note 79 counts
+# the heap's mprotect and brk so); strace slows the nodes, so that phase's
+# flows are not timed.
 # Nothing is sent outside the two namespaces; they, the processes and the
 # temporary files are removed on exit, also after a failure or Ctrl-C.
 # Every loop is bounded. Environment: IDLE=10 N=40 GAP=0.05 FLOWS=10 FGAP=0.1
-# FPN_BIN=<dir with fpn-gms and fpn-node> (default: release, built here),
-# OUT=/tmp/native-hops.<pid>.
+# SYSCALLS=0, FPN_BIN=<dir with fpn-gms and fpn-node> (default: release,
+# built here), OUT=/tmp/native-hops.<pid>.
 set -euo pipefail
 export LC_ALL=C
 
@@ -47,7 +52,11 @@ IDLE=${IDLE:-10}
 FGAP=${FGAP:-0.1}
 OUT=${OUT:-/tmp/native-hops.$$}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SYSCALLS=${SYSCALLS:-0}
 [ "$(id -u)" = 0 ] || { echo "native-hops.sh: run as root (network namespaces)" >&2; exit 1; }
+for cmd in ip ping python3 $([ "$SYSCALLS" = 1 ] && echo strace); do
+    command -v "$cmd" >/dev/null || { echo "native-hops.sh: $cmd is missing (scripts/deps.sh installs it)" >&2; exit 1; }
+done
 if [ -z "${FPN_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release -q -p fpn-gms -p fpn-node --bins)
     FPN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -97,7 +106,7 @@ up() {
     ip -n "$NSB" addr add "$UB/24" dev "${ID}vb"
     ip -n "$NSA" link set "${ID}va" up
     ip -n "$NSB" link set "${ID}vb" up
-    wait_for 5 ip netns exec "$NSA" ping -c1 -W1 -q "$UB"
+    wait_for 5 ip netns exec "$NSA" ping -c1 -W1 -q "$UB" || { echo "native-hops.sh: the veth pair does not answer ping" >&2; return 1; }
     local d="$WORK/fpn" gms n ns tok
     rm -rf "$d"
     mkdir -p "$d"
@@ -347,6 +356,31 @@ for r in $(seq "$ROUNDS"); do
     done
     echo "  flow1 per hop, us (median of the flows; n last): $HEAD_FLOW n"
     echo "  flow $(python3 -c "$ANALYSE" flow "$OUT/r$r-flow.txt")" | tee -a "$WORK/res-flow"
+    if [ "$SYSCALLS" = 1 ]; then
+        # -f with -p takes every thread of each node.
+        strace -c -f -p "$PID_a" -p "$PID_b" -o "$OUT/r$r-strace.txt" &
+        st=$!
+        sleep 1
+        ip netns exec "$NSA" python3 -c "$FLOW_CLIENT" "$DST" "$FLOWS" "$FGAP" >/dev/null
+        kill -INT "$st"
+        wait "$st" || true
+        python3 - "$OUT/r$r-strace.txt" "$FLOWS" <<'EOF'
+import sys
+rows, flows = [], int(sys.argv[2])
+for l in open(sys.argv[1]):
+    f = l.split()
+    # % time, seconds, usecs/call, calls, [errors,] syscall
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        rows.append((int(f[3]), f[-1]))
+rows.sort(reverse=True)
+shown = rows[:12] + [r for r in rows[12:] if r[1] in ("mprotect", "brk", "mmap", "munmap")]
+print("  system calls per new flow, both nodes (strace -c, %d flows): " % flows
+      + ", ".join("%s %.2f" % (n, c / flows) for c, n in shown))
+for n in ("mprotect", "brk"):
+    if n not in [r[1] for r in rows]:
+        print("  (no %s)" % n)
+EOF
+    fi
     stop_all
 done
 echo "medians of the rounds' medians [min..max], us:"

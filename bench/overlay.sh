@@ -741,7 +741,8 @@ c = json.load(open(sys.argv[1])).get("counters", {})
 keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full" in k or "evict" in k or "parked" in k or "notice" in k
               or k in ("dprp_started", "dprp_established", "dprp_failed", "pit_entries", "held", "data_in_no_flow",
                        "policy_drops", "native_in_unknown", "native_ready_timeouts", "pending_drops", "icmp_sent",
-                       "native_bindings_refused", "native_in_rejected"))
+                       "native_bindings_refused", "native_in_rejected", "native_in", "tun_out")
+              or k.startswith("worker_"))
 print(" ".join("%s=%s" % (k, c[k]) for k in keys))
 '
 

@@ -19,6 +19,7 @@ pub mod dns;
 pub mod driver;
 pub mod error;
 pub mod gms;
+pub mod heap;
 pub mod icmp;
 pub mod metrics;
 pub mod native;

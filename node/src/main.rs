@@ -150,6 +150,8 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // Before any thread: an arena made earlier keeps serving its thread.
+    let heap = matches!(cli.cmd, Cmd::Up { .. }).then(fpn_node::heap::tune);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (log, threads) = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
@@ -209,7 +211,12 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.cmd, Cmd::Up { .. }) {
-        tracing::info!(threads, cores, "async runtime");
+        tracing::info!(
+            threads,
+            cores,
+            heap = heap.map(|h| h.name()),
+            "async runtime"
+        );
     }
     let json = wants_json(&cli.cmd);
     match rt.block_on(run(cli.cmd, set_log)) {

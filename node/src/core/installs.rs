@@ -102,6 +102,11 @@ pub struct Install {
     pub(crate) stamp: EpochStamp,
     /// The peer's native activity, counted by the worker.
     pub(crate) activity: Arc<PeerActivity>,
+    /// Made before the flow's first inbound packet (an opener's fast open,
+    /// design note 79): the worker reports that packet
+    /// ([`WorkerReport::heard`]), so the core learns what it would have
+    /// learnt from it.
+    pub(crate) announce: bool,
 }
 
 impl std::fmt::Debug for Install {
@@ -237,6 +242,9 @@ pub struct WorkerReport {
     pub received: Option<Instant>,
     /// PIT keys whose send counter reached the rekey limit.
     pub rekeys: Vec<FlowId>,
+    /// Wire five-tuples (as received) whose first native packet a worker
+    /// opened with an install made before it ([`Install::announce`]).
+    pub heard: Vec<FlowId>,
 }
 
 impl WorkerReport {
@@ -245,6 +253,7 @@ impl WorkerReport {
         self.counters == WorkerCounters::default()
             && self.received.is_none()
             && self.rekeys.is_empty()
+            && self.heard.is_empty()
     }
 }
 
@@ -388,6 +397,15 @@ impl NodeCore {
                 self.note_received(at);
             }
         }
+        for wire in &report.heard {
+            // What the flow's first native packet tells when the core opens
+            // it (`native_data`): the peer steers the flow, and a reply
+            // came in through its NAT, if any.
+            if let Some(t) = self.xlat.by_inbound_wire(wire).copied() {
+                self.peer_steering_seen(&t.overlay);
+                self.paths.heard.insert(t.overlay);
+            }
+        }
         let mut rekeyed = false;
         for flow in &report.rekeys {
             rekeyed |= self.pit.note_rekey_due(flow);
@@ -499,6 +517,50 @@ impl NodeCore {
         action: InstallAction,
         now: Instant,
     ) {
+        self.offer_with(key, flow, ge, action, false, now);
+    }
+
+    /// The opener of fast-opened PIT flow `flow` with `ge` (design note
+    /// 79): the flow's inbound native install, made now rather than after
+    /// the core opened the peer's first packet, so the receive ring's
+    /// worker opens the answer to the first packet itself instead of
+    /// handing it to the driver (a thread wake-up on a new flow's critical
+    /// path). The worker reports that packet ([`WorkerReport::heard`]).
+    /// Only for a translation whose packets reach the TUN as they are (an
+    /// IPv6 VIN's change family there: `vin6_for_tun`).
+    pub(super) fn offer_first_inbound(&mut self, flow: &FlowId, ge: GeId, now: Instant) {
+        if !self.installs.kinds.native {
+            return;
+        }
+        let overlay = if self.is_own(flow.src) {
+            *flow
+        } else {
+            flow.reversed()
+        };
+        let Some(t) = self.xlat.get(&overlay).copied() else {
+            return;
+        };
+        let to_vin = match t.overlay.dst {
+            std::net::IpAddr::V4(d) => self.natf.in_range(d),
+            std::net::IpAddr::V6(_) => false,
+        };
+        if to_vin {
+            return;
+        }
+        let key = InstallKey::Native(t.wire.reversed());
+        let action = InstallAction::FromNative(t);
+        self.offer_with(key, &t.overlay.reversed(), ge, action, true, now);
+    }
+
+    fn offer_with(
+        &mut self,
+        key: InstallKey,
+        flow: &FlowId,
+        ge: GeId,
+        action: InstallAction,
+        announce: bool,
+        now: Instant,
+    ) {
         if !self.installs.kinds.wants(&key) {
             return;
         }
@@ -546,6 +608,7 @@ impl NodeCore {
             crypto,
             stamp,
             activity,
+            announce,
         });
     }
 }

@@ -529,7 +529,10 @@ impl NodeCore {
                 if learned {
                     self.update_machine(e.peer, now);
                 }
-                self.install_translation(e.flow, e.peer, now);
+                self.install_translation(e.flow, e.peer, true, now);
+                if e.fast.is_some() && e.position == fpn_proto::dprp::Position::Initiator {
+                    self.offer_first_inbound(&e.flow, e.peer, now);
+                }
                 self.steering_established(&done, now);
                 let idle = self.pit.config().idle_timeout.max(PIT_AGE_GRANULARITY);
                 self.timers.schedule(now + idle, Timer::PitAgeing);

@@ -986,13 +986,21 @@ impl NodeCore {
             .map(|(f, _)| *f)
             .collect();
         for f in flows {
-            self.install_translation(f, ge, now);
+            self.install_translation(f, ge, false, now);
         }
     }
 
     /// Installs the translation of one flow (PIT key `flow`) with `ge` when
     /// both addresses of its wire side are known.
-    pub(super) fn install_translation(&mut self, flow: FlowId, ge: GeId, now: Instant) {
+    /// `fresh`: the flow's PIT entry was made just now, so no worker's
+    /// install holds its cipher state and none needs taking back (below).
+    pub(super) fn install_translation(
+        &mut self,
+        flow: FlowId,
+        ge: GeId,
+        fresh: bool,
+        now: Instant,
+    ) {
         if !self
             .pit
             .lookup(&flow)
@@ -1044,8 +1052,16 @@ impl NodeCore {
         }
         match self.xlat.insert(t) {
             Ok(()) => {
-                // Its packets took QUIC until now (or the old translation).
-                self.installs.raise(ge);
+                // An established flow's packets took QUIC until now (or the
+                // old translation): its installs say so and must go, and the
+                // peer's epoch is how. A new flow has none (the PIT retired
+                // any earlier entry's cipher state, which stales its
+                // installs): raising the epoch for it would take every other
+                // flow of the peer back from the workers too, for every new
+                // flow of a storm (design note 79).
+                if !fresh {
+                    self.installs.raise(ge);
+                }
                 let inbound = t.wire.reversed();
                 self.paths
                     .sources

@@ -125,7 +125,7 @@ impl Worker {
     /// Whether a report is waiting that the core must see before its next
     /// decision (a flow at its rekey limit).
     pub fn report_urgent(&self) -> bool {
-        !self.report.rekeys.is_empty()
+        !self.report.rekeys.is_empty() || !self.report.heard.is_empty()
     }
 
     /// A packet from the TUN: `buf[..len]` holds it, the rest of `buf` is
@@ -151,7 +151,7 @@ impl Worker {
         len: usize,
         now: Instant,
     ) -> WorkerOut<'a> {
-        let out = native_packet(&self.table, &mut self.report, buf, len, now);
+        let out = native_packet(&mut self.table, &mut self.report, buf, len, now);
         counted(&mut self.carried, out)
     }
 
@@ -274,7 +274,7 @@ fn tun_packet<'a>(
 
 /// [`Worker::handle_native_packet`] on the worker's parts.
 fn native_packet<'a>(
-    table: &'a Table,
+    table: &mut Table,
     report: &mut WorkerReport,
     buf: &'a mut [u8],
     len: usize,
@@ -310,6 +310,13 @@ fn native_packet<'a>(
             r.counters.native_in += 1;
             r.counters.native_bytes_in += n as u64;
             r.counters.tun_out += 1;
+            if i.announce {
+                // Once: the core learns of the flow's first packet.
+                r.heard.push(wire);
+                if let Some(i) = table.get_mut(&key) {
+                    i.announce = false;
+                }
+            }
             WorkerOut::Tun(&buf[..n])
         }
         Err(ProtoError::Replay { .. }) => {

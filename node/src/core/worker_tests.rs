@@ -108,8 +108,21 @@ fn stream(sim: &mut CoreSim, a: usize, b: usize, rounds: usize, gap: Duration) {
 }
 
 fn pair(seed: u64, workers: bool, force: Force, link: LinkConfig) -> (CoreSim, usize, usize) {
+    pair_with(seed, workers, false, force, link)
+}
+
+/// As [`pair`], with fast open (new flows of a pair that negotiated once
+/// open without a negotiation) on or off.
+fn pair_with(
+    seed: u64,
+    workers: bool,
+    fast_open: bool,
+    force: Force,
+    link: LinkConfig,
+) -> (CoreSim, usize, usize) {
     let mut sim = CoreSim::new(seed, link);
     sim.workers = workers;
+    sim.fast_open = fast_open;
     sim.path = PathConfig {
         force,
         ..PathConfig::default()
@@ -160,6 +173,7 @@ fn carrier(sim: &CoreSim, i: usize) -> String {
 }
 
 const MS20: Duration = Duration::from_millis(20);
+const MS100: Duration = Duration::from_millis(100);
 
 fn native_blocked_and_back(workers: bool) -> CoreSim {
     let (mut sim, a, b) = pair(61, workers, Force::Auto, LinkConfig::default());
@@ -379,4 +393,137 @@ fn a_third_peers_record_leaves_the_installs_in_use_and_the_peers_own_does_not() 
         0,
         "b's own record left a stale install in use"
     );
+}
+
+/// New flows to the same peer while a and b talk natively on one flow (a
+/// storm beside a long transfer): the long flow's installs stay in use
+/// (design note 79). Before, every new flow's translation raised the
+/// peer's epoch and sent the long flow's next packet each way back
+/// through the core.
+fn new_flows_beside_a_long_one(workers: bool) -> CoreSim {
+    new_flows_beside_a_long_one_with(workers, false)
+}
+
+fn new_flows_beside_a_long_one_with(workers: bool, fast_open: bool) -> CoreSim {
+    let (mut sim, a, b) = pair_with(68, workers, fast_open, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 40, MS20);
+    assert_eq!(carrier(&sim, a), "native");
+    for k in 0..40u16 {
+        let port = 6000 + k;
+        sim.send_udp(a, b, port, 7000, b"new");
+        sim.run_for(MS20);
+        sim.send_udp(b, a, 7000, port, b"answer");
+        stream(&mut sim, a, b, 2, MS20);
+    }
+    sim
+}
+
+#[test]
+fn new_flows_beside_a_long_one_are_the_same_with_workers() {
+    same_with_workers(new_flows_beside_a_long_one, 0.4);
+}
+
+/// The same with every new flow fast-opened: the opener's workers open the
+/// answers with the installs made at the fast opens (design note 79).
+#[test]
+fn fast_opened_flows_beside_a_long_one_are_the_same_with_workers() {
+    same_with_workers(|w| new_flows_beside_a_long_one_with(w, true), 0.4);
+}
+
+#[test]
+fn a_new_flow_leaves_the_peers_other_installs_in_use() {
+    let (mut sim, a, b) = pair(69, true, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 40, MS20);
+    assert_eq!(carrier(&sim, a), "native");
+    let (before_a, before_b) = (carried(&sim, a), carried(&sim, b));
+    for k in 0..20u16 {
+        let port = 6000 + k;
+        sim.send_udp(a, b, port, 7000, b"new");
+        sim.run_for(MS20);
+        sim.send_udp(b, a, 7000, port, b"answer");
+        // One packet each way on the long flow after each new flow.
+        stream(&mut sim, a, b, 1, MS20);
+    }
+    for (i, before) in [(a, before_a), (b, before_b)] {
+        let n = sim.counter(i, "native_in");
+        assert!(n > 0, "node {i} took no native packet");
+        // Each end's worker sends the long flow's packet and opens the
+        // peer's: two per new flow, none of them left to the core.
+        assert!(
+            carried(&sim, i) - before >= 2 * 20,
+            "node {i}: its worker carried {} of the long flow's 40 packets",
+            carried(&sim, i) - before
+        );
+    }
+}
+
+/// The answer to a fast-opened flow's first packet: the opener's worker
+/// opens it with the install made at the fast open (design note 79), not
+/// the core after a hand-over.
+#[test]
+fn the_openers_worker_opens_the_answer_to_a_fast_opened_flow() {
+    let (mut sim, a, b) = pair_with(70, true, true, Force::Auto, LinkConfig::default());
+    sim.run_for(Duration::from_millis(500));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 20, MS20);
+    assert_eq!(carrier(&sim, a), "native");
+    let (fast, native_in, before) = (
+        sim.counter(a, "dprp_fast_opened"),
+        sim.counter(a, "native_in"),
+        carried(&sim, a),
+    );
+    sim.send_udp(a, b, 6100, 7000, b"question");
+    sim.run_for(MS100);
+    assert_eq!(sim.counter(a, "dprp_fast_opened"), fast + 1);
+    assert!(delivered(&sim, b, b"question"));
+    sim.send_udp(b, a, 7000, 6100, b"answer");
+    sim.run_for(MS100);
+    assert!(delivered(&sim, a, b"answer"));
+    assert_eq!(sim.counter(a, "native_in"), native_in + 1, "not native");
+    assert_eq!(
+        carried(&sim, a) - before,
+        1,
+        "a's worker did not open the answer"
+    );
+    // The worker's report told the core what the packet would have: the
+    // flow is heard (through a NAT of the peer's, if any).
+    let heard = &sim.nodes[a].core.paths.heard;
+    assert!(
+        heard
+            .iter()
+            .any(|f| f.src_port == 6100 && f.dst_port == 7000),
+        "a's core did not learn of the answer"
+    );
+}
+
+/// New flows to a peer behind a NAT: the opener sends copies natively
+/// until a packet of the flow came in through the NAT (`heard`), which
+/// its worker now reports instead of the core seeing it (design note 79).
+fn new_flows_to_a_peer_behind_a_nat(workers: bool) -> CoreSim {
+    let (mut sim, a, b) = pair_with(71, workers, true, Force::Auto, LinkConfig::default());
+    // Ports kept: b's answers come from the ports the translation expects,
+    // so the install made at the fast open takes them.
+    sim.nodes[b].nat = Some(SimNat::new(false, true));
+    sim.run_for(Duration::from_secs(2));
+    open_flow(&mut sim, a, b);
+    stream(&mut sim, a, b, 40, MS20);
+    for k in 0..30u16 {
+        let port = 6000 + k;
+        sim.send_udp(a, b, port, 7000, b"new");
+        sim.run_for(MS100);
+        sim.send_udp(b, a, 7000, port, b"answer");
+        sim.run_for(MS100);
+        sim.send_udp(a, b, port, 7000, b"again");
+        stream(&mut sim, a, b, 1, MS20);
+    }
+    sim
+}
+
+#[test]
+fn new_flows_to_a_peer_behind_a_nat_are_the_same_with_workers() {
+    same_with_workers(new_flows_to_a_peer_behind_a_nat, 0.3);
 }
