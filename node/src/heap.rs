@@ -11,15 +11,29 @@
 //! `brk` per thousands of flows instead, and keeps what flows free for the
 //! next ones rather than giving it back and growing again.
 //!
-//! The packet path allocates nothing per packet (the data-path threads
-//! would otherwise contend for the one arena's lock).
+//! One arena is taken only on a machine of at most two cores, where it
+//! was measured and is uncontended: there the async runtime has one
+//! thread by default and no TUN workers run, and the receive rings and stage threads
+//! allocate nothing per packet (the QUIC carrier allocates per datagram,
+//! on the runtime's thread). With more cores the runtime has a thread per
+//! core and TUN workers may send over QUIC: one arena's lock could be
+//! contended there, not measured, so their arenas stay (and the driver's
+//! keeps growing a page at a time). Setting the top pad or the trim
+//! threshold also fixes glibc's mmap threshold at 128 KiB (it no longer
+//! rises after large frees): the node's larger buffers are made once and
+//! reused.
 
 /// What the heap runs with, logged at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heap {
-    /// One arena, grown by [`TOP_PAD`], trimmed only past [`TRIM_THRESHOLD`].
-    Tuned,
-    /// glibc's defaults (`FPN_NODE_HEAP=glibc`, for comparisons).
+    /// Grown by [`TOP_PAD`], trimmed only past [`TRIM_THRESHOLD`]; `one_arena`
+    /// when every thread allocates from the main arena.
+    Tuned {
+        /// Every thread allocates from one arena.
+        one_arena: bool,
+    },
+    /// glibc's defaults (`FPN_NODE_HEAP=glibc`, for comparisons, or glibc
+    /// refused a parameter).
     Defaults,
     /// Not glibc: nothing to tune.
     Unsupported,
@@ -29,7 +43,10 @@ impl Heap {
     /// The name in the log.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Tuned => "one arena, grown 4 MiB at a time",
+            Self::Tuned { one_arena: true } => "one arena, grown 4 MiB at a time",
+            Self::Tuned { one_arena: false } => {
+                "arenas per thread, the main one grown 4 MiB at a time"
+            }
             Self::Defaults => "glibc defaults",
             Self::Unsupported => "the platform's",
         }
@@ -40,31 +57,36 @@ impl Heap {
 pub const TOP_PAD: usize = 4 << 20;
 /// Free bytes at the heap's top kept rather than given back.
 pub const TRIM_THRESHOLD: usize = 32 << 20;
+/// Most cores for which every thread shares one arena (see above).
+pub const ONE_ARENA_CORES: usize = 2;
 
-/// Sets the heap's growth policy; call it before any thread starts
-/// (an arena made before keeps serving its thread). `FPN_NODE_HEAP=glibc`
-/// in the environment keeps glibc's defaults.
-pub fn tune() -> Heap {
+/// Sets the heap's growth policy for a machine of `cores`; call it before
+/// any thread starts (an arena made before keeps serving its thread).
+/// `FPN_NODE_HEAP=glibc` in the environment keeps glibc's defaults.
+pub fn tune(cores: usize) -> Heap {
     if std::env::var("FPN_NODE_HEAP").is_ok_and(|v| v == "glibc") {
         return Heap::Defaults;
     }
-    tune_glibc()
+    tune_glibc(cores <= ONE_ARENA_CORES)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_glibc() -> Heap {
+fn tune_glibc(one_arena: bool) -> Heap {
     // SAFETY: mallopt only changes the allocator's parameters; it is
-    // called before the daemon starts threads.
-    let ok = unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1) == 1
-            && libc::mallopt(libc::M_TOP_PAD, TOP_PAD as libc::c_int) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int) == 1
-    };
-    if ok { Heap::Tuned } else { Heap::Defaults }
+    // called before the daemon starts threads. Each is checked on its own:
+    // one refused leaves the others set.
+    let set = |param, value: usize| unsafe { libc::mallopt(param, value as libc::c_int) == 1 };
+    let padded = set(libc::M_TOP_PAD, TOP_PAD) & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    let one_arena = one_arena && set(libc::M_ARENA_MAX, 1);
+    if padded || one_arena {
+        Heap::Tuned { one_arena }
+    } else {
+        Heap::Defaults
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_glibc() -> Heap {
+fn tune_glibc(_one_arena: bool) -> Heap {
     Heap::Unsupported
 }
 
@@ -76,11 +98,14 @@ mod tests {
     #[test]
     fn glibc_takes_the_parameters() {
         // The parameters are in range for this glibc (mallopt returns 1).
-        assert_eq!(tune_glibc(), Heap::Tuned);
+        assert_eq!(tune_glibc(true), Heap::Tuned { one_arena: true });
     }
 
     #[test]
     fn the_names_differ() {
-        assert_ne!(Heap::Tuned.name(), Heap::Defaults.name());
+        assert_ne!(
+            Heap::Tuned { one_arena: true }.name(),
+            Heap::Defaults.name()
+        );
     }
 }

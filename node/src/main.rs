@@ -150,9 +150,9 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    // Before any thread: an arena made earlier keeps serving its thread.
-    let heap = matches!(cli.cmd, Cmd::Up { .. }).then(fpn_node::heap::tune);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Before any thread: an arena made earlier keeps serving its thread.
+    let heap = matches!(cli.cmd, Cmd::Up { .. }).then(|| fpn_node::heap::tune(cores));
     let (log, threads) = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
             Ok(c) => {

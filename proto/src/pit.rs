@@ -86,8 +86,9 @@ pub struct PitConfig {
     /// with [`Error::PitFull`] when none may go.
     pub max_entries: usize,
     /// An entry unused for this long ages out (one that only data-path
-    /// workers use: between one and two of these after its last packet,
-    /// since their use is looked at when the deadline comes).
+    /// workers use: when the deadline comes after its last packet, whose
+    /// time the workers give to the millisecond; a use without a time
+    /// counts when the deadline comes, so one to two of these).
     pub idle_timeout: Duration,
     /// How long a replaced entry's receive keys still open packets.
     pub rekey_grace: Duration,
@@ -444,8 +445,10 @@ impl<A: PacketAead> PitEntry<A> {
     /// flow that only workers carry ages out between one and two idle
     /// timeouts after its last packet.
     fn refresh(&mut self, now: Instant) {
-        if self.crypto.as_ref().is_some_and(|c| c.take_used()) {
-            self.last_used = self.last_used.max(now);
+        // A worker's use counts from when it was (design note 79): an
+        // entry a worker carried long ago is as idle as any other.
+        if let Some(at) = self.crypto.as_ref().and_then(|c| c.take_used_at()) {
+            self.last_used = self.last_used.max(at.map_or(now, |t| t.min(now)));
         }
     }
 

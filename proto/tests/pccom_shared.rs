@@ -311,3 +311,65 @@ fn once_the_pit_removes_the_entry_no_racing_worker_seals_again() {
     assert_eq!(sealed.len() as u64, sent_at_removal);
     assert!(sealed.iter().all(|&c| c < sent_at_removal));
 }
+
+/// Entries a worker carried long ago are as idle as any other when a full
+/// table must make room (design note 79). When a worker's use only said
+/// "used since", the eviction's bounded scan took each such entry as used
+/// just then, filed it again, and refused the new flow once more of them
+/// than its bound came first.
+#[test]
+fn a_full_table_evicts_entries_a_worker_used_long_ago() {
+    let t0 = Instant::now();
+    let n = 5000;
+    let mut pit = Pit::new(PitConfig {
+        max_entries: n,
+        ..PitConfig::default()
+    });
+    let (ka, _) = flow_keys(9);
+    let plain = ipv4_udp(64);
+    let base = flow_of(&plain);
+    for i in 0..n {
+        let f = fpn_proto::flow::FlowId {
+            src_port: 1000 + i as u16,
+            ..base
+        };
+        pit.insert(f, NewEntry::protect(G1, V1, GeId(2), ka.clone()), t0)
+            .unwrap();
+        let worker = pit.lookup(&f).unwrap().1.share_crypto().unwrap();
+        let (mut buf, len) = with_room(&plain, TRAILER_LEN);
+        worker.seal_at(&mut buf, len, t0).unwrap();
+    }
+    let later = t0 + Duration::from_secs(10);
+    let f = fpn_proto::flow::FlowId {
+        src_port: 9,
+        ..base
+    };
+    pit.insert(f, NewEntry::protect(G1, V1, GeId(2), ka), later)
+        .expect("a full table of flows idle for 10 s makes room");
+    assert_eq!(pit.len(), n);
+}
+
+/// The time a worker gives is the one ageing sees: taken once, to the
+/// millisecond; a use without a time counts as "now" for the taker.
+#[test]
+fn a_workers_use_is_taken_with_its_time() {
+    let (ka, _) = flow_keys(10);
+    let shared = SharedCrypto::new(FlowCrypto::new(&ka));
+    assert_eq!(shared.take_used_at(), None);
+    let t0 = Instant::now();
+    let plain = ipv4_udp(64);
+    for dt in [0, 5, 3] {
+        let (mut buf, len) = with_room(&plain, TRAILER_LEN);
+        shared
+            .seal_at(&mut buf, len, t0 + Duration::from_millis(dt))
+            .unwrap();
+    }
+    assert_eq!(
+        shared.take_used_at(),
+        Some(Some(t0 + Duration::from_millis(5)))
+    );
+    assert_eq!(shared.take_used_at(), None, "taken once");
+    let (mut buf, len) = with_room(&plain, TRAILER_LEN);
+    shared.seal(&mut buf, len).unwrap();
+    assert_eq!(shared.take_used_at(), Some(None));
+}

@@ -3,7 +3,10 @@
 //! sent on one path with one translation, or opened and written to the
 //! TUN) and no transitional state touched it, it hands out an [`Install`]:
 //! a [`Worker`](super::worker::Worker) repeats that outcome for the flow's
-//! next packets on its own. The core never tells a worker to forget one;
+//! next packets on its own. One install comes before any packet: an
+//! opener's inbound native install, made at its fast open
+//! (`NodeCore::offer_first_inbound`, design note 79), whose first packet
+//! the worker reports. The core never tells a worker to forget one;
 //! each install is checked at every packet instead:
 //! - the flow's cipher state refuses once the PIT retires it (removal,
 //!   renegotiation, revocation, ageing, erased keys: fpn-proto's
@@ -20,8 +23,8 @@
 //!
 //! What workers carried comes back as a [`WorkerReport`]
 //! ([`NodeCore::handle_worker_report`]): counters, the last packet
-//! received (the move gap) and flows whose send counter reached the rekey
-//! limit. The per-peer native activity the path machines count is shared
+//! received (the move gap), flows whose send counter reached the rekey
+//! limit and first packets opened with an install made before them. The per-peer native activity the path machines count is shared
 //! instead ([`PeerActivity`]): a machine's data check compares the peer's
 //! count in a probe answer with what was sent before the probe, so the
 //! core reads it at once where a machine looks, never a report late.
@@ -107,6 +110,10 @@ pub struct Install {
     /// ([`WorkerReport::heard`]), so the core learns what it would have
     /// learnt from it.
     pub(crate) announce: bool,
+    /// The flow's opening (its PIT entry's), reported with that packet:
+    /// the core takes the report only for the same entry, not a later
+    /// flow of the same five-tuple.
+    pub(crate) opening: Option<u64>,
 }
 
 impl std::fmt::Debug for Install {
@@ -243,8 +250,9 @@ pub struct WorkerReport {
     /// PIT keys whose send counter reached the rekey limit.
     pub rekeys: Vec<FlowId>,
     /// Wire five-tuples (as received) whose first native packet a worker
-    /// opened with an install made before it ([`Install::announce`]).
-    pub heard: Vec<FlowId>,
+    /// opened with an install made before it ([`Install::announce`]), with
+    /// the install's opening.
+    pub heard: Vec<(FlowId, Option<u64>)>,
 }
 
 impl WorkerReport {
@@ -397,11 +405,18 @@ impl NodeCore {
                 self.note_received(at);
             }
         }
-        for wire in &report.heard {
+        for (wire, opening) in &report.heard {
             // What the flow's first native packet tells when the core opens
             // it (`native_data`): the peer steers the flow, and a reply
-            // came in through its NAT, if any.
-            if let Some(t) = self.xlat.by_inbound_wire(wire).copied() {
+            // came in through its NAT, if any. Only of the entry the
+            // install was made for (the flow may have ended and its ports
+            // opened again since).
+            if let Some(t) = self.xlat.by_inbound_wire(wire).copied()
+                && self
+                    .pit
+                    .lookup(&t.overlay)
+                    .is_some_and(|(_, e)| e.opening() == *opening)
+            {
                 self.peer_steering_seen(&t.overlay);
                 self.paths.heard.insert(t.overlay);
             }
@@ -529,7 +544,7 @@ impl NodeCore {
     /// Only for a translation whose packets reach the TUN as they are (an
     /// IPv6 VIN's change family there: `vin6_for_tun`).
     pub(super) fn offer_first_inbound(&mut self, flow: &FlowId, ge: GeId, now: Instant) {
-        if !self.installs.kinds.native {
+        if !self.installs.kinds.native || !self.peer_native(ge) {
             return;
         }
         let overlay = if self.is_own(flow.src) {
@@ -540,6 +555,8 @@ impl NodeCore {
         let Some(t) = self.xlat.get(&overlay).copied() else {
             return;
         };
+        // Fast open never opens a flow to a VIN (its flows are negotiated
+        // with the gateway); kept so that this stays true if that changes.
         let to_vin = match t.overlay.dst {
             std::net::IpAddr::V4(d) => self.natf.in_range(d),
             std::net::IpAddr::V6(_) => false,
@@ -585,6 +602,7 @@ impl NodeCore {
             );
             return;
         };
+        let opening = entry.opening();
         let pit_key = match dir {
             fpn_proto::pit::Direction::Forward => *flow,
             fpn_proto::pit::Direction::Reverse => flow.reversed(),
@@ -609,6 +627,7 @@ impl NodeCore {
             stamp,
             activity,
             announce,
+            opening,
         });
     }
 }

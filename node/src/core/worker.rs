@@ -123,7 +123,8 @@ impl Worker {
     }
 
     /// Whether a report is waiting that the core must see before its next
-    /// decision (a flow at its rekey limit).
+    /// decision (a flow at its rekey limit, a flow's first packet opened
+    /// with an install made before it).
     pub fn report_urgent(&self) -> bool {
         !self.report.rekeys.is_empty() || !self.report.heard.is_empty()
     }
@@ -232,7 +233,7 @@ fn tun_packet<'a>(
             return WorkerOut::Core;
         }
     }
-    let n = match i.crypto.seal(buf, len) {
+    let n = match i.crypto.seal_at(buf, len, now) {
         Ok((n, due)) => {
             if due {
                 r.rekeys.push(i.pit_key);
@@ -303,7 +304,7 @@ fn native_packet<'a>(
         r.counters.native_in_rejected += 1;
         return WorkerOut::Dropped;
     };
-    match i.crypto.open(&mut buf[..len]) {
+    match i.crypto.open_at(&mut buf[..len], now) {
         Ok(n) => {
             i.activity.note_received(now);
             r.received = Some(now);
@@ -312,7 +313,7 @@ fn native_packet<'a>(
             r.counters.tun_out += 1;
             if i.announce {
                 // Once: the core learns of the flow's first packet.
-                r.heard.push(wire);
+                r.heard.push((wire, i.opening));
                 if let Some(i) = table.get_mut(&key) {
                     i.announce = false;
                 }
@@ -356,7 +357,7 @@ fn carrier_data<'a>(
         return WorkerOut::Core;
     }
     let r = report;
-    match i.crypto.open(&mut buf[..len]) {
+    match i.crypto.open_at(&mut buf[..len], now) {
         Ok(n) => {
             r.counters.data_in += 1;
             r.counters.tun_out += 1;

@@ -7,7 +7,10 @@
 //! that must take a flow back from the workers: a path switch both ways, a
 //! rotation and a revocation, a rekey at the packet limit, a move with its
 //! hold, a NAT binding; and one where every packet changes family on the
-//! way (IPv6 overlay on an IPv4 wire, IPv4 overlay on an IPv6 wire).
+//! way (IPv6 overlay on an IPv4 wire, IPv4 overlay on an IPv6 wire). The
+//! last ones open new flows beside a long one (design note 79): no
+//! install may be taken back for them, and an opener's worker opens the
+//! answers with installs made at the fast opens.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

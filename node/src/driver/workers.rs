@@ -30,7 +30,8 @@ pub(super) const INSTALL_QUEUE: usize = 4096;
 /// the queue is full.
 const REPORT_QUEUE: usize = 64;
 /// A worker reports at most this often while packets flow (sooner for a
-/// rekey): the path machines' timers are hundreds of milliseconds.
+/// rekey or a first packet): the path machines' timers are hundreds of
+/// milliseconds.
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// Packets between two looks at the clock for the report.
 const REPORT_CHECK_PACKETS: u32 = 256;

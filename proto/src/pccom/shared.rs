@@ -10,13 +10,15 @@
 //! Whether the state may still be used is one atomic ([`CryptoState`]),
 //! changed only by the PIT (under both locks, so once the change returns no
 //! packet is sealed or opened against it). Workers count what they carry
-//! under the side's lock and mark the flow used
-//! ([`SharedCrypto::take_used`]), which the PIT's ageing reads instead of a
-//! per-packet clock; the rekey limit is a flag anyone reads without a lock
+//! under the side's lock and mark the flow used, with the time they were
+//! given to the millisecond ([`SharedCrypto::seal_at`],
+//! [`SharedCrypto::take_used_at`]), which the PIT's ageing and eviction
+//! read instead of a per-packet clock of their own; the rekey limit is a flag anyone reads without a lock
 //! ([`SharedCrypto::rekey_due`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use super::{FlowCrypto, Opener, PacketAead, RingAesGcm, Sealer};
 use crate::{Error, Result};
@@ -78,8 +80,16 @@ pub struct SharedCrypto<A: PacketAead = RingAesGcm> {
     state: AtomicU8,
     /// Set once the send counter reached the rekey limit.
     rekey_due: AtomicBool,
-    used: AtomicBool,
+    /// 0: not used since taken; [`USED_UNTIMED`]: used, time not given;
+    /// otherwise milliseconds after `base`, plus one.
+    used: AtomicU64,
+    /// The first time a use was stamped with.
+    base: OnceLock<Instant>,
 }
+
+/// A use without a time ([`SharedCrypto::seal`], [`SharedCrypto::open`]):
+/// taken as "now" by whoever takes it.
+const USED_UNTIMED: u64 = u64::MAX;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while sealing leaves nothing half-done that matters: the
@@ -106,7 +116,8 @@ impl<A: PacketAead> SharedCrypto<A> {
             }),
             state: AtomicU8::new(CryptoState::Current as u8),
             rekey_due: AtomicBool::new(false),
-            used: AtomicBool::new(false),
+            used: AtomicU64::new(0),
+            base: OnceLock::new(),
         }
     }
 
@@ -190,6 +201,21 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// the core. After any other error the buffer's contents are
     /// unspecified and the packet must be dropped.
     pub fn seal(&self, buf: &mut [u8], len: usize) -> Result<(usize, bool)> {
+        let r = self.seal_inner(buf, len)?;
+        self.touch();
+        Ok(r)
+    }
+
+    /// [`SharedCrypto::seal`] by a worker that knows the time: the flow
+    /// counts as used at `now` (design note 79), so ageing and eviction see
+    /// when it was last used, not only that it was.
+    pub fn seal_at(&self, buf: &mut [u8], len: usize, now: Instant) -> Result<(usize, bool)> {
+        let r = self.seal_inner(buf, len)?;
+        self.touch_at(now);
+        Ok(r)
+    }
+
+    fn seal_inner(&self, buf: &mut [u8], len: usize) -> Result<(usize, bool)> {
         let mut s = lock(&self.seal);
         if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
             return Err(Error::CryptoRetired);
@@ -205,7 +231,6 @@ impl<A: PacketAead> SharedCrypto<A> {
         s.bytes += len as u64;
         self.note_rekey(&s.sealer);
         drop(s);
-        self.touch();
         Ok((n, self.rekey_due()))
     }
 
@@ -215,6 +240,20 @@ impl<A: PacketAead> SharedCrypto<A> {
     /// the core, which may hold older keys for it); after any other error
     /// the packet must be dropped.
     pub fn open(&self, buf: &mut [u8]) -> Result<usize> {
+        let n = self.open_inner(buf)?;
+        self.touch();
+        Ok(n)
+    }
+
+    /// [`SharedCrypto::open`] by a worker that knows the time (as
+    /// [`SharedCrypto::seal_at`]).
+    pub fn open_at(&self, buf: &mut [u8], now: Instant) -> Result<usize> {
+        let n = self.open_inner(buf)?;
+        self.touch_at(now);
+        Ok(n)
+    }
+
+    fn open_inner(&self, buf: &mut [u8]) -> Result<usize> {
         let mut o = lock(&self.open);
         if self.state.load(Ordering::Acquire) != CryptoState::Current as u8 {
             return Err(Error::CryptoRetired);
@@ -229,22 +268,52 @@ impl<A: PacketAead> SharedCrypto<A> {
         o.packets += 1;
         o.bytes += n as u64;
         drop(o);
-        self.touch();
         Ok(n)
     }
 
     fn touch(&self) {
         // Read first: a busy flow's line stays shared between the two
         // directions' workers instead of bouncing on every packet.
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
+        if self.used.load(Ordering::Relaxed) == 0 {
+            self.used.store(USED_UNTIMED, Ordering::Relaxed);
+        }
+    }
+
+    fn touch_at(&self, now: Instant) {
+        let base = *self.base.get_or_init(|| now);
+        let ms = now.saturating_duration_since(base).as_millis();
+        let t = u64::try_from(ms)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+            .min(USED_UNTIMED - 1);
+        // Written at most once a millisecond: a busy flow's line stays
+        // shared between the two directions' workers. Two workers racing
+        // may leave the earlier of two times a millisecond apart.
+        let cur = self.used.load(Ordering::Relaxed);
+        if cur < t || cur == USED_UNTIMED {
+            self.used.store(t, Ordering::Relaxed);
         }
     }
 
     /// True when a worker carried a packet since the last call (the PIT's
     /// ageing then counts the flow as used now).
     pub fn take_used(&self) -> bool {
-        self.used.swap(false, Ordering::Relaxed)
+        self.take_used_at().is_some()
+    }
+
+    /// Whether a worker carried a packet since the last call, and when
+    /// last (to the millisecond) if it said: `Some(None)` for a use
+    /// without a time.
+    pub fn take_used_at(&self) -> Option<Option<Instant>> {
+        match self.used.swap(0, Ordering::Relaxed) {
+            0 => None,
+            USED_UNTIMED => Some(None),
+            t => Some(
+                self.base
+                    .get()
+                    .map(|b| *b + std::time::Duration::from_millis(t - 1)),
+            ),
+        }
     }
 
     /// What workers carried with it.
