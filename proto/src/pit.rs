@@ -441,9 +441,10 @@ impl<A: PacketAead> PitEntry<A> {
     }
 
     /// A worker carried a packet since the last look: the entry counts as
-    /// used `now`. Looked at when the entry's ageing deadline comes, so a
-    /// flow that only workers carry ages out between one and two idle
-    /// timeouts after its last packet.
+    /// used when the worker last used it (to the millisecond), or `now`
+    /// for a use without a time. Looked at when the entry's ageing
+    /// deadline comes (and by eviction), so a flow that only workers carry
+    /// ages out one idle timeout after its last packet.
     fn refresh(&mut self, now: Instant) {
         // A worker's use counts from when it was (design note 79): an
         // entry a worker carried long ago is as idle as any other.
