@@ -414,13 +414,17 @@ fn new_flows_beside_a_long_one_with(workers: bool, fast_open: bool) -> CoreSim {
     stream(&mut sim, a, b, 40, MS20);
     assert_eq!(carrier(&sim, a), "native");
     for k in 0..40u16 {
-        let port = 6000 + k;
-        sim.send_udp(a, b, port, 7000, b"new");
-        sim.run_for(MS20);
-        sim.send_udp(b, a, 7000, port, b"answer");
+        new_flow_answered(&mut sim, a, b, 6000 + k);
         stream(&mut sim, a, b, 2, MS20);
     }
     sim
+}
+
+/// A new UDP flow from a's `port` to b's 7000, one packet each way.
+fn new_flow_answered(sim: &mut CoreSim, a: usize, b: usize, port: u16) {
+    sim.send_udp(a, b, port, 7000, b"new");
+    sim.run_for(MS20);
+    sim.send_udp(b, a, 7000, port, b"answer");
 }
 
 #[test]
@@ -444,10 +448,7 @@ fn a_new_flow_leaves_the_peers_other_installs_in_use() {
     assert_eq!(carrier(&sim, a), "native");
     let (before_a, before_b) = (carried(&sim, a), carried(&sim, b));
     for k in 0..20u16 {
-        let port = 6000 + k;
-        sim.send_udp(a, b, port, 7000, b"new");
-        sim.run_for(MS20);
-        sim.send_udp(b, a, 7000, port, b"answer");
+        new_flow_answered(&mut sim, a, b, 6000 + k);
         // One packet each way on the long flow after each new flow.
         stream(&mut sim, a, b, 1, MS20);
     }
