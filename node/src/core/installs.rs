@@ -547,12 +547,7 @@ impl NodeCore {
         if !self.installs.kinds.native || !self.peer_native(ge) {
             return;
         }
-        let overlay = if self.is_own(flow.src) {
-            *flow
-        } else {
-            flow.reversed()
-        };
-        let Some(t) = self.xlat.get(&overlay).copied() else {
+        let Some(t) = self.xlat.get(&self.overlay_view(flow)).copied() else {
             return;
         };
         // Fast open never opens a flow to a VIN (its flows are negotiated

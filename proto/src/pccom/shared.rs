@@ -295,12 +295,6 @@ impl<A: PacketAead> SharedCrypto<A> {
         }
     }
 
-    /// True when a worker carried a packet since the last call (the PIT's
-    /// ageing then counts the flow as used now).
-    pub fn take_used(&self) -> bool {
-        self.take_used_at().is_some()
-    }
-
     /// Whether a worker carried a packet since the last call, and when
     /// last (to the millisecond) if it said: `Some(None)` for a use
     /// without a time.
