@@ -11,14 +11,15 @@
 //! `brk` per thousands of flows instead, and keeps what flows free for the
 //! next ones rather than giving it back and growing again.
 //!
-//! One arena is taken only on a machine of at most two cores, where it
-//! was measured and is uncontended: there the async runtime has one
-//! thread by default and no TUN workers run, and the receive rings and stage threads
-//! allocate nothing per packet (the QUIC carrier allocates per datagram,
-//! on the runtime's thread). With more cores the runtime has a thread per
-//! core and TUN workers may send over QUIC: one arena's lock could be
-//! contended there, not measured, so their arenas stay (and the driver's
-//! keeps growing a page at a time). Setting the top pad or the trim
+//! One arena is taken only on a machine of at most two cores whose node
+//! runs one async runtime thread and no TUN workers (the defaults there,
+//! [`one_arena_fits`]), where it was measured and is uncontended: the
+//! receive rings and stage threads allocate nothing per packet (the QUIC
+//! carrier allocates per datagram, on the runtime's thread). With more
+//! cores, or more runtime threads or TUN workers set by the configuration
+//! or the environment, several threads may allocate at once and may send
+//! over QUIC: one arena's lock could be contended there, not measured, so
+//! their arenas stay (and the driver's keeps growing a page at a time). Setting the top pad or the trim
 //! threshold also fixes glibc's mmap threshold at 128 KiB (it no longer
 //! rises after large frees): the node's larger buffers are made once and
 //! reused.
@@ -26,11 +27,13 @@
 /// What the heap runs with, logged at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heap {
-    /// Grown by [`TOP_PAD`], trimmed only past [`TRIM_THRESHOLD`]; `one_arena`
-    /// when every thread allocates from the main arena.
+    /// At least one parameter taken.
     Tuned {
         /// Every thread allocates from one arena.
         one_arena: bool,
+        /// The main arena grows by [`TOP_PAD`] and is trimmed only past
+        /// [`TRIM_THRESHOLD`].
+        padded: bool,
     },
     /// glibc's defaults (`FPN_NODE_HEAP=glibc`, for comparisons, or glibc
     /// refused a parameter).
@@ -43,10 +46,17 @@ impl Heap {
     /// The name in the log.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Tuned { one_arena: true } => "one arena, grown 4 MiB at a time",
-            Self::Tuned { one_arena: false } => {
-                "arenas per thread, the main one grown 4 MiB at a time"
-            }
+            Self::Tuned {
+                one_arena: true,
+                padded: true,
+            } => "one arena, grown 4 MiB at a time",
+            Self::Tuned {
+                one_arena: true,
+                padded: false,
+            } => "one arena, grown as glibc does",
+            Self::Tuned {
+                one_arena: false, ..
+            } => "arenas per thread, the main one grown 4 MiB at a time",
             Self::Defaults => "glibc defaults",
             Self::Unsupported => "the platform's",
         }
@@ -60,14 +70,22 @@ pub const TRIM_THRESHOLD: usize = 32 << 20;
 /// Most cores for which every thread shares one arena (see above).
 pub const ONE_ARENA_CORES: usize = 2;
 
-/// Sets the heap's growth policy for a machine of `cores`; call it before
-/// any thread starts (an arena made before keeps serving its thread).
-/// `FPN_NODE_HEAP=glibc` in the environment keeps glibc's defaults.
-pub fn tune(cores: usize) -> Heap {
+/// Whether every thread may share one arena: at most
+/// [`ONE_ARENA_CORES`] cores, one async runtime thread and no TUN workers,
+/// as the node will run (after its configuration and environment).
+pub fn one_arena_fits(cores: usize, runtime_threads: usize, tun_workers: usize) -> bool {
+    cores <= ONE_ARENA_CORES && runtime_threads <= 1 && tun_workers == 0
+}
+
+/// Sets the heap's growth policy, with every thread on one arena when
+/// `one_arena` ([`one_arena_fits`]); call it before any thread starts (an
+/// arena made before keeps serving its thread). `FPN_NODE_HEAP=glibc` in
+/// the environment keeps glibc's defaults.
+pub fn tune(one_arena: bool) -> Heap {
     if std::env::var("FPN_NODE_HEAP").is_ok_and(|v| v == "glibc") {
         return Heap::Defaults;
     }
-    tune_glibc(cores <= ONE_ARENA_CORES)
+    tune_glibc(one_arena)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -79,7 +97,7 @@ fn tune_glibc(one_arena: bool) -> Heap {
     let padded = set(libc::M_TOP_PAD, TOP_PAD) & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     let one_arena = one_arena && set(libc::M_ARENA_MAX, 1);
     if padded || one_arena {
-        Heap::Tuned { one_arena }
+        Heap::Tuned { one_arena, padded }
     } else {
         Heap::Defaults
     }
@@ -98,14 +116,47 @@ mod tests {
     #[test]
     fn glibc_takes_the_parameters() {
         // The parameters are in range for this glibc (mallopt returns 1).
-        assert_eq!(tune_glibc(true), Heap::Tuned { one_arena: true });
+        assert_eq!(
+            tune_glibc(true),
+            Heap::Tuned {
+                one_arena: true,
+                padded: true
+            }
+        );
     }
 
     #[test]
-    fn the_names_differ() {
-        assert_ne!(
-            Heap::Tuned { one_arena: true }.name(),
-            Heap::Defaults.name()
-        );
+    fn one_arena_only_for_one_busy_thread_on_two_cores() {
+        assert!(one_arena_fits(2, 1, 0));
+        assert!(one_arena_fits(1, 1, 0));
+        assert!(!one_arena_fits(4, 1, 0));
+        assert!(!one_arena_fits(2, 2, 0), "two runtime threads");
+        assert!(!one_arena_fits(2, 1, 1), "a TUN worker");
+    }
+
+    #[test]
+    fn the_names_say_what_was_taken() {
+        let names = [
+            Heap::Tuned {
+                one_arena: true,
+                padded: true,
+            },
+            Heap::Tuned {
+                one_arena: true,
+                padded: false,
+            },
+            Heap::Tuned {
+                one_arena: false,
+                padded: true,
+            },
+            Heap::Defaults,
+            Heap::Unsupported,
+        ]
+        .map(Heap::name);
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

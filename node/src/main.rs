@@ -151,13 +151,13 @@ fn main() -> ExitCode {
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Before any thread: an arena made earlier keeps serving its thread.
-    let heap = matches!(cli.cmd, Cmd::Up { .. }).then(|| fpn_node::heap::tune(cores));
-    let (log, threads) = match &cli.cmd {
+    let (log, threads, tun_workers) = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
             Ok(c) => {
                 let threads = c.runtime_threads_for(cores);
-                (c.log, threads)
+                let tun =
+                    fpn_node::daemon::tun_workers(&c, fpn_node::daemon::want_workers(c.workers));
+                (c.log, threads, tun)
             }
             Err(e) => {
                 eprintln!("fpn-node: {e}");
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
             }
         },
         // One-shot commands talk to the daemon: one thread is plenty.
-        _ => ("warn".into(), 1),
+        _ => ("warn".into(), 1, 0),
     };
     // For measurements (bench/overlay-ab.sh `threads1`, `threads2`).
     let threads = std::env::var("FPN_NODE_THREADS")
@@ -173,6 +173,10 @@ fn main() -> ExitCode {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or(threads);
+    // Before any thread (loading the configuration starts none): an arena
+    // made earlier keeps serving its thread.
+    let heap = matches!(cli.cmd, Cmd::Up { .. })
+        .then(|| fpn_node::heap::tune(fpn_node::heap::one_arena_fits(cores, threads, tun_workers)));
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // An empty RUST_LOG counts as unset (systemd units and tests clear it so).

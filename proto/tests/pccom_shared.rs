@@ -372,4 +372,21 @@ fn a_workers_use_is_taken_with_its_time() {
     let (mut buf, len) = with_room(&plain, TRAILER_LEN);
     shared.seal(&mut buf, len).unwrap();
     assert_eq!(shared.take_used_at(), Some(None));
+    // An untimed use is "now": it wins over a timed one either way round.
+    let t1 = t0 + Duration::from_millis(7);
+    for untimed_first in [false, true] {
+        for untimed in [untimed_first, !untimed_first] {
+            let (mut buf, len) = with_room(&plain, TRAILER_LEN);
+            if untimed {
+                shared.seal(&mut buf, len).unwrap();
+            } else {
+                shared.seal_at(&mut buf, len, t1).unwrap();
+            }
+        }
+        assert_eq!(
+            shared.take_used_at(),
+            Some(None),
+            "untimed first: {untimed_first}"
+        );
+    }
 }

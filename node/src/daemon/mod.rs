@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info, info_span, warn};
 
 pub use addrs::local_addresses;
+pub use tun::{tun_workers, want_workers};
 
 use crate::carrier::{QuicCarrier, QuicCarrierConfig};
 use crate::clock::Clock;

@@ -273,8 +273,9 @@ impl<A: PacketAead> SharedCrypto<A> {
 
     fn touch(&self) {
         // Read first: a busy flow's line stays shared between the two
-        // directions' workers instead of bouncing on every packet.
-        if self.used.load(Ordering::Relaxed) == 0 {
+        // directions' workers instead of bouncing on every packet. An
+        // untimed use counts as "now", so it wins over any time.
+        if self.used.load(Ordering::Relaxed) != USED_UNTIMED {
             self.used.store(USED_UNTIMED, Ordering::Relaxed);
         }
     }
@@ -287,11 +288,12 @@ impl<A: PacketAead> SharedCrypto<A> {
             .saturating_add(1)
             .min(USED_UNTIMED - 1);
         // Written at most once a millisecond: a busy flow's line stays
-        // shared between the two directions' workers. Two workers racing
-        // may leave the earlier of two times a millisecond apart.
-        let cur = self.used.load(Ordering::Relaxed);
-        if cur < t || cur == USED_UNTIMED {
-            self.used.store(t, Ordering::Relaxed);
+        // shared between the two directions' workers. The write is a
+        // maximum, so two workers racing (a flow's seal and open sides)
+        // keep the later time, and an untimed use (the largest value)
+        // stays.
+        if self.used.load(Ordering::Relaxed) < t {
+            self.used.fetch_max(t, Ordering::Relaxed);
         }
     }
 
