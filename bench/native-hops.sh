@@ -36,10 +36,17 @@
 # system calls per flow by name, both nodes together (design note 79 counts
 # the heap's mprotect and brk so); strace slows the nodes, so that phase's
 # flows are not timed.
+# PROFILE=1 adds a phase to each round: `perf record` (call graphs, dwarf,
+# $PERF_HZ samples per CPU second) of both nodes while $PFLOWS more
+# brand-new flows go ($FGAP s apart; no sniffer, no strace), printed per
+# node as the functions with the most CPU time under them (perf's
+# "children", bench/perf-top.py), in microseconds per new flow, with the
+# threads' shares; the recordings are kept in $OUT (design note 80 reads
+# them so).
 # Nothing is sent outside the two namespaces; they, the processes and the
 # temporary files are removed on exit, also after a failure or Ctrl-C.
 # Every loop is bounded. Environment: IDLE=10 N=40 GAP=0.05 FLOWS=10 FGAP=0.1
-# SYSCALLS=0, FPN_BIN=<dir with fpn-gms and fpn-node> (default: release,
+# SYSCALLS=0, PROFILE=0, PFLOWS=300, PERF_HZ=10000, FPN_BIN=<dir with fpn-gms and fpn-node> (default: release,
 # built here), OUT=/tmp/native-hops.<pid>.
 set -euo pipefail
 export LC_ALL=C
@@ -53,8 +60,11 @@ FGAP=${FGAP:-0.1}
 OUT=${OUT:-/tmp/native-hops.$$}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SYSCALLS=${SYSCALLS:-0}
+PROFILE=${PROFILE:-0}
+PFLOWS=${PFLOWS:-300}
+PERF_HZ=${PERF_HZ:-10000}
 [ "$(id -u)" = 0 ] || { echo "native-hops.sh: run as root (network namespaces)" >&2; exit 1; }
-for cmd in ip ping python3 $([ "$SYSCALLS" = 1 ] && echo strace); do
+for cmd in ip ping python3 $([ "$SYSCALLS" = 1 ] && echo strace) $([ "$PROFILE" = 1 ] && echo perf); do
     command -v "$cmd" >/dev/null || { echo "native-hops.sh: $cmd is missing (scripts/deps.sh installs it)" >&2; exit 1; }
 done
 if [ -z "${FPN_BIN:-}" ]; then
@@ -380,6 +390,17 @@ for n in ("mprotect", "brk"):
     if n not in [r[1] for r in rows]:
         print("  (no %s)" % n)
 EOF
+    fi
+    if [ "$PROFILE" = 1 ]; then
+        perf record -q -F "$PERF_HZ" --call-graph dwarf,16384 -p "$PID_a,$PID_b" -o "$OUT/r$r-perf.data" >/dev/null 2>&1 &
+        pf=$!
+        sleep 1
+        ip netns exec "$NSA" python3 -c "$FLOW_CLIENT" "$DST" "$PFLOWS" "$FGAP" >/dev/null
+        kill -INT "$pf"
+        wait "$pf" || true
+        echo "  CPU of each node per new flow, us (perf, $PFLOWS flows; bench/perf-top.py):"
+        perf script -i "$OUT/r$r-perf.data" -F comm,pid,tid,ip,sym 2>/dev/null |
+            python3 "$ROOT/bench/perf-top.py" "$PERF_HZ" "$PFLOWS" "a=$PID_a" "b=$PID_b"
     fi
     stop_all
 done

@@ -79,7 +79,12 @@
 #               connections a second. For fpn every such flow is a new flow
 #               (fast-opened on the pair epoch, or negotiated with
 #               FPN_NODE_FAST_OPEN=0); the log shows its fast-open and
-#               refusal counters after the storm.
+#               refusal counters after the storm. With STORM_PERF=1 the
+#               fpn rows' UDP storm runs under `perf record` (call graphs,
+#               $STORM_PERF_HZ samples per CPU second) of both daemons, and
+#               the log shows their CPU per query by thread and function
+#               (bench/perf-top.py); perf slows the storm, so such a
+#               round's rates are not comparable.
 #
 # Required checks: a round that fails one is not counted in the medians but
 # reported (failed rounds per mode, with the reason). Every mode: its tunnel
@@ -127,7 +132,7 @@
 #
 # Environment: DURATION=10 (iperf3 seconds; QUICK=1 sets 3), PINGS=20,
 # FLOWS=10, REPEAT=1, TUN_MTU=1380, SOCKBUF=4194304, TCP16=0, STORM_SECS=0,
-# STORM_CONC=32, SELFTEST_PLAIN=0,
+# STORM_CONC=32, STORM_PERF=0, STORM_PERF_HZ=2000, SELFTEST_PLAIN=0,
 # SELFTEST_PCCOM_OFF=0,
 # FPN_BIN=<dir with release fpn-gms and fpn-node> (default: built here with
 # cargo into $CARGO_TARGET_DIR or ./target), KEEP=1 keeps the work
@@ -162,6 +167,8 @@ SELFTEST_PLAIN=${SELFTEST_PLAIN:-0}
 STORM_SECS=${STORM_SECS:-0}
 TCP16=${TCP16:-0}
 STORM_CONC=${STORM_CONC:-32}
+STORM_PERF=${STORM_PERF:-0}
+STORM_PERF_HZ=${STORM_PERF_HZ:-2000}
 SELFTEST_PCCOM_OFF=${SELFTEST_PCCOM_OFF:-0}
 UNDERLAY=${UNDERLAY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -181,6 +188,7 @@ case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
 [[ $TCP16 =~ ^[01]$ ]] || die "TCP16 must be 0 or 1"
 [[ $STORM_SECS =~ ^(0|[1-9][0-9]*)$ ]] || die "STORM_SECS must be a number of seconds (0: no storm)"
 [[ $STORM_CONC =~ ^[1-9][0-9]*$ ]] || die "STORM_CONC must be a positive number"
+[ "$STORM_PERF" != 1 ] || command -v perf >/dev/null || die "STORM_PERF=1 needs perf (linux-perf)"
 
 # ------------------------------------------------------------------ tools
 ensure_tools() {
@@ -833,7 +841,29 @@ measure() {
         wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :7801' | grep -q ." || die "fpn-storm server did not start"
         read -r 'V[stcp]' 'V[stcp99]' ftcp < <(storm tcp)
         sleep 1
+        local perf_pid="" pids
+        if $fpn && [ "$STORM_PERF" = 1 ]; then
+            # Both daemons (the only fpn-node processes in the namespaces).
+            pids=$(for ns in "$NSA" "$NSB"; do for p in $(ip netns pids "$ns"); do
+                if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = fpn-node ]; then echo "$ns=$p"; fi; done; done)
+            perf record -q -F "$STORM_PERF_HZ" --call-graph dwarf,16384 -p "$(echo "$pids" | sed 's/.*=//' | paste -sd,)" \
+                -o "$WORK/storm-$MODE-$ROUND.perf" >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
         read -r 'V[sudp]' 'V[sudp99]' fudp < <(storm udp)
+        if [ -n "$perf_pid" ]; then
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" || true
+            local n=${V[sudp]%.*}
+            [ "$n" = NA ] || n=$((n * STORM_SECS))
+            if [ "$n" != NA ] && [ "$n" -gt 0 ]; then
+                log "   CPU of the fpn daemons per UDP storm query, us (perf; bench/perf-top.py; A=${NSA}, B=${NSB}):"
+                perf script -i "$WORK/storm-$MODE-$ROUND.perf" -F comm,pid,tid,ip,sym 2>/dev/null |
+                    python3 "$ROOT/bench/perf-top.py" "$STORM_PERF_HZ" "$n" $(echo "$pids" | sed "s/^$NSA=/A=/; s/^$NSB=/B=/") |
+                    while IFS= read -r l; do log "$l"; done
+            fi
+            rm -f "$WORK/storm-$MODE-$ROUND.perf"
+        fi
         [ "$ftcp" = NA ] || [ "$fudp" = NA ] || V[sfail]=$((ftcp + fudp))
         log "   storm: TCP ${V[stcp]} connections/s (p99 ${V[stcp99]} ms, failed $ftcp)," \
             "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp)"

@@ -116,6 +116,38 @@ pub struct Install {
     pub(crate) opening: Option<u64>,
 }
 
+#[cfg(test)]
+impl Install {
+    /// An install of `flow`'s inbound packets (by wire five-tuple) with a
+    /// peer epoch of its own: raising the returned counter makes it stale.
+    pub(crate) fn inbound_for_test(flow: FlowId) -> (Self, Arc<AtomicU64>) {
+        use fpn_proto::keys::{FlowKeys, TrafficKey};
+        use fpn_proto::pccom::FlowCrypto;
+        let keys = FlowKeys {
+            tx: TrafficKey::from_bytes([1; 32]),
+            rx: TrafficKey::from_bytes([2; 32]),
+        };
+        let peer = Arc::new(AtomicU64::new(0));
+        let install = Self {
+            key: InstallKey::Native(flow),
+            pit_key: flow,
+            peer: GeId(2),
+            action: InstallAction::FromCarrier,
+            crypto: Arc::new(SharedCrypto::new(FlowCrypto::new(&keys))),
+            stamp: EpochStamp {
+                peer: peer.clone(),
+                peer_at: 0,
+                global: Arc::new(AtomicU64::new(0)),
+                global_at: 0,
+            },
+            activity: Arc::new(PeerActivity::new(Instant::now())),
+            announce: false,
+            opening: None,
+        };
+        (install, peer)
+    }
+}
+
 impl std::fmt::Debug for Install {
     // Never the cipher state.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

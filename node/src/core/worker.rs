@@ -54,33 +54,89 @@ impl std::fmt::Debug for WorkerOut<'_> {
     }
 }
 
-/// Most installs one worker holds: a flow that ends sends no packet that
-/// would find its install stale, so [`Worker::sweep`] clears those, and an
-/// install beyond this waits for the next sweep (its flow's packets go
-/// through the core meanwhile).
-pub const MAX_INSTALLS: usize = 65_536;
+/// Most installs one worker holds by default: [`Worker::capacity_for`]
+/// the default table of 65 536 flows.
+pub const MAX_INSTALLS: usize = 65_536 + 65_536 / 4;
+
+/// A full table is swept (every install looked at) at most once per this
+/// share of its capacity in installs: a sweep costs a look at each install
+/// (a cache miss each), so at most this many per install, amortized
+/// (design note 80).
+const SWEEP_SPREAD: usize = 16;
 
 /// One data-path worker's installs and what it carried since its last
 /// report.
-#[derive(Default)]
 pub struct Worker {
     table: Table,
     report: WorkerReport,
     carried: u64,
+    capacity: usize,
+    /// Installs offered since the last sweep of a full table.
+    since_full_sweep: usize,
+    full_sweeps: u64,
+    refused: u64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self::with_capacity(MAX_INSTALLS)
+    }
 }
 
 impl Worker {
+    /// A worker that holds at most `capacity` installs
+    /// ([`Worker::capacity_for`]).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            table: Table::default(),
+            report: WorkerReport::default(),
+            carried: 0,
+            capacity: capacity.max(SWEEP_SPREAD),
+            since_full_sweep: 0,
+            full_sweeps: 0,
+            refused: 0,
+        }
+    }
+
+    /// The capacity for a node of `max_flows` flows: a worker holds one
+    /// install per flow and kind, and those of flows that ended until a
+    /// sweep. A quarter more than the flows, so that a full table holds
+    /// at least that many stale installs for its sweep to clear: a table
+    /// exactly as large as the flow table filled in a storm with live
+    /// installs, each flow pushed out of the flow table left one stale
+    /// install, and every new install swept the whole table to find it
+    /// (design note 80).
+    pub fn capacity_for(max_flows: usize) -> usize {
+        max_flows.saturating_add(max_flows / 4)
+    }
+
     /// Takes an install from the core (replacing one of the same key);
-    /// false when the table is full (see [`MAX_INSTALLS`]).
+    /// false when the table is full: then the flow's packets go through
+    /// the core. A full table is swept, at most once per
+    /// 1/[`SWEEP_SPREAD`] of its capacity in installs; in between a new
+    /// key is refused.
     pub fn install(&mut self, install: Install) -> bool {
-        if self.table.len() >= MAX_INSTALLS && !self.table.contains_key(&install.key) {
+        self.since_full_sweep = self.since_full_sweep.saturating_add(1);
+        if self.table.len() >= self.capacity && !self.table.contains_key(&install.key) {
+            if self.since_full_sweep < self.capacity / SWEEP_SPREAD {
+                self.refused += 1;
+                return false;
+            }
+            self.since_full_sweep = 0;
+            self.full_sweeps += 1;
             self.sweep();
-            if self.table.len() >= MAX_INSTALLS {
+            if self.table.len() >= self.capacity {
+                self.refused += 1;
                 return false;
             }
         }
         self.table.insert(install.key, install);
         true
+    }
+
+    /// Sweeps of a full table, and installs refused for a full table.
+    pub fn table_counts(&self) -> (u64, u64) {
+        (self.full_sweeps, self.refused)
     }
 
     /// Drops every install whose flow ended or whose epochs moved: their
@@ -376,5 +432,77 @@ fn carrier_data<'a>(
             r.counters.data_in_rejected += 1;
             WorkerOut::Dropped
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
+
+    use fpn_proto::flow::FlowId;
+
+    use super::*;
+
+    fn flow(n: u32) -> FlowId {
+        FlowId {
+            src: Ipv4Addr::new(198, 18, 0, 2).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 1).into(),
+            protocol: 17,
+            src_port: (n % 60_000) as u16 + 1024,
+            dst_port: (n / 60_000) as u16 + 1,
+        }
+    }
+
+    /// A table full of live installs (more flows than it holds) is not
+    /// swept at every install: each sweep looks at every install, so one
+    /// per install made a full table's installs quadratic (design note
+    /// 80: a storm's receive thread spent 39 % of its node's CPU there).
+    #[test]
+    fn a_full_table_of_live_installs_is_swept_rarely() {
+        let mut w = Worker::with_capacity(1024);
+        for n in 0..1024 {
+            assert!(w.install(Install::inbound_for_test(flow(n)).0));
+        }
+        let mut refused = 0;
+        for n in 1024..6024 {
+            refused += u32::from(!w.install(Install::inbound_for_test(flow(n)).0));
+        }
+        assert_eq!(refused, 5000, "every install finds the table full");
+        let (sweeps, counted) = w.table_counts();
+        assert_eq!(counted, 5000);
+        assert!(
+            sweeps <= 5000 / (1024 / SWEEP_SPREAD as u64) + 1,
+            "{sweeps} sweeps of the full table"
+        );
+    }
+
+    /// Flows come and go as in a storm against a full flow table: each new
+    /// flow pushes the oldest out, whose install goes stale. A table of
+    /// [`Worker::capacity_for`] the flows takes every new flow's install
+    /// and sweeps about once per quarter of the flows.
+    #[test]
+    fn a_table_a_quarter_larger_than_the_flows_takes_every_new_flow() {
+        let max_flows = 1000;
+        let mut w = Worker::with_capacity(Worker::capacity_for(max_flows));
+        let mut live = VecDeque::new();
+        for n in 0..20_000 {
+            if live.len() == max_flows
+                && let Some(oldest) = live.pop_front()
+            {
+                oldest.fetch_add(1, Ordering::AcqRel);
+            }
+            let (i, epoch) = Install::inbound_for_test(flow(n));
+            assert!(w.install(i), "flow {n} refused");
+            live.push_back(epoch);
+        }
+        let (sweeps, refused) = w.table_counts();
+        assert_eq!(refused, 0);
+        assert!(
+            sweeps <= 20_000 / (max_flows as u64 / 4) + 1,
+            "{sweeps} sweeps of the full table"
+        );
+        assert!(w.len() <= Worker::capacity_for(max_flows));
     }
 }

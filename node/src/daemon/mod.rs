@@ -354,8 +354,9 @@ async fn run(
         };
     let coalesce = tun::want_coalesce();
     let mut hub = crate::driver::WorkerHub::new();
+    let install_capacity = crate::core::worker::Worker::capacity_for(cfg.max_flows);
     let taps = if want_workers && cfg.carrier != crate::config::CarrierChoice::Quic {
-        hub.ring_workers(&tun_writer, tun_offloads, coalesce, clock)
+        hub.ring_workers(&tun_writer, tun_offloads, coalesce, clock, install_capacity)
     } else {
         Vec::new()
     };
@@ -377,6 +378,7 @@ async fn run(
             clock,
             slot,
             room,
+            install_capacity,
         };
         let reports = hub.report_sender().expect("reports open until started");
         hub.tun = Some(crate::driver::TunWorkers::start(

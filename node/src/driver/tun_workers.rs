@@ -81,6 +81,7 @@ struct Stats {
     misses_dropped: AtomicU64,
     native_refused: AtomicU64,
     held: AtomicU64,
+    installs_refused: AtomicU64,
 }
 
 /// What a TUN worker needs besides its queue.
@@ -97,6 +98,9 @@ pub struct TunWorkerParts {
     pub slot: usize,
     /// See `slot`.
     pub room: usize,
+    /// Most installs a worker holds ([`Worker::capacity_for`] the flow
+    /// table's size).
+    pub install_capacity: usize,
 }
 
 /// The driver's side of the TUN workers.
@@ -159,7 +163,7 @@ impl TunWorkers {
             let (spare_tx, spare) = std::sync::mpsc::channel();
             let w = TunWorker {
                 index,
-                worker: Worker::default(),
+                worker: Worker::with_capacity(parts.install_capacity),
                 reader,
                 arena: SegmentBuffers::new(crate::driver::TUN_SLOTS, parts.slot, parts.room),
                 room: parts.room,
@@ -230,6 +234,7 @@ impl TunWorkers {
             ("worker_tun_misses_dropped", &s.misses_dropped),
             ("worker_native_refused", &s.native_refused),
             ("worker_tun_held", &s.held),
+            ("worker_installs_refused", &s.installs_refused),
         ] {
             *c.entry(k.to_owned()).or_default() += v.load(Ordering::Relaxed);
         }
@@ -280,6 +285,14 @@ struct TunWorker {
 }
 
 impl TunWorker {
+    /// Takes an install; a full table leaves the flow with the driver.
+    fn take(&mut self, install: Install) {
+        if !self.worker.install(install) {
+            self.stats.installs_refused.fetch_add(1, Ordering::Relaxed);
+            trace!("worker table full: the flow stays with the driver until a sweep");
+        }
+    }
+
     fn run(mut self) {
         debug!(worker = self.index, "TUN worker started");
         let mut stopped = None;
@@ -409,9 +422,7 @@ impl TunWorker {
         }
         let done = self.settled();
         for (_, i) in self.fence.release(done) {
-            if !self.worker.install(i) {
-                trace!("worker table full: the flow stays with the driver until a sweep");
-            }
+            self.take(i);
         }
         while let Some((flow, mut b)) = self.fence.next_released() {
             let len = b.len();
@@ -455,9 +466,7 @@ impl TunWorker {
                         }
                         _ => i,
                     };
-                    if !self.worker.install(i) {
-                        trace!("worker table full: the flow stays with the driver until a sweep");
-                    }
+                    self.take(i);
                 }
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,

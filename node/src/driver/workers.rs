@@ -132,7 +132,13 @@ impl WorkerHub {
     pub fn add_counters(&self, c: &mut std::collections::BTreeMap<String, u64>) {
         for shared in &self.tun_counters {
             let m = shared.lock().unwrap_or_else(|e| e.into_inner());
-            for k in ["tun_writes", "tun_gso_writes", "tun_coalesced_segments"] {
+            for k in [
+                "tun_writes",
+                "tun_gso_writes",
+                "tun_coalesced_segments",
+                "table_sweeps",
+                "installs_refused",
+            ] {
                 if let Some(v) = m.get(k) {
                     *c.entry(format!("worker_{k}")).or_default() += v;
                 }
@@ -146,12 +152,15 @@ impl WorkerHub {
 
     /// Makes the workers of the native receive threads ([`RING_WORKERS`],
     /// in the threads' order) writing to `tun`.
+    /// Each holds at most `install_capacity` installs
+    /// ([`Worker::capacity_for`] the flow table's size).
     pub fn ring_workers(
         &mut self,
         tun: &Arc<dyn TunWriter>,
         offloads: Offloads,
         coalesce: bool,
         clock: Clock,
+        install_capacity: usize,
     ) -> Vec<Box<dyn RxTap>> {
         let Some(report_tx) = self.report_sender() else {
             return Vec::new();
@@ -163,7 +172,7 @@ impl WorkerHub {
             self.installs.push(tx);
             self.tun_counters.push(counters.clone());
             taps.push(Box::new(RingWorker {
-                worker: Worker::default(),
+                worker: Worker::with_capacity(install_capacity),
                 installs: rx,
                 reporter: Reporter::new(report_tx.clone()),
                 tun: TunOut::new(tun.clone(), offloads, coalesce),
@@ -250,12 +259,15 @@ impl RingWorker {
         }
     }
 
-    /// Sends the report when one is due, with the TUN counters for
-    /// `status`.
+    /// Sends the report when one is due, with the TUN and table counters
+    /// for `status`.
     fn report(&mut self, now: Instant, force: bool) {
         if self.reporter.report(&mut self.worker, now, force) {
             let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             self.tun.add_counters(&mut c);
+            let (sweeps, refused) = self.worker.table_counts();
+            c.insert("table_sweeps".to_owned(), sweeps);
+            c.insert("installs_refused".to_owned(), refused);
         }
     }
 }
