@@ -36,8 +36,8 @@
 # system calls per flow by name, both nodes together (design note 79 counts
 # the heap's mprotect and brk so); strace slows the nodes, so that phase's
 # flows are not timed.
-# PROFILE=1 adds a phase to each round: `perf record` (call graphs, dwarf,
-# $PERF_HZ samples per CPU second) of both nodes while $PFLOWS more
+# PROFILE=1 adds a phase to each round: `perf record` (cpu-clock, call
+# graphs, dwarf, $PERF_HZ samples per CPU second) of both nodes while $PFLOWS more
 # brand-new flows go ($FGAP s apart; no sniffer, no strace), printed per
 # node as the functions with the most CPU time under them (perf's
 # "children", bench/perf-top.py), in microseconds per new flow, with the
@@ -392,15 +392,24 @@ for n in ("mprotect", "brk"):
 EOF
     fi
     if [ "$PROFILE" = 1 ]; then
-        perf record -q -F "$PERF_HZ" --call-graph dwarf,16384 -p "$PID_a,$PID_b" -o "$OUT/r$r-perf.data" >/dev/null 2>&1 &
+        perf record -q -e cpu-clock -F "$PERF_HZ" --call-graph dwarf,16384 -p "$PID_a,$PID_b" \
+            -o "$OUT/r$r-perf.data" >"$OUT/r$r-perf.log" 2>&1 &
         pf=$!
-        sleep 1
+        sleep 0.5
         ip netns exec "$NSA" python3 -c "$FLOW_CLIENT" "$DST" "$PFLOWS" "$FGAP" >/dev/null
-        kill -INT "$pf"
+        kill -INT "$pf" 2>/dev/null || true
         wait "$pf" || true
-        echo "  CPU of each node per new flow, us (perf, $PFLOWS flows; bench/perf-top.py):"
-        perf script -i "$OUT/r$r-perf.data" -F comm,pid,tid,ip,sym 2>/dev/null |
-            python3 "$ROOT/bench/perf-top.py" "$PERF_HZ" "$PFLOWS" "a=$PID_a" "b=$PID_b"
+        if [ -s "$OUT/r$r-perf.data" ]; then
+            # The recording also holds the nodes' idle CPU over its
+            # ~$PFLOWS x $FGAP s (the idle line above, per second).
+            echo "  CPU of each node per new flow, us (perf over $PFLOWS flows $FGAP s apart; bench/perf-top.py):"
+            perf script -i "$OUT/r$r-perf.data" -F comm,pid,tid,period,ip,sym 2>/dev/null |
+                python3 "$ROOT/bench/perf-top.py" "$PFLOWS" "a=$PID_a" "b=$PID_b" ||
+                echo "  (perf script or bench/perf-top.py failed)"
+        else
+            echo "native-hops.sh: perf recorded nothing (see $OUT/r$r-perf.log)" >&2
+            exit 1
+        fi
     fi
     stop_all
 done

@@ -85,7 +85,8 @@ keys = ["tcp1_gbps", "tcp4_gbps", "tcp1_daemon_cores", "tcp4_daemon_cores",
         # with TCP16=1 only
         "tcp16_gbps", "tcp16_daemon_cores_per_gbps",
         # with STORM_SECS > 0 only
-        "storm_tcp_per_s", "storm_tcp_p99_ms", "storm_udp_per_s", "storm_udp_p99_ms", "storm_failed"]
+        "storm_tcp_per_s", "storm_tcp_p99_ms", "storm_udp_per_s", "storm_udp_p99_ms", "storm_failed",
+        "storm_tcp_cpu_ms_per_1000", "storm_udp_cpu_ms_per_1000"]
 rows, loads = {}, []
 for cfg in ["before", "after", "off", "nocoalesce", "nostages", "notx", "notun", "threads1", "threads2",
             "workers0", "workers1", "tunw0", "tunw1", "tunw2", "nospread", "first0", "ringgap"]:

@@ -79,7 +79,9 @@
 #               connections a second. For fpn every such flow is a new flow
 #               (fast-opened on the pair epoch, or negotiated with
 #               FPN_NODE_FAST_OPEN=0); the log shows its fast-open and
-#               refusal counters after the storm. With STORM_PERF=1 the
+#               refusal counters after the storm, and each storm's CPU
+#               of the tunnel daemons (both ends) per 1000 completed, in
+#               ms. With STORM_PERF=1 the
 #               fpn rows' UDP storm runs under `perf record` (call graphs,
 #               $STORM_PERF_HZ samples per CPU second) of both daemons, and
 #               the log shows their CPU per query by thread and function
@@ -188,6 +190,8 @@ case $UNDERLAY in 4 | 6) ;; *) die "UNDERLAY must be 4 or 6" ;; esac
 [[ $TCP16 =~ ^[01]$ ]] || die "TCP16 must be 0 or 1"
 [[ $STORM_SECS =~ ^(0|[1-9][0-9]*)$ ]] || die "STORM_SECS must be a number of seconds (0: no storm)"
 [[ $STORM_CONC =~ ^[1-9][0-9]*$ ]] || die "STORM_CONC must be a positive number"
+[[ $STORM_PERF =~ ^[01]$ ]] || die "STORM_PERF must be 0 or 1"
+[[ $STORM_PERF_HZ =~ ^[1-9][0-9]*$ ]] || die "STORM_PERF_HZ must be a positive number"
 [ "$STORM_PERF" != 1 ] || command -v perf >/dev/null || die "STORM_PERF=1 needs perf (linux-perf)"
 
 # ------------------------------------------------------------------ tools
@@ -725,20 +729,24 @@ fpn_status() { # fpn_status NODE FILE: `fpn-node status --json` of a or b
         { log "   fpn-node status $1 failed: $(head -3 "$2")"; return 1; }
 }
 
-storm() { # storm tcp|udp -> "completed-per-second p99-ms failed"
-    local f="$WORK/storm-$MODE-$ROUND-$1.json" to="$DST:7801"
+storm() { # storm tcp|udp -> "completed-per-second p99-ms failed daemon-CPU-ms-per-1000"
+    local f="$WORK/storm-$MODE-$ROUND-$1.json" to="$DST:7801" d0 d1
     [[ $DST != *:* ]] || to="[$DST]:7801"
+    d0=$(daemon_ticks)
     if timeout $((STORM_SECS + 30)) ip netns exec "$NSA" "$STORM_BIN" "$1" --to "$to" --secs "$STORM_SECS" \
         --concurrency "$STORM_CONC" >"$f" 2>"$f.err"; then
-        # p99 is null when nothing completed.
-        python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.0f %s %d" % (r["per_sec"], "NA" if r["p99_ms"] is None else "%.2f" % r["p99_ms"], r["failed"]))' <"$f" ||
-            echo NA NA NA
+        d1=$(daemon_ticks)
+        # p99 is null when nothing completed. The daemons' CPU (both
+        # ends) per 1000 completed, in ms.
+        python3 -c 'import json, sys; r = json.load(sys.stdin); t = int(sys.argv[1]) / int(sys.argv[2]); n = r["completed"]; print("%.0f %s %d %s" % (r["per_sec"], "NA" if r["p99_ms"] is None else "%.2f" % r["p99_ms"], r["failed"], "%.1f" % (t * 1e6 / n) if n and int(sys.argv[3]) else "NA"))' \
+            "$((d1 - d0))" "$(getconf CLK_TCK)" "${#DAEMONS[@]}" <"$f" ||
+            echo NA NA NA NA
         # Which flows failed (local port, when, why), to find in the logs.
         python3 -c 'import json, sys; r = json.load(sys.stdin); f = r.get("failures") or []; f and print(" ".join("%s@%sms:%s" % (x["port"], x["began_ms"], x["why"]) for x in f))' <"$f" 2>/dev/null |
             while read -r l; do log "   $1 storm failures (port@start:why): $l"; done
     else
         log "  fpn-storm $1 failed (see $f)"
-        echo NA NA NA
+        echo NA NA NA NA
     fi
 }
 
@@ -754,7 +762,7 @@ keys = sorted(k for k in c if "fast" in k or "rate_limited" in k or "table_full"
 print(" ".join("%s=%s" % (k, c[k]) for k in keys))
 '
 
-METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 tcp16 retr16 cpu16 cpg16 ping urtt cold flow1 flow1max flowlost stcp stcp99 sudp sudp99 sfail"
+METRICS="tcp1 retr1 cpu1 cpg1 tcp4 retr4 cpu4 cpg4 tcp16 retr16 cpu16 cpg16 ping urtt cold flow1 flow1max flowlost stcp stcp99 stcpu sudp sudp99 sudpcpu sfail"
 # One round of one mode. Runs in a subshell (see main): it records its
 # numbers in rounds.txt when every required check passed, else its reasons
 # in failures.txt; nothing it sets survives it.
@@ -833,40 +841,50 @@ measure() {
         log "   plaintext check: $verdict ($(cat "$mc"))"
         [ "$verdict" = ok ] || fails+=("$verdict")
     fi
-    V[stcp]=NA V[stcp99]=NA V[sudp]=NA V[sudp99]=NA V[sfail]=NA
+    V[stcp]=NA V[stcp99]=NA V[stcpu]=NA V[sudp]=NA V[sudp99]=NA V[sudpcpu]=NA V[sfail]=NA
     if [ "$STORM_SECS" -gt 0 ]; then
         local ftcp fudp
         inA sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
         spawn "$NSB" "$WORK/storm-server-$MODE.log" "$STORM_BIN" serve --port 7801
         wait_for 5 sh -c "ip netns exec $NSB ss -lntH 'sport = :7801' | grep -q ." || die "fpn-storm server did not start"
-        read -r 'V[stcp]' 'V[stcp99]' ftcp < <(storm tcp)
+        read -r 'V[stcp]' 'V[stcp99]' ftcp 'V[stcpu]' < <(storm tcp)
         sleep 1
-        local perf_pid="" pids
+        local perf_pid="" pids=""
         if $fpn && [ "$STORM_PERF" = 1 ]; then
             # Both daemons (the only fpn-node processes in the namespaces).
             pids=$(for ns in "$NSA" "$NSB"; do for p in $(ip netns pids "$ns"); do
                 if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = fpn-node ]; then echo "$ns=$p"; fi; done; done)
-            perf record -q -F "$STORM_PERF_HZ" --call-graph dwarf,16384 -p "$(echo "$pids" | sed 's/.*=//' | paste -sd,)" \
-                -o "$WORK/storm-$MODE-$ROUND.perf" >/dev/null 2>&1 &
-            perf_pid=$!
+            if [ "$(wc -l <<<"$pids")" = 2 ]; then
+                perf record -q -e cpu-clock -F "$STORM_PERF_HZ" --call-graph dwarf,16384 \
+                    -p "$(sed 's/.*=//' <<<"$pids" | paste -sd,)" \
+                    -o "$WORK/storm-$MODE-$ROUND.perf" >"$WORK/storm-$MODE-$ROUND.perf.log" 2>&1 &
+                perf_pid=$!
+                sleep 0.5 # attached before the storm starts
+            else
+                log "   STORM_PERF: the two fpn-node daemons not found ($pids): no profile"
+            fi
         fi
-        read -r 'V[sudp]' 'V[sudp99]' fudp < <(storm udp)
+        read -r 'V[sudp]' 'V[sudp99]' fudp 'V[sudpcpu]' < <(storm udp)
         if [ -n "$perf_pid" ]; then
             kill -INT "$perf_pid" 2>/dev/null || true
             wait "$perf_pid" || true
             local n=${V[sudp]%.*}
             [ "$n" = NA ] || n=$((n * STORM_SECS))
-            if [ "$n" != NA ] && [ "$n" -gt 0 ]; then
+            if [ "$n" != NA ] && [ "$n" -gt 0 ] && [ -s "$WORK/storm-$MODE-$ROUND.perf" ]; then
                 log "   CPU of the fpn daemons per UDP storm query, us (perf; bench/perf-top.py; A=${NSA}, B=${NSB}):"
-                perf script -i "$WORK/storm-$MODE-$ROUND.perf" -F comm,pid,tid,ip,sym 2>/dev/null |
-                    python3 "$ROOT/bench/perf-top.py" "$STORM_PERF_HZ" "$n" $(echo "$pids" | sed "s/^$NSA=/A=/; s/^$NSB=/B=/") |
-                    while IFS= read -r l; do log "$l"; done
+                perf script -i "$WORK/storm-$MODE-$ROUND.perf" -F comm,pid,tid,period,ip,sym 2>/dev/null |
+                    python3 "$ROOT/bench/perf-top.py" "$n" $(sed "s/^$NSA=/A=/; s/^$NSB=/B=/" <<<"$pids") |
+                    while IFS= read -r l; do log "$l"; done ||
+                    log "   (perf script or bench/perf-top.py failed)"
+            else
+                log "   STORM_PERF: no profile (see $WORK/storm-$MODE-$ROUND.perf.log)"
             fi
             rm -f "$WORK/storm-$MODE-$ROUND.perf"
         fi
         [ "$ftcp" = NA ] || [ "$fudp" = NA ] || V[sfail]=$((ftcp + fudp))
         log "   storm: TCP ${V[stcp]} connections/s (p99 ${V[stcp99]} ms, failed $ftcp)," \
-            "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp)"
+            "UDP ${V[sudp]} queries/s (p99 ${V[sudp99]} ms, failed $fudp);" \
+            "the daemons' CPU per 1000: TCP ${V[stcpu]} ms, UDP ${V[sudpcpu]} ms"
         if $fpn && fpn_status a "$WORK/status-$MODE-$ROUND-storm.json"; then
             log "   fpn counters at A after the storm: $(python3 -c "$STORM_COUNTERS" "$WORK/status-$MODE-$ROUND-storm.json")"
         fi
@@ -972,7 +990,8 @@ report() {
                     tcp16:tcp16_gbps retr16:tcp16_retransmits cpu16:tcp16_daemon_cores cpg16:tcp16_daemon_cores_per_gbps \
                     ping:ping_avg_ms urtt:udp_echo_avg_ms cold:cold_first_ping_ms flow1:new_flow_first_ms \
                     flow1max:new_flow_first_max_ms flowlost:new_flows_lost stcp:storm_tcp_per_s \
-                    stcp99:storm_tcp_p99_ms sudp:storm_udp_per_s sudp99:storm_udp_p99_ms sfail:storm_failed; do
+                    stcp99:storm_tcp_p99_ms stcpu:storm_tcp_cpu_ms_per_1000 sudp:storm_udp_per_s \
+                    sudp99:storm_udp_p99_ms sudpcpu:storm_udp_cpu_ms_per_1000 sfail:storm_failed; do
                     printf ',"%s":%s' "${k#*:}" "$(num "${R[$m.${k%%:*}]}")"
                 done
                 for k in tcp1:tcp1 tcp4:tcp4 tcp16:tcp16 ping:ping urtt:udp_echo cpg1:tcp1_daemon_cores_per_gbps \

@@ -19,8 +19,8 @@
 //! cores, or more runtime threads or TUN workers set by the configuration
 //! or the environment, several threads may allocate at once and may send
 //! over QUIC: one arena's lock could be contended there, not measured, so
-//! their arenas stay (and the driver's keeps growing a page at a time). Setting the top pad or the trim
-//! threshold also fixes glibc's mmap threshold at 128 KiB (it no longer
+//! their arenas stay (and the driver's keeps growing a page at a time).
+//! Setting the top pad or the trim threshold also fixes glibc's mmap threshold at 128 KiB (it no longer
 //! rises after large frees): the node's larger buffers are made once and
 //! reused.
 
@@ -31,12 +31,13 @@ pub enum Heap {
     Tuned {
         /// Every thread allocates from one arena.
         one_arena: bool,
-        /// The main arena grows by [`TOP_PAD`] and is trimmed only past
-        /// [`TRIM_THRESHOLD`].
+        /// The main arena grows by [`TOP_PAD`] (what the new flows' growth
+        /// needs; [`TRIM_THRESHOLD`] is set beside it, and may have been
+        /// taken alone).
         padded: bool,
     },
     /// glibc's defaults (`FPN_NODE_HEAP=glibc`, for comparisons, or glibc
-    /// refused a parameter).
+    /// refused every parameter).
     Defaults,
     /// Not glibc: nothing to tune.
     Unsupported,
@@ -55,8 +56,13 @@ impl Heap {
                 padded: false,
             } => "one arena, grown as glibc does",
             Self::Tuned {
-                one_arena: false, ..
+                one_arena: false,
+                padded: true,
             } => "arenas per thread, the main one grown 4 MiB at a time",
+            Self::Tuned {
+                one_arena: false,
+                padded: false,
+            } => "arenas per thread, up to 32 MiB freed kept",
             Self::Defaults => "glibc defaults",
             Self::Unsupported => "the platform's",
         }
@@ -94,9 +100,10 @@ fn tune_glibc(one_arena: bool) -> Heap {
     // called before the daemon starts threads. Each is checked on its own:
     // one refused leaves the others set.
     let set = |param, value: usize| unsafe { libc::mallopt(param, value as libc::c_int) == 1 };
-    let padded = set(libc::M_TOP_PAD, TOP_PAD) & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    let padded = set(libc::M_TOP_PAD, TOP_PAD);
+    let kept = set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     let one_arena = one_arena && set(libc::M_ARENA_MAX, 1);
-    if padded || one_arena {
+    if padded || kept || one_arena {
         Heap::Tuned { one_arena, padded }
     } else {
         Heap::Defaults
@@ -148,6 +155,10 @@ mod tests {
             Heap::Tuned {
                 one_arena: false,
                 padded: true,
+            },
+            Heap::Tuned {
+                one_arena: false,
+                padded: false,
             },
             Heap::Defaults,
             Heap::Unsupported,

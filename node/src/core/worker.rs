@@ -91,7 +91,8 @@ impl Worker {
             table: Table::default(),
             report: WorkerReport::default(),
             carried: 0,
-            capacity: capacity.max(SWEEP_SPREAD),
+            // A table of none would sweep and refuse every install.
+            capacity: capacity.max(1),
             since_full_sweep: 0,
             full_sweeps: 0,
             refused: 0,
@@ -486,7 +487,7 @@ mod tests {
     fn a_table_a_quarter_larger_than_the_flows_takes_every_new_flow() {
         let max_flows = 1000;
         let mut w = Worker::with_capacity(Worker::capacity_for(max_flows));
-        let mut live = VecDeque::new();
+        let mut live: VecDeque<std::sync::Arc<std::sync::atomic::AtomicU64>> = VecDeque::new();
         for n in 0..20_000 {
             if live.len() == max_flows
                 && let Some(oldest) = live.pop_front()

@@ -82,6 +82,7 @@ struct Stats {
     native_refused: AtomicU64,
     held: AtomicU64,
     installs_refused: AtomicU64,
+    table_sweeps: AtomicU64,
 }
 
 /// What a TUN worker needs besides its queue.
@@ -235,6 +236,7 @@ impl TunWorkers {
             ("worker_native_refused", &s.native_refused),
             ("worker_tun_held", &s.held),
             ("worker_installs_refused", &s.installs_refused),
+            ("worker_table_sweeps", &s.table_sweeps),
         ] {
             *c.entry(k.to_owned()).or_default() += v.load(Ordering::Relaxed);
         }
@@ -286,10 +288,16 @@ struct TunWorker {
 
 impl TunWorker {
     /// Takes an install; a full table leaves the flow with the driver.
+    /// Counted per worker: each holds every outbound install.
     fn take(&mut self, install: Install) {
+        let (sweeps, _) = self.worker.table_counts();
         if !self.worker.install(install) {
             self.stats.installs_refused.fetch_add(1, Ordering::Relaxed);
             trace!("worker table full: the flow stays with the driver until a sweep");
+        }
+        let swept = self.worker.table_counts().0 - sweeps;
+        if swept > 0 {
+            self.stats.table_sweeps.fetch_add(swept, Ordering::Relaxed);
         }
     }
 

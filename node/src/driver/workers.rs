@@ -180,6 +180,7 @@ impl WorkerHub {
                 since_check: 0,
                 last_sweep: None,
                 counters,
+                published: (0, 0),
             }));
         }
         taps
@@ -248,6 +249,8 @@ struct RingWorker {
     since_check: u32,
     last_sweep: Option<Instant>,
     counters: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// The table counts last put into `counters`.
+    published: (u64, u64),
 }
 
 impl RingWorker {
@@ -265,10 +268,16 @@ impl RingWorker {
         if self.reporter.report(&mut self.worker, now, force) {
             let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             self.tun.add_counters(&mut c);
-            let (sweeps, refused) = self.worker.table_counts();
-            c.insert("table_sweeps".to_owned(), sweeps);
-            c.insert("installs_refused".to_owned(), refused);
+            self.add_table_counts(&mut c);
         }
+    }
+
+    /// The table's counts, kept current also when nothing is carried (a
+    /// worker whose installs are all refused reports nothing else).
+    fn add_table_counts(&self, c: &mut std::collections::BTreeMap<String, u64>) {
+        let (sweeps, refused) = self.worker.table_counts();
+        c.insert("table_sweeps".to_owned(), sweeps);
+        c.insert("installs_refused".to_owned(), refused);
     }
 }
 
@@ -314,6 +323,11 @@ impl RxTap for RingWorker {
         self.since_check = 0;
         let now = self.clock.now();
         self.report(now, false);
+        if self.worker.table_counts() != self.published {
+            self.published = self.worker.table_counts();
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            self.add_table_counts(&mut c);
+        }
         if self
             .last_sweep
             .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
