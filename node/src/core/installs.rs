@@ -449,8 +449,7 @@ impl NodeCore {
                     .lookup(&t.overlay)
                     .is_some_and(|(_, e)| e.opening() == *opening)
             {
-                self.peer_steering_seen(&t.overlay);
-                self.paths.heard.insert(t.overlay);
+                self.heard_natively(&t.overlay);
             }
         }
         let mut rekeyed = false;

@@ -367,8 +367,7 @@ impl NodeCore {
                 if let Some(m) = self.paths.machines.get_mut(&t.peer) {
                     m.handle_native_data_received(now);
                 }
-                self.peer_steering_seen(&t.overlay);
-                self.paths.heard.insert(t.overlay);
+                self.heard_natively(&t.overlay);
                 if self.installs.kinds.native {
                     // After this packet the flow's next ones change nothing
                     // here but counts (the gate's peer side is set, the flow
@@ -463,11 +462,10 @@ impl NodeCore {
                 Ok(Disposition::Forward { len: n }) if n <= buf.len() => {
                     buf[..n].copy_from_slice(&trial[..n]);
                     self.bind_observed(t, wire);
-                    self.paths.heard.insert(t.overlay);
                     if let Some(m) = self.paths.machines.get_mut(&t.peer) {
                         m.handle_native_data_received(now);
                     }
-                    self.peer_steering_seen(&t.overlay);
+                    self.heard_natively(&t.overlay);
                     return Some(n);
                 }
                 Err(fpn_proto::Error::Replay { .. }) => replayed = true,
@@ -988,6 +986,14 @@ impl NodeCore {
         for f in flows {
             self.install_translation(f, ge, false, now);
         }
+    }
+
+    /// A native packet of `overlay` opened (here or by a worker, note 79):
+    /// the peer steers the flow, and it was heard through the peer's NAT,
+    /// if any.
+    pub(super) fn heard_natively(&mut self, overlay: &FlowId) {
+        self.peer_steering_seen(overlay);
+        self.paths.heard.insert(*overlay);
     }
 
     /// Installs the translation of one flow (PIT key `flow`) with `ge` when
