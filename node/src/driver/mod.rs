@@ -416,21 +416,8 @@ impl Driver {
                 Wake::Native(Some(batch)) => {
                     // This batch and up to four more that already wait;
                     // the rest gets its turn after the other sources.
-                    let mut next = Some(batch);
-                    for _ in 0..4 {
-                        let Some(b) = next.take() else { break };
-                        for p in b.iter() {
-                            shell.native_packet(p, &mut rbuf, now);
-                        }
-                        if let Some(rx) = native_rx.as_mut() {
-                            rx.recycle(b);
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                    if let Some(b) = next {
-                        for p in b.iter() {
-                            shell.native_packet(p, &mut rbuf, now);
-                        }
+                    if let Some(rx) = native_rx.as_mut() {
+                        rx.drain(batch, 5, |p| shell.native_packet(p, &mut rbuf, now));
                     }
                 }
                 Wake::Ready(Some(flows)) => shell.core.handle_native_flows_ready(&flows, now),

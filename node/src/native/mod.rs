@@ -320,6 +320,23 @@ impl NativeRx {
     pub fn recycle(&self, batch: RxBatch) {
         let _ = self.pool.try_send(batch);
     }
+
+    /// Hands each packet of `first` and of the batches that already wait
+    /// behind it to `f`, `count` batches at most (the rest waits for the
+    /// next call), and gives every batch back ([`NativeRx::recycle`]).
+    pub fn drain(&mut self, first: RxBatch, count: usize, mut f: impl FnMut(&[u8])) {
+        let mut next = Some(first);
+        for i in 1..=count {
+            let Some(b) = next.take() else { break };
+            for p in b.iter() {
+                f(p);
+            }
+            self.recycle(b);
+            if i < count {
+                next = self.try_recv().ok();
+            }
+        }
+    }
 }
 
 /// Counters of the receive threads (the two rings' added up).
@@ -914,6 +931,32 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_takes_what_waits_up_to_its_count_and_recycles_every_batch() {
+        // The driver's loop once dropped the last batch of a drain instead
+        // of giving it back: a ring thread then grew a new one from empty.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (pool, recycled) = std::sync::mpsc::sync_channel(16);
+        let mut native = NativeRx { rx, pool };
+        let batch = |n: u8| {
+            let mut b = RxBatch::default();
+            b.push(&[n; 3]);
+            b
+        };
+        for n in 1..=6 {
+            tx.try_send(batch(n)).unwrap();
+        }
+        let mut seen = Vec::new();
+        native.drain(batch(0), 5, |p| seen.push(p[0]));
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        assert_eq!(recycled.try_iter().count(), 5);
+        // The rest waits for the next drain.
+        let first = native.try_recv().unwrap();
+        native.drain(first, 5, |p| seen.push(p[0]));
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(recycled.try_iter().count(), 2);
+    }
 
     #[test]
     fn table_names_come_from_the_tun_name() {
