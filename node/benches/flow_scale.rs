@@ -17,6 +17,17 @@
 //! (default 3), each a fresh pair; prints medians with [min..max] and the
 //! load average before and after.
 //!
+//! `WORKERS=1` gives each node a data-path worker (design note 67), as the
+//! daemon's receive and TUN threads hold them: each flow's installs there
+//! keep its cipher states alive until the worker's sweep after the flow
+//! ended (a pass starts once a second, a slice of the table per step:
+//! design note 82), so the worker's table is reported on its own: the heap
+//! each end's pass gave back after its flows aged out, per flow; and the
+//! initiator's pass with every flow live and after they all ended: its
+//! longest step and its total (thread CPU). `FULL_SWEEP=1` times the
+//! whole-table sweep instead (`Worker::sweep`, one step: what the threads
+//! ran before note 82), for a comparison in one build.
+//!
 //! Run: `cargo bench -p fpn-node --bench flow_scale`.
 
 // A bench binary has no public API to document.
@@ -94,11 +105,42 @@ struct Round {
     longest_ms: f64,
     total_ms: f64,
     native: bool,
+    /// What each end's worker held per flow (given back at its sweep).
+    worker_a: f64,
+    worker_b: f64,
+    /// The initiator's worker's pass with every flow live, and after they
+    /// ended: (longest step, total), thread CPU in ms.
+    sweep_live_ms: (f64, f64),
+    sweep_ended_ms: (f64, f64),
 }
 
-fn round(seed: u64, flows: usize, force: Force) -> Round {
+/// A whole pass of `w`'s periodic sweep: its longest step and its total,
+/// thread CPU in ms.
+fn pass(w: &mut fpn_node::core::worker::Worker) -> (f64, f64) {
+    if env_usize("FULL_SWEEP", 0) == 1 {
+        let t = thread_cpu();
+        w.sweep();
+        let ms = (thread_cpu() - t).as_secs_f64() * 1e3;
+        return (ms, ms);
+    }
+    let (mut longest, mut total) = (Duration::ZERO, Duration::ZERO);
+    loop {
+        let t = thread_cpu();
+        let done = w.sweep_step();
+        let d = thread_cpu() - t;
+        longest = longest.max(d);
+        total += d;
+        if done {
+            break;
+        }
+    }
+    (longest.as_secs_f64() * 1e3, total.as_secs_f64() * 1e3)
+}
+
+fn round(seed: u64, flows: usize, force: Force, workers: bool) -> Round {
     let mut sim = CoreSim::new(seed, LinkConfig::default());
     sim.fast_open = true;
+    sim.workers = workers;
     sim.wire_log = false;
     sim.invariants = false;
     sim.path = PathConfig {
@@ -170,11 +212,16 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
         && sim.counter(a, "native_translations_refused") == 0
         && sim.counter(b, "native_translations_refused") == 0;
 
+    // A receive thread sweeps its worker's table once a second, most of
+    // the time with every flow still live.
+    let sweep_live = sim.nodes[a].worker.as_mut().map_or((0.0, 0.0), pass);
     // Each end ages out on its own, the way its driver would run it: past
     // every flow's idle timeout at once, one slice per call.
     let late = sim.now() + Duration::from_secs(400);
     let (mut calls, mut longest, mut total) = (0, Duration::ZERO, Duration::ZERO);
     let mut freed = [0isize; 2];
+    let mut swept = [0isize; 2];
+    let mut sweep_ended = (0.0, 0.0);
     for (k, i) in [a, b].into_iter().enumerate() {
         let at_start = live();
         let core = &mut sim.nodes[i].core;
@@ -188,6 +235,14 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
             calls += 1;
         }
         freed[k] = at_start - live();
+        if let Some(w) = sim.nodes[i].worker.as_mut() {
+            let before_sweep = live();
+            let p = pass(w);
+            if k == 0 {
+                sweep_ended = p;
+            }
+            swept[k] = before_sweep - live();
+        }
     }
     // The simulation's clock catches up with the cores'.
     let behind = late.saturating_duration_since(sim.now());
@@ -196,6 +251,10 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
     Round {
         per_flow_a: freed[0] as f64 / n,
         per_flow_b: freed[1] as f64 / n,
+        worker_a: swept[0] as f64 / n,
+        worker_b: swept[1] as f64 / n,
+        sweep_live_ms: sweep_live,
+        sweep_ended_ms: sweep_ended,
         left_per_flow: 0.0,
         grew_per_flow: 0.0,
         open_us_per_flow: open.as_secs_f64() * 1e6 / n,
@@ -217,8 +276,9 @@ fn main() {
     let flows = env_usize("FLOWS", 100_000);
     let rounds = env_usize("ROUNDS", 3).max(1);
     let carriers = std::env::var("CARRIERS").unwrap_or_else(|_| "quic,native".to_owned());
+    let workers = env_usize("WORKERS", 0) == 1;
     println!(
-        "flow_scale: {flows} flows, {rounds} rounds, medians [min..max]; load before {}",
+        "flow_scale: {flows} flows, {rounds} rounds, workers {workers}, medians [min..max]; load before {}",
         loadavg()
     );
     for carrier in carriers.split(',') {
@@ -228,7 +288,7 @@ fn main() {
             other => panic!("unknown carrier {other:?} in CARRIERS (quic, native)"),
         };
         let rs: Vec<Round> = (0..rounds)
-            .map(|r| round(100 + r as u64, flows, force))
+            .map(|r| round(100 + r as u64, flows, force, workers))
             .collect();
         assert!(
             rs.iter().all(|r| r.native == (force == Force::Native)),
@@ -257,6 +317,26 @@ fn main() {
         ];
         for (label, value, unit) in rows {
             println!("  {label}  {} {unit}", stat(rs.iter().map(value)));
+        }
+        if workers {
+            println!(
+                "  worker table, initiator    {} bytes per flow",
+                stat(rs.iter().map(|r| r.worker_a))
+            );
+            println!(
+                "  worker table, responder    {} bytes per flow",
+                stat(rs.iter().map(|r| r.worker_b))
+            );
+            println!(
+                "  initiator's worker pass, every flow live: longest step {} ms, total {} ms",
+                stat(rs.iter().map(|r| r.sweep_live_ms.0)),
+                stat(rs.iter().map(|r| r.sweep_live_ms.1))
+            );
+            println!(
+                "  initiator's worker pass, every flow ended: longest step {} ms, total {} ms",
+                stat(rs.iter().map(|r| r.sweep_ended_ms.0)),
+                stat(rs.iter().map(|r| r.sweep_ended_ms.1))
+            );
         }
         println!(
             "  ageing all out (2 ends)    {} calls, longest {} ms, total {} ms",

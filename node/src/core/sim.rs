@@ -409,7 +409,7 @@ impl CoreSim {
         let name = format!("n{id}");
         let node = SimNode {
             core: self.make_core(id, kind, mode, groups, &prefixes),
-            worker: self.workers.then(Worker::default),
+            worker: self.worker(),
             ge: GeId(id),
             overlay: overlay_of(id),
             underlay: SocketAddr::from(([198, 18, 0, id as u8], PORT)),
@@ -457,7 +457,7 @@ impl CoreSim {
         let (kind, prefixes) = self.nodes[i].real.clone();
         let id = self.nodes[i].ge.0;
         self.nodes[i].core = self.make_core(id, kind, mode, &groups, &prefixes);
-        self.nodes[i].worker = self.workers.then(Worker::default);
+        self.nodes[i].worker = self.worker();
         for g in groups {
             self.command(
                 i,
@@ -1078,6 +1078,13 @@ impl CoreSim {
             }
         }
         false
+    }
+
+    /// A node's data-path worker, when nodes have them: its table as
+    /// large as the daemon makes it for the PIT's size.
+    fn worker(&self) -> Option<Worker> {
+        self.workers
+            .then(|| Worker::with_capacity(Worker::capacity_for(self.pit.max_entries)))
     }
 
     fn deliver_native(&mut self, i: usize, packet: &[u8]) {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 
 use super::fence::Fence;
-use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter, SWEEP_EVERY};
+use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter};
 use crate::carrier::{Carrier, FrameKind};
 use crate::clock::Clock;
 use crate::core::worker::{Worker, WorkerOut};
@@ -182,7 +182,6 @@ impl TunWorkers {
                 native_out: Vec::with_capacity(crate::driver::TUN_SLOTS),
                 clock: parts.clock,
                 stats: stats.clone(),
-                last_sweep: None,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("fpn-tun-w{index}"))
@@ -283,7 +282,6 @@ struct TunWorker {
     native_out: Vec<(usize, usize, usize)>,
     clock: Clock,
     stats: Arc<Stats>,
-    last_sweep: Option<Instant>,
 }
 
 impl TunWorker {
@@ -359,12 +357,7 @@ impl TunWorker {
             self.arena.clear();
             self.hand_misses();
             self.reporter.report(&mut self.worker, now, false);
-            if self
-                .last_sweep
-                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
-            {
-                self.last_sweep = Some(now);
-                self.worker.sweep();
+            if self.worker.periodic_sweep(now) {
                 let done = self.settled();
                 self.fence.forget_done(done);
             }

@@ -35,8 +35,9 @@ const REPORT_QUEUE: usize = 64;
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// Packets between two looks at the clock for the report.
 const REPORT_CHECK_PACKETS: u32 = 256;
-/// How often a worker drops the installs of flows that ended.
-pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How soon an idle receive thread comes back for the next step of a
+/// sweep's pass ([`Worker::periodic_sweep`]).
+const SWEEP_STEP_GAP: Duration = Duration::from_millis(1);
 /// The receive threads, one per family of the underlay (IPv4's first):
 /// the native carrier's packet ring has both.
 pub const RING_WORKERS: usize = 2;
@@ -178,7 +179,6 @@ impl WorkerHub {
                 tun: TunOut::new(tun.clone(), offloads, coalesce),
                 clock,
                 since_check: 0,
-                last_sweep: None,
                 counters,
                 published: (0, 0),
             }));
@@ -247,7 +247,6 @@ struct RingWorker {
     tun: TunOut,
     clock: Clock,
     since_check: u32,
-    last_sweep: Option<Instant>,
     counters: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     /// The table counts last put into `counters`.
     published: (u64, u64),
@@ -309,9 +308,12 @@ impl RxTap for RingWorker {
     }
 
     fn wake_within(&self) -> Option<Duration> {
-        // A report waits: the thread comes back for it within this, also
-        // when no packet follows (status and the core's counters stay
-        // current).
+        // A sweep's pass is under way: its next step soon, also when no
+        // packet comes. A report waits: the thread comes back for it
+        // within this (status and the core's counters stay current).
+        if self.worker.sweeping() {
+            return Some(SWEEP_STEP_GAP);
+        }
         self.worker.has_report().then_some(REPORT_EVERY)
     }
 
@@ -328,13 +330,7 @@ impl RxTap for RingWorker {
             let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             self.add_table_counts(&mut c);
         }
-        if self
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
-        {
-            self.last_sweep = Some(now);
-            self.worker.sweep();
-        }
+        self.worker.periodic_sweep(now);
     }
 }
 
