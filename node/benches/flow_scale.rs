@@ -320,6 +320,12 @@ fn main() {
         }
         if workers {
             println!(
+                "  (with workers the heap per flow above is what the cores' ageing gave back, the \
+                 keys the workers held are below; what is left includes the workers' tables, \
+                 which keep their size; the ageing's longest call includes the allocator's \
+                 cleanup after a worker's frees: note 82)"
+            );
+            println!(
                 "  worker table, initiator    {} bytes per flow",
                 stat(rs.iter().map(|r| r.worker_a))
             );

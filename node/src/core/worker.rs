@@ -69,8 +69,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Installs one step of the periodic sweep drops at most: a step of a
 /// table of 100 000 flows that all ended frees this many cipher states,
-/// not all of them, so the thread that carries packets pauses for a
-/// fraction of a millisecond per step instead of 20 ms (design note 82).
+/// not all of them, so the thread that carries packets pauses for about a
+/// millisecond per step instead of 29 ms (design note 82). What a step
+/// looks at is not bounded (see [`Worker::sweep_step`]).
 pub const SWEEP_SLICE: usize = 2048;
 
 /// One data-path worker's installs and what it carried since its last
@@ -155,9 +156,9 @@ impl Worker {
         (self.full_sweeps, self.refused)
     }
 
-    /// Drops every install whose flow ended or whose epochs moved: their
-    /// cipher states (key material) go with the last reference. Call it
-    /// now and then (the receive threads do, about once a second).
+    /// Drops every install whose flow ended or whose epochs moved, at once:
+    /// their cipher states (key material) go with the last reference. A
+    /// full table does so; the threads run [`Worker::periodic_sweep`].
     pub fn sweep(&mut self) {
         self.table.retain(|_, i| usable_now(i));
     }
@@ -299,8 +300,9 @@ fn usable_now(i: &Install) -> bool {
 }
 
 /// The install for `key` if it still holds. A stale one stays until the
-/// core's next install for the key replaces it or [`Worker::sweep`] drops
-/// it (one lookup per packet).
+/// core's next install for the key replaces it or a sweep
+/// ([`Worker::periodic_sweep`], [`Worker::sweep`]) drops it (one lookup
+/// per packet).
 fn usable<'t>(table: &'t Table, key: &InstallKey) -> Option<&'t Install> {
     let i = table.get(key)?;
     let (epochs, crypto, rekey) = (
@@ -572,7 +574,7 @@ mod tests {
 
     /// Many flows end at once (ageing): the periodic sweep frees their
     /// installs a slice per call, not all in one call (a receive thread's
-    /// sweep of 100 000 ended flows took 22 ms, design note 82), and a
+    /// sweep of 100 000 ended flows took 29 ms, design note 82), and a
     /// pass still gets through them all; the live ones stay.
     #[test]
     fn the_periodic_sweep_frees_what_ended_a_slice_per_call() {

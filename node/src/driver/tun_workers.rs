@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 
 use super::fence::Fence;
-use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter};
+use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter, SWEEP_STEP_GAP};
 use crate::carrier::{Carrier, FrameKind};
 use crate::clock::Clock;
 use crate::core::worker::{Worker, WorkerOut};
@@ -306,7 +306,10 @@ impl TunWorker {
             if !self.take_installs() {
                 break;
             }
-            let wait = if self.worker.has_report() || self.fence.held() > 0 {
+            let wait = if self.worker.sweeping() {
+                // The next step of a sweep's pass soon, also when idle.
+                SWEEP_STEP_GAP
+            } else if self.worker.has_report() || self.fence.held() > 0 {
                 REPORT_EVERY
             } else {
                 IDLE_WAIT

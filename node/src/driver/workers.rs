@@ -35,9 +35,9 @@ const REPORT_QUEUE: usize = 64;
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// Packets between two looks at the clock for the report.
 const REPORT_CHECK_PACKETS: u32 = 256;
-/// How soon an idle receive thread comes back for the next step of a
+/// How soon an idle worker's thread comes back for the next step of a
 /// sweep's pass ([`Worker::periodic_sweep`]).
-const SWEEP_STEP_GAP: Duration = Duration::from_millis(1);
+pub(super) const SWEEP_STEP_GAP: Duration = Duration::from_millis(1);
 /// The receive threads, one per family of the underlay (IPv4's first):
 /// the native carrier's packet ring has both.
 pub const RING_WORKERS: usize = 2;

@@ -325,6 +325,8 @@ impl NativeRx {
     /// behind it to `f`, `count` batches at most (the rest waits for the
     /// next call), and gives every batch back ([`NativeRx::recycle`]).
     pub fn drain(&mut self, first: RxBatch, count: usize, mut f: impl FnMut(&[u8])) {
+        // `first` is handled whatever `count` says.
+        let count = count.max(1);
         let mut next = Some(first);
         for i in 1..=count {
             let Some(b) = next.take() else { break };
