@@ -151,13 +151,15 @@ fn main() -> ExitCode {
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (log, threads, tun_workers) = match &cli.cmd {
+    // The daemon's configuration, read once: the runtime and the heap are
+    // chosen from it before the daemon takes it.
+    let (log, threads, tun_workers, up_cfg) = match &cli.cmd {
         Cmd::Up { config, .. } => match NodeConfig::load(config.as_deref()) {
             Ok(c) => {
                 let threads = c.runtime_threads_for(cores);
                 let tun =
                     fpn_node::daemon::tun_workers(&c, fpn_node::daemon::want_workers(c.workers));
-                (c.log, threads, tun)
+                (c.log.clone(), threads, tun, Some(c))
             }
             Err(e) => {
                 eprintln!("fpn-node: {e}");
@@ -165,7 +167,7 @@ fn main() -> ExitCode {
             }
         },
         // One-shot commands talk to the daemon: one thread is plenty.
-        _ => ("warn".into(), 1, 0),
+        _ => ("warn".into(), 1, 0, None),
     };
     // For measurements (bench/overlay-ab.sh `threads1`, `threads2`).
     let threads = std::env::var("FPN_NODE_THREADS")
@@ -223,7 +225,7 @@ fn main() -> ExitCode {
         );
     }
     let json = wants_json(&cli.cmd);
-    match rt.block_on(run(cli.cmd, set_log)) {
+    match rt.block_on(run(cli.cmd, set_log, up_cfg)) {
         Ok(code) => code,
         Err(e) => {
             let line = fpn_clidocs::one_line(e.chain());
@@ -299,7 +301,11 @@ fn read_token(
     Ok(text)
 }
 
-async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::Result<ExitCode> {
+async fn run(
+    cmd: Cmd,
+    set_log: Option<fpn_node::daemon::LogSetter>,
+    up_cfg: Option<NodeConfig>,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Completions { shell } => {
             fpn_clidocs::completions(Cli::command(), shell, &mut std::io::stdout().lock())
@@ -348,7 +354,10 @@ async fn run(cmd: Cmd, set_log: Option<fpn_node::daemon::LogSetter>) -> anyhow::
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Up { state, config } => {
-            let cfg = NodeConfig::load(config.as_deref())?;
+            let cfg = match up_cfg {
+                Some(c) => c,
+                None => NodeConfig::load(config.as_deref())?,
+            };
             let reload = fpn_node::daemon::Reload {
                 path: config,
                 set_log,
