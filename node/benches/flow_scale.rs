@@ -11,7 +11,8 @@
 //! both (tables keep their capacity). Then the same flows open and age out
 //! twice more: a leak would grow the heap over the third cycle. Ageing runs the way the daemon runs it:
 //! `handle_timeout` past every flow's idle timeout, one slice per call;
-//! reported are the calls, the longest call and the total (thread CPU).
+//! reported are the calls, the longest call at each end and the total
+//! (thread CPU).
 //!
 //! For each carrier (`CARRIERS`, default `quic,native`): `ROUNDS` rounds
 //! (default 3), each a fresh pair; prints medians with [min..max] and the
@@ -20,8 +21,8 @@
 //! `WORKERS=1` gives each node a data-path worker (design note 67), as the
 //! daemon's receive and TUN threads hold them: each flow's installs there
 //! keep its cipher states alive until the worker's sweep after the flow
-//! ended (a pass starts once a second, a slice of the table per step:
-//! design note 82), so the worker's table is reported on its own: the heap
+//! ended (a pass starts once a second, a piece of the table per step:
+//! design notes 82 and 83), so the worker's table is reported on its own: the heap
 //! each end's pass gave back after its flows aged out, per flow; and the
 //! initiator's pass with every flow live and after they all ended: its
 //! longest step and its total (thread CPU). `FULL_SWEEP=1` times the
@@ -102,7 +103,8 @@ struct Round {
     grew_per_flow: f64,
     open_us_per_flow: f64,
     calls: usize,
-    longest_ms: f64,
+    /// The ageing's longest call at each end (initiator, responder).
+    longest_ms: [f64; 2],
     total_ms: f64,
     native: bool,
     /// What each end's worker held per flow (given back at its sweep).
@@ -218,7 +220,7 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
     // Each end ages out on its own, the way its driver would run it: past
     // every flow's idle timeout at once, one slice per call.
     let late = sim.now() + Duration::from_secs(400);
-    let (mut calls, mut longest, mut total) = (0, Duration::ZERO, Duration::ZERO);
+    let (mut calls, mut longest, mut total) = (0, [Duration::ZERO; 2], Duration::ZERO);
     let mut freed = [0isize; 2];
     let mut swept = [0isize; 2];
     let mut sweep_ended = (0.0, 0.0);
@@ -230,7 +232,7 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
             core.handle_timeout(late);
             while core.poll_output().is_some() {}
             let d = thread_cpu() - t;
-            longest = longest.max(d);
+            longest[k] = longest[k].max(d);
             total += d;
             calls += 1;
         }
@@ -259,7 +261,7 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
         grew_per_flow: 0.0,
         open_us_per_flow: open.as_secs_f64() * 1e6 / n,
         calls,
-        longest_ms: longest.as_secs_f64() * 1e3,
+        longest_ms: longest.map(|d| d.as_secs_f64() * 1e3),
         total_ms: total.as_secs_f64() * 1e3,
         native,
     }
@@ -322,8 +324,9 @@ fn main() {
             println!(
                 "  (with workers the heap per flow above is what the cores' ageing gave back, the \
                  keys the workers held are below; what is left includes the workers' tables, \
-                 which keep their size; the ageing's longest call includes the allocator's \
-                 cleanup after a worker's frees: note 82)"
+                 which keep their size; the responder's longest ageing call includes the \
+                 allocator's cleanup after the initiator's worker freed its keys, one heap in \
+                 this one-thread simulation: notes 82, 83)"
             );
             println!(
                 "  worker table, initiator    {} bytes per flow",
@@ -345,9 +348,11 @@ fn main() {
             );
         }
         println!(
-            "  ageing all out (2 ends)    {} calls, longest {} ms, total {} ms",
+            "  ageing all out (2 ends)    {} calls, longest at the initiator {} ms, at the \
+             responder {} ms, total {} ms",
             stat(rs.iter().map(|r| r.calls as f64)),
-            stat(rs.iter().map(|r| r.longest_ms)),
+            stat(rs.iter().map(|r| r.longest_ms[0])),
+            stat(rs.iter().map(|r| r.longest_ms[1])),
             stat(rs.iter().map(|r| r.total_ms))
         );
     }

@@ -32,6 +32,7 @@
 
 mod explain;
 mod flows;
+mod install_table;
 mod installs;
 mod keys;
 mod moves;
