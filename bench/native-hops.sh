@@ -34,8 +34,10 @@
 # SYSCALLS=1 adds a phase to each round: strace -c -f on both nodes while
 # $FLOWS more brand-new flows go (one each, $FGAP s apart), printed as
 # system calls per flow by name, both nodes together (design note 79 counts
-# the heap's mprotect and brk so); strace slows the nodes, so that phase's
-# flows are not timed.
+# the heap's mprotect and brk so), then the same over $N more lone UDP
+# echoes on one warm flow ($GAP s apart), per echo (note 84 counts the
+# driver's wake-ups so); strace slows the nodes, so that phase is not
+# timed.
 # PROFILE=1 adds a phase to each round: `perf record` (cpu-clock, call
 # graphs, dwarf, $PERF_HZ samples per CPU second) of both nodes while $PFLOWS more
 # brand-new flows go ($FGAP s apart; no sniffer, no strace), printed per
@@ -328,6 +330,35 @@ HEAD_FLOW=$HEAD_UDP
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 ticks() { local t=0 pid; for pid in "$PID_a" "$PID_b"; do t=$((t + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'))); done; echo $t; }
+# System calls of both nodes (strace -c -f, every thread) while CMD runs,
+# per unit: syscalls_per LABEL UNITS OUTFILE CMD...
+syscalls_per() {
+    local label=$1 units=$2 out=$3 st
+    shift 3
+    strace -c -f -p "$PID_a" -p "$PID_b" -o "$out" &
+    st=$!
+    sleep 1
+    "$@" >/dev/null
+    kill -INT "$st"
+    wait "$st" || true
+    python3 - "$out" "$units" "$label" <<'EOF'
+import sys
+rows, units, label = [], int(sys.argv[2]), sys.argv[3]
+for l in open(sys.argv[1]):
+    f = l.split()
+    # % time, seconds, usecs/call, calls, [errors,] syscall
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        rows.append((int(f[3]), f[-1]))
+rows.sort(reverse=True)
+shown = rows[:12] + [r for r in rows[12:] if r[1] in ("mprotect", "brk", "mmap", "munmap")]
+print("  system calls per %s, both nodes (strace -c, %d): " % (label, units)
+      + ", ".join("%s %.2f" % (n, c / units) for c, n in shown))
+for n in ("mprotect", "brk"):
+    if n not in [r[1] for r in rows]:
+        print("  (no %s)" % n)
+EOF
+}
+
 for r in $(seq "$ROUNDS"); do
     up
     t0=$(ticks)
@@ -367,29 +398,10 @@ for r in $(seq "$ROUNDS"); do
     echo "  flow1 per hop, us (median of the flows; n last): $HEAD_FLOW n"
     echo "  flow $(python3 -c "$ANALYSE" flow "$OUT/r$r-flow.txt")" | tee -a "$WORK/res-flow"
     if [ "$SYSCALLS" = 1 ]; then
-        # -f with -p takes every thread of each node.
-        strace -c -f -p "$PID_a" -p "$PID_b" -o "$OUT/r$r-strace.txt" &
-        st=$!
-        sleep 1
-        ip netns exec "$NSA" python3 -c "$FLOW_CLIENT" "$DST" "$FLOWS" "$FGAP" >/dev/null
-        kill -INT "$st"
-        wait "$st" || true
-        python3 - "$OUT/r$r-strace.txt" "$FLOWS" <<'EOF'
-import sys
-rows, flows = [], int(sys.argv[2])
-for l in open(sys.argv[1]):
-    f = l.split()
-    # % time, seconds, usecs/call, calls, [errors,] syscall
-    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
-        rows.append((int(f[3]), f[-1]))
-rows.sort(reverse=True)
-shown = rows[:12] + [r for r in rows[12:] if r[1] in ("mprotect", "brk", "mmap", "munmap")]
-print("  system calls per new flow, both nodes (strace -c, %d flows): " % flows
-      + ", ".join("%s %.2f" % (n, c / flows) for c, n in shown))
-for n in ("mprotect", "brk"):
-    if n not in [r[1] for r in rows]:
-        print("  (no %s)" % n)
-EOF
+        syscalls_per "new flow" "$FLOWS" "$OUT/r$r-strace.txt" \
+            ip netns exec "$NSA" python3 -c "$FLOW_CLIENT" "$DST" "$FLOWS" "$FGAP"
+        syscalls_per "warm UDP echo" "$N" "$OUT/r$r-strace-udp.txt" \
+            ip netns exec "$NSA" python3 -c "$UDP_CLIENT" "$DST" "$N" "$GAP"
     fi
     if [ "$PROFILE" = 1 ]; then
         perf record -q -e cpu-clock -F "$PERF_HZ" --call-graph dwarf,16384 -p "$PID_a,$PID_b" \

@@ -111,22 +111,23 @@ struct Round {
     worker_a: f64,
     worker_b: f64,
     /// The initiator's worker's pass with every flow live, and after they
-    /// ended: (longest step, total), thread CPU in ms.
-    sweep_live_ms: (f64, f64),
-    sweep_ended_ms: (f64, f64),
+    /// ended: (longest step, total), thread CPU in ms, and its steps.
+    sweep_live_ms: (f64, f64, f64),
+    sweep_ended_ms: (f64, f64, f64),
 }
 
 /// A whole pass of `w`'s periodic sweep: its longest step and its total,
-/// thread CPU in ms.
-fn pass(w: &mut fpn_node::core::worker::Worker) -> (f64, f64) {
+/// thread CPU in ms, and its steps.
+fn pass(w: &mut fpn_node::core::worker::Worker) -> (f64, f64, f64) {
     if env_usize("FULL_SWEEP", 0) == 1 {
         let t = thread_cpu();
         w.sweep();
         let ms = (thread_cpu() - t).as_secs_f64() * 1e3;
-        return (ms, ms);
+        return (ms, ms, 1.0);
     }
-    let (mut longest, mut total) = (Duration::ZERO, Duration::ZERO);
+    let (mut longest, mut total, mut steps) = (Duration::ZERO, Duration::ZERO, 0);
     loop {
+        steps += 1;
         let t = thread_cpu();
         let done = w.sweep_step();
         let d = thread_cpu() - t;
@@ -136,7 +137,11 @@ fn pass(w: &mut fpn_node::core::worker::Worker) -> (f64, f64) {
             break;
         }
     }
-    (longest.as_secs_f64() * 1e3, total.as_secs_f64() * 1e3)
+    (
+        longest.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        f64::from(steps),
+    )
 }
 
 fn round(seed: u64, flows: usize, force: Force, workers: bool) -> Round {
@@ -216,14 +221,14 @@ fn cycle(sim: &mut CoreSim, a: usize, b: usize, flows: usize) -> Round {
 
     // A receive thread sweeps its worker's table once a second, most of
     // the time with every flow still live.
-    let sweep_live = sim.nodes[a].worker.as_mut().map_or((0.0, 0.0), pass);
+    let sweep_live = sim.nodes[a].worker.as_mut().map_or((0.0, 0.0, 0.0), pass);
     // Each end ages out on its own, the way its driver would run it: past
     // every flow's idle timeout at once, one slice per call.
     let late = sim.now() + Duration::from_secs(400);
     let (mut calls, mut longest, mut total) = (0, [Duration::ZERO; 2], Duration::ZERO);
     let mut freed = [0isize; 2];
     let mut swept = [0isize; 2];
-    let mut sweep_ended = (0.0, 0.0);
+    let mut sweep_ended = (0.0, 0.0, 0.0);
     for (k, i) in [a, b].into_iter().enumerate() {
         let at_start = live();
         let core = &mut sim.nodes[i].core;
@@ -336,16 +341,21 @@ fn main() {
                 "  worker table, responder    {} bytes per flow",
                 stat(rs.iter().map(|r| r.worker_b))
             );
-            println!(
-                "  initiator's worker pass, every flow live: longest step {} ms, total {} ms",
-                stat(rs.iter().map(|r| r.sweep_live_ms.0)),
-                stat(rs.iter().map(|r| r.sweep_live_ms.1))
-            );
-            println!(
-                "  initiator's worker pass, every flow ended: longest step {} ms, total {} ms",
-                stat(rs.iter().map(|r| r.sweep_ended_ms.0)),
-                stat(rs.iter().map(|r| r.sweep_ended_ms.1))
-            );
+            for (label, p) in [
+                (
+                    "live:",
+                    (|r| r.sweep_live_ms) as fn(&Round) -> (f64, f64, f64),
+                ),
+                ("ended:", |r| r.sweep_ended_ms),
+            ] {
+                println!(
+                    "  initiator's worker pass, every flow {label:6} longest step {} ms, total {} \
+                     ms, {} steps",
+                    stat(rs.iter().map(|r| p(r).0)),
+                    stat(rs.iter().map(|r| p(r).1)),
+                    stat(rs.iter().map(|r| p(r).2))
+                );
+            }
         }
         println!(
             "  ageing all out (2 ends)    {} calls, longest at the initiator {} ms, at the \

@@ -17,13 +17,15 @@ use super::installs::{Install, InstallKey};
 /// as many shards as its capacity needs of these (a power of two).
 const SHARD_TARGET: usize = 512;
 
-/// Most shards a table has, whatever its capacity (an empty shard is a
-/// few dozen bytes).
-const MAX_SHARDS: usize = 4096;
+/// Most shards a table has: enough for the largest `max_flows` (4 194 304
+/// flows, 5 242 880 installs) at [`SHARD_TARGET`]; a bound only against an
+/// absurd capacity (each empty shard is a few dozen bytes, and a step
+/// walks the empty ones too).
+const MAX_SHARDS: usize = 16_384;
 
-/// Installs one sweep step looks at, at least (a step takes whole
-/// shards): with shards of [`SHARD_TARGET`], a step of a full table looks
-/// at about four shards.
+/// Installs a sweep step looks at: it stops after the shard that brings it
+/// to this many, or at the last shard (a step takes whole shards, four to
+/// eight of a full table).
 pub const STEP_LOOKS: usize = 2048;
 
 type Shard = FastMap<InstallKey, Install>;
@@ -58,7 +60,7 @@ impl InstallTable {
     }
 
     fn shard_of(&self, key: &InstallKey) -> usize {
-        // The high half: the low bits of a fast hash are its weakest.
+        // The table's own seed: a shard's keys still spread over its map.
         (self.hasher.hash_one(key) >> 32) as usize & self.mask
     }
 
@@ -96,7 +98,8 @@ impl InstallTable {
         self.len == 0
     }
 
-    /// Keeps only the installs `keep` says to, in every shard.
+    /// Keeps only the installs `keep` says to, in every shard: a whole
+    /// pass, so the next step starts a new one from the first shard.
     pub fn retain(&mut self, mut keep: impl FnMut(&Install) -> bool) {
         for s in 0..self.shards.len() {
             self.retain_shard(s, &mut keep);
@@ -159,13 +162,46 @@ mod tests {
         Install::inbound_for_test(flow(n)).0
     }
 
+    /// `n` installs sharing one cipher state (a table's behaviour does not
+    /// depend on it; 100 000 of their own would be 150 MB).
     fn filled(capacity: usize, n: u32) -> InstallTable {
         let mut t = InstallTable::for_capacity(capacity);
+        let one = install(0);
         for k in 0..n {
-            let i = install(k);
+            let mut i = one.clone();
+            i.key = InstallKey::Native(flow(k));
             t.insert(i.key, i);
         }
         t
+    }
+
+    /// The shard counts the docs quote (NODE.md, note 83), and the bounds.
+    #[test]
+    fn shards_follow_the_capacity() {
+        let shards = |c| InstallTable::for_capacity(c).shards.len();
+        assert_eq!(shards(0), 1);
+        assert_eq!(shards(512), 1);
+        assert_eq!(shards(513), 2);
+        assert_eq!(shards(81_920), 256, "the default 65 536 flows");
+        assert_eq!(shards(125_020), 256, "flow_scale's 100 000 flows");
+        assert_eq!(shards(5_242_880), 16_384, "the largest max_flows");
+        assert_eq!(shards(usize::MAX), MAX_SHARDS);
+    }
+
+    /// A whole-table retain in the middle of a pass ends it: the next step
+    /// starts from the first shard, and a pass from there looks at each
+    /// install once.
+    #[test]
+    fn a_whole_retain_starts_the_next_pass_from_the_first_shard() {
+        let mut t = filled(20_000, 10_000);
+        assert!(!t.retain_step(|_| true), "a pass of several steps");
+        t.retain(|_| true);
+        let mut looked = 0;
+        while !t.retain_step(|_| {
+            looked += 1;
+            true
+        }) {}
+        assert_eq!(looked, 10_000);
     }
 
     /// A step of a sweep looks at a bounded share of a table of 100 000

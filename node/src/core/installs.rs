@@ -277,7 +277,8 @@ pub struct WorkerCounters {
 pub struct WorkerReport {
     /// Status counters.
     pub counters: WorkerCounters,
-    /// When the last data packet was received (either path).
+    /// When the last data packet was received (either path; of merged
+    /// reports, the latest).
     pub received: Option<Instant>,
     /// PIT keys whose send counter reached the rekey limit.
     pub rekeys: Vec<FlowId>,
@@ -287,7 +288,62 @@ pub struct WorkerReport {
     pub heard: Vec<(FlowId, Option<u64>)>,
 }
 
+impl std::ops::AddAssign for WorkerCounters {
+    fn add_assign(&mut self, o: Self) {
+        // Every field named: a new one must be added here too.
+        let Self {
+            tun_in,
+            data_out,
+            native_out,
+            native_bytes_out,
+            data_in,
+            native_in,
+            native_bytes_in,
+            tun_out,
+            native_in_rejected,
+            native_in_replayed,
+            data_in_rejected,
+            data_in_replayed,
+            seal_errors,
+            tun_write_drops,
+        } = o;
+        self.tun_in += tun_in;
+        self.data_out += data_out;
+        self.native_out += native_out;
+        self.native_bytes_out += native_bytes_out;
+        self.data_in += data_in;
+        self.native_in += native_in;
+        self.native_bytes_in += native_bytes_in;
+        self.tun_out += tun_out;
+        self.native_in_rejected += native_in_rejected;
+        self.native_in_replayed += native_in_replayed;
+        self.data_in_rejected += data_in_rejected;
+        self.data_in_replayed += data_in_replayed;
+        self.seal_errors += seal_errors;
+        self.tun_write_drops += tun_write_drops;
+    }
+}
+
 impl WorkerReport {
+    /// Adds a later report to this one, as if both were one.
+    pub fn merge(&mut self, later: Self) {
+        if self.is_empty() {
+            // Keeps the later one's vectors (no allocation).
+            *self = later;
+            return;
+        }
+        let Self {
+            counters,
+            received,
+            mut rekeys,
+            mut heard,
+        } = later;
+        self.counters += counters;
+        self.received = self.received.max(received);
+        self.rekeys.append(&mut rekeys);
+        self.heard.append(&mut heard);
+    }
+
     /// Nothing to report.
     pub fn is_empty(&self) -> bool {
         self.counters == WorkerCounters::default()

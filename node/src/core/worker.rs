@@ -67,12 +67,10 @@ const SWEEP_SPREAD: usize = 16;
 /// How often a pass of the periodic sweep starts ([`Worker::periodic_sweep`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-pub use super::install_table::STEP_LOOKS;
-
 /// One data-path worker's installs and what it carried since its last
 /// report.
 pub struct Worker {
-    table: Table,
+    table: InstallTable,
     report: WorkerReport,
     carried: u64,
     capacity: usize,
@@ -153,9 +151,12 @@ impl Worker {
 
     /// Drops every install whose flow ended or whose epochs moved, at once:
     /// their cipher states (key material) go with the last reference. A
-    /// full table does so; the threads run [`Worker::periodic_sweep`].
+    /// full table does so; the threads run [`Worker::periodic_sweep`]. It
+    /// counts as the running pass (else a full table swept more often than
+    /// a pass takes would restart the pass for ever).
     pub fn sweep(&mut self) {
         self.table.retain(usable_now);
+        self.pass = false;
     }
 
     /// The sweep the worker's thread runs whenever it has a moment: a pass
@@ -188,7 +189,7 @@ impl Worker {
     }
 
     /// One step of a pass: drops the stale installs among the next
-    /// [`STEP_LOOKS`] or a few more (whole shards of the table, design note
+    /// `STEP_LOOKS` (2 048) or a few more (whole shards of the table, design note
     /// 83). True when the pass is through (it looked at every install).
     pub fn sweep_step(&mut self) -> bool {
         self.table.retain_step(usable_now)
@@ -225,11 +226,30 @@ impl Worker {
         !self.report.is_empty()
     }
 
-    /// Whether a report is waiting that the core must see before its next
-    /// decision (a flow at its rekey limit, a flow's first packet opened
-    /// with an install made before it).
+    /// Whether a report is waiting that the core must see at once (a flow
+    /// at its rekey limit: its sender must not go past the limit).
     pub fn report_urgent(&self) -> bool {
-        !self.report.rekeys.is_empty() || !self.report.heard.is_empty()
+        !self.report.rekeys.is_empty()
+    }
+
+    /// Whether first packets were opened with installs made before them
+    /// ([`WorkerReport::heard`]): the core must see them before its next
+    /// decision about those flows, not at once (design note 84).
+    pub fn has_heard(&self) -> bool {
+        !self.report.heard.is_empty()
+    }
+
+    /// As if a first packet of `wire` had been opened with an install of
+    /// `opening` made before it.
+    #[cfg(test)]
+    pub(crate) fn heard_for_test(&mut self, wire: fpn_proto::flow::FlowId, opening: Option<u64>) {
+        self.report.heard.push((wire, opening));
+    }
+
+    /// As if `flow` had reached its rekey limit here.
+    #[cfg(test)]
+    pub(crate) fn rekey_for_test(&mut self, flow: fpn_proto::flow::FlowId) {
+        self.report.rekeys.push(flow);
     }
 
     /// A packet from the TUN: `buf[..len]` holds it, the rest of `buf` is
@@ -249,12 +269,12 @@ impl Worker {
     /// [`handle_native_packet`](super::NodeCore::handle_native_packet)
     /// takes it): `buf[..len]` holds it; an IPv6 flow on an IPv4 wire needs
     /// 20 bytes of room behind it.
-    pub fn handle_native_packet<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
+    pub fn handle_native_packet<'b>(
+        &mut self,
+        buf: &'b mut [u8],
         len: usize,
         now: Instant,
-    ) -> WorkerOut<'a> {
+    ) -> WorkerOut<'b> {
         let out = native_packet(&mut self.table, &mut self.report, buf, len, now);
         counted(&mut self.carried, out)
     }
@@ -273,8 +293,6 @@ impl Worker {
     }
 }
 
-type Table = InstallTable;
-
 /// Counts `out` in `carried` unless it goes to the core.
 fn counted<'a>(carried: &mut u64, out: WorkerOut<'a>) -> WorkerOut<'a> {
     *carried += u64::from(!matches!(out, WorkerOut::Core));
@@ -291,7 +309,7 @@ fn usable_now(i: &Install) -> bool {
 /// core's next install for the key replaces it or a sweep
 /// ([`Worker::periodic_sweep`], [`Worker::sweep`]) drops it (one lookup
 /// per packet).
-fn usable<'t>(table: &'t Table, key: &InstallKey) -> Option<&'t Install> {
+fn usable<'t>(table: &'t InstallTable, key: &InstallKey) -> Option<&'t Install> {
     let i = table.get(key)?;
     let (epochs, crypto, rekey) = (
         i.stamp.is_current(),
@@ -313,7 +331,7 @@ fn usable<'t>(table: &'t Table, key: &InstallKey) -> Option<&'t Install> {
 
 /// [`Worker::handle_tun_packet`] on the worker's parts.
 fn tun_packet<'a>(
-    table: &'a Table,
+    table: &'a InstallTable,
     report: &mut WorkerReport,
     buf: &'a mut [u8],
     len: usize,
@@ -385,7 +403,7 @@ fn tun_packet<'a>(
 
 /// [`Worker::handle_native_packet`] on the worker's parts.
 fn native_packet<'a>(
-    table: &mut Table,
+    table: &mut InstallTable,
     report: &mut WorkerReport,
     buf: &'a mut [u8],
     len: usize,
@@ -449,7 +467,7 @@ fn native_packet<'a>(
 
 /// [`Worker::handle_carrier_data`] on the worker's parts.
 fn carrier_data<'a>(
-    table: &'a Table,
+    table: &'a InstallTable,
     report: &mut WorkerReport,
     peer: GeId,
     buf: &'a mut [u8],
@@ -497,6 +515,7 @@ mod tests {
 
     use fpn_proto::flow::FlowId;
 
+    use super::super::install_table::STEP_LOOKS;
     use super::*;
 
     fn flow(n: u32) -> FlowId {
@@ -607,5 +626,22 @@ mod tests {
         }
         assert_eq!(w.len(), 2_000);
         assert!(calls >= 8_000 / piece, "{calls} calls");
+    }
+
+    /// A full table's whole sweep in the middle of a pass counts as the
+    /// pass: full tables swept more often than a pass takes would
+    /// otherwise restart it for ever (the threads would wake every
+    /// millisecond and never start a new pass).
+    #[test]
+    fn a_whole_sweep_ends_a_running_pass() {
+        let mut w = Worker::with_capacity(20_000);
+        for n in 0..10_000 {
+            assert!(w.install(Install::inbound_for_test(flow(n)).0));
+        }
+        let t0 = Instant::now();
+        assert!(w.periodic_sweep(t0));
+        assert!(w.sweeping(), "10 000 installs take several steps");
+        w.sweep();
+        assert!(!w.sweeping());
     }
 }

@@ -380,10 +380,7 @@ async fn run(
             room,
             install_capacity,
         };
-        let reports = hub.report_sender().expect("reports open until started");
-        hub.tun = Some(crate::driver::TunWorkers::start(
-            tun_queues, &parts, &reports,
-        )?);
+        hub.tun = Some(crate::driver::TunWorkers::start(tun_queues, &parts, &hub)?);
     }
     hub.started();
     let kinds = hub.kinds();

@@ -386,6 +386,12 @@ impl Driver {
                     .unwrap_or_default();
                 shell.carrier.network_changed(&ips);
             }
+            // What the workers reported since the last wake-up, without
+            // waking the driver: before what woke it (a flow's next
+            // packet, say, after its first was heard).
+            if let Some(r) = shell.workers.as_ref().and_then(WorkerHub::take_quiet) {
+                shell.core.handle_worker_report(r, now);
+            }
             match wake {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(c)) => shell.core.handle_command(c, now),

@@ -28,7 +28,7 @@ use super::workers::{INSTALL_QUEUE, REPORT_EVERY, Reporter, SWEEP_STEP_GAP};
 use crate::carrier::{Carrier, FrameKind};
 use crate::clock::Clock;
 use crate::core::worker::{Worker, WorkerOut};
-use crate::core::{Install, InstallKey, SendError, WorkerReport};
+use crate::core::{Install, InstallKey, SendError};
 use crate::native::{RawSender, SEND_BATCH, TxBatch};
 use crate::tun::{BlockingTunReader, SegmentBuffers};
 
@@ -126,12 +126,18 @@ impl std::fmt::Debug for TunWorkers {
 }
 
 impl TunWorkers {
-    /// Starts one worker thread per queue reader, reporting to `reports`.
+    /// Starts one worker thread per queue reader, reporting to `workers`
+    /// (before it is started).
     pub fn start(
         queues: Vec<BlockingTunReader>,
         parts: &TunWorkerParts,
-        reports: &mpsc::Sender<WorkerReport>,
+        workers: &super::WorkerHub,
     ) -> crate::error::Result<Self> {
+        let reports = workers.report_sender().ok_or_else(|| {
+            crate::error::Error::Terminated(
+                "the workers' reports closed before the TUN workers started".to_owned(),
+            )
+        })?;
         let (miss_tx, misses) = mpsc::channel(MISS_QUEUE);
         let stats = Arc::new(Stats::default());
         let mut hub = Self {
@@ -172,7 +178,7 @@ impl TunWorkers {
                 seq: 0,
                 done: done.clone(),
                 installs,
-                reporter: Reporter::new(reports.clone()),
+                reporter: Reporter::new(reports.clone(), workers.quiet_reports()),
                 misses: miss_tx.clone(),
                 spare,
                 pending: TxBatch::default(),

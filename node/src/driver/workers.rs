@@ -7,6 +7,7 @@
 //! driver hands the core's installs to the workers and takes their
 //! reports through the [`WorkerHub`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,9 +30,9 @@ pub(super) const INSTALL_QUEUE: usize = 4096;
 /// Reports waiting for the driver; a worker keeps adding to its own while
 /// the queue is full.
 const REPORT_QUEUE: usize = 64;
-/// A worker reports at most this often while packets flow (sooner for a
-/// rekey or a first packet): the path machines' timers are hundreds of
-/// milliseconds.
+/// A worker hands its counters over at most this often while packets flow
+/// (at once for a rekey or a first packet heard): `status` reads them, and
+/// each hand-over takes a lock.
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// Packets between two looks at the clock for the report.
 const REPORT_CHECK_PACKETS: u32 = 256;
@@ -51,6 +52,8 @@ pub struct WorkerHub {
     /// Kept while workers are being made ([`WorkerHub::started`] drops
     /// it, so the channel closes when every worker stopped).
     report_tx: Option<mpsc::Sender<WorkerReport>>,
+    /// Reports that wake nobody (design note 84).
+    quiet: Arc<QuietReports>,
     /// What the workers' TUN writes counted, for `status`.
     tun_counters: Vec<Arc<Mutex<std::collections::BTreeMap<String, u64>>>>,
     /// The TUN workers (reading the TUN's queues), when they run.
@@ -81,6 +84,7 @@ impl WorkerHub {
             installs: Vec::new(),
             reports,
             report_tx: Some(report_tx),
+            quiet: Arc::default(),
             tun_counters: Vec::new(),
             tun: None,
             dropped: 0,
@@ -90,6 +94,19 @@ impl WorkerHub {
     /// Where workers send their reports (`None` once started).
     pub fn report_sender(&self) -> Option<mpsc::Sender<WorkerReport>> {
         self.report_tx.clone()
+    }
+
+    /// The workers' reports that woke nobody since the last call, merged:
+    /// the driver takes them at every wake-up, before what woke it (a
+    /// flow's next packet from the TUN then finds the core knowing what
+    /// the workers saw of it).
+    pub fn take_quiet(&self) -> Option<WorkerReport> {
+        self.quiet.take()
+    }
+
+    /// Where workers put the reports that wake nobody.
+    pub(super) fn quiet_reports(&self) -> Arc<QuietReports> {
+        self.quiet.clone()
     }
 
     /// Every worker is made: the report channel closes when they all stop.
@@ -175,7 +192,7 @@ impl WorkerHub {
             taps.push(Box::new(RingWorker {
                 worker: Worker::with_capacity(install_capacity),
                 installs: rx,
-                reporter: Reporter::new(report_tx.clone()),
+                reporter: Reporter::new(report_tx.clone(), self.quiet.clone()),
                 tun: TunOut::new(tun.clone(), offloads, coalesce),
                 clock,
                 since_check: 0,
@@ -202,38 +219,88 @@ pub(super) fn offered<T>(r: Result<(), TrySendError<T>>, dropped: &mut u64) {
     }
 }
 
-/// A worker's reports to the driver: at most every [`REPORT_EVERY`] while
-/// packets flow, at once when urgent.
+/// The workers' reports that need no wake-up of the driver: merged here,
+/// taken by the driver at its next wake-up, whatever woke it
+/// ([`WorkerHub::take_quiet`]). Each report sent on the channel woke the
+/// driver: at a node that opened a new flow, once when its worker opened
+/// the answer (the first packet heard, right after its TUN write, while
+/// the application woke for the answer) or, at the latest, for the
+/// counters 5 ms later (design note 84). Counters are read only through
+/// `status` and `/metrics` (queries, which wake the driver); what the core learns from a
+/// heard first packet matters only for its next decision about that flow,
+/// which comes with a wake-up of its own (the flow's next packet from the
+/// TUN). A flow at its rekey limit still goes on the channel: its sender
+/// must not go past the limit.
+#[derive(Debug, Default)]
+pub(super) struct QuietReports {
+    /// Something waits in `report` (a look without the lock at each
+    /// wake-up).
+    waiting: AtomicBool,
+    report: Mutex<WorkerReport>,
+}
+
+impl QuietReports {
+    /// Adds `report` to what waits.
+    pub(super) fn put(&self, report: WorkerReport) {
+        if report.is_empty() {
+            return;
+        }
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        r.merge(report);
+        self.waiting.store(true, Ordering::Release);
+    }
+
+    /// What waits, if anything.
+    fn take(&self) -> Option<WorkerReport> {
+        if !self.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.store(false, Ordering::Relaxed);
+        let r = std::mem::take(&mut *r);
+        (!r.is_empty()).then_some(r)
+    }
+}
+
+/// A worker's reports to the driver: an urgent one at once on the channel
+/// (which wakes the driver), the others quietly ([`QuietReports`]) at most
+/// every [`REPORT_EVERY`] while packets flow, or when the caller says.
 pub(super) struct Reporter {
     tx: mpsc::Sender<WorkerReport>,
+    quiet: Arc<QuietReports>,
     last: Option<Instant>,
 }
 
 impl Reporter {
-    pub(super) fn new(tx: mpsc::Sender<WorkerReport>) -> Self {
-        Self { tx, last: None }
+    pub(super) fn new(tx: mpsc::Sender<WorkerReport>, quiet: Arc<QuietReports>) -> Self {
+        Self {
+            tx,
+            quiet,
+            last: None,
+        }
     }
 
-    /// Sends `worker`'s report when one is due (or urgent, or `force`) and
-    /// the driver has room for it; otherwise it keeps growing there. True
-    /// when one was sent.
+    /// Hands `worker`'s report over: an urgent one on the channel when the
+    /// driver has room for it (otherwise it keeps growing in the worker),
+    /// the others quietly when due (or `force`). True when one was handed
+    /// over.
     pub(super) fn report(&mut self, worker: &mut Worker, now: Instant, force: bool) -> bool {
+        if worker.report_urgent() {
+            let Ok(permit) = self.tx.try_reserve() else {
+                return false;
+            };
+            permit.send(worker.take_report());
+            self.last = Some(now);
+            return true;
+        }
         let due = force
-            || worker.report_urgent()
             || self
                 .last
                 .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY);
-        if !due {
+        if !due || !worker.has_report() {
             return false;
         }
-        let Ok(permit) = self.tx.try_reserve() else {
-            return false;
-        };
-        let r = worker.take_report();
-        if r.is_empty() {
-            return false;
-        }
-        permit.send(r);
+        self.quiet.put(worker.take_report());
         self.last = Some(now);
         true
     }
@@ -261,8 +328,8 @@ impl RingWorker {
         }
     }
 
-    /// Sends the report when one is due, with the TUN and table counters
-    /// for `status`.
+    /// Hands the report over when one is due, and then publishes the TUN
+    /// and table counters for `status`.
     fn report(&mut self, now: Instant, force: bool) {
         if self.reporter.report(&mut self.worker, now, force) {
             let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,6 +356,12 @@ impl RxTap for RingWorker {
         let now = self.clock.now();
         let taken = match self.worker.handle_native_packet(buf, len, now) {
             WorkerOut::Tun(p) => {
+                if self.worker.has_heard() {
+                    // Before the write: the core then knows the flow was
+                    // heard before the application can answer (its answer
+                    // reaches the driver after the driver took this).
+                    self.report(now, true);
+                }
                 if !self.tun.write(p) {
                     self.worker.count_tun_write_drop();
                     trace!("TUN write refused on a receive thread");
@@ -343,5 +416,98 @@ impl Drop for RingWorker {
             installs = self.worker.len(),
             "receive-thread worker stopped"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use fpn_proto::flow::FlowId;
+
+    use super::*;
+
+    fn wire() -> FlowId {
+        FlowId {
+            src: Ipv4Addr::new(198, 18, 0, 2).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 1).into(),
+            protocol: 17,
+            src_port: 7000,
+            dst_port: 40_000,
+        }
+    }
+
+    /// A worker's reports, a first packet heard among them, go to the
+    /// driver without a send on the channel (each send woke the driver: a
+    /// wake-up more per new flow, design note 84); the driver takes them,
+    /// merged, at its next wake-up, once.
+    #[test]
+    fn reports_wait_for_the_driver_without_waking_it() {
+        let mut hub = WorkerHub::new();
+        let mut reporter = Reporter::new(
+            hub.report_sender().expect("not started"),
+            hub.quiet_reports(),
+        );
+        let mut w = Worker::with_capacity(16);
+        assert!(hub.take_quiet().is_none());
+        w.heard_for_test(wire(), Some(7));
+        assert!(!w.report_urgent(), "a heard first packet is not urgent");
+        let t0 = Instant::now();
+        assert!(reporter.report(&mut w, t0, true));
+        assert!(!w.has_report());
+        // A second one, within the same 5 ms: only when the caller says.
+        w.heard_for_test(wire(), Some(8));
+        assert!(!reporter.report(&mut w, t0, false));
+        assert!(reporter.report(&mut w, t0 + REPORT_EVERY, false));
+        assert!(hub.reports.try_recv().is_err(), "nothing on the channel");
+        let r = hub.take_quiet().expect("waiting for the driver");
+        assert_eq!(r.heard, vec![(wire(), Some(7)), (wire(), Some(8))]);
+        assert!(hub.take_quiet().is_none(), "taken once");
+    }
+
+    /// A flow at its rekey limit still goes on the channel at once: its
+    /// sender must not go past the limit.
+    #[test]
+    fn a_rekey_goes_on_the_channel() {
+        let mut hub = WorkerHub::new();
+        let mut reporter = Reporter::new(
+            hub.report_sender().expect("not started"),
+            hub.quiet_reports(),
+        );
+        let mut w = Worker::with_capacity(16);
+        w.rekey_for_test(wire());
+        assert!(w.report_urgent());
+        assert!(reporter.report(&mut w, Instant::now(), false));
+        let r = hub.reports.try_recv().expect("on the channel");
+        assert_eq!(r.rekeys, vec![wire()]);
+        assert!(hub.take_quiet().is_none());
+    }
+
+    /// Reports merged are as one: counters summed, the latest receive
+    /// time, the lists in order.
+    #[test]
+    fn merged_reports_are_as_one() {
+        let t0 = Instant::now();
+        let mut a = WorkerReport::default();
+        a.counters.native_in = 2;
+        a.counters.tun_write_drops = 1;
+        a.received = Some(t0 + REPORT_EVERY);
+        a.heard.push((wire(), Some(1)));
+        let mut b = WorkerReport::default();
+        b.counters.native_in = 3;
+        b.counters.seal_errors = 4;
+        b.received = Some(t0);
+        b.rekeys.push(wire());
+        b.heard.push((wire(), Some(2)));
+        let mut m = WorkerReport::default();
+        m.merge(a);
+        m.merge(b);
+        m.merge(WorkerReport::default());
+        assert_eq!(m.counters.native_in, 5);
+        assert_eq!(m.counters.tun_write_drops, 1);
+        assert_eq!(m.counters.seal_errors, 4);
+        assert_eq!(m.received, Some(t0 + REPORT_EVERY));
+        assert_eq!(m.rekeys, vec![wire()]);
+        assert_eq!(m.heard, vec![(wire(), Some(1)), (wire(), Some(2))]);
     }
 }
