@@ -142,21 +142,8 @@ impl InstallTable {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use fpn_proto::flow::FlowId;
-
+    use super::super::installs::flow_for_test as flow;
     use super::*;
-
-    fn flow(n: u32) -> FlowId {
-        FlowId {
-            src: Ipv4Addr::new(198, 18, 0, 2).into(),
-            dst: Ipv4Addr::new(198, 18, 0, 1).into(),
-            protocol: 6,
-            src_port: (n % 60_000) as u16 + 1024,
-            dst_port: (n / 60_000) as u16 + 1,
-        }
-    }
 
     fn install(n: u32) -> Install {
         Install::inbound_for_test(flow(n)).0

@@ -116,6 +116,18 @@ pub struct Install {
     pub(crate) opening: Option<u64>,
 }
 
+/// The `n`th of many distinct UDP flows between two fixed addresses.
+#[cfg(test)]
+pub(crate) fn flow_for_test(n: u32) -> FlowId {
+    FlowId {
+        src: std::net::Ipv4Addr::new(198, 18, 0, 2).into(),
+        dst: std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
+        protocol: 17,
+        src_port: (n % 60_000) as u16 + 1024,
+        dst_port: (n / 60_000) as u16 + 1,
+    }
+}
+
 #[cfg(test)]
 impl Install {
     /// An install of `flow`'s inbound packets (by wire five-tuple) with a

@@ -510,23 +510,11 @@ fn carrier_data<'a>(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::net::Ipv4Addr;
     use std::sync::atomic::Ordering;
 
-    use fpn_proto::flow::FlowId;
-
     use super::super::install_table::STEP_LOOKS;
+    use super::super::installs::flow_for_test as flow;
     use super::*;
-
-    fn flow(n: u32) -> FlowId {
-        FlowId {
-            src: Ipv4Addr::new(198, 18, 0, 2).into(),
-            dst: Ipv4Addr::new(198, 18, 0, 1).into(),
-            protocol: 17,
-            src_port: (n % 60_000) as u16 + 1024,
-            dst_port: (n / 60_000) as u16 + 1,
-        }
-    }
 
     /// A table full of live installs (more flows than it holds) is not
     /// swept at every install: each sweep looks at every install, so one

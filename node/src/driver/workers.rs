@@ -222,15 +222,14 @@ pub(super) fn offered<T>(r: Result<(), TrySendError<T>>, dropped: &mut u64) {
 /// The workers' reports that need no wake-up of the driver: merged here,
 /// taken by the driver at its next wake-up, whatever woke it
 /// ([`WorkerHub::take_quiet`]). Each report sent on the channel woke the
-/// driver: at a node that opened a new flow, once when its worker opened
-/// the answer (the first packet heard, right after its TUN write, while
-/// the application woke for the answer) or, at the latest, for the
-/// counters 5 ms later (design note 84). Counters are read only through
-/// `status` and `/metrics` (queries, which wake the driver); what the core learns from a
-/// heard first packet matters only for its next decision about that flow,
-/// which comes with a wake-up of its own (the flow's next packet from the
-/// TUN). A flow at its rekey limit still goes on the channel: its sender
-/// must not go past the limit.
+/// driver: at a node carrying lone packets, after nearly every packet it
+/// carried (design note 84 counts one `epoll_wait` and one eventfd `write`
+/// per warm UDP echo at each node). Counters are read only through
+/// `status` and `/metrics` (queries, which wake the driver); what the core
+/// learns from a heard first packet matters only for its next decision
+/// about that flow, which comes with a wake-up of its own (the flow's next
+/// packet from the TUN). A flow at its rekey limit still goes on the
+/// channel: its sender must not go past the limit.
 #[derive(Debug, Default)]
 pub(super) struct QuietReports {
     /// Something waits in `report` (a look without the lock at each
@@ -437,18 +436,23 @@ mod tests {
         }
     }
 
-    /// A worker's reports, a first packet heard among them, go to the
-    /// driver without a send on the channel (each send woke the driver: a
-    /// wake-up more per new flow, design note 84); the driver takes them,
-    /// merged, at its next wake-up, once.
-    #[test]
-    fn reports_wait_for_the_driver_without_waking_it() {
-        let mut hub = WorkerHub::new();
-        let mut reporter = Reporter::new(
+    /// A hub, a worker's reporter to it, and the worker.
+    fn reporting() -> (WorkerHub, Reporter, Worker) {
+        let hub = WorkerHub::new();
+        let reporter = Reporter::new(
             hub.report_sender().expect("not started"),
             hub.quiet_reports(),
         );
-        let mut w = Worker::with_capacity(16);
+        (hub, reporter, Worker::with_capacity(16))
+    }
+
+    /// A worker's reports, a first packet heard among them, go to the
+    /// driver without a send on the channel (each send woke the driver,
+    /// design note 84); the driver takes them, merged, at its next
+    /// wake-up, once.
+    #[test]
+    fn reports_wait_for_the_driver_without_waking_it() {
+        let (mut hub, mut reporter, mut w) = reporting();
         assert!(hub.take_quiet().is_none());
         w.heard_for_test(wire(), Some(7));
         assert!(!w.report_urgent(), "a heard first packet is not urgent");
@@ -469,12 +473,7 @@ mod tests {
     /// sender must not go past the limit.
     #[test]
     fn a_rekey_goes_on_the_channel() {
-        let mut hub = WorkerHub::new();
-        let mut reporter = Reporter::new(
-            hub.report_sender().expect("not started"),
-            hub.quiet_reports(),
-        );
-        let mut w = Worker::with_capacity(16);
+        let (mut hub, mut reporter, mut w) = reporting();
         w.rekey_for_test(wire());
         assert!(w.report_urgent());
         assert!(reporter.report(&mut w, Instant::now(), false));
