@@ -239,6 +239,15 @@ impl Worker {
         !self.report.heard.is_empty()
     }
 
+    /// What [`Worker::has_heard`] says, alone in a report; the rest (the
+    /// counters) stays for the next report.
+    pub fn take_heard(&mut self) -> WorkerReport {
+        WorkerReport {
+            heard: std::mem::take(&mut self.report.heard),
+            ..WorkerReport::default()
+        }
+    }
+
     /// As if a first packet of `wire` had been opened with an install of
     /// `opening` made before it.
     #[cfg(test)]

@@ -279,6 +279,11 @@ impl Reporter {
         }
     }
 
+    /// Hands `worker`'s heard first packets over at once, quietly.
+    pub(super) fn hand_over_heard(&self, worker: &mut Worker) {
+        self.quiet.put(worker.take_heard());
+    }
+
     /// Hands `worker`'s report over: an urgent one on the channel when the
     /// driver has room for it (otherwise it keeps growing in the worker),
     /// the others quietly when due (or `force`). True when one was handed
@@ -358,8 +363,10 @@ impl RxTap for RingWorker {
                 if self.worker.has_heard() {
                     // Before the write: the core then knows the flow was
                     // heard before the application can answer (its answer
-                    // reaches the driver after the driver took this).
-                    self.report(now, true);
+                    // reaches the driver after the driver took this). The
+                    // counters stay for the report after the write, which
+                    // publishes the write's counts too.
+                    self.reporter.hand_over_heard(&mut self.worker);
                 }
                 if !self.tun.write(p) {
                     self.worker.count_tun_write_drop();
@@ -508,5 +515,22 @@ mod tests {
         assert_eq!(m.received, Some(t0 + REPORT_EVERY));
         assert_eq!(m.rekeys, vec![wire()]);
         assert_eq!(m.heard, vec![(wire(), Some(1)), (wire(), Some(2))]);
+    }
+
+    /// A heard first packet goes over alone, before its TUN write: the
+    /// counters wait for the report after the write, which publishes the
+    /// write's counts with them (handing everything over before the write
+    /// left `status` one write behind until the next report).
+    #[test]
+    fn a_heard_first_packet_goes_over_alone() {
+        let (hub, reporter, mut w) = reporting();
+        w.heard_for_test(wire(), Some(3));
+        w.count_tun_write_drop();
+        reporter.hand_over_heard(&mut w);
+        assert!(!w.has_heard());
+        assert!(w.has_report(), "the counters stay");
+        let r = hub.take_quiet().expect("handed over");
+        assert_eq!(r.heard, vec![(wire(), Some(3))]);
+        assert_eq!(r.counters, crate::core::WorkerCounters::default());
     }
 }
